@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# manager_rss: resident memory of an idle single-manager swarm's daemon.
+# 1-host lab, swarm init (deploy/lab waits until the node is ready), 5 s idle, then 3
+# samples of the daemon pid's VmRSS, 1 s apart. netd's RSS goes to stderr only. (The peer
+# figure counts dockerd + containerd.)
+set -uo pipefail
+. "$(dirname "$(readlink -f "$0")")/../lib.sh"
+
+[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
+trap lab_down EXIT
+lab up 1 --managers 1 >&2 || die "deploy/lab up failed"
+sleep 5   # idle period after ready (deliberate)
+pid=$(daemon_pid 1) || die "no daemon pid"
+npid=$(cat /tmp/shoal-lab/h1/netd.pid 2>/dev/null)
+samples=()
+for k in 1 2 3; do
+  [ "$k" -gt 1 ] && sleep 1
+  kib=$(rss_kib "$pid"); [ -n "$kib" ] || die "daemon (pid $pid) is gone"
+  samples+=("$(awk -v k="$kib" 'BEGIN {printf "%.2f", k / 1024}')")
+  log "sample $k: daemon VmRSS ${kib} KiB, netd VmRSS $(rss_kib "$npid") KiB"
+done
+printf '%s\n' "${samples[@]}" | stats manager_rss_mib MiB

@@ -1,0 +1,92 @@
+# bench/lib.sh — shared helpers for bench/figures/*.sh and bench/peer/*.sh (source it).
+#
+# Every figure prints exactly one line on stdout:  NAME median=… p90=… n=… unit=…
+# and its progress on stderr.
+
+BENCH_DIR=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+LAB=$REPO/deploy/lab
+SHARED=${SHOAL_SHARED:-$(cd "$REPO/.." && pwd)/shared}
+PEER=$SHARED/peer-swarm
+NET=10.98.0
+
+log() { echo "[$(date -u +%T)] $*" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+now_ms() { date +%s%3N; }
+
+# ---------------------------------------------------------------- statistics
+# numbers on stdin, one per line (anything non-numeric is ignored)
+_nums() { grep -E '^-?[0-9]+(\.[0-9]+)?$' | sort -g; }
+_fmt='function f(x) { return (x == int(x)) ? sprintf("%d", x) : sprintf("%.2f", x) }'
+median() { _nums | awk "$_fmt"'{a[NR]=$1} END { if (!NR) { print "NA"; exit } print f(NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2) }'; }
+pct() { # pct P: nearest-rank percentile
+  _nums | awk -v p="$1" "$_fmt"'{a[NR]=$1} END { if (!NR) { print "NA"; exit } i = int(NR * p / 100); if (i < NR * p / 100) i++; if (i < 1) i = 1; print f(a[i]) }'
+}
+# stats NAME UNIT: numbers on stdin -> "NAME median=… p90=… n=… unit=UNIT"
+stats() {
+  local all; all=$(cat)
+  printf '%s median=%s p90=%s n=%s unit=%s\n' "$1" \
+    "$(median <<< "$all")" "$(pct 90 <<< "$all")" "$(_nums <<< "$all" | wc -l)" "$2"
+}
+
+# wait_until DEADLINE_S CMD...: run CMD every 0.1 s until it succeeds; 1 on timeout
+wait_until() {
+  local end=$(( $(now_ms) + $1 * 1000 )); shift
+  while :; do
+    "$@" && return 0
+    [ "$(now_ms)" -ge "$end" ] && return 1
+    sleep 0.1
+  done
+}
+
+# ---------------------------------------------------------------- our lab
+lab() { "$LAB" "$@"; }
+# shoal_on I [TIMEOUT_S] -- ARGS...: the CLI on host I, bounded in time
+shoal_on() {
+  local i=$1 t=10; shift
+  if [ "${1:-}" != -- ]; then t=$1; shift; fi
+  shift
+  timeout "$t" "$LAB" exec "$i" -- shoal "$@"
+}
+lab_down() { "$LAB" down >/dev/null 2>&1 || "$LAB" down >&2 || true; }
+
+# nodes_on I: `node ls --format json` on host I as lines "INDEX ID STATUS MANAGER_STATUS"
+# (INDEX from hostname shl-hI, else from addr 10.98.0.I)
+nodes_on() {
+  shoal_on "$1" 10 -- node ls --format json 2>/dev/null | python3 -c '
+import json, re, sys
+a = json.load(sys.stdin)
+if isinstance(a, dict):
+    a = a.get("nodes", [])
+for n in a:
+    m = re.search(r"shl-h(\d+)$", str(n.get("hostname", ""))) or re.match(r"10\.98\.0\.(\d+)", str(n.get("addr", "")))
+    print(m.group(1) if m else "?", n.get("id", "?"), str(n.get("status", "")).lower() or "-",
+          str(n.get("manager_status") or "-").lower())'
+}
+
+# leader_index [MANAGERS]: index of the leader, asking managers 1..M (default 3) in turn
+leader_index() {
+  local i l
+  for i in $(seq 1 "${1:-3}"); do
+    l=$(nodes_on "$i" | awk '$4 == "leader" {print $1; exit}')
+    [ -n "$l" ] && { echo "$l"; return 0; }
+  done
+  return 1
+}
+
+# all_ready_via I N: host I lists N nodes, all ready, one of them leader
+all_ready_via() {
+  nodes_on "$1" | awk -v n="$2" '{c++} $3 == "ready" {r++} $4 == "leader" {l++} END {exit !(c == n && r == n && l == 1)}'
+}
+all_ready() { # all_ready N [MANAGERS]: via any manager that answers
+  local i
+  for i in $(seq 1 "${2:-3}"); do all_ready_via "$i" "$1" && return 0; done
+  return 1
+}
+
+node_id() { # node_id VIA I: id of host I's node
+  nodes_on "$1" | awk -v i="$2" '$1 == i {print $2; exit}'
+}
+
+daemon_pid() { cat "/tmp/shoal-lab/h$1/daemon.pid"; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }

@@ -1,0 +1,306 @@
+//! The control API (`Control`) and the certificate authority service (`Ca`).
+//! Each handler validates its input, then either serves it here (on the leader)
+//! or forwards it unchanged to the leader. Writes go through
+//! [`Manager::write`]; nothing here mutates state directly.
+
+use std::sync::Arc;
+
+use shoal_proto::model::{
+    Availability, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role, new_node_id, rfc3339,
+};
+use shoal_proto::pb;
+use shoal_proto::pb::ca_client::CaClient;
+use shoal_proto::pb::control_client::ControlClient;
+use shoal_proto::token::JoinToken;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{self, Caller};
+use crate::ca;
+use crate::dispatcher::manager_addrs;
+use crate::manager::{FORWARDED, Manager, Route};
+use crate::state::{Command, Response as Applied};
+
+/// Re-issues a request to the leader, marked as forwarded.
+fn forwarded<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(FORWARDED, MetadataValue::from_static("1"));
+    r
+}
+
+macro_rules! route {
+    ($self:ident, $req:ident, $client:ident, $method:ident) => {
+        match $self.mgr.route(&$req).await? {
+            Route::Local => $req.into_inner(),
+            Route::Leader { channel, .. } => {
+                return $client::new(channel).$method(forwarded($req.into_inner())).await;
+            }
+        }
+    };
+}
+
+pub struct ControlService {
+    pub mgr: Arc<Manager>,
+}
+
+impl ControlService {
+    fn authorize<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        auth::require(req, &self.mgr.cfg.cluster_id, &[Role::Manager])
+    }
+
+    fn node_pb(&self, n: &Node) -> pb::Node {
+        let m = self.mgr.metrics();
+        let manager_status = if n.raft_id != 0 && m.membership_config.voter_ids().any(|v| v == n.raft_id) {
+            if m.current_leader == Some(n.raft_id) {
+                "leader"
+            } else if self.mgr.voter_health().get(&n.raft_id).copied().unwrap_or(false) {
+                "reachable"
+            } else {
+                "unreachable"
+            }
+        } else {
+            ""
+        };
+        pb::Node {
+            id: n.id.clone(),
+            hostname: n.description.hostname.clone(),
+            role: n.spec.role.as_str().to_string(),
+            availability: n.spec.availability.as_str().to_string(),
+            labels: n.spec.labels.clone().into_iter().collect(),
+            status: n.status.state.as_str().to_string(),
+            status_message: n.status.message.clone(),
+            addr: n.description.addr.clone(),
+            manager_status: manager_status.to_string(),
+            raft_id: n.raft_id,
+            version: n.meta.version,
+            created_at: rfc3339(n.meta.created_ms),
+            updated_at: rfc3339(n.meta.updated_ms),
+            cert_expiry: rfc3339(n.description.cert_expiry_ms),
+            engine_version: n.description.engine_version.clone(),
+        }
+    }
+
+    fn find(&self, reference: &str) -> Result<Node, Status> {
+        self.mgr.store.read().find_node(reference).cloned().map_err(Status::not_found)
+    }
+
+    async fn demote(&self, node: &Node) -> Result<(), Status> {
+        let state = self.mgr.store.read();
+        let managers = state.managers().count();
+        if managers <= 1 {
+            return Err(Status::failed_precondition(format!(
+                "cannot demote {}: it is the last manager of the swarm; promote another node first",
+                node.description.hostname
+            )));
+        }
+        let health = self.mgr.voter_health();
+        if health.contains_key(&node.raft_id) {
+            let remaining = health.len() - 1;
+            let reachable = health.iter().filter(|(id, ok)| **id != node.raft_id && **ok).count();
+            if reachable < remaining / 2 + 1 {
+                return Err(Status::failed_precondition(format!(
+                    "cannot demote {}: the remaining {remaining} managers would not have a reachable quorum ({reachable} reachable)",
+                    node.description.hostname
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.authorize(&req)?;
+        let _ = route!(self, req, ControlClient, list_nodes);
+        let state = self.mgr.store.read();
+        let nodes = state.nodes.values().map(|n| self.node_pb(n)).collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn inspect_node(&self, req: Request<pb::NodeRef>) -> Result<Response<pb::Node>, Status> {
+        self.authorize(&req)?;
+        let r = route!(self, req, ControlClient, inspect_node);
+        Ok(Response::new(self.node_pb(&self.find(&r.id)?)))
+    }
+
+    async fn update_node(&self, req: Request<pb::UpdateNodeRequest>) -> Result<Response<pb::Node>, Status> {
+        self.authorize(&req)?;
+        let r = route!(self, req, ControlClient, update_node);
+        let node = self.find(&r.id)?;
+        let mut spec = node.spec.clone();
+        if !r.availability.is_empty() {
+            spec.availability = r.availability.parse::<Availability>().map_err(Status::invalid_argument)?;
+        }
+        for (k, v) in r.label_add {
+            if k.is_empty() {
+                return Err(Status::invalid_argument("a label needs a key: --label-add key=value"));
+            }
+            spec.labels.insert(k, v);
+        }
+        for k in r.label_rm {
+            if spec.labels.remove(&k).is_none() {
+                return Err(Status::invalid_argument(format!("node {} has no label {k:?}", node.description.hostname)));
+            }
+        }
+        let role_change = if r.role.is_empty() {
+            None
+        } else {
+            let role = r.role.parse::<Role>().map_err(Status::invalid_argument)?;
+            (role != node.spec.role).then_some(role)
+        };
+        if role_change == Some(Role::Worker) {
+            self.demote(&node).await?;
+        }
+        if let Some(role) = role_change {
+            spec.role = role;
+        }
+        if spec != node.spec {
+            self.mgr
+                .write(Command::UpdateNodeSpec { id: node.id.clone(), spec, expect_version: node.meta.version })
+                .await?;
+        }
+        match role_change {
+            // The node sees its new role and raft id in its session, gets a
+            // manager certificate and asks to join as a voter.
+            Some(Role::Manager) => {
+                self.mgr.write(Command::AssignRaftId { id: node.id.clone() }).await?;
+            }
+            Some(Role::Worker) if node.raft_id != 0 => {
+                self.mgr.remove_voter(node.raft_id).await?;
+            }
+            _ => {}
+        }
+        Ok(Response::new(self.node_pb(&self.find(&node.id)?)))
+    }
+
+    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::Empty>, Status> {
+        self.authorize(&req)?;
+        let r = route!(self, req, ControlClient, remove_node);
+        let node = self.find(&r.id)?;
+        if node.spec.role == Role::Manager {
+            return Err(Status::failed_precondition(format!(
+                "node {} is a manager; demote it first (`shoal node demote {}`)",
+                node.description.hostname, node.description.hostname
+            )));
+        }
+        if node.status.state == NodeState::Ready && !r.force {
+            return Err(Status::failed_precondition(format!(
+                "node {} is not down and can't be removed; stop it first (`shoal swarm leave` on it) or use --force",
+                node.description.hostname
+            )));
+        }
+        self.mgr.write(Command::RemoveNode { id: node.id }).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn join_token(&self, req: Request<pb::JoinTokenRequest>) -> Result<Response<pb::JoinTokenResponse>, Status> {
+        self.authorize(&req)?;
+        let r = route!(self, req, ControlClient, join_token);
+        let role = r.role.parse::<Role>().map_err(Status::invalid_argument)?;
+        if r.rotate {
+            self.mgr.write(Command::RotateToken { role, secret: JoinToken::new_secret() }).await?;
+        }
+        let state = self.mgr.store.read();
+        let cluster = state.cluster.as_ref().ok_or_else(|| Status::failed_precondition("the swarm is not initialized"))?;
+        let token = ca::token(cluster, role).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::JoinTokenResponse {
+            token: token.to_string(),
+            manager_addr: self.mgr.cfg.advertise_addr.clone(),
+        }))
+    }
+
+    async fn cluster_info(&self, req: Request<pb::Empty>) -> Result<Response<pb::ClusterInfoResponse>, Status> {
+        self.authorize(&req)?;
+        let _ = route!(self, req, ControlClient, cluster_info);
+        let state = self.mgr.store.read();
+        let m = self.mgr.metrics();
+        Ok(Response::new(pb::ClusterInfoResponse {
+            cluster_id: state.cluster.as_ref().map(|c| c.id.clone()).unwrap_or_default(),
+            created_at: state.cluster.as_ref().map(|c| rfc3339(c.meta.created_ms)).unwrap_or_default(),
+            raft_term: m.current_term,
+            raft_leader: m.current_leader.unwrap_or(0),
+            raft_last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            raft_id: self.mgr.cfg.raft_id,
+            raft_state: format!("{:?}", m.state).to_lowercase(),
+            managers: manager_addrs(&self.mgr),
+        }))
+    }
+}
+
+pub struct CaService {
+    pub mgr: Arc<Manager>,
+}
+
+#[tonic::async_trait]
+impl pb::ca_server::Ca for CaService {
+    async fn issue_node_certificate(&self, req: Request<pb::IssueRequest>) -> Result<Response<pb::IssueResponse>, Status> {
+        // A caller with a valid certificate renews; anyone else needs a token.
+        let renewing = match auth::require(&req, &self.mgr.cfg.cluster_id, &[Role::Manager, Role::Worker]) {
+            Ok(Caller::Node(id)) => Some(id),
+            Ok(Caller::Local) => None,
+            Err(e) if e.code() == tonic::Code::Unauthenticated => None,
+            Err(e) => return Err(e),
+        };
+        let r = route!(self, req, CaClient, issue_node_certificate);
+        let state = self.mgr.store.read();
+        let cluster = state.cluster.clone().ok_or_else(|| Status::unavailable("the swarm is not initialized yet"))?;
+        drop(state);
+        let (node_id, role, raft_id, cert_pem) = match renewing {
+            Some(id) => {
+                let node = self.mgr.store.read().nodes.get(&id.node_id).cloned().ok_or_else(|| {
+                    Status::permission_denied(format!("node {} was removed from the swarm", id.node_id))
+                })?;
+                let raft_id = match node.spec.role {
+                    Role::Manager if node.raft_id == 0 => {
+                        match self.mgr.write(Command::AssignRaftId { id: node.id.clone() }).await? {
+                            Applied::RaftId(i) => i,
+                            _ => 0,
+                        }
+                    }
+                    _ => node.raft_id,
+                };
+                let cert = ca::sign_node(&cluster.root_ca, &r.csr_der, &node.id, node.spec.role, &cluster.id, ca::NODE_VALIDITY)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                (node.id, node.spec.role, raft_id, cert)
+            }
+            None => {
+                let role = ca::check_token(&cluster, &r.token).map_err(|e| Status::permission_denied(e.to_string()))?;
+                if r.hostname.is_empty() || r.advertise_addr.is_empty() {
+                    return Err(Status::invalid_argument("a joining node must give its hostname and advertise address"));
+                }
+                let node = Node {
+                    id: new_node_id(),
+                    raft_id: 0,
+                    spec: NodeSpec { role, availability: Availability::Active, labels: Default::default() },
+                    description: NodeDescription { hostname: r.hostname.clone(), addr: r.advertise_addr.clone(), ..Default::default() },
+                    status: NodeStatus { state: NodeState::Unknown, message: "joining".into() },
+                    meta: Default::default(),
+                };
+                // Sign first: a bad CSR must not leave a half-registered node.
+                let cert = ca::sign_node(&cluster.root_ca, &r.csr_der, &node.id, role, &cluster.id, ca::NODE_VALIDITY)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                self.mgr.write(Command::AddNode { node: node.clone() }).await?;
+                let raft_id = if role == Role::Manager {
+                    match self.mgr.write(Command::AssignRaftId { id: node.id.clone() }).await? {
+                        Applied::RaftId(i) => i,
+                        _ => 0,
+                    }
+                } else {
+                    0
+                };
+                tracing::info!(node.id = %node.id, hostname = %r.hostname, %role, "node joined");
+                (node.id, role, raft_id, cert)
+            }
+        };
+        Ok(Response::new(pb::IssueResponse {
+            node_id,
+            role: role.as_str().to_string(),
+            cert_pem,
+            ca_pem: cluster.root_ca.cert_pem.clone(),
+            cluster_id: cluster.id.clone(),
+            managers: manager_addrs(&self.mgr),
+            raft_id,
+        }))
+    }
+}

@@ -1,0 +1,16 @@
+//! The manager role: the Raft-replicated cluster state (`raft`, `store`,
+//! `state`), the APIs that change it (`api`), the certificate authority
+//! (`ca`), agent sessions (`dispatcher`) and the server that exposes them.
+//! It never runs containers or touches the host's network.
+
+pub mod api;
+pub mod auth;
+pub mod ca;
+pub mod dispatcher;
+pub mod manager;
+pub mod raft;
+pub mod server;
+pub mod state;
+pub mod store;
+
+pub use manager::{Manager, ManagerConfig};

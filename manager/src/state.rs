@@ -1,0 +1,384 @@
+//! The replicated cluster state and the commands that change it. `apply` is
+//! pure and deterministic: the same log gives the same state on every manager
+//! (timestamps travel inside the command, ids are assigned from log indexes).
+//!
+//! Architecture Invariant: nothing but `apply` mutates a [`State`] that a
+//! manager serves; every change enters through a Raft log entry.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use shoal_proto::model::{Cluster, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
+
+/// Everything a manager replicates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub cluster: Option<Cluster>,
+    pub nodes: BTreeMap<String, Node>,
+}
+
+/// A write proposed through Raft, with the proposer's clock.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub at_ms: u64,
+    pub cmd: Command,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.cmd.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// The first manager creates the cluster and registers itself.
+    Bootstrap { cluster: Cluster, node: Node },
+    /// A node that joined with a token.
+    AddNode { node: Node },
+    /// The user's change to a node's spec; `expect_version` 0 means "any".
+    UpdateNodeSpec { id: String, spec: NodeSpec, expect_version: u64 },
+    /// From the dispatcher: descriptions and liveness, batched.
+    NodeStatus { updates: Vec<NodeStatusUpdate> },
+    RemoveNode { id: String },
+    RotateToken { role: Role, secret: String },
+    /// Give a node a Raft id before it joins Raft: the id is this entry's log
+    /// index, so ids are unique forever. A node that already has one keeps it.
+    AssignRaftId { id: String },
+    /// Rewrites the cluster after `swarm init --force-new-cluster`.
+    ForceNewCluster { keep_node: String },
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Bootstrap { .. } => "bootstrap",
+            Command::AddNode { .. } => "add-node",
+            Command::UpdateNodeSpec { .. } => "update-node-spec",
+            Command::NodeStatus { .. } => "node-status",
+            Command::RemoveNode { .. } => "remove-node",
+            Command::RotateToken { .. } => "rotate-token",
+            Command::AssignRaftId { .. } => "assign-raft-id",
+            Command::ForceNewCluster { .. } => "force-new-cluster",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatusUpdate {
+    pub id: String,
+    pub status: NodeStatus,
+    /// Present when the node (re)connected and described itself.
+    pub description: Option<NodeDescription>,
+}
+
+/// What a command did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    #[default]
+    Ok,
+    /// The Raft id given by [`Command::AssignRaftId`].
+    RaftId(u64),
+    /// The command was valid when proposed but the state moved on.
+    Rejected(String),
+}
+
+/// Keys of the objects a command changed (for persistence and watchers).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ObjKey {
+    Cluster,
+    Node(String),
+}
+
+impl ObjKey {
+    pub fn db_key(&self) -> String {
+        match self {
+            ObjKey::Cluster => "cluster".to_string(),
+            ObjKey::Node(id) => format!("node/{id}"),
+        }
+    }
+}
+
+impl State {
+    /// Applies one committed command at log `index`. Returns the response and
+    /// the keys it changed (empty when rejected: all or nothing).
+    pub fn apply(&mut self, index: u64, req: &Request) -> (Response, Vec<ObjKey>) {
+        let at = req.at_ms;
+        match &req.cmd {
+            Command::Bootstrap { cluster, node } => {
+                if self.cluster.is_some() {
+                    return reject("the cluster is already initialized");
+                }
+                let mut cluster = cluster.clone();
+                stamp(&mut cluster.meta, index, at, true);
+                let mut node = node.clone();
+                stamp(&mut node.meta, index, at, true);
+                let key = ObjKey::Node(node.id.clone());
+                self.nodes.insert(node.id.clone(), node);
+                self.cluster = Some(cluster);
+                (Response::Ok, vec![ObjKey::Cluster, key])
+            }
+            Command::AddNode { node } => {
+                if self.nodes.contains_key(&node.id) {
+                    return reject(&format!("node {} already exists", node.id));
+                }
+                let mut node = node.clone();
+                node.raft_id = 0;
+                stamp(&mut node.meta, index, at, true);
+                let key = ObjKey::Node(node.id.clone());
+                self.nodes.insert(node.id.clone(), node);
+                (Response::Ok, vec![key])
+            }
+            Command::UpdateNodeSpec { id, spec, expect_version } => {
+                let Some(node) = self.nodes.get_mut(id) else { return reject(&format!("node {id} not found")) };
+                if *expect_version != 0 && node.meta.version != *expect_version {
+                    return reject(&format!(
+                        "node {id} changed meanwhile (version {} != {expect_version}); retry",
+                        node.meta.version
+                    ));
+                }
+                node.spec = spec.clone();
+                stamp(&mut node.meta, index, at, false);
+                (Response::Ok, vec![ObjKey::Node(id.clone())])
+            }
+            Command::NodeStatus { updates } => {
+                let mut keys = Vec::new();
+                for u in updates {
+                    // A removed node's late report must not resurrect it.
+                    let Some(node) = self.nodes.get_mut(&u.id) else { continue };
+                    node.status = u.status.clone();
+                    if let Some(d) = &u.description {
+                        node.description = d.clone();
+                    }
+                    stamp(&mut node.meta, index, at, false);
+                    keys.push(ObjKey::Node(u.id.clone()));
+                }
+                (Response::Ok, keys)
+            }
+            Command::RemoveNode { id } => {
+                if self.nodes.remove(id).is_none() {
+                    return reject(&format!("node {id} not found"));
+                }
+                (Response::Ok, vec![ObjKey::Node(id.clone())])
+            }
+            Command::RotateToken { role, secret } => {
+                let Some(cluster) = self.cluster.as_mut() else { return reject("the cluster is not initialized") };
+                match role {
+                    Role::Worker => cluster.worker_secret = secret.clone(),
+                    Role::Manager => cluster.manager_secret = secret.clone(),
+                }
+                stamp(&mut cluster.meta, index, at, false);
+                (Response::Ok, vec![ObjKey::Cluster])
+            }
+            Command::AssignRaftId { id } => {
+                let Some(node) = self.nodes.get_mut(id) else { return reject(&format!("node {id} not found")) };
+                if node.raft_id != 0 {
+                    return (Response::RaftId(node.raft_id), vec![]);
+                }
+                node.raft_id = index;
+                stamp(&mut node.meta, index, at, false);
+                (Response::RaftId(index), vec![ObjKey::Node(id.clone())])
+            }
+            Command::ForceNewCluster { keep_node } => {
+                if !self.nodes.contains_key(keep_node) {
+                    return reject(&format!("node {keep_node} not found"));
+                }
+                // Every other manager leaves the Raft group: it becomes a worker
+                // in the spec and must be promoted again, under a new Raft id.
+                let mut keys = Vec::new();
+                for (id, node) in self.nodes.iter_mut() {
+                    if id != keep_node && node.spec.role == Role::Manager {
+                        node.spec.role = Role::Worker;
+                        node.raft_id = 0;
+                        node.status = NodeStatus { state: NodeState::Down, message: "removed by force-new-cluster".into() };
+                        stamp(&mut node.meta, index, at, false);
+                        keys.push(ObjKey::Node(id.clone()));
+                    }
+                }
+                (Response::Ok, keys)
+            }
+        }
+    }
+
+    /// The value stored for a key, JSON; None when the object is gone.
+    pub fn encode(&self, key: &ObjKey) -> Option<Vec<u8>> {
+        match key {
+            ObjKey::Cluster => self.cluster.as_ref().and_then(|c| serde_json::to_vec(c).ok()),
+            ObjKey::Node(id) => self.nodes.get(id).and_then(|n| serde_json::to_vec(n).ok()),
+        }
+    }
+
+    /// Rebuilds a state from stored `(db_key, value)` pairs.
+    pub fn decode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<State, String> {
+        let mut state = State::default();
+        for (key, value) in pairs {
+            if key == "cluster" {
+                state.cluster = Some(serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
+            } else if let Some(id) = key.strip_prefix("node/") {
+                state.nodes.insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
+            }
+        }
+        Ok(state)
+    }
+
+    /// Finds a node by full id, unique id prefix, or hostname (like Docker).
+    pub fn find_node(&self, reference: &str) -> Result<&Node, String> {
+        if let Some(n) = self.nodes.get(reference) {
+            return Ok(n);
+        }
+        let by_name: Vec<&Node> = self.nodes.values().filter(|n| n.description.hostname == reference).collect();
+        if by_name.len() == 1 {
+            return Ok(by_name[0]);
+        }
+        let by_prefix: Vec<&Node> = self.nodes.values().filter(|n| n.id.starts_with(reference)).collect();
+        match (by_name.len(), by_prefix.len()) {
+            (0, 1) => Ok(by_prefix[0]),
+            (0, 0) => Err(format!("node {reference} not found")),
+            _ => Err(format!("node {reference} is ambiguous ({} matches); use the full id", by_name.len() + by_prefix.len())),
+        }
+    }
+
+    pub fn managers(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().filter(|n| n.spec.role == Role::Manager)
+    }
+}
+
+fn reject(msg: &str) -> (Response, Vec<ObjKey>) {
+    (Response::Rejected(msg.to_string()), vec![])
+}
+
+fn stamp(meta: &mut shoal_proto::model::Meta, index: u64, at: u64, created: bool) {
+    meta.version = index;
+    meta.updated_ms = at;
+    if created {
+        meta.created_ms = at;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::model::{Availability, Meta, RootCa};
+
+    fn node(id: &str, role: Role) -> Node {
+        Node {
+            id: id.into(),
+            raft_id: 0,
+            spec: NodeSpec { role, availability: Availability::Active, labels: Default::default() },
+            description: NodeDescription { hostname: format!("host-{id}"), ..Default::default() },
+            status: NodeStatus::default(),
+            meta: Meta::default(),
+        }
+    }
+
+    fn booted() -> State {
+        let mut s = State::default();
+        let cluster = Cluster {
+            id: "c1".into(),
+            root_ca: RootCa { cert_pem: "cert".into(), key_pem: "key".into() },
+            worker_secret: "w".into(),
+            manager_secret: "m".into(),
+            meta: Meta::default(),
+        };
+        let mut first = node("n1", Role::Manager);
+        first.raft_id = 1;
+        let (r, keys) = s.apply(1, &Request { at_ms: 10, cmd: Command::Bootstrap { cluster, node: first } });
+        assert_eq!(r, Response::Ok);
+        assert_eq!(keys, vec![ObjKey::Cluster, ObjKey::Node("n1".into())]);
+        s
+    }
+
+    fn req(cmd: Command) -> Request {
+        Request { at_ms: 20, cmd }
+    }
+
+    #[test]
+    fn bootstrap_twice_is_rejected_and_changes_nothing() {
+        let mut s = booted();
+        let before = s.clone();
+        let cluster = s.cluster.clone().expect("cluster");
+        let (r, keys) = s.apply(2, &req(Command::Bootstrap { cluster, node: node("n2", Role::Manager) }));
+        assert!(matches!(r, Response::Rejected(_)));
+        assert!(keys.is_empty());
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn raft_ids_come_from_log_indexes_and_are_never_reused() {
+        let mut s = booted();
+        s.apply(5, &req(Command::AddNode { node: node("n2", Role::Manager) }));
+        let (r, _) = s.apply(7, &req(Command::AssignRaftId { id: "n2".into() }));
+        assert_eq!(r, Response::RaftId(7));
+        // asking again keeps the id
+        let (r, keys) = s.apply(9, &req(Command::AssignRaftId { id: "n2".into() }));
+        assert_eq!(r, Response::RaftId(7));
+        assert!(keys.is_empty());
+        s.apply(10, &req(Command::RemoveNode { id: "n2".into() }));
+        // a later manager gets a later index: ids only grow
+        s.apply(11, &req(Command::AddNode { node: node("n3", Role::Manager) }));
+        assert_eq!(s.apply(12, &req(Command::AssignRaftId { id: "n3".into() })).0, Response::RaftId(12));
+    }
+
+    #[test]
+    fn stale_versions_are_rejected() {
+        let mut s = booted();
+        let spec = NodeSpec { role: Role::Manager, availability: Availability::Drain, labels: Default::default() };
+        let (r, _) = s.apply(3, &req(Command::UpdateNodeSpec { id: "n1".into(), spec: spec.clone(), expect_version: 2 }));
+        assert!(matches!(r, Response::Rejected(m) if m.contains("retry")));
+        let (r, _) = s.apply(3, &req(Command::UpdateNodeSpec { id: "n1".into(), spec, expect_version: 1 }));
+        assert_eq!(r, Response::Ok);
+        assert_eq!(s.nodes["n1"].meta.version, 3);
+        assert_eq!(s.nodes["n1"].meta.created_ms, 10);
+        assert_eq!(s.nodes["n1"].meta.updated_ms, 20);
+    }
+
+    #[test]
+    fn status_of_a_removed_node_is_ignored() {
+        let mut s = booted();
+        let (_, keys) = s.apply(
+            4,
+            &req(Command::NodeStatus {
+                updates: vec![NodeStatusUpdate { id: "gone".into(), status: NodeStatus::default(), description: None }],
+            }),
+        );
+        assert!(keys.is_empty());
+        assert!(!s.nodes.contains_key("gone"));
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let mut s = booted();
+        s.apply(5, &req(Command::AddNode { node: node("n2", Role::Worker) }));
+        let pairs: Vec<(String, Vec<u8>)> = [ObjKey::Cluster, ObjKey::Node("n1".into()), ObjKey::Node("n2".into())]
+            .iter()
+            .map(|k| (k.db_key(), s.encode(k).expect("present")))
+            .collect();
+        let back = State::decode(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).expect("decode");
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn find_node_by_id_prefix_and_hostname() {
+        let mut s = booted();
+        s.apply(5, &req(Command::AddNode { node: node("abc2", Role::Worker) }));
+        s.apply(6, &req(Command::AddNode { node: node("abd3", Role::Worker) }));
+        assert_eq!(s.find_node("abc").map(|n| n.id.as_str()), Ok("abc2"));
+        assert_eq!(s.find_node("host-abd3").map(|n| n.id.as_str()), Ok("abd3"));
+        assert!(s.find_node("ab").unwrap_err().contains("ambiguous"));
+        assert!(s.find_node("zz").unwrap_err().contains("not found"));
+    }
+
+    #[test]
+    fn force_new_cluster_demotes_the_other_managers() {
+        let mut s = booted();
+        let mut m2 = node("n2", Role::Manager);
+        m2.raft_id = 0;
+        s.apply(5, &req(Command::AddNode { node: m2 }));
+        s.apply(6, &req(Command::AssignRaftId { id: "n2".into() }));
+        s.apply(7, &req(Command::ForceNewCluster { keep_node: "n1".into() }));
+        assert_eq!(s.nodes["n2"].spec.role, Role::Worker);
+        assert_eq!(s.nodes["n2"].raft_id, 0);
+        assert_eq!(s.nodes["n1"].spec.role, Role::Manager);
+    }
+}

@@ -1,0 +1,20 @@
+//! The API boundary: wire types generated from `proto/shoal.proto` (`pb`), the
+//! domain model the managers store (`model`), join tokens and transport security
+//! (`token`, `tls`). It owns no state and never does I/O beyond the sockets it is handed.
+
+pub mod model;
+pub mod tls;
+pub mod token;
+
+/// Generated gRPC/protobuf types. Only the API edges (manager API, dispatcher,
+/// agent session, CLI) touch these; everything inside uses [`model`].
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("shoal.v1");
+}
+
+/// The default port of a manager: control API, Raft and dispatcher.
+pub const MANAGER_PORT: u16 = 4620;
+
+/// Shoal's version, reported by nodes.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,233 @@
+//! Domain types stored in the Raft state machine. Field ownership: `spec` is
+//! written by the API from user input only; `status` only from the node's own
+//! reports through the dispatcher (or the dispatcher's down detection);
+//! `raft_id` once, by the state machine, when a node first becomes a manager.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's role in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Manager,
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "manager" => Ok(Role::Manager),
+            "worker" => Ok(Role::Worker),
+            _ => Err(format!("invalid role {s:?}: expected manager or worker")),
+        }
+    }
+}
+
+/// Whether the scheduler may place work on a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    #[default]
+    Active,
+    Pause,
+    Drain,
+}
+
+impl Availability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Active => "active",
+            Availability::Pause => "pause",
+            Availability::Drain => "drain",
+        }
+    }
+}
+
+impl FromStr for Availability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(Availability::Active),
+            "pause" => Ok(Availability::Pause),
+            "drain" => Ok(Availability::Drain),
+            _ => Err(format!("invalid availability {s:?}: expected active, pause or drain")),
+        }
+    }
+}
+
+/// Liveness of a node as the dispatcher sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    #[default]
+    Unknown,
+    Ready,
+    Down,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Unknown => "unknown",
+            NodeState::Ready => "ready",
+            NodeState::Down => "down",
+        }
+    }
+}
+
+/// What the user asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub role: Role,
+    pub availability: Availability,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the node says about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDescription {
+    pub hostname: String,
+    /// Advertise address, `host:port`.
+    pub addr: String,
+    pub engine_version: String,
+    /// Expiry of the node's current certificate, unix milliseconds.
+    pub cert_expiry_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub state: NodeState,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Raft log index of the last change (optimistic concurrency).
+    pub version: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    /// Raft member id; 0 until the node first becomes a manager. Never reused.
+    pub raft_id: u64,
+    pub spec: NodeSpec,
+    pub description: NodeDescription,
+    pub status: NodeStatus,
+    pub meta: Meta,
+}
+
+/// The root of trust, replicated only among managers (Raft never reaches workers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub id: String,
+    pub root_ca: RootCa,
+    /// Join token secrets (the digest part comes from the root CA).
+    pub worker_secret: String,
+    pub manager_secret: String,
+    pub meta: Meta,
+}
+
+/// Node ids as Swarm prints them: 25 lowercase base-36 characters.
+pub fn new_node_id() -> String {
+    random_base36(25)
+}
+
+/// A random string of `len` base-36 characters from the OS RNG.
+pub fn random_base36(len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    (0..len).map(|_| ALPHABET[rng.random_range(0..36)] as char).collect()
+}
+
+/// Milliseconds since the unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 (UTC, seconds) for unix milliseconds.
+pub fn rfc3339(ms: u64) -> String {
+    if ms == 0 {
+        return String::new();
+    }
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(rfc3339(0), "");
+        assert_eq!(rfc3339(1_000), "1970-01-01T00:00:01Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_305_600_000), "2026-11-22T00:00:00Z");
+    }
+
+    #[test]
+    fn roles_and_availability_parse() {
+        assert_eq!("manager".parse::<Role>(), Ok(Role::Manager));
+        assert!("boss".parse::<Role>().is_err());
+        assert_eq!("drain".parse::<Availability>(), Ok(Availability::Drain));
+        assert!("off".parse::<Availability>().unwrap_err().contains("active, pause or drain"));
+    }
+
+    #[test]
+    fn node_ids_look_like_swarm() {
+        let id = new_node_id();
+        assert_eq!(id.len(), 25);
+        assert!(id.chars().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
+        assert_ne!(id, new_node_id());
+    }
+}

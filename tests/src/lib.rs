@@ -1,0 +1,3 @@
+//! Multi-host lab tests and the in-process cluster harness.
+
+pub mod lab;
