@@ -1,1 +1,28 @@
-fn main() {}
+//! The `shoal` binary: `shoal daemon`, `shoal netd`, and the client commands.
+
+mod args;
+mod client;
+mod commands;
+mod daemon;
+mod output;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = args::Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(commands::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {}", output::error_message(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

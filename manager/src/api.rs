@@ -160,16 +160,11 @@ impl pb::control_server::Control for ControlService {
                 .write(Command::UpdateNodeSpec { id: node.id.clone(), spec, expect_version: node.meta.version })
                 .await?;
         }
-        match role_change {
-            // The node sees its new role and raft id in its session, gets a
-            // manager certificate and asks to join as a voter.
-            Some(Role::Manager) => {
-                self.mgr.write(Command::AssignRaftId { id: node.id.clone() }).await?;
-            }
-            Some(Role::Worker) if node.raft_id != 0 => {
-                self.mgr.remove_voter(node.raft_id).await?;
-            }
-            _ => {}
+        // A promoted node sees its new role and Raft id in its session, gets a
+        // manager certificate and asks to join as a voter; a demoted one
+        // leaves the voters here and stops its manager when it sees the change.
+        if role_change == Some(Role::Worker) && node.raft_id != 0 {
+            self.mgr.remove_voter(node.raft_id).await?;
         }
         Ok(Response::new(self.node_pb(&self.find(&node.id)?)))
     }

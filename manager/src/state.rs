@@ -138,6 +138,13 @@ impl State {
                         node.meta.version
                     ));
                 }
+                // A promotion gets a fresh Raft id (this entry's index); a
+                // demotion retires the old one for good.
+                if spec.role == Role::Manager && node.spec.role != Role::Manager {
+                    node.raft_id = index;
+                } else if spec.role == Role::Worker {
+                    node.raft_id = 0;
+                }
                 node.spec = spec.clone();
                 stamp(&mut node.meta, index, at, false);
                 (Response::Ok, vec![ObjKey::Node(id.clone())])
@@ -331,6 +338,22 @@ mod tests {
         assert_eq!(s.nodes["n1"].meta.version, 3);
         assert_eq!(s.nodes["n1"].meta.created_ms, 10);
         assert_eq!(s.nodes["n1"].meta.updated_ms, 20);
+    }
+
+    #[test]
+    fn promotion_assigns_a_fresh_raft_id_and_demotion_retires_it() {
+        let mut s = booted();
+        s.apply(5, &req(Command::AddNode { node: node("w", Role::Worker) }));
+        let mut spec = s.nodes["w"].spec.clone();
+        spec.role = Role::Manager;
+        s.apply(8, &req(Command::UpdateNodeSpec { id: "w".into(), spec: spec.clone(), expect_version: 0 }));
+        assert_eq!(s.nodes["w"].raft_id, 8);
+        spec.role = Role::Worker;
+        s.apply(9, &req(Command::UpdateNodeSpec { id: "w".into(), spec: spec.clone(), expect_version: 0 }));
+        assert_eq!(s.nodes["w"].raft_id, 0);
+        spec.role = Role::Manager;
+        s.apply(12, &req(Command::UpdateNodeSpec { id: "w".into(), spec, expect_version: 0 }));
+        assert_eq!(s.nodes["w"].raft_id, 12, "never the old id again");
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub struct Identity {
     pub node_id: String,
     pub role: Role,
     pub cluster_id: String,
-    /// Expiry, unix milliseconds.
+    /// Validity, unix milliseconds.
+    pub not_before_ms: u64,
     pub not_after_ms: u64,
 }
 
@@ -75,8 +76,9 @@ impl Identity {
         if node_id.is_empty() || cluster_id.is_empty() {
             return Err(TlsError::Certificate("certificate lacks a node id (CN) or cluster id (O)".into()));
         }
+        let not_before_ms = (cert.validity().not_before.timestamp().max(0) as u64) * 1000;
         let not_after_ms = (cert.validity().not_after.timestamp().max(0) as u64) * 1000;
-        Ok(Identity { node_id, role, cluster_id, not_after_ms })
+        Ok(Identity { node_id, role, cluster_id, not_before_ms, not_after_ms })
     }
 
     pub fn from_pem(pem: &str) -> Result<Identity, TlsError> {

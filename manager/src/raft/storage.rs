@@ -405,3 +405,37 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data })
     }
 }
+
+/// Disaster recovery (`swarm init --force-new-cluster`): appends a membership
+/// entry that makes `raft_id` the only voter, keeping the log and state. Run on
+/// a stopped manager; on start it elects itself and commits the entry.
+pub fn force_single_voter(db: &Database, raft_id: u64, addr: &str) -> io::Result<()> {
+    let txn = db.begin_write().map_err(io_err)?;
+    {
+        let mut log = txn.open_table(LOG).map_err(io_err)?;
+        let last: Option<EntryOf<TypeConfig>> = match log.last().map_err(io_err)? {
+            Some((_, v)) => Some(dec(v.value())?),
+            None => None,
+        };
+        let purged: Option<LogIdOf<TypeConfig>> = {
+            let meta = txn.open_table(META).map_err(io_err)?;
+            let v = meta.get("purged").map_err(io_err)?;
+            match v {
+                Some(v) => dec::<Option<LogIdOf<TypeConfig>>>(v.value())?,
+                None => None,
+            }
+        };
+        let prev = last.map(|e| e.log_id).or(purged).ok_or_else(|| io::Error::other("the Raft log is empty: nothing to recover"))?;
+        let membership = openraft::Membership::<u64, openraft::BasicNode>::new(
+            vec![std::collections::BTreeSet::from([raft_id])],
+            std::collections::BTreeMap::from([(raft_id, openraft::BasicNode { addr: addr.to_string() })]),
+        )
+        .map_err(io_err)?;
+        let entry = EntryOf::<TypeConfig> {
+            log_id: LogIdOf::<TypeConfig> { leader_id: prev.leader_id.clone(), index: prev.index + 1 },
+            payload: EntryPayload::Membership(membership),
+        };
+        log.insert(entry.log_id.index, enc(&entry)?.as_slice()).map_err(io_err)?;
+    }
+    txn.commit().map_err(io_err)
+}

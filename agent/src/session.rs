@@ -1,0 +1,141 @@
+//! The node's session with the leader's dispatcher: say hello, send
+//! heartbeats at the period the managers choose, and pass every
+//! `SessionState` to the daemon. It finds the leader by itself: a follower
+//! answers with the leader's address, and any failure moves on to the next
+//! known manager with a capped backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use shoal_proto::pb;
+use shoal_proto::pb::dispatcher_client::DispatcherClient;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+pub struct SessionConfig {
+    pub hello: pb::Hello,
+    /// Managers to try, refreshed by the daemon from each SessionState.
+    pub managers: watch::Receiver<Vec<String>>,
+    pub tls: watch::Receiver<Arc<ClientConfig>>,
+}
+
+enum Ended {
+    /// The manager said who leads: go there next.
+    Redirect(String),
+    Failed(String),
+    Cancelled,
+}
+
+/// Runs until cancelled. Every SessionState received goes to `states`.
+pub async fn run(cfg: SessionConfig, states: mpsc::Sender<pb::SessionState>, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    let mut next: Option<String> = None;
+    let mut turn = 0usize;
+    loop {
+        let target = match next.take() {
+            Some(t) => t,
+            None => {
+                let list = cfg.managers.borrow().clone();
+                if list.is_empty() {
+                    tracing::warn!("no manager known to connect to");
+                    String::new()
+                } else {
+                    turn = (turn + 1) % list.len();
+                    list[turn].clone()
+                }
+            }
+        };
+        let ended = if target.is_empty() {
+            Ended::Failed("no manager".into())
+        } else {
+            one_session(&cfg, &target, &states, &cancel).await
+        };
+        match ended {
+            Ended::Cancelled => return,
+            Ended::Redirect(leader) => {
+                tracing::debug!(from = %target, to = %leader, "redirected to the leader");
+                next = Some(leader);
+                backoff = Duration::from_millis(100);
+                continue;
+            }
+            Ended::Failed(why) => tracing::info!(manager = %target, reason = %why, "session ended; reconnecting"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn one_session(
+    cfg: &SessionConfig,
+    target: &str,
+    states: &mpsc::Sender<pb::SessionState>,
+    cancel: &CancellationToken,
+) -> Ended {
+    let tls = cfg.tls.borrow().clone();
+    let channel = match shoal_proto::tls::channel(target, tls, CONNECT_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => return Ended::Failed(e.to_string()),
+    };
+    let (out_tx, out_rx) = mpsc::channel::<pb::AgentMessage>(8);
+    let hello = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(cfg.hello.clone())) };
+    if out_tx.send(hello).await.is_err() {
+        return Ended::Failed("outbound closed".into());
+    }
+    let mut client = DispatcherClient::new(channel);
+    let call = client.session(tokio_stream::wrappers::ReceiverStream::new(out_rx));
+    let mut inbound = match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Err(_) => return Ended::Failed("timed out opening the session".into()),
+        Ok(Err(status)) => {
+            if let Some(leader) = status.metadata().get("x-shoal-leader").and_then(|v| v.to_str().ok()) {
+                return Ended::Redirect(leader.to_string());
+            }
+            return Ended::Failed(format!("{}: {}", status.code(), status.message()));
+        }
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    let mut period = Duration::from_millis(1000);
+    let mut beat = tokio::time::interval(period);
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ended::Cancelled,
+            _ = beat.tick() => {
+                if last_heard.elapsed() > period * 3 {
+                    return Ended::Failed("the manager stopped answering heartbeats".into());
+                }
+                let hb = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat {})) };
+                if out_tx.send(hb).await.is_err() {
+                    return Ended::Failed("outbound closed".into());
+                }
+            }
+            m = inbound.message() => match m {
+                Ok(Some(pb::ManagerMessage { msg: Some(msg) })) => {
+                    last_heard = tokio::time::Instant::now();
+                    match msg {
+                        pb::manager_message::Msg::State(s) => {
+                            let p = Duration::from_millis(u64::from(s.heartbeat_period_ms.max(100)));
+                            if p != period {
+                                period = p;
+                                beat = tokio::time::interval(period);
+                            }
+                            if states.send(s).await.is_err() {
+                                return Ended::Cancelled;
+                            }
+                        }
+                        pb::manager_message::Msg::Ack(_) => {}
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Ended::Failed("the manager closed the session".into()),
+                Err(status) => return Ended::Failed(format!("{}: {}", status.code(), status.message())),
+            },
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Command-line arguments: Docker's verbs and flags where Docker has them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
+
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, about = "Shoal: a clustered container platform", propagate_version = true)]
+pub struct Cli {
+    /// Daemon or manager to talk to: unix:///path or tcp://host:port.
+    #[arg(short = 'H', long = "host", global = true, env = "SHOAL_HOST")]
+    pub host: Option<String>,
+    /// Directory with ca.pem, cert.pem and key.pem for tcp:// hosts.
+    #[arg(long = "tls-dir", global = true, env = "SHOAL_CERT_PATH")]
+    pub tls_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the node daemon (agent, and manager when elected).
+    Daemon(DaemonArgs),
+    /// Run the network daemon.
+    Netd(NetdArgs),
+    /// Show what this node is and which swarm it is in.
+    Info(FormatArg),
+    /// Manage the swarm.
+    #[command(subcommand)]
+    Swarm(SwarmCmd),
+    /// Manage swarm nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    #[arg(long, default_value = "/var/lib/shoal")]
+    pub data_root: PathBuf,
+    /// Where a manager listens for other nodes.
+    #[arg(long, default_value = "0.0.0.0:4620")]
+    pub listen_addr: String,
+    /// Address to advertise to other nodes when init/join give none.
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct NetdArgs {
+    #[arg(long, default_value = "/run/shoal/netd.sock")]
+    pub socket: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct FormatArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SwarmCmd {
+    /// Initialize a swarm: this node becomes its first manager.
+    Init {
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        #[arg(long)]
+        listen_addr: Option<String>,
+        /// Rebuild a one-manager cluster from this manager's state after quorum is lost.
+        #[arg(long)]
+        force_new_cluster: bool,
+    },
+    /// Join a swarm as a worker or manager (the token decides).
+    Join {
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        #[arg(long)]
+        listen_addr: Option<String>,
+        /// A manager's address, HOST[:PORT].
+        remote_addr: String,
+    },
+    /// Show or rotate a join token.
+    JoinToken {
+        /// Only print the token.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Rotate the token (the old one stops working).
+        #[arg(long)]
+        rotate: bool,
+        #[arg(value_parser = ["worker", "manager"])]
+        role: String,
+    },
+    /// Leave the swarm.
+    Leave {
+        /// Leave even if this node is a manager.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// List nodes in the swarm.
+    #[command(alias = "list")]
+    Ls {
+        /// Only print IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Display detailed information on nodes.
+    Inspect {
+        #[arg(long)]
+        pretty: bool,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Update a node.
+    Update {
+        #[arg(long, value_parser = ["active", "pause", "drain"])]
+        availability: Option<String>,
+        /// Add or update a label (key=value).
+        #[arg(long = "label-add")]
+        label_add: Vec<String>,
+        /// Remove a label.
+        #[arg(long = "label-rm")]
+        label_rm: Vec<String>,
+        #[arg(long, value_parser = ["worker", "manager"])]
+        role: Option<String>,
+        node: String,
+    },
+    /// Promote nodes to managers.
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Demote managers to workers.
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the swarm.
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove even if the node is not down.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}

@@ -1,0 +1,75 @@
+//! Connecting to a daemon (unix socket, no TLS) or a manager (TCP, mutual TLS
+//! with the certificates in `--tls-dir`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use shoal_proto::pb::control_client::ControlClient;
+use shoal_proto::pb::local_client::LocalClient;
+use shoal_proto::tls::NodeCerts;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::args::{Cli, DEFAULT_SOCKET};
+
+pub enum Target {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+pub fn target(cli: &Cli) -> anyhow::Result<Target> {
+    let host = cli.host.clone().unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"));
+    if let Some(path) = host.strip_prefix("unix://") {
+        return Ok(Target::Unix(PathBuf::from(path)));
+    }
+    if let Some(addr) = host.strip_prefix("tcp://") {
+        return Ok(Target::Tcp(addr.trim_end_matches('/').to_string()));
+    }
+    bail!("invalid host {host:?}: use unix:///path/to/socket or tcp://HOST:PORT")
+}
+
+pub async fn channel(cli: &Cli) -> anyhow::Result<Channel> {
+    match target(cli)? {
+        Target::Unix(path) => {
+            if !path.exists() {
+                bail!(
+                    "cannot connect to the Shoal daemon at unix://{}: no such socket. Is `shoal daemon` running?",
+                    path.display()
+                );
+            }
+            let p = path.clone();
+            let connector = tower::service_fn(move |_| {
+                let p = p.clone();
+                async move { tokio::net::UnixStream::connect(p).await.map(hyper_util::rt::TokioIo::new) }
+            });
+            Endpoint::from_static("http://localhost")
+                .connect_with_connector(connector)
+                .await
+                .with_context(|| format!("cannot connect to the Shoal daemon at unix://{}", path.display()))
+        }
+        Target::Tcp(addr) => {
+            let dir = cli.tls_dir.clone().or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".shoal")));
+            let dir = dir.context("a tcp:// host needs client certificates: pass --tls-dir DIR (ca.pem, cert.pem, key.pem)")?;
+            let read = |n: &str| {
+                std::fs::read_to_string(dir.join(n)).with_context(|| {
+                    format!("a tcp:// host needs a client certificate: cannot read {}", dir.join(n).display())
+                })
+            };
+            let certs = NodeCerts { ca_pem: read("ca.pem")?, cert_pem: read("cert.pem")?, key_pem: read("key.pem")? };
+            let cfg = Arc::new(certs.client_config()?);
+            Ok(shoal_proto::tls::channel(&addr, cfg, Duration::from_secs(3))?)
+        }
+    }
+}
+
+pub async fn local(cli: &Cli) -> anyhow::Result<LocalClient<Channel>> {
+    if let Target::Tcp(_) = target(cli)? {
+        bail!("swarm membership commands (init, join, leave, info) talk to the local daemon; use a unix:// host");
+    }
+    Ok(LocalClient::new(channel(cli).await?))
+}
+
+pub async fn control(cli: &Cli) -> anyhow::Result<ControlClient<Channel>> {
+    Ok(ControlClient::new(channel(cli).await?))
+}

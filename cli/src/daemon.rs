@@ -1,0 +1,86 @@
+//! `shoal daemon` and `shoal netd`: start, serve, stop on SIGTERM/SIGINT.
+
+use std::path::Path;
+
+use anyhow::Context;
+use shoal_agent::{Daemon, DaemonConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{DaemonArgs, NetdArgs};
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length and gethostname
+    // NUL-terminates within it (or we stop at its end).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+async fn signalled() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
+    init_tracing();
+    std::fs::create_dir_all(&args.data_root).with_context(|| format!("create {}", args.data_root.display()))?;
+    let daemon = Daemon::new(DaemonConfig {
+        data_root: args.data_root,
+        socket: socket.to_path_buf(),
+        listen_addr: args.listen_addr,
+        advertise_addr: args.advertise_addr,
+        hostname: hostname(),
+    });
+    daemon.resume().await?;
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(shoal_agent::local::serve(daemon.clone(), socket.to_path_buf(), cancel.clone()));
+    tracing::info!(socket = %socket.display(), version = shoal_proto::VERSION, "shoal daemon ready");
+    tokio::select! {
+        _ = signalled() => tracing::info!("stopping"),
+        r = server => { r??; return Ok(()); }
+    }
+    cancel.cancel();
+    daemon.shutdown().await;
+    Ok(())
+}
+
+/// netd owns the host's network; container networking arrives with the netd
+/// issue. For now it holds its socket so the daemon can find it.
+pub async fn run_netd(args: NetdArgs) -> anyhow::Result<()> {
+    init_tracing();
+    if let Some(dir) = args.socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if args.socket.exists() {
+        if std::os::unix::net::UnixStream::connect(&args.socket).is_ok() {
+            anyhow::bail!("another netd is already listening on {}", args.socket.display());
+        }
+        std::fs::remove_file(&args.socket)?;
+    }
+    let listener = tokio::net::UnixListener::bind(&args.socket)?;
+    tracing::info!(socket = %args.socket.display(), "shoal netd ready");
+    loop {
+        tokio::select! {
+            _ = signalled() => break,
+            c = listener.accept() => { drop(c); }
+        }
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! Docker-style tables and JSON for scripts.
+
+use serde_json::{Value, json};
+use shoal_proto::pb;
+
+/// Columns separated by three spaces, padded to the widest cell (as Docker's
+/// tabwriter does).
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(headers.to_vec());
+    for r in rows {
+        out.push('\n');
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+pub fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+pub fn node_json(n: &pb::Node) -> Value {
+    json!({
+        "id": n.id,
+        "hostname": n.hostname,
+        "role": n.role,
+        "availability": n.availability,
+        "labels": n.labels,
+        "status": n.status,
+        "status_message": n.status_message,
+        "addr": n.addr,
+        "manager_status": n.manager_status,
+        "raft_id": n.raft_id,
+        "version": n.version,
+        "created_at": n.created_at,
+        "updated_at": n.updated_at,
+        "cert_expiry": n.cert_expiry,
+        "engine_version": n.engine_version,
+    })
+}
+
+pub fn info_json(i: &pb::LocalInfo) -> Value {
+    json!({
+        "node_id": i.node_id,
+        "hostname": i.hostname,
+        "role": i.role,
+        "swarm_state": i.swarm_state,
+        "cluster_id": i.cluster_id,
+        "addr": i.addr,
+        "managers": i.managers,
+        "is_manager": i.is_manager,
+        "raft_term": i.raft_term,
+        "raft_id": i.raft_id,
+        "raft_leader": i.raft_leader,
+        "raft_state": i.raft_state,
+        "cert_expiry": i.cert_expiry,
+        "version": i.version,
+    })
+}
+
+/// A user-facing error line: gRPC errors show only their message.
+pub fn error_message(e: &anyhow::Error) -> String {
+    if let Some(s) = e.downcast_ref::<tonic::Status>() {
+        let msg = s.message();
+        if s.code() == tonic::Code::Unavailable && (msg.contains("transport") || msg.contains("connect")) {
+            return format!("cannot reach the daemon or manager: {msg}");
+        }
+        return msg.to_string();
+    }
+    format!("{e:#}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_like_docker() {
+        let t = table(&["ID", "HOSTNAME", "STATUS"], &[vec!["abc *".into(), "h1".into(), "Ready".into()]]);
+        assert_eq!(t, "ID      HOSTNAME   STATUS\nabc *   h1         Ready");
+    }
+
+    #[test]
+    fn capitalize_words() {
+        assert_eq!(capitalize("leader"), "Leader");
+        assert_eq!(capitalize(""), "");
+    }
+}
