@@ -52,14 +52,14 @@ impl Paths {
             let p = self.certs().join(name);
             std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
         };
-        let certs = NodeCerts { ca_pem: read("ca.pem")?, cert_pem: read("node.pem")?, key_pem: read("key.pem")? };
+        let certs = NodeCerts { ca_pem: read("ca.pem")?, cert_pem: read("cert.pem")?, key_pem: read("key.pem")? };
         Ok(Some((file, certs)))
     }
 
     pub fn save_certs(&self, certs: &NodeCerts) -> std::io::Result<()> {
         std::fs::create_dir_all(self.certs())?;
         write_atomic(&self.certs().join("key.pem"), certs.key_pem.as_bytes(), 0o600)?;
-        write_atomic(&self.certs().join("node.pem"), certs.cert_pem.as_bytes(), 0o644)?;
+        write_atomic(&self.certs().join("cert.pem"), certs.cert_pem.as_bytes(), 0o644)?;
         write_atomic(&self.certs().join("ca.pem"), certs.ca_pem.as_bytes(), 0o644)
     }
 

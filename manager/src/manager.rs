@@ -34,6 +34,8 @@ use crate::store::Store;
 pub const FORWARDED: &str = "x-shoal-forwarded";
 /// How long an API call waits for a leader to emerge before giving up.
 pub const LEADER_WAIT: Duration = Duration::from_secs(8);
+/// How long a write may wait for a quorum before the caller is told.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
@@ -171,7 +173,13 @@ impl Manager {
     /// FailedPrecondition and changed nothing.
     pub async fn write(&self, cmd: Command) -> Result<Response, Status> {
         let req = Request { at_ms: now_ms(), cmd };
-        match self.raft.client_write(req).await {
+        let res = tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(req)).await.map_err(|_| {
+            Status::unavailable(
+                "the write was not committed in time: this manager cannot reach a quorum of managers. \
+                 It may still be applied if the partition heals; check before retrying",
+            )
+        })?;
+        match res {
             Ok(r) => match r.data {
                 Response::Rejected(m) => Err(Status::failed_precondition(m)),
                 other => Ok(other),
@@ -280,6 +288,7 @@ impl Manager {
             };
             let Some(peer) = ev.identity else { continue };
             let m = self.metrics();
+            tracing::debug!(peer = %peer.node_id, remote = ?ev.remote, leader = ?m.current_leader, state = ?m.state, "peer connection closed");
             let Some(leader) = m.current_leader else { continue };
             if leader == self.cfg.raft_id || m.state != ServerState::Follower {
                 continue;
@@ -296,13 +305,24 @@ impl Manager {
     }
 
     async fn on_leader_connection_lost(self: Arc<Self>, leader: u64, addr: String, m: RaftMetrics<TypeConfig>) {
-        // A restarting leader could still be closing: probe a few times.
-        for _ in 0..3 {
+        // The connection can close while the process is still dying, so one
+        // accepted connect proves little: probe for a moment, and call the
+        // leader dead only when its port refuses. A slow network (timeouts)
+        // leaves the decision to Raft's own timers.
+        let mut refused = false;
+        for _ in 0..6 {
             match tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(&addr)).await {
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
-                _ => return, // it answers, or the network is slow: let Raft's timeouts decide
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    refused = true;
+                    break;
+                }
+                Err(_) => return,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !refused {
+            tracing::debug!(leader, %addr, "leader connection closed but it still accepts connections");
+            return;
         }
         let now = self.metrics();
         if now.current_leader != Some(leader) || now.vote != m.vote {
