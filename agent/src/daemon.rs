@@ -619,7 +619,7 @@ async fn ask_leader(managers: &[String], client: Arc<ClientConfig>, req: Forward
 
 fn explain_join_error(remote: &str, s: Status) -> Status {
     let msg = s.message();
-    if msg.contains("join token") || msg.contains("CA does not match") || msg.contains("impostor") {
+    if msg.contains("does not match the join token's digest") {
         return Status::permission_denied(format!(
             "the manager at {remote} presented a CA that does not match the join token's digest (wrong cluster, or an impostor); nothing was changed"
         ));

@@ -12,28 +12,22 @@ use shoal_proto::pb;
 use shoal_proto::pb::ca_client::CaClient;
 use shoal_proto::pb::control_client::ControlClient;
 use shoal_proto::token::JoinToken;
-use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{self, Caller};
 use crate::ca;
 use crate::dispatcher::manager_addrs;
-use crate::manager::{FORWARDED, Manager, Route};
+use crate::manager::{Manager, Route};
 use crate::state::{Command, Response as Applied};
 
-/// Re-issues a request to the leader, marked as forwarded.
-fn forwarded<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut().insert(FORWARDED, MetadataValue::from_static("1"));
-    r
-}
-
+/// Serves the call here on the leader, or forwards it there on behalf of
+/// its original caller.
 macro_rules! route {
-    ($self:ident, $req:ident, $client:ident, $method:ident) => {
+    ($self:ident, $req:ident, $caller:expr, $client:ident, $method:ident) => {
         match $self.mgr.route(&$req).await? {
             Route::Local => $req.into_inner(),
             Route::Leader { channel, .. } => {
-                return $client::new(channel).$method(forwarded($req.into_inner())).await;
+                return $client::new(channel).$method(auth::forwarded($req.into_inner(), &$caller)).await;
             }
         }
     };
@@ -111,22 +105,22 @@ impl ControlService {
 #[tonic::async_trait]
 impl pb::control_server::Control for ControlService {
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
-        self.authorize(&req)?;
-        let _ = route!(self, req, ControlClient, list_nodes);
+        let caller = self.authorize(&req)?;
+        let _ = route!(self, req, caller, ControlClient, list_nodes);
         let state = self.mgr.store.read();
         let nodes = state.nodes.values().map(|n| self.node_pb(n)).collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
     async fn inspect_node(&self, req: Request<pb::NodeRef>) -> Result<Response<pb::Node>, Status> {
-        self.authorize(&req)?;
-        let r = route!(self, req, ControlClient, inspect_node);
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, inspect_node);
         Ok(Response::new(self.node_pb(&self.find(&r.id)?)))
     }
 
     async fn update_node(&self, req: Request<pb::UpdateNodeRequest>) -> Result<Response<pb::Node>, Status> {
-        self.authorize(&req)?;
-        let r = route!(self, req, ControlClient, update_node);
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, update_node);
         let node = self.find(&r.id)?;
         let mut spec = node.spec.clone();
         if !r.availability.is_empty() {
@@ -170,8 +164,8 @@ impl pb::control_server::Control for ControlService {
     }
 
     async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::Empty>, Status> {
-        self.authorize(&req)?;
-        let r = route!(self, req, ControlClient, remove_node);
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, remove_node);
         let node = self.find(&r.id)?;
         if node.spec.role == Role::Manager {
             return Err(Status::failed_precondition(format!(
@@ -190,8 +184,8 @@ impl pb::control_server::Control for ControlService {
     }
 
     async fn join_token(&self, req: Request<pb::JoinTokenRequest>) -> Result<Response<pb::JoinTokenResponse>, Status> {
-        self.authorize(&req)?;
-        let r = route!(self, req, ControlClient, join_token);
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, join_token);
         let role = r.role.parse::<Role>().map_err(Status::invalid_argument)?;
         if r.rotate {
             self.mgr.write(Command::RotateToken { role, secret: JoinToken::new_secret() }).await?;
@@ -206,8 +200,8 @@ impl pb::control_server::Control for ControlService {
     }
 
     async fn cluster_info(&self, req: Request<pb::Empty>) -> Result<Response<pb::ClusterInfoResponse>, Status> {
-        self.authorize(&req)?;
-        let _ = route!(self, req, ControlClient, cluster_info);
+        let caller = self.authorize(&req)?;
+        let _ = route!(self, req, caller, ControlClient, cluster_info);
         let state = self.mgr.store.read();
         let m = self.mgr.metrics();
         Ok(Response::new(pb::ClusterInfoResponse {
@@ -231,13 +225,12 @@ pub struct CaService {
 impl pb::ca_server::Ca for CaService {
     async fn issue_node_certificate(&self, req: Request<pb::IssueRequest>) -> Result<Response<pb::IssueResponse>, Status> {
         // A caller with a valid certificate renews; anyone else needs a token.
-        let renewing = match auth::require(&req, &self.mgr.cfg.cluster_id, &[Role::Manager, Role::Worker]) {
-            Ok(Caller::Node(id)) => Some(id),
-            Ok(Caller::Local) => None,
-            Err(e) if e.code() == tonic::Code::Unauthenticated => None,
-            Err(e) => return Err(e),
+        let caller = auth::caller(&req, &self.mgr.cfg.cluster_id)?;
+        let renewing = match &caller {
+            Caller::Node(id) => Some(id.clone()),
+            Caller::Local | Caller::Anonymous => None,
         };
-        let r = route!(self, req, CaClient, issue_node_certificate);
+        let r = route!(self, req, caller, CaClient, issue_node_certificate);
         let state = self.mgr.store.read();
         let cluster = state.cluster.clone().ok_or_else(|| Status::unavailable("the swarm is not initialized yet"))?;
         drop(state);

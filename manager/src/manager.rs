@@ -29,9 +29,7 @@ use crate::raft::{self, Raft, TypeConfig};
 use crate::state::{Command, Request, Response};
 use crate::store::Store;
 
-/// Metadata key set on a call a manager forwards to the leader, so a stale
-/// view of who leads can never bounce a call around.
-pub const FORWARDED: &str = "x-shoal-forwarded";
+pub use crate::auth::FORWARDED;
 /// How long an API call waits for a leader to emerge before giving up.
 pub const LEADER_WAIT: Duration = Duration::from_secs(8);
 /// How long a write may wait for a quorum before the caller is told.

@@ -78,8 +78,7 @@ impl pb::raft_server::Raft for RaftService {
         let caller = auth::require_node(&req, &self.mgr.cfg.cluster_id, &[Role::Manager])?;
         let fwd: ForwardRequest = decode(req.get_ref())?;
         if let Route::Leader { channel, .. } = self.mgr.route(&req).await? {
-            let mut r = Request::new(req.into_inner());
-            r.metadata_mut().insert(crate::manager::FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            let r = auth::forwarded(req.into_inner(), &auth::Caller::Node(caller));
             return RaftClient::new(channel).forward(r).await;
         }
         match fwd {
