@@ -314,8 +314,18 @@ impl Daemon {
             stop_manager(r).await;
         }
         {
+            // Raft's storage tasks release the database shortly after shutdown.
             let path = self.paths.raft().join("raft.redb");
-            let db = shoal_manager::raft::storage::open(&path).map_err(internal)?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let db = loop {
+                match shoal_manager::raft::storage::open(&path) {
+                    Ok(db) => break db,
+                    Err(e) if tokio::time::Instant::now() < deadline && e.to_string().contains("already open") => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(internal(e)),
+                }
+            };
             shoal_manager::raft::storage::force_single_voter(&db, file.raft_id, &file.advertise_addr).map_err(internal)?;
         }
         let keep = file.node_id.clone();
@@ -597,7 +607,12 @@ async fn start_manager(
 
 async fn stop_manager(r: Running) {
     r.mgr.shutdown().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), r.server).await;
+    // Graceful first; long-lived sessions would hold a graceful stop forever.
+    let mut server = r.server;
+    if tokio::time::timeout(Duration::from_secs(2), &mut server).await.is_err() {
+        server.abort();
+        let _ = server.await;
+    }
 }
 
 /// Sends a membership request to the leader through any manager.

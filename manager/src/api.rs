@@ -107,6 +107,7 @@ impl pb::control_server::Control for ControlService {
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         let caller = self.authorize(&req)?;
         let _ = route!(self, req, caller, ControlClient, list_nodes);
+        self.mgr.linearizable().await?;
         let state = self.mgr.store.read();
         let nodes = state.nodes.values().map(|n| self.node_pb(n)).collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
@@ -115,6 +116,7 @@ impl pb::control_server::Control for ControlService {
     async fn inspect_node(&self, req: Request<pb::NodeRef>) -> Result<Response<pb::Node>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, inspect_node);
+        self.mgr.linearizable().await?;
         Ok(Response::new(self.node_pb(&self.find(&r.id)?)))
     }
 
@@ -189,6 +191,8 @@ impl pb::control_server::Control for ControlService {
         let role = r.role.parse::<Role>().map_err(Status::invalid_argument)?;
         if r.rotate {
             self.mgr.write(Command::RotateToken { role, secret: JoinToken::new_secret() }).await?;
+        } else {
+            self.mgr.linearizable().await?;
         }
         let state = self.mgr.store.read();
         let cluster = state.cluster.as_ref().ok_or_else(|| Status::failed_precondition("the swarm is not initialized"))?;
@@ -202,6 +206,7 @@ impl pb::control_server::Control for ControlService {
     async fn cluster_info(&self, req: Request<pb::Empty>) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         let caller = self.authorize(&req)?;
         let _ = route!(self, req, caller, ControlClient, cluster_info);
+        self.mgr.linearizable().await?;
         let state = self.mgr.store.read();
         let m = self.mgr.metrics();
         Ok(Response::new(pb::ClusterInfoResponse {

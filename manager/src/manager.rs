@@ -166,6 +166,17 @@ impl Manager {
         Ok(c)
     }
 
+    /// Confirms with a quorum that this manager still leads (ReadIndex), so a
+    /// read served next is linearizable. A leader cut off from its quorum
+    /// refuses instead of serving stale state.
+    pub async fn linearizable(&self) -> Result<(), Status> {
+        match tokio::time::timeout(Duration::from_secs(5), self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Status::unavailable(format!("{}: {e}", no_leader().message()))),
+            Err(_) => Err(no_leader()),
+        }
+    }
+
     /// Proposes a command on this (leading) manager and waits until it is
     /// committed and applied. A rejection by the state machine becomes
     /// FailedPrecondition and changed nothing.

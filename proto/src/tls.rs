@@ -315,7 +315,13 @@ pub fn serve_tls(
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (tcp, remote) = match listener.accept().await {
+            // The listener closes (and its port frees) as soon as the server
+            // stops taking connections.
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                a = listener.accept() => a,
+            };
+            let (tcp, remote) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -323,9 +329,6 @@ pub fn serve_tls(
                     continue;
                 }
             };
-            if tx.is_closed() {
-                return;
-            }
             let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(config.borrow().clone());
             let tx = tx.clone();

@@ -1,0 +1,868 @@
+//! In-process cluster simulation: several managers' Raft (real openraft, real
+//! redb storage in temp dirs, the real state machine and `Store`) in one
+//! process, talking through an in-memory router that can drop, delay and
+//! partition messages. Faults are drawn from a seeded RNG; every failure names
+//! its seed. Re-run one seed with `SHOAL_SIM_SEEDS=7 cargo test -p
+//! shoal-manager --test cluster_sim`.
+//!
+//! Invariants asserted:
+//! - committed log agreement: no log index is ever seen committed (or applied)
+//!   with two different log ids, on any node, at any sampled moment;
+//! - every acknowledged write is in every manager's final state, at the log id
+//!   it was acknowledged with; writes proposed to an isolated leader are never
+//!   acknowledged and never survive;
+//! - all managers converge to the same `State` and the same log;
+//! - one leader per term, where the type configuration promises it (see
+//!   `one_leader_per_term_is_guaranteed`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use openraft::alias::{LogIdOf, SnapshotOf, VoteOf};
+use openraft::async_runtime::WatchReceiver as _;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{
+    BasicNode, ChangeMembers, RPCTypes, RaftLogReader as _, RaftMetrics, RaftNetworkFactory, RaftNetworkV2, ServerState,
+};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use shoal_manager::raft::storage::{self, LogStore, StateMachine};
+use shoal_manager::raft::{Raft, TypeConfig};
+use shoal_manager::state::{Command, Request, Response, State};
+use shoal_manager::store::Store;
+use shoal_proto::model::{Availability, Meta, Node, NodeDescription, NodeSpec, NodeStatus, Role};
+use tokio::task::JoinHandle;
+
+// === the in-memory transport ===
+
+/// Faults applied to every message; changed by the test while the cluster runs.
+#[derive(Clone, Debug, Default)]
+struct Faults {
+    /// Messages to or from these nodes fail as `Unreachable` (a partition).
+    isolated: BTreeSet<u64>,
+    /// Probability that a request, or independently its reply, is lost.
+    drop_prob: f64,
+    /// Each leg (request, reply) is delayed by a uniform 0..=max_delay.
+    max_delay: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    delivered: u64,
+    dropped: u64,
+    unreachable: u64,
+}
+
+struct RouterInner {
+    rafts: BTreeMap<u64, Raft>,
+    faults: Faults,
+    rng: StdRng,
+    stats: Stats,
+}
+
+/// Raft id → running `Raft`, plus the faults; shared by every node's network.
+#[derive(Clone)]
+struct Router {
+    inner: Arc<Mutex<RouterInner>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SimError(String);
+
+fn unreachable(from: u64, to: u64, why: &str) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(&SimError(format!("{from} -> {to}: {why}"))))
+}
+
+impl Router {
+    fn new(seed: u64) -> Router {
+        Router {
+            inner: Arc::new(Mutex::new(RouterInner {
+                rafts: BTreeMap::new(),
+                faults: Faults::default(),
+                rng: StdRng::seed_from_u64(seed),
+                stats: Stats::default(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RouterInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, id: u64, raft: Raft) {
+        self.lock().rafts.insert(id, raft);
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().rafts.remove(&id);
+    }
+
+    fn set_noise(&self, drop_prob: f64, max_delay: Duration) {
+        let mut g = self.lock();
+        g.faults.drop_prob = drop_prob;
+        g.faults.max_delay = max_delay;
+    }
+
+    fn isolate(&self, id: u64) {
+        self.lock().faults.isolated.insert(id);
+    }
+
+    fn heal(&self) {
+        self.lock().faults.isolated.clear();
+    }
+
+    fn stats(&self) -> String {
+        let g = self.lock();
+        format!("delivered {}, dropped {}, unreachable {}", g.stats.delivered, g.stats.dropped, g.stats.unreachable)
+    }
+
+    /// One leg of a message (request or reply): fails if either end is
+    /// isolated or the RNG drops it; otherwise returns the delay to apply.
+    fn leg(&self, from: u64, to: u64, what: &str) -> Result<Duration, RPCError<TypeConfig>> {
+        let mut g = self.lock();
+        let RouterInner { faults, rng, stats, .. } = &mut *g;
+        if faults.isolated.contains(&from) || faults.isolated.contains(&to) {
+            stats.unreachable += 1;
+            return Err(unreachable(from, to, "partitioned"));
+        }
+        if faults.drop_prob > 0.0 && rng.random_bool(faults.drop_prob) {
+            stats.dropped += 1;
+            return Err(RPCError::Network(NetworkError::new(&SimError(format!("{from} -> {to}: {what} dropped")))));
+        }
+        let max = u64::try_from(faults.max_delay.as_micros()).unwrap_or(u64::MAX);
+        Ok(if max == 0 { Duration::ZERO } else { Duration::from_micros(rng.random_range(0..=max)) })
+    }
+
+    /// The target of a request arriving now: a partition may have started
+    /// while it was in flight, or the target may have stopped.
+    fn deliver_to(&self, from: u64, to: u64) -> Result<Raft, RPCError<TypeConfig>> {
+        let mut g = self.lock();
+        if g.faults.isolated.contains(&from) || g.faults.isolated.contains(&to) {
+            g.stats.unreachable += 1;
+            return Err(unreachable(from, to, "partitioned in flight"));
+        }
+        match g.rafts.get(&to).cloned() {
+            Some(r) => Ok(r),
+            None => {
+                g.stats.unreachable += 1;
+                Err(unreachable(from, to, "not running"))
+            }
+        }
+    }
+
+    /// Carries one RPC from `from` to `to`: request leg, the call on the target
+    /// `Raft`, reply leg; the whole within `ttl`. A partition that starts while
+    /// the request is in flight loses it (or its reply).
+    async fn rpc<T, E, F, Fut>(&self, from: u64, to: u64, action: RPCTypes, ttl: Duration, call: F) -> Result<T, RPCError<TypeConfig>>
+    where
+        E: std::fmt::Display,
+        F: FnOnce(Raft) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let fut = async {
+            let delay = self.leg(from, to, "request")?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await; // injected latency, not synchronisation
+            }
+            let target = self.deliver_to(from, to)?;
+            // The remote Raft stopped: seen as an unreachable peer, like the gRPC transport.
+            let resp = call(target).await.map_err(|e| unreachable(from, to, &e.to_string()))?;
+            let delay = self.leg(from, to, "reply")?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            self.lock().stats.delivered += 1;
+            Ok(resp)
+        };
+        match tokio::time::timeout(ttl, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(RPCError::Timeout(Timeout { action, id: from, target: to, timeout: ttl })),
+        }
+    }
+}
+
+struct MemNetworkFactory {
+    id: u64,
+    router: Router,
+}
+
+impl RaftNetworkFactory<TypeConfig> for MemNetworkFactory {
+    type Network = MemNetwork;
+
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> MemNetwork {
+        MemNetwork { from: self.id, to: target, router: self.router.clone() }
+    }
+}
+
+/// One node's connection to one peer: calls the peer's `Raft` directly.
+struct MemNetwork {
+    from: u64,
+    to: u64,
+    router: Router,
+}
+
+impl RaftNetworkV2<TypeConfig> for MemNetwork {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.router
+            .rpc(self.from, self.to, RPCTypes::AppendEntries, option.hard_ttl(), |r| async move { r.append_entries(rpc).await })
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.router.rpc(self.from, self.to, RPCTypes::Vote, option.hard_ttl(), |r| async move { r.vote(rpc).await }).await
+    }
+
+    /// Not the default (which grants everything): the peer really decides.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.router.rpc(self.from, self.to, RPCTypes::Vote, option.hard_ttl(), |r| async move { r.pre_vote(rpc).await }).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        // Same floor as the gRPC transport.
+        let ttl = option.hard_ttl().max(Duration::from_secs(10));
+        let send = self.router.rpc(self.from, self.to, RPCTypes::InstallSnapshot, ttl, |r| async move {
+            r.install_full_snapshot(vote, snapshot).await
+        });
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = send => r.map_err(StreamingError::from),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.router
+            .rpc(self.from, self.to, RPCTypes::TransferLeader, option.hard_ttl(), |r| async move {
+                r.handle_transfer_leader(req).await
+            })
+            .await
+    }
+}
+
+// === observations (sampled from every node's metrics) ===
+
+#[derive(Default)]
+struct Observations {
+    /// term → every node seen leading it (self-reported or as a follower's leader).
+    leaders: BTreeMap<u64, BTreeSet<u64>>,
+    /// log index → the log id seen committed or applied there.
+    committed: BTreeMap<u64, LogIdOf<TypeConfig>>,
+    conflicts: Vec<String>,
+    samples: u64,
+}
+
+impl Observations {
+    fn record(&mut self, m: &RaftMetrics<TypeConfig>) {
+        self.samples += 1;
+        if m.state == ServerState::Leader {
+            self.leaders.entry(m.current_term).or_default().insert(m.id);
+        }
+        if let Some(l) = m.current_leader {
+            self.leaders.entry(m.current_term).or_default().insert(l);
+        }
+        for lid in [&m.local_committed, &m.last_applied].into_iter().flatten() {
+            match self.committed.get(&lid.index) {
+                None => {
+                    self.committed.insert(lid.index, lid.clone());
+                }
+                Some(seen) if seen != lid => self.conflicts.push(format!(
+                    "node {} has {lid:?} committed at index {}, another node had {seen:?}",
+                    m.id, lid.index
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// openraft's default ("advanced") `LeaderId` orders candidates of one term by
+/// node id, so two leaders in one term are legal there (the later one wins);
+/// only the standard `LeaderId` promises one leader per term.
+fn one_leader_per_term_is_guaranteed() -> bool {
+    !std::any::type_name::<<TypeConfig as openraft::RaftTypeConfig>::LeaderId>().contains("leader_id_adv")
+}
+
+// === the cluster ===
+
+/// The production configuration with faster clocks: heartbeat 50 ms and
+/// election timeout 300–600 ms instead of 150 ms and 1.5–3 s, so that a test
+/// sees several elections in seconds. Everything else (pre-vote on, snapshot
+/// policy, ...) is `shoal_manager::raft::config()` unchanged.
+fn fast_config() -> anyhow::Result<Arc<openraft::Config>> {
+    let mut cfg = (*shoal_manager::raft::config()?).clone();
+    cfg.heartbeat_interval = 50;
+    cfg.election_timeout_min = 300;
+    cfg.election_timeout_max = 600;
+    Ok(Arc::new(cfg.validate()?))
+}
+
+fn basic_node(id: u64) -> BasicNode {
+    BasicNode { addr: format!("mem-{id}") }
+}
+
+struct Member {
+    raft: Raft,
+    store: Store,
+    log: LogStore,
+    /// To know when every handle on the database is gone (redb opens a file once).
+    db: Weak<redb::Database>,
+}
+
+struct Cluster {
+    seed: u64,
+    cfg: Arc<openraft::Config>,
+    router: Router,
+    dirs: BTreeMap<u64, tempfile::TempDir>,
+    members: BTreeMap<u64, Member>,
+    obs: Arc<Mutex<Observations>>,
+    watchers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for w in &self.watchers {
+            w.abort();
+        }
+    }
+}
+
+async fn start_member(id: u64, dir: &Path, cfg: Arc<openraft::Config>, router: &Router) -> anyhow::Result<Member> {
+    let db = storage::open(&dir.join("raft.redb"))?;
+    let weak = Arc::downgrade(&db);
+    let store = Store::new();
+    let sm = StateMachine::open(db.clone(), store.clone()).await?;
+    let log = LogStore::new(db);
+    let net = MemNetworkFactory { id, router: router.clone() };
+    let raft = Raft::new(id, cfg, net, log.clone(), sm).await.map_err(|e| anyhow!("start raft {id}: {e}"))?;
+    router.add(id, raft.clone());
+    Ok(Member { raft, store, log, db: weak })
+}
+
+fn metrics(raft: &Raft) -> RaftMetrics<TypeConfig> {
+    raft.metrics().borrow_watched().clone()
+}
+
+/// Polling interval for conditions spread over several nodes (a deadline always bounds the wait).
+const POLL: Duration = Duration::from_millis(10);
+
+impl Cluster {
+    /// Starts `n` managers (raft ids 1..=n) on fresh storage; nothing initialized.
+    async fn start(n: u64, seed: u64) -> anyhow::Result<Cluster> {
+        let cfg = fast_config()?;
+        let router = Router::new(seed);
+        let mut c = Cluster {
+            seed,
+            cfg,
+            router,
+            dirs: BTreeMap::new(),
+            members: BTreeMap::new(),
+            obs: Arc::new(Mutex::new(Observations::default())),
+            watchers: Vec::new(),
+        };
+        for id in 1..=n {
+            c.dirs.insert(id, tempfile::tempdir()?);
+        }
+        c.start_all().await?;
+        Ok(c)
+    }
+
+    async fn start_all(&mut self) -> anyhow::Result<()> {
+        for (&id, dir) in &self.dirs {
+            let m = start_member(id, dir.path(), self.cfg.clone(), &self.router).await?;
+            self.members.insert(id, m);
+        }
+        self.watch_metrics();
+        Ok(())
+    }
+
+    /// One task per node records every metrics change it sees.
+    fn watch_metrics(&mut self) {
+        for m in self.members.values() {
+            let mut rx = m.raft.metrics();
+            let obs = self.obs.clone();
+            self.watchers.push(tokio::spawn(async move {
+                loop {
+                    {
+                        let latest = rx.borrow_watched().clone();
+                        obs.lock().unwrap_or_else(|p| p.into_inner()).record(&latest);
+                    }
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+    }
+
+    fn ids(&self) -> BTreeSet<u64> {
+        self.members.keys().copied().collect()
+    }
+
+    fn raft(&self, id: u64) -> anyhow::Result<&Raft> {
+        self.members.get(&id).map(|m| &m.raft).ok_or_else(|| anyhow!("no member {id}"))
+    }
+
+    /// Initializes member 1 alone, then adds every other member as a learner
+    /// and promotes them all to voters; returns once every member sees the full
+    /// voter set.
+    async fn form(&self) -> anyhow::Result<()> {
+        let all = self.ids();
+        let first = self.raft(1)?;
+        first.initialize(BTreeMap::from([(1, basic_node(1))])).await.map_err(|e| anyhow!("initialize: {e}"))?;
+        // Leading is not enough: the initial membership must be committed (by
+        // the leader's first blank entry, index 1) before it can be changed.
+        first
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(
+                |m| m.state == ServerState::Leader && m.last_applied.as_ref().is_some_and(|l| l.index >= 1),
+                "node 1 leads alone and has committed its first entry",
+            )
+            .await?;
+        for &id in all.iter().filter(|&&id| id != 1) {
+            tokio::time::timeout(Duration::from_secs(5), first.add_learner(id, basic_node(id), true))
+                .await
+                .with_context(|| format!("add learner {id}: timed out"))?
+                .map_err(|e| anyhow!("add learner {id}: {e}"))?;
+        }
+        let others: BTreeSet<u64> = all.iter().copied().filter(|&id| id != 1).collect();
+        tokio::time::timeout(Duration::from_secs(5), first.change_membership(ChangeMembers::AddVoterIds(others), false))
+            .await
+            .context("change membership: timed out")?
+            .map_err(|e| anyhow!("change membership: {e}"))?;
+        for m in self.members.values() {
+            m.raft.wait(Some(Duration::from_secs(5))).voter_ids(all.clone(), "every member is a voter").await?;
+        }
+        Ok(())
+    }
+
+    /// The member of `among` that leads in the highest term, per its own metrics.
+    fn leader_among(&self, among: &BTreeSet<u64>) -> Option<u64> {
+        among
+            .iter()
+            .filter_map(|id| self.members.get(id))
+            .map(|m| metrics(&m.raft))
+            .filter(|m| m.state == ServerState::Leader)
+            .max_by_key(|m| m.current_term)
+            .map(|m| m.id)
+    }
+
+    async fn wait_leader_among(&self, among: &BTreeSet<u64>, within: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.leader_among(among) {
+                return Ok(l);
+            }
+            ensure!(Instant::now() < deadline, "no leader among {among:?} within {within:?}");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Writes through whichever member of `among` leads until `count` writes
+    /// are acknowledged; records them in `ledger` and returns the last one's log id.
+    async fn write_acked(
+        &self,
+        among: &BTreeSet<u64>,
+        count: usize,
+        phase: &str,
+        ledger: &mut Ledger,
+        within: Duration,
+    ) -> anyhow::Result<LogIdOf<TypeConfig>> {
+        let deadline = Instant::now() + within;
+        let mut acked = 0;
+        let mut last = None;
+        let mut last_refusal = String::from("none");
+        while acked < count {
+            ensure!(
+                Instant::now() < deadline,
+                "phase {phase}: only {acked}/{count} writes acknowledged among {among:?} within {within:?} \
+                 (last refusal: {last_refusal}; {})",
+                self.router.stats()
+            );
+            let Some(leader) = self.leader_among(among) else {
+                tokio::time::sleep(POLL).await;
+                continue;
+            };
+            let id = ledger.next_id(self.seed, phase);
+            match propose(self.raft(leader)?, &id, Duration::from_secs(2)).await? {
+                Outcome::Acked(log_id) => {
+                    ledger.acked.insert(id, log_id.clone());
+                    last = Some(log_id);
+                    acked += 1;
+                }
+                Outcome::NotAcked(why) => {
+                    ledger.refused += 1;
+                    last_refusal = why;
+                    // Leadership moved or a quorum was slow: try again with a new write.
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        }
+        last.ok_or_else(|| anyhow!("phase {phase}: asked for no writes"))
+    }
+
+    /// Writes a barrier through the leader and waits until every member has
+    /// applied it; returns its index. After this every member's state holds
+    /// every write committed before the barrier.
+    async fn converge(&self, ledger: &mut Ledger, within: Duration) -> anyhow::Result<u64> {
+        let barrier = self.write_acked(&self.ids(), 1, "barrier", ledger, within).await?.index;
+        for (id, m) in &self.members {
+            m.raft
+                .wait(Some(within))
+                .applied_index_at_least(Some(barrier), format!("member {id} applies the barrier at {barrier}"))
+                .await?;
+        }
+        Ok(barrier)
+    }
+
+    fn states(&self) -> BTreeMap<u64, Arc<State>> {
+        self.members.iter().map(|(&id, m)| (id, m.store.read())).collect()
+    }
+
+    /// Every member's `State`, which must all be equal; returns it.
+    fn assert_states_equal(&self) -> anyhow::Result<Arc<State>> {
+        let states = self.states();
+        let (first_id, first) = states.iter().next().ok_or_else(|| anyhow!("no members"))?;
+        for (id, s) in &states {
+            ensure!(
+                s == first,
+                "member {id}'s state differs from member {first_id}'s:\n{id}: {:?}\n{first_id}: {:?}",
+                s.nodes.keys().collect::<Vec<_>>(),
+                first.nodes.keys().collect::<Vec<_>>()
+            );
+        }
+        Ok(first.clone())
+    }
+
+    /// The log ids of entries 1..=upto on every member, which must be equal.
+    async fn assert_logs_equal(&self, upto: u64) -> anyhow::Result<BTreeMap<u64, LogIdOf<TypeConfig>>> {
+        let mut logs = BTreeMap::new();
+        for (&id, m) in &self.members {
+            let mut reader = m.log.clone();
+            let entries = reader.try_get_log_entries(1..=upto).await?;
+            let ids: BTreeMap<u64, LogIdOf<TypeConfig>> = entries.into_iter().map(|e| (e.log_id.index, e.log_id)).collect();
+            ensure!(ids.len() as u64 == upto, "member {id} holds {} of log entries 1..={upto}", ids.len());
+            logs.insert(id, ids);
+        }
+        let mut it = logs.into_iter();
+        let (first_id, first) = it.next().ok_or_else(|| anyhow!("no members"))?;
+        for (id, log) in it {
+            if let Some((i, a)) = log.iter().find(|(i, a)| first.get(i) != Some(a)) {
+                bail!("logs diverge at index {i}: member {id} has {a:?}, member {first_id} has {:?}", first.get(i));
+            }
+        }
+        Ok(first)
+    }
+
+    fn assert_observations(&self) -> anyhow::Result<()> {
+        let obs = self.obs.lock().unwrap_or_else(|p| p.into_inner());
+        ensure!(obs.conflicts.is_empty(), "committed log disagreement:\n{}", obs.conflicts.join("\n"));
+        let multi: Vec<_> = obs.leaders.iter().filter(|(_, l)| l.len() > 1).collect();
+        if one_leader_per_term_is_guaranteed() {
+            ensure!(multi.is_empty(), "terms with more than one leader: {multi:?}");
+        } else if !multi.is_empty() {
+            eprintln!(
+                "seed {}: terms with more than one leader (legal with openraft's advanced LeaderId): {multi:?}",
+                self.seed
+            );
+        }
+        Ok(())
+    }
+
+    /// Shuts every member down and waits until its database is closed.
+    async fn shutdown(&mut self, within: Duration) -> anyhow::Result<()> {
+        for w in self.watchers.drain(..) {
+            w.abort();
+        }
+        let members = std::mem::take(&mut self.members);
+        let mut dbs = Vec::new();
+        for (id, m) in members {
+            self.router.remove(id);
+            m.raft.shutdown().await.map_err(|e| anyhow!("shutdown {id}: {e}"))?;
+            dbs.push((id, m.db.clone()));
+            drop(m);
+        }
+        let deadline = Instant::now() + within;
+        for (id, db) in dbs {
+            while db.strong_count() > 0 {
+                ensure!(Instant::now() < deadline, "member {id}'s database is still open {within:?} after shutdown");
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+// === writes ===
+
+/// What the test proposed and what was acknowledged.
+#[derive(Default)]
+struct Ledger {
+    next: u64,
+    /// Writes that were not acknowledged (they may or may not be applied).
+    refused: u64,
+    /// Node id written → the log id the write was acknowledged at.
+    acked: BTreeMap<String, LogIdOf<TypeConfig>>,
+}
+
+impl Ledger {
+    fn next_id(&mut self, seed: u64, phase: &str) -> String {
+        self.next += 1;
+        format!("s{seed}-{phase}-{}", self.next)
+    }
+}
+
+enum Outcome {
+    Acked(LogIdOf<TypeConfig>),
+    NotAcked(String),
+}
+
+fn worker(id: &str) -> Node {
+    Node {
+        id: id.to_string(),
+        raft_id: 0,
+        spec: NodeSpec { role: Role::Worker, availability: Availability::Active, labels: Default::default() },
+        description: NodeDescription { hostname: format!("host-{id}"), ..Default::default() },
+        status: NodeStatus::default(),
+        meta: Meta::default(),
+    }
+}
+
+/// Proposes `AddNode { id }` on `raft`; acknowledged only if it was applied
+/// within `ttl` and accepted.
+async fn propose(raft: &Raft, id: &str, ttl: Duration) -> anyhow::Result<Outcome> {
+    let req = Request { at_ms: 1_000, cmd: Command::AddNode { node: worker(id) } };
+    match tokio::time::timeout(ttl, raft.client_write(req)).await {
+        Err(_) => Ok(Outcome::NotAcked(format!("timed out after {ttl:?}"))),
+        Ok(Err(e)) => Ok(Outcome::NotAcked(e.to_string())),
+        Ok(Ok(resp)) => match resp.data {
+            Response::Ok => Ok(Outcome::Acked(resp.log_id)),
+            other => bail!("write of fresh node {id} answered {other:?}"),
+        },
+    }
+}
+
+fn assert_acked_present(ledger: &Ledger, state: &State, log: &BTreeMap<u64, LogIdOf<TypeConfig>>) -> anyhow::Result<()> {
+    for (id, log_id) in &ledger.acked {
+        let node = state.nodes.get(id).ok_or_else(|| anyhow!("acknowledged write {id} ({log_id:?}) is lost"))?;
+        ensure!(node.meta.version == log_id.index, "write {id} applied at {} but acknowledged at {log_id:?}", node.meta.version);
+        ensure!(log.get(&log_id.index) == Some(log_id), "write {id} acknowledged at {log_id:?}, log has {:?}", log.get(&log_id.index));
+    }
+    Ok(())
+}
+
+// === running seeded scenarios ===
+
+/// Seeds from `SHOAL_SIM_SEEDS` (comma-separated) or the defaults.
+fn seeds(default: &[u64]) -> Vec<u64> {
+    match std::env::var("SHOAL_SIM_SEEDS") {
+        Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        Err(_) => default.to_vec(),
+    }
+}
+
+/// Prints the seed if the scenario panics (e.g. an `expect` deep inside).
+struct SeedGuard(u64);
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("failing seed: {} (re-run with SHOAL_SIM_SEEDS={})", self.0, self.0);
+        }
+    }
+}
+
+async fn run_seeded<F, Fut>(name: &str, seed: u64, within: Duration, scenario: F)
+where
+    F: FnOnce(u64) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let _guard = SeedGuard(seed);
+    let started = Instant::now();
+    match tokio::time::timeout(within, scenario(seed)).await {
+        Err(_) => panic!("{name}: seed {seed}: timed out after {within:?} (re-run with SHOAL_SIM_SEEDS={seed})"),
+        Ok(Err(e)) => panic!("{name}: seed {seed}: {e:#} (re-run with SHOAL_SIM_SEEDS={seed})"),
+        Ok(Ok(())) => eprintln!("{name}: seed {seed} passed in {:?}", started.elapsed()),
+    }
+}
+
+// === tests ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_managers_elect_one_leader_and_replicate() {
+    run_seeded("three_managers_elect_one_leader_and_replicate", 1, Duration::from_secs(30), |seed| async move {
+        let mut c = Cluster::start(3, seed).await?;
+        c.form().await?;
+        let all = c.ids();
+
+        // One leader, and every member agrees on it.
+        let leader = c.wait_leader_among(&all, Duration::from_secs(5)).await?;
+        for (id, m) in &c.members {
+            m.raft.wait(Some(Duration::from_secs(5))).current_leader(leader, format!("member {id} follows {leader}")).await?;
+        }
+        let leading: Vec<u64> =
+            c.members.values().map(|m| metrics(&m.raft)).filter(|m| m.state == ServerState::Leader).map(|m| m.id).collect();
+        ensure!(leading == vec![leader], "members in the Leader state: {leading:?}, expected only {leader}");
+
+        let mut ledger = Ledger::default();
+        c.write_acked(&all, 20, "w", &mut ledger, Duration::from_secs(10)).await?;
+        let barrier = c.converge(&mut ledger, Duration::from_secs(10)).await?;
+        let state = c.assert_states_equal()?;
+        let log = c.assert_logs_equal(barrier).await?;
+        ensure!(state.nodes.len() == 21, "expected 21 nodes, state has {}", state.nodes.len());
+        assert_acked_present(&ledger, &state, &log)?;
+        c.assert_observations()?;
+        c.shutdown(Duration::from_secs(5)).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_leader_loses_no_acknowledged_write() {
+    let started = Instant::now();
+    for seed in seeds(&[1, 2, 3]) {
+        run_seeded("partitioned_leader_loses_no_acknowledged_write", seed, Duration::from_secs(20), partition_scenario)
+            .await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+}
+
+async fn partition_scenario(seed: u64) -> anyhow::Result<()> {
+    let mut c = Cluster::start(3, seed).await?;
+    c.form().await?;
+    let all = c.ids();
+    c.router.set_noise(0.05, Duration::from_millis(5));
+    let mut ledger = Ledger::default();
+
+    // Before the partition.
+    c.write_acked(&all, 15, "before", &mut ledger, Duration::from_secs(10)).await?;
+
+    // Cut the leader off. Nothing it accepts from now on can reach a quorum.
+    let old = c.wait_leader_among(&all, Duration::from_secs(5)).await?;
+    let old_term = metrics(c.raft(old)?).current_term;
+    c.router.isolate(old);
+    let isolated_at = Instant::now();
+    let majority: BTreeSet<u64> = all.iter().copied().filter(|&id| id != old).collect();
+
+    // The isolated side keeps proposing; none of it may be acknowledged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let isolated_writer: JoinHandle<anyhow::Result<Vec<String>>> = {
+        let raft = c.raft(old)?.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut proposed = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let id = format!("s{seed}-isolated-{n}");
+                match propose(&raft, &id, Duration::from_millis(200)).await? {
+                    Outcome::Acked(log_id) => bail!("isolated node {old} acknowledged write {id} at {log_id:?}"),
+                    Outcome::NotAcked(_) => proposed.push(id),
+                }
+                tokio::task::yield_now().await;
+            }
+            Ok(proposed)
+        })
+    };
+
+    // The majority elects a new leader and keeps taking writes.
+    let new = c.wait_leader_among(&majority, Duration::from_secs(10)).await?;
+    let new_term = metrics(c.raft(new)?).current_term;
+    ensure!(new_term > old_term, "new leader {new} in term {new_term}, not after the old term {old_term}");
+    let failover = isolated_at.elapsed();
+    c.write_acked(&majority, 15, "majority", &mut ledger, Duration::from_secs(10)).await?;
+
+    stop.store(true, Ordering::SeqCst);
+    let isolated_proposed = isolated_writer.await.context("isolated writer panicked")??;
+    ensure!(!isolated_proposed.is_empty(), "the isolated side proposed nothing");
+
+    // Heal; the old leader steps down and catches up.
+    c.router.heal();
+    c.write_acked(&all, 10, "healed", &mut ledger, Duration::from_secs(10)).await?;
+    let barrier = c.converge(&mut ledger, Duration::from_secs(10)).await?;
+
+    let state = c.assert_states_equal()?;
+    let log = c.assert_logs_equal(barrier).await?;
+    assert_acked_present(&ledger, &state, &log)?;
+    for id in &isolated_proposed {
+        ensure!(!state.nodes.contains_key(id), "write {id}, proposed only to the isolated leader, was applied");
+    }
+    c.assert_observations()?;
+    eprintln!(
+        "seed {seed}: leader {old} (term {old_term}) isolated, {new} led term {new_term} after {failover:?}; \
+         {} writes acknowledged, {} not, {} proposed to the isolated side; {}",
+        ledger.acked.len(),
+        ledger.refused,
+        isolated_proposed.len(),
+        c.router.stats()
+    );
+    c.shutdown(Duration::from_secs(5)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_recovers_state_from_disk() {
+    run_seeded("restart_recovers_state_from_disk", 1, Duration::from_secs(30), |seed| async move {
+        let mut c = Cluster::start(3, seed).await?;
+        c.form().await?;
+        let all = c.ids();
+        let mut ledger = Ledger::default();
+        c.write_acked(&all, 10, "before", &mut ledger, Duration::from_secs(10)).await?;
+        c.converge(&mut ledger, Duration::from_secs(10)).await?;
+        let before = c.assert_states_equal()?;
+
+        c.shutdown(Duration::from_secs(5)).await?;
+        c.start_all().await?;
+
+        // Straight from disk, before Raft has done anything.
+        for (id, s) in c.states() {
+            ensure!(*s == *before, "member {id} reopened with a different state");
+        }
+        let leader = c.wait_leader_among(&all, Duration::from_secs(10)).await?;
+        c.write_acked(&all, 5, "after", &mut ledger, Duration::from_secs(10)).await?;
+        let barrier = c.converge(&mut ledger, Duration::from_secs(10)).await?;
+        let state = c.assert_states_equal()?;
+        let log = c.assert_logs_equal(barrier).await?;
+        assert_acked_present(&ledger, &state, &log)?;
+        for (id, node) in &before.nodes {
+            ensure!(state.nodes.get(id) == Some(node), "node {id} changed across the restart");
+        }
+        ensure!(state.nodes.len() == before.nodes.len() + 6, "expected 6 new nodes (5 writes + barrier)");
+        c.assert_observations()?;
+        eprintln!("restart: leader {leader} after restart; {} writes acknowledged", ledger.acked.len());
+        c.shutdown(Duration::from_secs(5)).await
+    })
+    .await;
+}
