@@ -160,7 +160,14 @@ impl Daemon {
         let node_id = new_node_id();
         let root = ca::new_root(&cluster_id).map_err(internal)?;
         let (key_pem, csr) = shoal_proto::tls::new_key_and_csr().map_err(internal)?;
-        let cert_pem = ca::sign_node(&root, &csr, &node_id, Role::Manager, &cluster_id, ca::NODE_VALIDITY).map_err(internal)?;
+        if req.cert_expiry_secs != 0 && req.cert_expiry_secs < ca::MIN_NODE_VALIDITY.as_secs() {
+            return Err(Status::invalid_argument(format!(
+                "--cert-expiry must be at least {}s",
+                ca::MIN_NODE_VALIDITY.as_secs()
+            )));
+        }
+        let validity = if req.cert_expiry_secs == 0 { ca::NODE_VALIDITY } else { Duration::from_secs(req.cert_expiry_secs) };
+        let cert_pem = ca::sign_node(&root, &csr, &node_id, Role::Manager, &cluster_id, validity).map_err(internal)?;
         let certs = NodeCerts { ca_pem: root.cert_pem.clone(), cert_pem, key_pem };
         let file = NodeFile {
             node_id: node_id.clone(),
@@ -176,6 +183,7 @@ impl Daemon {
             root_ca: root,
             worker_secret: JoinToken::new_secret(),
             manager_secret: JoinToken::new_secret(),
+            node_cert_ttl_secs: req.cert_expiry_secs,
             meta: Meta::default(),
         };
         let node = Node {
@@ -562,8 +570,9 @@ impl Daemon {
 /// When to renew: `fraction` in [0, 1) picks a point between 50 % and 80 % of
 /// the validity, so a cluster's nodes do not all renew at once.
 pub fn renewal_due(id: &Identity, fraction: f64) -> u64 {
-    let life = id.not_after_ms.saturating_sub(id.not_before_ms);
-    id.not_before_ms + (life as f64 * (0.5 + 0.3 * fraction.clamp(0.0, 1.0))) as u64
+    let issued = id.not_before_ms + shoal_proto::tls::CERT_BACKDATE.as_millis() as u64;
+    let life = id.not_after_ms.saturating_sub(issued);
+    issued + (life as f64 * (0.5 + 0.3 * fraction.clamp(0.0, 1.0))) as u64
 }
 
 async fn then_without_manager<F, Fut>(_then: F) -> Result<(), Status>
@@ -715,10 +724,11 @@ mod tests {
             role: Role::Worker,
             cluster_id: "c".into(),
             not_before_ms: 1_000,
-            not_after_ms: 11_000,
+            not_after_ms: 3_601_000 + 10_000,
         };
-        assert_eq!(renewal_due(&id, 0.0), 6_000);
-        assert_eq!(renewal_due(&id, 1.0), 9_000);
-        assert_eq!(renewal_due(&id, 7.0), 9_000);
+        // issued at 3_601_000 (the back-dating does not count), lives 10 s
+        assert_eq!(renewal_due(&id, 0.0), 3_606_000);
+        assert_eq!(renewal_due(&id, 1.0), 3_609_000);
+        assert_eq!(renewal_due(&id, 7.0), 3_609_000);
     }
 }

@@ -63,13 +63,14 @@ fn join_command(token: &str, addr: &str) -> String {
 
 async fn swarm(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
     match cmd {
-        SwarmCmd::Init { advertise_addr, listen_addr, force_new_cluster } => {
+        SwarmCmd::Init { advertise_addr, listen_addr, force_new_cluster, cert_expiry } => {
             let i = client::local(cli)
                 .await?
                 .swarm_init(pb::SwarmInitRequest {
                     advertise_addr: advertise_addr.clone().unwrap_or_default(),
                     listen_addr: listen_addr.clone().unwrap_or_default(),
                     force_new_cluster: *force_new_cluster,
+                    cert_expiry_secs: cert_expiry.unwrap_or(0),
                 })
                 .await?
                 .into_inner();

@@ -253,7 +253,7 @@ impl pb::ca_server::Ca for CaService {
                     }
                     _ => node.raft_id,
                 };
-                let cert = ca::sign_node(&cluster.root_ca, &r.csr_der, &node.id, node.spec.role, &cluster.id, ca::NODE_VALIDITY)
+                let cert = ca::sign_node(&cluster.root_ca, &r.csr_der, &node.id, node.spec.role, &cluster.id, ca::node_validity(&cluster))
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 (node.id, node.spec.role, raft_id, cert)
             }
@@ -271,7 +271,7 @@ impl pb::ca_server::Ca for CaService {
                     meta: Default::default(),
                 };
                 // Sign first: a bad CSR must not leave a half-registered node.
-                let cert = ca::sign_node(&cluster.root_ca, &r.csr_der, &node.id, role, &cluster.id, ca::NODE_VALIDITY)
+                let cert = ca::sign_node(&cluster.root_ca, &r.csr_der, &node.id, role, &cluster.id, ca::node_validity(&cluster))
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 self.mgr.write(Command::AddNode { node: node.clone() }).await?;
                 let raft_id = if role == Role::Manager {

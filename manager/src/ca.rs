@@ -18,8 +18,17 @@ use time::OffsetDateTime;
 pub const ROOT_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
 /// Node certificate lifetime (like Swarm: 90 days); nodes renew at 50–80 %.
 pub const NODE_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
-/// Certificates are back-dated against clock skew.
-const BACKDATE: Duration = Duration::from_secs(3600);
+/// Shortest node certificate lifetime accepted.
+pub const MIN_NODE_VALIDITY: Duration = Duration::from_secs(10);
+use shoal_proto::tls::CERT_BACKDATE as BACKDATE;
+
+/// The node certificate lifetime a cluster asked for.
+pub fn node_validity(cluster: &Cluster) -> Duration {
+    match cluster.node_cert_ttl_secs {
+        0 => NODE_VALIDITY,
+        s => Duration::from_secs(s).max(MIN_NODE_VALIDITY),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -135,6 +144,7 @@ mod tests {
             root_ca: new_root("cluster1").expect("root"),
             worker_secret: JoinToken::new_secret(),
             manager_secret: JoinToken::new_secret(),
+            node_cert_ttl_secs: 0,
             meta: Meta::default(),
         }
     }

@@ -286,6 +286,7 @@ mod tests {
             root_ca: RootCa { cert_pem: "cert".into(), key_pem: "key".into() },
             worker_secret: "w".into(),
             manager_secret: "m".into(),
+            node_cert_ttl_secs: 0,
             meta: Meta::default(),
         };
         let mut first = node("n1", Role::Manager);

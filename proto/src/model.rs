@@ -153,6 +153,9 @@ pub struct Cluster {
     /// Join token secrets (the digest part comes from the root CA).
     pub worker_secret: String,
     pub manager_secret: String,
+    /// Lifetime of node certificates, seconds; 0 means the default (90 days).
+    #[serde(default)]
+    pub node_cert_ttl_secs: u64,
     pub meta: Meta,
 }
 

@@ -27,6 +27,9 @@ use crate::model::Role;
 
 /// The DNS name every manager certificate carries, and that clients verify.
 pub const MANAGER_SERVER_NAME: &str = "shoal-manager";
+/// Certificates are back-dated by this much against clock skew; a node's
+/// renewal schedule counts its certificate's life from `not_before` + this.
+pub const CERT_BACKDATE: Duration = Duration::from_secs(3600);
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
