@@ -524,7 +524,7 @@ impl Cluster {
                     acked += 1;
                 }
                 Outcome::NotAcked(why) => {
-                    ledger.refused += 1;
+                    ledger.refused += 1; eprintln!("DEBUG phase {phase} leader {leader}: {why}");
                     last_refusal = why;
                     // Leadership moved or a quorum was slow: try again with a new write.
                     tokio::time::sleep(POLL).await;
