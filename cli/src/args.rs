@@ -50,6 +50,22 @@ pub enum Cmd {
     /// Manage swarm nodes.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Load generators for the benchmark figures (bench/run uses them).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Durable writes per second through the control API (prints JSON).
+    Writes {
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The node whose labels the writes change.
+        node: String,
+    },
 }
 
 #[derive(Args, Debug)]

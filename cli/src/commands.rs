@@ -15,6 +15,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Info(f) => return info(&cli, f.format).await,
         Cmd::Swarm(c) => return swarm(&cli, c).await,
         Cmd::Node(c) => return node(&cli, c).await,
+        Cmd::Bench(c) => return crate::bench::run(&cli, c).await,
     }
     let socket = match client::target(&cli)? {
         Target::Unix(p) => p,

@@ -18,7 +18,7 @@ use crate::auth::{self, Caller};
 use crate::ca;
 use crate::dispatcher::manager_addrs;
 use crate::manager::{Manager, Route};
-use crate::state::{Command, Response as Applied};
+use crate::state::{Command, NodeChange, Response as Applied};
 
 /// Serves the call here on the leader, or forwards it there on behalf of
 /// its original caller.
@@ -124,20 +124,21 @@ impl pb::control_server::Control for ControlService {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, update_node);
         let node = self.find(&r.id)?;
-        let mut spec = node.spec.clone();
+        let mut change = NodeChange::default();
         if !r.availability.is_empty() {
-            spec.availability = r.availability.parse::<Availability>().map_err(Status::invalid_argument)?;
+            change.availability = Some(r.availability.parse::<Availability>().map_err(Status::invalid_argument)?);
         }
         for (k, v) in r.label_add {
             if k.is_empty() {
                 return Err(Status::invalid_argument("a label needs a key: --label-add key=value"));
             }
-            spec.labels.insert(k, v);
+            change.label_add.insert(k, v);
         }
         for k in r.label_rm {
-            if spec.labels.remove(&k).is_none() {
+            if !node.spec.labels.contains_key(&k) {
                 return Err(Status::invalid_argument(format!("node {} has no label {k:?}", node.description.hostname)));
             }
+            change.label_rm.push(k);
         }
         let role_change = if r.role.is_empty() {
             None
@@ -148,13 +149,9 @@ impl pb::control_server::Control for ControlService {
         if role_change == Some(Role::Worker) {
             self.demote(&node).await?;
         }
-        if let Some(role) = role_change {
-            spec.role = role;
-        }
-        if spec != node.spec {
-            self.mgr
-                .write(Command::UpdateNodeSpec { id: node.id.clone(), spec, expect_version: node.meta.version })
-                .await?;
+        change.role = role_change;
+        if change != NodeChange::default() {
+            self.mgr.write(Command::UpdateNode { id: node.id.clone(), change }).await?;
         }
         // A promoted node sees its new role and Raft id in its session, gets a
         // manager certificate and asks to join as a voter; a demoted one

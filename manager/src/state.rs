@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use shoal_proto::model::{Cluster, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
+use shoal_proto::model::{Availability, Cluster, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
 
 /// Everything a manager replicates.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -37,8 +37,9 @@ pub enum Command {
     Bootstrap { cluster: Cluster, node: Node },
     /// A node that joined with a token.
     AddNode { node: Node },
-    /// The user's change to a node's spec; `expect_version` 0 means "any".
-    UpdateNodeSpec { id: String, spec: NodeSpec, expect_version: u64 },
+    /// The user's change to a node's spec, as a delta: concurrent updates of
+    /// different fields (or labels) commute instead of conflicting.
+    UpdateNode { id: String, change: NodeChange },
     /// From the dispatcher: descriptions and liveness, batched.
     NodeStatus { updates: Vec<NodeStatusUpdate> },
     RemoveNode { id: String },
@@ -55,13 +56,42 @@ impl Command {
         match self {
             Command::Bootstrap { .. } => "bootstrap",
             Command::AddNode { .. } => "add-node",
-            Command::UpdateNodeSpec { .. } => "update-node-spec",
+            Command::UpdateNode { .. } => "update-node",
             Command::NodeStatus { .. } => "node-status",
             Command::RemoveNode { .. } => "remove-node",
             Command::RotateToken { .. } => "rotate-token",
             Command::AssignRaftId { .. } => "assign-raft-id",
             Command::ForceNewCluster { .. } => "force-new-cluster",
         }
+    }
+}
+
+/// What `node update` / `promote` / `demote` change; `None` leaves a field alone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeChange {
+    pub availability: Option<Availability>,
+    pub role: Option<Role>,
+    pub label_add: BTreeMap<String, String>,
+    pub label_rm: Vec<String>,
+}
+
+impl NodeChange {
+    /// The spec after this change.
+    pub fn applied_to(&self, spec: &NodeSpec) -> NodeSpec {
+        let mut s = spec.clone();
+        if let Some(a) = self.availability {
+            s.availability = a;
+        }
+        if let Some(r) = self.role {
+            s.role = r;
+        }
+        for k in &self.label_rm {
+            s.labels.remove(k);
+        }
+        for (k, v) in &self.label_add {
+            s.labels.insert(k.clone(), v.clone());
+        }
+        s
     }
 }
 
@@ -130,13 +160,11 @@ impl State {
                 self.nodes.insert(node.id.clone(), node);
                 (Response::Ok, vec![key])
             }
-            Command::UpdateNodeSpec { id, spec, expect_version } => {
+            Command::UpdateNode { id, change } => {
                 let Some(node) = self.nodes.get_mut(id) else { return reject(&format!("node {id} not found")) };
-                if *expect_version != 0 && node.meta.version != *expect_version {
-                    return reject(&format!(
-                        "node {id} changed meanwhile (version {} != {expect_version}); retry",
-                        node.meta.version
-                    ));
+                let spec = change.applied_to(&node.spec);
+                if spec == node.spec {
+                    return (Response::Ok, vec![]);
                 }
                 // A promotion gets a fresh Raft id (this entry's index); a
                 // demotion retires the old one for good.
@@ -145,7 +173,7 @@ impl State {
                 } else if spec.role == Role::Worker {
                     node.raft_id = 0;
                 }
-                node.spec = spec.clone();
+                node.spec = spec;
                 stamp(&mut node.meta, index, at, false);
                 (Response::Ok, vec![ObjKey::Node(id.clone())])
             }
@@ -329,31 +357,37 @@ mod tests {
     }
 
     #[test]
-    fn stale_versions_are_rejected() {
+    fn concurrent_label_changes_commute() {
         let mut s = booted();
-        let spec = NodeSpec { role: Role::Manager, availability: Availability::Drain, labels: Default::default() };
-        let (r, _) = s.apply(3, &req(Command::UpdateNodeSpec { id: "n1".into(), spec: spec.clone(), expect_version: 2 }));
-        assert!(matches!(r, Response::Rejected(m) if m.contains("retry")));
-        let (r, _) = s.apply(3, &req(Command::UpdateNodeSpec { id: "n1".into(), spec, expect_version: 1 }));
-        assert_eq!(r, Response::Ok);
-        assert_eq!(s.nodes["n1"].meta.version, 3);
-        assert_eq!(s.nodes["n1"].meta.created_ms, 10);
-        assert_eq!(s.nodes["n1"].meta.updated_ms, 20);
+        let add = |k: &str| NodeChange { label_add: [(k.to_string(), "1".to_string())].into(), ..Default::default() };
+        let (r, keys) = s.apply(3, &req(Command::UpdateNode { id: "n1".into(), change: add("a") }));
+        assert_eq!((r, keys.len()), (Response::Ok, 1));
+        s.apply(4, &req(Command::UpdateNode { id: "n1".into(), change: add("b") }));
+        let drain = NodeChange { availability: Some(Availability::Drain), ..Default::default() };
+        s.apply(5, &req(Command::UpdateNode { id: "n1".into(), change: drain.clone() }));
+        let n = &s.nodes["n1"];
+        assert_eq!(n.spec.labels.keys().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(n.spec.availability, Availability::Drain);
+        assert_eq!((n.meta.version, n.meta.created_ms, n.meta.updated_ms), (5, 10, 20));
+        // a no-op changes nothing, not even the version
+        let (_, keys) = s.apply(6, &req(Command::UpdateNode { id: "n1".into(), change: drain }));
+        assert!(keys.is_empty());
+        assert_eq!(s.nodes["n1"].meta.version, 5);
+        let rm = NodeChange { label_rm: vec!["a".into(), "gone".into()], ..Default::default() };
+        s.apply(7, &req(Command::UpdateNode { id: "n1".into(), change: rm }));
+        assert_eq!(s.nodes["n1"].spec.labels.keys().collect::<Vec<_>>(), vec!["b"]);
     }
 
     #[test]
     fn promotion_assigns_a_fresh_raft_id_and_demotion_retires_it() {
         let mut s = booted();
         s.apply(5, &req(Command::AddNode { node: node("w", Role::Worker) }));
-        let mut spec = s.nodes["w"].spec.clone();
-        spec.role = Role::Manager;
-        s.apply(8, &req(Command::UpdateNodeSpec { id: "w".into(), spec: spec.clone(), expect_version: 0 }));
+        let role = |r| Command::UpdateNode { id: "w".into(), change: NodeChange { role: Some(r), ..Default::default() } };
+        s.apply(8, &req(role(Role::Manager)));
         assert_eq!(s.nodes["w"].raft_id, 8);
-        spec.role = Role::Worker;
-        s.apply(9, &req(Command::UpdateNodeSpec { id: "w".into(), spec: spec.clone(), expect_version: 0 }));
+        s.apply(9, &req(role(Role::Worker)));
         assert_eq!(s.nodes["w"].raft_id, 0);
-        spec.role = Role::Manager;
-        s.apply(12, &req(Command::UpdateNodeSpec { id: "w".into(), spec, expect_version: 0 }));
+        s.apply(12, &req(role(Role::Manager)));
         assert_eq!(s.nodes["w"].raft_id, 12, "never the old id again");
     }
 

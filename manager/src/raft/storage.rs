@@ -44,7 +44,11 @@ fn dec<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
 
 /// Opens (or creates) the manager's database.
 pub fn open(path: &Path) -> io::Result<Arc<Database>> {
-    let db = Database::create(path).map_err(|e| io::Error::other(format!("open {}: {e}", path.display())))?;
+    // A small page cache: the state machine lives in memory anyway.
+    let db = Database::builder()
+        .set_cache_size(8 << 20)
+        .create(path)
+        .map_err(|e| io::Error::other(format!("open {}: {e}", path.display())))?;
     let txn = db.begin_write().map_err(io_err)?;
     {
         txn.open_table(LOG).map_err(io_err)?;
