@@ -13,12 +13,14 @@ use crate::state::{Request, Response};
 
 openraft::declare_raft_types!(
     /// Shoal's Raft types: requests are [`Request`]s, members are addressed by
-    /// their advertise address.
+    /// their advertise address. The standard leader id keeps classic Raft's
+    /// rule of at most one leader per term (openraft's default allows several).
     pub TypeConfig:
         D = Request,
         R = Response,
         NodeId = u64,
         Node = openraft::BasicNode,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
 );
 
 pub type Raft = openraft::Raft<TypeConfig, storage::StateMachine>;
