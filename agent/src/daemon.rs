@@ -371,8 +371,7 @@ impl Daemon {
             }
             Some(r)
         } else {
-            then_without_manager(then).await?;
-            None
+            None // a worker has no manager to run `then` on
         };
         let session = CancellationToken::new();
         let (states_tx, states_rx) = mpsc::channel(16);
@@ -457,12 +456,9 @@ impl Daemon {
         }
         file.role = role;
         file.raft_id = if role == Role::Manager { raft_id } else { 0 };
-        if role == Role::Worker {
-            let _ = std::fs::remove_dir_all(self.paths.raft());
-        } else {
-            // A fresh Raft member: catch up from the leader (log or snapshot).
-            let _ = std::fs::remove_dir_all(self.paths.raft());
-        }
+        // A demoted manager forgets its Raft state; a promoted one starts
+        // empty and catches up from the leader (log or snapshot).
+        let _ = std::fs::remove_dir_all(self.paths.raft());
         self.paths.save_node(&file).map_err(internal)?;
         let (server_tls, client_tls, managers) = {
             let mut g = self.lock();
@@ -573,14 +569,6 @@ pub fn renewal_due(id: &Identity, fraction: f64) -> u64 {
     let issued = id.not_before_ms + shoal_proto::tls::CERT_BACKDATE.as_millis() as u64;
     let life = id.not_after_ms.saturating_sub(issued);
     issued + (life as f64 * (0.5 + 0.3 * fraction.clamp(0.0, 1.0))) as u64
-}
-
-async fn then_without_manager<F, Fut>(_then: F) -> Result<(), Status>
-where
-    F: FnOnce(Arc<Manager>) -> Fut,
-{
-    // Workers have no manager to run the step on; nothing to do.
-    Ok(())
 }
 
 async fn start_manager(

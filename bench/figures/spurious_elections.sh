@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # spurious_elections: elections caused by CPU starvation alone (no failure injected).
 # 3 managers; read every manager's raft term (`shoal info --format json` .raft_term) and the
-# leader, saturate both CPUs for BENCH_LOAD_SECS (600) with two busy loops (each bounded by
+# leader, saturate both CPUs for BENCH_LOAD_SECS (600) with BENCH_LOAD_PROCS (4) busy loops (each bounded by
 # `timeout`), sampling the leader every 5 s, then read the terms again.
 # count = max(largest term increase over the managers, leader changes seen).
 set -uo pipefail
@@ -30,9 +30,10 @@ trap cleanup EXIT
 lab up 3 --managers 3 >&2 || die "deploy/lab up failed"
 wait_until 60 all_ready 3 || die "3 ready nodes with a leader not reached"
 before=$(terms); L0=$(leader_index) || die "no leader"
-log "before: terms=($before) leader=shl-h$L0; loading 2 CPUs for $SECS s"
+log "before: terms=($before) leader=shl-h$L0; saturating the CPUs with ${BENCH_LOAD_PROCS:-4} busy loops for $SECS s"
 
-for k in 1 2; do
+# More busy loops than cores, so the managers compete for every time slice.
+for k in $(seq 1 "${BENCH_LOAD_PROCS:-4}"); do
   timeout "$SECS" sh -c 'while :; do :; done' &
   loads+=($!)
 done

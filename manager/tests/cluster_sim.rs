@@ -862,3 +862,58 @@ async fn restart_recovers_state_from_disk() {
     })
     .await;
 }
+
+/// A manager that joins after the log was compacted catches up from a
+/// snapshot (the entries it would need are gone) and then votes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_manager_catches_up_by_snapshot() {
+    run_seeded("late_manager_catches_up_by_snapshot", 1, Duration::from_secs(30), |seed| async move {
+        let mut c = Cluster::start(4, seed).await?;
+        let first = c.raft(1)?.clone();
+        first.initialize(BTreeMap::from([(1, basic_node(1))])).await.map_err(|e| anyhow!("initialize: {e}"))?;
+        first
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(|m| m.state == ServerState::Leader && m.last_applied.as_ref().is_some_and(|l| l.index >= 1), "node 1 leads")
+            .await?;
+        for id in [2, 3] {
+            first.add_learner(id, basic_node(id), true).await.map_err(|e| anyhow!("add learner {id}: {e}"))?;
+        }
+        first
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([2, 3])), false)
+            .await
+            .map_err(|e| anyhow!("change membership: {e}"))?;
+        let three: BTreeSet<u64> = BTreeSet::from([1, 2, 3]);
+        let mut ledger = Ledger::default();
+        c.write_acked(&three, 30, "before", &mut ledger, Duration::from_secs(10)).await?;
+        let leader = c.wait_leader_among(&three, Duration::from_secs(5)).await?;
+        let lr = c.raft(leader)?.clone();
+        let upto = metrics(&lr).last_applied.map(|l| l.index).unwrap_or(0);
+        lr.trigger().snapshot().await.map_err(|e| anyhow!("snapshot: {e}"))?;
+        lr.wait(Some(Duration::from_secs(5)))
+            .metrics(|m| m.snapshot.as_ref().is_some_and(|s| s.index >= upto), "the leader has a snapshot")
+            .await?;
+        lr.trigger().purge_log(upto).await.map_err(|e| anyhow!("purge: {e}"))?;
+        lr.wait(Some(Duration::from_secs(5)))
+            .metrics(|m| m.purged.as_ref().is_some_and(|p| p.index >= upto), "the leader purged its log")
+            .await?;
+
+        // Member 4 starts empty; the entries it lacks exist only in the snapshot.
+        tokio::time::timeout(Duration::from_secs(10), lr.add_learner(4, basic_node(4), true))
+            .await
+            .context("add learner 4: timed out")?
+            .map_err(|e| anyhow!("add learner 4: {e}"))?;
+        lr.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([4])), false)
+            .await
+            .map_err(|e| anyhow!("make 4 a voter: {e}"))?;
+        let m4 = metrics(c.raft(4)?);
+        ensure!(m4.snapshot.as_ref().is_some_and(|s| s.index >= upto), "member 4 did not install a snapshot: {:?}", m4.snapshot);
+        c.write_acked(&c.ids(), 5, "after", &mut ledger, Duration::from_secs(10)).await?;
+        let barrier = c.converge(&mut ledger, Duration::from_secs(10)).await?;
+        let state = c.assert_states_equal()?;
+        ensure!(state.nodes.len() == 36, "30 + 5 writes + 1 barrier, got {}", state.nodes.len());
+        let _ = barrier;
+        c.assert_observations()?;
+        c.shutdown(Duration::from_secs(5)).await
+    })
+    .await;
+}
