@@ -7,6 +7,7 @@
 //! cluster state except through a manager's API.
 
 pub mod daemon;
+pub mod engine;
 pub mod identity;
 pub mod images;
 pub mod local;

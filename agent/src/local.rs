@@ -81,7 +81,12 @@ impl Control for LocalControl {
 
 /// Serves the local socket until `cancel`. A stale socket file (from a crash)
 /// is replaced; the socket is made root-only.
-pub async fn serve(daemon: Arc<Daemon>, socket: PathBuf, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    images: Arc<crate::images::ImageStore>,
+    socket: PathBuf,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
@@ -98,6 +103,7 @@ pub async fn serve(daemon: Arc<Daemon>, socket: PathBuf, cancel: CancellationTok
     tonic::transport::Server::builder()
         .add_service(pb::local_server::LocalServer::new(LocalService { daemon: daemon.clone() }))
         .add_service(pb::control_server::ControlServer::new(LocalControl { daemon }))
+        .add_service(pb::engine_server::EngineServer::new(crate::engine::EngineService { images }))
         .serve_with_incoming_shutdown(incoming, async move { cancel.cancelled().await })
         .await?;
     let _ = std::fs::remove_file(&socket);

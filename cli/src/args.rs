@@ -50,9 +50,63 @@ pub enum Cmd {
     /// Manage swarm nodes.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Manage images on this node.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// List images on this node (like `image ls`).
+    Images {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Load generators for the benchmark figures (bench/run uses them).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Load images from a `docker save` archive or an OCI image layout (tar, optionally gzip).
+    Load {
+        /// Read from this file instead of standard input.
+        #[arg(short, long)]
+        input: Option<PathBuf>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Create an image from a root filesystem tarball ("-" reads standard input).
+    Import { file: String, reference: String },
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Display detailed information on images (JSON).
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Create a tag TARGET that refers to SOURCE.
+    Tag { source: String, target: String },
+    /// Remove images.
+    #[command(alias = "remove", alias = "rmi")]
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Save images to a tar archive (`docker save` format; standard output by default).
+    Save {
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -70,6 +70,15 @@ pub async fn local(cli: &Cli) -> anyhow::Result<LocalClient<Channel>> {
     Ok(LocalClient::new(channel(cli).await?))
 }
 
+pub async fn engine(cli: &Cli) -> anyhow::Result<shoal_proto::pb::engine_client::EngineClient<Channel>> {
+    if let Target::Tcp(_) = target(cli)? {
+        bail!("image and container commands talk to the local daemon; use a unix:// host");
+    }
+    Ok(shoal_proto::pb::engine_client::EngineClient::new(channel(cli).await?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
 pub async fn control(cli: &Cli) -> anyhow::Result<ControlClient<Channel>> {
     Ok(ControlClient::new(channel(cli).await?))
 }

@@ -47,9 +47,10 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
         advertise_addr: args.advertise_addr,
         hostname: hostname(),
     });
+    let images = std::sync::Arc::new(shoal_agent::images::ImageStore::open(&daemon.cfg.data_root.join("images"))?);
     daemon.resume().await?;
     let cancel = CancellationToken::new();
-    let server = tokio::spawn(shoal_agent::local::serve(daemon.clone(), socket.to_path_buf(), cancel.clone()));
+    let server = tokio::spawn(shoal_agent::local::serve(daemon.clone(), images, socket.to_path_buf(), cancel.clone()));
     tracing::info!(socket = %socket.display(), version = shoal_proto::VERSION, "shoal daemon ready");
     tokio::select! {
         _ = signalled() => tracing::info!("stopping"),

@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod commands;
 mod daemon;
+mod images;
 mod output;
 
 use clap::Parser;

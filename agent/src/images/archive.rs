@@ -64,7 +64,13 @@ pub fn stage(reader: impl Read, dir: &Path) -> Result<Staged, ImageError> {
     let mut archive = tar::Archive::new(decompress(reader, WHAT)?);
     let mut staged = Staged { files: HashMap::new(), links: HashMap::new() };
     for (i, entry) in archive.entries().map_err(read_err(WHAT))?.enumerate() {
-        let mut entry = entry.map_err(read_err(WHAT))?;
+        // A stream that is not tar at all fails on its first header.
+        let mut entry = entry.map_err(|e| match i {
+            0 if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                bad(format!("it is not a tar archive (or a gzip-compressed one): {e}"))
+            }
+            _ => read_err(WHAT)(e),
+        })?;
         let raw = PathBuf::from(OsStr::from_bytes(&entry.path_bytes()));
         let shown = raw.to_string_lossy().into_owned();
         let rel = normalize(&raw).ok_or_else(|| unsafe_entry(&shown, "escapes the archive root"))?;

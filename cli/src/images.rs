@@ -1,0 +1,276 @@
+//! `shoal image …`: Docker's image verbs against the local daemon.
+
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use shoal_proto::pb;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::args::{Cli, Format, ImageCmd};
+use crate::client;
+use crate::output::table;
+
+const CHUNK: usize = 256 * 1024;
+
+/// Streams a file (or standard input for `None`/"-") as chunks built by `make`.
+fn upload<T: Send + 'static>(path: Option<String>, first: Option<T>, make: fn(Vec<u8>) -> T) -> ReceiverStream<T> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        if let Some(f) = first
+            && tx.send(f).await.is_err()
+        {
+            return;
+        }
+        let mut input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match path.as_deref() {
+            None | Some("-") => Box::new(tokio::io::stdin()),
+            Some(p) => match tokio::fs::File::open(p).await {
+                Ok(f) => Box::new(f),
+                Err(e) => {
+                    eprintln!("Error: open {p}: {e}");
+                    return;
+                }
+            },
+        };
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            match input.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.send(make(buf)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("Error: read: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+/// Docker prints sizes in decimal units with 3 significant digits.
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    let s = if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") };
+    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+    format!("{s}{}", units[u])
+}
+
+/// "3 days ago" for an RFC 3339 time; the time itself if it cannot be read.
+pub fn ago(rfc3339: &str) -> String {
+    let Some(t) = parse_rfc3339(rfc3339) else { return rfc3339.to_string() };
+    let now = shoal_proto::model::now_ms() / 1000;
+    let d = now.saturating_sub(t);
+    let (n, unit) = match d {
+        0..=59 => return "Less than a minute ago".into(),
+        60..=3599 => (d / 60, "minute"),
+        3600..=86_399 => (d / 3600, "hour"),
+        86_400..=1_209_599 => (d / 86_400, "day"),
+        1_209_600..=5_183_999 => (d / 604_800, "week"),
+        5_184_000..=63_071_999 => (d / 2_592_000, "month"),
+        _ => (d / 31_536_000, "year"),
+    };
+    match n {
+        1 if unit == "hour" => "About an hour ago".into(),
+        1 => format!("1 {unit} ago"),
+        _ => format!("{n} {unit}s ago"),
+    }
+}
+
+/// Seconds since the epoch for `YYYY-MM-DDTHH:MM:SS…` (UTC; fractions and zone ignored).
+fn parse_rfc3339(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 19 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // days-from-civil (Howard Hinnant)
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
+fn split_tag(t: &str) -> (String, String) {
+    // the tag follows the last ':' that comes after the last '/'
+    match t.rfind(':') {
+        Some(i) if !t[i..].contains('/') => (t[..i].to_string(), t[i + 1..].to_string()),
+        _ => (t.to_string(), "latest".to_string()),
+    }
+}
+
+pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
+    let mut engine = client::engine(cli).await?;
+    match cmd {
+        ImageCmd::Load { input, quiet } => {
+            let path = input.as_ref().map(|p| p.display().to_string());
+            if let Some(p) = &path {
+                std::fs::metadata(p).with_context(|| format!("open {p}"))?;
+            } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                bail!("requested load from stdin, but stdin is empty; use -i FILE or pipe an archive in");
+            }
+            let images = engine.image_load(upload(path, None, |data| pb::Chunk { data })).await?.into_inner().images;
+            if !quiet {
+                for i in &images {
+                    if i.repo_tags.is_empty() {
+                        println!("Loaded image ID: {}", i.id);
+                    }
+                    for t in &i.repo_tags {
+                        println!("Loaded image: {t}");
+                    }
+                }
+            }
+        }
+        ImageCmd::Import { file, reference } => {
+            if file != "-" {
+                std::fs::metadata(file).with_context(|| format!("open {file}"))?;
+            }
+            let first = pb::ImportChunk { reference: reference.clone(), data: Vec::new() };
+            let img = engine
+                .image_import(upload(Some(file.clone()), Some(first), |data| pb::ImportChunk { reference: String::new(), data }))
+                .await?
+                .into_inner();
+            println!("{}", img.id);
+        }
+        ImageCmd::Ls { quiet, format } => {
+            let images = engine.image_list(pb::Empty {}).await?.into_inner().images;
+            if *quiet {
+                for i in &images {
+                    println!("{}", short_id(&i.id));
+                }
+            } else if *format == Format::Json {
+                let v: Vec<_> = images
+                    .iter()
+                    .map(|i| serde_json::json!({"id": i.id, "repo_tags": i.repo_tags, "repo_digests": i.repo_digests, "created": i.created, "size": i.size}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let mut rows = Vec::new();
+                for i in &images {
+                    let tags = if i.repo_tags.is_empty() { vec!["<none>:<none>".to_string()] } else { i.repo_tags.clone() };
+                    for t in tags {
+                        let (repo, tag) = if t == "<none>:<none>" { ("<none>".into(), "<none>".into()) } else { split_tag(&t) };
+                        rows.push(vec![repo, tag, short_id(&i.id), ago(&i.created), human_size(i.size)]);
+                    }
+                }
+                println!("{}", table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows));
+            }
+        }
+        ImageCmd::Inspect { images } => {
+            let mut docs = Vec::new();
+            for r in images {
+                let doc = engine.image_inspect(pb::ImageRef { reference: r.clone() }).await?.into_inner();
+                docs.push(serde_json::from_str::<serde_json::Value>(&doc.json)?);
+            }
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+        }
+        ImageCmd::Tag { source, target } => {
+            engine.image_tag(pb::ImageTagRequest { source: source.clone(), target: target.clone() }).await?;
+        }
+        ImageCmd::Rm { force, images } => {
+            let mut failed = false;
+            for r in images {
+                match engine.image_remove(pb::ImageRemoveRequest { reference: r.clone(), force: *force }).await {
+                    Ok(resp) => {
+                        let resp = resp.into_inner();
+                        for u in resp.untagged {
+                            println!("Untagged: {u}");
+                        }
+                        for d in resp.deleted {
+                            println!("Deleted: {d}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("Error: {}", e.message());
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                bail!("some images could not be removed");
+            }
+        }
+        ImageCmd::Save { output, images } => {
+            if output.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                bail!("cowardly refusing to save to a terminal; use -o FILE or redirect standard output");
+            }
+            let mut stream = engine.image_save(pb::ImageSaveRequest { references: images.clone() }).await?.into_inner();
+            // Write to a temporary file and rename, so a failed save leaves no partial archive.
+            let (mut out, tmp): (Box<dyn Write>, Option<std::path::PathBuf>) = match output {
+                Some(p) => {
+                    let tmp = p.with_extension("partial");
+                    (Box::new(std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?), Some(tmp))
+                }
+                None => (Box::new(std::io::stdout().lock()), None),
+            };
+            let result: anyhow::Result<()> = async {
+                while let Some(chunk) = stream.message().await? {
+                    out.write_all(&chunk.data)?;
+                }
+                out.flush()?;
+                Ok(())
+            }
+            .await;
+            drop(out);
+            match (result, tmp, output) {
+                (Ok(()), Some(tmp), Some(p)) => std::fs::rename(&tmp, p)?,
+                (Err(e), Some(tmp), _) => {
+                    let _ = std::fs::remove_file(tmp);
+                    return Err(e);
+                }
+                (r, _, _) => r?,
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_print_like_docker() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(4_261_000), "4.26MB");
+        assert_eq!(human_size(72_800_000), "72.8MB");
+        assert_eq!(human_size(1_500_000_000), "1.5GB");
+    }
+
+    #[test]
+    fn tags_split_after_the_last_slash() {
+        assert_eq!(split_tag("busybox:latest"), ("busybox".into(), "latest".into()));
+        assert_eq!(split_tag("reg:5000/a/b:v1"), ("reg:5000/a/b".into(), "v1".into()));
+        assert_eq!(split_tag("reg:5000/a/b"), ("reg:5000/a/b".into(), "latest".into()));
+    }
+
+    #[test]
+    fn rfc3339_parses() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:01Z"), Some(1));
+        assert_eq!(parse_rfc3339("2026-11-22T00:00:00.123Z"), Some(1_795_305_600));
+        assert_eq!(parse_rfc3339("garbage"), None);
+        assert_eq!(ago("garbage"), "garbage");
+    }
+}
