@@ -12,13 +12,100 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::images::{ImageError, ImageStore, ImageSummary, Removed};
+use crate::runtime::{Container, ContainerError, Containers, RunRequest, Status as CStatus};
 
 /// Size of the chunks archives travel in.
 pub const CHUNK: usize = 256 * 1024;
 
 pub struct EngineService {
     pub images: Arc<ImageStore>,
+    pub containers: Arc<Containers>,
 }
+
+fn cstatus(e: ContainerError) -> Status {
+    let msg = e.to_string();
+    match e {
+        ContainerError::NotFound(_) => Status::not_found(msg),
+        ContainerError::Image(i) => status(i),
+        ContainerError::NameInUse { .. } => Status::already_exists(msg),
+        ContainerError::Running(_) | ContainerError::NotRunning(_) => Status::failed_precondition(msg),
+        ContainerError::Invalid { .. } | ContainerError::Spec(_) => Status::invalid_argument(msg),
+        ContainerError::StartFailed { .. } | ContainerError::Io { .. } => Status::internal(msg),
+    }
+}
+
+async fn cblocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ContainerError> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?.map_err(cstatus)
+}
+
+fn ago_ms(ms: u64) -> String {
+    let d = shoal_proto::model::now_ms().saturating_sub(ms) / 1000;
+    match d {
+        0 => "Less than a second".into(),
+        1..=59 => format!("{d} seconds"),
+        60..=119 => "About a minute".into(),
+        120..=3599 => format!("{} minutes", d / 60),
+        3600..=7199 => "About an hour".into(),
+        7200..=172_799 => format!("{} hours", d / 3600),
+        _ => format!("{} days", d / 86_400),
+    }
+}
+
+fn container_pb(c: &Container) -> pb::ContainerInfo {
+    let mut info = pb::ContainerInfo {
+        id: c.record.id.clone(),
+        name: c.record.name.clone(),
+        image: c.record.image.clone(),
+        command: c.record.args.join(" "),
+        created_ms: c.record.created_ms,
+        ..Default::default()
+    };
+    match &c.status {
+        CStatus::Created => {
+            info.state = "created".into();
+            info.status = "Created".into();
+        }
+        CStatus::Running { pid, started_ms } => {
+            info.state = "running".into();
+            info.status = format!("Up {}", ago_ms(*started_ms));
+            info.pid = *pid;
+        }
+        CStatus::Exited { code, oom_killed, finished_ms, .. } => {
+            info.state = "exited".into();
+            info.status = format!("Exited ({code}) {} ago", ago_ms(*finished_ms));
+            info.exit_code = *code;
+            info.oom_killed = *oom_killed;
+        }
+        CStatus::Dead { message } => {
+            info.state = "dead".into();
+            info.status = format!("Dead: {message}");
+        }
+    }
+    info
+}
+
+fn signal_number(s: &str) -> Result<i32, Status> {
+    let name = s.trim().to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    if let Ok(n) = name.parse::<i32>() {
+        return if (1..=64).contains(&n) { Ok(n) } else { Err(Status::invalid_argument(format!("invalid signal {s:?}"))) };
+    }
+    Ok(match name {
+        "" | "KILL" => libc::SIGKILL,
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "HUP" => libc::SIGHUP,
+        "QUIT" => libc::SIGQUIT,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        _ => return Err(Status::invalid_argument(format!("invalid signal {s:?}: use a name like TERM or a number"))),
+    })
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
 
 fn status(e: ImageError) -> Status {
     let msg = e.to_string();
@@ -175,8 +262,8 @@ impl pb::engine_server::Engine for EngineService {
     async fn image_remove(&self, req: Request<pb::ImageRemoveRequest>) -> Result<Response<pb::ImageRemoveResponse>, Status> {
         let images = self.images.clone();
         let r = req.into_inner();
-        // No containers yet: nothing holds an image.
-        let removed = blocking(move || images.remove(&r.reference, r.force, &|_| false)).await?;
+        let containers = self.containers.clone();
+        let removed = blocking(move || images.remove(&r.reference, r.force, &|id| containers.image_in_use(id))).await?;
         let mut resp = pb::ImageRemoveResponse::default();
         for x in removed {
             match x {
@@ -211,5 +298,172 @@ impl pb::engine_server::Engine for EngineService {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn container_run(&self, req: Request<pb::ContainerRunRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+        let r = req.into_inner();
+        let run = RunRequest {
+            image: r.image,
+            name: r.name,
+            command: r.command,
+            entrypoint: r.has_entrypoint.then_some(r.entrypoint),
+            env: r.env,
+            workdir: r.workdir,
+            user: r.user,
+            hostname: r.hostname,
+            memory: r.memory,
+            cpus: r.cpus,
+            pids_limit: r.pids_limit,
+            read_only: r.read_only,
+            network: r.network,
+            cap_add: r.cap_add,
+            cap_drop: r.cap_drop,
+            auto_remove: r.auto_remove,
+        };
+        let containers = self.containers.clone();
+        let c = cblocking(move || containers.run(&run)).await?;
+        Ok(Response::new(container_pb(&c)))
+    }
+
+    async fn container_list(&self, req: Request<pb::ContainerListRequest>) -> Result<Response<pb::ContainerInfos>, Status> {
+        let all = req.into_inner().all;
+        let containers = self.containers.clone();
+        let list = cblocking(move || Ok(containers.list())).await?;
+        let containers = list.iter().filter(|c| all || matches!(c.status, CStatus::Running { .. })).map(container_pb).collect();
+        Ok(Response::new(pb::ContainerInfos { containers }))
+    }
+
+    async fn container_inspect(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::JsonDoc>, Status> {
+        let id = req.into_inner().id;
+        let containers = self.containers.clone();
+        let c = cblocking(move || containers.find(&id)).await?;
+        let json = serde_json::to_string_pretty(&c).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::JsonDoc { json }))
+    }
+
+    async fn container_stop(&self, req: Request<pb::ContainerStopRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+        let r = req.into_inner();
+        let grace = std::time::Duration::from_secs(if r.timeout_secs < 0 { 10 } else { r.timeout_secs as u64 });
+        let containers = self.containers.clone();
+        let c = cblocking(move || containers.stop(&r.id, grace)).await?;
+        Ok(Response::new(container_pb(&c)))
+    }
+
+    async fn container_kill(&self, req: Request<pb::ContainerKillRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+        let r = req.into_inner();
+        let sig = signal_number(&r.signal)?;
+        let containers = self.containers.clone();
+        let c = cblocking(move || containers.kill(&r.id, sig)).await?;
+        Ok(Response::new(container_pb(&c)))
+    }
+
+    async fn container_remove(&self, req: Request<pb::ContainerRemoveRequest>) -> Result<Response<pb::ContainerRef>, Status> {
+        let r = req.into_inner();
+        let containers = self.containers.clone();
+        let id = cblocking(move || containers.remove(&r.id, r.force)).await?;
+        Ok(Response::new(pb::ContainerRef { id }))
+    }
+
+    async fn container_wait(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerExit>, Status> {
+        let id = req.into_inner().id;
+        let containers = self.containers.clone();
+        let exit = cblocking(move || {
+            let c = containers.find(&id)?;
+            loop {
+                if let Some(s) = containers.wait_exit(&c.record.id, std::time::Duration::from_secs(3600)) {
+                    return Ok(match s {
+                        CStatus::Exited { code, oom_killed, .. } => pb::ContainerExit { exit_code: code, oom_killed },
+                        _ => pb::ContainerExit { exit_code: 255, oom_killed: false },
+                    });
+                }
+            }
+        })
+        .await?;
+        Ok(Response::new(exit))
+    }
+
+    type ContainerLogsStream = LogStream;
+
+    async fn container_logs(&self, req: Request<pb::ContainerLogsRequest>) -> Result<Response<LogStream>, Status> {
+        let r = req.into_inner();
+        let containers = self.containers.clone();
+        let id = r.id.clone();
+        let c = cblocking(move || containers.find(&id)).await?;
+        let path = self.containers.log_path(&c.record.id);
+        let containers = self.containers.clone();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::task::spawn_blocking(move || follow_log(&path, r.tail, r.follow, &tx, || {
+            matches!(containers.find(&c.record.id).map(|c| c.status), Ok(CStatus::Running { .. } | CStatus::Created))
+        }));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// Streams a container's JSON-lines log: the last `tail` lines (all if < 0),
+/// then, with `follow`, new lines until the container stops running.
+fn follow_log(
+    path: &std::path::Path,
+    tail: i64,
+    follow: bool,
+    tx: &mpsc::Sender<Result<pb::LogLine, Status>>,
+    running: impl Fn() -> bool,
+) {
+    use std::io::{BufRead, Seek};
+    let parse = |l: &str| -> Option<pb::LogLine> {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        Some(pb::LogLine {
+            stream: v["stream"].as_str()?.to_string(),
+            log: v["log"].as_str()?.to_string(),
+            time: v["time"].as_str().unwrap_or_default().to_string(),
+        })
+    };
+    let Ok(file) = std::fs::File::open(path) else { return };
+    let mut reader = std::io::BufReader::new(file);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+        if line.ends_with('\n') {
+            lines.push(std::mem::take(&mut line));
+        } else {
+            break;
+        }
+    }
+    let skip = if tail < 0 { 0 } else { lines.len().saturating_sub(tail as usize) };
+    for l in &lines[skip..] {
+        if let Some(m) = parse(l)
+            && tx.blocking_send(Ok(m)).is_err()
+        {
+            return;
+        }
+    }
+    if !follow {
+        return;
+    }
+    let mut pos = reader.stream_position().unwrap_or(0) - line.len() as u64;
+    loop {
+        let alive = running();
+        let _ = reader.seek(std::io::SeekFrom::Start(pos));
+        line.clear();
+        let mut progressed = false;
+        while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            if !line.ends_with('\n') {
+                break;
+            }
+            pos += line.len() as u64;
+            progressed = true;
+            if let Some(m) = parse(&line)
+                && tx.blocking_send(Ok(m)).is_err()
+            {
+                return;
+            }
+            line.clear();
+        }
+        if !alive && !progressed {
+            return;
+        }
+        if tx.is_closed() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

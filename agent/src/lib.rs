@@ -11,6 +11,7 @@ pub mod engine;
 pub mod identity;
 pub mod images;
 pub mod local;
+pub mod runtime;
 pub mod session;
 
 pub use daemon::{Daemon, DaemonConfig};

@@ -60,9 +60,104 @@ pub enum Cmd {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Run a command in a new container.
+    Run(RunArgs),
+    /// List containers.
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Fetch the logs of a container.
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        /// Number of lines to show from the end ("all" for every line).
+        #[arg(short = 'n', long, default_value = "all")]
+        tail: String,
+        #[arg(short, long)]
+        timestamps: bool,
+        container: String,
+    },
+    /// Stop containers: the stop signal, then SIGKILL after the grace period.
+    Stop {
+        #[arg(short = 't', long = "time")]
+        time: Option<i32>,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to containers.
+    Kill {
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Display detailed information on containers (JSON).
+    Inspect {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Block until containers stop, then print their exit codes.
+    Wait {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// Load generators for the benchmark figures (bench/run uses them).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run in the background and print the container ID.
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[arg(short, long = "workdir")]
+    pub workdir: Option<String>,
+    #[arg(short, long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub hostname: Option<String>,
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Memory limit (e.g. 64m, 1g).
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    /// Number of CPUs (e.g. 0.5).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+    #[arg(long)]
+    pub read_only: bool,
+    /// none or host (bridge networks arrive with netd).
+    #[arg(long, default_value = "none")]
+    pub network: String,
+    #[arg(long)]
+    pub cap_add: Vec<String>,
+    #[arg(long)]
+    pub cap_drop: Vec<String>,
+    pub image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,6 +227,9 @@ pub struct DaemonArgs {
     /// Address to advertise to other nodes when init/join give none.
     #[arg(long)]
     pub advertise_addr: Option<String>,
+    /// Parent cgroup of the containers' cgroups.
+    #[arg(long, default_value = "/shoal")]
+    pub cgroup_parent: String,
 }
 
 #[derive(Args, Debug)]

@@ -39,6 +39,7 @@ async fn signalled() {
 
 pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
     init_tracing();
+    let cgroup_parent = args.cgroup_parent.clone();
     std::fs::create_dir_all(&args.data_root).with_context(|| format!("create {}", args.data_root.display()))?;
     let daemon = Daemon::new(DaemonConfig {
         data_root: args.data_root,
@@ -48,9 +49,16 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
         hostname: hostname(),
     });
     let images = std::sync::Arc::new(shoal_agent::images::ImageStore::open(&daemon.cfg.data_root.join("images"))?);
+    let containers = std::sync::Arc::new(shoal_agent::runtime::Containers::open(
+        &daemon.cfg.data_root.join("containers"),
+        std::path::Path::new("/run/shoal/runtime"),
+        &cgroup_parent,
+        images.clone(),
+    )?);
     daemon.resume().await?;
     let cancel = CancellationToken::new();
-    let server = tokio::spawn(shoal_agent::local::serve(daemon.clone(), images, socket.to_path_buf(), cancel.clone()));
+    let server =
+        tokio::spawn(shoal_agent::local::serve(daemon.clone(), images, containers, socket.to_path_buf(), cancel.clone()));
     tracing::info!(socket = %socket.display(), version = shoal_proto::VERSION, "shoal daemon ready");
     tokio::select! {
         _ = signalled() => tracing::info!("stopping"),

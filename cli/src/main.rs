@@ -4,6 +4,7 @@ mod args;
 mod bench;
 mod client;
 mod commands;
+mod containers;
 mod daemon;
 mod images;
 mod output;
@@ -11,6 +12,13 @@ mod output;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // The per-container shim must stay single-threaded: dispatch it before
+    // any runtime or thread exists.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.len() == 3 && argv[1] == "shim" {
+        let code = shoal_agent::runtime::shim::main(std::path::Path::new(&argv[2]));
+        return std::process::ExitCode::from(code as u8);
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = args::Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

@@ -234,6 +234,13 @@ impl Lab {
             .with_context(|| format!("`shoal {}` on host {i}: not JSON: {out}", full.join(" ")))
     }
 
+    /// kill -9 only `shoal daemon` on host `i` (its containers live on) and
+    /// start it again on the same state; returns once it answers.
+    pub fn restart_daemon(&self, i: usize) -> Result<()> {
+        let h = self.host(i)?;
+        run_lab(&["restart-daemon", h.as_str()]).map(drop)
+    }
+
     /// SIGKILL every process of host `i` and wait until none is left (a host crash).
     pub fn kill(&self, i: usize) -> Result<()> {
         let h = self.host(i)?;

@@ -1,0 +1,226 @@
+//! The per-container shim: `shoal shim DIR`, started by the daemon in its own
+//! session. It is single-threaded (libcontainer clones from the calling
+//! process and marks it non-dumpable: neither may touch the daemon), creates
+//! and starts the container, owns its stdout/stderr (written to `DIR/log` as
+//! JSON lines), reaps it, and records how it ended. Because the shim, not the
+//! daemon, is the container's parent, containers outlive a daemon restart.
+//!
+//! Files in DIR: `shim.json` (input), `started.json` or `error.json`, then
+//! `exit.json`. Each is written atomically; the daemon only reads them.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShimConfig {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// libcontainer's state directory (on tmpfs: /run).
+    pub state_root: PathBuf,
+    /// The container's cgroup path, for reading OOM kills at exit.
+    pub cgroups_path: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Started {
+    pub shim_pid: i32,
+    pub pid: i32,
+    pub started_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Exited {
+    pub exit_code: i32,
+    pub oom_killed: bool,
+    pub finished_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Failed {
+    pub message: String,
+}
+
+fn write_json<T: Serialize>(dir: &Path, name: &str, v: &T) {
+    if let Ok(bytes) = serde_json::to_vec(v) {
+        let _ = crate::identity::write_atomic(&dir.join(name), &bytes, 0o644);
+    }
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// RFC 3339 with nanoseconds, UTC, for log lines.
+fn now_rfc3339_nanos() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let base = shoal_proto::model::rfc3339(d.as_millis() as u64);
+    format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
+}
+
+/// Writes complete lines of one stream to the log, keeping the tail.
+struct LineLog {
+    stream: &'static str,
+    pending: Vec<u8>,
+}
+
+impl LineLog {
+    fn push(&mut self, data: &[u8], out: &mut File) {
+        self.pending.extend_from_slice(data);
+        while let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=i).collect();
+            write_line(self.stream, &line, out);
+        }
+        // Docker splits lines longer than 16 KiB.
+        while self.pending.len() >= 16 * 1024 {
+            let line: Vec<u8> = self.pending.drain(..16 * 1024).collect();
+            write_line(self.stream, &line, out);
+        }
+    }
+    fn finish(&mut self, out: &mut File) {
+        if !self.pending.is_empty() {
+            let line = std::mem::take(&mut self.pending);
+            write_line(self.stream, &line, out);
+        }
+    }
+}
+
+fn write_line(stream: &str, line: &[u8], out: &mut File) {
+    let entry = serde_json::json!({"log": String::from_utf8_lossy(line), "stream": stream, "time": now_rfc3339_nanos()});
+    let _ = writeln!(out, "{entry}");
+}
+
+fn oom_kills(cgroups_path: &str) -> u64 {
+    let rel = cgroups_path.trim_start_matches('/');
+    for file in [
+        PathBuf::from("/sys/fs/cgroup/memory").join(rel).join("memory.oom_control"),
+        PathBuf::from("/sys/fs/cgroup").join(rel).join("memory.events"),
+    ] {
+        if let Ok(s) = std::fs::read_to_string(&file)
+            && let Some(n) = s.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
+        {
+            return n;
+        }
+    }
+    0
+}
+
+/// The shim's main; returns the process exit code.
+pub fn main(dir: &Path) -> i32 {
+    let cfg: ShimConfig = match std::fs::read(dir.join("shim.json")).map_err(|e| e.to_string()).and_then(|b| {
+        serde_json::from_slice(&b).map_err(|e| e.to_string())
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            write_json(dir, "error.json", &Failed { message: format!("reading shim.json: {e}") });
+            return 1;
+        }
+    };
+    match run(dir, &cfg) {
+        Ok(()) => 0,
+        Err(message) => {
+            write_json(dir, "error.json", &Failed { message });
+            1
+        }
+    }
+}
+
+fn run(dir: &Path, cfg: &ShimConfig) -> Result<(), String> {
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .map_err(|e| format!("opening the log: {e}"))?;
+    let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    std::fs::create_dir_all(&cfg.state_root).map_err(|e| format!("{}: {e}", cfg.state_root.display()))?;
+    let mut container = ContainerBuilder::new(cfg.id.clone(), SyscallType::Linux)
+        .with_root_path(&cfg.state_root)
+        .map_err(|e| format!("state root: {e}"))?
+        .with_stdin(OwnedFd::from(devnull))
+        .with_stdout(out_w)
+        .with_stderr(err_w)
+        .as_init(&cfg.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| format!("creating the container: {e}"))?;
+    container.start().map_err(|e| format!("starting the container: {e}"))?;
+    let pid = container.pid().map(|p| p.as_raw()).ok_or("the container has no pid")?;
+    write_json(dir, "started.json", &Started { shim_pid: std::process::id() as i32, pid, started_ms: shoal_proto::model::now_ms() });
+
+    let mut streams = [(out_r, LineLog { stream: "stdout", pending: vec![] }, true), (err_r, LineLog { stream: "stderr", pending: vec![] }, true)];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut status: Option<i32> = None;
+    loop {
+        let mut fds: Vec<libc::pollfd> = streams
+            .iter()
+            .filter(|s| s.2)
+            .map(|s| libc::pollfd { fd: s.0.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .collect();
+        if !fds.is_empty() {
+            // SAFETY: fds points to a valid array of pollfd of the given length.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        }
+        for s in streams.iter_mut().filter(|s| s.2) {
+            let fd = s.0.as_raw_fd();
+            let ready = fds.iter().any(|p| p.fd == fd && p.revents != 0);
+            if !ready {
+                continue;
+            }
+            // SAFETY: buf is valid for writes of its length.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                s.1.push(&buf[..n as usize], &mut log);
+            } else if n == 0 {
+                s.2 = false; // EOF
+                s.1.finish(&mut log);
+            }
+        }
+        if status.is_none() {
+            let mut st = 0;
+            // SAFETY: waitpid on our own child with a valid status pointer.
+            let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+            if r == pid {
+                status = Some(st);
+            } else if r < 0 {
+                status = Some(0);
+            }
+        }
+        // Done when the container exited and its pipes are drained (or when
+        // descendants keep them open: then give up on the rest after exit).
+        if let Some(st) = status
+            && (streams.iter().all(|s| !s.2) || fds.iter().all(|p| p.revents == 0))
+        {
+            for s in streams.iter_mut() {
+                s.1.finish(&mut log);
+            }
+            let _ = log.sync_data();
+            let exit_code = if libc::WIFEXITED(st) {
+                libc::WEXITSTATUS(st)
+            } else if libc::WIFSIGNALED(st) {
+                128 + libc::WTERMSIG(st)
+            } else {
+                255
+            };
+            let oom_killed = oom_kills(&cfg.cgroups_path) > 0;
+            if let Ok(mut c) = libcontainer::container::Container::load(cfg.state_root.join(&cfg.id)) {
+                let _ = c.delete(true);
+            }
+            write_json(dir, "exit.json", &Exited { exit_code, oom_killed, finished_ms: shoal_proto::model::now_ms() });
+            return Ok(());
+        }
+    }
+}

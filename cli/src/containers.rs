@@ -1,0 +1,150 @@
+//! Docker's container verbs against the local daemon.
+
+use anyhow::bail;
+use shoal_proto::pb;
+
+use crate::args::{Cli, Cmd, Format};
+use crate::client;
+use crate::images::ago;
+use crate::output::table;
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+pub async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let mut engine = client::engine(cli).await?;
+    match &cli.cmd {
+        Cmd::Run(a) => {
+            let req = pb::ContainerRunRequest {
+                image: a.image.clone(),
+                name: a.name.clone().unwrap_or_default(),
+                command: a.command.clone(),
+                has_entrypoint: a.entrypoint.is_some(),
+                entrypoint: a.entrypoint.clone().unwrap_or_default(),
+                env: a.env.iter().map(|e| if e.contains('=') { e.clone() } else { format!("{e}={}", std::env::var(e).unwrap_or_default()) }).collect(),
+                workdir: a.workdir.clone().unwrap_or_default(),
+                user: a.user.clone().unwrap_or_default(),
+                hostname: a.hostname.clone().unwrap_or_default(),
+                memory: a.memory.clone().unwrap_or_default(),
+                cpus: a.cpus.clone().unwrap_or_default(),
+                pids_limit: a.pids_limit.unwrap_or(0),
+                read_only: a.read_only,
+                network: a.network.clone(),
+                cap_add: a.cap_add.clone(),
+                cap_drop: a.cap_drop.clone(),
+                auto_remove: a.rm,
+            };
+            if a.detach && a.rm {
+                bail!("--rm with -d is not supported yet: run in the foreground, or remove the container with `shoal rm`");
+            }
+            let c = engine.container_run(req).await?.into_inner();
+            if a.detach {
+                println!("{}", c.id);
+                return Ok(());
+            }
+            // Attach to the output, then exit with the container's code.
+            let mut logs = engine
+                .container_logs(pb::ContainerLogsRequest { id: c.id.clone(), follow: true, tail: -1 })
+                .await?
+                .into_inner();
+            while let Some(l) = logs.message().await? {
+                print_line(&l, false);
+            }
+            let exit = engine.container_wait(pb::ContainerRef { id: c.id.clone() }).await?.into_inner();
+            if a.rm {
+                engine.container_remove(pb::ContainerRemoveRequest { id: c.id, force: true }).await?;
+            }
+            std::process::exit(exit.exit_code);
+        }
+        Cmd::Ps { all, quiet, format } => {
+            let list = engine.container_list(pb::ContainerListRequest { all: *all }).await?.into_inner().containers;
+            if *quiet {
+                for c in &list {
+                    println!("{}", short(&c.id));
+                }
+            } else if *format == Format::Json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|c| {
+                        let cmd: String = c.command.chars().take(20).collect();
+                        let created = ago(&shoal_proto::model::rfc3339(c.created_ms));
+                        vec![short(&c.id).into(), c.image.clone(), format!("\"{cmd}\""), created, c.status.clone(), String::new(), c.name.clone()]
+                    })
+                    .collect();
+                println!("{}", table(&["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], &rows));
+            }
+        }
+        Cmd::Logs { follow, tail, timestamps, container } => {
+            let tail = if tail == "all" { -1 } else { tail.parse::<i64>().map_err(|_| anyhow::anyhow!("invalid --tail {tail:?}: a number or all"))? };
+            let mut logs = engine
+                .container_logs(pb::ContainerLogsRequest { id: container.clone(), follow: *follow, tail })
+                .await?
+                .into_inner();
+            while let Some(l) = logs.message().await? {
+                print_line(&l, *timestamps);
+            }
+        }
+        Cmd::Stop { time, containers } => {
+            for c in containers {
+                engine.container_stop(pb::ContainerStopRequest { id: c.clone(), timeout_secs: time.unwrap_or(-1) }).await?;
+                println!("{c}");
+            }
+        }
+        Cmd::Kill { signal, containers } => {
+            for c in containers {
+                engine.container_kill(pb::ContainerKillRequest { id: c.clone(), signal: signal.clone() }).await?;
+                println!("{c}");
+            }
+        }
+        Cmd::Rm { force, containers } => {
+            let mut failed = false;
+            for c in containers {
+                match engine.container_remove(pb::ContainerRemoveRequest { id: c.clone(), force: *force }).await {
+                    Ok(_) => println!("{c}"),
+                    Err(e) => {
+                        eprintln!("Error: {}", e.message());
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                bail!("some containers could not be removed");
+            }
+        }
+        Cmd::Inspect { containers } => {
+            let mut docs = Vec::new();
+            for c in containers {
+                let d = engine.container_inspect(pb::ContainerRef { id: c.clone() }).await?.into_inner();
+                docs.push(serde_json::from_str::<serde_json::Value>(&d.json)?);
+            }
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+        }
+        Cmd::Wait { containers } => {
+            for c in containers {
+                let e = engine.container_wait(pb::ContainerRef { id: c.clone() }).await?.into_inner();
+                println!("{}", e.exit_code);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn print_line(l: &pb::LogLine, timestamps: bool) {
+    use std::io::Write;
+    let text = if timestamps { format!("{} {}", l.time, l.log) } else { l.log.clone() };
+    if l.stream == "stderr" {
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    } else {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    }
+}

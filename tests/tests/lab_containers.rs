@@ -1,0 +1,118 @@
+//! Containers on one lab host with the real binary: exit codes, limits
+//! (memory OOM, pids, read-only), detach/logs/stop with the grace period,
+//! and containers surviving a kill -9 of the daemon.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use shoal_tests::lab::{Lab, skip_reason, wait_for};
+
+fn lab_or_skip() -> bool {
+    match skip_reason() {
+        None => true,
+        Some(why) if std::env::var("CI").is_ok() => panic!("lab tests must run in CI: {why}"),
+        Some(why) => {
+            eprintln!("skipping lab test: {why}");
+            false
+        }
+    }
+}
+
+fn busybox_rootfs(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::create_dir_all(root.join("etc"))?;
+    std::fs::create_dir_all(root.join("tmp"))?;
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is needed (deploy/prereqs installs it)")?;
+    for applet in ["sh", "echo", "cat", "id", "hostname", "sleep", "dd", "touch", "seq"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    let tar = dir.join("rootfs.tar");
+    ensure!(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status()?.success(), "tar failed");
+    Ok(tar)
+}
+
+fn ps(lab: &Lab) -> Result<Vec<serde_json::Value>> {
+    Ok(lab.shoal_json(1, &["ps", "-a"])?.as_array().cloned().unwrap_or_default())
+}
+
+fn state_of(lab: &Lab, name: &str) -> Result<serde_json::Value> {
+    ps(lab)?.into_iter().find(|c| c["name"] == name).with_context(|| format!("no container {name}"))
+}
+
+#[test]
+fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
+    if !lab_or_skip() {
+        return Ok(());
+    }
+    let tmp = tempfile::Builder::new().prefix("shl-ctr-").tempdir()?;
+    let rootfs = busybox_rootfs(tmp.path())?;
+    let lab = Lab::up_bare(1)?;
+    lab.shoal(1, &["image", "import", &rootfs.display().to_string(), "busybox:local"])?;
+
+    // Output and exit codes.
+    let out = lab.exec(1, &["run", "--rm", "--hostname", "box", "busybox:local", "sh", "-c", "echo hi from $(hostname); id -u; exit 3"])?;
+    ensure!(out.status.code() == Some(3), "exit code: {:?}", out.status);
+    ensure!(String::from_utf8_lossy(&out.stdout) == "hi from box\n0\n", "{:?}", String::from_utf8_lossy(&out.stdout));
+    ensure!(ps(&lab)?.is_empty(), "--rm removed it");
+    let out = lab.exec(1, &["run", "--rm", "-u", "nobody", "busybox:local", "id"])?;
+    ensure!(String::from_utf8_lossy(&out.stdout).starts_with("uid=65534(nobody) gid=65534(nogroup)"), "{:?}", out);
+    let out = lab.exec(1, &["run", "--rm", "busybox:local", "nosuchcmd"])?;
+    ensure!(!out.status.success(), "a missing command fails");
+
+    // Memory: an allocation past the limit is OOM-killed: 137, OOMKilled.
+    let out = lab.exec(1, &["run", "--name", "oom", "--memory", "16m", "busybox:local", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"])?;
+    ensure!(out.status.code() == Some(137), "OOM exit: {:?}", out);
+    let c = state_of(&lab, "oom")?;
+    ensure!(c["exit_code"] == 137 && c["oom_killed"] == true, "{c}");
+    // The same command fits under a larger limit.
+    ensure!(lab.exec(1, &["run", "--rm", "--memory", "256m", "busybox:local", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"])?.status.success());
+
+    // pids: a fork bomb is stopped by --pids-limit.
+    let bomb = "for i in $(seq 1 60); do sleep 5 & done; echo spawned all";
+    let out = lab.exec(1, &["run", "--rm", "--pids-limit", "20", "busybox:local", "sh", "-c", bomb])?;
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("fork"), "{out:?}");
+    ensure!(!String::from_utf8_lossy(&out.stdout).contains("spawned all"), "{out:?}");
+    // read-only root filesystem.
+    let out = lab.exec(1, &["run", "--rm", "--read-only", "busybox:local", "touch", "/x"])?;
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Read-only"), "{out:?}");
+
+    // Detached, logs, survives a kill -9 of the daemon, stop honours the grace period.
+    let id = lab.shoal(1, &["run", "-d", "--name", "ticker", "busybox:local", "sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"])?;
+    ensure!(id.trim().len() == 64, "{id}");
+    wait_for("a few ticks", Duration::from_secs(10), || Ok(lab.shoal(1, &["logs", "ticker"])?.lines().count().ge(&3).then_some(())))?;
+    let before = state_of(&lab, "ticker")?["pid"].clone();
+    lab.restart_daemon(1)?;
+    let c = state_of(&lab, "ticker")?;
+    ensure!(c["state"] == "running" && c["pid"] == before, "the container outlived its daemon: {c}");
+    let n = lab.shoal(1, &["logs", "ticker"])?.lines().count();
+    wait_for("logs to continue", Duration::from_secs(10), || Ok((lab.shoal(1, &["logs", "--tail", "all", "ticker"])?.lines().count() > n).then_some(())))?;
+    let t = Instant::now();
+    lab.shoal(1, &["stop", "-t", "2", "ticker"])?;
+    let took = t.elapsed();
+    // sh as pid 1 ignores SIGTERM: SIGKILL after the 2 s grace period.
+    ensure!(took >= Duration::from_millis(1900) && took < Duration::from_secs(10), "stop took {took:?}");
+    let c = state_of(&lab, "ticker")?;
+    ensure!(c["state"] == "exited" && c["exit_code"] == 137, "{c}");
+
+    // Refusals with clear errors.
+    let err = |args: &[&str]| -> Result<String> {
+        let out = lab.exec(1, args)?;
+        ensure!(!out.status.success(), "`shoal {}` should fail", args.join(" "));
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    ensure!(err(&["run", "--name", "ticker", "busybox:local", "true"])?.contains("already in use"));
+    ensure!(err(&["run", "nosuch:image", "true"])?.contains("no such image"));
+    ensure!(err(&["run", "--memory", "lots", "busybox:local", "true"])?.contains("invalid memory"));
+    ensure!(err(&["run", "--cpus", "99", "busybox:local", "true"])?.contains("CPUs available"));
+    ensure!(err(&["stop", "nosuch"])?.contains("no such container"));
+    lab.shoal(1, &["run", "-d", "--name", "busy", "busybox:local", "sleep", "100"])?;
+    ensure!(err(&["rm", "busy"])?.contains("stop it first or use --force"));
+    ensure!(err(&["image", "rm", "busybox:local"])?.contains("in use"), "an image in use is kept");
+    lab.shoal(1, &["rm", "-f", "busy", "ticker", "oom"])?;
+    ensure!(ps(&lab)?.is_empty());
+    Ok(())
+}
