@@ -20,6 +20,22 @@ pub const CHUNK: usize = 256 * 1024;
 pub struct EngineService {
     pub images: Arc<ImageStore>,
     pub containers: Arc<Containers>,
+    pub volumes: Arc<crate::volumes::VolumeStore>,
+}
+
+fn vstatus(e: crate::volumes::VolumeError) -> Status {
+    use crate::volumes::VolumeError as V;
+    let msg = e.to_string();
+    match e {
+        V::NotFound(_) => Status::not_found(msg),
+        V::InUse { .. } => Status::failed_precondition(msg),
+        V::BadName(_) | V::BadMount { .. } => Status::invalid_argument(msg),
+        V::Io { .. } => Status::internal(msg),
+    }
+}
+
+fn volume_pb(v: &crate::volumes::Volume) -> pb::VolumeInfo {
+    pb::VolumeInfo { name: v.name.clone(), mountpoint: v.mountpoint.display().to_string(), created_ms: v.created_ms, anonymous: v.anonymous }
 }
 
 fn cstatus(e: ContainerError) -> Status {
@@ -27,6 +43,7 @@ fn cstatus(e: ContainerError) -> Status {
     match e {
         ContainerError::NotFound(_) => Status::not_found(msg),
         ContainerError::Image(i) => status(i),
+        ContainerError::Volume(v) => vstatus(v),
         ContainerError::NameInUse { .. } => Status::already_exists(msg),
         ContainerError::Running(_) | ContainerError::NotRunning(_) => Status::failed_precondition(msg),
         ContainerError::Invalid { .. } | ContainerError::Spec(_) => Status::invalid_argument(msg),
@@ -319,6 +336,8 @@ impl pb::engine_server::Engine for EngineService {
             cap_add: r.cap_add,
             cap_drop: r.cap_drop,
             auto_remove: r.auto_remove,
+            volumes: r.volumes,
+            tmpfs: r.tmpfs,
         };
         let containers = self.containers.clone();
         let c = cblocking(move || containers.run(&run)).await?;
@@ -360,7 +379,7 @@ impl pb::engine_server::Engine for EngineService {
     async fn container_remove(&self, req: Request<pb::ContainerRemoveRequest>) -> Result<Response<pb::ContainerRef>, Status> {
         let r = req.into_inner();
         let containers = self.containers.clone();
-        let id = cblocking(move || containers.remove(&r.id, r.force)).await?;
+        let id = cblocking(move || containers.remove(&r.id, r.force, r.volumes)).await?;
         Ok(Response::new(pb::ContainerRef { id }))
     }
 
@@ -380,6 +399,34 @@ impl pb::engine_server::Engine for EngineService {
         })
         .await?;
         Ok(Response::new(exit))
+    }
+
+    async fn volume_create(&self, req: Request<pb::VolumeRef>) -> Result<Response<pb::VolumeInfo>, Status> {
+        let name = req.into_inner().name;
+        let v = self.volumes.create(if name.is_empty() { None } else { Some(&name) }).map_err(vstatus)?;
+        Ok(Response::new(volume_pb(&v)))
+    }
+
+    async fn volume_list(&self, _req: Request<pb::Empty>) -> Result<Response<pb::VolumeInfos>, Status> {
+        Ok(Response::new(pb::VolumeInfos { volumes: self.volumes.list().iter().map(volume_pb).collect() }))
+    }
+
+    async fn volume_inspect(&self, req: Request<pb::VolumeRef>) -> Result<Response<pb::JsonDoc>, Status> {
+        let v = self.volumes.inspect(&req.into_inner().name).map_err(vstatus)?;
+        let json = serde_json::to_string_pretty(&v).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::JsonDoc { json }))
+    }
+
+    async fn volume_remove(&self, req: Request<pb::VolumeRemoveRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        let containers = self.containers.clone();
+        let name = r.name.clone();
+        let user = cblocking(move || Ok(containers.volume_user(&name))).await?;
+        match self.volumes.remove(&r.name, user) {
+            Err(crate::volumes::VolumeError::NotFound(_)) if r.force => {}
+            other => other.map_err(vstatus)?,
+        }
+        Ok(Response::new(pb::Empty {}))
     }
 
     type ContainerLogsStream = LogStream;

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod images;
 pub mod local;
 pub mod runtime;
+pub mod volumes;
 pub mod session;
 
 pub use daemon::{Daemon, DaemonConfig};

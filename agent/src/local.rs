@@ -85,6 +85,7 @@ pub async fn serve(
     daemon: Arc<Daemon>,
     images: Arc<crate::images::ImageStore>,
     containers: Arc<crate::runtime::Containers>,
+    volumes: Arc<crate::volumes::VolumeStore>,
     socket: PathBuf,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -104,7 +105,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(pb::local_server::LocalServer::new(LocalService { daemon: daemon.clone() }))
         .add_service(pb::control_server::ControlServer::new(LocalControl { daemon }))
-        .add_service(pb::engine_server::EngineServer::new(crate::engine::EngineService { images, containers }))
+        .add_service(pb::engine_server::EngineServer::new(crate::engine::EngineService { images, containers, volumes }))
         .serve_with_incoming_shutdown(incoming, async move { cancel.cancelled().await })
         .await?;
     let _ = std::fs::remove_file(&socket);

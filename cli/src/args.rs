@@ -100,9 +100,15 @@ pub enum Cmd {
     Rm {
         #[arg(short, long)]
         force: bool,
+        /// Also remove the container's anonymous volumes.
+        #[arg(short, long)]
+        volumes: bool,
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
     /// Display detailed information on containers (JSON).
     Inspect {
         #[arg(required = true)]
@@ -116,6 +122,34 @@ pub enum Cmd {
     /// Load generators for the benchmark figures (bench/run uses them).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCmd {
+    /// Create a volume (a random name if none is given).
+    Create { name: Option<String> },
+    /// List volumes.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Display detailed information on volumes (JSON).
+    Inspect {
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove volumes (never one in use).
+    #[command(alias = "remove")]
+    Rm {
+        /// Do not fail on volumes that do not exist.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +189,12 @@ pub struct RunArgs {
     pub cap_add: Vec<String>,
     #[arg(long)]
     pub cap_drop: Vec<String>,
+    /// Bind a volume: NAME:/path[:ro], /host/path:/path[:ro], or /path (anonymous).
+    #[arg(short, long = "volume")]
+    pub volume: Vec<String>,
+    /// Mount a tmpfs at this path.
+    #[arg(long)]
+    pub tmpfs: Vec<String>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,

@@ -34,6 +34,8 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 cap_add: a.cap_add.clone(),
                 cap_drop: a.cap_drop.clone(),
                 auto_remove: a.rm,
+                volumes: a.volume.clone(),
+                tmpfs: a.tmpfs.clone(),
             };
             if a.detach && a.rm {
                 bail!("--rm with -d is not supported yet: run in the foreground, or remove the container with `shoal rm`");
@@ -53,7 +55,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             let exit = engine.container_wait(pb::ContainerRef { id: c.id.clone() }).await?.into_inner();
             if a.rm {
-                engine.container_remove(pb::ContainerRemoveRequest { id: c.id, force: true }).await?;
+                engine.container_remove(pb::ContainerRemoveRequest { id: c.id, force: true, volumes: true }).await?;
             }
             std::process::exit(exit.exit_code);
         }
@@ -103,10 +105,10 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 println!("{c}");
             }
         }
-        Cmd::Rm { force, containers } => {
+        Cmd::Rm { force, volumes, containers } => {
             let mut failed = false;
             for c in containers {
-                match engine.container_remove(pb::ContainerRemoveRequest { id: c.clone(), force: *force }).await {
+                match engine.container_remove(pb::ContainerRemoveRequest { id: c.clone(), force: *force, volumes: *volumes }).await {
                     Ok(_) => println!("{c}"),
                     Err(e) => {
                         eprintln!("Error: {}", e.message());
@@ -132,7 +134,59 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 println!("{}", e.exit_code);
             }
         }
+        Cmd::Volume(v) => volume(&mut engine, v).await?,
         _ => {}
+    }
+    Ok(())
+}
+
+async fn volume(
+    engine: &mut shoal_proto::pb::engine_client::EngineClient<tonic::transport::Channel>,
+    cmd: &crate::args::VolumeCmd,
+) -> anyhow::Result<()> {
+    use crate::args::VolumeCmd;
+    match cmd {
+        VolumeCmd::Create { name } => {
+            let v = engine.volume_create(pb::VolumeRef { name: name.clone().unwrap_or_default() }).await?.into_inner();
+            println!("{}", v.name);
+        }
+        VolumeCmd::Ls { quiet, format } => {
+            let list = engine.volume_list(pb::Empty {}).await?.into_inner().volumes;
+            if *quiet {
+                for v in &list {
+                    println!("{}", v.name);
+                }
+            } else if *format == Format::Json {
+                let j: Vec<_> = list.iter().map(|v| serde_json::json!({"name": v.name, "mountpoint": v.mountpoint, "anonymous": v.anonymous})).collect();
+                println!("{}", serde_json::to_string_pretty(&j)?);
+            } else {
+                let rows: Vec<Vec<String>> = list.iter().map(|v| vec!["local".into(), v.name.clone()]).collect();
+                println!("{}", table(&["DRIVER", "VOLUME NAME"], &rows));
+            }
+        }
+        VolumeCmd::Inspect { volumes } => {
+            let mut docs = Vec::new();
+            for v in volumes {
+                let d = engine.volume_inspect(pb::VolumeRef { name: v.clone() }).await?.into_inner();
+                docs.push(serde_json::from_str::<serde_json::Value>(&d.json)?);
+            }
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+        }
+        VolumeCmd::Rm { force, volumes } => {
+            let mut failed = false;
+            for v in volumes {
+                match engine.volume_remove(pb::VolumeRemoveRequest { name: v.clone(), force: *force }).await {
+                    Ok(_) => println!("{v}"),
+                    Err(e) => {
+                        eprintln!("Error: {}", e.message());
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                bail!("some volumes could not be removed");
+            }
+        }
     }
     Ok(())
 }

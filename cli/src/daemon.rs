@@ -49,16 +49,18 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
         hostname: hostname(),
     });
     let images = std::sync::Arc::new(shoal_agent::images::ImageStore::open(&daemon.cfg.data_root.join("images"))?);
+    let volumes = std::sync::Arc::new(shoal_agent::volumes::VolumeStore::open(&daemon.cfg.data_root.join("volumes"))?);
     let containers = std::sync::Arc::new(shoal_agent::runtime::Containers::open(
         &daemon.cfg.data_root.join("containers"),
         std::path::Path::new("/run/shoal/runtime"),
         &cgroup_parent,
         images.clone(),
+        volumes.clone(),
     )?);
     daemon.resume().await?;
     let cancel = CancellationToken::new();
     let server =
-        tokio::spawn(shoal_agent::local::serve(daemon.clone(), images, containers, socket.to_path_buf(), cancel.clone()));
+        tokio::spawn(shoal_agent::local::serve(daemon.clone(), images, containers, volumes, socket.to_path_buf(), cancel.clone()));
     tracing::info!(socket = %socket.display(), version = shoal_proto::VERSION, "shoal daemon ready");
     tokio::select! {
         _ = signalled() => tracing::info!("stopping"),

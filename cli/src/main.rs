@@ -19,6 +19,9 @@ fn main() -> std::process::ExitCode {
         let code = shoal_agent::runtime::shim::main(std::path::Path::new(&argv[2]));
         return std::process::ExitCode::from(code as u8);
     }
+    if argv.len() == 6 && argv[1] == "shim-wait" {
+        return std::process::ExitCode::from(shoal_agent::runtime::shim::wait_main(&argv[2..]) as u8);
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = args::Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

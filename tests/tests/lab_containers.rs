@@ -116,3 +116,46 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     ensure!(ps(&lab)?.is_empty());
     Ok(())
 }
+
+#[test]
+fn volumes_outlive_containers_and_are_kept_while_in_use() -> Result<()> {
+    if !lab_or_skip() {
+        return Ok(());
+    }
+    let tmp = tempfile::Builder::new().prefix("shl-vol-").tempdir()?;
+    let rootfs = busybox_rootfs(tmp.path())?;
+    let host_dir = tmp.path().join("hostdir");
+    std::fs::create_dir_all(&host_dir)?;
+    std::fs::write(host_dir.join("hello.txt"), "from the host\n")?;
+    let lab = Lab::up_bare(1)?;
+    lab.shoal(1, &["image", "import", &rootfs.display().to_string(), "busybox:local"])?;
+    let run = |args: &[&str]| -> Result<std::process::Output> {
+        let mut full = vec!["run", "--rm"];
+        full.extend_from_slice(args);
+        lab.exec(1, &full)
+    };
+
+    // A named volume keeps its data from one container to the next.
+    ensure!(run(&["-v", "data:/data", "busybox:local", "sh", "-c", "echo kept > /data/f"])?.status.success());
+    let out = run(&["-v", "data:/data", "busybox:local", "cat", "/data/f"])?;
+    ensure!(String::from_utf8_lossy(&out.stdout) == "kept\n", "{out:?}");
+    ensure!(lab.shoal(1, &["volume", "ls", "-q"])?.lines().any(|l| l == "data"));
+    // A bind mount, read-only.
+    let bind = format!("{}:/host:ro", host_dir.display());
+    let out = run(&["-v", &bind, "busybox:local", "sh", "-c", "cat /host/hello.txt; echo x > /host/new"])?;
+    ensure!(String::from_utf8_lossy(&out.stdout) == "from the host\n", "{out:?}");
+    ensure!(!out.status.success() && !host_dir.join("new").exists(), "a read-only bind mount stays read-only");
+    // A tmpfs.
+    let out = run(&["--tmpfs", "/scratch", "--read-only", "busybox:local", "sh", "-c", "echo ok > /scratch/x && cat /scratch/x"])?;
+    ensure!(String::from_utf8_lossy(&out.stdout) == "ok\n", "{out:?}");
+    // A volume in use is refused; once its container is gone it can go.
+    lab.shoal(1, &["run", "-d", "--name", "holder", "-v", "data:/data", "busybox:local", "sleep", "100"])?;
+    let out = lab.exec(1, &["volume", "rm", "data"])?;
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("in use by container holder"), "{out:?}");
+    lab.shoal(1, &["rm", "-f", "holder"])?;
+    lab.shoal(1, &["volume", "rm", "data"])?;
+    ensure!(lab.shoal(1, &["volume", "ls", "-q"])?.trim().is_empty());
+    let out = lab.exec(1, &["run", "--rm", "-v", "bad name:/x", "busybox:local", "true"])?;
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("invalid mount"), "{out:?}");
+    Ok(())
+}

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::model::now_ms;
 
 use crate::images::ImageStore;
+use crate::volumes::{MountReq, MountSource, VolumeStore};
 use shim::{Exited, Failed, ShimConfig, Started};
 use spec::{NetworkMode, RunSpec};
 
@@ -37,6 +38,8 @@ pub enum ContainerError {
     Image(#[from] crate::images::ImageError),
     #[error(transparent)]
     Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
     #[error("invalid {what} {value:?}: {why}")]
     Invalid { what: &'static str, value: String, why: String },
     #[error("container {id} failed to start: {message}")]
@@ -68,6 +71,10 @@ pub struct RunRequest {
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub auto_remove: bool,
+    /// `-v` specs.
+    pub volumes: Vec<String>,
+    /// `--tmpfs` paths.
+    pub tmpfs: Vec<String>,
 }
 
 /// A container's record on disk.
@@ -82,6 +89,9 @@ pub struct Record {
     pub auto_remove: bool,
     pub cgroups_path: String,
     pub run: RunSpecRecord,
+    /// Mounts as resolved (volume names filled in).
+    #[serde(default)]
+    pub mounts: Vec<MountReq>,
 }
 
 /// The limits as asked, for inspect.
@@ -145,6 +155,7 @@ pub struct Containers {
     cgroup_parent: String,
     exe: PathBuf,
     images: Arc<ImageStore>,
+    volumes: Arc<VolumeStore>,
     /// Serializes create/remove (names, directories).
     lock: Mutex<()>,
 }
@@ -163,7 +174,13 @@ fn alive(pid: i32) -> bool {
 }
 
 impl Containers {
-    pub fn open(root: &Path, state_root: &Path, cgroup_parent: &str, images: Arc<ImageStore>) -> Result<Containers, ContainerError> {
+    pub fn open(
+        root: &Path,
+        state_root: &Path,
+        cgroup_parent: &str,
+        images: Arc<ImageStore>,
+        volumes: Arc<VolumeStore>,
+    ) -> Result<Containers, ContainerError> {
         std::fs::create_dir_all(root).map_err(io("creating", root))?;
         let exe = std::env::current_exe().map_err(io("finding", Path::new("/proc/self/exe")))?;
         Ok(Containers {
@@ -172,6 +189,7 @@ impl Containers {
             cgroup_parent: cgroup_parent.trim_end_matches('/').to_string(),
             exe,
             images,
+            volumes,
             lock: Mutex::new(()),
         })
     }
@@ -283,7 +301,38 @@ impl Containers {
             env.retain(|x| x.split('=').next() != Some(key));
             env.push(e.clone());
         }
+        // Mounts: what the user asked for, then the image's VOLUMEs as anonymous volumes.
+        let mut mounts: Vec<MountReq> = Vec::new();
+        for v in &req.volumes {
+            mounts.push(crate::volumes::parse_volume_flag(v)?);
+        }
+        for t in &req.tmpfs {
+            mounts.push(crate::volumes::parse_tmpfs_flag(t)?);
+        }
+        for target in cfg.volumes.clone().unwrap_or_default().into_keys() {
+            if !mounts.iter().any(|m| m.target == target) {
+                mounts.push(MountReq { source: MountSource::Volume(String::new()), target, read_only: false });
+            }
+        }
+        let mut spec_mounts = Vec::new();
+        for m in mounts.iter_mut() {
+            let source = match &m.source {
+                MountSource::Volume(name) => {
+                    let v = self.volumes.create(if name.is_empty() { None } else { Some(name) })?;
+                    m.source = MountSource::Volume(v.name);
+                    Some(v.mountpoint)
+                }
+                MountSource::Bind(host) => {
+                    // Like `docker run -v`, a missing host directory is created.
+                    std::fs::create_dir_all(host).map_err(io("creating the bind source", host))?;
+                    Some(host.clone())
+                }
+                MountSource::Tmpfs => None,
+            };
+            spec_mounts.push(spec::SpecMount { source, target: m.target.clone(), read_only: m.read_only });
+        }
         let run = RunSpec {
+            mounts: spec_mounts,
             args: args.clone(),
             env,
             cwd: if req.workdir.is_empty() { cfg.working_dir.clone().unwrap_or_default() } else { req.workdir.clone() },
@@ -298,7 +347,7 @@ impl Containers {
             cap_drop: req.cap_drop.clone(),
         };
         let dir = self.dir(&id);
-        let result = self.prepare_and_start(&id, &name, req, &image.id.to_string(), &run, &dir);
+        let result = self.prepare_and_start(&id, &name, req, &image.id.to_string(), &run, &mounts, &dir);
         if let Err(e) = result {
             self.teardown(&dir);
             return Err(e);
@@ -314,6 +363,7 @@ impl Containers {
         req: &RunRequest,
         image_id: &str,
         run: &RunSpec,
+        mounts: &[MountReq],
         dir: &Path,
     ) -> Result<(), ContainerError> {
         let rootfs = dir.join("rootfs");
@@ -347,6 +397,7 @@ impl Containers {
                 pids_limit: run.pids_limit,
                 network: if run.network == NetworkMode::Host { "host".into() } else { "none".into() },
             },
+            mounts: mounts.to_vec(),
         };
         let shim = ShimConfig { id: id.into(), bundle, state_root: self.state_root.clone(), cgroups_path };
         let write = |name: &str, v: &dyn erased::Json| -> Result<(), ContainerError> {
@@ -355,6 +406,9 @@ impl Containers {
         };
         write("container.json", &record)?;
         write("shim.json", &shim)?;
+        // The log exists before the container does, so a reader never misses its start.
+        let log = dir.join("log");
+        std::fs::File::create(&log).map_err(io("creating", &log))?;
         self.spawn_shim(id, dir)
     }
 
@@ -436,7 +490,8 @@ impl Containers {
         self.find(&c.record.id)
     }
 
-    pub fn remove(&self, reference: &str, force: bool) -> Result<String, ContainerError> {
+    /// Removes a container; with `volumes`, also its anonymous volumes.
+    pub fn remove(&self, reference: &str, force: bool, volumes: bool) -> Result<String, ContainerError> {
         let c = self.find(reference)?;
         if matches!(c.status, Status::Running { .. }) {
             if !force {
@@ -447,7 +502,25 @@ impl Containers {
         }
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.teardown(&self.dir(&c.record.id));
+        if volumes {
+            for m in &c.record.mounts {
+                if let MountSource::Volume(name) = &m.source
+                    && self.volumes.inspect(name).is_ok_and(|v| v.anonymous)
+                    && self.volume_user(name).is_none()
+                {
+                    let _ = self.volumes.remove(name, None);
+                }
+            }
+        }
         Ok(c.record.id)
+    }
+
+    /// The name of a container that mounts volume `name`, if any.
+    pub fn volume_user(&self, name: &str) -> Option<String> {
+        self.list()
+            .into_iter()
+            .find(|c| c.record.mounts.iter().any(|m| m.source == MountSource::Volume(name.to_string())))
+            .map(|c| c.record.name)
     }
 
     /// Whether an image is used by any container (for `image rm`).

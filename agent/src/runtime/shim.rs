@@ -8,6 +8,7 @@
 //! Files in DIR: `shim.json` (input), `started.json` or `error.json`, then
 //! `exit.json`. Each is written atomically; the daemon only reads them.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -137,11 +138,6 @@ pub fn main(dir: &Path) -> i32 {
 }
 
 fn run(dir: &Path, cfg: &ShimConfig) -> Result<(), String> {
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("log"))
-        .map_err(|e| format!("opening the log: {e}"))?;
     let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
@@ -160,7 +156,56 @@ fn run(dir: &Path, cfg: &ShimConfig) -> Result<(), String> {
     container.start().map_err(|e| format!("starting the container: {e}"))?;
     let pid = container.pid().map(|p| p.as_raw()).ok_or("the container has no pid")?;
     write_json(dir, "started.json", &Started { shim_pid: std::process::id() as i32, pid, started_ms: shoal_proto::model::now_ms() });
+    // Shed everything creating the container needed: become `shoal
+    // shim-wait`, a small supervisor with the same pid (so the container
+    // stays our child) that keeps only the two pipes.
+    for fd in [&out_r, &err_r] {
+        // SAFETY: clearing FD_CLOEXEC on descriptors we own, so they survive exec.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) };
+    }
+    let exe = CString::new("/proc/self/exe").map_err(|e| e.to_string())?;
+    let args: Vec<CString> = ["shoal".to_string(), "shim-wait".into(), dir.display().to_string(), out_r.as_raw_fd().to_string(), err_r.as_raw_fd().to_string(), pid.to_string()]
+        .into_iter()
+        .map(|a| CString::new(a).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // SAFETY: exe and argv are valid NUL-terminated strings kept alive across the call.
+    unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
+    // exec failed: supervise from here instead.
+    supervise(dir, cfg, pid, out_r, err_r)
+}
 
+/// `shoal shim-wait DIR OUT ERR PID`: the supervisor half of the shim.
+pub fn wait_main(args: &[std::ffi::OsString]) -> i32 {
+    let parse = |i: usize| args.get(i).and_then(|a| a.to_str()).and_then(|a| a.parse::<i32>().ok());
+    let (Some(dir), Some(out), Some(err), Some(pid)) = (args.first(), parse(1), parse(2), parse(3)) else {
+        return 2;
+    };
+    let dir = Path::new(dir);
+    let Ok(cfg) = std::fs::read(dir.join("shim.json")).map_err(|e| e.to_string()).and_then(|b| {
+        serde_json::from_slice::<ShimConfig>(&b).map_err(|e| e.to_string())
+    }) else {
+        return 1;
+    };
+    // SAFETY: the descriptors were handed to us across exec by the shim and are ours alone.
+    let (out_r, err_r) = unsafe { (OwnedFd::from_raw_fd(out), OwnedFd::from_raw_fd(err)) };
+    match supervise(dir, &cfg, pid, out_r, err_r) {
+        Ok(()) => 0,
+        Err(message) => {
+            write_json(dir, "error.json", &Failed { message });
+            1
+        }
+    }
+}
+
+/// Copies the container's output to the log until it exits, then records how it ended.
+fn supervise(dir: &Path, cfg: &ShimConfig, pid: i32, out_r: OwnedFd, err_r: OwnedFd) -> Result<(), String> {
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .map_err(|e| format!("opening the log: {e}"))?;
     let mut streams = [(out_r, LineLog { stream: "stdout", pending: vec![] }, true), (err_r, LineLog { stream: "stderr", pending: vec![] }, true)];
     let mut buf = vec![0u8; 64 * 1024];
     let mut status: Option<i32> = None;
@@ -199,12 +244,22 @@ fn run(dir: &Path, cfg: &ShimConfig) -> Result<(), String> {
                 status = Some(0);
             }
         }
-        // Done when the container exited and its pipes are drained (or when
-        // descendants keep them open: then give up on the rest after exit).
-        if let Some(st) = status
-            && (streams.iter().all(|s| !s.2) || fds.iter().all(|p| p.revents == 0))
-        {
+        // Once the container exited, drain what its pipes still hold without
+        // blocking (descendants may keep them open), then record the exit.
+        if let Some(st) = status {
             for s in streams.iter_mut() {
+                let fd = s.0.as_raw_fd();
+                // SAFETY: fcntl on a descriptor we own.
+                unsafe { libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK) };
+                while s.2 {
+                    // SAFETY: buf is valid for writes of its length.
+                    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                    if n > 0 {
+                        s.1.push(&buf[..n as usize], &mut log);
+                    } else {
+                        s.2 = false; // EOF, or nothing more right now
+                    }
+                }
                 s.1.finish(&mut log);
             }
             let _ = log.sync_data();

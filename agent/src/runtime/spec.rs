@@ -30,6 +30,16 @@ pub struct RunSpec {
     pub network: NetworkMode,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
+    pub mounts: Vec<SpecMount>,
+}
+
+/// A resolved mount: a host directory bound in, or a fresh tmpfs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecMount {
+    /// None: a tmpfs.
+    pub source: Option<std::path::PathBuf>,
+    pub target: String,
+    pub read_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -234,6 +244,24 @@ pub fn oci_spec(
             }
             m.set_options(Some(opts));
         }
+    }
+    for m in &run.mounts {
+        let mount = match &m.source {
+            Some(src) => oci_spec::runtime::MountBuilder::default()
+                .destination(&m.target)
+                .typ("bind")
+                .source(src)
+                .options(vec!["rbind".to_string(), if m.read_only { "ro" } else { "rw" }.to_string()])
+                .build(),
+            // Docker's --tmpfs defaults.
+            None => oci_spec::runtime::MountBuilder::default()
+                .destination(&m.target)
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(["rw", "noexec", "nosuid", "nodev", "size=65536k"].map(String::from).to_vec())
+                .build(),
+        };
+        mounts.push(mount.map_err(build_err)?);
     }
     spec.set_mounts(Some(mounts));
 

@@ -1,0 +1,190 @@
+//! Volumes: named (and anonymous) directories under `<data root>/volumes/<name>/_data`
+//! that outlive containers, and the parsing of `-v` / `--tmpfs` into mounts.
+//! A volume in use by a container is never removed.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VolumeError {
+    #[error("no such volume: {0}")]
+    NotFound(String),
+    #[error("volume {name} is in use by container {container}; remove the container first")]
+    InUse { name: String, container: String },
+    #[error("invalid volume name {0:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]")]
+    BadName(String),
+    #[error("invalid mount {spec:?}: {why}")]
+    BadMount { spec: String, why: String },
+    #[error("{what} {path}: {err}")]
+    Io { what: &'static str, path: PathBuf, err: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub name: String,
+    pub mountpoint: PathBuf,
+    pub created_ms: u64,
+    /// Made for an image's VOLUME, with a random name.
+    pub anonymous: bool,
+}
+
+/// One mount a container asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountSource {
+    Volume(String),
+    Bind(PathBuf),
+    Tmpfs,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountReq {
+    pub source: MountSource,
+    pub target: String,
+    pub read_only: bool,
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// `-v NAME:/path[:ro|rw]`, `-v /host:/path[:ro|rw]` or `-v /path` (anonymous).
+pub fn parse_volume_flag(spec: &str) -> Result<MountReq, VolumeError> {
+    let bad = |why: &str| VolumeError::BadMount { spec: spec.to_string(), why: why.to_string() };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (src, target, mode) = match parts.as_slice() {
+        [t] => (None, *t, None),
+        [s, t] => (Some(*s), *t, None),
+        [s, t, m] => (Some(*s), *t, Some(*m)),
+        _ => return Err(bad("expected [SOURCE:]TARGET[:ro|rw]")),
+    };
+    if !target.starts_with('/') {
+        return Err(bad("the target must be an absolute path in the container"));
+    }
+    if target == "/" {
+        return Err(bad("the target cannot be /"));
+    }
+    let read_only = match mode {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(m) => return Err(bad(&format!("unknown mode {m:?}: use ro or rw"))),
+    };
+    let source = match src {
+        None => MountSource::Volume(String::new()), // anonymous
+        Some(s) if s.starts_with('/') => MountSource::Bind(PathBuf::from(s)),
+        Some(s) if valid_name(s) => MountSource::Volume(s.to_string()),
+        Some(s) => return Err(bad(&format!("{s:?} is neither an absolute host path nor a volume name"))),
+    };
+    Ok(MountReq { source, target: target.to_string(), read_only })
+}
+
+/// `--tmpfs /path`.
+pub fn parse_tmpfs_flag(spec: &str) -> Result<MountReq, VolumeError> {
+    let target = spec.split(':').next().unwrap_or("");
+    if !target.starts_with('/') || target == "/" {
+        return Err(VolumeError::BadMount { spec: spec.into(), why: "expected an absolute path other than /".into() });
+    }
+    Ok(MountReq { source: MountSource::Tmpfs, target: target.to_string(), read_only: false })
+}
+
+pub struct VolumeStore {
+    root: PathBuf,
+}
+
+impl VolumeStore {
+    pub fn open(root: &Path) -> Result<VolumeStore, VolumeError> {
+        std::fs::create_dir_all(root).map_err(|e| VolumeError::Io { what: "creating", path: root.into(), err: e.to_string() })?;
+        Ok(VolumeStore { root: root.to_path_buf() })
+    }
+
+    fn meta(&self, name: &str) -> PathBuf {
+        self.root.join(name).join("meta.json")
+    }
+
+    /// Creates a volume (or returns the existing one of that name).
+    pub fn create(&self, name: Option<&str>) -> Result<Volume, VolumeError> {
+        let (name, anonymous) = match name {
+            Some(n) if !n.is_empty() => (n.to_string(), false),
+            _ => ((0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect(), true),
+        };
+        if !valid_name(&name) {
+            return Err(VolumeError::BadName(name));
+        }
+        if let Ok(v) = self.inspect(&name) {
+            return Ok(v);
+        }
+        let data = self.root.join(&name).join("_data");
+        std::fs::create_dir_all(&data).map_err(|e| VolumeError::Io { what: "creating", path: data.clone(), err: e.to_string() })?;
+        let v = Volume { name: name.clone(), mountpoint: data, created_ms: shoal_proto::model::now_ms(), anonymous };
+        let bytes = serde_json::to_vec_pretty(&v).map_err(|e| VolumeError::Io { what: "encoding", path: self.meta(&name), err: e.to_string() })?;
+        crate::identity::write_atomic(&self.meta(&name), &bytes, 0o644)
+            .map_err(|e| VolumeError::Io { what: "writing", path: self.meta(&name), err: e.to_string() })?;
+        Ok(v)
+    }
+
+    pub fn inspect(&self, name: &str) -> Result<Volume, VolumeError> {
+        std::fs::read(self.meta(name))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| VolumeError::NotFound(name.to_string()))
+    }
+
+    pub fn list(&self) -> Vec<Volume> {
+        let mut v: Vec<Volume> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| self.inspect(&e.file_name().to_string_lossy()).ok())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Removes a volume; `used_by` names a container using it, if any.
+    pub fn remove(&self, name: &str, used_by: Option<String>) -> Result<(), VolumeError> {
+        self.inspect(name)?;
+        if let Some(container) = used_by {
+            return Err(VolumeError::InUse { name: name.to_string(), container });
+        }
+        let dir = self.root.join(name);
+        std::fs::remove_dir_all(&dir).map_err(|e| VolumeError::Io { what: "removing", path: dir, err: e.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_flags_parse_like_docker() {
+        let v = parse_volume_flag("data:/var/lib/data").expect("named");
+        assert_eq!((v.source, v.target.as_str(), v.read_only), (MountSource::Volume("data".into()), "/var/lib/data", false));
+        let v = parse_volume_flag("/srv/www:/www:ro").expect("bind");
+        assert_eq!((v.source, v.read_only), (MountSource::Bind("/srv/www".into()), true));
+        let v = parse_volume_flag("/cache").expect("anonymous");
+        assert_eq!(v.source, MountSource::Volume(String::new()));
+        for bad in ["data:rel", "data:/", "data:/x:rw:ro", "da ta:/x", "data:/x:rx", ""] {
+            assert!(parse_volume_flag(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_tmpfs_flag("/run").expect("tmpfs").source, MountSource::Tmpfs);
+        assert!(parse_tmpfs_flag("run").is_err());
+    }
+
+    #[test]
+    fn volumes_are_created_listed_and_refused_when_in_use() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = VolumeStore::open(dir.path()).expect("open");
+        let v = s.create(Some("data")).expect("create");
+        assert!(v.mountpoint.ends_with("data/_data") && v.mountpoint.is_dir());
+        assert_eq!(s.create(Some("data")).expect("again"), v, "create is idempotent");
+        let anon = s.create(None).expect("anonymous");
+        assert!(anon.anonymous && anon.name.len() == 64);
+        assert_eq!(s.list().len(), 2);
+        assert_eq!(s.remove("data", Some("web".into())), Err(VolumeError::InUse { name: "data".into(), container: "web".into() }));
+        s.remove("data", None).expect("remove");
+        assert_eq!(s.inspect("data"), Err(VolumeError::NotFound("data".into())));
+        assert!(matches!(s.create(Some("../x")), Err(VolumeError::BadName(_))));
+    }
+}
