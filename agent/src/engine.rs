@@ -123,6 +123,7 @@ fn signal_number(s: &str) -> Result<i32, Status> {
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
+type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecOutput, Status>> + Send>>;
 
 fn status(e: ImageError) -> Status {
     let msg = e.to_string();
@@ -427,6 +428,53 @@ impl pb::engine_server::Engine for EngineService {
             other => other.map_err(vstatus)?,
         }
         Ok(Response::new(pb::Empty {}))
+    }
+
+    type ContainerExecStream = ExecStream;
+
+    async fn container_exec(&self, req: Request<pb::ContainerExecRequest>) -> Result<Response<ExecStream>, Status> {
+        use tokio::io::AsyncReadExt;
+        let r = req.into_inner();
+        let containers = self.containers.clone();
+        let cfg = cblocking(move || containers.exec_config(&r.id, r.command, r.env, &r.workdir, &r.user)).await?;
+        let json = serde_json::to_string(&cfg).map_err(|e| Status::internal(e.to_string()))?;
+        let mut child = tokio::process::Command::new(self.containers.exe())
+            .arg("shim-exec")
+            .arg(json)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Status::internal(format!("starting exec: {e}")))?;
+        let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(Status::internal("exec has no output pipes"));
+        };
+        let (tx, rx) = mpsc::channel(32);
+        tokio::spawn(async move {
+            let (mut b1, mut b2) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
+            let (mut out_open, mut err_open) = (true, true);
+            while out_open || err_open {
+                let (stream, n) = tokio::select! {
+                    n = out.read(&mut b1), if out_open => ("stdout", n),
+                    n = err.read(&mut b2), if err_open => ("stderr", n),
+                };
+                match n {
+                    Ok(0) | Err(_) => {
+                        if stream == "stdout" { out_open = false } else { err_open = false }
+                    }
+                    Ok(n) => {
+                        let data = if stream == "stdout" { b1[..n].to_vec() } else { b2[..n].to_vec() };
+                        if tx.send(Ok(pb::ExecOutput { stream: stream.into(), data, ..Default::default() })).await.is_err() {
+                            return; // the client went away; kill_on_drop ends the helper
+                        }
+                    }
+                }
+            }
+            let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(255);
+            let _ = tx.send(Ok(pb::ExecOutput { exited: true, exit_code: code, ..Default::default() })).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     type ContainerLogsStream = LogStream;

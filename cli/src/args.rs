@@ -114,6 +114,18 @@ pub enum Cmd {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Run a command in a running container.
+    Exec {
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        #[arg(short, long = "workdir")]
+        workdir: Option<String>,
+        #[arg(short, long)]
+        user: Option<String>,
+        container: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// Block until containers stop, then print their exit codes.
     Wait {
         #[arg(required = true)]

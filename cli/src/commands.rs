@@ -17,7 +17,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node(c) => return node(&cli, c).await,
         Cmd::Bench(c) => return crate::bench::run(&cli, c).await,
         Cmd::Run(_) | Cmd::Ps { .. } | Cmd::Logs { .. } | Cmd::Stop { .. } | Cmd::Kill { .. } | Cmd::Rm { .. }
-        | Cmd::Inspect { .. } | Cmd::Wait { .. } | Cmd::Volume(_) => return crate::containers::run(&cli).await,
+        | Cmd::Inspect { .. } | Cmd::Wait { .. } | Cmd::Volume(_) | Cmd::Exec { .. } => {
+            return crate::containers::run(&cli).await;
+        }
         Cmd::Image(c) => return crate::images::run(&cli, c).await,
         Cmd::Images { quiet, format } => {
             return crate::images::run(&cli, &crate::args::ImageCmd::Ls { quiet: *quiet, format: *format }).await;

@@ -135,6 +135,32 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Volume(v) => volume(&mut engine, v).await?,
+        Cmd::Exec { env, workdir, user, container, command } => {
+            use std::io::Write;
+            let mut out = engine
+                .container_exec(pb::ContainerExecRequest {
+                    id: container.clone(),
+                    command: command.clone(),
+                    env: env.clone(),
+                    workdir: workdir.clone().unwrap_or_default(),
+                    user: user.clone().unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            while let Some(m) = out.message().await? {
+                if m.exited {
+                    std::process::exit(m.exit_code);
+                }
+                if m.stream == "stderr" {
+                    let _ = std::io::stderr().write_all(&m.data);
+                } else {
+                    let mut o = std::io::stdout().lock();
+                    let _ = o.write_all(&m.data);
+                    let _ = o.flush();
+                }
+            }
+            bail!("the exec stream ended without an exit code");
+        }
         _ => {}
     }
     Ok(())

@@ -19,6 +19,9 @@ fn main() -> std::process::ExitCode {
         let code = shoal_agent::runtime::shim::main(std::path::Path::new(&argv[2]));
         return std::process::ExitCode::from(code as u8);
     }
+    if argv.len() == 3 && argv[1] == "shim-exec" {
+        return std::process::ExitCode::from(shoal_agent::runtime::shim::exec_main(&argv[2].to_string_lossy()) as u8);
+    }
     if argv.len() == 6 && argv[1] == "shim-wait" {
         return std::process::ExitCode::from(shoal_agent::runtime::shim::wait_main(&argv[2..]) as u8);
     }

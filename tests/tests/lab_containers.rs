@@ -90,6 +90,13 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     ensure!(c["state"] == "running" && c["pid"] == before, "the container outlived its daemon: {c}");
     let n = lab.shoal(1, &["logs", "ticker"])?.lines().count();
     wait_for("logs to continue", Duration::from_secs(10), || Ok((lab.shoal(1, &["logs", "--tail", "all", "ticker"])?.lines().count() > n).then_some(())))?;
+    // exec joins the running container: same pid namespace, its env, our exit code.
+    let out = lab.exec(1, &["exec", "-e", "X=1", "ticker", "sh", "-c", "echo $(cat /proc/1/cmdline | tr '\\0' ' ')$X; exit 4"])?;
+    ensure!(out.status.code() == Some(4), "exec exit: {out:?}");
+    ensure!(String::from_utf8_lossy(&out.stdout).starts_with("sh -c i=0"), "exec sees the container's pid 1: {out:?}");
+    ensure!(String::from_utf8_lossy(&out.stdout).trim_end().ends_with('1'), "{out:?}");
+    ensure!(lab.shoal(1, &["exec", "-u", "nobody", "ticker", "id", "-u"])? == "65534\n");
+    ensure!(lab.exec(1, &["exec", "ticker", "nosuchcmd"])?.status.code() == Some(127));
     let t = Instant::now();
     lab.shoal(1, &["stop", "-t", "2", "ticker"])?;
     let took = t.elapsed();
@@ -109,6 +116,7 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     ensure!(err(&["run", "--memory", "lots", "busybox:local", "true"])?.contains("invalid memory"));
     ensure!(err(&["run", "--cpus", "99", "busybox:local", "true"])?.contains("CPUs available"));
     ensure!(err(&["stop", "nosuch"])?.contains("no such container"));
+    ensure!(err(&["exec", "ticker", "true"])?.contains("is not running"));
     lab.shoal(1, &["run", "-d", "--name", "busy", "busybox:local", "sleep", "100"])?;
     ensure!(err(&["rm", "busy"])?.contains("stop it first or use --force"));
     ensure!(err(&["image", "rm", "busybox:local"])?.contains("in use"), "an image in use is kept");

@@ -523,6 +523,49 @@ impl Containers {
             .map(|c| c.record.name)
     }
 
+    /// What `shoal shim-exec` needs to run `args` in a running container,
+    /// with the container's environment plus `env`.
+    pub fn exec_config(&self, reference: &str, args: Vec<String>, env: Vec<String>, cwd: &str, user: &str) -> Result<shim::ExecConfig, ContainerError> {
+        let c = self.find(reference)?;
+        let Status::Running { pid, .. } = c.status else {
+            return Err(ContainerError::NotRunning(c.record.name));
+        };
+        if args.is_empty() {
+            return Err(ContainerError::Invalid { what: "command", value: String::new(), why: "exec needs a command".into() });
+        }
+        let dir = self.dir(&c.record.id);
+        let spec = oci_spec::runtime::Spec::load(dir.join("bundle/config.json"))
+            .map_err(|e| ContainerError::StartFailed { id: c.record.id.clone(), message: e.to_string() })?;
+        let mut all_env = spec.process().as_ref().and_then(|p| p.env().clone()).unwrap_or_default();
+        for e in env {
+            let key = e.split('=').next().unwrap_or("").to_string();
+            all_env.retain(|x| x.split('=').next() != Some(key.as_str()));
+            all_env.push(e);
+        }
+        let (uid, gid) = if user.is_empty() {
+            (None, None)
+        } else {
+            // The container's own view of its root, whichever mount namespace we are in.
+            let etc = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/root/etc/{f}")).unwrap_or_default();
+            let (u, g, _) = spec::resolve_user(user, &etc("passwd"), &etc("group"))?;
+            (Some(u), Some(g))
+        };
+        Ok(shim::ExecConfig {
+            container_id: c.record.id,
+            state_root: self.state_root.clone(),
+            args,
+            env: all_env,
+            cwd: (!cwd.is_empty()).then(|| cwd.to_string()),
+            uid,
+            gid,
+        })
+    }
+
+    /// The `shoal` binary, for helper processes.
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
     /// Whether an image is used by any container (for `image rm`).
     pub fn image_in_use(&self, image_id: &str) -> bool {
         self.list().iter().any(|c| c.record.image_id == image_id)

@@ -279,3 +279,79 @@ fn supervise(dir: &Path, cfg: &ShimConfig, pid: i32, out_r: OwnedFd, err_r: Owne
         }
     }
 }
+
+/// What `shoal shim-exec` runs in a container (JSON in its argument).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ExecConfig {
+    pub container_id: String,
+    pub state_root: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// `shoal shim-exec JSON`: runs a process in a running container's
+/// namespaces and cgroup with libcontainer's tenant builder, wired to this
+/// process's own stdout and stderr, and exits with its exit code. Like the
+/// shim, it is single-threaded and short-lived; the daemon reads its output.
+pub fn exec_main(json: &str) -> i32 {
+    let cfg: ExecConfig = match serde_json::from_str(json) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shoal exec: bad request: {e}");
+            return 126;
+        }
+    };
+    let dup = |fd: i32| -> Option<OwnedFd> {
+        // SAFETY: duplicating one of our standard descriptors; the copy is ours.
+        let d = unsafe { libc::dup(fd) };
+        // SAFETY: d is a fresh descriptor returned by dup.
+        (d >= 0).then(|| unsafe { OwnedFd::from_raw_fd(d) })
+    };
+    let (Some(out), Some(err), Ok(devnull)) = (dup(1), dup(2), File::open("/dev/null")) else {
+        eprintln!("shoal exec: cannot set up stdio");
+        return 126;
+    };
+    let env = cfg.env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let pid = ContainerBuilder::new(cfg.container_id.clone(), SyscallType::Linux)
+        .with_root_path(&cfg.state_root)
+        .map(|b| b.with_stdin(OwnedFd::from(devnull)).with_stdout(out).with_stderr(err))
+        .map(|b| {
+            b.as_tenant()
+                .with_container_args(cfg.args.clone())
+                .with_env(env)
+                .with_cwd(cfg.cwd.clone())
+                .with_user(cfg.uid)
+                .with_group(cfg.gid)
+                .with_detach(false)
+        });
+    let pid = match pid {
+        Ok(b) => b.build(),
+        Err(e) => {
+            eprintln!("shoal exec: {e}");
+            return 126;
+        }
+    };
+    let pid = match pid {
+        Ok(p) => p.as_raw(),
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("shoal exec: {msg}");
+            return if msg.contains("No such file") || msg.contains("not found") { 127 } else { 126 };
+        }
+    };
+    let mut st = 0;
+    // SAFETY: waiting for our own child with a valid status pointer.
+    if unsafe { libc::waitpid(pid, &mut st, 0) } != pid {
+        return 126;
+    }
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else if libc::WIFSIGNALED(st) {
+        128 + libc::WTERMSIG(st)
+    } else {
+        255
+    }
+}
