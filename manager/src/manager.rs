@@ -346,7 +346,7 @@ impl Manager {
         // `to` = the first survivor: it campaigns as in a leadership transfer;
         // the others only drop their lease so they can grant it a vote.
         let to = survivors[0];
-        let req = openraft::raft::TransferLeaderRequest::new(now.vote.clone(), to, None);
+        let req = openraft::raft::TransferLeaderRequest::new(now.vote, to, None);
         if let Err(e) = self.raft.handle_transfer_leader(req).await {
             tracing::warn!(error = %e, "could not start the election");
             return;
@@ -356,7 +356,7 @@ impl Manager {
             tokio::time::sleep(Duration::from_millis(400 * rank as u64)).await;
             let later = self.metrics();
             if later.current_leader.is_none() || later.current_leader == Some(leader) {
-                let req = openraft::raft::TransferLeaderRequest::new(later.vote.clone(), self.cfg.raft_id, None);
+                let req = openraft::raft::TransferLeaderRequest::new(later.vote, self.cfg.raft_id, None);
                 let _ = self.raft.handle_transfer_leader(req).await;
             }
         }

@@ -91,12 +91,12 @@ impl Store {
 
     pub fn applied(&self) -> (Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>) {
         let g = self.lock_read();
-        (g.applied.clone(), g.membership.clone())
+        (g.applied, g.membership.clone())
     }
 
     pub fn snapshot(&self) -> (Arc<State>, Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>) {
         let g = self.lock_read();
-        (g.state.clone(), g.applied.clone(), g.membership.clone())
+        (g.state.clone(), g.applied, g.membership.clone())
     }
 
     /// Replaces everything (start-up, snapshot install) and tells watchers.

@@ -419,3 +419,36 @@ impl Drop for FileLock {
         let _ = fs::remove_file(LOCK_FILE);
     }
 }
+
+/// Lab tests need root: outside CI they are skipped with a note, in CI never.
+pub fn lab_or_skip() -> bool {
+    match skip_reason() {
+        None => true,
+        Some(why) if std::env::var("CI").is_ok() => panic!("lab tests must run in CI: {why}"),
+        Some(why) => {
+            eprintln!("skipping lab test: {why}");
+            false
+        }
+    }
+}
+
+/// A minimal busybox root filesystem tarball in `dir` (busybox-static from
+/// Debian, a few applets, /etc/passwd and /etc/group with root and nobody).
+pub fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf> {
+    let root = dir.join("rootfs");
+    for d in ["bin", "etc", "tmp"] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
+    fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is needed (deploy/prereqs installs it)")?;
+    for applet in ["sh", "ls", "echo", "cat", "id", "hostname", "sleep", "dd", "touch", "seq", "tr"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    let tar = dir.join("rootfs.tar");
+    let ok = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status()?.success();
+    if !ok {
+        bail!("tar failed for {}", root.display());
+    }
+    Ok(tar)
+}

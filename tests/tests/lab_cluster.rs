@@ -7,19 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use shoal_tests::lab::{Lab, skip_reason, wait_for};
+use shoal_tests::lab::{Lab, lab_or_skip, wait_for};
 
-/// Lab tests need root; outside CI they are skipped with a note, in CI never.
-fn lab_or_skip() -> bool {
-    match skip_reason() {
-        None => true,
-        Some(why) if std::env::var("CI").is_ok() => panic!("lab tests must run in CI: {why}"),
-        Some(why) => {
-            eprintln!("skipping lab test: {why}");
-            false
-        }
-    }
-}
 
 fn nodes(lab: &Lab, i: usize) -> Result<Vec<Value>> {
     let v = lab.shoal_json(i, &["node", "ls"])?;

@@ -2,38 +2,12 @@
 //! (memory OOM, pids, read-only), detach/logs/stop with the grace period,
 //! and containers surviving a kill -9 of the daemon.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use shoal_tests::lab::{Lab, skip_reason, wait_for};
+use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
 
-fn lab_or_skip() -> bool {
-    match skip_reason() {
-        None => true,
-        Some(why) if std::env::var("CI").is_ok() => panic!("lab tests must run in CI: {why}"),
-        Some(why) => {
-            eprintln!("skipping lab test: {why}");
-            false
-        }
-    }
-}
 
-fn busybox_rootfs(dir: &std::path::Path) -> Result<std::path::PathBuf> {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin"))?;
-    std::fs::create_dir_all(root.join("etc"))?;
-    std::fs::create_dir_all(root.join("tmp"))?;
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
-    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is needed (deploy/prereqs installs it)")?;
-    for applet in ["sh", "echo", "cat", "id", "hostname", "sleep", "dd", "touch", "seq"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
-    let tar = dir.join("rootfs.tar");
-    ensure!(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status()?.success(), "tar failed");
-    Ok(tar)
-}
 
 fn ps(lab: &Lab) -> Result<Vec<serde_json::Value>> {
     Ok(lab.shoal_json(1, &["ps", "-a"])?.as_array().cloned().unwrap_or_default())
@@ -49,7 +23,7 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::Builder::new().prefix("shl-ctr-").tempdir()?;
-    let rootfs = busybox_rootfs(tmp.path())?;
+    let rootfs = busybox_rootfs_tar(tmp.path())?;
     let lab = Lab::up_bare(1)?;
     lab.shoal(1, &["image", "import", &rootfs.display().to_string(), "busybox:local"])?;
 
@@ -131,7 +105,7 @@ fn volumes_outlive_containers_and_are_kept_while_in_use() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::Builder::new().prefix("shl-vol-").tempdir()?;
-    let rootfs = busybox_rootfs(tmp.path())?;
+    let rootfs = busybox_rootfs_tar(tmp.path())?;
     let host_dir = tmp.path().join("hostdir");
     std::fs::create_dir_all(&host_dir)?;
     std::fs::write(host_dir.join("hello.txt"), "from the host\n")?;

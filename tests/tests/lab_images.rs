@@ -1,36 +1,12 @@
 //! Images on one lab host with the real binary: import a busybox rootfs,
 //! tag, save, remove, load back; bad archives refused with a clear error.
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use shoal_tests::lab::{Lab, skip_reason, wait_for};
+use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
 
-fn lab_or_skip() -> bool {
-    match skip_reason() {
-        None => true,
-        Some(why) if std::env::var("CI").is_ok() => panic!("lab tests must run in CI: {why}"),
-        Some(why) => {
-            eprintln!("skipping lab test: {why}");
-            false
-        }
-    }
-}
 
-/// A minimal busybox root filesystem tarball (busybox-static from Debian).
-fn busybox_rootfs(dir: &std::path::Path) -> Result<std::path::PathBuf> {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin"))?;
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is needed (deploy/prereqs installs it)")?;
-    for applet in ["sh", "ls", "cat", "echo"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
-    let tar = dir.join("rootfs.tar");
-    let st = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status()?;
-    ensure!(st.success(), "tar failed");
-    Ok(tar)
-}
 
 fn fails_with(lab: &Lab, args: &[&str], needle: &str) -> Result<()> {
     let out = lab.exec(1, args)?;
@@ -46,7 +22,7 @@ fn images_import_tag_save_rm_load() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::Builder::new().prefix("shl-img-").tempdir()?;
-    let rootfs = busybox_rootfs(tmp.path())?;
+    let rootfs = busybox_rootfs_tar(tmp.path())?;
     let lab = Lab::up_bare(1)?;
     let p = |name: &str| tmp.path().join(name).display().to_string();
 

@@ -114,19 +114,10 @@ pub fn go_arch() -> &'static str {
 /// `2023-11-14T22:13:20Z`; times before 1970 print as the epoch.
 pub fn rfc3339_utc(t: SystemTime) -> String {
     let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    match secs {
+        0 => "1970-01-01T00:00:00Z".to_string(), // the shared formatter leaves 0 ("unset") empty
+        s => shoal_proto::model::rfc3339(s * 1000),
+    }
 }
 
 #[cfg(test)]

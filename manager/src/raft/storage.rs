@@ -137,7 +137,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Some((_, v)) => Some(dec::<EntryOf<TypeConfig>>(v.value())?.log_id),
                 None => None,
             };
-            Ok(LogState { last_log_id: last.or_else(|| last_purged.clone()), last_purged_log_id: last_purged })
+            Ok(LogState { last_log_id: last.or_else(|| last_purged), last_purged_log_id: last_purged })
         })
         .await
     }
@@ -148,7 +148,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
         let db = self.db.clone();
-        let vote = vote.clone();
+        let vote = *vote;
         blocking(move || put_meta(&db, META, "vote", &vote)).await
     }
 
@@ -210,7 +210,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
         let db = self.db.clone();
         blocking(move || {
-            let bytes = enc(&Some(log_id.clone()))?;
+            let bytes = enc(&Some(log_id))?;
             let txn = db.begin_write().map_err(io_err)?;
             txn.open_table(META).map_err(io_err)?.insert("purged", bytes.as_slice()).map_err(io_err)?;
             txn.open_table(LOG).map_err(io_err)?.retain_in(..=log_id.index, |_, _| false).map_err(io_err)?;
@@ -283,7 +283,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let commit = self.store.apply_batch(|state, applied, membership| {
             let mut changed: Vec<ObjKey> = Vec::new();
             for (entry, responder) in batch {
-                *applied = Some(entry.log_id.clone());
+                *applied = Some(entry.log_id);
                 let resp = match entry.payload {
                     EntryPayload::Blank => Response::Ok,
                     EntryPayload::Normal(req) => {
@@ -292,7 +292,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         resp
                     }
                     EntryPayload::Membership(m) => {
-                        *membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id.clone()), m);
+                        *membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m);
                         Response::Ok
                     }
                 };
@@ -345,9 +345,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .into_iter()
             .filter_map(|k| state.encode(&k).map(|v| (k.db_key(), v)))
             .collect();
-        let applied = meta.last_log_id.clone();
+        let applied = meta.last_log_id;
         let membership = meta.last_membership.clone();
-        let (a, m) = (applied.clone(), membership.clone());
+        let (a, m) = (applied, membership.clone());
         let db = self.db.clone();
         blocking(move || {
             let txn = db.begin_write().map_err(io_err)?;
@@ -436,7 +436,7 @@ pub fn force_single_voter(db: &Database, raft_id: u64, addr: &str) -> io::Result
         )
         .map_err(io_err)?;
         let entry = EntryOf::<TypeConfig> {
-            log_id: LogIdOf::<TypeConfig> { leader_id: prev.leader_id.clone(), index: prev.index + 1 },
+            log_id: LogIdOf::<TypeConfig> { leader_id: prev.leader_id, index: prev.index + 1 },
             payload: EntryPayload::Membership(membership),
         };
         log.insert(entry.log_id.index, enc(&entry)?.as_slice()).map_err(io_err)?;
