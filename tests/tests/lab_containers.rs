@@ -50,6 +50,10 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     let out = lab.exec(1, &["run", "--rm", "--pids-limit", "20", "busybox:local", "sh", "-c", bomb])?;
     ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("fork"), "{out:?}");
     ensure!(!String::from_utf8_lossy(&out.stdout).contains("spawned all"), "{out:?}");
+    // seccomp: creating namespaces is refused unless CAP_SYS_ADMIN was added.
+    let out = lab.exec(1, &["run", "--rm", "busybox:local", "unshare", "-U", "true"])?;
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"), "{out:?}");
+    ensure!(lab.exec(1, &["run", "--rm", "--cap-add", "SYS_ADMIN", "busybox:local", "unshare", "-U", "true"])?.status.success());
     // read-only root filesystem.
     let out = lab.exec(1, &["run", "--rm", "--read-only", "busybox:local", "touch", "/x"])?;
     ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Read-only"), "{out:?}");
