@@ -63,18 +63,20 @@ pub async fn channel(cli: &Cli) -> anyhow::Result<Channel> {
     }
 }
 
-pub async fn local(cli: &Cli) -> anyhow::Result<LocalClient<Channel>> {
+/// A channel to the local daemon; `what` names the commands that need it.
+async fn local_channel(cli: &Cli, what: &str) -> anyhow::Result<Channel> {
     if let Target::Tcp(_) = target(cli)? {
-        bail!("swarm membership commands (init, join, leave, info) talk to the local daemon; use a unix:// host");
+        bail!("{what} talk to the local daemon; use a unix:// host");
     }
-    Ok(LocalClient::new(channel(cli).await?))
+    channel(cli).await
+}
+
+pub async fn local(cli: &Cli) -> anyhow::Result<LocalClient<Channel>> {
+    Ok(LocalClient::new(local_channel(cli, "swarm membership commands (init, join, leave, info)").await?))
 }
 
 pub async fn engine(cli: &Cli) -> anyhow::Result<shoal_proto::pb::engine_client::EngineClient<Channel>> {
-    if let Target::Tcp(_) = target(cli)? {
-        bail!("image and container commands talk to the local daemon; use a unix:// host");
-    }
-    Ok(shoal_proto::pb::engine_client::EngineClient::new(channel(cli).await?)
+    Ok(shoal_proto::pb::engine_client::EngineClient::new(local_channel(cli, "image and container commands").await?)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))
 }

@@ -6,7 +6,7 @@ use shoal_proto::pb;
 use crate::args::{Cli, Cmd, Format};
 use crate::client;
 use crate::images::ago;
-use crate::output::table;
+use crate::output::{for_each_item, print_docs, table};
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
@@ -106,27 +106,19 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Rm { force, volumes, containers } => {
-            let mut failed = false;
-            for c in containers {
-                match engine.container_remove(pb::ContainerRemoveRequest { id: c.clone(), force: *force, volumes: *volumes }).await {
-                    Ok(_) => println!("{c}"),
-                    Err(e) => {
-                        eprintln!("Error: {}", e.message());
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                bail!("some containers could not be removed");
-            }
+            for_each_item(containers, "containers", async |c| {
+                let req = pb::ContainerRemoveRequest { id: c.into(), force: *force, volumes: *volumes };
+                engine.container_remove(req).await?;
+                Ok(vec![c.to_string()])
+            })
+            .await?;
         }
         Cmd::Inspect { containers } => {
             let mut docs = Vec::new();
             for c in containers {
-                let d = engine.container_inspect(pb::ContainerRef { id: c.clone() }).await?.into_inner();
-                docs.push(serde_json::from_str::<serde_json::Value>(&d.json)?);
+                docs.push(engine.container_inspect(pb::ContainerRef { id: c.clone() }).await?.into_inner());
             }
-            println!("{}", serde_json::to_string_pretty(&docs)?);
+            print_docs(docs)?;
         }
         Cmd::Wait { containers } => {
             for c in containers {
@@ -193,25 +185,16 @@ async fn volume(
         VolumeCmd::Inspect { volumes } => {
             let mut docs = Vec::new();
             for v in volumes {
-                let d = engine.volume_inspect(pb::VolumeRef { name: v.clone() }).await?.into_inner();
-                docs.push(serde_json::from_str::<serde_json::Value>(&d.json)?);
+                docs.push(engine.volume_inspect(pb::VolumeRef { name: v.clone() }).await?.into_inner());
             }
-            println!("{}", serde_json::to_string_pretty(&docs)?);
+            print_docs(docs)?;
         }
         VolumeCmd::Rm { force, volumes } => {
-            let mut failed = false;
-            for v in volumes {
-                match engine.volume_remove(pb::VolumeRemoveRequest { name: v.clone(), force: *force }).await {
-                    Ok(_) => println!("{v}"),
-                    Err(e) => {
-                        eprintln!("Error: {}", e.message());
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                bail!("some volumes could not be removed");
-            }
+            for_each_item(volumes, "volumes", async |v| {
+                engine.volume_remove(pb::VolumeRemoveRequest { name: v.into(), force: *force }).await?;
+                Ok(vec![v.to_string()])
+            })
+            .await?;
         }
     }
     Ok(())

@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::args::{Cli, Format, ImageCmd};
 use crate::client;
-use crate::output::table;
+use crate::output::{for_each_item, print_docs, table};
 
 const CHUNK: usize = 256 * 1024;
 
@@ -180,36 +180,20 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
         ImageCmd::Inspect { images } => {
             let mut docs = Vec::new();
             for r in images {
-                let doc = engine.image_inspect(pb::ImageRef { reference: r.clone() }).await?.into_inner();
-                docs.push(serde_json::from_str::<serde_json::Value>(&doc.json)?);
+                docs.push(engine.image_inspect(pb::ImageRef { reference: r.clone() }).await?.into_inner());
             }
-            println!("{}", serde_json::to_string_pretty(&docs)?);
+            print_docs(docs)?;
         }
         ImageCmd::Tag { source, target } => {
             engine.image_tag(pb::ImageTagRequest { source: source.clone(), target: target.clone() }).await?;
         }
         ImageCmd::Rm { force, images } => {
-            let mut failed = false;
-            for r in images {
-                match engine.image_remove(pb::ImageRemoveRequest { reference: r.clone(), force: *force }).await {
-                    Ok(resp) => {
-                        let resp = resp.into_inner();
-                        for u in resp.untagged {
-                            println!("Untagged: {u}");
-                        }
-                        for d in resp.deleted {
-                            println!("Deleted: {d}");
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("Error: {}", e.message());
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                bail!("some images could not be removed");
-            }
+            for_each_item(images, "images", async |r| {
+                let resp = engine.image_remove(pb::ImageRemoveRequest { reference: r.into(), force: *force }).await?.into_inner();
+                let untagged = resp.untagged.iter().map(|u| format!("Untagged: {u}"));
+                Ok(untagged.chain(resp.deleted.iter().map(|d| format!("Deleted: {d}"))).collect())
+            })
+            .await?;
         }
         ImageCmd::Save { output, images } => {
             if output.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {

@@ -78,6 +78,36 @@ pub fn info_json(i: &pb::LocalInfo) -> Value {
     })
 }
 
+/// Prints several objects' JSON documents as one array, as `docker inspect` does.
+pub fn print_docs(docs: Vec<pb::JsonDoc>) -> anyhow::Result<()> {
+    let values = docs.iter().map(|d| serde_json::from_str(&d.json)).collect::<Result<Vec<Value>, _>>()?;
+    println!("{}", serde_json::to_string_pretty(&values)?);
+    Ok(())
+}
+
+/// Runs `op` on every item, printing the lines it returns or its error, and
+/// fails at the end if any item failed (like `docker rm a b c`).
+pub async fn for_each_item(
+    items: &[String],
+    what: &str,
+    mut op: impl AsyncFnMut(&str) -> Result<Vec<String>, tonic::Status>,
+) -> anyhow::Result<()> {
+    let mut failed = false;
+    for item in items {
+        match op(item).await {
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Err(e) => {
+                eprintln!("Error: {}", e.message());
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        anyhow::bail!("some {what} could not be removed");
+    }
+    Ok(())
+}
+
 /// A user-facing error line: gRPC errors show only their message.
 pub fn error_message(e: &anyhow::Error) -> String {
     if let Some(s) = e.downcast_ref::<tonic::Status>() {
