@@ -487,9 +487,11 @@ impl pb::engine_server::Engine for EngineService {
         let path = self.containers.log_path(&c.record.id);
         let containers = self.containers.clone();
         let (tx, rx) = mpsc::channel(64);
-        tokio::task::spawn_blocking(move || follow_log(&path, r.tail, r.follow, &tx, || {
-            matches!(containers.find(&c.record.id).map(|c| c.status), Ok(CStatus::Running { .. } | CStatus::Created))
-        }));
+        tokio::task::spawn_blocking(move || {
+            follow_log(&path, r.tail, r.follow, &tx, || {
+                matches!(containers.status_of(&c.record.id), CStatus::Running { .. } | CStatus::Created)
+            })
+        });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

@@ -461,11 +461,16 @@ impl Containers {
         }
     }
 
+    /// The current status of the container with this full id (reads only its own files).
+    pub fn status_of(&self, id: &str) -> Status {
+        self.status(&self.dir(id))
+    }
+
     /// Waits until the container is no longer running.
     pub fn wait_exit(&self, id: &str, timeout: Duration) -> Option<Status> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let s = self.status(&self.dir(id));
+            let s = self.status_of(id);
             if !matches!(s, Status::Running { .. } | Status::Created) {
                 return Some(s);
             }
