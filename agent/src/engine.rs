@@ -75,6 +75,7 @@ fn container_pb(c: &Container) -> pb::ContainerInfo {
         image: c.record.image.clone(),
         command: c.record.args.join(" "),
         created_ms: c.record.created_ms,
+        restart_count: c.restart.count,
         ..Default::default()
     };
     match &c.status {
@@ -88,8 +89,13 @@ fn container_pb(c: &Container) -> pb::ContainerInfo {
             info.pid = *pid;
         }
         CStatus::Exited { code, oom_killed, finished_ms, .. } => {
-            info.state = "exited".into();
-            info.status = format!("Exited ({code}) {} ago", ago_ms(*finished_ms));
+            if c.restarting() {
+                info.state = "restarting".into();
+                info.status = format!("Restarting ({code}) {} ago", ago_ms(*finished_ms));
+            } else {
+                info.state = "exited".into();
+                info.status = format!("Exited ({code}) {} ago", ago_ms(*finished_ms));
+            }
             info.exit_code = *code;
             info.oom_killed = *oom_killed;
         }
@@ -102,28 +108,92 @@ fn container_pb(c: &Container) -> pb::ContainerInfo {
 }
 
 fn signal_number(s: &str) -> Result<i32, Status> {
-    let name = s.trim().to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    if let Ok(n) = name.parse::<i32>() {
-        return if (1..=64).contains(&n) { Ok(n) } else { Err(Status::invalid_argument(format!("invalid signal {s:?}"))) };
-    }
-    Ok(match name {
-        "" | "KILL" => libc::SIGKILL,
-        "TERM" => libc::SIGTERM,
-        "INT" => libc::SIGINT,
-        "HUP" => libc::SIGHUP,
-        "QUIT" => libc::SIGQUIT,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "STOP" => libc::SIGSTOP,
-        "CONT" => libc::SIGCONT,
-        "WINCH" => libc::SIGWINCH,
-        _ => return Err(Status::invalid_argument(format!("invalid signal {s:?}: use a name like TERM or a number"))),
-    })
+    crate::runtime::signal_number(if s.is_empty() { "KILL" } else { s }).map_err(Status::invalid_argument)
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
 type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecOutput, Status>> + Send>>;
+type StatsStream = Pin<Box<dyn Stream<Item = Result<pb::ContainerStatsBatch, Status>> + Send>>;
+
+impl EngineService {
+    /// Starts `shoal shim-cp MODE ROOT PATH` for a container.
+    async fn copy_helper(&self, mode: &str, id: &str, path: &str) -> Result<tokio::process::Child, Status> {
+        if !path.starts_with('/') {
+            return Err(Status::invalid_argument(format!("{path:?}: the path in the container must be absolute")));
+        }
+        let containers = self.containers.clone();
+        let id = id.to_string();
+        let root = cblocking(move || containers.root_path(&id)).await?;
+        tokio::process::Command::new(self.containers.exe())
+            .args(["shim-cp", mode])
+            .arg(root)
+            .arg(path)
+            .stdin(if mode == "in" { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+            .stdout(if mode == "out" { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Status::internal(format!("starting cp: {e}")))
+    }
+}
+
+/// The host's memory, the limit `stats` shows for an unlimited container.
+fn host_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("MemTotal:").and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())))
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}
+
+/// Samples the chosen containers (or every running one) once a second and
+/// sends a batch per interval: CPU % is the share of one CPU over it.
+fn stats_loop(
+    containers: &Containers,
+    chosen: &[String],
+    all: bool,
+    stream: bool,
+    tx: &mpsc::Sender<Result<pb::ContainerStatsBatch, Status>>,
+) {
+    let pick = || -> Vec<Container> {
+        containers
+            .list()
+            .into_iter()
+            .filter(|c| if chosen.is_empty() { all || matches!(c.status, CStatus::Running { .. }) } else { chosen.contains(&c.record.id) })
+            .collect()
+    };
+    let host_mem = host_memory();
+    let mut last: std::collections::HashMap<String, (u64, std::time::Instant)> = Default::default();
+    for c in pick() {
+        last.insert(c.record.id.clone(), (containers.sample(&c).cpu_ns, std::time::Instant::now()));
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let mut batch = pb::ContainerStatsBatch::default();
+        for c in pick() {
+            let running = matches!(c.status, CStatus::Running { .. });
+            let s = if running { containers.sample(&c) } else { Default::default() };
+            let now = std::time::Instant::now();
+            let cpu_percent = match last.insert(c.record.id.clone(), (s.cpu_ns, now)) {
+                Some((prev, at)) if running && s.cpu_ns >= prev => (s.cpu_ns - prev) as f64 / (now - at).as_nanos().max(1) as f64 * 100.0,
+                _ => 0.0,
+            };
+            batch.stats.push(pb::ContainerStats {
+                id: c.record.id.clone(),
+                name: c.record.name.clone(),
+                cpu_percent,
+                memory_bytes: s.memory_bytes,
+                memory_limit: s.memory_limit.unwrap_or(host_mem).min(host_mem.max(1)),
+                pids: s.pids,
+                block_read: s.block_read,
+                block_write: s.block_write,
+            });
+        }
+        if tx.blocking_send(Ok(batch)).is_err() || !stream {
+            return;
+        }
+    }
+}
 
 fn status(e: ImageError) -> Status {
     let msg = e.to_string();
@@ -339,6 +409,11 @@ impl pb::engine_server::Engine for EngineService {
             auto_remove: r.auto_remove,
             volumes: r.volumes,
             tmpfs: r.tmpfs,
+            mounts: r.mounts,
+            restart: r.restart,
+            stop_signal: r.stop_signal,
+            stop_timeout: u64::try_from(r.stop_timeout).ok(),
+            log_opts: r.log_opts,
         };
         let containers = self.containers.clone();
         let c = cblocking(move || containers.run(&run)).await?;
@@ -363,10 +438,125 @@ impl pb::engine_server::Engine for EngineService {
 
     async fn container_stop(&self, req: Request<pb::ContainerStopRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
         let r = req.into_inner();
-        let grace = std::time::Duration::from_secs(if r.timeout_secs < 0 { 10 } else { r.timeout_secs as u64 });
+        let grace = u64::try_from(r.timeout_secs).ok().map(std::time::Duration::from_secs);
         let containers = self.containers.clone();
         let c = cblocking(move || containers.stop(&r.id, grace)).await?;
         Ok(Response::new(container_pb(&c)))
+    }
+
+    async fn container_start(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerInfo>, Status> {
+        let id = req.into_inner().id;
+        let containers = self.containers.clone();
+        let c = cblocking(move || containers.start(&id)).await?;
+        Ok(Response::new(container_pb(&c)))
+    }
+
+    async fn container_restart(&self, req: Request<pb::ContainerStopRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+        let r = req.into_inner();
+        let grace = u64::try_from(r.timeout_secs).ok().map(std::time::Duration::from_secs);
+        let containers = self.containers.clone();
+        let c = cblocking(move || containers.restart(&r.id, grace)).await?;
+        Ok(Response::new(container_pb(&c)))
+    }
+
+    type ContainerStatsStream = StatsStream;
+
+    async fn container_stats(&self, req: Request<pb::ContainerStatsRequest>) -> Result<Response<StatsStream>, Status> {
+        let r = req.into_inner();
+        let containers = self.containers.clone();
+        // Resolve named containers now, so a bad name is an error, not an empty stream.
+        let named = r.ids.clone();
+        let chosen = cblocking(move || named.iter().map(|n| containers.find(n).map(|c| c.record.id)).collect::<Result<Vec<_>, _>>()).await?;
+        let (tx, rx) = mpsc::channel(2);
+        let containers = self.containers.clone();
+        tokio::task::spawn_blocking(move || stats_loop(&containers, &chosen, r.all, r.stream, &tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn container_top(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerTopResponse>, Status> {
+        let id = req.into_inner().id;
+        let containers = self.containers.clone();
+        let pids = cblocking(move || containers.processes(&id)).await?;
+        let rows = tokio::task::spawn_blocking(move || crate::runtime::procs::rows(&pids)).await.map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ContainerTopResponse {
+            titles: crate::runtime::procs::TITLES.iter().map(|t| t.to_string()).collect(),
+            rows: rows.into_iter().map(|fields| pb::TopRow { fields }).collect(),
+        }))
+    }
+
+    type ContainerCopyOutStream = ChunkStream;
+
+    async fn container_copy_out(&self, req: Request<pb::ContainerCopyRequest>) -> Result<Response<ChunkStream>, Status> {
+        use tokio::io::AsyncReadExt;
+        let r = req.into_inner();
+        let mut child = self.copy_helper("out", &r.id, &r.path).await?;
+        let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(Status::internal("cp has no output pipes"));
+        };
+        // The first chunk tells success from failure before the stream starts.
+        let mut first = vec![0u8; CHUNK];
+        let n = out.read(&mut first).await.map_err(|e| Status::internal(e.to_string()))?;
+        if n == 0 {
+            let mut msg = String::new();
+            let _ = err.read_to_string(&mut msg).await;
+            let _ = child.wait().await;
+            return Err(Status::not_found(msg.trim().to_string()));
+        }
+        first.truncate(n);
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            if tx.send(Ok(pb::Chunk { data: first })).await.is_err() {
+                return;
+            }
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                match out.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if tx.send(Ok(pb::Chunk { data: buf[..n].to_vec() })).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+            let mut msg = String::new();
+            let _ = err.read_to_string(&mut msg).await;
+            if !child.wait().await.is_ok_and(|s| s.success()) {
+                let _ = tx.send(Err(Status::internal(msg.trim().to_string()))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn container_copy_in(&self, req: Request<Streaming<pb::ContainerCopyInChunk>>) -> Result<Response<pb::Empty>, Status> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = req.into_inner();
+        let first = stream.next().await.ok_or_else(|| Status::invalid_argument("cp needs a container, a path and an archive"))??;
+        let mut child = self.copy_helper("in", &first.id, &first.path).await?;
+        let (Some(mut stdin), Some(mut err)) = (child.stdin.take(), child.stderr.take()) else {
+            return Err(Status::internal("cp has no pipes"));
+        };
+        let feed = async move {
+            stdin.write_all(&first.data).await?;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|s| std::io::Error::other(s.message().to_string()))?;
+                stdin.write_all(&chunk.data).await?;
+            }
+            stdin.shutdown().await
+        };
+        let fed = feed.await;
+        let mut msg = String::new();
+        let _ = err.read_to_string(&mut msg).await;
+        let status = child.wait().await.map_err(|e| Status::internal(e.to_string()))?;
+        if !status.success() {
+            return Err(Status::failed_precondition(msg.trim().to_string()));
+        }
+        fed.map_err(|e| Status::aborted(format!("the upload broke off: {e}")))?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn container_kill(&self, req: Request<pb::ContainerKillRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
@@ -388,15 +578,10 @@ impl pb::engine_server::Engine for EngineService {
         let id = req.into_inner().id;
         let containers = self.containers.clone();
         let exit = cblocking(move || {
-            let c = containers.find(&id)?;
-            loop {
-                if let Some(s) = containers.wait_exit(&c.record.id, std::time::Duration::from_secs(3600)) {
-                    return Ok(match s {
-                        CStatus::Exited { code, oom_killed, .. } => pb::ContainerExit { exit_code: code, oom_killed },
-                        _ => pb::ContainerExit { exit_code: 255, oom_killed: false },
-                    });
-                }
-            }
+            Ok(match containers.wait(&id)? {
+                CStatus::Exited { code, oom_killed, .. } => pb::ContainerExit { exit_code: code, oom_killed },
+                _ => pb::ContainerExit { exit_code: 255, oom_killed: false },
+            })
         })
         .await?;
         Ok(Response::new(exit))
@@ -488,7 +673,7 @@ impl pb::engine_server::Engine for EngineService {
         let containers = self.containers.clone();
         let (tx, rx) = mpsc::channel(64);
         tokio::task::spawn_blocking(move || {
-            follow_log(&path, r.tail, r.follow, &tx, || {
+            follow_log(&path, &r, &tx, || {
                 matches!(containers.status_of(&c.record.id), CStatus::Running { .. } | CStatus::Created)
             })
         });
@@ -496,56 +681,66 @@ impl pb::engine_server::Engine for EngineService {
     }
 }
 
-/// Streams a container's JSON-lines log: the last `tail` lines (all if < 0),
-/// then, with `follow`, new lines until the container stops running.
+/// Streams a container's JSON-lines log (the rotated files `log.N`..`log.1`,
+/// then `log`): the last `tail` lines (all if < 0) within the time bounds,
+/// then, with `follow`, new lines until the container stops running,
+/// following the log across rotations.
 fn follow_log(
     path: &std::path::Path,
-    tail: i64,
-    follow: bool,
+    req: &pb::ContainerLogsRequest,
     tx: &mpsc::Sender<Result<pb::LogLine, Status>>,
     running: impl Fn() -> bool,
 ) {
     use std::io::{BufRead, Seek};
+    use std::os::unix::fs::MetadataExt;
     let parse = |l: &str| -> Option<pb::LogLine> {
         let v: serde_json::Value = serde_json::from_str(l).ok()?;
-        Some(pb::LogLine {
+        let line = pb::LogLine {
             stream: v["stream"].as_str()?.to_string(),
             log: v["log"].as_str()?.to_string(),
             time: v["time"].as_str().unwrap_or_default().to_string(),
-        })
+        };
+        if req.since_ns > 0 || req.until_ns > 0 {
+            let t = shoal_proto::model::parse_rfc3339_ns(&line.time).unwrap_or(0);
+            if (req.since_ns > 0 && t < req.since_ns) || (req.until_ns > 0 && t > req.until_ns) {
+                return None;
+            }
+        }
+        Some(line)
     };
-    let Ok(file) = std::fs::File::open(path) else { return };
-    let mut reader = std::io::BufReader::new(file);
+    let numbered = |n: u32| std::path::PathBuf::from(format!("{}.{n}", path.display()));
     let mut lines = Vec::new();
-    let mut line = String::new();
-    while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-        if line.ends_with('\n') {
-            lines.push(std::mem::take(&mut line));
-        } else {
-            break;
+    let mut rotated: Vec<std::path::PathBuf> = (1..).map(numbered).take_while(|p| p.exists()).collect();
+    rotated.reverse();
+    for old in rotated {
+        if let Ok(text) = std::fs::read_to_string(&old) {
+            lines.extend(text.lines().filter_map(parse));
         }
     }
-    let skip = if tail < 0 { 0 } else { lines.len().saturating_sub(tail as usize) };
-    for l in &lines[skip..] {
-        if let Some(m) = parse(l)
-            && tx.blocking_send(Ok(m)).is_err()
-        {
+    let Ok(file) = std::fs::File::open(path) else { return };
+    let mut reader = std::io::BufReader::new(file);
+    let mut pos = 0u64;
+    let mut line = String::new();
+    while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && line.ends_with('\n') {
+        pos += line.len() as u64;
+        lines.extend(parse(&line));
+        line.clear();
+    }
+    let skip = if req.tail < 0 { 0 } else { lines.len().saturating_sub(req.tail as usize) };
+    for l in lines.drain(skip..) {
+        if tx.blocking_send(Ok(l)).is_err() {
             return;
         }
     }
-    if !follow {
+    if !req.follow {
         return;
     }
-    let mut pos = reader.stream_position().unwrap_or(0) - line.len() as u64;
     loop {
         let alive = running();
         let _ = reader.seek(std::io::SeekFrom::Start(pos));
         line.clear();
         let mut progressed = false;
-        while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            if !line.ends_with('\n') {
-                break;
-            }
+        while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && line.ends_with('\n') {
             pos += line.len() as u64;
             progressed = true;
             if let Some(m) = parse(&line)
@@ -555,8 +750,19 @@ fn follow_log(
             }
             line.clear();
         }
-        if !alive && !progressed {
-            return;
+        if !progressed {
+            // Drained: if the shim rotated the log, go on in the new file.
+            let ours = reader.get_ref().metadata().map(|m| m.ino()).ok();
+            if std::fs::metadata(path).map(|m| m.ino()).ok() != ours
+                && let Ok(f) = std::fs::File::open(path)
+            {
+                reader = std::io::BufReader::new(f);
+                pos = 0;
+                continue;
+            }
+            if !alive {
+                return;
+            }
         }
         if tx.is_closed() {
             return;

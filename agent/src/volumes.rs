@@ -89,6 +89,42 @@ pub fn parse_tmpfs_flag(spec: &str) -> Result<MountReq, VolumeError> {
     Ok(MountReq { source: MountSource::Tmpfs, target: target.to_string(), read_only: false })
 }
 
+/// `--mount type=volume|bind|tmpfs,source=S,target=T[,readonly]`, with
+/// Docker's aliases (src, dst/destination, ro, readonly=true|false).
+pub fn parse_mount_flag(spec: &str) -> Result<MountReq, VolumeError> {
+    let bad = |why: String| VolumeError::BadMount { spec: spec.to_string(), why };
+    let (mut kind, mut source, mut target, mut read_only) = ("volume".to_string(), None::<String>, None::<String>, false);
+    for field in spec.split(',').filter(|f| !f.is_empty()) {
+        let (k, v) = match field.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (field.trim(), None),
+        };
+        match (k, v) {
+            ("type", Some(v)) => kind = v.to_string(),
+            ("source" | "src", Some(v)) => source = Some(v.to_string()),
+            ("target" | "dst" | "destination", Some(v)) => target = Some(v.to_string()),
+            ("readonly" | "ro", None | Some("true" | "1")) => read_only = true,
+            ("readonly" | "ro", Some("false" | "0")) => read_only = false,
+            _ => return Err(bad(format!("unknown or malformed field {field:?}: use type=, source=, target=, readonly"))),
+        }
+    }
+    let target = target.ok_or_else(|| bad("target= is required".into()))?;
+    if !target.starts_with('/') || target == "/" {
+        return Err(bad("the target must be an absolute path in the container other than /".into()));
+    }
+    let source = match (kind.as_str(), source) {
+        ("volume", None) => MountSource::Volume(String::new()),
+        ("volume", Some(s)) if valid_name(&s) => MountSource::Volume(s),
+        ("volume", Some(s)) => return Err(bad(format!("invalid volume name {s:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]"))),
+        ("bind", Some(s)) if s.starts_with('/') => MountSource::Bind(PathBuf::from(s)),
+        ("bind", _) => return Err(bad("a bind mount needs source=/absolute/host/path".into())),
+        ("tmpfs", None) => MountSource::Tmpfs,
+        ("tmpfs", Some(_)) => return Err(bad("a tmpfs mount takes no source".into())),
+        (other, _) => return Err(bad(format!("unknown type {other:?}: use volume, bind or tmpfs"))),
+    };
+    Ok(MountReq { source, target, read_only })
+}
+
 pub struct VolumeStore {
     root: PathBuf,
 }
@@ -170,6 +206,20 @@ mod tests {
         }
         assert_eq!(parse_tmpfs_flag("/run").expect("tmpfs").source, MountSource::Tmpfs);
         assert!(parse_tmpfs_flag("run").is_err());
+    }
+
+    #[test]
+    fn mount_flags_parse_like_docker() {
+        let m = parse_mount_flag("type=volume,source=data,target=/data,readonly").expect("volume");
+        assert_eq!(m, MountReq { source: MountSource::Volume("data".into()), target: "/data".into(), read_only: true });
+        let m = parse_mount_flag("type=bind,src=/srv,dst=/www,ro=false").expect("bind");
+        assert_eq!(m, MountReq { source: MountSource::Bind("/srv".into()), target: "/www".into(), read_only: false });
+        assert_eq!(parse_mount_flag("type=tmpfs,destination=/run").expect("tmpfs").source, MountSource::Tmpfs);
+        assert_eq!(parse_mount_flag("target=/cache").expect("anonymous").source, MountSource::Volume(String::new()));
+        for bad in ["type=bind,target=/x", "type=bind,src=rel,target=/x", "source=x", "type=nfs,target=/x", "target=/x,colour=red",
+            "type=tmpfs,src=a,target=/x", "type=volume,src=../x,target=/x", "target=rel"] {
+            assert!(parse_mount_flag(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

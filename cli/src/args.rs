@@ -36,6 +36,8 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+// `run`'s flags make its variant large; the enum is built once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the node daemon (agent, and manager when elected).
@@ -80,8 +82,44 @@ pub enum Cmd {
         tail: String,
         #[arg(short, long)]
         timestamps: bool,
+        /// Only lines since: a duration (10m, 1h30m), an RFC 3339 time or unix seconds.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only lines until: same forms as --since.
+        #[arg(long)]
+        until: Option<String>,
         container: String,
     },
+    /// Start stopped containers.
+    Start {
+        /// Attach to the output and wait for the (single) container to exit.
+        #[arg(short, long)]
+        attach: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop and start containers.
+    Restart {
+        #[arg(short = 't', long = "time")]
+        time: Option<i32>,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Live CPU, memory, I/O and pids of containers.
+    Stats {
+        #[arg(short, long)]
+        all: bool,
+        #[arg(long)]
+        no_stream: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        containers: Vec<String>,
+    },
+    /// The processes of a container.
+    Top { container: String },
+    /// Copy files between a container and the local filesystem:
+    /// `cp CONTAINER:SRC DEST`, `cp SRC CONTAINER:DEST` (`-` for a tar on stdin/stdout).
+    Cp { source: String, dest: String },
     /// Stop containers: the stop signal, then SIGKILL after the grace period.
     Stop {
         #[arg(short = 't', long = "time")]
@@ -207,6 +245,22 @@ pub struct RunArgs {
     /// Mount a tmpfs at this path.
     #[arg(long)]
     pub tmpfs: Vec<String>,
+    /// type=volume|bind|tmpfs,source=...,target=...[,readonly]
+    #[arg(long)]
+    pub mount: Vec<String>,
+    /// Files of KEY=VALUE lines (KEY alone takes it from this environment).
+    #[arg(long)]
+    pub env_file: Vec<PathBuf>,
+    /// no | always | unless-stopped | on-failure[:N]
+    #[arg(long, default_value = "no")]
+    pub restart: String,
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    #[arg(long)]
+    pub stop_timeout: Option<u64>,
+    /// max-size=SIZE, max-file=N (default 10m and 3).
+    #[arg(long)]
+    pub log_opt: Vec<String>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,

@@ -17,7 +17,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node(c) => return node(&cli, c).await,
         Cmd::Bench(c) => return crate::bench::run(&cli, c).await,
         Cmd::Run(_) | Cmd::Ps { .. } | Cmd::Logs { .. } | Cmd::Stop { .. } | Cmd::Kill { .. } | Cmd::Rm { .. }
-        | Cmd::Inspect { .. } | Cmd::Wait { .. } | Cmd::Volume(_) | Cmd::Exec { .. } => {
+        | Cmd::Inspect { .. } | Cmd::Wait { .. } | Cmd::Volume(_) | Cmd::Exec { .. } | Cmd::Start { .. } | Cmd::Restart { .. }
+        | Cmd::Stats { .. } | Cmd::Top { .. } | Cmd::Cp { .. } => {
             return crate::containers::run(&cli).await;
         }
         Cmd::Image(c) => return crate::images::run(&cli, c).await,

@@ -16,13 +16,18 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     let mut engine = client::engine(cli).await?;
     match &cli.cmd {
         Cmd::Run(a) => {
+            let mut env = Vec::new();
+            for f in &a.env_file {
+                env.extend(read_env_file(f)?);
+            }
+            env.extend(a.env.iter().filter_map(|e| env_entry(e)));
             let req = pb::ContainerRunRequest {
                 image: a.image.clone(),
                 name: a.name.clone().unwrap_or_default(),
                 command: a.command.clone(),
                 has_entrypoint: a.entrypoint.is_some(),
                 entrypoint: a.entrypoint.clone().unwrap_or_default(),
-                env: a.env.iter().map(|e| if e.contains('=') { e.clone() } else { format!("{e}={}", std::env::var(e).unwrap_or_default()) }).collect(),
+                env,
                 workdir: a.workdir.clone().unwrap_or_default(),
                 user: a.user.clone().unwrap_or_default(),
                 hostname: a.hostname.clone().unwrap_or_default(),
@@ -36,29 +41,57 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 auto_remove: a.rm,
                 volumes: a.volume.clone(),
                 tmpfs: a.tmpfs.clone(),
+                mounts: a.mount.clone(),
+                restart: a.restart.clone(),
+                stop_signal: a.stop_signal.clone().unwrap_or_default(),
+                stop_timeout: a.stop_timeout.map_or(-1, |t| t as i64),
+                log_opts: a.log_opt.clone(),
             };
-            if a.detach && a.rm {
-                bail!("--rm with -d is not supported yet: run in the foreground, or remove the container with `shoal rm`");
-            }
             let c = engine.container_run(req).await?.into_inner();
             if a.detach {
                 println!("{}", c.id);
                 return Ok(());
             }
-            // Attach to the output, then exit with the container's code.
-            let mut logs = engine
-                .container_logs(pb::ContainerLogsRequest { id: c.id.clone(), follow: true, tail: -1 })
-                .await?
-                .into_inner();
-            while let Some(l) = logs.message().await? {
-                print_line(&l, false);
-            }
-            let exit = engine.container_wait(pb::ContainerRef { id: c.id.clone() }).await?.into_inner();
-            if a.rm {
-                engine.container_remove(pb::ContainerRemoveRequest { id: c.id, force: true, volumes: true }).await?;
-            }
-            std::process::exit(exit.exit_code);
+            // Attach to the output, then exit with the container's code
+            // (with --rm the daemon removes it once it ended).
+            attach(&mut engine, &c.id, -1).await?;
         }
+        Cmd::Start { attach: attached, containers } => {
+            if *attached && containers.len() > 1 {
+                bail!("you cannot start and attach multiple containers at once");
+            }
+            for c in containers {
+                let info = engine.container_start(pb::ContainerRef { id: c.clone() }).await?.into_inner();
+                if *attached {
+                    attach(&mut engine, &info.id, 0).await?;
+                }
+                println!("{c}");
+            }
+        }
+        Cmd::Restart { time, containers } => {
+            for c in containers {
+                engine.container_restart(pb::ContainerStopRequest { id: c.clone(), timeout_secs: time.unwrap_or(-1) }).await?;
+                println!("{c}");
+            }
+        }
+        Cmd::Stats { all, no_stream, format, containers } => {
+            let req = pb::ContainerStatsRequest { ids: containers.clone(), stream: !*no_stream, all: *all };
+            let mut batches = engine.container_stats(req).await?.into_inner();
+            let clear = !*no_stream && *format == Format::Table && std::io::IsTerminal::is_terminal(&std::io::stdout());
+            while let Some(b) = batches.message().await? {
+                if clear {
+                    print!("\x1b[2J\x1b[H");
+                }
+                print_stats(&b, *format)?;
+            }
+        }
+        Cmd::Top { container } => {
+            let top = engine.container_top(pb::ContainerRef { id: container.clone() }).await?.into_inner();
+            let titles: Vec<&str> = top.titles.iter().map(String::as_str).collect();
+            let rows: Vec<Vec<String>> = top.rows.into_iter().map(|r| r.fields).collect();
+            println!("{}", table(&titles, &rows));
+        }
+        Cmd::Cp { source, dest } => crate::copy::run(&mut engine, source, dest).await?,
         Cmd::Ps { all, quiet, format } => {
             let list = engine.container_list(pb::ContainerListRequest { all: *all }).await?.into_inner().containers;
             if *quiet {
@@ -68,7 +101,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             } else if *format == Format::Json {
                 let v: Vec<_> = list
                     .iter()
-                    .map(|c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid}))
+                    .map(|c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid, "restart_count": c.restart_count}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -83,10 +116,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 println!("{}", table(&["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], &rows));
             }
         }
-        Cmd::Logs { follow, tail, timestamps, container } => {
+        Cmd::Logs { follow, tail, timestamps, since, until, container } => {
             let tail = if tail == "all" { -1 } else { tail.parse::<i64>().map_err(|_| anyhow::anyhow!("invalid --tail {tail:?}: a number or all"))? };
+            let since_ns = since.as_deref().map(|s| parse_time_arg(s, "--since")).transpose()?.unwrap_or(0);
+            let until_ns = until.as_deref().map(|s| parse_time_arg(s, "--until")).transpose()?.unwrap_or(0);
             let mut logs = engine
-                .container_logs(pb::ContainerLogsRequest { id: container.clone(), follow: *follow, tail })
+                .container_logs(pb::ContainerLogsRequest { id: container.clone(), follow: *follow, tail, since_ns, until_ns })
                 .await?
                 .into_inner();
             while let Some(l) = logs.message().await? {
@@ -200,6 +235,136 @@ async fn volume(
     Ok(())
 }
 
+type Engine = shoal_proto::pb::engine_client::EngineClient<tonic::transport::Channel>;
+
+/// Prints a container's output from `tail` lines back (-1: all) until it
+/// ends, then exits with its exit code.
+async fn attach(engine: &mut Engine, id: &str, tail: i64) -> anyhow::Result<()> {
+    let req = pb::ContainerLogsRequest { id: id.to_string(), follow: true, tail, ..Default::default() };
+    let mut logs = engine.container_logs(req).await?.into_inner();
+    while let Some(l) = logs.message().await? {
+        print_line(&l, false);
+    }
+    let exit = engine.container_wait(pb::ContainerRef { id: id.to_string() }).await?.into_inner();
+    std::process::exit(exit.exit_code);
+}
+
+/// One `-e` value: `KEY=VALUE` as it is, `KEY` from this environment (left
+/// out when unset, as Docker does).
+fn env_entry(e: &str) -> Option<String> {
+    if e.contains('=') { Some(e.to_string()) } else { std::env::var(e).ok().map(|v| format!("{e}={v}")) }
+}
+
+/// `--env-file`: KEY=VALUE lines; blank lines and `#` comments skipped.
+fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading the env file {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = line.split('=').next().unwrap_or("");
+        if key.is_empty() || key.chars().any(char::is_whitespace) {
+            bail!("{} line {}: {line:?} is not KEY=VALUE (a key has no spaces)", path.display(), n + 1);
+        }
+        out.extend(env_entry(line));
+    }
+    Ok(out)
+}
+
+/// `--since`/`--until`: an RFC 3339 time, unix seconds, or a duration back
+/// from now (`10m`, `1h30m`, `45s`); nanoseconds since the epoch.
+pub fn parse_time_arg(s: &str, flag: &str) -> anyhow::Result<i64> {
+    if let Some(ns) = shoal_proto::model::parse_rfc3339_ns(s) {
+        return Ok(ns);
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return Ok((secs * 1e9) as i64);
+    }
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let unit = match (c, chars.peek()) {
+            ('m', Some('s')) => {
+                chars.next();
+                0.001
+            }
+            ('h', _) => 3600.0,
+            ('m', _) => 60.0,
+            ('s', _) => 1.0,
+            _ => bail!("invalid {flag} {s:?}: use a duration like 10m or 1h30m, an RFC 3339 time or unix seconds"),
+        };
+        let n: f64 = std::mem::take(&mut num).parse().map_err(|_| anyhow::anyhow!("invalid {flag} {s:?}: a number before each unit"))?;
+        total += n * unit;
+    }
+    if !num.is_empty() || s.is_empty() {
+        bail!("invalid {flag} {s:?}: use a duration like 10m or 1h30m, an RFC 3339 time or unix seconds");
+    }
+    let now_ns = shoal_proto::model::now_ms() as i64 * 1_000_000;
+    Ok(now_ns - (total * 1e9) as i64)
+}
+
+/// Docker's binary sizes (`1.5MiB`) and decimal ones (`4.1kB`).
+fn size(bytes: u64, base: f64, units: &[&str]) -> String {
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= base && i + 1 < units.len() {
+        v /= base;
+        i += 1;
+    }
+    // Four significant digits, like Go's %.4g.
+    let int_digits = if v < 1.0 { 1 } else { v.log10().floor() as usize + 1 };
+    let text = format!("{v:.*}", 4usize.saturating_sub(int_digits));
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
+    format!("{text}{}", units[i])
+}
+
+fn binary_size(b: u64) -> String {
+    size(b, 1024.0, &["B", "KiB", "MiB", "GiB", "TiB"])
+}
+
+fn decimal_size(b: u64) -> String {
+    size(b, 1000.0, &["B", "kB", "MB", "GB", "TB"])
+}
+
+fn print_stats(b: &pb::ContainerStatsBatch, format: Format) -> anyhow::Result<()> {
+    if format == Format::Json {
+        let v: Vec<_> = b
+            .stats
+            .iter()
+            .map(|s| serde_json::json!({"id": s.id, "name": s.name, "cpu_percent": s.cpu_percent, "memory_bytes": s.memory_bytes,
+                "memory_limit": s.memory_limit, "pids": s.pids, "block_read": s.block_read, "block_write": s.block_write}))
+            .collect();
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = b
+        .stats
+        .iter()
+        .map(|s| {
+            let mem_pct = if s.memory_limit > 0 { s.memory_bytes as f64 / s.memory_limit as f64 * 100.0 } else { 0.0 };
+            vec![
+                short(&s.id).to_string(),
+                s.name.clone(),
+                format!("{:.2}%", s.cpu_percent),
+                format!("{} / {}", binary_size(s.memory_bytes), binary_size(s.memory_limit)),
+                format!("{mem_pct:.2}%"),
+                "0B / 0B".into(),
+                format!("{} / {}", decimal_size(s.block_read), decimal_size(s.block_write)),
+                s.pids.to_string(),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O", "PIDS"], &rows));
+    Ok(())
+}
+
 fn print_line(l: &pb::LogLine, timestamps: bool) {
     use std::io::Write;
     let text = if timestamps { format!("{} {}", l.time, l.log) } else { l.log.clone() };
@@ -209,5 +374,47 @@ fn print_line(l: &pb::LogLine, timestamps: bool) {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(text.as_bytes());
         let _ = out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_print_like_docker() {
+        assert_eq!(binary_size(0), "0B");
+        assert_eq!(binary_size(1536 * 1024), "1.5MiB");
+        assert_eq!(binary_size(64 << 20), "64MiB");
+        assert_eq!(binary_size(123_456_789), "117.7MiB");
+        assert_eq!(decimal_size(4096), "4.096kB");
+    }
+
+    #[test]
+    fn time_arguments() {
+        let now = shoal_proto::model::now_ms() as i64 * 1_000_000;
+        let ten_min = parse_time_arg("10m", "--since").unwrap();
+        assert!((now - ten_min - 600_000_000_000).abs() < 5_000_000_000);
+        let mixed = parse_time_arg("1h30m", "--since").unwrap();
+        assert!((now - mixed - 5_400_000_000_000).abs() < 5_000_000_000);
+        assert_eq!(parse_time_arg("1795305600", "--since").unwrap(), 1_795_305_600_000_000_000);
+        assert_eq!(parse_time_arg("2026-11-22T00:00:00Z", "--since").unwrap(), 1_795_305_600_000_000_000);
+        for bad in ["", "10x", "m", "10m5", "yesterday"] {
+            assert!(parse_time_arg(bad, "--since").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_files_read_like_docker() {
+        let dir = std::env::temp_dir().join(format!("shoal-envfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("env");
+        // SAFETY: a test-only variable that nothing else reads.
+        unsafe { std::env::set_var("SHOAL_TEST_FROM_HOST", "yes") };
+        std::fs::write(&f, "# comment\n\nA=1\nB=two words\nSHOAL_TEST_FROM_HOST\nSHOAL_TEST_UNSET_VAR\n").unwrap();
+        assert_eq!(read_env_file(&f).unwrap(), vec!["A=1", "B=two words", "SHOAL_TEST_FROM_HOST=yes"]);
+        std::fs::write(&f, "BAD KEY=1\n").unwrap();
+        assert!(read_env_file(&f).unwrap_err().to_string().contains("line 1"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -58,6 +58,7 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
         volumes.clone(),
     )?);
     daemon.resume().await?;
+    containers.supervise();
     let cancel = CancellationToken::new();
     let server =
         tokio::spawn(shoal_agent::local::serve(daemon.clone(), images, containers, volumes, socket.to_path_buf(), cancel.clone()));

@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod commands;
 mod containers;
+mod copy;
 mod daemon;
 mod images;
 mod output;
@@ -21,6 +22,9 @@ fn main() -> std::process::ExitCode {
     }
     if argv.len() == 3 && argv[1] == "shim-exec" {
         return std::process::ExitCode::from(shoal_agent::runtime::shim::exec_main(&argv[2].to_string_lossy()) as u8);
+    }
+    if argv.len() == 5 && argv[1] == "shim-cp" {
+        return std::process::ExitCode::from(shoal_agent::runtime::copy::main(&argv[2..]) as u8);
     }
     if argv.len() == 6 && argv[1] == "shim-wait" {
         return std::process::ExitCode::from(shoal_agent::runtime::shim::wait_main(&argv[2..]) as u8);

@@ -206,6 +206,54 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
+/// Parses an RFC 3339 time (`2026-11-22T10:00:00Z`, with optional
+/// fractional seconds and a `Z` or `±HH:MM` offset) to nanoseconds since the epoch.
+pub fn parse_rfc3339_ns(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos = 0i64;
+    if b[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = s.get(start..i)?;
+        if digits.is_empty() {
+            return None;
+        }
+        let padded: String = digits.chars().chain(std::iter::repeat('0')).take(9).collect();
+        nanos = padded.parse().ok()?;
+    }
+    let offset_secs = match s.get(i..)? {
+        "Z" | "z" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+            let v = o[1..3].parse::<i64>().ok()? * 3600 + o[4..6].parse::<i64>().ok()? * 60;
+            if o.starts_with('-') { -v } else { v }
+        }
+        _ => return None,
+    };
+    // days-from-civil (Howard Hinnant's algorithm)
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_secs;
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +264,20 @@ mod tests {
         assert_eq!(rfc3339(1_000), "1970-01-01T00:00:01Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_305_600_000), "2026-11-22T00:00:00Z");
+    }
+
+    #[test]
+    fn rfc3339_parses_back() {
+        for ms in [1_000u64, 951_782_400_000, 1_795_305_600_000, 1_795_345_678_123] {
+            let text = rfc3339(ms);
+            assert_eq!(parse_rfc3339_ns(&text), Some((ms / 1000 * 1000) as i64 * 1_000_000), "{text}");
+        }
+        assert_eq!(parse_rfc3339_ns("2026-11-22T00:00:00.123456789Z"), Some(1_795_305_600_123_456_789));
+        assert_eq!(parse_rfc3339_ns("2026-11-22T00:00:00.5Z"), Some(1_795_305_600_500_000_000));
+        assert_eq!(parse_rfc3339_ns("2026-11-22T01:00:00+01:00"), Some(1_795_305_600_000_000_000));
+        for bad in ["", "2026-11-22", "2026-13-01T00:00:00Z", "2026-11-22T00:00:00", "2026-11-22T00:00:00.Z", "yesterday"] {
+            assert_eq!(parse_rfc3339_ns(bad), None, "{bad}");
+        }
     }
 
     #[test]

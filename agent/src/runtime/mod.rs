@@ -8,6 +8,11 @@
 //! Architecture Invariant: libcontainer runs only inside a shim process,
 //! never in the multi-threaded daemon.
 
+pub mod cgroups;
+pub mod copy;
+pub mod procs;
+pub mod restart;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 
@@ -21,7 +26,9 @@ use shoal_proto::model::now_ms;
 
 use crate::images::ImageStore;
 use crate::volumes::{MountReq, MountSource, VolumeStore};
-use shim::{Exited, Failed, ShimConfig, Started};
+use cgroups::Cgroups;
+use restart::{Decision, Ended, RestartPolicy, RestartState};
+use shim::{Exited, Failed, LogConfig, ShimConfig, Started};
 use spec::{NetworkMode, RunSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +82,16 @@ pub struct RunRequest {
     pub volumes: Vec<String>,
     /// `--tmpfs` paths.
     pub tmpfs: Vec<String>,
+    /// `--mount type=...,source=...,target=...` specs.
+    pub mounts: Vec<String>,
+    /// `--restart`.
+    pub restart: String,
+    /// `--stop-signal`; empty: the image's, else SIGTERM.
+    pub stop_signal: String,
+    /// `--stop-timeout` in seconds; None: the image's, else 10.
+    pub stop_timeout: Option<u64>,
+    /// `--log-opt max-size=10m`, `--log-opt max-file=3`.
+    pub log_opts: Vec<String>,
 }
 
 /// A container's record on disk.
@@ -92,6 +109,22 @@ pub struct Record {
     /// Mounts as resolved (volume names filled in).
     #[serde(default)]
     pub mounts: Vec<MountReq>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// The signal `stop` sends first (a number).
+    #[serde(default = "default_stop_signal")]
+    pub stop_signal: i32,
+    /// Seconds `stop` waits before SIGKILL.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: u64,
+}
+
+fn default_stop_signal() -> i32 {
+    libc::SIGTERM
+}
+
+fn default_stop_timeout() -> u64 {
+    10
 }
 
 /// The limits as asked, for inspect.
@@ -116,10 +149,51 @@ pub enum Status {
 pub struct Container {
     pub record: Record,
     pub status: Status,
+    pub restart: RestartState,
 }
 
-/// Parses Docker's memory sizes: `64m`, `1g`, `512k`, `1048576`, `64MB`.
+impl Container {
+    /// Exited or dead, with a restart by its policy pending.
+    pub fn restarting(&self) -> bool {
+        self.restart.due_ms > 0 && matches!(self.status, Status::Exited { .. } | Status::Dead { .. })
+    }
+}
+
+/// A signal by name (`TERM`, `SIGKILL`) or number.
+pub fn signal_number(s: &str) -> Result<i32, String> {
+    let name = s.trim().to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    if let Ok(n) = name.parse::<i32>() {
+        return if (1..=64).contains(&n) { Ok(n) } else { Err(format!("invalid signal {s:?}: numbers go from 1 to 64")) };
+    }
+    Ok(match name {
+        "KILL" => libc::SIGKILL,
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "HUP" => libc::SIGHUP,
+        "QUIT" => libc::SIGQUIT,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        "ALRM" => libc::SIGALRM,
+        "PWR" => libc::SIGPWR,
+        _ => return Err(format!("invalid signal {s:?}: use a name like TERM or a number")),
+    })
+}
+
+/// Parses Docker's memory limits: a size of at least 6 MB.
 pub fn parse_memory(s: &str) -> Result<i64, String> {
+    let bytes = parse_size(s)?;
+    if bytes < 6 << 20 {
+        return Err("minimum memory limit allowed is 6MB".into());
+    }
+    Ok(bytes)
+}
+
+/// Parses Docker's sizes: `64m`, `1g`, `512k`, `1048576`, `64MB`.
+pub fn parse_size(s: &str) -> Result<i64, String> {
     let t = s.trim().to_ascii_lowercase();
     let t = t.strip_suffix('b').filter(|x| x.ends_with(['k', 'm', 'g', 't'])).unwrap_or(&t);
     let (num, mult) = match t.chars().last() {
@@ -130,23 +204,34 @@ pub fn parse_memory(s: &str) -> Result<i64, String> {
         _ => (t, 1),
     };
     let v: f64 = num.parse().map_err(|_| "expected a number with an optional unit (b, k, m, g)".to_string())?;
-    let bytes = (v * mult as f64) as i64;
-    if bytes < 6 << 20 {
-        return Err("minimum memory limit allowed is 6MB".into());
+    if v.is_nan() || v < 0.0 {
+        return Err("a size cannot be negative".into());
     }
-    Ok(bytes)
+    Ok((v * mult as f64) as i64)
 }
 
 /// Parses `--cpus`: a positive number of CPUs, at most the host's.
 pub fn parse_cpus(s: &str, host_cpus: usize) -> Result<f64, String> {
     let v: f64 = s.trim().parse().map_err(|_| "expected a number of CPUs such as 0.5 or 2".to_string())?;
-    if !(v > 0.0) {
+    if v.is_nan() || v <= 0.0 {
         return Err("the number of CPUs must be positive".into());
     }
     if v > host_cpus as f64 {
         return Err(format!("range of CPUs is from 0.01 to {host_cpus}.00, as there are only {host_cpus} CPUs available"));
     }
     Ok(v)
+}
+
+/// What `run` settled beyond the OCI config.
+struct Settings {
+    image_id: String,
+    mounts: Vec<MountReq>,
+    restart: RestartPolicy,
+    stop_signal: i32,
+    stop_timeout: u64,
+    log: LogConfig,
+    /// (mount point, volume directory) of every volume mount.
+    copy_up: Vec<(String, PathBuf)>,
 }
 
 pub struct Containers {
@@ -156,9 +241,17 @@ pub struct Containers {
     exe: PathBuf,
     images: Arc<ImageStore>,
     volumes: Arc<VolumeStore>,
-    /// Serializes create/remove (names, directories).
+    cgroups: Cgroups,
+    /// Serializes create/start/remove (names, directories, shims).
     lock: Mutex<()>,
+    /// How recently auto-removed containers ended, for `wait` (newest last).
+    reaped: Mutex<std::collections::VecDeque<(String, Status)>>,
 }
+
+/// How many auto-removed containers' exits `wait` can still report.
+const REAPED_KEPT: usize = 256;
+/// How often the supervisor looks for containers to restart or remove.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
 
 fn random_hex(n: usize) -> String {
     (0..n).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect()
@@ -168,9 +261,10 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
-fn alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
+/// Whether the container's shim still runs: its pid exists, is not a
+/// zombie, and (when recorded) started when the shim did, not a reused pid.
+fn shim_alive(s: &Started) -> bool {
+    shim::start_ticks(s.shim_pid).is_some_and(|t| s.shim_start_ticks == 0 || t == s.shim_start_ticks)
 }
 
 impl Containers {
@@ -190,7 +284,9 @@ impl Containers {
             exe,
             images,
             volumes,
+            cgroups: Cgroups::host(),
             lock: Mutex::new(()),
+            reaped: Mutex::new(Default::default()),
         })
     }
 
@@ -205,17 +301,21 @@ impl Containers {
             .flatten()
             .filter_map(|e| self.load(&e.file_name().to_string_lossy()))
             .collect();
-        out.sort_by(|a, b| b.record.created_ms.cmp(&a.record.created_ms));
+        out.sort_by_key(|c| std::cmp::Reverse(c.record.created_ms));
         out
     }
 
     fn load(&self, id: &str) -> Option<Container> {
         let dir = self.dir(id);
         let record: Record = read_json(&dir.join("container.json"))?;
-        Some(Container { status: self.status(&dir), record })
+        let restart = read_json(&dir.join("restart.json")).unwrap_or_default();
+        Some(Container { status: self.status(&dir), record, restart })
     }
 
     fn status(&self, dir: &Path) -> Status {
+        if !dir.join("container.json").exists() {
+            return Status::Dead { message: "removed".into() };
+        }
         let started: Option<Started> = read_json(&dir.join("started.json"));
         if let Some(e) = read_json::<Exited>(&dir.join("exit.json")) {
             return Status::Exited {
@@ -229,7 +329,7 @@ impl Containers {
             return Status::Dead { message: f.message };
         }
         match started {
-            Some(s) if alive(s.shim_pid) => Status::Running { pid: s.pid, started_ms: s.started_ms },
+            Some(s) if shim_alive(&s) => Status::Running { pid: s.pid, started_ms: s.started_ms },
             Some(_) => Status::Dead { message: "its shim is gone without recording an exit".into() },
             None => Status::Created,
         }
@@ -269,6 +369,25 @@ impl Containers {
             "" => None,
             c => Some(parse_cpus(c, host_cpus).map_err(|why| ContainerError::Invalid { what: "cpus", value: c.into(), why })?),
         };
+        fn invalid(what: &'static str, value: &str) -> impl FnOnce(String) -> ContainerError + use<> {
+            let value = value.to_string();
+            move |why| ContainerError::Invalid { what, value, why }
+        }
+        let restart: RestartPolicy = req.restart.parse().map_err(invalid("restart policy", &req.restart))?;
+        if req.auto_remove && restart != RestartPolicy::No {
+            return Err(ContainerError::Invalid {
+                what: "options",
+                value: format!("--restart {restart} --rm"),
+                why: "conflicting options: a container removed when it exits cannot be restarted; drop one of them".into(),
+            });
+        }
+        let image_stop_signal = image.config.stop_signal.clone().unwrap_or_default();
+        let stop_signal = match (req.stop_signal.as_str(), image_stop_signal.as_str()) {
+            ("", "") => libc::SIGTERM,
+            ("", s) | (s, _) => signal_number(s).map_err(invalid("stop signal", s))?,
+        };
+        let stop_timeout = req.stop_timeout.or(image.config.stop_timeout.and_then(|t| u64::try_from(t).ok())).unwrap_or(10);
+        let log = LogConfig::parse(&req.log_opts).map_err(invalid("log option", &req.log_opts.join(",")))?;
         let network = match req.network.as_str() {
             "" | "none" => NetworkMode::None,
             "host" => NetworkMode::Host,
@@ -309,17 +428,25 @@ impl Containers {
         for t in &req.tmpfs {
             mounts.push(crate::volumes::parse_tmpfs_flag(t)?);
         }
+        for m in &req.mounts {
+            mounts.push(crate::volumes::parse_mount_flag(m)?);
+        }
+        if let Some(dup) = mounts.iter().enumerate().find_map(|(i, m)| mounts[..i].iter().any(|o| o.target == m.target).then_some(&m.target)) {
+            return Err(ContainerError::Invalid { what: "mounts", value: dup.clone(), why: "duplicate mount point".into() });
+        }
         for target in cfg.volumes.clone().unwrap_or_default().into_keys() {
             if !mounts.iter().any(|m| m.target == target) {
                 mounts.push(MountReq { source: MountSource::Volume(String::new()), target, read_only: false });
             }
         }
         let mut spec_mounts = Vec::new();
+        let mut copy_up = Vec::new();
         for m in mounts.iter_mut() {
             let source = match &m.source {
                 MountSource::Volume(name) => {
                     let v = self.volumes.create(if name.is_empty() { None } else { Some(name) })?;
                     m.source = MountSource::Volume(v.name);
+                    copy_up.push((m.target.clone(), v.mountpoint.clone()));
                     Some(v.mountpoint)
                 }
                 MountSource::Bind(host) => {
@@ -347,7 +474,8 @@ impl Containers {
             cap_drop: req.cap_drop.clone(),
         };
         let dir = self.dir(&id);
-        let result = self.prepare_and_start(&id, &name, req, &image.id.to_string(), &run, &mounts, &dir);
+        let settings = Settings { image_id: image.id.to_string(), mounts, restart, stop_signal, stop_timeout, log, copy_up };
+        let result = self.prepare_and_start(&id, &name, req, &run, &settings, &dir);
         if let Err(e) = result {
             self.teardown(&dir);
             return Err(e);
@@ -361,9 +489,8 @@ impl Containers {
         id: &str,
         name: &str,
         req: &RunRequest,
-        image_id: &str,
         run: &RunSpec,
-        mounts: &[MountReq],
+        settings: &Settings,
         dir: &Path,
     ) -> Result<(), ContainerError> {
         let rootfs = dir.join("rootfs");
@@ -376,6 +503,13 @@ impl Containers {
         let lower: Vec<String> = layers.iter().map(|p| p.display().to_string()).collect();
         let opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), dir.join("upper").display(), dir.join("work").display());
         mount_overlay(&rootfs, &opts)?;
+        // Like Docker, an empty volume starts with what the image has at its mount point.
+        for (target, volume) in &settings.copy_up {
+            let from = rootfs.join(target.trim_start_matches('/'));
+            if from.is_dir() && std::fs::read_dir(volume).map(|mut d| d.next().is_none()).unwrap_or(false) {
+                copy_tree(&from, volume).map_err(io("copying image data into the volume at", volume))?;
+            }
+        }
         let cgroups_path = format!("{}/{id}", self.cgroup_parent);
         let etc = |f: &str| std::fs::read_to_string(rootfs.join("etc").join(f)).unwrap_or_default();
         let spec = spec::oci_spec(run, &rootfs, &cgroups_path, etc)?;
@@ -386,7 +520,7 @@ impl Containers {
             id: id.into(),
             name: name.into(),
             image: req.image.clone(),
-            image_id: image_id.into(),
+            image_id: settings.image_id.clone(),
             args: run.args.clone(),
             created_ms: now_ms(),
             auto_remove: req.auto_remove,
@@ -397,9 +531,12 @@ impl Containers {
                 pids_limit: run.pids_limit,
                 network: if run.network == NetworkMode::Host { "host".into() } else { "none".into() },
             },
-            mounts: mounts.to_vec(),
+            mounts: settings.mounts.clone(),
+            restart: settings.restart,
+            stop_signal: settings.stop_signal,
+            stop_timeout: settings.stop_timeout,
         };
-        let shim = ShimConfig { id: id.into(), bundle, state_root: self.state_root.clone(), cgroups_path };
+        let shim = ShimConfig { id: id.into(), bundle, state_root: self.state_root.clone(), cgroups_path, log: settings.log };
         let write = |name: &str, v: &dyn erased::Json| -> Result<(), ContainerError> {
             let path = dir.join(name);
             crate::identity::write_atomic(&path, &v.to_json(), 0o644).map_err(io("writing", &path))
@@ -448,17 +585,34 @@ impl Containers {
         }
     }
 
-    /// Sends `signal` to the container's init.
+    /// Sends `signal` to the container's init. Killing it with SIGKILL or
+    /// its stop signal is stopping it: its restart policy leaves it stopped.
     pub fn kill(&self, reference: &str, signal: i32) -> Result<Container, ContainerError> {
         let c = self.find(reference)?;
         match c.status {
             Status::Running { pid, .. } => {
+                if signal == libc::SIGKILL || signal == c.record.stop_signal {
+                    self.mark_stopped(&c)?;
+                }
                 // SAFETY: sending a signal to the container's init process.
                 unsafe { libc::kill(pid, signal) };
                 Ok(c)
             }
             _ => Err(ContainerError::NotRunning(c.record.name)),
         }
+    }
+
+    fn mark_stopped(&self, c: &Container) -> Result<(), ContainerError> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current: RestartState = read_json(&self.dir(&c.record.id).join("restart.json")).unwrap_or_default();
+        let state = RestartState { manually_stopped: true, due_ms: 0, ..current };
+        self.write_restart(&c.record.id, &state)
+    }
+
+    fn write_restart(&self, id: &str, state: &RestartState) -> Result<(), ContainerError> {
+        let path = self.dir(id).join("restart.json");
+        let bytes = serde_json::to_vec(state).unwrap_or_default();
+        crate::identity::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
     }
 
     /// The current status of the container with this full id (reads only its own files).
@@ -481,18 +635,197 @@ impl Containers {
         }
     }
 
-    /// The stop signal, then SIGKILL after `grace`.
-    pub fn stop(&self, reference: &str, grace: Duration) -> Result<Container, ContainerError> {
+    /// The container's stop signal, then SIGKILL after `grace` (None: its
+    /// own stop timeout). A pending restart is called off.
+    pub fn stop(&self, reference: &str, grace: Option<Duration>) -> Result<Container, ContainerError> {
         let c = self.find(reference)?;
+        self.mark_stopped(&c)?;
         if !matches!(c.status, Status::Running { .. }) {
-            return Ok(c);
+            return self.find(&c.record.id);
         }
-        self.kill(&c.record.id, libc::SIGTERM)?;
+        let grace = grace.unwrap_or(Duration::from_secs(c.record.stop_timeout));
+        let _ = self.kill(&c.record.id, c.record.stop_signal);
         if self.wait_exit(&c.record.id, grace).is_none() {
             let _ = self.kill(&c.record.id, libc::SIGKILL);
             self.wait_exit(&c.record.id, Duration::from_secs(10));
         }
         self.find(&c.record.id)
+    }
+
+    /// Starts a container that is not running, as the user asked: its restart
+    /// count starts over. A running one is left as it is.
+    pub fn start(&self, reference: &str) -> Result<Container, ContainerError> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let c = self.find(reference)?;
+        if matches!(c.status, Status::Running { .. }) {
+            return Ok(c);
+        }
+        self.write_restart(&c.record.id, &RestartState::default())?;
+        self.respawn(&c)?;
+        drop(_g);
+        self.find(&c.record.id)
+    }
+
+    /// `stop`, then `start`.
+    pub fn restart(&self, reference: &str, grace: Option<Duration>) -> Result<Container, ContainerError> {
+        let c = self.stop(reference, grace)?;
+        self.start(&c.record.id)
+    }
+
+    /// Runs a stopped container's shim again on its bundle and root.
+    fn respawn(&self, c: &Container) -> Result<(), ContainerError> {
+        let id = &c.record.id;
+        let dir = self.dir(id);
+        if matches!(c.status, Status::Dead { .. }) {
+            // Its shim died without recording the end: nothing of it may linger.
+            for pid in self.cgroups.pids(&c.record.cgroups_path) {
+                // SAFETY: killing a process of this container's own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for f in ["started.json", "exit.json", "error.json"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        // libcontainer's state of the last run, if its shim could not delete it.
+        let _ = std::fs::remove_dir_all(self.state_root.join(id));
+        let rootfs = dir.join("rootfs");
+        if !is_mount_point(&rootfs, &dir) {
+            // After a host reboot: mount the root again.
+            let mut layers = self.images.layer_dirs(&c.record.image_id)?;
+            layers.reverse();
+            let lower: Vec<String> = layers.iter().map(|p| p.display().to_string()).collect();
+            let opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), dir.join("upper").display(), dir.join("work").display());
+            mount_overlay(&rootfs, &opts)?;
+        }
+        self.spawn_shim(id, &dir)
+    }
+
+    /// Starts the supervisor thread: restarts containers by their policy and
+    /// removes `--rm` containers that ended. Its first pass is the daemon's
+    /// start-up one (where `always` brings back stopped containers too).
+    pub fn supervise(self: &Arc<Self>) {
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name("supervisor".into())
+            .spawn(move || {
+                let mut starting = true;
+                loop {
+                    this.supervise_once(starting);
+                    starting = false;
+                    std::thread::sleep(SUPERVISE_EVERY);
+                }
+            })
+            .expect("spawning the supervisor thread");
+    }
+
+    /// One pass of the supervisor.
+    pub fn supervise_once(&self, daemon_starting: bool) {
+        let now = now_ms();
+        for c in self.list() {
+            if ended(&c.status).is_none() {
+                continue;
+            }
+            let id = c.record.id.clone();
+            if c.record.auto_remove {
+                let status = c.status.clone();
+                if self.remove(&id, false, true).is_ok() {
+                    let mut reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+                    reaped.push_back((id, status));
+                    while reaped.len() > REAPED_KEPT {
+                        reaped.pop_front();
+                    }
+                }
+                continue;
+            }
+            if c.record.restart == RestartPolicy::No {
+                continue;
+            }
+            // Decide under the lock, on a fresh read: a user's stop or start wins.
+            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let Some((c, ended)) = self.load(&id).and_then(|c| ended(&c.status).map(|e| (c, e))) else {
+                continue;
+            };
+            if c.restart.due_ms == 0 {
+                match restart::decide(c.record.restart, ended, &c.restart, daemon_starting) {
+                    Decision::Stay => {}
+                    Decision::Restart { after } => {
+                        let state = RestartState {
+                            manually_stopped: false,
+                            backoff_ms: after.as_millis() as u64,
+                            due_ms: now + after.as_millis() as u64,
+                            ..c.restart.clone()
+                        };
+                        if let Err(e) = self.write_restart(&id, &state) {
+                            tracing::warn!(container = %id, error = %e, "cannot record a pending restart");
+                        }
+                    }
+                }
+            } else if now >= c.restart.due_ms {
+                let after = Duration::from_millis(c.restart.backoff_ms);
+                let state = restart::after_restart(&c.restart, after);
+                let result = self.write_restart(&id, &state).and_then(|()| self.respawn(&c));
+                match result {
+                    Ok(()) => tracing::info!(container = %c.record.name, count = state.count, "restarted by its policy"),
+                    Err(e) => tracing::warn!(container = %c.record.name, error = %e, "restart by its policy failed"),
+                }
+            }
+        }
+    }
+
+    /// Waits for the container to stop running and returns how it ended;
+    /// also answers for a `--rm` container removed meanwhile.
+    pub fn wait(&self, reference: &str) -> Result<Status, ContainerError> {
+        let id = match self.find(reference) {
+            Ok(c) => c.record.id,
+            Err(e) => return self.reaped(reference).ok_or(e),
+        };
+        loop {
+            if !self.dir(&id).exists() {
+                return self.reaped(&id).ok_or(ContainerError::NotFound(id));
+            }
+            match self.status_of(&id) {
+                Status::Running { .. } | Status::Created => std::thread::sleep(Duration::from_millis(20)),
+                s => return Ok(s),
+            }
+        }
+    }
+
+    fn reaped(&self, reference: &str) -> Option<Status> {
+        let reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        reaped.iter().rev().find(|(id, _)| !reference.is_empty() && id.starts_with(reference)).map(|(_, s)| s.clone())
+    }
+
+    /// One sample of the container's cgroup counters.
+    pub fn sample(&self, c: &Container) -> cgroups::Sample {
+        self.cgroups.sample(&c.record.cgroups_path)
+    }
+
+    /// The processes of a running container.
+    pub fn processes(&self, reference: &str) -> Result<Vec<i32>, ContainerError> {
+        let c = self.find(reference)?;
+        if !matches!(c.status, Status::Running { .. }) {
+            return Err(ContainerError::NotRunning(c.record.name));
+        }
+        let mut pids = self.cgroups.pids(&c.record.cgroups_path);
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
+    /// The container's root as the container sees it, for `cp`: with its
+    /// mounts while it runs, else its overlay root.
+    pub fn root_path(&self, reference: &str) -> Result<PathBuf, ContainerError> {
+        let c = self.find(reference)?;
+        match c.status {
+            Status::Running { pid, .. } => Ok(PathBuf::from(format!("/proc/{pid}/root"))),
+            _ => {
+                let dir = self.dir(&c.record.id);
+                let rootfs = dir.join("rootfs");
+                if !is_mount_point(&rootfs, &dir) {
+                    return Err(ContainerError::NotRunning(c.record.name));
+                }
+                Ok(rootfs)
+            }
+        }
     }
 
     /// Removes a container; with `volumes`, also its anonymous volumes.
@@ -588,6 +921,50 @@ impl Containers {
         }
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// How a container that is not running ended; None while it runs.
+fn ended(status: &Status) -> Option<Ended> {
+    match status {
+        Status::Exited { code, started_ms, finished_ms, .. } => {
+            Some(Ended { exit_code: *code, ran: Duration::from_millis(finished_ms.saturating_sub(*started_ms)) })
+        }
+        Status::Dead { .. } => Some(Ended { exit_code: 255, ran: Duration::ZERO }),
+        Status::Running { .. } | Status::Created => None,
+    }
+}
+
+/// Whether `path` is a mount point (on another device than its parent `dir`).
+fn is_mount_point(path: &Path, dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), std::fs::metadata(dir)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// Copies a directory tree with its modes, owners and symlinks.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(from)?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let m = std::fs::symlink_metadata(&src)?;
+        if m.is_dir() {
+            std::fs::create_dir(&dst)?;
+            copy_tree(&src, &dst)?;
+        } else if m.file_type().is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+            std::os::unix::fs::lchown(&dst, Some(m.uid()), Some(m.gid()))?;
+        } else if m.is_file() {
+            std::fs::copy(&src, &dst)?;
+            std::os::unix::fs::lchown(&dst, Some(m.uid()), Some(m.gid()))?;
+        }
+    }
+    Ok(())
 }
 
 fn mount_overlay(target: &Path, opts: &str) -> Result<(), ContainerError> {

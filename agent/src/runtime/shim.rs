@@ -26,6 +26,90 @@ pub struct ShimConfig {
     pub state_root: PathBuf,
     /// The container's cgroup path, for reading OOM kills at exit.
     pub cgroups_path: String,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// How big the log grows: when `log` passes `max_size` it becomes `log.1`
+/// (and `log.1` becomes `log.2`...), keeping `max_files` files in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogConfig {
+    pub max_size: u64,
+    pub max_files: u32,
+}
+
+impl Default for LogConfig {
+    /// Docker's json-file grows without bound by default; 3 × 10 MiB keeps a
+    /// chatty container from filling the disk.
+    fn default() -> Self {
+        LogConfig { max_size: 10 << 20, max_files: 3 }
+    }
+}
+
+impl LogConfig {
+    /// `--log-opt max-size=10m`, `--log-opt max-file=3`.
+    pub fn parse(opts: &[String]) -> Result<LogConfig, String> {
+        let mut cfg = LogConfig::default();
+        for o in opts {
+            match o.split_once('=') {
+                Some(("max-size", v)) => {
+                    let bytes = super::parse_size(v).map_err(|e| format!("max-size {v:?}: {e}"))?;
+                    cfg.max_size = u64::try_from(bytes).map_err(|_| format!("max-size {v:?} must be positive"))?;
+                    if cfg.max_size < 4096 {
+                        return Err(format!("max-size {v:?} is too small: at least 4k"));
+                    }
+                }
+                Some(("max-file", v)) => {
+                    cfg.max_files = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| format!("max-file {v:?}: a whole number, at least 1"))?;
+                }
+                _ => return Err(format!("unknown log option {o:?}: use max-size=SIZE or max-file=N")),
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// The log file the shim appends to, rotated by size.
+struct LogFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    cfg: LogConfig,
+}
+
+impl LogFile {
+    fn open(path: PathBuf, cfg: LogConfig) -> std::io::Result<LogFile> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(LogFile { path, file, size, cfg })
+    }
+
+    fn write_line(&mut self, line: &str) {
+        if self.size > 0 && self.size + line.len() as u64 > self.cfg.max_size {
+            self.rotate();
+        }
+        if self.file.write_all(line.as_bytes()).is_ok() {
+            self.size += line.len() as u64;
+        }
+    }
+
+    fn rotate(&mut self) {
+        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        for n in (1..self.cfg.max_files).rev() {
+            let from = if n == 1 { self.path.clone() } else { numbered(n - 1) };
+            let _ = std::fs::rename(from, numbered(n));
+        }
+        // One file only: start it over.
+        let reopened = if self.cfg.max_files <= 1 {
+            std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&self.path)
+        } else {
+            std::fs::OpenOptions::new().create(true).append(true).open(&self.path)
+        };
+        if let Ok(f) = reopened {
+            self.file = f;
+            self.size = 0;
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -33,6 +117,19 @@ pub struct Started {
     pub shim_pid: i32,
     pub pid: i32,
     pub started_ms: u64,
+    /// The shim's start time in clock ticks since boot, so a reused pid is not taken for it.
+    #[serde(default)]
+    pub shim_start_ticks: u64,
+}
+
+/// A process's start time (ticks since boot), if it exists and is not a zombie.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = text.rfind(')').and_then(|i| text.get(i + 2..i + 3))?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    super::procs::parse_stat(&text).map(|s| s.start_ticks)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,7 +174,7 @@ struct LineLog {
 }
 
 impl LineLog {
-    fn push(&mut self, data: &[u8], out: &mut File) {
+    fn push(&mut self, data: &[u8], out: &mut LogFile) {
         self.pending.extend_from_slice(data);
         while let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.pending.drain(..=i).collect();
@@ -89,7 +186,7 @@ impl LineLog {
             write_line(self.stream, &line, out);
         }
     }
-    fn finish(&mut self, out: &mut File) {
+    fn finish(&mut self, out: &mut LogFile) {
         if !self.pending.is_empty() {
             let line = std::mem::take(&mut self.pending);
             write_line(self.stream, &line, out);
@@ -97,24 +194,9 @@ impl LineLog {
     }
 }
 
-fn write_line(stream: &str, line: &[u8], out: &mut File) {
+fn write_line(stream: &str, line: &[u8], out: &mut LogFile) {
     let entry = serde_json::json!({"log": String::from_utf8_lossy(line), "stream": stream, "time": now_rfc3339_nanos()});
-    let _ = writeln!(out, "{entry}");
-}
-
-fn oom_kills(cgroups_path: &str) -> u64 {
-    let rel = cgroups_path.trim_start_matches('/');
-    for file in [
-        PathBuf::from("/sys/fs/cgroup/memory").join(rel).join("memory.oom_control"),
-        PathBuf::from("/sys/fs/cgroup").join(rel).join("memory.events"),
-    ] {
-        if let Ok(s) = std::fs::read_to_string(&file)
-            && let Some(n) = s.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
-        {
-            return n;
-        }
-    }
-    0
+    out.write_line(&format!("{entry}\n"));
 }
 
 /// The shim's main; returns the process exit code.
@@ -155,7 +237,9 @@ fn run(dir: &Path, cfg: &ShimConfig) -> Result<(), String> {
         .map_err(|e| format!("creating the container: {e}"))?;
     container.start().map_err(|e| format!("starting the container: {e}"))?;
     let pid = container.pid().map(|p| p.as_raw()).ok_or("the container has no pid")?;
-    write_json(dir, "started.json", &Started { shim_pid: std::process::id() as i32, pid, started_ms: shoal_proto::model::now_ms() });
+    let shim_pid = std::process::id() as i32;
+    let started = Started { shim_pid, pid, started_ms: shoal_proto::model::now_ms(), shim_start_ticks: start_ticks(shim_pid).unwrap_or(0) };
+    write_json(dir, "started.json", &started);
     // Shed everything creating the container needed: become `shoal
     // shim-wait`, a small supervisor with the same pid (so the container
     // stays our child) that keeps only the two pipes.
@@ -201,11 +285,7 @@ pub fn wait_main(args: &[std::ffi::OsString]) -> i32 {
 
 /// Copies the container's output to the log until it exits, then records how it ended.
 fn supervise(dir: &Path, cfg: &ShimConfig, pid: i32, out_r: OwnedFd, err_r: OwnedFd) -> Result<(), String> {
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("log"))
-        .map_err(|e| format!("opening the log: {e}"))?;
+    let mut log = LogFile::open(dir.join("log"), cfg.log).map_err(|e| format!("opening the log: {e}"))?;
     let mut streams = [(out_r, LineLog { stream: "stdout", pending: vec![] }, true), (err_r, LineLog { stream: "stderr", pending: vec![] }, true)];
     let mut buf = vec![0u8; 64 * 1024];
     let mut status: Option<i32> = None;
@@ -262,7 +342,7 @@ fn supervise(dir: &Path, cfg: &ShimConfig, pid: i32, out_r: OwnedFd, err_r: Owne
                 }
                 s.1.finish(&mut log);
             }
-            let _ = log.sync_data();
+            let _ = log.file.sync_data();
             let exit_code = if libc::WIFEXITED(st) {
                 libc::WEXITSTATUS(st)
             } else if libc::WIFSIGNALED(st) {
@@ -270,7 +350,7 @@ fn supervise(dir: &Path, cfg: &ShimConfig, pid: i32, out_r: OwnedFd, err_r: Owne
             } else {
                 255
             };
-            let oom_killed = oom_kills(&cfg.cgroups_path) > 0;
+            let oom_killed = super::cgroups::Cgroups::host().oom_kills(&cfg.cgroups_path) > 0;
             if let Ok(mut c) = libcontainer::container::Container::load(cfg.state_root.join(&cfg.id)) {
                 let _ = c.delete(true);
             }
@@ -353,5 +433,52 @@ pub fn exec_main(json: &str) -> i32 {
         128 + libc::WTERMSIG(st)
     } else {
         255
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_in(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
+    }
+
+    #[test]
+    fn the_log_rotates_by_size_and_keeps_max_files() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("log");
+        let mut log = LogFile::open(path.clone(), LogConfig { max_size: 100, max_files: 3 }).unwrap();
+        for i in 0..20 {
+            log.write_line(&format!("{i:039}\n")); // 40 bytes: two lines a file
+        }
+        assert_eq!(lines_in(&path).len(), 2);
+        assert_eq!(lines_in(&t.path().join("log.1")).len(), 2);
+        assert_eq!(lines_in(&t.path().join("log.2")).len(), 2);
+        assert!(!t.path().join("log.3").exists());
+        assert!(lines_in(&path)[1].ends_with("19"));
+        assert!(lines_in(&t.path().join("log.2"))[0].ends_with("14"));
+    }
+
+    #[test]
+    fn one_log_file_starts_over() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("log");
+        let mut log = LogFile::open(path.clone(), LogConfig { max_size: 100, max_files: 1 }).unwrap();
+        for i in 0..5 {
+            log.write_line(&format!("{i:039}\n"));
+        }
+        assert_eq!(lines_in(&path).len(), 1);
+        assert!(!t.path().join("log.1").exists());
+    }
+
+    #[test]
+    fn log_options_parse_like_docker() {
+        let opts = |v: &[&str]| LogConfig::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(opts(&[]), Ok(LogConfig::default()));
+        assert_eq!(opts(&["max-size=1m", "max-file=5"]), Ok(LogConfig { max_size: 1 << 20, max_files: 5 }));
+        assert!(opts(&["max-file=0"]).is_err());
+        assert!(opts(&["max-size=lots"]).is_err());
+        assert!(opts(&["mode=non-blocking"]).unwrap_err().contains("unknown log option"));
     }
 }

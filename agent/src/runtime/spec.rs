@@ -140,62 +140,6 @@ fn to_caps(names: &BTreeSet<String>) -> Result<oci_spec::runtime::Capabilities, 
         .collect()
 }
 
-/// Syscalls refused inside containers unless the capability that would make
-/// them legitimate was added: kernel facilities that are not namespaced
-/// (keyrings, modules, clocks, swap, reboot, kexec, accounting), namespace
-/// and mount manipulation, and interfaces that leak host state.
-const SECCOMP_DENIED: &[(Option<&str>, &[&str])] = &[
-    (None, &["add_key", "keyctl", "request_key", "userfaultfd", "lookup_dcookie", "nfsservctl", "get_kernel_syms",
-        "query_module", "uselib", "create_module", "_sysctl", "sysfs", "ustat", "vm86", "vm86old"]),
-    (Some("SYS_ADMIN"), &["mount", "umount", "umount2", "pivot_root", "unshare", "setns", "fanotify_init",
-        "quotactl", "name_to_handle_at", "bpf", "perf_event_open", "fsopen", "fsmount", "fsconfig", "move_mount",
-        "open_tree", "fspick", "mount_setattr"]),
-    (Some("DAC_READ_SEARCH"), &["open_by_handle_at"]),
-    (Some("SYS_MODULE"), &["init_module", "finit_module", "delete_module"]),
-    (Some("SYS_BOOT"), &["reboot", "kexec_load", "kexec_file_load"]),
-    (Some("SYS_TIME"), &["settimeofday", "clock_settime", "clock_adjtime", "stime"]),
-    (Some("SYS_PACCT"), &["acct"]),
-    (Some("SYS_RAWIO"), &["iopl", "ioperm"]),
-    (Some("SYSLOG"), &["syslog"]),
-    (Some("SYS_PTRACE"), &["process_vm_readv", "process_vm_writev", "kcmp"]),
-    (Some("SYS_NICE"), &["move_pages", "mbind", "set_mempolicy", "migrate_pages"]),
-];
-
-/// The seccomp filter for a container with capabilities `caps`.
-pub fn seccomp(caps: &BTreeSet<String>) -> Result<oci_spec::runtime::LinuxSeccomp, SpecError> {
-    use oci_spec::runtime::{Arch, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
-    let mut denied: Vec<String> = SECCOMP_DENIED
-        .iter()
-        .filter(|(cap, _)| cap.is_none_or(|c| !caps.contains(c)))
-        .flat_map(|(_, names)| names.iter().map(|n| n.to_string()))
-        .collect();
-    denied.sort();
-    let mut rules = vec![
-        LinuxSyscallBuilder::default()
-            .names(denied)
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(libc::EPERM as u32)
-            .build()
-            .map_err(build_err)?,
-    ];
-    // clone3 cannot be filtered by its flags (they sit behind a pointer):
-    // answer ENOSYS so the C library falls back to clone, as Docker does.
-    rules.push(
-        LinuxSyscallBuilder::default()
-            .names(vec!["clone3".to_string()])
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(libc::ENOSYS as u32)
-            .build()
-            .map_err(build_err)?,
-    );
-    LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
-        .architectures(vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32, Arch::ScmpArchAarch64])
-        .syscalls(rules)
-        .build()
-        .map_err(build_err)
-}
-
 /// Resolves `USER[:GROUP]` against the container's /etc/passwd and /etc/group.
 pub fn resolve_user(user: &str, passwd: &str, group: &str) -> Result<(u32, u32, Vec<u32>), SpecError> {
     if user.is_empty() {
@@ -359,7 +303,7 @@ pub fn oci_spec(
         .filter(|ns| ns.typ() != LinuxNamespaceType::Cgroup)
         .collect();
     linux.set_namespaces(Some(namespaces));
-    linux.set_seccomp(Some(seccomp(&cap_names)?));
+    linux.set_seccomp(Some(super::seccomp::filter(&cap_names)?));
     spec.set_linux(Some(linux));
     Ok(spec)
 }
@@ -439,22 +383,10 @@ mod tests {
     }
 
     #[test]
-    fn seccomp_denies_unless_the_capability_was_added() {
-        let names = |caps: &[&str]| -> Vec<String> {
-            let set: BTreeSet<String> = caps.iter().map(|s| s.to_string()).collect();
-            let s = seccomp(&set).expect("seccomp");
-            s.syscalls().clone().unwrap_or_default()[0].names().clone()
-        };
-        let default = names(DEFAULT_CAPS);
-        for n in ["mount", "unshare", "keyctl", "init_module", "reboot", "clock_settime"] {
-            assert!(default.contains(&n.to_string()), "{n} denied by default");
-        }
-        assert!(!default.contains(&"read".to_string()));
-        let admin = names(&["SYS_ADMIN"]);
-        assert!(!admin.contains(&"mount".to_string()) && admin.contains(&"keyctl".to_string()));
+    fn every_container_gets_the_seccomp_allowlist() {
         let s = build(&run());
         let sc = s.linux().as_ref().and_then(|l| l.seccomp().clone()).expect("a seccomp filter");
-        assert_eq!(sc.default_action(), oci_spec::runtime::LinuxSeccompAction::ScmpActAllow);
+        assert_eq!(sc.default_action(), oci_spec::runtime::LinuxSeccompAction::ScmpActErrno);
     }
 
     #[test]

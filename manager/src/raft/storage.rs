@@ -137,7 +137,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Some((_, v)) => Some(dec::<EntryOf<TypeConfig>>(v.value())?.log_id),
                 None => None,
             };
-            Ok(LogState { last_log_id: last.or_else(|| last_purged), last_purged_log_id: last_purged })
+            Ok(LogState { last_log_id: last.or(last_purged), last_purged_log_id: last_purged })
         })
         .await
     }
