@@ -8,6 +8,7 @@ mod containers;
 mod daemon;
 mod images;
 mod output;
+mod registry;
 
 use clap::Parser;
 
