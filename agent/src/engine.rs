@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::images::{ImageError, ImageStore, ImageSummary, Removed};
+use crate::registry::{Credentials, Progress, ProgressTx, RegistryError, Registries};
 use crate::runtime::{Container, ContainerError, Containers, RunRequest, Status as CStatus};
 
 /// Size of the chunks archives travel in.
@@ -21,6 +22,54 @@ pub struct EngineService {
     pub images: Arc<ImageStore>,
     pub containers: Arc<Containers>,
     pub volumes: Arc<crate::volumes::VolumeStore>,
+    pub registries: Arc<Registries>,
+}
+
+fn rstatus(e: RegistryError) -> Status {
+    let msg = e.to_string();
+    match e {
+        RegistryError::Image(i) => status(i),
+        RegistryError::InvalidReference { .. } | RegistryError::Unsupported { .. } | RegistryError::NoPlatform { .. } => {
+            Status::invalid_argument(msg)
+        }
+        RegistryError::ManifestUnknown { .. } => Status::not_found(msg),
+        RegistryError::Unauthorized { .. } | RegistryError::BadCredentials { .. } => Status::unauthenticated(msg),
+        RegistryError::Denied { .. } => Status::permission_denied(msg),
+        RegistryError::DigestMismatch { .. } => Status::data_loss(msg),
+        // Not `unavailable`: that code means the daemon itself is unreachable to the CLI.
+        RegistryError::Unreachable { .. } | RegistryError::Tls { .. } => Status::failed_precondition(msg),
+        RegistryError::Protocol { .. } => Status::unknown(msg),
+    }
+}
+
+fn credentials(auth: Option<pb::RegistryAuth>) -> Option<Credentials> {
+    auth.filter(|a| !a.username.is_empty() || !a.password.is_empty())
+        .map(|a| Credentials { username: a.username, password: a.password })
+}
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::Progress, Status>> + Send>>;
+
+/// Runs a pull or push, streaming its progress lines and then its error, if any.
+fn progress_stream<F>(work: impl FnOnce(ProgressTx) -> F) -> ProgressStream
+where
+    F: std::future::Future<Output = Result<(), RegistryError>> + Send + 'static,
+{
+    let (ptx, mut prx) = mpsc::unbounded_channel::<Progress>();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let fut = work(ptx);
+    tokio::spawn(async move {
+        let forward = async {
+            while let Some(p) = prx.recv().await {
+                let _ = tx.send(Ok(pb::Progress { id: p.id, status: p.status }));
+            }
+        };
+        let (result, ()) = tokio::join!(fut, forward);
+        if let Err(e) = result {
+            tracing::info!(error = %e, "registry operation failed");
+            let _ = tx.send(Err(rstatus(e)));
+        }
+    });
+    Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
 }
 
 fn vstatus(e: crate::volumes::VolumeError) -> Status {
@@ -386,6 +435,35 @@ impl pb::engine_server::Engine for EngineService {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    type ImagePullStream = ProgressStream;
+
+    async fn image_pull(&self, req: Request<pb::ImagePullRequest>) -> Result<Response<ProgressStream>, Status> {
+        let r = req.into_inner();
+        let (regs, images) = (self.registries.clone(), self.images.clone());
+        let creds = credentials(r.auth);
+        Ok(Response::new(progress_stream(move |tx| async move {
+            crate::registry::pull(&regs, images, &r.reference, creds, &tx).await
+        })))
+    }
+
+    type ImagePushStream = ProgressStream;
+
+    async fn image_push(&self, req: Request<pb::ImagePushRequest>) -> Result<Response<ProgressStream>, Status> {
+        let r = req.into_inner();
+        let (regs, images) = (self.registries.clone(), self.images.clone());
+        let creds = credentials(r.auth);
+        Ok(Response::new(progress_stream(move |tx| async move {
+            crate::registry::push(&regs, images, &r.reference, creds, &tx).await
+        })))
+    }
+
+    async fn registry_login(&self, req: Request<pb::RegistryLoginRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        let creds = credentials(r.auth).ok_or_else(|| Status::invalid_argument("login needs a username and password"))?;
+        crate::registry::login(&self.registries, &r.registry, creds).await.map_err(rstatus)?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn container_run(&self, req: Request<pb::ContainerRunRequest>) -> Result<Response<pb::ContainerInfo>, Status> {

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod identity;
 pub mod images;
 pub mod local;
+pub mod registry;
 pub mod runtime;
 pub mod volumes;
 pub mod session;

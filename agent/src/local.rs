@@ -86,6 +86,7 @@ pub async fn serve(
     images: Arc<crate::images::ImageStore>,
     containers: Arc<crate::runtime::Containers>,
     volumes: Arc<crate::volumes::VolumeStore>,
+    registries: Arc<crate::registry::Registries>,
     socket: PathBuf,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -105,7 +106,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(pb::local_server::LocalServer::new(LocalService { daemon: daemon.clone() }))
         .add_service(pb::control_server::ControlServer::new(LocalControl { daemon }))
-        .add_service(pb::engine_server::EngineServer::new(crate::engine::EngineService { images, containers, volumes }))
+        .add_service(pb::engine_server::EngineServer::new(crate::engine::EngineService { images, containers, volumes, registries }))
         .serve_with_incoming_shutdown(incoming, async move { cancel.cancelled().await })
         .await?;
     let _ = std::fs::remove_file(&socket);

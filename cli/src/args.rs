@@ -32,6 +32,9 @@ pub struct Cli {
     /// Directory with ca.pem, cert.pem and key.pem for tcp:// hosts.
     #[arg(long = "tls-dir", global = true, env = "SHOAL_CERT_PATH")]
     pub tls_dir: Option<PathBuf>,
+    /// Directory of the client's config.json (registry logins); default ~/.shoal.
+    #[arg(long = "config", global = true, env = "SHOAL_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -62,6 +65,14 @@ pub enum Cmd {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Download an image from a registry (like `image pull`).
+    Pull(PullArgs),
+    /// Upload an image to a registry (like `image push`).
+    Push(PushArgs),
+    /// Log in to a registry (Docker Hub if none is given).
+    Login(LoginArgs),
+    /// Log out from a registry (Docker Hub if none is given).
+    Logout { server: Option<String> },
     /// Run a command in a new container.
     Run(RunArgs),
     /// List containers.
@@ -266,8 +277,43 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct PullArgs {
+    /// Only print the image's name at the end.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// NAME[:TAG|@DIGEST]
+    pub reference: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PushArgs {
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// NAME[:TAG]
+    pub reference: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// Password (prefer --password-stdin: a password on the command line is visible to others).
+    #[arg(short, long)]
+    pub password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// HOST[:PORT]; Docker Hub if left out.
+    pub server: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ImageCmd {
+    /// Download an image from a registry.
+    Pull(PullArgs),
+    /// Upload an image to a registry.
+    Push(PushArgs),
     /// Load images from a `docker save` archive or an OCI image layout (tar, optionally gzip).
     Load {
         /// Read from this file instead of standard input.
@@ -336,6 +382,10 @@ pub struct DaemonArgs {
     /// Parent cgroup of the containers' cgroups.
     #[arg(long, default_value = "/shoal")]
     pub cgroup_parent: String,
+    /// A registry (HOST[:PORT] or an IPv4 CIDR) that may be reached over plain HTTP or with
+    /// an unverified certificate; repeatable. 127.0.0.0/8 and localhost always may.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registry: Vec<String>,
 }
 
 #[derive(Args, Debug)]

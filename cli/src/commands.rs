@@ -21,6 +21,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         | Cmd::Stats { .. } | Cmd::Top { .. } | Cmd::Cp { .. } => {
             return crate::containers::run(&cli).await;
         }
+        Cmd::Pull(a) => return crate::registry::pull(&cli, a).await,
+        Cmd::Push(a) => return crate::registry::push(&cli, a).await,
+        Cmd::Login(a) => return crate::registry::login(&cli, a).await,
+        Cmd::Logout { server } => return crate::registry::logout(&cli, server.as_deref()),
         Cmd::Image(c) => return crate::images::run(&cli, c).await,
         Cmd::Images { quiet, format } => {
             return crate::images::run(&cli, &crate::args::ImageCmd::Ls { quiet: *quiet, format: *format }).await;

@@ -40,6 +40,7 @@ async fn signalled() {
 pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
     init_tracing();
     let cgroup_parent = args.cgroup_parent.clone();
+    let insecure_registry = args.insecure_registry.clone();
     std::fs::create_dir_all(&args.data_root).with_context(|| format!("create {}", args.data_root.display()))?;
     let daemon = Daemon::new(DaemonConfig {
         data_root: args.data_root,
@@ -57,11 +58,23 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
         images.clone(),
         volumes.clone(),
     )?);
+    let registries = std::sync::Arc::new(
+        shoal_agent::registry::Registries::new(daemon.cfg.data_root.join("certs.d"), insecure_registry)
+            .map_err(anyhow::Error::msg)?,
+    );
     daemon.resume().await?;
     containers.supervise();
     let cancel = CancellationToken::new();
     let server =
-        tokio::spawn(shoal_agent::local::serve(daemon.clone(), images, containers, volumes, socket.to_path_buf(), cancel.clone()));
+        tokio::spawn(shoal_agent::local::serve(
+            daemon.clone(),
+            images,
+            containers,
+            volumes,
+            registries,
+            socket.to_path_buf(),
+            cancel.clone(),
+        ));
     tracing::info!(socket = %socket.display(), version = shoal_proto::VERSION, "shoal daemon ready");
     tokio::select! {
         _ = signalled() => tracing::info!("stopping"),

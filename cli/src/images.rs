@@ -123,6 +123,8 @@ fn split_tag(t: &str) -> (String, String) {
 pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
     let mut engine = client::engine(cli).await?;
     match cmd {
+        ImageCmd::Pull(a) => return crate::registry::pull(cli, a).await,
+        ImageCmd::Push(a) => return crate::registry::push(cli, a).await,
         ImageCmd::Load { input, quiet } => {
             let path = input.as_ref().map(|p| p.display().to_string());
             if let Some(p) = &path {

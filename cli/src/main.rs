@@ -9,6 +9,7 @@ mod copy;
 mod daemon;
 mod images;
 mod output;
+mod registry;
 
 use clap::Parser;
 

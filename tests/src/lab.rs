@@ -210,6 +210,26 @@ impl Lab {
             .with_context(|| format!("running deploy/lab exec {h} -- {}", cmd.join(" ")))
     }
 
+    /// Starts any command on host `i` in the background, its output appended to `log`.
+    /// The child's pid is the command's own (`deploy/lab exec` execs all the way), so
+    /// the caller stops it by that pid; `down` kills it too, as a backstop.
+    pub fn spawn(&self, i: usize, cmd: &[&str], log: &Path) -> Result<std::process::Child> {
+        let h = self.host(i)?;
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let err = out.try_clone()?;
+        lab_command()
+            .args(["exec", h.as_str(), "--"])
+            .args(cmd)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting deploy/lab exec {h} -- {}", cmd.join(" ")))
+    }
+
     /// `shoal ARGS` on host `i`; its stdout, or an error with its stderr if it failed.
     pub fn shoal(&self, i: usize, args: &[&str]) -> Result<String> {
         let out = self.exec(i, args)?;

@@ -21,6 +21,7 @@ use super::config::{ConfigFile, go_arch};
 use super::digest::{Digest, copy_hashing};
 use super::entry::normalize;
 use super::error::{ImageError, io_err, read_err};
+use super::manifest::{CONFIG_TYPES, Descriptor, INDEX_TYPES, Index, MANIFEST_TYPES, Manifest, choose_platform};
 use super::reference::Reference;
 use super::unpack::decompress;
 
@@ -28,12 +29,6 @@ use super::unpack::decompress;
 const MAX_JSON: u64 = 32 << 20;
 const LINK_HOPS: usize = 16;
 
-const INDEX_TYPES: &[&str] =
-    &["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
-const MANIFEST_TYPES: &[&str] =
-    &["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
-const CONFIG_TYPES: &[&str] =
-    &["application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"];
 
 /// A regular file of the archive, copied into the staging directory.
 #[derive(Clone, Debug)]
@@ -292,35 +287,6 @@ fn plan_docker(staged: &Staged) -> Result<Vec<PlannedImage>, ImageError> {
     Ok(out)
 }
 
-#[derive(Clone, Debug, Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: Digest,
-    size: u64,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-    platform: Option<Platform>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
-}
-
-#[derive(Deserialize)]
-struct Index {
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
-struct Manifest {
-    config: Descriptor,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-}
-
 #[derive(Deserialize)]
 struct LayoutFile {
     #[serde(rename = "imageLayoutVersion")]
@@ -398,52 +364,9 @@ fn image_name(annotations: &BTreeMap<String, String>) -> Result<Option<Reference
     name.map(|n| Reference::parse(n).map_err(invalid_reference(n))).transpose()
 }
 
-/// From a nested index: the image for linux/`arch`, else the only image
-/// that is not an attestation (`unknown/unknown`).
-fn choose_platform<'a>(list: &'a [Descriptor], arch: &str) -> Option<&'a Descriptor> {
-    let images: Vec<&Descriptor> = list.iter().filter(|d| MANIFEST_TYPES.contains(&d.media_type.as_str())).collect();
-    let exact = images.iter().find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch));
-    if let Some(d) = exact {
-        return Some(d);
-    }
-    let real: Vec<&&Descriptor> =
-        images.iter().filter(|d| d.platform.as_ref().is_none_or(|p| p.os != "unknown")).collect();
-    match real.as_slice() {
-        [only] => Some(only),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn desc(media: &str, arch: &str, os: &str) -> Descriptor {
-        Descriptor {
-            media_type: media.into(),
-            digest: Digest::of(format!("{arch}/{os}").as_bytes()),
-            size: 1,
-            annotations: BTreeMap::new(),
-            platform: Some(Platform { architecture: arch.into(), os: os.into() }),
-        }
-    }
-
-    #[test]
-    fn platform_choice_table() {
-        let m = MANIFEST_TYPES[0];
-        let cases: Vec<(Vec<Descriptor>, Option<&str>)> = vec![
-            (vec![desc(m, "arm64", "linux"), desc(m, "amd64", "linux")], Some("amd64")),
-            (vec![desc(m, "arm64", "linux"), desc(m, "unknown", "unknown")], Some("arm64")),
-            (vec![desc(m, "arm64", "linux"), desc(m, "s390x", "linux")], None),
-            (vec![desc(INDEX_TYPES[0], "amd64", "linux")], None),
-            (vec![], None),
-        ];
-        for (list, want) in cases {
-            let got =
-                choose_platform(&list, "amd64").and_then(|d| d.platform.as_ref()).map(|p| p.architecture.as_str());
-            assert_eq!(got, want);
-        }
-    }
 
     #[test]
     fn names_from_annotations() {

@@ -70,6 +70,29 @@ impl From<Digest> for String {
     }
 }
 
+/// An incremental sha256 over data arriving in pieces (a download).
+#[derive(Default)]
+pub struct Hasher {
+    hasher: Sha256,
+    count: u64,
+}
+
+impl Hasher {
+    pub fn update(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.count += data.len() as u64;
+    }
+
+    /// Bytes hashed so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn finish(self) -> (Digest, u64) {
+        (Digest(hex::encode(self.hasher.finalize())), self.count)
+    }
+}
+
 /// A reader that hashes and counts everything read through it.
 pub struct HashingReader<R> {
     inner: R,

@@ -7,13 +7,16 @@
 //! It owns: content-addressed blobs (stored once by digest), unpacked layers
 //! (one directory per diff_id, unpacked once, shared by every image that
 //! uses it), and the metadata file naming them (see `store` for the layout).
-//! It never pulls from a registry, never mounts anything, and never looks at
-//! containers: whether an image is in use is asked of the caller.
+//! It never speaks HTTP (`crate::registry` pulls and pushes, and hands what
+//! it downloaded to `commit_pull`, see `remote`), never mounts anything, and
+//! never looks at containers: whether an image is in use is asked of the
+//! caller.
 //!
-//! Architecture Invariant: an archive is staged, verified (every blob
-//! against its digest, every layer against the config's `rootfs.diff_ids`,
-//! every entry against the layer root) and unpacked before anything is
-//! placed in the store; a refused archive leaves no trace under the root.
+//! Architecture Invariant: an archive or a pulled image is staged, verified
+//! (every blob against its digest, every layer against the config's
+//! `rootfs.diff_ids`, every entry against the layer root) and unpacked
+//! before anything is placed in the store; a refused archive or pull leaves
+//! no trace under the root.
 //!
 //! The methods do blocking file I/O: call them from `spawn_blocking`. They
 //! take `&self`; metadata changes are serialized inside, and a long load
@@ -24,7 +27,9 @@ mod config;
 mod digest;
 mod entry;
 mod error;
+pub mod manifest;
 mod reference;
+mod remote;
 mod save;
 mod store;
 mod unpack;
@@ -47,11 +52,12 @@ use serde::Serialize;
 use archive::{PlannedImage, PlannedLayer, StagedFile};
 use store::{ImageRecord, LayerRecord, Layout, Metadata, Via};
 
-pub use config::ContainerConfig;
-pub use digest::Digest;
+pub use config::{ContainerConfig, go_arch};
+pub use digest::{Digest, Hasher};
 pub use entry::Refusal;
 pub use error::ImageError;
 pub use reference::Reference;
+pub use remote::{LayerStep, PullStaging, Pulled, PushLayer, PushSource, gzip_file};
 
 use error::io_err;
 

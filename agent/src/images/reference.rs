@@ -73,6 +73,16 @@ impl Reference {
         }
     }
 
+    /// The registry domain as written (`docker.io` for Docker Hub).
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The repository path inside the registry (`library/busybox`).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// `docker.io/library/busybox`.
     pub fn full_name(&self) -> String {
         format!("{}/{}", self.domain, self.path)
