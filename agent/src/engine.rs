@@ -186,6 +186,22 @@ impl EngineService {
     }
 }
 
+/// A client's input as the frames the shim and `shim-exec` read.
+fn terminal_frames(i: &pb::TerminalInput) -> Vec<u8> {
+    use crate::runtime::frames;
+    let mut out = Vec::new();
+    if i.rows > 0 && i.cols > 0 {
+        out.extend(frames::resize(i.rows.min(u16::MAX as u32) as u16, i.cols.min(u16::MAX as u32) as u16));
+    }
+    if !i.data.is_empty() {
+        out.extend(frames::encode(frames::STDIN, &i.data));
+    }
+    if i.close_stdin {
+        out.extend(frames::encode(frames::CLOSE_STDIN, &[]));
+    }
+    out
+}
+
 /// The host's memory, the limit `stats` shows for an unlimited container.
 fn host_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -492,6 +508,9 @@ impl pb::engine_server::Engine for EngineService {
             stop_signal: r.stop_signal,
             stop_timeout: u64::try_from(r.stop_timeout).ok(),
             log_opts: r.log_opts,
+            tty: r.tty,
+            interactive: r.interactive,
+            attach: r.attach,
         };
         let containers = self.containers.clone();
         let c = cblocking(move || containers.run(&run)).await?;
@@ -695,16 +714,24 @@ impl pb::engine_server::Engine for EngineService {
 
     type ContainerExecStream = ExecStream;
 
-    async fn container_exec(&self, req: Request<pb::ContainerExecRequest>) -> Result<Response<ExecStream>, Status> {
-        use tokio::io::AsyncReadExt;
-        let r = req.into_inner();
+    async fn container_exec(&self, req: Request<Streaming<pb::ExecInput>>) -> Result<Response<ExecStream>, Status> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut input = req.into_inner();
+        let r = input
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("exec needs a command"))??
+            .start
+            .ok_or_else(|| Status::invalid_argument("exec needs a command"))?;
+        let framed = r.tty || r.interactive;
         let containers = self.containers.clone();
-        let cfg = cblocking(move || containers.exec_config(&r.id, r.command, r.env, &r.workdir, &r.user)).await?;
+        let exec = crate::runtime::ExecRequest { args: r.command, env: r.env, cwd: r.workdir, user: r.user, tty: r.tty, interactive: r.interactive };
+        let cfg = cblocking(move || containers.exec_config(&r.id, exec)).await?;
         let json = serde_json::to_string(&cfg).map_err(|e| Status::internal(e.to_string()))?;
         let mut child = tokio::process::Command::new(self.containers.exe())
             .arg("shim-exec")
             .arg(json)
-            .stdin(std::process::Stdio::null())
+            .stdin(if framed { std::process::Stdio::piped() } else { std::process::Stdio::null() })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -713,6 +740,18 @@ impl pb::engine_server::Engine for EngineService {
         let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(Status::internal("exec has no output pipes"));
         };
+        if let Some(mut stdin) = child.stdin.take() {
+            // The client's keystrokes, in frames, until it stops sending.
+            tokio::spawn(async move {
+                while let Some(Ok(msg)) = input.next().await {
+                    if let Some(i) = msg.input
+                        && stdin.write_all(&terminal_frames(&i)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
         let (tx, rx) = mpsc::channel(32);
         tokio::spawn(async move {
             let (mut b1, mut b2) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
@@ -735,6 +774,61 @@ impl pb::engine_server::Engine for EngineService {
                 }
             }
             let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(255);
+            let _ = tx.send(Ok(pb::ExecOutput { exited: true, exit_code: code, ..Default::default() })).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    type ContainerAttachStream = ExecStream;
+
+    async fn container_attach(&self, req: Request<Streaming<pb::AttachInput>>) -> Result<Response<ExecStream>, Status> {
+        use crate::runtime::frames;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut input = req.into_inner();
+        let first = input.next().await.ok_or_else(|| Status::invalid_argument("attach needs a container"))??;
+        let containers = self.containers.clone();
+        let id = first.id.clone();
+        let (c, path) = cblocking(move || containers.attach_socket(&id)).await?;
+        let sock = tokio::net::UnixStream::connect(&path)
+            .await
+            .map_err(|e| Status::unavailable(format!("attaching to {}: {e}", c.record.name)))?;
+        let (mut rd, mut wr) = sock.into_split();
+        if let Some(i) = &first.input {
+            wr.write_all(&terminal_frames(i)).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        }
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = input.next().await {
+                if let Some(i) = msg.input
+                    && wr.write_all(&terminal_frames(&i)).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel(32);
+        let containers = self.containers.clone();
+        tokio::spawn(async move {
+            let mut decoder = frames::Decoder::default();
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                let n = match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let Ok(got) = decoder.push(&buf[..n]) else { break };
+                for (kind, data) in got {
+                    let stream = if kind == frames::STDERR { "stderr" } else { "stdout" };
+                    if tx.send(Ok(pb::ExecOutput { stream: stream.into(), data, ..Default::default() })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            // The shim hangs up once the container's exit is recorded.
+            let id = c.record.id.clone();
+            let code = match tokio::task::spawn_blocking(move || containers.wait(&id)).await {
+                Ok(Ok(CStatus::Exited { code, .. })) => code,
+                _ => 255,
+            };
             let _ = tx.send(Ok(pb::ExecOutput { exited: true, exit_code: code, ..Default::default() })).await;
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))

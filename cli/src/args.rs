@@ -128,6 +128,8 @@ pub enum Cmd {
     },
     /// The processes of a container.
     Top { container: String },
+    /// Attach this terminal to a container started with -i or -t.
+    Attach { container: String },
     /// Copy files between a container and the local filesystem:
     /// `cp CONTAINER:SRC DEST`, `cp SRC CONTAINER:DEST` (`-` for a tar on stdin/stdout).
     Cp { source: String, dest: String },
@@ -165,6 +167,12 @@ pub enum Cmd {
     },
     /// Run a command in a running container.
     Exec {
+        /// Keep stdin open and send it to the process.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Give the process a terminal.
+        #[arg(short, long)]
+        tty: bool,
         #[arg(short, long = "env")]
         env: Vec<String>,
         #[arg(short, long = "workdir")]
@@ -218,6 +226,12 @@ pub struct RunArgs {
     /// Run in the background and print the container ID.
     #[arg(short, long)]
     pub detach: bool,
+    /// Keep stdin open and send it to the container.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the container a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
     #[arg(long)]
     pub name: Option<String>,
     /// Remove the container when it exits.

@@ -46,6 +46,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 stop_signal: a.stop_signal.clone().unwrap_or_default(),
                 stop_timeout: a.stop_timeout.map_or(-1, |t| t as i64),
                 log_opts: a.log_opt.clone(),
+                tty: a.tty,
+                interactive: a.interactive,
+                attach: !a.detach && (a.tty || a.interactive),
             };
             let c = engine.container_run(req).await?.into_inner();
             if a.detach {
@@ -54,6 +57,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             // Attach to the output, then exit with the container's code
             // (with --rm the daemon removes it once it ended).
+            if a.tty || a.interactive {
+                std::process::exit(attach_terminal(&mut engine, &c.id, a.interactive, a.tty).await?);
+            }
             attach(&mut engine, &c.id, -1).await?;
         }
         Cmd::Start { attach: attached, containers } => {
@@ -84,6 +90,13 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 }
                 print_stats(&b, *format)?;
             }
+        }
+        Cmd::Attach { container } => {
+            let info = engine.container_inspect(pb::ContainerRef { id: container.clone() }).await?.into_inner();
+            let doc: serde_json::Value = serde_json::from_str(&info.json)?;
+            let tty = doc["record"]["tty"].as_bool().unwrap_or(false);
+            let interactive = doc["record"]["interactive"].as_bool().unwrap_or(false);
+            std::process::exit(attach_terminal(&mut engine, container, interactive, tty).await?);
         }
         Cmd::Top { container } => {
             let top = engine.container_top(pb::ContainerRef { id: container.clone() }).await?.into_inner();
@@ -162,31 +175,33 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Volume(v) => volume(&mut engine, v).await?,
-        Cmd::Exec { env, workdir, user, container, command } => {
-            use std::io::Write;
-            let mut out = engine
-                .container_exec(pb::ContainerExecRequest {
-                    id: container.clone(),
-                    command: command.clone(),
-                    env: env.clone(),
-                    workdir: workdir.clone().unwrap_or_default(),
-                    user: user.clone().unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
-            while let Some(m) = out.message().await? {
-                if m.exited {
-                    std::process::exit(m.exit_code);
+        Cmd::Exec { interactive, tty, env, workdir, user, container, command } => {
+            let start = pb::ContainerExecRequest {
+                id: container.clone(),
+                command: command.clone(),
+                env: env.clone(),
+                workdir: workdir.clone().unwrap_or_default(),
+                user: user.clone().unwrap_or_default(),
+                tty: *tty,
+                interactive: *interactive,
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            tx.send(pb::ExecInput { start: Some(start), input: None }).await?;
+            let mut typed = crate::terminal::input(*interactive, *tty);
+            tokio::spawn(async move {
+                while let Some(i) = typed.recv().await {
+                    if tx.send(pb::ExecInput { start: None, input: Some(i) }).await.is_err() {
+                        return;
+                    }
                 }
-                if m.stream == "stderr" {
-                    let _ = std::io::stderr().write_all(&m.data);
-                } else {
-                    let mut o = std::io::stdout().lock();
-                    let _ = o.write_all(&m.data);
-                    let _ = o.flush();
-                }
-            }
-            bail!("the exec stream ended without an exit code");
+                // Keep the request open: the exec ends by itself.
+                tx.closed().await;
+            });
+            let out = engine.container_exec(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+            let raw = if *tty { Some(crate::terminal::RawMode::enable()) } else { None };
+            let code = crate::terminal::output(out).await;
+            drop(raw);
+            std::process::exit(code?);
         }
         _ => {}
     }
@@ -247,6 +262,27 @@ async fn attach(engine: &mut Engine, id: &str, tail: i64) -> anyhow::Result<()> 
     }
     let exit = engine.container_wait(pb::ContainerRef { id: id.to_string() }).await?.into_inner();
     std::process::exit(exit.exit_code);
+}
+
+/// Attaches the local terminal (stdin with `interactive`, raw mode with
+/// `tty`) to a container; returns its exit code once it ended.
+async fn attach_terminal(engine: &mut Engine, id: &str, interactive: bool, tty: bool) -> anyhow::Result<i32> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(pb::AttachInput { id: id.to_string(), input: None }).await?;
+    let mut typed = crate::terminal::input(interactive, tty);
+    tokio::spawn(async move {
+        while let Some(i) = typed.recv().await {
+            if tx.send(pb::AttachInput { id: String::new(), input: Some(i) }).await.is_err() {
+                return;
+            }
+        }
+        tx.closed().await;
+    });
+    let out = engine.container_attach(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let raw = if tty { Some(crate::terminal::RawMode::enable()) } else { None };
+    let code = crate::terminal::output(out).await;
+    drop(raw);
+    code
 }
 
 /// One `-e` value: `KEY=VALUE` as it is, `KEY` from this environment (left

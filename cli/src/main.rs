@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod containers;
 mod copy;
+mod terminal;
 mod daemon;
 mod images;
 mod output;
@@ -27,7 +28,7 @@ fn main() -> std::process::ExitCode {
     if argv.len() == 5 && argv[1] == "shim-cp" {
         return std::process::ExitCode::from(shoal_agent::runtime::copy::main(&argv[2..]) as u8);
     }
-    if argv.len() == 6 && argv[1] == "shim-wait" {
+    if (argv.len() == 6 || argv.len() == 8) && argv[1] == "shim-wait" {
         return std::process::ExitCode::from(shoal_agent::runtime::shim::wait_main(&argv[2..]) as u8);
     }
     let _ = rustls::crypto::ring::default_provider().install_default();

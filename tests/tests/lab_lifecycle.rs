@@ -174,7 +174,25 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
     ensure!(failing(&lab, &["cp", "burn:/nonexistent", &out_dir.display().to_string()])?.contains("could not find"));
     ensure!(failing(&lab, &["cp", &src.display().to_string(), "burn:/no/such/dir/x"])?.contains("no such directory"));
 
-    lab.shoal(1, &["rm", "-f", "burn", "chatty", "sig", "web", "unless"])?;
+    // -i and -t: stdin reaches the container, a terminal is a terminal, for run, exec and attach.
+    let sh = |script: &str| -> Result<(Option<i32>, String)> {
+        let out = lab.run(1, &["sh", "-c", script])?;
+        Ok((out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()))
+    };
+    ensure!(sh("echo hello | shoal run -i --rm busybox:local cat")? == (Some(0), "hello\n".into()));
+    let (code, out) = sh("shoal run -t --rm busybox:local sh -c 'tty; echo $TERM; exit 4'")?;
+    ensure!(code == Some(4) && out.contains("/dev/pts/") && out.contains("xterm"), "{code:?} {out:?}");
+    let (code, out) = sh("printf 'echo in a tty\\nexit 3\\n' | shoal run -it --rm busybox:local sh")?;
+    ensure!(code == Some(3) && out.contains("in a tty"), "{code:?} {out:?}");
+    ensure!(sh("echo typed | shoal exec -i web cat")? == (Some(0), "typed\n".into()));
+    let (code, out) = sh("shoal exec -t web sh -c 'tty; exit 5'")?;
+    ensure!(code == Some(5) && out.contains("/dev/pts/"), "{code:?} {out:?}");
+    lab.shoal(1, &["run", "-dit", "--name", "later", "busybox:local", "sh"])?;
+    let (code, out) = sh("printf 'echo attached\\nexit 7\\n' | shoal attach later")?;
+    ensure!(code == Some(7) && out.contains("attached"), "{code:?} {out:?}");
+    ensure!(failing(&lab, &["attach", "web"])?.contains("without -i or -t"));
+
+    lab.shoal(1, &["rm", "-f", "burn", "chatty", "sig", "web", "unless", "later"])?;
     ensure!(ps(&lab)?.is_empty());
     Ok(())
 }

@@ -8,8 +8,10 @@
 //! Architecture Invariant: libcontainer runs only inside a shim process,
 //! never in the multi-threaded daemon.
 
+pub mod attach;
 pub mod cgroups;
 pub mod copy;
+pub mod frames;
 pub mod procs;
 pub mod restart;
 pub mod seccomp;
@@ -92,6 +94,12 @@ pub struct RunRequest {
     pub stop_timeout: Option<u64>,
     /// `--log-opt max-size=10m`, `--log-opt max-file=3`.
     pub log_opts: Vec<String>,
+    /// `-t`: a pseudo-terminal.
+    pub tty: bool,
+    /// `-i`: stdin stays open for an attached client.
+    pub interactive: bool,
+    /// The client attaches as soon as it runs (`run -i`/`-t` without `-d`).
+    pub attach: bool,
 }
 
 /// A container's record on disk.
@@ -117,6 +125,10 @@ pub struct Record {
     /// Seconds `stop` waits before SIGKILL.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: u64,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub interactive: bool,
 }
 
 fn default_stop_signal() -> i32 {
@@ -157,6 +169,17 @@ impl Container {
     pub fn restarting(&self) -> bool {
         self.restart.due_ms > 0 && matches!(self.status, Status::Exited { .. } | Status::Dead { .. })
     }
+}
+
+/// What `shoal exec` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct ExecRequest {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub tty: bool,
+    pub interactive: bool,
 }
 
 /// A signal by name (`TERM`, `SIGKILL`) or number.
@@ -472,6 +495,7 @@ impl Containers {
             network,
             cap_add: req.cap_add.clone(),
             cap_drop: req.cap_drop.clone(),
+            terminal: req.tty,
         };
         let dir = self.dir(&id);
         let settings = Settings { image_id: image.id.to_string(), mounts, restart, stop_signal, stop_timeout, log, copy_up };
@@ -535,8 +559,19 @@ impl Containers {
             restart: settings.restart,
             stop_signal: settings.stop_signal,
             stop_timeout: settings.stop_timeout,
+            tty: req.tty,
+            interactive: req.interactive,
         };
-        let shim = ShimConfig { id: id.into(), bundle, state_root: self.state_root.clone(), cgroups_path, log: settings.log };
+        let shim = ShimConfig {
+            id: id.into(),
+            bundle,
+            state_root: self.state_root.clone(),
+            cgroups_path,
+            log: settings.log,
+            tty: req.tty,
+            stdin: req.interactive,
+            wait_attach: req.attach && (req.tty || req.interactive),
+        };
         let write = |name: &str, v: &dyn erased::Json| -> Result<(), ContainerError> {
             let path = dir.join(name);
             crate::identity::write_atomic(&path, &v.to_json(), 0o644).map_err(io("writing", &path))
@@ -688,6 +723,13 @@ impl Containers {
         }
         // libcontainer's state of the last run, if its shim could not delete it.
         let _ = std::fs::remove_dir_all(self.state_root.join(id));
+        // Nobody is waiting to attach to a restart.
+        let shim_json = dir.join("shim.json");
+        if let Some(mut cfg) = read_json::<ShimConfig>(&shim_json).filter(|c| c.wait_attach) {
+            cfg.wait_attach = false;
+            let bytes = serde_json::to_vec_pretty(&cfg).unwrap_or_default();
+            crate::identity::write_atomic(&shim_json, &bytes, 0o644).map_err(io("writing", &shim_json))?;
+        }
         let rootfs = dir.join("rootfs");
         if !is_mount_point(&rootfs, &dir) {
             // After a host reboot: mount the root again.
@@ -863,7 +905,9 @@ impl Containers {
 
     /// What `shoal shim-exec` needs to run `args` in a running container,
     /// with the container's environment plus `env`.
-    pub fn exec_config(&self, reference: &str, args: Vec<String>, env: Vec<String>, cwd: &str, user: &str) -> Result<shim::ExecConfig, ContainerError> {
+    pub fn exec_config(&self, reference: &str, req: ExecRequest) -> Result<shim::ExecConfig, ContainerError> {
+        let ExecRequest { args, env, cwd, user, tty, interactive } = req;
+        let (cwd, user) = (cwd.as_str(), user.as_str());
         let c = self.find(reference)?;
         let Status::Running { pid, .. } = c.status else {
             return Err(ContainerError::NotRunning(c.record.name));
@@ -888,7 +932,33 @@ impl Containers {
             let (u, g, _) = spec::resolve_user(user, &etc("passwd"), &etc("group"))?;
             (Some(u), Some(g))
         };
+        // A terminal needs the whole process spelled out (libcontainer's
+        // tenant builder sets `terminal` only from a process file).
+        let process = if tty {
+            let mut p = spec.process().clone().unwrap_or_default();
+            p.set_args(Some(args.clone()));
+            let mut env = all_env.clone();
+            if !env.iter().any(|e| e.starts_with("TERM=")) {
+                env.push("TERM=xterm".into());
+            }
+            p.set_env(Some(env));
+            if !cwd.is_empty() {
+                p.set_cwd(cwd.into());
+            }
+            if let (Some(u), Some(g)) = (uid, gid) {
+                let mut user = p.user().clone();
+                user.set_uid(u);
+                user.set_gid(g);
+                user.set_additional_gids(None);
+                p.set_user(user);
+            }
+            p.set_terminal(Some(true));
+            Some(p)
+        } else {
+            None
+        };
         Ok(shim::ExecConfig {
+            process,
             container_id: c.record.id,
             state_root: self.state_root.clone(),
             args,
@@ -896,7 +966,26 @@ impl Containers {
             cwd: (!cwd.is_empty()).then(|| cwd.to_string()),
             uid,
             gid,
+            tty,
+            interactive,
         })
+    }
+
+    /// The attach socket of a container started with `-i` or `-t`.
+    pub fn attach_socket(&self, reference: &str) -> Result<(Container, PathBuf), ContainerError> {
+        let c = self.find(reference)?;
+        if !c.record.tty && !c.record.interactive {
+            return Err(ContainerError::Invalid {
+                what: "attach to",
+                value: c.record.name.clone(),
+                why: "it was started without -i or -t; follow its output with `shoal logs -f`".into(),
+            });
+        }
+        if !matches!(c.status, Status::Running { .. }) {
+            return Err(ContainerError::NotRunning(c.record.name));
+        }
+        let path = shim::io_socket(&self.state_root, &c.record.id, "attach");
+        Ok((c, path))
     }
 
     /// The `shoal` binary, for helper processes.

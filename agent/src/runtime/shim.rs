@@ -28,6 +28,21 @@ pub struct ShimConfig {
     pub cgroups_path: String,
     #[serde(default)]
     pub log: LogConfig,
+    /// `-t`: the container gets a pseudo-terminal.
+    #[serde(default)]
+    pub tty: bool,
+    /// `-i`: its stdin comes from an attached client.
+    #[serde(default)]
+    pub stdin: bool,
+    /// A client will attach right away: start the process once it has.
+    #[serde(default)]
+    pub wait_attach: bool,
+}
+
+/// A short socket path beside libcontainer's state (unix socket paths are
+/// limited to 107 bytes): `<state root>/<id prefix>.<what>`.
+pub fn io_socket(state_root: &Path, id: &str, what: &str) -> PathBuf {
+    state_root.join(format!("{}.{what}", &id[..id.len().min(16)]))
 }
 
 /// How big the log grows: when `log` passes `max_size` it becomes `log.1`
@@ -222,12 +237,21 @@ pub fn main(dir: &Path) -> i32 {
 fn run(dir: &Path, cfg: &ShimConfig) -> Result<(), String> {
     let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
-    let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
     std::fs::create_dir_all(&cfg.state_root).map_err(|e| format!("{}: {e}", cfg.state_root.display()))?;
+    // stdin: an attached client's (through a pipe, or the terminal), else nothing.
+    let (stdin, mut input) = if cfg.stdin && !cfg.tty {
+        let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+        (r, Some(w))
+    } else {
+        (OwnedFd::from(File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?), None)
+    };
+    let console_path = io_socket(&cfg.state_root, &cfg.id, "console");
+    let console = if cfg.tty { Some(super::attach::listen(&console_path)?) } else { None };
     let mut container = ContainerBuilder::new(cfg.id.clone(), SyscallType::Linux)
         .with_root_path(&cfg.state_root)
         .map_err(|e| format!("state root: {e}"))?
-        .with_stdin(OwnedFd::from(devnull))
+        .with_console_socket(console.as_ref().map(|_| console_path.clone()))
+        .with_stdin(stdin)
         .with_stdout(out_w)
         .with_stderr(err_w)
         .as_init(&cfg.bundle)
@@ -235,34 +259,64 @@ fn run(dir: &Path, cfg: &ShimConfig) -> Result<(), String> {
         .with_detach(true)
         .build()
         .map_err(|e| format!("creating the container: {e}"))?;
-    container.start().map_err(|e| format!("starting the container: {e}"))?;
+    // With a terminal, its output comes from the pty master libcontainer sent us.
+    let mut out_r = out_r;
+    if let Some(listener) = &console {
+        let conn = super::attach::accept(listener.as_raw_fd()).ok_or("the container did not connect its console")?;
+        let master = super::attach::recv_fd(conn.as_raw_fd())?;
+        let _ = std::fs::remove_file(&console_path);
+        input = Some(master.try_clone().map_err(|e| format!("dup: {e}"))?);
+        out_r = master;
+    }
+    let attach = if cfg.tty || cfg.stdin { Some(super::attach::listen(&io_socket(&cfg.state_root, &cfg.id, "attach"))?) } else { None };
     let pid = container.pid().map(|p| p.as_raw()).ok_or("the container has no pid")?;
     let shim_pid = std::process::id() as i32;
-    let started = Started { shim_pid, pid, started_ms: shoal_proto::model::now_ms(), shim_start_ticks: start_ticks(shim_pid).unwrap_or(0) };
-    write_json(dir, "started.json", &started);
+    let started = || Started { shim_pid, pid, started_ms: shoal_proto::model::now_ms(), shim_start_ticks: start_ticks(shim_pid).unwrap_or(0) };
+    if let (Some(listener), true) = (&attach, cfg.wait_attach) {
+        // `run -i`/`-t` in the foreground: the client attaches before the
+        // process starts, so it sees all of its output (it gets 10 s).
+        write_json(dir, "started.json", &started());
+        let mut p = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: polling one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, 10_000) };
+    }
+    container.start().map_err(|e| format!("starting the container: {e}"))?;
+    if !cfg.wait_attach {
+        write_json(dir, "started.json", &started());
+    }
     // Shed everything creating the container needed: become `shoal
     // shim-wait`, a small supervisor with the same pid (so the container
     // stays our child) that keeps only the two pipes.
-    for fd in [&out_r, &err_r] {
-        // SAFETY: clearing FD_CLOEXEC on descriptors we own, so they survive exec.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) };
+    let mut kept = vec![&out_r, &err_r];
+    kept.extend(attach.iter());
+    kept.extend(input.iter());
+    for fd in kept {
+        super::attach::keep_across_exec(fd.as_raw_fd());
     }
     let exe = CString::new("/proc/self/exe").map_err(|e| e.to_string())?;
-    let args: Vec<CString> = ["shoal".to_string(), "shim-wait".into(), dir.display().to_string(), out_r.as_raw_fd().to_string(), err_r.as_raw_fd().to_string(), pid.to_string()]
-        .into_iter()
-        .map(|a| CString::new(a).map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
+    let mut argv = vec!["shoal".to_string(), "shim-wait".into(), dir.display().to_string(), out_r.as_raw_fd().to_string(), err_r.as_raw_fd().to_string(), pid.to_string()];
+    if let Some(a) = &attach {
+        argv.push(a.as_raw_fd().to_string());
+        argv.push(input.as_ref().map_or(-1, |i| i.as_raw_fd()).to_string());
+    }
+    let args: Vec<CString> = argv.into_iter().map(|a| CString::new(a).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     // SAFETY: exe and argv are valid NUL-terminated strings kept alive across the call.
     unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
     // exec failed: supervise from here instead.
-    supervise(dir, cfg, pid, out_r, err_r)
+    supervise(dir, cfg, pid, out_r, err_r, attach.map(|a| (super::attach::Attach::new(a), input)))
 }
 
-/// `shoal shim-wait DIR OUT ERR PID`: the supervisor half of the shim.
+/// `shoal shim-wait DIR OUT ERR PID [ATTACH INPUT]`: the supervisor half of the shim.
 pub fn wait_main(args: &[std::ffi::OsString]) -> i32 {
     let parse = |i: usize| args.get(i).and_then(|a| a.to_str()).and_then(|a| a.parse::<i32>().ok());
+    // SAFETY: descriptors handed to us across exec by the shim, ours alone.
+    let owned = |fd: i32| (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
+    let attach = match (parse(4), parse(5)) {
+        (Some(a), Some(i)) => owned(a).map(|a| (super::attach::Attach::new(a), owned(i))),
+        _ => None,
+    };
     let (Some(dir), Some(out), Some(err), Some(pid)) = (args.first(), parse(1), parse(2), parse(3)) else {
         return 2;
     };
@@ -274,7 +328,7 @@ pub fn wait_main(args: &[std::ffi::OsString]) -> i32 {
     };
     // SAFETY: the descriptors were handed to us across exec by the shim and are ours alone.
     let (out_r, err_r) = unsafe { (OwnedFd::from_raw_fd(out), OwnedFd::from_raw_fd(err)) };
-    match supervise(dir, &cfg, pid, out_r, err_r) {
+    match supervise(dir, &cfg, pid, out_r, err_r, attach) {
         Ok(()) => 0,
         Err(message) => {
             write_json(dir, "error.json", &Failed { message });
@@ -283,8 +337,19 @@ pub fn wait_main(args: &[std::ffi::OsString]) -> i32 {
     }
 }
 
-/// Copies the container's output to the log until it exits, then records how it ended.
-fn supervise(dir: &Path, cfg: &ShimConfig, pid: i32, out_r: OwnedFd, err_r: OwnedFd) -> Result<(), String> {
+/// Copies the container's output to the log (and to an attached client)
+/// until it exits, feeding the client's input to its stdin, then records how
+/// it ended.
+fn supervise(
+    dir: &Path,
+    cfg: &ShimConfig,
+    pid: i32,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    mut attach: Option<(super::attach::Attach, Option<OwnedFd>)>,
+) -> Result<(), String> {
+    use super::attach::Request;
+    use super::frames;
     let mut log = LogFile::open(dir.join("log"), cfg.log).map_err(|e| format!("opening the log: {e}"))?;
     let mut streams = [(out_r, LineLog { stream: "stdout", pending: vec![] }, true), (err_r, LineLog { stream: "stderr", pending: vec![] }, true)];
     let mut buf = vec![0u8; 64 * 1024];
@@ -295,23 +360,47 @@ fn supervise(dir: &Path, cfg: &ShimConfig, pid: i32, out_r: OwnedFd, err_r: Owne
             .filter(|s| s.2)
             .map(|s| libc::pollfd { fd: s.0.as_raw_fd(), events: libc::POLLIN, revents: 0 })
             .collect();
-        if !fds.is_empty() {
-            // SAFETY: fds points to a valid array of pollfd of the given length.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        if let Some((a, _)) = &attach {
+            fds.push(libc::pollfd { fd: a.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            if let Some(c) = &a.client {
+                fds.push(libc::pollfd { fd: c.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            }
         }
-        for s in streams.iter_mut().filter(|s| s.2) {
+        // SAFETY: fds points to a valid array of pollfd of the given length.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        let ready = |fd: i32| fds.iter().any(|p| p.fd == fd && p.revents != 0);
+        for (s, kind) in streams.iter_mut().zip([frames::STDOUT, frames::STDERR]).filter(|(s, _)| s.2) {
             let fd = s.0.as_raw_fd();
-            let ready = fds.iter().any(|p| p.fd == fd && p.revents != 0);
-            if !ready {
+            if !ready(fd) {
                 continue;
             }
             // SAFETY: buf is valid for writes of its length.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
             if n > 0 {
                 s.1.push(&buf[..n as usize], &mut log);
-            } else if n == 0 {
-                s.2 = false; // EOF
+                if let Some((a, _)) = &mut attach {
+                    a.output(kind, &buf[..n as usize]);
+                }
+            } else if n == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EIO) {
+                s.2 = false; // EOF (a terminal whose other end closed says EIO)
                 s.1.finish(&mut log);
+            }
+        }
+        if let Some((a, input)) = &mut attach {
+            if ready(a.listener.as_raw_fd()) {
+                a.accept();
+            }
+            if a.client.as_ref().is_some_and(|c| ready(c.as_raw_fd())) {
+                for req in a.read_client(&mut buf) {
+                    match (req, input.as_ref()) {
+                        (Request::Stdin(data), Some(i)) => {
+                            super::attach::write_all(i.as_raw_fd(), &data);
+                        }
+                        (Request::CloseStdin, Some(_)) if !cfg.tty => *input = None,
+                        (Request::Resize(rows, cols), Some(i)) if cfg.tty => super::attach::set_size(i.as_raw_fd(), rows, cols),
+                        _ => {}
+                    }
+                }
             }
         }
         if status.is_none() {
@@ -327,7 +416,7 @@ fn supervise(dir: &Path, cfg: &ShimConfig, pid: i32, out_r: OwnedFd, err_r: Owne
         // Once the container exited, drain what its pipes still hold without
         // blocking (descendants may keep them open), then record the exit.
         if let Some(st) = status {
-            for s in streams.iter_mut() {
+            for (s, kind) in streams.iter_mut().zip([frames::STDOUT, frames::STDERR]) {
                 let fd = s.0.as_raw_fd();
                 // SAFETY: fcntl on a descriptor we own.
                 unsafe { libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK) };
@@ -336,6 +425,9 @@ fn supervise(dir: &Path, cfg: &ShimConfig, pid: i32, out_r: OwnedFd, err_r: Owne
                     let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
                     if n > 0 {
                         s.1.push(&buf[..n as usize], &mut log);
+                        if let Some((a, _)) = &mut attach {
+                            a.output(kind, &buf[..n as usize]);
+                        }
                     } else {
                         s.2 = false; // EOF, or nothing more right now
                     }
@@ -355,6 +447,10 @@ fn supervise(dir: &Path, cfg: &ShimConfig, pid: i32, out_r: OwnedFd, err_r: Owne
                 let _ = c.delete(true);
             }
             write_json(dir, "exit.json", &Exited { exit_code, oom_killed, finished_ms: shoal_proto::model::now_ms() });
+            // Only now hang up on the client: the exit it will ask for is recorded.
+            if attach.take().is_some() {
+                let _ = std::fs::remove_file(io_socket(&cfg.state_root, &cfg.id, "attach"));
+            }
             return Ok(());
         }
     }
@@ -370,12 +466,33 @@ pub struct ExecConfig {
     pub cwd: Option<String>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// `-t`: a pseudo-terminal, relayed between it and our stdin/stdout.
+    #[serde(default)]
+    pub tty: bool,
+    /// `-i`: our stdin (framed) feeds the process's stdin.
+    #[serde(default)]
+    pub interactive: bool,
+    /// The whole process, when the builder's settings cannot say it (a terminal).
+    #[serde(default)]
+    pub process: Option<oci_spec::runtime::Process>,
+}
+
+fn exit_code(st: i32) -> i32 {
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else if libc::WIFSIGNALED(st) {
+        128 + libc::WTERMSIG(st)
+    } else {
+        255
+    }
 }
 
 /// `shoal shim-exec JSON`: runs a process in a running container's
-/// namespaces and cgroup with libcontainer's tenant builder, wired to this
-/// process's own stdout and stderr, and exits with its exit code. Like the
-/// shim, it is single-threaded and short-lived; the daemon reads its output.
+/// namespaces and cgroup with libcontainer's tenant builder and exits with
+/// its exit code. Its stdout/stderr are ours (with `-t`, the terminal's
+/// output is copied to our stdout); with `-i` or `-t` our stdin carries
+/// `frames` (input, close, resize). Like the shim, it is single-threaded and
+/// short-lived; the daemon reads its output.
 pub fn exec_main(json: &str) -> i32 {
     let cfg: ExecConfig = match serde_json::from_str(json) {
         Ok(c) => c,
@@ -384,55 +501,157 @@ pub fn exec_main(json: &str) -> i32 {
             return 126;
         }
     };
-    let dup = |fd: i32| -> Option<OwnedFd> {
+    match exec(&cfg) {
+        Ok(code) => code,
+        Err((code, msg)) => {
+            eprintln!("shoal exec: {msg}");
+            code
+        }
+    }
+}
+
+fn exec(cfg: &ExecConfig) -> Result<i32, (i32, String)> {
+    use super::attach::{self, Request};
+    let fail = |e: String| (126, e);
+    let dup = |fd: i32| -> Result<OwnedFd, (i32, String)> {
         // SAFETY: duplicating one of our standard descriptors; the copy is ours.
         let d = unsafe { libc::dup(fd) };
         // SAFETY: d is a fresh descriptor returned by dup.
-        (d >= 0).then(|| unsafe { OwnedFd::from_raw_fd(d) })
+        if d >= 0 { Ok(unsafe { OwnedFd::from_raw_fd(d) }) } else { Err(fail("cannot set up stdio".into())) }
     };
-    let (Some(out), Some(err), Ok(devnull)) = (dup(1), dup(2), File::open("/dev/null")) else {
-        eprintln!("shoal exec: cannot set up stdio");
-        return 126;
+    let (out, err) = (dup(1)?, dup(2)?);
+    let (stdin, mut input) = if cfg.interactive && !cfg.tty {
+        let (r, w) = pipe().map_err(|e| fail(format!("pipe: {e}")))?;
+        (r, Some(w))
+    } else {
+        (OwnedFd::from(File::open("/dev/null").map_err(|e| fail(format!("/dev/null: {e}")))?), None)
     };
+    let console_path = cfg.state_root.join(format!("exec-{}.console", std::process::id()));
+    let console = if cfg.tty { Some(attach::listen(&console_path).map_err(fail)?) } else { None };
     let env = cfg.env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let pid = ContainerBuilder::new(cfg.container_id.clone(), SyscallType::Linux)
+    let process_path = cfg.state_root.join(format!("exec-{}.process.json", std::process::id()));
+    if let Some(p) = &cfg.process {
+        let bytes = serde_json::to_vec(p).map_err(|e| fail(e.to_string()))?;
+        std::fs::write(&process_path, bytes).map_err(|e| fail(format!("{}: {e}", process_path.display())))?;
+    }
+    let built = ContainerBuilder::new(cfg.container_id.clone(), SyscallType::Linux)
         .with_root_path(&cfg.state_root)
-        .map(|b| b.with_stdin(OwnedFd::from(devnull)).with_stdout(out).with_stderr(err))
         .map(|b| {
-            b.as_tenant()
+            b.with_console_socket(console.as_ref().map(|_| console_path.clone()))
+                .with_stdin(stdin)
+                .with_stdout(out)
+                .with_stderr(err)
+                .as_tenant()
                 .with_container_args(cfg.args.clone())
                 .with_env(env)
                 .with_cwd(cfg.cwd.clone())
                 .with_user(cfg.uid)
                 .with_group(cfg.gid)
-                .with_detach(false)
-        });
-    let pid = match pid {
-        Ok(b) => b.build(),
-        Err(e) => {
-            eprintln!("shoal exec: {e}");
-            return 126;
-        }
-    };
-    let pid = match pid {
+                .with_process(cfg.process.as_ref().map(|_| process_path.clone()))
+                // libcontainer hands a terminal over only to a detached process.
+                .with_detach(cfg.tty)
+        })
+        .map_err(|e| fail(e.to_string()))?
+        .build();
+    let _ = std::fs::remove_file(&process_path);
+    let pid = match built {
         Ok(p) => p.as_raw(),
         Err(e) => {
+            let _ = std::fs::remove_file(&console_path);
             let msg = e.to_string();
-            eprintln!("shoal exec: {msg}");
-            return if msg.contains("No such file") || msg.contains("not found") { 127 } else { 126 };
+            let code = if msg.contains("No such file") || msg.contains("not found") { 127 } else { 126 };
+            return Err((code, msg));
         }
     };
-    let mut st = 0;
-    // SAFETY: waiting for our own child with a valid status pointer.
-    if unsafe { libc::waitpid(pid, &mut st, 0) } != pid {
-        return 126;
+    let mut master = None;
+    if let Some(listener) = &console {
+        let got = attach::accept(listener.as_raw_fd()).ok_or_else(|| "the process did not connect its terminal".to_string()).and_then(|c| attach::recv_fd(c.as_raw_fd()));
+        let _ = std::fs::remove_file(&console_path);
+        let m = got.map_err(fail)?;
+        input = Some(m.try_clone().map_err(|e| fail(format!("dup: {e}")))?);
+        master = Some(m);
     }
-    if libc::WIFEXITED(st) {
-        libc::WEXITSTATUS(st)
-    } else if libc::WIFSIGNALED(st) {
-        128 + libc::WTERMSIG(st)
-    } else {
-        255
+    if !cfg.tty && !cfg.interactive {
+        let mut st = 0;
+        // SAFETY: waiting for our own child with a valid status pointer.
+        if unsafe { libc::waitpid(pid, &mut st, 0) } != pid {
+            return Err(fail("lost the process".into()));
+        }
+        return Ok(exit_code(st));
+    }
+    // Relay: framed stdin to the process, the terminal's output to stdout.
+    let mut decoder = super::frames::Decoder::default();
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut stdin_open = true;
+    loop {
+        let mut fds = Vec::new();
+        if stdin_open {
+            fds.push(libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 });
+        }
+        if let Some(m) = &master {
+            fds.push(libc::pollfd { fd: m.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        // SAFETY: fds points to a valid array of pollfd of the given length.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        let ready = |fd: i32| fds.iter().any(|p| p.fd == fd && p.revents != 0);
+        if stdin_open && ready(0) {
+            // SAFETY: reading into a valid buffer.
+            let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+            let frames = if n > 0 { decoder.push(&buf[..n as usize]).unwrap_or_default() } else { vec![] };
+            if n <= 0 {
+                stdin_open = false;
+                if !cfg.tty {
+                    input = None;
+                }
+            }
+            for (kind, payload) in frames {
+                let req = match kind {
+                    super::frames::STDIN => Request::Stdin(payload),
+                    super::frames::CLOSE_STDIN => Request::CloseStdin,
+                    super::frames::RESIZE => match super::frames::parse_resize(&payload) {
+                        Some((r, c)) => Request::Resize(r, c),
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                match (req, &input) {
+                    (Request::Stdin(d), Some(i)) => {
+                        attach::write_all(i.as_raw_fd(), &d);
+                    }
+                    (Request::CloseStdin, Some(_)) if !cfg.tty => input = None,
+                    (Request::Resize(r, c), Some(i)) if cfg.tty => attach::set_size(i.as_raw_fd(), r, c),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(m) = &master
+            && ready(m.as_raw_fd())
+        {
+            // SAFETY: reading into a valid buffer.
+            let n = unsafe { libc::read(m.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                attach::write_all(1, &buf[..n as usize]);
+            } else {
+                master = None; // the terminal's other end closed
+            }
+        }
+        let mut st = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        if r == pid || r < 0 {
+            if let Some(m) = &master {
+                attach::set_nonblocking(m.as_raw_fd());
+                loop {
+                    // SAFETY: reading into a valid buffer.
+                    let n = unsafe { libc::read(m.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                    if n <= 0 {
+                        break;
+                    }
+                    attach::write_all(1, &buf[..n as usize]);
+                }
+            }
+            return Ok(if r == pid { exit_code(st) } else { 255 });
+        }
     }
 }
 

@@ -31,6 +31,8 @@ pub struct RunSpec {
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub mounts: Vec<SpecMount>,
+    /// `-t`: the process gets a pseudo-terminal.
+    pub terminal: bool,
 }
 
 /// A resolved mount: a host directory bound in, or a fresh tmpfs.
@@ -227,12 +229,15 @@ pub fn oci_spec(
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
         env.push(format!("HOSTNAME={}", run.hostname));
     }
+    if run.terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
     process.set_env(Some(env));
     process.set_cwd(if run.cwd.is_empty() { "/".into() } else { run.cwd.clone().into() });
     process.set_user(user);
     process.set_capabilities(Some(caps));
     process.set_no_new_privileges(Some(true));
-    process.set_terminal(Some(false));
+    process.set_terminal(Some(run.terminal));
     spec.set_process(Some(process));
 
     // Docker mounts /sys read-only and gives each container its own /dev/shm.
