@@ -90,3 +90,22 @@ node_id() { # node_id VIA I: id of host I's node
 
 daemon_pid() { cat "/tmp/shoal-lab/h$1/daemon.pid"; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
+
+# lab_with_image NAME APPLET...: a 1-host lab (no swarm) with a busybox image NAME (those
+# applets) imported on it. Sets WORK (a temp dir; it and the lab go at exit). `s ARGS`
+# then runs the CLI from the root namespace on that host's socket.
+lab_with_image() {
+  local name=$1 a; shift
+  local bb; bb=$(command -v busybox) || die "busybox-static is needed"
+  [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
+  WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
+  trap 'lab_down; rm -rf "$WORK"' EXIT
+  lab up 1 --no-swarm >&2 || die "deploy/lab up failed"
+  mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc"
+  cp "$bb" "$WORK/rootfs/bin/busybox"
+  for a in "$@"; do ln -s busybox "$WORK/rootfs/bin/$a"; done
+  echo 'root:x:0:0:root:/:/bin/sh' > "$WORK/rootfs/etc/passwd"
+  tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" .
+  s image import "$WORK/rootfs.tar" "$name" >/dev/null || die "image import failed"
+}
+s() { "${SHOAL_BIN:-$REPO/target/debug/shoal}" -H unix:///tmp/shoal-lab/h1/run/shoal/shoal.sock "$@"; }

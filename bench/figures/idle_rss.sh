@@ -6,15 +6,7 @@
 set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/../lib.sh"
 N=${BENCH_IDLE_CONTAINERS:-100}
-BB=$(command -v busybox) || die "busybox-static is needed"
-
-[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
-work=$(mktemp -d /tmp/shl-bench-rss.XXXXXX)
-cleanup() { lab_down; rm -rf "$work"; }
-trap cleanup EXIT
-lab up 1 --no-swarm >&2 || die "deploy/lab up failed"
-bin=${SHOAL_BIN:-$REPO/target/debug/shoal}
-s() { "$bin" -H unix:///tmp/shoal-lab/h1/run/shoal/shoal.sock "$@"; }
+lab_with_image bench:idle sleep
 pss_kib() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.2f", k / 1024}'; }
 
@@ -25,10 +17,6 @@ for k in 1 2 3; do
   [ "$k" -gt 1 ] && sleep 1
   idle+=("$(mib "$(rss_kib "$pid")")")
 done
-mkdir -p "$work/rootfs/bin"
-cp "$BB" "$work/rootfs/bin/busybox"; ln -s busybox "$work/rootfs/bin/sleep"
-tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
-s image import "$work/rootfs.tar" bench:idle >/dev/null || die "image import failed"
 log "starting $N containers"
 for k in $(seq 1 "$N"); do s run -d --name "idle-$k" bench:idle sleep 100000 >/dev/null || die "container $k failed"; done
 sleep 5   # settle (deliberate)

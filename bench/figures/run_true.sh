@@ -7,23 +7,8 @@
 set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/../lib.sh"
 REPS=${BENCH_RUN_TRUE_REPS:-30}
-BB=$(command -v busybox) || die "busybox-static is needed"
-
-[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
-work=$(mktemp -d /tmp/shl-bench-run.XXXXXX)
-cleanup() { lab_down; rm -rf "$work"; }
-trap cleanup EXIT
-lab up 1 --no-swarm >&2 || die "deploy/lab up failed"
-bin=${SHOAL_BIN:-$REPO/target/debug/shoal}
-sock=/tmp/shoal-lab/h1/run/shoal/shoal.sock
-s() { "$bin" -H "unix://$sock" "$@"; }
-
-mkdir -p "$work/rootfs/bin" "$work/rootfs/etc"
-cp "$BB" "$work/rootfs/bin/busybox"
-for a in sh true; do ln -s busybox "$work/rootfs/bin/$a"; done
-echo 'root:x:0:0:root:/:/bin/sh' > "$work/rootfs/etc/passwd"
-tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
-s image import "$work/rootfs.tar" bench:true >/dev/null || die "image import failed"
+lab_with_image bench:true sh true sleep
+work=$WORK
 s run --rm bench:true true || die "a first run failed"   # warm caches
 
 ms() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null 2>&1 || return 1; t1=$(date +%s%N); awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f\n", (b - a) / 1e6}'; }

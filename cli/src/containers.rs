@@ -346,27 +346,13 @@ pub fn parse_time_arg(s: &str, flag: &str) -> anyhow::Result<i64> {
     Ok(now_ns - (total * 1e9) as i64)
 }
 
-/// Docker's binary sizes (`1.5MiB`) and decimal ones (`4.1kB`).
-fn size(bytes: u64, base: f64, units: &[&str]) -> String {
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= base && i + 1 < units.len() {
-        v /= base;
-        i += 1;
-    }
-    // Four significant digits, like Go's %.4g.
-    let int_digits = if v < 1.0 { 1 } else { v.log10().floor() as usize + 1 };
-    let text = format!("{v:.*}", 4usize.saturating_sub(int_digits));
-    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
-    format!("{text}{}", units[i])
-}
-
+/// Docker's binary sizes (`1.5MiB`) and decimal ones (`4.096kB`), 4 significant digits.
 fn binary_size(b: u64) -> String {
-    size(b, 1024.0, &["B", "KiB", "MiB", "GiB", "TiB"])
+    crate::output::size(b, 1024.0, &crate::output::BINARY, 4)
 }
 
 fn decimal_size(b: u64) -> String {
-    size(b, 1000.0, &["B", "kB", "MB", "GB", "TB"])
+    crate::output::size(b, 1000.0, &crate::output::DECIMAL, 4)
 }
 
 fn print_stats(b: &pb::ContainerStatsBatch, format: Format) -> anyhow::Result<()> {

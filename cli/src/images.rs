@@ -57,23 +57,16 @@ fn short_id(id: &str) -> String {
     id.trim_start_matches("sha256:").chars().take(12).collect()
 }
 
-/// Docker prints sizes in decimal units with 3 significant digits.
+/// Docker prints image sizes in decimal units with 3 significant digits.
 pub fn human_size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < units.len() {
-        v /= 1000.0;
-        u += 1;
-    }
-    let s = if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") };
-    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
-    format!("{s}{}", units[u])
+    crate::output::size(bytes, 1000.0, &crate::output::DECIMAL, 3)
 }
 
 /// "3 days ago" for an RFC 3339 time; the time itself if it cannot be read.
 pub fn ago(rfc3339: &str) -> String {
-    let Some(t) = parse_rfc3339(rfc3339) else { return rfc3339.to_string() };
+    let Some(t) = shoal_proto::model::parse_rfc3339_ns(rfc3339).and_then(|ns| u64::try_from(ns / 1_000_000_000).ok()) else {
+        return rfc3339.to_string();
+    };
     let now = shoal_proto::model::now_ms() / 1000;
     let d = now.saturating_sub(t);
     let (n, unit) = match d {
@@ -90,26 +83,6 @@ pub fn ago(rfc3339: &str) -> String {
         1 => format!("1 {unit} ago"),
         _ => format!("{n} {unit}s ago"),
     }
-}
-
-/// Seconds since the epoch for `YYYY-MM-DDTHH:MM:SS…` (UTC; fractions and zone ignored).
-fn parse_rfc3339(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 19 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    // days-from-civil (Howard Hinnant)
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
 fn split_tag(t: &str) -> (String, String) {
@@ -253,10 +226,10 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339_parses() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:01Z"), Some(1));
-        assert_eq!(parse_rfc3339("2026-11-22T00:00:00.123Z"), Some(1_795_305_600));
-        assert_eq!(parse_rfc3339("garbage"), None);
+    fn ages_read_rfc3339() {
+        let three_days_ago = shoal_proto::model::now_ms() - 3 * 86_400_000 - 60_000;
+        assert_eq!(ago(&shoal_proto::model::rfc3339(three_days_ago)), "3 days ago");
+        assert_eq!(ago(&shoal_proto::model::rfc3339(shoal_proto::model::now_ms())), "Less than a minute ago");
         assert_eq!(ago("garbage"), "garbage");
     }
 }

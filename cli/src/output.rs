@@ -120,6 +120,24 @@ pub fn error_message(e: &anyhow::Error) -> String {
     format!("{e:#}")
 }
 
+pub const DECIMAL: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+pub const BINARY: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+
+/// A size as Docker prints it: in the largest unit of `base` below it, with
+/// `precision` significant digits and no trailing zeros (Go's `%.Ng`).
+pub fn size(bytes: u64, base: f64, units: &[&str], precision: usize) -> String {
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= base && i + 1 < units.len() {
+        v /= base;
+        i += 1;
+    }
+    let int_digits = if v < 1.0 { 1 } else { v.log10().floor() as usize + 1 };
+    let text = format!("{v:.*}", precision.saturating_sub(int_digits));
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
+    format!("{text}{}", units[i])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

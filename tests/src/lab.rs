@@ -300,6 +300,36 @@ impl Lab {
             .collect()
     }
 
+    /// A bare lab of `n` hosts with the busybox image (`busybox_rootfs_tar`)
+    /// imported on host 1 as `busybox:local`; the temp dir (prefix `prefix`)
+    /// holds the image's files and is the test's scratch space.
+    pub fn with_busybox(n: usize, prefix: &str) -> Result<(Lab, tempfile::TempDir)> {
+        let tmp = tempfile::Builder::new().prefix(prefix).tempdir()?;
+        let rootfs = busybox_rootfs_tar(tmp.path())?;
+        let lab = Lab::up_bare(n)?;
+        lab.shoal(1, &["image", "import", &rootfs.display().to_string(), "busybox:local"])?;
+        Ok((lab, tmp))
+    }
+
+    /// `shoal ps -a` on host `i`, parsed.
+    pub fn containers(&self, i: usize) -> Result<Vec<serde_json::Value>> {
+        Ok(self.shoal_json(i, &["ps", "-a"])?.as_array().cloned().unwrap_or_default())
+    }
+
+    /// The `ps -a` entry of container `name` on host `i`.
+    pub fn container(&self, i: usize, name: &str) -> Result<serde_json::Value> {
+        self.containers(i)?.into_iter().find(|c| c["name"] == name).with_context(|| format!("no container {name} on host {i}"))
+    }
+
+    /// `shoal ARGS` on host `i`, which must fail; its stderr.
+    pub fn failing(&self, i: usize, args: &[&str]) -> Result<String> {
+        let out = self.exec(i, args)?;
+        if out.status.success() {
+            bail!("`shoal {}` on host {i} should have failed", args.join(" "));
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
     /// The pid of host `i`'s `shoal daemon` (as last started).
     pub fn daemon_pid(&self, i: usize) -> Result<u32> {
         let h = self.host(i)?;

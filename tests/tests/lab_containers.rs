@@ -4,34 +4,23 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
-use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
+use anyhow::{Result, ensure};
+use shoal_tests::lab::{Lab, lab_or_skip, wait_for};
 
 
-
-fn ps(lab: &Lab) -> Result<Vec<serde_json::Value>> {
-    Ok(lab.shoal_json(1, &["ps", "-a"])?.as_array().cloned().unwrap_or_default())
-}
-
-fn state_of(lab: &Lab, name: &str) -> Result<serde_json::Value> {
-    ps(lab)?.into_iter().find(|c| c["name"] == name).with_context(|| format!("no container {name}"))
-}
 
 #[test]
 fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     if !lab_or_skip() {
         return Ok(());
     }
-    let tmp = tempfile::Builder::new().prefix("shl-ctr-").tempdir()?;
-    let rootfs = busybox_rootfs_tar(tmp.path())?;
-    let lab = Lab::up_bare(1)?;
-    lab.shoal(1, &["image", "import", &rootfs.display().to_string(), "busybox:local"])?;
+    let (lab, _tmp) = Lab::with_busybox(1, "shl-ctr-")?;
 
     // Output and exit codes.
     let out = lab.exec(1, &["run", "--rm", "--hostname", "box", "busybox:local", "sh", "-c", "echo hi from $(hostname); id -u; exit 3"])?;
     ensure!(out.status.code() == Some(3), "exit code: {:?}", out.status);
     ensure!(String::from_utf8_lossy(&out.stdout) == "hi from box\n0\n", "{:?}", String::from_utf8_lossy(&out.stdout));
-    ensure!(ps(&lab)?.is_empty(), "--rm removed it");
+    ensure!(lab.containers(1)?.is_empty(), "--rm removed it");
     let out = lab.exec(1, &["run", "--rm", "-u", "nobody", "busybox:local", "id"])?;
     ensure!(String::from_utf8_lossy(&out.stdout).starts_with("uid=65534(nobody) gid=65534(nogroup)"), "{:?}", out);
     let out = lab.exec(1, &["run", "--rm", "busybox:local", "nosuchcmd"])?;
@@ -40,7 +29,7 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     // Memory: an allocation past the limit is OOM-killed: 137, OOMKilled.
     let out = lab.exec(1, &["run", "--name", "oom", "--memory", "16m", "busybox:local", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"])?;
     ensure!(out.status.code() == Some(137), "OOM exit: {:?}", out);
-    let c = state_of(&lab, "oom")?;
+    let c = lab.container(1, "oom")?;
     ensure!(c["exit_code"] == 137 && c["oom_killed"] == true, "{c}");
     // The same command fits under a larger limit.
     ensure!(lab.exec(1, &["run", "--rm", "--memory", "256m", "busybox:local", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"])?.status.success());
@@ -62,9 +51,9 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     let id = lab.shoal(1, &["run", "-d", "--name", "ticker", "busybox:local", "sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"])?;
     ensure!(id.trim().len() == 64, "{id}");
     wait_for("a few ticks", Duration::from_secs(10), || Ok(lab.shoal(1, &["logs", "ticker"])?.lines().count().ge(&3).then_some(())))?;
-    let before = state_of(&lab, "ticker")?["pid"].clone();
+    let before = lab.container(1, "ticker")?["pid"].clone();
     lab.restart_daemon(1)?;
-    let c = state_of(&lab, "ticker")?;
+    let c = lab.container(1, "ticker")?;
     ensure!(c["state"] == "running" && c["pid"] == before, "the container outlived its daemon: {c}");
     let n = lab.shoal(1, &["logs", "ticker"])?.lines().count();
     wait_for("logs to continue", Duration::from_secs(10), || Ok((lab.shoal(1, &["logs", "--tail", "all", "ticker"])?.lines().count() > n).then_some(())))?;
@@ -80,15 +69,11 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     let took = t.elapsed();
     // sh as pid 1 ignores SIGTERM: SIGKILL after the 2 s grace period.
     ensure!(took >= Duration::from_millis(1900) && took < Duration::from_secs(10), "stop took {took:?}");
-    let c = state_of(&lab, "ticker")?;
+    let c = lab.container(1, "ticker")?;
     ensure!(c["state"] == "exited" && c["exit_code"] == 137, "{c}");
 
     // Refusals with clear errors.
-    let err = |args: &[&str]| -> Result<String> {
-        let out = lab.exec(1, args)?;
-        ensure!(!out.status.success(), "`shoal {}` should fail", args.join(" "));
-        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let err = |args: &[&str]| lab.failing(1, args);
     ensure!(err(&["run", "--name", "ticker", "busybox:local", "true"])?.contains("already in use"));
     ensure!(err(&["run", "nosuch:image", "true"])?.contains("no such image"));
     ensure!(err(&["run", "--memory", "lots", "busybox:local", "true"])?.contains("invalid memory"));
@@ -99,7 +84,7 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     ensure!(err(&["rm", "busy"])?.contains("stop it first or use --force"));
     ensure!(err(&["image", "rm", "busybox:local"])?.contains("in use"), "an image in use is kept");
     lab.shoal(1, &["rm", "-f", "busy", "ticker", "oom"])?;
-    ensure!(ps(&lab)?.is_empty());
+    ensure!(lab.containers(1)?.is_empty());
     Ok(())
 }
 
@@ -108,13 +93,10 @@ fn volumes_outlive_containers_and_are_kept_while_in_use() -> Result<()> {
     if !lab_or_skip() {
         return Ok(());
     }
-    let tmp = tempfile::Builder::new().prefix("shl-vol-").tempdir()?;
-    let rootfs = busybox_rootfs_tar(tmp.path())?;
+    let (lab, tmp) = Lab::with_busybox(1, "shl-vol-")?;
     let host_dir = tmp.path().join("hostdir");
     std::fs::create_dir_all(&host_dir)?;
     std::fs::write(host_dir.join("hello.txt"), "from the host\n")?;
-    let lab = Lab::up_bare(1)?;
-    lab.shoal(1, &["image", "import", &rootfs.display().to_string(), "busybox:local"])?;
     let run = |args: &[&str]| -> Result<std::process::Output> {
         let mut full = vec!["run", "--rm"];
         full.extend_from_slice(args);

@@ -7,28 +7,14 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
-
-fn ps(lab: &Lab) -> Result<Vec<serde_json::Value>> {
-    Ok(lab.shoal_json(1, &["ps", "-a"])?.as_array().cloned().unwrap_or_default())
-}
-
-fn state_of(lab: &Lab, name: &str) -> Result<serde_json::Value> {
-    ps(lab)?.into_iter().find(|c| c["name"] == name).with_context(|| format!("no container {name}"))
-}
+use shoal_tests::lab::{Lab, lab_or_skip, wait_for};
 
 /// Waits until `name`'s `ps` entry satisfies `ok`; returns it.
 fn wait_state(lab: &Lab, name: &str, what: &str, secs: u64, ok: impl Fn(&serde_json::Value) -> bool) -> Result<serde_json::Value> {
     wait_for(what, Duration::from_secs(secs), || {
-        let c = state_of(lab, name)?;
+        let c = lab.container(1, name)?;
         Ok(ok(&c).then_some(c))
     })
-}
-
-fn failing(lab: &Lab, args: &[&str]) -> Result<String> {
-    let out = lab.exec(1, args)?;
-    ensure!(!out.status.success(), "`shoal {}` should fail", args.join(" "));
-    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -36,10 +22,7 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
     if !lab_or_skip() {
         return Ok(());
     }
-    let tmp = tempfile::Builder::new().prefix("shl-life-").tempdir()?;
-    let rootfs = busybox_rootfs_tar(tmp.path())?;
-    let lab = Lab::up_bare(1)?;
-    lab.shoal(1, &["image", "import", &rootfs.display().to_string(), "busybox:local"])?;
+    let (lab, tmp) = Lab::with_busybox(1, "shl-life-")?;
 
     // on-failure:3 restarts a failing container three times, then leaves it.
     lab.shoal(1, &["run", "-d", "--name", "flaky", "--restart", "on-failure:3", "busybox:local", "sh", "-c", "echo run; exit 2"])?;
@@ -52,24 +35,24 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
     lab.shoal(1, &["run", "-d", "--name", "always", "--restart", "always", "busybox:local", "sh", "-c", "echo up; sleep 0.3"])?;
     wait_state(&lab, "always", "two restarts", 30, |c| c["restart_count"].as_u64() >= Some(2))?;
     lab.shoal(1, &["stop", "always"])?;
-    let stopped = state_of(&lab, "always")?;
+    let stopped = lab.container(1, "always")?;
     ensure!(stopped["state"] == "exited", "{stopped}");
     let fine = wait_state(&lab, "fine", "fine to end", 10, |c| c["state"] != "running")?;
     ensure!(fine["state"] == "exited" && fine["restart_count"] == 0, "{fine}");
     // restart replaces the process; stop and start keep the container and its log.
     lab.shoal(1, &["run", "-d", "--name", "web", "busybox:local", "sh", "-c", "echo started; while true; do sleep 0.1; done"])?;
-    let pid1 = state_of(&lab, "web")?["pid"].clone();
+    let pid1 = lab.container(1, "web")?["pid"].clone();
     lab.shoal(1, &["restart", "-t", "1", "web"])?;
-    let c = state_of(&lab, "web")?;
+    let c = lab.container(1, "web")?;
     ensure!(c["state"] == "running" && c["pid"] != pid1, "a new process: {c}");
     lab.shoal(1, &["stop", "-t", "1", "web"])?;
-    ensure!(state_of(&lab, "web")?["state"] == "exited");
+    ensure!(lab.container(1, "web")?["state"] == "exited");
     lab.shoal(1, &["start", "web"])?;
-    ensure!(state_of(&lab, "web")?["state"] == "running");
+    ensure!(lab.container(1, "web")?["state"] == "running");
     ensure!(lab.shoal(1, &["logs", "web"])? == "started\n".repeat(3), "the log goes on across runs");
     // The stopped `always` container was left alone all this while.
-    ensure!(state_of(&lab, "always")?["restart_count"] == stopped["restart_count"]);
-    ensure!(state_of(&lab, "always")?["state"] == "exited");
+    ensure!(lab.container(1, "always")?["restart_count"] == stopped["restart_count"]);
+    ensure!(lab.container(1, "always")?["state"] == "exited");
 
     // A restarted daemon brings back `always` containers a user stopped (not
     // `unless-stopped` ones), and re-adopts running ones.
@@ -77,8 +60,8 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
     lab.shoal(1, &["stop", "-t", "0", "unless"])?;
     lab.restart_daemon(1)?;
     wait_state(&lab, "always", "always to come back with the daemon", 30, |c| c["state"] == "running")?;
-    ensure!(state_of(&lab, "unless")?["state"] == "exited");
-    ensure!(state_of(&lab, "web")?["state"] == "running");
+    ensure!(lab.container(1, "unless")?["state"] == "exited");
+    ensure!(lab.container(1, "web")?["state"] == "running");
     lab.shoal(1, &["rm", "-f", "always", "flaky", "fine"])?;
 
     // A host crash kills every process: the containers show dead, and their
@@ -87,23 +70,23 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
     lab.kill(1)?;
     lab.start(1)?;
     wait_state(&lab, "unless", "unless-stopped back after the crash", 30, |c| c["state"] == "running")?;
-    let web = state_of(&lab, "web")?;
+    let web = lab.container(1, "web")?;
     ensure!(web["state"] == "dead", "no policy: it stays dead: {web}");
     lab.shoal(1, &["start", "web"])?;
-    ensure!(state_of(&lab, "web")?["state"] == "running", "a dead container starts again");
+    ensure!(lab.container(1, "web")?["state"] == "running", "a dead container starts again");
 
     // The stop signal: the container's own, then SIGKILL after its timeout.
     let trap = "trap 'echo got usr1; exit 0' USR1; echo ready; while true; do sleep 0.1; done";
     lab.shoal(1, &["run", "-d", "--name", "sig", "--stop-signal", "USR1", "--stop-timeout", "5", "busybox:local", "sh", "-c", trap])?;
     wait_for("the trap", Duration::from_secs(10), || Ok(lab.shoal(1, &["logs", "sig"])?.contains("ready").then_some(())))?;
     lab.shoal(1, &["stop", "sig"])?;
-    let c = state_of(&lab, "sig")?;
+    let c = lab.container(1, "sig")?;
     ensure!(c["exit_code"] == 0, "USR1 ended it cleanly: {c}");
     ensure!(lab.shoal(1, &["logs", "sig"])?.contains("got usr1"));
 
     // -d --rm: the daemon removes it when it ends; a foreground --rm run reports its code.
     lab.shoal(1, &["run", "-d", "--rm", "--name", "temp", "busybox:local", "sh", "-c", "exit 0"])?;
-    wait_for("temp to be removed", Duration::from_secs(10), || Ok((!ps(&lab)?.iter().any(|c| c["name"] == "temp")).then_some(())))?;
+    wait_for("temp to be removed", Duration::from_secs(10), || Ok((!lab.containers(1)?.iter().any(|c| c["name"] == "temp")).then_some(())))?;
     ensure!(lab.exec(1, &["run", "--rm", "busybox:local", "sh", "-c", "exit 5"])?.status.code() == Some(5));
 
     // --env-file and --mount; a new volume starts with the image's files there.
@@ -117,11 +100,11 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
     ensure!(out == "hello there 1\ncopied\n1\n", "{out:?}");
     let v = lab.shoal_json(1, &["volume", "ls"])?;
     ensure!(v.as_array().is_some_and(|a| a.iter().any(|v| v["name"] == "etc-copy")), "{v}");
-    ensure!(failing(&lab, &["run", "--rm", "--mount", "type=bind,target=/x", "busybox:local", "true"])?.contains("source="));
-    ensure!(failing(&lab, &["run", "--rm", "--restart", "always", "busybox:local", "true"])?.contains("conflicting options"));
-    ensure!(failing(&lab, &["run", "--restart", "sometimes", "busybox:local", "true"])?.contains("on-failure[:N]"));
-    ensure!(failing(&lab, &["run", "--stop-signal", "SIGNOPE", "busybox:local", "true"])?.contains("invalid stop signal"));
-    ensure!(failing(&lab, &["run", "--env-file", "/nonexistent", "busybox:local", "true"])?.contains("env file"));
+    ensure!(lab.failing(1, &["run", "--rm", "--mount", "type=bind,target=/x", "busybox:local", "true"])?.contains("source="));
+    ensure!(lab.failing(1, &["run", "--rm", "--restart", "always", "busybox:local", "true"])?.contains("conflicting options"));
+    ensure!(lab.failing(1, &["run", "--restart", "sometimes", "busybox:local", "true"])?.contains("on-failure[:N]"));
+    ensure!(lab.failing(1, &["run", "--stop-signal", "SIGNOPE", "busybox:local", "true"])?.contains("invalid stop signal"));
+    ensure!(lab.failing(1, &["run", "--env-file", "/nonexistent", "busybox:local", "true"])?.contains("env file"));
 
     // Logs: by time, and rotated by size (keeping max-file files).
     lab.shoal(1, &["run", "--name", "chatty", "--log-opt", "max-size=4k", "--log-opt", "max-file=2", "busybox:local", "seq", "1", "2000"])?;
@@ -151,7 +134,7 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
     // top: the container's processes, as ps -ef.
     let top = lab.shoal(1, &["top", "burn"])?;
     ensure!(top.starts_with("UID") && top.contains("while :; do :; done"), "{top}");
-    ensure!(failing(&lab, &["top", "sig"])?.contains("is not running"));
+    ensure!(lab.failing(1, &["top", "sig"])?.contains("is not running"));
 
     // cp, both ways; a symlink planted in the container cannot reach the host.
     let out_dir = tmp.path().join("out");
@@ -169,10 +152,10 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
     std::fs::write(&secret, "host only\n")?;
     lab.shoal(1, &["exec", "burn", "ln", "-s", &tmp.path().display().to_string(), "/escape"])?;
     let through_link = "burn:/escape/host-secret";
-    ensure!(failing(&lab, &["cp", through_link, &tmp.path().join("stolen").display().to_string()])?.contains("could not find"));
+    ensure!(lab.failing(1, &["cp", through_link, &tmp.path().join("stolen").display().to_string()])?.contains("could not find"));
     ensure!(!tmp.path().join("stolen").exists());
-    ensure!(failing(&lab, &["cp", "burn:/nonexistent", &out_dir.display().to_string()])?.contains("could not find"));
-    ensure!(failing(&lab, &["cp", &src.display().to_string(), "burn:/no/such/dir/x"])?.contains("no such directory"));
+    ensure!(lab.failing(1, &["cp", "burn:/nonexistent", &out_dir.display().to_string()])?.contains("could not find"));
+    ensure!(lab.failing(1, &["cp", &src.display().to_string(), "burn:/no/such/dir/x"])?.contains("no such directory"));
 
     // -i and -t: stdin reaches the container, a terminal is a terminal, for run, exec and attach.
     let sh = |script: &str| -> Result<(Option<i32>, String)> {
@@ -190,9 +173,9 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
     lab.shoal(1, &["run", "-dit", "--name", "later", "busybox:local", "sh"])?;
     let (code, out) = sh("printf 'echo attached\\nexit 7\\n' | shoal attach later")?;
     ensure!(code == Some(7) && out.contains("attached"), "{code:?} {out:?}");
-    ensure!(failing(&lab, &["attach", "web"])?.contains("without -i or -t"));
+    ensure!(lab.failing(1, &["attach", "web"])?.contains("without -i or -t"));
 
     lab.shoal(1, &["rm", "-f", "burn", "chatty", "sig", "web", "unless", "later"])?;
-    ensure!(ps(&lab)?.is_empty());
+    ensure!(lab.containers(1)?.is_empty());
     Ok(())
 }
