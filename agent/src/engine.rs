@@ -881,6 +881,7 @@ fn follow_log(
         Some(line)
     };
     let numbered = |n: u32| std::path::PathBuf::from(format!("{}.{n}", path.display()));
+    let watch = path.parent().and_then(crate::runtime::watch::DirWatch::new);
     let mut lines = Vec::new();
     let mut rotated: Vec<std::path::PathBuf> = (1..).map(numbered).take_while(|p| p.exists()).collect();
     rotated.reverse();
@@ -939,6 +940,6 @@ fn follow_log(
         if tx.is_closed() {
             return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        crate::runtime::watch::wait_change(watch.as_ref(), std::time::Duration::from_millis(500));
     }
 }

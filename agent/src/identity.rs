@@ -85,6 +85,15 @@ impl Paths {
     }
 }
 
+/// Replaces `path` atomically (readers see the old or the new file, never
+/// a part) but without waiting for the disk: for state that is rewritten
+/// often and worthless after a host crash (a shim's started/exit records).
+pub fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));

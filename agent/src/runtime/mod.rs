@@ -17,6 +17,7 @@ pub mod restart;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod watch;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -608,9 +609,10 @@ impl Containers {
             let _ = child.wait();
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let watch = watch::DirWatch::new(dir);
         loop {
             match self.status(dir) {
-                Status::Created if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Status::Created if std::time::Instant::now() < deadline => watch::wait_change(watch.as_ref(), Duration::from_millis(100)),
                 Status::Created => {
                     return Err(ContainerError::StartFailed { id: id.into(), message: "the shim did not start it within 30 s".into() });
                 }
@@ -647,7 +649,7 @@ impl Containers {
     fn write_restart(&self, id: &str, state: &RestartState) -> Result<(), ContainerError> {
         let path = self.dir(id).join("restart.json");
         let bytes = serde_json::to_vec(state).unwrap_or_default();
-        crate::identity::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
+        crate::identity::write_replace(&path, &bytes).map_err(io("writing", &path))
     }
 
     /// The current status of the container with this full id (reads only its own files).
@@ -658,15 +660,17 @@ impl Containers {
     /// Waits until the container is no longer running.
     pub fn wait_exit(&self, id: &str, timeout: Duration) -> Option<Status> {
         let deadline = std::time::Instant::now() + timeout;
+        let watch = watch::DirWatch::new(&self.dir(id));
         loop {
             let s = self.status_of(id);
             if !matches!(s, Status::Running { .. } | Status::Created) {
                 return Some(s);
             }
-            if std::time::Instant::now() >= deadline {
+            let now = std::time::Instant::now();
+            if now >= deadline {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            watch::wait_change(watch.as_ref(), (deadline - now).min(Duration::from_millis(500)));
         }
     }
 
@@ -716,6 +720,13 @@ impl Containers {
             for pid in self.cgroups.pids(&c.record.cgroups_path) {
                 // SAFETY: killing a process of this container's own cgroup.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        // The last run's shim may still be cleaning up after recording the exit.
+        if let Some(s) = read_json::<Started>(&dir.join("started.json")) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while shim_alive(&s) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
         for f in ["started.json", "exit.json", "error.json"] {
@@ -821,12 +832,13 @@ impl Containers {
             Ok(c) => c.record.id,
             Err(e) => return self.reaped(reference).ok_or(e),
         };
+        let watch = watch::DirWatch::new(&self.dir(&id));
         loop {
             if !self.dir(&id).exists() {
                 return self.reaped(&id).ok_or(ContainerError::NotFound(id));
             }
             match self.status_of(&id) {
-                Status::Running { .. } | Status::Created => std::thread::sleep(Duration::from_millis(20)),
+                Status::Running { .. } | Status::Created => watch::wait_change(watch.as_ref(), Duration::from_millis(500)),
                 s => return Ok(s),
             }
         }

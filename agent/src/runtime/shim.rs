@@ -161,7 +161,7 @@ pub struct Failed {
 
 fn write_json<T: Serialize>(dir: &Path, name: &str, v: &T) {
     if let Ok(bytes) = serde_json::to_vec(v) {
-        let _ = crate::identity::write_atomic(&dir.join(name), &bytes, 0o644);
+        let _ = crate::identity::write_replace(&dir.join(name), &bytes);
     }
 }
 
@@ -434,7 +434,6 @@ fn supervise(
                 }
                 s.1.finish(&mut log);
             }
-            let _ = log.file.sync_data();
             let exit_code = if libc::WIFEXITED(st) {
                 libc::WEXITSTATUS(st)
             } else if libc::WIFSIGNALED(st) {
@@ -443,10 +442,12 @@ fn supervise(
                 255
             };
             let oom_killed = super::cgroups::Cgroups::host().oom_kills(&cfg.cgroups_path) > 0;
+            // Record the exit first (waiters wake on it), then clean up; a
+            // restart waits for this shim to be gone before it starts another.
+            write_json(dir, "exit.json", &Exited { exit_code, oom_killed, finished_ms: shoal_proto::model::now_ms() });
             if let Ok(mut c) = libcontainer::container::Container::load(cfg.state_root.join(&cfg.id)) {
                 let _ = c.delete(true);
             }
-            write_json(dir, "exit.json", &Exited { exit_code, oom_killed, finished_ms: shoal_proto::model::now_ms() });
             // Only now hang up on the client: the exit it will ask for is recorded.
             if attach.take().is_some() {
                 let _ = std::fs::remove_file(io_socket(&cfg.state_root, &cfg.id, "attach"));

@@ -1,0 +1,70 @@
+//! Waking up when a container's directory changes, instead of polling it:
+//! the shim writes the log and renames `started.json`/`exit.json` into
+//! place, and an inotify watch on the directory sees each of those at once.
+//! Readers (logs -f, wait, run) still re-check on a timeout, so a missed
+//! event costs latency, never correctness.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+
+pub struct DirWatch {
+    fd: OwnedFd,
+}
+
+impl DirWatch {
+    /// Watches `dir` for files written, created, renamed in or deleted; None if inotify is unavailable.
+    pub fn new(dir: &Path) -> Option<DirWatch> {
+        // SAFETY: creating an inotify instance; the descriptor is owned right after.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd is a new descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let path = CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_DELETE | libc::IN_DELETE_SELF | libc::IN_CLOSE_WRITE;
+        // SAFETY: adding a watch for a valid NUL-terminated path.
+        (unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) } >= 0).then_some(DirWatch { fd })
+    }
+
+    /// Blocks until something changed or `timeout` passed; drains the events.
+    pub fn wait(&self, timeout: Duration) {
+        let mut p = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: polling one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        let mut buf = [0u8; 4096];
+        // SAFETY: reading events into a valid buffer; the descriptor is non-blocking.
+        while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    }
+}
+
+/// Sleeps until `dir` changes or `timeout` passes (just sleeps without a watch).
+pub fn wait_change(watch: Option<&DirWatch>, timeout: Duration) {
+    match watch {
+        Some(w) => w.wait(timeout),
+        None => std::thread::sleep(timeout.min(Duration::from_millis(20))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_wakes_the_watcher_before_its_timeout() {
+        let t = tempfile::tempdir().unwrap();
+        let w = DirWatch::new(t.path()).expect("inotify");
+        let path = t.path().join("exit.json");
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::write(path, "{}").unwrap();
+        });
+        let started = std::time::Instant::now();
+        w.wait(Duration::from_secs(20));
+        assert!(started.elapsed() < Duration::from_secs(10), "woken by the write, not the timeout");
+        writer.join().unwrap();
+    }
+}
