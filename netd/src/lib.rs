@@ -1,1 +1,16 @@
-//! placeholder
+//! netd: the only process that changes a host's network (links, addresses,
+//! routes, netfilter), as a level-triggered reconcile loop: the daemon hands
+//! it the desired state (`model`), it observes the kernel, `plan` computes
+//! the actions with a pure function, and the system layer applies them.
+//! Addresses come from `ipam`; netfilter rules are generated whole by
+//! `rules`. It touches only objects it named (`model::is_ours`).
+//!
+//! So far: the pure parts (subnets, IPAM, planner, rules). The system layer
+//! (rtnetlink, namespaces, `nft -f`), the daemon's hand-over and the
+//! embedded DNS come next (issue 4).
+
+pub mod ipam;
+pub mod model;
+pub mod net;
+pub mod plan;
+pub mod rules;

@@ -1,0 +1,135 @@
+//! What netd is asked to make true on this host (the desired state the
+//! daemon hands it), what it observes of the kernel, and the names it gives
+//! what it creates. Every kernel object netd owns carries the `sh` prefix
+//! in a shape no one else uses, so anything else is never touched.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::net::Subnet;
+
+/// A bridge network on this host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// Hex id; the bridge is named from it.
+    pub id: String,
+    pub name: String,
+    pub subnet: Subnet,
+    pub gateway: Ipv4Addr,
+    /// No traffic in or out of the network but between its containers.
+    pub internal: bool,
+    /// Containers on it may talk to each other (`-o icc=false` turns it off).
+    pub icc: bool,
+    pub mtu: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// `-p [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]`, with the host port chosen.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortMap {
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub proto: Proto,
+}
+
+/// A container's attachment to one network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    pub container: String,
+    /// The network's id.
+    pub network: String,
+    pub ip: Ipv4Addr,
+    /// The container's network namespace (a bind-mounted nsfs file).
+    pub netns: PathBuf,
+    /// The interface name inside the container (`eth0`, `eth1`, ...).
+    pub ifname: String,
+    pub ports: Vec<PortMap>,
+}
+
+/// Everything netd should make true.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    pub networks: Vec<NetworkSpec>,
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+impl Desired {
+    pub fn network(&self, id: &str) -> Option<&NetworkSpec> {
+        self.networks.iter().find(|n| n.id == id)
+    }
+}
+
+/// A link as a netlink dump shows it (only the fields the planner reads).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedLink {
+    pub name: String,
+    pub kind: LinkKind,
+    pub master: Option<String>,
+    pub mtu: u32,
+    pub up: bool,
+    pub addrs: Vec<(Ipv4Addr, u8)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    Bridge,
+    Veth,
+    Other,
+}
+
+/// The bridge of network `id`: `shbr` + 11 hex digits (15 bytes, the kernel's limit).
+pub fn bridge_name(network_id: &str) -> String {
+    format!("shbr{}", prefix(network_id, 11))
+}
+
+/// The host end of a container's veth on a network: `shv` + 6 + 5 hex digits.
+pub fn veth_name(container: &str, network_id: &str) -> String {
+    format!("shv{}{}", prefix(container, 6), prefix(network_id, 5))
+}
+
+fn prefix(s: &str, n: usize) -> &str {
+    &s[..s.len().min(n)]
+}
+
+/// Whether netd created the link of this name (and so may change or delete it).
+pub fn is_ours(name: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    name.strip_prefix("shbr").is_some_and(|r| hex(r, 11)) || name.strip_prefix("shv").is_some_and(|r| hex(r, 11))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_the_kernel_and_are_recognised() {
+        let net = "0123456789abcdef0123";
+        let ctr = "fedcba9876543210";
+        assert_eq!(bridge_name(net), "shbr0123456789a");
+        assert_eq!(veth_name(ctr, net), "shvfedcba01234");
+        for n in [bridge_name(net), veth_name(ctr, net)] {
+            assert!(n.len() <= 15 && is_ours(&n), "{n}");
+        }
+        for theirs in ["docker0", "eth0", "shbr", "shbrxyz", "shv123", "veth1234", "shoal0"] {
+            assert!(!is_ours(theirs), "{theirs}");
+        }
+    }
+}
