@@ -5,12 +5,14 @@
 //! Addresses come from `ipam`; netfilter rules are generated whole by
 //! `rules`. It touches only objects it named (`model::is_ours`).
 //!
-//! So far: the pure parts (subnets, IPAM, planner, rules). The system layer
-//! (rtnetlink, namespaces, `nft -f`), the daemon's hand-over and the
-//! embedded DNS come next (issue 4).
+//! So far: the pure parts (subnets, IPAM, planner, rules) and the system
+//! layer (`sys`: rtnetlink in the host's and containers' namespaces, one
+//! `nft -f` per sync). The netd process's API and loop, the daemon's
+//! hand-over and the embedded DNS come next (issue 4).
 
 pub mod ipam;
 pub mod model;
 pub mod net;
 pub mod plan;
 pub mod rules;
+pub mod sys;
