@@ -125,6 +125,7 @@ fn container_pb(c: &Container) -> pb::ContainerInfo {
         command: c.record.args.join(" "),
         created_ms: c.record.created_ms,
         restart_count: c.restart.count,
+        ports: c.record.run.ports.join(", "),
         ..Default::default()
     };
     match &c.status {
@@ -511,6 +512,8 @@ impl pb::engine_server::Engine for EngineService {
             tty: r.tty,
             interactive: r.interactive,
             attach: r.attach,
+            publish: r.publish,
+            ip: r.ip,
         };
         let containers = self.containers.clone();
         let c = cblocking(move || containers.run(&run)).await?;

@@ -286,6 +286,12 @@ pub struct RunArgs {
     /// max-size=SIZE, max-file=N (default 10m and 3).
     #[arg(long)]
     pub log_opt: Vec<String>,
+    /// Publish a port: [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp] (needs a bridge network).
+    #[arg(short, long)]
+    pub publish: Vec<String>,
+    /// The container's address on its network.
+    #[arg(long)]
+    pub ip: Option<String>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -406,6 +412,9 @@ pub struct DaemonArgs {
 pub struct NetdArgs {
     #[arg(long, default_value = "/run/shoal/netd.sock")]
     pub socket: PathBuf,
+    /// netd keeps its state (networks, addresses) under DATA_ROOT/netd.
+    #[arg(long, default_value = "/var/lib/shoal")]
+    pub data_root: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]

@@ -48,7 +48,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 log_opts: a.log_opt.clone(),
                 tty: a.tty,
                 interactive: a.interactive,
-                attach: !a.detach && (a.tty || a.interactive),
+                attach: !a.detach,
+                publish: a.publish.clone(),
+                ip: a.ip.clone().unwrap_or_default(),
             };
             let c = engine.container_run(req).await?.into_inner();
             if a.detach {
@@ -114,7 +116,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             } else if *format == Format::Json {
                 let v: Vec<_> = list
                     .iter()
-                    .map(|c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid, "restart_count": c.restart_count}))
+                    .map(|c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid, "restart_count": c.restart_count, "ports": c.ports}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -123,7 +125,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                     .map(|c| {
                         let cmd: String = c.command.chars().take(20).collect();
                         let created = ago(&shoal_proto::model::rfc3339(c.created_ms));
-                        vec![short(&c.id).into(), c.image.clone(), format!("\"{cmd}\""), created, c.status.clone(), String::new(), c.name.clone()]
+                        vec![short(&c.id).into(), c.image.clone(), format!("\"{cmd}\""), created, c.status.clone(), c.ports.clone(), c.name.clone()]
                     })
                     .collect();
                 println!("{}", table(&["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], &rows));

@@ -62,6 +62,11 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
         shoal_agent::registry::Registries::new(daemon.cfg.data_root.join("certs.d"), insecure_registry)
             .map_err(anyhow::Error::msg)?,
     );
+    containers.set_networks(std::sync::Arc::new(shoal_agent::network::Networks::new(
+        std::path::Path::new("/run/shoal/netd.sock"),
+        std::path::Path::new("/run/shoal/netns"),
+        tokio::runtime::Handle::current(),
+    )));
     daemon.resume().await?;
     containers.supervise();
     let cancel = CancellationToken::new();
@@ -85,8 +90,8 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// netd owns the host's network; container networking arrives with the netd
-/// issue. For now it holds its socket so the daemon can find it.
+/// `shoal netd`: owns the host's network. Serves its API on a unix socket
+/// and reconciles the kernel against its state until SIGTERM/SIGINT.
 pub async fn run_netd(args: NetdArgs) -> anyhow::Result<()> {
     init_tracing();
     if let Some(dir) = args.socket.parent() {
@@ -98,14 +103,19 @@ pub async fn run_netd(args: NetdArgs) -> anyhow::Result<()> {
         }
         std::fs::remove_file(&args.socket)?;
     }
+    // Containers' traffic is routed through this host's network namespace.
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+        tracing::warn!(error = %e, "cannot turn on IPv4 forwarding: published ports and egress will not work");
+    }
+    let host = shoal_netd::sys::connect()?;
+    let netd = shoal_netd::service::Netd::open(&args.data_root.join("netd"), host)?;
+    tokio::spawn(netd.clone().run());
     let listener = tokio::net::UnixListener::bind(&args.socket)?;
     tracing::info!(socket = %args.socket.display(), "shoal netd ready");
-    loop {
-        tokio::select! {
-            _ = signalled() => break,
-            c = listener.accept() => { drop(c); }
-        }
-    }
+    tonic::transport::Server::builder()
+        .add_service(shoal_proto::pb::netd_server::NetdServer::new(shoal_netd::service::NetdService(netd)))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), signalled())
+        .await?;
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
 }

@@ -297,7 +297,7 @@ impl Observations {
         for lid in [&m.local_committed, &m.last_applied].into_iter().flatten() {
             match self.committed.get(&lid.index) {
                 None => {
-                    self.committed.insert(lid.index, lid.clone());
+                    self.committed.insert(lid.index, *lid);
                 }
                 Some(seen) if seen != lid => self.conflicts.push(format!(
                     "node {} has {lid:?} committed at index {}, another node had {seen:?}",
@@ -512,7 +512,7 @@ impl Cluster {
             let id = ledger.next_id(self.seed, phase);
             match propose(self.raft(leader)?, &id, Duration::from_secs(2)).await? {
                 Outcome::Acked(log_id) => {
-                    ledger.acked.insert(id, log_id.clone());
+                    ledger.acked.insert(id, log_id);
                     last = Some(log_id);
                     acked += 1;
                 }

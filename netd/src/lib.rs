@@ -15,4 +15,5 @@ pub mod model;
 pub mod net;
 pub mod plan;
 pub mod rules;
+pub mod service;
 pub mod sys;

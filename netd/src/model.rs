@@ -115,9 +115,61 @@ pub fn is_ours(name: &str) -> bool {
     name.strip_prefix("shbr").is_some_and(|r| hex(r, 11)) || name.strip_prefix("shv").is_some_and(|r| hex(r, 11))
 }
 
+/// `-p [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]`; a missing host
+/// port is 0, "choose a free one".
+pub fn parse_publish(spec: &str) -> Result<PortMap, String> {
+    let bad = |why: &str| format!("invalid port mapping {spec:?}: {why} (use [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp])");
+    let (ports, proto) = match spec.rsplit_once('/') {
+        Some((p, "tcp")) => (p, Proto::Tcp),
+        Some((p, "udp")) => (p, Proto::Udp),
+        Some((_, other)) => return Err(bad(&format!("unknown protocol {other:?}"))),
+        None => (spec, Proto::Tcp),
+    };
+    let parts: Vec<&str> = ports.split(':').collect();
+    let port = |s: &str, zero_ok: bool| -> Result<u16, String> {
+        match s.parse::<u16>() {
+            Ok(0) if !zero_ok => Err(bad("port 0")),
+            Ok(p) => Ok(p),
+            Err(_) => Err(bad(&format!("{s:?} is not a port"))),
+        }
+    };
+    let (host_ip, host_port, container_port) = match parts.as_slice() {
+        [c] => (None, 0, port(c, false)?),
+        [h, c] => (None, port(h, true)?, port(c, false)?),
+        [ip, h, c] => {
+            let ip = if ip.is_empty() || *ip == "0.0.0.0" {
+                None
+            } else {
+                Some(ip.parse::<Ipv4Addr>().map_err(|_| bad(&format!("{ip:?} is not an IPv4 address")))?)
+            };
+            (ip, if h.is_empty() { 0 } else { port(h, true)? }, port(c, false)?)
+        }
+        _ => return Err(bad("too many colons")),
+    };
+    Ok(PortMap { host_ip, host_port, container_port, proto })
+}
+
+/// Docker's PORTS column: `0.0.0.0:8080->80/tcp`.
+pub fn port_string(p: &PortMap) -> String {
+    let ip = p.host_ip.map_or("0.0.0.0".to_string(), |i| i.to_string());
+    format!("{ip}:{}->{}/{}", p.host_port, p.container_port, p.proto.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_flags_parse_like_docker() {
+        let p = |s: &str| parse_publish(s).map(|p| port_string(&p));
+        assert_eq!(p("8080:80").unwrap(), "0.0.0.0:8080->80/tcp");
+        assert_eq!(p("10.98.0.1:5353:53/udp").unwrap(), "10.98.0.1:5353->53/udp");
+        assert_eq!(p("80").unwrap(), "0.0.0.0:0->80/tcp");
+        assert_eq!(p("0.0.0.0::80").unwrap(), "0.0.0.0:0->80/tcp");
+        for bad in ["", "x:80", "8080:0", "1:2:3:4", "80/sctp", "300.0.0.1:80:80", "70000:80"] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn names_fit_the_kernel_and_are_recognised() {

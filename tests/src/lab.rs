@@ -492,7 +492,7 @@ pub fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf> {
     fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
     fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
     fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is needed (deploy/prereqs installs it)")?;
-    for applet in ["sh", "ls", "echo", "cat", "id", "hostname", "sleep", "dd", "touch", "seq", "tr", "unshare", "true", "false", "grep", "ln", "kill", "mkdir", "rm", "wc", "env", "tty"] {
+    for applet in ["sh", "ls", "echo", "cat", "id", "hostname", "sleep", "dd", "touch", "seq", "tr", "unshare", "true", "false", "grep", "ln", "kill", "mkdir", "rm", "wc", "env", "tty", "httpd", "wget", "ip", "ping"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
     let tar = dir.join("rootfs.tar");

@@ -101,6 +101,10 @@ pub struct RunRequest {
     pub interactive: bool,
     /// The client attaches as soon as it runs (`run -i`/`-t` without `-d`).
     pub attach: bool,
+    /// `-p` specs.
+    pub publish: Vec<String>,
+    /// `--ip`.
+    pub ip: String,
 }
 
 /// A container's record on disk.
@@ -147,6 +151,16 @@ pub struct RunSpecRecord {
     pub cpus: Option<f64>,
     pub pids_limit: Option<i64>,
     pub network: String,
+    /// On a bridge network: its address and published ports (`0.0.0.0:8080->80/tcp`).
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default)]
+    pub ports: Vec<String>,
+}
+
+/// Whether containers on `network` get a namespace of their own from netd.
+pub fn netd_network(network: &str) -> bool {
+    !matches!(network, "" | "none" | "host")
 }
 
 /// Where a container is in its life, from the shim's files.
@@ -256,6 +270,8 @@ struct Settings {
     log: LogConfig,
     /// (mount point, volume directory) of every volume mount.
     copy_up: Vec<(String, PathBuf)>,
+    /// What netd gave a container on a bridge network.
+    attached: Option<shoal_proto::pb::AttachResponse>,
 }
 
 pub struct Containers {
@@ -268,9 +284,17 @@ pub struct Containers {
     cgroups: Cgroups,
     /// Serializes create/start/remove (names, directories, shims).
     lock: Mutex<()>,
+    /// netd, for containers on bridge networks (set by the daemon).
+    networks: std::sync::OnceLock<Arc<crate::network::Networks>>,
     /// How recently auto-removed containers ended, for `wait` (newest last).
     reaped: Mutex<std::collections::VecDeque<(String, Status)>>,
+    /// `--rm` containers a foreground client is following: not removed
+    /// before its `wait` (or `HOLD_FOR` after it was created).
+    holds: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// The longest a foreground client's hold keeps a `--rm` container.
+const HOLD_FOR: Duration = Duration::from_secs(600);
 
 /// How many auto-removed containers' exits `wait` can still report.
 const REAPED_KEPT: usize = 256;
@@ -310,6 +334,8 @@ impl Containers {
             volumes,
             cgroups: Cgroups::host(),
             lock: Mutex::new(()),
+            networks: std::sync::OnceLock::new(),
+            holds: Mutex::new(Default::default()),
             reaped: Mutex::new(Default::default()),
         })
     }
@@ -412,17 +438,22 @@ impl Containers {
         };
         let stop_timeout = req.stop_timeout.or(image.config.stop_timeout.and_then(|t| u64::try_from(t).ok())).unwrap_or(10);
         let log = LogConfig::parse(&req.log_opts).map_err(invalid("log option", &req.log_opts.join(",")))?;
-        let network = match req.network.as_str() {
-            "" | "none" => NetworkMode::None,
-            "host" => NetworkMode::Host,
-            other => {
-                return Err(ContainerError::Invalid {
-                    what: "network",
-                    value: other.into(),
-                    why: "only none and host exist until bridge networking arrives with netd".into(),
-                });
-            }
-        };
+        let network = if req.network == "host" { NetworkMode::Host } else { NetworkMode::None };
+        let ports = req
+            .publish
+            .iter()
+            .map(|p| shoal_netd::model::parse_publish(p).map_err(|why| ContainerError::Invalid { what: "port mapping", value: p.clone(), why }))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !ports.is_empty() && !netd_network(&req.network) {
+            return Err(ContainerError::Invalid {
+                what: "port mapping",
+                value: req.publish.join(" "),
+                why: format!("published ports need a bridge network, not --network {}", if req.network.is_empty() { "none" } else { &req.network }),
+            });
+        }
+        if netd_network(&req.network) && self.networks.get().is_none() {
+            return Err(ContainerError::Invalid { what: "network", value: req.network.clone(), why: "bridge networks need netd, which this daemon does not use".into() });
+        }
         // Command: Docker's rules for Entrypoint and Cmd.
         let cfg = &image.config;
         let entrypoint: Vec<String> = match &req.entrypoint {
@@ -497,12 +528,40 @@ impl Containers {
             cap_add: req.cap_add.clone(),
             cap_drop: req.cap_drop.clone(),
             terminal: req.tty,
+            netns: None,
         };
+        let mut run = run;
+        let mut attached = None;
+        if let (true, Some(nets)) = (netd_network(&req.network), self.networks.get()) {
+            let pb_ports = ports
+                .iter()
+                .map(|p| shoal_proto::pb::PortMapping {
+                    host_ip: p.host_ip.map(|i| i.to_string()).unwrap_or_default(),
+                    host_port: p.host_port.into(),
+                    container_port: p.container_port.into(),
+                    proto: p.proto.as_str().into(),
+                })
+                .collect();
+            let resp = nets.attach(&id, &req.network, &req.ip, pb_ports).map_err(|e| ContainerError::Invalid {
+                what: "network",
+                value: req.network.clone(),
+                why: e.to_string(),
+            })?;
+            run.netns = Some(nets.netns_path(&id));
+            attached = Some(resp);
+        }
         let dir = self.dir(&id);
-        let settings = Settings { image_id: image.id.to_string(), mounts, restart, stop_signal, stop_timeout, log, copy_up };
+        let settings = Settings { image_id: image.id.to_string(), mounts, restart, stop_signal, stop_timeout, log, copy_up, attached: None };
+        let settings = Settings { attached, ..settings };
+        if req.attach && req.auto_remove {
+            self.holds.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), std::time::Instant::now());
+        }
         let result = self.prepare_and_start(&id, &name, req, &run, &settings, &dir);
         if let Err(e) = result {
             self.teardown(&dir);
+            if let (Some(nets), true) = (self.networks.get(), settings.attached.is_some()) {
+                nets.release(&id);
+            }
             return Err(e);
         }
         drop(_g);
@@ -554,7 +613,23 @@ impl Containers {
                 memory_bytes: run.memory_bytes,
                 cpus: run.cpus,
                 pids_limit: run.pids_limit,
-                network: if run.network == NetworkMode::Host { "host".into() } else { "none".into() },
+                network: if run.network == NetworkMode::Host {
+                    "host".into()
+                } else if settings.attached.is_some() {
+                    req.network.clone()
+                } else {
+                    "none".into()
+                },
+                ip: settings.attached.as_ref().map(|a| a.ip.clone()).unwrap_or_default(),
+                ports: settings
+                    .attached
+                    .iter()
+                    .flat_map(|a| &a.ports)
+                    .map(|p| {
+                        let ip = if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip };
+                        format!("{ip}:{}->{}/{}", p.host_port, p.container_port, p.proto)
+                    })
+                    .collect(),
             },
             mounts: settings.mounts.clone(),
             restart: settings.restart,
@@ -779,7 +854,12 @@ impl Containers {
                 continue;
             }
             let id = c.record.id.clone();
+            let held = self.holds.lock().unwrap_or_else(|p| p.into_inner()).get(&id).is_some_and(|t| t.elapsed() < HOLD_FOR);
+            if c.record.auto_remove && held {
+                continue;
+            }
             if c.record.auto_remove {
+                self.holds.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 let status = c.status.clone();
                 if self.remove(&id, false, true).is_ok() {
                     let mut reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
@@ -839,7 +919,11 @@ impl Containers {
             }
             match self.status_of(&id) {
                 Status::Running { .. } | Status::Created => watch::wait_change(watch.as_ref(), Duration::from_millis(500)),
-                s => return Ok(s),
+                s => {
+                    // The client saw the end: a `--rm` container may go now.
+                    self.holds.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    return Ok(s);
+                }
             }
         }
     }
@@ -983,6 +1067,11 @@ impl Containers {
         })
     }
 
+    /// Uses netd for containers on bridge networks.
+    pub fn set_networks(&self, networks: Arc<crate::network::Networks>) {
+        let _ = self.networks.set(networks);
+    }
+
     /// The attach socket of a container started with `-i` or `-t`.
     pub fn attach_socket(&self, reference: &str) -> Result<(Container, PathBuf), ContainerError> {
         let c = self.find(reference)?;
@@ -1015,6 +1104,11 @@ impl Containers {
     }
 
     fn teardown(&self, dir: &Path) {
+        if let (Some(record), Some(nets)) = (read_json::<Record>(&dir.join("container.json")), self.networks.get())
+            && netd_network(&record.run.network)
+        {
+            nets.release(&record.id);
+        }
         let rootfs = dir.join("rootfs");
         if let Ok(c) = CString::new(rootfs.display().to_string()) {
             // SAFETY: unmounting our own overlay mount point; failure is fine (not mounted).

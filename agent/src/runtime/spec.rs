@@ -33,6 +33,8 @@ pub struct RunSpec {
     pub mounts: Vec<SpecMount>,
     /// `-t`: the process gets a pseudo-terminal.
     pub terminal: bool,
+    /// Join this network namespace (made and plumbed by netd) instead of a new one.
+    pub netns: Option<std::path::PathBuf>,
 }
 
 /// A resolved mount: a host directory bound in, or a fresh tmpfs.
@@ -306,6 +308,14 @@ pub fn oci_spec(
         .into_iter()
         .filter(|ns| !(run.network == NetworkMode::Host && ns.typ() == LinuxNamespaceType::Network))
         .filter(|ns| ns.typ() != LinuxNamespaceType::Cgroup)
+        .map(|mut ns| {
+            if ns.typ() == LinuxNamespaceType::Network
+                && let Some(p) = &run.netns
+            {
+                ns.set_path(Some(p.clone()));
+            }
+            ns
+        })
         .collect();
     linux.set_namespaces(Some(namespaces));
     linux.set_seccomp(Some(super::seccomp::filter(&cap_names)?));

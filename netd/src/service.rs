@@ -1,0 +1,324 @@
+//! The netd process: its state (networks, endpoints, addresses; saved to
+//! `<root>/state.json` after every change), the reconcile pass that makes
+//! the kernel match it (on every change and every `RESYNC`), and the local
+//! gRPC API the daemon calls. The predefined `bridge` network always exists.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shoal_proto::pb;
+use tonic::{Request, Response, Status};
+
+use crate::ipam::{Ipam, default_pools};
+use crate::model::{Desired, EndpointSpec, NetworkSpec, PortMap, Proto, veth_name};
+use crate::net::{Subnet, mac_for, mac_string};
+use crate::plan::{Action, plan};
+use crate::sys;
+
+/// How often netd re-checks the kernel even when nothing was asked.
+pub const RESYNC: Duration = Duration::from_secs(5);
+/// Where a published port without a host port gets one.
+const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    pub networks: Vec<NetworkSpec>,
+    pub endpoints: Vec<EndpointSpec>,
+    pub ipam: Ipam,
+}
+
+impl State {
+    fn network(&self, reference: &str) -> Option<&NetworkSpec> {
+        self.networks.iter().find(|n| n.name == reference || n.id == reference).or_else(|| {
+            let by_prefix: Vec<&NetworkSpec> = self.networks.iter().filter(|n| !reference.is_empty() && n.id.starts_with(reference)).collect();
+            if by_prefix.len() == 1 { Some(by_prefix[0]) } else { None }
+        })
+    }
+
+    /// What the kernel should show: endpoints whose namespace is gone are left out.
+    fn desired(&self) -> Desired {
+        Desired { networks: self.networks.clone(), endpoints: self.endpoints.iter().filter(|e| e.netns.exists()).cloned().collect() }
+    }
+}
+
+fn random_id() -> String {
+    (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}
+
+pub struct Netd {
+    root: PathBuf,
+    state: Mutex<State>,
+    host: rtnetlink::Handle,
+    /// The ruleset last applied, so an unchanged one is not applied again.
+    rules: Mutex<Option<String>>,
+    /// One reconcile pass at a time.
+    pass: tokio::sync::Mutex<()>,
+}
+
+impl Netd {
+    /// Loads (or starts) the state under `root` and makes sure `bridge` exists.
+    pub fn open(root: &Path, host: rtnetlink::Handle) -> anyhow::Result<Arc<Netd>> {
+        std::fs::create_dir_all(root)?;
+        let path = root.join("state.json");
+        let mut state: State = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State { ipam: Ipam::new(default_pools()), ..Default::default() },
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+        };
+        if state.network("bridge").is_none() {
+            let alloc = state.ipam.add_network("bridge", None, None, None).map_err(|e| anyhow::anyhow!("the default bridge: {e}"))?.clone();
+            state.networks.push(NetworkSpec { id: random_id(), name: "bridge".into(), subnet: alloc.subnet, gateway: alloc.gateway, internal: false, icc: true, mtu: 1500 });
+        }
+        let netd = Arc::new(Netd { root: root.to_path_buf(), state: Mutex::new(state), host, rules: Mutex::new(None), pass: tokio::sync::Mutex::new(()) });
+        netd.save().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(netd)
+    }
+
+    fn save(&self) -> Result<(), Status> {
+        let bytes = serde_json::to_vec_pretty(&*self.state.lock().unwrap_or_else(|p| p.into_inner())).map_err(|e| Status::internal(e.to_string()))?;
+        let (path, tmp) = (self.root.join("state.json"), self.root.join("state.json.tmp"));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| Status::internal(format!("saving netd's state: {e}")))
+    }
+
+    /// One reconcile pass; returns the actions that failed, with why.
+    pub async fn sync(&self) -> Vec<(Action, String)> {
+        let _pass = self.pass.lock().await;
+        let desired = self.state.lock().unwrap_or_else(|p| p.into_inner()).desired();
+        let observed = match sys::observe(&self.host).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot observe the host's links");
+                return vec![];
+            }
+        };
+        let applied = self.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut failed = Vec::new();
+        for action in plan(&desired, &observed, applied.as_deref()) {
+            match sys::apply(&self.host, &action).await {
+                Ok(()) => {
+                    tracing::debug!(?action, "applied");
+                    if let Action::ApplyRules { ruleset } = &action {
+                        *self.rules.lock().unwrap_or_else(|p| p.into_inner()) = Some(ruleset.clone());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(?action, error = %e, "reconcile step failed");
+                    failed.push((action, e.to_string()));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Reconciles every `RESYNC`, repairing what changed behind netd's back.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            self.sync().await;
+            tokio::time::sleep(RESYNC).await;
+        }
+    }
+
+    fn info(&self, n: &NetworkSpec, state: &State) -> pb::NetworkInfo {
+        pb::NetworkInfo {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            driver: "bridge".into(),
+            subnet: n.subnet.to_string(),
+            gateway: n.gateway.to_string(),
+            internal: n.internal,
+            icc: n.icc,
+            mtu: n.mtu,
+            endpoints: state.endpoints.iter().filter(|e| e.network == n.id).count() as u32,
+        }
+    }
+}
+
+fn port_pb(p: &PortMap) -> pb::PortMapping {
+    pb::PortMapping {
+        host_ip: p.host_ip.map(|i| i.to_string()).unwrap_or_default(),
+        host_port: p.host_port.into(),
+        container_port: p.container_port.into(),
+        proto: p.proto.as_str().into(),
+    }
+}
+
+fn port_from_pb(p: &pb::PortMapping) -> Result<PortMap, Status> {
+    let bad = |why: String| Status::invalid_argument(why);
+    Ok(PortMap {
+        host_ip: if p.host_ip.is_empty() { None } else { Some(p.host_ip.parse().map_err(|_| bad(format!("{:?} is not an IPv4 address", p.host_ip)))?) },
+        host_port: u16::try_from(p.host_port).map_err(|_| bad(format!("host port {} is out of range", p.host_port)))?,
+        container_port: u16::try_from(p.container_port).ok().filter(|p| *p > 0).ok_or_else(|| bad(format!("container port {} is out of range", p.container_port)))?,
+        proto: match p.proto.as_str() {
+            "" | "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            other => return Err(bad(format!("unknown protocol {other:?}: tcp or udp"))),
+        },
+    })
+}
+
+/// Whether two published ports would take the same host port.
+fn clash(a: &PortMap, b: &PortMap) -> bool {
+    a.proto == b.proto && a.host_port == b.host_port && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
+}
+
+/// The gRPC face of netd.
+pub struct NetdService(pub Arc<Netd>);
+
+#[tonic::async_trait]
+impl pb::netd_server::Netd for NetdService {
+    async fn network_create(&self, req: Request<pb::NetworkCreateRequest>) -> Result<Response<pb::NetworkInfo>, Status> {
+        let r = req.into_inner();
+        let valid = !r.name.is_empty() && r.name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) && !r.name.starts_with(['.', '-']);
+        if !valid {
+            return Err(Status::invalid_argument(format!("invalid network name {:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]", r.name)));
+        }
+        let parse_subnet = |s: &str| -> Result<Option<Subnet>, Status> { if s.is_empty() { Ok(None) } else { s.parse().map(Some).map_err(Status::invalid_argument) } };
+        let subnet = parse_subnet(&r.subnet)?;
+        let range = parse_subnet(&r.ip_range)?;
+        let gateway: Option<Ipv4Addr> = if r.gateway.is_empty() {
+            None
+        } else {
+            Some(r.gateway.parse().map_err(|_| Status::invalid_argument(format!("invalid gateway {:?}", r.gateway)))?)
+        };
+        let info = {
+            let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.network(&r.name).is_some() {
+                return Err(Status::already_exists(format!("network with name {} already exists", r.name)));
+            }
+            let alloc = state.ipam.add_network(&r.name, subnet, gateway, range).map_err(|e| Status::invalid_argument(e.to_string()))?.clone();
+            let mtu = if r.mtu == 0 { 1500 } else { r.mtu };
+            if !(576..=65535).contains(&mtu) {
+                state.ipam.remove_network(&r.name).ok();
+                return Err(Status::invalid_argument(format!("invalid MTU {mtu}: 576 to 65535")));
+            }
+            let n = NetworkSpec { id: random_id(), name: r.name.clone(), subnet: alloc.subnet, gateway: alloc.gateway, internal: r.internal, icc: !r.icc_disabled, mtu };
+            state.networks.push(n.clone());
+            self.0.info(&n, &state)
+        };
+        self.0.save()?;
+        self.0.sync().await;
+        Ok(Response::new(info))
+    }
+
+    async fn network_list(&self, _req: Request<pb::Empty>) -> Result<Response<pb::NetworkInfos>, Status> {
+        let state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut networks: Vec<pb::NetworkInfo> = state.networks.iter().map(|n| self.0.info(n, &state)).collect();
+        networks.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(pb::NetworkInfos { networks }))
+    }
+
+    async fn network_remove(&self, req: Request<pb::NetworkRef>) -> Result<Response<pb::Empty>, Status> {
+        let name = req.into_inner().name;
+        {
+            let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+            let n = state.network(&name).cloned().ok_or_else(|| Status::not_found(format!("network {name} not found")))?;
+            if n.name == "bridge" {
+                return Err(Status::failed_precondition("bridge is a pre-defined network and cannot be removed"));
+            }
+            let users: Vec<String> = state.endpoints.iter().filter(|e| e.network == n.id).map(|e| e.container[..12.min(e.container.len())].to_string()).collect();
+            if !users.is_empty() {
+                return Err(Status::failed_precondition(format!("network {} is in use by container(s) {}: remove or disconnect them first", n.name, users.join(", "))));
+            }
+            state.ipam.remove_network(&n.name).map_err(|e| Status::failed_precondition(e.to_string()))?;
+            state.networks.retain(|x| x.id != n.id);
+        }
+        self.0.save()?;
+        self.0.sync().await;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn attach(&self, req: Request<pb::AttachRequest>) -> Result<Response<pb::AttachResponse>, Status> {
+        let r = req.into_inner();
+        if r.container.is_empty() || r.netns.is_empty() {
+            return Err(Status::invalid_argument("attach needs a container and its network namespace"));
+        }
+        let want: Option<Ipv4Addr> =
+            if r.ip.is_empty() { None } else { Some(r.ip.parse().map_err(|_| Status::invalid_argument(format!("invalid --ip {:?}", r.ip)))?) };
+        let mut ports: Vec<PortMap> = r.ports.iter().map(port_from_pb).collect::<Result<_, _>>()?;
+        let (endpoint, n) = {
+            let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+            let n = state.network(&r.network).cloned().ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?;
+            if let Some(e) = state.endpoints.iter().find(|e| e.container == r.container && e.network == n.id) {
+                return Ok(Response::new(attach_response(e, &n)));
+            }
+            // Host ports: free of every other endpoint's, and chosen when 0.
+            let taken: Vec<PortMap> = state.endpoints.iter().flat_map(|e| e.ports.clone()).collect();
+            for i in 0..ports.len() {
+                if ports[i].host_port == 0 {
+                    let (before, rest) = ports.split_at(i);
+                    let p = &rest[0];
+                    let free = EPHEMERAL.clone().find(|hp| {
+                        let cand = PortMap { host_port: *hp, ..p.clone() };
+                        !taken.iter().chain(before).any(|t| clash(t, &cand))
+                    });
+                    ports[i].host_port = free.ok_or_else(|| Status::resource_exhausted("no free host port left"))?;
+                } else if let Some(t) = taken.iter().chain(&ports[..i]).find(|t| clash(t, &ports[i])) {
+                    return Err(Status::already_exists(format!(
+                        "Bind for {}:{} failed: port is already allocated ({}/{})",
+                        ports[i].host_ip.map_or("0.0.0.0".to_string(), |h| h.to_string()),
+                        ports[i].host_port,
+                        t.host_port,
+                        t.proto.as_str()
+                    )));
+                }
+            }
+            let ip = state.ipam.allocate(&n.name, &r.container, want).map_err(|e| Status::failed_precondition(e.to_string()))?;
+            let ifname = format!("eth{}", state.endpoints.iter().filter(|e| e.container == r.container).count());
+            let e = EndpointSpec { container: r.container.clone(), network: n.id.clone(), ip, netns: PathBuf::from(&r.netns), ifname, ports };
+            state.endpoints.push(e.clone());
+            (e, n)
+        };
+        self.0.save()?;
+        let failed = self.0.sync().await;
+        let host = veth_name(&endpoint.container, &endpoint.network);
+        if let Some((_, why)) = failed.iter().find(|(a, _)| matches!(a, Action::CreateEndpoint { host: h, .. } if *h == host)) {
+            self.0.forget(&r.container).await?;
+            return Err(Status::internal(format!("attaching container {} to {}: {why}", &r.container[..12.min(r.container.len())], n.name)));
+        }
+        Ok(Response::new(attach_response(&endpoint, &n)))
+    }
+
+    async fn detach(&self, req: Request<pb::DetachRequest>) -> Result<Response<pb::Empty>, Status> {
+        self.0.forget(&req.into_inner().container).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+}
+
+impl Netd {
+    /// Drops a container's endpoints and addresses, then reconciles.
+    async fn forget(&self, container: &str) -> Result<(), Status> {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<EndpointSpec> = state.endpoints.iter().filter(|e| e.container == container).cloned().collect();
+            for e in gone {
+                if let Some(name) = state.networks.iter().find(|n| n.id == e.network).map(|n| n.name.clone()) {
+                    state.ipam.release(&name, container);
+                }
+            }
+            state.endpoints.retain(|e| e.container != container);
+        }
+        self.save()?;
+        self.sync().await;
+        Ok(())
+    }
+}
+
+fn attach_response(e: &EndpointSpec, n: &NetworkSpec) -> pb::AttachResponse {
+    pb::AttachResponse {
+        ip: e.ip.to_string(),
+        mac: mac_string(mac_for(e.ip)),
+        prefix: n.subnet.prefix().into(),
+        gateway: if n.internal { String::new() } else { n.gateway.to_string() },
+        ports: e.ports.iter().map(port_pb).collect(),
+    }
+}

@@ -1,0 +1,65 @@
+//! Container networking on lab hosts with the real binary and netd: a
+//! container on the default bridge network gets an address, a route out
+//! (NAT) and published ports that answer from another host with the
+//! client's own address; refusals; and nothing left behind on removal.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use shoal_tests::lab::{Lab, lab_or_skip, wait_for};
+
+/// A web server whose /cgi-bin/ip answers with the client address it sees.
+const WEB: &str = "mkdir -p /www/cgi-bin && echo hello from shoal > /www/index.html \
+    && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip \
+    && chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www";
+
+#[test]
+fn published_ports_answer_from_other_hosts_and_leave_nothing_behind() -> Result<()> {
+    if !lab_or_skip() {
+        return Ok(());
+    }
+    let (lab, _tmp) = Lab::with_busybox(2, "shl-net-")?;
+    let fetch = |from: usize, url: &str| -> Result<String> {
+        let out = lab.run(from, &["wget", "-qO-", "-T", "3", url])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+
+    lab.shoal(1, &["run", "-d", "--name", "web", "--network", "bridge", "-p", "8080:80", "busybox:local", "sh", "-c", WEB])?;
+    let c = lab.container(1, "web")?;
+    ensure!(c["ports"] == "0.0.0.0:8080->80/tcp", "{c}");
+    // From another host, with the client's address seen by the server.
+    let url = format!("http://{}:8080/", lab.ip(1));
+    let body = wait_for("the published port", Duration::from_secs(10), || Ok(Some(fetch(2, &url)?).filter(|b| !b.is_empty())))?;
+    ensure!(body == "hello from shoal\n", "{body:?}");
+    let seen = fetch(2, &format!("http://{}:8080/cgi-bin/ip", lab.ip(1)))?;
+    ensure!(seen.trim().trim_matches(['[', ']']).trim_start_matches("::ffff:") == lab.ip(2), "the server sees the client's own address: {seen:?}");
+    // From the host itself, on its own address.
+    ensure!(fetch(1, &url)? == "hello from shoal\n");
+    // The container's own address and a route out through NAT.
+    let addr = lab.shoal(1, &["exec", "web", "ip", "-4", "addr", "show", "eth0"])?;
+    ensure!(addr.contains("inet 172.17.0.") && lab.shoal(1, &["exec", "web", "ip", "link", "show", "eth0"])?.contains("02:42:ac:11:00:"), "{addr}");
+    ensure!(lab.exec(1, &["exec", "web", "ping", "-c", "1", "-W", "2", &lab.ip(2)])?.status.success(), "egress to another host");
+
+    // A free host port chosen by netd; a taken one refused; -p needs a bridge network.
+    lab.shoal(1, &["run", "-d", "--name", "any", "--network", "bridge", "-p", "80", "busybox:local", "sh", "-c", WEB])?;
+    let ports = lab.container(1, "any")?["ports"].as_str().unwrap_or_default().to_string();
+    let chosen = ports.strip_prefix("0.0.0.0:").and_then(|r| r.strip_suffix("->80/tcp")).unwrap_or_default().to_string();
+    ensure!(chosen.parse::<u16>().is_ok_and(|p| p >= 32768), "{ports}");
+    let url2 = format!("http://{}:{chosen}/", lab.ip(1));
+    wait_for("the chosen port", Duration::from_secs(10), || Ok((fetch(2, &url2)? == "hello from shoal\n").then_some(())))?;
+    ensure!(lab.failing(1, &["run", "-d", "--network", "bridge", "-p", "8080:80", "busybox:local", "sleep", "5"])?.contains("port is already allocated"));
+    ensure!(lab.failing(1, &["run", "-d", "-p", "8081:80", "busybox:local", "sleep", "5"])?.contains("need a bridge network"));
+    ensure!(lab.failing(1, &["run", "-d", "--network", "nosuch", "busybox:local", "sleep", "5"])?.contains("nosuch not found"));
+    ensure!(lab.containers(1)?.len() == 2, "refused runs leave no container");
+
+    // Removal takes the veth, the namespace and the port with it.
+    lab.shoal(1, &["rm", "-f", "web", "any"])?;
+    let links = String::from_utf8_lossy(&lab.run(1, &["ip", "-br", "link"])?.stdout).into_owned();
+    ensure!(!links.contains("shv"), "{links}");
+    let left = String::from_utf8_lossy(&lab.run(1, &["ls", "/run/shoal/netns"])?.stdout).into_owned();
+    ensure!(left.trim().is_empty(), "{left}");
+    lab.shoal(1, &["run", "-d", "--name", "again", "--network", "bridge", "-p", "8080:80", "busybox:local", "sh", "-c", WEB])?;
+    wait_for("the port again", Duration::from_secs(10), || Ok((fetch(2, &url)? == "hello from shoal\n").then_some(())))?;
+    lab.shoal(1, &["rm", "-f", "again"])?;
+    Ok(())
+}
