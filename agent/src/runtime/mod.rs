@@ -860,13 +860,8 @@ impl Containers {
             }
             if c.record.auto_remove {
                 self.holds.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                let status = c.status.clone();
                 if self.remove(&id, false, true).is_ok() {
-                    let mut reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
-                    reaped.push_back((id, status));
-                    while reaped.len() > REAPED_KEPT {
-                        reaped.pop_front();
-                    }
+                    self.remember_reaped(&id, &c.status);
                 }
                 continue;
             }
@@ -920,11 +915,23 @@ impl Containers {
             match self.status_of(&id) {
                 Status::Running { .. } | Status::Created => watch::wait_change(watch.as_ref(), Duration::from_millis(500)),
                 s => {
-                    // The client saw the end: a `--rm` container may go now.
-                    self.holds.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    // The client saw the end: a held `--rm` container goes now,
+                    // before the client is told (as `docker run --rm` waits for it).
+                    let held = self.holds.lock().unwrap_or_else(|p| p.into_inner()).remove(&id).is_some();
+                    if held && self.load(&id).is_some_and(|c| c.record.auto_remove) && self.remove(&id, false, true).is_ok() {
+                        self.remember_reaped(&id, &s);
+                    }
                     return Ok(s);
                 }
             }
+        }
+    }
+
+    fn remember_reaped(&self, id: &str, status: &Status) {
+        let mut reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        reaped.push_back((id.to_string(), status.clone()));
+        while reaped.len() > REAPED_KEPT {
+            reaped.pop_front();
         }
     }
 
