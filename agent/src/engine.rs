@@ -166,6 +166,10 @@ type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecOutput, Status>> + Se
 type StatsStream = Pin<Box<dyn Stream<Item = Result<pb::ContainerStatsBatch, Status>> + Send>>;
 
 impl EngineService {
+    fn netd(&self) -> Result<std::sync::Arc<crate::network::Networks>, Status> {
+        self.containers.networks().ok_or_else(|| Status::unavailable("this daemon does not use netd, so it has no networks"))
+    }
+
     /// Starts `shoal shim-cp MODE ROOT PATH` for a container.
     async fn copy_helper(&self, mode: &str, id: &str, path: &str) -> Result<tokio::process::Child, Status> {
         if !path.starts_with('/') {
@@ -780,6 +784,20 @@ impl pb::engine_server::Engine for EngineService {
             let _ = tx.send(Ok(pb::ExecOutput { exited: true, exit_code: code, ..Default::default() })).await;
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn network_create(&self, req: Request<pb::NetworkCreateRequest>) -> Result<Response<pb::NetworkInfo>, Status> {
+        let r = req.into_inner();
+        self.netd()?.call(async move |c| c.network_create(r).await.map(|r| r.into_inner())).await.map(Response::new)
+    }
+
+    async fn network_list(&self, _req: Request<pb::Empty>) -> Result<Response<pb::NetworkInfos>, Status> {
+        self.netd()?.call(async move |c| c.network_list(pb::Empty {}).await.map(|r| r.into_inner())).await.map(Response::new)
+    }
+
+    async fn network_remove(&self, req: Request<pb::NetworkRef>) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        self.netd()?.call(async move |c| c.network_remove(r).await.map(|r| r.into_inner())).await.map(Response::new)
     }
 
     type ContainerAttachStream = ExecStream;

@@ -160,6 +160,9 @@ pub enum Cmd {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Manage networks on this node (netd).
+    #[command(subcommand)]
+    Network(NetworkCmd),
     /// Display detailed information on containers (JSON).
     Inspect {
         #[arg(required = true)]
@@ -191,6 +194,44 @@ pub enum Cmd {
     /// Load generators for the benchmark figures (bench/run uses them).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCmd {
+    Create {
+        /// Only bridge networks exist on one host.
+        #[arg(short, long, default_value = "bridge", value_parser = ["bridge"])]
+        driver: String,
+        #[arg(long)]
+        subnet: Option<String>,
+        #[arg(long)]
+        gateway: Option<String>,
+        #[arg(long)]
+        ip_range: Option<String>,
+        /// No traffic in or out, only between its containers.
+        #[arg(long)]
+        internal: bool,
+        /// Driver options: icc=false (or com.docker.network.bridge.enable_icc=false), mtu=N.
+        #[arg(short = 'o', long = "opt")]
+        opt: Vec<String>,
+        name: String,
+    },
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    Inspect {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

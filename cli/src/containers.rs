@@ -177,6 +177,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Volume(v) => volume(&mut engine, v).await?,
+        Cmd::Network(n) => network(&mut engine, n).await?,
         Cmd::Exec { interactive, tty, env, workdir, user, container, command } => {
             let start = pb::ContainerExecRequest {
                 id: container.clone(),
@@ -206,6 +207,72 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             std::process::exit(code?);
         }
         _ => {}
+    }
+    Ok(())
+}
+
+async fn network(engine: &mut Engine, cmd: &crate::args::NetworkCmd) -> anyhow::Result<()> {
+    use crate::args::NetworkCmd;
+    let doc = |n: &pb::NetworkInfo| {
+        serde_json::json!({"Name": n.name, "Id": n.id, "Driver": n.driver, "Internal": n.internal,
+            "IPAM": {"Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
+            "Options": {"com.docker.network.bridge.enable_icc": n.icc.to_string(), "com.docker.network.driver.mtu": n.mtu.to_string()},
+            "Containers": n.endpoints})
+    };
+    match cmd {
+        NetworkCmd::Create { driver: _, subnet, gateway, ip_range, internal, opt, name } => {
+            let mut req = pb::NetworkCreateRequest {
+                name: name.clone(),
+                subnet: subnet.clone().unwrap_or_default(),
+                gateway: gateway.clone().unwrap_or_default(),
+                ip_range: ip_range.clone().unwrap_or_default(),
+                internal: *internal,
+                ..Default::default()
+            };
+            for o in opt {
+                match o.split_once('=') {
+                    Some(("icc" | "com.docker.network.bridge.enable_icc", v)) => req.icc_disabled = v == "false",
+                    Some(("mtu" | "com.docker.network.driver.mtu", v)) => {
+                        req.mtu = v.parse().map_err(|_| anyhow::anyhow!("invalid mtu {v:?}: a number"))?;
+                    }
+                    _ => bail!("unknown network option {o:?}: use icc=false or mtu=N"),
+                }
+            }
+            let n = engine.network_create(req).await?.into_inner();
+            println!("{}", n.id);
+        }
+        NetworkCmd::Ls { quiet, format } => {
+            let list = engine.network_list(pb::Empty {}).await?.into_inner().networks;
+            if *quiet {
+                for n in &list {
+                    println!("{}", short(&n.id));
+                }
+            } else if *format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&list.iter().map(doc).collect::<Vec<_>>())?);
+            } else {
+                let rows: Vec<Vec<String>> = list.iter().map(|n| vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), "local".into()]).collect();
+                println!("{}", table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows));
+            }
+        }
+        NetworkCmd::Inspect { networks } => {
+            let list = engine.network_list(pb::Empty {}).await?.into_inner().networks;
+            let mut docs = Vec::new();
+            for want in networks {
+                let n = list
+                    .iter()
+                    .find(|n| &n.name == want || n.id.starts_with(want.as_str()))
+                    .ok_or_else(|| anyhow::anyhow!("network {want} not found"))?;
+                docs.push(doc(n));
+            }
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+        }
+        NetworkCmd::Rm { networks } => {
+            for_each_item(networks, "networks", async |n| {
+                engine.network_remove(pb::NetworkRef { name: n.into() }).await?;
+                Ok(vec![n.to_string()])
+            })
+            .await?;
+        }
     }
     Ok(())
 }

@@ -40,21 +40,27 @@ pub fn ruleset(d: &Desired) -> String {
         let _ = writeln!(t, "    ip saddr {} oifname != \"{}\" masquerade", n.subnet, bridge_name(&n.id));
     }
     let _ = writeln!(t, "  }}");
-    // Forwarding: within a network (icc), replies, published ports, egress; nothing else in.
+    // Forwarding, in three passes so no network's egress accept can let traffic into
+    // another: within each network (icc); then what may enter each (replies and
+    // published ports, nothing for an internal one); then egress from non-internal ones.
     let _ = writeln!(t, "  chain forward {{\n    type filter hook forward priority filter; policy accept;");
     for n in &networks {
         let br = bridge_name(&n.id);
         let verdict = if n.icc { "accept" } else { "drop" };
         let _ = writeln!(t, "    iifname \"{br}\" oifname \"{br}\" {verdict}");
+    }
+    for n in &networks {
+        let br = bridge_name(&n.id);
         if n.internal {
             let _ = writeln!(t, "    iifname \"{br}\" drop");
-            let _ = writeln!(t, "    oifname \"{br}\" drop");
         } else {
             let _ = writeln!(t, "    oifname \"{br}\" ct state established,related accept");
             let _ = writeln!(t, "    oifname \"{br}\" ct status dnat accept");
-            let _ = writeln!(t, "    oifname \"{br}\" drop");
-            let _ = writeln!(t, "    iifname \"{br}\" accept");
         }
+        let _ = writeln!(t, "    oifname \"{br}\" drop");
+    }
+    for n in networks.iter().filter(|n| !n.internal) {
+        let _ = writeln!(t, "    iifname \"{}\" accept", bridge_name(&n.id));
     }
     let _ = writeln!(t, "  }}");
     let _ = writeln!(t, "}}");
@@ -106,7 +112,11 @@ mod tests {
         assert!(r.contains("ip saddr 10.5.0.0/24 oifname != \"shbraaaaaaaaaaa\" masquerade"), "{r}");
         assert!(!r.contains("ip saddr 10.6.0.0/24"), "an internal network has no egress: {r}");
         assert!(r.contains("iifname \"shbraaaaaaaaaaa\" oifname \"shbraaaaaaaaaaa\" drop"), "icc=false: {r}");
-        assert!(r.contains("iifname \"shbrbbbbbbbbbbb\" oifname \"shbrbbbbbbbbbbb\" accept\n    iifname \"shbrbbbbbbbbbbb\" drop"), "{r}");
+        assert!(r.contains("iifname \"shbrbbbbbbbbbbb\" drop\n    oifname \"shbrbbbbbbbbbbb\" drop"), "internal: {r}");
+        // Every drop into a network comes before any network's egress accept.
+        let last_drop = r.rfind("\" drop").unwrap();
+        let first_egress = r.find("\" accept\n  }").map(|i| r[..i].rfind("iifname").unwrap()).unwrap();
+        assert!(last_drop < first_egress, "{r}");
         // Deterministic: the same state gives the same text whatever the input order.
         let mut shuffled = d.clone();
         shuffled.networks.reverse();

@@ -61,5 +61,35 @@ fn published_ports_answer_from_other_hosts_and_leave_nothing_behind() -> Result<
     lab.shoal(1, &["run", "-d", "--name", "again", "--network", "bridge", "-p", "8080:80", "busybox:local", "sh", "-c", WEB])?;
     wait_for("the port again", Duration::from_secs(10), || Ok((fetch(2, &url)? == "hello from shoal\n").then_some(())))?;
     lab.shoal(1, &["rm", "-f", "again"])?;
+
+    // User networks: reachable within, isolated between, internal has no way out, icc=false.
+    lab.shoal(1, &["network", "create", "--subnet", "10.20.0.0/24", "front"])?;
+    lab.shoal(1, &["network", "create", "--internal", "back"])?;
+    lab.shoal(1, &["network", "create", "-o", "icc=false", "quiet"])?;
+    let nets = lab.shoal_json(1, &["network", "ls"])?;
+    let names: Vec<&str> = nets.as_array().into_iter().flatten().filter_map(|n| n["Name"].as_str()).collect();
+    ensure!(names == ["back", "bridge", "front", "quiet"], "{names:?}");
+    ensure!(lab.failing(1, &["network", "create", "--subnet", "10.20.0.128/25", "overlap"])?.contains("overlaps"));
+    ensure!(lab.failing(1, &["network", "create", "front"])?.contains("already exists"));
+    let ip_of = |name: &str| -> Result<String> {
+        let doc: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["inspect", name])?)?;
+        Ok(doc[0]["record"]["run"]["ip"].as_str().unwrap_or_default().to_string())
+    };
+    for (name, net) in [("a", "front"), ("b", "front"), ("c", "back"), ("q1", "quiet"), ("q2", "quiet")] {
+        lab.shoal(1, &["run", "-d", "--name", name, "--network", net, "busybox:local", "sleep", "1000"])?;
+    }
+    ensure!(ip_of("a")?.starts_with("10.20.0."), "{}", ip_of("a")?);
+    let ping = |from: &str, to: &str| -> Result<bool> { Ok(lab.exec(1, &["exec", from, "ping", "-c", "1", "-W", "1", to])?.status.success()) };
+    ensure!(ping("a", &ip_of("b")?)?, "containers on one network reach each other");
+    ensure!(!ping("a", &ip_of("c")?)?, "another network is not reachable");
+    ensure!(!ping("c", &lab.ip(2))?, "an internal network has no way out");
+    ensure!(ping("a", &lab.ip(2))?, "a normal network has egress");
+    ensure!(!ping("q1", &ip_of("q2")?)?, "icc=false keeps containers apart");
+    ensure!(lab.failing(1, &["network", "rm", "front"])?.contains("in use"));
+    ensure!(lab.failing(1, &["network", "rm", "bridge"])?.contains("pre-defined"));
+    lab.shoal(1, &["rm", "-f", "a", "b", "c", "q1", "q2"])?;
+    lab.shoal(1, &["network", "rm", "front", "back", "quiet"])?;
+    let links = String::from_utf8_lossy(&lab.run(1, &["ip", "-br", "link"])?.stdout).into_owned();
+    ensure!(links.matches("shbr").count() == 1 && !links.contains("shv"), "only the default bridge is left: {links}");
     Ok(())
 }

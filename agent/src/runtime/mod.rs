@@ -1074,6 +1074,11 @@ impl Containers {
         })
     }
 
+    /// netd, if this daemon uses it.
+    pub fn networks(&self) -> Option<Arc<crate::network::Networks>> {
+        self.networks.get().cloned()
+    }
+
     /// Uses netd for containers on bridge networks.
     pub fn set_networks(&self, networks: Arc<crate::network::Networks>) {
         let _ = self.networks.set(networks);
