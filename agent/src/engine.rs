@@ -191,6 +191,24 @@ impl EngineService {
     }
 }
 
+/// Copies a client's keystrokes, as frames, to `to` until it stops sending.
+fn forward_input<T: Send + 'static>(
+    mut from: Streaming<T>,
+    input: fn(T) -> Option<pb::TerminalInput>,
+    mut to: impl tokio::io::AsyncWrite + Unpin + Send + 'static,
+) {
+    use tokio::io::AsyncWriteExt;
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = from.next().await {
+            if let Some(i) = input(msg)
+                && to.write_all(&terminal_frames(&i)).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+}
+
 /// A client's input as the frames the shim and `shim-exec` read.
 fn terminal_frames(i: &pb::TerminalInput) -> Vec<u8> {
     use crate::runtime::frames;
@@ -722,7 +740,7 @@ impl pb::engine_server::Engine for EngineService {
     type ContainerExecStream = ExecStream;
 
     async fn container_exec(&self, req: Request<Streaming<pb::ExecInput>>) -> Result<Response<ExecStream>, Status> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncReadExt;
         let mut input = req.into_inner();
         let r = input
             .next()
@@ -747,17 +765,8 @@ impl pb::engine_server::Engine for EngineService {
         let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(Status::internal("exec has no output pipes"));
         };
-        if let Some(mut stdin) = child.stdin.take() {
-            // The client's keystrokes, in frames, until it stops sending.
-            tokio::spawn(async move {
-                while let Some(Ok(msg)) = input.next().await {
-                    if let Some(i) = msg.input
-                        && stdin.write_all(&terminal_frames(&i)).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+        if let Some(stdin) = child.stdin.take() {
+            forward_input(input, |m: pb::ExecInput| m.input, stdin);
         }
         let (tx, rx) = mpsc::channel(32);
         tokio::spawn(async move {
@@ -817,15 +826,7 @@ impl pb::engine_server::Engine for EngineService {
         if let Some(i) = &first.input {
             wr.write_all(&terminal_frames(i)).await.map_err(|e| Status::unavailable(e.to_string()))?;
         }
-        tokio::spawn(async move {
-            while let Some(Ok(msg)) = input.next().await {
-                if let Some(i) = msg.input
-                    && wr.write_all(&terminal_frames(&i)).await.is_err()
-                {
-                    return;
-                }
-            }
-        });
+        forward_input(input, |m: pb::AttachInput| m.input, wr);
         let (tx, rx) = mpsc::channel(32);
         let containers = self.containers.clone();
         tokio::spawn(async move {

@@ -35,13 +35,7 @@ impl Networks {
     }
 
     async fn client(&self) -> Result<pb::netd_client::NetdClient<tonic::transport::Channel>, NetworkError> {
-        let p = self.socket.clone();
-        let connector = tower::service_fn(move |_| {
-            let p = p.clone();
-            async move { tokio::net::UnixStream::connect(p).await.map(hyper_util::rt::TokioIo::new) }
-        });
-        let channel = tonic::transport::Endpoint::from_static("http://localhost")
-            .connect_with_connector(connector)
+        let channel = shoal_proto::unix_channel(&self.socket)
             .await
             .map_err(|e| NetworkError::Unreachable { socket: self.socket.clone(), why: e.to_string() })?;
         Ok(pb::netd_client::NetdClient::new(channel))
@@ -99,7 +93,7 @@ fn create_netns(path: &Path) -> Result<(), NetworkError> {
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             return Err(format!("unshare: {}", std::io::Error::last_os_error()));
         }
-        let src = std::ffi::CString::new(format!("/proc/self/task/{}/ns/net", unsafe_gettid())).map_err(|e| e.to_string())?;
+        let src = std::ffi::CString::new(format!("/proc/self/task/{}/ns/net", gettid())).map_err(|e| e.to_string())?;
         let dst = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
         // SAFETY: bind-mounting this thread's namespace file onto our own file; valid C strings.
         if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) } != 0 {
@@ -115,7 +109,7 @@ fn create_netns(path: &Path) -> Result<(), NetworkError> {
     })
 }
 
-fn unsafe_gettid() -> i32 {
+fn gettid() -> i32 {
     // SAFETY: gettid only reads the caller's id.
     unsafe { libc::gettid() }
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use shoal_proto::pb::control_client::ControlClient;
 use shoal_proto::pb::local_client::LocalClient;
 use shoal_proto::tls::NodeCerts;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::args::{Cli, DEFAULT_SOCKET};
 
@@ -38,13 +38,7 @@ pub async fn channel(cli: &Cli) -> anyhow::Result<Channel> {
                     path.display()
                 );
             }
-            let p = path.clone();
-            let connector = tower::service_fn(move |_| {
-                let p = p.clone();
-                async move { tokio::net::UnixStream::connect(p).await.map(hyper_util::rt::TokioIo::new) }
-            });
-            Endpoint::from_static("http://localhost")
-                .connect_with_connector(connector)
+            shoal_proto::unix_channel(&path)
                 .await
                 .with_context(|| format!("cannot connect to the Shoal daemon at unix://{}", path.display()))
         }

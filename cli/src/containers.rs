@@ -6,7 +6,7 @@ use shoal_proto::pb;
 use crate::args::{Cli, Cmd, Format};
 use crate::client;
 use crate::images::ago;
-use crate::output::{for_each_item, print_docs, table};
+use crate::output::{for_each_item, print_docs, print_listing, table};
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
@@ -109,27 +109,19 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         Cmd::Cp { source, dest } => crate::copy::run(&mut engine, source, dest).await?,
         Cmd::Ps { all, quiet, format } => {
             let list = engine.container_list(pb::ContainerListRequest { all: *all }).await?.into_inner().containers;
-            if *quiet {
-                for c in &list {
-                    println!("{}", short(&c.id));
-                }
-            } else if *format == Format::Json {
-                let v: Vec<_> = list
-                    .iter()
-                    .map(|c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid, "restart_count": c.restart_count, "ports": c.ports}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|c| {
-                        let cmd: String = c.command.chars().take(20).collect();
-                        let created = ago(&shoal_proto::model::rfc3339(c.created_ms));
-                        vec![short(&c.id).into(), c.image.clone(), format!("\"{cmd}\""), created, c.status.clone(), c.ports.clone(), c.name.clone()]
-                    })
-                    .collect();
-                println!("{}", table(&["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], &rows));
-            }
+            print_listing(
+                &list,
+                *quiet,
+                *format,
+                |c| short(&c.id).to_string(),
+                |c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid, "restart_count": c.restart_count, "ports": c.ports}),
+                &["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
+                |c| {
+                    let cmd: String = c.command.chars().take(20).collect();
+                    let created = ago(&shoal_proto::model::rfc3339(c.created_ms));
+                    vec![vec![short(&c.id).into(), c.image.clone(), format!("\"{cmd}\""), created, c.status.clone(), c.ports.clone(), c.name.clone()]]
+                },
+            )?;
         }
         Cmd::Logs { follow, tail, timestamps, since, until, container } => {
             let tail = if tail == "all" { -1 } else { tail.parse::<i64>().map_err(|_| anyhow::anyhow!("invalid --tail {tail:?}: a number or all"))? };
@@ -243,16 +235,8 @@ async fn network(engine: &mut Engine, cmd: &crate::args::NetworkCmd) -> anyhow::
         }
         NetworkCmd::Ls { quiet, format } => {
             let list = engine.network_list(pb::Empty {}).await?.into_inner().networks;
-            if *quiet {
-                for n in &list {
-                    println!("{}", short(&n.id));
-                }
-            } else if *format == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&list.iter().map(doc).collect::<Vec<_>>())?);
-            } else {
-                let rows: Vec<Vec<String>> = list.iter().map(|n| vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), "local".into()]).collect();
-                println!("{}", table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows));
-            }
+            let row = |n: &pb::NetworkInfo| vec![vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), "local".into()]];
+            print_listing(&list, *quiet, *format, |n| short(&n.id).to_string(), doc, &["NETWORK ID", "NAME", "DRIVER", "SCOPE"], row)?;
         }
         NetworkCmd::Inspect { networks } => {
             let list = engine.network_list(pb::Empty {}).await?.into_inner().networks;
@@ -289,17 +273,15 @@ async fn volume(
         }
         VolumeCmd::Ls { quiet, format } => {
             let list = engine.volume_list(pb::Empty {}).await?.into_inner().volumes;
-            if *quiet {
-                for v in &list {
-                    println!("{}", v.name);
-                }
-            } else if *format == Format::Json {
-                let j: Vec<_> = list.iter().map(|v| serde_json::json!({"name": v.name, "mountpoint": v.mountpoint, "anonymous": v.anonymous})).collect();
-                println!("{}", serde_json::to_string_pretty(&j)?);
-            } else {
-                let rows: Vec<Vec<String>> = list.iter().map(|v| vec!["local".into(), v.name.clone()]).collect();
-                println!("{}", table(&["DRIVER", "VOLUME NAME"], &rows));
-            }
+            print_listing(
+                &list,
+                *quiet,
+                *format,
+                |v| v.name.clone(),
+                |v| serde_json::json!({"name": v.name, "mountpoint": v.mountpoint, "anonymous": v.anonymous}),
+                &["DRIVER", "VOLUME NAME"],
+                |v| vec![vec!["local".into(), v.name.clone()]],
+            )?;
         }
         VolumeCmd::Inspect { volumes } => {
             let mut docs = Vec::new();

@@ -8,9 +8,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::args::{Cli, Format, ImageCmd};
+use crate::args::{Cli, ImageCmd};
 use crate::client;
-use crate::output::{for_each_item, print_docs, table};
+use crate::output::{for_each_item, print_docs};
 
 const CHUNK: usize = 256 * 1024;
 
@@ -130,27 +130,23 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
         }
         ImageCmd::Ls { quiet, format } => {
             let images = engine.image_list(pb::Empty {}).await?.into_inner().images;
-            if *quiet {
-                for i in &images {
-                    println!("{}", short_id(&i.id));
-                }
-            } else if *format == Format::Json {
-                let v: Vec<_> = images
-                    .iter()
-                    .map(|i| serde_json::json!({"id": i.id, "repo_tags": i.repo_tags, "repo_digests": i.repo_digests, "created": i.created, "size": i.size}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let mut rows = Vec::new();
-                for i in &images {
+            crate::output::print_listing(
+                &images,
+                *quiet,
+                *format,
+                |i| short_id(&i.id).to_string(),
+                |i| serde_json::json!({"id": i.id, "repo_tags": i.repo_tags, "repo_digests": i.repo_digests, "created": i.created, "size": i.size}),
+                &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+                |i| {
                     let tags = if i.repo_tags.is_empty() { vec!["<none>:<none>".to_string()] } else { i.repo_tags.clone() };
-                    for t in tags {
-                        let (repo, tag) = if t == "<none>:<none>" { ("<none>".into(), "<none>".into()) } else { split_tag(&t) };
-                        rows.push(vec![repo, tag, short_id(&i.id), ago(&i.created), human_size(i.size)]);
-                    }
-                }
-                println!("{}", table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows));
-            }
+                    tags.into_iter()
+                        .map(|t| {
+                            let (repo, tag) = if t == "<none>:<none>" { ("<none>".into(), "<none>".into()) } else { split_tag(&t) };
+                            vec![repo, tag, short_id(&i.id).to_string(), ago(&i.created), human_size(i.size)]
+                        })
+                        .collect()
+                },
+            )?;
         }
         ImageCmd::Inspect { images } => {
             let mut docs = Vec::new();

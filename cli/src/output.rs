@@ -120,6 +120,29 @@ pub fn error_message(e: &anyhow::Error) -> String {
     format!("{e:#}")
 }
 
+/// Docker's three shapes of a listing: ids only (`-q`), a JSON array
+/// (`--format json`), or a table with `rows` lines for each item.
+pub fn print_listing<T>(
+    items: &[T],
+    quiet: bool,
+    format: crate::args::Format,
+    id: impl Fn(&T) -> String,
+    json: impl Fn(&T) -> serde_json::Value,
+    headers: &[&str],
+    rows: impl Fn(&T) -> Vec<Vec<String>>,
+) -> anyhow::Result<()> {
+    if quiet {
+        for i in items {
+            println!("{}", id(i));
+        }
+    } else if format == crate::args::Format::Json {
+        println!("{}", serde_json::to_string_pretty(&items.iter().map(json).collect::<Vec<_>>())?);
+    } else {
+        println!("{}", table(headers, &items.iter().flat_map(rows).collect::<Vec<_>>()));
+    }
+    Ok(())
+}
+
 pub const DECIMAL: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
 pub const BINARY: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
 

@@ -149,6 +149,38 @@ pub fn parse_publish(spec: &str) -> Result<PortMap, String> {
     Ok(PortMap { host_ip, host_port, container_port, proto })
 }
 
+impl PortMap {
+    /// As it travels between the daemon and netd.
+    pub fn to_pb(&self) -> shoal_proto::pb::PortMapping {
+        shoal_proto::pb::PortMapping {
+            host_ip: self.host_ip.map(|i| i.to_string()).unwrap_or_default(),
+            host_port: self.host_port.into(),
+            container_port: self.container_port.into(),
+            proto: self.proto.as_str().into(),
+        }
+    }
+
+    pub fn from_pb(p: &shoal_proto::pb::PortMapping) -> Result<PortMap, String> {
+        Ok(PortMap {
+            host_ip: if p.host_ip.is_empty() {
+                None
+            } else {
+                Some(p.host_ip.parse().map_err(|_| format!("{:?} is not an IPv4 address", p.host_ip))?)
+            },
+            host_port: u16::try_from(p.host_port).map_err(|_| format!("host port {} is out of range", p.host_port))?,
+            container_port: u16::try_from(p.container_port)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("container port {} is out of range", p.container_port))?,
+            proto: match p.proto.as_str() {
+                "" | "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                other => return Err(format!("unknown protocol {other:?}: tcp or udp")),
+            },
+        })
+    }
+}
+
 /// Docker's PORTS column: `0.0.0.0:8080->80/tcp`.
 pub fn port_string(p: &PortMap) -> String {
     let ip = p.host_ip.map_or("0.0.0.0".to_string(), |i| i.to_string());

@@ -13,7 +13,7 @@ use shoal_proto::pb;
 use tonic::{Request, Response, Status};
 
 use crate::ipam::{Ipam, default_pools};
-use crate::model::{Desired, EndpointSpec, NetworkSpec, PortMap, Proto, veth_name};
+use crate::model::{Desired, EndpointSpec, NetworkSpec, PortMap, veth_name};
 use crate::net::{Subnet, mac_for, mac_string};
 use crate::plan::{Action, plan};
 use crate::sys;
@@ -143,29 +143,6 @@ impl Netd {
     }
 }
 
-fn port_pb(p: &PortMap) -> pb::PortMapping {
-    pb::PortMapping {
-        host_ip: p.host_ip.map(|i| i.to_string()).unwrap_or_default(),
-        host_port: p.host_port.into(),
-        container_port: p.container_port.into(),
-        proto: p.proto.as_str().into(),
-    }
-}
-
-fn port_from_pb(p: &pb::PortMapping) -> Result<PortMap, Status> {
-    let bad = |why: String| Status::invalid_argument(why);
-    Ok(PortMap {
-        host_ip: if p.host_ip.is_empty() { None } else { Some(p.host_ip.parse().map_err(|_| bad(format!("{:?} is not an IPv4 address", p.host_ip)))?) },
-        host_port: u16::try_from(p.host_port).map_err(|_| bad(format!("host port {} is out of range", p.host_port)))?,
-        container_port: u16::try_from(p.container_port).ok().filter(|p| *p > 0).ok_or_else(|| bad(format!("container port {} is out of range", p.container_port)))?,
-        proto: match p.proto.as_str() {
-            "" | "tcp" => Proto::Tcp,
-            "udp" => Proto::Udp,
-            other => return Err(bad(format!("unknown protocol {other:?}: tcp or udp"))),
-        },
-    })
-}
-
 /// Whether two published ports would take the same host port.
 fn clash(a: &PortMap, b: &PortMap) -> bool {
     a.proto == b.proto && a.host_port == b.host_port && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
@@ -244,7 +221,7 @@ impl pb::netd_server::Netd for NetdService {
         }
         let want: Option<Ipv4Addr> =
             if r.ip.is_empty() { None } else { Some(r.ip.parse().map_err(|_| Status::invalid_argument(format!("invalid --ip {:?}", r.ip)))?) };
-        let mut ports: Vec<PortMap> = r.ports.iter().map(port_from_pb).collect::<Result<_, _>>()?;
+        let mut ports: Vec<PortMap> = r.ports.iter().map(PortMap::from_pb).collect::<Result<_, _>>().map_err(Status::invalid_argument)?;
         let (endpoint, n) = {
             let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
             let n = state.network(&r.network).cloned().ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?;
@@ -319,6 +296,6 @@ fn attach_response(e: &EndpointSpec, n: &NetworkSpec) -> pb::AttachResponse {
         mac: mac_string(mac_for(e.ip)),
         prefix: n.subnet.prefix().into(),
         gateway: if n.internal { String::new() } else { n.gateway.to_string() },
-        ports: e.ports.iter().map(port_pb).collect(),
+        ports: e.ports.iter().map(PortMap::to_pb).collect(),
     }
 }

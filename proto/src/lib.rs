@@ -13,6 +13,16 @@ pub mod pb {
     tonic::include_proto!("shoal.v1");
 }
 
+/// A gRPC channel over a local unix socket (the daemon's or netd's).
+pub async fn unix_channel(path: &std::path::Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let p = path.to_path_buf();
+    let connector = tower::service_fn(move |_| {
+        let p = p.clone();
+        async move { tokio::net::UnixStream::connect(p).await.map(hyper_util::rt::TokioIo::new) }
+    });
+    tonic::transport::Endpoint::from_static("http://localhost").connect_with_connector(connector).await
+}
+
 /// The default port of a manager: control API, Raft and dispatcher.
 pub const MANAGER_PORT: u16 = 4620;
 

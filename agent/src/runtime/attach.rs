@@ -124,6 +124,45 @@ pub enum Request {
     Resize(u16, u16),
 }
 
+/// The requests among decoded frames (output frames a client sends are ignored).
+pub fn requests(frames: Vec<(u8, Vec<u8>)>) -> Vec<Request> {
+    frames
+        .into_iter()
+        .filter_map(|(kind, p)| match kind {
+            frames::STDIN => Some(Request::Stdin(p)),
+            frames::CLOSE_STDIN => Some(Request::CloseStdin),
+            frames::RESIZE => frames::parse_resize(&p).map(|(r, c)| Request::Resize(r, c)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Acts on a client's request against the process's input: a pipe (closed
+/// at the end of input) or, with `tty`, the terminal (which is resized).
+pub fn apply(req: Request, input: &mut Option<OwnedFd>, tty: bool) {
+    match (req, input.as_ref()) {
+        (Request::Stdin(data), Some(i)) => {
+            write_all(i.as_raw_fd(), &data);
+        }
+        (Request::CloseStdin, Some(_)) if !tty => *input = None,
+        (Request::Resize(rows, cols), Some(i)) if tty => set_size(i.as_raw_fd(), rows, cols),
+        _ => {}
+    }
+}
+
+/// Copies what `from` has right now (non-blocking) to `to`.
+pub fn drain(from: RawFd, to: RawFd, buf: &mut [u8]) {
+    set_nonblocking(from);
+    loop {
+        // SAFETY: reading into a valid buffer.
+        let n = unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return;
+        }
+        write_all(to, &buf[..n as usize]);
+    }
+}
+
 /// The attach endpoint: a listener and at most one client at a time. Output
 /// from before the first client is kept (up to a limit) and replayed to it,
 /// so `run -it` sees the container's first prompt.
@@ -165,15 +204,7 @@ impl Attach {
             return vec![];
         }
         match self.decoder.push(&buf[..n as usize]) {
-            Ok(frames) => frames
-                .into_iter()
-                .filter_map(|(kind, p)| match kind {
-                    frames::STDIN => Some(Request::Stdin(p)),
-                    frames::CLOSE_STDIN => Some(Request::CloseStdin),
-                    frames::RESIZE => frames::parse_resize(&p).map(|(r, c)| Request::Resize(r, c)),
-                    _ => None,
-                })
-                .collect(),
+            Ok(frames) => requests(frames),
             Err(_) => {
                 self.client = None;
                 vec![]

@@ -298,8 +298,10 @@ const HOLD_FOR: Duration = Duration::from_secs(600);
 
 /// How many auto-removed containers' exits `wait` can still report.
 const REAPED_KEPT: usize = 256;
-/// How often the supervisor looks for containers to restart or remove.
-const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
+/// The supervisor wakes when a container's shim records a start or an exit,
+/// when a restart is due, and at least this often (for shims that died
+/// without recording anything, and expired holds).
+const SUPERVISE_RESCAN: Duration = Duration::from_secs(2);
 
 fn random_hex(n: usize) -> String {
     (0..n).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect()
@@ -533,15 +535,7 @@ impl Containers {
         let mut run = run;
         let mut attached = None;
         if let (true, Some(nets)) = (netd_network(&req.network), self.networks.get()) {
-            let pb_ports = ports
-                .iter()
-                .map(|p| shoal_proto::pb::PortMapping {
-                    host_ip: p.host_ip.map(|i| i.to_string()).unwrap_or_default(),
-                    host_port: p.host_port.into(),
-                    container_port: p.container_port.into(),
-                    proto: p.proto.as_str().into(),
-                })
-                .collect();
+            let pb_ports = ports.iter().map(shoal_netd::model::PortMap::to_pb).collect();
             let resp = nets.attach(&id, &req.network, &req.ip, pb_ports).map_err(|e| ContainerError::Invalid {
                 what: "network",
                 value: req.network.clone(),
@@ -625,10 +619,8 @@ impl Containers {
                     .attached
                     .iter()
                     .flat_map(|a| &a.ports)
-                    .map(|p| {
-                        let ip = if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip };
-                        format!("{ip}:{}->{}/{}", p.host_port, p.container_port, p.proto)
-                    })
+                    .filter_map(|p| shoal_netd::model::PortMap::from_pb(p).ok())
+                    .map(|p| shoal_netd::model::port_string(&p))
                     .collect(),
             },
             mounts: settings.mounts.clone(),
@@ -836,20 +828,33 @@ impl Containers {
         std::thread::Builder::new()
             .name("supervisor".into())
             .spawn(move || {
+                let watch = watch::DirWatch::renames(&this.root);
                 let mut starting = true;
                 loop {
-                    this.supervise_once(starting);
+                    let due = this.supervise_once(starting, watch.as_ref());
                     starting = false;
-                    std::thread::sleep(SUPERVISE_EVERY);
+                    let until_due = due.map(|d| Duration::from_millis(d.saturating_sub(now_ms())));
+                    let wait = until_due.unwrap_or(SUPERVISE_RESCAN).clamp(Duration::from_millis(1), SUPERVISE_RESCAN);
+                    match &watch {
+                        Some(w) => w.wait(wait),
+                        None => std::thread::sleep(wait.min(Duration::from_millis(100))),
+                    }
                 }
             })
             .expect("spawning the supervisor thread");
     }
 
-    /// One pass of the supervisor.
-    pub fn supervise_once(&self, daemon_starting: bool) {
+    /// One pass of the supervisor; returns when the soonest pending restart
+    /// is due. Each container's directory joins `watch` (renames only: a
+    /// shim's started and exit records, not its log writes).
+    pub fn supervise_once(&self, daemon_starting: bool, watch: Option<&watch::DirWatch>) -> Option<u64> {
         let now = now_ms();
+        let mut soonest: Option<u64> = None;
+        let mut due_at = |ms: u64| soonest = Some(soonest.map_or(ms, |s| s.min(ms)));
         for c in self.list() {
+            if let Some(w) = watch {
+                w.add_renames(&self.dir(&c.record.id));
+            }
             if ended(&c.status).is_none() {
                 continue;
             }
@@ -883,8 +888,9 @@ impl Containers {
                             due_ms: now + after.as_millis() as u64,
                             ..c.restart.clone()
                         };
-                        if let Err(e) = self.write_restart(&id, &state) {
-                            tracing::warn!(container = %id, error = %e, "cannot record a pending restart");
+                        match self.write_restart(&id, &state) {
+                            Ok(()) => due_at(state.due_ms),
+                            Err(e) => tracing::warn!(container = %id, error = %e, "cannot record a pending restart"),
                         }
                     }
                 }
@@ -896,8 +902,11 @@ impl Containers {
                     Ok(()) => tracing::info!(container = %c.record.name, count = state.count, "restarted by its policy"),
                     Err(e) => tracing::warn!(container = %c.record.name, error = %e, "restart by its policy failed"),
                 }
+            } else {
+                due_at(c.restart.due_ms);
             }
         }
+        soonest
     }
 
     /// Waits for the container to stop running and returns how it ended;

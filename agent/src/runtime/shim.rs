@@ -348,7 +348,6 @@ fn supervise(
     err_r: OwnedFd,
     mut attach: Option<(super::attach::Attach, Option<OwnedFd>)>,
 ) -> Result<(), String> {
-    use super::attach::Request;
     use super::frames;
     let mut log = LogFile::open(dir.join("log"), cfg.log).map_err(|e| format!("opening the log: {e}"))?;
     let mut streams = [(out_r, LineLog { stream: "stdout", pending: vec![] }, true), (err_r, LineLog { stream: "stderr", pending: vec![] }, true)];
@@ -392,14 +391,7 @@ fn supervise(
             }
             if a.client.as_ref().is_some_and(|c| ready(c.as_raw_fd())) {
                 for req in a.read_client(&mut buf) {
-                    match (req, input.as_ref()) {
-                        (Request::Stdin(data), Some(i)) => {
-                            super::attach::write_all(i.as_raw_fd(), &data);
-                        }
-                        (Request::CloseStdin, Some(_)) if !cfg.tty => *input = None,
-                        (Request::Resize(rows, cols), Some(i)) if cfg.tty => super::attach::set_size(i.as_raw_fd(), rows, cols),
-                        _ => {}
-                    }
+                    super::attach::apply(req, input, cfg.tty);
                 }
             }
         }
@@ -434,13 +426,7 @@ fn supervise(
                 }
                 s.1.finish(&mut log);
             }
-            let exit_code = if libc::WIFEXITED(st) {
-                libc::WEXITSTATUS(st)
-            } else if libc::WIFSIGNALED(st) {
-                128 + libc::WTERMSIG(st)
-            } else {
-                255
-            };
+            let exit_code = exit_code(st);
             let oom_killed = super::cgroups::Cgroups::host().oom_kills(&cfg.cgroups_path) > 0;
             // Record the exit first (waiters wake on it), then clean up; a
             // restart waits for this shim to be gone before it starts another.
@@ -512,7 +498,7 @@ pub fn exec_main(json: &str) -> i32 {
 }
 
 fn exec(cfg: &ExecConfig) -> Result<i32, (i32, String)> {
-    use super::attach::{self, Request};
+    use super::attach;
     let fail = |e: String| (126, e);
     let dup = |fd: i32| -> Result<OwnedFd, (i32, String)> {
         // SAFETY: duplicating one of our standard descriptors; the copy is ours.
@@ -605,24 +591,8 @@ fn exec(cfg: &ExecConfig) -> Result<i32, (i32, String)> {
                     input = None;
                 }
             }
-            for (kind, payload) in frames {
-                let req = match kind {
-                    super::frames::STDIN => Request::Stdin(payload),
-                    super::frames::CLOSE_STDIN => Request::CloseStdin,
-                    super::frames::RESIZE => match super::frames::parse_resize(&payload) {
-                        Some((r, c)) => Request::Resize(r, c),
-                        None => continue,
-                    },
-                    _ => continue,
-                };
-                match (req, &input) {
-                    (Request::Stdin(d), Some(i)) => {
-                        attach::write_all(i.as_raw_fd(), &d);
-                    }
-                    (Request::CloseStdin, Some(_)) if !cfg.tty => input = None,
-                    (Request::Resize(r, c), Some(i)) if cfg.tty => attach::set_size(i.as_raw_fd(), r, c),
-                    _ => {}
-                }
+            for req in attach::requests(frames) {
+                attach::apply(req, &mut input, cfg.tty);
             }
         }
         if let Some(m) = &master
@@ -641,15 +611,7 @@ fn exec(cfg: &ExecConfig) -> Result<i32, (i32, String)> {
         let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
         if r == pid || r < 0 {
             if let Some(m) = &master {
-                attach::set_nonblocking(m.as_raw_fd());
-                loop {
-                    // SAFETY: reading into a valid buffer.
-                    let n = unsafe { libc::read(m.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                    if n <= 0 {
-                        break;
-                    }
-                    attach::write_all(1, &buf[..n as usize]);
-                }
+                attach::drain(m.as_raw_fd(), 1, &mut buf);
             }
             return Ok(if r == pid { exit_code(st) } else { 255 });
         }

@@ -10,6 +10,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
+const RENAMES: u32 = libc::IN_CREATE | libc::IN_MOVED_TO;
+
 pub struct DirWatch {
     fd: OwnedFd,
 }
@@ -17,17 +19,36 @@ pub struct DirWatch {
 impl DirWatch {
     /// Watches `dir` for files written, created, renamed in or deleted; None if inotify is unavailable.
     pub fn new(dir: &Path) -> Option<DirWatch> {
+        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_DELETE | libc::IN_DELETE_SELF | libc::IN_CLOSE_WRITE;
+        DirWatch::with_mask(dir, mask)
+    }
+
+    /// Watches `dir` only for entries created or renamed into it.
+    pub fn renames(dir: &Path) -> Option<DirWatch> {
+        DirWatch::with_mask(dir, RENAMES)
+    }
+
+    fn with_mask(dir: &Path, mask: u32) -> Option<DirWatch> {
         // SAFETY: creating an inotify instance; the descriptor is owned right after.
         let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
         if fd < 0 {
             return None;
         }
         // SAFETY: fd is a new descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let path = CString::new(dir.as_os_str().as_bytes()).ok()?;
-        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_DELETE | libc::IN_DELETE_SELF | libc::IN_CLOSE_WRITE;
+        let w = DirWatch { fd: unsafe { OwnedFd::from_raw_fd(fd) } };
+        w.add(dir, mask).then_some(w)
+    }
+
+    /// Also watches `dir` for entries created or renamed into it (adding a
+    /// directory already watched changes nothing).
+    pub fn add_renames(&self, dir: &Path) -> bool {
+        self.add(dir, RENAMES)
+    }
+
+    fn add(&self, dir: &Path, mask: u32) -> bool {
+        let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else { return false };
         // SAFETY: adding a watch for a valid NUL-terminated path.
-        (unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) } >= 0).then_some(DirWatch { fd })
+        unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), path.as_ptr(), mask) >= 0 }
     }
 
     /// Blocks until something changed or `timeout` passed; drains the events.
@@ -65,6 +86,23 @@ mod tests {
         let started = std::time::Instant::now();
         w.wait(Duration::from_secs(20));
         assert!(started.elapsed() < Duration::from_secs(10), "woken by the write, not the timeout");
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_rename_into_an_added_directory_wakes_the_watcher() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let w = DirWatch::renames(a.path()).expect("inotify");
+        assert!(w.add_renames(b.path()));
+        let (tmp, done) = (b.path().join("exit.tmp"), b.path().join("exit.json"));
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::write(&tmp, "{}").unwrap();
+            std::fs::rename(&tmp, done).unwrap();
+        });
+        let started = std::time::Instant::now();
+        w.wait(Duration::from_secs(20));
+        assert!(started.elapsed() < Duration::from_secs(10), "woken by the rename, not the timeout");
         writer.join().unwrap();
     }
 }
