@@ -125,7 +125,7 @@ fn container_pb(c: &Container) -> pb::ContainerInfo {
         command: c.record.args.join(" "),
         created_ms: c.record.created_ms,
         restart_count: c.restart.count,
-        ports: c.record.run.ports.join(", "),
+        ports: c.endpoints.iter().flat_map(|e| e.ports.iter().cloned()).collect::<Vec<_>>().join(", "),
         ..Default::default()
     };
     match &c.status {
@@ -536,6 +536,7 @@ impl pb::engine_server::Engine for EngineService {
             attach: r.attach,
             publish: r.publish,
             ip: r.ip,
+            network_aliases: r.network_aliases,
         };
         let containers = self.containers.clone();
         let c = cblocking(move || containers.run(&run)).await?;
@@ -797,16 +798,30 @@ impl pb::engine_server::Engine for EngineService {
 
     async fn network_create(&self, req: Request<pb::NetworkCreateRequest>) -> Result<Response<pb::NetworkInfo>, Status> {
         let r = req.into_inner();
-        self.netd()?.call(async move |c| c.network_create(r).await.map(|r| r.into_inner())).await.map(Response::new)
+        self.netd()?.call_async(async move |c| c.network_create(r).await.map(|r| r.into_inner())).await.map(Response::new)
     }
 
     async fn network_list(&self, _req: Request<pb::Empty>) -> Result<Response<pb::NetworkInfos>, Status> {
-        self.netd()?.call(async move |c| c.network_list(pb::Empty {}).await.map(|r| r.into_inner())).await.map(Response::new)
+        self.netd()?.call_async(async move |c| c.network_list(pb::Empty {}).await.map(|r| r.into_inner())).await.map(Response::new)
     }
 
     async fn network_remove(&self, req: Request<pb::NetworkRef>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
-        self.netd()?.call(async move |c| c.network_remove(r).await.map(|r| r.into_inner())).await.map(Response::new)
+        self.netd()?.call_async(async move |c| c.network_remove(r).await.map(|r| r.into_inner())).await.map(Response::new)
+    }
+
+    async fn network_connect(&self, req: Request<pb::NetworkConnectRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+        let r = req.into_inner();
+        let containers = self.containers.clone();
+        let c = cblocking(move || containers.connect(&r.container, &r.network, r.aliases, &r.ip)).await?;
+        Ok(Response::new(container_pb(&c)))
+    }
+
+    async fn network_disconnect(&self, req: Request<pb::NetworkConnectRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+        let r = req.into_inner();
+        let containers = self.containers.clone();
+        let c = cblocking(move || containers.disconnect(&r.container, &r.network)).await?;
+        Ok(Response::new(container_pb(&c)))
     }
 
     type ContainerAttachStream = ExecStream;

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+use shoal_netd::model::{PortMap, port_string};
 use shoal_proto::pb;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +17,62 @@ pub enum NetworkError {
     Refused(String),
     #[error("creating the network namespace {path}: {why}")]
     Netns { path: PathBuf, why: String },
+}
+
+/// One network a container is on, as asked (kept in its record).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The network's name (or id) as given.
+    pub network: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `--ip`, if asked.
+    #[serde(default)]
+    pub ip: String,
+    /// Published ports (on the container's first network only).
+    #[serde(default)]
+    pub ports: Vec<PortMap>,
+}
+
+/// What netd made of an attachment (the container's `network.json`): for
+/// `ps`, `inspect` and the container's /etc/hosts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub network: String,
+    pub network_id: String,
+    pub ip: String,
+    pub prefix: u32,
+    pub mac: String,
+    pub gateway: String,
+    pub ifname: String,
+    /// `0.0.0.0:8080->80/tcp`.
+    pub ports: Vec<String>,
+    pub aliases: Vec<String>,
+    /// Why netd could not attach it (yet), if it could not.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+impl Endpoint {
+    fn from_pb(a: &pb::AttachResponse, aliases: &[String]) -> Endpoint {
+        Endpoint {
+            network: a.network.clone(),
+            network_id: a.network_id.clone(),
+            ip: a.ip.clone(),
+            prefix: a.prefix,
+            mac: a.mac.clone(),
+            gateway: a.gateway.clone(),
+            ifname: a.ifname.clone(),
+            ports: a.ports.iter().filter_map(|p| PortMap::from_pb(p).ok()).map(|p| port_string(&p)).collect(),
+            aliases: aliases.to_vec(),
+            error: a.error.clone(),
+        }
+    }
+
+    /// Not attached yet: netd was not reachable.
+    pub fn pending(a: &Attachment, why: &str) -> Endpoint {
+        Endpoint { network: a.network.clone(), aliases: a.aliases.clone(), error: why.to_string(), ..Default::default() }
+    }
 }
 
 /// The daemon's link to netd.
@@ -41,43 +99,131 @@ impl Networks {
         Ok(pb::netd_client::NetdClient::new(channel))
     }
 
-    /// Creates the container's namespace and attaches it to `network`
-    /// (blocking: call from a blocking thread). On failure nothing is left.
-    pub fn attach(&self, container: &str, network: &str, ip: &str, ports: Vec<pb::PortMapping>) -> Result<pb::AttachResponse, NetworkError> {
-        let path = self.netns_path(container);
-        create_netns(&path)?;
-        let req = pb::AttachRequest { container: container.into(), network: network.into(), netns: path.display().to_string(), ip: ip.into(), ports };
-        let result = self.rt.block_on(async {
+    fn call<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut pb::netd_client::NetdClient<tonic::transport::Channel>) -> Result<T, tonic::Status>,
+    ) -> Result<T, NetworkError> {
+        self.rt.block_on(async {
             let mut c = self.client().await?;
-            c.attach(req).await.map(|r| r.into_inner()).map_err(|s| NetworkError::Refused(s.message().to_string()))
-        });
-        if result.is_err() {
+            f(&mut c).await.map_err(|s| {
+                if s.code() == tonic::Code::Unavailable {
+                    NetworkError::Unreachable { socket: self.socket.clone(), why: s.message().to_string() }
+                } else {
+                    NetworkError::Refused(s.message().to_string())
+                }
+            })
+        })
+    }
+
+    /// Whether the container's namespace is there (gone after a reboot).
+    pub fn has_netns(&self, container: &str) -> bool {
+        is_netns(&self.netns_path(container))
+    }
+
+    /// The container's namespace, made (and pinned) if it is not there, as
+    /// after a reboot (blocking).
+    pub fn ensure_netns(&self, container: &str) -> Result<PathBuf, NetworkError> {
+        let path = self.netns_path(container);
+        if !is_netns(&path) {
             remove_netns(&path);
+            create_netns(&path)?;
         }
-        result
+        Ok(path)
+    }
+
+    fn request(&self, container: &str, name: &str, a: &Attachment) -> pb::AttachRequest {
+        pb::AttachRequest {
+            container: container.into(),
+            network: a.network.clone(),
+            netns: self.netns_path(container).display().to_string(),
+            ip: a.ip.clone(),
+            ports: a.ports.iter().map(PortMap::to_pb).collect(),
+            name: name.into(),
+            aliases: a.aliases.clone(),
+        }
+    }
+
+    /// Attaches the container's namespace (which must exist) to one network (blocking).
+    pub fn attach(&self, container: &str, name: &str, a: &Attachment) -> Result<Endpoint, NetworkError> {
+        let req = self.request(container, name, a);
+        self.call(async move |c| c.attach(req).await.map(|r| r.into_inner())).map(|r| Endpoint::from_pb(&r, &a.aliases))
+    }
+
+    /// Detaches the container from one network, or all (blocking).
+    pub fn detach(&self, container: &str, network: Option<&str>) -> Result<(), NetworkError> {
+        let req = pb::DetachRequest { container: container.into(), network: network.unwrap_or_default().into() };
+        self.call(async move |c| c.detach(req).await.map(|_| ()))
     }
 
     /// Detaches the container everywhere and removes its namespace (blocking).
-    pub fn release(&self, container: &str) {
-        let path = self.netns_path(container);
-        let r = self.rt.block_on(async {
-            let mut c = self.client().await?;
-            c.detach(pb::DetachRequest { container: container.into() }).await.map_err(|s| NetworkError::Refused(s.message().to_string()))
-        });
-        if let Err(e) = r {
-            tracing::warn!(container, error = %e, "detaching from netd failed; netd drops endpoints whose namespace is gone");
-        }
-        remove_netns(&path);
+    /// If netd is down, its next sync drops the endpoints.
+    pub fn release(&self, container: &str) -> Result<(), NetworkError> {
+        let r = self.detach(container, None);
+        remove_netns(&self.netns_path(container));
+        r
+    }
+
+    /// Hands netd every container's attachments (`(id, name, attachments)`);
+    /// netd drops any other endpoint. Returns each container's endpoints.
+    pub fn sync(&self, all: &[(String, String, Vec<Attachment>)]) -> Result<Vec<(String, Vec<Endpoint>)>, NetworkError> {
+        let endpoints: Vec<pb::AttachRequest> = all.iter().flat_map(|(id, name, atts)| atts.iter().map(|a| self.request(id, name, a))).collect();
+        let resp = self.call(async move |c| c.sync(pb::SyncRequest { endpoints }).await.map(|r| r.into_inner()))?;
+        let mut results = resp.endpoints.into_iter();
+        Ok(all
+            .iter()
+            .map(|(id, _, atts)| (id.clone(), atts.iter().zip(results.by_ref()).map(|(a, r)| Endpoint::from_pb(&r, &a.aliases)).collect()))
+            .collect())
     }
 
     /// Runs an async netd call for the engine's network verbs.
-    pub async fn call<T>(
+    pub async fn call_async<T>(
         &self,
         f: impl AsyncFnOnce(&mut pb::netd_client::NetdClient<tonic::transport::Channel>) -> Result<T, tonic::Status>,
     ) -> Result<T, tonic::Status> {
         let mut c = self.client().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         f(&mut c).await
     }
+}
+
+/// Whether `path` is a pinned network namespace (an nsfs mount).
+fn is_netns(path: &Path) -> bool {
+    // nsfs files report the NSFS magic through statfs.
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs is plain data; all zeroes is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs into a struct we own; a valid C string.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == NSFS_MAGIC }
+}
+
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// The container's /etc/hosts: loopback, then its own addresses under its hostname.
+pub fn hosts_file(hostname: &str, endpoints: &[Endpoint], host_mode: Option<&str>) -> String {
+    if let Some(host) = host_mode {
+        return host.to_string();
+    }
+    let mut s = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    for e in endpoints.iter().filter(|e| !e.ip.is_empty()) {
+        s.push_str(&format!("{}\t{hostname}\n", e.ip));
+    }
+    s
+}
+
+/// The container's /etc/resolv.conf: netd's DNS at 127.0.0.11 on netd's
+/// networks (with the host's search domains), else the host's own file.
+pub fn resolv_conf(host: &str, embedded: bool) -> String {
+    if !embedded {
+        return host.to_string();
+    }
+    let mut s = format!("nameserver {}\n", shoal_netd::dns::ADDR);
+    for l in host.lines().filter(|l| l.starts_with("search ") || l.starts_with("domain ")) {
+        s.push_str(l);
+        s.push('\n');
+    }
+    s.push_str("options ndots:0\n");
+    s
 }
 
 /// A new network namespace pinned at `path` by a bind mount.
@@ -121,4 +267,22 @@ pub fn remove_netns(path: &Path) {
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }
     let _ = std::fs::remove_file(path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etc_files_follow_the_network() {
+        let e = Endpoint { ip: "172.18.0.2".into(), ..Default::default() };
+        let pending = Endpoint { error: "netd is down".into(), ..Default::default() };
+        let hosts = hosts_file("web", &[e, pending], None);
+        assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
+        assert!(hosts.ends_with("ff02::2\tip6-allrouters\n172.18.0.2\tweb\n"), "{hosts}");
+        assert_eq!(hosts_file("web", &[], Some("10.0.0.1 h\n")), "10.0.0.1 h\n");
+        let host = "# generated\nsearch lab example\nnameserver 10.98.0.2\noptions edns0\n";
+        assert_eq!(resolv_conf(host, true), "nameserver 127.0.0.11\nsearch lab example\noptions ndots:0\n");
+        assert_eq!(resolv_conf(host, false), host);
+    }
 }

@@ -128,6 +128,8 @@ pub enum Cmd {
     },
     /// The processes of a container.
     Top { container: String },
+    /// A container's published ports (`80/tcp -> 0.0.0.0:8080`), or where one port is published.
+    Port { container: String, private_port: Option<String> },
     /// Attach this terminal to a container started with -i or -t.
     Attach { container: String },
     /// Copy files between a container and the local filesystem:
@@ -232,6 +234,24 @@ pub enum NetworkCmd {
         #[arg(required = true)]
         networks: Vec<String>,
     },
+    /// Attach a container to a network (it may be running).
+    Connect {
+        /// Another name for the container on this network.
+        #[arg(long)]
+        alias: Vec<String>,
+        #[arg(long)]
+        ip: Option<String>,
+        network: String,
+        container: String,
+    },
+    /// Detach a container from a network.
+    Disconnect {
+        /// Accepted for Docker's sake: disconnecting never waits.
+        #[arg(short, long)]
+        force: bool,
+        network: String,
+        container: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -298,9 +318,12 @@ pub struct RunArgs {
     pub pids_limit: Option<i64>,
     #[arg(long)]
     pub read_only: bool,
-    /// none or host (bridge networks arrive with netd).
-    #[arg(long, default_value = "none")]
+    /// bridge (the default), a network's name, host or none.
+    #[arg(long, alias = "net", default_value = "")]
     pub network: String,
+    /// Another name for the container on its (user-defined) network.
+    #[arg(long = "network-alias", alias = "net-alias")]
+    pub network_alias: Vec<String>,
     #[arg(long)]
     pub cap_add: Vec<String>,
     #[arg(long)]

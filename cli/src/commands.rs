@@ -18,7 +18,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench(c) => return crate::bench::run(&cli, c).await,
         Cmd::Run(_) | Cmd::Ps { .. } | Cmd::Logs { .. } | Cmd::Stop { .. } | Cmd::Kill { .. } | Cmd::Rm { .. }
         | Cmd::Inspect { .. } | Cmd::Wait { .. } | Cmd::Volume(_) | Cmd::Network(_) | Cmd::Exec { .. } | Cmd::Start { .. } | Cmd::Restart { .. }
-        | Cmd::Stats { .. } | Cmd::Top { .. } | Cmd::Cp { .. } | Cmd::Attach { .. } => {
+        | Cmd::Stats { .. } | Cmd::Top { .. } | Cmd::Port { .. } | Cmd::Cp { .. } | Cmd::Attach { .. } => {
             return crate::containers::run(&cli).await;
         }
         Cmd::Pull(a) => return crate::registry::pull(&cli, a).await,

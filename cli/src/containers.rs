@@ -51,6 +51,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 attach: !a.detach,
                 publish: a.publish.clone(),
                 ip: a.ip.clone().unwrap_or_default(),
+                network_aliases: a.network_alias.clone(),
             };
             let c = engine.container_run(req).await?.into_inner();
             if a.detach {
@@ -105,6 +106,28 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             let titles: Vec<&str> = top.titles.iter().map(String::as_str).collect();
             let rows: Vec<Vec<String>> = top.rows.into_iter().map(|r| r.fields).collect();
             println!("{}", table(&titles, &rows));
+        }
+        Cmd::Port { container, private_port } => {
+            let info = engine.container_inspect(pb::ContainerRef { id: container.clone() }).await?.into_inner();
+            let doc: serde_json::Value = serde_json::from_str(&info.json)?;
+            let mut found = false;
+            for e in doc["endpoints"].as_array().into_iter().flatten() {
+                for p in e["ports"].as_array().into_iter().flatten().filter_map(|p| p.as_str()) {
+                    // 0.0.0.0:8080->80/tcp
+                    let Some((host, inner)) = p.split_once("->") else { continue };
+                    let wanted = private_port.as_ref().is_none_or(|w| inner == w || inner == format!("{w}/tcp"));
+                    if wanted {
+                        found = true;
+                        match private_port {
+                            Some(_) => println!("{host}"),
+                            None => println!("{inner} -> {host}"),
+                        }
+                    }
+                }
+            }
+            if let (Some(w), false) = (private_port, found) {
+                bail!("no public port '{w}' published for {container}");
+            }
         }
         Cmd::Cp { source, dest } => crate::copy::run(&mut engine, source, dest).await?,
         Cmd::Ps { all, quiet, format } => {
@@ -256,6 +279,14 @@ async fn network(engine: &mut Engine, cmd: &crate::args::NetworkCmd) -> anyhow::
                 Ok(vec![n.to_string()])
             })
             .await?;
+        }
+        NetworkCmd::Connect { alias, ip, network, container } => {
+            let req = pb::NetworkConnectRequest { network: network.clone(), container: container.clone(), aliases: alias.clone(), ip: ip.clone().unwrap_or_default() };
+            engine.network_connect(req).await?;
+        }
+        NetworkCmd::Disconnect { force: _, network, container } => {
+            let req = pb::NetworkConnectRequest { network: network.clone(), container: container.clone(), ..Default::default() };
+            engine.network_disconnect(req).await?;
         }
     }
     Ok(())

@@ -69,6 +69,7 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
     )));
     daemon.resume().await?;
     containers.supervise();
+    containers.keep_networks();
     let cancel = CancellationToken::new();
     let server =
         tokio::spawn(shoal_agent::local::serve(

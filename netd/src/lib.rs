@@ -5,11 +5,12 @@
 //! Addresses come from `ipam`; netfilter rules are generated whole by
 //! `rules`. It touches only objects it named (`model::is_ours`).
 //!
-//! So far: the pure parts (subnets, IPAM, planner, rules) and the system
-//! layer (`sys`: rtnetlink in the host's and containers' namespaces, one
-//! `nft -f` per sync). The netd process's API and loop, the daemon's
-//! hand-over and the embedded DNS come next (issue 4).
+//! The embedded DNS server (127.0.0.11 in every attached container) is
+//! `dns` (names, wire format; pure) and `dnsd` (its sockets); `service` is
+//! the netd process: state, API, and the loop that drives it all.
 
+pub mod dns;
+pub mod dnsd;
 pub mod ipam;
 pub mod model;
 pub mod net;

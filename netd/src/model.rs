@@ -54,6 +54,12 @@ pub struct PortMap {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointSpec {
     pub container: String,
+    /// The container's name and its aliases on this network: what the
+    /// embedded DNS answers for it.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
     /// The network's id.
     pub network: String,
     pub ip: Ipv4Addr,

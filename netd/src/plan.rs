@@ -134,6 +134,8 @@ mod tests {
 
     fn ep(container: &str, network: &str, ip: &str) -> EndpointSpec {
         EndpointSpec {
+            name: String::new(),
+            aliases: vec![],
             container: container.into(),
             network: network.into(),
             ip: ip.parse().unwrap(),

@@ -86,6 +86,8 @@ mod tests {
     #[test]
     fn the_table_says_what_each_network_allows() {
         let mut web = EndpointSpec {
+            name: String::new(),
+            aliases: vec![],
             container: "c1".into(),
             network: "aaaaaaaaaaaa".into(),
             ip: "10.5.0.2".parse().unwrap(),

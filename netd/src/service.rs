@@ -3,6 +3,7 @@
 //! the kernel match it (on every change and every `RESYNC`), and the local
 //! gRPC API the daemon calls. The predefined `bridge` network always exists.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::pb;
 use tonic::{Request, Response, Status};
 
+use crate::dns::Table;
+use crate::dnsd::Dns;
 use crate::ipam::{Ipam, default_pools};
 use crate::model::{Desired, EndpointSpec, NetworkSpec, PortMap, veth_name};
 use crate::net::{Subnet, mac_for, mac_string};
@@ -38,6 +41,14 @@ impl State {
         })
     }
 
+    /// Removes an endpoint and frees its address.
+    fn release(&mut self, e: &EndpointSpec) {
+        if let Some(name) = self.networks.iter().find(|n| n.id == e.network).map(|n| n.name.clone()) {
+            self.ipam.release(&name, &e.container);
+        }
+        self.endpoints.retain(|x| !(x.container == e.container && x.network == e.network));
+    }
+
     /// What the kernel should show: endpoints whose namespace is gone are left out.
     fn desired(&self) -> Desired {
         Desired { networks: self.networks.clone(), endpoints: self.endpoints.iter().filter(|e| e.netns.exists()).cloned().collect() }
@@ -56,6 +67,8 @@ pub struct Netd {
     rules: Mutex<Option<String>>,
     /// One reconcile pass at a time.
     pass: tokio::sync::Mutex<()>,
+    /// The embedded DNS server, following the endpoints.
+    dns: Arc<Dns>,
 }
 
 impl Netd {
@@ -72,7 +85,7 @@ impl Netd {
             let alloc = state.ipam.add_network("bridge", None, None, None).map_err(|e| anyhow::anyhow!("the default bridge: {e}"))?.clone();
             state.networks.push(NetworkSpec { id: random_id(), name: "bridge".into(), subnet: alloc.subnet, gateway: alloc.gateway, internal: false, icc: true, mtu: 1500 });
         }
-        let netd = Arc::new(Netd { root: root.to_path_buf(), state: Mutex::new(state), host, rules: Mutex::new(None), pass: tokio::sync::Mutex::new(()) });
+        let netd = Arc::new(Netd { root: root.to_path_buf(), state: Mutex::new(state), host, rules: Mutex::new(None), pass: tokio::sync::Mutex::new(()), dns: Dns::new(Path::new("/etc/resolv.conf")) });
         netd.save().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(netd)
     }
@@ -116,6 +129,13 @@ impl Netd {
                     failed.push((action, e.to_string()));
                 }
             }
+        }
+        // DNS follows the endpoints (after them: its sockets need the namespaces' loopback up).
+        let networks = self.state.lock().unwrap_or_else(|p| p.into_inner()).networks.clone();
+        self.dns.set_table(Table::build(&networks, &desired.endpoints));
+        let want: HashMap<String, PathBuf> = desired.endpoints.iter().map(|e| (e.container.clone(), e.netns.clone())).collect();
+        for (container, why) in self.dns.reconcile(&want) {
+            tracing::debug!(container, error = %why, "cannot serve DNS in the container yet");
         }
         failed
     }
@@ -216,73 +236,146 @@ impl pb::netd_server::Netd for NetdService {
 
     async fn attach(&self, req: Request<pb::AttachRequest>) -> Result<Response<pb::AttachResponse>, Status> {
         let r = req.into_inner();
-        if r.container.is_empty() || r.netns.is_empty() {
-            return Err(Status::invalid_argument("attach needs a container and its network namespace"));
-        }
-        let want: Option<Ipv4Addr> =
-            if r.ip.is_empty() { None } else { Some(r.ip.parse().map_err(|_| Status::invalid_argument(format!("invalid --ip {:?}", r.ip)))?) };
-        let mut ports: Vec<PortMap> = r.ports.iter().map(PortMap::from_pb).collect::<Result<_, _>>().map_err(Status::invalid_argument)?;
-        let (endpoint, n) = {
+        let (endpoint, n, created) = {
             let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-            let n = state.network(&r.network).cloned().ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?;
-            if let Some(e) = state.endpoints.iter().find(|e| e.container == r.container && e.network == n.id) {
-                return Ok(Response::new(attach_response(e, &n)));
-            }
-            // Host ports: free of every other endpoint's, and chosen when 0.
-            let taken: Vec<PortMap> = state.endpoints.iter().flat_map(|e| e.ports.clone()).collect();
-            for i in 0..ports.len() {
-                if ports[i].host_port == 0 {
-                    let (before, rest) = ports.split_at(i);
-                    let p = &rest[0];
-                    let free = EPHEMERAL.clone().find(|hp| {
-                        let cand = PortMap { host_port: *hp, ..p.clone() };
-                        !taken.iter().chain(before).any(|t| clash(t, &cand))
-                    });
-                    ports[i].host_port = free.ok_or_else(|| Status::resource_exhausted("no free host port left"))?;
-                } else if let Some(t) = taken.iter().chain(&ports[..i]).find(|t| clash(t, &ports[i])) {
-                    return Err(Status::already_exists(format!(
-                        "Bind for {}:{} failed: port is already allocated ({}/{})",
-                        ports[i].host_ip.map_or("0.0.0.0".to_string(), |h| h.to_string()),
-                        ports[i].host_port,
-                        t.host_port,
-                        t.proto.as_str()
-                    )));
-                }
-            }
-            let ip = state.ipam.allocate(&n.name, &r.container, want).map_err(|e| Status::failed_precondition(e.to_string()))?;
-            let ifname = format!("eth{}", state.endpoints.iter().filter(|e| e.container == r.container).count());
-            let e = EndpointSpec { container: r.container.clone(), network: n.id.clone(), ip, netns: PathBuf::from(&r.netns), ifname, ports };
-            state.endpoints.push(e.clone());
-            (e, n)
+            ensure(&mut state, &r)?
         };
         self.0.save()?;
         let failed = self.0.sync().await;
-        let host = veth_name(&endpoint.container, &endpoint.network);
-        if let Some((_, why)) = failed.iter().find(|(a, _)| matches!(a, Action::CreateEndpoint { host: h, .. } if *h == host)) {
-            self.0.forget(&r.container).await?;
-            return Err(Status::internal(format!("attaching container {} to {}: {why}", &r.container[..12.min(r.container.len())], n.name)));
+        if let Some(why) = create_failure(&failed, &endpoint) {
+            if created {
+                self.0.forget(&r.container, Some(&n.id)).await?;
+            }
+            return Err(Status::internal(format!("attaching container {} to {}: {why}", short(&r.container), n.name)));
         }
         Ok(Response::new(attach_response(&endpoint, &n)))
     }
 
     async fn detach(&self, req: Request<pb::DetachRequest>) -> Result<Response<pb::Empty>, Status> {
-        self.0.forget(&req.into_inner().container).await?;
+        let r = req.into_inner();
+        let network = if r.network.is_empty() {
+            None
+        } else {
+            let state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+            let n = state.network(&r.network).ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?;
+            if !state.endpoints.iter().any(|e| e.container == r.container && e.network == n.id) {
+                return Err(Status::failed_precondition(format!("container {} is not connected to network {}", short(&r.container), n.name)));
+            }
+            Some(n.id.clone())
+        };
+        self.0.forget(&r.container, network.as_deref()).await?;
         Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn sync(&self, req: Request<pb::SyncRequest>) -> Result<Response<pb::SyncResponse>, Status> {
+        let reqs = req.into_inner().endpoints;
+        let results: Vec<Result<(EndpointSpec, NetworkSpec), String>> = {
+            let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+            let results: Vec<_> = reqs.iter().map(|r| ensure(&mut state, r).map(|(e, n, _)| (e, n)).map_err(|s| s.message().to_string())).collect();
+            let keep: std::collections::HashSet<(String, String)> =
+                results.iter().flatten().map(|(e, _)| (e.container.clone(), e.network.clone())).collect();
+            let gone: Vec<EndpointSpec> = state.endpoints.iter().filter(|e| !keep.contains(&(e.container.clone(), e.network.clone()))).cloned().collect();
+            for e in &gone {
+                state.release(e);
+            }
+            results
+        };
+        self.0.save()?;
+        let failed = self.0.sync().await;
+        let endpoints = reqs
+            .iter()
+            .zip(results)
+            .map(|(r, result)| match result {
+                Ok((e, n)) => {
+                    let mut a = attach_response(&e, &n);
+                    if let Some(why) = create_failure(&failed, &e) {
+                        a.error = format!("attaching to {}: {why}", n.name);
+                    }
+                    a
+                }
+                Err(why) => pb::AttachResponse { container: r.container.clone(), network: r.network.clone(), error: why, ..Default::default() },
+            })
+            .collect();
+        Ok(Response::new(pb::SyncResponse { endpoints }))
     }
 }
 
+fn short(id: &str) -> &str {
+    &id[..12.min(id.len())]
+}
+
+/// Why the endpoint's veth could not be made in this pass, if it could not.
+fn create_failure(failed: &[(Action, String)], e: &EndpointSpec) -> Option<String> {
+    let host = veth_name(&e.container, &e.network);
+    failed.iter().find(|(a, _)| matches!(a, Action::CreateEndpoint { host: h, .. } if *h == host)).map(|(_, why)| why.clone())
+}
+
+/// Attaches one endpoint in `state` (or updates the namespace and names of
+/// an attached one, keeping its address and ports); says whether it is new.
+fn ensure(state: &mut State, r: &pb::AttachRequest) -> Result<(EndpointSpec, NetworkSpec, bool), Status> {
+    if r.container.is_empty() || r.netns.is_empty() {
+        return Err(Status::invalid_argument("attach needs a container and its network namespace"));
+    }
+    let want: Option<Ipv4Addr> =
+        if r.ip.is_empty() { None } else { Some(r.ip.parse().map_err(|_| Status::invalid_argument(format!("invalid --ip {:?}", r.ip)))?) };
+    let mut ports: Vec<PortMap> = r.ports.iter().map(PortMap::from_pb).collect::<Result<_, _>>().map_err(Status::invalid_argument)?;
+    let n = state.network(&r.network).cloned().ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?;
+    if let Some(e) = state.endpoints.iter_mut().find(|e| e.container == r.container && e.network == n.id) {
+        e.netns = PathBuf::from(&r.netns);
+        e.name = r.name.clone();
+        e.aliases = r.aliases.clone();
+        return Ok((e.clone(), n, false));
+    }
+    // Host ports: free of every other endpoint's, and chosen when 0.
+    let taken: Vec<PortMap> = state.endpoints.iter().flat_map(|e| e.ports.clone()).collect();
+    for i in 0..ports.len() {
+        if ports[i].host_port == 0 {
+            let (before, rest) = ports.split_at(i);
+            let p = &rest[0];
+            let free = EPHEMERAL.clone().find(|hp| {
+                let cand = PortMap { host_port: *hp, ..p.clone() };
+                !taken.iter().chain(before).any(|t| clash(t, &cand))
+            });
+            ports[i].host_port = free.ok_or_else(|| Status::resource_exhausted("no free host port left"))?;
+        } else if let Some(t) = taken.iter().chain(&ports[..i]).find(|t| clash(t, &ports[i])) {
+            return Err(Status::already_exists(format!(
+                "Bind for {}:{} failed: port is already allocated ({}/{})",
+                ports[i].host_ip.map_or("0.0.0.0".to_string(), |h| h.to_string()),
+                ports[i].host_port,
+                t.host_port,
+                t.proto.as_str()
+            )));
+        }
+    }
+    let ip = state.ipam.allocate(&n.name, &r.container, want).map_err(|e| Status::failed_precondition(e.to_string()))?;
+    // The lowest free ethN in the container.
+    let used: Vec<&str> = state.endpoints.iter().filter(|e| e.container == r.container).map(|e| e.ifname.as_str()).collect();
+    let ifname = (0..).map(|i| format!("eth{i}")).find(|n| !used.contains(&n.as_str())).unwrap_or_default();
+    let e = EndpointSpec {
+        container: r.container.clone(),
+        name: r.name.clone(),
+        aliases: r.aliases.clone(),
+        network: n.id.clone(),
+        ip,
+        netns: PathBuf::from(&r.netns),
+        ifname,
+        ports,
+    };
+    state.endpoints.push(e.clone());
+    Ok((e, n, true))
+}
+
 impl Netd {
-    /// Drops a container's endpoints and addresses, then reconciles.
-    async fn forget(&self, container: &str) -> Result<(), Status> {
+    /// Drops a container's endpoints (on one network, or all) and their
+    /// addresses, then reconciles.
+    async fn forget(&self, container: &str, network: Option<&str>) -> Result<(), Status> {
         {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let gone: Vec<EndpointSpec> = state.endpoints.iter().filter(|e| e.container == container).cloned().collect();
-            for e in gone {
-                if let Some(name) = state.networks.iter().find(|n| n.id == e.network).map(|n| n.name.clone()) {
-                    state.ipam.release(&name, container);
-                }
+            let gone: Vec<EndpointSpec> =
+                state.endpoints.iter().filter(|e| e.container == container && network.is_none_or(|n| e.network == n)).cloned().collect();
+            for e in &gone {
+                state.release(e);
             }
-            state.endpoints.retain(|e| e.container != container);
         }
         self.save()?;
         self.sync().await;
@@ -292,6 +385,11 @@ impl Netd {
 
 fn attach_response(e: &EndpointSpec, n: &NetworkSpec) -> pb::AttachResponse {
     pb::AttachResponse {
+        container: e.container.clone(),
+        network: n.name.clone(),
+        network_id: n.id.clone(),
+        ifname: e.ifname.clone(),
+        error: String::new(),
         ip: e.ip.to_string(),
         mac: mac_string(mac_for(e.ip)),
         prefix: n.subnet.prefix().into(),

@@ -207,7 +207,11 @@ async fn create_endpoint(
         }
         if let Some(gw) = gateway {
             let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(pi).build();
-            inner.route().add(route).execute().await.map_err(nl(format!("adding the default route via {gw}")))?;
+            // The container's first network keeps the default route (as in Docker).
+            match inner.route().add(route).execute().await {
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+                r => r.map_err(nl(format!("adding the default route via {gw}")))?,
+            }
         }
         Ok(())
     }

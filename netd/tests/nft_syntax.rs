@@ -32,6 +32,8 @@ fn the_ruleset_loads_and_replaces_itself() {
     let d = Desired {
         networks: vec![n("aaaaaaaaaaaa", "10.5.0.0/24", false, true), n("bbbbbbbbbbbb", "10.6.0.0/24", true, false)],
         endpoints: vec![EndpointSpec {
+            name: String::new(),
+            aliases: vec![],
             container: "c1".into(),
             network: "aaaaaaaaaaaa".into(),
             ip: "10.5.0.2".parse().unwrap(),

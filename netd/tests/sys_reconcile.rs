@@ -68,6 +68,8 @@ fn a_bridge_network_is_built_converges_repairs_and_goes() {
                     mtu: 1500,
                 }],
                 endpoints: vec![EndpointSpec {
+                    name: String::new(),
+                    aliases: vec![],
                     container: "c1c1c1c1c1c1".into(),
                     network: "aaaaaaaaaaaa".into(),
                     ip: "10.5.0.2".parse().unwrap(),

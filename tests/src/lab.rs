@@ -261,6 +261,18 @@ impl Lab {
         run_lab(&["restart-daemon", h.as_str()]).map(drop)
     }
 
+    /// kill -9 only netd on host `i` (its daemon and containers live on).
+    pub fn kill_netd(&self, i: usize) -> Result<()> {
+        let h = self.host(i)?;
+        run_lab(&["kill-netd", h.as_str()]).map(drop)
+    }
+
+    /// Start netd on host `i` again on its old state; returns once it answers.
+    pub fn start_netd(&self, i: usize) -> Result<()> {
+        let h = self.host(i)?;
+        run_lab(&["start-netd", h.as_str()]).map(drop)
+    }
+
     /// SIGKILL every process of host `i` and wait until none is left (a host crash).
     pub fn kill(&self, i: usize) -> Result<()> {
         let h = self.host(i)?;

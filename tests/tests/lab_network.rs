@@ -48,7 +48,7 @@ fn published_ports_answer_from_other_hosts_and_leave_nothing_behind() -> Result<
     let url2 = format!("http://{}:{chosen}/", lab.ip(1));
     wait_for("the chosen port", Duration::from_secs(10), || Ok((fetch(2, &url2)? == "hello from shoal\n").then_some(())))?;
     ensure!(lab.failing(1, &["run", "-d", "--network", "bridge", "-p", "8080:80", "busybox:local", "sleep", "5"])?.contains("port is already allocated"));
-    ensure!(lab.failing(1, &["run", "-d", "-p", "8081:80", "busybox:local", "sleep", "5"])?.contains("need a bridge network"));
+    ensure!(lab.failing(1, &["run", "-d", "--network", "none", "-p", "8081:80", "busybox:local", "sleep", "5"])?.contains("need a bridge network"));
     ensure!(lab.failing(1, &["run", "-d", "--network", "nosuch", "busybox:local", "sleep", "5"])?.contains("nosuch not found"));
     ensure!(lab.containers(1)?.len() == 2, "refused runs leave no container");
 
@@ -73,7 +73,7 @@ fn published_ports_answer_from_other_hosts_and_leave_nothing_behind() -> Result<
     ensure!(lab.failing(1, &["network", "create", "front"])?.contains("already exists"));
     let ip_of = |name: &str| -> Result<String> {
         let doc: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["inspect", name])?)?;
-        Ok(doc[0]["record"]["run"]["ip"].as_str().unwrap_or_default().to_string())
+        Ok(doc[0]["endpoints"][0]["ip"].as_str().unwrap_or_default().to_string())
     };
     for (name, net) in [("a", "front"), ("b", "front"), ("c", "back"), ("q1", "quiet"), ("q2", "quiet")] {
         lab.shoal(1, &["run", "-d", "--name", name, "--network", net, "busybox:local", "sleep", "1000"])?;
@@ -89,6 +89,103 @@ fn published_ports_answer_from_other_hosts_and_leave_nothing_behind() -> Result<
     ensure!(lab.failing(1, &["network", "rm", "bridge"])?.contains("pre-defined"));
     lab.shoal(1, &["rm", "-f", "a", "b", "c", "q1", "q2"])?;
     lab.shoal(1, &["network", "rm", "front", "back", "quiet"])?;
+    let links = String::from_utf8_lossy(&lab.run(1, &["ip", "-br", "link"])?.stdout).into_owned();
+    ensure!(links.matches("shbr").count() == 1 && !links.contains("shv"), "only the default bridge is left: {links}");
+    Ok(())
+}
+
+/// Stops a process the test started (by its pid) when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn names_resolve_on_user_networks_and_netd_restarts_change_nothing() -> Result<()> {
+    if !lab_or_skip() {
+        return Ok(());
+    }
+    let (lab, _tmp) = Lab::with_busybox(1, "shl-dns-")?;
+    // The hosts' resolver is the lab switch (10.98.0.254): run one there that knows one name.
+    let _upstream = Child(
+        std::process::Command::new(shoal_tests::lab::lab_script())
+            .args(["sw", "--", "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--pid-file=", "--listen-address=10.98.0.254", "--bind-interfaces"])
+            .args(["--no-resolv", "--no-hosts", "--address=/upstream.lab/10.98.0.77"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let sh = |c: &str, script: &str| lab.exec(1, &["exec", c, "sh", "-c", script]);
+    let ok = |c: &str, script: &str| -> Result<String> {
+        let out = sh(c, script)?;
+        ensure!(out.status.success(), "`{script}` in {c}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let fails = |c: &str, script: &str| -> Result<bool> { Ok(!sh(c, script)?.status.success()) };
+    let ip_of = |name: &str| -> Result<Vec<String>> {
+        let doc: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["inspect", name])?)?;
+        Ok(doc[0]["endpoints"].as_array().into_iter().flatten().map(|e| e["ip"].as_str().unwrap_or_default().to_string()).collect())
+    };
+
+    lab.shoal(1, &["network", "create", "app"])?;
+    lab.shoal(1, &["network", "create", "other"])?;
+    lab.shoal(1, &["run", "-d", "--name", "web", "--network", "app", "--network-alias", "www", "busybox:local", "sh", "-c", WEB])?;
+    let client = lab.shoal(1, &["run", "-d", "--name", "client", "--network", "app", "busybox:local", "sleep", "1000"])?;
+    lab.shoal(1, &["run", "-d", "--name", "stranger", "--network", "other", "busybox:local", "sleep", "1000"])?;
+    lab.shoal(1, &["run", "-d", "--name", "plain", "busybox:local", "sleep", "1000"])?;
+    let web_ip = ip_of("web")?[0].clone();
+
+    // The files Docker writes into every container.
+    let short = &client.trim()[..12];
+    ensure!(ok("client", "cat /etc/hostname")? == format!("{short}\n"));
+    let hosts = ok("client", "cat /etc/hosts")?;
+    ensure!(hosts.contains("127.0.0.1\tlocalhost") && hosts.contains(&format!("{}\t{short}", ip_of("client")?[0])), "{hosts}");
+    ensure!(ok("client", "cat /etc/resolv.conf")?.starts_with("nameserver 127.0.0.11\n"));
+    ensure!(ok("plain", "cat /etc/resolv.conf")?.starts_with("nameserver 127.0.0.11\n"), "the default bridge forwards through netd too");
+    ensure!(lab.container(1, "plain")?["status"].as_str().unwrap_or_default().starts_with("Up") && ip_of("plain")?[0].starts_with("172.17."), "bridge is the default network");
+
+    // Names, aliases and short ids on a shared network; nothing across networks or on the default bridge.
+    ensure!(ok("client", "nslookup web")?.contains(&web_ip));
+    wait_for("the web server by its alias", Duration::from_secs(10), || Ok(sh("client", "wget -qO- http://www/")?.stdout.starts_with(b"hello from shoal").then_some(())))?;
+    ensure!(ok("client", &format!("ping -c 1 -W 2 {}", &ip_of("web").map(|_| lab.container(1, "web").map(|c| c["id"].as_str().unwrap_or_default()[..12].to_string()))??))?.contains("1 packets received"));
+    ensure!(fails("stranger", "nslookup web")?, "another network's names do not resolve");
+    ensure!(fails("plain", "nslookup web")?, "the default bridge has no names");
+    // Everything else goes to the host's resolvers.
+    ensure!(ok("client", "nslookup -type=a upstream.lab")?.contains("10.98.0.77"));
+    ensure!(ok("plain", "nslookup -type=a upstream.lab")?.contains("10.98.0.77"));
+
+    // connect / disconnect a running container, with an alias.
+    lab.shoal(1, &["network", "connect", "--alias", "side", "other", "client"])?;
+    ensure!(ip_of("client")?.len() == 2);
+    ensure!(ok("client", "ip -4 addr show eth1")?.contains("inet "), "a second interface");
+    ensure!(ok("client", "ping -c 1 -W 2 stranger")?.contains("1 packets received"));
+    ensure!(ok("stranger", "nslookup side")?.contains(&ip_of("client")?[1]));
+    ensure!(lab.failing(1, &["network", "connect", "other", "client"])?.contains("already connected"));
+    lab.shoal(1, &["network", "disconnect", "other", "client"])?;
+    ensure!(fails("client", "ip link show eth1")? && fails("stranger", "nslookup side")?);
+    ensure!(lab.failing(1, &["network", "disconnect", "other", "client"])?.contains("not connected"));
+
+    // kill -9 netd while traffic flows: the flow goes on, a container started
+    // meanwhile gets its network once netd is back.
+    lab.shoal(1, &["run", "-d", "--name", "flow", "--network", "app", "busybox:local", "ping", "-i", "0.2", "-c", "50", &web_ip])?;
+    wait_for("the flow to start", Duration::from_secs(10), || Ok(lab.shoal(1, &["logs", "flow"])?.contains("seq=2").then_some(())))?;
+    lab.kill_netd(1)?;
+    lab.shoal(1, &["run", "-d", "--name", "late", "--network", "app", "busybox:local", "sleep", "1000"])?;
+    ensure!(fails("late", "ip link show eth0")?, "no network while netd is down");
+    lab.start_netd(1)?;
+    wait_for("the late container's network", Duration::from_secs(15), || Ok((!fails("late", "ping -c 1 -W 1 web")?).then_some(())))?;
+    ensure!(ok("late", "cat /etc/hosts")?.contains(&ip_of("late")?[0]), "its /etc/hosts has its address");
+    wait_for("the flow to end", Duration::from_secs(30), || Ok(lab.shoal(1, &["logs", "flow"])?.contains("packet loss").then_some(())))?;
+    let flow = lab.shoal(1, &["logs", "flow"])?;
+    ensure!(flow.contains("50 packets received, 0% packet loss"), "{flow}");
+
+    // Nothing left behind.
+    lab.shoal(1, &["rm", "-f", "web", "client", "stranger", "plain", "flow", "late"])?;
+    lab.shoal(1, &["network", "rm", "app", "other"])?;
     let links = String::from_utf8_lossy(&lab.run(1, &["ip", "-br", "link"])?.stdout).into_owned();
     ensure!(links.matches("shbr").count() == 1 && !links.contains("shv"), "only the default bridge is left: {links}");
     Ok(())

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::model::now_ms;
 
 use crate::images::ImageStore;
+use crate::network::{Attachment, Endpoint, NetworkError, Networks, hosts_file, remove_netns, resolv_conf};
 use crate::volumes::{MountReq, MountSource, VolumeStore};
 use cgroups::Cgroups;
 use restart::{Decision, Ended, RestartPolicy, RestartState};
@@ -105,6 +106,8 @@ pub struct RunRequest {
     pub publish: Vec<String>,
     /// `--ip`.
     pub ip: String,
+    /// `--network-alias`.
+    pub network_aliases: Vec<String>,
 }
 
 /// A container's record on disk.
@@ -134,6 +137,9 @@ pub struct Record {
     pub tty: bool,
     #[serde(default)]
     pub interactive: bool,
+    /// The netd networks it is on, as asked (`run --network`, `network connect`).
+    #[serde(default)]
+    pub networks: Vec<Attachment>,
 }
 
 fn default_stop_signal() -> i32 {
@@ -150,13 +156,12 @@ pub struct RunSpecRecord {
     pub memory_bytes: Option<i64>,
     pub cpus: Option<f64>,
     pub pids_limit: Option<i64>,
+    /// `host`, `none`, or the first netd network.
     pub network: String,
-    /// On a bridge network: its address and published ports (`0.0.0.0:8080->80/tcp`).
-    #[serde(default)]
-    pub ip: String,
-    #[serde(default)]
-    pub ports: Vec<String>,
 }
+
+/// The files every container gets from its directory's `etc/`, bound over the image's.
+const ETC_FILES: [(&str, &str); 3] = [("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf"), ("hostname", "/etc/hostname")];
 
 /// Whether containers on `network` get a namespace of their own from netd.
 pub fn netd_network(network: &str) -> bool {
@@ -177,6 +182,8 @@ pub struct Container {
     pub record: Record,
     pub status: Status,
     pub restart: RestartState,
+    /// What netd made of its networks.
+    pub endpoints: Vec<Endpoint>,
 }
 
 impl Container {
@@ -270,8 +277,11 @@ struct Settings {
     log: LogConfig,
     /// (mount point, volume directory) of every volume mount.
     copy_up: Vec<(String, PathBuf)>,
-    /// What netd gave a container on a bridge network.
-    attached: Option<shoal_proto::pb::AttachResponse>,
+    /// Its netd networks, and what netd made of them.
+    networks: Vec<Attachment>,
+    endpoints: Vec<Endpoint>,
+    /// The network mode as recorded (`host`, `none`, or a network).
+    network: String,
 }
 
 pub struct Containers {
@@ -284,6 +294,8 @@ pub struct Containers {
     cgroups: Cgroups,
     /// Serializes create/start/remove (names, directories, shims).
     lock: Mutex<()>,
+    /// netd missed a change (it was down): the next network sync hands it everything.
+    net_pending: std::sync::atomic::AtomicBool,
     /// netd, for containers on bridge networks (set by the daemon).
     networks: std::sync::OnceLock<Arc<crate::network::Networks>>,
     /// How recently auto-removed containers ended, for `wait` (newest last).
@@ -292,6 +304,9 @@ pub struct Containers {
     /// before its `wait` (or `HOLD_FOR` after it was created).
     holds: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// How often the daemon hands netd everything even when nothing was missed.
+const NET_RESYNC: Duration = Duration::from_secs(30);
 
 /// The longest a foreground client's hold keeps a `--rm` container.
 const HOLD_FOR: Duration = Duration::from_secs(600);
@@ -336,6 +351,7 @@ impl Containers {
             volumes,
             cgroups: Cgroups::host(),
             lock: Mutex::new(()),
+            net_pending: std::sync::atomic::AtomicBool::new(true),
             networks: std::sync::OnceLock::new(),
             holds: Mutex::new(Default::default()),
             reaped: Mutex::new(Default::default()),
@@ -361,7 +377,8 @@ impl Containers {
         let dir = self.dir(id);
         let record: Record = read_json(&dir.join("container.json"))?;
         let restart = read_json(&dir.join("restart.json")).unwrap_or_default();
-        Some(Container { status: self.status(&dir), record, restart })
+        let endpoints = read_json(&dir.join("network.json")).unwrap_or_default();
+        Some(Container { status: self.status(&dir), record, restart, endpoints })
     }
 
     fn status(&self, dir: &Path) -> Status {
@@ -440,21 +457,34 @@ impl Containers {
         };
         let stop_timeout = req.stop_timeout.or(image.config.stop_timeout.and_then(|t| u64::try_from(t).ok())).unwrap_or(10);
         let log = LogConfig::parse(&req.log_opts).map_err(invalid("log option", &req.log_opts.join(",")))?;
-        let network = if req.network == "host" { NetworkMode::Host } else { NetworkMode::None };
+        // Like Docker, the default bridge unless asked otherwise (none without netd).
+        let network_name = match req.network.as_str() {
+            "" if self.networks.get().is_some() => "bridge",
+            "" => "none",
+            n => n,
+        };
+        let network = if network_name == "host" { NetworkMode::Host } else { NetworkMode::None };
+        if !req.network_aliases.is_empty() && matches!(network_name, "bridge" | "host" | "none") {
+            return Err(ContainerError::Invalid {
+                what: "network alias",
+                value: req.network_aliases.join(","),
+                why: "network-scoped aliases are only supported for user-defined networks".into(),
+            });
+        }
         let ports = req
             .publish
             .iter()
             .map(|p| shoal_netd::model::parse_publish(p).map_err(|why| ContainerError::Invalid { what: "port mapping", value: p.clone(), why }))
             .collect::<Result<Vec<_>, _>>()?;
-        if !ports.is_empty() && !netd_network(&req.network) {
+        if !ports.is_empty() && !netd_network(network_name) {
             return Err(ContainerError::Invalid {
                 what: "port mapping",
                 value: req.publish.join(" "),
-                why: format!("published ports need a bridge network, not --network {}", if req.network.is_empty() { "none" } else { &req.network }),
+                why: format!("published ports need a bridge network, not --network {network_name}"),
             });
         }
-        if netd_network(&req.network) && self.networks.get().is_none() {
-            return Err(ContainerError::Invalid { what: "network", value: req.network.clone(), why: "bridge networks need netd, which this daemon does not use".into() });
+        if netd_network(network_name) && self.networks.get().is_none() {
+            return Err(ContainerError::Invalid { what: "network", value: network_name.into(), why: "bridge networks need netd, which this daemon does not use".into() });
         }
         // Command: Docker's rules for Entrypoint and Cmd.
         let cfg = &image.config;
@@ -533,28 +563,30 @@ impl Containers {
             netns: None,
         };
         let mut run = run;
-        let mut attached = None;
-        if let (true, Some(nets)) = (netd_network(&req.network), self.networks.get()) {
-            let pb_ports = ports.iter().map(shoal_netd::model::PortMap::to_pb).collect();
-            let resp = nets.attach(&id, &req.network, &req.ip, pb_ports).map_err(|e| ContainerError::Invalid {
-                what: "network",
-                value: req.network.clone(),
-                why: e.to_string(),
-            })?;
-            run.netns = Some(nets.netns_path(&id));
-            attached = Some(resp);
-        }
         let dir = self.dir(&id);
-        let settings = Settings { image_id: image.id.to_string(), mounts, restart, stop_signal, stop_timeout, log, copy_up, attached: None };
-        let settings = Settings { attached, ..settings };
+        for (file, target) in ETC_FILES {
+            if !run.mounts.iter().any(|m| m.target == target) {
+                run.mounts.push(spec::SpecMount { source: Some(dir.join("etc").join(file)), target: target.into(), read_only: false });
+            }
+        }
+        let mut networks = Vec::new();
+        let mut endpoints = Vec::new();
+        if let (true, Some(nets)) = (netd_network(network_name), self.networks.get()) {
+            let a = Attachment { network: network_name.into(), aliases: req.network_aliases.clone(), ip: req.ip.clone(), ports };
+            let netns = nets.ensure_netns(&id).map_err(|e| ContainerError::Invalid { what: "network", value: network_name.into(), why: e.to_string() })?;
+            endpoints.push(self.attach_one(nets, &id, &name, &a).inspect_err(|_| remove_netns(&netns))?);
+            networks.push(a);
+            run.netns = Some(netns);
+        }
+        let settings = Settings { image_id: image.id.to_string(), mounts, restart, stop_signal, stop_timeout, log, copy_up, networks, endpoints, network: network_name.into() };
         if req.attach && req.auto_remove {
             self.holds.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), std::time::Instant::now());
         }
         let result = self.prepare_and_start(&id, &name, req, &run, &settings, &dir);
         if let Err(e) = result {
             self.teardown(&dir);
-            if let (Some(nets), true) = (self.networks.get(), settings.attached.is_some()) {
-                nets.release(&id);
+            if let (Some(nets), false) = (self.networks.get(), settings.networks.is_empty()) {
+                self.release_network(nets, &id);
             }
             return Err(e);
         }
@@ -607,21 +639,7 @@ impl Containers {
                 memory_bytes: run.memory_bytes,
                 cpus: run.cpus,
                 pids_limit: run.pids_limit,
-                network: if run.network == NetworkMode::Host {
-                    "host".into()
-                } else if settings.attached.is_some() {
-                    req.network.clone()
-                } else {
-                    "none".into()
-                },
-                ip: settings.attached.as_ref().map(|a| a.ip.clone()).unwrap_or_default(),
-                ports: settings
-                    .attached
-                    .iter()
-                    .flat_map(|a| &a.ports)
-                    .filter_map(|p| shoal_netd::model::PortMap::from_pb(p).ok())
-                    .map(|p| shoal_netd::model::port_string(&p))
-                    .collect(),
+                network: settings.network.clone(),
             },
             mounts: settings.mounts.clone(),
             restart: settings.restart,
@@ -629,6 +647,7 @@ impl Containers {
             stop_timeout: settings.stop_timeout,
             tty: req.tty,
             interactive: req.interactive,
+            networks: settings.networks.clone(),
         };
         let shim = ShimConfig {
             id: id.into(),
@@ -646,6 +665,8 @@ impl Containers {
         };
         write("container.json", &record)?;
         write("shim.json", &shim)?;
+        write("network.json", &settings.endpoints)?;
+        self.write_etc(dir, &record, &run.hostname, &settings.endpoints)?;
         // The log exists before the container does, so a reader never misses its start.
         let log = dir.join("log");
         std::fs::File::create(&log).map_err(io("creating", &log))?;
@@ -807,6 +828,9 @@ impl Containers {
             cfg.wait_attach = false;
             let bytes = serde_json::to_vec_pretty(&cfg).unwrap_or_default();
             crate::identity::write_atomic(&shim_json, &bytes, 0o644).map_err(io("writing", &shim_json))?;
+        }
+        if let (Some(nets), false) = (self.networks.get(), c.record.networks.is_empty()) {
+            self.replumb(nets, c)?;
         }
         let rootfs = dir.join("rootfs");
         if !is_mount_point(&rootfs, &dir) {
@@ -1124,11 +1148,199 @@ impl Containers {
         self.dir(id).join("log")
     }
 
+    /// Attaches a container to one network; if netd is down, the attachment
+    /// waits for the next network sync.
+    fn attach_one(&self, nets: &Networks, id: &str, name: &str, a: &Attachment) -> Result<Endpoint, ContainerError> {
+        match nets.attach(id, name, a) {
+            Ok(e) => Ok(e),
+            Err(e @ NetworkError::Unreachable { .. }) => {
+                tracing::warn!(container = name, network = %a.network, error = %e, "netd is down: the container gets this network when it is back");
+                self.net_pending.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(Endpoint::pending(a, &e.to_string()))
+            }
+            Err(e) => Err(ContainerError::Invalid { what: "network", value: a.network.clone(), why: e.to_string() }),
+        }
+    }
+
+    fn release_network(&self, nets: &Networks, id: &str) {
+        if let Err(e) = nets.release(id) {
+            tracing::warn!(container = id, error = %e, "netd did not hear of the removal; its next sync drops the endpoints");
+            self.net_pending.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A container's namespace made again (after a reboot) and re-attached.
+    fn replumb(&self, nets: &Networks, c: &Container) -> Result<(), ContainerError> {
+        if nets.has_netns(&c.record.id) {
+            return Ok(()); // netd has it plumbed (or the pending sync will)
+        }
+        nets.ensure_netns(&c.record.id).map_err(|e| ContainerError::StartFailed { id: c.record.id.clone(), message: e.to_string() })?;
+        let mut endpoints = Vec::new();
+        for a in &c.record.networks {
+            endpoints.push(self.attach_one(nets, &c.record.id, &c.record.name, a).unwrap_or_else(|e| Endpoint::pending(a, &e.to_string())));
+        }
+        self.set_endpoints(&c.record.id, &endpoints)
+    }
+
+    /// Records what netd made of a container's networks and rewrites its /etc/hosts.
+    fn set_endpoints(&self, id: &str, endpoints: &[Endpoint]) -> Result<(), ContainerError> {
+        let dir = self.dir(id);
+        let path = dir.join("network.json");
+        let bytes = serde_json::to_vec_pretty(endpoints).unwrap_or_default();
+        crate::identity::write_replace(&path, &bytes).map_err(io("writing", &path))?;
+        if let Some(record) = read_json::<Record>(&dir.join("container.json")) {
+            let hostname = read_json::<serde_json::Value>(&dir.join("bundle/config.json"))
+                .and_then(|v| v.get("hostname").and_then(|h| h.as_str()).map(String::from))
+                .unwrap_or_else(|| id[..12].to_string());
+            self.write_etc(&dir, &record, &hostname, endpoints)?;
+        }
+        Ok(())
+    }
+
+    /// The container's /etc/hosts, /etc/resolv.conf and /etc/hostname. They
+    /// are bind-mounted files, so they are rewritten in place (same inode).
+    fn write_etc(&self, dir: &Path, record: &Record, hostname: &str, endpoints: &[Endpoint]) -> Result<(), ContainerError> {
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).map_err(io("creating", &etc))?;
+        let host = |f: &str| std::fs::read_to_string(Path::new("/etc").join(f)).unwrap_or_default();
+        let host_mode = record.run.network == "host";
+        let files = [
+            ("hosts", hosts_file(hostname, endpoints, host_mode.then(|| host("hosts")).as_deref())),
+            ("resolv.conf", resolv_conf(&host("resolv.conf"), !record.networks.is_empty())),
+            ("hostname", format!("{hostname}\n")),
+        ];
+        for (name, content) in files {
+            let path = etc.join(name);
+            std::fs::write(&path, content).map_err(io("writing", &path))?;
+        }
+        Ok(())
+    }
+
+    /// `network connect`: attaches a container (running or not) to one more network.
+    pub fn connect(&self, reference: &str, network: &str, aliases: Vec<String>, ip: &str) -> Result<Container, ContainerError> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let c = self.find(reference)?;
+        let nets = self.networks.get().ok_or_else(|| ContainerError::Invalid { what: "network", value: network.into(), why: "this daemon does not use netd".into() })?;
+        if c.record.networks.is_empty() {
+            return Err(ContainerError::Invalid {
+                what: "network",
+                value: network.into(),
+                why: format!("container {} runs with --network {}, which cannot be connected to other networks", c.record.name, c.record.run.network),
+            });
+        }
+        if c.record.networks.iter().any(|a| a.network == network) || c.endpoints.iter().any(|e| e.network == network || (!e.network_id.is_empty() && e.network_id.starts_with(network))) {
+            return Err(ContainerError::Invalid { what: "network", value: network.into(), why: format!("container {} is already connected to it", c.record.name) });
+        }
+        if network == "bridge" && !aliases.is_empty() {
+            return Err(ContainerError::Invalid { what: "network alias", value: aliases.join(","), why: "network-scoped aliases are only supported for user-defined networks".into() });
+        }
+        let a = Attachment { network: network.into(), aliases, ip: ip.into(), ports: vec![] };
+        nets.ensure_netns(&c.record.id).map_err(|e| ContainerError::Invalid { what: "network", value: network.into(), why: e.to_string() })?;
+        let endpoint = self.attach_one(nets, &c.record.id, &c.record.name, &a)?;
+        let mut record = c.record.clone();
+        record.networks.push(a);
+        self.write_record(&record)?;
+        let mut endpoints = c.endpoints.clone();
+        endpoints.push(endpoint);
+        self.set_endpoints(&c.record.id, &endpoints)?;
+        drop(_g);
+        self.find(&c.record.id)
+    }
+
+    /// `network disconnect`.
+    pub fn disconnect(&self, reference: &str, network: &str) -> Result<Container, ContainerError> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let c = self.find(reference)?;
+        let nets = self.networks.get().ok_or_else(|| ContainerError::Invalid { what: "network", value: network.into(), why: "this daemon does not use netd".into() })?;
+        let matches = |a: &Attachment, e: Option<&Endpoint>| a.network == network || e.is_some_and(|e| e.network == network || (!e.network_id.is_empty() && e.network_id.starts_with(network)));
+        let at = c.record.networks.iter().enumerate().find(|(i, a)| matches(a, c.endpoints.get(*i))).map(|(i, _)| i).ok_or_else(|| ContainerError::Invalid {
+            what: "network",
+            value: network.into(),
+            why: format!("container {} is not connected to it", c.record.name),
+        })?;
+        let name = c.endpoints.get(at).map(|e| e.network.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| c.record.networks[at].network.clone());
+        match nets.detach(&c.record.id, Some(&name)) {
+            Ok(()) => {}
+            Err(e @ NetworkError::Unreachable { .. }) => {
+                tracing::warn!(container = %c.record.name, error = %e, "netd is down: its next sync drops the endpoint");
+                self.net_pending.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Err(e) => return Err(ContainerError::Invalid { what: "network", value: network.into(), why: e.to_string() }),
+        }
+        let mut record = c.record.clone();
+        record.networks.remove(at);
+        self.write_record(&record)?;
+        let mut endpoints = c.endpoints.clone();
+        if at < endpoints.len() {
+            endpoints.remove(at);
+        }
+        self.set_endpoints(&c.record.id, &endpoints)?;
+        drop(_g);
+        self.find(&c.record.id)
+    }
+
+    fn write_record(&self, record: &Record) -> Result<(), ContainerError> {
+        let path = self.dir(&record.id).join("container.json");
+        let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
+        crate::identity::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
+    }
+
+    /// Hands netd every container's attachments and records what it made of
+    /// them: after the daemon starts, and whenever netd missed a change.
+    pub fn sync_networks(&self) -> Result<(), NetworkError> {
+        let Some(nets) = self.networks.get() else { return Ok(()) };
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let all: Vec<Container> = self.list();
+        let asked: Vec<(String, String, Vec<Attachment>)> =
+            all.iter().map(|c| (c.record.id.clone(), c.record.name.clone(), c.record.networks.clone())).filter(|(_, _, a)| !a.is_empty()).collect();
+        let results = nets.sync(&asked)?;
+        self.net_pending.store(false, std::sync::atomic::Ordering::SeqCst);
+        for (id, endpoints) in results {
+            if all.iter().any(|c| c.record.id == id && c.endpoints != endpoints)
+                && let Err(e) = self.set_endpoints(&id, &endpoints)
+            {
+                tracing::warn!(container = %id, error = %e, "cannot record the container's endpoints");
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the thread that keeps netd in step: a full sync at start, then
+    /// whenever netd missed a change (retrying every second while it is down),
+    /// and every `NET_RESYNC` in case netd lost its state.
+    pub fn keep_networks(self: &Arc<Self>) {
+        if self.networks.get().is_none() {
+            return;
+        }
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name("netsync".into())
+            .spawn(move || {
+                let mut last = std::time::Instant::now();
+                loop {
+                    let pending = this.net_pending.load(std::sync::atomic::Ordering::SeqCst);
+                    if pending || last.elapsed() >= NET_RESYNC {
+                        match this.sync_networks() {
+                            Ok(()) => {
+                                if pending {
+                                    tracing::info!("netd has every container's networks");
+                                }
+                                last = std::time::Instant::now();
+                            }
+                            Err(e) => tracing::debug!(error = %e, "network sync failed; retrying"),
+                        }
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+            .expect("spawning the network sync thread");
+    }
+
     fn teardown(&self, dir: &Path) {
         if let (Some(record), Some(nets)) = (read_json::<Record>(&dir.join("container.json")), self.networks.get())
-            && netd_network(&record.run.network)
+            && !record.networks.is_empty()
         {
-            nets.release(&record.id);
+            self.release_network(nets, &record.id);
         }
         let rootfs = dir.join("rootfs");
         if let Ok(c) = CString::new(rootfs.display().to_string()) {

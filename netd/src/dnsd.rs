@@ -1,0 +1,216 @@
+//! The embedded DNS server's I/O half: a UDP socket and a TCP listener on
+//! 127.0.0.11:53 inside every attached container's namespace (opened on a
+//! thread that entered it; the sockets stay there), all served by netd's
+//! runtime. Names in the `dns::Table` are answered at once; everything else
+//! is forwarded from the host's namespace to the resolvers in the host's
+//! /etc/resolv.conf, so a loopback resolver (systemd-resolved's
+//! 127.0.0.53) works too. Listeners follow the endpoints on every sync.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+
+use crate::dns::{self, Table};
+
+/// How long one upstream resolver gets to answer.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a TCP client may stay idle.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+struct Listener {
+    /// The namespace's identity (device, inode): a new namespace at the same
+    /// path (after a reboot) gets new sockets.
+    ns: (u64, u64),
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub struct Dns {
+    table: RwLock<Arc<Table>>,
+    listeners: Mutex<HashMap<String, Listener>>,
+    resolv_conf: PathBuf,
+}
+
+impl Dns {
+    /// Forwards to the resolvers listed in `resolv_conf` (the host's).
+    pub fn new(resolv_conf: &Path) -> Arc<Dns> {
+        Arc::new(Dns { table: RwLock::new(Arc::new(Table::default())), listeners: Mutex::new(HashMap::new()), resolv_conf: resolv_conf.to_path_buf() })
+    }
+
+    pub fn set_table(&self, t: Table) {
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(t);
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Makes the listeners match `want` (container → its namespace); returns
+    /// the containers whose listener could not be opened, with why.
+    pub fn reconcile(self: &Arc<Self>, want: &HashMap<String, PathBuf>) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        listeners.retain(|c, l| want.get(c).and_then(|p| ns_id(p)).is_some_and(|id| id == l.ns));
+        for (container, netns) in want {
+            if listeners.contains_key(container) {
+                continue;
+            }
+            let Some(ns) = ns_id(netns) else { continue };
+            match open_in(netns) {
+                Ok((udp, tcp)) => {
+                    let tasks = self.serve(container, udp, tcp);
+                    listeners.insert(container.clone(), Listener { ns, tasks });
+                }
+                Err(e) => failed.push((container.clone(), e.to_string())),
+            }
+        }
+        failed
+    }
+
+    fn serve(self: &Arc<Self>, container: &str, udp: std::net::UdpSocket, tcp: std::net::TcpListener) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        match UdpSocket::from_std(udp) {
+            Ok(s) => tasks.push(tokio::spawn(self.clone().serve_udp(container.to_string(), Arc::new(s)))),
+            Err(e) => tracing::warn!(container, error = %e, "cannot serve DNS over UDP"),
+        }
+        match TcpListener::from_std(tcp) {
+            Ok(l) => tasks.push(tokio::spawn(self.clone().serve_tcp(container.to_string(), l))),
+            Err(e) => tracing::warn!(container, error = %e, "cannot serve DNS over TCP"),
+        }
+        tasks
+    }
+
+    async fn serve_udp(self: Arc<Self>, container: String, sock: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
+            let msg = &buf[..n];
+            match self.local(&container, msg) {
+                Reply::Now(r) => {
+                    let _ = sock.send_to(&r, from).await;
+                }
+                Reply::Forward(q) => {
+                    let (this, sock, msg) = (self.clone(), sock.clone(), msg.to_vec());
+                    tokio::spawn(async move {
+                        let r = this.forward(&msg, q.as_ref()).await;
+                        if let Some(r) = r {
+                            let _ = sock.send_to(&r, from).await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    async fn serve_tcp(self: Arc<Self>, container: String, listener: TcpListener) {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { continue };
+            let (this, container) = (self.clone(), container.clone());
+            tokio::spawn(async move {
+                loop {
+                    let mut len = [0u8; 2];
+                    if !matches!(tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut len)).await, Ok(Ok(_))) {
+                        return;
+                    }
+                    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+                    if conn.read_exact(&mut msg).await.is_err() {
+                        return;
+                    }
+                    let r = match this.local(&container, &msg) {
+                        Reply::Now(r) => Some(r),
+                        Reply::Forward(q) => this.forward(&msg, q.as_ref()).await,
+                    };
+                    let Some(r) = r else { return };
+                    let mut out = (r.len() as u16).to_be_bytes().to_vec();
+                    out.extend_from_slice(&r);
+                    if conn.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// The answer from the table, or what to forward.
+    fn local(&self, container: &str, msg: &[u8]) -> Reply {
+        match dns::parse_query(msg) {
+            Some(q) => match dns::answer(&self.table(), container, msg, &q) {
+                Some(r) => Reply::Now(r),
+                None => Reply::Forward(Some(q)),
+            },
+            None => Reply::Forward(None),
+        }
+    }
+
+    /// Asks the host's resolvers in turn; SERVFAIL (for a parsed question)
+    /// when none answers.
+    async fn forward(&self, msg: &[u8], q: Option<&dns::Question>) -> Option<Vec<u8>> {
+        let conf = tokio::fs::read_to_string(&self.resolv_conf).await.unwrap_or_default();
+        for server in dns::nameservers(&conf) {
+            if let Some(r) = ask(server, msg).await {
+                return Some(r);
+            }
+        }
+        q.map(|q| dns::servfail(msg, q))
+    }
+}
+
+enum Reply {
+    Now(Vec<u8>),
+    Forward(Option<dns::Question>),
+}
+
+/// One upstream exchange over UDP, from the host's namespace.
+async fn ask(server: IpAddr, msg: &[u8]) -> Option<Vec<u8>> {
+    let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0".parse().ok()? } else { "[::]:0".parse().ok()? };
+    let sock = UdpSocket::bind(bind).await.ok()?;
+    sock.connect((server, 53)).await.ok()?;
+    sock.send(msg).await.ok()?;
+    let mut buf = vec![0u8; 65535];
+    let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+    loop {
+        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await.ok()?.ok()?;
+        // Only the answer to this query (same id) counts.
+        if n >= 2 && msg.len() >= 2 && buf[..2] == msg[..2] {
+            buf.truncate(n);
+            return Some(buf);
+        }
+    }
+}
+
+fn ns_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// UDP and TCP sockets on 127.0.0.11:53 in the namespace at `netns`.
+fn open_in(netns: &Path) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    let file = std::fs::File::open(netns)?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on this short-lived thread only; the sockets it opens stay in that namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let udp = std::net::UdpSocket::bind((dns::ADDR, 53))?;
+        udp.set_nonblocking(true)?;
+        let tcp = std::net::TcpListener::bind((dns::ADDR, 53))?;
+        tcp.set_nonblocking(true)?;
+        Ok((udp, tcp))
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the DNS socket thread panicked"))?
+}
