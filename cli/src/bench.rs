@@ -12,7 +12,132 @@ use crate::client;
 pub async fn run(cli: &Cli, cmd: &BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Writes { clients, seconds, node } => writes(cli, *clients, *seconds, node).await,
+        BenchCmd::Netsync { ports, rounds } => {
+            let (ports, rounds) = (*ports, *rounds);
+            std::thread::spawn(move || netsync(ports, rounds)).join().map_err(|_| anyhow::anyhow!("the netsync thread panicked"))?
+        }
+        BenchCmd::Dns { server, name, seconds, concurrency, rate } => dns(*server, name, *seconds, *concurrency, *rate).await,
     }
+}
+
+/// Times netd's rules for `ports` containers, each with a published port:
+/// generating the table and replacing it with one `nft -f`, `rounds` times
+/// (each round moves one port, so every apply is a real change). Runs on
+/// this thread after moving it into a new network namespace, so nothing
+/// outside the benchmark is touched. Prints JSON.
+fn netsync(ports: usize, rounds: usize) -> anyhow::Result<()> {
+    use shoal_netd::model::{Desired, EndpointSpec, NetworkSpec, PortMap, Proto};
+    // SAFETY: unshare on this thread only; nft runs as its child, in the new namespace.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        anyhow::bail!("unshare(CLONE_NEWNET): {} (run as root)", std::io::Error::last_os_error());
+    }
+    let subnet: shoal_netd::net::Subnet = "10.200.0.0/16".parse().map_err(anyhow::Error::msg)?;
+    let network = NetworkSpec { id: "b".repeat(64), name: "bench".into(), subnet, gateway: subnet.nth(1).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED), internal: false, icc: true, mtu: 1500 };
+    let endpoint = |i: usize, shift: u16| EndpointSpec {
+        container: format!("{i:064x}"),
+        name: format!("c{i}"),
+        aliases: vec![],
+        network: network.id.clone(),
+        ip: subnet.nth(i as u32 + 2).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        netns: format!("/run/shoal/netns/{i:064x}").into(),
+        ifname: "eth0".into(),
+        ports: vec![PortMap { host_ip: None, host_port: 20000 + i as u16 + shift, container_port: 80, proto: Proto::Tcp }],
+    };
+    let mut gen_ms = Vec::new();
+    let mut apply_ms = Vec::new();
+    for round in 0..rounds.max(1) + 1 {
+        let mut d = Desired { networks: vec![network.clone()], endpoints: (0..ports).map(|i| endpoint(i, 0)).collect() };
+        if let Some(last) = d.endpoints.last_mut() {
+            *last = endpoint(ports - 1, (round % 2) as u16 * 10_000);
+        }
+        let t = Instant::now();
+        let rules = shoal_netd::rules::ruleset(&d);
+        let generated = t.elapsed();
+        shoal_netd::sys::apply_rules(&rules)?;
+        // The first round creates the table; the figure is about replacing one.
+        if round > 0 {
+            gen_ms.push(generated.as_secs_f64() * 1000.0);
+            apply_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{}",
+        serde_json::json!({"ports": ports, "rounds": apply_ms.len(), "sync_ms": apply_ms, "median_ms": median(&mut apply_ms.clone()), "generate_median_ms": median(&mut gen_ms)})
+    );
+    Ok(())
+}
+
+/// The DNS benchmark: `concurrency` clients asking as fast as answers come
+/// for `seconds`, then one client at `rate` queries per second for `seconds`,
+/// timing each answer. Prints JSON.
+async fn dns(server: std::net::SocketAddr, name: &str, seconds: u64, concurrency: usize, rate: u64) -> anyhow::Result<()> {
+    let seconds = seconds.clamp(1, 60);
+    let connect = async || -> anyhow::Result<tokio::net::UdpSocket> {
+        let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+        sock.connect(server).await?;
+        Ok(sock)
+    };
+    // Check once that the name resolves.
+    let probe = connect().await?;
+    if dns_ask(&probe, 1, name, &mut [0u8; 1500]).await.is_none() {
+        anyhow::bail!("{server} gave no A record for {name}");
+    }
+    // Throughput.
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..concurrency.clamp(1, 256) {
+        let sock = connect().await?;
+        let name = name.to_string();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut buf = [0u8; 1500];
+            let mut id = (c as u16) << 8;
+            while Instant::now() < deadline {
+                id = id.wrapping_add(1);
+                match dns_ask(&sock, id, &name, &mut buf).await {
+                    Some(_) => ok += 1,
+                    None => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await?);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ok: u64 = results.iter().map(|r| r.0).sum();
+    let failed: u64 = results.iter().map(|r| r.1).sum();
+    // Latency at a fixed rate.
+    let sock = connect().await?;
+    let mut lat = Vec::new();
+    let mut buf = [0u8; 1500];
+    let period = Duration::from_secs_f64(1.0 / rate.clamp(1, 100_000) as f64);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut id = 0u16;
+    while Instant::now() < end {
+        tick.tick().await;
+        id = id.wrapping_add(1);
+        if let Some(d) = dns_ask(&sock, id, name, &mut buf).await {
+            lat.push(d.as_secs_f64() * 1e6);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    println!(
+        "{}",
+        serde_json::json!({"qps": ok as f64 / secs, "answered": ok, "failed": failed, "concurrency": concurrency,
+            "rate": rate, "latency_samples": lat.len(), "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99)})
+    );
+    Ok(())
 }
 
 /// Durable writes through the control API: `clients` concurrent callers each
@@ -70,4 +195,14 @@ async fn writes(cli: &Cli, clients: usize, seconds: u64, node: &str) -> anyhow::
     let rm: Vec<String> = (0..clients).map(|c| format!("bench-{c}")).collect();
     let _ = control.update_node(pb::UpdateNodeRequest { id: node.to_string(), label_rm: rm, ..Default::default() }).await;
     Ok(())
+}
+
+/// One query and its answer's round trip (None: no answer within 1 s, or no A record).
+async fn dns_ask(sock: &tokio::net::UdpSocket, id: u16, name: &str, buf: &mut [u8]) -> Option<Duration> {
+    let q = shoal_netd::dns::query(id, name, shoal_netd::dns::QTYPE_A);
+    let t = Instant::now();
+    sock.send(&q).await.ok()?;
+    let n = tokio::time::timeout(Duration::from_secs(1), sock.recv(buf)).await.ok()?.ok()?;
+    let (rcode, ips) = shoal_netd::dns::read_a_records(&buf[..n])?;
+    (rcode == 0 && !ips.is_empty()).then(|| t.elapsed())
 }

@@ -1,7 +1,9 @@
 //! netd's netfilter rules, generated whole from the desired state as one
 //! nft table (`ip shoal`) and applied in one transaction that replaces the
 //! table (`nft -f`): egress NAT for bridge networks, published ports (DNAT
-//! from any local address, keeping the client's source address), isolation
+//! from any local address, keeping the client's source address; the host's
+//! own 127.0.0.1 clients are masqueraded, as Docker does without its
+//! userland proxy), isolation
 //! between networks, `--internal` and `icc=false`. Nothing outside the
 //! table is ever flushed or changed.
 
@@ -33,9 +35,13 @@ pub fn ruleset(d: &Desired) -> String {
     }
     let _ = writeln!(t, "  }}");
     let _ = writeln!(t, "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    fib daddr type local jump published\n  }}");
-    let _ = writeln!(t, "  chain output {{\n    type nat hook output priority -100; policy accept;\n    ip daddr != 127.0.0.0/8 fib daddr type local jump published\n  }}");
+    let _ = writeln!(t, "  chain output {{\n    type nat hook output priority -100; policy accept;\n    fib daddr type local jump published\n  }}");
     // Egress: masquerade what leaves a (non-internal) network for elsewhere.
     let _ = writeln!(t, "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;");
+    // The host's own loopback clients of published ports (their bridge routes 127/8: route_localnet).
+    for n in networks.iter().filter(|n| !n.internal) {
+        let _ = writeln!(t, "    ip saddr 127.0.0.0/8 oifname \"{}\" masquerade", bridge_name(&n.id));
+    }
     for n in networks.iter().filter(|n| !n.internal) {
         let _ = writeln!(t, "    ip saddr {} oifname != \"{}\" masquerade", n.subnet, bridge_name(&n.id));
     }

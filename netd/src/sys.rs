@@ -137,7 +137,11 @@ pub async fn apply(h: &Handle, action: &Action) -> Result<(), SysError> {
             h.link().del(i).execute().await.map_err(nl(format!("deleting {name}")))
         }
         Action::CreateBridge { name, mtu } => {
-            h.link().add(LinkBridge::new(name).mtu(*mtu).build()).execute().await.map_err(nl(format!("creating bridge {name}")))
+            h.link().add(LinkBridge::new(name).mtu(*mtu).build()).execute().await.map_err(nl(format!("creating bridge {name}")))?;
+            // Published ports answer the host's 127.0.0.1 too: DNAT'd loopback
+            // packets may leave through this bridge (and only this one).
+            let knob = format!("/proc/sys/net/ipv4/conf/{name}/route_localnet");
+            std::fs::write(&knob, "1").map_err(io(format!("writing {knob}")))
         }
         Action::SetMtu { name, mtu } => {
             let i = index_of(h, name).await?;

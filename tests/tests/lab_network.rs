@@ -33,8 +33,9 @@ fn published_ports_answer_from_other_hosts_and_leave_nothing_behind() -> Result<
     ensure!(body == "hello from shoal\n", "{body:?}");
     let seen = fetch(2, &format!("http://{}:8080/cgi-bin/ip", lab.ip(1)))?;
     ensure!(seen.trim().trim_matches(['[', ']']).trim_start_matches("::ffff:") == lab.ip(2), "the server sees the client's own address: {seen:?}");
-    // From the host itself, on its own address.
+    // From the host itself, on its own address and on 127.0.0.1.
     ensure!(fetch(1, &url)? == "hello from shoal\n");
+    ensure!(fetch(1, "http://127.0.0.1:8080/")? == "hello from shoal\n", "loopback clients of the host");
     // The container's own address and a route out through NAT.
     let addr = lab.shoal(1, &["exec", "web", "ip", "-4", "addr", "show", "eth0"])?;
     ensure!(addr.contains("inet 172.17.0.") && lab.shoal(1, &["exec", "web", "ip", "link", "show", "eth0"])?.contains("02:42:ac:11:00:"), "{addr}");
