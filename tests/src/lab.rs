@@ -261,6 +261,13 @@ impl Lab {
         run_lab(&["restart-daemon", h.as_str()]).map(drop)
     }
 
+    /// Crash host `i` and boot it: everything in memory (links, rules, mounts,
+    /// /run, cgroups) is gone, its disk is kept; returns once its daemon answers.
+    pub fn reboot(&self, i: usize) -> Result<()> {
+        let h = self.host(i)?;
+        run_lab(&["reboot", h.as_str()]).map(drop)
+    }
+
     /// kill -9 only netd on host `i` (its daemon and containers live on).
     pub fn kill_netd(&self, i: usize) -> Result<()> {
         let h = self.host(i)?;

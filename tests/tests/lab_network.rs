@@ -134,7 +134,7 @@ fn names_resolve_on_user_networks_and_netd_restarts_change_nothing() -> Result<(
 
     lab.shoal(1, &["network", "create", "app"])?;
     lab.shoal(1, &["network", "create", "other"])?;
-    lab.shoal(1, &["run", "-d", "--name", "web", "--network", "app", "--network-alias", "www", "busybox:local", "sh", "-c", WEB])?;
+    lab.shoal(1, &["run", "-d", "--name", "web", "--restart", "always", "--network", "app", "--network-alias", "www", "-p", "8080:80", "busybox:local", "sh", "-c", WEB])?;
     let client = lab.shoal(1, &["run", "-d", "--name", "client", "--network", "app", "busybox:local", "sleep", "1000"])?;
     lab.shoal(1, &["run", "-d", "--name", "stranger", "--network", "other", "busybox:local", "sleep", "1000"])?;
     lab.shoal(1, &["run", "-d", "--name", "plain", "busybox:local", "sleep", "1000"])?;
@@ -183,6 +183,20 @@ fn names_resolve_on_user_networks_and_netd_restarts_change_nothing() -> Result<(
     wait_for("the flow to end", Duration::from_secs(30), || Ok(lab.shoal(1, &["logs", "flow"])?.contains("packet loss").then_some(())))?;
     let flow = lab.shoal(1, &["logs", "flow"])?;
     ensure!(flow.contains("50 packets received, 0% packet loss"), "{flow}");
+
+    // After a reboot (no namespaces, links, rules or mounts left) containers
+    // come back with their networks: by policy, or when started.
+    lab.reboot(1)?;
+    wait_for("web back by its policy", Duration::from_secs(30), || Ok((lab.container(1, "web")?["state"] == "running").then_some(())))?;
+    lab.shoal(1, &["start", "client"])?;
+    wait_for("web by its alias after the reboot", Duration::from_secs(15), || {
+        Ok(sh("client", "wget -qO- http://www/")?.stdout.starts_with(b"hello from shoal").then_some(()))
+    })?;
+    ensure!(ok("client", "cat /etc/hosts")?.contains(&ip_of("client")?[0]));
+    let url = format!("http://{}:8080/", lab.ip(1));
+    wait_for("the published port after the reboot", Duration::from_secs(10), || {
+        Ok(String::from_utf8_lossy(&lab.run(1, &["wget", "-qO-", "-T", "3", &url])?.stdout).starts_with("hello").then_some(()))
+    })?;
 
     // Nothing left behind.
     lab.shoal(1, &["rm", "-f", "web", "client", "stranger", "plain", "flow", "late"])?;
