@@ -68,6 +68,17 @@ pub struct Daemon {
     transition: tokio::sync::Mutex<()>,
     /// The current membership, for quick reads.
     joined: Mutex<Option<Joined>>,
+    /// Runs the tasks the cluster assigns here (set before `resume`).
+    worker: std::sync::OnceLock<Arc<crate::worker::Worker>>,
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+fn host_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .unwrap_or(0)
+        * 1024
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -77,7 +88,7 @@ fn internal(e: impl std::fmt::Display) -> Status {
 impl Daemon {
     pub fn new(cfg: DaemonConfig) -> Arc<Daemon> {
         let paths = Paths::new(&cfg.data_root);
-        Arc::new(Daemon { cfg, paths, transition: tokio::sync::Mutex::new(()), joined: Mutex::new(None) })
+        Arc::new(Daemon { cfg, paths, transition: tokio::sync::Mutex::new(()), joined: Mutex::new(None), worker: std::sync::OnceLock::new() })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Joined>> {
@@ -195,6 +206,8 @@ impl Daemon {
                 addr: advertise,
                 engine_version: VERSION.into(),
                 cert_expiry_ms: 0,
+                nano_cpus: 0,
+                memory_bytes: 0,
             },
             status: NodeStatus::default(),
             meta: Meta::default(),
@@ -347,6 +360,11 @@ impl Daemon {
         .await
     }
 
+    /// Runs cluster tasks with this worker (call before `resume`).
+    pub fn set_worker(&self, worker: Arc<crate::worker::Worker>) {
+        let _ = self.worker.set(worker);
+    }
+
     /// Starts what a node on disk runs: its manager role if it has one, then
     /// its dispatcher session.
     async fn activate(self: &Arc<Self>, file: NodeFile, certs: NodeCerts) -> Result<(), Status> {
@@ -380,9 +398,11 @@ impl Daemon {
             addr: file.advertise_addr.clone(),
             engine_version: VERSION.into(),
             cert_expiry: String::new(),
+            nano_cpus: std::thread::available_parallelism().map(|n| n.get() as u64 * 1_000_000_000).unwrap_or(1_000_000_000),
+            memory_bytes: host_memory(),
         };
         tokio::spawn(session::run(
-            session::SessionConfig { hello, managers: managers.subscribe(), tls: client_tls.subscribe() },
+            session::SessionConfig { hello, managers: managers.subscribe(), tls: client_tls.subscribe(), worker: self.worker.get().cloned() },
             states_tx,
             session.clone(),
         ));

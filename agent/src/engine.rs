@@ -537,6 +537,7 @@ impl pb::engine_server::Engine for EngineService {
             publish: r.publish,
             ip: r.ip,
             network_aliases: r.network_aliases,
+            task_id: String::new(),
         };
         let containers = self.containers.clone();
         let c = cblocking(move || containers.run(&run)).await?;

@@ -16,5 +16,6 @@ pub mod registry;
 pub mod runtime;
 pub mod volumes;
 pub mod session;
+pub mod worker;
 
 pub use daemon::{Daemon, DaemonConfig};

@@ -77,6 +77,21 @@ impl Control for LocalControl {
     async fn cluster_info(&self, req: Request<pb::Empty>) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         self.service()?.cluster_info(req).await
     }
+    async fn create_service(&self, req: Request<pb::JsonDoc>) -> Result<Response<pb::ServiceRef>, Status> {
+        self.service()?.create_service(req).await
+    }
+    async fn update_service(&self, req: Request<pb::ServiceUpdateRequest>) -> Result<Response<pb::ServiceRef>, Status> {
+        self.service()?.update_service(req).await
+    }
+    async fn remove_service(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::Empty>, Status> {
+        self.service()?.remove_service(req).await
+    }
+    async fn list_services(&self, req: Request<pb::Empty>) -> Result<Response<pb::JsonDoc>, Status> {
+        self.service()?.list_services(req).await
+    }
+    async fn list_tasks(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::JsonDoc>, Status> {
+        self.service()?.list_tasks(req).await
+    }
 }
 
 /// Serves the local socket until `cancel`. A stale socket file (from a crash)

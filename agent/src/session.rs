@@ -21,6 +21,8 @@ pub struct SessionConfig {
     /// Managers to try, refreshed by the daemon from each SessionState.
     pub managers: watch::Receiver<Vec<String>>,
     pub tls: watch::Receiver<Arc<ClientConfig>>,
+    /// Runs the node's tasks: gets the assignment sets, gives the task reports.
+    pub worker: Option<Arc<crate::worker::Worker>>,
 }
 
 enum Ended {
@@ -115,6 +117,15 @@ async fn one_session(
                     return Ended::Failed("outbound closed".into());
                 }
             }
+            _ = outbox_ready(cfg.worker.as_deref()) => {
+                let reports = cfg.worker.as_ref().map(|w| w.take_reports()).unwrap_or_default();
+                if !reports.is_empty() {
+                    let m = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Statuses(pb::TaskStatuses { reports })) };
+                    if out_tx.send(m).await.is_err() {
+                        return Ended::Failed("outbound closed".into());
+                    }
+                }
+            }
             m = inbound.message() => match m {
                 Ok(Some(pb::ManagerMessage { msg: Some(msg) })) => {
                     last_heard = tokio::time::Instant::now();
@@ -130,6 +141,11 @@ async fn one_session(
                             }
                         }
                         pb::manager_message::Msg::Ack(_) => {}
+                        pb::manager_message::Msg::Assignments(a) => {
+                            if let Some(w) = &cfg.worker {
+                                w.assign(&a.tasks_json);
+                            }
+                        }
                     }
                 }
                 Ok(Some(_)) => {}
@@ -137,5 +153,13 @@ async fn one_session(
                 Err(status) => return Ended::Failed(format!("{}: {}", status.code(), status.message())),
             },
         }
+    }
+}
+
+/// Resolves when the worker has reports to send (never without a worker).
+async fn outbox_ready(worker: Option<&crate::worker::Worker>) {
+    match worker {
+        Some(w) => w.outbox_ready.notified().await,
+        None => std::future::pending().await,
     }
 }

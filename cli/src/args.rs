@@ -55,6 +55,9 @@ pub enum Cmd {
     /// Manage swarm nodes.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Manage services on the swarm.
+    #[command(subcommand)]
+    Service(ServiceCmd),
     /// Manage images on this node.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -635,4 +638,177 @@ mod tests {
             assert!(parse_duration_secs(bad).is_err(), "{bad}");
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCmd {
+    /// Create a service.
+    Create(Box<ServiceCreateArgs>),
+    /// List services.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// List the tasks of services, with their history.
+    Ps {
+        #[arg(short, long)]
+        quiet: bool,
+        /// Do not truncate ids.
+        #[arg(long)]
+        no_trunc: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Display detailed information on services.
+    Inspect {
+        #[arg(long)]
+        pretty: bool,
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Update a service.
+    Update(Box<ServiceUpdateArgs>),
+    /// Scale replicated services: `scale web=5 api=2`.
+    Scale {
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(required = true)]
+        scales: Vec<String>,
+    },
+    /// Go back to a service's previous spec.
+    Rollback {
+        #[arg(short, long)]
+        detach: bool,
+        service: String,
+    },
+    /// Remove services.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+}
+
+/// The flags `service create` and `service update` share.
+#[derive(Args, Debug, Default)]
+pub struct ServiceFlags {
+    /// Environment variables (KEY=VALUE).
+    #[arg(short, long = "env", visible_alias = "env-add")]
+    pub env: Vec<String>,
+    #[arg(long)]
+    pub env_file: Vec<PathBuf>,
+    /// type=bind|volume|tmpfs,source=...,target=...[,readonly]
+    #[arg(long, visible_alias = "mount-add")]
+    pub mount: Vec<String>,
+    /// CPUs a task may use (0.5).
+    #[arg(long)]
+    pub limit_cpu: Option<String>,
+    #[arg(long)]
+    pub limit_memory: Option<String>,
+    #[arg(long)]
+    pub limit_pids: Option<i64>,
+    /// CPUs the scheduler reserves for a task.
+    #[arg(long)]
+    pub reserve_cpu: Option<String>,
+    #[arg(long)]
+    pub reserve_memory: Option<String>,
+    /// Placement constraints: node.role==manager, node.labels.zone!=a, node.hostname==h1.
+    #[arg(long, visible_alias = "constraint-add")]
+    pub constraint: Vec<String>,
+    /// spread=node.labels.KEY
+    #[arg(long)]
+    pub placement_pref: Vec<String>,
+    #[arg(long)]
+    pub replicas_max_per_node: Option<u64>,
+    #[arg(long, value_parser = ["none", "on-failure", "any"])]
+    pub restart_condition: Option<String>,
+    /// The first restart delay (doubling, up to a minute): 5s, 500ms.
+    #[arg(long)]
+    pub restart_delay: Option<String>,
+    #[arg(long)]
+    pub restart_max_attempts: Option<u64>,
+    #[arg(long)]
+    pub restart_window: Option<String>,
+    /// Tasks updated at once (0: all).
+    #[arg(long)]
+    pub update_parallelism: Option<u64>,
+    #[arg(long)]
+    pub update_delay: Option<String>,
+    #[arg(long, value_parser = ["stop-first", "start-first"])]
+    pub update_order: Option<String>,
+    #[arg(long, value_parser = ["pause", "continue", "rollback"])]
+    pub update_failure_action: Option<String>,
+    #[arg(long)]
+    pub update_monitor: Option<String>,
+    #[arg(long)]
+    pub update_max_failure_ratio: Option<f64>,
+    /// A template: '{{.Service.Name}}-{{.Task.Slot}}'.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    #[arg(long)]
+    pub stop_grace_period: Option<String>,
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    #[arg(short, long)]
+    pub user: Option<String>,
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// Service labels (key=value).
+    #[arg(long, visible_alias = "label-add")]
+    pub label: Vec<String>,
+    #[arg(long, visible_alias = "container-label-add")]
+    pub container_label: Vec<String>,
+    /// published=P,target=T[,protocol=tcp|udp],mode=host (or P:T[/udp]).
+    #[arg(short, long, visible_alias = "publish-add")]
+    pub publish: Vec<String>,
+    /// Return at once instead of following the rollout.
+    #[arg(short, long)]
+    pub detach: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceCreateArgs {
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, default_value = "replicated", value_parser = ["replicated", "global", "replicated-job", "global-job"])]
+    pub mode: String,
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// Jobs: tasks running at once.
+    #[arg(long)]
+    pub max_concurrent: Option<u64>,
+    #[command(flatten)]
+    pub flags: ServiceFlags,
+    pub image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceUpdateArgs {
+    #[arg(long)]
+    pub image: Option<String>,
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// Replace every task even if nothing changed.
+    #[arg(long)]
+    pub force: bool,
+    /// Go back to the previous spec.
+    #[arg(long)]
+    pub rollback: bool,
+    /// Replaces the command.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+    pub args: Option<Vec<String>>,
+    #[arg(long)]
+    pub env_rm: Vec<String>,
+    #[arg(long)]
+    pub constraint_rm: Vec<String>,
+    #[command(flatten)]
+    pub flags: ServiceFlags,
+    pub service: String,
 }

@@ -67,6 +67,9 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
         std::path::Path::new("/run/shoal/netns"),
         tokio::runtime::Handle::current(),
     )));
+    let worker = shoal_agent::worker::Worker::new(containers.clone(), images.clone(), registries.clone(), &daemon.cfg.hostname);
+    tokio::spawn(worker.clone().run());
+    daemon.set_worker(worker);
     daemon.resume().await?;
     containers.supervise();
     containers.keep_networks();

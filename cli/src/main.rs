@@ -11,6 +11,7 @@ mod daemon;
 mod images;
 mod output;
 mod registry;
+mod services;
 
 use clap::Parser;
 

@@ -19,6 +19,41 @@ use crate::ca;
 use crate::dispatcher::manager_addrs;
 use crate::manager::{Manager, Route};
 use crate::state::{Command, NodeChange, Response as Applied};
+use shoal_proto::service::{Mode, ServiceSpec, TaskState};
+
+/// What the API refuses in a service spec, with what to do instead.
+fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
+    let bad = |m: String| Err(Status::invalid_argument(m));
+    let name_ok = !spec.name.is_empty()
+        && spec.name.len() <= 63
+        && spec.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !spec.name.starts_with(['-', '_']);
+    if !name_ok {
+        return bad(format!("invalid service name {:?}: use letters, digits, - and _ (at most 63)", spec.name));
+    }
+    if spec.task.image.is_empty() {
+        return bad("a service needs an image".into());
+    }
+    if spec.mode.is_global() && spec.replicas > 1 {
+        return bad("--replicas applies to replicated services only".into());
+    }
+    for c in &spec.task.constraints {
+        crate::orchestrator::valid_constraint(c).map_err(Status::invalid_argument)?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &spec.task.ports {
+        if p.published == 0 || p.target == 0 || !matches!(p.protocol.as_str(), "tcp" | "udp") {
+            return bad(format!("invalid published port {}:{}/{}: host mode needs both ports", p.published, p.target, p.protocol));
+        }
+        if !seen.insert((p.published, p.protocol.clone())) {
+            return bad(format!("port {}/{} is published twice", p.published, p.protocol));
+        }
+    }
+    if !(0.0..=1.0).contains(&spec.update.max_failure_ratio) {
+        return bad("--update-max-failure-ratio is between 0 and 1".into());
+    }
+    Ok(())
+}
 
 /// Serves the call here on the leader, or forwards it there on behalf of
 /// its original caller.
@@ -104,6 +139,80 @@ impl ControlService {
 
 #[tonic::async_trait]
 impl pb::control_server::Control for ControlService {
+    async fn create_service(&self, req: Request<pb::JsonDoc>) -> Result<Response<pb::ServiceRef>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, create_service);
+        let spec: ServiceSpec = serde_json::from_str(&r.json).map_err(|e| Status::invalid_argument(format!("the service spec: {e}")))?;
+        validate_spec(&spec)?;
+        if self.mgr.store.read().services.values().any(|s| s.spec.name == spec.name) {
+            return Err(Status::already_exists(format!("service {} already exists", spec.name)));
+        }
+        let id = new_node_id();
+        self.mgr.write(Command::CreateService { id: id.clone(), spec }).await?;
+        Ok(Response::new(pb::ServiceRef { id }))
+    }
+
+    async fn update_service(&self, req: Request<pb::ServiceUpdateRequest>) -> Result<Response<pb::ServiceRef>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, update_service);
+        let svc = self.mgr.store.read().find_service(&r.id).cloned().map_err(Status::not_found)?;
+        let spec: ServiceSpec = if r.rollback {
+            svc.spec.clone()
+        } else {
+            serde_json::from_str(&r.spec_json).map_err(|e| Status::invalid_argument(format!("the service spec: {e}")))?
+        };
+        validate_spec(&spec)?;
+        self.mgr.write(Command::UpdateService { id: svc.id.clone(), spec, rollback: r.rollback }).await?;
+        Ok(Response::new(pb::ServiceRef { id: svc.id }))
+    }
+
+    async fn remove_service(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::Empty>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, remove_service);
+        let svc = self.mgr.store.read().find_service(&r.id).cloned().map_err(Status::not_found)?;
+        self.mgr.write(Command::RemoveService { id: svc.id }).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_services(&self, req: Request<pb::Empty>) -> Result<Response<pb::JsonDoc>, Status> {
+        let caller = self.authorize(&req)?;
+        let _ = route!(self, req, caller, ControlClient, list_services);
+        self.mgr.linearizable().await?;
+        let state = self.mgr.store.read();
+        let list: Vec<serde_json::Value> = state
+            .services
+            .values()
+            .map(|s| {
+                let running = state.tasks.values().filter(|t| t.service_id == s.id && t.desired == TaskState::Running && t.status.state == TaskState::Running).count();
+                let completed = state.tasks.values().filter(|t| t.service_id == s.id && t.status.state == TaskState::Complete).count();
+                let desired = match s.spec.mode {
+                    Mode::Replicated | Mode::ReplicatedJob => s.spec.replicas as usize,
+                    Mode::Global | Mode::GlobalJob => state.tasks.values().filter(|t| t.service_id == s.id && t.desired == TaskState::Running).count(),
+                };
+                serde_json::json!({"service": s, "running": running, "desired": desired, "completed": completed})
+            })
+            .collect();
+        Ok(Response::new(pb::JsonDoc { json: serde_json::to_string(&list).unwrap_or_default() }))
+    }
+
+    async fn list_tasks(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::JsonDoc>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, list_tasks);
+        self.mgr.linearizable().await?;
+        let state = self.mgr.store.read();
+        let service = if r.id.is_empty() { None } else { Some(state.find_service(&r.id).map_err(Status::not_found)?.id.clone()) };
+        let list: Vec<serde_json::Value> = state
+            .tasks
+            .values()
+            .filter(|t| service.as_ref().is_none_or(|s| t.service_id == *s))
+            .map(|t| {
+                let node = state.nodes.get(&t.node_id);
+                serde_json::json!({"task": t, "node": node.map(|n| n.description.hostname.clone()).unwrap_or_default(), "node_addr": node.map(|n| n.description.addr.clone()).unwrap_or_default()})
+            })
+            .collect();
+        Ok(Response::new(pb::JsonDoc { json: serde_json::to_string(&list).unwrap_or_default() }))
+    }
+
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         let caller = self.authorize(&req)?;
         let _ = route!(self, req, caller, ControlClient, list_nodes);

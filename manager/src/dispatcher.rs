@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use openraft::async_runtime::WatchReceiver as _;
 use shoal_proto::model::{NodeDescription, NodeState, NodeStatus, Role};
+use shoal_proto::service::{TaskState, TaskStatus};
 use shoal_proto::pb;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,8 @@ struct Inner {
     store: Store,
     last_seen: Mutex<HashMap<String, Instant>>,
     pending: Mutex<Vec<NodeStatusUpdate>>,
+    /// Task reports per node, written in batches like node status.
+    task_reports: Mutex<HashMap<String, Vec<(String, TaskStatus)>>>,
     wake: Notify,
 }
 
@@ -50,6 +53,7 @@ impl Dispatcher {
                 store,
                 last_seen: Mutex::new(HashMap::new()),
                 pending: Mutex::new(Vec::new()),
+                task_reports: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
             }),
         }
@@ -83,6 +87,13 @@ impl Dispatcher {
                 _ = self.inner.wake.notified() => {}
             }
             self.expire();
+            let reports: HashMap<String, Vec<(String, TaskStatus)>> = std::mem::take(&mut *self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner()));
+            for (node_id, updates) in reports {
+                if let Err(e) = mgr.write(Command::TaskStatus { node_id: node_id.clone(), updates }).await {
+                    // The node sends its whole picture again on its next change or reconnect.
+                    tracing::warn!(error = %e, node.id = %node_id, "task status write failed");
+                }
+            }
             let batch: Vec<NodeStatusUpdate> = std::mem::take(&mut *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()));
             if batch.is_empty() {
                 continue;
@@ -122,6 +133,37 @@ impl Dispatcher {
                 });
             }
         }
+    }
+
+    /// The node's assignment set: every task placed on it that it should run,
+    /// or stop and report (JSON of `model::service::Task`), in a stable order.
+    fn assignments(&self, node_id: &str) -> Vec<String> {
+        let state = self.inner.store.read();
+        state
+            .tasks
+            .values()
+            .filter(|t| t.node_id == node_id && !(t.desired >= TaskState::Shutdown && t.status.state.is_terminal()))
+            .filter_map(|t| serde_json::to_string(t).ok())
+            .collect()
+    }
+
+    /// Sends the node's set if it changed since `sent`; false when the session is gone.
+    async fn send_assignments(&self, node_id: &str, sent: &mut Vec<String>, tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>) -> bool {
+        let now = self.assignments(node_id);
+        if now == *sent {
+            return true;
+        }
+        *sent = now;
+        tx.send(msg(pb::manager_message::Msg::Assignments(pb::Assignments { tasks_json: sent.clone() }))).await.is_ok()
+    }
+
+    fn report_tasks(&self, node_id: &str, reports: Vec<pb::TaskStatusReport>) {
+        let updates: Vec<(String, TaskStatus)> = reports.into_iter().filter_map(|r| Some((r.task_id, serde_json::from_str(&r.status_json).ok()?))).collect();
+        if updates.is_empty() {
+            return;
+        }
+        self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner()).entry(node_id.to_string()).or_default().extend(updates);
+        self.inner.wake.notify_one();
     }
 
     /// What a node should know about itself, from the current state.
@@ -203,6 +245,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                 addr: hello.addr,
                 engine_version: hello.engine_version,
                 cert_expiry_ms: id.not_after_ms,
+                nano_cpus: hello.nano_cpus,
+                memory_bytes: hello.memory_bytes,
             }),
         });
         let (tx, rx) = mpsc::channel(16);
@@ -210,6 +254,11 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         tokio::spawn(async move {
             let mut last = d.session_state(&mgr, &node_id);
             if tx.send(msg(pb::manager_message::Msg::State(last.clone()))).await.is_err() {
+                return;
+            }
+            // The full assignment set on (re)connect, then again whenever it changes.
+            let mut sent = d.assignments(&node_id);
+            if tx.send(msg(pb::manager_message::Msg::Assignments(pb::Assignments { tasks_json: sent.clone() }))).await.is_err() {
                 return;
             }
             let mut membership = mgr.raft.metrics();
@@ -226,6 +275,11 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             if tx.send(msg(pb::manager_message::Msg::Ack(ack))).await.is_err() { return; }
                             false
                         }
+                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Statuses(s)) })) => {
+                            d.seen(&node_id);
+                            d.report_tasks(&node_id, s.reports);
+                            false
+                        }
                         Ok(Some(_)) => false,
                         Ok(None) | Err(_) => {
                             tracing::info!(node.id = %node_id, "session ended");
@@ -233,8 +287,18 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                         }
                     },
                     ev = events.recv() => match ev {
-                        Ok(Event::Changed { keys, .. }) => keys.iter().any(|k| matches!(k, ObjKey::Node(_))),
-                        Ok(Event::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Ok(Event::Changed { keys, .. }) => {
+                            if keys.iter().any(|k| matches!(k, ObjKey::Task(_))) && !d.send_assignments(&node_id, &mut sent, &tx).await {
+                                return;
+                            }
+                            keys.iter().any(|k| matches!(k, ObjKey::Node(_)))
+                        }
+                        Ok(Event::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            if !d.send_assignments(&node_id, &mut sent, &tx).await {
+                                return;
+                            }
+                            true
+                        }
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                     r = membership.changed() => { if r.is_err() { return; } true }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod ca;
 pub mod dispatcher;
 pub mod manager;
+pub mod orchestrator;
 pub mod raft;
 pub mod server;
 pub mod state;

@@ -255,7 +255,8 @@ impl Manager {
                         let token = self.cancel.child_token();
                         tracing::info!(raft.id = self.cfg.raft_id, term = self.metrics().current_term, "leadership confirmed; starting leader loops");
                         *self.leader_token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
-                        tokio::spawn(self.dispatcher.clone().lead(self.clone(), token));
+                        tokio::spawn(self.dispatcher.clone().lead(self.clone(), token.clone()));
+                        tokio::spawn(crate::orchestrator::lead(self.clone(), token));
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "leadership not confirmed yet");

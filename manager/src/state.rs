@@ -10,12 +10,15 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::model::{Availability, Cluster, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
+use shoal_proto::service::{Service, ServiceSpec, Task, TaskState, TaskStatus, UpdateState};
 
 /// Everything a manager replicates.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub cluster: Option<Cluster>,
     pub nodes: BTreeMap<String, Node>,
+    pub services: BTreeMap<String, Service>,
+    pub tasks: BTreeMap<String, Task>,
 }
 
 /// A write proposed through Raft, with the proposer's clock.
@@ -49,6 +52,33 @@ pub enum Command {
     AssignRaftId { id: String },
     /// Rewrites the cluster after `swarm init --force-new-cluster`.
     ForceNewCluster { keep_node: String },
+    /// From the API: a new service (its id chosen by the proposer).
+    CreateService { id: String, spec: ServiceSpec },
+    /// From the API: a new spec (`service update`, `scale`, `rollback`).
+    UpdateService { id: String, spec: ServiceSpec, rollback: bool },
+    /// From the API; the orchestrator then removes its tasks.
+    RemoveService { id: String },
+    /// One pass of the orchestrator and scheduler, written at once.
+    Tasks { changes: Vec<TaskChange> },
+    /// From the dispatcher: what nodes report of their tasks, batched. A
+    /// report that would move a task backward is ignored.
+    TaskStatus { node_id: String, updates: Vec<(String, TaskStatus)> },
+}
+
+/// One change of the orchestrator's or scheduler's pass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TaskChange {
+    Create(Box<Task>),
+    /// The scheduler's placement (the task moves to assigned).
+    Assign { id: String, node_id: String },
+    /// The scheduler could not place it: why, on the task (stays pending).
+    Unplaced { id: String, message: String },
+    Desired { id: String, desired: TaskState },
+    /// The orchestrator's own status change (a lost node's task, a task that
+    /// will never run); only forward, like a node's.
+    Status { id: String, status: TaskStatus },
+    Delete { id: String },
+    UpdateState { service_id: String, state: UpdateState, message: String },
 }
 
 impl Command {
@@ -62,6 +92,11 @@ impl Command {
             Command::RotateToken { .. } => "rotate-token",
             Command::AssignRaftId { .. } => "assign-raft-id",
             Command::ForceNewCluster { .. } => "force-new-cluster",
+            Command::CreateService { .. } => "create-service",
+            Command::UpdateService { .. } => "update-service",
+            Command::RemoveService { .. } => "remove-service",
+            Command::Tasks { .. } => "tasks",
+            Command::TaskStatus { .. } => "task-status",
         }
     }
 }
@@ -119,6 +154,8 @@ pub enum Response {
 pub enum ObjKey {
     Cluster,
     Node(String),
+    Service(String),
+    Task(String),
 }
 
 impl ObjKey {
@@ -126,6 +163,8 @@ impl ObjKey {
         match self {
             ObjKey::Cluster => "cluster".to_string(),
             ObjKey::Node(id) => format!("node/{id}"),
+            ObjKey::Service(id) => format!("service/{id}"),
+            ObjKey::Task(id) => format!("task/{id}"),
         }
     }
 }
@@ -233,6 +272,155 @@ impl State {
                 }
                 (Response::Ok, keys)
             }
+            Command::CreateService { id, spec } => {
+                if self.services.contains_key(id) {
+                    return reject(&format!("service {id} already exists"));
+                }
+                if self.services.values().any(|s| s.spec.name == spec.name) {
+                    return reject(&format!("service {} already exists", spec.name));
+                }
+                let mut svc = Service { id: id.clone(), spec: spec.clone(), spec_version: index, ..Default::default() };
+                stamp(&mut svc.meta, index, at, true);
+                self.services.insert(id.clone(), svc);
+                (Response::Ok, vec![ObjKey::Service(id.clone())])
+            }
+            Command::UpdateService { id, spec, rollback } => {
+                let Some(svc) = self.services.get_mut(id) else { return reject(&format!("service {id} not found")) };
+                let spec = if *rollback {
+                    match svc.previous_spec.clone() {
+                        Some(p) => p,
+                        None => return reject(&format!("service {} has no previous spec to roll back to", svc.spec.name)),
+                    }
+                } else {
+                    spec.clone()
+                };
+                if spec.name != svc.spec.name {
+                    return reject("a service cannot be renamed");
+                }
+                let tasks_change = spec.task != svc.spec.task;
+                svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
+                if tasks_change {
+                    // Tasks made from an older spec are out of date from here on.
+                    svc.spec_version = index;
+                    svc.update_state = if *rollback { UpdateState::RollbackStarted } else { UpdateState::Updating };
+                    svc.update_message = if *rollback { "manually requested rollback".into() } else { "update in progress".into() };
+                }
+                stamp(&mut svc.meta, index, at, false);
+                (Response::Ok, vec![ObjKey::Service(id.clone())])
+            }
+            Command::RemoveService { id } => {
+                if self.services.remove(id).is_none() {
+                    return reject(&format!("service {id} not found"));
+                }
+                (Response::Ok, vec![ObjKey::Service(id.clone())])
+            }
+            Command::Tasks { changes } => {
+                let mut keys = Vec::new();
+                for c in changes {
+                    if let Some(k) = self.apply_task_change(c, index, at) {
+                        keys.push(k);
+                    }
+                }
+                keys.sort();
+                keys.dedup();
+                (Response::Ok, keys)
+            }
+            Command::TaskStatus { node_id, updates } => {
+                let mut keys = Vec::new();
+                for (id, status) in updates {
+                    // Only the node the task is on reports it, and only forward.
+                    let Some(t) = self.tasks.get_mut(id) else { continue };
+                    if t.node_id != *node_id || !t.status.state.can_move_to(status.state) {
+                        continue;
+                    }
+                    t.status = status.clone();
+                    stamp(&mut t.meta, index, at, false);
+                    keys.push(ObjKey::Task(id.clone()));
+                }
+                (Response::Ok, keys)
+            }
+        }
+    }
+
+    fn apply_task_change(&mut self, c: &TaskChange, index: u64, at: u64) -> Option<ObjKey> {
+        match c {
+            TaskChange::Create(t) => {
+                if self.tasks.contains_key(&t.id) || !self.services.contains_key(&t.service_id) {
+                    return None;
+                }
+                let mut t = (**t).clone();
+                stamp(&mut t.meta, index, at, true);
+                t.created_index = index;
+                t.status.at_ms = at;
+                let key = ObjKey::Task(t.id.clone());
+                self.tasks.insert(t.id.clone(), t);
+                Some(key)
+            }
+            TaskChange::Assign { id, node_id } => {
+                let t = self.tasks.get_mut(id)?;
+                if !t.node_id.is_empty() || !t.status.state.can_move_to(TaskState::Assigned) || !self.nodes.contains_key(node_id) {
+                    return None;
+                }
+                t.node_id = node_id.clone();
+                t.status = TaskStatus { state: TaskState::Assigned, message: "scheduler assigned task to node".into(), at_ms: at, ..Default::default() };
+                stamp(&mut t.meta, index, at, false);
+                Some(ObjKey::Task(id.clone()))
+            }
+            TaskChange::Unplaced { id, message } => {
+                let t = self.tasks.get_mut(id)?;
+                if t.status.state > TaskState::Pending || t.status.err == *message {
+                    return None;
+                }
+                t.status.state = TaskState::Pending;
+                t.status.err = message.clone();
+                stamp(&mut t.meta, index, at, false);
+                Some(ObjKey::Task(id.clone()))
+            }
+            TaskChange::Desired { id, desired } => {
+                let t = self.tasks.get_mut(id)?;
+                if *desired <= t.desired {
+                    return None;
+                }
+                t.desired = *desired;
+                stamp(&mut t.meta, index, at, false);
+                Some(ObjKey::Task(id.clone()))
+            }
+            TaskChange::Status { id, status } => {
+                let t = self.tasks.get_mut(id)?;
+                if !t.status.state.can_move_to(status.state) {
+                    return None;
+                }
+                t.status = TaskStatus { at_ms: at, ..status.clone() };
+                stamp(&mut t.meta, index, at, false);
+                Some(ObjKey::Task(id.clone()))
+            }
+            TaskChange::Delete { id } => self.tasks.remove(id).map(|_| ObjKey::Task(id.clone())),
+            TaskChange::UpdateState { service_id, state, message } => {
+                let s = self.services.get_mut(service_id)?;
+                if s.update_state == *state && s.update_message == *message {
+                    return None;
+                }
+                s.update_state = state.clone();
+                s.update_message = message.clone();
+                stamp(&mut s.meta, index, at, false);
+                Some(ObjKey::Service(service_id.clone()))
+            }
+        }
+    }
+
+    /// Finds a service by full id, name, or unique id prefix.
+    pub fn find_service(&self, reference: &str) -> Result<&Service, String> {
+        if let Some(s) = self.services.get(reference) {
+            return Ok(s);
+        }
+        if let Some(s) = self.services.values().find(|s| s.spec.name == reference) {
+            return Ok(s);
+        }
+        let by_prefix: Vec<&Service> = self.services.values().filter(|s| !reference.is_empty() && s.id.starts_with(reference)).collect();
+        match by_prefix.as_slice() {
+            [one] => Ok(one),
+            [] => Err(format!("service {reference} not found")),
+            _ => Err(format!("service {reference} is ambiguous; use the full id")),
         }
     }
 
@@ -241,6 +429,8 @@ impl State {
         match key {
             ObjKey::Cluster => self.cluster.as_ref().and_then(|c| serde_json::to_vec(c).ok()),
             ObjKey::Node(id) => self.nodes.get(id).and_then(|n| serde_json::to_vec(n).ok()),
+            ObjKey::Service(id) => self.services.get(id).and_then(|n| serde_json::to_vec(n).ok()),
+            ObjKey::Task(id) => self.tasks.get(id).and_then(|n| serde_json::to_vec(n).ok()),
         }
     }
 
@@ -252,6 +442,10 @@ impl State {
                 state.cluster = Some(serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
             } else if let Some(id) = key.strip_prefix("node/") {
                 state.nodes.insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
+            } else if let Some(id) = key.strip_prefix("service/") {
+                state.services.insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
+            } else if let Some(id) = key.strip_prefix("task/") {
+                state.tasks.insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
             }
         }
         Ok(state)

@@ -112,6 +112,11 @@ pub struct NodeDescription {
     pub engine_version: String,
     /// Expiry of the node's current certificate, unix milliseconds.
     pub cert_expiry_ms: u64,
+    /// What the scheduler may reserve on it.
+    #[serde(default)]
+    pub nano_cpus: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -108,6 +108,8 @@ pub struct RunRequest {
     pub ip: String,
     /// `--network-alias`.
     pub network_aliases: Vec<String>,
+    /// The cluster task this container runs, if it is one (the worker's).
+    pub task_id: String,
 }
 
 /// A container's record on disk.
@@ -140,6 +142,9 @@ pub struct Record {
     /// The netd networks it is on, as asked (`run --network`, `network connect`).
     #[serde(default)]
     pub networks: Vec<Attachment>,
+    /// The cluster task it runs, if any.
+    #[serde(default)]
+    pub task_id: String,
 }
 
 fn default_stop_signal() -> i32 {
@@ -648,6 +653,7 @@ impl Containers {
             tty: req.tty,
             interactive: req.interactive,
             networks: settings.networks.clone(),
+            task_id: req.task_id.clone(),
         };
         let shim = ShimConfig {
             id: id.into(),

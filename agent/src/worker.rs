@@ -1,0 +1,230 @@
+//! The node's worker: reconciles the assignment set the dispatcher sends
+//! (the node's tasks, to run or to stop) against the containers that run
+//! here, and reports each task's status, only forward. A task's container
+//! is named `service.slot.task` and records its task id, so a restarted
+//! daemon re-adopts what runs. Containers of tasks no longer assigned are
+//! stopped and removed. Restarts are the cluster's business: a task's
+//! container never restarts by itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_proto::model::now_ms;
+use shoal_proto::pb;
+use shoal_proto::service::{Task, TaskState, TaskStatus, expand_template};
+use tokio::sync::Notify;
+
+use crate::images::ImageStore;
+use crate::registry::Registries;
+use crate::runtime::{Container, Containers, RunRequest, Status};
+
+/// How often the worker looks at its containers even when nothing was said.
+const RESCAN: Duration = Duration::from_secs(1);
+
+pub struct Worker {
+    containers: Arc<Containers>,
+    images: Arc<ImageStore>,
+    registries: Arc<Registries>,
+    hostname: String,
+    rt: tokio::runtime::Handle,
+    assigned: Mutex<Vec<Task>>,
+    /// What this worker last reported of each task.
+    reported: Mutex<HashMap<String, TaskState>>,
+    /// Reports waiting for the session to send them.
+    outbox: Mutex<Vec<pb::TaskStatusReport>>,
+    /// Tasks whose containers are being stopped.
+    stopping: Mutex<std::collections::HashSet<String>>,
+    pub outbox_ready: Notify,
+    wake: Notify,
+}
+
+impl Worker {
+    pub fn new(containers: Arc<Containers>, images: Arc<ImageStore>, registries: Arc<Registries>, hostname: &str) -> Arc<Worker> {
+        Arc::new(Worker {
+            containers,
+            images,
+            registries,
+            hostname: hostname.to_string(),
+            rt: tokio::runtime::Handle::current(),
+            assigned: Mutex::new(Vec::new()),
+            reported: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(Vec::new()),
+            stopping: Mutex::new(Default::default()),
+            outbox_ready: Notify::new(),
+            wake: Notify::new(),
+        })
+    }
+
+    /// A new assignment set from the dispatcher (the whole set, every time).
+    pub fn assign(&self, tasks_json: &[String]) {
+        let tasks: Vec<Task> = tasks_json.iter().filter_map(|j| serde_json::from_str(j).ok()).collect();
+        // What the managers know now is the baseline: anything ahead of it is reported again.
+        {
+            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            reported.clear();
+            for t in &tasks {
+                reported.insert(t.id.clone(), t.status.state);
+            }
+        }
+        *self.assigned.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        self.wake.notify_one();
+    }
+
+    /// Takes the reports to send.
+    pub fn take_reports(&self) -> Vec<pb::TaskStatusReport> {
+        std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reconciles on every new set and every `RESCAN`, until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let this = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || this.reconcile()).await {
+                tracing::warn!(error = %e, "worker pass failed");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(RESCAN) => {}
+            }
+        }
+    }
+
+    fn report(&self, task: &Task, status: TaskStatus) {
+        {
+            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            let last = reported.get(&task.id).copied().unwrap_or(task.status.state);
+            if !last.can_move_to(status.state) {
+                return;
+            }
+            reported.insert(task.id.clone(), status.state);
+        }
+        tracing::info!(task = %task.name(), id = %task.id, state = %status.state, message = %status.message, "task");
+        let report = pb::TaskStatusReport { task_id: task.id.clone(), status_json: serde_json::to_string(&TaskStatus { at_ms: now_ms(), ..status }).unwrap_or_default() };
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).push(report);
+        self.outbox_ready.notify_one();
+    }
+
+    /// One pass (blocking).
+    fn reconcile(self: &Arc<Self>) {
+        let tasks = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mine: HashMap<String, Container> =
+            self.containers.list().into_iter().filter(|c| !c.record.task_id.is_empty()).map(|c| (c.record.task_id.clone(), c)).collect();
+        for t in &tasks {
+            let c = mine.get(&t.id);
+            if t.desired == TaskState::Running {
+                match c {
+                    None if t.status.state.is_terminal() => {}
+                    None if now_ms() < t.not_before_ms => {} // a restart's back-off
+                    None => self.start(t),
+                    Some(c) => {
+                        if let Some(s) = observed(c) {
+                            self.report(t, s);
+                        }
+                    }
+                }
+            } else {
+                match c.map(|c| (c, &c.status)) {
+                    Some((c, Status::Running { .. })) => self.stop(t, &c.record.id),
+                    // It ended by itself before it was told to stop: say how.
+                    Some((c, _)) if t.status.state == TaskState::Running => {
+                        if let Some(s) = observed(c) {
+                            self.report(t, s);
+                        }
+                    }
+                    _ => self.report(t, TaskStatus { state: TaskState::Shutdown, message: "shutdown".into(), ..Default::default() }),
+                }
+            }
+        }
+        // Containers of tasks this node no longer has go.
+        for (id, c) in &mine {
+            if !tasks.iter().any(|t| t.id == *id) && !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {
+                tracing::info!(container = %c.record.name, "removing the container of a task no longer assigned here");
+                if let Err(e) = self.containers.remove(&c.record.id, true, true) {
+                    tracing::warn!(container = %c.record.name, error = %e, "removing failed");
+                }
+            }
+        }
+    }
+
+    /// Stops a task's container on a thread of its own (a grace period must
+    /// not hold up the node's other tasks), then reports it shut down.
+    fn stop(self: &Arc<Self>, t: &Task, container: &str) {
+        if !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).insert(t.id.clone()) {
+            return;
+        }
+        let (this, t, container) = (self.clone(), t.clone(), container.to_string());
+        std::thread::spawn(move || {
+            let grace = Duration::from_millis(t.spec.stop_grace_ms);
+            match this.containers.stop(&container, Some(grace)) {
+                Ok(_) => this.report(&t, TaskStatus { state: TaskState::Shutdown, message: "shutdown".into(), ..Default::default() }),
+                Err(e) => tracing::warn!(task = %t.name(), error = %e, "stopping the task's container failed"),
+            }
+            this.stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
+            this.wake.notify_one();
+        });
+    }
+
+    fn start(&self, t: &Task) {
+        self.report(t, TaskStatus { state: TaskState::Preparing, message: "preparing".into(), ..Default::default() });
+        if self.images.inspect(&t.spec.image).is_err() {
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let pulled = self.rt.block_on(crate::registry::pull(&self.registries, self.images.clone(), &t.spec.image, None, &tx));
+            if let Err(e) = pulled {
+                let err = format!("No such image: {} ({e})", t.spec.image);
+                self.report(t, TaskStatus { state: TaskState::Rejected, message: "preparing".into(), err, ..Default::default() });
+                return;
+            }
+        }
+        self.report(t, TaskStatus { state: TaskState::Starting, message: "starting".into(), ..Default::default() });
+        match self.containers.run(&self.run_request(t)) {
+            Ok(c) => {
+                if let Some(s) = observed(&c) {
+                    self.report(t, s);
+                }
+            }
+            Err(e) => self.report(t, TaskStatus { state: TaskState::Rejected, message: "starting".into(), err: e.to_string(), ..Default::default() }),
+        }
+    }
+
+    fn run_request(&self, t: &Task) -> RunRequest {
+        let s = &t.spec;
+        RunRequest {
+            image: s.image.clone(),
+            name: t.container_name(),
+            command: s.args.clone(),
+            env: s.env.clone(),
+            workdir: s.workdir.clone(),
+            user: s.user.clone(),
+            hostname: if s.hostname.is_empty() { String::new() } else { expand_template(&s.hostname, &t.service_name, t, &self.hostname) },
+            memory: if s.limit_memory > 0 { s.limit_memory.to_string() } else { String::new() },
+            cpus: if s.limit_nano_cpus > 0 { format!("{}", s.limit_nano_cpus as f64 / 1e9) } else { String::new() },
+            pids_limit: s.limit_pids,
+            mounts: s.mounts.clone(),
+            stop_signal: s.stop_signal.clone(),
+            stop_timeout: Some(s.stop_grace_ms.div_ceil(1000)),
+            publish: s.ports.iter().map(|p| format!("{}:{}/{}", p.published, p.target, p.protocol)).collect(),
+            task_id: t.id.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A task's status as its container shows it.
+fn observed(c: &Container) -> Option<TaskStatus> {
+    let container_id = c.record.id.clone();
+    Some(match &c.status {
+        Status::Created => return None,
+        Status::Running { .. } => TaskStatus { state: TaskState::Running, message: "started".into(), container_id, ..Default::default() },
+        Status::Exited { code: 0, .. } => TaskStatus { state: TaskState::Complete, message: "finished".into(), exit_code: Some(0), container_id, ..Default::default() },
+        Status::Exited { code, oom_killed, .. } => TaskStatus {
+            state: TaskState::Failed,
+            message: "started".into(),
+            err: if *oom_killed { format!("task: non-zero exit ({code}): OOM killed") } else { format!("task: non-zero exit ({code})") },
+            exit_code: Some(*code),
+            container_id,
+            ..Default::default()
+        },
+        Status::Dead { message } => TaskStatus { state: TaskState::Failed, message: "dead".into(), err: message.clone(), container_id, ..Default::default() },
+    })
+}

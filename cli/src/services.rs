@@ -1,0 +1,541 @@
+//! `shoal service …`: builds service specs from Docker's flags, sends them to
+//! a manager, and follows a rollout until it converges (or says why not).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use shoal_proto::pb;
+use shoal_proto::service::{
+    FailureAction, Mode, PublishedPort, RestartCondition, ServiceSpec, Task, TaskState, UpdateOrder, UpdateState,
+};
+
+use crate::args::{Cli, Format, ServiceCmd, ServiceCreateArgs, ServiceFlags, ServiceUpdateArgs};
+use crate::client;
+use crate::output::{capitalize, table};
+
+type Control = pb::control_client::ControlClient<tonic::transport::Channel>;
+
+/// How long a rollout is followed before the command gives up watching.
+const FOLLOW_FOR: Duration = Duration::from_secs(300);
+
+pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
+    let mut control = client::control(cli).await?;
+    match cmd {
+        ServiceCmd::Create(a) => create(&mut control, a).await,
+        ServiceCmd::Update(a) => update(&mut control, a).await,
+        ServiceCmd::Ls { quiet, format } => ls(&mut control, *quiet, *format).await,
+        ServiceCmd::Ps { quiet, no_trunc, format, services } => {
+            for s in services {
+                ps(&mut control, s, *quiet, *no_trunc, *format).await?;
+            }
+            Ok(())
+        }
+        ServiceCmd::Inspect { pretty, services } => {
+            let mut out = Vec::new();
+            for s in services {
+                let (svc, _) = find(&mut control, s).await?;
+                out.push(svc);
+            }
+            if *pretty {
+                for s in &out {
+                    print_pretty(s);
+                }
+            } else {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            Ok(())
+        }
+        ServiceCmd::Scale { detach, scales } => {
+            let mut wanted = Vec::new();
+            for s in scales {
+                let (name, n) = s.split_once('=').with_context(|| format!("invalid scale {s:?}: use SERVICE=REPLICAS"))?;
+                let n: u64 = n.parse().with_context(|| format!("invalid replicas {n:?} for {name}: a number"))?;
+                wanted.push((name.to_string(), n));
+            }
+            for (name, n) in wanted {
+                let (svc, _) = find(&mut control, &name).await?;
+                let mut spec: ServiceSpec = serde_json::from_value(svc["spec"].clone())?;
+                if !matches!(spec.mode, Mode::Replicated | Mode::ReplicatedJob) {
+                    bail!("{name}: scale can only be used with replicated or replicated-job mode");
+                }
+                spec.replicas = n;
+                let id = svc["id"].as_str().unwrap_or_default().to_string();
+                control.update_service(pb::ServiceUpdateRequest { id: id.clone(), spec_json: serde_json::to_string(&spec)?, rollback: false }).await?;
+                println!("{name} scaled to {n}");
+                if !detach {
+                    follow(&mut control, &id).await?;
+                }
+            }
+            Ok(())
+        }
+        ServiceCmd::Rollback { detach, service } => {
+            let (svc, _) = find(&mut control, service).await?;
+            let id = svc["id"].as_str().unwrap_or_default().to_string();
+            control.update_service(pb::ServiceUpdateRequest { id: id.clone(), spec_json: String::new(), rollback: true }).await?;
+            println!("{service}");
+            if !detach {
+                follow(&mut control, &id).await?;
+            }
+            Ok(())
+        }
+        ServiceCmd::Rm { services } => {
+            let mut failed = false;
+            for s in services {
+                match control.remove_service(pb::ServiceRef { id: s.clone() }).await {
+                    Ok(_) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("Error: {}", e.message());
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn create(control: &mut Control, a: &ServiceCreateArgs) -> anyhow::Result<()> {
+    let mode = Mode::parse(&a.mode).map_err(anyhow::Error::msg)?;
+    let mut spec = ServiceSpec {
+        name: a.name.clone().unwrap_or_else(|| format!("svc-{}", &shoal_proto::model::new_node_id()[..8])),
+        mode,
+        replicas: if mode.is_global() { 0 } else { a.replicas.unwrap_or(1) },
+        max_concurrent: a.max_concurrent.unwrap_or(0),
+        ..Default::default()
+    };
+    if mode.is_global() && a.replicas.is_some() {
+        bail!("--replicas can only be used with replicated or replicated-job mode");
+    }
+    spec.task.image = a.image.clone();
+    spec.task.args = a.command.clone();
+    if mode.is_job() {
+        // Jobs restart only on failure by default, as in Docker.
+        spec.task.restart.condition = RestartCondition::OnFailure;
+    }
+    spec.task.stop_grace_ms = 10_000;
+    apply_flags(&mut spec, &a.flags, &[], &[])?;
+    let resp = control.create_service(pb::JsonDoc { json: serde_json::to_string(&spec)? }).await?.into_inner();
+    println!("{}", resp.id);
+    if !a.flags.detach {
+        follow(control, &resp.id).await?;
+    }
+    Ok(())
+}
+
+async fn update(control: &mut Control, a: &ServiceUpdateArgs) -> anyhow::Result<()> {
+    let (svc, _) = find(control, &a.service).await?;
+    let id = svc["id"].as_str().unwrap_or_default().to_string();
+    if a.rollback {
+        control.update_service(pb::ServiceUpdateRequest { id: id.clone(), spec_json: String::new(), rollback: true }).await?;
+    } else {
+        let mut spec: ServiceSpec = serde_json::from_value(svc["spec"].clone())?;
+        if let Some(i) = &a.image {
+            spec.task.image = i.clone();
+        }
+        if let Some(r) = a.replicas {
+            if spec.mode.is_global() {
+                bail!("--replicas can only be used with replicated or replicated-job mode");
+            }
+            spec.replicas = r;
+        }
+        if let Some(args) = &a.args {
+            spec.task.args = args.clone();
+        }
+        if a.force {
+            spec.task.force_update += 1;
+        }
+        apply_flags(&mut spec, &a.flags, &a.env_rm, &a.constraint_rm)?;
+        control.update_service(pb::ServiceUpdateRequest { id: id.clone(), spec_json: serde_json::to_string(&spec)?, rollback: false }).await?;
+    }
+    println!("{}", a.service);
+    if !a.flags.detach {
+        follow(control, &id).await?;
+    }
+    Ok(())
+}
+
+/// Docker's durations: `300ms`, `5s`, `1m30s`, `2h`.
+pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        bail!("invalid duration {s:?}");
+    }
+    if let Ok(secs) = rest.parse::<f64>() {
+        return Ok((secs * 1000.0) as u64);
+    }
+    while !rest.is_empty() {
+        let c = rest.chars().next().unwrap_or_default();
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            rest = &rest[1..];
+            continue;
+        }
+        let (unit, len) = if rest.starts_with("ms") {
+            (1.0, 2)
+        } else if rest.starts_with('s') {
+            (1000.0, 1)
+        } else if rest.starts_with('m') {
+            (60_000.0, 1)
+        } else if rest.starts_with('h') {
+            (3_600_000.0, 1)
+        } else {
+            bail!("invalid duration {s:?}: use a number with ms, s, m or h (5s, 1m30s)");
+        };
+        let n: f64 = num.parse().with_context(|| format!("invalid duration {s:?}"))?;
+        total += n * unit;
+        num.clear();
+        rest = &rest[len..];
+    }
+    if !num.is_empty() {
+        bail!("invalid duration {s:?}: a unit is missing (5s)");
+    }
+    Ok(total as u64)
+}
+
+fn parse_cpus(s: &str) -> anyhow::Result<u64> {
+    let v: f64 = s.parse().with_context(|| format!("invalid CPUs {s:?}: a number such as 0.5"))?;
+    if v.is_nan() || v <= 0.0 {
+        bail!("invalid CPUs {s:?}: more than 0");
+    }
+    Ok((v * 1e9) as u64)
+}
+
+fn parse_bytes(s: &str) -> anyhow::Result<u64> {
+    shoal_agent::runtime::parse_size(s).map(|b| b as u64).map_err(|e| anyhow::anyhow!("invalid size {s:?}: {e}"))
+}
+
+/// `published=8080,target=80,protocol=tcp,mode=host` or `8080:80[/udp]`.
+fn parse_publish(s: &str) -> anyhow::Result<PublishedPort> {
+    let mut p = PublishedPort { published: 0, target: 0, protocol: "tcp".into() };
+    if s.contains('=') {
+        for kv in s.split(',') {
+            let (k, v) = kv.split_once('=').with_context(|| format!("invalid --publish {s:?}: KEY=VALUE pairs"))?;
+            match k {
+                "published" => p.published = v.parse().with_context(|| format!("invalid published port {v:?}"))?,
+                "target" => p.target = v.parse().with_context(|| format!("invalid target port {v:?}"))?,
+                "protocol" => p.protocol = v.to_string(),
+                "mode" if v == "host" => {}
+                "mode" => bail!("--publish mode={v}: only mode=host is supported so far (the ingress routing mesh comes with overlay networks)"),
+                _ => bail!("invalid --publish key {k:?}: published, target, protocol, mode"),
+            }
+        }
+    } else {
+        let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+        let (pubp, target) = ports.split_once(':').with_context(|| format!("invalid --publish {s:?}: PUBLISHED:TARGET"))?;
+        p.published = pubp.parse().with_context(|| format!("invalid published port {pubp:?}"))?;
+        p.target = target.parse().with_context(|| format!("invalid target port {target:?}"))?;
+        p.protocol = proto.to_string();
+    }
+    Ok(p)
+}
+
+fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, env_rm: &[String], constraint_rm: &[String]) -> anyhow::Result<()> {
+    let t = &mut spec.task;
+    let key = |e: &str| e.split('=').next().unwrap_or("").to_string();
+    t.env.retain(|e| !env_rm.contains(&key(e)));
+    let mut env = Vec::new();
+    for file in &f.env_file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading the env file {}", file.display()))?;
+        env.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+    }
+    env.extend(f.env.iter().cloned());
+    for e in env {
+        t.env.retain(|x| key(x) != key(&e));
+        t.env.push(e);
+    }
+    t.mounts.extend(f.mount.iter().cloned());
+    if let Some(v) = &f.limit_cpu {
+        t.limit_nano_cpus = parse_cpus(v)?;
+    }
+    if let Some(v) = &f.limit_memory {
+        t.limit_memory = parse_bytes(v)?;
+    }
+    if let Some(v) = f.limit_pids {
+        t.limit_pids = v;
+    }
+    if let Some(v) = &f.reserve_cpu {
+        t.reserve_nano_cpus = parse_cpus(v)?;
+    }
+    if let Some(v) = &f.reserve_memory {
+        t.reserve_memory = parse_bytes(v)?;
+    }
+    t.constraints.retain(|c| !constraint_rm.contains(c));
+    t.constraints.extend(f.constraint.iter().cloned());
+    for p in &f.placement_pref {
+        let label = p.strip_prefix("spread=").with_context(|| format!("invalid --placement-pref {p:?}: spread=node.labels.KEY"))?;
+        t.spread.push(label.to_string());
+    }
+    if let Some(v) = f.replicas_max_per_node {
+        t.max_replicas_per_node = v;
+    }
+    if let Some(v) = &f.restart_condition {
+        t.restart.condition = RestartCondition::parse(v).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(v) = &f.restart_delay {
+        t.restart.delay_ms = parse_duration(v)?;
+    }
+    if let Some(v) = f.restart_max_attempts {
+        t.restart.max_attempts = v;
+    }
+    if let Some(v) = &f.restart_window {
+        t.restart.window_ms = parse_duration(v)?;
+    }
+    if let Some(v) = &f.hostname {
+        t.hostname = v.clone();
+    }
+    if let Some(v) = &f.stop_grace_period {
+        t.stop_grace_ms = parse_duration(v)?;
+    }
+    if let Some(v) = &f.stop_signal {
+        t.stop_signal = v.clone();
+    }
+    if let Some(v) = &f.user {
+        t.user = v.clone();
+    }
+    if let Some(v) = &f.workdir {
+        t.workdir = v.clone();
+    }
+    for l in &f.container_label {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        t.container_labels.insert(k.into(), v.into());
+    }
+    for p in &f.publish {
+        let p = parse_publish(p)?;
+        t.ports.retain(|q| !(q.published == p.published && q.protocol == p.protocol));
+        t.ports.push(p);
+    }
+    for l in &f.label {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        spec.labels.insert(k.into(), v.into());
+    }
+    let u = &mut spec.update;
+    if let Some(v) = f.update_parallelism {
+        u.parallelism = v;
+    }
+    if let Some(v) = &f.update_delay {
+        u.delay_ms = parse_duration(v)?;
+    }
+    if let Some(v) = &f.update_order {
+        u.order = if v == "start-first" { UpdateOrder::StartFirst } else { UpdateOrder::StopFirst };
+    }
+    if let Some(v) = &f.update_failure_action {
+        u.failure_action = match v.as_str() {
+            "continue" => FailureAction::Continue,
+            "rollback" => FailureAction::Rollback,
+            _ => FailureAction::Pause,
+        };
+    }
+    if let Some(v) = &f.update_monitor {
+        u.monitor_ms = parse_duration(v)?;
+    }
+    if let Some(v) = f.update_max_failure_ratio {
+        u.max_failure_ratio = v;
+    }
+    Ok(())
+}
+
+/// The service's listing entry (`{service, running, desired, completed}`) and its spec.
+async fn find(control: &mut Control, reference: &str) -> anyhow::Result<(Value, Value)> {
+    let list: Vec<Value> = serde_json::from_str(&control.list_services(pb::Empty {}).await?.into_inner().json)?;
+    let found = list
+        .iter()
+        .find(|e| e["service"]["id"] == reference || e["service"]["spec"]["name"] == reference)
+        .or_else(|| {
+            let by_prefix: Vec<&Value> = list.iter().filter(|e| e["service"]["id"].as_str().is_some_and(|i| i.starts_with(reference))).collect();
+            (by_prefix.len() == 1).then(|| by_prefix[0])
+        })
+        .with_context(|| format!("service {reference} not found"))?;
+    Ok((found["service"].clone(), found.clone()))
+}
+
+async fn tasks(control: &mut Control, service: &str) -> anyhow::Result<Vec<(Task, String)>> {
+    let list: Vec<Value> = serde_json::from_str(&control.list_tasks(pb::ServiceRef { id: service.into() }).await?.into_inner().json)?;
+    Ok(list
+        .into_iter()
+        .filter_map(|v| Some((serde_json::from_value::<Task>(v["task"].clone()).ok()?, v["node"].as_str().unwrap_or_default().to_string())))
+        .collect())
+}
+
+/// Follows a rollout like Docker's progress display, one line per change,
+/// until every slot runs an up-to-date task (or the job completed).
+async fn follow(control: &mut Control, id: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + FOLLOW_FOR;
+    let mut last = String::new();
+    loop {
+        let (svc, entry) = find(control, id).await?;
+        let spec: ServiceSpec = serde_json::from_value(svc["spec"].clone())?;
+        let version = svc["spec_version"].as_u64().unwrap_or(0);
+        let ts = tasks(control, id).await?;
+        let live: Vec<&Task> = ts.iter().map(|(t, _)| t).filter(|t| t.desired == TaskState::Running).collect();
+        let current = live.iter().filter(|t| t.spec_version == version && t.status.state == TaskState::Running).count() as u64;
+        let completed = entry["completed"].as_u64().unwrap_or(0);
+        let wanted = if spec.mode.is_global() { live.len() as u64 } else { spec.replicas };
+        let (done, line) = if spec.mode.is_job() {
+            (completed >= wanted && live.iter().all(|t| t.status.state.is_terminal()), format!("job progress: {completed} out of {wanted} complete"))
+        } else {
+            (current == wanted && live.len() as u64 == wanted && live.iter().all(|t| t.spec_version == version), format!("overall progress: {current} out of {wanted} tasks"))
+        };
+        let problems: Vec<String> = live.iter().filter(|t| !t.status.err.is_empty() && !t.status.state.is_terminal()).map(|t| format!("{}: {}", t.name(), t.status.err)).collect();
+        let shown = if problems.is_empty() { line.clone() } else { format!("{line}\n{}", problems.join("\n")) };
+        if shown != last {
+            println!("{shown}");
+            last = shown;
+        }
+        let update_state: UpdateState = serde_json::from_value(svc["update_state"].clone()).unwrap_or_default();
+        if update_state == UpdateState::Paused {
+            bail!("update paused: {}", svc["update_message"].as_str().unwrap_or_default());
+        }
+        if done {
+            println!("verify: Service {} converged", spec.name);
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{} has not converged after {} s; `shoal service ps {}` shows why", spec.name, FOLLOW_FOR.as_secs(), spec.name);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn ls(control: &mut Control, quiet: bool, format: Format) -> anyhow::Result<()> {
+    let list: Vec<Value> = serde_json::from_str(&control.list_services(pb::Empty {}).await?.into_inner().json)?;
+    if quiet {
+        for e in &list {
+            println!("{}", e["service"]["id"].as_str().unwrap_or_default());
+        }
+        return Ok(());
+    }
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|e| {
+            let s = &e["service"];
+            let spec: ServiceSpec = serde_json::from_value(s["spec"].clone()).unwrap_or_default();
+            let (running, desired, completed) = (e["running"].as_u64().unwrap_or(0), e["desired"].as_u64().unwrap_or(0), e["completed"].as_u64().unwrap_or(0));
+            let mut replicas = if spec.mode.is_job() { format!("{running}/{desired} ({completed}/{desired} completed)") } else { format!("{running}/{desired}") };
+            if spec.task.max_replicas_per_node > 0 {
+                replicas.push_str(&format!(" (max {} per node)", spec.task.max_replicas_per_node));
+            }
+            let ports: Vec<String> = spec.task.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol)).collect();
+            vec![short(s["id"].as_str().unwrap_or_default()), spec.name.clone(), spec.mode.as_str().into(), replicas, spec.task.image.clone(), ports.join(",")]
+        })
+        .collect();
+    println!("{}", table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows));
+    Ok(())
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+fn ago(ms: u64) -> String {
+    let secs = shoal_proto::model::now_ms().saturating_sub(ms) / 1000;
+    match secs {
+        0 => "less than a second ago".into(),
+        1..=59 => format!("{secs} seconds ago"),
+        60..=3599 => format!("{} minutes ago", secs / 60),
+        _ => format!("{} hours ago", secs / 3600),
+    }
+}
+
+async fn ps(control: &mut Control, service: &str, quiet: bool, no_trunc: bool, format: Format) -> anyhow::Result<()> {
+    let mut ts = tasks(control, service).await?;
+    // Slot by slot (node by node for global services), newest first.
+    let slot_of = |t: &Task| (t.slot, if t.slot == 0 { t.node_id.clone() } else { String::new() });
+    ts.sort_by_key(|(t, _)| (slot_of(t), std::cmp::Reverse(t.created_index)));
+    if quiet {
+        for (t, _) in &ts {
+            println!("{}", t.id);
+        }
+        return Ok(());
+    }
+    if format == Format::Json {
+        let v: Vec<Value> = ts.iter().map(|(t, n)| serde_json::json!({"task": t, "node": n})).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    let mut prev: Option<(u64, String)> = None;
+    for (t, node) in &ts {
+        let key = slot_of(t);
+        let name = if prev.as_ref() == Some(&key) { format!(" \\_ {}", t.name()) } else { t.name() };
+        prev = Some(key);
+        let id = if no_trunc { t.id.clone() } else { short(&t.id) };
+        let mut err = t.status.err.clone();
+        if !no_trunc && err.len() > 60 {
+            err = format!("{}…", &err[..err.char_indices().nth(59).map_or(err.len(), |(i, _)| i)]);
+        }
+        let ports: Vec<String> = t.spec.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol)).collect();
+        rows.push(vec![
+            id,
+            name,
+            t.spec.image.clone(),
+            node.clone(),
+            capitalize(t.desired.as_str()),
+            format!("{} {}", capitalize(t.status.state.as_str()), ago(t.status.at_ms)),
+            if err.is_empty() { String::new() } else { format!("\"{err}\"") },
+            ports.join(","),
+        ]);
+    }
+    println!("{}", table(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"], &rows));
+    Ok(())
+}
+
+fn print_pretty(s: &Value) {
+    let spec: ServiceSpec = serde_json::from_value(s["spec"].clone()).unwrap_or_default();
+    println!("ID:\t\t{}", s["id"].as_str().unwrap_or_default());
+    println!("Name:\t\t{}", spec.name);
+    println!("Service Mode:\t{}", capitalize(spec.mode.as_str()));
+    if !spec.mode.is_global() {
+        println!(" Replicas:\t{}", spec.replicas);
+    }
+    println!("UpdateStatus:\n State:\t\t{:?}\n Message:\t{}", serde_json::from_value::<UpdateState>(s["update_state"].clone()).unwrap_or_default(), s["update_message"].as_str().unwrap_or_default());
+    println!("Placement:");
+    if !spec.task.constraints.is_empty() {
+        println!(" Constraints:\t{:?}", spec.task.constraints);
+    }
+    println!("UpdateConfig:\n Parallelism:\t{}\n Order:\t\t{:?}\n On failure:\t{:?}", spec.update.parallelism, spec.update.order, spec.update.failure_action);
+    println!("ContainerSpec:\n Image:\t\t{}", spec.task.image);
+    if !spec.task.args.is_empty() {
+        println!(" Args:\t\t{}", spec.task.args.join(" "));
+    }
+    if !spec.task.env.is_empty() {
+        println!(" Env:\t\t{}", spec.task.env.join(" "));
+    }
+    println!("Resources:");
+    if spec.task.limit_memory > 0 || spec.task.limit_nano_cpus > 0 {
+        println!(" Limits:\n  CPU:\t\t{}\n  Memory:\t{}", spec.task.limit_nano_cpus as f64 / 1e9, spec.task.limit_memory);
+    }
+    if spec.task.reserve_memory > 0 || spec.task.reserve_nano_cpus > 0 {
+        println!(" Reservations:\n  CPU:\t\t{}\n  Memory:\t{}", spec.task.reserve_nano_cpus as f64 / 1e9, spec.task.reserve_memory);
+    }
+    for p in &spec.task.ports {
+        println!("Ports:\n PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = host", p.published, p.protocol, p.target);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_ports_parse_like_docker() {
+        assert_eq!(parse_duration("5s").unwrap(), 5000);
+        assert_eq!(parse_duration("300ms").unwrap(), 300);
+        assert_eq!(parse_duration("1m30s").unwrap(), 90_000);
+        assert_eq!(parse_duration("2").unwrap(), 2000);
+        assert!(parse_duration("5x").is_err() && parse_duration("").is_err() && parse_duration("5m3").is_err());
+        let p = parse_publish("published=8080,target=80,mode=host").unwrap();
+        assert_eq!((p.published, p.target, p.protocol.as_str()), (8080, 80, "tcp"));
+        assert_eq!(parse_publish("53:5353/udp").unwrap().protocol, "udp");
+        assert!(parse_publish("published=80,target=80,mode=ingress").unwrap_err().to_string().contains("mode=host"));
+    }
+}

@@ -1,0 +1,481 @@
+//! The orchestrator and the scheduler, as one pure function of the state:
+//! `plan` returns the task changes that move the cluster toward every
+//! service's spec, which the leader writes in one Raft entry per pass.
+//!
+//! - Orchestrator (the only creator of tasks and writer of `desired`):
+//!   replicated services keep one live task per slot, global services one
+//!   per eligible node, jobs run to completion. A task that ended is replaced
+//!   by its restart policy (a new task in the same slot, with a doubling
+//!   back-off); a task on a down node is replaced at once; a task on a node
+//!   that no longer fits (drained, constraints) leaves it; out-of-date tasks
+//!   are replaced `parallelism` at a time, stop-first or start-first.
+//! - Scheduler (the only writer of `node_id`): filters (ready, active,
+//!   constraints, reservations, host ports, max per node), each able to say
+//!   why a node was refused; then spread (fewest tasks of this service, then
+//!   fewest tasks overall).
+//! - History: a slot keeps its `HISTORY` newest ended tasks.
+
+use std::collections::{BTreeMap, HashMap};
+
+use shoal_proto::model::{Availability, Node, NodeState};
+use shoal_proto::service::{
+    MAX_RESTART_DELAY_MS, Mode, RestartCondition, Service, Task, TaskSpec, TaskState, TaskStatus, UpdateOrder, UpdateState,
+};
+
+use crate::state::{State, TaskChange};
+
+/// Ended tasks kept per slot.
+pub const HISTORY: usize = 5;
+
+/// The changes one pass makes; `new_id` names new tasks.
+pub fn plan(state: &State, new_id: &mut dyn FnMut() -> String) -> Vec<TaskChange> {
+    let mut out = Vec::new();
+    for svc in state.services.values() {
+        Orchestrator { state, svc, out: &mut out, new_id }.run();
+    }
+    // Tasks of removed services go: at once when they never ran or their node is gone.
+    for t in state.tasks.values().filter(|t| !state.services.contains_key(&t.service_id)) {
+        if t.desired < TaskState::Remove {
+            out.push(TaskChange::Desired { id: t.id.clone(), desired: TaskState::Remove });
+        }
+        if t.status.state.is_terminal() || t.node_id.is_empty() || !node_up(state, &t.node_id) {
+            out.push(TaskChange::Delete { id: t.id.clone() });
+        }
+    }
+    schedule(state, &mut out);
+    reap(state, &mut out);
+    out
+}
+
+fn node_up(state: &State, id: &str) -> bool {
+    state.nodes.get(id).is_some_and(|n| n.status.state == NodeState::Ready)
+}
+
+/// Why `node` cannot take a task of `spec` by itself (resources aside).
+fn refusal(node: &Node, spec: &TaskSpec) -> Option<&'static str> {
+    if node.status.state != NodeState::Ready {
+        return Some("down");
+    }
+    match node.spec.availability {
+        Availability::Drain => return Some("drained"),
+        Availability::Pause => return Some("paused"),
+        Availability::Active => {}
+    }
+    if !spec.constraints.iter().all(|c| constraint_holds(c, node)) {
+        return Some("not matching the constraints");
+    }
+    None
+}
+
+/// `node.role==manager`, `node.labels.zone!=a`, `node.hostname==h1`, `node.id==…`,
+/// `node.platform.os==linux`: `==` and `!=` only, as in Docker.
+pub fn constraint_holds(c: &str, node: &Node) -> bool {
+    let (key, want, eq) = match (c.split_once("!="), c.split_once("==")) {
+        (Some((k, v)), _) => (k.trim(), v.trim(), false),
+        (None, Some((k, v))) => (k.trim(), v.trim(), true),
+        _ => return false,
+    };
+    let have: Option<String> = match key {
+        "node.role" => Some(node.spec.role.as_str().to_string()),
+        "node.hostname" => Some(node.description.hostname.clone()),
+        "node.id" => Some(node.id.clone()),
+        "node.platform.os" => Some("linux".into()),
+        "node.platform.arch" => Some(std::env::consts::ARCH.into()),
+        k => k.strip_prefix("node.labels.").and_then(|l| node.spec.labels.get(l).cloned()),
+    };
+    (have.as_deref() == Some(want)) == eq
+}
+
+/// Checks a constraint's syntax (for the API).
+pub fn valid_constraint(c: &str) -> Result<(), String> {
+    let key = c.split_once("!=").or_else(|| c.split_once("==")).map(|(k, _)| k.trim()).ok_or_else(|| format!("invalid constraint {c:?}: use KEY==VALUE or KEY!=VALUE"))?;
+    let known = ["node.role", "node.hostname", "node.id", "node.platform.os", "node.platform.arch"];
+    if known.contains(&key) || key.strip_prefix("node.labels.").is_some_and(|l| !l.is_empty()) {
+        Ok(())
+    } else {
+        Err(format!("invalid constraint {c:?}: the key must be node.role, node.hostname, node.id, node.platform.os, node.platform.arch or node.labels.NAME"))
+    }
+}
+
+struct Orchestrator<'a> {
+    state: &'a State,
+    svc: &'a Service,
+    out: &'a mut Vec<TaskChange>,
+    new_id: &'a mut dyn FnMut() -> String,
+}
+
+impl Orchestrator<'_> {
+    fn run(mut self) {
+        let mut by_slot: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
+        for t in self.state.tasks.values().filter(|t| t.service_id == self.svc.id) {
+            let key = if self.svc.spec.mode.is_global() { t.node_id.clone() } else { format!("{:020}", t.slot) };
+            by_slot.entry(key).or_default().push(t);
+        }
+        for tasks in by_slot.values_mut() {
+            tasks.sort_by_key(|t| (t.created_index, t.id.clone()));
+        }
+        let spec = &self.svc.spec;
+        // Out-of-date tasks are replaced `parallelism` at a time: the up-to-date
+        // ones not running yet are the batch in flight.
+        let in_flight = self.state.tasks.values().filter(|t| t.service_id == self.svc.id && t.spec_version == self.svc.spec_version && t.desired == TaskState::Running && t.status.state < TaskState::Running).count() as u64;
+        let paused = self.svc.update_state == UpdateState::Paused;
+        let mut budget = if paused { 0 } else if spec.update.parallelism == 0 { u64::MAX } else { spec.update.parallelism.saturating_sub(in_flight) };
+
+        match spec.mode {
+            Mode::Replicated | Mode::ReplicatedJob => {
+                let wanted = spec.replicas;
+                let concurrent = if spec.max_concurrent == 0 { wanted } else { spec.max_concurrent };
+                let mut live = by_slot.values().flatten().filter(|t| t.desired == TaskState::Running && !t.status.state.is_terminal()).count() as u64;
+                for slot in 1..=wanted {
+                    let tasks = by_slot.get(&format!("{slot:020}")).map(Vec::as_slice).unwrap_or(&[]);
+                    if spec.mode == Mode::ReplicatedJob && tasks.is_empty() && live >= concurrent {
+                        continue; // waits for a running one to finish
+                    }
+                    if self.slot(slot, "", tasks, &mut budget) && tasks.is_empty() {
+                        live += 1;
+                    }
+                }
+                // Slots past the count: scaled down.
+                for (_, tasks) in by_slot.range(format!("{:020}", wanted + 1)..) {
+                    for t in tasks.iter().filter(|t| t.desired == TaskState::Running) {
+                        self.shutdown(t);
+                    }
+                }
+            }
+            Mode::Global | Mode::GlobalJob => {
+                for node in self.state.nodes.values() {
+                    let tasks = by_slot.get(&node.id).map(Vec::as_slice).unwrap_or(&[]);
+                    if refusal(node, &spec.task).is_none() {
+                        self.slot(0, &node.id, tasks, &mut budget);
+                    } else {
+                        for t in tasks.iter().filter(|t| t.desired == TaskState::Running) {
+                            self.shutdown(t);
+                        }
+                    }
+                }
+                // Tasks of nodes that left the cluster.
+                for (node, tasks) in &by_slot {
+                    if !self.state.nodes.contains_key(node) {
+                        for t in tasks.iter().filter(|t| t.desired == TaskState::Running) {
+                            self.shutdown(t);
+                        }
+                    }
+                }
+            }
+        }
+        self.update_progress();
+    }
+
+    /// One slot (or a global service's node): returns whether it made a task.
+    fn slot(&mut self, slot: u64, node: &str, tasks: &[&Task], budget: &mut u64) -> bool {
+        let spec = &self.svc.spec;
+        let mut live: Vec<&Task> = Vec::new();
+        for t in tasks.iter().copied().filter(|t| t.desired == TaskState::Running) {
+            if t.status.state.is_terminal() {
+                self.shutdown(t); // it ended by itself: the restart policy decides below
+            } else if !t.node_id.is_empty() && !node_up(self.state, &t.node_id) {
+                self.shutdown(t);
+                self.out.push(TaskChange::Status {
+                    id: t.id.clone(),
+                    status: TaskStatus { state: TaskState::Orphaned, message: "its node is down".into(), err: "node is down".into(), ..t.status.clone() },
+                });
+            } else if node.is_empty() && !t.node_id.is_empty() && self.state.nodes.get(&t.node_id).is_none_or(|n| refusal(n, &spec.task).is_some()) {
+                self.shutdown(t); // drained, or the constraints changed
+            } else {
+                live.push(t);
+            }
+        }
+        if let Some(&current) = live.last() {
+            // start-first: the older ones go once the newest runs.
+            for old in &live[..live.len() - 1] {
+                if current.status.state >= TaskState::Running || current.spec_version < self.svc.spec_version {
+                    self.shutdown(old);
+                }
+            }
+            if current.spec_version < self.svc.spec_version && *budget > 0 && live.len() == 1 {
+                *budget -= 1;
+                if spec.update.order == UpdateOrder::StartFirst {
+                    self.create(slot, node, 0, 0);
+                } else {
+                    self.shutdown(current);
+                }
+                return false;
+            }
+            return false;
+        }
+        // Nothing live: replace the newest task, if it should be.
+        let Some(&last) = tasks.last() else {
+            self.create(slot, node, 0, 0);
+            return true;
+        };
+        let lost = last.status.state == TaskState::Orphaned || !last.node_id.is_empty() && !node_up(self.state, &last.node_id);
+        if !last.status.state.is_terminal() && !lost && self.changes_for(&last.id).all(|c| !matches!(c, TaskChange::Status { .. })) {
+            return false; // stop-first: the old one is still stopping
+        }
+        if !spec.mode.is_job() || last.status.state != TaskState::Complete {
+            let ended_by_itself = matches!(last.status.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected);
+            if !ended_by_itself || last.spec_version < self.svc.spec_version {
+                self.create(slot, node, 0, 0);
+                return true;
+            }
+            let r = &spec.task.restart;
+            let failed = last.status.state != TaskState::Complete || last.status.exit_code.is_some_and(|c| c != 0);
+            let again = match r.condition {
+                RestartCondition::None => false,
+                RestartCondition::OnFailure => failed,
+                RestartCondition::Any => !spec.mode.is_job() || failed,
+            };
+            if again && (r.max_attempts == 0 || last.attempt < r.max_attempts) {
+                let attempt = last.attempt + 1;
+                let delay = r.delay_ms.saturating_mul(1 << (attempt - 1).min(16)).min(MAX_RESTART_DELAY_MS.max(r.delay_ms));
+                self.create(slot, node, attempt, last.status.at_ms.max(last.meta.updated_ms) + delay);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn changes_for<'b>(&'b self, id: &'b str) -> impl Iterator<Item = &'b TaskChange> + 'b {
+        self.out.iter().filter(move |c| matches!(c, TaskChange::Status { id: i, .. } | TaskChange::Desired { id: i, .. } if i == id))
+    }
+
+    fn shutdown(&mut self, t: &Task) {
+        if t.desired < TaskState::Shutdown && !self.out.iter().any(|c| matches!(c, TaskChange::Desired { id, .. } if *id == t.id)) {
+            self.out.push(TaskChange::Desired { id: t.id.clone(), desired: TaskState::Shutdown });
+        }
+    }
+
+    fn create(&mut self, slot: u64, node: &str, attempt: u64, not_before_ms: u64) {
+        let assigned = !node.is_empty();
+        self.out.push(TaskChange::Create(Box::new(Task {
+            id: (self.new_id)(),
+            service_id: self.svc.id.clone(),
+            service_name: self.svc.spec.name.clone(),
+            slot,
+            node_id: node.to_string(),
+            desired: TaskState::Running,
+            status: TaskStatus {
+                state: if assigned { TaskState::Assigned } else { TaskState::Pending },
+                message: if assigned { "assigned to its node".into() } else { "waiting for a node".into() },
+                ..Default::default()
+            },
+            spec: self.svc.spec.task.clone(),
+            spec_version: self.svc.spec_version,
+            not_before_ms,
+            attempt,
+            created_index: 0,
+            meta: Default::default(),
+        })));
+    }
+
+    /// An update is complete when every live task is up to date and running;
+    /// it pauses when one of its new tasks fails.
+    fn update_progress(&mut self) {
+        let svc = self.svc;
+        if !matches!(svc.update_state, UpdateState::Updating | UpdateState::RollbackStarted) {
+            return;
+        }
+        let mine = || self.state.tasks.values().filter(|t| t.service_id == svc.id);
+        if let Some(bad) = mine().find(|t| t.spec_version == svc.spec_version && matches!(t.status.state, TaskState::Failed | TaskState::Rejected))
+            && svc.update_state == UpdateState::Updating
+            && svc.spec.update.failure_action == shoal_proto::service::FailureAction::Pause
+        {
+            self.out.push(TaskChange::UpdateState {
+                service_id: svc.id.clone(),
+                state: UpdateState::Paused,
+                message: format!("update paused due to failure or early termination of task {}", bad.id),
+            });
+            return;
+        }
+        let done = !self.out.iter().any(|c| matches!(c, TaskChange::Create(t) if t.service_id == svc.id))
+            && mine().filter(|t| t.desired == TaskState::Running).all(|t| t.spec_version == svc.spec_version && t.status.state == TaskState::Running);
+        if done {
+            let (state, message) = if svc.update_state == UpdateState::Updating {
+                (UpdateState::Completed, "update completed")
+            } else {
+                (UpdateState::RollbackCompleted, "rollback completed")
+            };
+            self.out.push(TaskChange::UpdateState { service_id: svc.id.clone(), state, message: message.into() });
+        }
+    }
+}
+
+/// What a node carries: for the filters and the spread.
+#[derive(Default, Clone)]
+struct Load {
+    tasks: u64,
+    per_service: HashMap<String, u64>,
+    cpus: u64,
+    memory: u64,
+    ports: Vec<(u16, String)>,
+}
+
+impl Load {
+    fn add(&mut self, t: &Task) {
+        self.tasks += 1;
+        *self.per_service.entry(t.service_id.clone()).or_default() += 1;
+        self.cpus += t.spec.reserve_nano_cpus;
+        self.memory += t.spec.reserve_memory;
+        self.ports.extend(t.spec.ports.iter().map(|p| (p.published, p.protocol.clone())));
+    }
+}
+
+/// Places every pending task (existing, or created in this pass).
+fn schedule(state: &State, out: &mut Vec<TaskChange>) {
+    let mut loads: HashMap<&str, Load> = state.nodes.keys().map(|id| (id.as_str(), Load::default())).collect();
+    for t in state.tasks.values().filter(|t| t.desired == TaskState::Running && !t.status.state.is_terminal() && !t.node_id.is_empty()) {
+        if let Some(l) = loads.get_mut(t.node_id.as_str()) {
+            l.add(t);
+        }
+    }
+    for c in out.iter() {
+        if let TaskChange::Create(t) = c
+            && !t.node_id.is_empty()
+            && let Some(l) = loads.get_mut(t.node_id.as_str())
+        {
+            l.add(t);
+        }
+    }
+    // Tasks being shut down in this pass do not count against their node.
+    let leaving: Vec<&str> = out.iter().filter_map(|c| if let TaskChange::Desired { id, .. } = c { Some(id.as_str()) } else { None }).collect();
+    for id in &leaving {
+        if let Some(t) = state.tasks.get(*id)
+            && let Some(l) = loads.get_mut(t.node_id.as_str())
+        {
+            l.tasks = l.tasks.saturating_sub(1);
+            if let Some(n) = l.per_service.get_mut(&t.service_id) {
+                *n = n.saturating_sub(1);
+            }
+            l.cpus = l.cpus.saturating_sub(t.spec.reserve_nano_cpus);
+            l.memory = l.memory.saturating_sub(t.spec.reserve_memory);
+            l.ports.retain(|p| !t.spec.ports.iter().any(|q| q.published == p.0 && q.protocol == p.1));
+        }
+    }
+    let existing: Vec<&Task> = state
+        .tasks
+        .values()
+        .filter(|t| t.node_id.is_empty() && t.desired == TaskState::Running && t.status.state <= TaskState::Pending && !leaving.contains(&t.id.as_str()))
+        .collect();
+    let mut decisions: Vec<(String, Result<String, String>)> = Vec::new();
+    let mut order: Vec<Task> = existing.into_iter().cloned().collect();
+    order.extend(out.iter().filter_map(|c| if let TaskChange::Create(t) = c { (t.node_id.is_empty()).then(|| (**t).clone()) } else { None }));
+    order.sort_by_key(|t| (t.service_id.clone(), t.slot));
+    for t in &order {
+        let decision = place(state, &loads, t);
+        if let Ok(node) = &decision
+            && let Some(l) = loads.get_mut(node.as_str())
+        {
+            l.add(t);
+        }
+        decisions.push((t.id.clone(), decision));
+    }
+    let mut extra = Vec::new();
+    for (id, decision) in decisions {
+        let created = out.iter_mut().find_map(|c| if let TaskChange::Create(t) = c { (t.id == id).then_some(t) } else { None });
+        match (created, decision) {
+            (Some(t), Ok(node)) => {
+                t.node_id = node;
+                t.status = TaskStatus { state: TaskState::Assigned, message: "scheduler assigned task to node".into(), ..Default::default() };
+            }
+            (Some(t), Err(why)) => t.status.err = why,
+            (None, Ok(node)) => extra.push(TaskChange::Assign { id, node_id: node }),
+            (None, Err(why)) => extra.push(TaskChange::Unplaced { id, message: why }),
+        }
+    }
+    out.extend(extra);
+}
+
+/// The node for `t`, or why there is none.
+fn place(state: &State, loads: &HashMap<&str, Load>, t: &Task) -> Result<String, String> {
+    let spec = &t.spec;
+    let mut why: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut best: Option<((u64, u64, String), String)> = None;
+    for node in state.nodes.values() {
+        let load = loads.get(node.id.as_str()).cloned().unwrap_or_default();
+        let refused = refusal(node, spec).or_else(|| {
+            if spec.reserve_memory > 0 && load.memory + spec.reserve_memory > node.description.memory_bytes {
+                Some("insufficient memory")
+            } else if spec.reserve_nano_cpus > 0 && load.cpus + spec.reserve_nano_cpus > node.description.nano_cpus {
+                Some("insufficient CPU")
+            } else if spec.ports.iter().any(|p| load.ports.iter().any(|(n, proto)| *n == p.published && *proto == p.protocol)) {
+                Some("host-mode port already in use")
+            } else if spec.max_replicas_per_node > 0 && load.per_service.get(&t.service_id).copied().unwrap_or(0) >= spec.max_replicas_per_node {
+                Some("max replicas per node reached")
+            } else {
+                None
+            }
+        });
+        if let Some(r) = refused {
+            *why.entry(r).or_default() += 1;
+            continue;
+        }
+        let rank = (load.per_service.get(&t.service_id).copied().unwrap_or(0), load.tasks, node.id.clone());
+        if best.as_ref().is_none_or(|(b, _)| rank < *b) {
+            best = Some((rank, node.id.clone()));
+        }
+    }
+    match best {
+        Some((_, id)) => Ok(id),
+        None if why.is_empty() => Err("no suitable node (no nodes)".into()),
+        None => {
+            let parts: Vec<String> = why.iter().map(|(r, n)| format!("{r} on {n} node{}", if *n == 1 { "" } else { "s" })).collect();
+            Err(format!("no suitable node ({})", parts.join("; ")))
+        }
+    }
+}
+
+/// Each slot keeps its `HISTORY` newest ended tasks.
+fn reap(state: &State, out: &mut Vec<TaskChange>) {
+    let mut by_slot: HashMap<(String, u64, String), Vec<&Task>> = HashMap::new();
+    for t in state.tasks.values().filter(|t| t.desired >= TaskState::Shutdown && (t.status.state.is_terminal() || !node_up(state, &t.node_id))) {
+        let node = if t.slot == 0 { t.node_id.clone() } else { String::new() };
+        by_slot.entry((t.service_id.clone(), t.slot, node)).or_default().push(t);
+    }
+    for tasks in by_slot.values_mut() {
+        if tasks.len() > HISTORY {
+            tasks.sort_by_key(|t| std::cmp::Reverse(t.created_index));
+            for t in &tasks[HISTORY..] {
+                if !out.iter().any(|c| matches!(c, TaskChange::Delete { id } if *id == t.id)) {
+                    out.push(TaskChange::Delete { id: t.id.clone() });
+                }
+            }
+        }
+    }
+}
+
+/// Leader-only: runs `plan` after every change of the state (and every
+/// `RESYNC`), writing each pass's changes in one Raft entry.
+pub async fn lead(mgr: std::sync::Arc<crate::Manager>, token: tokio_util::sync::CancellationToken) {
+    let mut events = mgr.store.subscribe();
+    let mut tick = tokio::time::interval(RESYNC);
+    let mut last: Vec<TaskChange> = Vec::new();
+    loop {
+        let state = mgr.store.read();
+        let changes = plan(&state, &mut shoal_proto::model::new_node_id);
+        // The same changes again (the state did not take them): wait for news instead of spinning.
+        if !changes.is_empty() && changes != last {
+            last = changes.clone();
+            let n = changes.len();
+            if let Err(e) = mgr.write(crate::state::Command::Tasks { changes }).await {
+                tracing::warn!(error = %e, changes = n, "orchestrator write failed; retrying");
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                }
+            }
+            continue; // look again at the state it made
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+            ev = events.recv() => {
+                if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How often the orchestrator looks even when nothing changed (restart back-offs come due).
+const RESYNC: std::time::Duration = std::time::Duration::from_millis(500);

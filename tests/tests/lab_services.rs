@@ -1,0 +1,154 @@
+//! Services on a 5-host lab (3 managers) with the real binary: replicas
+//! spread evenly, scale up and down, a global service following drains, a
+//! constraint with max-per-node that explains what it cannot place, a job
+//! that runs to completion, a start-first rolling update, a worker killed
+//! (its tasks run elsewhere, and it runs none of them when it returns), the
+//! leader killed in the middle of an update, and removal leaving nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use serde_json::Value;
+use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
+
+const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+
+/// Live tasks (desired running) of `service` as `service ps --format json` shows them, asked on host `via`.
+fn live(lab: &Lab, via: usize, service: &str) -> Result<Vec<Value>> {
+    let all = lab.shoal_json(via, &["service", "ps", service])?;
+    Ok(all.as_array().cloned().unwrap_or_default().into_iter().filter(|t| t["task"]["desired"] == "running").collect())
+}
+
+/// Running tasks per node hostname.
+fn per_node(tasks: &[Value]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t["task"]["status"]["state"] == "running") {
+        *m.entry(t["node"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+    }
+    m
+}
+
+/// Waits until `service` has `n` running tasks, one per slot, all of its current spec.
+fn converged(lab: &Lab, via: usize, service: &str, n: usize, secs: u64) -> Result<Vec<Value>> {
+    wait_for(&format!("{service} to run {n} tasks"), Duration::from_secs(secs), || {
+        let l = live(lab, via, service)?;
+        let running = l.iter().filter(|t| t["task"]["status"]["state"] == "running").count();
+        let mut slots: Vec<(u64, String)> = l.iter().map(|t| (t["task"]["slot"].as_u64().unwrap_or(0), t["task"]["node_id"].as_str().unwrap_or_default().to_string())).collect();
+        slots.sort();
+        slots.dedup();
+        Ok((running == n && l.len() == n && slots.len() == n).then_some(l))
+    })
+}
+
+#[test]
+fn services_converge_spread_heal_and_roll() -> Result<()> {
+    if !lab_or_skip() {
+        return Ok(());
+    }
+    let lab = Lab::up(5, 3)?;
+    let tmp = tempfile::Builder::new().prefix("shl-svc-").tempdir()?;
+    let image = busybox_rootfs_tar(tmp.path())?;
+    for i in 1..=5 {
+        lab.shoal(i, &["image", "import", &image.display().to_string(), "busybox:local"])?;
+    }
+
+    // 10 replicas: 2 on each host; the command returns once they run.
+    let out = lab.shoal(1, &["service", "create", "--name", "web", "--replicas", "10", "--stop-grace-period", "2s", "busybox:local", "sh", "-c", SLEEPER])?;
+    ensure!(out.contains("verify: Service web converged"), "{out}");
+    let spread = per_node(&converged(&lab, 1, "web", 10, 30)?);
+    ensure!(spread.len() == 5 && spread.values().all(|n| *n == 2), "2/2/2/2/2: {spread:?}");
+    let ls = lab.shoal(2, &["service", "ls"])?;
+    ensure!(ls.contains("web") && ls.contains("10/10"), "any manager answers: {ls}");
+
+    // Scale up and down.
+    lab.shoal(1, &["service", "scale", "web=15"])?;
+    ensure!(per_node(&converged(&lab, 1, "web", 15, 30)?).values().all(|n| *n == 3));
+    lab.shoal(1, &["service", "scale", "web=5"])?;
+    converged(&lab, 1, "web", 5, 30)?;
+
+    // A global service: one task on every node; a drained node loses it, and web's tasks move.
+    lab.shoal(1, &["service", "create", "--name", "everywhere", "--mode", "global", "busybox:local", "sh", "-c", SLEEPER])?;
+    converged(&lab, 1, "everywhere", 5, 30)?;
+    lab.shoal(1, &["node", "update", "--availability", "drain", "shl-h5"])?;
+    converged(&lab, 1, "everywhere", 4, 30)?;
+    let web = converged(&lab, 1, "web", 5, 30)?;
+    ensure!(!per_node(&web).contains_key("shl-h5"), "drained: {:?}", per_node(&web));
+    lab.shoal(1, &["node", "update", "--availability", "active", "shl-h5"])?;
+    converged(&lab, 1, "everywhere", 5, 30)?;
+
+    // Constraints and max per node: 3 managers take one each, the 4th cannot be placed, and says why.
+    let out = lab.shoal(1, &["service", "create", "-d", "--name", "pinned", "--replicas", "4", "--constraint", "node.role==manager", "--replicas-max-per-node", "1", "busybox:local", "sh", "-c", SLEEPER])?;
+    ensure!(!out.is_empty());
+    let why = wait_for("the unplaced task's reason", Duration::from_secs(30), || {
+        let l = live(&lab, 1, "pinned")?;
+        let running: Vec<&Value> = l.iter().filter(|t| t["task"]["status"]["state"] == "running").collect();
+        let pending = l.iter().find(|t| t["task"]["status"]["state"] == "pending" && t["task"]["status"]["err"] != "");
+        Ok(match (running.len(), pending) {
+            (3, Some(p)) => Some((per_node(&l), p["task"]["status"]["err"].as_str().unwrap_or_default().to_string())),
+            _ => None,
+        })
+    })?;
+    ensure!(why.0.keys().cloned().collect::<Vec<_>>() == ["shl-h1", "shl-h2", "shl-h3"], "{:?}", why.0);
+    ensure!(why.1.contains("no suitable node") && why.1.contains("max replicas per node reached on 3 nodes") && why.1.contains("constraints on 2 nodes"), "{}", why.1);
+    ensure!(lab.shoal(1, &["service", "ps", "pinned"])?.contains("no suitable node"));
+    lab.shoal(1, &["service", "rm", "pinned"])?;
+
+    // A job runs to completion, two at a time.
+    let out = lab.shoal(1, &["service", "create", "--name", "batch", "--mode", "replicated-job", "--replicas", "4", "--max-concurrent", "2", "busybox:local", "sh", "-c", "sleep 0.5"])?;
+    ensure!(out.contains("4 out of 4 complete"), "{out}");
+    ensure!(lab.shoal(1, &["service", "ls"])?.contains("(4/4 completed)"));
+
+    // A start-first rolling update, two at a time.
+    let out = lab.shoal(1, &["service", "update", "--env-add", "V=2", "--update-order", "start-first", "--update-parallelism", "2", "web"])?;
+    ensure!(out.contains("converged"), "{out}");
+    let web = converged(&lab, 1, "web", 5, 30)?;
+    ensure!(web.iter().all(|t| t["task"]["spec"]["env"].as_array().is_some_and(|e| e.iter().any(|v| v == "V=2"))), "every task has the new spec");
+    let ps = lab.shoal(1, &["service", "ps", "web"])?;
+    ensure!(ps.contains("\\_ web.1") && ps.contains("Shutdown"), "the old task is history: {ps}");
+
+    // kill -9 a worker: its tasks run elsewhere; when it comes back it runs none of them.
+    lab.shoal(1, &["service", "scale", "web=10"])?;
+    let before = converged(&lab, 1, "web", 10, 30)?;
+    let on5: Vec<String> = before.iter().filter(|t| t["node"] == "shl-h5").map(|t| t["task"]["id"].as_str().unwrap_or_default().to_string()).collect();
+    ensure!(!on5.is_empty(), "host 5 had web tasks");
+    lab.kill(5)?;
+    wait_for("host 5's tasks to run elsewhere", Duration::from_secs(30), || {
+        let l = converged(&lab, 1, "web", 10, 30)?;
+        Ok((!per_node(&l).contains_key("shl-h5")).then_some(()))
+    })?;
+    lab.start(5)?;
+    wait_for("host 5 to run no old task", Duration::from_secs(30), || {
+        let names: Vec<String> = lab.containers(5)?.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect();
+        Ok((!names.iter().any(|n| on5.iter().any(|id| n.ends_with(id.as_str())))).then_some(()))
+    })?;
+    converged(&lab, 1, "web", 10, 30)?;
+
+    // kill -9 the leader in the middle of an update: it completes under the next leader.
+    lab.shoal(1, &["service", "update", "-d", "--env-add", "V=3", "--update-parallelism", "1", "web"])?;
+    lab.kill(1)?;
+    wait_for("the update to complete under a new leader", Duration::from_secs(90), || {
+        let l = match live(&lab, 2, "web") {
+            Ok(l) => l,
+            Err(_) => return Ok(None), // no leader yet
+        };
+        let new = l.iter().filter(|t| t["task"]["status"]["state"] == "running" && t["task"]["spec"]["env"].as_array().is_some_and(|e| e.iter().any(|v| v == "V=3"))).count();
+        Ok((new == 10 && l.len() == 10).then_some(()))
+    })?;
+    lab.start(1)?;
+
+    // Removal: no task, no container left anywhere.
+    for s in ["web", "everywhere", "batch"] {
+        lab.shoal(2, &["service", "rm", s])?;
+    }
+    wait_for("every task container to go", Duration::from_secs(60), || {
+        for i in 1..=5 {
+            if !lab.containers(i)?.is_empty() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })?;
+    ensure!(lab.shoal(2, &["service", "ls"])?.lines().count() == 1);
+    Ok(())
+}
