@@ -379,7 +379,11 @@ fn schedule(state: &State, out: &mut Vec<TaskChange>) {
             }
             (Some(t), Err(why)) => t.status.err = why,
             (None, Ok(node)) => extra.push(TaskChange::Assign { id, node_id: node }),
-            (None, Err(why)) => extra.push(TaskChange::Unplaced { id, message: why }),
+            (None, Err(why)) => {
+                if state.tasks.get(&id).is_some_and(|t| t.status.err != why) {
+                    extra.push(TaskChange::Unplaced { id, message: why });
+                }
+            }
         }
     }
     out.extend(extra);
@@ -479,3 +483,303 @@ pub async fn lead(mgr: std::sync::Arc<crate::Manager>, token: tokio_util::sync::
 
 /// How often the orchestrator looks even when nothing changed (restart back-offs come due).
 const RESYNC: std::time::Duration = std::time::Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Command, Request};
+    use shoal_proto::model::{Meta, NodeDescription, NodeSpec, NodeStatus, Role};
+    use shoal_proto::service::{PublishedPort, ServiceSpec};
+
+    fn node(id: &str, role: Role) -> Node {
+        Node {
+            id: id.into(),
+            raft_id: 0,
+            spec: NodeSpec { role, availability: Availability::Active, labels: Default::default() },
+            description: NodeDescription { hostname: format!("h-{id}"), nano_cpus: 2_000_000_000, memory_bytes: 1 << 30, ..Default::default() },
+            status: NodeStatus { state: NodeState::Ready, message: String::new() },
+            meta: Meta::default(),
+        }
+    }
+
+    struct World {
+        state: State,
+        index: u64,
+        ids: u64,
+    }
+
+    impl World {
+        fn new(nodes: &[(&str, Role)]) -> World {
+            let mut state = State::default();
+            for (id, role) in nodes {
+                state.nodes.insert(id.to_string(), node(id, *role));
+            }
+            World { state, index: 1, ids: 0 }
+        }
+
+        fn apply(&mut self, cmd: Command) {
+            self.index += 1;
+            let (r, _) = self.state.apply(self.index, &Request { at_ms: self.index * 10, cmd });
+            assert_eq!(r, crate::state::Response::Ok);
+        }
+
+        fn service(&mut self, name: &str, f: impl FnOnce(&mut ServiceSpec)) -> String {
+            let mut spec = ServiceSpec { name: name.into(), replicas: 1, ..Default::default() };
+            spec.task.image = "img".into();
+            f(&mut spec);
+            let id = format!("svc-{name}");
+            self.apply(Command::CreateService { id: id.clone(), spec });
+            id
+        }
+
+        /// One orchestrator pass, applied; returns its changes.
+        fn pass(&mut self) -> Vec<TaskChange> {
+            let mut n = self.ids;
+            let changes = plan(&self.state, &mut || {
+                n += 1;
+                format!("t{n:04}")
+            });
+            self.ids = n;
+            if !changes.is_empty() {
+                self.apply(Command::Tasks { changes: changes.clone() });
+            }
+            changes
+        }
+
+        /// Every assigned task reports running (as its node would).
+        fn run_all(&mut self) {
+            let mut by_node: BTreeMap<String, Vec<(String, TaskStatus)>> = BTreeMap::new();
+            for t in self.state.tasks.values().filter(|t| t.desired == TaskState::Running && t.status.state == TaskState::Assigned) {
+                by_node.entry(t.node_id.clone()).or_default().push((t.id.clone(), TaskStatus { state: TaskState::Running, ..Default::default() }));
+            }
+            for t in self.state.tasks.values().filter(|t| t.desired >= TaskState::Shutdown && !t.status.state.is_terminal() && node_up(&self.state, &t.node_id)) {
+                by_node.entry(t.node_id.clone()).or_default().push((t.id.clone(), TaskStatus { state: TaskState::Shutdown, ..Default::default() }));
+            }
+            for (node_id, updates) in by_node {
+                self.apply(Command::TaskStatus { node_id, updates });
+            }
+        }
+
+        /// Passes and reports until nothing changes.
+        fn settle(&mut self) {
+            for _ in 0..50 {
+                let changes = self.pass();
+                self.run_all();
+                if changes.is_empty() && self.pass().is_empty() {
+                    return;
+                }
+            }
+            panic!("did not settle");
+        }
+
+        fn running(&self, svc: &str) -> Vec<&Task> {
+            self.state.tasks.values().filter(|t| t.service_id == svc && t.desired == TaskState::Running && t.status.state == TaskState::Running).collect()
+        }
+
+        fn per_node(&self, svc: &str) -> BTreeMap<String, usize> {
+            let mut m = BTreeMap::new();
+            for t in self.running(svc) {
+                *m.entry(t.node_id.clone()).or_default() += 1;
+            }
+            m
+        }
+    }
+
+    fn five() -> World {
+        World::new(&[("n1", Role::Manager), ("n2", Role::Manager), ("n3", Role::Manager), ("n4", Role::Worker), ("n5", Role::Worker)])
+    }
+
+    #[test]
+    fn replicas_spread_evenly_and_scale() {
+        let mut w = five();
+        let web = w.service("web", |s| s.replicas = 10);
+        w.settle();
+        assert!(w.per_node(&web).values().all(|n| *n == 2), "{:?}", w.per_node(&web));
+        let mut spec = w.state.services[&web].spec.clone();
+        spec.replicas = 3;
+        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        w.settle();
+        let slots: Vec<u64> = w.running(&web).iter().map(|t| t.slot).collect();
+        assert_eq!(slots.len(), 3);
+        assert!(slots.iter().all(|s| *s <= 3), "{slots:?}");
+    }
+
+    #[test]
+    fn a_down_node_is_replaced_at_once_and_its_tasks_are_orphaned() {
+        let mut w = five();
+        let web = w.service("web", |s| s.replicas = 5);
+        w.settle();
+        w.state.nodes.get_mut("n5").unwrap().status.state = NodeState::Down;
+        w.settle();
+        assert_eq!(w.running(&web).len(), 5);
+        assert!(!w.per_node(&web).contains_key("n5"));
+        let orphan = w.state.tasks.values().find(|t| t.node_id == "n5").unwrap();
+        assert_eq!((orphan.desired, orphan.status.state), (TaskState::Shutdown, TaskState::Orphaned));
+    }
+
+    #[test]
+    fn restarts_follow_the_policy_with_a_doubling_backoff() {
+        let mut w = five();
+        let svc = w.service("flaky", |s| {
+            s.task.restart.delay_ms = 100;
+            s.task.restart.max_attempts = 2;
+            s.task.restart.condition = RestartCondition::OnFailure;
+        });
+        w.settle();
+        let mut delays = Vec::new();
+        for _ in 0..3 {
+            let t = w.running(&svc)[0].clone();
+            w.apply(Command::TaskStatus { node_id: t.node_id.clone(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Failed, exit_code: Some(1), at_ms: 0, ..Default::default() })] });
+            let failed_at = w.state.tasks[&t.id].meta.updated_ms;
+            w.settle();
+            if let Some(next) = w.state.tasks.values().find(|n| n.slot == 1 && n.attempt == t.attempt + 1) {
+                delays.push(next.not_before_ms - failed_at);
+            }
+        }
+        assert_eq!(delays, vec![100, 200], "two restarts, doubling; then no more");
+        assert!(w.running(&svc).is_empty());
+        // A clean exit under on-failure is not restarted.
+        let ok = w.service("ok", |s| s.task.restart.condition = RestartCondition::OnFailure);
+        w.settle();
+        let t = w.running(&ok)[0].clone();
+        w.apply(Command::TaskStatus { node_id: t.node_id.clone(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Complete, exit_code: Some(0), ..Default::default() })] });
+        w.settle();
+        assert_eq!(w.state.tasks.values().filter(|x| x.service_id == ok).count(), 1);
+    }
+
+    #[test]
+    fn global_services_follow_nodes_and_drain() {
+        let mut w = five();
+        let g = w.service("g", |s| s.mode = Mode::Global);
+        w.settle();
+        assert_eq!(w.running(&g).len(), 5);
+        w.state.nodes.get_mut("n2").unwrap().spec.availability = Availability::Drain;
+        w.state.nodes.insert("n6".into(), node("n6", Role::Worker));
+        w.settle();
+        let nodes: Vec<String> = w.per_node(&g).into_keys().collect();
+        assert_eq!(nodes, ["n1", "n3", "n4", "n5", "n6"]);
+    }
+
+    #[test]
+    fn every_filter_says_why_a_task_is_not_placed() {
+        let mut w = five();
+        w.state.nodes.get_mut("n4").unwrap().spec.availability = Availability::Drain;
+        w.state.nodes.get_mut("n5").unwrap().status.state = NodeState::Down;
+        w.state.nodes.get_mut("n1").unwrap().description.memory_bytes = 1 << 20;
+        let svc = w.service("picky", |s| {
+            s.replicas = 3;
+            s.task.constraints = vec!["node.role==manager".into()];
+            s.task.reserve_memory = 64 << 20;
+            s.task.max_replicas_per_node = 1;
+        });
+        w.settle();
+        assert_eq!(w.running(&svc).len(), 2);
+        let pending = w.state.tasks.values().find(|t| t.service_id == svc && t.node_id.is_empty()).unwrap();
+        assert_eq!(
+            pending.status.err,
+            "no suitable node (down on 1 node; drained on 1 node; insufficient memory on 1 node; max replicas per node reached on 2 nodes)"
+        );
+        // Host ports: one task per node.
+        let mut w = World::new(&[("a", Role::Worker), ("b", Role::Worker)]);
+        let p = w.service("ports", |s| {
+            s.replicas = 3;
+            s.task.ports = vec![PublishedPort { published: 8080, target: 80, protocol: "tcp".into() }];
+        });
+        w.settle();
+        assert_eq!(w.running(&p).len(), 2);
+        assert!(w.state.tasks.values().any(|t| t.status.err == "no suitable node (host-mode port already in use on 2 nodes)"));
+    }
+
+    #[test]
+    fn constraints_parse_and_match() {
+        let mut n = node("x", Role::Worker);
+        n.spec.labels.insert("zone".into(), "a".into());
+        assert!(constraint_holds("node.role==worker", &n));
+        assert!(constraint_holds("node.role != manager", &n));
+        assert!(constraint_holds("node.labels.zone==a", &n));
+        assert!(!constraint_holds("node.labels.zone==b", &n));
+        assert!(constraint_holds("node.labels.rack!=1", &n), "a missing label is not equal");
+        assert!(constraint_holds("node.hostname==h-x", &n));
+        assert!(valid_constraint("node.labels.zone==a").is_ok());
+        assert!(valid_constraint("zone==a").is_err() && valid_constraint("node.role=manager").is_err());
+    }
+
+    #[test]
+    fn rolling_updates_respect_parallelism_and_order() {
+        let mut w = five();
+        let web = w.service("web", |s| {
+            s.replicas = 4;
+            s.update.parallelism = 2;
+            s.update.order = UpdateOrder::StartFirst;
+        });
+        w.settle();
+        let mut spec = w.state.services[&web].spec.clone();
+        spec.task.env = vec!["V=2".into()];
+        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        let v = w.state.services[&web].spec_version;
+        // First pass: two new tasks start beside the old ones (start-first).
+        let changes = w.pass();
+        assert_eq!(changes.iter().filter(|c| matches!(c, TaskChange::Create(_))).count(), 2);
+        assert!(!changes.iter().any(|c| matches!(c, TaskChange::Desired { .. })), "start-first keeps the old ones until the new run");
+        assert!(w.pass().iter().all(|c| !matches!(c, TaskChange::Create(_))), "no more than parallelism in flight");
+        w.settle();
+        assert!(w.running(&web).iter().all(|t| t.spec_version == v) && w.running(&web).len() == 4);
+        assert_eq!(w.state.services[&web].update_state, UpdateState::Completed);
+        // stop-first: the old task goes before its replacement is made.
+        let mut spec = w.state.services[&web].spec.clone();
+        spec.update.order = UpdateOrder::StopFirst;
+        spec.task.env = vec!["V=3".into()];
+        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        let changes = w.pass();
+        assert_eq!(changes.iter().filter(|c| matches!(c, TaskChange::Desired { .. })).count(), 2);
+        assert!(!changes.iter().any(|c| matches!(c, TaskChange::Create(_))));
+        w.settle();
+        assert_eq!(w.running(&web).len(), 4);
+    }
+
+    #[test]
+    fn history_is_kept_per_slot_and_then_reaped() {
+        let mut w = World::new(&[("a", Role::Worker)]);
+        let svc = w.service("crashy", |s| s.task.restart.delay_ms = 0);
+        for _ in 0..9 {
+            w.settle();
+            let t = w.running(&svc)[0].clone();
+            w.apply(Command::TaskStatus { node_id: "a".into(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Failed, exit_code: Some(1), ..Default::default() })] });
+        }
+        w.settle();
+        let ended = w.state.tasks.values().filter(|t| t.service_id == svc && t.status.state.is_terminal()).count();
+        assert_eq!(ended, HISTORY);
+        assert_eq!(w.running(&svc).len(), 1);
+    }
+
+    #[test]
+    fn jobs_run_to_completion_within_max_concurrent() {
+        let mut w = five();
+        let job = w.service("job", |s| {
+            s.mode = Mode::ReplicatedJob;
+            s.replicas = 5;
+            s.max_concurrent = 2;
+            s.task.restart.condition = RestartCondition::OnFailure;
+        });
+        for _ in 0..10 {
+            w.settle();
+            let running: Vec<Task> = w.running(&job).into_iter().cloned().collect();
+            assert!(running.len() <= 2, "{}", running.len());
+            for t in running {
+                w.apply(Command::TaskStatus { node_id: t.node_id.clone(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Complete, exit_code: Some(0), ..Default::default() })] });
+            }
+        }
+        let done = w.state.tasks.values().filter(|t| t.service_id == job && t.status.state == TaskState::Complete).count();
+        assert_eq!(done, 5);
+    }
+
+    #[test]
+    fn removed_services_take_their_tasks_with_them() {
+        let mut w = five();
+        let web = w.service("web", |s| s.replicas = 3);
+        w.settle();
+        w.apply(Command::RemoveService { id: web.clone() });
+        w.settle();
+        assert!(w.state.tasks.is_empty());
+    }
+}

@@ -622,6 +622,33 @@ mod tests {
     }
 
     #[test]
+    fn task_reports_only_move_forward_and_only_from_their_node() {
+        use shoal_proto::service::{ServiceSpec, Task, TaskState, TaskStatus};
+        let mut s = booted();
+        s.apply(3, &req(Command::CreateService { id: "s1".into(), spec: ServiceSpec { name: "web".into(), ..Default::default() } }));
+        let t = Task { id: "t1".into(), service_id: "s1".into(), slot: 1, desired: TaskState::Running, ..Default::default() };
+        s.apply(4, &req(Command::Tasks { changes: vec![TaskChange::Create(Box::new(t)), TaskChange::Assign { id: "t1".into(), node_id: "n1".into() }] }));
+        assert_eq!((s.tasks["t1"].node_id.as_str(), s.tasks["t1"].status.state, s.tasks["t1"].created_index), ("n1", TaskState::Assigned, 4));
+        let report = |state| vec![("t1".to_string(), TaskStatus { state, ..Default::default() })];
+        let (_, keys) = s.apply(5, &req(Command::TaskStatus { node_id: "other".into(), updates: report(TaskState::Running) }));
+        assert!(keys.is_empty(), "another node cannot report it");
+        s.apply(6, &req(Command::TaskStatus { node_id: "n1".into(), updates: report(TaskState::Running) }));
+        let (_, keys) = s.apply(7, &req(Command::TaskStatus { node_id: "n1".into(), updates: report(TaskState::Starting) }));
+        assert!(keys.is_empty() && s.tasks["t1"].status.state == TaskState::Running, "never backward");
+        // A second assignment, or a task of a service that is gone, changes nothing.
+        let (_, keys) = s.apply(8, &req(Command::Tasks { changes: vec![TaskChange::Assign { id: "t1".into(), node_id: "n1".into() }] }));
+        assert!(keys.is_empty());
+        s.apply(9, &req(Command::RemoveService { id: "s1".into() }));
+        let orphan = Task { id: "t2".into(), service_id: "s1".into(), ..Default::default() };
+        let (_, keys) = s.apply(10, &req(Command::Tasks { changes: vec![TaskChange::Create(Box::new(orphan))] }));
+        assert!(keys.is_empty() && !s.tasks.contains_key("t2"));
+        // Tasks survive the store's round trip.
+        let pairs: Vec<(String, Vec<u8>)> = [ObjKey::Cluster, ObjKey::Node("n1".into()), ObjKey::Task("t1".into())].iter().map(|k| (k.db_key(), s.encode(k).expect("present"))).collect();
+        let back = State::decode(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).expect("decode");
+        assert_eq!(back.tasks, s.tasks);
+    }
+
+    #[test]
     fn force_new_cluster_demotes_the_other_managers() {
         let mut s = booted();
         let mut m2 = node("n2", Role::Manager);
