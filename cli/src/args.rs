@@ -462,6 +462,16 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
+    /// The scheduler alone: a service of TASKS replicas planned onto NODES
+    /// simulated nodes and applied to the state machine, in process. Prints JSON.
+    Sched {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10_000)]
+        tasks: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// DNS queries against a server (run inside a container's namespace for
     /// netd's 127.0.0.11): most queries per second, then latency at a fixed rate.
     Dns {

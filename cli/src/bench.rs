@@ -17,6 +17,7 @@ pub async fn run(cli: &Cli, cmd: &BenchCmd) -> anyhow::Result<()> {
             std::thread::spawn(move || netsync(ports, rounds)).join().map_err(|_| anyhow::anyhow!("the netsync thread panicked"))?
         }
         BenchCmd::Dns { server, name, seconds, concurrency, rate } => dns(*server, name, *seconds, *concurrency, *rate).await,
+        BenchCmd::Sched { nodes, tasks, rounds } => sched(*nodes, *tasks, *rounds),
     }
 }
 
@@ -205,4 +206,67 @@ async fn dns_ask(sock: &tokio::net::UdpSocket, id: u16, name: &str, buf: &mut [u
     let n = tokio::time::timeout(Duration::from_secs(1), sock.recv(buf)).await.ok()?.ok()?;
     let (rcode, ips) = shoal_netd::dns::read_a_records(&buf[..n])?;
     (rcode == 0 && !ips.is_empty()).then(|| t.elapsed())
+}
+
+/// Places `tasks` replicas on `nodes` simulated nodes: the orchestrator and
+/// scheduler's pass (`plan`), the Raft entry's encoding, and the state
+/// machine's apply, timed separately; `rounds` times on a fresh state.
+fn sched(nodes: usize, tasks: u64, rounds: usize) -> anyhow::Result<()> {
+    use shoal_manager::state::{Command, Request, State};
+    use shoal_proto::model::{Availability, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
+    use shoal_proto::service::{ServiceSpec, TaskState};
+    let mut base = State::default();
+    for i in 0..nodes {
+        let id = format!("node{i:05}");
+        base.nodes.insert(
+            id.clone(),
+            Node {
+                id: id.clone(),
+                raft_id: 0,
+                spec: NodeSpec { role: Role::Worker, availability: Availability::Active, labels: Default::default() },
+                description: NodeDescription { hostname: id, nano_cpus: 4_000_000_000, memory_bytes: 8 << 30, ..Default::default() },
+                status: NodeStatus { state: NodeState::Ready, message: String::new() },
+                meta: Default::default(),
+            },
+        );
+    }
+    let mut spec = ServiceSpec { name: "bench".into(), replicas: tasks, ..Default::default() };
+    spec.task.image = "busybox".into();
+    spec.task.reserve_memory = 16 << 20;
+    base.apply(1, &Request { at_ms: 1, cmd: Command::CreateService { id: "svc".into(), spec } });
+    let (mut plan_ms, mut encode_ms, mut apply_ms, mut total_ms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for _ in 0..rounds.max(1) {
+        let mut state = base.clone();
+        let mut n = 0u64;
+        let t = Instant::now();
+        let changes = shoal_manager::orchestrator::plan(&state, &mut || {
+            n += 1;
+            format!("task{n:07}")
+        });
+        let planned = t.elapsed();
+        let req = Request { at_ms: 2, cmd: Command::Tasks { changes } };
+        let encoded = serde_json::to_vec(&req)?;
+        let decoded: Request = serde_json::from_slice(&encoded)?;
+        let coded = t.elapsed();
+        state.apply(2, &decoded);
+        let done = t.elapsed();
+        let placed = state.tasks.values().filter(|t| t.status.state == TaskState::Assigned).count() as u64;
+        anyhow::ensure!(placed == tasks, "placed {placed} of {tasks}");
+        bytes = encoded.len();
+        plan_ms.push(planned.as_secs_f64() * 1000.0);
+        encode_ms.push((coded - planned).as_secs_f64() * 1000.0);
+        apply_ms.push((done - coded).as_secs_f64() * 1000.0);
+        total_ms.push(done.as_secs_f64() * 1000.0);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{}",
+        serde_json::json!({"nodes": nodes, "tasks": tasks, "total_ms": total_ms.clone(), "median_ms": med(&mut total_ms),
+            "plan_ms": med(&mut plan_ms), "encode_ms": med(&mut encode_ms), "apply_ms": med(&mut apply_ms), "entry_bytes": bytes})
+    );
+    Ok(())
 }

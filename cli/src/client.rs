@@ -76,5 +76,6 @@ pub async fn engine(cli: &Cli) -> anyhow::Result<shoal_proto::pb::engine_client:
 }
 
 pub async fn control(cli: &Cli) -> anyhow::Result<ControlClient<Channel>> {
-    Ok(ControlClient::new(channel(cli).await?))
+    // Task lists of big services run to megabytes.
+    Ok(ControlClient::new(channel(cli).await?).max_decoding_message_size(256 << 20))
 }

@@ -62,7 +62,10 @@ macro_rules! route {
         match $self.mgr.route(&$req).await? {
             Route::Local => $req.into_inner(),
             Route::Leader { channel, .. } => {
-                return $client::new(channel).$method(auth::forwarded($req.into_inner(), &$caller)).await;
+                return $client::new(channel)
+                    .max_decoding_message_size(crate::server::MAX_MESSAGE)
+                    .$method(auth::forwarded($req.into_inner(), &$caller))
+                    .await;
             }
         }
     };

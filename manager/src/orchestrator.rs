@@ -322,7 +322,8 @@ impl Load {
 
 /// Places every pending task (existing, or created in this pass).
 fn schedule(state: &State, out: &mut Vec<TaskChange>) {
-    let mut loads: HashMap<&str, Load> = state.nodes.keys().map(|id| (id.as_str(), Load::default())).collect();
+    // Keyed like `state.nodes`, so both iterate in the same order.
+    let mut loads: BTreeMap<&str, Load> = state.nodes.keys().map(|id| (id.as_str(), Load::default())).collect();
     for t in state.tasks.values().filter(|t| t.desired == TaskState::Running && !t.status.state.is_terminal() && !t.node_id.is_empty()) {
         if let Some(l) = loads.get_mut(t.node_id.as_str()) {
             l.add(t);
@@ -370,8 +371,10 @@ fn schedule(state: &State, out: &mut Vec<TaskChange>) {
         decisions.push((t.id.clone(), decision));
     }
     let mut extra = Vec::new();
+    let created_at: HashMap<String, usize> =
+        out.iter().enumerate().filter_map(|(i, c)| if let TaskChange::Create(t) = c { Some((t.id.clone(), i)) } else { None }).collect();
     for (id, decision) in decisions {
-        let created = out.iter_mut().find_map(|c| if let TaskChange::Create(t) = c { (t.id == id).then_some(t) } else { None });
+        let created = created_at.get(&id).and_then(|i| if let TaskChange::Create(t) = &mut out[*i] { Some(t) } else { None });
         match (created, decision) {
             (Some(t), Ok(node)) => {
                 t.node_id = node;
@@ -390,12 +393,13 @@ fn schedule(state: &State, out: &mut Vec<TaskChange>) {
 }
 
 /// The node for `t`, or why there is none.
-fn place(state: &State, loads: &HashMap<&str, Load>, t: &Task) -> Result<String, String> {
+fn place(state: &State, loads: &BTreeMap<&str, Load>, t: &Task) -> Result<String, String> {
     let spec = &t.spec;
     let mut why: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let mut best: Option<((u64, u64, String), String)> = None;
-    for node in state.nodes.values() {
-        let load = loads.get(node.id.as_str()).cloned().unwrap_or_default();
+    // Fewest of this service, then fewest overall; ties go to the first node by id.
+    let mut best: Option<((u64, u64), &str)> = None;
+    for (node, load) in state.nodes.values().zip(loads.values()) {
+        let mine = load.per_service.get(&t.service_id).copied().unwrap_or(0);
         let refused = refusal(node, spec).or_else(|| {
             if spec.reserve_memory > 0 && load.memory + spec.reserve_memory > node.description.memory_bytes {
                 Some("insufficient memory")
@@ -403,7 +407,7 @@ fn place(state: &State, loads: &HashMap<&str, Load>, t: &Task) -> Result<String,
                 Some("insufficient CPU")
             } else if spec.ports.iter().any(|p| load.ports.iter().any(|(n, proto)| *n == p.published && *proto == p.protocol)) {
                 Some("host-mode port already in use")
-            } else if spec.max_replicas_per_node > 0 && load.per_service.get(&t.service_id).copied().unwrap_or(0) >= spec.max_replicas_per_node {
+            } else if spec.max_replicas_per_node > 0 && mine >= spec.max_replicas_per_node {
                 Some("max replicas per node reached")
             } else {
                 None
@@ -413,13 +417,13 @@ fn place(state: &State, loads: &HashMap<&str, Load>, t: &Task) -> Result<String,
             *why.entry(r).or_default() += 1;
             continue;
         }
-        let rank = (load.per_service.get(&t.service_id).copied().unwrap_or(0), load.tasks, node.id.clone());
+        let rank = (mine, load.tasks);
         if best.as_ref().is_none_or(|(b, _)| rank < *b) {
-            best = Some((rank, node.id.clone()));
+            best = Some((rank, node.id.as_str()));
         }
     }
     match best {
-        Some((_, id)) => Ok(id),
+        Some((_, id)) => Ok(id.to_string()),
         None if why.is_empty() => Err("no suitable node (no nodes)".into()),
         None => {
             let parts: Vec<String> = why.iter().map(|(r, n)| format!("{r} on {n} node{}", if *n == 1 { "" } else { "s" })).collect();
@@ -459,12 +463,15 @@ pub async fn lead(mgr: std::sync::Arc<crate::Manager>, token: tokio_util::sync::
         // The same changes again (the state did not take them): wait for news instead of spinning.
         if !changes.is_empty() && changes != last {
             last = changes.clone();
-            let n = changes.len();
-            if let Err(e) = mgr.write(crate::state::Command::Tasks { changes }).await {
-                tracing::warn!(error = %e, changes = n, "orchestrator write failed; retrying");
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            // Big passes go in several entries, each well under the transport's message limit.
+            for chunk in changes.chunks(MAX_CHANGES_PER_ENTRY) {
+                if let Err(e) = mgr.write(crate::state::Command::Tasks { changes: chunk.to_vec() }).await {
+                    tracing::warn!(error = %e, changes = chunk.len(), "orchestrator write failed; retrying");
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                    }
+                    break;
                 }
             }
             continue; // look again at the state it made
@@ -480,6 +487,9 @@ pub async fn lead(mgr: std::sync::Arc<crate::Manager>, token: tokio_util::sync::
         }
     }
 }
+
+/// A task change is under 1 KiB of JSON: 2,000 keep an entry near 1.5 MiB.
+const MAX_CHANGES_PER_ENTRY: usize = 2_000;
 
 /// How often the orchestrator looks even when nothing changed (restart back-offs come due).
 const RESYNC: std::time::Duration = std::time::Duration::from_millis(500);
