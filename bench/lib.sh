@@ -109,3 +109,47 @@ lab_with_image() {
   s image import "$WORK/rootfs.tar" "$name" >/dev/null || die "image import failed"
 }
 s() { "${SHOAL_BIN:-$REPO/target/debug/shoal}" -H unix:///tmp/shoal-lab/h1/run/shoal/shoal.sock "$@"; }
+
+# ---------------------------------------------------------------- services (5 hosts, 3 managers)
+# sI I ARGS...: the CLI against host I's local socket
+sI() { local i=$1; shift; "${SHOAL_BIN:-$REPO/target/debug/shoal}" -H "unix:///tmp/shoal-lab/h$i/run/shoal/shoal.sock" "$@"; }
+
+# svc_lab: a 5-host swarm (3 managers) with the busybox image bench:svc on every host
+svc_lab() {
+  local bb i; bb=$(command -v busybox) || die "busybox-static is needed"
+  [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
+  WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
+  trap 'lab_down; rm -rf "$WORK"' EXIT
+  lab up 5 --managers 3 >&2 || die "deploy/lab up failed"
+  mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc"
+  cp "$bb" "$WORK/rootfs/bin/busybox"
+  ln -s busybox "$WORK/rootfs/bin/sh"; ln -s busybox "$WORK/rootfs/bin/sleep"
+  echo 'root:x:0:0:root:/:/bin/sh' > "$WORK/rootfs/etc/passwd"
+  tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" .
+  for i in 1 2 3 4 5; do sI "$i" image import "$WORK/rootfs.tar" bench:svc >/dev/null || die "image import on host $i failed"; done
+}
+
+# svc_running SVC [MGR]: running tasks of SVC that are of its current spec (-1 if unknown)
+svc_running() {
+  sI "${2:-1}" service ps --format json "$1" 2>/dev/null | python3 -c '
+import json, sys
+try:
+    a = json.load(sys.stdin)
+except Exception:
+    print(-1); sys.exit()
+v = max([t["task"]["spec_version"] for t in a] or [0])
+print(sum(1 for t in a if t["task"]["desired"] == "running" and t["task"]["status"]["state"] == "running" and t["task"]["spec_version"] == v))'
+}
+# svc_nodes SVC: hostnames of SVC'"'"'s running tasks, one per line
+svc_nodes() {
+  sI 1 service ps --format json "$1" 2>/dev/null | python3 -c '
+import json, sys
+for t in json.load(sys.stdin):
+    if t["task"]["desired"] == "running" and t["task"]["status"]["state"] == "running":
+        print(t["node"])'
+}
+svc_is() { [ "$(svc_running "$1")" = "$2" ]; }
+# svc_gone: no task container left on any host
+svc_gone() { local i; for i in 1 2 3 4 5; do [ -z "$(sI "$i" ps -aq 2>/dev/null)" ] || return 1; done; }
+# svc_create NAME N: creates a replicated sleeper service (detached)
+svc_create() { sI 1 service create -d --name "$1" --replicas "$2" --stop-grace-period 1s --restart-delay 0s bench:svc sleep 1000000 >/dev/null; }

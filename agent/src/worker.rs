@@ -19,6 +19,9 @@ use crate::images::ImageStore;
 use crate::registry::Registries;
 use crate::runtime::{Container, Containers, RunRequest, Status};
 
+/// Containers a node starts at once.
+const PARALLEL_STARTS: usize = 4;
+
 /// How often the worker looks at its containers even when nothing was said.
 const RESCAN: Duration = Duration::from_secs(1);
 
@@ -33,8 +36,9 @@ pub struct Worker {
     reported: Mutex<HashMap<String, TaskState>>,
     /// Reports waiting for the session to send them.
     outbox: Mutex<Vec<pb::TaskStatusReport>>,
-    /// Tasks whose containers are being stopped.
+    /// Tasks whose containers are being stopped, or started.
     stopping: Mutex<std::collections::HashSet<String>>,
+    starting: Mutex<std::collections::HashSet<String>>,
     pub outbox_ready: Notify,
     wake: Notify,
 }
@@ -51,6 +55,7 @@ impl Worker {
             reported: Mutex::new(HashMap::new()),
             outbox: Mutex::new(Vec::new()),
             stopping: Mutex::new(Default::default()),
+            starting: Mutex::new(Default::default()),
             outbox_ready: Notify::new(),
             wake: Notify::new(),
         })
@@ -116,7 +121,7 @@ impl Worker {
                 match c {
                     None if t.status.state.is_terminal() => {}
                     None if now_ms() < t.not_before_ms => {} // a restart's back-off
-                    None => self.start(t),
+                    None => self.start_soon(t),
                     Some(c) => {
                         if let Some(s) = observed(c) {
                             self.report(t, s);
@@ -138,7 +143,9 @@ impl Worker {
         }
         // Containers of tasks this node no longer has go.
         for (id, c) in &mine {
-            if !tasks.iter().any(|t| t.id == *id) && !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {
+            if !tasks.iter().any(|t| t.id == *id) && !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+                && !self.starting.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+            {
                 tracing::info!(container = %c.record.name, "removing the container of a task no longer assigned here");
                 if let Err(e) = self.containers.remove(&c.record.id, true, true) {
                     tracing::warn!(container = %c.record.name, error = %e, "removing failed");
@@ -161,6 +168,24 @@ impl Worker {
                 Err(e) => tracing::warn!(task = %t.name(), error = %e, "stopping the task's container failed"),
             }
             this.stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
+            this.wake.notify_one();
+        });
+    }
+
+    /// Starts a task's container on a thread of its own (several at once,
+    /// up to `PARALLEL_STARTS`); the next pass picks up what is left.
+    fn start_soon(self: &Arc<Self>, t: &Task) {
+        {
+            let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+            if starting.contains(&t.id) || starting.len() >= PARALLEL_STARTS {
+                return;
+            }
+            starting.insert(t.id.clone());
+        }
+        let (this, t) = (self.clone(), t.clone());
+        std::thread::spawn(move || {
+            this.start(&t);
+            this.starting.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
             this.wake.notify_one();
         });
     }

@@ -367,19 +367,19 @@ async fn tasks(control: &mut Control, service: &str) -> anyhow::Result<Vec<(Task
 async fn follow(control: &mut Control, id: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + FOLLOW_FOR;
     let mut last = String::new();
+    let mut rolling_back = false;
     loop {
         let (svc, entry) = find(control, id).await?;
         let spec: ServiceSpec = serde_json::from_value(svc["spec"].clone())?;
-        let version = svc["spec_version"].as_u64().unwrap_or(0);
         let ts = tasks(control, id).await?;
         let live: Vec<&Task> = ts.iter().map(|(t, _)| t).filter(|t| t.desired == TaskState::Running).collect();
-        let current = live.iter().filter(|t| t.spec_version == version && t.status.state == TaskState::Running).count() as u64;
+        let current = live.iter().filter(|t| t.spec == spec.task && t.status.state == TaskState::Running).count() as u64;
         let completed = entry["completed"].as_u64().unwrap_or(0);
         let wanted = if spec.mode.is_global() { live.len() as u64 } else { spec.replicas };
         let (done, line) = if spec.mode.is_job() {
             (completed >= wanted && live.iter().all(|t| t.status.state.is_terminal()), format!("job progress: {completed} out of {wanted} complete"))
         } else {
-            (current == wanted && live.len() as u64 == wanted && live.iter().all(|t| t.spec_version == version), format!("overall progress: {current} out of {wanted} tasks"))
+            (current == wanted && live.len() as u64 == wanted && live.iter().all(|t| t.spec == spec.task), format!("overall progress: {current} out of {wanted} tasks"))
         };
         let problems: Vec<String> = live.iter().filter(|t| !t.status.err.is_empty() && !t.status.state.is_terminal()).map(|t| format!("{}: {}", t.name(), t.status.err)).collect();
         let shown = if problems.is_empty() { line.clone() } else { format!("{line}\n{}", problems.join("\n")) };
@@ -390,6 +390,13 @@ async fn follow(control: &mut Control, id: &str) -> anyhow::Result<()> {
         let update_state: UpdateState = serde_json::from_value(svc["update_state"].clone()).unwrap_or_default();
         if update_state == UpdateState::Paused {
             bail!("update paused: {}", svc["update_message"].as_str().unwrap_or_default());
+        }
+        if update_state == UpdateState::RollbackStarted && !rolling_back && svc["update_message"].as_str().is_some_and(|m| m.contains("rolled back due to")) {
+            rolling_back = true;
+            println!("rollback: {}", svc["update_message"].as_str().unwrap_or_default());
+        }
+        if done && rolling_back {
+            bail!("{}: the update failed and was rolled back: {}", spec.name, svc["update_message"].as_str().unwrap_or_default());
         }
         if done {
             println!("verify: Service {} converged", spec.name);

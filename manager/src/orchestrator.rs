@@ -8,7 +8,9 @@
 //!   by its restart policy (a new task in the same slot, with a doubling
 //!   back-off); a task on a down node is replaced at once; a task on a node
 //!   that no longer fits (drained, constraints) leaves it; out-of-date tasks
-//!   are replaced `parallelism` at a time, stop-first or start-first.
+//!   (whose spec differs from the service's) are replaced `parallelism` at a
+//!   time, stop-first or start-first. When new tasks fail beyond the update's
+//!   failure ratio, it pauses or rolls back to the previous spec.
 //! - Scheduler (the only writer of `node_id`): filters (ready, active,
 //!   constraints, reservations, host ports, max per node), each able to say
 //!   why a node was refused; then spread (fewest tasks of this service, then
@@ -188,11 +190,11 @@ impl Orchestrator<'_> {
         if let Some(&current) = live.last() {
             // start-first: the older ones go once the newest runs.
             for old in &live[..live.len() - 1] {
-                if current.status.state >= TaskState::Running || current.spec_version < self.svc.spec_version {
+                if current.status.state >= TaskState::Running || current.spec != self.svc.spec.task {
                     self.shutdown(old);
                 }
             }
-            if current.spec_version < self.svc.spec_version && *budget > 0 && live.len() == 1 {
+            if current.spec != self.svc.spec.task && *budget > 0 && live.len() == 1 {
                 *budget -= 1;
                 if spec.update.order == UpdateOrder::StartFirst {
                     self.create(slot, node, 0, 0);
@@ -214,7 +216,7 @@ impl Orchestrator<'_> {
         }
         if !spec.mode.is_job() || last.status.state != TaskState::Complete {
             let ended_by_itself = matches!(last.status.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected);
-            if !ended_by_itself || last.spec_version < self.svc.spec_version {
+            if !ended_by_itself || last.spec != self.svc.spec.task {
                 self.create(slot, node, 0, 0);
                 return true;
             }
@@ -276,19 +278,36 @@ impl Orchestrator<'_> {
             return;
         }
         let mine = || self.state.tasks.values().filter(|t| t.service_id == svc.id);
-        if let Some(bad) = mine().find(|t| t.spec_version == svc.spec_version && matches!(t.status.state, TaskState::Failed | TaskState::Rejected))
-            && svc.update_state == UpdateState::Updating
-            && svc.spec.update.failure_action == shoal_proto::service::FailureAction::Pause
+        // New tasks that failed, against the ratio the update tolerates.
+        let new: Vec<&Task> = mine().filter(|t| t.spec_version == svc.spec_version).collect();
+        let failed = new.iter().filter(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected)).count();
+        let tolerated = (svc.spec.update.max_failure_ratio * new.len().max(1) as f64).floor() as usize;
+        if svc.update_state == UpdateState::Updating
+            && failed > tolerated
+            && let Some(bad) = new.iter().find(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected))
         {
-            self.out.push(TaskChange::UpdateState {
-                service_id: svc.id.clone(),
-                state: UpdateState::Paused,
-                message: format!("update paused due to failure or early termination of task {}", bad.id),
-            });
-            return;
+            let why = if bad.status.err.is_empty() { bad.status.state.to_string() } else { bad.status.err.clone() };
+            match svc.spec.update.failure_action {
+                shoal_proto::service::FailureAction::Pause => {
+                    self.out.push(TaskChange::UpdateState {
+                        service_id: svc.id.clone(),
+                        state: UpdateState::Paused,
+                        message: format!("update paused due to failure or early termination of task {}: {why}", bad.id),
+                    });
+                    return;
+                }
+                shoal_proto::service::FailureAction::Rollback => {
+                    self.out.push(TaskChange::Rollback {
+                        service_id: svc.id.clone(),
+                        message: format!("update rolled back due to failure or early termination of task {}: {why}", bad.id),
+                    });
+                    return;
+                }
+                shoal_proto::service::FailureAction::Continue => {}
+            }
         }
         let done = !self.out.iter().any(|c| matches!(c, TaskChange::Create(t) if t.service_id == svc.id))
-            && mine().filter(|t| t.desired == TaskState::Running).all(|t| t.spec_version == svc.spec_version && t.status.state == TaskState::Running);
+            && mine().filter(|t| t.desired == TaskState::Running).all(|t| t.spec == svc.spec.task && t.status.state == TaskState::Running);
         if done {
             let (state, message) = if svc.update_state == UpdateState::Updating {
                 (UpdateState::Completed, "update completed")
@@ -745,6 +764,31 @@ mod tests {
         assert!(!changes.iter().any(|c| matches!(c, TaskChange::Create(_))));
         w.settle();
         assert_eq!(w.running(&web).len(), 4);
+    }
+
+    #[test]
+    fn a_failing_update_rolls_back_by_itself() {
+        let mut w = five();
+        let web = w.service("web", |s| {
+            s.replicas = 3;
+            s.update.failure_action = shoal_proto::service::FailureAction::Rollback;
+        });
+        w.settle();
+        let old = w.state.services[&web].spec.task.clone();
+        let mut spec = w.state.services[&web].spec.clone();
+        spec.task.image = "broken".into();
+        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        // The first new task cannot start.
+        w.pass();
+        w.run_all();
+        w.pass();
+        let bad = w.state.tasks.values().find(|t| t.spec.image == "broken" && t.desired == TaskState::Running).cloned().expect("a new task");
+        w.apply(Command::TaskStatus { node_id: bad.node_id.clone(), updates: vec![(bad.id.clone(), TaskStatus { state: TaskState::Rejected, err: "No such image: broken".into(), ..Default::default() })] });
+        w.settle();
+        let svc = &w.state.services[&web];
+        assert_eq!(svc.spec.task, old, "back to the previous spec");
+        assert_eq!(svc.update_state, UpdateState::RollbackCompleted);
+        assert!(w.running(&web).len() == 3 && w.running(&web).iter().all(|t| t.spec.image == "img"));
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub enum TaskChange {
     Status { id: String, status: TaskStatus },
     Delete { id: String },
     UpdateState { service_id: String, state: UpdateState, message: String },
+    /// The update failed and its failure action is rollback: back to the previous spec.
+    Rollback { service_id: String, message: String },
 }
 
 impl Command {
@@ -395,6 +397,19 @@ impl State {
                 Some(ObjKey::Task(id.clone()))
             }
             TaskChange::Delete { id } => self.tasks.remove(id).map(|_| ObjKey::Task(id.clone())),
+            TaskChange::Rollback { service_id, message } => {
+                let s = self.services.get_mut(service_id)?;
+                let previous = s.previous_spec.clone()?;
+                if s.update_state != UpdateState::Updating {
+                    return None;
+                }
+                s.previous_spec = Some(std::mem::replace(&mut s.spec, previous));
+                s.spec_version = index;
+                s.update_state = UpdateState::RollbackStarted;
+                s.update_message = message.clone();
+                stamp(&mut s.meta, index, at, false);
+                Some(ObjKey::Service(service_id.clone()))
+            }
             TaskChange::UpdateState { service_id, state, message } => {
                 let s = self.services.get_mut(service_id)?;
                 if s.update_state == *state && s.update_message == *message {

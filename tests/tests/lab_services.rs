@@ -1,7 +1,8 @@
 //! Services on a 5-host lab (3 managers) with the real binary: replicas
 //! spread evenly, scale up and down, a global service following drains, a
 //! constraint with max-per-node that explains what it cannot place, a job
-//! that runs to completion, a start-first rolling update, a worker killed
+//! that runs to completion, a start-first rolling update, an update to a bad
+//! image that rolls itself back, a worker killed
 //! (its tasks run elsewhere, and it runs none of them when it returns), the
 //! leader killed in the middle of an update, and removal leaving nothing.
 
@@ -106,6 +107,15 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     ensure!(web.iter().all(|t| t["task"]["spec"]["env"].as_array().is_some_and(|e| e.iter().any(|v| v == "V=2"))), "every task has the new spec");
     let ps = lab.shoal(1, &["service", "ps", "web"])?;
     ensure!(ps.contains("\\_ web.1") && ps.contains("Shutdown"), "the old task is history: {ps}");
+
+    // A bad image rolls back by itself (the registry on the lab switch refuses at once).
+    let out = lab.exec(1, &["service", "update", "--image", "10.98.0.254:5999/nosuch:1", "--update-failure-action", "rollback", "web"])?;
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(!out.status.success() && said.contains("rolled back") && said.contains("No such image"), "{said}");
+    let web = converged(&lab, 1, "web", 5, 30)?;
+    ensure!(web.iter().all(|t| t["task"]["spec"]["image"] == "busybox:local"), "back on the old image");
+    let inspect: Value = serde_json::from_str(&lab.shoal(1, &["service", "inspect", "web"])?)?;
+    ensure!(inspect[0]["update_state"] == "rollback_completed", "{}", inspect[0]["update_state"]);
 
     // kill -9 a worker: its tasks run elsewhere; when it comes back it runs none of them.
     lab.shoal(1, &["service", "scale", "web=10"])?;

@@ -587,7 +587,7 @@ impl Containers {
         if req.attach && req.auto_remove {
             self.holds.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), std::time::Instant::now());
         }
-        let result = self.prepare_and_start(&id, &name, req, &run, &settings, &dir);
+        let result = self.prepare(&id, &name, req, &run, &settings, &dir);
         if let Err(e) = result {
             self.teardown(&dir);
             if let (Some(nets), false) = (self.networks.get(), settings.networks.is_empty()) {
@@ -595,11 +595,20 @@ impl Containers {
             }
             return Err(e);
         }
+        // The container exists (its record is written): others may be created
+        // while its shim starts it.
         drop(_g);
+        if let Err(e) = self.spawn_shim(&id, &dir) {
+            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.teardown(&dir);
+            return Err(e);
+        }
         self.find(&id)
     }
 
-    fn prepare_and_start(
+    /// Everything a container is before its shim starts it: its root, its
+    /// files and its record.
+    fn prepare(
         &self,
         id: &str,
         name: &str,
@@ -676,7 +685,7 @@ impl Containers {
         // The log exists before the container does, so a reader never misses its start.
         let log = dir.join("log");
         std::fs::File::create(&log).map_err(io("creating", &log))?;
-        self.spawn_shim(id, dir)
+        Ok(())
     }
 
     fn spawn_shim(&self, id: &str, dir: &Path) -> Result<(), ContainerError> {
