@@ -153,3 +153,19 @@ svc_is() { [ "$(svc_running "$1")" = "$2" ]; }
 svc_gone() { local i; for i in 1 2 3 4 5; do [ -z "$(sI "$i" ps -aq 2>/dev/null)" ] || return 1; done; }
 # svc_create NAME N: creates a replicated sleeper service (detached)
 svc_create() { sI 1 service create -d --name "$1" --replicas "$2" --stop-grace-period 1s --restart-delay 0s bench:svc sleep 1000000 >/dev/null; }
+
+# fig_create N REPS: `service create --replicas N` → N running, REPS times (create100, create500)
+fig_create() {
+  local n=$1 reps=$2 rep samples=()
+  svc_lab
+  for rep in $(seq 1 "$reps"); do
+    T0=$(now_ms)
+    svc_create "c$n-$rep" "$n" || die "service create failed"
+    wait_until 600 svc_is "c$n-$rep" "$n" || die "rep $rep: $n tasks not running within 600 s"
+    samples+=("$(( $(now_ms) - T0 ))")
+    log "rep $rep: ${samples[-1]} ms"
+    sI 1 service rm "c$n-$rep" >/dev/null
+    wait_until 600 svc_gone || die "rep $rep: containers left after rm"
+  done
+  printf '%s\n' "${samples[@]}" | stats "create${n}_ms" ms
+}

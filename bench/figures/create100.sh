@@ -1,20 +1,7 @@
 #!/usr/bin/env bash
 # create100: `service create --replicas 100` → all 100 tasks running, on a 5-host lab with 3
-# managers (sleeper tasks on the default bridge network). Measured from the create call to the
-# first poll that sees 100 running; reps BENCH_CREATE_REPS (default 3).
-# Docker Swarm on the same lab took ~20 s (shared/notes/peers-and-scale.md).
+# managers (sleeper tasks on the default bridge network), from the create call to the first
+# poll that sees 100 running. Reps BENCH_CREATE_REPS (default 3). Docker Swarm: ~20 s here.
 set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/../lib.sh"
-REPS=${BENCH_CREATE_REPS:-3}
-svc_lab
-samples=()
-for rep in $(seq 1 "$REPS"); do
-  T0=$(now_ms)
-  svc_create "c100-$rep" 100 || die "service create failed"
-  wait_until 600 svc_is "c100-$rep" 100 || die "rep $rep: 100 tasks not running within 600 s"
-  samples+=("$(( $(now_ms) - T0 ))")
-  log "rep $rep: ${samples[-1]} ms"
-  sI 1 service rm "c100-$rep" >/dev/null
-  wait_until 600 svc_gone || die "rep $rep: containers left after rm"
-done
-printf '%s\n' "${samples[@]}" | stats create100_ms ms
+fig_create 100 "${BENCH_CREATE_REPS:-3}"

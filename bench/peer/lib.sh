@@ -44,3 +44,40 @@ peer_all_ready() { # N nodes Ready, exactly one Leader, no Unreachable manager (
   done
   return 1
 }
+
+# ---------------------------------------------------------------- services on the peer
+PEER_SVC_OPTS=(--detach --no-resolve-image --stop-signal KILL)
+peer_svc_lab() { # 5 hosts, 3 managers, busybox:local on every host
+  peer_check
+  trap peer_down EXIT
+  "$PEER/swarm.sh" up 5 3 >&2 || die "swarm.sh up 5 3 failed"
+  wait_until 120 peer_all_ready 5 || die "the peer swarm is not ready"
+}
+# peer_running SVC: tasks running as `service ls` counts them
+peer_running() {
+  td 10 1 service ls --filter "name=$1" --format '{{.Name}} {{.Replicas}}' 2>/dev/null |
+    awk -v s="$1" '$1==s {split($2,a,"/"); print a[1]+0; f=1} END{if(!f) print -1}'
+}
+peer_is() { [ "$(peer_running "$1")" = "$2" ]; }
+# peer_updated SVC ENV N: N running tasks carry ENV
+peer_updated() {
+  [ "$(td 20 1 service ps --filter desired-state=running --format '{{.ID}} {{.CurrentState}}' "$1" 2>/dev/null | grep -c ' Running')" -ge "$3" ] &&
+  [ "$(td 20 1 service inspect -f '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$1" 2>/dev/null)" != updating ] &&
+  [ "$(td 20 1 service ps --filter desired-state=running -q "$1" 2>/dev/null | wc -l)" -eq "$3" ]
+}
+peer_gone() { local i; for i in 1 2 3 4 5; do [ -z "$(td 10 "$i" ps -q 2>/dev/null)" ] || return 1; done; }
+# peer_fig_create N REPS: the same on the peer
+peer_fig_create() {
+  local n=$1 reps=$2 rep samples=()
+  peer_svc_lab
+  for rep in $(seq 1 "$reps"); do
+    T0=$(now_ms)
+    d 1 service create "${PEER_SVC_OPTS[@]}" --name "c$n-$rep" --replicas "$n" busybox:local sleep 1000000 >/dev/null || die "create failed"
+    wait_until 900 peer_is "c$n-$rep" "$n" || die "rep $rep: not running in time"
+    samples+=("$(( $(now_ms) - T0 ))")
+    log "peer rep $rep: ${samples[-1]} ms"
+    d 1 service rm "c$n-$rep" >/dev/null
+    wait_until 300 peer_gone || true
+  done
+  printf '%s\n' "${samples[@]}" | stats "create${n}_ms" ms
+}

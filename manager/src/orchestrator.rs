@@ -14,7 +14,7 @@
 //! - Scheduler (the only writer of `node_id`): filters (ready, active,
 //!   constraints, reservations, host ports, max per node), each able to say
 //!   why a node was refused; then spread (fewest tasks of this service, then
-//!   fewest tasks overall).
+//!   fewest tasks overall), after spreading over a label's values when asked.
 //! - History: a slot keeps its `HISTORY` newest ended tasks.
 
 use std::collections::{BTreeMap, HashMap};
@@ -415,8 +415,18 @@ fn schedule(state: &State, out: &mut Vec<TaskChange>) {
 fn place(state: &State, loads: &BTreeMap<&str, Load>, t: &Task) -> Result<String, String> {
     let spec = &t.spec;
     let mut why: BTreeMap<&'static str, usize> = BTreeMap::new();
-    // Fewest of this service, then fewest overall; ties go to the first node by id.
-    let mut best: Option<((u64, u64), &str)> = None;
+    // `--placement-pref spread=node.labels.zone`: first the label value with the
+    // fewest tasks of this service (nodes without the label form one group).
+    let spread_key = spec.spread.first().map(|k| k.trim_start_matches("node.labels.").to_string());
+    let group_of = |node: &Node| spread_key.as_ref().map(|k| node.spec.labels.get(k).cloned().unwrap_or_default());
+    let mut groups: HashMap<String, u64> = HashMap::new();
+    if spread_key.is_some() {
+        for (node, load) in state.nodes.values().zip(loads.values()) {
+            *groups.entry(group_of(node).unwrap_or_default()).or_default() += load.per_service.get(&t.service_id).copied().unwrap_or(0);
+        }
+    }
+    // Then fewest of this service, then fewest overall; ties go to the first node by id.
+    let mut best: Option<((u64, u64, u64), &str)> = None;
     for (node, load) in state.nodes.values().zip(loads.values()) {
         let mine = load.per_service.get(&t.service_id).copied().unwrap_or(0);
         let refused = refusal(node, spec).or_else(|| {
@@ -436,7 +446,8 @@ fn place(state: &State, loads: &BTreeMap<&str, Load>, t: &Task) -> Result<String
             *why.entry(r).or_default() += 1;
             continue;
         }
-        let rank = (mine, load.tasks);
+        let group = group_of(node).map_or(0, |g| groups.get(&g).copied().unwrap_or(0));
+        let rank = (group, mine, load.tasks);
         if best.as_ref().is_none_or(|(b, _)| rank < *b) {
             best = Some((rank, node.id.as_str()));
         }
@@ -717,6 +728,22 @@ mod tests {
         w.settle();
         assert_eq!(w.running(&p).len(), 2);
         assert!(w.state.tasks.values().any(|t| t.status.err == "no suitable node (host-mode port already in use on 2 nodes)"));
+    }
+
+    #[test]
+    fn placement_preferences_spread_over_label_values() {
+        let mut w = World::new(&[("a1", Role::Worker), ("a2", Role::Worker), ("a3", Role::Worker), ("b1", Role::Worker)]);
+        for (id, zone) in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")] {
+            w.state.nodes.get_mut(id).unwrap().spec.labels.insert("zone".into(), zone.into());
+        }
+        let svc = w.service("zoned", |s| {
+            s.replicas = 4;
+            s.task.spread = vec!["node.labels.zone".into()];
+        });
+        w.settle();
+        let per = w.per_node(&svc);
+        assert_eq!(per.get("b1"), Some(&2), "half in zone b, on its one node: {per:?}");
+        assert_eq!(per.iter().filter(|(n, _)| n.starts_with('a')).map(|(_, c)| c).sum::<usize>(), 2);
     }
 
     #[test]

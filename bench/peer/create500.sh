@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# create500 on the peer Docker Swarm (5 hosts, 3 managers), measured like ours.
+set -uo pipefail
+HERE=$(dirname "$(readlink -f "$0")")
+. "$HERE/../lib.sh"
+. "$HERE/lib.sh"
+peer_fig_create 500 "${BENCH_CREATE_REPS:-1}"
