@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use shoal_proto::model::now_ms;
 use shoal_proto::pb;
-use shoal_proto::service::{Task, TaskState, TaskStatus, expand_template};
+use shoal_proto::service::{HealthCheck, Task, TaskState, TaskStatus, expand_template};
 use tokio::sync::Notify;
 
 use crate::images::ImageStore;
@@ -24,6 +24,15 @@ const PARALLEL_STARTS: usize = 4;
 
 /// How often the worker looks at its containers even when nothing was said.
 const RESCAN: Duration = Duration::from_secs(1);
+
+/// Where a task's health check stands.
+#[derive(Default)]
+struct Health {
+    healthy: bool,
+    failures: u32,
+    next_ms: u64,
+    checking: bool,
+}
 
 pub struct Worker {
     containers: Arc<Containers>,
@@ -39,6 +48,8 @@ pub struct Worker {
     /// Tasks whose containers are being stopped, or started.
     stopping: Mutex<std::collections::HashSet<String>>,
     starting: Mutex<std::collections::HashSet<String>>,
+    /// Health checks of running tasks.
+    health: Mutex<HashMap<String, Health>>,
     pub outbox_ready: Notify,
     wake: Notify,
 }
@@ -56,6 +67,7 @@ impl Worker {
             outbox: Mutex::new(Vec::new()),
             stopping: Mutex::new(Default::default()),
             starting: Mutex::new(Default::default()),
+            health: Mutex::new(HashMap::new()),
             outbox_ready: Notify::new(),
             wake: Notify::new(),
         })
@@ -122,11 +134,12 @@ impl Worker {
                     None if t.status.state.is_terminal() => {}
                     None if now_ms() < t.not_before_ms => {} // a restart's back-off
                     None => self.start_soon(t),
-                    Some(c) => {
-                        if let Some(s) = observed(c) {
-                            self.report(t, s);
-                        }
-                    }
+                    Some(c) => match (observed(c), &t.spec.health) {
+                        // With a health check, running means healthy.
+                        (Some(s), Some(h)) if s.state == TaskState::Running => self.check_health(t, c, h),
+                        (Some(s), _) => self.report(t, s),
+                        (None, _) => {}
+                    },
                 }
             } else {
                 match c.map(|c| (c, &c.status)) {
@@ -141,6 +154,7 @@ impl Worker {
                 }
             }
         }
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| tasks.iter().any(|t| t.id == *id && t.desired == TaskState::Running));
         // Containers of tasks this node no longer has go.
         for (id, c) in &mine {
             if !tasks.iter().any(|t| t.id == *id) && !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
@@ -170,6 +184,88 @@ impl Worker {
             this.stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
             this.wake.notify_one();
         });
+    }
+
+    /// Runs the task's health check when it is due (on a thread of its own);
+    /// reports running once it passes, and fails the task (stopping its
+    /// container) after `retries` failures in a row past the start period.
+    fn check_health(self: &Arc<Self>, t: &Task, c: &Container, h: &HealthCheck) {
+        let now = now_ms();
+        let started_ms = match c.status {
+            Status::Running { started_ms, .. } => started_ms,
+            _ => return,
+        };
+        {
+            let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            let st = health.entry(t.id.clone()).or_insert(Health { next_ms: now, ..Default::default() });
+            if st.healthy {
+                drop(health);
+                self.report(t, TaskStatus { state: TaskState::Running, message: "started (healthy)".into(), container_id: c.record.id.clone(), ..Default::default() });
+                return;
+            }
+            if st.checking || now < st.next_ms {
+                return;
+            }
+            st.checking = true;
+        }
+        let (this, t, h, container) = (self.clone(), t.clone(), h.clone(), c.record.id.clone());
+        std::thread::spawn(move || {
+            let passed = this.run_check(&container, &h);
+            let now = now_ms();
+            let verdict = {
+                let mut health = this.health.lock().unwrap_or_else(|p| p.into_inner());
+                let st = health.entry(t.id.clone()).or_default();
+                st.next_ms = now + h.interval_ms;
+                if passed {
+                    st.failures = 0;
+                    st.healthy = true;
+                } else if now >= started_ms + h.start_period_ms {
+                    st.failures += 1;
+                }
+                if passed { Some(true) } else if st.failures >= h.retries { Some(false) } else { None }
+            };
+            match verdict {
+                Some(true) => this.report(&t, TaskStatus { state: TaskState::Running, message: "started (healthy)".into(), container_id: container.clone(), ..Default::default() }),
+                Some(false) => {
+                    tracing::warn!(task = %t.name(), "unhealthy: stopping it");
+                    let _ = this.containers.stop(&container, Some(Duration::from_millis(t.spec.stop_grace_ms)));
+                    this.report(&t, TaskStatus { state: TaskState::Failed, message: "unhealthy".into(), err: "task: container is unhealthy".into(), container_id: container, ..Default::default() });
+                }
+                None => {}
+            }
+            // Only now may the next check start (an unhealthy task is stopped first).
+            if let Some(st) = this.health.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&t.id) {
+                st.checking = false;
+            }
+            this.wake.notify_one();
+        });
+    }
+
+    /// One run of a health check: `sh -c CMD` in the container, within its timeout.
+    fn run_check(&self, container: &str, h: &HealthCheck) -> bool {
+        let req = crate::runtime::ExecRequest { args: vec!["sh".into(), "-c".into(), h.cmd.clone()], ..Default::default() };
+        let Ok(cfg) = self.containers.exec_config(container, req) else { return false };
+        let Ok(json) = serde_json::to_string(&cfg) else { return false };
+        let child = std::process::Command::new(self.containers.exe())
+            .arg("shim-exec")
+            .arg(json)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(mut child) = child else { return false };
+        let deadline = std::time::Instant::now() + Duration::from_millis(h.timeout_ms);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
     }
 
     /// Starts a task's container on a thread of its own (several at once,
@@ -204,7 +300,8 @@ impl Worker {
         self.report(t, TaskStatus { state: TaskState::Starting, message: "starting".into(), ..Default::default() });
         match self.containers.run(&self.run_request(t)) {
             Ok(c) => {
-                if let Some(s) = observed(&c) {
+                // With a health check, the next pass says running once it passes.
+                if let Some(s) = observed(&c).filter(|s| t.spec.health.is_none() || s.state != TaskState::Running) {
                     self.report(t, s);
                 }
             }

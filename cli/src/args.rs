@@ -776,6 +776,22 @@ pub struct ServiceFlags {
     /// published=P,target=T[,protocol=tcp|udp],mode=host (or P:T[/udp]).
     #[arg(short, long, visible_alias = "publish-add")]
     pub publish: Vec<String>,
+    /// A command run in each task's container (`sh -c`); exit 0 is healthy.
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Default 30s.
+    #[arg(long)]
+    pub health_interval: Option<String>,
+    /// Default 30s.
+    #[arg(long)]
+    pub health_timeout: Option<String>,
+    /// Failures in a row before the task fails (default 3).
+    #[arg(long)]
+    pub health_retries: Option<u32>,
+    #[arg(long)]
+    pub health_start_period: Option<String>,
+    #[arg(long)]
+    pub no_healthcheck: bool,
     /// Return at once instead of following the rollout.
     #[arg(short, long)]
     pub detach: bool,

@@ -64,7 +64,7 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
                 control.update_service(pb::ServiceUpdateRequest { id: id.clone(), spec_json: serde_json::to_string(&spec)?, rollback: false }).await?;
                 println!("{name} scaled to {n}");
                 if !detach {
-                    follow(&mut control, &id).await?;
+                    follow(&mut control, &id, &svc).await?;
                 }
             }
             Ok(())
@@ -75,7 +75,7 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
             control.update_service(pb::ServiceUpdateRequest { id: id.clone(), spec_json: String::new(), rollback: true }).await?;
             println!("{service}");
             if !detach {
-                follow(&mut control, &id).await?;
+                follow(&mut control, &id, &svc).await?;
             }
             Ok(())
         }
@@ -121,7 +121,7 @@ async fn create(control: &mut Control, a: &ServiceCreateArgs) -> anyhow::Result<
     let resp = control.create_service(pb::JsonDoc { json: serde_json::to_string(&spec)? }).await?.into_inner();
     println!("{}", resp.id);
     if !a.flags.detach {
-        follow(control, &resp.id).await?;
+        follow(control, &resp.id, &Value::Null).await?;
     }
     Ok(())
 }
@@ -153,7 +153,7 @@ async fn update(control: &mut Control, a: &ServiceUpdateArgs) -> anyhow::Result<
     }
     println!("{}", a.service);
     if !a.flags.detach {
-        follow(control, &id).await?;
+        follow(control, &id, &svc).await?;
     }
     Ok(())
 }
@@ -310,6 +310,30 @@ fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, env_rm: &[String], cons
         t.ports.retain(|q| !(q.published == p.published && q.protocol == p.protocol));
         t.ports.push(p);
     }
+    if f.no_healthcheck {
+        t.health = None;
+    }
+    let health_flags = f.health_interval.is_some() || f.health_timeout.is_some() || f.health_retries.is_some() || f.health_start_period.is_some();
+    if f.health_cmd.is_some() || (health_flags && t.health.is_some()) {
+        let h = t.health.get_or_insert_with(Default::default);
+        if let Some(c) = &f.health_cmd {
+            h.cmd = c.clone();
+        }
+        if let Some(v) = &f.health_interval {
+            h.interval_ms = parse_duration(v)?.max(1);
+        }
+        if let Some(v) = &f.health_timeout {
+            h.timeout_ms = parse_duration(v)?.max(1);
+        }
+        if let Some(v) = f.health_retries {
+            h.retries = v.max(1);
+        }
+        if let Some(v) = &f.health_start_period {
+            h.start_period_ms = parse_duration(v)?;
+        }
+    } else if health_flags {
+        bail!("--health-interval and the like need --health-cmd");
+    }
     for l in &f.label {
         let (k, v) = l.split_once('=').unwrap_or((l, ""));
         spec.labels.insert(k.into(), v.into());
@@ -364,7 +388,9 @@ async fn tasks(control: &mut Control, service: &str) -> anyhow::Result<Vec<(Task
 
 /// Follows a rollout like Docker's progress display, one line per change,
 /// until every slot runs an up-to-date task (or the job completed).
-async fn follow(control: &mut Control, id: &str) -> anyhow::Result<()> {
+/// `before`: the service's update state and message before this command, so
+/// an older rollback is not taken for this one's.
+async fn follow(control: &mut Control, id: &str, before: &Value) -> anyhow::Result<()> {
     let deadline = Instant::now() + FOLLOW_FOR;
     let mut last = String::new();
     let mut rolling_back = false;
@@ -391,7 +417,9 @@ async fn follow(control: &mut Control, id: &str) -> anyhow::Result<()> {
         if update_state == UpdateState::Paused {
             bail!("update paused: {}", svc["update_message"].as_str().unwrap_or_default());
         }
-        if update_state == UpdateState::RollbackStarted && !rolling_back && svc["update_message"].as_str().is_some_and(|m| m.contains("rolled back due to")) {
+        let rolled_back = matches!(update_state, UpdateState::RollbackStarted | UpdateState::RollbackCompleted);
+        let news = (&svc["update_state"], &svc["update_message"]) != (&before["update_state"], &before["update_message"]);
+        if rolled_back && news && !rolling_back && svc["update_message"].as_str().is_some_and(|m| m.contains("rolled back due to")) {
             rolling_back = true;
             println!("rollback: {}", svc["update_message"].as_str().unwrap_or_default());
         }

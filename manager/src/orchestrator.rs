@@ -306,15 +306,20 @@ impl Orchestrator<'_> {
                 shoal_proto::service::FailureAction::Continue => {}
             }
         }
-        let done = !self.out.iter().any(|c| matches!(c, TaskChange::Create(t) if t.service_id == svc.id))
-            && mine().filter(|t| t.desired == TaskState::Running).all(|t| t.spec == svc.spec.task && t.status.state == TaskState::Running);
+        let live: Vec<&Task> = mine().filter(|t| t.desired == TaskState::Running).collect();
+        let enough = if svc.spec.mode.is_global() { !live.is_empty() } else { live.len() as u64 == svc.spec.replicas };
+        let done = enough
+            && !self.out.iter().any(|c| matches!(c, TaskChange::Create(t) if t.service_id == svc.id))
+            && live.iter().all(|t| t.spec == svc.spec.task && t.status.state == TaskState::Running);
         if done {
             let (state, message) = if svc.update_state == UpdateState::Updating {
                 (UpdateState::Completed, "update completed")
             } else {
                 (UpdateState::RollbackCompleted, "rollback completed")
             };
-            self.out.push(TaskChange::UpdateState { service_id: svc.id.clone(), state, message: message.into() });
+            // An automatic rollback keeps saying why it happened.
+            let message = if svc.update_message.contains("rolled back due to") { svc.update_message.clone() } else { message.to_string() };
+            self.out.push(TaskChange::UpdateState { service_id: svc.id.clone(), state, message });
         }
     }
 }

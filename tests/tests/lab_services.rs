@@ -2,7 +2,7 @@
 //! spread evenly, scale up and down, a global service following drains, a
 //! constraint with max-per-node that explains what it cannot place, a job
 //! that runs to completion, a start-first rolling update, an update to a bad
-//! image that rolls itself back, a worker killed
+//! image and one to a failing health check that roll themselves back, a worker killed
 //! (its tasks run elsewhere, and it runs none of them when it returns), the
 //! leader killed in the middle of an update, and removal leaving nothing.
 
@@ -116,6 +116,16 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     ensure!(web.iter().all(|t| t["task"]["spec"]["image"] == "busybox:local"), "back on the old image");
     let inspect: Value = serde_json::from_str(&lab.shoal(1, &["service", "inspect", "web"])?)?;
     ensure!(inspect[0]["update_state"] == "rollback_completed", "{}", inspect[0]["update_state"]);
+
+    // Health checks: a task runs once healthy; an update whose tasks never get healthy rolls back.
+    let out = lab.shoal(1, &["service", "create", "--name", "checked", "--replicas", "2", "--health-cmd", "test -f /tmp/ok", "--health-interval", "200ms", "--health-retries", "2", "--stop-grace-period", "1s", "busybox:local", "sh", "-c", &format!("touch /tmp/ok; {SLEEPER}")])?;
+    ensure!(out.contains("converged"), "{out}");
+    let out = lab.exec(1, &["service", "update", "--health-cmd", "test -f /tmp/never", "--update-failure-action", "rollback", "checked"])?;
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(!out.status.success() && said.contains("rolled back") && said.contains("unhealthy"), "{said}");
+    let checked = converged(&lab, 1, "checked", 2, 30)?;
+    ensure!(checked.iter().all(|t| t["task"]["spec"]["health"]["cmd"] == "test -f /tmp/ok"), "back on the good check");
+    lab.shoal(1, &["service", "rm", "checked"])?;
 
     // kill -9 a worker: its tasks run elsewhere; when it comes back it runs none of them.
     lab.shoal(1, &["service", "scale", "web=10"])?;
