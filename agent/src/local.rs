@@ -92,6 +92,10 @@ impl Control for LocalControl {
     async fn list_tasks(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::JsonDoc>, Status> {
         self.service()?.list_tasks(req).await
     }
+    type ServiceLogsStream = <ControlService as Control>::ServiceLogsStream;
+    async fn service_logs(&self, req: Request<pb::ServiceLogsRequest>) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        self.service()?.service_logs(req).await
+    }
 }
 
 /// Serves the local socket until `cancel`. A stale socket file (from a crash)

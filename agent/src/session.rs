@@ -119,8 +119,14 @@ async fn one_session(
             }
             _ = outbox_ready(cfg.worker.as_deref()) => {
                 let reports = cfg.worker.as_ref().map(|w| w.take_reports()).unwrap_or_default();
+                let mut out = Vec::new();
                 if !reports.is_empty() {
-                    let m = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Statuses(pb::TaskStatuses { reports })) };
+                    out.push(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Statuses(pb::TaskStatuses { reports })) });
+                }
+                for chunk in cfg.worker.as_ref().map(|w| w.take_logs()).unwrap_or_default() {
+                    out.push(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Logs(chunk)) });
+                }
+                for m in out {
                     if out_tx.send(m).await.is_err() {
                         return Ended::Failed("outbound closed".into());
                     }
@@ -144,6 +150,11 @@ async fn one_session(
                         pb::manager_message::Msg::Assignments(a) => {
                             if let Some(w) = &cfg.worker {
                                 w.assign(&a.tasks_json);
+                            }
+                        }
+                        pb::manager_message::Msg::Logs(req) => {
+                            if let Some(w) = &cfg.worker {
+                                w.logs(req);
                             }
                         }
                     }

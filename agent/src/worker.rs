@@ -45,6 +45,10 @@ pub struct Worker {
     reported: Mutex<HashMap<String, TaskState>>,
     /// Reports waiting for the session to send them.
     outbox: Mutex<Vec<pb::TaskStatusReport>>,
+    /// Log lines for the dispatcher, waiting likewise.
+    log_outbox: Mutex<Vec<pb::LogsChunk>>,
+    /// Followed log requests the dispatcher called off.
+    log_cancelled: Mutex<std::collections::HashSet<u64>>,
     /// Tasks whose containers are being stopped, or started.
     stopping: Mutex<std::collections::HashSet<String>>,
     starting: Mutex<std::collections::HashSet<String>>,
@@ -65,6 +69,8 @@ impl Worker {
             assigned: Mutex::new(Vec::new()),
             reported: Mutex::new(HashMap::new()),
             outbox: Mutex::new(Vec::new()),
+            log_outbox: Mutex::new(Vec::new()),
+            log_cancelled: Mutex::new(Default::default()),
             stopping: Mutex::new(Default::default()),
             starting: Mutex::new(Default::default()),
             health: Mutex::new(HashMap::new()),
@@ -91,6 +97,57 @@ impl Worker {
     /// Takes the reports to send.
     pub fn take_reports(&self) -> Vec<pb::TaskStatusReport> {
         std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Takes the log chunks to send.
+    pub fn take_logs(&self) -> Vec<pb::LogsChunk> {
+        std::mem::take(&mut *self.log_outbox.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn push_log(&self, chunk: pb::LogsChunk) {
+        self.log_outbox.lock().unwrap_or_else(|p| p.into_inner()).push(chunk);
+        self.outbox_ready.notify_one();
+    }
+
+    /// The dispatcher wants the logs of some of this node's tasks (or calls a followed request off).
+    pub fn logs(self: &Arc<Self>, req: pb::LogsRequest) {
+        if req.cancel {
+            self.log_cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(req.request_id);
+            return;
+        }
+        for task_id in &req.task_ids {
+            let container = self.containers.list().into_iter().find(|c| c.record.task_id == *task_id);
+            let Some(c) = container else {
+                // Its container is gone (an old task): nothing to say.
+                self.push_log(pb::LogsChunk { request_id: req.request_id, task_id: task_id.clone(), done: true, ..Default::default() });
+                continue;
+            };
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<pb::LogLine, tonic::Status>>(256);
+            let path = self.containers.log_path(&c.record.id);
+            let q = pb::ContainerLogsRequest { id: c.record.id.clone(), follow: req.follow, tail: req.tail, since_ns: req.since_ns, until_ns: 0 };
+            let containers = self.containers.clone();
+            std::thread::spawn(move || {
+                crate::engine::follow_log(&path, &q, &tx, || matches!(containers.status_of(&q.id), Status::Running { .. } | Status::Created));
+            });
+            let (this, task_id, request_id) = (self.clone(), task_id.clone(), req.request_id);
+            self.rt.spawn(async move {
+                while let Some(first) = rx.recv().await {
+                    if this.log_cancelled.lock().unwrap_or_else(|p| p.into_inner()).contains(&request_id) {
+                        return; // dropping `rx` ends the reader
+                    }
+                    let mut lines: Vec<pb::LogLine> = first.into_iter().collect();
+                    while lines.len() < 256 {
+                        match rx.try_recv() {
+                            Ok(Ok(l)) => lines.push(l),
+                            Ok(Err(_)) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    this.push_log(pb::LogsChunk { request_id, task_id: task_id.clone(), lines, ..Default::default() });
+                }
+                this.push_log(pb::LogsChunk { request_id, task_id, done: true, ..Default::default() });
+            });
+        }
     }
 
     /// Reconciles on every new set and every `RESCAN`, until the process ends.

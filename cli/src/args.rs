@@ -690,6 +690,22 @@ pub enum ServiceCmd {
         #[arg(required = true)]
         scales: Vec<String>,
     },
+    /// The logs of a service's tasks, from every node (`TASK@NODE | line`).
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines from the end of each task's log, or all.
+        #[arg(short = 'n', long, default_value = "all")]
+        tail: String,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(short, long)]
+        timestamps: bool,
+        /// Name tasks without their ids.
+        #[arg(long)]
+        no_task_ids: bool,
+        service: String,
+    },
     /// Go back to a service's previous spec.
     Rollback {
         #[arg(short, long)]

@@ -79,6 +79,29 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        ServiceCmd::Logs { follow, tail, since, timestamps, no_task_ids, service } => {
+            let tail = if tail == "all" { -1 } else { tail.parse::<i64>().map_err(|_| anyhow::anyhow!("invalid --tail {tail:?}: a number or all"))? };
+            let since_ns = since.as_deref().map(|s| crate::containers::parse_time_arg(s, "--since")).transpose()?.unwrap_or(0);
+            let req = pb::ServiceLogsRequest { service: service.clone(), follow: *follow, tail, since_ns };
+            let mut lines = control.service_logs(req).await?.into_inner();
+            use std::io::Write;
+            while let Some(l) = lines.message().await? {
+                if !l.warning.is_empty() {
+                    eprintln!("warning: {}", l.warning);
+                    continue;
+                }
+                let who = if *no_task_ids { format!("{}@{}", l.task, l.node) } else { format!("{}.{}@{}", l.task, short(&l.task_id), l.node) };
+                let time = if *timestamps { format!("{} ", l.time) } else { String::new() };
+                let text = l.log.strip_suffix('\n').unwrap_or(&l.log);
+                let mut out = std::io::stdout().lock();
+                if l.stream == "stderr" {
+                    let _ = writeln!(std::io::stderr(), "{who:<24} | {time}{text}");
+                } else {
+                    let _ = writeln!(out, "{who:<24} | {time}{text}");
+                }
+            }
+            Ok(())
+        }
         ServiceCmd::Rm { services } => {
             let mut failed = false;
             for s in services {

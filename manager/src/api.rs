@@ -142,6 +142,32 @@ impl ControlService {
 
 #[tonic::async_trait]
 impl pb::control_server::Control for ControlService {
+    type ServiceLogsStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::TaskLogLine, Status>> + Send>>;
+
+    async fn service_logs(&self, req: Request<pb::ServiceLogsRequest>) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        let caller = self.authorize(&req)?;
+        // The sessions that reach the nodes are the leader's.
+        let r = match self.mgr.route(&req).await? {
+            Route::Local => req.into_inner(),
+            Route::Leader { channel, .. } => {
+                let resp = ControlClient::new(channel).service_logs(auth::forwarded(req.into_inner(), &caller)).await?;
+                return Ok(Response::new(Box::pin(resp.into_inner())));
+            }
+        };
+        let tasks: Vec<(String, String, String, String)> = {
+            let state = self.mgr.store.read();
+            let svc = state.find_service(&r.service).map_err(Status::not_found)?;
+            state
+                .tasks
+                .values()
+                .filter(|t| t.service_id == svc.id && !t.node_id.is_empty())
+                .map(|t| (t.id.clone(), t.name(), t.node_id.clone(), state.nodes.get(&t.node_id).map(|n| n.description.hostname.clone()).unwrap_or_default()))
+                .collect()
+        };
+        let rx = self.mgr.dispatcher.logs(tasks, r.follow, r.tail, r.since_ns).await;
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok))))
+    }
+
     async fn create_service(&self, req: Request<pb::JsonDoc>) -> Result<Response<pb::ServiceRef>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, create_service);

@@ -43,6 +43,11 @@ struct Inner {
     pending: Mutex<Vec<NodeStatusUpdate>>,
     /// Task reports per node, written in batches like node status.
     task_reports: Mutex<HashMap<String, Vec<(String, TaskStatus)>>>,
+    /// Each connected node's outbound stream, for log requests.
+    sessions: Mutex<HashMap<String, mpsc::Sender<Result<pb::ManagerMessage, Status>>>>,
+    /// Log requests in flight: where their lines go.
+    log_requests: Mutex<HashMap<u64, LogRequest>>,
+    next_request: std::sync::atomic::AtomicU64,
     wake: Notify,
 }
 
@@ -54,6 +59,9 @@ impl Dispatcher {
                 last_seen: Mutex::new(HashMap::new()),
                 pending: Mutex::new(Vec::new()),
                 task_reports: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(HashMap::new()),
+                log_requests: Mutex::new(HashMap::new()),
+                next_request: std::sync::atomic::AtomicU64::new(1),
                 wake: Notify::new(),
             }),
         }
@@ -157,6 +165,81 @@ impl Dispatcher {
         tx.send(msg(pb::manager_message::Msg::Assignments(pb::Assignments { tasks_json: sent.clone() }))).await.is_ok()
     }
 
+    /// Asks the nodes of `tasks` (task, its name, its node's id and hostname) for
+    /// their logs; the lines (and a warning for each node that cannot be asked)
+    /// arrive on the returned channel, which closes once every task's log ended
+    /// (never, with `follow`, until the receiver is dropped).
+    pub async fn logs(&self, tasks: Vec<(String, String, String, String)>, follow: bool, tail: i64, since_ns: i64) -> mpsc::Receiver<pb::TaskLogLine> {
+        let (tx, rx) = mpsc::channel(256);
+        let id = self.inner.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut by_node: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
+        for (task_id, name, node_id, hostname) in tasks {
+            by_node.entry(node_id).or_default().push((task_id, name, hostname));
+        }
+        let mut names = HashMap::new();
+        let mut pending = 0usize;
+        let mut asked = Vec::new();
+        for (node_id, tasks) in by_node {
+            let session = self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&node_id).cloned();
+            let hostname = tasks.first().map(|t| t.2.clone()).unwrap_or_default();
+            let Some(session) = session else {
+                let warning = format!("node {hostname} is not connected: the logs of {} task(s) there are missing", tasks.len());
+                let _ = tx.send(pb::TaskLogLine { node: hostname, warning, ..Default::default() }).await;
+                continue;
+            };
+            let req = pb::LogsRequest { request_id: id, task_ids: tasks.iter().map(|t| t.0.clone()).collect(), follow, tail, since_ns, cancel: false };
+            pending += tasks.len();
+            for (task_id, name, hostname) in tasks {
+                names.insert(task_id, (name, hostname));
+            }
+            asked.push((node_id, session, req));
+        }
+        if pending == 0 {
+            return rx;
+        }
+        self.inner.log_requests.lock().unwrap_or_else(|p| p.into_inner()).insert(id, LogRequest { tx, names, pending, nodes: asked.iter().map(|a| a.0.clone()).collect() });
+        for (_, session, req) in asked {
+            let _ = session.send(msg(pb::manager_message::Msg::Logs(req))).await;
+        }
+        rx
+    }
+
+    /// A node's log lines, passed on; a request whose client is gone is cancelled on its nodes.
+    async fn log_chunk(&self, chunk: pb::LogsChunk) {
+        let (tx, lines, cancel) = {
+            let mut reqs = self.inner.log_requests.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(r) = reqs.get_mut(&chunk.request_id) else { return };
+            let (name, node) = r.names.get(&chunk.task_id).cloned().unwrap_or_default();
+            let mut lines: Vec<pb::TaskLogLine> = chunk
+                .lines
+                .into_iter()
+                .map(|l| pb::TaskLogLine { task: name.clone(), task_id: chunk.task_id.clone(), node: node.clone(), stream: l.stream, log: l.log, time: l.time, warning: String::new() })
+                .collect();
+            if !chunk.error.is_empty() {
+                lines.push(pb::TaskLogLine { task: name.clone(), task_id: chunk.task_id.clone(), node, warning: chunk.error, ..Default::default() });
+            }
+            let tx = r.tx.clone();
+            if chunk.done {
+                r.pending = r.pending.saturating_sub(1);
+            }
+            let cancel = if r.pending == 0 || tx.is_closed() { reqs.remove(&chunk.request_id).map(|r| r.nodes) } else { None };
+            (tx, lines, cancel)
+        };
+        for l in lines {
+            if tx.send(l).await.is_err() {
+                break;
+            }
+        }
+        if let Some(nodes) = cancel.filter(|_| tx.is_closed()) {
+            for node in nodes {
+                let session = self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&node).cloned();
+                if let Some(s) = session {
+                    let _ = s.send(msg(pb::manager_message::Msg::Logs(pb::LogsRequest { request_id: chunk.request_id, cancel: true, ..Default::default() }))).await;
+                }
+            }
+        }
+    }
+
     fn report_tasks(&self, node_id: &str, reports: Vec<pb::TaskStatusReport>) {
         let updates: Vec<(String, TaskStatus)> = reports.into_iter().filter_map(|r| Some((r.task_id, serde_json::from_str(&r.status_json).ok()?))).collect();
         if updates.is_empty() {
@@ -193,6 +276,32 @@ pub fn manager_addrs(mgr: &Manager) -> Vec<String> {
         .collect();
     addrs.sort();
     addrs.into_iter().map(|(_, a)| a).collect()
+}
+
+/// Unregisters a session's stream when its task ends (if no newer one replaced it).
+struct SessionGuard {
+    d: Dispatcher,
+    node_id: String,
+    tx: mpsc::Sender<Result<pb::ManagerMessage, Status>>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut sessions = self.d.inner.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions.get(&self.node_id).is_some_and(|s| s.same_channel(&self.tx)) {
+            sessions.remove(&self.node_id);
+        }
+    }
+}
+
+/// A log request in flight.
+struct LogRequest {
+    tx: mpsc::Sender<pb::TaskLogLine>,
+    /// task id → (task name, node hostname)
+    names: HashMap<String, (String, String)>,
+    /// Tasks whose log has not ended yet.
+    pending: usize,
+    nodes: Vec<String>,
 }
 
 pub struct DispatcherService {
@@ -250,8 +359,11 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             }),
         });
         let (tx, rx) = mpsc::channel(16);
+        d.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(node_id.clone(), tx.clone());
         let mut events = mgr.store.subscribe();
+        let guard = SessionGuard { d: d.clone(), node_id: node_id.clone(), tx: tx.clone() };
         tokio::spawn(async move {
+            let _guard = guard;
             let mut last = d.session_state(&mgr, &node_id);
             if tx.send(msg(pb::manager_message::Msg::State(last.clone()))).await.is_err() {
                 return;
@@ -273,6 +385,10 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             d.seen(&node_id);
                             let ack = pb::HeartbeatAck { period_ms: HEARTBEAT_PERIOD.as_millis() as u32 };
                             if tx.send(msg(pb::manager_message::Msg::Ack(ack))).await.is_err() { return; }
+                            false
+                        }
+                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Logs(chunk)) })) => {
+                            d.log_chunk(chunk).await;
                             false
                         }
                         Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Statuses(s)) })) => {

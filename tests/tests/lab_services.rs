@@ -4,7 +4,8 @@
 //! that runs to completion, a start-first rolling update, an update to a bad
 //! image and one to a failing health check that roll themselves back, a worker killed
 //! (its tasks run elsewhere, and it runs none of them when it returns), the
-//! leader killed in the middle of an update, and removal leaving nothing.
+//! leader killed in the middle of an update, `service logs` (and `-f`) from
+//! every node, and removal leaving nothing.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -77,6 +78,19 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     ensure!(!per_node(&web).contains_key("shl-h5"), "drained: {:?}", per_node(&web));
     lab.shoal(1, &["node", "update", "--availability", "active", "shl-h5"])?;
     converged(&lab, 1, "everywhere", 5, 30)?;
+
+    // Logs from every node, through any manager; hostnames from a template.
+    lab.shoal(1, &["service", "create", "--name", "talker", "--mode", "global", "--hostname", "{{.Node.Hostname}}-{{.Service.Name}}", "busybox:local", "sh", "-c", "while true; do echo hello from $(hostname); sleep 0.3; done"])?;
+    let hosts = |text: &str| -> usize { (1..=5).filter(|i| text.contains(&format!("hello from shl-h{i}-talker"))).count() };
+    let logs = wait_for("logs from all 5 nodes", Duration::from_secs(20), || {
+        let out = lab.shoal(2, &["service", "logs", "talker"])?;
+        Ok((hosts(&out) == 5).then_some(out))
+    })?;
+    ensure!(logs.lines().all(|l| l.starts_with("talker.") && l.contains("@shl-h") && l.contains(" | hello from ")), "{logs}");
+    let followed = lab.run(3, &["timeout", "3", "shoal", "service", "logs", "-f", "--tail", "0", "talker"])?;
+    let followed = String::from_utf8_lossy(&followed.stdout).into_owned();
+    ensure!(hosts(&followed) == 5, "new lines from every node while following: {followed}");
+    lab.shoal(1, &["service", "rm", "talker"])?;
 
     // Constraints and max per node: 3 managers take one each, the 4th cannot be placed, and says why.
     let out = lab.shoal(1, &["service", "create", "-d", "--name", "pinned", "--replicas", "4", "--constraint", "node.role==manager", "--replicas-max-per-node", "1", "busybox:local", "sh", "-c", SLEEPER])?;
