@@ -219,6 +219,9 @@ pub enum NetworkCmd {
         /// Driver options: icc=false (or com.docker.network.bridge.enable_icc=false), mtu=N.
         #[arg(short = 'o', long = "opt")]
         opt: Vec<String>,
+        /// The MTU of the network's links (also -o mtu=N).
+        #[arg(long)]
+        mtu: Option<u32>,
         name: String,
     },
     #[command(alias = "list")]

@@ -240,7 +240,7 @@ fn sched(nodes: usize, tasks: u64, rounds: usize) -> anyhow::Result<()> {
         let mut state = base.clone();
         let mut n = 0u64;
         let t = Instant::now();
-        let changes = shoal_manager::orchestrator::plan(&state, &mut || {
+        let changes = shoal_manager::orchestrator::plan(&state, 2, &mut || {
             n += 1;
             format!("task{n:07}")
         });

@@ -235,7 +235,7 @@ async fn network(engine: &mut Engine, cmd: &crate::args::NetworkCmd) -> anyhow::
             "Containers": n.endpoints})
     };
     match cmd {
-        NetworkCmd::Create { driver: _, subnet, gateway, ip_range, internal, opt, name } => {
+        NetworkCmd::Create { driver: _, subnet, gateway, ip_range, internal, opt, mtu, name } => {
             let mut req = pb::NetworkCreateRequest {
                 name: name.clone(),
                 subnet: subnet.clone().unwrap_or_default(),
@@ -252,6 +252,9 @@ async fn network(engine: &mut Engine, cmd: &crate::args::NetworkCmd) -> anyhow::
                     }
                     _ => bail!("unknown network option {o:?}: use icc=false or mtu=N"),
                 }
+            }
+            if let Some(m) = mtu {
+                req.mtu = *m;
             }
             let n = engine.network_create(req).await?.into_inner();
             println!("{}", n.id);

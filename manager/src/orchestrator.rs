@@ -29,11 +29,11 @@ use crate::state::{State, TaskChange};
 /// Ended tasks kept per slot.
 pub const HISTORY: usize = 5;
 
-/// The changes one pass makes; `new_id` names new tasks.
-pub fn plan(state: &State, new_id: &mut dyn FnMut() -> String) -> Vec<TaskChange> {
+/// The changes one pass makes at `now_ms` (the leader's clock); `new_id` names new tasks.
+pub fn plan(state: &State, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> Vec<TaskChange> {
     let mut out = Vec::new();
     for svc in state.services.values() {
-        Orchestrator { state, svc, out: &mut out, new_id }.run();
+        Orchestrator { state, svc, now_ms, out: &mut out, new_id }.run();
     }
     // Tasks of removed services go: at once when they never ran or their node is gone.
     for t in state.tasks.values().filter(|t| !state.services.contains_key(&t.service_id)) {
@@ -102,6 +102,7 @@ pub fn valid_constraint(c: &str) -> Result<(), String> {
 struct Orchestrator<'a> {
     state: &'a State,
     svc: &'a Service,
+    now_ms: u64,
     out: &'a mut Vec<TaskChange>,
     new_id: &'a mut dyn FnMut() -> String,
 }
@@ -120,7 +121,16 @@ impl Orchestrator<'_> {
         // Out-of-date tasks are replaced `parallelism` at a time: the up-to-date
         // ones not running yet are the batch in flight.
         let in_flight = self.state.tasks.values().filter(|t| t.service_id == self.svc.id && t.spec_version == self.svc.spec_version && t.desired == TaskState::Running && t.status.state < TaskState::Running).count() as u64;
-        let paused = self.svc.update_state == UpdateState::Paused;
+        // --update-delay: the next batch waits this long after the last one came up.
+        let last_up = self
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.service_id == self.svc.id && t.spec_version == self.svc.spec_version && t.status.state == TaskState::Running)
+            .map(|t| t.status.at_ms)
+            .max();
+        let delayed = spec_delay(self.svc) > 0 && last_up.is_some_and(|at| self.now_ms < at + spec_delay(self.svc));
+        let paused = self.svc.update_state == UpdateState::Paused || delayed;
         let mut budget = if paused { 0 } else if spec.update.parallelism == 0 { u64::MAX } else { spec.update.parallelism.saturating_sub(in_flight) };
 
         match spec.mode {
@@ -217,6 +227,10 @@ impl Orchestrator<'_> {
         if !spec.mode.is_job() || last.status.state != TaskState::Complete {
             let ended_by_itself = matches!(last.status.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected);
             if !ended_by_itself || last.spec != self.svc.spec.task {
+                if last.spec != self.svc.spec.task {
+                    // A stop-first update's replacement: part of this batch.
+                    *budget = budget.saturating_sub(1);
+                }
                 self.create(slot, node, 0, 0);
                 return true;
             }
@@ -227,7 +241,14 @@ impl Orchestrator<'_> {
                 RestartCondition::OnFailure => failed,
                 RestartCondition::Any => !spec.mode.is_job() || failed,
             };
-            if again && (r.max_attempts == 0 || last.attempt < r.max_attempts) {
+            // --restart-window: only the restarts within it count against max attempts.
+            let attempts = if r.window_ms > 0 {
+                let since = self.now_ms.saturating_sub(r.window_ms);
+                tasks.iter().filter(|t| t.attempt > 0 && t.meta.created_ms >= since).count() as u64
+            } else {
+                last.attempt
+            };
+            if again && (r.max_attempts == 0 || attempts < r.max_attempts) {
                 let attempt = last.attempt + 1;
                 let delay = r.delay_ms.saturating_mul(1 << (attempt - 1).min(16)).min(MAX_RESTART_DELAY_MS.max(r.delay_ms));
                 self.create(slot, node, attempt, last.status.at_ms.max(last.meta.updated_ms) + delay);
@@ -322,6 +343,10 @@ impl Orchestrator<'_> {
             self.out.push(TaskChange::UpdateState { service_id: svc.id.clone(), state, message });
         }
     }
+}
+
+fn spec_delay(svc: &Service) -> u64 {
+    if matches!(svc.update_state, UpdateState::Updating | UpdateState::RollbackStarted) { svc.spec.update.delay_ms } else { 0 }
 }
 
 /// What a node carries: for the filters and the spread.
@@ -494,7 +519,7 @@ pub async fn lead(mgr: std::sync::Arc<crate::Manager>, token: tokio_util::sync::
     let mut last: Vec<TaskChange> = Vec::new();
     loop {
         let state = mgr.store.read();
-        let changes = plan(&state, &mut shoal_proto::model::new_node_id);
+        let changes = plan(&state, shoal_proto::model::now_ms(), &mut shoal_proto::model::new_node_id);
         // The same changes again (the state did not take them): wait for news instead of spinning.
         if !changes.is_empty() && changes != last {
             last = changes.clone();
@@ -551,6 +576,8 @@ mod tests {
         state: State,
         index: u64,
         ids: u64,
+        /// Added to the clock (`index * 10`), to let time pass.
+        skew: u64,
     }
 
     impl World {
@@ -559,12 +586,12 @@ mod tests {
             for (id, role) in nodes {
                 state.nodes.insert(id.to_string(), node(id, *role));
             }
-            World { state, index: 1, ids: 0 }
+            World { state, index: 1, ids: 0, skew: 0 }
         }
 
         fn apply(&mut self, cmd: Command) {
             self.index += 1;
-            let (r, _) = self.state.apply(self.index, &Request { at_ms: self.index * 10, cmd });
+            let (r, _) = self.state.apply(self.index, &Request { at_ms: self.index * 10 + self.skew, cmd });
             assert_eq!(r, crate::state::Response::Ok);
         }
 
@@ -580,7 +607,8 @@ mod tests {
         /// One orchestrator pass, applied; returns its changes.
         fn pass(&mut self) -> Vec<TaskChange> {
             let mut n = self.ids;
-            let changes = plan(&self.state, &mut || {
+            let now = self.index * 10 + self.skew;
+            let changes = plan(&self.state, now, &mut || {
                 n += 1;
                 format!("t{n:04}")
             });
@@ -821,6 +849,52 @@ mod tests {
         assert_eq!(svc.spec.task, old, "back to the previous spec");
         assert_eq!(svc.update_state, UpdateState::RollbackCompleted);
         assert!(w.running(&web).len() == 3 && w.running(&web).iter().all(|t| t.spec.image == "img"));
+    }
+
+    #[test]
+    fn update_delay_spaces_the_batches() {
+        let mut w = five();
+        let web = w.service("web", |s| {
+            s.replicas = 2;
+            s.update.parallelism = 1;
+            s.update.delay_ms = 60_000;
+        });
+        w.settle();
+        let mut spec = w.state.services[&web].spec.clone();
+        spec.task.env = vec!["V=2".into()];
+        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        w.settle();
+        let new = |w: &World| w.running(&web).iter().filter(|t| t.spec.env == ["V=2"]).count();
+        assert_eq!(new(&w), 1, "one batch, then the delay");
+        w.skew += 60_000;
+        w.settle();
+        assert_eq!(new(&w), 2);
+        assert_eq!(w.state.services[&web].update_state, UpdateState::Completed);
+    }
+
+    #[test]
+    fn max_attempts_count_within_the_restart_window() {
+        let mut w = World::new(&[("a", Role::Worker)]);
+        let svc = w.service("flaky", |s| {
+            s.task.restart.delay_ms = 0;
+            s.task.restart.max_attempts = 1;
+            s.task.restart.window_ms = 1_000;
+        });
+        let fail = |w: &mut World| {
+            w.settle();
+            let t = w.running(&svc).first().map(|t| (*t).clone());
+            if let Some(t) = t {
+                w.apply(Command::TaskStatus { node_id: "a".into(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Failed, exit_code: Some(1), ..Default::default() })] });
+            }
+            w.settle();
+        };
+        fail(&mut w);
+        assert_eq!(w.running(&svc).len(), 1, "the first restart");
+        fail(&mut w);
+        assert!(w.running(&svc).is_empty(), "a second failure within the window: no more");
+        w.skew += 2_000;
+        w.settle();
+        assert_eq!(w.running(&svc).len(), 1, "once the window has passed, it restarts again");
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl Sim {
     /// The leader's pass (lost with probability `loss`).
     fn orchestrate(&mut self, loss: f64) {
         let mut n = self.ids;
-        let changes = plan(&self.state, &mut || {
+        let changes = plan(&self.state, self.index, &mut || {
             n += 1;
             format!("t{n:05}")
         });
@@ -178,6 +178,8 @@ fn run(seed: u64) {
             let mut s = sim.state.services["web"].spec.clone();
             s.task.env = vec!["V=2".into()];
             s.update.parallelism = 3;
+            // Crashes are the faults' doing, not the update's: it goes on.
+            s.update.failure_action = shoal_proto::service::FailureAction::Continue;
             sim.apply(Command::UpdateService { id: "web".into(), spec: s, rollback: false });
         }
         sim.liveness();

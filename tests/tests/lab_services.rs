@@ -5,7 +5,7 @@
 //! image and one to a failing health check that roll themselves back, a worker killed
 //! (its tasks run elsewhere, and it runs none of them when it returns), the
 //! leader killed in the middle of an update, `service logs` (and `-f`) from
-//! every node, and removal leaving nothing.
+//! every node, host-mode published ports, and removal leaving nothing.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -78,6 +78,25 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     ensure!(!per_node(&web).contains_key("shl-h5"), "drained: {:?}", per_node(&web));
     lab.shoal(1, &["node", "update", "--availability", "active", "shl-h5"])?;
     converged(&lab, 1, "everywhere", 5, 30)?;
+
+    // Host-mode published ports: each node's port reaches its own task, and a second task per node cannot be placed.
+    let web_sh = "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+    lab.shoal(1, &["service", "create", "-d", "--name", "pub", "--replicas", "6", "--hostname", "{{.Node.Hostname}}", "-p", "published=8088,target=80,mode=host", "busybox:local", "sh", "-c", web_sh])?;
+    let why = wait_for("five published tasks and the sixth refused", Duration::from_secs(30), || {
+        let l = live(&lab, 1, "pub")?;
+        let running = l.iter().filter(|t| t["task"]["status"]["state"] == "running").count();
+        Ok(l.iter().find(|t| t["task"]["status"]["err"].as_str().is_some_and(|e| e.contains("host-mode port already in use on 5 nodes"))).filter(|_| running == 5).map(|_| ()))
+    });
+    why?;
+    for i in 1..=5 {
+        let url = format!("http://{}:8088/", lab.ip(i));
+        let body = wait_for("the published port", Duration::from_secs(10), || {
+            let out = lab.run(if i == 1 { 2 } else { 1 }, &["wget", "-qO-", "-T", "3", &url])?;
+            Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()).filter(|b| !b.is_empty()))
+        })?;
+        ensure!(body.trim() == format!("hello from shl-h{i}"), "host {i}: {body}");
+    }
+    lab.shoal(1, &["service", "rm", "pub"])?;
 
     // Logs from every node, through any manager; hostnames from a template.
     lab.shoal(1, &["service", "create", "--name", "talker", "--mode", "global", "--hostname", "{{.Node.Hostname}}-{{.Service.Name}}", "busybox:local", "sh", "-c", "while true; do echo hello from $(hostname); sleep 0.3; done"])?;
