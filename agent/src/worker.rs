@@ -115,8 +115,9 @@ impl Worker {
             self.log_cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(req.request_id);
             return;
         }
+        let mine: Vec<Container> = self.containers.list().into_iter().filter(|c| req.task_ids.contains(&c.record.task_id)).collect();
         for task_id in &req.task_ids {
-            let container = self.containers.list().into_iter().find(|c| c.record.task_id == *task_id);
+            let container = mine.iter().find(|c| c.record.task_id == *task_id);
             let Some(c) = container else {
                 // Its container is gone (an old task): nothing to say.
                 self.push_log(pb::LogsChunk { request_id: req.request_id, task_id: task_id.clone(), done: true, ..Default::default() });

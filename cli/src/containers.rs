@@ -8,7 +8,7 @@ use crate::client;
 use crate::images::ago;
 use crate::output::{for_each_item, print_docs, print_listing, table};
 
-fn short(id: &str) -> &str {
+pub(crate) fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
@@ -372,12 +372,12 @@ async fn attach_terminal(engine: &mut Engine, id: &str, interactive: bool, tty: 
 
 /// One `-e` value: `KEY=VALUE` as it is, `KEY` from this environment (left
 /// out when unset, as Docker does).
-fn env_entry(e: &str) -> Option<String> {
+pub(crate) fn env_entry(e: &str) -> Option<String> {
     if e.contains('=') { Some(e.to_string()) } else { std::env::var(e).ok().map(|v| format!("{e}={v}")) }
 }
 
 /// `--env-file`: KEY=VALUE lines; blank lines and `#` comments skipped.
-fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+pub(crate) fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading the env file {}: {e}", path.display()))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {

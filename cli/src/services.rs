@@ -12,6 +12,7 @@ use shoal_proto::service::{
 
 use crate::args::{Cli, Format, ServiceCmd, ServiceCreateArgs, ServiceFlags, ServiceUpdateArgs};
 use crate::client;
+use crate::containers::{env_entry, read_env_file, short};
 use crate::output::{capitalize, table};
 
 type Control = pb::control_client::ControlClient<tonic::transport::Channel>;
@@ -262,12 +263,12 @@ fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, env_rm: &[String], cons
     let t = &mut spec.task;
     let key = |e: &str| e.split('=').next().unwrap_or("").to_string();
     t.env.retain(|e| !env_rm.contains(&key(e)));
+    // The same rules as `run`: env files first, then -e (KEY alone from this environment).
     let mut env = Vec::new();
     for file in &f.env_file {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading the env file {}", file.display()))?;
-        env.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+        env.extend(read_env_file(file)?);
     }
-    env.extend(f.env.iter().cloned());
+    env.extend(f.env.iter().filter_map(|e| env_entry(e)));
     for e in env {
         t.env.retain(|x| key(x) != key(&e));
         t.env.push(e);
@@ -483,15 +484,11 @@ async fn ls(control: &mut Control, quiet: bool, format: Format) -> anyhow::Resul
                 replicas.push_str(&format!(" (max {} per node)", spec.task.max_replicas_per_node));
             }
             let ports: Vec<String> = spec.task.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol)).collect();
-            vec![short(s["id"].as_str().unwrap_or_default()), spec.name.clone(), spec.mode.as_str().into(), replicas, spec.task.image.clone(), ports.join(",")]
+            vec![short(s["id"].as_str().unwrap_or_default()).to_string(), spec.name.clone(), spec.mode.as_str().into(), replicas, spec.task.image.clone(), ports.join(",")]
         })
         .collect();
     println!("{}", table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows));
     Ok(())
-}
-
-fn short(id: &str) -> String {
-    id.chars().take(12).collect()
 }
 
 fn ago(ms: u64) -> String {
@@ -526,7 +523,7 @@ async fn ps(control: &mut Control, service: &str, quiet: bool, no_trunc: bool, f
         let key = slot_of(t);
         let name = if prev.as_ref() == Some(&key) { format!(" \\_ {}", t.name()) } else { t.name() };
         prev = Some(key);
-        let id = if no_trunc { t.id.clone() } else { short(&t.id) };
+        let id = if no_trunc { t.id.clone() } else { short(&t.id).to_string() };
         let mut err = t.status.err.clone();
         if !no_trunc && err.len() > 60 {
             err = format!("{}…", &err[..err.char_indices().nth(59).map_or(err.len(), |(i, _)| i)]);

@@ -208,15 +208,23 @@ impl pb::control_server::Control for ControlService {
         let _ = route!(self, req, caller, ControlClient, list_services);
         self.mgr.linearizable().await?;
         let state = self.mgr.store.read();
+        // (running, completed, live) per service, in one pass over the tasks.
+        let mut counts: std::collections::HashMap<&str, (usize, usize, usize)> = std::collections::HashMap::new();
+        for t in state.tasks.values() {
+            let c = counts.entry(t.service_id.as_str()).or_default();
+            let live = t.desired == TaskState::Running;
+            c.0 += usize::from(live && t.status.state == TaskState::Running);
+            c.1 += usize::from(t.status.state == TaskState::Complete);
+            c.2 += usize::from(live);
+        }
         let list: Vec<serde_json::Value> = state
             .services
             .values()
             .map(|s| {
-                let running = state.tasks.values().filter(|t| t.service_id == s.id && t.desired == TaskState::Running && t.status.state == TaskState::Running).count();
-                let completed = state.tasks.values().filter(|t| t.service_id == s.id && t.status.state == TaskState::Complete).count();
+                let (running, completed, live) = counts.get(s.id.as_str()).copied().unwrap_or_default();
                 let desired = match s.spec.mode {
                     Mode::Replicated | Mode::ReplicatedJob => s.spec.replicas as usize,
-                    Mode::Global | Mode::GlobalJob => state.tasks.values().filter(|t| t.service_id == s.id && t.desired == TaskState::Running).count(),
+                    Mode::Global | Mode::GlobalJob => live,
                 };
                 serde_json::json!({"service": s, "running": running, "desired": desired, "completed": completed})
             })

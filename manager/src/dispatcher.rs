@@ -155,6 +155,16 @@ impl Dispatcher {
             .collect()
     }
 
+    /// Whether changed `keys` may touch the node's assignment set: one of its
+    /// tasks changed, or a task is gone (it may have been this node's).
+    fn concerns(&self, node_id: &str, keys: &[ObjKey]) -> bool {
+        let state = self.inner.store.read();
+        keys.iter().any(|k| match k {
+            ObjKey::Task(id) => state.tasks.get(id).is_none_or(|t| t.node_id == node_id),
+            _ => false,
+        })
+    }
+
     /// Sends the node's set if it changed since `sent`; false when the session is gone.
     async fn send_assignments(&self, node_id: &str, sent: &mut Vec<String>, tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>) -> bool {
         let now = self.assignments(node_id);
@@ -404,7 +414,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                     },
                     ev = events.recv() => match ev {
                         Ok(Event::Changed { keys, .. }) => {
-                            if keys.iter().any(|k| matches!(k, ObjKey::Task(_))) && !d.send_assignments(&node_id, &mut sent, &tx).await {
+                            if d.concerns(&node_id, &keys) && !d.send_assignments(&node_id, &mut sent, &tx).await {
                                 return;
                             }
                             keys.iter().any(|k| matches!(k, ObjKey::Node(_)))

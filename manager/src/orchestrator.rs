@@ -32,8 +32,14 @@ pub const HISTORY: usize = 5;
 /// The changes one pass makes at `now_ms` (the leader's clock); `new_id` names new tasks.
 pub fn plan(state: &State, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> Vec<TaskChange> {
     let mut out = Vec::new();
+    // Each service's tasks, found in one pass over all of them.
+    let mut by_service: HashMap<&str, Vec<&Task>> = HashMap::new();
+    for t in state.tasks.values() {
+        by_service.entry(t.service_id.as_str()).or_default().push(t);
+    }
     for svc in state.services.values() {
-        Orchestrator { state, svc, now_ms, out: &mut out, new_id }.run();
+        let tasks = by_service.get(svc.id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        Orchestrator { state, svc, tasks, now_ms, out: &mut out, new_id }.run();
     }
     // Tasks of removed services go: at once when they never ran or their node is gone.
     for t in state.tasks.values().filter(|t| !state.services.contains_key(&t.service_id)) {
@@ -102,6 +108,8 @@ pub fn valid_constraint(c: &str) -> Result<(), String> {
 struct Orchestrator<'a> {
     state: &'a State,
     svc: &'a Service,
+    /// The service's tasks.
+    tasks: &'a [&'a Task],
     now_ms: u64,
     out: &'a mut Vec<TaskChange>,
     new_id: &'a mut dyn FnMut() -> String,
@@ -110,7 +118,7 @@ struct Orchestrator<'a> {
 impl Orchestrator<'_> {
     fn run(mut self) {
         let mut by_slot: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
-        for t in self.state.tasks.values().filter(|t| t.service_id == self.svc.id) {
+        for &t in self.tasks {
             let key = if self.svc.spec.mode.is_global() { t.node_id.clone() } else { format!("{:020}", t.slot) };
             by_slot.entry(key).or_default().push(t);
         }
@@ -120,13 +128,12 @@ impl Orchestrator<'_> {
         let spec = &self.svc.spec;
         // Out-of-date tasks are replaced `parallelism` at a time: the up-to-date
         // ones not running yet are the batch in flight.
-        let in_flight = self.state.tasks.values().filter(|t| t.service_id == self.svc.id && t.spec_version == self.svc.spec_version && t.desired == TaskState::Running && t.status.state < TaskState::Running).count() as u64;
+        let in_flight = self.tasks.iter().filter(|t| t.spec_version == self.svc.spec_version && t.desired == TaskState::Running && t.status.state < TaskState::Running).count() as u64;
         // --update-delay: the next batch waits this long after the last one came up.
         let last_up = self
-            .state
             .tasks
-            .values()
-            .filter(|t| t.service_id == self.svc.id && t.spec_version == self.svc.spec_version && t.status.state == TaskState::Running)
+            .iter()
+            .filter(|t| t.spec_version == self.svc.spec_version && t.status.state == TaskState::Running)
             .map(|t| t.status.at_ms)
             .max();
         let delayed = spec_delay(self.svc) > 0 && last_up.is_some_and(|at| self.now_ms < at + spec_delay(self.svc));
@@ -298,7 +305,7 @@ impl Orchestrator<'_> {
         if !matches!(svc.update_state, UpdateState::Updating | UpdateState::RollbackStarted) {
             return;
         }
-        let mine = || self.state.tasks.values().filter(|t| t.service_id == svc.id);
+        let mine = || self.tasks.iter().copied();
         // New tasks that failed, against the ratio the update tolerates.
         let new: Vec<&Task> = mine().filter(|t| t.spec_version == svc.spec_version).collect();
         let failed = new.iter().filter(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected)).count();
