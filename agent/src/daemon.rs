@@ -58,6 +58,11 @@ struct Joined {
     client_tls: watch::Sender<Arc<ClientConfig>>,
     managers: watch::Sender<Vec<String>>,
     session: CancellationToken,
+    /// The session task, and whether it says goodbye when cancelled.
+    session_task: tokio::task::JoinHandle<()>,
+    restarting: Arc<std::sync::atomic::AtomicBool>,
+    /// Answers the managers' probes of this node while it is in the swarm.
+    _probes: Option<shoal_proto::probe::Responder>,
     manager: Option<Running>,
 }
 
@@ -114,10 +119,19 @@ impl Daemon {
         Ok(())
     }
 
+    /// Stops the swarm side of the node for a restart: the managers give it
+    /// the restart grace before they declare it down.
     pub async fn shutdown(&self) {
+        self.stop_swarm(true).await;
+    }
+
+    async fn stop_swarm(&self, restarting: bool) {
         let joined = self.lock().take();
         if let Some(j) = joined {
+            j.restarting.store(restarting, std::sync::atomic::Ordering::Relaxed);
             j.session.cancel();
+            // Its goodbye tells the leader this is a restart, not a crash.
+            let _ = tokio::time::timeout(Duration::from_secs(1), j.session_task).await;
             if let Some(r) = j.manager {
                 stop_manager(r).await;
             }
@@ -206,8 +220,7 @@ impl Daemon {
                 addr: advertise,
                 engine_version: VERSION.into(),
                 cert_expiry_ms: 0,
-                nano_cpus: 0,
-                memory_bytes: 0,
+                ..Default::default() // the rest comes with the first hello
             },
             status: NodeStatus::default(),
             meta: Meta::default(),
@@ -314,7 +327,7 @@ impl Daemon {
 
     /// Stops everything and forgets the swarm.
     async fn undo(&self) {
-        self.shutdown().await;
+        self.stop_swarm(false).await;
         if let Err(e) = self.paths.wipe() {
             tracing::error!(error = %e, "could not remove swarm state");
         }
@@ -393,7 +406,10 @@ impl Daemon {
         };
         let session = CancellationToken::new();
         let (states_tx, states_rx) = mpsc::channel(16);
+        let probe_key = shoal_proto::probe::new_key();
+        let probes = probe_responder(&file, probe_key.clone());
         let hello = pb::Hello {
+            probe_key,
             hostname: self.cfg.hostname.clone(),
             addr: file.advertise_addr.clone(),
             engine_version: VERSION.into(),
@@ -401,14 +417,21 @@ impl Daemon {
             nano_cpus: std::thread::available_parallelism().map(|n| n.get() as u64 * 1_000_000_000).unwrap_or(1_000_000_000),
             memory_bytes: host_memory(),
         };
-        tokio::spawn(session::run(
-            session::SessionConfig { hello, managers: managers.subscribe(), tls: client_tls.subscribe(), worker: self.worker.get().cloned() },
+        let restarting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let session_task = tokio::spawn(session::run(
+            session::SessionConfig {
+                hello,
+                managers: managers.subscribe(),
+                tls: client_tls.subscribe(),
+                worker: self.worker.get().cloned(),
+                restarting: restarting.clone(),
+            },
             states_tx,
             session.clone(),
         ));
         tokio::spawn(self.clone().follow_session(states_rx, session.clone()));
         tokio::spawn(self.clone().renew_certificates(session.clone()));
-        *self.lock() = Some(Joined { file, certs, server_tls, client_tls, managers, session, manager });
+        *self.lock() = Some(Joined { file, certs, server_tls, client_tls, managers, session, session_task, restarting, _probes: probes, manager });
         Ok(())
     }
 
@@ -589,6 +612,22 @@ pub fn renewal_due(id: &Identity, fraction: f64) -> u64 {
     let issued = id.not_before_ms + shoal_proto::tls::CERT_BACKDATE.as_millis() as u64;
     let life = id.not_after_ms.saturating_sub(issued);
     issued + (life as f64 * (0.5 + 0.3 * fraction.clamp(0.0, 1.0))) as u64
+}
+
+/// The probe responder on the advertise port (UDP), at the listen address's
+/// IP. Without it the managers' probes are refused, so a node that misses
+/// heartbeats is declared down as if it had crashed: worth a warning, not a failure.
+fn probe_responder(file: &NodeFile, key: Vec<u8>) -> Option<shoal_proto::probe::Responder> {
+    let port = file.advertise_addr.parse::<SocketAddr>().map(|a| a.port()).unwrap_or(shoal_proto::MANAGER_PORT);
+    let ip = file.listen_addr.parse::<SocketAddr>().map(|a| a.ip()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let bind = SocketAddr::new(ip, port);
+    match shoal_proto::probe::Responder::start(bind, file.node_id.clone(), key) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(addr = %bind, error = %e, "cannot answer liveness probes: this node is declared down as soon as its heartbeats stop");
+            None
+        }
+    }
 }
 
 async fn start_manager(

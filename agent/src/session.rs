@@ -1,6 +1,7 @@
 //! The node's session with the leader's dispatcher: say hello, send
-//! heartbeats at the period the managers choose, and pass every
-//! `SessionState` to the daemon. It finds the leader by itself: a follower
+//! heartbeats at the period the managers choose, pass every `SessionState`
+//! to the daemon and every assignment change to the worker, probe other
+//! nodes when the dispatcher asks, and say goodbye when the daemon stops. It finds the leader by itself: a follower
 //! answers with the leader's address, and any failure moves on to the next
 //! known manager with a capped backoff.
 
@@ -23,6 +24,9 @@ pub struct SessionConfig {
     pub tls: watch::Receiver<Arc<ClientConfig>>,
     /// Runs the node's tasks: gets the assignment sets, gives the task reports.
     pub worker: Option<Arc<crate::worker::Worker>>,
+    /// Set before cancelling when the daemon stops to come back (a restart),
+    /// not to leave: the session then says goodbye.
+    pub restarting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 enum Ended {
@@ -107,7 +111,12 @@ async fn one_session(
     let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return Ended::Cancelled,
+            _ = cancel.cancelled() => {
+                if cfg.restarting.load(std::sync::atomic::Ordering::Relaxed) {
+                    goodbye(out_tx, inbound).await;
+                }
+                return Ended::Cancelled;
+            }
             _ = beat.tick() => {
                 if last_heard.elapsed() > period * 3 {
                     return Ended::Failed("the manager stopped answering heartbeats".into());
@@ -149,8 +158,16 @@ async fn one_session(
                         pb::manager_message::Msg::Ack(_) => {}
                         pb::manager_message::Msg::Assignments(a) => {
                             if let Some(w) = &cfg.worker {
-                                w.assign(&a.tasks_json);
+                                w.assign(a.full, &a.tasks_json, &a.removed);
                             }
+                        }
+                        pb::manager_message::Msg::Probe(req) => {
+                            let out = out_tx.clone();
+                            tokio::spawn(async move {
+                                let outcome = shoal_proto::probe::probe(&req.addr, &req.node_id, &req.key, Duration::from_millis(req.timeout_ms.clamp(100, 5000).into())).await;
+                                let r = pb::ProbeResult { probe_id: req.probe_id, node_id: req.node_id, outcome: outcome.as_str().into() };
+                                let _ = out.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::ProbeResult(r)) }).await;
+                            });
                         }
                         pb::manager_message::Msg::Logs(req) => {
                             if let Some(w) = &cfg.worker {
@@ -165,6 +182,18 @@ async fn one_session(
             },
         }
     }
+}
+
+/// Tells the dispatcher this daemon stops on purpose (so it gets the restart
+/// grace, not a node-down), and waits a moment for that to leave.
+async fn goodbye(out_tx: mpsc::Sender<pb::AgentMessage>, mut inbound: tonic::Streaming<pb::ManagerMessage>) {
+    let bye = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Goodbye(pb::Goodbye {})) };
+    if out_tx.send(bye).await.is_err() {
+        return;
+    }
+    drop(out_tx);
+    // The manager ends its side once ours ends: by then the goodbye was read.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async { while let Ok(Some(_)) = inbound.message().await {} }).await;
 }
 
 /// Resolves when the worker has reports to send (never without a worker).

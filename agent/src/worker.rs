@@ -6,7 +6,7 @@
 //! stopped and removed. Restarts are the cluster's business: a task's
 //! container never restarts by itself.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ pub struct Worker {
     registries: Arc<Registries>,
     hostname: String,
     rt: tokio::runtime::Handle,
-    assigned: Mutex<Vec<Task>>,
+    assigned: Mutex<BTreeMap<String, Task>>,
     /// What this worker last reported of each task.
     reported: Mutex<HashMap<String, TaskState>>,
     /// Reports waiting for the session to send them.
@@ -66,7 +66,7 @@ impl Worker {
             registries,
             hostname: hostname.to_string(),
             rt: tokio::runtime::Handle::current(),
-            assigned: Mutex::new(Vec::new()),
+            assigned: Mutex::new(BTreeMap::new()),
             reported: Mutex::new(HashMap::new()),
             outbox: Mutex::new(Vec::new()),
             log_outbox: Mutex::new(Vec::new()),
@@ -80,17 +80,25 @@ impl Worker {
     }
 
     /// A new assignment set from the dispatcher (the whole set, every time).
-    pub fn assign(&self, tasks_json: &[String]) {
+    pub fn assign(&self, full: bool, tasks_json: &[String], removed: &[String]) {
         let tasks: Vec<Task> = tasks_json.iter().filter_map(|j| serde_json::from_str(j).ok()).collect();
-        // What the managers know now is the baseline: anything ahead of it is reported again.
         {
+            let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+            // What the managers know now is the baseline: anything ahead of it is reported again.
             let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-            reported.clear();
-            for t in &tasks {
+            if full {
+                assigned.clear();
+                reported.clear();
+            }
+            for id in removed {
+                assigned.remove(id);
+                reported.remove(id);
+            }
+            for t in tasks {
                 reported.insert(t.id.clone(), t.status.state);
+                assigned.insert(t.id.clone(), t);
             }
         }
-        *self.assigned.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         self.wake.notify_one();
     }
 
@@ -182,10 +190,11 @@ impl Worker {
 
     /// One pass (blocking).
     fn reconcile(self: &Arc<Self>) {
-        let tasks = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let tasks: Vec<&Task> = assigned.values().collect();
         let mine: HashMap<String, Container> =
             self.containers.list().into_iter().filter(|c| !c.record.task_id.is_empty()).map(|c| (c.record.task_id.clone(), c)).collect();
-        for t in &tasks {
+        for &t in &tasks {
             let c = mine.get(&t.id);
             if t.desired == TaskState::Running {
                 match c {
@@ -212,10 +221,10 @@ impl Worker {
                 }
             }
         }
-        self.health.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| tasks.iter().any(|t| t.id == *id && t.desired == TaskState::Running));
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| assigned.get(id).is_some_and(|t| t.desired == TaskState::Running));
         // Containers of tasks this node no longer has go.
         for (id, c) in &mine {
-            if !tasks.iter().any(|t| t.id == *id) && !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+            if !assigned.contains_key(id) && !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
                 && !self.starting.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
             {
                 tracing::info!(container = %c.record.name, "removing the container of a task no longer assigned here");

@@ -1,7 +1,9 @@
 //! The dispatcher: one bidirectional session per node with the leader. It
-//! marks nodes ready when they say hello, down when their heartbeats stop, and
-//! tells each node what it should be (role, Raft id, managers to reach).
-//! Status changes are batched into one Raft write per flush.
+//! marks nodes ready when they say hello, down when `liveness` says so (their
+//! session or heartbeats stopped and probes, by the leader and through other
+//! nodes, got no answer), and tells each node what it should be (role, Raft
+//! id, managers to reach) and its assignment set: whole on connect, then the
+//! tasks that changed. Status changes are batched into one Raft write per flush.
 //!
 //! Architecture Invariant: sessions are only served by a confirmed leader and
 //! end when its leadership ends, so two managers never judge liveness at once.
@@ -14,22 +16,20 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use openraft::async_runtime::WatchReceiver as _;
 use shoal_proto::model::{NodeDescription, NodeState, NodeStatus, Role};
-use shoal_proto::service::{TaskState, TaskStatus};
+use shoal_proto::probe::Outcome;
+use shoal_proto::service::{Task, TaskState, TaskStatus};
 use shoal_proto::pb;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
+use crate::liveness::{Action, Liveness, Timing};
 use crate::manager::{Manager, Route};
 use crate::state::{Command, NodeStatusUpdate, ObjKey};
 use crate::store::{Event, Store};
 
-/// How often agents send heartbeats.
-pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(1000);
-/// Missed periods before a node is declared down.
-pub const HEARTBEAT_GRACE: u32 = 3;
-/// How often pending status changes are written.
+/// How often pending status changes are written and liveness is judged.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
@@ -39,7 +39,7 @@ pub struct Dispatcher {
 
 struct Inner {
     store: Store,
-    last_seen: Mutex<HashMap<String, Instant>>,
+    liveness: Mutex<Liveness>,
     pending: Mutex<Vec<NodeStatusUpdate>>,
     /// Task reports per node, written in batches like node status.
     task_reports: Mutex<HashMap<String, Vec<(String, TaskStatus)>>>,
@@ -56,7 +56,7 @@ impl Dispatcher {
         Dispatcher {
             inner: Arc::new(Inner {
                 store,
-                last_seen: Mutex::new(HashMap::new()),
+                liveness: Mutex::new(Liveness::new(Timing::default())),
                 pending: Mutex::new(Vec::new()),
                 task_reports: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
@@ -67,8 +67,21 @@ impl Dispatcher {
         }
     }
 
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.inner.liveness.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn seen(&self, node_id: &str) {
-        self.inner.last_seen.lock().unwrap_or_else(|p| p.into_inner()).insert(node_id.to_string(), Instant::now());
+        self.liveness().heard(node_id, Instant::now());
+    }
+
+    fn heartbeat_period(&self) -> Duration {
+        self.liveness().timing().period
+    }
+
+    fn probe_result(&self, target: &str, round: u64, outcome: Outcome) {
+        self.liveness().result(target, round, outcome);
+        self.inner.wake.notify_one();
     }
 
     fn report(&self, update: NodeStatusUpdate) {
@@ -78,15 +91,8 @@ impl Dispatcher {
 
     /// Leader-only: flushes status batches and declares silent nodes down.
     pub async fn lead(self, mgr: Arc<Manager>, token: CancellationToken) {
-        {
-            // Every node gets a full grace period to find the new leader.
-            let now = Instant::now();
-            let mut seen = self.inner.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.clear();
-            for id in self.inner.store.read().nodes.keys() {
-                seen.insert(id.clone(), now);
-            }
-        }
+        // Every node gets a full grace period to find the new leader.
+        self.liveness().reset(Instant::now());
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         loop {
             tokio::select! {
@@ -123,56 +129,100 @@ impl Dispatcher {
         }
     }
 
+    /// Judges liveness: sends the probes it asks for and queues the downs.
     fn expire(&self) {
         let state = self.inner.store.read();
-        let limit = HEARTBEAT_PERIOD * HEARTBEAT_GRACE;
-        let now = Instant::now();
-        let mut seen = self.inner.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-        for node in state.nodes.values() {
-            let last = *seen.entry(node.id.clone()).or_insert(now);
-            if node.status.state != NodeState::Down && now.duration_since(last) > limit {
-                tracing::warn!(node.id = %node.id, hostname = %node.description.hostname, "heartbeat failure: marking node down");
-                // Count from now again, so one silent node is reported once per grace period.
-                seen.insert(node.id.clone(), now);
-                self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).push(NodeStatusUpdate {
-                    id: node.id.clone(),
-                    status: NodeStatus { state: NodeState::Down, message: "heartbeat failure".into() },
-                    description: None,
-                });
+        let nodes: Vec<(String, bool)> = state.nodes.values().map(|n| (n.id.clone(), n.status.state == NodeState::Down)).collect();
+        let (actions, seen) = self.liveness().tick(Instant::now(), &nodes);
+        let hostname = |id: &str| state.nodes.get(id).map(|n| n.description.hostname.clone()).unwrap_or_default();
+        for id in seen.suspected {
+            tracing::info!(node.id = %id, hostname = %hostname(&id), "node suspect: probing it");
+        }
+        for id in seen.answered {
+            tracing::warn!(node.id = %id, hostname = %hostname(&id), "node missed heartbeats but answers probes: keeping it up");
+        }
+        for a in actions {
+            match a {
+                Action::Probe { round, target, probers } => {
+                    let Some(node) = state.nodes.get(&target) else { continue };
+                    let (addr, key) = (node.description.addr.clone(), node.description.probe_key());
+                    let timeout = self.liveness().timing().probe_timeout;
+                    let req = pb::ProbeRequest { probe_id: round, node_id: target.clone(), addr: addr.clone(), key: key.clone(), timeout_ms: timeout.as_millis() as u32 };
+                    for p in probers {
+                        let session = self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&p).cloned();
+                        match session {
+                            // A full outbox is a busy session: that prober does not vote.
+                            Some(s) if s.try_send(msg(pb::manager_message::Msg::Probe(req.clone()))).is_ok() => {}
+                            _ => self.probe_result(&target, round, Outcome::Error),
+                        }
+                    }
+                    let d = self.clone();
+                    tokio::spawn(async move {
+                        let outcome = shoal_proto::probe::probe(&addr, &target, &key, timeout).await;
+                        d.probe_result(&target, round, outcome);
+                    });
+                }
+                Action::Down { node, message } => {
+                    tracing::warn!(node.id = %node, hostname = %hostname(&node), reason = %message, "marking node down");
+                    self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).push(NodeStatusUpdate {
+                        id: node,
+                        status: NodeStatus { state: NodeState::Down, message },
+                        description: None,
+                    });
+                }
             }
         }
     }
 
-    /// The node's assignment set: every task placed on it that it should run,
-    /// or stop and report (JSON of `model::service::Task`), in a stable order.
-    fn assignments(&self, node_id: &str) -> Vec<String> {
-        let state = self.inner.store.read();
-        state
-            .tasks
-            .values()
-            .filter(|t| t.node_id == node_id && !(t.desired >= TaskState::Shutdown && t.status.state.is_terminal()))
-            .filter_map(|t| serde_json::to_string(t).ok())
-            .collect()
+    /// The task's entry in its node's assignment set: every task placed on
+    /// the node that it should run, or stop and report (JSON of
+    /// `model::service::Task`); None when it is not in the set.
+    fn assignment(t: &Task, node_id: &str) -> Option<String> {
+        if t.node_id != node_id || (t.desired >= TaskState::Shutdown && t.status.state.is_terminal()) {
+            return None;
+        }
+        serde_json::to_string(t).ok()
     }
 
-    /// Whether changed `keys` may touch the node's assignment set: one of its
-    /// tasks changed, or a task is gone (it may have been this node's).
-    fn concerns(&self, node_id: &str, keys: &[ObjKey]) -> bool {
+    /// The node's whole assignment set, by task id.
+    fn assignments(&self, node_id: &str) -> HashMap<String, String> {
         let state = self.inner.store.read();
-        keys.iter().any(|k| match k {
-            ObjKey::Task(id) => state.tasks.get(id).is_none_or(|t| t.node_id == node_id),
-            _ => false,
-        })
+        state.tasks.values().filter_map(|t| Some((t.id.clone(), Self::assignment(t, node_id)?))).collect()
     }
 
-    /// Sends the node's set if it changed since `sent`; false when the session is gone.
-    async fn send_assignments(&self, node_id: &str, sent: &mut Vec<String>, tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>) -> bool {
-        let now = self.assignments(node_id);
-        if now == *sent {
+    /// Sends the node's whole set; false when the session is gone.
+    async fn send_all(&self, node_id: &str, sent: &mut HashMap<String, String>, tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>) -> bool {
+        *sent = self.assignments(node_id);
+        let a = pb::Assignments { tasks_json: sent.values().cloned().collect(), full: true, removed: Vec::new() };
+        tx.send(msg(pb::manager_message::Msg::Assignments(a))).await.is_ok()
+    }
+
+    /// Sends what changed in the node's set among the changed `keys` since
+    /// `sent` (which it updates), if anything did; false when the session is gone.
+    async fn send_changes(&self, node_id: &str, keys: &[ObjKey], sent: &mut HashMap<String, String>, tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>) -> bool {
+        let mut delta = pb::Assignments::default();
+        {
+            let state = self.inner.store.read();
+            for k in keys {
+                let ObjKey::Task(id) = k else { continue };
+                match state.tasks.get(id).and_then(|t| Self::assignment(t, node_id)) {
+                    Some(json) if sent.get(id) != Some(&json) => {
+                        sent.insert(id.clone(), json.clone());
+                        delta.tasks_json.push(json);
+                    }
+                    Some(_) => {}
+                    None => {
+                        if sent.remove(id).is_some() {
+                            delta.removed.push(id.clone());
+                        }
+                    }
+                }
+            }
+        }
+        if delta.tasks_json.is_empty() && delta.removed.is_empty() {
             return true;
         }
-        *sent = now;
-        tx.send(msg(pb::manager_message::Msg::Assignments(pb::Assignments { tasks_json: sent.clone() }))).await.is_ok()
+        tx.send(msg(pb::manager_message::Msg::Assignments(delta))).await.is_ok()
     }
 
     /// Asks the nodes of `tasks` (task, its name, its node's id and hostname) for
@@ -265,7 +315,7 @@ impl Dispatcher {
         let managers = manager_addrs(mgr);
         match state.nodes.get(node_id) {
             Some(n) => pb::SessionState {
-                heartbeat_period_ms: HEARTBEAT_PERIOD.as_millis() as u32,
+                heartbeat_period_ms: self.heartbeat_period().as_millis() as u32,
                 managers,
                 desired_role: n.spec.role.as_str().to_string(),
                 raft_id: n.raft_id,
@@ -288,11 +338,14 @@ pub fn manager_addrs(mgr: &Manager) -> Vec<String> {
     addrs.into_iter().map(|(_, a)| a).collect()
 }
 
-/// Unregisters a session's stream when its task ends (if no newer one replaced it).
+/// Unregisters a session's stream when its task ends (if no newer one
+/// replaced it), and tells liveness the node's session ended.
 struct SessionGuard {
     d: Dispatcher,
     node_id: String,
     tx: mpsc::Sender<Result<pb::ManagerMessage, Status>>,
+    /// The node said goodbye: it is restarting on purpose.
+    goodbye: bool,
 }
 
 impl Drop for SessionGuard {
@@ -300,6 +353,9 @@ impl Drop for SessionGuard {
         let mut sessions = self.d.inner.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if sessions.get(&self.node_id).is_some_and(|s| s.same_channel(&self.tx)) {
             sessions.remove(&self.node_id);
+            drop(sessions);
+            self.d.liveness().ended(&self.node_id, Instant::now(), self.goodbye);
+            self.d.inner.wake.notify_one();
         }
     }
 }
@@ -366,21 +422,23 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                 cert_expiry_ms: id.not_after_ms,
                 nano_cpus: hello.nano_cpus,
                 memory_bytes: hello.memory_bytes,
+                probe_key: hex(&hello.probe_key),
             }),
         });
         let (tx, rx) = mpsc::channel(16);
         d.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(node_id.clone(), tx.clone());
         let mut events = mgr.store.subscribe();
-        let guard = SessionGuard { d: d.clone(), node_id: node_id.clone(), tx: tx.clone() };
+        let guard = SessionGuard { d: d.clone(), node_id: node_id.clone(), tx: tx.clone(), goodbye: false };
         tokio::spawn(async move {
-            let _guard = guard;
+            // Moved whole, so it drops when the session ends.
+            let mut guard = guard;
             let mut last = d.session_state(&mgr, &node_id);
             if tx.send(msg(pb::manager_message::Msg::State(last.clone()))).await.is_err() {
                 return;
             }
-            // The full assignment set on (re)connect, then again whenever it changes.
-            let mut sent = d.assignments(&node_id);
-            if tx.send(msg(pb::manager_message::Msg::Assignments(pb::Assignments { tasks_json: sent.clone() }))).await.is_err() {
+            // The whole assignment set on (re)connect, then what changes in it.
+            let mut sent = HashMap::new();
+            if !d.send_all(&node_id, &mut sent, &tx).await {
                 return;
             }
             let mut membership = mgr.raft.metrics();
@@ -393,7 +451,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                     m = inbound.message() => match m {
                         Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(_)) })) => {
                             d.seen(&node_id);
-                            let ack = pb::HeartbeatAck { period_ms: HEARTBEAT_PERIOD.as_millis() as u32 };
+                            let ack = pb::HeartbeatAck { period_ms: d.heartbeat_period().as_millis() as u32 };
                             if tx.send(msg(pb::manager_message::Msg::Ack(ack))).await.is_err() { return; }
                             false
                         }
@@ -406,6 +464,15 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             d.report_tasks(&node_id, s.reports);
                             false
                         }
+                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::ProbeResult(r)) })) => {
+                            d.probe_result(&r.node_id, r.probe_id, Outcome::parse(&r.outcome));
+                            false
+                        }
+                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Goodbye(_)) })) => {
+                            tracing::info!(node.id = %node_id, "node said goodbye: it is restarting");
+                            guard.goodbye = true;
+                            false
+                        }
                         Ok(Some(_)) => false,
                         Ok(None) | Err(_) => {
                             tracing::info!(node.id = %node_id, "session ended");
@@ -414,13 +481,13 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                     },
                     ev = events.recv() => match ev {
                         Ok(Event::Changed { keys, .. }) => {
-                            if d.concerns(&node_id, &keys) && !d.send_assignments(&node_id, &mut sent, &tx).await {
+                            if !d.send_changes(&node_id, &keys, &mut sent, &tx).await {
                                 return;
                             }
                             keys.iter().any(|k| matches!(k, ObjKey::Node(_)))
                         }
                         Ok(Event::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            if !d.send_assignments(&node_id, &mut sent, &tx).await {
+                            if !d.send_all(&node_id, &mut sent, &tx).await {
                                 return;
                             }
                             true
@@ -442,4 +509,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod ca;
 pub mod dispatcher;
+pub mod liveness;
 pub mod manager;
 pub mod orchestrator;
 pub mod raft;

@@ -3,6 +3,7 @@
 //! (`token`, `tls`). It owns no state and never does I/O beyond the sockets it is handed.
 
 pub mod model;
+pub mod probe;
 pub mod service;
 pub mod tls;
 pub mod token;

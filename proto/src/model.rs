@@ -117,6 +117,16 @@ pub struct NodeDescription {
     pub nano_cpus: u64,
     #[serde(default)]
     pub memory_bytes: u64,
+    /// The key its probe responder answers with, hex (see `probe`); new at each daemon start.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub probe_key: String,
+}
+
+impl NodeDescription {
+    /// The probe key's bytes (empty when the node gave none).
+    pub fn probe_key(&self) -> Vec<u8> {
+        (0..self.probe_key.len() / 2).filter_map(|i| u8::from_str_radix(self.probe_key.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

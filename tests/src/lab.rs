@@ -358,6 +358,12 @@ impl Lab {
             .parse::<u32>()
             .with_context(|| format!("bad pid in {path}: {s:?}"))
     }
+
+    /// Host `i`'s daemon log so far (every start appends to it).
+    pub fn daemon_log(&self, i: usize) -> Result<String> {
+        let path = format!("/tmp/shoal-lab/h{}/daemon.log", self.host(i)?);
+        fs::read_to_string(&path).with_context(|| format!("reading {path}"))
+    }
 }
 
 impl Drop for Lab {

@@ -1,7 +1,9 @@
 //! Services on a 5-host lab (3 managers) with the real binary: replicas
 //! spread evenly, scale up and down, a global service following drains, a
 //! constraint with max-per-node that explains what it cannot place, a job
-//! that runs to completion, a start-first rolling update, an update to a bad
+//! that runs to completion, a node that joins later getting the global task,
+//! a worker cut off from the managers but answering probes staying up, a
+//! start-first rolling update, an update to a bad
 //! image and one to a failing health check that roll themselves back, a worker killed
 //! (its tasks run elsewhere, and it runs none of them when it returns), the
 //! leader killed in the middle of an update, `service logs` (and `-f`) from
@@ -78,6 +80,42 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     ensure!(!per_node(&web).contains_key("shl-h5"), "drained: {:?}", per_node(&web));
     lab.shoal(1, &["node", "update", "--availability", "active", "shl-h5"])?;
     converged(&lab, 1, "everywhere", 5, 30)?;
+
+    // A node that joins later gets the global task: shl-h5 leaves, is removed, and joins again.
+    lab.shoal(5, &["swarm", "leave"])?;
+    wait_for("shl-h5 to be down after leaving", Duration::from_secs(30), || {
+        Ok(lab.shoal(1, &["node", "ls"])?.lines().any(|l| l.contains("shl-h5") && l.contains("Down")).then_some(()))
+    })?;
+    lab.shoal(1, &["node", "rm", "shl-h5"])?;
+    converged(&lab, 1, "everywhere", 4, 30)?;
+    let token = lab.shoal(1, &["swarm", "join-token", "-q", "worker"])?;
+    lab.shoal(5, &["swarm", "join", "--token", token.trim(), "--advertise-addr", &lab.ip(5), &format!("{}:4620", lab.ip(1))])?;
+    let everywhere = converged(&lab, 1, "everywhere", 5, 30)?;
+    ensure!(per_node(&everywhere).contains_key("shl-h5"), "the joined node runs it: {:?}", per_node(&everywhere));
+
+    // A worker whose path to the managers is cut, but that answers the
+    // leader's and the other nodes' probes, is not declared down: to the
+    // leader this looks like a node too busy to send heartbeats.
+    let nft = |args: &[&str]| -> Result<()> {
+        let mut cmd = vec!["nft"];
+        cmd.extend_from_slice(args);
+        let out = lab.run(4, &cmd)?;
+        ensure!(out.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    nft(&["add", "table", "inet", "shltest"])?;
+    nft(&["add", "chain", "inet", "shltest", "out", "{", "type", "filter", "hook", "output", "priority", "0", ";", "}"])?;
+    nft(&["add", "rule", "inet", "shltest", "out", "tcp", "dport", "4620", "drop"])?;
+    let leaders_log = || -> Result<String> { Ok((1..=3).map(|i| lab.daemon_log(i).unwrap_or_default()).collect()) };
+    let kept_before = leaders_log()?.matches("answers probes: keeping it up").count();
+    let held = std::time::Instant::now();
+    while held.elapsed() < Duration::from_secs(6) {
+        let ls = lab.shoal(1, &["node", "ls"])?;
+        ensure!(!ls.lines().any(|l| l.contains("shl-h4") && l.contains("Down")), "shl-h4 declared down though it answers probes: {ls}");
+        std::thread::sleep(Duration::from_millis(300)); // polling pace, not a wait for a condition
+    }
+    ensure!(leaders_log()?.matches("answers probes: keeping it up").count() > kept_before, "the leader saw heartbeats stop and probes answer");
+    nft(&["delete", "table", "inet", "shltest"])?;
 
     // Host-mode published ports: each node's port reaches its own task, and a second task per node cannot be placed.
     let web_sh = "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
