@@ -126,6 +126,7 @@ fn container_pb(c: &Container) -> pb::ContainerInfo {
         created_ms: c.record.created_ms,
         restart_count: c.restart.count,
         ports: c.endpoints.iter().flat_map(|e| e.ports.iter().cloned()).collect::<Vec<_>>().join(", "),
+        labels: c.record.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         ..Default::default()
     };
     match &c.status {
@@ -538,6 +539,7 @@ impl pb::engine_server::Engine for EngineService {
             ip: r.ip,
             network_aliases: r.network_aliases,
             task_id: String::new(),
+            labels: r.labels.into_iter().collect(),
         };
         let containers = self.containers.clone();
         let c = cblocking(move || containers.run(&run)).await?;

@@ -394,9 +394,22 @@ impl Worker {
             stop_timeout: Some(s.stop_grace_ms.div_ceil(1000)),
             publish: s.ports.iter().map(|p| format!("{}:{}/{}", p.published, p.target, p.protocol)).collect(),
             task_id: t.id.clone(),
+            labels: task_labels(t),
             ..Default::default()
         }
     }
+}
+
+/// A task container's labels: the service's `--container-label`s, then
+/// what Docker puts on a task's container, so tools find their way back.
+fn task_labels(t: &Task) -> BTreeMap<String, String> {
+    let mut l = t.spec.container_labels.clone();
+    l.insert("com.docker.swarm.service.id".into(), t.service_id.clone());
+    l.insert("com.docker.swarm.service.name".into(), t.service_name.clone());
+    l.insert("com.docker.swarm.task.id".into(), t.id.clone());
+    l.insert("com.docker.swarm.task.name".into(), t.name());
+    l.insert("com.docker.swarm.node.id".into(), t.node_id.clone());
+    l
 }
 
 /// A task's status as its container shows it.

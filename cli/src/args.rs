@@ -330,6 +330,9 @@ pub struct RunArgs {
     /// Another name for the container on its (user-defined) network.
     #[arg(long = "network-alias", alias = "net-alias")]
     pub network_alias: Vec<String>,
+    /// Set metadata on the container (key=value).
+    #[arg(short = 'l', long)]
+    pub label: Vec<String>,
     #[arg(long)]
     pub cap_add: Vec<String>,
     #[arg(long)]
@@ -776,6 +779,19 @@ pub struct ServiceFlags {
     pub update_monitor: Option<String>,
     #[arg(long)]
     pub update_max_failure_ratio: Option<f64>,
+    /// Tasks rolled back at once (0: all).
+    #[arg(long)]
+    pub rollback_parallelism: Option<u64>,
+    #[arg(long)]
+    pub rollback_delay: Option<String>,
+    #[arg(long, value_parser = ["stop-first", "start-first"])]
+    pub rollback_order: Option<String>,
+    #[arg(long, value_parser = ["pause", "continue"])]
+    pub rollback_failure_action: Option<String>,
+    #[arg(long)]
+    pub rollback_monitor: Option<String>,
+    #[arg(long)]
+    pub rollback_max_failure_ratio: Option<f64>,
     /// A template: '{{.Service.Name}}-{{.Task.Slot}}'.
     #[arg(long)]
     pub hostname: Option<String>,
@@ -849,11 +865,32 @@ pub struct ServiceUpdateArgs {
     /// Replaces the command.
     #[arg(long, num_args = 1.., allow_hyphen_values = true)]
     pub args: Option<Vec<String>>,
-    #[arg(long)]
-    pub env_rm: Vec<String>,
-    #[arg(long)]
-    pub constraint_rm: Vec<String>,
+    #[command(flatten)]
+    pub rm: ServiceRemovals,
     #[command(flatten)]
     pub flags: ServiceFlags,
     pub service: String,
+}
+
+/// What `service update` takes away, before it adds what the other flags say.
+#[derive(Args, Debug, Default)]
+pub struct ServiceRemovals {
+    /// Remove an environment variable (its name).
+    #[arg(long)]
+    pub env_rm: Vec<String>,
+    /// Remove a placement constraint (as it was given).
+    #[arg(long)]
+    pub constraint_rm: Vec<String>,
+    /// Remove a service label (its key).
+    #[arg(long)]
+    pub label_rm: Vec<String>,
+    /// Remove a container label (its key).
+    #[arg(long)]
+    pub container_label_rm: Vec<String>,
+    /// Remove a published port (its published port number).
+    #[arg(long)]
+    pub publish_rm: Vec<u16>,
+    /// Remove a mount (its target path).
+    #[arg(long)]
+    pub mount_rm: Vec<String>,
 }

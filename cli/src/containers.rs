@@ -52,6 +52,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 publish: a.publish.clone(),
                 ip: a.ip.clone().unwrap_or_default(),
                 network_aliases: a.network_alias.clone(),
+                labels: labels(&a.label),
             };
             let c = engine.container_run(req).await?.into_inner();
             if a.detach {
@@ -137,7 +138,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 *quiet,
                 *format,
                 |c| short(&c.id).to_string(),
-                |c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid, "restart_count": c.restart_count, "ports": c.ports}),
+                |c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid, "restart_count": c.restart_count, "ports": c.ports, "labels": c.labels.iter().collect::<std::collections::BTreeMap<_, _>>()}),
                 &["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
                 |c| {
                     let cmd: String = c.command.chars().take(20).collect();
@@ -368,6 +369,11 @@ async fn attach_terminal(engine: &mut Engine, id: &str, interactive: bool, tty: 
     let code = crate::terminal::output(out).await;
     drop(raw);
     code
+}
+
+/// `--label` values, `KEY=VALUE` or `KEY` (an empty value), as Docker takes them.
+pub(crate) fn labels(given: &[String]) -> std::collections::HashMap<String, String> {
+    given.iter().map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.to_string(), v.to_string()))).collect()
 }
 
 /// One `-e` value: `KEY=VALUE` as it is, `KEY` from this environment (left

@@ -1,6 +1,8 @@
 //! `shoal service …`: builds service specs from Docker's flags, sends them to
 //! a manager, and follows a rollout until it converges (or says why not).
 
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -10,7 +12,7 @@ use shoal_proto::service::{
     FailureAction, Mode, PublishedPort, RestartCondition, ServiceSpec, Task, TaskState, UpdateOrder, UpdateState,
 };
 
-use crate::args::{Cli, Format, ServiceCmd, ServiceCreateArgs, ServiceFlags, ServiceUpdateArgs};
+use crate::args::{Cli, Format, ServiceCmd, ServiceCreateArgs, ServiceFlags, ServiceRemovals, ServiceUpdateArgs};
 use crate::client;
 use crate::containers::{env_entry, read_env_file, short};
 use crate::output::{capitalize, table};
@@ -141,7 +143,7 @@ async fn create(control: &mut Control, a: &ServiceCreateArgs) -> anyhow::Result<
         spec.task.restart.condition = RestartCondition::OnFailure;
     }
     spec.task.stop_grace_ms = 10_000;
-    apply_flags(&mut spec, &a.flags, &[], &[])?;
+    apply_flags(&mut spec, &a.flags, &ServiceRemovals::default())?;
     let resp = control.create_service(pb::JsonDoc { json: serde_json::to_string(&spec)? }).await?.into_inner();
     println!("{}", resp.id);
     if !a.flags.detach {
@@ -172,7 +174,7 @@ async fn update(control: &mut Control, a: &ServiceUpdateArgs) -> anyhow::Result<
         if a.force {
             spec.task.force_update += 1;
         }
-        apply_flags(&mut spec, &a.flags, &a.env_rm, &a.constraint_rm)?;
+        apply_flags(&mut spec, &a.flags, &a.rm)?;
         control.update_service(pb::ServiceUpdateRequest { id: id.clone(), spec_json: serde_json::to_string(&spec)?, rollback: false }).await?;
     }
     println!("{}", a.service);
@@ -259,10 +261,16 @@ fn parse_publish(s: &str) -> anyhow::Result<PublishedPort> {
     Ok(p)
 }
 
-fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, env_rm: &[String], constraint_rm: &[String]) -> anyhow::Result<()> {
+fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &ServiceRemovals) -> anyhow::Result<()> {
     let t = &mut spec.task;
     let key = |e: &str| e.split('=').next().unwrap_or("").to_string();
-    t.env.retain(|e| !env_rm.contains(&key(e)));
+    t.env.retain(|e| !rm.env_rm.contains(&key(e)));
+    t.constraints.retain(|c| !rm.constraint_rm.contains(c));
+    t.container_labels.retain(|k, _| !rm.container_label_rm.contains(k));
+    t.ports.retain(|p| !rm.publish_rm.contains(&p.published));
+    t.mounts.retain(|m| !rm.mount_rm.iter().any(|target| mount_target(m) == Some(target.as_str())));
+    spec.labels.retain(|k, _| !rm.label_rm.contains(k));
+    let t = &mut spec.task;
     // The same rules as `run`: env files first, then -e (KEY alone from this environment).
     let mut env = Vec::new();
     for file in &f.env_file {
@@ -289,7 +297,6 @@ fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, env_rm: &[String], cons
     if let Some(v) = &f.reserve_memory {
         t.reserve_memory = parse_bytes(v)?;
     }
-    t.constraints.retain(|c| !constraint_rm.contains(c));
     t.constraints.extend(f.constraint.iter().cloned());
     for p in &f.placement_pref {
         let label = p.strip_prefix("spread=").with_context(|| format!("invalid --placement-pref {p:?}: spread=node.labels.KEY"))?;
@@ -325,10 +332,7 @@ fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, env_rm: &[String], cons
     if let Some(v) = &f.workdir {
         t.workdir = v.clone();
     }
-    for l in &f.container_label {
-        let (k, v) = l.split_once('=').unwrap_or((l, ""));
-        t.container_labels.insert(k.into(), v.into());
-    }
+    t.container_labels.extend(crate::containers::labels(&f.container_label));
     for p in &f.publish {
         let p = parse_publish(p)?;
         t.ports.retain(|q| !(q.published == p.published && q.protocol == p.protocol));
@@ -358,34 +362,72 @@ fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, env_rm: &[String], cons
     } else if health_flags {
         bail!("--health-interval and the like need --health-cmd");
     }
-    for l in &f.label {
-        let (k, v) = l.split_once('=').unwrap_or((l, ""));
-        spec.labels.insert(k.into(), v.into());
-    }
-    let u = &mut spec.update;
-    if let Some(v) = f.update_parallelism {
-        u.parallelism = v;
-    }
-    if let Some(v) = &f.update_delay {
-        u.delay_ms = parse_duration(v)?;
-    }
-    if let Some(v) = &f.update_order {
-        u.order = if v == "start-first" { UpdateOrder::StartFirst } else { UpdateOrder::StopFirst };
-    }
-    if let Some(v) = &f.update_failure_action {
-        u.failure_action = match v.as_str() {
-            "continue" => FailureAction::Continue,
-            "rollback" => FailureAction::Rollback,
-            _ => FailureAction::Pause,
-        };
-    }
-    if let Some(v) = &f.update_monitor {
-        u.monitor_ms = parse_duration(v)?;
-    }
-    if let Some(v) = f.update_max_failure_ratio {
-        u.max_failure_ratio = v;
-    }
+    spec.labels.extend(crate::containers::labels(&f.label));
+    let update = Rollout {
+        parallelism: f.update_parallelism,
+        delay: &f.update_delay,
+        order: &f.update_order,
+        failure_action: &f.update_failure_action,
+        monitor: &f.update_monitor,
+        max_failure_ratio: f.update_max_failure_ratio,
+    };
+    update.apply(&mut spec.update, "--update")?;
+    let rollback = Rollout {
+        parallelism: f.rollback_parallelism,
+        delay: &f.rollback_delay,
+        order: &f.rollback_order,
+        failure_action: &f.rollback_failure_action,
+        monitor: &f.rollback_monitor,
+        max_failure_ratio: f.rollback_max_failure_ratio,
+    };
+    rollback.apply(&mut spec.rollback, "--rollback")?;
     Ok(())
+}
+
+/// The `--update-*` or `--rollback-*` flags.
+struct Rollout<'a> {
+    parallelism: Option<u64>,
+    delay: &'a Option<String>,
+    order: &'a Option<String>,
+    failure_action: &'a Option<String>,
+    monitor: &'a Option<String>,
+    max_failure_ratio: Option<f64>,
+}
+
+impl Rollout<'_> {
+    fn apply(&self, u: &mut shoal_proto::service::UpdateConfig, flag: &str) -> anyhow::Result<()> {
+        if let Some(v) = self.parallelism {
+            u.parallelism = v;
+        }
+        if let Some(v) = self.delay {
+            u.delay_ms = parse_duration(v)?;
+        }
+        if let Some(v) = self.order {
+            u.order = if v == "start-first" { UpdateOrder::StartFirst } else { UpdateOrder::StopFirst };
+        }
+        if let Some(v) = self.failure_action {
+            u.failure_action = match v.as_str() {
+                "continue" => FailureAction::Continue,
+                "rollback" => FailureAction::Rollback,
+                _ => FailureAction::Pause,
+            };
+        }
+        if let Some(v) = self.monitor {
+            u.monitor_ms = parse_duration(v)?;
+        }
+        if let Some(v) = self.max_failure_ratio {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("invalid {flag}-max-failure-ratio {v}: a fraction between 0 and 1");
+            }
+            u.max_failure_ratio = v;
+        }
+        Ok(())
+    }
+}
+
+/// A `--mount` spec's target path (`target=`, `dst=` or `destination=`).
+fn mount_target(spec: &str) -> Option<&str> {
+    spec.split(',').find_map(|kv| kv.split_once('=').filter(|(k, _)| matches!(*k, "target" | "dst" | "destination")).map(|(_, v)| v))
 }
 
 /// The service's listing entry (`{service, running, desired, completed}`) and its spec.
@@ -418,6 +460,10 @@ async fn follow(control: &mut Control, id: &str, before: &Value) -> anyhow::Resu
     let deadline = Instant::now() + FOLLOW_FOR;
     let mut last = String::new();
     let mut rolling_back = false;
+    let mut verifying = false;
+    // On a terminal the block of bars is redrawn in place: how many lines it took.
+    let tty = std::io::stdout().is_terminal();
+    let mut drawn = 0usize;
     loop {
         let (svc, entry) = find(control, id).await?;
         let spec: ServiceSpec = serde_json::from_value(svc["spec"].clone())?;
@@ -432,12 +478,30 @@ async fn follow(control: &mut Control, id: &str, before: &Value) -> anyhow::Resu
             (current == wanted && live.len() as u64 == wanted && live.iter().all(|t| t.spec == spec.task), format!("overall progress: {current} out of {wanted} tasks"))
         };
         let problems: Vec<String> = live.iter().filter(|t| !t.status.err.is_empty() && !t.status.state.is_terminal()).map(|t| format!("{}: {}", t.name(), t.status.err)).collect();
-        let shown = if problems.is_empty() { line.clone() } else { format!("{line}\n{}", problems.join("\n")) };
+        let mut block = vec![line];
+        if tty && !spec.mode.is_job() {
+            block.extend(progress_bars(&spec, &ts));
+        }
+        block.extend(problems);
+        let shown = block.join("\n");
         if shown != last {
+            if drawn > 0 {
+                print!("\x1b[{drawn}A\x1b[J"); // up over the last block, and clear it
+            }
             println!("{shown}");
+            drawn = if tty { block.len() } else { 0 };
             last = shown;
         }
         let update_state: UpdateState = serde_json::from_value(svc["update_state"].clone()).unwrap_or_default();
+        // An update or rollback is over once the server says so: after its monitor window.
+        let rolling = matches!(update_state, UpdateState::Updating | UpdateState::RollbackStarted);
+        if done && rolling && !verifying {
+            verifying = true;
+            let cfg = if update_state == UpdateState::RollbackStarted { &spec.rollback } else { &spec.update };
+            println!("verify: Waiting {} to verify that tasks are stable...", human_ms(cfg.monitor_ms));
+            drawn = 0; // the block stays above this line; a change prints a new one below
+        }
+        let done = done && !rolling;
         if update_state == UpdateState::Paused {
             bail!("update paused: {}", svc["update_message"].as_str().unwrap_or_default());
         }
@@ -446,6 +510,7 @@ async fn follow(control: &mut Control, id: &str, before: &Value) -> anyhow::Resu
         if rolled_back && news && !rolling_back && svc["update_message"].as_str().is_some_and(|m| m.contains("rolled back due to")) {
             rolling_back = true;
             println!("rollback: {}", svc["update_message"].as_str().unwrap_or_default());
+            drawn = 0;
         }
         if done && rolling_back {
             bail!("{}: the update failed and was rolled back: {}", spec.name, svc["update_message"].as_str().unwrap_or_default());
@@ -489,6 +554,45 @@ async fn ls(control: &mut Control, quiet: bool, format: Format) -> anyhow::Resul
         .collect();
     println!("{}", table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows));
     Ok(())
+}
+
+/// Docker shows one bar per slot (or node) up to this many; past it, the overall line only.
+const MAX_BARS: usize = 20;
+
+/// Docker's progress bars, one per slot (replicated) or node (global): the
+/// state of its newest live task, as far along `new → running` as it got.
+fn progress_bars(spec: &ServiceSpec, ts: &[(Task, String)]) -> Vec<String> {
+    let mut newest: BTreeMap<(u64, String), &Task> = BTreeMap::new();
+    for (t, node) in ts.iter().filter(|(t, _)| t.desired == TaskState::Running) {
+        let key = if spec.mode.is_global() { (0, node.clone()) } else { (t.slot, String::new()) };
+        let e = newest.entry(key).or_insert(t);
+        if (t.spec == spec.task, t.created_index) > (e.spec == spec.task, e.created_index) {
+            *e = t;
+        }
+    }
+    if newest.len() > MAX_BARS {
+        return Vec::new();
+    }
+    let steps = TaskState::Running as usize + 1;
+    newest
+        .iter()
+        .map(|((slot, node), t)| {
+            let done = if t.spec != spec.task || t.status.state > TaskState::Running { 0 } else { t.status.state as usize + 1 };
+            let filled = done * 50 / steps;
+            let bar = if filled == 0 { " ".repeat(50) } else { format!("{}>{}", "=".repeat(filled - 1), " ".repeat(50 - filled)) };
+            let who = if spec.mode.is_global() { node.clone() } else { format!("{slot}/{}", spec.replicas) };
+            format!("{who}: {:<9} [{bar}]", t.status.state.as_str())
+        })
+        .collect()
+}
+
+/// A monitor window as Docker says it: "5 seconds".
+fn human_ms(ms: u64) -> String {
+    match ms {
+        1000 => "1 second".into(),
+        _ if ms % 1000 == 0 => format!("{} seconds", ms / 1000),
+        _ => format!("{} seconds", ms as f64 / 1000.0),
+    }
 }
 
 fn ago(ms: u64) -> String {
@@ -544,6 +648,17 @@ async fn ps(control: &mut Control, service: &str, quiet: bool, no_trunc: bool, f
     Ok(())
 }
 
+fn print_rollout(title: &str, order: &str, u: &shoal_proto::service::UpdateConfig) {
+    println!("{title}:\n Parallelism:\t{}", u.parallelism);
+    if u.delay_ms > 0 {
+        println!(" Delay:\t\t{}", human_ms(u.delay_ms));
+    }
+    println!(" On failure:\t{}", serde_json::to_value(u.failure_action).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+    println!(" Monitoring Period: {}", human_ms(u.monitor_ms));
+    println!(" Max failure ratio: {}", u.max_failure_ratio);
+    println!(" {order}:\t{}", serde_json::to_value(u.order).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+}
+
 fn print_pretty(s: &Value) {
     let spec: ServiceSpec = serde_json::from_value(s["spec"].clone()).unwrap_or_default();
     println!("ID:\t\t{}", s["id"].as_str().unwrap_or_default());
@@ -557,7 +672,8 @@ fn print_pretty(s: &Value) {
     if !spec.task.constraints.is_empty() {
         println!(" Constraints:\t{:?}", spec.task.constraints);
     }
-    println!("UpdateConfig:\n Parallelism:\t{}\n Order:\t\t{:?}\n On failure:\t{:?}", spec.update.parallelism, spec.update.order, spec.update.failure_action);
+    print_rollout("UpdateConfig", "Update order", &spec.update);
+    print_rollout("RollbackConfig", "Rollback order", &spec.rollback);
     println!("ContainerSpec:\n Image:\t\t{}", spec.task.image);
     if !spec.task.args.is_empty() {
         println!(" Args:\t\t{}", spec.task.args.join(" "));
@@ -580,6 +696,32 @@ fn print_pretty(s: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_bars_show_each_slot_as_far_as_its_newest_task_got() {
+        let mut spec = ServiceSpec { replicas: 3, ..Default::default() };
+        spec.task.image = "new".into();
+        let task = |slot, image: &str, state, created_index| {
+            let mut t = Task { slot, desired: TaskState::Running, created_index, ..Default::default() };
+            t.spec.image = image.into();
+            t.status.state = state;
+            (t, "h1".to_string())
+        };
+        let ts = vec![
+            task(1, "new", TaskState::Running, 5),
+            task(1, "old", TaskState::Running, 1),
+            task(2, "new", TaskState::Preparing, 6),
+            task(3, "old", TaskState::Running, 2),
+        ];
+        let bars = progress_bars(&spec, &ts);
+        assert_eq!(bars.len(), 3, "{bars:?}");
+        assert_eq!(bars[0], format!("1/3: running   [{}>]", "=".repeat(49)));
+        assert!(bars[1].starts_with("2/3: preparing [=") && bars[1].contains("> "), "{}", bars[1]);
+        assert_eq!(bars[2], format!("3/3: running   [{}]", " ".repeat(50)), "an old task is no progress");
+        spec.replicas = 30;
+        let many: Vec<(Task, String)> = (1..=30).map(|s| task(s, "new", TaskState::New, s)).collect();
+        assert!(progress_bars(&spec, &many).is_empty(), "past 20, the overall line only");
+    }
 
     #[test]
     fn durations_and_ports_parse_like_docker() {

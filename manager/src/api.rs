@@ -52,6 +52,12 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     if !(0.0..=1.0).contains(&spec.update.max_failure_ratio) {
         return bad("--update-max-failure-ratio is between 0 and 1".into());
     }
+    if !(0.0..=1.0).contains(&spec.rollback.max_failure_ratio) {
+        return bad("--rollback-max-failure-ratio is between 0 and 1".into());
+    }
+    if spec.rollback.failure_action == shoal_proto::service::FailureAction::Rollback {
+        return bad("--rollback-failure-action is pause or continue: a rollback does not roll back".into());
+    }
     Ok(())
 }
 

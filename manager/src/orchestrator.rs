@@ -138,7 +138,8 @@ impl Orchestrator<'_> {
             .max();
         let delayed = spec_delay(self.svc) > 0 && last_up.is_some_and(|at| self.now_ms < at + spec_delay(self.svc));
         let paused = self.svc.update_state == UpdateState::Paused || delayed;
-        let mut budget = if paused { 0 } else if spec.update.parallelism == 0 { u64::MAX } else { spec.update.parallelism.saturating_sub(in_flight) };
+        let rollout = rollout(self.svc);
+        let mut budget = if paused { 0 } else if rollout.parallelism == 0 { u64::MAX } else { rollout.parallelism.saturating_sub(in_flight) };
 
         match spec.mode {
             Mode::Replicated | Mode::ReplicatedJob => {
@@ -213,7 +214,7 @@ impl Orchestrator<'_> {
             }
             if current.spec != self.svc.spec.task && *budget > 0 && live.len() == 1 {
                 *budget -= 1;
-                if spec.update.order == UpdateOrder::StartFirst {
+                if rollout(self.svc).order == UpdateOrder::StartFirst {
                     self.create(slot, node, 0, 0);
                 } else {
                     self.shutdown(current);
@@ -294,49 +295,60 @@ impl Orchestrator<'_> {
             not_before_ms,
             attempt,
             created_index: 0,
+            started_ms: 0,
             meta: Default::default(),
         })));
     }
 
-    /// An update is complete when every live task is up to date and running;
-    /// it pauses when one of its new tasks fails.
+    /// An update is complete when every live task is up to date and running,
+    /// and the last one started has run for the monitor window; it pauses or
+    /// rolls back when more of its new tasks fail within their window than it
+    /// tolerates.
     fn update_progress(&mut self) {
         let svc = self.svc;
         if !matches!(svc.update_state, UpdateState::Updating | UpdateState::RollbackStarted) {
             return;
         }
+        let cfg = rollout(svc);
         let mine = || self.tasks.iter().copied();
-        // New tasks that failed, against the ratio the update tolerates.
+        // New tasks that failed before or within their monitor window, against the ratio tolerated.
         let new: Vec<&Task> = mine().filter(|t| t.spec_version == svc.spec_version).collect();
-        let failed = new.iter().filter(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected)).count();
-        let tolerated = (svc.spec.update.max_failure_ratio * new.len().max(1) as f64).floor() as usize;
-        if svc.update_state == UpdateState::Updating
-            && failed > tolerated
-            && let Some(bad) = new.iter().find(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected))
+        let failed_early =
+            |t: &&&Task| matches!(t.status.state, TaskState::Failed | TaskState::Rejected) && (t.started_ms == 0 || t.status.at_ms < t.started_ms + cfg.monitor_ms);
+        let failed = new.iter().filter(failed_early).count();
+        let tolerated = (cfg.max_failure_ratio * new.len().max(1) as f64).floor() as usize;
+        let what = if svc.update_state == UpdateState::Updating { "update" } else { "rollback" };
+        if failed > tolerated
+            && let Some(bad) = new.iter().find(failed_early)
         {
             let why = if bad.status.err.is_empty() { bad.status.state.to_string() } else { bad.status.err.clone() };
-            match svc.spec.update.failure_action {
-                shoal_proto::service::FailureAction::Pause => {
-                    self.out.push(TaskChange::UpdateState {
-                        service_id: svc.id.clone(),
-                        state: UpdateState::Paused,
-                        message: format!("update paused due to failure or early termination of task {}: {why}", bad.id),
-                    });
-                    return;
-                }
-                shoal_proto::service::FailureAction::Rollback => {
+            use shoal_proto::service::FailureAction;
+            // A rollback that fails pauses rather than rolling back again.
+            let rolling_back = svc.update_state == UpdateState::RollbackStarted;
+            match (cfg.failure_action, rolling_back) {
+                (FailureAction::Continue, _) => {}
+                (FailureAction::Rollback, false) => {
                     self.out.push(TaskChange::Rollback {
                         service_id: svc.id.clone(),
                         message: format!("update rolled back due to failure or early termination of task {}: {why}", bad.id),
                     });
                     return;
                 }
-                shoal_proto::service::FailureAction::Continue => {}
+                _ => {
+                    self.out.push(TaskChange::UpdateState {
+                        service_id: svc.id.clone(),
+                        state: UpdateState::Paused,
+                        message: format!("{what} paused due to failure or early termination of task {}: {why}", bad.id),
+                    });
+                    return;
+                }
             }
         }
         let live: Vec<&Task> = mine().filter(|t| t.desired == TaskState::Running).collect();
         let enough = if svc.spec.mode.is_global() { !live.is_empty() } else { live.len() as u64 == svc.spec.replicas };
+        let stable = live.iter().map(|t| t.started_ms).max().is_none_or(|last| self.now_ms >= last + cfg.monitor_ms);
         let done = enough
+            && stable
             && !self.out.iter().any(|c| matches!(c, TaskChange::Create(t) if t.service_id == svc.id))
             && live.iter().all(|t| t.spec == svc.spec.task && t.status.state == TaskState::Running);
         if done {
@@ -353,7 +365,12 @@ impl Orchestrator<'_> {
 }
 
 fn spec_delay(svc: &Service) -> u64 {
-    if matches!(svc.update_state, UpdateState::Updating | UpdateState::RollbackStarted) { svc.spec.update.delay_ms } else { 0 }
+    if matches!(svc.update_state, UpdateState::Updating | UpdateState::RollbackStarted) { rollout(svc).delay_ms } else { 0 }
+}
+
+/// The settings of the rollout in progress: the rollback's while rolling back.
+fn rollout(svc: &Service) -> &shoal_proto::service::UpdateConfig {
+    if svc.update_state == UpdateState::RollbackStarted { &svc.spec.rollback } else { &svc.spec.update }
 }
 
 /// What a node carries: for the filters and the spread.
@@ -820,6 +837,9 @@ mod tests {
         assert!(w.pass().iter().all(|c| !matches!(c, TaskChange::Create(_))), "no more than parallelism in flight");
         w.settle();
         assert!(w.running(&web).iter().all(|t| t.spec_version == v) && w.running(&web).len() == 4);
+        assert_eq!(w.state.services[&web].update_state, UpdateState::Updating, "the last tasks are in their monitor window");
+        w.skew += 5_000;
+        w.settle();
         assert_eq!(w.state.services[&web].update_state, UpdateState::Completed);
         // stop-first: the old task goes before its replacement is made.
         let mut spec = w.state.services[&web].spec.clone();
@@ -852,6 +872,8 @@ mod tests {
         let bad = w.state.tasks.values().find(|t| t.spec.image == "broken" && t.desired == TaskState::Running).cloned().expect("a new task");
         w.apply(Command::TaskStatus { node_id: bad.node_id.clone(), updates: vec![(bad.id.clone(), TaskStatus { state: TaskState::Rejected, err: "No such image: broken".into(), ..Default::default() })] });
         w.settle();
+        w.skew += 5_000;
+        w.settle();
         let svc = &w.state.services[&web];
         assert_eq!(svc.spec.task, old, "back to the previous spec");
         assert_eq!(svc.update_state, UpdateState::RollbackCompleted);
@@ -876,7 +898,75 @@ mod tests {
         w.skew += 60_000;
         w.settle();
         assert_eq!(new(&w), 2);
+        w.skew += 5_000;
+        w.settle();
         assert_eq!(w.state.services[&web].update_state, UpdateState::Completed);
+    }
+
+    /// Fails a running task of `svc` whose env is `env`, as its node would, at the world's clock now.
+    fn fail_one(w: &mut World, svc: &str, env: &str) {
+        let t = w.running(svc).into_iter().find(|t| t.spec.env == [env]).cloned().expect("a running task of that spec");
+        let at_ms = w.index * 10 + w.skew;
+        let status = TaskStatus { state: TaskState::Failed, err: "exit 1".into(), exit_code: Some(1), at_ms, ..Default::default() };
+        w.apply(Command::TaskStatus { node_id: t.node_id.clone(), updates: vec![(t.id.clone(), status)] });
+    }
+
+    #[test]
+    fn failures_count_within_the_monitor_window_and_rollbacks_use_their_own_settings() {
+        use shoal_proto::service::FailureAction;
+        let mut w = five();
+        let web = w.service("web", |s| {
+            s.replicas = 4;
+            s.task.env = vec!["V=1".into()];
+            s.update.parallelism = 0;
+            s.update.monitor_ms = 1_000;
+            s.update.failure_action = FailureAction::Rollback;
+            s.rollback.parallelism = 1;
+            s.rollback.monitor_ms = 1_000;
+        });
+        w.settle();
+        // A failure after the window is the restart policy's business, not the update's.
+        let mut spec = w.state.services[&web].spec.clone();
+        spec.task.env = vec!["V=2".into()];
+        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        w.settle();
+        w.skew += 2_000;
+        fail_one(&mut w, &web, "V=2");
+        w.settle();
+        assert_eq!(w.state.services[&web].update_state, UpdateState::Updating, "no rollback; its replacement is watched");
+        w.skew += 1_000;
+        w.settle();
+        let svc = &w.state.services[&web];
+        assert_eq!((svc.update_state.clone(), svc.spec.task.env.clone()), (UpdateState::Completed, vec!["V=2".to_string()]), "{}", svc.update_message);
+        // Within the window it rolls back, one task at a time as the rollback settings say.
+        let mut spec = w.state.services[&web].spec.clone();
+        spec.task.env = vec!["V=3".into()];
+        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        w.settle();
+        fail_one(&mut w, &web, "V=3");
+        w.pass();
+        assert_eq!(w.state.services[&web].update_state, UpdateState::RollbackStarted);
+        let first = w.pass();
+        assert_eq!(first.iter().filter(|c| matches!(c, TaskChange::Desired { .. })).count(), 1, "rollback parallelism 1: {first:?}");
+        w.settle();
+        w.skew += 1_000;
+        w.settle();
+        let svc = &w.state.services[&web];
+        assert_eq!(svc.update_state, UpdateState::RollbackCompleted);
+        assert!(svc.update_message.contains("rolled back due to") && svc.update_message.contains("exit 1"), "{}", svc.update_message);
+        assert!(w.running(&web).iter().all(|t| t.spec.env == ["V=2"]) && w.running(&web).len() == 4);
+        // A rollback whose tasks fail pauses rather than rolling back again.
+        let mut spec = w.state.services[&web].spec.clone();
+        spec.task.env = vec!["V=4".into()];
+        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        w.settle();
+        w.apply(Command::UpdateService { id: web.clone(), spec: w.state.services[&web].spec.clone(), rollback: true });
+        w.settle();
+        fail_one(&mut w, &web, "V=2");
+        w.settle();
+        let svc = &w.state.services[&web];
+        assert_eq!(svc.update_state, UpdateState::Paused);
+        assert!(svc.update_message.starts_with("rollback paused"), "{}", svc.update_message);
     }
 
     #[test]

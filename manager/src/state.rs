@@ -335,6 +335,9 @@ impl State {
                     if t.node_id != *node_id || !t.status.state.can_move_to(status.state) {
                         continue;
                     }
+                    if status.state == TaskState::Running && t.started_ms == 0 {
+                        t.started_ms = if status.at_ms > 0 { status.at_ms } else { at };
+                    }
                     t.status = status.clone();
                     stamp(&mut t.meta, index, at, false);
                     keys.push(ObjKey::Task(id.clone()));

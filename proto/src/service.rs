@@ -277,6 +277,10 @@ pub struct ServiceSpec {
     pub max_concurrent: u64,
     pub task: TaskSpec,
     pub update: UpdateConfig,
+    /// How a rollback rolls out (Docker's defaults are the update's; its
+    /// failure action is pause or continue).
+    #[serde(default)]
+    pub rollback: UpdateConfig,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,6 +340,9 @@ pub struct Task {
     pub attempt: u64,
     /// The log index that created it: the order of a slot's tasks.
     pub created_index: u64,
+    /// When it first ran (its node's report), for an update's monitor window; 0: never.
+    #[serde(default)]
+    pub started_ms: u64,
     pub meta: Meta,
 }
 

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
 
@@ -58,10 +58,17 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     }
 
     // 10 replicas: 2 on each host; the command returns once they run.
-    let out = lab.shoal(1, &["service", "create", "--name", "web", "--replicas", "10", "--stop-grace-period", "2s", "busybox:local", "sh", "-c", SLEEPER])?;
+    let out = lab.shoal(1, &[
+        "service", "create", "--name", "web", "--replicas", "10", "--stop-grace-period", "2s", "--container-label", "tier=front",
+        "--update-monitor", "1s", "--rollback-monitor", "1s", "--rollback-parallelism", "0", "busybox:local", "sh", "-c", SLEEPER,
+    ])?;
     ensure!(out.contains("verify: Service web converged"), "{out}");
     let spread = per_node(&converged(&lab, 1, "web", 10, 30)?);
     ensure!(spread.len() == 5 && spread.values().all(|n| *n == 2), "2/2/2/2/2: {spread:?}");
+    // Its containers carry the service's container labels and Docker's task labels.
+    let c = lab.containers(2)?.into_iter().find(|c| c["name"].as_str().is_some_and(|n| n.starts_with("web."))).context("a web container on host 2")?;
+    ensure!(c["labels"]["tier"] == "front" && c["labels"]["com.docker.swarm.service.name"] == "web", "{c}");
+    ensure!(c["labels"]["com.docker.swarm.task.name"].as_str().is_some_and(|n| c["name"].as_str().is_some_and(|c| c.starts_with(n))), "{c}");
     let ls = lab.shoal(2, &["service", "ls"])?;
     ensure!(ls.contains("web") && ls.contains("10/10"), "any manager answers: {ls}");
 
@@ -173,7 +180,9 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
 
     // A start-first rolling update, two at a time.
     let out = lab.shoal(1, &["service", "update", "--env-add", "V=2", "--update-order", "start-first", "--update-parallelism", "2", "web"])?;
-    ensure!(out.contains("converged"), "{out}");
+    ensure!(out.contains("verify: Waiting 1 second to verify that tasks are stable") && out.contains("converged"), "{out}");
+    let inspect: Value = serde_json::from_str(&lab.shoal(1, &["service", "inspect", "web"])?)?;
+    ensure!(inspect[0]["update_state"] == "completed", "the monitor window passed: {}", inspect[0]["update_state"]);
     let web = converged(&lab, 1, "web", 5, 30)?;
     ensure!(web.iter().all(|t| t["task"]["spec"]["env"].as_array().is_some_and(|e| e.iter().any(|v| v == "V=2"))), "every task has the new spec");
     let ps = lab.shoal(1, &["service", "ps", "web"])?;
@@ -189,7 +198,7 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     ensure!(inspect[0]["update_state"] == "rollback_completed", "{}", inspect[0]["update_state"]);
 
     // Health checks: a task runs once healthy; an update whose tasks never get healthy rolls back.
-    let out = lab.shoal(1, &["service", "create", "--name", "checked", "--replicas", "2", "--health-cmd", "test -f /tmp/ok", "--health-interval", "200ms", "--health-retries", "2", "--stop-grace-period", "1s", "busybox:local", "sh", "-c", &format!("touch /tmp/ok; {SLEEPER}")])?;
+    let out = lab.shoal(1, &["service", "create", "--name", "checked", "--replicas", "2", "--health-cmd", "test -f /tmp/ok", "--health-interval", "200ms", "--health-retries", "2", "--stop-grace-period", "1s", "--update-monitor", "1s", "--rollback-monitor", "1s", "busybox:local", "sh", "-c", &format!("touch /tmp/ok; {SLEEPER}")])?;
     ensure!(out.contains("converged"), "{out}");
     let out = lab.exec(1, &["service", "update", "--health-cmd", "test -f /tmp/never", "--update-failure-action", "rollback", "checked"])?;
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

@@ -19,6 +19,7 @@ pub mod shim;
 pub mod spec;
 pub mod watch;
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -110,6 +111,8 @@ pub struct RunRequest {
     pub network_aliases: Vec<String>,
     /// The cluster task this container runs, if it is one (the worker's).
     pub task_id: String,
+    /// `-l`/`--label`; a task's container also gets its service's and task's.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A container's record on disk.
@@ -145,6 +148,8 @@ pub struct Record {
     /// The cluster task it runs, if any.
     #[serde(default)]
     pub task_id: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 fn default_stop_signal() -> i32 {
@@ -663,6 +668,7 @@ impl Containers {
             interactive: req.interactive,
             networks: settings.networks.clone(),
             task_id: req.task_id.clone(),
+            labels: req.labels.clone(),
         };
         let shim = ShimConfig {
             id: id.into(),
