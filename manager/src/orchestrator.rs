@@ -17,7 +17,7 @@
 //!   fewest tasks overall), after spreading over a label's values when asked.
 //! - History: a slot keeps its `HISTORY` newest ended tasks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use shoal_proto::model::{Availability, Node, NodeState};
 use shoal_proto::service::{
@@ -50,7 +50,7 @@ pub fn plan(state: &State, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> V
             out.push(TaskChange::Delete { id: t.id.clone() });
         }
     }
-    schedule(state, &mut out);
+    schedule(state, now_ms, &mut out);
     reap(state, &mut out);
     out
 }
@@ -393,8 +393,18 @@ impl Load {
     }
 }
 
+/// How long a task's failure on a node sends its service's new tasks to other nodes first.
+const RECENT_FAILURE_MS: u64 = 5 * 60_000;
+
 /// Places every pending task (existing, or created in this pass).
-fn schedule(state: &State, out: &mut Vec<TaskChange>) {
+fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
+    // (service, node) pairs where a task of the service failed lately: those nodes go last.
+    let failed_on: HashSet<(&str, &str)> = state
+        .tasks
+        .values()
+        .filter(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected) && t.status.at_ms + RECENT_FAILURE_MS >= now_ms && !t.node_id.is_empty())
+        .map(|t| (t.service_id.as_str(), t.node_id.as_str()))
+        .collect();
     // Keyed like `state.nodes`, so both iterate in the same order.
     let mut loads: BTreeMap<&str, Load> = state.nodes.keys().map(|id| (id.as_str(), Load::default())).collect();
     for t in state.tasks.values().filter(|t| t.desired == TaskState::Running && !t.status.state.is_terminal() && !t.node_id.is_empty()) {
@@ -435,7 +445,7 @@ fn schedule(state: &State, out: &mut Vec<TaskChange>) {
     order.extend(out.iter().filter_map(|c| if let TaskChange::Create(t) = c { (t.node_id.is_empty()).then(|| (**t).clone()) } else { None }));
     order.sort_by_key(|t| (t.service_id.clone(), t.slot));
     for t in &order {
-        let decision = place(state, &loads, t);
+        let decision = place(state, &loads, &failed_on, t);
         if let Ok(node) = &decision
             && let Some(l) = loads.get_mut(node.as_str())
         {
@@ -466,7 +476,7 @@ fn schedule(state: &State, out: &mut Vec<TaskChange>) {
 }
 
 /// The node for `t`, or why there is none.
-fn place(state: &State, loads: &BTreeMap<&str, Load>, t: &Task) -> Result<String, String> {
+fn place(state: &State, loads: &BTreeMap<&str, Load>, failed_on: &HashSet<(&str, &str)>, t: &Task) -> Result<String, String> {
     let spec = &t.spec;
     let mut why: BTreeMap<&'static str, usize> = BTreeMap::new();
     // `--placement-pref spread=node.labels.zone`: first the label value with the
@@ -480,7 +490,8 @@ fn place(state: &State, loads: &BTreeMap<&str, Load>, t: &Task) -> Result<String
         }
     }
     // Then fewest of this service, then fewest overall; ties go to the first node by id.
-    let mut best: Option<((u64, u64, u64), &str)> = None;
+    // Nodes where this service failed lately come after all others.
+    let mut best: Option<((bool, u64, u64, u64), &str)> = None;
     for (node, load) in state.nodes.values().zip(loads.values()) {
         let mine = load.per_service.get(&t.service_id).copied().unwrap_or(0);
         let refused = refusal(node, spec).or_else(|| {
@@ -501,7 +512,7 @@ fn place(state: &State, loads: &BTreeMap<&str, Load>, t: &Task) -> Result<String
             continue;
         }
         let group = group_of(node).map_or(0, |g| groups.get(&g).copied().unwrap_or(0));
-        let rank = (group, mine, load.tasks);
+        let rank = (failed_on.contains(&(t.service_id.as_str(), node.id.as_str())), group, mine, load.tasks);
         if best.as_ref().is_none_or(|(b, _)| rank < *b) {
             best = Some((rank, node.id.as_str()));
         }
@@ -901,6 +912,26 @@ mod tests {
         w.skew += 5_000;
         w.settle();
         assert_eq!(w.state.services[&web].update_state, UpdateState::Completed);
+    }
+
+    #[test]
+    fn nodes_where_the_service_failed_lately_go_last() {
+        let mut w = World::new(&[("a", Role::Worker), ("b", Role::Worker)]);
+        let web = w.service("web", |s| s.task.restart.delay_ms = 0);
+        w.settle();
+        let t = w.running(&web)[0].clone();
+        assert_eq!(t.node_id, "a", "ties go to the first node");
+        let at_ms = w.index * 10 + w.skew;
+        w.apply(Command::TaskStatus { node_id: "a".into(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Failed, at_ms, ..Default::default() })] });
+        w.settle();
+        assert_eq!(w.running(&web)[0].node_id, "b", "the replacement avoids the node it failed on");
+        // Five minutes later, that is forgotten.
+        let t = w.running(&web)[0].clone();
+        w.skew += RECENT_FAILURE_MS + 1_000;
+        let at_ms = w.index * 10 + w.skew;
+        w.apply(Command::TaskStatus { node_id: "b".into(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Failed, at_ms, ..Default::default() })] });
+        w.settle();
+        assert_eq!(w.running(&web)[0].node_id, "a");
     }
 
     /// Fails a running task of `svc` whose env is `env`, as its node would, at the world's clock now.
