@@ -103,9 +103,13 @@ impl Dispatcher {
             self.expire();
             let reports: HashMap<String, Vec<(String, TaskStatus)>> = std::mem::take(&mut *self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner()));
             for (node_id, updates) in reports {
-                if let Err(e) = mgr.write(Command::TaskStatus { node_id: node_id.clone(), updates }).await {
-                    // The node sends its whole picture again on its next change or reconnect.
-                    tracing::warn!(error = %e, node.id = %node_id, "task status write failed");
+                if let Err(e) = mgr.write(Command::TaskStatus { node_id: node_id.clone(), updates: updates.clone() }).await {
+                    // Nodes send only what changed, so what was not written is queued
+                    // again, before anything newer from that node.
+                    tracing::warn!(error = %e, node.id = %node_id, "task status write failed; will retry");
+                    let mut queued = self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner());
+                    let newer = queued.remove(&node_id).unwrap_or_default();
+                    queued.insert(node_id, updates.into_iter().chain(newer).collect());
                 }
             }
             let batch: Vec<NodeStatusUpdate> = std::mem::take(&mut *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()));

@@ -133,10 +133,22 @@ pub fn filter(caps: &BTreeSet<String>) -> Result<LinuxSeccomp, SpecError> {
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActErrno)
         .default_errno_ret(libc::EPERM as u32)
-        .architectures(vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32, Arch::ScmpArchAarch64])
+        .architectures(native_arches())
         .syscalls(rules)
         .build()
         .map_err(build_err)
+}
+
+/// The ABIs a process on this host can call the kernel with, as Docker's
+/// profile lists them: each one listed costs the filter's compilation (in
+/// every container's init) its rules again, so an ABI this CPU cannot use is
+/// left out.
+fn native_arches() -> Vec<Arch> {
+    if cfg!(target_arch = "aarch64") {
+        vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm]
+    } else {
+        vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
+    }
 }
 
 #[cfg(test)]
