@@ -92,7 +92,7 @@ impl Dispatcher {
     /// Leader-only: flushes status batches and declares silent nodes down.
     pub async fn lead(self, mgr: Arc<Manager>, token: CancellationToken) {
         // Every node gets a full grace period to find the new leader.
-        self.liveness().reset(Instant::now());
+        self.liveness().reset();
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         loop {
             tokio::select! {

@@ -97,29 +97,28 @@ pub struct Liveness {
     timing: Timing,
     peers: HashMap<String, Peer>,
     next_round: u64,
-    /// When this leadership began: the baseline for nodes not heard from since.
-    start: Option<Instant>,
 }
 
 impl Liveness {
     pub fn new(timing: Timing) -> Liveness {
-        Liveness { timing, peers: HashMap::new(), next_round: 1, start: None }
+        Liveness { timing, peers: HashMap::new(), next_round: 1 }
     }
 
     pub fn timing(&self) -> &Timing {
         &self.timing
     }
 
-    /// A new leadership: every node gets a whole grace from `now` to find it.
-    pub fn reset(&mut self, now: Instant) {
+    /// A new leadership: forgets what the last one saw, so every node gets a
+    /// whole grace from the first tick to find this leader.
+    pub fn reset(&mut self) {
         self.peers.clear();
-        self.start = Some(now);
     }
 
+    /// A node first seen now (at a new leadership's first tick, or just
+    /// joined) gets a whole grace from now.
     fn peer(&mut self, node: &str, now: Instant) -> &mut Peer {
-        let since = self.start.unwrap_or(now);
         self.peers.entry(node.to_string()).or_insert_with(|| Peer {
-            last_heard: since,
+            last_heard: now,
             connected: false,
             ended: None,
             round: None,
@@ -280,7 +279,7 @@ mod tests {
         fn new() -> Sim {
             let t0 = Instant::now();
             let mut l = Liveness::new(Timing::default());
-            l.reset(t0);
+            l.reset();
             let nodes = nodes(&["a", "b", "c", "d"]);
             for (n, _) in &nodes {
                 l.heard(n, t0);
@@ -409,21 +408,28 @@ mod tests {
     fn a_new_leader_gives_every_node_a_grace_and_a_lone_leader_probes_alone() {
         let t0 = Instant::now();
         let mut l = Liveness::new(Timing::default());
-        l.reset(t0);
+        l.reset();
         let n = nodes(&["a", "b"]);
+        let (a, _) = l.tick(t0, &n);
+        assert!(a.is_empty(), "{a:?}");
         let (a, _) = l.tick(t0 + ms(1400), &n);
         assert!(a.is_empty(), "{a:?}");
         // Nobody ever connected: both are suspect, and nobody healthy can help.
         let (a, seen) = l.tick(t0 + ms(1600), &n);
         assert_eq!(seen.suspected, ["a", "b"]);
         assert!(a.iter().all(|x| matches!(x, Action::Probe { probers, .. } if probers.is_empty())), "{a:?}");
+        // A node that joins later gets its grace from when it is first seen.
+        let n = nodes(&["a", "b", "c"]);
+        let (a, seen) = l.tick(t0 + ms(5000), &n);
+        assert!(!seen.suspected.contains(&"c".to_string()) && a.iter().all(|x| !matches!(x, Action::Probe { target, .. } if target == "c")), "{a:?}");
     }
 
     #[test]
     fn nodes_already_down_are_not_probed() {
         let t0 = Instant::now();
         let mut l = Liveness::new(Timing::default());
-        l.reset(t0);
+        l.reset();
+        l.tick(t0, &[("a".to_string(), true)]);
         let (a, _) = l.tick(t0 + ms(5000), &[("a".to_string(), true)]);
         assert!(a.is_empty(), "{a:?}");
     }

@@ -639,6 +639,13 @@ mod tests {
             id
         }
 
+        /// `service update`: the service's spec, changed by `f`.
+        fn update(&mut self, svc: &str, f: impl FnOnce(&mut ServiceSpec)) {
+            let mut spec = self.state.services[svc].spec.clone();
+            f(&mut spec);
+            self.apply(Command::UpdateService { id: svc.to_string(), spec, rollback: false });
+        }
+
         /// One orchestrator pass, applied; returns its changes.
         fn pass(&mut self) -> Vec<TaskChange> {
             let mut n = self.ids;
@@ -837,9 +844,7 @@ mod tests {
             s.update.order = UpdateOrder::StartFirst;
         });
         w.settle();
-        let mut spec = w.state.services[&web].spec.clone();
-        spec.task.env = vec!["V=2".into()];
-        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        w.update(&web, |s| s.task.env = vec!["V=2".into()]);
         let v = w.state.services[&web].spec_version;
         // First pass: two new tasks start beside the old ones (start-first).
         let changes = w.pass();
@@ -900,9 +905,7 @@ mod tests {
             s.update.delay_ms = 60_000;
         });
         w.settle();
-        let mut spec = w.state.services[&web].spec.clone();
-        spec.task.env = vec!["V=2".into()];
-        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        w.update(&web, |s| s.task.env = vec!["V=2".into()]);
         w.settle();
         let new = |w: &World| w.running(&web).iter().filter(|t| t.spec.env == ["V=2"]).count();
         assert_eq!(new(&w), 1, "one batch, then the delay");
@@ -957,9 +960,7 @@ mod tests {
         });
         w.settle();
         // A failure after the window is the restart policy's business, not the update's.
-        let mut spec = w.state.services[&web].spec.clone();
-        spec.task.env = vec!["V=2".into()];
-        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        w.update(&web, |s| s.task.env = vec!["V=2".into()]);
         w.settle();
         w.skew += 2_000;
         fail_one(&mut w, &web, "V=2");
@@ -970,9 +971,7 @@ mod tests {
         let svc = &w.state.services[&web];
         assert_eq!((svc.update_state.clone(), svc.spec.task.env.clone()), (UpdateState::Completed, vec!["V=2".to_string()]), "{}", svc.update_message);
         // Within the window it rolls back, one task at a time as the rollback settings say.
-        let mut spec = w.state.services[&web].spec.clone();
-        spec.task.env = vec!["V=3".into()];
-        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        w.update(&web, |s| s.task.env = vec!["V=3".into()]);
         w.settle();
         fail_one(&mut w, &web, "V=3");
         w.pass();
@@ -987,9 +986,7 @@ mod tests {
         assert!(svc.update_message.contains("rolled back due to") && svc.update_message.contains("exit 1"), "{}", svc.update_message);
         assert!(w.running(&web).iter().all(|t| t.spec.env == ["V=2"]) && w.running(&web).len() == 4);
         // A rollback whose tasks fail pauses rather than rolling back again.
-        let mut spec = w.state.services[&web].spec.clone();
-        spec.task.env = vec!["V=4".into()];
-        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        w.update(&web, |s| s.task.env = vec!["V=4".into()]);
         w.settle();
         w.apply(Command::UpdateService { id: web.clone(), spec: w.state.services[&web].spec.clone(), rollback: true });
         w.settle();
