@@ -393,18 +393,22 @@ impl Load {
     }
 }
 
-/// How long a task's failure on a node sends its service's new tasks to other nodes first.
+/// A node where tasks of one version of a service failed this many times
+/// within `RECENT_FAILURE_MS` takes that version's new tasks only after all
+/// other nodes: a bad node, not a bad image (which fails everywhere).
+const RECENT_FAILURES: usize = 5;
 const RECENT_FAILURE_MS: u64 = 5 * 60_000;
 
 /// Places every pending task (existing, or created in this pass).
 fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
-    // (service, node) pairs where a task of the service failed lately: those nodes go last.
-    let failed_on: HashSet<(&str, &str)> = state
-        .tasks
-        .values()
-        .filter(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected) && t.status.at_ms + RECENT_FAILURE_MS >= now_ms && !t.node_id.is_empty())
-        .map(|t| (t.service_id.as_str(), t.node_id.as_str()))
-        .collect();
+    // (service, spec version, node) where that version failed often lately: those nodes go last.
+    let mut failures: HashMap<(&str, u64, &str), usize> = HashMap::new();
+    for t in state.tasks.values() {
+        if matches!(t.status.state, TaskState::Failed | TaskState::Rejected) && t.status.at_ms + RECENT_FAILURE_MS >= now_ms && !t.node_id.is_empty() {
+            *failures.entry((t.service_id.as_str(), t.spec_version, t.node_id.as_str())).or_default() += 1;
+        }
+    }
+    let failed_on: HashSet<(&str, u64, &str)> = failures.into_iter().filter(|(_, n)| *n >= RECENT_FAILURES).map(|(k, _)| k).collect();
     // Keyed like `state.nodes`, so both iterate in the same order.
     let mut loads: BTreeMap<&str, Load> = state.nodes.keys().map(|id| (id.as_str(), Load::default())).collect();
     for t in state.tasks.values().filter(|t| t.desired == TaskState::Running && !t.status.state.is_terminal() && !t.node_id.is_empty()) {
@@ -476,7 +480,7 @@ fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
 }
 
 /// The node for `t`, or why there is none.
-fn place(state: &State, loads: &BTreeMap<&str, Load>, failed_on: &HashSet<(&str, &str)>, t: &Task) -> Result<String, String> {
+fn place(state: &State, loads: &BTreeMap<&str, Load>, failed_on: &HashSet<(&str, u64, &str)>, t: &Task) -> Result<String, String> {
     let spec = &t.spec;
     let mut why: BTreeMap<&'static str, usize> = BTreeMap::new();
     // `--placement-pref spread=node.labels.zone`: first the label value with the
@@ -512,7 +516,7 @@ fn place(state: &State, loads: &BTreeMap<&str, Load>, failed_on: &HashSet<(&str,
             continue;
         }
         let group = group_of(node).map_or(0, |g| groups.get(&g).copied().unwrap_or(0));
-        let rank = (failed_on.contains(&(t.service_id.as_str(), node.id.as_str())), group, mine, load.tasks);
+        let rank = (failed_on.contains(&(t.service_id.as_str(), t.spec_version, node.id.as_str())), group, mine, load.tasks);
         if best.as_ref().is_none_or(|(b, _)| rank < *b) {
             best = Some((rank, node.id.as_str()));
         }
@@ -918,22 +922,37 @@ mod tests {
     }
 
     #[test]
-    fn nodes_where_the_service_failed_lately_go_last() {
+    fn nodes_where_the_service_failed_often_lately_go_last() {
         let mut w = World::new(&[("a", Role::Worker), ("b", Role::Worker)]);
         let web = w.service("web", |s| s.task.restart.delay_ms = 0);
         w.settle();
-        let t = w.running(&web)[0].clone();
-        assert_eq!(t.node_id, "a", "ties go to the first node");
-        let at_ms = w.index * 10 + w.skew;
-        w.apply(Command::TaskStatus { node_id: "a".into(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Failed, at_ms, ..Default::default() })] });
+        let fail = |w: &mut World| {
+            let t = w.running(&web)[0].clone();
+            let at_ms = w.index * 10 + w.skew;
+            w.apply(Command::TaskStatus { node_id: t.node_id.clone(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Failed, at_ms, ..Default::default() })] });
+            w.settle();
+        };
+        // Ties go to the first node; a few failures there do not move the service.
+        for _ in 1..RECENT_FAILURES {
+            assert_eq!(w.running(&web)[0].node_id, "a");
+            fail(&mut w);
+        }
+        assert_eq!(w.running(&web)[0].node_id, "a", "{} failures are not enough", RECENT_FAILURES - 1);
+        fail(&mut w);
+        assert_eq!(w.running(&web)[0].node_id, "b", "the replacement avoids the node it failed on {RECENT_FAILURES} times");
+        // A new version of the service starts with a clean slate.
+        w.update(&web, |s| s.task.env = vec!["V=2".into()]);
         w.settle();
-        assert_eq!(w.running(&web)[0].node_id, "b", "the replacement avoids the node it failed on");
-        // Five minutes later, that is forgotten.
-        let t = w.running(&web)[0].clone();
+        w.skew += 5_000;
+        w.settle();
+        assert_eq!(w.running(&web)[0].node_id, "a");
+        // Five minutes on, failures are forgotten: one on b sends it back to a.
+        for _ in 0..RECENT_FAILURES {
+            fail(&mut w);
+        }
+        assert_eq!(w.running(&web)[0].node_id, "b");
         w.skew += RECENT_FAILURE_MS + 1_000;
-        let at_ms = w.index * 10 + w.skew;
-        w.apply(Command::TaskStatus { node_id: "b".into(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Failed, at_ms, ..Default::default() })] });
-        w.settle();
+        fail(&mut w);
         assert_eq!(w.running(&web)[0].node_id, "a");
     }
 
