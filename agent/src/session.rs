@@ -1,9 +1,10 @@
 //! The node's session with the leader's dispatcher: say hello, send
 //! heartbeats at the period the managers choose, pass every `SessionState`
 //! to the daemon and every assignment change to the worker, probe other
-//! nodes when the dispatcher asks, and say goodbye when the daemon stops. It finds the leader by itself: a follower
-//! answers with the leader's address, and any failure moves on to the next
-//! known manager with a capped backoff.
+//! nodes when the dispatcher asks, and say goodbye when the daemon stops to
+//! restart. It finds the leader by itself: a follower answers with the
+//! leader's address, and any failure moves on to the next known manager with
+//! a capped backoff.
 
 use std::sync::Arc;
 use std::time::Duration;

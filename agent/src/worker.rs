@@ -191,10 +191,9 @@ impl Worker {
     /// One pass (blocking).
     fn reconcile(self: &Arc<Self>) {
         let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let tasks: Vec<&Task> = assigned.values().collect();
         let mine: HashMap<String, Container> =
             self.containers.list().into_iter().filter(|c| !c.record.task_id.is_empty()).map(|c| (c.record.task_id.clone(), c)).collect();
-        for &t in &tasks {
+        for t in assigned.values() {
             let c = mine.get(&t.id);
             if t.desired == TaskState::Running {
                 match c {

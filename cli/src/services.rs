@@ -371,7 +371,7 @@ fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &ServiceRemovals) -
         monitor: &f.update_monitor,
         max_failure_ratio: f.update_max_failure_ratio,
     };
-    update.apply(&mut spec.update, "--update")?;
+    update.apply(&mut spec.update)?;
     let rollback = Rollout {
         parallelism: f.rollback_parallelism,
         delay: &f.rollback_delay,
@@ -380,7 +380,7 @@ fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &ServiceRemovals) -
         monitor: &f.rollback_monitor,
         max_failure_ratio: f.rollback_max_failure_ratio,
     };
-    rollback.apply(&mut spec.rollback, "--rollback")?;
+    rollback.apply(&mut spec.rollback)?;
     Ok(())
 }
 
@@ -395,7 +395,7 @@ struct Rollout<'a> {
 }
 
 impl Rollout<'_> {
-    fn apply(&self, u: &mut shoal_proto::service::UpdateConfig, flag: &str) -> anyhow::Result<()> {
+    fn apply(&self, u: &mut shoal_proto::service::UpdateConfig) -> anyhow::Result<()> {
         if let Some(v) = self.parallelism {
             u.parallelism = v;
         }
@@ -416,10 +416,7 @@ impl Rollout<'_> {
             u.monitor_ms = parse_duration(v)?;
         }
         if let Some(v) = self.max_failure_ratio {
-            if !(0.0..=1.0).contains(&v) {
-                bail!("invalid {flag}-max-failure-ratio {v}: a fraction between 0 and 1");
-            }
-            u.max_failure_ratio = v;
+            u.max_failure_ratio = v; // the managers refuse one outside 0..=1
         }
         Ok(())
     }
@@ -590,7 +587,7 @@ fn progress_bars(spec: &ServiceSpec, ts: &[(Task, String)]) -> Vec<String> {
 fn human_ms(ms: u64) -> String {
     match ms {
         1000 => "1 second".into(),
-        _ if ms % 1000 == 0 => format!("{} seconds", ms / 1000),
+        _ if ms.is_multiple_of(1000) => format!("{} seconds", ms / 1000),
         _ => format!("{} seconds", ms as f64 / 1000.0),
     }
 }
@@ -653,10 +650,12 @@ fn print_rollout(title: &str, order: &str, u: &shoal_proto::service::UpdateConfi
     if u.delay_ms > 0 {
         println!(" Delay:\t\t{}", human_ms(u.delay_ms));
     }
-    println!(" On failure:\t{}", serde_json::to_value(u.failure_action).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+    // Their wire names: pause, continue, rollback; stop-first, start-first.
+    let name = |v: serde_json::Result<Value>| v.ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    println!(" On failure:\t{}", name(serde_json::to_value(u.failure_action)));
     println!(" Monitoring Period: {}", human_ms(u.monitor_ms));
     println!(" Max failure ratio: {}", u.max_failure_ratio);
-    println!(" {order}:\t{}", serde_json::to_value(u.order).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+    println!(" {order}:\t{}", name(serde_json::to_value(u.order)));
 }
 
 fn print_pretty(s: &Value) {

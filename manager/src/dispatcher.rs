@@ -138,6 +138,7 @@ impl Dispatcher {
         let state = self.inner.store.read();
         let nodes: Vec<(String, bool)> = state.nodes.values().map(|n| (n.id.clone(), n.status.state == NodeState::Down)).collect();
         let (actions, seen) = self.liveness().tick(Instant::now(), &nodes);
+        let probe_timeout = self.liveness().timing().probe_timeout;
         let hostname = |id: &str| state.nodes.get(id).map(|n| n.description.hostname.clone()).unwrap_or_default();
         for id in seen.suspected {
             tracing::info!(node.id = %id, hostname = %hostname(&id), "node suspect: probing it");
@@ -150,8 +151,7 @@ impl Dispatcher {
                 Action::Probe { round, target, probers } => {
                     let Some(node) = state.nodes.get(&target) else { continue };
                     let (addr, key) = (node.description.addr.clone(), node.description.probe_key());
-                    let timeout = self.liveness().timing().probe_timeout;
-                    let req = pb::ProbeRequest { probe_id: round, node_id: target.clone(), addr: addr.clone(), key: key.clone(), timeout_ms: timeout.as_millis() as u32 };
+                    let req = pb::ProbeRequest { probe_id: round, node_id: target.clone(), addr: addr.clone(), key: key.clone(), timeout_ms: probe_timeout.as_millis() as u32 };
                     for p in probers {
                         let session = self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&p).cloned();
                         match session {
@@ -162,7 +162,7 @@ impl Dispatcher {
                     }
                     let d = self.clone();
                     tokio::spawn(async move {
-                        let outcome = shoal_proto::probe::probe(&addr, &target, &key, timeout).await;
+                        let outcome = shoal_proto::probe::probe(&addr, &target, &key, probe_timeout).await;
                         d.probe_result(&target, round, outcome);
                     });
                 }

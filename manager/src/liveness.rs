@@ -169,23 +169,24 @@ impl Liveness {
     pub fn tick(&mut self, now: Instant, nodes: &[(String, bool)]) -> (Vec<Action>, Observed) {
         let mut actions = Vec::new();
         let mut seen = Observed::default();
+        let down: HashMap<&str, bool> = nodes.iter().map(|(id, d)| (id.as_str(), *d)).collect();
         for (id, _) in nodes {
             self.peer(id, now);
         }
-        self.peers.retain(|id, _| nodes.iter().any(|(n, _)| n == id));
+        self.peers.retain(|id, _| down.contains_key(id.as_str()));
         // Who may probe: connected nodes that are not suspect themselves.
         let mut healthy: Vec<String> = self
             .peers
             .iter()
-            .filter(|(id, p)| p.connected && now < self.suspect_at(p) && nodes.iter().any(|(n, down)| n == *id && !down))
+            .filter(|(id, p)| p.connected && now < self.suspect_at(p) && down.get(id.as_str()) == Some(&false))
             .map(|(id, _)| id.clone())
             .collect();
         healthy.sort();
         let mut ids: Vec<&(String, bool)> = nodes.iter().collect();
         ids.sort();
+        let t = self.timing.clone();
         for (id, down) in ids {
             let suspect_at = self.suspect_at(&self.peers[id]);
-            let t = self.timing.clone();
             let p = self.peers.get_mut(id).expect("inserted above");
             if *down || now < suspect_at {
                 clear(p);
@@ -295,7 +296,7 @@ mod tests {
             while self.now < self.t0 + ms(at) {
                 self.now += ms(100);
                 let since = self.now - self.t0;
-                if since.as_millis() % period.as_millis() == 0 {
+                if since.as_millis().is_multiple_of(period.as_millis()) {
                     for n in alive {
                         self.l.heard(n, self.now);
                     }

@@ -401,21 +401,21 @@ const RECENT_FAILURE_MS: u64 = 5 * 60_000;
 
 /// Places every pending task (existing, or created in this pass).
 fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
-    // (service, spec version, node) where that version failed often lately: those nodes go last.
+    // Keyed like `state.nodes`, so both iterate in the same order.
+    let mut loads: BTreeMap<&str, Load> = state.nodes.keys().map(|id| (id.as_str(), Load::default())).collect();
+    // (service, spec version, node) where that version failed lately, and how often.
     let mut failures: HashMap<(&str, u64, &str), usize> = HashMap::new();
-    for t in state.tasks.values() {
-        if matches!(t.status.state, TaskState::Failed | TaskState::Rejected) && t.status.at_ms + RECENT_FAILURE_MS >= now_ms && !t.node_id.is_empty() {
+    for t in state.tasks.values().filter(|t| !t.node_id.is_empty()) {
+        if t.desired == TaskState::Running && !t.status.state.is_terminal() {
+            if let Some(l) = loads.get_mut(t.node_id.as_str()) {
+                l.add(t);
+            }
+        } else if matches!(t.status.state, TaskState::Failed | TaskState::Rejected) && t.status.at_ms + RECENT_FAILURE_MS >= now_ms {
             *failures.entry((t.service_id.as_str(), t.spec_version, t.node_id.as_str())).or_default() += 1;
         }
     }
+    // Those nodes go last for that version.
     let failed_on: HashSet<(&str, u64, &str)> = failures.into_iter().filter(|(_, n)| *n >= RECENT_FAILURES).map(|(k, _)| k).collect();
-    // Keyed like `state.nodes`, so both iterate in the same order.
-    let mut loads: BTreeMap<&str, Load> = state.nodes.keys().map(|id| (id.as_str(), Load::default())).collect();
-    for t in state.tasks.values().filter(|t| t.desired == TaskState::Running && !t.status.state.is_terminal() && !t.node_id.is_empty()) {
-        if let Some(l) = loads.get_mut(t.node_id.as_str()) {
-            l.add(t);
-        }
-    }
     for c in out.iter() {
         if let TaskChange::Create(t) = c
             && !t.node_id.is_empty()
@@ -495,7 +495,9 @@ fn place(state: &State, loads: &BTreeMap<&str, Load>, failed_on: &HashSet<(&str,
     }
     // Then fewest of this service, then fewest overall; ties go to the first node by id.
     // Nodes where this service failed lately come after all others.
-    let mut best: Option<((bool, u64, u64, u64), &str)> = None;
+    // (failed here lately, spread group, tasks of this service, tasks in all)
+    type Rank = (bool, u64, u64, u64);
+    let mut best: Option<(Rank, &str)> = None;
     for (node, load) in state.nodes.values().zip(loads.values()) {
         let mine = load.per_service.get(&t.service_id).copied().unwrap_or(0);
         let refused = refusal(node, spec).or_else(|| {

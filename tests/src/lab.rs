@@ -254,49 +254,48 @@ impl Lab {
             .with_context(|| format!("`shoal {}` on host {i}: not JSON: {out}", full.join(" ")))
     }
 
+    /// `deploy/lab CMD I` for host `i`.
+    fn host_cmd(&self, cmd: &str, i: usize) -> Result<()> {
+        let h = self.host(i)?;
+        run_lab(&[cmd, h.as_str()]).map(drop)
+    }
+
     /// kill -9 only `shoal daemon` on host `i` (its containers live on) and
     /// start it again on the same state; returns once it answers.
     pub fn restart_daemon(&self, i: usize) -> Result<()> {
-        let h = self.host(i)?;
-        run_lab(&["restart-daemon", h.as_str()]).map(drop)
+        self.host_cmd("restart-daemon", i)
     }
 
     /// Crash host `i` and boot it: everything in memory (links, rules, mounts,
     /// /run, cgroups) is gone, its disk is kept; returns once its daemon answers.
     pub fn reboot(&self, i: usize) -> Result<()> {
-        let h = self.host(i)?;
-        run_lab(&["reboot", h.as_str()]).map(drop)
+        self.host_cmd("reboot", i)
     }
 
     /// kill -9 only netd on host `i` (its daemon and containers live on).
     pub fn kill_netd(&self, i: usize) -> Result<()> {
-        let h = self.host(i)?;
-        run_lab(&["kill-netd", h.as_str()]).map(drop)
+        self.host_cmd("kill-netd", i)
     }
 
     /// Start netd on host `i` again on its old state; returns once it answers.
     pub fn start_netd(&self, i: usize) -> Result<()> {
-        let h = self.host(i)?;
-        run_lab(&["start-netd", h.as_str()]).map(drop)
+        self.host_cmd("start-netd", i)
     }
 
     /// SIGKILL every process of host `i` and wait until none is left (a host crash).
     pub fn kill(&self, i: usize) -> Result<()> {
-        let h = self.host(i)?;
-        run_lab(&["kill", h.as_str()]).map(drop)
+        self.host_cmd("kill", i)
     }
 
     /// SIGTERM every process of host `i`, SIGKILL after 10 s.
     pub fn stop(&self, i: usize) -> Result<()> {
-        let h = self.host(i)?;
-        run_lab(&["stop", h.as_str()]).map(drop)
+        self.host_cmd("stop", i)
     }
 
     /// Start netd and daemon on host `i` again on its old state; waits until
     /// `shoal info` answers (it does not join anything).
     pub fn start(&self, i: usize) -> Result<()> {
-        let h = self.host(i)?;
-        run_lab(&["start", h.as_str()]).map(drop)
+        self.host_cmd("start", i)
     }
 
     /// Plug (`up == true`) or unplug host `i` from the switch (a network partition).
