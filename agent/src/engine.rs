@@ -78,7 +78,7 @@ fn vstatus(e: crate::volumes::VolumeError) -> Status {
     match e {
         V::NotFound(_) => Status::not_found(msg),
         V::InUse { .. } => Status::failed_precondition(msg),
-        V::BadName(_) | V::BadMount { .. } => Status::invalid_argument(msg),
+        V::BadName(_) | V::BadMount { .. } | V::BindSourceMissing(_) => Status::invalid_argument(msg),
         V::Io { .. } => Status::internal(msg),
     }
 }
@@ -488,6 +488,12 @@ impl pb::engine_server::Engine for EngineService {
         })))
     }
 
+    async fn image_resolve(&self, req: Request<pb::ImagePullRequest>) -> Result<Response<pb::ImageRef>, Status> {
+        let r = req.into_inner();
+        let reference = crate::registry::resolve(&self.registries, &r.reference, credentials(r.auth)).await.map_err(rstatus)?;
+        Ok(Response::new(pb::ImageRef { reference }))
+    }
+
     type ImagePushStream = ProgressStream;
 
     async fn image_push(&self, req: Request<pb::ImagePushRequest>) -> Result<Response<ProgressStream>, Status> {
@@ -540,6 +546,7 @@ impl pb::engine_server::Engine for EngineService {
             network_aliases: r.network_aliases,
             task_id: String::new(),
             labels: r.labels.into_iter().collect(),
+            create_only: r.create_only,
         };
         let containers = self.containers.clone();
         let c = cblocking(move || containers.run(&run)).await?;

@@ -77,7 +77,7 @@ impl Control for LocalControl {
     async fn cluster_info(&self, req: Request<pb::Empty>) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         self.service()?.cluster_info(req).await
     }
-    async fn create_service(&self, req: Request<pb::JsonDoc>) -> Result<Response<pb::ServiceRef>, Status> {
+    async fn create_service(&self, req: Request<pb::ServiceCreateRequest>) -> Result<Response<pb::ServiceRef>, Status> {
         self.service()?.create_service(req).await
     }
     async fn update_service(&self, req: Request<pb::ServiceUpdateRequest>) -> Result<Response<pb::ServiceRef>, Status> {

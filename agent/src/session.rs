@@ -159,7 +159,7 @@ async fn one_session(
                         pb::manager_message::Msg::Ack(_) => {}
                         pb::manager_message::Msg::Assignments(a) => {
                             if let Some(w) = &cfg.worker {
-                                w.assign(a.full, &a.tasks_json, &a.removed);
+                                w.assign(a.full, &a.tasks_json, &a.removed, a.registry_auth);
                             }
                         }
                         pb::manager_message::Msg::Probe(req) => {

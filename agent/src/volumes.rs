@@ -16,6 +16,8 @@ pub enum VolumeError {
     BadName(String),
     #[error("invalid mount {spec:?}: {why}")]
     BadMount { spec: String, why: String },
+    #[error("invalid mount config for type \"bind\": bind source path does not exist: {}", .0.display())]
+    BindSourceMissing(PathBuf),
     #[error("{what} {path}: {err}")]
     Io { what: &'static str, path: PathBuf, err: String },
 }
@@ -125,6 +127,73 @@ pub fn parse_mount_flag(spec: &str) -> Result<MountReq, VolumeError> {
     Ok(MountReq { source, target, read_only })
 }
 
+/// Where a bind mount's host path came from: `-v` creates a missing directory,
+/// `--mount type=bind` (and a service's mounts) refuses it, as Docker does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindFlag {
+    Volume,
+    Mount,
+}
+
+/// What to do with a bind mount's host path before mounting it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindSource {
+    /// Bind what is there: a directory, a single file, a socket, a device.
+    Use,
+    /// Nothing is there: make a directory first.
+    CreateDir,
+}
+
+/// Docker's rules for a bind source, given whether something is at `path`.
+pub fn bind_source(path: &Path, exists: bool, flag: BindFlag) -> Result<BindSource, VolumeError> {
+    match (exists, flag) {
+        (true, _) => Ok(BindSource::Use),
+        (false, BindFlag::Volume) => Ok(BindSource::CreateDir),
+        (false, BindFlag::Mount) => Err(VolumeError::BindSourceMissing(path.to_path_buf())),
+    }
+}
+
+/// A relative `-v ./dir:/path` or `--mount source=./dir` made absolute against the
+/// client's working directory `cwd` (the daemon has no idea of it); None when
+/// the flag has no relative host path. Docker reads a source starting with `.`
+/// as a path, anything else without a `/` as a volume name.
+pub fn absolutize_bind(flag: BindFlag, spec: &str, cwd: &Path) -> Option<String> {
+    let relative = |s: &str| s == "." || s == ".." || s.starts_with("./") || s.starts_with("../");
+    let join = |s: &str| {
+        let mut p = cwd.to_path_buf();
+        for part in Path::new(s).components() {
+            match part {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    p.pop();
+                }
+                other => p.push(other),
+            }
+        }
+        p.display().to_string()
+    };
+    match flag {
+        BindFlag::Volume => {
+            let (src, rest) = spec.split_once(':')?;
+            relative(src).then(|| format!("{}:{rest}", join(src)))
+        }
+        BindFlag::Mount => {
+            let mut changed = false;
+            let fields: Vec<String> = spec
+                .split(',')
+                .map(|f| match f.split_once('=') {
+                    Some((k, v)) if matches!(k.trim(), "source" | "src") && relative(v.trim()) => {
+                        changed = true;
+                        format!("{k}={}", join(v.trim()))
+                    }
+                    _ => f.to_string(),
+                })
+                .collect();
+            changed.then(|| fields.join(","))
+        }
+    }
+}
+
 pub struct VolumeStore {
     root: PathBuf,
 }
@@ -192,6 +261,42 @@ impl VolumeStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_sources_follow_docker() {
+        let p = Path::new("/srv/x");
+        let cases = [
+            (true, BindFlag::Volume, Ok(BindSource::Use)),
+            (true, BindFlag::Mount, Ok(BindSource::Use)),
+            (false, BindFlag::Volume, Ok(BindSource::CreateDir)),
+            (false, BindFlag::Mount, Err(VolumeError::BindSourceMissing(p.into()))),
+        ];
+        for (exists, flag, want) in cases {
+            assert_eq!(bind_source(p, exists, flag), want, "{exists} {flag:?}");
+        }
+        let e = bind_source(p, false, BindFlag::Mount).expect_err("missing");
+        assert_eq!(e.to_string(), "invalid mount config for type \"bind\": bind source path does not exist: /srv/x");
+    }
+
+    #[test]
+    fn relative_bind_paths_resolve_against_the_client() {
+        let cwd = Path::new("/home/u/app");
+        let cases = [
+            (BindFlag::Volume, "./data:/data", Some("/home/u/app/data:/data")),
+            (BindFlag::Volume, ".:/src:ro", Some("/home/u/app:/src:ro")),
+            (BindFlag::Volume, "../conf/a.yml:/a.yml", Some("/home/u/conf/a.yml:/a.yml")),
+            (BindFlag::Volume, "data:/data", None),
+            (BindFlag::Volume, "/abs:/data", None),
+            (BindFlag::Volume, "/anon", None),
+            (BindFlag::Mount, "type=bind,source=./d,target=/d", Some("type=bind,source=/home/u/app/d,target=/d")),
+            (BindFlag::Mount, "type=bind,src=..,dst=/d,readonly", Some("type=bind,src=/home/u,dst=/d,readonly")),
+            (BindFlag::Mount, "type=volume,source=v,target=/d", None),
+            (BindFlag::Mount, "type=bind,source=/x,target=/d", None),
+        ];
+        for (flag, spec, want) in cases {
+            assert_eq!(absolutize_bind(flag, spec, cwd).as_deref(), want, "{spec}");
+        }
+    }
 
     #[test]
     fn volume_flags_parse_like_docker() {

@@ -16,7 +16,7 @@ use shoal_proto::service::{HealthCheck, Task, TaskState, TaskStatus, expand_temp
 use tokio::sync::Notify;
 
 use crate::images::ImageStore;
-use crate::registry::Registries;
+use crate::registry::{Credentials, RegistryError, Registries};
 use crate::runtime::{Container, Containers, RunRequest, Status};
 
 /// Containers a node starts at once.
@@ -54,6 +54,8 @@ pub struct Worker {
     starting: Mutex<std::collections::HashSet<String>>,
     /// Health checks of running tasks.
     health: Mutex<HashMap<String, Health>>,
+    /// The registry logins of services whose tasks were assigned here, by service id.
+    auths: Mutex<HashMap<String, Credentials>>,
     pub outbox_ready: Notify,
     wake: Notify,
 }
@@ -74,14 +76,30 @@ impl Worker {
             stopping: Mutex::new(Default::default()),
             starting: Mutex::new(Default::default()),
             health: Mutex::new(HashMap::new()),
+            auths: Mutex::new(HashMap::new()),
             outbox_ready: Notify::new(),
             wake: Notify::new(),
         })
     }
 
-    /// A new assignment set from the dispatcher (the whole set, every time).
-    pub fn assign(&self, full: bool, tasks_json: &[String], removed: &[String]) {
+    /// Assignments from the dispatcher: the whole set (`full`), or the tasks
+    /// that changed and the ids that left it; with the registry logins of
+    /// their services.
+    pub fn assign(&self, full: bool, tasks_json: &[String], removed: &[String], auths: HashMap<String, pb::RegistryAuth>) {
         let tasks: Vec<Task> = tasks_json.iter().filter_map(|j| serde_json::from_str(j).ok()).collect();
+        {
+            let mut known = self.auths.lock().unwrap_or_else(|p| p.into_inner());
+            if full {
+                known.clear();
+            }
+            for t in &tasks {
+                // A service's tasks come with its login, or it has none (any more).
+                match auths.get(&t.service_id) {
+                    Some(a) => known.insert(t.service_id.clone(), Credentials { username: a.username.clone(), password: a.password.clone() }),
+                    None => known.remove(&t.service_id),
+                };
+            }
+        }
         {
             let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
             // What the managers know now is the baseline: anything ahead of it is reported again.
@@ -356,9 +374,10 @@ impl Worker {
         self.report(t, TaskStatus { state: TaskState::Preparing, message: "preparing".into(), ..Default::default() });
         if self.images.inspect(&t.spec.image).is_err() {
             let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-            let pulled = self.rt.block_on(crate::registry::pull(&self.registries, self.images.clone(), &t.spec.image, None, &tx));
+            let creds = self.auths.lock().unwrap_or_else(|p| p.into_inner()).get(&t.service_id).cloned();
+            let pulled = self.rt.block_on(crate::registry::pull(&self.registries, self.images.clone(), &t.spec.image, creds, &tx));
             if let Err(e) = pulled {
-                let err = format!("No such image: {} ({e})", t.spec.image);
+                let err = pull_error(&t.spec.image, &e);
                 self.report(t, TaskStatus { state: TaskState::Rejected, message: "preparing".into(), err, ..Default::default() });
                 return;
             }
@@ -429,3 +448,14 @@ fn observed(c: &Container) -> Option<TaskStatus> {
         Status::Dead { message } => TaskStatus { state: TaskState::Failed, message: "dead".into(), err: message.clone(), container_id, ..Default::default() },
     })
 }
+/// Why a task's image could not be pulled, as `service ps` shows it. A refusal
+/// for lack of credentials says what to do, as Docker does.
+fn pull_error(image: &str, e: &RegistryError) -> String {
+    match e {
+        RegistryError::Unauthorized { .. } | RegistryError::Denied { .. } | RegistryError::BadCredentials { .. } => {
+            format!("pull access denied for {image}: log in and use --with-registry-auth ({e})")
+        }
+        _ => format!("No such image: {image} ({e})"),
+    }
+}
+

@@ -78,6 +78,8 @@ pub enum Cmd {
     Logout { server: Option<String> },
     /// Run a command in a new container.
     Run(RunArgs),
+    /// Create a container without starting it (`shoal start` starts it).
+    Create(RunArgs),
     /// List containers.
     Ps {
         #[arg(short, long)]
@@ -293,6 +295,9 @@ pub struct RunArgs {
     /// Run in the background and print the container ID.
     #[arg(short, long)]
     pub detach: bool,
+    /// Pull the image: missing (when it is not here), always, or never.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pub pull: PullPolicy,
     /// Keep stdin open and send it to the container.
     #[arg(short, long)]
     pub interactive: bool,
@@ -368,6 +373,14 @@ pub struct RunArgs {
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+/// `run --pull` / `create --pull`, as Docker's.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    Missing,
+    Always,
+    Never,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -830,6 +843,12 @@ pub struct ServiceFlags {
     /// Return at once instead of following the rollout.
     #[arg(short, long)]
     pub detach: bool,
+    /// Send this client's login for the image's registry to the nodes that run the tasks.
+    #[arg(long)]
+    pub with_registry_auth: bool,
+    /// Keep the image's tag as given instead of pinning it to the registry's digest.
+    #[arg(long)]
+    pub no_resolve_image: bool,
 }
 
 #[derive(Args, Debug)]

@@ -233,7 +233,7 @@ fn sched(nodes: usize, tasks: u64, rounds: usize) -> anyhow::Result<()> {
     let mut spec = ServiceSpec { name: "bench".into(), replicas: tasks, ..Default::default() };
     spec.task.image = "busybox".into();
     spec.task.reserve_memory = 16 << 20;
-    base.apply(1, &Request { at_ms: 1, cmd: Command::CreateService { id: "svc".into(), spec } });
+    base.apply(1, &Request { at_ms: 1, cmd: Command::CreateService { id: "svc".into(), spec, auth: None } });
     let (mut plan_ms, mut encode_ms, mut apply_ms, mut total_ms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut bytes = 0;
     for _ in 0..rounds.max(1) {

@@ -17,7 +17,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node(c) => return node(&cli, c).await,
         Cmd::Service(c) => return crate::services::run(&cli, c).await,
         Cmd::Bench(c) => return crate::bench::run(&cli, c).await,
-        Cmd::Run(_) | Cmd::Ps { .. } | Cmd::Logs { .. } | Cmd::Stop { .. } | Cmd::Kill { .. } | Cmd::Rm { .. }
+        Cmd::Run(_) | Cmd::Create(_) | Cmd::Ps { .. } | Cmd::Logs { .. } | Cmd::Stop { .. } | Cmd::Kill { .. } | Cmd::Rm { .. }
         | Cmd::Inspect { .. } | Cmd::Wait { .. } | Cmd::Volume(_) | Cmd::Network(_) | Cmd::Exec { .. } | Cmd::Start { .. } | Cmd::Restart { .. }
         | Cmd::Stats { .. } | Cmd::Top { .. } | Cmd::Port { .. } | Cmd::Cp { .. } | Cmd::Attach { .. } => {
             return crate::containers::run(&cli).await;

@@ -1,9 +1,10 @@
 //! Docker's container verbs against the local daemon.
 
-use anyhow::bail;
+use anyhow::{Context, bail};
+use shoal_agent::volumes::BindFlag;
 use shoal_proto::pb;
 
-use crate::args::{Cli, Cmd, Format};
+use crate::args::{Cli, Cmd, Format, PullPolicy};
 use crate::client;
 use crate::images::ago;
 use crate::output::{for_each_item, print_docs, print_listing, table};
@@ -15,7 +16,11 @@ pub(crate) fn short(id: &str) -> &str {
 pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     let mut engine = client::engine(cli).await?;
     match &cli.cmd {
-        Cmd::Run(a) => {
+        Cmd::Run(a) | Cmd::Create(a) => {
+            let create_only = matches!(&cli.cmd, Cmd::Create(_));
+            let remote = matches!(client::target(cli)?, client::Target::Tcp(_));
+            let volumes = client_paths(&a.volume, BindFlag::Volume, remote)?;
+            let mounts = client_paths(&a.mount, BindFlag::Mount, remote)?;
             let mut env = Vec::new();
             for f in &a.env_file {
                 env.extend(read_env_file(f)?);
@@ -39,23 +44,25 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 cap_add: a.cap_add.clone(),
                 cap_drop: a.cap_drop.clone(),
                 auto_remove: a.rm,
-                volumes: a.volume.clone(),
+                volumes,
                 tmpfs: a.tmpfs.clone(),
-                mounts: a.mount.clone(),
+                mounts,
                 restart: a.restart.clone(),
                 stop_signal: a.stop_signal.clone().unwrap_or_default(),
                 stop_timeout: a.stop_timeout.map_or(-1, |t| t as i64),
                 log_opts: a.log_opt.clone(),
                 tty: a.tty,
                 interactive: a.interactive,
-                attach: !a.detach,
+                attach: false,
                 publish: a.publish.clone(),
                 ip: a.ip.clone().unwrap_or_default(),
                 network_aliases: a.network_alias.clone(),
                 labels: labels(&a.label),
+                create_only,
             };
-            let c = engine.container_run(req).await?.into_inner();
-            if a.detach {
+            let req = pb::ContainerRunRequest { attach: !a.detach && !create_only, ..req };
+            let c = run_pulling(cli, &mut engine, req, a.pull).await?;
+            if a.detach || create_only {
                 println!("{}", c.id);
                 return Ok(());
             }
@@ -71,9 +78,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 bail!("you cannot start and attach multiple containers at once");
             }
             for c in containers {
+                // What this start prints, however soon it ends: the log from now on.
+                let since_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
                 let info = engine.container_start(pb::ContainerRef { id: c.clone() }).await?.into_inner();
                 if *attached {
-                    attach(&mut engine, &info.id, 0).await?;
+                    attach_since(&mut engine, &info.id, since_ns).await?;
                 }
                 println!("{c}");
             }
@@ -341,12 +350,21 @@ type Engine = shoal_proto::pb::engine_client::EngineClient<tonic::transport::Cha
 /// Prints a container's output from `tail` lines back (-1: all) until it
 /// ends, then exits with its exit code.
 async fn attach(engine: &mut Engine, id: &str, tail: i64) -> anyhow::Result<()> {
-    let req = pb::ContainerLogsRequest { id: id.to_string(), follow: true, tail, ..Default::default() };
+    follow_to_exit(engine, pb::ContainerLogsRequest { id: id.to_string(), follow: true, tail, ..Default::default() }).await
+}
+
+/// Follows the lines logged since `since_ns`, then exits with the container's code.
+async fn attach_since(engine: &mut Engine, id: &str, since_ns: i64) -> anyhow::Result<()> {
+    follow_to_exit(engine, pb::ContainerLogsRequest { id: id.to_string(), follow: true, tail: -1, since_ns, ..Default::default() }).await
+}
+
+async fn follow_to_exit(engine: &mut Engine, req: pb::ContainerLogsRequest) -> anyhow::Result<()> {
+    let id = req.id.clone();
     let mut logs = engine.container_logs(req).await?.into_inner();
     while let Some(l) = logs.message().await? {
         print_line(&l, false);
     }
-    let exit = engine.container_wait(pb::ContainerRef { id: id.to_string() }).await?.into_inner();
+    let exit = engine.container_wait(pb::ContainerRef { id }).await?.into_inner();
     std::process::exit(exit.exit_code);
 }
 
@@ -372,6 +390,45 @@ async fn attach_terminal(engine: &mut Engine, id: &str, interactive: bool, tty: 
 }
 
 /// `--label` values, `KEY=VALUE` or `KEY` (an empty value), as Docker takes them.
+/// `run`/`create`: makes the container, pulling its image first as `--pull`
+/// says: `always`; `missing` (the default) when the daemon lacks it, as
+/// Docker's CLI does (`Unable to find image 'X' locally`, then the pull's
+/// progress, on stderr); `never` leaves the daemon's `no such image` as it is.
+async fn run_pulling(cli: &Cli, engine: &mut Engine, req: pb::ContainerRunRequest, pull: PullPolicy) -> anyhow::Result<pb::ContainerInfo> {
+    if pull == PullPolicy::Always {
+        crate::registry::pull_for_run(cli, engine, &req.image).await?;
+    }
+    match engine.container_run(req.clone()).await {
+        Err(e) if pull == PullPolicy::Missing && missing_image(&e) => {
+            eprintln!("Unable to find image '{}' locally", crate::registry::familiar(&req.image));
+            crate::registry::pull_for_run(cli, engine, &req.image).await?;
+            Ok(engine.container_run(req).await?.into_inner())
+        }
+        r => Ok(r?.into_inner()),
+    }
+}
+
+/// Whether the daemon refused a run for lack of its image.
+fn missing_image(e: &tonic::Status) -> bool {
+    e.code() == tonic::Code::NotFound && e.message().starts_with("no such image")
+}
+
+/// `-v`/`--mount` with relative host paths made absolute here: they are
+/// relative to the client's directory, which a remote daemon cannot know.
+fn client_paths(flags: &[String], flag: BindFlag, remote: bool) -> anyhow::Result<Vec<String>> {
+    let cwd = std::env::current_dir().context("reading the working directory for a relative bind mount")?;
+    flags
+        .iter()
+        .map(|f| match shoal_agent::volumes::absolutize_bind(flag, f, &cwd) {
+            None => Ok(f.clone()),
+            Some(_) if remote => {
+                bail!("{f:?}: a relative host path needs a local daemon; give an absolute path on the daemon's host")
+            }
+            Some(abs) => Ok(abs),
+        })
+        .collect()
+}
+
 pub(crate) fn labels(given: &[String]) -> std::collections::HashMap<String, String> {
     given.iter().map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.to_string(), v.to_string()))).collect()
 }

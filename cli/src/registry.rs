@@ -121,20 +121,75 @@ fn auth_for(cli: &Cli, reference: &str) -> anyhow::Result<Option<pb::RegistryAut
     Ok(cfg.get(&auth_key(r.domain())).map(|(username, password)| pb::RegistryAuth { username, password }))
 }
 
-async fn print_progress(mut stream: tonic::Streaming<pb::Progress>, quiet: bool) -> anyhow::Result<()> {
-    let mut last = String::new();
-    while let Some(p) = stream.message().await? {
-        let line = if p.id.is_empty() { p.status } else { format!("{}: {}", p.id, p.status) };
+async fn print_progress(stream: tonic::Streaming<pb::Progress>, quiet: bool) -> anyhow::Result<()> {
+    let last = follow_progress(stream, |line| {
         if !quiet {
             println!("{line}");
         }
-        last = line;
-    }
+    })
+    .await?;
     if quiet && !last.is_empty() {
         println!("{last}");
     }
     Ok(())
 }
+
+/// Shows each progress line as it comes; returns the last one.
+async fn follow_progress(mut stream: tonic::Streaming<pb::Progress>, mut show: impl FnMut(&str)) -> anyhow::Result<String> {
+    let mut last = String::new();
+    while let Some(p) = stream.message().await? {
+        let line = if p.id.is_empty() { p.status } else { format!("{}: {}", p.id, p.status) };
+        show(&line);
+        last = line;
+    }
+    Ok(last)
+}
+
+/// The pull `run`/`create` make for an image the daemon lacks: the same
+/// daemon-side pull as `shoal pull`, with this client's login for the
+/// registry, its progress on stderr (stdout is the container's).
+pub async fn pull_for_run(cli: &Cli, engine: &mut Engine, reference: &str) -> anyhow::Result<()> {
+    let auth = auth_for(cli, reference)?;
+    let stream = engine.image_pull(pb::ImagePullRequest { reference: reference.to_string(), auth }).await?.into_inner();
+    follow_progress(stream, |line| eprintln!("{line}")).await?;
+    Ok(())
+}
+
+/// `busybox` as Docker names it in messages: `busybox:latest`.
+pub fn familiar(reference: &str) -> String {
+    shoal_agent::images::Reference::parse(reference).map_or_else(|_| reference.to_string(), |r| r.to_string())
+}
+
+/// The image pinned to the digest its registry has for the tag now, with the
+/// client's login when `auth` is given; None (and a warning, as Docker's)
+/// when the registry cannot say, so each node resolves the tag itself.
+pub async fn resolve_for_service(cli: &Cli, reference: &str) -> Option<String> {
+    let resolved = async {
+        let auth = auth_for(cli, reference)?;
+        let mut engine = client::engine(cli).await?;
+        let r = engine.image_resolve(pb::ImagePullRequest { reference: reference.to_string(), auth }).await?;
+        anyhow::Ok(r.into_inner().reference)
+    }
+    .await;
+    match resolved {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!(
+                "image {reference} could not be accessed on a registry to record its digest ({e:#}). Each node will access \
+                 {reference} independently, possibly leading to different nodes running different versions of the image."
+            );
+            None
+        }
+    }
+}
+
+/// This client's login for the registry of `reference` (`--with-registry-auth`):
+/// an empty one when it has none.
+pub fn registry_auth_for(cli: &Cli, reference: &str) -> anyhow::Result<pb::RegistryAuth> {
+    Ok(auth_for(cli, reference)?.unwrap_or_default())
+}
+
+type Engine = pb::engine_client::EngineClient<tonic::transport::Channel>;
 
 pub async fn pull(cli: &Cli, a: &PullArgs) -> anyhow::Result<()> {
     let auth = auth_for(cli, &a.reference)?;

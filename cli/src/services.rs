@@ -25,8 +25,8 @@ const FOLLOW_FOR: Duration = Duration::from_secs(300);
 pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
     let mut control = client::control(cli).await?;
     match cmd {
-        ServiceCmd::Create(a) => create(&mut control, a).await,
-        ServiceCmd::Update(a) => update(&mut control, a).await,
+        ServiceCmd::Create(a) => create(cli, &mut control, a).await,
+        ServiceCmd::Update(a) => update(cli, &mut control, a).await,
         ServiceCmd::Ls { quiet, format } => ls(&mut control, *quiet, *format).await,
         ServiceCmd::Ps { quiet, no_trunc, format, services } => {
             for s in services {
@@ -64,7 +64,7 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
                 }
                 spec.replicas = n;
                 let id = svc["id"].as_str().unwrap_or_default().to_string();
-                control.update_service(pb::ServiceUpdateRequest { id: id.clone(), spec_json: serde_json::to_string(&spec)?, rollback: false }).await?;
+                control.update_service(pb::ServiceUpdateRequest { id: id.clone(), spec_json: serde_json::to_string(&spec)?, ..Default::default() }).await?;
                 println!("{name} scaled to {n}");
                 if !detach {
                     follow(&mut control, &id, &svc).await?;
@@ -75,7 +75,7 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
         ServiceCmd::Rollback { detach, service } => {
             let (svc, _) = find(&mut control, service).await?;
             let id = svc["id"].as_str().unwrap_or_default().to_string();
-            control.update_service(pb::ServiceUpdateRequest { id: id.clone(), spec_json: String::new(), rollback: true }).await?;
+            control.update_service(pb::ServiceUpdateRequest { id: id.clone(), rollback: true, ..Default::default() }).await?;
             println!("{service}");
             if !detach {
                 follow(&mut control, &id, &svc).await?;
@@ -124,7 +124,7 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
     }
 }
 
-async fn create(control: &mut Control, a: &ServiceCreateArgs) -> anyhow::Result<()> {
+async fn create(cli: &Cli, control: &mut Control, a: &ServiceCreateArgs) -> anyhow::Result<()> {
     let mode = Mode::parse(&a.mode).map_err(anyhow::Error::msg)?;
     let mut spec = ServiceSpec {
         name: a.name.clone().unwrap_or_else(|| format!("svc-{}", &shoal_proto::model::new_node_id()[..8])),
@@ -144,7 +144,14 @@ async fn create(control: &mut Control, a: &ServiceCreateArgs) -> anyhow::Result<
     }
     spec.task.stop_grace_ms = 10_000;
     apply_flags(&mut spec, &a.flags, &ServiceRemovals::default())?;
-    let resp = control.create_service(pb::JsonDoc { json: serde_json::to_string(&spec)? }).await?.into_inner();
+    let auth = a.flags.with_registry_auth.then(|| crate::registry::registry_auth_for(cli, &spec.task.image)).transpose()?;
+    if !a.flags.no_resolve_image
+        && let Some(pinned) = crate::registry::resolve_for_service(cli, &spec.task.image).await
+    {
+        spec.task.image = pinned;
+    }
+    let req = pb::ServiceCreateRequest { spec_json: serde_json::to_string(&spec)?, auth };
+    let resp = control.create_service(req).await?.into_inner();
     println!("{}", resp.id);
     if !a.flags.detach {
         follow(control, &resp.id, &Value::Null).await?;
@@ -152,15 +159,23 @@ async fn create(control: &mut Control, a: &ServiceCreateArgs) -> anyhow::Result<
     Ok(())
 }
 
-async fn update(control: &mut Control, a: &ServiceUpdateArgs) -> anyhow::Result<()> {
+async fn update(cli: &Cli, control: &mut Control, a: &ServiceUpdateArgs) -> anyhow::Result<()> {
     let (svc, _) = find(control, &a.service).await?;
     let id = svc["id"].as_str().unwrap_or_default().to_string();
     if a.rollback {
-        control.update_service(pb::ServiceUpdateRequest { id: id.clone(), spec_json: String::new(), rollback: true }).await?;
+        control.update_service(pb::ServiceUpdateRequest { id: id.clone(), rollback: true, ..Default::default() }).await?;
     } else {
         let mut spec: ServiceSpec = serde_json::from_value(svc["spec"].clone())?;
         if let Some(i) = &a.image {
             spec.task.image = i.clone();
+        }
+        // A new image, or --force, pins the tag to the registry's digest anew
+        // (so --force pulls what the tag names now).
+        if (a.image.is_some() || a.force) && !a.flags.no_resolve_image {
+            let tag = unpinned(&spec.task.image);
+            if let Some(pinned) = crate::registry::resolve_for_service(cli, &tag).await {
+                spec.task.image = pinned;
+            }
         }
         if let Some(r) = a.replicas {
             if spec.mode.is_global() {
@@ -175,13 +190,39 @@ async fn update(control: &mut Control, a: &ServiceUpdateArgs) -> anyhow::Result<
             spec.task.force_update += 1;
         }
         apply_flags(&mut spec, &a.flags, &a.rm)?;
-        control.update_service(pb::ServiceUpdateRequest { id: id.clone(), spec_json: serde_json::to_string(&spec)?, rollback: false }).await?;
+        // Without --with-registry-auth the service keeps the login it has.
+        let auth = a.flags.with_registry_auth.then(|| crate::registry::registry_auth_for(cli, &spec.task.image)).transpose()?;
+        let req = pb::ServiceUpdateRequest {
+            id: id.clone(),
+            spec_json: serde_json::to_string(&spec)?,
+            rollback: false,
+            replace_auth: auth.is_some(),
+            auth,
+        };
+        control.update_service(req).await?;
     }
     println!("{}", a.service);
     if !a.flags.detach {
         follow(control, &id, &svc).await?;
     }
     Ok(())
+}
+
+/// `name:tag@sha256:…` without its digest (what the tag names may have
+/// moved); a reference by digest alone stays as it is.
+fn unpinned(image: &str) -> String {
+    match image.split_once('@') {
+        Some((named, _)) if shoal_agent::images::Reference::parse(named).is_ok_and(|r| r.tag().is_some()) => named.to_string(),
+        _ => image.to_string(),
+    }
+}
+
+/// An image as `service ls` and `ps` show it: without the pinned digest, as Docker does.
+fn shown_image(image: &str) -> &str {
+    match image.split_once('@') {
+        Some((named, _)) if named.rsplit('/').next().is_some_and(|last| last.contains(':')) => named,
+        _ => image,
+    }
 }
 
 /// Docker's durations: `300ms`, `5s`, `1m30s`, `2h`.
@@ -546,7 +587,7 @@ async fn ls(control: &mut Control, quiet: bool, format: Format) -> anyhow::Resul
                 replicas.push_str(&format!(" (max {} per node)", spec.task.max_replicas_per_node));
             }
             let ports: Vec<String> = spec.task.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol)).collect();
-            vec![short(s["id"].as_str().unwrap_or_default()).to_string(), spec.name.clone(), spec.mode.as_str().into(), replicas, spec.task.image.clone(), ports.join(",")]
+            vec![short(s["id"].as_str().unwrap_or_default()).to_string(), spec.name.clone(), spec.mode.as_str().into(), replicas, shown_image(&spec.task.image).to_string(), ports.join(",")]
         })
         .collect();
     println!("{}", table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows));
@@ -633,7 +674,7 @@ async fn ps(control: &mut Control, service: &str, quiet: bool, no_trunc: bool, f
         rows.push(vec![
             id,
             name,
-            t.spec.image.clone(),
+            shown_image(&t.spec.image).to_string(),
             node.clone(),
             capitalize(t.desired.as_str()),
             format!("{} {}", capitalize(t.status.state.as_str()), ago(t.status.at_ms)),
@@ -695,6 +736,21 @@ fn print_pretty(s: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinned_images_unpin_and_show_without_the_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let cases = [
+            (format!("registry.lab:5000/demo:v1@{d}"), "registry.lab:5000/demo:v1", "registry.lab:5000/demo:v1"),
+            (format!("busybox@{d}"), "busybox@sha256:", "busybox@sha256:"),
+            ("busybox:local".to_string(), "busybox:local", "busybox:local"),
+            ("registry.lab:5000/demo".to_string(), "registry.lab:5000/demo", "registry.lab:5000/demo"),
+        ];
+        for (image, unpin, shown) in cases {
+            assert!(unpinned(&image).starts_with(unpin), "{image}: {}", unpinned(&image));
+            assert!(shown_image(&image).starts_with(shown), "{image}: {}", shown_image(&image));
+        }
+    }
 
     #[test]
     fn progress_bars_show_each_slot_as_far_as_its_newest_task_got() {

@@ -19,7 +19,7 @@ use crate::ca;
 use crate::dispatcher::manager_addrs;
 use crate::manager::{Manager, Route};
 use crate::state::{Command, NodeChange, Response as Applied};
-use shoal_proto::service::{Mode, ServiceSpec, TaskState};
+use shoal_proto::service::{Mode, RegistryAuth, ServiceSpec, TaskState};
 
 /// What the API refuses in a service spec, with what to do instead.
 fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
@@ -174,16 +174,17 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok))))
     }
 
-    async fn create_service(&self, req: Request<pb::JsonDoc>) -> Result<Response<pb::ServiceRef>, Status> {
+    async fn create_service(&self, req: Request<pb::ServiceCreateRequest>) -> Result<Response<pb::ServiceRef>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, create_service);
-        let spec: ServiceSpec = serde_json::from_str(&r.json).map_err(|e| Status::invalid_argument(format!("the service spec: {e}")))?;
+        let spec: ServiceSpec = serde_json::from_str(&r.spec_json).map_err(|e| Status::invalid_argument(format!("the service spec: {e}")))?;
+        let auth = r.auth.and_then(|a| RegistryAuth::non_empty(&a.username, &a.password));
         validate_spec(&spec)?;
         if self.mgr.store.read().services.values().any(|s| s.spec.name == spec.name) {
             return Err(Status::already_exists(format!("service {} already exists", spec.name)));
         }
         let id = new_node_id();
-        self.mgr.write(Command::CreateService { id: id.clone(), spec }).await?;
+        self.mgr.write(Command::CreateService { id: id.clone(), spec, auth }).await?;
         Ok(Response::new(pb::ServiceRef { id }))
     }
 
@@ -197,7 +198,9 @@ impl pb::control_server::Control for ControlService {
             serde_json::from_str(&r.spec_json).map_err(|e| Status::invalid_argument(format!("the service spec: {e}")))?
         };
         validate_spec(&spec)?;
-        self.mgr.write(Command::UpdateService { id: svc.id.clone(), spec, rollback: r.rollback }).await?;
+        let auth = r.auth.and_then(|a| RegistryAuth::non_empty(&a.username, &a.password));
+        let update = Command::UpdateService { id: svc.id.clone(), spec, rollback: r.rollback, replace_auth: r.replace_auth, auth };
+        self.mgr.write(update).await?;
         Ok(Response::new(pb::ServiceRef { id: svc.id }))
     }
 
@@ -232,7 +235,8 @@ impl pb::control_server::Control for ControlService {
                     Mode::Replicated | Mode::ReplicatedJob => s.spec.replicas as usize,
                     Mode::Global | Mode::GlobalJob => live,
                 };
-                serde_json::json!({"service": s, "running": running, "desired": desired, "completed": completed})
+                // Registry credentials never leave the managers but for the nodes that pull.
+                serde_json::json!({"service": s.redacted(), "running": running, "desired": desired, "completed": completed})
             })
             .collect();
         Ok(Response::new(pb::JsonDoc { json: serde_json::to_string(&list).unwrap_or_default() }))

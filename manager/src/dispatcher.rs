@@ -188,16 +188,35 @@ impl Dispatcher {
         serde_json::to_string(t).ok()
     }
 
-    /// The node's whole assignment set, by task id.
-    fn assignments(&self, node_id: &str) -> HashMap<String, String> {
+    /// The node's whole assignment set, by task id, and the registry logins of
+    /// the services of those tasks.
+    fn assignments(&self, node_id: &str) -> (HashMap<String, String>, HashMap<String, pb::RegistryAuth>) {
         let state = self.inner.store.read();
-        state.tasks.values().filter_map(|t| Some((t.id.clone(), Self::assignment(t, node_id)?))).collect()
+        let mut auths = HashMap::new();
+        let set = state
+            .tasks
+            .values()
+            .filter_map(|t| {
+                let json = Self::assignment(t, node_id)?;
+                Self::add_auth(&state, &t.service_id, &mut auths);
+                Some((t.id.clone(), json))
+            })
+            .collect();
+        (set, auths)
+    }
+
+    /// A node gets a service's registry login only beside that service's tasks.
+    fn add_auth(state: &crate::state::State, service_id: &str, auths: &mut HashMap<String, pb::RegistryAuth>) {
+        if let Some(a) = state.services.get(service_id).and_then(|s| s.registry_auth.as_ref()) {
+            auths.insert(service_id.to_string(), pb::RegistryAuth { username: a.username.clone(), password: a.password.clone() });
+        }
     }
 
     /// Sends the node's whole set; false when the session is gone.
     async fn send_all(&self, node_id: &str, sent: &mut HashMap<String, String>, tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>) -> bool {
-        *sent = self.assignments(node_id);
-        let a = pb::Assignments { tasks_json: sent.values().cloned().collect(), full: true, removed: Vec::new() };
+        let (set, registry_auth) = self.assignments(node_id);
+        *sent = set;
+        let a = pb::Assignments { tasks_json: sent.values().cloned().collect(), full: true, removed: Vec::new(), registry_auth };
         tx.send(msg(pb::manager_message::Msg::Assignments(a))).await.is_ok()
     }
 
@@ -209,10 +228,14 @@ impl Dispatcher {
             let state = self.inner.store.read();
             for k in keys {
                 let ObjKey::Task(id) = k else { continue };
-                match state.tasks.get(id).and_then(|t| Self::assignment(t, node_id)) {
+                let task = state.tasks.get(id);
+                match task.and_then(|t| Self::assignment(t, node_id)) {
                     Some(json) if sent.get(id) != Some(&json) => {
                         sent.insert(id.clone(), json.clone());
                         delta.tasks_json.push(json);
+                        if let Some(t) = task {
+                            Self::add_auth(&state, &t.service_id, &mut delta.registry_auth);
+                        }
                     }
                     Some(_) => {}
                     None => {

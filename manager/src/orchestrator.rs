@@ -641,7 +641,7 @@ mod tests {
             spec.task.image = "img".into();
             f(&mut spec);
             let id = format!("svc-{name}");
-            self.apply(Command::CreateService { id: id.clone(), spec });
+            self.apply(Command::CreateService { id: id.clone(), spec, auth: None });
             id
         }
 
@@ -649,7 +649,7 @@ mod tests {
         fn update(&mut self, svc: &str, f: impl FnOnce(&mut ServiceSpec)) {
             let mut spec = self.state.services[svc].spec.clone();
             f(&mut spec);
-            self.apply(Command::UpdateService { id: svc.to_string(), spec, rollback: false });
+            self.apply(Command::UpdateService { id: svc.to_string(), spec, rollback: false, replace_auth: false, auth: None });
         }
 
         /// One orchestrator pass, applied; returns its changes.
@@ -718,7 +718,7 @@ mod tests {
         assert!(w.per_node(&web).values().all(|n| *n == 2), "{:?}", w.per_node(&web));
         let mut spec = w.state.services[&web].spec.clone();
         spec.replicas = 3;
-        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false, replace_auth: false, auth: None });
         w.settle();
         let slots: Vec<u64> = w.running(&web).iter().map(|t| t.slot).collect();
         assert_eq!(slots.len(), 3);
@@ -867,7 +867,7 @@ mod tests {
         let mut spec = w.state.services[&web].spec.clone();
         spec.update.order = UpdateOrder::StopFirst;
         spec.task.env = vec!["V=3".into()];
-        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false, replace_auth: false, auth: None });
         let changes = w.pass();
         assert_eq!(changes.iter().filter(|c| matches!(c, TaskChange::Desired { .. })).count(), 2);
         assert!(!changes.iter().any(|c| matches!(c, TaskChange::Create(_))));
@@ -886,7 +886,7 @@ mod tests {
         let old = w.state.services[&web].spec.task.clone();
         let mut spec = w.state.services[&web].spec.clone();
         spec.task.image = "broken".into();
-        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false });
+        w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false, replace_auth: false, auth: None });
         // The first new task cannot start.
         w.pass();
         w.run_all();
@@ -1009,7 +1009,7 @@ mod tests {
         // A rollback whose tasks fail pauses rather than rolling back again.
         w.update(&web, |s| s.task.env = vec!["V=4".into()]);
         w.settle();
-        w.apply(Command::UpdateService { id: web.clone(), spec: w.state.services[&web].spec.clone(), rollback: true });
+        w.apply(Command::UpdateService { id: web.clone(), spec: w.state.services[&web].spec.clone(), rollback: true, replace_auth: false, auth: None });
         w.settle();
         fail_one(&mut w, &web, "V=2");
         w.settle();

@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::model::{Availability, Cluster, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
-use shoal_proto::service::{Service, ServiceSpec, Task, TaskState, TaskStatus, UpdateState};
+use shoal_proto::service::{RegistryAuth, Service, ServiceSpec, Task, TaskState, TaskStatus, UpdateState};
 
 /// Everything a manager replicates.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -52,10 +52,26 @@ pub enum Command {
     AssignRaftId { id: String },
     /// Rewrites the cluster after `swarm init --force-new-cluster`.
     ForceNewCluster { keep_node: String },
-    /// From the API: a new service (its id chosen by the proposer).
-    CreateService { id: String, spec: ServiceSpec },
-    /// From the API: a new spec (`service update`, `scale`, `rollback`).
-    UpdateService { id: String, spec: ServiceSpec, rollback: bool },
+    /// From the API: a new service (its id chosen by the proposer), with the
+    /// registry login its nodes pull with (`--with-registry-auth`), if any.
+    CreateService {
+        id: String,
+        spec: ServiceSpec,
+        #[serde(default)]
+        auth: Option<RegistryAuth>,
+    },
+    /// From the API: a new spec (`service update`, `scale`, `rollback`); with
+    /// `replace_auth`, the service's registry login becomes `auth`, otherwise it
+    /// is kept. A change of login alone replaces no task.
+    UpdateService {
+        id: String,
+        spec: ServiceSpec,
+        rollback: bool,
+        #[serde(default)]
+        replace_auth: bool,
+        #[serde(default)]
+        auth: Option<RegistryAuth>,
+    },
     /// From the API; the orchestrator then removes its tasks.
     RemoveService { id: String },
     /// One pass of the orchestrator and scheduler, written at once.
@@ -274,19 +290,19 @@ impl State {
                 }
                 (Response::Ok, keys)
             }
-            Command::CreateService { id, spec } => {
+            Command::CreateService { id, spec, auth } => {
                 if self.services.contains_key(id) {
                     return reject(&format!("service {id} already exists"));
                 }
                 if self.services.values().any(|s| s.spec.name == spec.name) {
                     return reject(&format!("service {} already exists", spec.name));
                 }
-                let mut svc = Service { id: id.clone(), spec: spec.clone(), spec_version: index, ..Default::default() };
+                let mut svc = Service { id: id.clone(), spec: spec.clone(), spec_version: index, registry_auth: auth.clone(), ..Default::default() };
                 stamp(&mut svc.meta, index, at, true);
                 self.services.insert(id.clone(), svc);
                 (Response::Ok, vec![ObjKey::Service(id.clone())])
             }
-            Command::UpdateService { id, spec, rollback } => {
+            Command::UpdateService { id, spec, rollback, replace_auth, auth } => {
                 let Some(svc) = self.services.get_mut(id) else { return reject(&format!("service {id} not found")) };
                 let spec = if *rollback {
                     match svc.previous_spec.clone() {
@@ -298,6 +314,9 @@ impl State {
                 };
                 if spec.name != svc.spec.name {
                     return reject("a service cannot be renamed");
+                }
+                if *replace_auth {
+                    svc.registry_auth = auth.clone();
                 }
                 let tasks_change = spec.task != svc.spec.task;
                 svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
@@ -640,10 +659,37 @@ mod tests {
     }
 
     #[test]
+    fn registry_logins_live_outside_the_spec() {
+        use shoal_proto::service::{RegistryAuth, ServiceSpec};
+        let login = |p: &str| Some(RegistryAuth { username: "u".into(), password: p.into() });
+        let spec = ServiceSpec { name: "web".into(), ..Default::default() };
+        let mut s = booted();
+        s.apply(3, &req(Command::CreateService { id: "s1".into(), spec: spec.clone(), auth: login("one") }));
+        assert_eq!(s.services["s1"].registry_auth, login("one"));
+        let update = |replace_auth, auth| Command::UpdateService { id: "s1".into(), spec: spec.clone(), rollback: false, replace_auth, auth };
+        // An update without --with-registry-auth keeps the login.
+        s.apply(4, &req(update(false, None)));
+        assert_eq!(s.services["s1"].registry_auth, login("one"));
+        // A new login alone replaces it, and no task: the spec version stays.
+        s.apply(5, &req(update(true, login("two"))));
+        assert_eq!((s.services["s1"].registry_auth.clone(), s.services["s1"].spec_version), (login("two"), 3));
+        s.apply(6, &req(update(true, None)));
+        assert_eq!(s.services["s1"].registry_auth, None);
+        s.apply(7, &req(update(true, login("three"))));
+        // Stored (snapshots keep it), never shown, never in a Debug line.
+        let stored = serde_json::to_string(&s.services["s1"]).expect("json");
+        assert!(stored.contains("three"));
+        let shown = serde_json::to_string(&s.services["s1"].redacted()).expect("json");
+        assert!(!shown.contains("three") && !shown.contains("registry_auth"), "{shown}");
+        let debug = format!("{:?} {:?}", s.services["s1"], update(true, login("three")));
+        assert!(!debug.contains("three") && debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[test]
     fn task_reports_only_move_forward_and_only_from_their_node() {
         use shoal_proto::service::{ServiceSpec, Task, TaskState, TaskStatus};
         let mut s = booted();
-        s.apply(3, &req(Command::CreateService { id: "s1".into(), spec: ServiceSpec { name: "web".into(), ..Default::default() } }));
+        s.apply(3, &req(Command::CreateService { id: "s1".into(), spec: ServiceSpec { name: "web".into(), ..Default::default() }, auth: None }));
         let t = Task { id: "t1".into(), service_id: "s1".into(), slot: 1, desired: TaskState::Running, ..Default::default() };
         s.apply(4, &req(Command::Tasks { changes: vec![TaskChange::Create(Box::new(t)), TaskChange::Assign { id: "t1".into(), node_id: "n1".into() }] }));
         assert_eq!((s.tasks["t1"].node_id.as_str(), s.tasks["t1"].status.state, s.tasks["t1"].created_index), ("n1", TaskState::Assigned, 4));

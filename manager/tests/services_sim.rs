@@ -159,7 +159,7 @@ fn run(seed: u64) {
     let mut spec = ServiceSpec { name: "web".into(), replicas: 8, ..Default::default() };
     spec.task.image = "img".into();
     spec.task.restart.delay_ms = 0;
-    sim.apply(Command::CreateService { id: "web".into(), spec: spec.clone() });
+    sim.apply(Command::CreateService { id: "web".into(), spec: spec.clone(), auth: None });
     // Faults: lost writes and reports, crashes, partitions, a scale and an update on the way.
     for step in 0..200 {
         if step % 40 == 10 {
@@ -172,7 +172,7 @@ fn run(seed: u64) {
         if step == 60 {
             let mut s = sim.state.services["web"].spec.clone();
             s.replicas = 12;
-            sim.apply(Command::UpdateService { id: "web".into(), spec: s, rollback: false });
+            sim.apply(Command::UpdateService { id: "web".into(), spec: s, rollback: false, replace_auth: false, auth: None });
         }
         if step == 120 {
             let mut s = sim.state.services["web"].spec.clone();
@@ -180,7 +180,7 @@ fn run(seed: u64) {
             s.update.parallelism = 3;
             // Crashes are the faults' doing, not the update's: it goes on.
             s.update.failure_action = shoal_proto::service::FailureAction::Continue;
-            sim.apply(Command::UpdateService { id: "web".into(), spec: s, rollback: false });
+            sim.apply(Command::UpdateService { id: "web".into(), spec: s, rollback: false, replace_auth: false, auth: None });
         }
         sim.liveness();
         sim.orchestrate(0.2);

@@ -13,6 +13,12 @@ pub mod token;
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
     tonic::include_proto!("shoal.v1");
+
+    impl std::fmt::Debug for RegistryAuth {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RegistryAuth").field("username", &self.username).field("password", &"<redacted>").finish()
+        }
+    }
 }
 
 /// A gRPC channel over a local unix socket (the daemon's or netd's).

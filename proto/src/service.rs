@@ -306,6 +306,39 @@ pub struct Service {
     pub update_state: UpdateState,
     pub update_message: String,
     pub meta: Meta,
+    /// The login its nodes pull the image with (`--with-registry-auth`): outside
+    /// the spec, so changing it replaces no task; the API never returns it
+    /// ([`Service::redacted`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+impl Service {
+    /// The service as clients may see it: without its registry credentials.
+    pub fn redacted(&self) -> Service {
+        Service { registry_auth: None, ..self.clone() }
+    }
+}
+
+/// A registry login. Its `Debug` never shows the password, so it cannot reach a log.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl RegistryAuth {
+    /// None for an empty login (anonymous access).
+    pub fn non_empty(username: &str, password: &str) -> Option<RegistryAuth> {
+        (!username.is_empty() || !password.is_empty())
+            .then(|| RegistryAuth { username: username.to_string(), password: password.to_string() })
+    }
+}
+
+impl fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuth").field("username", &self.username).field("password", &"<redacted>").finish()
+    }
 }
 
 /// What a node reports of a task (or the orchestrator, for a lost node).

@@ -1,8 +1,13 @@
 //! Registry pull and push with the real binary against a real registry:
 //! Debian's `docker-registry` (Distribution 2.8) on host 1 (10.98.0.1:5443)
-//! with TLS from a CA made here and htpasswd (bcrypt) auth. Host 1 imports a
-//! busybox image, logs in and pushes it; host 2 pulls and runs it. Refusals:
-//! an untrusted CA, no login, a wrong password, a missing tag.
+//! with TLS from a CA made here and htpasswd (bcrypt) auth, on a 2-host swarm
+//! (host 1 manager, host 2 worker). Host 1 imports a busybox image, logs in
+//! and pushes it; host 2 pulls and runs it. Refusals: an untrusted CA, no
+//! login, a wrong password, a missing tag. Then `run` and `create` pull what
+//! is missing (`--pull never` refuses); a service of the private image fails
+//! with the reason until `--with-registry-auth` sends host 1's login, which
+//! no inspect, ps or log shows; bind mounts of a single file, a socket, a
+//! missing path and a relative path, as Docker has them.
 //!
 //! The registry runs in host 1's network namespace only; its process is
 //! killed by pid and its files removed when the test ends, pass or fail.
@@ -138,7 +143,7 @@ fn registry_push_pull_run_with_tls_and_auth() -> Result<()> {
     }
     let tmp = tempfile::Builder::new().prefix("shl-reg-").tempdir()?;
     let rootfs = busybox_rootfs_tar(tmp.path())?;
-    let lab = Lab::up_bare(2)?;
+    let lab = Lab::up(2, 1)?;
     // Declared after `lab`, so dropped (killed, removed) before the lab goes down.
     let reg = start_registry(&lab, PathBuf::from(format!("/tmp/shoal-lab/registry-{}", std::process::id())))?;
     let registry = format!("{}:{PORT}", lab.ip(1));
@@ -216,6 +221,73 @@ fn registry_push_pull_run_with_tls_and_auth() -> Result<()> {
     // Logout forgets the credentials.
     ensure!(ok(2, &["logout", &registry])?.contains(&format!("Removing login credentials for {registry}")));
     fails_with(&shoal(2, &["pull", &image])?, &["unauthorized"])?;
+
+    // `run` pulls what the host lacks, with the client's login, as Docker's does.
+    let id = inspect[0]["Id"].as_str().context("image id")?.to_string();
+    ok(2, &["image", "rm", "-f", &id])?;
+    fails_with(&shoal(2, &["run", "--rm", "--pull", "never", &image, "true"])?, &[&format!("no such image: {image}")])?;
+    fails_with(&shoal(2, &["run", "--rm", &image, "true"])?, &[&format!("Unable to find image '{image}' locally"), "unauthorized"])?;
+    ensure!(login(2, PASS)?.status.success());
+    let out = shoal(2, &["run", "--rm", &image, "sh", "-c", "echo pulled and ran"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success() && stdout(&out) == "pulled and ran\n", "{out:?}");
+    ensure!(err.contains(&format!("Unable to find image '{image}' locally")) && err.contains(": Pull complete"), "{err}");
+    // `create` makes it, `start -a` runs it; --pull always pulls again.
+    let created = ok(2, &["create", "--pull", "always", "--name", "made", &image, "sh", "-c", "echo created then started"])?;
+    ensure!(created.trim().len() == 64, "create prints the id: {created:?}");
+    let made = lab.container(2, "made")?;
+    ensure!(made["state"] == "created", "{made}");
+    ensure!(ok(2, &["start", "-a", "made"])?.contains("created then started"));
+    ok(2, &["rm", "made"])?;
+
+    // Bind mounts as Docker has them: a single file, a socket, a missing path
+    // (a new directory), a relative path; --mount refuses a missing source.
+    let h2 = "/tmp/shoal-lab/h2";
+    fs::write(format!("{h2}/one-file"), "just one file\n")?;
+    let out = ok(2, &["run", "--rm", "-v", &format!("{h2}/one-file:/x:ro"), &image, "cat", "/x"])?;
+    ensure!(out == "just one file\n", "{out:?}");
+    let sock = format!("{h2}/bind.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock)?;
+    let out = ok(2, &["run", "--rm", "-v", &format!("{sock}:/run/x.sock"), &image, "sh", "-c", "test -S /run/x.sock && echo socket"])?;
+    ensure!(out == "socket\n", "{out:?}");
+    let fresh = format!("{h2}/made-by-v");
+    let out = ok(2, &["run", "--rm", "-v", &format!("{fresh}:/d"), &image, "sh", "-c", "test -d /d && echo dir"])?;
+    ensure!(out == "dir\n" && Path::new(&fresh).is_dir(), "{out:?}");
+    let missing = format!("{h2}/not-there");
+    let mount = format!("type=bind,source={missing},target=/d");
+    fails_with(&shoal(2, &["run", "--rm", "--mount", &mount, &image, "true"])?, &[&format!("bind source path does not exist: {missing}")])?;
+    ensure!(!Path::new(&missing).exists(), "--mount created its source");
+    fs::create_dir_all(format!("{h2}/rel"))?;
+    fs::write(format!("{h2}/rel/f"), "relative\n")?;
+    let script = format!("cd {h2} && shoal --config {} run --rm -v ./rel:/r {image} cat /r/f", conf(2));
+    let out = lab.run(2, &["sh", "-c", &script])?;
+    ensure!(out.status.success() && stdout(&out) == "relative\n", "{out:?}");
+
+    // A service of the private image: host 2 has no login of its own, so its
+    // tasks fail with the reason until the service carries host 1's.
+    ok(2, &["image", "rm", "-f", &id])?;
+    ok(1, &["service", "create", "-d", "--name", "priv", "--constraint", "node.hostname==shl-h2", &image, "sleep", "600"])?;
+    wait_for("the private service's reason", Duration::from_secs(60), || {
+        let ps = ok(1, &["service", "ps", "--no-trunc", "priv"])?;
+        Ok(ps.contains(&format!("pull access denied for {registry}/shoal/busybox")).then_some(()))
+    })?;
+    let ps = ok(1, &["service", "ps", "--no-trunc", "priv"])?;
+    ensure!(ps.contains("log in and use --with-registry-auth"), "{ps}");
+    ok(1, &["service", "update", "-d", "--with-registry-auth", "priv"])?;
+    wait_for("the private service to run on host 2", Duration::from_secs(60), || {
+        let tasks = lab.shoal_json(1, &["service", "ps", "priv"])?;
+        let running = tasks.as_array().into_iter().flatten().any(|t| t["task"]["status"]["state"] == "running" && t["node"] == "shl-h2");
+        Ok(running.then_some(()))
+    })?;
+    // Pinned to the registry's digest; the login shows nowhere.
+    let svc = ok(1, &["service", "inspect", "priv"])?;
+    ensure!(svc.contains(&format!("{image}@{digest}")), "the image is pinned to its digest: {svc}");
+    let ps_json = ok(1, &["service", "ps", "--format", "json", "priv"])?;
+    let ls_json = ok(1, &["service", "ls", "--format", "json"])?;
+    for (what, text) in [("inspect", &svc), ("ps", &ps_json), ("ls", &ls_json), ("log 1", &lab.daemon_log(1)?), ("log 2", &lab.daemon_log(2)?)] {
+        ensure!(!text.contains(PASS), "the registry password shows in {what}");
+    }
+    ok(1, &["service", "rm", "priv"])?;
     drop(reg);
     drop(rootfs);
     Ok(())

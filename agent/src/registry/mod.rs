@@ -34,7 +34,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio::sync::mpsc;
 
 pub use auth::{Challenge, Credentials, parse_challenges};
-pub use pull::pull;
+pub use pull::{pull, resolve};
 pub use push::push;
 
 use crate::images::{Digest, ImageError};

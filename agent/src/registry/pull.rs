@@ -157,6 +157,23 @@ fn mismatch(s: &Session<'_>, what: &str, expected: &Digest, actual: Digest) -> R
 }
 
 /// The manifest or index `wanted` (a tag or digest) names, and its media type.
+/// The reference pinned to the digest the registry has now for its tag
+/// (`registry.lab:5000/web:v1@sha256:…`), as `service create` records it so
+/// that every node runs the same image. A reference with a digest is returned
+/// as it is.
+pub async fn resolve(regs: &Registries, input: &str, creds: Option<Credentials>) -> Result<String, RegistryError> {
+    let r = Reference::parse(input)
+        .map_err(|reason| RegistryError::InvalidReference { input: input.to_string(), reason })?;
+    if r.digest().is_some() {
+        return Ok(input.to_string());
+    }
+    let scope = format!("repository:{}:pull", r.path());
+    let s = Session::open(regs, r.domain(), Some(&scope), creds).await?;
+    let tag = r.tag_or_default().to_string();
+    let (bytes, _) = get_manifest(&s, &r, &tag, &r.to_string()).await?;
+    Ok(format!("{input}{}@{}", if r.tag().is_some() { "" } else { ":latest" }, Digest::of(&bytes)))
+}
+
 async fn get_manifest(
     s: &Session<'_>,
     r: &Reference,

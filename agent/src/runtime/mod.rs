@@ -30,7 +30,7 @@ use shoal_proto::model::now_ms;
 
 use crate::images::ImageStore;
 use crate::network::{Attachment, Endpoint, NetworkError, Networks, hosts_file, remove_netns, resolv_conf};
-use crate::volumes::{MountReq, MountSource, VolumeStore};
+use crate::volumes::{BindFlag, BindSource, MountReq, MountSource, VolumeStore};
 use cgroups::Cgroups;
 use restart::{Decision, Ended, RestartPolicy, RestartState};
 use shim::{Exited, Failed, LogConfig, ShimConfig, Started};
@@ -113,6 +113,9 @@ pub struct RunRequest {
     pub task_id: String,
     /// `-l`/`--label`; a task's container also gets its service's and task's.
     pub labels: BTreeMap<String, String>,
+    /// `shoal create`: everything but the start (`shoal start` does that).
+    #[serde(default)]
+    pub create_only: bool,
 }
 
 /// A container's record on disk.
@@ -526,7 +529,11 @@ impl Containers {
             mounts.push(crate::volumes::parse_tmpfs_flag(t)?);
         }
         for m in &req.mounts {
-            mounts.push(crate::volumes::parse_mount_flag(m)?);
+            let mount = crate::volumes::parse_mount_flag(m)?;
+            if let MountSource::Bind(host) = &mount.source {
+                crate::volumes::bind_source(host, host.exists(), BindFlag::Mount)?;
+            }
+            mounts.push(mount);
         }
         if let Some(dup) = mounts.iter().enumerate().find_map(|(i, m)| mounts[..i].iter().any(|o| o.target == m.target).then_some(&m.target)) {
             return Err(ContainerError::Invalid { what: "mounts", value: dup.clone(), why: "duplicate mount point".into() });
@@ -547,8 +554,11 @@ impl Containers {
                     Some(v.mountpoint)
                 }
                 MountSource::Bind(host) => {
-                    // Like `docker run -v`, a missing host directory is created.
-                    std::fs::create_dir_all(host).map_err(io("creating the bind source", host))?;
+                    // What is there is bound as it is (a file, a socket); like
+                    // `docker run -v`, a missing host path becomes a directory.
+                    if crate::volumes::bind_source(host, host.exists(), BindFlag::Volume)? == BindSource::CreateDir {
+                        std::fs::create_dir_all(host).map_err(io("creating the bind source", host))?;
+                    }
                     Some(host.clone())
                 }
                 MountSource::Tmpfs => None,
@@ -603,6 +613,9 @@ impl Containers {
         // The container exists (its record is written): others may be created
         // while its shim starts it.
         drop(_g);
+        if req.create_only {
+            return self.find(&id);
+        }
         if let Err(e) = self.spawn_shim(&id, &dir) {
             let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             self.teardown(&dir);
