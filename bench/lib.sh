@@ -108,11 +108,13 @@ lab_with_image() {
   tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" .
   s image import "$WORK/rootfs.tar" "$name" >/dev/null || die "image import failed"
 }
-s() { "${SHOAL_BIN:-$REPO/target/debug/shoal}" -H unix:///tmp/shoal-lab/h1/run/shoal/shoal.sock "$@"; }
+# Every CLI call is bounded (BENCH_CLI_S, default 60 s): a daemon that stops answering ends the
+# figure with a message instead of hanging it.
+s() { timeout "${BENCH_CLI_S:-60}" "${SHOAL_BIN:-$REPO/target/debug/shoal}" -H unix:///tmp/shoal-lab/h1/run/shoal/shoal.sock "$@"; }
 
 # ---------------------------------------------------------------- services (5 hosts, 3 managers)
 # sI I ARGS...: the CLI against host I's local socket
-sI() { local i=$1; shift; "${SHOAL_BIN:-$REPO/target/debug/shoal}" -H "unix:///tmp/shoal-lab/h$i/run/shoal/shoal.sock" "$@"; }
+sI() { local i=$1; shift; timeout "${BENCH_CLI_S:-60}" "${SHOAL_BIN:-$REPO/target/debug/shoal}" -H "unix:///tmp/shoal-lab/h$i/run/shoal/shoal.sock" "$@"; }
 
 # svc_lab: a 5-host swarm (3 managers) with the busybox image bench:svc on every host
 svc_lab() {
@@ -149,6 +151,38 @@ for t in json.load(sys.stdin):
         print(t["node"])'
 }
 svc_is() { [ "$(svc_running "$1")" = "$2" ]; }
+# svc_failures SVC: "COUNT ERROR": how many of SVC's tasks failed or were rejected, and the
+# newest one's error
+svc_failures() {
+  sI 1 service ps --format json "$1" 2>/dev/null | python3 -c '
+import json, sys
+try:
+    a = json.load(sys.stdin)
+except Exception:
+    print(0, "-"); sys.exit()
+bad = sorted((t["task"]["status"] for t in a if t["task"]["status"]["state"] in ("failed", "rejected")), key=lambda s: s.get("at_ms", 0))
+print(len(bad), " ".join(str(bad[-1].get("err") or bad[-1].get("message") or "-").split()) if bad else "-")'
+}
+# svc_wait SVC N DEADLINE_S: until N tasks of SVC's current spec run. Fails with the reason on
+# stderr at the deadline, or as soon as N of its tasks have failed: then something on the nodes
+# is broken (a runtime or cgroup error) and waiting longer would only repeat it.
+svc_wait() {
+  local svc=$1 n=$2 secs=$3 end bad err
+  end=$(( $(now_ms) + secs * 1000 ))
+  while :; do
+    svc_is "$svc" "$n" && return 0
+    read -r bad err <<< "$(svc_failures "$svc")"
+    if [ "${bad:-0}" -ge "$n" ]; then
+      log "$svc: $bad tasks failed or were rejected; the newest: ${err:--}"
+      return 1
+    fi
+    if [ "$(now_ms)" -ge "$end" ]; then
+      log "$svc: $(svc_running "$svc") of $n tasks running after $secs s ($bad failed; the newest: ${err:--})"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
 # svc_gone: no task container left on any host
 svc_gone() { local i; for i in 1 2 3 4 5; do [ -z "$(sI "$i" ps -aq 2>/dev/null)" ] || return 1; done; }
 # svc_create NAME N: creates a replicated sleeper service (detached)
@@ -161,7 +195,7 @@ fig_create() {
   for rep in $(seq 1 "$reps"); do
     T0=$(now_ms)
     svc_create "c$n-$rep" "$n" || die "service create failed"
-    wait_until 600 svc_is "c$n-$rep" "$n" || die "rep $rep: $n tasks not running within 600 s"
+    svc_wait "c$n-$rep" "$n" 600 || die "rep $rep: $n tasks not running"
     samples+=("$(( $(now_ms) - T0 ))")
     log "rep $rep: ${samples[-1]} ms"
     sI 1 service rm "c$n-$rep" >/dev/null

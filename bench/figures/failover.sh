@@ -32,7 +32,8 @@ for rep in $(seq 1 "$REPS"); do
   rm -f "$go" "$go.ready"
   lab exec "$O" -- bash -c '
     touch "$1.ready"
-    while [ ! -e "$1" ]; do sleep 0.01; done
+    end=$(( $(date +%s%3N) + 60000 ))   # the bench may die before it releases us
+    while [ ! -e "$1" ]; do [ "$(date +%s%3N)" -lt "$end" ] || exit 2; sleep 0.01; done
     end=$(( $(date +%s%3N) + 30000 ))
     while [ "$(date +%s%3N)" -lt "$end" ]; do
       if timeout "$2" shoal node update --label-add "bench=$RANDOM" "$3" >/dev/null 2>&1; then

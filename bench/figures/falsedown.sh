@@ -9,7 +9,7 @@ set -uo pipefail
 DUR=${FALSEDOWN_S:-600}
 svc_lab
 svc_create fd 20 || die "service create failed"
-wait_until 600 svc_is fd 20 || die "20 tasks not running"
+svc_wait fd 20 600 || die "20 tasks not running"
 count() { cat /tmp/shoal-lab/h{1,2,3}/daemon.log 2>/dev/null | grep -c "$1"; }
 downs0=$(count "marking node down"); sus0=$(count "node suspect"); kept0=$(count "keeping it up")
 hogs=()

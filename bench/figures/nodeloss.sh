@@ -6,7 +6,7 @@ set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/../lib.sh"
 svc_lab
 svc_create nl 20 || die "service create failed"
-wait_until 600 svc_is nl 20 || die "20 tasks not running"
+svc_wait nl 20 600 || die "20 tasks not running"
 healed() { svc_is nl 20 && ! svc_nodes nl | grep -qx "shl-h$VICTIM"; }
 samples=()
 for VICTIM in 5 4; do

@@ -6,15 +6,15 @@ set -uo pipefail
 REPS=${BENCH_SCALE_REPS:-3}
 svc_lab
 svc_create sc 100 || die "service create failed"
-wait_until 600 svc_is sc 100 || die "100 tasks not running"
+svc_wait sc 100 600 || die "100 tasks not running"
 samples=()
 for rep in $(seq 1 "$REPS"); do
   T0=$(now_ms)
   sI 1 service scale -d sc=200 >/dev/null || die "scale failed"
-  wait_until 600 svc_is sc 200 || die "rep $rep: 200 not running"
+  svc_wait sc 200 600 || die "rep $rep: 200 not running"
   samples+=("$(( $(now_ms) - T0 ))")
   log "rep $rep: ${samples[-1]} ms"
   sI 1 service scale -d sc=100 >/dev/null
-  wait_until 600 svc_is sc 100 || die "rep $rep: not back to 100"
+  svc_wait sc 100 600 || die "rep $rep: not back to 100"
 done
 printf '%s\n' "${samples[@]}" | stats scale100to200_ms ms

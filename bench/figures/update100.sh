@@ -7,12 +7,12 @@ set -uo pipefail
 REPS=${BENCH_UPDATE_REPS:-3}
 svc_lab
 svc_create up 100 || die "service create failed"
-wait_until 600 svc_is up 100 || die "100 tasks not running"
+svc_wait up 100 600 || die "100 tasks not running"
 samples=()
 for rep in $(seq 1 "$REPS"); do
   T0=$(now_ms)
   sI 1 service update -d --update-parallelism 0 --env-add "REP=$rep" up >/dev/null || die "update failed"
-  wait_until 600 svc_is up 100 || die "rep $rep: the update did not finish"
+  svc_wait up 100 600 || die "rep $rep: the update did not finish"
   samples+=("$(( $(now_ms) - T0 ))")
   log "rep $rep: ${samples[-1]} ms"
 done

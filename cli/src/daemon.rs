@@ -42,11 +42,25 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
     let cgroup_parent = args.cgroup_parent.clone();
     let insecure_registry = args.insecure_registry.clone();
     std::fs::create_dir_all(&args.data_root).with_context(|| format!("create {}", args.data_root.display()))?;
+    // cgroup v2: the containers' parent, and every cgroup above it, must be valid before the first container.
+    // A layout that cannot work is refused; a cgroupfs we may not write (read-only, in a container) only
+    // fails the containers, as before, not the daemon's other work.
+    {
+        use shoal_agent::runtime::cgroup_layout::{CgroupError, HOST_ROOT, prepare};
+        match prepare(Path::new(HOST_ROOT), &cgroup_parent) {
+            Ok(()) => {}
+            Err(e @ CgroupError::Io { .. }) => {
+                tracing::warn!(error = %e, "cannot prepare the containers' cgroup parent; containers will fail to start")
+            }
+            Err(e) => return Err(e).context("the containers' cgroup parent (--cgroup-parent)"),
+        }
+    }
     let daemon = Daemon::new(DaemonConfig {
         data_root: args.data_root,
         socket: socket.to_path_buf(),
         listen_addr: args.listen_addr,
-        advertise_addr: args.advertise_addr,
+        // empty: none (the installed unit passes its setting even when it is unset)
+        advertise_addr: args.advertise_addr.filter(|a| !a.is_empty()),
         hostname: hostname(),
     });
     let images = std::sync::Arc::new(shoal_agent::images::ImageStore::open(&daemon.cfg.data_root.join("images"))?);

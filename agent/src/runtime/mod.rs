@@ -9,6 +9,7 @@
 //! never in the multi-threaded daemon.
 
 pub mod attach;
+pub mod cgroup_layout;
 pub mod cgroups;
 pub mod copy;
 pub mod frames;
