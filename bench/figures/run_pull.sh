@@ -37,14 +37,15 @@ wait_until 20 s push "$image" >/dev/null 2>&1 || die "push to the lab registry f
 id=$(s image inspect "$image" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Id"])')
 log "image $image: $(du -k "$work/big.tar" | cut -f1) KiB uncompressed"
 
-ms() { local t0 t1; t0=$(date +%s%N); timeout 60 "$@" >/dev/null 2>&1 || return 1; t1=$(date +%s%N); awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f\n", (b - a) / 1e6}'; }
+cli=("${SHOAL_BIN:-$REPO/target/debug/shoal}" -H unix:///tmp/shoal-lab/h1/run/shoal/shoal.sock)
+ms() { local t0 t1; t0=$(date +%s%N); timeout 60 "${cli[@]}" "$@" >/dev/null 2>&1 || return 1; t1=$(date +%s%N); awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f\n", (b - a) / 1e6}'; }
 gone() { s image rm -f "$id" >/dev/null 2>&1; ! s image inspect "$image" >/dev/null 2>&1; }
 runs=() pulls=()
 for k in $(seq 1 "$REPS"); do
   gone || die "could not remove $image"
-  runs+=("$(ms s run --rm "$image" true || echo fail)")
+  runs+=("$(ms run --rm "$image" true || echo fail)")
   gone || die "could not remove $image"
-  pulls+=("$(ms s pull "$image" || echo fail)")
+  pulls+=("$(ms pull "$image" || echo fail)")
 done
 printf '%s\n' "${runs[@]}" "${pulls[@]}" | grep -q fail && die "a run or pull failed: runs ${runs[*]}; pulls ${pulls[*]}"
 pull_med=$(printf '%s\n' "${pulls[@]}" | median)
