@@ -122,7 +122,7 @@ svc_lab() {
   [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
   WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
   trap 'lab_down; rm -rf "$WORK"' EXIT
-  lab up 5 --managers 3 >&2 || die "deploy/lab up failed"
+  lab up 5 --managers 3 --no-demo >&2 || die "deploy/lab up failed"
   mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc"
   cp "$bb" "$WORK/rootfs/bin/busybox"
   ln -s busybox "$WORK/rootfs/bin/sh"; ln -s busybox "$WORK/rootfs/bin/sleep"

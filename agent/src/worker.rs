@@ -211,12 +211,32 @@ impl Worker {
         let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mine: HashMap<String, Container> =
             self.containers.list().into_iter().filter(|c| !c.record.task_id.is_empty()).map(|c| (c.record.task_id.clone(), c)).collect();
+        // Containers of tasks this node no longer has go (first: they may hold host ports).
+        for (id, c) in &mine {
+            if !assigned.contains_key(id) && !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+                && !self.starting.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+            {
+                tracing::info!(container = %c.record.name, "removing the container of a task no longer assigned here");
+                if let Err(e) = self.containers.remove(&c.record.id, true, true) {
+                    tracing::warn!(container = %c.record.name, error = %e, "removing failed");
+                }
+            }
+        }
+        // Host-mode ports still held by tasks on their way out: their containers keep their
+        // ports until removed, which follows the task's unassignment once it has stopped. A
+        // new task that publishes one starts after that (a stop-first update on this node).
+        let held: Vec<(u16, &str)> = assigned
+            .values()
+            .filter(|t| t.desired != TaskState::Running && mine.contains_key(&t.id))
+            .flat_map(|t| t.spec.ports.iter().map(|p| (p.published, p.protocol.as_str())))
+            .collect();
         for t in assigned.values() {
             let c = mine.get(&t.id);
             if t.desired == TaskState::Running {
                 match c {
                     None if t.status.state.is_terminal() => {}
                     None if now_ms() < t.not_before_ms => {} // a restart's back-off
+                    None if t.spec.ports.iter().any(|p| held.contains(&(p.published, p.protocol.as_str()))) => {}
                     None => self.start_soon(t),
                     Some(c) => match (observed(c), &t.spec.health) {
                         // With a health check, running means healthy.
@@ -239,17 +259,6 @@ impl Worker {
             }
         }
         self.health.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| assigned.get(id).is_some_and(|t| t.desired == TaskState::Running));
-        // Containers of tasks this node no longer has go.
-        for (id, c) in &mine {
-            if !assigned.contains_key(id) && !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
-                && !self.starting.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
-            {
-                tracing::info!(container = %c.record.name, "removing the container of a task no longer assigned here");
-                if let Err(e) = self.containers.remove(&c.record.id, true, true) {
-                    tracing::warn!(container = %c.record.name, error = %e, "removing failed");
-                }
-            }
-        }
     }
 
     /// Stops a task's container on a thread of its own (a grace period must
@@ -400,7 +409,8 @@ impl Worker {
             image: s.image.clone(),
             name: t.container_name(),
             command: s.args.clone(),
-            env: s.env.clone(),
+            // Docker expands the same templates in --env as in --hostname.
+            env: s.env.iter().map(|e| expand_template(e, &t.service_name, t, &self.hostname)).collect(),
             workdir: s.workdir.clone(),
             user: s.user.clone(),
             hostname: if s.hostname.is_empty() { String::new() } else { expand_template(&s.hostname, &t.service_name, t, &self.hostname) },

@@ -14,7 +14,7 @@ CALL_T=${BENCH_CALL_TIMEOUT:-3}
 
 [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 trap lab_down EXIT
-lab up 3 --managers 3 >&2 || die "deploy/lab up failed"
+lab up 3 --managers 3 --no-demo >&2 || die "deploy/lab up failed"
 declare -A ID
 for i in 1 2 3; do
   ID[$i]=$(node_id 1 "$i")

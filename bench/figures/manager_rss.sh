@@ -8,7 +8,7 @@ set -uo pipefail
 
 [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 trap lab_down EXIT
-lab up 1 --managers 1 >&2 || die "deploy/lab up failed"
+lab up 1 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
 sleep 5   # idle period after ready (deliberate)
 pid=$(daemon_pid 1) || die "no daemon pid"
 npid=$(cat /tmp/shoal-lab/h1/netd.pid 2>/dev/null)

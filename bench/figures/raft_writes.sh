@@ -10,7 +10,7 @@ C=${BENCH_WRITE_CLIENTS:-32}
 
 [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 trap 'lab_down' EXIT
-lab up 3 --managers 3 >&2 || die "deploy/lab up failed"
+lab up 3 --managers 3 --no-demo >&2 || die "deploy/lab up failed"
 wait_until 60 all_ready 3 || die "3 ready nodes with a leader not reached"
 L=$(leader_index) || die "no leader"
 id=$(node_id "$L" "$L"); [ -n "$id" ] || die "no node id for the leader"

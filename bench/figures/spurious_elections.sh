@@ -27,7 +27,7 @@ cleanup() {
   lab_down
 }
 trap cleanup EXIT
-lab up 3 --managers 3 >&2 || die "deploy/lab up failed"
+lab up 3 --managers 3 --no-demo >&2 || die "deploy/lab up failed"
 wait_until 60 all_ready 3 || die "3 ready nodes with a leader not reached"
 before=$(terms); L0=$(leader_index) || die "no leader"
 log "before: terms=($before) leader=shl-h$L0; saturating the CPUs with ${BENCH_LOAD_PROCS:-4} busy loops for $SECS s"

@@ -742,7 +742,7 @@ pub enum ServiceCmd {
 /// The flags `service create` and `service update` share.
 #[derive(Args, Debug, Default)]
 pub struct ServiceFlags {
-    /// Environment variables (KEY=VALUE).
+    /// Environment variables (KEY=VALUE; the value may hold templates, as --hostname).
     #[arg(short, long = "env", visible_alias = "env-add")]
     pub env: Vec<String>,
     #[arg(long)]

@@ -183,6 +183,7 @@ pub struct TaskSpec {
     pub image: String,
     /// Replaces the image's command (empty: the image's).
     pub args: Vec<String>,
+    /// `KEY=VALUE`; templates as in `hostname` are expanded by the node.
     pub env: Vec<String>,
     pub workdir: String,
     pub user: String,

@@ -129,21 +129,32 @@ pub fn wait_for<T>(
 pub struct Lab {
     n: usize,
     save_logs: bool,
+    /// What `deploy/lab up` printed on stdout.
+    up_output: String,
     // Released after `Drop::drop` has run `deploy/lab down`.
     _lock: LabLock,
 }
 
 impl Lab {
     /// `n` hosts in a swarm with `managers` managers (host 1 inits, 2..=managers join as
-    /// managers, the rest as workers); returns once all nodes are ready.
+    /// managers, the rest as workers); returns once all nodes are ready. No demo service;
+    /// the lab registry (`registry.lab:5000`, in the switch) runs.
     pub fn up(n: usize, managers: usize) -> Result<Lab> {
+        let m = managers.to_string();
+        Self::create(n, &["--managers", &m, "--no-demo"])
+    }
+
+    /// As [`Lab::up`], with the demo the README starts from: `registry.lab:5000/demo:v1`
+    /// and `:v2` in the lab registry and service `demo` answering on port 8080.
+    pub fn up_with_demo(n: usize, managers: usize) -> Result<Lab> {
         let m = managers.to_string();
         Self::create(n, &["--managers", &m])
     }
 
-    /// `n` hosts running netd and daemon, no swarm (`deploy/lab up N --no-swarm`).
+    /// `n` hosts running netd and daemon, no swarm (`deploy/lab up N --no-swarm`); the lab
+    /// registry runs.
     pub fn up_bare(n: usize) -> Result<Lab> {
-        Self::create(n, &["--no-swarm"])
+        Self::create(n, &["--no-swarm", "--no-demo"])
     }
 
     fn create(n: usize, extra: &[&str]) -> Result<Lab> {
@@ -167,16 +178,42 @@ impl Lab {
         let mut lab = Lab {
             n,
             save_logs: false,
+            up_output: String::new(),
             _lock: lock,
         };
         let n_arg = n.to_string();
         let mut args = vec!["up", n_arg.as_str()];
         args.extend_from_slice(extra);
-        if let Err(e) = run_lab(&args) {
-            lab.save_logs = true;
-            return Err(e);
+        match run_lab(&args) {
+            Ok(out) => lab.up_output = out,
+            Err(e) => {
+                lab.save_logs = true;
+                return Err(e);
+            }
         }
         Ok(lab)
+    }
+
+    /// What `deploy/lab up` printed on stdout (with the demo, its last line is the
+    /// command that shows the demo's page).
+    pub fn up_output(&self) -> &str {
+        &self.up_output
+    }
+
+    /// Runs `deploy/lab ARGS` (e.g. `["sw", "--", "curl", URL]`), whatever its exit status.
+    pub fn lab(&self, args: &[&str]) -> Result<Output> {
+        lab_command()
+            .args(args)
+            .output()
+            .with_context(|| format!("running deploy/lab {}", args.join(" ")))
+    }
+
+    /// Runs a command in the switch namespace (`deploy/lab sw -- CMD`), whatever its
+    /// exit status.
+    pub fn sw(&self, cmd: &[&str]) -> Result<Output> {
+        let mut args = vec!["sw", "--"];
+        args.extend_from_slice(cmd);
+        self.lab(&args)
     }
 
     /// Number of hosts.
@@ -507,22 +544,27 @@ pub fn lab_or_skip() -> bool {
 }
 
 /// A minimal busybox root filesystem tarball in `dir` (busybox-static from
-/// Debian, a few applets, /etc/passwd and /etc/group with root and nobody).
+/// Debian, a few applets, /etc/passwd and /etc/group with root and nobody), made
+/// by `deploy/lab-image rootfs`, the builder the lab's demo uses too.
 pub fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf> {
-    let root = dir.join("rootfs");
-    for d in ["bin", "etc", "tmp"] {
-        fs::create_dir_all(root.join(d))?;
-    }
-    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
-    fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
-    fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is needed (deploy/prereqs installs it)")?;
-    for applet in ["sh", "ls", "echo", "cat", "id", "hostname", "sleep", "dd", "touch", "seq", "tr", "unshare", "true", "false", "grep", "ln", "kill", "mkdir", "rm", "wc", "env", "tty", "httpd", "wget", "ip", "ping"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    let script = repo_root().join("deploy").join("lab-image");
+    let out = Command::new(&script)
+        .arg("rootfs")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "deploy/lab-image rootfs {} failed ({}): {}",
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
     }
     let tar = dir.join("rootfs.tar");
-    let ok = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status()?.success();
-    if !ok {
-        bail!("tar failed for {}", root.display());
+    if !tar.is_file() {
+        bail!("deploy/lab-image rootfs made no {}", tar.display());
     }
     Ok(tar)
 }
