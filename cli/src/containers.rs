@@ -53,6 +53,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 ip: a.ip.clone().unwrap_or_default(),
                 network_aliases: a.network_alias.clone(),
                 labels: labels(&a.label),
+                health: Some(run_health(&a.health)?),
             };
             let c = engine.container_run(req).await?.into_inner();
             if a.detach {
@@ -372,6 +373,13 @@ async fn attach_terminal(engine: &mut Engine, id: &str, interactive: bool, tty: 
 }
 
 /// `--label` values, `KEY=VALUE` or `KEY` (an empty value), as Docker takes them.
+/// `run`'s health flags, laid over the image's check by the daemon.
+fn run_health(a: &crate::args::HealthArgs) -> anyhow::Result<pb::HealthConfig> {
+    let mut h = shoal_proto::health::HealthSetting::default();
+    crate::health::apply(&mut h, a)?;
+    Ok((&h).into())
+}
+
 pub(crate) fn labels(given: &[String]) -> std::collections::HashMap<String, String> {
     given.iter().map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.to_string(), v.to_string()))).collect()
 }
