@@ -298,7 +298,6 @@ fn run_check(exe: &Path, exec_json: &str, timeout: Duration) -> (i32, String) {
             Err(e) => return (-1, format!("cannot wait for the health check: {e}")),
         }
     };
-    drop(drain);
     (code, String::from_utf8_lossy(&out).into_owned())
 }
 
@@ -333,7 +332,7 @@ fn go_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms}ms")
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{}s", (format!("{}.{:03}", ms / 1000, ms % 1000)).trim_end_matches('0'))
@@ -363,7 +362,8 @@ mod tests {
     fn results_move_health_as_docker_does() {
         use HealthStatus::*;
         // (retries, start period, [(exit code, ms since start)], status and streak after each)
-        let table: Vec<(&str, u32, u64, Vec<(i32, u64)>, Vec<(HealthStatus, u32)>)> = vec![
+        type Row = (&'static str, u32, u64, Vec<(i32, u64)>, Vec<(HealthStatus, u32)>);
+        let table: Vec<Row> = vec![
             ("a pass is healthy", 3, 0, vec![(0, 1_000)], vec![(Healthy, 0)]),
             ("retries failures in a row are unhealthy", 3, 0, vec![(1, 1_000), (1, 2_000), (1, 3_000)], vec![(Starting, 1), (Starting, 2), (Unhealthy, 3)]),
             ("one retry: the first failure", 1, 0, vec![(1, 1_000)], vec![(Unhealthy, 1)]),

@@ -925,7 +925,8 @@ impl Containers {
         let mut soonest: Option<u64> = None;
         let mut due_at = |ms: u64| soonest = Some(soonest.map_or(ms, |s| s.min(ms)));
         let all = self.list();
-        self.monitors.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| all.iter().any(|c| c.record.id == *id));
+        let ids: std::collections::HashSet<&str> = all.iter().map(|c| c.record.id.as_str()).collect();
+        self.monitors.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| ids.contains(id.as_str()));
         for c in all {
             if let Some(w) = watch {
                 w.add_renames(&self.dir(&c.record.id));
