@@ -1546,6 +1546,22 @@ mod tests {
     }
 
     #[test]
+    fn an_images_healthcheck_is_read_and_a_bad_one_refused_unless_replaced() {
+        use shoal_proto::health::HealthTest;
+        let image = serde_json::json!({"Test": ["CMD-SHELL", "test -f /ok"], "Interval": 1_000_000_000, "Retries": 1});
+        let check = health_check(&HealthSetting::default(), Some(&image)).expect("valid").expect("a check");
+        assert_eq!((check.argv(), check.interval_ms, check.retries), (vec!["/bin/sh".to_string(), "-c".into(), "test -f /ok".into()], 1_000, 1));
+        assert_eq!(health_check(&HealthSetting::default(), None).expect("valid"), None, "no HEALTHCHECK, no check");
+        let bad = serde_json::json!({"Test": ["BOGUS", "x"]});
+        let err = health_check(&HealthSetting::default(), Some(&bad)).expect_err("refused").to_string();
+        assert!(err.contains("unknown health check type") && err.contains("--no-healthcheck"), "{err}");
+        let none = HealthSetting { test: HealthTest::None, ..Default::default() };
+        assert_eq!(health_check(&none, Some(&bad)).expect("replaced"), None);
+        let own = HealthSetting { test: HealthTest::Shell("true".into()), ..Default::default() };
+        assert!(health_check(&own, Some(&bad)).expect("replaced").is_some());
+    }
+
+    #[test]
     fn cpus_are_bounded_by_the_host() {
         assert_eq!(parse_cpus("0.5", 2), Ok(0.5));
         assert!(parse_cpus("3", 2).unwrap_err().contains("only 2 CPUs"));
