@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::images::{ImageError, ImageStore, ImageSummary, Removed};
 use crate::registry::{Credentials, Progress, ProgressTx, RegistryError, Registries};
+use crate::runtime::health::HealthStatus;
 use crate::runtime::{Container, ContainerError, Containers, RunRequest, Status as CStatus};
 
 /// Size of the chunks archives travel in.
@@ -105,7 +106,12 @@ async fn cblocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ContainerErr
 }
 
 fn ago_ms(ms: u64) -> String {
-    let d = shoal_proto::model::now_ms().saturating_sub(ms) / 1000;
+    ago_at(ms, shoal_proto::model::now_ms())
+}
+
+/// How long ago `ms` was at `now`, as Docker's STATUS column says it.
+fn ago_at(ms: u64, now: u64) -> String {
+    let d = now.saturating_sub(ms) / 1000;
     match d {
         0 => "Less than a second".into(),
         1..=59 => format!("{d} seconds"),
@@ -136,7 +142,7 @@ fn container_pb(c: &Container) -> pb::ContainerInfo {
         }
         CStatus::Running { pid, started_ms } => {
             info.state = "running".into();
-            info.status = format!("Up {}", ago_ms(*started_ms));
+            info.status = up_status(*started_ms, shoal_proto::model::now_ms(), c.health.as_ref().map(|h| h.status));
             info.pid = *pid;
         }
         CStatus::Exited { code, oom_killed, finished_ms, .. } => {
@@ -156,6 +162,45 @@ fn container_pb(c: &Container) -> pb::ContainerInfo {
         }
     }
     info
+}
+
+/// A running container's STATUS: `Up 5 seconds`, with its health as Docker
+/// shows it: `Up 5 seconds (healthy)`, `(unhealthy)`, `(health: starting)`.
+fn up_status(started_ms: u64, now: u64, health: Option<HealthStatus>) -> String {
+    match health {
+        Some(h) => format!("Up {} {}", ago_at(started_ms, now), h.ps_note()),
+        None => format!("Up {}", ago_at(started_ms, now)),
+    }
+}
+
+/// Docker's `State` for inspect (with `Health` when it has a check).
+fn docker_state(c: &Container) -> serde_json::Value {
+    let time = |ms: u64| if ms == 0 { "0001-01-01T00:00:00Z".to_string() } else { shoal_proto::model::rfc3339(ms) };
+    let (status, pid, exit_code, error, started, finished, oom) = match &c.status {
+        CStatus::Created => ("created", 0, 0, String::new(), 0, 0, false),
+        CStatus::Running { pid, started_ms } => ("running", *pid, 0, String::new(), *started_ms, 0, false),
+        CStatus::Exited { code, oom_killed, started_ms, finished_ms } => {
+            (if c.restarting() { "restarting" } else { "exited" }, 0, *code, String::new(), *started_ms, *finished_ms, *oom_killed)
+        }
+        CStatus::Dead { message } => ("dead", 0, 255, message.clone(), 0, 0, false),
+    };
+    let mut state = serde_json::json!({
+        "Status": status,
+        "Running": status == "running",
+        "Paused": false,
+        "Restarting": status == "restarting",
+        "OOMKilled": oom,
+        "Dead": status == "dead",
+        "Pid": pid,
+        "ExitCode": exit_code,
+        "Error": error,
+        "StartedAt": time(started),
+        "FinishedAt": time(finished),
+    });
+    if let Some(h) = &c.health {
+        state["Health"] = serde_json::to_value(h).unwrap_or_default();
+    }
+    state
 }
 
 fn signal_number(s: &str) -> Result<i32, Status> {
@@ -547,6 +592,7 @@ impl pb::engine_server::Engine for EngineService {
             task_id: String::new(),
             labels: r.labels.into_iter().collect(),
             create_only: r.create_only,
+            health: r.health.as_ref().map(Into::into).unwrap_or_default(),
         };
         let containers = self.containers.clone();
         let c = cblocking(move || containers.run(&run)).await?;
@@ -565,7 +611,9 @@ impl pb::engine_server::Engine for EngineService {
         let id = req.into_inner().id;
         let containers = self.containers.clone();
         let c = cblocking(move || containers.find(&id)).await?;
-        let json = serde_json::to_string_pretty(&c).map_err(|e| Status::internal(e.to_string()))?;
+        let mut doc = serde_json::to_value(&c).map_err(|e| Status::internal(e.to_string()))?;
+        doc["State"] = docker_state(&c);
+        let json = serde_json::to_string_pretty(&doc).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::JsonDoc { json }))
     }
 
@@ -988,5 +1036,45 @@ pub(crate) fn follow_log(
             return;
         }
         crate::runtime::watch::wait_change(watch.as_ref(), std::time::Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::health::Health;
+
+    #[test]
+    fn the_status_column_shows_health_as_docker_does() {
+        let now = 1_000_000;
+        let table = [
+            (now - 5_000, None, "Up 5 seconds"),
+            (now - 5_000, Some(HealthStatus::Healthy), "Up 5 seconds (healthy)"),
+            (now - 90_000, Some(HealthStatus::Unhealthy), "Up About a minute (unhealthy)"),
+            (now - 300, Some(HealthStatus::Starting), "Up Less than a second (health: starting)"),
+        ];
+        for (started, health, want) in table {
+            assert_eq!(up_status(started, now, health), want);
+        }
+    }
+
+    #[test]
+    fn inspect_shows_state_health_as_docker_does() {
+        let record: crate::runtime::Record = serde_json::from_value(serde_json::json!({
+            "id": "abc", "name": "web", "image": "busybox", "image_id": "sha256:x", "args": [], "created_ms": 1,
+            "auto_remove": false, "cgroups_path": "/shoal/abc", "run": {"memory_bytes": null, "cpus": null, "pids_limit": null, "network": "none"}
+        }))
+        .expect("a record");
+        let mut c = Container { record, status: CStatus::Running { pid: 42, started_ms: 1_700_000_000_000 }, restart: Default::default(), endpoints: vec![], health: None };
+        let state = docker_state(&c);
+        assert_eq!((state["Status"].as_str(), state["Running"].as_bool(), state["Pid"].as_i64()), (Some("running"), Some(true), Some(42)));
+        assert!(state.get("Health").is_none(), "no check, no Health: {state}");
+        c.health = Some(Health { status: HealthStatus::Unhealthy, failing_streak: 3, log: vec![] });
+        let state = docker_state(&c);
+        assert_eq!(state["Health"], serde_json::json!({"Status": "unhealthy", "FailingStreak": 3, "Log": []}));
+        c.status = CStatus::Exited { code: 137, oom_killed: true, started_ms: 1_700_000_000_000, finished_ms: 1_700_000_001_000 };
+        let state = docker_state(&c);
+        assert_eq!((state["Status"].as_str(), state["ExitCode"].as_i64(), state["OOMKilled"].as_bool()), (Some("exited"), Some(137), Some(true)));
+        assert_eq!(state["FinishedAt"], "2023-11-14T22:13:21Z");
     }
 }

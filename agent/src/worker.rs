@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use shoal_proto::model::now_ms;
 use shoal_proto::pb;
-use shoal_proto::service::{HealthCheck, Task, TaskState, TaskStatus, expand_template};
+use shoal_proto::service::{Task, TaskState, TaskStatus, expand_template};
 use tokio::sync::Notify;
 
 use crate::images::ImageStore;
 use crate::registry::{Credentials, RegistryError, Registries};
+use crate::runtime::health::HealthStatus;
 use crate::runtime::{Container, Containers, RunRequest, Status};
 
 /// Containers a node starts at once.
@@ -24,15 +25,6 @@ const PARALLEL_STARTS: usize = 4;
 
 /// How often the worker looks at its containers even when nothing was said.
 const RESCAN: Duration = Duration::from_secs(1);
-
-/// Where a task's health check stands.
-#[derive(Default)]
-struct Health {
-    healthy: bool,
-    failures: u32,
-    next_ms: u64,
-    checking: bool,
-}
 
 pub struct Worker {
     containers: Arc<Containers>,
@@ -52,8 +44,6 @@ pub struct Worker {
     /// Tasks whose containers are being stopped, or started.
     stopping: Mutex<std::collections::HashSet<String>>,
     starting: Mutex<std::collections::HashSet<String>>,
-    /// Health checks of running tasks.
-    health: Mutex<HashMap<String, Health>>,
     /// The registry logins of services whose tasks were assigned here, by service id.
     auths: Mutex<HashMap<String, Credentials>>,
     pub outbox_ready: Notify,
@@ -75,7 +65,6 @@ impl Worker {
             log_cancelled: Mutex::new(Default::default()),
             stopping: Mutex::new(Default::default()),
             starting: Mutex::new(Default::default()),
-            health: Mutex::new(HashMap::new()),
             auths: Mutex::new(HashMap::new()),
             outbox_ready: Notify::new(),
             wake: Notify::new(),
@@ -238,9 +227,13 @@ impl Worker {
                     None if now_ms() < t.not_before_ms => {} // a restart's back-off
                     None if t.spec.ports.iter().any(|p| held.contains(&(p.published, p.protocol.as_str()))) => {}
                     None => self.start_soon(t),
-                    Some(c) => match (observed(c), &t.spec.health) {
-                        // With a health check, running means healthy.
-                        (Some(s), Some(h)) if s.state == TaskState::Running => self.check_health(t, c, h),
+                    // With a health check, running means healthy (the engine's verdict).
+                    Some(c) => match (observed(c), c.health.as_ref().map(|h| h.status)) {
+                        (Some(s), Some(HealthStatus::Healthy)) if s.state == TaskState::Running => {
+                            self.report(t, TaskStatus { message: "started (healthy)".into(), ..s });
+                        }
+                        (Some(s), Some(HealthStatus::Unhealthy)) if s.state == TaskState::Running => self.fail_unhealthy(t, &c.record.id),
+                        (Some(s), Some(HealthStatus::Starting)) if s.state == TaskState::Running => {}
                         (Some(s), _) => self.report(t, s),
                         (None, _) => {}
                     },
@@ -258,7 +251,6 @@ impl Worker {
                 }
             }
         }
-        self.health.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| assigned.get(id).is_some_and(|t| t.desired == TaskState::Running));
     }
 
     /// Stops a task's container on a thread of its own (a grace period must
@@ -279,86 +271,24 @@ impl Worker {
         });
     }
 
-    /// Runs the task's health check when it is due (on a thread of its own);
-    /// reports running once it passes, and fails the task (stopping its
-    /// container) after `retries` failures in a row past the start period.
-    fn check_health(self: &Arc<Self>, t: &Task, c: &Container, h: &HealthCheck) {
-        let now = now_ms();
-        let started_ms = match c.status {
-            Status::Running { started_ms, .. } => started_ms,
-            _ => return,
-        };
-        {
-            let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-            let st = health.entry(t.id.clone()).or_insert(Health { next_ms: now, ..Default::default() });
-            if st.healthy {
-                drop(health);
-                self.report(t, TaskStatus { state: TaskState::Running, message: "started (healthy)".into(), container_id: c.record.id.clone(), ..Default::default() });
-                return;
-            }
-            if st.checking || now < st.next_ms {
-                return;
-            }
-            st.checking = true;
+    /// The engine found the task's container unhealthy: the task fails
+    /// (reported first, so its container's exit cannot tell another story)
+    /// and its container is stopped, on a thread of its own.
+    fn fail_unhealthy(self: &Arc<Self>, t: &Task, container: &str) {
+        if !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).insert(t.id.clone()) {
+            return;
         }
-        let (this, t, h, container) = (self.clone(), t.clone(), h.clone(), c.record.id.clone());
+        tracing::warn!(task = %t.name(), "unhealthy: stopping it");
+        let status = TaskStatus { state: TaskState::Failed, message: "unhealthy".into(), err: "task: container is unhealthy".into(), container_id: container.to_string(), ..Default::default() };
+        self.report(t, status);
+        let (this, t, container) = (self.clone(), t.clone(), container.to_string());
         std::thread::spawn(move || {
-            let passed = this.run_check(&container, &h);
-            let now = now_ms();
-            let verdict = {
-                let mut health = this.health.lock().unwrap_or_else(|p| p.into_inner());
-                let st = health.entry(t.id.clone()).or_default();
-                st.next_ms = now + h.interval_ms;
-                if passed {
-                    st.failures = 0;
-                    st.healthy = true;
-                } else if now >= started_ms + h.start_period_ms {
-                    st.failures += 1;
-                }
-                if passed { Some(true) } else if st.failures >= h.retries { Some(false) } else { None }
-            };
-            match verdict {
-                Some(true) => this.report(&t, TaskStatus { state: TaskState::Running, message: "started (healthy)".into(), container_id: container.clone(), ..Default::default() }),
-                Some(false) => {
-                    tracing::warn!(task = %t.name(), "unhealthy: stopping it");
-                    let _ = this.containers.stop(&container, Some(Duration::from_millis(t.spec.stop_grace_ms)));
-                    this.report(&t, TaskStatus { state: TaskState::Failed, message: "unhealthy".into(), err: "task: container is unhealthy".into(), container_id: container, ..Default::default() });
-                }
-                None => {}
+            if let Err(e) = this.containers.stop(&container, Some(Duration::from_millis(t.spec.stop_grace_ms))) {
+                tracing::warn!(task = %t.name(), error = %e, "stopping the unhealthy task's container failed");
             }
-            // Only now may the next check start (an unhealthy task is stopped first).
-            if let Some(st) = this.health.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&t.id) {
-                st.checking = false;
-            }
+            this.stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
             this.wake.notify_one();
         });
-    }
-
-    /// One run of a health check: `sh -c CMD` in the container, within its timeout.
-    fn run_check(&self, container: &str, h: &HealthCheck) -> bool {
-        let req = crate::runtime::ExecRequest { args: vec!["sh".into(), "-c".into(), h.cmd.clone()], ..Default::default() };
-        let Ok(cfg) = self.containers.exec_config(container, req) else { return false };
-        let Ok(json) = serde_json::to_string(&cfg) else { return false };
-        let child = std::process::Command::new(self.containers.exe())
-            .arg("shim-exec")
-            .arg(json)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-        let Ok(mut child) = child else { return false };
-        let deadline = std::time::Instant::now() + Duration::from_millis(h.timeout_ms);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return status.success(),
-                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return false;
-                }
-            }
-        }
     }
 
     /// Starts a task's container on a thread of its own (several at once,
@@ -395,7 +325,7 @@ impl Worker {
         match self.containers.run(&self.run_request(t)) {
             Ok(c) => {
                 // With a health check, the next pass says running once it passes.
-                if let Some(s) = observed(&c).filter(|s| t.spec.health.is_none() || s.state != TaskState::Running) {
+                if let Some(s) = observed(&c).filter(|s| c.health.is_none() || s.state != TaskState::Running) {
                     self.report(t, s);
                 }
             }
@@ -423,6 +353,7 @@ impl Worker {
             publish: s.ports.iter().map(|p| format!("{}:{}/{}", p.published, p.target, p.protocol)).collect(),
             task_id: t.id.clone(),
             labels: task_labels(t),
+            health: s.health.clone(),
             ..Default::default()
         }
     }

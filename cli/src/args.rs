@@ -370,6 +370,8 @@ pub struct RunArgs {
     /// The container's address on its network.
     #[arg(long)]
     pub ip: Option<String>,
+    #[command(flatten)]
+    pub health: HealthArgs,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -381,6 +383,30 @@ pub enum PullPolicy {
     Missing,
     Always,
     Never,
+}
+
+/// Docker's health flags (`run`, `service create|update`): each one
+/// overrides one value of the image's `HEALTHCHECK`.
+#[derive(Args, Debug, Default)]
+pub struct HealthArgs {
+    /// Command to run to check health (with /bin/sh -c; exit 0 is healthy; "" goes back to the image's).
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h); default: the image's, else 30s.
+    #[arg(long)]
+    pub health_interval: Option<String>,
+    /// Maximum time to allow one check to run (ms|s|m|h); default: the image's, else 30s.
+    #[arg(long)]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures needed to report unhealthy; default: the image's, else 3.
+    #[arg(long)]
+    pub health_retries: Option<u32>,
+    /// Start period for the container to initialize before failures count (ms|s|m|h).
+    #[arg(long)]
+    pub health_start_period: Option<String>,
+    /// Disable any container-specified HEALTHCHECK.
+    #[arg(long)]
+    pub no_healthcheck: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -824,22 +850,8 @@ pub struct ServiceFlags {
     /// published=P,target=T[,protocol=tcp|udp],mode=host (or P:T[/udp]).
     #[arg(short, long, visible_alias = "publish-add")]
     pub publish: Vec<String>,
-    /// A command run in each task's container (`sh -c`); exit 0 is healthy.
-    #[arg(long)]
-    pub health_cmd: Option<String>,
-    /// Default 30s.
-    #[arg(long)]
-    pub health_interval: Option<String>,
-    /// Default 30s.
-    #[arg(long)]
-    pub health_timeout: Option<String>,
-    /// Failures in a row before the task fails (default 3).
-    #[arg(long)]
-    pub health_retries: Option<u32>,
-    #[arg(long)]
-    pub health_start_period: Option<String>,
-    #[arg(long)]
-    pub no_healthcheck: bool,
+    #[command(flatten)]
+    pub health: HealthArgs,
     /// Return at once instead of following the rollout.
     #[arg(short, long)]
     pub detach: bool,

@@ -59,6 +59,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 network_aliases: a.network_alias.clone(),
                 labels: labels(&a.label),
                 create_only,
+                health: Some(run_health(&a.health)?),
             };
             let req = pb::ContainerRunRequest { attach: !a.detach && !create_only, ..req };
             let c = run_pulling(cli, &mut engine, req, a.pull).await?;
@@ -427,6 +428,13 @@ fn client_paths(flags: &[String], flag: BindFlag, remote: bool) -> anyhow::Resul
             Some(abs) => Ok(abs),
         })
         .collect()
+}
+
+/// `run`'s health flags, laid over the image's check by the daemon.
+fn run_health(a: &crate::args::HealthArgs) -> anyhow::Result<pb::HealthConfig> {
+    let mut h = shoal_proto::health::HealthSetting::default();
+    crate::health::apply(&mut h, a)?;
+    Ok((&h).into())
 }
 
 pub(crate) fn labels(given: &[String]) -> std::collections::HashMap<String, String> {

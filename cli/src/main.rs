@@ -8,6 +8,7 @@ mod containers;
 mod copy;
 mod terminal;
 mod daemon;
+mod health;
 mod images;
 mod output;
 mod registry;

@@ -379,30 +379,7 @@ fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &ServiceRemovals) -
         t.ports.retain(|q| !(q.published == p.published && q.protocol == p.protocol));
         t.ports.push(p);
     }
-    if f.no_healthcheck {
-        t.health = None;
-    }
-    let health_flags = f.health_interval.is_some() || f.health_timeout.is_some() || f.health_retries.is_some() || f.health_start_period.is_some();
-    if f.health_cmd.is_some() || (health_flags && t.health.is_some()) {
-        let h = t.health.get_or_insert_with(Default::default);
-        if let Some(c) = &f.health_cmd {
-            h.cmd = c.clone();
-        }
-        if let Some(v) = &f.health_interval {
-            h.interval_ms = parse_duration(v)?.max(1);
-        }
-        if let Some(v) = &f.health_timeout {
-            h.timeout_ms = parse_duration(v)?.max(1);
-        }
-        if let Some(v) = f.health_retries {
-            h.retries = v.max(1);
-        }
-        if let Some(v) = &f.health_start_period {
-            h.start_period_ms = parse_duration(v)?;
-        }
-    } else if health_flags {
-        bail!("--health-interval and the like need --health-cmd");
-    }
+    crate::health::apply(&mut t.health, &f.health)?;
     spec.labels.extend(crate::containers::labels(&f.label));
     let update = Rollout {
         parallelism: f.update_parallelism,

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::HealthSetting;
 use crate::model::Meta;
 
 /// A task's place in its life, in lifecycle order.
@@ -209,27 +210,10 @@ pub struct TaskSpec {
     pub ports: Vec<PublishedPort>,
     /// Bumped by `service update --force`: same spec, new tasks.
     pub force_update: u64,
-    #[serde(default)]
-    pub health: Option<HealthCheck>,
-}
-
-/// `--health-cmd` and friends: a task is running only once its check
-/// passes, and fails after `retries` failures in a row.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthCheck {
-    /// Run with `sh -c` in the container; exit 0 is healthy.
-    pub cmd: String,
-    pub interval_ms: u64,
-    pub timeout_ms: u64,
-    pub retries: u32,
-    /// Failures before this much time has passed do not count.
-    pub start_period_ms: u64,
-}
-
-impl Default for HealthCheck {
-    fn default() -> Self {
-        HealthCheck { cmd: String::new(), interval_ms: 30_000, timeout_ms: 30_000, retries: 3, start_period_ms: 0 }
-    }
+    /// The image's check, none, or the service's own; a task is running
+    /// only once its container is healthy, and fails when it is unhealthy.
+    #[serde(default, skip_serializing_if = "HealthSetting::is_inherit", deserialize_with = "crate::health::stored_setting")]
+    pub health: HealthSetting,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

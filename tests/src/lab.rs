@@ -568,3 +568,43 @@ pub fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf> {
     }
     Ok(tar)
 }
+
+/// A `docker save` archive in `dir` of one image tagged `tag`: the layer
+/// `rootfs` (a tar, such as `busybox_rootfs_tar`'s) under a config whose
+/// `config` object is `config` (`Cmd`, `Healthcheck`, ... in Docker's JSON),
+/// for `image load`.
+pub fn image_archive(dir: &Path, rootfs: &Path, tag: &str, config: serde_json::Value) -> Result<PathBuf> {
+    let work = dir.join(format!("image-{}", tag.replace([':', '/'], "-")));
+    fs::create_dir_all(&work)?;
+    fs::copy(rootfs, work.join("layer.tar")).with_context(|| format!("copying {}", rootfs.display()))?;
+    let sha256 = |path: &Path| -> Result<String> {
+        let out = Command::new("sha256sum").arg(path).output().context("running sha256sum")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hex = text.split_whitespace().next().filter(|h| h.len() == 64 && out.status.success());
+        hex.map(String::from).with_context(|| format!("sha256sum {}: {text}", path.display()))
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let image_config = serde_json::json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": config,
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", sha256(&work.join("layer.tar"))?)] },
+    });
+    let staged = work.join("config.tmp");
+    fs::write(&staged, serde_json::to_vec(&image_config)?)?;
+    let config_name = format!("{}.json", sha256(&staged)?);
+    fs::rename(&staged, work.join(&config_name))?;
+    let manifest = serde_json::json!([{ "Config": config_name, "RepoTags": [tag], "Layers": ["layer.tar"] }]);
+    fs::write(work.join("manifest.json"), serde_json::to_vec(&manifest)?)?;
+    let archive = dir.join(format!("image-{}.tar", tag.replace([':', '/'], "-")));
+    let ok = Command::new("tar").arg("-C").arg(&work).arg("-cf").arg(&archive).args(["manifest.json", &config_name, "layer.tar"]).status()?.success();
+    if !ok {
+        bail!("tar failed for {}", work.display());
+    }
+    Ok(archive)
+}
+

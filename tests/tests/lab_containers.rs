@@ -1,11 +1,12 @@
 //! Containers on one lab host with the real binary: exit codes, limits
 //! (memory OOM, pids, read-only), detach/logs/stop with the grace period,
-//! and containers surviving a kill -9 of the daemon.
+//! containers surviving a kill -9 of the daemon, and health checks (an image's
+//! HEALTHCHECK, `run --health-*`, `--no-healthcheck`).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use shoal_tests::lab::{Lab, lab_or_skip, wait_for};
+use shoal_tests::lab::{Lab, image_archive, lab_or_skip, wait_for};
 
 
 
@@ -14,7 +15,7 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     if !lab_or_skip() {
         return Ok(());
     }
-    let (lab, _tmp) = Lab::with_busybox(1, "shl-ctr-")?;
+    let (lab, tmp) = Lab::with_busybox(1, "shl-ctr-")?;
 
     // Output and exit codes.
     let out = lab.exec(1, &["run", "--rm", "--hostname", "box", "busybox:local", "sh", "-c", "echo hi from $(hostname); id -u; exit 3"])?;
@@ -71,6 +72,54 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     ensure!(took >= Duration::from_millis(1900) && took < Duration::from_secs(10), "stop took {took:?}");
     let c = lab.container(1, "ticker")?;
     ensure!(c["state"] == "exited" && c["exit_code"] == 137, "{c}");
+
+    // Health: an image's HEALTHCHECK applies to `run`; a --health-* flag overrides one value of
+    // it, --health-cmd the test; --no-healthcheck disables it; ps and inspect show the verdict.
+    let checked = serde_json::json!({
+        "Cmd": ["sleep", "1000"],
+        "Healthcheck": { "Test": ["CMD-SHELL", "test -f /tmp/ready"], "Interval": 300_000_000, "Retries": 2 },
+    });
+    let archive = image_archive(tmp.path(), &tmp.path().join("rootfs.tar"), "shl-checked:local", checked)?;
+    lab.shoal(1, &["image", "load", "-i", &archive.display().to_string()])?;
+    lab.shoal(1, &["run", "-d", "--name", "hc-ready", "shl-checked:local", "sh", "-c", "touch /tmp/ready; exec sleep 1000"])?;
+    lab.shoal(1, &["run", "-d", "--name", "hc-sick", "shl-checked:local"])?;
+    lab.shoal(1, &["run", "-d", "--name", "hc-slow", "--health-interval", "10m", "shl-checked:local"])?;
+    lab.shoal(1, &["run", "-d", "--name", "hc-off", "--no-healthcheck", "shl-checked:local"])?;
+    lab.shoal(1, &["run", "-d", "--name", "hc-false", "--health-cmd", "false", "--health-interval", "1s", "--health-retries", "1", "busybox:local", "sleep", "1000"])?;
+    let status = |name: &str| -> Result<String> { Ok(lab.container(1, name)?["status"].as_str().unwrap_or_default().to_string()) };
+    let health = |name: &str| -> Result<serde_json::Value> {
+        let doc: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["inspect", name])?)?;
+        Ok(doc[0]["State"]["Health"].clone())
+    };
+    let shows = |name: &str, note: &str| wait_for(&format!("{name} to show {note}"), Duration::from_secs(20), || Ok(status(name)?.ends_with(note).then_some(())));
+    shows("hc-ready", " (healthy)")?;
+    shows("hc-sick", " (unhealthy)")?;
+    shows("hc-false", " (unhealthy)")?;
+    let s = status("hc-slow")?;
+    ensure!(s.starts_with("Up ") && s.ends_with(" (health: starting)"), "the image's check, its first run 10 minutes away: {s}");
+    let s = status("hc-off")?;
+    ensure!(s.starts_with("Up ") && !s.contains('('), "no check: {s}");
+    ensure!(health("hc-off")?.is_null(), "no check, no State.Health");
+    let h = health("hc-ready")?;
+    ensure!(h["Status"] == "healthy" && h["FailingStreak"] == 0 && h["Log"].as_array().is_some_and(|l| (1..=5).contains(&l.len())), "{h}");
+    ensure!(h["Log"][0]["ExitCode"] == 0 && h["Log"][0]["Start"].as_str().is_some_and(|t| t.ends_with('Z')), "{h}");
+    let h = health("hc-false")?;
+    ensure!(h["Status"] == "unhealthy" && h["FailingStreak"].as_u64() >= Some(1) && h["Log"][0]["ExitCode"] == 1, "{h}");
+    let h = health("hc-sick")?;
+    ensure!(h["Status"] == "unhealthy" && h["FailingStreak"].as_u64() >= Some(2), "the image's retries (2) count: {h}");
+    // The verdict outlives the daemon, and a stopped container reads unhealthy, as in Docker.
+    lab.restart_daemon(1)?;
+    ensure!(status("hc-ready")?.ends_with(" (healthy)"), "{}", status("hc-ready")?);
+    lab.shoal(1, &["stop", "-t", "1", "hc-ready"])?;
+    ensure!(health("hc-ready")?["Status"] == "unhealthy", "{}", health("hc-ready")?);
+    // Started again, its health starts over.
+    lab.shoal(1, &["start", "hc-ready"])?;
+    let s = status("hc-ready")?;
+    ensure!(s.ends_with(" (health: starting)") || s.ends_with(" (healthy)"), "{s}");
+    shows("hc-ready", " (healthy)")?;
+    lab.shoal(1, &["rm", "-f", "hc-ready", "hc-sick", "hc-slow", "hc-off", "hc-false"])?;
+    let err = lab.failing(1, &["run", "--no-healthcheck", "--health-retries", "2", "busybox:local", "true"])?;
+    ensure!(err.contains("--no-healthcheck conflicts with --health-* options"), "{err}");
 
     // Refusals with clear errors.
     let err = |args: &[&str]| lab.failing(1, args);

@@ -4,7 +4,8 @@
 //! that runs to completion, a node that joins later getting the global task,
 //! a worker cut off from the managers but answering probes staying up, a
 //! start-first rolling update, an update to a bad
-//! image and one to a failing health check that roll themselves back, a worker killed
+//! image and one to a failing health check that roll themselves back, an image's
+//! HEALTHCHECK applying to tasks (and `--no-healthcheck`), a worker killed
 //! (its tasks run elsewhere, and it runs none of them when it returns), the
 //! leader killed in the middle of an update, `service logs` (and `-f`) from
 //! every node, host-mode published ports, and removal leaving nothing.
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
-use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
+use shoal_tests::lab::{Lab, busybox_rootfs_tar, image_archive, lab_or_skip, wait_for};
 
 const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
 
@@ -204,8 +205,31 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     ensure!(!out.status.success() && said.contains("rolled back") && said.contains("unhealthy"), "{said}");
     let checked = converged(&lab, 1, "checked", 2, 30)?;
-    ensure!(checked.iter().all(|t| t["task"]["spec"]["health"]["cmd"] == "test -f /tmp/ok"), "back on the good check");
+    ensure!(checked.iter().all(|t| t["task"]["spec"]["health"]["test"]["shell"] == "test -f /tmp/ok"), "back on the good check");
     lab.shoal(1, &["service", "rm", "checked"])?;
+
+    // An image's HEALTHCHECK applies to a service's tasks (here with its interval overridden), and
+    // --no-healthcheck disables it: without, this image's tasks would never be healthy.
+    let checked_image = serde_json::json!({
+        "Cmd": ["sh", "-c", SLEEPER],
+        "Healthcheck": { "Test": ["CMD-SHELL", "test -f /tmp/ready"], "Interval": 30_000_000_000_i64, "Retries": 1 },
+    });
+    let archive = image_archive(tmp.path(), &image, "shl-checked:local", checked_image)?;
+    for i in 1..=5 {
+        lab.shoal(i, &["image", "load", "-i", &archive.display().to_string()])?;
+    }
+    let out = lab.shoal(1, &["service", "create", "--name", "imgcheck", "--replicas", "2", "--health-interval", "200ms", "--stop-grace-period", "1s", "shl-checked:local", "sh", "-c", &format!("touch /tmp/ready; {SLEEPER}")])?;
+    ensure!(out.contains("converged"), "{out}");
+    let task = converged(&lab, 1, "imgcheck", 2, 30)?.into_iter().next().context("an imgcheck task")?;
+    ensure!(task["task"]["status"]["message"] == "started (healthy)", "{task}");
+    let host: usize = task["node"].as_str().and_then(|n| n.strip_prefix("shl-h")).and_then(|i| i.parse().ok()).context("its host")?;
+    let c = lab.containers(host)?.into_iter().find(|c| c["name"].as_str().is_some_and(|n| n.starts_with("imgcheck."))).context("its container")?;
+    ensure!(c["status"].as_str().is_some_and(|s| s.ends_with(" (healthy)")), "{c}");
+    let out = lab.shoal(1, &["service", "create", "--name", "nocheck", "--replicas", "2", "--no-healthcheck", "--stop-grace-period", "1s", "shl-checked:local"])?;
+    ensure!(out.contains("converged"), "{out}");
+    let task = converged(&lab, 1, "nocheck", 2, 30)?.into_iter().next().context("a nocheck task")?;
+    ensure!(task["task"]["status"]["message"] == "started", "no check to pass: {task}");
+    lab.shoal(1, &["service", "rm", "imgcheck", "nocheck"])?;
 
     // kill -9 a worker: its tasks run elsewhere; when it comes back it runs none of them.
     lab.shoal(1, &["service", "scale", "web=10"])?;

@@ -13,6 +13,7 @@ pub mod cgroup_layout;
 pub mod cgroups;
 pub mod copy;
 pub mod frames;
+pub mod health;
 pub mod procs;
 pub mod restart;
 pub mod seccomp;
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use shoal_proto::health::{HealthCheck, HealthSetting, ImageHealthcheck};
 use shoal_proto::model::now_ms;
 
 use crate::images::ImageStore;
@@ -117,6 +119,8 @@ pub struct RunRequest {
     /// `shoal create`: everything but the start (`shoal start` does that).
     #[serde(default)]
     pub create_only: bool,
+    /// `--health-*`, `--no-healthcheck`, a service's health; laid over the image's.
+    pub health: HealthSetting,
 }
 
 /// A container's record on disk.
@@ -154,6 +158,9 @@ pub struct Record {
     pub task_id: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Its health check, the user's setting laid over the image's; None: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
 }
 
 fn default_stop_signal() -> i32 {
@@ -198,6 +205,9 @@ pub struct Container {
     pub restart: RestartState,
     /// What netd made of its networks.
     pub endpoints: Vec<Endpoint>,
+    /// Where its health stands, if it has a check (inspect shows it as `State.Health`).
+    #[serde(skip)]
+    pub health: Option<health::Health>,
 }
 
 impl Container {
@@ -296,6 +306,7 @@ struct Settings {
     endpoints: Vec<Endpoint>,
     /// The network mode as recorded (`host`, `none`, or a network).
     network: String,
+    health: Option<HealthCheck>,
 }
 
 pub struct Containers {
@@ -317,6 +328,8 @@ pub struct Containers {
     /// `--rm` containers a foreground client is following: not removed
     /// before its `wait` (or `HOLD_FOR` after it was created).
     holds: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// The health monitor of each running container that has a check.
+    monitors: Mutex<std::collections::HashMap<String, health::Monitor>>,
 }
 
 /// How often the daemon hands netd everything even when nothing was missed.
@@ -346,6 +359,30 @@ fn shim_alive(s: &Started) -> bool {
     shim::start_ticks(s.shim_pid).is_some_and(|t| s.shim_start_ticks == 0 || t == s.shim_start_ticks)
 }
 
+/// Where the container in `dir` is in its life, from its shim's files.
+pub(crate) fn status_at(dir: &Path) -> Status {
+    if !dir.join("container.json").exists() {
+        return Status::Dead { message: "removed".into() };
+    }
+    let started: Option<Started> = read_json(&dir.join("started.json"));
+    if let Some(e) = read_json::<Exited>(&dir.join("exit.json")) {
+        return Status::Exited {
+            code: e.exit_code,
+            oom_killed: e.oom_killed,
+            started_ms: started.map(|s| s.started_ms).unwrap_or(0),
+            finished_ms: e.finished_ms,
+        };
+    }
+    if let Some(f) = read_json::<Failed>(&dir.join("error.json")) {
+        return Status::Dead { message: f.message };
+    }
+    match started {
+        Some(s) if shim_alive(&s) => Status::Running { pid: s.pid, started_ms: s.started_ms },
+        Some(_) => Status::Dead { message: "its shim is gone without recording an exit".into() },
+        None => Status::Created,
+    }
+}
+
 impl Containers {
     pub fn open(
         root: &Path,
@@ -369,6 +406,7 @@ impl Containers {
             networks: std::sync::OnceLock::new(),
             holds: Mutex::new(Default::default()),
             reaped: Mutex::new(Default::default()),
+            monitors: Mutex::new(Default::default()),
         })
     }
 
@@ -392,30 +430,13 @@ impl Containers {
         let record: Record = read_json(&dir.join("container.json"))?;
         let restart = read_json(&dir.join("restart.json")).unwrap_or_default();
         let endpoints = read_json(&dir.join("network.json")).unwrap_or_default();
-        Some(Container { status: self.status(&dir), record, restart, endpoints })
+        let status = status_at(&dir);
+        let health = record.health.as_ref().and_then(|_| health::observed(read_json(&dir.join(health::STATE_FILE)), &status));
+        Some(Container { status, record, restart, endpoints, health })
     }
 
     fn status(&self, dir: &Path) -> Status {
-        if !dir.join("container.json").exists() {
-            return Status::Dead { message: "removed".into() };
-        }
-        let started: Option<Started> = read_json(&dir.join("started.json"));
-        if let Some(e) = read_json::<Exited>(&dir.join("exit.json")) {
-            return Status::Exited {
-                code: e.exit_code,
-                oom_killed: e.oom_killed,
-                started_ms: started.map(|s| s.started_ms).unwrap_or(0),
-                finished_ms: e.finished_ms,
-            };
-        }
-        if let Some(f) = read_json::<Failed>(&dir.join("error.json")) {
-            return Status::Dead { message: f.message };
-        }
-        match started {
-            Some(s) if shim_alive(&s) => Status::Running { pid: s.pid, started_ms: s.started_ms },
-            Some(_) => Status::Dead { message: "its shim is gone without recording an exit".into() },
-            None => Status::Created,
-        }
+        status_at(dir)
     }
 
     /// Finds a container by full id, unique id prefix or name.
@@ -515,6 +536,7 @@ impl Containers {
             cfg.cmd.clone().unwrap_or_default()
         };
         let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+        let health = health_check(&req.health, cfg.healthcheck.as_ref())?;
         let mut env = cfg.env.clone().unwrap_or_default();
         for e in &req.env {
             let key = e.split('=').next().unwrap_or("");
@@ -599,7 +621,8 @@ impl Containers {
             networks.push(a);
             run.netns = Some(netns);
         }
-        let settings = Settings { image_id: image.id.to_string(), mounts, restart, stop_signal, stop_timeout, log, copy_up, networks, endpoints, network: network_name.into() };
+        let settings =
+            Settings { image_id: image.id.to_string(), mounts, restart, stop_signal, stop_timeout, log, copy_up, networks, endpoints, network: network_name.into(), health };
         if req.attach && req.auto_remove {
             self.holds.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), std::time::Instant::now());
         }
@@ -622,7 +645,9 @@ impl Containers {
             self.teardown(&dir);
             return Err(e);
         }
-        self.find(&id)
+        let c = self.find(&id)?;
+        self.keep_health(&c);
+        Ok(c)
     }
 
     /// Everything a container is before its shim starts it: its root, its
@@ -683,6 +708,7 @@ impl Containers {
             networks: settings.networks.clone(),
             task_id: req.task_id.clone(),
             labels: req.labels.clone(),
+            health: settings.health.clone(),
         };
         let shim = ShimConfig {
             id: id.into(),
@@ -825,7 +851,9 @@ impl Containers {
         self.write_restart(&c.record.id, &RestartState::default())?;
         self.respawn(&c)?;
         drop(_g);
-        self.find(&c.record.id)
+        let c = self.find(&c.record.id)?;
+        self.keep_health(&c);
+        Ok(c)
     }
 
     /// `stop`, then `start`.
@@ -910,10 +938,14 @@ impl Containers {
         let now = now_ms();
         let mut soonest: Option<u64> = None;
         let mut due_at = |ms: u64| soonest = Some(soonest.map_or(ms, |s| s.min(ms)));
-        for c in self.list() {
+        let all = self.list();
+        let ids: std::collections::HashSet<&str> = all.iter().map(|c| c.record.id.as_str()).collect();
+        self.monitors.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| ids.contains(id.as_str()));
+        for c in all {
             if let Some(w) = watch {
                 w.add_renames(&self.dir(&c.record.id));
             }
+            self.keep_health(&c);
             if ended(&c.status).is_none() {
                 continue;
             }
@@ -1051,6 +1083,8 @@ impl Containers {
             let _ = self.kill(&c.record.id, libc::SIGKILL);
             self.wait_exit(&c.record.id, Duration::from_secs(10));
         }
+        // Its monitor first: nothing may write into its directory once it is gone.
+        self.monitors.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.record.id);
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.teardown(&self.dir(&c.record.id));
         if volumes {
@@ -1077,9 +1111,12 @@ impl Containers {
     /// What `shoal shim-exec` needs to run `args` in a running container,
     /// with the container's environment plus `env`.
     pub fn exec_config(&self, reference: &str, req: ExecRequest) -> Result<shim::ExecConfig, ContainerError> {
+        self.exec_config_of(self.find(reference)?, req)
+    }
+
+    fn exec_config_of(&self, c: Container, req: ExecRequest) -> Result<shim::ExecConfig, ContainerError> {
         let ExecRequest { args, env, cwd, user, tty, interactive } = req;
         let (cwd, user) = (cwd.as_str(), user.as_str());
-        let c = self.find(reference)?;
         let Status::Running { pid, .. } = c.status else {
             return Err(ContainerError::NotRunning(c.record.name));
         };
@@ -1140,6 +1177,40 @@ impl Containers {
             tty,
             interactive,
         })
+    }
+
+    /// Keeps a health monitor on the container's current run while it runs
+    /// with a check, and none otherwise (a monitor dropped is stopped).
+    fn keep_health(&self, c: &Container) {
+        let mut monitors = self.monitors.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some(check), Status::Running { started_ms, .. }) = (&c.record.health, &c.status) else {
+            monitors.remove(&c.record.id);
+            return;
+        };
+        if monitors.get(&c.record.id).is_some_and(|m| m.started_ms() == *started_ms) {
+            return;
+        }
+        monitors.remove(&c.record.id);
+        let req = ExecRequest { args: check.argv(), ..Default::default() };
+        let exec = self.exec_config_of(c.clone(), req).and_then(|cfg| {
+            serde_json::to_string(&cfg).map_err(|e| ContainerError::Invalid { what: "health check", value: check.test.join(" "), why: e.to_string() })
+        });
+        let target = |exec_json| health::Target {
+            name: c.record.name.clone(),
+            dir: self.dir(&c.record.id),
+            started_ms: *started_ms,
+            check: check.clone(),
+            exe: self.exe.clone(),
+            exec_json,
+        };
+        match exec.map(|json| health::Monitor::spawn(target(json))) {
+            Ok(Ok(m)) => {
+                monitors.insert(c.record.id.clone(), m);
+            }
+            Ok(Err(e)) => tracing::warn!(container = %c.record.name, error = %e, "cannot start its health monitor"),
+            // It stopped meanwhile: the supervisor's next pass sees it.
+            Err(e) => tracing::debug!(container = %c.record.name, error = %e, "no health monitor"),
+        }
     }
 
     /// netd, if this daemon uses it.
@@ -1397,6 +1468,27 @@ fn ended(status: &Status) -> Option<Ended> {
     }
 }
 
+/// The container's check: the user's setting laid over the image's
+/// `HEALTHCHECK` (Docker's merge). An image's check Docker would not run
+/// is refused unless the user's setting replaces its test.
+fn health_check(user: &HealthSetting, image: Option<&serde_json::Value>) -> Result<Option<HealthCheck>, ContainerError> {
+    let image = match image {
+        None => HealthSetting::default(),
+        Some(v) => match serde_json::from_value::<ImageHealthcheck>(v.clone()).map_err(|e| e.to_string()).and_then(|h| h.setting()) {
+            Ok(s) => s,
+            Err(_) if user.test != Default::default() => HealthSetting::default(),
+            Err(why) => {
+                return Err(ContainerError::Invalid {
+                    what: "image HEALTHCHECK",
+                    value: v.to_string(),
+                    why: format!("{why}; run it with --no-healthcheck or a --health-cmd of its own"),
+                });
+            }
+        },
+    };
+    Ok(shoal_proto::health::resolve(user, &image))
+}
+
 /// Whether `path` is a mount point (on another device than its parent `dir`).
 fn is_mount_point(path: &Path, dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -1465,6 +1557,22 @@ mod tests {
         assert_eq!(parse_memory("10485760"), Ok(10 << 20));
         assert!(parse_memory("1m").unwrap_err().contains("6MB"));
         assert!(parse_memory("lots").is_err());
+    }
+
+    #[test]
+    fn an_images_healthcheck_is_read_and_a_bad_one_refused_unless_replaced() {
+        use shoal_proto::health::HealthTest;
+        let image = serde_json::json!({"Test": ["CMD-SHELL", "test -f /ok"], "Interval": 1_000_000_000, "Retries": 1});
+        let check = health_check(&HealthSetting::default(), Some(&image)).expect("valid").expect("a check");
+        assert_eq!((check.argv(), check.interval_ms, check.retries), (vec!["/bin/sh".to_string(), "-c".into(), "test -f /ok".into()], 1_000, 1));
+        assert_eq!(health_check(&HealthSetting::default(), None).expect("valid"), None, "no HEALTHCHECK, no check");
+        let bad = serde_json::json!({"Test": ["BOGUS", "x"]});
+        let err = health_check(&HealthSetting::default(), Some(&bad)).expect_err("refused").to_string();
+        assert!(err.contains("unknown health check type") && err.contains("--no-healthcheck"), "{err}");
+        let none = HealthSetting { test: HealthTest::None, ..Default::default() };
+        assert_eq!(health_check(&none, Some(&bad)).expect("replaced"), None);
+        let own = HealthSetting { test: HealthTest::Shell("true".into()), ..Default::default() };
+        assert!(health_check(&own, Some(&bad)).expect("replaced").is_some());
     }
 
     #[test]
