@@ -292,6 +292,7 @@ async fn network(engine: &mut Engine, cmd: &crate::args::NetworkCmd) -> anyhow::
             let req = pb::NetworkConnectRequest { network: network.clone(), container: container.clone(), ..Default::default() };
             engine.network_disconnect(req).await?;
         }
+        NetworkCmd::Prune { force } => crate::system::prune(engine, crate::system::Kind::Network, false, *force).await?,
     }
     Ok(())
 }
@@ -332,6 +333,7 @@ async fn volume(
             })
             .await?;
         }
+        VolumeCmd::Prune { all, force } => crate::system::prune(engine, crate::system::Kind::Volume, *all, *force).await?,
     }
     Ok(())
 }
