@@ -337,10 +337,10 @@ mod tests {
         };
         let t = df_summary(&u);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "TYPE            TOTAL     ACTIVE    SIZE      RECLAIMABLE");
-        assert_eq!(lines[1], "Images          2         1         2MB       500kB (25%)");
-        assert_eq!(lines[2], "Containers      2         1         400B      300B (75%)");
-        assert_eq!(lines[3], "Local Volumes   2         1         50B       0B (0%)");
-        assert_eq!(lines[4], "Build Cache     0         0         0B        0B");
+        assert_eq!(lines[0], "TYPE            TOTAL   ACTIVE   SIZE   RECLAIMABLE");
+        assert_eq!(lines[1], "Images          2       1        2MB    500kB (25%)");
+        assert_eq!(lines[2], "Containers      2       1        400B   300B (75%)");
+        assert_eq!(lines[3], "Local Volumes   2       1        50B    0B (0%)");
+        assert_eq!(lines[4], "Build Cache     0       0        0B     0B");
     }
 }

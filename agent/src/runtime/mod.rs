@@ -999,6 +999,8 @@ impl Containers {
             match self.status_of(&id) {
                 Status::Running { .. } | Status::Created => watch::wait_change(watch.as_ref(), Duration::from_millis(500)),
                 s => {
+                    // Its end is news before the waiting client hears of it.
+                    self.observe_id(&id);
                     // The client saw the end: a held `--rm` container goes now,
                     // before the client is told (as `docker run --rm` waits for it).
                     let held = self.holds.lock().unwrap_or_else(|p| p.into_inner()).remove(&id).is_some();
