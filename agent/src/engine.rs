@@ -512,11 +512,8 @@ impl pb::engine_server::Engine for EngineService {
         let r = req.into_inner();
         let (regs, images) = (self.registries.clone(), self.images.clone());
         let creds = credentials(r.auth);
-        let events = self.containers.events();
         Ok(Response::new(progress_stream(move |tx| async move {
-            crate::registry::pull(&regs, images, &r.reference, creds, &tx).await?;
-            events.emit("image", "pull", &r.reference, attrs([("name", r.reference.split([':', '@']).next().unwrap_or_default().to_string())]));
-            Ok(())
+            crate::registry::pull(&regs, images, &r.reference, creds, &tx).await
         })))
     }
 

@@ -175,12 +175,13 @@ fn events_and_prune_keep_what_is_in_use() -> Result<()> {
         lab.shoal(1, &["volume", "create", "shl-followed"])?;
         lab.shoal(1, &["volume", "rm", "shl-followed"])?;
         let got = std::fs::read_to_string(&log).unwrap_or_default();
-        Ok((got.contains("volume create shl-followed") && got.contains("volume destroy shl-followed")).then_some(got))
+        // The first round may begin before the stream does: a create followed by a destroy is enough.
+        let create = got.find("volume create shl-followed (driver=local)");
+        Ok(create.is_some_and(|c| got.rfind("volume destroy shl-followed (driver=local)").is_some_and(|d| d > c)).then_some(()))
     });
     let _ = follower.kill();
     let _ = follower.wait();
-    let seen = seen?;
-    ensure!(seen.find("volume create shl-followed") < seen.find("volume destroy shl-followed"), "create, then destroy: {seen}");
+    seen?;
     ensure!(lab.failing(1, &["events", "--filter", "colour=red"])?.contains("invalid filter"));
 
     // What prune may take: a stopped container (shl-ev), a dangling image (its tag moved to another import),
