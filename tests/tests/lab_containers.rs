@@ -207,6 +207,7 @@ fn events_and_prune_keep_what_is_in_use() -> Result<()> {
     ensure!(dfv.contains("Images space usage:") && dfv.contains("shl-keep") && dfv.contains("shl-named") && dfv.contains("shl-unused"), "{dfv}");
 
     let out = lab.shoal(1, &["system", "prune", "-f", "--volumes"])?;
+    eprintln!("{text}{df}\n{out}");
     let ev_id = lab.shoal(1, &["events", "--since", &since, "--until", &until, "--filter", "event=create", "--filter", "type=container", "--format", "json"])?;
     let ev_id: serde_json::Value = serde_json::from_str(ev_id.lines().next().context("shl-ev's create")?)?;
     let ev_id = ev_id["Actor"]["ID"].as_str().unwrap_or_default().to_string();

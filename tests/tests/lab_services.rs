@@ -205,6 +205,7 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     let header: Vec<&str> = ps.lines().next().unwrap_or_default().split_whitespace().collect();
     ensure!(header == ["ID", "NAME", "IMAGE", "NODE", "DESIRED", "STATE", "CURRENT", "STATE", "ERROR", "PORTS"], "{ps}");
     ensure!(ps.lines().count() > 1 && ps.lines().skip(1).all(|l| l.contains(" shl-h2 ")), "only shl-h2's tasks: {ps}");
+    eprintln!("service events of the update, seen on shl-h2:\n{json}node ps on shl-h2:\n{ps}");
     let on3 = lab.shoal_json(1, &["node", "ps", "shl-h3"])?.as_array().cloned().unwrap_or_default();
     ensure!(!on3.is_empty() && on3.iter().all(|t| t["node"] == "shl-h3"), "{on3:?}");
     let ids = |tasks: &[Value]| -> Vec<String> {
