@@ -206,7 +206,10 @@ pub async fn container(cli: &Cli, cmd: &ContainerCmd) -> anyhow::Result<()> {
 
 /// `reclaimable (N%)` as Docker shows it (no percentage for an empty total).
 fn reclaimable(part: u64, total: u64) -> String {
-    if total == 0 { human(part) } else { format!("{} ({}%)", human(part), part * 100 / total) }
+    match (part * 100).checked_div(total) {
+        Some(pct) => format!("{} ({pct}%)", human(part)),
+        None => human(part),
+    }
 }
 
 /// The summary table of `system df`.
