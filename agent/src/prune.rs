@@ -217,11 +217,13 @@ pub(crate) async fn prune(e: &EngineService, r: pb::PruneRequest) -> Result<pb::
         .await,
         "image" => blocking(move || {
             let facts: Vec<ContainerFacts> = containers.list().iter().map(facts).collect();
-            let listed: Vec<(String, bool)> = images.list().iter().map(|i| (i.id.to_string(), !i.repo_tags.is_empty())).collect();
+            let all_images = images.list();
+            let listed: Vec<(String, bool)> = all_images.iter().map(|i| (i.id.to_string(), !i.repo_tags.is_empty())).collect();
+            let digests: BTreeMap<String, crate::images::Digest> = all_images.into_iter().map(|i| (i.id.to_string(), i.id)).collect();
             let mut out = pb::PruneResponse::default();
             for id in images_to_prune(&listed, &images_in_use(&facts), all) {
-                let Some(digest) = images.list().into_iter().map(|i| i.id).find(|d| d.to_string() == id) else { continue };
-                match images.remove_unused(&digest, &|i| containers.image_in_use(i)) {
+                let Some(digest) = digests.get(&id) else { continue };
+                match images.remove_unused(digest, &|i| containers.image_in_use(i)) {
                     Ok((steps, freed)) => {
                         out.reclaimed_bytes += freed;
                         for s in steps {
