@@ -86,8 +86,12 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     // A global service: one task on every node; a drained node loses it, and web's tasks move.
     lab.shoal(1, &["service", "create", "--name", "everywhere", "--mode", "global", "busybox:local", "sh", "-c", SLEEPER])?;
     converged(&lab, 1, "everywhere", 5, 30)?;
+    let since = unix_now()?;
     lab.shoal(1, &["node", "update", "--availability", "drain", "shl-h5"])?;
     converged(&lab, 1, "everywhere", 4, 30)?;
+    // The drain is a node event on every manager.
+    let drained = lab.shoal(3, &["events", "--since", &since, "--until", &unix_now()?, "--filter", "node=shl-h5", "--filter", "event=update"])?;
+    ensure!(drained.lines().any(|l| l.contains(" node update ") && l.contains("availability.new=drain") && l.contains("availability.old=active") && l.contains("name=shl-h5")), "{drained}");
     let web = converged(&lab, 1, "web", 5, 30)?;
     ensure!(!per_node(&web).contains_key("shl-h5"), "drained: {:?}", per_node(&web));
     lab.shoal(1, &["node", "update", "--availability", "active", "shl-h5"])?;
