@@ -447,7 +447,7 @@ impl pb::engine_server::Engine for EngineService {
         let target = r.target.clone();
         let id = blocking(move || {
             images.tag(&r.source, &r.target)?;
-            images.inspect(&r.target).map(|d| d.id.to_string())
+            images.resolve_id(&r.target).map(|d| d.to_string())
         })
         .await?;
         self.containers.events().emit("image", "tag", &id, attrs([("name", target)]));
@@ -459,7 +459,7 @@ impl pb::engine_server::Engine for EngineService {
         let r = req.into_inner();
         let containers = self.containers.clone();
         let (id, removed) = blocking(move || {
-            let id = images.inspect(&r.reference)?.id.to_string();
+            let id = images.resolve_id(&r.reference).map(|d| d.to_string()).unwrap_or_default();
             Ok((id, images.remove(&r.reference, r.force, &|id| containers.image_in_use(id))?))
         })
         .await?;

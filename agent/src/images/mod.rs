@@ -403,6 +403,11 @@ impl ImageStore {
         Ok(events)
     }
 
+    /// The id of the image a reference names (for events), without reading the image.
+    pub fn resolve_id(&self, reference: &str) -> Result<Digest, ImageError> {
+        self.lock().resolve(reference).map(|(id, _)| id)
+    }
+
     /// Every image with its layers' diff_ids and sizes (for `system df`).
     pub fn layer_sizes(&self) -> Vec<(ImageSummary, Vec<(Digest, u64)>)> {
         let meta = self.lock();
