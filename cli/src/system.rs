@@ -35,6 +35,8 @@ pub enum SystemCmd {
         #[arg(short, long)]
         force: bool,
     },
+    /// Like `shoal events`.
+    Events(crate::events::EventsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -170,8 +172,12 @@ pub async fn prune(engine: &mut Engine, kind: Kind, all: bool, force: bool) -> a
 }
 
 pub async fn run(cli: &Cli, cmd: &SystemCmd) -> anyhow::Result<()> {
+    if let SystemCmd::Events(a) = cmd {
+        return crate::events::run(cli, a).await;
+    }
     let mut engine = client::engine(cli).await?;
     match cmd {
+        SystemCmd::Events(_) => Ok(()),
         SystemCmd::Df { verbose } => df(&mut engine, *verbose).await,
         SystemCmd::Prune { all, volumes, force } => {
             if !force && !confirm(&system_warning(*all, *volumes)) {
