@@ -84,7 +84,7 @@ fn vstatus(e: crate::volumes::VolumeError) -> Status {
     }
 }
 
-fn volume_pb(v: &crate::volumes::Volume) -> pb::VolumeInfo {
+pub(crate) fn volume_pb(v: &crate::volumes::Volume) -> pb::VolumeInfo {
     pb::VolumeInfo { name: v.name.clone(), mountpoint: v.mountpoint.display().to_string(), created_ms: v.created_ms, anonymous: v.anonymous }
 }
 
@@ -123,7 +123,7 @@ fn ago_at(ms: u64, now: u64) -> String {
     }
 }
 
-fn container_pb(c: &Container) -> pb::ContainerInfo {
+pub(crate) fn container_pb(c: &Container) -> pb::ContainerInfo {
     let mut info = pb::ContainerInfo {
         id: c.record.id.clone(),
         name: c.record.name.clone(),
@@ -207,11 +207,19 @@ fn signal_number(s: &str) -> Result<i32, Status> {
     crate::runtime::signal_number(if s.is_empty() { "KILL" } else { s }).map_err(Status::invalid_argument)
 }
 
+use crate::events::attrs;
+
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
 type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecOutput, Status>> + Send>>;
 type StatsStream = Pin<Box<dyn Stream<Item = Result<pb::ContainerStatsBatch, Status>> + Send>>;
 
 impl EngineService {
+    /// An image event with Docker's attributes (`name`: its first tag, if any).
+    fn image_event(&self, action: &str, i: &ImageSummary) {
+        let name = i.repo_tags.first().cloned().unwrap_or_else(|| i.id.to_string());
+        self.containers.events().emit("image", action, &i.id.to_string(), attrs([("name", name)]));
+    }
+
     fn netd(&self) -> Result<std::sync::Arc<crate::network::Networks>, Status> {
         self.containers.networks().ok_or_else(|| Status::unavailable("this daemon does not use netd, so it has no networks"))
     }
@@ -343,7 +351,7 @@ fn status(e: ImageError) -> Status {
     }
 }
 
-fn image_pb(s: &ImageSummary) -> pb::Image {
+pub(crate) fn image_pb(s: &ImageSummary) -> pb::Image {
     pb::Image {
         id: s.id.to_string(),
         repo_tags: s.repo_tags.clone(),
@@ -441,6 +449,9 @@ impl pb::engine_server::Engine for EngineService {
         let reader = reader_from(req.into_inner(), None, |c: pb::Chunk| c.data);
         let images = self.images.clone();
         let loaded = blocking(move || images.load(reader)).await?;
+        for i in &loaded {
+            self.image_event("load", i);
+        }
         Ok(Response::new(pb::Images { images: loaded.iter().map(image_pb).collect() }))
     }
 
@@ -457,6 +468,7 @@ impl pb::engine_server::Engine for EngineService {
         let reader = reader_from(stream, Some(first.data), |c: pb::ImportChunk| c.data);
         let images = self.images.clone();
         let img = blocking(move || images.import(reader, &reference)).await?;
+        self.image_event("import", &img);
         Ok(Response::new(image_pb(&img)))
     }
 
@@ -477,7 +489,13 @@ impl pb::engine_server::Engine for EngineService {
     async fn image_tag(&self, req: Request<pb::ImageTagRequest>) -> Result<Response<pb::Empty>, Status> {
         let images = self.images.clone();
         let r = req.into_inner();
-        blocking(move || images.tag(&r.source, &r.target)).await?;
+        let target = r.target.clone();
+        let id = blocking(move || {
+            images.tag(&r.source, &r.target)?;
+            images.resolve_id(&r.target).map(|d| d.to_string())
+        })
+        .await?;
+        self.containers.events().emit("image", "tag", &id, attrs([("name", target)]));
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -485,12 +503,23 @@ impl pb::engine_server::Engine for EngineService {
         let images = self.images.clone();
         let r = req.into_inner();
         let containers = self.containers.clone();
-        let removed = blocking(move || images.remove(&r.reference, r.force, &|id| containers.image_in_use(id))).await?;
+        let (id, removed) = blocking(move || {
+            let id = images.resolve_id(&r.reference).map(|d| d.to_string()).unwrap_or_default();
+            Ok((id, images.remove(&r.reference, r.force, &|id| containers.image_in_use(id))?))
+        })
+        .await?;
         let mut resp = pb::ImageRemoveResponse::default();
+        let events = self.containers.events();
         for x in removed {
             match x {
-                Removed::Untagged(t) => resp.untagged.push(t),
-                Removed::Deleted(d) => resp.deleted.push(d.to_string()),
+                Removed::Untagged(t) => {
+                    events.emit("image", "untag", &id, attrs([("name", t.clone())]));
+                    resp.untagged.push(t)
+                }
+                Removed::Deleted(d) => {
+                    events.emit("image", "delete", &d.to_string(), attrs([("name", d.to_string())]));
+                    resp.deleted.push(d.to_string())
+                }
             }
         }
         Ok(Response::new(resp))
@@ -545,8 +574,11 @@ impl pb::engine_server::Engine for EngineService {
         let r = req.into_inner();
         let (regs, images) = (self.registries.clone(), self.images.clone());
         let creds = credentials(r.auth);
+        let events = self.containers.events();
         Ok(Response::new(progress_stream(move |tx| async move {
-            crate::registry::push(&regs, images, &r.reference, creds, &tx).await
+            crate::registry::push(&regs, images, &r.reference, creds, &tx).await?;
+            events.emit("image", "push", &r.reference, attrs([("name", r.reference.clone())]));
+            Ok(())
         })))
     }
 
@@ -770,7 +802,11 @@ impl pb::engine_server::Engine for EngineService {
 
     async fn volume_create(&self, req: Request<pb::VolumeRef>) -> Result<Response<pb::VolumeInfo>, Status> {
         let name = req.into_inner().name;
+        let fresh = name.is_empty() || self.volumes.inspect(&name).is_err();
         let v = self.volumes.create(if name.is_empty() { None } else { Some(&name) }).map_err(vstatus)?;
+        if fresh {
+            self.containers.events().emit("volume", "create", &v.name, attrs([("driver", "local".into())]));
+        }
         Ok(Response::new(volume_pb(&v)))
     }
 
@@ -791,9 +827,24 @@ impl pb::engine_server::Engine for EngineService {
         let user = cblocking(move || Ok(containers.volume_user(&name))).await?;
         match self.volumes.remove(&r.name, user) {
             Err(crate::volumes::VolumeError::NotFound(_)) if r.force => {}
+            Ok(()) => self.containers.events().emit("volume", "destroy", &r.name, attrs([("driver", "local".into())])),
             other => other.map_err(vstatus)?,
         }
         Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn system_df(&self, _req: Request<pb::Empty>) -> Result<Response<pb::DiskUsage>, Status> {
+        crate::prune::disk_usage(self).await.map(Response::new)
+    }
+
+    async fn prune(&self, req: Request<pb::PruneRequest>) -> Result<Response<pb::PruneResponse>, Status> {
+        crate::prune::prune(self, req.into_inner()).await.map(Response::new)
+    }
+
+    type EventsStream = crate::events::EventStream;
+
+    async fn events(&self, req: Request<pb::EventsRequest>) -> Result<Response<crate::events::EventStream>, Status> {
+        crate::events::stream(&self.containers.events(), req.into_inner()).map(Response::new)
     }
 
     type ContainerExecStream = ExecStream;
@@ -856,7 +907,9 @@ impl pb::engine_server::Engine for EngineService {
 
     async fn network_create(&self, req: Request<pb::NetworkCreateRequest>) -> Result<Response<pb::NetworkInfo>, Status> {
         let r = req.into_inner();
-        self.netd()?.call_async(async move |c| c.network_create(r).await.map(|r| r.into_inner())).await.map(Response::new)
+        let n = self.netd()?.call_async(async move |c| c.network_create(r).await.map(|r| r.into_inner())).await?;
+        self.containers.events().emit("network", "create", &n.id, attrs([("name", n.name.clone()), ("type", n.driver.clone())]));
+        Ok(Response::new(n))
     }
 
     async fn network_list(&self, _req: Request<pb::Empty>) -> Result<Response<pb::NetworkInfos>, Status> {
@@ -865,7 +918,15 @@ impl pb::engine_server::Engine for EngineService {
 
     async fn network_remove(&self, req: Request<pb::NetworkRef>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
-        self.netd()?.call_async(async move |c| c.network_remove(r).await.map(|r| r.into_inner())).await.map(Response::new)
+        let netd = self.netd()?;
+        // The network's id and name for the event, if netd knows it.
+        let known = netd.call_async(async |c| c.network_list(pb::Empty {}).await.map(|r| r.into_inner())).await.ok();
+        let found = known.and_then(|l| l.networks.into_iter().find(|n| n.name == r.name || n.id.starts_with(&r.name)));
+        let done = netd.call_async(async move |c| c.network_remove(r).await.map(|r| r.into_inner())).await?;
+        if let Some(n) = found {
+            self.containers.events().emit("network", "destroy", &n.id, attrs([("name", n.name), ("type", n.driver)]));
+        }
+        Ok(Response::new(done))
     }
 
     async fn network_connect(&self, req: Request<pb::NetworkConnectRequest>) -> Result<Response<pb::ContainerInfo>, Status> {

@@ -8,6 +8,8 @@
 
 pub mod daemon;
 pub mod engine;
+pub mod events;
+pub mod prune;
 pub mod identity;
 pub mod images;
 pub mod local;

@@ -89,7 +89,7 @@ impl Control for LocalControl {
     async fn list_services(&self, req: Request<pb::Empty>) -> Result<Response<pb::JsonDoc>, Status> {
         self.service()?.list_services(req).await
     }
-    async fn list_tasks(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::JsonDoc>, Status> {
+    async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Result<Response<pb::JsonDoc>, Status> {
         self.service()?.list_tasks(req).await
     }
     type ServiceLogsStream = <ControlService as Control>::ServiceLogsStream;

@@ -201,6 +201,14 @@ pub enum Cmd {
     /// Load generators for the benchmark figures (bench/run uses them).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Disk usage and removal of unused data.
+    #[command(subcommand)]
+    System(crate::system::SystemCmd),
+    /// Manage containers (`container prune`).
+    #[command(subcommand)]
+    Container(crate::system::ContainerCmd),
+    /// What happens on this node and, on a manager, to the cluster's services and nodes.
+    Events(crate::events::EventsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -260,6 +268,12 @@ pub enum NetworkCmd {
         network: String,
         container: String,
     },
+    /// Remove user networks no container uses.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -287,6 +301,15 @@ pub enum VolumeCmd {
         force: bool,
         #[arg(required = true)]
         volumes: Vec<String>,
+    },
+    /// Remove anonymous volumes no container uses (with -a, named ones too).
+    Prune {
+        /// Also remove named volumes no container uses.
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
     },
 }
 
@@ -486,6 +509,15 @@ pub enum ImageCmd {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Remove dangling images no container uses (with -a, every image no container uses).
+    Prune {
+        /// Remove every image no container uses, not only dangling ones.
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -665,6 +697,19 @@ pub enum NodeCmd {
     /// Demote managers to workers.
     Demote {
         #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// List the tasks of nodes (this one by default), as `service ps` does.
+    Ps {
+        #[arg(short, long)]
+        quiet: bool,
+        /// Do not truncate ids and errors.
+        #[arg(long)]
+        no_trunc: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Node ids, id prefixes or hostnames; `self` is this node.
+        #[arg(default_value = "self")]
         nodes: Vec<String>,
     },
     /// Remove nodes from the swarm.

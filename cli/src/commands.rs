@@ -17,6 +17,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node(c) => return node(&cli, c).await,
         Cmd::Service(c) => return crate::services::run(&cli, c).await,
         Cmd::Bench(c) => return crate::bench::run(&cli, c).await,
+        Cmd::System(c) => return crate::system::run(&cli, c).await,
+        Cmd::Container(c) => return crate::system::container(&cli, c).await,
+        Cmd::Events(a) => return crate::events::run(&cli, a).await,
         Cmd::Run(_) | Cmd::Create(_) | Cmd::Ps { .. } | Cmd::Logs { .. } | Cmd::Stop { .. } | Cmd::Kill { .. } | Cmd::Rm { .. }
         | Cmd::Inspect { .. } | Cmd::Wait { .. } | Cmd::Volume(_) | Cmd::Network(_) | Cmd::Exec { .. } | Cmd::Start { .. } | Cmd::Restart { .. }
         | Cmd::Stats { .. } | Cmd::Top { .. } | Cmd::Port { .. } | Cmd::Cp { .. } | Cmd::Attach { .. } => {
@@ -235,6 +238,19 @@ async fn node(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
                     .await?;
                 println!("Node {id} {verb} in the swarm.");
             }
+        }
+        NodeCmd::Ps { quiet, no_trunc, format, nodes } => {
+            let mut ids = Vec::new();
+            for n in nodes {
+                if n == "self" {
+                    ids.push(self_id(cli).await.filter(|id| !id.is_empty()).ok_or_else(|| {
+                        anyhow::anyhow!("`self` names the node of the local daemon, which is not in a swarm; name a node")
+                    })?);
+                } else {
+                    ids.push(n.clone());
+                }
+            }
+            crate::services::node_ps(&mut control, &ids, *quiet, *no_trunc, *format).await?;
         }
         NodeCmd::Rm { force, nodes } => {
             for id in nodes {

@@ -302,6 +302,7 @@ async fn network(engine: &mut Engine, cmd: &crate::args::NetworkCmd) -> anyhow::
             let req = pb::NetworkConnectRequest { network: network.clone(), container: container.clone(), ..Default::default() };
             engine.network_disconnect(req).await?;
         }
+        NetworkCmd::Prune { force } => crate::system::prune(engine, crate::system::Kind::Network, false, *force).await?,
     }
     Ok(())
 }
@@ -342,6 +343,7 @@ async fn volume(
             })
             .await?;
         }
+        VolumeCmd::Prune { all, force } => crate::system::prune(engine, crate::system::Kind::Volume, *all, *force).await?,
     }
     Ok(())
 }

@@ -87,6 +87,8 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
     daemon.resume().await?;
     containers.supervise();
     containers.keep_networks();
+    tokio::spawn(shoal_agent::events::follow_cluster(daemon.clone(), containers.events()));
+    registries.set_events(containers.events());
     let cancel = CancellationToken::new();
     let server =
         tokio::spawn(shoal_agent::local::serve(

@@ -158,6 +158,7 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
         ImageCmd::Tag { source, target } => {
             engine.image_tag(pb::ImageTagRequest { source: source.clone(), target: target.clone() }).await?;
         }
+        ImageCmd::Prune { all, force } => return crate::system::prune(&mut engine, crate::system::Kind::Image, *all, *force).await,
         ImageCmd::Rm { force, images } => {
             for_each_item(images, "images", async |r| {
                 let resp = engine.image_remove(pb::ImageRemoveRequest { reference: r.into(), force: *force }).await?.into_inner();

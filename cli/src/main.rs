@@ -13,6 +13,8 @@ mod images;
 mod output;
 mod registry;
 mod services;
+mod system;
+mod events;
 
 use clap::Parser;
 

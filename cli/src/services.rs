@@ -460,7 +460,7 @@ async fn find(control: &mut Control, reference: &str) -> anyhow::Result<(Value, 
 }
 
 async fn tasks(control: &mut Control, service: &str) -> anyhow::Result<Vec<(Task, String)>> {
-    let list: Vec<Value> = serde_json::from_str(&control.list_tasks(pb::ServiceRef { id: service.into() }).await?.into_inner().json)?;
+    let list: Vec<Value> = serde_json::from_str(&control.list_tasks(pb::ListTasksRequest { service: service.into(), node: String::new() }).await?.into_inner().json)?;
     Ok(list
         .into_iter()
         .filter_map(|v| Some((serde_json::from_value::<Task>(v["task"].clone()).ok()?, v["node"].as_str().unwrap_or_default().to_string())))
@@ -621,9 +621,23 @@ fn ago(ms: u64) -> String {
 }
 
 async fn ps(control: &mut Control, service: &str, quiet: bool, no_trunc: bool, format: Format) -> anyhow::Result<()> {
-    let mut ts = tasks(control, service).await?;
-    // Slot by slot (node by node for global services), newest first.
-    let slot_of = |t: &Task| (t.slot, if t.slot == 0 { t.node_id.clone() } else { String::new() });
+    print_tasks(tasks(control, service).await?, quiet, no_trunc, format)
+}
+
+/// `node ps [NODE...]`: the tasks of these nodes (ids, prefixes or hostnames), as `service ps` shows them.
+pub async fn node_ps(control: &mut Control, nodes: &[String], quiet: bool, no_trunc: bool, format: Format) -> anyhow::Result<()> {
+    let mut all = Vec::new();
+    for n in nodes {
+        let list: Vec<Value> = serde_json::from_str(&control.list_tasks(pb::ListTasksRequest { service: String::new(), node: n.clone() }).await?.into_inner().json)?;
+        all.extend(list.into_iter().filter_map(|v| Some((serde_json::from_value::<Task>(v["task"].clone()).ok()?, v["node"].as_str().unwrap_or_default().to_string()))));
+    }
+    print_tasks(all, quiet, no_trunc, format)
+}
+
+/// Tasks as `docker service ps` and `docker node ps` list them.
+fn print_tasks(mut ts: Vec<(Task, String)>, quiet: bool, no_trunc: bool, format: Format) -> anyhow::Result<()> {
+    // Service by service, slot by slot (node by node for global services), newest first.
+    let slot_of = |t: &Task| (t.service_name.clone(), t.service_id.clone(), t.slot, if t.slot == 0 { t.node_id.clone() } else { String::new() });
     ts.sort_by_key(|(t, _)| (slot_of(t), std::cmp::Reverse(t.created_index)));
     if quiet {
         for (t, _) in &ts {
@@ -637,7 +651,7 @@ async fn ps(control: &mut Control, service: &str, quiet: bool, no_trunc: bool, f
         return Ok(());
     }
     let mut rows = Vec::new();
-    let mut prev: Option<(u64, String)> = None;
+    let mut prev = None;
     for (t, node) in &ts {
         let key = slot_of(t);
         let name = if prev.as_ref() == Some(&key) { format!(" \\_ {}", t.name()) } else { t.name() };

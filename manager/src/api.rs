@@ -242,16 +242,18 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::JsonDoc { json: serde_json::to_string(&list).unwrap_or_default() }))
     }
 
-    async fn list_tasks(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::JsonDoc>, Status> {
+    async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Result<Response<pb::JsonDoc>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, list_tasks);
         self.mgr.linearizable().await?;
         let state = self.mgr.store.read();
-        let service = if r.id.is_empty() { None } else { Some(state.find_service(&r.id).map_err(Status::not_found)?.id.clone()) };
+        let service = if r.service.is_empty() { None } else { Some(state.find_service(&r.service).map_err(Status::not_found)?.id.clone()) };
+        let node = if r.node.is_empty() { None } else { Some(state.find_node(&r.node).map_err(Status::not_found)?.id.clone()) };
         let list: Vec<serde_json::Value> = state
             .tasks
             .values()
             .filter(|t| service.as_ref().is_none_or(|s| t.service_id == *s))
+            .filter(|t| node.as_ref().is_none_or(|n| t.node_id == *n))
             .map(|t| {
                 let node = state.nodes.get(&t.node_id);
                 serde_json::json!({"task": t, "node": node.map(|n| n.description.hostname.clone()).unwrap_or_default(), "node_addr": node.map(|n| n.description.addr.clone()).unwrap_or_default()})

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use shoal_tests::lab::{Lab, image_archive, lab_or_skip, wait_for};
 
 
@@ -174,5 +174,119 @@ fn volumes_outlive_containers_and_are_kept_while_in_use() -> Result<()> {
     ensure!(lab.shoal(1, &["volume", "ls", "-q"])?.trim().is_empty());
     let out = lab.exec(1, &["run", "--rm", "-v", "bad name:/x", "busybox:local", "true"])?;
     ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("invalid mount"), "{out:?}");
+    Ok(())
+}
+
+/// `S.sss` unix seconds, a form `--since`/`--until` take.
+fn unix_now() -> Result<String> {
+    Ok(format!("{:.3}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64()))
+}
+
+/// A one-file root filesystem tar (for small images of their own).
+fn tiny_tar(dir: &std::path::Path, name: &str, content: &str) -> Result<String> {
+    let root = dir.join(name);
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("file"), content)?;
+    let tar = dir.join(format!("{name}.tar"));
+    ensure!(std::process::Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status()?.success(), "tar");
+    Ok(tar.display().to_string())
+}
+
+#[test]
+fn events_and_prune_keep_what_is_in_use() -> Result<()> {
+    if !lab_or_skip() {
+        return Ok(());
+    }
+    let (lab, tmp) = Lab::with_busybox(1, "shl-prune-")?;
+
+    // A container's create, start and die, in order, from the ring (--since/--until in the past: it prints and exits).
+    let since = unix_now()?;
+    let out = lab.exec(1, &["run", "--name", "shl-ev", "-l", "shl.test=1", "busybox:local", "sh", "-c", "exit 3"])?;
+    ensure!(out.status.code() == Some(3), "{out:?}");
+    let until = unix_now()?;
+    let json = lab.shoal(1, &["events", "--since", &since, "--until", &until, "--filter", "container=shl-ev", "--format", "json"])?;
+    let events: Vec<serde_json::Value> = json.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let actions: Vec<&str> = events.iter().filter_map(|e| e["Action"].as_str()).collect();
+    ensure!(actions == ["create", "start", "die"], "{actions:?}\n{json}");
+    let die = &events[2];
+    ensure!(die["Type"] == "container" && die["Actor"]["Attributes"]["exitCode"] == "3" && die["Actor"]["Attributes"]["name"] == "shl-ev", "{die}");
+    ensure!(die["Actor"]["Attributes"]["image"] == "busybox:local" && die["Actor"]["Attributes"]["shl.test"] == "1" && die["scope"] == "local", "{die}");
+    ensure!(events.windows(2).all(|w| w[0]["timeNano"].as_i64() <= w[1]["timeNano"].as_i64()), "in time order");
+    // Docker's text line, and the filters by type and action.
+    let text = lab.shoal(1, &["events", "--since", &since, "--until", &until, "--filter", "type=container", "--filter", "event=die"])?;
+    let lines: Vec<&str> = text.lines().collect();
+    ensure!(lines.len() == 1 && lines[0].contains(" container die ") && lines[0].contains("(exitCode=3, image=busybox:local, name=shl-ev, shl.test=1)"), "{text}");
+    ensure!(lines[0].split(' ').next().is_some_and(|t| t.len() == 30 && t.ends_with('Z')), "RFC 3339 with nanoseconds: {text}");
+    // Followed (no --until): a new event arrives on the open stream.
+    let log = tmp.path().join("events.log");
+    let mut follower = lab.spawn(1, &["shoal", "events", "--filter", "type=volume"], &log)?;
+    let seen = wait_for("the followed stream to show a volume event", Duration::from_secs(15), || {
+        lab.shoal(1, &["volume", "create", "shl-followed"])?;
+        lab.shoal(1, &["volume", "rm", "shl-followed"])?;
+        let got = std::fs::read_to_string(&log).unwrap_or_default();
+        // The first round may begin before the stream does: a create followed by a destroy is enough.
+        let create = got.find("volume create shl-followed (driver=local)");
+        Ok(create.is_some_and(|c| got.rfind("volume destroy shl-followed (driver=local)").is_some_and(|d| d > c)).then_some(()))
+    });
+    let _ = follower.kill();
+    let _ = follower.wait();
+    seen?;
+    ensure!(lab.failing(1, &["events", "--filter", "colour=red"])?.contains("invalid filter"));
+
+    // What prune may take: a stopped container (shl-ev), a dangling image (its tag moved to another import),
+    // an anonymous volume no container mounts, an unused user network.
+    // What it must keep: a running container, its image, a named volume, a tagged image (without -a).
+    lab.shoal(1, &["run", "-d", "--name", "shl-keep", "-v", "/kept", "busybox:local", "sleep", "300"])?;
+    lab.shoal(1, &["image", "import", &tiny_tar(tmp.path(), "one", "1")?, "shl-unused:1"])?;
+    let dangling = lab.shoal_json(1, &["images"])?.as_array().cloned().unwrap_or_default().into_iter()
+        .find(|i| i.to_string().contains("shl-unused:1")).and_then(|i| i["id"].as_str().or(i["Id"].as_str()).map(String::from)).context("the first import's id")?;
+    lab.shoal(1, &["image", "import", &tiny_tar(tmp.path(), "two", "2")?, "shl-unused:1"])?;
+    lab.shoal(1, &["run", "--name", "shl-anon", "-v", "/data", "busybox:local", "true"])?;
+    let anon = lab.container(1, "shl-anon")?;
+    let anon_volume = lab.shoal_json(1, &["volume", "ls"])?.as_array().cloned().unwrap_or_default().into_iter()
+        .filter(|v| v["anonymous"] == true).map(|v| v["name"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>();
+    lab.shoal(1, &["rm", "shl-anon"])?;
+    lab.shoal(1, &["volume", "create", "shl-named"])?;
+    lab.shoal(1, &["network", "create", "shl-unused-net"])?;
+    ensure!(anon["state"] == "exited" && anon_volume.len() == 2, "shl-keep's and shl-anon's anonymous volumes: {anon_volume:?}");
+
+    let df = lab.shoal(1, &["system", "df"])?;
+    ensure!(df.starts_with("TYPE") && df.contains("RECLAIMABLE") && df.contains("Images") && df.contains("Local Volumes") && df.contains("Build Cache"), "{df}");
+    let dfv = lab.shoal(1, &["system", "df", "-v"])?;
+    ensure!(dfv.contains("Images space usage:") && dfv.contains("shl-keep") && dfv.contains("shl-named") && dfv.contains("shl-unused"), "{dfv}");
+
+    let out = lab.shoal(1, &["system", "prune", "-f", "--volumes"])?;
+    eprintln!("{text}{df}\n{out}");
+    let ev_id = lab.shoal(1, &["events", "--since", &since, "--until", &until, "--filter", "event=create", "--filter", "type=container", "--format", "json"])?;
+    let ev_id: serde_json::Value = serde_json::from_str(ev_id.lines().next().context("shl-ev's create")?)?;
+    let ev_id = ev_id["Actor"]["ID"].as_str().unwrap_or_default().to_string();
+    ensure!(out.contains(&format!("Deleted Containers:\n{ev_id}\n")), "the stopped container goes: {out}");
+    ensure!(out.contains("Deleted Networks:\nshl-unused-net\n"), "{out}");
+    ensure!(out.contains("Deleted Volumes:\n") && anon_volume.iter().filter(|v| out.contains(v.as_str())).count() == 1, "one anonymous volume (not the mounted one): {out}");
+    ensure!(out.contains("Deleted Images:\n") && out.contains(&format!("deleted: {dangling}")), "the dangling image: {out}");
+    ensure!(out.lines().last().is_some_and(|l| l.starts_with("Total reclaimed space: ")), "{out}");
+    let names: Vec<String> = lab.containers(1)?.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect();
+    ensure!(names == ["shl-keep"], "only the running container is left: {names:?}");
+    ensure!(lab.container(1, "shl-keep")?["state"] == "running");
+    let images = lab.shoal(1, &["images"])?;
+    ensure!(images.contains("busybox") && images.contains("shl-unused"), "tagged images stay without -a: {images}");
+    let volumes = lab.shoal(1, &["volume", "ls", "-q"])?;
+    ensure!(volumes.lines().any(|v| v == "shl-named") && volumes.lines().count() == 2, "the named and the mounted volume stay: {volumes}");
+    ensure!(lab.shoal(1, &["network", "ls"])?.contains("bridge"), "predefined networks stay");
+
+    // -a: every image no container uses goes, never the running container's; volume prune -a takes named ones.
+    let out = lab.shoal(1, &["image", "prune", "-a", "-f"])?;
+    ensure!(out.contains("untagged: shl-unused:1") && !out.contains("busybox"), "{out}");
+    ensure!(lab.shoal(1, &["images"])?.contains("busybox"), "the running container's image stays");
+    let out = lab.shoal(1, &["volume", "prune", "-a", "-f"])?;
+    ensure!(out.contains("Deleted Volumes:\nshl-named\n") && out.contains("Total reclaimed space:"), "{out}");
+    ensure!(lab.shoal(1, &["volume", "ls", "-q"])?.lines().count() == 1, "the mounted volume stays");
+    // Without -f, an answer other than y keeps everything.
+    lab.shoal(1, &["stop", "-t", "0", "shl-keep"])?;
+    let out = lab.run(1, &["sh", "-c", "echo n | shoal container prune"])?;
+    ensure!(String::from_utf8_lossy(&out.stdout).contains("WARNING! This will remove all stopped containers.\nAre you sure you want to continue? [y/N]"), "{out:?}");
+    ensure!(lab.containers(1)?.len() == 1, "not confirmed: kept");
+    let out = lab.shoal(1, &["container", "prune", "-f"])?;
+    ensure!(out.contains("Deleted Containers:") && lab.containers(1)?.is_empty(), "{out}");
     Ok(())
 }

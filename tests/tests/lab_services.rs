@@ -17,6 +17,11 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use shoal_tests::lab::{Lab, busybox_rootfs_tar, image_archive, lab_or_skip, wait_for};
 
+/// `S.sss` unix seconds, a form `events --since`/`--until` take.
+fn unix_now() -> Result<String> {
+    Ok(format!("{:.3}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64()))
+}
+
 const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
 
 /// Live tasks (desired running) of `service` as `service ps --format json` shows them, asked on host `via`.
@@ -82,8 +87,12 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     // A global service: one task on every node; a drained node loses it, and web's tasks move.
     lab.shoal(1, &["service", "create", "--name", "everywhere", "--mode", "global", "busybox:local", "sh", "-c", SLEEPER])?;
     converged(&lab, 1, "everywhere", 5, 30)?;
+    let since = unix_now()?;
     lab.shoal(1, &["node", "update", "--availability", "drain", "shl-h5"])?;
     converged(&lab, 1, "everywhere", 4, 30)?;
+    // The drain is a node event on every manager.
+    let drained = lab.shoal(3, &["events", "--since", &since, "--until", &unix_now()?, "--filter", "node=shl-h5", "--filter", "event=update"])?;
+    ensure!(drained.lines().any(|l| l.contains(" node update ") && l.contains("availability.new=drain") && l.contains("availability.old=active") && l.contains("name=shl-h5")), "{drained}");
     let web = converged(&lab, 1, "web", 5, 30)?;
     ensure!(!per_node(&web).contains_key("shl-h5"), "drained: {:?}", per_node(&web));
     lab.shoal(1, &["node", "update", "--availability", "active", "shl-h5"])?;
@@ -180,6 +189,7 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     ensure!(lab.shoal(1, &["service", "ls"])?.contains("(4/4 completed)"));
 
     // A start-first rolling update, two at a time.
+    let since = unix_now()?;
     let out = lab.shoal(1, &["service", "update", "--env-add", "V=2", "--update-order", "start-first", "--update-parallelism", "2", "web"])?;
     ensure!(out.contains("verify: Waiting 1 second to verify that tasks are stable") && out.contains("converged"), "{out}");
     let inspect: Value = serde_json::from_str(&lab.shoal(1, &["service", "inspect", "web"])?)?;
@@ -188,6 +198,28 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     ensure!(web.iter().all(|t| t["task"]["spec"]["env"].as_array().is_some_and(|e| e.iter().any(|v| v == "V=2"))), "every task has the new spec");
     let ps = lab.shoal(1, &["service", "ps", "web"])?;
     ensure!(ps.contains("\\_ web.1") && ps.contains("Shutdown"), "the old task is history: {ps}");
+    // The update is a service event on any manager (each applies the store's changes), in order.
+    let until = unix_now()?;
+    let json = lab.shoal(2, &["events", "--since", &since, "--until", &until, "--filter", "type=service", "--format", "json"])?;
+    let events: Vec<Value> = json.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    ensure!(!events.is_empty() && events.iter().all(|e| e["Action"] == "update" && e["Actor"]["Attributes"]["name"] == "web" && e["scope"] == "swarm"), "{json}");
+    let states: Vec<&str> = events.iter().filter_map(|e| e["Actor"]["Attributes"]["updatestate.new"].as_str()).collect();
+    ensure!(states.first() == Some(&"updating") && states.last() == Some(&"completed"), "updating, then completed: {json}");
+    // `node ps`: a node's tasks (the local node's by default), as `service ps` lists them.
+    let ps = lab.shoal(2, &["node", "ps"])?;
+    let header: Vec<&str> = ps.lines().next().unwrap_or_default().split_whitespace().collect();
+    ensure!(header == ["ID", "NAME", "IMAGE", "NODE", "DESIRED", "STATE", "CURRENT", "STATE", "ERROR", "PORTS"], "{ps}");
+    ensure!(ps.lines().count() > 1 && ps.lines().skip(1).all(|l| l.contains(" shl-h2 ")), "only shl-h2's tasks: {ps}");
+    eprintln!("service events of the update, seen on shl-h2:\n{json}node ps on shl-h2:\n{ps}");
+    let on3 = lab.shoal_json(1, &["node", "ps", "shl-h3"])?.as_array().cloned().unwrap_or_default();
+    ensure!(!on3.is_empty() && on3.iter().all(|t| t["node"] == "shl-h3"), "{on3:?}");
+    let ids = |tasks: &[Value]| -> Vec<String> {
+        let mut v: Vec<String> = tasks.iter().filter(|t| t["node"] == "shl-h3" && t["task"]["service_name"] == "web").filter_map(|t| t["task"]["id"].as_str().map(String::from)).collect();
+        v.sort();
+        v
+    };
+    let web_all = lab.shoal_json(1, &["service", "ps", "web"])?.as_array().cloned().unwrap_or_default();
+    ensure!(ids(&on3) == ids(&web_all), "node ps and service ps agree on shl-h3's web tasks");
 
     // A bad image rolls back by itself (the registry on the lab switch refuses at once).
     let out = lab.exec(1, &["service", "update", "--image", "10.98.0.254:5999/nosuch:1", "--update-failure-action", "rollback", "web"])?;

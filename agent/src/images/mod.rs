@@ -403,6 +403,54 @@ impl ImageStore {
         Ok(events)
     }
 
+    /// The id of the image a reference names (for events), without reading the image.
+    pub fn resolve_id(&self, reference: &str) -> Result<Digest, ImageError> {
+        self.lock().resolve(reference).map(|(id, _)| id)
+    }
+
+    /// Every image with its layers' diff_ids and sizes (for `system df`).
+    pub fn layer_sizes(&self) -> Vec<(ImageSummary, Vec<(Digest, u64)>)> {
+        let meta = self.lock();
+        let mut out: Vec<(ImageSummary, Vec<(Digest, u64)>)> = meta
+            .images
+            .iter()
+            .filter_map(|(id, rec)| Some((summary(&meta, id)?, rec.layers.iter().map(|l| (l.diff_id.clone(), l.size)).collect())))
+            .collect();
+        out.sort_by(|a, b| b.0.created.cmp(&a.0.created).then_with(|| a.0.id.cmp(&b.0.id)));
+        out
+    }
+
+    /// Removes the image with this id, every tag and digest of it, unless it
+    /// is `in_use` (then nothing changes and the answer is `InUse`), as
+    /// `image prune` does. Also returns the bytes of the layers it freed.
+    pub fn remove_unused(&self, id: &Digest, in_use: &dyn Fn(&str) -> bool) -> Result<(Vec<Removed>, u64), ImageError> {
+        let mut guard = self.lock();
+        let mut meta = guard.clone();
+        if !meta.images.contains_key(id) {
+            return Err(no_such(&id.to_string()));
+        }
+        if in_use(&id.to_string()) {
+            return Err(ImageError::InUse { reference: id.to_string() });
+        }
+        let mut events: Vec<Removed> = meta.tags_of(id).into_iter().map(Removed::Untagged).collect();
+        meta.repositories.retain(|_, v| v != id);
+        let rec = meta.images.remove(id).ok_or_else(|| no_such(&id.to_string()))?;
+        events.extend(rec.repo_digests.iter().map(|d| Removed::Untagged(d.clone())));
+        events.push(Removed::Deleted(id.clone()));
+        self.layout.write_metadata(&meta)?;
+        let (blobs, layers) = meta.garbage(&rec, id);
+        let mut counted = BTreeSet::new();
+        let freed = rec.layers.iter().filter(|l| layers.contains(&l.diff_id) && counted.insert(&l.diff_id)).map(|l| l.size).sum();
+        *guard = meta;
+        let doomed = layers.iter().map(|d| self.layout.layer(d)).chain(blobs.iter().map(|d| self.layout.blob(d)));
+        for path in doomed {
+            if let Err(e) = self.layout.delete(&path) {
+                tracing::warn!(image.id = %id, error = %e, "deleting an unused image file");
+            }
+        }
+        Ok((events, freed))
+    }
+
     /// The image's unpacked layer directories, bottom to top, with repeated
     /// layers kept only at their topmost place (overlayfs refuses a
     /// directory twice). overlayfs wants `lowerdir=top:…:bottom`: reverse.

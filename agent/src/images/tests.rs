@@ -438,3 +438,33 @@ fn unpack_keeps_owners_modes_devices_and_xattrs() {
         None => eprintln!("note: user xattrs unsupported on this filesystem"),
     }
 }
+
+#[test]
+fn prune_removal_refuses_images_in_use_and_frees_only_unshared_layers() {
+    let base = plain(&[f("base", "bbbb")]);
+    let (top1, top2) = (plain(&[f("one", "1")]), plain(&[f("two", "22")]));
+    let a = img(&[&base, &top1], &["a:1", "a:2"]);
+    let b = img(&[&base, &top2], &[]);
+    let (a_id, b_id) = (Digest::of(&a.config), Digest::of(&b.config));
+    let (_dir, store) = open_store();
+    store.load(&docker_archive(&[a, b])[..]).expect("load");
+    let sizes = store.layer_sizes();
+    assert_eq!(sizes.len(), 2);
+    assert!(sizes.iter().all(|(_, layers)| layers.len() == 2 && layers[0].0 == base.diff_id()));
+
+    let a_busy = |id: &str| id == a_id.to_string();
+    let before = tree(store.root());
+    let e = store.remove_unused(&a_id, &a_busy).expect_err("in use");
+    assert!(matches!(e, ImageError::InUse { .. }), "{e}");
+    assert_eq!(tree(store.root()), before, "an image in use keeps its tags and files");
+
+    let (steps, freed) = store.remove_unused(&a_id, &never).expect("unused");
+    assert_eq!(steps, vec![Removed::Untagged("a:1".into()), Removed::Untagged("a:2".into()), Removed::Deleted(a_id.clone())]);
+    let top1_size = sizes.iter().find(|(s, _)| s.id == a_id).map(|(_, l)| l[1].1).expect("a's top layer");
+    assert_eq!(freed, top1_size, "the shared base stays with b");
+    assert!(store.root().join("layers/sha256").join(base.diff_id().hex()).is_dir());
+    let (steps, _) = store.remove_unused(&b_id, &never).expect("dangling b");
+    assert_eq!(steps, vec![Removed::Deleted(b_id)]);
+    assert!(store.list().is_empty());
+    assert!(matches!(store.remove_unused(&a_id, &never), Err(ImageError::NoSuchImage { .. })));
+}

@@ -116,6 +116,8 @@ pub struct Registries {
     certs_dir: PathBuf,
     insecure: Vec<String>,
     native_roots: OnceLock<Vec<CertificateDer<'static>>>,
+    /// Where pulls are announced (`shoal events`), once the daemon says.
+    events: OnceLock<std::sync::Arc<crate::events::EventLog>>,
 }
 
 impl Registries {
@@ -128,7 +130,16 @@ impl Registries {
                 return Err(format!("invalid --insecure-registry {i:?}: use HOST[:PORT] or an IPv4 CIDR like 10.0.0.0/8"));
             }
         }
-        Ok(Registries { certs_dir, insecure, native_roots: OnceLock::new() })
+        Ok(Registries { certs_dir, insecure, native_roots: OnceLock::new(), events: OnceLock::new() })
+    }
+
+    /// Announces pulls in the daemon's event log.
+    pub fn set_events(&self, events: std::sync::Arc<crate::events::EventLog>) {
+        let _ = self.events.set(events);
+    }
+
+    pub(crate) fn events(&self) -> Option<&std::sync::Arc<crate::events::EventLog>> {
+        self.events.get()
     }
 
     pub fn certs_dir(&self) -> &Path {

@@ -30,6 +30,22 @@ pub async fn pull(
     creds: Option<Credentials>,
     tx: &ProgressTx,
 ) -> Result<(), RegistryError> {
+    pull_image(regs, store, input, creds, tx).await?;
+    // Docker's pull event: the reference as pulled and its repository's name
+    // (for every pull: the CLI's, a task's, a `run`'s).
+    if let (Some(events), Ok(r)) = (regs.events(), Reference::parse(input)) {
+        events.emit("image", "pull", &r.digested().unwrap_or_else(|| r.tagged()), crate::events::attrs([("name", r.familiar_name())]));
+    }
+    Ok(())
+}
+
+async fn pull_image(
+    regs: &Registries,
+    store: Arc<ImageStore>,
+    input: &str,
+    creds: Option<Credentials>,
+    tx: &ProgressTx,
+) -> Result<(), RegistryError> {
     let r = Reference::parse(input)
         .map_err(|reason| RegistryError::InvalidReference { input: input.to_string(), reason })?;
     let shown = r.to_string();

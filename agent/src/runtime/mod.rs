@@ -8,6 +8,7 @@
 //! Architecture Invariant: libcontainer runs only inside a shim process,
 //! never in the multi-threaded daemon.
 
+mod announce;
 pub mod attach;
 pub mod cgroup_layout;
 pub mod cgroups;
@@ -330,6 +331,10 @@ pub struct Containers {
     holds: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// The health monitor of each running container that has a check.
     monitors: Mutex<std::collections::HashMap<String, health::Monitor>>,
+    /// What happened, for `shoal events` (see `announce`).
+    events: Arc<crate::events::EventLog>,
+    /// The starts and ends of each container already announced.
+    announced: Mutex<std::collections::HashMap<String, announce::Announced>>,
 }
 
 /// How often the daemon hands netd everything even when nothing was missed.
@@ -393,7 +398,7 @@ impl Containers {
     ) -> Result<Containers, ContainerError> {
         std::fs::create_dir_all(root).map_err(io("creating", root))?;
         let exe = std::env::current_exe().map_err(io("finding", Path::new("/proc/self/exe")))?;
-        Ok(Containers {
+        let containers = Containers {
             root: root.to_path_buf(),
             state_root: state_root.to_path_buf(),
             cgroup_parent: cgroup_parent.trim_end_matches('/').to_string(),
@@ -407,7 +412,13 @@ impl Containers {
             holds: Mutex::new(Default::default()),
             reaped: Mutex::new(Default::default()),
             monitors: Mutex::new(Default::default()),
-        })
+            events: Default::default(),
+            announced: Mutex::new(Default::default()),
+        };
+        // What happened before this daemon started is no news.
+        let found: std::collections::HashMap<_, _> = containers.list().iter().map(|c| (c.record.id.clone(), announce::Announced::of(&c.status))).collect();
+        *containers.announced.lock().unwrap_or_else(|p| p.into_inner()) = found;
+        Ok(containers)
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -571,7 +582,11 @@ impl Containers {
         for m in mounts.iter_mut() {
             let source = match &m.source {
                 MountSource::Volume(name) => {
+                    let fresh = name.is_empty() || self.volumes.inspect(name).is_err();
                     let v = self.volumes.create(if name.is_empty() { None } else { Some(name) })?;
+                    if fresh {
+                        self.events.emit("volume", "create", &v.name, crate::events::attrs([("driver", "local".into())]));
+                    }
                     m.source = MountSource::Volume(v.name);
                     copy_up.push((m.target.clone(), v.mountpoint.clone()));
                     Some(v.mountpoint)
@@ -637,14 +652,22 @@ impl Containers {
         // The container exists (its record is written): others may be created
         // while its shim starts it.
         drop(_g);
+        if let Some(c) = self.load(&id) {
+            self.announce_created(&c);
+        }
         if req.create_only {
             return self.find(&id);
         }
         if let Err(e) = self.spawn_shim(&id, &dir) {
             let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let c = self.load(&id);
             self.teardown(&dir);
+            if let Some(c) = c {
+                self.announce_destroyed(&c);
+            }
             return Err(e);
         }
+        self.observe_id(&id);
         let c = self.find(&id)?;
         self.keep_health(&c);
         Ok(c)
@@ -782,6 +805,7 @@ impl Containers {
                 }
                 // SAFETY: sending a signal to the container's init process.
                 unsafe { libc::kill(pid, signal) };
+                self.container_event(&c, "kill", crate::events::attrs([("signal", signal.to_string())]));
                 Ok(c)
             }
             _ => Err(ContainerError::NotRunning(c.record.name)),
@@ -837,6 +861,8 @@ impl Containers {
             let _ = self.kill(&c.record.id, libc::SIGKILL);
             self.wait_exit(&c.record.id, Duration::from_secs(10));
         }
+        self.observe_id(&c.record.id);
+        self.container_event(&c, "stop", Default::default());
         self.find(&c.record.id)
     }
 
@@ -851,6 +877,7 @@ impl Containers {
         self.write_restart(&c.record.id, &RestartState::default())?;
         self.respawn(&c)?;
         drop(_g);
+        self.observe_id(&c.record.id);
         let c = self.find(&c.record.id)?;
         self.keep_health(&c);
         Ok(c)
@@ -859,7 +886,9 @@ impl Containers {
     /// `stop`, then `start`.
     pub fn restart(&self, reference: &str, grace: Option<Duration>) -> Result<Container, ContainerError> {
         let c = self.stop(reference, grace)?;
-        self.start(&c.record.id)
+        let c = self.start(&c.record.id)?;
+        self.container_event(&c, "restart", Default::default());
+        Ok(c)
     }
 
     /// Runs a stopped container's shim again on its bundle and root.
@@ -946,6 +975,7 @@ impl Containers {
                 w.add_renames(&self.dir(&c.record.id));
             }
             self.keep_health(&c);
+            self.observe(&c);
             if ended(&c.status).is_none() {
                 continue;
             }
@@ -1015,6 +1045,8 @@ impl Containers {
             match self.status_of(&id) {
                 Status::Running { .. } | Status::Created => watch::wait_change(watch.as_ref(), Duration::from_millis(500)),
                 s => {
+                    // Its end is news before the waiting client hears of it.
+                    self.observe_id(&id);
                     // The client saw the end: a held `--rm` container goes now,
                     // before the client is told (as `docker run --rm` waits for it).
                     let held = self.holds.lock().unwrap_or_else(|p| p.into_inner()).remove(&id).is_some();
@@ -1083,10 +1115,12 @@ impl Containers {
             let _ = self.kill(&c.record.id, libc::SIGKILL);
             self.wait_exit(&c.record.id, Duration::from_secs(10));
         }
+        self.observe_id(&c.record.id);
         // Its monitor first: nothing may write into its directory once it is gone.
         self.monitors.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.record.id);
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.teardown(&self.dir(&c.record.id));
+        self.announce_destroyed(&c);
         if volumes {
             for m in &c.record.mounts {
                 if let MountSource::Volume(name) = &m.source
@@ -1250,6 +1284,11 @@ impl Containers {
         self.list().iter().any(|c| c.record.image_id == image_id)
     }
 
+    /// The container's writable layer (what `system df` counts as its size).
+    pub fn upper_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("upper")
+    }
+
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.dir(id).join("log")
     }
@@ -1347,9 +1386,13 @@ impl Containers {
         record.networks.push(a);
         self.write_record(&record)?;
         let mut endpoints = c.endpoints.clone();
+        let net_id = if endpoint.network_id.is_empty() { network.to_string() } else { endpoint.network_id.clone() };
+        let net_name = if endpoint.network.is_empty() { network.to_string() } else { endpoint.network.clone() };
         endpoints.push(endpoint);
         self.set_endpoints(&c.record.id, &endpoints)?;
         drop(_g);
+        let a = crate::events::attrs([("container", c.record.id.clone()), ("name", net_name), ("type", "bridge".into())]);
+        self.events.emit("network", "connect", &net_id, a);
         self.find(&c.record.id)
     }
 
@@ -1377,11 +1420,14 @@ impl Containers {
         record.networks.remove(at);
         self.write_record(&record)?;
         let mut endpoints = c.endpoints.clone();
+        let net_id = endpoints.get(at).map(|e| e.network_id.clone()).filter(|i| !i.is_empty()).unwrap_or_else(|| name.clone());
         if at < endpoints.len() {
             endpoints.remove(at);
         }
         self.set_endpoints(&c.record.id, &endpoints)?;
         drop(_g);
+        let a = crate::events::attrs([("container", c.record.id.clone()), ("name", name.clone()), ("type", "bridge".into())]);
+        self.events.emit("network", "disconnect", &net_id, a);
         self.find(&c.record.id)
     }
 

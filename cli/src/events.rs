@@ -1,0 +1,136 @@
+//! `shoal events`: the daemon's event stream, printed as Docker prints it
+//! (`TIME TYPE ACTION ID (k=v, ...)`) or as one JSON object a line.
+
+use clap::Args;
+use serde_json::{Value, json};
+use shoal_proto::pb;
+
+use crate::args::{Cli, Format};
+use crate::client;
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Events since: a duration back (10m, 1h30m), an RFC 3339 time or unix seconds.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Stop at: same forms as --since; without it, follow until interrupted.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// KEY=VALUE: type=container|image|volume|network|service|node, event=start, container=NAME,
+    /// image=, volume=, network=, service=, node=, label=KEY[=VALUE], scope=local|swarm.
+    #[arg(short, long = "filter")]
+    pub filter: Vec<String>,
+    /// json: one JSON object a line.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+pub async fn run(cli: &Cli, a: &EventsArgs) -> anyhow::Result<()> {
+    let since_ns = a.since.as_deref().map(|s| crate::containers::parse_time_arg(s, "--since")).transpose()?.unwrap_or(0);
+    let until_ns = a.until.as_deref().map(|s| crate::containers::parse_time_arg(s, "--until")).transpose()?.unwrap_or(0);
+    let mut engine = client::engine(cli).await?;
+    let mut stream = engine.events(pb::EventsRequest { since_ns, until_ns, filters: a.filter.clone() }).await?.into_inner();
+    use std::io::Write;
+    while let Some(e) = stream.message().await? {
+        if !e.warning.is_empty() {
+            eprintln!("warning: {}", e.warning);
+            continue;
+        }
+        let line = if a.format == Format::Json { json_line(&e).to_string() } else { text_line(&e) };
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            return Ok(()); // the reader went away (`| head`)
+        }
+    }
+    Ok(())
+}
+
+/// Docker's text line: `2026-12-04T18:00:00.123456789Z container start ID (image=busybox, name=web)`.
+pub fn text_line(e: &pb::Event) -> String {
+    let mut attrs: Vec<(&String, &String)> = e.attributes.iter().collect();
+    attrs.sort();
+    let mut s = format!("{} {} {} {}", rfc3339_nano(e.time_nano), e.r#type, e.action, e.actor_id);
+    if !attrs.is_empty() {
+        let inner: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        s.push_str(&format!(" ({})", inner.join(", ")));
+    }
+    s
+}
+
+/// Docker's JSON message (`docker events --format json`), with the legacy
+/// `status`/`id`/`from` of container events.
+pub fn json_line(e: &pb::Event) -> Value {
+    let attrs: std::collections::BTreeMap<&String, &String> = e.attributes.iter().collect();
+    let mut v = json!({
+        "Type": e.r#type,
+        "Action": e.action,
+        "Actor": {"ID": e.actor_id, "Attributes": attrs},
+        "scope": e.scope,
+        "time": e.time_nano.div_euclid(1_000_000_000),
+        "timeNano": e.time_nano,
+    });
+    if e.r#type == "container" {
+        v["status"] = json!(e.action);
+        v["id"] = json!(e.actor_id);
+        v["from"] = json!(e.attributes.get("image").cloned().unwrap_or_default());
+    }
+    v
+}
+
+/// UTC with nine fraction digits (Go's RFC3339NanoFixed, which `docker events` prints).
+pub fn rfc3339_nano(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's days → civil date.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> pb::Event {
+        pb::Event {
+            r#type: "container".into(),
+            action: "die".into(),
+            actor_id: "abc123".into(),
+            attributes: [("name", "web"), ("image", "busybox"), ("exitCode", "3")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            scope: "local".into(),
+            time_nano: 1_796_407_200_123_456_789,
+            warning: String::new(),
+        }
+    }
+
+    #[test]
+    fn text_lines_are_dockers() {
+        assert_eq!(text_line(&event()), "2026-12-04T18:00:00.123456789Z container die abc123 (exitCode=3, image=busybox, name=web)");
+        let bare = pb::Event { r#type: "image".into(), action: "pull".into(), actor_id: "busybox:latest".into(), time_nano: 0, ..Default::default() };
+        assert_eq!(text_line(&bare), "1970-01-01T00:00:00.000000000Z image pull busybox:latest");
+        assert_eq!(rfc3339_nano(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
+    }
+
+    #[test]
+    fn json_lines_carry_dockers_fields() {
+        let v = json_line(&event());
+        assert_eq!(v["Type"], "container");
+        assert_eq!(v["Action"], "die");
+        assert_eq!(v["Actor"]["ID"], "abc123");
+        assert_eq!(v["Actor"]["Attributes"]["exitCode"], "3");
+        assert_eq!(v["status"], "die");
+        assert_eq!(v["from"], "busybox");
+        assert_eq!(v["time"], 1_796_407_200i64);
+        assert_eq!(v["timeNano"], 1_796_407_200_123_456_789i64);
+        assert_eq!(v["scope"], "local");
+    }
+}

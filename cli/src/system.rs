@@ -1,0 +1,355 @@
+//! `shoal system df|prune` and the `prune` verbs of containers, images,
+//! volumes and networks, with Docker's prompts, listings and totals. The
+//! daemon chooses and removes (never anything in use); this module asks,
+//! prints and adds up.
+
+use std::io::Write as _;
+
+use clap::Subcommand;
+use shoal_proto::pb;
+
+use crate::args::Cli;
+use crate::client;
+use crate::containers::short;
+use crate::output::table;
+
+type Engine = pb::engine_client::EngineClient<tonic::transport::Channel>;
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCmd {
+    /// Show the disk space images, containers and volumes use.
+    Df {
+        /// Show each image, container and volume.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Remove stopped containers, unused networks, dangling images (and, with --volumes, unused anonymous volumes).
+    Prune {
+        /// Remove every image no container uses, not only dangling ones.
+        #[arg(short, long)]
+        all: bool,
+        /// Also remove anonymous volumes no container uses.
+        #[arg(long)]
+        volumes: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Like `shoal events`.
+    Events(crate::events::EventsArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCmd {
+    /// Remove all stopped containers.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+/// What one prune removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Container,
+    Image,
+    Volume,
+    Network,
+}
+
+impl Kind {
+    fn wire(self) -> &'static str {
+        match self {
+            Kind::Container => "container",
+            Kind::Image => "image",
+            Kind::Volume => "volume",
+            Kind::Network => "network",
+        }
+    }
+
+    /// Docker's warning for `KIND prune` (`all`: `-a`).
+    fn warning(self, all: bool) -> &'static str {
+        match (self, all) {
+            (Kind::Container, _) => "WARNING! This will remove all stopped containers.",
+            (Kind::Image, false) => "WARNING! This will remove all dangling images.",
+            (Kind::Image, true) => "WARNING! This will remove all images without at least one container associated to them.",
+            (Kind::Volume, false) => "WARNING! This will remove anonymous local volumes not used by at least one container.",
+            (Kind::Volume, true) => "WARNING! This will remove all local volumes not used by at least one container.",
+            (Kind::Network, _) => "WARNING! This will remove all custom networks not used by at least one container.",
+        }
+    }
+
+    /// The line `system prune` lists it with.
+    fn system_line(self, all: bool) -> &'static str {
+        match (self, all) {
+            (Kind::Container, _) => "all stopped containers",
+            (Kind::Network, _) => "all networks not used by at least one container",
+            (Kind::Volume, _) => "all anonymous volumes not used by at least one container",
+            (Kind::Image, false) => "all dangling images",
+            (Kind::Image, true) => "all images without at least one container associated to them",
+        }
+    }
+
+    fn heading(self) -> &'static str {
+        match self {
+            Kind::Container => "Deleted Containers:",
+            Kind::Image => "Deleted Images:",
+            Kind::Volume => "Deleted Volumes:",
+            Kind::Network => "Deleted Networks:",
+        }
+    }
+}
+
+/// Docker's sizes in `df` and prune totals: decimal units, 4 significant digits (`1.229MB`, `0B`).
+pub fn human(bytes: u64) -> String {
+    crate::output::size(bytes, 1000.0, &crate::output::DECIMAL, 4)
+}
+
+/// What Docker prints for a prune's answer: a heading and one line per
+/// object (images: `untagged: …` then `deleted: …`), or nothing if nothing went.
+pub fn listing(kind: Kind, r: &pb::PruneResponse) -> String {
+    if r.deleted.is_empty() && r.untagged.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("{}\n", kind.heading());
+    if kind == Kind::Image {
+        for u in &r.untagged {
+            out.push_str(&format!("untagged: {u}\n"));
+        }
+        for d in &r.deleted {
+            out.push_str(&format!("deleted: {d}\n"));
+        }
+    } else {
+        for d in &r.deleted {
+            out.push_str(&format!("{d}\n"));
+        }
+    }
+    out
+}
+
+/// Docker's `system prune` warning.
+pub fn system_warning(all: bool, volumes: bool) -> String {
+    let mut kinds = vec![Kind::Container, Kind::Network];
+    if volumes {
+        kinds.push(Kind::Volume);
+    }
+    kinds.push(Kind::Image);
+    let mut s = String::from("WARNING! This will remove:\n");
+    for k in kinds {
+        s.push_str(&format!("  - {}\n", k.system_line(all)));
+    }
+    s
+}
+
+/// Asks `[y/N]` on the terminal (or reads standard input); only y or yes goes on.
+fn confirm(warning: &str) -> bool {
+    print!("{warning}\nAre you sure you want to continue? [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    if std::io::stdin().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+/// `KIND prune [-a] [-f]`.
+pub async fn prune(engine: &mut Engine, kind: Kind, all: bool, force: bool) -> anyhow::Result<()> {
+    if !force && !confirm(kind.warning(all)) {
+        return Ok(());
+    }
+    let r = engine.prune(pb::PruneRequest { kind: kind.wire().into(), all }).await?.into_inner();
+    let text = listing(kind, &r);
+    if kind == Kind::Network {
+        print!("{text}");
+    } else {
+        if !text.is_empty() {
+            println!("{text}");
+        }
+        println!("Total reclaimed space: {}", human(r.reclaimed_bytes));
+    }
+    Ok(())
+}
+
+pub async fn run(cli: &Cli, cmd: &SystemCmd) -> anyhow::Result<()> {
+    if let SystemCmd::Events(a) = cmd {
+        return crate::events::run(cli, a).await;
+    }
+    let mut engine = client::engine(cli).await?;
+    match cmd {
+        SystemCmd::Events(_) => Ok(()),
+        SystemCmd::Df { verbose } => df(&mut engine, *verbose).await,
+        SystemCmd::Prune { all, volumes, force } => {
+            if !force && !confirm(&system_warning(*all, *volumes)) {
+                return Ok(());
+            }
+            let mut kinds = vec![Kind::Container, Kind::Network];
+            if *volumes {
+                kinds.push(Kind::Volume);
+            }
+            kinds.push(Kind::Image);
+            let mut total = 0;
+            for k in kinds {
+                let r = engine.prune(pb::PruneRequest { kind: k.wire().into(), all: *all && k == Kind::Image }).await?.into_inner();
+                total += r.reclaimed_bytes;
+                let text = listing(k, &r);
+                if !text.is_empty() {
+                    println!("{text}");
+                }
+            }
+            println!("Total reclaimed space: {}", human(total));
+            Ok(())
+        }
+    }
+}
+
+pub async fn container(cli: &Cli, cmd: &ContainerCmd) -> anyhow::Result<()> {
+    let mut engine = client::engine(cli).await?;
+    match cmd {
+        ContainerCmd::Prune { force } => prune(&mut engine, Kind::Container, false, *force).await,
+    }
+}
+
+/// `reclaimable (N%)` as Docker shows it (no percentage for an empty total).
+fn reclaimable(part: u64, total: u64) -> String {
+    match (part * 100).checked_div(total) {
+        Some(pct) => format!("{} ({pct}%)", human(part)),
+        None => human(part),
+    }
+}
+
+/// The summary table of `system df`.
+pub fn df_summary(u: &pb::DiskUsage) -> String {
+    let active_images = u.images.iter().filter(|i| i.containers > 0).count();
+    let running = |c: &&pb::ContainerUsage| c.container.as_ref().is_some_and(|c| c.state == "running" || c.state == "restarting");
+    let containers_size: u64 = u.containers.iter().map(|c| c.size_rw).sum();
+    let containers_free: u64 = u.containers.iter().filter(|c| !running(c)).map(|c| c.size_rw).sum();
+    let volumes_size: u64 = u.volumes.iter().map(|v| v.size).sum();
+    let volumes_free: u64 = u.volumes.iter().filter(|v| v.links == 0).map(|v| v.size).sum();
+    let rows = vec![
+        vec!["Images".into(), u.images.len().to_string(), active_images.to_string(), human(u.images_size), reclaimable(u.images_reclaimable, u.images_size)],
+        vec![
+            "Containers".into(),
+            u.containers.len().to_string(),
+            u.containers.iter().filter(running).count().to_string(),
+            human(containers_size),
+            reclaimable(containers_free, containers_size),
+        ],
+        vec![
+            "Local Volumes".into(),
+            u.volumes.len().to_string(),
+            u.volumes.iter().filter(|v| v.links > 0).count().to_string(),
+            human(volumes_size),
+            reclaimable(volumes_free, volumes_size),
+        ],
+        vec!["Build Cache".into(), "0".into(), "0".into(), "0B".into(), "0B".into()],
+    ];
+    table(&["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], &rows)
+}
+
+async fn df(engine: &mut Engine, verbose: bool) -> anyhow::Result<()> {
+    let u = engine.system_df(pb::Empty {}).await?.into_inner();
+    if !verbose {
+        println!("{}", df_summary(&u));
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for i in &u.images {
+        let Some(img) = &i.image else { continue };
+        let id = short(img.id.trim_start_matches("sha256:")).to_string();
+        let created = crate::images::ago(&img.created);
+        let sizes = [human(img.size), human(i.shared_size), human(img.size.saturating_sub(i.shared_size)), i.containers.to_string()];
+        let tags: Vec<(String, String)> = if img.repo_tags.is_empty() {
+            vec![("<none>".into(), "<none>".into())]
+        } else {
+            img.repo_tags.iter().map(|t| split_tag(t)).collect()
+        };
+        for (repo, tag) in tags {
+            let mut row = vec![repo, tag, id.clone(), created.clone()];
+            row.extend(sizes.iter().cloned());
+            rows.push(row);
+        }
+    }
+    println!("Images space usage:\n");
+    println!("{}\n", table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE", "UNIQUE SIZE", "CONTAINERS"], &rows));
+    let rows: Vec<Vec<String>> = u
+        .containers
+        .iter()
+        .filter_map(|c| {
+            let info = c.container.as_ref()?;
+            let cmd: String = info.command.chars().take(20).collect();
+            Some(vec![
+                short(&info.id).to_string(),
+                info.image.clone(),
+                format!("\"{cmd}\""),
+                c.local_volumes.to_string(),
+                human(c.size_rw),
+                crate::images::ago(&shoal_proto::model::rfc3339(info.created_ms)),
+                info.status.clone(),
+                info.name.clone(),
+            ])
+        })
+        .collect();
+    println!("Containers space usage:\n");
+    println!("{}\n", table(&["CONTAINER ID", "IMAGE", "COMMAND", "LOCAL VOLUMES", "SIZE", "CREATED", "STATUS", "NAMES"], &rows));
+    let rows: Vec<Vec<String>> =
+        u.volumes.iter().filter_map(|v| Some(vec![v.volume.as_ref()?.name.clone(), v.links.to_string(), human(v.size)])).collect();
+    println!("Local Volumes space usage:\n");
+    println!("{}\n", table(&["VOLUME NAME", "LINKS", "SIZE"], &rows));
+    println!("Build cache usage: 0B");
+    Ok(())
+}
+
+/// `name:tag` → (name, tag); the tag follows the last ':' after the last '/'.
+fn split_tag(t: &str) -> (String, String) {
+    match t.rfind(':') {
+        Some(i) if !t[i..].contains('/') => (t[..i].to_string(), t[i + 1..].to_string()),
+        _ => (t.to_string(), "latest".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_output_is_dockers() {
+        let r = pb::PruneResponse { deleted: vec!["abc".into(), "def".into()], untagged: vec![], reclaimed_bytes: 1_228_800 };
+        assert_eq!(listing(Kind::Container, &r), "Deleted Containers:\nabc\ndef\n");
+        let r = pb::PruneResponse { deleted: vec!["sha256:1".into()], untagged: vec!["busybox:latest".into()], reclaimed_bytes: 0 };
+        assert_eq!(listing(Kind::Image, &r), "Deleted Images:\nuntagged: busybox:latest\ndeleted: sha256:1\n");
+        assert_eq!(listing(Kind::Volume, &pb::PruneResponse::default()), "");
+        assert_eq!(human(1_228_800), "1.229MB");
+        assert_eq!(human(0), "0B");
+        assert_eq!(
+            system_warning(false, true),
+            "WARNING! This will remove:\n  - all stopped containers\n  - all networks not used by at least one container\n  \
+             - all anonymous volumes not used by at least one container\n  - all dangling images\n"
+        );
+        assert!(system_warning(true, false).ends_with("  - all images without at least one container associated to them\n"));
+        assert_eq!(Kind::Volume.warning(true), "WARNING! This will remove all local volumes not used by at least one container.");
+    }
+
+    #[test]
+    fn df_summary_counts_active_and_reclaimable() {
+        let running = pb::ContainerInfo { state: "running".into(), ..Default::default() };
+        let exited = pb::ContainerInfo { state: "exited".into(), ..Default::default() };
+        let u = pb::DiskUsage {
+            images: vec![pb::ImageUsage { containers: 2, ..Default::default() }, pb::ImageUsage::default()],
+            containers: vec![
+                pb::ContainerUsage { container: Some(running), size_rw: 100, local_volumes: 0 },
+                pb::ContainerUsage { container: Some(exited), size_rw: 300, local_volumes: 0 },
+            ],
+            volumes: vec![pb::VolumeUsage { size: 50, links: 1, volume: None }, pb::VolumeUsage { size: 0, links: 0, volume: None }],
+            images_size: 2_000_000,
+            images_reclaimable: 500_000,
+        };
+        let t = df_summary(&u);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "TYPE            TOTAL   ACTIVE   SIZE   RECLAIMABLE");
+        assert_eq!(lines[1], "Images          2       1        2MB    500kB (25%)");
+        assert_eq!(lines[2], "Containers      2       1        400B   300B (75%)");
+        assert_eq!(lines[3], "Local Volumes   2       1        50B    0B (0%)");
+        assert_eq!(lines[4], "Build Cache     0       0        0B     0B");
+    }
+}
