@@ -49,7 +49,7 @@ pub async fn run(cli: &Cli, a: &EventsArgs) -> anyhow::Result<()> {
 pub fn text_line(e: &pb::Event) -> String {
     let mut attrs: Vec<(&String, &String)> = e.attributes.iter().collect();
     attrs.sort();
-    let mut s = format!("{} {} {} {}", rfc3339_nano(e.time_nano), e.r#type, e.action, e.actor_id);
+    let mut s = format!("{} {} {} {}", shoal_proto::model::rfc3339_nanos(e.time_nano), e.r#type, e.action, e.actor_id);
     if !attrs.is_empty() {
         let inner: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
         s.push_str(&format!(" ({})", inner.join(", ")));
@@ -77,25 +77,6 @@ pub fn json_line(e: &pb::Event) -> Value {
     v
 }
 
-/// UTC with nine fraction digits (Go's RFC3339NanoFixed, which `docker events` prints).
-pub fn rfc3339_nano(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let nanos = ns.rem_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's days → civil date.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,7 +98,7 @@ mod tests {
         assert_eq!(text_line(&event()), "2026-12-04T18:00:00.123456789Z container die abc123 (exitCode=3, image=busybox, name=web)");
         let bare = pb::Event { r#type: "image".into(), action: "pull".into(), actor_id: "busybox:latest".into(), time_nano: 0, ..Default::default() };
         assert_eq!(text_line(&bare), "1970-01-01T00:00:00.000000000Z image pull busybox:latest");
-        assert_eq!(rfc3339_nano(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
+        assert_eq!(shoal_proto::model::rfc3339_nanos(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
     }
 
     #[test]

@@ -195,15 +195,32 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 (UTC, seconds) for unix milliseconds.
+/// RFC 3339 (UTC, seconds) for unix milliseconds; empty for 0 (never).
 pub fn rfc3339(ms: u64) -> String {
     if ms == 0 {
         return String::new();
     }
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // civil-from-days (Howard Hinnant's algorithm)
+    let (date, secs) = civil((ms / 1000) as i64);
+    format!("{date}T{secs}Z")
+}
+
+/// RFC 3339 with nine fraction digits, UTC (Go's RFC3339NanoFixed, as Docker
+/// prints log and event times), for nanoseconds since the epoch.
+pub fn rfc3339_nanos(ns: i64) -> String {
+    let (date, secs) = civil(ns.div_euclid(1_000_000_000));
+    format!("{date}T{secs}.{:09}Z", ns.rem_euclid(1_000_000_000))
+}
+
+/// The same, for now.
+pub fn now_rfc3339_nanos() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    rfc3339_nanos(d.as_nanos() as i64)
+}
+
+/// `YYYY-MM-DD` and `HH:MM:SS` (UTC) of unix seconds, by Howard Hinnant's civil-from-days.
+fn civil(secs: i64) -> (String, String) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -213,12 +230,7 @@ pub fn rfc3339(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    (format!("{year:04}-{month:02}-{day:02}"), format!("{:02}:{:02}:{:02}", rem / 3600, (rem / 60) % 60, rem % 60))
 }
 
 /// Parses an RFC 3339 time (`2026-11-22T10:00:00Z`, with optional
@@ -279,6 +291,9 @@ mod tests {
         assert_eq!(rfc3339(1_000), "1970-01-01T00:00:01Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_305_600_000), "2026-11-22T00:00:00Z");
+        assert_eq!(rfc3339_nanos(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
+        assert_eq!(rfc3339_nanos(-1), "1969-12-31T23:59:59.999999999Z");
+        assert_eq!(parse_rfc3339_ns(&rfc3339_nanos(1_795_305_600_123_456_789)), Some(1_795_305_600_123_456_789));
     }
 
     #[test]

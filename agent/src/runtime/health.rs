@@ -342,8 +342,7 @@ fn go_duration(d: Duration) -> String {
 /// RFC 3339 with nanoseconds, UTC.
 fn rfc3339_nanos(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let base = shoal_proto::model::rfc3339(d.as_millis() as u64);
-    format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
+    shoal_proto::model::rfc3339_nanos(d.as_nanos() as i64)
 }
 
 #[cfg(test)]

@@ -175,13 +175,6 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// RFC 3339 with nanoseconds, UTC, for log lines.
-fn now_rfc3339_nanos() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let base = shoal_proto::model::rfc3339(d.as_millis() as u64);
-    format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
-}
-
 /// Writes complete lines of one stream to the log, keeping the tail.
 struct LineLog {
     stream: &'static str,
@@ -210,7 +203,7 @@ impl LineLog {
 }
 
 fn write_line(stream: &str, line: &[u8], out: &mut LogFile) {
-    let entry = serde_json::json!({"log": String::from_utf8_lossy(line), "stream": stream, "time": now_rfc3339_nanos()});
+    let entry = serde_json::json!({"log": String::from_utf8_lossy(line), "stream": stream, "time": shoal_proto::model::now_rfc3339_nanos()});
     out.write_line(&format!("{entry}\n"));
 }
 
