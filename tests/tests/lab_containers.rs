@@ -124,7 +124,10 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     // Refusals with clear errors.
     let err = |args: &[&str]| lab.failing(1, args);
     ensure!(err(&["run", "--name", "ticker", "busybox:local", "true"])?.contains("already in use"));
-    ensure!(err(&["run", "nosuch:image", "true"])?.contains("no such image"));
+    ensure!(err(&["run", "--pull", "never", "nosuch:image", "true"])?.contains("no such image: nosuch:image"));
+    // Without --pull never, run tries to pull it (the lab reaches no outside registry).
+    let e = err(&["run", "nosuch:image", "true"])?;
+    ensure!(e.contains("Unable to find image 'nosuch:image' locally") && e.contains("docker.io"), "{e}");
     ensure!(err(&["run", "--memory", "lots", "busybox:local", "true"])?.contains("invalid memory"));
     ensure!(err(&["run", "--cpus", "99", "busybox:local", "true"])?.contains("CPUs available"));
     ensure!(err(&["stop", "nosuch"])?.contains("no such container"));
