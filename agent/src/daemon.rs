@@ -220,6 +220,8 @@ impl Daemon {
                 addr: advertise,
                 engine_version: VERSION.into(),
                 cert_expiry_ms: 0,
+                os: std::env::consts::OS.into(),
+                arch: std::env::consts::ARCH.into(),
                 ..Default::default() // the rest comes with the first hello
             },
             status: NodeStatus::default(),
@@ -416,6 +418,8 @@ impl Daemon {
             cert_expiry: String::new(),
             nano_cpus: std::thread::available_parallelism().map(|n| n.get() as u64 * 1_000_000_000).unwrap_or(1_000_000_000),
             memory_bytes: host_memory(),
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
         };
         let restarting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let session_task = tokio::spawn(session::run(

@@ -201,6 +201,7 @@ async fn node(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
                             println!(" - {k}={v}");
                         }
                     }
+                    println!("Platform:\n Operating System:\t{}\n Architecture:\t\t{}", n.os, n.arch);
                     println!("Engine Version:\t\t{}", n.engine_version);
                     println!("Certificate Expiry:\t{}", n.cert_expiry);
                 }

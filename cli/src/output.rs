@@ -56,6 +56,8 @@ pub fn node_json(n: &pb::Node) -> Value {
         "updated_at": n.updated_at,
         "cert_expiry": n.cert_expiry,
         "engine_version": n.engine_version,
+        "os": n.os,
+        "arch": n.arch,
     })
 }
 

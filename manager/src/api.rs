@@ -115,6 +115,8 @@ impl ControlService {
             updated_at: rfc3339(n.meta.updated_ms),
             cert_expiry: rfc3339(n.description.cert_expiry_ms),
             engine_version: n.description.engine_version.clone(),
+            os: n.description.os.clone(),
+            arch: n.description.arch.clone(),
         }
     }
 

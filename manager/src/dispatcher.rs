@@ -450,6 +450,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                 nano_cpus: hello.nano_cpus,
                 memory_bytes: hello.memory_bytes,
                 probe_key: hex(&hello.probe_key),
+                os: hello.os,
+                arch: hello.arch,
             }),
         });
         let (tx, rx) = mpsc::channel(16);

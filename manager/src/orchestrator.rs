@@ -87,8 +87,9 @@ pub fn constraint_holds(c: &str, node: &Node) -> bool {
         "node.role" => Some(node.spec.role.as_str().to_string()),
         "node.hostname" => Some(node.description.hostname.clone()),
         "node.id" => Some(node.id.clone()),
-        "node.platform.os" => Some("linux".into()),
-        "node.platform.arch" => Some(std::env::consts::ARCH.into()),
+        // The node's own platform, as it said in its hello (nothing until it did).
+        "node.platform.os" => Some(node.description.os.clone()).filter(|s| !s.is_empty()),
+        "node.platform.arch" => Some(node.description.arch.clone()).filter(|s| !s.is_empty()),
         k => k.strip_prefix("node.labels.").and_then(|l| node.spec.labels.get(l).cloned()),
     };
     (have.as_deref() == Some(want)) == eq
@@ -837,6 +838,11 @@ mod tests {
         assert!(!constraint_holds("node.labels.zone==b", &n));
         assert!(constraint_holds("node.labels.rack!=1", &n), "a missing label is not equal");
         assert!(constraint_holds("node.hostname==h-x", &n));
+        // The node's own platform, not the leader's: an arm64 node is not x86_64.
+        assert!(!constraint_holds("node.platform.arch==x86_64", &n), "no platform until its hello");
+        (n.description.os, n.description.arch) = ("linux".into(), "aarch64".into());
+        assert!(constraint_holds("node.platform.arch==aarch64", &n) && constraint_holds("node.platform.os==linux", &n));
+        assert!(!constraint_holds("node.platform.arch==x86_64", &n) && constraint_holds("node.platform.arch!=x86_64", &n));
         assert!(valid_constraint("node.labels.zone==a").is_ok());
         assert!(valid_constraint("zone==a").is_err() && valid_constraint("node.role=manager").is_err());
     }

@@ -120,6 +120,11 @@ pub struct NodeDescription {
     /// The key its probe responder answers with, hex (see `probe`); new at each daemon start.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub probe_key: String,
+    /// Its platform (`node.platform.os|arch` constraints); empty until it says.
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub arch: String,
 }
 
 impl NodeDescription {

@@ -57,6 +57,10 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
         return Ok(());
     }
     let lab = Lab::up(5, 3)?;
+    // Every node says its own platform (the `node.platform.*` constraints read it).
+    let nodes = lab.shoal_json(1, &["node", "ls"])?;
+    let nodes = nodes.as_array().context("node ls")?;
+    ensure!(nodes.len() == 5 && nodes.iter().all(|n| n["os"] == "linux" && n["arch"] == std::env::consts::ARCH), "{nodes:?}");
     let tmp = tempfile::Builder::new().prefix("shl-svc-").tempdir()?;
     let image = busybox_rootfs_tar(tmp.path())?;
     for i in 1..=5 {
