@@ -64,6 +64,11 @@ pub enum ContainerError {
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
 }
 
+/// A record's JSON: a value that cannot be encoded is an error, never an empty file.
+fn json_of<T: Serialize + ?Sized>(v: &T, path: &Path) -> Result<Vec<u8>, ContainerError> {
+    serde_json::to_vec_pretty(v).map_err(|e| io("encoding", path)(e.into()))
+}
+
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ContainerError + 'a {
     move |source| ContainerError::Io { what, path: path.to_path_buf(), source }
 }
@@ -745,7 +750,8 @@ impl Containers {
         };
         let write = |name: &str, v: &dyn erased::Json| -> Result<(), ContainerError> {
             let path = dir.join(name);
-            crate::identity::write_atomic(&path, &v.to_json(), 0o644).map_err(io("writing", &path))
+            let bytes = v.to_json().map_err(|e| io("encoding", &path)(e.into()))?;
+            crate::identity::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
         };
         write("container.json", &record)?;
         write("shim.json", &shim)?;
@@ -821,7 +827,7 @@ impl Containers {
 
     fn write_restart(&self, id: &str, state: &RestartState) -> Result<(), ContainerError> {
         let path = self.dir(id).join("restart.json");
-        let bytes = serde_json::to_vec(state).unwrap_or_default();
+        let bytes = json_of(state, &path)?;
         crate::identity::write_replace(&path, &bytes).map_err(io("writing", &path))
     }
 
@@ -918,7 +924,7 @@ impl Containers {
         let shim_json = dir.join("shim.json");
         if let Some(mut cfg) = read_json::<ShimConfig>(&shim_json).filter(|c| c.wait_attach) {
             cfg.wait_attach = false;
-            let bytes = serde_json::to_vec_pretty(&cfg).unwrap_or_default();
+            let bytes = json_of(&cfg, &shim_json)?;
             crate::identity::write_atomic(&shim_json, &bytes, 0o644).map_err(io("writing", &shim_json))?;
         }
         if let (Some(nets), false) = (self.networks.get(), c.record.networks.is_empty()) {
@@ -1331,7 +1337,7 @@ impl Containers {
     fn set_endpoints(&self, id: &str, endpoints: &[Endpoint]) -> Result<(), ContainerError> {
         let dir = self.dir(id);
         let path = dir.join("network.json");
-        let bytes = serde_json::to_vec_pretty(endpoints).unwrap_or_default();
+        let bytes = json_of(endpoints, &path)?;
         crate::identity::write_replace(&path, &bytes).map_err(io("writing", &path))?;
         if let Some(record) = read_json::<Record>(&dir.join("container.json")) {
             let hostname = read_json::<serde_json::Value>(&dir.join("bundle/config.json"))
@@ -1433,7 +1439,7 @@ impl Containers {
 
     fn write_record(&self, record: &Record) -> Result<(), ContainerError> {
         let path = self.dir(&record.id).join("container.json");
-        let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
+        let bytes = json_of(record, &path)?;
         crate::identity::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
     }
 
@@ -1582,11 +1588,11 @@ fn mount_overlay(target: &Path, opts: &str) -> Result<(), ContainerError> {
 /// Serializes the records written next to a container.
 mod erased {
     pub trait Json {
-        fn to_json(&self) -> Vec<u8>;
+        fn to_json(&self) -> Result<Vec<u8>, serde_json::Error>;
     }
     impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Vec<u8> {
-            serde_json::to_vec_pretty(self).unwrap_or_default()
+        fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+            serde_json::to_vec_pretty(self)
         }
     }
 }
