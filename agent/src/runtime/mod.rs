@@ -520,7 +520,7 @@ impl Containers {
         let ports = req
             .publish
             .iter()
-            .map(|p| shoal_netd::model::parse_publish(p).map_err(|why| ContainerError::Invalid { what: "port mapping", value: p.clone(), why }))
+            .map(|p| shoal_proto::net::parse_publish(p).map_err(|why| ContainerError::Invalid { what: "port mapping", value: p.clone(), why }))
             .collect::<Result<Vec<_>, _>>()?;
         if !ports.is_empty() && !netd_network(network_name) {
             return Err(ContainerError::Invalid {
