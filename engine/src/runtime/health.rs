@@ -224,7 +224,7 @@ fn monitor(t: &Target, stop: &Stop) {
                 tracing::info!(container = %t.name, %from, %to, "health");
             }
             let bytes = serde_json::to_vec_pretty(&Recorded { started_ms: t.started_ms, health: health.clone() }).unwrap_or_default();
-            let written = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| crate::identity::write_replace(&path, &bytes));
+            let written = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| crate::files::write_replace(&path, &bytes));
             if let Err(e) = written {
                 tracing::warn!(container = %t.name, path = %path.display(), error = %e, "cannot record the container's health");
             }

@@ -1013,7 +1013,7 @@ impl pb::engine_server::Engine for EngineService {
 /// then `log`): the last `tail` lines (all if < 0) within the time bounds,
 /// then, with `follow`, new lines until the container stops running,
 /// following the log across rotations.
-pub(crate) fn follow_log(
+pub fn follow_log(
     path: &std::path::Path,
     req: &pb::ContainerLogsRequest,
     tx: &mpsc::Sender<Result<pb::LogLine, Status>>,

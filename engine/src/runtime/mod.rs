@@ -745,7 +745,7 @@ impl Containers {
         };
         let write = |name: &str, v: &dyn erased::Json| -> Result<(), ContainerError> {
             let path = dir.join(name);
-            crate::identity::write_atomic(&path, &v.to_json(), 0o644).map_err(io("writing", &path))
+            crate::files::write_atomic(&path, &v.to_json(), 0o644).map_err(io("writing", &path))
         };
         write("container.json", &record)?;
         write("shim.json", &shim)?;
@@ -822,7 +822,7 @@ impl Containers {
     fn write_restart(&self, id: &str, state: &RestartState) -> Result<(), ContainerError> {
         let path = self.dir(id).join("restart.json");
         let bytes = serde_json::to_vec(state).unwrap_or_default();
-        crate::identity::write_replace(&path, &bytes).map_err(io("writing", &path))
+        crate::files::write_replace(&path, &bytes).map_err(io("writing", &path))
     }
 
     /// The current status of the container with this full id (reads only its own files).
@@ -919,7 +919,7 @@ impl Containers {
         if let Some(mut cfg) = read_json::<ShimConfig>(&shim_json).filter(|c| c.wait_attach) {
             cfg.wait_attach = false;
             let bytes = serde_json::to_vec_pretty(&cfg).unwrap_or_default();
-            crate::identity::write_atomic(&shim_json, &bytes, 0o644).map_err(io("writing", &shim_json))?;
+            crate::files::write_atomic(&shim_json, &bytes, 0o644).map_err(io("writing", &shim_json))?;
         }
         if let (Some(nets), false) = (self.networks.get(), c.record.networks.is_empty()) {
             self.replumb(nets, c)?;
@@ -1332,7 +1332,7 @@ impl Containers {
         let dir = self.dir(id);
         let path = dir.join("network.json");
         let bytes = serde_json::to_vec_pretty(endpoints).unwrap_or_default();
-        crate::identity::write_replace(&path, &bytes).map_err(io("writing", &path))?;
+        crate::files::write_replace(&path, &bytes).map_err(io("writing", &path))?;
         if let Some(record) = read_json::<Record>(&dir.join("container.json")) {
             let hostname = read_json::<serde_json::Value>(&dir.join("bundle/config.json"))
                 .and_then(|v| v.get("hostname").and_then(|h| h.as_str()).map(String::from))
@@ -1434,7 +1434,7 @@ impl Containers {
     fn write_record(&self, record: &Record) -> Result<(), ContainerError> {
         let path = self.dir(&record.id).join("container.json");
         let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
-        crate::identity::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
+        crate::files::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
     }
 
     /// Hands netd every container's attachments and records what it made of
