@@ -3,10 +3,10 @@
 //! (cluster CA, its certificate, its private key — mode 0600, never sent).
 //! Files are replaced atomically (write to a temp file, fsync, rename).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use shoal_engine::files::write_atomic;
 use shoal_proto::model::Role;
 use shoal_proto::tls::NodeCerts;
 
@@ -83,29 +83,6 @@ impl Paths {
         }
         Ok(())
     }
-}
-
-/// Replaces `path` atomically (readers see the old or the new file, never
-/// a part) but without waiting for the disk: for state that is rewritten
-/// often and worthless after a host crash (a shim's started/exit records).
-pub fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
-}
-
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

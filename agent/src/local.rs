@@ -102,10 +102,10 @@ impl Control for LocalControl {
 /// is replaced; the socket is made root-only.
 pub async fn serve(
     daemon: Arc<Daemon>,
-    images: Arc<crate::images::ImageStore>,
-    containers: Arc<crate::runtime::Containers>,
-    volumes: Arc<crate::volumes::VolumeStore>,
-    registries: Arc<crate::registry::Registries>,
+    images: Arc<shoal_engine::images::ImageStore>,
+    containers: Arc<shoal_engine::runtime::Containers>,
+    volumes: Arc<shoal_engine::volumes::VolumeStore>,
+    registries: Arc<shoal_engine::registry::Registries>,
     socket: PathBuf,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -125,7 +125,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(pb::local_server::LocalServer::new(LocalService { daemon: daemon.clone() }))
         .add_service(pb::control_server::ControlServer::new(LocalControl { daemon }))
-        .add_service(pb::engine_server::EngineServer::new(crate::engine::EngineService { images, containers, volumes, registries }))
+        .add_service(pb::engine_server::EngineServer::new(shoal_engine::api::EngineService { images, containers, volumes, registries }))
         .serve_with_incoming_shutdown(incoming, async move { cancel.cancelled().await })
         .await?;
     let _ = std::fs::remove_file(&socket);

@@ -15,10 +15,10 @@ use shoal_proto::pb;
 use shoal_proto::service::{Task, TaskState, TaskStatus, expand_template};
 use tokio::sync::Notify;
 
-use crate::images::ImageStore;
-use crate::registry::{Credentials, RegistryError, Registries};
-use crate::runtime::health::HealthStatus;
-use crate::runtime::{Container, Containers, RunRequest, Status};
+use shoal_engine::images::ImageStore;
+use shoal_engine::registry::{Credentials, RegistryError, Registries};
+use shoal_engine::runtime::health::HealthStatus;
+use shoal_engine::runtime::{Container, Containers, RunRequest, Status};
 
 /// Containers a node starts at once.
 const PARALLEL_STARTS: usize = 4;
@@ -143,7 +143,7 @@ impl Worker {
             let q = pb::ContainerLogsRequest { id: c.record.id.clone(), follow: req.follow, tail: req.tail, since_ns: req.since_ns, until_ns: 0 };
             let containers = self.containers.clone();
             std::thread::spawn(move || {
-                crate::engine::follow_log(&path, &q, &tx, || matches!(containers.status_of(&q.id), Status::Running { .. } | Status::Created));
+                shoal_engine::api::follow_log(&path, &q, &tx, || matches!(containers.status_of(&q.id), Status::Running { .. } | Status::Created));
             });
             let (this, task_id, request_id) = (self.clone(), task_id.clone(), req.request_id);
             self.rt.spawn(async move {
@@ -314,7 +314,7 @@ impl Worker {
         if self.images.inspect(&t.spec.image).is_err() {
             let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
             let creds = self.auths.lock().unwrap_or_else(|p| p.into_inner()).get(&t.service_id).cloned();
-            let pulled = self.rt.block_on(crate::registry::pull(&self.registries, self.images.clone(), &t.spec.image, creds, &tx));
+            let pulled = self.rt.block_on(shoal_engine::registry::pull(&self.registries, self.images.clone(), &t.spec.image, creds, &tx));
             if let Err(e) = pulled {
                 let err = pull_error(&t.spec.image, &e);
                 self.report(t, TaskStatus { state: TaskState::Rejected, message: "preparing".into(), err, ..Default::default() });

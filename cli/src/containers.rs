@@ -1,7 +1,7 @@
 //! Docker's container verbs against the local daemon.
 
 use anyhow::{Context, bail};
-use shoal_agent::volumes::BindFlag;
+use shoal_engine::volumes::BindFlag;
 use shoal_proto::pb;
 
 use crate::args::{Cli, Cmd, Format, PullPolicy};
@@ -422,7 +422,7 @@ fn client_paths(flags: &[String], flag: BindFlag, remote: bool) -> anyhow::Resul
     let cwd = std::env::current_dir().context("reading the working directory for a relative bind mount")?;
     flags
         .iter()
-        .map(|f| match shoal_agent::volumes::absolutize_bind(flag, f, &cwd) {
+        .map(|f| match shoal_engine::volumes::absolutize_bind(flag, f, &cwd) {
             None => Ok(f.clone()),
             Some(_) if remote => {
                 bail!("{f:?}: a relative host path needs a local daemon; give an absolute path on the daemon's host")

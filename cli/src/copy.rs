@@ -4,7 +4,7 @@
 //! (into an existing directory, or as the destination's name).
 
 use anyhow::bail;
-use shoal_agent::runtime::copy::{copy_in, copy_out};
+use shoal_engine::runtime::copy::{copy_in, copy_out};
 use shoal_proto::pb;
 use tokio::sync::mpsc;
 

@@ -46,7 +46,7 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
     // A layout that cannot work is refused; a cgroupfs we may not write (read-only, in a container) only
     // fails the containers, as before, not the daemon's other work.
     {
-        use shoal_agent::runtime::cgroup_layout::{CgroupError, HOST_ROOT, prepare};
+        use shoal_engine::runtime::cgroup_layout::{CgroupError, HOST_ROOT, prepare};
         match prepare(Path::new(HOST_ROOT), &cgroup_parent) {
             Ok(()) => {}
             Err(e @ CgroupError::Io { .. }) => {
@@ -63,9 +63,9 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
         advertise_addr: args.advertise_addr.filter(|a| !a.is_empty()),
         hostname: hostname(),
     });
-    let images = std::sync::Arc::new(shoal_agent::images::ImageStore::open(&daemon.cfg.data_root.join("images"))?);
-    let volumes = std::sync::Arc::new(shoal_agent::volumes::VolumeStore::open(&daemon.cfg.data_root.join("volumes"))?);
-    let containers = std::sync::Arc::new(shoal_agent::runtime::Containers::open(
+    let images = std::sync::Arc::new(shoal_engine::images::ImageStore::open(&daemon.cfg.data_root.join("images"))?);
+    let volumes = std::sync::Arc::new(shoal_engine::volumes::VolumeStore::open(&daemon.cfg.data_root.join("volumes"))?);
+    let containers = std::sync::Arc::new(shoal_engine::runtime::Containers::open(
         &daemon.cfg.data_root.join("containers"),
         std::path::Path::new("/run/shoal/runtime"),
         &cgroup_parent,
@@ -73,10 +73,10 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
         volumes.clone(),
     )?);
     let registries = std::sync::Arc::new(
-        shoal_agent::registry::Registries::new(daemon.cfg.data_root.join("certs.d"), insecure_registry)
+        shoal_engine::registry::Registries::new(daemon.cfg.data_root.join("certs.d"), insecure_registry)
             .map_err(anyhow::Error::msg)?,
     );
-    containers.set_networks(std::sync::Arc::new(shoal_agent::network::Networks::new(
+    containers.set_networks(std::sync::Arc::new(shoal_engine::network::Networks::new(
         std::path::Path::new("/run/shoal/netd.sock"),
         std::path::Path::new("/run/shoal/netns"),
         tokio::runtime::Handle::current(),
@@ -87,7 +87,7 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
     daemon.resume().await?;
     containers.supervise();
     containers.keep_networks();
-    tokio::spawn(shoal_agent::events::follow_cluster(daemon.clone(), containers.events()));
+    tokio::spawn(shoal_agent::cluster_events::follow_cluster(daemon.clone(), containers.events()));
     registries.set_events(containers.events());
     let cancel = CancellationToken::new();
     let server =

@@ -116,7 +116,7 @@ impl AuthConfig {
 
 /// The stored credentials for the registry `reference` lives on, if any.
 fn auth_for(cli: &Cli, reference: &str) -> anyhow::Result<Option<pb::RegistryAuth>> {
-    let Ok(r) = shoal_agent::images::Reference::parse(reference) else { return Ok(None) };
+    let Ok(r) = shoal_engine::images::Reference::parse(reference) else { return Ok(None) };
     let cfg = AuthConfig::load(&config_dir(cli)?)?;
     Ok(cfg.get(&auth_key(r.domain())).map(|(username, password)| pb::RegistryAuth { username, password }))
 }
@@ -157,7 +157,7 @@ pub async fn pull_for_run(cli: &Cli, engine: &mut Engine, reference: &str) -> an
 
 /// `busybox` as Docker names it in messages: `busybox:latest`.
 pub fn familiar(reference: &str) -> String {
-    shoal_agent::images::Reference::parse(reference).map_or_else(|_| reference.to_string(), |r| r.to_string())
+    shoal_engine::images::Reference::parse(reference).map_or_else(|_| reference.to_string(), |r| r.to_string())
 }
 
 /// The image pinned to the digest its registry has for the tag now, with the

@@ -212,7 +212,7 @@ async fn update(cli: &Cli, control: &mut Control, a: &ServiceUpdateArgs) -> anyh
 /// moved); a reference by digest alone stays as it is.
 fn unpinned(image: &str) -> String {
     match image.split_once('@') {
-        Some((named, _)) if shoal_agent::images::Reference::parse(named).is_ok_and(|r| r.tag().is_some()) => named.to_string(),
+        Some((named, _)) if shoal_engine::images::Reference::parse(named).is_ok_and(|r| r.tag().is_some()) => named.to_string(),
         _ => image.to_string(),
     }
 }
@@ -274,7 +274,7 @@ fn parse_cpus(s: &str) -> anyhow::Result<u64> {
 }
 
 fn parse_bytes(s: &str) -> anyhow::Result<u64> {
-    shoal_agent::runtime::parse_size(s).map(|b| b as u64).map_err(|e| anyhow::anyhow!("invalid size {s:?}: {e}"))
+    shoal_engine::runtime::parse_size(s).map(|b| b as u64).map_err(|e| anyhow::anyhow!("invalid size {s:?}: {e}"))
 }
 
 /// `published=8080,target=80,protocol=tcp,mode=host` or `8080:80[/udp]`.

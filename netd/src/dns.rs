@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use crate::model::{EndpointSpec, NetworkSpec};
 
 /// The address netd's DNS listens on in every container's namespace.
-pub const ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+pub use shoal_proto::net::DNS_ADDR as ADDR;
 /// The TTL of the answers netd gives (Docker's).
 const TTL: u32 = 600;
 

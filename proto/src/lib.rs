@@ -1,9 +1,11 @@
 //! The API boundary: wire types generated from `proto/shoal.proto` (`pb`), the
-//! domain model the managers store (`model`, `service`, `health`), join tokens and transport security
-//! (`token`, `tls`). It owns no state and never does I/O beyond the sockets it is handed.
+//! domain model the managers store (`model`, `service`, `health`), netd's API types
+//! (`net`), join tokens and transport security (`token`, `tls`). It owns no state
+//! and never does I/O beyond the sockets it is handed.
 
 pub mod health;
 pub mod model;
+pub mod net;
 pub mod probe;
 pub mod service;
 pub mod tls;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use shoal_netd::model::{PortMap, port_string};
+use shoal_proto::net::{PortMap, port_string};
 use shoal_proto::pb;
 
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +217,7 @@ pub fn resolv_conf(host: &str, embedded: bool) -> String {
     if !embedded {
         return host.to_string();
     }
-    let mut s = format!("nameserver {}\n", shoal_netd::dns::ADDR);
+    let mut s = format!("nameserver {}\n", shoal_proto::net::DNS_ADDR);
     for l in host.lines().filter(|l| l.starts_with("search ") || l.starts_with("domain ")) {
         s.push_str(l);
         s.push('\n');

@@ -102,7 +102,7 @@ impl Layout {
     pub fn write_metadata(&self, meta: &Metadata) -> Result<(), ImageError> {
         let path = self.metadata();
         let bytes = serde_json::to_vec_pretty(meta).map_err(|e| io_err("encoding", &path)(std::io::Error::other(e)))?;
-        crate::identity::write_atomic(&path, &bytes, 0o600).map_err(io_err("writing", &path))
+        crate::files::write_atomic(&path, &bytes, 0o600).map_err(io_err("writing", &path))
     }
 
     /// A fresh, empty directory under `tmp/`, removed when dropped.

@@ -134,7 +134,7 @@ pub fn dir_size(root: &Path) -> u64 {
 use shoal_proto::pb;
 use tonic::Status;
 
-use crate::engine::EngineService;
+use crate::api::EngineService;
 use crate::events::attrs;
 use crate::runtime::{Container, Status as CStatus};
 
@@ -170,21 +170,21 @@ pub(crate) async fn disk_usage(e: &EngineService) -> Result<pb::DiskUsage, Statu
         for (s, _) in &layered {
             let id = s.id.to_string();
             out.images.push(pb::ImageUsage {
-                image: Some(crate::engine::image_pb(s)),
+                image: Some(crate::api::image_pb(s)),
                 shared_size: usage.shared.get(&id).copied().unwrap_or(0),
                 containers: facts.iter().filter(|f| f.image_id == id).count() as u32,
             });
         }
         for (c, f) in all.iter().zip(&facts) {
             out.containers.push(pb::ContainerUsage {
-                container: Some(crate::engine::container_pb(c)),
+                container: Some(crate::api::container_pb(c)),
                 size_rw: dir_size(&containers.upper_path(&c.record.id)),
                 local_volumes: f.volumes.len() as u32,
             });
         }
         for v in volumes.list() {
             let links = facts.iter().filter(|f| f.volumes.contains(&v.name)).count() as u32;
-            out.volumes.push(pb::VolumeUsage { size: dir_size(&v.mountpoint), links, volume: Some(crate::engine::volume_pb(&v)) });
+            out.volumes.push(pb::VolumeUsage { size: dir_size(&v.mountpoint), links, volume: Some(crate::api::volume_pb(&v)) });
         }
         out
     })

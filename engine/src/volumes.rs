@@ -224,7 +224,7 @@ impl VolumeStore {
         std::fs::create_dir_all(&data).map_err(|e| VolumeError::Io { what: "creating", path: data.clone(), err: e.to_string() })?;
         let v = Volume { name: name.clone(), mountpoint: data, created_ms: shoal_proto::model::now_ms(), anonymous };
         let bytes = serde_json::to_vec_pretty(&v).map_err(|e| VolumeError::Io { what: "encoding", path: self.meta(&name), err: e.to_string() })?;
-        crate::identity::write_atomic(&self.meta(&name), &bytes, 0o644)
+        crate::files::write_atomic(&self.meta(&name), &bytes, 0o644)
             .map_err(|e| VolumeError::Io { what: "writing", path: self.meta(&name), err: e.to_string() })?;
         Ok(v)
     }

@@ -161,7 +161,7 @@ pub struct Failed {
 
 fn write_json<T: Serialize>(dir: &Path, name: &str, v: &T) {
     if let Ok(bytes) = serde_json::to_vec(v) {
-        let _ = crate::identity::write_replace(&dir.join(name), &bytes);
+        let _ = crate::files::write_replace(&dir.join(name), &bytes);
     }
 }
 

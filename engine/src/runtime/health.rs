@@ -225,7 +225,7 @@ fn monitor(t: &Target, stop: &Stop) {
             }
             let written = serde_json::to_vec_pretty(&Recorded { started_ms: t.started_ms, health: health.clone() })
                 .map_err(std::io::Error::from)
-                .and_then(|bytes| path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| crate::identity::write_replace(&path, &bytes)));
+                .and_then(|bytes| path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| crate::files::write_replace(&path, &bytes)));
             if let Err(e) = written {
                 tracing::warn!(container = %t.name, path = %path.display(), error = %e, "cannot record the container's health");
             }

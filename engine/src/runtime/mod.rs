@@ -525,7 +525,7 @@ impl Containers {
         let ports = req
             .publish
             .iter()
-            .map(|p| shoal_netd::model::parse_publish(p).map_err(|why| ContainerError::Invalid { what: "port mapping", value: p.clone(), why }))
+            .map(|p| shoal_proto::net::parse_publish(p).map_err(|why| ContainerError::Invalid { what: "port mapping", value: p.clone(), why }))
             .collect::<Result<Vec<_>, _>>()?;
         if !ports.is_empty() && !netd_network(network_name) {
             return Err(ContainerError::Invalid {
@@ -751,7 +751,7 @@ impl Containers {
         let write = |name: &str, v: &dyn erased::Json| -> Result<(), ContainerError> {
             let path = dir.join(name);
             let bytes = v.to_json().map_err(|e| io("encoding", &path)(e.into()))?;
-            crate::identity::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
+            crate::files::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
         };
         write("container.json", &record)?;
         write("shim.json", &shim)?;
@@ -828,7 +828,7 @@ impl Containers {
     fn write_restart(&self, id: &str, state: &RestartState) -> Result<(), ContainerError> {
         let path = self.dir(id).join("restart.json");
         let bytes = json_of(state, &path)?;
-        crate::identity::write_replace(&path, &bytes).map_err(io("writing", &path))
+        crate::files::write_replace(&path, &bytes).map_err(io("writing", &path))
     }
 
     /// The current status of the container with this full id (reads only its own files).
@@ -925,7 +925,7 @@ impl Containers {
         if let Some(mut cfg) = read_json::<ShimConfig>(&shim_json).filter(|c| c.wait_attach) {
             cfg.wait_attach = false;
             let bytes = json_of(&cfg, &shim_json)?;
-            crate::identity::write_atomic(&shim_json, &bytes, 0o644).map_err(io("writing", &shim_json))?;
+            crate::files::write_atomic(&shim_json, &bytes, 0o644).map_err(io("writing", &shim_json))?;
         }
         if let (Some(nets), false) = (self.networks.get(), c.record.networks.is_empty()) {
             self.replumb(nets, c)?;
@@ -1338,7 +1338,7 @@ impl Containers {
         let dir = self.dir(id);
         let path = dir.join("network.json");
         let bytes = json_of(endpoints, &path)?;
-        crate::identity::write_replace(&path, &bytes).map_err(io("writing", &path))?;
+        crate::files::write_replace(&path, &bytes).map_err(io("writing", &path))?;
         if let Some(record) = read_json::<Record>(&dir.join("container.json")) {
             let hostname = read_json::<serde_json::Value>(&dir.join("bundle/config.json"))
                 .and_then(|v| v.get("hostname").and_then(|h| h.as_str()).map(String::from))
@@ -1440,7 +1440,7 @@ impl Containers {
     fn write_record(&self, record: &Record) -> Result<(), ContainerError> {
         let path = self.dir(&record.id).join("container.json");
         let bytes = json_of(record, &path)?;
-        crate::identity::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
+        crate::files::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
     }
 
     /// Hands netd every container's attachments and records what it made of

@@ -1,0 +1,269 @@
+//! The Engine API's container calls that are one request, one answer (run,
+//! list, inspect, stop, start, restart, top, kill, remove, wait), and the
+//! container's Docker-shaped views (STATUS column, inspect's `State`).
+
+use super::*;
+
+fn ago_ms(ms: u64) -> String {
+    ago_at(ms, shoal_proto::model::now_ms())
+}
+
+/// How long ago `ms` was at `now`, as Docker's STATUS column says it.
+fn ago_at(ms: u64, now: u64) -> String {
+    let d = now.saturating_sub(ms) / 1000;
+    match d {
+        0 => "Less than a second".into(),
+        1..=59 => format!("{d} seconds"),
+        60..=119 => "About a minute".into(),
+        120..=3599 => format!("{} minutes", d / 60),
+        3600..=7199 => "About an hour".into(),
+        7200..=172_799 => format!("{} hours", d / 3600),
+        _ => format!("{} days", d / 86_400),
+    }
+}
+
+pub(crate) fn container_pb(c: &Container) -> pb::ContainerInfo {
+    let mut info = pb::ContainerInfo {
+        id: c.record.id.clone(),
+        name: c.record.name.clone(),
+        image: c.record.image.clone(),
+        command: c.record.args.join(" "),
+        created_ms: c.record.created_ms,
+        restart_count: c.restart.count,
+        ports: c.endpoints.iter().flat_map(|e| e.ports.iter().cloned()).collect::<Vec<_>>().join(", "),
+        labels: c.record.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ..Default::default()
+    };
+    match &c.status {
+        CStatus::Created => {
+            info.state = "created".into();
+            info.status = "Created".into();
+        }
+        CStatus::Running { pid, started_ms } => {
+            info.state = "running".into();
+            info.status = up_status(*started_ms, shoal_proto::model::now_ms(), c.health.as_ref().map(|h| h.status));
+            info.pid = *pid;
+        }
+        CStatus::Exited { code, oom_killed, finished_ms, .. } => {
+            if c.restarting() {
+                info.state = "restarting".into();
+                info.status = format!("Restarting ({code}) {} ago", ago_ms(*finished_ms));
+            } else {
+                info.state = "exited".into();
+                info.status = format!("Exited ({code}) {} ago", ago_ms(*finished_ms));
+            }
+            info.exit_code = *code;
+            info.oom_killed = *oom_killed;
+        }
+        CStatus::Dead { message } => {
+            info.state = "dead".into();
+            info.status = format!("Dead: {message}");
+        }
+    }
+    info
+}
+
+/// A running container's STATUS: `Up 5 seconds`, with its health as Docker
+/// shows it: `Up 5 seconds (healthy)`, `(unhealthy)`, `(health: starting)`.
+fn up_status(started_ms: u64, now: u64, health: Option<HealthStatus>) -> String {
+    match health {
+        Some(h) => format!("Up {} {}", ago_at(started_ms, now), h.ps_note()),
+        None => format!("Up {}", ago_at(started_ms, now)),
+    }
+}
+
+/// Docker's `State` for inspect (with `Health` when it has a check).
+fn docker_state(c: &Container) -> serde_json::Value {
+    let time = |ms: u64| if ms == 0 { "0001-01-01T00:00:00Z".to_string() } else { shoal_proto::model::rfc3339(ms) };
+    let (status, pid, exit_code, error, started, finished, oom) = match &c.status {
+        CStatus::Created => ("created", 0, 0, String::new(), 0, 0, false),
+        CStatus::Running { pid, started_ms } => ("running", *pid, 0, String::new(), *started_ms, 0, false),
+        CStatus::Exited { code, oom_killed, started_ms, finished_ms } => {
+            (if c.restarting() { "restarting" } else { "exited" }, 0, *code, String::new(), *started_ms, *finished_ms, *oom_killed)
+        }
+        CStatus::Dead { message } => ("dead", 0, 255, message.clone(), 0, 0, false),
+    };
+    let mut state = serde_json::json!({
+        "Status": status,
+        "Running": status == "running",
+        "Paused": false,
+        "Restarting": status == "restarting",
+        "OOMKilled": oom,
+        "Dead": status == "dead",
+        "Pid": pid,
+        "ExitCode": exit_code,
+        "Error": error,
+        "StartedAt": time(started),
+        "FinishedAt": time(finished),
+    });
+    if let Some(h) = &c.health {
+        state["Health"] = serde_json::to_value(h).unwrap_or_default();
+    }
+    state
+}
+
+fn signal_number(s: &str) -> Result<i32, Status> {
+    crate::runtime::signal_number(if s.is_empty() { "KILL" } else { s }).map_err(Status::invalid_argument)
+}
+
+pub(super) async fn container_run(svc: &EngineService, req: Request<pb::ContainerRunRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+    let r = req.into_inner();
+    let run = RunRequest {
+        image: r.image,
+        name: r.name,
+        command: r.command,
+        entrypoint: r.has_entrypoint.then_some(r.entrypoint),
+        env: r.env,
+        workdir: r.workdir,
+        user: r.user,
+        hostname: r.hostname,
+        memory: r.memory,
+        cpus: r.cpus,
+        pids_limit: r.pids_limit,
+        read_only: r.read_only,
+        network: r.network,
+        cap_add: r.cap_add,
+        cap_drop: r.cap_drop,
+        auto_remove: r.auto_remove,
+        volumes: r.volumes,
+        tmpfs: r.tmpfs,
+        mounts: r.mounts,
+        restart: r.restart,
+        stop_signal: r.stop_signal,
+        stop_timeout: u64::try_from(r.stop_timeout).ok(),
+        log_opts: r.log_opts,
+        tty: r.tty,
+        interactive: r.interactive,
+        attach: r.attach,
+        publish: r.publish,
+        ip: r.ip,
+        network_aliases: r.network_aliases,
+        task_id: String::new(),
+        labels: r.labels.into_iter().collect(),
+        create_only: r.create_only,
+        health: r.health.as_ref().map(Into::into).unwrap_or_default(),
+    };
+    let containers = svc.containers.clone();
+    let c = cblocking(move || containers.run(&run)).await?;
+    Ok(Response::new(container_pb(&c)))
+}
+
+pub(super) async fn container_list(svc: &EngineService, req: Request<pb::ContainerListRequest>) -> Result<Response<pb::ContainerInfos>, Status> {
+    let all = req.into_inner().all;
+    let containers = svc.containers.clone();
+    let list = cblocking(move || Ok(containers.list())).await?;
+    let containers = list.iter().filter(|c| all || matches!(c.status, CStatus::Running { .. })).map(container_pb).collect();
+    Ok(Response::new(pb::ContainerInfos { containers }))
+}
+
+pub(super) async fn container_inspect(svc: &EngineService, req: Request<pb::ContainerRef>) -> Result<Response<pb::JsonDoc>, Status> {
+    let id = req.into_inner().id;
+    let containers = svc.containers.clone();
+    let c = cblocking(move || containers.find(&id)).await?;
+    let mut doc = serde_json::to_value(&c).map_err(|e| Status::internal(e.to_string()))?;
+    doc["State"] = docker_state(&c);
+    let json = serde_json::to_string_pretty(&doc).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(pb::JsonDoc { json }))
+}
+
+pub(super) async fn container_stop(svc: &EngineService, req: Request<pb::ContainerStopRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+    let r = req.into_inner();
+    let grace = u64::try_from(r.timeout_secs).ok().map(std::time::Duration::from_secs);
+    let containers = svc.containers.clone();
+    let c = cblocking(move || containers.stop(&r.id, grace)).await?;
+    Ok(Response::new(container_pb(&c)))
+}
+
+pub(super) async fn container_start(svc: &EngineService, req: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerInfo>, Status> {
+    let id = req.into_inner().id;
+    let containers = svc.containers.clone();
+    let c = cblocking(move || containers.start(&id)).await?;
+    Ok(Response::new(container_pb(&c)))
+}
+
+pub(super) async fn container_restart(svc: &EngineService, req: Request<pb::ContainerStopRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+    let r = req.into_inner();
+    let grace = u64::try_from(r.timeout_secs).ok().map(std::time::Duration::from_secs);
+    let containers = svc.containers.clone();
+    let c = cblocking(move || containers.restart(&r.id, grace)).await?;
+    Ok(Response::new(container_pb(&c)))
+}
+
+pub(super) async fn container_top(svc: &EngineService, req: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerTopResponse>, Status> {
+    let id = req.into_inner().id;
+    let containers = svc.containers.clone();
+    let pids = cblocking(move || containers.processes(&id)).await?;
+    let rows = tokio::task::spawn_blocking(move || crate::runtime::procs::rows(&pids)).await.map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(pb::ContainerTopResponse {
+        titles: crate::runtime::procs::TITLES.iter().map(|t| t.to_string()).collect(),
+        rows: rows.into_iter().map(|fields| pb::TopRow { fields }).collect(),
+    }))
+}
+
+pub(super) async fn container_kill(svc: &EngineService, req: Request<pb::ContainerKillRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+    let r = req.into_inner();
+    let sig = signal_number(&r.signal)?;
+    let containers = svc.containers.clone();
+    let c = cblocking(move || containers.kill(&r.id, sig)).await?;
+    Ok(Response::new(container_pb(&c)))
+}
+
+pub(super) async fn container_remove(svc: &EngineService, req: Request<pb::ContainerRemoveRequest>) -> Result<Response<pb::ContainerRef>, Status> {
+    let r = req.into_inner();
+    let containers = svc.containers.clone();
+    let id = cblocking(move || containers.remove(&r.id, r.force, r.volumes)).await?;
+    Ok(Response::new(pb::ContainerRef { id }))
+}
+
+pub(super) async fn container_wait(svc: &EngineService, req: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerExit>, Status> {
+    let id = req.into_inner().id;
+    let containers = svc.containers.clone();
+    let exit = cblocking(move || {
+        Ok(match containers.wait(&id)? {
+            CStatus::Exited { code, oom_killed, .. } => pb::ContainerExit { exit_code: code, oom_killed },
+            _ => pb::ContainerExit { exit_code: 255, oom_killed: false },
+        })
+    })
+    .await?;
+    Ok(Response::new(exit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::health::Health;
+
+    #[test]
+    fn the_status_column_shows_health_as_docker_does() {
+        let now = 1_000_000;
+        let table = [
+            (now - 5_000, None, "Up 5 seconds"),
+            (now - 5_000, Some(HealthStatus::Healthy), "Up 5 seconds (healthy)"),
+            (now - 90_000, Some(HealthStatus::Unhealthy), "Up About a minute (unhealthy)"),
+            (now - 300, Some(HealthStatus::Starting), "Up Less than a second (health: starting)"),
+        ];
+        for (started, health, want) in table {
+            assert_eq!(up_status(started, now, health), want);
+        }
+    }
+
+    #[test]
+    fn inspect_shows_state_health_as_docker_does() {
+        let record: crate::runtime::Record = serde_json::from_value(serde_json::json!({
+            "id": "abc", "name": "web", "image": "busybox", "image_id": "sha256:x", "args": [], "created_ms": 1,
+            "auto_remove": false, "cgroups_path": "/shoal/abc", "run": {"memory_bytes": null, "cpus": null, "pids_limit": null, "network": "none"}
+        }))
+        .expect("a record");
+        let mut c = Container { record, status: CStatus::Running { pid: 42, started_ms: 1_700_000_000_000 }, restart: Default::default(), endpoints: vec![], health: None };
+        let state = docker_state(&c);
+        assert_eq!((state["Status"].as_str(), state["Running"].as_bool(), state["Pid"].as_i64()), (Some("running"), Some(true), Some(42)));
+        assert!(state.get("Health").is_none(), "no check, no Health: {state}");
+        c.health = Some(Health { status: HealthStatus::Unhealthy, failing_streak: 3, log: vec![] });
+        let state = docker_state(&c);
+        assert_eq!(state["Health"], serde_json::json!({"Status": "unhealthy", "FailingStreak": 3, "Log": []}));
+        c.status = CStatus::Exited { code: 137, oom_killed: true, started_ms: 1_700_000_000_000, finished_ms: 1_700_000_001_000 };
+        let state = docker_state(&c);
+        assert_eq!((state["Status"].as_str(), state["ExitCode"].as_i64(), state["OOMKilled"].as_bool()), (Some("exited"), Some(137), Some(true)));
+        assert_eq!(state["FinishedAt"], "2023-11-14T22:13:21Z");
+    }
+}

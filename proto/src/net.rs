@@ -1,0 +1,125 @@
+//! netd's API types that its clients share: a published port (`PortMap`,
+//! parsed from Docker's `-p` and shown as Docker's PORTS column) and the
+//! address of the DNS server netd runs in every container's namespace. Pure
+//! values, so a client need not link netd.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// The address netd's DNS listens on in every container's namespace.
+pub const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// `-p [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]`, with the host port chosen.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortMap {
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub proto: Proto,
+}
+
+/// `-p [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]`; a missing host
+/// port is 0, "choose a free one".
+pub fn parse_publish(spec: &str) -> Result<PortMap, String> {
+    let bad = |why: &str| format!("invalid port mapping {spec:?}: {why} (use [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp])");
+    let (ports, proto) = match spec.rsplit_once('/') {
+        Some((p, "tcp")) => (p, Proto::Tcp),
+        Some((p, "udp")) => (p, Proto::Udp),
+        Some((_, other)) => return Err(bad(&format!("unknown protocol {other:?}"))),
+        None => (spec, Proto::Tcp),
+    };
+    let parts: Vec<&str> = ports.split(':').collect();
+    let port = |s: &str, zero_ok: bool| -> Result<u16, String> {
+        match s.parse::<u16>() {
+            Ok(0) if !zero_ok => Err(bad("port 0")),
+            Ok(p) => Ok(p),
+            Err(_) => Err(bad(&format!("{s:?} is not a port"))),
+        }
+    };
+    let (host_ip, host_port, container_port) = match parts.as_slice() {
+        [c] => (None, 0, port(c, false)?),
+        [h, c] => (None, port(h, true)?, port(c, false)?),
+        [ip, h, c] => {
+            let ip = if ip.is_empty() || *ip == "0.0.0.0" {
+                None
+            } else {
+                Some(ip.parse::<Ipv4Addr>().map_err(|_| bad(&format!("{ip:?} is not an IPv4 address")))?)
+            };
+            (ip, if h.is_empty() { 0 } else { port(h, true)? }, port(c, false)?)
+        }
+        _ => return Err(bad("too many colons")),
+    };
+    Ok(PortMap { host_ip, host_port, container_port, proto })
+}
+
+impl PortMap {
+    /// As it travels between the daemon and netd.
+    pub fn to_pb(&self) -> crate::pb::PortMapping {
+        crate::pb::PortMapping {
+            host_ip: self.host_ip.map(|i| i.to_string()).unwrap_or_default(),
+            host_port: self.host_port.into(),
+            container_port: self.container_port.into(),
+            proto: self.proto.as_str().into(),
+        }
+    }
+
+    pub fn from_pb(p: &crate::pb::PortMapping) -> Result<PortMap, String> {
+        Ok(PortMap {
+            host_ip: if p.host_ip.is_empty() {
+                None
+            } else {
+                Some(p.host_ip.parse().map_err(|_| format!("{:?} is not an IPv4 address", p.host_ip))?)
+            },
+            host_port: u16::try_from(p.host_port).map_err(|_| format!("host port {} is out of range", p.host_port))?,
+            container_port: u16::try_from(p.container_port)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("container port {} is out of range", p.container_port))?,
+            proto: match p.proto.as_str() {
+                "" | "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                other => return Err(format!("unknown protocol {other:?}: tcp or udp")),
+            },
+        })
+    }
+}
+
+/// Docker's PORTS column: `0.0.0.0:8080->80/tcp`.
+pub fn port_string(p: &PortMap) -> String {
+    let ip = p.host_ip.map_or("0.0.0.0".to_string(), |i| i.to_string());
+    format!("{ip}:{}->{}/{}", p.host_port, p.container_port, p.proto.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_flags_parse_like_docker() {
+        let p = |s: &str| parse_publish(s).map(|p| port_string(&p));
+        assert_eq!(p("8080:80").unwrap(), "0.0.0.0:8080->80/tcp");
+        assert_eq!(p("10.98.0.1:5353:53/udp").unwrap(), "10.98.0.1:5353->53/udp");
+        assert_eq!(p("80").unwrap(), "0.0.0.0:0->80/tcp");
+        assert_eq!(p("0.0.0.0::80").unwrap(), "0.0.0.0:0->80/tcp");
+        for bad in ["", "x:80", "8080:0", "1:2:3:4", "80/sctp", "300.0.0.1:80:80", "70000:80"] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
+        }
+    }
+}
