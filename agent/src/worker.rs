@@ -310,6 +310,11 @@ impl Worker {
     }
 
     fn start(&self, t: &Task) {
+        // A pass that listed the containers just before an earlier start of this task
+        // finished asks again: the container is there, and the next pass observes it.
+        if self.containers.find(&t.container_name()).is_ok() {
+            return;
+        }
         self.report(t, TaskStatus { state: TaskState::Preparing, message: "preparing".into(), ..Default::default() });
         if self.images.inspect(&t.spec.image).is_err() {
             let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
