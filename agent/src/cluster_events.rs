@@ -154,7 +154,9 @@ mod tests {
         let keys = [ObjKey::Service("s1".into()), ObjKey::Node("n1".into()), ObjKey::Task("t1".into())];
         let got = cluster_changes(&a, &b, &keys, 7);
         assert_eq!(
-            got.iter().map(|e| (e.kind, e.action.as_str(), e.id.as_str(), e.attributes["name"].as_str(), e.scope)).collect::<Vec<_>>(),
+            got.iter()
+                .map(|e| (e.kind, e.action.as_str(), e.id.as_str(), e.attributes["name"].as_str(), e.scope))
+                .collect::<Vec<_>>(),
             [("service", "create", "s1", "web", "swarm"), ("node", "create", "n1", "host-n1", "swarm")]
         );
         a = b.clone();
@@ -168,8 +170,12 @@ mod tests {
         let got = cluster_changes(&a, &b, &keys, 8);
         assert_eq!(got.len(), 2);
         let want: BTreeMap<String, String> = [
-            ("name", "web"), ("image.old", "busybox:1"), ("image.new", "busybox:2"), ("replicas.old", "1"),
-            ("replicas.new", "3"), ("updatestate.new", "updating"),
+            ("name", "web"),
+            ("image.old", "busybox:1"),
+            ("image.new", "busybox:2"),
+            ("replicas.old", "1"),
+            ("replicas.new", "3"),
+            ("updatestate.new", "updating"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -187,7 +193,10 @@ mod tests {
         b.services.clear();
         b.nodes.clear();
         let got = cluster_changes(&a, &b, &keys, 10);
-        assert_eq!(got.iter().map(|e| (e.action.as_str(), e.attributes["name"].as_str())).collect::<Vec<_>>(), [("remove", "web"), ("remove", "host-n1")]);
+        assert_eq!(
+            got.iter().map(|e| (e.action.as_str(), e.attributes["name"].as_str())).collect::<Vec<_>>(),
+            [("remove", "web"), ("remove", "host-n1")]
+        );
         assert_eq!(all_keys(&a, &b).len(), 2);
     }
 }

@@ -81,7 +81,11 @@ pub struct Daemon {
 fn host_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .unwrap_or(0)
         * 1024
 }
@@ -93,7 +97,13 @@ fn internal(e: impl std::fmt::Display) -> Status {
 impl Daemon {
     pub fn new(cfg: DaemonConfig) -> Arc<Daemon> {
         let paths = Paths::new(&cfg.data_root);
-        Arc::new(Daemon { cfg, paths, transition: tokio::sync::Mutex::new(()), joined: Mutex::new(None), worker: std::sync::OnceLock::new() })
+        Arc::new(Daemon {
+            cfg,
+            paths,
+            transition: tokio::sync::Mutex::new(()),
+            joined: Mutex::new(None),
+            worker: std::sync::OnceLock::new(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Joined>> {
@@ -154,8 +164,9 @@ impl Daemon {
             info.addr = j.file.advertise_addr.clone();
             info.managers = j.managers.borrow().clone();
             info.raft_id = j.file.raft_id;
-            info.cert_expiry =
-                Identity::from_pem(&j.certs.cert_pem).map(|i| shoal_proto::model::rfc3339(i.not_after_ms)).unwrap_or_default();
+            info.cert_expiry = Identity::from_pem(&j.certs.cert_pem)
+                .map(|i| shoal_proto::model::rfc3339(i.not_after_ms))
+                .unwrap_or_default();
             if let Some(r) = &j.manager {
                 let m = r.mgr.metrics();
                 info.is_manager = true;
@@ -180,7 +191,8 @@ impl Daemon {
             ));
         }
         let advertise = self.advertise(&req.advertise_addr)?;
-        let listen = if req.listen_addr.is_empty() { self.cfg.listen_addr.clone() } else { with_port(&req.listen_addr)? };
+        let listen =
+            if req.listen_addr.is_empty() { self.cfg.listen_addr.clone() } else { with_port(&req.listen_addr)? };
         let cluster_id = random_base36(25);
         let node_id = new_node_id();
         let root = ca::new_root(&cluster_id).map_err(internal)?;
@@ -191,7 +203,8 @@ impl Daemon {
                 ca::MIN_NODE_VALIDITY.as_secs()
             )));
         }
-        let validity = if req.cert_expiry_secs == 0 { ca::NODE_VALIDITY } else { Duration::from_secs(req.cert_expiry_secs) };
+        let validity =
+            if req.cert_expiry_secs == 0 { ca::NODE_VALIDITY } else { Duration::from_secs(req.cert_expiry_secs) };
         let cert_pem = ca::sign_node(&root, &csr, &node_id, Role::Manager, &cluster_id, validity).map_err(internal)?;
         let certs = NodeCerts { ca_pem: root.cert_pem.clone(), cert_pem, key_pem };
         let file = NodeFile {
@@ -253,10 +266,12 @@ impl Daemon {
                 "this node is already part of a swarm; use `shoal swarm leave` to leave it and join another one",
             ));
         }
-        let token: JoinToken = req.token.parse().map_err(|e: shoal_proto::token::TokenError| Status::invalid_argument(e.to_string()))?;
+        let token: JoinToken =
+            req.token.parse().map_err(|e: shoal_proto::token::TokenError| Status::invalid_argument(e.to_string()))?;
         let remote = with_port(&req.remote_addr)?;
         let advertise = self.advertise(&req.advertise_addr)?;
-        let listen = if req.listen_addr.is_empty() { self.cfg.listen_addr.clone() } else { with_port(&req.listen_addr)? };
+        let listen =
+            if req.listen_addr.is_empty() { self.cfg.listen_addr.clone() } else { with_port(&req.listen_addr)? };
         let (key_pem, csr_der) = shoal_proto::tls::new_key_and_csr().map_err(internal)?;
         let pinned = Arc::new(shoal_proto::tls::pinned_client_config(token.ca_digest).map_err(internal)?);
         let channel = shoal_proto::tls::channel(&remote, pinned, Duration::from_secs(5)).map_err(internal)?;
@@ -362,7 +377,8 @@ impl Daemon {
                     Err(e) => return Err(internal(e)),
                 }
             };
-            shoal_manager::raft::storage::force_single_voter(&db, file.raft_id, &file.advertise_addr).map_err(internal)?;
+            shoal_manager::raft::storage::force_single_voter(&db, file.raft_id, &file.advertise_addr)
+                .map_err(internal)?;
         }
         let keep = file.node_id.clone();
         let mut file = file;
@@ -416,7 +432,9 @@ impl Daemon {
             addr: file.advertise_addr.clone(),
             engine_version: VERSION.into(),
             cert_expiry: String::new(),
-            nano_cpus: std::thread::available_parallelism().map(|n| n.get() as u64 * 1_000_000_000).unwrap_or(1_000_000_000),
+            nano_cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u64 * 1_000_000_000)
+                .unwrap_or(1_000_000_000),
             memory_bytes: host_memory(),
             os: std::env::consts::OS.into(),
             arch: std::env::consts::ARCH.into(),
@@ -435,7 +453,18 @@ impl Daemon {
         ));
         tokio::spawn(self.clone().follow_session(states_rx, session.clone()));
         tokio::spawn(self.clone().renew_certificates(session.clone()));
-        *self.lock() = Some(Joined { file, certs, server_tls, client_tls, managers, session, session_task, restarting, _probes: probes, manager });
+        *self.lock() = Some(Joined {
+            file,
+            certs,
+            server_tls,
+            client_tls,
+            managers,
+            session,
+            session_task,
+            restarting,
+            _probes: probes,
+            manager,
+        });
         Ok(())
     }
 
@@ -499,7 +528,10 @@ impl Daemon {
         };
         let ident = Identity::from_pem(&certs.cert_pem).map_err(internal)?;
         if ident.role != role {
-            return Err(Status::failed_precondition(format!("the CA issued a {} certificate; the role change is not committed yet", ident.role)));
+            return Err(Status::failed_precondition(format!(
+                "the CA issued a {} certificate; the role change is not committed yet",
+                ident.role
+            )));
         }
         file.role = role;
         file.raft_id = if role == Role::Manager { raft_id } else { 0 };
@@ -545,7 +577,8 @@ impl Daemon {
             match CaClient::new(channel).issue_node_certificate(req).await {
                 Ok(r) => {
                     let r = r.into_inner();
-                    let new = NodeCerts { ca_pem: certs.ca_pem.clone(), cert_pem: r.cert_pem, key_pem: key_pem.clone() };
+                    let new =
+                        NodeCerts { ca_pem: certs.ca_pem.clone(), cert_pem: r.cert_pem, key_pem: key_pem.clone() };
                     self.paths.save_certs(&new).map_err(internal)?;
                     let server = Arc::new(new.server_config().map_err(internal)?);
                     let client = Arc::new(new.client_config().map_err(internal)?);
@@ -623,7 +656,8 @@ pub fn renewal_due(id: &Identity, fraction: f64) -> u64 {
 /// heartbeats is declared down as if it had crashed: worth a warning, not a failure.
 fn probe_responder(file: &NodeFile, key: Vec<u8>) -> Option<shoal_proto::probe::Responder> {
     let port = file.advertise_addr.parse::<SocketAddr>().map(|a| a.port()).unwrap_or(shoal_proto::MANAGER_PORT);
-    let ip = file.listen_addr.parse::<SocketAddr>().map(|a| a.ip()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let ip =
+        file.listen_addr.parse::<SocketAddr>().map(|a| a.ip()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let bind = SocketAddr::new(ip, port);
     match shoal_proto::probe::Responder::start(bind, file.node_id.clone(), key) {
         Ok(r) => Some(r),
@@ -650,7 +684,9 @@ async fn start_manager(
         cluster_id: file.cluster_id.clone(),
         advertise_addr: file.advertise_addr.clone(),
     };
-    let mgr = Manager::open(cfg, client_tls.subscribe()).await.map_err(|e| internal(format!("starting the manager: {e:#}")))?;
+    let mgr = Manager::open(cfg, client_tls.subscribe())
+        .await
+        .map_err(|e| internal(format!("starting the manager: {e:#}")))?;
     let (disc_tx, disc_rx) = mpsc::unbounded_channel();
     let server = tokio::spawn({
         let mgr = mgr.clone();

@@ -46,8 +46,8 @@ impl Paths {
         if !path.exists() {
             return Ok(None);
         }
-        let file: NodeFile = serde_json::from_slice(&std::fs::read(&path)?)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let file: NodeFile =
+            serde_json::from_slice(&std::fs::read(&path)?).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let read = |name: &str| -> anyhow::Result<String> {
             let p = self.certs().join(name);
             std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))

@@ -93,7 +93,10 @@ impl Control for LocalControl {
         self.service()?.list_tasks(req).await
     }
     type ServiceLogsStream = <ControlService as Control>::ServiceLogsStream;
-    async fn service_logs(&self, req: Request<pb::ServiceLogsRequest>) -> Result<Response<Self::ServiceLogsStream>, Status> {
+    async fn service_logs(
+        &self,
+        req: Request<pb::ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         self.service()?.service_logs(req).await
     }
 }
@@ -119,13 +122,19 @@ pub async fn serve(
         }
         std::fs::remove_file(&socket)?;
     }
-    let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| anyhow::anyhow!("bind {}: {e}", socket.display()))?;
+    let listener =
+        tokio::net::UnixListener::bind(&socket).map_err(|e| anyhow::anyhow!("bind {}: {e}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(pb::local_server::LocalServer::new(LocalService { daemon: daemon.clone() }))
         .add_service(pb::control_server::ControlServer::new(LocalControl { daemon }))
-        .add_service(pb::engine_server::EngineServer::new(shoal_engine::api::EngineService { images, containers, volumes, registries }))
+        .add_service(pb::engine_server::EngineServer::new(shoal_engine::api::EngineService {
+            images,
+            containers,
+            volumes,
+            registries,
+        }))
         .serve_with_incoming_shutdown(incoming, async move { cancel.cancelled().await })
         .await?;
     let _ = std::fs::remove_file(&socket);

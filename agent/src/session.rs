@@ -194,7 +194,9 @@ async fn goodbye(out_tx: mpsc::Sender<pb::AgentMessage>, mut inbound: tonic::Str
     }
     drop(out_tx);
     // The manager ends its side once ours ends: by then the goodbye was read.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async { while let Ok(Some(_)) = inbound.message().await {} }).await;
+    let _ =
+        tokio::time::timeout(Duration::from_millis(500), async { while let Ok(Some(_)) = inbound.message().await {} })
+            .await;
 }
 
 /// Resolves when the worker has reports to send (never without a worker).

@@ -16,7 +16,7 @@ use shoal_proto::service::{Task, TaskState, TaskStatus, expand_template};
 use tokio::sync::Notify;
 
 use shoal_engine::images::ImageStore;
-use shoal_engine::registry::{Credentials, RegistryError, Registries};
+use shoal_engine::registry::{Credentials, Registries, RegistryError};
 use shoal_engine::runtime::health::HealthStatus;
 use shoal_engine::runtime::{Container, Containers, RunRequest, Status};
 
@@ -51,7 +51,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(containers: Arc<Containers>, images: Arc<ImageStore>, registries: Arc<Registries>, hostname: &str) -> Arc<Worker> {
+    pub fn new(
+        containers: Arc<Containers>,
+        images: Arc<ImageStore>,
+        registries: Arc<Registries>,
+        hostname: &str,
+    ) -> Arc<Worker> {
         Arc::new(Worker {
             containers,
             images,
@@ -74,7 +79,13 @@ impl Worker {
     /// Assignments from the dispatcher: the whole set (`full`), or the tasks
     /// that changed and the ids that left it; with the registry logins of
     /// their services.
-    pub fn assign(&self, full: bool, tasks_json: &[String], removed: &[String], auths: HashMap<String, pb::RegistryAuth>) {
+    pub fn assign(
+        &self,
+        full: bool,
+        tasks_json: &[String],
+        removed: &[String],
+        auths: HashMap<String, pb::RegistryAuth>,
+    ) {
         let tasks: Vec<Task> = tasks_json.iter().filter_map(|j| serde_json::from_str(j).ok()).collect();
         {
             let mut known = self.auths.lock().unwrap_or_else(|p| p.into_inner());
@@ -84,7 +95,10 @@ impl Worker {
             for t in &tasks {
                 // A service's tasks come with its login, or it has none (any more).
                 match auths.get(&t.service_id) {
-                    Some(a) => known.insert(t.service_id.clone(), Credentials { username: a.username.clone(), password: a.password.clone() }),
+                    Some(a) => known.insert(
+                        t.service_id.clone(),
+                        Credentials { username: a.username.clone(), password: a.password.clone() },
+                    ),
                     None => known.remove(&t.service_id),
                 };
             }
@@ -130,20 +144,34 @@ impl Worker {
             self.log_cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(req.request_id);
             return;
         }
-        let mine: Vec<Container> = self.containers.list().into_iter().filter(|c| req.task_ids.contains(&c.record.task_id)).collect();
+        let mine: Vec<Container> =
+            self.containers.list().into_iter().filter(|c| req.task_ids.contains(&c.record.task_id)).collect();
         for task_id in &req.task_ids {
             let container = mine.iter().find(|c| c.record.task_id == *task_id);
             let Some(c) = container else {
                 // Its container is gone (an old task): nothing to say.
-                self.push_log(pb::LogsChunk { request_id: req.request_id, task_id: task_id.clone(), done: true, ..Default::default() });
+                self.push_log(pb::LogsChunk {
+                    request_id: req.request_id,
+                    task_id: task_id.clone(),
+                    done: true,
+                    ..Default::default()
+                });
                 continue;
             };
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<pb::LogLine, tonic::Status>>(256);
             let path = self.containers.log_path(&c.record.id);
-            let q = pb::ContainerLogsRequest { id: c.record.id.clone(), follow: req.follow, tail: req.tail, since_ns: req.since_ns, until_ns: 0 };
+            let q = pb::ContainerLogsRequest {
+                id: c.record.id.clone(),
+                follow: req.follow,
+                tail: req.tail,
+                since_ns: req.since_ns,
+                until_ns: 0,
+            };
             let containers = self.containers.clone();
             std::thread::spawn(move || {
-                shoal_engine::api::follow_log(&path, &q, &tx, || matches!(containers.status_of(&q.id), Status::Running { .. } | Status::Created));
+                shoal_engine::api::follow_log(&path, &q, &tx, || {
+                    matches!(containers.status_of(&q.id), Status::Running { .. } | Status::Created)
+                });
             });
             let (this, task_id, request_id) = (self.clone(), task_id.clone(), req.request_id);
             self.rt.spawn(async move {
@@ -190,7 +218,10 @@ impl Worker {
             reported.insert(task.id.clone(), status.state);
         }
         tracing::info!(task = %task.name(), id = %task.id, state = %status.state, message = %status.message, "task");
-        let report = pb::TaskStatusReport { task_id: task.id.clone(), status_json: serde_json::to_string(&TaskStatus { at_ms: now_ms(), ..status }).unwrap_or_default() };
+        let report = pb::TaskStatusReport {
+            task_id: task.id.clone(),
+            status_json: serde_json::to_string(&TaskStatus { at_ms: now_ms(), ..status }).unwrap_or_default(),
+        };
         self.outbox.lock().unwrap_or_else(|p| p.into_inner()).push(report);
         self.outbox_ready.notify_one();
     }
@@ -198,11 +229,17 @@ impl Worker {
     /// One pass (blocking).
     fn reconcile(self: &Arc<Self>) {
         let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mine: HashMap<String, Container> =
-            self.containers.list().into_iter().filter(|c| !c.record.task_id.is_empty()).map(|c| (c.record.task_id.clone(), c)).collect();
+        let mine: HashMap<String, Container> = self
+            .containers
+            .list()
+            .into_iter()
+            .filter(|c| !c.record.task_id.is_empty())
+            .map(|c| (c.record.task_id.clone(), c))
+            .collect();
         // Containers of tasks this node no longer has go (first: they may hold host ports).
         for (id, c) in &mine {
-            if !assigned.contains_key(id) && !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+            if !assigned.contains_key(id)
+                && !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
                 && !self.starting.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
             {
                 tracing::info!(container = %c.record.name, "removing the container of a task no longer assigned here");
@@ -232,7 +269,9 @@ impl Worker {
                         (Some(s), Some(HealthStatus::Healthy)) if s.state == TaskState::Running => {
                             self.report(t, TaskStatus { message: "started (healthy)".into(), ..s });
                         }
-                        (Some(s), Some(HealthStatus::Unhealthy)) if s.state == TaskState::Running => self.fail_unhealthy(t, &c.record.id),
+                        (Some(s), Some(HealthStatus::Unhealthy)) if s.state == TaskState::Running => {
+                            self.fail_unhealthy(t, &c.record.id)
+                        }
                         (Some(s), Some(HealthStatus::Starting)) if s.state == TaskState::Running => {}
                         (Some(s), _) => self.report(t, s),
                         (None, _) => {}
@@ -247,7 +286,10 @@ impl Worker {
                             self.report(t, s);
                         }
                     }
-                    _ => self.report(t, TaskStatus { state: TaskState::Shutdown, message: "shutdown".into(), ..Default::default() }),
+                    _ => self.report(
+                        t,
+                        TaskStatus { state: TaskState::Shutdown, message: "shutdown".into(), ..Default::default() },
+                    ),
                 }
             }
         }
@@ -263,7 +305,10 @@ impl Worker {
         std::thread::spawn(move || {
             let grace = Duration::from_millis(t.spec.stop_grace_ms);
             match this.containers.stop(&container, Some(grace)) {
-                Ok(_) => this.report(&t, TaskStatus { state: TaskState::Shutdown, message: "shutdown".into(), ..Default::default() }),
+                Ok(_) => this.report(
+                    &t,
+                    TaskStatus { state: TaskState::Shutdown, message: "shutdown".into(), ..Default::default() },
+                ),
                 Err(e) => tracing::warn!(task = %t.name(), error = %e, "stopping the task's container failed"),
             }
             this.stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
@@ -279,7 +324,13 @@ impl Worker {
             return;
         }
         tracing::warn!(task = %t.name(), "unhealthy: stopping it");
-        let status = TaskStatus { state: TaskState::Failed, message: "unhealthy".into(), err: "task: container is unhealthy".into(), container_id: container.to_string(), ..Default::default() };
+        let status = TaskStatus {
+            state: TaskState::Failed,
+            message: "unhealthy".into(),
+            err: "task: container is unhealthy".into(),
+            container_id: container.to_string(),
+            ..Default::default()
+        };
         self.report(t, status);
         let (this, t, container) = (self.clone(), t.clone(), container.to_string());
         std::thread::spawn(move || {
@@ -319,10 +370,19 @@ impl Worker {
         if self.images.inspect(&t.spec.image).is_err() {
             let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
             let creds = self.auths.lock().unwrap_or_else(|p| p.into_inner()).get(&t.service_id).cloned();
-            let pulled = self.rt.block_on(shoal_engine::registry::pull(&self.registries, self.images.clone(), &t.spec.image, creds, &tx));
+            let pulled = self.rt.block_on(shoal_engine::registry::pull(
+                &self.registries,
+                self.images.clone(),
+                &t.spec.image,
+                creds,
+                &tx,
+            ));
             if let Err(e) = pulled {
                 let err = pull_error(&t.spec.image, &e);
-                self.report(t, TaskStatus { state: TaskState::Rejected, message: "preparing".into(), err, ..Default::default() });
+                self.report(
+                    t,
+                    TaskStatus { state: TaskState::Rejected, message: "preparing".into(), err, ..Default::default() },
+                );
                 return;
             }
         }
@@ -334,7 +394,15 @@ impl Worker {
                     self.report(t, s);
                 }
             }
-            Err(e) => self.report(t, TaskStatus { state: TaskState::Rejected, message: "starting".into(), err: e.to_string(), ..Default::default() }),
+            Err(e) => self.report(
+                t,
+                TaskStatus {
+                    state: TaskState::Rejected,
+                    message: "starting".into(),
+                    err: e.to_string(),
+                    ..Default::default()
+                },
+            ),
         }
     }
 
@@ -348,7 +416,11 @@ impl Worker {
             env: s.env.iter().map(|e| expand_template(e, &t.service_name, t, &self.hostname)).collect(),
             workdir: s.workdir.clone(),
             user: s.user.clone(),
-            hostname: if s.hostname.is_empty() { String::new() } else { expand_template(&s.hostname, &t.service_name, t, &self.hostname) },
+            hostname: if s.hostname.is_empty() {
+                String::new()
+            } else {
+                expand_template(&s.hostname, &t.service_name, t, &self.hostname)
+            },
             memory: if s.limit_memory > 0 { s.limit_memory.to_string() } else { String::new() },
             cpus: if s.limit_nano_cpus > 0 { format!("{}", s.limit_nano_cpus as f64 / 1e9) } else { String::new() },
             pids_limit: s.limit_pids,
@@ -381,17 +453,35 @@ fn observed(c: &Container) -> Option<TaskStatus> {
     let container_id = c.record.id.clone();
     Some(match &c.status {
         Status::Created => return None,
-        Status::Running { .. } => TaskStatus { state: TaskState::Running, message: "started".into(), container_id, ..Default::default() },
-        Status::Exited { code: 0, .. } => TaskStatus { state: TaskState::Complete, message: "finished".into(), exit_code: Some(0), container_id, ..Default::default() },
+        Status::Running { .. } => {
+            TaskStatus { state: TaskState::Running, message: "started".into(), container_id, ..Default::default() }
+        }
+        Status::Exited { code: 0, .. } => TaskStatus {
+            state: TaskState::Complete,
+            message: "finished".into(),
+            exit_code: Some(0),
+            container_id,
+            ..Default::default()
+        },
         Status::Exited { code, oom_killed, .. } => TaskStatus {
             state: TaskState::Failed,
             message: "started".into(),
-            err: if *oom_killed { format!("task: non-zero exit ({code}): OOM killed") } else { format!("task: non-zero exit ({code})") },
+            err: if *oom_killed {
+                format!("task: non-zero exit ({code}): OOM killed")
+            } else {
+                format!("task: non-zero exit ({code})")
+            },
             exit_code: Some(*code),
             container_id,
             ..Default::default()
         },
-        Status::Dead { message } => TaskStatus { state: TaskState::Failed, message: "dead".into(), err: message.clone(), container_id, ..Default::default() },
+        Status::Dead { message } => TaskStatus {
+            state: TaskState::Failed,
+            message: "dead".into(),
+            err: message.clone(),
+            container_id,
+            ..Default::default()
+        },
     })
 }
 /// Why a task's image could not be pulled, as `service ps` shows it. A refusal
@@ -404,4 +494,3 @@ fn pull_error(image: &str, e: &RegistryError) -> String {
         _ => format!("No such image: {image} ({e})"),
     }
 }
-

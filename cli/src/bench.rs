@@ -14,9 +14,13 @@ pub async fn run(cli: &Cli, cmd: &BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Writes { clients, seconds, node } => writes(cli, *clients, *seconds, node).await,
         BenchCmd::Netsync { ports, rounds } => {
             let (ports, rounds) = (*ports, *rounds);
-            std::thread::spawn(move || netsync(ports, rounds)).join().map_err(|_| anyhow::anyhow!("the netsync thread panicked"))?
+            std::thread::spawn(move || netsync(ports, rounds))
+                .join()
+                .map_err(|_| anyhow::anyhow!("the netsync thread panicked"))?
         }
-        BenchCmd::Dns { server, name, seconds, concurrency, rate } => dns(*server, name, *seconds, *concurrency, *rate).await,
+        BenchCmd::Dns { server, name, seconds, concurrency, rate } => {
+            dns(*server, name, *seconds, *concurrency, *rate).await
+        }
         BenchCmd::Sched { nodes, tasks, rounds } => sched(*nodes, *tasks, *rounds),
     }
 }
@@ -33,7 +37,15 @@ fn netsync(ports: usize, rounds: usize) -> anyhow::Result<()> {
         anyhow::bail!("unshare(CLONE_NEWNET): {} (run as root)", std::io::Error::last_os_error());
     }
     let subnet: shoal_netd::net::Subnet = "10.200.0.0/16".parse().map_err(anyhow::Error::msg)?;
-    let network = NetworkSpec { id: "b".repeat(64), name: "bench".into(), subnet, gateway: subnet.nth(1).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED), internal: false, icc: true, mtu: 1500 };
+    let network = NetworkSpec {
+        id: "b".repeat(64),
+        name: "bench".into(),
+        subnet,
+        gateway: subnet.nth(1).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        internal: false,
+        icc: true,
+        mtu: 1500,
+    };
     let endpoint = |i: usize, shift: u16| EndpointSpec {
         container: format!("{i:064x}"),
         name: format!("c{i}"),
@@ -42,12 +54,18 @@ fn netsync(ports: usize, rounds: usize) -> anyhow::Result<()> {
         ip: subnet.nth(i as u32 + 2).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
         netns: format!("/run/shoal/netns/{i:064x}").into(),
         ifname: "eth0".into(),
-        ports: vec![PortMap { host_ip: None, host_port: 20000 + i as u16 + shift, container_port: 80, proto: Proto::Tcp }],
+        ports: vec![PortMap {
+            host_ip: None,
+            host_port: 20000 + i as u16 + shift,
+            container_port: 80,
+            proto: Proto::Tcp,
+        }],
     };
     let mut gen_ms = Vec::new();
     let mut apply_ms = Vec::new();
     for round in 0..rounds.max(1) + 1 {
-        let mut d = Desired { networks: vec![network.clone()], endpoints: (0..ports).map(|i| endpoint(i, 0)).collect() };
+        let mut d =
+            Desired { networks: vec![network.clone()], endpoints: (0..ports).map(|i| endpoint(i, 0)).collect() };
         if let Some(last) = d.endpoints.last_mut() {
             *last = endpoint(ports - 1, (round % 2) as u16 * 10_000);
         }
@@ -75,7 +93,13 @@ fn netsync(ports: usize, rounds: usize) -> anyhow::Result<()> {
 /// The DNS benchmark: `concurrency` clients asking as fast as answers come
 /// for `seconds`, then one client at `rate` queries per second for `seconds`,
 /// timing each answer. Prints JSON.
-async fn dns(server: std::net::SocketAddr, name: &str, seconds: u64, concurrency: usize, rate: u64) -> anyhow::Result<()> {
+async fn dns(
+    server: std::net::SocketAddr,
+    name: &str,
+    seconds: u64,
+    concurrency: usize,
+    rate: u64,
+) -> anyhow::Result<()> {
     let seconds = seconds.clamp(1, 60);
     let connect = async || -> anyhow::Result<tokio::net::UdpSocket> {
         let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
@@ -132,7 +156,8 @@ async fn dns(server: std::net::SocketAddr, name: &str, seconds: u64, concurrency
         }
     }
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    let pct =
+        |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0.0);
     println!(
         "{}",
         serde_json::json!({"qps": ok as f64 / secs, "answered": ok, "failed": failed, "concurrency": concurrency,
@@ -183,7 +208,11 @@ async fn writes(cli: &Cli, clients: usize, seconds: u64, node: &str) -> anyhow::
     }
     let secs = started.elapsed().as_secs_f64();
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
     println!(
         "{}",
         serde_json::json!({
@@ -194,7 +223,8 @@ async fn writes(cli: &Cli, clients: usize, seconds: u64, node: &str) -> anyhow::
     // Clean up the labels the benchmark added (one more write per client).
     let mut control = control;
     let rm: Vec<String> = (0..clients).map(|c| format!("bench-{c}")).collect();
-    let _ = control.update_node(pb::UpdateNodeRequest { id: node.to_string(), label_rm: rm, ..Default::default() }).await;
+    let _ =
+        control.update_node(pb::UpdateNodeRequest { id: node.to_string(), label_rm: rm, ..Default::default() }).await;
     Ok(())
 }
 
@@ -224,7 +254,12 @@ fn sched(nodes: usize, tasks: u64, rounds: usize) -> anyhow::Result<()> {
                 id: id.clone(),
                 raft_id: 0,
                 spec: NodeSpec { role: Role::Worker, availability: Availability::Active, labels: Default::default() },
-                description: NodeDescription { hostname: id, nano_cpus: 4_000_000_000, memory_bytes: 8 << 30, ..Default::default() },
+                description: NodeDescription {
+                    hostname: id,
+                    nano_cpus: 4_000_000_000,
+                    memory_bytes: 8 << 30,
+                    ..Default::default()
+                },
                 status: NodeStatus { state: NodeState::Ready, message: String::new() },
                 meta: Default::default(),
             },

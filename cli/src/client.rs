@@ -44,7 +44,8 @@ pub async fn channel(cli: &Cli) -> anyhow::Result<Channel> {
         }
         Target::Tcp(addr) => {
             let dir = cli.tls_dir.clone().or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".shoal")));
-            let dir = dir.context("a tcp:// host needs client certificates: pass --tls-dir DIR (ca.pem, cert.pem, key.pem)")?;
+            let dir =
+                dir.context("a tcp:// host needs client certificates: pass --tls-dir DIR (ca.pem, cert.pem, key.pem)")?;
             let read = |n: &str| {
                 std::fs::read_to_string(dir.join(n)).with_context(|| {
                     format!("a tcp:// host needs a client certificate: cannot read {}", dir.join(n).display())

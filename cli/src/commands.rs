@@ -20,9 +20,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::System(c) => return crate::system::run(&cli, c).await,
         Cmd::Container(c) => return crate::system::container(&cli, c).await,
         Cmd::Events(a) => return crate::events::run(&cli, a).await,
-        Cmd::Run(_) | Cmd::Create(_) | Cmd::Ps { .. } | Cmd::Logs { .. } | Cmd::Stop { .. } | Cmd::Kill { .. } | Cmd::Rm { .. }
-        | Cmd::Inspect { .. } | Cmd::Wait { .. } | Cmd::Volume(_) | Cmd::Network(_) | Cmd::Exec { .. } | Cmd::Start { .. } | Cmd::Restart { .. }
-        | Cmd::Stats { .. } | Cmd::Top { .. } | Cmd::Port { .. } | Cmd::Cp { .. } | Cmd::Attach { .. } => {
+        Cmd::Run(_)
+        | Cmd::Create(_)
+        | Cmd::Ps { .. }
+        | Cmd::Logs { .. }
+        | Cmd::Stop { .. }
+        | Cmd::Kill { .. }
+        | Cmd::Rm { .. }
+        | Cmd::Inspect { .. }
+        | Cmd::Wait { .. }
+        | Cmd::Volume(_)
+        | Cmd::Network(_)
+        | Cmd::Exec { .. }
+        | Cmd::Start { .. }
+        | Cmd::Restart { .. }
+        | Cmd::Stats { .. }
+        | Cmd::Top { .. }
+        | Cmd::Port { .. }
+        | Cmd::Cp { .. }
+        | Cmd::Attach { .. } => {
             return crate::containers::run(&cli).await;
         }
         Cmd::Pull(a) => return crate::registry::pull(&cli, a).await,
@@ -100,7 +116,9 @@ async fn swarm(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
             println!("Swarm initialized: current node ({}) is now a manager.\n", i.node_id);
             println!("To add a worker to this swarm, run the following command:\n");
             println!("{}\n", join_command(&t.token, &t.manager_addr));
-            println!("To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.");
+            println!(
+                "To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions."
+            );
         }
         SwarmCmd::Join { token, advertise_addr, listen_addr, remote_addr } => {
             let i = client::local(cli)
@@ -188,9 +206,18 @@ async fn node(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
                     println!("ID:\t\t\t{}", n.id);
                     println!("Hostname:\t\t{}", n.hostname);
                     println!("Joined at:\t\t{}", n.created_at);
-                    println!("Status:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}", capitalize(&n.status), capitalize(&n.availability), n.addr);
+                    println!(
+                        "Status:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}",
+                        capitalize(&n.status),
+                        capitalize(&n.availability),
+                        n.addr
+                    );
                     if !n.manager_status.is_empty() {
-                        println!("Manager Status:\n Raft ID:\t\t{}\n Raft Status:\t\t{}", n.raft_id, capitalize(&n.manager_status));
+                        println!(
+                            "Manager Status:\n Raft ID:\t\t{}\n Raft Status:\t\t{}",
+                            n.raft_id,
+                            capitalize(&n.manager_status)
+                        );
                     }
                     println!("Role:\t\t\t{}", n.role);
                     if !n.labels.is_empty() {
@@ -232,7 +259,11 @@ async fn node(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
             println!("{}", n.id);
         }
         NodeCmd::Promote { nodes } | NodeCmd::Demote { nodes } => {
-            let (role, verb) = if matches!(cmd, NodeCmd::Promote { .. }) { ("manager", "promoted to a manager") } else { ("worker", "demoted") };
+            let (role, verb) = if matches!(cmd, NodeCmd::Promote { .. }) {
+                ("manager", "promoted to a manager")
+            } else {
+                ("worker", "demoted")
+            };
             for id in nodes {
                 control
                     .update_node(pb::UpdateNodeRequest { id: id.clone(), role: role.into(), ..Default::default() })
@@ -245,7 +276,9 @@ async fn node(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
             for n in nodes {
                 if n == "self" {
                     ids.push(self_id(cli).await.filter(|id| !id.is_empty()).ok_or_else(|| {
-                        anyhow::anyhow!("`self` names the node of the local daemon, which is not in a swarm; name a node")
+                        anyhow::anyhow!(
+                            "`self` names the node of the local daemon, which is not in a swarm; name a node"
+                        )
                     })?);
                 } else {
                     ids.push(n.clone());

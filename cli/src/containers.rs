@@ -80,7 +80,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             for c in containers {
                 // What this start prints, however soon it ends: the log from now on.
-                let since_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+                let since_ns = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i64);
                 let info = engine.container_start(pb::ContainerRef { id: c.clone() }).await?.into_inner();
                 if *attached {
                     attach_since(&mut engine, &info.id, since_ns).await?;
@@ -90,7 +92,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Cmd::Restart { time, containers } => {
             for c in containers {
-                engine.container_restart(pb::ContainerStopRequest { id: c.clone(), timeout_secs: time.unwrap_or(-1) }).await?;
+                engine
+                    .container_restart(pb::ContainerStopRequest { id: c.clone(), timeout_secs: time.unwrap_or(-1) })
+                    .await?;
                 println!("{c}");
             }
         }
@@ -153,16 +157,34 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 |c| {
                     let cmd: String = c.command.chars().take(20).collect();
                     let created = ago(&shoal_proto::model::rfc3339(c.created_ms));
-                    vec![vec![short(&c.id).into(), c.image.clone(), format!("\"{cmd}\""), created, c.status.clone(), c.ports.clone(), c.name.clone()]]
+                    vec![vec![
+                        short(&c.id).into(),
+                        c.image.clone(),
+                        format!("\"{cmd}\""),
+                        created,
+                        c.status.clone(),
+                        c.ports.clone(),
+                        c.name.clone(),
+                    ]]
                 },
             )?;
         }
         Cmd::Logs { follow, tail, timestamps, since, until, container } => {
-            let tail = if tail == "all" { -1 } else { tail.parse::<i64>().map_err(|_| anyhow::anyhow!("invalid --tail {tail:?}: a number or all"))? };
+            let tail = if tail == "all" {
+                -1
+            } else {
+                tail.parse::<i64>().map_err(|_| anyhow::anyhow!("invalid --tail {tail:?}: a number or all"))?
+            };
             let since_ns = since.as_deref().map(|s| parse_time_arg(s, "--since")).transpose()?.unwrap_or(0);
             let until_ns = until.as_deref().map(|s| parse_time_arg(s, "--until")).transpose()?.unwrap_or(0);
             let mut logs = engine
-                .container_logs(pb::ContainerLogsRequest { id: container.clone(), follow: *follow, tail, since_ns, until_ns })
+                .container_logs(pb::ContainerLogsRequest {
+                    id: container.clone(),
+                    follow: *follow,
+                    tail,
+                    since_ns,
+                    until_ns,
+                })
                 .await?
                 .into_inner();
             while let Some(l) = logs.message().await? {
@@ -171,7 +193,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Cmd::Stop { time, containers } => {
             for c in containers {
-                engine.container_stop(pb::ContainerStopRequest { id: c.clone(), timeout_secs: time.unwrap_or(-1) }).await?;
+                engine
+                    .container_stop(pb::ContainerStopRequest { id: c.clone(), timeout_secs: time.unwrap_or(-1) })
+                    .await?;
                 println!("{c}");
             }
         }
@@ -272,8 +296,17 @@ async fn network(engine: &mut Engine, cmd: &crate::args::NetworkCmd) -> anyhow::
         }
         NetworkCmd::Ls { quiet, format } => {
             let list = engine.network_list(pb::Empty {}).await?.into_inner().networks;
-            let row = |n: &pb::NetworkInfo| vec![vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), "local".into()]];
-            print_listing(&list, *quiet, *format, |n| short(&n.id).to_string(), doc, &["NETWORK ID", "NAME", "DRIVER", "SCOPE"], row)?;
+            let row =
+                |n: &pb::NetworkInfo| vec![vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), "local".into()]];
+            print_listing(
+                &list,
+                *quiet,
+                *format,
+                |n| short(&n.id).to_string(),
+                doc,
+                &["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
+                row,
+            )?;
         }
         NetworkCmd::Inspect { networks } => {
             let list = engine.network_list(pb::Empty {}).await?.into_inner().networks;
@@ -295,14 +328,25 @@ async fn network(engine: &mut Engine, cmd: &crate::args::NetworkCmd) -> anyhow::
             .await?;
         }
         NetworkCmd::Connect { alias, ip, network, container } => {
-            let req = pb::NetworkConnectRequest { network: network.clone(), container: container.clone(), aliases: alias.clone(), ip: ip.clone().unwrap_or_default() };
+            let req = pb::NetworkConnectRequest {
+                network: network.clone(),
+                container: container.clone(),
+                aliases: alias.clone(),
+                ip: ip.clone().unwrap_or_default(),
+            };
             engine.network_connect(req).await?;
         }
         NetworkCmd::Disconnect { force: _, network, container } => {
-            let req = pb::NetworkConnectRequest { network: network.clone(), container: container.clone(), ..Default::default() };
+            let req = pb::NetworkConnectRequest {
+                network: network.clone(),
+                container: container.clone(),
+                ..Default::default()
+            };
             engine.network_disconnect(req).await?;
         }
-        NetworkCmd::Prune { force } => crate::system::prune(engine, crate::system::Kind::Network, false, *force).await?,
+        NetworkCmd::Prune { force } => {
+            crate::system::prune(engine, crate::system::Kind::Network, false, *force).await?
+        }
     }
     Ok(())
 }
@@ -343,7 +387,9 @@ async fn volume(
             })
             .await?;
         }
-        VolumeCmd::Prune { all, force } => crate::system::prune(engine, crate::system::Kind::Volume, *all, *force).await?,
+        VolumeCmd::Prune { all, force } => {
+            crate::system::prune(engine, crate::system::Kind::Volume, *all, *force).await?
+        }
     }
     Ok(())
 }
@@ -353,12 +399,17 @@ type Engine = shoal_proto::pb::engine_client::EngineClient<tonic::transport::Cha
 /// Prints a container's output from `tail` lines back (-1: all) until it
 /// ends, then exits with its exit code.
 async fn attach(engine: &mut Engine, id: &str, tail: i64) -> anyhow::Result<()> {
-    follow_to_exit(engine, pb::ContainerLogsRequest { id: id.to_string(), follow: true, tail, ..Default::default() }).await
+    follow_to_exit(engine, pb::ContainerLogsRequest { id: id.to_string(), follow: true, tail, ..Default::default() })
+        .await
 }
 
 /// Follows the lines logged since `since_ns`, then exits with the container's code.
 async fn attach_since(engine: &mut Engine, id: &str, since_ns: i64) -> anyhow::Result<()> {
-    follow_to_exit(engine, pb::ContainerLogsRequest { id: id.to_string(), follow: true, tail: -1, since_ns, ..Default::default() }).await
+    follow_to_exit(
+        engine,
+        pb::ContainerLogsRequest { id: id.to_string(), follow: true, tail: -1, since_ns, ..Default::default() },
+    )
+    .await
 }
 
 async fn follow_to_exit(engine: &mut Engine, req: pb::ContainerLogsRequest) -> anyhow::Result<()> {
@@ -397,7 +448,12 @@ async fn attach_terminal(engine: &mut Engine, id: &str, interactive: bool, tty: 
 /// says: `always`; `missing` (the default) when the daemon lacks it, as
 /// Docker's CLI does (`Unable to find image 'X' locally`, then the pull's
 /// progress, on stderr); `never` leaves the daemon's `no such image` as it is.
-async fn run_pulling(cli: &Cli, engine: &mut Engine, req: pb::ContainerRunRequest, pull: PullPolicy) -> anyhow::Result<pb::ContainerInfo> {
+async fn run_pulling(
+    cli: &Cli,
+    engine: &mut Engine,
+    req: pb::ContainerRunRequest,
+    pull: PullPolicy,
+) -> anyhow::Result<pb::ContainerInfo> {
     if pull == PullPolicy::Always {
         crate::registry::pull_for_run(cli, engine, &req.image).await?;
     }
@@ -440,7 +496,10 @@ fn run_health(a: &crate::args::HealthArgs) -> anyhow::Result<pb::HealthConfig> {
 }
 
 pub(crate) fn labels(given: &[String]) -> std::collections::HashMap<String, String> {
-    given.iter().map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.to_string(), v.to_string()))).collect()
+    given
+        .iter()
+        .map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.to_string(), v.to_string())))
+        .collect()
 }
 
 /// One `-e` value: `KEY=VALUE` as it is, `KEY` from this environment (left
@@ -451,7 +510,8 @@ pub(crate) fn env_entry(e: &str) -> Option<String> {
 
 /// `--env-file`: KEY=VALUE lines; blank lines and `#` comments skipped.
 pub(crate) fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading the env file {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading the env file {}: {e}", path.display()))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim_start();
@@ -494,7 +554,9 @@ pub fn parse_time_arg(s: &str, flag: &str) -> anyhow::Result<i64> {
             ('s', _) => 1.0,
             _ => bail!("invalid {flag} {s:?}: use a duration like 10m or 1h30m, an RFC 3339 time or unix seconds"),
         };
-        let n: f64 = std::mem::take(&mut num).parse().map_err(|_| anyhow::anyhow!("invalid {flag} {s:?}: a number before each unit"))?;
+        let n: f64 = std::mem::take(&mut num)
+            .parse()
+            .map_err(|_| anyhow::anyhow!("invalid {flag} {s:?}: a number before each unit"))?;
         total += n * unit;
     }
     if !num.is_empty() || s.is_empty() {
@@ -541,7 +603,10 @@ fn print_stats(b: &pb::ContainerStatsBatch, format: Format) -> anyhow::Result<()
             ]
         })
         .collect();
-    println!("{}", table(&["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O", "PIDS"], &rows));
+    println!(
+        "{}",
+        table(&["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O", "PIDS"], &rows)
+    );
     Ok(())
 }
 

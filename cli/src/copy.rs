@@ -80,7 +80,12 @@ async fn copy_to(engine: &mut Engine, source: &str, container: &str, path: &str)
             let mut buf = vec![0u8; CHUNK];
             loop {
                 let n = stdin.read(&mut buf).await.map_err(|e| e.to_string())?;
-                if n == 0 || tx.send(pb::ContainerCopyInChunk { data: buf[..n].to_vec(), ..Default::default() }).await.is_err() {
+                if n == 0
+                    || tx
+                        .send(pb::ContainerCopyInChunk { data: buf[..n].to_vec(), ..Default::default() })
+                        .await
+                        .is_err()
+                {
                     return Ok(());
                 }
             }
@@ -139,7 +144,9 @@ impl ChannelWriter {
             return Ok(());
         }
         let data = std::mem::take(&mut self.buf);
-        self.tx.blocking_send(pb::ContainerCopyInChunk { data, ..Default::default() }).map_err(|_| "the upload was refused".to_string())
+        self.tx
+            .blocking_send(pb::ContainerCopyInChunk { data, ..Default::default() })
+            .map_err(|_| "the upload was refused".to_string())
     }
 }
 

@@ -81,7 +81,8 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
         std::path::Path::new("/run/shoal/netns"),
         tokio::runtime::Handle::current(),
     )));
-    let worker = shoal_agent::worker::Worker::new(containers.clone(), images.clone(), registries.clone(), &daemon.cfg.hostname);
+    let worker =
+        shoal_agent::worker::Worker::new(containers.clone(), images.clone(), registries.clone(), &daemon.cfg.hostname);
     tokio::spawn(worker.clone().run());
     daemon.set_worker(worker);
     daemon.resume().await?;
@@ -90,16 +91,15 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
     tokio::spawn(shoal_agent::cluster_events::follow_cluster(daemon.clone(), containers.events()));
     registries.set_events(containers.events());
     let cancel = CancellationToken::new();
-    let server =
-        tokio::spawn(shoal_agent::local::serve(
-            daemon.clone(),
-            images,
-            containers,
-            volumes,
-            registries,
-            socket.to_path_buf(),
-            cancel.clone(),
-        ));
+    let server = tokio::spawn(shoal_agent::local::serve(
+        daemon.clone(),
+        images,
+        containers,
+        volumes,
+        registries,
+        socket.to_path_buf(),
+        cancel.clone(),
+    ));
     tracing::info!(socket = %socket.display(), version = shoal_proto::VERSION, "shoal daemon ready");
     tokio::select! {
         _ = signalled() => tracing::info!("stopping"),

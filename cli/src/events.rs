@@ -26,10 +26,13 @@ pub struct EventsArgs {
 }
 
 pub async fn run(cli: &Cli, a: &EventsArgs) -> anyhow::Result<()> {
-    let since_ns = a.since.as_deref().map(|s| crate::containers::parse_time_arg(s, "--since")).transpose()?.unwrap_or(0);
-    let until_ns = a.until.as_deref().map(|s| crate::containers::parse_time_arg(s, "--until")).transpose()?.unwrap_or(0);
+    let since_ns =
+        a.since.as_deref().map(|s| crate::containers::parse_time_arg(s, "--since")).transpose()?.unwrap_or(0);
+    let until_ns =
+        a.until.as_deref().map(|s| crate::containers::parse_time_arg(s, "--until")).transpose()?.unwrap_or(0);
     let mut engine = client::engine(cli).await?;
-    let mut stream = engine.events(pb::EventsRequest { since_ns, until_ns, filters: a.filter.clone() }).await?.into_inner();
+    let mut stream =
+        engine.events(pb::EventsRequest { since_ns, until_ns, filters: a.filter.clone() }).await?.into_inner();
     use std::io::Write;
     while let Some(e) = stream.message().await? {
         if !e.warning.is_empty() {
@@ -86,7 +89,10 @@ mod tests {
             r#type: "container".into(),
             action: "die".into(),
             actor_id: "abc123".into(),
-            attributes: [("name", "web"), ("image", "busybox"), ("exitCode", "3")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            attributes: [("name", "web"), ("image", "busybox"), ("exitCode", "3")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             scope: "local".into(),
             time_nano: 1_796_407_200_123_456_789,
             warning: String::new(),
@@ -95,8 +101,17 @@ mod tests {
 
     #[test]
     fn text_lines_are_dockers() {
-        assert_eq!(text_line(&event()), "2026-12-04T18:00:00.123456789Z container die abc123 (exitCode=3, image=busybox, name=web)");
-        let bare = pb::Event { r#type: "image".into(), action: "pull".into(), actor_id: "busybox:latest".into(), time_nano: 0, ..Default::default() };
+        assert_eq!(
+            text_line(&event()),
+            "2026-12-04T18:00:00.123456789Z container die abc123 (exitCode=3, image=busybox, name=web)"
+        );
+        let bare = pb::Event {
+            r#type: "image".into(),
+            action: "pull".into(),
+            actor_id: "busybox:latest".into(),
+            time_nano: 0,
+            ..Default::default()
+        };
         assert_eq!(text_line(&bare), "1970-01-01T00:00:00.000000000Z image pull busybox:latest");
         assert_eq!(shoal_proto::model::rfc3339_nanos(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
     }

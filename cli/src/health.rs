@@ -10,7 +10,10 @@ use crate::args::HealthArgs;
 
 /// Applies the flags to `h` (a new container's default, or a service's current setting).
 pub fn apply(h: &mut HealthSetting, a: &HealthArgs) -> anyhow::Result<()> {
-    let values = a.health_interval.is_some() || a.health_timeout.is_some() || a.health_retries.is_some() || a.health_start_period.is_some();
+    let values = a.health_interval.is_some()
+        || a.health_timeout.is_some()
+        || a.health_retries.is_some()
+        || a.health_start_period.is_some();
     if a.no_healthcheck {
         if values || a.health_cmd.is_some() {
             bail!("--no-healthcheck conflicts with --health-* options: use one or the other");
@@ -26,7 +29,8 @@ pub fn apply(h: &mut HealthSetting, a: &HealthArgs) -> anyhow::Result<()> {
         h.test = HealthTest::Inherit;
     }
     let duration = |flag: &str, v: &str| -> anyhow::Result<Option<u64>> {
-        let ms = crate::services::parse_duration(v).with_context(|| format!("invalid {flag} {v:?}: a duration such as 30s or 500ms"))?;
+        let ms = crate::services::parse_duration(v)
+            .with_context(|| format!("invalid {flag} {v:?}: a duration such as 30s or 500ms"))?;
         Ok((ms > 0).then_some(ms))
     };
     if let Some(v) = &a.health_interval {
@@ -57,7 +61,12 @@ mod tests {
 
     #[test]
     fn flags_set_one_value_each_like_docker() {
-        let own = HealthSetting { test: shell("test -f /ok"), interval_ms: Some(200), retries: Some(2), ..Default::default() };
+        let own = HealthSetting {
+            test: shell("test -f /ok"),
+            interval_ms: Some(200),
+            retries: Some(2),
+            ..Default::default()
+        };
         let none = HealthSetting { test: HealthTest::None, ..Default::default() };
         let args = |f: &dyn Fn(&mut HealthArgs)| {
             let mut a = HealthArgs::default();
@@ -96,7 +105,13 @@ mod tests {
                     a.health_retries = Some(1);
                     a.health_start_period = Some("1m".into());
                 }),
-                Ok(HealthSetting { test: shell("false"), interval_ms: Some(1_000), timeout_ms: Some(2_000), retries: Some(1), start_period_ms: Some(60_000) }),
+                Ok(HealthSetting {
+                    test: shell("false"),
+                    interval_ms: Some(1_000),
+                    timeout_ms: Some(2_000),
+                    retries: Some(1),
+                    start_period_ms: Some(60_000),
+                }),
             ),
             (
                 "a value after --no-healthcheck brings the image's check back",
@@ -104,8 +119,18 @@ mod tests {
                 args(&|a| a.health_timeout = Some("5s".into())),
                 Ok(HealthSetting { timeout_ms: Some(5_000), ..Default::default() }),
             ),
-            ("--health-cmd \"\" goes back to the image's test", own.clone(), args(&|a| a.health_cmd = Some(String::new())), Ok(HealthSetting { test: HealthTest::Inherit, ..own.clone() })),
-            ("0 goes back to the image's value", own.clone(), args(&|a| a.health_interval = Some("0s".into())), Ok(HealthSetting { interval_ms: None, ..own.clone() })),
+            (
+                "--health-cmd \"\" goes back to the image's test",
+                own.clone(),
+                args(&|a| a.health_cmd = Some(String::new())),
+                Ok(HealthSetting { test: HealthTest::Inherit, ..own.clone() }),
+            ),
+            (
+                "0 goes back to the image's value",
+                own.clone(),
+                args(&|a| a.health_interval = Some("0s".into())),
+                Ok(HealthSetting { interval_ms: None, ..own.clone() }),
+            ),
             (
                 "--no-healthcheck with a --health-* flag",
                 HealthSetting::default(),
@@ -115,7 +140,12 @@ mod tests {
                 }),
                 Err("conflicts with --health-*"),
             ),
-            ("a bad duration", HealthSetting::default(), args(&|a| a.health_interval = Some("soon".into())), Err("invalid --health-interval \"soon\"")),
+            (
+                "a bad duration",
+                HealthSetting::default(),
+                args(&|a| a.health_interval = Some("soon".into())),
+                Err("invalid --health-interval \"soon\""),
+            ),
         ];
         for (what, mut h, a, want) in table {
             match (apply(&mut h, &a), want) {

@@ -64,7 +64,8 @@ pub fn human_size(bytes: u64) -> String {
 
 /// "3 days ago" for an RFC 3339 time; the time itself if it cannot be read.
 pub fn ago(rfc3339: &str) -> String {
-    let Some(t) = shoal_proto::model::parse_rfc3339_ns(rfc3339).and_then(|ns| u64::try_from(ns / 1_000_000_000).ok()) else {
+    let Some(t) = shoal_proto::model::parse_rfc3339_ns(rfc3339).and_then(|ns| u64::try_from(ns / 1_000_000_000).ok())
+    else {
         return rfc3339.to_string();
     };
     let now = shoal_proto::model::now_ms() / 1000;
@@ -123,7 +124,10 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
             }
             let first = pb::ImportChunk { reference: reference.clone(), data: Vec::new() };
             let img = engine
-                .image_import(upload(Some(file.clone()), Some(first), |data| pb::ImportChunk { reference: String::new(), data }))
+                .image_import(upload(Some(file.clone()), Some(first), |data| pb::ImportChunk {
+                    reference: String::new(),
+                    data,
+                }))
                 .await?
                 .into_inner();
             println!("{}", img.id);
@@ -138,10 +142,12 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
                 |i| serde_json::json!({"id": i.id, "repo_tags": i.repo_tags, "repo_digests": i.repo_digests, "created": i.created, "size": i.size}),
                 &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
                 |i| {
-                    let tags = if i.repo_tags.is_empty() { vec!["<none>:<none>".to_string()] } else { i.repo_tags.clone() };
+                    let tags =
+                        if i.repo_tags.is_empty() { vec!["<none>:<none>".to_string()] } else { i.repo_tags.clone() };
                     tags.into_iter()
                         .map(|t| {
-                            let (repo, tag) = if t == "<none>:<none>" { ("<none>".into(), "<none>".into()) } else { split_tag(&t) };
+                            let (repo, tag) =
+                                if t == "<none>:<none>" { ("<none>".into(), "<none>".into()) } else { split_tag(&t) };
                             vec![repo, tag, short_id(&i.id).to_string(), ago(&i.created), human_size(i.size)]
                         })
                         .collect()
@@ -158,10 +164,15 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
         ImageCmd::Tag { source, target } => {
             engine.image_tag(pb::ImageTagRequest { source: source.clone(), target: target.clone() }).await?;
         }
-        ImageCmd::Prune { all, force } => return crate::system::prune(&mut engine, crate::system::Kind::Image, *all, *force).await,
+        ImageCmd::Prune { all, force } => {
+            return crate::system::prune(&mut engine, crate::system::Kind::Image, *all, *force).await;
+        }
         ImageCmd::Rm { force, images } => {
             for_each_item(images, "images", async |r| {
-                let resp = engine.image_remove(pb::ImageRemoveRequest { reference: r.into(), force: *force }).await?.into_inner();
+                let resp = engine
+                    .image_remove(pb::ImageRemoveRequest { reference: r.into(), force: *force })
+                    .await?
+                    .into_inner();
                 let untagged = resp.untagged.iter().map(|u| format!("Untagged: {u}"));
                 Ok(untagged.chain(resp.deleted.iter().map(|d| format!("Deleted: {d}"))).collect())
             })
@@ -176,7 +187,10 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
             let (mut out, tmp): (Box<dyn Write>, Option<std::path::PathBuf>) = match output {
                 Some(p) => {
                     let tmp = p.with_extension("partial");
-                    (Box::new(std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?), Some(tmp))
+                    (
+                        Box::new(std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?),
+                        Some(tmp),
+                    )
                 }
                 None => (Box::new(std::io::stdout().lock()), None),
             };

@@ -6,15 +6,15 @@ mod client;
 mod commands;
 mod containers;
 mod copy;
-mod terminal;
 mod daemon;
+mod events;
 mod health;
 mod images;
 mod output;
 mod registry;
 mod services;
 mod system;
-mod events;
+mod terminal;
 
 use clap::Parser;
 

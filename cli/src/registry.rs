@@ -55,10 +55,12 @@ impl AuthConfig {
     pub fn load(dir: &Path) -> anyhow::Result<AuthConfig> {
         let path = dir.join("config.json");
         let doc = match std::fs::read(&path) {
-            Ok(b) => match serde_json::from_slice(&b).with_context(|| format!("{} is not valid JSON", path.display()))? {
-                Value::Object(m) => m,
-                _ => bail!("{} is not a JSON object", path.display()),
-            },
+            Ok(b) => {
+                match serde_json::from_slice(&b).with_context(|| format!("{} is not valid JSON", path.display()))? {
+                    Value::Object(m) => m,
+                    _ => bail!("{} is not a JSON object", path.display()),
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Map::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
@@ -98,7 +100,11 @@ impl AuthConfig {
     /// Writes the file (0600, its directory 0700) through a temporary file.
     pub fn save(&self) -> anyhow::Result<()> {
         let dir = self.path.parent().context("config path has no directory")?;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
         let tmp = self.path.with_extension("json.tmp");
         let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
@@ -135,7 +141,10 @@ async fn print_progress(stream: tonic::Streaming<pb::Progress>, quiet: bool) -> 
 }
 
 /// Shows each progress line as it comes; returns the last one.
-async fn follow_progress(mut stream: tonic::Streaming<pb::Progress>, mut show: impl FnMut(&str)) -> anyhow::Result<String> {
+async fn follow_progress(
+    mut stream: tonic::Streaming<pb::Progress>,
+    mut show: impl FnMut(&str),
+) -> anyhow::Result<String> {
     let mut last = String::new();
     while let Some(p) = stream.message().await? {
         let line = if p.id.is_empty() { p.status } else { format!("{}: {}", p.id, p.status) };
@@ -308,8 +317,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let conf = dir.path().join("conf");
         std::fs::create_dir(&conf).expect("mkdir");
-        std::fs::write(conf.join("config.json"), r#"{"psFormat":"x","auths":{"old:1":{"username":"u","password":"p"}}}"#)
-            .expect("write");
+        std::fs::write(
+            conf.join("config.json"),
+            r#"{"psFormat":"x","auths":{"old:1":{"username":"u","password":"p"}}}"#,
+        )
+        .expect("write");
         let mut c = AuthConfig::load(&conf).expect("load");
         assert_eq!(c.get("old:1"), Some(("u".into(), "p".into())));
         c.set("reg:5000", "alice", "pa:ss");

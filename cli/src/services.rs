@@ -52,7 +52,8 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
         ServiceCmd::Scale { detach, scales } => {
             let mut wanted = Vec::new();
             for s in scales {
-                let (name, n) = s.split_once('=').with_context(|| format!("invalid scale {s:?}: use SERVICE=REPLICAS"))?;
+                let (name, n) =
+                    s.split_once('=').with_context(|| format!("invalid scale {s:?}: use SERVICE=REPLICAS"))?;
                 let n: u64 = n.parse().with_context(|| format!("invalid replicas {n:?} for {name}: a number"))?;
                 wanted.push((name.to_string(), n));
             }
@@ -64,7 +65,13 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
                 }
                 spec.replicas = n;
                 let id = svc["id"].as_str().unwrap_or_default().to_string();
-                control.update_service(pb::ServiceUpdateRequest { id: id.clone(), spec_json: serde_json::to_string(&spec)?, ..Default::default() }).await?;
+                control
+                    .update_service(pb::ServiceUpdateRequest {
+                        id: id.clone(),
+                        spec_json: serde_json::to_string(&spec)?,
+                        ..Default::default()
+                    })
+                    .await?;
                 println!("{name} scaled to {n}");
                 if !detach {
                     follow(&mut control, &id, &svc).await?;
@@ -75,7 +82,9 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
         ServiceCmd::Rollback { detach, service } => {
             let (svc, _) = find(&mut control, service).await?;
             let id = svc["id"].as_str().unwrap_or_default().to_string();
-            control.update_service(pb::ServiceUpdateRequest { id: id.clone(), rollback: true, ..Default::default() }).await?;
+            control
+                .update_service(pb::ServiceUpdateRequest { id: id.clone(), rollback: true, ..Default::default() })
+                .await?;
             println!("{service}");
             if !detach {
                 follow(&mut control, &id, &svc).await?;
@@ -83,8 +92,13 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
             Ok(())
         }
         ServiceCmd::Logs { follow, tail, since, timestamps, no_task_ids, service } => {
-            let tail = if tail == "all" { -1 } else { tail.parse::<i64>().map_err(|_| anyhow::anyhow!("invalid --tail {tail:?}: a number or all"))? };
-            let since_ns = since.as_deref().map(|s| crate::containers::parse_time_arg(s, "--since")).transpose()?.unwrap_or(0);
+            let tail = if tail == "all" {
+                -1
+            } else {
+                tail.parse::<i64>().map_err(|_| anyhow::anyhow!("invalid --tail {tail:?}: a number or all"))?
+            };
+            let since_ns =
+                since.as_deref().map(|s| crate::containers::parse_time_arg(s, "--since")).transpose()?.unwrap_or(0);
             let req = pb::ServiceLogsRequest { service: service.clone(), follow: *follow, tail, since_ns };
             let mut lines = control.service_logs(req).await?.into_inner();
             use std::io::Write;
@@ -93,7 +107,11 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
                     eprintln!("warning: {}", l.warning);
                     continue;
                 }
-                let who = if *no_task_ids { format!("{}@{}", l.task, l.node) } else { format!("{}.{}@{}", l.task, short(&l.task_id), l.node) };
+                let who = if *no_task_ids {
+                    format!("{}@{}", l.task, l.node)
+                } else {
+                    format!("{}.{}@{}", l.task, short(&l.task_id), l.node)
+                };
                 let time = if *timestamps { format!("{} ", l.time) } else { String::new() };
                 let text = l.log.strip_suffix('\n').unwrap_or(&l.log);
                 let mut out = std::io::stdout().lock();
@@ -144,7 +162,8 @@ async fn create(cli: &Cli, control: &mut Control, a: &ServiceCreateArgs) -> anyh
     }
     spec.task.stop_grace_ms = 10_000;
     apply_flags(&mut spec, &a.flags, &ServiceRemovals::default())?;
-    let auth = a.flags.with_registry_auth.then(|| crate::registry::registry_auth_for(cli, &spec.task.image)).transpose()?;
+    let auth =
+        a.flags.with_registry_auth.then(|| crate::registry::registry_auth_for(cli, &spec.task.image)).transpose()?;
     if !a.flags.no_resolve_image
         && let Some(pinned) = crate::registry::resolve_for_service(cli, &spec.task.image).await
     {
@@ -163,7 +182,9 @@ async fn update(cli: &Cli, control: &mut Control, a: &ServiceUpdateArgs) -> anyh
     let (svc, _) = find(control, &a.service).await?;
     let id = svc["id"].as_str().unwrap_or_default().to_string();
     if a.rollback {
-        control.update_service(pb::ServiceUpdateRequest { id: id.clone(), rollback: true, ..Default::default() }).await?;
+        control
+            .update_service(pb::ServiceUpdateRequest { id: id.clone(), rollback: true, ..Default::default() })
+            .await?;
     } else {
         let mut spec: ServiceSpec = serde_json::from_value(svc["spec"].clone())?;
         if let Some(i) = &a.image {
@@ -191,7 +212,11 @@ async fn update(cli: &Cli, control: &mut Control, a: &ServiceUpdateArgs) -> anyh
         }
         apply_flags(&mut spec, &a.flags, &a.rm)?;
         // Without --with-registry-auth the service keeps the login it has.
-        let auth = a.flags.with_registry_auth.then(|| crate::registry::registry_auth_for(cli, &spec.task.image)).transpose()?;
+        let auth = a
+            .flags
+            .with_registry_auth
+            .then(|| crate::registry::registry_auth_for(cli, &spec.task.image))
+            .transpose()?;
         let req = pb::ServiceUpdateRequest {
             id: id.clone(),
             spec_json: serde_json::to_string(&spec)?,
@@ -212,7 +237,9 @@ async fn update(cli: &Cli, control: &mut Control, a: &ServiceUpdateArgs) -> anyh
 /// moved); a reference by digest alone stays as it is.
 fn unpinned(image: &str) -> String {
     match image.split_once('@') {
-        Some((named, _)) if shoal_engine::images::Reference::parse(named).is_ok_and(|r| r.tag().is_some()) => named.to_string(),
+        Some((named, _)) if shoal_engine::images::Reference::parse(named).is_ok_and(|r| r.tag().is_some()) => {
+            named.to_string()
+        }
         _ => image.to_string(),
     }
 }
@@ -288,13 +315,16 @@ fn parse_publish(s: &str) -> anyhow::Result<PublishedPort> {
                 "target" => p.target = v.parse().with_context(|| format!("invalid target port {v:?}"))?,
                 "protocol" => p.protocol = v.to_string(),
                 "mode" if v == "host" => {}
-                "mode" => bail!("--publish mode={v}: only mode=host is supported so far (the ingress routing mesh comes with overlay networks)"),
+                "mode" => bail!(
+                    "--publish mode={v}: only mode=host is supported so far (the ingress routing mesh comes with overlay networks)"
+                ),
                 _ => bail!("invalid --publish key {k:?}: published, target, protocol, mode"),
             }
         }
     } else {
         let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
-        let (pubp, target) = ports.split_once(':').with_context(|| format!("invalid --publish {s:?}: PUBLISHED:TARGET"))?;
+        let (pubp, target) =
+            ports.split_once(':').with_context(|| format!("invalid --publish {s:?}: PUBLISHED:TARGET"))?;
         p.published = pubp.parse().with_context(|| format!("invalid published port {pubp:?}"))?;
         p.target = target.parse().with_context(|| format!("invalid target port {target:?}"))?;
         p.protocol = proto.to_string();
@@ -340,7 +370,9 @@ fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &ServiceRemovals) -
     }
     t.constraints.extend(f.constraint.iter().cloned());
     for p in &f.placement_pref {
-        let label = p.strip_prefix("spread=").with_context(|| format!("invalid --placement-pref {p:?}: spread=node.labels.KEY"))?;
+        let label = p
+            .strip_prefix("spread=")
+            .with_context(|| format!("invalid --placement-pref {p:?}: spread=node.labels.KEY"))?;
         t.spread.push(label.to_string());
     }
     if let Some(v) = f.replicas_max_per_node {
@@ -442,7 +474,9 @@ impl Rollout<'_> {
 
 /// A `--mount` spec's target path (`target=`, `dst=` or `destination=`).
 fn mount_target(spec: &str) -> Option<&str> {
-    spec.split(',').find_map(|kv| kv.split_once('=').filter(|(k, _)| matches!(*k, "target" | "dst" | "destination")).map(|(_, v)| v))
+    spec.split(',').find_map(|kv| {
+        kv.split_once('=').filter(|(k, _)| matches!(*k, "target" | "dst" | "destination")).map(|(_, v)| v)
+    })
 }
 
 /// The service's listing entry (`{service, running, desired, completed}`) and its spec.
@@ -452,7 +486,8 @@ async fn find(control: &mut Control, reference: &str) -> anyhow::Result<(Value, 
         .iter()
         .find(|e| e["service"]["id"] == reference || e["service"]["spec"]["name"] == reference)
         .or_else(|| {
-            let by_prefix: Vec<&Value> = list.iter().filter(|e| e["service"]["id"].as_str().is_some_and(|i| i.starts_with(reference))).collect();
+            let by_prefix: Vec<&Value> =
+                list.iter().filter(|e| e["service"]["id"].as_str().is_some_and(|i| i.starts_with(reference))).collect();
             (by_prefix.len() == 1).then(|| by_prefix[0])
         })
         .with_context(|| format!("service {reference} not found"))?;
@@ -460,10 +495,21 @@ async fn find(control: &mut Control, reference: &str) -> anyhow::Result<(Value, 
 }
 
 async fn tasks(control: &mut Control, service: &str) -> anyhow::Result<Vec<(Task, String)>> {
-    let list: Vec<Value> = serde_json::from_str(&control.list_tasks(pb::ListTasksRequest { service: service.into(), node: String::new() }).await?.into_inner().json)?;
+    let list: Vec<Value> = serde_json::from_str(
+        &control
+            .list_tasks(pb::ListTasksRequest { service: service.into(), node: String::new() })
+            .await?
+            .into_inner()
+            .json,
+    )?;
     Ok(list
         .into_iter()
-        .filter_map(|v| Some((serde_json::from_value::<Task>(v["task"].clone()).ok()?, v["node"].as_str().unwrap_or_default().to_string())))
+        .filter_map(|v| {
+            Some((
+                serde_json::from_value::<Task>(v["task"].clone()).ok()?,
+                v["node"].as_str().unwrap_or_default().to_string(),
+            ))
+        })
         .collect())
 }
 
@@ -484,15 +530,26 @@ async fn follow(control: &mut Control, id: &str, before: &Value) -> anyhow::Resu
         let spec: ServiceSpec = serde_json::from_value(svc["spec"].clone())?;
         let ts = tasks(control, id).await?;
         let live: Vec<&Task> = ts.iter().map(|(t, _)| t).filter(|t| t.desired == TaskState::Running).collect();
-        let current = live.iter().filter(|t| t.spec == spec.task && t.status.state == TaskState::Running).count() as u64;
+        let current =
+            live.iter().filter(|t| t.spec == spec.task && t.status.state == TaskState::Running).count() as u64;
         let completed = entry["completed"].as_u64().unwrap_or(0);
         let wanted = if spec.mode.is_global() { live.len() as u64 } else { spec.replicas };
         let (done, line) = if spec.mode.is_job() {
-            (completed >= wanted && live.iter().all(|t| t.status.state.is_terminal()), format!("job progress: {completed} out of {wanted} complete"))
+            (
+                completed >= wanted && live.iter().all(|t| t.status.state.is_terminal()),
+                format!("job progress: {completed} out of {wanted} complete"),
+            )
         } else {
-            (current == wanted && live.len() as u64 == wanted && live.iter().all(|t| t.spec == spec.task), format!("overall progress: {current} out of {wanted} tasks"))
+            (
+                current == wanted && live.len() as u64 == wanted && live.iter().all(|t| t.spec == spec.task),
+                format!("overall progress: {current} out of {wanted} tasks"),
+            )
         };
-        let problems: Vec<String> = live.iter().filter(|t| !t.status.err.is_empty() && !t.status.state.is_terminal()).map(|t| format!("{}: {}", t.name(), t.status.err)).collect();
+        let problems: Vec<String> = live
+            .iter()
+            .filter(|t| !t.status.err.is_empty() && !t.status.state.is_terminal())
+            .map(|t| format!("{}: {}", t.name(), t.status.err))
+            .collect();
         let mut block = vec![line];
         if tty && !spec.mode.is_job() {
             block.extend(progress_bars(&spec, &ts));
@@ -521,21 +578,35 @@ async fn follow(control: &mut Control, id: &str, before: &Value) -> anyhow::Resu
             bail!("update paused: {}", svc["update_message"].as_str().unwrap_or_default());
         }
         let rolled_back = matches!(update_state, UpdateState::RollbackStarted | UpdateState::RollbackCompleted);
-        let news = (&svc["update_state"], &svc["update_message"]) != (&before["update_state"], &before["update_message"]);
-        if rolled_back && news && !rolling_back && svc["update_message"].as_str().is_some_and(|m| m.contains("rolled back due to")) {
+        let news =
+            (&svc["update_state"], &svc["update_message"]) != (&before["update_state"], &before["update_message"]);
+        if rolled_back
+            && news
+            && !rolling_back
+            && svc["update_message"].as_str().is_some_and(|m| m.contains("rolled back due to"))
+        {
             rolling_back = true;
             println!("rollback: {}", svc["update_message"].as_str().unwrap_or_default());
             drawn = 0;
         }
         if done && rolling_back {
-            bail!("{}: the update failed and was rolled back: {}", spec.name, svc["update_message"].as_str().unwrap_or_default());
+            bail!(
+                "{}: the update failed and was rolled back: {}",
+                spec.name,
+                svc["update_message"].as_str().unwrap_or_default()
+            );
         }
         if done {
             println!("verify: Service {} converged", spec.name);
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("{} has not converged after {} s; `shoal service ps {}` shows why", spec.name, FOLLOW_FOR.as_secs(), spec.name);
+            bail!(
+                "{} has not converged after {} s; `shoal service ps {}` shows why",
+                spec.name,
+                FOLLOW_FOR.as_secs(),
+                spec.name
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -558,13 +629,29 @@ async fn ls(control: &mut Control, quiet: bool, format: Format) -> anyhow::Resul
         .map(|e| {
             let s = &e["service"];
             let spec: ServiceSpec = serde_json::from_value(s["spec"].clone()).unwrap_or_default();
-            let (running, desired, completed) = (e["running"].as_u64().unwrap_or(0), e["desired"].as_u64().unwrap_or(0), e["completed"].as_u64().unwrap_or(0));
-            let mut replicas = if spec.mode.is_job() { format!("{running}/{desired} ({completed}/{desired} completed)") } else { format!("{running}/{desired}") };
+            let (running, desired, completed) = (
+                e["running"].as_u64().unwrap_or(0),
+                e["desired"].as_u64().unwrap_or(0),
+                e["completed"].as_u64().unwrap_or(0),
+            );
+            let mut replicas = if spec.mode.is_job() {
+                format!("{running}/{desired} ({completed}/{desired} completed)")
+            } else {
+                format!("{running}/{desired}")
+            };
             if spec.task.max_replicas_per_node > 0 {
                 replicas.push_str(&format!(" (max {} per node)", spec.task.max_replicas_per_node));
             }
-            let ports: Vec<String> = spec.task.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol)).collect();
-            vec![short(s["id"].as_str().unwrap_or_default()).to_string(), spec.name.clone(), spec.mode.as_str().into(), replicas, shown_image(&spec.task.image).to_string(), ports.join(",")]
+            let ports: Vec<String> =
+                spec.task.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol)).collect();
+            vec![
+                short(s["id"].as_str().unwrap_or_default()).to_string(),
+                spec.name.clone(),
+                spec.mode.as_str().into(),
+                replicas,
+                shown_image(&spec.task.image).to_string(),
+                ports.join(","),
+            ]
         })
         .collect();
     println!("{}", table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows));
@@ -592,9 +679,17 @@ fn progress_bars(spec: &ServiceSpec, ts: &[(Task, String)]) -> Vec<String> {
     newest
         .iter()
         .map(|((slot, node), t)| {
-            let done = if t.spec != spec.task || t.status.state > TaskState::Running { 0 } else { t.status.state as usize + 1 };
+            let done = if t.spec != spec.task || t.status.state > TaskState::Running {
+                0
+            } else {
+                t.status.state as usize + 1
+            };
             let filled = done * 50 / steps;
-            let bar = if filled == 0 { " ".repeat(50) } else { format!("{}>{}", "=".repeat(filled - 1), " ".repeat(50 - filled)) };
+            let bar = if filled == 0 {
+                " ".repeat(50)
+            } else {
+                format!("{}>{}", "=".repeat(filled - 1), " ".repeat(50 - filled))
+            };
             let who = if spec.mode.is_global() { node.clone() } else { format!("{slot}/{}", spec.replicas) };
             format!("{who}: {:<9} [{bar}]", t.status.state.as_str())
         })
@@ -625,11 +720,28 @@ async fn ps(control: &mut Control, service: &str, quiet: bool, no_trunc: bool, f
 }
 
 /// `node ps [NODE...]`: the tasks of these nodes (ids, prefixes or hostnames), as `service ps` shows them.
-pub async fn node_ps(control: &mut Control, nodes: &[String], quiet: bool, no_trunc: bool, format: Format) -> anyhow::Result<()> {
+pub async fn node_ps(
+    control: &mut Control,
+    nodes: &[String],
+    quiet: bool,
+    no_trunc: bool,
+    format: Format,
+) -> anyhow::Result<()> {
     let mut all = Vec::new();
     for n in nodes {
-        let list: Vec<Value> = serde_json::from_str(&control.list_tasks(pb::ListTasksRequest { service: String::new(), node: n.clone() }).await?.into_inner().json)?;
-        all.extend(list.into_iter().filter_map(|v| Some((serde_json::from_value::<Task>(v["task"].clone()).ok()?, v["node"].as_str().unwrap_or_default().to_string()))));
+        let list: Vec<Value> = serde_json::from_str(
+            &control
+                .list_tasks(pb::ListTasksRequest { service: String::new(), node: n.clone() })
+                .await?
+                .into_inner()
+                .json,
+        )?;
+        all.extend(list.into_iter().filter_map(|v| {
+            Some((
+                serde_json::from_value::<Task>(v["task"].clone()).ok()?,
+                v["node"].as_str().unwrap_or_default().to_string(),
+            ))
+        }));
     }
     print_tasks(all, quiet, no_trunc, format)
 }
@@ -637,7 +749,14 @@ pub async fn node_ps(control: &mut Control, nodes: &[String], quiet: bool, no_tr
 /// Tasks as `docker service ps` and `docker node ps` list them.
 fn print_tasks(mut ts: Vec<(Task, String)>, quiet: bool, no_trunc: bool, format: Format) -> anyhow::Result<()> {
     // Service by service, slot by slot (node by node for global services), newest first.
-    let slot_of = |t: &Task| (t.service_name.clone(), t.service_id.clone(), t.slot, if t.slot == 0 { t.node_id.clone() } else { String::new() });
+    let slot_of = |t: &Task| {
+        (
+            t.service_name.clone(),
+            t.service_id.clone(),
+            t.slot,
+            if t.slot == 0 { t.node_id.clone() } else { String::new() },
+        )
+    };
     ts.sort_by_key(|(t, _)| (slot_of(t), std::cmp::Reverse(t.created_index)));
     if quiet {
         for (t, _) in &ts {
@@ -661,7 +780,8 @@ fn print_tasks(mut ts: Vec<(Task, String)>, quiet: bool, no_trunc: bool, format:
         if !no_trunc && err.len() > 60 {
             err = format!("{}…", &err[..err.char_indices().nth(59).map_or(err.len(), |(i, _)| i)]);
         }
-        let ports: Vec<String> = t.spec.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol)).collect();
+        let ports: Vec<String> =
+            t.spec.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol)).collect();
         rows.push(vec![
             id,
             name,
@@ -698,7 +818,11 @@ fn print_pretty(s: &Value) {
     if !spec.mode.is_global() {
         println!(" Replicas:\t{}", spec.replicas);
     }
-    println!("UpdateStatus:\n State:\t\t{:?}\n Message:\t{}", serde_json::from_value::<UpdateState>(s["update_state"].clone()).unwrap_or_default(), s["update_message"].as_str().unwrap_or_default());
+    println!(
+        "UpdateStatus:\n State:\t\t{:?}\n Message:\t{}",
+        serde_json::from_value::<UpdateState>(s["update_state"].clone()).unwrap_or_default(),
+        s["update_message"].as_str().unwrap_or_default()
+    );
     println!("Placement:");
     if !spec.task.constraints.is_empty() {
         println!(" Constraints:\t{:?}", spec.task.constraints);
@@ -714,13 +838,24 @@ fn print_pretty(s: &Value) {
     }
     println!("Resources:");
     if spec.task.limit_memory > 0 || spec.task.limit_nano_cpus > 0 {
-        println!(" Limits:\n  CPU:\t\t{}\n  Memory:\t{}", spec.task.limit_nano_cpus as f64 / 1e9, spec.task.limit_memory);
+        println!(
+            " Limits:\n  CPU:\t\t{}\n  Memory:\t{}",
+            spec.task.limit_nano_cpus as f64 / 1e9,
+            spec.task.limit_memory
+        );
     }
     if spec.task.reserve_memory > 0 || spec.task.reserve_nano_cpus > 0 {
-        println!(" Reservations:\n  CPU:\t\t{}\n  Memory:\t{}", spec.task.reserve_nano_cpus as f64 / 1e9, spec.task.reserve_memory);
+        println!(
+            " Reservations:\n  CPU:\t\t{}\n  Memory:\t{}",
+            spec.task.reserve_nano_cpus as f64 / 1e9,
+            spec.task.reserve_memory
+        );
     }
     for p in &spec.task.ports {
-        println!("Ports:\n PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = host", p.published, p.protocol, p.target);
+        println!(
+            "Ports:\n PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = host",
+            p.published, p.protocol, p.target
+        );
     }
 }
 

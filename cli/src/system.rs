@@ -73,8 +73,12 @@ impl Kind {
         match (self, all) {
             (Kind::Container, _) => "WARNING! This will remove all stopped containers.",
             (Kind::Image, false) => "WARNING! This will remove all dangling images.",
-            (Kind::Image, true) => "WARNING! This will remove all images without at least one container associated to them.",
-            (Kind::Volume, false) => "WARNING! This will remove anonymous local volumes not used by at least one container.",
+            (Kind::Image, true) => {
+                "WARNING! This will remove all images without at least one container associated to them."
+            }
+            (Kind::Volume, false) => {
+                "WARNING! This will remove anonymous local volumes not used by at least one container."
+            }
             (Kind::Volume, true) => "WARNING! This will remove all local volumes not used by at least one container.",
             (Kind::Network, _) => "WARNING! This will remove all custom networks not used by at least one container.",
         }
@@ -190,7 +194,10 @@ pub async fn run(cli: &Cli, cmd: &SystemCmd) -> anyhow::Result<()> {
             kinds.push(Kind::Image);
             let mut total = 0;
             for k in kinds {
-                let r = engine.prune(pb::PruneRequest { kind: k.wire().into(), all: *all && k == Kind::Image }).await?.into_inner();
+                let r = engine
+                    .prune(pb::PruneRequest { kind: k.wire().into(), all: *all && k == Kind::Image })
+                    .await?
+                    .into_inner();
                 total += r.reclaimed_bytes;
                 let text = listing(k, &r);
                 if !text.is_empty() {
@@ -221,13 +228,20 @@ fn reclaimable(part: u64, total: u64) -> String {
 /// The summary table of `system df`.
 pub fn df_summary(u: &pb::DiskUsage) -> String {
     let active_images = u.images.iter().filter(|i| i.containers > 0).count();
-    let running = |c: &&pb::ContainerUsage| c.container.as_ref().is_some_and(|c| c.state == "running" || c.state == "restarting");
+    let running =
+        |c: &&pb::ContainerUsage| c.container.as_ref().is_some_and(|c| c.state == "running" || c.state == "restarting");
     let containers_size: u64 = u.containers.iter().map(|c| c.size_rw).sum();
     let containers_free: u64 = u.containers.iter().filter(|c| !running(c)).map(|c| c.size_rw).sum();
     let volumes_size: u64 = u.volumes.iter().map(|v| v.size).sum();
     let volumes_free: u64 = u.volumes.iter().filter(|v| v.links == 0).map(|v| v.size).sum();
     let rows = vec![
-        vec!["Images".into(), u.images.len().to_string(), active_images.to_string(), human(u.images_size), reclaimable(u.images_reclaimable, u.images_size)],
+        vec![
+            "Images".into(),
+            u.images.len().to_string(),
+            active_images.to_string(),
+            human(u.images_size),
+            reclaimable(u.images_reclaimable, u.images_size),
+        ],
         vec![
             "Containers".into(),
             u.containers.len().to_string(),
@@ -258,7 +272,12 @@ async fn df(engine: &mut Engine, verbose: bool) -> anyhow::Result<()> {
         let Some(img) = &i.image else { continue };
         let id = short(img.id.trim_start_matches("sha256:")).to_string();
         let created = crate::images::ago(&img.created);
-        let sizes = [human(img.size), human(i.shared_size), human(img.size.saturating_sub(i.shared_size)), i.containers.to_string()];
+        let sizes = [
+            human(img.size),
+            human(i.shared_size),
+            human(img.size.saturating_sub(i.shared_size)),
+            i.containers.to_string(),
+        ];
         let tags: Vec<(String, String)> = if img.repo_tags.is_empty() {
             vec![("<none>".into(), "<none>".into())]
         } else {
@@ -271,7 +290,10 @@ async fn df(engine: &mut Engine, verbose: bool) -> anyhow::Result<()> {
         }
     }
     println!("Images space usage:\n");
-    println!("{}\n", table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE", "UNIQUE SIZE", "CONTAINERS"], &rows));
+    println!(
+        "{}\n",
+        table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE", "UNIQUE SIZE", "CONTAINERS"], &rows)
+    );
     let rows: Vec<Vec<String>> = u
         .containers
         .iter()
@@ -291,9 +313,15 @@ async fn df(engine: &mut Engine, verbose: bool) -> anyhow::Result<()> {
         })
         .collect();
     println!("Containers space usage:\n");
-    println!("{}\n", table(&["CONTAINER ID", "IMAGE", "COMMAND", "LOCAL VOLUMES", "SIZE", "CREATED", "STATUS", "NAMES"], &rows));
-    let rows: Vec<Vec<String>> =
-        u.volumes.iter().filter_map(|v| Some(vec![v.volume.as_ref()?.name.clone(), v.links.to_string(), human(v.size)])).collect();
+    println!(
+        "{}\n",
+        table(&["CONTAINER ID", "IMAGE", "COMMAND", "LOCAL VOLUMES", "SIZE", "CREATED", "STATUS", "NAMES"], &rows)
+    );
+    let rows: Vec<Vec<String>> = u
+        .volumes
+        .iter()
+        .filter_map(|v| Some(vec![v.volume.as_ref()?.name.clone(), v.links.to_string(), human(v.size)]))
+        .collect();
     println!("Local Volumes space usage:\n");
     println!("{}\n", table(&["VOLUME NAME", "LINKS", "SIZE"], &rows));
     println!("Build cache usage: 0B");
@@ -314,9 +342,17 @@ mod tests {
 
     #[test]
     fn prune_output_is_dockers() {
-        let r = pb::PruneResponse { deleted: vec!["abc".into(), "def".into()], untagged: vec![], reclaimed_bytes: 1_228_800 };
+        let r = pb::PruneResponse {
+            deleted: vec!["abc".into(), "def".into()],
+            untagged: vec![],
+            reclaimed_bytes: 1_228_800,
+        };
         assert_eq!(listing(Kind::Container, &r), "Deleted Containers:\nabc\ndef\n");
-        let r = pb::PruneResponse { deleted: vec!["sha256:1".into()], untagged: vec!["busybox:latest".into()], reclaimed_bytes: 0 };
+        let r = pb::PruneResponse {
+            deleted: vec!["sha256:1".into()],
+            untagged: vec!["busybox:latest".into()],
+            reclaimed_bytes: 0,
+        };
         assert_eq!(listing(Kind::Image, &r), "Deleted Images:\nuntagged: busybox:latest\ndeleted: sha256:1\n");
         assert_eq!(listing(Kind::Volume, &pb::PruneResponse::default()), "");
         assert_eq!(human(1_228_800), "1.229MB");
@@ -326,8 +362,13 @@ mod tests {
             "WARNING! This will remove:\n  - all stopped containers\n  - all networks not used by at least one container\n  \
              - all anonymous volumes not used by at least one container\n  - all dangling images\n"
         );
-        assert!(system_warning(true, false).ends_with("  - all images without at least one container associated to them\n"));
-        assert_eq!(Kind::Volume.warning(true), "WARNING! This will remove all local volumes not used by at least one container.");
+        assert!(
+            system_warning(true, false).ends_with("  - all images without at least one container associated to them\n")
+        );
+        assert_eq!(
+            Kind::Volume.warning(true),
+            "WARNING! This will remove all local volumes not used by at least one container."
+        );
     }
 
     #[test]
@@ -340,7 +381,10 @@ mod tests {
                 pb::ContainerUsage { container: Some(running), size_rw: 100, local_volumes: 0 },
                 pb::ContainerUsage { container: Some(exited), size_rw: 300, local_volumes: 0 },
             ],
-            volumes: vec![pb::VolumeUsage { size: 50, links: 1, volume: None }, pb::VolumeUsage { size: 0, links: 0, volume: None }],
+            volumes: vec![
+                pb::VolumeUsage { size: 50, links: 1, volume: None },
+                pb::VolumeUsage { size: 0, links: 0, volume: None },
+            ],
             images_size: 2_000_000,
             images_reclaimable: 500_000,
         };

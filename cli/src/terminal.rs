@@ -64,7 +64,9 @@ pub fn input(interactive: bool, tty: bool) -> mpsc::Receiver<pb::TerminalInput> 
     if tty {
         let tx = tx.clone();
         tokio::spawn(async move {
-            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
+                return;
+            };
             while winch.recv().await.is_some() {
                 if let Some((rows, cols)) = window_size()
                     && tx.send(pb::TerminalInput { rows, cols, ..Default::default() }).await.is_err()

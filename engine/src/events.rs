@@ -74,7 +74,14 @@ impl EventLog {
 
     /// Records an event of this node (`local` scope) happening now.
     pub fn emit(&self, kind: &'static str, action: &str, id: &str, attributes: BTreeMap<String, String>) {
-        self.push(Event { kind, action: action.into(), id: id.into(), attributes, scope: "local", time_nano: now_ns() });
+        self.push(Event {
+            kind,
+            action: action.into(),
+            id: id.into(),
+            attributes,
+            scope: "local",
+            time_nano: now_ns(),
+        });
     }
 
     /// Records an event; its time is made no earlier than the last one's, so
@@ -111,14 +118,16 @@ pub struct Filter {
     by_key: BTreeMap<String, Vec<String>>,
 }
 
-const FILTER_KEYS: [&str; 10] = ["type", "event", "container", "image", "volume", "network", "service", "node", "label", "scope"];
+const FILTER_KEYS: [&str; 10] =
+    ["type", "event", "container", "image", "volume", "network", "service", "node", "label", "scope"];
 const TYPES: [&str; 6] = ["container", "image", "volume", "network", "service", "node"];
 
 /// Parses Docker's event filters; an unknown key or type is refused with the known ones.
 pub fn parse_filters(filters: &[String]) -> Result<Filter, String> {
     let mut f = Filter::default();
     for raw in filters {
-        let (k, v) = raw.split_once('=').ok_or_else(|| format!("bad format of filter {raw:?} (expected name=value)"))?;
+        let (k, v) =
+            raw.split_once('=').ok_or_else(|| format!("bad format of filter {raw:?} (expected name=value)"))?;
         let k = k.trim().to_ascii_lowercase();
         if !FILTER_KEYS.contains(&k.as_str()) {
             return Err(format!("invalid filter {k:?}: use one of {}", FILTER_KEYS.join(", ")));
@@ -141,12 +150,21 @@ impl Filter {
 
     fn one(&self, key: &str, v: &str, e: &Event) -> bool {
         // An object named by id (or a prefix of it, as Docker allows) or by name.
-        let names = |kind: &str| e.kind == kind && (e.id == v || (v.len() >= 4 && e.id.starts_with(v)) || e.attributes.get("name").is_some_and(|n| n == v));
+        let names = |kind: &str| {
+            e.kind == kind
+                && (e.id == v
+                    || (v.len() >= 4 && e.id.starts_with(v))
+                    || e.attributes.get("name").is_some_and(|n| n == v))
+        };
         match key {
             "type" => e.kind == v,
             // Docker matches `exec_start: sh` by its prefix before the colon too.
             "event" => e.action == v || e.action.split(':').next() == Some(v),
-            "container" => names("container") || (e.kind == "network" || e.kind == "volume") && e.attributes.get("container").is_some_and(|c| c == v || (v.len() >= 4 && c.starts_with(v))),
+            "container" => {
+                names("container")
+                    || (e.kind == "network" || e.kind == "volume")
+                        && e.attributes.get("container").is_some_and(|c| c == v || (v.len() >= 4 && c.starts_with(v)))
+            }
             "image" => {
                 let image = if e.kind == "container" { e.attributes.get("image").map(String::as_str) } else { None };
                 names("image") || image.is_some_and(|i| i == v || i.split(':').next() == Some(v) && !v.contains(':'))
@@ -192,7 +210,9 @@ pub fn stream(log: &EventLog, req: pb::EventsRequest) -> Result<EventStream, ton
                 }
             }
         }
-        let left = |now: i64| if until > 0 { Some(Duration::from_nanos(until.saturating_sub(now).max(0) as u64)) } else { None };
+        let left = |now: i64| {
+            if until > 0 { Some(Duration::from_nanos(until.saturating_sub(now).max(0) as u64)) } else { None }
+        };
         loop {
             let wait = left(now_ns());
             if wait == Some(Duration::ZERO) {
@@ -212,7 +232,9 @@ pub fn stream(log: &EventLog, req: pb::EventsRequest) -> Result<EventStream, ton
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let warning = format!("this client fell behind and missed {n} events; run `shoal events --since` again to see them");
+                    let warning = format!(
+                        "this client fell behind and missed {n} events; run `shoal events --since` again to see them"
+                    );
                     if tx.send(Ok(pb::Event { warning, time_nano: now_ns(), ..Default::default() })).await.is_err() {
                         return;
                     }
@@ -241,7 +263,12 @@ mod tests {
 
     #[test]
     fn filters_select_like_docker() {
-        let start = ev("container", "start", "abcdef123456", &[("name", "web"), ("image", "busybox:latest"), ("com.example", "x")]);
+        let start = ev(
+            "container",
+            "start",
+            "abcdef123456",
+            &[("name", "web"), ("image", "busybox:latest"), ("com.example", "x")],
+        );
         let pull = ev("image", "pull", "busybox:latest", &[("name", "busybox")]);
         let vol = ev("volume", "mount", "data", &[("container", "abcdef123456"), ("destination", "/data")]);
         let exec = ev("container", "exec_start: sh -c true", "abcdef123456", &[("name", "web")]);

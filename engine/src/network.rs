@@ -71,7 +71,12 @@ impl Endpoint {
 
     /// Not attached yet: netd was not reachable.
     pub fn pending(a: &Attachment, why: &str) -> Endpoint {
-        Endpoint { network: a.network.clone(), aliases: a.aliases.clone(), error: why.to_string(), ..Default::default() }
+        Endpoint {
+            network: a.network.clone(),
+            aliases: a.aliases.clone(),
+            error: why.to_string(),
+            ..Default::default()
+        }
     }
 }
 
@@ -165,13 +170,22 @@ impl Networks {
 
     /// Hands netd every container's attachments (`(id, name, attachments)`);
     /// netd drops any other endpoint. Returns each container's endpoints.
-    pub fn sync(&self, all: &[(String, String, Vec<Attachment>)]) -> Result<Vec<(String, Vec<Endpoint>)>, NetworkError> {
-        let endpoints: Vec<pb::AttachRequest> = all.iter().flat_map(|(id, name, atts)| atts.iter().map(|a| self.request(id, name, a))).collect();
+    pub fn sync(
+        &self,
+        all: &[(String, String, Vec<Attachment>)],
+    ) -> Result<Vec<(String, Vec<Endpoint>)>, NetworkError> {
+        let endpoints: Vec<pb::AttachRequest> =
+            all.iter().flat_map(|(id, name, atts)| atts.iter().map(|a| self.request(id, name, a))).collect();
         let resp = self.call(async move |c| c.sync(pb::SyncRequest { endpoints }).await.map(|r| r.into_inner()))?;
         let mut results = resp.endpoints.into_iter();
         Ok(all
             .iter()
-            .map(|(id, _, atts)| (id.clone(), atts.iter().zip(results.by_ref()).map(|(a, r)| Endpoint::from_pb(&r, &a.aliases)).collect()))
+            .map(|(id, _, atts)| {
+                (
+                    id.clone(),
+                    atts.iter().zip(results.by_ref()).map(|(a, r)| Endpoint::from_pb(&r, &a.aliases)).collect(),
+                )
+            })
             .collect())
     }
 

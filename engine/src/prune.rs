@@ -56,7 +56,11 @@ pub fn images_to_prune(images: &[(String, bool)], in_use: &BTreeSet<String>, all
 /// with `all`, named ones too.
 pub fn volumes_to_prune(volumes: &[(String, bool)], containers: &[ContainerFacts], all: bool) -> Vec<String> {
     let used: HashSet<&str> = containers.iter().flat_map(|c| c.volumes.iter().map(String::as_str)).collect();
-    volumes.iter().filter(|(name, anonymous)| (all || *anonymous) && !used.contains(name.as_str())).map(|(n, _)| n.clone()).collect()
+    volumes
+        .iter()
+        .filter(|(name, anonymous)| (all || *anonymous) && !used.contains(name.as_str()))
+        .map(|(n, _)| n.clone())
+        .collect()
 }
 
 /// Networks that always exist and are never pruned.
@@ -69,7 +73,10 @@ pub fn networks_to_prune(networks: &[(String, String, u32)], containers: &[Conta
     networks
         .iter()
         .filter(|(id, name, endpoints)| {
-            *endpoints == 0 && !PREDEFINED_NETWORKS.contains(&name.as_str()) && !used.contains(name.as_str()) && !used.contains(id.as_str())
+            *endpoints == 0
+                && !PREDEFINED_NETWORKS.contains(&name.as_str())
+                && !used.contains(name.as_str())
+                && !used.contains(id.as_str())
         })
         .map(|(_, name, _)| name.clone())
         .collect()
@@ -100,7 +107,8 @@ pub fn image_usage(images: &[(String, Vec<(String, u64)>)], in_use: &BTreeSet<St
         let shared = unique.iter().filter(|l| holders[*l].len() > 1).map(|l| sizes[*l]).sum();
         u.shared.insert(id.clone(), shared);
     }
-    let kept: u64 = holders.iter().filter(|(_, ids)| ids.iter().any(|i| in_use.contains(*i))).map(|(l, _)| sizes[l]).sum();
+    let kept: u64 =
+        holders.iter().filter(|(_, ids)| ids.iter().any(|i| in_use.contains(*i))).map(|(l, _)| sizes[l]).sum();
     u.reclaimable = u.total - kept;
     u
 }
@@ -146,8 +154,19 @@ fn facts(c: &Container) -> ContainerFacts {
         created_ms: c.record.created_ms,
         auto_remove: c.record.auto_remove,
         image_id: c.record.image_id.clone(),
-        volumes: c.record.mounts.iter().filter_map(|m| if let crate::volumes::MountSource::Volume(v) = &m.source { Some(v.clone()) } else { None }).collect(),
-        networks: c.record.networks.iter().map(|a| a.network.clone()).chain(c.endpoints.iter().map(|e| e.network.clone())).collect(),
+        volumes: c
+            .record
+            .mounts
+            .iter()
+            .filter_map(|m| if let crate::volumes::MountSource::Volume(v) = &m.source { Some(v.clone()) } else { None })
+            .collect(),
+        networks: c
+            .record
+            .networks
+            .iter()
+            .map(|a| a.network.clone())
+            .chain(c.endpoints.iter().map(|e| e.network.clone()))
+            .collect(),
     }
 }
 
@@ -163,10 +182,13 @@ pub(crate) async fn disk_usage(e: &EngineService) -> Result<pb::DiskUsage, Statu
         let facts: Vec<ContainerFacts> = all.iter().map(facts).collect();
         let used = images_in_use(&facts);
         let layered = images.layer_sizes();
-        let by_id: Vec<(String, Vec<(String, u64)>)> =
-            layered.iter().map(|(s, ls)| (s.id.to_string(), ls.iter().map(|(d, n)| (d.to_string(), *n)).collect())).collect();
+        let by_id: Vec<(String, Vec<(String, u64)>)> = layered
+            .iter()
+            .map(|(s, ls)| (s.id.to_string(), ls.iter().map(|(d, n)| (d.to_string(), *n)).collect()))
+            .collect();
         let usage = image_usage(&by_id, &used);
-        let mut out = pb::DiskUsage { images_size: usage.total, images_reclaimable: usage.reclaimable, ..Default::default() };
+        let mut out =
+            pb::DiskUsage { images_size: usage.total, images_reclaimable: usage.reclaimable, ..Default::default() };
         for (s, _) in &layered {
             let id = s.id.to_string();
             out.images.push(pb::ImageUsage {
@@ -184,7 +206,11 @@ pub(crate) async fn disk_usage(e: &EngineService) -> Result<pb::DiskUsage, Statu
         }
         for v in volumes.list() {
             let links = facts.iter().filter(|f| f.volumes.contains(&v.name)).count() as u32;
-            out.volumes.push(pb::VolumeUsage { size: dir_size(&v.mountpoint), links, volume: Some(crate::api::volume_pb(&v)) });
+            out.volumes.push(pb::VolumeUsage {
+                size: dir_size(&v.mountpoint),
+                links,
+                volume: Some(crate::api::volume_pb(&v)),
+            });
         }
         out
     })
@@ -198,86 +224,106 @@ pub(crate) async fn prune(e: &EngineService, r: pb::PruneRequest) -> Result<pb::
     let events = e.containers.events();
     let all = r.all;
     match r.kind.as_str() {
-        "container" => blocking(move || {
-            let facts: Vec<ContainerFacts> = containers.list().iter().map(facts).collect();
-            let mut out = pb::PruneResponse::default();
-            for id in containers_to_prune(&facts, shoal_proto::model::now_ms()) {
-                let size = dir_size(&containers.upper_path(&id));
-                match containers.remove(&id, false, false) {
-                    Ok(id) => {
-                        out.deleted.push(id);
-                        out.reclaimed_bytes += size;
+        "container" => {
+            blocking(move || {
+                let facts: Vec<ContainerFacts> = containers.list().iter().map(facts).collect();
+                let mut out = pb::PruneResponse::default();
+                for id in containers_to_prune(&facts, shoal_proto::model::now_ms()) {
+                    let size = dir_size(&containers.upper_path(&id));
+                    match containers.remove(&id, false, false) {
+                        Ok(id) => {
+                            out.deleted.push(id);
+                            out.reclaimed_bytes += size;
+                        }
+                        Err(err) => tracing::info!(container = %id, error = %err, "prune skipped a container"),
                     }
-                    Err(err) => tracing::info!(container = %id, error = %err, "prune skipped a container"),
                 }
-            }
-            events.emit("container", "prune", "", attrs([("reclaimed", out.reclaimed_bytes.to_string())]));
-            out
-        })
-        .await,
-        "image" => blocking(move || {
-            let facts: Vec<ContainerFacts> = containers.list().iter().map(facts).collect();
-            let all_images = images.list();
-            let listed: Vec<(String, bool)> = all_images.iter().map(|i| (i.id.to_string(), !i.repo_tags.is_empty())).collect();
-            let digests: BTreeMap<String, crate::images::Digest> = all_images.into_iter().map(|i| (i.id.to_string(), i.id)).collect();
-            let mut out = pb::PruneResponse::default();
-            for id in images_to_prune(&listed, &images_in_use(&facts), all) {
-                let Some(digest) = digests.get(&id) else { continue };
-                match images.remove_unused(digest, &|i| containers.image_in_use(i)) {
-                    Ok((steps, freed)) => {
-                        out.reclaimed_bytes += freed;
-                        for s in steps {
-                            match s {
-                                crate::images::Removed::Untagged(t) => {
-                                    events.emit("image", "untag", &id, attrs([("name", t.clone())]));
-                                    out.untagged.push(t);
-                                }
-                                crate::images::Removed::Deleted(d) => {
-                                    events.emit("image", "delete", &d.to_string(), attrs([("name", d.to_string())]));
-                                    out.deleted.push(d.to_string());
+                events.emit("container", "prune", "", attrs([("reclaimed", out.reclaimed_bytes.to_string())]));
+                out
+            })
+            .await
+        }
+        "image" => {
+            blocking(move || {
+                let facts: Vec<ContainerFacts> = containers.list().iter().map(facts).collect();
+                let all_images = images.list();
+                let listed: Vec<(String, bool)> =
+                    all_images.iter().map(|i| (i.id.to_string(), !i.repo_tags.is_empty())).collect();
+                let digests: BTreeMap<String, crate::images::Digest> =
+                    all_images.into_iter().map(|i| (i.id.to_string(), i.id)).collect();
+                let mut out = pb::PruneResponse::default();
+                for id in images_to_prune(&listed, &images_in_use(&facts), all) {
+                    let Some(digest) = digests.get(&id) else { continue };
+                    match images.remove_unused(digest, &|i| containers.image_in_use(i)) {
+                        Ok((steps, freed)) => {
+                            out.reclaimed_bytes += freed;
+                            for s in steps {
+                                match s {
+                                    crate::images::Removed::Untagged(t) => {
+                                        events.emit("image", "untag", &id, attrs([("name", t.clone())]));
+                                        out.untagged.push(t);
+                                    }
+                                    crate::images::Removed::Deleted(d) => {
+                                        events.emit(
+                                            "image",
+                                            "delete",
+                                            &d.to_string(),
+                                            attrs([("name", d.to_string())]),
+                                        );
+                                        out.deleted.push(d.to_string());
+                                    }
                                 }
                             }
                         }
+                        Err(err) => tracing::info!(image.id = %id, error = %err, "prune skipped an image"),
                     }
-                    Err(err) => tracing::info!(image.id = %id, error = %err, "prune skipped an image"),
                 }
-            }
-            events.emit("image", "prune", "", attrs([("reclaimed", out.reclaimed_bytes.to_string())]));
-            out
-        })
-        .await,
-        "volume" => blocking(move || {
-            let facts: Vec<ContainerFacts> = containers.list().iter().map(facts).collect();
-            let listed: Vec<(String, bool)> = volumes.list().iter().map(|v| (v.name.clone(), v.anonymous)).collect();
-            let mut out = pb::PruneResponse::default();
-            for name in volumes_to_prune(&listed, &facts, all) {
-                let size = volumes.inspect(&name).map(|v| dir_size(&v.mountpoint)).unwrap_or(0);
-                match volumes.remove(&name, containers.volume_user(&name)) {
-                    Ok(()) => {
-                        events.emit("volume", "destroy", &name, attrs([("driver", "local".into())]));
-                        out.deleted.push(name);
-                        out.reclaimed_bytes += size;
+                events.emit("image", "prune", "", attrs([("reclaimed", out.reclaimed_bytes.to_string())]));
+                out
+            })
+            .await
+        }
+        "volume" => {
+            blocking(move || {
+                let facts: Vec<ContainerFacts> = containers.list().iter().map(facts).collect();
+                let listed: Vec<(String, bool)> =
+                    volumes.list().iter().map(|v| (v.name.clone(), v.anonymous)).collect();
+                let mut out = pb::PruneResponse::default();
+                for name in volumes_to_prune(&listed, &facts, all) {
+                    let size = volumes.inspect(&name).map(|v| dir_size(&v.mountpoint)).unwrap_or(0);
+                    match volumes.remove(&name, containers.volume_user(&name)) {
+                        Ok(()) => {
+                            events.emit("volume", "destroy", &name, attrs([("driver", "local".into())]));
+                            out.deleted.push(name);
+                            out.reclaimed_bytes += size;
+                        }
+                        Err(err) => tracing::info!(volume = %name, error = %err, "prune skipped a volume"),
                     }
-                    Err(err) => tracing::info!(volume = %name, error = %err, "prune skipped a volume"),
                 }
-            }
-            events.emit("volume", "prune", "", attrs([("reclaimed", out.reclaimed_bytes.to_string())]));
-            out
-        })
-        .await,
+                events.emit("volume", "prune", "", attrs([("reclaimed", out.reclaimed_bytes.to_string())]));
+                out
+            })
+            .await
+        }
         "network" => {
             let Some(nets) = containers.networks() else { return Ok(pb::PruneResponse::default()) };
             let listed = nets.call_async(async |c| c.network_list(pb::Empty {}).await.map(|r| r.into_inner())).await?;
             let c2 = containers.clone();
             let facts: Vec<ContainerFacts> = blocking(move || c2.list().iter().map(facts).collect()).await?;
-            let triples: Vec<(String, String, u32)> = listed.networks.iter().map(|n| (n.id.clone(), n.name.clone(), n.endpoints)).collect();
+            let triples: Vec<(String, String, u32)> =
+                listed.networks.iter().map(|n| (n.id.clone(), n.name.clone(), n.endpoints)).collect();
             let mut out = pb::PruneResponse::default();
             for name in networks_to_prune(&triples, &facts) {
                 let id = listed.networks.iter().find(|n| n.name == name).map(|n| n.id.clone()).unwrap_or_default();
                 let req = pb::NetworkRef { name: name.clone() };
                 match nets.call_async(async move |c| c.network_remove(req).await.map(|r| r.into_inner())).await {
                     Ok(_) => {
-                        events.emit("network", "destroy", &id, attrs([("name", name.clone()), ("type", "bridge".into())]));
+                        events.emit(
+                            "network",
+                            "destroy",
+                            &id,
+                            attrs([("name", name.clone()), ("type", "bridge".into())]),
+                        );
                         out.deleted.push(name);
                     }
                     Err(err) => tracing::info!(network = %name, error = %err.message(), "prune skipped a network"),
@@ -286,7 +332,9 @@ pub(crate) async fn prune(e: &EngineService, r: pb::PruneRequest) -> Result<pb::
             events.emit("network", "prune", "", BTreeMap::new());
             Ok(out)
         }
-        other => Err(Status::invalid_argument(format!("cannot prune {other:?}: use container, image, volume or network"))),
+        other => {
+            Err(Status::invalid_argument(format!("cannot prune {other:?}: use container, image, volume or network")))
+        }
     }
 }
 
@@ -324,10 +372,16 @@ mod tests {
     fn images_in_use_are_never_pruned() {
         let containers = [c("a", true, "sha256:run", &[], &[]), c("b", false, "sha256:stopped", &[], &[])];
         let used = images_in_use(&containers);
-        let images: Vec<(String, bool)> = [("sha256:run", true), ("sha256:stopped", false), ("sha256:dangling", false), ("sha256:tagged", true), ("sha256:run2", false)]
-            .iter()
-            .map(|(i, t)| (i.to_string(), *t))
-            .collect();
+        let images: Vec<(String, bool)> = [
+            ("sha256:run", true),
+            ("sha256:stopped", false),
+            ("sha256:dangling", false),
+            ("sha256:tagged", true),
+            ("sha256:run2", false),
+        ]
+        .iter()
+        .map(|(i, t)| (i.to_string(), *t))
+        .collect();
         assert_eq!(images_to_prune(&images, &used, false), ["sha256:dangling", "sha256:run2"]);
         assert_eq!(images_to_prune(&images, &used, true), ["sha256:dangling", "sha256:tagged", "sha256:run2"]);
         for all in [false, true] {
@@ -338,12 +392,18 @@ mod tests {
 
     #[test]
     fn mounted_volumes_are_never_pruned() {
-        let containers = [c("a", true, "i", &["anon-used", "named-used"], &[]), c("b", false, "i", &["anon-stopped"], &[])];
-        let volumes: Vec<(String, bool)> =
-            [("anon-used", true), ("anon-stopped", true), ("anon-free", true), ("named-used", false), ("named-free", false)]
-                .iter()
-                .map(|(n, a)| (n.to_string(), *a))
-                .collect();
+        let containers =
+            [c("a", true, "i", &["anon-used", "named-used"], &[]), c("b", false, "i", &["anon-stopped"], &[])];
+        let volumes: Vec<(String, bool)> = [
+            ("anon-used", true),
+            ("anon-stopped", true),
+            ("anon-free", true),
+            ("named-used", false),
+            ("named-free", false),
+        ]
+        .iter()
+        .map(|(n, a)| (n.to_string(), *a))
+        .collect();
         assert_eq!(volumes_to_prune(&volumes, &containers, false), ["anon-free"]);
         assert_eq!(volumes_to_prune(&volumes, &containers, true), ["anon-free", "named-free"]);
     }

@@ -95,7 +95,8 @@ pub fn parse_tmpfs_flag(spec: &str) -> Result<MountReq, VolumeError> {
 /// Docker's aliases (src, dst/destination, ro, readonly=true|false).
 pub fn parse_mount_flag(spec: &str) -> Result<MountReq, VolumeError> {
     let bad = |why: String| VolumeError::BadMount { spec: spec.to_string(), why };
-    let (mut kind, mut source, mut target, mut read_only) = ("volume".to_string(), None::<String>, None::<String>, false);
+    let (mut kind, mut source, mut target, mut read_only) =
+        ("volume".to_string(), None::<String>, None::<String>, false);
     for field in spec.split(',').filter(|f| !f.is_empty()) {
         let (k, v) = match field.split_once('=') {
             Some((k, v)) => (k.trim(), Some(v.trim())),
@@ -107,7 +108,11 @@ pub fn parse_mount_flag(spec: &str) -> Result<MountReq, VolumeError> {
             ("target" | "dst" | "destination", Some(v)) => target = Some(v.to_string()),
             ("readonly" | "ro", None | Some("true" | "1")) => read_only = true,
             ("readonly" | "ro", Some("false" | "0")) => read_only = false,
-            _ => return Err(bad(format!("unknown or malformed field {field:?}: use type=, source=, target=, readonly"))),
+            _ => {
+                return Err(bad(format!(
+                    "unknown or malformed field {field:?}: use type=, source=, target=, readonly"
+                )));
+            }
         }
     }
     let target = target.ok_or_else(|| bad("target= is required".into()))?;
@@ -200,7 +205,11 @@ pub struct VolumeStore {
 
 impl VolumeStore {
     pub fn open(root: &Path) -> Result<VolumeStore, VolumeError> {
-        std::fs::create_dir_all(root).map_err(|e| VolumeError::Io { what: "creating", path: root.into(), err: e.to_string() })?;
+        std::fs::create_dir_all(root).map_err(|e| VolumeError::Io {
+            what: "creating",
+            path: root.into(),
+            err: e.to_string(),
+        })?;
         Ok(VolumeStore { root: root.to_path_buf() })
     }
 
@@ -221,11 +230,22 @@ impl VolumeStore {
             return Ok(v);
         }
         let data = self.root.join(&name).join("_data");
-        std::fs::create_dir_all(&data).map_err(|e| VolumeError::Io { what: "creating", path: data.clone(), err: e.to_string() })?;
+        std::fs::create_dir_all(&data).map_err(|e| VolumeError::Io {
+            what: "creating",
+            path: data.clone(),
+            err: e.to_string(),
+        })?;
         let v = Volume { name: name.clone(), mountpoint: data, created_ms: shoal_proto::model::now_ms(), anonymous };
-        let bytes = serde_json::to_vec_pretty(&v).map_err(|e| VolumeError::Io { what: "encoding", path: self.meta(&name), err: e.to_string() })?;
-        crate::files::write_atomic(&self.meta(&name), &bytes, 0o644)
-            .map_err(|e| VolumeError::Io { what: "writing", path: self.meta(&name), err: e.to_string() })?;
+        let bytes = serde_json::to_vec_pretty(&v).map_err(|e| VolumeError::Io {
+            what: "encoding",
+            path: self.meta(&name),
+            err: e.to_string(),
+        })?;
+        crate::files::write_atomic(&self.meta(&name), &bytes, 0o644).map_err(|e| VolumeError::Io {
+            what: "writing",
+            path: self.meta(&name),
+            err: e.to_string(),
+        })?;
         Ok(v)
     }
 
@@ -301,7 +321,10 @@ mod tests {
     #[test]
     fn volume_flags_parse_like_docker() {
         let v = parse_volume_flag("data:/var/lib/data").expect("named");
-        assert_eq!((v.source, v.target.as_str(), v.read_only), (MountSource::Volume("data".into()), "/var/lib/data", false));
+        assert_eq!(
+            (v.source, v.target.as_str(), v.read_only),
+            (MountSource::Volume("data".into()), "/var/lib/data", false)
+        );
         let v = parse_volume_flag("/srv/www:/www:ro").expect("bind");
         assert_eq!((v.source, v.read_only), (MountSource::Bind("/srv/www".into()), true));
         let v = parse_volume_flag("/cache").expect("anonymous");
@@ -321,8 +344,16 @@ mod tests {
         assert_eq!(m, MountReq { source: MountSource::Bind("/srv".into()), target: "/www".into(), read_only: false });
         assert_eq!(parse_mount_flag("type=tmpfs,destination=/run").expect("tmpfs").source, MountSource::Tmpfs);
         assert_eq!(parse_mount_flag("target=/cache").expect("anonymous").source, MountSource::Volume(String::new()));
-        for bad in ["type=bind,target=/x", "type=bind,src=rel,target=/x", "source=x", "type=nfs,target=/x", "target=/x,colour=red",
-            "type=tmpfs,src=a,target=/x", "type=volume,src=../x,target=/x", "target=rel"] {
+        for bad in [
+            "type=bind,target=/x",
+            "type=bind,src=rel,target=/x",
+            "source=x",
+            "type=nfs,target=/x",
+            "target=/x,colour=red",
+            "type=tmpfs,src=a,target=/x",
+            "type=volume,src=../x,target=/x",
+            "target=rel",
+        ] {
             assert!(parse_mount_flag(bad).is_err(), "{bad}");
         }
     }
@@ -337,7 +368,10 @@ mod tests {
         let anon = s.create(None).expect("anonymous");
         assert!(anon.anonymous && anon.name.len() == 64);
         assert_eq!(s.list().len(), 2);
-        assert_eq!(s.remove("data", Some("web".into())), Err(VolumeError::InUse { name: "data".into(), container: "web".into() }));
+        assert_eq!(
+            s.remove("data", Some("web".into())),
+            Err(VolumeError::InUse { name: "data".into(), container: "web".into() })
+        );
         s.remove("data", None).expect("remove");
         assert_eq!(s.inspect("data"), Err(VolumeError::NotFound("data".into())));
         assert!(matches!(s.create(Some("../x")), Err(VolumeError::BadName(_))));

@@ -43,7 +43,10 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     let mut seen = std::collections::BTreeSet::new();
     for p in &spec.task.ports {
         if p.published == 0 || p.target == 0 || !matches!(p.protocol.as_str(), "tcp" | "udp") {
-            return bad(format!("invalid published port {}:{}/{}: host mode needs both ports", p.published, p.target, p.protocol));
+            return bad(format!(
+                "invalid published port {}:{}/{}: host mode needs both ports",
+                p.published, p.target, p.protocol
+            ));
         }
         if !seen.insert((p.published, p.protocol.clone())) {
             return bad(format!("port {}/{} is published twice", p.published, p.protocol));
@@ -152,7 +155,10 @@ impl ControlService {
 impl pb::control_server::Control for ControlService {
     type ServiceLogsStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::TaskLogLine, Status>> + Send>>;
 
-    async fn service_logs(&self, req: Request<pb::ServiceLogsRequest>) -> Result<Response<Self::ServiceLogsStream>, Status> {
+    async fn service_logs(
+        &self,
+        req: Request<pb::ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         let caller = self.authorize(&req)?;
         // The sessions that reach the nodes are the leader's.
         let r = match self.mgr.route(&req).await? {
@@ -169,7 +175,14 @@ impl pb::control_server::Control for ControlService {
                 .tasks
                 .values()
                 .filter(|t| t.service_id == svc.id && !t.node_id.is_empty())
-                .map(|t| (t.id.clone(), t.name(), t.node_id.clone(), state.nodes.get(&t.node_id).map(|n| n.description.hostname.clone()).unwrap_or_default()))
+                .map(|t| {
+                    (
+                        t.id.clone(),
+                        t.name(),
+                        t.node_id.clone(),
+                        state.nodes.get(&t.node_id).map(|n| n.description.hostname.clone()).unwrap_or_default(),
+                    )
+                })
                 .collect()
         };
         let rx = self.mgr.dispatcher.logs(tasks, r.follow, r.tail, r.since_ns).await;
@@ -179,7 +192,8 @@ impl pb::control_server::Control for ControlService {
     async fn create_service(&self, req: Request<pb::ServiceCreateRequest>) -> Result<Response<pb::ServiceRef>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, create_service);
-        let spec: ServiceSpec = serde_json::from_str(&r.spec_json).map_err(|e| Status::invalid_argument(format!("the service spec: {e}")))?;
+        let spec: ServiceSpec = serde_json::from_str(&r.spec_json)
+            .map_err(|e| Status::invalid_argument(format!("the service spec: {e}")))?;
         let auth = r.auth.and_then(|a| RegistryAuth::non_empty(&a.username, &a.password));
         validate_spec(&spec)?;
         if self.mgr.store.read().services.values().any(|s| s.spec.name == spec.name) {
@@ -197,11 +211,18 @@ impl pb::control_server::Control for ControlService {
         let spec: ServiceSpec = if r.rollback {
             svc.spec.clone()
         } else {
-            serde_json::from_str(&r.spec_json).map_err(|e| Status::invalid_argument(format!("the service spec: {e}")))?
+            serde_json::from_str(&r.spec_json)
+                .map_err(|e| Status::invalid_argument(format!("the service spec: {e}")))?
         };
         validate_spec(&spec)?;
         let auth = r.auth.and_then(|a| RegistryAuth::non_empty(&a.username, &a.password));
-        let update = Command::UpdateService { id: svc.id.clone(), spec, rollback: r.rollback, replace_auth: r.replace_auth, auth };
+        let update = Command::UpdateService {
+            id: svc.id.clone(),
+            spec,
+            rollback: r.rollback,
+            replace_auth: r.replace_auth,
+            auth,
+        };
         self.mgr.write(update).await?;
         Ok(Response::new(pb::ServiceRef { id: svc.id }))
     }
@@ -249,8 +270,16 @@ impl pb::control_server::Control for ControlService {
         let r = route!(self, req, caller, ControlClient, list_tasks);
         self.mgr.linearizable().await?;
         let state = self.mgr.store.read();
-        let service = if r.service.is_empty() { None } else { Some(state.find_service(&r.service).map_err(Status::not_found)?.id.clone()) };
-        let node = if r.node.is_empty() { None } else { Some(state.find_node(&r.node).map_err(Status::not_found)?.id.clone()) };
+        let service = if r.service.is_empty() {
+            None
+        } else {
+            Some(state.find_service(&r.service).map_err(Status::not_found)?.id.clone())
+        };
+        let node = if r.node.is_empty() {
+            None
+        } else {
+            Some(state.find_node(&r.node).map_err(Status::not_found)?.id.clone())
+        };
         let list: Vec<serde_json::Value> = state
             .tasks
             .values()
@@ -352,7 +381,8 @@ impl pb::control_server::Control for ControlService {
             self.mgr.linearizable().await?;
         }
         let state = self.mgr.store.read();
-        let cluster = state.cluster.as_ref().ok_or_else(|| Status::failed_precondition("the swarm is not initialized"))?;
+        let cluster =
+            state.cluster.as_ref().ok_or_else(|| Status::failed_precondition("the swarm is not initialized"))?;
         let token = ca::token(cluster, role).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::JoinTokenResponse {
             token: token.to_string(),
@@ -385,7 +415,10 @@ pub struct CaService {
 
 #[tonic::async_trait]
 impl pb::ca_server::Ca for CaService {
-    async fn issue_node_certificate(&self, req: Request<pb::IssueRequest>) -> Result<Response<pb::IssueResponse>, Status> {
+    async fn issue_node_certificate(
+        &self,
+        req: Request<pb::IssueRequest>,
+    ) -> Result<Response<pb::IssueResponse>, Status> {
         // A caller with a valid certificate renews; anyone else needs a token.
         let caller = auth::caller(&req, &self.mgr.cfg.cluster_id)?;
         let renewing = match &caller {
@@ -410,26 +443,46 @@ impl pb::ca_server::Ca for CaService {
                     }
                     _ => node.raft_id,
                 };
-                let cert = ca::sign_node(&cluster.root_ca, &r.csr_der, &node.id, node.spec.role, &cluster.id, ca::node_validity(&cluster))
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let cert = ca::sign_node(
+                    &cluster.root_ca,
+                    &r.csr_der,
+                    &node.id,
+                    node.spec.role,
+                    &cluster.id,
+                    ca::node_validity(&cluster),
+                )
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 (node.id, node.spec.role, raft_id, cert)
             }
             None => {
                 let role = ca::check_token(&cluster, &r.token).map_err(|e| Status::permission_denied(e.to_string()))?;
                 if r.hostname.is_empty() || r.advertise_addr.is_empty() {
-                    return Err(Status::invalid_argument("a joining node must give its hostname and advertise address"));
+                    return Err(Status::invalid_argument(
+                        "a joining node must give its hostname and advertise address",
+                    ));
                 }
                 let node = Node {
                     id: new_node_id(),
                     raft_id: 0,
                     spec: NodeSpec { role, availability: Availability::Active, labels: Default::default() },
-                    description: NodeDescription { hostname: r.hostname.clone(), addr: r.advertise_addr.clone(), ..Default::default() },
+                    description: NodeDescription {
+                        hostname: r.hostname.clone(),
+                        addr: r.advertise_addr.clone(),
+                        ..Default::default()
+                    },
                     status: NodeStatus { state: NodeState::Unknown, message: "joining".into() },
                     meta: Default::default(),
                 };
                 // Sign first: a bad CSR must not leave a half-registered node.
-                let cert = ca::sign_node(&cluster.root_ca, &r.csr_der, &node.id, role, &cluster.id, ca::node_validity(&cluster))
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let cert = ca::sign_node(
+                    &cluster.root_ca,
+                    &r.csr_der,
+                    &node.id,
+                    role,
+                    &cluster.id,
+                    ca::node_validity(&cluster),
+                )
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 self.mgr.write(Command::AddNode { node: node.clone() }).await?;
                 let raft_id = if role == Role::Manager {
                     match self.mgr.write(Command::AssignRaftId { id: node.id.clone() }).await? {

@@ -42,7 +42,10 @@ pub fn caller<T>(req: &Request<T>, cluster_id: &str) -> Result<Caller, Status> {
         Some(PeerInfo { identity: None, .. }) => Caller::Anonymous,
         Some(PeerInfo { identity: Some(id), .. }) => {
             if id.cluster_id != cluster_id {
-                return Err(Status::permission_denied(format!("certificate is for cluster {}, not this one", id.cluster_id)));
+                return Err(Status::permission_denied(format!(
+                    "certificate is for cluster {}, not this one",
+                    id.cluster_id
+                )));
             }
             Caller::Node(id.clone())
         }

@@ -111,7 +111,8 @@ pub fn token(cluster: &Cluster, role: Role) -> Result<JoinToken, CaError> {
 
 /// Which role a presented token grants. Compares in constant time.
 pub fn check_token(cluster: &Cluster, presented: &str) -> Result<Role, CaError> {
-    let t: JoinToken = presented.parse().map_err(|e: shoal_proto::token::TokenError| CaError::BadToken(e.to_string()))?;
+    let t: JoinToken =
+        presented.parse().map_err(|e: shoal_proto::token::TokenError| CaError::BadToken(e.to_string()))?;
     let der = shoal_proto::tls::ca_der(&cluster.root_ca.cert_pem).map_err(|e| CaError::Sign(e.to_string()))?;
     if !ct_eq(&t.ca_digest, &shoal_proto::token::ca_digest(&der)) {
         return Err(CaError::BadToken("the token belongs to another cluster (CA digest mismatch)".into()));

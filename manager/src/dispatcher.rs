@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use openraft::async_runtime::WatchReceiver as _;
 use shoal_proto::model::{NodeDescription, NodeState, NodeStatus, Role};
+use shoal_proto::pb;
 use shoal_proto::probe::Outcome;
 use shoal_proto::service::{Task, TaskState, TaskStatus};
-use shoal_proto::pb;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -101,9 +101,12 @@ impl Dispatcher {
                 _ = self.inner.wake.notified() => {}
             }
             self.expire();
-            let reports: HashMap<String, Vec<(String, TaskStatus)>> = std::mem::take(&mut *self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner()));
+            let reports: HashMap<String, Vec<(String, TaskStatus)>> =
+                std::mem::take(&mut *self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner()));
             for (node_id, updates) in reports {
-                if let Err(e) = mgr.write(Command::TaskStatus { node_id: node_id.clone(), updates: updates.clone() }).await {
+                if let Err(e) =
+                    mgr.write(Command::TaskStatus { node_id: node_id.clone(), updates: updates.clone() }).await
+                {
                     // Nodes send only what changed, so what was not written is queued
                     // again, before anything newer from that node.
                     tracing::warn!(error = %e, node.id = %node_id, "task status write failed; will retry");
@@ -112,7 +115,8 @@ impl Dispatcher {
                     queued.insert(node_id, updates.into_iter().chain(newer).collect());
                 }
             }
-            let batch: Vec<NodeStatusUpdate> = std::mem::take(&mut *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()));
+            let batch: Vec<NodeStatusUpdate> =
+                std::mem::take(&mut *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()));
             if batch.is_empty() {
                 continue;
             }
@@ -136,7 +140,8 @@ impl Dispatcher {
     /// Judges liveness: sends the probes it asks for and queues the downs.
     fn expire(&self) {
         let state = self.inner.store.read();
-        let nodes: Vec<(String, bool)> = state.nodes.values().map(|n| (n.id.clone(), n.status.state == NodeState::Down)).collect();
+        let nodes: Vec<(String, bool)> =
+            state.nodes.values().map(|n| (n.id.clone(), n.status.state == NodeState::Down)).collect();
         let (actions, seen) = self.liveness().tick(Instant::now(), &nodes);
         let probe_timeout = self.liveness().timing().probe_timeout;
         let hostname = |id: &str| state.nodes.get(id).map(|n| n.description.hostname.clone()).unwrap_or_default();
@@ -151,7 +156,13 @@ impl Dispatcher {
                 Action::Probe { round, target, probers } => {
                     let Some(node) = state.nodes.get(&target) else { continue };
                     let (addr, key) = (node.description.addr.clone(), node.description.probe_key());
-                    let req = pb::ProbeRequest { probe_id: round, node_id: target.clone(), addr: addr.clone(), key: key.clone(), timeout_ms: probe_timeout.as_millis() as u32 };
+                    let req = pb::ProbeRequest {
+                        probe_id: round,
+                        node_id: target.clone(),
+                        addr: addr.clone(),
+                        key: key.clone(),
+                        timeout_ms: probe_timeout.as_millis() as u32,
+                    };
                     for p in probers {
                         let session = self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&p).cloned();
                         match session {
@@ -208,21 +219,40 @@ impl Dispatcher {
     /// A node gets a service's registry login only beside that service's tasks.
     fn add_auth(state: &crate::state::State, service_id: &str, auths: &mut HashMap<String, pb::RegistryAuth>) {
         if let Some(a) = state.services.get(service_id).and_then(|s| s.registry_auth.as_ref()) {
-            auths.insert(service_id.to_string(), pb::RegistryAuth { username: a.username.clone(), password: a.password.clone() });
+            auths.insert(
+                service_id.to_string(),
+                pb::RegistryAuth { username: a.username.clone(), password: a.password.clone() },
+            );
         }
     }
 
     /// Sends the node's whole set; false when the session is gone.
-    async fn send_all(&self, node_id: &str, sent: &mut HashMap<String, String>, tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>) -> bool {
+    async fn send_all(
+        &self,
+        node_id: &str,
+        sent: &mut HashMap<String, String>,
+        tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>,
+    ) -> bool {
         let (set, registry_auth) = self.assignments(node_id);
         *sent = set;
-        let a = pb::Assignments { tasks_json: sent.values().cloned().collect(), full: true, removed: Vec::new(), registry_auth };
+        let a = pb::Assignments {
+            tasks_json: sent.values().cloned().collect(),
+            full: true,
+            removed: Vec::new(),
+            registry_auth,
+        };
         tx.send(msg(pb::manager_message::Msg::Assignments(a))).await.is_ok()
     }
 
     /// Sends what changed in the node's set among the changed `keys` since
     /// `sent` (which it updates), if anything did; false when the session is gone.
-    async fn send_changes(&self, node_id: &str, keys: &[ObjKey], sent: &mut HashMap<String, String>, tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>) -> bool {
+    async fn send_changes(
+        &self,
+        node_id: &str,
+        keys: &[ObjKey],
+        sent: &mut HashMap<String, String>,
+        tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>,
+    ) -> bool {
         let mut delta = pb::Assignments::default();
         {
             let state = self.inner.store.read();
@@ -256,7 +286,13 @@ impl Dispatcher {
     /// their logs; the lines (and a warning for each node that cannot be asked)
     /// arrive on the returned channel, which closes once every task's log ended
     /// (never, with `follow`, until the receiver is dropped).
-    pub async fn logs(&self, tasks: Vec<(String, String, String, String)>, follow: bool, tail: i64, since_ns: i64) -> mpsc::Receiver<pb::TaskLogLine> {
+    pub async fn logs(
+        &self,
+        tasks: Vec<(String, String, String, String)>,
+        follow: bool,
+        tail: i64,
+        since_ns: i64,
+    ) -> mpsc::Receiver<pb::TaskLogLine> {
         let (tx, rx) = mpsc::channel(256);
         let id = self.inner.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut by_node: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
@@ -270,11 +306,19 @@ impl Dispatcher {
             let session = self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&node_id).cloned();
             let hostname = tasks.first().map(|t| t.2.clone()).unwrap_or_default();
             let Some(session) = session else {
-                let warning = format!("node {hostname} is not connected: the logs of {} task(s) there are missing", tasks.len());
+                let warning =
+                    format!("node {hostname} is not connected: the logs of {} task(s) there are missing", tasks.len());
                 let _ = tx.send(pb::TaskLogLine { node: hostname, warning, ..Default::default() }).await;
                 continue;
             };
-            let req = pb::LogsRequest { request_id: id, task_ids: tasks.iter().map(|t| t.0.clone()).collect(), follow, tail, since_ns, cancel: false };
+            let req = pb::LogsRequest {
+                request_id: id,
+                task_ids: tasks.iter().map(|t| t.0.clone()).collect(),
+                follow,
+                tail,
+                since_ns,
+                cancel: false,
+            };
             pending += tasks.len();
             for (task_id, name, hostname) in tasks {
                 names.insert(task_id, (name, hostname));
@@ -284,7 +328,11 @@ impl Dispatcher {
         if pending == 0 {
             return rx;
         }
-        self.inner.log_requests.lock().unwrap_or_else(|p| p.into_inner()).insert(id, LogRequest { tx, names, pending, nodes: asked.iter().map(|a| a.0.clone()).collect() });
+        self.inner
+            .log_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, LogRequest { tx, names, pending, nodes: asked.iter().map(|a| a.0.clone()).collect() });
         for (_, session, req) in asked {
             let _ = session.send(msg(pb::manager_message::Msg::Logs(req))).await;
         }
@@ -300,16 +348,31 @@ impl Dispatcher {
             let mut lines: Vec<pb::TaskLogLine> = chunk
                 .lines
                 .into_iter()
-                .map(|l| pb::TaskLogLine { task: name.clone(), task_id: chunk.task_id.clone(), node: node.clone(), stream: l.stream, log: l.log, time: l.time, warning: String::new() })
+                .map(|l| pb::TaskLogLine {
+                    task: name.clone(),
+                    task_id: chunk.task_id.clone(),
+                    node: node.clone(),
+                    stream: l.stream,
+                    log: l.log,
+                    time: l.time,
+                    warning: String::new(),
+                })
                 .collect();
             if !chunk.error.is_empty() {
-                lines.push(pb::TaskLogLine { task: name.clone(), task_id: chunk.task_id.clone(), node, warning: chunk.error, ..Default::default() });
+                lines.push(pb::TaskLogLine {
+                    task: name.clone(),
+                    task_id: chunk.task_id.clone(),
+                    node,
+                    warning: chunk.error,
+                    ..Default::default()
+                });
             }
             let tx = r.tx.clone();
             if chunk.done {
                 r.pending = r.pending.saturating_sub(1);
             }
-            let cancel = if r.pending == 0 || tx.is_closed() { reqs.remove(&chunk.request_id).map(|r| r.nodes) } else { None };
+            let cancel =
+                if r.pending == 0 || tx.is_closed() { reqs.remove(&chunk.request_id).map(|r| r.nodes) } else { None };
             (tx, lines, cancel)
         };
         for l in lines {
@@ -321,18 +384,31 @@ impl Dispatcher {
             for node in nodes {
                 let session = self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&node).cloned();
                 if let Some(s) = session {
-                    let _ = s.send(msg(pb::manager_message::Msg::Logs(pb::LogsRequest { request_id: chunk.request_id, cancel: true, ..Default::default() }))).await;
+                    let _ = s
+                        .send(msg(pb::manager_message::Msg::Logs(pb::LogsRequest {
+                            request_id: chunk.request_id,
+                            cancel: true,
+                            ..Default::default()
+                        })))
+                        .await;
                 }
             }
         }
     }
 
     fn report_tasks(&self, node_id: &str, reports: Vec<pb::TaskStatusReport>) {
-        let updates: Vec<(String, TaskStatus)> = reports.into_iter().filter_map(|r| Some((r.task_id, serde_json::from_str(&r.status_json).ok()?))).collect();
+        let updates: Vec<(String, TaskStatus)> =
+            reports.into_iter().filter_map(|r| Some((r.task_id, serde_json::from_str(&r.status_json).ok()?))).collect();
         if updates.is_empty() {
             return;
         }
-        self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner()).entry(node_id.to_string()).or_default().extend(updates);
+        self.inner
+            .task_reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(node_id.to_string())
+            .or_default()
+            .extend(updates);
         self.inner.wake.notify_one();
     }
 
@@ -356,11 +432,8 @@ impl Dispatcher {
 /// Addresses of the Raft members, leader first.
 pub fn manager_addrs(mgr: &Manager) -> Vec<String> {
     let m = mgr.metrics();
-    let mut addrs: Vec<(bool, String)> = m
-        .membership_config
-        .nodes()
-        .map(|(id, n)| (Some(*id) != m.current_leader, n.addr.clone()))
-        .collect();
+    let mut addrs: Vec<(bool, String)> =
+        m.membership_config.nodes().map(|(id, n)| (Some(*id) != m.current_leader, n.addr.clone())).collect();
     addrs.sort();
     addrs.into_iter().map(|(_, a)| a).collect()
 }

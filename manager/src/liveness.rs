@@ -147,7 +147,9 @@ impl Liveness {
 
     /// A prober's result for a round.
     pub fn result(&mut self, target: &str, round: u64, outcome: Outcome) {
-        let Some(r) = self.peers.get_mut(target).and_then(|p| p.round.as_mut()).filter(|r| r.id == round) else { return };
+        let Some(r) = self.peers.get_mut(target).and_then(|p| p.round.as_mut()).filter(|r| r.id == round) else {
+            return;
+        };
         r.waiting = r.waiting.saturating_sub(1);
         match outcome {
             Outcome::Alive => r.alive = true,
@@ -196,7 +198,8 @@ impl Liveness {
                 seen.suspected.push(id.clone());
             }
             // Finish the round in flight once everyone answered or its time is up.
-            let over = p.round.as_ref().is_some_and(|r| r.waiting == 0 || now >= r.started + t.probe_timeout + t.period);
+            let over =
+                p.round.as_ref().is_some_and(|r| r.waiting == 0 || now >= r.started + t.probe_timeout + t.period);
             if over && let Some(r) = p.round.take() {
                 if r.alive {
                     p.failed_rounds = 0;
@@ -225,9 +228,14 @@ impl Liveness {
             if p.failed_rounds >= 2 && now >= suspect_at + t.confirm {
                 let others = p.failed_by.saturating_sub(1);
                 let message = if p.connected {
-                    format!("heartbeat failure: no heartbeat for {}ms, and no answer to probes by the leader and {others} other node(s)", silence.as_millis())
+                    format!(
+                        "heartbeat failure: no heartbeat for {}ms, and no answer to probes by the leader and {others} other node(s)",
+                        silence.as_millis()
+                    )
                 } else {
-                    format!("heartbeat failure: session lost, and no answer to probes by the leader and {others} other node(s)")
+                    format!(
+                        "heartbeat failure: session lost, and no answer to probes by the leader and {others} other node(s)"
+                    )
                 };
                 actions.push(Action::Down { node: id.clone(), message });
                 clear(p);
@@ -239,7 +247,8 @@ impl Liveness {
                 let candidates: Vec<&String> = healthy.iter().filter(|h| *h != id).collect();
                 let take = t.indirect.min(candidates.len());
                 let start = if candidates.is_empty() { 0 } else { round as usize % candidates.len() };
-                let probers: Vec<String> = (0..take).map(|i| candidates[(start + i) % candidates.len()].clone()).collect();
+                let probers: Vec<String> =
+                    (0..take).map(|i| candidates[(start + i) % candidates.len()].clone()).collect();
                 p.round = Some(Round { id: round, started: now, waiting: probers.len() + 1, alive: false, failed: 0 });
                 actions.push(Action::Probe { round, target: id.clone(), probers });
             }
@@ -322,7 +331,10 @@ mod tests {
         }
 
         fn downs(actions: &[Action]) -> Vec<String> {
-            actions.iter().filter_map(|a| if let Action::Down { node, .. } = a { Some(node.clone()) } else { None }).collect()
+            actions
+                .iter()
+                .filter_map(|a| if let Action::Down { node, .. } = a { Some(node.clone()) } else { None })
+                .collect()
         }
     }
 
@@ -378,7 +390,9 @@ mod tests {
         assert!(a.is_empty(), "within grace nothing happens: {a:?}");
         let a = s.run(4000, &["a", "b", "c"], |_| Outcome::Timeout);
         assert_eq!(Sim::downs(&a), ["d"]);
-        let Some(Action::Down { message, .. }) = a.iter().find(|x| matches!(x, Action::Down { .. })) else { unreachable!() };
+        let Some(Action::Down { message, .. }) = a.iter().find(|x| matches!(x, Action::Down { .. })) else {
+            unreachable!()
+        };
         assert!(message.contains("no heartbeat") && message.contains("3 other node(s)"), "{message}");
     }
 
@@ -422,7 +436,11 @@ mod tests {
         // A node that joins later gets its grace from when it is first seen.
         let n = nodes(&["a", "b", "c"]);
         let (a, seen) = l.tick(t0 + ms(5000), &n);
-        assert!(!seen.suspected.contains(&"c".to_string()) && a.iter().all(|x| !matches!(x, Action::Probe { target, .. } if target == "c")), "{a:?}");
+        assert!(
+            !seen.suspected.contains(&"c".to_string())
+                && a.iter().all(|x| !matches!(x, Action::Probe { target, .. } if target == "c")),
+            "{a:?}"
+        );
     }
 
     #[test]

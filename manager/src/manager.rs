@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver as _;
-use openraft::{BasicNode, ChangeMembers, Instant as _, ReadPolicy, RaftMetrics, ServerState};
+use openraft::{BasicNode, ChangeMembers, Instant as _, RaftMetrics, ReadPolicy, ServerState};
 use rustls::ClientConfig;
 use shoal_proto::model::now_ms;
 use shoal_proto::tls::Disconnected;
@@ -66,7 +66,10 @@ pub struct Manager {
 impl Manager {
     /// Opens the durable state and starts Raft (and nothing else: the caller
     /// serves the gRPC services and calls [`Manager::run`]).
-    pub async fn open(cfg: ManagerConfig, client_tls: watch::Receiver<Arc<ClientConfig>>) -> anyhow::Result<Arc<Manager>> {
+    pub async fn open(
+        cfg: ManagerConfig,
+        client_tls: watch::Receiver<Arc<ClientConfig>>,
+    ) -> anyhow::Result<Arc<Manager>> {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let db = storage::open(&cfg.data_dir.join("raft.redb"))?;
         let store = Store::new();
@@ -253,7 +256,11 @@ impl Manager {
                 match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
                     Ok(_) => {
                         let token = self.cancel.child_token();
-                        tracing::info!(raft.id = self.cfg.raft_id, term = self.metrics().current_term, "leadership confirmed; starting leader loops");
+                        tracing::info!(
+                            raft.id = self.cfg.raft_id,
+                            term = self.metrics().current_term,
+                            "leadership confirmed; starting leader loops"
+                        );
                         *self.leader_token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
                         tokio::spawn(self.dispatcher.clone().lead(self.clone(), token.clone()));
                         tokio::spawn(crate::orchestrator::lead(self.clone(), token));

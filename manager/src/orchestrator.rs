@@ -21,7 +21,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use shoal_proto::model::{Availability, Node, NodeState};
 use shoal_proto::service::{
-    MAX_RESTART_DELAY_MS, Mode, RestartCondition, Service, Task, TaskSpec, TaskState, TaskStatus, UpdateOrder, UpdateState,
+    MAX_RESTART_DELAY_MS, Mode, RestartCondition, Service, Task, TaskSpec, TaskState, TaskStatus, UpdateOrder,
+    UpdateState,
 };
 
 use crate::state::{State, TaskChange};
@@ -97,12 +98,18 @@ pub fn constraint_holds(c: &str, node: &Node) -> bool {
 
 /// Checks a constraint's syntax (for the API).
 pub fn valid_constraint(c: &str) -> Result<(), String> {
-    let key = c.split_once("!=").or_else(|| c.split_once("==")).map(|(k, _)| k.trim()).ok_or_else(|| format!("invalid constraint {c:?}: use KEY==VALUE or KEY!=VALUE"))?;
+    let key = c
+        .split_once("!=")
+        .or_else(|| c.split_once("=="))
+        .map(|(k, _)| k.trim())
+        .ok_or_else(|| format!("invalid constraint {c:?}: use KEY==VALUE or KEY!=VALUE"))?;
     let known = ["node.role", "node.hostname", "node.id", "node.platform.os", "node.platform.arch"];
     if known.contains(&key) || key.strip_prefix("node.labels.").is_some_and(|l| !l.is_empty()) {
         Ok(())
     } else {
-        Err(format!("invalid constraint {c:?}: the key must be node.role, node.hostname, node.id, node.platform.os, node.platform.arch or node.labels.NAME"))
+        Err(format!(
+            "invalid constraint {c:?}: the key must be node.role, node.hostname, node.id, node.platform.os, node.platform.arch or node.labels.NAME"
+        ))
     }
 }
 
@@ -129,7 +136,15 @@ impl Orchestrator<'_> {
         let spec = &self.svc.spec;
         // Out-of-date tasks are replaced `parallelism` at a time: the up-to-date
         // ones not running yet are the batch in flight.
-        let in_flight = self.tasks.iter().filter(|t| t.spec_version == self.svc.spec_version && t.desired == TaskState::Running && t.status.state < TaskState::Running).count() as u64;
+        let in_flight = self
+            .tasks
+            .iter()
+            .filter(|t| {
+                t.spec_version == self.svc.spec_version
+                    && t.desired == TaskState::Running
+                    && t.status.state < TaskState::Running
+            })
+            .count() as u64;
         // --update-delay: the next batch waits this long after the last one came up.
         let last_up = self
             .tasks
@@ -140,13 +155,23 @@ impl Orchestrator<'_> {
         let delayed = spec_delay(self.svc) > 0 && last_up.is_some_and(|at| self.now_ms < at + spec_delay(self.svc));
         let paused = self.svc.update_state == UpdateState::Paused || delayed;
         let rollout = rollout(self.svc);
-        let mut budget = if paused { 0 } else if rollout.parallelism == 0 { u64::MAX } else { rollout.parallelism.saturating_sub(in_flight) };
+        let mut budget = if paused {
+            0
+        } else if rollout.parallelism == 0 {
+            u64::MAX
+        } else {
+            rollout.parallelism.saturating_sub(in_flight)
+        };
 
         match spec.mode {
             Mode::Replicated | Mode::ReplicatedJob => {
                 let wanted = spec.replicas;
                 let concurrent = if spec.max_concurrent == 0 { wanted } else { spec.max_concurrent };
-                let mut live = by_slot.values().flatten().filter(|t| t.desired == TaskState::Running && !t.status.state.is_terminal()).count() as u64;
+                let mut live = by_slot
+                    .values()
+                    .flatten()
+                    .filter(|t| t.desired == TaskState::Running && !t.status.state.is_terminal())
+                    .count() as u64;
                 for slot in 1..=wanted {
                     let tasks = by_slot.get(&format!("{slot:020}")).map(Vec::as_slice).unwrap_or(&[]);
                     if spec.mode == Mode::ReplicatedJob && tasks.is_empty() && live >= concurrent {
@@ -198,9 +223,17 @@ impl Orchestrator<'_> {
                 self.shutdown(t);
                 self.out.push(TaskChange::Status {
                     id: t.id.clone(),
-                    status: TaskStatus { state: TaskState::Orphaned, message: "its node is down".into(), err: "node is down".into(), ..t.status.clone() },
+                    status: TaskStatus {
+                        state: TaskState::Orphaned,
+                        message: "its node is down".into(),
+                        err: "node is down".into(),
+                        ..t.status.clone()
+                    },
                 });
-            } else if node.is_empty() && !t.node_id.is_empty() && self.state.nodes.get(&t.node_id).is_none_or(|n| refusal(n, &spec.task).is_some()) {
+            } else if node.is_empty()
+                && !t.node_id.is_empty()
+                && self.state.nodes.get(&t.node_id).is_none_or(|n| refusal(n, &spec.task).is_some())
+            {
                 self.shutdown(t); // drained, or the constraints changed
             } else {
                 live.push(t);
@@ -229,12 +262,17 @@ impl Orchestrator<'_> {
             self.create(slot, node, 0, 0);
             return true;
         };
-        let lost = last.status.state == TaskState::Orphaned || !last.node_id.is_empty() && !node_up(self.state, &last.node_id);
-        if !last.status.state.is_terminal() && !lost && self.changes_for(&last.id).all(|c| !matches!(c, TaskChange::Status { .. })) {
+        let lost =
+            last.status.state == TaskState::Orphaned || !last.node_id.is_empty() && !node_up(self.state, &last.node_id);
+        if !last.status.state.is_terminal()
+            && !lost
+            && self.changes_for(&last.id).all(|c| !matches!(c, TaskChange::Status { .. }))
+        {
             return false; // stop-first: the old one is still stopping
         }
         if !spec.mode.is_job() || last.status.state != TaskState::Complete {
-            let ended_by_itself = matches!(last.status.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected);
+            let ended_by_itself =
+                matches!(last.status.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected);
             if !ended_by_itself || last.spec != self.svc.spec.task {
                 if last.spec != self.svc.spec.task {
                     // A stop-first update's replacement: part of this batch.
@@ -259,7 +297,8 @@ impl Orchestrator<'_> {
             };
             if again && (r.max_attempts == 0 || attempts < r.max_attempts) {
                 let attempt = last.attempt + 1;
-                let delay = r.delay_ms.saturating_mul(1 << (attempt - 1).min(16)).min(MAX_RESTART_DELAY_MS.max(r.delay_ms));
+                let delay =
+                    r.delay_ms.saturating_mul(1 << (attempt - 1).min(16)).min(MAX_RESTART_DELAY_MS.max(r.delay_ms));
                 self.create(slot, node, attempt, last.status.at_ms.max(last.meta.updated_ms) + delay);
                 return true;
             }
@@ -268,11 +307,15 @@ impl Orchestrator<'_> {
     }
 
     fn changes_for<'b>(&'b self, id: &'b str) -> impl Iterator<Item = &'b TaskChange> + 'b {
-        self.out.iter().filter(move |c| matches!(c, TaskChange::Status { id: i, .. } | TaskChange::Desired { id: i, .. } if i == id))
+        self.out.iter().filter(
+            move |c| matches!(c, TaskChange::Status { id: i, .. } | TaskChange::Desired { id: i, .. } if i == id),
+        )
     }
 
     fn shutdown(&mut self, t: &Task) {
-        if t.desired < TaskState::Shutdown && !self.out.iter().any(|c| matches!(c, TaskChange::Desired { id, .. } if *id == t.id)) {
+        if t.desired < TaskState::Shutdown
+            && !self.out.iter().any(|c| matches!(c, TaskChange::Desired { id, .. } if *id == t.id))
+        {
             self.out.push(TaskChange::Desired { id: t.id.clone(), desired: TaskState::Shutdown });
         }
     }
@@ -314,8 +357,10 @@ impl Orchestrator<'_> {
         let mine = || self.tasks.iter().copied();
         // New tasks that failed before or within their monitor window, against the ratio tolerated.
         let new: Vec<&Task> = mine().filter(|t| t.spec_version == svc.spec_version).collect();
-        let failed_early =
-            |t: &&&Task| matches!(t.status.state, TaskState::Failed | TaskState::Rejected) && (t.started_ms == 0 || t.status.at_ms < t.started_ms + cfg.monitor_ms);
+        let failed_early = |t: &&&Task| {
+            matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
+                && (t.started_ms == 0 || t.status.at_ms < t.started_ms + cfg.monitor_ms)
+        };
         let failed = new.iter().filter(failed_early).count();
         let tolerated = (cfg.max_failure_ratio * new.len().max(1) as f64).floor() as usize;
         let what = if svc.update_state == UpdateState::Updating { "update" } else { "rollback" };
@@ -331,7 +376,10 @@ impl Orchestrator<'_> {
                 (FailureAction::Rollback, false) => {
                     self.out.push(TaskChange::Rollback {
                         service_id: svc.id.clone(),
-                        message: format!("update rolled back due to failure or early termination of task {}: {why}", bad.id),
+                        message: format!(
+                            "update rolled back due to failure or early termination of task {}: {why}",
+                            bad.id
+                        ),
                     });
                     return;
                 }
@@ -359,14 +407,22 @@ impl Orchestrator<'_> {
                 (UpdateState::RollbackCompleted, "rollback completed")
             };
             // An automatic rollback keeps saying why it happened.
-            let message = if svc.update_message.contains("rolled back due to") { svc.update_message.clone() } else { message.to_string() };
+            let message = if svc.update_message.contains("rolled back due to") {
+                svc.update_message.clone()
+            } else {
+                message.to_string()
+            };
             self.out.push(TaskChange::UpdateState { service_id: svc.id.clone(), state, message });
         }
     }
 }
 
 fn spec_delay(svc: &Service) -> u64 {
-    if matches!(svc.update_state, UpdateState::Updating | UpdateState::RollbackStarted) { rollout(svc).delay_ms } else { 0 }
+    if matches!(svc.update_state, UpdateState::Updating | UpdateState::RollbackStarted) {
+        rollout(svc).delay_ms
+    } else {
+        0
+    }
 }
 
 /// The settings of the rollout in progress: the rollback's while rolling back.
@@ -411,12 +467,15 @@ fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
             if let Some(l) = loads.get_mut(t.node_id.as_str()) {
                 l.add(t);
             }
-        } else if matches!(t.status.state, TaskState::Failed | TaskState::Rejected) && t.status.at_ms + RECENT_FAILURE_MS >= now_ms {
+        } else if matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
+            && t.status.at_ms + RECENT_FAILURE_MS >= now_ms
+        {
             *failures.entry((t.service_id.as_str(), t.spec_version, t.node_id.as_str())).or_default() += 1;
         }
     }
     // Those nodes go last for that version.
-    let failed_on: HashSet<(&str, u64, &str)> = failures.into_iter().filter(|(_, n)| *n >= RECENT_FAILURES).map(|(k, _)| k).collect();
+    let failed_on: HashSet<(&str, u64, &str)> =
+        failures.into_iter().filter(|(_, n)| *n >= RECENT_FAILURES).map(|(k, _)| k).collect();
     for c in out.iter() {
         if let TaskChange::Create(t) = c
             && !t.node_id.is_empty()
@@ -426,7 +485,10 @@ fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
         }
     }
     // Tasks being shut down in this pass do not count against their node.
-    let leaving: Vec<&str> = out.iter().filter_map(|c| if let TaskChange::Desired { id, .. } = c { Some(id.as_str()) } else { None }).collect();
+    let leaving: Vec<&str> = out
+        .iter()
+        .filter_map(|c| if let TaskChange::Desired { id, .. } = c { Some(id.as_str()) } else { None })
+        .collect();
     for id in &leaving {
         if let Some(t) = state.tasks.get(*id)
             && let Some(l) = loads.get_mut(t.node_id.as_str())
@@ -443,11 +505,18 @@ fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
     let existing: Vec<&Task> = state
         .tasks
         .values()
-        .filter(|t| t.node_id.is_empty() && t.desired == TaskState::Running && t.status.state <= TaskState::Pending && !leaving.contains(&t.id.as_str()))
+        .filter(|t| {
+            t.node_id.is_empty()
+                && t.desired == TaskState::Running
+                && t.status.state <= TaskState::Pending
+                && !leaving.contains(&t.id.as_str())
+        })
         .collect();
     let mut decisions: Vec<(String, Result<String, String>)> = Vec::new();
     let mut order: Vec<Task> = existing.into_iter().cloned().collect();
-    order.extend(out.iter().filter_map(|c| if let TaskChange::Create(t) = c { (t.node_id.is_empty()).then(|| (**t).clone()) } else { None }));
+    order.extend(out.iter().filter_map(|c| {
+        if let TaskChange::Create(t) = c { (t.node_id.is_empty()).then(|| (**t).clone()) } else { None }
+    }));
     order.sort_by_key(|t| (t.service_id.clone(), t.slot));
     for t in &order {
         let decision = place(state, &loads, &failed_on, t);
@@ -459,14 +528,22 @@ fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
         decisions.push((t.id.clone(), decision));
     }
     let mut extra = Vec::new();
-    let created_at: HashMap<String, usize> =
-        out.iter().enumerate().filter_map(|(i, c)| if let TaskChange::Create(t) = c { Some((t.id.clone(), i)) } else { None }).collect();
+    let created_at: HashMap<String, usize> = out
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| if let TaskChange::Create(t) = c { Some((t.id.clone(), i)) } else { None })
+        .collect();
     for (id, decision) in decisions {
-        let created = created_at.get(&id).and_then(|i| if let TaskChange::Create(t) = &mut out[*i] { Some(t) } else { None });
+        let created =
+            created_at.get(&id).and_then(|i| if let TaskChange::Create(t) = &mut out[*i] { Some(t) } else { None });
         match (created, decision) {
             (Some(t), Ok(node)) => {
                 t.node_id = node;
-                t.status = TaskStatus { state: TaskState::Assigned, message: "scheduler assigned task to node".into(), ..Default::default() };
+                t.status = TaskStatus {
+                    state: TaskState::Assigned,
+                    message: "scheduler assigned task to node".into(),
+                    ..Default::default()
+                };
             }
             (Some(t), Err(why)) => t.status.err = why,
             (None, Ok(node)) => extra.push(TaskChange::Assign { id, node_id: node }),
@@ -481,7 +558,12 @@ fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
 }
 
 /// The node for `t`, or why there is none.
-fn place(state: &State, loads: &BTreeMap<&str, Load>, failed_on: &HashSet<(&str, u64, &str)>, t: &Task) -> Result<String, String> {
+fn place(
+    state: &State,
+    loads: &BTreeMap<&str, Load>,
+    failed_on: &HashSet<(&str, u64, &str)>,
+    t: &Task,
+) -> Result<String, String> {
     let spec = &t.spec;
     let mut why: BTreeMap<&'static str, usize> = BTreeMap::new();
     // `--placement-pref spread=node.labels.zone`: first the label value with the
@@ -491,7 +573,8 @@ fn place(state: &State, loads: &BTreeMap<&str, Load>, failed_on: &HashSet<(&str,
     let mut groups: HashMap<String, u64> = HashMap::new();
     if spread_key.is_some() {
         for (node, load) in state.nodes.values().zip(loads.values()) {
-            *groups.entry(group_of(node).unwrap_or_default()).or_default() += load.per_service.get(&t.service_id).copied().unwrap_or(0);
+            *groups.entry(group_of(node).unwrap_or_default()).or_default() +=
+                load.per_service.get(&t.service_id).copied().unwrap_or(0);
         }
     }
     // Then fewest of this service, then fewest overall; ties go to the first node by id.
@@ -506,7 +589,11 @@ fn place(state: &State, loads: &BTreeMap<&str, Load>, failed_on: &HashSet<(&str,
                 Some("insufficient memory")
             } else if spec.reserve_nano_cpus > 0 && load.cpus + spec.reserve_nano_cpus > node.description.nano_cpus {
                 Some("insufficient CPU")
-            } else if spec.ports.iter().any(|p| load.ports.iter().any(|(n, proto)| *n == p.published && *proto == p.protocol)) {
+            } else if spec
+                .ports
+                .iter()
+                .any(|p| load.ports.iter().any(|(n, proto)| *n == p.published && *proto == p.protocol))
+            {
                 Some("host-mode port already in use")
             } else if spec.max_replicas_per_node > 0 && mine >= spec.max_replicas_per_node {
                 Some("max replicas per node reached")
@@ -519,7 +606,8 @@ fn place(state: &State, loads: &BTreeMap<&str, Load>, failed_on: &HashSet<(&str,
             continue;
         }
         let group = group_of(node).map_or(0, |g| groups.get(&g).copied().unwrap_or(0));
-        let rank = (failed_on.contains(&(t.service_id.as_str(), t.spec_version, node.id.as_str())), group, mine, load.tasks);
+        let rank =
+            (failed_on.contains(&(t.service_id.as_str(), t.spec_version, node.id.as_str())), group, mine, load.tasks);
         if best.as_ref().is_none_or(|(b, _)| rank < *b) {
             best = Some((rank, node.id.as_str()));
         }
@@ -528,7 +616,8 @@ fn place(state: &State, loads: &BTreeMap<&str, Load>, failed_on: &HashSet<(&str,
         Some((_, id)) => Ok(id.to_string()),
         None if why.is_empty() => Err("no suitable node (no nodes)".into()),
         None => {
-            let parts: Vec<String> = why.iter().map(|(r, n)| format!("{r} on {n} node{}", if *n == 1 { "" } else { "s" })).collect();
+            let parts: Vec<String> =
+                why.iter().map(|(r, n)| format!("{r} on {n} node{}", if *n == 1 { "" } else { "s" })).collect();
             Err(format!("no suitable node ({})", parts.join("; ")))
         }
     }
@@ -537,7 +626,11 @@ fn place(state: &State, loads: &BTreeMap<&str, Load>, failed_on: &HashSet<(&str,
 /// Each slot keeps its `HISTORY` newest ended tasks.
 fn reap(state: &State, out: &mut Vec<TaskChange>) {
     let mut by_slot: HashMap<(String, u64, String), Vec<&Task>> = HashMap::new();
-    for t in state.tasks.values().filter(|t| t.desired >= TaskState::Shutdown && (t.status.state.is_terminal() || !node_up(state, &t.node_id))) {
+    for t in state
+        .tasks
+        .values()
+        .filter(|t| t.desired >= TaskState::Shutdown && (t.status.state.is_terminal() || !node_up(state, &t.node_id)))
+    {
         let node = if t.slot == 0 { t.node_id.clone() } else { String::new() };
         by_slot.entry((t.service_id.clone(), t.slot, node)).or_default().push(t);
     }
@@ -608,7 +701,12 @@ mod tests {
             id: id.into(),
             raft_id: 0,
             spec: NodeSpec { role, availability: Availability::Active, labels: Default::default() },
-            description: NodeDescription { hostname: format!("h-{id}"), nano_cpus: 2_000_000_000, memory_bytes: 1 << 30, ..Default::default() },
+            description: NodeDescription {
+                hostname: format!("h-{id}"),
+                nano_cpus: 2_000_000_000,
+                memory_bytes: 1 << 30,
+                ..Default::default()
+            },
             status: NodeStatus { state: NodeState::Ready, message: String::new() },
             meta: Meta::default(),
         }
@@ -650,7 +748,13 @@ mod tests {
         fn update(&mut self, svc: &str, f: impl FnOnce(&mut ServiceSpec)) {
             let mut spec = self.state.services[svc].spec.clone();
             f(&mut spec);
-            self.apply(Command::UpdateService { id: svc.to_string(), spec, rollback: false, replace_auth: false, auth: None });
+            self.apply(Command::UpdateService {
+                id: svc.to_string(),
+                spec,
+                rollback: false,
+                replace_auth: false,
+                auth: None,
+            });
         }
 
         /// One orchestrator pass, applied; returns its changes.
@@ -671,11 +775,24 @@ mod tests {
         /// Every assigned task reports running (as its node would).
         fn run_all(&mut self) {
             let mut by_node: BTreeMap<String, Vec<(String, TaskStatus)>> = BTreeMap::new();
-            for t in self.state.tasks.values().filter(|t| t.desired == TaskState::Running && t.status.state == TaskState::Assigned) {
-                by_node.entry(t.node_id.clone()).or_default().push((t.id.clone(), TaskStatus { state: TaskState::Running, ..Default::default() }));
+            for t in self
+                .state
+                .tasks
+                .values()
+                .filter(|t| t.desired == TaskState::Running && t.status.state == TaskState::Assigned)
+            {
+                by_node
+                    .entry(t.node_id.clone())
+                    .or_default()
+                    .push((t.id.clone(), TaskStatus { state: TaskState::Running, ..Default::default() }));
             }
-            for t in self.state.tasks.values().filter(|t| t.desired >= TaskState::Shutdown && !t.status.state.is_terminal() && node_up(&self.state, &t.node_id)) {
-                by_node.entry(t.node_id.clone()).or_default().push((t.id.clone(), TaskStatus { state: TaskState::Shutdown, ..Default::default() }));
+            for t in self.state.tasks.values().filter(|t| {
+                t.desired >= TaskState::Shutdown && !t.status.state.is_terminal() && node_up(&self.state, &t.node_id)
+            }) {
+                by_node
+                    .entry(t.node_id.clone())
+                    .or_default()
+                    .push((t.id.clone(), TaskStatus { state: TaskState::Shutdown, ..Default::default() }));
             }
             for (node_id, updates) in by_node {
                 self.apply(Command::TaskStatus { node_id, updates });
@@ -695,7 +812,13 @@ mod tests {
         }
 
         fn running(&self, svc: &str) -> Vec<&Task> {
-            self.state.tasks.values().filter(|t| t.service_id == svc && t.desired == TaskState::Running && t.status.state == TaskState::Running).collect()
+            self.state
+                .tasks
+                .values()
+                .filter(|t| {
+                    t.service_id == svc && t.desired == TaskState::Running && t.status.state == TaskState::Running
+                })
+                .collect()
         }
 
         fn per_node(&self, svc: &str) -> BTreeMap<String, usize> {
@@ -708,7 +831,13 @@ mod tests {
     }
 
     fn five() -> World {
-        World::new(&[("n1", Role::Manager), ("n2", Role::Manager), ("n3", Role::Manager), ("n4", Role::Worker), ("n5", Role::Worker)])
+        World::new(&[
+            ("n1", Role::Manager),
+            ("n2", Role::Manager),
+            ("n3", Role::Manager),
+            ("n4", Role::Worker),
+            ("n5", Role::Worker),
+        ])
     }
 
     #[test]
@@ -751,7 +880,13 @@ mod tests {
         let mut delays = Vec::new();
         for _ in 0..3 {
             let t = w.running(&svc)[0].clone();
-            w.apply(Command::TaskStatus { node_id: t.node_id.clone(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Failed, exit_code: Some(1), at_ms: 0, ..Default::default() })] });
+            w.apply(Command::TaskStatus {
+                node_id: t.node_id.clone(),
+                updates: vec![(
+                    t.id.clone(),
+                    TaskStatus { state: TaskState::Failed, exit_code: Some(1), at_ms: 0, ..Default::default() },
+                )],
+            });
             let failed_at = w.state.tasks[&t.id].meta.updated_ms;
             w.settle();
             if let Some(next) = w.state.tasks.values().find(|n| n.slot == 1 && n.attempt == t.attempt + 1) {
@@ -764,7 +899,13 @@ mod tests {
         let ok = w.service("ok", |s| s.task.restart.condition = RestartCondition::OnFailure);
         w.settle();
         let t = w.running(&ok)[0].clone();
-        w.apply(Command::TaskStatus { node_id: t.node_id.clone(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Complete, exit_code: Some(0), ..Default::default() })] });
+        w.apply(Command::TaskStatus {
+            node_id: t.node_id.clone(),
+            updates: vec![(
+                t.id.clone(),
+                TaskStatus { state: TaskState::Complete, exit_code: Some(0), ..Default::default() },
+            )],
+        });
         w.settle();
         assert_eq!(w.state.tasks.values().filter(|x| x.service_id == ok).count(), 1);
     }
@@ -809,12 +950,18 @@ mod tests {
         });
         w.settle();
         assert_eq!(w.running(&p).len(), 2);
-        assert!(w.state.tasks.values().any(|t| t.status.err == "no suitable node (host-mode port already in use on 2 nodes)"));
+        assert!(
+            w.state
+                .tasks
+                .values()
+                .any(|t| t.status.err == "no suitable node (host-mode port already in use on 2 nodes)")
+        );
     }
 
     #[test]
     fn placement_preferences_spread_over_label_values() {
-        let mut w = World::new(&[("a1", Role::Worker), ("a2", Role::Worker), ("a3", Role::Worker), ("b1", Role::Worker)]);
+        let mut w =
+            World::new(&[("a1", Role::Worker), ("a2", Role::Worker), ("a3", Role::Worker), ("b1", Role::Worker)]);
         for (id, zone) in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")] {
             w.state.nodes.get_mut(id).unwrap().spec.labels.insert("zone".into(), zone.into());
         }
@@ -842,7 +989,9 @@ mod tests {
         assert!(!constraint_holds("node.platform.arch==x86_64", &n), "no platform until its hello");
         (n.description.os, n.description.arch) = ("linux".into(), "aarch64".into());
         assert!(constraint_holds("node.platform.arch==aarch64", &n) && constraint_holds("node.platform.os==linux", &n));
-        assert!(!constraint_holds("node.platform.arch==x86_64", &n) && constraint_holds("node.platform.arch!=x86_64", &n));
+        assert!(
+            !constraint_holds("node.platform.arch==x86_64", &n) && constraint_holds("node.platform.arch!=x86_64", &n)
+        );
         assert!(valid_constraint("node.labels.zone==a").is_ok());
         assert!(valid_constraint("zone==a").is_err() && valid_constraint("node.role=manager").is_err());
     }
@@ -861,11 +1010,18 @@ mod tests {
         // First pass: two new tasks start beside the old ones (start-first).
         let changes = w.pass();
         assert_eq!(changes.iter().filter(|c| matches!(c, TaskChange::Create(_))).count(), 2);
-        assert!(!changes.iter().any(|c| matches!(c, TaskChange::Desired { .. })), "start-first keeps the old ones until the new run");
+        assert!(
+            !changes.iter().any(|c| matches!(c, TaskChange::Desired { .. })),
+            "start-first keeps the old ones until the new run"
+        );
         assert!(w.pass().iter().all(|c| !matches!(c, TaskChange::Create(_))), "no more than parallelism in flight");
         w.settle();
         assert!(w.running(&web).iter().all(|t| t.spec_version == v) && w.running(&web).len() == 4);
-        assert_eq!(w.state.services[&web].update_state, UpdateState::Updating, "the last tasks are in their monitor window");
+        assert_eq!(
+            w.state.services[&web].update_state,
+            UpdateState::Updating,
+            "the last tasks are in their monitor window"
+        );
         w.skew += 5_000;
         w.settle();
         assert_eq!(w.state.services[&web].update_state, UpdateState::Completed);
@@ -897,8 +1053,20 @@ mod tests {
         w.pass();
         w.run_all();
         w.pass();
-        let bad = w.state.tasks.values().find(|t| t.spec.image == "broken" && t.desired == TaskState::Running).cloned().expect("a new task");
-        w.apply(Command::TaskStatus { node_id: bad.node_id.clone(), updates: vec![(bad.id.clone(), TaskStatus { state: TaskState::Rejected, err: "No such image: broken".into(), ..Default::default() })] });
+        let bad = w
+            .state
+            .tasks
+            .values()
+            .find(|t| t.spec.image == "broken" && t.desired == TaskState::Running)
+            .cloned()
+            .expect("a new task");
+        w.apply(Command::TaskStatus {
+            node_id: bad.node_id.clone(),
+            updates: vec![(
+                bad.id.clone(),
+                TaskStatus { state: TaskState::Rejected, err: "No such image: broken".into(), ..Default::default() },
+            )],
+        });
         w.settle();
         w.skew += 5_000;
         w.settle();
@@ -937,7 +1105,10 @@ mod tests {
         let fail = |w: &mut World| {
             let t = w.running(&web)[0].clone();
             let at_ms = w.index * 10 + w.skew;
-            w.apply(Command::TaskStatus { node_id: t.node_id.clone(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Failed, at_ms, ..Default::default() })] });
+            w.apply(Command::TaskStatus {
+                node_id: t.node_id.clone(),
+                updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Failed, at_ms, ..Default::default() })],
+            });
             w.settle();
         };
         // Ties go to the first node; a few failures there do not move the service.
@@ -947,7 +1118,11 @@ mod tests {
         }
         assert_eq!(w.running(&web)[0].node_id, "a", "{} failures are not enough", RECENT_FAILURES - 1);
         fail(&mut w);
-        assert_eq!(w.running(&web)[0].node_id, "b", "the replacement avoids the node it failed on {RECENT_FAILURES} times");
+        assert_eq!(
+            w.running(&web)[0].node_id,
+            "b",
+            "the replacement avoids the node it failed on {RECENT_FAILURES} times"
+        );
         // A new version of the service starts with a clean slate.
         w.update(&web, |s| s.task.env = vec!["V=2".into()]);
         w.settle();
@@ -968,7 +1143,13 @@ mod tests {
     fn fail_one(w: &mut World, svc: &str, env: &str) {
         let t = w.running(svc).into_iter().find(|t| t.spec.env == [env]).cloned().expect("a running task of that spec");
         let at_ms = w.index * 10 + w.skew;
-        let status = TaskStatus { state: TaskState::Failed, err: "exit 1".into(), exit_code: Some(1), at_ms, ..Default::default() };
+        let status = TaskStatus {
+            state: TaskState::Failed,
+            err: "exit 1".into(),
+            exit_code: Some(1),
+            at_ms,
+            ..Default::default()
+        };
         w.apply(Command::TaskStatus { node_id: t.node_id.clone(), updates: vec![(t.id.clone(), status)] });
     }
 
@@ -992,11 +1173,20 @@ mod tests {
         w.skew += 2_000;
         fail_one(&mut w, &web, "V=2");
         w.settle();
-        assert_eq!(w.state.services[&web].update_state, UpdateState::Updating, "no rollback; its replacement is watched");
+        assert_eq!(
+            w.state.services[&web].update_state,
+            UpdateState::Updating,
+            "no rollback; its replacement is watched"
+        );
         w.skew += 1_000;
         w.settle();
         let svc = &w.state.services[&web];
-        assert_eq!((svc.update_state.clone(), svc.spec.task.env.clone()), (UpdateState::Completed, vec!["V=2".to_string()]), "{}", svc.update_message);
+        assert_eq!(
+            (svc.update_state.clone(), svc.spec.task.env.clone()),
+            (UpdateState::Completed, vec!["V=2".to_string()]),
+            "{}",
+            svc.update_message
+        );
         // Within the window it rolls back, one task at a time as the rollback settings say.
         w.update(&web, |s| s.task.env = vec!["V=3".into()]);
         w.settle();
@@ -1004,18 +1194,32 @@ mod tests {
         w.pass();
         assert_eq!(w.state.services[&web].update_state, UpdateState::RollbackStarted);
         let first = w.pass();
-        assert_eq!(first.iter().filter(|c| matches!(c, TaskChange::Desired { .. })).count(), 1, "rollback parallelism 1: {first:?}");
+        assert_eq!(
+            first.iter().filter(|c| matches!(c, TaskChange::Desired { .. })).count(),
+            1,
+            "rollback parallelism 1: {first:?}"
+        );
         w.settle();
         w.skew += 1_000;
         w.settle();
         let svc = &w.state.services[&web];
         assert_eq!(svc.update_state, UpdateState::RollbackCompleted);
-        assert!(svc.update_message.contains("rolled back due to") && svc.update_message.contains("exit 1"), "{}", svc.update_message);
+        assert!(
+            svc.update_message.contains("rolled back due to") && svc.update_message.contains("exit 1"),
+            "{}",
+            svc.update_message
+        );
         assert!(w.running(&web).iter().all(|t| t.spec.env == ["V=2"]) && w.running(&web).len() == 4);
         // A rollback whose tasks fail pauses rather than rolling back again.
         w.update(&web, |s| s.task.env = vec!["V=4".into()]);
         w.settle();
-        w.apply(Command::UpdateService { id: web.clone(), spec: w.state.services[&web].spec.clone(), rollback: true, replace_auth: false, auth: None });
+        w.apply(Command::UpdateService {
+            id: web.clone(),
+            spec: w.state.services[&web].spec.clone(),
+            rollback: true,
+            replace_auth: false,
+            auth: None,
+        });
         w.settle();
         fail_one(&mut w, &web, "V=2");
         w.settle();
@@ -1036,7 +1240,13 @@ mod tests {
             w.settle();
             let t = w.running(&svc).first().map(|t| (*t).clone());
             if let Some(t) = t {
-                w.apply(Command::TaskStatus { node_id: "a".into(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Failed, exit_code: Some(1), ..Default::default() })] });
+                w.apply(Command::TaskStatus {
+                    node_id: "a".into(),
+                    updates: vec![(
+                        t.id.clone(),
+                        TaskStatus { state: TaskState::Failed, exit_code: Some(1), ..Default::default() },
+                    )],
+                });
             }
             w.settle();
         };
@@ -1056,7 +1266,13 @@ mod tests {
         for _ in 0..9 {
             w.settle();
             let t = w.running(&svc)[0].clone();
-            w.apply(Command::TaskStatus { node_id: "a".into(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Failed, exit_code: Some(1), ..Default::default() })] });
+            w.apply(Command::TaskStatus {
+                node_id: "a".into(),
+                updates: vec![(
+                    t.id.clone(),
+                    TaskStatus { state: TaskState::Failed, exit_code: Some(1), ..Default::default() },
+                )],
+            });
         }
         w.settle();
         let ended = w.state.tasks.values().filter(|t| t.service_id == svc && t.status.state.is_terminal()).count();
@@ -1078,10 +1294,17 @@ mod tests {
             let running: Vec<Task> = w.running(&job).into_iter().cloned().collect();
             assert!(running.len() <= 2, "{}", running.len());
             for t in running {
-                w.apply(Command::TaskStatus { node_id: t.node_id.clone(), updates: vec![(t.id.clone(), TaskStatus { state: TaskState::Complete, exit_code: Some(0), ..Default::default() })] });
+                w.apply(Command::TaskStatus {
+                    node_id: t.node_id.clone(),
+                    updates: vec![(
+                        t.id.clone(),
+                        TaskStatus { state: TaskState::Complete, exit_code: Some(0), ..Default::default() },
+                    )],
+                });
             }
         }
-        let done = w.state.tasks.values().filter(|t| t.service_id == job && t.status.state == TaskState::Complete).count();
+        let done =
+            w.state.tasks.values().filter(|t| t.service_id == job && t.status.state == TaskState::Complete).count();
         assert_eq!(done, 5);
     }
 

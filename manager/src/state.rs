@@ -37,21 +37,40 @@ impl fmt::Display for Request {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// The first manager creates the cluster and registers itself.
-    Bootstrap { cluster: Cluster, node: Node },
+    Bootstrap {
+        cluster: Cluster,
+        node: Node,
+    },
     /// A node that joined with a token.
-    AddNode { node: Node },
+    AddNode {
+        node: Node,
+    },
     /// The user's change to a node's spec, as a delta: concurrent updates of
     /// different fields (or labels) commute instead of conflicting.
-    UpdateNode { id: String, change: NodeChange },
+    UpdateNode {
+        id: String,
+        change: NodeChange,
+    },
     /// From the dispatcher: descriptions and liveness, batched.
-    NodeStatus { updates: Vec<NodeStatusUpdate> },
-    RemoveNode { id: String },
-    RotateToken { role: Role, secret: String },
+    NodeStatus {
+        updates: Vec<NodeStatusUpdate>,
+    },
+    RemoveNode {
+        id: String,
+    },
+    RotateToken {
+        role: Role,
+        secret: String,
+    },
     /// Give a node a Raft id before it joins Raft: the id is this entry's log
     /// index, so ids are unique forever. A node that already has one keeps it.
-    AssignRaftId { id: String },
+    AssignRaftId {
+        id: String,
+    },
     /// Rewrites the cluster after `swarm init --force-new-cluster`.
-    ForceNewCluster { keep_node: String },
+    ForceNewCluster {
+        keep_node: String,
+    },
     /// From the API: a new service (its id chosen by the proposer), with the
     /// registry login its nodes pull with (`--with-registry-auth`), if any.
     CreateService {
@@ -73,12 +92,19 @@ pub enum Command {
         auth: Option<RegistryAuth>,
     },
     /// From the API; the orchestrator then removes its tasks.
-    RemoveService { id: String },
+    RemoveService {
+        id: String,
+    },
     /// One pass of the orchestrator and scheduler, written at once.
-    Tasks { changes: Vec<TaskChange> },
+    Tasks {
+        changes: Vec<TaskChange>,
+    },
     /// From the dispatcher: what nodes report of their tasks, batched. A
     /// report that would move a task backward is ignored.
-    TaskStatus { node_id: String, updates: Vec<(String, TaskStatus)> },
+    TaskStatus {
+        node_id: String,
+        updates: Vec<(String, TaskStatus)>,
+    },
 }
 
 /// One change of the orchestrator's or scheduler's pass.
@@ -86,17 +112,38 @@ pub enum Command {
 pub enum TaskChange {
     Create(Box<Task>),
     /// The scheduler's placement (the task moves to assigned).
-    Assign { id: String, node_id: String },
+    Assign {
+        id: String,
+        node_id: String,
+    },
     /// The scheduler could not place it: why, on the task (stays pending).
-    Unplaced { id: String, message: String },
-    Desired { id: String, desired: TaskState },
+    Unplaced {
+        id: String,
+        message: String,
+    },
+    Desired {
+        id: String,
+        desired: TaskState,
+    },
     /// The orchestrator's own status change (a lost node's task, a task that
     /// will never run); only forward, like a node's.
-    Status { id: String, status: TaskStatus },
-    Delete { id: String },
-    UpdateState { service_id: String, state: UpdateState, message: String },
+    Status {
+        id: String,
+        status: TaskStatus,
+    },
+    Delete {
+        id: String,
+    },
+    UpdateState {
+        service_id: String,
+        state: UpdateState,
+        message: String,
+    },
     /// The update failed and its failure action is rollback: back to the previous spec.
-    Rollback { service_id: String, message: String },
+    Rollback {
+        service_id: String,
+        message: String,
+    },
 }
 
 impl Command {
@@ -283,7 +330,8 @@ impl State {
                     if id != keep_node && node.spec.role == Role::Manager {
                         node.spec.role = Role::Worker;
                         node.raft_id = 0;
-                        node.status = NodeStatus { state: NodeState::Down, message: "removed by force-new-cluster".into() };
+                        node.status =
+                            NodeStatus { state: NodeState::Down, message: "removed by force-new-cluster".into() };
                         stamp(&mut node.meta, index, at, false);
                         keys.push(ObjKey::Node(id.clone()));
                     }
@@ -297,7 +345,13 @@ impl State {
                 if self.services.values().any(|s| s.spec.name == spec.name) {
                     return reject(&format!("service {} already exists", spec.name));
                 }
-                let mut svc = Service { id: id.clone(), spec: spec.clone(), spec_version: index, registry_auth: auth.clone(), ..Default::default() };
+                let mut svc = Service {
+                    id: id.clone(),
+                    spec: spec.clone(),
+                    spec_version: index,
+                    registry_auth: auth.clone(),
+                    ..Default::default()
+                };
                 stamp(&mut svc.meta, index, at, true);
                 self.services.insert(id.clone(), svc);
                 (Response::Ok, vec![ObjKey::Service(id.clone())])
@@ -307,7 +361,9 @@ impl State {
                 let spec = if *rollback {
                     match svc.previous_spec.clone() {
                         Some(p) => p,
-                        None => return reject(&format!("service {} has no previous spec to roll back to", svc.spec.name)),
+                        None => {
+                            return reject(&format!("service {} has no previous spec to roll back to", svc.spec.name));
+                        }
                     }
                 } else {
                     spec.clone()
@@ -324,7 +380,8 @@ impl State {
                     // Tasks made from an older spec are out of date from here on.
                     svc.spec_version = index;
                     svc.update_state = if *rollback { UpdateState::RollbackStarted } else { UpdateState::Updating };
-                    svc.update_message = if *rollback { "manually requested rollback".into() } else { "update in progress".into() };
+                    svc.update_message =
+                        if *rollback { "manually requested rollback".into() } else { "update in progress".into() };
                 }
                 stamp(&mut svc.meta, index, at, false);
                 (Response::Ok, vec![ObjKey::Service(id.clone())])
@@ -382,11 +439,19 @@ impl State {
             }
             TaskChange::Assign { id, node_id } => {
                 let t = self.tasks.get_mut(id)?;
-                if !t.node_id.is_empty() || !t.status.state.can_move_to(TaskState::Assigned) || !self.nodes.contains_key(node_id) {
+                if !t.node_id.is_empty()
+                    || !t.status.state.can_move_to(TaskState::Assigned)
+                    || !self.nodes.contains_key(node_id)
+                {
                     return None;
                 }
                 t.node_id = node_id.clone();
-                t.status = TaskStatus { state: TaskState::Assigned, message: "scheduler assigned task to node".into(), at_ms: at, ..Default::default() };
+                t.status = TaskStatus {
+                    state: TaskState::Assigned,
+                    message: "scheduler assigned task to node".into(),
+                    at_ms: at,
+                    ..Default::default()
+                };
                 stamp(&mut t.meta, index, at, false);
                 Some(ObjKey::Task(id.clone()))
             }
@@ -453,7 +518,8 @@ impl State {
         if let Some(s) = self.services.values().find(|s| s.spec.name == reference) {
             return Ok(s);
         }
-        let by_prefix: Vec<&Service> = self.services.values().filter(|s| !reference.is_empty() && s.id.starts_with(reference)).collect();
+        let by_prefix: Vec<&Service> =
+            self.services.values().filter(|s| !reference.is_empty() && s.id.starts_with(reference)).collect();
         match by_prefix.as_slice() {
             [one] => Ok(one),
             [] => Err(format!("service {reference} not found")),
@@ -480,7 +546,9 @@ impl State {
             } else if let Some(id) = key.strip_prefix("node/") {
                 state.nodes.insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
             } else if let Some(id) = key.strip_prefix("service/") {
-                state.services.insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
+                state
+                    .services
+                    .insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
             } else if let Some(id) = key.strip_prefix("task/") {
                 state.tasks.insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
             }
@@ -501,7 +569,10 @@ impl State {
         match (by_name.len(), by_prefix.len()) {
             (0, 1) => Ok(by_prefix[0]),
             (0, 0) => Err(format!("node {reference} not found")),
-            _ => Err(format!("node {reference} is ambiguous ({} matches); use the full id", by_name.len() + by_prefix.len())),
+            _ => Err(format!(
+                "node {reference} is ambiguous ({} matches); use the full id",
+                by_name.len() + by_prefix.len()
+            )),
         }
     }
 
@@ -613,7 +684,8 @@ mod tests {
     fn promotion_assigns_a_fresh_raft_id_and_demotion_retires_it() {
         let mut s = booted();
         s.apply(5, &req(Command::AddNode { node: node("w", Role::Worker) }));
-        let role = |r| Command::UpdateNode { id: "w".into(), change: NodeChange { role: Some(r), ..Default::default() } };
+        let role =
+            |r| Command::UpdateNode { id: "w".into(), change: NodeChange { role: Some(r), ..Default::default() } };
         s.apply(8, &req(role(Role::Manager)));
         assert_eq!(s.nodes["w"].raft_id, 8);
         s.apply(9, &req(role(Role::Worker)));
@@ -666,7 +738,13 @@ mod tests {
         let mut s = booted();
         s.apply(3, &req(Command::CreateService { id: "s1".into(), spec: spec.clone(), auth: login("one") }));
         assert_eq!(s.services["s1"].registry_auth, login("one"));
-        let update = |replace_auth, auth| Command::UpdateService { id: "s1".into(), spec: spec.clone(), rollback: false, replace_auth, auth };
+        let update = |replace_auth, auth| Command::UpdateService {
+            id: "s1".into(),
+            spec: spec.clone(),
+            rollback: false,
+            replace_auth,
+            auth,
+        };
         // An update without --with-registry-auth keeps the login.
         s.apply(4, &req(update(false, None)));
         assert_eq!(s.services["s1"].registry_auth, login("one"));
@@ -689,25 +767,57 @@ mod tests {
     fn task_reports_only_move_forward_and_only_from_their_node() {
         use shoal_proto::service::{ServiceSpec, Task, TaskState, TaskStatus};
         let mut s = booted();
-        s.apply(3, &req(Command::CreateService { id: "s1".into(), spec: ServiceSpec { name: "web".into(), ..Default::default() }, auth: None }));
-        let t = Task { id: "t1".into(), service_id: "s1".into(), slot: 1, desired: TaskState::Running, ..Default::default() };
-        s.apply(4, &req(Command::Tasks { changes: vec![TaskChange::Create(Box::new(t)), TaskChange::Assign { id: "t1".into(), node_id: "n1".into() }] }));
-        assert_eq!((s.tasks["t1"].node_id.as_str(), s.tasks["t1"].status.state, s.tasks["t1"].created_index), ("n1", TaskState::Assigned, 4));
+        s.apply(
+            3,
+            &req(Command::CreateService {
+                id: "s1".into(),
+                spec: ServiceSpec { name: "web".into(), ..Default::default() },
+                auth: None,
+            }),
+        );
+        let t = Task {
+            id: "t1".into(),
+            service_id: "s1".into(),
+            slot: 1,
+            desired: TaskState::Running,
+            ..Default::default()
+        };
+        s.apply(
+            4,
+            &req(Command::Tasks {
+                changes: vec![
+                    TaskChange::Create(Box::new(t)),
+                    TaskChange::Assign { id: "t1".into(), node_id: "n1".into() },
+                ],
+            }),
+        );
+        assert_eq!(
+            (s.tasks["t1"].node_id.as_str(), s.tasks["t1"].status.state, s.tasks["t1"].created_index),
+            ("n1", TaskState::Assigned, 4)
+        );
         let report = |state| vec![("t1".to_string(), TaskStatus { state, ..Default::default() })];
-        let (_, keys) = s.apply(5, &req(Command::TaskStatus { node_id: "other".into(), updates: report(TaskState::Running) }));
+        let (_, keys) =
+            s.apply(5, &req(Command::TaskStatus { node_id: "other".into(), updates: report(TaskState::Running) }));
         assert!(keys.is_empty(), "another node cannot report it");
         s.apply(6, &req(Command::TaskStatus { node_id: "n1".into(), updates: report(TaskState::Running) }));
-        let (_, keys) = s.apply(7, &req(Command::TaskStatus { node_id: "n1".into(), updates: report(TaskState::Starting) }));
+        let (_, keys) =
+            s.apply(7, &req(Command::TaskStatus { node_id: "n1".into(), updates: report(TaskState::Starting) }));
         assert!(keys.is_empty() && s.tasks["t1"].status.state == TaskState::Running, "never backward");
         // A second assignment, or a task of a service that is gone, changes nothing.
-        let (_, keys) = s.apply(8, &req(Command::Tasks { changes: vec![TaskChange::Assign { id: "t1".into(), node_id: "n1".into() }] }));
+        let (_, keys) = s.apply(
+            8,
+            &req(Command::Tasks { changes: vec![TaskChange::Assign { id: "t1".into(), node_id: "n1".into() }] }),
+        );
         assert!(keys.is_empty());
         s.apply(9, &req(Command::RemoveService { id: "s1".into() }));
         let orphan = Task { id: "t2".into(), service_id: "s1".into(), ..Default::default() };
         let (_, keys) = s.apply(10, &req(Command::Tasks { changes: vec![TaskChange::Create(Box::new(orphan))] }));
         assert!(keys.is_empty() && !s.tasks.contains_key("t2"));
         // Tasks survive the store's round trip.
-        let pairs: Vec<(String, Vec<u8>)> = [ObjKey::Cluster, ObjKey::Node("n1".into()), ObjKey::Task("t1".into())].iter().map(|k| (k.db_key(), s.encode(k).expect("present"))).collect();
+        let pairs: Vec<(String, Vec<u8>)> = [ObjKey::Cluster, ObjKey::Node("n1".into()), ObjKey::Task("t1".into())]
+            .iter()
+            .map(|k| (k.db_key(), s.encode(k).expect("present")))
+            .collect();
         let back = State::decode(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).expect("decode");
         assert_eq!(back.tasks, s.tasks);
     }

@@ -15,7 +15,10 @@ use crate::state::{ObjKey, State};
 /// A change notice, published after the change is durable.
 #[derive(Clone, Debug)]
 pub enum Event {
-    Changed { index: u64, keys: Arc<Vec<ObjKey>> },
+    Changed {
+        index: u64,
+        keys: Arc<Vec<ObjKey>>,
+    },
     /// The whole state was replaced (snapshot installed): resync.
     Reset,
 }
@@ -100,7 +103,12 @@ impl Store {
     }
 
     /// Replaces everything (start-up, snapshot install) and tells watchers.
-    pub fn reset(&self, state: State, applied: Option<LogIdOf<TypeConfig>>, membership: StoredMembershipOf<TypeConfig>) {
+    pub fn reset(
+        &self,
+        state: State,
+        applied: Option<LogIdOf<TypeConfig>>,
+        membership: StoredMembershipOf<TypeConfig>,
+    ) {
         let index = applied.as_ref().map(|l| l.index).unwrap_or(0);
         {
             let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());

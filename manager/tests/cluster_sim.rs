@@ -164,7 +164,14 @@ impl Router {
     /// Carries one RPC from `from` to `to`: request leg, the call on the target
     /// `Raft`, reply leg; the whole within `ttl`. A partition that starts while
     /// the request is in flight loses it (or its reply).
-    async fn rpc<T, E, F, Fut>(&self, from: u64, to: u64, action: RPCTypes, ttl: Duration, call: F) -> Result<T, RPCError<TypeConfig>>
+    async fn rpc<T, E, F, Fut>(
+        &self,
+        from: u64,
+        to: u64,
+        action: RPCTypes,
+        ttl: Duration,
+        call: F,
+    ) -> Result<T, RPCError<TypeConfig>>
     where
         E: std::fmt::Display,
         F: FnOnce(Raft) -> Fut,
@@ -221,7 +228,9 @@ impl RaftNetworkV2<TypeConfig> for MemNetwork {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.router
-            .rpc(self.from, self.to, RPCTypes::AppendEntries, option.hard_ttl(), |r| async move { r.append_entries(rpc).await })
+            .rpc(self.from, self.to, RPCTypes::AppendEntries, option.hard_ttl(), |r| async move {
+                r.append_entries(rpc).await
+            })
             .await
     }
 
@@ -230,7 +239,9 @@ impl RaftNetworkV2<TypeConfig> for MemNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.router.rpc(self.from, self.to, RPCTypes::Vote, option.hard_ttl(), |r| async move { r.vote(rpc).await }).await
+        self.router
+            .rpc(self.from, self.to, RPCTypes::Vote, option.hard_ttl(), |r| async move { r.vote(rpc).await })
+            .await
     }
 
     /// Not the default (which grants everything): the peer really decides.
@@ -239,7 +250,9 @@ impl RaftNetworkV2<TypeConfig> for MemNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.router.rpc(self.from, self.to, RPCTypes::Vote, option.hard_ttl(), |r| async move { r.pre_vote(rpc).await }).await
+        self.router
+            .rpc(self.from, self.to, RPCTypes::Vote, option.hard_ttl(), |r| async move { r.pre_vote(rpc).await })
+            .await
     }
 
     async fn full_snapshot(
@@ -452,10 +465,13 @@ impl Cluster {
                 .map_err(|e| anyhow!("add learner {id}: {e}"))?;
         }
         let others: BTreeSet<u64> = all.iter().copied().filter(|&id| id != 1).collect();
-        tokio::time::timeout(Duration::from_secs(5), first.change_membership(ChangeMembers::AddVoterIds(others), false))
-            .await
-            .context("change membership: timed out")?
-            .map_err(|e| anyhow!("change membership: {e}"))?;
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            first.change_membership(ChangeMembers::AddVoterIds(others), false),
+        )
+        .await
+        .context("change membership: timed out")?
+        .map_err(|e| anyhow!("change membership: {e}"))?;
         for m in self.members.values() {
             m.raft.wait(Some(Duration::from_secs(5))).voter_ids(all.clone(), "every member is a voter").await?;
         }
@@ -566,7 +582,8 @@ impl Cluster {
         for (&id, m) in &self.members {
             let mut reader = m.log.clone();
             let entries = reader.try_get_log_entries(1..=upto).await?;
-            let ids: BTreeMap<u64, LogIdOf<TypeConfig>> = entries.into_iter().map(|e| (e.log_id.index, e.log_id)).collect();
+            let ids: BTreeMap<u64, LogIdOf<TypeConfig>> =
+                entries.into_iter().map(|e| (e.log_id.index, e.log_id)).collect();
             ensure!(ids.len() as u64 == upto, "member {id} holds {} of log entries 1..={upto}", ids.len());
             logs.insert(id, ids);
         }
@@ -662,11 +679,23 @@ async fn propose(raft: &Raft, id: &str, ttl: Duration) -> anyhow::Result<Outcome
     }
 }
 
-fn assert_acked_present(ledger: &Ledger, state: &State, log: &BTreeMap<u64, LogIdOf<TypeConfig>>) -> anyhow::Result<()> {
+fn assert_acked_present(
+    ledger: &Ledger,
+    state: &State,
+    log: &BTreeMap<u64, LogIdOf<TypeConfig>>,
+) -> anyhow::Result<()> {
     for (id, log_id) in &ledger.acked {
         let node = state.nodes.get(id).ok_or_else(|| anyhow!("acknowledged write {id} ({log_id:?}) is lost"))?;
-        ensure!(node.meta.version == log_id.index, "write {id} applied at {} but acknowledged at {log_id:?}", node.meta.version);
-        ensure!(log.get(&log_id.index) == Some(log_id), "write {id} acknowledged at {log_id:?}, log has {:?}", log.get(&log_id.index));
+        ensure!(
+            node.meta.version == log_id.index,
+            "write {id} applied at {} but acknowledged at {log_id:?}",
+            node.meta.version
+        );
+        ensure!(
+            log.get(&log_id.index) == Some(log_id),
+            "write {id} acknowledged at {log_id:?}, log has {:?}",
+            log.get(&log_id.index)
+        );
     }
     Ok(())
 }
@@ -718,10 +747,18 @@ async fn three_managers_elect_one_leader_and_replicate() {
         // One leader, and every member agrees on it.
         let leader = c.wait_leader_among(&all, Duration::from_secs(5)).await?;
         for (id, m) in &c.members {
-            m.raft.wait(Some(Duration::from_secs(5))).current_leader(leader, format!("member {id} follows {leader}")).await?;
+            m.raft
+                .wait(Some(Duration::from_secs(5)))
+                .current_leader(leader, format!("member {id} follows {leader}"))
+                .await?;
         }
-        let leading: Vec<u64> =
-            c.members.values().map(|m| metrics(&m.raft)).filter(|m| m.state == ServerState::Leader).map(|m| m.id).collect();
+        let leading: Vec<u64> = c
+            .members
+            .values()
+            .map(|m| metrics(&m.raft))
+            .filter(|m| m.state == ServerState::Leader)
+            .map(|m| m.id)
+            .collect();
         ensure!(leading == vec![leader], "members in the Leader state: {leading:?}, expected only {leader}");
 
         let mut ledger = Ledger::default();
@@ -873,7 +910,10 @@ async fn late_manager_catches_up_by_snapshot() {
         first.initialize(BTreeMap::from([(1, basic_node(1))])).await.map_err(|e| anyhow!("initialize: {e}"))?;
         first
             .wait(Some(Duration::from_secs(5)))
-            .metrics(|m| m.state == ServerState::Leader && m.last_applied.as_ref().is_some_and(|l| l.index >= 1), "node 1 leads")
+            .metrics(
+                |m| m.state == ServerState::Leader && m.last_applied.as_ref().is_some_and(|l| l.index >= 1),
+                "node 1 leads",
+            )
             .await?;
         for id in [2, 3] {
             first.add_learner(id, basic_node(id), true).await.map_err(|e| anyhow!("add learner {id}: {e}"))?;
@@ -906,7 +946,11 @@ async fn late_manager_catches_up_by_snapshot() {
             .await
             .map_err(|e| anyhow!("make 4 a voter: {e}"))?;
         let m4 = metrics(c.raft(4)?);
-        ensure!(m4.snapshot.as_ref().is_some_and(|s| s.index >= upto), "member 4 did not install a snapshot: {:?}", m4.snapshot);
+        ensure!(
+            m4.snapshot.as_ref().is_some_and(|s| s.index >= upto),
+            "member 4 did not install a snapshot: {:?}",
+            m4.snapshot
+        );
         c.write_acked(&c.ids(), 5, "after", &mut ledger, Duration::from_secs(10)).await?;
         let barrier = c.converge(&mut ledger, Duration::from_secs(10)).await?;
         let state = c.assert_states_equal()?;

@@ -41,14 +41,32 @@ impl Sim {
                 Node {
                     id: id.clone(),
                     raft_id: 0,
-                    spec: NodeSpec { role: if i <= 3 { Role::Manager } else { Role::Worker }, availability: Availability::Active, labels: Default::default() },
-                    description: NodeDescription { hostname: id.clone(), nano_cpus: 2_000_000_000, memory_bytes: 1 << 30, ..Default::default() },
+                    spec: NodeSpec {
+                        role: if i <= 3 { Role::Manager } else { Role::Worker },
+                        availability: Availability::Active,
+                        labels: Default::default(),
+                    },
+                    description: NodeDescription {
+                        hostname: id.clone(),
+                        nano_cpus: 2_000_000_000,
+                        memory_bytes: 1 << 30,
+                        ..Default::default()
+                    },
                     status: NodeStatus { state: NodeState::Ready, message: String::new() },
                     meta: Meta::default(),
                 },
             );
         }
-        Sim { rng: StdRng::seed_from_u64(seed), state, index: 0, ids: 0, running: BTreeMap::new(), exited: BTreeMap::new(), partitioned: BTreeSet::new(), seen: HashMap::new() }
+        Sim {
+            rng: StdRng::seed_from_u64(seed),
+            state,
+            index: 0,
+            ids: 0,
+            running: BTreeMap::new(),
+            exited: BTreeMap::new(),
+            partitioned: BTreeSet::new(),
+            seen: HashMap::new(),
+        }
     }
 
     fn apply(&mut self, cmd: Command) {
@@ -100,14 +118,20 @@ impl Sim {
                 if t.desired == TaskState::Running {
                     if exited.contains(&t.id) {
                         // An exited container: its exit is reported until the task leaves the set.
-                        reports.push((t.id.clone(), TaskStatus { state: TaskState::Failed, exit_code: Some(1), ..Default::default() }));
+                        reports.push((
+                            t.id.clone(),
+                            TaskStatus { state: TaskState::Failed, exit_code: Some(1), ..Default::default() },
+                        ));
                     } else if !up && !t.status.state.is_terminal() && t.status.state < TaskState::Running {
                         procs.insert(t.id.clone());
                         reports.push((t.id.clone(), TaskStatus { state: TaskState::Running, ..Default::default() }));
                     } else if up && self.rng.random_bool(crash) {
                         procs.remove(&t.id);
                         exited.insert(t.id.clone());
-                        reports.push((t.id.clone(), TaskStatus { state: TaskState::Failed, exit_code: Some(1), ..Default::default() }));
+                        reports.push((
+                            t.id.clone(),
+                            TaskStatus { state: TaskState::Failed, exit_code: Some(1), ..Default::default() },
+                        ));
                     } else if up {
                         reports.push((t.id.clone(), TaskStatus { state: TaskState::Running, ..Default::default() }));
                     }
@@ -119,7 +143,10 @@ impl Sim {
             // What is no longer assigned here stops (and its container goes).
             procs.retain(|id| set.iter().any(|t| t.id == *id));
             exited.retain(|id| set.iter().any(|t| t.id == *id));
-            let reports: Vec<_> = reports.into_iter().filter(|(id, s)| self.state.tasks.get(id).is_some_and(|t| t.status.state.can_move_to(s.state))).collect();
+            let reports: Vec<_> = reports
+                .into_iter()
+                .filter(|(id, s)| self.state.tasks.get(id).is_some_and(|t| t.status.state.can_move_to(s.state)))
+                .collect();
             if !reports.is_empty() && !self.rng.random_bool(loss) {
                 self.apply(Command::TaskStatus { node_id: node.clone(), updates: reports });
             }
@@ -132,7 +159,11 @@ impl Sim {
         for n in self.state.nodes.values() {
             let want = if self.partitioned.contains(&n.id) { NodeState::Down } else { NodeState::Ready };
             if n.status.state != want {
-                updates.push(shoal_manager::state::NodeStatusUpdate { id: n.id.clone(), status: NodeStatus { state: want, message: String::new() }, description: None });
+                updates.push(shoal_manager::state::NodeStatusUpdate {
+                    id: n.id.clone(),
+                    status: NodeStatus { state: want, message: String::new() },
+                    description: None,
+                });
             }
         }
         if !updates.is_empty() {
@@ -172,7 +203,13 @@ fn run(seed: u64) {
         if step == 60 {
             let mut s = sim.state.services["web"].spec.clone();
             s.replicas = 12;
-            sim.apply(Command::UpdateService { id: "web".into(), spec: s, rollback: false, replace_auth: false, auth: None });
+            sim.apply(Command::UpdateService {
+                id: "web".into(),
+                spec: s,
+                rollback: false,
+                replace_auth: false,
+                auth: None,
+            });
         }
         if step == 120 {
             let mut s = sim.state.services["web"].spec.clone();
@@ -180,7 +217,13 @@ fn run(seed: u64) {
             s.update.parallelism = 3;
             // Crashes are the faults' doing, not the update's: it goes on.
             s.update.failure_action = shoal_proto::service::FailureAction::Continue;
-            sim.apply(Command::UpdateService { id: "web".into(), spec: s, rollback: false, replace_auth: false, auth: None });
+            sim.apply(Command::UpdateService {
+                id: "web".into(),
+                spec: s,
+                rollback: false,
+                replace_auth: false,
+                auth: None,
+            });
         }
         sim.liveness();
         sim.orchestrate(0.2);
@@ -196,7 +239,18 @@ fn run(seed: u64) {
     let per_slot = sim.processes_per_slot("web");
     if std::env::var("SHOAL_SIM_DEBUG").is_ok() {
         for t in sim.state.tasks.values().filter(|t| t.slot == 1 || t.slot == 2) {
-            eprintln!("slot {} {} node {} desired {} state {} err {:?} v{} attempt {} nb {}", t.slot, t.id, t.node_id, t.desired, t.status.state, t.status.err, t.spec_version, t.attempt, t.not_before_ms);
+            eprintln!(
+                "slot {} {} node {} desired {} state {} err {:?} v{} attempt {} nb {}",
+                t.slot,
+                t.id,
+                t.node_id,
+                t.desired,
+                t.status.state,
+                t.status.err,
+                t.spec_version,
+                t.attempt,
+                t.not_before_ms
+            );
         }
     }
     let want: BTreeMap<u64, usize> = (1..=12).map(|s| (s, 1)).collect();
@@ -204,7 +258,10 @@ fn run(seed: u64) {
     let version = sim.state.services["web"].spec_version;
     let live: Vec<_> = sim.state.tasks.values().filter(|t| t.desired == TaskState::Running).collect();
     assert_eq!(live.len(), 12, "seed {seed}");
-    assert!(live.iter().all(|t| t.status.state == TaskState::Running && t.spec_version == version), "seed {seed}: all running, up to date");
+    assert!(
+        live.iter().all(|t| t.status.state == TaskState::Running && t.spec_version == version),
+        "seed {seed}: all running, up to date"
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! openraft's storage conformance suite against the redb log and state machine.
 
-use openraft::{ErrorSubject, ErrorVerb, StorageError};
 use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::{ErrorSubject, ErrorVerb, StorageError};
 use shoal_manager::raft::TypeConfig;
 use shoal_manager::raft::storage::{self, LogStore, StateMachine};
 use shoal_manager::store::Store;

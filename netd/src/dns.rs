@@ -43,7 +43,11 @@ impl Table {
             t.scope.entry(e.container.clone()).or_default().push(n.id.clone());
             let names = t.names.entry(n.id.clone()).or_default();
             let short = &e.container[..e.container.len().min(12)];
-            let mut own: Vec<String> = std::iter::once(e.name.as_str()).chain(e.aliases.iter().map(String::as_str)).chain([short]).map(str::to_ascii_lowercase).collect();
+            let mut own: Vec<String> = std::iter::once(e.name.as_str())
+                .chain(e.aliases.iter().map(String::as_str))
+                .chain([short])
+                .map(str::to_ascii_lowercase)
+                .collect();
             own.retain(|s| !s.is_empty());
             own.dedup();
             for name in own {
@@ -263,7 +267,15 @@ mod tests {
 
     fn net(id: &str, name: &str) -> NetworkSpec {
         let subnet: crate::net::Subnet = "10.5.0.0/24".parse().unwrap();
-        NetworkSpec { id: id.into(), name: name.into(), subnet, gateway: subnet.nth(1).unwrap(), internal: false, icc: true, mtu: 1500 }
+        NetworkSpec {
+            id: id.into(),
+            name: name.into(),
+            subnet,
+            gateway: subnet.nth(1).unwrap(),
+            internal: false,
+            icc: true,
+            mtu: 1500,
+        }
     }
 
     fn ep(container: &str, name: &str, network: &str, ip: &str, aliases: &[&str]) -> EndpointSpec {
@@ -296,8 +308,16 @@ mod tests {
         let t = table();
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         assert_eq!(t.lookup("aaaaaaaaaaaa0000", "api"), Some(vec![ip("10.5.0.3")]));
-        assert_eq!(t.lookup("aaaaaaaaaaaa0000", "API."), Some(vec![ip("10.5.0.3")]), "case and the root dot do not matter");
-        assert_eq!(t.lookup("aaaaaaaaaaaa0000", "www"), Some(vec![ip("10.5.0.2"), ip("10.5.0.3")]), "a shared alias has every address");
+        assert_eq!(
+            t.lookup("aaaaaaaaaaaa0000", "API."),
+            Some(vec![ip("10.5.0.3")]),
+            "case and the root dot do not matter"
+        );
+        assert_eq!(
+            t.lookup("aaaaaaaaaaaa0000", "www"),
+            Some(vec![ip("10.5.0.2"), ip("10.5.0.3")]),
+            "a shared alias has every address"
+        );
         assert_eq!(t.lookup("aaaaaaaaaaaa0000", "bbbbbbbbbbbb"), None, "db is on another network");
         assert_eq!(t.lookup("aaaaaaaaaaaa0000", "db"), None);
         assert_eq!(t.lookup("cccccccccccc0000", "db"), Some(vec![ip("10.6.0.2")]), "api is on both");
@@ -352,7 +372,11 @@ mod tests {
 
     #[test]
     fn resolv_conf_nameservers() {
-        let conf = "# comment\nsearch lab\nnameserver 10.98.0.2\nnameserver 127.0.0.53\nnameserver bogus\noptions ndots:1\n";
-        assert_eq!(nameservers(conf), vec!["10.98.0.2".parse::<std::net::IpAddr>().unwrap(), "127.0.0.53".parse().unwrap()]);
+        let conf =
+            "# comment\nsearch lab\nnameserver 10.98.0.2\nnameserver 127.0.0.53\nnameserver bogus\noptions ndots:1\n";
+        assert_eq!(
+            nameservers(conf),
+            vec!["10.98.0.2".parse::<std::net::IpAddr>().unwrap(), "127.0.0.53".parse().unwrap()]
+        );
     }
 }

@@ -49,7 +49,11 @@ pub struct Dns {
 impl Dns {
     /// Forwards to the resolvers listed in `resolv_conf` (the host's).
     pub fn new(resolv_conf: &Path) -> Arc<Dns> {
-        Arc::new(Dns { table: RwLock::new(Arc::new(Table::default())), listeners: Mutex::new(HashMap::new()), resolv_conf: resolv_conf.to_path_buf() })
+        Arc::new(Dns {
+            table: RwLock::new(Arc::new(Table::default())),
+            listeners: Mutex::new(HashMap::new()),
+            resolv_conf: resolv_conf.to_path_buf(),
+        })
     }
 
     pub fn set_table(&self, t: Table) {
@@ -82,7 +86,12 @@ impl Dns {
         failed
     }
 
-    fn serve(self: &Arc<Self>, container: &str, udp: std::net::UdpSocket, tcp: std::net::TcpListener) -> Vec<JoinHandle<()>> {
+    fn serve(
+        self: &Arc<Self>,
+        container: &str,
+        udp: std::net::UdpSocket,
+        tcp: std::net::TcpListener,
+    ) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         match UdpSocket::from_std(udp) {
             Ok(s) => tasks.push(tokio::spawn(self.clone().serve_udp(container.to_string(), Arc::new(s)))),

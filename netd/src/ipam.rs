@@ -43,7 +43,13 @@ pub struct Pool {
 
 pub fn default_pools() -> Vec<Pool> {
     let p = |s: &str, size| Pool { base: s.parse().expect("a valid built-in pool"), size };
-    vec![p("172.17.0.0/16", 16), p("172.18.0.0/15", 16), p("172.20.0.0/14", 16), p("172.24.0.0/13", 16), p("192.168.0.0/16", 20)]
+    vec![
+        p("172.17.0.0/16", 16),
+        p("172.18.0.0/15", 16),
+        p("172.20.0.0/14", 16),
+        p("172.24.0.0/13", 16),
+        p("192.168.0.0/16", 20),
+    ]
 }
 
 /// One network's addresses.
@@ -89,7 +95,12 @@ impl Ipam {
         let subnet = match subnet {
             Some(s) => {
                 if let Some((other_network, other)) = self.networks.iter().find(|(_, a)| a.subnet.overlaps(&s)) {
-                    return Err(IpamError::Overlap { network: network.into(), subnet: s, other_network: other_network.clone(), other: other.subnet });
+                    return Err(IpamError::Overlap {
+                        network: network.into(),
+                        subnet: s,
+                        other_network: other_network.clone(),
+                        other: other.subnet,
+                    });
                 }
                 s
             }
@@ -194,8 +205,14 @@ mod tests {
         let e = ipam.add_network("d", Some("172.18.5.0/24".parse().unwrap()), None, None).unwrap_err();
         assert!(e.to_string().contains("overlaps 172.18.0.0/16 of network a"), "{e}");
         assert_eq!(ipam.add_network("a", None, None, None).unwrap_err(), IpamError::Exists("a".into()));
-        assert!(matches!(ipam.add_network("g", Some("10.0.0.0/24".parse().unwrap()), Some(ip("10.0.1.1")), None), Err(IpamError::Outside { .. })));
-        assert!(matches!(ipam.add_network("t", Some("10.0.0.0/31".parse().unwrap()), None, None), Err(IpamError::TooSmall(_))));
+        assert!(matches!(
+            ipam.add_network("g", Some("10.0.0.0/24".parse().unwrap()), Some(ip("10.0.1.1")), None),
+            Err(IpamError::Outside { .. })
+        ));
+        assert!(matches!(
+            ipam.add_network("t", Some("10.0.0.0/31".parse().unwrap()), None, None),
+            Err(IpamError::TooSmall(_))
+        ));
     }
 
     #[test]
@@ -209,7 +226,10 @@ mod tests {
         assert!(matches!(ipam.allocate("n", "c9", None), Err(IpamError::Full { .. })));
         ipam.release("n", "c1");
         assert_eq!(ipam.allocate("n", "c9", None).unwrap(), ip("10.9.0.3"));
-        assert_eq!(ipam.allocate("n", "c5", Some(ip("10.9.0.3"))).unwrap_err().to_string(), "address 10.9.0.3 is already allocated on network n (to c9)");
+        assert_eq!(
+            ipam.allocate("n", "c5", Some(ip("10.9.0.3"))).unwrap_err().to_string(),
+            "address 10.9.0.3 is already allocated on network n (to c9)"
+        );
         assert!(matches!(ipam.allocate("n", "c5", Some(ip("10.9.1.3"))), Err(IpamError::Outside { .. })));
         assert!(matches!(ipam.remove_network("n"), Err(IpamError::HasEndpoints { count: 5, .. })));
         for i in 0..10 {
@@ -222,7 +242,8 @@ mod tests {
     #[test]
     fn freed_addresses_are_not_reused_at_once_and_ranges_hold() {
         let mut ipam = Ipam::new(vec![]);
-        ipam.add_network("n", Some("10.8.0.0/24".parse().unwrap()), None, Some("10.8.0.128/25".parse().unwrap())).unwrap();
+        ipam.add_network("n", Some("10.8.0.0/24".parse().unwrap()), None, Some("10.8.0.128/25".parse().unwrap()))
+            .unwrap();
         let a = ipam.allocate("n", "a", None).unwrap();
         assert_eq!(a, ip("10.8.0.128"));
         ipam.release("n", "a");

@@ -71,7 +71,8 @@ fn mask(prefix: u8) -> u32 {
 impl FromStr for Subnet {
     type Err = String;
     fn from_str(s: &str) -> Result<Subnet, String> {
-        let (a, p) = s.split_once('/').ok_or_else(|| format!("invalid subnet {s:?}: use ADDRESS/PREFIX, e.g. 10.1.0.0/24"))?;
+        let (a, p) =
+            s.split_once('/').ok_or_else(|| format!("invalid subnet {s:?}: use ADDRESS/PREFIX, e.g. 10.1.0.0/24"))?;
         let addr: Ipv4Addr = a.parse().map_err(|_| format!("invalid subnet {s:?}: {a:?} is not an IPv4 address"))?;
         let prefix: u8 = p.parse().map_err(|_| format!("invalid subnet {s:?}: {p:?} is not a prefix length"))?;
         Subnet::new(addr, prefix).map_err(|e| format!("invalid subnet {s:?}: {e}"))
@@ -116,7 +117,10 @@ mod tests {
     fn subnets_parse_normalize_and_compare() {
         let s: Subnet = "10.1.2.3/24".parse().unwrap();
         assert_eq!(s.to_string(), "10.1.2.0/24");
-        assert_eq!((s.network(), s.broadcast(), s.size()), ("10.1.2.0".parse().unwrap(), "10.1.2.255".parse().unwrap(), 256));
+        assert_eq!(
+            (s.network(), s.broadcast(), s.size()),
+            ("10.1.2.0".parse().unwrap(), "10.1.2.255".parse().unwrap(), 256)
+        );
         assert!(s.contains("10.1.2.200".parse().unwrap()) && !s.contains("10.1.3.1".parse().unwrap()));
         let big: Subnet = "10.1.0.0/16".parse().unwrap();
         assert!(big.overlaps(&s) && s.overlaps(&big));

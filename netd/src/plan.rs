@@ -14,20 +14,50 @@ use crate::rules;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Removes a link netd created (its veth peer goes with it).
-    DeleteLink { name: String },
-    CreateBridge { name: String, mtu: u32 },
-    SetMtu { name: String, mtu: u32 },
-    AddAddress { name: String, addr: Ipv4Addr, prefix: u8 },
-    DelAddress { name: String, addr: Ipv4Addr, prefix: u8 },
-    SetUp { name: String },
+    DeleteLink {
+        name: String,
+    },
+    CreateBridge {
+        name: String,
+        mtu: u32,
+    },
+    SetMtu {
+        name: String,
+        mtu: u32,
+    },
+    AddAddress {
+        name: String,
+        addr: Ipv4Addr,
+        prefix: u8,
+    },
+    DelAddress {
+        name: String,
+        addr: Ipv4Addr,
+        prefix: u8,
+    },
+    SetUp {
+        name: String,
+    },
     /// A veth pair: `host` enslaved to `bridge`, its peer moved into the
     /// endpoint's namespace as its ifname with the address, the MAC derived
     /// from it, the MTU and a default route via the gateway (none on an
     /// internal network).
-    CreateEndpoint { host: String, bridge: String, endpoint: EndpointSpec, prefix: u8, gateway: Option<Ipv4Addr>, mtu: u32 },
-    SetMaster { name: String, master: String },
+    CreateEndpoint {
+        host: String,
+        bridge: String,
+        endpoint: EndpointSpec,
+        prefix: u8,
+        gateway: Option<Ipv4Addr>,
+        mtu: u32,
+    },
+    SetMaster {
+        name: String,
+        master: String,
+    },
     /// Replaces netd's netfilter table with this ruleset (nft syntax).
-    ApplyRules { ruleset: String },
+    ApplyRules {
+        ruleset: String,
+    },
 }
 
 /// The actions that bring `observed` (links) and `current_rules` (netd's
@@ -110,7 +140,9 @@ pub fn plan(desired: &Desired, observed: &[ObservedLink], current_rules: Option<
     }
 
     // 4. Stale bridges.
-    for l in observed.iter().filter(|l| is_ours(&l.name) && l.name.starts_with("shbr") && !wanted_bridges.contains(&l.name)) {
+    for l in
+        observed.iter().filter(|l| is_ours(&l.name) && l.name.starts_with("shbr") && !wanted_bridges.contains(&l.name))
+    {
         actions.push(Action::DeleteLink { name: l.name.clone() });
     }
 
@@ -129,7 +161,15 @@ mod tests {
 
     fn net(id: &str, subnet: &str) -> NetworkSpec {
         let subnet: crate::net::Subnet = subnet.parse().unwrap();
-        NetworkSpec { id: id.into(), name: format!("n-{id}"), gateway: subnet.nth(1).unwrap(), subnet, internal: false, icc: true, mtu: 1500 }
+        NetworkSpec {
+            id: id.into(),
+            name: format!("n-{id}"),
+            gateway: subnet.nth(1).unwrap(),
+            subnet,
+            internal: false,
+            icc: true,
+            mtu: 1500,
+        }
     }
 
     fn ep(container: &str, network: &str, ip: &str) -> EndpointSpec {
@@ -162,19 +202,30 @@ mod tests {
 
     #[test]
     fn from_nothing_everything_is_created_in_order() {
-        let d = Desired { networks: vec![net("aaaaaaaaaaaa", "10.5.0.0/24")], endpoints: vec![ep("c1c1c1c1c1c1", "aaaaaaaaaaaa", "10.5.0.2")] };
+        let d = Desired {
+            networks: vec![net("aaaaaaaaaaaa", "10.5.0.0/24")],
+            endpoints: vec![ep("c1c1c1c1c1c1", "aaaaaaaaaaaa", "10.5.0.2")],
+        };
         let a = plan(&d, &[], None);
         assert_eq!(a[0], Action::CreateBridge { name: "shbraaaaaaaaaaa".into(), mtu: 1500 });
-        assert_eq!(a[1], Action::AddAddress { name: "shbraaaaaaaaaaa".into(), addr: "10.5.0.1".parse().unwrap(), prefix: 24 });
+        assert_eq!(
+            a[1],
+            Action::AddAddress { name: "shbraaaaaaaaaaa".into(), addr: "10.5.0.1".parse().unwrap(), prefix: 24 }
+        );
         assert_eq!(a[2], Action::SetUp { name: "shbraaaaaaaaaaa".into() });
-        assert!(matches!(&a[3], Action::CreateEndpoint { host, gateway: Some(_), prefix: 24, .. } if host == "shvc1c1c1aaaaa"));
+        assert!(
+            matches!(&a[3], Action::CreateEndpoint { host, gateway: Some(_), prefix: 24, .. } if host == "shvc1c1c1aaaaa")
+        );
         assert!(matches!(a[4], Action::ApplyRules { .. }));
         assert_eq!(a.len(), 5);
     }
 
     #[test]
     fn a_converged_host_needs_nothing() {
-        let d = Desired { networks: vec![net("aaaaaaaaaaaa", "10.5.0.0/24")], endpoints: vec![ep("c1c1c1c1c1c1", "aaaaaaaaaaaa", "10.5.0.2")] };
+        let d = Desired {
+            networks: vec![net("aaaaaaaaaaaa", "10.5.0.0/24")],
+            endpoints: vec![ep("c1c1c1c1c1c1", "aaaaaaaaaaaa", "10.5.0.2")],
+        };
         let observed = vec![
             link("eth0", LinkKind::Other, None, &[("10.98.0.1", 24)]),
             link("shbraaaaaaaaaaa", LinkKind::Bridge, None, &[("10.5.0.1", 24)]),
@@ -186,7 +237,10 @@ mod tests {
 
     #[test]
     fn drift_is_repaired_and_strangers_left_alone() {
-        let d = Desired { networks: vec![net("aaaaaaaaaaaa", "10.5.0.0/24")], endpoints: vec![ep("c1c1c1c1c1c1", "aaaaaaaaaaaa", "10.5.0.2")] };
+        let d = Desired {
+            networks: vec![net("aaaaaaaaaaaa", "10.5.0.0/24")],
+            endpoints: vec![ep("c1c1c1c1c1c1", "aaaaaaaaaaaa", "10.5.0.2")],
+        };
         let mut bridge = link("shbraaaaaaaaaaa", LinkKind::Bridge, None, &[("10.5.0.9", 24)]);
         bridge.up = false;
         bridge.mtu = 9000;

@@ -23,7 +23,9 @@ pub fn ruleset(d: &Desired) -> String {
         .filter(|e| d.network(&e.network).is_some_and(|n| !n.internal))
         .flat_map(|e| e.ports.iter().map(move |p| (e.ip.to_string(), p)))
         .collect();
-    ports.sort_by(|a, b| (a.1.proto, a.1.host_port, a.1.host_ip, &a.0).cmp(&(b.1.proto, b.1.host_port, b.1.host_ip, &b.0)));
+    ports.sort_by(|a, b| {
+        (a.1.proto, a.1.host_port, a.1.host_ip, &a.0).cmp(&(b.1.proto, b.1.host_port, b.1.host_ip, &b.0))
+    });
 
     let mut t = String::new();
     let _ = writeln!(t, "table ip {TABLE} {{");
@@ -34,8 +36,14 @@ pub fn ruleset(d: &Desired) -> String {
         let _ = writeln!(t, "    {daddr}{} dport {} dnat to {ip}:{}", p.proto.as_str(), p.host_port, p.container_port);
     }
     let _ = writeln!(t, "  }}");
-    let _ = writeln!(t, "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    fib daddr type local jump published\n  }}");
-    let _ = writeln!(t, "  chain output {{\n    type nat hook output priority -100; policy accept;\n    fib daddr type local jump published\n  }}");
+    let _ = writeln!(
+        t,
+        "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    fib daddr type local jump published\n  }}"
+    );
+    let _ = writeln!(
+        t,
+        "  chain output {{\n    type nat hook output priority -100; policy accept;\n    fib daddr type local jump published\n  }}"
+    );
     // Egress: masquerade what leaves a (non-internal) network for elsewhere.
     let _ = writeln!(t, "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;");
     // The host's own loopback clients of published ports (their bridge routes 127/8: route_localnet).
@@ -86,7 +94,15 @@ mod tests {
 
     fn net(id: &str, subnet: &str, internal: bool, icc: bool) -> NetworkSpec {
         let subnet: crate::net::Subnet = subnet.parse().unwrap();
-        NetworkSpec { id: id.into(), name: id.into(), gateway: subnet.nth(1).unwrap(), subnet, internal, icc, mtu: 1500 }
+        NetworkSpec {
+            id: id.into(),
+            name: id.into(),
+            gateway: subnet.nth(1).unwrap(),
+            subnet,
+            internal,
+            icc,
+            mtu: 1500,
+        }
     }
 
     #[test]
@@ -101,7 +117,12 @@ mod tests {
             ifname: "eth0".into(),
             ports: vec![
                 PortMap { host_ip: None, host_port: 8080, container_port: 80, proto: Proto::Tcp },
-                PortMap { host_ip: Some("10.98.0.1".parse().unwrap()), host_port: 5353, container_port: 53, proto: Proto::Udp },
+                PortMap {
+                    host_ip: Some("10.98.0.1".parse().unwrap()),
+                    host_port: 5353,
+                    container_port: 53,
+                    proto: Proto::Udp,
+                },
             ],
         };
         let mut hidden = web.clone();
@@ -110,7 +131,10 @@ mod tests {
         hidden.ports = vec![PortMap { host_ip: None, host_port: 9090, container_port: 90, proto: Proto::Tcp }];
         web.container = "c2".into();
         let d = Desired {
-            networks: vec![net("bbbbbbbbbbbb", "10.6.0.0/24", true, true), net("aaaaaaaaaaaa", "10.5.0.0/24", false, false)],
+            networks: vec![
+                net("bbbbbbbbbbbb", "10.6.0.0/24", true, true),
+                net("aaaaaaaaaaaa", "10.5.0.0/24", false, false),
+            ],
             endpoints: vec![web, hidden],
         };
         let r = ruleset(&d);

@@ -36,7 +36,8 @@ pub struct State {
 impl State {
     fn network(&self, reference: &str) -> Option<&NetworkSpec> {
         self.networks.iter().find(|n| n.name == reference || n.id == reference).or_else(|| {
-            let by_prefix: Vec<&NetworkSpec> = self.networks.iter().filter(|n| !reference.is_empty() && n.id.starts_with(reference)).collect();
+            let by_prefix: Vec<&NetworkSpec> =
+                self.networks.iter().filter(|n| !reference.is_empty() && n.id.starts_with(reference)).collect();
             if by_prefix.len() == 1 { Some(by_prefix[0]) } else { None }
         })
     }
@@ -51,7 +52,10 @@ impl State {
 
     /// What the kernel should show: endpoints whose namespace is gone are left out.
     fn desired(&self) -> Desired {
-        Desired { networks: self.networks.clone(), endpoints: self.endpoints.iter().filter(|e| e.netns.exists()).cloned().collect() }
+        Desired {
+            networks: self.networks.clone(),
+            endpoints: self.endpoints.iter().filter(|e| e.netns.exists()).cloned().collect(),
+        }
     }
 }
 
@@ -78,20 +82,42 @@ impl Netd {
         let path = root.join("state.json");
         let mut state: State = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State { ipam: Ipam::new(default_pools()), ..Default::default() },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                State { ipam: Ipam::new(default_pools()), ..Default::default() }
+            }
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
         };
         if state.network("bridge").is_none() {
-            let alloc = state.ipam.add_network("bridge", None, None, None).map_err(|e| anyhow::anyhow!("the default bridge: {e}"))?.clone();
-            state.networks.push(NetworkSpec { id: random_id(), name: "bridge".into(), subnet: alloc.subnet, gateway: alloc.gateway, internal: false, icc: true, mtu: 1500 });
+            let alloc = state
+                .ipam
+                .add_network("bridge", None, None, None)
+                .map_err(|e| anyhow::anyhow!("the default bridge: {e}"))?
+                .clone();
+            state.networks.push(NetworkSpec {
+                id: random_id(),
+                name: "bridge".into(),
+                subnet: alloc.subnet,
+                gateway: alloc.gateway,
+                internal: false,
+                icc: true,
+                mtu: 1500,
+            });
         }
-        let netd = Arc::new(Netd { root: root.to_path_buf(), state: Mutex::new(state), host, rules: Mutex::new(None), pass: tokio::sync::Mutex::new(()), dns: Dns::new(Path::new("/etc/resolv.conf")) });
+        let netd = Arc::new(Netd {
+            root: root.to_path_buf(),
+            state: Mutex::new(state),
+            host,
+            rules: Mutex::new(None),
+            pass: tokio::sync::Mutex::new(()),
+            dns: Dns::new(Path::new("/etc/resolv.conf")),
+        });
         netd.save().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(netd)
     }
 
     fn save(&self) -> Result<(), Status> {
-        let bytes = serde_json::to_vec_pretty(&*self.state.lock().unwrap_or_else(|p| p.into_inner())).map_err(|e| Status::internal(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&*self.state.lock().unwrap_or_else(|p| p.into_inner()))
+            .map_err(|e| Status::internal(e.to_string()))?;
         let (path, tmp) = (self.root.join("state.json"), self.root.join("state.json.tmp"));
         let write = || -> std::io::Result<()> {
             use std::io::Write;
@@ -133,7 +159,8 @@ impl Netd {
         // DNS follows the endpoints (after them: its sockets need the namespaces' loopback up).
         let networks = self.state.lock().unwrap_or_else(|p| p.into_inner()).networks.clone();
         self.dns.set_table(Table::build(&networks, &desired.endpoints));
-        let want: HashMap<String, PathBuf> = desired.endpoints.iter().map(|e| (e.container.clone(), e.netns.clone())).collect();
+        let want: HashMap<String, PathBuf> =
+            desired.endpoints.iter().map(|e| (e.container.clone(), e.netns.clone())).collect();
         for (container, why) in self.dns.reconcile(&want) {
             tracing::debug!(container, error = %why, "cannot serve DNS in the container yet");
         }
@@ -165,7 +192,9 @@ impl Netd {
 
 /// Whether two published ports would take the same host port.
 fn clash(a: &PortMap, b: &PortMap) -> bool {
-    a.proto == b.proto && a.host_port == b.host_port && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
+    a.proto == b.proto
+        && a.host_port == b.host_port
+        && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
 }
 
 /// The gRPC face of netd.
@@ -173,13 +202,23 @@ pub struct NetdService(pub Arc<Netd>);
 
 #[tonic::async_trait]
 impl pb::netd_server::Netd for NetdService {
-    async fn network_create(&self, req: Request<pb::NetworkCreateRequest>) -> Result<Response<pb::NetworkInfo>, Status> {
+    async fn network_create(
+        &self,
+        req: Request<pb::NetworkCreateRequest>,
+    ) -> Result<Response<pb::NetworkInfo>, Status> {
         let r = req.into_inner();
-        let valid = !r.name.is_empty() && r.name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) && !r.name.starts_with(['.', '-']);
+        let valid = !r.name.is_empty()
+            && r.name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            && !r.name.starts_with(['.', '-']);
         if !valid {
-            return Err(Status::invalid_argument(format!("invalid network name {:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]", r.name)));
+            return Err(Status::invalid_argument(format!(
+                "invalid network name {:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]",
+                r.name
+            )));
         }
-        let parse_subnet = |s: &str| -> Result<Option<Subnet>, Status> { if s.is_empty() { Ok(None) } else { s.parse().map(Some).map_err(Status::invalid_argument) } };
+        let parse_subnet = |s: &str| -> Result<Option<Subnet>, Status> {
+            if s.is_empty() { Ok(None) } else { s.parse().map(Some).map_err(Status::invalid_argument) }
+        };
         let subnet = parse_subnet(&r.subnet)?;
         let range = parse_subnet(&r.ip_range)?;
         let gateway: Option<Ipv4Addr> = if r.gateway.is_empty() {
@@ -192,13 +231,25 @@ impl pb::netd_server::Netd for NetdService {
             if state.network(&r.name).is_some() {
                 return Err(Status::already_exists(format!("network with name {} already exists", r.name)));
             }
-            let alloc = state.ipam.add_network(&r.name, subnet, gateway, range).map_err(|e| Status::invalid_argument(e.to_string()))?.clone();
+            let alloc = state
+                .ipam
+                .add_network(&r.name, subnet, gateway, range)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?
+                .clone();
             let mtu = if r.mtu == 0 { 1500 } else { r.mtu };
             if !(576..=65535).contains(&mtu) {
                 state.ipam.remove_network(&r.name).ok();
                 return Err(Status::invalid_argument(format!("invalid MTU {mtu}: 576 to 65535")));
             }
-            let n = NetworkSpec { id: random_id(), name: r.name.clone(), subnet: alloc.subnet, gateway: alloc.gateway, internal: r.internal, icc: !r.icc_disabled, mtu };
+            let n = NetworkSpec {
+                id: random_id(),
+                name: r.name.clone(),
+                subnet: alloc.subnet,
+                gateway: alloc.gateway,
+                internal: r.internal,
+                icc: !r.icc_disabled,
+                mtu,
+            };
             state.networks.push(n.clone());
             self.0.info(&n, &state)
         };
@@ -218,13 +269,23 @@ impl pb::netd_server::Netd for NetdService {
         let name = req.into_inner().name;
         {
             let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-            let n = state.network(&name).cloned().ok_or_else(|| Status::not_found(format!("network {name} not found")))?;
+            let n =
+                state.network(&name).cloned().ok_or_else(|| Status::not_found(format!("network {name} not found")))?;
             if n.name == "bridge" {
                 return Err(Status::failed_precondition("bridge is a pre-defined network and cannot be removed"));
             }
-            let users: Vec<String> = state.endpoints.iter().filter(|e| e.network == n.id).map(|e| e.container[..12.min(e.container.len())].to_string()).collect();
+            let users: Vec<String> = state
+                .endpoints
+                .iter()
+                .filter(|e| e.network == n.id)
+                .map(|e| e.container[..12.min(e.container.len())].to_string())
+                .collect();
             if !users.is_empty() {
-                return Err(Status::failed_precondition(format!("network {} is in use by container(s) {}: remove or disconnect them first", n.name, users.join(", "))));
+                return Err(Status::failed_precondition(format!(
+                    "network {} is in use by container(s) {}: remove or disconnect them first",
+                    n.name,
+                    users.join(", ")
+                )));
             }
             state.ipam.remove_network(&n.name).map_err(|e| Status::failed_precondition(e.to_string()))?;
             state.networks.retain(|x| x.id != n.id);
@@ -257,9 +318,15 @@ impl pb::netd_server::Netd for NetdService {
             None
         } else {
             let state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-            let n = state.network(&r.network).ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?;
+            let n = state
+                .network(&r.network)
+                .ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?;
             if !state.endpoints.iter().any(|e| e.container == r.container && e.network == n.id) {
-                return Err(Status::failed_precondition(format!("container {} is not connected to network {}", short(&r.container), n.name)));
+                return Err(Status::failed_precondition(format!(
+                    "container {} is not connected to network {}",
+                    short(&r.container),
+                    n.name
+                )));
             }
             Some(n.id.clone())
         };
@@ -271,10 +338,18 @@ impl pb::netd_server::Netd for NetdService {
         let reqs = req.into_inner().endpoints;
         let results: Vec<Result<(EndpointSpec, NetworkSpec), String>> = {
             let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-            let results: Vec<_> = reqs.iter().map(|r| ensure(&mut state, r).map(|(e, n, _)| (e, n)).map_err(|s| s.message().to_string())).collect();
+            let results: Vec<_> = reqs
+                .iter()
+                .map(|r| ensure(&mut state, r).map(|(e, n, _)| (e, n)).map_err(|s| s.message().to_string()))
+                .collect();
             let keep: std::collections::HashSet<(String, String)> =
                 results.iter().flatten().map(|(e, _)| (e.container.clone(), e.network.clone())).collect();
-            let gone: Vec<EndpointSpec> = state.endpoints.iter().filter(|e| !keep.contains(&(e.container.clone(), e.network.clone()))).cloned().collect();
+            let gone: Vec<EndpointSpec> = state
+                .endpoints
+                .iter()
+                .filter(|e| !keep.contains(&(e.container.clone(), e.network.clone())))
+                .cloned()
+                .collect();
             for e in &gone {
                 state.release(e);
             }
@@ -293,7 +368,12 @@ impl pb::netd_server::Netd for NetdService {
                     }
                     a
                 }
-                Err(why) => pb::AttachResponse { container: r.container.clone(), network: r.network.clone(), error: why, ..Default::default() },
+                Err(why) => pb::AttachResponse {
+                    container: r.container.clone(),
+                    network: r.network.clone(),
+                    error: why,
+                    ..Default::default()
+                },
             })
             .collect();
         Ok(Response::new(pb::SyncResponse { endpoints }))
@@ -307,7 +387,10 @@ fn short(id: &str) -> &str {
 /// Why the endpoint's veth could not be made in this pass, if it could not.
 fn create_failure(failed: &[(Action, String)], e: &EndpointSpec) -> Option<String> {
     let host = veth_name(&e.container, &e.network);
-    failed.iter().find(|(a, _)| matches!(a, Action::CreateEndpoint { host: h, .. } if *h == host)).map(|(_, why)| why.clone())
+    failed
+        .iter()
+        .find(|(a, _)| matches!(a, Action::CreateEndpoint { host: h, .. } if *h == host))
+        .map(|(_, why)| why.clone())
 }
 
 /// Attaches one endpoint in `state` (or updates the namespace and names of
@@ -316,10 +399,17 @@ fn ensure(state: &mut State, r: &pb::AttachRequest) -> Result<(EndpointSpec, Net
     if r.container.is_empty() || r.netns.is_empty() {
         return Err(Status::invalid_argument("attach needs a container and its network namespace"));
     }
-    let want: Option<Ipv4Addr> =
-        if r.ip.is_empty() { None } else { Some(r.ip.parse().map_err(|_| Status::invalid_argument(format!("invalid --ip {:?}", r.ip)))?) };
-    let mut ports: Vec<PortMap> = r.ports.iter().map(PortMap::from_pb).collect::<Result<_, _>>().map_err(Status::invalid_argument)?;
-    let n = state.network(&r.network).cloned().ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?;
+    let want: Option<Ipv4Addr> = if r.ip.is_empty() {
+        None
+    } else {
+        Some(r.ip.parse().map_err(|_| Status::invalid_argument(format!("invalid --ip {:?}", r.ip)))?)
+    };
+    let mut ports: Vec<PortMap> =
+        r.ports.iter().map(PortMap::from_pb).collect::<Result<_, _>>().map_err(Status::invalid_argument)?;
+    let n = state
+        .network(&r.network)
+        .cloned()
+        .ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?;
     if let Some(e) = state.endpoints.iter_mut().find(|e| e.container == r.container && e.network == n.id) {
         e.netns = PathBuf::from(&r.netns);
         e.name = r.name.clone();
@@ -347,9 +437,11 @@ fn ensure(state: &mut State, r: &pb::AttachRequest) -> Result<(EndpointSpec, Net
             )));
         }
     }
-    let ip = state.ipam.allocate(&n.name, &r.container, want).map_err(|e| Status::failed_precondition(e.to_string()))?;
+    let ip =
+        state.ipam.allocate(&n.name, &r.container, want).map_err(|e| Status::failed_precondition(e.to_string()))?;
     // The lowest free ethN in the container.
-    let used: Vec<&str> = state.endpoints.iter().filter(|e| e.container == r.container).map(|e| e.ifname.as_str()).collect();
+    let used: Vec<&str> =
+        state.endpoints.iter().filter(|e| e.container == r.container).map(|e| e.ifname.as_str()).collect();
     let ifname = (0..).map(|i| format!("eth{i}")).find(|n| !used.contains(&n.as_str())).unwrap_or_default();
     let e = EndpointSpec {
         container: r.container.clone(),
@@ -371,8 +463,12 @@ impl Netd {
     async fn forget(&self, container: &str, network: Option<&str>) -> Result<(), Status> {
         {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let gone: Vec<EndpointSpec> =
-                state.endpoints.iter().filter(|e| e.container == container && network.is_none_or(|n| e.network == n)).cloned().collect();
+            let gone: Vec<EndpointSpec> = state
+                .endpoints
+                .iter()
+                .filter(|e| e.container == container && network.is_none_or(|n| e.network == n))
+                .cloned()
+                .collect();
             for e in &gone {
                 state.release(e);
             }

@@ -65,7 +65,10 @@ pub async fn connect_in(netns: &Path) -> Result<Handle, SysError> {
         };
         let _ = tx.send(r);
     });
-    let (conn, handle) = rx.await.map_err(|_| SysError::NoLink("netns thread".into()))?.map_err(io(format!("entering {}", netns.display())))?;
+    let (conn, handle) = rx
+        .await
+        .map_err(|_| SysError::NoLink("netns thread".into()))?
+        .map_err(io(format!("entering {}", netns.display())))?;
     tokio::spawn(conn);
     Ok(handle)
 }
@@ -137,7 +140,11 @@ pub async fn apply(h: &Handle, action: &Action) -> Result<(), SysError> {
             h.link().del(i).execute().await.map_err(nl(format!("deleting {name}")))
         }
         Action::CreateBridge { name, mtu } => {
-            h.link().add(LinkBridge::new(name).mtu(*mtu).build()).execute().await.map_err(nl(format!("creating bridge {name}")))?;
+            h.link()
+                .add(LinkBridge::new(name).mtu(*mtu).build())
+                .execute()
+                .await
+                .map_err(nl(format!("creating bridge {name}")))?;
             // Published ports answer the host's 127.0.0.1 too: DNAT'd loopback
             // packets may leave through this bridge (and only this one).
             let knob = format!("/proc/sys/net/ipv4/conf/{name}/route_localnet");
@@ -145,18 +152,35 @@ pub async fn apply(h: &Handle, action: &Action) -> Result<(), SysError> {
         }
         Action::SetMtu { name, mtu } => {
             let i = index_of(h, name).await?;
-            h.link().set(LinkUnspec::new_with_index(i).mtu(*mtu).build()).execute().await.map_err(nl(format!("setting the MTU of {name}")))
+            h.link()
+                .set(LinkUnspec::new_with_index(i).mtu(*mtu).build())
+                .execute()
+                .await
+                .map_err(nl(format!("setting the MTU of {name}")))
         }
         Action::AddAddress { name, addr, prefix } => {
             let i = index_of(h, name).await?;
-            h.address().add(i, IpAddr::V4(*addr), *prefix).execute().await.map_err(nl(format!("adding {addr}/{prefix} to {name}")))
+            h.address()
+                .add(i, IpAddr::V4(*addr), *prefix)
+                .execute()
+                .await
+                .map_err(nl(format!("adding {addr}/{prefix} to {name}")))
         }
         Action::DelAddress { name, addr, prefix } => {
             let i = index_of(h, name).await?;
-            let msgs: Vec<_> = h.address().get().set_link_index_filter(i).execute().try_collect().await.map_err(nl("listing addresses"))?;
+            let msgs: Vec<_> = h
+                .address()
+                .get()
+                .set_link_index_filter(i)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(nl("listing addresses"))?;
             for m in msgs {
                 let matches = m.header.prefix_len == *prefix
-                    && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(ip)) if ip == addr));
+                    && m.attributes
+                        .iter()
+                        .any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(ip)) if ip == addr));
                 if matches {
                     h.address().del(m).execute().await.map_err(nl(format!("removing {addr}/{prefix} from {name}")))?;
                 }
@@ -165,11 +189,19 @@ pub async fn apply(h: &Handle, action: &Action) -> Result<(), SysError> {
         }
         Action::SetUp { name } => {
             let i = index_of(h, name).await?;
-            h.link().set(LinkUnspec::new_with_index(i).up().build()).execute().await.map_err(nl(format!("setting {name} up")))
+            h.link()
+                .set(LinkUnspec::new_with_index(i).up().build())
+                .execute()
+                .await
+                .map_err(nl(format!("setting {name} up")))
         }
         Action::SetMaster { name, master } => {
             let (i, m) = (index_of(h, name).await?, index_of(h, master).await?);
-            h.link().set(LinkUnspec::new_with_index(i).controller(m).up().build()).execute().await.map_err(nl(format!("enslaving {name} to {master}")))
+            h.link()
+                .set(LinkUnspec::new_with_index(i).controller(m).up().build())
+                .execute()
+                .await
+                .map_err(nl(format!("enslaving {name} to {master}")))
         }
         Action::CreateEndpoint { host, bridge, endpoint, prefix, gateway, mtu } => {
             create_endpoint(h, host, bridge, endpoint, *prefix, *gateway, *mtu).await
@@ -194,18 +226,41 @@ async fn create_endpoint(
     if let Ok(i) = index_of(h, host).await {
         let _ = h.link().del(i).execute().await;
     }
-    h.link().add(LinkVeth::new(host, &peer).mtu(mtu).build()).execute().await.map_err(nl(format!("creating veth {host}")))?;
+    h.link()
+        .add(LinkVeth::new(host, &peer).mtu(mtu).build())
+        .execute()
+        .await
+        .map_err(nl(format!("creating veth {host}")))?;
     let result = async {
         let (hi, bi, pi) = (index_of(h, host).await?, index_of(h, bridge).await?, index_of(h, &peer).await?);
-        h.link().set(LinkUnspec::new_with_index(hi).controller(bi).up().build()).execute().await.map_err(nl(format!("enslaving {host}")))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(hi).controller(bi).up().build())
+            .execute()
+            .await
+            .map_err(nl(format!("enslaving {host}")))?;
         let ns = std::fs::File::open(&e.netns).map_err(io(format!("opening {}", e.netns.display())))?;
-        h.link().set(LinkUnspec::new_with_index(pi).setns_by_fd(ns.as_raw_fd()).build()).execute().await.map_err(nl(format!("moving {peer} into {}", e.netns.display())))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(pi).setns_by_fd(ns.as_raw_fd()).build())
+            .execute()
+            .await
+            .map_err(nl(format!("moving {peer} into {}", e.netns.display())))?;
         let inner = connect_in(&e.netns).await?;
         let pi = index_of(&inner, &peer).await?;
-        let set = LinkUnspec::new_with_index(pi).name(e.ifname.clone()).address(mac_for(e.ip).to_vec()).mtu(mtu).build();
+        let set =
+            LinkUnspec::new_with_index(pi).name(e.ifname.clone()).address(mac_for(e.ip).to_vec()).mtu(mtu).build();
         inner.link().set(set).execute().await.map_err(nl(format!("naming {}", e.ifname)))?;
-        inner.address().add(pi, IpAddr::V4(e.ip), prefix).execute().await.map_err(nl(format!("adding {} to {}", e.ip, e.ifname)))?;
-        inner.link().set(LinkUnspec::new_with_index(pi).up().build()).execute().await.map_err(nl(format!("setting {} up", e.ifname)))?;
+        inner
+            .address()
+            .add(pi, IpAddr::V4(e.ip), prefix)
+            .execute()
+            .await
+            .map_err(nl(format!("adding {} to {}", e.ip, e.ifname)))?;
+        inner
+            .link()
+            .set(LinkUnspec::new_with_index(pi).up().build())
+            .execute()
+            .await
+            .map_err(nl(format!("setting {} up", e.ifname)))?;
         if let Ok(lo) = index_of(&inner, "lo").await {
             let _ = inner.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await;
         }
@@ -241,5 +296,9 @@ pub fn apply_rules(ruleset: &str) -> Result<(), SysError> {
         stdin.write_all(rules::replace_script(ruleset).as_bytes()).map_err(io("writing to nft"))?;
     }
     let out = child.wait_with_output().map_err(io("running nft"))?;
-    if out.status.success() { Ok(()) } else { Err(SysError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string())) }
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(SysError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
 }

@@ -27,7 +27,15 @@ fn the_ruleset_loads_and_replaces_itself() {
     }
     let n = |id: &str, subnet: &str, internal: bool, icc: bool| {
         let subnet: shoal_netd::net::Subnet = subnet.parse().unwrap();
-        NetworkSpec { id: id.into(), name: id.into(), gateway: subnet.nth(1).unwrap(), subnet, internal, icc, mtu: 1500 }
+        NetworkSpec {
+            id: id.into(),
+            name: id.into(),
+            gateway: subnet.nth(1).unwrap(),
+            subnet,
+            internal,
+            icc,
+            mtu: 1500,
+        }
     };
     let d = Desired {
         networks: vec![n("aaaaaaaaaaaa", "10.5.0.0/24", false, true), n("bbbbbbbbbbbb", "10.6.0.0/24", true, false)],
@@ -41,7 +49,12 @@ fn the_ruleset_loads_and_replaces_itself() {
             ifname: "eth0".into(),
             ports: vec![
                 PortMap { host_ip: None, host_port: 8080, container_port: 80, proto: Proto::Tcp },
-                PortMap { host_ip: Some("10.98.0.1".parse().unwrap()), host_port: 5353, container_port: 53, proto: Proto::Udp },
+                PortMap {
+                    host_ip: Some("10.98.0.1".parse().unwrap()),
+                    host_port: 5353,
+                    container_port: 53,
+                    proto: Proto::Udp,
+                },
             ],
         }],
     };

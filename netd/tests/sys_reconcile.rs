@@ -86,7 +86,10 @@ fn a_bridge_network_is_built_converges_repairs_and_goes() {
             let inner = sys::connect_in(Path::new(&netns)).await.unwrap();
             let links = sys::observe(&inner).await.unwrap();
             let eth0 = links.iter().find(|l| l.name == "eth0").expect("eth0 in the container");
-            assert!(eth0.up && eth0.kind == LinkKind::Veth && eth0.addrs == vec![("10.5.0.2".parse().unwrap(), 24)], "{eth0:?}");
+            assert!(
+                eth0.up && eth0.kind == LinkKind::Veth && eth0.addrs == vec![("10.5.0.2".parse().unwrap(), 24)],
+                "{eth0:?}"
+            );
             let ping = Command::new("ping").args(["-c", "1", "-W", "2", "10.5.0.2"]).output().unwrap();
             assert!(ping.status.success(), "the host reaches the container: {}", String::from_utf8_lossy(&ping.stdout));
             let table = Command::new("nft").args(["list", "table", "ip", "shoal"]).output().unwrap();

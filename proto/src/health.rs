@@ -225,7 +225,12 @@ mod tests {
 
     /// The image's `HEALTHCHECK --interval=5s --retries=2 CMD curl -f localhost`.
     fn image() -> HealthSetting {
-        HealthSetting { test: shell("curl -f localhost"), interval_ms: Some(5_000), retries: Some(2), ..Default::default() }
+        HealthSetting {
+            test: shell("curl -f localhost"),
+            interval_ms: Some(5_000),
+            retries: Some(2),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -241,17 +246,33 @@ mod tests {
         let none = HealthSetting { test: HealthTest::None, ..Default::default() };
         let own = HealthSetting { test: shell("true"), ..Default::default() };
         let interval_only = HealthSetting { interval_ms: Some(1_000), ..Default::default() };
-        let own_with_retries = HealthSetting { test: shell("true"), retries: Some(7), start_period_ms: Some(9_000), ..Default::default() };
+        let own_with_retries =
+            HealthSetting { test: shell("true"), retries: Some(7), start_period_ms: Some(9_000), ..Default::default() };
         let zeros = HealthSetting { interval_ms: Some(0), retries: Some(0), ..Default::default() };
         let no_image = HealthSetting::default();
         let image_none = HealthSetting { test: HealthTest::None, interval_ms: Some(5_000), ..Default::default() };
         let table: Vec<(&str, &HealthSetting, HealthSetting, Option<HealthCheck>)> = vec![
-            ("inherit: the image's check, its values", &inherit, image(), Some(check("curl -f localhost", 5_000, 30_000, 2, 0))),
+            (
+                "inherit: the image's check, its values",
+                &inherit,
+                image(),
+                Some(check("curl -f localhost", 5_000, 30_000, 2, 0)),
+            ),
             ("inherit with no image check: none", &inherit, no_image.clone(), None),
             ("none disables the image's check", &none, image(), None),
             ("own command keeps the image's unset values", &own, image(), Some(check("true", 5_000, 30_000, 2, 0))),
-            ("own command without an image check: defaults", &own, no_image.clone(), Some(check("true", 30_000, 30_000, 3, 0))),
-            ("one flag overrides one value of the image's", &interval_only, image(), Some(check("curl -f localhost", 1_000, 30_000, 2, 0))),
+            (
+                "own command without an image check: defaults",
+                &own,
+                no_image.clone(),
+                Some(check("true", 30_000, 30_000, 3, 0)),
+            ),
+            (
+                "one flag overrides one value of the image's",
+                &interval_only,
+                image(),
+                Some(check("curl -f localhost", 1_000, 30_000, 2, 0)),
+            ),
             ("a value alone with no check to override: none", &interval_only, no_image, None),
             ("own values win", &own_with_retries, image(), Some(check("true", 5_000, 30_000, 7, 9_000))),
             ("zero is unset", &zeros, image(), Some(check("curl -f localhost", 5_000, 30_000, 2, 0))),
@@ -261,11 +282,16 @@ mod tests {
         for (what, user, image, want) in table {
             assert_eq!(resolve(user, &image), want, "{what}");
         }
-        let exec = HealthSetting { test: HealthTest::Cmd(vec!["/bin/check".into(), "-q".into()]), ..Default::default() };
+        let exec =
+            HealthSetting { test: HealthTest::Cmd(vec!["/bin/check".into(), "-q".into()]), ..Default::default() };
         let c = resolve(&exec, &HealthSetting::default()).expect("a check");
         assert_eq!(c.test, ["CMD", "/bin/check", "-q"]);
         assert_eq!(c.argv(), ["/bin/check", "-q"], "CMD runs as it is");
-        assert_eq!(resolve(&own, &HealthSetting::default()).expect("a check").argv(), ["/bin/sh", "-c", "true"], "CMD-SHELL runs with sh -c");
+        assert_eq!(
+            resolve(&own, &HealthSetting::default()).expect("a check").argv(),
+            ["/bin/sh", "-c", "true"],
+            "CMD-SHELL runs with sh -c"
+        );
     }
 
     #[test]
@@ -274,7 +300,10 @@ mod tests {
         let h: ImageHealthcheck = serde_json::from_str(json).expect("parses");
         let s = h.setting().expect("valid");
         assert_eq!(s.test, shell("wget -q -O- localhost"));
-        assert_eq!((s.interval_ms, s.timeout_ms, s.retries, s.start_period_ms), (Some(1_500), None, Some(4), Some(2_000)));
+        assert_eq!(
+            (s.interval_ms, s.timeout_ms, s.retries, s.start_period_ms),
+            (Some(1_500), None, Some(4), Some(2_000))
+        );
         let tests: Vec<(Vec<&str>, Result<HealthTest, &str>)> = vec![
             (vec![], Ok(HealthTest::Inherit)),
             (vec!["NONE"], Ok(HealthTest::None)),
@@ -309,8 +338,19 @@ mod tests {
         assert_eq!(read(r#"{"health":null}"#), HealthSetting::default());
         let own = HealthSetting { test: shell("true"), retries: Some(2), ..Default::default() };
         assert_eq!(read(&format!(r#"{{"health":{}}}"#, serde_json::to_string(&own).expect("json"))), own);
-        let legacy = read(r#"{"health":{"cmd":"test -f /ok","interval_ms":200,"timeout_ms":30000,"retries":2,"start_period_ms":0}}"#);
-        assert_eq!(legacy, HealthSetting { test: shell("test -f /ok"), interval_ms: Some(200), timeout_ms: Some(30_000), retries: Some(2), start_period_ms: Some(0) });
+        let legacy = read(
+            r#"{"health":{"cmd":"test -f /ok","interval_ms":200,"timeout_ms":30000,"retries":2,"start_period_ms":0}}"#,
+        );
+        assert_eq!(
+            legacy,
+            HealthSetting {
+                test: shell("test -f /ok"),
+                interval_ms: Some(200),
+                timeout_ms: Some(30_000),
+                retries: Some(2),
+                start_period_ms: Some(0)
+            }
+        );
     }
 
     #[test]
@@ -318,7 +358,13 @@ mod tests {
         let settings = [
             HealthSetting::default(),
             HealthSetting { test: HealthTest::None, ..Default::default() },
-            HealthSetting { test: HealthTest::Cmd(vec!["x".into()]), interval_ms: Some(1), timeout_ms: Some(2), retries: Some(3), start_period_ms: Some(4) },
+            HealthSetting {
+                test: HealthTest::Cmd(vec!["x".into()]),
+                interval_ms: Some(1),
+                timeout_ms: Some(2),
+                retries: Some(3),
+                start_period_ms: Some(4),
+            },
             HealthSetting { test: shell("true"), ..Default::default() },
             HealthSetting { retries: Some(1), ..Default::default() },
         ];

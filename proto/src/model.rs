@@ -130,7 +130,9 @@ pub struct NodeDescription {
 impl NodeDescription {
     /// The probe key's bytes (empty when the node gave none).
     pub fn probe_key(&self) -> Vec<u8> {
-        (0..self.probe_key.len() / 2).filter_map(|i| u8::from_str_radix(self.probe_key.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+        (0..self.probe_key.len() / 2)
+            .filter_map(|i| u8::from_str_radix(self.probe_key.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect()
     }
 }
 
@@ -194,10 +196,7 @@ pub fn random_base36(len: usize) -> String {
 
 /// Milliseconds since the unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// RFC 3339 (UTC, seconds) for unix milliseconds; empty for 0 (never).
@@ -243,7 +242,13 @@ fn civil(secs: i64) -> (String, String) {
 pub fn parse_rfc3339_ns(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
@@ -310,7 +315,9 @@ mod tests {
         assert_eq!(parse_rfc3339_ns("2026-11-22T00:00:00.123456789Z"), Some(1_795_305_600_123_456_789));
         assert_eq!(parse_rfc3339_ns("2026-11-22T00:00:00.5Z"), Some(1_795_305_600_500_000_000));
         assert_eq!(parse_rfc3339_ns("2026-11-22T01:00:00+01:00"), Some(1_795_305_600_000_000_000));
-        for bad in ["", "2026-11-22", "2026-13-01T00:00:00Z", "2026-11-22T00:00:00", "2026-11-22T00:00:00.Z", "yesterday"] {
+        for bad in
+            ["", "2026-11-22", "2026-13-01T00:00:00Z", "2026-11-22T00:00:00", "2026-11-22T00:00:00.Z", "yesterday"]
+        {
             assert_eq!(parse_rfc3339_ns(bad), None, "{bad}");
         }
     }

@@ -38,7 +38,9 @@ pub struct PortMap {
 /// `-p [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]`; a missing host
 /// port is 0, "choose a free one".
 pub fn parse_publish(spec: &str) -> Result<PortMap, String> {
-    let bad = |why: &str| format!("invalid port mapping {spec:?}: {why} (use [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp])");
+    let bad = |why: &str| {
+        format!("invalid port mapping {spec:?}: {why} (use [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp])")
+    };
     let (ports, proto) = match spec.rsplit_once('/') {
         Some((p, "tcp")) => (p, Proto::Tcp),
         Some((p, "udp")) => (p, Proto::Udp),

@@ -107,7 +107,8 @@ pub fn verify(key: &[u8], node_id: &str, nonce: &[u8; NONCE], reply: &[u8]) -> b
 /// Probes `node_id` at `addr` (`ip:port`) until it answers, refuses, or `timeout` passes.
 pub async fn probe(addr: &str, node_id: &str, key: &[u8], timeout: Duration) -> Outcome {
     let Ok(target) = addr.parse::<SocketAddr>() else { return Outcome::Error };
-    let local: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().unwrap_or(target) } else { "[::]:0".parse().unwrap_or(target) };
+    let local: SocketAddr =
+        if target.is_ipv4() { "0.0.0.0:0".parse().unwrap_or(target) } else { "[::]:0".parse().unwrap_or(target) };
     let Ok(sock) = tokio::net::UdpSocket::bind(local).await else { return Outcome::Error };
     if sock.connect(target).await.is_err() {
         return Outcome::Error;
@@ -208,7 +209,11 @@ mod tests {
         let addr = r.local_addr().to_string();
         let t = Duration::from_secs(2);
         assert_eq!(probe(&addr, "n1", &key, t).await, Outcome::Alive);
-        assert_eq!(probe(&addr, "n1", &new_key(), Duration::from_millis(300)).await, Outcome::Timeout, "a wrong key never passes");
+        assert_eq!(
+            probe(&addr, "n1", &new_key(), Duration::from_millis(300)).await,
+            Outcome::Timeout,
+            "a wrong key never passes"
+        );
         drop(r);
         // The responder's socket is closed once it is dropped: loopback refuses at once.
         assert_eq!(probe(&addr, "n1", &key, t).await, Outcome::Refused);

@@ -212,7 +212,11 @@ pub struct TaskSpec {
     pub force_update: u64,
     /// The image's check, none, or the service's own; a task is running
     /// only once its container is healthy, and fails when it is unhealthy.
-    #[serde(default, skip_serializing_if = "HealthSetting::is_inherit", deserialize_with = "crate::health::stored_setting")]
+    #[serde(
+        default,
+        skip_serializing_if = "HealthSetting::is_inherit",
+        deserialize_with = "crate::health::stored_setting"
+    )]
     pub health: HealthSetting,
 }
 
@@ -247,7 +251,14 @@ pub struct UpdateConfig {
 
 impl Default for UpdateConfig {
     fn default() -> Self {
-        UpdateConfig { parallelism: 1, delay_ms: 0, failure_action: FailureAction::Pause, monitor_ms: 5_000, max_failure_ratio: 0.0, order: UpdateOrder::StopFirst }
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            failure_action: FailureAction::Pause,
+            monitor_ms: 5_000,
+            max_failure_ratio: 0.0,
+            order: UpdateOrder::StopFirst,
+        }
     }
 }
 
@@ -367,7 +378,11 @@ pub struct Task {
 impl Task {
     /// `web.3` or `web.<node>`, as Docker names tasks.
     pub fn name(&self) -> String {
-        if self.slot > 0 { format!("{}.{}", self.service_name, self.slot) } else { format!("{}.{}", self.service_name, self.node_id) }
+        if self.slot > 0 {
+            format!("{}.{}", self.service_name, self.slot)
+        } else {
+            format!("{}.{}", self.service_name, self.node_id)
+        }
     }
 
     /// The container's name on its node: `web.3.<task id>`.
@@ -415,7 +430,14 @@ mod tests {
 
     #[test]
     fn names_and_templates() {
-        let t = Task { id: "t1".into(), service_id: "s1".into(), service_name: "web".into(), slot: 3, node_id: "n9".into(), ..Default::default() };
+        let t = Task {
+            id: "t1".into(),
+            service_id: "s1".into(),
+            service_name: "web".into(),
+            slot: 3,
+            node_id: "n9".into(),
+            ..Default::default()
+        };
         assert_eq!(t.name(), "web.3");
         assert_eq!(t.container_name(), "web.3.t1");
         assert_eq!(expand_template("{{.Service.Name}}-{{.Task.Slot}}@{{.Node.Hostname}}", "web", &t, "h1"), "web-3@h1");

@@ -118,7 +118,8 @@ fn first_cert(pem: &str, what: &'static str) -> Result<CertificateDer<'static>, 
 }
 
 fn key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem { what: "private key", reason: e.to_string() })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| TlsError::Pem { what: "private key", reason: e.to_string() })
 }
 
 fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
@@ -195,10 +196,8 @@ impl ServerCertVerifier for PinnedCa {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| crate::token::ca_digest(c.as_ref()) == self.digest)
-            .ok_or_else(|| {
+        let ca =
+            intermediates.iter().find(|c| crate::token::ca_digest(c.as_ref()) == self.digest).ok_or_else(|| {
                 rustls::Error::General(
                     "the manager's CA does not match the join token's digest (wrong cluster, or an impostor)".into(),
                 )
@@ -368,7 +367,11 @@ pub fn serve_tls(
 
 /// A lazily connecting gRPC channel to `addr` (`host:port`) over TLS with
 /// `config`. It reconnects by itself after failures.
-pub fn channel(addr: &str, config: Arc<ClientConfig>, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+pub fn channel(
+    addr: &str,
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
@@ -399,7 +402,8 @@ pub fn channel(addr: &str, config: Arc<ClientConfig>, connect_timeout: Duration)
 /// it. The key never leaves the node; the CA decides the CSR's subject.
 pub fn new_key_and_csr() -> Result<(String, Vec<u8>), TlsError> {
     let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Certificate(e.to_string()))?;
-    let params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| TlsError::Certificate(e.to_string()))?;
+    let params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| TlsError::Certificate(e.to_string()))?;
     let csr = params.serialize_request(&key).map_err(|e| TlsError::Certificate(e.to_string()))?;
     Ok((key.serialize_pem(), csr.der().to_vec()))
 }

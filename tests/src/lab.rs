@@ -43,8 +43,7 @@ static LAB_LOCK: Mutex<()> = Mutex::new(());
 /// The workspace root (the parent of this crate).
 pub fn repo_root() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    dir.parent()
-        .map_or_else(|| dir.join(".."), Path::to_path_buf)
+    dir.parent().map_or_else(|| dir.join(".."), Path::to_path_buf)
 }
 
 /// `<repo>/deploy/lab`.
@@ -82,10 +81,7 @@ pub fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                .map(|euid| euid == "0")
+            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).map(|euid| euid == "0")
         })
         .unwrap_or(false)
 }
@@ -100,11 +96,7 @@ pub fn skip_reason() -> Option<String> {
 
 /// Polls `f` every 100 ms until it returns `Some`, for at most `deadline`. An `Err` from
 /// `f` counts as "not yet"; the last one is reported if the deadline passes.
-pub fn wait_for<T>(
-    what: &str,
-    deadline: Duration,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
+pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let start = Instant::now();
     let mut last_err: Option<anyhow::Error> = None;
     loop {
@@ -167,20 +159,12 @@ impl Lab {
         }
         let bin = shoal_bin();
         if !bin.is_file() {
-            bail!(
-                "no shoal binary at {}: run `cargo build -p shoal` first, or set SHOAL_BIN",
-                bin.display()
-            );
+            bail!("no shoal binary at {}: run `cargo build -p shoal` first, or set SHOAL_BIN", bin.display());
         }
         let lock = LabLock::acquire()?;
         run_lab(&["down"]).context("removing a stale lab")?;
         // From here on, dropping `lab` (also on the error path) runs `deploy/lab down`.
-        let mut lab = Lab {
-            n,
-            save_logs: false,
-            up_output: String::new(),
-            _lock: lock,
-        };
+        let mut lab = Lab { n, save_logs: false, up_output: String::new(), _lock: lock };
         let n_arg = n.to_string();
         let mut args = vec!["up", n_arg.as_str()];
         args.extend_from_slice(extra);
@@ -202,10 +186,7 @@ impl Lab {
 
     /// Runs `deploy/lab ARGS` (e.g. `["sw", "--", "curl", URL]`), whatever its exit status.
     pub fn lab(&self, args: &[&str]) -> Result<Output> {
-        lab_command()
-            .args(args)
-            .output()
-            .with_context(|| format!("running deploy/lab {}", args.join(" ")))
+        lab_command().args(args).output().with_context(|| format!("running deploy/lab {}", args.join(" ")))
     }
 
     /// Runs a command in the switch namespace (`deploy/lab sw -- CMD`), whatever its
@@ -287,8 +268,7 @@ impl Lab {
         let mut full = args.to_vec();
         full.extend_from_slice(&["--format", "json"]);
         let out = self.shoal(i, &full)?;
-        serde_json::from_str(&out)
-            .with_context(|| format!("`shoal {}` on host {i}: not JSON: {out}", full.join(" ")))
+        serde_json::from_str(&out).with_context(|| format!("`shoal {}` on host {i}: not JSON: {out}", full.join(" ")))
     }
 
     /// `deploy/lab CMD I` for host `i`.
@@ -373,7 +353,10 @@ impl Lab {
 
     /// The `ps -a` entry of container `name` on host `i`.
     pub fn container(&self, i: usize, name: &str) -> Result<serde_json::Value> {
-        self.containers(i)?.into_iter().find(|c| c["name"] == name).with_context(|| format!("no container {name} on host {i}"))
+        self.containers(i)?
+            .into_iter()
+            .find(|c| c["name"] == name)
+            .with_context(|| format!("no container {name} on host {i}"))
     }
 
     /// `shoal ARGS` on host `i`, which must fail; its stderr.
@@ -390,9 +373,7 @@ impl Lab {
         let h = self.host(i)?;
         let path = format!("/tmp/shoal-lab/h{h}/daemon.pid");
         let s = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        s.trim()
-            .parse::<u32>()
-            .with_context(|| format!("bad pid in {path}: {s:?}"))
+        s.trim().parse::<u32>().with_context(|| format!("bad pid in {path}: {s:?}"))
     }
 
     /// Host `i`'s daemon log so far (every start appends to it).
@@ -406,13 +387,8 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let mut args = vec!["down".to_owned()];
         if self.save_logs || thread::panicking() {
-            let secs = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let dir = repo_root()
-                .join("target")
-                .join("lab-logs")
-                .join(format!("{secs}-{}", std::process::id()));
+            let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let dir = repo_root().join("target").join("lab-logs").join(format!("{secs}-{}", std::process::id()));
             eprintln!("lab: saving the hosts' logs in {}", dir.display());
             args.push("--save-logs".to_owned());
             args.push(dir.display().to_string());
@@ -433,20 +409,14 @@ fn lab_command() -> Command {
 fn stdout_note(out: &Output) -> String {
     let s = String::from_utf8_lossy(&out.stdout);
     let s = s.trim_end();
-    if s.is_empty() {
-        String::new()
-    } else {
-        format!("\nstdout: {s}")
-    }
+    if s.is_empty() { String::new() } else { format!("\nstdout: {s}") }
 }
 
 /// Runs `deploy/lab ARGS`; its stdout, or an error with its stderr.
 fn run_lab(args: &[&str]) -> Result<String> {
     let shown = args.join(" ");
-    let out = lab_command()
-        .args(args)
-        .output()
-        .with_context(|| format!("running {} {shown}", lab_script().display()))?;
+    let out =
+        lab_command().args(args).output().with_context(|| format!("running {} {shown}", lab_script().display()))?;
     if !out.status.success() {
         bail!(
             "deploy/lab {shown} failed ({}):\n{}{}",
@@ -470,10 +440,7 @@ impl LabLock {
         // it down in `Drop`.
         let guard = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
         let file = FileLock::acquire()?;
-        Ok(LabLock {
-            _file: file,
-            _guard: guard,
-        })
+        Ok(LabLock { _file: file, _guard: guard })
     }
 }
 
@@ -485,14 +452,9 @@ impl FileLock {
     fn acquire() -> Result<FileLock> {
         let start = Instant::now();
         loop {
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(LOCK_FILE)
-            {
+            match fs::OpenOptions::new().write(true).create_new(true).open(LOCK_FILE) {
                 Ok(mut f) => {
-                    writeln!(f, "{}", std::process::id())
-                        .with_context(|| format!("writing {LOCK_FILE}"))?;
+                    writeln!(f, "{}", std::process::id()).with_context(|| format!("writing {LOCK_FILE}"))?;
                     return Ok(FileLock);
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
@@ -601,10 +563,16 @@ pub fn image_archive(dir: &Path, rootfs: &Path, tag: &str, config: serde_json::V
     let manifest = serde_json::json!([{ "Config": config_name, "RepoTags": [tag], "Layers": ["layer.tar"] }]);
     fs::write(work.join("manifest.json"), serde_json::to_vec(&manifest)?)?;
     let archive = dir.join(format!("image-{}.tar", tag.replace([':', '/'], "-")));
-    let ok = Command::new("tar").arg("-C").arg(&work).arg("-cf").arg(&archive).args(["manifest.json", &config_name, "layer.tar"]).status()?.success();
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&work)
+        .arg("-cf")
+        .arg(&archive)
+        .args(["manifest.json", &config_name, "layer.tar"])
+        .status()?
+        .success();
     if !ok {
         bail!("tar failed for {}", work.display());
     }
     Ok(archive)
 }
-

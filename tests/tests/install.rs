@@ -44,7 +44,8 @@ fn host_units() -> Option<PathBuf> {
 
 /// Why `systemd-analyze verify` cannot run here, if it cannot.
 fn verify_skip_reason() -> Option<String> {
-    let found = Command::new("sh").args(["-c", "command -v systemd-analyze"]).output().is_ok_and(|o| o.status.success());
+    let found =
+        Command::new("sh").args(["-c", "command -v systemd-analyze"]).output().is_ok_and(|o| o.status.success());
     if !found {
         return Some("systemd-analyze is not installed (deploy/prereqs installs it: package systemd)".into());
     }
@@ -135,9 +136,15 @@ fn install_lays_out_units_that_systemd_accepts_and_uninstall_removes_them() -> R
     ensure!(fs::read_to_string(&env)?.contains("--insecure-registry 10.0.0.5:5000"), "settings were overwritten");
 
     // bad input: clear errors, nothing half-written
-    failed(&install(&["--root", r, "--bin", "/nonexistent/shoal"])?, "--bin /nonexistent/shoal is not an executable file")?;
+    failed(
+        &install(&["--root", r, "--bin", "/nonexistent/shoal"])?,
+        "--bin /nonexistent/shoal is not an executable file",
+    )?;
     failed(&install(&["--root", r, "--bin", b, "--data-root", "srv"])?, "--data-root must be an absolute path")?;
-    failed(&install(&["--root", r, "--bin", b, "--advertise-addr", "1.2.3.4 5.6.7.8"])?, "--advertise-addr must be a single word")?;
+    failed(
+        &install(&["--root", r, "--bin", b, "--advertise-addr", "1.2.3.4 5.6.7.8"])?,
+        "--advertise-addr must be a single word",
+    )?;
     failed(&install(&["--root", "/nonexistent-shl-root", "--bin", b])?, "is not a directory")?;
     failed(&install(&["--root", r, "--frobnicate"])?, "unknown argument '--frobnicate'")?;
 

@@ -9,7 +9,6 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use shoal_tests::lab::{Lab, lab_or_skip, wait_for};
 
-
 fn nodes(lab: &Lab, i: usize) -> Result<Vec<Value>> {
     let v = lab.shoal_json(i, &["node", "ls"])?;
     v.as_array().cloned().context("node ls --format json: not an array")
@@ -84,7 +83,11 @@ fn cluster_joins_fails_over_and_refuses_bad_callers() -> Result<()> {
     let other = if old == 1 { 2 } else { 1 };
     let t0 = Instant::now();
     wait_for("a write after leader loss", Duration::from_secs(20), || {
-        Ok(lab.exec(other, &["node", "update", "--label-add", "after-kill=1", "shl-h4"])?.status.success().then_some(()))
+        Ok(lab
+            .exec(other, &["node", "update", "--label-add", "after-kill=1", "shl-h4"])?
+            .status
+            .success()
+            .then_some(()))
     })?;
     eprintln!("write acknowledged {:?} after killing the leader", t0.elapsed());
     let new = wait_for("a new leader", Duration::from_secs(10), || leader(&lab, other))?;
@@ -106,30 +109,37 @@ fn cluster_joins_fails_over_and_refuses_bad_callers() -> Result<()> {
     let new_token = lab.shoal(1, &["swarm", "join-token", "-q", "worker"])?.trim().to_string();
     assert_ne!(old_token, new_token);
     lab.shoal(5, &["swarm", "leave"])?;
-    let e = stderr(&lab, 5, &["swarm", "join", "--token", &old_token, "--advertise-addr", "10.98.0.5", "10.98.0.1:4620"])?;
+    let e =
+        stderr(&lab, 5, &["swarm", "join", "--token", &old_token, "--advertise-addr", "10.98.0.5", "10.98.0.1:4620"])?;
     assert!(e.contains("rotated or mistyped"), "{e}");
     // A tampered token is refused before anything is sent.
     let tampered = new_token.replacen("SHOAL-1-", "SHOAL-1-x", 1);
-    let e = stderr(&lab, 5, &["swarm", "join", "--token", &tampered, "--advertise-addr", "10.98.0.5", "10.98.0.1:4620"])?;
+    let e =
+        stderr(&lab, 5, &["swarm", "join", "--token", &tampered, "--advertise-addr", "10.98.0.5", "10.98.0.1:4620"])?;
     assert!(e.contains("invalid join token"), "{e}");
     let info = lab.shoal_json(5, &["info"])?;
     assert_eq!(info["swarm_state"], "inactive", "a refused join changes nothing");
     lab.shoal(5, &["swarm", "join", "--token", &new_token, "--advertise-addr", "10.98.0.5", "10.98.0.1:4620"])?;
     wait_for("the node that left to show down and the rejoined one ready", Duration::from_secs(30), || {
         let ns = nodes(&lab, 1)?;
-        let h5: Vec<&str> = ns.iter().filter(|n| field(n, "hostname") == "shl-h5").map(|n| field(n, "status")).collect();
+        let h5: Vec<&str> =
+            ns.iter().filter(|n| field(n, "hostname") == "shl-h5").map(|n| field(n, "status")).collect();
         Ok((h5.len() == 2 && h5.contains(&"ready") && h5.contains(&"down")).then_some(()))
     })?;
     // The node that left is down now, so it can be removed without --force.
     let ns = nodes(&lab, 1)?;
-    let gone = ns.iter().find(|n| field(n, "hostname") == "shl-h5" && field(n, "status") == "down").context("down h5")?;
+    let gone =
+        ns.iter().find(|n| field(n, "hostname") == "shl-h5" && field(n, "status") == "down").context("down h5")?;
     lab.shoal(1, &["node", "rm", field(gone, "id")])?;
 
     // Promote a worker, then demote it again.
     lab.shoal(1, &["node", "promote", "shl-h4"])?;
     wait_for("shl-h4 to be a reachable manager", Duration::from_secs(40), || {
         let ns = nodes(&lab, 1)?;
-        Ok(ns.iter().any(|n| field(n, "hostname") == "shl-h4" && field(n, "manager_status") == "reachable").then_some(()))
+        Ok(ns
+            .iter()
+            .any(|n| field(n, "hostname") == "shl-h4" && field(n, "manager_status") == "reachable")
+            .then_some(()))
     })?;
     assert!(lab.shoal_json(4, &["info"])?["is_manager"].as_bool().unwrap_or(false));
     assert_eq!(nodes(&lab, 4)?.len(), 5, "the new manager serves node ls");
@@ -167,7 +177,11 @@ fn partition_keeps_one_leader_and_loses_no_acknowledged_write() -> Result<()> {
         let label = format!("majority{k}");
         let i = majority[k % 2];
         wait_for("a majority write", Duration::from_secs(20), || {
-            Ok(lab.exec(i, &["node", "update", "--label-add", &format!("{label}=1"), "shl-h1"])?.status.success().then_some(()))
+            Ok(lab
+                .exec(i, &["node", "update", "--label-add", &format!("{label}=1"), "shl-h1"])?
+                .status
+                .success()
+                .then_some(()))
         })?;
         acked.push(label);
     }
@@ -244,7 +258,8 @@ fn foreign_ca_and_last_manager_are_refused() -> Result<()> {
     lab.shoal(2, &["swarm", "init", "--advertise-addr", "10.98.0.2"])?;
     let token_b = lab.shoal(2, &["swarm", "join-token", "-q", "worker"])?.trim().to_string();
     // Cluster A's manager presents a CA whose digest is not in cluster B's token.
-    let e = stderr(&lab, 3, &["swarm", "join", "--token", &token_b, "--advertise-addr", "10.98.0.3", "10.98.0.1:4620"])?;
+    let e =
+        stderr(&lab, 3, &["swarm", "join", "--token", &token_b, "--advertise-addr", "10.98.0.3", "10.98.0.1:4620"])?;
     assert!(e.contains("does not match the join token"), "{e}");
     assert_eq!(lab.shoal_json(3, &["info"])?["swarm_state"], "inactive");
     let e = stderr(&lab, 1, &["node", "demote", "shl-h1"])?;

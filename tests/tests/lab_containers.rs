@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use shoal_tests::lab::{Lab, image_archive, lab_or_skip, wait_for};
 
-
-
 #[test]
 fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     if !lab_or_skip() {
@@ -18,7 +16,10 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     let (lab, tmp) = Lab::with_busybox(1, "shl-ctr-")?;
 
     // Output and exit codes.
-    let out = lab.exec(1, &["run", "--rm", "--hostname", "box", "busybox:local", "sh", "-c", "echo hi from $(hostname); id -u; exit 3"])?;
+    let out = lab.exec(
+        1,
+        &["run", "--rm", "--hostname", "box", "busybox:local", "sh", "-c", "echo hi from $(hostname); id -u; exit 3"],
+    )?;
     ensure!(out.status.code() == Some(3), "exit code: {:?}", out.status);
     ensure!(String::from_utf8_lossy(&out.stdout) == "hi from box\n0\n", "{:?}", String::from_utf8_lossy(&out.stdout));
     ensure!(lab.containers(1)?.is_empty(), "--rm removed it");
@@ -28,12 +29,45 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     ensure!(!out.status.success(), "a missing command fails");
 
     // Memory: an allocation past the limit is OOM-killed: 137, OOMKilled.
-    let out = lab.exec(1, &["run", "--name", "oom", "--memory", "16m", "busybox:local", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"])?;
+    let out = lab.exec(
+        1,
+        &[
+            "run",
+            "--name",
+            "oom",
+            "--memory",
+            "16m",
+            "busybox:local",
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=64M",
+            "count=1",
+        ],
+    )?;
     ensure!(out.status.code() == Some(137), "OOM exit: {:?}", out);
     let c = lab.container(1, "oom")?;
     ensure!(c["exit_code"] == 137 && c["oom_killed"] == true, "{c}");
     // The same command fits under a larger limit.
-    ensure!(lab.exec(1, &["run", "--rm", "--memory", "256m", "busybox:local", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"])?.status.success());
+    ensure!(
+        lab.exec(
+            1,
+            &[
+                "run",
+                "--rm",
+                "--memory",
+                "256m",
+                "busybox:local",
+                "dd",
+                "if=/dev/zero",
+                "of=/dev/null",
+                "bs=64M",
+                "count=1"
+            ]
+        )?
+        .status
+        .success()
+    );
 
     // pids: a fork bomb is stopped by --pids-limit.
     let bomb = "for i in $(seq 1 60); do sleep 5 & done; echo spawned all";
@@ -42,24 +76,50 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     ensure!(!String::from_utf8_lossy(&out.stdout).contains("spawned all"), "{out:?}");
     // seccomp: creating namespaces is refused unless CAP_SYS_ADMIN was added.
     let out = lab.exec(1, &["run", "--rm", "busybox:local", "unshare", "-U", "true"])?;
-    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"), "{out:?}");
-    ensure!(lab.exec(1, &["run", "--rm", "--cap-add", "SYS_ADMIN", "busybox:local", "unshare", "-U", "true"])?.status.success());
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{out:?}"
+    );
+    ensure!(
+        lab.exec(1, &["run", "--rm", "--cap-add", "SYS_ADMIN", "busybox:local", "unshare", "-U", "true"])?
+            .status
+            .success()
+    );
     // read-only root filesystem.
     let out = lab.exec(1, &["run", "--rm", "--read-only", "busybox:local", "touch", "/x"])?;
     ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Read-only"), "{out:?}");
 
     // Detached, logs, survives a kill -9 of the daemon, stop honours the grace period.
-    let id = lab.shoal(1, &["run", "-d", "--name", "ticker", "busybox:local", "sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"])?;
+    let id = lab.shoal(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "ticker",
+            "busybox:local",
+            "sh",
+            "-c",
+            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+        ],
+    )?;
     ensure!(id.trim().len() == 64, "{id}");
-    wait_for("a few ticks", Duration::from_secs(10), || Ok(lab.shoal(1, &["logs", "ticker"])?.lines().count().ge(&3).then_some(())))?;
+    wait_for("a few ticks", Duration::from_secs(10), || {
+        Ok(lab.shoal(1, &["logs", "ticker"])?.lines().count().ge(&3).then_some(()))
+    })?;
     let before = lab.container(1, "ticker")?["pid"].clone();
     lab.restart_daemon(1)?;
     let c = lab.container(1, "ticker")?;
     ensure!(c["state"] == "running" && c["pid"] == before, "the container outlived its daemon: {c}");
     let n = lab.shoal(1, &["logs", "ticker"])?.lines().count();
-    wait_for("logs to continue", Duration::from_secs(10), || Ok((lab.shoal(1, &["logs", "--tail", "all", "ticker"])?.lines().count() > n).then_some(())))?;
+    wait_for("logs to continue", Duration::from_secs(10), || {
+        Ok((lab.shoal(1, &["logs", "--tail", "all", "ticker"])?.lines().count() > n).then_some(()))
+    })?;
     // exec joins the running container: same pid namespace, its env, our exit code.
-    let out = lab.exec(1, &["exec", "-e", "X=1", "ticker", "sh", "-c", "echo $(cat /proc/1/cmdline | tr '\\0' ' ')$X; exit 4"])?;
+    let out = lab.exec(
+        1,
+        &["exec", "-e", "X=1", "ticker", "sh", "-c", "echo $(cat /proc/1/cmdline | tr '\\0' ' ')$X; exit 4"],
+    )?;
     ensure!(out.status.code() == Some(4), "exec exit: {out:?}");
     ensure!(String::from_utf8_lossy(&out.stdout).starts_with("sh -c i=0"), "exec sees the container's pid 1: {out:?}");
     ensure!(String::from_utf8_lossy(&out.stdout).trim_end().ends_with('1'), "{out:?}");
@@ -81,30 +141,67 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     });
     let archive = image_archive(tmp.path(), &tmp.path().join("rootfs.tar"), "shl-checked:local", checked)?;
     lab.shoal(1, &["image", "load", "-i", &archive.display().to_string()])?;
-    lab.shoal(1, &["run", "-d", "--name", "hc-ready", "shl-checked:local", "sh", "-c", "touch /tmp/ready; exec sleep 1000"])?;
+    lab.shoal(
+        1,
+        &["run", "-d", "--name", "hc-ready", "shl-checked:local", "sh", "-c", "touch /tmp/ready; exec sleep 1000"],
+    )?;
     lab.shoal(1, &["run", "-d", "--name", "hc-sick", "shl-checked:local"])?;
     lab.shoal(1, &["run", "-d", "--name", "hc-slow", "--health-interval", "10m", "shl-checked:local"])?;
     lab.shoal(1, &["run", "-d", "--name", "hc-off", "--no-healthcheck", "shl-checked:local"])?;
-    lab.shoal(1, &["run", "-d", "--name", "hc-false", "--health-cmd", "false", "--health-interval", "1s", "--health-retries", "1", "busybox:local", "sleep", "1000"])?;
-    let status = |name: &str| -> Result<String> { Ok(lab.container(1, name)?["status"].as_str().unwrap_or_default().to_string()) };
+    lab.shoal(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "hc-false",
+            "--health-cmd",
+            "false",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            "busybox:local",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let status = |name: &str| -> Result<String> {
+        Ok(lab.container(1, name)?["status"].as_str().unwrap_or_default().to_string())
+    };
     let health = |name: &str| -> Result<serde_json::Value> {
         let doc: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["inspect", name])?)?;
         Ok(doc[0]["State"]["Health"].clone())
     };
-    let shows = |name: &str, note: &str| wait_for(&format!("{name} to show {note}"), Duration::from_secs(20), || Ok(status(name)?.ends_with(note).then_some(())));
+    let shows = |name: &str, note: &str| {
+        wait_for(&format!("{name} to show {note}"), Duration::from_secs(20), || {
+            Ok(status(name)?.ends_with(note).then_some(()))
+        })
+    };
     shows("hc-ready", " (healthy)")?;
     shows("hc-sick", " (unhealthy)")?;
     shows("hc-false", " (unhealthy)")?;
     let s = status("hc-slow")?;
-    ensure!(s.starts_with("Up ") && s.ends_with(" (health: starting)"), "the image's check, its first run 10 minutes away: {s}");
+    ensure!(
+        s.starts_with("Up ") && s.ends_with(" (health: starting)"),
+        "the image's check, its first run 10 minutes away: {s}"
+    );
     let s = status("hc-off")?;
     ensure!(s.starts_with("Up ") && !s.contains('('), "no check: {s}");
     ensure!(health("hc-off")?.is_null(), "no check, no State.Health");
     let h = health("hc-ready")?;
-    ensure!(h["Status"] == "healthy" && h["FailingStreak"] == 0 && h["Log"].as_array().is_some_and(|l| (1..=5).contains(&l.len())), "{h}");
+    ensure!(
+        h["Status"] == "healthy"
+            && h["FailingStreak"] == 0
+            && h["Log"].as_array().is_some_and(|l| (1..=5).contains(&l.len())),
+        "{h}"
+    );
     ensure!(h["Log"][0]["ExitCode"] == 0 && h["Log"][0]["Start"].as_str().is_some_and(|t| t.ends_with('Z')), "{h}");
     let h = health("hc-false")?;
-    ensure!(h["Status"] == "unhealthy" && h["FailingStreak"].as_u64() >= Some(1) && h["Log"][0]["ExitCode"] == 1, "{h}");
+    ensure!(
+        h["Status"] == "unhealthy" && h["FailingStreak"].as_u64() >= Some(1) && h["Log"][0]["ExitCode"] == 1,
+        "{h}"
+    );
     let h = health("hc-sick")?;
     ensure!(h["Status"] == "unhealthy" && h["FailingStreak"].as_u64() >= Some(2), "the image's retries (2) count: {h}");
     // The verdict outlives the daemon, and a stopped container reads unhealthy, as in Docker.
@@ -166,12 +263,23 @@ fn volumes_outlive_containers_and_are_kept_while_in_use() -> Result<()> {
     ensure!(String::from_utf8_lossy(&out.stdout) == "from the host\n", "{out:?}");
     ensure!(!out.status.success() && !host_dir.join("new").exists(), "a read-only bind mount stays read-only");
     // A tmpfs.
-    let out = run(&["--tmpfs", "/scratch", "--read-only", "busybox:local", "sh", "-c", "echo ok > /scratch/x && cat /scratch/x"])?;
+    let out = run(&[
+        "--tmpfs",
+        "/scratch",
+        "--read-only",
+        "busybox:local",
+        "sh",
+        "-c",
+        "echo ok > /scratch/x && cat /scratch/x",
+    ])?;
     ensure!(String::from_utf8_lossy(&out.stdout) == "ok\n", "{out:?}");
     // A volume in use is refused; once its container is gone it can go.
     lab.shoal(1, &["run", "-d", "--name", "holder", "-v", "data:/data", "busybox:local", "sleep", "100"])?;
     let out = lab.exec(1, &["volume", "rm", "data"])?;
-    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("in use by container holder"), "{out:?}");
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("in use by container holder"),
+        "{out:?}"
+    );
     lab.shoal(1, &["rm", "-f", "holder"])?;
     lab.shoal(1, &["volume", "rm", "data"])?;
     ensure!(lab.shoal(1, &["volume", "ls", "-q"])?.trim().is_empty());
@@ -191,7 +299,10 @@ fn tiny_tar(dir: &std::path::Path, name: &str, content: &str) -> Result<String> 
     std::fs::create_dir_all(&root)?;
     std::fs::write(root.join("file"), content)?;
     let tar = dir.join(format!("{name}.tar"));
-    ensure!(std::process::Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status()?.success(), "tar");
+    ensure!(
+        std::process::Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status()?.success(),
+        "tar"
+    );
     Ok(tar.display().to_string())
 }
 
@@ -207,19 +318,43 @@ fn events_and_prune_keep_what_is_in_use() -> Result<()> {
     let out = lab.exec(1, &["run", "--name", "shl-ev", "-l", "shl.test=1", "busybox:local", "sh", "-c", "exit 3"])?;
     ensure!(out.status.code() == Some(3), "{out:?}");
     let until = unix_now()?;
-    let json = lab.shoal(1, &["events", "--since", &since, "--until", &until, "--filter", "container=shl-ev", "--format", "json"])?;
+    let json = lab.shoal(
+        1,
+        &["events", "--since", &since, "--until", &until, "--filter", "container=shl-ev", "--format", "json"],
+    )?;
     let events: Vec<serde_json::Value> = json.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     let actions: Vec<&str> = events.iter().filter_map(|e| e["Action"].as_str()).collect();
     ensure!(actions == ["create", "start", "die"], "{actions:?}\n{json}");
     let die = &events[2];
-    ensure!(die["Type"] == "container" && die["Actor"]["Attributes"]["exitCode"] == "3" && die["Actor"]["Attributes"]["name"] == "shl-ev", "{die}");
-    ensure!(die["Actor"]["Attributes"]["image"] == "busybox:local" && die["Actor"]["Attributes"]["shl.test"] == "1" && die["scope"] == "local", "{die}");
+    ensure!(
+        die["Type"] == "container"
+            && die["Actor"]["Attributes"]["exitCode"] == "3"
+            && die["Actor"]["Attributes"]["name"] == "shl-ev",
+        "{die}"
+    );
+    ensure!(
+        die["Actor"]["Attributes"]["image"] == "busybox:local"
+            && die["Actor"]["Attributes"]["shl.test"] == "1"
+            && die["scope"] == "local",
+        "{die}"
+    );
     ensure!(events.windows(2).all(|w| w[0]["timeNano"].as_i64() <= w[1]["timeNano"].as_i64()), "in time order");
     // Docker's text line, and the filters by type and action.
-    let text = lab.shoal(1, &["events", "--since", &since, "--until", &until, "--filter", "type=container", "--filter", "event=die"])?;
+    let text = lab.shoal(
+        1,
+        &["events", "--since", &since, "--until", &until, "--filter", "type=container", "--filter", "event=die"],
+    )?;
     let lines: Vec<&str> = text.lines().collect();
-    ensure!(lines.len() == 1 && lines[0].contains(" container die ") && lines[0].contains("(exitCode=3, image=busybox:local, name=shl-ev, shl.test=1)"), "{text}");
-    ensure!(lines[0].split(' ').next().is_some_and(|t| t.len() == 30 && t.ends_with('Z')), "RFC 3339 with nanoseconds: {text}");
+    ensure!(
+        lines.len() == 1
+            && lines[0].contains(" container die ")
+            && lines[0].contains("(exitCode=3, image=busybox:local, name=shl-ev, shl.test=1)"),
+        "{text}"
+    );
+    ensure!(
+        lines[0].split(' ').next().is_some_and(|t| t.len() == 30 && t.ends_with('Z')),
+        "RFC 3339 with nanoseconds: {text}"
+    );
     // Followed (no --until): a new event arrives on the open stream.
     let log = tmp.path().join("events.log");
     let mut follower = lab.spawn(1, &["shoal", "events", "--filter", "type=volume"], &log)?;
@@ -229,7 +364,9 @@ fn events_and_prune_keep_what_is_in_use() -> Result<()> {
         let got = std::fs::read_to_string(&log).unwrap_or_default();
         // The first round may begin before the stream does: a create followed by a destroy is enough.
         let create = got.find("volume create shl-followed (driver=local)");
-        Ok(create.is_some_and(|c| got.rfind("volume destroy shl-followed (driver=local)").is_some_and(|d| d > c)).then_some(()))
+        Ok(create
+            .is_some_and(|c| got.rfind("volume destroy shl-followed (driver=local)").is_some_and(|d| d > c))
+            .then_some(()))
     });
     let _ = follower.kill();
     let _ = follower.wait();
@@ -241,32 +378,83 @@ fn events_and_prune_keep_what_is_in_use() -> Result<()> {
     // What it must keep: a running container, its image, a named volume, a tagged image (without -a).
     lab.shoal(1, &["run", "-d", "--name", "shl-keep", "-v", "/kept", "busybox:local", "sleep", "300"])?;
     lab.shoal(1, &["image", "import", &tiny_tar(tmp.path(), "one", "1")?, "shl-unused:1"])?;
-    let dangling = lab.shoal_json(1, &["images"])?.as_array().cloned().unwrap_or_default().into_iter()
-        .find(|i| i.to_string().contains("shl-unused:1")).and_then(|i| i["id"].as_str().or(i["Id"].as_str()).map(String::from)).context("the first import's id")?;
+    let dangling = lab
+        .shoal_json(1, &["images"])?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|i| i.to_string().contains("shl-unused:1"))
+        .and_then(|i| i["id"].as_str().or(i["Id"].as_str()).map(String::from))
+        .context("the first import's id")?;
     lab.shoal(1, &["image", "import", &tiny_tar(tmp.path(), "two", "2")?, "shl-unused:1"])?;
     lab.shoal(1, &["run", "--name", "shl-anon", "-v", "/data", "busybox:local", "true"])?;
     let anon = lab.container(1, "shl-anon")?;
-    let anon_volume = lab.shoal_json(1, &["volume", "ls"])?.as_array().cloned().unwrap_or_default().into_iter()
-        .filter(|v| v["anonymous"] == true).map(|v| v["name"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>();
+    let anon_volume = lab
+        .shoal_json(1, &["volume", "ls"])?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| v["anonymous"] == true)
+        .map(|v| v["name"].as_str().unwrap_or_default().to_string())
+        .collect::<Vec<_>>();
     lab.shoal(1, &["rm", "shl-anon"])?;
     lab.shoal(1, &["volume", "create", "shl-named"])?;
     lab.shoal(1, &["network", "create", "shl-unused-net"])?;
-    ensure!(anon["state"] == "exited" && anon_volume.len() == 2, "shl-keep's and shl-anon's anonymous volumes: {anon_volume:?}");
+    ensure!(
+        anon["state"] == "exited" && anon_volume.len() == 2,
+        "shl-keep's and shl-anon's anonymous volumes: {anon_volume:?}"
+    );
 
     let df = lab.shoal(1, &["system", "df"])?;
-    ensure!(df.starts_with("TYPE") && df.contains("RECLAIMABLE") && df.contains("Images") && df.contains("Local Volumes") && df.contains("Build Cache"), "{df}");
+    ensure!(
+        df.starts_with("TYPE")
+            && df.contains("RECLAIMABLE")
+            && df.contains("Images")
+            && df.contains("Local Volumes")
+            && df.contains("Build Cache"),
+        "{df}"
+    );
     let dfv = lab.shoal(1, &["system", "df", "-v"])?;
-    ensure!(dfv.contains("Images space usage:") && dfv.contains("shl-keep") && dfv.contains("shl-named") && dfv.contains("shl-unused"), "{dfv}");
+    ensure!(
+        dfv.contains("Images space usage:")
+            && dfv.contains("shl-keep")
+            && dfv.contains("shl-named")
+            && dfv.contains("shl-unused"),
+        "{dfv}"
+    );
 
     let out = lab.shoal(1, &["system", "prune", "-f", "--volumes"])?;
     eprintln!("{text}{df}\n{out}");
-    let ev_id = lab.shoal(1, &["events", "--since", &since, "--until", &until, "--filter", "event=create", "--filter", "type=container", "--format", "json"])?;
+    let ev_id = lab.shoal(
+        1,
+        &[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "event=create",
+            "--filter",
+            "type=container",
+            "--format",
+            "json",
+        ],
+    )?;
     let ev_id: serde_json::Value = serde_json::from_str(ev_id.lines().next().context("shl-ev's create")?)?;
     let ev_id = ev_id["Actor"]["ID"].as_str().unwrap_or_default().to_string();
     ensure!(out.contains(&format!("Deleted Containers:\n{ev_id}\n")), "the stopped container goes: {out}");
     ensure!(out.contains("Deleted Networks:\nshl-unused-net\n"), "{out}");
-    ensure!(out.contains("Deleted Volumes:\n") && anon_volume.iter().filter(|v| out.contains(v.as_str())).count() == 1, "one anonymous volume (not the mounted one): {out}");
-    ensure!(out.contains("Deleted Images:\n") && out.contains(&format!("deleted: {dangling}")), "the dangling image: {out}");
+    ensure!(
+        out.contains("Deleted Volumes:\n") && anon_volume.iter().filter(|v| out.contains(v.as_str())).count() == 1,
+        "one anonymous volume (not the mounted one): {out}"
+    );
+    ensure!(
+        out.contains("Deleted Images:\n") && out.contains(&format!("deleted: {dangling}")),
+        "the dangling image: {out}"
+    );
     ensure!(out.lines().last().is_some_and(|l| l.starts_with("Total reclaimed space: ")), "{out}");
     let names: Vec<String> = lab.containers(1)?.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect();
     ensure!(names == ["shl-keep"], "only the running container is left: {names:?}");
@@ -274,7 +462,10 @@ fn events_and_prune_keep_what_is_in_use() -> Result<()> {
     let images = lab.shoal(1, &["images"])?;
     ensure!(images.contains("busybox") && images.contains("shl-unused"), "tagged images stay without -a: {images}");
     let volumes = lab.shoal(1, &["volume", "ls", "-q"])?;
-    ensure!(volumes.lines().any(|v| v == "shl-named") && volumes.lines().count() == 2, "the named and the mounted volume stay: {volumes}");
+    ensure!(
+        volumes.lines().any(|v| v == "shl-named") && volumes.lines().count() == 2,
+        "the named and the mounted volume stay: {volumes}"
+    );
     ensure!(lab.shoal(1, &["network", "ls"])?.contains("bridge"), "predefined networks stay");
 
     // -a: every image no container uses goes, never the running container's; volume prune -a takes named ones.
@@ -287,7 +478,11 @@ fn events_and_prune_keep_what_is_in_use() -> Result<()> {
     // Without -f, an answer other than y keeps everything.
     lab.shoal(1, &["stop", "-t", "0", "shl-keep"])?;
     let out = lab.run(1, &["sh", "-c", "echo n | shoal container prune"])?;
-    ensure!(String::from_utf8_lossy(&out.stdout).contains("WARNING! This will remove all stopped containers.\nAre you sure you want to continue? [y/N]"), "{out:?}");
+    ensure!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("WARNING! This will remove all stopped containers.\nAre you sure you want to continue? [y/N]"),
+        "{out:?}"
+    );
     ensure!(lab.containers(1)?.len() == 1, "not confirmed: kept");
     let out = lab.shoal(1, &["container", "prune", "-f"])?;
     ensure!(out.contains("Deleted Containers:") && lab.containers(1)?.is_empty(), "{out}");

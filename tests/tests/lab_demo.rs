@@ -37,7 +37,8 @@ fn demo_hosts(lab: &Lab) -> Result<BTreeSet<usize>> {
     for t in tasks.as_array().context("service ps: not an array")? {
         if t["task"]["desired"] == "running" && t["task"]["status"]["state"] == "running" {
             let node = t["node"].as_str().unwrap_or_default();
-            let i = node.strip_prefix("shl-h").and_then(|s| s.parse().ok()).with_context(|| format!("node {node:?}"))?;
+            let i =
+                node.strip_prefix("shl-h").and_then(|s| s.parse().ok()).with_context(|| format!("node {node:?}"))?;
             hosts.insert(i);
         }
     }
@@ -73,7 +74,10 @@ fn demo_answers_from_the_switch_and_the_registry_serves_it() -> Result<()> {
     let body = String::from_utf8_lossy(&out.stdout).into_owned();
     let (id, task) = demo_container(&lab, host)?;
     ensure!(body.contains("shoal demo v1"), "{body}");
-    ensure!(body.contains(&format!("container {id} (task {task}) on node shl-h{host}")), "host {host}, container {id}: {body}");
+    ensure!(
+        body.contains(&format!("container {id} (task {task}) on node shl-h{host}")),
+        "host {host}, container {id}: {body}"
+    );
 
     let ls = lab.shoal(1, &["service", "ls"])?;
     ensure!(ls.lines().any(|l| l.contains("demo") && l.contains("3/3") && l.contains(V1)), "{ls}");
@@ -98,7 +102,10 @@ fn demo_answers_from_the_switch_and_the_registry_serves_it() -> Result<()> {
     ensure!(inspect.to_string().contains("/bin/demo-web"), "the image's command: {inspect}");
 
     // The tour: update to v2, every page says so; roll back, every page is v1 again.
-    for (args, want) in [(vec!["service", "update", "-d", "--image", V2, "demo"], "shoal demo v2 (updated)"), (vec!["service", "rollback", "-d", "demo"], "shoal demo v1")] {
+    for (args, want) in [
+        (vec!["service", "update", "-d", "--image", V2, "demo"], "shoal demo v2 (updated)"),
+        (vec!["service", "rollback", "-d", "demo"], "shoal demo v1"),
+    ] {
         lab.shoal(1, &args)?;
         wait_for(&format!("every page to say {want:?}"), Duration::from_secs(90), || {
             let hosts = demo_hosts(&lab)?;

@@ -6,8 +6,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
 
-
-
 fn fails_with(lab: &Lab, args: &[&str], needle: &str) -> Result<()> {
     let out = lab.exec(1, args)?;
     let err = String::from_utf8_lossy(&out.stderr);
@@ -32,7 +30,8 @@ fn images_import_tag_save_rm_load() -> Result<()> {
     ensure!(ls.starts_with("REPOSITORY   TAG") && ls.contains("busybox      local"), "{ls}");
     lab.shoal(1, &["image", "tag", "busybox:local", "mybox:v1"])?;
     let v = lab.shoal_json(1, &["image", "ls"])?;
-    let tags: Vec<String> = v[0]["repo_tags"].as_array().context("tags")?.iter().filter_map(|t| t.as_str().map(String::from)).collect();
+    let tags: Vec<String> =
+        v[0]["repo_tags"].as_array().context("tags")?.iter().filter_map(|t| t.as_str().map(String::from)).collect();
     ensure!(v.as_array().map(Vec::len) == Some(1) && tags.len() == 2, "one image with two tags: {v}");
 
     lab.shoal(1, &["image", "save", "-o", &p("saved.tar"), "busybox:local", "mybox:v1"])?;

@@ -10,7 +10,13 @@ use anyhow::{Context, Result, ensure};
 use shoal_tests::lab::{Lab, lab_or_skip, wait_for};
 
 /// Waits until `name`'s `ps` entry satisfies `ok`; returns it.
-fn wait_state(lab: &Lab, name: &str, what: &str, secs: u64, ok: impl Fn(&serde_json::Value) -> bool) -> Result<serde_json::Value> {
+fn wait_state(
+    lab: &Lab,
+    name: &str,
+    what: &str,
+    secs: u64,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
     wait_for(what, Duration::from_secs(secs), || {
         let c = lab.container(1, name)?;
         Ok(ok(&c).then_some(c))
@@ -25,14 +31,20 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
     let (lab, tmp) = Lab::with_busybox(1, "shl-life-")?;
 
     // on-failure:3 restarts a failing container three times, then leaves it.
-    lab.shoal(1, &["run", "-d", "--name", "flaky", "--restart", "on-failure:3", "busybox:local", "sh", "-c", "echo run; exit 2"])?;
+    lab.shoal(
+        1,
+        &["run", "-d", "--name", "flaky", "--restart", "on-failure:3", "busybox:local", "sh", "-c", "echo run; exit 2"],
+    )?;
     let c = wait_state(&lab, "flaky", "three restarts", 30, |c| c["restart_count"] == 3 && c["state"] == "exited")?;
     ensure!(c["exit_code"] == 2, "{c}");
     ensure!(lab.shoal(1, &["logs", "flaky"])? == "run\n".repeat(4), "one run and three restarts");
     // A success is not a failure: on-failure leaves it.
     lab.shoal(1, &["run", "-d", "--name", "fine", "--restart", "on-failure", "busybox:local", "sh", "-c", "exit 0"])?;
     // always restarts whatever the exit code, until a user stops it.
-    lab.shoal(1, &["run", "-d", "--name", "always", "--restart", "always", "busybox:local", "sh", "-c", "echo up; sleep 0.3"])?;
+    lab.shoal(
+        1,
+        &["run", "-d", "--name", "always", "--restart", "always", "busybox:local", "sh", "-c", "echo up; sleep 0.3"],
+    )?;
     wait_state(&lab, "always", "two restarts", 30, |c| c["restart_count"].as_u64() >= Some(2))?;
     lab.shoal(1, &["stop", "always"])?;
     let stopped = lab.container(1, "always")?;
@@ -40,7 +52,10 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
     let fine = wait_state(&lab, "fine", "fine to end", 10, |c| c["state"] != "running")?;
     ensure!(fine["state"] == "exited" && fine["restart_count"] == 0, "{fine}");
     // restart replaces the process; stop and start keep the container and its log.
-    lab.shoal(1, &["run", "-d", "--name", "web", "busybox:local", "sh", "-c", "echo started; while true; do sleep 0.1; done"])?;
+    lab.shoal(
+        1,
+        &["run", "-d", "--name", "web", "busybox:local", "sh", "-c", "echo started; while true; do sleep 0.1; done"],
+    )?;
     let pid1 = lab.container(1, "web")?["pid"].clone();
     lab.shoal(1, &["restart", "-t", "1", "web"])?;
     let c = lab.container(1, "web")?;
@@ -77,8 +92,26 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
 
     // The stop signal: the container's own, then SIGKILL after its timeout.
     let trap = "trap 'echo got usr1; exit 0' USR1; echo ready; while true; do sleep 0.1; done";
-    lab.shoal(1, &["run", "-d", "--name", "sig", "--stop-signal", "USR1", "--stop-timeout", "5", "busybox:local", "sh", "-c", trap])?;
-    wait_for("the trap", Duration::from_secs(10), || Ok(lab.shoal(1, &["logs", "sig"])?.contains("ready").then_some(())))?;
+    lab.shoal(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "sig",
+            "--stop-signal",
+            "USR1",
+            "--stop-timeout",
+            "5",
+            "busybox:local",
+            "sh",
+            "-c",
+            trap,
+        ],
+    )?;
+    wait_for("the trap", Duration::from_secs(10), || {
+        Ok(lab.shoal(1, &["logs", "sig"])?.contains("ready").then_some(()))
+    })?;
     lab.shoal(1, &["stop", "sig"])?;
     let c = lab.container(1, "sig")?;
     ensure!(c["exit_code"] == 0, "USR1 ended it cleanly: {c}");
@@ -86,31 +119,74 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
 
     // -d --rm: the daemon removes it when it ends; a foreground --rm run reports its code.
     lab.shoal(1, &["run", "-d", "--rm", "--name", "temp", "busybox:local", "sh", "-c", "exit 0"])?;
-    wait_for("temp to be removed", Duration::from_secs(10), || Ok((!lab.containers(1)?.iter().any(|c| c["name"] == "temp")).then_some(())))?;
+    wait_for("temp to be removed", Duration::from_secs(10), || {
+        Ok((!lab.containers(1)?.iter().any(|c| c["name"] == "temp")).then_some(()))
+    })?;
     ensure!(lab.exec(1, &["run", "--rm", "busybox:local", "sh", "-c", "exit 5"])?.status.code() == Some(5));
 
     // --env-file and --mount; a new volume starts with the image's files there.
     let env = tmp.path().join("env");
     std::fs::write(&env, "# settings\nGREETING=hello there\nEMPTY=\n")?;
-    let out = lab.shoal(1, &[
-        "run", "--rm", "--env-file", &env.display().to_string(), "-e", "EXTRA=1",
-        "--mount", "type=volume,source=etc-copy,target=/etc", "--mount", "type=tmpfs,target=/scratch",
-        "busybox:local", "sh", "-c", "echo $GREETING $EXTRA; test -f /etc/passwd && echo copied; grep -c /scratch /proc/mounts",
-    ])?;
+    let out = lab.shoal(
+        1,
+        &[
+            "run",
+            "--rm",
+            "--env-file",
+            &env.display().to_string(),
+            "-e",
+            "EXTRA=1",
+            "--mount",
+            "type=volume,source=etc-copy,target=/etc",
+            "--mount",
+            "type=tmpfs,target=/scratch",
+            "busybox:local",
+            "sh",
+            "-c",
+            "echo $GREETING $EXTRA; test -f /etc/passwd && echo copied; grep -c /scratch /proc/mounts",
+        ],
+    )?;
     ensure!(out == "hello there 1\ncopied\n1\n", "{out:?}");
     let v = lab.shoal_json(1, &["volume", "ls"])?;
     ensure!(v.as_array().is_some_and(|a| a.iter().any(|v| v["name"] == "etc-copy")), "{v}");
-    ensure!(lab.failing(1, &["run", "--rm", "--mount", "type=bind,target=/x", "busybox:local", "true"])?.contains("source="));
-    ensure!(lab.failing(1, &["run", "--rm", "--restart", "always", "busybox:local", "true"])?.contains("conflicting options"));
+    ensure!(
+        lab.failing(1, &["run", "--rm", "--mount", "type=bind,target=/x", "busybox:local", "true"])?
+            .contains("source=")
+    );
+    ensure!(
+        lab.failing(1, &["run", "--rm", "--restart", "always", "busybox:local", "true"])?
+            .contains("conflicting options")
+    );
     ensure!(lab.failing(1, &["run", "--restart", "sometimes", "busybox:local", "true"])?.contains("on-failure[:N]"));
-    ensure!(lab.failing(1, &["run", "--stop-signal", "SIGNOPE", "busybox:local", "true"])?.contains("invalid stop signal"));
+    ensure!(
+        lab.failing(1, &["run", "--stop-signal", "SIGNOPE", "busybox:local", "true"])?.contains("invalid stop signal")
+    );
     ensure!(lab.failing(1, &["run", "--env-file", "/nonexistent", "busybox:local", "true"])?.contains("env file"));
 
     // Logs: by time, and rotated by size (keeping max-file files).
-    lab.shoal(1, &["run", "--name", "chatty", "--log-opt", "max-size=4k", "--log-opt", "max-file=2", "busybox:local", "seq", "1", "2000"])?;
+    lab.shoal(
+        1,
+        &[
+            "run",
+            "--name",
+            "chatty",
+            "--log-opt",
+            "max-size=4k",
+            "--log-opt",
+            "max-file=2",
+            "busybox:local",
+            "seq",
+            "1",
+            "2000",
+        ],
+    )?;
     let all = lab.shoal(1, &["logs", "chatty"])?;
     let nums: Vec<u32> = all.lines().map(|l| l.parse()).collect::<Result<_, _>>()?;
-    ensure!(nums.last() == Some(&2000) && nums.len() < 2000 && nums.len() > 50, "kept the newest lines: {}", nums.len());
+    ensure!(
+        nums.last() == Some(&2000) && nums.len() < 2000 && nums.len() > 50,
+        "kept the newest lines: {}",
+        nums.len()
+    );
     ensure!(nums.windows(2).all(|w| w[1] == w[0] + 1), "no gaps across the rotated files");
     ensure!(lab.shoal(1, &["logs", "--tail", "2", "chatty"])? == "1999\n2000\n");
     ensure!(lab.shoal(1, &["logs", "--since", "2099-01-01T00:00:00Z", "chatty"])?.is_empty());
@@ -118,7 +194,23 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
     ensure!(lab.shoal(1, &["logs", "--since", "1h", "chatty"])? == all);
 
     // stats: a busy loop under --cpus 0.5 gets about half a core.
-    lab.shoal(1, &["run", "-d", "--name", "burn", "--cpus", "0.5", "--memory", "64m", "busybox:local", "sh", "-c", "while :; do :; done"])?;
+    lab.shoal(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "burn",
+            "--cpus",
+            "0.5",
+            "--memory",
+            "64m",
+            "busybox:local",
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ],
+    )?;
     let mut cpu = Vec::new();
     for _ in 0..3 {
         let s = lab.shoal_json(1, &["stats", "--no-stream", "burn"])?;
@@ -152,7 +244,10 @@ fn restart_policies_and_the_container_lifecycle() -> Result<()> {
     std::fs::write(&secret, "host only\n")?;
     lab.shoal(1, &["exec", "burn", "ln", "-s", &tmp.path().display().to_string(), "/escape"])?;
     let through_link = "burn:/escape/host-secret";
-    ensure!(lab.failing(1, &["cp", through_link, &tmp.path().join("stolen").display().to_string()])?.contains("could not find"));
+    ensure!(
+        lab.failing(1, &["cp", through_link, &tmp.path().join("stolen").display().to_string()])?
+            .contains("could not find")
+    );
     ensure!(!tmp.path().join("stolen").exists());
     ensure!(lab.failing(1, &["cp", "burn:/nonexistent", &out_dir.display().to_string()])?.contains("could not find"));
     ensure!(lab.failing(1, &["cp", &src.display().to_string(), "burn:/no/such/dir/x"])?.contains("no such directory"));

@@ -158,11 +158,17 @@ fn registry_push_pull_run_with_tls_and_auth() -> Result<()> {
     };
     let ok = |i: usize, args: &[&str]| -> Result<String> {
         let out = shoal(i, args)?;
-        ensure!(out.status.success(), "`shoal {}` on host {i}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "`shoal {}` on host {i}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(stdout(&out))
     };
     let login = |i: usize, pass: &str| -> Result<std::process::Output> {
-        let script = format!("printf '%s\\n' \"$1\" | shoal --config {} login -u {USER} --password-stdin {registry}", conf(i));
+        let script =
+            format!("printf '%s\\n' \"$1\" | shoal --config {} login -u {USER} --password-stdin {registry}", conf(i));
         lab.run(i, &["sh", "-c", &script, "login", pass])
     };
 
@@ -216,7 +222,10 @@ fn registry_push_pull_run_with_tls_and_auth() -> Result<()> {
     ensure!(by_digest.trim() == format!("{registry}/shoal/busybox@{digest}"), "{by_digest}");
     let missing = format!("{registry}/shoal/busybox:nope");
     fails_with(&shoal(2, &["pull", &missing])?, &[&format!("manifest for {missing} not found")])?;
-    fails_with(&shoal(2, &["pull", &format!("{}:{}/x:y", lab.ip(2), PORT + 1)])?, &["cannot reach registry", "connection refused"])?;
+    fails_with(
+        &shoal(2, &["pull", &format!("{}:{}/x:y", lab.ip(2), PORT + 1)])?,
+        &["cannot reach registry", "connection refused"],
+    )?;
 
     // Logout forgets the credentials.
     ensure!(ok(2, &["logout", &registry])?.contains(&format!("Removing login credentials for {registry}")));
@@ -226,14 +235,21 @@ fn registry_push_pull_run_with_tls_and_auth() -> Result<()> {
     let id = inspect[0]["Id"].as_str().context("image id")?.to_string();
     ok(2, &["image", "rm", "-f", &id])?;
     fails_with(&shoal(2, &["run", "--rm", "--pull", "never", &image, "true"])?, &[&format!("no such image: {image}")])?;
-    fails_with(&shoal(2, &["run", "--rm", &image, "true"])?, &[&format!("Unable to find image '{image}' locally"), "unauthorized"])?;
+    fails_with(
+        &shoal(2, &["run", "--rm", &image, "true"])?,
+        &[&format!("Unable to find image '{image}' locally"), "unauthorized"],
+    )?;
     ensure!(login(2, PASS)?.status.success());
     let out = shoal(2, &["run", "--rm", &image, "sh", "-c", "echo pulled and ran"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(out.status.success() && stdout(&out) == "pulled and ran\n", "{out:?}");
-    ensure!(err.contains(&format!("Unable to find image '{image}' locally")) && err.contains(": Pull complete"), "{err}");
+    ensure!(
+        err.contains(&format!("Unable to find image '{image}' locally")) && err.contains(": Pull complete"),
+        "{err}"
+    );
     // `create` makes it, `start -a` runs it; --pull always pulls again.
-    let created = ok(2, &["create", "--pull", "always", "--name", "made", &image, "sh", "-c", "echo created then started"])?;
+    let created =
+        ok(2, &["create", "--pull", "always", "--name", "made", &image, "sh", "-c", "echo created then started"])?;
     ensure!(created.trim().len() == 64, "create prints the id: {created:?}");
     let made = lab.container(2, "made")?;
     ensure!(made["state"] == "created", "{made}");
@@ -248,14 +264,29 @@ fn registry_push_pull_run_with_tls_and_auth() -> Result<()> {
     ensure!(out == "just one file\n", "{out:?}");
     let sock = format!("{h2}/bind.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&sock)?;
-    let out = ok(2, &["run", "--rm", "-v", &format!("{sock}:/run/x.sock"), &image, "sh", "-c", "test -S /run/x.sock && echo socket"])?;
+    let out = ok(
+        2,
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &format!("{sock}:/run/x.sock"),
+            &image,
+            "sh",
+            "-c",
+            "test -S /run/x.sock && echo socket",
+        ],
+    )?;
     ensure!(out == "socket\n", "{out:?}");
     let fresh = format!("{h2}/made-by-v");
     let out = ok(2, &["run", "--rm", "-v", &format!("{fresh}:/d"), &image, "sh", "-c", "test -d /d && echo dir"])?;
     ensure!(out == "dir\n" && Path::new(&fresh).is_dir(), "{out:?}");
     let missing = format!("{h2}/not-there");
     let mount = format!("type=bind,source={missing},target=/d");
-    fails_with(&shoal(2, &["run", "--rm", "--mount", &mount, &image, "true"])?, &[&format!("bind source path does not exist: {missing}")])?;
+    fails_with(
+        &shoal(2, &["run", "--rm", "--mount", &mount, &image, "true"])?,
+        &[&format!("bind source path does not exist: {missing}")],
+    )?;
     ensure!(!Path::new(&missing).exists(), "--mount created its source");
     fs::create_dir_all(format!("{h2}/rel"))?;
     fs::write(format!("{h2}/rel/f"), "relative\n")?;
@@ -266,7 +297,10 @@ fn registry_push_pull_run_with_tls_and_auth() -> Result<()> {
     // A service of the private image: host 2 has no login of its own, so its
     // tasks fail with the reason until the service carries host 1's.
     ok(2, &["image", "rm", "-f", &id])?;
-    ok(1, &["service", "create", "-d", "--name", "priv", "--constraint", "node.hostname==shl-h2", &image, "sleep", "600"])?;
+    ok(
+        1,
+        &["service", "create", "-d", "--name", "priv", "--constraint", "node.hostname==shl-h2", &image, "sleep", "600"],
+    )?;
     wait_for("the private service's reason", Duration::from_secs(60), || {
         let ps = ok(1, &["service", "ps", "--no-trunc", "priv"])?;
         Ok(ps.contains(&format!("pull access denied for {registry}/shoal/busybox")).then_some(()))
@@ -276,7 +310,11 @@ fn registry_push_pull_run_with_tls_and_auth() -> Result<()> {
     ok(1, &["service", "update", "-d", "--with-registry-auth", "priv"])?;
     wait_for("the private service to run on host 2", Duration::from_secs(60), || {
         let tasks = lab.shoal_json(1, &["service", "ps", "priv"])?;
-        let running = tasks.as_array().into_iter().flatten().any(|t| t["task"]["status"]["state"] == "running" && t["node"] == "shl-h2");
+        let running = tasks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["task"]["status"]["state"] == "running" && t["node"] == "shl-h2");
         Ok(running.then_some(()))
     })?;
     // Pinned to the registry's digest; the login shows nowhere.
@@ -284,7 +322,13 @@ fn registry_push_pull_run_with_tls_and_auth() -> Result<()> {
     ensure!(svc.contains(&format!("{image}@{digest}")), "the image is pinned to its digest: {svc}");
     let ps_json = ok(1, &["service", "ps", "--format", "json", "priv"])?;
     let ls_json = ok(1, &["service", "ls", "--format", "json"])?;
-    for (what, text) in [("inspect", &svc), ("ps", &ps_json), ("ls", &ls_json), ("log 1", &lab.daemon_log(1)?), ("log 2", &lab.daemon_log(2)?)] {
+    for (what, text) in [
+        ("inspect", &svc),
+        ("ps", &ps_json),
+        ("ls", &ls_json),
+        ("log 1", &lab.daemon_log(1)?),
+        ("log 2", &lab.daemon_log(2)?),
+    ] {
         ensure!(!text.contains(PASS), "the registry password shows in {what}");
     }
     ok(1, &["service", "rm", "priv"])?;

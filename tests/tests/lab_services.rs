@@ -44,7 +44,12 @@ fn converged(lab: &Lab, via: usize, service: &str, n: usize, secs: u64) -> Resul
     wait_for(&format!("{service} to run {n} tasks"), Duration::from_secs(secs), || {
         let l = live(lab, via, service)?;
         let running = l.iter().filter(|t| t["task"]["status"]["state"] == "running").count();
-        let mut slots: Vec<(u64, String)> = l.iter().map(|t| (t["task"]["slot"].as_u64().unwrap_or(0), t["task"]["node_id"].as_str().unwrap_or_default().to_string())).collect();
+        let mut slots: Vec<(u64, String)> = l
+            .iter()
+            .map(|t| {
+                (t["task"]["slot"].as_u64().unwrap_or(0), t["task"]["node_id"].as_str().unwrap_or_default().to_string())
+            })
+            .collect();
         slots.sort();
         slots.dedup();
         Ok((running == n && l.len() == n && slots.len() == n).then_some(l))
@@ -60,7 +65,10 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     // Every node says its own platform (the `node.platform.*` constraints read it).
     let nodes = lab.shoal_json(1, &["node", "ls"])?;
     let nodes = nodes.as_array().context("node ls")?;
-    ensure!(nodes.len() == 5 && nodes.iter().all(|n| n["os"] == "linux" && n["arch"] == std::env::consts::ARCH), "{nodes:?}");
+    ensure!(
+        nodes.len() == 5 && nodes.iter().all(|n| n["os"] == "linux" && n["arch"] == std::env::consts::ARCH),
+        "{nodes:?}"
+    );
     let tmp = tempfile::Builder::new().prefix("shl-svc-").tempdir()?;
     let image = busybox_rootfs_tar(tmp.path())?;
     for i in 1..=5 {
@@ -68,17 +76,47 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     }
 
     // 10 replicas: 2 on each host; the command returns once they run.
-    let out = lab.shoal(1, &[
-        "service", "create", "--name", "web", "--replicas", "10", "--stop-grace-period", "2s", "--container-label", "tier=front",
-        "--update-monitor", "1s", "--rollback-monitor", "1s", "--rollback-parallelism", "0", "busybox:local", "sh", "-c", SLEEPER,
-    ])?;
+    let out = lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "10",
+            "--stop-grace-period",
+            "2s",
+            "--container-label",
+            "tier=front",
+            "--update-monitor",
+            "1s",
+            "--rollback-monitor",
+            "1s",
+            "--rollback-parallelism",
+            "0",
+            "busybox:local",
+            "sh",
+            "-c",
+            SLEEPER,
+        ],
+    )?;
     ensure!(out.contains("verify: Service web converged"), "{out}");
     let spread = per_node(&converged(&lab, 1, "web", 10, 30)?);
     ensure!(spread.len() == 5 && spread.values().all(|n| *n == 2), "2/2/2/2/2: {spread:?}");
     // Its containers carry the service's container labels and Docker's task labels.
-    let c = lab.containers(2)?.into_iter().find(|c| c["name"].as_str().is_some_and(|n| n.starts_with("web."))).context("a web container on host 2")?;
+    let c = lab
+        .containers(2)?
+        .into_iter()
+        .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with("web.")))
+        .context("a web container on host 2")?;
     ensure!(c["labels"]["tier"] == "front" && c["labels"]["com.docker.swarm.service.name"] == "web", "{c}");
-    ensure!(c["labels"]["com.docker.swarm.task.name"].as_str().is_some_and(|n| c["name"].as_str().is_some_and(|c| c.starts_with(n))), "{c}");
+    ensure!(
+        c["labels"]["com.docker.swarm.task.name"]
+            .as_str()
+            .is_some_and(|n| c["name"].as_str().is_some_and(|c| c.starts_with(n))),
+        "{c}"
+    );
     let ls = lab.shoal(2, &["service", "ls"])?;
     ensure!(ls.contains("web") && ls.contains("10/10"), "any manager answers: {ls}");
 
@@ -89,14 +127,26 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     converged(&lab, 1, "web", 5, 30)?;
 
     // A global service: one task on every node; a drained node loses it, and web's tasks move.
-    lab.shoal(1, &["service", "create", "--name", "everywhere", "--mode", "global", "busybox:local", "sh", "-c", SLEEPER])?;
+    lab.shoal(
+        1,
+        &["service", "create", "--name", "everywhere", "--mode", "global", "busybox:local", "sh", "-c", SLEEPER],
+    )?;
     converged(&lab, 1, "everywhere", 5, 30)?;
     let since = unix_now()?;
     lab.shoal(1, &["node", "update", "--availability", "drain", "shl-h5"])?;
     converged(&lab, 1, "everywhere", 4, 30)?;
     // The drain is a node event on every manager.
-    let drained = lab.shoal(3, &["events", "--since", &since, "--until", &unix_now()?, "--filter", "node=shl-h5", "--filter", "event=update"])?;
-    ensure!(drained.lines().any(|l| l.contains(" node update ") && l.contains("availability.new=drain") && l.contains("availability.old=active") && l.contains("name=shl-h5")), "{drained}");
+    let drained = lab.shoal(
+        3,
+        &["events", "--since", &since, "--until", &unix_now()?, "--filter", "node=shl-h5", "--filter", "event=update"],
+    )?;
+    ensure!(
+        drained.lines().any(|l| l.contains(" node update ")
+            && l.contains("availability.new=drain")
+            && l.contains("availability.old=active")
+            && l.contains("name=shl-h5")),
+        "{drained}"
+    );
     let web = converged(&lab, 1, "web", 5, 30)?;
     ensure!(!per_node(&web).contains_key("shl-h5"), "drained: {:?}", per_node(&web));
     lab.shoal(1, &["node", "update", "--availability", "active", "shl-h5"])?;
@@ -110,7 +160,10 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     lab.shoal(1, &["node", "rm", "shl-h5"])?;
     converged(&lab, 1, "everywhere", 4, 30)?;
     let token = lab.shoal(1, &["swarm", "join-token", "-q", "worker"])?;
-    lab.shoal(5, &["swarm", "join", "--token", token.trim(), "--advertise-addr", &lab.ip(5), &format!("{}:4620", lab.ip(1))])?;
+    lab.shoal(
+        5,
+        &["swarm", "join", "--token", token.trim(), "--advertise-addr", &lab.ip(5), &format!("{}:4620", lab.ip(1))],
+    )?;
     let everywhere = converged(&lab, 1, "everywhere", 5, 30)?;
     ensure!(per_node(&everywhere).contains_key("shl-h5"), "the joined node runs it: {:?}", per_node(&everywhere));
 
@@ -125,26 +178,60 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
         Ok(())
     };
     nft(&["add", "table", "inet", "shltest"])?;
-    nft(&["add", "chain", "inet", "shltest", "out", "{", "type", "filter", "hook", "output", "priority", "0", ";", "}"])?;
+    nft(&[
+        "add", "chain", "inet", "shltest", "out", "{", "type", "filter", "hook", "output", "priority", "0", ";", "}",
+    ])?;
     nft(&["add", "rule", "inet", "shltest", "out", "tcp", "dport", "4620", "drop"])?;
     let leaders_log = || -> Result<String> { Ok((1..=3).map(|i| lab.daemon_log(i).unwrap_or_default()).collect()) };
     let kept_before = leaders_log()?.matches("answers probes: keeping it up").count();
     let held = std::time::Instant::now();
     while held.elapsed() < Duration::from_secs(6) {
         let ls = lab.shoal(1, &["node", "ls"])?;
-        ensure!(!ls.lines().any(|l| l.contains("shl-h4") && l.contains("Down")), "shl-h4 declared down though it answers probes: {ls}");
+        ensure!(
+            !ls.lines().any(|l| l.contains("shl-h4") && l.contains("Down")),
+            "shl-h4 declared down though it answers probes: {ls}"
+        );
         std::thread::sleep(Duration::from_millis(300)); // polling pace, not a wait for a condition
     }
-    ensure!(leaders_log()?.matches("answers probes: keeping it up").count() > kept_before, "the leader saw heartbeats stop and probes answer");
+    ensure!(
+        leaders_log()?.matches("answers probes: keeping it up").count() > kept_before,
+        "the leader saw heartbeats stop and probes answer"
+    );
     nft(&["delete", "table", "inet", "shltest"])?;
 
     // Host-mode published ports: each node's port reaches its own task, and a second task per node cannot be placed.
     let web_sh = "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
-    lab.shoal(1, &["service", "create", "-d", "--name", "pub", "--replicas", "6", "--hostname", "{{.Node.Hostname}}", "-p", "published=8088,target=80,mode=host", "busybox:local", "sh", "-c", web_sh])?;
+    lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "pub",
+            "--replicas",
+            "6",
+            "--hostname",
+            "{{.Node.Hostname}}",
+            "-p",
+            "published=8088,target=80,mode=host",
+            "busybox:local",
+            "sh",
+            "-c",
+            web_sh,
+        ],
+    )?;
     let why = wait_for("five published tasks and the sixth refused", Duration::from_secs(30), || {
         let l = live(&lab, 1, "pub")?;
         let running = l.iter().filter(|t| t["task"]["status"]["state"] == "running").count();
-        Ok(l.iter().find(|t| t["task"]["status"]["err"].as_str().is_some_and(|e| e.contains("host-mode port already in use on 5 nodes"))).filter(|_| running == 5).map(|_| ()))
+        Ok(l.iter()
+            .find(|t| {
+                t["task"]["status"]["err"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("host-mode port already in use on 5 nodes"))
+            })
+            .filter(|_| running == 5)
+            .map(|_| ()))
     });
     why?;
     for i in 1..=5 {
@@ -158,20 +245,59 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     lab.shoal(1, &["service", "rm", "pub"])?;
 
     // Logs from every node, through any manager; hostnames from a template.
-    lab.shoal(1, &["service", "create", "--name", "talker", "--mode", "global", "--hostname", "{{.Node.Hostname}}-{{.Service.Name}}", "busybox:local", "sh", "-c", "while true; do echo hello from $(hostname); sleep 0.3; done"])?;
-    let hosts = |text: &str| -> usize { (1..=5).filter(|i| text.contains(&format!("hello from shl-h{i}-talker"))).count() };
+    lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "talker",
+            "--mode",
+            "global",
+            "--hostname",
+            "{{.Node.Hostname}}-{{.Service.Name}}",
+            "busybox:local",
+            "sh",
+            "-c",
+            "while true; do echo hello from $(hostname); sleep 0.3; done",
+        ],
+    )?;
+    let hosts =
+        |text: &str| -> usize { (1..=5).filter(|i| text.contains(&format!("hello from shl-h{i}-talker"))).count() };
     let logs = wait_for("logs from all 5 nodes", Duration::from_secs(20), || {
         let out = lab.shoal(2, &["service", "logs", "talker"])?;
         Ok((hosts(&out) == 5).then_some(out))
     })?;
-    ensure!(logs.lines().all(|l| l.starts_with("talker.") && l.contains("@shl-h") && l.contains(" | hello from ")), "{logs}");
+    ensure!(
+        logs.lines().all(|l| l.starts_with("talker.") && l.contains("@shl-h") && l.contains(" | hello from ")),
+        "{logs}"
+    );
     let followed = lab.run(3, &["timeout", "3", "shoal", "service", "logs", "-f", "--tail", "0", "talker"])?;
     let followed = String::from_utf8_lossy(&followed.stdout).into_owned();
     ensure!(hosts(&followed) == 5, "new lines from every node while following: {followed}");
     lab.shoal(1, &["service", "rm", "talker"])?;
 
     // Constraints and max per node: 3 managers take one each, the 4th cannot be placed, and says why.
-    let out = lab.shoal(1, &["service", "create", "-d", "--name", "pinned", "--replicas", "4", "--constraint", "node.role==manager", "--replicas-max-per-node", "1", "busybox:local", "sh", "-c", SLEEPER])?;
+    let out = lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "pinned",
+            "--replicas",
+            "4",
+            "--constraint",
+            "node.role==manager",
+            "--replicas-max-per-node",
+            "1",
+            "busybox:local",
+            "sh",
+            "-c",
+            SLEEPER,
+        ],
+    )?;
     ensure!(!out.is_empty());
     let why = wait_for("the unplaced task's reason", Duration::from_secs(30), || {
         let l = live(&lab, 1, "pinned")?;
@@ -183,42 +309,93 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
         })
     })?;
     ensure!(why.0.keys().cloned().collect::<Vec<_>>() == ["shl-h1", "shl-h2", "shl-h3"], "{:?}", why.0);
-    ensure!(why.1.contains("no suitable node") && why.1.contains("max replicas per node reached on 3 nodes") && why.1.contains("constraints on 2 nodes"), "{}", why.1);
+    ensure!(
+        why.1.contains("no suitable node")
+            && why.1.contains("max replicas per node reached on 3 nodes")
+            && why.1.contains("constraints on 2 nodes"),
+        "{}",
+        why.1
+    );
     ensure!(lab.shoal(1, &["service", "ps", "pinned"])?.contains("no suitable node"));
     lab.shoal(1, &["service", "rm", "pinned"])?;
 
     // A job runs to completion, two at a time.
-    let out = lab.shoal(1, &["service", "create", "--name", "batch", "--mode", "replicated-job", "--replicas", "4", "--max-concurrent", "2", "busybox:local", "sh", "-c", "sleep 0.5"])?;
+    let out = lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "batch",
+            "--mode",
+            "replicated-job",
+            "--replicas",
+            "4",
+            "--max-concurrent",
+            "2",
+            "busybox:local",
+            "sh",
+            "-c",
+            "sleep 0.5",
+        ],
+    )?;
     ensure!(out.contains("4 out of 4 complete"), "{out}");
     ensure!(lab.shoal(1, &["service", "ls"])?.contains("(4/4 completed)"));
 
     // A start-first rolling update, two at a time.
     let since = unix_now()?;
-    let out = lab.shoal(1, &["service", "update", "--env-add", "V=2", "--update-order", "start-first", "--update-parallelism", "2", "web"])?;
-    ensure!(out.contains("verify: Waiting 1 second to verify that tasks are stable") && out.contains("converged"), "{out}");
+    let out = lab.shoal(
+        1,
+        &["service", "update", "--env-add", "V=2", "--update-order", "start-first", "--update-parallelism", "2", "web"],
+    )?;
+    ensure!(
+        out.contains("verify: Waiting 1 second to verify that tasks are stable") && out.contains("converged"),
+        "{out}"
+    );
     let inspect: Value = serde_json::from_str(&lab.shoal(1, &["service", "inspect", "web"])?)?;
     ensure!(inspect[0]["update_state"] == "completed", "the monitor window passed: {}", inspect[0]["update_state"]);
     let web = converged(&lab, 1, "web", 5, 30)?;
-    ensure!(web.iter().all(|t| t["task"]["spec"]["env"].as_array().is_some_and(|e| e.iter().any(|v| v == "V=2"))), "every task has the new spec");
+    ensure!(
+        web.iter().all(|t| t["task"]["spec"]["env"].as_array().is_some_and(|e| e.iter().any(|v| v == "V=2"))),
+        "every task has the new spec"
+    );
     let ps = lab.shoal(1, &["service", "ps", "web"])?;
     ensure!(ps.contains("\\_ web.1") && ps.contains("Shutdown"), "the old task is history: {ps}");
     // The update is a service event on any manager (each applies the store's changes), in order.
     let until = unix_now()?;
-    let json = lab.shoal(2, &["events", "--since", &since, "--until", &until, "--filter", "type=service", "--format", "json"])?;
+    let json = lab
+        .shoal(2, &["events", "--since", &since, "--until", &until, "--filter", "type=service", "--format", "json"])?;
     let events: Vec<Value> = json.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
-    ensure!(!events.is_empty() && events.iter().all(|e| e["Action"] == "update" && e["Actor"]["Attributes"]["name"] == "web" && e["scope"] == "swarm"), "{json}");
-    let states: Vec<&str> = events.iter().filter_map(|e| e["Actor"]["Attributes"]["updatestate.new"].as_str()).collect();
-    ensure!(states.first() == Some(&"updating") && states.last() == Some(&"completed"), "updating, then completed: {json}");
+    ensure!(
+        !events.is_empty()
+            && events
+                .iter()
+                .all(|e| e["Action"] == "update" && e["Actor"]["Attributes"]["name"] == "web" && e["scope"] == "swarm"),
+        "{json}"
+    );
+    let states: Vec<&str> =
+        events.iter().filter_map(|e| e["Actor"]["Attributes"]["updatestate.new"].as_str()).collect();
+    ensure!(
+        states.first() == Some(&"updating") && states.last() == Some(&"completed"),
+        "updating, then completed: {json}"
+    );
     // `node ps`: a node's tasks (the local node's by default), as `service ps` lists them.
     let ps = lab.shoal(2, &["node", "ps"])?;
     let header: Vec<&str> = ps.lines().next().unwrap_or_default().split_whitespace().collect();
-    ensure!(header == ["ID", "NAME", "IMAGE", "NODE", "DESIRED", "STATE", "CURRENT", "STATE", "ERROR", "PORTS"], "{ps}");
+    ensure!(
+        header == ["ID", "NAME", "IMAGE", "NODE", "DESIRED", "STATE", "CURRENT", "STATE", "ERROR", "PORTS"],
+        "{ps}"
+    );
     ensure!(ps.lines().count() > 1 && ps.lines().skip(1).all(|l| l.contains(" shl-h2 ")), "only shl-h2's tasks: {ps}");
     eprintln!("service events of the update, seen on shl-h2:\n{json}node ps on shl-h2:\n{ps}");
     let on3 = lab.shoal_json(1, &["node", "ps", "shl-h3"])?.as_array().cloned().unwrap_or_default();
     ensure!(!on3.is_empty() && on3.iter().all(|t| t["node"] == "shl-h3"), "{on3:?}");
     let ids = |tasks: &[Value]| -> Vec<String> {
-        let mut v: Vec<String> = tasks.iter().filter(|t| t["node"] == "shl-h3" && t["task"]["service_name"] == "web").filter_map(|t| t["task"]["id"].as_str().map(String::from)).collect();
+        let mut v: Vec<String> = tasks
+            .iter()
+            .filter(|t| t["node"] == "shl-h3" && t["task"]["service_name"] == "web")
+            .filter_map(|t| t["task"]["id"].as_str().map(String::from))
+            .collect();
         v.sort();
         v
     };
@@ -226,7 +403,10 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     ensure!(ids(&on3) == ids(&web_all), "node ps and service ps agree on shl-h3's web tasks");
 
     // A bad image rolls back by itself (the registry on the lab switch refuses at once).
-    let out = lab.exec(1, &["service", "update", "--image", "10.98.0.254:5999/nosuch:1", "--update-failure-action", "rollback", "web"])?;
+    let out = lab.exec(
+        1,
+        &["service", "update", "--image", "10.98.0.254:5999/nosuch:1", "--update-failure-action", "rollback", "web"],
+    )?;
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     ensure!(!out.status.success() && said.contains("rolled back") && said.contains("No such image"), "{said}");
     let web = converged(&lab, 1, "web", 5, 30)?;
@@ -235,13 +415,45 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     ensure!(inspect[0]["update_state"] == "rollback_completed", "{}", inspect[0]["update_state"]);
 
     // Health checks: a task runs once healthy; an update whose tasks never get healthy rolls back.
-    let out = lab.shoal(1, &["service", "create", "--name", "checked", "--replicas", "2", "--health-cmd", "test -f /tmp/ok", "--health-interval", "200ms", "--health-retries", "2", "--stop-grace-period", "1s", "--update-monitor", "1s", "--rollback-monitor", "1s", "busybox:local", "sh", "-c", &format!("touch /tmp/ok; {SLEEPER}")])?;
+    let out = lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "checked",
+            "--replicas",
+            "2",
+            "--health-cmd",
+            "test -f /tmp/ok",
+            "--health-interval",
+            "200ms",
+            "--health-retries",
+            "2",
+            "--stop-grace-period",
+            "1s",
+            "--update-monitor",
+            "1s",
+            "--rollback-monitor",
+            "1s",
+            "busybox:local",
+            "sh",
+            "-c",
+            &format!("touch /tmp/ok; {SLEEPER}"),
+        ],
+    )?;
     ensure!(out.contains("converged"), "{out}");
-    let out = lab.exec(1, &["service", "update", "--health-cmd", "test -f /tmp/never", "--update-failure-action", "rollback", "checked"])?;
+    let out = lab.exec(
+        1,
+        &["service", "update", "--health-cmd", "test -f /tmp/never", "--update-failure-action", "rollback", "checked"],
+    )?;
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     ensure!(!out.status.success() && said.contains("rolled back") && said.contains("unhealthy"), "{said}");
     let checked = converged(&lab, 1, "checked", 2, 30)?;
-    ensure!(checked.iter().all(|t| t["task"]["spec"]["health"]["test"]["shell"] == "test -f /tmp/ok"), "back on the good check");
+    ensure!(
+        checked.iter().all(|t| t["task"]["spec"]["health"]["test"]["shell"] == "test -f /tmp/ok"),
+        "back on the good check"
+    );
     lab.shoal(1, &["service", "rm", "checked"])?;
 
     // An image's HEALTHCHECK applies to a service's tasks (here with its interval overridden), and
@@ -254,14 +466,51 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     for i in 1..=5 {
         lab.shoal(i, &["image", "load", "-i", &archive.display().to_string()])?;
     }
-    let out = lab.shoal(1, &["service", "create", "--name", "imgcheck", "--replicas", "2", "--health-interval", "200ms", "--stop-grace-period", "1s", "shl-checked:local", "sh", "-c", &format!("touch /tmp/ready; {SLEEPER}")])?;
+    let out = lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "imgcheck",
+            "--replicas",
+            "2",
+            "--health-interval",
+            "200ms",
+            "--stop-grace-period",
+            "1s",
+            "shl-checked:local",
+            "sh",
+            "-c",
+            &format!("touch /tmp/ready; {SLEEPER}"),
+        ],
+    )?;
     ensure!(out.contains("converged"), "{out}");
     let task = converged(&lab, 1, "imgcheck", 2, 30)?.into_iter().next().context("an imgcheck task")?;
     ensure!(task["task"]["status"]["message"] == "started (healthy)", "{task}");
-    let host: usize = task["node"].as_str().and_then(|n| n.strip_prefix("shl-h")).and_then(|i| i.parse().ok()).context("its host")?;
-    let c = lab.containers(host)?.into_iter().find(|c| c["name"].as_str().is_some_and(|n| n.starts_with("imgcheck."))).context("its container")?;
+    let host: usize =
+        task["node"].as_str().and_then(|n| n.strip_prefix("shl-h")).and_then(|i| i.parse().ok()).context("its host")?;
+    let c = lab
+        .containers(host)?
+        .into_iter()
+        .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with("imgcheck.")))
+        .context("its container")?;
     ensure!(c["status"].as_str().is_some_and(|s| s.ends_with(" (healthy)")), "{c}");
-    let out = lab.shoal(1, &["service", "create", "--name", "nocheck", "--replicas", "2", "--no-healthcheck", "--stop-grace-period", "1s", "shl-checked:local"])?;
+    let out = lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "nocheck",
+            "--replicas",
+            "2",
+            "--no-healthcheck",
+            "--stop-grace-period",
+            "1s",
+            "shl-checked:local",
+        ],
+    )?;
     ensure!(out.contains("converged"), "{out}");
     let task = converged(&lab, 1, "nocheck", 2, 30)?.into_iter().next().context("a nocheck task")?;
     ensure!(task["task"]["status"]["message"] == "started", "no check to pass: {task}");
@@ -270,7 +519,11 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     // kill -9 a worker: its tasks run elsewhere; when it comes back it runs none of them.
     lab.shoal(1, &["service", "scale", "web=10"])?;
     let before = converged(&lab, 1, "web", 10, 30)?;
-    let on5: Vec<String> = before.iter().filter(|t| t["node"] == "shl-h5").map(|t| t["task"]["id"].as_str().unwrap_or_default().to_string()).collect();
+    let on5: Vec<String> = before
+        .iter()
+        .filter(|t| t["node"] == "shl-h5")
+        .map(|t| t["task"]["id"].as_str().unwrap_or_default().to_string())
+        .collect();
     ensure!(!on5.is_empty(), "host 5 had web tasks");
     lab.kill(5)?;
     wait_for("host 5's tasks to run elsewhere", Duration::from_secs(30), || {
@@ -279,7 +532,8 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     })?;
     lab.start(5)?;
     wait_for("host 5 to run no old task", Duration::from_secs(30), || {
-        let names: Vec<String> = lab.containers(5)?.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect();
+        let names: Vec<String> =
+            lab.containers(5)?.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect();
         Ok((!names.iter().any(|n| on5.iter().any(|id| n.ends_with(id.as_str())))).then_some(()))
     })?;
     converged(&lab, 1, "web", 10, 30)?;
@@ -292,7 +546,13 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
             Ok(l) => l,
             Err(_) => return Ok(None), // no leader yet
         };
-        let new = l.iter().filter(|t| t["task"]["status"]["state"] == "running" && t["task"]["spec"]["env"].as_array().is_some_and(|e| e.iter().any(|v| v == "V=3"))).count();
+        let new = l
+            .iter()
+            .filter(|t| {
+                t["task"]["status"]["state"] == "running"
+                    && t["task"]["spec"]["env"].as_array().is_some_and(|e| e.iter().any(|v| v == "V=3"))
+            })
+            .count();
         Ok((new == 10 && l.len() == 10).then_some(()))
     })?;
     lab.start(1)?;

@@ -78,9 +78,15 @@ fn docker_state(c: &Container) -> serde_json::Value {
     let (status, pid, exit_code, error, started, finished, oom) = match &c.status {
         CStatus::Created => ("created", 0, 0, String::new(), 0, 0, false),
         CStatus::Running { pid, started_ms } => ("running", *pid, 0, String::new(), *started_ms, 0, false),
-        CStatus::Exited { code, oom_killed, started_ms, finished_ms } => {
-            (if c.restarting() { "restarting" } else { "exited" }, 0, *code, String::new(), *started_ms, *finished_ms, *oom_killed)
-        }
+        CStatus::Exited { code, oom_killed, started_ms, finished_ms } => (
+            if c.restarting() { "restarting" } else { "exited" },
+            0,
+            *code,
+            String::new(),
+            *started_ms,
+            *finished_ms,
+            *oom_killed,
+        ),
         CStatus::Dead { message } => ("dead", 0, 255, message.clone(), 0, 0, false),
     };
     let mut state = serde_json::json!({
@@ -106,7 +112,10 @@ fn signal_number(s: &str) -> Result<i32, Status> {
     crate::runtime::signal_number(if s.is_empty() { "KILL" } else { s }).map_err(Status::invalid_argument)
 }
 
-pub(super) async fn container_run(svc: &EngineService, req: Request<pb::ContainerRunRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+pub(super) async fn container_run(
+    svc: &EngineService,
+    req: Request<pb::ContainerRunRequest>,
+) -> Result<Response<pb::ContainerInfo>, Status> {
     let r = req.into_inner();
     let run = RunRequest {
         image: r.image,
@@ -148,15 +157,22 @@ pub(super) async fn container_run(svc: &EngineService, req: Request<pb::Containe
     Ok(Response::new(container_pb(&c)))
 }
 
-pub(super) async fn container_list(svc: &EngineService, req: Request<pb::ContainerListRequest>) -> Result<Response<pb::ContainerInfos>, Status> {
+pub(super) async fn container_list(
+    svc: &EngineService,
+    req: Request<pb::ContainerListRequest>,
+) -> Result<Response<pb::ContainerInfos>, Status> {
     let all = req.into_inner().all;
     let containers = svc.containers.clone();
     let list = cblocking(move || Ok(containers.list())).await?;
-    let containers = list.iter().filter(|c| all || matches!(c.status, CStatus::Running { .. })).map(container_pb).collect();
+    let containers =
+        list.iter().filter(|c| all || matches!(c.status, CStatus::Running { .. })).map(container_pb).collect();
     Ok(Response::new(pb::ContainerInfos { containers }))
 }
 
-pub(super) async fn container_inspect(svc: &EngineService, req: Request<pb::ContainerRef>) -> Result<Response<pb::JsonDoc>, Status> {
+pub(super) async fn container_inspect(
+    svc: &EngineService,
+    req: Request<pb::ContainerRef>,
+) -> Result<Response<pb::JsonDoc>, Status> {
     let id = req.into_inner().id;
     let containers = svc.containers.clone();
     let c = cblocking(move || containers.find(&id)).await?;
@@ -166,7 +182,10 @@ pub(super) async fn container_inspect(svc: &EngineService, req: Request<pb::Cont
     Ok(Response::new(pb::JsonDoc { json }))
 }
 
-pub(super) async fn container_stop(svc: &EngineService, req: Request<pb::ContainerStopRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+pub(super) async fn container_stop(
+    svc: &EngineService,
+    req: Request<pb::ContainerStopRequest>,
+) -> Result<Response<pb::ContainerInfo>, Status> {
     let r = req.into_inner();
     let grace = u64::try_from(r.timeout_secs).ok().map(std::time::Duration::from_secs);
     let containers = svc.containers.clone();
@@ -174,14 +193,20 @@ pub(super) async fn container_stop(svc: &EngineService, req: Request<pb::Contain
     Ok(Response::new(container_pb(&c)))
 }
 
-pub(super) async fn container_start(svc: &EngineService, req: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerInfo>, Status> {
+pub(super) async fn container_start(
+    svc: &EngineService,
+    req: Request<pb::ContainerRef>,
+) -> Result<Response<pb::ContainerInfo>, Status> {
     let id = req.into_inner().id;
     let containers = svc.containers.clone();
     let c = cblocking(move || containers.start(&id)).await?;
     Ok(Response::new(container_pb(&c)))
 }
 
-pub(super) async fn container_restart(svc: &EngineService, req: Request<pb::ContainerStopRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+pub(super) async fn container_restart(
+    svc: &EngineService,
+    req: Request<pb::ContainerStopRequest>,
+) -> Result<Response<pb::ContainerInfo>, Status> {
     let r = req.into_inner();
     let grace = u64::try_from(r.timeout_secs).ok().map(std::time::Duration::from_secs);
     let containers = svc.containers.clone();
@@ -189,18 +214,26 @@ pub(super) async fn container_restart(svc: &EngineService, req: Request<pb::Cont
     Ok(Response::new(container_pb(&c)))
 }
 
-pub(super) async fn container_top(svc: &EngineService, req: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerTopResponse>, Status> {
+pub(super) async fn container_top(
+    svc: &EngineService,
+    req: Request<pb::ContainerRef>,
+) -> Result<Response<pb::ContainerTopResponse>, Status> {
     let id = req.into_inner().id;
     let containers = svc.containers.clone();
     let pids = cblocking(move || containers.processes(&id)).await?;
-    let rows = tokio::task::spawn_blocking(move || crate::runtime::procs::rows(&pids)).await.map_err(|e| Status::internal(e.to_string()))?;
+    let rows = tokio::task::spawn_blocking(move || crate::runtime::procs::rows(&pids))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(pb::ContainerTopResponse {
         titles: crate::runtime::procs::TITLES.iter().map(|t| t.to_string()).collect(),
         rows: rows.into_iter().map(|fields| pb::TopRow { fields }).collect(),
     }))
 }
 
-pub(super) async fn container_kill(svc: &EngineService, req: Request<pb::ContainerKillRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+pub(super) async fn container_kill(
+    svc: &EngineService,
+    req: Request<pb::ContainerKillRequest>,
+) -> Result<Response<pb::ContainerInfo>, Status> {
     let r = req.into_inner();
     let sig = signal_number(&r.signal)?;
     let containers = svc.containers.clone();
@@ -208,14 +241,20 @@ pub(super) async fn container_kill(svc: &EngineService, req: Request<pb::Contain
     Ok(Response::new(container_pb(&c)))
 }
 
-pub(super) async fn container_remove(svc: &EngineService, req: Request<pb::ContainerRemoveRequest>) -> Result<Response<pb::ContainerRef>, Status> {
+pub(super) async fn container_remove(
+    svc: &EngineService,
+    req: Request<pb::ContainerRemoveRequest>,
+) -> Result<Response<pb::ContainerRef>, Status> {
     let r = req.into_inner();
     let containers = svc.containers.clone();
     let id = cblocking(move || containers.remove(&r.id, r.force, r.volumes)).await?;
     Ok(Response::new(pb::ContainerRef { id }))
 }
 
-pub(super) async fn container_wait(svc: &EngineService, req: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerExit>, Status> {
+pub(super) async fn container_wait(
+    svc: &EngineService,
+    req: Request<pb::ContainerRef>,
+) -> Result<Response<pb::ContainerExit>, Status> {
     let id = req.into_inner().id;
     let containers = svc.containers.clone();
     let exit = cblocking(move || {
@@ -254,16 +293,33 @@ mod tests {
             "auto_remove": false, "cgroups_path": "/shoal/abc", "run": {"memory_bytes": null, "cpus": null, "pids_limit": null, "network": "none"}
         }))
         .expect("a record");
-        let mut c = Container { record, status: CStatus::Running { pid: 42, started_ms: 1_700_000_000_000 }, restart: Default::default(), endpoints: vec![], health: None };
+        let mut c = Container {
+            record,
+            status: CStatus::Running { pid: 42, started_ms: 1_700_000_000_000 },
+            restart: Default::default(),
+            endpoints: vec![],
+            health: None,
+        };
         let state = docker_state(&c);
-        assert_eq!((state["Status"].as_str(), state["Running"].as_bool(), state["Pid"].as_i64()), (Some("running"), Some(true), Some(42)));
+        assert_eq!(
+            (state["Status"].as_str(), state["Running"].as_bool(), state["Pid"].as_i64()),
+            (Some("running"), Some(true), Some(42))
+        );
         assert!(state.get("Health").is_none(), "no check, no Health: {state}");
         c.health = Some(Health { status: HealthStatus::Unhealthy, failing_streak: 3, log: vec![] });
         let state = docker_state(&c);
         assert_eq!(state["Health"], serde_json::json!({"Status": "unhealthy", "FailingStreak": 3, "Log": []}));
-        c.status = CStatus::Exited { code: 137, oom_killed: true, started_ms: 1_700_000_000_000, finished_ms: 1_700_000_001_000 };
+        c.status = CStatus::Exited {
+            code: 137,
+            oom_killed: true,
+            started_ms: 1_700_000_000_000,
+            finished_ms: 1_700_000_001_000,
+        };
         let state = docker_state(&c);
-        assert_eq!((state["Status"].as_str(), state["ExitCode"].as_i64(), state["OOMKilled"].as_bool()), (Some("exited"), Some(137), Some(true)));
+        assert_eq!(
+            (state["Status"].as_str(), state["ExitCode"].as_i64(), state["OOMKilled"].as_bool()),
+            (Some("exited"), Some(137), Some(true))
+        );
         assert_eq!(state["FinishedAt"], "2023-11-14T22:13:21Z");
     }
 }

@@ -7,9 +7,9 @@ pub(super) fn rstatus(e: RegistryError) -> Status {
     let msg = e.to_string();
     match e {
         RegistryError::Image(i) => status(i),
-        RegistryError::InvalidReference { .. } | RegistryError::Unsupported { .. } | RegistryError::NoPlatform { .. } => {
-            Status::invalid_argument(msg)
-        }
+        RegistryError::InvalidReference { .. }
+        | RegistryError::Unsupported { .. }
+        | RegistryError::NoPlatform { .. } => Status::invalid_argument(msg),
         RegistryError::ManifestUnknown { .. } => Status::not_found(msg),
         RegistryError::Unauthorized { .. } | RegistryError::BadCredentials { .. } => Status::unauthenticated(msg),
         RegistryError::Denied { .. } => Status::permission_denied(msg),
@@ -51,17 +51,22 @@ pub(super) fn status(e: ImageError) -> Status {
         ImageError::InUse { .. } | ImageError::MultipleRepositories { .. } | ImageError::Locked { .. } => {
             Status::failed_precondition(msg)
         }
-        ImageError::Read { .. } | ImageError::Write { .. } | ImageError::Io { .. } | ImageError::CorruptMetadata { .. } => {
-            Status::internal(msg)
-        }
+        ImageError::Read { .. }
+        | ImageError::Write { .. }
+        | ImageError::Io { .. }
+        | ImageError::CorruptMetadata { .. } => Status::internal(msg),
         _ => Status::invalid_argument(msg),
     }
 }
 
-pub(super) async fn cblocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ContainerError> + Send + 'static) -> Result<T, Status> {
+pub(super) async fn cblocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ContainerError> + Send + 'static,
+) -> Result<T, Status> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?.map_err(cstatus)
 }
 
-pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ImageError> + Send + 'static) -> Result<T, Status> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
+) -> Result<T, Status> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?.map_err(status)
 }

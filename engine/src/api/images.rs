@@ -41,7 +41,10 @@ pub(crate) fn image_pb(s: &ImageSummary) -> pb::Image {
     }
 }
 
-pub(super) async fn image_load(svc: &EngineService, req: Request<Streaming<pb::Chunk>>) -> Result<Response<pb::Images>, Status> {
+pub(super) async fn image_load(
+    svc: &EngineService,
+    req: Request<Streaming<pb::Chunk>>,
+) -> Result<Response<pb::Images>, Status> {
     let reader = reader_from(req.into_inner(), None, |c: pb::Chunk| c.data);
     let images = svc.images.clone();
     let loaded = blocking(move || images.load(reader)).await?;
@@ -51,12 +54,13 @@ pub(super) async fn image_load(svc: &EngineService, req: Request<Streaming<pb::C
     Ok(Response::new(pb::Images { images: loaded.iter().map(image_pb).collect() }))
 }
 
-pub(super) async fn image_import(svc: &EngineService, req: Request<Streaming<pb::ImportChunk>>) -> Result<Response<pb::Image>, Status> {
+pub(super) async fn image_import(
+    svc: &EngineService,
+    req: Request<Streaming<pb::ImportChunk>>,
+) -> Result<Response<pb::Image>, Status> {
     let mut stream = req.into_inner();
-    let first = stream
-        .next()
-        .await
-        .ok_or_else(|| Status::invalid_argument("import needs a reference and an archive"))??;
+    let first =
+        stream.next().await.ok_or_else(|| Status::invalid_argument("import needs a reference and an archive"))??;
     if first.reference.is_empty() {
         return Err(Status::invalid_argument("import needs a reference (NAME[:TAG])"));
     }
@@ -74,7 +78,10 @@ pub(super) async fn image_list(svc: &EngineService, _req: Request<pb::Empty>) ->
     Ok(Response::new(pb::Images { images: list.iter().map(image_pb).collect() }))
 }
 
-pub(super) async fn image_inspect(svc: &EngineService, req: Request<pb::ImageRef>) -> Result<Response<pb::JsonDoc>, Status> {
+pub(super) async fn image_inspect(
+    svc: &EngineService,
+    req: Request<pb::ImageRef>,
+) -> Result<Response<pb::JsonDoc>, Status> {
     let images = svc.images.clone();
     let r = req.into_inner().reference;
     let details = blocking(move || images.inspect(&r)).await?;
@@ -82,7 +89,10 @@ pub(super) async fn image_inspect(svc: &EngineService, req: Request<pb::ImageRef
     Ok(Response::new(pb::JsonDoc { json }))
 }
 
-pub(super) async fn image_tag(svc: &EngineService, req: Request<pb::ImageTagRequest>) -> Result<Response<pb::Empty>, Status> {
+pub(super) async fn image_tag(
+    svc: &EngineService,
+    req: Request<pb::ImageTagRequest>,
+) -> Result<Response<pb::Empty>, Status> {
     let images = svc.images.clone();
     let r = req.into_inner();
     let target = r.target.clone();
@@ -95,7 +105,10 @@ pub(super) async fn image_tag(svc: &EngineService, req: Request<pb::ImageTagRequ
     Ok(Response::new(pb::Empty {}))
 }
 
-pub(super) async fn image_remove(svc: &EngineService, req: Request<pb::ImageRemoveRequest>) -> Result<Response<pb::ImageRemoveResponse>, Status> {
+pub(super) async fn image_remove(
+    svc: &EngineService,
+    req: Request<pb::ImageRemoveRequest>,
+) -> Result<Response<pb::ImageRemoveResponse>, Status> {
     let images = svc.images.clone();
     let r = req.into_inner();
     let containers = svc.containers.clone();
@@ -121,7 +134,10 @@ pub(super) async fn image_remove(svc: &EngineService, req: Request<pb::ImageRemo
     Ok(Response::new(resp))
 }
 
-pub(super) async fn image_save(svc: &EngineService, req: Request<pb::ImageSaveRequest>) -> Result<Response<ChunkStream>, Status> {
+pub(super) async fn image_save(
+    svc: &EngineService,
+    req: Request<pb::ImageSaveRequest>,
+) -> Result<Response<ChunkStream>, Status> {
     let refs = req.into_inner().references;
     if refs.is_empty() {
         return Err(Status::invalid_argument("save needs at least one image"));
@@ -137,7 +153,9 @@ pub(super) async fn image_save(svc: &EngineService, req: Request<pb::ImageSaveRe
     tokio::task::spawn_blocking(move || {
         let mut w = ChunkWriter { tx: tx.clone(), buf: Vec::new() };
         let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
-        let res = images.save(&refs, &mut w).and_then(|_| w.flush().map_err(|e| ImageError::BadArchive { reason: e.to_string() }));
+        let res = images
+            .save(&refs, &mut w)
+            .and_then(|_| w.flush().map_err(|e| ImageError::BadArchive { reason: e.to_string() }));
         if let Err(e) = res {
             let _ = tx.blocking_send(Err(status(e)));
         }
@@ -145,7 +163,10 @@ pub(super) async fn image_save(svc: &EngineService, req: Request<pb::ImageSaveRe
     Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
 }
 
-pub(super) async fn image_pull(svc: &EngineService, req: Request<pb::ImagePullRequest>) -> Result<Response<ProgressStream>, Status> {
+pub(super) async fn image_pull(
+    svc: &EngineService,
+    req: Request<pb::ImagePullRequest>,
+) -> Result<Response<ProgressStream>, Status> {
     let r = req.into_inner();
     let (regs, images) = (svc.registries.clone(), svc.images.clone());
     let creds = credentials(r.auth);
@@ -154,13 +175,20 @@ pub(super) async fn image_pull(svc: &EngineService, req: Request<pb::ImagePullRe
     })))
 }
 
-pub(super) async fn image_resolve(svc: &EngineService, req: Request<pb::ImagePullRequest>) -> Result<Response<pb::ImageRef>, Status> {
+pub(super) async fn image_resolve(
+    svc: &EngineService,
+    req: Request<pb::ImagePullRequest>,
+) -> Result<Response<pb::ImageRef>, Status> {
     let r = req.into_inner();
-    let reference = crate::registry::resolve(&svc.registries, &r.reference, credentials(r.auth)).await.map_err(rstatus)?;
+    let reference =
+        crate::registry::resolve(&svc.registries, &r.reference, credentials(r.auth)).await.map_err(rstatus)?;
     Ok(Response::new(pb::ImageRef { reference }))
 }
 
-pub(super) async fn image_push(svc: &EngineService, req: Request<pb::ImagePushRequest>) -> Result<Response<ProgressStream>, Status> {
+pub(super) async fn image_push(
+    svc: &EngineService,
+    req: Request<pb::ImagePushRequest>,
+) -> Result<Response<ProgressStream>, Status> {
     let r = req.into_inner();
     let (regs, images) = (svc.registries.clone(), svc.images.clone());
     let creds = credentials(r.auth);
@@ -172,7 +200,10 @@ pub(super) async fn image_push(svc: &EngineService, req: Request<pb::ImagePushRe
     })))
 }
 
-pub(super) async fn registry_login(svc: &EngineService, req: Request<pb::RegistryLoginRequest>) -> Result<Response<pb::Empty>, Status> {
+pub(super) async fn registry_login(
+    svc: &EngineService,
+    req: Request<pb::RegistryLoginRequest>,
+) -> Result<Response<pb::Empty>, Status> {
     let r = req.into_inner();
     let creds = credentials(r.auth).ok_or_else(|| Status::invalid_argument("login needs a username and password"))?;
     crate::registry::login(&svc.registries, &r.registry, creds).await.map_err(rstatus)?;

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::events::attrs;
 use crate::images::{ImageError, ImageStore, ImageSummary, Removed};
-use crate::registry::{Credentials, Progress, ProgressTx, RegistryError, Registries};
+use crate::registry::{Credentials, Progress, ProgressTx, Registries, RegistryError};
 use crate::runtime::health::HealthStatus;
 use crate::runtime::{Container, ContainerError, Containers, RunRequest, Status as CStatus};
 
@@ -31,9 +31,9 @@ mod volumes;
 use errors::*;
 use streams::*;
 
-pub use streams::follow_log;
 pub(crate) use containers::container_pb;
 pub(crate) use images::image_pb;
+pub use streams::follow_log;
 pub(crate) use volumes::volume_pb;
 
 /// Size of the chunks archives travel in.
@@ -60,7 +60,9 @@ impl EngineService {
     }
 
     fn netd(&self) -> Result<std::sync::Arc<crate::network::Networks>, Status> {
-        self.containers.networks().ok_or_else(|| Status::unavailable("this daemon does not use netd, so it has no networks"))
+        self.containers
+            .networks()
+            .ok_or_else(|| Status::unavailable("this daemon does not use netd, so it has no networks"))
     }
 
     /// Starts `shoal shim-cp MODE ROOT PATH` for a container.
@@ -106,7 +108,10 @@ impl pb::engine_server::Engine for EngineService {
         images::image_tag(self, req).await
     }
 
-    async fn image_remove(&self, req: Request<pb::ImageRemoveRequest>) -> Result<Response<pb::ImageRemoveResponse>, Status> {
+    async fn image_remove(
+        &self,
+        req: Request<pb::ImageRemoveRequest>,
+    ) -> Result<Response<pb::ImageRemoveResponse>, Status> {
         images::image_remove(self, req).await
     }
 
@@ -136,11 +141,17 @@ impl pb::engine_server::Engine for EngineService {
         images::registry_login(self, req).await
     }
 
-    async fn container_run(&self, req: Request<pb::ContainerRunRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+    async fn container_run(
+        &self,
+        req: Request<pb::ContainerRunRequest>,
+    ) -> Result<Response<pb::ContainerInfo>, Status> {
         containers::container_run(self, req).await
     }
 
-    async fn container_list(&self, req: Request<pb::ContainerListRequest>) -> Result<Response<pb::ContainerInfos>, Status> {
+    async fn container_list(
+        &self,
+        req: Request<pb::ContainerListRequest>,
+    ) -> Result<Response<pb::ContainerInfos>, Status> {
         containers::container_list(self, req).await
     }
 
@@ -148,7 +159,10 @@ impl pb::engine_server::Engine for EngineService {
         containers::container_inspect(self, req).await
     }
 
-    async fn container_stop(&self, req: Request<pb::ContainerStopRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+    async fn container_stop(
+        &self,
+        req: Request<pb::ContainerStopRequest>,
+    ) -> Result<Response<pb::ContainerInfo>, Status> {
         containers::container_stop(self, req).await
     }
 
@@ -156,7 +170,10 @@ impl pb::engine_server::Engine for EngineService {
         containers::container_start(self, req).await
     }
 
-    async fn container_restart(&self, req: Request<pb::ContainerStopRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+    async fn container_restart(
+        &self,
+        req: Request<pb::ContainerStopRequest>,
+    ) -> Result<Response<pb::ContainerInfo>, Status> {
         containers::container_restart(self, req).await
     }
 
@@ -166,25 +183,40 @@ impl pb::engine_server::Engine for EngineService {
         streams::container_stats(self, req).await
     }
 
-    async fn container_top(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerTopResponse>, Status> {
+    async fn container_top(
+        &self,
+        req: Request<pb::ContainerRef>,
+    ) -> Result<Response<pb::ContainerTopResponse>, Status> {
         containers::container_top(self, req).await
     }
 
     type ContainerCopyOutStream = ChunkStream;
 
-    async fn container_copy_out(&self, req: Request<pb::ContainerCopyRequest>) -> Result<Response<ChunkStream>, Status> {
+    async fn container_copy_out(
+        &self,
+        req: Request<pb::ContainerCopyRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
         streams::container_copy_out(self, req).await
     }
 
-    async fn container_copy_in(&self, req: Request<Streaming<pb::ContainerCopyInChunk>>) -> Result<Response<pb::Empty>, Status> {
+    async fn container_copy_in(
+        &self,
+        req: Request<Streaming<pb::ContainerCopyInChunk>>,
+    ) -> Result<Response<pb::Empty>, Status> {
         streams::container_copy_in(self, req).await
     }
 
-    async fn container_kill(&self, req: Request<pb::ContainerKillRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+    async fn container_kill(
+        &self,
+        req: Request<pb::ContainerKillRequest>,
+    ) -> Result<Response<pb::ContainerInfo>, Status> {
         containers::container_kill(self, req).await
     }
 
-    async fn container_remove(&self, req: Request<pb::ContainerRemoveRequest>) -> Result<Response<pb::ContainerRef>, Status> {
+    async fn container_remove(
+        &self,
+        req: Request<pb::ContainerRemoveRequest>,
+    ) -> Result<Response<pb::ContainerRef>, Status> {
         containers::container_remove(self, req).await
     }
 
@@ -228,7 +260,10 @@ impl pb::engine_server::Engine for EngineService {
         streams::container_exec(self, req).await
     }
 
-    async fn network_create(&self, req: Request<pb::NetworkCreateRequest>) -> Result<Response<pb::NetworkInfo>, Status> {
+    async fn network_create(
+        &self,
+        req: Request<pb::NetworkCreateRequest>,
+    ) -> Result<Response<pb::NetworkInfo>, Status> {
         networks::network_create(self, req).await
     }
 
@@ -240,11 +275,17 @@ impl pb::engine_server::Engine for EngineService {
         networks::network_remove(self, req).await
     }
 
-    async fn network_connect(&self, req: Request<pb::NetworkConnectRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+    async fn network_connect(
+        &self,
+        req: Request<pb::NetworkConnectRequest>,
+    ) -> Result<Response<pb::ContainerInfo>, Status> {
         networks::network_connect(self, req).await
     }
 
-    async fn network_disconnect(&self, req: Request<pb::NetworkConnectRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
+    async fn network_disconnect(
+        &self,
+        req: Request<pb::NetworkConnectRequest>,
+    ) -> Result<Response<pb::ContainerInfo>, Status> {
         networks::network_disconnect(self, req).await
     }
 

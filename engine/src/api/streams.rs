@@ -42,7 +42,11 @@ fn terminal_frames(i: &pb::TerminalInput) -> Vec<u8> {
 fn host_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("MemTotal:").and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:").and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+            })
+        })
         .map(|kib| kib * 1024)
         .unwrap_or(0)
 }
@@ -60,7 +64,13 @@ fn stats_loop(
         containers
             .list()
             .into_iter()
-            .filter(|c| if chosen.is_empty() { all || matches!(c.status, CStatus::Running { .. }) } else { chosen.contains(&c.record.id) })
+            .filter(|c| {
+                if chosen.is_empty() {
+                    all || matches!(c.status, CStatus::Running { .. })
+                } else {
+                    chosen.contains(&c.record.id)
+                }
+            })
             .collect()
     };
     let host_mem = host_memory();
@@ -76,7 +86,9 @@ fn stats_loop(
             let s = if running { containers.sample(&c) } else { Default::default() };
             let now = std::time::Instant::now();
             let cpu_percent = match last.insert(c.record.id.clone(), (s.cpu_ns, now)) {
-                Some((prev, at)) if running && s.cpu_ns >= prev => (s.cpu_ns - prev) as f64 / (now - at).as_nanos().max(1) as f64 * 100.0,
+                Some((prev, at)) if running && s.cpu_ns >= prev => {
+                    (s.cpu_ns - prev) as f64 / (now - at).as_nanos().max(1) as f64 * 100.0
+                }
                 _ => 0.0,
             };
             batch.stats.push(pb::ContainerStats {
@@ -263,19 +275,27 @@ pub fn follow_log(
     }
 }
 
-pub(super) async fn container_stats(svc: &EngineService, req: Request<pb::ContainerStatsRequest>) -> Result<Response<StatsStream>, Status> {
+pub(super) async fn container_stats(
+    svc: &EngineService,
+    req: Request<pb::ContainerStatsRequest>,
+) -> Result<Response<StatsStream>, Status> {
     let r = req.into_inner();
     let containers = svc.containers.clone();
     // Resolve named containers now, so a bad name is an error, not an empty stream.
     let named = r.ids.clone();
-    let chosen = cblocking(move || named.iter().map(|n| containers.find(n).map(|c| c.record.id)).collect::<Result<Vec<_>, _>>()).await?;
+    let chosen =
+        cblocking(move || named.iter().map(|n| containers.find(n).map(|c| c.record.id)).collect::<Result<Vec<_>, _>>())
+            .await?;
     let (tx, rx) = mpsc::channel(2);
     let containers = svc.containers.clone();
     tokio::task::spawn_blocking(move || stats_loop(&containers, &chosen, r.all, r.stream, &tx));
     Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
 }
 
-pub(super) async fn container_copy_out(svc: &EngineService, req: Request<pb::ContainerCopyRequest>) -> Result<Response<ChunkStream>, Status> {
+pub(super) async fn container_copy_out(
+    svc: &EngineService,
+    req: Request<pb::ContainerCopyRequest>,
+) -> Result<Response<ChunkStream>, Status> {
     use tokio::io::AsyncReadExt;
     let r = req.into_inner();
     let mut child = svc.copy_helper("out", &r.id, &r.path).await?;
@@ -321,10 +341,16 @@ pub(super) async fn container_copy_out(svc: &EngineService, req: Request<pb::Con
     Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
 }
 
-pub(super) async fn container_copy_in(svc: &EngineService, req: Request<Streaming<pb::ContainerCopyInChunk>>) -> Result<Response<pb::Empty>, Status> {
+pub(super) async fn container_copy_in(
+    svc: &EngineService,
+    req: Request<Streaming<pb::ContainerCopyInChunk>>,
+) -> Result<Response<pb::Empty>, Status> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = req.into_inner();
-    let first = stream.next().await.ok_or_else(|| Status::invalid_argument("cp needs a container, a path and an archive"))??;
+    let first = stream
+        .next()
+        .await
+        .ok_or_else(|| Status::invalid_argument("cp needs a container, a path and an archive"))??;
     let mut child = svc.copy_helper("in", &first.id, &first.path).await?;
     let (Some(mut stdin), Some(mut err)) = (child.stdin.take(), child.stderr.take()) else {
         return Err(Status::internal("cp has no pipes"));
@@ -348,7 +374,10 @@ pub(super) async fn container_copy_in(svc: &EngineService, req: Request<Streamin
     Ok(Response::new(pb::Empty {}))
 }
 
-pub(super) async fn container_exec(svc: &EngineService, req: Request<Streaming<pb::ExecInput>>) -> Result<Response<ExecStream>, Status> {
+pub(super) async fn container_exec(
+    svc: &EngineService,
+    req: Request<Streaming<pb::ExecInput>>,
+) -> Result<Response<ExecStream>, Status> {
     use tokio::io::AsyncReadExt;
     let mut input = req.into_inner();
     let r = input
@@ -359,7 +388,14 @@ pub(super) async fn container_exec(svc: &EngineService, req: Request<Streaming<p
         .ok_or_else(|| Status::invalid_argument("exec needs a command"))?;
     let framed = r.tty || r.interactive;
     let containers = svc.containers.clone();
-    let exec = crate::runtime::ExecRequest { args: r.command, env: r.env, cwd: r.workdir, user: r.user, tty: r.tty, interactive: r.interactive };
+    let exec = crate::runtime::ExecRequest {
+        args: r.command,
+        env: r.env,
+        cwd: r.workdir,
+        user: r.user,
+        tty: r.tty,
+        interactive: r.interactive,
+    };
     let cfg = cblocking(move || containers.exec_config(&r.id, exec)).await?;
     let json = serde_json::to_string(&cfg).map_err(|e| Status::internal(e.to_string()))?;
     let mut child = tokio::process::Command::new(svc.containers.exe())
@@ -388,11 +424,16 @@ pub(super) async fn container_exec(svc: &EngineService, req: Request<Streaming<p
             };
             match n {
                 Ok(0) | Err(_) => {
-                    if stream == "stdout" { out_open = false } else { err_open = false }
+                    if stream == "stdout" {
+                        out_open = false
+                    } else {
+                        err_open = false
+                    }
                 }
                 Ok(n) => {
                     let data = if stream == "stdout" { b1[..n].to_vec() } else { b2[..n].to_vec() };
-                    if tx.send(Ok(pb::ExecOutput { stream: stream.into(), data, ..Default::default() })).await.is_err() {
+                    if tx.send(Ok(pb::ExecOutput { stream: stream.into(), data, ..Default::default() })).await.is_err()
+                    {
                         return; // the client went away; kill_on_drop ends the helper
                     }
                 }
@@ -404,7 +445,10 @@ pub(super) async fn container_exec(svc: &EngineService, req: Request<Streaming<p
     Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
 }
 
-pub(super) async fn container_attach(svc: &EngineService, req: Request<Streaming<pb::AttachInput>>) -> Result<Response<ExecStream>, Status> {
+pub(super) async fn container_attach(
+    svc: &EngineService,
+    req: Request<Streaming<pb::AttachInput>>,
+) -> Result<Response<ExecStream>, Status> {
     use crate::runtime::frames;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut input = req.into_inner();
@@ -449,7 +493,10 @@ pub(super) async fn container_attach(svc: &EngineService, req: Request<Streaming
     Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
 }
 
-pub(super) async fn container_logs(svc: &EngineService, req: Request<pb::ContainerLogsRequest>) -> Result<Response<LogStream>, Status> {
+pub(super) async fn container_logs(
+    svc: &EngineService,
+    req: Request<pb::ContainerLogsRequest>,
+) -> Result<Response<LogStream>, Status> {
     let r = req.into_inner();
     let containers = svc.containers.clone();
     let id = r.id.clone();

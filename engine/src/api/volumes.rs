@@ -3,10 +3,18 @@
 use super::*;
 
 pub(crate) fn volume_pb(v: &crate::volumes::Volume) -> pb::VolumeInfo {
-    pb::VolumeInfo { name: v.name.clone(), mountpoint: v.mountpoint.display().to_string(), created_ms: v.created_ms, anonymous: v.anonymous }
+    pb::VolumeInfo {
+        name: v.name.clone(),
+        mountpoint: v.mountpoint.display().to_string(),
+        created_ms: v.created_ms,
+        anonymous: v.anonymous,
+    }
 }
 
-pub(super) async fn volume_create(svc: &EngineService, req: Request<pb::VolumeRef>) -> Result<Response<pb::VolumeInfo>, Status> {
+pub(super) async fn volume_create(
+    svc: &EngineService,
+    req: Request<pb::VolumeRef>,
+) -> Result<Response<pb::VolumeInfo>, Status> {
     let name = req.into_inner().name;
     let fresh = name.is_empty() || svc.volumes.inspect(&name).is_err();
     let v = svc.volumes.create(if name.is_empty() { None } else { Some(&name) }).map_err(vstatus)?;
@@ -16,17 +24,26 @@ pub(super) async fn volume_create(svc: &EngineService, req: Request<pb::VolumeRe
     Ok(Response::new(volume_pb(&v)))
 }
 
-pub(super) async fn volume_list(svc: &EngineService, _req: Request<pb::Empty>) -> Result<Response<pb::VolumeInfos>, Status> {
+pub(super) async fn volume_list(
+    svc: &EngineService,
+    _req: Request<pb::Empty>,
+) -> Result<Response<pb::VolumeInfos>, Status> {
     Ok(Response::new(pb::VolumeInfos { volumes: svc.volumes.list().iter().map(volume_pb).collect() }))
 }
 
-pub(super) async fn volume_inspect(svc: &EngineService, req: Request<pb::VolumeRef>) -> Result<Response<pb::JsonDoc>, Status> {
+pub(super) async fn volume_inspect(
+    svc: &EngineService,
+    req: Request<pb::VolumeRef>,
+) -> Result<Response<pb::JsonDoc>, Status> {
     let v = svc.volumes.inspect(&req.into_inner().name).map_err(vstatus)?;
     let json = serde_json::to_string_pretty(&v).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(pb::JsonDoc { json }))
 }
 
-pub(super) async fn volume_remove(svc: &EngineService, req: Request<pb::VolumeRemoveRequest>) -> Result<Response<pb::Empty>, Status> {
+pub(super) async fn volume_remove(
+    svc: &EngineService,
+    req: Request<pb::VolumeRemoveRequest>,
+) -> Result<Response<pb::Empty>, Status> {
     let r = req.into_inner();
     let containers = svc.containers.clone();
     let name = r.name.clone();

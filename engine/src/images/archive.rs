@@ -29,7 +29,6 @@ use super::unpack::decompress;
 const MAX_JSON: u64 = 32 << 20;
 const LINK_HOPS: usize = 16;
 
-
 /// A regular file of the archive, copied into the staging directory.
 #[derive(Clone, Debug)]
 pub struct StagedFile {

@@ -86,20 +86,12 @@ pub fn choose_platform<'a>(list: &'a [Descriptor], arch: &str) -> Option<&'a Des
 /// The platforms an index offers (attestations left out), for an error
 /// that says what is there.
 pub fn platforms(list: &[Descriptor]) -> Vec<String> {
-    list.iter()
-        .filter_map(|d| d.platform.as_ref())
-        .filter(|p| p.os != "unknown")
-        .map(ToString::to_string)
-        .collect()
+    list.iter().filter_map(|d| d.platform.as_ref()).filter(|p| p.os != "unknown").map(ToString::to_string).collect()
 }
 
 /// Whether a layer's media type names a compression the store cannot read.
 pub fn unsupported_layer(media_type: &str) -> Option<&'static str> {
-    if media_type.contains("zstd") {
-        Some("zstd")
-    } else {
-        None
-    }
+    if media_type.contains("zstd") { Some("zstd") } else { None }
 }
 
 #[cfg(test)]

@@ -414,7 +414,9 @@ impl ImageStore {
         let mut out: Vec<(ImageSummary, Vec<(Digest, u64)>)> = meta
             .images
             .iter()
-            .filter_map(|(id, rec)| Some((summary(&meta, id)?, rec.layers.iter().map(|l| (l.diff_id.clone(), l.size)).collect())))
+            .filter_map(|(id, rec)| {
+                Some((summary(&meta, id)?, rec.layers.iter().map(|l| (l.diff_id.clone(), l.size)).collect()))
+            })
             .collect();
         out.sort_by(|a, b| b.0.created.cmp(&a.0.created).then_with(|| a.0.id.cmp(&b.0.id)));
         out
@@ -440,7 +442,12 @@ impl ImageStore {
         self.layout.write_metadata(&meta)?;
         let (blobs, layers) = meta.garbage(&rec, id);
         let mut counted = BTreeSet::new();
-        let freed = rec.layers.iter().filter(|l| layers.contains(&l.diff_id) && counted.insert(&l.diff_id)).map(|l| l.size).sum();
+        let freed = rec
+            .layers
+            .iter()
+            .filter(|l| layers.contains(&l.diff_id) && counted.insert(&l.diff_id))
+            .map(|l| l.size)
+            .sum();
         *guard = meta;
         let doomed = layers.iter().map(|d| self.layout.layer(d)).chain(blobs.iter().map(|d| self.layout.blob(d)));
         for path in doomed {

@@ -120,7 +120,8 @@ impl ImageStore {
         };
         let config = self.pulled_blob(&staging, &pulled.config)?;
         let bytes = fs::read(&config.path).map_err(io_err("reading", &config.path))?;
-        let bad_config = |reason: String| ImageError::BadArchive { reason: format!("image config {}: {reason}", pulled.config) };
+        let bad_config =
+            |reason: String| ImageError::BadArchive { reason: format!("image config {}: {reason}", pulled.config) };
         let cfg = ConfigFile::parse(&bytes).map_err(bad_config)?;
         let diff_ids = cfg.diff_ids().map_err(bad_config)?.to_vec();
         if diff_ids.len() != pulled.layers.len() {
@@ -189,7 +190,8 @@ impl ImageStore {
             return Ok(StagedFile { path, digest: d.clone(), size });
         }
         let file = File::open(&staged).map_err(io_err("opening", &staged))?;
-        let (actual, size) = HashingReader::new(BufReader::new(file)).finish().map_err(read_err(format!("blob {d}")))?;
+        let (actual, size) =
+            HashingReader::new(BufReader::new(file)).finish().map_err(read_err(format!("blob {d}")))?;
         if &actual != d {
             return Err(ImageError::DigestMismatch { expected: d.clone(), actual });
         }
@@ -231,7 +233,10 @@ impl ImageStore {
             let gzip = unpack::sniff(&head[..n]) == unpack::Compression::Gzip;
             let (digest, size) = r.finish().map_err(read_err(format!("stored blob {}", l.blob)))?;
             if digest != l.blob {
-                return Err(ImageError::CorruptBlob { digest: l.blob.clone(), reason: "its content no longer matches".into() });
+                return Err(ImageError::CorruptBlob {
+                    digest: l.blob.clone(),
+                    reason: "its content no longer matches".into(),
+                });
             }
             layers.push(PushLayer { blob: l.blob.clone(), path, size, gzip });
         }

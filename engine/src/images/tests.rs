@@ -459,7 +459,10 @@ fn prune_removal_refuses_images_in_use_and_frees_only_unshared_layers() {
     assert_eq!(tree(store.root()), before, "an image in use keeps its tags and files");
 
     let (steps, freed) = store.remove_unused(&a_id, &never).expect("unused");
-    assert_eq!(steps, vec![Removed::Untagged("a:1".into()), Removed::Untagged("a:2".into()), Removed::Deleted(a_id.clone())]);
+    assert_eq!(
+        steps,
+        vec![Removed::Untagged("a:1".into()), Removed::Untagged("a:2".into()), Removed::Deleted(a_id.clone())]
+    );
     let top1_size = sizes.iter().find(|(s, _)| s.id == a_id).map(|(_, l)| l[1].1).expect("a's top layer");
     assert_eq!(freed, top1_size, "the shared base stays with b");
     assert!(store.root().join("layers/sha256").join(base.diff_id().hex()).is_dir());

@@ -183,7 +183,11 @@ mod tests {
     #[test]
     fn token_urls_and_answers() {
         assert_eq!(
-            token_url("https://auth.docker.io/token", Some("registry.docker.io"), Some("repository:library/busybox:pull")),
+            token_url(
+                "https://auth.docker.io/token",
+                Some("registry.docker.io"),
+                Some("repository:library/busybox:pull")
+            ),
             "https://auth.docker.io/token?service=registry.docker.io&scope=repository%3Alibrary%2Fbusybox%3Apull"
         );
         assert_eq!(token_url("https://a/t?x=1", Some("s v"), None), "https://a/t?x=1&service=s%20v");

@@ -86,7 +86,8 @@ pub async fn send(
         .map_err(|e| HttpError::Connect(connect_reason(&e)))?;
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = if https {
-        let name = ServerName::try_from(bare.to_string()).map_err(|e| HttpError::Tls(format!("bad server name: {e}")))?;
+        let name =
+            ServerName::try_from(bare.to_string()).map_err(|e| HttpError::Tls(format!("bad server name: {e}")))?;
         let connector = tokio_rustls::TlsConnector::from(tls.clone());
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
             .await

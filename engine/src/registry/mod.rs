@@ -127,7 +127,9 @@ impl Registries {
         for i in &insecure {
             let bad = i.is_empty() || i.contains("://") || i.contains('/') && parse_cidr(i).is_none();
             if bad {
-                return Err(format!("invalid --insecure-registry {i:?}: use HOST[:PORT] or an IPv4 CIDR like 10.0.0.0/8"));
+                return Err(format!(
+                    "invalid --insecure-registry {i:?}: use HOST[:PORT] or an IPv4 CIDR like 10.0.0.0/8"
+                ));
             }
         }
         Ok(Registries { certs_dir, insecure, native_roots: OnceLock::new(), events: OnceLock::new() })
@@ -244,7 +246,8 @@ impl<'a> Session<'a> {
         let host = endpoint_host(domain);
         let insecure = regs.is_insecure(host);
         let tls = regs.tls_config(host, insecure)?;
-        let mut s = Session { regs, registry: domain.to_string(), base: format!("https://{host}"), tls, creds, auth: None };
+        let mut s =
+            Session { regs, registry: domain.to_string(), base: format!("https://{host}"), tls, creds, auth: None };
         let ping = match s.send_once(Method::GET, "/v2/", HeaderMap::new(), http::empty(), false).await {
             Err(HttpError::Tls(reason)) if insecure => {
                 tracing::debug!(registry = %domain, %reason, "no TLS; trying plain HTTP (insecure registry)");
@@ -271,7 +274,8 @@ impl<'a> Session<'a> {
                         other => return Err(s.protocol("ping /v2/", format!("unexpected status {other}"))),
                     }
                 } else {
-                    let reason = format!("unsupported authentication challenge {:?}", challenges.first().map(|c| &c.scheme));
+                    let reason =
+                        format!("unsupported authentication challenge {:?}", challenges.first().map(|c| &c.scheme));
                     return Err(s.protocol("ping /v2/", reason));
                 }
             }
@@ -291,7 +295,8 @@ impl<'a> Session<'a> {
     /// the user gave some.
     async fn fetch_token(&self, c: &Challenge, scope: Option<&str>) -> Result<String, RegistryError> {
         let what = "token request";
-        let realm = c.params.get("realm").ok_or_else(|| self.protocol(what, "bearer challenge without a realm".into()))?;
+        let realm =
+            c.params.get("realm").ok_or_else(|| self.protocol(what, "bearer challenge without a realm".into()))?;
         let url = auth::token_url(realm, c.params.get("service").map(String::as_str), scope);
         let uri: Uri = url.parse().map_err(|e| self.protocol(what, format!("bad realm {realm:?}: {e}")))?;
         let realm_host = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
@@ -304,7 +309,8 @@ impl<'a> Session<'a> {
         if let Some(c) = &self.creds {
             headers.insert(header::AUTHORIZATION, header_value(&c.basic())?);
         }
-        let resp = http::send(&tls, Method::GET, &uri, &headers, http::empty()).await.map_err(|e| self.http_error(e, what))?;
+        let resp =
+            http::send(&tls, Method::GET, &uri, &headers, http::empty()).await.map_err(|e| self.http_error(e, what))?;
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if self.creds.is_some() => {
@@ -365,7 +371,10 @@ impl<'a> Session<'a> {
         let mut body = Some(body);
         for _ in 0..=MAX_REDIRECTS {
             let b = body.take().unwrap_or_else(http::empty);
-            let resp = self.send_once(method.clone(), &target, headers.clone(), b, true).await.map_err(|e| self.http_error(e, what))?;
+            let resp = self
+                .send_once(method.clone(), &target, headers.clone(), b, true)
+                .await
+                .map_err(|e| self.http_error(e, what))?;
             if resp.status() == StatusCode::UNAUTHORIZED {
                 return Err(match &self.creds {
                     Some(_) => RegistryError::BadCredentials { registry: self.registry.clone() },
@@ -404,7 +413,8 @@ impl<'a> Session<'a> {
             let detail = if detail.is_empty() { String::new() } else { format!(" ({detail})") };
             return RegistryError::Denied { registry: self.registry.clone(), what: what.to_string(), detail, action };
         }
-        let reason = if detail.is_empty() { format!("unexpected status {status}") } else { format!("{status}: {detail}") };
+        let reason =
+            if detail.is_empty() { format!("unexpected status {status}") } else { format!("{status}: {detail}") };
         self.protocol(what, reason)
     }
 

@@ -11,7 +11,7 @@ use ::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
-use super::{Credentials, MAX_MANIFEST, ProgressTx, RegistryError, Registries, Session, say, short};
+use super::{Credentials, MAX_MANIFEST, ProgressTx, Registries, RegistryError, Session, say, short};
 use crate::images::manifest::{self, Descriptor, INDEX_TYPES, Index, MANIFEST_TYPES, Manifest};
 use crate::images::{Digest, Hasher, ImageStore, LayerStep, Pulled, Reference, go_arch};
 
@@ -34,7 +34,12 @@ pub async fn pull(
     // Docker's pull event: the reference as pulled and its repository's name
     // (for every pull: the CLI's, a task's, a `run`'s).
     if let (Some(events), Ok(r)) = (regs.events(), Reference::parse(input)) {
-        events.emit("image", "pull", &r.digested().unwrap_or_else(|| r.tagged()), crate::events::attrs([("name", r.familiar_name())]));
+        events.emit(
+            "image",
+            "pull",
+            &r.digested().unwrap_or_else(|| r.tagged()),
+            crate::events::attrs([("name", r.familiar_name())]),
+        );
     }
     Ok(())
 }
@@ -70,7 +75,8 @@ async fn pull_image(
         return Err(mismatch(&s, "manifest", d, top));
     }
     let (manifest_bytes, m) = if is_index(&bytes, &media_type) {
-        let index: Index = serde_json::from_slice(&bytes).map_err(|e| unsupported(&shown, format!("bad index: {e}")))?;
+        let index: Index =
+            serde_json::from_slice(&bytes).map_err(|e| unsupported(&shown, format!("bad index: {e}")))?;
         let arch = go_arch();
         let chosen = manifest::choose_platform(&index.manifests, arch).ok_or_else(|| RegistryError::NoPlatform {
             reference: shown.clone(),
@@ -90,7 +96,10 @@ async fn pull_image(
     };
     for l in &m.layers {
         if let Some(format) = manifest::unsupported_layer(&l.media_type) {
-            return Err(unsupported(&shown, format!("layer {} is {format}-compressed; only gzip and plain tar are supported", l.digest)));
+            return Err(unsupported(
+                &shown,
+                format!("layer {} is {format}-compressed; only gzip and plain tar are supported", l.digest),
+            ));
         }
     }
 
@@ -199,7 +208,9 @@ async fn get_manifest(
     let mut headers = HeaderMap::new();
     headers.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT));
     let what = format!("manifest {wanted}");
-    let resp = s.request(Method::GET, &format!("/v2/{}/manifests/{wanted}", r.path()), headers, super::http::empty(), &what).await?;
+    let resp = s
+        .request(Method::GET, &format!("/v2/{}/manifests/{wanted}", r.path()), headers, super::http::empty(), &what)
+        .await?;
     if resp.status() == StatusCode::NOT_FOUND {
         return Err(RegistryError::ManifestUnknown { reference: shown.to_string() });
     }
@@ -226,7 +237,8 @@ fn is_index(bytes: &[u8], media_type: &str) -> bool {
         media_type: String,
         manifests: Option<serde_json::Value>,
     }
-    serde_json::from_slice::<Probe>(bytes).is_ok_and(|p| INDEX_TYPES.contains(&p.media_type.as_str()) || p.manifests.is_some())
+    serde_json::from_slice::<Probe>(bytes)
+        .is_ok_and(|p| INDEX_TYPES.contains(&p.media_type.as_str()) || p.manifests.is_some())
 }
 
 fn parse_manifest(bytes: &[u8], shown: &str) -> Result<Manifest, RegistryError> {
@@ -236,7 +248,11 @@ fn parse_manifest(bytes: &[u8], shown: &str) -> Result<Manifest, RegistryError> 
         schema_version: Option<u32>,
     }
     if serde_json::from_slice::<Version>(bytes).is_ok_and(|v| v.schema_version == Some(1)) {
-        return Err(unsupported(shown, "it is a schema 1 manifest, which is deprecated and not supported; push it again with a current client".into()));
+        return Err(unsupported(
+            shown,
+            "it is a schema 1 manifest, which is deprecated and not supported; push it again with a current client"
+                .into(),
+        ));
     }
     let m: Manifest = serde_json::from_slice(bytes).map_err(|e| unsupported(shown, format!("bad manifest: {e}")))?;
     if let Some(t) = &m.media_type
@@ -262,7 +278,9 @@ async fn fetch_blob(
     tx: Option<&ProgressTx>,
 ) -> Result<(), RegistryError> {
     let label = format!("{what} {}", d.digest);
-    let resp = s.request(Method::GET, &format!("/v2/{repo}/blobs/{}", d.digest), HeaderMap::new(), super::http::empty(), &label).await?;
+    let resp = s
+        .request(Method::GET, &format!("/v2/{repo}/blobs/{}", d.digest), HeaderMap::new(), super::http::empty(), &label)
+        .await?;
     if !resp.status().is_success() {
         return Err(s.status_error(resp, &label, "pull").await);
     }
@@ -284,7 +302,9 @@ async fn fetch_blob(
         let Ok(data) = frame.into_data() else { continue };
         hasher.update(&data);
         if hasher.count() > d.size {
-            return Err(s.protocol(&label, format!("the registry sent more than the {} bytes its descriptor says", d.size)));
+            return Err(
+                s.protocol(&label, format!("the registry sent more than the {} bytes its descriptor says", d.size))
+            );
         }
         file.write_all(&data).await.map_err(io)?;
     }

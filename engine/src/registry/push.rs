@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::auth::query_escape;
 use super::http::{self, Body};
-use super::{Credentials, ProgressTx, RegistryError, Registries, Session, say, short};
+use super::{Credentials, ProgressTx, Registries, RegistryError, Session, say, short};
 use crate::images::manifest::{DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST};
 use crate::images::{Digest, ImageError, ImageStore, Reference, gzip_file};
 
@@ -40,7 +40,9 @@ pub async fn push(
         tokio::task::spawn_blocking(move || {
             let src = store.push_source(&tagged).map_err(|e| match e {
                 ImageError::NoSuchImage { .. } => ImageError::NoSuchImage {
-                    reference: format!("{tagged} (an image does not exist locally with that tag; tag one with `shoal image tag`)"),
+                    reference: format!(
+                        "{tagged} (an image does not exist locally with that tag; tag one with `shoal image tag`)"
+                    ),
                 },
                 e => e,
             })?;
@@ -65,18 +67,18 @@ pub async fn push(
             recompressed = true;
             let (from, to) = (l.path.clone(), staging.scratch(l.blob.hex()));
             let dest = to.clone();
-            let (d, n) = tokio::task::spawn_blocking(move || gzip_file(&from, &to))
-                .await
-                .map_err(|e| RegistryError::Image(ImageError::BadArchive { reason: format!("compressing a layer: {e}") }))??;
+            let (d, n) = tokio::task::spawn_blocking(move || gzip_file(&from, &to)).await.map_err(|e| {
+                RegistryError::Image(ImageError::BadArchive { reason: format!("compressing a layer: {e}") })
+            })??;
             (d, n, dest)
         };
         if blob_exists(&s, r.path(), &digest).await? {
             say(tx, short(&l.blob), "Layer already exists");
         } else {
             say(tx, short(&l.blob), "Pushing");
-            let body = http::file_body(&path).await.map_err(|e| {
-                RegistryError::Image(ImageError::Io { op: "reading", path: path.clone(), source: e })
-            })?;
+            let body = http::file_body(&path)
+                .await
+                .map_err(|e| RegistryError::Image(ImageError::Io { op: "reading", path: path.clone(), source: e }))?;
             upload_blob(&s, r.path(), &digest, size, body).await?;
             say(tx, short(&l.blob), "Pushed");
         }
@@ -103,7 +105,9 @@ pub async fn push(
     headers.insert(header::CONTENT_TYPE, content_type(&s, &media_type)?);
     let what = format!("manifest {tag}");
     let size = bytes.len();
-    let resp = s.request(Method::PUT, &format!("/v2/{}/manifests/{tag}", r.path()), headers, http::full(bytes.clone()), &what).await?;
+    let resp = s
+        .request(Method::PUT, &format!("/v2/{}/manifests/{tag}", r.path()), headers, http::full(bytes.clone()), &what)
+        .await?;
     if !resp.status().is_success() {
         return Err(s.status_error(resp, &what, "push to").await);
     }
@@ -123,7 +127,8 @@ fn content_type(s: &Session<'_>, media_type: &str) -> Result<HeaderValue, Regist
 
 async fn blob_exists(s: &Session<'_>, repo: &str, d: &Digest) -> Result<bool, RegistryError> {
     let what = format!("blob {d}");
-    let resp = s.request(Method::HEAD, &format!("/v2/{repo}/blobs/{d}"), HeaderMap::new(), http::empty(), &what).await?;
+    let resp =
+        s.request(Method::HEAD, &format!("/v2/{repo}/blobs/{d}"), HeaderMap::new(), http::empty(), &what).await?;
     match resp.status() {
         StatusCode::OK => Ok(true),
         StatusCode::NOT_FOUND => Ok(false),

@@ -49,7 +49,8 @@ impl FakeRegistry {
                 let (st, a) = (st.clone(), a.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(req, st.clone(), a.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -69,7 +70,11 @@ fn reply(status: StatusCode, headers: &[(&str, String)], body: Vec<u8>) -> Respo
     r.body(Full::new(Bytes::from(body))).expect("response")
 }
 
-async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>, addr: String) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    st: Arc<Mutex<State>>,
+    addr: String,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -186,7 +191,10 @@ fn creds() -> Option<Credentials> {
     Some(Credentials { username: USER.into(), password: PASS.into() })
 }
 
-fn lines(result: Result<(), RegistryError>, mut rx: mpsc::UnboundedReceiver<Progress>) -> Result<Vec<String>, RegistryError> {
+fn lines(
+    result: Result<(), RegistryError>,
+    mut rx: mpsc::UnboundedReceiver<Progress>,
+) -> Result<Vec<String>, RegistryError> {
     let mut out = Vec::new();
     while let Ok(p) = rx.try_recv() {
         out.push(if p.id.is_empty() { p.status } else { format!("{}: {}", p.id, p.status) });
@@ -195,12 +203,22 @@ fn lines(result: Result<(), RegistryError>, mut rx: mpsc::UnboundedReceiver<Prog
 }
 
 /// A pull's progress lines ("id: status"), or its error.
-async fn pulled(regs: &Registries, s: &Arc<ImageStore>, name: &str, c: Option<Credentials>) -> Result<Vec<String>, RegistryError> {
+async fn pulled(
+    regs: &Registries,
+    s: &Arc<ImageStore>,
+    name: &str,
+    c: Option<Credentials>,
+) -> Result<Vec<String>, RegistryError> {
     let (tx, rx) = mpsc::unbounded_channel();
     lines(pull(regs, s.clone(), name, c, &tx).await, rx)
 }
 
-async fn pushed(regs: &Registries, s: &Arc<ImageStore>, name: &str, c: Option<Credentials>) -> Result<Vec<String>, RegistryError> {
+async fn pushed(
+    regs: &Registries,
+    s: &Arc<ImageStore>,
+    name: &str,
+    c: Option<Credentials>,
+) -> Result<Vec<String>, RegistryError> {
     let (tx, rx) = mpsc::unbounded_channel();
     lines(push(regs, s.clone(), name, c, &tx).await, rx)
 }
@@ -324,7 +342,10 @@ async fn index_without_this_platform_lists_what_it_has() {
     let name = format!("{}/multi", reg.addr);
     let err = pulled(&regs, &b, &name, creds()).await.expect_err("no platform");
     let msg = err.to_string();
-    assert!(msg.contains(&format!("linux/{}", crate::images::go_arch())) && msg.contains("linux/riscv64, linux/arm/v6"), "{msg}");
+    assert!(
+        msg.contains(&format!("linux/{}", crate::images::go_arch())) && msg.contains("linux/riscv64, linux/arm/v6"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,8 +362,9 @@ async fn unreachable_registry_is_named() {
 
 #[test]
 fn insecure_registries() {
-    let regs = Registries::new("/nonexistent".into(), vec!["reg.lab:5000".into(), "10.98.0.0/24".into(), "plain.io".into()])
-        .expect("regs");
+    let regs =
+        Registries::new("/nonexistent".into(), vec!["reg.lab:5000".into(), "10.98.0.0/24".into(), "plain.io".into()])
+            .expect("regs");
     let cases = [
         ("localhost:5000", true),
         ("127.0.0.1:5000", true),

@@ -25,7 +25,9 @@ impl Announced {
     pub(super) fn of(status: &Status) -> Announced {
         match status {
             Status::Running { started_ms, .. } => Announced { started_ms: *started_ms, finished_ms: 0 },
-            Status::Exited { started_ms, finished_ms, .. } => Announced { started_ms: *started_ms, finished_ms: *finished_ms },
+            Status::Exited { started_ms, finished_ms, .. } => {
+                Announced { started_ms: *started_ms, finished_ms: *finished_ms }
+            }
             Status::Dead { .. } => Announced { started_ms: u64::MAX, finished_ms: u64::MAX },
             Status::Created => Announced::default(),
         }
@@ -144,7 +146,11 @@ mod tests {
     #[test]
     fn starts_and_ends_are_announced_once_and_in_order() {
         let running = Status::Running { pid: 1, started_ms: 10 };
-        let names = |v: Vec<(&'static str, Option<i32>)>| v.into_iter().map(|(a, c)| format!("{a}{}", c.map(|c| format!("({c})")).unwrap_or_default())).collect::<Vec<_>>();
+        let names = |v: Vec<(&'static str, Option<i32>)>| {
+            v.into_iter()
+                .map(|(a, c)| format!("{a}{}", c.map(|c| format!("({c})")).unwrap_or_default()))
+                .collect::<Vec<_>>()
+        };
         let (e, seen) = transitions(Announced::default(), &Status::Created);
         assert!(e.is_empty());
         let (e, seen) = transitions(seen, &running);

@@ -153,8 +153,11 @@ pub fn apply(steps: &[Step]) -> Result<(), CgroupError> {
         match step {
             Step::Mkdir(dir) => {
                 if !dir.is_dir() {
-                    std::fs::create_dir(dir)
-                        .map_err(|source| CgroupError::Io { what: "creating cgroup", path: dir.clone(), source })?;
+                    std::fs::create_dir(dir).map_err(|source| CgroupError::Io {
+                        what: "creating cgroup",
+                        path: dir.clone(),
+                        source,
+                    })?;
                 }
             }
             Step::NoProcesses(dir) => {
@@ -248,7 +251,10 @@ mod tests {
         let some: Vec<String> = vec!["pids".into(), "memory".into(), "cpu".into()];
         let none: Vec<String> = Vec::new();
         let move_to = |leaf: &str| {
-            vec![Step::Mkdir(r.join(leaf)), Step::Write { file: r.join(leaf).join("cgroup.procs"), text: "4242\n".into() }]
+            vec![
+                Step::Mkdir(r.join(leaf)),
+                Step::Write { file: r.join(leaf).join("cgroup.procs"), text: "4242\n".into() },
+            ]
         };
         let cases: Vec<(&str, Host<'_>, &str, Vec<Step>)> = vec![
             ("v1: libcontainer makes each hierarchy's directories", host(false, r, &none, None), "/shoal", vec![]),

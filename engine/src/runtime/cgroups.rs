@@ -168,13 +168,24 @@ mod tests {
         write(r, "cpuacct/shoal/c1/cpuacct.usage", "2500000000\n");
         write(r, "pids/shoal/c1/pids.current", "2\n");
         write(r, "pids/shoal/c1/cgroup.procs", "12\n13\n");
-        write(r, "blkio/shoal/c1/blkio.throttle.io_service_bytes", "8:0 Read 4096\n8:0 Write 8192\n8:0 Total 12288\nTotal 12288\n");
+        write(
+            r,
+            "blkio/shoal/c1/blkio.throttle.io_service_bytes",
+            "8:0 Read 4096\n8:0 Write 8192\n8:0 Total 12288\nTotal 12288\n",
+        );
         let cg = Cgroups::at(r);
         assert!(!cg.is_v2());
         let s = cg.sample("/shoal/c1");
         assert_eq!(
             s,
-            Sample { cpu_ns: 2_500_000_000, memory_bytes: 9 << 20, memory_limit: Some(64 << 20), pids: 2, block_read: 4096, block_write: 8192 }
+            Sample {
+                cpu_ns: 2_500_000_000,
+                memory_bytes: 9 << 20,
+                memory_limit: Some(64 << 20),
+                pids: 2,
+                block_read: 4096,
+                block_write: 8192
+            }
         );
         assert_eq!(cg.pids("/shoal/c1"), vec![12, 13]);
         assert_eq!(cg.oom_kills("/shoal/c1"), 2);
@@ -205,7 +216,17 @@ mod tests {
         let cg = Cgroups::at(r);
         assert!(cg.is_v2());
         let s = cg.sample("/shoal/c1");
-        assert_eq!(s, Sample { cpu_ns: 1_500_000, memory_bytes: 1 << 20, memory_limit: None, pids: 1, block_read: 101, block_write: 202 });
+        assert_eq!(
+            s,
+            Sample {
+                cpu_ns: 1_500_000,
+                memory_bytes: 1 << 20,
+                memory_limit: None,
+                pids: 1,
+                block_read: 101,
+                block_write: 202
+            }
+        );
         assert_eq!(cg.pids("shoal/c1"), vec![7]);
         assert_eq!(cg.oom_kills("shoal/c1"), 1);
     }

@@ -52,7 +52,8 @@ fn top_name(path: &Path) -> PathBuf {
 
 /// Writes a tar of `path` (a file, a directory with everything below it, or a symlink).
 pub fn copy_out(path: &Path, out: impl Write) -> Result<(), String> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("could not find {} in the container: {e}", path.display()))?;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("could not find {} in the container: {e}", path.display()))?;
     let mut tar = tar::Builder::new(out);
     tar.follow_symlinks(false);
     let name = top_name(path);
@@ -79,7 +80,8 @@ pub fn copy_in(input: impl std::io::Read, dest: &Path) -> Result<(), String> {
     for entry in archive.entries().map_err(|e| format!("reading the archive: {e}"))? {
         let mut entry = entry.map_err(|e| format!("reading the archive: {e}"))?;
         let raw = entry.path().map_err(|e| format!("reading the archive: {e}"))?.into_owned();
-        let rel = relative(&raw, rename.as_deref()).ok_or_else(|| format!("refusing archive entry {}: it leaves its root", raw.display()))?;
+        let rel = relative(&raw, rename.as_deref())
+            .ok_or_else(|| format!("refusing archive entry {}: it leaves its root", raw.display()))?;
         if rel.as_os_str().is_empty() {
             continue;
         }
@@ -136,7 +138,11 @@ mod tests {
         std::fs::create_dir(&into).unwrap();
         copy_in(&tar[..], &into).unwrap();
         assert_eq!(std::fs::read_to_string(into.join("conf/sub/a.txt")).unwrap(), "hello");
-        assert_eq!(std::fs::read_link(into.join("conf/link")).unwrap(), PathBuf::from("/etc/passwd"), "symlinks stay symlinks");
+        assert_eq!(
+            std::fs::read_link(into.join("conf/link")).unwrap(),
+            PathBuf::from("/etc/passwd"),
+            "symlinks stay symlinks"
+        );
         // To a new name.
         copy_in(&tar[..], &t.path().join("renamed")).unwrap();
         assert!(t.path().join("renamed/sub/a.txt").is_file());

@@ -92,7 +92,12 @@ impl Health {
     /// result adds to the streak, except while the container has never been
     /// healthy and is within its start period, and `retries` failures in a
     /// row are unhealthy. Returns the change of status, if any.
-    pub fn record(&mut self, probe: Probe, check: &HealthCheck, since_start_ms: u64) -> Option<(HealthStatus, HealthStatus)> {
+    pub fn record(
+        &mut self,
+        probe: Probe,
+        check: &HealthCheck,
+        since_start_ms: u64,
+    ) -> Option<(HealthStatus, HealthStatus)> {
         let before = self.status;
         let passed = probe.exit_code == 0;
         self.log.push(probe);
@@ -216,7 +221,8 @@ fn monitor(t: &Target, stop: &Stop) {
         {
             let stopped = stop.stopped.lock().unwrap_or_else(|p| p.into_inner());
             // A check that failed because the container ended says nothing of its health.
-            let running = matches!(super::status_at(&t.dir), Status::Running { started_ms, .. } if started_ms == t.started_ms);
+            let running =
+                matches!(super::status_at(&t.dir), Status::Running { started_ms, .. } if started_ms == t.started_ms);
             if *stopped || !running {
                 return;
             }
@@ -225,7 +231,11 @@ fn monitor(t: &Target, stop: &Stop) {
             }
             let written = serde_json::to_vec_pretty(&Recorded { started_ms: t.started_ms, health: health.clone() })
                 .map_err(std::io::Error::from)
-                .and_then(|bytes| path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| crate::files::write_replace(&path, &bytes)));
+                .and_then(|bytes| {
+                    path.parent()
+                        .map_or(Ok(()), std::fs::create_dir_all)
+                        .and_then(|()| crate::files::write_replace(&path, &bytes))
+                });
             if let Err(e) = written {
                 tracing::warn!(container = %t.name, path = %path.display(), error = %e, "cannot record the container's health");
             }
@@ -319,7 +329,9 @@ fn kill_tree(pid: i32) {
     let mut i = 0;
     while i < tree.len() {
         let parent = tree[i];
-        tree.extend(parents.iter().filter(|(p, pp)| *pp == parent && !tree.contains(p)).map(|(p, _)| *p).collect::<Vec<_>>());
+        tree.extend(
+            parents.iter().filter(|(p, pp)| *pp == parent && !tree.contains(p)).map(|(p, _)| *p).collect::<Vec<_>>(),
+        );
         i += 1;
     }
     for p in tree.iter().rev() {
@@ -351,7 +363,13 @@ mod tests {
     use super::*;
 
     fn check(retries: u32, start_period_ms: u64) -> HealthCheck {
-        HealthCheck { test: vec!["CMD-SHELL".into(), "true".into()], interval_ms: 1_000, timeout_ms: 1_000, retries, start_period_ms }
+        HealthCheck {
+            test: vec!["CMD-SHELL".into(), "true".into()],
+            interval_ms: 1_000,
+            timeout_ms: 1_000,
+            retries,
+            start_period_ms,
+        }
     }
 
     fn probe(code: i32) -> Probe {
@@ -365,11 +383,35 @@ mod tests {
         type Row = (&'static str, u32, u64, Vec<(i32, u64)>, Vec<(HealthStatus, u32)>);
         let table: Vec<Row> = vec![
             ("a pass is healthy", 3, 0, vec![(0, 1_000)], vec![(Healthy, 0)]),
-            ("retries failures in a row are unhealthy", 3, 0, vec![(1, 1_000), (1, 2_000), (1, 3_000)], vec![(Starting, 1), (Starting, 2), (Unhealthy, 3)]),
+            (
+                "retries failures in a row are unhealthy",
+                3,
+                0,
+                vec![(1, 1_000), (1, 2_000), (1, 3_000)],
+                vec![(Starting, 1), (Starting, 2), (Unhealthy, 3)],
+            ),
             ("one retry: the first failure", 1, 0, vec![(1, 1_000)], vec![(Unhealthy, 1)]),
-            ("a pass ends the streak", 2, 0, vec![(1, 1_000), (0, 2_000), (1, 3_000), (1, 4_000)], vec![(Starting, 1), (Healthy, 0), (Healthy, 1), (Unhealthy, 2)]),
-            ("failures within the start period do not count", 1, 5_000, vec![(1, 1_000), (2, 4_999), (1, 5_000)], vec![(Starting, 0), (Starting, 0), (Unhealthy, 1)]),
-            ("once healthy, the start period is over", 1, 60_000, vec![(0, 1_000), (1, 2_000)], vec![(Healthy, 0), (Unhealthy, 1)]),
+            (
+                "a pass ends the streak",
+                2,
+                0,
+                vec![(1, 1_000), (0, 2_000), (1, 3_000), (1, 4_000)],
+                vec![(Starting, 1), (Healthy, 0), (Healthy, 1), (Unhealthy, 2)],
+            ),
+            (
+                "failures within the start period do not count",
+                1,
+                5_000,
+                vec![(1, 1_000), (2, 4_999), (1, 5_000)],
+                vec![(Starting, 0), (Starting, 0), (Unhealthy, 1)],
+            ),
+            (
+                "once healthy, the start period is over",
+                1,
+                60_000,
+                vec![(0, 1_000), (1, 2_000)],
+                vec![(Healthy, 0), (Unhealthy, 1)],
+            ),
             ("unhealthy is not for ever", 1, 0, vec![(1, 1_000), (0, 2_000)], vec![(Unhealthy, 1), (Healthy, 0)]),
             ("a timeout (-1) is a failure", 1, 0, vec![(-1, 1_000)], vec![(Unhealthy, 1)]),
         ];
@@ -409,9 +451,17 @@ mod tests {
         let running = |started_ms| Status::Running { pid: 1, started_ms };
         let exited = Status::Exited { code: 0, oom_killed: false, started_ms: 5, finished_ms: 9 };
         assert_eq!(observed(rec(5), &running(5)), Some(healthy.clone()), "this run's record");
-        assert_eq!(observed(rec(5), &running(7)), Some(Health::starting(vec![probe(0)])), "a new run starts over, keeping the log");
+        assert_eq!(
+            observed(rec(5), &running(7)),
+            Some(Health::starting(vec![probe(0)])),
+            "a new run starts over, keeping the log"
+        );
         assert_eq!(observed(None, &running(7)), Some(Health::starting(vec![])));
-        assert_eq!(observed(rec(5), &exited).map(|h| (h.status, h.log.len())), Some((HealthStatus::Unhealthy, 1)), "stopped: unhealthy, as in Docker");
+        assert_eq!(
+            observed(rec(5), &exited).map(|h| (h.status, h.log.len())),
+            Some((HealthStatus::Unhealthy, 1)),
+            "stopped: unhealthy, as in Docker"
+        );
         assert_eq!(observed(None, &Status::Created), None);
     }
 
@@ -435,12 +485,18 @@ mod tests {
         let pidfile = dir.path().join("sleeper.pid");
         let t = Instant::now();
         let cmd = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
-        assert_eq!(run_check(&exe, &cmd, Duration::from_millis(300)), (-1, "Health check exceeded timeout (300ms)".to_string()));
+        assert_eq!(
+            run_check(&exe, &cmd, Duration::from_millis(300)),
+            (-1, "Health check exceeded timeout (300ms)".to_string())
+        );
         assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
         // Its processes went with it, the one it started in the background too.
         let pid = std::fs::read_to_string(&pidfile).expect("the check ran").trim().to_string();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let gone = || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| super::super::procs::parse_stat(&s).is_none() || s.contains(") Z "));
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| super::super::procs::parse_stat(&s).is_none() || s.contains(") Z "))
+        };
         while !gone() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }

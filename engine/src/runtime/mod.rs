@@ -188,7 +188,8 @@ pub struct RunSpecRecord {
 }
 
 /// The files every container gets from its directory's `etc/`, bound over the image's.
-const ETC_FILES: [(&str, &str); 3] = [("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf"), ("hostname", "/etc/hostname")];
+const ETC_FILES: [(&str, &str); 3] =
+    [("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf"), ("hostname", "/etc/hostname")];
 
 /// Whether containers on `network` get a namespace of their own from netd.
 pub fn netd_network(network: &str) -> bool {
@@ -239,7 +240,11 @@ pub fn signal_number(s: &str) -> Result<i32, String> {
     let name = s.trim().to_ascii_uppercase();
     let name = name.strip_prefix("SIG").unwrap_or(&name);
     if let Ok(n) = name.parse::<i32>() {
-        return if (1..=64).contains(&n) { Ok(n) } else { Err(format!("invalid signal {s:?}: numbers go from 1 to 64")) };
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("invalid signal {s:?}: numbers go from 1 to 64"))
+        };
     }
     Ok(match name {
         "KILL" => libc::SIGKILL,
@@ -292,7 +297,9 @@ pub fn parse_cpus(s: &str, host_cpus: usize) -> Result<f64, String> {
         return Err("the number of CPUs must be positive".into());
     }
     if v > host_cpus as f64 {
-        return Err(format!("range of CPUs is from 0.01 to {host_cpus}.00, as there are only {host_cpus} CPUs available"));
+        return Err(format!(
+            "range of CPUs is from 0.01 to {host_cpus}.00, as there are only {host_cpus} CPUs available"
+        ));
     }
     Ok(v)
 }
@@ -421,7 +428,8 @@ impl Containers {
             announced: Mutex::new(Default::default()),
         };
         // What happened before this daemon started is no news.
-        let found: std::collections::HashMap<_, _> = containers.list().iter().map(|c| (c.record.id.clone(), announce::Announced::of(&c.status))).collect();
+        let found: std::collections::HashMap<_, _> =
+            containers.list().iter().map(|c| (c.record.id.clone(), announce::Announced::of(&c.status))).collect();
         *containers.announced.lock().unwrap_or_else(|p| p.into_inner()) = found;
         Ok(containers)
     }
@@ -447,7 +455,8 @@ impl Containers {
         let restart = read_json(&dir.join("restart.json")).unwrap_or_default();
         let endpoints = read_json(&dir.join("network.json")).unwrap_or_default();
         let status = status_at(&dir);
-        let health = record.health.as_ref().and_then(|_| health::observed(read_json(&dir.join(health::STATE_FILE)), &status));
+        let health =
+            record.health.as_ref().and_then(|_| health::observed(read_json(&dir.join(health::STATE_FILE)), &status));
         Some(Container { status, record, restart, endpoints, health })
     }
 
@@ -458,7 +467,9 @@ impl Containers {
     /// Finds a container by full id, unique id prefix or name.
     pub fn find(&self, reference: &str) -> Result<Container, ContainerError> {
         let all = self.list();
-        if let Some(c) = all.iter().find(|c| c.record.id == reference || c.record.name == reference.trim_start_matches('/')) {
+        if let Some(c) =
+            all.iter().find(|c| c.record.id == reference || c.record.name == reference.trim_start_matches('/'))
+        {
             return Ok(c.clone());
         }
         let by_prefix: Vec<&Container> = all.iter().filter(|c| c.record.id.starts_with(reference)).collect();
@@ -475,19 +486,29 @@ impl Containers {
         let id = random_hex(64);
         let name = if req.name.is_empty() { format!("shoal_{}", &id[..8]) } else { req.name.clone() };
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) || name.starts_with(['.', '-']) {
-            return Err(ContainerError::Invalid { what: "container name", value: name, why: "only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed".into() });
+            return Err(ContainerError::Invalid {
+                what: "container name",
+                value: name,
+                why: "only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed".into(),
+            });
         }
         if let Some(other) = self.list().into_iter().find(|c| c.record.name == name) {
             return Err(ContainerError::NameInUse { name, id: other.record.id });
         }
         let memory_bytes = match req.memory.as_str() {
             "" => None,
-            m => Some(parse_memory(m).map_err(|why| ContainerError::Invalid { what: "memory", value: m.into(), why })?),
+            m => {
+                Some(parse_memory(m).map_err(|why| ContainerError::Invalid { what: "memory", value: m.into(), why })?)
+            }
         };
         let host_cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let cpus = match req.cpus.as_str() {
             "" => None,
-            c => Some(parse_cpus(c, host_cpus).map_err(|why| ContainerError::Invalid { what: "cpus", value: c.into(), why })?),
+            c => Some(parse_cpus(c, host_cpus).map_err(|why| ContainerError::Invalid {
+                what: "cpus",
+                value: c.into(),
+                why,
+            })?),
         };
         fn invalid(what: &'static str, value: &str) -> impl FnOnce(String) -> ContainerError + use<> {
             let value = value.to_string();
@@ -498,7 +519,8 @@ impl Containers {
             return Err(ContainerError::Invalid {
                 what: "options",
                 value: format!("--restart {restart} --rm"),
-                why: "conflicting options: a container removed when it exits cannot be restarted; drop one of them".into(),
+                why: "conflicting options: a container removed when it exits cannot be restarted; drop one of them"
+                    .into(),
             });
         }
         let image_stop_signal = image.config.stop_signal.clone().unwrap_or_default();
@@ -506,7 +528,8 @@ impl Containers {
             ("", "") => libc::SIGTERM,
             ("", s) | (s, _) => signal_number(s).map_err(invalid("stop signal", s))?,
         };
-        let stop_timeout = req.stop_timeout.or(image.config.stop_timeout.and_then(|t| u64::try_from(t).ok())).unwrap_or(10);
+        let stop_timeout =
+            req.stop_timeout.or(image.config.stop_timeout.and_then(|t| u64::try_from(t).ok())).unwrap_or(10);
         let log = LogConfig::parse(&req.log_opts).map_err(invalid("log option", &req.log_opts.join(",")))?;
         // Like Docker, the default bridge unless asked otherwise (none without netd).
         let network_name = match req.network.as_str() {
@@ -525,7 +548,13 @@ impl Containers {
         let ports = req
             .publish
             .iter()
-            .map(|p| shoal_proto::net::parse_publish(p).map_err(|why| ContainerError::Invalid { what: "port mapping", value: p.clone(), why }))
+            .map(|p| {
+                shoal_proto::net::parse_publish(p).map_err(|why| ContainerError::Invalid {
+                    what: "port mapping",
+                    value: p.clone(),
+                    why,
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if !ports.is_empty() && !netd_network(network_name) {
             return Err(ContainerError::Invalid {
@@ -535,7 +564,11 @@ impl Containers {
             });
         }
         if netd_network(network_name) && self.networks.get().is_none() {
-            return Err(ContainerError::Invalid { what: "network", value: network_name.into(), why: "bridge networks need netd, which this daemon does not use".into() });
+            return Err(ContainerError::Invalid {
+                what: "network",
+                value: network_name.into(),
+                why: "bridge networks need netd, which this daemon does not use".into(),
+            });
         }
         // Command: Docker's rules for Entrypoint and Cmd.
         let cfg = &image.config;
@@ -574,8 +607,16 @@ impl Containers {
             }
             mounts.push(mount);
         }
-        if let Some(dup) = mounts.iter().enumerate().find_map(|(i, m)| mounts[..i].iter().any(|o| o.target == m.target).then_some(&m.target)) {
-            return Err(ContainerError::Invalid { what: "mounts", value: dup.clone(), why: "duplicate mount point".into() });
+        if let Some(dup) = mounts
+            .iter()
+            .enumerate()
+            .find_map(|(i, m)| mounts[..i].iter().any(|o| o.target == m.target).then_some(&m.target))
+        {
+            return Err(ContainerError::Invalid {
+                what: "mounts",
+                value: dup.clone(),
+                why: "duplicate mount point".into(),
+            });
         }
         for target in cfg.volumes.clone().unwrap_or_default().into_keys() {
             if !mounts.iter().any(|m| m.target == target) {
@@ -590,7 +631,12 @@ impl Containers {
                     let fresh = name.is_empty() || self.volumes.inspect(name).is_err();
                     let v = self.volumes.create(if name.is_empty() { None } else { Some(name) })?;
                     if fresh {
-                        self.events.emit("volume", "create", &v.name, crate::events::attrs([("driver", "local".into())]));
+                        self.events.emit(
+                            "volume",
+                            "create",
+                            &v.name,
+                            crate::events::attrs([("driver", "local".into())]),
+                        );
                     }
                     m.source = MountSource::Volume(v.name);
                     copy_up.push((m.target.clone(), v.mountpoint.clone()));
@@ -629,20 +675,44 @@ impl Containers {
         let dir = self.dir(&id);
         for (file, target) in ETC_FILES {
             if !run.mounts.iter().any(|m| m.target == target) {
-                run.mounts.push(spec::SpecMount { source: Some(dir.join("etc").join(file)), target: target.into(), read_only: false });
+                run.mounts.push(spec::SpecMount {
+                    source: Some(dir.join("etc").join(file)),
+                    target: target.into(),
+                    read_only: false,
+                });
             }
         }
         let mut networks = Vec::new();
         let mut endpoints = Vec::new();
         if let (true, Some(nets)) = (netd_network(network_name), self.networks.get()) {
-            let a = Attachment { network: network_name.into(), aliases: req.network_aliases.clone(), ip: req.ip.clone(), ports };
-            let netns = nets.ensure_netns(&id).map_err(|e| ContainerError::Invalid { what: "network", value: network_name.into(), why: e.to_string() })?;
+            let a = Attachment {
+                network: network_name.into(),
+                aliases: req.network_aliases.clone(),
+                ip: req.ip.clone(),
+                ports,
+            };
+            let netns = nets.ensure_netns(&id).map_err(|e| ContainerError::Invalid {
+                what: "network",
+                value: network_name.into(),
+                why: e.to_string(),
+            })?;
             endpoints.push(self.attach_one(nets, &id, &name, &a).inspect_err(|_| remove_netns(&netns))?);
             networks.push(a);
             run.netns = Some(netns);
         }
-        let settings =
-            Settings { image_id: image.id.to_string(), mounts, restart, stop_signal, stop_timeout, log, copy_up, networks, endpoints, network: network_name.into(), health };
+        let settings = Settings {
+            image_id: image.id.to_string(),
+            mounts,
+            restart,
+            stop_signal,
+            stop_timeout,
+            log,
+            copy_up,
+            networks,
+            endpoints,
+            network: network_name.into(),
+            health,
+        };
         if req.attach && req.auto_remove {
             self.holds.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), std::time::Instant::now());
         }
@@ -697,7 +767,12 @@ impl Containers {
         let mut layers = self.images.layer_dirs(&req.image)?;
         layers.reverse();
         let lower: Vec<String> = layers.iter().map(|p| p.display().to_string()).collect();
-        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), dir.join("upper").display(), dir.join("work").display());
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
         mount_overlay(&rootfs, &opts)?;
         // Like Docker, an empty volume starts with what the image has at its mount point.
         for (target, volume) in &settings.copy_up {
@@ -790,9 +865,14 @@ impl Containers {
         let watch = watch::DirWatch::new(dir);
         loop {
             match self.status(dir) {
-                Status::Created if std::time::Instant::now() < deadline => watch::wait_change(watch.as_ref(), Duration::from_millis(100)),
+                Status::Created if std::time::Instant::now() < deadline => {
+                    watch::wait_change(watch.as_ref(), Duration::from_millis(100))
+                }
                 Status::Created => {
-                    return Err(ContainerError::StartFailed { id: id.into(), message: "the shim did not start it within 30 s".into() });
+                    return Err(ContainerError::StartFailed {
+                        id: id.into(),
+                        message: "the shim did not start it within 30 s".into(),
+                    });
                 }
                 Status::Dead { message } => return Err(ContainerError::StartFailed { id: id.into(), message }),
                 _ => return Ok(()),
@@ -936,7 +1016,12 @@ impl Containers {
             let mut layers = self.images.layer_dirs(&c.record.image_id)?;
             layers.reverse();
             let lower: Vec<String> = layers.iter().map(|p| p.display().to_string()).collect();
-            let opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), dir.join("upper").display(), dir.join("work").display());
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.join(":"),
+                dir.join("upper").display(),
+                dir.join("work").display()
+            );
             mount_overlay(&rootfs, &opts)?;
         }
         self.spawn_shim(id, &dir)
@@ -986,7 +1071,8 @@ impl Containers {
                 continue;
             }
             let id = c.record.id.clone();
-            let held = self.holds.lock().unwrap_or_else(|p| p.into_inner()).get(&id).is_some_and(|t| t.elapsed() < HOLD_FOR);
+            let held =
+                self.holds.lock().unwrap_or_else(|p| p.into_inner()).get(&id).is_some_and(|t| t.elapsed() < HOLD_FOR);
             if c.record.auto_remove && held {
                 continue;
             }
@@ -1026,7 +1112,9 @@ impl Containers {
                 let state = restart::after_restart(&c.restart, after);
                 let result = self.write_restart(&id, &state).and_then(|()| self.respawn(&c));
                 match result {
-                    Ok(()) => tracing::info!(container = %c.record.name, count = state.count, "restarted by its policy"),
+                    Ok(()) => {
+                        tracing::info!(container = %c.record.name, count = state.count, "restarted by its policy")
+                    }
                     Err(e) => tracing::warn!(container = %c.record.name, error = %e, "restart by its policy failed"),
                 }
             } else {
@@ -1049,14 +1137,19 @@ impl Containers {
                 return self.reaped(&id).ok_or(ContainerError::NotFound(id));
             }
             match self.status_of(&id) {
-                Status::Running { .. } | Status::Created => watch::wait_change(watch.as_ref(), Duration::from_millis(500)),
+                Status::Running { .. } | Status::Created => {
+                    watch::wait_change(watch.as_ref(), Duration::from_millis(500))
+                }
                 s => {
                     // Its end is news before the waiting client hears of it.
                     self.observe_id(&id);
                     // The client saw the end: a held `--rm` container goes now,
                     // before the client is told (as `docker run --rm` waits for it).
                     let held = self.holds.lock().unwrap_or_else(|p| p.into_inner()).remove(&id).is_some();
-                    if held && self.load(&id).is_some_and(|c| c.record.auto_remove) && self.remove(&id, false, true).is_ok() {
+                    if held
+                        && self.load(&id).is_some_and(|c| c.record.auto_remove)
+                        && self.remove(&id, false, true).is_ok()
+                    {
                         self.remember_reaped(&id, &s);
                     }
                     return Ok(s);
@@ -1161,7 +1254,11 @@ impl Containers {
             return Err(ContainerError::NotRunning(c.record.name));
         };
         if args.is_empty() {
-            return Err(ContainerError::Invalid { what: "command", value: String::new(), why: "exec needs a command".into() });
+            return Err(ContainerError::Invalid {
+                what: "command",
+                value: String::new(),
+                why: "exec needs a command".into(),
+            });
         }
         let dir = self.dir(&c.record.id);
         let spec = oci_spec::runtime::Spec::load(dir.join("bundle/config.json"))
@@ -1233,7 +1330,11 @@ impl Containers {
         monitors.remove(&c.record.id);
         let req = ExecRequest { args: check.argv(), ..Default::default() };
         let exec = self.exec_config_of(c.clone(), req).and_then(|cfg| {
-            serde_json::to_string(&cfg).map_err(|e| ContainerError::Invalid { what: "health check", value: check.test.join(" "), why: e.to_string() })
+            serde_json::to_string(&cfg).map_err(|e| ContainerError::Invalid {
+                what: "health check",
+                value: check.test.join(" "),
+                why: e.to_string(),
+            })
         });
         let target = |exec_json| health::Target {
             name: c.record.name.clone(),
@@ -1325,10 +1426,14 @@ impl Containers {
         if nets.has_netns(&c.record.id) {
             return Ok(()); // netd has it plumbed (or the pending sync will)
         }
-        nets.ensure_netns(&c.record.id).map_err(|e| ContainerError::StartFailed { id: c.record.id.clone(), message: e.to_string() })?;
+        nets.ensure_netns(&c.record.id)
+            .map_err(|e| ContainerError::StartFailed { id: c.record.id.clone(), message: e.to_string() })?;
         let mut endpoints = Vec::new();
         for a in &c.record.networks {
-            endpoints.push(self.attach_one(nets, &c.record.id, &c.record.name, a).unwrap_or_else(|e| Endpoint::pending(a, &e.to_string())));
+            endpoints.push(
+                self.attach_one(nets, &c.record.id, &c.record.name, a)
+                    .unwrap_or_else(|e| Endpoint::pending(a, &e.to_string())),
+            );
         }
         self.set_endpoints(&c.record.id, &endpoints)
     }
@@ -1350,7 +1455,13 @@ impl Containers {
 
     /// The container's /etc/hosts, /etc/resolv.conf and /etc/hostname. They
     /// are bind-mounted files, so they are rewritten in place (same inode).
-    fn write_etc(&self, dir: &Path, record: &Record, hostname: &str, endpoints: &[Endpoint]) -> Result<(), ContainerError> {
+    fn write_etc(
+        &self,
+        dir: &Path,
+        record: &Record,
+        hostname: &str,
+        endpoints: &[Endpoint],
+    ) -> Result<(), ContainerError> {
         let etc = dir.join("etc");
         std::fs::create_dir_all(&etc).map_err(io("creating", &etc))?;
         let host = |f: &str| std::fs::read_to_string(Path::new("/etc").join(f)).unwrap_or_default();
@@ -1368,25 +1479,54 @@ impl Containers {
     }
 
     /// `network connect`: attaches a container (running or not) to one more network.
-    pub fn connect(&self, reference: &str, network: &str, aliases: Vec<String>, ip: &str) -> Result<Container, ContainerError> {
+    pub fn connect(
+        &self,
+        reference: &str,
+        network: &str,
+        aliases: Vec<String>,
+        ip: &str,
+    ) -> Result<Container, ContainerError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let c = self.find(reference)?;
-        let nets = self.networks.get().ok_or_else(|| ContainerError::Invalid { what: "network", value: network.into(), why: "this daemon does not use netd".into() })?;
+        let nets = self.networks.get().ok_or_else(|| ContainerError::Invalid {
+            what: "network",
+            value: network.into(),
+            why: "this daemon does not use netd".into(),
+        })?;
         if c.record.networks.is_empty() {
             return Err(ContainerError::Invalid {
                 what: "network",
                 value: network.into(),
-                why: format!("container {} runs with --network {}, which cannot be connected to other networks", c.record.name, c.record.run.network),
+                why: format!(
+                    "container {} runs with --network {}, which cannot be connected to other networks",
+                    c.record.name, c.record.run.network
+                ),
             });
         }
-        if c.record.networks.iter().any(|a| a.network == network) || c.endpoints.iter().any(|e| e.network == network || (!e.network_id.is_empty() && e.network_id.starts_with(network))) {
-            return Err(ContainerError::Invalid { what: "network", value: network.into(), why: format!("container {} is already connected to it", c.record.name) });
+        if c.record.networks.iter().any(|a| a.network == network)
+            || c.endpoints
+                .iter()
+                .any(|e| e.network == network || (!e.network_id.is_empty() && e.network_id.starts_with(network)))
+        {
+            return Err(ContainerError::Invalid {
+                what: "network",
+                value: network.into(),
+                why: format!("container {} is already connected to it", c.record.name),
+            });
         }
         if network == "bridge" && !aliases.is_empty() {
-            return Err(ContainerError::Invalid { what: "network alias", value: aliases.join(","), why: "network-scoped aliases are only supported for user-defined networks".into() });
+            return Err(ContainerError::Invalid {
+                what: "network alias",
+                value: aliases.join(","),
+                why: "network-scoped aliases are only supported for user-defined networks".into(),
+            });
         }
         let a = Attachment { network: network.into(), aliases, ip: ip.into(), ports: vec![] };
-        nets.ensure_netns(&c.record.id).map_err(|e| ContainerError::Invalid { what: "network", value: network.into(), why: e.to_string() })?;
+        nets.ensure_netns(&c.record.id).map_err(|e| ContainerError::Invalid {
+            what: "network",
+            value: network.into(),
+            why: e.to_string(),
+        })?;
         let endpoint = self.attach_one(nets, &c.record.id, &c.record.name, &a)?;
         let mut record = c.record.clone();
         record.networks.push(a);
@@ -1397,7 +1537,8 @@ impl Containers {
         endpoints.push(endpoint);
         self.set_endpoints(&c.record.id, &endpoints)?;
         drop(_g);
-        let a = crate::events::attrs([("container", c.record.id.clone()), ("name", net_name), ("type", "bridge".into())]);
+        let a =
+            crate::events::attrs([("container", c.record.id.clone()), ("name", net_name), ("type", "bridge".into())]);
         self.events.emit("network", "connect", &net_id, a);
         self.find(&c.record.id)
     }
@@ -1406,33 +1547,61 @@ impl Containers {
     pub fn disconnect(&self, reference: &str, network: &str) -> Result<Container, ContainerError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let c = self.find(reference)?;
-        let nets = self.networks.get().ok_or_else(|| ContainerError::Invalid { what: "network", value: network.into(), why: "this daemon does not use netd".into() })?;
-        let matches = |a: &Attachment, e: Option<&Endpoint>| a.network == network || e.is_some_and(|e| e.network == network || (!e.network_id.is_empty() && e.network_id.starts_with(network)));
-        let at = c.record.networks.iter().enumerate().find(|(i, a)| matches(a, c.endpoints.get(*i))).map(|(i, _)| i).ok_or_else(|| ContainerError::Invalid {
+        let nets = self.networks.get().ok_or_else(|| ContainerError::Invalid {
             what: "network",
             value: network.into(),
-            why: format!("container {} is not connected to it", c.record.name),
+            why: "this daemon does not use netd".into(),
         })?;
-        let name = c.endpoints.get(at).map(|e| e.network.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| c.record.networks[at].network.clone());
+        let matches = |a: &Attachment, e: Option<&Endpoint>| {
+            a.network == network
+                || e.is_some_and(|e| {
+                    e.network == network || (!e.network_id.is_empty() && e.network_id.starts_with(network))
+                })
+        };
+        let at = c
+            .record
+            .networks
+            .iter()
+            .enumerate()
+            .find(|(i, a)| matches(a, c.endpoints.get(*i)))
+            .map(|(i, _)| i)
+            .ok_or_else(|| ContainerError::Invalid {
+                what: "network",
+                value: network.into(),
+                why: format!("container {} is not connected to it", c.record.name),
+            })?;
+        let name = c
+            .endpoints
+            .get(at)
+            .map(|e| e.network.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| c.record.networks[at].network.clone());
         match nets.detach(&c.record.id, Some(&name)) {
             Ok(()) => {}
             Err(e @ NetworkError::Unreachable { .. }) => {
                 tracing::warn!(container = %c.record.name, error = %e, "netd is down: its next sync drops the endpoint");
                 self.net_pending.store(true, std::sync::atomic::Ordering::SeqCst);
             }
-            Err(e) => return Err(ContainerError::Invalid { what: "network", value: network.into(), why: e.to_string() }),
+            Err(e) => {
+                return Err(ContainerError::Invalid { what: "network", value: network.into(), why: e.to_string() });
+            }
         }
         let mut record = c.record.clone();
         record.networks.remove(at);
         self.write_record(&record)?;
         let mut endpoints = c.endpoints.clone();
-        let net_id = endpoints.get(at).map(|e| e.network_id.clone()).filter(|i| !i.is_empty()).unwrap_or_else(|| name.clone());
+        let net_id =
+            endpoints.get(at).map(|e| e.network_id.clone()).filter(|i| !i.is_empty()).unwrap_or_else(|| name.clone());
         if at < endpoints.len() {
             endpoints.remove(at);
         }
         self.set_endpoints(&c.record.id, &endpoints)?;
         drop(_g);
-        let a = crate::events::attrs([("container", c.record.id.clone()), ("name", name.clone()), ("type", "bridge".into())]);
+        let a = crate::events::attrs([
+            ("container", c.record.id.clone()),
+            ("name", name.clone()),
+            ("type", "bridge".into()),
+        ]);
         self.events.emit("network", "disconnect", &net_id, a);
         self.find(&c.record.id)
     }
@@ -1449,8 +1618,11 @@ impl Containers {
         let Some(nets) = self.networks.get() else { return Ok(()) };
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let all: Vec<Container> = self.list();
-        let asked: Vec<(String, String, Vec<Attachment>)> =
-            all.iter().map(|c| (c.record.id.clone(), c.record.name.clone(), c.record.networks.clone())).filter(|(_, _, a)| !a.is_empty()).collect();
+        let asked: Vec<(String, String, Vec<Attachment>)> = all
+            .iter()
+            .map(|c| (c.record.id.clone(), c.record.name.clone(), c.record.networks.clone()))
+            .filter(|(_, _, a)| !a.is_empty())
+            .collect();
         let results = nets.sync(&asked)?;
         self.net_pending.store(false, std::sync::atomic::Ordering::SeqCst);
         for (id, endpoints) in results {
@@ -1523,10 +1695,16 @@ fn ended(status: &Status) -> Option<Ended> {
 /// The container's check: the user's setting laid over the image's
 /// `HEALTHCHECK` (Docker's merge). An image's check Docker would not run
 /// is refused unless the user's setting replaces its test.
-fn health_check(user: &HealthSetting, image: Option<&serde_json::Value>) -> Result<Option<HealthCheck>, ContainerError> {
+fn health_check(
+    user: &HealthSetting,
+    image: Option<&serde_json::Value>,
+) -> Result<Option<HealthCheck>, ContainerError> {
     let image = match image {
         None => HealthSetting::default(),
-        Some(v) => match serde_json::from_value::<ImageHealthcheck>(v.clone()).map_err(|e| e.to_string()).and_then(|h| h.setting()) {
+        Some(v) => match serde_json::from_value::<ImageHealthcheck>(v.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|h| h.setting())
+        {
             Ok(s) => s,
             Err(_) if user.test != Default::default() => HealthSetting::default(),
             Err(why) => {
@@ -1575,12 +1753,18 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 fn mount_overlay(target: &Path, opts: &str) -> Result<(), ContainerError> {
-    let c = |s: &str| CString::new(s).map_err(|e| ContainerError::Invalid { what: "path", value: s.into(), why: e.to_string() });
+    let c = |s: &str| {
+        CString::new(s).map_err(|e| ContainerError::Invalid { what: "path", value: s.into(), why: e.to_string() })
+    };
     let (src, tgt, fstype, data) = (c("overlay")?, c(&target.display().to_string())?, c("overlay")?, c(opts)?);
     // SAFETY: all pointers are valid NUL-terminated strings for the call's duration.
     let r = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fstype.as_ptr(), 0, data.as_ptr().cast()) };
     if r != 0 {
-        return Err(ContainerError::Io { what: "mounting the overlay root at", path: target.to_path_buf(), source: std::io::Error::last_os_error() });
+        return Err(ContainerError::Io {
+            what: "mounting the overlay root at",
+            path: target.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -1616,7 +1800,10 @@ mod tests {
         use shoal_proto::health::HealthTest;
         let image = serde_json::json!({"Test": ["CMD-SHELL", "test -f /ok"], "Interval": 1_000_000_000, "Retries": 1});
         let check = health_check(&HealthSetting::default(), Some(&image)).expect("valid").expect("a check");
-        assert_eq!((check.argv(), check.interval_ms, check.retries), (vec!["/bin/sh".to_string(), "-c".into(), "test -f /ok".into()], 1_000, 1));
+        assert_eq!(
+            (check.argv(), check.interval_ms, check.retries),
+            (vec!["/bin/sh".to_string(), "-c".into(), "test -f /ok".into()], 1_000, 1)
+        );
         assert_eq!(health_check(&HealthSetting::default(), None).expect("valid"), None, "no HEALTHCHECK, no check");
         let bad = serde_json::json!({"Test": ["BOGUS", "x"]});
         let err = health_check(&HealthSetting::default(), Some(&bad)).expect_err("refused").to_string();

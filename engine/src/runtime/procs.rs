@@ -73,7 +73,9 @@ pub fn rows(pids: &[i32]) -> Vec<Vec<String>> {
         };
         let uid: u32 = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").and_then(|r| r.split_whitespace().next()?.parse().ok())))
+            .and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("Uid:").and_then(|r| r.split_whitespace().next()?.parse().ok()))
+            })
             .unwrap_or(0);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmd = if cmdline.is_empty() {

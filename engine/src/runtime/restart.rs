@@ -17,7 +17,9 @@ pub enum RestartPolicy {
     Always,
     UnlessStopped,
     /// Restart after a non-zero exit, at most `max` times (0: no limit).
-    OnFailure { max: u32 },
+    OnFailure {
+        max: u32,
+    },
 }
 
 impl std::str::FromStr for RestartPolicy {
@@ -38,10 +40,16 @@ impl std::str::FromStr for RestartPolicy {
                 };
                 return Ok(RestartPolicy::OnFailure { max });
             }
-            other => return Err(format!("invalid restart policy {other:?}: use no, always, unless-stopped or on-failure[:N]")),
+            other => {
+                return Err(format!(
+                    "invalid restart policy {other:?}: use no, always, unless-stopped or on-failure[:N]"
+                ));
+            }
         };
         if count.is_some() {
-            return Err(format!("maximum retry count cannot be used with restart policy {name:?}: only on-failure takes one"));
+            return Err(format!(
+                "maximum retry count cannot be used with restart policy {name:?}: only on-failure takes one"
+            ));
         }
         Ok(policy)
     }
@@ -182,7 +190,11 @@ mod tests {
             (OnFailure { max: 4 }, 1, &stopped, false, false),
         ];
         for (i, (policy, code, state, starting, want)) in table.iter().enumerate() {
-            assert_eq!(restarts(decide(*policy, ended(*code, 5), state, *starting)), *want, "row {i}: {policy} exit {code}");
+            assert_eq!(
+                restarts(decide(*policy, ended(*code, 5), state, *starting)),
+                *want,
+                "row {i}: {policy} exit {code}"
+            );
         }
     }
 
@@ -191,14 +203,18 @@ mod tests {
         let mut state = RestartState::default();
         let mut delays = vec![];
         for _ in 0..12 {
-            let Decision::Restart { after } = decide(RestartPolicy::Always, ended(1, 50), &state, false) else { panic!() };
+            let Decision::Restart { after } = decide(RestartPolicy::Always, ended(1, 50), &state, false) else {
+                panic!()
+            };
             delays.push(after.as_millis() as u64);
             state = after_restart(&state, after);
         }
         assert_eq!(&delays[..6], &[100, 200, 400, 800, 1600, 3200]);
         assert_eq!(*delays.last().unwrap(), 60_000);
         assert_eq!(state.count, 12);
-        let Decision::Restart { after } = decide(RestartPolicy::Always, ended(1, 10_000), &state, false) else { panic!() };
+        let Decision::Restart { after } = decide(RestartPolicy::Always, ended(1, 10_000), &state, false) else {
+            panic!()
+        };
         assert_eq!(after, FIRST_BACKOFF);
     }
 }

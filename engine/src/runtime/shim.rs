@@ -75,7 +75,11 @@ impl LogConfig {
                     }
                 }
                 Some(("max-file", v)) => {
-                    cfg.max_files = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| format!("max-file {v:?}: a whole number, at least 1"))?;
+                    cfg.max_files = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| format!("max-file {v:?}: a whole number, at least 1"))?;
                 }
                 _ => return Err(format!("unknown log option {o:?}: use max-size=SIZE or max-file=N")),
             }
@@ -209,9 +213,10 @@ fn write_line(stream: &str, line: &[u8], out: &mut LogFile) {
 
 /// The shim's main; returns the process exit code.
 pub fn main(dir: &Path) -> i32 {
-    let cfg: ShimConfig = match std::fs::read(dir.join("shim.json")).map_err(|e| e.to_string()).and_then(|b| {
-        serde_json::from_slice(&b).map_err(|e| e.to_string())
-    }) {
+    let cfg: ShimConfig = match std::fs::read(dir.join("shim.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
         Ok(c) => c,
         Err(e) => {
             write_json(dir, "error.json", &Failed { message: format!("reading shim.json: {e}") });
@@ -261,10 +266,19 @@ fn run(dir: &Path, cfg: &ShimConfig) -> Result<(), String> {
         input = Some(master.try_clone().map_err(|e| format!("dup: {e}"))?);
         out_r = master;
     }
-    let attach = if cfg.tty || cfg.stdin { Some(super::attach::listen(&io_socket(&cfg.state_root, &cfg.id, "attach"))?) } else { None };
+    let attach = if cfg.tty || cfg.stdin {
+        Some(super::attach::listen(&io_socket(&cfg.state_root, &cfg.id, "attach"))?)
+    } else {
+        None
+    };
     let pid = container.pid().map(|p| p.as_raw()).ok_or("the container has no pid")?;
     let shim_pid = std::process::id() as i32;
-    let started = || Started { shim_pid, pid, started_ms: shoal_proto::model::now_ms(), shim_start_ticks: start_ticks(shim_pid).unwrap_or(0) };
+    let started = || Started {
+        shim_pid,
+        pid,
+        started_ms: shoal_proto::model::now_ms(),
+        shim_start_ticks: start_ticks(shim_pid).unwrap_or(0),
+    };
     if let (Some(listener), true) = (&attach, cfg.wait_attach) {
         // `run -i`/`-t` in the foreground: the client attaches before the
         // process starts, so it sees all of its output (it gets 10 s).
@@ -287,12 +301,20 @@ fn run(dir: &Path, cfg: &ShimConfig) -> Result<(), String> {
         super::attach::keep_across_exec(fd.as_raw_fd());
     }
     let exe = CString::new("/proc/self/exe").map_err(|e| e.to_string())?;
-    let mut argv = vec!["shoal".to_string(), "shim-wait".into(), dir.display().to_string(), out_r.as_raw_fd().to_string(), err_r.as_raw_fd().to_string(), pid.to_string()];
+    let mut argv = vec![
+        "shoal".to_string(),
+        "shim-wait".into(),
+        dir.display().to_string(),
+        out_r.as_raw_fd().to_string(),
+        err_r.as_raw_fd().to_string(),
+        pid.to_string(),
+    ];
     if let Some(a) = &attach {
         argv.push(a.as_raw_fd().to_string());
         argv.push(input.as_ref().map_or(-1, |i| i.as_raw_fd()).to_string());
     }
-    let args: Vec<CString> = argv.into_iter().map(|a| CString::new(a).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let args: Vec<CString> =
+        argv.into_iter().map(|a| CString::new(a).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     // SAFETY: exe and argv are valid NUL-terminated strings kept alive across the call.
@@ -314,9 +336,10 @@ pub fn wait_main(args: &[std::ffi::OsString]) -> i32 {
         return 2;
     };
     let dir = Path::new(dir);
-    let Ok(cfg) = std::fs::read(dir.join("shim.json")).map_err(|e| e.to_string()).and_then(|b| {
-        serde_json::from_slice::<ShimConfig>(&b).map_err(|e| e.to_string())
-    }) else {
+    let Ok(cfg) = std::fs::read(dir.join("shim.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<ShimConfig>(&b).map_err(|e| e.to_string()))
+    else {
         return 1;
     };
     // SAFETY: the descriptors were handed to us across exec by the shim and are ours alone.
@@ -343,7 +366,10 @@ fn supervise(
 ) -> Result<(), String> {
     use super::frames;
     let mut log = LogFile::open(dir.join("log"), cfg.log).map_err(|e| format!("opening the log: {e}"))?;
-    let mut streams = [(out_r, LineLog { stream: "stdout", pending: vec![] }, true), (err_r, LineLog { stream: "stderr", pending: vec![] }, true)];
+    let mut streams = [
+        (out_r, LineLog { stream: "stdout", pending: vec![] }, true),
+        (err_r, LineLog { stream: "stderr", pending: vec![] }, true),
+    ];
     let mut buf = vec![0u8; 64 * 1024];
     let mut status: Option<i32> = None;
     loop {
@@ -545,7 +571,9 @@ fn exec(cfg: &ExecConfig) -> Result<i32, (i32, String)> {
     };
     let mut master = None;
     if let Some(listener) = &console {
-        let got = attach::accept(listener.as_raw_fd()).ok_or_else(|| "the process did not connect its terminal".to_string()).and_then(|c| attach::recv_fd(c.as_raw_fd()));
+        let got = attach::accept(listener.as_raw_fd())
+            .ok_or_else(|| "the process did not connect its terminal".to_string())
+            .and_then(|c| attach::recv_fd(c.as_raw_fd()));
         let _ = std::fs::remove_file(&console_path);
         let m = got.map_err(fail)?;
         input = Some(m.try_clone().map_err(|e| fail(format!("dup: {e}")))?);

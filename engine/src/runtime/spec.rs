@@ -129,19 +129,52 @@ pub fn capabilities(add: &[String], drop: &[String]) -> Result<BTreeSet<String>,
 fn all_caps() -> Vec<Capability> {
     use Capability::*;
     vec![
-        AuditControl, AuditRead, AuditWrite, BlockSuspend, Bpf, CheckpointRestore, Chown, DacOverride,
-        DacReadSearch, Fowner, Fsetid, IpcLock, IpcOwner, Kill, Lease, LinuxImmutable, MacAdmin, MacOverride,
-        Mknod, NetAdmin, NetBindService, NetBroadcast, NetRaw, Perfmon, Setgid, Setfcap, Setpcap, Setuid,
-        SysAdmin, SysBoot, SysChroot, SysModule, SysNice, SysPacct, SysPtrace, SysRawio, SysResource, SysTime,
-        SysTtyConfig, Syslog, WakeAlarm,
+        AuditControl,
+        AuditRead,
+        AuditWrite,
+        BlockSuspend,
+        Bpf,
+        CheckpointRestore,
+        Chown,
+        DacOverride,
+        DacReadSearch,
+        Fowner,
+        Fsetid,
+        IpcLock,
+        IpcOwner,
+        Kill,
+        Lease,
+        LinuxImmutable,
+        MacAdmin,
+        MacOverride,
+        Mknod,
+        NetAdmin,
+        NetBindService,
+        NetBroadcast,
+        NetRaw,
+        Perfmon,
+        Setgid,
+        Setfcap,
+        Setpcap,
+        Setuid,
+        SysAdmin,
+        SysBoot,
+        SysChroot,
+        SysModule,
+        SysNice,
+        SysPacct,
+        SysPtrace,
+        SysRawio,
+        SysResource,
+        SysTime,
+        SysTtyConfig,
+        Syslog,
+        WakeAlarm,
     ]
 }
 
 fn to_caps(names: &BTreeSet<String>) -> Result<oci_spec::runtime::Capabilities, SpecError> {
-    names
-        .iter()
-        .map(|n| n.parse::<Capability>().map_err(|_| SpecError::BadCapability(n.clone())))
-        .collect()
+    names.iter().map(|n| n.parse::<Capability>().map_err(|_| SpecError::BadCapability(n.clone()))).collect()
 }
 
 /// Resolves `USER[:GROUP]` against the container's /etc/passwd and /etc/group.
@@ -153,8 +186,10 @@ pub fn resolve_user(user: &str, passwd: &str, group: &str) -> Result<(u32, u32, 
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let pw: Vec<Vec<&str>> = passwd.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 4).collect();
-    let gr: Vec<Vec<&str>> = group.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 3).collect();
+    let pw: Vec<Vec<&str>> =
+        passwd.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 4).collect();
+    let gr: Vec<Vec<&str>> =
+        group.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 3).collect();
     let (uid, name, primary) = match u.parse::<u32>() {
         Ok(uid) => {
             let entry = pw.iter().find(|f| f[2] == u);
@@ -208,12 +243,7 @@ pub fn oci_spec(
     spec.set_root(Some(root));
 
     let (uid, gid, extra) = resolve_user(&run.user, &etc("passwd"), &etc("group"))?;
-    let user = UserBuilder::default()
-        .uid(uid)
-        .gid(gid)
-        .additional_gids(extra)
-        .build()
-        .map_err(build_err)?;
+    let user = UserBuilder::default().uid(uid).gid(gid).additional_gids(extra).build().map_err(build_err)?;
     let cap_names = capabilities(&run.cap_add, &run.cap_drop)?;
     let caps = to_caps(&cap_names)?;
     let caps = LinuxCapabilitiesBuilder::default()
@@ -282,7 +312,9 @@ pub fn oci_spec(
         }
     };
     let mut devices = vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(build_err)?];
-    for (major, minor) in [(1, Some(3)), (1, Some(5)), (1, Some(7)), (1, Some(8)), (1, Some(9)), (5, Some(0)), (5, Some(2)), (136, None)] {
+    for (major, minor) in
+        [(1, Some(3)), (1, Some(5)), (1, Some(7)), (1, Some(8)), (1, Some(9)), (5, Some(0)), (5, Some(2)), (136, None)]
+    {
         devices.push(allow(LinuxDeviceType::C, major, minor).map_err(build_err)?);
     }
     resources = resources.devices(devices);
@@ -381,14 +413,25 @@ mod tests {
         assert_eq!(res.cpu().as_ref().and_then(|c| c.period()), Some(100_000));
         assert_eq!(res.pids().as_ref().map(|p| p.limit()), Some(20));
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/shoal/c1")));
-        let ns: Vec<LinuxNamespaceType> = linux.namespaces().clone().unwrap_or_default().iter().map(|n| n.typ()).collect();
-        for t in [LinuxNamespaceType::Pid, LinuxNamespaceType::Mount, LinuxNamespaceType::Uts, LinuxNamespaceType::Ipc, LinuxNamespaceType::Network] {
+        let ns: Vec<LinuxNamespaceType> =
+            linux.namespaces().clone().unwrap_or_default().iter().map(|n| n.typ()).collect();
+        for t in [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Network,
+        ] {
             assert!(ns.contains(&t), "{t:?} in {ns:?}");
         }
         assert!(linux.masked_paths().as_ref().is_some_and(|p| p.iter().any(|x| x == "/proc/kcore")));
         let p = s.process().as_ref().expect("process");
         assert_eq!(p.no_new_privileges(), Some(true));
-        assert!(p.env().as_ref().is_some_and(|e| e.iter().any(|x| x.starts_with("PATH=")) && e.contains(&"HOSTNAME=c1".to_string())));
+        assert!(
+            p.env()
+                .as_ref()
+                .is_some_and(|e| e.iter().any(|x| x.starts_with("PATH=")) && e.contains(&"HOSTNAME=c1".to_string()))
+        );
         let sys = s.mounts().as_ref().and_then(|m| m.iter().find(|m| m.destination() == Path::new("/sys")).cloned());
         assert!(sys.and_then(|m| m.options().clone()).is_some_and(|o| o.iter().any(|x| x == "ro")));
         // --network host keeps the host's network namespace

@@ -19,7 +19,12 @@ pub struct DirWatch {
 impl DirWatch {
     /// Watches `dir` for files written, created, renamed in or deleted; None if inotify is unavailable.
     pub fn new(dir: &Path) -> Option<DirWatch> {
-        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_DELETE | libc::IN_DELETE_SELF | libc::IN_CLOSE_WRITE;
+        let mask = libc::IN_MODIFY
+            | libc::IN_CREATE
+            | libc::IN_MOVED_TO
+            | libc::IN_DELETE
+            | libc::IN_DELETE_SELF
+            | libc::IN_CLOSE_WRITE;
         DirWatch::with_mask(dir, mask)
     }
 

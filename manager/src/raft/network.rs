@@ -89,8 +89,8 @@ impl GrpcNetwork {
             return Ok(c.clone());
         }
         let cfg = self.tls.borrow_and_update().clone();
-        let channel =
-            shoal_proto::tls::channel(&self.addr, cfg, CONNECT_TIMEOUT).map_err(|e| Msg(format!("{}: {e}", self.addr)))?;
+        let channel = shoal_proto::tls::channel(&self.addr, cfg, CONNECT_TIMEOUT)
+            .map_err(|e| Msg(format!("{}: {e}", self.addr)))?;
         let c = RaftClient::new(channel).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20);
         self.client = Some(c.clone());
         Ok(c)
@@ -117,7 +117,12 @@ impl GrpcNetwork {
         };
         let reply = match tokio::time::timeout(ttl, fut).await {
             Err(_) => {
-                return Err(RPCError::Timeout(Timeout { action: kind.rpc_type(), id: self.self_id, target: self.target, timeout: ttl }));
+                return Err(RPCError::Timeout(Timeout {
+                    action: kind.rpc_type(),
+                    id: self.self_id,
+                    target: self.target,
+                    timeout: ttl,
+                }));
             }
             Ok(Err(status)) => {
                 let e = Msg(format!("{} ({}): {}", self.addr, status.code(), status.message()));

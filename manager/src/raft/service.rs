@@ -87,7 +87,11 @@ impl pb::raft_server::Raft for RaftService {
                 let owner = state.nodes.values().find(|n| n.raft_id == raft_id);
                 match owner {
                     Some(n) if n.id == caller.node_id && n.spec.role == Role::Manager => {}
-                    _ => return Err(Status::permission_denied(format!("raft id {raft_id} is not assigned to the calling manager"))),
+                    _ => {
+                        return Err(Status::permission_denied(format!(
+                            "raft id {raft_id} is not assigned to the calling manager"
+                        )));
+                    }
                 }
                 drop(state);
                 tracing::info!(raft.id = raft_id, %addr, node.id = %caller.node_id, "adding a voter");

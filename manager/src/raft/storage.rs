@@ -18,8 +18,8 @@ use openraft::alias::{EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMember
 use openraft::storage::{EntryResponder, IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{EntryPayload, LogState, RaftLogReader, RaftSnapshotBuilder};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::TypeConfig;
 use crate::state::{ObjKey, Response, State};
@@ -64,7 +64,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
     tokio::task::spawn_blocking(f).await.map_err(io_err)?
 }
 
-fn get_meta<T: DeserializeOwned>(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str) -> io::Result<Option<T>> {
+fn get_meta<T: DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> io::Result<Option<T>> {
     let txn = db.begin_read().map_err(io_err)?;
     let t = txn.open_table(table).map_err(io_err)?;
     match t.get(key).map_err(io_err)? {
@@ -262,7 +266,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = Vec<u8>;
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
         Ok(self.store.applied())
     }
 
@@ -338,13 +344,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder { db: self.db.clone(), store: self.store.clone() }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, snapshot: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
         let state: State = dec(&snapshot)?;
         let stored = enc(&StoredSnapshot { meta: meta.clone(), data: snapshot })?;
-        let rows: Vec<(String, Vec<u8>)> = all_keys(&state)
-            .into_iter()
-            .filter_map(|k| state.encode(&k).map(|v| (k.db_key(), v)))
-            .collect();
+        let rows: Vec<(String, Vec<u8>)> =
+            all_keys(&state).into_iter().filter_map(|k| state.encode(&k).map(|v| (k.db_key(), v))).collect();
         let applied = meta.last_log_id;
         let membership = meta.last_membership.clone();
         let (a, m) = (applied, membership.clone());
@@ -429,7 +437,10 @@ pub fn force_single_voter(db: &Database, raft_id: u64, addr: &str) -> io::Result
                 None => None,
             }
         };
-        let prev = last.map(|e| e.log_id).or(purged).ok_or_else(|| io::Error::other("the Raft log is empty: nothing to recover"))?;
+        let prev = last
+            .map(|e| e.log_id)
+            .or(purged)
+            .ok_or_else(|| io::Error::other("the Raft log is empty: nothing to recover"))?;
         let membership = openraft::Membership::<u64, openraft::BasicNode>::new(
             vec![std::collections::BTreeSet::from([raft_id])],
             std::collections::BTreeMap::from([(raft_id, openraft::BasicNode { addr: addr.to_string() })]),
