@@ -1,7 +1,8 @@
 //! The API boundary: wire types generated from `proto/shoal.proto` (`pb`), the
 //! domain model the managers store (`model`, `service`, `health`), netd's API types
 //! (`net`), join tokens and transport security (`token`, `tls`). It owns no state
-//! and never does I/O beyond the sockets it is handed.
+//! and does no I/O beyond the sockets it is handed, except `probe`: the liveness
+//! probe binds its own UDP sockets and runs the node's responder on a thread.
 
 pub mod health;
 pub mod model;

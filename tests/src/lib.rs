@@ -1,3 +1,5 @@
-//! Multi-host lab tests and the in-process cluster harness.
+//! Multi-host lab tests: `lab` drives `deploy/lab` (lab hosts in network namespaces)
+//! for the tests in `tests/`. The in-process cluster harness lives with the manager
+//! (`manager/tests/cluster_sim.rs`).
 
 pub mod lab;
