@@ -14,6 +14,14 @@ log() { echo "[$(date -u +%T)] $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
 now_ms() { date +%s%3N; }
 
+# need_bench_cmds: the binary under test has `shoal bench` (the load generators are
+# built only with `--features bench`), or the figure stops with what to do.
+need_bench_cmds() {
+  local b=${SHOAL_BIN:-$REPO/target/debug/shoal}
+  "$b" bench --help >/dev/null 2>&1 \
+    || die "$b has no load generators: build it with \`cargo build --release -p shoal --features bench\` and set SHOAL_BIN"
+}
+
 # ---------------------------------------------------------------- statistics
 # numbers on stdin, one per line (anything non-numeric is ignored)
 _nums() { grep -E '^-?[0-9]+(\.[0-9]+)?$' | sort -g; }

@@ -6,6 +6,7 @@
 # each. Goals: ≥ 15,000 QPS; p50 ≤ 100 µs at 1k QPS.
 set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/../lib.sh"
+need_bench_cmds
 ROUNDS=${BENCH_DNS_ROUNDS:-3}
 RATE=${BENCH_DNS_RATE:-1000}
 lab_with_image bench:dns sleep

@@ -5,6 +5,7 @@
 # into a network namespace of its own first: nothing outside it is touched. Goal ≤ 100 ms.
 set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/../lib.sh"
+need_bench_cmds
 N=${BENCH_NETSYNC_PORTS:-1000}
 bin=${SHOAL_BIN:-$REPO/target/debug/shoal}
 [ -x "$bin" ] || die "no shoal binary at $bin"

@@ -5,6 +5,7 @@
 # Raft entry committed (fsync'd) on a quorum. Also reports latency on stderr.
 set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/../lib.sh"
+need_bench_cmds
 SECS=${BENCH_WRITE_SECS:-10}
 C=${BENCH_WRITE_CLIENTS:-32}
 

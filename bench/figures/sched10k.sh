@@ -4,6 +4,7 @@
 # state machine's apply. (The write itself is split into entries of 2,000 changes.) Goal ≤ 1 s.
 set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/../lib.sh"
+need_bench_cmds
 bin=${SHOAL_BIN:-$REPO/target/debug/shoal}
 out=$(timeout 300 "$bin" bench sched --nodes 1000 --tasks 10000 --rounds 5) || die "shoal bench sched failed"
 extra=$(python3 -c 'import json,sys; d=json.load(sys.stdin); print("plan_ms=%.0f encode_ms=%.0f apply_ms=%.0f entry_bytes=%d" % (d["plan_ms"], d["encode_ms"], d["apply_ms"], d["entry_bytes"]))' <<< "$out")

@@ -198,7 +198,9 @@ pub enum Cmd {
         #[arg(required = true)]
         containers: Vec<String>,
     },
-    /// Load generators for the benchmark figures (bench/run uses them).
+    /// Load generators for the benchmark figures (bench/run uses them); only in a
+    /// binary built with `--features bench`.
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
     Bench(BenchCmd),
     /// Disk usage and removal of unused data.
@@ -520,6 +522,7 @@ pub enum ImageCmd {
     },
 }
 
+#[cfg(feature = "bench")]
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
     /// Durable writes per second through the control API (prints JSON).

@@ -16,6 +16,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Swarm(c) => return swarm(&cli, c).await,
         Cmd::Node(c) => return node(&cli, c).await,
         Cmd::Service(c) => return crate::services::run(&cli, c).await,
+        #[cfg(feature = "bench")]
         Cmd::Bench(c) => return crate::bench::run(&cli, c).await,
         Cmd::System(c) => return crate::system::run(&cli, c).await,
         Cmd::Container(c) => return crate::system::container(&cli, c).await,

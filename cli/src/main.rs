@@ -1,6 +1,7 @@
 //! The `shoal` binary: `shoal daemon`, `shoal netd`, and the client commands.
 
 mod args;
+#[cfg(feature = "bench")]
 mod bench;
 mod client;
 mod commands;
