@@ -229,6 +229,9 @@ impl Worker {
     /// One pass (blocking).
     fn reconcile(self: &Arc<Self>) {
         let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Starts in flight before the containers are listed: one that ends after the
+        // listing has a container this pass cannot see, and must not be started again.
+        let in_flight = self.starting.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mine: HashMap<String, Container> = self
             .containers
             .list()
@@ -263,6 +266,7 @@ impl Worker {
                     None if t.status.state.is_terminal() => {}
                     None if now_ms() < t.not_before_ms => {} // a restart's back-off
                     None if t.spec.ports.iter().any(|p| held.contains(&(p.published, p.protocol.as_str()))) => {}
+                    None if in_flight.contains(&t.id) => {}
                     None => self.start_soon(t),
                     // With a health check, running means healthy (the engine's verdict).
                     Some(c) => match (observed(c), c.health.as_ref().map(|h| h.status)) {
@@ -361,11 +365,6 @@ impl Worker {
     }
 
     fn start(&self, t: &Task) {
-        // A pass that listed the containers just before an earlier start of this task
-        // finished asks again: the container is there, and the next pass observes it.
-        if self.containers.find(&t.container_name()).is_ok() {
-            return;
-        }
         self.report(t, TaskStatus { state: TaskState::Preparing, message: "preparing".into(), ..Default::default() });
         if self.images.inspect(&t.spec.image).is_err() {
             let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();

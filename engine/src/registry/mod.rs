@@ -35,6 +35,12 @@ use tokio::sync::mpsc;
 
 pub use auth::{Challenge, Credentials, parse_challenges};
 pub use pull::{pull, resolve};
+
+/// A user's image reference, or the registry error that says what is wrong with it.
+fn parse_reference(input: &str) -> Result<crate::images::Reference, RegistryError> {
+    crate::images::Reference::parse(input)
+        .map_err(|reason| RegistryError::InvalidReference { input: input.to_string(), reason })
+}
 pub use push::push;
 
 use crate::images::{Digest, ImageError};

@@ -51,8 +51,7 @@ async fn pull_image(
     creds: Option<Credentials>,
     tx: &ProgressTx,
 ) -> Result<(), RegistryError> {
-    let r = Reference::parse(input)
-        .map_err(|reason| RegistryError::InvalidReference { input: input.to_string(), reason })?;
+    let r = super::parse_reference(input)?;
     let shown = r.to_string();
     let wanted = match (r.digest(), r.tag()) {
         (Some(d), _) => d.to_string(),
@@ -187,8 +186,7 @@ fn mismatch(s: &Session<'_>, what: &str, expected: &Digest, actual: Digest) -> R
 /// that every node runs the same image. A reference with a digest is returned
 /// as it is.
 pub async fn resolve(regs: &Registries, input: &str, creds: Option<Credentials>) -> Result<String, RegistryError> {
-    let r = Reference::parse(input)
-        .map_err(|reason| RegistryError::InvalidReference { input: input.to_string(), reason })?;
+    let r = super::parse_reference(input)?;
     if r.digest().is_some() {
         return Ok(input.to_string());
     }

@@ -13,7 +13,7 @@ use super::auth::query_escape;
 use super::http::{self, Body};
 use super::{Credentials, ProgressTx, Registries, RegistryError, Session, say, short};
 use crate::images::manifest::{DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST};
-use crate::images::{Digest, ImageError, ImageStore, Reference, gzip_file};
+use crate::images::{Digest, ImageError, ImageStore, gzip_file};
 
 pub async fn push(
     regs: &Registries,
@@ -22,8 +22,7 @@ pub async fn push(
     creds: Option<Credentials>,
     tx: &ProgressTx,
 ) -> Result<(), RegistryError> {
-    let r = Reference::parse(input)
-        .map_err(|reason| RegistryError::InvalidReference { input: input.to_string(), reason })?;
+    let r = super::parse_reference(input)?;
     if r.digest().is_some() {
         return Err(RegistryError::InvalidReference {
             input: input.to_string(),
