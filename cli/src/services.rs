@@ -245,11 +245,8 @@ fn unpinned(image: &str) -> String {
 }
 
 /// An image as `service ls` and `ps` show it: without the pinned digest, as Docker does.
-fn shown_image(image: &str) -> &str {
-    match image.split_once('@') {
-        Some((named, _)) if named.rsplit('/').next().is_some_and(|last| last.contains(':')) => named,
-        _ => image,
-    }
+fn shown_image(image: &str) -> String {
+    unpinned(image)
 }
 
 /// Docker's durations: `300ms`, `5s`, `1m30s`, `2h`.
@@ -649,7 +646,7 @@ async fn ls(control: &mut Control, quiet: bool, format: Format) -> anyhow::Resul
                 spec.name.clone(),
                 spec.mode.as_str().into(),
                 replicas,
-                shown_image(&spec.task.image).to_string(),
+                shown_image(&spec.task.image),
                 ports.join(","),
             ]
         })
@@ -785,7 +782,7 @@ fn print_tasks(mut ts: Vec<(Task, String)>, quiet: bool, no_trunc: bool, format:
         rows.push(vec![
             id,
             name,
-            shown_image(&t.spec.image).to_string(),
+            shown_image(&t.spec.image),
             node.clone(),
             capitalize(t.desired.as_str()),
             format!("{} {}", capitalize(t.status.state.as_str()), ago(t.status.at_ms)),
