@@ -249,56 +249,18 @@ fn shown_image(image: &str) -> String {
     unpinned(image)
 }
 
-/// Docker's durations: `300ms`, `5s`, `1m30s`, `2h`.
+/// Docker's durations (`300ms`, `5s`, `1m30s`, `2h`) in milliseconds.
 pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        bail!("invalid duration {s:?}");
-    }
-    if let Ok(secs) = rest.parse::<f64>() {
-        return Ok((secs * 1000.0) as u64);
-    }
-    while !rest.is_empty() {
-        let c = rest.chars().next().unwrap_or_default();
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            rest = &rest[1..];
-            continue;
-        }
-        let (unit, len) = if rest.starts_with("ms") {
-            (1.0, 2)
-        } else if rest.starts_with('s') {
-            (1000.0, 1)
-        } else if rest.starts_with('m') {
-            (60_000.0, 1)
-        } else if rest.starts_with('h') {
-            (3_600_000.0, 1)
-        } else {
-            bail!("invalid duration {s:?}: use a number with ms, s, m or h (5s, 1m30s)");
-        };
-        let n: f64 = num.parse().with_context(|| format!("invalid duration {s:?}"))?;
-        total += n * unit;
-        num.clear();
-        rest = &rest[len..];
-    }
-    if !num.is_empty() {
-        bail!("invalid duration {s:?}: a unit is missing (5s)");
-    }
-    Ok(total as u64)
+    shoal_proto::parse::duration_ms(s).map_err(anyhow::Error::msg)
 }
 
 fn parse_cpus(s: &str) -> anyhow::Result<u64> {
-    let v: f64 = s.parse().with_context(|| format!("invalid CPUs {s:?}: a number such as 0.5"))?;
-    if v.is_nan() || v <= 0.0 {
-        bail!("invalid CPUs {s:?}: more than 0");
-    }
+    let v = shoal_proto::parse::cpus(s).map_err(|e| anyhow::anyhow!("invalid CPUs {s:?}: {e}"))?;
     Ok((v * 1e9) as u64)
 }
 
 fn parse_bytes(s: &str) -> anyhow::Result<u64> {
-    shoal_engine::runtime::parse_size(s).map(|b| b as u64).map_err(|e| anyhow::anyhow!("invalid size {s:?}: {e}"))
+    shoal_proto::parse::size(s).map(|b| b as u64).map_err(|e| anyhow::anyhow!("invalid size {s:?}: {e}"))
 }
 
 /// `published=8080,target=80,protocol=tcp,mode=host` or `8080:80[/udp]`.
@@ -902,12 +864,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_and_ports_parse_like_docker() {
-        assert_eq!(parse_duration("5s").unwrap(), 5000);
-        assert_eq!(parse_duration("300ms").unwrap(), 300);
-        assert_eq!(parse_duration("1m30s").unwrap(), 90_000);
-        assert_eq!(parse_duration("2").unwrap(), 2000);
-        assert!(parse_duration("5x").is_err() && parse_duration("").is_err() && parse_duration("5m3").is_err());
+    fn ports_parse_like_docker() {
         let p = parse_publish("published=8080,target=80,mode=host").unwrap();
         assert_eq!((p.published, p.target, p.protocol.as_str()), (8080, 80, "tcp"));
         assert_eq!(parse_publish("53:5353/udp").unwrap().protocol, "udp");

@@ -235,74 +235,7 @@ pub struct ExecRequest {
     pub interactive: bool,
 }
 
-/// A signal by name (`TERM`, `SIGKILL`) or number.
-pub fn signal_number(s: &str) -> Result<i32, String> {
-    let name = s.trim().to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    if let Ok(n) = name.parse::<i32>() {
-        return if (1..=64).contains(&n) {
-            Ok(n)
-        } else {
-            Err(format!("invalid signal {s:?}: numbers go from 1 to 64"))
-        };
-    }
-    Ok(match name {
-        "KILL" => libc::SIGKILL,
-        "TERM" => libc::SIGTERM,
-        "INT" => libc::SIGINT,
-        "HUP" => libc::SIGHUP,
-        "QUIT" => libc::SIGQUIT,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "STOP" => libc::SIGSTOP,
-        "CONT" => libc::SIGCONT,
-        "WINCH" => libc::SIGWINCH,
-        "ALRM" => libc::SIGALRM,
-        "PWR" => libc::SIGPWR,
-        _ => return Err(format!("invalid signal {s:?}: use a name like TERM or a number")),
-    })
-}
-
-/// Parses Docker's memory limits: a size of at least 6 MB.
-pub fn parse_memory(s: &str) -> Result<i64, String> {
-    let bytes = parse_size(s)?;
-    if bytes < 6 << 20 {
-        return Err("minimum memory limit allowed is 6MB".into());
-    }
-    Ok(bytes)
-}
-
-/// Parses Docker's sizes: `64m`, `1g`, `512k`, `1048576`, `64MB`.
-pub fn parse_size(s: &str) -> Result<i64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.strip_suffix('b').filter(|x| x.ends_with(['k', 'm', 'g', 't'])).unwrap_or(&t);
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        Some('t') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    let v: f64 = num.parse().map_err(|_| "expected a number with an optional unit (b, k, m, g)".to_string())?;
-    if v.is_nan() || v < 0.0 {
-        return Err("a size cannot be negative".into());
-    }
-    Ok((v * mult as f64) as i64)
-}
-
-/// Parses `--cpus`: a positive number of CPUs, at most the host's.
-pub fn parse_cpus(s: &str, host_cpus: usize) -> Result<f64, String> {
-    let v: f64 = s.trim().parse().map_err(|_| "expected a number of CPUs such as 0.5 or 2".to_string())?;
-    if v.is_nan() || v <= 0.0 {
-        return Err("the number of CPUs must be positive".into());
-    }
-    if v > host_cpus as f64 {
-        return Err(format!(
-            "range of CPUs is from 0.01 to {host_cpus}.00, as there are only {host_cpus} CPUs available"
-        ));
-    }
-    Ok(v)
-}
+pub use shoal_proto::parse::signal_number;
 
 /// What `run` settled beyond the OCI config.
 struct Settings {
@@ -497,18 +430,20 @@ impl Containers {
         }
         let memory_bytes = match req.memory.as_str() {
             "" => None,
-            m => {
-                Some(parse_memory(m).map_err(|why| ContainerError::Invalid { what: "memory", value: m.into(), why })?)
-            }
+            m => Some(shoal_proto::parse::memory(m).map_err(|why| ContainerError::Invalid {
+                what: "memory",
+                value: m.into(),
+                why,
+            })?),
         };
         let host_cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let cpus = match req.cpus.as_str() {
             "" => None,
-            c => Some(parse_cpus(c, host_cpus).map_err(|why| ContainerError::Invalid {
-                what: "cpus",
-                value: c.into(),
-                why,
-            })?),
+            c => Some(
+                shoal_proto::parse::cpus(c)
+                    .and_then(|v| shoal_proto::parse::cpus_within(v, host_cpus))
+                    .map_err(|why| ContainerError::Invalid { what: "cpus", value: c.into(), why })?,
+            ),
         };
         fn invalid(what: &'static str, value: &str) -> impl FnOnce(String) -> ContainerError + use<> {
             let value = value.to_string();
@@ -1786,16 +1721,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn memory_sizes_parse_like_docker() {
-        assert_eq!(parse_memory("64m"), Ok(64 << 20));
-        assert_eq!(parse_memory("64MB"), Ok(64 << 20));
-        assert_eq!(parse_memory("1g"), Ok(1 << 30));
-        assert_eq!(parse_memory("10485760"), Ok(10 << 20));
-        assert!(parse_memory("1m").unwrap_err().contains("6MB"));
-        assert!(parse_memory("lots").is_err());
-    }
-
-    #[test]
     fn an_images_healthcheck_is_read_and_a_bad_one_refused_unless_replaced() {
         use shoal_proto::health::HealthTest;
         let image = serde_json::json!({"Test": ["CMD-SHELL", "test -f /ok"], "Interval": 1_000_000_000, "Retries": 1});
@@ -1812,14 +1737,5 @@ mod tests {
         assert_eq!(health_check(&none, Some(&bad)).expect("replaced"), None);
         let own = HealthSetting { test: HealthTest::Shell("true".into()), ..Default::default() };
         assert!(health_check(&own, Some(&bad)).expect("replaced").is_some());
-    }
-
-    #[test]
-    fn cpus_are_bounded_by_the_host() {
-        assert_eq!(parse_cpus("0.5", 2), Ok(0.5));
-        assert!(parse_cpus("3", 2).unwrap_err().contains("only 2 CPUs"));
-        assert!(parse_cpus("0", 2).is_err());
-        assert!(parse_cpus("-1", 2).is_err());
-        assert!(parse_cpus("x", 2).is_err());
     }
 }

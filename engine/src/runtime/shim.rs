@@ -68,7 +68,7 @@ impl LogConfig {
         for o in opts {
             match o.split_once('=') {
                 Some(("max-size", v)) => {
-                    let bytes = super::parse_size(v).map_err(|e| format!("max-size {v:?}: {e}"))?;
+                    let bytes = shoal_proto::parse::size(v).map_err(|e| format!("max-size {v:?}: {e}"))?;
                     cfg.max_size = u64::try_from(bytes).map_err(|_| format!("max-size {v:?} must be positive"))?;
                     if cfg.max_size < 4096 {
                         return Err(format!("max-size {v:?} is too small: at least 4k"));
