@@ -3,7 +3,8 @@
 //! the leader's dispatcher (`session`), the worker that runs the tasks it is
 //! assigned on the engine (`worker`), the cluster's events while it runs a
 //! manager (`cluster_events`) and the lifecycle that joins, leaves, and starts
-//! or stops the manager role when the cluster says so (`daemon`). Images,
+//! or stops the manager role when the cluster says so (`daemon`), and the
+//! wiring that starts all of it in order and stops it on one token (`node`). Images,
 //! containers, volumes and their networks are `shoal-engine`'s. This crate
 //! never writes cluster state except through a manager's API, and never
 //! changes the host's network.
@@ -12,6 +13,7 @@ pub mod cluster_events;
 pub mod daemon;
 pub mod identity;
 pub mod local;
+pub mod node;
 pub mod session;
 pub mod worker;
 

@@ -1,9 +1,9 @@
-//! `shoal daemon` and `shoal netd`: start, serve, stop on SIGTERM/SIGINT.
+//! `shoal daemon` and `shoal netd`: the process around them (logging,
+//! signals); the node's and netd's own wiring live in their crates.
 
 use std::path::Path;
 
-use anyhow::Context;
-use shoal_agent::{Daemon, DaemonConfig};
+use shoal_agent::node::NodeConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{DaemonArgs, NetdArgs};
@@ -26,116 +26,35 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-async fn signalled() {
+/// A token cancelled at the first SIGTERM or SIGINT.
+fn cancelled_on_signal() -> CancellationToken {
     use tokio::signal::unix::{SignalKind, signal};
+    let cancel = CancellationToken::new();
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return std::future::pending().await;
+        return cancel;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        token.cancel();
+    });
+    cancel
 }
 
 pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
     init_tracing();
-    let cgroup_parent = args.cgroup_parent.clone();
-    let insecure_registry = args.insecure_registry.clone();
-    std::fs::create_dir_all(&args.data_root).with_context(|| format!("create {}", args.data_root.display()))?;
-    // cgroup v2: the containers' parent, and every cgroup above it, must be valid before the first container.
-    // A layout that cannot work is refused; a cgroupfs we may not write (read-only, in a container) only
-    // fails the containers, as before, not the daemon's other work.
-    {
-        use shoal_engine::runtime::cgroup_layout::{CgroupError, HOST_ROOT, prepare};
-        match prepare(Path::new(HOST_ROOT), &cgroup_parent) {
-            Ok(()) => {}
-            Err(e @ CgroupError::Io { .. }) => {
-                tracing::warn!(error = %e, "cannot prepare the containers' cgroup parent; containers will fail to start")
-            }
-            Err(e) => return Err(e).context("the containers' cgroup parent (--cgroup-parent)"),
-        }
-    }
-    let daemon = Daemon::new(DaemonConfig {
-        data_root: args.data_root,
-        socket: socket.to_path_buf(),
-        listen_addr: args.listen_addr,
-        // empty: none (the installed unit passes its setting even when it is unset)
-        advertise_addr: args.advertise_addr.filter(|a| !a.is_empty()),
-        hostname: hostname(),
-    });
-    let images = std::sync::Arc::new(shoal_engine::images::ImageStore::open(&daemon.cfg.data_root.join("images"))?);
-    let volumes = std::sync::Arc::new(shoal_engine::volumes::VolumeStore::open(&daemon.cfg.data_root.join("volumes"))?);
-    let containers = std::sync::Arc::new(shoal_engine::runtime::Containers::open(
-        &daemon.cfg.data_root.join("containers"),
-        std::path::Path::new("/run/shoal/runtime"),
-        &cgroup_parent,
-        images.clone(),
-        volumes.clone(),
-    )?);
-    let registries = std::sync::Arc::new(
-        shoal_engine::registry::Registries::new(daemon.cfg.data_root.join("certs.d"), insecure_registry)
-            .map_err(anyhow::Error::msg)?,
-    );
-    containers.set_networks(std::sync::Arc::new(shoal_engine::network::Networks::new(
-        std::path::Path::new("/run/shoal/netd.sock"),
-        std::path::Path::new("/run/shoal/netns"),
-        tokio::runtime::Handle::current(),
-    )));
-    let worker =
-        shoal_agent::worker::Worker::new(containers.clone(), images.clone(), registries.clone(), &daemon.cfg.hostname);
-    tokio::spawn(worker.clone().run());
-    daemon.set_worker(worker);
-    daemon.resume().await?;
-    containers.supervise();
-    containers.keep_networks();
-    tokio::spawn(shoal_agent::cluster_events::follow_cluster(daemon.clone(), containers.events()));
-    registries.set_events(containers.events());
-    let cancel = CancellationToken::new();
-    let server = tokio::spawn(shoal_agent::local::serve(
-        daemon.clone(),
-        images,
-        containers,
-        volumes,
-        registries,
-        socket.to_path_buf(),
-        cancel.clone(),
-    ));
-    tracing::info!(socket = %socket.display(), version = shoal_proto::VERSION, "shoal daemon ready");
-    tokio::select! {
-        _ = signalled() => tracing::info!("stopping"),
-        r = server => { r??; return Ok(()); }
-    }
-    cancel.cancel();
-    daemon.shutdown().await;
-    Ok(())
+    let mut cfg = NodeConfig::new(args.data_root, socket.to_path_buf(), args.listen_addr, hostname());
+    // empty: none (the installed unit passes its setting even when it is unset)
+    cfg.advertise_addr = args.advertise_addr.filter(|a| !a.is_empty());
+    cfg.cgroup_parent = args.cgroup_parent;
+    cfg.insecure_registries = args.insecure_registry;
+    shoal_agent::node::run(cfg, cancelled_on_signal()).await
 }
 
-/// `shoal netd`: owns the host's network. Serves its API on a unix socket
-/// and reconciles the kernel against its state until SIGTERM/SIGINT.
 pub async fn run_netd(args: NetdArgs) -> anyhow::Result<()> {
     init_tracing();
-    if let Some(dir) = args.socket.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if args.socket.exists() {
-        if std::os::unix::net::UnixStream::connect(&args.socket).is_ok() {
-            anyhow::bail!("another netd is already listening on {}", args.socket.display());
-        }
-        std::fs::remove_file(&args.socket)?;
-    }
-    // Containers' traffic is routed through this host's network namespace.
-    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
-        tracing::warn!(error = %e, "cannot turn on IPv4 forwarding: published ports and egress will not work");
-    }
-    let host = shoal_netd::sys::connect()?;
-    let netd = shoal_netd::service::Netd::open(&args.data_root.join("netd"), host)?;
-    tokio::spawn(netd.clone().run());
-    let listener = tokio::net::UnixListener::bind(&args.socket)?;
-    tracing::info!(socket = %args.socket.display(), "shoal netd ready");
-    tonic::transport::Server::builder()
-        .add_service(shoal_proto::pb::netd_server::NetdServer::new(shoal_netd::service::NetdService(netd)))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), signalled())
-        .await?;
-    let _ = std::fs::remove_file(&args.socket);
-    Ok(())
+    shoal_netd::service::serve(&args.socket, &args.data_root, cancelled_on_signal()).await
 }

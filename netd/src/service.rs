@@ -168,10 +168,14 @@ impl Netd {
     }
 
     /// Reconciles every `RESYNC`, repairing what changed behind netd's back.
-    pub async fn run(self: Arc<Self>) {
+    /// Reconciles the kernel against the state every [`RESYNC`] until `cancel` fires.
+    pub async fn run(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
         loop {
             self.sync().await;
-            tokio::time::sleep(RESYNC).await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
         }
     }
 
@@ -492,4 +496,34 @@ fn attach_response(e: &EndpointSpec, n: &NetworkSpec) -> pb::AttachResponse {
         gateway: if n.internal { String::new() } else { n.gateway.to_string() },
         ports: e.ports.iter().map(PortMap::to_pb).collect(),
     }
+}
+
+/// `shoal netd`: owns the host's network. Serves its API on the unix socket
+/// `socket`, keeps its state under `data_root/netd`, and reconciles the kernel
+/// against that state until `cancel` fires.
+pub async fn serve(socket: &Path, data_root: &Path, cancel: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            anyhow::bail!("another netd is already listening on {}", socket.display());
+        }
+        std::fs::remove_file(socket)?;
+    }
+    // Containers' traffic is routed through this host's network namespace.
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+        tracing::warn!(error = %e, "cannot turn on IPv4 forwarding: published ports and egress will not work");
+    }
+    let host = crate::sys::connect()?;
+    let netd = Netd::open(&data_root.join("netd"), host)?;
+    tokio::spawn(netd.clone().run(cancel.child_token()));
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    tracing::info!(socket = %socket.display(), "shoal netd ready");
+    tonic::transport::Server::builder()
+        .add_service(shoal_proto::pb::netd_server::NetdServer::new(NetdService(netd)))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), cancel.cancelled())
+        .await?;
+    let _ = std::fs::remove_file(socket);
+    Ok(())
 }
