@@ -38,7 +38,7 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
         return bad("--replicas applies to replicated services only".into());
     }
     for c in &spec.task.constraints {
-        crate::orchestrator::valid_constraint(c).map_err(Status::invalid_argument)?;
+        crate::constraint::valid_constraint(c).map_err(Status::invalid_argument)?;
     }
     let mut seen = std::collections::BTreeSet::new();
     for p in &spec.task.ports {

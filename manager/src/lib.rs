@@ -6,7 +6,9 @@
 pub mod api;
 pub mod auth;
 pub mod ca;
+pub mod constraint;
 pub mod dispatcher;
+pub mod leader;
 pub mod liveness;
 pub mod manager;
 pub mod orchestrator;

@@ -263,7 +263,7 @@ impl Manager {
                         );
                         *self.leader_token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
                         tokio::spawn(self.dispatcher.clone().lead(self.clone(), token.clone()));
-                        tokio::spawn(crate::orchestrator::lead(self.clone(), token));
+                        tokio::spawn(crate::leader::lead(self.clone(), token));
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "leadership not confirmed yet");
