@@ -16,8 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{self, Caller};
 use crate::ca;
-use crate::dispatcher::manager_addrs;
-use crate::manager::{Manager, Route};
+use crate::manager::{Manager, Route, manager_addrs};
 use crate::state::{Command, NodeChange, Response as Applied};
 use shoal_proto::service::{Mode, RegistryAuth, ServiceSpec, TaskState};
 

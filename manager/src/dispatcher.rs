@@ -20,17 +20,13 @@ use shoal_proto::pb;
 use shoal_proto::probe::Outcome;
 use shoal_proto::service::{Task, TaskState, TaskStatus};
 use tokio::sync::{Notify, broadcast, mpsc};
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
 use crate::liveness::{Action, Liveness, Timing};
-use crate::manager::{Manager, Route};
-use crate::state::{Command, NodeStatusUpdate, ObjKey};
+use crate::manager::{Manager, Route, manager_addrs};
+use crate::state::{NodeStatusUpdate, ObjKey};
 use crate::store::{Event, Store};
-
-/// How often pending status changes are written and liveness is judged.
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -89,56 +85,43 @@ impl Dispatcher {
         self.inner.wake.notify_one();
     }
 
-    /// Leader-only: flushes status batches and declares silent nodes down.
-    pub async fn lead(self, mgr: Arc<Manager>, token: CancellationToken) {
-        // Every node gets a full grace period to find the new leader.
+    /// A new term: every node gets a full grace period to find the new leader.
+    pub(crate) fn reset_liveness(&self) {
         self.liveness().reset();
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = tick.tick() => {}
-                _ = self.inner.wake.notified() => {}
-            }
-            self.expire();
-            let reports: HashMap<String, Vec<(String, TaskStatus)>> =
-                std::mem::take(&mut *self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner()));
-            for (node_id, updates) in reports {
-                if let Err(e) =
-                    mgr.write(Command::TaskStatus { node_id: node_id.clone(), updates: updates.clone() }).await
-                {
-                    // Nodes send only what changed, so what was not written is queued
-                    // again, before anything newer from that node.
-                    tracing::warn!(error = %e, node.id = %node_id, "task status write failed; will retry");
-                    let mut queued = self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner());
-                    let newer = queued.remove(&node_id).unwrap_or_default();
-                    queued.insert(node_id, updates.into_iter().chain(newer).collect());
-                }
-            }
-            let batch: Vec<NodeStatusUpdate> =
-                std::mem::take(&mut *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()));
-            if batch.is_empty() {
-                continue;
-            }
-            let n = batch.len();
-            if let Err(e) = mgr.write(Command::NodeStatus { updates: batch.clone() }).await {
-                tracing::warn!(error = %e, updates = n, "status write failed; will retry");
-                {
-                    let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
-                    let newer = std::mem::take(&mut *pending);
-                    *pending = batch;
-                    pending.extend(newer);
-                }
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-            }
-        }
+    }
+
+    /// Returns when something was queued (a report, a session's end, a probe's answer).
+    pub(crate) async fn woken(&self) {
+        self.inner.wake.notified().await
+    }
+
+    /// The task reports queued since the last flush, by node.
+    pub(crate) fn take_task_reports(&self) -> HashMap<String, Vec<(String, TaskStatus)>> {
+        std::mem::take(&mut *self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Queues reports that were not written again, before anything newer from that node.
+    pub(crate) fn requeue_task_reports(&self, node_id: String, updates: Vec<(String, TaskStatus)>) {
+        let mut queued = self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = queued.remove(&node_id).unwrap_or_default();
+        queued.insert(node_id, updates.into_iter().chain(newer).collect());
+    }
+
+    /// The node status changes queued since the last flush.
+    pub(crate) fn take_node_statuses(&self) -> Vec<NodeStatusUpdate> {
+        std::mem::take(&mut *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Queues status changes that were not written again, before anything newer.
+    pub(crate) fn requeue_node_statuses(&self, batch: Vec<NodeStatusUpdate>) {
+        let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = std::mem::take(&mut *pending);
+        *pending = batch;
+        pending.extend(newer);
     }
 
     /// Judges liveness: sends the probes it asks for and queues the downs.
-    fn expire(&self) {
+    pub(crate) fn expire(&self) {
         let state = self.inner.store.read();
         let nodes: Vec<(String, bool)> =
             state.nodes.values().map(|n| (n.id.clone(), n.status.state == NodeState::Down)).collect();
@@ -413,9 +396,8 @@ impl Dispatcher {
     }
 
     /// What a node should know about itself, from the current state.
-    fn session_state(&self, mgr: &Manager, node_id: &str) -> pb::SessionState {
+    fn session_state(&self, managers: Vec<String>, node_id: &str) -> pb::SessionState {
         let state = self.inner.store.read();
-        let managers = manager_addrs(mgr);
         match state.nodes.get(node_id) {
             Some(n) => pb::SessionState {
                 heartbeat_period_ms: self.heartbeat_period().as_millis() as u32,
@@ -427,15 +409,6 @@ impl Dispatcher {
             None => pb::SessionState { removed: true, managers, ..Default::default() },
         }
     }
-}
-
-/// Addresses of the Raft members, leader first.
-pub fn manager_addrs(mgr: &Manager) -> Vec<String> {
-    let m = mgr.metrics();
-    let mut addrs: Vec<(bool, String)> =
-        m.membership_config.nodes().map(|(id, n)| (Some(*id) != m.current_leader, n.addr.clone())).collect();
-    addrs.sort();
-    addrs.into_iter().map(|(_, a)| a).collect()
 }
 
 /// Unregisters a session's stream when its task ends (if no newer one
@@ -534,7 +507,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         tokio::spawn(async move {
             // Moved whole, so it drops when the session ends.
             let mut guard = guard;
-            let mut last = d.session_state(&mgr, &node_id);
+            let mut last = d.session_state(manager_addrs(&mgr), &node_id);
             if tx.send(msg(pb::manager_message::Msg::State(last.clone()))).await.is_err() {
                 return;
             }
@@ -599,7 +572,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                     r = membership.changed() => { if r.is_err() { return; } true }
                 };
                 if refresh {
-                    let now = d.session_state(&mgr, &node_id);
+                    let now = d.session_state(manager_addrs(&mgr), &node_id);
                     if now != last {
                         last = now.clone();
                         if tx.send(msg(pb::manager_message::Msg::State(now))).await.is_err() {
