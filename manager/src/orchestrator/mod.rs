@@ -12,7 +12,7 @@
 //!   time, stop-first or start-first. When new tasks fail beyond the update's
 //!   failure ratio, it pauses or rolls back to the previous spec.
 //! - Scheduler (the only writer of `node_id`): filters (ready, active,
-//!   constraints, reservations, host ports, max per node), each able to say
+//!   constraints, CPU limit, reservations, host ports, max per node), each able to say
 //!   why a node was refused; then spread (fewest tasks of this service, then
 //!   fewest tasks overall), after spreading over a label's values when asked.
 //! - History: a slot keeps its `HISTORY` newest ended tasks.
@@ -354,6 +354,27 @@ mod tests {
                 .values()
                 .any(|t| t.status.err == "no suitable node (host-mode port already in use on 2 nodes)")
         );
+    }
+
+    #[test]
+    fn a_cpu_limit_above_every_node_leaves_the_task_pending_and_says_why() {
+        let mut w = five();
+        let big = w.service("big", |s| {
+            s.replicas = 2;
+            s.task.limit_nano_cpus = 4_000_000_000;
+        });
+        w.settle();
+        let tasks: Vec<&Task> = w.state.tasks.values().filter(|t| t.service_id == big).collect();
+        assert_eq!(tasks.len(), 2, "one task per slot, not one per rejection");
+        for t in &tasks {
+            assert!(t.node_id.is_empty() && t.status.state == TaskState::Pending, "{t:?}");
+            assert_eq!(t.status.err, "no suitable node (insufficient CPUs for the limit on 5 nodes)");
+        }
+        // A node big enough takes them; one that did not say how many CPUs it has is taken to fit.
+        w.state.nodes.get_mut("n4").unwrap().description.nano_cpus = 8_000_000_000;
+        w.state.nodes.get_mut("n5").unwrap().description.nano_cpus = 0;
+        w.settle();
+        assert_eq!(w.per_node(&big), BTreeMap::from([("n4".to_string(), 1), ("n5".to_string(), 1)]));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use shoal_proto::model::Node;
-use shoal_proto::service::{Task, TaskState, TaskStatus};
+use shoal_proto::model::{Node, NodeDescription};
+use shoal_proto::service::{Task, TaskSpec, TaskState, TaskStatus};
 
 use super::refusal;
 use crate::state::{State, TaskChange};
@@ -136,6 +136,14 @@ pub(super) fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
     out.extend(extra);
 }
 
+/// Whether the node has as many CPUs as the task's `--limit-cpu` (a node
+/// refuses a limit above its CPUs, so such a task stays pending instead of
+/// being rejected by every node in turn). A node that did not say how many
+/// CPUs it has (0) is taken to fit.
+fn cpu_limit_fits(spec: &TaskSpec, node: &NodeDescription) -> bool {
+    spec.limit_nano_cpus == 0 || node.nano_cpus == 0 || spec.limit_nano_cpus <= node.nano_cpus
+}
+
 /// The node for `t`, or why there is none.
 fn place(
     state: &State,
@@ -164,7 +172,9 @@ fn place(
     for (node, load) in state.nodes.values().zip(loads.values()) {
         let mine = load.per_service.get(&t.service_id).copied().unwrap_or(0);
         let refused = refusal(node, spec).or_else(|| {
-            if spec.reserve_memory > 0 && load.memory + spec.reserve_memory > node.description.memory_bytes {
+            if !cpu_limit_fits(spec, &node.description) {
+                Some("insufficient CPUs for the limit")
+            } else if spec.reserve_memory > 0 && load.memory + spec.reserve_memory > node.description.memory_bytes {
                 Some("insufficient memory")
             } else if spec.reserve_nano_cpus > 0 && load.cpus + spec.reserve_nano_cpus > node.description.nano_cpus {
                 Some("insufficient CPU")
@@ -198,6 +208,31 @@ fn place(
             let parts: Vec<String> =
                 why.iter().map(|(r, n)| format!("{r} on {n} node{}", if *n == 1 { "" } else { "s" })).collect();
             Err(format!("no suitable node ({})", parts.join("; ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpu_limit_fits_a_node_with_as_many_cpus_or_an_unknown_count() {
+        const CPU: u64 = 1_000_000_000;
+        // (limit, node's CPUs, fits)
+        let table = [
+            (0, 2 * CPU, true),       // no limit
+            (0, 0, true),             // no limit, unknown node
+            (CPU / 2, 2 * CPU, true), // below
+            (2 * CPU, 2 * CPU, true), // exactly all of them
+            (2 * CPU + 1, 2 * CPU, false),
+            (4 * CPU, 2 * CPU, false),
+            (64 * CPU, 0, true), // the node did not say: taken to fit
+        ];
+        for (limit, cpus, fits) in table {
+            let spec = TaskSpec { limit_nano_cpus: limit, ..Default::default() };
+            let node = NodeDescription { nano_cpus: cpus, ..Default::default() };
+            assert_eq!(cpu_limit_fits(&spec, &node), fits, "limit {limit} on a node with {cpus}");
         }
     }
 }
