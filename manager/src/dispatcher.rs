@@ -21,6 +21,7 @@ use shoal_proto::probe::Outcome;
 use shoal_proto::service::{Task, TaskState, TaskStatus};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::auth;
 use crate::liveness::{Action, Liveness, Timing};
@@ -457,9 +458,11 @@ fn msg(m: pb::manager_message::Msg) -> Result<pb::ManagerMessage, Status> {
 impl pb::dispatcher_server::Dispatcher for DispatcherService {
     type SessionStream = SessionStream;
 
+    #[tracing::instrument(skip_all, fields(node.id = tracing::field::Empty))]
     async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<SessionStream>, Status> {
         let mgr = self.mgr.clone();
         let id = auth::require_node(&req, &mgr.cfg.cluster_id, &[Role::Manager, Role::Worker])?;
+        tracing::Span::current().record("node.id", id.node_id.as_str());
         let Some(token) = mgr.leadership() else {
             return Err(match mgr.route(&req).await {
                 Ok(Route::Leader { addr, .. }) => {
@@ -482,7 +485,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             _ => return Err(Status::invalid_argument("a session starts with a hello")),
         };
         let node_id = id.node_id.clone();
-        tracing::info!(node.id = %node_id, hostname = %hello.hostname, "session started");
+        tracing::info!(hostname = %hello.hostname, "session started");
         let d = mgr.dispatcher.clone();
         d.seen(&node_id);
         d.report(NodeStatusUpdate {
@@ -504,7 +507,9 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         d.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(node_id.clone(), tx.clone());
         let mut events = mgr.store.subscribe();
         let guard = SessionGuard { d: d.clone(), node_id: node_id.clone(), tx: tx.clone(), goodbye: false };
-        tokio::spawn(async move {
+        // The session's task stays in this RPC's span, for as long as the stream lasts.
+        let span = tracing::Span::current();
+        let session = async move {
             // Moved whole, so it drops when the session ends.
             let mut guard = guard;
             let mut last = d.session_state(manager_addrs(&mgr), &node_id);
@@ -544,13 +549,13 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             false
                         }
                         Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Goodbye(_)) })) => {
-                            tracing::info!(node.id = %node_id, "node said goodbye: it is restarting");
+                            tracing::info!("node said goodbye: it is restarting");
                             guard.goodbye = true;
                             false
                         }
                         Ok(Some(_)) => false,
                         Ok(None) | Err(_) => {
-                            tracing::info!(node.id = %node_id, "session ended");
+                            tracing::info!("session ended");
                             return;
                         }
                     },
@@ -581,7 +586,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                     }
                 }
             }
-        });
+        };
+        tokio::spawn(session.instrument(span));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

@@ -305,7 +305,7 @@ impl Manager {
             };
             let Some(peer) = ev.identity else { continue };
             let m = self.metrics();
-            tracing::debug!(peer = %peer.node_id, remote = ?ev.remote, leader = ?m.current_leader, state = ?m.state, "peer connection closed");
+            tracing::debug!(node.id = %peer.node_id, remote = ?ev.remote, leader = ?m.current_leader, state = ?m.state, "peer connection closed");
             let Some(leader) = m.current_leader else { continue };
             if leader == self.cfg.raft_id || m.state != ServerState::Follower {
                 continue;
