@@ -380,7 +380,7 @@ impl Dispatcher {
         }
     }
 
-    fn report_tasks(&self, node_id: &str, reports: Vec<pb::TaskStatusReport>) {
+    pub(crate) fn report_tasks(&self, node_id: &str, reports: Vec<pb::TaskStatusReport>) {
         let updates: Vec<(String, TaskStatus)> =
             reports.into_iter().filter_map(|r| Some((r.task_id, serde_json::from_str(&r.status_json).ok()?))).collect();
         if updates.is_empty() {

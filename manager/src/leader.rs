@@ -165,7 +165,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     use shoal_proto::model::{Availability, Meta, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
-    use shoal_proto::service::{ServiceSpec, TaskState};
+    use shoal_proto::service::{ServiceSpec, Task, TaskState};
 
     use super::*;
     use crate::state::Request;
@@ -256,6 +256,44 @@ mod tests {
         let nodes: std::collections::BTreeSet<String> =
             p.store.read().tasks.values().map(|t| t.node_id.clone()).collect();
         assert_eq!(nodes.len(), 2, "spread over both nodes");
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the loop ends with its term")
+            .expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn the_dispatcher_loop_writes_task_reports_and_requeues_a_failed_write() {
+        let p = Arc::new(Applier { store: Store::new(), index: AtomicU64::new(0), fail_next: AtomicBool::new(true) });
+        p.store
+            .apply_batch(|state, _, _| {
+                state.nodes.insert("a".into(), node("a"));
+                let status = TaskStatus { state: TaskState::Assigned, ..Default::default() };
+                let task = Task {
+                    id: "t1".into(),
+                    node_id: "a".into(),
+                    desired: TaskState::Running,
+                    status,
+                    ..Default::default()
+                };
+                state.tasks.insert("t1".into(), task);
+                Vec::new()
+            })
+            .publish();
+        let d = Dispatcher::new(p.store.clone());
+        let token = CancellationToken::new();
+        let running = tokio::spawn(dispatch(d.clone(), p.clone(), token.clone()));
+        // The node reports once (it sends only what changed); the first write fails.
+        let status = TaskStatus { state: TaskState::Running, ..Default::default() };
+        let report = shoal_proto::pb::TaskStatusReport {
+            task_id: "t1".into(),
+            status_json: serde_json::to_string(&status).expect("json"),
+        };
+        d.report_tasks("a", vec![report]);
+        let written = until(&p.store, |s| s.tasks["t1"].status.state == TaskState::Running).await;
+        assert!(written, "the report was written after the failed write: {:?}", p.store.read().tasks["t1"].status);
+        assert!(!p.fail_next.load(Ordering::SeqCst), "a write failed first");
         token.cancel();
         tokio::time::timeout(Duration::from_secs(5), running)
             .await
