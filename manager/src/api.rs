@@ -16,8 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{self, Caller};
 use crate::ca;
-use crate::dispatcher::manager_addrs;
-use crate::manager::{Manager, Route};
+use crate::manager::{Manager, Route, manager_addrs};
 use crate::state::{Command, NodeChange, Response as Applied};
 use shoal_proto::service::{Mode, RegistryAuth, ServiceSpec, TaskState};
 
@@ -38,7 +37,7 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
         return bad("--replicas applies to replicated services only".into());
     }
     for c in &spec.task.constraints {
-        crate::orchestrator::valid_constraint(c).map_err(Status::invalid_argument)?;
+        crate::constraint::valid_constraint(c).map_err(Status::invalid_argument)?;
     }
     let mut seen = std::collections::BTreeSet::new();
     for p in &spec.task.ports {
@@ -62,6 +61,12 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
         return bad("--rollback-failure-action is pause or continue: a rollback does not roll back".into());
     }
     Ok(())
+}
+
+/// Names the object an RPC turned out to be about, in its span (declared
+/// empty by `#[instrument]`, since a request names it by id or name).
+fn record(field: &str, id: &str) {
+    tracing::Span::current().record(field, id);
 }
 
 /// Serves the call here on the leader, or forwards it there on behalf of
@@ -155,6 +160,7 @@ impl ControlService {
 impl pb::control_server::Control for ControlService {
     type ServiceLogsStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::TaskLogLine, Status>> + Send>>;
 
+    #[tracing::instrument(skip_all, fields(service.id = tracing::field::Empty))]
     async fn service_logs(
         &self,
         req: Request<pb::ServiceLogsRequest>,
@@ -171,6 +177,7 @@ impl pb::control_server::Control for ControlService {
         let tasks: Vec<(String, String, String, String)> = {
             let state = self.mgr.store.read();
             let svc = state.find_service(&r.service).map_err(Status::not_found)?;
+            record("service.id", &svc.id);
             state
                 .tasks
                 .values()
@@ -189,6 +196,7 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok))))
     }
 
+    #[tracing::instrument(skip_all, fields(service.id = tracing::field::Empty))]
     async fn create_service(&self, req: Request<pb::ServiceCreateRequest>) -> Result<Response<pb::ServiceRef>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, create_service);
@@ -200,14 +208,17 @@ impl pb::control_server::Control for ControlService {
             return Err(Status::already_exists(format!("service {} already exists", spec.name)));
         }
         let id = new_node_id();
+        record("service.id", &id);
         self.mgr.write(Command::CreateService { id: id.clone(), spec, auth }).await?;
         Ok(Response::new(pb::ServiceRef { id }))
     }
 
+    #[tracing::instrument(skip_all, fields(service.id = tracing::field::Empty))]
     async fn update_service(&self, req: Request<pb::ServiceUpdateRequest>) -> Result<Response<pb::ServiceRef>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, update_service);
         let svc = self.mgr.store.read().find_service(&r.id).cloned().map_err(Status::not_found)?;
+        record("service.id", &svc.id);
         let spec: ServiceSpec = if r.rollback {
             svc.spec.clone()
         } else {
@@ -227,14 +238,17 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::ServiceRef { id: svc.id }))
     }
 
+    #[tracing::instrument(skip_all, fields(service.id = tracing::field::Empty))]
     async fn remove_service(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::Empty>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, remove_service);
         let svc = self.mgr.store.read().find_service(&r.id).cloned().map_err(Status::not_found)?;
+        record("service.id", &svc.id);
         self.mgr.write(Command::RemoveService { id: svc.id }).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_services(&self, req: Request<pb::Empty>) -> Result<Response<pb::JsonDoc>, Status> {
         let caller = self.authorize(&req)?;
         let _ = route!(self, req, caller, ControlClient, list_services);
@@ -265,6 +279,7 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::JsonDoc { json: serde_json::to_string(&list).unwrap_or_default() }))
     }
 
+    #[tracing::instrument(skip_all, fields(service.id = tracing::field::Empty, node.id = tracing::field::Empty))]
     async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Result<Response<pb::JsonDoc>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, list_tasks);
@@ -275,11 +290,17 @@ impl pb::control_server::Control for ControlService {
         } else {
             Some(state.find_service(&r.service).map_err(Status::not_found)?.id.clone())
         };
+        if let Some(id) = &service {
+            record("service.id", id);
+        }
         let node = if r.node.is_empty() {
             None
         } else {
             Some(state.find_node(&r.node).map_err(Status::not_found)?.id.clone())
         };
+        if let Some(id) = &node {
+            record("node.id", id);
+        }
         let list: Vec<serde_json::Value> = state
             .tasks
             .values()
@@ -293,6 +314,7 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::JsonDoc { json: serde_json::to_string(&list).unwrap_or_default() }))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         let caller = self.authorize(&req)?;
         let _ = route!(self, req, caller, ControlClient, list_nodes);
@@ -302,17 +324,22 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
+    #[tracing::instrument(skip_all, fields(node.id = tracing::field::Empty))]
     async fn inspect_node(&self, req: Request<pb::NodeRef>) -> Result<Response<pb::Node>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, inspect_node);
         self.mgr.linearizable().await?;
-        Ok(Response::new(self.node_pb(&self.find(&r.id)?)))
+        let node = self.find(&r.id)?;
+        record("node.id", &node.id);
+        Ok(Response::new(self.node_pb(&node)))
     }
 
+    #[tracing::instrument(skip_all, fields(node.id = tracing::field::Empty))]
     async fn update_node(&self, req: Request<pb::UpdateNodeRequest>) -> Result<Response<pb::Node>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, update_node);
         let node = self.find(&r.id)?;
+        record("node.id", &node.id);
         let mut change = NodeChange::default();
         if !r.availability.is_empty() {
             change.availability = Some(r.availability.parse::<Availability>().map_err(Status::invalid_argument)?);
@@ -351,10 +378,12 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(self.node_pb(&self.find(&node.id)?)))
     }
 
+    #[tracing::instrument(skip_all, fields(node.id = tracing::field::Empty))]
     async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::Empty>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, remove_node);
         let node = self.find(&r.id)?;
+        record("node.id", &node.id);
         if node.spec.role == Role::Manager {
             return Err(Status::failed_precondition(format!(
                 "node {} is a manager; demote it first (`shoal node demote {}`)",
@@ -371,6 +400,7 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::Empty {}))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn join_token(&self, req: Request<pb::JoinTokenRequest>) -> Result<Response<pb::JoinTokenResponse>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, join_token);
@@ -390,6 +420,7 @@ impl pb::control_server::Control for ControlService {
         }))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn cluster_info(&self, req: Request<pb::Empty>) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         let caller = self.authorize(&req)?;
         let _ = route!(self, req, caller, ControlClient, cluster_info);
@@ -415,6 +446,7 @@ pub struct CaService {
 
 #[tonic::async_trait]
 impl pb::ca_server::Ca for CaService {
+    #[tracing::instrument(skip_all, fields(node.id = tracing::field::Empty))]
     async fn issue_node_certificate(
         &self,
         req: Request<pb::IssueRequest>,
@@ -422,7 +454,10 @@ impl pb::ca_server::Ca for CaService {
         // A caller with a valid certificate renews; anyone else needs a token.
         let caller = auth::caller(&req, &self.mgr.cfg.cluster_id)?;
         let renewing = match &caller {
-            Caller::Node(id) => Some(id.clone()),
+            Caller::Node(id) => {
+                record("node.id", &id.node_id);
+                Some(id.clone())
+            }
             Caller::Local | Caller::Anonymous => None,
         };
         let r = route!(self, req, caller, CaClient, issue_node_certificate);
@@ -473,6 +508,7 @@ impl pb::ca_server::Ca for CaService {
                     status: NodeStatus { state: NodeState::Unknown, message: "joining".into() },
                     meta: Default::default(),
                 };
+                record("node.id", &node.id);
                 // Sign first: a bad CSR must not leave a half-registered node.
                 let cert = ca::sign_node(
                     &cluster.root_ca,

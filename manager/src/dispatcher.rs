@@ -20,17 +20,14 @@ use shoal_proto::pb;
 use shoal_proto::probe::Outcome;
 use shoal_proto::service::{Task, TaskState, TaskStatus};
 use tokio::sync::{Notify, broadcast, mpsc};
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::auth;
 use crate::liveness::{Action, Liveness, Timing};
-use crate::manager::{Manager, Route};
-use crate::state::{Command, NodeStatusUpdate, ObjKey};
+use crate::manager::{Manager, Route, manager_addrs};
+use crate::state::{NodeStatusUpdate, ObjKey};
 use crate::store::{Event, Store};
-
-/// How often pending status changes are written and liveness is judged.
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -89,56 +86,43 @@ impl Dispatcher {
         self.inner.wake.notify_one();
     }
 
-    /// Leader-only: flushes status batches and declares silent nodes down.
-    pub async fn lead(self, mgr: Arc<Manager>, token: CancellationToken) {
-        // Every node gets a full grace period to find the new leader.
+    /// A new term: every node gets a full grace period to find the new leader.
+    pub(crate) fn reset_liveness(&self) {
         self.liveness().reset();
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = tick.tick() => {}
-                _ = self.inner.wake.notified() => {}
-            }
-            self.expire();
-            let reports: HashMap<String, Vec<(String, TaskStatus)>> =
-                std::mem::take(&mut *self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner()));
-            for (node_id, updates) in reports {
-                if let Err(e) =
-                    mgr.write(Command::TaskStatus { node_id: node_id.clone(), updates: updates.clone() }).await
-                {
-                    // Nodes send only what changed, so what was not written is queued
-                    // again, before anything newer from that node.
-                    tracing::warn!(error = %e, node.id = %node_id, "task status write failed; will retry");
-                    let mut queued = self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner());
-                    let newer = queued.remove(&node_id).unwrap_or_default();
-                    queued.insert(node_id, updates.into_iter().chain(newer).collect());
-                }
-            }
-            let batch: Vec<NodeStatusUpdate> =
-                std::mem::take(&mut *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()));
-            if batch.is_empty() {
-                continue;
-            }
-            let n = batch.len();
-            if let Err(e) = mgr.write(Command::NodeStatus { updates: batch.clone() }).await {
-                tracing::warn!(error = %e, updates = n, "status write failed; will retry");
-                {
-                    let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
-                    let newer = std::mem::take(&mut *pending);
-                    *pending = batch;
-                    pending.extend(newer);
-                }
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-            }
-        }
+    }
+
+    /// Returns when something was queued (a report, a session's end, a probe's answer).
+    pub(crate) async fn woken(&self) {
+        self.inner.wake.notified().await
+    }
+
+    /// The task reports queued since the last flush, by node.
+    pub(crate) fn take_task_reports(&self) -> HashMap<String, Vec<(String, TaskStatus)>> {
+        std::mem::take(&mut *self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Queues reports that were not written again, before anything newer from that node.
+    pub(crate) fn requeue_task_reports(&self, node_id: String, updates: Vec<(String, TaskStatus)>) {
+        let mut queued = self.inner.task_reports.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = queued.remove(&node_id).unwrap_or_default();
+        queued.insert(node_id, updates.into_iter().chain(newer).collect());
+    }
+
+    /// The node status changes queued since the last flush.
+    pub(crate) fn take_node_statuses(&self) -> Vec<NodeStatusUpdate> {
+        std::mem::take(&mut *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Queues status changes that were not written again, before anything newer.
+    pub(crate) fn requeue_node_statuses(&self, batch: Vec<NodeStatusUpdate>) {
+        let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = std::mem::take(&mut *pending);
+        *pending = batch;
+        pending.extend(newer);
     }
 
     /// Judges liveness: sends the probes it asks for and queues the downs.
-    fn expire(&self) {
+    pub(crate) fn expire(&self) {
         let state = self.inner.store.read();
         let nodes: Vec<(String, bool)> =
             state.nodes.values().map(|n| (n.id.clone(), n.status.state == NodeState::Down)).collect();
@@ -396,7 +380,7 @@ impl Dispatcher {
         }
     }
 
-    fn report_tasks(&self, node_id: &str, reports: Vec<pb::TaskStatusReport>) {
+    pub(crate) fn report_tasks(&self, node_id: &str, reports: Vec<pb::TaskStatusReport>) {
         let updates: Vec<(String, TaskStatus)> =
             reports.into_iter().filter_map(|r| Some((r.task_id, serde_json::from_str(&r.status_json).ok()?))).collect();
         if updates.is_empty() {
@@ -413,9 +397,8 @@ impl Dispatcher {
     }
 
     /// What a node should know about itself, from the current state.
-    fn session_state(&self, mgr: &Manager, node_id: &str) -> pb::SessionState {
+    fn session_state(&self, managers: Vec<String>, node_id: &str) -> pb::SessionState {
         let state = self.inner.store.read();
-        let managers = manager_addrs(mgr);
         match state.nodes.get(node_id) {
             Some(n) => pb::SessionState {
                 heartbeat_period_ms: self.heartbeat_period().as_millis() as u32,
@@ -427,15 +410,6 @@ impl Dispatcher {
             None => pb::SessionState { removed: true, managers, ..Default::default() },
         }
     }
-}
-
-/// Addresses of the Raft members, leader first.
-pub fn manager_addrs(mgr: &Manager) -> Vec<String> {
-    let m = mgr.metrics();
-    let mut addrs: Vec<(bool, String)> =
-        m.membership_config.nodes().map(|(id, n)| (Some(*id) != m.current_leader, n.addr.clone())).collect();
-    addrs.sort();
-    addrs.into_iter().map(|(_, a)| a).collect()
 }
 
 /// Unregisters a session's stream when its task ends (if no newer one
@@ -484,9 +458,11 @@ fn msg(m: pb::manager_message::Msg) -> Result<pb::ManagerMessage, Status> {
 impl pb::dispatcher_server::Dispatcher for DispatcherService {
     type SessionStream = SessionStream;
 
+    #[tracing::instrument(skip_all, fields(node.id = tracing::field::Empty))]
     async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<SessionStream>, Status> {
         let mgr = self.mgr.clone();
         let id = auth::require_node(&req, &mgr.cfg.cluster_id, &[Role::Manager, Role::Worker])?;
+        tracing::Span::current().record("node.id", id.node_id.as_str());
         let Some(token) = mgr.leadership() else {
             return Err(match mgr.route(&req).await {
                 Ok(Route::Leader { addr, .. }) => {
@@ -509,7 +485,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             _ => return Err(Status::invalid_argument("a session starts with a hello")),
         };
         let node_id = id.node_id.clone();
-        tracing::info!(node.id = %node_id, hostname = %hello.hostname, "session started");
+        tracing::info!(hostname = %hello.hostname, "session started");
         let d = mgr.dispatcher.clone();
         d.seen(&node_id);
         d.report(NodeStatusUpdate {
@@ -531,10 +507,12 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         d.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(node_id.clone(), tx.clone());
         let mut events = mgr.store.subscribe();
         let guard = SessionGuard { d: d.clone(), node_id: node_id.clone(), tx: tx.clone(), goodbye: false };
-        tokio::spawn(async move {
+        // The session's task stays in this RPC's span, for as long as the stream lasts.
+        let span = tracing::Span::current();
+        let session = async move {
             // Moved whole, so it drops when the session ends.
             let mut guard = guard;
-            let mut last = d.session_state(&mgr, &node_id);
+            let mut last = d.session_state(manager_addrs(&mgr), &node_id);
             if tx.send(msg(pb::manager_message::Msg::State(last.clone()))).await.is_err() {
                 return;
             }
@@ -571,13 +549,13 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             false
                         }
                         Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Goodbye(_)) })) => {
-                            tracing::info!(node.id = %node_id, "node said goodbye: it is restarting");
+                            tracing::info!("node said goodbye: it is restarting");
                             guard.goodbye = true;
                             false
                         }
                         Ok(Some(_)) => false,
                         Ok(None) | Err(_) => {
-                            tracing::info!(node.id = %node_id, "session ended");
+                            tracing::info!("session ended");
                             return;
                         }
                     },
@@ -599,7 +577,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                     r = membership.changed() => { if r.is_err() { return; } true }
                 };
                 if refresh {
-                    let now = d.session_state(&mgr, &node_id);
+                    let now = d.session_state(manager_addrs(&mgr), &node_id);
                     if now != last {
                         last = now.clone();
                         if tx.send(msg(pb::manager_message::Msg::State(now))).await.is_err() {
@@ -608,7 +586,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                     }
                 }
             }
-        });
+        };
+        tokio::spawn(session.instrument(span));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

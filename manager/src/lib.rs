@@ -1,12 +1,16 @@
 //! The manager role: the Raft-replicated cluster state (`raft`, `store`,
 //! `state`), the APIs that change it (`api`), the certificate authority
-//! (`ca`), agent sessions (`dispatcher`) and the server that exposes them.
+//! (`ca`), agent sessions (`dispatcher`), the pure orchestrator and scheduler
+//! (`orchestrator`), the leader-only loops that write their results (`leader`)
+//! and the server that exposes them.
 //! It never runs containers or touches the host's network.
 
 pub mod api;
 pub mod auth;
 pub mod ca;
+pub mod constraint;
 pub mod dispatcher;
+pub mod leader;
 pub mod liveness;
 pub mod manager;
 pub mod orchestrator;

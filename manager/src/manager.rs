@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::dispatcher::Dispatcher;
+use crate::leader::Proposer;
 use crate::raft::network::{CONNECT_TIMEOUT, GrpcNetworkFactory};
 use crate::raft::storage::{self, LogStore, StateMachine};
 use crate::raft::{self, Raft, TypeConfig};
@@ -257,13 +258,12 @@ impl Manager {
                     Ok(_) => {
                         let token = self.cancel.child_token();
                         tracing::info!(
-                            raft.id = self.cfg.raft_id,
-                            term = self.metrics().current_term,
+                            node.id = %self.cfg.node_id,
+                            raft.term = self.metrics().current_term,
                             "leadership confirmed; starting leader loops"
                         );
                         *self.leader_token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
-                        tokio::spawn(self.dispatcher.clone().lead(self.clone(), token.clone()));
-                        tokio::spawn(crate::orchestrator::lead(self.clone(), token));
+                        crate::leader::start(self.clone(), self.dispatcher.clone(), token);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "leadership not confirmed yet");
@@ -275,7 +275,7 @@ impl Manager {
                     }
                 }
             } else if !leading && running {
-                tracing::info!(raft.id = self.cfg.raft_id, "leadership lost; stopping leader loops");
+                tracing::info!(node.id = %self.cfg.node_id, "leadership lost; stopping leader loops");
                 if let Some(t) = self.leader_token.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     t.cancel();
                 }
@@ -305,7 +305,7 @@ impl Manager {
             };
             let Some(peer) = ev.identity else { continue };
             let m = self.metrics();
-            tracing::debug!(peer = %peer.node_id, remote = ?ev.remote, leader = ?m.current_leader, state = ?m.state, "peer connection closed");
+            tracing::debug!(node.id = %peer.node_id, remote = ?ev.remote, leader = ?m.current_leader, state = ?m.state, "peer connection closed");
             let Some(leader) = m.current_leader else { continue };
             if leader == self.cfg.raft_id || m.state != ServerState::Follower {
                 continue;
@@ -350,7 +350,7 @@ impl Manager {
         if rank == usize::MAX {
             return; // a learner does not campaign
         }
-        tracing::warn!(raft.id = self.cfg.raft_id, leader, %addr, rank, "leader process is gone; starting an election without waiting for timeouts");
+        tracing::warn!(node.id = %self.cfg.node_id, leader, %addr, rank, "leader process is gone; starting an election without waiting for timeouts");
         // `to` = the first survivor: it campaigns as in a leadership transfer;
         // the others only drop their lease so they can grant it a vote.
         let to = survivors[0];
@@ -368,6 +368,32 @@ impl Manager {
                 let _ = self.raft.handle_transfer_leader(req).await;
             }
         }
+    }
+}
+
+/// Addresses of the Raft members, leader first.
+pub fn manager_addrs(mgr: &Manager) -> Vec<String> {
+    let m = mgr.metrics();
+    let mut addrs: Vec<(bool, String)> =
+        m.membership_config.nodes().map(|(id, n)| (Some(*id) != m.current_leader, n.addr.clone())).collect();
+    addrs.sort();
+    addrs.into_iter().map(|(_, a)| a).collect()
+}
+
+/// The leader loops reach this manager only through its store and its writes.
+impl Proposer for Manager {
+    type Error = Status;
+
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<Response, Status> {
+        self.write(cmd).await
+    }
+
+    fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
     }
 }
 

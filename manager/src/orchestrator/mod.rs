@@ -12,20 +12,26 @@
 //!   time, stop-first or start-first. When new tasks fail beyond the update's
 //!   failure ratio, it pauses or rolls back to the previous spec.
 //! - Scheduler (the only writer of `node_id`): filters (ready, active,
-//!   constraints, reservations, host ports, max per node), each able to say
+//!   constraints, CPU limit, reservations, host ports, max per node), each able to say
 //!   why a node was refused; then spread (fewest tasks of this service, then
 //!   fewest tasks overall), after spreading over a label's values when asked.
 //! - History: a slot keeps its `HISTORY` newest ended tasks.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod reaper;
+mod scheduler;
+mod slot;
+mod update;
+
+use std::collections::HashMap;
 
 use shoal_proto::model::{Availability, Node, NodeState};
-use shoal_proto::service::{
-    MAX_RESTART_DELAY_MS, Mode, RestartCondition, Service, Task, TaskSpec, TaskState, TaskStatus, UpdateOrder,
-    UpdateState,
-};
+use shoal_proto::service::{Task, TaskSpec, TaskState};
 
+use crate::constraint::constraint_holds;
 use crate::state::{State, TaskChange};
+use reaper::reap;
+use scheduler::schedule;
+use slot::Orchestrator;
 
 /// Ended tasks kept per slot.
 pub const HISTORY: usize = 5;
@@ -55,13 +61,12 @@ pub fn plan(state: &State, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> V
     reap(state, &mut out);
     out
 }
-
-fn node_up(state: &State, id: &str) -> bool {
+pub(super) fn node_up(state: &State, id: &str) -> bool {
     state.nodes.get(id).is_some_and(|n| n.status.state == NodeState::Ready)
 }
 
 /// Why `node` cannot take a task of `spec` by itself (resources aside).
-fn refusal(node: &Node, spec: &TaskSpec) -> Option<&'static str> {
+pub(super) fn refusal(node: &Node, spec: &TaskSpec) -> Option<&'static str> {
     if node.status.state != NodeState::Ready {
         return Some("down");
     }
@@ -76,625 +81,18 @@ fn refusal(node: &Node, spec: &TaskSpec) -> Option<&'static str> {
     None
 }
 
-/// `node.role==manager`, `node.labels.zone!=a`, `node.hostname==h1`, `node.id==…`,
-/// `node.platform.os==linux`: `==` and `!=` only, as in Docker.
-pub fn constraint_holds(c: &str, node: &Node) -> bool {
-    let (key, want, eq) = match (c.split_once("!="), c.split_once("==")) {
-        (Some((k, v)), _) => (k.trim(), v.trim(), false),
-        (None, Some((k, v))) => (k.trim(), v.trim(), true),
-        _ => return false,
-    };
-    let have: Option<String> = match key {
-        "node.role" => Some(node.spec.role.as_str().to_string()),
-        "node.hostname" => Some(node.description.hostname.clone()),
-        "node.id" => Some(node.id.clone()),
-        // The node's own platform, as it said in its hello (nothing until it did).
-        "node.platform.os" => Some(node.description.os.clone()).filter(|s| !s.is_empty()),
-        "node.platform.arch" => Some(node.description.arch.clone()).filter(|s| !s.is_empty()),
-        k => k.strip_prefix("node.labels.").and_then(|l| node.spec.labels.get(l).cloned()),
-    };
-    (have.as_deref() == Some(want)) == eq
-}
-
-/// Checks a constraint's syntax (for the API).
-pub fn valid_constraint(c: &str) -> Result<(), String> {
-    let key = c
-        .split_once("!=")
-        .or_else(|| c.split_once("=="))
-        .map(|(k, _)| k.trim())
-        .ok_or_else(|| format!("invalid constraint {c:?}: use KEY==VALUE or KEY!=VALUE"))?;
-    let known = ["node.role", "node.hostname", "node.id", "node.platform.os", "node.platform.arch"];
-    if known.contains(&key) || key.strip_prefix("node.labels.").is_some_and(|l| !l.is_empty()) {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid constraint {c:?}: the key must be node.role, node.hostname, node.id, node.platform.os, node.platform.arch or node.labels.NAME"
-        ))
-    }
-}
-
-struct Orchestrator<'a> {
-    state: &'a State,
-    svc: &'a Service,
-    /// The service's tasks.
-    tasks: &'a [&'a Task],
-    now_ms: u64,
-    out: &'a mut Vec<TaskChange>,
-    new_id: &'a mut dyn FnMut() -> String,
-}
-
-impl Orchestrator<'_> {
-    fn run(mut self) {
-        let mut by_slot: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
-        for &t in self.tasks {
-            let key = if self.svc.spec.mode.is_global() { t.node_id.clone() } else { format!("{:020}", t.slot) };
-            by_slot.entry(key).or_default().push(t);
-        }
-        for tasks in by_slot.values_mut() {
-            tasks.sort_by_key(|t| (t.created_index, t.id.clone()));
-        }
-        let spec = &self.svc.spec;
-        // Out-of-date tasks are replaced `parallelism` at a time: the up-to-date
-        // ones not running yet are the batch in flight.
-        let in_flight = self
-            .tasks
-            .iter()
-            .filter(|t| {
-                t.spec_version == self.svc.spec_version
-                    && t.desired == TaskState::Running
-                    && t.status.state < TaskState::Running
-            })
-            .count() as u64;
-        // --update-delay: the next batch waits this long after the last one came up.
-        let last_up = self
-            .tasks
-            .iter()
-            .filter(|t| t.spec_version == self.svc.spec_version && t.status.state == TaskState::Running)
-            .map(|t| t.status.at_ms)
-            .max();
-        let delayed = spec_delay(self.svc) > 0 && last_up.is_some_and(|at| self.now_ms < at + spec_delay(self.svc));
-        let paused = self.svc.update_state == UpdateState::Paused || delayed;
-        let rollout = rollout(self.svc);
-        let mut budget = if paused {
-            0
-        } else if rollout.parallelism == 0 {
-            u64::MAX
-        } else {
-            rollout.parallelism.saturating_sub(in_flight)
-        };
-
-        match spec.mode {
-            Mode::Replicated | Mode::ReplicatedJob => {
-                let wanted = spec.replicas;
-                let concurrent = if spec.max_concurrent == 0 { wanted } else { spec.max_concurrent };
-                let mut live = by_slot
-                    .values()
-                    .flatten()
-                    .filter(|t| t.desired == TaskState::Running && !t.status.state.is_terminal())
-                    .count() as u64;
-                for slot in 1..=wanted {
-                    let tasks = by_slot.get(&format!("{slot:020}")).map(Vec::as_slice).unwrap_or(&[]);
-                    if spec.mode == Mode::ReplicatedJob && tasks.is_empty() && live >= concurrent {
-                        continue; // waits for a running one to finish
-                    }
-                    if self.slot(slot, "", tasks, &mut budget) && tasks.is_empty() {
-                        live += 1;
-                    }
-                }
-                // Slots past the count: scaled down.
-                for (_, tasks) in by_slot.range(format!("{:020}", wanted + 1)..) {
-                    for t in tasks.iter().filter(|t| t.desired == TaskState::Running) {
-                        self.shutdown(t);
-                    }
-                }
-            }
-            Mode::Global | Mode::GlobalJob => {
-                for node in self.state.nodes.values() {
-                    let tasks = by_slot.get(&node.id).map(Vec::as_slice).unwrap_or(&[]);
-                    if refusal(node, &spec.task).is_none() {
-                        self.slot(0, &node.id, tasks, &mut budget);
-                    } else {
-                        for t in tasks.iter().filter(|t| t.desired == TaskState::Running) {
-                            self.shutdown(t);
-                        }
-                    }
-                }
-                // Tasks of nodes that left the cluster.
-                for (node, tasks) in &by_slot {
-                    if !self.state.nodes.contains_key(node) {
-                        for t in tasks.iter().filter(|t| t.desired == TaskState::Running) {
-                            self.shutdown(t);
-                        }
-                    }
-                }
-            }
-        }
-        self.update_progress();
-    }
-
-    /// One slot (or a global service's node): returns whether it made a task.
-    fn slot(&mut self, slot: u64, node: &str, tasks: &[&Task], budget: &mut u64) -> bool {
-        let spec = &self.svc.spec;
-        let mut live: Vec<&Task> = Vec::new();
-        for t in tasks.iter().copied().filter(|t| t.desired == TaskState::Running) {
-            if t.status.state.is_terminal() {
-                self.shutdown(t); // it ended by itself: the restart policy decides below
-            } else if !t.node_id.is_empty() && !node_up(self.state, &t.node_id) {
-                self.shutdown(t);
-                self.out.push(TaskChange::Status {
-                    id: t.id.clone(),
-                    status: TaskStatus {
-                        state: TaskState::Orphaned,
-                        message: "its node is down".into(),
-                        err: "node is down".into(),
-                        ..t.status.clone()
-                    },
-                });
-            } else if node.is_empty()
-                && !t.node_id.is_empty()
-                && self.state.nodes.get(&t.node_id).is_none_or(|n| refusal(n, &spec.task).is_some())
-            {
-                self.shutdown(t); // drained, or the constraints changed
-            } else {
-                live.push(t);
-            }
-        }
-        if let Some(&current) = live.last() {
-            // start-first: the older ones go once the newest runs.
-            for old in &live[..live.len() - 1] {
-                if current.status.state >= TaskState::Running || current.spec != self.svc.spec.task {
-                    self.shutdown(old);
-                }
-            }
-            if current.spec != self.svc.spec.task && *budget > 0 && live.len() == 1 {
-                *budget -= 1;
-                if rollout(self.svc).order == UpdateOrder::StartFirst {
-                    self.create(slot, node, 0, 0);
-                } else {
-                    self.shutdown(current);
-                }
-                return false;
-            }
-            return false;
-        }
-        // Nothing live: replace the newest task, if it should be.
-        let Some(&last) = tasks.last() else {
-            self.create(slot, node, 0, 0);
-            return true;
-        };
-        let lost =
-            last.status.state == TaskState::Orphaned || !last.node_id.is_empty() && !node_up(self.state, &last.node_id);
-        if !last.status.state.is_terminal()
-            && !lost
-            && self.changes_for(&last.id).all(|c| !matches!(c, TaskChange::Status { .. }))
-        {
-            return false; // stop-first: the old one is still stopping
-        }
-        if !spec.mode.is_job() || last.status.state != TaskState::Complete {
-            let ended_by_itself =
-                matches!(last.status.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected);
-            if !ended_by_itself || last.spec != self.svc.spec.task {
-                if last.spec != self.svc.spec.task {
-                    // A stop-first update's replacement: part of this batch.
-                    *budget = budget.saturating_sub(1);
-                }
-                self.create(slot, node, 0, 0);
-                return true;
-            }
-            let r = &spec.task.restart;
-            let failed = last.status.state != TaskState::Complete || last.status.exit_code.is_some_and(|c| c != 0);
-            let again = match r.condition {
-                RestartCondition::None => false,
-                RestartCondition::OnFailure => failed,
-                RestartCondition::Any => !spec.mode.is_job() || failed,
-            };
-            // --restart-window: only the restarts within it count against max attempts.
-            let attempts = if r.window_ms > 0 {
-                let since = self.now_ms.saturating_sub(r.window_ms);
-                tasks.iter().filter(|t| t.attempt > 0 && t.meta.created_ms >= since).count() as u64
-            } else {
-                last.attempt
-            };
-            if again && (r.max_attempts == 0 || attempts < r.max_attempts) {
-                let attempt = last.attempt + 1;
-                let delay =
-                    r.delay_ms.saturating_mul(1 << (attempt - 1).min(16)).min(MAX_RESTART_DELAY_MS.max(r.delay_ms));
-                self.create(slot, node, attempt, last.status.at_ms.max(last.meta.updated_ms) + delay);
-                return true;
-            }
-        }
-        false
-    }
-
-    fn changes_for<'b>(&'b self, id: &'b str) -> impl Iterator<Item = &'b TaskChange> + 'b {
-        self.out.iter().filter(
-            move |c| matches!(c, TaskChange::Status { id: i, .. } | TaskChange::Desired { id: i, .. } if i == id),
-        )
-    }
-
-    fn shutdown(&mut self, t: &Task) {
-        if t.desired < TaskState::Shutdown
-            && !self.out.iter().any(|c| matches!(c, TaskChange::Desired { id, .. } if *id == t.id))
-        {
-            self.out.push(TaskChange::Desired { id: t.id.clone(), desired: TaskState::Shutdown });
-        }
-    }
-
-    fn create(&mut self, slot: u64, node: &str, attempt: u64, not_before_ms: u64) {
-        let assigned = !node.is_empty();
-        self.out.push(TaskChange::Create(Box::new(Task {
-            id: (self.new_id)(),
-            service_id: self.svc.id.clone(),
-            service_name: self.svc.spec.name.clone(),
-            slot,
-            node_id: node.to_string(),
-            desired: TaskState::Running,
-            status: TaskStatus {
-                state: if assigned { TaskState::Assigned } else { TaskState::Pending },
-                message: if assigned { "assigned to its node".into() } else { "waiting for a node".into() },
-                ..Default::default()
-            },
-            spec: self.svc.spec.task.clone(),
-            spec_version: self.svc.spec_version,
-            not_before_ms,
-            attempt,
-            created_index: 0,
-            started_ms: 0,
-            meta: Default::default(),
-        })));
-    }
-
-    /// An update is complete when every live task is up to date and running,
-    /// and the last one started has run for the monitor window; it pauses or
-    /// rolls back when more of its new tasks fail within their window than it
-    /// tolerates.
-    fn update_progress(&mut self) {
-        let svc = self.svc;
-        if !matches!(svc.update_state, UpdateState::Updating | UpdateState::RollbackStarted) {
-            return;
-        }
-        let cfg = rollout(svc);
-        let mine = || self.tasks.iter().copied();
-        // New tasks that failed before or within their monitor window, against the ratio tolerated.
-        let new: Vec<&Task> = mine().filter(|t| t.spec_version == svc.spec_version).collect();
-        let failed_early = |t: &&&Task| {
-            matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
-                && (t.started_ms == 0 || t.status.at_ms < t.started_ms + cfg.monitor_ms)
-        };
-        let failed = new.iter().filter(failed_early).count();
-        let tolerated = (cfg.max_failure_ratio * new.len().max(1) as f64).floor() as usize;
-        let what = if svc.update_state == UpdateState::Updating { "update" } else { "rollback" };
-        if failed > tolerated
-            && let Some(bad) = new.iter().find(failed_early)
-        {
-            let why = if bad.status.err.is_empty() { bad.status.state.to_string() } else { bad.status.err.clone() };
-            use shoal_proto::service::FailureAction;
-            // A rollback that fails pauses rather than rolling back again.
-            let rolling_back = svc.update_state == UpdateState::RollbackStarted;
-            match (cfg.failure_action, rolling_back) {
-                (FailureAction::Continue, _) => {}
-                (FailureAction::Rollback, false) => {
-                    self.out.push(TaskChange::Rollback {
-                        service_id: svc.id.clone(),
-                        message: format!(
-                            "update rolled back due to failure or early termination of task {}: {why}",
-                            bad.id
-                        ),
-                    });
-                    return;
-                }
-                _ => {
-                    self.out.push(TaskChange::UpdateState {
-                        service_id: svc.id.clone(),
-                        state: UpdateState::Paused,
-                        message: format!("{what} paused due to failure or early termination of task {}: {why}", bad.id),
-                    });
-                    return;
-                }
-            }
-        }
-        let live: Vec<&Task> = mine().filter(|t| t.desired == TaskState::Running).collect();
-        let enough = if svc.spec.mode.is_global() { !live.is_empty() } else { live.len() as u64 == svc.spec.replicas };
-        let stable = live.iter().map(|t| t.started_ms).max().is_none_or(|last| self.now_ms >= last + cfg.monitor_ms);
-        let done = enough
-            && stable
-            && !self.out.iter().any(|c| matches!(c, TaskChange::Create(t) if t.service_id == svc.id))
-            && live.iter().all(|t| t.spec == svc.spec.task && t.status.state == TaskState::Running);
-        if done {
-            let (state, message) = if svc.update_state == UpdateState::Updating {
-                (UpdateState::Completed, "update completed")
-            } else {
-                (UpdateState::RollbackCompleted, "rollback completed")
-            };
-            // An automatic rollback keeps saying why it happened.
-            let message = if svc.update_message.contains("rolled back due to") {
-                svc.update_message.clone()
-            } else {
-                message.to_string()
-            };
-            self.out.push(TaskChange::UpdateState { service_id: svc.id.clone(), state, message });
-        }
-    }
-}
-
-fn spec_delay(svc: &Service) -> u64 {
-    if matches!(svc.update_state, UpdateState::Updating | UpdateState::RollbackStarted) {
-        rollout(svc).delay_ms
-    } else {
-        0
-    }
-}
-
-/// The settings of the rollout in progress: the rollback's while rolling back.
-fn rollout(svc: &Service) -> &shoal_proto::service::UpdateConfig {
-    if svc.update_state == UpdateState::RollbackStarted { &svc.spec.rollback } else { &svc.spec.update }
-}
-
-/// What a node carries: for the filters and the spread.
-#[derive(Default, Clone)]
-struct Load {
-    tasks: u64,
-    per_service: HashMap<String, u64>,
-    cpus: u64,
-    memory: u64,
-    ports: Vec<(u16, String)>,
-}
-
-impl Load {
-    fn add(&mut self, t: &Task) {
-        self.tasks += 1;
-        *self.per_service.entry(t.service_id.clone()).or_default() += 1;
-        self.cpus += t.spec.reserve_nano_cpus;
-        self.memory += t.spec.reserve_memory;
-        self.ports.extend(t.spec.ports.iter().map(|p| (p.published, p.protocol.clone())));
-    }
-}
-
-/// A node where tasks of one version of a service failed this many times
-/// within `RECENT_FAILURE_MS` takes that version's new tasks only after all
-/// other nodes: a bad node, not a bad image (which fails everywhere).
-const RECENT_FAILURES: usize = 5;
-const RECENT_FAILURE_MS: u64 = 5 * 60_000;
-
-/// Places every pending task (existing, or created in this pass).
-fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
-    // Keyed like `state.nodes`, so both iterate in the same order.
-    let mut loads: BTreeMap<&str, Load> = state.nodes.keys().map(|id| (id.as_str(), Load::default())).collect();
-    // (service, spec version, node) where that version failed lately, and how often.
-    let mut failures: HashMap<(&str, u64, &str), usize> = HashMap::new();
-    for t in state.tasks.values().filter(|t| !t.node_id.is_empty()) {
-        if t.desired == TaskState::Running && !t.status.state.is_terminal() {
-            if let Some(l) = loads.get_mut(t.node_id.as_str()) {
-                l.add(t);
-            }
-        } else if matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
-            && t.status.at_ms + RECENT_FAILURE_MS >= now_ms
-        {
-            *failures.entry((t.service_id.as_str(), t.spec_version, t.node_id.as_str())).or_default() += 1;
-        }
-    }
-    // Those nodes go last for that version.
-    let failed_on: HashSet<(&str, u64, &str)> =
-        failures.into_iter().filter(|(_, n)| *n >= RECENT_FAILURES).map(|(k, _)| k).collect();
-    for c in out.iter() {
-        if let TaskChange::Create(t) = c
-            && !t.node_id.is_empty()
-            && let Some(l) = loads.get_mut(t.node_id.as_str())
-        {
-            l.add(t);
-        }
-    }
-    // Tasks being shut down in this pass do not count against their node.
-    let leaving: Vec<&str> = out
-        .iter()
-        .filter_map(|c| if let TaskChange::Desired { id, .. } = c { Some(id.as_str()) } else { None })
-        .collect();
-    for id in &leaving {
-        if let Some(t) = state.tasks.get(*id)
-            && let Some(l) = loads.get_mut(t.node_id.as_str())
-        {
-            l.tasks = l.tasks.saturating_sub(1);
-            if let Some(n) = l.per_service.get_mut(&t.service_id) {
-                *n = n.saturating_sub(1);
-            }
-            l.cpus = l.cpus.saturating_sub(t.spec.reserve_nano_cpus);
-            l.memory = l.memory.saturating_sub(t.spec.reserve_memory);
-            l.ports.retain(|p| !t.spec.ports.iter().any(|q| q.published == p.0 && q.protocol == p.1));
-        }
-    }
-    let existing: Vec<&Task> = state
-        .tasks
-        .values()
-        .filter(|t| {
-            t.node_id.is_empty()
-                && t.desired == TaskState::Running
-                && t.status.state <= TaskState::Pending
-                && !leaving.contains(&t.id.as_str())
-        })
-        .collect();
-    let mut decisions: Vec<(String, Result<String, String>)> = Vec::new();
-    let mut order: Vec<Task> = existing.into_iter().cloned().collect();
-    order.extend(out.iter().filter_map(|c| {
-        if let TaskChange::Create(t) = c { (t.node_id.is_empty()).then(|| (**t).clone()) } else { None }
-    }));
-    order.sort_by_key(|t| (t.service_id.clone(), t.slot));
-    for t in &order {
-        let decision = place(state, &loads, &failed_on, t);
-        if let Ok(node) = &decision
-            && let Some(l) = loads.get_mut(node.as_str())
-        {
-            l.add(t);
-        }
-        decisions.push((t.id.clone(), decision));
-    }
-    let mut extra = Vec::new();
-    let created_at: HashMap<String, usize> = out
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| if let TaskChange::Create(t) = c { Some((t.id.clone(), i)) } else { None })
-        .collect();
-    for (id, decision) in decisions {
-        let created =
-            created_at.get(&id).and_then(|i| if let TaskChange::Create(t) = &mut out[*i] { Some(t) } else { None });
-        match (created, decision) {
-            (Some(t), Ok(node)) => {
-                t.node_id = node;
-                t.status = TaskStatus {
-                    state: TaskState::Assigned,
-                    message: "scheduler assigned task to node".into(),
-                    ..Default::default()
-                };
-            }
-            (Some(t), Err(why)) => t.status.err = why,
-            (None, Ok(node)) => extra.push(TaskChange::Assign { id, node_id: node }),
-            (None, Err(why)) => {
-                if state.tasks.get(&id).is_some_and(|t| t.status.err != why) {
-                    extra.push(TaskChange::Unplaced { id, message: why });
-                }
-            }
-        }
-    }
-    out.extend(extra);
-}
-
-/// The node for `t`, or why there is none.
-fn place(
-    state: &State,
-    loads: &BTreeMap<&str, Load>,
-    failed_on: &HashSet<(&str, u64, &str)>,
-    t: &Task,
-) -> Result<String, String> {
-    let spec = &t.spec;
-    let mut why: BTreeMap<&'static str, usize> = BTreeMap::new();
-    // `--placement-pref spread=node.labels.zone`: first the label value with the
-    // fewest tasks of this service (nodes without the label form one group).
-    let spread_key = spec.spread.first().map(|k| k.trim_start_matches("node.labels.").to_string());
-    let group_of = |node: &Node| spread_key.as_ref().map(|k| node.spec.labels.get(k).cloned().unwrap_or_default());
-    let mut groups: HashMap<String, u64> = HashMap::new();
-    if spread_key.is_some() {
-        for (node, load) in state.nodes.values().zip(loads.values()) {
-            *groups.entry(group_of(node).unwrap_or_default()).or_default() +=
-                load.per_service.get(&t.service_id).copied().unwrap_or(0);
-        }
-    }
-    // Then fewest of this service, then fewest overall; ties go to the first node by id.
-    // Nodes where this service failed lately come after all others.
-    // (failed here lately, spread group, tasks of this service, tasks in all)
-    type Rank = (bool, u64, u64, u64);
-    let mut best: Option<(Rank, &str)> = None;
-    for (node, load) in state.nodes.values().zip(loads.values()) {
-        let mine = load.per_service.get(&t.service_id).copied().unwrap_or(0);
-        let refused = refusal(node, spec).or_else(|| {
-            if spec.reserve_memory > 0 && load.memory + spec.reserve_memory > node.description.memory_bytes {
-                Some("insufficient memory")
-            } else if spec.reserve_nano_cpus > 0 && load.cpus + spec.reserve_nano_cpus > node.description.nano_cpus {
-                Some("insufficient CPU")
-            } else if spec
-                .ports
-                .iter()
-                .any(|p| load.ports.iter().any(|(n, proto)| *n == p.published && *proto == p.protocol))
-            {
-                Some("host-mode port already in use")
-            } else if spec.max_replicas_per_node > 0 && mine >= spec.max_replicas_per_node {
-                Some("max replicas per node reached")
-            } else {
-                None
-            }
-        });
-        if let Some(r) = refused {
-            *why.entry(r).or_default() += 1;
-            continue;
-        }
-        let group = group_of(node).map_or(0, |g| groups.get(&g).copied().unwrap_or(0));
-        let rank =
-            (failed_on.contains(&(t.service_id.as_str(), t.spec_version, node.id.as_str())), group, mine, load.tasks);
-        if best.as_ref().is_none_or(|(b, _)| rank < *b) {
-            best = Some((rank, node.id.as_str()));
-        }
-    }
-    match best {
-        Some((_, id)) => Ok(id.to_string()),
-        None if why.is_empty() => Err("no suitable node (no nodes)".into()),
-        None => {
-            let parts: Vec<String> =
-                why.iter().map(|(r, n)| format!("{r} on {n} node{}", if *n == 1 { "" } else { "s" })).collect();
-            Err(format!("no suitable node ({})", parts.join("; ")))
-        }
-    }
-}
-
-/// Each slot keeps its `HISTORY` newest ended tasks.
-fn reap(state: &State, out: &mut Vec<TaskChange>) {
-    let mut by_slot: HashMap<(String, u64, String), Vec<&Task>> = HashMap::new();
-    for t in state
-        .tasks
-        .values()
-        .filter(|t| t.desired >= TaskState::Shutdown && (t.status.state.is_terminal() || !node_up(state, &t.node_id)))
-    {
-        let node = if t.slot == 0 { t.node_id.clone() } else { String::new() };
-        by_slot.entry((t.service_id.clone(), t.slot, node)).or_default().push(t);
-    }
-    for tasks in by_slot.values_mut() {
-        if tasks.len() > HISTORY {
-            tasks.sort_by_key(|t| std::cmp::Reverse(t.created_index));
-            for t in &tasks[HISTORY..] {
-                if !out.iter().any(|c| matches!(c, TaskChange::Delete { id } if *id == t.id)) {
-                    out.push(TaskChange::Delete { id: t.id.clone() });
-                }
-            }
-        }
-    }
-}
-
-/// Leader-only: runs `plan` after every change of the state (and every
-/// `RESYNC`), writing each pass's changes in one Raft entry.
-pub async fn lead(mgr: std::sync::Arc<crate::Manager>, token: tokio_util::sync::CancellationToken) {
-    let mut events = mgr.store.subscribe();
-    let mut tick = tokio::time::interval(RESYNC);
-    let mut last: Vec<TaskChange> = Vec::new();
-    loop {
-        let state = mgr.store.read();
-        let changes = plan(&state, shoal_proto::model::now_ms(), &mut shoal_proto::model::new_node_id);
-        // The same changes again (the state did not take them): wait for news instead of spinning.
-        if !changes.is_empty() && changes != last {
-            last = changes.clone();
-            // Big passes go in several entries, each well under the transport's message limit.
-            for chunk in changes.chunks(MAX_CHANGES_PER_ENTRY) {
-                if let Err(e) = mgr.write(crate::state::Command::Tasks { changes: chunk.to_vec() }).await {
-                    tracing::warn!(error = %e, changes = chunk.len(), "orchestrator write failed; retrying");
-                    tokio::select! {
-                        _ = token.cancelled() => return,
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-                    }
-                    break;
-                }
-            }
-            continue; // look again at the state it made
-        }
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tick.tick() => {}
-            ev = events.recv() => {
-                if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// A task change is under 1 KiB of JSON: 2,000 keep an entry near 1.5 MiB.
-const MAX_CHANGES_PER_ENTRY: usize = 2_000;
-
-/// How often the orchestrator looks even when nothing changed (restart back-offs come due).
-const RESYNC: std::time::Duration = std::time::Duration::from_millis(500);
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use super::scheduler::{RECENT_FAILURE_MS, RECENT_FAILURES};
     use super::*;
+    use crate::constraint::valid_constraint;
     use crate::state::{Command, Request};
     use shoal_proto::model::{Meta, NodeDescription, NodeSpec, NodeStatus, Role};
-    use shoal_proto::service::{PublishedPort, ServiceSpec};
+    use shoal_proto::service::{
+        Mode, PublishedPort, RestartCondition, ServiceSpec, TaskStatus, UpdateOrder, UpdateState,
+    };
 
     fn node(id: &str, role: Role) -> Node {
         Node {
@@ -956,6 +354,27 @@ mod tests {
                 .values()
                 .any(|t| t.status.err == "no suitable node (host-mode port already in use on 2 nodes)")
         );
+    }
+
+    #[test]
+    fn a_cpu_limit_above_every_node_leaves_the_task_pending_and_says_why() {
+        let mut w = five();
+        let big = w.service("big", |s| {
+            s.replicas = 2;
+            s.task.limit_nano_cpus = 4_000_000_000;
+        });
+        w.settle();
+        let tasks: Vec<&Task> = w.state.tasks.values().filter(|t| t.service_id == big).collect();
+        assert_eq!(tasks.len(), 2, "one task per slot, not one per rejection");
+        for t in &tasks {
+            assert!(t.node_id.is_empty() && t.status.state == TaskState::Pending, "{t:?}");
+            assert_eq!(t.status.err, "no suitable node (insufficient CPUs for the limit on 5 nodes)");
+        }
+        // A node big enough takes them; one that did not say how many CPUs it has is taken to fit.
+        w.state.nodes.get_mut("n4").unwrap().description.nano_cpus = 8_000_000_000;
+        w.state.nodes.get_mut("n5").unwrap().description.nano_cpus = 0;
+        w.settle();
+        assert_eq!(w.per_node(&big), BTreeMap::from([("n4".to_string(), 1), ("n5".to_string(), 1)]));
     }
 
     #[test]

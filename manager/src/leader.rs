@@ -1,0 +1,303 @@
+//! The leader-only loops: the orchestrator's, which writes each pass of
+//! `orchestrator::plan`, and the dispatcher's, which writes the nodes' batched
+//! reports and the downs that liveness decides. Both run for one leadership
+//! term (until its token is cancelled) and reach the manager only through a
+//! [`Proposer`]: read the store, propose a command and await its outcome. So
+//! neither needs a whole `Manager`, and a test can drive them with its own.
+//!
+//! Architecture Invariant: these loops run only while their token lives, and
+//! the manager cancels it the moment its leadership ends.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_proto::model::{new_node_id, now_ms};
+use shoal_proto::service::TaskStatus;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::dispatcher::Dispatcher;
+use crate::orchestrator::plan;
+use crate::state::{Command, NodeStatusUpdate, Response, TaskChange};
+use crate::store::Store;
+
+/// What the leader loops need from a manager.
+pub trait Proposer: Send + Sync + 'static {
+    /// Why a proposal failed (the loops log it and retry).
+    type Error: std::fmt::Display + Send;
+
+    /// The replicated state, as applied on this manager.
+    fn store(&self) -> &Store;
+
+    /// Proposes `cmd` and waits until it is committed and applied, or refused.
+    fn propose(&self, cmd: Command) -> impl Future<Output = Result<Response, Self::Error>> + Send;
+
+    /// The Raft term this manager leads in (for the logs).
+    fn term(&self) -> u64;
+}
+
+/// Starts both loops for the leadership term that `token` lives for.
+pub fn start<P: Proposer>(p: Arc<P>, dispatcher: Dispatcher, token: CancellationToken) {
+    tokio::spawn(dispatch(dispatcher, p.clone(), token.clone()));
+    tokio::spawn(orchestrate(p, token));
+}
+
+/// Leader-only: runs `plan` after every change of the state (and every
+/// `RESYNC`), writing each pass's changes in one Raft entry.
+pub async fn orchestrate<P: Proposer>(p: Arc<P>, token: CancellationToken) {
+    let term = p.term();
+    let mut events = p.store().subscribe();
+    let mut tick = tokio::time::interval(RESYNC);
+    let mut last: Vec<TaskChange> = Vec::new();
+    loop {
+        let pass = tracing::info_span!("orchestrator", raft.term = term);
+        match orchestrator_pass(&*p, &mut last, &token).instrument(pass).await {
+            Pass::Stop => return,
+            Pass::Wrote => continue, // look again at the state it made
+            Pass::Idle => {}
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+            ev = events.recv() => {
+                if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What one pass of a leader loop did.
+enum Pass {
+    /// It wrote (or tried to): look again at once.
+    Wrote,
+    /// Nothing to do: wait for news.
+    Idle,
+    /// The term ended.
+    Stop,
+}
+
+/// One pass of the orchestrator: plan, and write what it changes.
+async fn orchestrator_pass<P: Proposer>(p: &P, last: &mut Vec<TaskChange>, token: &CancellationToken) -> Pass {
+    let state = p.store().read();
+    let changes = plan(&state, now_ms(), &mut new_node_id);
+    // The same changes again (the state did not take them): wait for news instead of spinning.
+    if changes.is_empty() || changes == *last {
+        return Pass::Idle;
+    }
+    *last = changes.clone();
+    // Big passes go in several entries, each well under the transport's message limit.
+    for chunk in changes.chunks(MAX_CHANGES_PER_ENTRY) {
+        if let Err(e) = p.propose(Command::Tasks { changes: chunk.to_vec() }).await {
+            tracing::warn!(error = %e, changes = chunk.len(), "orchestrator write failed; retrying");
+            tokio::select! {
+                _ = token.cancelled() => return Pass::Stop,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            break;
+        }
+    }
+    Pass::Wrote
+}
+
+/// A task change is under 1 KiB of JSON: 2,000 keep an entry near 1.5 MiB.
+const MAX_CHANGES_PER_ENTRY: usize = 2_000;
+
+/// How often the orchestrator looks even when nothing changed (restart back-offs come due).
+const RESYNC: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How often pending status changes are written and liveness is judged.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// Leader-only: flushes status batches and declares silent nodes down.
+pub async fn dispatch<P: Proposer>(d: Dispatcher, p: Arc<P>, token: CancellationToken) {
+    let term = p.term();
+    // Every node gets a full grace period to find the new leader.
+    d.reset_liveness();
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = d.woken() => {}
+        }
+        let pass = tracing::info_span!("dispatcher", raft.term = term);
+        if let Pass::Stop = dispatcher_pass(&d, &*p, &token).instrument(pass).await {
+            return;
+        }
+    }
+}
+
+/// One pass of the dispatcher: judge liveness, then write the task reports
+/// and node status changes queued since the last pass.
+async fn dispatcher_pass<P: Proposer>(d: &Dispatcher, p: &P, token: &CancellationToken) -> Pass {
+    d.expire();
+    let reports: HashMap<String, Vec<(String, TaskStatus)>> = d.take_task_reports();
+    for (node_id, updates) in reports {
+        if let Err(e) = p.propose(Command::TaskStatus { node_id: node_id.clone(), updates: updates.clone() }).await {
+            // Nodes send only what changed, so what was not written is queued
+            // again, before anything newer from that node.
+            tracing::warn!(error = %e, node.id = %node_id, "task status write failed; will retry");
+            d.requeue_task_reports(node_id, updates);
+        }
+    }
+    let batch: Vec<NodeStatusUpdate> = d.take_node_statuses();
+    if batch.is_empty() {
+        return Pass::Idle;
+    }
+    let n = batch.len();
+    if let Err(e) = p.propose(Command::NodeStatus { updates: batch.clone() }).await {
+        tracing::warn!(error = %e, updates = n, "status write failed; will retry");
+        d.requeue_node_statuses(batch);
+        tokio::select! {
+            _ = token.cancelled() => return Pass::Stop,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    Pass::Wrote
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use shoal_proto::model::{Availability, Meta, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
+    use shoal_proto::service::{ServiceSpec, Task, TaskState};
+
+    use super::*;
+    use crate::state::Request;
+
+    /// A manager without Raft: a proposal is applied to its store at once
+    /// (the first one fails when `fail_next` is set, as without a quorum).
+    struct Applier {
+        store: Store,
+        index: AtomicU64,
+        fail_next: AtomicBool,
+    }
+
+    impl Proposer for Applier {
+        type Error = String;
+
+        fn store(&self) -> &Store {
+            &self.store
+        }
+
+        async fn propose(&self, cmd: Command) -> Result<Response, String> {
+            if self.fail_next.swap(false, Ordering::SeqCst) {
+                return Err("no quorum".into());
+            }
+            let index = self.index.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut resp = Response::Ok;
+            self.store
+                .apply_batch(|state, _, _| {
+                    let (r, keys) = state.apply(index, &Request { at_ms: now_ms(), cmd });
+                    resp = r;
+                    keys
+                })
+                .publish();
+            Ok(resp)
+        }
+
+        fn term(&self) -> u64 {
+            7
+        }
+    }
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            raft_id: 0,
+            spec: NodeSpec { role: Role::Worker, availability: Availability::Active, labels: Default::default() },
+            description: NodeDescription { hostname: id.into(), ..Default::default() },
+            status: NodeStatus { state: NodeState::Ready, message: String::new() },
+            meta: Meta::default(),
+        }
+    }
+
+    /// Waits up to 5 s for `f` to hold of the store's state.
+    async fn until(store: &Store, f: impl Fn(&crate::state::State) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            if f(&store.read()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn the_orchestrator_loop_runs_on_any_proposer_retries_and_stops_with_its_term() {
+        let p = Arc::new(Applier { store: Store::new(), index: AtomicU64::new(0), fail_next: AtomicBool::new(false) });
+        p.store
+            .apply_batch(|state, _, _| {
+                for id in ["a", "b"] {
+                    state.nodes.insert(id.into(), node(id));
+                }
+                Vec::new()
+            })
+            .publish();
+        let mut spec = ServiceSpec { name: "web".into(), replicas: 2, ..Default::default() };
+        spec.task.image = "img".into();
+        p.propose(Command::CreateService { id: "svc".into(), spec, auth: None }).await.expect("create");
+        // Its first write fails: the pass is written again.
+        p.fail_next.store(true, Ordering::SeqCst);
+        let token = CancellationToken::new();
+        let running = tokio::spawn(orchestrate(p.clone(), token.clone()));
+        let placed = until(&p.store, |s| {
+            s.tasks.values().filter(|t| t.desired == TaskState::Running && !t.node_id.is_empty()).count() == 2
+        })
+        .await;
+        assert!(placed, "two tasks placed: {:?}", p.store.read().tasks);
+        assert!(!p.fail_next.load(Ordering::SeqCst), "the failed write was retried");
+        let nodes: std::collections::BTreeSet<String> =
+            p.store.read().tasks.values().map(|t| t.node_id.clone()).collect();
+        assert_eq!(nodes.len(), 2, "spread over both nodes");
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the loop ends with its term")
+            .expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn the_dispatcher_loop_writes_task_reports_and_requeues_a_failed_write() {
+        let p = Arc::new(Applier { store: Store::new(), index: AtomicU64::new(0), fail_next: AtomicBool::new(true) });
+        p.store
+            .apply_batch(|state, _, _| {
+                state.nodes.insert("a".into(), node("a"));
+                let status = TaskStatus { state: TaskState::Assigned, ..Default::default() };
+                let task = Task {
+                    id: "t1".into(),
+                    node_id: "a".into(),
+                    desired: TaskState::Running,
+                    status,
+                    ..Default::default()
+                };
+                state.tasks.insert("t1".into(), task);
+                Vec::new()
+            })
+            .publish();
+        let d = Dispatcher::new(p.store.clone());
+        let token = CancellationToken::new();
+        let running = tokio::spawn(dispatch(d.clone(), p.clone(), token.clone()));
+        // The node reports once (it sends only what changed); the first write fails.
+        let status = TaskStatus { state: TaskState::Running, ..Default::default() };
+        let report = shoal_proto::pb::TaskStatusReport {
+            task_id: "t1".into(),
+            status_json: serde_json::to_string(&status).expect("json"),
+        };
+        d.report_tasks("a", vec![report]);
+        let written = until(&p.store, |s| s.tasks["t1"].status.state == TaskState::Running).await;
+        assert!(written, "the report was written after the failed write: {:?}", p.store.read().tasks["t1"].status);
+        assert!(!p.fail_next.load(Ordering::SeqCst), "a write failed first");
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the loop ends with its term")
+            .expect("no panic");
+    }
+}

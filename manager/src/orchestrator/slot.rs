@@ -1,0 +1,245 @@
+//! The orchestrator's pass over one service: one live task per slot (or per
+//! eligible node for a global service), replacements by the restart policy,
+//! and the out-of-date tasks of a rolling update, `parallelism` at a time.
+
+use std::collections::BTreeMap;
+
+use shoal_proto::service::{
+    MAX_RESTART_DELAY_MS, Mode, RestartCondition, Service, Task, TaskState, TaskStatus, UpdateOrder, UpdateState,
+};
+
+use super::update::{rollout, spec_delay};
+use super::{node_up, refusal};
+use crate::state::{State, TaskChange};
+
+pub(super) struct Orchestrator<'a> {
+    pub(super) state: &'a State,
+    pub(super) svc: &'a Service,
+    /// The service's tasks.
+    pub(super) tasks: &'a [&'a Task],
+    pub(super) now_ms: u64,
+    pub(super) out: &'a mut Vec<TaskChange>,
+    pub(super) new_id: &'a mut dyn FnMut() -> String,
+}
+
+impl Orchestrator<'_> {
+    pub(super) fn run(mut self) {
+        let mut by_slot: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
+        for &t in self.tasks {
+            let key = if self.svc.spec.mode.is_global() { t.node_id.clone() } else { format!("{:020}", t.slot) };
+            by_slot.entry(key).or_default().push(t);
+        }
+        for tasks in by_slot.values_mut() {
+            tasks.sort_by_key(|t| (t.created_index, t.id.clone()));
+        }
+        let spec = &self.svc.spec;
+        // Out-of-date tasks are replaced `parallelism` at a time: the up-to-date
+        // ones not running yet are the batch in flight.
+        let in_flight = self
+            .tasks
+            .iter()
+            .filter(|t| {
+                t.spec_version == self.svc.spec_version
+                    && t.desired == TaskState::Running
+                    && t.status.state < TaskState::Running
+            })
+            .count() as u64;
+        // --update-delay: the next batch waits this long after the last one came up.
+        let last_up = self
+            .tasks
+            .iter()
+            .filter(|t| t.spec_version == self.svc.spec_version && t.status.state == TaskState::Running)
+            .map(|t| t.status.at_ms)
+            .max();
+        let delayed = spec_delay(self.svc) > 0 && last_up.is_some_and(|at| self.now_ms < at + spec_delay(self.svc));
+        let paused = self.svc.update_state == UpdateState::Paused || delayed;
+        let rollout = rollout(self.svc);
+        let mut budget = if paused {
+            0
+        } else if rollout.parallelism == 0 {
+            u64::MAX
+        } else {
+            rollout.parallelism.saturating_sub(in_flight)
+        };
+
+        match spec.mode {
+            Mode::Replicated | Mode::ReplicatedJob => {
+                let wanted = spec.replicas;
+                let concurrent = if spec.max_concurrent == 0 { wanted } else { spec.max_concurrent };
+                let mut live = by_slot
+                    .values()
+                    .flatten()
+                    .filter(|t| t.desired == TaskState::Running && !t.status.state.is_terminal())
+                    .count() as u64;
+                for slot in 1..=wanted {
+                    let tasks = by_slot.get(&format!("{slot:020}")).map(Vec::as_slice).unwrap_or(&[]);
+                    if spec.mode == Mode::ReplicatedJob && tasks.is_empty() && live >= concurrent {
+                        continue; // waits for a running one to finish
+                    }
+                    if self.slot(slot, "", tasks, &mut budget) && tasks.is_empty() {
+                        live += 1;
+                    }
+                }
+                // Slots past the count: scaled down.
+                for (_, tasks) in by_slot.range(format!("{:020}", wanted + 1)..) {
+                    for t in tasks.iter().filter(|t| t.desired == TaskState::Running) {
+                        self.shutdown(t);
+                    }
+                }
+            }
+            Mode::Global | Mode::GlobalJob => {
+                for node in self.state.nodes.values() {
+                    let tasks = by_slot.get(&node.id).map(Vec::as_slice).unwrap_or(&[]);
+                    if refusal(node, &spec.task).is_none() {
+                        self.slot(0, &node.id, tasks, &mut budget);
+                    } else {
+                        for t in tasks.iter().filter(|t| t.desired == TaskState::Running) {
+                            self.shutdown(t);
+                        }
+                    }
+                }
+                // Tasks of nodes that left the cluster.
+                for (node, tasks) in &by_slot {
+                    if !self.state.nodes.contains_key(node) {
+                        for t in tasks.iter().filter(|t| t.desired == TaskState::Running) {
+                            self.shutdown(t);
+                        }
+                    }
+                }
+            }
+        }
+        self.update_progress();
+    }
+
+    /// One slot (or a global service's node): returns whether it made a task.
+    fn slot(&mut self, slot: u64, node: &str, tasks: &[&Task], budget: &mut u64) -> bool {
+        let spec = &self.svc.spec;
+        let mut live: Vec<&Task> = Vec::new();
+        for t in tasks.iter().copied().filter(|t| t.desired == TaskState::Running) {
+            if t.status.state.is_terminal() {
+                self.shutdown(t); // it ended by itself: the restart policy decides below
+            } else if !t.node_id.is_empty() && !node_up(self.state, &t.node_id) {
+                self.shutdown(t);
+                self.out.push(TaskChange::Status {
+                    id: t.id.clone(),
+                    status: TaskStatus {
+                        state: TaskState::Orphaned,
+                        message: "its node is down".into(),
+                        err: "node is down".into(),
+                        ..t.status.clone()
+                    },
+                });
+            } else if node.is_empty()
+                && !t.node_id.is_empty()
+                && self.state.nodes.get(&t.node_id).is_none_or(|n| refusal(n, &spec.task).is_some())
+            {
+                self.shutdown(t); // drained, or the constraints changed
+            } else {
+                live.push(t);
+            }
+        }
+        if let Some(&current) = live.last() {
+            // start-first: the older ones go once the newest runs.
+            for old in &live[..live.len() - 1] {
+                if current.status.state >= TaskState::Running || current.spec != self.svc.spec.task {
+                    self.shutdown(old);
+                }
+            }
+            if current.spec != self.svc.spec.task && *budget > 0 && live.len() == 1 {
+                *budget -= 1;
+                if rollout(self.svc).order == UpdateOrder::StartFirst {
+                    self.create(slot, node, 0, 0);
+                } else {
+                    self.shutdown(current);
+                }
+                return false;
+            }
+            return false;
+        }
+        // Nothing live: replace the newest task, if it should be.
+        let Some(&last) = tasks.last() else {
+            self.create(slot, node, 0, 0);
+            return true;
+        };
+        let lost =
+            last.status.state == TaskState::Orphaned || !last.node_id.is_empty() && !node_up(self.state, &last.node_id);
+        if !last.status.state.is_terminal()
+            && !lost
+            && self.changes_for(&last.id).all(|c| !matches!(c, TaskChange::Status { .. }))
+        {
+            return false; // stop-first: the old one is still stopping
+        }
+        if !spec.mode.is_job() || last.status.state != TaskState::Complete {
+            let ended_by_itself =
+                matches!(last.status.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected);
+            if !ended_by_itself || last.spec != self.svc.spec.task {
+                if last.spec != self.svc.spec.task {
+                    // A stop-first update's replacement: part of this batch.
+                    *budget = budget.saturating_sub(1);
+                }
+                self.create(slot, node, 0, 0);
+                return true;
+            }
+            let r = &spec.task.restart;
+            let failed = last.status.state != TaskState::Complete || last.status.exit_code.is_some_and(|c| c != 0);
+            let again = match r.condition {
+                RestartCondition::None => false,
+                RestartCondition::OnFailure => failed,
+                RestartCondition::Any => !spec.mode.is_job() || failed,
+            };
+            // --restart-window: only the restarts within it count against max attempts.
+            let attempts = if r.window_ms > 0 {
+                let since = self.now_ms.saturating_sub(r.window_ms);
+                tasks.iter().filter(|t| t.attempt > 0 && t.meta.created_ms >= since).count() as u64
+            } else {
+                last.attempt
+            };
+            if again && (r.max_attempts == 0 || attempts < r.max_attempts) {
+                let attempt = last.attempt + 1;
+                let delay =
+                    r.delay_ms.saturating_mul(1 << (attempt - 1).min(16)).min(MAX_RESTART_DELAY_MS.max(r.delay_ms));
+                self.create(slot, node, attempt, last.status.at_ms.max(last.meta.updated_ms) + delay);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn changes_for<'b>(&'b self, id: &'b str) -> impl Iterator<Item = &'b TaskChange> + 'b {
+        self.out.iter().filter(
+            move |c| matches!(c, TaskChange::Status { id: i, .. } | TaskChange::Desired { id: i, .. } if i == id),
+        )
+    }
+
+    fn shutdown(&mut self, t: &Task) {
+        if t.desired < TaskState::Shutdown
+            && !self.out.iter().any(|c| matches!(c, TaskChange::Desired { id, .. } if *id == t.id))
+        {
+            self.out.push(TaskChange::Desired { id: t.id.clone(), desired: TaskState::Shutdown });
+        }
+    }
+
+    fn create(&mut self, slot: u64, node: &str, attempt: u64, not_before_ms: u64) {
+        let assigned = !node.is_empty();
+        self.out.push(TaskChange::Create(Box::new(Task {
+            id: (self.new_id)(),
+            service_id: self.svc.id.clone(),
+            service_name: self.svc.spec.name.clone(),
+            slot,
+            node_id: node.to_string(),
+            desired: TaskState::Running,
+            status: TaskStatus {
+                state: if assigned { TaskState::Assigned } else { TaskState::Pending },
+                message: if assigned { "assigned to its node".into() } else { "waiting for a node".into() },
+                ..Default::default()
+            },
+            spec: self.svc.spec.task.clone(),
+            spec_version: self.svc.spec_version,
+            not_before_ms,
+            attempt,
+            created_index: 0,
+            started_ms: 0,
+            meta: Default::default(),
+        })));
+    }
+}
