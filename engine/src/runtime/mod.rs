@@ -825,6 +825,12 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+impl From<shoal_proto::mount::MountError> for ContainerError {
+    fn from(e: shoal_proto::mount::MountError) -> Self {
+        ContainerError::Volume(e.into())
+    }
+}
+
 /// Mounts the container's overlay root at `target`.
 fn mount_overlay(target: &Path, opts: &str) -> Result<(), ContainerError> {
     crate::sys::mount_overlay(target, opts).map_err(|source| ContainerError::Io {
