@@ -42,7 +42,6 @@ pub use request::{RunRequest, netd_network};
 
 use crate::sys::is_mount_point;
 use record::{json_of, read_json, shim_alive};
-use request::{Settings, health_check};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -87,6 +86,18 @@ pub enum ContainerError {
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ContainerError + 'a {
     move |source| ContainerError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// What `run` made for a container beyond its resolved config.
+struct Settings {
+    image_id: String,
+    /// Mounts as resolved (volume names filled in).
+    mounts: Vec<MountReq>,
+    /// (mount point, volume directory) of every volume mount.
+    copy_up: Vec<(String, PathBuf)>,
+    /// Its netd networks, and what netd made of them.
+    networks: Vec<Attachment>,
+    endpoints: Vec<Endpoint>,
 }
 
 /// The files every container gets from its directory's `etc/`, bound over the image's.
@@ -210,150 +221,26 @@ impl Containers {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let image = self.images.inspect(&req.image)?;
         let id = random_hex(64);
-        let name = if req.name.is_empty() { format!("shoal_{}", &id[..8]) } else { req.name.clone() };
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) || name.starts_with(['.', '-']) {
-            return Err(ContainerError::Invalid {
-                what: "container name",
-                value: name,
-                why: "only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed".into(),
-            });
-        }
+        let host = request::Host {
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            netd: self.networks.get().is_some(),
+        };
+        let cfg = request::resolve(&id, req, &image.config, &host)?;
+        let name = cfg.name.clone();
         if let Some(other) = self.list().into_iter().find(|c| c.record.name == name) {
             return Err(ContainerError::NameInUse { name, id: other.record.id });
         }
-        let memory_bytes = match req.memory.as_str() {
-            "" => None,
-            m => Some(shoal_proto::parse::memory(m).map_err(|why| ContainerError::Invalid {
-                what: "memory",
-                value: m.into(),
-                why,
-            })?),
-        };
-        let host_cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let cpus = match req.cpus.as_str() {
-            "" => None,
-            c => Some(
-                shoal_proto::parse::cpus(c)
-                    .and_then(|v| shoal_proto::parse::cpus_within(v, host_cpus))
-                    .map_err(|why| ContainerError::Invalid { what: "cpus", value: c.into(), why })?,
-            ),
-        };
-        fn invalid(what: &'static str, value: &str) -> impl FnOnce(String) -> ContainerError + use<> {
-            let value = value.to_string();
-            move |why| ContainerError::Invalid { what, value, why }
-        }
-        let restart: RestartPolicy = req.restart.parse().map_err(invalid("restart policy", &req.restart))?;
-        if req.auto_remove && restart != RestartPolicy::No {
-            return Err(ContainerError::Invalid {
-                what: "options",
-                value: format!("--restart {restart} --rm"),
-                why: "conflicting options: a container removed when it exits cannot be restarted; drop one of them"
-                    .into(),
-            });
-        }
-        let image_stop_signal = image.config.stop_signal.clone().unwrap_or_default();
-        let stop_signal = match (req.stop_signal.as_str(), image_stop_signal.as_str()) {
-            ("", "") => libc::SIGTERM,
-            ("", s) | (s, _) => signal_number(s).map_err(invalid("stop signal", s))?,
-        };
-        let stop_timeout =
-            req.stop_timeout.or(image.config.stop_timeout.and_then(|t| u64::try_from(t).ok())).unwrap_or(10);
-        let log = LogConfig::parse(&req.log_opts).map_err(invalid("log option", &req.log_opts.join(",")))?;
-        // Like Docker, the default bridge unless asked otherwise (none without netd).
-        let network_name = match req.network.as_str() {
-            "" if self.networks.get().is_some() => "bridge",
-            "" => "none",
-            n => n,
-        };
-        let network = if network_name == "host" { NetworkMode::Host } else { NetworkMode::None };
-        if !req.network_aliases.is_empty() && matches!(network_name, "bridge" | "host" | "none") {
-            return Err(ContainerError::Invalid {
-                what: "network alias",
-                value: req.network_aliases.join(","),
-                why: "network-scoped aliases are only supported for user-defined networks".into(),
-            });
-        }
-        let ports = req
-            .publish
-            .iter()
-            .map(|p| {
-                shoal_proto::net::parse_publish(p).map_err(|why| ContainerError::Invalid {
-                    what: "port mapping",
-                    value: p.clone(),
-                    why,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if !ports.is_empty() && !netd_network(network_name) {
-            return Err(ContainerError::Invalid {
-                what: "port mapping",
-                value: req.publish.join(" "),
-                why: format!("published ports need a bridge network, not --network {network_name}"),
-            });
-        }
-        if netd_network(network_name) && self.networks.get().is_none() {
-            return Err(ContainerError::Invalid {
-                what: "network",
-                value: network_name.into(),
-                why: "bridge networks need netd, which this daemon does not use".into(),
-            });
-        }
-        // Command: Docker's rules for Entrypoint and Cmd.
-        let cfg = &image.config;
-        let entrypoint: Vec<String> = match &req.entrypoint {
-            Some(e) if e.is_empty() => vec![],
-            Some(e) => vec![e.clone()],
-            None => cfg.entrypoint.clone().unwrap_or_default(),
-        };
-        let cmd: Vec<String> = if !req.command.is_empty() {
-            req.command.clone()
-        } else if req.entrypoint.is_some() {
-            vec![]
-        } else {
-            cfg.cmd.clone().unwrap_or_default()
-        };
-        let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
-        let health = health_check(&req.health, cfg.healthcheck.as_ref())?;
-        let mut env = cfg.env.clone().unwrap_or_default();
-        for e in &req.env {
-            let key = e.split('=').next().unwrap_or("");
-            env.retain(|x| x.split('=').next() != Some(key));
-            env.push(e.clone());
-        }
-        // Mounts: what the user asked for, then the image's VOLUMEs as anonymous volumes.
-        let mut mounts: Vec<MountReq> = Vec::new();
-        for v in &req.volumes {
-            mounts.push(crate::volumes::parse_volume_flag(v)?);
-        }
-        for t in &req.tmpfs {
-            mounts.push(crate::volumes::parse_tmpfs_flag(t)?);
-        }
-        for m in &req.mounts {
-            let mount = crate::volumes::parse_mount_flag(m)?;
-            if let MountSource::Bind(host) = &mount.source {
+        // Like Docker, `--mount type=bind` refuses a missing host path before anything is made.
+        for m in &cfg.mounts {
+            if let (MountSource::Bind(host), BindFlag::Mount) = (&m.mount.source, m.flag) {
                 crate::volumes::bind_source(host, host.exists(), BindFlag::Mount)?;
             }
-            mounts.push(mount);
         }
-        if let Some(dup) = mounts
-            .iter()
-            .enumerate()
-            .find_map(|(i, m)| mounts[..i].iter().any(|o| o.target == m.target).then_some(&m.target))
-        {
-            return Err(ContainerError::Invalid {
-                what: "mounts",
-                value: dup.clone(),
-                why: "duplicate mount point".into(),
-            });
-        }
-        for target in cfg.volumes.clone().unwrap_or_default().into_keys() {
-            if !mounts.iter().any(|m| m.target == target) {
-                mounts.push(MountReq { source: MountSource::Volume(String::new()), target, read_only: false });
-            }
-        }
+        let mut mounts: Vec<MountReq> = Vec::new();
         let mut spec_mounts = Vec::new();
         let mut copy_up = Vec::new();
-        for m in mounts.iter_mut() {
+        for m in &cfg.mounts {
+            let mut m = m.mount.clone();
             let source = match &m.source {
                 MountSource::Volume(name) => {
                     let fresh = name.is_empty() || self.volumes.inspect(name).is_err();
@@ -381,25 +268,9 @@ impl Containers {
                 MountSource::Tmpfs => None,
             };
             spec_mounts.push(spec::SpecMount { source, target: m.target.clone(), read_only: m.read_only });
+            mounts.push(m);
         }
-        let run = RunSpec {
-            mounts: spec_mounts,
-            args: args.clone(),
-            env,
-            cwd: if req.workdir.is_empty() { cfg.working_dir.clone().unwrap_or_default() } else { req.workdir.clone() },
-            user: if req.user.is_empty() { cfg.user.clone().unwrap_or_default() } else { req.user.clone() },
-            hostname: if req.hostname.is_empty() { id[..12].to_string() } else { req.hostname.clone() },
-            memory_bytes,
-            cpus,
-            pids_limit: (req.pids_limit > 0).then_some(req.pids_limit),
-            read_only: req.read_only,
-            network,
-            cap_add: req.cap_add.clone(),
-            cap_drop: req.cap_drop.clone(),
-            terminal: req.tty,
-            netns: None,
-        };
-        let mut run = run;
+        let mut run = RunSpec { mounts: spec_mounts, ..cfg.run.clone() };
         let dir = self.dir(&id);
         for (file, target) in ETC_FILES {
             if !run.mounts.iter().any(|m| m.target == target) {
@@ -412,39 +283,21 @@ impl Containers {
         }
         let mut networks = Vec::new();
         let mut endpoints = Vec::new();
-        if let (true, Some(nets)) = (netd_network(network_name), self.networks.get()) {
-            let a = Attachment {
-                network: network_name.into(),
-                aliases: req.network_aliases.clone(),
-                ip: req.ip.clone(),
-                ports,
-            };
+        if let (Some(a), Some(nets)) = (&cfg.attachment, self.networks.get()) {
             let netns = nets.ensure_netns(&id).map_err(|e| ContainerError::Invalid {
                 what: "network",
-                value: network_name.into(),
+                value: a.network.clone(),
                 why: e.to_string(),
             })?;
-            endpoints.push(self.attach_one(nets, &id, &name, &a).inspect_err(|_| remove_netns(&netns))?);
-            networks.push(a);
+            endpoints.push(self.attach_one(nets, &id, &name, a).inspect_err(|_| remove_netns(&netns))?);
+            networks.push(a.clone());
             run.netns = Some(netns);
         }
-        let settings = Settings {
-            image_id: image.id.to_string(),
-            mounts,
-            restart,
-            stop_signal,
-            stop_timeout,
-            log,
-            copy_up,
-            networks,
-            endpoints,
-            network: network_name.into(),
-            health,
-        };
+        let settings = Settings { image_id: image.id.to_string(), mounts, copy_up, networks, endpoints };
         if req.attach && req.auto_remove {
             self.holds.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), std::time::Instant::now());
         }
-        let result = self.prepare(&id, &name, req, &run, &settings, &dir);
+        let result = self.prepare(&id, req, &cfg, &run, &settings, &dir);
         if let Err(e) = result {
             self.teardown(&dir);
             if let (Some(nets), false) = (self.networks.get(), settings.networks.is_empty()) {
@@ -481,8 +334,8 @@ impl Containers {
     fn prepare(
         &self,
         id: &str,
-        name: &str,
         req: &RunRequest,
+        cfg: &request::ContainerConfig,
         run: &RunSpec,
         settings: &Settings,
         dir: &Path,
@@ -517,7 +370,7 @@ impl Containers {
         spec.save(&cfg_path).map_err(|e| ContainerError::StartFailed { id: id.into(), message: e.to_string() })?;
         let record = Record {
             id: id.into(),
-            name: name.into(),
+            name: cfg.name.clone(),
             image: req.image.clone(),
             image_id: settings.image_id.clone(),
             args: run.args.clone(),
@@ -528,25 +381,25 @@ impl Containers {
                 memory_bytes: run.memory_bytes,
                 cpus: run.cpus,
                 pids_limit: run.pids_limit,
-                network: settings.network.clone(),
+                network: cfg.network.clone(),
             },
             mounts: settings.mounts.clone(),
-            restart: settings.restart,
-            stop_signal: settings.stop_signal,
-            stop_timeout: settings.stop_timeout,
+            restart: cfg.restart,
+            stop_signal: cfg.stop_signal,
+            stop_timeout: cfg.stop_timeout,
             tty: req.tty,
             interactive: req.interactive,
             networks: settings.networks.clone(),
             task_id: req.task_id.clone(),
             labels: req.labels.clone(),
-            health: settings.health.clone(),
+            health: cfg.health.clone(),
         };
         let shim = ShimConfig {
             id: id.into(),
             bundle,
             state_root: self.state_root.clone(),
             cgroups_path,
-            log: settings.log,
+            log: cfg.log,
             tty: req.tty,
             stdin: req.interactive,
             wait_attach: req.attach && (req.tty || req.interactive),
