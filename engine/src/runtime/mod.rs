@@ -40,25 +40,24 @@ pub(crate) use record::status_at;
 pub use record::{Container, Record, RunSpecRecord, Status};
 pub use request::{RunRequest, netd_network};
 
-use crate::sys::is_mount_point;
-use record::{json_of, read_json, shim_alive};
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shoal_proto::health::{HealthCheck, HealthSetting, ImageHealthcheck};
+use shoal_proto::health::HealthCheck;
 use shoal_proto::model::now_ms;
 
 use crate::images::ImageStore;
 use crate::network::{Attachment, Endpoint, NetworkError, Networks, hosts_file, remove_netns, resolv_conf};
+use crate::sys::is_mount_point;
 use crate::volumes::{BindFlag, BindSource, MountReq, MountSource, VolumeStore};
 use cgroups::Cgroups;
+use record::{json_of, read_json, shim_alive};
 use restart::{Decision, Ended, RestartPolicy, RestartState};
-use shim::{Exited, Failed, LogConfig, ShimConfig, Started};
-use spec::{NetworkMode, RunSpec};
+use shim::{Exited, Failed, ShimConfig, Started};
+use spec::RunSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {

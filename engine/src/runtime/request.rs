@@ -5,11 +5,19 @@
 //! health are applied to a request and an image's config. It is pure (the
 //! host comes in as `Host`); `Containers::run` does what it settles.
 
+use std::collections::BTreeMap;
+
+use shoal_proto::health::{HealthCheck, HealthSetting, ImageHealthcheck};
 use shoal_proto::mount::{BindFlag, MountReq, MountSource};
 use shoal_proto::net::PortMap;
+use shoal_proto::parse::signal_number;
 
-use super::*;
+use super::ContainerError;
+use super::restart::RestartPolicy;
+use super::shim::LogConfig;
+use super::spec::{NetworkMode, RunSpec};
 use crate::images::ContainerConfig as ImageConfig;
+use crate::network::Attachment;
 
 /// What `shoal run` asks for, parsed: the API edge reads Docker's flags
 /// into it, the worker builds it from a task's spec.
