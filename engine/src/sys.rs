@@ -58,3 +58,24 @@ pub fn new_session_on_spawn(cmd: &mut std::process::Command) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mount_point_is_on_another_device_than_its_parent() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).expect("mkdir");
+        assert!(!is_mount_point(&sub, dir.path()), "a plain directory");
+        assert!(!is_mount_point(&dir.path().join("missing"), dir.path()), "nothing there");
+        assert!(is_mount_point(Path::new("/proc"), Path::new("/")), "procfs");
+    }
+
+    #[test]
+    fn a_path_with_a_nul_byte_cannot_be_mounted() {
+        let err = mount_overlay(Path::new("/tmp/x\0y"), "lowerdir=/a").expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+}

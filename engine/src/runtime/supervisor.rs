@@ -34,6 +34,7 @@ impl Containers {
         if matches!(c.status, Status::Dead { .. }) {
             // Its shim died without recording the end: nothing of it may linger.
             for pid in self.cgroups.pids(&c.record.cgroups_path) {
+                // A process of this container's own cgroup.
                 crate::sys::kill(pid, libc::SIGKILL);
             }
         }
