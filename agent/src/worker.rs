@@ -18,7 +18,9 @@ use tokio::sync::Notify;
 use shoal_engine::images::ImageStore;
 use shoal_engine::registry::{Credentials, Registries, RegistryError};
 use shoal_engine::runtime::health::HealthStatus;
-use shoal_engine::runtime::{Container, Containers, RunRequest, Status};
+use shoal_engine::runtime::request::RequestedMount;
+use shoal_engine::runtime::{Container, ContainerError, Containers, RunRequest, Status};
+use shoal_proto::net::{PortMap, Proto};
 
 /// Containers a node starts at once.
 const PARALLEL_STARTS: usize = 4;
@@ -386,7 +388,7 @@ impl Worker {
             }
         }
         self.report(t, TaskStatus { state: TaskState::Starting, message: "starting".into(), ..Default::default() });
-        match self.containers.run(&self.run_request(t)) {
+        match self.run_request(t).and_then(|r| self.containers.run(&r)) {
             Ok(c) => {
                 // With a health check, the next pass says running once it passes.
                 if let Some(s) = observed(&c).filter(|s| c.health.is_none() || s.state != TaskState::Running) {
@@ -405,9 +407,38 @@ impl Worker {
         }
     }
 
-    fn run_request(&self, t: &Task) -> RunRequest {
+    /// The task's container as a typed request: its limits are numbers
+    /// already; its mounts are `--mount` specs, read by the engine's parser.
+    fn run_request(&self, t: &Task) -> Result<RunRequest, ContainerError> {
         let s = &t.spec;
-        RunRequest {
+        let mounts = s.mounts.iter().map(|m| RequestedMount::mount(m)).collect::<Result<Vec<_>, _>>()?;
+        let stop_signal = match s.stop_signal.as_str() {
+            "" => None,
+            sig => Some(shoal_proto::parse::signal_number(sig).map_err(|why| ContainerError::Invalid {
+                what: "stop signal",
+                value: sig.into(),
+                why,
+            })?),
+        };
+        let publish = s
+            .ports
+            .iter()
+            .map(|p| {
+                let proto = match p.protocol.as_str() {
+                    "" | "tcp" => Proto::Tcp,
+                    "udp" => Proto::Udp,
+                    other => {
+                        return Err(ContainerError::Invalid {
+                            what: "port mapping",
+                            value: format!("{}:{}/{other}", p.published, p.target),
+                            why: format!("unknown protocol {other:?}: use tcp or udp"),
+                        });
+                    }
+                };
+                Ok(PortMap { host_ip: None, host_port: p.published, container_port: p.target, proto })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RunRequest {
             image: s.image.clone(),
             name: t.container_name(),
             command: s.args.clone(),
@@ -420,18 +451,18 @@ impl Worker {
             } else {
                 expand_template(&s.hostname, &t.service_name, t, &self.hostname)
             },
-            memory: if s.limit_memory > 0 { s.limit_memory.to_string() } else { String::new() },
-            cpus: if s.limit_nano_cpus > 0 { format!("{}", s.limit_nano_cpus as f64 / 1e9) } else { String::new() },
+            memory: (s.limit_memory > 0).then(|| i64::try_from(s.limit_memory).unwrap_or(i64::MAX)),
+            cpus: (s.limit_nano_cpus > 0).then(|| s.limit_nano_cpus as f64 / 1e9),
             pids_limit: s.limit_pids,
-            mounts: s.mounts.clone(),
-            stop_signal: s.stop_signal.clone(),
+            mounts,
+            stop_signal,
             stop_timeout: Some(s.stop_grace_ms.div_ceil(1000)),
-            publish: s.ports.iter().map(|p| format!("{}:{}/{}", p.published, p.target, p.protocol)).collect(),
+            publish,
             task_id: t.id.clone(),
             labels: task_labels(t),
             health: s.health.clone(),
             ..Default::default()
-        }
+        })
     }
 }
 

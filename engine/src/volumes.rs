@@ -1,10 +1,13 @@
 //! Volumes: named (and anonymous) directories under `<data root>/volumes/<name>/_data`
-//! that outlive containers, and the parsing of `-v` / `--tmpfs` into mounts.
+//! that outlive containers, and Docker's rules for a bind mount's host path
+//! (the flags themselves are parsed by `shoal_proto::mount`).
 //! A volume in use by a container is never removed.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+pub use shoal_proto::mount::{BindFlag, MountReq, MountSource, parse_mount_flag, parse_tmpfs_flag, parse_volume_flag};
+use shoal_proto::mount::{MountError, valid_volume_name as valid_name};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VolumeError {
@@ -22,6 +25,12 @@ pub enum VolumeError {
     Io { what: &'static str, path: PathBuf, err: String },
 }
 
+impl From<MountError> for VolumeError {
+    fn from(MountError { spec, why }: MountError) -> Self {
+        VolumeError::BadMount { spec, why }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
     pub name: String,
@@ -29,115 +38,6 @@ pub struct Volume {
     pub created_ms: u64,
     /// Made for an image's VOLUME, with a random name.
     pub anonymous: bool,
-}
-
-/// One mount a container asked for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MountSource {
-    Volume(String),
-    Bind(PathBuf),
-    Tmpfs,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MountReq {
-    pub source: MountSource,
-    pub target: String,
-    pub read_only: bool,
-}
-
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-}
-
-/// `-v NAME:/path[:ro|rw]`, `-v /host:/path[:ro|rw]` or `-v /path` (anonymous).
-pub fn parse_volume_flag(spec: &str) -> Result<MountReq, VolumeError> {
-    let bad = |why: &str| VolumeError::BadMount { spec: spec.to_string(), why: why.to_string() };
-    let parts: Vec<&str> = spec.split(':').collect();
-    let (src, target, mode) = match parts.as_slice() {
-        [t] => (None, *t, None),
-        [s, t] => (Some(*s), *t, None),
-        [s, t, m] => (Some(*s), *t, Some(*m)),
-        _ => return Err(bad("expected [SOURCE:]TARGET[:ro|rw]")),
-    };
-    if !target.starts_with('/') {
-        return Err(bad("the target must be an absolute path in the container"));
-    }
-    if target == "/" {
-        return Err(bad("the target cannot be /"));
-    }
-    let read_only = match mode {
-        None | Some("rw") => false,
-        Some("ro") => true,
-        Some(m) => return Err(bad(&format!("unknown mode {m:?}: use ro or rw"))),
-    };
-    let source = match src {
-        None => MountSource::Volume(String::new()), // anonymous
-        Some(s) if s.starts_with('/') => MountSource::Bind(PathBuf::from(s)),
-        Some(s) if valid_name(s) => MountSource::Volume(s.to_string()),
-        Some(s) => return Err(bad(&format!("{s:?} is neither an absolute host path nor a volume name"))),
-    };
-    Ok(MountReq { source, target: target.to_string(), read_only })
-}
-
-/// `--tmpfs /path`.
-pub fn parse_tmpfs_flag(spec: &str) -> Result<MountReq, VolumeError> {
-    let target = spec.split(':').next().unwrap_or("");
-    if !target.starts_with('/') || target == "/" {
-        return Err(VolumeError::BadMount { spec: spec.into(), why: "expected an absolute path other than /".into() });
-    }
-    Ok(MountReq { source: MountSource::Tmpfs, target: target.to_string(), read_only: false })
-}
-
-/// `--mount type=volume|bind|tmpfs,source=S,target=T[,readonly]`, with
-/// Docker's aliases (src, dst/destination, ro, readonly=true|false).
-pub fn parse_mount_flag(spec: &str) -> Result<MountReq, VolumeError> {
-    let bad = |why: String| VolumeError::BadMount { spec: spec.to_string(), why };
-    let (mut kind, mut source, mut target, mut read_only) =
-        ("volume".to_string(), None::<String>, None::<String>, false);
-    for field in spec.split(',').filter(|f| !f.is_empty()) {
-        let (k, v) = match field.split_once('=') {
-            Some((k, v)) => (k.trim(), Some(v.trim())),
-            None => (field.trim(), None),
-        };
-        match (k, v) {
-            ("type", Some(v)) => kind = v.to_string(),
-            ("source" | "src", Some(v)) => source = Some(v.to_string()),
-            ("target" | "dst" | "destination", Some(v)) => target = Some(v.to_string()),
-            ("readonly" | "ro", None | Some("true" | "1")) => read_only = true,
-            ("readonly" | "ro", Some("false" | "0")) => read_only = false,
-            _ => {
-                return Err(bad(format!(
-                    "unknown or malformed field {field:?}: use type=, source=, target=, readonly"
-                )));
-            }
-        }
-    }
-    let target = target.ok_or_else(|| bad("target= is required".into()))?;
-    if !target.starts_with('/') || target == "/" {
-        return Err(bad("the target must be an absolute path in the container other than /".into()));
-    }
-    let source = match (kind.as_str(), source) {
-        ("volume", None) => MountSource::Volume(String::new()),
-        ("volume", Some(s)) if valid_name(&s) => MountSource::Volume(s),
-        ("volume", Some(s)) => return Err(bad(format!("invalid volume name {s:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]"))),
-        ("bind", Some(s)) if s.starts_with('/') => MountSource::Bind(PathBuf::from(s)),
-        ("bind", _) => return Err(bad("a bind mount needs source=/absolute/host/path".into())),
-        ("tmpfs", None) => MountSource::Tmpfs,
-        ("tmpfs", Some(_)) => return Err(bad("a tmpfs mount takes no source".into())),
-        (other, _) => return Err(bad(format!("unknown type {other:?}: use volume, bind or tmpfs"))),
-    };
-    Ok(MountReq { source, target, read_only })
-}
-
-/// Where a bind mount's host path came from: `-v` creates a missing directory,
-/// `--mount type=bind` (and a service's mounts) refuses it, as Docker does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BindFlag {
-    Volume,
-    Mount,
 }
 
 /// What to do with a bind mount's host path before mounting it.
@@ -315,46 +215,6 @@ mod tests {
         ];
         for (flag, spec, want) in cases {
             assert_eq!(absolutize_bind(flag, spec, cwd).as_deref(), want, "{spec}");
-        }
-    }
-
-    #[test]
-    fn volume_flags_parse_like_docker() {
-        let v = parse_volume_flag("data:/var/lib/data").expect("named");
-        assert_eq!(
-            (v.source, v.target.as_str(), v.read_only),
-            (MountSource::Volume("data".into()), "/var/lib/data", false)
-        );
-        let v = parse_volume_flag("/srv/www:/www:ro").expect("bind");
-        assert_eq!((v.source, v.read_only), (MountSource::Bind("/srv/www".into()), true));
-        let v = parse_volume_flag("/cache").expect("anonymous");
-        assert_eq!(v.source, MountSource::Volume(String::new()));
-        for bad in ["data:rel", "data:/", "data:/x:rw:ro", "da ta:/x", "data:/x:rx", ""] {
-            assert!(parse_volume_flag(bad).is_err(), "{bad}");
-        }
-        assert_eq!(parse_tmpfs_flag("/run").expect("tmpfs").source, MountSource::Tmpfs);
-        assert!(parse_tmpfs_flag("run").is_err());
-    }
-
-    #[test]
-    fn mount_flags_parse_like_docker() {
-        let m = parse_mount_flag("type=volume,source=data,target=/data,readonly").expect("volume");
-        assert_eq!(m, MountReq { source: MountSource::Volume("data".into()), target: "/data".into(), read_only: true });
-        let m = parse_mount_flag("type=bind,src=/srv,dst=/www,ro=false").expect("bind");
-        assert_eq!(m, MountReq { source: MountSource::Bind("/srv".into()), target: "/www".into(), read_only: false });
-        assert_eq!(parse_mount_flag("type=tmpfs,destination=/run").expect("tmpfs").source, MountSource::Tmpfs);
-        assert_eq!(parse_mount_flag("target=/cache").expect("anonymous").source, MountSource::Volume(String::new()));
-        for bad in [
-            "type=bind,target=/x",
-            "type=bind,src=rel,target=/x",
-            "source=x",
-            "type=nfs,target=/x",
-            "target=/x,colour=red",
-            "type=tmpfs,src=a,target=/x",
-            "type=volume,src=../x,target=/x",
-            "target=rel",
-        ] {
-            assert!(parse_mount_flag(bad).is_err(), "{bad}");
         }
     }
 

@@ -51,6 +51,23 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
             return bad(format!("port {}/{} is published twice", p.published, p.protocol));
         }
     }
+    // What every node would refuse when it starts a task, refused here with
+    // the engine's own rules (`shoal_proto::parse`, `shoal_proto::mount`).
+    if spec.task.limit_memory > 0 {
+        let bytes = i64::try_from(spec.task.limit_memory).unwrap_or(i64::MAX);
+        shoal_proto::parse::memory_limit(bytes)
+            .map_err(|why| Status::invalid_argument(format!("invalid --limit-memory {bytes}: {why}")))?;
+    }
+    if !spec.task.stop_signal.is_empty() {
+        shoal_proto::parse::signal_number(&spec.task.stop_signal).map_err(Status::invalid_argument)?;
+    }
+    let mut targets = std::collections::BTreeSet::new();
+    for m in &spec.task.mounts {
+        let mount = shoal_proto::mount::parse_mount_flag(m).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !targets.insert(mount.target.clone()) {
+            return bad(format!("invalid mount {m:?}: {} is mounted twice", mount.target));
+        }
+    }
     if !(0.0..=1.0).contains(&spec.update.max_failure_ratio) {
         return bad("--update-max-failure-ratio is between 0 and 1".into());
     }
@@ -541,5 +558,80 @@ impl pb::ca_server::Ca for CaService {
             managers: manager_addrs(&self.mgr),
             raft_id,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::service::{PublishedPort, TaskSpec};
+
+    fn spec(task: TaskSpec) -> ServiceSpec {
+        ServiceSpec {
+            name: "web".into(),
+            replicas: 1,
+            task: TaskSpec { image: "busybox".into(), ..task },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn specs_no_node_could_run_are_refused_with_the_reason() {
+        let mount = |m: &str| TaskSpec { mounts: vec![m.to_string()], ..Default::default() };
+        let port = |published, target, protocol: &str| TaskSpec {
+            ports: vec![PublishedPort { published, target, protocol: protocol.into() }],
+            ..Default::default()
+        };
+        let table: [(&str, ServiceSpec, Option<&str>); 19] = [
+            ("plain", spec(TaskSpec::default()), None),
+            ("6 MB", spec(TaskSpec { limit_memory: 6 << 20, ..Default::default() }), None),
+            (
+                "1 MB",
+                spec(TaskSpec { limit_memory: 1 << 20, ..Default::default() }),
+                Some("invalid --limit-memory 1048576: minimum memory limit allowed is 6MB"),
+            ),
+            ("a huge limit", spec(TaskSpec { limit_memory: u64::MAX, ..Default::default() }), None),
+            ("SIGQUIT", spec(TaskSpec { stop_signal: "SIGQUIT".into(), ..Default::default() }), None),
+            ("9", spec(TaskSpec { stop_signal: "9".into(), ..Default::default() }), None),
+            (
+                "a bad signal",
+                spec(TaskSpec { stop_signal: "SIGNOPE".into(), ..Default::default() }),
+                Some("invalid signal \"SIGNOPE\": use a name like TERM or a number"),
+            ),
+            ("a volume", spec(mount("type=volume,source=data,target=/data")), None),
+            ("a bind", spec(mount("type=bind,source=/srv,target=/srv,readonly")), None),
+            ("a tmpfs", spec(mount("type=tmpfs,target=/run")), None),
+            (
+                "a relative bind",
+                spec(mount("type=bind,source=srv,target=/srv")),
+                Some("a bind mount needs source=/absolute/host/path"),
+            ),
+            ("no target", spec(mount("type=volume,source=data")), Some("target= is required")),
+            ("an unknown type", spec(mount("type=nfs,target=/x")), Some("unknown type \"nfs\"")),
+            (
+                "an unknown field",
+                spec(mount("target=/x,colour=red")),
+                Some("unknown or malformed field \"colour=red\""),
+            ),
+            (
+                "a doubled target",
+                spec(TaskSpec { mounts: vec!["target=/x".into(), "type=tmpfs,dst=/x".into()], ..Default::default() }),
+                Some("/x is mounted twice"),
+            ),
+            ("a port", spec(port(8080, 80, "tcp")), None),
+            ("no published port", spec(port(0, 80, "tcp")), Some("host mode needs both ports")),
+            ("a bad protocol", spec(port(8080, 80, "sctp")), Some("invalid published port 8080:80/sctp")),
+            ("no image", ServiceSpec { name: "web".into(), ..Default::default() }, Some("a service needs an image")),
+        ];
+        for (case, spec, want) in table {
+            match (validate_spec(&spec), want) {
+                (Ok(()), None) => {}
+                (Err(status), Some(want)) => {
+                    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{case}");
+                    assert!(status.message().contains(want), "{case}: {:?} does not say {want:?}", status.message());
+                }
+                (got, want) => panic!("{case}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 }

@@ -1,11 +1,13 @@
 //! The API boundary: wire types generated from `proto/shoal.proto` (`pb`), the
 //! domain model the managers store (`model`, `service`, `health`), netd's API types
-//! (`net`), Docker's spellings of sizes, CPUs, durations and signals (`parse`), join tokens and transport security (`token`, `tls`). It owns no state
+//! (`net`), Docker's spellings of sizes, CPUs, durations and signals (`parse`) and
+//! of mounts (`mount`), join tokens and transport security (`token`, `tls`). It owns no state
 //! and does no I/O beyond the sockets it is handed, except `probe`: the liveness
 //! probe binds its own UDP sockets and runs the node's responder on a thread.
 
 pub mod health;
 pub mod model;
+pub mod mount;
 pub mod net;
 pub mod parse;
 pub mod probe;

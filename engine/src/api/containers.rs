@@ -3,6 +3,8 @@
 //! container's Docker-shaped views (STATUS column, inspect's `State`).
 
 use super::*;
+use crate::runtime::request::RequestedMount;
+use crate::runtime::shim::LogConfig;
 
 fn ago_ms(ms: u64) -> String {
     ago_at(ms, shoal_proto::model::now_ms())
@@ -112,12 +114,37 @@ fn signal_number(s: &str) -> Result<i32, Status> {
     crate::runtime::signal_number(if s.is_empty() { "KILL" } else { s }).map_err(Status::invalid_argument)
 }
 
-pub(super) async fn container_run(
-    svc: &EngineService,
-    req: Request<pb::ContainerRunRequest>,
-) -> Result<Response<pb::ContainerInfo>, Status> {
-    let r = req.into_inner();
-    let run = RunRequest {
+/// The one place Docker's flag strings (`--memory 64m`, `-v`, `-p`,
+/// `--restart`...) become a typed request; refusals read as they always have.
+fn run_request(r: pb::ContainerRunRequest) -> Result<RunRequest, ContainerError> {
+    fn invalid(what: &'static str, value: &str) -> impl FnOnce(String) -> ContainerError + use<> {
+        let value = value.to_string();
+        move |why| ContainerError::Invalid { what, value, why }
+    }
+    let memory = match r.memory.as_str() {
+        "" => None,
+        m => Some(shoal_proto::parse::memory(m).map_err(invalid("memory", m))?),
+    };
+    let cpus = match r.cpus.as_str() {
+        "" => None,
+        c => Some(shoal_proto::parse::cpus(c).map_err(invalid("cpus", c))?),
+    };
+    let restart = r.restart.parse().map_err(invalid("restart policy", &r.restart))?;
+    let stop_signal = match r.stop_signal.as_str() {
+        "" => None,
+        s => Some(crate::runtime::signal_number(s).map_err(invalid("stop signal", s))?),
+    };
+    let log = LogConfig::parse(&r.log_opts).map_err(invalid("log option", &r.log_opts.join(",")))?;
+    let publish = r
+        .publish
+        .iter()
+        .map(|p| shoal_proto::net::parse_publish(p).map_err(invalid("port mapping", p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mounts = (r.volumes.iter().map(|v| RequestedMount::volume(v)))
+        .chain(r.tmpfs.iter().map(|t| RequestedMount::tmpfs(t)))
+        .chain(r.mounts.iter().map(|m| RequestedMount::mount(m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RunRequest {
         image: r.image,
         name: r.name,
         command: r.command,
@@ -126,32 +153,38 @@ pub(super) async fn container_run(
         workdir: r.workdir,
         user: r.user,
         hostname: r.hostname,
-        memory: r.memory,
-        cpus: r.cpus,
+        memory,
+        cpus,
         pids_limit: r.pids_limit,
         read_only: r.read_only,
         network: r.network,
         cap_add: r.cap_add,
         cap_drop: r.cap_drop,
         auto_remove: r.auto_remove,
-        volumes: r.volumes,
-        tmpfs: r.tmpfs,
-        mounts: r.mounts,
-        restart: r.restart,
-        stop_signal: r.stop_signal,
+        mounts,
+        restart,
+        stop_signal,
         stop_timeout: u64::try_from(r.stop_timeout).ok(),
-        log_opts: r.log_opts,
+        log,
         tty: r.tty,
         interactive: r.interactive,
         attach: r.attach,
-        publish: r.publish,
+        publish,
         ip: r.ip,
         network_aliases: r.network_aliases,
         task_id: String::new(),
         labels: r.labels.into_iter().collect(),
         create_only: r.create_only,
         health: r.health.as_ref().map(Into::into).unwrap_or_default(),
-    };
+    })
+}
+
+pub(super) async fn container_run(
+    svc: &EngineService,
+    req: Request<pb::ContainerRunRequest>,
+) -> Result<Response<pb::ContainerInfo>, Status> {
+    let r = req.into_inner();
+    let run = run_request(r).map_err(cstatus)?;
     let containers = svc.containers.clone();
     let c = cblocking(move || containers.run(&run)).await?;
     Ok(Response::new(container_pb(&c)))
@@ -271,6 +304,60 @@ pub(super) async fn container_wait(
 mod tests {
     use super::*;
     use crate::runtime::health::Health;
+
+    #[test]
+    fn run_flags_become_a_typed_request_or_the_refusals_users_know() {
+        let base = || pb::ContainerRunRequest { image: "busybox".into(), ..Default::default() };
+        let r = run_request(pb::ContainerRunRequest {
+            memory: "64m".into(),
+            cpus: "0.5".into(),
+            restart: "on-failure:3".into(),
+            stop_signal: "SIGQUIT".into(),
+            log_opts: vec!["max-size=1m".into(), "max-file=2".into()],
+            publish: vec!["8080:80".into(), "53/udp".into()],
+            volumes: vec!["data:/data".into()],
+            tmpfs: vec!["/run".into()],
+            mounts: vec!["type=bind,source=/srv,target=/srv,readonly".into()],
+            stop_timeout: -1,
+            ..base()
+        })
+        .expect("valid flags");
+        assert_eq!(
+            (r.memory, r.cpus, r.restart, r.stop_signal, r.stop_timeout),
+            (Some(64 << 20), Some(0.5), crate::runtime::restart::RestartPolicy::OnFailure { max: 3 }, Some(3), None)
+        );
+        assert_eq!((r.log.max_size, r.log.max_files), (1 << 20, 2));
+        assert_eq!(
+            r.publish.iter().map(|p| (p.host_port, p.container_port)).collect::<Vec<_>>(),
+            [(8080, 80), (0, 53)]
+        );
+        let targets: Vec<(&str, crate::volumes::BindFlag)> =
+            r.mounts.iter().map(|m| (m.mount.target.as_str(), m.flag)).collect();
+        use crate::volumes::BindFlag::{Mount, Volume};
+        assert_eq!(targets, [("/data", Volume), ("/run", Volume), ("/srv", Mount)]);
+        let empty = run_request(base()).expect("no flags");
+        assert_eq!((empty.memory, empty.cpus, empty.stop_signal), (None, None, None));
+        let table: [(pb::ContainerRunRequest, &str); 10] = [
+            (pb::ContainerRunRequest { memory: "lots".into(), ..base() }, "invalid memory \"lots\""),
+            (pb::ContainerRunRequest { memory: "1m".into(), ..base() }, "minimum memory limit allowed is 6MB"),
+            (pb::ContainerRunRequest { cpus: "x".into(), ..base() }, "invalid cpus \"x\""),
+            (pb::ContainerRunRequest { restart: "sometimes".into(), ..base() }, "invalid restart policy \"sometimes\""),
+            (pb::ContainerRunRequest { stop_signal: "SIGNOPE".into(), ..base() }, "invalid stop signal \"SIGNOPE\""),
+            (pb::ContainerRunRequest { log_opts: vec!["max-size=1".into()], ..base() }, "invalid log option"),
+            (pb::ContainerRunRequest { publish: vec!["x:80".into()], ..base() }, "invalid port mapping \"x:80\""),
+            (
+                pb::ContainerRunRequest { volumes: vec!["bad name:/x".into()], ..base() },
+                "invalid mount \"bad name:/x\"",
+            ),
+            (pb::ContainerRunRequest { tmpfs: vec!["run".into()], ..base() }, "invalid mount \"run\""),
+            (pb::ContainerRunRequest { mounts: vec!["type=nfs,target=/x".into()], ..base() }, "unknown type \"nfs\""),
+        ];
+        for (req, want) in table {
+            let status = cstatus(run_request(req).expect_err(want));
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{want}");
+            assert!(status.message().contains(want), "{} does not say {want}", status.message());
+        }
+    }
 
     #[test]
     fn the_status_column_shows_health_as_docker_does() {

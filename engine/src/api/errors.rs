@@ -31,7 +31,7 @@ pub(super) fn vstatus(e: crate::volumes::VolumeError) -> Status {
     }
 }
 
-fn cstatus(e: ContainerError) -> Status {
+pub(super) fn cstatus(e: ContainerError) -> Status {
     let msg = e.to_string();
     match e {
         ContainerError::NotFound(_) => Status::not_found(msg),

@@ -1,0 +1,606 @@
+//! What is asked of a container (`shoal run`, a task) as typed values, and
+//! its resolution: `resolve` is the one place Docker's rules for
+//! entrypoint and command, environment, mounts, limits, user, working
+//! directory, hostname, stop signal and timeout, ports, restart policy and
+//! health are applied to a request and an image's config. It is pure (the
+//! host comes in as `Host`); `Containers::run` does what it settles.
+
+use std::collections::BTreeMap;
+
+use shoal_proto::health::{HealthCheck, HealthSetting, ImageHealthcheck};
+use shoal_proto::mount::{BindFlag, MountReq, MountSource};
+use shoal_proto::net::PortMap;
+use shoal_proto::parse::signal_number;
+
+use super::ContainerError;
+use super::restart::RestartPolicy;
+use super::shim::LogConfig;
+use super::spec::{NetworkMode, RunSpec};
+use crate::images::ContainerConfig as ImageConfig;
+use crate::network::Attachment;
+
+/// What `shoal run` asks for, parsed: the API edge reads Docker's flags
+/// into it, the worker builds it from a task's spec.
+#[derive(Clone, Debug, Default)]
+pub struct RunRequest {
+    pub image: String,
+    pub name: String,
+    pub command: Vec<String>,
+    pub entrypoint: Option<String>,
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub user: String,
+    pub hostname: String,
+    /// `--memory` in bytes.
+    pub memory: Option<i64>,
+    /// `--cpus`.
+    pub cpus: Option<f64>,
+    pub pids_limit: i64,
+    pub read_only: bool,
+    pub network: String,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub auto_remove: bool,
+    /// `-v`, `--tmpfs` and `--mount`, in that order.
+    pub mounts: Vec<RequestedMount>,
+    /// `--restart`.
+    pub restart: RestartPolicy,
+    /// `--stop-signal`; None: the image's, else SIGTERM.
+    pub stop_signal: Option<i32>,
+    /// `--stop-timeout` in seconds; None: the image's, else 10.
+    pub stop_timeout: Option<u64>,
+    /// `--log-opt max-size=10m`, `--log-opt max-file=3`.
+    pub log: LogConfig,
+    /// `-t`: a pseudo-terminal.
+    pub tty: bool,
+    /// `-i`: stdin stays open for an attached client.
+    pub interactive: bool,
+    /// The client attaches as soon as it runs (`run -i`/`-t` without `-d`).
+    pub attach: bool,
+    /// `-p`.
+    pub publish: Vec<PortMap>,
+    /// `--ip`.
+    pub ip: String,
+    /// `--network-alias`.
+    pub network_aliases: Vec<String>,
+    /// The cluster task this container runs, if it is one (the worker's).
+    pub task_id: String,
+    /// `-l`/`--label`; a task's container also gets its service's and task's.
+    pub labels: BTreeMap<String, String>,
+    /// `shoal create`: everything but the start (`shoal start` does that).
+    pub create_only: bool,
+    /// `--health-*`, `--no-healthcheck`, a service's health; laid over the image's.
+    pub health: HealthSetting,
+}
+
+/// A mount as asked, and the flag that asked for it: `-v` makes a missing
+/// bind source, `--mount` (and a service's mounts) refuses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestedMount {
+    pub mount: MountReq,
+    pub flag: BindFlag,
+}
+
+impl RequestedMount {
+    /// `-v SPEC`.
+    pub fn volume(spec: &str) -> Result<RequestedMount, ContainerError> {
+        Ok(RequestedMount { mount: shoal_proto::mount::parse_volume_flag(spec)?, flag: BindFlag::Volume })
+    }
+
+    /// `--tmpfs SPEC`.
+    pub fn tmpfs(spec: &str) -> Result<RequestedMount, ContainerError> {
+        Ok(RequestedMount { mount: shoal_proto::mount::parse_tmpfs_flag(spec)?, flag: BindFlag::Volume })
+    }
+
+    /// `--mount SPEC`.
+    pub fn mount(spec: &str) -> Result<RequestedMount, ContainerError> {
+        Ok(RequestedMount { mount: shoal_proto::mount::parse_mount_flag(spec)?, flag: BindFlag::Mount })
+    }
+}
+
+/// What `resolve` needs to know of this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// CPUs the host has (a CPU limit cannot exceed them).
+    pub cpus: usize,
+    /// Whether this daemon uses netd (bridge networks, published ports).
+    pub netd: bool,
+}
+
+/// A container as `resolve` settled it: everything `run` needs beyond
+/// volumes, the network namespace and files.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerConfig {
+    pub name: String,
+    /// The OCI config's inputs; `mounts` and `netns` are left for `run`.
+    pub run: RunSpec,
+    /// The user's mounts, then the image's VOLUMEs as anonymous volumes.
+    pub mounts: Vec<RequestedMount>,
+    pub restart: RestartPolicy,
+    /// The signal `stop` sends first (a number).
+    pub stop_signal: i32,
+    /// Seconds `stop` waits before SIGKILL.
+    pub stop_timeout: u64,
+    pub log: LogConfig,
+    /// The network mode as recorded (`host`, `none`, or a network).
+    pub network: String,
+    /// The netd network it joins, if any.
+    pub attachment: Option<Attachment>,
+    pub health: Option<HealthCheck>,
+}
+
+fn invalid(what: &'static str, value: impl Into<String>) -> impl FnOnce(String) -> ContainerError {
+    let value = value.into();
+    move |why| ContainerError::Invalid { what, value, why }
+}
+
+/// A published port as Docker's `-p` spells it.
+fn publish_spec(p: &PortMap) -> String {
+    let ip = p.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+    format!("{ip}{}:{}/{}", p.host_port, p.container_port, p.proto.as_str())
+}
+
+/// Docker's rules applied to a request for container `id` of an image with
+/// config `image`, on `host`.
+pub fn resolve(
+    id: &str,
+    req: &RunRequest,
+    image: &ImageConfig,
+    host: &Host,
+) -> Result<ContainerConfig, ContainerError> {
+    let name = if req.name.is_empty() { format!("shoal_{}", &id[..8.min(id.len())]) } else { req.name.clone() };
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) || name.starts_with(['.', '-']) {
+        return Err(ContainerError::Invalid {
+            what: "container name",
+            value: name,
+            why: "only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed".into(),
+        });
+    }
+    let memory_bytes = match req.memory {
+        None => None,
+        Some(m) => Some(shoal_proto::parse::memory_limit(m).map_err(invalid("memory", m.to_string()))?),
+    };
+    let cpus = match req.cpus {
+        None => None,
+        Some(c) if c.is_nan() || c <= 0.0 => {
+            return Err(invalid("cpus", c.to_string())("the number of CPUs must be positive".into()));
+        }
+        Some(c) => Some(shoal_proto::parse::cpus_within(c, host.cpus).map_err(invalid("cpus", c.to_string()))?),
+    };
+    let restart = req.restart;
+    if req.auto_remove && restart != RestartPolicy::No {
+        return Err(ContainerError::Invalid {
+            what: "options",
+            value: format!("--restart {restart} --rm"),
+            why: "conflicting options: a container removed when it exits cannot be restarted; drop one of them".into(),
+        });
+    }
+    let image_stop_signal = image.stop_signal.clone().unwrap_or_default();
+    let stop_signal = match (req.stop_signal, image_stop_signal.as_str()) {
+        (Some(s), _) => s,
+        (None, "") => libc::SIGTERM,
+        (None, s) => signal_number(s).map_err(invalid("stop signal", s))?,
+    };
+    let stop_timeout = req.stop_timeout.or(image.stop_timeout.and_then(|t| u64::try_from(t).ok())).unwrap_or(10);
+    // Like Docker, the default bridge unless asked otherwise (none without netd).
+    let network_name = match req.network.as_str() {
+        "" if host.netd => "bridge",
+        "" => "none",
+        n => n,
+    };
+    let network = if network_name == "host" { NetworkMode::Host } else { NetworkMode::None };
+    if !req.network_aliases.is_empty() && matches!(network_name, "bridge" | "host" | "none") {
+        return Err(ContainerError::Invalid {
+            what: "network alias",
+            value: req.network_aliases.join(","),
+            why: "network-scoped aliases are only supported for user-defined networks".into(),
+        });
+    }
+    if !req.publish.is_empty() && !netd_network(network_name) {
+        return Err(ContainerError::Invalid {
+            what: "port mapping",
+            value: req.publish.iter().map(publish_spec).collect::<Vec<_>>().join(" "),
+            why: format!("published ports need a bridge network, not --network {network_name}"),
+        });
+    }
+    if netd_network(network_name) && !host.netd {
+        return Err(ContainerError::Invalid {
+            what: "network",
+            value: network_name.into(),
+            why: "bridge networks need netd, which this daemon does not use".into(),
+        });
+    }
+    // Command: Docker's rules for Entrypoint and Cmd.
+    let cfg = image;
+    let entrypoint: Vec<String> = match &req.entrypoint {
+        Some(e) if e.is_empty() => vec![],
+        Some(e) => vec![e.clone()],
+        None => cfg.entrypoint.clone().unwrap_or_default(),
+    };
+    let cmd: Vec<String> = if !req.command.is_empty() {
+        req.command.clone()
+    } else if req.entrypoint.is_some() {
+        vec![]
+    } else {
+        cfg.cmd.clone().unwrap_or_default()
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    let health = health_check(&req.health, cfg.healthcheck.as_ref())?;
+    let mut env = cfg.env.clone().unwrap_or_default();
+    for e in &req.env {
+        let key = e.split('=').next().unwrap_or("");
+        env.retain(|x| x.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    // Mounts: what the user asked for, then the image's VOLUMEs as anonymous volumes.
+    let mut mounts = req.mounts.clone();
+    if let Some(dup) = mounts
+        .iter()
+        .enumerate()
+        .find_map(|(i, m)| mounts[..i].iter().any(|o| o.mount.target == m.mount.target).then_some(&m.mount.target))
+    {
+        return Err(ContainerError::Invalid {
+            what: "mounts",
+            value: dup.clone(),
+            why: "duplicate mount point".into(),
+        });
+    }
+    for target in cfg.volumes.clone().unwrap_or_default().into_keys() {
+        if !mounts.iter().any(|m| m.mount.target == target) {
+            let mount = MountReq { source: MountSource::Volume(String::new()), target, read_only: false };
+            mounts.push(RequestedMount { mount, flag: BindFlag::Volume });
+        }
+    }
+    let run = RunSpec {
+        mounts: Vec::new(),
+        args,
+        env,
+        cwd: if req.workdir.is_empty() { cfg.working_dir.clone().unwrap_or_default() } else { req.workdir.clone() },
+        user: if req.user.is_empty() { cfg.user.clone().unwrap_or_default() } else { req.user.clone() },
+        hostname: if req.hostname.is_empty() { id[..12.min(id.len())].to_string() } else { req.hostname.clone() },
+        memory_bytes,
+        cpus,
+        pids_limit: (req.pids_limit > 0).then_some(req.pids_limit),
+        read_only: req.read_only,
+        network,
+        cap_add: req.cap_add.clone(),
+        cap_drop: req.cap_drop.clone(),
+        terminal: req.tty,
+        netns: None,
+    };
+    let attachment = netd_network(network_name).then(|| Attachment {
+        network: network_name.into(),
+        aliases: req.network_aliases.clone(),
+        ip: req.ip.clone(),
+        ports: req.publish.clone(),
+    });
+    Ok(ContainerConfig {
+        name,
+        run,
+        mounts,
+        restart,
+        stop_signal,
+        stop_timeout,
+        log: req.log,
+        network: network_name.into(),
+        attachment,
+        health,
+    })
+}
+
+/// Whether containers on `network` get a namespace of their own from netd.
+pub fn netd_network(network: &str) -> bool {
+    !matches!(network, "" | "none" | "host")
+}
+
+/// The container's check: the user's setting laid over the image's
+/// `HEALTHCHECK` (Docker's merge). An image's check Docker would not run
+/// is refused unless the user's setting replaces its test.
+pub(super) fn health_check(
+    user: &HealthSetting,
+    image: Option<&serde_json::Value>,
+) -> Result<Option<HealthCheck>, ContainerError> {
+    let image = match image {
+        None => HealthSetting::default(),
+        Some(v) => match serde_json::from_value::<ImageHealthcheck>(v.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|h| h.setting())
+        {
+            Ok(s) => s,
+            Err(_) if user.test != Default::default() => HealthSetting::default(),
+            Err(why) => {
+                return Err(ContainerError::Invalid {
+                    what: "image HEALTHCHECK",
+                    value: v.to_string(),
+                    why: format!("{why}; run it with --no-healthcheck or a --health-cmd of its own"),
+                });
+            }
+        },
+    };
+    Ok(shoal_proto::health::resolve(user, &image))
+}
+
+#[cfg(test)]
+#[allow(clippy::type_complexity)] // each table's row type is spelled out beside its rows
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_images_healthcheck_is_read_and_a_bad_one_refused_unless_replaced() {
+        use shoal_proto::health::HealthTest;
+        let image = serde_json::json!({"Test": ["CMD-SHELL", "test -f /ok"], "Interval": 1_000_000_000, "Retries": 1});
+        let check = health_check(&HealthSetting::default(), Some(&image)).expect("valid").expect("a check");
+        assert_eq!(
+            (check.argv(), check.interval_ms, check.retries),
+            (vec!["/bin/sh".to_string(), "-c".into(), "test -f /ok".into()], 1_000, 1)
+        );
+        assert_eq!(health_check(&HealthSetting::default(), None).expect("valid"), None, "no HEALTHCHECK, no check");
+        let bad = serde_json::json!({"Test": ["BOGUS", "x"]});
+        let err = health_check(&HealthSetting::default(), Some(&bad)).expect_err("refused").to_string();
+        assert!(err.contains("unknown health check type") && err.contains("--no-healthcheck"), "{err}");
+        let none = HealthSetting { test: HealthTest::None, ..Default::default() };
+        assert_eq!(health_check(&none, Some(&bad)).expect("replaced"), None);
+        let own = HealthSetting { test: HealthTest::Shell("true".into()), ..Default::default() };
+        assert!(health_check(&own, Some(&bad)).expect("replaced").is_some());
+    }
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const HOST: Host = Host { cpus: 2, netd: true };
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            entrypoint: Some(vec!["/entry".into()]),
+            cmd: Some(vec!["serve".into()]),
+            env: Some(vec!["PATH=/bin".into(), "MODE=prod".into()]),
+            working_dir: Some("/app".into()),
+            user: Some("app".into()),
+            volumes: Some([("/data".to_string(), serde_json::json!({}))].into()),
+            ..Default::default()
+        }
+    }
+
+    fn req() -> RunRequest {
+        RunRequest { image: "busybox".into(), ..Default::default() }
+    }
+
+    fn ok(r: &RunRequest, i: &ImageConfig, h: &Host) -> ContainerConfig {
+        resolve(ID, r, i, h).unwrap_or_else(|e| panic!("{r:?}: {e}"))
+    }
+
+    fn refused(r: &RunRequest, i: &ImageConfig, h: &Host) -> String {
+        resolve(ID, r, i, h).map(|c| format!("resolved: {c:?}")).unwrap_or_else(|e| e.to_string())
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn entrypoint_and_command_follow_docker() {
+        let bare = ImageConfig { entrypoint: None, ..image() };
+        let table: [(Option<&str>, &[&str], &ImageConfig, &[&str]); 8] = [
+            (None, &[], &image(), &["/entry", "serve"]),
+            (None, &["x", "y"], &image(), &["/entry", "x", "y"]),
+            (Some(""), &[], &image(), &[]),
+            (Some(""), &["sh"], &image(), &["sh"]),
+            (Some("/bin/sh"), &[], &image(), &["/bin/sh"]),
+            (Some("/bin/sh"), &["-c", "x"], &image(), &["/bin/sh", "-c", "x"]),
+            (None, &[], &bare, &["serve"]),
+            (None, &["top"], &bare, &["top"]),
+        ];
+        for (entrypoint, command, img, want) in table {
+            let r = RunRequest { entrypoint: entrypoint.map(String::from), command: strings(command), ..req() };
+            assert_eq!(ok(&r, img, &HOST).run.args, strings(want), "{entrypoint:?} {command:?}");
+        }
+    }
+
+    #[test]
+    fn the_users_env_overrides_the_images_by_name() {
+        let r = RunRequest { env: strings(&["MODE=dev", "NEW=1", "PATH=/usr/bin"]), ..req() };
+        assert_eq!(ok(&r, &image(), &HOST).run.env, strings(&["MODE=dev", "NEW=1", "PATH=/usr/bin"]));
+        let r = RunRequest { env: strings(&["NEW=1"]), ..req() };
+        assert_eq!(ok(&r, &image(), &HOST).run.env, strings(&["PATH=/bin", "MODE=prod", "NEW=1"]));
+        assert_eq!(ok(&req(), &ImageConfig::default(), &HOST).run.env, Vec::<String>::new());
+    }
+
+    #[test]
+    fn name_hostname_user_and_workdir_default_as_docker_does() {
+        let c = ok(&req(), &image(), &HOST);
+        assert_eq!(
+            (c.name.as_str(), c.run.hostname.as_str(), c.run.user.as_str(), c.run.cwd.as_str()),
+            ("shoal_01234567", "0123456789ab", "app", "/app")
+        );
+        let r = RunRequest {
+            name: "web.1".into(),
+            hostname: "h".into(),
+            user: "1000:1000".into(),
+            workdir: "/srv".into(),
+            ..req()
+        };
+        let c = ok(&r, &image(), &HOST);
+        assert_eq!(
+            (c.name.as_str(), c.run.hostname.as_str(), c.run.user.as_str(), c.run.cwd.as_str()),
+            ("web.1", "h", "1000:1000", "/srv")
+        );
+        let c = ok(&req(), &ImageConfig::default(), &HOST);
+        assert_eq!((c.run.user.as_str(), c.run.cwd.as_str()), ("", ""));
+        for bad in ["bad name", "-x", ".x", "a/b"] {
+            let r = RunRequest { name: bad.into(), ..req() };
+            assert!(refused(&r, &image(), &HOST).contains("invalid container name"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits_are_checked_against_docker_and_the_host() {
+        let table: [(Option<i64>, Option<f64>, i64, Result<(Option<i64>, Option<f64>, Option<i64>), &str>); 8] = [
+            (None, None, 0, Ok((None, None, None))),
+            (Some(64 << 20), Some(0.5), 100, Ok((Some(64 << 20), Some(0.5), Some(100)))),
+            (Some(6 << 20), Some(2.0), -1, Ok((Some(6 << 20), Some(2.0), None))),
+            (Some(1 << 20), None, 0, Err("invalid memory \"1048576\": minimum memory limit allowed is 6MB")),
+            (None, Some(3.0), 0, Err("only 2 CPUs available")),
+            (None, Some(0.0), 0, Err("the number of CPUs must be positive")),
+            (None, Some(-1.0), 0, Err("the number of CPUs must be positive")),
+            (Some(0), None, 0, Err("minimum memory limit")),
+        ];
+        for (memory, cpus, pids_limit, want) in table {
+            let r = RunRequest { memory, cpus, pids_limit, ..req() };
+            match want {
+                Ok(limits) => {
+                    let c = ok(&r, &image(), &HOST);
+                    assert_eq!((c.run.memory_bytes, c.run.cpus, c.run.pids_limit), limits, "{r:?}");
+                }
+                Err(msg) => assert!(refused(&r, &image(), &HOST).contains(msg), "{r:?}: want {msg}"),
+            }
+        }
+    }
+
+    #[test]
+    fn stop_signal_and_timeout_come_from_the_user_then_the_image() {
+        let table: [(Option<i32>, Option<&str>, Option<u64>, Option<i64>, Result<(i32, u64), &str>); 7] = [
+            (None, None, None, None, Ok((libc::SIGTERM, 10))),
+            (None, Some("SIGQUIT"), None, Some(30), Ok((libc::SIGQUIT, 30))),
+            (Some(libc::SIGKILL), Some("SIGQUIT"), Some(2), Some(30), Ok((libc::SIGKILL, 2))),
+            (None, Some("USR1"), Some(0), None, Ok((libc::SIGUSR1, 0))),
+            (None, Some(""), None, Some(-1), Ok((libc::SIGTERM, 10))),
+            (None, Some("BOGUS"), None, None, Err("invalid stop signal \"BOGUS\"")),
+            (Some(libc::SIGINT), Some("BOGUS"), None, None, Ok((libc::SIGINT, 10))),
+        ];
+        for (signal, image_signal, timeout, image_timeout, want) in table {
+            let r = RunRequest { stop_signal: signal, stop_timeout: timeout, ..req() };
+            let img =
+                ImageConfig { stop_signal: image_signal.map(String::from), stop_timeout: image_timeout, ..image() };
+            match want {
+                Ok(w) => {
+                    let c = ok(&r, &img, &HOST);
+                    assert_eq!((c.stop_signal, c.stop_timeout), w, "{r:?} {img:?}");
+                }
+                Err(msg) => assert!(refused(&r, &img, &HOST).contains(msg), "want {msg}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_restart_policy_conflicts_with_rm() {
+        let table = [
+            (RestartPolicy::No, true, None),
+            (RestartPolicy::Always, false, None),
+            (RestartPolicy::OnFailure { max: 3 }, false, None),
+            (RestartPolicy::Always, true, Some("--restart always --rm")),
+            (RestartPolicy::UnlessStopped, true, Some("conflicting options")),
+            (RestartPolicy::OnFailure { max: 0 }, true, Some("conflicting options")),
+        ];
+        for (restart, auto_remove, want) in table {
+            let r = RunRequest { restart, auto_remove, ..req() };
+            match want {
+                None => assert_eq!(ok(&r, &image(), &HOST).restart, restart),
+                Some(msg) => assert!(refused(&r, &image(), &HOST).contains(msg), "{restart} --rm: want {msg}"),
+            }
+        }
+    }
+
+    #[test]
+    fn networks_ports_and_aliases_follow_docker() {
+        let no_netd = Host { netd: false, ..HOST };
+        let port = shoal_proto::net::parse_publish("8080:80").expect("port");
+        let table: [(&str, bool, bool, &Host, Result<(&str, NetworkMode, bool), &str>); 11] = [
+            ("", false, false, &HOST, Ok(("bridge", NetworkMode::None, true))),
+            ("", false, false, &no_netd, Ok(("none", NetworkMode::None, false))),
+            ("host", false, false, &HOST, Ok(("host", NetworkMode::Host, false))),
+            ("none", false, false, &HOST, Ok(("none", NetworkMode::None, false))),
+            ("mynet", true, true, &HOST, Ok(("mynet", NetworkMode::None, true))),
+            ("", true, false, &HOST, Ok(("bridge", NetworkMode::None, true))),
+            ("mynet", false, false, &no_netd, Err("bridge networks need netd")),
+            (
+                "host",
+                true,
+                false,
+                &HOST,
+                Err("invalid port mapping \"8080:80/tcp\": published ports need a bridge network, not --network host"),
+            ),
+            ("", true, false, &no_netd, Err("published ports need a bridge network, not --network none")),
+            ("bridge", false, true, &HOST, Err("network-scoped aliases are only supported for user-defined networks")),
+            ("host", false, true, &HOST, Err("network-scoped aliases")),
+        ];
+        for (network, publish, alias, host, want) in table {
+            let r = RunRequest {
+                network: network.into(),
+                publish: if publish { vec![port.clone()] } else { vec![] },
+                network_aliases: if alias { strings(&["db"]) } else { vec![] },
+                ip: "10.0.9.9".into(),
+                ..req()
+            };
+            match want {
+                Ok((name, mode, attached)) => {
+                    let c = ok(&r, &image(), host);
+                    assert_eq!((c.network.as_str(), c.run.network, c.attachment.is_some()), (name, mode, attached));
+                    if let Some(a) = c.attachment {
+                        assert_eq!(
+                            (a.network, a.aliases, a.ip, a.ports),
+                            (name.into(), r.network_aliases, r.ip, r.publish)
+                        );
+                    }
+                }
+                Err(msg) => {
+                    assert!(refused(&r, &image(), host).contains(msg), "{network} {publish} {alias}: want {msg}")
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mounts_are_the_users_then_the_images_volumes() {
+        let m = |spec: &str| RequestedMount::volume(spec).expect("a -v spec");
+        let img = ImageConfig {
+            volumes: Some(
+                [("/data".to_string(), serde_json::json!({})), ("/cache".into(), serde_json::json!({}))].into(),
+            ),
+            ..image()
+        };
+        let targets = |c: &ContainerConfig| c.mounts.iter().map(|m| m.mount.target.clone()).collect::<Vec<_>>();
+        let c = ok(&req(), &img, &HOST);
+        assert_eq!(targets(&c), strings(&["/cache", "/data"]));
+        assert!(c.mounts.iter().all(|m| m.mount.source == MountSource::Volume(String::new()) && !m.mount.read_only));
+        let r = RunRequest {
+            mounts: vec![
+                m("/srv:/data:ro"),
+                RequestedMount::tmpfs("/run").expect("tmpfs"),
+                RequestedMount::mount("type=volume,source=logs,target=/logs").expect("--mount"),
+            ],
+            ..req()
+        };
+        let c = ok(&r, &img, &HOST);
+        assert_eq!(targets(&c), strings(&["/data", "/run", "/logs", "/cache"]));
+        assert_eq!(c.mounts[0], m("/srv:/data:ro"), "the user's mount replaces the image's VOLUME");
+        assert_eq!(c.mounts[2].flag, BindFlag::Mount);
+        assert_eq!(c.run.mounts, vec![], "spec mounts are left to run");
+        let r = RunRequest { mounts: vec![m("a:/x"), m("/h:/x")], ..req() };
+        assert_eq!(refused(&r, &img, &HOST), "invalid mounts \"/x\": duplicate mount point");
+    }
+
+    #[test]
+    fn the_rest_of_the_request_is_carried_over() {
+        let r = RunRequest {
+            read_only: true,
+            cap_add: strings(&["NET_ADMIN"]),
+            cap_drop: strings(&["ALL"]),
+            tty: true,
+            log: LogConfig { max_size: 4096, max_files: 1 },
+            ..req()
+        };
+        let c = ok(&r, &image(), &HOST);
+        assert_eq!(
+            (c.run.read_only, c.run.cap_add, c.run.cap_drop, c.run.terminal, c.log, c.run.netns),
+            (true, r.cap_add, r.cap_drop, true, r.log, None)
+        );
+        let img = ImageConfig {
+            healthcheck: Some(serde_json::json!({"Test": ["CMD", "true"], "Interval": 1_000_000_000})),
+            ..image()
+        };
+        assert_eq!(ok(&req(), &img, &HOST).health.map(|h| h.argv()), Some(strings(&["true"])));
+        let none = RunRequest {
+            health: HealthSetting { test: shoal_proto::health::HealthTest::None, ..Default::default() },
+            ..req()
+        };
+        assert_eq!(ok(&none, &img, &HOST).health, None);
+    }
+}
