@@ -1,6 +1,8 @@
 //! Services on a 5-host lab (3 managers) with the real binary: replicas
 //! spread evenly, scale up and down, a global service following drains, a
-//! constraint with max-per-node that explains what it cannot place, a job
+//! constraint with max-per-node that explains what it cannot place, specs no
+//! node could run refused at the API (and a CPU limit beyond every node left
+//! pending with the reason), a job
 //! that runs to completion, a node that joins later getting the global task,
 //! a worker cut off from the managers but answering probes staying up, a
 //! start-first rolling update, an update to a bad
@@ -318,6 +320,35 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     );
     ensure!(lab.shoal(1, &["service", "ps", "pinned"])?.contains("no suitable node"));
     lab.shoal(1, &["service", "rm", "pinned"])?;
+
+    // A spec that no node could run is refused at the API with the reason, and nothing is created.
+    for (flags, why) in [
+        (["--limit-memory", "1m"], "minimum memory limit allowed is 6MB"),
+        (["--mount", "type=bind,source=relative/dir,target=/x"], "invalid mount"),
+        (["--stop-signal", "SIGNOPE"], "invalid signal"),
+    ] {
+        let mut args = vec!["service", "create", "-d", "--name", "never"];
+        args.extend(flags);
+        args.extend(["busybox:local", "true"]);
+        let err = lab.shoal(1, &args).err().context(format!("{flags:?} was accepted"))?.to_string();
+        ensure!(err.contains(why), "{flags:?}: {err}");
+    }
+    ensure!(!lab.shoal(1, &["service", "ls"])?.contains("never"), "a refused spec left a service");
+    // A CPU limit above every node's CPUs: the task waits, says why, and is never started anywhere.
+    lab.shoal(1, &["service", "create", "-d", "--name", "greedy", "--limit-cpu", "1000", "busybox:local", "true"])?;
+    let why = wait_for("the greedy task's reason", Duration::from_secs(30), || {
+        let l = live(&lab, 1, "greedy")?;
+        Ok(l.iter()
+            .find(|t| t["task"]["status"]["state"] == "pending" && t["task"]["status"]["err"] != "")
+            .map(|t| t["task"]["status"]["err"].as_str().unwrap_or_default().to_string()))
+    })?;
+    ensure!(why.contains("no suitable node") && why.contains("insufficient CPUs"), "{why}");
+    let all = lab.shoal_json(1, &["service", "ps", "greedy"])?;
+    ensure!(
+        all.as_array().is_some_and(|ts| ts.iter().all(|t| t["task"]["status"]["state"] == "pending")),
+        "a task beyond every node's CPUs left pending: {all}"
+    );
+    lab.shoal(1, &["service", "rm", "greedy"])?;
 
     // A job runs to completion, two at a time.
     let out = lab.shoal(
