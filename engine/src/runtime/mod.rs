@@ -12,6 +12,7 @@ mod announce;
 pub mod attach;
 pub mod cgroup_layout;
 pub mod cgroups;
+pub mod contract;
 pub mod copy;
 pub mod frames;
 pub mod health;
