@@ -151,6 +151,9 @@ pub struct Worker {
     runtime: Arc<dyn Runtime>,
     hostname: String,
     assigned: Mutex<BTreeMap<String, Task>>,
+    /// Whether a whole set came: until then, no container here is known to be
+    /// unassigned (a restarted daemon keeps what runs until the managers say).
+    synced: std::sync::atomic::AtomicBool,
     /// What this worker last reported of each task.
     reported: Mutex<HashMap<String, TaskState>>,
     /// Reports waiting for the session to send them.
@@ -186,6 +189,7 @@ impl Worker {
             runtime,
             hostname: hostname.to_string(),
             assigned: Mutex::new(BTreeMap::new()),
+            synced: std::sync::atomic::AtomicBool::new(false),
             reported: Mutex::new(HashMap::new()),
             outbox: Mutex::new(Vec::new()),
             log_outbox: Mutex::new(Vec::new()),
@@ -241,6 +245,9 @@ impl Worker {
                 reported.insert(t.id.clone(), t.status.state);
                 assigned.insert(t.id.clone(), t);
             }
+        }
+        if full {
+            self.synced.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         self.wake.notify_one();
     }
@@ -366,8 +373,11 @@ impl Worker {
         Observed { containers, starting, stopping, reported, now_ms: now_ms() }
     }
 
-    /// One pass (blocking).
+    /// One pass (blocking); none before the first whole set.
     fn reconcile(self: &Arc<Self>) {
+        if !self.synced.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let observed = self.observe();
         let actions = plan(&assigned, &observed);
