@@ -3,7 +3,7 @@
 //! session and the worker) on fake runtimes, in one process. Raft messages
 //! travel through the in-memory router (`shoal_manager::raft::mem`); node
 //! sessions through in-memory streams (`MemConnect`, the session's `Connect`
-//! seam, served by `dispatcher::open_session`). One seeded RNG drives the
+//! seam, served by `DispatcherService::open_session`). One seeded RNG drives the
 //! faults on both: dropped and delayed Raft messages, delayed session
 //! messages, cut sessions, isolated managers and nodes, crashed task
 //! processes and restarted workers. Re-run one seed with
@@ -170,7 +170,8 @@ impl Connect for MemConnect {
                 }
             })
             .take_until(cut.clone().cancelled_owned());
-        let down = shoal_manager::dispatcher::open_session(mgr, self.id.clone(), Box::pin(up)).await?;
+        let down =
+            shoal_manager::dispatcher::DispatcherService::open_session(mgr, self.id.clone(), Box::pin(up)).await?;
         let net = self.net.clone();
         let down = down
             .then(move |m| {

@@ -487,17 +487,17 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
 
     async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<SessionStream>, Status> {
         let id = auth::require_node(&req, &self.mgr.cfg.cluster_id, &[Role::Manager, Role::Worker])?;
-        open_session(self.mgr.clone(), id, req.into_inner()).await.map(Response::new)
+        DispatcherService::open_session(self.mgr.clone(), id, req.into_inner()).await.map(Response::new)
     }
 }
 
-/// Serves the session of a node whose certificate said who it is, over any
-/// transport: gRPC over mTLS (`DispatcherService`), or in-memory streams in
-/// an in-process test. A follower refuses it, naming the leader.
-pub async fn open_session<S>(mgr: Arc<Manager>, id: Identity, inbound: S) -> Result<SessionStream, Status>
-where
-    S: Stream<Item = Result<pb::AgentMessage, Status>> + Send + Unpin + 'static,
-{
+impl DispatcherService {
+    /// Serves the session of a node whose certificate said who it is, over any
+    /// transport: gRPC over mTLS (`session`), or in-memory streams in an
+    /// in-process test. A follower refuses it, naming the leader.
+    pub async fn open_session<S>(mgr: Arc<Manager>, id: Identity, inbound: S) -> Result<SessionStream, Status>
+    where
+        S: Stream<Item = Result<pb::AgentMessage, Status>> + Send + Unpin + 'static,
     {
         let Some(token) = mgr.leadership() else {
             return Err(match mgr.route(&Request::new(())).await {
