@@ -12,7 +12,8 @@
 //! Invariants asserted:
 //! - at every sampled moment, no manager's store holds two running tasks in
 //!   one slot, and no task's state there moves backward;
-//! - every task status a node sends moves its task forward (or repeats it);
+//! - every task status a node sends moves its task forward (or repeats it):
+//!   never back, and never on from a terminal state but to orphaned;
 //! - no task's container is ever started twice, on any node: a restarted
 //!   worker adopts what runs (checked once without faults, then under them);
 //! - once the faults stop, the replicas converge: one running task per slot
@@ -127,7 +128,8 @@ impl Net {
             };
             let seen = f.sent.entry(r.task_id.clone()).or_default();
             if let Some(&last) = seen.last()
-                && status.state < last
+                && status.state != last
+                && !last.can_move_to(status.state)
             {
                 let msg = format!("task {} was reported {} after {}", r.task_id, status.state, last);
                 f.violations.push(msg);
@@ -404,10 +406,11 @@ impl Sim {
             let mut running: BTreeMap<(String, u64), Vec<String>> = BTreeMap::new();
             for t in state.tasks.values() {
                 if let Some(&before) = seen.get(&t.id)
-                    && t.status.state < before
+                    && t.status.state != before
+                    && !before.can_move_to(t.status.state)
                 {
                     self.violations
-                        .push(format!("manager {id}: task {} went from {before} back to {}", t.id, t.status.state));
+                        .push(format!("manager {id}: task {} went from {before} to {}", t.id, t.status.state));
                 }
                 seen.insert(t.id.clone(), t.status.state);
                 if t.status.state == TaskState::Running && t.slot > 0 {
