@@ -10,6 +10,7 @@ use std::time::Duration;
 use shoal_engine::events::{Event, EventLog, attrs, now_ns};
 use shoal_manager::state::{ObjKey, State};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 /// The cluster's events between two states of a manager's store, for the
 /// objects `keys` names (Docker's service and node create/update/remove,
@@ -90,17 +91,23 @@ fn all_keys(a: &State, b: &State) -> Vec<ObjKey> {
 
 /// Feeds the cluster's service and node events into `log` while this node
 /// runs a manager (every manager's store applies every change, so any
-/// manager sees them all). Looks for a (new) manager role every second.
-pub async fn follow_cluster(daemon: Arc<crate::Daemon>, log: Arc<EventLog>) {
+/// manager sees them all), until `cancel`. Looks for a (new) manager role every second.
+pub async fn follow_cluster(daemon: Arc<crate::Daemon>, log: Arc<EventLog>, cancel: CancellationToken) {
     loop {
         let Some(mgr) = daemon.manager() else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
             continue;
         };
         let mut rx = mgr.store.subscribe();
         let mut state = mgr.store.read();
         loop {
-            let got = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+            let got = tokio::select! {
+                _ = cancel.cancelled() => return,
+                got = tokio::time::timeout(Duration::from_secs(1), rx.recv()) => got,
+            };
             let keys = match got {
                 Err(_) => {
                     // Still the manager this node runs?

@@ -444,7 +444,7 @@ impl Daemon {
             session::SessionConfig {
                 hello,
                 managers: managers.subscribe(),
-                tls: client_tls.subscribe(),
+                connect: Arc::new(session::TlsConnect(client_tls.subscribe())),
                 worker: self.worker.get().cloned(),
                 restarting: restarting.clone(),
             },

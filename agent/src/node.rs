@@ -99,12 +99,12 @@ pub async fn run(cfg: NodeConfig, cancel: CancellationToken) -> anyhow::Result<(
         tokio::runtime::Handle::current(),
     )));
     let worker = Worker::new(containers.clone(), images.clone(), registries.clone(), &cfg.hostname);
-    tokio::spawn(worker.clone().run());
+    tokio::spawn(worker.clone().run_until(cancel.child_token()));
     daemon.set_worker(worker);
     daemon.resume().await?;
     containers.supervise();
     containers.keep_networks();
-    tokio::spawn(crate::cluster_events::follow_cluster(daemon.clone(), containers.events()));
+    tokio::spawn(crate::cluster_events::follow_cluster(daemon.clone(), containers.events(), cancel.child_token()));
     registries.set_events(containers.events());
     let server = tokio::spawn(crate::local::serve(
         daemon.clone(),

@@ -4,15 +4,20 @@
 //! nodes when the dispatcher asks, and say goodbye when the daemon stops to
 //! restart. It finds the leader by itself: a follower answers with the
 //! leader's address, and any failure moves on to the next known manager with
-//! a capped backoff.
+//! a capped backoff. How it reaches a manager is a `Connect`: gRPC over
+//! mutual TLS on a host (`TlsConnect`), in-memory streams in a test.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::{Stream, StreamExt as _};
 
 use rustls::ClientConfig;
 use shoal_proto::pb;
 use shoal_proto::pb::dispatcher_client::DispatcherClient;
 use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -22,12 +27,38 @@ pub struct SessionConfig {
     pub hello: pb::Hello,
     /// Managers to try, refreshed by the daemon from each SessionState.
     pub managers: watch::Receiver<Vec<String>>,
-    pub tls: watch::Receiver<Arc<ClientConfig>>,
+    /// How a session reaches a manager.
+    pub connect: Arc<dyn Connect>,
     /// Runs the node's tasks: gets the assignment sets, gives the task reports.
     pub worker: Option<Arc<crate::worker::Worker>>,
     /// Set before cancelling when the daemon stops to come back (a restart),
     /// not to leave: the session then says goodbye.
     pub restarting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What a manager sends on a session.
+pub type Inbound = Pin<Box<dyn Stream<Item = Result<pb::ManagerMessage, tonic::Status>> + Send>>;
+
+/// Opens a session with the manager at `target`, sending `outbound` (which
+/// starts with the hello). A follower refuses with the leader's address in
+/// the `x-shoal-leader` metadata.
+#[tonic::async_trait]
+pub trait Connect: Send + Sync {
+    async fn open(&self, target: &str, outbound: ReceiverStream<pb::AgentMessage>) -> Result<Inbound, tonic::Status>;
+}
+
+/// The dispatcher's gRPC service over mutual TLS, with the node's current certificate.
+pub struct TlsConnect(pub watch::Receiver<Arc<ClientConfig>>);
+
+#[tonic::async_trait]
+impl Connect for TlsConnect {
+    async fn open(&self, target: &str, outbound: ReceiverStream<pb::AgentMessage>) -> Result<Inbound, tonic::Status> {
+        let tls = self.0.borrow().clone();
+        let channel = shoal_proto::tls::channel(target, tls, CONNECT_TIMEOUT)
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let inbound = DispatcherClient::new(channel).session(outbound).await?.into_inner();
+        Ok(Box::pin(inbound))
+    }
 }
 
 enum Ended {
@@ -85,18 +116,12 @@ async fn one_session(
     states: &mpsc::Sender<pb::SessionState>,
     cancel: &CancellationToken,
 ) -> Ended {
-    let tls = cfg.tls.borrow().clone();
-    let channel = match shoal_proto::tls::channel(target, tls, CONNECT_TIMEOUT) {
-        Ok(c) => c,
-        Err(e) => return Ended::Failed(e.to_string()),
-    };
     let (out_tx, out_rx) = mpsc::channel::<pb::AgentMessage>(8);
     let hello = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(cfg.hello.clone())) };
     if out_tx.send(hello).await.is_err() {
         return Ended::Failed("outbound closed".into());
     }
-    let mut client = DispatcherClient::new(channel);
-    let call = client.session(tokio_stream::wrappers::ReceiverStream::new(out_rx));
+    let call = cfg.connect.open(target, ReceiverStream::new(out_rx));
     let mut inbound = match tokio::time::timeout(Duration::from_secs(10), call).await {
         Err(_) => return Ended::Failed("timed out opening the session".into()),
         Ok(Err(status)) => {
@@ -105,7 +130,7 @@ async fn one_session(
             }
             return Ended::Failed(format!("{}: {}", status.code(), status.message()));
         }
-        Ok(Ok(r)) => r.into_inner(),
+        Ok(Ok(r)) => r,
     };
     let mut period = Duration::from_millis(1000);
     let mut beat = tokio::time::interval(period);
@@ -142,7 +167,7 @@ async fn one_session(
                     }
                 }
             }
-            m = inbound.message() => match m {
+            m = inbound.next() => match m.transpose() {
                 Ok(Some(pb::ManagerMessage { msg: Some(msg) })) => {
                     last_heard = tokio::time::Instant::now();
                     match msg {
@@ -187,16 +212,15 @@ async fn one_session(
 
 /// Tells the dispatcher this daemon stops on purpose (so it gets the restart
 /// grace, not a node-down), and waits a moment for that to leave.
-async fn goodbye(out_tx: mpsc::Sender<pb::AgentMessage>, mut inbound: tonic::Streaming<pb::ManagerMessage>) {
+async fn goodbye(out_tx: mpsc::Sender<pb::AgentMessage>, mut inbound: Inbound) {
     let bye = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Goodbye(pb::Goodbye {})) };
     if out_tx.send(bye).await.is_err() {
         return;
     }
     drop(out_tx);
     // The manager ends its side once ours ends: by then the goodbye was read.
-    let _ =
-        tokio::time::timeout(Duration::from_millis(500), async { while let Ok(Some(_)) = inbound.message().await {} })
-            .await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), async { while let Some(Ok(_)) = inbound.next().await {} })
+        .await;
 }
 
 /// Resolves when the worker has reports to send (never without a worker).

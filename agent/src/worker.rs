@@ -5,8 +5,14 @@
 //! daemon re-adopts what runs. Containers of tasks no longer assigned are
 //! stopped and removed. Restarts are the cluster's business: a task's
 //! container never restarts by itself.
+//!
+//! Each pass is a reconcile loop: observe (the containers, the starts and
+//! stops in flight, what was last reported), `plan` (pure: the table tests
+//! below say what it decides), then `apply` each action through the
+//! `Runtime` trait, which the engine implements (`EngineRuntime`) and tests
+//! fake.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,12 +20,14 @@ use shoal_proto::model::now_ms;
 use shoal_proto::pb;
 use shoal_proto::service::{Task, TaskState, TaskStatus, expand_template};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use shoal_engine::images::ImageStore;
 use shoal_engine::registry::{Credentials, Registries, RegistryError};
+use shoal_engine::runtime::contract::{EngineRuntime, Runtime, TaskContainer};
 use shoal_engine::runtime::health::HealthStatus;
 use shoal_engine::runtime::request::RequestedMount;
-use shoal_engine::runtime::{Container, ContainerError, Containers, RunRequest, Status};
+use shoal_engine::runtime::{ContainerError, Containers, RunRequest, Status};
 use shoal_proto::net::{PortMap, Proto};
 
 /// Containers a node starts at once.
@@ -28,13 +36,126 @@ const PARALLEL_STARTS: usize = 4;
 /// How often the worker looks at its containers even when nothing was said.
 const RESCAN: Duration = Duration::from_secs(1);
 
+/// What a pass decides to do, in the order it is done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerAction {
+    /// Remove the container of a task no longer assigned here (first: it may
+    /// hold a host port a new task needs).
+    Remove { task: String, container: String, name: String },
+    /// Start the task on a thread of its own: pull its image if it is
+    /// missing, then run its container.
+    Start { task: String },
+    /// Stop the task's container on a thread of its own (a grace period must
+    /// not hold up the node's other tasks), then report it shut down.
+    Stop { task: String, container: String },
+    /// The engine found the task's container unhealthy: report it failed,
+    /// then stop its container.
+    FailUnhealthy { task: String, container: String },
+    /// Tell the managers the task's status (always a step forward).
+    Report { task: String, status: TaskStatus },
+}
+
+/// What a pass sees: the task containers here (by task id), the starts and
+/// stops in flight when they were listed, what was last reported of each
+/// task, and the time.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub containers: BTreeMap<String, TaskContainer>,
+    pub starting: HashSet<String>,
+    pub stopping: HashSet<String>,
+    pub reported: HashMap<String, TaskState>,
+    pub now_ms: u64,
+}
+
+/// One pass's decisions (pure). Containers of tasks no longer assigned go
+/// first; then each assigned task, in id order, is started, stopped or
+/// reported as its container shows it. A report that would not move the
+/// task forward is not made.
+pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<WorkerAction> {
+    let mine = &observed.containers;
+    let mut out = Vec::new();
+    // Containers of tasks this node no longer has go (first: they may hold host ports).
+    for (id, c) in mine {
+        if !assigned.contains_key(id) && !observed.stopping.contains(id) && !observed.starting.contains(id) {
+            out.push(WorkerAction::Remove { task: id.clone(), container: c.id.clone(), name: c.name.clone() });
+        }
+    }
+    // Host-mode ports still held by tasks on their way out: their containers keep their
+    // ports until removed, which follows the task's unassignment once it has stopped. A
+    // new task that publishes one starts after that (a stop-first update on this node).
+    let held: Vec<(u16, &str)> = assigned
+        .values()
+        .filter(|t| t.desired != TaskState::Running && mine.contains_key(&t.id))
+        .flat_map(|t| t.spec.ports.iter().map(|p| (p.published, p.protocol.as_str())))
+        .collect();
+    let mut free_starts = PARALLEL_STARTS.saturating_sub(observed.starting.len());
+    let report = |out: &mut Vec<WorkerAction>, t: &Task, status: TaskStatus| {
+        let last = observed.reported.get(&t.id).copied().unwrap_or(t.status.state);
+        if last.can_move_to(status.state) {
+            out.push(WorkerAction::Report { task: t.id.clone(), status });
+        }
+    };
+    for t in assigned.values() {
+        let c = mine.get(&t.id);
+        let task = t.id.clone();
+        if t.desired == TaskState::Running {
+            match c {
+                None if t.status.state.is_terminal() => {}
+                None if observed.now_ms < t.not_before_ms => {} // a restart's back-off
+                None if t.spec.ports.iter().any(|p| held.contains(&(p.published, p.protocol.as_str()))) => {}
+                // Started before the listing: its container may have appeared after it.
+                None if observed.starting.contains(&t.id) => {}
+                None if free_starts == 0 => {} // the next pass picks up what is left
+                None => {
+                    free_starts -= 1;
+                    out.push(WorkerAction::Start { task });
+                }
+                // With a health check, running means healthy (the engine's verdict).
+                Some(c) => match (status_of(c), c.health) {
+                    (Some(s), Some(HealthStatus::Healthy)) if s.state == TaskState::Running => {
+                        report(&mut out, t, TaskStatus { message: "started (healthy)".into(), ..s });
+                    }
+                    (Some(s), Some(HealthStatus::Unhealthy)) if s.state == TaskState::Running => {
+                        if !observed.stopping.contains(&t.id) {
+                            out.push(WorkerAction::FailUnhealthy { task, container: c.id.clone() });
+                        }
+                    }
+                    (Some(s), Some(HealthStatus::Starting)) if s.state == TaskState::Running => {}
+                    (Some(s), _) => report(&mut out, t, s),
+                    (None, _) => {}
+                },
+            }
+        } else {
+            match c.map(|c| (c, &c.status)) {
+                Some((c, Status::Running { .. })) => {
+                    if !observed.stopping.contains(&t.id) {
+                        out.push(WorkerAction::Stop { task, container: c.id.clone() });
+                    }
+                }
+                // It ended by itself before it was told to stop: say how.
+                Some((c, _)) if t.status.state == TaskState::Running => {
+                    if let Some(s) = status_of(c) {
+                        report(&mut out, t, s);
+                    }
+                }
+                _ => report(
+                    &mut out,
+                    t,
+                    TaskStatus { state: TaskState::Shutdown, message: "shutdown".into(), ..Default::default() },
+                ),
+            }
+        }
+    }
+    out
+}
+
 pub struct Worker {
-    containers: Arc<Containers>,
-    images: Arc<ImageStore>,
-    registries: Arc<Registries>,
+    runtime: Arc<dyn Runtime>,
     hostname: String,
-    rt: tokio::runtime::Handle,
     assigned: Mutex<BTreeMap<String, Task>>,
+    /// Whether a whole set came: until then, no container here is known to be
+    /// unassigned (a restarted daemon keeps what runs until the managers say).
+    synced: std::sync::atomic::AtomicBool,
     /// What this worker last reported of each task.
     reported: Mutex<HashMap<String, TaskState>>,
     /// Reports waiting for the session to send them.
@@ -42,10 +163,10 @@ pub struct Worker {
     /// Log lines for the dispatcher, waiting likewise.
     log_outbox: Mutex<Vec<pb::LogsChunk>>,
     /// Followed log requests the dispatcher called off.
-    log_cancelled: Mutex<std::collections::HashSet<u64>>,
+    log_cancelled: Mutex<HashSet<u64>>,
     /// Tasks whose containers are being stopped, or started.
-    stopping: Mutex<std::collections::HashSet<String>>,
-    starting: Mutex<std::collections::HashSet<String>>,
+    stopping: Mutex<HashSet<String>>,
+    starting: Mutex<HashSet<String>>,
     /// The registry logins of services whose tasks were assigned here, by service id.
     auths: Mutex<HashMap<String, Credentials>>,
     pub outbox_ready: Notify,
@@ -53,19 +174,24 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A worker on this node's engine.
     pub fn new(
         containers: Arc<Containers>,
         images: Arc<ImageStore>,
         registries: Arc<Registries>,
         hostname: &str,
     ) -> Arc<Worker> {
+        let rt = tokio::runtime::Handle::current();
+        Worker::with_runtime(Arc::new(EngineRuntime::new(containers, images, registries, rt)), hostname)
+    }
+
+    /// A worker on any runtime (a test's fake).
+    pub fn with_runtime(runtime: Arc<dyn Runtime>, hostname: &str) -> Arc<Worker> {
         Arc::new(Worker {
-            containers,
-            images,
-            registries,
+            runtime,
             hostname: hostname.to_string(),
-            rt: tokio::runtime::Handle::current(),
             assigned: Mutex::new(BTreeMap::new()),
+            synced: std::sync::atomic::AtomicBool::new(false),
             reported: Mutex::new(HashMap::new()),
             outbox: Mutex::new(Vec::new()),
             log_outbox: Mutex::new(Vec::new()),
@@ -122,6 +248,9 @@ impl Worker {
                 assigned.insert(t.id.clone(), t);
             }
         }
+        if full {
+            self.synced.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.wake.notify_one();
     }
 
@@ -146,10 +275,10 @@ impl Worker {
             self.log_cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(req.request_id);
             return;
         }
-        let mine: Vec<Container> =
-            self.containers.list().into_iter().filter(|c| req.task_ids.contains(&c.record.task_id)).collect();
+        let mine: Vec<TaskContainer> =
+            self.runtime.task_containers().into_iter().filter(|c| req.task_ids.contains(&c.task_id)).collect();
         for task_id in &req.task_ids {
-            let container = mine.iter().find(|c| c.record.task_id == *task_id);
+            let container = mine.iter().find(|c| c.task_id == *task_id);
             let Some(c) = container else {
                 // Its container is gone (an old task): nothing to say.
                 self.push_log(pb::LogsChunk {
@@ -161,22 +290,22 @@ impl Worker {
                 continue;
             };
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<pb::LogLine, tonic::Status>>(256);
-            let path = self.containers.log_path(&c.record.id);
+            let path = self.runtime.log_path(&c.id);
             let q = pb::ContainerLogsRequest {
-                id: c.record.id.clone(),
+                id: c.id.clone(),
                 follow: req.follow,
                 tail: req.tail,
                 since_ns: req.since_ns,
                 until_ns: 0,
             };
-            let containers = self.containers.clone();
+            let runtime = self.runtime.clone();
             std::thread::spawn(move || {
                 shoal_engine::api::follow_log(&path, &q, &tx, || {
-                    matches!(containers.status_of(&q.id), Status::Running { .. } | Status::Created)
+                    matches!(runtime.status_of(&q.id), Status::Running { .. } | Status::Created)
                 });
             });
             let (this, task_id, request_id) = (self.clone(), task_id.clone(), req.request_id);
-            self.rt.spawn(async move {
+            tokio::spawn(async move {
                 while let Some(first) = rx.recv().await {
                     if this.log_cancelled.lock().unwrap_or_else(|p| p.into_inner()).contains(&request_id) {
                         return; // dropping `rx` ends the reader
@@ -196,14 +325,16 @@ impl Worker {
         }
     }
 
-    /// Reconciles on every new set and every `RESCAN`, until the process ends.
-    pub async fn run(self: Arc<Self>) {
+    /// Reconciles on every new set and every `RESCAN`, until `cancel`. Starts
+    /// and stops already under way finish on their threads.
+    pub async fn run_until(self: Arc<Self>, cancel: CancellationToken) {
         loop {
             let this = self.clone();
             if let Err(e) = tokio::task::spawn_blocking(move || this.reconcile()).await {
                 tracing::warn!(error = %e, "worker pass failed");
             }
             tokio::select! {
+                _ = cancel.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(RESCAN) => {}
             }
@@ -228,74 +359,60 @@ impl Worker {
         self.outbox_ready.notify_one();
     }
 
-    /// One pass (blocking).
+    /// What a pass starts from. Starts in flight are taken before the
+    /// containers are listed: one that ends after the listing has a
+    /// container this pass cannot see, and must not be started again.
+    fn observe(&self) -> Observed {
+        let starting = self.starting.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let containers = self.runtime.task_containers().into_iter().map(|c| (c.task_id.clone(), c)).collect();
+        let reported = self.reported.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Observed { containers, starting, stopping, reported, now_ms: now_ms() }
+    }
+
+    /// One pass (blocking); none before the first whole set.
     fn reconcile(self: &Arc<Self>) {
+        if !self.synced.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        // Starts in flight before the containers are listed: one that ends after the
-        // listing has a container this pass cannot see, and must not be started again.
-        let in_flight = self.starting.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mine: HashMap<String, Container> = self
-            .containers
-            .list()
-            .into_iter()
-            .filter(|c| !c.record.task_id.is_empty())
-            .map(|c| (c.record.task_id.clone(), c))
-            .collect();
-        // Containers of tasks this node no longer has go (first: they may hold host ports).
-        for (id, c) in &mine {
-            if !assigned.contains_key(id)
-                && !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
-                && !self.starting.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
-            {
-                tracing::info!(container = %c.record.name, "removing the container of a task no longer assigned here");
-                if let Err(e) = self.containers.remove(&c.record.id, true, true) {
-                    tracing::warn!(container = %c.record.name, error = %e, "removing failed");
+        let observed = self.observe();
+        let actions = plan(&assigned, &observed);
+        if !actions.is_empty() {
+            tracing::debug!(actions = actions.len(), tasks = assigned.len(), "worker pass");
+        }
+        for action in actions {
+            self.apply(&assigned, action);
+        }
+    }
+
+    /// Carries out one action of a pass.
+    fn apply(self: &Arc<Self>, assigned: &BTreeMap<String, Task>, action: WorkerAction) {
+        match action {
+            WorkerAction::Remove { container, name, .. } => {
+                tracing::info!(container = %name, "removing the container of a task no longer assigned here");
+                if let Err(e) = self.runtime.remove(&container) {
+                    tracing::warn!(container = %name, error = %e, "removing failed");
                 }
             }
-        }
-        // Host-mode ports still held by tasks on their way out: their containers keep their
-        // ports until removed, which follows the task's unassignment once it has stopped. A
-        // new task that publishes one starts after that (a stop-first update on this node).
-        let held: Vec<(u16, &str)> = assigned
-            .values()
-            .filter(|t| t.desired != TaskState::Running && mine.contains_key(&t.id))
-            .flat_map(|t| t.spec.ports.iter().map(|p| (p.published, p.protocol.as_str())))
-            .collect();
-        for t in assigned.values() {
-            let c = mine.get(&t.id);
-            if t.desired == TaskState::Running {
-                match c {
-                    None if t.status.state.is_terminal() => {}
-                    None if now_ms() < t.not_before_ms => {} // a restart's back-off
-                    None if t.spec.ports.iter().any(|p| held.contains(&(p.published, p.protocol.as_str()))) => {}
-                    None if in_flight.contains(&t.id) => {}
-                    None => self.start_soon(t),
-                    // With a health check, running means healthy (the engine's verdict).
-                    Some(c) => match (observed(c), c.health.as_ref().map(|h| h.status)) {
-                        (Some(s), Some(HealthStatus::Healthy)) if s.state == TaskState::Running => {
-                            self.report(t, TaskStatus { message: "started (healthy)".into(), ..s });
-                        }
-                        (Some(s), Some(HealthStatus::Unhealthy)) if s.state == TaskState::Running => {
-                            self.fail_unhealthy(t, &c.record.id)
-                        }
-                        (Some(s), Some(HealthStatus::Starting)) if s.state == TaskState::Running => {}
-                        (Some(s), _) => self.report(t, s),
-                        (None, _) => {}
-                    },
+            WorkerAction::Start { task } => {
+                if let Some(t) = assigned.get(&task) {
+                    self.start_soon(t);
                 }
-            } else {
-                match c.map(|c| (c, &c.status)) {
-                    Some((c, Status::Running { .. })) => self.stop(t, &c.record.id),
-                    // It ended by itself before it was told to stop: say how.
-                    Some((c, _)) if t.status.state == TaskState::Running => {
-                        if let Some(s) = observed(c) {
-                            self.report(t, s);
-                        }
-                    }
-                    _ => self.report(
-                        t,
-                        TaskStatus { state: TaskState::Shutdown, message: "shutdown".into(), ..Default::default() },
-                    ),
+            }
+            WorkerAction::Stop { task, container } => {
+                if let Some(t) = assigned.get(&task) {
+                    self.stop(t, &container);
+                }
+            }
+            WorkerAction::FailUnhealthy { task, container } => {
+                if let Some(t) = assigned.get(&task) {
+                    self.fail_unhealthy(t, &container);
+                }
+            }
+            WorkerAction::Report { task, status } => {
+                if let Some(t) = assigned.get(&task) {
+                    self.report(t, status);
                 }
             }
         }
@@ -310,7 +427,7 @@ impl Worker {
         let (this, t, container) = (self.clone(), t.clone(), container.to_string());
         std::thread::spawn(move || {
             let grace = Duration::from_millis(t.spec.stop_grace_ms);
-            match this.containers.stop(&container, Some(grace)) {
+            match this.runtime.stop(&container, grace) {
                 Ok(_) => this.report(
                     &t,
                     TaskStatus { state: TaskState::Shutdown, message: "shutdown".into(), ..Default::default() },
@@ -340,7 +457,7 @@ impl Worker {
         self.report(t, status);
         let (this, t, container) = (self.clone(), t.clone(), container.to_string());
         std::thread::spawn(move || {
-            if let Err(e) = this.containers.stop(&container, Some(Duration::from_millis(t.spec.stop_grace_ms))) {
+            if let Err(e) = this.runtime.stop(&container, Duration::from_millis(t.spec.stop_grace_ms)) {
                 tracing::warn!(task = %t.name(), error = %e, "stopping the unhealthy task's container failed");
             }
             this.stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
@@ -368,17 +485,9 @@ impl Worker {
 
     fn start(&self, t: &Task) {
         self.report(t, TaskStatus { state: TaskState::Preparing, message: "preparing".into(), ..Default::default() });
-        if self.images.inspect(&t.spec.image).is_err() {
-            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        if !self.runtime.has_image(&t.spec.image) {
             let creds = self.auths.lock().unwrap_or_else(|p| p.into_inner()).get(&t.service_id).cloned();
-            let pulled = self.rt.block_on(shoal_engine::registry::pull(
-                &self.registries,
-                self.images.clone(),
-                &t.spec.image,
-                creds,
-                &tx,
-            ));
-            if let Err(e) = pulled {
+            if let Err(e) = self.runtime.pull(&t.spec.image, creds) {
                 let err = pull_error(&t.spec.image, &e);
                 self.report(
                     t,
@@ -388,10 +497,10 @@ impl Worker {
             }
         }
         self.report(t, TaskStatus { state: TaskState::Starting, message: "starting".into(), ..Default::default() });
-        match self.run_request(t).and_then(|r| self.containers.run(&r)) {
+        match self.run_request(t).and_then(|r| self.runtime.run(&r)) {
             Ok(c) => {
                 // With a health check, the next pass says running once it passes.
-                if let Some(s) = observed(&c).filter(|s| c.health.is_none() || s.state != TaskState::Running) {
+                if let Some(s) = status_of(&c).filter(|s| c.health.is_none() || s.state != TaskState::Running) {
                     self.report(t, s);
                 }
             }
@@ -479,8 +588,8 @@ fn task_labels(t: &Task) -> BTreeMap<String, String> {
 }
 
 /// A task's status as its container shows it.
-fn observed(c: &Container) -> Option<TaskStatus> {
-    let container_id = c.record.id.clone();
+fn status_of(c: &TaskContainer) -> Option<TaskStatus> {
+    let container_id = c.id.clone();
     Some(match &c.status {
         Status::Created => return None,
         Status::Running { .. } => {
@@ -522,5 +631,240 @@ fn pull_error(image: &str, e: &RegistryError) -> String {
             format!("pull access denied for {image}: log in and use --with-registry-auth ({e})")
         }
         _ => format!("No such image: {image} ({e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TaskState::*;
+    use shoal_proto::service::PublishedPort;
+
+    fn task(id: &str, desired: TaskState, state: TaskState) -> Task {
+        Task {
+            id: id.into(),
+            service_id: "svc".into(),
+            service_name: "web".into(),
+            slot: 1,
+            node_id: "n1".into(),
+            desired,
+            status: TaskStatus { state, ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    fn publishing(mut t: Task, port: u16) -> Task {
+        t.spec.ports = vec![PublishedPort { published: port, target: 80, protocol: "tcp".into() }];
+        t
+    }
+
+    fn running() -> Status {
+        Status::Running { pid: 7, started_ms: 1 }
+    }
+
+    fn exited(code: i32) -> Status {
+        Status::Exited { code, oom_killed: false, started_ms: 1, finished_ms: 2 }
+    }
+
+    fn container(task: &str, status: Status, health: Option<HealthStatus>) -> TaskContainer {
+        TaskContainer { id: format!("c-{task}"), name: format!("web.1.{task}"), task_id: task.into(), status, health }
+    }
+
+    fn tasks(ts: &[Task]) -> BTreeMap<String, Task> {
+        ts.iter().map(|t| (t.id.clone(), t.clone())).collect()
+    }
+
+    fn seen(cs: &[TaskContainer]) -> Observed {
+        Observed {
+            containers: cs.iter().map(|c| (c.task_id.clone(), c.clone())).collect(),
+            now_ms: 1_000,
+            ..Default::default()
+        }
+    }
+
+    fn start(id: &str) -> WorkerAction {
+        WorkerAction::Start { task: id.into() }
+    }
+
+    fn stop(id: &str) -> WorkerAction {
+        WorkerAction::Stop { task: id.into(), container: format!("c-{id}") }
+    }
+
+    fn report(id: &str, state: TaskState, message: &str, container: bool) -> WorkerAction {
+        WorkerAction::Report {
+            task: id.into(),
+            status: TaskStatus {
+                state,
+                message: message.into(),
+                container_id: if container { format!("c-{id}") } else { String::new() },
+                ..Default::default()
+            },
+        }
+    }
+
+    fn set(ids: &[&str]) -> HashSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A table row: what it shows, the assigned tasks, the containers here, the plan.
+    type Case = (&'static str, Vec<Task>, Vec<TaskContainer>, Vec<WorkerAction>);
+
+    #[test]
+    fn plans_starts_stops_and_reports() {
+        let failed = |code: i32| WorkerAction::Report {
+            task: "a".into(),
+            status: TaskStatus {
+                state: Failed,
+                message: "started".into(),
+                err: format!("task: non-zero exit ({code})"),
+                exit_code: Some(code),
+                container_id: "c-a".into(),
+                ..Default::default()
+            },
+        };
+        let complete = WorkerAction::Report {
+            task: "a".into(),
+            status: TaskStatus {
+                state: Complete,
+                message: "finished".into(),
+                exit_code: Some(0),
+                container_id: "c-a".into(),
+                ..Default::default()
+            },
+        };
+        let mut backing_off = task("a", Running, Assigned);
+        backing_off.not_before_ms = 2_000;
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("an assigned task without a container starts",
+             vec![task("a", Running, Assigned)], vec![], vec![start("a")]),
+            ("a task in its restart back-off waits",
+             vec![backing_off], vec![], vec![]),
+            ("a task that ended without a container stays ended",
+             vec![task("a", Running, Failed)], vec![], vec![]),
+            ("a created container is not a status yet",
+             vec![task("a", Running, Starting)], vec![container("a", Status::Created, None)], vec![]),
+            ("a running container is reported running",
+             vec![task("a", Running, Starting)], vec![container("a", running(), None)],
+             vec![report("a", Running, "started", true)]),
+            ("a container that exited 0 completes the task",
+             vec![task("a", Running, Running)], vec![container("a", exited(0), None)], vec![complete]),
+            ("a container that exited non-zero fails the task",
+             vec![task("a", Running, Running)], vec![container("a", exited(3), None)], vec![failed(3)]),
+            ("a task told to stop has its running container stopped",
+             vec![task("a", Shutdown, Running)], vec![container("a", running(), None)], vec![stop("a")]),
+            ("a task told to stop whose container ended by itself says how",
+             vec![task("a", Shutdown, Running)], vec![container("a", exited(3), None)], vec![failed(3)]),
+            ("a task told to stop without a container is shut down",
+             vec![task("a", Shutdown, Assigned)], vec![], vec![report("a", Shutdown, "shutdown", false)]),
+            ("a stopped task is not reported again",
+             vec![task("a", Shutdown, Shutdown)], vec![], vec![]),
+        ];
+        for (name, assigned, containers, want) in cases {
+            assert_eq!(plan(&tasks(&assigned), &seen(&containers)), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_start_in_flight_is_not_started_twice_and_starts_are_capped() {
+        let assigned = tasks(&[task("a", Running, Assigned), task("b", Running, Assigned)]);
+        let mut observed = seen(&[]);
+        observed.starting = set(&["a"]);
+        assert_eq!(plan(&assigned, &observed), vec![start("b")]);
+
+        let many: Vec<Task> = (0..6).map(|i| task(&format!("t{i}"), Running, Assigned)).collect();
+        let starts = plan(&tasks(&many), &seen(&[]));
+        assert_eq!(starts, (0..PARALLEL_STARTS).map(|i| start(&format!("t{i}"))).collect::<Vec<_>>());
+        let mut observed = seen(&[]);
+        observed.starting = set(&["x", "y", "z"]);
+        assert_eq!(plan(&tasks(&many), &observed), vec![start("t0")], "one slot left");
+    }
+
+    #[test]
+    fn a_new_task_waits_for_the_host_port_a_leaving_task_holds() {
+        let old = publishing(task("a", Shutdown, Running), 8080);
+        let new = publishing(task("b", Running, Assigned), 8080);
+        let other = publishing(task("c", Running, Assigned), 9090);
+        let assigned = tasks(&[old.clone(), new.clone(), other]);
+        let observed = seen(&[container("a", running(), None)]);
+        assert_eq!(plan(&assigned, &observed), vec![stop("a"), start("c")]);
+        // Stopped but not yet removed: it still holds the port.
+        let observed = seen(&[container("a", exited(0), None)]);
+        let out = plan(&assigned, &observed);
+        assert!(!out.contains(&start("b")), "{out:?}");
+        // Unassigned, its container goes first; the next pass starts the new task.
+        let assigned = tasks(&[new]);
+        let out = plan(&assigned, &seen(&[container("a", exited(0), None)]));
+        assert_eq!(out[0], WorkerAction::Remove { task: "a".into(), container: "c-a".into(), name: "web.1.a".into() });
+        assert_eq!(plan(&assigned, &seen(&[])), vec![start("b")]);
+    }
+
+    #[test]
+    fn containers_of_unassigned_tasks_are_removed_first_unless_busy() {
+        let assigned = tasks(&[task("b", Running, Assigned)]);
+        let observed = seen(&[container("a", running(), None), container("z", exited(0), None)]);
+        let remove = |id: &str| WorkerAction::Remove {
+            task: id.into(),
+            container: format!("c-{id}"),
+            name: format!("web.1.{id}"),
+        };
+        assert_eq!(plan(&assigned, &observed), vec![remove("a"), remove("z"), start("b")]);
+        let mut busy = observed.clone();
+        busy.stopping = set(&["a"]);
+        busy.starting = set(&["z"]);
+        assert_eq!(plan(&assigned, &busy), vec![start("b")]);
+    }
+
+    #[test]
+    fn a_restarted_worker_adopts_running_containers() {
+        // After a daemon restart the managers' view is the baseline: a container
+        // already running for a running task is neither started nor reported again.
+        let assigned = tasks(&[task("a", Running, Running), task("b", Running, Starting)]);
+        let observed = seen(&[container("a", running(), None), container("b", running(), None)]);
+        assert_eq!(plan(&assigned, &observed), vec![report("b", Running, "started", true)]);
+    }
+
+    #[test]
+    fn reports_only_move_forward() {
+        let assigned = tasks(&[task("a", Running, Starting)]);
+        let mut observed = seen(&[container("a", running(), None)]);
+        observed.reported.insert("a".into(), Running);
+        assert_eq!(plan(&assigned, &observed), vec![], "already reported running");
+        observed.reported.insert("a".into(), Failed);
+        observed.containers.insert("a".into(), container("a", exited(0), None));
+        assert_eq!(plan(&assigned, &observed), vec![], "a failed task never completes");
+        let assigned = tasks(&[task("a", Shutdown, Assigned)]);
+        let mut observed = seen(&[]);
+        observed.reported.insert("a".into(), Shutdown);
+        assert_eq!(plan(&assigned, &observed), vec![]);
+    }
+
+    #[test]
+    fn with_a_health_check_running_means_healthy() {
+        let assigned = tasks(&[task("a", Running, Starting)]);
+        let with = |h: HealthStatus| seen(&[container("a", running(), Some(h))]);
+        assert_eq!(plan(&assigned, &with(HealthStatus::Starting)), vec![]);
+        assert_eq!(
+            plan(&assigned, &with(HealthStatus::Healthy)),
+            vec![report("a", Running, "started (healthy)", true)]
+        );
+        let unhealthy = WorkerAction::FailUnhealthy { task: "a".into(), container: "c-a".into() };
+        assert_eq!(plan(&assigned, &with(HealthStatus::Unhealthy)), vec![unhealthy]);
+        let mut stopping = with(HealthStatus::Unhealthy);
+        stopping.stopping = set(&["a"]);
+        assert_eq!(plan(&assigned, &stopping), vec![], "already being stopped");
+        // An exit says how, whatever the last verdict.
+        let exited = seen(&[container("a", exited(0), Some(HealthStatus::Starting))]);
+        assert!(
+            matches!(&plan(&assigned, &exited)[..], [WorkerAction::Report { status, .. }] if status.state == Complete)
+        );
+    }
+
+    #[test]
+    fn a_stop_in_flight_is_not_repeated() {
+        let assigned = tasks(&[task("a", Shutdown, Running)]);
+        let mut observed = seen(&[container("a", running(), None)]);
+        observed.stopping = set(&["a"]);
+        assert_eq!(plan(&assigned, &observed), vec![]);
     }
 }

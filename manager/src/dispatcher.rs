@@ -13,12 +13,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use openraft::async_runtime::WatchReceiver as _;
 use shoal_proto::model::{NodeDescription, NodeState, NodeStatus, Role};
 use shoal_proto::pb;
 use shoal_proto::probe::Outcome;
 use shoal_proto::service::{Task, TaskState, TaskStatus};
+use shoal_proto::tls::Identity;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
@@ -448,7 +449,7 @@ pub struct DispatcherService {
     pub mgr: Arc<Manager>,
 }
 
-type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ManagerMessage, Status>> + Send>>;
+pub type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ManagerMessage, Status>> + Send>>;
 
 fn msg(m: pb::manager_message::Msg) -> Result<pb::ManagerMessage, Status> {
     Ok(pb::ManagerMessage { msg: Some(m) })
@@ -460,11 +461,22 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
 
     #[tracing::instrument(skip_all, fields(node.id = tracing::field::Empty))]
     async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<SessionStream>, Status> {
-        let mgr = self.mgr.clone();
-        let id = auth::require_node(&req, &mgr.cfg.cluster_id, &[Role::Manager, Role::Worker])?;
+        let id = auth::require_node(&req, &self.mgr.cfg.cluster_id, &[Role::Manager, Role::Worker])?;
         tracing::Span::current().record("node.id", id.node_id.as_str());
+        DispatcherService::open_session(self.mgr.clone(), id, req.into_inner()).await.map(Response::new)
+    }
+}
+
+impl DispatcherService {
+    /// Serves the session of a node whose certificate said who it is, over any
+    /// transport: gRPC over mTLS (`session`), or in-memory streams in an
+    /// in-process test. A follower refuses it, naming the leader.
+    pub async fn open_session<S>(mgr: Arc<Manager>, id: Identity, inbound: S) -> Result<SessionStream, Status>
+    where
+        S: Stream<Item = Result<pb::AgentMessage, Status>> + Send + Unpin + 'static,
+    {
         let Some(token) = mgr.leadership() else {
-            return Err(match mgr.route(&req).await {
+            return Err(match mgr.route(&Request::new(())).await {
                 Ok(Route::Leader { addr, .. }) => {
                     let mut s = Status::failed_precondition(format!("not the leader; the leader is {addr}"));
                     if let Ok(v) = addr.parse() {
@@ -479,9 +491,9 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         if !mgr.store.read().nodes.contains_key(&id.node_id) {
             return Err(Status::permission_denied(format!("node {} was removed from the swarm", id.node_id)));
         }
-        let mut inbound = req.into_inner();
-        let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
-            Ok(Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(h)) }))) => h,
+        let mut inbound = inbound;
+        let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.next()).await {
+            Ok(Some(Ok(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(h)) }))) => h,
             _ => return Err(Status::invalid_argument("a session starts with a hello")),
         };
         let node_id = id.node_id.clone();
@@ -528,7 +540,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                         let _ = tx.send(Err(Status::unavailable("leadership changed; reconnect"))).await;
                         return;
                     }
-                    m = inbound.message() => match m {
+                    m = inbound.next() => match m.transpose() {
                         Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(_)) })) => {
                             d.seen(&node_id);
                             let ack = pb::HeartbeatAck { period_ms: d.heartbeat_period().as_millis() as u32 };
@@ -588,7 +600,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             }
         };
         tokio::spawn(session.instrument(span));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let stream: SessionStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok(stream)
     }
 }
 

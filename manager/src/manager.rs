@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver as _;
-use openraft::{BasicNode, ChangeMembers, Instant as _, RaftMetrics, ReadPolicy, ServerState};
+use openraft::{BasicNode, ChangeMembers, Instant as _, RaftMetrics, RaftNetworkFactory, ReadPolicy, ServerState};
 use rustls::ClientConfig;
 use shoal_proto::model::now_ms;
 use shoal_proto::tls::Disconnected;
@@ -71,12 +71,27 @@ impl Manager {
         cfg: ManagerConfig,
         client_tls: watch::Receiver<Arc<ClientConfig>>,
     ) -> anyhow::Result<Arc<Manager>> {
+        let network = GrpcNetworkFactory::new(cfg.raft_id, client_tls.clone());
+        Manager::open_with(cfg, client_tls, raft::config()?, network).await
+    }
+
+    /// Like `open`, with Raft's timings and transport given: an in-process
+    /// test passes faster clocks and the in-memory transport (`raft::mem`).
+    pub async fn open_with<N>(
+        cfg: ManagerConfig,
+        client_tls: watch::Receiver<Arc<ClientConfig>>,
+        raft_config: Arc<openraft::Config>,
+        network: N,
+    ) -> anyhow::Result<Arc<Manager>>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = Vec<u8>>,
+    {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let db = storage::open(&cfg.data_dir.join("raft.redb"))?;
         let store = Store::new();
         let sm = StateMachine::open(db.clone(), store.clone()).await?;
-        let network = GrpcNetworkFactory::new(cfg.raft_id, client_tls.clone());
-        let raft = Raft::new(cfg.raft_id, raft::config()?, network, LogStore::new(db), sm).await?;
+        let raft = Raft::new(cfg.raft_id, raft_config, network, LogStore::new(db), sm).await?;
         Ok(Arc::new(Manager {
             dispatcher: Dispatcher::new(store.clone()),
             cfg,

@@ -1,7 +1,7 @@
 //! In-process cluster simulation: several managers' Raft (real openraft, real
 //! redb storage in temp dirs, the real state machine and `Store`) in one
 //! process, talking through an in-memory router that can drop, delay and
-//! partition messages. Faults are drawn from a seeded RNG; every failure names
+//! partition messages (`shoal_manager::raft::mem`). Faults are drawn from a seeded RNG; every failure names
 //! its seed. Re-run one seed with `SHOAL_SIM_SEEDS=7 cargo test -p
 //! shoal-manager --test cluster_sim`.
 //!
@@ -19,272 +19,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use openraft::alias::{LogIdOf, SnapshotOf, VoteOf};
+use openraft::alias::LogIdOf;
 use openraft::async_runtime::WatchReceiver as _;
-use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
-use openraft::network::RPCOption;
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::{
-    BasicNode, ChangeMembers, RPCTypes, RaftLogReader as _, RaftMetrics, RaftNetworkFactory, RaftNetworkV2, ServerState,
-};
-use rand::rngs::StdRng;
-use rand::{Rng as _, SeedableRng as _};
+use openraft::{BasicNode, ChangeMembers, RaftLogReader as _, RaftMetrics, ServerState};
+use shoal_manager::raft::mem::{MemNetworkFactory, Router};
 use shoal_manager::raft::storage::{self, LogStore, StateMachine};
 use shoal_manager::raft::{Raft, TypeConfig};
 use shoal_manager::state::{Command, Request, Response, State};
 use shoal_manager::store::Store;
 use shoal_proto::model::{Availability, Meta, Node, NodeDescription, NodeSpec, NodeStatus, Role};
 use tokio::task::JoinHandle;
-
-// === the in-memory transport ===
-
-/// Faults applied to every message; changed by the test while the cluster runs.
-#[derive(Clone, Debug, Default)]
-struct Faults {
-    /// Messages to or from these nodes fail as `Unreachable` (a partition).
-    isolated: BTreeSet<u64>,
-    /// Probability that a request, or independently its reply, is lost.
-    drop_prob: f64,
-    /// Each leg (request, reply) is delayed by a uniform 0..=max_delay.
-    max_delay: Duration,
-}
-
-#[derive(Debug, Default)]
-struct Stats {
-    delivered: u64,
-    dropped: u64,
-    unreachable: u64,
-}
-
-struct RouterInner {
-    rafts: BTreeMap<u64, Raft>,
-    faults: Faults,
-    rng: StdRng,
-    stats: Stats,
-}
-
-/// Raft id → running `Raft`, plus the faults; shared by every node's network.
-#[derive(Clone)]
-struct Router {
-    inner: Arc<Mutex<RouterInner>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct SimError(String);
-
-fn unreachable(from: u64, to: u64, why: &str) -> RPCError<TypeConfig> {
-    RPCError::Unreachable(Unreachable::new(&SimError(format!("{from} -> {to}: {why}"))))
-}
-
-impl Router {
-    fn new(seed: u64) -> Router {
-        Router {
-            inner: Arc::new(Mutex::new(RouterInner {
-                rafts: BTreeMap::new(),
-                faults: Faults::default(),
-                rng: StdRng::seed_from_u64(seed),
-                stats: Stats::default(),
-            })),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, RouterInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn add(&self, id: u64, raft: Raft) {
-        self.lock().rafts.insert(id, raft);
-    }
-
-    fn remove(&self, id: u64) {
-        self.lock().rafts.remove(&id);
-    }
-
-    fn set_noise(&self, drop_prob: f64, max_delay: Duration) {
-        let mut g = self.lock();
-        g.faults.drop_prob = drop_prob;
-        g.faults.max_delay = max_delay;
-    }
-
-    fn isolate(&self, id: u64) {
-        self.lock().faults.isolated.insert(id);
-    }
-
-    fn heal(&self) {
-        self.lock().faults.isolated.clear();
-    }
-
-    fn stats(&self) -> String {
-        let g = self.lock();
-        format!("delivered {}, dropped {}, unreachable {}", g.stats.delivered, g.stats.dropped, g.stats.unreachable)
-    }
-
-    /// One leg of a message (request or reply): fails if either end is
-    /// isolated or the RNG drops it; otherwise returns the delay to apply.
-    fn leg(&self, from: u64, to: u64, what: &str) -> Result<Duration, RPCError<TypeConfig>> {
-        let mut g = self.lock();
-        let RouterInner { faults, rng, stats, .. } = &mut *g;
-        if faults.isolated.contains(&from) || faults.isolated.contains(&to) {
-            stats.unreachable += 1;
-            return Err(unreachable(from, to, "partitioned"));
-        }
-        if faults.drop_prob > 0.0 && rng.random_bool(faults.drop_prob) {
-            stats.dropped += 1;
-            return Err(RPCError::Network(NetworkError::new(&SimError(format!("{from} -> {to}: {what} dropped")))));
-        }
-        let max = u64::try_from(faults.max_delay.as_micros()).unwrap_or(u64::MAX);
-        Ok(if max == 0 { Duration::ZERO } else { Duration::from_micros(rng.random_range(0..=max)) })
-    }
-
-    /// The target of a request arriving now: a partition may have started
-    /// while it was in flight, or the target may have stopped.
-    fn deliver_to(&self, from: u64, to: u64) -> Result<Raft, RPCError<TypeConfig>> {
-        let mut g = self.lock();
-        if g.faults.isolated.contains(&from) || g.faults.isolated.contains(&to) {
-            g.stats.unreachable += 1;
-            return Err(unreachable(from, to, "partitioned in flight"));
-        }
-        match g.rafts.get(&to).cloned() {
-            Some(r) => Ok(r),
-            None => {
-                g.stats.unreachable += 1;
-                Err(unreachable(from, to, "not running"))
-            }
-        }
-    }
-
-    /// Carries one RPC from `from` to `to`: request leg, the call on the target
-    /// `Raft`, reply leg; the whole within `ttl`. A partition that starts while
-    /// the request is in flight loses it (or its reply).
-    async fn rpc<T, E, F, Fut>(
-        &self,
-        from: u64,
-        to: u64,
-        action: RPCTypes,
-        ttl: Duration,
-        call: F,
-    ) -> Result<T, RPCError<TypeConfig>>
-    where
-        E: std::fmt::Display,
-        F: FnOnce(Raft) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let fut = async {
-            let delay = self.leg(from, to, "request")?;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await; // injected latency, not synchronisation
-            }
-            let target = self.deliver_to(from, to)?;
-            // The remote Raft stopped: seen as an unreachable peer, like the gRPC transport.
-            let resp = call(target).await.map_err(|e| unreachable(from, to, &e.to_string()))?;
-            let delay = self.leg(from, to, "reply")?;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            self.lock().stats.delivered += 1;
-            Ok(resp)
-        };
-        match tokio::time::timeout(ttl, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(RPCError::Timeout(Timeout { action, id: from, target: to, timeout: ttl })),
-        }
-    }
-}
-
-struct MemNetworkFactory {
-    id: u64,
-    router: Router,
-}
-
-impl RaftNetworkFactory<TypeConfig> for MemNetworkFactory {
-    type Network = MemNetwork;
-
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> MemNetwork {
-        MemNetwork { from: self.id, to: target, router: self.router.clone() }
-    }
-}
-
-/// One node's connection to one peer: calls the peer's `Raft` directly.
-struct MemNetwork {
-    from: u64,
-    to: u64,
-    router: Router,
-}
-
-impl RaftNetworkV2<TypeConfig> for MemNetwork {
-    type SnapshotData = Vec<u8>;
-
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.router
-            .rpc(self.from, self.to, RPCTypes::AppendEntries, option.hard_ttl(), |r| async move {
-                r.append_entries(rpc).await
-            })
-            .await
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.router
-            .rpc(self.from, self.to, RPCTypes::Vote, option.hard_ttl(), |r| async move { r.vote(rpc).await })
-            .await
-    }
-
-    /// Not the default (which grants everything): the peer really decides.
-    async fn pre_vote(
-        &mut self,
-        rpc: VoteRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.router
-            .rpc(self.from, self.to, RPCTypes::Vote, option.hard_ttl(), |r| async move { r.pre_vote(rpc).await })
-            .await
-    }
-
-    async fn full_snapshot(
-        &mut self,
-        vote: VoteOf<TypeConfig>,
-        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
-        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
-        option: RPCOption,
-    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        // Same floor as the gRPC transport.
-        let ttl = option.hard_ttl().max(Duration::from_secs(10));
-        let send = self.router.rpc(self.from, self.to, RPCTypes::InstallSnapshot, ttl, |r| async move {
-            r.install_full_snapshot(vote, snapshot).await
-        });
-        tokio::select! {
-            closed = cancel => Err(StreamingError::Closed(closed)),
-            r = send => r.map_err(StreamingError::from),
-        }
-    }
-
-    async fn transfer_leader(
-        &mut self,
-        req: TransferLeaderRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.router
-            .rpc(self.from, self.to, RPCTypes::TransferLeader, option.hard_ttl(), |r| async move {
-                r.handle_transfer_leader(req).await
-            })
-            .await
-    }
-}
 
 // === observations (sampled from every node's metrics) ===
 

@@ -19,6 +19,7 @@ mod announce;
 pub mod attach;
 pub mod cgroup_layout;
 pub mod cgroups;
+pub mod contract;
 pub mod copy;
 pub mod frames;
 pub mod health;

@@ -1,0 +1,143 @@
+//! A container runtime in memory, for tests: the worker's `Runtime` whose
+//! containers start at once and whose state the test drives (a process
+//! exits, a health check passes or fails). It records every `run` so a test
+//! can assert that no task was ever started twice.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_engine::registry::{Credentials, RegistryError};
+use shoal_engine::runtime::contract::{Runtime, TaskContainer};
+use shoal_engine::runtime::health::HealthStatus;
+use shoal_engine::runtime::{ContainerError, RunRequest, Status};
+use shoal_proto::model::now_ms;
+
+#[derive(Default)]
+struct State {
+    /// By container id.
+    containers: BTreeMap<String, TaskContainer>,
+    next_id: u64,
+    /// The task of every `run`, in order (refused ones too).
+    runs: Vec<String>,
+    /// Every listing (one per worker pass).
+    listings: u64,
+    /// `run` fails with this while set.
+    refuse: Option<String>,
+}
+
+#[derive(Default)]
+pub struct FakeRuntime {
+    state: Mutex<State>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Arc<FakeRuntime> {
+        Arc::new(FakeRuntime::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every container here.
+    pub fn containers(&self) -> Vec<TaskContainer> {
+        self.lock().containers.values().cloned().collect()
+    }
+
+    /// The task of every `run` so far, in order.
+    pub fn runs(&self) -> Vec<String> {
+        self.lock().runs.clone()
+    }
+
+    /// How many times the containers were listed (the worker lists once a pass).
+    pub fn listings(&self) -> u64 {
+        self.lock().listings
+    }
+
+    /// The task's process exits with `code`; false if it was not running.
+    pub fn exit(&self, task_id: &str, code: i32) -> bool {
+        let mut g = self.lock();
+        let Some(c) = g.containers.values_mut().find(|c| c.task_id == task_id) else { return false };
+        let Status::Running { started_ms, .. } = c.status else { return false };
+        c.status = Status::Exited { code, oom_killed: false, started_ms, finished_ms: now_ms() };
+        true
+    }
+
+    /// The engine's health verdict on the task's container.
+    pub fn set_health(&self, task_id: &str, health: Option<HealthStatus>) {
+        let mut g = self.lock();
+        if let Some(c) = g.containers.values_mut().find(|c| c.task_id == task_id) {
+            c.health = health;
+        }
+    }
+
+    /// Makes `run` fail with `why` (None: succeed again).
+    pub fn refuse_runs(&self, why: Option<&str>) {
+        self.lock().refuse = why.map(String::from);
+    }
+}
+
+impl Runtime for FakeRuntime {
+    fn task_containers(&self) -> Vec<TaskContainer> {
+        let mut g = self.lock();
+        g.listings += 1;
+        g.containers.values().cloned().collect()
+    }
+
+    fn has_image(&self, _reference: &str) -> bool {
+        true
+    }
+
+    fn pull(&self, _reference: &str, _creds: Option<Credentials>) -> Result<(), RegistryError> {
+        Ok(())
+    }
+
+    fn run(&self, req: &RunRequest) -> Result<TaskContainer, ContainerError> {
+        let mut g = self.lock();
+        g.runs.push(req.task_id.clone());
+        if let Some(why) = &g.refuse {
+            return Err(ContainerError::StartFailed { id: req.name.clone(), message: why.clone() });
+        }
+        if let Some(c) = g.containers.values().find(|c| c.name == req.name) {
+            return Err(ContainerError::NameInUse { name: req.name.clone(), id: c.id.clone() });
+        }
+        g.next_id += 1;
+        let c = TaskContainer {
+            id: format!("fake{:04}", g.next_id),
+            name: req.name.clone(),
+            task_id: req.task_id.clone(),
+            status: Status::Running { pid: 1000 + g.next_id as i32, started_ms: now_ms() },
+            health: None,
+        };
+        g.containers.insert(c.id.clone(), c.clone());
+        Ok(c)
+    }
+
+    fn stop(&self, id: &str, _grace: Duration) -> Result<(), ContainerError> {
+        let mut g = self.lock();
+        let c = g.containers.get_mut(id).ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        if let Status::Running { started_ms, .. } = c.status {
+            // SIGTERM, as `stop` sends.
+            c.status = Status::Exited { code: 143, oom_killed: false, started_ms, finished_ms: now_ms() };
+        }
+        Ok(())
+    }
+
+    fn remove(&self, id: &str) -> Result<(), ContainerError> {
+        self.lock().containers.remove(id).map(|_| ()).ok_or_else(|| ContainerError::NotFound(id.to_string()))
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        PathBuf::from(format!("/nonexistent/fake-runtime/{id}/log"))
+    }
+
+    fn status_of(&self, id: &str) -> Status {
+        self.lock()
+            .containers
+            .get(id)
+            .map(|c| c.status.clone())
+            .unwrap_or(Status::Dead { message: "no such container".into() })
+    }
+}

@@ -1,0 +1,119 @@
+//! A node daemon started, stopped and resumed inside a test: `swarm init`
+//! on loopback (real TLS, a real manager, the real session and worker on a
+//! fake runtime) runs a service's task; `shutdown` releases the port and
+//! stops the daemon's tasks; `resume` with a new worker brings the same
+//! swarm back from disk, and the worker adopts the task's container.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use shoal_agent::fake_runtime::FakeRuntime;
+use shoal_agent::worker::Worker;
+use shoal_agent::{Daemon, DaemonConfig};
+use shoal_manager::state::Command;
+use shoal_proto::model::NodeState;
+use shoal_proto::pb;
+use shoal_proto::service::{ServiceSpec, TaskState};
+use tokio_util::sync::CancellationToken;
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until this node's manager sees the node ready (its session is up).
+async fn wait_ready(d: &Daemon, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let ready = d.manager().is_some_and(|m| {
+            let id = d.info().node_id;
+            m.store.read().nodes.get(&id).is_some_and(|n| n.status.state == NodeState::Ready)
+        });
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the node did not become ready within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition with a deadline
+    }
+}
+
+/// Waits until the manager port can be bound again: its server stopped.
+async fn wait_port_free(addr: &str, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{addr} is still taken {within:?} after shutdown");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition with a deadline
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_starts_stops_and_resumes_in_process() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let cfg = DaemonConfig {
+        data_root: dir.path().join("data"),
+        socket: dir.path().join("shoal.sock"),
+        listen_addr: addr.clone(),
+        advertise_addr: Some(addr.clone()),
+        hostname: "node1".into(),
+    };
+    let within = Duration::from_secs(20);
+    let fake = FakeRuntime::new();
+    let cancel = CancellationToken::new();
+    let worker = Worker::with_runtime(fake.clone(), "node1");
+    let worker_task = tokio::spawn(worker.clone().run_until(cancel.clone()));
+
+    let d = Daemon::new(cfg.clone());
+    d.set_worker(worker);
+    let info = d.init(pb::SwarmInitRequest::default()).await.map_err(|s| anyhow::anyhow!("init: {}", s.message()))?;
+    ensure!(info.is_manager && info.swarm_state == "active", "init: {info:?}");
+    wait_ready(&d, within).await.context("after init")?;
+    let mgr = d.manager().context("no manager after init")?;
+    let mut spec = ServiceSpec { name: "web".into(), replicas: 1, ..Default::default() };
+    spec.task.image = "img".into();
+    mgr.write(Command::CreateService { id: "web".into(), spec, auth: None })
+        .await
+        .map_err(|s| anyhow::anyhow!("create: {}", s.message()))?;
+    let deadline = Instant::now() + within;
+    while !mgr.store.read().tasks.values().any(|t| t.status.state == TaskState::Running) {
+        ensure!(Instant::now() < deadline, "the task never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition with a deadline
+    }
+    ensure!(fake.runs().len() == 1, "runs: {:?}", fake.runs());
+    drop(mgr);
+
+    d.shutdown().await;
+    cancel.cancel();
+    tokio::time::timeout(within, worker_task).await.context("the worker ignored its cancellation")??;
+    ensure!(!d.in_swarm() && d.manager().is_none(), "still in the swarm after shutdown");
+    wait_port_free(&addr, within).await?;
+
+    // The same swarm, from disk, in a new daemon with a new worker, as after a restart.
+    let cancel = CancellationToken::new();
+    let worker = Worker::with_runtime(fake.clone(), "node1");
+    let worker_task = tokio::spawn(worker.clone().run_until(cancel.clone()));
+    let listed = fake.listings();
+    let d = Daemon::new(cfg);
+    d.set_worker(worker);
+    d.resume().await?;
+    ensure!(d.info().node_id == info.node_id, "resumed as another node");
+    // Passes come only after the first whole set: the session is up again.
+    let deadline = Instant::now() + within;
+    while fake.listings() < listed + 2 {
+        ensure!(Instant::now() < deadline, "the new worker got no assignment set");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition with a deadline
+    }
+    ensure!(fake.runs().len() == 1, "the task was started again: {:?}", fake.runs());
+    ensure!(fake.containers().len() == 1, "containers: {:?}", fake.containers());
+    d.shutdown().await;
+    wait_port_free(&addr, within).await?;
+    cancel.cancel();
+    tokio::time::timeout(within, worker_task).await.context("the worker ignored its cancellation")??;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! What a swarm node's worker needs of a container runtime, as a trait
+//! (`Runtime`), so that the worker's reconcile loop runs the same on a host
+//! (`EngineRuntime`: this engine's containers, image store and registries)
+//! and in an in-process test (a fake whose containers the test drives).
+//!
+//! The worker sees a task's container only as a `TaskContainer`: its id,
+//! name, task, status and health verdict; everything else stays the engine's.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::images::ImageStore;
+use crate::registry::{Credentials, Registries, RegistryError};
+use crate::runtime::health::HealthStatus;
+use crate::runtime::{Container, ContainerError, Containers, RunRequest, Status};
+
+/// A cluster task's container, as the worker sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskContainer {
+    pub id: String,
+    pub name: String,
+    /// The task it runs (never empty: other containers are not the worker's).
+    pub task_id: String,
+    pub status: Status,
+    /// The engine's health verdict, if it has a check.
+    pub health: Option<HealthStatus>,
+}
+
+impl TaskContainer {
+    /// The worker's view of an engine container (None when it runs no task).
+    pub fn of(c: &Container) -> Option<TaskContainer> {
+        if c.record.task_id.is_empty() {
+            return None;
+        }
+        Some(TaskContainer {
+            id: c.record.id.clone(),
+            name: c.record.name.clone(),
+            task_id: c.record.task_id.clone(),
+            status: c.status.clone(),
+            health: c.health.as_ref().map(|h| h.status),
+        })
+    }
+}
+
+/// The operations the worker carries out. All of them block (the worker
+/// calls them from a blocking pass or a thread of their own) and are
+/// idempotent where the worker may repeat them (stop, remove).
+pub trait Runtime: Send + Sync {
+    /// The containers that run cluster tasks, in any order.
+    fn task_containers(&self) -> Vec<TaskContainer>;
+    /// Whether the image is in the local store.
+    fn has_image(&self, reference: &str) -> bool;
+    /// Pulls an image with the service's registry login, if it has one.
+    fn pull(&self, reference: &str, creds: Option<Credentials>) -> Result<(), RegistryError>;
+    /// Creates and starts a task's container.
+    fn run(&self, req: &RunRequest) -> Result<TaskContainer, ContainerError>;
+    /// Stops a container: its stop signal, then SIGKILL after `grace`.
+    fn stop(&self, id: &str, grace: Duration) -> Result<(), ContainerError>;
+    /// Removes a container, running or not, with its anonymous volumes.
+    fn remove(&self, id: &str) -> Result<(), ContainerError>;
+    /// Where a container's log is (for `service logs`).
+    fn log_path(&self, id: &str) -> PathBuf;
+    /// A container's status now (a followed log ends when it stops running).
+    fn status_of(&self, id: &str) -> Status;
+}
+
+/// The engine as the worker's runtime.
+pub struct EngineRuntime {
+    containers: Arc<Containers>,
+    images: Arc<ImageStore>,
+    registries: Arc<Registries>,
+    /// Pulls are async; the worker's threads wait on them here.
+    rt: tokio::runtime::Handle,
+}
+
+impl EngineRuntime {
+    pub fn new(
+        containers: Arc<Containers>,
+        images: Arc<ImageStore>,
+        registries: Arc<Registries>,
+        rt: tokio::runtime::Handle,
+    ) -> EngineRuntime {
+        EngineRuntime { containers, images, registries, rt }
+    }
+}
+
+impl Runtime for EngineRuntime {
+    fn task_containers(&self) -> Vec<TaskContainer> {
+        self.containers.list().iter().filter_map(TaskContainer::of).collect()
+    }
+
+    fn has_image(&self, reference: &str) -> bool {
+        self.images.inspect(reference).is_ok()
+    }
+
+    fn pull(&self, reference: &str, creds: Option<Credentials>) -> Result<(), RegistryError> {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        self.rt.block_on(crate::registry::pull(&self.registries, self.images.clone(), reference, creds, &tx))
+    }
+
+    fn run(&self, req: &RunRequest) -> Result<TaskContainer, ContainerError> {
+        let c = self.containers.run(req)?;
+        TaskContainer::of(&c).ok_or_else(|| ContainerError::Invalid {
+            what: "task container",
+            value: c.record.name.clone(),
+            why: "the request named no task".into(),
+        })
+    }
+
+    fn stop(&self, id: &str, grace: Duration) -> Result<(), ContainerError> {
+        self.containers.stop(id, Some(grace)).map(|_| ())
+    }
+
+    fn remove(&self, id: &str) -> Result<(), ContainerError> {
+        self.containers.remove(id, true, true).map(|_| ())
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.containers.log_path(id)
+    }
+
+    fn status_of(&self, id: &str) -> Status {
+        self.containers.status_of(id)
+    }
+}
