@@ -14,4 +14,5 @@ pub mod network;
 pub mod prune;
 pub mod registry;
 pub mod runtime;
+mod sys;
 pub mod volumes;

@@ -1,0 +1,126 @@
+//! The engine's kernel calls outside the shim and `attach` (which run in the
+//! forked child's context and keep their own): thin functions over `rustix`'s
+//! safe wrappers, each returning `io::Result` with the OS error. The one call
+//! without a safe wrapper (`unshare`) is here too, with its `SAFETY:` reason;
+//! no other module of the engine may write `unsafe` (the workspace denies it).
+
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use rustix::fs::{AtFlags, CWD, FileType, FlockOperation, Mode, OFlags, Timestamps, XattrFlags, inotify};
+use rustix::process::{Pid, Signal};
+
+// --- identity and processes ---
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// The calling thread's id.
+pub fn gettid() -> i32 {
+    rustix::thread::gettid().as_raw_nonzero().get()
+}
+
+/// SIGKILLs `pid` (a pid that is not positive is refused, never sent to a group).
+pub fn kill_hard(pid: i32) -> io::Result<()> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::kill_process(pid, Signal::KILL)?)
+}
+
+/// The kernel's clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of /proc's CPU times.
+pub fn clock_ticks() -> u64 {
+    rustix::param::clock_ticks_per_second()
+}
+
+// --- namespaces and mounts ---
+
+/// Moves the calling thread (only) into a new network namespace.
+pub fn unshare_netns() -> io::Result<()> {
+    // SAFETY: unshare_unsafe is unsafe only for CLONE_FILES (a thread could
+    // then see descriptors from a table it no longer shares); a new network
+    // namespace changes no descriptor table.
+    Ok(unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }?)
+}
+
+/// Bind-mounts `src` onto `dst` (MS_BIND).
+pub fn bind_mount(src: &Path, dst: &Path) -> io::Result<()> {
+    Ok(rustix::mount::mount_bind(src, dst)?)
+}
+
+/// Detaches the mount at `path` (MNT_DETACH); an error if nothing is mounted there.
+pub fn unmount_detach(path: &Path) -> io::Result<()> {
+    Ok(rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)?)
+}
+
+/// The `f_type` magic of the filesystem holding `path` (statfs).
+pub fn fs_magic(path: &Path) -> io::Result<i64> {
+    Ok(rustix::fs::statfs(path)?.f_type as i64)
+}
+
+// --- files ---
+
+/// Creates a device node or FIFO: `kind` is the `S_IF*` type, `mode` its permission bits.
+pub fn mknod(p: &Path, kind: u32, mode: u32, (major, minor): (u32, u32)) -> io::Result<()> {
+    let dev = rustix::fs::makedev(major, minor);
+    Ok(rustix::fs::mknodat(CWD, p, FileType::from_raw_mode(kind), Mode::from_raw_mode(mode & 0o7777), dev)?)
+}
+
+/// Sets an extended attribute on `p` itself, not on what a link points to.
+pub fn lsetxattr(p: &Path, name: &std::ffi::CStr, value: &[u8]) -> io::Result<()> {
+    Ok(rustix::fs::lsetxattr(p, name, value, XattrFlags::empty())?)
+}
+
+/// Sets both times of `p` itself (not of what a link points to) to `secs` since the epoch.
+pub fn set_times_nofollow(p: &Path, secs: i64) -> io::Result<()> {
+    let ts = rustix::fs::Timespec { tv_sec: secs, tv_nsec: 0 };
+    let times = Timestamps { last_access: ts, last_modification: ts };
+    Ok(rustix::fs::utimensat(CWD, p, &times, AtFlags::SYMLINK_NOFOLLOW)?)
+}
+
+/// Flushes the filesystem holding the open file `f` to disk.
+pub fn syncfs(f: &File) -> io::Result<()> {
+    Ok(rustix::fs::syncfs(f)?)
+}
+
+/// Takes `f`'s exclusive lock without waiting: `WouldBlock` if another holds it.
+pub fn try_lock_exclusive(f: &File) -> io::Result<()> {
+    Ok(rustix::fs::flock(f, FlockOperation::NonBlockingLockExclusive)?)
+}
+
+/// Puts `fd` into non-blocking mode.
+pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(&fd)?;
+    Ok(rustix::fs::fcntl_setfl(&fd, flags | OFlags::NONBLOCK)?)
+}
+
+/// Waits until `fd` is readable or `timeout` passes (whichever comes first).
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let mut fds = [rustix::event::PollFd::from_borrowed_fd(fd, rustix::event::PollFlags::IN)];
+    let ts =
+        rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec { tv_sec: i64::MAX, tv_nsec: 0 });
+    Ok(rustix::event::poll(&mut fds, Some(&ts))? > 0)
+}
+
+/// Reads from `fd` into `buf` (the byte count; 0 at EOF).
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    Ok(rustix::io::read(fd, buf)?)
+}
+
+// --- inotify ---
+
+/// A new non-blocking, close-on-exec inotify instance.
+pub fn inotify_init() -> io::Result<OwnedFd> {
+    Ok(inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?)
+}
+
+/// Adds a watch on `path` for the `IN_*` events in `mask`.
+pub fn inotify_watch(fd: BorrowedFd<'_>, path: &Path, mask: u32) -> io::Result<()> {
+    inotify::add_watch(fd, path, inotify::WatchFlags::from_bits_retain(mask))?;
+    Ok(())
+}
