@@ -14,18 +14,6 @@ pub fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 }
 
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its whole length and gethostname
-    // NUL-terminates within it (or we stop at its end).
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
 async fn signalled() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
@@ -61,7 +49,7 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
         listen_addr: args.listen_addr,
         // empty: none (the installed unit passes its setting even when it is unset)
         advertise_addr: args.advertise_addr.filter(|a| !a.is_empty()),
-        hostname: hostname(),
+        hostname: shoal_agent::sys::hostname(),
     });
     let images = std::sync::Arc::new(shoal_engine::images::ImageStore::open(&daemon.cfg.data_root.join("images"))?);
     let volumes = std::sync::Arc::new(shoal_engine::volumes::VolumeStore::open(&daemon.cfg.data_root.join("volumes"))?);
