@@ -35,3 +35,14 @@ pub fn local_ipv4s() -> Vec<std::net::Ipv4Addr> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hostname_is_the_kernels() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("kernel hostname");
+        assert_eq!(hostname(), kernel.trim_end());
+    }
+}

@@ -272,6 +272,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_namespace_file_is_a_netns() {
+        assert!(is_netns(Path::new("/proc/self/ns/net")));
+        assert!(!is_netns(Path::new("/proc/self/status")));
+        assert!(!is_netns(Path::new("/nonexistent/netns")));
+    }
+
+    #[test]
+    fn a_pinned_netns_is_created_and_removed() {
+        if !crate::sys::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ns");
+        create_netns(&path).expect("create");
+        assert!(is_netns(&path), "pinned by a bind mount of an nsfs file");
+        remove_netns(&path);
+        assert!(!path.exists(), "unmounted and removed");
+    }
+
+    #[test]
     fn etc_files_follow_the_network() {
         let e = Endpoint { ip: "172.18.0.2".into(), ..Default::default() };
         let pending = Endpoint { error: "netd is down".into(), ..Default::default() };
