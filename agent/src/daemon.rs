@@ -631,7 +631,7 @@ impl Daemon {
         if let Some(a) = &self.cfg.advertise_addr {
             return with_port(a);
         }
-        let ips = local_ipv4s();
+        let ips = crate::sys::local_ipv4s();
         match ips.as_slice() {
             [one] => Ok(format!("{one}:{MANAGER_PORT}")),
             [] => Err(Status::invalid_argument("this host has no IPv4 address to advertise; use --advertise-addr")),
@@ -761,33 +761,6 @@ pub fn with_port(addr: &str) -> Result<String, Status> {
         return Ok(format!("{addr}:{MANAGER_PORT}"));
     }
     Err(Status::invalid_argument(format!("invalid address {addr:?}: expected HOST or HOST:PORT")))
-}
-
-/// The host's non-loopback IPv4 addresses.
-fn local_ipv4s() -> Vec<std::net::Ipv4Addr> {
-    let mut out = Vec::new();
-    let mut ifaddrs: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills a linked list we free with freeifaddrs below;
-    // every pointer is checked for null before it is read.
-    unsafe {
-        if libc::getifaddrs(&mut ifaddrs) != 0 {
-            return out;
-        }
-        let mut cur = ifaddrs;
-        while !cur.is_null() {
-            let a = (*cur).ifa_addr;
-            if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
-                let sin = &*(a as *const libc::sockaddr_in);
-                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if !ip.is_loopback() && !out.contains(&ip) {
-                    out.push(ip);
-                }
-            }
-            cur = (*cur).ifa_next;
-        }
-        libc::freeifaddrs(ifaddrs);
-    }
-    out
 }
 
 #[cfg(test)]

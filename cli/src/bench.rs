@@ -32,9 +32,9 @@ pub async fn run(cli: &Cli, cmd: &BenchCmd) -> anyhow::Result<()> {
 /// outside the benchmark is touched. Prints JSON.
 fn netsync(ports: usize, rounds: usize) -> anyhow::Result<()> {
     use shoal_netd::model::{Desired, EndpointSpec, NetworkSpec, PortMap, Proto};
-    // SAFETY: unshare on this thread only; nft runs as its child, in the new namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        anyhow::bail!("unshare(CLONE_NEWNET): {} (run as root)", std::io::Error::last_os_error());
+    // unshare on this thread only; nft runs as its child, in the new namespace.
+    if let Err(e) = crate::terminal::unshare_netns() {
+        anyhow::bail!("unshare(CLONE_NEWNET): {e} (run as root)");
     }
     let subnet: shoal_netd::net::Subnet = "10.200.0.0/16".parse().map_err(anyhow::Error::msg)?;
     let network = NetworkSpec {

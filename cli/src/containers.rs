@@ -650,6 +650,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)] // std::env::set_var: Rust 2024 makes it unsafe
     fn env_files_read_like_docker() {
         let dir = std::env::temp_dir().join(format!("shoal-envfile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

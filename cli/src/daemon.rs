@@ -14,18 +14,6 @@ pub fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 }
 
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its whole length and gethostname
-    // NUL-terminates within it (or we stop at its end).
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
 /// A token cancelled at the first SIGTERM or SIGINT.
 fn cancelled_on_signal() -> CancellationToken {
     use tokio::signal::unix::{SignalKind, signal};
@@ -46,7 +34,7 @@ fn cancelled_on_signal() -> CancellationToken {
 
 pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
     init_tracing();
-    let mut cfg = NodeConfig::new(args.data_root, socket.to_path_buf(), args.listen_addr, hostname());
+    let mut cfg = NodeConfig::new(args.data_root, socket.to_path_buf(), args.listen_addr, shoal_agent::sys::hostname());
     // empty: none (the installed unit passes its setting even when it is unset)
     cfg.advertise_addr = args.advertise_addr.filter(|a| !a.is_empty());
     cfg.cgroup_parent = args.cgroup_parent;

@@ -222,7 +222,7 @@ pub async fn login(cli: &Cli, a: &LoginArgs) -> anyhow::Result<()> {
     let username = match (&a.username, &stored) {
         (Some(u), _) => u.clone(),
         (None, Some((u, _))) if a.password.is_none() && !a.password_stdin => u.clone(),
-        _ if std::io::stdin().is_terminal() && !a.password_stdin => prompt("Username: ", true)?,
+        _ if std::io::stdin().is_terminal() && !a.password_stdin => crate::terminal::prompt("Username: ", true)?,
         _ => bail!("give a username with -u USER"),
     };
     let password = if let Some(p) = &a.password {
@@ -237,7 +237,7 @@ pub async fn login(cli: &Cli, a: &LoginArgs) -> anyhow::Result<()> {
     {
         p.clone()
     } else if std::io::stdin().is_terminal() {
-        prompt("Password: ", false)?
+        crate::terminal::prompt("Password: ", false)?
     } else {
         bail!("give a password with --password-stdin (or -p PASSWORD)");
     };
@@ -264,32 +264,6 @@ pub fn logout(cli: &Cli, server: Option<&str>) -> anyhow::Result<()> {
         println!("Not logged in to {key}");
     }
     Ok(())
-}
-
-/// Reads a line from the terminal, without echo for a password.
-fn prompt(label: &str, echo: bool) -> anyhow::Result<String> {
-    eprint!("{label}");
-    std::io::stderr().flush()?;
-    let fd = libc::STDIN_FILENO;
-    // SAFETY: termios is plain data, filled in by tcgetattr before any use.
-    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: fd is stdin (a terminal, checked by the caller); saved is a valid termios.
-    let have_tty = unsafe { libc::tcgetattr(fd, &mut saved) } == 0;
-    if !echo && have_tty {
-        let mut quiet = saved;
-        quiet.c_lflag &= !libc::ECHO;
-        // SAFETY: as above; restoring `saved` below undoes it.
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
-    }
-    let mut line = String::new();
-    let read = std::io::stdin().read_line(&mut line);
-    if !echo && have_tty {
-        // SAFETY: restores the settings read above.
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
-        eprintln!();
-    }
-    read.context("reading from the terminal")?;
-    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 #[cfg(test)]

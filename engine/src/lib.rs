@@ -15,5 +15,5 @@ pub mod network;
 pub mod prune;
 pub mod registry;
 pub mod runtime;
-pub mod sys;
+mod sys;
 pub mod volumes;

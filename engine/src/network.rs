@@ -202,11 +202,7 @@ impl Networks {
 /// Whether `path` is a pinned network namespace (an nsfs mount).
 fn is_netns(path: &Path) -> bool {
     // nsfs files report the NSFS magic through statfs.
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: statfs is plain data; all zeroes is a valid value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statfs into a struct we own; a valid C string.
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == NSFS_MAGIC }
+    crate::sys::fs_magic(path).is_ok_and(|m| m == NSFS_MAGIC)
 }
 
 const NSFS_MAGIC: i64 = 0x6e73_6673;
@@ -249,16 +245,11 @@ fn create_netns(path: &Path) -> Result<(), NetworkError> {
     std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
     let target = path.to_path_buf();
     let made = std::thread::spawn(move || -> Result<(), String> {
-        // SAFETY: unshare on this short-lived thread only; its namespace is pinned below.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("unshare: {}", std::io::Error::last_os_error()));
-        }
-        let src = std::ffi::CString::new(format!("/proc/self/task/{}/ns/net", gettid())).map_err(|e| e.to_string())?;
-        let dst = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
-        // SAFETY: bind-mounting this thread's namespace file onto our own file; valid C strings.
-        if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) } != 0 {
-            return Err(format!("bind mount: {}", std::io::Error::last_os_error()));
-        }
+        // unshare on this short-lived thread only; its namespace is pinned below.
+        crate::sys::unshare_netns().map_err(|e| format!("unshare: {e}"))?;
+        let src = std::path::PathBuf::from(format!("/proc/self/task/{}/ns/net", crate::sys::gettid()));
+        // bind-mounting this thread's namespace file onto our own file.
+        crate::sys::bind_mount(&src, &target).map_err(|e| format!("bind mount: {e}"))?;
         Ok(())
     })
     .join()
@@ -269,23 +260,37 @@ fn create_netns(path: &Path) -> Result<(), NetworkError> {
     })
 }
 
-fn gettid() -> i32 {
-    // SAFETY: gettid only reads the caller's id.
-    unsafe { libc::gettid() }
-}
-
 /// Unpins and removes a namespace file (nothing if it is not there).
 pub fn remove_netns(path: &Path) {
-    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
-        // SAFETY: unmounting our own bind mount; failure means it was not mounted.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
+    // unmounting our own bind mount; failure means it was not mounted.
+    let _ = crate::sys::unmount_detach(path);
     let _ = std::fs::remove_file(path);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_namespace_file_is_a_netns() {
+        assert!(is_netns(Path::new("/proc/self/ns/net")));
+        assert!(!is_netns(Path::new("/proc/self/status")));
+        assert!(!is_netns(Path::new("/nonexistent/netns")));
+    }
+
+    #[test]
+    fn a_pinned_netns_is_created_and_removed() {
+        if !crate::sys::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ns");
+        create_netns(&path).expect("create");
+        assert!(is_netns(&path), "pinned by a bind mount of an nsfs file");
+        remove_netns(&path);
+        assert!(!path.exists(), "unmounted and removed");
+    }
 
     #[test]
     fn etc_files_follow_the_network() {

@@ -1,33 +1,104 @@
-//! The engine's kernel calls: mounting and unmounting a container's root,
-//! signals, and the shim's own session. Everything else in the crate goes
-//! through these safe functions.
+//! The engine's kernel calls outside the shim and `attach` (which run in the
+//! forked child's context and keep their own): thin functions over `rustix`'s
+//! safe wrappers, each returning `io::Result` with the OS error. The one call
+//! without a safe wrapper (`unshare`) is here too, with its `SAFETY:` reason;
+//! no other module of the engine may write `unsafe` (the workspace denies it).
 
-use std::ffi::CString;
+#![allow(unsafe_code)]
+
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
 
-fn c_string(s: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{s:?}: {e}")))
+use rustix::fs::{AtFlags, CWD, FileType, FlockOperation, Mode, OFlags, Timestamps, XattrFlags, inotify};
+use rustix::process::{Pid, Signal};
+
+// --- identity and processes ---
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
 }
 
-/// Mounts an overlay filesystem with `opts` (lowerdir, upperdir, workdir) at `target`.
-pub fn mount_overlay(target: &Path, opts: &str) -> io::Result<()> {
-    let c = c_string;
-    let (src, tgt, fstype, data) = (c("overlay")?, c(&target.display().to_string())?, c("overlay")?, c(opts)?);
-    // SAFETY: all pointers are valid NUL-terminated strings for the call's duration.
-    let r = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fstype.as_ptr(), 0, data.as_ptr().cast()) };
-    if r != 0 {
+/// The calling thread's id.
+pub fn gettid() -> i32 {
+    rustix::thread::gettid().as_raw_nonzero().get()
+}
+
+/// SIGKILLs `pid` (a pid that is not positive is refused, never sent to a group).
+pub fn kill_hard(pid: i32) -> io::Result<()> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::kill_process(pid, Signal::KILL)?)
+}
+
+/// Sends `signal` (1 to 64) to process `pid` (a pid that is not positive is
+/// refused, never sent to a group).
+pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    if let Some(signal) = Signal::from_named_raw(signal) {
+        return Ok(rustix::process::kill_process(pid, signal)?);
+    }
+    if !(1..=64).contains(&signal) {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    // A real-time signal (`kill -s 40`): rustix has no safe value for those.
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid.as_raw_nonzero().get(), signal) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
-/// Detaches the mount at `path`; nothing mounted there is fine.
-pub fn unmount_detached(path: &Path) {
-    if let Ok(c) = CString::new(path.display().to_string()) {
-        // SAFETY: unmounting our own overlay mount point; failure is fine (not mounted).
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+/// Starts `cmd`'s process in a session of its own, so signals aimed at the
+/// daemon's group never reach it.
+pub fn new_session_on_spawn(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before exec; setsid is
+    // async-signal-safe and touches no memory of the parent's.
+    unsafe {
+        cmd.pre_exec(|| {
+            let _ = rustix::process::setsid();
+            Ok(())
+        });
     }
+}
+
+/// The kernel's clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of /proc's CPU times.
+pub fn clock_ticks() -> u64 {
+    rustix::param::clock_ticks_per_second()
+}
+
+// --- namespaces and mounts ---
+
+/// Moves the calling thread (only) into a new network namespace.
+pub fn unshare_netns() -> io::Result<()> {
+    // SAFETY: unshare_unsafe is unsafe only for CLONE_FILES (a thread could
+    // then see descriptors from a table it no longer shares); a new network
+    // namespace changes no descriptor table.
+    Ok(unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }?)
+}
+
+/// Bind-mounts `src` onto `dst` (MS_BIND).
+pub fn bind_mount(src: &Path, dst: &Path) -> io::Result<()> {
+    Ok(rustix::mount::mount_bind(src, dst)?)
+}
+
+/// Detaches the mount at `path` (MNT_DETACH); an error if nothing is mounted there.
+pub fn unmount_detach(path: &Path) -> io::Result<()> {
+    Ok(rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)?)
+}
+
+/// The `f_type` magic of the filesystem holding `path` (statfs).
+pub fn fs_magic(path: &Path) -> io::Result<i64> {
+    Ok(rustix::fs::statfs(path)?.f_type as i64)
+}
+
+/// Mounts an overlay filesystem with `opts` (lowerdir, upperdir, workdir) at `target`.
+pub fn mount_overlay(target: &Path, opts: &str) -> io::Result<()> {
+    let data = std::ffi::CString::new(opts).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    Ok(rustix::mount::mount("overlay", target, "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())?)
 }
 
 /// Whether `path` is a mount point (on another device than its parent `dir`).
@@ -39,24 +110,66 @@ pub fn is_mount_point(path: &Path, dir: &Path) -> bool {
     }
 }
 
-/// Sends `signal` to process `pid`; a process already gone is no error to the caller.
-pub fn kill(pid: i32, signal: i32) {
-    // SAFETY: kill(2) takes plain integers; it touches no memory of ours.
-    unsafe { libc::kill(pid, signal) };
+// --- files ---
+
+/// Creates a device node or FIFO: `kind` is the `S_IF*` type, `mode` its permission bits.
+pub fn mknod(p: &Path, kind: u32, mode: u32, (major, minor): (u32, u32)) -> io::Result<()> {
+    let dev = rustix::fs::makedev(major, minor);
+    Ok(rustix::fs::mknodat(CWD, p, FileType::from_raw_mode(kind), Mode::from_raw_mode(mode & 0o7777), dev)?)
 }
 
-/// Starts `cmd`'s process in a session of its own, so signals aimed at the
-/// daemon's group never reach it.
-pub fn new_session_on_spawn(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: setsid is async-signal-safe; the shim gets its own session
-    // so signals aimed at the daemon's group never reach it.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+/// Sets an extended attribute on `p` itself, not on what a link points to.
+pub fn lsetxattr(p: &Path, name: &std::ffi::CStr, value: &[u8]) -> io::Result<()> {
+    Ok(rustix::fs::lsetxattr(p, name, value, XattrFlags::empty())?)
+}
+
+/// Sets both times of `p` itself (not of what a link points to) to `secs` since the epoch.
+pub fn set_times_nofollow(p: &Path, secs: i64) -> io::Result<()> {
+    let ts = rustix::fs::Timespec { tv_sec: secs, tv_nsec: 0 };
+    let times = Timestamps { last_access: ts, last_modification: ts };
+    Ok(rustix::fs::utimensat(CWD, p, &times, AtFlags::SYMLINK_NOFOLLOW)?)
+}
+
+/// Flushes the filesystem holding the open file `f` to disk.
+pub fn syncfs(f: &File) -> io::Result<()> {
+    Ok(rustix::fs::syncfs(f)?)
+}
+
+/// Takes `f`'s exclusive lock without waiting: `WouldBlock` if another holds it.
+pub fn try_lock_exclusive(f: &File) -> io::Result<()> {
+    Ok(rustix::fs::flock(f, FlockOperation::NonBlockingLockExclusive)?)
+}
+
+/// Puts `fd` into non-blocking mode.
+pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(&fd)?;
+    Ok(rustix::fs::fcntl_setfl(&fd, flags | OFlags::NONBLOCK)?)
+}
+
+/// Waits until `fd` is readable or `timeout` passes (whichever comes first).
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let mut fds = [rustix::event::PollFd::from_borrowed_fd(fd, rustix::event::PollFlags::IN)];
+    let ts =
+        rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec { tv_sec: i64::MAX, tv_nsec: 0 });
+    Ok(rustix::event::poll(&mut fds, Some(&ts))? > 0)
+}
+
+/// Reads from `fd` into `buf` (the byte count; 0 at EOF).
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    Ok(rustix::io::read(fd, buf)?)
+}
+
+// --- inotify ---
+
+/// A new non-blocking, close-on-exec inotify instance.
+pub fn inotify_init() -> io::Result<OwnedFd> {
+    Ok(inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?)
+}
+
+/// Adds a watch on `path` for the `IN_*` events in `mask`.
+pub fn inotify_watch(fd: BorrowedFd<'_>, path: &Path, mask: u32) -> io::Result<()> {
+    inotify::add_watch(fd, path, inotify::WatchFlags::from_bits_retain(mask))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -208,18 +207,12 @@ fn ns_id(path: &Path) -> Option<(u64, u64)> {
 
 /// UDP and TCP sockets on 127.0.0.11:53 in the namespace at `netns`.
 fn open_in(netns: &Path) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
-    let file = std::fs::File::open(netns)?;
-    std::thread::spawn(move || {
-        // SAFETY: setns on this short-lived thread only; the sockets it opens stay in that namespace.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    // the sockets opened there stay in that namespace.
+    crate::sys::in_netns(netns, || {
         let udp = std::net::UdpSocket::bind((dns::ADDR, 53))?;
         udp.set_nonblocking(true)?;
         let tcp = std::net::TcpListener::bind((dns::ADDR, 53))?;
         tcp.set_nonblocking(true)?;
         Ok((udp, tcp))
     })
-    .join()
-    .map_err(|_| std::io::Error::other("the DNS socket thread panicked"))?
 }

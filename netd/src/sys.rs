@@ -6,8 +6,9 @@
 //! entered that namespace; the socket stays there, the thread does not.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use futures::TryStreamExt;
@@ -56,13 +57,11 @@ pub async fn connect_in(netns: &Path) -> Result<Handle, SysError> {
     let rt = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        // SAFETY: setns on this short-lived thread only; the socket it opens keeps the namespace.
-        let r = if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
+        // setns on this short-lived thread only; the socket it opens keeps the namespace.
+        let r = enter_netns(&file).and_then(|()| {
             let _guard = rt.enter();
             rtnetlink::new_connection().map(|(c, h, _)| (c, h))
-        };
+        });
         let _ = tx.send(r);
     });
     let (conn, handle) = rx
@@ -71,6 +70,28 @@ pub async fn connect_in(netns: &Path) -> Result<Handle, SysError> {
         .map_err(io(format!("entering {}", netns.display())))?;
     tokio::spawn(conn);
     Ok(handle)
+}
+
+/// Moves the calling thread into the network namespace of `ns` (an open nsfs file).
+fn enter_netns(ns: &File) -> std::io::Result<()> {
+    use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+    Ok(move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network))?)
+}
+
+/// Runs `f` on a short-lived thread inside the network namespace at `netns`
+/// and waits for it: what `f` opens there (sockets) stays in that namespace,
+/// the thread does not.
+pub fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let file = File::open(netns)?;
+    std::thread::spawn(move || {
+        enter_netns(&file)?;
+        f()
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
 }
 
 fn link_name(m: &LinkMessage) -> Option<String> {

@@ -9,14 +9,8 @@ use shoal_netd::model::{Desired, EndpointSpec, NetworkSpec, PortMap, Proto};
 use shoal_netd::rules;
 
 fn can_run() -> bool {
-    // SAFETY: geteuid only reads the caller's id.
-    let root = unsafe { libc_geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     root && Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success())
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 #[test]

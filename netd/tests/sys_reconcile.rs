@@ -5,6 +5,9 @@
 //! throwaway network namespaces of this test's own threads; skipped
 //! without root or nft.
 
+// own_netns calls unshare, which has no safe wrapper.
+#![allow(unsafe_code)]
+
 use std::path::Path;
 use std::process::Command;
 
@@ -13,8 +16,7 @@ use shoal_netd::plan::{Action, plan};
 use shoal_netd::{rules, sys};
 
 fn can_run() -> bool {
-    // SAFETY: geteuid only reads the caller's id.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     root && Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
@@ -44,8 +46,7 @@ fn a_bridge_network_is_built_converges_repairs_and_goes() {
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let container = std::thread::spawn(move || {
         own_netns();
-        // SAFETY: getpid/gettid only read ids.
-        let path = format!("/proc/{}/task/{}/ns/net", std::process::id(), unsafe { libc::gettid() });
+        let path = format!("/proc/{}/task/{}/ns/net", std::process::id(), rustix::thread::gettid().as_raw_nonzero());
         ns_tx.send(path).unwrap();
         let _ = done_rx.recv();
     });

@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,9 +71,7 @@ impl Layout {
         let path = self.lock();
         let f =
             File::options().create(true).truncate(false).write(true).open(&path).map_err(io_err("opening", &path))?;
-        // SAFETY: the descriptor is owned by `f`, which is open for the call.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
+        if let Err(e) = crate::sys::try_lock_exclusive(&f) {
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 return Err(ImageError::Locked { root: self.root.clone() });
             }

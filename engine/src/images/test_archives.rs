@@ -3,10 +3,8 @@
 //! OCI layout archives, and a file-tree snapshot to prove nothing changed.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use serde_json::json;
@@ -242,11 +240,7 @@ pub(super) fn tree(root: &Path) -> Vec<String> {
 }
 
 pub(super) fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let c = CString::new(p.as_os_str().as_bytes()).expect("path");
-    let n = CString::new(name).expect("name");
     let mut buf = [0u8; 64];
-    // SAFETY: both strings are NUL-terminated and `buf` is writable for
-    // its whole length, which is passed with it.
-    let len = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    usize::try_from(len).ok().map(|l| buf[..l].to_vec())
+    let len = rustix::fs::lgetxattr(p, name, &mut buf[..]).ok()?;
+    Some(buf[..len].to_vec())
 }

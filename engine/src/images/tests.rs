@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -93,16 +92,9 @@ fn overlay_check(dirs: &[PathBuf]) {
     let mnt = tempfile::tempdir().expect("mnt");
     let lower: Vec<String> = dirs.iter().rev().map(|p| p.display().to_string()).collect();
     let opts = CString::new(format!("lowerdir={}", lower.join(":"))).expect("opts");
-    let target = CString::new(mnt.path().as_os_str().as_bytes()).expect("target");
-    // SAFETY: all pointers are NUL-terminated strings alive for the call.
-    let rc = unsafe {
-        libc::mount(c"overlay".as_ptr(), target.as_ptr(), c"overlay".as_ptr(), libc::MS_RDONLY, opts.as_ptr().cast())
-    };
-    if rc != 0 {
-        eprintln!(
-            "note: overlay mount unavailable here ({}); whiteouts checked on disk only",
-            std::io::Error::last_os_error()
-        );
+    let mounted = rustix::mount::mount("overlay", mnt.path(), "overlay", rustix::mount::MountFlags::RDONLY, &*opts);
+    if let Err(e) = mounted {
+        eprintln!("note: overlay mount unavailable here ({}); whiteouts checked on disk only", std::io::Error::from(e));
         return;
     }
     let m = mnt.path();
@@ -112,9 +104,7 @@ fn overlay_check(dirs: &[PathBuf]) {
         m.join("var/lib/old").exists(),
         m.join("var/lib/new").exists(),
     );
-    // SAFETY: `target` is a NUL-terminated path alive for the call.
-    let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-    assert_eq!(rc, 0, "umount");
+    crate::sys::unmount_detach(mnt.path()).expect("umount");
     assert_eq!(seen, (false, true, false, true), "(etc/a, etc/a2, var/lib/old, var/lib/new) through overlayfs");
 }
 

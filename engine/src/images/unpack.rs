@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
 use std::io::{self, BufReader, Read};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -21,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use super::digest::{Digest, HashingReader};
 use super::entry::{Action, EntryKind, LayerModel, Planned, Refusal};
 use super::error::{ImageError, io_err, read_err};
+use crate::sys;
 
 /// Compression recognized by its magic bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,7 +199,7 @@ impl Unpacker<'_> {
         if pl.action == Action::Opaque {
             // The directory itself must be real too: check it as a parent.
             self.prepare_parents(&pl.path.join("x"), shown)?;
-            return set_xattr(&full, c"trusted.overlay.opaque", b"y").map_err(io_err("marking opaque", &full));
+            return sys::lsetxattr(&full, c"trusted.overlay.opaque", b"y").map_err(io_err("marking opaque", &full));
         }
         self.prepare_parents(&pl.path, shown)?;
         if pl.action != Action::Dir && self.remove_existing(&full)? {
@@ -245,7 +245,7 @@ impl Unpacker<'_> {
             Action::Symlink(target) => {
                 std::os::unix::fs::symlink(target, &full).map_err(io_err("creating symbolic link", &full))?;
                 self.chown(&full, m)?;
-                set_times_nofollow(&full, m.mtime).map_err(io_err("setting times of", &full))?;
+                sys::set_times_nofollow(&full, m.mtime).map_err(io_err("setting times of", &full))?;
             }
             Action::Hardlink(target) => {
                 let src = self.root.join(target);
@@ -256,7 +256,7 @@ impl Unpacker<'_> {
             Action::BlockDevice(major, minor) => self.mknod(&full, libc::S_IFBLK, m, (*major, *minor))?,
             Action::Fifo => self.mknod(&full, libc::S_IFIFO, m, (0, 0))?,
             Action::Whiteout => {
-                mknod(&full, libc::S_IFCHR, 0, (0, 0)).map_err(io_err("creating whiteout (needs root)", &full))?;
+                sys::mknod(&full, libc::S_IFCHR, 0, (0, 0)).map_err(io_err("creating whiteout (needs root)", &full))?;
                 self.chown(&full, m)?;
             }
             Action::Skip | Action::Opaque => {}
@@ -307,19 +307,19 @@ impl Unpacker<'_> {
         if !self.privileged && !name.as_bytes().starts_with(b"user.") {
             return Ok(());
         }
-        match set_xattr(full, name, value) {
+        match sys::lsetxattr(full, name, value) {
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
             r => r.map_err(io_err("setting extended attribute on", full)),
         }
     }
 
     fn mknod(&self, full: &Path, kind: u32, m: &EntryMeta, dev: (u32, u32)) -> Result<(), ImageError> {
-        mknod(full, kind, m.mode, dev).map_err(io_err("creating device node (needs root)", full))?;
+        sys::mknod(full, kind, m.mode, dev).map_err(io_err("creating device node (needs root)", full))?;
         self.chown(full, m)?;
         // The node was just created by us in a private directory: following
         // it cannot lead anywhere else.
         fs::set_permissions(full, Permissions::from_mode(m.mode)).map_err(io_err("chmod", full))?;
-        set_times_nofollow(full, m.mtime).map_err(io_err("setting times of", full))
+        sys::set_times_nofollow(full, m.mtime).map_err(io_err("setting times of", full))
     }
 
     /// Directory modes and times, deepest first, each re-checked to still
@@ -334,7 +334,7 @@ impl Unpacker<'_> {
                 continue;
             }
             fs::set_permissions(&full, Permissions::from_mode(mode)).map_err(io_err("chmod", &full))?;
-            set_times_nofollow(&full, mtime).map_err(io_err("setting times of", &full))?;
+            sys::set_times_nofollow(&full, mtime).map_err(io_err("setting times of", &full))?;
         }
         Ok(())
     }
@@ -348,48 +348,14 @@ fn time_of(secs: i64) -> SystemTime {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
-}
-
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
-fn mknod(p: &Path, kind: u32, mode: u32, (major, minor): (u32, u32)) -> io::Result<()> {
-    let c = cpath(p)?;
-    let dev = libc::makedev(major, minor);
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    check(unsafe { libc::mknod(c.as_ptr(), (kind | (mode & 0o7777)) as libc::mode_t, dev) })
-}
-
-/// Sets an extended attribute on `p` itself, not on what a link points to.
-fn set_xattr(p: &Path, name: &std::ffi::CStr, value: &[u8]) -> io::Result<()> {
-    let c = cpath(p)?;
-    // SAFETY: `c` and `name` are valid NUL-terminated strings and `value`
-    // is a live slice whose pointer and length are passed together.
-    check(unsafe { libc::lsetxattr(c.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
-}
-
-fn set_times_nofollow(p: &Path, secs: i64) -> io::Result<()> {
-    let c = cpath(p)?;
-    let ts = libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: 0 };
-    let times = [ts, ts];
-    // SAFETY: `c` is a valid NUL-terminated string and `times` points to
-    // two timespecs, both live for the duration of the call.
-    check(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+    sys::is_root()
 }
 
 /// Flushes the filesystem holding `dir` to disk (one call for a whole
 /// unpacked layer instead of an fsync per file).
 pub fn sync_filesystem(dir: &Path) -> Result<(), ImageError> {
     let f = File::open(dir).map_err(io_err("opening", dir))?;
-    // SAFETY: the descriptor is owned by `f`, which is open for the call.
-    check(unsafe { libc::syncfs(f.as_raw_fd()) }).map_err(io_err("syncing", dir))
+    sys::syncfs(&f).map_err(io_err("syncing", dir))
 }
 
 #[cfg(test)]

@@ -3,6 +3,10 @@
 //! sends over the OCI console socket, and the attached client itself, spoken
 //! to in `frames`. Single-threaded and poll-driven like the rest of the shim.
 
+// Part of the shim: its kernel calls on raw descriptors (the unix listener,
+// the pty master received with SCM_RIGHTS, its window size) stay here.
+#![allow(unsafe_code)]
+
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;

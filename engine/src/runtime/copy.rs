@@ -5,9 +5,8 @@
 //! symlink the container planted resolves inside the container, never on the
 //! host; the chroot is why this is a process of its own and not daemon code.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 /// The helper's main; returns its exit code (errors go to stderr).
@@ -31,18 +30,9 @@ pub fn main(args: &[std::ffi::OsString]) -> i32 {
 }
 
 fn enter(root: &Path) -> Result<(), String> {
-    let c = CString::new(root.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: chroot and chdir with valid NUL-terminated paths; this process
-    // exists only to work inside the container's root.
-    unsafe {
-        if libc::chroot(c.as_ptr()) != 0 {
-            return Err(format!("entering the container's root: {}", std::io::Error::last_os_error()));
-        }
-        if libc::chdir(c"/".as_ptr()) != 0 {
-            return Err(format!("entering the container's root: {}", std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
+    // chroot and chdir: this process exists only to work inside the container's root.
+    std::os::unix::fs::chroot(root).map_err(|e| format!("entering the container's root: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("entering the container's root: {e}"))
 }
 
 /// The name PATH's top entry gets in the tar: its last part.

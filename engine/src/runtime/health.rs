@@ -11,7 +11,7 @@
 //! directory must not wake for every check.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -249,7 +249,7 @@ fn monitor(t: &Target, stop: &Stop) {
 /// `timeout` the check is killed with its processes, and the result is
 /// Docker's (-1, `Health check exceeded timeout (30s)`).
 fn run_check(exe: &Path, exec_json: &str, timeout: Duration) -> (i32, String) {
-    let (mut reader, writer) = match std::io::pipe() {
+    let (reader, writer) = match std::io::pipe() {
         Ok(p) => p,
         Err(e) => return (-1, format!("cannot run the health check: pipe: {e}")),
     };
@@ -267,16 +267,14 @@ fn run_check(exe: &Path, exec_json: &str, timeout: Duration) -> (i32, String) {
         Ok(c) => c,
         Err(e) => return (-1, format!("cannot run the health check: {e}")),
     };
-    let fd = reader.as_raw_fd();
-    // SAFETY: setting O_NONBLOCK on a descriptor we own.
-    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK) };
+    let _ = crate::sys::set_nonblocking(&reader);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut open = true;
     let mut drain = |open: &mut bool| {
         let mut buf = [0u8; 4096];
         while *open {
-            match reader.read(&mut buf) {
+            match (&reader).read(&mut buf) {
                 Ok(0) => *open = false,
                 Ok(n) => out.extend_from_slice(&buf[..n.min(OUTPUT_KEPT.saturating_sub(out.len()))]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -294,9 +292,7 @@ fn run_check(exe: &Path, exec_json: &str, timeout: Duration) -> (i32, String) {
             Ok(None) if Instant::now() < deadline => {
                 let wait = (deadline - Instant::now()).min(Duration::from_millis(50));
                 if open {
-                    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-                    // SAFETY: polling one valid pollfd.
-                    unsafe { libc::poll(&mut p, 1, wait.as_millis().max(1) as i32) };
+                    let _ = crate::sys::poll_readable(reader.as_fd(), wait.max(Duration::from_millis(1)));
                 } else {
                     std::thread::sleep(wait.min(Duration::from_millis(10)));
                 }
@@ -335,8 +331,8 @@ fn kill_tree(pid: i32) {
         i += 1;
     }
     for p in tree.iter().rev() {
-        // SAFETY: signalling the health check's own processes.
-        unsafe { libc::kill(*p, libc::SIGKILL) };
+        // signalling the health check's own processes.
+        let _ = crate::sys::kill_hard(*p);
     }
 }
 

@@ -462,7 +462,7 @@ impl Containers {
                 if signal == libc::SIGKILL || signal == c.record.stop_signal {
                     self.mark_stopped(&c)?;
                 }
-                crate::sys::kill(pid, signal);
+                let _ = crate::sys::kill(pid, signal);
                 self.container_event(&c, "kill", crate::events::attrs([("signal", signal.to_string())]));
                 Ok(c)
             }
@@ -649,7 +649,7 @@ impl Containers {
             self.release_network(nets, &record.id);
         }
         let rootfs = dir.join("rootfs");
-        crate::sys::unmount_detached(&rootfs);
+        let _ = crate::sys::unmount_detach(&rootfs);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -41,9 +41,8 @@ pub fn cpu_time(secs: u64) -> String {
 }
 
 fn clock_ticks() -> u64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
+    let t = crate::sys::clock_ticks();
+    if t > 0 { t } else { 100 }
 }
 
 fn host_users() -> HashMap<u32, String> {

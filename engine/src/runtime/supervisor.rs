@@ -35,7 +35,7 @@ impl Containers {
             // Its shim died without recording the end: nothing of it may linger.
             for pid in self.cgroups.pids(&c.record.cgroups_path) {
                 // A process of this container's own cgroup.
-                crate::sys::kill(pid, libc::SIGKILL);
+                let _ = crate::sys::kill(pid, libc::SIGKILL);
             }
         }
         // The last run's shim may still be cleaning up after recording the exit.

@@ -4,9 +4,7 @@
 //! Readers (logs -f, wait, run) still re-check on a timeout, so a missed
 //! event costs latency, never correctness.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,13 +32,7 @@ impl DirWatch {
     }
 
     fn with_mask(dir: &Path, mask: u32) -> Option<DirWatch> {
-        // SAFETY: creating an inotify instance; the descriptor is owned right after.
-        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: fd is a new descriptor nobody else owns.
-        let w = DirWatch { fd: unsafe { OwnedFd::from_raw_fd(fd) } };
+        let w = DirWatch { fd: crate::sys::inotify_init().ok()? };
         w.add(dir, mask).then_some(w)
     }
 
@@ -51,19 +43,15 @@ impl DirWatch {
     }
 
     fn add(&self, dir: &Path, mask: u32) -> bool {
-        let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else { return false };
-        // SAFETY: adding a watch for a valid NUL-terminated path.
-        unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), path.as_ptr(), mask) >= 0 }
+        crate::sys::inotify_watch(self.fd.as_fd(), dir, mask).is_ok()
     }
 
     /// Blocks until something changed or `timeout` passed; drains the events.
     pub fn wait(&self, timeout: Duration) {
-        let mut p = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: polling one valid pollfd.
-        unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        let _ = crate::sys::poll_readable(self.fd.as_fd(), timeout);
         let mut buf = [0u8; 4096];
-        // SAFETY: reading events into a valid buffer; the descriptor is non-blocking.
-        while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+        // the descriptor is non-blocking: this stops when the events are drained.
+        while crate::sys::read(self.fd.as_fd(), &mut buf).is_ok_and(|n| n > 0) {}
     }
 }
 
