@@ -5,17 +5,21 @@ mod args;
 mod bench;
 mod client;
 mod commands;
-mod containers;
+mod container;
 mod copy;
 mod daemon;
 mod events;
 mod health;
-mod images;
+mod image;
+mod network;
+mod node;
 mod output;
 mod registry;
-mod services;
+mod service;
+mod swarm;
 mod system;
 mod terminal;
+mod volume;
 
 use clap::Parser;
 

@@ -1,13 +1,173 @@
-//! Docker's container verbs against the local daemon.
+//! Docker's container verbs against the local daemon: their flags and what they do.
 
-use anyhow::{Context, bail};
-use shoal_engine::volumes::BindFlag;
+mod run;
+
+pub use run::RunArgs;
+pub(crate) use run::{env_entry, labels, read_env_file};
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
 use shoal_proto::pb;
 
-use crate::args::{Cli, Cmd, Format, PullPolicy};
+use crate::args::{Cli, Cmd, Format};
 use crate::client;
-use crate::images::ago;
+use crate::image::ago;
 use crate::output::{for_each_item, print_docs, print_listing, table};
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    #[arg(short, long)]
+    pub all: bool,
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Number of lines to show from the end ("all" for every line).
+    #[arg(short = 'n', long, default_value = "all")]
+    pub tail: String,
+    #[arg(short, long)]
+    pub timestamps: bool,
+    /// Only lines since: a duration (10m, 1h30m), an RFC 3339 time or unix seconds.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only lines until: same forms as --since.
+    #[arg(long)]
+    pub until: Option<String>,
+    pub container: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Attach to the output and wait for the (single) container to exit.
+    #[arg(short, long)]
+    pub attach: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestartArgs {
+    #[arg(short = 't', long = "time")]
+    pub time: Option<i32>,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    #[arg(short, long)]
+    pub all: bool,
+    #[arg(long)]
+    pub no_stream: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    pub container: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PortArgs {
+    pub container: String,
+    pub private_port: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    pub container: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CpArgs {
+    pub source: String,
+    pub dest: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    #[arg(short = 't', long = "time")]
+    pub time: Option<i32>,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    #[arg(short, long, default_value = "KILL")]
+    pub signal: String,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    #[arg(short, long)]
+    pub force: bool,
+    /// Also remove the container's anonymous volumes.
+    #[arg(short, long)]
+    pub volumes: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Keep stdin open and send it to the process.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the process a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[arg(short, long = "workdir")]
+    pub workdir: Option<String>,
+    #[arg(short, long)]
+    pub user: Option<String>,
+    pub container: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCmd {
+    /// Remove all stopped containers.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+pub async fn prune(cli: &Cli, cmd: &ContainerCmd) -> anyhow::Result<()> {
+    let mut engine = client::engine(cli).await?;
+    match cmd {
+        ContainerCmd::Prune { force } => {
+            crate::system::prune(&mut engine, crate::system::Kind::Container, false, *force).await
+        }
+    }
+}
 
 pub(crate) fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
@@ -18,63 +178,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.cmd {
         Cmd::Run(a) | Cmd::Create(a) => {
             let create_only = matches!(&cli.cmd, Cmd::Create(_));
-            let remote = matches!(client::target(cli)?, client::Target::Tcp(_));
-            let volumes = client_paths(&a.volume, BindFlag::Volume, remote)?;
-            let mounts = client_paths(&a.mount, BindFlag::Mount, remote)?;
-            let mut env = Vec::new();
-            for f in &a.env_file {
-                env.extend(read_env_file(f)?);
-            }
-            env.extend(a.env.iter().filter_map(|e| env_entry(e)));
-            let req = pb::ContainerRunRequest {
-                image: a.image.clone(),
-                name: a.name.clone().unwrap_or_default(),
-                command: a.command.clone(),
-                has_entrypoint: a.entrypoint.is_some(),
-                entrypoint: a.entrypoint.clone().unwrap_or_default(),
-                env,
-                workdir: a.workdir.clone().unwrap_or_default(),
-                user: a.user.clone().unwrap_or_default(),
-                hostname: a.hostname.clone().unwrap_or_default(),
-                memory: a.memory.clone().unwrap_or_default(),
-                cpus: a.cpus.clone().unwrap_or_default(),
-                pids_limit: a.pids_limit.unwrap_or(0),
-                read_only: a.read_only,
-                network: a.network.clone(),
-                cap_add: a.cap_add.clone(),
-                cap_drop: a.cap_drop.clone(),
-                auto_remove: a.rm,
-                volumes,
-                tmpfs: a.tmpfs.clone(),
-                mounts,
-                restart: a.restart.clone(),
-                stop_signal: a.stop_signal.clone().unwrap_or_default(),
-                stop_timeout: a.stop_timeout.map_or(-1, |t| t as i64),
-                log_opts: a.log_opt.clone(),
-                tty: a.tty,
-                interactive: a.interactive,
-                attach: false,
-                publish: a.publish.clone(),
-                ip: a.ip.clone().unwrap_or_default(),
-                network_aliases: a.network_alias.clone(),
-                labels: labels(&a.label),
-                create_only,
-                health: Some(run_health(&a.health)?),
-            };
-            let req = pb::ContainerRunRequest { attach: !a.detach && !create_only, ..req };
-            let c = run_pulling(cli, &mut engine, req, a.pull).await?;
-            if a.detach || create_only {
-                println!("{}", c.id);
-                return Ok(());
-            }
-            // Attach to the output, then exit with the container's code
-            // (with --rm the daemon removes it once it ended).
-            if a.tty || a.interactive {
-                std::process::exit(attach_terminal(&mut engine, &c.id, a.interactive, a.tty).await?);
-            }
-            attach(&mut engine, &c.id, -1).await?;
+            run::run_or_create(cli, &mut engine, a, create_only).await?;
         }
-        Cmd::Start { attach: attached, containers } => {
+        Cmd::Start(StartArgs { attach: attached, containers }) => {
             if *attached && containers.len() > 1 {
                 bail!("you cannot start and attach multiple containers at once");
             }
@@ -90,7 +196,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 println!("{c}");
             }
         }
-        Cmd::Restart { time, containers } => {
+        Cmd::Restart(RestartArgs { time, containers }) => {
             for c in containers {
                 engine
                     .container_restart(pb::ContainerStopRequest { id: c.clone(), timeout_secs: time.unwrap_or(-1) })
@@ -98,7 +204,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 println!("{c}");
             }
         }
-        Cmd::Stats { all, no_stream, format, containers } => {
+        Cmd::Stats(StatsArgs { all, no_stream, format, containers }) => {
             let req = pb::ContainerStatsRequest { ids: containers.clone(), stream: !*no_stream, all: *all };
             let mut batches = engine.container_stats(req).await?.into_inner();
             let clear = !*no_stream && *format == Format::Table && std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -109,20 +215,20 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 print_stats(&b, *format)?;
             }
         }
-        Cmd::Attach { container } => {
+        Cmd::Attach(AttachArgs { container }) => {
             let info = engine.container_inspect(pb::ContainerRef { id: container.clone() }).await?.into_inner();
             let doc: serde_json::Value = serde_json::from_str(&info.json)?;
             let tty = doc["record"]["tty"].as_bool().unwrap_or(false);
             let interactive = doc["record"]["interactive"].as_bool().unwrap_or(false);
             std::process::exit(attach_terminal(&mut engine, container, interactive, tty).await?);
         }
-        Cmd::Top { container } => {
+        Cmd::Top(TopArgs { container }) => {
             let top = engine.container_top(pb::ContainerRef { id: container.clone() }).await?.into_inner();
             let titles: Vec<&str> = top.titles.iter().map(String::as_str).collect();
             let rows: Vec<Vec<String>> = top.rows.into_iter().map(|r| r.fields).collect();
             println!("{}", table(&titles, &rows));
         }
-        Cmd::Port { container, private_port } => {
+        Cmd::Port(PortArgs { container, private_port }) => {
             let info = engine.container_inspect(pb::ContainerRef { id: container.clone() }).await?.into_inner();
             let doc: serde_json::Value = serde_json::from_str(&info.json)?;
             let mut found = false;
@@ -144,8 +250,8 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 bail!("no public port '{w}' published for {container}");
             }
         }
-        Cmd::Cp { source, dest } => crate::copy::run(&mut engine, source, dest).await?,
-        Cmd::Ps { all, quiet, format } => {
+        Cmd::Cp(CpArgs { source, dest }) => crate::copy::run(&mut engine, source, dest).await?,
+        Cmd::Ps(PsArgs { all, quiet, format }) => {
             let list = engine.container_list(pb::ContainerListRequest { all: *all }).await?.into_inner().containers;
             print_listing(
                 &list,
@@ -169,7 +275,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 },
             )?;
         }
-        Cmd::Logs { follow, tail, timestamps, since, until, container } => {
+        Cmd::Logs(LogsArgs { follow, tail, timestamps, since, until, container }) => {
             let tail = if tail == "all" {
                 -1
             } else {
@@ -191,7 +297,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 print_line(&l, *timestamps);
             }
         }
-        Cmd::Stop { time, containers } => {
+        Cmd::Stop(StopArgs { time, containers }) => {
             for c in containers {
                 engine
                     .container_stop(pb::ContainerStopRequest { id: c.clone(), timeout_secs: time.unwrap_or(-1) })
@@ -199,13 +305,13 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 println!("{c}");
             }
         }
-        Cmd::Kill { signal, containers } => {
+        Cmd::Kill(KillArgs { signal, containers }) => {
             for c in containers {
                 engine.container_kill(pb::ContainerKillRequest { id: c.clone(), signal: signal.clone() }).await?;
                 println!("{c}");
             }
         }
-        Cmd::Rm { force, volumes, containers } => {
+        Cmd::Rm(RmArgs { force, volumes, containers }) => {
             for_each_item(containers, "containers", async |c| {
                 let req = pb::ContainerRemoveRequest { id: c.into(), force: *force, volumes: *volumes };
                 engine.container_remove(req).await?;
@@ -213,22 +319,20 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             })
             .await?;
         }
-        Cmd::Inspect { containers } => {
+        Cmd::Inspect(InspectArgs { containers }) => {
             let mut docs = Vec::new();
             for c in containers {
                 docs.push(engine.container_inspect(pb::ContainerRef { id: c.clone() }).await?.into_inner());
             }
             print_docs(docs)?;
         }
-        Cmd::Wait { containers } => {
+        Cmd::Wait(WaitArgs { containers }) => {
             for c in containers {
                 let e = engine.container_wait(pb::ContainerRef { id: c.clone() }).await?.into_inner();
                 println!("{}", e.exit_code);
             }
         }
-        Cmd::Volume(v) => volume(&mut engine, v).await?,
-        Cmd::Network(n) => network(&mut engine, n).await?,
-        Cmd::Exec { interactive, tty, env, workdir, user, container, command } => {
+        Cmd::Exec(ExecArgs { interactive, tty, env, workdir, user, container, command }) => {
             let start = pb::ContainerExecRequest {
                 id: container.clone(),
                 command: command.clone(),
@@ -257,139 +361,6 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             std::process::exit(code?);
         }
         _ => {}
-    }
-    Ok(())
-}
-
-async fn network(engine: &mut Engine, cmd: &crate::args::NetworkCmd) -> anyhow::Result<()> {
-    use crate::args::NetworkCmd;
-    let doc = |n: &pb::NetworkInfo| {
-        serde_json::json!({"Name": n.name, "Id": n.id, "Driver": n.driver, "Internal": n.internal,
-            "IPAM": {"Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
-            "Options": {"com.docker.network.bridge.enable_icc": n.icc.to_string(), "com.docker.network.driver.mtu": n.mtu.to_string()},
-            "Containers": n.endpoints})
-    };
-    match cmd {
-        NetworkCmd::Create { driver: _, subnet, gateway, ip_range, internal, opt, mtu, name } => {
-            let mut req = pb::NetworkCreateRequest {
-                name: name.clone(),
-                subnet: subnet.clone().unwrap_or_default(),
-                gateway: gateway.clone().unwrap_or_default(),
-                ip_range: ip_range.clone().unwrap_or_default(),
-                internal: *internal,
-                ..Default::default()
-            };
-            for o in opt {
-                match o.split_once('=') {
-                    Some(("icc" | "com.docker.network.bridge.enable_icc", v)) => req.icc_disabled = v == "false",
-                    Some(("mtu" | "com.docker.network.driver.mtu", v)) => {
-                        req.mtu = v.parse().map_err(|_| anyhow::anyhow!("invalid mtu {v:?}: a number"))?;
-                    }
-                    _ => bail!("unknown network option {o:?}: use icc=false or mtu=N"),
-                }
-            }
-            if let Some(m) = mtu {
-                req.mtu = *m;
-            }
-            let n = engine.network_create(req).await?.into_inner();
-            println!("{}", n.id);
-        }
-        NetworkCmd::Ls { quiet, format } => {
-            let list = engine.network_list(pb::Empty {}).await?.into_inner().networks;
-            let row =
-                |n: &pb::NetworkInfo| vec![vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), "local".into()]];
-            print_listing(
-                &list,
-                *quiet,
-                *format,
-                |n| short(&n.id).to_string(),
-                doc,
-                &["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
-                row,
-            )?;
-        }
-        NetworkCmd::Inspect { networks } => {
-            let list = engine.network_list(pb::Empty {}).await?.into_inner().networks;
-            let mut docs = Vec::new();
-            for want in networks {
-                let n = list
-                    .iter()
-                    .find(|n| &n.name == want || n.id.starts_with(want.as_str()))
-                    .ok_or_else(|| anyhow::anyhow!("network {want} not found"))?;
-                docs.push(doc(n));
-            }
-            println!("{}", serde_json::to_string_pretty(&docs)?);
-        }
-        NetworkCmd::Rm { networks } => {
-            for_each_item(networks, "networks", async |n| {
-                engine.network_remove(pb::NetworkRef { name: n.into() }).await?;
-                Ok(vec![n.to_string()])
-            })
-            .await?;
-        }
-        NetworkCmd::Connect { alias, ip, network, container } => {
-            let req = pb::NetworkConnectRequest {
-                network: network.clone(),
-                container: container.clone(),
-                aliases: alias.clone(),
-                ip: ip.clone().unwrap_or_default(),
-            };
-            engine.network_connect(req).await?;
-        }
-        NetworkCmd::Disconnect { force: _, network, container } => {
-            let req = pb::NetworkConnectRequest {
-                network: network.clone(),
-                container: container.clone(),
-                ..Default::default()
-            };
-            engine.network_disconnect(req).await?;
-        }
-        NetworkCmd::Prune { force } => {
-            crate::system::prune(engine, crate::system::Kind::Network, false, *force).await?
-        }
-    }
-    Ok(())
-}
-
-async fn volume(
-    engine: &mut shoal_proto::pb::engine_client::EngineClient<tonic::transport::Channel>,
-    cmd: &crate::args::VolumeCmd,
-) -> anyhow::Result<()> {
-    use crate::args::VolumeCmd;
-    match cmd {
-        VolumeCmd::Create { name } => {
-            let v = engine.volume_create(pb::VolumeRef { name: name.clone().unwrap_or_default() }).await?.into_inner();
-            println!("{}", v.name);
-        }
-        VolumeCmd::Ls { quiet, format } => {
-            let list = engine.volume_list(pb::Empty {}).await?.into_inner().volumes;
-            print_listing(
-                &list,
-                *quiet,
-                *format,
-                |v| v.name.clone(),
-                |v| serde_json::json!({"name": v.name, "mountpoint": v.mountpoint, "anonymous": v.anonymous}),
-                &["DRIVER", "VOLUME NAME"],
-                |v| vec![vec!["local".into(), v.name.clone()]],
-            )?;
-        }
-        VolumeCmd::Inspect { volumes } => {
-            let mut docs = Vec::new();
-            for v in volumes {
-                docs.push(engine.volume_inspect(pb::VolumeRef { name: v.clone() }).await?.into_inner());
-            }
-            print_docs(docs)?;
-        }
-        VolumeCmd::Rm { force, volumes } => {
-            for_each_item(volumes, "volumes", async |v| {
-                engine.volume_remove(pb::VolumeRemoveRequest { name: v.into(), force: *force }).await?;
-                Ok(vec![v.to_string()])
-            })
-            .await?;
-        }
-        VolumeCmd::Prune { all, force } => {
-            crate::system::prune(engine, crate::system::Kind::Volume, *all, *force).await?
-        }
     }
     Ok(())
 }
@@ -441,90 +412,6 @@ async fn attach_terminal(engine: &mut Engine, id: &str, interactive: bool, tty: 
     let code = crate::terminal::output(out).await;
     drop(raw);
     code
-}
-
-/// `--label` values, `KEY=VALUE` or `KEY` (an empty value), as Docker takes them.
-/// `run`/`create`: makes the container, pulling its image first as `--pull`
-/// says: `always`; `missing` (the default) when the daemon lacks it, as
-/// Docker's CLI does (`Unable to find image 'X' locally`, then the pull's
-/// progress, on stderr); `never` leaves the daemon's `no such image` as it is.
-async fn run_pulling(
-    cli: &Cli,
-    engine: &mut Engine,
-    req: pb::ContainerRunRequest,
-    pull: PullPolicy,
-) -> anyhow::Result<pb::ContainerInfo> {
-    if pull == PullPolicy::Always {
-        crate::registry::pull_for_run(cli, engine, &req.image).await?;
-    }
-    match engine.container_run(req.clone()).await {
-        Err(e) if pull == PullPolicy::Missing && missing_image(&e) => {
-            eprintln!("Unable to find image '{}' locally", crate::registry::familiar(&req.image));
-            crate::registry::pull_for_run(cli, engine, &req.image).await?;
-            Ok(engine.container_run(req).await?.into_inner())
-        }
-        r => Ok(r?.into_inner()),
-    }
-}
-
-/// Whether the daemon refused a run for lack of its image.
-fn missing_image(e: &tonic::Status) -> bool {
-    e.code() == tonic::Code::NotFound && e.message().starts_with("no such image")
-}
-
-/// `-v`/`--mount` with relative host paths made absolute here: they are
-/// relative to the client's directory, which a remote daemon cannot know.
-fn client_paths(flags: &[String], flag: BindFlag, remote: bool) -> anyhow::Result<Vec<String>> {
-    let cwd = std::env::current_dir().context("reading the working directory for a relative bind mount")?;
-    flags
-        .iter()
-        .map(|f| match shoal_engine::volumes::absolutize_bind(flag, f, &cwd) {
-            None => Ok(f.clone()),
-            Some(_) if remote => {
-                bail!("{f:?}: a relative host path needs a local daemon; give an absolute path on the daemon's host")
-            }
-            Some(abs) => Ok(abs),
-        })
-        .collect()
-}
-
-/// `run`'s health flags, laid over the image's check by the daemon.
-fn run_health(a: &crate::args::HealthArgs) -> anyhow::Result<pb::HealthConfig> {
-    let mut h = shoal_proto::health::HealthSetting::default();
-    crate::health::apply(&mut h, a)?;
-    Ok((&h).into())
-}
-
-pub(crate) fn labels(given: &[String]) -> std::collections::HashMap<String, String> {
-    given
-        .iter()
-        .map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.to_string(), v.to_string())))
-        .collect()
-}
-
-/// One `-e` value: `KEY=VALUE` as it is, `KEY` from this environment (left
-/// out when unset, as Docker does).
-pub(crate) fn env_entry(e: &str) -> Option<String> {
-    if e.contains('=') { Some(e.to_string()) } else { std::env::var(e).ok().map(|v| format!("{e}={v}")) }
-}
-
-/// `--env-file`: KEY=VALUE lines; blank lines and `#` comments skipped.
-pub(crate) fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading the env file {}: {e}", path.display()))?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim_start();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let key = line.split('=').next().unwrap_or("");
-        if key.is_empty() || key.chars().any(char::is_whitespace) {
-            bail!("{} line {}: {line:?} is not KEY=VALUE (a key has no spaces)", path.display(), n + 1);
-        }
-        out.extend(env_entry(line));
-    }
-    Ok(out)
 }
 
 /// `--since`/`--until`: an RFC 3339 time, unix seconds, or a duration back

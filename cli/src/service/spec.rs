@@ -1,0 +1,333 @@
+//! Docker's service flags laid over a service spec (a new one, or the current one for `update`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use shoal_proto::service::{FailureAction, PublishedPort, RestartCondition, ServiceSpec, UpdateOrder};
+
+use crate::container::{env_entry, read_env_file};
+use crate::health::HealthArgs;
+
+/// The flags `service create` and `service update` share.
+#[derive(Args, Debug, Default)]
+pub struct ServiceFlags {
+    /// Environment variables (KEY=VALUE; the value may hold templates, as --hostname).
+    #[arg(short, long = "env", visible_alias = "env-add")]
+    pub env: Vec<String>,
+    #[arg(long)]
+    pub env_file: Vec<PathBuf>,
+    /// type=bind|volume|tmpfs,source=...,target=...[,readonly]
+    #[arg(long, visible_alias = "mount-add")]
+    pub mount: Vec<String>,
+    /// CPUs a task may use (0.5).
+    #[arg(long)]
+    pub limit_cpu: Option<String>,
+    #[arg(long)]
+    pub limit_memory: Option<String>,
+    #[arg(long)]
+    pub limit_pids: Option<i64>,
+    /// CPUs the scheduler reserves for a task.
+    #[arg(long)]
+    pub reserve_cpu: Option<String>,
+    #[arg(long)]
+    pub reserve_memory: Option<String>,
+    /// Placement constraints: node.role==manager, node.labels.zone!=a, node.hostname==h1.
+    #[arg(long, visible_alias = "constraint-add")]
+    pub constraint: Vec<String>,
+    /// spread=node.labels.KEY
+    #[arg(long)]
+    pub placement_pref: Vec<String>,
+    #[arg(long)]
+    pub replicas_max_per_node: Option<u64>,
+    #[arg(long, value_parser = ["none", "on-failure", "any"])]
+    pub restart_condition: Option<String>,
+    /// The first restart delay (doubling, up to a minute): 5s, 500ms.
+    #[arg(long)]
+    pub restart_delay: Option<String>,
+    #[arg(long)]
+    pub restart_max_attempts: Option<u64>,
+    #[arg(long)]
+    pub restart_window: Option<String>,
+    /// Tasks updated at once (0: all).
+    #[arg(long)]
+    pub update_parallelism: Option<u64>,
+    #[arg(long)]
+    pub update_delay: Option<String>,
+    #[arg(long, value_parser = ["stop-first", "start-first"])]
+    pub update_order: Option<String>,
+    #[arg(long, value_parser = ["pause", "continue", "rollback"])]
+    pub update_failure_action: Option<String>,
+    #[arg(long)]
+    pub update_monitor: Option<String>,
+    #[arg(long)]
+    pub update_max_failure_ratio: Option<f64>,
+    /// Tasks rolled back at once (0: all).
+    #[arg(long)]
+    pub rollback_parallelism: Option<u64>,
+    #[arg(long)]
+    pub rollback_delay: Option<String>,
+    #[arg(long, value_parser = ["stop-first", "start-first"])]
+    pub rollback_order: Option<String>,
+    #[arg(long, value_parser = ["pause", "continue"])]
+    pub rollback_failure_action: Option<String>,
+    #[arg(long)]
+    pub rollback_monitor: Option<String>,
+    #[arg(long)]
+    pub rollback_max_failure_ratio: Option<f64>,
+    /// A template: '{{.Service.Name}}-{{.Task.Slot}}'.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    #[arg(long)]
+    pub stop_grace_period: Option<String>,
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    #[arg(short, long)]
+    pub user: Option<String>,
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// Service labels (key=value).
+    #[arg(long, visible_alias = "label-add")]
+    pub label: Vec<String>,
+    #[arg(long, visible_alias = "container-label-add")]
+    pub container_label: Vec<String>,
+    /// published=P,target=T[,protocol=tcp|udp],mode=host (or P:T[/udp]).
+    #[arg(short, long, visible_alias = "publish-add")]
+    pub publish: Vec<String>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    /// Return at once instead of following the rollout.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Send this client's login for the image's registry to the nodes that run the tasks.
+    #[arg(long)]
+    pub with_registry_auth: bool,
+    /// Keep the image's tag as given instead of pinning it to the registry's digest.
+    #[arg(long)]
+    pub no_resolve_image: bool,
+}
+
+/// What `service update` takes away, before it adds what the other flags say.
+#[derive(Args, Debug, Default)]
+pub struct ServiceRemovals {
+    /// Remove an environment variable (its name).
+    #[arg(long)]
+    pub env_rm: Vec<String>,
+    /// Remove a placement constraint (as it was given).
+    #[arg(long)]
+    pub constraint_rm: Vec<String>,
+    /// Remove a service label (its key).
+    #[arg(long)]
+    pub label_rm: Vec<String>,
+    /// Remove a container label (its key).
+    #[arg(long)]
+    pub container_label_rm: Vec<String>,
+    /// Remove a published port (its published port number).
+    #[arg(long)]
+    pub publish_rm: Vec<u16>,
+    /// Remove a mount (its target path).
+    #[arg(long)]
+    pub mount_rm: Vec<String>,
+}
+
+/// Docker's durations (`300ms`, `5s`, `1m30s`, `2h`) in milliseconds.
+pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
+    shoal_proto::parse::duration_ms(s).map_err(anyhow::Error::msg)
+}
+
+fn parse_cpus(s: &str) -> anyhow::Result<u64> {
+    let v = shoal_proto::parse::cpus(s).map_err(|e| anyhow::anyhow!("invalid CPUs {s:?}: {e}"))?;
+    Ok((v * 1e9) as u64)
+}
+
+fn parse_bytes(s: &str) -> anyhow::Result<u64> {
+    shoal_proto::parse::size(s).map(|b| b as u64).map_err(|e| anyhow::anyhow!("invalid size {s:?}: {e}"))
+}
+
+/// `published=8080,target=80,protocol=tcp,mode=host` or `8080:80[/udp]`.
+fn parse_publish(s: &str) -> anyhow::Result<PublishedPort> {
+    let mut p = PublishedPort { published: 0, target: 0, protocol: "tcp".into() };
+    if s.contains('=') {
+        for kv in s.split(',') {
+            let (k, v) = kv.split_once('=').with_context(|| format!("invalid --publish {s:?}: KEY=VALUE pairs"))?;
+            match k {
+                "published" => p.published = v.parse().with_context(|| format!("invalid published port {v:?}"))?,
+                "target" => p.target = v.parse().with_context(|| format!("invalid target port {v:?}"))?,
+                "protocol" => p.protocol = v.to_string(),
+                "mode" if v == "host" => {}
+                "mode" => bail!(
+                    "--publish mode={v}: only mode=host is supported so far (the ingress routing mesh comes with overlay networks)"
+                ),
+                _ => bail!("invalid --publish key {k:?}: published, target, protocol, mode"),
+            }
+        }
+    } else {
+        let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+        let (pubp, target) =
+            ports.split_once(':').with_context(|| format!("invalid --publish {s:?}: PUBLISHED:TARGET"))?;
+        p.published = pubp.parse().with_context(|| format!("invalid published port {pubp:?}"))?;
+        p.target = target.parse().with_context(|| format!("invalid target port {target:?}"))?;
+        p.protocol = proto.to_string();
+    }
+    Ok(p)
+}
+
+pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &ServiceRemovals) -> anyhow::Result<()> {
+    let t = &mut spec.task;
+    let key = |e: &str| e.split('=').next().unwrap_or("").to_string();
+    t.env.retain(|e| !rm.env_rm.contains(&key(e)));
+    t.constraints.retain(|c| !rm.constraint_rm.contains(c));
+    t.container_labels.retain(|k, _| !rm.container_label_rm.contains(k));
+    t.ports.retain(|p| !rm.publish_rm.contains(&p.published));
+    t.mounts.retain(|m| !rm.mount_rm.iter().any(|target| mount_target(m) == Some(target.as_str())));
+    spec.labels.retain(|k, _| !rm.label_rm.contains(k));
+    let t = &mut spec.task;
+    // The same rules as `run`: env files first, then -e (KEY alone from this environment).
+    let mut env = Vec::new();
+    for file in &f.env_file {
+        env.extend(read_env_file(file)?);
+    }
+    env.extend(f.env.iter().filter_map(|e| env_entry(e)));
+    for e in env {
+        t.env.retain(|x| key(x) != key(&e));
+        t.env.push(e);
+    }
+    t.mounts.extend(f.mount.iter().cloned());
+    if let Some(v) = &f.limit_cpu {
+        t.limit_nano_cpus = parse_cpus(v)?;
+    }
+    if let Some(v) = &f.limit_memory {
+        t.limit_memory = parse_bytes(v)?;
+    }
+    if let Some(v) = f.limit_pids {
+        t.limit_pids = v;
+    }
+    if let Some(v) = &f.reserve_cpu {
+        t.reserve_nano_cpus = parse_cpus(v)?;
+    }
+    if let Some(v) = &f.reserve_memory {
+        t.reserve_memory = parse_bytes(v)?;
+    }
+    t.constraints.extend(f.constraint.iter().cloned());
+    for p in &f.placement_pref {
+        let label = p
+            .strip_prefix("spread=")
+            .with_context(|| format!("invalid --placement-pref {p:?}: spread=node.labels.KEY"))?;
+        t.spread.push(label.to_string());
+    }
+    if let Some(v) = f.replicas_max_per_node {
+        t.max_replicas_per_node = v;
+    }
+    if let Some(v) = &f.restart_condition {
+        t.restart.condition = RestartCondition::parse(v).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(v) = &f.restart_delay {
+        t.restart.delay_ms = parse_duration(v)?;
+    }
+    if let Some(v) = f.restart_max_attempts {
+        t.restart.max_attempts = v;
+    }
+    if let Some(v) = &f.restart_window {
+        t.restart.window_ms = parse_duration(v)?;
+    }
+    if let Some(v) = &f.hostname {
+        t.hostname = v.clone();
+    }
+    if let Some(v) = &f.stop_grace_period {
+        t.stop_grace_ms = parse_duration(v)?;
+    }
+    if let Some(v) = &f.stop_signal {
+        t.stop_signal = v.clone();
+    }
+    if let Some(v) = &f.user {
+        t.user = v.clone();
+    }
+    if let Some(v) = &f.workdir {
+        t.workdir = v.clone();
+    }
+    t.container_labels.extend(crate::container::labels(&f.container_label));
+    for p in &f.publish {
+        let p = parse_publish(p)?;
+        t.ports.retain(|q| !(q.published == p.published && q.protocol == p.protocol));
+        t.ports.push(p);
+    }
+    crate::health::apply(&mut t.health, &f.health)?;
+    spec.labels.extend(crate::container::labels(&f.label));
+    let update = Rollout {
+        parallelism: f.update_parallelism,
+        delay: &f.update_delay,
+        order: &f.update_order,
+        failure_action: &f.update_failure_action,
+        monitor: &f.update_monitor,
+        max_failure_ratio: f.update_max_failure_ratio,
+    };
+    update.apply(&mut spec.update)?;
+    let rollback = Rollout {
+        parallelism: f.rollback_parallelism,
+        delay: &f.rollback_delay,
+        order: &f.rollback_order,
+        failure_action: &f.rollback_failure_action,
+        monitor: &f.rollback_monitor,
+        max_failure_ratio: f.rollback_max_failure_ratio,
+    };
+    rollback.apply(&mut spec.rollback)?;
+    Ok(())
+}
+
+/// The `--update-*` or `--rollback-*` flags.
+struct Rollout<'a> {
+    parallelism: Option<u64>,
+    delay: &'a Option<String>,
+    order: &'a Option<String>,
+    failure_action: &'a Option<String>,
+    monitor: &'a Option<String>,
+    max_failure_ratio: Option<f64>,
+}
+
+impl Rollout<'_> {
+    fn apply(&self, u: &mut shoal_proto::service::UpdateConfig) -> anyhow::Result<()> {
+        if let Some(v) = self.parallelism {
+            u.parallelism = v;
+        }
+        if let Some(v) = self.delay {
+            u.delay_ms = parse_duration(v)?;
+        }
+        if let Some(v) = self.order {
+            u.order = if v == "start-first" { UpdateOrder::StartFirst } else { UpdateOrder::StopFirst };
+        }
+        if let Some(v) = self.failure_action {
+            u.failure_action = match v.as_str() {
+                "continue" => FailureAction::Continue,
+                "rollback" => FailureAction::Rollback,
+                _ => FailureAction::Pause,
+            };
+        }
+        if let Some(v) = self.monitor {
+            u.monitor_ms = parse_duration(v)?;
+        }
+        if let Some(v) = self.max_failure_ratio {
+            u.max_failure_ratio = v; // the managers refuse one outside 0..=1
+        }
+        Ok(())
+    }
+}
+
+/// A `--mount` spec's target path (`target=`, `dst=` or `destination=`).
+fn mount_target(spec: &str) -> Option<&str> {
+    spec.split(',').find_map(|kv| {
+        kv.split_once('=').filter(|(k, _)| matches!(*k, "target" | "dst" | "destination")).map(|(_, v)| v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_parse_like_docker() {
+        let p = parse_publish("published=8080,target=80,mode=host").unwrap();
+        assert_eq!((p.published, p.target, p.protocol.as_str()), (8080, 80, "tcp"));
+        assert_eq!(parse_publish("53:5353/udp").unwrap().protocol, "udp");
+        assert!(parse_publish("published=80,target=80,mode=ingress").unwrap_err().to_string().contains("mode=host"));
+    }
+}
