@@ -5,8 +5,7 @@ use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use serde_json::Value;
-use shoal_proto::service::{ServiceSpec, Task, TaskState, UpdateState};
+use shoal_proto::service::{Service, ServiceSpec, Task, TaskState, UpdateState};
 
 use super::Control;
 use super::list::{find, tasks};
@@ -16,9 +15,9 @@ const FOLLOW_FOR: Duration = Duration::from_secs(300);
 
 /// Follows a rollout like Docker's progress display, one line per change,
 /// until every slot runs an up-to-date task (or the job completed).
-/// `before`: the service's update state and message before this command, so
+/// `before`: the service before this command (its update state and message), so
 /// an older rollback is not taken for this one's.
-pub(super) async fn follow(control: &mut Control, id: &str, before: &Value) -> anyhow::Result<()> {
+pub(super) async fn follow(control: &mut Control, id: &str, before: Option<&Service>) -> anyhow::Result<()> {
     let deadline = Instant::now() + FOLLOW_FOR;
     let mut last = String::new();
     let mut rolling_back = false;
@@ -27,13 +26,14 @@ pub(super) async fn follow(control: &mut Control, id: &str, before: &Value) -> a
     let tty = std::io::stdout().is_terminal();
     let mut drawn = 0usize;
     loop {
-        let (svc, entry) = find(control, id).await?;
-        let spec: ServiceSpec = serde_json::from_value(svc["spec"].clone())?;
+        let entry = find(control, id).await?;
+        let svc = &entry.service;
+        let spec = &svc.spec;
         let ts = tasks(control, id).await?;
         let live: Vec<&Task> = ts.iter().map(|(t, _)| t).filter(|t| t.desired == TaskState::Running).collect();
         let current =
             live.iter().filter(|t| t.spec == spec.task && t.status.state == TaskState::Running).count() as u64;
-        let completed = entry["completed"].as_u64().unwrap_or(0);
+        let completed = entry.completed;
         let wanted = if spec.mode.is_global() { live.len() as u64 } else { spec.replicas };
         let (done, line) = if spec.mode.is_job() {
             (
@@ -53,7 +53,7 @@ pub(super) async fn follow(control: &mut Control, id: &str, before: &Value) -> a
             .collect();
         let mut block = vec![line];
         if tty && !spec.mode.is_job() {
-            block.extend(progress_bars(&spec, &ts));
+            block.extend(progress_bars(spec, &ts));
         }
         block.extend(problems);
         let shown = block.join("\n");
@@ -65,7 +65,7 @@ pub(super) async fn follow(control: &mut Control, id: &str, before: &Value) -> a
             drawn = if tty { block.len() } else { 0 };
             last = shown;
         }
-        let update_state: UpdateState = serde_json::from_value(svc["update_state"].clone()).unwrap_or_default();
+        let update_state = svc.update_state.clone();
         // An update or rollback is over once the server says so: after its monitor window.
         let rolling = matches!(update_state, UpdateState::Updating | UpdateState::RollbackStarted);
         if done && rolling && !verifying {
@@ -76,26 +76,18 @@ pub(super) async fn follow(control: &mut Control, id: &str, before: &Value) -> a
         }
         let done = done && !rolling;
         if update_state == UpdateState::Paused {
-            bail!("update paused: {}", svc["update_message"].as_str().unwrap_or_default());
+            bail!("update paused: {}", svc.update_message);
         }
         let rolled_back = matches!(update_state, UpdateState::RollbackStarted | UpdateState::RollbackCompleted);
         let news =
-            (&svc["update_state"], &svc["update_message"]) != (&before["update_state"], &before["update_message"]);
-        if rolled_back
-            && news
-            && !rolling_back
-            && svc["update_message"].as_str().is_some_and(|m| m.contains("rolled back due to"))
-        {
+            Some((&svc.update_state, &svc.update_message)) != before.map(|b| (&b.update_state, &b.update_message));
+        if rolled_back && news && !rolling_back && svc.update_message.contains("rolled back due to") {
             rolling_back = true;
-            println!("rollback: {}", svc["update_message"].as_str().unwrap_or_default());
+            println!("rollback: {}", svc.update_message);
             drawn = 0;
         }
         if done && rolling_back {
-            bail!(
-                "{}: the update failed and was rolled back: {}",
-                spec.name,
-                svc["update_message"].as_str().unwrap_or_default()
-            );
+            bail!("{}: the update failed and was rolled back: {}", spec.name, svc.update_message);
         }
         if done {
             println!("verify: Service {} converged", spec.name);

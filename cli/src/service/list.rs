@@ -4,7 +4,7 @@
 use anyhow::Context;
 use serde_json::Value;
 use shoal_proto::pb;
-use shoal_proto::service::{ServiceSpec, Task, UpdateState};
+use shoal_proto::service::{Service, ServiceListEntry, Task, TaskListEntry};
 
 use super::Control;
 use super::follow::human_ms;
@@ -13,45 +13,40 @@ use crate::args::Format;
 use crate::container::short;
 use crate::output::{capitalize, table};
 
-/// The service's listing entry (`{service, running, desired, completed}`) and its spec.
-pub(super) async fn find(control: &mut Control, reference: &str) -> anyhow::Result<(Value, Value)> {
-    let list: Vec<Value> = serde_json::from_str(&control.list_services(pb::Empty {}).await?.into_inner().json)?;
-    let found = list
-        .iter()
-        .find(|e| e["service"]["id"] == reference || e["service"]["spec"]["name"] == reference)
-        .or_else(|| {
-            let by_prefix: Vec<&Value> =
-                list.iter().filter(|e| e["service"]["id"].as_str().is_some_and(|i| i.starts_with(reference))).collect();
-            (by_prefix.len() == 1).then(|| by_prefix[0])
-        })
-        .with_context(|| format!("service {reference} not found"))?;
-    Ok((found["service"].clone(), found.clone()))
+/// The managers' service listing.
+async fn services(control: &mut Control) -> anyhow::Result<Vec<ServiceListEntry>> {
+    let json = control.list_services(pb::Empty {}).await?.into_inner().json;
+    serde_json::from_str(&json).context("reading the managers' service list")
+}
+
+/// The managers' task listing for one service, or for one node.
+async fn task_list(control: &mut Control, req: pb::ListTasksRequest) -> anyhow::Result<Vec<(Task, String)>> {
+    let json = control.list_tasks(req).await?.into_inner().json;
+    let list: Vec<TaskListEntry> = serde_json::from_str(&json).context("reading the managers' task list")?;
+    Ok(list.into_iter().map(|e| (e.task, e.node)).collect())
+}
+
+/// The service's listing entry (the service, and how many of its tasks run), by id, name or id prefix.
+pub(super) async fn find(control: &mut Control, reference: &str) -> anyhow::Result<ServiceListEntry> {
+    let mut list = services(control).await?;
+    let exact = list.iter().position(|e| e.service.id == reference || e.service.spec.name == reference);
+    let found = exact.or_else(|| {
+        let by_prefix: Vec<usize> = (0..list.len()).filter(|&i| list[i].service.id.starts_with(reference)).collect();
+        (by_prefix.len() == 1).then(|| by_prefix[0])
+    });
+    let i = found.with_context(|| format!("service {reference} not found"))?;
+    Ok(list.swap_remove(i))
 }
 
 pub(super) async fn tasks(control: &mut Control, service: &str) -> anyhow::Result<Vec<(Task, String)>> {
-    let list: Vec<Value> = serde_json::from_str(
-        &control
-            .list_tasks(pb::ListTasksRequest { service: service.into(), node: String::new() })
-            .await?
-            .into_inner()
-            .json,
-    )?;
-    Ok(list
-        .into_iter()
-        .filter_map(|v| {
-            Some((
-                serde_json::from_value::<Task>(v["task"].clone()).ok()?,
-                v["node"].as_str().unwrap_or_default().to_string(),
-            ))
-        })
-        .collect())
+    task_list(control, pb::ListTasksRequest { service: service.into(), node: String::new() }).await
 }
 
 pub(super) async fn ls(control: &mut Control, quiet: bool, format: Format) -> anyhow::Result<()> {
-    let list: Vec<Value> = serde_json::from_str(&control.list_services(pb::Empty {}).await?.into_inner().json)?;
+    let list = services(control).await?;
     if quiet {
         for e in &list {
-            println!("{}", e["service"]["id"].as_str().unwrap_or_default());
+            println!("{}", e.service.id);
         }
         return Ok(());
     }
@@ -62,13 +57,8 @@ pub(super) async fn ls(control: &mut Control, quiet: bool, format: Format) -> an
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|e| {
-            let s = &e["service"];
-            let spec: ServiceSpec = serde_json::from_value(s["spec"].clone()).unwrap_or_default();
-            let (running, desired, completed) = (
-                e["running"].as_u64().unwrap_or(0),
-                e["desired"].as_u64().unwrap_or(0),
-                e["completed"].as_u64().unwrap_or(0),
-            );
+            let spec = &e.service.spec;
+            let (running, desired, completed) = (e.running, e.desired, e.completed);
             let mut replicas = if spec.mode.is_job() {
                 format!("{running}/{desired} ({completed}/{desired} completed)")
             } else {
@@ -80,7 +70,7 @@ pub(super) async fn ls(control: &mut Control, quiet: bool, format: Format) -> an
             let ports: Vec<String> =
                 spec.task.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol)).collect();
             vec![
-                short(s["id"].as_str().unwrap_or_default()).to_string(),
+                short(&e.service.id).to_string(),
                 spec.name.clone(),
                 spec.mode.as_str().into(),
                 replicas,
@@ -123,19 +113,7 @@ pub async fn node_ps(
 ) -> anyhow::Result<()> {
     let mut all = Vec::new();
     for n in nodes {
-        let list: Vec<Value> = serde_json::from_str(
-            &control
-                .list_tasks(pb::ListTasksRequest { service: String::new(), node: n.clone() })
-                .await?
-                .into_inner()
-                .json,
-        )?;
-        all.extend(list.into_iter().filter_map(|v| {
-            Some((
-                serde_json::from_value::<Task>(v["task"].clone()).ok()?,
-                v["node"].as_str().unwrap_or_default().to_string(),
-            ))
-        }));
+        all.extend(task_list(control, pb::ListTasksRequest { service: String::new(), node: n.clone() }).await?);
     }
     print_tasks(all, quiet, no_trunc, format)
 }
@@ -204,19 +182,15 @@ fn print_rollout(title: &str, order: &str, u: &shoal_proto::service::UpdateConfi
     println!(" {order}:\t{}", name(serde_json::to_value(u.order)));
 }
 
-pub(super) fn print_pretty(s: &Value) {
-    let spec: ServiceSpec = serde_json::from_value(s["spec"].clone()).unwrap_or_default();
-    println!("ID:\t\t{}", s["id"].as_str().unwrap_or_default());
+pub(super) fn print_pretty(s: &Service) {
+    let spec = &s.spec;
+    println!("ID:\t\t{}", s.id);
     println!("Name:\t\t{}", spec.name);
     println!("Service Mode:\t{}", capitalize(spec.mode.as_str()));
     if !spec.mode.is_global() {
         println!(" Replicas:\t{}", spec.replicas);
     }
-    println!(
-        "UpdateStatus:\n State:\t\t{:?}\n Message:\t{}",
-        serde_json::from_value::<UpdateState>(s["update_state"].clone()).unwrap_or_default(),
-        s["update_message"].as_str().unwrap_or_default()
-    );
+    println!("UpdateStatus:\n State:\t\t{:?}\n Message:\t{}", s.update_state, s.update_message);
     println!("Placement:");
     if !spec.task.constraints.is_empty() {
         println!(" Constraints:\t{:?}", spec.task.constraints);

@@ -7,7 +7,6 @@ mod spec;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use serde_json::Value;
 use shoal_proto::pb;
 use shoal_proto::service::{Mode, RestartCondition, ServiceSpec};
 
@@ -147,7 +146,7 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
         ServiceCmd::Inspect { pretty, services } => {
             let mut out = Vec::new();
             for s in services {
-                let (svc, _) = find(&mut control, s).await?;
+                let svc = find(&mut control, s).await?.service;
                 out.push(svc);
             }
             if *pretty {
@@ -168,13 +167,13 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
                 wanted.push((name.to_string(), n));
             }
             for (name, n) in wanted {
-                let (svc, _) = find(&mut control, &name).await?;
-                let mut spec: ServiceSpec = serde_json::from_value(svc["spec"].clone())?;
+                let svc = find(&mut control, &name).await?.service;
+                let mut spec = svc.spec.clone();
                 if !matches!(spec.mode, Mode::Replicated | Mode::ReplicatedJob) {
                     bail!("{name}: scale can only be used with replicated or replicated-job mode");
                 }
                 spec.replicas = n;
-                let id = svc["id"].as_str().unwrap_or_default().to_string();
+                let id = svc.id.clone();
                 control
                     .update_service(pb::ServiceUpdateRequest {
                         id: id.clone(),
@@ -184,20 +183,20 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
                     .await?;
                 println!("{name} scaled to {n}");
                 if !detach {
-                    follow(&mut control, &id, &svc).await?;
+                    follow(&mut control, &id, Some(&svc)).await?;
                 }
             }
             Ok(())
         }
         ServiceCmd::Rollback { detach, service } => {
-            let (svc, _) = find(&mut control, service).await?;
-            let id = svc["id"].as_str().unwrap_or_default().to_string();
+            let svc = find(&mut control, service).await?.service;
+            let id = svc.id.clone();
             control
                 .update_service(pb::ServiceUpdateRequest { id: id.clone(), rollback: true, ..Default::default() })
                 .await?;
             println!("{service}");
             if !detach {
-                follow(&mut control, &id, &svc).await?;
+                follow(&mut control, &id, Some(&svc)).await?;
             }
             Ok(())
         }
@@ -283,20 +282,20 @@ async fn create(cli: &Cli, control: &mut Control, a: &ServiceCreateArgs) -> anyh
     let resp = control.create_service(req).await?.into_inner();
     println!("{}", resp.id);
     if !a.flags.detach {
-        follow(control, &resp.id, &Value::Null).await?;
+        follow(control, &resp.id, None).await?;
     }
     Ok(())
 }
 
 async fn update(cli: &Cli, control: &mut Control, a: &ServiceUpdateArgs) -> anyhow::Result<()> {
-    let (svc, _) = find(control, &a.service).await?;
-    let id = svc["id"].as_str().unwrap_or_default().to_string();
+    let svc = find(control, &a.service).await?.service;
+    let id = svc.id.clone();
     if a.rollback {
         control
             .update_service(pb::ServiceUpdateRequest { id: id.clone(), rollback: true, ..Default::default() })
             .await?;
     } else {
-        let mut spec: ServiceSpec = serde_json::from_value(svc["spec"].clone())?;
+        let mut spec = svc.spec.clone();
         if let Some(i) = &a.image {
             spec.task.image = i.clone();
         }
@@ -338,7 +337,7 @@ async fn update(cli: &Cli, control: &mut Control, a: &ServiceUpdateArgs) -> anyh
     }
     println!("{}", a.service);
     if !a.flags.detach {
-        follow(control, &id, &svc).await?;
+        follow(control, &id, Some(&svc)).await?;
     }
     Ok(())
 }
