@@ -5,18 +5,22 @@ use anyhow::bail;
 use crate::args::{Cli, Cmd};
 use crate::client::{self, Target};
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Carries out the command; returns the process's exit status (Docker's: a
+/// container's exit code for `run`, `start -a`, `attach` and `exec`; 1 when
+/// `service rm` failed for some of its services; else 0). Errors are the
+/// caller's to print.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match &cli.cmd {
-        Cmd::Daemon(_) | Cmd::Netd(_) => {}
-        Cmd::Info(f) => return crate::system::info(&cli, f.format).await,
-        Cmd::Swarm(c) => return crate::swarm::run(&cli, c).await,
-        Cmd::Node(c) => return crate::node::run(&cli, c).await,
+        Cmd::Daemon(_) | Cmd::Netd(_) => return serve(cli).await.map(|()| 0),
+        Cmd::Info(f) => crate::system::info(&cli, f.format).await?,
+        Cmd::Swarm(c) => crate::swarm::run(&cli, c).await?,
+        Cmd::Node(c) => crate::node::run(&cli, c).await?,
         Cmd::Service(c) => return crate::service::run(&cli, c).await,
         #[cfg(feature = "bench")]
-        Cmd::Bench(c) => return crate::bench::run(&cli, c).await,
-        Cmd::System(c) => return crate::system::run(&cli, c).await,
-        Cmd::Container(c) => return crate::container::prune(&cli, c).await,
-        Cmd::Events(a) => return crate::events::run(&cli, a).await,
+        Cmd::Bench(c) => crate::bench::run(&cli, c).await?,
+        Cmd::System(c) => crate::system::run(&cli, c).await?,
+        Cmd::Container(c) => crate::container::prune(&cli, c).await?,
+        Cmd::Events(a) => crate::events::run(&cli, a).await?,
         Cmd::Run(_)
         | Cmd::Create(_)
         | Cmd::Ps { .. }
@@ -33,20 +37,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         | Cmd::Top { .. }
         | Cmd::Port { .. }
         | Cmd::Cp { .. }
-        | Cmd::Attach { .. } => {
-            return crate::container::run(&cli).await;
-        }
-        Cmd::Pull(a) => return crate::registry::pull(&cli, a).await,
-        Cmd::Push(a) => return crate::registry::push(&cli, a).await,
-        Cmd::Login(a) => return crate::registry::login(&cli, a).await,
-        Cmd::Logout { server } => return crate::registry::logout(&cli, server.as_deref()),
-        Cmd::Volume(c) => return crate::volume::run(&cli, c).await,
-        Cmd::Network(c) => return crate::network::run(&cli, c).await,
-        Cmd::Image(c) => return crate::image::run(&cli, c).await,
+        | Cmd::Attach { .. } => return crate::container::run(&cli).await,
+        Cmd::Pull(a) => crate::registry::pull(&cli, a).await?,
+        Cmd::Push(a) => crate::registry::push(&cli, a).await?,
+        Cmd::Login(a) => crate::registry::login(&cli, a).await?,
+        Cmd::Logout { server } => crate::registry::logout(&cli, server.as_deref())?,
+        Cmd::Volume(c) => crate::volume::run(&cli, c).await?,
+        Cmd::Network(c) => crate::network::run(&cli, c).await?,
+        Cmd::Image(c) => crate::image::run(&cli, c).await?,
         Cmd::Images { quiet, format } => {
-            return crate::image::run(&cli, &crate::image::ImageCmd::Ls { quiet: *quiet, format: *format }).await;
+            crate::image::run(&cli, &crate::image::ImageCmd::Ls { quiet: *quiet, format: *format }).await?
         }
     }
+    Ok(0)
+}
+
+/// `shoal daemon` and `shoal netd`, which run until they are told to stop.
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     let socket = match client::target(&cli)? {
         Target::Unix(p) => p,
         Target::Tcp(_) => bail!("the daemon serves its API on a unix socket: use -H unix:///path"),

@@ -50,7 +50,8 @@ fn main() -> std::process::ExitCode {
         }
     };
     match rt.block_on(commands::run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        // As a shell does: the low 8 bits of a container's exit code (-1 is 255).
+        Ok(code) => std::process::ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("Error: {}", output::error_message(&e));
             std::process::ExitCode::FAILURE

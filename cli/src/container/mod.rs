@@ -173,12 +173,14 @@ pub(crate) fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-pub async fn run(cli: &Cli) -> anyhow::Result<()> {
+/// Carries out a container verb; the exit status is the container's (or the
+/// exec'd process's) exit code for `run`, `start -a`, `attach` and `exec`, else 0.
+pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
     let mut engine = client::engine(cli).await?;
     match &cli.cmd {
         Cmd::Run(a) | Cmd::Create(a) => {
             let create_only = matches!(&cli.cmd, Cmd::Create(_));
-            run::run_or_create(cli, &mut engine, a, create_only).await?;
+            return run::run_or_create(cli, &mut engine, a, create_only).await;
         }
         Cmd::Start(StartArgs { attach: attached, containers }) => {
             if *attached && containers.len() > 1 {
@@ -191,7 +193,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                     .map_or(0, |d| d.as_nanos() as i64);
                 let info = engine.container_start(pb::ContainerRef { id: c.clone() }).await?.into_inner();
                 if *attached {
-                    attach_since(&mut engine, &info.id, since_ns).await?;
+                    return attach_since(&mut engine, &info.id, since_ns).await;
                 }
                 println!("{c}");
             }
@@ -220,7 +222,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             let doc: serde_json::Value = serde_json::from_str(&info.json)?;
             let tty = doc["record"]["tty"].as_bool().unwrap_or(false);
             let interactive = doc["record"]["interactive"].as_bool().unwrap_or(false);
-            std::process::exit(attach_terminal(&mut engine, container, interactive, tty).await?);
+            return attach_terminal(&mut engine, container, interactive, tty).await;
         }
         Cmd::Top(TopArgs { container }) => {
             let top = engine.container_top(pb::ContainerRef { id: container.clone() }).await?.into_inner();
@@ -358,24 +360,24 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             let raw = if *tty { Some(crate::terminal::RawMode::enable()) } else { None };
             let code = crate::terminal::output(out).await;
             drop(raw);
-            std::process::exit(code?);
+            return code;
         }
         _ => {}
     }
-    Ok(())
+    Ok(0)
 }
 
 type Engine = shoal_proto::pb::engine_client::EngineClient<tonic::transport::Channel>;
 
 /// Prints a container's output from `tail` lines back (-1: all) until it
-/// ends, then exits with its exit code.
-async fn attach(engine: &mut Engine, id: &str, tail: i64) -> anyhow::Result<()> {
+/// ends; returns its exit code.
+async fn attach(engine: &mut Engine, id: &str, tail: i64) -> anyhow::Result<i32> {
     follow_to_exit(engine, pb::ContainerLogsRequest { id: id.to_string(), follow: true, tail, ..Default::default() })
         .await
 }
 
-/// Follows the lines logged since `since_ns`, then exits with the container's code.
-async fn attach_since(engine: &mut Engine, id: &str, since_ns: i64) -> anyhow::Result<()> {
+/// Follows the lines logged since `since_ns`; returns the container's exit code.
+async fn attach_since(engine: &mut Engine, id: &str, since_ns: i64) -> anyhow::Result<i32> {
     follow_to_exit(
         engine,
         pb::ContainerLogsRequest { id: id.to_string(), follow: true, tail: -1, since_ns, ..Default::default() },
@@ -383,14 +385,14 @@ async fn attach_since(engine: &mut Engine, id: &str, since_ns: i64) -> anyhow::R
     .await
 }
 
-async fn follow_to_exit(engine: &mut Engine, req: pb::ContainerLogsRequest) -> anyhow::Result<()> {
+async fn follow_to_exit(engine: &mut Engine, req: pb::ContainerLogsRequest) -> anyhow::Result<i32> {
     let id = req.id.clone();
     let mut logs = engine.container_logs(req).await?.into_inner();
     while let Some(l) = logs.message().await? {
         print_line(&l, false);
     }
     let exit = engine.container_wait(pb::ContainerRef { id }).await?.into_inner();
-    std::process::exit(exit.exit_code);
+    Ok(exit.exit_code)
 }
 
 /// Attaches the local terminal (stdin with `interactive`, raw mode with

@@ -108,8 +108,9 @@ pub enum PullPolicy {
     Never,
 }
 
-/// Creates (and unless `create_only`, runs) the container `a` describes.
-pub async fn run_or_create(cli: &Cli, engine: &mut Engine, a: &RunArgs, create_only: bool) -> anyhow::Result<()> {
+/// Creates (and unless `create_only`, runs) the container `a` describes; the
+/// exit status is the container's exit code when the command waited for it.
+pub async fn run_or_create(cli: &Cli, engine: &mut Engine, a: &RunArgs, create_only: bool) -> anyhow::Result<i32> {
     let engine = &mut *engine;
     let remote = matches!(client::target(cli)?, client::Target::Tcp(_));
     let volumes = client_paths(&a.volume, BindFlag::Volume, remote)?;
@@ -158,15 +159,14 @@ pub async fn run_or_create(cli: &Cli, engine: &mut Engine, a: &RunArgs, create_o
     let c = run_pulling(cli, engine, req, a.pull).await?;
     if a.detach || create_only {
         println!("{}", c.id);
-        return Ok(());
+        return Ok(0);
     }
-    // Attach to the output, then exit with the container's code
+    // Attach to the output, then end with the container's code
     // (with --rm the daemon removes it once it ended).
     if a.tty || a.interactive {
-        std::process::exit(attach_terminal(engine, &c.id, a.interactive, a.tty).await?);
+        return attach_terminal(engine, &c.id, a.interactive, a.tty).await;
     }
-    attach(engine, &c.id, -1).await?;
-    Ok(())
+    attach(engine, &c.id, -1).await
 }
 
 /// `run`/`create`: makes the container, pulling its image first as `--pull`

@@ -131,7 +131,8 @@ pub struct ServiceUpdateArgs {
     pub service: String,
 }
 
-pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
+/// Carries out a service verb; the exit status is 1 when `rm` failed for some of its services.
+pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<i32> {
     let mut control = client::control(cli).await?;
     match cmd {
         ServiceCmd::Create(a) => create(cli, &mut control, a).await,
@@ -243,12 +244,10 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<()> {
                     }
                 }
             }
-            if failed {
-                std::process::exit(1);
-            }
-            Ok(())
+            return Ok(i32::from(failed));
         }
-    }
+    }?;
+    Ok(0)
 }
 
 async fn create(cli: &Cli, control: &mut Control, a: &ServiceCreateArgs) -> anyhow::Result<()> {
