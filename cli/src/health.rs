@@ -52,7 +52,7 @@ pub fn apply(h: &mut HealthSetting, a: &HealthArgs) -> anyhow::Result<()> {
         h.test = HealthTest::Inherit;
     }
     let duration = |flag: &str, v: &str| -> anyhow::Result<Option<u64>> {
-        let ms = crate::service::parse_duration(v)
+        let ms = crate::parse::duration_ms(v)
             .with_context(|| format!("invalid {flag} {v:?}: a duration such as 30s or 500ms"))?;
         Ok((ms > 0).then_some(ms))
     };

@@ -14,6 +14,7 @@ mod image;
 mod network;
 mod node;
 mod output;
+mod parse;
 mod registry;
 mod service;
 mod swarm;

@@ -18,7 +18,7 @@ pub enum SwarmCmd {
         #[arg(long)]
         force_new_cluster: bool,
         /// Lifetime of node certificates (e.g. 90d, 2160h, 30m); nodes renew at 50-80 %.
-        #[arg(long, value_parser = parse_duration_secs)]
+        #[arg(long, value_parser = crate::parse::duration_secs)]
         cert_expiry: Option<u64>,
     },
     /// Join a swarm as a worker or manager (the token decides).
@@ -49,23 +49,6 @@ pub enum SwarmCmd {
         #[arg(short, long)]
         force: bool,
     },
-}
-
-/// `90d`, `2160h`, `30m`, `45s` or plain seconds → seconds.
-pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 'd')) => (&s[..i], 86_400),
-        Some((i, 'h')) => (&s[..i], 3_600),
-        Some((i, 'm')) => (&s[..i], 60),
-        Some((i, 's')) => (&s[..i], 1),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("invalid duration {s:?}: use e.g. 90d, 2160h, 30m or 45s"))
 }
 
 fn join_command(token: &str, addr: &str) -> String {
@@ -132,21 +115,4 @@ pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_like_docker_flags() {
-        assert_eq!(parse_duration_secs("90d"), Ok(90 * 86_400));
-        assert_eq!(parse_duration_secs("2160h"), Ok(2160 * 3600));
-        assert_eq!(parse_duration_secs("30m"), Ok(1800));
-        assert_eq!(parse_duration_secs("45s"), Ok(45));
-        assert_eq!(parse_duration_secs("20"), Ok(20));
-        for bad in ["", "0s", "d", "1y", "-5s", "99999999999999999999d"] {
-            assert!(parse_duration_secs(bad).is_err(), "{bad}");
-        }
-    }
 }

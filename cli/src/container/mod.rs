@@ -278,13 +278,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
             )?;
         }
         Cmd::Logs(LogsArgs { follow, tail, timestamps, since, until, container }) => {
-            let tail = if tail == "all" {
-                -1
-            } else {
-                tail.parse::<i64>().map_err(|_| anyhow::anyhow!("invalid --tail {tail:?}: a number or all"))?
-            };
-            let since_ns = since.as_deref().map(|s| parse_time_arg(s, "--since")).transpose()?.unwrap_or(0);
-            let until_ns = until.as_deref().map(|s| parse_time_arg(s, "--until")).transpose()?.unwrap_or(0);
+            let tail = crate::parse::tail(tail)?;
+            let since_ns = since.as_deref().map(|s| crate::parse::time_ns(s, "--since")).transpose()?.unwrap_or(0);
+            let until_ns = until.as_deref().map(|s| crate::parse::time_ns(s, "--until")).transpose()?.unwrap_or(0);
             let mut logs = engine
                 .container_logs(pb::ContainerLogsRequest {
                     id: container.clone(),
@@ -416,45 +412,6 @@ async fn attach_terminal(engine: &mut Engine, id: &str, interactive: bool, tty: 
     code
 }
 
-/// `--since`/`--until`: an RFC 3339 time, unix seconds, or a duration back
-/// from now (`10m`, `1h30m`, `45s`); nanoseconds since the epoch.
-pub fn parse_time_arg(s: &str, flag: &str) -> anyhow::Result<i64> {
-    if let Some(ns) = shoal_proto::model::parse_rfc3339_ns(s) {
-        return Ok(ns);
-    }
-    if let Ok(secs) = s.parse::<f64>() {
-        return Ok((secs * 1e9) as i64);
-    }
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let unit = match (c, chars.peek()) {
-            ('m', Some('s')) => {
-                chars.next();
-                0.001
-            }
-            ('h', _) => 3600.0,
-            ('m', _) => 60.0,
-            ('s', _) => 1.0,
-            _ => bail!("invalid {flag} {s:?}: use a duration like 10m or 1h30m, an RFC 3339 time or unix seconds"),
-        };
-        let n: f64 = std::mem::take(&mut num)
-            .parse()
-            .map_err(|_| anyhow::anyhow!("invalid {flag} {s:?}: a number before each unit"))?;
-        total += n * unit;
-    }
-    if !num.is_empty() || s.is_empty() {
-        bail!("invalid {flag} {s:?}: use a duration like 10m or 1h30m, an RFC 3339 time or unix seconds");
-    }
-    let now_ns = shoal_proto::model::now_ms() as i64 * 1_000_000;
-    Ok(now_ns - (total * 1e9) as i64)
-}
-
 /// Docker's binary sizes (`1.5MiB`) and decimal ones (`4.096kB`), 4 significant digits.
 fn binary_size(b: u64) -> String {
     crate::output::size(b, 1024.0, &crate::output::BINARY, 4)
@@ -522,20 +479,6 @@ mod tests {
         assert_eq!(binary_size(64 << 20), "64MiB");
         assert_eq!(binary_size(123_456_789), "117.7MiB");
         assert_eq!(decimal_size(4096), "4.096kB");
-    }
-
-    #[test]
-    fn time_arguments() {
-        let now = shoal_proto::model::now_ms() as i64 * 1_000_000;
-        let ten_min = parse_time_arg("10m", "--since").unwrap();
-        assert!((now - ten_min - 600_000_000_000).abs() < 5_000_000_000);
-        let mixed = parse_time_arg("1h30m", "--since").unwrap();
-        assert!((now - mixed - 5_400_000_000_000).abs() < 5_000_000_000);
-        assert_eq!(parse_time_arg("1795305600", "--since").unwrap(), 1_795_305_600_000_000_000);
-        assert_eq!(parse_time_arg("2026-11-22T00:00:00Z", "--since").unwrap(), 1_795_305_600_000_000_000);
-        for bad in ["", "10x", "m", "10m5", "yesterday"] {
-            assert!(parse_time_arg(bad, "--since").is_err(), "{bad}");
-        }
     }
 
     #[test]

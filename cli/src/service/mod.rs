@@ -14,7 +14,7 @@ use self::follow::follow;
 pub use self::list::node_ps;
 use self::list::{find, ls, print_pretty, ps};
 use self::spec::apply_flags;
-pub use self::spec::{ServiceFlags, ServiceRemovals, parse_duration};
+pub use self::spec::{ServiceFlags, ServiceRemovals};
 use crate::args::{Cli, Format};
 use crate::client;
 use crate::container::short;
@@ -202,13 +202,8 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<i32> {
             Ok(())
         }
         ServiceCmd::Logs { follow, tail, since, timestamps, no_task_ids, service } => {
-            let tail = if tail == "all" {
-                -1
-            } else {
-                tail.parse::<i64>().map_err(|_| anyhow::anyhow!("invalid --tail {tail:?}: a number or all"))?
-            };
-            let since_ns =
-                since.as_deref().map(|s| crate::container::parse_time_arg(s, "--since")).transpose()?.unwrap_or(0);
+            let tail = crate::parse::tail(tail)?;
+            let since_ns = since.as_deref().map(|s| crate::parse::time_ns(s, "--since")).transpose()?.unwrap_or(0);
             let req = pb::ServiceLogsRequest { service: service.clone(), follow: *follow, tail, since_ns };
             let mut lines = control.service_logs(req).await?.into_inner();
             use std::io::Write;

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
-use shoal_proto::service::{FailureAction, PublishedPort, RestartCondition, ServiceSpec, UpdateOrder};
+use shoal_proto::service::{FailureAction, RestartCondition, ServiceSpec, UpdateOrder};
 
 use crate::container::{env_entry, read_env_file};
 use crate::health::HealthArgs;
@@ -130,48 +130,6 @@ pub struct ServiceRemovals {
     pub mount_rm: Vec<String>,
 }
 
-/// Docker's durations (`300ms`, `5s`, `1m30s`, `2h`) in milliseconds.
-pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
-    shoal_proto::parse::duration_ms(s).map_err(anyhow::Error::msg)
-}
-
-fn parse_cpus(s: &str) -> anyhow::Result<u64> {
-    let v = shoal_proto::parse::cpus(s).map_err(|e| anyhow::anyhow!("invalid CPUs {s:?}: {e}"))?;
-    Ok((v * 1e9) as u64)
-}
-
-fn parse_bytes(s: &str) -> anyhow::Result<u64> {
-    shoal_proto::parse::size(s).map(|b| b as u64).map_err(|e| anyhow::anyhow!("invalid size {s:?}: {e}"))
-}
-
-/// `published=8080,target=80,protocol=tcp,mode=host` or `8080:80[/udp]`.
-fn parse_publish(s: &str) -> anyhow::Result<PublishedPort> {
-    let mut p = PublishedPort { published: 0, target: 0, protocol: "tcp".into() };
-    if s.contains('=') {
-        for kv in s.split(',') {
-            let (k, v) = kv.split_once('=').with_context(|| format!("invalid --publish {s:?}: KEY=VALUE pairs"))?;
-            match k {
-                "published" => p.published = v.parse().with_context(|| format!("invalid published port {v:?}"))?,
-                "target" => p.target = v.parse().with_context(|| format!("invalid target port {v:?}"))?,
-                "protocol" => p.protocol = v.to_string(),
-                "mode" if v == "host" => {}
-                "mode" => bail!(
-                    "--publish mode={v}: only mode=host is supported so far (the ingress routing mesh comes with overlay networks)"
-                ),
-                _ => bail!("invalid --publish key {k:?}: published, target, protocol, mode"),
-            }
-        }
-    } else {
-        let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
-        let (pubp, target) =
-            ports.split_once(':').with_context(|| format!("invalid --publish {s:?}: PUBLISHED:TARGET"))?;
-        p.published = pubp.parse().with_context(|| format!("invalid published port {pubp:?}"))?;
-        p.target = target.parse().with_context(|| format!("invalid target port {target:?}"))?;
-        p.protocol = proto.to_string();
-    }
-    Ok(p)
-}
-
 pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &ServiceRemovals) -> anyhow::Result<()> {
     let t = &mut spec.task;
     let key = |e: &str| e.split('=').next().unwrap_or("").to_string();
@@ -194,19 +152,19 @@ pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
     }
     t.mounts.extend(f.mount.iter().cloned());
     if let Some(v) = &f.limit_cpu {
-        t.limit_nano_cpus = parse_cpus(v)?;
+        t.limit_nano_cpus = crate::parse::nano_cpus(v)?;
     }
     if let Some(v) = &f.limit_memory {
-        t.limit_memory = parse_bytes(v)?;
+        t.limit_memory = crate::parse::bytes(v)?;
     }
     if let Some(v) = f.limit_pids {
         t.limit_pids = v;
     }
     if let Some(v) = &f.reserve_cpu {
-        t.reserve_nano_cpus = parse_cpus(v)?;
+        t.reserve_nano_cpus = crate::parse::nano_cpus(v)?;
     }
     if let Some(v) = &f.reserve_memory {
-        t.reserve_memory = parse_bytes(v)?;
+        t.reserve_memory = crate::parse::bytes(v)?;
     }
     t.constraints.extend(f.constraint.iter().cloned());
     for p in &f.placement_pref {
@@ -222,19 +180,19 @@ pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
         t.restart.condition = RestartCondition::parse(v).map_err(anyhow::Error::msg)?;
     }
     if let Some(v) = &f.restart_delay {
-        t.restart.delay_ms = parse_duration(v)?;
+        t.restart.delay_ms = crate::parse::duration_ms(v)?;
     }
     if let Some(v) = f.restart_max_attempts {
         t.restart.max_attempts = v;
     }
     if let Some(v) = &f.restart_window {
-        t.restart.window_ms = parse_duration(v)?;
+        t.restart.window_ms = crate::parse::duration_ms(v)?;
     }
     if let Some(v) = &f.hostname {
         t.hostname = v.clone();
     }
     if let Some(v) = &f.stop_grace_period {
-        t.stop_grace_ms = parse_duration(v)?;
+        t.stop_grace_ms = crate::parse::duration_ms(v)?;
     }
     if let Some(v) = &f.stop_signal {
         t.stop_signal = v.clone();
@@ -247,7 +205,7 @@ pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
     }
     t.container_labels.extend(crate::container::labels(&f.container_label));
     for p in &f.publish {
-        let p = parse_publish(p)?;
+        let p = crate::parse::publish(p)?;
         t.ports.retain(|q| !(q.published == p.published && q.protocol == p.protocol));
         t.ports.push(p);
     }
@@ -290,7 +248,7 @@ impl Rollout<'_> {
             u.parallelism = v;
         }
         if let Some(v) = self.delay {
-            u.delay_ms = parse_duration(v)?;
+            u.delay_ms = crate::parse::duration_ms(v)?;
         }
         if let Some(v) = self.order {
             u.order = if v == "start-first" { UpdateOrder::StartFirst } else { UpdateOrder::StopFirst };
@@ -303,7 +261,7 @@ impl Rollout<'_> {
             };
         }
         if let Some(v) = self.monitor {
-            u.monitor_ms = parse_duration(v)?;
+            u.monitor_ms = crate::parse::duration_ms(v)?;
         }
         if let Some(v) = self.max_failure_ratio {
             u.max_failure_ratio = v; // the managers refuse one outside 0..=1
@@ -317,17 +275,4 @@ fn mount_target(spec: &str) -> Option<&str> {
     spec.split(',').find_map(|kv| {
         kv.split_once('=').filter(|(k, _)| matches!(*k, "target" | "dst" | "destination")).map(|(_, v)| v)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_parse_like_docker() {
-        let p = parse_publish("published=8080,target=80,mode=host").unwrap();
-        assert_eq!((p.published, p.target, p.protocol.as_str()), (8080, 80, "tcp"));
-        assert_eq!(parse_publish("53:5353/udp").unwrap().protocol, "udp");
-        assert!(parse_publish("published=80,target=80,mode=ingress").unwrap_err().to_string().contains("mode=host"));
-    }
 }
