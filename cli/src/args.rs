@@ -144,3 +144,60 @@ pub struct FormatArg {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("shoal").chain(args.split_whitespace()))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_and_service_share_the_container_flags_docker_spells_the_same() {
+        let Cmd::Run(r) = parse("run -e A=1 -w /w -u 1000 --hostname h --mount type=tmpfs,target=/t --stop-signal INT --health-cmd true busybox").unwrap().cmd else {
+            panic!("not run")
+        };
+        let c = &r.container;
+        assert_eq!(
+            (c.env.as_slice(), c.workdir.as_deref(), c.user.as_deref()),
+            (&["A=1".to_string()][..], Some("/w"), Some("1000"))
+        );
+        assert_eq!((c.hostname.as_deref(), c.mount.len(), c.stop_signal.as_deref()), (Some("h"), 1, Some("INT")));
+        assert_eq!(c.health.health_cmd.as_deref(), Some("true"));
+        let Cmd::Service(crate::service::ServiceCmd::Update(u)) =
+            parse("service update --env-add A=1 --mount-add type=tmpfs,target=/t -w /w --restart-condition on-failure --update-order start-first --rollback-failure-action continue web").unwrap().cmd
+        else {
+            panic!("not service update")
+        };
+        assert_eq!((u.flags.container.env.len(), u.flags.container.mount.len()), (1, 1));
+        assert_eq!(u.flags.restart_condition, Some(crate::service::spec::RestartConditionArg::OnFailure));
+        // service update's aliases stay with the service commands.
+        assert!(parse("run --env-add A=1 busybox").is_err());
+        assert!(parse("run --mount-add type=tmpfs,target=/t busybox").is_err());
+    }
+
+    #[test]
+    fn choice_flags_refuse_other_values_and_list_the_accepted_ones() {
+        for (args, listed) in [
+            ("service create --restart-condition sometimes busybox", "none, on-failure, any"),
+            ("service create --mode daemonset busybox", "replicated, global, replicated-job, global-job"),
+            ("service update --update-order random web", "stop-first, start-first"),
+            ("service update --rollback-failure-action rollback web", "pause, continue"),
+            ("node update --availability gone n1", "active, pause, drain"),
+            ("swarm join-token leader", "worker, manager"),
+            ("run --pull sometimes busybox", "missing, always, never"),
+        ] {
+            let e = parse(args).err().unwrap_or_else(|| panic!("{args}: accepted"));
+            assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{args}");
+            assert!(e.to_string().contains(&format!("[possible values: {listed}]")), "{args}: {e}");
+        }
+    }
+}

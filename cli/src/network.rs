@@ -1,7 +1,7 @@
 //! `shoal network …`: this node's networks, which netd keeps.
 
 use anyhow::bail;
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use shoal_proto::pb;
 
 use crate::args::{Cli, Format};
@@ -15,8 +15,8 @@ type Engine = shoal_proto::pb::engine_client::EngineClient<tonic::transport::Cha
 pub enum NetworkCmd {
     Create {
         /// Only bridge networks exist on one host.
-        #[arg(short, long, default_value = "bridge", value_parser = ["bridge"])]
-        driver: String,
+        #[arg(short, long, value_enum, default_value_t = Driver::Bridge)]
+        driver: Driver,
         #[arg(long)]
         subnet: Option<String>,
         #[arg(long)]
@@ -74,6 +74,12 @@ pub enum NetworkCmd {
         #[arg(short, long)]
         force: bool,
     },
+}
+
+/// `network create --driver`: only bridge networks exist on one host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Driver {
+    Bridge,
 }
 
 pub async fn run(cli: &Cli, cmd: &NetworkCmd) -> anyhow::Result<()> {

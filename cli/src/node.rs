@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use anyhow::bail;
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use shoal_proto::pb;
 
 use crate::args::{Cli, Format};
@@ -32,16 +32,16 @@ pub enum NodeCmd {
     },
     /// Update a node.
     Update {
-        #[arg(long, value_parser = ["active", "pause", "drain"])]
-        availability: Option<String>,
+        #[arg(long, value_enum)]
+        availability: Option<Availability>,
         /// Add or update a label (key=value).
         #[arg(long = "label-add")]
         label_add: Vec<String>,
         /// Remove a label.
         #[arg(long = "label-rm")]
         label_rm: Vec<String>,
-        #[arg(long, value_parser = ["worker", "manager"])]
-        role: Option<String>,
+        #[arg(long, value_enum)]
+        role: Option<Role>,
         node: String,
     },
     /// Promote nodes to managers.
@@ -76,6 +76,48 @@ pub enum NodeCmd {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+}
+
+/// `node update --availability`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Availability {
+    Active,
+    Pause,
+    Drain,
+}
+
+impl Availability {
+    /// Its name on the wire, as Docker spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Active => "active",
+            Availability::Pause => "pause",
+            Availability::Drain => "drain",
+        }
+    }
+}
+
+/// A node's role (`node update --role`, `swarm join-token ROLE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Worker,
+    Manager,
+}
+
+impl Role {
+    /// Its name on the wire, as Docker spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::Manager => "manager",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 async fn self_id(cli: &Cli) -> Option<String> {
@@ -170,10 +212,10 @@ pub async fn run(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
             let n = control
                 .update_node(pb::UpdateNodeRequest {
                     id: node.clone(),
-                    availability: availability.clone().unwrap_or_default(),
+                    availability: availability.map(Availability::as_str).unwrap_or_default().into(),
                     label_add: adds,
                     label_rm: label_rm.clone(),
-                    role: role.clone().unwrap_or_default(),
+                    role: role.map(Role::as_str).unwrap_or_default().into(),
                 })
                 .await?
                 .into_inner();

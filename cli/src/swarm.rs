@@ -5,6 +5,7 @@ use shoal_proto::pb;
 
 use crate::args::Cli;
 use crate::client;
+use crate::node::Role;
 
 #[derive(Subcommand, Debug)]
 pub enum SwarmCmd {
@@ -40,8 +41,8 @@ pub enum SwarmCmd {
         /// Rotate the token (the old one stops working).
         #[arg(long)]
         rotate: bool,
-        #[arg(value_parser = ["worker", "manager"])]
-        role: String,
+        #[arg(value_enum)]
+        role: Role,
     },
     /// Leave the swarm.
     Leave {
@@ -96,7 +97,7 @@ pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
         SwarmCmd::JoinToken { quiet, rotate, role } => {
             let t = client::control(cli)
                 .await?
-                .join_token(pb::JoinTokenRequest { role: role.clone(), rotate: *rotate })
+                .join_token(pb::JoinTokenRequest { role: role.as_str().into(), rotate: *rotate })
                 .await?
                 .into_inner();
             if *quiet {

@@ -1,9 +1,11 @@
 //! Docker's container verbs against the local daemon: their flags and what they do.
 
+mod flags;
 mod run;
 
+pub use flags::ContainerFlags;
+pub(crate) use flags::labels;
 pub use run::RunArgs;
-pub(crate) use run::{env_entry, labels, read_env_file};
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -479,19 +481,5 @@ mod tests {
         assert_eq!(binary_size(64 << 20), "64MiB");
         assert_eq!(binary_size(123_456_789), "117.7MiB");
         assert_eq!(decimal_size(4096), "4.096kB");
-    }
-
-    #[test]
-    fn env_files_read_like_docker() {
-        let dir = std::env::temp_dir().join(format!("shoal-envfile-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("env");
-        // SAFETY: a test-only variable that nothing else reads.
-        unsafe { std::env::set_var("SHOAL_TEST_FROM_HOST", "yes") };
-        std::fs::write(&f, "# comment\n\nA=1\nB=two words\nSHOAL_TEST_FROM_HOST\nSHOAL_TEST_UNSET_VAR\n").unwrap();
-        assert_eq!(read_env_file(&f).unwrap(), vec!["A=1", "B=two words", "SHOAL_TEST_FROM_HOST=yes"]);
-        std::fs::write(&f, "BAD KEY=1\n").unwrap();
-        assert!(read_env_file(&f).unwrap_err().to_string().contains("line 1"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,14 +1,12 @@
 //! `shoal run` and `shoal create`: a container from Docker's flags, pulling its
 //! image first as `--pull` says, then (for `run` without `-d`) its output.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, bail};
 use clap::Args;
 use shoal_engine::volumes::BindFlag;
 use shoal_proto::pb;
 
-use super::{Engine, attach, attach_terminal};
+use super::{ContainerFlags, Engine, attach, attach_terminal, labels};
 use crate::args::Cli;
 use crate::client;
 use crate::health::HealthArgs;
@@ -32,14 +30,8 @@ pub struct RunArgs {
     /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
-    #[arg(short, long = "env")]
-    pub env: Vec<String>,
-    #[arg(short, long = "workdir")]
-    pub workdir: Option<String>,
-    #[arg(short, long)]
-    pub user: Option<String>,
-    #[arg(long)]
-    pub hostname: Option<String>,
+    #[command(flatten)]
+    pub container: ContainerFlags,
     #[arg(long)]
     pub entrypoint: Option<String>,
     /// Memory limit (e.g. 64m, 1g).
@@ -71,17 +63,9 @@ pub struct RunArgs {
     /// Mount a tmpfs at this path.
     #[arg(long)]
     pub tmpfs: Vec<String>,
-    /// type=volume|bind|tmpfs,source=...,target=...[,readonly]
-    #[arg(long)]
-    pub mount: Vec<String>,
-    /// Files of KEY=VALUE lines (KEY alone takes it from this environment).
-    #[arg(long)]
-    pub env_file: Vec<PathBuf>,
     /// no | always | unless-stopped | on-failure[:N]
     #[arg(long, default_value = "no")]
     pub restart: String,
-    #[arg(long)]
-    pub stop_signal: Option<String>,
     #[arg(long)]
     pub stop_timeout: Option<u64>,
     /// max-size=SIZE, max-file=N (default 10m and 3).
@@ -93,8 +77,6 @@ pub struct RunArgs {
     /// The container's address on its network.
     #[arg(long)]
     pub ip: Option<String>,
-    #[command(flatten)]
-    pub health: HealthArgs,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -114,12 +96,8 @@ pub async fn run_or_create(cli: &Cli, engine: &mut Engine, a: &RunArgs, create_o
     let engine = &mut *engine;
     let remote = matches!(client::target(cli)?, client::Target::Tcp(_));
     let volumes = client_paths(&a.volume, BindFlag::Volume, remote)?;
-    let mounts = client_paths(&a.mount, BindFlag::Mount, remote)?;
-    let mut env = Vec::new();
-    for f in &a.env_file {
-        env.extend(read_env_file(f)?);
-    }
-    env.extend(a.env.iter().filter_map(|e| env_entry(e)));
+    let mounts = client_paths(&a.container.mount, BindFlag::Mount, remote)?;
+    let env = a.container.environment()?;
     let req = pb::ContainerRunRequest {
         image: a.image.clone(),
         name: a.name.clone().unwrap_or_default(),
@@ -127,9 +105,9 @@ pub async fn run_or_create(cli: &Cli, engine: &mut Engine, a: &RunArgs, create_o
         has_entrypoint: a.entrypoint.is_some(),
         entrypoint: a.entrypoint.clone().unwrap_or_default(),
         env,
-        workdir: a.workdir.clone().unwrap_or_default(),
-        user: a.user.clone().unwrap_or_default(),
-        hostname: a.hostname.clone().unwrap_or_default(),
+        workdir: a.container.workdir.clone().unwrap_or_default(),
+        user: a.container.user.clone().unwrap_or_default(),
+        hostname: a.container.hostname.clone().unwrap_or_default(),
         memory: a.memory.clone().unwrap_or_default(),
         cpus: a.cpus.clone().unwrap_or_default(),
         pids_limit: a.pids_limit.unwrap_or(0),
@@ -142,7 +120,7 @@ pub async fn run_or_create(cli: &Cli, engine: &mut Engine, a: &RunArgs, create_o
         tmpfs: a.tmpfs.clone(),
         mounts,
         restart: a.restart.clone(),
-        stop_signal: a.stop_signal.clone().unwrap_or_default(),
+        stop_signal: a.container.stop_signal.clone().unwrap_or_default(),
         stop_timeout: a.stop_timeout.map_or(-1, |t| t as i64),
         log_opts: a.log_opt.clone(),
         tty: a.tty,
@@ -153,7 +131,7 @@ pub async fn run_or_create(cli: &Cli, engine: &mut Engine, a: &RunArgs, create_o
         network_aliases: a.network_alias.clone(),
         labels: labels(&a.label),
         create_only,
-        health: Some(run_health(&a.health)?),
+        health: Some(run_health(&a.container.health)?),
     };
     let req = pb::ContainerRunRequest { attach: !a.detach && !create_only, ..req };
     let c = run_pulling(cli, engine, req, a.pull).await?;
@@ -218,37 +196,4 @@ fn run_health(a: &HealthArgs) -> anyhow::Result<pb::HealthConfig> {
     let mut h = shoal_proto::health::HealthSetting::default();
     crate::health::apply(&mut h, a)?;
     Ok((&h).into())
-}
-
-/// `--label` values, `KEY=VALUE` or `KEY` (an empty value), as Docker takes them.
-pub(crate) fn labels(given: &[String]) -> std::collections::HashMap<String, String> {
-    given
-        .iter()
-        .map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.to_string(), v.to_string())))
-        .collect()
-}
-
-/// One `-e` value: `KEY=VALUE` as it is, `KEY` from this environment (left
-/// out when unset, as Docker does).
-pub(crate) fn env_entry(e: &str) -> Option<String> {
-    if e.contains('=') { Some(e.to_string()) } else { std::env::var(e).ok().map(|v| format!("{e}={v}")) }
-}
-
-/// `--env-file`: KEY=VALUE lines; blank lines and `#` comments skipped.
-pub(crate) fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading the env file {}: {e}", path.display()))?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim_start();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let key = line.split('=').next().unwrap_or("");
-        if key.is_empty() || key.chars().any(char::is_whitespace) {
-            bail!("{} line {}: {line:?} is not KEY=VALUE (a key has no spaces)", path.display(), n + 1);
-        }
-        out.extend(env_entry(line));
-    }
-    Ok(out)
 }

@@ -3,7 +3,7 @@
 
 mod follow;
 mod list;
-mod spec;
+pub(crate) mod spec;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -14,7 +14,7 @@ use self::follow::follow;
 pub use self::list::node_ps;
 use self::list::{find, ls, print_pretty, ps};
 use self::spec::apply_flags;
-pub use self::spec::{ServiceFlags, ServiceRemovals};
+pub use self::spec::{ModeArg, ServiceFlags, ServiceRemovals};
 use crate::args::{Cli, Format};
 use crate::client;
 use crate::container::short;
@@ -95,8 +95,8 @@ pub enum ServiceCmd {
 pub struct ServiceCreateArgs {
     #[arg(long)]
     pub name: Option<String>,
-    #[arg(long, default_value = "replicated", value_parser = ["replicated", "global", "replicated-job", "global-job"])]
-    pub mode: String,
+    #[arg(long, value_enum, default_value_t = ModeArg::Replicated)]
+    pub mode: ModeArg,
     #[arg(long)]
     pub replicas: Option<u64>,
     /// Jobs: tasks running at once.
@@ -246,7 +246,7 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<i32> {
 }
 
 async fn create(cli: &Cli, control: &mut Control, a: &ServiceCreateArgs) -> anyhow::Result<()> {
-    let mode = Mode::parse(&a.mode).map_err(anyhow::Error::msg)?;
+    let mode = Mode::from(a.mode);
     let mut spec = ServiceSpec {
         name: a.name.clone().unwrap_or_else(|| format!("svc-{}", &shoal_proto::model::new_node_id()[..8])),
         mode,

@@ -1,25 +1,25 @@
 //! Docker's service flags laid over a service spec (a new one, or the current one for `update`).
 
-use std::path::PathBuf;
-
 use anyhow::Context;
-use clap::Args;
-use shoal_proto::service::{FailureAction, RestartCondition, ServiceSpec, UpdateOrder};
+use clap::{Args, ValueEnum};
+use shoal_proto::service::{FailureAction, Mode, RestartCondition, ServiceSpec, UpdateOrder};
 
-use crate::container::{env_entry, read_env_file};
-use crate::health::HealthArgs;
+use crate::container::ContainerFlags;
 
-/// The flags `service create` and `service update` share.
+/// The flags `service create` and `service update` share: the container
+/// flags `run` has too (with `update`'s `-add` aliases, and help that names
+/// the templates a service may use), then the service's own.
 #[derive(Args, Debug, Default)]
+#[command(
+    mut_arg("env", |a| a
+        .visible_alias("env-add")
+        .help("Environment variables (KEY=VALUE; the value may hold templates, as --hostname)")),
+    mut_arg("mount", |a| a.visible_alias("mount-add")),
+    mut_arg("hostname", |a| a.help("A template: '{{.Service.Name}}-{{.Task.Slot}}'")),
+)]
 pub struct ServiceFlags {
-    /// Environment variables (KEY=VALUE; the value may hold templates, as --hostname).
-    #[arg(short, long = "env", visible_alias = "env-add")]
-    pub env: Vec<String>,
-    #[arg(long)]
-    pub env_file: Vec<PathBuf>,
-    /// type=bind|volume|tmpfs,source=...,target=...[,readonly]
-    #[arg(long, visible_alias = "mount-add")]
-    pub mount: Vec<String>,
+    #[command(flatten)]
+    pub container: ContainerFlags,
     /// CPUs a task may use (0.5).
     #[arg(long)]
     pub limit_cpu: Option<String>,
@@ -40,8 +40,8 @@ pub struct ServiceFlags {
     pub placement_pref: Vec<String>,
     #[arg(long)]
     pub replicas_max_per_node: Option<u64>,
-    #[arg(long, value_parser = ["none", "on-failure", "any"])]
-    pub restart_condition: Option<String>,
+    #[arg(long, value_enum)]
+    pub restart_condition: Option<RestartConditionArg>,
     /// The first restart delay (doubling, up to a minute): 5s, 500ms.
     #[arg(long)]
     pub restart_delay: Option<String>,
@@ -54,10 +54,10 @@ pub struct ServiceFlags {
     pub update_parallelism: Option<u64>,
     #[arg(long)]
     pub update_delay: Option<String>,
-    #[arg(long, value_parser = ["stop-first", "start-first"])]
-    pub update_order: Option<String>,
-    #[arg(long, value_parser = ["pause", "continue", "rollback"])]
-    pub update_failure_action: Option<String>,
+    #[arg(long, value_enum)]
+    pub update_order: Option<OrderArg>,
+    #[arg(long, value_enum)]
+    pub update_failure_action: Option<UpdateFailureArg>,
     #[arg(long)]
     pub update_monitor: Option<String>,
     #[arg(long)]
@@ -67,25 +67,16 @@ pub struct ServiceFlags {
     pub rollback_parallelism: Option<u64>,
     #[arg(long)]
     pub rollback_delay: Option<String>,
-    #[arg(long, value_parser = ["stop-first", "start-first"])]
-    pub rollback_order: Option<String>,
-    #[arg(long, value_parser = ["pause", "continue"])]
-    pub rollback_failure_action: Option<String>,
+    #[arg(long, value_enum)]
+    pub rollback_order: Option<OrderArg>,
+    #[arg(long, value_enum)]
+    pub rollback_failure_action: Option<RollbackFailureArg>,
     #[arg(long)]
     pub rollback_monitor: Option<String>,
     #[arg(long)]
     pub rollback_max_failure_ratio: Option<f64>,
-    /// A template: '{{.Service.Name}}-{{.Task.Slot}}'.
-    #[arg(long)]
-    pub hostname: Option<String>,
     #[arg(long)]
     pub stop_grace_period: Option<String>,
-    #[arg(long)]
-    pub stop_signal: Option<String>,
-    #[arg(short, long)]
-    pub user: Option<String>,
-    #[arg(short, long)]
-    pub workdir: Option<String>,
     /// Service labels (key=value).
     #[arg(long, visible_alias = "label-add")]
     pub label: Vec<String>,
@@ -94,8 +85,6 @@ pub struct ServiceFlags {
     /// published=P,target=T[,protocol=tcp|udp],mode=host (or P:T[/udp]).
     #[arg(short, long, visible_alias = "publish-add")]
     pub publish: Vec<String>,
-    #[command(flatten)]
-    pub health: HealthArgs,
     /// Return at once instead of following the rollout.
     #[arg(short, long)]
     pub detach: bool,
@@ -105,6 +94,95 @@ pub struct ServiceFlags {
     /// Keep the image's tag as given instead of pinning it to the registry's digest.
     #[arg(long)]
     pub no_resolve_image: bool,
+}
+
+/// `service create --mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    #[default]
+    Replicated,
+    Global,
+    ReplicatedJob,
+    GlobalJob,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Replicated => Mode::Replicated,
+            ModeArg::Global => Mode::Global,
+            ModeArg::ReplicatedJob => Mode::ReplicatedJob,
+            ModeArg::GlobalJob => Mode::GlobalJob,
+        }
+    }
+}
+
+/// `--restart-condition`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RestartConditionArg {
+    None,
+    OnFailure,
+    Any,
+}
+
+impl From<RestartConditionArg> for RestartCondition {
+    fn from(c: RestartConditionArg) -> RestartCondition {
+        match c {
+            RestartConditionArg::None => RestartCondition::None,
+            RestartConditionArg::OnFailure => RestartCondition::OnFailure,
+            RestartConditionArg::Any => RestartCondition::Any,
+        }
+    }
+}
+
+/// `--update-order` and `--rollback-order`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OrderArg {
+    StopFirst,
+    StartFirst,
+}
+
+impl From<OrderArg> for UpdateOrder {
+    fn from(o: OrderArg) -> UpdateOrder {
+        match o {
+            OrderArg::StopFirst => UpdateOrder::StopFirst,
+            OrderArg::StartFirst => UpdateOrder::StartFirst,
+        }
+    }
+}
+
+/// `--update-failure-action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UpdateFailureArg {
+    Pause,
+    Continue,
+    Rollback,
+}
+
+impl From<UpdateFailureArg> for FailureAction {
+    fn from(a: UpdateFailureArg) -> FailureAction {
+        match a {
+            UpdateFailureArg::Pause => FailureAction::Pause,
+            UpdateFailureArg::Continue => FailureAction::Continue,
+            UpdateFailureArg::Rollback => FailureAction::Rollback,
+        }
+    }
+}
+
+/// `--rollback-failure-action`: a failed rollback cannot itself roll back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RollbackFailureArg {
+    Pause,
+    Continue,
+}
+
+impl From<RollbackFailureArg> for FailureAction {
+    fn from(a: RollbackFailureArg) -> FailureAction {
+        match a {
+            RollbackFailureArg::Pause => FailureAction::Pause,
+            RollbackFailureArg::Continue => FailureAction::Continue,
+        }
+    }
 }
 
 /// What `service update` takes away, before it adds what the other flags say.
@@ -141,16 +219,11 @@ pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
     spec.labels.retain(|k, _| !rm.label_rm.contains(k));
     let t = &mut spec.task;
     // The same rules as `run`: env files first, then -e (KEY alone from this environment).
-    let mut env = Vec::new();
-    for file in &f.env_file {
-        env.extend(read_env_file(file)?);
-    }
-    env.extend(f.env.iter().filter_map(|e| env_entry(e)));
-    for e in env {
+    for e in f.container.environment()? {
         t.env.retain(|x| key(x) != key(&e));
         t.env.push(e);
     }
-    t.mounts.extend(f.mount.iter().cloned());
+    t.mounts.extend(f.container.mount.iter().cloned());
     if let Some(v) = &f.limit_cpu {
         t.limit_nano_cpus = crate::parse::nano_cpus(v)?;
     }
@@ -176,8 +249,8 @@ pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
     if let Some(v) = f.replicas_max_per_node {
         t.max_replicas_per_node = v;
     }
-    if let Some(v) = &f.restart_condition {
-        t.restart.condition = RestartCondition::parse(v).map_err(anyhow::Error::msg)?;
+    if let Some(v) = f.restart_condition {
+        t.restart.condition = v.into();
     }
     if let Some(v) = &f.restart_delay {
         t.restart.delay_ms = crate::parse::duration_ms(v)?;
@@ -188,19 +261,19 @@ pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
     if let Some(v) = &f.restart_window {
         t.restart.window_ms = crate::parse::duration_ms(v)?;
     }
-    if let Some(v) = &f.hostname {
+    if let Some(v) = &f.container.hostname {
         t.hostname = v.clone();
     }
     if let Some(v) = &f.stop_grace_period {
         t.stop_grace_ms = crate::parse::duration_ms(v)?;
     }
-    if let Some(v) = &f.stop_signal {
+    if let Some(v) = &f.container.stop_signal {
         t.stop_signal = v.clone();
     }
-    if let Some(v) = &f.user {
+    if let Some(v) = &f.container.user {
         t.user = v.clone();
     }
-    if let Some(v) = &f.workdir {
+    if let Some(v) = &f.container.workdir {
         t.workdir = v.clone();
     }
     t.container_labels.extend(crate::container::labels(&f.container_label));
@@ -209,13 +282,13 @@ pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
         t.ports.retain(|q| !(q.published == p.published && q.protocol == p.protocol));
         t.ports.push(p);
     }
-    crate::health::apply(&mut t.health, &f.health)?;
+    crate::health::apply(&mut t.health, &f.container.health)?;
     spec.labels.extend(crate::container::labels(&f.label));
     let update = Rollout {
         parallelism: f.update_parallelism,
         delay: &f.update_delay,
-        order: &f.update_order,
-        failure_action: &f.update_failure_action,
+        order: f.update_order,
+        failure_action: f.update_failure_action.map(FailureAction::from),
         monitor: &f.update_monitor,
         max_failure_ratio: f.update_max_failure_ratio,
     };
@@ -223,8 +296,8 @@ pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
     let rollback = Rollout {
         parallelism: f.rollback_parallelism,
         delay: &f.rollback_delay,
-        order: &f.rollback_order,
-        failure_action: &f.rollback_failure_action,
+        order: f.rollback_order,
+        failure_action: f.rollback_failure_action.map(FailureAction::from),
         monitor: &f.rollback_monitor,
         max_failure_ratio: f.rollback_max_failure_ratio,
     };
@@ -236,8 +309,8 @@ pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
 struct Rollout<'a> {
     parallelism: Option<u64>,
     delay: &'a Option<String>,
-    order: &'a Option<String>,
-    failure_action: &'a Option<String>,
+    order: Option<OrderArg>,
+    failure_action: Option<FailureAction>,
     monitor: &'a Option<String>,
     max_failure_ratio: Option<f64>,
 }
@@ -251,14 +324,10 @@ impl Rollout<'_> {
             u.delay_ms = crate::parse::duration_ms(v)?;
         }
         if let Some(v) = self.order {
-            u.order = if v == "start-first" { UpdateOrder::StartFirst } else { UpdateOrder::StopFirst };
+            u.order = v.into();
         }
         if let Some(v) = self.failure_action {
-            u.failure_action = match v.as_str() {
-                "continue" => FailureAction::Continue,
-                "rollback" => FailureAction::Rollback,
-                _ => FailureAction::Pause,
-            };
+            u.failure_action = v;
         }
         if let Some(v) = self.monitor {
             u.monitor_ms = crate::parse::duration_ms(v)?;
