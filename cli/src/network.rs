@@ -6,7 +6,7 @@ use shoal_proto::pb;
 
 use crate::args::{Cli, Format};
 use crate::client;
-use crate::container::short;
+use crate::output::short;
 use crate::output::{for_each_item, print_listing};
 
 type Engine = shoal_proto::pb::engine_client::EngineClient<tonic::transport::Channel>;

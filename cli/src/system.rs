@@ -10,7 +10,7 @@ use shoal_proto::pb;
 
 use crate::args::{Cli, Format};
 use crate::client;
-use crate::container::short;
+use crate::output::short;
 use crate::output::{info_json, table};
 
 type Engine = pb::engine_client::EngineClient<tonic::transport::Channel>;

@@ -14,7 +14,7 @@ use shoal_proto::pb;
 use crate::args::{Cli, Cmd, Format};
 use crate::client;
 use crate::image::ago;
-use crate::output::{for_each_item, print_docs, print_listing, table};
+use crate::output::{for_each_item, print_docs, print_listing, short, table};
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
@@ -169,10 +169,6 @@ pub async fn prune(cli: &Cli, cmd: &ContainerCmd) -> anyhow::Result<()> {
             crate::system::prune(&mut engine, crate::system::Kind::Container, false, *force).await
         }
     }
-}
-
-pub(crate) fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }
 
 /// Carries out a container verb; the exit status is the container's (or the

@@ -10,7 +10,7 @@ use super::Control;
 use super::follow::human_ms;
 use super::shown_image;
 use crate::args::Format;
-use crate::container::short;
+use crate::output::short;
 use crate::output::{capitalize, table};
 
 /// The managers' service listing.

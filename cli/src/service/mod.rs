@@ -17,7 +17,7 @@ use self::spec::apply_flags;
 pub use self::spec::{ModeArg, ServiceFlags, ServiceRemovals};
 use crate::args::{Cli, Format};
 use crate::client;
-use crate::container::short;
+use crate::output::short;
 
 type Control = pb::control_client::ControlClient<tonic::transport::Channel>;
 
