@@ -4,10 +4,59 @@
 
 use std::time::{Duration, Instant};
 
+use clap::Subcommand;
 use shoal_proto::pb;
 
-use crate::args::{BenchCmd, Cli};
+use crate::args::Cli;
 use crate::client;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Durable writes per second through the control API (prints JSON).
+    Writes {
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The node whose labels the writes change.
+        node: String,
+    },
+    /// netd's rules for N containers with a published port each, generated and
+    /// applied with `nft -f`, in a network namespace of the benchmark's own.
+    Netsync {
+        #[arg(long, default_value_t = 1000)]
+        ports: usize,
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
+    /// The scheduler alone: a service of TASKS replicas planned onto NODES
+    /// simulated nodes and applied to the state machine, in process. Prints JSON.
+    Sched {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10_000)]
+        tasks: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// DNS queries against a server (run inside a container's namespace for
+    /// netd's 127.0.0.11): most queries per second, then latency at a fixed rate.
+    Dns {
+        #[arg(long, default_value = "127.0.0.11:53")]
+        server: std::net::SocketAddr,
+        /// The name to ask for (an A record).
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Queries in flight in the throughput phase.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// The rate of the latency phase.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+    },
+}
 
 pub async fn run(cli: &Cli, cmd: &BenchCmd) -> anyhow::Result<()> {
     match cmd {

@@ -1,12 +1,39 @@
 //! `shoal daemon` and `shoal netd`: the process around them (logging,
 //! signals); the node's and netd's own wiring live in their crates.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use clap::Args;
 use shoal_agent::node::NodeConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{DaemonArgs, NetdArgs};
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    #[arg(long, default_value = "/var/lib/shoal")]
+    pub data_root: PathBuf,
+    /// Where a manager listens for other nodes.
+    #[arg(long, default_value = "0.0.0.0:4620")]
+    pub listen_addr: String,
+    /// Address to advertise to other nodes when init/join give none.
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+    /// Parent cgroup of the containers' cgroups.
+    #[arg(long, default_value = "/shoal")]
+    pub cgroup_parent: String,
+    /// A registry (HOST[:PORT] or an IPv4 CIDR) that may be reached over plain HTTP or with
+    /// an unverified certificate; repeatable. 127.0.0.0/8 and localhost always may.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registry: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct NetdArgs {
+    #[arg(long, default_value = "/run/shoal/netd.sock")]
+    pub socket: PathBuf,
+    /// netd keeps its state (networks, addresses) under DATA_ROOT/netd.
+    #[arg(long, default_value = "/var/lib/shoal")]
+    pub data_root: PathBuf,
+}
 
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

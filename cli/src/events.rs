@@ -26,10 +26,8 @@ pub struct EventsArgs {
 }
 
 pub async fn run(cli: &Cli, a: &EventsArgs) -> anyhow::Result<()> {
-    let since_ns =
-        a.since.as_deref().map(|s| crate::containers::parse_time_arg(s, "--since")).transpose()?.unwrap_or(0);
-    let until_ns =
-        a.until.as_deref().map(|s| crate::containers::parse_time_arg(s, "--until")).transpose()?.unwrap_or(0);
+    let since_ns = a.since.as_deref().map(|s| crate::parse::time_ns(s, "--since")).transpose()?.unwrap_or(0);
+    let until_ns = a.until.as_deref().map(|s| crate::parse::time_ns(s, "--until")).transpose()?.unwrap_or(0);
     let mut engine = client::engine(cli).await?;
     let mut stream =
         engine.events(pb::EventsRequest { since_ns, until_ns, filters: a.filter.clone() }).await?.into_inner();

@@ -4,9 +4,32 @@
 //! other flag overrides just that value (0 goes back to the image's).
 
 use anyhow::{Context, bail};
+use clap::Args;
 use shoal_proto::health::{HealthSetting, HealthTest};
 
-use crate::args::HealthArgs;
+/// Docker's health flags (`run`, `service create|update`): each one
+/// overrides one value of the image's `HEALTHCHECK`.
+#[derive(Args, Debug, Default)]
+pub struct HealthArgs {
+    /// Command to run to check health (with /bin/sh -c; exit 0 is healthy; "" goes back to the image's).
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h); default: the image's, else 30s.
+    #[arg(long)]
+    pub health_interval: Option<String>,
+    /// Maximum time to allow one check to run (ms|s|m|h); default: the image's, else 30s.
+    #[arg(long)]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures needed to report unhealthy; default: the image's, else 3.
+    #[arg(long)]
+    pub health_retries: Option<u32>,
+    /// Start period for the container to initialize before failures count (ms|s|m|h).
+    #[arg(long)]
+    pub health_start_period: Option<String>,
+    /// Disable any container-specified HEALTHCHECK.
+    #[arg(long)]
+    pub no_healthcheck: bool,
+}
 
 /// Applies the flags to `h` (a new container's default, or a service's current setting).
 pub fn apply(h: &mut HealthSetting, a: &HealthArgs) -> anyhow::Result<()> {
@@ -29,7 +52,7 @@ pub fn apply(h: &mut HealthSetting, a: &HealthArgs) -> anyhow::Result<()> {
         h.test = HealthTest::Inherit;
     }
     let duration = |flag: &str, v: &str| -> anyhow::Result<Option<u64>> {
-        let ms = crate::services::parse_duration(v)
+        let ms = crate::parse::duration_ms(v)
             .with_context(|| format!("invalid {flag} {v:?}: a duration such as 30s or 500ms"))?;
         Ok((ms > 0).then_some(ms))
     };

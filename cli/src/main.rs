@@ -5,17 +5,22 @@ mod args;
 mod bench;
 mod client;
 mod commands;
-mod containers;
+mod container;
 mod copy;
 mod daemon;
 mod events;
 mod health;
-mod images;
+mod image;
+mod network;
+mod node;
 mod output;
+mod parse;
 mod registry;
-mod services;
+mod service;
+mod swarm;
 mod system;
 mod terminal;
+mod volume;
 
 use clap::Parser;
 
@@ -46,7 +51,8 @@ fn main() -> std::process::ExitCode {
         }
     };
     match rt.block_on(commands::run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        // As a shell does: the low 8 bits of a container's exit code (-1 is 255).
+        Ok(code) => std::process::ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("Error: {}", output::error_message(&e));
             std::process::ExitCode::FAILURE

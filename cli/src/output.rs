@@ -3,6 +3,11 @@
 use serde_json::{Value, json};
 use shoal_proto::pb;
 
+/// An id as Docker lists it: its first 12 characters.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
 /// Columns separated by three spaces, padded to the widest cell (as Docker's
 /// tabwriter does).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {

@@ -10,14 +10,46 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
+use clap::Args;
 use serde_json::{Map, Value, json};
 use shoal_proto::pb;
 
-use crate::args::{Cli, LoginArgs, PullArgs, PushArgs};
+use crate::args::Cli;
 use crate::client;
 
 const HUB_DOMAIN: &str = "docker.io";
 const HUB_KEY: &str = "https://index.docker.io/v1/";
+
+#[derive(Args, Debug, Clone)]
+pub struct PullArgs {
+    /// Only print the image's name at the end.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// NAME[:TAG|@DIGEST]
+    pub reference: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PushArgs {
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// NAME[:TAG]
+    pub reference: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// Password (prefer --password-stdin: a password on the command line is visible to others).
+    #[arg(short, long)]
+    pub password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// HOST[:PORT]; Docker Hub if left out.
+    pub server: Option<String>,
+}
 
 /// `~/.shoal` unless `--config` / `SHOAL_CONFIG` says otherwise.
 fn config_dir(cli: &Cli) -> anyhow::Result<PathBuf> {

@@ -1,4 +1,4 @@
-//! `shoal system df|prune` and the `prune` verbs of containers, images,
+//! `shoal info`, `shoal system df|prune` and the `prune` verbs of containers, images,
 //! volumes and networks, with Docker's prompts, listings and totals. The
 //! daemon chooses and removes (never anything in use); this module asks,
 //! prints and adds up.
@@ -8,10 +8,10 @@ use std::io::Write as _;
 use clap::Subcommand;
 use shoal_proto::pb;
 
-use crate::args::Cli;
+use crate::args::{Cli, Format};
 use crate::client;
-use crate::containers::short;
-use crate::output::table;
+use crate::output::short;
+use crate::output::{info_json, table};
 
 type Engine = pb::engine_client::EngineClient<tonic::transport::Channel>;
 
@@ -37,16 +37,6 @@ pub enum SystemCmd {
     },
     /// Like `shoal events`.
     Events(crate::events::EventsArgs),
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ContainerCmd {
-    /// Remove all stopped containers.
-    Prune {
-        /// Do not prompt for confirmation.
-        #[arg(short, long)]
-        force: bool,
-    },
 }
 
 /// What one prune removes.
@@ -210,11 +200,34 @@ pub async fn run(cli: &Cli, cmd: &SystemCmd) -> anyhow::Result<()> {
     }
 }
 
-pub async fn container(cli: &Cli, cmd: &ContainerCmd) -> anyhow::Result<()> {
-    let mut engine = client::engine(cli).await?;
-    match cmd {
-        ContainerCmd::Prune { force } => prune(&mut engine, Kind::Container, false, *force).await,
+pub async fn info(cli: &Cli, format: Format) -> anyhow::Result<()> {
+    let i = client::local(cli).await?.info(pb::Empty {}).await?.into_inner();
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&info_json(&i))?);
+        return Ok(());
     }
+    println!("Server Version: {}", i.version);
+    println!("Swarm: {}", i.swarm_state);
+    if i.swarm_state == "active" {
+        println!(" NodeID: {}", i.node_id);
+        println!(" Is Manager: {}", i.is_manager);
+        println!(" ClusterID: {}", i.cluster_id);
+        println!(" Node Address: {}", i.addr);
+        println!(" Manager Addresses:");
+        for m in &i.managers {
+            println!("  {m}");
+        }
+        if i.is_manager {
+            println!(" Raft:");
+            println!("  ID: {}", i.raft_id);
+            println!("  State: {}", i.raft_state);
+            println!("  Term: {}", i.raft_term);
+            println!("  Leader ID: {}", i.raft_leader);
+        }
+        println!(" Certificate Expiry: {}", i.cert_expiry);
+    }
+    println!("Name: {}", i.hostname);
+    Ok(())
 }
 
 /// `reclaimable (N%)` as Docker shows it (no percentage for an empty total).
@@ -271,7 +284,7 @@ async fn df(engine: &mut Engine, verbose: bool) -> anyhow::Result<()> {
     for i in &u.images {
         let Some(img) = &i.image else { continue };
         let id = short(img.id.trim_start_matches("sha256:")).to_string();
-        let created = crate::images::ago(&img.created);
+        let created = crate::image::ago(&img.created);
         let sizes = [
             human(img.size),
             human(i.shared_size),
@@ -306,7 +319,7 @@ async fn df(engine: &mut Engine, verbose: bool) -> anyhow::Result<()> {
                 format!("\"{cmd}\""),
                 c.local_volumes.to_string(),
                 human(c.size_rw),
-                crate::images::ago(&shoal_proto::model::rfc3339(info.created_ms)),
+                crate::image::ago(&shoal_proto::model::rfc3339(info.created_ms)),
                 info.status.clone(),
                 info.name.clone(),
             ])

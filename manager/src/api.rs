@@ -18,7 +18,7 @@ use crate::auth::{self, Caller};
 use crate::ca;
 use crate::manager::{Manager, Route, manager_addrs};
 use crate::state::{Command, NodeChange, Response as Applied};
-use shoal_proto::service::{Mode, RegistryAuth, ServiceSpec, TaskState};
+use shoal_proto::service::{Mode, RegistryAuth, ServiceListEntry, ServiceSpec, TaskListEntry, TaskState};
 
 /// What the API refuses in a service spec, with what to do instead.
 fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
@@ -280,20 +280,27 @@ impl pb::control_server::Control for ControlService {
             c.1 += usize::from(t.status.state == TaskState::Complete);
             c.2 += usize::from(live);
         }
-        let list: Vec<serde_json::Value> = state
+        let list: Vec<ServiceListEntry> = state
             .services
             .values()
             .map(|s| {
                 let (running, completed, live) = counts.get(s.id.as_str()).copied().unwrap_or_default();
                 let desired = match s.spec.mode {
-                    Mode::Replicated | Mode::ReplicatedJob => s.spec.replicas as usize,
-                    Mode::Global | Mode::GlobalJob => live,
+                    Mode::Replicated | Mode::ReplicatedJob => s.spec.replicas,
+                    Mode::Global | Mode::GlobalJob => live as u64,
                 };
                 // Registry credentials never leave the managers but for the nodes that pull.
-                serde_json::json!({"service": s.redacted(), "running": running, "desired": desired, "completed": completed})
+                ServiceListEntry {
+                    service: s.redacted(),
+                    running: running as u64,
+                    desired,
+                    completed: completed as u64,
+                }
             })
             .collect();
-        Ok(Response::new(pb::JsonDoc { json: serde_json::to_string(&list).unwrap_or_default() }))
+        let json =
+            serde_json::to_string(&list).map_err(|e| Status::internal(format!("encoding the service list: {e}")))?;
+        Ok(Response::new(pb::JsonDoc { json }))
     }
 
     #[tracing::instrument(skip_all, fields(service.id = tracing::field::Empty, node.id = tracing::field::Empty))]
@@ -318,17 +325,23 @@ impl pb::control_server::Control for ControlService {
         if let Some(id) = &node {
             record("node.id", id);
         }
-        let list: Vec<serde_json::Value> = state
+        let list: Vec<TaskListEntry> = state
             .tasks
             .values()
             .filter(|t| service.as_ref().is_none_or(|s| t.service_id == *s))
             .filter(|t| node.as_ref().is_none_or(|n| t.node_id == *n))
             .map(|t| {
                 let node = state.nodes.get(&t.node_id);
-                serde_json::json!({"task": t, "node": node.map(|n| n.description.hostname.clone()).unwrap_or_default(), "node_addr": node.map(|n| n.description.addr.clone()).unwrap_or_default()})
+                TaskListEntry {
+                    task: t.clone(),
+                    node: node.map(|n| n.description.hostname.clone()).unwrap_or_default(),
+                    node_addr: node.map(|n| n.description.addr.clone()).unwrap_or_default(),
+                }
             })
             .collect();
-        Ok(Response::new(pb::JsonDoc { json: serde_json::to_string(&list).unwrap_or_default() }))
+        let json =
+            serde_json::to_string(&list).map_err(|e| Status::internal(format!("encoding the task list: {e}")))?;
+        Ok(Response::new(pb::JsonDoc { json }))
     }
 
     #[tracing::instrument(skip_all)]

@@ -391,6 +391,32 @@ impl Task {
     }
 }
 
+/// One entry of the managers' `ListServices` answer (JSON in a `JsonDoc`):
+/// the service and how many of its tasks run. `service ls --format json`
+/// prints these as they are, so the field names are part of the CLI's output.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceListEntry {
+    /// The service without its registry login ([`Service::redacted`]).
+    pub service: Service,
+    /// Its live tasks (desired running) that run.
+    pub running: u64,
+    /// The tasks it should run: its replicas, or for a global service its live tasks.
+    pub desired: u64,
+    /// Its tasks that completed (jobs).
+    pub completed: u64,
+}
+
+/// One entry of the managers' `ListTasks` answer (JSON in a `JsonDoc`): a
+/// task and the node it is on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskListEntry {
+    pub task: Task,
+    /// The node's hostname; empty while the task has no node.
+    pub node: String,
+    /// The node's address; empty while the task has no node.
+    pub node_addr: String,
+}
+
 /// Expands a hostname template with the task's service, slot and node.
 pub fn expand_template(template: &str, service: &str, task: &Task, node_hostname: &str) -> String {
     let mut out = template.to_string();
@@ -426,6 +452,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn list_entries_keep_the_json_field_names_scripts_read() {
+        let mut svc = Service { id: "s1".into(), update_state: UpdateState::Updating, ..Default::default() };
+        svc.spec.name = "web".into();
+        let e = ServiceListEntry { service: svc, running: 2, desired: 3, completed: 1 };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["service"]["id"], "s1");
+        assert_eq!(v["service"]["spec"]["name"], "web");
+        assert_eq!(v["service"]["update_state"], "updating");
+        assert_eq!(
+            (v["running"].as_u64(), v["desired"].as_u64(), v["completed"].as_u64()),
+            (Some(2), Some(3), Some(1))
+        );
+        assert_eq!(serde_json::from_value::<ServiceListEntry>(v).unwrap(), e);
+
+        let mut task = Task { id: "t1".into(), desired: TaskState::Running, ..Default::default() };
+        task.status.state = TaskState::Running;
+        let e = TaskListEntry { task, node: "h1".into(), node_addr: "10.0.0.1:4620".into() };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            (&v["task"]["id"], &v["task"]["desired"], &v["task"]["status"]["state"]),
+            (&"t1".into(), &"running".into(), &"running".into())
+        );
+        assert_eq!((&v["node"], &v["node_addr"]), (&"h1".into(), &"10.0.0.1:4620".into()));
+        assert_eq!(serde_json::from_value::<TaskListEntry>(v).unwrap(), e);
     }
 
     #[test]

@@ -1,16 +1,75 @@
 //! `shoal image …`: Docker's image verbs against the local daemon.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use clap::Subcommand;
 use shoal_proto::pb;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::args::{Cli, ImageCmd};
+use crate::args::{Cli, Format};
 use crate::client;
 use crate::output::{for_each_item, print_docs};
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Download an image from a registry.
+    Pull(crate::registry::PullArgs),
+    /// Upload an image to a registry.
+    Push(crate::registry::PushArgs),
+    /// Load images from a `docker save` archive or an OCI image layout (tar, optionally gzip).
+    Load {
+        /// Read from this file instead of standard input.
+        #[arg(short, long)]
+        input: Option<PathBuf>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Create an image from a root filesystem tarball ("-" reads standard input).
+    Import { file: String, reference: String },
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Display detailed information on images (JSON).
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Create a tag TARGET that refers to SOURCE.
+    Tag { source: String, target: String },
+    /// Remove images.
+    #[command(alias = "remove", alias = "rmi")]
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Save images to a tar archive (`docker save` format; standard output by default).
+    Save {
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove dangling images no container uses (with -a, every image no container uses).
+    Prune {
+        /// Remove every image no container uses, not only dangling ones.
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
 
 const CHUNK: usize = 256 * 1024;
 

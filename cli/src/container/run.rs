@@ -1,0 +1,199 @@
+//! `shoal run` and `shoal create`: a container from Docker's flags, pulling its
+//! image first as `--pull` says, then (for `run` without `-d`) its output.
+
+use anyhow::{Context, bail};
+use clap::Args;
+use shoal_engine::volumes::BindFlag;
+use shoal_proto::pb;
+
+use super::{ContainerFlags, Engine, attach, attach_terminal, labels};
+use crate::args::Cli;
+use crate::client;
+use crate::health::HealthArgs;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run in the background and print the container ID.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Pull the image: missing (when it is not here), always, or never.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pub pull: PullPolicy,
+    /// Keep stdin open and send it to the container.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the container a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    #[command(flatten)]
+    pub container: ContainerFlags,
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Memory limit (e.g. 64m, 1g).
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    /// Number of CPUs (e.g. 0.5).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+    #[arg(long)]
+    pub read_only: bool,
+    /// bridge (the default), a network's name, host or none.
+    #[arg(long, alias = "net", default_value = "")]
+    pub network: String,
+    /// Another name for the container on its (user-defined) network.
+    #[arg(long = "network-alias", alias = "net-alias")]
+    pub network_alias: Vec<String>,
+    /// Set metadata on the container (key=value).
+    #[arg(short = 'l', long)]
+    pub label: Vec<String>,
+    #[arg(long)]
+    pub cap_add: Vec<String>,
+    #[arg(long)]
+    pub cap_drop: Vec<String>,
+    /// Bind a volume: NAME:/path[:ro], /host/path:/path[:ro], or /path (anonymous).
+    #[arg(short, long = "volume")]
+    pub volume: Vec<String>,
+    /// Mount a tmpfs at this path.
+    #[arg(long)]
+    pub tmpfs: Vec<String>,
+    /// no | always | unless-stopped | on-failure[:N]
+    #[arg(long, default_value = "no")]
+    pub restart: String,
+    #[arg(long)]
+    pub stop_timeout: Option<u64>,
+    /// max-size=SIZE, max-file=N (default 10m and 3).
+    #[arg(long)]
+    pub log_opt: Vec<String>,
+    /// Publish a port: [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp] (needs a bridge network).
+    #[arg(short, long)]
+    pub publish: Vec<String>,
+    /// The container's address on its network.
+    #[arg(long)]
+    pub ip: Option<String>,
+    pub image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// `run --pull` / `create --pull`, as Docker's.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    Missing,
+    Always,
+    Never,
+}
+
+/// Creates (and unless `create_only`, runs) the container `a` describes; the
+/// exit status is the container's exit code when the command waited for it.
+pub async fn run_or_create(cli: &Cli, engine: &mut Engine, a: &RunArgs, create_only: bool) -> anyhow::Result<i32> {
+    let engine = &mut *engine;
+    let remote = matches!(client::target(cli)?, client::Target::Tcp(_));
+    let volumes = client_paths(&a.volume, BindFlag::Volume, remote)?;
+    let mounts = client_paths(&a.container.mount, BindFlag::Mount, remote)?;
+    let env = a.container.environment()?;
+    let req = pb::ContainerRunRequest {
+        image: a.image.clone(),
+        name: a.name.clone().unwrap_or_default(),
+        command: a.command.clone(),
+        has_entrypoint: a.entrypoint.is_some(),
+        entrypoint: a.entrypoint.clone().unwrap_or_default(),
+        env,
+        workdir: a.container.workdir.clone().unwrap_or_default(),
+        user: a.container.user.clone().unwrap_or_default(),
+        hostname: a.container.hostname.clone().unwrap_or_default(),
+        memory: a.memory.clone().unwrap_or_default(),
+        cpus: a.cpus.clone().unwrap_or_default(),
+        pids_limit: a.pids_limit.unwrap_or(0),
+        read_only: a.read_only,
+        network: a.network.clone(),
+        cap_add: a.cap_add.clone(),
+        cap_drop: a.cap_drop.clone(),
+        auto_remove: a.rm,
+        volumes,
+        tmpfs: a.tmpfs.clone(),
+        mounts,
+        restart: a.restart.clone(),
+        stop_signal: a.container.stop_signal.clone().unwrap_or_default(),
+        stop_timeout: a.stop_timeout.map_or(-1, |t| t as i64),
+        log_opts: a.log_opt.clone(),
+        tty: a.tty,
+        interactive: a.interactive,
+        attach: false,
+        publish: a.publish.clone(),
+        ip: a.ip.clone().unwrap_or_default(),
+        network_aliases: a.network_alias.clone(),
+        labels: labels(&a.label),
+        create_only,
+        health: Some(run_health(&a.container.health)?),
+    };
+    let req = pb::ContainerRunRequest { attach: !a.detach && !create_only, ..req };
+    let c = run_pulling(cli, engine, req, a.pull).await?;
+    if a.detach || create_only {
+        println!("{}", c.id);
+        return Ok(0);
+    }
+    // Attach to the output, then end with the container's code
+    // (with --rm the daemon removes it once it ended).
+    if a.tty || a.interactive {
+        return attach_terminal(engine, &c.id, a.interactive, a.tty).await;
+    }
+    attach(engine, &c.id, -1).await
+}
+
+/// `run`/`create`: makes the container, pulling its image first as `--pull`
+/// says: `always`; `missing` (the default) when the daemon lacks it, as
+/// Docker's CLI does (`Unable to find image 'X' locally`, then the pull's
+/// progress, on stderr); `never` leaves the daemon's `no such image` as it is.
+async fn run_pulling(
+    cli: &Cli,
+    engine: &mut Engine,
+    req: pb::ContainerRunRequest,
+    pull: PullPolicy,
+) -> anyhow::Result<pb::ContainerInfo> {
+    if pull == PullPolicy::Always {
+        crate::registry::pull_for_run(cli, engine, &req.image).await?;
+    }
+    match engine.container_run(req.clone()).await {
+        Err(e) if pull == PullPolicy::Missing && missing_image(&e) => {
+            eprintln!("Unable to find image '{}' locally", crate::registry::familiar(&req.image));
+            crate::registry::pull_for_run(cli, engine, &req.image).await?;
+            Ok(engine.container_run(req).await?.into_inner())
+        }
+        r => Ok(r?.into_inner()),
+    }
+}
+
+/// Whether the daemon refused a run for lack of its image.
+fn missing_image(e: &tonic::Status) -> bool {
+    e.code() == tonic::Code::NotFound && e.message().starts_with("no such image")
+}
+
+/// `-v`/`--mount` with relative host paths made absolute here: they are
+/// relative to the client's directory, which a remote daemon cannot know.
+fn client_paths(flags: &[String], flag: BindFlag, remote: bool) -> anyhow::Result<Vec<String>> {
+    let cwd = std::env::current_dir().context("reading the working directory for a relative bind mount")?;
+    flags
+        .iter()
+        .map(|f| match shoal_engine::volumes::absolutize_bind(flag, f, &cwd) {
+            None => Ok(f.clone()),
+            Some(_) if remote => {
+                bail!("{f:?}: a relative host path needs a local daemon; give an absolute path on the daemon's host")
+            }
+            Some(abs) => Ok(abs),
+        })
+        .collect()
+}
+
+/// `run`'s health flags, laid over the image's check by the daemon.
+fn run_health(a: &HealthArgs) -> anyhow::Result<pb::HealthConfig> {
+    let mut h = shoal_proto::health::HealthSetting::default();
+    crate::health::apply(&mut h, a)?;
+    Ok((&h).into())
+}

@@ -1,0 +1,150 @@
+//! The CLI's readings of Docker's flag values: durations, sizes, CPUs,
+//! published ports, times and `--tail`. Sizes, CPUs and Docker's durations
+//! are read by `shoal_proto::parse`, as the engine and the managers read them;
+//! this module adds the flag's name and the CLI's units.
+
+use anyhow::{Context, bail};
+use shoal_proto::service::PublishedPort;
+
+/// `90d`, `2160h`, `30m`, `45s` or plain seconds → seconds (`swarm init --cert-expiry`).
+pub fn duration_secs(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'd')) => (&s[..i], 86_400),
+        Some((i, 'h')) => (&s[..i], 3_600),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 's')) => (&s[..i], 1),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("invalid duration {s:?}: use e.g. 90d, 2160h, 30m or 45s"))
+}
+
+/// Docker's durations (`300ms`, `5s`, `1m30s`, `2h`) in milliseconds.
+pub fn duration_ms(s: &str) -> anyhow::Result<u64> {
+    shoal_proto::parse::duration_ms(s).map_err(anyhow::Error::msg)
+}
+
+/// `--limit-cpu`/`--reserve-cpu` (`0.5`) in nano-CPUs.
+pub fn nano_cpus(s: &str) -> anyhow::Result<u64> {
+    let v = shoal_proto::parse::cpus(s).map_err(|e| anyhow::anyhow!("invalid CPUs {s:?}: {e}"))?;
+    Ok((v * 1e9) as u64)
+}
+
+/// Docker's sizes (`64m`, `1g`, `512k`, `1048576`) in bytes.
+pub fn bytes(s: &str) -> anyhow::Result<u64> {
+    shoal_proto::parse::size(s).map(|b| b as u64).map_err(|e| anyhow::anyhow!("invalid size {s:?}: {e}"))
+}
+
+/// A service's `--publish`: `published=8080,target=80,protocol=tcp,mode=host` or `8080:80[/udp]`.
+pub fn publish(s: &str) -> anyhow::Result<PublishedPort> {
+    let mut p = PublishedPort { published: 0, target: 0, protocol: "tcp".into() };
+    if s.contains('=') {
+        for kv in s.split(',') {
+            let (k, v) = kv.split_once('=').with_context(|| format!("invalid --publish {s:?}: KEY=VALUE pairs"))?;
+            match k {
+                "published" => p.published = v.parse().with_context(|| format!("invalid published port {v:?}"))?,
+                "target" => p.target = v.parse().with_context(|| format!("invalid target port {v:?}"))?,
+                "protocol" => p.protocol = v.to_string(),
+                "mode" if v == "host" => {}
+                "mode" => bail!(
+                    "--publish mode={v}: only mode=host is supported so far (the ingress routing mesh comes with overlay networks)"
+                ),
+                _ => bail!("invalid --publish key {k:?}: published, target, protocol, mode"),
+            }
+        }
+    } else {
+        let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+        let (pubp, target) =
+            ports.split_once(':').with_context(|| format!("invalid --publish {s:?}: PUBLISHED:TARGET"))?;
+        p.published = pubp.parse().with_context(|| format!("invalid published port {pubp:?}"))?;
+        p.target = target.parse().with_context(|| format!("invalid target port {target:?}"))?;
+        p.protocol = proto.to_string();
+    }
+    Ok(p)
+}
+
+/// `--since`/`--until`: an RFC 3339 time, unix seconds, or a duration back
+/// from now (`10m`, `1h30m`, `45s`, as Docker's durations); nanoseconds since the epoch.
+pub fn time_ns(s: &str, flag: &str) -> anyhow::Result<i64> {
+    if let Some(ns) = shoal_proto::model::parse_rfc3339_ns(s) {
+        return Ok(ns);
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return Ok((secs * 1e9) as i64);
+    }
+    let ago_ms = shoal_proto::parse::duration_ms(s).map_err(|_| {
+        anyhow::anyhow!("invalid {flag} {s:?}: use a duration like 10m or 1h30m, an RFC 3339 time or unix seconds")
+    })?;
+    let now_ns = shoal_proto::model::now_ms() as i64 * 1_000_000;
+    Ok(now_ns - ago_ms as i64 * 1_000_000)
+}
+
+/// `--tail`: a number of lines from the end, or `all` (-1).
+pub fn tail(s: &str) -> anyhow::Result<i64> {
+    if s == "all" {
+        return Ok(-1);
+    }
+    s.parse::<i64>().map_err(|_| anyhow::anyhow!("invalid --tail {s:?}: a number or all"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_docker_flags() {
+        assert_eq!(duration_secs("90d"), Ok(90 * 86_400));
+        assert_eq!(duration_secs("2160h"), Ok(2160 * 3600));
+        assert_eq!(duration_secs("30m"), Ok(1800));
+        assert_eq!(duration_secs("45s"), Ok(45));
+        assert_eq!(duration_secs("20"), Ok(20));
+        for bad in ["", "0s", "d", "1y", "-5s", "99999999999999999999d"] {
+            assert!(duration_secs(bad).is_err(), "{bad}");
+        }
+        assert_eq!(duration_ms("1m30s").unwrap(), 90_000);
+        assert_eq!(duration_ms("500ms").unwrap(), 500);
+        assert!(duration_ms("5x").is_err());
+    }
+
+    #[test]
+    fn sizes_and_cpus_in_the_cli_units() {
+        assert_eq!(nano_cpus("0.5").unwrap(), 500_000_000);
+        assert!(nano_cpus("-1").unwrap_err().to_string().contains("invalid CPUs \"-1\""));
+        assert_eq!(bytes("64m").unwrap(), 64 << 20);
+        assert!(bytes("lots").unwrap_err().to_string().contains("invalid size \"lots\""));
+    }
+
+    #[test]
+    fn ports_parse_like_docker() {
+        let p = publish("published=8080,target=80,mode=host").unwrap();
+        assert_eq!((p.published, p.target, p.protocol.as_str()), (8080, 80, "tcp"));
+        assert_eq!(publish("53:5353/udp").unwrap().protocol, "udp");
+        assert!(publish("published=80,target=80,mode=ingress").unwrap_err().to_string().contains("mode=host"));
+    }
+
+    #[test]
+    fn time_arguments() {
+        let now = shoal_proto::model::now_ms() as i64 * 1_000_000;
+        let ten_min = time_ns("10m", "--since").unwrap();
+        assert!((now - ten_min - 600_000_000_000).abs() < 5_000_000_000);
+        let mixed = time_ns("1h30m", "--since").unwrap();
+        assert!((now - mixed - 5_400_000_000_000).abs() < 5_000_000_000);
+        assert_eq!(time_ns("1795305600", "--since").unwrap(), 1_795_305_600_000_000_000);
+        assert_eq!(time_ns("2026-11-22T00:00:00Z", "--since").unwrap(), 1_795_305_600_000_000_000);
+        for bad in ["", "10x", "m", "10m5", "yesterday"] {
+            let e = time_ns(bad, "--since").unwrap_err().to_string();
+            assert!(e.starts_with(&format!("invalid --since {bad:?}")), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn tails() {
+        assert_eq!(tail("all").unwrap(), -1);
+        assert_eq!(tail("20").unwrap(), 20);
+        assert!(tail("some").is_err());
+    }
+}

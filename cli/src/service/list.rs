@@ -1,0 +1,228 @@
+//! `service ls`, `service ps`, `node ps` and `service inspect --pretty`: the
+//! managers' listings, as Docker prints them.
+
+use anyhow::Context;
+use serde_json::Value;
+use shoal_proto::pb;
+use shoal_proto::service::{Service, ServiceListEntry, Task, TaskListEntry};
+
+use super::Control;
+use super::follow::human_ms;
+use super::shown_image;
+use crate::args::Format;
+use crate::output::short;
+use crate::output::{capitalize, table};
+
+/// The managers' service listing.
+async fn services(control: &mut Control) -> anyhow::Result<Vec<ServiceListEntry>> {
+    let json = control.list_services(pb::Empty {}).await?.into_inner().json;
+    serde_json::from_str(&json).context("reading the managers' service list")
+}
+
+/// The managers' task listing for one service, or for one node.
+async fn task_list(control: &mut Control, req: pb::ListTasksRequest) -> anyhow::Result<Vec<(Task, String)>> {
+    let json = control.list_tasks(req).await?.into_inner().json;
+    let list: Vec<TaskListEntry> = serde_json::from_str(&json).context("reading the managers' task list")?;
+    Ok(list.into_iter().map(|e| (e.task, e.node)).collect())
+}
+
+/// The service's listing entry (the service, and how many of its tasks run), by id, name or id prefix.
+pub(super) async fn find(control: &mut Control, reference: &str) -> anyhow::Result<ServiceListEntry> {
+    let mut list = services(control).await?;
+    let exact = list.iter().position(|e| e.service.id == reference || e.service.spec.name == reference);
+    let found = exact.or_else(|| {
+        let by_prefix: Vec<usize> = (0..list.len()).filter(|&i| list[i].service.id.starts_with(reference)).collect();
+        (by_prefix.len() == 1).then(|| by_prefix[0])
+    });
+    let i = found.with_context(|| format!("service {reference} not found"))?;
+    Ok(list.swap_remove(i))
+}
+
+pub(super) async fn tasks(control: &mut Control, service: &str) -> anyhow::Result<Vec<(Task, String)>> {
+    task_list(control, pb::ListTasksRequest { service: service.into(), node: String::new() }).await
+}
+
+pub(super) async fn ls(control: &mut Control, quiet: bool, format: Format) -> anyhow::Result<()> {
+    let list = services(control).await?;
+    if quiet {
+        for e in &list {
+            println!("{}", e.service.id);
+        }
+        return Ok(());
+    }
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|e| {
+            let spec = &e.service.spec;
+            let (running, desired, completed) = (e.running, e.desired, e.completed);
+            let mut replicas = if spec.mode.is_job() {
+                format!("{running}/{desired} ({completed}/{desired} completed)")
+            } else {
+                format!("{running}/{desired}")
+            };
+            if spec.task.max_replicas_per_node > 0 {
+                replicas.push_str(&format!(" (max {} per node)", spec.task.max_replicas_per_node));
+            }
+            let ports: Vec<String> =
+                spec.task.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol)).collect();
+            vec![
+                short(&e.service.id).to_string(),
+                spec.name.clone(),
+                spec.mode.as_str().into(),
+                replicas,
+                shown_image(&spec.task.image),
+                ports.join(","),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows));
+    Ok(())
+}
+
+fn ago(ms: u64) -> String {
+    let secs = shoal_proto::model::now_ms().saturating_sub(ms) / 1000;
+    match secs {
+        0 => "less than a second ago".into(),
+        1..=59 => format!("{secs} seconds ago"),
+        60..=3599 => format!("{} minutes ago", secs / 60),
+        _ => format!("{} hours ago", secs / 3600),
+    }
+}
+
+pub(super) async fn ps(
+    control: &mut Control,
+    service: &str,
+    quiet: bool,
+    no_trunc: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    print_tasks(tasks(control, service).await?, quiet, no_trunc, format)
+}
+
+/// `node ps [NODE...]`: the tasks of these nodes (ids, prefixes or hostnames), as `service ps` shows them.
+pub async fn node_ps(
+    control: &mut Control,
+    nodes: &[String],
+    quiet: bool,
+    no_trunc: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    let mut all = Vec::new();
+    for n in nodes {
+        all.extend(task_list(control, pb::ListTasksRequest { service: String::new(), node: n.clone() }).await?);
+    }
+    print_tasks(all, quiet, no_trunc, format)
+}
+
+/// Tasks as `docker service ps` and `docker node ps` list them.
+fn print_tasks(mut ts: Vec<(Task, String)>, quiet: bool, no_trunc: bool, format: Format) -> anyhow::Result<()> {
+    // Service by service, slot by slot (node by node for global services), newest first.
+    let slot_of = |t: &Task| {
+        (
+            t.service_name.clone(),
+            t.service_id.clone(),
+            t.slot,
+            if t.slot == 0 { t.node_id.clone() } else { String::new() },
+        )
+    };
+    ts.sort_by_key(|(t, _)| (slot_of(t), std::cmp::Reverse(t.created_index)));
+    if quiet {
+        for (t, _) in &ts {
+            println!("{}", t.id);
+        }
+        return Ok(());
+    }
+    if format == Format::Json {
+        let v: Vec<Value> = ts.iter().map(|(t, n)| serde_json::json!({"task": t, "node": n})).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    let mut prev = None;
+    for (t, node) in &ts {
+        let key = slot_of(t);
+        let name = if prev.as_ref() == Some(&key) { format!(" \\_ {}", t.name()) } else { t.name() };
+        prev = Some(key);
+        let id = if no_trunc { t.id.clone() } else { short(&t.id).to_string() };
+        let mut err = t.status.err.clone();
+        if !no_trunc && err.len() > 60 {
+            err = format!("{}…", &err[..err.char_indices().nth(59).map_or(err.len(), |(i, _)| i)]);
+        }
+        let ports: Vec<String> =
+            t.spec.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol)).collect();
+        rows.push(vec![
+            id,
+            name,
+            shown_image(&t.spec.image),
+            node.clone(),
+            capitalize(t.desired.as_str()),
+            format!("{} {}", capitalize(t.status.state.as_str()), ago(t.status.at_ms)),
+            if err.is_empty() { String::new() } else { format!("\"{err}\"") },
+            ports.join(","),
+        ]);
+    }
+    println!("{}", table(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"], &rows));
+    Ok(())
+}
+
+fn print_rollout(title: &str, order: &str, u: &shoal_proto::service::UpdateConfig) {
+    println!("{title}:\n Parallelism:\t{}", u.parallelism);
+    if u.delay_ms > 0 {
+        println!(" Delay:\t\t{}", human_ms(u.delay_ms));
+    }
+    // Their wire names: pause, continue, rollback; stop-first, start-first.
+    let name = |v: serde_json::Result<Value>| v.ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    println!(" On failure:\t{}", name(serde_json::to_value(u.failure_action)));
+    println!(" Monitoring Period: {}", human_ms(u.monitor_ms));
+    println!(" Max failure ratio: {}", u.max_failure_ratio);
+    println!(" {order}:\t{}", name(serde_json::to_value(u.order)));
+}
+
+pub(super) fn print_pretty(s: &Service) {
+    let spec = &s.spec;
+    println!("ID:\t\t{}", s.id);
+    println!("Name:\t\t{}", spec.name);
+    println!("Service Mode:\t{}", capitalize(spec.mode.as_str()));
+    if !spec.mode.is_global() {
+        println!(" Replicas:\t{}", spec.replicas);
+    }
+    println!("UpdateStatus:\n State:\t\t{:?}\n Message:\t{}", s.update_state, s.update_message);
+    println!("Placement:");
+    if !spec.task.constraints.is_empty() {
+        println!(" Constraints:\t{:?}", spec.task.constraints);
+    }
+    print_rollout("UpdateConfig", "Update order", &spec.update);
+    print_rollout("RollbackConfig", "Rollback order", &spec.rollback);
+    println!("ContainerSpec:\n Image:\t\t{}", spec.task.image);
+    if !spec.task.args.is_empty() {
+        println!(" Args:\t\t{}", spec.task.args.join(" "));
+    }
+    if !spec.task.env.is_empty() {
+        println!(" Env:\t\t{}", spec.task.env.join(" "));
+    }
+    println!("Resources:");
+    if spec.task.limit_memory > 0 || spec.task.limit_nano_cpus > 0 {
+        println!(
+            " Limits:\n  CPU:\t\t{}\n  Memory:\t{}",
+            spec.task.limit_nano_cpus as f64 / 1e9,
+            spec.task.limit_memory
+        );
+    }
+    if spec.task.reserve_memory > 0 || spec.task.reserve_nano_cpus > 0 {
+        println!(
+            " Reservations:\n  CPU:\t\t{}\n  Memory:\t{}",
+            spec.task.reserve_nano_cpus as f64 / 1e9,
+            spec.task.reserve_memory
+        );
+    }
+    for p in &spec.task.ports {
+        println!(
+            "Ports:\n PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = host",
+            p.published, p.protocol, p.target
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! `shoal service …`: builds service specs from Docker's flags, sends them to
+//! a manager, and follows a rollout until it converges (or says why not).
+
+mod follow;
+mod list;
+pub(crate) mod spec;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use shoal_proto::pb;
+use shoal_proto::service::{Mode, RestartCondition, ServiceSpec};
+
+use self::follow::follow;
+pub use self::list::node_ps;
+use self::list::{find, ls, print_pretty, ps};
+use self::spec::apply_flags;
+pub use self::spec::{ModeArg, ServiceFlags, ServiceRemovals};
+use crate::args::{Cli, Format};
+use crate::client;
+use crate::output::short;
+
+type Control = pb::control_client::ControlClient<tonic::transport::Channel>;
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCmd {
+    /// Create a service.
+    Create(Box<ServiceCreateArgs>),
+    /// List services.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// List the tasks of services, with their history.
+    Ps {
+        #[arg(short, long)]
+        quiet: bool,
+        /// Do not truncate ids.
+        #[arg(long)]
+        no_trunc: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Display detailed information on services.
+    Inspect {
+        #[arg(long)]
+        pretty: bool,
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Update a service.
+    Update(Box<ServiceUpdateArgs>),
+    /// Scale replicated services: `scale web=5 api=2`.
+    Scale {
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(required = true)]
+        scales: Vec<String>,
+    },
+    /// The logs of a service's tasks, from every node (`TASK@NODE | line`).
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines from the end of each task's log, or all.
+        #[arg(short = 'n', long, default_value = "all")]
+        tail: String,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(short, long)]
+        timestamps: bool,
+        /// Name tasks without their ids.
+        #[arg(long)]
+        no_task_ids: bool,
+        service: String,
+    },
+    /// Go back to a service's previous spec.
+    Rollback {
+        #[arg(short, long)]
+        detach: bool,
+        service: String,
+    },
+    /// Remove services.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceCreateArgs {
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, value_enum, default_value_t = ModeArg::Replicated)]
+    pub mode: ModeArg,
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// Jobs: tasks running at once.
+    #[arg(long)]
+    pub max_concurrent: Option<u64>,
+    #[command(flatten)]
+    pub flags: ServiceFlags,
+    pub image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceUpdateArgs {
+    #[arg(long)]
+    pub image: Option<String>,
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// Replace every task even if nothing changed.
+    #[arg(long)]
+    pub force: bool,
+    /// Go back to the previous spec.
+    #[arg(long)]
+    pub rollback: bool,
+    /// Replaces the command.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+    pub args: Option<Vec<String>>,
+    #[command(flatten)]
+    pub rm: ServiceRemovals,
+    #[command(flatten)]
+    pub flags: ServiceFlags,
+    pub service: String,
+}
+
+/// Carries out a service verb; the exit status is 1 when `rm` failed for some of its services.
+pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<i32> {
+    let mut control = client::control(cli).await?;
+    match cmd {
+        ServiceCmd::Create(a) => create(cli, &mut control, a).await,
+        ServiceCmd::Update(a) => update(cli, &mut control, a).await,
+        ServiceCmd::Ls { quiet, format } => ls(&mut control, *quiet, *format).await,
+        ServiceCmd::Ps { quiet, no_trunc, format, services } => {
+            for s in services {
+                ps(&mut control, s, *quiet, *no_trunc, *format).await?;
+            }
+            Ok(())
+        }
+        ServiceCmd::Inspect { pretty, services } => {
+            let mut out = Vec::new();
+            for s in services {
+                let svc = find(&mut control, s).await?.service;
+                out.push(svc);
+            }
+            if *pretty {
+                for s in &out {
+                    print_pretty(s);
+                }
+            } else {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            Ok(())
+        }
+        ServiceCmd::Scale { detach, scales } => {
+            let mut wanted = Vec::new();
+            for s in scales {
+                let (name, n) =
+                    s.split_once('=').with_context(|| format!("invalid scale {s:?}: use SERVICE=REPLICAS"))?;
+                let n: u64 = n.parse().with_context(|| format!("invalid replicas {n:?} for {name}: a number"))?;
+                wanted.push((name.to_string(), n));
+            }
+            for (name, n) in wanted {
+                let svc = find(&mut control, &name).await?.service;
+                let mut spec = svc.spec.clone();
+                if !matches!(spec.mode, Mode::Replicated | Mode::ReplicatedJob) {
+                    bail!("{name}: scale can only be used with replicated or replicated-job mode");
+                }
+                spec.replicas = n;
+                let id = svc.id.clone();
+                control
+                    .update_service(pb::ServiceUpdateRequest {
+                        id: id.clone(),
+                        spec_json: serde_json::to_string(&spec)?,
+                        ..Default::default()
+                    })
+                    .await?;
+                println!("{name} scaled to {n}");
+                if !detach {
+                    follow(&mut control, &id, Some(&svc)).await?;
+                }
+            }
+            Ok(())
+        }
+        ServiceCmd::Rollback { detach, service } => {
+            let svc = find(&mut control, service).await?.service;
+            let id = svc.id.clone();
+            control
+                .update_service(pb::ServiceUpdateRequest { id: id.clone(), rollback: true, ..Default::default() })
+                .await?;
+            println!("{service}");
+            if !detach {
+                follow(&mut control, &id, Some(&svc)).await?;
+            }
+            Ok(())
+        }
+        ServiceCmd::Logs { follow, tail, since, timestamps, no_task_ids, service } => {
+            let tail = crate::parse::tail(tail)?;
+            let since_ns = since.as_deref().map(|s| crate::parse::time_ns(s, "--since")).transpose()?.unwrap_or(0);
+            let req = pb::ServiceLogsRequest { service: service.clone(), follow: *follow, tail, since_ns };
+            let mut lines = control.service_logs(req).await?.into_inner();
+            use std::io::Write;
+            while let Some(l) = lines.message().await? {
+                if !l.warning.is_empty() {
+                    eprintln!("warning: {}", l.warning);
+                    continue;
+                }
+                let who = if *no_task_ids {
+                    format!("{}@{}", l.task, l.node)
+                } else {
+                    format!("{}.{}@{}", l.task, short(&l.task_id), l.node)
+                };
+                let time = if *timestamps { format!("{} ", l.time) } else { String::new() };
+                let text = l.log.strip_suffix('\n').unwrap_or(&l.log);
+                let mut out = std::io::stdout().lock();
+                if l.stream == "stderr" {
+                    let _ = writeln!(std::io::stderr(), "{who:<24} | {time}{text}");
+                } else {
+                    let _ = writeln!(out, "{who:<24} | {time}{text}");
+                }
+            }
+            Ok(())
+        }
+        ServiceCmd::Rm { services } => {
+            let mut failed = false;
+            for s in services {
+                match control.remove_service(pb::ServiceRef { id: s.clone() }).await {
+                    Ok(_) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("Error: {}", e.message());
+                        failed = true;
+                    }
+                }
+            }
+            return Ok(i32::from(failed));
+        }
+    }?;
+    Ok(0)
+}
+
+async fn create(cli: &Cli, control: &mut Control, a: &ServiceCreateArgs) -> anyhow::Result<()> {
+    let mode = Mode::from(a.mode);
+    let mut spec = ServiceSpec {
+        name: a.name.clone().unwrap_or_else(|| format!("svc-{}", &shoal_proto::model::new_node_id()[..8])),
+        mode,
+        replicas: if mode.is_global() { 0 } else { a.replicas.unwrap_or(1) },
+        max_concurrent: a.max_concurrent.unwrap_or(0),
+        ..Default::default()
+    };
+    if mode.is_global() && a.replicas.is_some() {
+        bail!("--replicas can only be used with replicated or replicated-job mode");
+    }
+    spec.task.image = a.image.clone();
+    spec.task.args = a.command.clone();
+    if mode.is_job() {
+        // Jobs restart only on failure by default, as in Docker.
+        spec.task.restart.condition = RestartCondition::OnFailure;
+    }
+    spec.task.stop_grace_ms = 10_000;
+    apply_flags(&mut spec, &a.flags, &ServiceRemovals::default())?;
+    let auth =
+        a.flags.with_registry_auth.then(|| crate::registry::registry_auth_for(cli, &spec.task.image)).transpose()?;
+    if !a.flags.no_resolve_image
+        && let Some(pinned) = crate::registry::resolve_for_service(cli, &spec.task.image).await
+    {
+        spec.task.image = pinned;
+    }
+    let req = pb::ServiceCreateRequest { spec_json: serde_json::to_string(&spec)?, auth };
+    let resp = control.create_service(req).await?.into_inner();
+    println!("{}", resp.id);
+    if !a.flags.detach {
+        follow(control, &resp.id, None).await?;
+    }
+    Ok(())
+}
+
+async fn update(cli: &Cli, control: &mut Control, a: &ServiceUpdateArgs) -> anyhow::Result<()> {
+    let svc = find(control, &a.service).await?.service;
+    let id = svc.id.clone();
+    if a.rollback {
+        control
+            .update_service(pb::ServiceUpdateRequest { id: id.clone(), rollback: true, ..Default::default() })
+            .await?;
+    } else {
+        let mut spec = svc.spec.clone();
+        if let Some(i) = &a.image {
+            spec.task.image = i.clone();
+        }
+        // A new image, or --force, pins the tag to the registry's digest anew
+        // (so --force pulls what the tag names now).
+        if (a.image.is_some() || a.force) && !a.flags.no_resolve_image {
+            let tag = unpinned(&spec.task.image);
+            if let Some(pinned) = crate::registry::resolve_for_service(cli, &tag).await {
+                spec.task.image = pinned;
+            }
+        }
+        if let Some(r) = a.replicas {
+            if spec.mode.is_global() {
+                bail!("--replicas can only be used with replicated or replicated-job mode");
+            }
+            spec.replicas = r;
+        }
+        if let Some(args) = &a.args {
+            spec.task.args = args.clone();
+        }
+        if a.force {
+            spec.task.force_update += 1;
+        }
+        apply_flags(&mut spec, &a.flags, &a.rm)?;
+        // Without --with-registry-auth the service keeps the login it has.
+        let auth = a
+            .flags
+            .with_registry_auth
+            .then(|| crate::registry::registry_auth_for(cli, &spec.task.image))
+            .transpose()?;
+        let req = pb::ServiceUpdateRequest {
+            id: id.clone(),
+            spec_json: serde_json::to_string(&spec)?,
+            rollback: false,
+            replace_auth: auth.is_some(),
+            auth,
+        };
+        control.update_service(req).await?;
+    }
+    println!("{}", a.service);
+    if !a.flags.detach {
+        follow(control, &id, Some(&svc)).await?;
+    }
+    Ok(())
+}
+
+/// `name:tag@sha256:…` without its digest (what the tag names may have
+/// moved); a reference by digest alone stays as it is.
+fn unpinned(image: &str) -> String {
+    match image.split_once('@') {
+        Some((named, _)) if shoal_engine::images::Reference::parse(named).is_ok_and(|r| r.tag().is_some()) => {
+            named.to_string()
+        }
+        _ => image.to_string(),
+    }
+}
+
+/// An image as `service ls` and `ps` show it: without the pinned digest, as Docker does.
+fn shown_image(image: &str) -> String {
+    unpinned(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_images_unpin_and_show_without_the_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let cases = [
+            (format!("registry.lab:5000/demo:v1@{d}"), "registry.lab:5000/demo:v1", "registry.lab:5000/demo:v1"),
+            (format!("busybox@{d}"), "busybox@sha256:", "busybox@sha256:"),
+            ("busybox:local".to_string(), "busybox:local", "busybox:local"),
+            ("registry.lab:5000/demo".to_string(), "registry.lab:5000/demo", "registry.lab:5000/demo"),
+        ];
+        for (image, unpin, shown) in cases {
+            assert!(unpinned(&image).starts_with(unpin), "{image}: {}", unpinned(&image));
+            assert!(shown_image(&image).starts_with(shown), "{image}: {}", shown_image(&image));
+        }
+    }
+}

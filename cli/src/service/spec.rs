@@ -1,0 +1,347 @@
+//! Docker's service flags laid over a service spec (a new one, or the current one for `update`).
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use shoal_proto::service::{FailureAction, Mode, RestartCondition, ServiceSpec, UpdateOrder};
+
+use crate::container::ContainerFlags;
+
+/// The flags `service create` and `service update` share: the container
+/// flags `run` has too (with `update`'s `-add` aliases, and help that names
+/// the templates a service may use), then the service's own.
+#[derive(Args, Debug, Default)]
+#[command(
+    mut_arg("env", |a| a
+        .visible_alias("env-add")
+        .help("Environment variables (KEY=VALUE; the value may hold templates, as --hostname)")),
+    mut_arg("mount", |a| a.visible_alias("mount-add")),
+    mut_arg("hostname", |a| a.help("A template: '{{.Service.Name}}-{{.Task.Slot}}'")),
+)]
+pub struct ServiceFlags {
+    #[command(flatten)]
+    pub container: ContainerFlags,
+    /// CPUs a task may use (0.5).
+    #[arg(long)]
+    pub limit_cpu: Option<String>,
+    #[arg(long)]
+    pub limit_memory: Option<String>,
+    #[arg(long)]
+    pub limit_pids: Option<i64>,
+    /// CPUs the scheduler reserves for a task.
+    #[arg(long)]
+    pub reserve_cpu: Option<String>,
+    #[arg(long)]
+    pub reserve_memory: Option<String>,
+    /// Placement constraints: node.role==manager, node.labels.zone!=a, node.hostname==h1.
+    #[arg(long, visible_alias = "constraint-add")]
+    pub constraint: Vec<String>,
+    /// spread=node.labels.KEY
+    #[arg(long)]
+    pub placement_pref: Vec<String>,
+    #[arg(long)]
+    pub replicas_max_per_node: Option<u64>,
+    #[arg(long, value_enum)]
+    pub restart_condition: Option<RestartConditionArg>,
+    /// The first restart delay (doubling, up to a minute): 5s, 500ms.
+    #[arg(long)]
+    pub restart_delay: Option<String>,
+    #[arg(long)]
+    pub restart_max_attempts: Option<u64>,
+    #[arg(long)]
+    pub restart_window: Option<String>,
+    /// Tasks updated at once (0: all).
+    #[arg(long)]
+    pub update_parallelism: Option<u64>,
+    #[arg(long)]
+    pub update_delay: Option<String>,
+    #[arg(long, value_enum)]
+    pub update_order: Option<OrderArg>,
+    #[arg(long, value_enum)]
+    pub update_failure_action: Option<UpdateFailureArg>,
+    #[arg(long)]
+    pub update_monitor: Option<String>,
+    #[arg(long)]
+    pub update_max_failure_ratio: Option<f64>,
+    /// Tasks rolled back at once (0: all).
+    #[arg(long)]
+    pub rollback_parallelism: Option<u64>,
+    #[arg(long)]
+    pub rollback_delay: Option<String>,
+    #[arg(long, value_enum)]
+    pub rollback_order: Option<OrderArg>,
+    #[arg(long, value_enum)]
+    pub rollback_failure_action: Option<RollbackFailureArg>,
+    #[arg(long)]
+    pub rollback_monitor: Option<String>,
+    #[arg(long)]
+    pub rollback_max_failure_ratio: Option<f64>,
+    #[arg(long)]
+    pub stop_grace_period: Option<String>,
+    /// Service labels (key=value).
+    #[arg(long, visible_alias = "label-add")]
+    pub label: Vec<String>,
+    #[arg(long, visible_alias = "container-label-add")]
+    pub container_label: Vec<String>,
+    /// published=P,target=T[,protocol=tcp|udp],mode=host (or P:T[/udp]).
+    #[arg(short, long, visible_alias = "publish-add")]
+    pub publish: Vec<String>,
+    /// Return at once instead of following the rollout.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Send this client's login for the image's registry to the nodes that run the tasks.
+    #[arg(long)]
+    pub with_registry_auth: bool,
+    /// Keep the image's tag as given instead of pinning it to the registry's digest.
+    #[arg(long)]
+    pub no_resolve_image: bool,
+}
+
+/// `service create --mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    #[default]
+    Replicated,
+    Global,
+    ReplicatedJob,
+    GlobalJob,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Replicated => Mode::Replicated,
+            ModeArg::Global => Mode::Global,
+            ModeArg::ReplicatedJob => Mode::ReplicatedJob,
+            ModeArg::GlobalJob => Mode::GlobalJob,
+        }
+    }
+}
+
+/// `--restart-condition`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RestartConditionArg {
+    None,
+    OnFailure,
+    Any,
+}
+
+impl From<RestartConditionArg> for RestartCondition {
+    fn from(c: RestartConditionArg) -> RestartCondition {
+        match c {
+            RestartConditionArg::None => RestartCondition::None,
+            RestartConditionArg::OnFailure => RestartCondition::OnFailure,
+            RestartConditionArg::Any => RestartCondition::Any,
+        }
+    }
+}
+
+/// `--update-order` and `--rollback-order`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OrderArg {
+    StopFirst,
+    StartFirst,
+}
+
+impl From<OrderArg> for UpdateOrder {
+    fn from(o: OrderArg) -> UpdateOrder {
+        match o {
+            OrderArg::StopFirst => UpdateOrder::StopFirst,
+            OrderArg::StartFirst => UpdateOrder::StartFirst,
+        }
+    }
+}
+
+/// `--update-failure-action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UpdateFailureArg {
+    Pause,
+    Continue,
+    Rollback,
+}
+
+impl From<UpdateFailureArg> for FailureAction {
+    fn from(a: UpdateFailureArg) -> FailureAction {
+        match a {
+            UpdateFailureArg::Pause => FailureAction::Pause,
+            UpdateFailureArg::Continue => FailureAction::Continue,
+            UpdateFailureArg::Rollback => FailureAction::Rollback,
+        }
+    }
+}
+
+/// `--rollback-failure-action`: a failed rollback cannot itself roll back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RollbackFailureArg {
+    Pause,
+    Continue,
+}
+
+impl From<RollbackFailureArg> for FailureAction {
+    fn from(a: RollbackFailureArg) -> FailureAction {
+        match a {
+            RollbackFailureArg::Pause => FailureAction::Pause,
+            RollbackFailureArg::Continue => FailureAction::Continue,
+        }
+    }
+}
+
+/// What `service update` takes away, before it adds what the other flags say.
+#[derive(Args, Debug, Default)]
+pub struct ServiceRemovals {
+    /// Remove an environment variable (its name).
+    #[arg(long)]
+    pub env_rm: Vec<String>,
+    /// Remove a placement constraint (as it was given).
+    #[arg(long)]
+    pub constraint_rm: Vec<String>,
+    /// Remove a service label (its key).
+    #[arg(long)]
+    pub label_rm: Vec<String>,
+    /// Remove a container label (its key).
+    #[arg(long)]
+    pub container_label_rm: Vec<String>,
+    /// Remove a published port (its published port number).
+    #[arg(long)]
+    pub publish_rm: Vec<u16>,
+    /// Remove a mount (its target path).
+    #[arg(long)]
+    pub mount_rm: Vec<String>,
+}
+
+pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &ServiceRemovals) -> anyhow::Result<()> {
+    let t = &mut spec.task;
+    let key = |e: &str| e.split('=').next().unwrap_or("").to_string();
+    t.env.retain(|e| !rm.env_rm.contains(&key(e)));
+    t.constraints.retain(|c| !rm.constraint_rm.contains(c));
+    t.container_labels.retain(|k, _| !rm.container_label_rm.contains(k));
+    t.ports.retain(|p| !rm.publish_rm.contains(&p.published));
+    t.mounts.retain(|m| !rm.mount_rm.iter().any(|target| mount_target(m) == Some(target.as_str())));
+    spec.labels.retain(|k, _| !rm.label_rm.contains(k));
+    let t = &mut spec.task;
+    // The same rules as `run`: env files first, then -e (KEY alone from this environment).
+    for e in f.container.environment()? {
+        t.env.retain(|x| key(x) != key(&e));
+        t.env.push(e);
+    }
+    t.mounts.extend(f.container.mount.iter().cloned());
+    if let Some(v) = &f.limit_cpu {
+        t.limit_nano_cpus = crate::parse::nano_cpus(v)?;
+    }
+    if let Some(v) = &f.limit_memory {
+        t.limit_memory = crate::parse::bytes(v)?;
+    }
+    if let Some(v) = f.limit_pids {
+        t.limit_pids = v;
+    }
+    if let Some(v) = &f.reserve_cpu {
+        t.reserve_nano_cpus = crate::parse::nano_cpus(v)?;
+    }
+    if let Some(v) = &f.reserve_memory {
+        t.reserve_memory = crate::parse::bytes(v)?;
+    }
+    t.constraints.extend(f.constraint.iter().cloned());
+    for p in &f.placement_pref {
+        let label = p
+            .strip_prefix("spread=")
+            .with_context(|| format!("invalid --placement-pref {p:?}: spread=node.labels.KEY"))?;
+        t.spread.push(label.to_string());
+    }
+    if let Some(v) = f.replicas_max_per_node {
+        t.max_replicas_per_node = v;
+    }
+    if let Some(v) = f.restart_condition {
+        t.restart.condition = v.into();
+    }
+    if let Some(v) = &f.restart_delay {
+        t.restart.delay_ms = crate::parse::duration_ms(v)?;
+    }
+    if let Some(v) = f.restart_max_attempts {
+        t.restart.max_attempts = v;
+    }
+    if let Some(v) = &f.restart_window {
+        t.restart.window_ms = crate::parse::duration_ms(v)?;
+    }
+    if let Some(v) = &f.container.hostname {
+        t.hostname = v.clone();
+    }
+    if let Some(v) = &f.stop_grace_period {
+        t.stop_grace_ms = crate::parse::duration_ms(v)?;
+    }
+    if let Some(v) = &f.container.stop_signal {
+        t.stop_signal = v.clone();
+    }
+    if let Some(v) = &f.container.user {
+        t.user = v.clone();
+    }
+    if let Some(v) = &f.container.workdir {
+        t.workdir = v.clone();
+    }
+    t.container_labels.extend(crate::container::labels(&f.container_label));
+    for p in &f.publish {
+        let p = crate::parse::publish(p)?;
+        t.ports.retain(|q| !(q.published == p.published && q.protocol == p.protocol));
+        t.ports.push(p);
+    }
+    crate::health::apply(&mut t.health, &f.container.health)?;
+    spec.labels.extend(crate::container::labels(&f.label));
+    let update = Rollout {
+        parallelism: f.update_parallelism,
+        delay: &f.update_delay,
+        order: f.update_order,
+        failure_action: f.update_failure_action.map(FailureAction::from),
+        monitor: &f.update_monitor,
+        max_failure_ratio: f.update_max_failure_ratio,
+    };
+    update.apply(&mut spec.update)?;
+    let rollback = Rollout {
+        parallelism: f.rollback_parallelism,
+        delay: &f.rollback_delay,
+        order: f.rollback_order,
+        failure_action: f.rollback_failure_action.map(FailureAction::from),
+        monitor: &f.rollback_monitor,
+        max_failure_ratio: f.rollback_max_failure_ratio,
+    };
+    rollback.apply(&mut spec.rollback)?;
+    Ok(())
+}
+
+/// The `--update-*` or `--rollback-*` flags.
+struct Rollout<'a> {
+    parallelism: Option<u64>,
+    delay: &'a Option<String>,
+    order: Option<OrderArg>,
+    failure_action: Option<FailureAction>,
+    monitor: &'a Option<String>,
+    max_failure_ratio: Option<f64>,
+}
+
+impl Rollout<'_> {
+    fn apply(&self, u: &mut shoal_proto::service::UpdateConfig) -> anyhow::Result<()> {
+        if let Some(v) = self.parallelism {
+            u.parallelism = v;
+        }
+        if let Some(v) = self.delay {
+            u.delay_ms = crate::parse::duration_ms(v)?;
+        }
+        if let Some(v) = self.order {
+            u.order = v.into();
+        }
+        if let Some(v) = self.failure_action {
+            u.failure_action = v;
+        }
+        if let Some(v) = self.monitor {
+            u.monitor_ms = crate::parse::duration_ms(v)?;
+        }
+        if let Some(v) = self.max_failure_ratio {
+            u.max_failure_ratio = v; // the managers refuse one outside 0..=1
+        }
+        Ok(())
+    }
+}
+
+/// A `--mount` spec's target path (`target=`, `dst=` or `destination=`).
+fn mount_target(spec: &str) -> Option<&str> {
+    spec.split(',').find_map(|kv| {
+        kv.split_once('=').filter(|(k, _)| matches!(*k, "target" | "dst" | "destination")).map(|(_, v)| v)
+    })
+}

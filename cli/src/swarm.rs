@@ -1,0 +1,119 @@
+//! `shoal swarm init|join|join-token|leave`.
+
+use clap::Subcommand;
+use shoal_proto::pb;
+
+use crate::args::Cli;
+use crate::client;
+use crate::node::Role;
+
+#[derive(Subcommand, Debug)]
+pub enum SwarmCmd {
+    /// Initialize a swarm: this node becomes its first manager.
+    Init {
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        #[arg(long)]
+        listen_addr: Option<String>,
+        /// Rebuild a one-manager cluster from this manager's state after quorum is lost.
+        #[arg(long)]
+        force_new_cluster: bool,
+        /// Lifetime of node certificates (e.g. 90d, 2160h, 30m); nodes renew at 50-80 %.
+        #[arg(long, value_parser = crate::parse::duration_secs)]
+        cert_expiry: Option<u64>,
+    },
+    /// Join a swarm as a worker or manager (the token decides).
+    Join {
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        #[arg(long)]
+        listen_addr: Option<String>,
+        /// A manager's address, HOST[:PORT].
+        remote_addr: String,
+    },
+    /// Show or rotate a join token.
+    JoinToken {
+        /// Only print the token.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Rotate the token (the old one stops working).
+        #[arg(long)]
+        rotate: bool,
+        #[arg(value_enum)]
+        role: Role,
+    },
+    /// Leave the swarm.
+    Leave {
+        /// Leave even if this node is a manager.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+fn join_command(token: &str, addr: &str) -> String {
+    format!("    shoal swarm join --token {token} {addr}")
+}
+
+pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
+    match cmd {
+        SwarmCmd::Init { advertise_addr, listen_addr, force_new_cluster, cert_expiry } => {
+            let i = client::local(cli)
+                .await?
+                .swarm_init(pb::SwarmInitRequest {
+                    advertise_addr: advertise_addr.clone().unwrap_or_default(),
+                    listen_addr: listen_addr.clone().unwrap_or_default(),
+                    force_new_cluster: *force_new_cluster,
+                    cert_expiry_secs: cert_expiry.unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            let t = client::control(cli)
+                .await?
+                .join_token(pb::JoinTokenRequest { role: "worker".into(), rotate: false })
+                .await?
+                .into_inner();
+            println!("Swarm initialized: current node ({}) is now a manager.\n", i.node_id);
+            println!("To add a worker to this swarm, run the following command:\n");
+            println!("{}\n", join_command(&t.token, &t.manager_addr));
+            println!(
+                "To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions."
+            );
+        }
+        SwarmCmd::Join { token, advertise_addr, listen_addr, remote_addr } => {
+            let i = client::local(cli)
+                .await?
+                .swarm_join(pb::SwarmJoinRequest {
+                    token: token.clone(),
+                    remote_addr: remote_addr.clone(),
+                    advertise_addr: advertise_addr.clone().unwrap_or_default(),
+                    listen_addr: listen_addr.clone().unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            println!("This node joined a swarm as a {}.", i.role);
+        }
+        SwarmCmd::JoinToken { quiet, rotate, role } => {
+            let t = client::control(cli)
+                .await?
+                .join_token(pb::JoinTokenRequest { role: role.as_str().into(), rotate: *rotate })
+                .await?
+                .into_inner();
+            if *quiet {
+                println!("{}", t.token);
+                return Ok(());
+            }
+            if *rotate {
+                println!("Successfully rotated {role} join token.\n");
+            }
+            println!("To add a {role} to this swarm, run the following command:\n");
+            println!("{}\n", join_command(&t.token, &t.manager_addr));
+        }
+        SwarmCmd::Leave { force } => {
+            client::local(cli).await?.swarm_leave(pb::SwarmLeaveRequest { force: *force }).await?;
+            println!("Node left the swarm.");
+        }
+    }
+    Ok(())
+}

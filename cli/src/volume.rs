@@ -1,0 +1,91 @@
+//! `shoal volume …`: named and anonymous volumes on this node.
+
+use clap::Subcommand;
+use shoal_proto::pb;
+
+use crate::args::{Cli, Format};
+use crate::client;
+use crate::output::{for_each_item, print_docs, print_listing};
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCmd {
+    /// Create a volume (a random name if none is given).
+    Create { name: Option<String> },
+    /// List volumes.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Display detailed information on volumes (JSON).
+    Inspect {
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove volumes (never one in use).
+    #[command(alias = "remove")]
+    Rm {
+        /// Do not fail on volumes that do not exist.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove anonymous volumes no container uses (with -a, named ones too).
+    Prune {
+        /// Also remove named volumes no container uses.
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+pub async fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
+    volume(&mut client::engine(cli).await?, cmd).await
+}
+
+async fn volume(
+    engine: &mut shoal_proto::pb::engine_client::EngineClient<tonic::transport::Channel>,
+    cmd: &VolumeCmd,
+) -> anyhow::Result<()> {
+    match cmd {
+        VolumeCmd::Create { name } => {
+            let v = engine.volume_create(pb::VolumeRef { name: name.clone().unwrap_or_default() }).await?.into_inner();
+            println!("{}", v.name);
+        }
+        VolumeCmd::Ls { quiet, format } => {
+            let list = engine.volume_list(pb::Empty {}).await?.into_inner().volumes;
+            print_listing(
+                &list,
+                *quiet,
+                *format,
+                |v| v.name.clone(),
+                |v| serde_json::json!({"name": v.name, "mountpoint": v.mountpoint, "anonymous": v.anonymous}),
+                &["DRIVER", "VOLUME NAME"],
+                |v| vec![vec!["local".into(), v.name.clone()]],
+            )?;
+        }
+        VolumeCmd::Inspect { volumes } => {
+            let mut docs = Vec::new();
+            for v in volumes {
+                docs.push(engine.volume_inspect(pb::VolumeRef { name: v.clone() }).await?.into_inner());
+            }
+            print_docs(docs)?;
+        }
+        VolumeCmd::Rm { force, volumes } => {
+            for_each_item(volumes, "volumes", async |v| {
+                engine.volume_remove(pb::VolumeRemoveRequest { name: v.into(), force: *force }).await?;
+                Ok(vec![v.to_string()])
+            })
+            .await?;
+        }
+        VolumeCmd::Prune { all, force } => {
+            crate::system::prune(engine, crate::system::Kind::Volume, *all, *force).await?
+        }
+    }
+    Ok(())
+}
