@@ -102,8 +102,8 @@ pub async fn run(cfg: NodeConfig, cancel: CancellationToken) -> anyhow::Result<(
     tokio::spawn(worker.clone().run_until(cancel.child_token()));
     daemon.set_worker(worker);
     daemon.resume().await?;
-    containers.supervise();
-    containers.keep_networks();
+    containers.supervise(cancel.child_token());
+    containers.keep_networks(cancel.child_token());
     tokio::spawn(crate::cluster_events::follow_cluster(daemon.clone(), containers.events(), cancel.child_token()));
     registries.set_events(containers.events());
     let server = tokio::spawn(crate::local::serve(

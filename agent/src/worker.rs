@@ -375,6 +375,7 @@ impl Worker {
         if !self.synced.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
+        let _pass = tracing::debug_span!("worker pass").entered();
         let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let observed = self.observe();
         let actions = plan(&assigned, &observed);
@@ -426,6 +427,7 @@ impl Worker {
         }
         let (this, t, container) = (self.clone(), t.clone(), container.to_string());
         std::thread::spawn(move || {
+            let _span = task_span(&t).entered();
             let grace = Duration::from_millis(t.spec.stop_grace_ms);
             match this.runtime.stop(&container, grace) {
                 Ok(_) => this.report(
@@ -457,6 +459,7 @@ impl Worker {
         self.report(t, status);
         let (this, t, container) = (self.clone(), t.clone(), container.to_string());
         std::thread::spawn(move || {
+            let _span = task_span(&t).entered();
             if let Err(e) = this.runtime.stop(&container, Duration::from_millis(t.spec.stop_grace_ms)) {
                 tracing::warn!(task = %t.name(), error = %e, "stopping the unhealthy task's container failed");
             }
@@ -477,6 +480,7 @@ impl Worker {
         }
         let (this, t) = (self.clone(), t.clone());
         std::thread::spawn(move || {
+            let _span = task_span(&t).entered();
             this.start(&t);
             this.starting.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
             this.wake.notify_one();
@@ -573,6 +577,11 @@ impl Worker {
             ..Default::default()
         })
     }
+}
+
+/// The span a task's start or stop runs in, with the field names the managers use.
+fn task_span(t: &Task) -> tracing::Span {
+    tracing::info_span!("task", task.id = %t.id, service.id = %t.service_id, node.id = %t.node_id)
 }
 
 /// A task container's labels: the service's `--container-label`s, then

@@ -88,26 +88,32 @@ impl EngineService {
 
 #[tonic::async_trait]
 impl pb::engine_server::Engine for EngineService {
+    #[tracing::instrument(skip_all)]
     async fn image_load(&self, req: Request<Streaming<pb::Chunk>>) -> Result<Response<pb::Images>, Status> {
         images::image_load(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn image_import(&self, req: Request<Streaming<pb::ImportChunk>>) -> Result<Response<pb::Image>, Status> {
         images::image_import(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn image_list(&self, req: Request<pb::Empty>) -> Result<Response<pb::Images>, Status> {
         images::image_list(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn image_inspect(&self, req: Request<pb::ImageRef>) -> Result<Response<pb::JsonDoc>, Status> {
         images::image_inspect(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn image_tag(&self, req: Request<pb::ImageTagRequest>) -> Result<Response<pb::Empty>, Status> {
         images::image_tag(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn image_remove(
         &self,
         req: Request<pb::ImageRemoveRequest>,
@@ -117,30 +123,36 @@ impl pb::engine_server::Engine for EngineService {
 
     type ImageSaveStream = ChunkStream;
 
+    #[tracing::instrument(skip_all)]
     async fn image_save(&self, req: Request<pb::ImageSaveRequest>) -> Result<Response<ChunkStream>, Status> {
         images::image_save(self, req).await
     }
 
     type ImagePullStream = ProgressStream;
 
+    #[tracing::instrument(skip_all)]
     async fn image_pull(&self, req: Request<pb::ImagePullRequest>) -> Result<Response<ProgressStream>, Status> {
         images::image_pull(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn image_resolve(&self, req: Request<pb::ImagePullRequest>) -> Result<Response<pb::ImageRef>, Status> {
         images::image_resolve(self, req).await
     }
 
     type ImagePushStream = ProgressStream;
 
+    #[tracing::instrument(skip_all)]
     async fn image_push(&self, req: Request<pb::ImagePushRequest>) -> Result<Response<ProgressStream>, Status> {
         images::image_push(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn registry_login(&self, req: Request<pb::RegistryLoginRequest>) -> Result<Response<pb::Empty>, Status> {
         images::registry_login(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn container_run(
         &self,
         req: Request<pb::ContainerRunRequest>,
@@ -148,6 +160,7 @@ impl pb::engine_server::Engine for EngineService {
         containers::container_run(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn container_list(
         &self,
         req: Request<pb::ContainerListRequest>,
@@ -155,10 +168,12 @@ impl pb::engine_server::Engine for EngineService {
         containers::container_list(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn container_inspect(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::JsonDoc>, Status> {
         containers::container_inspect(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn container_stop(
         &self,
         req: Request<pb::ContainerStopRequest>,
@@ -166,10 +181,12 @@ impl pb::engine_server::Engine for EngineService {
         containers::container_stop(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn container_start(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerInfo>, Status> {
         containers::container_start(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn container_restart(
         &self,
         req: Request<pb::ContainerStopRequest>,
@@ -179,10 +196,12 @@ impl pb::engine_server::Engine for EngineService {
 
     type ContainerStatsStream = StatsStream;
 
+    #[tracing::instrument(skip_all)]
     async fn container_stats(&self, req: Request<pb::ContainerStatsRequest>) -> Result<Response<StatsStream>, Status> {
         streams::container_stats(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn container_top(
         &self,
         req: Request<pb::ContainerRef>,
@@ -192,6 +211,7 @@ impl pb::engine_server::Engine for EngineService {
 
     type ContainerCopyOutStream = ChunkStream;
 
+    #[tracing::instrument(skip_all)]
     async fn container_copy_out(
         &self,
         req: Request<pb::ContainerCopyRequest>,
@@ -199,6 +219,7 @@ impl pb::engine_server::Engine for EngineService {
         streams::container_copy_out(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn container_copy_in(
         &self,
         req: Request<Streaming<pb::ContainerCopyInChunk>>,
@@ -206,6 +227,7 @@ impl pb::engine_server::Engine for EngineService {
         streams::container_copy_in(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn container_kill(
         &self,
         req: Request<pb::ContainerKillRequest>,
@@ -213,6 +235,7 @@ impl pb::engine_server::Engine for EngineService {
         containers::container_kill(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn container_remove(
         &self,
         req: Request<pb::ContainerRemoveRequest>,
@@ -220,46 +243,56 @@ impl pb::engine_server::Engine for EngineService {
         containers::container_remove(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn container_wait(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerExit>, Status> {
         containers::container_wait(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn volume_create(&self, req: Request<pb::VolumeRef>) -> Result<Response<pb::VolumeInfo>, Status> {
         volumes::volume_create(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn volume_list(&self, req: Request<pb::Empty>) -> Result<Response<pb::VolumeInfos>, Status> {
         volumes::volume_list(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn volume_inspect(&self, req: Request<pb::VolumeRef>) -> Result<Response<pb::JsonDoc>, Status> {
         volumes::volume_inspect(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn volume_remove(&self, req: Request<pb::VolumeRemoveRequest>) -> Result<Response<pb::Empty>, Status> {
         volumes::volume_remove(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn system_df(&self, _req: Request<pb::Empty>) -> Result<Response<pb::DiskUsage>, Status> {
         crate::prune::disk_usage(self).await.map(Response::new)
     }
 
+    #[tracing::instrument(skip_all)]
     async fn prune(&self, req: Request<pb::PruneRequest>) -> Result<Response<pb::PruneResponse>, Status> {
         crate::prune::prune(self, req.into_inner()).await.map(Response::new)
     }
 
     type EventsStream = crate::events::EventStream;
 
+    #[tracing::instrument(skip_all)]
     async fn events(&self, req: Request<pb::EventsRequest>) -> Result<Response<crate::events::EventStream>, Status> {
         crate::events::stream(&self.containers.events(), req.into_inner()).map(Response::new)
     }
 
     type ContainerExecStream = ExecStream;
 
+    #[tracing::instrument(skip_all)]
     async fn container_exec(&self, req: Request<Streaming<pb::ExecInput>>) -> Result<Response<ExecStream>, Status> {
         streams::container_exec(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn network_create(
         &self,
         req: Request<pb::NetworkCreateRequest>,
@@ -267,14 +300,17 @@ impl pb::engine_server::Engine for EngineService {
         networks::network_create(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn network_list(&self, req: Request<pb::Empty>) -> Result<Response<pb::NetworkInfos>, Status> {
         networks::network_list(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn network_remove(&self, req: Request<pb::NetworkRef>) -> Result<Response<pb::Empty>, Status> {
         networks::network_remove(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn network_connect(
         &self,
         req: Request<pb::NetworkConnectRequest>,
@@ -282,6 +318,7 @@ impl pb::engine_server::Engine for EngineService {
         networks::network_connect(self, req).await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn network_disconnect(
         &self,
         req: Request<pb::NetworkConnectRequest>,
@@ -291,12 +328,14 @@ impl pb::engine_server::Engine for EngineService {
 
     type ContainerAttachStream = ExecStream;
 
+    #[tracing::instrument(skip_all)]
     async fn container_attach(&self, req: Request<Streaming<pb::AttachInput>>) -> Result<Response<ExecStream>, Status> {
         streams::container_attach(self, req).await
     }
 
     type ContainerLogsStream = LogStream;
 
+    #[tracing::instrument(skip_all)]
     async fn container_logs(&self, req: Request<pb::ContainerLogsRequest>) -> Result<Response<LogStream>, Status> {
         streams::container_logs(self, req).await
     }

@@ -2,6 +2,7 @@
 //! and the `/etc` files that name its endpoints.
 
 use super::*;
+use tokio_util::sync::CancellationToken;
 
 /// How often the daemon hands netd everything even when nothing was missed.
 pub(super) const NET_RESYNC: Duration = Duration::from_secs(30);
@@ -255,7 +256,7 @@ impl Containers {
     /// Starts the thread that keeps netd in step: a full sync at start, then
     /// whenever netd missed a change (retrying every second while it is down),
     /// and every `NET_RESYNC` in case netd lost its state.
-    pub fn keep_networks(self: &Arc<Self>) {
+    pub fn keep_networks(self: &Arc<Self>, cancel: CancellationToken) {
         if self.networks.get().is_none() {
             return;
         }
@@ -264,7 +265,7 @@ impl Containers {
             .name("netsync".into())
             .spawn(move || {
                 let mut last = std::time::Instant::now();
-                loop {
+                while !cancel.is_cancelled() {
                     let pending = this.net_pending.load(std::sync::atomic::Ordering::SeqCst);
                     if pending || last.elapsed() >= NET_RESYNC {
                         match this.sync_networks() {

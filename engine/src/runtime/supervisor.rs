@@ -2,6 +2,7 @@
 //! containers that ended, and answers `wait`.
 
 use super::*;
+use tokio_util::sync::CancellationToken;
 
 /// The longest a foreground client's hold keeps a `--rm` container.
 pub(super) const HOLD_FOR: Duration = Duration::from_secs(600);
@@ -80,14 +81,14 @@ impl Containers {
     /// Starts the supervisor thread: restarts containers by their policy and
     /// removes `--rm` containers that ended. Its first pass is the daemon's
     /// start-up one (where `always` brings back stopped containers too).
-    pub fn supervise(self: &Arc<Self>) {
+    pub fn supervise(self: &Arc<Self>, cancel: CancellationToken) {
         let this = self.clone();
         std::thread::Builder::new()
             .name("supervisor".into())
             .spawn(move || {
                 let watch = watch::DirWatch::renames(&this.root);
                 let mut starting = true;
-                loop {
+                while !cancel.is_cancelled() {
                     let due = this.supervise_once(starting, watch.as_ref());
                     starting = false;
                     let until_due = due.map(|d| Duration::from_millis(d.saturating_sub(now_ms())));
