@@ -20,7 +20,6 @@
 //!   in the store, and exactly one running container per slot on the nodes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -33,7 +32,7 @@ use shoal_agent::fake_runtime::FakeRuntime;
 use shoal_agent::session::{self, Connect, Inbound, SessionConfig};
 use shoal_agent::worker::Worker;
 use shoal_engine::runtime::Status;
-use shoal_manager::raft::mem::{MemNetworkFactory, Router};
+use shoal_manager::raft::mem::{MemNetworkFactory, Router, run_seeded, seeds};
 use shoal_manager::state::{Command, Response};
 use shoal_manager::{Manager, ManagerConfig};
 use shoal_proto::model::{Availability, Cluster, Meta, Node, NodeDescription, NodeSpec, NodeStatus, Role};
@@ -550,40 +549,6 @@ impl Sim {
             m.shutdown().await;
         }
         Ok(())
-    }
-}
-
-// === seeds ===
-
-fn seeds(default: &[u64]) -> Vec<u64> {
-    match std::env::var("SHOAL_SIM_SEEDS") {
-        Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
-        Err(_) => default.to_vec(),
-    }
-}
-
-/// Prints the seed if the scenario panics (e.g. an `expect` deep inside).
-struct SeedGuard(u64);
-
-impl Drop for SeedGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("failing seed: {} (re-run with SHOAL_SIM_SEEDS={})", self.0, self.0);
-        }
-    }
-}
-
-async fn run_seeded<F, Fut>(name: &str, seed: u64, within: Duration, scenario: F)
-where
-    F: FnOnce(u64) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let _guard = SeedGuard(seed);
-    let started = Instant::now();
-    match tokio::time::timeout(within, scenario(seed)).await {
-        Err(_) => panic!("{name}: seed {seed}: timed out after {within:?} (re-run with SHOAL_SIM_SEEDS={seed})"),
-        Ok(Err(e)) => panic!("{name}: seed {seed}: {e:#} (re-run with SHOAL_SIM_SEEDS={seed})"),
-        Ok(Ok(())) => eprintln!("{name}: seed {seed} passed in {:?}", started.elapsed()),
     }
 }
 

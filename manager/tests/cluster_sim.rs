@@ -16,7 +16,6 @@
 //!   `one_leader_per_term_is_guaranteed`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -26,7 +25,7 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use openraft::alias::LogIdOf;
 use openraft::async_runtime::WatchReceiver as _;
 use openraft::{BasicNode, ChangeMembers, RaftLogReader as _, RaftMetrics, ServerState};
-use shoal_manager::raft::mem::{MemNetworkFactory, Router};
+use shoal_manager::raft::mem::{MemNetworkFactory, Router, run_seeded, seeds};
 use shoal_manager::raft::storage::{self, LogStore, StateMachine};
 use shoal_manager::raft::{Raft, TypeConfig};
 use shoal_manager::state::{Command, Request, Response, State};
@@ -446,41 +445,6 @@ fn assert_acked_present(
         );
     }
     Ok(())
-}
-
-// === running seeded scenarios ===
-
-/// Seeds from `SHOAL_SIM_SEEDS` (comma-separated) or the defaults.
-fn seeds(default: &[u64]) -> Vec<u64> {
-    match std::env::var("SHOAL_SIM_SEEDS") {
-        Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
-        Err(_) => default.to_vec(),
-    }
-}
-
-/// Prints the seed if the scenario panics (e.g. an `expect` deep inside).
-struct SeedGuard(u64);
-
-impl Drop for SeedGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("failing seed: {} (re-run with SHOAL_SIM_SEEDS={})", self.0, self.0);
-        }
-    }
-}
-
-async fn run_seeded<F, Fut>(name: &str, seed: u64, within: Duration, scenario: F)
-where
-    F: FnOnce(u64) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let _guard = SeedGuard(seed);
-    let started = Instant::now();
-    match tokio::time::timeout(within, scenario(seed)).await {
-        Err(_) => panic!("{name}: seed {seed}: timed out after {within:?} (re-run with SHOAL_SIM_SEEDS={seed})"),
-        Ok(Err(e)) => panic!("{name}: seed {seed}: {e:#} (re-run with SHOAL_SIM_SEEDS={seed})"),
-        Ok(Ok(())) => eprintln!("{name}: seed {seed} passed in {:?}", started.elapsed()),
-    }
 }
 
 // === tests ===

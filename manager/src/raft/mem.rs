@@ -264,3 +264,40 @@ impl RaftNetworkV2<TypeConfig> for MemNetwork {
             .await
     }
 }
+
+// === seeded runs ===
+
+/// Seeds from `SHOAL_SIM_SEEDS` (comma-separated) or the defaults.
+pub fn seeds(default: &[u64]) -> Vec<u64> {
+    match std::env::var("SHOAL_SIM_SEEDS") {
+        Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        Err(_) => default.to_vec(),
+    }
+}
+
+/// Prints the seed if the scenario panics (e.g. an `expect` deep inside).
+struct SeedGuard(u64);
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("failing seed: {} (re-run with SHOAL_SIM_SEEDS={})", self.0, self.0);
+        }
+    }
+}
+
+/// Runs one seed's scenario within `within`; a failure or a timeout panics
+/// naming the seed and how to run it alone.
+pub async fn run_seeded<F, Fut>(name: &str, seed: u64, within: Duration, scenario: F)
+where
+    F: FnOnce(u64) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let _guard = SeedGuard(seed);
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(within, scenario(seed)).await {
+        Err(_) => panic!("{name}: seed {seed}: timed out after {within:?} (re-run with SHOAL_SIM_SEEDS={seed})"),
+        Ok(Err(e)) => panic!("{name}: seed {seed}: {e:#} (re-run with SHOAL_SIM_SEEDS={seed})"),
+        Ok(Ok(())) => eprintln!("{name}: seed {seed} passed in {:?}", started.elapsed()),
+    }
+}
