@@ -171,8 +171,7 @@ impl Connect for MemConnect {
                 }
             })
             .take_until(cut.clone().cancelled_owned());
-        let down =
-            shoal_manager::dispatcher::DispatcherService::open_session(mgr, self.id.clone(), Box::pin(up)).await?;
+        let down = shoal_manager::session::DispatcherService::open_session(mgr, self.id.clone(), Box::pin(up)).await?;
         let net = self.net.clone();
         let down = down
             .then(move |m| {

@@ -9,26 +9,19 @@
 //! end when its leadership ends, so two managers never judge liveness at once.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt as _};
-use openraft::async_runtime::WatchReceiver as _;
-use shoal_proto::model::{NodeDescription, NodeState, NodeStatus, Role};
+use shoal_proto::model::{NodeState, NodeStatus};
 use shoal_proto::pb;
 use shoal_proto::probe::Outcome;
 use shoal_proto::service::{Task, TaskState, TaskStatus};
-use shoal_proto::tls::Identity;
-use tokio::sync::{Notify, broadcast, mpsc};
-use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument as _;
+use tokio::sync::{Notify, mpsc};
+use tonic::Status;
 
-use crate::auth;
 use crate::liveness::{Action, Liveness, Timing};
-use crate::manager::{Manager, Route, manager_addrs};
 use crate::state::{NodeStatusUpdate, ObjKey};
-use crate::store::{Event, Store};
+use crate::store::Store;
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -69,20 +62,20 @@ impl Dispatcher {
         self.inner.liveness.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn seen(&self, node_id: &str) {
+    pub(crate) fn seen(&self, node_id: &str) {
         self.liveness().heard(node_id, Instant::now());
     }
 
-    fn heartbeat_period(&self) -> Duration {
+    pub(crate) fn heartbeat_period(&self) -> Duration {
         self.liveness().timing().period
     }
 
-    fn probe_result(&self, target: &str, round: u64, outcome: Outcome) {
+    pub(crate) fn probe_result(&self, target: &str, round: u64, outcome: Outcome) {
         self.liveness().result(target, round, outcome);
         self.inner.wake.notify_one();
     }
 
-    fn report(&self, update: NodeStatusUpdate) {
+    pub(crate) fn report(&self, update: NodeStatusUpdate) {
         self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).push(update);
         self.inner.wake.notify_one();
     }
@@ -212,7 +205,7 @@ impl Dispatcher {
     }
 
     /// Sends the node's whole set; false when the session is gone.
-    async fn send_all(
+    pub(crate) async fn send_all(
         &self,
         node_id: &str,
         sent: &mut HashMap<String, String>,
@@ -231,7 +224,7 @@ impl Dispatcher {
 
     /// Sends what changed in the node's set among the changed `keys` since
     /// `sent` (which it updates), if anything did; false when the session is gone.
-    async fn send_changes(
+    pub(crate) async fn send_changes(
         &self,
         node_id: &str,
         keys: &[ObjKey],
@@ -325,7 +318,7 @@ impl Dispatcher {
     }
 
     /// A node's log lines, passed on; a request whose client is gone is cancelled on its nodes.
-    async fn log_chunk(&self, chunk: pb::LogsChunk) {
+    pub(crate) async fn log_chunk(&self, chunk: pb::LogsChunk) {
         let (tx, lines, cancel) = {
             let mut reqs = self.inner.log_requests.lock().unwrap_or_else(|p| p.into_inner());
             let Some(r) = reqs.get_mut(&chunk.request_id) else { return };
@@ -398,7 +391,18 @@ impl Dispatcher {
     }
 
     /// What a node should know about itself, from the current state.
-    fn session_state(&self, managers: Vec<String>, node_id: &str) -> pb::SessionState {
+    /// Registers `node_id`'s session stream (replacing an older one); the
+    /// guard unregisters it when the session's task ends.
+    pub(crate) fn register_session(
+        &self,
+        node_id: &str,
+        tx: mpsc::Sender<Result<pb::ManagerMessage, Status>>,
+    ) -> SessionGuard {
+        self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(node_id.to_string(), tx.clone());
+        SessionGuard { d: self.clone(), node_id: node_id.to_string(), tx, goodbye: false }
+    }
+
+    pub(crate) fn session_state(&self, managers: Vec<String>, node_id: &str) -> pb::SessionState {
         let state = self.inner.store.read();
         match state.nodes.get(node_id) {
             Some(n) => pb::SessionState {
@@ -415,12 +419,12 @@ impl Dispatcher {
 
 /// Unregisters a session's stream when its task ends (if no newer one
 /// replaced it), and tells liveness the node's session ended.
-struct SessionGuard {
+pub(crate) struct SessionGuard {
     d: Dispatcher,
     node_id: String,
     tx: mpsc::Sender<Result<pb::ManagerMessage, Status>>,
     /// The node said goodbye: it is restarting on purpose.
-    goodbye: bool,
+    pub(crate) goodbye: bool,
 }
 
 impl Drop for SessionGuard {
@@ -445,166 +449,6 @@ struct LogRequest {
     nodes: Vec<String>,
 }
 
-pub struct DispatcherService {
-    pub mgr: Arc<Manager>,
-}
-
-pub type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ManagerMessage, Status>> + Send>>;
-
-fn msg(m: pb::manager_message::Msg) -> Result<pb::ManagerMessage, Status> {
+pub(crate) fn msg(m: pb::manager_message::Msg) -> Result<pb::ManagerMessage, Status> {
     Ok(pb::ManagerMessage { msg: Some(m) })
-}
-
-#[tonic::async_trait]
-impl pb::dispatcher_server::Dispatcher for DispatcherService {
-    type SessionStream = SessionStream;
-
-    #[tracing::instrument(skip_all, fields(node.id = tracing::field::Empty))]
-    async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<SessionStream>, Status> {
-        let id = auth::require_node(&req, &self.mgr.cfg.cluster_id, &[Role::Manager, Role::Worker])?;
-        tracing::Span::current().record("node.id", id.node_id.as_str());
-        DispatcherService::open_session(self.mgr.clone(), id, req.into_inner()).await.map(Response::new)
-    }
-}
-
-impl DispatcherService {
-    /// Serves the session of a node whose certificate said who it is, over any
-    /// transport: gRPC over mTLS (`session`), or in-memory streams in an
-    /// in-process test. A follower refuses it, naming the leader.
-    pub async fn open_session<S>(mgr: Arc<Manager>, id: Identity, inbound: S) -> Result<SessionStream, Status>
-    where
-        S: Stream<Item = Result<pb::AgentMessage, Status>> + Send + Unpin + 'static,
-    {
-        let Some(token) = mgr.leadership() else {
-            return Err(match mgr.route(&Request::new(())).await {
-                Ok(Route::Leader { addr, .. }) => {
-                    let mut s = Status::failed_precondition(format!("not the leader; the leader is {addr}"));
-                    if let Ok(v) = addr.parse() {
-                        s.metadata_mut().insert("x-shoal-leader", v);
-                    }
-                    s
-                }
-                Ok(Route::Local) => Status::unavailable("leadership is being confirmed; retry"),
-                Err(e) => e,
-            });
-        };
-        if !mgr.store.read().nodes.contains_key(&id.node_id) {
-            return Err(Status::permission_denied(format!("node {} was removed from the swarm", id.node_id)));
-        }
-        let mut inbound = inbound;
-        let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.next()).await {
-            Ok(Some(Ok(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(h)) }))) => h,
-            _ => return Err(Status::invalid_argument("a session starts with a hello")),
-        };
-        let node_id = id.node_id.clone();
-        tracing::info!(hostname = %hello.hostname, "session started");
-        let d = mgr.dispatcher.clone();
-        d.seen(&node_id);
-        d.report(NodeStatusUpdate {
-            id: node_id.clone(),
-            status: NodeStatus { state: NodeState::Ready, message: String::new() },
-            description: Some(NodeDescription {
-                hostname: hello.hostname,
-                addr: hello.addr,
-                engine_version: hello.engine_version,
-                cert_expiry_ms: id.not_after_ms,
-                nano_cpus: hello.nano_cpus,
-                memory_bytes: hello.memory_bytes,
-                probe_key: hex(&hello.probe_key),
-                os: hello.os,
-                arch: hello.arch,
-            }),
-        });
-        let (tx, rx) = mpsc::channel(16);
-        d.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(node_id.clone(), tx.clone());
-        let mut events = mgr.store.subscribe();
-        let guard = SessionGuard { d: d.clone(), node_id: node_id.clone(), tx: tx.clone(), goodbye: false };
-        // The session's task stays in this RPC's span, for as long as the stream lasts.
-        let span = tracing::Span::current();
-        let session = async move {
-            // Moved whole, so it drops when the session ends.
-            let mut guard = guard;
-            let mut last = d.session_state(manager_addrs(&mgr), &node_id);
-            if tx.send(msg(pb::manager_message::Msg::State(last.clone()))).await.is_err() {
-                return;
-            }
-            // The whole assignment set on (re)connect, then what changes in it.
-            let mut sent = HashMap::new();
-            if !d.send_all(&node_id, &mut sent, &tx).await {
-                return;
-            }
-            let mut membership = mgr.raft.metrics();
-            loop {
-                let refresh = tokio::select! {
-                    _ = token.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("leadership changed; reconnect"))).await;
-                        return;
-                    }
-                    m = inbound.next() => match m.transpose() {
-                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(_)) })) => {
-                            d.seen(&node_id);
-                            let ack = pb::HeartbeatAck { period_ms: d.heartbeat_period().as_millis() as u32 };
-                            if tx.send(msg(pb::manager_message::Msg::Ack(ack))).await.is_err() { return; }
-                            false
-                        }
-                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Logs(chunk)) })) => {
-                            d.log_chunk(chunk).await;
-                            false
-                        }
-                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Statuses(s)) })) => {
-                            d.seen(&node_id);
-                            d.report_tasks(&node_id, s.reports);
-                            false
-                        }
-                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::ProbeResult(r)) })) => {
-                            d.probe_result(&r.node_id, r.probe_id, Outcome::parse(&r.outcome));
-                            false
-                        }
-                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Goodbye(_)) })) => {
-                            tracing::info!("node said goodbye: it is restarting");
-                            guard.goodbye = true;
-                            false
-                        }
-                        Ok(Some(_)) => false,
-                        Ok(None) | Err(_) => {
-                            tracing::info!("session ended");
-                            return;
-                        }
-                    },
-                    ev = events.recv() => match ev {
-                        Ok(Event::Changed { keys, .. }) => {
-                            if !d.send_changes(&node_id, &keys, &mut sent, &tx).await {
-                                return;
-                            }
-                            keys.iter().any(|k| matches!(k, ObjKey::Node(_)))
-                        }
-                        Ok(Event::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            if !d.send_all(&node_id, &mut sent, &tx).await {
-                                return;
-                            }
-                            true
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                    r = membership.changed() => { if r.is_err() { return; } true }
-                };
-                if refresh {
-                    let now = d.session_state(manager_addrs(&mgr), &node_id);
-                    if now != last {
-                        last = now.clone();
-                        if tx.send(msg(pb::manager_message::Msg::State(now))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        };
-        tokio::spawn(session.instrument(span));
-        let stream: SessionStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
-        Ok(stream)
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -1,6 +1,6 @@
 //! The manager role: the Raft-replicated cluster state (`raft`, `store`,
 //! `state`), the APIs that change it (`api`), the certificate authority
-//! (`ca`), agent sessions (`dispatcher`), the pure orchestrator and scheduler
+//! (`ca`), agent sessions (`dispatcher`: their state; `session`: their gRPC face), the pure orchestrator and scheduler
 //! (`orchestrator`), the leader-only loops that write their results (`leader`)
 //! and the server that exposes them.
 //! It never runs containers or touches the host's network.
@@ -16,6 +16,7 @@ pub mod manager;
 pub mod orchestrator;
 pub mod raft;
 pub mod server;
+pub mod session;
 pub mod state;
 pub mod store;
 

@@ -11,8 +11,8 @@ use tonic::transport::Server;
 
 use crate::Manager;
 use crate::api::{CaService, ControlService};
-use crate::dispatcher::DispatcherService;
 use crate::raft::service::RaftService;
+use crate::session::DispatcherService;
 
 /// Largest message on the manager port (snapshots travel whole).
 pub const MAX_MESSAGE: usize = 256 << 20;

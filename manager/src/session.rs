@@ -1,0 +1,186 @@
+//! The node sessions' gRPC face: `DispatcherService::session` checks the
+//! node's certificate and hands the stream to `open_session`, which serves a
+//! session over any stream (gRPC over mTLS on hosts, in-memory streams in
+//! the in-process cluster test). A follower refuses it, naming the leader.
+//! The dispatcher's own state (queues, liveness, assignments) stays in
+//! `dispatcher`, which knows nothing of `Manager`.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt as _};
+use openraft::async_runtime::WatchReceiver as _;
+use shoal_proto::model::{NodeDescription, NodeState, NodeStatus, Role};
+use shoal_proto::pb;
+use shoal_proto::probe::Outcome;
+use shoal_proto::tls::Identity;
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
+
+use crate::auth;
+use crate::dispatcher::msg;
+use crate::manager::{Manager, Route, manager_addrs};
+use crate::state::{NodeStatusUpdate, ObjKey};
+use crate::store::Event;
+
+pub struct DispatcherService {
+    pub mgr: Arc<Manager>,
+}
+
+pub type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ManagerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::dispatcher_server::Dispatcher for DispatcherService {
+    type SessionStream = SessionStream;
+
+    #[tracing::instrument(skip_all, fields(node.id = tracing::field::Empty))]
+    async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<SessionStream>, Status> {
+        let id = auth::require_node(&req, &self.mgr.cfg.cluster_id, &[Role::Manager, Role::Worker])?;
+        tracing::Span::current().record("node.id", id.node_id.as_str());
+        DispatcherService::open_session(self.mgr.clone(), id, req.into_inner()).await.map(Response::new)
+    }
+}
+
+impl DispatcherService {
+    /// Serves the session of a node whose certificate said who it is, over any
+    /// transport: gRPC over mTLS (`session`), or in-memory streams in an
+    /// in-process test. A follower refuses it, naming the leader.
+    pub async fn open_session<S>(mgr: Arc<Manager>, id: Identity, inbound: S) -> Result<SessionStream, Status>
+    where
+        S: Stream<Item = Result<pb::AgentMessage, Status>> + Send + Unpin + 'static,
+    {
+        let Some(token) = mgr.leadership() else {
+            return Err(match mgr.route(&Request::new(())).await {
+                Ok(Route::Leader { addr, .. }) => {
+                    let mut s = Status::failed_precondition(format!("not the leader; the leader is {addr}"));
+                    if let Ok(v) = addr.parse() {
+                        s.metadata_mut().insert("x-shoal-leader", v);
+                    }
+                    s
+                }
+                Ok(Route::Local) => Status::unavailable("leadership is being confirmed; retry"),
+                Err(e) => e,
+            });
+        };
+        if !mgr.store.read().nodes.contains_key(&id.node_id) {
+            return Err(Status::permission_denied(format!("node {} was removed from the swarm", id.node_id)));
+        }
+        let mut inbound = inbound;
+        let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.next()).await {
+            Ok(Some(Ok(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(h)) }))) => h,
+            _ => return Err(Status::invalid_argument("a session starts with a hello")),
+        };
+        let node_id = id.node_id.clone();
+        tracing::info!(hostname = %hello.hostname, "session started");
+        let d = mgr.dispatcher.clone();
+        d.seen(&node_id);
+        d.report(NodeStatusUpdate {
+            id: node_id.clone(),
+            status: NodeStatus { state: NodeState::Ready, message: String::new() },
+            description: Some(NodeDescription {
+                hostname: hello.hostname,
+                addr: hello.addr,
+                engine_version: hello.engine_version,
+                cert_expiry_ms: id.not_after_ms,
+                nano_cpus: hello.nano_cpus,
+                memory_bytes: hello.memory_bytes,
+                probe_key: hex(&hello.probe_key),
+                os: hello.os,
+                arch: hello.arch,
+            }),
+        });
+        let (tx, rx) = mpsc::channel(16);
+        let guard = d.register_session(&node_id, tx.clone());
+        let mut events = mgr.store.subscribe();
+        // The session's task stays in this RPC's span, for as long as the stream lasts.
+        let span = tracing::Span::current();
+        let session = async move {
+            // Moved whole, so it drops when the session ends.
+            let mut guard = guard;
+            let mut last = d.session_state(manager_addrs(&mgr), &node_id);
+            if tx.send(msg(pb::manager_message::Msg::State(last.clone()))).await.is_err() {
+                return;
+            }
+            // The whole assignment set on (re)connect, then what changes in it.
+            let mut sent = HashMap::new();
+            if !d.send_all(&node_id, &mut sent, &tx).await {
+                return;
+            }
+            let mut membership = mgr.raft.metrics();
+            loop {
+                let refresh = tokio::select! {
+                    _ = token.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("leadership changed; reconnect"))).await;
+                        return;
+                    }
+                    m = inbound.next() => match m.transpose() {
+                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(_)) })) => {
+                            d.seen(&node_id);
+                            let ack = pb::HeartbeatAck { period_ms: d.heartbeat_period().as_millis() as u32 };
+                            if tx.send(msg(pb::manager_message::Msg::Ack(ack))).await.is_err() { return; }
+                            false
+                        }
+                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Logs(chunk)) })) => {
+                            d.log_chunk(chunk).await;
+                            false
+                        }
+                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Statuses(s)) })) => {
+                            d.seen(&node_id);
+                            d.report_tasks(&node_id, s.reports);
+                            false
+                        }
+                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::ProbeResult(r)) })) => {
+                            d.probe_result(&r.node_id, r.probe_id, Outcome::parse(&r.outcome));
+                            false
+                        }
+                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Goodbye(_)) })) => {
+                            tracing::info!("node said goodbye: it is restarting");
+                            guard.goodbye = true;
+                            false
+                        }
+                        Ok(Some(_)) => false,
+                        Ok(None) | Err(_) => {
+                            tracing::info!("session ended");
+                            return;
+                        }
+                    },
+                    ev = events.recv() => match ev {
+                        Ok(Event::Changed { keys, .. }) => {
+                            if !d.send_changes(&node_id, &keys, &mut sent, &tx).await {
+                                return;
+                            }
+                            keys.iter().any(|k| matches!(k, ObjKey::Node(_)))
+                        }
+                        Ok(Event::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            if !d.send_all(&node_id, &mut sent, &tx).await {
+                                return;
+                            }
+                            true
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    r = membership.changed() => { if r.is_err() { return; } true }
+                };
+                if refresh {
+                    let now = d.session_state(manager_addrs(&mgr), &node_id);
+                    if now != last {
+                        last = now.clone();
+                        if tx.send(msg(pb::manager_message::Msg::State(now))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::spawn(session.instrument(span));
+        let stream: SessionStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok(stream)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
