@@ -383,10 +383,15 @@ impl Sandboxes {
         self.handles.retain(|n, _| names.contains(n));
         let mut sandboxes = Vec::new();
         for name in names {
-            // A file that pins nothing (a create cut short) is left out:
-            // if the view wants it, creating it again takes its place.
             let h = match self.handle(&name).await {
                 Ok(h) => h,
+                // A file that pins no namespace (after a reboot, or a create
+                // cut short) is netd's own garbage.
+                Err(SysError::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::info!(sandbox = %name, "removing a pin that pins nothing");
+                    unpin_netns(&self.path(&name))?;
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(sandbox = %name, error = %e, "cannot enter sandbox");
                     continue;

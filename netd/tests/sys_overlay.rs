@@ -3,7 +3,8 @@
 //! program one overlay network from their view; a "container" on each
 //! host, attached to its sandbox's bridge, pings the other across the
 //! VXLAN. Drift (a deleted FDB entry, a downed `vx0`) is repaired by the
-//! next pass, and a view without the network leaves nothing behind.
+//! next pass, and a view without the network leaves nothing behind. A
+//! second test pushes a view through netd's API (`SyncCluster`).
 //! Every namespace is a thread's own or pinned in this test's temporary
 //! directory, unpinned even when the test fails; the root namespace's
 //! network is never touched. Skipped without root.
@@ -298,4 +299,54 @@ async fn scenario(h1: &Parked, h2: &Parked, c1: &Parked, c2: &Parked, dir1: &Pat
         assert!(!links.iter().any(|l| l.name == "eth0"), "{links:?}");
     }
     Ok(())
+}
+
+/// The real path: a view pushed over netd's API (`SyncCluster`) is kept in
+/// its state and programmed; a bad view is refused; a view without the
+/// network removes it.
+#[test]
+fn a_view_pushed_over_netds_api_is_programmed_and_kept() {
+    if !can_run() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    use shoal_netd::service::{Netd, NetdService};
+    use shoal_proto::pb::netd_server::Netd as _;
+
+    let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-overlay").tempdir().unwrap());
+    let root = pins.dir("netd");
+    let test = std::thread::spawn(move || {
+        own_netns();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let netd = Netd::open(&root, sys::connect().unwrap()).unwrap();
+            let api = NetdService(netd);
+            let v = view("h1", "10.99.0.1", ("h2", "10.99.0.2"));
+            let r = api.sync_cluster(tonic::Request::new(v.to_pb())).await.unwrap().into_inner();
+            assert_eq!(r.errors, Vec::<String>::new());
+            let ns = sandbox_name(NET);
+            let pin = root.join("sandboxes").join(&ns);
+            let links = sys::observe(&sys::connect_in(&pin).await.unwrap()).await.unwrap();
+            assert!(links.iter().any(|l| l.name == "vx0" && l.kind == LinkKind::Vxlan && l.up), "{links:?}");
+            let state: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(root.join("state.json")).unwrap()).unwrap();
+            assert_eq!(state["view"]["networks"][0]["vni"], VNI, "the view is kept for a restart");
+
+            let mut bad = v.to_pb();
+            bad.networks[0].vni = 0;
+            let refused = api.sync_cluster(tonic::Request::new(bad)).await.unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+            assert!(pin.exists(), "a refused view changes nothing");
+
+            let empty = NetView { networks: vec![], endpoints: vec![], ..v };
+            let r = api.sync_cluster(tonic::Request::new(empty.to_pb())).await.unwrap().into_inner();
+            assert_eq!(r.errors, Vec::<String>::new());
+            assert!(!pin.exists(), "the sandbox is gone");
+        });
+    });
+    let r = test.join();
+    drop(pins);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
 }

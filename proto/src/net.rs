@@ -161,6 +161,107 @@ impl NetView {
     pub fn peer(&self, node: &str) -> Option<&Peer> {
         self.peers.iter().find(|p| p.node == node)
     }
+
+    /// As it travels to netd.
+    pub fn to_pb(&self) -> crate::pb::NetView {
+        crate::pb::NetView {
+            node: self.node.clone(),
+            data_addr: self.data_addr.to_string(),
+            networks: self
+                .networks
+                .iter()
+                .map(|n| crate::pb::OverlayNetwork {
+                    id: n.id.clone(),
+                    name: n.name.clone(),
+                    vni: n.vni,
+                    subnet: format!("{}/{}", n.subnet, n.prefix),
+                    gateway: n.gateway.to_string(),
+                    mtu: n.mtu,
+                    internal: n.internal,
+                })
+                .collect(),
+            peers: self
+                .peers
+                .iter()
+                .map(|p| crate::pb::OverlayPeer { node: p.node.clone(), data_addr: p.data_addr.to_string() })
+                .collect(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| crate::pb::OverlayEndpoint {
+                    id: e.id.clone(),
+                    network: e.network.clone(),
+                    addr: e.addr.to_string(),
+                    node: e.node.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Reads a view off the wire, refusing one netd could not program: bad
+    /// addresses, a VNI beyond 24 bits, a network id that is not hex of at
+    /// least 12 digits (its sandbox is named from it), an MTU below 68.
+    pub fn from_pb(v: &crate::pb::NetView) -> Result<NetView, String> {
+        let addr = |what: &str, s: &str| -> Result<Ipv4Addr, String> {
+            s.parse().map_err(|_| format!("{what}: {s:?} is not an IPv4 address"))
+        };
+        let mut networks = Vec::new();
+        for n in &v.networks {
+            let what = format!("network {:?}", n.id);
+            if n.id.len() < 12 || !n.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("{what}: the id must be at least 12 hex digits"));
+            }
+            if n.vni == 0 || n.vni > 0xff_ffff {
+                return Err(format!("{what}: VNI {} is not in 1..=16777215", n.vni));
+            }
+            if n.mtu < 68 {
+                return Err(format!("{what}: MTU {} is below 68", n.mtu));
+            }
+            let (subnet, prefix) = n
+                .subnet
+                .split_once('/')
+                .ok_or_else(|| format!("{what}: subnet {:?} is not ADDRESS/PREFIX", n.subnet))?;
+            let prefix: u8 = prefix
+                .parse()
+                .ok()
+                .filter(|p| *p <= 32)
+                .ok_or_else(|| format!("{what}: subnet {:?} has no valid prefix", n.subnet))?;
+            networks.push(OverlayNetwork {
+                id: n.id.clone(),
+                name: n.name.clone(),
+                vni: n.vni,
+                subnet: addr(&what, subnet)?,
+                prefix,
+                gateway: addr(&what, &n.gateway)?,
+                mtu: n.mtu,
+                internal: n.internal,
+            });
+        }
+        Ok(NetView {
+            node: v.node.clone(),
+            data_addr: addr("the data address", &v.data_addr)?,
+            networks,
+            peers: v
+                .peers
+                .iter()
+                .map(|p| {
+                    Ok(Peer { node: p.node.clone(), data_addr: addr(&format!("peer {:?}", p.node), &p.data_addr)? })
+                })
+                .collect::<Result<_, String>>()?,
+            endpoints: v
+                .endpoints
+                .iter()
+                .map(|e| {
+                    Ok(OverlayEndpoint {
+                        id: e.id.clone(),
+                        network: e.network.clone(),
+                        addr: addr(&format!("endpoint {:?}", e.id), &e.addr)?,
+                        node: e.node.clone(),
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        })
+    }
 }
 
 /// A container's MAC: locally administered `02:42` followed by its IPv4
@@ -223,6 +324,20 @@ mod tests {
         };
         let back: NetView = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
         assert_eq!(back, v);
+        assert_eq!(NetView::from_pb(&v.to_pb()), Ok(v.clone()));
+        let refused = |f: fn(&mut crate::pb::NetView)| {
+            let mut p = v.to_pb();
+            f(&mut p);
+            NetView::from_pb(&p).unwrap_err()
+        };
+        assert!(refused(|p| p.data_addr = "x".into()).contains("not an IPv4 address"));
+        assert!(refused(|p| p.networks[0].id = "app".into()).contains("12 hex digits"));
+        assert!(refused(|p| p.networks[0].vni = 1 << 24).contains("VNI"));
+        assert!(refused(|p| p.networks[0].mtu = 0).contains("MTU"));
+        assert!(refused(|p| p.networks[0].subnet = "10.10.0.0".into()).contains("ADDRESS/PREFIX"));
+        assert!(refused(|p| p.networks[0].subnet = "10.10.0.0/40".into()).contains("prefix"));
+        assert!(refused(|p| p.peers[0].data_addr = "10.98.0".into()).contains("peer \"n2\""));
+        assert!(refused(|p| p.endpoints[0].addr = String::new()).contains("endpoint \"t1\""));
         assert_eq!(v.peer("n2").map(|p| p.data_addr), Some("10.98.0.12".parse().unwrap()));
         assert!(v.peer("n3").is_none());
     }
