@@ -14,6 +14,7 @@ pub mod dnsd;
 pub mod ipam;
 pub mod model;
 pub mod net;
+pub mod overlay;
 pub mod plan;
 pub mod rules;
 pub mod service;

@@ -75,6 +75,7 @@ pub struct ObservedLink {
 pub enum LinkKind {
     Bridge,
     Veth,
+    Vxlan,
     Other,
 }
 
@@ -88,6 +89,24 @@ pub fn veth_name(container: &str, network_id: &str) -> String {
     format!("shv{}{}", prefix(container, 6), prefix(network_id, 5))
 }
 
+/// The namespace of overlay network `id` (a file in netd's sandbox
+/// directory): `shov` + 12 hex digits.
+pub fn sandbox_name(network_id: &str) -> String {
+    format!("shov{}", prefix(network_id, 12))
+}
+
+/// Whether netd made the sandbox namespace of this name (and so may empty and remove it).
+pub fn is_sandbox(name: &str) -> bool {
+    name.strip_prefix("shov").is_some_and(|r| r.len() == 12 && r.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// An overlay's VXLAN device in the host's namespace, where it is created
+/// (so its UDP socket stays there) before it moves into its sandbox as
+/// `vx0`: `shx` + the VNI in 6 hex digits.
+pub fn vxlan_host_name(vni: u32) -> String {
+    format!("shx{:06x}", vni & 0xff_ffff)
+}
+
 fn prefix(s: &str, n: usize) -> &str {
     &s[..s.len().min(n)]
 }
@@ -95,7 +114,9 @@ fn prefix(s: &str, n: usize) -> &str {
 /// Whether netd created the link of this name (and so may change or delete it).
 pub fn is_ours(name: &str) -> bool {
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    name.strip_prefix("shbr").is_some_and(|r| hex(r, 11)) || name.strip_prefix("shv").is_some_and(|r| hex(r, 11))
+    name.strip_prefix("shbr").is_some_and(|r| hex(r, 11))
+        || name.strip_prefix("shv").is_some_and(|r| hex(r, 11))
+        || name.strip_prefix("shx").is_some_and(|r| hex(r, 6))
 }
 
 #[cfg(test)]
@@ -108,11 +129,17 @@ mod tests {
         let ctr = "fedcba9876543210";
         assert_eq!(bridge_name(net), "shbr0123456789a");
         assert_eq!(veth_name(ctr, net), "shvfedcba01234");
-        for n in [bridge_name(net), veth_name(ctr, net)] {
+        assert_eq!(vxlan_host_name(4100), "shx001004");
+        for n in [bridge_name(net), veth_name(ctr, net), vxlan_host_name(4100), vxlan_host_name(0xff_ffff)] {
             assert!(n.len() <= 15 && is_ours(&n), "{n}");
         }
-        for theirs in ["docker0", "eth0", "shbr", "shbrxyz", "shv123", "veth1234", "shoal0"] {
+        for theirs in ["docker0", "eth0", "shbr", "shbrxyz", "shv123", "veth1234", "shoal0", "shx1004", "vxlan0"] {
             assert!(!is_ours(theirs), "{theirs}");
+        }
+        assert_eq!(sandbox_name(net), "shov0123456789ab");
+        assert!(is_sandbox(&sandbox_name(net)));
+        for theirs in ["shov", "shov0123", "ov-0123456789ab", "shov0123456789ag", "cni-1234"] {
+            assert!(!is_sandbox(theirs), "{theirs}");
         }
     }
 }

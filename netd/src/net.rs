@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+pub use shoal_proto::net::mac_for;
 
 /// An IPv4 subnet, `10.1.2.0/24`, always stored with its host bits cleared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -96,13 +97,6 @@ impl fmt::Display for Subnet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.network(), self.prefix)
     }
-}
-
-/// A container's MAC: locally administered `02:42` followed by its IPv4
-/// address, as Docker derives it, so an address always has the same MAC.
-pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [0x02, 0x42, o[0], o[1], o[2], o[3]]
 }
 
 pub fn mac_string(mac: [u8; 6]) -> String {

@@ -1,7 +1,8 @@
-//! The netd process: its state (networks, endpoints, addresses; saved to
-//! `<root>/state.json` after every change), the reconcile pass that makes
-//! the kernel match it (on every change and every `RESYNC`), and the local
-//! gRPC API the daemon calls. The predefined `bridge` network always exists.
+//! The netd process: its state (networks, endpoints, addresses, the node's
+//! overlay view; saved to `<root>/state.json` after every change), the
+//! reconcile pass that makes the kernel match it (on every change and every
+//! `RESYNC`), and the local gRPC API the daemon calls. The predefined
+//! `bridge` network always exists.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use shoal_proto::net::NetView;
 use shoal_proto::pb;
 use tonic::{Request, Response, Status};
 
@@ -18,6 +20,7 @@ use crate::dnsd::Dns;
 use crate::ipam::{Ipam, default_pools};
 use crate::model::{Desired, EndpointSpec, NetworkSpec, PortMap, veth_name};
 use crate::net::{Subnet, mac_for, mac_string};
+use crate::overlay;
 use crate::plan::{Action, plan};
 use crate::sys;
 
@@ -31,6 +34,10 @@ pub struct State {
     pub networks: Vec<NetworkSpec>,
     pub endpoints: Vec<EndpointSpec>,
     pub ipam: Ipam,
+    /// The node's overlay view as last handed down (`SyncCluster`); until
+    /// one comes, netd leaves overlays alone.
+    #[serde(default)]
+    pub view: Option<NetView>,
 }
 
 impl State {
@@ -73,6 +80,10 @@ pub struct Netd {
     pass: tokio::sync::Mutex<()>,
     /// The embedded DNS server, following the endpoints.
     dns: Arc<Dns>,
+    /// The overlays' sandboxes (pinned under `<root>/sandboxes`).
+    sandboxes: tokio::sync::Mutex<sys::Sandboxes>,
+    /// The overlay steps that failed in the last pass, with why.
+    overlay_failures: Mutex<Vec<String>>,
 }
 
 impl Netd {
@@ -106,6 +117,8 @@ impl Netd {
         let netd = Arc::new(Netd {
             root: root.to_path_buf(),
             state: Mutex::new(state),
+            sandboxes: tokio::sync::Mutex::new(sys::Sandboxes::new(host.clone(), root.join("sandboxes"))),
+            overlay_failures: Mutex::new(Vec::new()),
             host,
             rules: Mutex::new(None),
             pass: tokio::sync::Mutex::new(()),
@@ -156,6 +169,11 @@ impl Netd {
                 }
             }
         }
+        let view = self.state.lock().unwrap_or_else(|p| p.into_inner()).view.clone();
+        if let Some(view) = view {
+            let errors = self.sync_overlays(&view).await;
+            *self.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()) = errors;
+        }
         // DNS follows the endpoints (after them: its sockets need the namespaces' loopback up).
         let networks = self.state.lock().unwrap_or_else(|p| p.into_inner()).networks.clone();
         self.dns.set_table(Table::build(&networks, &desired.endpoints));
@@ -163,6 +181,30 @@ impl Netd {
             desired.endpoints.iter().map(|e| (e.container.clone(), e.netns.clone())).collect();
         for (container, why) in self.dns.reconcile(&want) {
             tracing::debug!(container, error = %why, "cannot serve DNS in the container yet");
+        }
+        failed
+    }
+
+    /// The overlays' part of a pass: their sandboxes made to match `view`.
+    /// Returns the steps that failed, with why.
+    async fn sync_overlays(&self, view: &NetView) -> Vec<String> {
+        let mut sandboxes = self.sandboxes.lock().await;
+        let (host, observed) = match sandboxes.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot observe the overlays");
+                return vec![format!("observing the overlays: {e}")];
+            }
+        };
+        let mut failed = Vec::new();
+        for action in overlay::plan(view, &host, &observed) {
+            match sandboxes.apply(&action).await {
+                Ok(()) => tracing::debug!(?action, "applied"),
+                Err(e) => {
+                    tracing::warn!(?action, error = %e, "overlay reconcile step failed");
+                    failed.push(format!("{action:?}: {e}"));
+                }
+            }
         }
         failed
     }
@@ -336,6 +378,15 @@ impl pb::netd_server::Netd for NetdService {
         };
         self.0.forget(&r.container, network.as_deref()).await?;
         Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn sync_cluster(&self, req: Request<pb::NetView>) -> Result<Response<pb::SyncClusterResponse>, Status> {
+        let view = NetView::from_pb(&req.into_inner()).map_err(Status::invalid_argument)?;
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner()).view = Some(view);
+        self.0.save()?;
+        self.0.sync().await;
+        let errors = self.0.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(Response::new(pb::SyncClusterResponse { errors }))
     }
 
     async fn sync(&self, req: Request<pb::SyncRequest>) -> Result<Response<pb::SyncResponse>, Status> {

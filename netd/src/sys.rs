@@ -4,20 +4,28 @@
 //! replaces netd's nft table with one `nft -f` per sync. A handle for a
 //! container's namespace is a netlink socket opened on a thread that
 //! entered that namespace; the socket stays there, the thread does not.
+//! `Sandboxes` does the same for the overlay planner's actions: it makes
+//! and pins netd's sandbox namespaces and programs VXLAN devices, FDB and
+//! neighbour entries in them.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
-use crate::model::{LinkKind, ObservedLink};
-use crate::net::mac_for;
+use crate::model::{LinkKind, ObservedLink, is_sandbox, vxlan_host_name};
+use crate::net::{mac_for, mac_string};
+use crate::overlay::{self, ObservedNeigh, ObservedSandbox, ObservedVxlan, OverlayAction};
 use crate::plan::Action;
 use crate::rules;
 
@@ -126,6 +134,7 @@ pub async fn observe(h: &Handle) -> Result<Vec<ObservedLink>, SysError> {
                             match i {
                                 LinkInfo::Kind(InfoKind::Bridge) => kind = LinkKind::Bridge,
                                 LinkInfo::Kind(InfoKind::Veth) => kind = LinkKind::Veth,
+                                LinkInfo::Kind(InfoKind::Vxlan) => kind = LinkKind::Vxlan,
                                 _ => {}
                             }
                         }
@@ -322,4 +331,367 @@ pub fn apply_rules(ruleset: &str) -> Result<(), SysError> {
     } else {
         Err(SysError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string()))
     }
+}
+
+/// netd's overlay sandboxes: network namespaces pinned as files in `dir`
+/// (`/run/shoal/netns` on a host; a temporary directory in tests), each
+/// reached through a netlink socket opened inside it and kept for later
+/// passes. VXLAN devices are made through `host`, the host's namespace.
+pub struct Sandboxes {
+    host: Handle,
+    dir: PathBuf,
+    handles: HashMap<String, Handle>,
+}
+
+impl Sandboxes {
+    pub fn new(host: Handle, dir: impl Into<PathBuf>) -> Sandboxes {
+        Sandboxes { host, dir: dir.into(), handles: HashMap::new() }
+    }
+
+    /// The file that pins sandbox `ns`.
+    pub fn path(&self, ns: &str) -> PathBuf {
+        self.dir.join(ns)
+    }
+
+    /// A netlink handle inside sandbox `ns`.
+    pub async fn handle(&mut self, ns: &str) -> Result<Handle, SysError> {
+        if let Some(h) = self.handles.get(ns) {
+            return Ok(h.clone());
+        }
+        let h = connect_in(&self.path(ns)).await?;
+        self.handles.insert(ns.to_string(), h.clone());
+        Ok(h)
+    }
+
+    /// The host namespace's links and every sandbox of netd's in `dir`.
+    pub async fn observe(&mut self) -> Result<(Vec<ObservedLink>, Vec<ObservedSandbox>), SysError> {
+        let host = observe(&self.host).await?;
+        let mut names = Vec::new();
+        match std::fs::read_dir(&self.dir) {
+            Ok(entries) => {
+                for e in entries {
+                    let e = e.map_err(io(format!("listing {}", self.dir.display())))?;
+                    if let Some(name) = e.file_name().to_str().filter(|n| is_sandbox(n)) {
+                        names.push(name.to_string());
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(format!("listing {}", self.dir.display()))(e)),
+        }
+        names.sort();
+        self.handles.retain(|n, _| names.contains(n));
+        let mut sandboxes = Vec::new();
+        for name in names {
+            let h = match self.handle(&name).await {
+                Ok(h) => h,
+                // A file that pins no namespace (after a reboot, or a create
+                // cut short) is netd's own garbage.
+                Err(SysError::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::info!(sandbox = %name, "removing a pin that pins nothing");
+                    unpin_netns(&self.path(&name))?;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %name, error = %e, "cannot enter sandbox");
+                    continue;
+                }
+            };
+            sandboxes.push(observe_sandbox(&h, name).await?);
+        }
+        Ok((host, sandboxes))
+    }
+
+    /// Applies one overlay action.
+    pub async fn apply(&mut self, action: &OverlayAction) -> Result<(), SysError> {
+        use OverlayAction as O;
+        match action {
+            O::DeleteHostLink { name } => apply(&self.host, &Action::DeleteLink { name: name.clone() }).await,
+            O::CreateSandbox { ns } => self.create_sandbox(ns),
+            O::DeleteSandbox { ns } => self.delete_sandbox(ns).await,
+            O::DeleteLink { ns, name } => {
+                apply(&self.handle(ns).await?, &Action::DeleteLink { name: name.clone() }).await
+            }
+            O::CreateBridge { ns, mtu } => self
+                .handle(ns)
+                .await?
+                .link()
+                .add(LinkBridge::new(overlay::BRIDGE).mtu(*mtu).build())
+                .execute()
+                .await
+                .map_err(nl(format!("creating {} in {ns}", overlay::BRIDGE))),
+            O::CreateVxlan { ns, vni, local, mtu } => self.create_vxlan(ns, *vni, *local, *mtu).await,
+            O::SetMtu { ns, name, mtu } => {
+                apply(&self.handle(ns).await?, &Action::SetMtu { name: name.clone(), mtu: *mtu }).await
+            }
+            O::AddAddress { ns, name, addr, prefix } => {
+                let a = Action::AddAddress { name: name.clone(), addr: *addr, prefix: *prefix };
+                apply(&self.handle(ns).await?, &a).await
+            }
+            O::DelAddress { ns, name, addr, prefix } => {
+                let a = Action::DelAddress { name: name.clone(), addr: *addr, prefix: *prefix };
+                apply(&self.handle(ns).await?, &a).await
+            }
+            O::SetUp { ns, name } => apply(&self.handle(ns).await?, &Action::SetUp { name: name.clone() }).await,
+            O::SetMaster { ns, name, master } => {
+                let a = Action::SetMaster { name: name.clone(), master: master.clone() };
+                apply(&self.handle(ns).await?, &a).await
+            }
+            O::AddFdb { ns, mac, dst } => {
+                let h = self.handle(ns).await?;
+                let i = index_of(&h, overlay::VXLAN).await?;
+                h.neighbours()
+                    .add_bridge(i, mac)
+                    .flags(NeighbourFlags::Own)
+                    .destination(IpAddr::V4(*dst))
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(nl(format!("adding fdb {} dst {dst} in {ns}", mac_string(*mac))))
+            }
+            O::DelFdb { ns, mac, dst } => {
+                let h = self.handle(ns).await?;
+                let i = index_of(&h, overlay::VXLAN).await?;
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Bridge;
+                m.header.ifindex = i;
+                m.header.flags = NeighbourFlags::Own;
+                m.header.state = NeighbourState::Permanent;
+                m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+                m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*dst)));
+                absent_ok(h.neighbours().del(m).execute().await)
+                    .map_err(nl(format!("deleting fdb {} dst {dst} in {ns}", mac_string(*mac))))
+            }
+            O::AddNeigh { ns, ip, mac } => {
+                let h = self.handle(ns).await?;
+                let i = index_of(&h, overlay::VXLAN).await?;
+                h.neighbours()
+                    .add(i, IpAddr::V4(*ip))
+                    .link_layer_address(mac)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(nl(format!("adding neighbour {ip} in {ns}")))
+            }
+            O::DelNeigh { ns, ip } => {
+                let h = self.handle(ns).await?;
+                let i = index_of(&h, overlay::VXLAN).await?;
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Inet;
+                m.header.ifindex = i;
+                m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
+                absent_ok(h.neighbours().del(m).execute().await).map_err(nl(format!("deleting neighbour {ip} in {ns}")))
+            }
+        }
+    }
+
+    /// A new network namespace, pinned by a bind mount of its nsfs file on `dir/ns`.
+    fn create_sandbox(&mut self, ns: &str) -> Result<(), SysError> {
+        let path = self.path(ns);
+        std::fs::create_dir_all(&self.dir).map_err(io(format!("creating {}", self.dir.display())))?;
+        unpin_netns(&path)?;
+        File::create(&path).map_err(io(format!("creating {}", path.display())))?;
+        let target = path.clone();
+        let made = std::thread::spawn(move || -> std::io::Result<()> {
+            new_netns()?;
+            // The bind mount keeps the namespace once this thread is gone.
+            rustix::mount::mount_bind("/proc/thread-self/ns/net", &target)?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("the namespace thread panicked"))
+        .and_then(|r| r);
+        if made.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        made.map_err(io(format!("creating network namespace {}", path.display())))
+    }
+
+    /// Removes every link in sandbox `ns` (so its VXLAN socket closes now,
+    /// not when the kernel gets round to freeing the namespace), then the
+    /// namespace's pin.
+    async fn delete_sandbox(&mut self, ns: &str) -> Result<(), SysError> {
+        let path = self.path(ns);
+        if let Ok(h) = self.handle(ns).await {
+            for l in observe(&h).await? {
+                if l.name != "lo" {
+                    match index_of(&h, &l.name).await {
+                        Ok(i) => absent_ok(h.link().del(i).execute().await)
+                            .map_err(nl(format!("deleting {} in {ns}", l.name)))?,
+                        // A veth whose peer went first takes it along.
+                        Err(SysError::NoLink(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        self.handles.remove(ns);
+        unpin_netns(&path)
+    }
+
+    /// `vx0`: made in the host's namespace (its UDP socket stays there),
+    /// moved into the sandbox, renamed, enslaved to `br0` and set up.
+    async fn create_vxlan(&mut self, ns: &str, vni: u32, local: Ipv4Addr, mtu: u32) -> Result<(), SysError> {
+        let name = vxlan_host_name(vni);
+        // One left by an interrupted pass goes first.
+        if let Ok(i) = index_of(&self.host, &name).await {
+            let _ = self.host.link().del(i).execute().await;
+        }
+        let link = LinkVxlan::new(&name, vni)
+            .local(local)
+            .port(overlay::VXLAN_PORT)
+            .learning(false)
+            .proxy(true)
+            .mtu(mtu)
+            .build();
+        self.host.link().add(link).execute().await.map_err(nl(format!("creating vxlan {name} (vni {vni})")))?;
+        let path = self.path(ns);
+        let inner = self.handle(ns).await;
+        let result = async {
+            let inner = inner?;
+            let i = index_of(&self.host, &name).await?;
+            let file = File::open(&path).map_err(io(format!("opening {}", path.display())))?;
+            self.host
+                .link()
+                .set(LinkUnspec::new_with_index(i).setns_by_fd(file.as_raw_fd()).build())
+                .execute()
+                .await
+                .map_err(nl(format!("moving {name} into {ns}")))?;
+            let i = index_of(&inner, &name).await?;
+            inner
+                .link()
+                .set(LinkUnspec::new_with_index(i).name(overlay::VXLAN.to_string()).build())
+                .execute()
+                .await
+                .map_err(nl(format!("renaming {name} in {ns}")))?;
+            let b = index_of(&inner, overlay::BRIDGE).await?;
+            inner
+                .link()
+                .set(LinkUnspec::new_with_index(i).controller(b).up().build())
+                .execute()
+                .await
+                .map_err(nl(format!("enslaving {} in {ns}", overlay::VXLAN)))
+        }
+        .await;
+        if result.is_err()
+            && let Ok(i) = index_of(&self.host, &name).await
+        {
+            let _ = self.host.link().del(i).execute().await;
+        }
+        result
+    }
+}
+
+/// A delete of something already gone succeeded.
+fn absent_ok(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
+    match r {
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT || e.raw_code() == -libc::ENODEV => {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// Moves the calling thread into a new network namespace of its own.
+#[allow(unsafe_code)]
+fn new_netns() -> std::io::Result<()> {
+    use rustix::thread::{UnshareFlags, unshare_unsafe};
+    // SAFETY: only the network namespace is unshared, on a thread of this
+    // module's that does nothing else; no file descriptor table changes.
+    Ok(unsafe { unshare_unsafe(UnshareFlags::NEWNET) }?)
+}
+
+/// Removes the bind mount that pins a namespace, and its file.
+pub fn unpin_netns(path: &Path) -> Result<(), SysError> {
+    match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        // Not mounted (a file left by an interrupted create) or gone already.
+        Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(io(format!("unmounting {}", path.display()))(e.into())),
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(format!("removing {}", path.display()))(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Sandbox `name` as its handle shows it: links, `vx0`'s settings, its FDB
+/// entries with a remote and its neighbour entries.
+async fn observe_sandbox(h: &Handle, name: String) -> Result<ObservedSandbox, SysError> {
+    let links = observe(h).await?;
+    let mut s = ObservedSandbox { name, links, ..Default::default() };
+    let mut found = h.link().get().match_name(overlay::VXLAN.to_string()).execute();
+    let vx = match found.try_next().await {
+        Ok(Some(m)) => m,
+        _ => return Ok(s),
+    };
+    let index = vx.header.index;
+    s.vxlan = vxlan_settings(&vx);
+    let fdb: Vec<NeighbourMessage> = h
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Bridge)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl(format!("listing fdb entries in {}", s.name)))?;
+    for m in fdb.iter().filter(|m| m.header.ifindex == index && m.header.flags.contains(NeighbourFlags::Own)) {
+        // An AF_BRIDGE entry's remote is not parsed as an address: 4 bytes are IPv4.
+        let dst = match neigh_dst(m) {
+            Some(NeighbourAddress::Inet(ip)) => Some(*ip),
+            Some(NeighbourAddress::Other(b)) => <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from),
+            _ => None,
+        };
+        if let (Some(mac), Some(dst)) = (neigh_mac(m), dst) {
+            s.fdb.push((mac, dst));
+        }
+    }
+    let neigh: Vec<NeighbourMessage> = h
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Inet)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl(format!("listing neighbours in {}", s.name)))?;
+    for m in neigh.iter().filter(|m| m.header.ifindex == index) {
+        if let Some(NeighbourAddress::Inet(ip)) = neigh_dst(m) {
+            s.neigh.push(ObservedNeigh {
+                ip: *ip,
+                mac: neigh_mac(m),
+                permanent: m.header.state == NeighbourState::Permanent,
+            });
+        }
+    }
+    Ok(s)
+}
+
+fn neigh_mac(m: &NeighbourMessage) -> Option<[u8; 6]> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(l) => <[u8; 6]>::try_from(l.as_slice()).ok(),
+        _ => None,
+    })
+}
+
+fn neigh_dst(m: &NeighbourMessage) -> Option<&NeighbourAddress> {
+    m.attributes.iter().find_map(|a| if let NeighbourAttribute::Destination(d) = a { Some(d) } else { None })
+}
+
+fn vxlan_settings(m: &LinkMessage) -> Option<ObservedVxlan> {
+    let infos = m.attributes.iter().find_map(|a| if let LinkAttribute::LinkInfo(i) = a { Some(i) } else { None })?;
+    let data = infos.iter().find_map(|i| match i {
+        LinkInfo::Data(InfoData::Vxlan(d)) => Some(d),
+        _ => None,
+    })?;
+    let mut v = ObservedVxlan { vni: 0, local: None, port: 0, learning: true, proxy: false };
+    for d in data {
+        match d {
+            InfoVxlan::Id(id) => v.vni = *id,
+            InfoVxlan::Local(ip) => v.local = Some(*ip),
+            InfoVxlan::Port(p) => v.port = *p,
+            InfoVxlan::Learning(l) => v.learning = *l,
+            InfoVxlan::Proxy(p) => v.proxy = *p,
+            _ => {}
+        }
+    }
+    Some(v)
 }

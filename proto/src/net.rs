@@ -1,7 +1,9 @@
 //! netd's API types that its clients share: a published port (`PortMap`,
-//! parsed from Docker's `-p` and shown as Docker's PORTS column) and the
-//! address of the DNS server netd runs in every container's namespace. Pure
-//! values, so a client need not link netd.
+//! parsed from Docker's `-p` and shown as Docker's PORTS column), the
+//! address of the DNS server netd runs in every container's namespace, a
+//! node's view of the cluster's overlay networks (`NetView`) and the MAC
+//! derived from an address (`mac_for`). Pure values, so a client need not
+//! link netd.
 
 use std::net::Ipv4Addr;
 
@@ -103,6 +105,172 @@ impl PortMap {
     }
 }
 
+/// What one node needs to program its overlay networks, as the managers
+/// hand it down: the networks it takes part in, its own data-path address,
+/// the other nodes on those networks and every endpoint on them (this
+/// node's and the others'). netd programs every forwarding and neighbour
+/// entry from it: no learning, no flooding, no gossip.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetView {
+    /// This node's id.
+    pub node: String,
+    /// This node's address on the data path: the VXLAN devices' source.
+    pub data_addr: Ipv4Addr,
+    pub networks: Vec<OverlayNetwork>,
+    pub peers: Vec<Peer>,
+    pub endpoints: Vec<OverlayEndpoint>,
+}
+
+/// A cluster network as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayNetwork {
+    /// Hex id; netd names its sandbox from it.
+    pub id: String,
+    pub name: String,
+    /// The VXLAN network identifier (24 bits).
+    pub vni: u32,
+    /// The subnet's address and prefix length.
+    pub subnet: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    /// The network's MTU: the path's, less the VXLAN header.
+    pub mtu: u32,
+    /// No traffic in or out of the network but between its endpoints.
+    pub internal: bool,
+}
+
+/// Another node on at least one of this node's overlay networks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub node: String,
+    pub data_addr: Ipv4Addr,
+}
+
+/// A task's or container's address on an overlay network, and where it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayEndpoint {
+    /// The task's or container's id.
+    pub id: String,
+    pub network: String,
+    pub addr: Ipv4Addr,
+    /// The node it runs on.
+    pub node: String,
+}
+
+impl NetView {
+    pub fn peer(&self, node: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.node == node)
+    }
+
+    /// As it travels to netd.
+    pub fn to_pb(&self) -> crate::pb::NetView {
+        crate::pb::NetView {
+            node: self.node.clone(),
+            data_addr: self.data_addr.to_string(),
+            networks: self
+                .networks
+                .iter()
+                .map(|n| crate::pb::OverlayNetwork {
+                    id: n.id.clone(),
+                    name: n.name.clone(),
+                    vni: n.vni,
+                    subnet: format!("{}/{}", n.subnet, n.prefix),
+                    gateway: n.gateway.to_string(),
+                    mtu: n.mtu,
+                    internal: n.internal,
+                })
+                .collect(),
+            peers: self
+                .peers
+                .iter()
+                .map(|p| crate::pb::OverlayPeer { node: p.node.clone(), data_addr: p.data_addr.to_string() })
+                .collect(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| crate::pb::OverlayEndpoint {
+                    id: e.id.clone(),
+                    network: e.network.clone(),
+                    addr: e.addr.to_string(),
+                    node: e.node.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Reads a view off the wire, refusing one netd could not program: bad
+    /// addresses, a VNI beyond 24 bits, a network id that is not hex of at
+    /// least 12 digits (its sandbox is named from it), an MTU below 68.
+    pub fn from_pb(v: &crate::pb::NetView) -> Result<NetView, String> {
+        let addr = |what: &str, s: &str| -> Result<Ipv4Addr, String> {
+            s.parse().map_err(|_| format!("{what}: {s:?} is not an IPv4 address"))
+        };
+        let mut networks = Vec::new();
+        for n in &v.networks {
+            let what = format!("network {:?}", n.id);
+            if n.id.len() < 12 || !n.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("{what}: the id must be at least 12 hex digits"));
+            }
+            if n.vni == 0 || n.vni > 0xff_ffff {
+                return Err(format!("{what}: VNI {} is not in 1..=16777215", n.vni));
+            }
+            if n.mtu < 68 {
+                return Err(format!("{what}: MTU {} is below 68", n.mtu));
+            }
+            let (subnet, prefix) = n
+                .subnet
+                .split_once('/')
+                .ok_or_else(|| format!("{what}: subnet {:?} is not ADDRESS/PREFIX", n.subnet))?;
+            let prefix: u8 = prefix
+                .parse()
+                .ok()
+                .filter(|p| *p <= 32)
+                .ok_or_else(|| format!("{what}: subnet {:?} has no valid prefix", n.subnet))?;
+            networks.push(OverlayNetwork {
+                id: n.id.clone(),
+                name: n.name.clone(),
+                vni: n.vni,
+                subnet: addr(&what, subnet)?,
+                prefix,
+                gateway: addr(&what, &n.gateway)?,
+                mtu: n.mtu,
+                internal: n.internal,
+            });
+        }
+        Ok(NetView {
+            node: v.node.clone(),
+            data_addr: addr("the data address", &v.data_addr)?,
+            networks,
+            peers: v
+                .peers
+                .iter()
+                .map(|p| {
+                    Ok(Peer { node: p.node.clone(), data_addr: addr(&format!("peer {:?}", p.node), &p.data_addr)? })
+                })
+                .collect::<Result<_, String>>()?,
+            endpoints: v
+                .endpoints
+                .iter()
+                .map(|e| {
+                    Ok(OverlayEndpoint {
+                        id: e.id.clone(),
+                        network: e.network.clone(),
+                        addr: addr(&format!("endpoint {:?}", e.id), &e.addr)?,
+                        node: e.node.clone(),
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        })
+    }
+}
+
+/// A container's MAC: locally administered `02:42` followed by its IPv4
+/// address, as Docker derives it, so an address always has the same MAC.
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
 /// Docker's PORTS column: `0.0.0.0:8080->80/tcp`.
 pub fn port_string(p: &PortMap) -> String {
     let ip = p.host_ip.map_or("0.0.0.0".to_string(), |i| i.to_string());
@@ -123,5 +291,54 @@ mod tests {
         for bad in ["", "x:80", "8080:0", "1:2:3:4", "80/sctp", "300.0.0.1:80:80", "70000:80"] {
             assert!(parse_publish(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn macs_follow_the_address() {
+        assert_eq!(mac_for("172.18.0.2".parse().unwrap()), [0x02, 0x42, 172, 18, 0, 2]);
+        assert_eq!(mac_for("10.0.9.255".parse().unwrap()), [0x02, 0x42, 10, 0, 9, 255]);
+    }
+
+    #[test]
+    fn a_view_round_trips_through_json() {
+        let v = NetView {
+            node: "n1".into(),
+            data_addr: "10.98.0.11".parse().unwrap(),
+            networks: vec![OverlayNetwork {
+                id: "abcdef012345".into(),
+                name: "app".into(),
+                vni: 4100,
+                subnet: "10.10.0.0".parse().unwrap(),
+                prefix: 24,
+                gateway: "10.10.0.1".parse().unwrap(),
+                mtu: 1450,
+                internal: false,
+            }],
+            peers: vec![Peer { node: "n2".into(), data_addr: "10.98.0.12".parse().unwrap() }],
+            endpoints: vec![OverlayEndpoint {
+                id: "t1".into(),
+                network: "abcdef012345".into(),
+                addr: "10.10.0.2".parse().unwrap(),
+                node: "n2".into(),
+            }],
+        };
+        let back: NetView = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+        assert_eq!(back, v);
+        assert_eq!(NetView::from_pb(&v.to_pb()), Ok(v.clone()));
+        let refused = |f: fn(&mut crate::pb::NetView)| {
+            let mut p = v.to_pb();
+            f(&mut p);
+            NetView::from_pb(&p).unwrap_err()
+        };
+        assert!(refused(|p| p.data_addr = "x".into()).contains("not an IPv4 address"));
+        assert!(refused(|p| p.networks[0].id = "app".into()).contains("12 hex digits"));
+        assert!(refused(|p| p.networks[0].vni = 1 << 24).contains("VNI"));
+        assert!(refused(|p| p.networks[0].mtu = 0).contains("MTU"));
+        assert!(refused(|p| p.networks[0].subnet = "10.10.0.0".into()).contains("ADDRESS/PREFIX"));
+        assert!(refused(|p| p.networks[0].subnet = "10.10.0.0/40".into()).contains("prefix"));
+        assert!(refused(|p| p.peers[0].data_addr = "10.98.0".into()).contains("peer \"n2\""));
+        assert!(refused(|p| p.endpoints[0].addr = String::new()).contains("endpoint \"t1\""));
+        assert_eq!(v.peer("n2").map(|p| p.data_addr), Some("10.98.0.12".parse().unwrap()));
+        assert!(v.peer("n3").is_none());
     }
 }

@@ -1,0 +1,523 @@
+//! The overlay planner: a node's view of its overlay networks (`NetView`,
+//! from the managers) and what the kernel shows → the actions that make
+//! them agree. Pure, like `plan`, so every case is a table test; `sys`
+//! applies the actions with idempotent operations.
+//!
+//! Docker's layout: per network a namespace of netd's own (the sandbox,
+//! `model::sandbox_name`) holding `br0` (the gateway address, the network's
+//! MTU) and `vx0`, a VXLAN device made in the host's namespace (its UDP
+//! socket stays there, bound to port 4789 and this node's data address)
+//! with learning off and ARP proxying on. Every remote endpoint gets a
+//! static FDB entry (its MAC → its node's data address) and a static
+//! neighbour entry (its address → its MAC) on `vx0`, so `vx0` answers ARP
+//! itself: no flood entries, no learning, broadcast stays on its host (the
+//! note's choice, as Swarm). Local endpoints (veths into `br0`) are not
+//! this planner's.
+//!
+//! Order: leftovers in the host's namespace out, then per network the
+//! sandbox, `br0`, `vx0`, entry adds, entry deletes (adds first, so an
+//! endpoint that moves is never unreachable), and stale sandboxes last.
+//! Unchanged entries are not touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use shoal_proto::net::{NetView, OverlayNetwork, mac_for};
+
+use crate::model::{LinkKind, ObservedLink, is_ours, sandbox_name};
+
+/// The VXLAN UDP port (IANA's, Docker's default data-path port).
+pub const VXLAN_PORT: u16 = 4789;
+/// The bridge in every sandbox.
+pub const BRIDGE: &str = "br0";
+/// The VXLAN device in every sandbox.
+pub const VXLAN: &str = "vx0";
+
+pub type Mac = [u8; 6];
+
+/// A VXLAN device's settings as the kernel reports them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedVxlan {
+    pub vni: u32,
+    pub local: Option<Ipv4Addr>,
+    pub port: u16,
+    pub learning: bool,
+    pub proxy: bool,
+}
+
+/// A neighbour entry on `vx0`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedNeigh {
+    pub ip: Ipv4Addr,
+    pub mac: Option<Mac>,
+    pub permanent: bool,
+}
+
+/// One of netd's sandbox namespaces as the kernel shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObservedSandbox {
+    pub name: String,
+    pub links: Vec<ObservedLink>,
+    /// `vx0`'s settings, if it is a VXLAN device.
+    pub vxlan: Option<ObservedVxlan>,
+    /// `vx0`'s own forwarding entries that have a remote: (MAC, remote).
+    pub fdb: Vec<(Mac, Ipv4Addr)>,
+    /// `vx0`'s neighbour entries.
+    pub neigh: Vec<ObservedNeigh>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OverlayAction {
+    /// Removes a link of netd's left in the host's namespace (a VXLAN
+    /// device whose move into its sandbox was interrupted).
+    DeleteHostLink {
+        name: String,
+    },
+    /// A new network namespace, pinned in netd's sandbox directory.
+    CreateSandbox {
+        ns: String,
+    },
+    /// Removes a sandbox and everything in it.
+    DeleteSandbox {
+        ns: String,
+    },
+    DeleteLink {
+        ns: String,
+        name: String,
+    },
+    /// `br0` with this MTU.
+    CreateBridge {
+        ns: String,
+        mtu: u32,
+    },
+    /// `vx0`: made in the host's namespace with the VNI, `local`, port
+    /// 4789, learning off, ARP proxy on and the MTU; then moved into the
+    /// sandbox, renamed, enslaved to `br0` and set up.
+    CreateVxlan {
+        ns: String,
+        vni: u32,
+        local: Ipv4Addr,
+        mtu: u32,
+    },
+    SetMtu {
+        ns: String,
+        name: String,
+        mtu: u32,
+    },
+    AddAddress {
+        ns: String,
+        name: String,
+        addr: Ipv4Addr,
+        prefix: u8,
+    },
+    DelAddress {
+        ns: String,
+        name: String,
+        addr: Ipv4Addr,
+        prefix: u8,
+    },
+    SetUp {
+        ns: String,
+        name: String,
+    },
+    SetMaster {
+        ns: String,
+        name: String,
+        master: String,
+    },
+    /// A static forwarding entry on `vx0`: frames to `mac` go to `dst`
+    /// (replacing the remote an entry for `mac` had).
+    AddFdb {
+        ns: String,
+        mac: Mac,
+        dst: Ipv4Addr,
+    },
+    DelFdb {
+        ns: String,
+        mac: Mac,
+        dst: Ipv4Addr,
+    },
+    /// A permanent neighbour entry on `vx0` (replacing any for `ip`).
+    AddNeigh {
+        ns: String,
+        ip: Ipv4Addr,
+        mac: Mac,
+    },
+    DelNeigh {
+        ns: String,
+        ip: Ipv4Addr,
+    },
+}
+
+/// The actions that bring the host (`host_links`, its namespace's links)
+/// and netd's sandboxes to `view`.
+pub fn plan(view: &NetView, host_links: &[ObservedLink], sandboxes: &[ObservedSandbox]) -> Vec<OverlayAction> {
+    let mut actions = Vec::new();
+
+    // 1. VXLAN devices stranded in the host's namespace.
+    for l in host_links.iter().filter(|l| is_ours(&l.name) && l.name.starts_with("shx")) {
+        actions.push(OverlayAction::DeleteHostLink { name: l.name.clone() });
+    }
+
+    // 2. Each network's sandbox, made right.
+    let mut wanted = BTreeSet::new();
+    for n in &view.networks {
+        let ns = sandbox_name(&n.id);
+        wanted.insert(ns.clone());
+        let observed = sandboxes.iter().find(|s| s.name == ns);
+        if observed.is_none() {
+            actions.push(OverlayAction::CreateSandbox { ns: ns.clone() });
+        }
+        let empty = ObservedSandbox::default();
+        let s = observed.unwrap_or(&empty);
+        plan_bridge(&mut actions, &ns, n, s);
+        let vxlan_kept = plan_vxlan(&mut actions, &ns, n, view.data_addr, s);
+        // A VXLAN device made anew has no entries yet.
+        let (fdb, neigh) = if vxlan_kept { (&s.fdb[..], &s.neigh[..]) } else { (&[][..], &[][..]) };
+        plan_entries(&mut actions, &ns, remote_endpoints(view, n), fdb, neigh);
+    }
+
+    // 3. Stale sandboxes.
+    for s in sandboxes.iter().filter(|s| !wanted.contains(&s.name)) {
+        actions.push(OverlayAction::DeleteSandbox { ns: s.name.clone() });
+    }
+    actions
+}
+
+fn plan_bridge(actions: &mut Vec<OverlayAction>, ns: &str, n: &OverlayNetwork, s: &ObservedSandbox) {
+    let (ns, name) = (ns.to_string(), BRIDGE.to_string());
+    let want_addr = (n.gateway, n.prefix);
+    match s.links.iter().find(|l| l.name == BRIDGE) {
+        Some(l) if l.kind == LinkKind::Bridge => {
+            if l.mtu != n.mtu {
+                actions.push(OverlayAction::SetMtu { ns: ns.clone(), name: name.clone(), mtu: n.mtu });
+            }
+            for &(addr, prefix) in l.addrs.iter().filter(|a| **a != want_addr) {
+                actions.push(OverlayAction::DelAddress { ns: ns.clone(), name: name.clone(), addr, prefix });
+            }
+            if !l.addrs.contains(&want_addr) {
+                actions.push(OverlayAction::AddAddress {
+                    ns: ns.clone(),
+                    name: name.clone(),
+                    addr: n.gateway,
+                    prefix: n.prefix,
+                });
+            }
+            if !l.up {
+                actions.push(OverlayAction::SetUp { ns, name });
+            }
+        }
+        other => {
+            if other.is_some() {
+                actions.push(OverlayAction::DeleteLink { ns: ns.clone(), name: name.clone() });
+            }
+            actions.push(OverlayAction::CreateBridge { ns: ns.clone(), mtu: n.mtu });
+            actions.push(OverlayAction::AddAddress {
+                ns: ns.clone(),
+                name: name.clone(),
+                addr: n.gateway,
+                prefix: n.prefix,
+            });
+            actions.push(OverlayAction::SetUp { ns, name });
+        }
+    }
+}
+
+/// Whether `vx0` is kept (else it is made anew, without entries).
+fn plan_vxlan(
+    actions: &mut Vec<OverlayAction>,
+    ns: &str,
+    n: &OverlayNetwork,
+    local: Ipv4Addr,
+    s: &ObservedSandbox,
+) -> bool {
+    let (ns, name) = (ns.to_string(), VXLAN.to_string());
+    let link = s.links.iter().find(|l| l.name == VXLAN);
+    let right =
+        |v: &ObservedVxlan| v.vni == n.vni && v.local == Some(local) && v.port == VXLAN_PORT && !v.learning && v.proxy;
+    match (link, &s.vxlan) {
+        (Some(l), Some(v)) if l.kind == LinkKind::Vxlan && right(v) => {
+            if l.mtu != n.mtu {
+                actions.push(OverlayAction::SetMtu { ns: ns.clone(), name: name.clone(), mtu: n.mtu });
+            }
+            if l.master.as_deref() != Some(BRIDGE) {
+                // Enslaving sets it up too.
+                actions.push(OverlayAction::SetMaster { ns, name, master: BRIDGE.into() });
+            } else if !l.up {
+                actions.push(OverlayAction::SetUp { ns, name });
+            }
+            true
+        }
+        (link, _) => {
+            if link.is_some() {
+                actions.push(OverlayAction::DeleteLink { ns: ns.clone(), name });
+            }
+            actions.push(OverlayAction::CreateVxlan { ns, vni: n.vni, local, mtu: n.mtu });
+            false
+        }
+    }
+}
+
+/// The endpoints of network `n` on other nodes whose node is known: (address, that node's data address).
+fn remote_endpoints<'a>(view: &'a NetView, n: &'a OverlayNetwork) -> impl Iterator<Item = (Ipv4Addr, Ipv4Addr)> + 'a {
+    view.endpoints
+        .iter()
+        .filter(move |e| e.network == n.id && e.node != view.node)
+        .filter_map(|e| Some((e.addr, view.peer(&e.node)?.data_addr)))
+}
+
+fn plan_entries(
+    actions: &mut Vec<OverlayAction>,
+    ns: &str,
+    remote: impl Iterator<Item = (Ipv4Addr, Ipv4Addr)>,
+    fdb: &[(Mac, Ipv4Addr)],
+    neigh: &[ObservedNeigh],
+) {
+    let ns = ns.to_string();
+    let mut want_fdb: BTreeMap<Mac, Ipv4Addr> = BTreeMap::new();
+    let mut want_neigh: BTreeMap<Ipv4Addr, Mac> = BTreeMap::new();
+    for (ip, dst) in remote {
+        want_fdb.insert(mac_for(ip), dst);
+        want_neigh.insert(ip, mac_for(ip));
+    }
+    let mut deletes = Vec::new();
+
+    for (&mac, &dst) in &want_fdb {
+        let remotes: Vec<Ipv4Addr> = fdb.iter().filter(|(m, _)| *m == mac).map(|(_, d)| *d).collect();
+        if !remotes.contains(&dst) {
+            actions.push(OverlayAction::AddFdb { ns: ns.clone(), mac, dst });
+        }
+    }
+    for &(mac, dst) in fdb {
+        if want_fdb.get(&mac) != Some(&dst) {
+            deletes.push(OverlayAction::DelFdb { ns: ns.clone(), mac, dst });
+        }
+    }
+
+    for (&ip, &mac) in &want_neigh {
+        let right = neigh.iter().any(|e| e.ip == ip && e.mac == Some(mac) && e.permanent);
+        if !right {
+            actions.push(OverlayAction::AddNeigh { ns: ns.clone(), ip, mac });
+        }
+    }
+    // Entries the kernel made itself (not permanent) age out on their own.
+    for e in neigh.iter().filter(|e| e.permanent && !want_neigh.contains_key(&e.ip)) {
+        deletes.push(OverlayAction::DelNeigh { ns: ns.clone(), ip: e.ip });
+    }
+
+    actions.extend(deletes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::net::{OverlayEndpoint, Peer};
+
+    use OverlayAction as A;
+
+    const NET: &str = "aaaaaaaaaaaa0000";
+    const NS: &str = "shovaaaaaaaaaaaa";
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn network(id: &str, vni: u32) -> OverlayNetwork {
+        OverlayNetwork {
+            id: id.into(),
+            name: "app".into(),
+            vni,
+            subnet: ip("10.10.0.0"),
+            prefix: 24,
+            gateway: ip("10.10.0.1"),
+            mtu: 1450,
+            internal: false,
+        }
+    }
+
+    fn endpoint(id: &str, addr: &str, node: &str) -> OverlayEndpoint {
+        OverlayEndpoint { id: id.into(), network: NET.into(), addr: ip(addr), node: node.into() }
+    }
+
+    /// Node n1 (10.98.0.11) with peers n2 and n3, one endpoint on each node.
+    fn view() -> NetView {
+        NetView {
+            node: "n1".into(),
+            data_addr: ip("10.98.0.11"),
+            networks: vec![network(NET, 4100)],
+            peers: vec![
+                Peer { node: "n2".into(), data_addr: ip("10.98.0.12") },
+                Peer { node: "n3".into(), data_addr: ip("10.98.0.13") },
+            ],
+            endpoints: vec![
+                endpoint("t1", "10.10.0.2", "n1"),
+                endpoint("t2", "10.10.0.3", "n2"),
+                endpoint("t3", "10.10.0.4", "n3"),
+            ],
+        }
+    }
+
+    fn link(name: &str, kind: LinkKind, master: Option<&str>, addrs: &[(Ipv4Addr, u8)]) -> ObservedLink {
+        ObservedLink {
+            name: name.into(),
+            kind,
+            master: master.map(String::from),
+            mtu: 1450,
+            up: true,
+            addrs: addrs.to_vec(),
+        }
+    }
+
+    fn neigh(addr: &str) -> ObservedNeigh {
+        ObservedNeigh { ip: ip(addr), mac: Some(mac_for(ip(addr))), permanent: true }
+    }
+
+    /// What a host converged on `view()` shows.
+    fn converged() -> ObservedSandbox {
+        ObservedSandbox {
+            name: NS.into(),
+            links: vec![
+                link("lo", LinkKind::Other, None, &[(ip("127.0.0.1"), 8)]),
+                link(BRIDGE, LinkKind::Bridge, None, &[(ip("10.10.0.1"), 24)]),
+                link(VXLAN, LinkKind::Vxlan, Some(BRIDGE), &[]),
+                link("shv111111aaaaa", LinkKind::Veth, Some(BRIDGE), &[]),
+            ],
+            vxlan: Some(ObservedVxlan {
+                vni: 4100,
+                local: Some(ip("10.98.0.11")),
+                port: VXLAN_PORT,
+                learning: false,
+                proxy: true,
+            }),
+            fdb: vec![(mac_for(ip("10.10.0.3")), ip("10.98.0.12")), (mac_for(ip("10.10.0.4")), ip("10.98.0.13"))],
+            neigh: vec![neigh("10.10.0.3"), neigh("10.10.0.4")],
+        }
+    }
+
+    fn ns() -> String {
+        NS.into()
+    }
+
+    #[test]
+    fn from_nothing_everything_is_made_in_order() {
+        let a = plan(&view(), &[], &[]);
+        let (m3, m4) = (mac_for(ip("10.10.0.3")), mac_for(ip("10.10.0.4")));
+        assert_eq!(
+            a,
+            vec![
+                A::CreateSandbox { ns: ns() },
+                A::CreateBridge { ns: ns(), mtu: 1450 },
+                A::AddAddress { ns: ns(), name: BRIDGE.into(), addr: ip("10.10.0.1"), prefix: 24 },
+                A::SetUp { ns: ns(), name: BRIDGE.into() },
+                A::CreateVxlan { ns: ns(), vni: 4100, local: ip("10.98.0.11"), mtu: 1450 },
+                A::AddFdb { ns: ns(), mac: m3, dst: ip("10.98.0.12") },
+                A::AddFdb { ns: ns(), mac: m4, dst: ip("10.98.0.13") },
+                A::AddNeigh { ns: ns(), ip: ip("10.10.0.3"), mac: m3 },
+                A::AddNeigh { ns: ns(), ip: ip("10.10.0.4"), mac: m4 },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_converged_host_needs_nothing_and_strangers_stay() {
+        let host = vec![link("eth0", LinkKind::Other, None, &[]), link("vxlan0", LinkKind::Vxlan, None, &[])];
+        assert_eq!(plan(&view(), &host, &[converged()]), vec![]);
+        // A kernel-made neighbour entry for an address not in the view ages out by itself.
+        let mut s = converged();
+        s.neigh.push(ObservedNeigh { ip: ip("10.10.0.77"), mac: None, permanent: false });
+        assert_eq!(plan(&view(), &host, &[s]), vec![]);
+    }
+
+    #[test]
+    fn drift_is_repaired_with_the_fewest_actions() {
+        let mut s = converged();
+        // Someone deleted an FDB entry and a neighbour entry, downed vx0 and changed br0.
+        s.fdb.remove(0);
+        s.neigh[1].permanent = false;
+        s.links[2].up = false;
+        s.links[1].mtu = 1500;
+        s.links[1].addrs.push((ip("10.10.0.9"), 24));
+        let a = plan(&view(), &[link("shx001004", LinkKind::Vxlan, None, &[])], &[s]);
+        assert_eq!(
+            a,
+            vec![
+                A::DeleteHostLink { name: "shx001004".into() },
+                A::SetMtu { ns: ns(), name: BRIDGE.into(), mtu: 1450 },
+                A::DelAddress { ns: ns(), name: BRIDGE.into(), addr: ip("10.10.0.9"), prefix: 24 },
+                A::SetUp { ns: ns(), name: VXLAN.into() },
+                A::AddFdb { ns: ns(), mac: mac_for(ip("10.10.0.3")), dst: ip("10.98.0.12") },
+                A::AddNeigh { ns: ns(), ip: ip("10.10.0.4"), mac: mac_for(ip("10.10.0.4")) },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wrong_vxlan_device_is_replaced_and_reprogrammed() {
+        for wrong in [
+            |v: &mut ObservedVxlan| v.vni = 4101,
+            |v: &mut ObservedVxlan| v.local = Some("10.98.0.99".parse().unwrap()),
+            |v: &mut ObservedVxlan| v.port = 8472,
+            |v: &mut ObservedVxlan| v.learning = true,
+            |v: &mut ObservedVxlan| v.proxy = false,
+        ] {
+            let mut s = converged();
+            wrong(s.vxlan.as_mut().unwrap());
+            let a = plan(&view(), &[], &[s]);
+            assert_eq!(a[0], A::DeleteLink { ns: ns(), name: VXLAN.into() });
+            assert_eq!(a[1], A::CreateVxlan { ns: ns(), vni: 4100, local: ip("10.98.0.11"), mtu: 1450 });
+            // The new device has no entries: all are programmed again, none deleted.
+            assert_eq!(a.iter().filter(|x| matches!(x, A::AddFdb { .. } | A::AddNeigh { .. })).count(), 4);
+            assert_eq!(a.len(), 6, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn endpoints_that_move_or_leave_are_reprogrammed_adds_first() {
+        let mut v = view();
+        v.endpoints[1].node = "n3".into(); // t2 moved to n3 (same address)
+        v.endpoints.remove(2); // t3 is gone
+        v.endpoints.push(endpoint("t4", "10.10.0.5", "n9")); // on a node not (yet) a peer: skipped
+        v.endpoints.push(endpoint("t5", "10.10.0.6", "n1")); // local: not this planner's
+        let (m3, m4) = (mac_for(ip("10.10.0.3")), mac_for(ip("10.10.0.4")));
+        assert_eq!(
+            plan(&v, &[], &[converged()]),
+            vec![
+                A::AddFdb { ns: ns(), mac: m3, dst: ip("10.98.0.13") },
+                A::DelFdb { ns: ns(), mac: m3, dst: ip("10.98.0.12") },
+                A::DelFdb { ns: ns(), mac: m4, dst: ip("10.98.0.13") },
+                A::DelNeigh { ns: ns(), ip: ip("10.10.0.4") },
+            ]
+        );
+    }
+
+    #[test]
+    fn flood_entries_and_strays_on_vx0_are_removed() {
+        let mut s = converged();
+        s.fdb.push(([0; 6], ip("10.98.0.12")));
+        s.neigh.push(neigh("10.10.0.50"));
+        assert_eq!(
+            plan(&view(), &[], &[s]),
+            vec![
+                A::DelFdb { ns: ns(), mac: [0; 6], dst: ip("10.98.0.12") },
+                A::DelNeigh { ns: ns(), ip: ip("10.10.0.50") },
+            ]
+        );
+    }
+
+    #[test]
+    fn networks_that_leave_the_view_lose_their_sandbox_and_others_stay() {
+        let mut v = view();
+        v.networks.push(network("bbbbbbbbbbbb", 4200));
+        let stale = ObservedSandbox { name: "shovcccccccccccc".into(), ..Default::default() };
+        let a = plan(&v, &[], &[converged(), stale]);
+        assert_eq!(a.first(), Some(&A::CreateSandbox { ns: "shovbbbbbbbbbbbb".into() }));
+        assert!(
+            a.iter().any(|x| matches!(x, A::CreateVxlan { ns, vni: 4200, .. } if ns == "shovbbbbbbbbbbbb")),
+            "{a:?}"
+        );
+        assert_eq!(a.last(), Some(&A::DeleteSandbox { ns: "shovcccccccccccc".into() }));
+        assert!(!a.iter().any(|x| matches!(x, A::DeleteSandbox { ns } if ns == NS)));
+        let empty = NetView { networks: vec![], endpoints: vec![], ..view() };
+        assert_eq!(plan(&empty, &[], &[converged()]), vec![A::DeleteSandbox { ns: ns() }]);
+    }
+}

@@ -1,0 +1,352 @@
+//! The overlay planner and `sys::Sandboxes` against a real kernel: two
+//! "hosts" (network namespaces joined by a veth pair, the underlay) each
+//! program one overlay network from their view; a "container" on each
+//! host, attached to its sandbox's bridge, pings the other across the
+//! VXLAN. Drift (a deleted FDB entry, a downed `vx0`) is repaired by the
+//! next pass, and a view without the network leaves nothing behind. A
+//! second test pushes a view through netd's API (`SyncCluster`).
+//! Every namespace is a thread's own or pinned in this test's temporary
+//! directory, unpinned even when the test fails; the root namespace's
+//! network is never touched. Skipped without root.
+
+// own_netns calls unshare, which has no safe wrapper.
+#![allow(unsafe_code)]
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::TryStreamExt;
+use rtnetlink::{LinkUnspec, LinkVeth};
+use shoal_netd::model::{EndpointSpec, LinkKind, is_ours, sandbox_name};
+use shoal_netd::overlay::{self, OverlayAction};
+use shoal_netd::plan::Action;
+use shoal_netd::sys::{self, Sandboxes};
+use shoal_proto::net::{NetView, OverlayEndpoint, OverlayNetwork, Peer, mac_for};
+
+const NET: &str = "5e1f0e7a11ab0000";
+const VNI: u32 = 4242;
+
+fn can_run() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Moves the calling thread into a new network namespace of its own.
+fn own_netns() {
+    // SAFETY: unshare on this thread only; it is the test's own thread.
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", std::io::Error::last_os_error());
+}
+
+/// A thread parked in a network namespace of its own until dropped: a
+/// "host" or a "container".
+struct Parked {
+    path: PathBuf,
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Parked {
+    fn new() -> Parked {
+        let (ns_tx, ns_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            own_netns();
+            let tid = rustix::thread::gettid().as_raw_nonzero();
+            let _ = ns_tx.send(PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id())));
+            let _ = done_rx.recv();
+        });
+        Parked { path: ns_rx.recv().expect("the thread's namespace"), done: Some(done_tx), thread: Some(thread) }
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The hosts' sandbox directories; whatever is pinned there is unpinned
+/// when this is dropped, whether the test passed or not.
+struct Pins(tempfile::TempDir);
+
+impl Pins {
+    fn dir(&self, host: &str) -> PathBuf {
+        self.0.path().join(host)
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        for host in std::fs::read_dir(self.0.path()).into_iter().flatten().flatten() {
+            for pin in std::fs::read_dir(host.path()).into_iter().flatten().flatten() {
+                let _ = sys::unpin_netns(&pin.path());
+            }
+        }
+    }
+}
+
+fn ip4(s: &str) -> Ipv4Addr {
+    s.parse().expect("an IPv4 address")
+}
+
+fn view(node: &str, data_addr: &str, peer: (&str, &str)) -> NetView {
+    NetView {
+        node: node.into(),
+        data_addr: ip4(data_addr),
+        networks: vec![OverlayNetwork {
+            id: NET.into(),
+            name: "ovtest".into(),
+            vni: VNI,
+            subnet: ip4("10.10.0.0"),
+            prefix: 24,
+            gateway: ip4("10.10.0.1"),
+            mtu: 1450,
+            internal: false,
+        }],
+        peers: vec![Peer { node: peer.0.into(), data_addr: ip4(peer.1) }],
+        endpoints: vec![
+            OverlayEndpoint { id: "c1".into(), network: NET.into(), addr: ip4("10.10.0.2"), node: "h1".into() },
+            OverlayEndpoint { id: "c2".into(), network: NET.into(), addr: ip4("10.10.0.3"), node: "h2".into() },
+        ],
+    }
+}
+
+async fn converge(s: &mut Sandboxes, v: &NetView) -> Vec<OverlayAction> {
+    let (host, sandboxes) = s.observe().await.expect("observe");
+    let actions = overlay::plan(v, &host, &sandboxes);
+    for a in &actions {
+        s.apply(a).await.unwrap_or_else(|e| panic!("{a:?}: {e}"));
+    }
+    actions
+}
+
+async fn pending(s: &mut Sandboxes, v: &NetView) -> Vec<OverlayAction> {
+    let (host, sandboxes) = s.observe().await.expect("observe");
+    overlay::plan(v, &host, &sandboxes)
+}
+
+fn ping(from: &Path, to: &str) -> bool {
+    let to = to.to_string();
+    sys::in_netns(from, move || Command::new("ping").args(["-c", "1", "-W", "1", &to]).output())
+        .expect("running ping")
+        .status
+        .success()
+}
+
+/// Pings until an answer comes, for at most 10 s.
+fn reaches(from: &Path, to: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if ping(from, to) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Whether a UDP socket is bound to the VXLAN port in this namespace.
+fn vxlan_socket_in(netns: &Path) -> bool {
+    let udp = sys::in_netns(netns, || std::fs::read_to_string("/proc/thread-self/net/udp")).expect("reading udp");
+    udp.lines().skip(1).any(|l| l.split_whitespace().nth(1).is_some_and(|local| local.ends_with(":12B5")))
+}
+
+#[test]
+fn an_overlay_is_built_on_two_hosts_carries_traffic_repairs_and_goes() {
+    if !can_run() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (h1, h2, c1, c2) = (Parked::new(), Parked::new(), Parked::new(), Parked::new());
+    let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-overlay").tempdir().unwrap());
+    let (dir1, dir2) = (pins.dir("h1"), pins.dir("h2"));
+
+    let test = std::thread::spawn(move || {
+        // This thread, too, stays out of the root namespace.
+        own_netns();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            tokio::time::timeout(Duration::from_secs(90), scenario(&h1, &h2, &c1, &c2, &dir1, &dir2))
+                .await
+                .expect("the scenario finishes within 90 s")
+                .expect("the scenario");
+        });
+    });
+    let r = test.join();
+    drop(pins);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
+
+async fn scenario(h1: &Parked, h2: &Parked, c1: &Parked, c2: &Parked, dir1: &Path, dir2: &Path) -> anyhow::Result<()> {
+    // The underlay: u1 (10.99.0.1) in h1, u2 (10.99.0.2) in h2.
+    let (n1, n2) = (sys::connect_in(&h1.path).await?, sys::connect_in(&h2.path).await?);
+    n1.link().add(LinkVeth::new("u1", "u2").build()).execute().await?;
+    let index = |h: &rtnetlink::Handle, name: &'static str| {
+        let h = h.clone();
+        async move {
+            let link = h.link().get().match_name(name).execute().try_next().await.ok().flatten();
+            anyhow::Ok(link.context(name)?.header.index)
+        }
+    };
+    let h2_file = std::fs::File::open(&h2.path)?;
+    let u2 = index(&n1, "u2").await?;
+    use std::os::fd::AsRawFd;
+    n1.link().set(LinkUnspec::new_with_index(u2).setns_by_fd(h2_file.as_raw_fd()).build()).execute().await?;
+    for (h, name, addr) in [(&n1, "u1", "10.99.0.1"), (&n2, "u2", "10.99.0.2")] {
+        let i = index(h, name).await?;
+        h.address().add(i, ip4(addr).into(), 24).execute().await?;
+        h.link().set(LinkUnspec::new_with_index(i).up().build()).execute().await?;
+        let lo = index(h, "lo").await?;
+        h.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await?;
+    }
+
+    let v1 = view("h1", "10.99.0.1", ("h2", "10.99.0.2"));
+    let v2 = view("h2", "10.99.0.2", ("h1", "10.99.0.1"));
+    let mut s1 = Sandboxes::new(n1.clone(), dir1);
+    let mut s2 = Sandboxes::new(n2.clone(), dir2);
+    let ns = sandbox_name(NET);
+
+    // Converge from nothing; a second pass has nothing to do.
+    for (s, v) in [(&mut s1, &v1), (&mut s2, &v2)] {
+        let made = converge(s, v).await;
+        assert!(made.contains(&OverlayAction::CreateSandbox { ns: ns.clone() }), "{made:?}");
+        assert_eq!(pending(s, v).await, vec![], "converged");
+    }
+    let (_, observed) = s1.observe().await?;
+    let sandbox = observed.iter().find(|s| s.name == ns).expect("h1's sandbox");
+    let m3 = mac_for(ip4("10.10.0.3"));
+    assert_eq!(sandbox.fdb, vec![(m3, ip4("10.99.0.2"))], "one entry per remote endpoint, no flood entry");
+    assert!(
+        sandbox
+            .links
+            .iter()
+            .any(|l| l.name == "vx0" && l.kind == LinkKind::Vxlan && l.master.as_deref() == Some("br0"))
+    );
+    // The VXLAN socket stays in the host's namespace, none is in the sandbox.
+    assert!(vxlan_socket_in(&h1.path), "h1 has the VXLAN socket");
+    assert!(!vxlan_socket_in(&s1.path(&ns)), "the sandbox has none");
+
+    // A container on each host: a veth into the sandbox's bridge.
+    for (s, c, container, ip) in
+        [(&mut s1, c1, "c1c1c1c1c1c1", "10.10.0.2"), (&mut s2, c2, "c2c2c2c2c2c2", "10.10.0.3")]
+    {
+        let endpoint = EndpointSpec {
+            container: container.into(),
+            name: String::new(),
+            aliases: vec![],
+            network: NET.into(),
+            ip: ip4(ip),
+            netns: c.path.clone(),
+            ifname: "eth0".into(),
+            ports: vec![],
+        };
+        let host = shoal_netd::model::veth_name(container, NET);
+        let attach =
+            Action::CreateEndpoint { host, bridge: "br0".into(), endpoint, prefix: 24, gateway: None, mtu: 1450 };
+        sys::apply(&s.handle(&ns).await?, &attach).await?;
+    }
+    assert!(reaches(&c1.path, "10.10.0.3"), "c1 reaches c2 across the overlay");
+    assert!(reaches(&c2.path, "10.10.0.2"), "c2 reaches c1 across the overlay");
+
+    // Drift 1: someone deletes h1's FDB entry for c2. Without it (and with
+    // no flood entry) c2 is unreachable; the next pass adds exactly it back.
+    let gone = OverlayAction::AddFdb { ns: ns.clone(), mac: m3, dst: ip4("10.99.0.2") };
+    s1.apply(&OverlayAction::DelFdb { ns: ns.clone(), mac: m3, dst: ip4("10.99.0.2") }).await?;
+    assert!(!ping(&c1.path, "10.10.0.3"), "no path without the FDB entry");
+    assert_eq!(converge(&mut s1, &v1).await, vec![gone]);
+    assert!(reaches(&c1.path, "10.10.0.3"), "repaired");
+
+    // Drift 2: someone downs vx0 on h2: set up again, whatever it lost re-added.
+    let sb2 = s2.handle(&ns).await?;
+    let vx0 = index(&sb2, "vx0").await?;
+    sb2.link().set(LinkUnspec::new_with_index(vx0).down().build()).execute().await?;
+    let repair = converge(&mut s2, &v2).await;
+    assert!(repair.contains(&OverlayAction::SetUp { ns: ns.clone(), name: "vx0".into() }), "{repair:?}");
+    assert!(
+        repair.iter().all(|a| matches!(
+            a,
+            OverlayAction::SetUp { .. } | OverlayAction::AddFdb { .. } | OverlayAction::AddNeigh { .. }
+        )),
+        "only vx0 and its entries are touched: {repair:?}"
+    );
+    assert_eq!(pending(&mut s2, &v2).await, vec![]);
+    assert!(reaches(&c2.path, "10.10.0.2"), "repaired");
+
+    // The network leaves both views: everything netd made is gone, the
+    // containers' veths with it.
+    for (s, v, h, dir) in [(&mut s1, &v1, h1, dir1), (&mut s2, &v2, h2, dir2)] {
+        let empty = NetView { networks: vec![], endpoints: vec![], ..v.clone() };
+        assert_eq!(converge(s, &empty).await, vec![OverlayAction::DeleteSandbox { ns: ns.clone() }]);
+        assert_eq!(pending(s, &empty).await, vec![]);
+        assert_eq!(std::fs::read_dir(dir)?.count(), 0, "no pin left in {}", dir.display());
+        let links = sys::observe(&sys::connect_in(&h.path).await?).await?;
+        assert!(!links.iter().any(|l| is_ours(&l.name)), "{links:?}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while vxlan_socket_in(&h.path) {
+            assert!(Instant::now() < deadline, "the VXLAN socket closes");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for c in [c1, c2] {
+        let links = sys::observe(&sys::connect_in(&c.path).await?).await?;
+        assert!(!links.iter().any(|l| l.name == "eth0"), "{links:?}");
+    }
+    Ok(())
+}
+
+/// The real path: a view pushed over netd's API (`SyncCluster`) is kept in
+/// its state and programmed; a bad view is refused; a view without the
+/// network removes it.
+#[test]
+fn a_view_pushed_over_netds_api_is_programmed_and_kept() {
+    if !can_run() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    use shoal_netd::service::{Netd, NetdService};
+    use shoal_proto::pb::netd_server::Netd as _;
+
+    let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-overlay").tempdir().unwrap());
+    let root = pins.dir("netd");
+    let test = std::thread::spawn(move || {
+        own_netns();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let netd = Netd::open(&root, sys::connect().unwrap()).unwrap();
+            let api = NetdService(netd);
+            let v = view("h1", "10.99.0.1", ("h2", "10.99.0.2"));
+            let r = api.sync_cluster(tonic::Request::new(v.to_pb())).await.unwrap().into_inner();
+            assert_eq!(r.errors, Vec::<String>::new());
+            let ns = sandbox_name(NET);
+            let pin = root.join("sandboxes").join(&ns);
+            let links = sys::observe(&sys::connect_in(&pin).await.unwrap()).await.unwrap();
+            assert!(links.iter().any(|l| l.name == "vx0" && l.kind == LinkKind::Vxlan && l.up), "{links:?}");
+            let state: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(root.join("state.json")).unwrap()).unwrap();
+            assert_eq!(state["view"]["networks"][0]["vni"], VNI, "the view is kept for a restart");
+
+            let mut bad = v.to_pb();
+            bad.networks[0].vni = 0;
+            let refused = api.sync_cluster(tonic::Request::new(bad)).await.unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+            assert!(pin.exists(), "a refused view changes nothing");
+
+            let empty = NetView { networks: vec![], endpoints: vec![], ..v };
+            let r = api.sync_cluster(tonic::Request::new(empty.to_pb())).await.unwrap().into_inner();
+            assert_eq!(r.errors, Vec::<String>::new());
+            assert!(!pin.exists(), "the sandbox is gone");
+        });
+    });
+    let r = test.join();
+    drop(pins);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
