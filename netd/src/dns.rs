@@ -212,7 +212,11 @@ pub fn parse_query(msg: &[u8]) -> Option<Question> {
         return None;
     }
     let query = m.take_queries().pop()?;
-    let name = query.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    let mut name = query.name().to_ascii();
+    name.make_ascii_lowercase();
+    if name.ends_with('.') {
+        name.pop();
+    }
     Some(Question { header: *m.header(), query, edns: m.extensions().clone(), name })
 }
 

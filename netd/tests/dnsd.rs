@@ -215,3 +215,71 @@ fn big_answers_are_cut_over_udp_and_whole_over_tcp() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// dnsd's UDP throughput from inside a container's namespace: 16 clients,
+/// one query in flight each, for 2 s, on this test's own runtime (so the
+/// clients share the CPUs with dnsd; `bench/figures/dns_qps.sh` is the real
+/// figure). `cargo test -p shoal-netd --test dnsd qps -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn qps() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (ns_tx, ns_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let container = std::thread::spawn(move || {
+        own_netns();
+        let path = format!("/proc/{}/task/{}/ns/net", std::process::id(), rustix::thread::gettid().as_raw_nonzero());
+        ns_tx.send(path).unwrap();
+        let _ = done_rx.recv();
+    });
+    let netns = PathBuf::from(ns_rx.recv().unwrap());
+    let host = std::thread::spawn(move || {
+        own_netns();
+        let resolv = tempfile::NamedTempFile::new().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let d = Dns::new(resolv.path());
+            d.set_table(table(&netns));
+            assert!(d.reconcile(&HashMap::from([("c1".to_string(), netns.clone())])).is_empty());
+            ask_udp(&netns, &query(0, "web")).await; // dnsd answers
+            let secs = Duration::from_secs(2);
+            let mut clients = Vec::new();
+            for c in 0..16u16 {
+                let sock = shoal_netd::sys::in_netns(&netns, || {
+                    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                    s.connect((dns::ADDR, 53))?;
+                    s.set_nonblocking(true)?;
+                    Ok(s)
+                })
+                .unwrap();
+                let sock = tokio::net::UdpSocket::from_std(sock).unwrap();
+                clients.push(tokio::spawn(async move {
+                    let (start, mut n, mut buf) = (tokio::time::Instant::now(), 0u64, vec![0u8; 4096]);
+                    let (mut id, mut q) = (c, query(c, "web"));
+                    while start.elapsed() < secs {
+                        id = id.wrapping_add(16);
+                        q[..2].copy_from_slice(&id.to_be_bytes());
+                        sock.send(&q).await.unwrap();
+                        let got = tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await;
+                        n += u64::from(matches!(got, Ok(Ok(_))));
+                    }
+                    n
+                }));
+            }
+            let mut total = 0;
+            for c in clients {
+                total += c.await.unwrap();
+            }
+            println!("dnsd over UDP: {} queries/s (16 clients in flight)", total as f64 / secs.as_secs_f64());
+        });
+    });
+    let r = host.join();
+    let _ = done_tx.send(());
+    container.join().unwrap();
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
