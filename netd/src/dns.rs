@@ -1,13 +1,17 @@
 //! The embedded DNS server's pure half: the names each container may
-//! resolve (a `Table` built from netd's state) and the DNS wire format it
-//! needs (one question in, A/PTR answers or an empty NOERROR/NXDOMAIN out).
-//! Anything the table does not know is forwarded to the host's resolvers by
-//! `dnsd`, unchanged.
+//! resolve (a `Table` built from netd's state) and its answers, query bytes
+//! in, answer bytes out, read and written with `hickory-proto` (one question
+//! in, A/PTR answers or an empty NOERROR out; the query's EDNS answered with
+//! an OPT record; an answer too big for the client's UDP size cut with TC
+//! set, so it retries over TCP). Anything the table does not know is
+//! forwarded to the host's resolvers by `dnsd`, unchanged.
 //!
 //! A container resolves, on every user-defined network it is on, the other
 //! containers' names, aliases and short ids (the predefined `bridge` has no
-//! names, as in Docker). Reverse lookups of their addresses answer
-//! `NAME.NETWORK`.
+//! names, as in Docker), and the services on it: NAME (and each alias) is
+//! the service's VIP, or with dnsrr its ready tasks' addresses; `tasks.NAME`
+//! is its ready tasks' addresses. Reverse lookups of containers' addresses
+//! answer `NAME.NETWORK`.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
