@@ -10,8 +10,9 @@
 //! containers' names, aliases and short ids (the predefined `bridge` has no
 //! names, as in Docker), and the services on it: NAME (and each alias) is
 //! the service's VIP, or with dnsrr its ready tasks' addresses; `tasks.NAME`
-//! is its ready tasks' addresses. Reverse lookups of containers' addresses
-//! answer `NAME.NETWORK`.
+//! is its ready tasks' addresses, and each task's container name its own
+//! address, wherever it runs. Reverse lookups of containers' and tasks'
+//! addresses answer `NAME.NETWORK`.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -59,8 +60,11 @@ pub enum ServiceEndpoint {
     Dnsrr,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceTask {
+    /// Its container's name (`NAME.SLOT.TASKID`), resolvable on the network
+    /// wherever the task runs; empty for none.
+    pub name: String,
     pub addr: Ipv4Addr,
     /// Running, and healthy if it has a health check: only these are answered.
     pub ready: bool,
@@ -117,6 +121,14 @@ impl Table {
         }
         for s in services {
             let names = t.names.entry(s.network.clone()).or_default();
+            let net_name = networks.iter().find(|n| n.id == s.network).map(|n| n.name.as_str());
+            for task in s.tasks.iter().filter(|t| !t.name.is_empty()) {
+                names.entry(task.name.to_ascii_lowercase()).or_default().add(task.addr);
+                if let Some(net_name) = net_name {
+                    let reverse = t.reverse.entry(s.network.clone()).or_default();
+                    reverse.entry(task.addr).or_insert_with(|| format!("{}.{net_name}", task.name));
+                }
+            }
             let ready: Vec<Ipv4Addr> = s.tasks.iter().filter(|t| t.ready).map(|t| t.addr).collect();
             for name in std::iter::once(&s.name).chain(&s.aliases).map(|n| n.to_ascii_lowercase()) {
                 if name.is_empty() {
@@ -391,6 +403,7 @@ mod tests {
     fn tasks(n: usize, some_down: bool) -> Vec<ServiceTask> {
         (0..n)
             .map(|i| ServiceTask {
+                name: format!("svc.{}.task{i}", i + 1),
                 addr: Ipv4Addr::new(10, 7, (i / 250) as u8, (i % 250 + 2) as u8),
                 ready: !(some_down && i % 3 == 2),
             })
@@ -473,6 +486,9 @@ mod tests {
         assert_eq!(t.lookup(B, "tasks.shop"), None);
         assert_eq!(t.lookup("cccccccccccc0000", "ledger"), Some(vec![ip("10.6.0.100")]), "api is on both");
         assert_eq!(t.lookup("dddddddddddd0000", "shop"), None, "not on the service's network");
+        assert_eq!(t.lookup(A, "svc.3.task2"), Some(vec![ip("10.7.0.4")]), "a task's name, ready or not");
+        assert_eq!(t.lookup(B, "svc.3.task2"), None);
+        assert_eq!(t.reverse(A, ip("10.7.0.4")), Some("svc.3.task2.front"));
     }
 
     /// A query as bytes, with an OPT record when `edns` (UDP size, version).

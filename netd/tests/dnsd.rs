@@ -60,7 +60,9 @@ fn table(netns: &Path) -> Table {
         name: "many".into(),
         aliases: vec![],
         endpoint: ServiceEndpoint::Vip("10.5.0.100".parse().expect("test data")),
-        tasks: (0..200u32).map(|i| ServiceTask { addr: Ipv4Addr::from(0x0a07_0000 + i + 2), ready: true }).collect(),
+        tasks: (0..200u32)
+            .map(|i| ServiceTask { name: String::new(), addr: Ipv4Addr::from(0x0a07_0000 + i + 2), ready: true })
+            .collect(),
     }];
     Table::build(&networks, &endpoints, &services)
 }
