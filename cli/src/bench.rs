@@ -279,7 +279,7 @@ async fn writes(cli: &Cli, clients: usize, seconds: u64, node: &str) -> anyhow::
 
 /// One query and its answer's round trip (None: no answer within 1 s, or no A record).
 async fn dns_ask(sock: &tokio::net::UdpSocket, id: u16, name: &str, buf: &mut [u8]) -> Option<Duration> {
-    let q = shoal_netd::dns::query(id, name, shoal_netd::dns::QTYPE_A);
+    let q = shoal_netd::dns::query(id, name, shoal_netd::dns::QTYPE_A)?;
     let t = Instant::now();
     sock.send(&q).await.ok()?;
     let n = tokio::time::timeout(Duration::from_secs(1), sock.recv(buf)).await.ok()?.ok()?;

@@ -1,10 +1,12 @@
 //! The embedded DNS server's I/O half: a UDP socket and a TCP listener on
 //! 127.0.0.11:53 inside every attached container's namespace (opened on a
 //! thread that entered it; the sockets stay there), all served by netd's
-//! runtime. Names in the `dns::Table` are answered at once; everything else
-//! is forwarded from the host's namespace to the resolvers in the host's
-//! /etc/resolv.conf, so a loopback resolver (systemd-resolved's
-//! 127.0.0.53) works too. Listeners follow the endpoints on every sync.
+//! runtime. Names in the `dns::Table` are answered at once (an answer too
+//! big for UDP comes with TC set, and the client retries over TCP);
+//! everything else is forwarded from the host's namespace to the resolvers
+//! in the host's /etc/resolv.conf, so a loopback resolver (systemd-resolved's
+//! 127.0.0.53) works too, over the transport the client used. Listeners
+//! follow the endpoints on every sync.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
-use crate::dns::{self, Table};
+use crate::dns::{self, Table, Transport};
 
 /// How long one upstream resolver gets to answer.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -104,18 +106,18 @@ impl Dns {
     }
 
     async fn serve_udp(self: Arc<Self>, container: String, sock: Arc<UdpSocket>) {
-        let mut buf = vec![0u8; 4096];
+        let mut buf = vec![0u8; usize::from(dns::UDP_MAX)];
         loop {
             let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
             let msg = &buf[..n];
-            match self.local(&container, msg) {
+            match self.local(&container, msg, Transport::Udp) {
                 Reply::Now(r) => {
                     let _ = sock.send_to(&r, from).await;
                 }
                 Reply::Forward(q) => {
                     let (this, sock, msg) = (self.clone(), sock.clone(), msg.to_vec());
                     tokio::spawn(async move {
-                        let r = this.forward(&msg, q.as_ref()).await;
+                        let r = this.forward(&msg, q.as_ref(), Transport::Udp).await;
                         if let Some(r) = r {
                             let _ = sock.send_to(&r, from).await;
                         }
@@ -139,9 +141,9 @@ impl Dns {
                     if conn.read_exact(&mut msg).await.is_err() {
                         return;
                     }
-                    let r = match this.local(&container, &msg) {
+                    let r = match this.local(&container, &msg, Transport::Tcp) {
                         Reply::Now(r) => Some(r),
-                        Reply::Forward(q) => this.forward(&msg, q.as_ref()).await,
+                        Reply::Forward(q) => this.forward(&msg, q.as_ref(), Transport::Tcp).await,
                     };
                     let Some(r) = r else { return };
                     let mut out = (r.len() as u16).to_be_bytes().to_vec();
@@ -155,9 +157,9 @@ impl Dns {
     }
 
     /// The answer from the table, or what to forward.
-    fn local(&self, container: &str, msg: &[u8]) -> Reply {
+    fn local(&self, container: &str, msg: &[u8], transport: Transport) -> Reply {
         match dns::parse_query(msg) {
-            Some(q) => match dns::answer(&self.table(), container, msg, &q) {
+            Some(q) => match dns::answer(&self.table(), container, &q, transport) {
                 Some(r) => Reply::Now(r),
                 None => Reply::Forward(Some(q)),
             },
@@ -165,16 +167,21 @@ impl Dns {
         }
     }
 
-    /// Asks the host's resolvers in turn; SERVFAIL (for a parsed question)
-    /// when none answers.
-    async fn forward(&self, msg: &[u8], q: Option<&dns::Question>) -> Option<Vec<u8>> {
+    /// Asks the host's resolvers in turn, over the client's transport (so a
+    /// client that got TC over UDP gets the whole answer over TCP); SERVFAIL
+    /// (for a parsed question) when none answers.
+    async fn forward(&self, msg: &[u8], q: Option<&dns::Question>, transport: Transport) -> Option<Vec<u8>> {
         let conf = tokio::fs::read_to_string(&self.resolv_conf).await.unwrap_or_default();
         for server in dns::nameservers(&conf) {
-            if let Some(r) = ask(server, msg).await {
+            let r = match transport {
+                Transport::Udp => ask(server, msg).await,
+                Transport::Tcp => ask_tcp(server, msg).await,
+            };
+            if let Some(r) = r {
                 return Some(r);
             }
         }
-        q.map(|q| dns::servfail(msg, q))
+        q.and_then(|q| dns::servfail(q, transport))
     }
 }
 
@@ -199,6 +206,23 @@ async fn ask(server: IpAddr, msg: &[u8]) -> Option<Vec<u8>> {
             return Some(buf);
         }
     }
+}
+
+/// One upstream exchange over TCP (2-byte length, then the message), from
+/// the host's namespace.
+async fn ask_tcp(server: IpAddr, msg: &[u8]) -> Option<Vec<u8>> {
+    let exchange = async {
+        let mut conn = tokio::net::TcpStream::connect((server, 53)).await.ok()?;
+        let mut out = u16::try_from(msg.len()).ok()?.to_be_bytes().to_vec();
+        out.extend_from_slice(msg);
+        conn.write_all(&out).await.ok()?;
+        let mut len = [0u8; 2];
+        conn.read_exact(&mut len).await.ok()?;
+        let mut r = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        conn.read_exact(&mut r).await.ok()?;
+        (r.len() >= 2 && msg.len() >= 2 && r[..2] == msg[..2]).then_some(r)
+    };
+    tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await.ok()?
 }
 
 fn ns_id(path: &Path) -> Option<(u64, u64)> {

@@ -176,7 +176,8 @@ impl Netd {
         }
         // DNS follows the endpoints (after them: its sockets need the namespaces' loopback up).
         let networks = self.state.lock().unwrap_or_else(|p| p.into_inner()).networks.clone();
-        self.dns.set_table(Table::build(&networks, &desired.endpoints));
+        // No service records yet: they come with the managers' network view (issue 13).
+        self.dns.set_table(Table::build(&networks, &desired.endpoints, &[]));
         let want: HashMap<String, PathBuf> =
             desired.endpoints.iter().map(|e| (e.container.clone(), e.netns.clone())).collect();
         for (container, why) in self.dns.reconcile(&want) {
