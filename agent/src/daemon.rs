@@ -222,6 +222,7 @@ impl Daemon {
             worker_secret: JoinToken::new_secret(),
             manager_secret: JoinToken::new_secret(),
             node_cert_ttl_secs: req.cert_expiry_secs,
+            net: Default::default(), // step 4 fills it from the init flags
             meta: Meta::default(),
         };
         let node = Node {
@@ -438,6 +439,8 @@ impl Daemon {
             memory_bytes: host_memory(),
             os: std::env::consts::OS.into(),
             arch: std::env::consts::ARCH.into(),
+            data_addr: String::new(),
+            subnets: crate::sys::local_ipv4_subnets().iter().map(|s| s.to_string()).collect(),
         };
         let restarting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let session_task = tokio::spawn(session::run(
