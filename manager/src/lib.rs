@@ -1,5 +1,5 @@
 //! The manager role: the Raft-replicated cluster state (`raft`, `store`,
-//! `state`), the APIs that change it (`api`), the certificate authority
+//! `state`, with cluster networks and what they hold in `networks`), the APIs that change it (`api`), the certificate authority
 //! (`ca`), agent sessions (`dispatcher`: their state; `session`: their gRPC face), the pure orchestrator and scheduler
 //! (`orchestrator`), the leader-only loops that write their results (`leader`)
 //! and the server that exposes them.
@@ -13,6 +13,7 @@ pub mod dispatcher;
 pub mod leader;
 pub mod liveness;
 pub mod manager;
+pub mod networks;
 pub mod orchestrator;
 pub mod raft;
 pub mod server;

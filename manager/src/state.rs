@@ -10,11 +10,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::model::{Availability, Cluster, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
-use shoal_proto::network::Network;
+use shoal_proto::network::{Network, NetworkSpec};
+
+use crate::networks::{AllocChange, Held};
 use shoal_proto::service::{RegistryAuth, Service, ServiceSpec, Task, TaskState, TaskStatus, UpdateState};
 
 /// Everything a manager replicates.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Stored")]
 pub struct State {
     pub cluster: Option<Cluster>,
     pub nodes: BTreeMap<String, Node>,
@@ -23,6 +26,35 @@ pub struct State {
     /// Cluster networks (absent from state stored before them).
     #[serde(default)]
     pub networks: BTreeMap<String, Network>,
+    /// What is held (VNIs, subnets, addresses): derived, never serialized.
+    #[serde(skip)]
+    pub(crate) held: Held,
+}
+
+/// A [`State`] as it is stored: everything but what is derived.
+#[derive(Deserialize)]
+struct Stored {
+    cluster: Option<Cluster>,
+    nodes: BTreeMap<String, Node>,
+    services: BTreeMap<String, Service>,
+    tasks: BTreeMap<String, Task>,
+    #[serde(default)]
+    networks: BTreeMap<String, Network>,
+}
+
+impl From<Stored> for State {
+    fn from(s: Stored) -> State {
+        let mut state = State {
+            cluster: s.cluster,
+            nodes: s.nodes,
+            services: s.services,
+            tasks: s.tasks,
+            networks: s.networks,
+            held: Held::default(),
+        };
+        state.reindex();
+        state
+    }
 }
 
 /// A write proposed through Raft, with the proposer's clock.
@@ -109,6 +141,21 @@ pub enum Command {
         node_id: String,
         updates: Vec<(String, TaskStatus)>,
     },
+    /// From the API: a cluster network (its id chosen by the proposer). Its
+    /// name must be free and a subnet it asks for must overlap nothing held.
+    CreateNetwork {
+        id: String,
+        spec: NetworkSpec,
+    },
+    /// From the API: refused while anything uses the network.
+    RemoveNetwork {
+        id: String,
+    },
+    /// One pass of the allocator. Each change is refused on its own when
+    /// what it allocates is held by another owner; the rest apply.
+    Allocate {
+        changes: Vec<AllocChange>,
+    },
 }
 
 /// One change of the orchestrator's or scheduler's pass.
@@ -166,6 +213,9 @@ impl Command {
             Command::RemoveService { .. } => "remove-service",
             Command::Tasks { .. } => "tasks",
             Command::TaskStatus { .. } => "task-status",
+            Command::CreateNetwork { .. } => "create-network",
+            Command::RemoveNetwork { .. } => "remove-network",
+            Command::Allocate { .. } => "allocate",
         }
     }
 }
@@ -426,6 +476,25 @@ impl State {
                 }
                 (Response::Ok, keys)
             }
+            Command::CreateNetwork { id, spec } => match self.create_network(id, spec) {
+                Ok(mut n) => {
+                    stamp(&mut n.meta, index, at, true);
+                    self.networks.insert(id.clone(), n);
+                    (Response::Ok, vec![ObjKey::Network(id.clone())])
+                }
+                Err(why) => reject(&why),
+            },
+            Command::RemoveNetwork { id } => match self.remove_network(id) {
+                Ok(()) => (Response::Ok, vec![ObjKey::Network(id.clone())]),
+                Err(why) => reject(&why),
+            },
+            Command::Allocate { changes } => {
+                let mut keys: Vec<ObjKey> =
+                    changes.iter().filter_map(|c| self.apply_alloc_change(c, index, at)).collect();
+                keys.sort();
+                keys.dedup();
+                (Response::Ok, keys)
+            }
         }
     }
 
@@ -564,6 +633,7 @@ impl State {
                     .insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
             }
         }
+        state.reindex();
         Ok(state)
     }
 
