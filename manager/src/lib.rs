@@ -5,6 +5,7 @@
 //! and the server that exposes them.
 //! It never runs containers or touches the host's network.
 
+pub mod allocator;
 pub mod api;
 pub mod auth;
 pub mod ca;
