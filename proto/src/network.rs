@@ -110,6 +110,9 @@ impl NetworkSpec {
     /// addresses that fit together, an MTU an interface can take.
     pub fn validate(&self) -> Result<(), String> {
         validate_name(&self.name)?;
+        if PREDEFINED.contains(&self.name.as_str()) {
+            return Err(format!("{} is a pre-defined network and cannot be created", self.name));
+        }
         let ipam = &self.ipam;
         match ipam.subnet {
             None if ipam.gateway.is_some() || ipam.ip_range.is_some() => {
@@ -140,6 +143,9 @@ impl NetworkSpec {
         Ok(())
     }
 }
+
+/// The names every node's own networks have (as Docker's): never a cluster network's.
+const PREDEFINED: [&str; 3] = ["bridge", "host", "none"];
 
 const MIN_MTU: u32 = 68;
 const MAX_MTU: u32 = 65_535;
@@ -335,6 +341,8 @@ mod tests {
             (spec("", None, None, None, None), "invalid network name"),
             (spec("-x", None, None, None, None), "invalid network name"),
             (spec("a b", None, None, None, None), "invalid network name"),
+            (spec("bridge", None, None, None, None), "bridge is a pre-defined network"),
+            (spec("host", None, None, None, None), "pre-defined"),
             (spec("a", None, Some("10.1.0.1"), None, None), "need --subnet"),
             (spec("a", Some("10.1.0.0/24"), Some("10.1.1.1"), None, None), "not a host address"),
             (spec("a", Some("10.1.0.0/24"), Some("10.1.0.0"), None, None), "not a host address"),
