@@ -19,6 +19,7 @@ use shoal_manager::{Manager, ManagerConfig};
 use shoal_proto::model::{
     Availability, Cluster, Meta, Node, NodeDescription, NodeSpec, NodeStatus, Role, new_node_id, now_ms, random_base36,
 };
+use shoal_proto::network::{ClusterNet, INGRESS_NAME, NetworkSpec};
 use shoal_proto::pb;
 use shoal_proto::pb::ca_client::CaClient;
 use shoal_proto::pb::raft_client::RaftClient;
@@ -193,6 +194,16 @@ impl Daemon {
         let advertise = self.advertise(&req.advertise_addr)?;
         let listen =
             if req.listen_addr.is_empty() { self.cfg.listen_addr.clone() } else { with_port(&req.listen_addr)? };
+        let to_u8 =
+            |v: u32, what: &str| u8::try_from(v).map_err(|_| Status::invalid_argument(format!("invalid {what} {v}")));
+        let to_u16 =
+            |v: u32, what: &str| u16::try_from(v).map_err(|_| Status::invalid_argument(format!("invalid {what} {v}")));
+        let mask = (req.default_addr_pool_mask_length != 0)
+            .then(|| to_u8(req.default_addr_pool_mask_length, "--default-addr-pool-mask-length"))
+            .transpose()?;
+        let port = (req.data_path_port != 0).then(|| to_u16(req.data_path_port, "--data-path-port")).transpose()?;
+        let net = ClusterNet::from_init(&req.default_addr_pool, mask, port).map_err(Status::invalid_argument)?;
+        let data_path_addr = data_path_addr(&req.data_path_addr)?;
         let cluster_id = random_base36(25);
         let node_id = new_node_id();
         let root = ca::new_root(&cluster_id).map_err(internal)?;
@@ -215,6 +226,7 @@ impl Daemon {
             advertise_addr: advertise.clone(),
             listen_addr: listen,
             managers: vec![advertise.clone()],
+            data_path_addr: data_path_addr.clone(),
         };
         let cluster = Cluster {
             id: cluster_id,
@@ -222,6 +234,7 @@ impl Daemon {
             worker_secret: JoinToken::new_secret(),
             manager_secret: JoinToken::new_secret(),
             node_cert_ttl_secs: req.cert_expiry_secs,
+            net,
             meta: Meta::default(),
         };
         let node = Node {
@@ -246,7 +259,10 @@ impl Daemon {
             self.paths.save_node(&file).map_err(internal)?;
             self.activate_with(file, certs, |mgr| async move {
                 mgr.initialize().await?;
-                mgr.write(Command::Bootstrap { cluster, node }).await.map(|_| ())
+                mgr.write(Command::Bootstrap { cluster, node }).await?;
+                // The routing mesh's network, as Swarm makes it; the allocator gives it 4096 and the ingress subnet.
+                let ingress = NetworkSpec { name: INGRESS_NAME.into(), ingress: true, ..Default::default() };
+                mgr.write(Command::CreateNetwork { id: random_base36(25), spec: ingress }).await.map(|_| ())
             })
             .await
         }
@@ -270,6 +286,7 @@ impl Daemon {
             req.token.parse().map_err(|e: shoal_proto::token::TokenError| Status::invalid_argument(e.to_string()))?;
         let remote = with_port(&req.remote_addr)?;
         let advertise = self.advertise(&req.advertise_addr)?;
+        let data_path_addr = data_path_addr(&req.data_path_addr)?;
         let listen =
             if req.listen_addr.is_empty() { self.cfg.listen_addr.clone() } else { with_port(&req.listen_addr)? };
         let (key_pem, csr_der) = shoal_proto::tls::new_key_and_csr().map_err(internal)?;
@@ -304,6 +321,7 @@ impl Daemon {
             advertise_addr: advertise.clone(),
             listen_addr: listen,
             managers: managers.clone(),
+            data_path_addr: data_path_addr.clone(),
         };
         let result = async {
             self.paths.wipe().map_err(internal)?;
@@ -438,6 +456,8 @@ impl Daemon {
             memory_bytes: host_memory(),
             os: std::env::consts::OS.into(),
             arch: std::env::consts::ARCH.into(),
+            data_addr: file.data_path_addr.clone(),
+            subnets: crate::sys::local_ipv4_subnets().iter().map(|s| s.to_string()).collect(),
         };
         let restarting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let session_task = tokio::spawn(session::run(
@@ -641,6 +661,16 @@ impl Daemon {
             ))),
         }
     }
+}
+
+/// `--data-path-addr`: an IPv4 address (Docker also takes an interface name; Shoal does not yet).
+fn data_path_addr(given: &str) -> Result<String, Status> {
+    if given.is_empty() {
+        return Ok(String::new());
+    }
+    given.parse::<std::net::Ipv4Addr>().map(|a| a.to_string()).map_err(|_| {
+        Status::invalid_argument(format!("invalid --data-path-addr {given:?}: give this node's IPv4 address"))
+    })
 }
 
 /// When to renew: `fraction` in [0, 1) picks a point between 50 % and 80 % of

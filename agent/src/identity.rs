@@ -20,6 +20,9 @@ pub struct NodeFile {
     pub listen_addr: String,
     /// Managers to reach, `host:port`; refreshed from every session.
     pub managers: Vec<String>,
+    /// Its VTEP address (`--data-path-addr`); empty: the advertise address's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data_path_addr: String,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +105,7 @@ mod tests {
             advertise_addr: "10.0.0.1:4620".into(),
             listen_addr: "0.0.0.0:4620".into(),
             managers: vec!["10.0.0.2:4620".into()],
+            data_path_addr: String::new(),
         };
         let certs = NodeCerts { ca_pem: "ca".into(), cert_pem: "cert".into(), key_pem: "key".into() };
         p.save_certs(&certs).expect("certs");

@@ -92,6 +92,21 @@ impl Control for LocalControl {
     async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Result<Response<pb::JsonDoc>, Status> {
         self.service()?.list_tasks(req).await
     }
+    async fn create_network(
+        &self,
+        req: Request<pb::ClusterNetworkCreateRequest>,
+    ) -> Result<Response<pb::ClusterNetworkRef>, Status> {
+        self.service()?.create_network(req).await
+    }
+    async fn list_networks(&self, req: Request<pb::Empty>) -> Result<Response<pb::JsonDoc>, Status> {
+        self.service()?.list_networks(req).await
+    }
+    async fn inspect_network(&self, req: Request<pb::ClusterNetworkRef>) -> Result<Response<pb::JsonDoc>, Status> {
+        self.service()?.inspect_network(req).await
+    }
+    async fn remove_network(&self, req: Request<pb::ClusterNetworkRef>) -> Result<Response<pb::Empty>, Status> {
+        self.service()?.remove_network(req).await
+    }
     type ServiceLogsStream = <ControlService as Control>::ServiceLogsStream;
     async fn service_logs(
         &self,

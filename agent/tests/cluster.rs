@@ -341,6 +341,7 @@ impl Sim {
             worker_secret: "w".into(),
             manager_secret: "m".into(),
             node_cert_ttl_secs: 0,
+            net: Default::default(),
             meta: Meta::default(),
         };
         let mut me = worker_node("mgr1");

@@ -86,6 +86,20 @@ async fn a_daemon_starts_stops_and_resumes_in_process() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition with a deadline
     }
     ensure!(fake.runs().len() == 1, "runs: {:?}", fake.runs());
+    // `swarm init` made the ingress network, and the leader's allocator gave it VNI 4096 and the ingress subnet.
+    while !mgr.store.read().networks.values().any(|n| n.spec.ingress && n.alloc.is_some()) {
+        ensure!(Instant::now() < deadline, "ingress never allocated: {:?}", mgr.store.read().networks);
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition with a deadline
+    }
+    let state = mgr.store.read();
+    let ingress = state.networks.values().find(|n| n.spec.ingress).context("ingress")?;
+    let alloc = ingress.alloc.as_ref().context("allocated")?;
+    ensure!(ingress.spec.name == "ingress" && alloc.vni == 4096, "{ingress:?}");
+    ensure!(alloc.subnet.to_string() == "10.255.0.0/16", "{alloc:?}");
+    // The node's hello gave its data address (the advertise address's host).
+    let me = state.nodes.get(&info.node_id).context("the node")?;
+    ensure!(me.description.net.data_addr == Some(std::net::Ipv4Addr::LOCALHOST), "{:?}", me.description.net);
+    drop(state);
     drop(mgr);
 
     d.shutdown().await;

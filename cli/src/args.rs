@@ -185,6 +185,26 @@ mod tests {
     }
 
     #[test]
+    fn swarm_init_takes_dockers_network_flags() {
+        let Cmd::Swarm(crate::swarm::SwarmCmd::Init {
+            default_addr_pool,
+            default_addr_pool_mask_length,
+            data_path_port,
+            data_path_addr,
+            ..
+        }) = parse("swarm init --default-addr-pool 10.20.0.0/16 --default-addr-pool 10.30.0.0/16 --default-addr-pool-mask-length 26 --data-path-port 7789 --data-path-addr 10.98.0.5").unwrap().cmd
+        else {
+            panic!("not swarm init")
+        };
+        assert_eq!(default_addr_pool, vec!["10.20.0.0/16".to_string(), "10.30.0.0/16".to_string()]);
+        assert_eq!(
+            (default_addr_pool_mask_length, data_path_port, data_path_addr.as_deref()),
+            (Some(26), Some(7789), Some("10.98.0.5"))
+        );
+        assert!(parse("swarm init --data-path-port 70000").is_err());
+    }
+
+    #[test]
     fn choice_flags_refuse_other_values_and_list_the_accepted_ones() {
         for (args, listed) in [
             ("service create --restart-condition sometimes busybox", "none, on-failure, any"),

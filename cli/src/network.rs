@@ -1,8 +1,13 @@
-//! `shoal network …`: this node's networks, which netd keeps.
+//! `shoal network …`: this node's networks, which netd keeps, and on a
+//! manager the cluster's overlay networks (`-d overlay`), which the managers keep.
+
+use std::collections::BTreeMap;
 
 use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
+use shoal_proto::network::{MTU_OPTION, Network, NetworkSpec, VXLANID_OPTION};
 use shoal_proto::pb;
+use tonic::Code;
 
 use crate::args::{Cli, Format};
 use crate::client;
@@ -10,11 +15,12 @@ use crate::output::short;
 use crate::output::{for_each_item, print_listing};
 
 type Engine = shoal_proto::pb::engine_client::EngineClient<tonic::transport::Channel>;
+type Control = shoal_proto::pb::control_client::ControlClient<tonic::transport::Channel>;
 
 #[derive(Subcommand, Debug)]
 pub enum NetworkCmd {
     Create {
-        /// Only bridge networks exist on one host.
+        /// bridge: this node's own network; overlay: a cluster network (on a manager).
         #[arg(short, long, value_enum, default_value_t = Driver::Bridge)]
         driver: Driver,
         #[arg(long)]
@@ -32,6 +38,15 @@ pub enum NetworkCmd {
         /// The MTU of the network's links (also -o mtu=N).
         #[arg(long)]
         mtu: Option<u32>,
+        /// Overlay: containers started with `run --network` may join it.
+        #[arg(long)]
+        attachable: bool,
+        /// Overlay: the routing mesh's network, replacing a removed `ingress`.
+        #[arg(long)]
+        ingress: bool,
+        /// Overlay: a label, KEY=VALUE (repeatable).
+        #[arg(long)]
+        label: Vec<String>,
         name: String,
     },
     #[command(alias = "list")]
@@ -76,17 +91,116 @@ pub enum NetworkCmd {
     },
 }
 
-/// `network create --driver`: only bridge networks exist on one host.
+/// `network create --driver`: bridge networks live on one host, overlays span the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Driver {
     Bridge,
+    Overlay,
 }
 
 pub async fn run(cli: &Cli, cmd: &NetworkCmd) -> anyhow::Result<()> {
-    network(&mut client::engine(cli).await?, cmd).await
+    network(cli, &mut client::engine(cli).await?, cmd).await
 }
 
-async fn network(engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Result<()> {
+/// The flags of `network create -d overlay` as the spec the managers store.
+#[allow(clippy::too_many_arguments)]
+fn overlay_spec(
+    name: &str,
+    subnet: &Option<String>,
+    gateway: &Option<String>,
+    ip_range: &Option<String>,
+    internal: bool,
+    attachable: bool,
+    ingress: bool,
+    labels: &[String],
+    opts: &[String],
+    mtu: Option<u32>,
+) -> anyhow::Result<NetworkSpec> {
+    let mut spec = NetworkSpec { name: name.into(), internal, attachable, ingress, mtu, ..Default::default() };
+    spec.ipam.subnet = subnet.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?;
+    spec.ipam.gateway = gateway
+        .as_deref()
+        .map(|g| g.parse().map_err(|_| anyhow::anyhow!("invalid --gateway {g:?}: an IPv4 address")))
+        .transpose()?;
+    spec.ipam.ip_range =
+        ip_range.as_deref().map(|r| r.parse().map_err(|e| anyhow::anyhow!("invalid --ip-range: {e}"))).transpose()?;
+    for l in labels {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            bail!("invalid --label {l:?}: use KEY=VALUE");
+        }
+        spec.labels.insert(k.to_string(), v.to_string());
+    }
+    for o in opts {
+        match o.split_once('=') {
+            Some(("mtu" | MTU_OPTION, v)) => {
+                let m = v.parse().map_err(|_| anyhow::anyhow!("invalid mtu {v:?}: a number"))?;
+                // --mtu wins, as for bridge networks.
+                spec.mtu = Some(mtu.unwrap_or(m));
+            }
+            _ if o == "encrypted" || o.starts_with("encrypted=") => {
+                bail!("encrypted overlay networks are not supported yet")
+            }
+            _ => bail!("unknown overlay network option {o:?}: use mtu=N (or {MTU_OPTION}=N)"),
+        }
+    }
+    spec.validate().map_err(anyhow::Error::msg)?;
+    Ok(spec)
+}
+
+/// A cluster network as Docker's `network inspect` shows a swarm network
+/// (no peers yet: nodes take part once tasks can use the network).
+fn cluster_doc(n: &Network) -> serde_json::Value {
+    let mut config = serde_json::Map::new();
+    let subnet = n.alloc.as_ref().map(|a| a.subnet).or(n.spec.ipam.subnet);
+    let gateway = n.alloc.as_ref().map(|a| a.gateway).or(n.spec.ipam.gateway);
+    if let Some(s) = subnet {
+        config.insert("Subnet".into(), s.to_string().into());
+    }
+    if let Some(g) = gateway {
+        config.insert("Gateway".into(), g.to_string().into());
+    }
+    if let Some(r) = n.spec.ipam.ip_range {
+        config.insert("IPRange".into(), r.to_string().into());
+    }
+    let mut options = BTreeMap::new();
+    if let Some(a) = &n.alloc {
+        options.insert(VXLANID_OPTION.to_string(), a.vni.to_string());
+    }
+    if let Some(m) = n.spec.mtu {
+        options.insert(MTU_OPTION.to_string(), m.to_string());
+    }
+    let configs: Vec<serde_json::Value> = if config.is_empty() { Vec::new() } else { vec![config.into()] };
+    serde_json::json!({"Name": n.spec.name, "Id": n.id, "Created": shoal_proto::model::rfc3339(n.meta.created_ms),
+        "Scope": "swarm", "Driver": n.spec.driver.as_str(), "EnableIPv6": false,
+        "IPAM": {"Driver": "default", "Options": null, "Config": configs},
+        "Internal": n.spec.internal, "Attachable": n.spec.attachable, "Ingress": n.spec.ingress,
+        "Containers": {}, "Options": options, "Labels": n.spec.labels})
+}
+
+/// The cluster's networks when this node is a manager; none on a node that
+/// is not (and a warning when the managers cannot answer).
+async fn cluster_networks(control: &mut Control) -> anyhow::Result<Vec<Network>> {
+    match control.list_networks(pb::Empty {}).await {
+        Ok(doc) => Ok(serde_json::from_str(&doc.into_inner().json)?),
+        Err(s) if s.code() == Code::FailedPrecondition => Ok(Vec::new()),
+        Err(s) => {
+            eprintln!("warning: cannot list the cluster's networks: {}", s.message());
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// One row of `network ls`: a local network or a cluster one.
+struct Listed {
+    id: String,
+    name: String,
+    driver: String,
+    scope: &'static str,
+    doc: serde_json::Value,
+}
+
+async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Result<()> {
     let doc = |n: &pb::NetworkInfo| {
         serde_json::json!({"Name": n.name, "Id": n.id, "Driver": n.driver, "Internal": n.internal,
             "IPAM": {"Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
@@ -94,7 +208,48 @@ async fn network(engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Result<()> {
             "Containers": n.endpoints})
     };
     match cmd {
-        NetworkCmd::Create { driver: _, subnet, gateway, ip_range, internal, opt, mtu, name } => {
+        NetworkCmd::Create {
+            driver: Driver::Overlay,
+            subnet,
+            gateway,
+            ip_range,
+            internal,
+            opt,
+            mtu,
+            attachable,
+            ingress,
+            label,
+            name,
+        } => {
+            let spec =
+                overlay_spec(name, subnet, gateway, ip_range, *internal, *attachable, *ingress, label, opt, *mtu)?;
+            let spec_json = serde_json::to_string(&spec)?;
+            let r = client::control(cli)
+                .await?
+                .create_network(pb::ClusterNetworkCreateRequest { spec_json })
+                .await?
+                .into_inner();
+            println!("{}", r.id);
+        }
+        NetworkCmd::Create {
+            driver: Driver::Bridge,
+            subnet,
+            gateway,
+            ip_range,
+            internal,
+            opt,
+            mtu,
+            attachable,
+            ingress,
+            label,
+            name,
+        } => {
+            if *attachable || *ingress {
+                bail!("--attachable and --ingress apply to overlay networks: add -d overlay");
+            }
+            if !label.is_empty() {
+                bail!("--label is not supported for bridge networks yet");
+            }
             let mut req = pb::NetworkCreateRequest {
                 name: name.clone(),
                 subnet: subnet.clone().unwrap_or_default(),
@@ -119,34 +274,81 @@ async fn network(engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Result<()> {
             println!("{}", n.id);
         }
         NetworkCmd::Ls { quiet, format } => {
-            let list = engine.network_list(pb::Empty {}).await?.into_inner().networks;
-            let row =
-                |n: &pb::NetworkInfo| vec![vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), "local".into()]];
+            let local = engine.network_list(pb::Empty {}).await?.into_inner().networks;
+            let mut list: Vec<Listed> = local
+                .iter()
+                .map(|n| Listed {
+                    id: n.id.clone(),
+                    name: n.name.clone(),
+                    driver: n.driver.clone(),
+                    scope: "local",
+                    doc: doc(n),
+                })
+                .collect();
+            let mut cluster = cluster_networks(&mut client::control(cli).await?).await?;
+            cluster.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+            list.extend(cluster.iter().map(|n| Listed {
+                id: n.id.clone(),
+                name: n.spec.name.clone(),
+                driver: n.spec.driver.as_str().into(),
+                scope: "swarm",
+                doc: cluster_doc(n),
+            }));
+            let row = |n: &Listed| vec![vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), n.scope.into()]];
             print_listing(
                 &list,
                 *quiet,
                 *format,
                 |n| short(&n.id).to_string(),
-                doc,
+                |n| n.doc.clone(),
                 &["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
                 row,
             )?;
         }
         NetworkCmd::Inspect { networks } => {
             let list = engine.network_list(pb::Empty {}).await?.into_inner().networks;
+            let mut control: Option<Control> = None;
             let mut docs = Vec::new();
             for want in networks {
-                let n = list
-                    .iter()
-                    .find(|n| &n.name == want || n.id.starts_with(want.as_str()))
-                    .ok_or_else(|| anyhow::anyhow!("network {want} not found"))?;
-                docs.push(doc(n));
+                if let Some(n) = list.iter().find(|n| &n.name == want || n.id.starts_with(want.as_str())) {
+                    docs.push(doc(n));
+                    continue;
+                }
+                // Not one of this node's: a cluster network, if this node is a manager.
+                let c = match &mut control {
+                    Some(c) => c,
+                    None => control.insert(client::control(cli).await?),
+                };
+                match c.inspect_network(pb::ClusterNetworkRef { id: want.clone() }).await {
+                    Ok(d) => docs.push(cluster_doc(&serde_json::from_str(&d.into_inner().json)?)),
+                    Err(s) if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => {
+                        bail!("network {want} not found")
+                    }
+                    Err(s) => return Err(s.into()),
+                }
             }
             println!("{}", serde_json::to_string_pretty(&docs)?);
         }
         NetworkCmd::Rm { networks } => {
+            let mut control = client::control(cli).await?;
             for_each_item(networks, "networks", async |n| {
-                engine.network_remove(pb::NetworkRef { name: n.into() }).await?;
+                match engine.network_remove(pb::NetworkRef { name: n.into() }).await {
+                    Ok(_) => {}
+                    // Not one of this node's: a cluster network, if this node is a manager.
+                    Err(local) if local.code() == Code::NotFound => {
+                        match control.remove_network(pb::ClusterNetworkRef { id: n.into() }).await {
+                            Ok(_) => {}
+                            Err(s)
+                                if s.code() == Code::FailedPrecondition
+                                    && s.message().contains("not a swarm manager") =>
+                            {
+                                return Err(local);
+                            }
+                            Err(s) => return Err(s),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
                 Ok(vec![n.to_string()])
             })
             .await?;
@@ -173,4 +375,73 @@ async fn network(engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(opts: &[&str], mtu: Option<u32>) -> anyhow::Result<NetworkSpec> {
+        let opts: Vec<String> = opts.iter().map(|o| o.to_string()).collect();
+        let labels = vec!["team=web".to_string(), "flag".to_string()];
+        overlay_spec("app", &Some("10.9.0.0/24".into()), &None, &None, true, true, false, &labels, &opts, mtu)
+    }
+
+    #[test]
+    fn overlay_flags_make_the_spec_the_managers_store() {
+        let s = spec(&["com.docker.network.driver.mtu=1400"], None).expect("spec");
+        assert_eq!((s.mtu, s.internal, s.attachable, s.ingress), (Some(1400), true, true, false));
+        assert_eq!(s.ipam.subnet.map(|s| s.to_string()).as_deref(), Some("10.9.0.0/24"));
+        assert_eq!(s.labels.get("team").map(String::as_str), Some("web"));
+        assert_eq!(s.labels.get("flag").map(String::as_str), Some(""));
+        assert_eq!(spec(&["mtu=1300"], None).expect("spec").mtu, Some(1300));
+        assert_eq!(spec(&["mtu=1300"], Some(1200)).expect("spec").mtu, Some(1200), "--mtu wins");
+        for (opts, why) in [
+            (&["icc=false"][..], "unknown overlay network option"),
+            (&["mtu=big"][..], "invalid mtu"),
+            (&["encrypted"][..], "not supported yet"),
+            (&["mtu=10"][..], "out of range"),
+        ] {
+            let e = spec(opts, None).expect_err("refused").to_string();
+            assert!(e.contains(why), "{opts:?}: {e}");
+        }
+        let bad_gw = overlay_spec(
+            "a",
+            &Some("10.9.0.0/24".into()),
+            &Some("10.8.0.1".into()),
+            &None,
+            false,
+            false,
+            false,
+            &[],
+            &[],
+            None,
+        );
+        assert!(bad_gw.expect_err("refused").to_string().contains("not a host address"));
+    }
+
+    #[test]
+    fn inspect_shows_the_subnet_gateway_and_vni_as_docker_does() {
+        let mut n = Network {
+            id: "abc".into(),
+            meta: Default::default(),
+            spec: NetworkSpec { name: "app".into(), attachable: true, ..Default::default() },
+            alloc: None,
+        };
+        let d = cluster_doc(&n);
+        assert_eq!((d["Scope"].as_str(), d["Driver"].as_str()), (Some("swarm"), Some("overlay")));
+        assert_eq!(d["IPAM"]["Config"], serde_json::json!([]), "nothing allocated yet");
+        let subnet: shoal_proto::net::Subnet = "10.0.2.0/24".parse().expect("subnet");
+        n.alloc = Some(shoal_proto::network::NetworkAlloc {
+            vni: 4097,
+            subnet,
+            gateway: "10.0.2.1".parse().expect("ip"),
+            range: subnet,
+            mtu: 1450,
+        });
+        let d = cluster_doc(&n);
+        assert_eq!(d["IPAM"]["Config"], serde_json::json!([{"Subnet": "10.0.2.0/24", "Gateway": "10.0.2.1"}]));
+        assert_eq!(d["Options"][VXLANID_OPTION], "4097");
+        assert_eq!(d["Attachable"], true);
+    }
 }

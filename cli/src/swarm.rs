@@ -21,6 +21,18 @@ pub enum SwarmCmd {
         /// Lifetime of node certificates (e.g. 90d, 2160h, 30m); nodes renew at 50-80 %.
         #[arg(long, value_parser = crate::parse::duration_secs)]
         cert_expiry: Option<u64>,
+        /// Address pool (CIDR) cluster networks' subnets are carved from; repeatable (default 10.0.0.0/8).
+        #[arg(long = "default-addr-pool", value_name = "CIDR")]
+        default_addr_pool: Vec<String>,
+        /// Prefix length of each subnet carved from the pools (default 24).
+        #[arg(long, value_name = "N")]
+        default_addr_pool_mask_length: Option<u8>,
+        /// UDP port of the data path (VXLAN) on every node (default 4789).
+        #[arg(long, value_name = "PORT")]
+        data_path_port: Option<u16>,
+        /// This node's address for the data path (default: its advertise address).
+        #[arg(long, value_name = "IP")]
+        data_path_addr: Option<String>,
     },
     /// Join a swarm as a worker or manager (the token decides).
     Join {
@@ -30,6 +42,9 @@ pub enum SwarmCmd {
         advertise_addr: Option<String>,
         #[arg(long)]
         listen_addr: Option<String>,
+        /// This node's address for the data path (default: its advertise address).
+        #[arg(long, value_name = "IP")]
+        data_path_addr: Option<String>,
         /// A manager's address, HOST[:PORT].
         remote_addr: String,
     },
@@ -58,7 +73,23 @@ fn join_command(token: &str, addr: &str) -> String {
 
 pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
     match cmd {
-        SwarmCmd::Init { advertise_addr, listen_addr, force_new_cluster, cert_expiry } => {
+        SwarmCmd::Init {
+            advertise_addr,
+            listen_addr,
+            force_new_cluster,
+            cert_expiry,
+            default_addr_pool,
+            default_addr_pool_mask_length,
+            data_path_port,
+            data_path_addr,
+        } => {
+            // Checked here for a clear error before anything starts (the daemon checks again).
+            shoal_proto::network::ClusterNet::from_init(
+                default_addr_pool,
+                *default_addr_pool_mask_length,
+                *data_path_port,
+            )
+            .map_err(anyhow::Error::msg)?;
             let i = client::local(cli)
                 .await?
                 .swarm_init(pb::SwarmInitRequest {
@@ -66,6 +97,10 @@ pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
                     listen_addr: listen_addr.clone().unwrap_or_default(),
                     force_new_cluster: *force_new_cluster,
                     cert_expiry_secs: cert_expiry.unwrap_or(0),
+                    default_addr_pool: default_addr_pool.clone(),
+                    default_addr_pool_mask_length: default_addr_pool_mask_length.map_or(0, u32::from),
+                    data_path_port: data_path_port.map_or(0, u32::from),
+                    data_path_addr: data_path_addr.clone().unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
@@ -81,7 +116,7 @@ pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
                 "To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions."
             );
         }
-        SwarmCmd::Join { token, advertise_addr, listen_addr, remote_addr } => {
+        SwarmCmd::Join { token, advertise_addr, listen_addr, data_path_addr, remote_addr } => {
             let i = client::local(cli)
                 .await?
                 .swarm_join(pb::SwarmJoinRequest {
@@ -89,6 +124,7 @@ pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
                     remote_addr: remote_addr.clone(),
                     advertise_addr: advertise_addr.clone().unwrap_or_default(),
                     listen_addr: listen_addr.clone().unwrap_or_default(),
+                    data_path_addr: data_path_addr.clone().unwrap_or_default(),
                 })
                 .await?
                 .into_inner();

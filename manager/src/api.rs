@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use shoal_proto::model::{
-    Availability, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role, new_node_id, rfc3339,
+    Availability, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role, new_node_id, random_base36, rfc3339,
 };
+use shoal_proto::network::{Network, NetworkSpec};
 use shoal_proto::pb;
 use shoal_proto::pb::ca_client::CaClient;
 use shoal_proto::pb::control_client::ControlClient;
@@ -342,6 +343,71 @@ impl pb::control_server::Control for ControlService {
         let json =
             serde_json::to_string(&list).map_err(|e| Status::internal(format!("encoding the task list: {e}")))?;
         Ok(Response::new(pb::JsonDoc { json }))
+    }
+
+    #[tracing::instrument(skip_all, fields(net.id = tracing::field::Empty))]
+    async fn create_network(
+        &self,
+        req: Request<pb::ClusterNetworkCreateRequest>,
+    ) -> Result<Response<pb::ClusterNetworkRef>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, create_network);
+        let spec: NetworkSpec = serde_json::from_str(&r.spec_json)
+            .map_err(|e| Status::invalid_argument(format!("the network spec: {e}")))?;
+        spec.validate().map_err(Status::invalid_argument)?;
+        {
+            // The same checks `apply` makes, here for a precise status code.
+            let state = self.mgr.store.read();
+            if state.networks.values().any(|n| n.spec.name == spec.name) {
+                return Err(Status::already_exists(format!("network with name {} already exists", spec.name)));
+            }
+            if let Some(subnet) = spec.ipam.subnet
+                && let Some(why) = state.subnet_conflict(&subnet, spec.ingress, None)
+            {
+                return Err(Status::invalid_argument(format!("{why}: choose another --subnet")));
+            }
+        }
+        let id = random_base36(25);
+        record("net.id", &id);
+        self.mgr.write(Command::CreateNetwork { id: id.clone(), spec }).await?;
+        Ok(Response::new(pb::ClusterNetworkRef { id }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_networks(&self, req: Request<pb::Empty>) -> Result<Response<pb::JsonDoc>, Status> {
+        let caller = self.authorize(&req)?;
+        let _ = route!(self, req, caller, ControlClient, list_networks);
+        self.mgr.linearizable().await?;
+        let state = self.mgr.store.read();
+        let list: Vec<&Network> = state.networks.values().collect();
+        let json =
+            serde_json::to_string(&list).map_err(|e| Status::internal(format!("encoding the network list: {e}")))?;
+        Ok(Response::new(pb::JsonDoc { json }))
+    }
+
+    #[tracing::instrument(skip_all, fields(net.id = tracing::field::Empty))]
+    async fn inspect_network(&self, req: Request<pb::ClusterNetworkRef>) -> Result<Response<pb::JsonDoc>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, inspect_network);
+        self.mgr.linearizable().await?;
+        let state = self.mgr.store.read();
+        let n = state.find_network(&r.id).map_err(Status::not_found)?;
+        record("net.id", &n.id);
+        let json = serde_json::to_string(n).map_err(|e| Status::internal(format!("encoding the network: {e}")))?;
+        Ok(Response::new(pb::JsonDoc { json }))
+    }
+
+    /// Removes a cluster network nothing uses. Docker refuses to remove the
+    /// ingress network only while services publish ingress ports; none can
+    /// yet, so it goes like any other; `network create --ingress` makes a new one.
+    #[tracing::instrument(skip_all, fields(net.id = tracing::field::Empty))]
+    async fn remove_network(&self, req: Request<pb::ClusterNetworkRef>) -> Result<Response<pb::Empty>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, remove_network);
+        let n = self.mgr.store.read().find_network(&r.id).cloned().map_err(Status::not_found)?;
+        record("net.id", &n.id);
+        self.mgr.write(Command::RemoveNetwork { id: n.id }).await?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     #[tracing::instrument(skip_all)]

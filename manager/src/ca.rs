@@ -146,6 +146,7 @@ mod tests {
             worker_secret: JoinToken::new_secret(),
             manager_secret: JoinToken::new_secret(),
             node_cert_ttl_secs: 0,
+            net: Default::default(),
             meta: Meta::default(),
         }
     }

@@ -1,9 +1,10 @@
 //! The leader-only loops: the orchestrator's, which writes each pass of
-//! `orchestrator::plan`, and the dispatcher's, which writes the nodes' batched
-//! reports and the downs that liveness decides. Both run for one leadership
+//! `orchestrator::plan`, the allocator's, which writes each pass of
+//! `allocator::plan`, and the dispatcher's, which writes the nodes' batched
+//! reports and the downs that liveness decides. All run for one leadership
 //! term (until its token is cancelled) and reach the manager only through a
 //! [`Proposer`]: read the store, propose a command and await its outcome. So
-//! neither needs a whole `Manager`, and a test can drive them with its own.
+//! none needs a whole `Manager`, and a test can drive them with its own.
 //!
 //! Architecture Invariant: these loops run only while their token lives, and
 //! the manager cancels it the moment its leadership ends.
@@ -18,9 +19,10 @@ use shoal_proto::service::TaskStatus;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::allocator;
 use crate::dispatcher::Dispatcher;
 use crate::orchestrator::plan;
-use crate::state::{Command, NodeStatusUpdate, Response, TaskChange};
+use crate::state::{Command, NodeStatusUpdate, Response, State};
 use crate::store::Store;
 
 /// What the leader loops need from a manager.
@@ -38,22 +40,49 @@ pub trait Proposer: Send + Sync + 'static {
     fn term(&self) -> u64;
 }
 
-/// Starts both loops for the leadership term that `token` lives for.
+/// Starts the loops for the leadership term that `token` lives for.
 pub fn start<P: Proposer>(p: Arc<P>, dispatcher: Dispatcher, token: CancellationToken) {
     tokio::spawn(dispatch(dispatcher, p.clone(), token.clone()));
-    tokio::spawn(orchestrate(p, token));
+    tokio::spawn(orchestrate(p.clone(), token.clone()));
+    tokio::spawn(allocate(p, token));
 }
 
 /// Leader-only: runs `plan` after every change of the state (and every
 /// `RESYNC`), writing each pass's changes in one Raft entry.
 pub async fn orchestrate<P: Proposer>(p: Arc<P>, token: CancellationToken) {
     let term = p.term();
+    let span = move || tracing::info_span!("orchestrator", raft.term = term);
+    let plan = |state: &State| plan(state, now_ms(), &mut new_node_id);
+    lead(p, token, span, plan, |changes| Command::Tasks { changes }, "orchestrator").await
+}
+
+/// Leader-only: the allocator's loop, shaped like the orchestrator's: each
+/// pass of `allocator::plan` is written in `Command::Allocate` entries.
+pub async fn allocate<P: Proposer>(p: Arc<P>, token: CancellationToken) {
+    let term = p.term();
+    let span = move || tracing::info_span!("allocator", raft.term = term);
+    lead(p, token, span, allocator::plan, |changes| Command::Allocate { changes }, "allocator").await
+}
+
+/// The loop both share: a pass after every change of the state (and every
+/// `RESYNC`), until the term ends.
+async fn lead<P, C>(
+    p: Arc<P>,
+    token: CancellationToken,
+    span: impl Fn() -> tracing::Span,
+    plan: impl Fn(&State) -> Vec<C>,
+    wrap: impl Fn(Vec<C>) -> Command,
+    what: &'static str,
+) where
+    P: Proposer,
+    C: Clone + PartialEq,
+{
     let mut events = p.store().subscribe();
     let mut tick = tokio::time::interval(RESYNC);
-    let mut last: Vec<TaskChange> = Vec::new();
+    let mut last: Vec<C> = Vec::new();
     loop {
-        let pass = tracing::info_span!("orchestrator", raft.term = term);
-        match orchestrator_pass(&*p, &mut last, &token).instrument(pass).await {
+        let changes = plan(&p.store().read());
+        match write_pass(&*p, changes, &mut last, &wrap, what, &token).instrument(span()).await {
             Pass::Stop => return,
             Pass::Wrote => continue, // look again at the state it made
             Pass::Idle => {}
@@ -80,10 +109,15 @@ enum Pass {
     Stop,
 }
 
-/// One pass of the orchestrator: plan, and write what it changes.
-async fn orchestrator_pass<P: Proposer>(p: &P, last: &mut Vec<TaskChange>, token: &CancellationToken) -> Pass {
-    let state = p.store().read();
-    let changes = plan(&state, now_ms(), &mut new_node_id);
+/// One pass of the orchestrator or allocator: write what its plan changes.
+async fn write_pass<P: Proposer, C: Clone + PartialEq>(
+    p: &P,
+    changes: Vec<C>,
+    last: &mut Vec<C>,
+    wrap: &impl Fn(Vec<C>) -> Command,
+    what: &'static str,
+    token: &CancellationToken,
+) -> Pass {
     // The same changes again (the state did not take them): wait for news instead of spinning.
     if changes.is_empty() || changes == *last {
         return Pass::Idle;
@@ -91,8 +125,10 @@ async fn orchestrator_pass<P: Proposer>(p: &P, last: &mut Vec<TaskChange>, token
     *last = changes.clone();
     // Big passes go in several entries, each well under the transport's message limit.
     for chunk in changes.chunks(MAX_CHANGES_PER_ENTRY) {
-        if let Err(e) = p.propose(Command::Tasks { changes: chunk.to_vec() }).await {
-            tracing::warn!(error = %e, changes = chunk.len(), "orchestrator write failed; retrying");
+        if let Err(e) = p.propose(wrap(chunk.to_vec())).await {
+            tracing::warn!(error = %e, changes = chunk.len(), "{what} write failed; retrying");
+            // Not written: the same plan next time is a retry, not a repeat.
+            last.clear();
             tokio::select! {
                 _ = token.cancelled() => return Pass::Stop,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -103,10 +139,10 @@ async fn orchestrator_pass<P: Proposer>(p: &P, last: &mut Vec<TaskChange>, token
     Pass::Wrote
 }
 
-/// A task change is under 1 KiB of JSON: 2,000 keep an entry near 1.5 MiB.
+/// A task (or allocation) change is under 1 KiB of JSON: 2,000 keep an entry near 1.5 MiB.
 const MAX_CHANGES_PER_ENTRY: usize = 2_000;
 
-/// How often the orchestrator looks even when nothing changed (restart back-offs come due).
+/// How often the orchestrator and allocator look even when nothing changed (restart back-offs come due).
 const RESYNC: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How often pending status changes are written and liveness is judged.
@@ -256,6 +292,46 @@ mod tests {
         let nodes: std::collections::BTreeSet<String> =
             p.store.read().tasks.values().map(|t| t.node_id.clone()).collect();
         assert_eq!(nodes.len(), 2, "spread over both nodes");
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the loop ends with its term")
+            .expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn the_allocator_loop_allocates_each_new_network_and_stops_with_its_term() {
+        use shoal_proto::model::{Cluster, RootCa};
+        use shoal_proto::network::NetworkSpec;
+        let p = Arc::new(Applier { store: Store::new(), index: AtomicU64::new(0), fail_next: AtomicBool::new(true) });
+        let cluster = Cluster {
+            id: "c".into(),
+            root_ca: RootCa { cert_pem: String::new(), key_pem: String::new() },
+            worker_secret: String::new(),
+            manager_secret: String::new(),
+            node_cert_ttl_secs: 0,
+            net: Default::default(),
+            meta: Meta::default(),
+        };
+        p.store
+            .apply_batch(|state, _, _| {
+                state.apply(1, &Request { at_ms: 1, cmd: Command::Bootstrap { cluster, node: node("a") } }).1
+            })
+            .publish();
+        let token = CancellationToken::new();
+        let running = tokio::spawn(allocate(p.clone(), token.clone()));
+        // Its first write fails (no quorum), and networks created while it runs are seen.
+        for name in ["app", "db"] {
+            let spec = NetworkSpec { name: name.into(), ..Default::default() };
+            let fail = p.fail_next.swap(false, Ordering::SeqCst);
+            p.propose(Command::CreateNetwork { id: name.into(), spec }).await.expect("create");
+            p.fail_next.store(fail, Ordering::SeqCst);
+        }
+        let allocated = until(&p.store, |s| s.networks.values().all(|n| n.alloc.is_some())).await;
+        assert!(allocated, "both allocated: {:?}", p.store.read().networks);
+        assert!(!p.fail_next.load(Ordering::SeqCst), "the failed write was retried");
+        let vnis: Vec<u32> = p.store.read().networks.values().filter_map(|n| n.alloc.as_ref().map(|a| a.vni)).collect();
+        assert_eq!(vnis, vec![4097, 4098]);
         token.cancel();
         tokio::time::timeout(Duration::from_secs(5), running)
             .await

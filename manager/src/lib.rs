@@ -1,10 +1,11 @@
 //! The manager role: the Raft-replicated cluster state (`raft`, `store`,
-//! `state`), the APIs that change it (`api`), the certificate authority
+//! `state`, with cluster networks and what they hold in `networks`), the APIs that change it (`api`), the certificate authority
 //! (`ca`), agent sessions (`dispatcher`: their state; `session`: their gRPC face), the pure orchestrator and scheduler
 //! (`orchestrator`), the leader-only loops that write their results (`leader`)
 //! and the server that exposes them.
 //! It never runs containers or touches the host's network.
 
+pub mod allocator;
 pub mod api;
 pub mod auth;
 pub mod ca;
@@ -13,6 +14,7 @@ pub mod dispatcher;
 pub mod leader;
 pub mod liveness;
 pub mod manager;
+pub mod networks;
 pub mod orchestrator;
 pub mod raft;
 pub mod server;

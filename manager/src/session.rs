@@ -75,6 +75,7 @@ impl DispatcherService {
         };
         let node_id = id.node_id.clone();
         tracing::info!(hostname = %hello.hostname, "session started");
+        let net = node_net(&hello.addr, &hello.data_addr, &hello.subnets);
         let d = mgr.dispatcher.clone();
         d.seen(&node_id);
         d.report(NodeStatusUpdate {
@@ -90,6 +91,7 @@ impl DispatcherService {
                 probe_key: hex(&hello.probe_key),
                 os: hello.os,
                 arch: hello.arch,
+                net,
             }),
         });
         let (tx, rx) = mpsc::channel(16);
@@ -183,4 +185,39 @@ impl DispatcherService {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What a hello says of the node's networking: its data address (the
+/// advertise address's host unless it gives one) and its own subnets. What
+/// does not parse is left out, with a warning: the node's description is
+/// still worth keeping.
+fn node_net(advertise: &str, data_addr: &str, subnets: &[String]) -> shoal_proto::network::NodeNet {
+    let host = |a: &str| a.rsplit_once(':').map_or(a, |(h, _)| h).parse::<std::net::Ipv4Addr>().ok();
+    let data_addr = if data_addr.is_empty() { host(advertise) } else { data_addr.parse().ok() };
+    let subnets = subnets
+        .iter()
+        .filter_map(|s| match s.parse() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "a node reported a subnet that does not parse; ignored");
+                None
+            }
+        })
+        .collect();
+    shoal_proto::network::NodeNet { data_addr, subnets }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hello_gives_the_data_address_and_the_subnets() {
+        let n = node_net("10.98.0.3:4620", "", &["10.98.0.0/24".into(), "bogus".into(), "172.17.0.1/16".into()]);
+        assert_eq!(n.data_addr, Some("10.98.0.3".parse().expect("ip")));
+        assert_eq!(n.subnets.iter().map(|s| s.to_string()).collect::<Vec<_>>(), vec!["10.98.0.0/24", "172.17.0.0/16"]);
+        let n = node_net("10.98.0.3:4620", "192.168.9.9", &[]);
+        assert_eq!(n.data_addr, Some("192.168.9.9".parse().expect("ip")));
+        assert_eq!(node_net("host.example:4620", "", &[]).data_addr, None);
+    }
 }

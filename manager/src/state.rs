@@ -10,15 +10,51 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::model::{Availability, Cluster, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
+use shoal_proto::network::{Network, NetworkSpec};
+
+use crate::networks::{AllocChange, Held};
 use shoal_proto::service::{RegistryAuth, Service, ServiceSpec, Task, TaskState, TaskStatus, UpdateState};
 
 /// Everything a manager replicates.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Stored")]
 pub struct State {
     pub cluster: Option<Cluster>,
     pub nodes: BTreeMap<String, Node>,
     pub services: BTreeMap<String, Service>,
     pub tasks: BTreeMap<String, Task>,
+    /// Cluster networks (absent from state stored before them).
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
+    /// What is held (VNIs, subnets, addresses): derived, never serialized.
+    #[serde(skip)]
+    pub(crate) held: Held,
+}
+
+/// A [`State`] as it is stored: everything but what is derived.
+#[derive(Deserialize)]
+struct Stored {
+    cluster: Option<Cluster>,
+    nodes: BTreeMap<String, Node>,
+    services: BTreeMap<String, Service>,
+    tasks: BTreeMap<String, Task>,
+    #[serde(default)]
+    networks: BTreeMap<String, Network>,
+}
+
+impl From<Stored> for State {
+    fn from(s: Stored) -> State {
+        let mut state = State {
+            cluster: s.cluster,
+            nodes: s.nodes,
+            services: s.services,
+            tasks: s.tasks,
+            networks: s.networks,
+            held: Held::default(),
+        };
+        state.reindex();
+        state
+    }
 }
 
 /// A write proposed through Raft, with the proposer's clock.
@@ -105,6 +141,21 @@ pub enum Command {
         node_id: String,
         updates: Vec<(String, TaskStatus)>,
     },
+    /// From the API: a cluster network (its id chosen by the proposer). Its
+    /// name must be free and a subnet it asks for must overlap nothing held.
+    CreateNetwork {
+        id: String,
+        spec: NetworkSpec,
+    },
+    /// From the API: refused while anything uses the network.
+    RemoveNetwork {
+        id: String,
+    },
+    /// One pass of the allocator. Each change is refused on its own when
+    /// what it allocates is held by another owner; the rest apply.
+    Allocate {
+        changes: Vec<AllocChange>,
+    },
 }
 
 /// One change of the orchestrator's or scheduler's pass.
@@ -162,6 +213,9 @@ impl Command {
             Command::RemoveService { .. } => "remove-service",
             Command::Tasks { .. } => "tasks",
             Command::TaskStatus { .. } => "task-status",
+            Command::CreateNetwork { .. } => "create-network",
+            Command::RemoveNetwork { .. } => "remove-network",
+            Command::Allocate { .. } => "allocate",
         }
     }
 }
@@ -221,6 +275,7 @@ pub enum ObjKey {
     Node(String),
     Service(String),
     Task(String),
+    Network(String),
 }
 
 impl ObjKey {
@@ -230,6 +285,7 @@ impl ObjKey {
             ObjKey::Node(id) => format!("node/{id}"),
             ObjKey::Service(id) => format!("service/{id}"),
             ObjKey::Task(id) => format!("task/{id}"),
+            ObjKey::Network(id) => format!("network/{id}"),
         }
     }
 }
@@ -420,6 +476,25 @@ impl State {
                 }
                 (Response::Ok, keys)
             }
+            Command::CreateNetwork { id, spec } => match self.create_network(id, spec) {
+                Ok(mut n) => {
+                    stamp(&mut n.meta, index, at, true);
+                    self.networks.insert(id.clone(), n);
+                    (Response::Ok, vec![ObjKey::Network(id.clone())])
+                }
+                Err(why) => reject(&why),
+            },
+            Command::RemoveNetwork { id } => match self.remove_network(id) {
+                Ok(()) => (Response::Ok, vec![ObjKey::Network(id.clone())]),
+                Err(why) => reject(&why),
+            },
+            Command::Allocate { changes } => {
+                let mut keys: Vec<ObjKey> =
+                    changes.iter().filter_map(|c| self.apply_alloc_change(c, index, at)).collect();
+                keys.sort();
+                keys.dedup();
+                (Response::Ok, keys)
+            }
         }
     }
 
@@ -534,6 +609,7 @@ impl State {
             ObjKey::Node(id) => self.nodes.get(id).and_then(|n| serde_json::to_vec(n).ok()),
             ObjKey::Service(id) => self.services.get(id).and_then(|n| serde_json::to_vec(n).ok()),
             ObjKey::Task(id) => self.tasks.get(id).and_then(|n| serde_json::to_vec(n).ok()),
+            ObjKey::Network(id) => self.networks.get(id).and_then(|n| serde_json::to_vec(n).ok()),
         }
     }
 
@@ -551,8 +627,13 @@ impl State {
                     .insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
             } else if let Some(id) = key.strip_prefix("task/") {
                 state.tasks.insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
+            } else if let Some(id) = key.strip_prefix("network/") {
+                state
+                    .networks
+                    .insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
             }
         }
+        state.reindex();
         Ok(state)
     }
 
@@ -617,6 +698,7 @@ mod tests {
             worker_secret: "w".into(),
             manager_secret: "m".into(),
             node_cert_ttl_secs: 0,
+            net: Default::default(),
             meta: Meta::default(),
         };
         let mut first = node("n1", Role::Manager);
@@ -820,6 +902,43 @@ mod tests {
             .collect();
         let back = State::decode(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).expect("decode");
         assert_eq!(back.tasks, s.tasks);
+    }
+
+    #[test]
+    fn state_stored_before_networks_loads_unchanged() {
+        // A snapshot and stored objects as a manager wrote them before cluster networks.
+        let old_cluster = r#"{"id":"c1","root_ca":{"cert_pem":"c","key_pem":"k"},"worker_secret":"w",
+            "manager_secret":"m","node_cert_ttl_secs":0,"meta":{"version":1,"created_ms":10,"updated_ms":10}}"#;
+        let old_node = r#"{"id":"n1","raft_id":1,"spec":{"role":"manager","availability":"active","labels":{}},
+            "description":{"hostname":"h","addr":"10.98.0.1:4620","engine_version":"0.1","cert_expiry_ms":0},
+            "status":{"state":"ready","message":""},"meta":{"version":1,"created_ms":10,"updated_ms":10}}"#;
+        let snapshot =
+            format!(r#"{{"cluster":{old_cluster},"nodes":{{"n1":{old_node}}},"services":{{}},"tasks":{{}}}}"#);
+        let s: State = serde_json::from_str(&snapshot).expect("old snapshot");
+        let cluster = s.cluster.as_ref().expect("cluster");
+        assert_eq!(cluster.net, shoal_proto::network::ClusterNet::default());
+        assert_eq!(s.nodes["n1"].description.net, Default::default());
+        assert!(s.networks.is_empty());
+        let pairs = [("cluster", old_cluster.as_bytes()), ("node/n1", old_node.as_bytes())];
+        assert_eq!(State::decode(pairs).expect("old store"), s);
+        // And a state with networks goes through the snapshot and the store alike.
+        let mut s = booted();
+        s.networks.insert("net1".into(), network("net1", "app", None));
+        let json = serde_json::to_vec(&s).expect("json");
+        assert_eq!(serde_json::from_slice::<State>(&json).expect("snapshot"), s);
+        let pairs: Vec<(String, Vec<u8>)> =
+            [ObjKey::Cluster, ObjKey::Node("n1".into()), ObjKey::Network("net1".into())]
+                .iter()
+                .map(|k| (k.db_key(), s.encode(k).expect("present")))
+                .collect();
+        let back = State::decode(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).expect("decode");
+        assert_eq!(back, s);
+    }
+
+    fn network(id: &str, name: &str, subnet: Option<&str>) -> Network {
+        let mut spec = shoal_proto::network::NetworkSpec { name: name.into(), ..Default::default() };
+        spec.ipam.subnet = subnet.map(|x| x.parse().expect("subnet"));
+        Network { id: id.into(), meta: Meta::default(), spec, alloc: None }
     }
 
     #[test]

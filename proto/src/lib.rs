@@ -1,5 +1,5 @@
 //! The API boundary: wire types generated from `proto/shoal.proto` (`pb`), the
-//! domain model the managers store (`model`, `service`, `health`), netd's API types
+//! domain model the managers store (`model`, `service`, `health`, `network`), netd's API types
 //! (`net`), Docker's spellings of sizes, CPUs, durations and signals (`parse`) and
 //! of mounts (`mount`), join tokens and transport security (`token`, `tls`). It owns no state
 //! and does no I/O beyond the sockets it is handed, except `probe`: the liveness
@@ -9,6 +9,7 @@ pub mod health;
 pub mod model;
 pub mod mount;
 pub mod net;
+pub mod network;
 pub mod parse;
 pub mod probe;
 pub mod service;

@@ -125,6 +125,9 @@ pub struct NodeDescription {
     pub os: String,
     #[serde(default)]
     pub arch: String,
+    /// Its data-path address and own subnets (what cluster networks must avoid).
+    #[serde(default)]
+    pub net: crate::network::NodeNet,
 }
 
 impl NodeDescription {
@@ -178,6 +181,9 @@ pub struct Cluster {
     /// Lifetime of node certificates, seconds; 0 means the default (90 days).
     #[serde(default)]
     pub node_cert_ttl_secs: u64,
+    /// Address pools, the ingress subnet and ports (defaults for clusters made before them).
+    #[serde(default)]
+    pub net: crate::network::ClusterNet,
     pub meta: Meta,
 }
 

@@ -386,6 +386,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 fn all_keys(state: &State) -> Vec<ObjKey> {
     let mut keys: Vec<ObjKey> = state.nodes.keys().map(|id| ObjKey::Node(id.clone())).collect();
+    keys.extend(state.services.keys().map(|id| ObjKey::Service(id.clone())));
+    keys.extend(state.tasks.keys().map(|id| ObjKey::Task(id.clone())));
+    keys.extend(state.networks.keys().map(|id| ObjKey::Network(id.clone())));
     if state.cluster.is_some() {
         keys.push(ObjKey::Cluster);
     }

@@ -1,0 +1,260 @@
+//! The allocator's pure plan: what each cluster network without an
+//! allocation gets (a VNI, a subnet, its gateway, range and MTU), chosen so
+//! that nothing overlaps what is held, the ingress subnet, or any node's own
+//! subnets. The leader writes each pass in `Command::Allocate` entries
+//! (`leader::allocate`); `apply` refuses anything held by another owner, so a
+//! plan from a stale view fails safe.
+//!
+//! Task addresses and VIPs come here later, with service attachments: they
+//! are held per `(network, address)` in the same index.
+
+use std::collections::BTreeSet;
+
+use shoal_proto::net::Subnet;
+use shoal_proto::network::{ClusterNet, DEFAULT_OVERLAY_MTU, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc};
+
+use crate::networks::{AllocChange, claimed_subnet};
+use crate::state::State;
+
+/// The allocations the state lacks, in network id order. A network that
+/// cannot be given a subnet (the pools are full) is left for a later pass.
+pub fn plan(state: &State) -> Vec<AllocChange> {
+    let Some(cluster) = &state.cluster else { return Vec::new() };
+    let mut vnis: BTreeSet<u32> = state.held().vnis().collect();
+    // Everything a chosen subnet must not overlap (claimed ones are held).
+    let mut taken: Vec<Subnet> = state.held().subnets().collect();
+    taken.extend(state.nodes.values().flat_map(|n| n.description.net.subnets.iter().copied()));
+    let mut changes = Vec::new();
+    for n in state.networks.values().filter(|n| n.alloc.is_none()) {
+        let Some(vni) = next_vni(n, &vnis) else { continue };
+        let Some(subnet) = choose_subnet(n, &cluster.net, &taken) else { continue };
+        let spec = &n.spec;
+        let Some(gateway) = spec.ipam.gateway.or_else(|| subnet.nth(1)) else { continue };
+        let alloc = NetworkAlloc {
+            vni,
+            subnet,
+            gateway,
+            range: spec.ipam.ip_range.unwrap_or(subnet),
+            mtu: spec.mtu.unwrap_or(DEFAULT_OVERLAY_MTU),
+        };
+        vnis.insert(vni);
+        taken.push(subnet);
+        changes.push(AllocChange::Network { id: n.id.clone(), alloc });
+    }
+    changes
+}
+
+/// Ingress takes 4096; every other network the lowest free VNI from 4097.
+fn next_vni(n: &Network, held: &BTreeSet<u32>) -> Option<u32> {
+    if n.spec.ingress {
+        return (!held.contains(&INGRESS_VNI)).then_some(INGRESS_VNI);
+    }
+    (FIRST_VNI..=MAX_VNI).find(|v| !held.contains(v))
+}
+
+/// The subnet the spec asks for; for ingress, the cluster's ingress subnet;
+/// otherwise the first carve of the default pools that overlaps nothing taken.
+fn choose_subnet(n: &Network, net: &ClusterNet, taken: &[Subnet]) -> Option<Subnet> {
+    if let Some(s) = claimed_subnet(n) {
+        return Some(s);
+    }
+    let free = |s: &Subnet| !taken.iter().any(|t| t.overlaps(s));
+    if n.spec.ingress {
+        return Some(net.ingress_subnet).filter(free);
+    }
+    let ingress = net.ingress_subnet;
+    net.default_pools.iter().flat_map(|p| p.pool.split(p.mask)).find(|s| free(s) && !s.overlaps(&ingress))
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use shoal_proto::model::{Cluster, Meta, Node, NodeDescription, NodeSpec, NodeStatus, Role, RootCa};
+    use shoal_proto::network::{AddrPool, NetworkSpec};
+
+    use super::*;
+    use crate::state::{Command, Request, Response};
+
+    fn sub(s: &str) -> Subnet {
+        s.parse().expect("subnet")
+    }
+
+    /// A cluster whose one node sits on the lab's 10.98.0.0/24.
+    fn world(net: ClusterNet) -> State {
+        let mut s = State::default();
+        let cluster = Cluster {
+            id: "c".into(),
+            root_ca: RootCa { cert_pem: String::new(), key_pem: String::new() },
+            worker_secret: String::new(),
+            manager_secret: String::new(),
+            node_cert_ttl_secs: 0,
+            net,
+            meta: Meta::default(),
+        };
+        let mut node = Node {
+            id: "n1".into(),
+            raft_id: 1,
+            spec: NodeSpec { role: Role::Manager, availability: Default::default(), labels: Default::default() },
+            description: NodeDescription { hostname: "lab1".into(), ..Default::default() },
+            status: NodeStatus::default(),
+            meta: Meta::default(),
+        };
+        node.description.net.subnets = vec![sub("10.98.0.0/24"), sub("10.0.1.0/24")];
+        let (r, _) = s.apply(1, &Request { at_ms: 1, cmd: Command::Bootstrap { cluster, node } });
+        assert_eq!(r, Response::Ok);
+        s
+    }
+
+    fn apply(s: &mut State, index: u64, cmd: Command) -> Response {
+        s.apply(index, &Request { at_ms: index, cmd }).0
+    }
+
+    fn create(s: &mut State, index: u64, id: &str, f: impl FnOnce(&mut NetworkSpec)) {
+        let mut spec = NetworkSpec { name: id.into(), ..Default::default() };
+        f(&mut spec);
+        assert_eq!(apply(s, index, Command::CreateNetwork { id: id.into(), spec }), Response::Ok);
+    }
+
+    fn allocs(s: &State) -> Vec<(String, u32, String, String, u32)> {
+        s.networks
+            .values()
+            .filter_map(|n| {
+                let a = n.alloc.as_ref()?;
+                Some((n.spec.name.clone(), a.vni, a.subnet.to_string(), a.gateway.to_string(), a.mtu))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn networks_get_vnis_and_subnets_around_everything_held() {
+        let mut s = world(ClusterNet::default());
+        create(&mut s, 2, "a", |_| {});
+        create(&mut s, 3, "b", |_| {});
+        create(&mut s, 4, "c", |sp| {
+            sp.ipam.subnet = Some(sub("10.0.0.0/24"));
+            sp.mtu = Some(1400);
+        });
+        create(&mut s, 5, "ingress", |sp| sp.ingress = true);
+        let changes = plan(&s);
+        assert_eq!(changes.len(), 4);
+        assert_eq!(apply(&mut s, 6, Command::Allocate { changes }), Response::Ok);
+        assert_eq!(
+            allocs(&s),
+            vec![
+                ("a".into(), 4097, "10.0.2.0/24".into(), "10.0.2.1".into(), 1450), // 10.0.0/24 is c's, 10.0.1/24 the node's
+                ("b".into(), 4098, "10.0.3.0/24".into(), "10.0.3.1".into(), 1450),
+                ("c".into(), 4099, "10.0.0.0/24".into(), "10.0.0.1".into(), 1400),
+                ("ingress".into(), 4096, "10.255.0.0/16".into(), "10.255.0.1".into(), 1450),
+            ]
+        );
+        assert!(plan(&s).is_empty(), "nothing left to do");
+    }
+
+    #[test]
+    fn the_labs_subnet_inside_the_default_pool_is_skipped() {
+        // A pool of /24s whose first carves the lab's node holds.
+        let net = ClusterNet {
+            default_pools: vec![AddrPool { pool: sub("10.98.0.0/23"), mask: 24 }],
+            ..ClusterNet::default()
+        };
+        let mut s = world(net);
+        create(&mut s, 2, "a", |_| {});
+        create(&mut s, 3, "b", |_| {});
+        let changes = plan(&s);
+        apply(&mut s, 4, Command::Allocate { changes });
+        assert_eq!(allocs(&s), vec![("a".into(), 4097, "10.98.1.0/24".into(), "10.98.1.1".into(), 1450)]);
+        assert!(s.networks["b"].alloc.is_none(), "the pool is full: b waits");
+        // In the default pool, a carve never overlaps the lab's subnet either.
+        let mut s = world(ClusterNet::default());
+        for i in 0..120 {
+            create(&mut s, 2 + i, &format!("n{i}"), |_| {});
+        }
+        let changes = plan(&s);
+        apply(&mut s, 200, Command::Allocate { changes });
+        assert_eq!(s.networks.values().filter(|n| n.alloc.is_some()).count(), 120);
+        let lab = sub("10.98.0.0/24");
+        assert!(s.networks.values().all(|n| !n.alloc.as_ref().expect("alloc").subnet.overlaps(&lab)));
+    }
+
+    /// Random creates and removes, with leader changes: a fresh allocator
+    /// (the plan has no memory) planning from a state that may be behind the
+    /// one its entry is applied to. Never a VNI twice, never overlapping subnets.
+    #[test]
+    fn never_a_duplicate_vni_or_overlapping_subnets_over_random_runs() {
+        let net = ClusterNet {
+            default_pools: vec![AddrPool { pool: sub("10.0.0.0/20"), mask: 24 }],
+            ingress_subnet: sub("10.0.15.0/24"),
+            ..ClusterNet::default()
+        };
+        let mut refused = 0;
+        for seed in 0..20u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut s = world(net.clone());
+            let mut index = 2;
+            let mut ids = 0u32;
+            // A leader's view: the state as of some earlier index.
+            let mut view = s.clone();
+            for _ in 0..300 {
+                index += 1;
+                match rng.random_range(0..10) {
+                    0..=3 => {
+                        ids += 1;
+                        let id = format!("n{ids}");
+                        let mut spec = NetworkSpec { name: id.clone(), ..Default::default() };
+                        if rng.random_bool(0.2) {
+                            spec.ipam.subnet =
+                                Some(Subnet::new([10, 0, rng.random_range(0..16), 0].into(), 24).expect("subnet"));
+                        }
+                        apply(&mut s, index, Command::CreateNetwork { id, spec });
+                    }
+                    4..=5 => {
+                        if let Some(id) = s.networks.keys().nth(rng.random_range(0..s.networks.len().max(1))).cloned() {
+                            apply(&mut s, index, Command::RemoveNetwork { id });
+                        }
+                    }
+                    6 => view = s.clone(), // a new leader, up to date
+                    _ => {
+                        // The leader plans from its (possibly stale) view; the entry applies to the latest state.
+                        let changes = plan(&view);
+                        let planned = changes.len();
+                        let (_, keys) = s.apply(index, &Request { at_ms: index, cmd: Command::Allocate { changes } });
+                        refused += planned - keys.len();
+                        if rng.random_bool(0.5) {
+                            view = s.clone();
+                        }
+                    }
+                }
+                check(&s, seed);
+            }
+            // A leader with the latest state allocates whatever fits: all of it applies.
+            let changes = plan(&s);
+            apply(&mut s, index + 1, Command::Allocate { changes });
+            check(&s, seed);
+            assert!(plan(&s).is_empty(), "seed {seed}: a plan from the latest state all applies");
+            // A network still waiting waits for a free carve, and there is none.
+            if s.networks.values().any(|n| n.alloc.is_none()) {
+                let mut blocked: Vec<Subnet> = s.held().subnets().collect();
+                blocked.extend([sub("10.0.1.0/24"), sub("10.0.15.0/24")]);
+                let free = sub("10.0.0.0/20").split(24).find(|c| !blocked.iter().any(|b| b.overlaps(c)));
+                assert_eq!(free, None, "seed {seed}: a network waits while {free:?} is free");
+            }
+        }
+        assert!(refused > 0, "stale plans were tried, and apply refused them");
+    }
+
+    fn check(s: &State, seed: u64) {
+        let allocated: Vec<&NetworkAlloc> = s.networks.values().filter_map(|n| n.alloc.as_ref()).collect();
+        let vnis: BTreeSet<u32> = allocated.iter().map(|a| a.vni).collect();
+        assert_eq!(vnis.len(), allocated.len(), "seed {seed}: a VNI twice in {allocated:?}");
+        for (i, a) in allocated.iter().enumerate() {
+            for b in &allocated[i + 1..] {
+                assert!(!a.subnet.overlaps(&b.subnet), "seed {seed}: {} overlaps {}", a.subnet, b.subnet);
+            }
+            assert!(!a.subnet.overlaps(&sub("10.0.15.0/24")), "seed {seed}: in the ingress subnet");
+        }
+        let mut fresh = s.clone();
+        fresh.reindex();
+        assert_eq!(fresh.held(), s.held(), "seed {seed}: the index is what a reload derives");
+    }
+}

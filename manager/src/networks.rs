@@ -1,0 +1,381 @@
+//! Cluster networks in the replicated state: the commands that create,
+//! remove and allocate them, and the derived index of what is held.
+//!
+//! Architecture Invariant: `apply` never lets two owners hold the same VNI or
+//! overlapping subnets (and, once tasks and services have addresses, the same
+//! address on a network). The check runs against [`Held`], an index derived
+//! from the objects that hold them, rebuilt on load and snapshot install and
+//! never serialized; so a new leader whose allocator planned from a stale view
+//! cannot hand anything out twice: its change is refused, the rest of its
+//! batch applies.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use shoal_proto::net::Subnet;
+use shoal_proto::network::{FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc, NetworkSpec};
+
+use crate::state::{ObjKey, State};
+
+/// One change of the allocator's pass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AllocChange {
+    /// A network's VNI, subnet, gateway, range and MTU (once; never changed).
+    Network { id: String, alloc: NetworkAlloc },
+}
+
+/// Who holds a VNI, a subnet or an address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Owner {
+    Network(String),
+}
+
+/// What is held, derived from the objects (see the module's invariant).
+/// Task addresses and VIPs will be held per `(network id, address)` in
+/// `addrs`, owned by the task or the service's endpoint.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Held {
+    vnis: BTreeMap<u32, Owner>,
+    /// Allocated subnets and the ones a spec asks for, claimed at create.
+    subnets: BTreeMap<Subnet, Owner>,
+    addrs: BTreeMap<(String, Ipv4Addr), Owner>,
+}
+
+impl Held {
+    /// The index of `networks` (every other object holds nothing yet).
+    pub fn of(networks: &BTreeMap<String, Network>) -> Held {
+        let mut h = Held::default();
+        for n in networks.values() {
+            h.add_network(n);
+        }
+        h
+    }
+
+    fn add_network(&mut self, n: &Network) {
+        let owner = Owner::Network(n.id.clone());
+        if let Some(subnet) = claimed_subnet(n) {
+            self.subnets.insert(subnet, owner.clone());
+        }
+        if let Some(a) = &n.alloc {
+            self.vnis.insert(a.vni, owner.clone());
+            self.addrs.insert((n.id.clone(), a.gateway), owner);
+        }
+    }
+
+    fn remove_network(&mut self, n: &Network) {
+        let owner = Owner::Network(n.id.clone());
+        self.vnis.retain(|_, o| *o != owner);
+        self.subnets.retain(|_, o| *o != owner);
+        self.addrs.retain(|(net, _), o| *o != owner && *net != n.id);
+    }
+
+    /// Who holds `vni`, if anyone.
+    pub fn vni(&self, vni: u32) -> Option<&Owner> {
+        self.vnis.get(&vni)
+    }
+
+    /// A held subnet overlapping `subnet` whose owner is not `except`.
+    pub fn overlapping(&self, subnet: &Subnet, except: Option<&Owner>) -> Option<(Subnet, &Owner)> {
+        self.subnets.iter().find(|(s, o)| s.overlaps(subnet) && Some(*o) != except).map(|(s, o)| (*s, o))
+    }
+
+    /// Every held VNI, in order.
+    pub fn vnis(&self) -> impl Iterator<Item = u32> + '_ {
+        self.vnis.keys().copied()
+    }
+
+    /// Every held subnet, in order.
+    pub fn subnets(&self) -> impl Iterator<Item = Subnet> + '_ {
+        self.subnets.keys().copied()
+    }
+}
+
+/// The subnet a network holds: its allocation's, or the one its spec asks for.
+pub fn claimed_subnet(n: &Network) -> Option<Subnet> {
+    n.alloc.as_ref().map(|a| a.subnet).or(n.spec.ipam.subnet)
+}
+
+impl State {
+    /// Rebuilds the derived index from the objects (after load or snapshot install).
+    pub fn reindex(&mut self) {
+        self.held = Held::of(&self.networks);
+    }
+
+    /// What is held (derived; see [`Held`]).
+    pub fn held(&self) -> &Held {
+        &self.held
+    }
+
+    /// Finds a cluster network by full id, name, or unique id prefix.
+    pub fn find_network(&self, reference: &str) -> Result<&Network, String> {
+        if let Some(n) = self.networks.get(reference) {
+            return Ok(n);
+        }
+        if let Some(n) = self.networks.values().find(|n| n.spec.name == reference) {
+            return Ok(n);
+        }
+        let by_prefix: Vec<&Network> =
+            self.networks.values().filter(|n| !reference.is_empty() && n.id.starts_with(reference)).collect();
+        match by_prefix.as_slice() {
+            [one] => Ok(one),
+            [] => Err(format!("network {reference} not found")),
+            _ => Err(format!("network {reference} is ambiguous; use the full id")),
+        }
+    }
+
+    /// Why a subnet cannot be used by a cluster network (`except`: the network
+    /// itself), or `None` when it can: it overlaps another network, the
+    /// ingress subnet (for any but the ingress network), or a node's own subnets.
+    pub fn subnet_conflict(&self, subnet: &Subnet, ingress: bool, except: Option<&Owner>) -> Option<String> {
+        if let Some((other, Owner::Network(id))) = self.held.overlapping(subnet, except) {
+            let name = self.networks.get(id).map_or(id.as_str(), |n| n.spec.name.as_str());
+            return Some(format!("subnet {subnet} overlaps {other} of network {name}"));
+        }
+        if !ingress
+            && let Some(net) = &self.cluster.as_ref().map(|c| c.net.clone())
+            && net.ingress_subnet.overlaps(subnet)
+        {
+            return Some(format!("subnet {subnet} overlaps the ingress subnet {}", net.ingress_subnet));
+        }
+        for node in self.nodes.values() {
+            if let Some(own) = node.description.net.subnets.iter().find(|s| s.overlaps(subnet)) {
+                let host = &node.description.hostname;
+                return Some(format!("subnet {subnet} overlaps {own}, a subnet of node {host}"));
+            }
+        }
+        None
+    }
+
+    pub(crate) fn create_network(&mut self, id: &str, spec: &NetworkSpec) -> Result<Network, String> {
+        if self.networks.contains_key(id) {
+            return Err(format!("network {id} already exists"));
+        }
+        spec.validate()?;
+        if self.networks.values().any(|n| n.spec.name == spec.name) {
+            return Err(format!("network with name {} already exists", spec.name));
+        }
+        if spec.ingress
+            && let Some(other) = self.networks.values().find(|n| n.spec.ingress)
+        {
+            return Err(format!(
+                "an ingress network ({}) is already present: remove it first to replace it",
+                other.spec.name
+            ));
+        }
+        if let Some(subnet) = spec.ipam.subnet
+            && let Some(why) = self.subnet_conflict(&subnet, spec.ingress, None)
+        {
+            return Err(why);
+        }
+        let n = Network { id: id.to_string(), meta: Default::default(), spec: spec.clone(), alloc: None };
+        self.held.add_network(&n);
+        Ok(n)
+    }
+
+    /// Removes a network that nothing uses. Services and tasks cannot name
+    /// networks yet; when they can, a network they reference stays.
+    pub(crate) fn remove_network(&mut self, id: &str) -> Result<(), String> {
+        let Some(n) = self.networks.remove(id) else { return Err(format!("network {id} not found")) };
+        self.held.remove_network(&n);
+        Ok(())
+    }
+
+    /// One allocator change; `None` when it is refused (the rest of its batch applies).
+    pub(crate) fn apply_alloc_change(&mut self, c: &AllocChange, index: u64, at: u64) -> Option<ObjKey> {
+        match c {
+            AllocChange::Network { id, alloc } => {
+                let n = self.networks.get(id)?;
+                if n.alloc.is_some() || !alloc_fits(&n.spec, alloc) {
+                    return None;
+                }
+                let owner = Owner::Network(id.clone());
+                if self.held.vni(alloc.vni).is_some_and(|o| *o != owner)
+                    || self.subnet_conflict_held(&alloc.subnet, n.spec.ingress, &owner)
+                {
+                    return None;
+                }
+                let n = self.networks.get_mut(id)?;
+                self.held.remove_network(n);
+                n.alloc = Some(alloc.clone());
+                n.meta.version = index;
+                n.meta.updated_ms = at;
+                self.held.add_network(n);
+                Some(ObjKey::Network(id.clone()))
+            }
+        }
+    }
+
+    /// At apply time only what is held counts (a node's subnets may come
+    /// and go; the allocator and the API avoid them when they choose).
+    fn subnet_conflict_held(&self, subnet: &Subnet, ingress: bool, owner: &Owner) -> bool {
+        self.held.overlapping(subnet, Some(owner)).is_some()
+            || (!ingress && self.cluster.as_ref().is_some_and(|c| c.net.ingress_subnet.overlaps(subnet)))
+    }
+}
+
+/// Whether an allocation is well formed and honours its spec.
+fn alloc_fits(spec: &NetworkSpec, a: &NetworkAlloc) -> bool {
+    let vni_ok = if spec.ingress { a.vni == INGRESS_VNI } else { (FIRST_VNI..=MAX_VNI).contains(&a.vni) };
+    vni_ok
+        && spec.ipam.subnet.is_none_or(|s| s == a.subnet)
+        && spec.ipam.gateway.is_none_or(|g| g == a.gateway)
+        && spec.ipam.ip_range.is_none_or(|r| r == a.range)
+        && spec.mtu.is_none_or(|m| m == a.mtu)
+        && a.subnet.contains(a.gateway)
+        && a.subnet.contains(a.range.network())
+        && a.range.prefix() >= a.subnet.prefix()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Command, Request, Response};
+    use shoal_proto::model::{Cluster, Meta, Node, NodeDescription, NodeSpec, NodeStatus, RootCa};
+    use shoal_proto::network::IpamSpec;
+
+    pub(crate) fn sub(s: &str) -> Subnet {
+        s.parse().expect("subnet")
+    }
+
+    fn booted() -> State {
+        let mut s = State::default();
+        let cluster = Cluster {
+            id: "c".into(),
+            root_ca: RootCa { cert_pem: String::new(), key_pem: String::new() },
+            worker_secret: String::new(),
+            manager_secret: String::new(),
+            node_cert_ttl_secs: 0,
+            net: Default::default(),
+            meta: Meta::default(),
+        };
+        let mut node = Node {
+            id: "n1".into(),
+            raft_id: 1,
+            spec: NodeSpec {
+                role: shoal_proto::model::Role::Manager,
+                availability: Default::default(),
+                labels: Default::default(),
+            },
+            description: NodeDescription { hostname: "lab1".into(), ..Default::default() },
+            status: NodeStatus::default(),
+            meta: Meta::default(),
+        };
+        node.description.net.subnets = vec![sub("10.98.0.0/24"), sub("172.17.0.0/16")];
+        let (r, _) = s.apply(1, &Request { at_ms: 1, cmd: Command::Bootstrap { cluster, node } });
+        assert_eq!(r, Response::Ok);
+        s
+    }
+
+    fn spec(name: &str, subnet: Option<&str>) -> NetworkSpec {
+        NetworkSpec {
+            name: name.into(),
+            ipam: IpamSpec { subnet: subnet.map(sub), ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    fn alloc(vni: u32, subnet: &str) -> NetworkAlloc {
+        let s = sub(subnet);
+        NetworkAlloc { vni, subnet: s, gateway: s.nth(1).expect("host"), range: s, mtu: 1450 }
+    }
+
+    fn run(s: &mut State, index: u64, cmd: Command) -> Response {
+        s.apply(index, &Request { at_ms: index, cmd }).0
+    }
+
+    fn create(s: &mut State, index: u64, id: &str, spec: NetworkSpec) -> Response {
+        run(s, index, Command::CreateNetwork { id: id.into(), spec })
+    }
+
+    fn rejected(r: Response) -> String {
+        match r {
+            Response::Rejected(why) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_refuses_clashing_names_and_subnets() {
+        let mut s = booted();
+        assert_eq!(create(&mut s, 2, "a", spec("app", Some("10.1.0.0/24"))), Response::Ok);
+        assert_eq!(s.networks["a"].meta.version, 2);
+        let mut ingress = spec("ingress", None);
+        ingress.ingress = true;
+        assert_eq!(create(&mut s, 3, "i", ingress.clone()), Response::Ok);
+        ingress.name = "ingress2".into();
+        let table: &[(&str, NetworkSpec, &str)] = &[
+            ("a", spec("other", None), "already exists"),
+            ("b", spec("app", None), "name app already exists"),
+            ("b", spec("x", Some("10.1.0.128/25")), "overlaps 10.1.0.0/24 of network app"),
+            ("b", spec("x", Some("10.0.0.0/8")), "overlaps 10.1.0.0/24 of network app"),
+            ("b", spec("x", Some("10.255.3.0/24")), "overlaps the ingress subnet 10.255.0.0/16"),
+            ("b", spec("x", Some("10.98.0.0/16")), "overlaps 10.98.0.0/24, a subnet of node lab1"),
+            ("b", spec("x", Some("172.17.5.0/24")), "a subnet of node lab1"),
+            ("b", spec("bad name", None), "invalid network name"),
+            ("b", ingress, "ingress network (ingress) is already present"),
+        ];
+        for (i, (id, sp, why)) in table.iter().enumerate() {
+            let before = s.clone();
+            let err = rejected(create(&mut s, 10 + i as u64, id, sp.clone()));
+            assert!(err.contains(why), "{sp:?}: {err}");
+            assert_eq!(s, before, "a refusal changes nothing");
+        }
+        // Removing frees the name and the subnet at once.
+        assert_eq!(run(&mut s, 30, Command::RemoveNetwork { id: "a".into() }), Response::Ok);
+        assert!(rejected(run(&mut s, 31, Command::RemoveNetwork { id: "a".into() })).contains("not found"));
+        assert_eq!(create(&mut s, 32, "b", spec("app", Some("10.1.0.0/23"))), Response::Ok);
+    }
+
+    #[test]
+    fn allocations_are_refused_one_by_one_when_held_by_another() {
+        let mut s = booted();
+        for (i, (id, name)) in [("a", "a"), ("b", "b"), ("c", "c")].iter().enumerate() {
+            create(&mut s, 2 + i as u64, id, spec(name, None));
+        }
+        create(&mut s, 5, "d", spec("d", Some("10.7.0.0/24")));
+        let ch = |id: &str, a| AllocChange::Network { id: id.into(), alloc: a };
+        let batch = vec![
+            ch("a", alloc(4097, "10.0.0.0/24")),
+            ch("b", alloc(4097, "10.0.1.0/24")),    // the VNI a just took
+            ch("c", alloc(4098, "10.0.0.128/25")),  // inside a's subnet
+            ch("c", alloc(4099, "10.255.1.0/24")),  // in the ingress subnet
+            ch("d", alloc(4100, "10.7.1.0/24")),    // not the subnet its spec asks for
+            ch("d", alloc(4096, "10.7.0.0/24")),    // the ingress VNI
+            ch("gone", alloc(4101, "10.0.9.0/24")), // no such network
+            ch("c", alloc(4102, "10.0.2.0/24")),    // fine
+            ch("c", alloc(4103, "10.0.3.0/24")),    // already allocated now
+            ch("d", alloc(4104, "10.7.0.0/24")),    // fine: its own claimed subnet
+        ];
+        let (r, keys) = s.apply(6, &Request { at_ms: 6, cmd: Command::Allocate { changes: batch } });
+        assert_eq!(r, Response::Ok);
+        assert_eq!(keys, vec![ObjKey::Network("a".into()), ObjKey::Network("c".into()), ObjKey::Network("d".into())]);
+        let vni = |id: &str| s.networks[id].alloc.as_ref().map(|a| a.vni);
+        assert_eq!((vni("a"), vni("b"), vni("c"), vni("d")), (Some(4097), None, Some(4102), Some(4104)));
+        // The index is the one a fresh load derives.
+        let mut loaded: State = serde_json::from_slice(&serde_json::to_vec(&s).expect("json")).expect("load");
+        assert_eq!(loaded.held, s.held);
+        loaded.reindex();
+        assert_eq!(loaded, s);
+        // A removed network's VNI and subnet are free again.
+        run(&mut s, 7, Command::RemoveNetwork { id: "a".into() });
+        let (_, keys) = s.apply(
+            8,
+            &Request { at_ms: 8, cmd: Command::Allocate { changes: vec![ch("b", alloc(4097, "10.0.0.0/24"))] } },
+        );
+        assert_eq!(keys, vec![ObjKey::Network("b".into())]);
+    }
+
+    #[test]
+    fn the_ingress_network_takes_its_vni_and_the_ingress_subnet() {
+        let mut s = booted();
+        let mut ingress = spec("ingress", None);
+        ingress.ingress = true;
+        create(&mut s, 2, "i", ingress);
+        let ch = |a| Command::Allocate { changes: vec![AllocChange::Network { id: "i".into(), alloc: a }] };
+        run(&mut s, 3, ch(alloc(4097, "10.255.0.0/16")));
+        assert_eq!(s.networks["i"].alloc, None, "ingress has VNI 4096");
+        run(&mut s, 4, ch(alloc(4096, "10.255.0.0/16")));
+        assert_eq!(s.networks["i"].alloc.as_ref().map(|a| a.vni), Some(4096));
+    }
+}

@@ -1,0 +1,392 @@
+//! Cluster networks as the managers store them. One writer per field: the
+//! API writes `spec` (the user's, never changed by the system), the leader's
+//! allocator writes `alloc` (VNI, subnet, gateway, MTU). The cluster-wide
+//! settings the allocator draws from (`ClusterNet`) are fixed at `swarm init`.
+//!
+//! Every field added to a stored type has a serde default, so state stored
+//! before cluster networks existed loads unchanged.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Meta;
+use crate::net::Subnet;
+
+/// The VNI of the ingress network (as Swarm's); others get `FIRST_VNI..`.
+pub const INGRESS_VNI: u32 = 4096;
+/// The first VNI of a user's overlay network.
+pub const FIRST_VNI: u32 = 4097;
+/// The largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// The MTU of an overlay when the spec sets none: a 1500-byte underlay less
+/// VXLAN's 50 bytes of headers.
+pub const DEFAULT_OVERLAY_MTU: u32 = 1450;
+/// The name `swarm init` gives the ingress network.
+pub const INGRESS_NAME: &str = "ingress";
+/// Docker's driver option for the MTU (`-o com.docker.network.driver.mtu=N`).
+pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+/// Docker's driver option that `network inspect` shows the VNI under.
+pub const VXLANID_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
+
+/// A cluster network (`ObjKey::Network(id)`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub id: String,
+    pub meta: Meta,
+    /// Written by the API only.
+    pub spec: NetworkSpec,
+    /// Written by the allocator only; `None` until it has allocated.
+    #[serde(default)]
+    pub alloc: Option<NetworkAlloc>,
+}
+
+/// The driver of a cluster network. Only overlays for now: macvlan with
+/// cluster-wide IPAM comes later and is refused until then.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    #[default]
+    Overlay,
+}
+
+impl Driver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Overlay => "overlay",
+        }
+    }
+}
+
+impl std::str::FromStr for Driver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Driver, String> {
+        match s {
+            "overlay" => Ok(Driver::Overlay),
+            "macvlan" => Err("the macvlan driver is not supported for cluster networks yet; use overlay".into()),
+            other => Err(format!("unknown driver {other:?} for a cluster network: use overlay")),
+        }
+    }
+}
+
+/// The addresses the user asked for; each is chosen by the allocator when absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Subnet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<Subnet>,
+}
+
+/// What the user asked for (`network create -d overlay ...`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    #[serde(default)]
+    pub driver: Driver,
+    #[serde(default)]
+    pub ipam: IpamSpec,
+    /// No way out of the overlay (no gateway bridge leg, no published ports).
+    #[serde(default)]
+    pub internal: bool,
+    /// Containers started with `run --network` may join it.
+    #[serde(default)]
+    pub attachable: bool,
+    /// The routing mesh's network; exactly one, made by `swarm init`.
+    #[serde(default)]
+    pub ingress: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Overrides the derived MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+impl NetworkSpec {
+    /// Checks what can be checked without the cluster's state: a name,
+    /// addresses that fit together, an MTU an interface can take.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_name(&self.name)?;
+        if PREDEFINED.contains(&self.name.as_str()) {
+            return Err(format!("{} is a pre-defined network and cannot be created", self.name));
+        }
+        let ipam = &self.ipam;
+        match ipam.subnet {
+            None if ipam.gateway.is_some() || ipam.ip_range.is_some() => {
+                return Err("--gateway and --ip-range need --subnet".into());
+            }
+            None => {}
+            Some(subnet) => {
+                if subnet.prefix() > 30 {
+                    return Err(format!("subnet {subnet} is too small: use a prefix of /30 or shorter"));
+                }
+                if let Some(gw) = ipam.gateway
+                    && (!subnet.contains(gw) || gw == subnet.network() || gw == subnet.broadcast())
+                {
+                    return Err(format!("gateway {gw} is not a host address of subnet {subnet}"));
+                }
+                if let Some(range) = ipam.ip_range
+                    && (!subnet.contains(range.network()) || range.prefix() < subnet.prefix())
+                {
+                    return Err(format!("ip range {range} does not lie inside subnet {subnet}"));
+                }
+            }
+        }
+        if let Some(mtu) = self.mtu
+            && !(MIN_MTU..=MAX_MTU).contains(&mtu)
+        {
+            return Err(format!("mtu {mtu} is out of range: use {MIN_MTU} to {MAX_MTU}"));
+        }
+        Ok(())
+    }
+}
+
+/// The names every node's own networks have (as Docker's): never a cluster network's.
+const PREDEFINED: [&str; 3] = ["bridge", "host", "none"];
+
+const MIN_MTU: u32 = 68;
+const MAX_MTU: u32 = 65_535;
+
+/// Docker's rule for network names: a letter or digit first, then letters,
+/// digits, `_`, `.` or `-`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err(format!(
+            "invalid network name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// What the allocator chose; every node programs exactly this.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAlloc {
+    /// Unique among cluster networks.
+    pub vni: u32,
+    /// Overlaps no other cluster network, the ingress subnet, or a node's own subnets.
+    pub subnet: Subnet,
+    pub gateway: Ipv4Addr,
+    /// Where task addresses come from (inside `subnet`).
+    pub range: Subnet,
+    pub mtu: u32,
+}
+
+/// A pool the allocator carves networks from: `--default-addr-pool` with
+/// `--default-addr-pool-mask-length`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrPool {
+    pub pool: Subnet,
+    /// The prefix length of each network carved from it.
+    pub mask: u8,
+}
+
+/// The cluster-wide network settings (`Cluster.net`), fixed at `swarm init`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNet {
+    #[serde(default = "default_pools")]
+    pub default_pools: Vec<AddrPool>,
+    #[serde(default = "default_ingress_subnet")]
+    pub ingress_subnet: Subnet,
+    /// The UDP port of VXLAN on every node (`--data-path-port`).
+    #[serde(default = "default_data_port")]
+    pub data_port: u16,
+    /// Where ingress published ports are chosen from, inclusive.
+    #[serde(default = "default_ingress_ports")]
+    pub ingress_ports: (u16, u16),
+}
+
+impl Default for ClusterNet {
+    fn default() -> ClusterNet {
+        ClusterNet {
+            default_pools: default_pools(),
+            ingress_subnet: default_ingress_subnet(),
+            data_port: default_data_port(),
+            ingress_ports: default_ingress_ports(),
+        }
+    }
+}
+
+/// Docker's default address pool: /24s from 10.0.0.0/8.
+fn default_pools() -> Vec<AddrPool> {
+    vec![AddrPool { pool: Subnet::new(Ipv4Addr::new(10, 0, 0, 0), 8).expect("/8 is a prefix"), mask: 24 }]
+}
+
+fn default_ingress_subnet() -> Subnet {
+    Subnet::new(Ipv4Addr::new(10, 255, 0, 0), 16).expect("/16 is a prefix")
+}
+
+/// VXLAN's IANA port, as Docker's default `--data-path-port`.
+pub const DEFAULT_DATA_PORT: u16 = 4789;
+
+fn default_data_port() -> u16 {
+    DEFAULT_DATA_PORT
+}
+
+fn default_ingress_ports() -> (u16, u16) {
+    (30_000, 32_767)
+}
+
+/// The longest `--default-addr-pool-mask-length` Docker accepts.
+pub const MAX_POOL_MASK: u8 = 29;
+
+impl ClusterNet {
+    /// The settings of `swarm init --default-addr-pool ... --default-addr-pool-mask-length N
+    /// --data-path-port P`, checked as Docker checks them. No pools keeps the default pool.
+    pub fn from_init(pools: &[String], mask: Option<u8>, data_port: Option<u16>) -> Result<ClusterNet, String> {
+        let mut net = ClusterNet::default();
+        if mask.is_some() && pools.is_empty() {
+            return Err("--default-addr-pool-mask-length needs --default-addr-pool".into());
+        }
+        let mask = mask.unwrap_or(24);
+        if mask > MAX_POOL_MASK {
+            return Err(format!("invalid --default-addr-pool-mask-length {mask}: it must be at most {MAX_POOL_MASK}"));
+        }
+        if !pools.is_empty() {
+            let mut parsed: Vec<AddrPool> = Vec::new();
+            for p in pools {
+                let pool: Subnet = p.parse().map_err(|e| format!("invalid --default-addr-pool: {e}"))?;
+                if pool.network().to_string() + "/" + &pool.prefix().to_string() != *p {
+                    return Err(format!("invalid --default-addr-pool {p:?}: host bits are set; did you mean {pool}?"));
+                }
+                if pool.prefix() > mask {
+                    return Err(format!(
+                        "invalid --default-addr-pool {pool}: its prefix is longer than the mask length {mask}; \
+                         use a larger pool or a longer --default-addr-pool-mask-length"
+                    ));
+                }
+                if let Some(other) = parsed.iter().find(|q| q.pool.overlaps(&pool)) {
+                    return Err(format!("--default-addr-pool {pool} overlaps {}", other.pool));
+                }
+                parsed.push(AddrPool { pool, mask });
+            }
+            net.default_pools = parsed;
+            // Keep the ingress network inside the user's pools when they leave out 10.255/16.
+            if !net.default_pools.iter().any(|p| p.pool.contains(net.ingress_subnet.network())) {
+                let first = net.default_pools[0];
+                net.ingress_subnet = first.pool.split(first.mask).next().unwrap_or(first.pool);
+            }
+        }
+        if let Some(port) = data_port {
+            if !(1024..=49_151).contains(&port) {
+                return Err(format!("invalid --data-path-port {port}: it must be within 1024 to 49151"));
+            }
+            net.data_port = port;
+        }
+        Ok(net)
+    }
+}
+
+/// What a node says of its own networking (`NodeDescription.net`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeNet {
+    /// Its VTEP address (`--data-path-addr`; default its advertise address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_addr: Option<Ipv4Addr>,
+    /// The subnets of its own interfaces (the underlay) and of its local
+    /// bridge networks: a cluster network must overlap none of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<Subnet>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: &str) -> Subnet {
+        x.parse().expect("subnet")
+    }
+
+    #[test]
+    fn state_stored_before_networks_loads_with_the_defaults() {
+        let net: ClusterNet = serde_json::from_str("{}").expect("empty");
+        assert_eq!(net, ClusterNet::default());
+        assert_eq!(net.default_pools, vec![AddrPool { pool: s("10.0.0.0/8"), mask: 24 }]);
+        assert_eq!((net.ingress_subnet, net.data_port, net.ingress_ports), (s("10.255.0.0/16"), 4789, (30000, 32767)));
+        let spec: NetworkSpec = serde_json::from_str(r#"{"name":"app"}"#).expect("minimal spec");
+        assert_eq!(spec.driver, Driver::Overlay);
+        let n: Network = serde_json::from_str(
+            r#"{"id":"x","meta":{"version":1,"created_ms":0,"updated_ms":0},"spec":{"name":"a"}}"#,
+        )
+        .expect("network without alloc");
+        assert_eq!(n.alloc, None);
+        let back: ClusterNet = serde_json::from_str(&serde_json::to_string(&net).expect("json")).expect("round trip");
+        assert_eq!(back, net);
+    }
+
+    #[test]
+    fn specs_are_checked_before_they_are_stored() {
+        let spec = |name: &str, subnet: Option<&str>, gw: Option<&str>, range: Option<&str>, mtu| NetworkSpec {
+            name: name.into(),
+            ipam: IpamSpec {
+                subnet: subnet.map(s),
+                gateway: gw.map(|g| g.parse().expect("ip")),
+                ip_range: range.map(s),
+            },
+            mtu,
+            ..Default::default()
+        };
+        let ok = [
+            spec("app", None, None, None, None),
+            spec("my-net.1_x", Some("10.1.0.0/24"), Some("10.1.0.254"), Some("10.1.0.128/25"), Some(1400)),
+        ];
+        for o in ok {
+            assert_eq!(o.validate(), Ok(()), "{o:?}");
+        }
+        let bad = [
+            (spec("", None, None, None, None), "invalid network name"),
+            (spec("-x", None, None, None, None), "invalid network name"),
+            (spec("a b", None, None, None, None), "invalid network name"),
+            (spec("bridge", None, None, None, None), "bridge is a pre-defined network"),
+            (spec("host", None, None, None, None), "pre-defined"),
+            (spec("a", None, Some("10.1.0.1"), None, None), "need --subnet"),
+            (spec("a", Some("10.1.0.0/24"), Some("10.1.1.1"), None, None), "not a host address"),
+            (spec("a", Some("10.1.0.0/24"), Some("10.1.0.0"), None, None), "not a host address"),
+            (spec("a", Some("10.1.0.0/24"), None, Some("10.1.0.0/23"), None), "does not lie inside"),
+            (spec("a", Some("10.1.0.0/24"), None, Some("10.2.0.0/25"), None), "does not lie inside"),
+            (spec("a", Some("10.1.0.0/31"), None, None, None), "too small"),
+            (spec("a", None, None, None, Some(20)), "mtu 20 is out of range"),
+        ];
+        for (b, why) in bad {
+            let err = b.validate().expect_err("refused");
+            assert!(err.contains(why), "{b:?}: {err}");
+        }
+        assert!("macvlan".parse::<Driver>().expect_err("not yet").contains("not supported"));
+        assert!("bridge".parse::<Driver>().expect_err("local").contains("use overlay"));
+    }
+
+    #[test]
+    fn init_flags_are_checked_as_docker_checks_them() {
+        let init = |pools: &[&str], mask, port| {
+            ClusterNet::from_init(&pools.iter().map(|p| p.to_string()).collect::<Vec<_>>(), mask, port)
+        };
+        assert_eq!(init(&[], None, None), Ok(ClusterNet::default()));
+        let n = init(&["192.168.0.0/16", "172.20.0.0/14"], Some(26), Some(7789)).expect("valid");
+        assert_eq!(
+            n.default_pools,
+            vec![AddrPool { pool: s("192.168.0.0/16"), mask: 26 }, AddrPool { pool: s("172.20.0.0/14"), mask: 26 }]
+        );
+        assert_eq!((n.data_port, n.ingress_subnet), (7789, s("192.168.0.0/26")), "ingress moves into the pools");
+        let n = init(&["10.0.0.0/8"], Some(16), None).expect("valid");
+        assert_eq!(n.ingress_subnet, s("10.255.0.0/16"), "kept where the pools hold it");
+        let bad = [
+            (init(&["10.0.0.0"], None, None), "invalid --default-addr-pool"),
+            (init(&["fd00::/8"], None, None), "invalid --default-addr-pool"),
+            (init(&["10.0.0.1/8"], None, None), "host bits are set"),
+            (init(&["10.0.0.0/25"], None, None), "longer than the mask length 24"),
+            (init(&["10.0.0.0/8"], Some(30), None), "at most 29"),
+            (init(&[], Some(20), None), "needs --default-addr-pool"),
+            (init(&["10.0.0.0/8", "10.1.0.0/16"], None, None), "overlaps"),
+            (init(&[], None, Some(1023)), "1024 to 49151"),
+            (init(&[], None, Some(49152)), "1024 to 49151"),
+        ];
+        for (r, why) in bad {
+            let err = r.expect_err("refused");
+            assert!(err.contains(why), "{why}: {err}");
+        }
+    }
+}
