@@ -2,7 +2,8 @@
 //! spread evenly, scale up and down, a global service following drains, a
 //! constraint with max-per-node that explains what it cannot place, specs no
 //! node could run refused at the API (and a CPU limit beyond every node left
-//! pending with the reason), a job
+//! pending with the reason), cluster networks (ingress, an overlay made,
+//! allocated, listed on every manager, refused on a worker, removed), a job
 //! that runs to completion, a node that joins later getting the global task,
 //! a worker cut off from the managers but answering probes staying up, a
 //! start-first rolling update, an update to a bad
@@ -349,6 +350,30 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
         "a task beyond every node's CPUs left pending: {all}"
     );
     lab.shoal(1, &["service", "rm", "greedy"])?;
+
+    // Cluster networks: `swarm init` made `ingress`; an overlay made on one manager is allocated a
+    // VNI and a subnet clear of the lab's own 10.98.0.0/24, and every manager lists it; a worker
+    // cannot make one; rm removes it everywhere.
+    let ls = lab.shoal(2, &["network", "ls"])?;
+    ensure!(ls.lines().any(|l| l.contains("ingress") && l.contains("overlay") && l.contains("swarm")), "{ls}");
+    lab.shoal(1, &["network", "create", "-d", "overlay", "--attachable", "app"])?;
+    let app = wait_for("app's allocation", Duration::from_secs(30), || {
+        let doc: Value = serde_json::from_str(&lab.shoal(3, &["network", "inspect", "app"])?)?;
+        let n = doc[0].clone();
+        Ok(n["IPAM"]["Config"][0]["Subnet"].as_str().is_some().then_some(n))
+    })?;
+    let subnet = app["IPAM"]["Config"][0]["Subnet"].as_str().unwrap_or_default().to_string();
+    let vni: u64 = app["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .context(format!("a VNI: {app}"))?;
+    ensure!(subnet.starts_with("10.") && subnet != "10.98.0.0/24" && vni > 4096, "{subnet} vni {vni}: {app}");
+    ensure!(app["Scope"] == "swarm" && app["Attachable"] == true, "{app}");
+    let err =
+        lab.shoal(4, &["network", "create", "-d", "overlay", "nope"]).err().context("a worker made an overlay")?;
+    ensure!(err.to_string().contains("not a swarm manager"), "{err}");
+    lab.shoal(2, &["network", "rm", "app"])?;
+    ensure!(!lab.shoal(1, &["network", "ls"])?.contains(" app "), "app is gone");
 
     // A job runs to completion, two at a time.
     let out = lab.shoal(
