@@ -218,6 +218,7 @@ impl Dispatcher {
             full: true,
             removed: Vec::new(),
             registry_auth,
+            net_view: None,
         };
         tx.send(msg(pb::manager_message::Msg::Assignments(a))).await.is_ok()
     }

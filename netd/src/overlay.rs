@@ -354,6 +354,7 @@ mod tests {
                 endpoint("t2", "10.10.0.3", "n2"),
                 endpoint("t3", "10.10.0.4", "n3"),
             ],
+            services: vec![],
         }
     }
 

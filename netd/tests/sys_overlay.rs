@@ -113,6 +113,7 @@ fn view(node: &str, data_addr: &str, peer: (&str, &str)) -> NetView {
             OverlayEndpoint { id: "c1".into(), network: NET.into(), addr: ip4("10.10.0.2"), node: "h1".into() },
             OverlayEndpoint { id: "c2".into(), network: NET.into(), addr: ip4("10.10.0.3"), node: "h2".into() },
         ],
+        services: vec![],
     }
 }
 

@@ -12,6 +12,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::EndpointMode;
+
 /// The address netd's DNS listens on in every container's namespace.
 pub const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 
@@ -122,6 +124,10 @@ pub struct NetView {
     pub networks: Vec<OverlayNetwork>,
     pub peers: Vec<Peer>,
     pub endpoints: Vec<OverlayEndpoint>,
+    /// The services on those networks, with their current backends: what
+    /// the node's DNS answers and its load balancers spread over.
+    #[serde(default)]
+    pub services: Vec<ViewService>,
 }
 
 /// A cluster network as one node sees it.
@@ -160,6 +166,25 @@ pub struct OverlayEndpoint {
     pub node: String,
 }
 
+/// A service on one of the node's networks. A backend leaves `backends`
+/// as soon as the managers want its task stopped or its node is down,
+/// before its container is stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewService {
+    pub id: String,
+    pub name: String,
+    /// The network's id.
+    pub network: String,
+    pub mode: EndpointMode,
+    /// Its virtual address on this network (`vip` mode, once allocated).
+    pub vip: Option<Ipv4Addr>,
+    /// Other names it answers to on this network.
+    pub aliases: Vec<String>,
+    /// The addresses on this network of its running tasks (running means
+    /// healthy where there is a health check), sorted.
+    pub backends: Vec<Ipv4Addr>,
+}
+
 impl NetView {
     pub fn peer(&self, node: &str) -> Option<&Peer> {
         self.peers.iter().find(|p| p.node == node)
@@ -196,6 +221,19 @@ impl NetView {
                     network: e.network.clone(),
                     addr: e.addr.to_string(),
                     node: e.node.clone(),
+                })
+                .collect(),
+            services: self
+                .services
+                .iter()
+                .map(|s| crate::pb::ViewService {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    network: s.network.clone(),
+                    mode: s.mode.as_str().to_string(),
+                    vip: s.vip.map(|v| v.to_string()).unwrap_or_default(),
+                    aliases: s.aliases.clone(),
+                    backends: s.backends.iter().map(|b| b.to_string()).collect(),
                 })
                 .collect(),
         }
@@ -260,6 +298,25 @@ impl NetView {
                         network: e.network.clone(),
                         addr: addr(&format!("endpoint {:?}", e.id), &e.addr)?,
                         node: e.node.clone(),
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+            services: v
+                .services
+                .iter()
+                .map(|s| {
+                    let what = format!("service {:?}", s.name);
+                    Ok(ViewService {
+                        id: s.id.clone(),
+                        name: s.name.clone(),
+                        network: s.network.clone(),
+                        mode: s.mode.parse().map_err(|e| format!("{what}: {e}"))?,
+                        vip: match s.vip.as_str() {
+                            "" => None,
+                            vip => Some(addr(&what, vip)?),
+                        },
+                        aliases: s.aliases.clone(),
+                        backends: s.backends.iter().map(|b| addr(&what, b)).collect::<Result<_, String>>()?,
                     })
                 })
                 .collect::<Result<_, String>>()?,
@@ -441,6 +498,15 @@ mod tests {
                 addr: "10.10.0.2".parse().unwrap(),
                 node: "n2".into(),
             }],
+            services: vec![ViewService {
+                id: "s1".into(),
+                name: "web".into(),
+                network: "abcdef012345".into(),
+                mode: EndpointMode::Vip,
+                vip: Some("10.10.0.5".parse().unwrap()),
+                aliases: vec!["www".into()],
+                backends: vec!["10.10.0.2".parse().unwrap()],
+            }],
         };
         let back: NetView = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
         assert_eq!(back, v);
@@ -458,6 +524,11 @@ mod tests {
         assert!(refused(|p| p.networks[0].subnet = "10.10.0.0/40".into()).contains("prefix"));
         assert!(refused(|p| p.peers[0].data_addr = "10.98.0".into()).contains("peer \"n2\""));
         assert!(refused(|p| p.endpoints[0].addr = String::new()).contains("endpoint \"t1\""));
+        assert!(refused(|p| p.services[0].vip = "10.10".into()).contains("service \"web\""));
+        assert!(refused(|p| p.services[0].mode = "rr".into()).contains("invalid endpoint mode"));
+        let mut p = v.to_pb();
+        p.services[0].vip = String::new();
+        assert_eq!(NetView::from_pb(&p).map(|v| v.services[0].vip), Ok(None));
         assert_eq!(v.peer("n2").map(|p| p.data_addr), Some("10.98.0.12".parse().unwrap()));
         assert!(v.peer("n3").is_none());
     }

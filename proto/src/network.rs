@@ -281,6 +281,72 @@ impl ClusterNet {
     }
 }
 
+/// A service's attachment to a cluster network (`--network NAME` or
+/// `--network name=NAME,alias=A`), in `TaskSpec.networks`. The API stores
+/// the network's id in `target` (a name is resolved when the spec is
+/// written), so renaming or re-creating a network never moves a service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NetworkAttachmentSpec {
+    pub target: String,
+    /// Other names the service answers to on this network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// How a service's name resolves (`--endpoint-mode`): to one virtual
+/// address that balances over its tasks (`vip`, the default), or to the
+/// tasks' own addresses (`dnsrr`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    #[default]
+    Vip,
+    Dnsrr,
+}
+
+impl EndpointMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointMode::Vip => "vip",
+            EndpointMode::Dnsrr => "dnsrr",
+        }
+    }
+}
+
+impl std::str::FromStr for EndpointMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<EndpointMode, String> {
+        match s {
+            "vip" => Ok(EndpointMode::Vip),
+            "dnsrr" => Ok(EndpointMode::Dnsrr),
+            other => Err(format!("invalid endpoint mode {other:?}: use vip or dnsrr")),
+        }
+    }
+}
+
+/// A service's virtual address on one of its networks (`Service.vips`,
+/// written by the allocator only; `vip` mode only).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Vip {
+    /// The network's id.
+    pub network: String,
+    pub addr: Ipv4Addr,
+}
+
+/// A task's place on one network (`Task.networks`): the orchestrator copies
+/// `network` and `aliases` from the spec when it makes the task; the
+/// allocator fills `addr`. The scheduler places a task only once every
+/// attachment has its address.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskNetwork {
+    /// The network's id.
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<Ipv4Addr>,
+}
+
 /// What a node says of its own networking (`NodeDescription.net`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeNet {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::health::HealthSetting;
 use crate::model::Meta;
+use crate::network::{EndpointMode, NetworkAttachmentSpec, TaskNetwork, Vip};
 
 /// A task's place in its life, in lifecycle order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -218,6 +219,9 @@ pub struct TaskSpec {
         deserialize_with = "crate::health::stored_setting"
     )]
     pub health: HealthSetting,
+    /// The cluster networks its tasks join (none: the node's `bridge`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachmentSpec>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +281,9 @@ pub struct ServiceSpec {
     /// failure action is pause or continue).
     #[serde(default)]
     pub rollback: UpdateConfig,
+    /// How its name resolves on its networks.
+    #[serde(default)]
+    pub endpoint_mode: EndpointMode,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +314,10 @@ pub struct Service {
     /// ([`Service::redacted`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryAuth>,
+    /// One virtual address per attached network (`vip` mode), written by
+    /// the allocator only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<Vip>,
 }
 
 impl Service {
@@ -373,6 +384,9 @@ pub struct Task {
     #[serde(default)]
     pub started_ms: u64,
     pub meta: Meta,
+    /// Its places on cluster networks, with the addresses the allocator gave.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<TaskNetwork>,
 }
 
 impl Task {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use shoal_proto::network::TaskNetwork;
 use shoal_proto::service::{
     MAX_RESTART_DELAY_MS, Mode, RestartCondition, Service, Task, TaskState, TaskStatus, UpdateOrder, UpdateState,
 };
@@ -240,6 +241,14 @@ impl Orchestrator<'_> {
             created_index: 0,
             started_ms: 0,
             meta: Default::default(),
+            networks: self
+                .svc
+                .spec
+                .task
+                .networks
+                .iter()
+                .map(|a| TaskNetwork { network: a.target.clone(), aliases: a.aliases.clone(), addr: None })
+                .collect(),
         })));
     }
 }
