@@ -384,17 +384,26 @@ impl Lab {
 }
 
 impl Drop for Lab {
+    /// Tears the lab down, keeping the hosts' logs: under a timestamped
+    /// directory when the test panicked or the lab failed to come up, else in
+    /// `target/lab-logs/last-<test binary>` (replaced by the next lab of the
+    /// same binary), so a test that returned an error leaves its logs too.
     fn drop(&mut self) {
-        let mut args = vec!["down".to_owned()];
-        if self.save_logs || thread::panicking() {
+        let logs = repo_root().join("target").join("lab-logs");
+        let dir = if self.save_logs || thread::panicking() {
             let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let dir = repo_root().join("target").join("lab-logs").join(format!("{secs}-{}", std::process::id()));
+            let dir = logs.join(format!("{secs}-{}", std::process::id()));
             eprintln!("lab: saving the hosts' logs in {}", dir.display());
-            args.push("--save-logs".to_owned());
-            args.push(dir.display().to_string());
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        if let Err(e) = run_lab(&args) {
+            dir
+        } else {
+            let exe = std::env::current_exe().ok();
+            let name = exe.as_deref().and_then(Path::file_stem).and_then(|s| s.to_str()).unwrap_or("lab");
+            let dir = logs.join(format!("last-{}", name.split('-').next().unwrap_or(name)));
+            let _ = fs::remove_dir_all(&dir);
+            dir
+        };
+        let dir = dir.display().to_string();
+        if let Err(e) = run_lab(&["down", "--save-logs", &dir]) {
             eprintln!("lab: deploy/lab down failed: {e:#}");
         }
     }
