@@ -12,6 +12,7 @@
 pub mod dns;
 pub mod dnsd;
 pub mod ipam;
+pub mod lb;
 pub mod model;
 pub mod net;
 pub mod overlay;
