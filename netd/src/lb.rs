@@ -17,9 +17,9 @@
 //! ```
 //!
 //! The rules never change with the backends: a backend coming or going is
-//! element changes only (`be` slots, `svc`'s `goto lbN`, `empty`), plus an
-//! `lbN` chain added the first time a service reaches N backends, all in one
-//! `nft -f` transaction. Slots stay dense (0..N) and move as little as they
+//! element changes only (`be` slots, `svc`'s `goto lbN`, `empty`), in one
+//! `nft -f` transaction; the table is made with `lb1`..`lb16`, and a chain
+//! for a larger count is added (never rewritten) the first time it is used. Slots stay dense (0..N) and move as little as they
 //! can: a backend keeps its slot while it is below the new count; the freed
 //! slots take the backends from above it, then the new ones. The whole table
 //! is written only when it is absent or not netd's shape. Established flows
@@ -40,6 +40,10 @@ use shoal_proto::network::EndpointMode;
 
 /// The table netd owns in each container's namespace.
 pub const TABLE: &str = "shoal_lb";
+/// A new table has the chains `lb1`..`lb16` (and more if a service has
+/// more backends already), so backends coming and going below that count
+/// are element changes only; a larger count adds its chain once.
+pub const PRESET_CHAINS: u32 = 16;
 
 /// A VIP and the addresses it spreads over.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,8 +146,8 @@ fn desired(services: &[LbService], current: Option<&Elements>) -> Elements {
         want.be.extend(slots.into_iter().map(|(slot, b)| ((s.vip, slot), b)));
     }
     if current.is_none() {
-        // A fresh table has the chains in use only.
-        want.chains = want.svc.values().copied().collect();
+        // A fresh table: the preset chains and those in use.
+        want.chains = (1..=PRESET_CHAINS).chain(want.svc.values().copied()).collect();
     }
     want
 }
@@ -313,7 +317,12 @@ mod tests {
             "{}",
             p.script
         );
-        assert!(!p.script.contains("chain lb1 "), "only the chains in use: {}", p.script);
+        assert!(
+            p.script.contains("  chain lb16 { dnat ip to ip daddr . numgen random mod 16 map @be; }\n"),
+            "{}",
+            p.script
+        );
+        assert!(!p.script.contains("chain lb17 "), "{}", p.script);
         assert!(
             p.script.contains(
                 "add element ip shoal_lb be { 10.10.0.100 . 0 : 10.10.0.12, 10.10.0.100 . 1 : 10.10.0.13 }\n"
@@ -326,6 +335,10 @@ mod tests {
         assert_eq!(p.removed, Vec::<Ipv4Addr>::new());
         // No services and no table: nothing to write.
         assert_eq!(plan(&[], None).script, "");
+        let wide: Vec<String> = (0..20).map(|i| format!("10.10.1.{i}")).collect();
+        let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
+        let p = plan(&[svc("10.10.0.100", &wide)], None);
+        assert_eq!(p.want.chains, (1..=16).chain([20]).collect::<BTreeSet<u32>>(), "presets and the count in use");
     }
 
     #[test]
@@ -375,12 +388,10 @@ mod tests {
         }
         let steps = [
             Step {
-                what: "a third backend: a new chain and one new slot",
+                what: "a third backend: one new slot, lb3 (preset)",
                 backends: &["10.10.0.12", "10.10.0.13", "10.10.0.14"],
                 slots: &["10.10.0.12", "10.10.0.13", "10.10.0.14"],
                 script: &[
-                    "add chain ip shoal_lb lb3",
-                    "add rule ip shoal_lb lb3 dnat ip to ip daddr . numgen random mod 3 map @be",
                     "delete element ip shoal_lb svc { 10.10.0.100 }",
                     "add element ip shoal_lb be { 10.10.0.100 . 2 : 10.10.0.14 }",
                     "add element ip shoal_lb svc { 10.10.0.100 : goto lb3 }",
@@ -417,7 +428,7 @@ mod tests {
                 removed: &[],
             },
             Step {
-                what: "three back (lb3 is still there)",
+                what: "three back",
                 backends: &["10.10.0.13", "10.10.0.15", "10.10.0.11"],
                 slots: &["10.10.0.15", "10.10.0.13", "10.10.0.11"],
                 script: &[
@@ -443,8 +454,6 @@ mod tests {
                 backends: &["10.10.0.16"],
                 slots: &["10.10.0.16"],
                 script: &[
-                    "add chain ip shoal_lb lb1",
-                    "add rule ip shoal_lb lb1 dnat ip to ip daddr . numgen random mod 1 map @be",
                     "delete element ip shoal_lb empty { 10.10.0.100 }",
                     "add element ip shoal_lb be { 10.10.0.100 . 0 : 10.10.0.16 }",
                     "add element ip shoal_lb svc { 10.10.0.100 : goto lb1 }",
@@ -454,7 +463,7 @@ mod tests {
         ];
         let other = svc("10.10.0.200", &["10.10.0.50", "10.10.0.51"]);
         let first = plan(&[svc("10.10.0.100", &["10.10.0.13", "10.10.0.12"]), other.clone()], None);
-        assert_eq!(first.want.chains, BTreeSet::from([2]));
+        assert_eq!(first.want.chains, (1..=PRESET_CHAINS).collect::<BTreeSet<u32>>());
         let mut cur = first.want;
         for s in steps {
             let p = plan(&[svc("10.10.0.100", s.backends), other.clone()], Some(&cur));
@@ -470,6 +479,18 @@ mod tests {
             );
             cur = p.want;
         }
+        // Beyond the preset chains, a count's chain is added once, in the batch.
+        let wide: Vec<String> = (0..17).map(|i| format!("10.10.2.{i}")).collect();
+        let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
+        let p = plan(&[svc("10.10.0.100", &["10.10.0.16"]), other.clone(), svc("10.10.0.201", &wide)], Some(&cur));
+        assert!(
+            p.script.starts_with(
+                "add chain ip shoal_lb lb17\nadd rule ip shoal_lb lb17 dnat ip to ip daddr . numgen random mod 17 map @be\n"
+            ),
+            "{}",
+            p.script
+        );
+        assert_eq!(p.script.matches("chain").count(), 1, "{}", p.script);
         // A service gone from the view leaves no element behind.
         let p = plan(&[other], Some(&cur));
         assert_eq!(
@@ -509,7 +530,7 @@ mod tests {
             BTreeMap::from([((ip("10.10.0.100"), 0), ip("10.10.0.12")), ((ip("10.10.0.100"), 1), ip("10.10.0.13"))])
         );
         assert_eq!(e.empty, BTreeSet::from([ip("10.10.0.101")]));
-        assert_eq!(e.chains, BTreeSet::from([1, 2]));
+        assert_eq!(e.chains, BTreeSet::from([1, 2]), "what the kernel has, presets or not");
         // Read back, the same services plan nothing.
         let p = plan(&[svc("10.10.0.100", &["10.10.0.12", "10.10.0.13"]), svc("10.10.0.101", &[])], Some(&e));
         assert_eq!(p.script, "");

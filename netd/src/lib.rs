@@ -13,6 +13,7 @@ pub mod dns;
 pub mod dnsd;
 pub mod ipam;
 pub mod lb;
+pub mod lb_sys;
 pub mod model;
 pub mod net;
 pub mod overlay;
