@@ -34,9 +34,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use shoal_proto::net::NetView;
 use shoal_proto::network::EndpointMode;
+
+use crate::model::EndpointSpec;
 
 /// The table netd owns in each container's namespace.
 pub const TABLE: &str = "shoal_lb";
@@ -63,6 +66,18 @@ pub fn services_for(view: &NetView, networks: &[&str]) -> Vec<LbService> {
         }
     }
     out.into_iter().map(|(vip, b)| LbService { vip, backends: b.into_iter().collect() }).collect()
+}
+
+/// What each container namespace balances: for every namespace with an
+/// endpoint on one of the view's networks, `services_for` its cluster
+/// networks. Namespaces with no such endpoint are absent (their table, if
+/// one was made, is for `lb_sys::Balancers` to remove).
+pub fn by_namespace(view: &NetView, endpoints: &[EndpointSpec]) -> BTreeMap<PathBuf, Vec<LbService>> {
+    let mut nets: BTreeMap<PathBuf, Vec<&str>> = BTreeMap::new();
+    for e in endpoints.iter().filter(|e| view.networks.iter().any(|n| n.id == e.network)) {
+        nets.entry(e.netns.clone()).or_default().push(e.network.as_str());
+    }
+    nets.into_iter().map(|(netns, networks)| (netns, services_for(view, &networks))).collect()
 }
 
 /// What a `shoal_lb` table holds: observed from the kernel or planned.
@@ -372,6 +387,37 @@ mod tests {
         );
         assert_eq!(services_for(&view, &["y", "x"]).len(), 2);
         assert_eq!(services_for(&view, &["z"]), vec![]);
+        // Per namespace: the networks of its endpoints that the view has.
+        let mut view = view;
+        view.networks = ["x", "y"]
+            .iter()
+            .map(|id| shoal_proto::net::OverlayNetwork {
+                id: id.to_string(),
+                name: id.to_string(),
+                vni: 4100,
+                subnet: ip("10.10.0.0"),
+                prefix: 16,
+                gateway: ip("10.10.0.1"),
+                mtu: 1450,
+                internal: false,
+            })
+            .collect();
+        let ep = |netns: &str, network: &str| EndpointSpec {
+            container: netns.into(),
+            name: String::new(),
+            aliases: vec![],
+            network: network.into(),
+            ip: ip("10.10.0.9"),
+            netns: netns.into(),
+            ifname: "eth0".into(),
+            ports: vec![],
+        };
+        let eps = [ep("/ns/a", "x"), ep("/ns/b", "x"), ep("/ns/b", "y"), ep("/ns/c", "local"), ep("/ns/d", "y")];
+        let by = by_namespace(&view, &eps);
+        assert_eq!(by.keys().collect::<Vec<_>>(), ["/ns/a", "/ns/b", "/ns/d"], "c is on no cluster network");
+        assert_eq!(by[&PathBuf::from("/ns/a")], vec![svc("10.10.0.100", &["10.10.0.2", "10.10.0.3"])]);
+        assert_eq!(by[&PathBuf::from("/ns/b")].len(), 2);
+        assert_eq!(by[&PathBuf::from("/ns/d")], vec![svc("10.20.0.100", &[])], "an idle VIP still refuses");
     }
 
     /// Backends come and go: only elements change, slots stay dense and move least.

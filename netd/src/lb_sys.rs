@@ -9,6 +9,7 @@
 //! its backend until it ends or times out (a stopped task's peer answers
 //! RST, a node that is down leaves it to the TCP timeouts).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -89,4 +90,45 @@ pub fn remove(netns: &Path) -> Result<(), LbError> {
     let script = format!("table ip {t}\ndelete table ip {t}\n", t = lb::TABLE);
     let (ok, _, err) = nft(netns, &["-f", "-"], script)?;
     if ok { Ok(()) } else { Err(LbError::Nft { netns: netns.to_path_buf(), what: "removing the table", stderr: err }) }
+}
+
+/// The namespaces netd balanced in, across passes: each pass makes every
+/// wanted namespace's table right and removes the tables of namespaces
+/// no longer wanted (a container that left its last cluster network).
+#[derive(Debug, Default)]
+pub struct Balancers {
+    programmed: BTreeMap<PathBuf, Vec<LbService>>,
+}
+
+impl Balancers {
+    /// One pass over `want` (from `lb::by_namespace`): observe, plan and
+    /// apply in each namespace (drift is repaired, an unchanged table costs
+    /// one `nft -j list`); then the tables of the namespaces that left are
+    /// removed (nothing to do when the namespace itself is gone). Returns
+    /// what failed; a failed namespace is tried again next pass.
+    pub fn sync(&mut self, want: BTreeMap<PathBuf, Vec<LbService>>) -> Vec<LbError> {
+        let mut failed = Vec::new();
+        let mut kept = BTreeMap::new();
+        for (netns, services) in std::mem::take(&mut self.programmed) {
+            if want.contains_key(&netns) || !netns.exists() {
+                continue;
+            }
+            if let Err(e) = remove(&netns) {
+                failed.push(e);
+                kept.insert(netns, services);
+            }
+        }
+        for (netns, services) in &want {
+            match sync(netns, services) {
+                Ok(p) if !p.script.is_empty() => {
+                    tracing::debug!(netns = %netns.display(), whole = p.whole, removed = ?p.removed, "load balancer updated");
+                }
+                Ok(_) => {}
+                Err(e) => failed.push(e),
+            }
+        }
+        self.programmed = want;
+        self.programmed.extend(kept);
+        failed
+    }
 }

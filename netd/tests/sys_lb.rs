@@ -257,5 +257,15 @@ fn scenario(switch: &Parked, client: &Parked, backends: &[Parked]) -> Result<(),
     lb_sys::remove(&client.path).map_err(|e| e.to_string())?;
     assert_eq!(lb_sys::observe(&client.path).map_err(|e| e.to_string())?, None);
     lb_sys::remove(&client.path).map_err(|e| format!("removing twice: {e}"))?;
+
+    // Across passes: a namespace that is no longer wanted loses its table.
+    let mut balancers = lb_sys::Balancers::default();
+    let want = |b: &[&str]| std::collections::BTreeMap::from([(client.path.clone(), lb_services(b))]);
+    assert!(balancers.sync(want(&all)).is_empty());
+    assert!(lb_sys::observe(&client.path).map_err(|e| e.to_string())?.is_some());
+    assert!(balancers.sync(want(&all[..1])).is_empty());
+    assert_eq!(connections(&client.path, 20)?, [20, 0, 0]);
+    assert!(balancers.sync(Default::default()).is_empty());
+    assert_eq!(lb_sys::observe(&client.path).map_err(|e| e.to_string())?, None, "left: no table");
     Ok(())
 }
