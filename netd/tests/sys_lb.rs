@@ -4,7 +4,8 @@
 //! VIP:8080 spread evenly over the backends, UDP to the VIP is answered
 //! from the VIP, ping to the VIP answers, a VIP with no backend refuses at
 //! once, and a backend removed by an element batch (the table and its rules
-//! untouched) gets no new connection. Every namespace is a thread's own
+//! untouched) gets no new connection while its established UDP flow keeps
+//! it, until `flush_conntrack` deletes the flow's entry. Every namespace is a thread's own
 //! (threads named `shlbt-…`) and goes with it, even when the test fails;
 //! the root namespace is never touched. Skipped without root or nft.
 
@@ -145,6 +146,14 @@ fn connections(client: &Path, n: usize) -> Result<[usize; 3], String> {
     .map_err(|e| format!("a connection to the VIP: {e}"))
 }
 
+/// One datagram on a socket connected to the VIP: the index of the backend that answered.
+fn udp_ask(s: &UdpSocket) -> std::io::Result<u8> {
+    s.send(b"hi")?;
+    let mut b = [0u8; 4];
+    let n = s.recv(&mut b)?;
+    if n == 1 { Ok(b[0]) } else { Err(std::io::Error::other(format!("a {n}-byte answer"))) }
+}
+
 fn lb_services(backends: &[&str]) -> Vec<LbService> {
     vec![
         LbService { vip: VIP, backends: backends.iter().map(|b| b.parse().expect("test data")).collect() },
@@ -234,6 +243,21 @@ fn scenario(switch: &Parked, client: &Parked, backends: &[Parked]) -> Result<(),
     .map_err(|e| e.to_string())?;
     assert_eq!(refused.err(), Some(std::io::ErrorKind::ConnectionRefused));
 
+    // A UDP flow that backend 2 answers, kept open across its removal.
+    let held = sys::in_netns(&client.path, || {
+        for _ in 0..200 {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect((VIP, UDP_PORT))?;
+            s.set_read_timeout(Some(WAIT))?;
+            if udp_ask(&s)? == 2 {
+                return Ok(Some(s));
+            }
+        }
+        Ok(None)
+    })
+    .map_err(|e| format!("UDP to the VIP: {e}"))?
+    .ok_or("no UDP flow reached backend 2 in 200 tries")?;
+
     // Backend 2 leaves: an element batch only; the table (its handle) and rules stay.
     let handle = |ns: &Path| sh(ns, &format!("nft -a list table ip {} | head -1", lb::TABLE));
     let before = handle(&client.path)?;
@@ -249,6 +273,32 @@ fn scenario(switch: &Parked, client: &Parked, backends: &[Parked]) -> Result<(),
     let counts = connections(&client.path, 300)?;
     assert_eq!(counts[2], 0, "the removed backend gets no new connection: {counts:?}");
     assert!(counts[0] >= 100 && counts[1] >= 100, "the other two share: {counts:?}");
+
+    // Its established flow drains: still answered by 2, until its conntrack
+    // entries are flushed; then the flow is balanced afresh.
+    assert_eq!(udp_ask(&held).map_err(|e| e.to_string())?, 2, "an established flow keeps its backend");
+    // Flows to the other two, which the flush must leave alone (were it to flush them
+    // all, each would be balanced afresh: all eight keeping theirs would be 1 in 256).
+    let others = sys::in_netns(&client.path, || {
+        (0..8)
+            .map(|_| {
+                let s = UdpSocket::bind("0.0.0.0:0")?;
+                s.connect((VIP, UDP_PORT))?;
+                s.set_read_timeout(Some(WAIT))?;
+                let b = udp_ask(&s)?;
+                Ok((s, b))
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+    })
+    .map_err(|e| format!("UDP to the VIP: {e}"))?;
+    lb_sys::flush_conntrack(&client.path, &[all[2].parse().expect("test data")]).map_err(|e| e.to_string())?;
+    let now = udp_ask(&held).map_err(|e| e.to_string())?;
+    assert!(now < 2, "after the flush the flow goes to a backend in the table, not {now}");
+    for (s, b) in &others {
+        assert_eq!(udp_ask(s).map_err(|e| e.to_string())?, *b, "the flush left other backends' flows alone");
+    }
+    lb_sys::flush_conntrack(&client.path, &["10.77.0.99".parse().expect("test data")])
+        .map_err(|e| format!("flushing an address with no flow: {e}"))?;
 
     // It comes back the same way; then the table goes.
     let p = lb_sys::sync(&client.path, &lb_services(&all)).map_err(|e| e.to_string())?;
