@@ -12,7 +12,13 @@
 //! the service's VIP, or with dnsrr its ready tasks' addresses; `tasks.NAME`
 //! is its ready tasks' addresses, and each task's container name its own
 //! address, wherever it runs. Reverse lookups of containers' and tasks'
-//! addresses answer `NAME.NETWORK`.
+//! addresses answer `NAME.NETWORK`. A service with no ready task has no
+//! name and no `tasks.` name, in either mode, as in Docker (libnetwork drops
+//! a service's name records with its last backend): the query is forwarded
+//! to the host's resolvers, which normally answer NXDOMAIN.
+//!
+//! The services come from the managers' network view (`view_records`), on
+//! the cluster networks a container is attached to (`Table::from_state`).
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -23,6 +29,9 @@ use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, Respo
 use hickory_proto::rr::rdata::{A, PTR};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+
+use shoal_proto::net::NetView;
+use shoal_proto::network::EndpointMode;
 
 use crate::model::{EndpointSpec, NetworkSpec};
 
@@ -97,13 +106,61 @@ pub struct Table {
     scope: HashMap<String, Vec<String>>,
 }
 
+/// The service records a container on `networks` (cluster network ids)
+/// resolves, from the managers' view: each service's name and aliases are
+/// its VIP (`vip` mode, once allocated) or its backends (`dnsrr`), and
+/// `tasks.NAME` its backends. The view's backends are the running (and
+/// healthy) tasks, so all are ready; it carries no task names.
+pub fn view_records(view: &NetView, networks: &[&str]) -> Vec<ServiceRecord> {
+    view.services
+        .iter()
+        .filter(|s| networks.contains(&s.network.as_str()))
+        .filter_map(|s| {
+            let endpoint = match s.mode {
+                EndpointMode::Vip => ServiceEndpoint::Vip(s.vip?),
+                EndpointMode::Dnsrr => ServiceEndpoint::Dnsrr,
+            };
+            Some(ServiceRecord {
+                network: s.network.clone(),
+                name: s.name.clone(),
+                aliases: s.aliases.clone(),
+                endpoint,
+                tasks: s.backends.iter().map(|&addr| ServiceTask { name: String::new(), addr, ready: true }).collect(),
+            })
+        })
+        .collect()
+}
+
 impl Table {
     pub fn build(networks: &[NetworkSpec], endpoints: &[EndpointSpec], services: &[ServiceRecord]) -> Table {
+        let named: Vec<(&str, &str)> = networks.iter().map(|n| (n.id.as_str(), n.name.as_str())).collect();
+        Table::build_named(&named, endpoints, services)
+    }
+
+    /// The table for netd's state and the node's cluster view: the local
+    /// networks' names as `build`, plus the cluster networks' (an endpoint
+    /// whose network is a cluster network's id is scoped to it) and the
+    /// services of the view on them.
+    pub fn from_state(networks: &[NetworkSpec], endpoints: &[EndpointSpec], view: Option<&NetView>) -> Table {
+        let mut named: Vec<(&str, &str)> = networks.iter().map(|n| (n.id.as_str(), n.name.as_str())).collect();
+        let mut services = Vec::new();
+        if let Some(view) = view {
+            named.extend(view.networks.iter().map(|n| (n.id.as_str(), n.name.as_str())));
+            let ids: Vec<&str> = view.networks.iter().map(|n| n.id.as_str()).collect();
+            services = view_records(view, &ids);
+        }
+        Table::build_named(&named, endpoints, &services)
+    }
+
+    /// `build` over (network id, name) pairs.
+    fn build_named(networks: &[(&str, &str)], endpoints: &[EndpointSpec], services: &[ServiceRecord]) -> Table {
         let mut t = Table::default();
         for e in endpoints {
-            let Some(n) = networks.iter().find(|n| n.id == e.network && n.name != "bridge") else { continue };
-            t.scope.entry(e.container.clone()).or_default().push(n.id.clone());
-            let names = t.names.entry(n.id.clone()).or_default();
+            let Some(&(id, name)) = networks.iter().find(|(id, name)| *id == e.network && *name != "bridge") else {
+                continue;
+            };
+            t.scope.entry(e.container.clone()).or_default().push(id.to_string());
+            let names = t.names.entry(id.to_string()).or_default();
             let short = &e.container[..e.container.len().min(12)];
             let mut own: Vec<String> = std::iter::once(e.name.as_str())
                 .chain(e.aliases.iter().map(String::as_str))
@@ -116,12 +173,12 @@ impl Table {
                 names.entry(name).or_default().add(e.ip);
             }
             if !e.name.is_empty() {
-                t.reverse.entry(n.id.clone()).or_default().insert(e.ip, format!("{}.{}", e.name, n.name));
+                t.reverse.entry(id.to_string()).or_default().insert(e.ip, format!("{}.{name}", e.name));
             }
         }
         for s in services {
             let names = t.names.entry(s.network.clone()).or_default();
-            let net_name = networks.iter().find(|n| n.id == s.network).map(|n| n.name.as_str());
+            let net_name = networks.iter().find(|(id, _)| *id == s.network).map(|(_, name)| *name);
             for task in s.tasks.iter().filter(|t| !t.name.is_empty()) {
                 names.entry(task.name.to_ascii_lowercase()).or_default().add(task.addr);
                 if let Some(net_name) = net_name {
@@ -130,6 +187,10 @@ impl Table {
                 }
             }
             let ready: Vec<Ipv4Addr> = s.tasks.iter().filter(|t| t.ready).map(|t| t.addr).collect();
+            if ready.is_empty() {
+                // Docker's way: no backend, no name (forwarded, so NXDOMAIN upstream).
+                continue;
+            }
             for name in std::iter::once(&s.name).chain(&s.aliases).map(|n| n.to_ascii_lowercase()) {
                 if name.is_empty() {
                     continue;
@@ -151,7 +212,7 @@ impl Table {
     }
 
     /// The addresses `name` has for `container`: None when no network it is
-    /// on knows it; empty for a service with no ready task.
+    /// on knows it (a service with no ready task included).
     pub fn lookup(&self, container: &str, name: &str) -> Option<Vec<Ipv4Addr>> {
         self.find(container, &name.trim_end_matches('.').to_ascii_lowercase()).map(|(ips, _)| ips)
     }
@@ -410,6 +471,15 @@ mod tests {
             .collect()
     }
 
+    /// `n` tasks, none ready.
+    fn down(n: usize) -> Vec<ServiceTask> {
+        tasks(n, false)
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| ServiceTask { name: format!("svc.1.down{i}"), ready: false, ..t })
+            .collect()
+    }
+
     fn svc(
         network: &str,
         name: &str,
@@ -444,6 +514,7 @@ mod tests {
             svc("n1", "many", &[], ServiceEndpoint::Vip(ip("10.5.0.101")), tasks(200, false)),
             svc("n1", "huge", &[], ServiceEndpoint::Dnsrr, tasks(300, false)),
             svc("n1", "idle", &[], ServiceEndpoint::Dnsrr, vec![]),
+            svc("n1", "down", &[], ServiceEndpoint::Vip(ip("10.5.0.102")), down(2)),
             svc("n2", "ledger", &[], ServiceEndpoint::Vip(ip("10.6.0.100")), tasks(2, false)),
         ];
         Table::build(&networks, &endpoints, &services)
@@ -478,8 +549,10 @@ mod tests {
         assert_eq!(t.lookup(A, "tasks.store"), Some(ready(6, true)), "tasks. of an alias");
         assert_eq!(t.lookup(A, "cache"), Some(ready(3, false)), "dnsrr: the tasks");
         assert_eq!(t.lookup(A, "tasks.cache"), Some(ready(3, false)));
-        assert_eq!(t.lookup(A, "idle"), Some(vec![]), "a known service with no ready task: known, no address");
-        assert_eq!(t.lookup(A, "tasks.idle"), Some(vec![]));
+        assert_eq!(t.lookup(A, "idle"), None, "no ready task: no name, as in Docker (forwarded)");
+        assert_eq!(t.lookup(A, "tasks.idle"), None);
+        assert_eq!(t.lookup(A, "down"), None, "vip mode too");
+        assert_eq!(t.lookup(A, "svc.1.down0"), Some(vec![ip("10.7.0.2")]), "its tasks' names stay");
         assert_eq!(t.lookup(A, "ledger"), None, "ledger is on back only");
         assert_eq!(t.lookup(B, "ledger"), Some(vec![ip("10.6.0.100")]));
         assert_eq!(t.lookup(B, "shop"), None);
@@ -489,6 +562,109 @@ mod tests {
         assert_eq!(t.lookup(A, "svc.3.task2"), Some(vec![ip("10.7.0.4")]), "a task's name, ready or not");
         assert_eq!(t.lookup(B, "svc.3.task2"), None);
         assert_eq!(t.reverse(A, ip("10.7.0.4")), Some("svc.3.task2.front"));
+    }
+
+    /// The cluster view's services, for containers on cluster networks.
+    #[test]
+    fn the_view_feeds_the_cluster_networks_names() {
+        use shoal_proto::net::{OverlayNetwork, ViewService};
+        let onet = |id: &str, name: &str| OverlayNetwork {
+            id: id.into(),
+            name: name.into(),
+            vni: 4100,
+            subnet: ip("10.10.0.0"),
+            prefix: 24,
+            gateway: ip("10.10.0.1"),
+            mtu: 1450,
+            internal: false,
+        };
+        let vs = |name: &str, net: &str, mode, vip: Option<&str>, aliases: &[&str], backends: &[&str]| ViewService {
+            id: format!("id-{name}"),
+            name: name.into(),
+            network: net.into(),
+            mode,
+            vip: vip.map(ip),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            backends: backends.iter().map(|b| ip(b)).collect(),
+        };
+        let view = NetView {
+            node: "n1".into(),
+            data_addr: ip("10.98.0.1"),
+            networks: vec![onet("x0", "appnet"), onet("y0", "dbnet")],
+            peers: vec![],
+            endpoints: vec![],
+            services: vec![
+                vs("web", "x0", EndpointMode::Vip, Some("10.10.0.100"), &["www"], &["10.10.0.3", "10.10.0.4"]),
+                vs("cache", "x0", EndpointMode::Dnsrr, None, &[], &["10.10.0.5", "10.10.0.6"]),
+                vs("idle", "x0", EndpointMode::Vip, Some("10.10.0.101"), &[], &[]),
+                vs("unallocated", "x0", EndpointMode::Vip, None, &[], &["10.10.0.7"]),
+                vs("db", "y0", EndpointMode::Vip, Some("10.20.0.100"), &[], &["10.20.0.3"]),
+            ],
+        };
+        // The pure records for a container on x0 only.
+        let recs = view_records(&view, &["x0"]);
+        let names: Vec<(&str, ServiceEndpoint, usize)> =
+            recs.iter().map(|r| (r.name.as_str(), r.endpoint, r.tasks.len())).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("web", ServiceEndpoint::Vip(ip("10.10.0.100")), 2),
+                ("cache", ServiceEndpoint::Dnsrr, 2),
+                ("idle", ServiceEndpoint::Vip(ip("10.10.0.101")), 0),
+            ],
+            "a VIP service without its VIP yet has no record; other networks' services none"
+        );
+        assert_eq!(recs[0].aliases, vec!["www".to_string()]);
+        assert!(recs.iter().flat_map(|r| &r.tasks).all(|t| t.ready && t.name.is_empty()));
+
+        // Through the table: C is on appnet, D on dbnet, E on both, F on the local bridge network.
+        let endpoints = vec![
+            ep("C", "c", "x0", "10.10.0.9", &[]),
+            ep("D", "d", "y0", "10.20.0.9", &[]),
+            ep("E", "e", "x0", "10.10.0.10", &[]),
+            ep("E", "e", "y0", "10.20.0.10", &[]),
+            ep("F", "f", "n1", "10.5.0.9", &[]),
+        ];
+        let t = Table::from_state(&[net("n1", "front")], &endpoints, Some(&view));
+        struct Case {
+            container: &'static str,
+            name: &'static str,
+            want: Option<&'static [&'static str]>,
+        }
+        let cases = [
+            Case { container: "C", name: "web", want: Some(&["10.10.0.100"]) },
+            Case { container: "C", name: "WWW.", want: Some(&["10.10.0.100"]) },
+            Case { container: "C", name: "tasks.web", want: Some(&["10.10.0.3", "10.10.0.4"]) },
+            Case { container: "C", name: "tasks.www", want: Some(&["10.10.0.3", "10.10.0.4"]) },
+            Case { container: "C", name: "cache", want: Some(&["10.10.0.5", "10.10.0.6"]) },
+            Case { container: "C", name: "tasks.cache", want: Some(&["10.10.0.5", "10.10.0.6"]) },
+            Case { container: "C", name: "idle", want: None },
+            Case { container: "C", name: "tasks.idle", want: None },
+            Case { container: "C", name: "unallocated", want: None },
+            Case { container: "C", name: "db", want: None },
+            Case { container: "C", name: "e", want: Some(&["10.10.0.10"]) },
+            Case { container: "D", name: "db", want: Some(&["10.20.0.100"]) },
+            Case { container: "D", name: "web", want: None },
+            Case { container: "E", name: "web", want: Some(&["10.10.0.100"]) },
+            Case { container: "E", name: "db", want: Some(&["10.20.0.100"]) },
+            Case { container: "F", name: "web", want: None },
+        ];
+        for c in cases {
+            let want = c.want.map(|w| w.iter().map(|a| ip(a)).collect::<Vec<_>>());
+            assert_eq!(t.lookup(c.container, c.name), want, "{} asks {}", c.container, c.name);
+        }
+        assert_eq!(t.reverse("C", ip("10.10.0.10")), Some("e.appnet"));
+        // dnsrr answers turn per query id.
+        let first = |id| {
+            let q = parse_query(&wire(id, "cache", RecordType::A, None)).unwrap();
+            read_a_records(&answer(&t, "C", &q, Transport::Udp).unwrap()).unwrap().1[0]
+        };
+        assert_eq!([first(0), first(1)], [ip("10.10.0.5"), ip("10.10.0.6")]);
+        // Without a view, only local names.
+        let t = Table::from_state(&[net("n1", "front")], &endpoints, None);
+        assert_eq!(t.lookup("C", "web"), None);
+        assert!(!t.serves("C"));
+        assert!(t.serves("F"));
     }
 
     /// A query as bytes, with an OPT record when `edns` (UDP size, version).
@@ -534,7 +710,7 @@ mod tests {
             case("PTR", A, wire(6, "3.0.5.10.in-addr.arpa", TPTR, None), Udp, Some((NoError, 1, false, None))),
             case("an unknown PTR is forwarded", A, wire(7, "9.9.9.9.in-addr.arpa", TPTR, None), Udp, None),
             case("a VIP", A, wire(8, "shop", TA, None), Udp, Some((NoError, 1, false, None))),
-            case("a service with no ready task", A, wire(9, "idle", TA, None), Udp, Some((NoError, 0, false, None))),
+            case("a service with no ready task is forwarded", A, wire(9, "idle", TA, None), Udp, None),
             case(
                 "EDNS: the answer carries OPT",
                 A,

@@ -7,11 +7,15 @@
 //!
 //! The embedded DNS server (127.0.0.11 in every attached container) is
 //! `dns` (names, wire format; pure) and `dnsd` (its sockets); `service` is
-//! the netd process: state, API, and the loop that drives it all.
+//! the netd process: state, API, and the loop that drives it all. The
+//! client-side VIP load balancer of cluster services (an nft table in each
+//! container's namespace) is `lb` (its planner; pure) and `lb_sys`.
 
 pub mod dns;
 pub mod dnsd;
 pub mod ipam;
+pub mod lb;
+pub mod lb_sys;
 pub mod model;
 pub mod net;
 pub mod overlay;

@@ -1,0 +1,273 @@
+//! The VIP load balancer's kernel half: reads a container namespace's
+//! `shoal_lb` table (`nft -j list`) and runs `lb::plan`'s script there
+//! (`nft -f -`, one transaction), both from a thread that entered the
+//! namespace (`sys::in_netns`), so the root namespace is never touched.
+//!
+//! A backend that leaves the table keeps its established flows (their NAT
+//! binding is in conntrack): that drains a task the managers are stopping.
+//! Once its task is gone, `flush_conntrack` deletes the namespace's entries
+//! whose replies come from it, with one ctnetlink flush filtered on the
+//! reply's source (Linux 6.8 or later; no `conntrack` tool needed), so the
+//! flow's next packet is balanced afresh and fails fast (a reset from the
+//! new backend, or an answer for UDP) instead of hanging on a dead address.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::lb::{self, LbService, Plan};
+use crate::sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error("{netns}: running nft (install nftables): {source}")]
+    Run { netns: PathBuf, source: std::io::Error },
+    #[error("{netns}: nft refused {what}: {stderr}")]
+    Nft { netns: PathBuf, what: &'static str, stderr: String },
+    #[error("{netns}: reading the load balancer's table: {why}")]
+    Read { netns: PathBuf, why: String },
+    #[error("{netns}: flushing the conntrack entries of {backend}: {source}")]
+    Conntrack { netns: PathBuf, backend: Ipv4Addr, source: std::io::Error },
+}
+
+/// Runs `nft ARGS` with `stdin` in the namespace at `netns`: (success, stdout, stderr).
+fn nft(netns: &Path, args: &'static [&'static str], stdin: String) -> Result<(bool, String, String), LbError> {
+    let run = move || -> std::io::Result<(bool, String, String)> {
+        let mut child = Command::new("nft")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut s) = child.stdin.take() {
+            s.write_all(stdin.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    };
+    sys::in_netns(netns, run).map_err(|source| LbError::Run { netns: netns.to_path_buf(), source })
+}
+
+/// The table in the namespace: None when it has none, or one not of netd's shape.
+pub fn observe(netns: &Path) -> Result<Option<lb::Elements>, LbError> {
+    let (ok, out, err) = nft(netns, &["-j", "list", "table", "ip", lb::TABLE], String::new())?;
+    if !ok {
+        if err.contains("No such file or directory") {
+            return Ok(None);
+        }
+        return Err(LbError::Nft { netns: netns.to_path_buf(), what: "listing the table", stderr: err });
+    }
+    lb::parse_json(&out).map_err(|why| LbError::Read { netns: netns.to_path_buf(), why })
+}
+
+/// Runs a script of `lb::plan` in the namespace, in one transaction.
+pub fn apply(netns: &Path, script: &str) -> Result<(), LbError> {
+    if script.is_empty() {
+        return Ok(());
+    }
+    let (ok, _, err) = nft(netns, &["-f", "-"], script.to_string())?;
+    if ok {
+        Ok(())
+    } else {
+        Err(LbError::Nft { netns: netns.to_path_buf(), what: "the load balancer's batch", stderr: err })
+    }
+}
+
+/// Makes the namespace's table balance `services` (from `lb::services_for`):
+/// observe, plan, apply. Returns what was done (an empty script: nothing).
+/// Blocking (two short `nft` runs at most): call it from blocking code.
+pub fn sync(netns: &Path, services: &[LbService]) -> Result<Plan, LbError> {
+    let current = observe(netns)?;
+    let plan = lb::plan(services, current.as_ref());
+    apply(netns, &plan.script)?;
+    Ok(plan)
+}
+
+/// Removes the table from the namespace (the container left its last
+/// network with services); nothing when it has none.
+pub fn remove(netns: &Path) -> Result<(), LbError> {
+    let script = format!("table ip {t}\ndelete table ip {t}\n", t = lb::TABLE);
+    let (ok, _, err) = nft(netns, &["-f", "-"], script)?;
+    if ok { Ok(()) } else { Err(LbError::Nft { netns: netns.to_path_buf(), what: "removing the table", stderr: err }) }
+}
+
+// ctnetlink, as much as the flush needs (linux/netfilter/nfnetlink*.h).
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLMSG_ERROR: u16 = 2;
+const NLA_F_NESTED: u16 = 1 << 15;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_FILTER: u16 = 25;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_FILTER_ORIG_FLAGS: u16 = 1;
+const CTA_FILTER_REPLY_FLAGS: u16 = 2;
+/// `CTA_FILTER_FLAG(CTA_IP_SRC)`: match the tuple's source address only.
+const CTA_FILTER_F_IP_SRC: u32 = 1;
+
+/// A netlink attribute: header, payload, padding to 4 bytes.
+fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let len = 4 + payload.len();
+    let mut a = Vec::with_capacity(len.next_multiple_of(4));
+    a.extend_from_slice(&(len as u16).to_ne_bytes());
+    a.extend_from_slice(&kind.to_ne_bytes());
+    a.extend_from_slice(payload);
+    a.resize(len.next_multiple_of(4), 0);
+    a
+}
+
+/// The ctnetlink request that deletes every IPv4 entry whose reply comes
+/// from `backend` (a flush with a filter on the reply tuple's source).
+pub fn ct_flush_request(seq: u32, backend: Ipv4Addr) -> Vec<u8> {
+    let ip = nla(CTA_TUPLE_IP | NLA_F_NESTED, &nla(CTA_IP_V4_SRC, &backend.octets()));
+    let tuple = nla(CTA_TUPLE_REPLY | NLA_F_NESTED, &ip);
+    let flags = [
+        nla(CTA_FILTER_ORIG_FLAGS, &0u32.to_ne_bytes()),
+        nla(CTA_FILTER_REPLY_FLAGS, &CTA_FILTER_F_IP_SRC.to_ne_bytes()),
+    ]
+    .concat();
+    let filter = nla(CTA_FILTER | NLA_F_NESTED, &flags);
+    // nfgenmsg: family AF_INET, version 0, res_id 0.
+    let body = [&[libc::AF_INET as u8, 0, 0, 0][..], &tuple, &filter].concat();
+    let mut m = Vec::with_capacity(16 + body.len());
+    m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    m.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE).to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&body);
+    m
+}
+
+/// The errno of a netlink ack (0: done), or None if `msg` is not one.
+fn ack_errno(msg: &[u8]) -> Option<i32> {
+    let kind = u16::from_ne_bytes(msg.get(4..6)?.try_into().ok()?);
+    (kind == NLMSG_ERROR).then(|| msg.get(16..20)?.try_into().ok().map(i32::from_ne_bytes)).flatten().map(|e| -e)
+}
+
+/// Deletes the namespace's conntrack entries of flows answered by each of
+/// `backends` (their tasks are gone); none to delete is fine.
+pub fn flush_conntrack(netns: &Path, backends: &[Ipv4Addr]) -> Result<(), LbError> {
+    use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+    let wanted = backends.to_vec();
+    let results = sys::in_netns(netns, move || {
+        let socket = Socket::new(NETLINK_NETFILTER)?;
+        let kernel = SocketAddr::new(0, 0);
+        let mut out = Vec::new();
+        for (seq, b) in wanted.into_iter().enumerate() {
+            let r = socket.send_to(&ct_flush_request(seq as u32 + 1, b), &kernel, 0).and_then(|_| {
+                let (reply, _) = socket.recv_from_full()?;
+                match ack_errno(&reply) {
+                    Some(0) => Ok(()),
+                    Some(errno) => Err(std::io::Error::from_raw_os_error(errno)),
+                    None => Err(std::io::Error::other("no ack from ctnetlink")),
+                }
+            });
+            out.push((b, r));
+        }
+        Ok(out)
+    })
+    .map_err(|source| LbError::Run { netns: netns.to_path_buf(), source })?;
+    for (backend, r) in results {
+        r.map_err(|source| LbError::Conntrack { netns: netns.to_path_buf(), backend, source })?;
+    }
+    Ok(())
+}
+
+/// The namespaces netd balanced in, across passes: each pass makes every
+/// wanted namespace's table right and removes the tables of namespaces
+/// no longer wanted (a container that left its last cluster network).
+#[derive(Debug, Default)]
+pub struct Balancers {
+    programmed: BTreeMap<PathBuf, Vec<LbService>>,
+}
+
+impl Balancers {
+    /// One pass over `want` (from `lb::by_namespace`): observe, plan and
+    /// apply in each namespace (drift is repaired, an unchanged table costs
+    /// one `nft -j list`); then the tables of the namespaces that left are
+    /// removed (nothing to do when the namespace itself is gone). Returns
+    /// what failed; a failed namespace is tried again next pass.
+    pub fn sync(&mut self, want: BTreeMap<PathBuf, Vec<LbService>>) -> Vec<LbError> {
+        let mut failed = Vec::new();
+        let mut kept = BTreeMap::new();
+        for (netns, services) in std::mem::take(&mut self.programmed) {
+            if want.contains_key(&netns) || !netns.exists() {
+                continue;
+            }
+            if let Err(e) = remove(&netns) {
+                failed.push(e);
+                kept.insert(netns, services);
+            }
+        }
+        for (netns, services) in &want {
+            match sync(netns, services) {
+                Ok(p) if !p.script.is_empty() => {
+                    tracing::debug!(netns = %netns.display(), whole = p.whole, removed = ?p.removed, "load balancer updated");
+                }
+                Ok(_) => {}
+                Err(e) => failed.push(e),
+            }
+        }
+        self.programmed = want;
+        self.programmed.extend(kept);
+        failed
+    }
+
+    /// Flushes, in every namespace balanced now, the conntrack entries of
+    /// flows to `backends` (addresses whose tasks are gone, not merely out
+    /// of the table: those drain). Returns what failed.
+    pub fn flush(&self, backends: &[Ipv4Addr]) -> Vec<LbError> {
+        if backends.is_empty() {
+            return vec![];
+        }
+        self.programmed.keys().filter_map(|netns| flush_conntrack(netns, backends).err()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes as a little-endian host sends them.
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn the_flush_request_is_ctnetlinks() {
+        let m = ct_flush_request(7, Ipv4Addr::new(10, 77, 0, 13));
+        assert_eq!(m.len(), 56);
+        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 56, "nlmsg_len");
+        assert_eq!(u16::from_ne_bytes(m[4..6].try_into().unwrap()), 0x0102, "ctnetlink delete");
+        assert_eq!(u16::from_ne_bytes(m[6..8].try_into().unwrap()), 5, "request, ack");
+        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 7, "seq");
+        assert_eq!(&m[16..20], &[2, 0, 0, 0], "nfgenmsg: AF_INET");
+        // CTA_TUPLE_REPLY { CTA_TUPLE_IP { CTA_IP_V4_SRC 10.77.0.13 } }
+        assert_eq!(&m[20..24], &[16, 0, 2, 0x80]);
+        assert_eq!(&m[24..28], &[12, 0, 1, 0x80]);
+        assert_eq!(&m[28..36], &[8, 0, 1, 0, 10, 77, 0, 13]);
+        // CTA_FILTER { ORIG_FLAGS 0, REPLY_FLAGS IP_SRC }
+        assert_eq!(&m[36..40], &[20, 0, 25, 0x80]);
+        assert_eq!(&m[40..48], &[8, 0, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(&m[48..56], &[8, 0, 2, 0, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn acks_are_read() {
+        let ack = |errno: i32| {
+            let mut m = vec![0u8; 36];
+            m[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+            m[16..20].copy_from_slice(&(-errno).to_ne_bytes());
+            m
+        };
+        assert_eq!(ack_errno(&ack(0)), Some(0));
+        assert_eq!(ack_errno(&ack(libc::EINVAL)), Some(libc::EINVAL));
+        assert_eq!(ack_errno(&[0; 8]), None);
+    }
+}

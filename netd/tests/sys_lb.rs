@@ -1,0 +1,321 @@
+//! The VIP load balancer against a real kernel: a client namespace and
+//! three backend namespaces on a bridge in a "switch" namespace; netd's
+//! `shoal_lb` table in the client (`lb_sys::sync`). 900 TCP connections to
+//! VIP:8080 spread evenly over the backends, UDP to the VIP is answered
+//! from the VIP, ping to the VIP answers, a VIP with no backend refuses at
+//! once, and a backend removed by an element batch (the table and its rules
+//! untouched) gets no new connection while its established UDP flow keeps
+//! it, until `flush_conntrack` deletes the flow's entry. Every namespace is a thread's own
+//! (threads named `shlbt-…`) and goes with it, even when the test fails;
+//! the root namespace is never touched. Skipped without root or nft.
+
+// shutdown(2) wakes the backends' blocked accept/recv; own_netns calls unshare.
+#![allow(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use shoal_netd::lb::{self, LbService};
+use shoal_netd::{lb_sys, sys};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
+/// A VIP whose service has no backend.
+const IDLE_VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 101);
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 8081;
+const WAIT: Duration = Duration::from_secs(2);
+
+fn can_run() -> bool {
+    rustix::process::geteuid().is_root()
+        && Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success())
+        && Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success())
+}
+
+/// A thread parked in a network namespace of its own until dropped.
+struct Parked {
+    path: PathBuf,
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Parked {
+    fn new(role: &str) -> Parked {
+        let (ns_tx, ns_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("shlbt-{role}"))
+            .spawn(move || {
+                // SAFETY: unshare on this thread only; it is the test's own thread.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+                let tid = rustix::thread::gettid().as_raw_nonzero();
+                let _ = ns_tx.send(PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id())));
+                let _ = done_rx.recv();
+            })
+            .expect("a namespace thread");
+        Parked { path: ns_rx.recv().expect("the thread's namespace"), done: Some(done_tx), thread: Some(thread) }
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs a shell script in a namespace; its stdout, or why it failed.
+fn sh(ns: &Path, script: &str) -> Result<String, String> {
+    let s = script.to_string();
+    let out = sys::in_netns(ns, move || Command::new("sh").args(["-ec", &s]).output()).map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{script}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// A backend: a TCP server on :8080 and a UDP one on :8081, opened in its
+/// namespace, each answering with the backend's index.
+struct Backend {
+    tcp: TcpListener,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start(ns: &Path, index: u8) -> std::io::Result<Backend> {
+        let (tcp, udp) = sys::in_netns(ns, || {
+            Ok((TcpListener::bind(("0.0.0.0", TCP_PORT))?, UdpSocket::bind(("0.0.0.0", UDP_PORT))?))
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, u, s) = (tcp.try_clone()?, udp, stop.clone());
+        let tcp_thread = std::thread::spawn(move || {
+            while let Ok((mut conn, _)) = t.accept() {
+                let _ = conn.write_all(&[index]);
+            }
+        });
+        let udp_thread = std::thread::spawn(move || {
+            let _ = u.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = [0u8; 16];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = u.recv_from(&mut buf) {
+                    let _ = u.send_to(&[index], from);
+                }
+            }
+        });
+        Ok(Backend { tcp, stop, threads: vec![tcp_thread, udp_thread] })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // SAFETY: shutdown on a listener this struct owns; it only wakes its accept.
+        // (The UDP server sees `stop` within its read timeout: a shut-down UDP
+        // socket's recv_from returns no address, which std does not accept.)
+        unsafe {
+            libc::shutdown(self.tcp.as_raw_fd(), libc::SHUT_RDWR);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `n` TCP connections to VIP:8080 from the client: how many each backend answered.
+fn connections(client: &Path, n: usize) -> Result<[usize; 3], String> {
+    sys::in_netns(client, move || {
+        let mut counts = [0usize; 3];
+        for _ in 0..n {
+            let mut c = TcpStream::connect_timeout(&SocketAddr::from((VIP, TCP_PORT)), WAIT)?;
+            c.set_read_timeout(Some(WAIT))?;
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b)?;
+            counts[usize::from(b[0])] += 1;
+        }
+        Ok(counts)
+    })
+    .map_err(|e| format!("a connection to the VIP: {e}"))
+}
+
+/// One datagram on a socket connected to the VIP: the index of the backend that answered.
+fn udp_ask(s: &UdpSocket) -> std::io::Result<u8> {
+    s.send(b"hi")?;
+    let mut b = [0u8; 4];
+    let n = s.recv(&mut b)?;
+    if n == 1 { Ok(b[0]) } else { Err(std::io::Error::other(format!("a {n}-byte answer"))) }
+}
+
+fn lb_services(backends: &[&str]) -> Vec<LbService> {
+    vec![
+        LbService { vip: VIP, backends: backends.iter().map(|b| b.parse().expect("test data")).collect() },
+        LbService { vip: IDLE_VIP, backends: vec![] },
+    ]
+}
+
+#[test]
+fn vip_load_balancing_in_a_client_namespace() {
+    if !can_run() {
+        eprintln!("skipped: needs root, nft and ip");
+        return;
+    }
+    let switch = Parked::new("switch");
+    let client = Parked::new("client");
+    let backends: Vec<Parked> = (0..3).map(|i| Parked::new(&format!("backend{i}"))).collect();
+    let result = scenario(&switch, &client, &backends);
+    drop(backends);
+    drop(client);
+    drop(switch);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn scenario(switch: &Parked, client: &Parked, backends: &[Parked]) -> Result<(), String> {
+    sh(&switch.path, "ip link add br0 type bridge && ip link set br0 up")?;
+    for (i, ns) in std::iter::once(client).chain(backends).enumerate() {
+        sh(
+            &switch.path,
+            &format!(
+                "ip link add shlbt{i} type veth peer name eth0 netns {} && ip link set shlbt{i} master br0 up",
+                ns.path.display()
+            ),
+        )?;
+        sh(
+            &ns.path,
+            &format!("ip link set lo up && ip addr add 10.77.0.{}/24 dev eth0 && ip link set eth0 up", 10 + i),
+        )?;
+    }
+    let _servers: Vec<Backend> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Backend::start(&b.path, i as u8).map_err(|e| format!("backend {i}: {e}")))
+        .collect::<Result<_, _>>()?;
+
+    // The table, written whole once; read back, it needs nothing more.
+    let all = ["10.77.0.11", "10.77.0.12", "10.77.0.13"];
+    let p = lb_sys::sync(&client.path, &lb_services(&all)).map_err(|e| e.to_string())?;
+    assert!(p.whole, "a fresh namespace gets the whole table: {}", p.script);
+    let again = lb_sys::sync(&client.path, &lb_services(&all)).map_err(|e| e.to_string())?;
+    assert_eq!(again.script, "", "the table read back is what was planned");
+
+    // TCP: 900 connections spread within ±20 % per backend. (With numgen random each
+    // backend's count is binomial, sd 14 at 900: ±20 % is over 4 sd. At 300 it would be
+    // 2.5 sd, and a correct table would fail about one run in 30.)
+    let counts = connections(&client.path, 900)?;
+    for (i, c) in counts.iter().enumerate() {
+        assert!((240..=360).contains(c), "backend {i} got {c} of 900: {counts:?}");
+    }
+
+    // UDP: each new flow is answered, from the VIP (the socket is connected to it).
+    let seen = sys::in_netns(&client.path, || {
+        let mut seen = [0usize; 3];
+        for _ in 0..30 {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect((VIP, UDP_PORT))?;
+            s.set_read_timeout(Some(WAIT))?;
+            s.send(b"hi")?;
+            let mut b = [0u8; 4];
+            let n = s.recv(&mut b)?;
+            assert_eq!(n, 1);
+            seen[usize::from(b[0])] += 1;
+        }
+        Ok(seen)
+    })
+    .map_err(|e| format!("UDP to the VIP: {e}"))?;
+    assert!(seen.iter().filter(|n| **n > 0).count() >= 2, "UDP flows spread: {seen:?}");
+
+    // ICMP echo to the VIP is DNAT'd too.
+    sh(&client.path, &format!("ping -c 1 -W 2 {VIP} >/dev/null"))?;
+
+    // A VIP with no backend refuses at once.
+    let refused = sys::in_netns(&client.path, || {
+        Ok(TcpStream::connect_timeout(&SocketAddr::from((IDLE_VIP, TCP_PORT)), WAIT).map_err(|e| e.kind()))
+    })
+    .map_err(|e| e.to_string())?;
+    assert_eq!(refused.err(), Some(std::io::ErrorKind::ConnectionRefused));
+
+    // A UDP flow that backend 2 answers, kept open across its removal.
+    let held = sys::in_netns(&client.path, || {
+        for _ in 0..200 {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect((VIP, UDP_PORT))?;
+            s.set_read_timeout(Some(WAIT))?;
+            if udp_ask(&s)? == 2 {
+                return Ok(Some(s));
+            }
+        }
+        Ok(None)
+    })
+    .map_err(|e| format!("UDP to the VIP: {e}"))?
+    .ok_or("no UDP flow reached backend 2 in 200 tries")?;
+
+    // Backend 2 leaves: an element batch only; the table (its handle) and rules stay.
+    let handle = |ns: &Path| sh(ns, &format!("nft -a list table ip {} | head -1", lb::TABLE));
+    let before = handle(&client.path)?;
+    let p = lb_sys::sync(&client.path, &lb_services(&all[..2])).map_err(|e| e.to_string())?;
+    assert!(!p.whole);
+    assert!(
+        p.script.lines().all(|l| l.starts_with("add element ") || l.starts_with("delete element ")),
+        "elements only: {}",
+        p.script
+    );
+    assert_eq!(p.removed, vec![all[2].parse::<Ipv4Addr>().expect("test data")]);
+    assert_eq!(handle(&client.path)?, before, "the table was not rewritten");
+    let counts = connections(&client.path, 300)?;
+    assert_eq!(counts[2], 0, "the removed backend gets no new connection: {counts:?}");
+    assert!(counts[0] >= 100 && counts[1] >= 100, "the other two share: {counts:?}");
+
+    // Its established flow drains: still answered by 2, until its conntrack
+    // entries are flushed; then the flow is balanced afresh.
+    assert_eq!(udp_ask(&held).map_err(|e| e.to_string())?, 2, "an established flow keeps its backend");
+    // Flows to the other two, which the flush must leave alone (were it to flush them
+    // all, each would be balanced afresh: all eight keeping theirs would be 1 in 256).
+    let others = sys::in_netns(&client.path, || {
+        (0..8)
+            .map(|_| {
+                let s = UdpSocket::bind("0.0.0.0:0")?;
+                s.connect((VIP, UDP_PORT))?;
+                s.set_read_timeout(Some(WAIT))?;
+                let b = udp_ask(&s)?;
+                Ok((s, b))
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+    })
+    .map_err(|e| format!("UDP to the VIP: {e}"))?;
+    lb_sys::flush_conntrack(&client.path, &[all[2].parse().expect("test data")]).map_err(|e| e.to_string())?;
+    let now = udp_ask(&held).map_err(|e| e.to_string())?;
+    assert!(now < 2, "after the flush the flow goes to a backend in the table, not {now}");
+    for (s, b) in &others {
+        assert_eq!(udp_ask(s).map_err(|e| e.to_string())?, *b, "the flush left other backends' flows alone");
+    }
+    lb_sys::flush_conntrack(&client.path, &["10.77.0.99".parse().expect("test data")])
+        .map_err(|e| format!("flushing an address with no flow: {e}"))?;
+
+    // It comes back the same way; then the table goes.
+    let p = lb_sys::sync(&client.path, &lb_services(&all)).map_err(|e| e.to_string())?;
+    assert!(!p.whole && p.script.lines().all(|l| l.contains(" element ")), "{}", p.script);
+    assert!(connections(&client.path, 60)?.iter().all(|c| *c > 0), "all three again");
+    lb_sys::remove(&client.path).map_err(|e| e.to_string())?;
+    assert_eq!(lb_sys::observe(&client.path).map_err(|e| e.to_string())?, None);
+    lb_sys::remove(&client.path).map_err(|e| format!("removing twice: {e}"))?;
+
+    // Across passes: a namespace that is no longer wanted loses its table.
+    let mut balancers = lb_sys::Balancers::default();
+    let want = |b: &[&str]| std::collections::BTreeMap::from([(client.path.clone(), lb_services(b))]);
+    assert!(balancers.sync(want(&all)).is_empty());
+    assert!(lb_sys::observe(&client.path).map_err(|e| e.to_string())?.is_some());
+    assert!(balancers.sync(want(&all[..1])).is_empty());
+    assert_eq!(connections(&client.path, 20)?, [20, 0, 0]);
+    assert!(balancers.sync(Default::default()).is_empty());
+    assert_eq!(lb_sys::observe(&client.path).map_err(|e| e.to_string())?, None, "left: no table");
+    Ok(())
+}
