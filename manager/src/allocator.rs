@@ -5,20 +5,98 @@
 //! (`leader::allocate`); `apply` refuses anything held by another owner, so a
 //! plan from a stale view fails safe.
 //!
-//! Task addresses and VIPs come here later, with service attachments: they
-//! are held per `(network, address)` in the same index.
+//! Then addresses, held per `(network, address)` in the same index: a VIP
+//! per (`vip`-mode service, network its spec lists), then an address per
+//! attachment of every task that lives and lacks one. Each network's
+//! addresses are handed out in turn after the highest one held, so one just
+//! freed is not given again at once. A task that cannot get one (the
+//! network is full, or has no subnet yet) waits: the scheduler places it
+//! only once all its attachments have an address, and says why not.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
 
 use shoal_proto::net::Subnet;
-use shoal_proto::network::{ClusterNet, DEFAULT_OVERLAY_MTU, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc};
+use shoal_proto::network::{
+    ClusterNet, DEFAULT_OVERLAY_MTU, EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc,
+};
+use shoal_proto::service::TaskState;
 
-use crate::networks::{AllocChange, claimed_subnet};
+use crate::networks::{AllocChange, claimed_subnet, next_free};
 use crate::state::State;
 
-/// The allocations the state lacks, in network id order. A network that
-/// cannot be given a subnet (the pools are full) is left for a later pass.
+/// The allocations the state lacks: networks in id order, then VIPs by
+/// service id, then task addresses by task id.
 pub fn plan(state: &State) -> Vec<AllocChange> {
+    let mut changes = plan_networks(state);
+    plan_addrs(state, &mut changes);
+    changes
+}
+
+/// The addresses the state lacks (networks allocated in this same pass wait
+/// for the next: their allocation is not applied yet).
+fn plan_addrs(state: &State, out: &mut Vec<AllocChange>) {
+    if state.networks.is_empty() {
+        return;
+    }
+    let mut pool = Pool { state, cursor: HashMap::new(), taken: HashSet::new(), full: HashSet::new() };
+    for s in state.services.values().filter(|s| s.spec.endpoint_mode == EndpointMode::Vip) {
+        for a in &s.spec.task.networks {
+            if s.vips.iter().any(|v| v.network == a.target) {
+                continue;
+            }
+            if let Some(addr) = pool.take(&a.target) {
+                out.push(AllocChange::Vip { service: s.id.clone(), network: a.target.clone(), addr });
+            }
+        }
+    }
+    let wanted = |t: &&shoal_proto::service::Task| !t.status.state.is_terminal() && t.desired <= TaskState::Running;
+    for t in state.tasks.values().filter(wanted) {
+        for n in t.networks.iter().filter(|n| n.addr.is_none()) {
+            if let Some(addr) = pool.take(&n.network) {
+                out.push(AllocChange::TaskAddr { id: t.id.clone(), network: n.network.clone(), addr });
+            }
+        }
+    }
+}
+
+/// The addresses of one pass: what is held, what this pass took, and where
+/// each network's turn is.
+struct Pool<'a> {
+    state: &'a State,
+    cursor: HashMap<&'a str, Option<Ipv4Addr>>,
+    taken: HashSet<(&'a str, Ipv4Addr)>,
+    /// Networks found full in this pass (not searched again).
+    full: HashSet<&'a str>,
+}
+
+impl<'a> Pool<'a> {
+    /// The next free address of an allocated network, if it has one.
+    fn take(&mut self, net: &'a str) -> Option<Ipv4Addr> {
+        if self.full.contains(net) {
+            return None;
+        }
+        let alloc = self.state.networks.get(net)?.alloc.as_ref()?;
+        let held = self.state.held();
+        let after = *self.cursor.entry(net).or_insert_with(|| held.highest(net));
+        let taken = &self.taken;
+        match next_free(alloc, after, |ip| held.addr(net, ip).is_some() || taken.contains(&(net, ip))) {
+            Some(ip) => {
+                self.cursor.insert(net, Some(ip));
+                self.taken.insert((net, ip));
+                Some(ip)
+            }
+            None => {
+                self.full.insert(net);
+                None
+            }
+        }
+    }
+}
+
+/// The network allocations the state lacks, in network id order. A network that
+/// cannot be given a subnet (the pools are full) is left for a later pass.
+fn plan_networks(state: &State) -> Vec<AllocChange> {
     let Some(cluster) = &state.cluster else { return Vec::new() };
     let mut vnis: BTreeSet<u32> = state.held().vnis().collect();
     // Everything a chosen subnet must not overlap (claimed ones are held).
