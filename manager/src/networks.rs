@@ -64,6 +64,17 @@ pub fn task_holds(t: &Task) -> bool {
     !t.status.state.is_terminal() || t.status.state == TaskState::Orphaned
 }
 
+/// A task that ended and released its addresses, then is marked orphaned
+/// (which [`task_holds`] would count as holding), forgets them: they may
+/// be another's by now.
+pub(crate) fn forget_released(t: &mut Task, to: TaskState) {
+    if to == TaskState::Orphaned && t.status.state.is_terminal() {
+        for n in &mut t.networks {
+            n.addr = None;
+        }
+    }
+}
+
 impl Held {
     /// The index of `networks`, `services` and `tasks`.
     pub fn of(
@@ -113,7 +124,6 @@ impl Held {
         let hi = (net.to_string(), Ipv4Addr::BROADCAST);
         self.addrs.range(lo..=hi).next_back().map(|((_, a), _)| *a)
     }
-
 
     fn add_network(&mut self, n: &Network) {
         let owner = Owner::Network(n.id.clone());

@@ -487,6 +487,7 @@ impl State {
                     if status.state == TaskState::Running && t.started_ms == 0 {
                         t.started_ms = if status.at_ms > 0 { status.at_ms } else { at };
                     }
+                    crate::networks::forget_released(t, status.state);
                     t.status = status.clone();
                     stamp(&mut t.meta, index, at, false);
                     keys.push(ObjKey::Task(id.clone()));
@@ -571,6 +572,7 @@ impl State {
                 if !t.status.state.can_move_to(status.state) {
                     return None;
                 }
+                crate::networks::forget_released(t, status.state);
                 t.status = TaskStatus { at_ms: at, ..status.clone() };
                 stamp(&mut t.meta, index, at, false);
                 Some(ObjKey::Task(id.clone()))
