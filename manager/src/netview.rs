@@ -144,7 +144,7 @@ fn overlay(n: &Network) -> Option<OverlayNetwork> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use shoal_proto::model::{Meta, Node, NodeDescription, NodeSpec, NodeStatus, Role};
     use shoal_proto::network::{NetworkAlloc, NetworkAttachmentSpec, NetworkSpec, TaskNetwork, Vip};
     use shoal_proto::service::{ServiceSpec, Task, TaskSpec, TaskStatus};
@@ -168,10 +168,15 @@ mod tests {
         s.nodes.insert(id.into(), n);
     }
 
+    /// The networks' ids (hex, as the API makes them).
+    pub(crate) const APP: &str = "a00000000000000a";
+    pub(crate) const DB: &str = "d00000000000000d";
+
     fn network(s: &mut State, id: &str, subnet: &str, vni: u32) {
         let sub: shoal_proto::net::Subnet = subnet.parse().expect("subnet");
         let alloc = NetworkAlloc { vni, subnet: sub, gateway: sub.nth(1).expect("gw"), range: sub, mtu: 1450 };
-        let spec = NetworkSpec { name: id.into(), ..Default::default() };
+        let name = if id == APP { "app" } else { "db" };
+        let spec = NetworkSpec { name: name.into(), ..Default::default() };
         s.networks.insert(id.into(), Network { id: id.into(), meta: Meta::default(), spec, alloc: Some(alloc) });
     }
 
@@ -183,7 +188,16 @@ mod tests {
     }
 
     /// A task of `svc` on `node` with `addr` on `net`, in `state`, wanted `desired`.
-    fn task(s: &mut State, id: &str, svc: &str, node: &str, net: &str, addr: &str, state: TaskState, desired: TaskState) {
+    fn task(
+        s: &mut State,
+        id: &str,
+        svc: &str,
+        node: &str,
+        net: &str,
+        addr: &str,
+        state: TaskState,
+        desired: TaskState,
+    ) {
         let t = Task {
             id: id.into(),
             service_id: svc.into(),
@@ -197,7 +211,9 @@ mod tests {
         s.tasks.insert(id.into(), t);
     }
 
-    fn world() -> State {
+    /// Five nodes (n3 without a data address, n4 down), networks app and db,
+    /// services web (vip, on app) and rr (dnsrr, on db), and tasks in every state.
+    pub(crate) fn world() -> State {
         use NodeState::{Down, Ready};
         use TaskState::{Failed, Orphaned, Running, Shutdown, Starting};
         let mut s = State::default();
@@ -206,19 +222,19 @@ mod tests {
         node(&mut s, "n3", Ready, None);
         node(&mut s, "n4", Down, Some("10.98.0.4"));
         node(&mut s, "n5", Ready, Some("10.98.0.5"));
-        network(&mut s, "app", "10.0.1.0/24", 4097);
-        network(&mut s, "db", "10.0.2.0/24", 4098);
-        service(&mut s, "web", "app", EndpointMode::Vip, Some("10.0.1.2"));
-        service(&mut s, "rr", "db", EndpointMode::Dnsrr, None);
-        task(&mut s, "t1", "web", "n1", "app", "10.0.1.3", Running, Running);
-        task(&mut s, "t2", "web", "n2", "app", "10.0.1.4", Running, Running);
-        task(&mut s, "t3", "web", "n2", "app", "10.0.1.5", Running, Shutdown); // leaving: no backend
-        task(&mut s, "t4", "web", "n3", "app", "10.0.1.6", Running, Running); // a node without data address
-        task(&mut s, "t5", "web", "n4", "app", "10.0.1.7", Running, Running); // its node is down
-        task(&mut s, "t6", "web", "n1", "app", "10.0.1.8", Failed, Shutdown); // ended: nowhere
-        task(&mut s, "t7", "web", "", "app", "10.0.1.9", Running, Running); // no node: nowhere
-        task(&mut s, "t8", "rr", "n2", "db", "10.0.2.3", Starting, Running); // not running yet: no backend
-        task(&mut s, "t9", "rr", "n5", "db", "10.0.2.4", Orphaned, Shutdown); // ended (orphaned)
+        network(&mut s, APP, "10.0.1.0/24", 4097);
+        network(&mut s, DB, "10.0.2.0/24", 4098);
+        service(&mut s, "web", APP, EndpointMode::Vip, Some("10.0.1.2"));
+        service(&mut s, "rr", DB, EndpointMode::Dnsrr, None);
+        task(&mut s, "t1", "web", "n1", APP, "10.0.1.3", Running, Running);
+        task(&mut s, "t2", "web", "n2", APP, "10.0.1.4", Running, Running);
+        task(&mut s, "t3", "web", "n2", APP, "10.0.1.5", Running, Shutdown); // leaving: no backend
+        task(&mut s, "t4", "web", "n3", APP, "10.0.1.6", Running, Running); // a node without data address
+        task(&mut s, "t5", "web", "n4", APP, "10.0.1.7", Running, Running); // its node is down
+        task(&mut s, "t6", "web", "n1", APP, "10.0.1.8", Failed, Shutdown); // ended: nowhere
+        task(&mut s, "t7", "web", "", APP, "10.0.1.9", Running, Running); // no node: nowhere
+        task(&mut s, "t8", "rr", "n2", DB, "10.0.2.3", Starting, Running); // not running yet: no backend
+        task(&mut s, "t9", "rr", "n5", DB, "10.0.2.4", Orphaned, Shutdown); // ended (orphaned)
         s.reindex();
         s
     }
@@ -228,7 +244,7 @@ mod tests {
         let s = world();
         let v = for_node(&s, "n1");
         assert_eq!((v.node.as_str(), v.data_addr), ("n1", ip("10.98.0.1")));
-        assert_eq!(v.networks.iter().map(|n| (n.id.as_str(), n.vni)).collect::<Vec<_>>(), vec![("app", 4097)]);
+        assert_eq!(v.networks.iter().map(|n| (n.id.as_str(), n.vni)).collect::<Vec<_>>(), vec![(APP, 4097)]);
         assert_eq!(
             v.peers.iter().map(|p| (p.node.as_str(), p.data_addr)).collect::<Vec<_>>(),
             vec![("n2", ip("10.98.0.2")), ("n4", ip("10.98.0.4"))],
@@ -243,10 +259,10 @@ mod tests {
         assert_eq!(web.backends, vec![ip("10.0.1.3"), ip("10.0.1.4"), ip("10.0.1.6")]);
 
         let v = for_node(&s, "n2");
-        assert_eq!(v.networks.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec!["app", "db"]);
+        assert_eq!(v.networks.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec![APP, DB]);
         let rr = v.services.iter().find(|x| x.name == "rr").expect("rr");
         assert_eq!((rr.mode, rr.vip, rr.backends.len()), (EndpointMode::Dnsrr, None, 0));
-        assert_eq!(v.endpoints.iter().filter(|e| e.network == "db").count(), 1, "t9 ended");
+        assert_eq!(v.endpoints.iter().filter(|e| e.network == DB).count(), 1, "t9 ended");
 
         // A node with nothing on a cluster network gets an empty view, with its own address.
         let v = for_node(&s, "n5");
