@@ -723,7 +723,8 @@ mod tests {
             assert_eq!(resolve_networks(&state, &mut s).map_err(|e| e.message().to_string()), Ok(()));
             assert_eq!(s.task.networks[0].target, "abc123", "{target}");
         }
-        let table: [(&[(&str, &[&str])], tonic::Code, &str); 6] = [
+        type Nets<'a> = &'a [(&'a str, &'a [&'a str])];
+        let table: [(Nets, tonic::Code, &str); 6] = [
             (&[("nope", &[])], tonic::Code::NotFound, "network nope not found"),
             (&[("ingress", &[])], tonic::Code::InvalidArgument, "The network ingress cannot be used with services"),
             (&[("bridge", &[])], tonic::Code::InvalidArgument, "create an overlay network"),

@@ -191,10 +191,8 @@ pub(crate) mod tests {
     fn task(
         s: &mut State,
         id: &str,
-        svc: &str,
-        node: &str,
-        net: &str,
-        addr: &str,
+        (svc, node): (&str, &str),
+        (net, addr): (&str, &str),
         state: TaskState,
         desired: TaskState,
     ) {
@@ -226,15 +224,15 @@ pub(crate) mod tests {
         network(&mut s, DB, "10.0.2.0/24", 4098);
         service(&mut s, "web", APP, EndpointMode::Vip, Some("10.0.1.2"));
         service(&mut s, "rr", DB, EndpointMode::Dnsrr, None);
-        task(&mut s, "t1", "web", "n1", APP, "10.0.1.3", Running, Running);
-        task(&mut s, "t2", "web", "n2", APP, "10.0.1.4", Running, Running);
-        task(&mut s, "t3", "web", "n2", APP, "10.0.1.5", Running, Shutdown); // leaving: no backend
-        task(&mut s, "t4", "web", "n3", APP, "10.0.1.6", Running, Running); // a node without data address
-        task(&mut s, "t5", "web", "n4", APP, "10.0.1.7", Running, Running); // its node is down
-        task(&mut s, "t6", "web", "n1", APP, "10.0.1.8", Failed, Shutdown); // ended: nowhere
-        task(&mut s, "t7", "web", "", APP, "10.0.1.9", Running, Running); // no node: nowhere
-        task(&mut s, "t8", "rr", "n2", DB, "10.0.2.3", Starting, Running); // not running yet: no backend
-        task(&mut s, "t9", "rr", "n5", DB, "10.0.2.4", Orphaned, Shutdown); // ended (orphaned)
+        task(&mut s, "t1", ("web", "n1"), (APP, "10.0.1.3"), Running, Running);
+        task(&mut s, "t2", ("web", "n2"), (APP, "10.0.1.4"), Running, Running);
+        task(&mut s, "t3", ("web", "n2"), (APP, "10.0.1.5"), Running, Shutdown); // leaving: no backend
+        task(&mut s, "t4", ("web", "n3"), (APP, "10.0.1.6"), Running, Running); // a node without data address
+        task(&mut s, "t5", ("web", "n4"), (APP, "10.0.1.7"), Running, Running); // its node is down
+        task(&mut s, "t6", ("web", "n1"), (APP, "10.0.1.8"), Failed, Shutdown); // ended: nowhere
+        task(&mut s, "t7", ("web", ""), (APP, "10.0.1.9"), Running, Running); // no node: nowhere
+        task(&mut s, "t8", ("rr", "n2"), (DB, "10.0.2.3"), Starting, Running); // not running yet: no backend
+        task(&mut s, "t9", ("rr", "n5"), (DB, "10.0.2.4"), Orphaned, Shutdown); // ended (orphaned)
         s.reindex();
         s
     }
