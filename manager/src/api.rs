@@ -437,8 +437,19 @@ impl pb::control_server::Control for ControlService {
         let state = self.mgr.store.read();
         let n = state.find_network(&r.id).map_err(Status::not_found)?;
         record("net.id", &n.id);
-        let json = serde_json::to_string(n).map_err(|e| Status::internal(format!("encoding the network: {e}")))?;
-        Ok(Response::new(pb::JsonDoc { json }))
+        // The network, and who is on it (`Network` readers ignore the extra fields).
+        let mut doc = serde_json::to_value(n).map_err(|e| Status::internal(format!("encoding the network: {e}")))?;
+        let (services, peers) = crate::netview::usage(&state, &n.id);
+        if let Some(obj) = doc.as_object_mut() {
+            let services =
+                services.iter().map(|(id, name, vip)| serde_json::json!({"id": id, "name": name, "vip": vip}));
+            obj.insert("services".into(), services.collect());
+            let peers = peers
+                .iter()
+                .map(|(id, host, addr)| serde_json::json!({"node": id, "hostname": host, "data_addr": addr}));
+            obj.insert("peers".into(), peers.collect());
+        }
+        Ok(Response::new(pb::JsonDoc { json: doc.to_string() }))
     }
 
     /// Removes a cluster network nothing uses. Docker refuses to remove the

@@ -128,6 +128,41 @@ pub fn all(state: &State) -> HashMap<String, NetView> {
     views
 }
 
+/// A service or a node on a network: its id, its name, its address.
+pub type Who = (String, String, Option<Ipv4Addr>);
+
+/// Who is on network `id`, for `network inspect`: the services whose spec
+/// lists it, with their VIP there (`(id, name, vip)`), and the nodes with
+/// live tasks on it (`(id, hostname, data address)`).
+#[allow(clippy::type_complexity)]
+pub fn usage(
+    state: &State,
+    id: &str,
+) -> (Vec<(String, String, Option<Ipv4Addr>)>, Vec<(String, String, Option<Ipv4Addr>)>) {
+    let services = state
+        .services
+        .values()
+        .filter(|s| s.spec.task.networks.iter().any(|a| a.target == id))
+        .map(|s| (s.id.clone(), s.spec.name.clone(), s.vips.iter().find(|v| v.network == id).map(|v| v.addr)))
+        .collect();
+    let nodes: BTreeSet<&str> = state
+        .tasks
+        .values()
+        .filter(|t| !t.node_id.is_empty() && !t.status.state.is_terminal())
+        .filter(|t| t.networks.iter().any(|n| n.network == id && n.addr.is_some()))
+        .map(|t| t.node_id.as_str())
+        .collect();
+    let peers = nodes
+        .into_iter()
+        .map(|n| {
+            let node = state.nodes.get(n);
+            let host = node.map(|x| x.description.hostname.clone()).unwrap_or_default();
+            (n.to_string(), host, node.and_then(|x| x.description.net.data_addr))
+        })
+        .collect();
+    (services, peers)
+}
+
 /// A network as nodes program it (none until it is allocated).
 fn overlay(n: &Network) -> Option<OverlayNetwork> {
     let a = n.alloc.as_ref()?;
@@ -267,6 +302,16 @@ pub(crate) mod tests {
         assert!(v.networks.is_empty() && v.peers.is_empty() && v.endpoints.is_empty() && v.services.is_empty());
         assert_eq!(v.data_addr, ip("10.98.0.5"));
         assert_eq!(for_node(&s, "n3").data_addr, Ipv4Addr::UNSPECIFIED);
+    }
+
+    #[test]
+    fn network_usage_lists_its_services_and_nodes() {
+        let s = world();
+        let (services, peers) = usage(&s, APP);
+        assert_eq!(services, vec![("web".to_string(), "web".to_string(), Some(ip("10.0.1.2")))]);
+        let nodes: Vec<&str> = peers.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(nodes, vec!["n1", "n2", "n3", "n4"]);
+        assert_eq!(peers[2].2, None, "n3 gave no data address");
     }
 
     #[test]
