@@ -523,6 +523,10 @@ impl State {
                     return None;
                 }
                 let mut t = (**t).clone();
+                // Addresses come from the allocator only (`AllocChange::TaskAddr`), checked against `Held`.
+                for n in &mut t.networks {
+                    n.addr = None;
+                }
                 stamp(&mut t.meta, index, at, true);
                 t.created_index = index;
                 t.status.at_ms = at;
