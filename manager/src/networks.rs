@@ -1,9 +1,9 @@
 //! Cluster networks in the replicated state: the commands that create,
 //! remove and allocate them, and the derived index of what is held.
 //!
-//! Architecture Invariant: `apply` never lets two owners hold the same VNI or
-//! overlapping subnets (and, once tasks and services have addresses, the same
-//! address on a network). The check runs against [`Held`], an index derived
+//! Architecture Invariant: `apply` never lets two owners hold the same VNI,
+//! overlapping subnets, or the same address on a network (a network's
+//! gateway, a task's address, a service's VIP). The check runs against [`Held`], an index derived
 //! from the objects that hold them, rebuilt on load and snapshot install and
 //! never serialized; so a new leader whose allocator planned from a stale view
 //! cannot hand anything out twice: its change is refused, the rest of its
