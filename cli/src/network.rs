@@ -178,6 +178,25 @@ fn cluster_doc(n: &Network) -> serde_json::Value {
         "Containers": {}, "Options": options, "Labels": n.spec.labels})
 }
 
+/// A cluster network's services (with their VIP) and peers (the nodes with
+/// tasks on it), as a manager's `inspect` gives them, in Docker's shapes
+/// (`docker network inspect -v`): `Services: {NAME: {VIP}}`, `Peers: [{Name, IP}]`.
+fn add_usage(doc: &mut serde_json::Value, from: &serde_json::Value) {
+    let Some(obj) = doc.as_object_mut() else { return };
+    let list = |k: &str| from.get(k).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+    let mut services = serde_json::Map::new();
+    for s in list("services") {
+        let name = s["name"].as_str().unwrap_or_default().to_string();
+        services.insert(name, serde_json::json!({"VIP": s["vip"].as_str().unwrap_or_default()}));
+    }
+    let peers: Vec<serde_json::Value> = list("peers")
+        .iter()
+        .map(|p| serde_json::json!({"Name": p["hostname"], "IP": p["data_addr"].as_str().unwrap_or_default()}))
+        .collect();
+    obj.insert("Services".into(), services.into());
+    obj.insert("Peers".into(), peers.into());
+}
+
 /// The cluster's networks when this node is a manager; none on a node that
 /// is not (and a warning when the managers cannot answer).
 async fn cluster_networks(control: &mut Control) -> anyhow::Result<Vec<Network>> {
@@ -320,7 +339,12 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
                     None => control.insert(client::control(cli).await?),
                 };
                 match c.inspect_network(pb::ClusterNetworkRef { id: want.clone() }).await {
-                    Ok(d) => docs.push(cluster_doc(&serde_json::from_str(&d.into_inner().json)?)),
+                    Ok(d) => {
+                        let v: serde_json::Value = serde_json::from_str(&d.into_inner().json)?;
+                        let mut doc = cluster_doc(&serde_json::from_value(v.clone())?);
+                        add_usage(&mut doc, &v);
+                        docs.push(doc);
+                    }
                     Err(s) if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => {
                         bail!("network {want} not found")
                     }
@@ -418,6 +442,18 @@ mod tests {
             None,
         );
         assert!(bad_gw.expect_err("refused").to_string().contains("not a host address"));
+    }
+
+    #[test]
+    fn inspect_shows_a_cluster_networks_services_and_peers() {
+        let from = serde_json::json!({
+            "services": [{"id": "s1", "name": "web", "vip": "10.0.1.2"}, {"id": "s2", "name": "rr", "vip": null}],
+            "peers": [{"node": "n1", "hostname": "lab1", "data_addr": "10.98.0.1"}],
+        });
+        let mut doc = serde_json::json!({"Name": "app"});
+        add_usage(&mut doc, &from);
+        assert_eq!(doc["Services"], serde_json::json!({"web": {"VIP": "10.0.1.2"}, "rr": {"VIP": ""}}));
+        assert_eq!(doc["Peers"], serde_json::json!([{"Name": "lab1", "IP": "10.98.0.1"}]));
     }
 
     #[test]

@@ -5,20 +5,98 @@
 //! (`leader::allocate`); `apply` refuses anything held by another owner, so a
 //! plan from a stale view fails safe.
 //!
-//! Task addresses and VIPs come here later, with service attachments: they
-//! are held per `(network, address)` in the same index.
+//! Then addresses, held per `(network, address)` in the same index: a VIP
+//! per (`vip`-mode service, network its spec lists), then an address per
+//! attachment of every task that lives and lacks one. Each network's
+//! addresses are handed out in turn after the highest one held, so one just
+//! freed is not given again at once. A task that cannot get one (the
+//! network is full, or has no subnet yet) waits: the scheduler places it
+//! only once all its attachments have an address, and says why not.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
 
 use shoal_proto::net::Subnet;
-use shoal_proto::network::{ClusterNet, DEFAULT_OVERLAY_MTU, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc};
+use shoal_proto::network::{
+    ClusterNet, DEFAULT_OVERLAY_MTU, EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc,
+};
+use shoal_proto::service::TaskState;
 
-use crate::networks::{AllocChange, claimed_subnet};
+use crate::networks::{AllocChange, claimed_subnet, next_free};
 use crate::state::State;
 
-/// The allocations the state lacks, in network id order. A network that
-/// cannot be given a subnet (the pools are full) is left for a later pass.
+/// The allocations the state lacks: networks in id order, then VIPs by
+/// service id, then task addresses by task id.
 pub fn plan(state: &State) -> Vec<AllocChange> {
+    let mut changes = plan_networks(state);
+    plan_addrs(state, &mut changes);
+    changes
+}
+
+/// The addresses the state lacks (networks allocated in this same pass wait
+/// for the next: their allocation is not applied yet).
+fn plan_addrs(state: &State, out: &mut Vec<AllocChange>) {
+    if state.networks.is_empty() {
+        return;
+    }
+    let mut pool = Pool { state, cursor: HashMap::new(), taken: HashSet::new(), full: HashSet::new() };
+    for s in state.services.values().filter(|s| s.spec.endpoint_mode == EndpointMode::Vip) {
+        for a in &s.spec.task.networks {
+            if s.vips.iter().any(|v| v.network == a.target) {
+                continue;
+            }
+            if let Some(addr) = pool.take(&a.target) {
+                out.push(AllocChange::Vip { service: s.id.clone(), network: a.target.clone(), addr });
+            }
+        }
+    }
+    let wanted = |t: &&shoal_proto::service::Task| !t.status.state.is_terminal() && t.desired <= TaskState::Running;
+    for t in state.tasks.values().filter(wanted) {
+        for n in t.networks.iter().filter(|n| n.addr.is_none()) {
+            if let Some(addr) = pool.take(&n.network) {
+                out.push(AllocChange::TaskAddr { id: t.id.clone(), network: n.network.clone(), addr });
+            }
+        }
+    }
+}
+
+/// The addresses of one pass: what is held, what this pass took, and where
+/// each network's turn is.
+struct Pool<'a> {
+    state: &'a State,
+    cursor: HashMap<&'a str, Option<Ipv4Addr>>,
+    taken: HashSet<(&'a str, Ipv4Addr)>,
+    /// Networks found full in this pass (not searched again).
+    full: HashSet<&'a str>,
+}
+
+impl<'a> Pool<'a> {
+    /// The next free address of an allocated network, if it has one.
+    fn take(&mut self, net: &'a str) -> Option<Ipv4Addr> {
+        if self.full.contains(net) {
+            return None;
+        }
+        let alloc = self.state.networks.get(net)?.alloc.as_ref()?;
+        let held = self.state.held();
+        let after = *self.cursor.entry(net).or_insert_with(|| held.highest(net));
+        let taken = &self.taken;
+        match next_free(alloc, after, |ip| held.addr(net, ip).is_some() || taken.contains(&(net, ip))) {
+            Some(ip) => {
+                self.cursor.insert(net, Some(ip));
+                self.taken.insert((net, ip));
+                Some(ip)
+            }
+            None => {
+                self.full.insert(net);
+                None
+            }
+        }
+    }
+}
+
+/// The network allocations the state lacks, in network id order. A network that
+/// cannot be given a subnet (the pools are full) is left for a later pass.
+fn plan_networks(state: &State) -> Vec<AllocChange> {
     let Some(cluster) = &state.cluster else { return Vec::new() };
     let mut vnis: BTreeSet<u32> = state.held().vnis().collect();
     // Everything a chosen subnet must not overlap (claimed ones are held).
@@ -73,8 +151,12 @@ mod tests {
     use shoal_proto::model::{Cluster, Meta, Node, NodeDescription, NodeSpec, NodeStatus, Role, RootCa};
     use shoal_proto::network::{AddrPool, NetworkSpec};
 
+    use shoal_proto::network::{NetworkAttachmentSpec, TaskNetwork};
+    use shoal_proto::service::{ServiceSpec, Task, TaskSpec, TaskStatus};
+
     use super::*;
-    use crate::state::{Command, Request, Response};
+    use crate::networks::Owner;
+    use crate::state::{Command, ObjKey, Request, Response, TaskChange};
 
     fn sub(s: &str) -> Subnet {
         s.parse().expect("subnet")
@@ -241,6 +323,335 @@ mod tests {
             }
         }
         assert!(refused > 0, "stale plans were tried, and apply refused them");
+    }
+
+    /// A service on `nets` (by id) and its tasks `ids`, created and assigned to n1.
+    fn service(s: &mut State, index: &mut u64, id: &str, nets: &[&str], mode: EndpointMode, tasks: &[&str]) {
+        let spec = ServiceSpec {
+            name: id.into(),
+            endpoint_mode: mode,
+            task: TaskSpec {
+                image: "busybox".into(),
+                networks: nets
+                    .iter()
+                    .map(|n| NetworkAttachmentSpec { target: n.to_string(), aliases: vec![] })
+                    .collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        *index += 1;
+        assert_eq!(apply(s, *index, Command::CreateService { id: id.into(), spec, auth: None }), Response::Ok);
+        let changes = tasks
+            .iter()
+            .map(|t| {
+                TaskChange::Create(Box::new(Task {
+                    id: t.to_string(),
+                    service_id: id.into(),
+                    desired: TaskState::Running,
+                    networks: nets
+                        .iter()
+                        .map(|n| TaskNetwork { network: n.to_string(), ..Default::default() })
+                        .collect(),
+                    ..Default::default()
+                }))
+            })
+            .collect();
+        *index += 1;
+        apply(s, *index, Command::Tasks { changes });
+    }
+
+    fn allocate(s: &mut State, index: &mut u64) -> Vec<AllocChange> {
+        let changes = plan(s);
+        *index += 1;
+        apply(s, *index, Command::Allocate { changes: changes.clone() });
+        changes
+    }
+
+    fn addr(s: &State, task: &str, net: &str) -> Option<String> {
+        s.tasks[task].networks.iter().find(|n| n.network == net)?.addr.map(|a| a.to_string())
+    }
+
+    fn vips(s: &State, svc: &str) -> Vec<(String, String)> {
+        s.services[svc].vips.iter().map(|v| (v.network.clone(), v.addr.to_string())).collect()
+    }
+
+    fn report(s: &mut State, index: &mut u64, task: &str, state: TaskState) {
+        *index += 1;
+        let status = TaskStatus { state, ..Default::default() };
+        s.apply(
+            *index,
+            &Request {
+                at_ms: 0,
+                cmd: Command::TaskStatus { node_id: "n1".into(), updates: vec![(task.into(), status)] },
+            },
+        );
+    }
+
+    fn assign(s: &mut State, index: &mut u64, task: &str) {
+        *index += 1;
+        let changes = vec![TaskChange::Assign { id: task.into(), node_id: "n1".into() }];
+        apply(s, *index, Command::Tasks { changes });
+    }
+
+    #[test]
+    fn vips_then_task_addresses_after_the_highest_held() {
+        let mut s = world(ClusterNet::default());
+        let mut i = 1;
+        create(&mut s, 2, "app", |sp| sp.ipam.subnet = Some(sub("10.0.3.0/29")));
+        create(&mut s, 3, "db", |_| {});
+        i += 2;
+        // The networks first: their addresses wait for the next pass.
+        service(&mut s, &mut i, "web", &["app", "db"], EndpointMode::Vip, &["t1", "t2"]);
+        service(&mut s, &mut i, "rr", &["app"], EndpointMode::Dnsrr, &["t3"]);
+        let first = allocate(&mut s, &mut i);
+        assert!(first.iter().all(|c| matches!(c, AllocChange::Network { .. })), "{first:?}");
+        allocate(&mut s, &mut i);
+        // 10.0.3.0/29: .1 the gateway, .2-.6 to hand out, .7 broadcast.
+        assert_eq!(vips(&s, "web"), vec![("app".into(), "10.0.3.2".into()), ("db".into(), "10.0.0.2".into())]);
+        assert!(vips(&s, "rr").is_empty(), "dnsrr has no VIP");
+        let got = |s: &State| ["t1", "t2", "t3"].map(|t| addr(s, t, "app"));
+        assert_eq!(got(&s), [Some("10.0.3.3".into()), Some("10.0.3.4".into()), Some("10.0.3.5".into())]);
+        assert_eq!(addr(&s, "t1", "db"), Some("10.0.0.3".into()));
+        assert!(plan(&s).is_empty(), "nothing left to do");
+        // t2 ends (its node says so): .4 is free, but the next task gets .6, then wraps to .4.
+        assign(&mut s, &mut i, "t2");
+        report(&mut s, &mut i, "t2", TaskState::Failed);
+        assert_eq!(s.held().addr("app", "10.0.3.4".parse().unwrap()), None, "released");
+        service(&mut s, &mut i, "more", &["app"], EndpointMode::Dnsrr, &["t4", "t5", "t6"]);
+        allocate(&mut s, &mut i);
+        assert_eq!(
+            ["t4", "t5", "t6"].map(|t| addr(&s, t, "app")),
+            [Some("10.0.3.6".into()), Some("10.0.3.4".into()), None],
+            "the network is full"
+        );
+        assert!(s.network_full("app"));
+        // An orphaned task (its node is down) keeps its address; a deleted one frees it.
+        let orphan = TaskStatus { state: TaskState::Orphaned, ..Default::default() };
+        i += 1;
+        apply(&mut s, i, Command::Tasks { changes: vec![TaskChange::Status { id: "t1".into(), status: orphan }] });
+        assert_eq!(s.held().addr("app", "10.0.3.3".parse().unwrap()), Some(&Owner::Task("t1".into())));
+        assert!(plan(&s).is_empty(), "t6 waits: nothing is free");
+        i += 1;
+        apply(&mut s, i, Command::Tasks { changes: vec![TaskChange::Delete { id: "t1".into() }] });
+        allocate(&mut s, &mut i);
+        assert_eq!(addr(&s, "t6", "app"), Some("10.0.3.3".into()));
+        // Dropping a network from the spec releases the service's VIP there.
+        let mut spec = s.services["web"].spec.clone();
+        spec.task.networks.retain(|n| n.target == "db");
+        i += 1;
+        let update =
+            Command::UpdateService { id: "web".into(), spec, rollback: false, replace_auth: false, auth: None };
+        assert_eq!(apply(&mut s, i, update), Response::Ok);
+        assert_eq!(vips(&s, "web"), vec![("db".into(), "10.0.0.2".into())]);
+        assert_eq!(s.held().addr("app", "10.0.3.2".parse().unwrap()), None);
+        let mut fresh = s.clone();
+        fresh.reindex();
+        assert_eq!(fresh.held(), s.held());
+    }
+
+    #[test]
+    fn apply_refuses_addresses_held_or_outside_the_range_one_by_one() {
+        let mut s = world(ClusterNet::default());
+        let mut i = 1;
+        create(&mut s, 2, "app", |sp| {
+            sp.ipam.subnet = Some(sub("10.0.3.0/24"));
+            sp.ipam.ip_range = Some(sub("10.0.3.128/25"));
+        });
+        i += 1;
+        allocate(&mut s, &mut i);
+        service(&mut s, &mut i, "web", &["app"], EndpointMode::Vip, &["t1", "t2", "t3"]);
+        let ip = |x: &str| -> Ipv4Addr { x.parse().unwrap() };
+        let ta = |t: &str, a: &str| AllocChange::TaskAddr { id: t.into(), network: "app".into(), addr: ip(a) };
+        let batch = vec![
+            ta("t1", "10.0.3.130"),
+            ta("t2", "10.0.3.130"), // t1 just took it
+            ta("t2", "10.0.3.5"),   // outside the range
+            ta("t2", "10.0.3.255"), // the broadcast address
+            ta("t2", "10.0.4.9"),   // outside the subnet
+            ta("t1", "10.0.3.131"), // t1 has its address already
+            AllocChange::TaskAddr { id: "t2".into(), network: "nope".into(), addr: ip("10.0.3.140") },
+            ta("gone", "10.0.3.141"),
+            AllocChange::Vip { service: "web".into(), network: "app".into(), addr: ip("10.0.3.130") }, // t1's
+            AllocChange::Vip { service: "web".into(), network: "app".into(), addr: ip("10.0.3.129") },
+            AllocChange::Vip { service: "web".into(), network: "app".into(), addr: ip("10.0.3.132") }, // has one
+            ta("t2", "10.0.3.129"),                                                                    // the VIP
+            ta("t2", "10.0.3.133"),
+        ];
+        i += 1;
+        let (r, keys) = s.apply(i, &Request { at_ms: i, cmd: Command::Allocate { changes: batch } });
+        assert_eq!(r, Response::Ok);
+        assert_eq!(keys, vec![ObjKey::Service("web".into()), ObjKey::Task("t1".into()), ObjKey::Task("t2".into())]);
+        assert_eq!(
+            (addr(&s, "t1", "app"), addr(&s, "t2", "app")),
+            (Some("10.0.3.130".into()), Some("10.0.3.133".into()))
+        );
+        assert_eq!(vips(&s, "web"), vec![("app".into(), "10.0.3.129".into())]);
+        // A task that ended gets no address.
+        assign(&mut s, &mut i, "t3");
+        report(&mut s, &mut i, "t3", TaskState::Complete);
+        i += 1;
+        let (_, keys) =
+            s.apply(i, &Request { at_ms: i, cmd: Command::Allocate { changes: vec![ta("t3", "10.0.3.150")] } });
+        assert!(keys.is_empty());
+    }
+
+    #[test]
+    fn network_rm_is_refused_while_a_service_or_a_live_task_uses_it() {
+        let mut s = world(ClusterNet::default());
+        let mut i = 1;
+        create(&mut s, 2, "app", |_| {});
+        i += 1;
+        service(&mut s, &mut i, "web", &["app"], EndpointMode::Vip, &["t1"]);
+        let rm = || Command::RemoveNetwork { id: "app".into() };
+        i += 1;
+        assert_eq!(apply(&mut s, i, rm()), Response::Rejected("network app is in use by service web".into()));
+        i += 1;
+        apply(&mut s, i, Command::RemoveService { id: "web".into() });
+        i += 1;
+        let r = apply(&mut s, i, rm());
+        assert!(matches!(&r, Response::Rejected(why) if why.starts_with("network app is in use by task t1")), "{r:?}");
+        i += 1;
+        apply(&mut s, i, Command::Tasks { changes: vec![TaskChange::Delete { id: "t1".into() }] });
+        i += 1;
+        assert_eq!(apply(&mut s, i, rm()), Response::Ok);
+        // A spec cannot name a network that is gone, nor the ingress network.
+        create(&mut s, 100, "ingress", |sp| sp.ingress = true);
+        for (net, why) in [("app", "network app not found"), ("ingress", "The network ingress cannot be used")] {
+            let spec = ServiceSpec {
+                name: "x".into(),
+                task: TaskSpec {
+                    networks: vec![NetworkAttachmentSpec { target: net.into(), aliases: vec![] }],
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let r = apply(&mut s, 101, Command::CreateService { id: "x".into(), spec, auth: None });
+            assert!(matches!(&r, Response::Rejected(w) if w.contains(why)), "{r:?}");
+        }
+    }
+
+    /// Random services and tasks on small networks, tasks ending, orphaned
+    /// and deleted, networks added and removed, with leader changes: a
+    /// stale plan may be applied to a newer state. Never one address held
+    /// twice on a network, never a live task's address outside its range.
+    #[test]
+    fn never_a_duplicate_address_over_random_runs() {
+        let mut refused = 0;
+        for seed in 0..20u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut s = world(ClusterNet::default());
+            let mut i = 1;
+            for (k, net) in ["a", "b"].iter().enumerate() {
+                create(&mut s, 2 + k as u64, net, |sp| sp.ipam.subnet = Some(sub(&format!("10.1.{k}.0/28"))));
+            }
+            i += 2;
+            allocate(&mut s, &mut i);
+            let mut view = s.clone();
+            let mut n = 0;
+            for _ in 0..300 {
+                let live: Vec<String> = s.tasks.keys().cloned().collect();
+                let pick = |rng: &mut StdRng| live.get(rng.random_range(0..live.len().max(1))).cloned();
+                match rng.random_range(0..12) {
+                    0..=2 => {
+                        n += 1;
+                        let nets: &[&str] = match rng.random_range(0..3) {
+                            0 => &["a"],
+                            1 => &["b"],
+                            _ => &["a", "b"],
+                        };
+                        let mode = if rng.random_bool(0.7) { EndpointMode::Vip } else { EndpointMode::Dnsrr };
+                        let tasks: Vec<String> = (0..rng.random_range(1..4)).map(|k| format!("t{n}-{k}")).collect();
+                        let tasks: Vec<&str> = tasks.iter().map(String::as_str).collect();
+                        service(&mut s, &mut i, &format!("s{n}"), nets, mode, &tasks);
+                    }
+                    3 => {
+                        if let Some(t) = pick(&mut rng) {
+                            assign(&mut s, &mut i, &t);
+                            let end =
+                                [TaskState::Running, TaskState::Complete, TaskState::Failed][rng.random_range(0..3)];
+                            report(&mut s, &mut i, &t, end);
+                        }
+                    }
+                    4 => {
+                        if let Some(t) = pick(&mut rng) {
+                            let status = TaskStatus { state: TaskState::Orphaned, ..Default::default() };
+                            i += 1;
+                            apply(&mut s, i, Command::Tasks { changes: vec![TaskChange::Status { id: t, status }] });
+                        }
+                    }
+                    5 => {
+                        if let Some(t) = pick(&mut rng) {
+                            i += 1;
+                            apply(&mut s, i, Command::Tasks { changes: vec![TaskChange::Delete { id: t }] });
+                        }
+                    }
+                    6 => {
+                        if let Some(id) = s.services.keys().nth(rng.random_range(0..s.services.len().max(1))).cloned() {
+                            let mut spec = s.services[&id].spec.clone();
+                            if rng.random_bool(0.5) {
+                                spec.task.networks.pop();
+                            } else {
+                                spec.endpoint_mode = EndpointMode::Vip;
+                                spec.task.networks =
+                                    vec![NetworkAttachmentSpec { target: "a".into(), aliases: vec![] }];
+                            }
+                            i += 1;
+                            let cmd =
+                                Command::UpdateService { id, spec, rollback: false, replace_auth: false, auth: None };
+                            apply(&mut s, i, cmd);
+                        }
+                    }
+                    7 => {
+                        if let Some(id) = s.services.keys().nth(rng.random_range(0..s.services.len().max(1))).cloned() {
+                            i += 1;
+                            apply(&mut s, i, Command::RemoveService { id });
+                        }
+                    }
+                    8 => view = s.clone(),
+                    _ => {
+                        let changes = plan(&view);
+                        let planned = changes.len();
+                        i += 1;
+                        let (_, keys) = s.apply(i, &Request { at_ms: i, cmd: Command::Allocate { changes } });
+                        refused += planned.saturating_sub(keys.len());
+                        if rng.random_bool(0.5) {
+                            view = s.clone();
+                        }
+                    }
+                }
+                check_addrs(&s, seed);
+            }
+        }
+        assert!(refused > 0, "stale plans were tried, and apply refused them");
+    }
+
+    fn check_addrs(s: &State, seed: u64) {
+        let mut seen: BTreeSet<(String, Ipv4Addr)> = BTreeSet::new();
+        for net in s.networks.values() {
+            seen.insert((net.id.clone(), net.alloc.as_ref().expect("allocated").gateway));
+        }
+        let mut hold = |net: &str, a: Ipv4Addr, who: &str| {
+            let alloc = s.networks[net].alloc.as_ref().expect("allocated");
+            assert!(crate::networks::assignable(alloc, a), "seed {seed}: {who} has {a} outside {net}'s range");
+            assert!(seen.insert((net.to_string(), a)), "seed {seed}: {a} on {net} twice ({who})");
+        };
+        for t in s.tasks.values().filter(|t| crate::networks::task_holds(t)) {
+            for n in &t.networks {
+                if let Some(a) = n.addr {
+                    hold(&n.network, a, &t.id);
+                }
+            }
+        }
+        for svc in s.services.values() {
+            for v in &svc.vips {
+                assert!(svc.spec.task.networks.iter().any(|a| a.target == v.network), "seed {seed}: a stale VIP");
+                hold(&v.network, v.addr, &svc.id);
+            }
+        }
+        let mut fresh = s.clone();
+        fresh.reindex();
+        assert_eq!(fresh.held(), s.held(), "seed {seed}: the index is what a reload derives");
     }
 
     fn check(s: &State, seed: u64) {

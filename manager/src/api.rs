@@ -81,6 +81,46 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     Ok(())
 }
 
+/// Resolves a spec's network attachments, given by name, id or id prefix,
+/// to the networks' ids, and refuses what a service cannot join: a network
+/// that does not exist, the ingress network, a node's own networks, the
+/// same network twice.
+fn resolve_networks(state: &crate::state::State, spec: &mut ServiceSpec) -> Result<(), Status> {
+    let mut seen = std::collections::BTreeSet::new();
+    for a in &mut spec.task.networks {
+        if matches!(a.target.as_str(), "bridge" | "host" | "none") {
+            return Err(Status::invalid_argument(format!(
+                "network {} is a node's own network and cannot be used by a service: \
+                 create an overlay network (shoal network create -d overlay NAME) and use that",
+                a.target
+            )));
+        }
+        let n = state.find_network(&a.target).map_err(Status::not_found)?;
+        if n.spec.ingress {
+            return Err(Status::invalid_argument(crate::networks::INGRESS_REFUSED));
+        }
+        if !seen.insert(n.id.clone()) {
+            return Err(Status::invalid_argument(format!("network {} is attached twice", n.spec.name)));
+        }
+        if let Some(bad) = a.aliases.iter().find(|x| !valid_alias(x)) {
+            return Err(Status::invalid_argument(format!(
+                "invalid alias {bad:?} on network {}: use letters, digits, - and . (at most 63)",
+                n.spec.name
+            )));
+        }
+        a.target = n.id.clone();
+    }
+    Ok(())
+}
+
+/// A name DNS can answer: letters, digits, `-`, `_` and `.`, not starting with `-` or `.`.
+fn valid_alias(a: &str) -> bool {
+    !a.is_empty()
+        && a.len() <= 63
+        && a.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !a.starts_with(['-', '.'])
+}
+
 /// Names the object an RPC turned out to be about, in its span (declared
 /// empty by `#[instrument]`, since a request names it by id or name).
 fn record(field: &str, id: &str) {
@@ -218,10 +258,11 @@ impl pb::control_server::Control for ControlService {
     async fn create_service(&self, req: Request<pb::ServiceCreateRequest>) -> Result<Response<pb::ServiceRef>, Status> {
         let caller = self.authorize(&req)?;
         let r = route!(self, req, caller, ControlClient, create_service);
-        let spec: ServiceSpec = serde_json::from_str(&r.spec_json)
+        let mut spec: ServiceSpec = serde_json::from_str(&r.spec_json)
             .map_err(|e| Status::invalid_argument(format!("the service spec: {e}")))?;
         let auth = r.auth.and_then(|a| RegistryAuth::non_empty(&a.username, &a.password));
         validate_spec(&spec)?;
+        resolve_networks(&self.mgr.store.read(), &mut spec)?;
         if self.mgr.store.read().services.values().any(|s| s.spec.name == spec.name) {
             return Err(Status::already_exists(format!("service {} already exists", spec.name)));
         }
@@ -237,13 +278,16 @@ impl pb::control_server::Control for ControlService {
         let r = route!(self, req, caller, ControlClient, update_service);
         let svc = self.mgr.store.read().find_service(&r.id).cloned().map_err(Status::not_found)?;
         record("service.id", &svc.id);
-        let spec: ServiceSpec = if r.rollback {
+        let mut spec: ServiceSpec = if r.rollback {
             svc.spec.clone()
         } else {
             serde_json::from_str(&r.spec_json)
                 .map_err(|e| Status::invalid_argument(format!("the service spec: {e}")))?
         };
         validate_spec(&spec)?;
+        if !r.rollback {
+            resolve_networks(&self.mgr.store.read(), &mut spec)?;
+        }
         let auth = r.auth.and_then(|a| RegistryAuth::non_empty(&a.username, &a.password));
         let update = Command::UpdateService {
             id: svc.id.clone(),
@@ -393,8 +437,19 @@ impl pb::control_server::Control for ControlService {
         let state = self.mgr.store.read();
         let n = state.find_network(&r.id).map_err(Status::not_found)?;
         record("net.id", &n.id);
-        let json = serde_json::to_string(n).map_err(|e| Status::internal(format!("encoding the network: {e}")))?;
-        Ok(Response::new(pb::JsonDoc { json }))
+        // The network, and who is on it (`Network` readers ignore the extra fields).
+        let mut doc = serde_json::to_value(n).map_err(|e| Status::internal(format!("encoding the network: {e}")))?;
+        let (services, peers) = crate::netview::usage(&state, &n.id);
+        if let Some(obj) = doc.as_object_mut() {
+            let services =
+                services.iter().map(|(id, name, vip)| serde_json::json!({"id": id, "name": name, "vip": vip}));
+            obj.insert("services".into(), services.collect());
+            let peers = peers
+                .iter()
+                .map(|(id, host, addr)| serde_json::json!({"node": id, "hostname": host, "data_addr": addr}));
+            obj.insert("peers".into(), peers.collect());
+        }
+        Ok(Response::new(pb::JsonDoc { json: doc.to_string() }))
     }
 
     /// Removes a cluster network nothing uses. Docker refuses to remove the
@@ -651,6 +706,47 @@ mod tests {
             replicas: 1,
             task: TaskSpec { image: "busybox".into(), ..task },
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn network_attachments_resolve_to_ids_or_are_refused() {
+        use crate::state::{Command, Request, State};
+        use shoal_proto::network::NetworkAttachmentSpec;
+        let mut state = State::default();
+        for (i, (id, name, ingress)) in [("abc123", "app", false), ("ing999", "ingress", true)].iter().enumerate() {
+            let spec = NetworkSpec { name: name.to_string(), ingress: *ingress, ..Default::default() };
+            state.apply(i as u64 + 1, &Request { at_ms: 0, cmd: Command::CreateNetwork { id: id.to_string(), spec } });
+        }
+        let with = |nets: &[(&str, &[&str])]| {
+            let mut s = spec(TaskSpec::default());
+            s.task.networks = nets
+                .iter()
+                .map(|(t, a)| NetworkAttachmentSpec {
+                    target: t.to_string(),
+                    aliases: a.iter().map(|x| x.to_string()).collect(),
+                })
+                .collect();
+            s
+        };
+        for target in ["app", "abc123", "abc"] {
+            let mut s = with(&[(target, &["www"])]);
+            assert_eq!(resolve_networks(&state, &mut s).map_err(|e| e.message().to_string()), Ok(()));
+            assert_eq!(s.task.networks[0].target, "abc123", "{target}");
+        }
+        type Nets<'a> = &'a [(&'a str, &'a [&'a str])];
+        let table: [(Nets, tonic::Code, &str); 6] = [
+            (&[("nope", &[])], tonic::Code::NotFound, "network nope not found"),
+            (&[("ingress", &[])], tonic::Code::InvalidArgument, "The network ingress cannot be used with services"),
+            (&[("bridge", &[])], tonic::Code::InvalidArgument, "create an overlay network"),
+            (&[("host", &[])], tonic::Code::InvalidArgument, "network host is a node's own network"),
+            (&[("app", &[]), ("abc123", &[])], tonic::Code::InvalidArgument, "network app is attached twice"),
+            (&[("app", &["no way"])], tonic::Code::InvalidArgument, "invalid alias \"no way\" on network app"),
+        ];
+        for (nets, code, want) in table {
+            let err = resolve_networks(&state, &mut with(nets)).expect_err(want);
+            assert_eq!(err.code(), code, "{want}");
+            assert!(err.message().contains(want), "{:?} does not say {want:?}", err.message());
         }
     }
 

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal_proto::model::{NodeState, NodeStatus};
+use shoal_proto::net::NetView;
 use shoal_proto::pb;
 use shoal_proto::probe::Outcome;
 use shoal_proto::service::{Task, TaskState, TaskStatus};
@@ -22,6 +23,14 @@ use tonic::Status;
 use crate::liveness::{Action, Liveness, Timing};
 use crate::state::{NodeStatusUpdate, ObjKey};
 use crate::store::Store;
+
+/// What a session sent its node: its assignment set (JSON by task id) and
+/// its network view.
+#[derive(Default)]
+pub(crate) struct Sent {
+    pub tasks: HashMap<String, String>,
+    pub view: Option<NetView>,
+}
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -40,6 +49,9 @@ struct Inner {
     log_requests: Mutex<HashMap<u64, LogRequest>>,
     next_request: std::sync::atomic::AtomicU64,
     wake: Notify,
+    /// Every node's network view as of an event's index (computed once per
+    /// published batch for all sessions, in one pass over the tasks).
+    views: Mutex<(u64, Arc<HashMap<String, NetView>>)>,
 }
 
 impl Dispatcher {
@@ -54,6 +66,7 @@ impl Dispatcher {
                 log_requests: Mutex::new(HashMap::new()),
                 next_request: std::sync::atomic::AtomicU64::new(1),
                 wake: Notify::new(),
+                views: Mutex::new((0, Arc::new(HashMap::new()))),
             }),
         }
     }
@@ -204,35 +217,65 @@ impl Dispatcher {
         }
     }
 
-    /// Sends the node's whole set; false when the session is gone.
+    /// Every node's network view, computed after the batch at `index` was
+    /// published (or later): once for all sessions (see `netview::all`).
+    fn net_views(&self, index: u64) -> Arc<HashMap<String, NetView>> {
+        let mut cached = self.inner.views.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0 < index || index == 0 {
+            // Read after the batch was published: this state is at `index` or later.
+            *cached = (index.max(cached.0), Arc::new(crate::netview::all(&self.inner.store.read())));
+        }
+        cached.1.clone()
+    }
+
+    /// The node's view (as of `index`, 0: now).
+    pub(crate) fn net_view(&self, node_id: &str, index: u64) -> NetView {
+        match self.net_views(index).get(node_id) {
+            Some(v) => v.clone(),
+            None => crate::netview::empty(&self.inner.store.read(), node_id),
+        }
+    }
+
+    /// Sends the node's whole set, with its whole network view; false when
+    /// the session is gone.
     pub(crate) async fn send_all(
         &self,
         node_id: &str,
-        sent: &mut HashMap<String, String>,
+        sent: &mut Sent,
         tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>,
     ) -> bool {
         let (set, registry_auth) = self.assignments(node_id);
-        *sent = set;
+        sent.tasks = set;
+        let view = self.net_view(node_id, 0);
         let a = pb::Assignments {
-            tasks_json: sent.values().cloned().collect(),
+            tasks_json: sent.tasks.values().cloned().collect(),
             full: true,
             removed: Vec::new(),
             registry_auth,
-            net_view: None,
+            net_view: Some(view.to_pb()),
         };
+        sent.view = Some(view);
         tx.send(msg(pb::manager_message::Msg::Assignments(a))).await.is_ok()
     }
 
     /// Sends what changed in the node's set among the changed `keys` since
     /// `sent` (which it updates), if anything did; false when the session is gone.
+    /// Its network view goes with them whenever it changed.
     pub(crate) async fn send_changes(
         &self,
         node_id: &str,
+        index: u64,
         keys: &[ObjKey],
-        sent: &mut HashMap<String, String>,
+        sent: &mut Sent,
         tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>,
     ) -> bool {
         let mut delta = pb::Assignments::default();
+        let view = self.net_view(node_id, index);
+        if sent.view.as_ref() != Some(&view) {
+            delta.net_view = Some(view.to_pb());
+            sent.view = Some(view);
+        }
+        let sent = &mut sent.tasks;
         {
             let state = self.inner.store.read();
             for k in keys {
@@ -255,7 +298,7 @@ impl Dispatcher {
                 }
             }
         }
-        if delta.tasks_json.is_empty() && delta.removed.is_empty() {
+        if delta.tasks_json.is_empty() && delta.removed.is_empty() && delta.net_view.is_none() {
             return true;
         }
         tx.send(msg(pb::manager_message::Msg::Assignments(delta))).await.is_ok()
@@ -452,4 +495,76 @@ struct LogRequest {
 
 pub(crate) fn msg(m: pb::manager_message::Msg) -> Result<pb::ManagerMessage, Status> {
     Ok(pb::ManagerMessage { msg: Some(m) })
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_proto::network::TaskNetwork;
+
+    use super::*;
+
+    fn view_of(m: Option<Result<pb::ManagerMessage, Status>>) -> Option<pb::Assignments> {
+        match m?.ok()?.msg? {
+            pb::manager_message::Msg::Assignments(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_gets_its_whole_view_on_connect_then_each_change() {
+        let store = Store::new();
+        store
+            .apply_batch(|state, _, _| {
+                *state = crate::netview::tests::world();
+                Vec::new()
+            })
+            .publish();
+        let d = Dispatcher::new(store.clone());
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut sent = Sent::default();
+        assert!(d.send_all("n1", &mut sent, &tx).await);
+        let a = view_of(rx.recv().await).expect("assignments");
+        let view = NetView::from_pb(a.net_view.as_ref().expect("the whole view on connect")).expect("view");
+        assert!(a.full);
+        assert_eq!(view, crate::netview::for_node(&store.read(), "n1"));
+        assert_eq!(view.services[0].backends.len(), 3);
+        // t2 is wanted stopped: n1's view changes (a backend leaves), and goes at once.
+        let commit = store.apply_batch(|state, _, _| {
+            state.tasks.get_mut("t2").expect("t2").desired = TaskState::Shutdown;
+            vec![ObjKey::Task("t2".into())]
+        });
+        commit.publish();
+        let keys = [ObjKey::Task("t2".into())];
+        assert!(d.send_changes("n1", 5, &keys, &mut sent, &tx).await);
+        let a = view_of(rx.recv().await).expect("a delta");
+        let view = NetView::from_pb(a.net_view.as_ref().expect("the changed view")).expect("view");
+        assert_eq!(view.services[0].backends.len(), 2);
+        // The same event for another session reuses the views computed once.
+        assert!(Arc::ptr_eq(&d.net_views(5), &d.net_views(5)));
+        // Nothing changed for n1: nothing is sent.
+        assert!(d.send_changes("n1", 5, &keys, &mut sent, &tx).await);
+        assert!(rx.try_recv().is_err(), "no message when neither the set nor the view changed");
+    }
+
+    #[test]
+    fn views_of_five_nodes_with_500_tasks_take_little_time() {
+        let mut state = crate::netview::tests::world();
+        for i in 0..500u32 {
+            let mut t = state.tasks["t1"].clone();
+            t.id = format!("x{i}");
+            t.node_id = format!("n{}", 1 + i % 5);
+            t.networks = vec![TaskNetwork {
+                network: crate::netview::tests::APP.into(),
+                aliases: vec![],
+                addr: Some(std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 0, 1, 10)) + i)),
+            }];
+            state.tasks.insert(t.id.clone(), t);
+        }
+        let started = Instant::now();
+        let views = crate::netview::all(&state);
+        let took = started.elapsed();
+        let on_app = views["n2"].endpoints.iter().filter(|e| e.network == crate::netview::tests::APP).count();
+        assert_eq!(on_app, 500 + 5, "every endpoint on app");
+        assert!(took < Duration::from_millis(250), "five views of 500 tasks took {took:?}");
+    }
 }

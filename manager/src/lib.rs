@@ -14,6 +14,7 @@ pub mod dispatcher;
 pub mod leader;
 pub mod liveness;
 pub mod manager;
+pub mod netview;
 pub mod networks;
 pub mod orchestrator;
 pub mod raft;

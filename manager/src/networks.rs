@@ -1,9 +1,9 @@
 //! Cluster networks in the replicated state: the commands that create,
 //! remove and allocate them, and the derived index of what is held.
 //!
-//! Architecture Invariant: `apply` never lets two owners hold the same VNI or
-//! overlapping subnets (and, once tasks and services have addresses, the same
-//! address on a network). The check runs against [`Held`], an index derived
+//! Architecture Invariant: `apply` never lets two owners hold the same VNI,
+//! overlapping subnets, or the same address on a network (a network's
+//! gateway, a task's address, a service's VIP). The check runs against [`Held`], an index derived
 //! from the objects that hold them, rebuilt on load and snapshot install and
 //! never serialized; so a new leader whose allocator planned from a stale view
 //! cannot hand anything out twice: its change is refused, the rest of its
@@ -14,7 +14,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::net::Subnet;
-use shoal_proto::network::{FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc, NetworkSpec};
+use shoal_proto::network::{EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc, NetworkSpec, Vip};
+use shoal_proto::service::{Service, Task, TaskState};
 
 use crate::state::{ObjKey, State};
 
@@ -23,33 +24,105 @@ use crate::state::{ObjKey, State};
 pub enum AllocChange {
     /// A network's VNI, subnet, gateway, range and MTU (once; never changed).
     Network { id: String, alloc: NetworkAlloc },
+    /// A task's address on one of its networks (once per attachment).
+    TaskAddr { id: String, network: String, addr: Ipv4Addr },
+    /// A `vip`-mode service's virtual address on one of its networks.
+    Vip { service: String, network: String, addr: Ipv4Addr },
 }
 
 /// Who holds a VNI, a subnet or an address.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Owner {
+    /// A network holds its VNI, its subnet and its gateway.
     Network(String),
+    /// A task holds its addresses (see [`task_holds`]).
+    Task(String),
+    /// A service holds its VIPs on the networks its spec lists.
+    Service(String),
 }
 
 /// What is held, derived from the objects (see the module's invariant).
-/// Task addresses and VIPs will be held per `(network id, address)` in
-/// `addrs`, owned by the task or the service's endpoint.
+/// Addresses are held per `(network id, address)`: a network's gateway, a
+/// task's addresses, a service's VIPs.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Held {
     vnis: BTreeMap<u32, Owner>,
     /// Allocated subnets and the ones a spec asks for, claimed at create.
     subnets: BTreeMap<Subnet, Owner>,
     addrs: BTreeMap<(String, Ipv4Addr), Owner>,
+    /// What each task and service holds in `addrs`, to release it.
+    owned: BTreeMap<Owner, Vec<(String, Ipv4Addr)>>,
+}
+
+/// Whether a task holds its addresses: while it lives, and while its node
+/// is down (orphaned: its container may still run there, so its address is
+/// quarantined until the task is deleted). A task that ended as its node
+/// reported (complete, shutdown, failed, rejected) or that is deleted
+/// holds nothing. Terminal states never change, so a task that released
+/// its addresses never takes them back.
+pub fn task_holds(t: &Task) -> bool {
+    !t.status.state.is_terminal() || t.status.state == TaskState::Orphaned
+}
+
+/// A task that ended and released its addresses, then is marked orphaned
+/// (which [`task_holds`] would count as holding), forgets them: they may
+/// be another's by now.
+pub(crate) fn forget_released(t: &mut Task, to: TaskState) {
+    if to == TaskState::Orphaned && t.status.state.is_terminal() {
+        for n in &mut t.networks {
+            n.addr = None;
+        }
+    }
 }
 
 impl Held {
-    /// The index of `networks` (every other object holds nothing yet).
-    pub fn of(networks: &BTreeMap<String, Network>) -> Held {
+    /// The index of `networks`, `services` and `tasks`.
+    pub fn of(
+        networks: &BTreeMap<String, Network>,
+        services: &BTreeMap<String, Service>,
+        tasks: &BTreeMap<String, Task>,
+    ) -> Held {
         let mut h = Held::default();
         for n in networks.values() {
             h.add_network(n);
         }
+        for s in services.values() {
+            h.set(Owner::Service(s.id.clone()), service_addrs(networks, s));
+        }
+        for t in tasks.values() {
+            h.set(Owner::Task(t.id.clone()), task_addrs(networks, t));
+        }
         h
+    }
+
+    /// Makes `owner` hold exactly `addrs` (releasing what it held before).
+    fn set(&mut self, owner: Owner, addrs: Vec<(String, Ipv4Addr)>) {
+        if let Some(old) = self.owned.remove(&owner) {
+            for k in old {
+                if self.addrs.get(&k) == Some(&owner) {
+                    self.addrs.remove(&k);
+                }
+            }
+        }
+        if addrs.is_empty() {
+            return;
+        }
+        for k in &addrs {
+            self.addrs.entry(k.clone()).or_insert_with(|| owner.clone());
+        }
+        self.owned.insert(owner, addrs);
+    }
+
+    /// Who holds `addr` on network `net`, if anyone.
+    pub fn addr(&self, net: &str, addr: Ipv4Addr) -> Option<&Owner> {
+        self.addrs.get(&(net.to_string(), addr))
+    }
+
+    /// The highest address held on network `net` (the allocator goes on after it).
+    pub fn highest(&self, net: &str) -> Option<Ipv4Addr> {
+        let lo = (net.to_string(), Ipv4Addr::UNSPECIFIED);
+        let hi = (net.to_string(), Ipv4Addr::BROADCAST);
+        self.addrs.range(lo..=hi).next_back().map(|((_, a), _)| *a)
     }
 
     fn add_network(&mut self, n: &Network) {
@@ -68,6 +141,10 @@ impl Held {
         self.vnis.retain(|_, o| *o != owner);
         self.subnets.retain(|_, o| *o != owner);
         self.addrs.retain(|(net, _), o| *o != owner && *net != n.id);
+        for held in self.owned.values_mut() {
+            held.retain(|(net, _)| *net != n.id);
+        }
+        self.owned.retain(|_, held| !held.is_empty());
     }
 
     /// Who holds `vni`, if anyone.
@@ -91,6 +168,51 @@ impl Held {
     }
 }
 
+/// The addresses a task holds: those on networks that exist, while it holds.
+fn task_addrs(networks: &BTreeMap<String, Network>, t: &Task) -> Vec<(String, Ipv4Addr)> {
+    if !task_holds(t) {
+        return Vec::new();
+    }
+    t.networks
+        .iter()
+        .filter(|n| networks.contains_key(&n.network))
+        .filter_map(|n| Some((n.network.clone(), n.addr?)))
+        .collect()
+}
+
+/// The VIPs a service holds: on the networks its spec lists, in `vip` mode.
+fn service_addrs(networks: &BTreeMap<String, Network>, s: &Service) -> Vec<(String, Ipv4Addr)> {
+    if s.spec.endpoint_mode != EndpointMode::Vip {
+        return Vec::new();
+    }
+    s.vips
+        .iter()
+        .filter(|v| networks.contains_key(&v.network) && s.spec.task.networks.iter().any(|a| a.target == v.network))
+        .map(|v| (v.network.clone(), v.addr))
+        .collect()
+}
+
+/// Whether `addr` may be handed out on a network allocated `a`: inside its
+/// range, and neither the subnet's network nor its broadcast address.
+pub fn assignable(a: &NetworkAlloc, addr: Ipv4Addr) -> bool {
+    a.subnet.contains(addr)
+        && a.range.contains(addr)
+        && addr != a.subnet.network()
+        && addr != a.subnet.broadcast()
+        && addr != a.gateway
+}
+
+/// The next free address of a network allocated `a` after `after`
+/// (wrapping around its range once), that `taken` does not refuse; `None`
+/// when the network is full. Going on after the highest held address keeps
+/// an address just freed from being handed out again at once.
+pub fn next_free(a: &NetworkAlloc, after: Option<Ipv4Addr>, taken: impl Fn(Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
+    let lo = u32::from(a.range.network());
+    let hi = u32::from(a.range.broadcast());
+    let start = after.map(u32::from).filter(|x| (lo..hi).contains(x)).map_or(lo, |x| x + 1);
+    (start..=hi).chain(lo..start).map(Ipv4Addr::from).find(|ip| assignable(a, *ip) && !taken(*ip))
+}
+
 /// The subnet a network holds: its allocation's, or the one its spec asks for.
 pub fn claimed_subnet(n: &Network) -> Option<Subnet> {
     n.alloc.as_ref().map(|a| a.subnet).or(n.spec.ipam.subnet)
@@ -99,7 +221,63 @@ pub fn claimed_subnet(n: &Network) -> Option<Subnet> {
 impl State {
     /// Rebuilds the derived index from the objects (after load or snapshot install).
     pub fn reindex(&mut self) {
-        self.held = Held::of(&self.networks);
+        self.held = Held::of(&self.networks, &self.services, &self.tasks);
+    }
+
+    /// Brings the index up to date for one changed object (after each
+    /// command, for every key it changed; a network is kept up to date by
+    /// its own commands).
+    pub(crate) fn rehold(&mut self, key: &ObjKey) {
+        match key {
+            ObjKey::Task(id) => {
+                let addrs = self.tasks.get(id).map(|t| task_addrs(&self.networks, t)).unwrap_or_default();
+                self.held.set(Owner::Task(id.clone()), addrs);
+            }
+            ObjKey::Service(id) => {
+                let addrs = self.services.get(id).map(|s| service_addrs(&self.networks, s)).unwrap_or_default();
+                self.held.set(Owner::Service(id.clone()), addrs);
+            }
+            ObjKey::Cluster | ObjKey::Node(_) | ObjKey::Network(_) => {}
+        }
+    }
+
+    /// Whether an allocated network has no address left to hand out.
+    pub fn network_full(&self, id: &str) -> bool {
+        let Some(a) = self.networks.get(id).and_then(|n| n.alloc.as_ref()) else { return false };
+        let reserved = [a.subnet.network(), a.subnet.broadcast(), a.gateway];
+        let in_range = a.range.size() - reserved.iter().filter(|r| a.range.contains(**r)).count() as u64;
+        let lo = (id.to_string(), a.range.network());
+        let hi = (id.to_string(), a.range.broadcast());
+        let held = self.held.addrs.range(lo..=hi).filter(|((_, ip), _)| assignable(a, *ip)).count() as u64;
+        held >= in_range
+    }
+
+    /// Who uses a network (a service's spec, or a live task): why it cannot
+    /// be removed, or `None`.
+    pub fn network_user(&self, id: &str) -> Option<String> {
+        let name = self.networks.get(id).map_or(id, |n| n.spec.name.as_str());
+        if let Some(s) = self.services.values().find(|s| s.spec.task.networks.iter().any(|a| a.target == id)) {
+            return Some(format!("network {name} is in use by service {}", s.spec.name));
+        }
+        let live = |t: &&Task| !t.status.state.is_terminal() && t.networks.iter().any(|n| n.network == id);
+        if let Some(t) = self.tasks.values().find(live) {
+            let by = self.services.get(&t.service_id).map_or(t.service_id.as_str(), |s| s.spec.name.as_str());
+            return Some(format!("network {name} is in use by task {} of service {by}", t.id));
+        }
+        None
+    }
+
+    /// Why a service spec's networks cannot be used, or `None`: each must
+    /// exist (by id: the API resolves names) and not be the ingress network.
+    pub fn spec_networks_problem(&self, spec: &shoal_proto::service::ServiceSpec) -> Option<String> {
+        for a in &spec.task.networks {
+            match self.networks.get(&a.target) {
+                None => return Some(format!("network {} not found", a.target)),
+                Some(n) if n.spec.ingress => return Some(INGRESS_REFUSED.into()),
+                Some(_) => {}
+            }
+        }
+        None
     }
 
     /// What is held (derived; see [`Held`]).
@@ -173,9 +351,15 @@ impl State {
         Ok(n)
     }
 
-    /// Removes a network that nothing uses. Services and tasks cannot name
-    /// networks yet; when they can, a network they reference stays.
+    /// Removes a network that nothing uses: a service whose spec lists it,
+    /// or a live task on it, keeps it.
     pub(crate) fn remove_network(&mut self, id: &str) -> Result<(), String> {
+        if !self.networks.contains_key(id) {
+            return Err(format!("network {id} not found"));
+        }
+        if let Some(why) = self.network_user(id) {
+            return Err(why);
+        }
         let Some(n) = self.networks.remove(id) else { return Err(format!("network {id} not found")) };
         self.held.remove_network(&n);
         Ok(())
@@ -203,6 +387,43 @@ impl State {
                 self.held.add_network(n);
                 Some(ObjKey::Network(id.clone()))
             }
+            AllocChange::TaskAddr { id, network, addr } => {
+                let a = self.networks.get(network)?.alloc.as_ref()?;
+                if !assignable(a, *addr) || self.held.addr(network, *addr).is_some() {
+                    return None;
+                }
+                let t = self.tasks.get_mut(id)?;
+                if t.status.state.is_terminal() {
+                    return None;
+                }
+                let place = t.networks.iter_mut().find(|n| n.network == *network && n.addr.is_none())?;
+                place.addr = Some(*addr);
+                t.meta.version = index;
+                t.meta.updated_ms = at;
+                let key = ObjKey::Task(id.clone());
+                self.rehold(&key);
+                Some(key)
+            }
+            AllocChange::Vip { service, network, addr } => {
+                let a = self.networks.get(network)?.alloc.as_ref()?;
+                if !assignable(a, *addr) || self.held.addr(network, *addr).is_some() {
+                    return None;
+                }
+                let s = self.services.get_mut(service)?;
+                if s.spec.endpoint_mode != EndpointMode::Vip
+                    || !s.spec.task.networks.iter().any(|n| n.target == *network)
+                    || s.vips.iter().any(|v| v.network == *network)
+                {
+                    return None;
+                }
+                s.vips.push(Vip { network: network.clone(), addr: *addr });
+                s.vips.sort();
+                s.meta.version = index;
+                s.meta.updated_ms = at;
+                let key = ObjKey::Service(service.clone());
+                self.rehold(&key);
+                Some(key)
+            }
         }
     }
 
@@ -212,6 +433,22 @@ impl State {
         self.held.overlapping(subnet, Some(owner)).is_some()
             || (!ingress && self.cluster.as_ref().is_some_and(|c| c.net.ingress_subnet.overlaps(subnet)))
     }
+}
+
+/// Docker's words for a service that asks for the ingress network.
+pub const INGRESS_REFUSED: &str = "The network ingress cannot be used with services. Only networks scoped to the swarm can be used, such as those created with the overlay driver.";
+
+/// A service's VIPs on the networks its spec still lists (`vip` mode only):
+/// what `apply` keeps when a spec changes, so a VIP dropped with its network
+/// is released, and a network added again later gets a fresh one.
+pub(crate) fn prune_vips(s: &mut Service) {
+    if s.spec.endpoint_mode != EndpointMode::Vip {
+        s.vips.clear();
+        return;
+    }
+    let listed = |v: &Vip| s.spec.task.networks.iter().any(|a| a.target == v.network);
+    let keep: Vec<Vip> = s.vips.iter().filter(|v| listed(v)).cloned().collect();
+    s.vips = keep;
 }
 
 /// Whether an allocation is well formed and honours its spec.

@@ -5,7 +5,6 @@
 //! The dispatcher's own state (queues, liveness, assignments) stays in
 //! `dispatcher`, which knows nothing of `Manager`.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,7 +106,7 @@ impl DispatcherService {
                 return;
             }
             // The whole assignment set on (re)connect, then what changes in it.
-            let mut sent = HashMap::new();
+            let mut sent = crate::dispatcher::Sent::default();
             if !d.send_all(&node_id, &mut sent, &tx).await {
                 return;
             }
@@ -150,8 +149,8 @@ impl DispatcherService {
                         }
                     },
                     ev = events.recv() => match ev {
-                        Ok(Event::Changed { keys, .. }) => {
-                            if !d.send_changes(&node_id, &keys, &mut sent, &tx).await {
+                        Ok(Event::Changed { index, keys }) => {
+                            if !d.send_changes(&node_id, index, &keys, &mut sent, &tx).await {
                                 return;
                             }
                             keys.iter().any(|k| matches!(k, ObjKey::Node(_)))

@@ -294,6 +294,15 @@ impl State {
     /// Applies one committed command at log `index`. Returns the response and
     /// the keys it changed (empty when rejected: all or nothing).
     pub fn apply(&mut self, index: u64, req: &Request) -> (Response, Vec<ObjKey>) {
+        let (r, keys) = self.apply_cmd(index, req);
+        // The addresses each changed task and service holds follow it.
+        for k in &keys {
+            self.rehold(k);
+        }
+        (r, keys)
+    }
+
+    fn apply_cmd(&mut self, index: u64, req: &Request) -> (Response, Vec<ObjKey>) {
         let at = req.at_ms;
         match &req.cmd {
             Command::Bootstrap { cluster, node } => {
@@ -401,6 +410,9 @@ impl State {
                 if self.services.values().any(|s| s.spec.name == spec.name) {
                     return reject(&format!("service {} already exists", spec.name));
                 }
+                if let Some(why) = self.spec_networks_problem(spec) {
+                    return reject(&why);
+                }
                 let mut svc = Service {
                     id: id.clone(),
                     spec: spec.clone(),
@@ -413,7 +425,7 @@ impl State {
                 (Response::Ok, vec![ObjKey::Service(id.clone())])
             }
             Command::UpdateService { id, spec, rollback, replace_auth, auth } => {
-                let Some(svc) = self.services.get_mut(id) else { return reject(&format!("service {id} not found")) };
+                let Some(svc) = self.services.get(id) else { return reject(&format!("service {id} not found")) };
                 let spec = if *rollback {
                     match svc.previous_spec.clone() {
                         Some(p) => p,
@@ -427,11 +439,16 @@ impl State {
                 if spec.name != svc.spec.name {
                     return reject("a service cannot be renamed");
                 }
+                if let Some(why) = self.spec_networks_problem(&spec) {
+                    return reject(&why);
+                }
+                let Some(svc) = self.services.get_mut(id) else { return reject(&format!("service {id} not found")) };
                 if *replace_auth {
                     svc.registry_auth = auth.clone();
                 }
                 let tasks_change = spec.task != svc.spec.task;
                 svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
+                crate::networks::prune_vips(svc);
                 if tasks_change {
                     // Tasks made from an older spec are out of date from here on.
                     svc.spec_version = index;
@@ -470,6 +487,7 @@ impl State {
                     if status.state == TaskState::Running && t.started_ms == 0 {
                         t.started_ms = if status.at_ms > 0 { status.at_ms } else { at };
                     }
+                    crate::networks::forget_released(t, status.state);
                     t.status = status.clone();
                     stamp(&mut t.meta, index, at, false);
                     keys.push(ObjKey::Task(id.clone()));
@@ -505,6 +523,10 @@ impl State {
                     return None;
                 }
                 let mut t = (**t).clone();
+                // Addresses come from the allocator only (`AllocChange::TaskAddr`), checked against `Held`.
+                for n in &mut t.networks {
+                    n.addr = None;
+                }
                 stamp(&mut t.meta, index, at, true);
                 t.created_index = index;
                 t.status.at_ms = at;
@@ -554,6 +576,7 @@ impl State {
                 if !t.status.state.can_move_to(status.state) {
                     return None;
                 }
+                crate::networks::forget_released(t, status.state);
                 t.status = TaskStatus { at_ms: at, ..status.clone() };
                 stamp(&mut t.meta, index, at, false);
                 Some(ObjKey::Task(id.clone()))
@@ -566,6 +589,7 @@ impl State {
                     return None;
                 }
                 s.previous_spec = Some(std::mem::replace(&mut s.spec, previous));
+                crate::networks::prune_vips(s);
                 s.spec_version = index;
                 s.update_state = UpdateState::RollbackStarted;
                 s.update_message = message.clone();

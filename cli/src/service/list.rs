@@ -182,7 +182,7 @@ fn print_rollout(title: &str, order: &str, u: &shoal_proto::service::UpdateConfi
     println!(" {order}:\t{}", name(serde_json::to_value(u.order)));
 }
 
-pub(super) fn print_pretty(s: &Service) {
+pub(super) fn print_pretty(s: &Service, nets: &[shoal_proto::network::Network]) {
     let spec = &s.spec;
     println!("ID:\t\t{}", s.id);
     println!("Name:\t\t{}", spec.name);
@@ -219,6 +219,12 @@ pub(super) fn print_pretty(s: &Service) {
             spec.task.reserve_memory
         );
     }
+    if !spec.task.networks.is_empty() {
+        let name = |id: &str| nets.iter().find(|n| n.id == id).map_or(id.to_string(), |n| n.spec.name.clone());
+        let names: Vec<String> = spec.task.networks.iter().map(|a| name(&a.target)).collect();
+        println!("Networks:\t{}", names.join(" "));
+    }
+    println!("Endpoint Mode:\t{}", spec.endpoint_mode.as_str());
     for p in &spec.task.ports {
         println!(
             "Ports:\n PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = host",

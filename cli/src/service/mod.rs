@@ -150,12 +150,19 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<i32> {
                 let svc = find(&mut control, s).await?.service;
                 out.push(svc);
             }
+            // The subnets of the networks with VIPs, for their prefix length.
+            let mut nets: Vec<shoal_proto::network::Network> = Vec::new();
+            if out.iter().any(|s| !s.vips.is_empty() || !s.spec.task.networks.is_empty()) {
+                let json = control.list_networks(pb::Empty {}).await?.into_inner().json;
+                nets = serde_json::from_str(&json).context("the network list")?;
+            }
             if *pretty {
                 for s in &out {
-                    print_pretty(s);
+                    print_pretty(s, &nets);
                 }
             } else {
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                let docs: Vec<serde_json::Value> = out.iter().map(|s| inspect_doc(s, &nets)).collect();
+                println!("{}", serde_json::to_string_pretty(&docs)?);
             }
             Ok(())
         }
@@ -313,7 +320,16 @@ async fn update(cli: &Cli, control: &mut Control, a: &ServiceUpdateArgs) -> anyh
         if a.force {
             spec.task.force_update += 1;
         }
-        apply_flags(&mut spec, &a.flags, &a.rm)?;
+        // The spec names networks by id: --network-rm NAME takes the id of NAME.
+        let mut rm = a.rm.clone();
+        for n in &mut rm.network_rm {
+            if let Ok(r) = control.inspect_network(pb::ClusterNetworkRef { id: n.clone() }).await
+                && let Ok(net) = serde_json::from_str::<shoal_proto::network::Network>(&r.into_inner().json)
+            {
+                *n = net.id;
+            }
+        }
+        apply_flags(&mut spec, &a.flags, &rm)?;
         // Without --with-registry-auth the service keeps the login it has.
         let auth = a
             .flags
@@ -336,6 +352,35 @@ async fn update(cli: &Cli, control: &mut Control, a: &ServiceUpdateArgs) -> anyh
     Ok(())
 }
 
+/// A service as `inspect` shows it: the stored object, plus its networks in
+/// Docker's shapes (`Spec.TaskTemplate.Networks`, `Spec.EndpointSpec.Mode`,
+/// `Endpoint.VirtualIPs` with each address's prefix length), so scripts
+/// written for Docker find them where they look.
+fn inspect_doc(s: &shoal_proto::service::Service, nets: &[shoal_proto::network::Network]) -> serde_json::Value {
+    let mut doc = serde_json::to_value(s).unwrap_or(serde_json::Value::Null);
+    let mode = s.spec.endpoint_mode.as_str();
+    let networks: Vec<serde_json::Value> =
+        s.spec.task.networks.iter().map(|a| serde_json::json!({"Target": a.target, "Aliases": a.aliases})).collect();
+    let vips: Vec<serde_json::Value> = s
+        .vips
+        .iter()
+        .map(|v| {
+            let prefix =
+                nets.iter().find(|n| n.id == v.network).and_then(|n| n.alloc.as_ref()).map(|a| a.subnet.prefix());
+            let addr = prefix.map_or(v.addr.to_string(), |p| format!("{}/{p}", v.addr));
+            serde_json::json!({"NetworkID": v.network, "Addr": addr})
+        })
+        .collect();
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert(
+            "Spec".into(),
+            serde_json::json!({"TaskTemplate": {"Networks": networks}, "EndpointSpec": {"Mode": mode}}),
+        );
+        obj.insert("Endpoint".into(), serde_json::json!({"Spec": {"Mode": mode}, "VirtualIPs": vips}));
+    }
+    doc
+}
+
 /// `name:tag@sha256:…` without its digest (what the tag names may have
 /// moved); a reference by digest alone stays as it is.
 fn unpinned(image: &str) -> String {
@@ -355,6 +400,26 @@ fn shown_image(image: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inspect_shows_networks_and_vips_in_dockers_shapes() {
+        use shoal_proto::network::{Network, NetworkAlloc, NetworkAttachmentSpec, NetworkSpec, Vip};
+        let subnet: shoal_proto::net::Subnet = "10.0.1.0/24".parse().unwrap();
+        let net = Network {
+            id: "abc".into(),
+            meta: Default::default(),
+            spec: NetworkSpec { name: "app".into(), ..Default::default() },
+            alloc: Some(NetworkAlloc { vni: 4097, subnet, gateway: subnet.nth(1).unwrap(), range: subnet, mtu: 1450 }),
+        };
+        let mut svc = shoal_proto::service::Service::default();
+        svc.spec.task.networks = vec![NetworkAttachmentSpec { target: "abc".into(), aliases: vec!["www".into()] }];
+        svc.vips = vec![Vip { network: "abc".into(), addr: "10.0.1.2".parse().unwrap() }];
+        let d = inspect_doc(&svc, &[net]);
+        assert_eq!(d["Spec"]["TaskTemplate"]["Networks"], serde_json::json!([{"Target": "abc", "Aliases": ["www"]}]));
+        assert_eq!(d["Spec"]["EndpointSpec"]["Mode"], "vip");
+        assert_eq!(d["Endpoint"]["VirtualIPs"], serde_json::json!([{"NetworkID": "abc", "Addr": "10.0.1.2/24"}]));
+        assert_eq!(d["spec"]["task"]["image"], "", "the stored object is all there too");
+    }
 
     #[test]
     fn pinned_images_unpin_and_show_without_the_digest() {

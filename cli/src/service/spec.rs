@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use shoal_proto::network::{EndpointMode, NetworkAttachmentSpec};
 use shoal_proto::service::{FailureAction, Mode, RestartCondition, ServiceSpec, UpdateOrder};
 
 use crate::container::ContainerFlags;
@@ -85,6 +86,13 @@ pub struct ServiceFlags {
     /// published=P,target=T[,protocol=tcp|udp],mode=host (or P:T[/udp]).
     #[arg(short, long, visible_alias = "publish-add")]
     pub publish: Vec<String>,
+    /// Attach to a cluster network: NAME, or name=NAME[,alias=ALIAS...] (target= too).
+    #[arg(long, visible_alias = "network-add", value_parser = parse_network)]
+    pub network: Vec<NetworkAttachmentSpec>,
+    /// How the service's name resolves on its networks: vip (one virtual
+    /// address that balances over its tasks) or dnsrr (the tasks' addresses).
+    #[arg(long, value_parser = |s: &str| s.parse::<EndpointMode>())]
+    pub endpoint_mode: Option<EndpointMode>,
     /// Return at once instead of following the rollout.
     #[arg(short, long)]
     pub detach: bool,
@@ -186,7 +194,7 @@ impl From<RollbackFailureArg> for FailureAction {
 }
 
 /// What `service update` takes away, before it adds what the other flags say.
-#[derive(Args, Debug, Default)]
+#[derive(Args, Clone, Debug, Default)]
 pub struct ServiceRemovals {
     /// Remove an environment variable (its name).
     #[arg(long)]
@@ -206,6 +214,31 @@ pub struct ServiceRemovals {
     /// Remove a mount (its target path).
     #[arg(long)]
     pub mount_rm: Vec<String>,
+    /// Detach from a network (its name or id).
+    #[arg(long)]
+    pub network_rm: Vec<String>,
+}
+
+/// A `--network` value: `NAME`, or `name=NAME,alias=A,alias=B` (`target=` for `name=`), as Docker takes it.
+pub fn parse_network(v: &str) -> Result<NetworkAttachmentSpec, String> {
+    if !v.contains('=') {
+        if v.is_empty() || v.contains(',') {
+            return Err(format!("invalid --network {v:?}: NAME or name=NAME,alias=ALIAS"));
+        }
+        return Ok(NetworkAttachmentSpec { target: v.to_string(), aliases: Vec::new() });
+    }
+    let mut a = NetworkAttachmentSpec::default();
+    for kv in v.split(',') {
+        match kv.split_once('=') {
+            Some(("name" | "target", n)) if !n.is_empty() => a.target = n.to_string(),
+            Some(("alias", x)) if !x.is_empty() => a.aliases.push(x.to_string()),
+            _ => return Err(format!("invalid --network field {kv:?}: use name=NAME and alias=ALIAS")),
+        }
+    }
+    if a.target.is_empty() {
+        return Err(format!("invalid --network {v:?}: name=NAME is missing"));
+    }
+    Ok(a)
 }
 
 pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &ServiceRemovals) -> anyhow::Result<()> {
@@ -217,6 +250,12 @@ pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
     t.ports.retain(|p| !rm.publish_rm.contains(&p.published));
     t.mounts.retain(|m| !rm.mount_rm.iter().any(|target| mount_target(m) == Some(target.as_str())));
     spec.labels.retain(|k, _| !rm.label_rm.contains(k));
+    // `service update` resolves --network-rm names to ids first (see `update`).
+    spec.task.networks.retain(|n| !rm.network_rm.contains(&n.target));
+    spec.task.networks.extend(f.network.iter().cloned());
+    if let Some(m) = f.endpoint_mode {
+        spec.endpoint_mode = m;
+    }
     let t = &mut spec.task;
     // The same rules as `run`: env files first, then -e (KEY alone from this environment).
     for e in f.container.environment()? {
@@ -344,4 +383,35 @@ fn mount_target(spec: &str) -> Option<&str> {
     spec.split(',').find_map(|kv| {
         kv.split_once('=').filter(|(k, _)| matches!(*k, "target" | "dst" | "destination")).map(|(_, v)| v)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_flags_parse_as_docker_spells_them() {
+        let a = |t: &str, al: &[&str]| NetworkAttachmentSpec {
+            target: t.into(),
+            aliases: al.iter().map(|x| x.to_string()).collect(),
+        };
+        assert_eq!(parse_network("app"), Ok(a("app", &[])));
+        assert_eq!(parse_network("name=app,alias=web,alias=www"), Ok(a("app", &["web", "www"])));
+        assert_eq!(parse_network("target=app"), Ok(a("app", &[])));
+        for bad in ["", "alias=web", "name=app,colour=red", "name=", "app,web"] {
+            assert!(parse_network(bad).is_err(), "{bad:?}");
+        }
+        // --network-rm takes away, --network-add adds, --endpoint-mode sets.
+        let mut spec = ServiceSpec::default();
+        spec.task.networks = vec![a("id1", &[]), a("id2", &[])];
+        let flags = ServiceFlags {
+            network: vec![a("db", &["x"])],
+            endpoint_mode: Some(EndpointMode::Dnsrr),
+            ..Default::default()
+        };
+        let rm = ServiceRemovals { network_rm: vec!["id1".into()], ..Default::default() };
+        apply_flags(&mut spec, &flags, &rm).expect("applies");
+        assert_eq!(spec.task.networks, vec![a("id2", &[]), a("db", &["x"])]);
+        assert_eq!(spec.endpoint_mode, EndpointMode::Dnsrr);
+    }
 }

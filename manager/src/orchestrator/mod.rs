@@ -378,6 +378,45 @@ mod tests {
     }
 
     #[test]
+    fn a_task_is_placed_once_it_has_its_addresses_and_says_when_the_network_is_full() {
+        use crate::networks::AllocChange;
+        use shoal_proto::network::{NetworkAlloc, NetworkAttachmentSpec, NetworkSpec};
+        let mut w = five();
+        w.apply(Command::CreateNetwork {
+            id: "app".into(),
+            spec: NetworkSpec { name: "app".into(), ..Default::default() },
+        });
+        let subnet: shoal_proto::net::Subnet = "10.0.3.0/29".parse().unwrap();
+        let alloc = NetworkAlloc { vni: 4097, subnet, gateway: subnet.nth(1).unwrap(), range: subnet, mtu: 1450 };
+        w.apply(Command::Allocate { changes: vec![AllocChange::Network { id: "app".into(), alloc }] });
+        let web = w.service("web", |s| {
+            s.replicas = 6;
+            s.task.networks = vec![NetworkAttachmentSpec { target: "app".into(), aliases: vec![] }];
+        });
+        // The orchestrator's first pass makes the tasks but places none: no address yet.
+        w.pass();
+        let tasks = || w.state.tasks.values().filter(|t| t.service_id == web);
+        assert_eq!(tasks().count(), 6);
+        assert!(tasks().all(|t| t.node_id.is_empty() && t.status.err.is_empty()), "waiting says nothing");
+        for _ in 0..5 {
+            let changes = crate::allocator::plan(&w.state);
+            if !changes.is_empty() {
+                w.apply(Command::Allocate { changes });
+            }
+            w.pass();
+            w.run_all();
+        }
+        // A /29 has five addresses to hand out: the VIP and four tasks.
+        assert_eq!(w.running(&web).len(), 4);
+        let waiting: Vec<&Task> =
+            w.state.tasks.values().filter(|t| t.service_id == web && t.node_id.is_empty()).collect();
+        assert_eq!(waiting.len(), 2);
+        for t in waiting {
+            assert_eq!(t.status.err, "no free address on network app (10.0.3.0/29)");
+        }
+    }
+
+    #[test]
     fn placement_preferences_spread_over_label_values() {
         let mut w =
             World::new(&[("a1", Role::Worker), ("a2", Role::Worker), ("a3", Role::Worker), ("b1", Role::Worker)]);

@@ -97,8 +97,12 @@ pub(super) fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
         if let TaskChange::Create(t) = c { (t.node_id.is_empty()).then(|| (**t).clone()) } else { None }
     }));
     order.sort_by_key(|t| (t.service_id.clone(), t.slot));
+    let mut full: HashMap<&str, bool> = HashMap::new();
     for t in &order {
-        let decision = place(state, &loads, &failed_on, t);
+        let decision = match unaddressed(state, &mut full, t) {
+            Some(why) => Err(why),
+            None => place(state, &loads, &failed_on, t),
+        };
         if let Ok(node) = &decision
             && let Some(l) = loads.get_mut(node.as_str())
         {
@@ -134,6 +138,22 @@ pub(super) fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
         }
     }
     out.extend(extra);
+}
+
+/// Why a task cannot be placed yet for want of an address on one of its
+/// networks, or `None` when every attachment has one. Waiting for the
+/// allocator's next pass says nothing (an empty reason); a network that is
+/// full, has no subnet, or is gone says so, in the task's status.
+fn unaddressed<'a>(state: &'a State, full: &mut HashMap<&'a str, bool>, t: &'a Task) -> Option<String> {
+    let missing = t.networks.iter().find(|n| n.addr.is_none())?;
+    let id = missing.network.as_str();
+    let Some(net) = state.networks.get(id) else { return Some(format!("network {id} not found")) };
+    let name = &net.spec.name;
+    let Some(alloc) = &net.alloc else { return Some(format!("network {name} has no subnet yet")) };
+    if *full.entry(id).or_insert_with(|| state.network_full(id)) {
+        return Some(format!("no free address on network {name} ({})", alloc.subnet));
+    }
+    Some(String::new())
 }
 
 /// Whether the node has as many CPUs as the task's `--limit-cpu` (a node

@@ -1,0 +1,333 @@
+//! Each node's view of the cluster networks (`proto::net::NetView`), derived
+//! from the replicated state alone (pure; the dispatcher sends it, see
+//! `Dispatcher::net_views`):
+//!
+//! * `networks`: the allocated networks where the node has a live task
+//!   with an address;
+//! * `peers`: the other nodes with live tasks on those networks, at their
+//!   data-path address (a node that gave none is left out);
+//! * `endpoints`: every live task with an address on those networks, this
+//!   node's too;
+//! * `services`: the services whose spec lists one of those networks, with
+//!   their VIP there and their backends: the addresses of their tasks that
+//!   run, are wanted running, on a node that is ready. So a backend leaves
+//!   as soon as the orchestrator wants its task stopped or its node is
+//!   down, before its container is stopped.
+//!
+//! A live task is one that has not ended (orphaned tasks have: their node
+//! is down). A task without a node yet is nowhere, so in no view.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use shoal_proto::model::NodeState;
+use shoal_proto::net::{NetView, OverlayEndpoint, OverlayNetwork, Peer, ViewService};
+use shoal_proto::network::{EndpointMode, Network};
+use shoal_proto::service::{Service, TaskState};
+
+use crate::state::State;
+
+/// The view of one node (empty when it has no task on a cluster network).
+pub fn for_node(state: &State, node: &str) -> NetView {
+    all(state).remove(node).unwrap_or_else(|| empty(state, node))
+}
+
+/// A node's view with nothing in it.
+pub fn empty(state: &State, node: &str) -> NetView {
+    NetView {
+        node: node.to_string(),
+        data_addr: data_addr(state, node).unwrap_or(Ipv4Addr::UNSPECIFIED),
+        networks: Vec::new(),
+        peers: Vec::new(),
+        endpoints: Vec::new(),
+        services: Vec::new(),
+    }
+}
+
+fn data_addr(state: &State, node: &str) -> Option<Ipv4Addr> {
+    state.nodes.get(node).and_then(|n| n.description.net.data_addr)
+}
+
+/// Every node's view, by node id, in one pass over the tasks (nodes with
+/// no task on a cluster network are absent: their view is [`empty`]).
+pub fn all(state: &State) -> HashMap<String, NetView> {
+    if state.networks.is_empty() {
+        return HashMap::new();
+    }
+    // By network: its endpoints and the nodes they are on; by node: its
+    // networks; by (service, network): the backends.
+    let mut endpoints: BTreeMap<&str, Vec<OverlayEndpoint>> = BTreeMap::new();
+    let mut nodes_of: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    let mut nets_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut backends: HashMap<(&str, &str), Vec<Ipv4Addr>> = HashMap::new();
+    let ready = |node: &str| state.nodes.get(node).is_some_and(|n| n.status.state == NodeState::Ready);
+    for t in state.tasks.values().filter(|t| !t.node_id.is_empty() && !t.status.state.is_terminal()) {
+        let serving = t.status.state == TaskState::Running && t.desired == TaskState::Running && ready(&t.node_id);
+        for n in &t.networks {
+            let Some(addr) = n.addr else { continue };
+            let Some((net, _)) = state.networks.get_key_value(&n.network).filter(|(_, x)| x.alloc.is_some()) else {
+                continue;
+            };
+            endpoints.entry(net).or_default().push(OverlayEndpoint {
+                id: t.id.clone(),
+                network: net.clone(),
+                addr,
+                node: t.node_id.clone(),
+            });
+            nodes_of.entry(net).or_default().insert(&t.node_id);
+            nets_of.entry(&t.node_id).or_default().insert(net);
+            if serving {
+                backends.entry((&t.service_id, net)).or_default().push(addr);
+            }
+        }
+    }
+    let mut services_on: HashMap<&str, Vec<&Service>> = HashMap::new();
+    for s in state.services.values() {
+        for a in &s.spec.task.networks {
+            services_on.entry(a.target.as_str()).or_default().push(s);
+        }
+    }
+    let mut views = HashMap::new();
+    for (node, nets) in nets_of {
+        let mut view = empty(state, node);
+        let mut peers: BTreeSet<&str> = BTreeSet::new();
+        for net in &nets {
+            let network = &state.networks[*net];
+            view.networks.extend(overlay(network));
+            peers.extend(nodes_of.get(net).into_iter().flatten().filter(|n| **n != node));
+            view.endpoints.extend(endpoints.get(net).into_iter().flatten().cloned());
+            for s in services_on.get(net).into_iter().flatten() {
+                let mut b = backends.get(&(s.id.as_str(), *net)).cloned().unwrap_or_default();
+                b.sort();
+                let vip = s.vips.iter().find(|v| v.network == *net).map(|v| v.addr);
+                view.services.push(ViewService {
+                    id: s.id.clone(),
+                    name: s.spec.name.clone(),
+                    network: net.to_string(),
+                    mode: s.spec.endpoint_mode,
+                    vip: vip.filter(|_| s.spec.endpoint_mode == EndpointMode::Vip),
+                    aliases: s
+                        .spec
+                        .task
+                        .networks
+                        .iter()
+                        .filter(|a| a.target == *net)
+                        .flat_map(|a| a.aliases.clone())
+                        .collect(),
+                    backends: b,
+                });
+            }
+        }
+        view.peers = peers
+            .into_iter()
+            .filter_map(|p| Some(Peer { node: p.to_string(), data_addr: data_addr(state, p)? }))
+            .collect();
+        view.endpoints.sort_by(|a, b| (&a.network, a.addr, &a.id).cmp(&(&b.network, b.addr, &b.id)));
+        views.insert(node.to_string(), view);
+    }
+    views
+}
+
+/// A service or a node on a network: its id, its name, its address.
+pub type Who = (String, String, Option<Ipv4Addr>);
+
+/// Who is on network `id`, for `network inspect`: the services whose spec
+/// lists it, with their VIP there (`(id, name, vip)`), and the nodes with
+/// live tasks on it (`(id, hostname, data address)`).
+#[allow(clippy::type_complexity)]
+pub fn usage(
+    state: &State,
+    id: &str,
+) -> (Vec<(String, String, Option<Ipv4Addr>)>, Vec<(String, String, Option<Ipv4Addr>)>) {
+    let services = state
+        .services
+        .values()
+        .filter(|s| s.spec.task.networks.iter().any(|a| a.target == id))
+        .map(|s| (s.id.clone(), s.spec.name.clone(), s.vips.iter().find(|v| v.network == id).map(|v| v.addr)))
+        .collect();
+    let nodes: BTreeSet<&str> = state
+        .tasks
+        .values()
+        .filter(|t| !t.node_id.is_empty() && !t.status.state.is_terminal())
+        .filter(|t| t.networks.iter().any(|n| n.network == id && n.addr.is_some()))
+        .map(|t| t.node_id.as_str())
+        .collect();
+    let peers = nodes
+        .into_iter()
+        .map(|n| {
+            let node = state.nodes.get(n);
+            let host = node.map(|x| x.description.hostname.clone()).unwrap_or_default();
+            (n.to_string(), host, node.and_then(|x| x.description.net.data_addr))
+        })
+        .collect();
+    (services, peers)
+}
+
+/// A network as nodes program it (none until it is allocated).
+fn overlay(n: &Network) -> Option<OverlayNetwork> {
+    let a = n.alloc.as_ref()?;
+    Some(OverlayNetwork {
+        id: n.id.clone(),
+        name: n.spec.name.clone(),
+        vni: a.vni,
+        subnet: a.subnet.network(),
+        prefix: a.subnet.prefix(),
+        gateway: a.gateway,
+        mtu: a.mtu,
+        internal: n.spec.internal,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use shoal_proto::model::{Meta, Node, NodeDescription, NodeSpec, NodeStatus, Role};
+    use shoal_proto::network::{NetworkAlloc, NetworkAttachmentSpec, NetworkSpec, TaskNetwork, Vip};
+    use shoal_proto::service::{ServiceSpec, Task, TaskSpec, TaskStatus};
+
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect("ip")
+    }
+
+    fn node(s: &mut State, id: &str, state: NodeState, data: Option<&str>) {
+        let mut n = Node {
+            id: id.into(),
+            raft_id: 0,
+            spec: NodeSpec { role: Role::Worker, availability: Default::default(), labels: Default::default() },
+            description: NodeDescription { hostname: id.into(), ..Default::default() },
+            status: NodeStatus { state, message: String::new() },
+            meta: Meta::default(),
+        };
+        n.description.net.data_addr = data.map(ip);
+        s.nodes.insert(id.into(), n);
+    }
+
+    /// The networks' ids (hex, as the API makes them).
+    pub(crate) const APP: &str = "a00000000000000a";
+    pub(crate) const DB: &str = "d00000000000000d";
+
+    fn network(s: &mut State, id: &str, subnet: &str, vni: u32) {
+        let sub: shoal_proto::net::Subnet = subnet.parse().expect("subnet");
+        let alloc = NetworkAlloc { vni, subnet: sub, gateway: sub.nth(1).expect("gw"), range: sub, mtu: 1450 };
+        let name = if id == APP { "app" } else { "db" };
+        let spec = NetworkSpec { name: name.into(), ..Default::default() };
+        s.networks.insert(id.into(), Network { id: id.into(), meta: Meta::default(), spec, alloc: Some(alloc) });
+    }
+
+    fn service(s: &mut State, id: &str, net: &str, mode: EndpointMode, vip: Option<&str>) {
+        let mut spec = ServiceSpec { name: id.into(), endpoint_mode: mode, ..Default::default() };
+        spec.task.networks = vec![NetworkAttachmentSpec { target: net.into(), aliases: vec![format!("{id}-alias")] }];
+        let vips = vip.map(|v| vec![Vip { network: net.into(), addr: ip(v) }]).unwrap_or_default();
+        s.services.insert(id.into(), Service { id: id.into(), spec, vips, ..Default::default() });
+    }
+
+    /// A task of `svc` on `node` with `addr` on `net`, in `state`, wanted `desired`.
+    fn task(
+        s: &mut State,
+        id: &str,
+        (svc, node): (&str, &str),
+        (net, addr): (&str, &str),
+        state: TaskState,
+        desired: TaskState,
+    ) {
+        let t = Task {
+            id: id.into(),
+            service_id: svc.into(),
+            node_id: node.into(),
+            desired,
+            status: TaskStatus { state, ..Default::default() },
+            spec: TaskSpec::default(),
+            networks: vec![TaskNetwork { network: net.into(), aliases: vec![], addr: Some(ip(addr)) }],
+            ..Default::default()
+        };
+        s.tasks.insert(id.into(), t);
+    }
+
+    /// Five nodes (n3 without a data address, n4 down), networks app and db,
+    /// services web (vip, on app) and rr (dnsrr, on db), and tasks in every state.
+    pub(crate) fn world() -> State {
+        use NodeState::{Down, Ready};
+        use TaskState::{Failed, Orphaned, Running, Shutdown, Starting};
+        let mut s = State::default();
+        node(&mut s, "n1", Ready, Some("10.98.0.1"));
+        node(&mut s, "n2", Ready, Some("10.98.0.2"));
+        node(&mut s, "n3", Ready, None);
+        node(&mut s, "n4", Down, Some("10.98.0.4"));
+        node(&mut s, "n5", Ready, Some("10.98.0.5"));
+        network(&mut s, APP, "10.0.1.0/24", 4097);
+        network(&mut s, DB, "10.0.2.0/24", 4098);
+        service(&mut s, "web", APP, EndpointMode::Vip, Some("10.0.1.2"));
+        service(&mut s, "rr", DB, EndpointMode::Dnsrr, None);
+        task(&mut s, "t1", ("web", "n1"), (APP, "10.0.1.3"), Running, Running);
+        task(&mut s, "t2", ("web", "n2"), (APP, "10.0.1.4"), Running, Running);
+        task(&mut s, "t3", ("web", "n2"), (APP, "10.0.1.5"), Running, Shutdown); // leaving: no backend
+        task(&mut s, "t4", ("web", "n3"), (APP, "10.0.1.6"), Running, Running); // a node without data address
+        task(&mut s, "t5", ("web", "n4"), (APP, "10.0.1.7"), Running, Running); // its node is down
+        task(&mut s, "t6", ("web", "n1"), (APP, "10.0.1.8"), Failed, Shutdown); // ended: nowhere
+        task(&mut s, "t7", ("web", ""), (APP, "10.0.1.9"), Running, Running); // no node: nowhere
+        task(&mut s, "t8", ("rr", "n2"), (DB, "10.0.2.3"), Starting, Running); // not running yet: no backend
+        task(&mut s, "t9", ("rr", "n5"), (DB, "10.0.2.4"), Orphaned, Shutdown); // ended (orphaned)
+        s.reindex();
+        s
+    }
+
+    #[test]
+    fn a_node_sees_its_networks_peers_endpoints_and_services() {
+        let s = world();
+        let v = for_node(&s, "n1");
+        assert_eq!((v.node.as_str(), v.data_addr), ("n1", ip("10.98.0.1")));
+        assert_eq!(v.networks.iter().map(|n| (n.id.as_str(), n.vni)).collect::<Vec<_>>(), vec![(APP, 4097)]);
+        assert_eq!(
+            v.peers.iter().map(|p| (p.node.as_str(), p.data_addr)).collect::<Vec<_>>(),
+            vec![("n2", ip("10.98.0.2")), ("n4", ip("10.98.0.4"))],
+            "n3 gave no data address"
+        );
+        let eps: Vec<&str> = v.endpoints.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(eps, vec!["t1", "t2", "t3", "t4", "t5"]);
+        assert_eq!(v.services.len(), 1);
+        let web = &v.services[0];
+        assert_eq!((web.name.as_str(), web.mode, web.vip), ("web", EndpointMode::Vip, Some(ip("10.0.1.2"))));
+        assert_eq!(web.aliases, vec!["web-alias".to_string()]);
+        assert_eq!(web.backends, vec![ip("10.0.1.3"), ip("10.0.1.4"), ip("10.0.1.6")]);
+
+        let v = for_node(&s, "n2");
+        assert_eq!(v.networks.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec![APP, DB]);
+        let rr = v.services.iter().find(|x| x.name == "rr").expect("rr");
+        assert_eq!((rr.mode, rr.vip, rr.backends.len()), (EndpointMode::Dnsrr, None, 0));
+        assert_eq!(v.endpoints.iter().filter(|e| e.network == DB).count(), 1, "t9 ended");
+
+        // A node with nothing on a cluster network gets an empty view, with its own address.
+        let v = for_node(&s, "n5");
+        assert!(v.networks.is_empty() && v.peers.is_empty() && v.endpoints.is_empty() && v.services.is_empty());
+        assert_eq!(v.data_addr, ip("10.98.0.5"));
+        assert_eq!(for_node(&s, "n3").data_addr, Ipv4Addr::UNSPECIFIED);
+    }
+
+    #[test]
+    fn network_usage_lists_its_services_and_nodes() {
+        let s = world();
+        let (services, peers) = usage(&s, APP);
+        assert_eq!(services, vec![("web".to_string(), "web".to_string(), Some(ip("10.0.1.2")))]);
+        let nodes: Vec<&str> = peers.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(nodes, vec!["n1", "n2", "n3", "n4"]);
+        assert_eq!(peers[2].2, None, "n3 gave no data address");
+    }
+
+    #[test]
+    fn a_backend_leaves_when_its_task_is_wanted_stopped() {
+        let mut s = world();
+        let backends = |s: &State| for_node(s, "n1").services[0].backends.clone();
+        assert!(backends(&s).contains(&ip("10.0.1.4")));
+        s.tasks.get_mut("t2").expect("t2").desired = TaskState::Shutdown;
+        assert!(!backends(&s).contains(&ip("10.0.1.4")), "gone before the container stops");
+        assert!(for_node(&s, "n1").endpoints.iter().any(|e| e.id == "t2"), "still an endpoint");
+        s.nodes.get_mut("n3").expect("n3").status.state = NodeState::Down;
+        assert_eq!(backends(&s), vec![ip("10.0.1.3")]);
+        // Views from one pass are the per-node ones.
+        let all = all(&s);
+        for n in ["n1", "n2", "n4"] {
+            assert_eq!(all[n], for_node(&s, n));
+        }
+    }
+}
