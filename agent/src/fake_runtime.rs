@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use shoal_engine::network::NetworkError;
 use shoal_engine::registry::{Credentials, RegistryError};
 use shoal_engine::runtime::contract::{Runtime, TaskContainer};
 use shoal_engine::runtime::health::HealthStatus;
 use shoal_engine::runtime::{ContainerError, RunRequest, Status};
-use shoal_engine::network::NetworkError;
 use shoal_proto::model::now_ms;
 use shoal_proto::net::NetView;
 

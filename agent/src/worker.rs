@@ -32,12 +32,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use shoal_engine::images::ImageStore;
+use shoal_engine::network::Attachment;
 use shoal_engine::registry::{Credentials, Registries, RegistryError};
 use shoal_engine::runtime::contract::{EngineRuntime, Runtime, TaskContainer};
 use shoal_engine::runtime::health::HealthStatus;
 use shoal_engine::runtime::request::RequestedMount;
 use shoal_engine::runtime::{ContainerError, Containers, RunRequest, Status};
-use shoal_engine::network::Attachment;
 use shoal_proto::net::{NetView, PortMap, Proto};
 
 /// Containers a node starts at once.
@@ -308,7 +308,11 @@ impl Worker {
                     tracing::warn!(error = %e, "netd could not carry out a step of the network view");
                 }
                 if net.taken_at.is_none() {
-                    tracing::info!(networks = view.networks.len(), peers = view.peers.len(), "netd has the node's network view");
+                    tracing::info!(
+                        networks = view.networks.len(),
+                        peers = view.peers.len(),
+                        "netd has the node's network view"
+                    );
                 }
                 net.taken_at = Some(std::time::Instant::now());
                 true

@@ -148,9 +148,9 @@ fn net(id: &str) -> shoal_proto::net::OverlayNetwork {
         id: id.into(),
         name: format!("net-{id}"),
         vni: 4097,
-        subnet: "10.10.0.0".parse().unwrap(),
+        subnet: "10.10.0.0".parse().expect("an address"),
         prefix: 24,
-        gateway: "10.10.0.1".parse().unwrap(),
+        gateway: "10.10.0.1".parse().expect("an address"),
         mtu: 1450,
         internal: false,
     }
@@ -159,7 +159,7 @@ fn net(id: &str) -> shoal_proto::net::OverlayNetwork {
 fn net_view(networks: &[&str]) -> shoal_proto::net::NetView {
     shoal_proto::net::NetView {
         node: "n1".into(),
-        data_addr: "10.98.0.11".parse().unwrap(),
+        data_addr: "10.98.0.11".parse().expect("an address"),
         networks: networks.iter().map(|n| net(n)).collect(),
         peers: vec![],
         endpoints: vec![],
@@ -171,7 +171,7 @@ fn on_network(mut t: Task, network: &str, addr: &str) -> Task {
     t.networks.push(shoal_proto::network::TaskNetwork {
         network: network.into(),
         aliases: vec!["api".into()],
-        addr: Some(addr.parse().unwrap()),
+        addr: Some(addr.parse().expect("an address")),
     });
     t
 }

@@ -636,7 +636,8 @@ mod tests {
         // Gone (the veth was deleted behind netd's back): made again, nothing else.
         let mut s = converged();
         s.links.retain(|l| l.name != host);
-        let made = A::CreateEndpoint { ns: ns(), host: host.clone(), endpoint: local()[0].clone(), prefix: 24, mtu: 1450 };
+        let made =
+            A::CreateEndpoint { ns: ns(), host: host.clone(), endpoint: local()[0].clone(), prefix: 24, mtu: 1450 };
         assert_eq!(plan(&view(), &local(), &[], &[s]), vec![made.clone()]);
         // Not a veth any more: made again (create_endpoint replaces what has the name).
         let mut s = converged();
@@ -696,9 +697,9 @@ mod tests {
         let empty = NetView { networks: vec![], endpoints: vec![], ..view() };
         // Used here: kept (once, though known twice); unused: let go.
         assert_eq!(kept_networks(&[n.clone(), other.clone(), n.clone()], &empty, &local()), vec![n.clone()]);
-        assert_eq!(kept_networks(&[n.clone()], &empty, &[]), vec![]);
+        assert_eq!(kept_networks(std::slice::from_ref(&n), &empty, &[]), vec![]);
         // Still in the view: nothing to keep.
-        assert_eq!(kept_networks(&[n.clone()], &view(), &local()), vec![]);
+        assert_eq!(kept_networks(std::slice::from_ref(&n), &view(), &local()), vec![]);
         // A kept network is planned like any other: its sandbox and the endpoint stay.
         let mut v = empty;
         v.networks.extend(kept_networks(&[n], &v, &local()));

@@ -28,9 +28,9 @@ use crate::dns::Table;
 use crate::dnsd::Dns;
 use crate::ipam::{Ipam, default_pools};
 use crate::model::{Desired, EndpointSpec, NetworkSpec, PortMap, veth_name};
-use crate::overlay::OverlayAction;
 use crate::net::{Subnet, mac_for, mac_string};
 use crate::overlay;
+use crate::overlay::OverlayAction;
 use crate::plan::{Action, plan};
 use crate::sys;
 
@@ -266,11 +266,7 @@ impl Netd {
     /// The overlays' part of a pass: their sandboxes made to match `view`,
     /// with the local endpoints among `endpoints`. Returns the steps that
     /// failed, with why.
-    async fn sync_overlays(
-        &self,
-        view: &NetView,
-        endpoints: &[EndpointSpec],
-    ) -> Vec<(Option<OverlayAction>, String)> {
+    async fn sync_overlays(&self, view: &NetView, endpoints: &[EndpointSpec]) -> Vec<(Option<OverlayAction>, String)> {
         let mut sandboxes = self.sandboxes.lock().await;
         let (host, observed) = match sandboxes.observe().await {
             Ok(o) => o,
@@ -437,7 +433,8 @@ impl pb::netd_server::Netd for NetdService {
             Joined::Cluster(_, gw) => {
                 // The overlay leg, then the gateway bridge leg.
                 let overlay = self.0.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                overlay_create_failure(&overlay, &endpoint).or_else(|| gw.as_ref().and_then(|g| create_failure(&failed, g)))
+                overlay_create_failure(&overlay, &endpoint)
+                    .or_else(|| gw.as_ref().and_then(|g| create_failure(&failed, g)))
             }
         };
         if let Some(why) = why {
@@ -532,9 +529,10 @@ impl pb::netd_server::Netd for NetdService {
                     let mut a = n.response(&e);
                     let why = match &n {
                         Joined::Local(_) => create_failure(&failed, &e),
-                        Joined::Cluster(..) => {
-                            overlay_create_failure(&self.0.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()), &e)
-                        }
+                        Joined::Cluster(..) => overlay_create_failure(
+                            &self.0.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()),
+                            &e,
+                        ),
                     };
                     if let Some(why) = why {
                         a.error = format!("attaching to {}: {why}", n.name());
@@ -726,7 +724,8 @@ fn ensure_cluster(
             n.name, n.gateway
         )));
     }
-    if let Some(other) = state.endpoints.iter().find(|e| e.network == n.id && e.ip == ip && e.container != r.container) {
+    if let Some(other) = state.endpoints.iter().find(|e| e.network == n.id && e.ip == ip && e.container != r.container)
+    {
         return Err(Status::already_exists(format!(
             "address {ip} on {} is taken by container {}",
             n.name,

@@ -378,7 +378,7 @@ impl NetdHost {
             let tid = rustix::thread::gettid().as_raw_nonzero();
             let _ = ns_tx.send(PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id())));
             // One thread: netd's sysctls, nft and bridges are this namespace's.
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
             if let Err(e) = rt.block_on(shoal_netd::service::serve(&sock, &root, stop)) {
                 eprintln!("netd: {e:#}");
             }
@@ -493,9 +493,9 @@ async fn attach_scenario(h1: &NetdHost, h2: &NetdHost, c1: &Parked, c2: &Parked)
     let (id1, id2) = ("c1c1c1c1c1c1c1c1", "c2c2c2c2c2c2c2c2");
 
     // The address is the managers' to give: an attach without one is refused.
-    let refused = a1.attach(attach(c1, id1, NET, "")).await.unwrap_err();
+    let refused = a1.attach(attach(c1, id1, NET, "")).await.expect_err("no address: refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
-    let refused = a1.attach(attach(c1, id1, NET, "10.20.0.2")).await.unwrap_err();
+    let refused = a1.attach(attach(c1, id1, NET, "10.20.0.2")).await.expect_err("outside the subnet: refused");
     assert!(refused.message().contains("not a host address"), "{refused}");
 
     let e1 = a1.attach(attach(c1, id1, NET, "10.10.0.2")).await?.into_inner();

@@ -306,7 +306,9 @@ pub fn resolve(
 fn cluster_networks<'a>(req: &'a RunRequest, host: &Host) -> Result<&'a str, ContainerError> {
     let first = &req.cluster_networks[0].network;
     if !host.netd {
-        return Err(invalid("network", first.clone())("cluster networks need netd, which this daemon does not use".into()));
+        return Err(invalid("network", first.clone())(
+            "cluster networks need netd, which this daemon does not use".into(),
+        ));
     }
     if let Some(a) = req.cluster_networks.iter().find(|a| a.ip.is_empty()) {
         return Err(invalid("network", a.network.clone())(
@@ -540,10 +542,8 @@ mod tests {
             ip: ip.into(),
             ports: vec![],
         };
-        let r = RunRequest {
-            cluster_networks: vec![net("aaaa0000", "10.10.0.2"), net("bbbb0000", "10.20.0.7")],
-            ..req()
-        };
+        let r =
+            RunRequest { cluster_networks: vec![net("aaaa0000", "10.10.0.2"), net("bbbb0000", "10.20.0.7")], ..req() };
         let c = ok(&r, &image(), &HOST);
         assert_eq!((c.network.as_str(), c.run.network), ("aaaa0000", NetworkMode::None));
         assert_eq!(c.attachments, r.cluster_networks, "by id, with the managers' addresses and the aliases");
