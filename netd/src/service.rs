@@ -764,7 +764,18 @@ fn ensure_cluster(
     };
     let e = state.endpoints.iter().find(|e| e.container == r.container && e.network == n.id).cloned();
     let e = e.ok_or_else(|| Status::internal("the endpoint just made is gone"))?;
-    let leg = if n.internal { None } else { Some(gw_leg(state, r)?) };
+    let leg = match n.internal {
+        true => None,
+        false => match gw_leg(state, r) {
+            Ok(leg) => Some(leg),
+            Err(why) => {
+                if created {
+                    state.release(&e);
+                }
+                return Err(why);
+            }
+        },
+    };
     Ok((e, Joined::Cluster(n, leg), created))
 }
 
@@ -863,4 +874,111 @@ pub async fn serve(socket: &Path, data_root: &Path, cancel: tokio_util::sync::Ca
         .await?;
     let _ = std::fs::remove_file(socket);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NET: &str = "aaaaaaaaaaaa0000";
+
+    fn state() -> State {
+        let mut s = State { ipam: Ipam::new(default_pools()), ..Default::default() };
+        s.set_view(NetView {
+            node: "n1".into(),
+            data_addr: "10.98.0.11".parse().unwrap(),
+            networks: vec![OverlayNetwork {
+                id: NET.into(),
+                name: "app".into(),
+                vni: 4097,
+                subnet: "10.10.0.0".parse().unwrap(),
+                prefix: 24,
+                gateway: "10.10.0.1".parse().unwrap(),
+                mtu: 1450,
+                internal: false,
+            }],
+            peers: vec![],
+            endpoints: vec![],
+            services: vec![],
+        });
+        s
+    }
+
+    fn attach(container: &str, network: &str, ip: &str) -> pb::AttachRequest {
+        pb::AttachRequest {
+            container: container.into(),
+            network: network.into(),
+            netns: format!("/run/shoal/netns/{container}"),
+            ip: ip.into(),
+            name: "web.1.x".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_cluster_endpoint_takes_the_managers_address_and_a_gateway_bridge_leg() {
+        let mut s = state();
+        let (e, joined, created) = ensure(&mut s, &attach("c1", "app", "10.10.0.2")).unwrap();
+        assert!(created);
+        assert_eq!((e.network.as_str(), e.ip, e.ifname.as_str()), (NET, "10.10.0.2".parse().unwrap(), "eth0"));
+        let Joined::Cluster(n, Some(leg)) = &joined else { panic!("a leg on a non-internal network") };
+        assert_eq!(n.id, NET);
+        let gw = s.network(GWBRIDGE).cloned().unwrap();
+        assert_eq!(
+            (leg.network.as_str(), leg.ifname.as_str(), gw.icc, gw.internal),
+            (gw.id.as_str(), "eth1", false, false)
+        );
+        let r = joined.response(&e);
+        assert_eq!((r.prefix, r.gateway.as_str(), r.network_id.as_str()), (24, "", NET));
+        // Again (the daemon's sync): the same endpoint and leg, nothing new.
+        let (again, _, created) = ensure(&mut s, &attach("c1", NET, "10.10.0.2")).unwrap();
+        assert!(!created);
+        assert_eq!(again, e);
+        assert_eq!(s.endpoints.len(), 2);
+
+        // Refused: no address, one outside the subnet, the gateway's, a taken one, another for the same container, ports.
+        for (req, code) in [
+            (attach("c2", NET, ""), tonic::Code::InvalidArgument),
+            (attach("c2", NET, "10.20.0.2"), tonic::Code::InvalidArgument),
+            (attach("c2", NET, "10.10.0.1"), tonic::Code::InvalidArgument),
+            (attach("c2", NET, "10.10.0.2"), tonic::Code::AlreadyExists),
+            (attach("c1", NET, "10.10.0.9"), tonic::Code::FailedPrecondition),
+            (
+                pb::AttachRequest {
+                    ports: vec![
+                        PortMap { host_ip: None, host_port: 8080, container_port: 80, proto: crate::model::Proto::Tcp }
+                            .to_pb(),
+                    ],
+                    ..attach("c2", NET, "10.10.0.3")
+                },
+                tonic::Code::InvalidArgument,
+            ),
+            (attach("c2", "nope", "10.10.0.3"), tonic::Code::NotFound),
+        ] {
+            let got = ensure(&mut s, &req).map(|_| ()).unwrap_err();
+            assert_eq!(got.code(), code, "{req:?}: {got}");
+        }
+        assert_eq!(s.endpoints.len(), 2, "nothing was added by a refusal");
+
+        // The network leaves the view: kept while c1 is on it; c1 goes: so do its leg and the network.
+        let empty = NetView { networks: vec![], ..s.view.clone().unwrap() };
+        s.set_view(empty);
+        assert_eq!(s.kept.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec![NET]);
+        assert_eq!(s.overlay_view().map(|v| v.networks.len()), Some(1));
+        s.release(&e);
+        s.tidy();
+        assert_eq!((s.endpoints.len(), s.kept.len()), (0, 0));
+    }
+
+    #[test]
+    fn an_internal_cluster_network_gets_no_gateway_bridge_leg() {
+        let mut s = state();
+        if let Some(v) = s.view.as_mut() {
+            v.networks[0].internal = true;
+        }
+        let (_, joined, _) = ensure(&mut s, &attach("c1", NET, "10.10.0.2")).unwrap();
+        assert!(matches!(joined, Joined::Cluster(_, None)));
+        assert!(s.network(GWBRIDGE).is_none(), "not made before it is needed");
+        assert_eq!(s.endpoints.len(), 1);
+    }
 }
