@@ -1,18 +1,21 @@
 //! A container runtime in memory, for tests: the worker's `Runtime` whose
 //! containers start at once and whose state the test drives (a process
 //! exits, a health check passes or fails). It records every `run` so a test
-//! can assert that no task was ever started twice.
+//! can assert that no task was ever started twice, and stands in for netd
+//! too: it records every network view handed to it, in order with the runs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use shoal_engine::network::NetworkError;
 use shoal_engine::registry::{Credentials, RegistryError};
 use shoal_engine::runtime::contract::{Runtime, TaskContainer};
 use shoal_engine::runtime::health::HealthStatus;
 use shoal_engine::runtime::{ContainerError, RunRequest, Status};
 use shoal_proto::model::now_ms;
+use shoal_proto::net::NetView;
 
 #[derive(Default)]
 struct State {
@@ -25,6 +28,14 @@ struct State {
     listings: u64,
     /// `run` fails with this while set.
     refuse: Option<String>,
+    /// Every `run` (`run TASK`) and `sync_cluster` (`view N`, N networks), in order.
+    calls: Vec<String>,
+    /// The views handed to "netd", in order.
+    views: Vec<NetView>,
+    /// Every `run`'s request, in order.
+    requests: Vec<RunRequest>,
+    /// `sync_cluster` fails with this while set ("netd is down").
+    netd_down: Option<String>,
 }
 
 #[derive(Default)]
@@ -73,6 +84,27 @@ impl FakeRuntime {
         }
     }
 
+    /// Every `run` (`run TASK`) and `sync_cluster` (`view N`: a view with N
+    /// networks) so far, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// Every `run`'s request so far.
+    pub fn requests(&self) -> Vec<RunRequest> {
+        self.lock().requests.clone()
+    }
+
+    /// The views handed to "netd" so far.
+    pub fn views(&self) -> Vec<NetView> {
+        self.lock().views.clone()
+    }
+
+    /// Makes `sync_cluster` fail as if netd were down (None: up again).
+    pub fn netd_down(&self, why: Option<&str>) {
+        self.lock().netd_down = why.map(String::from);
+    }
+
     /// Makes `run` fail with `why` (None: succeed again).
     pub fn refuse_runs(&self, why: Option<&str>) {
         self.lock().refuse = why.map(String::from);
@@ -97,6 +129,8 @@ impl Runtime for FakeRuntime {
     fn run(&self, req: &RunRequest) -> Result<TaskContainer, ContainerError> {
         let mut g = self.lock();
         g.runs.push(req.task_id.clone());
+        g.calls.push(format!("run {}", req.task_id));
+        g.requests.push(req.clone());
         if let Some(why) = &g.refuse {
             return Err(ContainerError::StartFailed { id: req.name.clone(), message: why.clone() });
         }
@@ -139,5 +173,15 @@ impl Runtime for FakeRuntime {
             .get(id)
             .map(|c| c.status.clone())
             .unwrap_or(Status::Dead { message: "no such container".into() })
+    }
+
+    fn sync_cluster(&self, view: &NetView) -> Result<Vec<String>, NetworkError> {
+        let mut g = self.lock();
+        if let Some(why) = &g.netd_down {
+            return Err(NetworkError::Unreachable { socket: "/fake/netd.sock".into(), why: why.clone() });
+        }
+        g.calls.push(format!("view {}", view.networks.len()));
+        g.views.push(view.clone());
+        Ok(vec![])
     }
 }

@@ -1,6 +1,7 @@
 //! The node's session with the leader's dispatcher: say hello, send
 //! heartbeats at the period the managers choose, pass every `SessionState`
-//! to the daemon and every assignment change to the worker, probe other
+//! to the daemon and every assignment change (with the node's network
+//! view, which goes first) to the worker, probe other
 //! nodes when the dispatcher asks, and say goodbye when the daemon stops to
 //! restart. It finds the leader by itself: a follower answers with the
 //! leader's address, and any failure moves on to the next known manager with
@@ -184,6 +185,12 @@ async fn one_session(
                         pb::manager_message::Msg::Ack(_) => {}
                         pb::manager_message::Msg::Assignments(a) => {
                             if let Some(w) = &cfg.worker {
+                                // The view first: the worker hands it to netd before it acts on these tasks.
+                                match a.net_view.as_ref().map(shoal_proto::net::NetView::from_pb) {
+                                    Some(Ok(view)) => w.set_net_view(view),
+                                    Some(Err(e)) => tracing::warn!(error = %e, "the managers sent a network view that does not parse; keeping the last one"),
+                                    None => {}
+                                }
                                 w.assign(a.full, &a.tasks_json, &a.removed, a.registry_auth);
                             }
                         }

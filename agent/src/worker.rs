@@ -11,6 +11,15 @@
 //! below say what it decides), then `apply` each action through the
 //! `Runtime` trait, which the engine implements (`EngineRuntime`) and tests
 //! fake.
+//!
+//! The node's network view (from the session's assignments) goes to netd
+//! through the same trait (`sync_cluster`) at the start of a pass, before
+//! the pass acts on the tasks that came with it: a task's container
+//! attaches into its networks' sandboxes, which the view makes. A task on
+//! cluster networks starts only once the latest view reached netd. The
+//! view is handed again when it was not taken (netd down) and every
+//! `NET_VIEW_RESYNC` (level-triggered: a netd that lost its state gets it
+//! back); a new session always brings it again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -23,18 +32,22 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use shoal_engine::images::ImageStore;
+use shoal_engine::network::Attachment;
 use shoal_engine::registry::{Credentials, Registries, RegistryError};
 use shoal_engine::runtime::contract::{EngineRuntime, Runtime, TaskContainer};
 use shoal_engine::runtime::health::HealthStatus;
 use shoal_engine::runtime::request::RequestedMount;
 use shoal_engine::runtime::{ContainerError, Containers, RunRequest, Status};
-use shoal_proto::net::{PortMap, Proto};
+use shoal_proto::net::{NetView, PortMap, Proto};
 
 /// Containers a node starts at once.
 const PARALLEL_STARTS: usize = 4;
 
 /// How often the worker looks at its containers even when nothing was said.
 const RESCAN: Duration = Duration::from_secs(1);
+
+/// How often the node's network view is handed to netd again though it took it.
+const NET_VIEW_RESYNC: Duration = Duration::from_secs(30);
 
 /// What a pass decides to do, in the order it is done.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +78,9 @@ pub struct Observed {
     pub stopping: HashSet<String>,
     pub reported: HashMap<String, TaskState>,
     pub now_ms: u64,
+    /// Whether netd has the node's latest network view (tasks on cluster
+    /// networks wait for it).
+    pub net_ready: bool,
 }
 
 /// One pass's decisions (pure). Containers of tasks no longer assigned go
@@ -102,6 +118,8 @@ pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<Worke
             match c {
                 None if t.status.state.is_terminal() => {}
                 None if observed.now_ms < t.not_before_ms => {} // a restart's back-off
+                // Its networks' sandboxes come with the view netd does not have yet.
+                None if !t.networks.is_empty() && !observed.net_ready => {}
                 None if t.spec.ports.iter().any(|p| held.contains(&(p.published, p.protocol.as_str()))) => {}
                 // Started before the listing: its container may have appeared after it.
                 None if observed.starting.contains(&t.id) => {}
@@ -149,6 +167,14 @@ pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<Worke
     out
 }
 
+/// The node's network view and when netd last took it (None: it has not
+/// taken this one).
+#[derive(Default)]
+struct NetSync {
+    view: Option<NetView>,
+    taken_at: Option<std::time::Instant>,
+}
+
 pub struct Worker {
     runtime: Arc<dyn Runtime>,
     hostname: String,
@@ -169,6 +195,8 @@ pub struct Worker {
     starting: Mutex<HashSet<String>>,
     /// The registry logins of services whose tasks were assigned here, by service id.
     auths: Mutex<HashMap<String, Credentials>>,
+    /// The node's network view, and whether (and when) netd took it.
+    net: Mutex<NetSync>,
     pub outbox_ready: Notify,
     wake: Notify,
 }
@@ -199,6 +227,7 @@ impl Worker {
             stopping: Mutex::new(Default::default()),
             starting: Mutex::new(Default::default()),
             auths: Mutex::new(HashMap::new()),
+            net: Mutex::new(NetSync::default()),
             outbox_ready: Notify::new(),
             wake: Notify::new(),
         })
@@ -252,6 +281,48 @@ impl Worker {
             self.synced.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         self.wake.notify_one();
+    }
+
+    /// The node's network view from the managers (it comes before the tasks
+    /// of the same message: the session calls this before `assign`).
+    pub fn set_net_view(&self, view: NetView) {
+        let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+        net.view = Some(view);
+        net.taken_at = None;
+        drop(net);
+        self.wake.notify_one();
+    }
+
+    /// Hands the view to netd if it does not have it (or for a resync);
+    /// says whether netd has the latest view. Blocking.
+    fn sync_net_view(&self) -> bool {
+        let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(view) = net.view.clone() else { return false };
+        if net.taken_at.is_some_and(|at| at.elapsed() < NET_VIEW_RESYNC) {
+            return true;
+        }
+        // Held across the call: a newer view waits for this one to be handed.
+        match self.runtime.sync_cluster(&view) {
+            Ok(errors) => {
+                for e in &errors {
+                    tracing::warn!(error = %e, "netd could not carry out a step of the network view");
+                }
+                if net.taken_at.is_none() {
+                    tracing::info!(
+                        networks = view.networks.len(),
+                        peers = view.peers.len(),
+                        "netd has the node's network view"
+                    );
+                }
+                net.taken_at = Some(std::time::Instant::now());
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "netd did not take the node's network view; retrying");
+                net.taken_at = None;
+                false
+            }
+        }
     }
 
     /// Takes the reports to send.
@@ -367,17 +438,20 @@ impl Worker {
         let stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let containers = self.runtime.task_containers().into_iter().map(|c| (c.task_id.clone(), c)).collect();
         let reported = self.reported.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Observed { containers, starting, stopping, reported, now_ms: now_ms() }
+        Observed { containers, starting, stopping, reported, now_ms: now_ms(), net_ready: false }
     }
 
     /// One pass (blocking); none before the first whole set.
     fn reconcile(self: &Arc<Self>) {
+        let _pass = tracing::debug_span!("worker pass").entered();
+        // The tasks, then the view: a view is set before the tasks of its
+        // message, so the view handed here is never older than these tasks.
+        let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let net_ready = self.sync_net_view();
         if !self.synced.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let _pass = tracing::debug_span!("worker pass").entered();
-        let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let observed = self.observe();
+        let observed = Observed { net_ready, ..self.observe() };
         let actions = plan(&assigned, &observed);
         if !actions.is_empty() {
             tracing::debug!(actions = actions.len(), tasks = assigned.len(), "worker pass");
@@ -571,6 +645,17 @@ impl Worker {
             stop_signal,
             stop_timeout: Some(s.stop_grace_ms.div_ceil(1000)),
             publish,
+            // By id, with the address the managers gave (the engine refuses a task without one).
+            cluster_networks: t
+                .networks
+                .iter()
+                .map(|n| Attachment {
+                    network: n.network.clone(),
+                    aliases: n.aliases.clone(),
+                    ip: n.addr.map(|a| a.to_string()).unwrap_or_default(),
+                    ports: vec![],
+                })
+                .collect(),
             task_id: t.id.clone(),
             labels: task_labels(t),
             health: s.health.clone(),
@@ -787,6 +872,20 @@ mod tests {
         let mut observed = seen(&[]);
         observed.starting = set(&["x", "y", "z"]);
         assert_eq!(plan(&tasks(&many), &observed), vec![start("t0")], "one slot left");
+    }
+
+    #[test]
+    fn a_task_on_a_cluster_network_waits_for_netd_to_have_the_view() {
+        let mut on_net = task("a", Running, Assigned);
+        on_net.networks.push(shoal_proto::network::TaskNetwork {
+            network: "net1".into(),
+            aliases: vec![],
+            addr: Some("10.10.0.2".parse().unwrap()),
+        });
+        let assigned = tasks(&[on_net, task("b", Running, Assigned)]);
+        assert_eq!(plan(&assigned, &seen(&[])), vec![start("b")], "no view taken: only b");
+        let ready = Observed { net_ready: true, ..seen(&[]) };
+        assert_eq!(plan(&assigned, &ready), vec![start("a"), start("b")]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The real `Worker` on a fake runtime: it starts what it is assigned,
 //! reports each task forward only, fails an exited task, removes what is no
 //! longer assigned, and a restarted worker adopts the containers that run
-//! instead of starting them again.
+//! instead of starting them again. The node's network view reaches netd
+//! before a task on a cluster network starts.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -139,5 +140,89 @@ async fn worker_starts_reports_removes_and_readopts() -> anyhow::Result<()> {
     }
     cancel.cancel();
     tokio::time::timeout(within, run).await??;
+    Ok(())
+}
+
+fn net(id: &str) -> shoal_proto::net::OverlayNetwork {
+    shoal_proto::net::OverlayNetwork {
+        id: id.into(),
+        name: format!("net-{id}"),
+        vni: 4097,
+        subnet: "10.10.0.0".parse().expect("an address"),
+        prefix: 24,
+        gateway: "10.10.0.1".parse().expect("an address"),
+        mtu: 1450,
+        internal: false,
+    }
+}
+
+fn net_view(networks: &[&str]) -> shoal_proto::net::NetView {
+    shoal_proto::net::NetView {
+        node: "n1".into(),
+        data_addr: "10.98.0.11".parse().expect("an address"),
+        networks: networks.iter().map(|n| net(n)).collect(),
+        peers: vec![],
+        endpoints: vec![],
+        services: vec![],
+    }
+}
+
+fn on_network(mut t: Task, network: &str, addr: &str) -> Task {
+    t.networks.push(shoal_proto::network::TaskNetwork {
+        network: network.into(),
+        aliases: vec!["api".into()],
+        addr: Some(addr.parse().expect("an address")),
+    });
+    t
+}
+
+/// The session hands the worker the view, then the tasks of the same
+/// message: the view reaches netd before a task on a cluster network
+/// starts, and such a task waits while netd does not take it (a task
+/// without networks does not wait). The task's container is asked with its
+/// network by id, its address and its aliases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_view_reaches_netd_before_a_task_on_it_starts() -> anyhow::Result<()> {
+    let fake = FakeRuntime::new();
+    let cancel = CancellationToken::new();
+    let w = Worker::with_runtime(fake.clone(), "host1");
+    let run = tokio::spawn(w.clone().run_until(cancel.clone()));
+    let mut reports = Reports::default();
+    let within = Duration::from_secs(10);
+
+    fake.netd_down(Some("netd is restarting"));
+    w.set_net_view(net_view(&["net1"]));
+    let a = on_network(task("a", 1, TaskState::Assigned), "net1", "10.10.0.2");
+    w.assign(true, &json(&[a, task("b", 2, TaskState::Assigned)]), &[], HashMap::new());
+    wait_for(&w, &mut reports, within, "b runs", |r| r.last("b") == Some(TaskState::Running)).await?;
+    assert!(!fake.runs().contains(&"a".to_string()), "a waits for netd to take the view");
+    assert!(fake.views().is_empty());
+
+    // netd is back: the next pass hands it the view, then a starts.
+    fake.netd_down(None);
+    wait_for(&w, &mut reports, within, "a runs", |r| r.last("a") == Some(TaskState::Running)).await?;
+    let calls = fake.calls();
+    let (view, run_a) = (calls.iter().position(|c| c == "view 1"), calls.iter().position(|c| c == "run a"));
+    assert!(view.is_some() && view < run_a, "{calls:?}");
+    let req = fake.requests().into_iter().find(|r| r.task_id == "a").context("a's request")?;
+    let attached: Vec<(String, String, Vec<String>)> =
+        req.cluster_networks.iter().map(|n| (n.network.clone(), n.ip.clone(), n.aliases.clone())).collect();
+    assert_eq!(attached, vec![("net1".to_string(), "10.10.0.2".to_string(), vec!["api".to_string()])]);
+    assert!(fake.requests().iter().find(|r| r.task_id == "b").is_some_and(|r| r.cluster_networks.is_empty()));
+
+    // A message with a new network and a task on it: the view goes first.
+    w.set_net_view(net_view(&["net1", "net2"]));
+    let c = on_network(task("c", 3, TaskState::Assigned), "net2", "10.20.0.2");
+    w.assign(false, &json(&[c]), &[], HashMap::new());
+    wait_for(&w, &mut reports, within, "c runs", |r| r.last("c") == Some(TaskState::Running)).await?;
+    let calls = fake.calls();
+    let (view, run_c) = (calls.iter().position(|c| c == "view 2"), calls.iter().position(|c| c == "run c"));
+    assert!(view.is_some() && view < run_c, "{calls:?}");
+    assert_eq!(fake.views().last().map(|v| v.networks.len()), Some(2));
+    // Taken once: not handed again on every pass.
+    assert_eq!(calls.iter().filter(|c| *c == "view 2").count(), 1, "{calls:?}");
+
+    cancel.cancel();
+    run.await?;
     Ok(())
 }

@@ -168,6 +168,13 @@ impl Networks {
         r
     }
 
+    /// Hands netd the node's view of its cluster networks (`SyncCluster`,
+    /// blocking); returns the overlay steps netd could not carry out.
+    pub fn sync_cluster(&self, view: &shoal_proto::net::NetView) -> Result<Vec<String>, NetworkError> {
+        let req = view.to_pb();
+        self.call(async move |c| c.sync_cluster(req).await.map(|r| r.into_inner().errors))
+    }
+
     /// Hands netd every container's attachments (`(id, name, attachments)`);
     /// netd drops any other endpoint. Returns each container's endpoints.
     pub fn sync(

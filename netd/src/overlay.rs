@@ -11,20 +11,26 @@
 //! static FDB entry (its MAC → its node's data address) and a static
 //! neighbour entry (its address → its MAC) on `vx0`, so `vx0` answers ARP
 //! itself: no flood entries, no learning, broadcast stays on its host (the
-//! note's choice, as Swarm). Local endpoints (veths into `br0`) are not
-//! this planner's.
+//! note's choice, as Swarm).
+//!
+//! Local endpoints (this host's containers on a network) are veths made in
+//! the sandbox: the host end (`model::veth_name`) enslaved to `br0`, the
+//! other end moved into the container's namespace with its address and the
+//! subnet's prefix, `mac_for(addr)` and the network's MTU, and no default
+//! route (that is the gateway bridge leg's, `service`'s business).
 //!
 //! Order: leftovers in the host's namespace out, then per network the
-//! sandbox, `br0`, `vx0`, entry adds, entry deletes (adds first, so an
-//! endpoint that moves is never unreachable), and stale sandboxes last.
-//! Unchanged entries are not touched.
+//! sandbox, `br0`, `vx0`, stale local endpoints out, local endpoints made
+//! right, entry adds, entry deletes (adds first, so an endpoint that moves
+//! is never unreachable), and stale sandboxes last. Unchanged entries are
+//! not touched.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use shoal_proto::net::{NetView, OverlayNetwork, mac_for};
 
-use crate::model::{LinkKind, ObservedLink, is_ours, sandbox_name};
+use crate::model::{EndpointSpec, LinkKind, ObservedLink, is_ours, sandbox_name, veth_name};
 
 /// The VXLAN UDP port (IANA's, Docker's default data-path port).
 pub const VXLAN_PORT: u16 = 4789;
@@ -147,11 +153,28 @@ pub enum OverlayAction {
         ns: String,
         ip: Ipv4Addr,
     },
+    /// A local endpoint: a veth made in the sandbox, `host` enslaved to
+    /// `br0`, its peer moved into the endpoint's namespace as its ifname
+    /// with its address/`prefix`, the MAC derived from it and `mtu`; no
+    /// default route.
+    CreateEndpoint {
+        ns: String,
+        host: String,
+        endpoint: EndpointSpec,
+        prefix: u8,
+        mtu: u32,
+    },
 }
 
 /// The actions that bring the host (`host_links`, its namespace's links)
-/// and netd's sandboxes to `view`.
-pub fn plan(view: &NetView, host_links: &[ObservedLink], sandboxes: &[ObservedSandbox]) -> Vec<OverlayAction> {
+/// and netd's sandboxes to `view`, with the local endpoints `local` (those
+/// on a network not in the view are left out: see [`kept_networks`]).
+pub fn plan(
+    view: &NetView,
+    local: &[EndpointSpec],
+    host_links: &[ObservedLink],
+    sandboxes: &[ObservedSandbox],
+) -> Vec<OverlayAction> {
     let mut actions = Vec::new();
 
     // 1. VXLAN devices stranded in the host's namespace.
@@ -172,6 +195,7 @@ pub fn plan(view: &NetView, host_links: &[ObservedLink], sandboxes: &[ObservedSa
         let s = observed.unwrap_or(&empty);
         plan_bridge(&mut actions, &ns, n, s);
         let vxlan_kept = plan_vxlan(&mut actions, &ns, n, view.data_addr, s);
+        plan_local(&mut actions, &ns, n, local, s);
         // A VXLAN device made anew has no entries yet.
         let (fdb, neigh) = if vxlan_kept { (&s.fdb[..], &s.neigh[..]) } else { (&[][..], &[][..]) };
         plan_entries(&mut actions, &ns, remote_endpoints(view, n), fdb, neigh);
@@ -256,6 +280,65 @@ fn plan_vxlan(
             false
         }
     }
+}
+
+/// The local endpoints of network `n` in its sandbox `s`: stale veths of
+/// netd's out, the wanted ones made or repaired.
+fn plan_local(
+    actions: &mut Vec<OverlayAction>,
+    ns: &str,
+    n: &OverlayNetwork,
+    local: &[EndpointSpec],
+    s: &ObservedSandbox,
+) {
+    let mut wanted: Vec<(&EndpointSpec, String)> =
+        local.iter().filter(|e| e.network == n.id).map(|e| (e, veth_name(&e.container, &n.id))).collect();
+    wanted.sort_by(|a, b| a.1.cmp(&b.1));
+    for l in s.links.iter().filter(|l| is_ours(&l.name) && l.name.starts_with("shv")) {
+        if !wanted.iter().any(|(_, host)| *host == l.name) || l.kind != LinkKind::Veth {
+            actions.push(OverlayAction::DeleteLink { ns: ns.to_string(), name: l.name.clone() });
+        }
+    }
+    for (e, host) in wanted {
+        let (ns, name) = (ns.to_string(), host.clone());
+        match s.links.iter().find(|l| l.name == host) {
+            Some(l) if l.kind == LinkKind::Veth => {
+                if l.mtu != n.mtu {
+                    actions.push(OverlayAction::SetMtu { ns: ns.clone(), name: name.clone(), mtu: n.mtu });
+                }
+                if l.master.as_deref() != Some(BRIDGE) {
+                    // Enslaving sets it up too.
+                    actions.push(OverlayAction::SetMaster { ns, name, master: BRIDGE.into() });
+                } else if !l.up {
+                    actions.push(OverlayAction::SetUp { ns, name });
+                }
+            }
+            _ => actions.push(OverlayAction::CreateEndpoint {
+                ns,
+                host,
+                endpoint: e.clone(),
+                prefix: n.prefix,
+                mtu: n.mtu,
+            }),
+        }
+    }
+}
+
+/// The networks netd keeps programming though `view` (the one coming in)
+/// no longer has them: those of `known` (the last view's networks and
+/// those kept already) that local endpoints still use. Their containers
+/// keep working among themselves until they are detached (the managers
+/// remove a network only once no task uses it, so this is a short
+/// overlap, never a cut); the sandbox goes with the last of them.
+pub fn kept_networks(known: &[OverlayNetwork], view: &NetView, local: &[EndpointSpec]) -> Vec<OverlayNetwork> {
+    let mut kept: Vec<OverlayNetwork> = Vec::new();
+    for n in known {
+        let used = local.iter().any(|e| e.network == n.id);
+        if used && !view.networks.iter().any(|v| v.id == n.id) && !kept.iter().any(|k| k.id == n.id) {
+            kept.push(n.clone());
+        }
+    }
+    kept
 }
 
 /// The endpoints of network `n` on other nodes whose node is known: (address, that node's data address).
@@ -399,9 +482,27 @@ mod tests {
         NS.into()
     }
 
+    fn local_endpoint(container: &str, addr: &str) -> EndpointSpec {
+        EndpointSpec {
+            container: container.into(),
+            name: "web.1.x".into(),
+            aliases: vec![],
+            network: NET.into(),
+            ip: ip(addr),
+            netns: format!("/run/shoal/netns/{container}").into(),
+            ifname: "eth0".into(),
+            ports: vec![],
+        }
+    }
+
+    /// This node's endpoint t1 (its veth in `converged()` is `shv111111aaaaa`).
+    fn local() -> Vec<EndpointSpec> {
+        vec![local_endpoint("111111111111", "10.10.0.2")]
+    }
+
     #[test]
     fn from_nothing_everything_is_made_in_order() {
-        let a = plan(&view(), &[], &[]);
+        let a = plan(&view(), &local(), &[], &[]);
         let (m3, m4) = (mac_for(ip("10.10.0.3")), mac_for(ip("10.10.0.4")));
         assert_eq!(
             a,
@@ -411,6 +512,13 @@ mod tests {
                 A::AddAddress { ns: ns(), name: BRIDGE.into(), addr: ip("10.10.0.1"), prefix: 24 },
                 A::SetUp { ns: ns(), name: BRIDGE.into() },
                 A::CreateVxlan { ns: ns(), vni: 4100, local: ip("10.98.0.11"), mtu: 1450 },
+                A::CreateEndpoint {
+                    ns: ns(),
+                    host: "shv111111aaaaa".into(),
+                    endpoint: local()[0].clone(),
+                    prefix: 24,
+                    mtu: 1450
+                },
                 A::AddFdb { ns: ns(), mac: m3, dst: ip("10.98.0.12") },
                 A::AddFdb { ns: ns(), mac: m4, dst: ip("10.98.0.13") },
                 A::AddNeigh { ns: ns(), ip: ip("10.10.0.3"), mac: m3 },
@@ -422,11 +530,11 @@ mod tests {
     #[test]
     fn a_converged_host_needs_nothing_and_strangers_stay() {
         let host = vec![link("eth0", LinkKind::Other, None, &[]), link("vxlan0", LinkKind::Vxlan, None, &[])];
-        assert_eq!(plan(&view(), &host, &[converged()]), vec![]);
+        assert_eq!(plan(&view(), &local(), &host, &[converged()]), vec![]);
         // A kernel-made neighbour entry for an address not in the view ages out by itself.
         let mut s = converged();
         s.neigh.push(ObservedNeigh { ip: ip("10.10.0.77"), mac: None, permanent: false });
-        assert_eq!(plan(&view(), &host, &[s]), vec![]);
+        assert_eq!(plan(&view(), &local(), &host, &[s]), vec![]);
     }
 
     #[test]
@@ -438,7 +546,7 @@ mod tests {
         s.links[2].up = false;
         s.links[1].mtu = 1500;
         s.links[1].addrs.push((ip("10.10.0.9"), 24));
-        let a = plan(&view(), &[link("shx001004", LinkKind::Vxlan, None, &[])], &[s]);
+        let a = plan(&view(), &local(), &[link("shx001004", LinkKind::Vxlan, None, &[])], &[s]);
         assert_eq!(
             a,
             vec![
@@ -463,7 +571,7 @@ mod tests {
         ] {
             let mut s = converged();
             wrong(s.vxlan.as_mut().unwrap());
-            let a = plan(&view(), &[], &[s]);
+            let a = plan(&view(), &local(), &[], &[s]);
             assert_eq!(a[0], A::DeleteLink { ns: ns(), name: VXLAN.into() });
             assert_eq!(a[1], A::CreateVxlan { ns: ns(), vni: 4100, local: ip("10.98.0.11"), mtu: 1450 });
             // The new device has no entries: all are programmed again, none deleted.
@@ -481,7 +589,7 @@ mod tests {
         v.endpoints.push(endpoint("t5", "10.10.0.6", "n1")); // local: not this planner's
         let (m3, m4) = (mac_for(ip("10.10.0.3")), mac_for(ip("10.10.0.4")));
         assert_eq!(
-            plan(&v, &[], &[converged()]),
+            plan(&v, &local(), &[], &[converged()]),
             vec![
                 A::AddFdb { ns: ns(), mac: m3, dst: ip("10.98.0.13") },
                 A::DelFdb { ns: ns(), mac: m3, dst: ip("10.98.0.12") },
@@ -497,7 +605,7 @@ mod tests {
         s.fdb.push(([0; 6], ip("10.98.0.12")));
         s.neigh.push(neigh("10.10.0.50"));
         assert_eq!(
-            plan(&view(), &[], &[s]),
+            plan(&view(), &local(), &[], &[s]),
             vec![
                 A::DelFdb { ns: ns(), mac: [0; 6], dst: ip("10.98.0.12") },
                 A::DelNeigh { ns: ns(), ip: ip("10.10.0.50") },
@@ -510,7 +618,7 @@ mod tests {
         let mut v = view();
         v.networks.push(network("bbbbbbbbbbbb", 4200));
         let stale = ObservedSandbox { name: "shovcccccccccccc".into(), ..Default::default() };
-        let a = plan(&v, &[], &[converged(), stale]);
+        let a = plan(&v, &local(), &[], &[converged(), stale]);
         assert_eq!(a.first(), Some(&A::CreateSandbox { ns: "shovbbbbbbbbbbbb".into() }));
         assert!(
             a.iter().any(|x| matches!(x, A::CreateVxlan { ns, vni: 4200, .. } if ns == "shovbbbbbbbbbbbb")),
@@ -519,6 +627,85 @@ mod tests {
         assert_eq!(a.last(), Some(&A::DeleteSandbox { ns: "shovcccccccccccc".into() }));
         assert!(!a.iter().any(|x| matches!(x, A::DeleteSandbox { ns } if ns == NS)));
         let empty = NetView { networks: vec![], endpoints: vec![], ..view() };
-        assert_eq!(plan(&empty, &[], &[converged()]), vec![A::DeleteSandbox { ns: ns() }]);
+        assert_eq!(plan(&empty, &local(), &[], &[converged()]), vec![A::DeleteSandbox { ns: ns() }]);
+    }
+
+    #[test]
+    fn local_endpoints_are_made_repaired_and_removed_in_their_sandbox() {
+        let host = "shv111111aaaaa".to_string();
+        // Gone (the veth was deleted behind netd's back): made again, nothing else.
+        let mut s = converged();
+        s.links.retain(|l| l.name != host);
+        let made =
+            A::CreateEndpoint { ns: ns(), host: host.clone(), endpoint: local()[0].clone(), prefix: 24, mtu: 1450 };
+        assert_eq!(plan(&view(), &local(), &[], &[s]), vec![made.clone()]);
+        // Not a veth any more: made again (create_endpoint replaces what has the name).
+        let mut s = converged();
+        s.links.iter_mut().filter(|l| l.name == host).for_each(|l| l.kind = LinkKind::Other);
+        assert_eq!(plan(&view(), &local(), &[], &[s]), vec![A::DeleteLink { ns: ns(), name: host.clone() }, made]);
+        // Drift: out of br0, wrong MTU; or down.
+        let mut s = converged();
+        for l in s.links.iter_mut().filter(|l| l.name == host) {
+            l.master = None;
+            l.mtu = 1500;
+        }
+        assert_eq!(
+            plan(&view(), &local(), &[], &[s]),
+            vec![
+                A::SetMtu { ns: ns(), name: host.clone(), mtu: 1450 },
+                A::SetMaster { ns: ns(), name: host.clone(), master: BRIDGE.into() },
+            ]
+        );
+        let mut s = converged();
+        s.links.iter_mut().filter(|l| l.name == host).for_each(|l| l.up = false);
+        assert_eq!(plan(&view(), &local(), &[], &[s]), vec![A::SetUp { ns: ns(), name: host.clone() }]);
+        // Detached (or its namespace gone): its veth goes; a stranger's link stays.
+        let mut s = converged();
+        s.links.push(link("eth9", LinkKind::Veth, Some(BRIDGE), &[]));
+        assert_eq!(plan(&view(), &[], &[], &[s]), vec![A::DeleteLink { ns: ns(), name: host }]);
+        // An endpoint on a network this planner does not have is not its business.
+        let mut other = local_endpoint("222222222222", "10.20.0.2");
+        other.network = "ffffffffffff".into();
+        assert_eq!(plan(&view(), &[local()[0].clone(), other], &[], &[converged()]), vec![]);
+    }
+
+    #[test]
+    fn stale_endpoints_go_before_new_ones_and_the_order_is_by_veth() {
+        let mut s = converged();
+        s.links.push(link("shv999999aaaaa", LinkKind::Veth, Some(BRIDGE), &[]));
+        let locals = vec![local_endpoint("333333333333", "10.10.0.9"), local()[0].clone()];
+        let a = plan(&view(), &locals, &[], &[s]);
+        assert_eq!(
+            a,
+            vec![
+                A::DeleteLink { ns: ns(), name: "shv999999aaaaa".into() },
+                A::CreateEndpoint {
+                    ns: ns(),
+                    host: "shv333333aaaaa".into(),
+                    endpoint: locals[0].clone(),
+                    prefix: 24,
+                    mtu: 1450
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_network_that_leaves_the_view_is_kept_while_local_endpoints_use_it() {
+        let n = network(NET, 4100);
+        let other = network("bbbbbbbbbbbb", 4200);
+        let empty = NetView { networks: vec![], endpoints: vec![], ..view() };
+        // Used here: kept (once, though known twice); unused: let go.
+        assert_eq!(kept_networks(&[n.clone(), other.clone(), n.clone()], &empty, &local()), vec![n.clone()]);
+        assert_eq!(kept_networks(std::slice::from_ref(&n), &empty, &[]), vec![]);
+        // Still in the view: nothing to keep.
+        assert_eq!(kept_networks(std::slice::from_ref(&n), &view(), &local()), vec![]);
+        // A kept network is planned like any other: its sandbox and the endpoint stay.
+        let mut v = empty;
+        v.networks.extend(kept_networks(&[n], &v, &local()));
+        let a = plan(&v, &local(), &[], &[converged()]);
+        // Only the remote entries go (no endpoint of another node is left in the view).
+        assert!(a.iter().all(|x| matches!(x, A::DelFdb { .. } | A::DelNeigh { .. })), "{a:?}");
+        assert_eq!(a.len(), 4, "{a:?}");
     }
 }

@@ -3,6 +3,15 @@
 //! reconcile pass that makes the kernel match it (on every change and every
 //! `RESYNC`), and the local gRPC API the daemon calls. The predefined
 //! `bridge` network always exists.
+//!
+//! A container attaches to a cluster network (one of the view's, by id or
+//! name) with the address the managers gave it: its endpoint is kept with
+//! the others (`State::endpoints`, its `network` the cluster network's id),
+//! and the overlay planner makes its veth in the network's sandbox. Unless
+//! the network is internal, the container also gets a leg on
+//! `docker_gwbridge`, a local bridge network netd makes on first need
+//! (masqueraded, `icc` off, as Docker's), which carries its default route;
+//! the leg goes with its last non-internal cluster endpoint.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -11,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shoal_proto::net::NetView;
+use shoal_proto::net::{NetView, OverlayNetwork};
 use shoal_proto::pb;
 use tonic::{Request, Response, Status};
 
@@ -21,11 +30,15 @@ use crate::ipam::{Ipam, default_pools};
 use crate::model::{Desired, EndpointSpec, NetworkSpec, PortMap, veth_name};
 use crate::net::{Subnet, mac_for, mac_string};
 use crate::overlay;
+use crate::overlay::OverlayAction;
 use crate::plan::{Action, plan};
 use crate::sys;
 
 /// How often netd re-checks the kernel even when nothing was asked.
 pub const RESYNC: Duration = Duration::from_secs(5);
+/// The local network whose legs carry the default route of containers on
+/// cluster networks (Docker's name).
+pub const GWBRIDGE: &str = "docker_gwbridge";
 /// Where a published port without a host port gets one.
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
 
@@ -38,6 +51,11 @@ pub struct State {
     /// one comes, netd leaves overlays alone.
     #[serde(default)]
     pub view: Option<NetView>,
+    /// Cluster networks that left the view while containers here were still
+    /// attached: programmed as before until the last one is detached
+    /// (`overlay::kept_networks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<OverlayNetwork>,
 }
 
 impl State {
@@ -49,12 +67,70 @@ impl State {
         })
     }
 
-    /// Removes an endpoint and frees its address.
+    /// The cluster networks netd programs: the view's, then those kept.
+    fn cluster_networks(&self) -> impl Iterator<Item = &OverlayNetwork> {
+        self.view.iter().flat_map(|v| v.networks.iter()).chain(&self.kept)
+    }
+
+    /// A cluster network by id, name or unique id prefix (a local network
+    /// of the same name is found first, by `network`).
+    fn cluster_network(&self, reference: &str) -> Option<&OverlayNetwork> {
+        self.cluster_networks().find(|n| n.id == reference || n.name == reference).or_else(|| {
+            let by_prefix: Vec<&OverlayNetwork> =
+                self.cluster_networks().filter(|n| !reference.is_empty() && n.id.starts_with(reference)).collect();
+            if by_prefix.len() == 1 { Some(by_prefix[0]) } else { None }
+        })
+    }
+
+    /// What the overlay planner works from: the view with the kept networks.
+    fn overlay_view(&self) -> Option<NetView> {
+        let mut v = self.view.clone()?;
+        v.networks.extend(self.kept.iter().cloned());
+        Some(v)
+    }
+
+    /// Takes a new view, keeping the networks that left it while local
+    /// endpoints still use them.
+    fn set_view(&mut self, view: NetView) {
+        let known: Vec<OverlayNetwork> = self.cluster_networks().cloned().collect();
+        self.kept = crate::overlay::kept_networks(&known, &view, &self.endpoints);
+        self.view = Some(view);
+    }
+
+    /// Whether a container's endpoints need a gateway bridge leg: it has one
+    /// on a cluster network that is not internal.
+    fn needs_gw_leg(&self, container: &str) -> bool {
+        self.endpoints
+            .iter()
+            .filter(|e| e.container == container)
+            .any(|e| self.cluster_networks().any(|n| n.id == e.network && !n.internal))
+    }
+
+    /// Removes an endpoint and frees its address (a cluster network's
+    /// addresses are the managers': nothing to free here).
     fn release(&mut self, e: &EndpointSpec) {
         if let Some(name) = self.networks.iter().find(|n| n.id == e.network).map(|n| n.name.clone()) {
             self.ipam.release(&name, &e.container);
         }
         self.endpoints.retain(|x| !(x.container == e.container && x.network == e.network));
+    }
+
+    /// After endpoints went: gateway bridge legs no cluster endpoint needs
+    /// go, and so do kept networks no endpoint uses.
+    fn tidy(&mut self) {
+        if let Some(gw) = self.network(GWBRIDGE).map(|n| n.id.clone()) {
+            let legs: Vec<EndpointSpec> = self
+                .endpoints
+                .iter()
+                .filter(|e| e.network == gw && !self.needs_gw_leg(&e.container))
+                .cloned()
+                .collect();
+            for e in &legs {
+                self.release(e);
+            }
+        }
+        let endpoints = &self.endpoints;
+        self.kept.retain(|n| endpoints.iter().any(|e| e.network == n.id));
     }
 
     /// What the kernel should show: endpoints whose namespace is gone are left out.
@@ -82,8 +158,9 @@ pub struct Netd {
     dns: Arc<Dns>,
     /// The overlays' sandboxes (pinned under `<root>/sandboxes`).
     sandboxes: tokio::sync::Mutex<sys::Sandboxes>,
-    /// The overlay steps that failed in the last pass, with why.
-    overlay_failures: Mutex<Vec<String>>,
+    /// The overlay steps that failed in the last pass, with why (no step:
+    /// the sandboxes could not be observed).
+    overlay_failures: Mutex<Vec<(Option<OverlayAction>, String)>>,
 }
 
 impl Netd {
@@ -169,10 +246,10 @@ impl Netd {
                 }
             }
         }
-        let view = self.state.lock().unwrap_or_else(|p| p.into_inner()).view.clone();
+        let view = self.state.lock().unwrap_or_else(|p| p.into_inner()).overlay_view();
         if let Some(view) = view {
-            let errors = self.sync_overlays(&view).await;
-            *self.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()) = errors;
+            let failed = self.sync_overlays(&view, &desired.endpoints).await;
+            *self.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()) = failed;
         }
         // DNS follows the endpoints (after them: its sockets need the namespaces' loopback up).
         let networks = self.state.lock().unwrap_or_else(|p| p.into_inner()).networks.clone();
@@ -186,24 +263,25 @@ impl Netd {
         failed
     }
 
-    /// The overlays' part of a pass: their sandboxes made to match `view`.
-    /// Returns the steps that failed, with why.
-    async fn sync_overlays(&self, view: &NetView) -> Vec<String> {
+    /// The overlays' part of a pass: their sandboxes made to match `view`,
+    /// with the local endpoints among `endpoints`. Returns the steps that
+    /// failed, with why.
+    async fn sync_overlays(&self, view: &NetView, endpoints: &[EndpointSpec]) -> Vec<(Option<OverlayAction>, String)> {
         let mut sandboxes = self.sandboxes.lock().await;
         let (host, observed) = match sandboxes.observe().await {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot observe the overlays");
-                return vec![format!("observing the overlays: {e}")];
+                return vec![(None, format!("observing the overlays: {e}"))];
             }
         };
         let mut failed = Vec::new();
-        for action in overlay::plan(view, &host, &observed) {
+        for action in overlay::plan(view, endpoints, &host, &observed) {
             match sandboxes.apply(&action).await {
                 Ok(()) => tracing::debug!(?action, "applied"),
                 Err(e) => {
                     tracing::warn!(?action, error = %e, "overlay reconcile step failed");
-                    failed.push(format!("{action:?}: {e}"));
+                    failed.push((Some(action), e.to_string()));
                 }
             }
         }
@@ -350,13 +428,26 @@ impl pb::netd_server::Netd for NetdService {
         };
         self.0.save()?;
         let failed = self.0.sync().await;
-        if let Some(why) = create_failure(&failed, &endpoint) {
-            if created {
-                self.0.forget(&r.container, Some(&n.id)).await?;
+        let why = match &n {
+            Joined::Local(_) => create_failure(&failed, &endpoint),
+            Joined::Cluster(_, gw) => {
+                // The overlay leg, then the gateway bridge leg.
+                let overlay = self.0.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                overlay_create_failure(&overlay, &endpoint)
+                    .or_else(|| gw.as_ref().and_then(|g| create_failure(&failed, g)))
             }
-            return Err(Status::internal(format!("attaching container {} to {}: {why}", short(&r.container), n.name)));
+        };
+        if let Some(why) = why {
+            if created {
+                self.0.forget(&r.container, Some(n.id())).await?;
+            }
+            return Err(Status::internal(format!(
+                "attaching container {} to {}: {why}",
+                short(&r.container),
+                n.name()
+            )));
         }
-        Ok(Response::new(attach_response(&endpoint, &n)))
+        Ok(Response::new(n.response(&endpoint)))
     }
 
     async fn detach(&self, req: Request<pb::DetachRequest>) -> Result<Response<pb::Empty>, Status> {
@@ -365,17 +456,20 @@ impl pb::netd_server::Netd for NetdService {
             None
         } else {
             let state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-            let n = state
-                .network(&r.network)
-                .ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?;
-            if !state.endpoints.iter().any(|e| e.container == r.container && e.network == n.id) {
+            let (id, name) = match state.network(&r.network) {
+                Some(n) => (n.id.clone(), n.name.clone()),
+                None => state
+                    .cluster_network(&r.network)
+                    .map(|n| (n.id.clone(), n.name.clone()))
+                    .ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?,
+            };
+            if !state.endpoints.iter().any(|e| e.container == r.container && e.network == id) {
                 return Err(Status::failed_precondition(format!(
-                    "container {} is not connected to network {}",
+                    "container {} is not connected to network {name}",
                     short(&r.container),
-                    n.name
                 )));
             }
-            Some(n.id.clone())
+            Some(id)
         };
         self.0.forget(&r.container, network.as_deref()).await?;
         Ok(Response::new(pb::Empty {}))
@@ -383,32 +477,46 @@ impl pb::netd_server::Netd for NetdService {
 
     async fn sync_cluster(&self, req: Request<pb::NetView>) -> Result<Response<pb::SyncClusterResponse>, Status> {
         let view = NetView::from_pb(&req.into_inner()).map_err(Status::invalid_argument)?;
-        self.0.state.lock().unwrap_or_else(|p| p.into_inner()).view = Some(view);
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner()).set_view(view);
         self.0.save()?;
         self.0.sync().await;
-        let errors = self.0.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let errors = self
+            .0
+            .overlay_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(a, why)| match a {
+                Some(a) => format!("{a:?}: {why}"),
+                None => why.clone(),
+            })
+            .collect();
         Ok(Response::new(pb::SyncClusterResponse { errors }))
     }
 
     async fn sync(&self, req: Request<pb::SyncRequest>) -> Result<Response<pb::SyncResponse>, Status> {
         let reqs = req.into_inner().endpoints;
-        let results: Vec<Result<(EndpointSpec, NetworkSpec), String>> = {
+        let results: Vec<Result<(EndpointSpec, Joined), String>> = {
             let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
             let results: Vec<_> = reqs
                 .iter()
                 .map(|r| ensure(&mut state, r).map(|(e, n, _)| (e, n)).map_err(|s| s.message().to_string()))
                 .collect();
+            // Gateway bridge legs are netd's own: `tidy` drops those no one needs.
+            let gw = state.network(GWBRIDGE).map(|n| n.id.clone());
             let keep: std::collections::HashSet<(String, String)> =
                 results.iter().flatten().map(|(e, _)| (e.container.clone(), e.network.clone())).collect();
             let gone: Vec<EndpointSpec> = state
                 .endpoints
                 .iter()
+                .filter(|e| Some(&e.network) != gw.as_ref())
                 .filter(|e| !keep.contains(&(e.container.clone(), e.network.clone())))
                 .cloned()
                 .collect();
             for e in &gone {
                 state.release(e);
             }
+            state.tidy();
             results
         };
         self.0.save()?;
@@ -418,9 +526,16 @@ impl pb::netd_server::Netd for NetdService {
             .zip(results)
             .map(|(r, result)| match result {
                 Ok((e, n)) => {
-                    let mut a = attach_response(&e, &n);
-                    if let Some(why) = create_failure(&failed, &e) {
-                        a.error = format!("attaching to {}: {why}", n.name);
+                    let mut a = n.response(&e);
+                    let why = match &n {
+                        Joined::Local(_) => create_failure(&failed, &e),
+                        Joined::Cluster(..) => overlay_create_failure(
+                            &self.0.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()),
+                            &e,
+                        ),
+                    };
+                    if let Some(why) = why {
+                        a.error = format!("attaching to {}: {why}", n.name());
                     }
                     a
                 }
@@ -440,6 +555,20 @@ fn short(id: &str) -> &str {
     &id[..12.min(id.len())]
 }
 
+/// Why a cluster endpoint's veth could not be made in its sandbox in the
+/// last pass, if it could not (or the sandboxes could not be seen).
+fn overlay_create_failure(failed: &[(Option<OverlayAction>, String)], e: &EndpointSpec) -> Option<String> {
+    let host = veth_name(&e.container, &e.network);
+    failed
+        .iter()
+        .find(|(a, _)| match a {
+            Some(OverlayAction::CreateEndpoint { host: h, .. }) => *h == host,
+            Some(_) => false,
+            None => true,
+        })
+        .map(|(_, why)| why.clone())
+}
+
 /// Why the endpoint's veth could not be made in this pass, if it could not.
 fn create_failure(failed: &[(Action, String)], e: &EndpointSpec) -> Option<String> {
     let host = veth_name(&e.container, &e.network);
@@ -449,9 +578,52 @@ fn create_failure(failed: &[(Action, String)], e: &EndpointSpec) -> Option<Strin
         .map(|(_, why)| why.clone())
 }
 
+/// The network an endpoint joined.
+enum Joined {
+    Local(NetworkSpec),
+    /// A cluster network, with the container's gateway bridge leg (none on
+    /// an internal network).
+    Cluster(OverlayNetwork, Option<EndpointSpec>),
+}
+
+impl Joined {
+    fn id(&self) -> &str {
+        match self {
+            Joined::Local(n) => &n.id,
+            Joined::Cluster(n, _) => &n.id,
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Joined::Local(n) => &n.name,
+            Joined::Cluster(n, _) => &n.name,
+        }
+    }
+
+    fn response(&self, e: &EndpointSpec) -> pb::AttachResponse {
+        match self {
+            Joined::Local(n) => attach_response(e, n),
+            // The overlay leg has no gateway: the default route is the gateway bridge leg's.
+            Joined::Cluster(n, _) => pb::AttachResponse {
+                container: e.container.clone(),
+                network: n.name.clone(),
+                network_id: n.id.clone(),
+                ifname: e.ifname.clone(),
+                error: String::new(),
+                ip: e.ip.to_string(),
+                mac: mac_string(mac_for(e.ip)),
+                prefix: n.prefix.into(),
+                gateway: String::new(),
+                ports: vec![],
+            },
+        }
+    }
+}
+
 /// Attaches one endpoint in `state` (or updates the namespace and names of
 /// an attached one, keeping its address and ports); says whether it is new.
-fn ensure(state: &mut State, r: &pb::AttachRequest) -> Result<(EndpointSpec, NetworkSpec, bool), Status> {
+fn ensure(state: &mut State, r: &pb::AttachRequest) -> Result<(EndpointSpec, Joined, bool), Status> {
     if r.container.is_empty() || r.netns.is_empty() {
         return Err(Status::invalid_argument("attach needs a container and its network namespace"));
     }
@@ -462,15 +634,21 @@ fn ensure(state: &mut State, r: &pb::AttachRequest) -> Result<(EndpointSpec, Net
     };
     let mut ports: Vec<PortMap> =
         r.ports.iter().map(PortMap::from_pb).collect::<Result<_, _>>().map_err(Status::invalid_argument)?;
-    let n = state
-        .network(&r.network)
-        .cloned()
-        .ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?;
+    let n = match state.network(&r.network).cloned() {
+        Some(n) => n,
+        None => {
+            let n = state
+                .cluster_network(&r.network)
+                .cloned()
+                .ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?;
+            return ensure_cluster(state, r, n, want, ports);
+        }
+    };
     if let Some(e) = state.endpoints.iter_mut().find(|e| e.container == r.container && e.network == n.id) {
         e.netns = PathBuf::from(&r.netns);
         e.name = r.name.clone();
         e.aliases = r.aliases.clone();
-        return Ok((e.clone(), n, false));
+        return Ok((e.clone(), Joined::Local(n), false));
     }
     // Host ports: free of every other endpoint's, and chosen when 0.
     let taken: Vec<PortMap> = state.endpoints.iter().flat_map(|e| e.ports.clone()).collect();
@@ -495,10 +673,7 @@ fn ensure(state: &mut State, r: &pb::AttachRequest) -> Result<(EndpointSpec, Net
     }
     let ip =
         state.ipam.allocate(&n.name, &r.container, want).map_err(|e| Status::failed_precondition(e.to_string()))?;
-    // The lowest free ethN in the container.
-    let used: Vec<&str> =
-        state.endpoints.iter().filter(|e| e.container == r.container).map(|e| e.ifname.as_str()).collect();
-    let ifname = (0..).map(|i| format!("eth{i}")).find(|n| !used.contains(&n.as_str())).unwrap_or_default();
+    let ifname = free_ifname(state, &r.container);
     let e = EndpointSpec {
         container: r.container.clone(),
         name: r.name.clone(),
@@ -510,7 +685,127 @@ fn ensure(state: &mut State, r: &pb::AttachRequest) -> Result<(EndpointSpec, Net
         ports,
     };
     state.endpoints.push(e.clone());
-    Ok((e, n, true))
+    Ok((e, Joined::Local(n), true))
+}
+
+/// The lowest free `ethN` in the container.
+fn free_ifname(state: &State, container: &str) -> String {
+    let used: Vec<&str> =
+        state.endpoints.iter().filter(|e| e.container == container).map(|e| e.ifname.as_str()).collect();
+    (0..).map(|i| format!("eth{i}")).find(|n| !used.contains(&n.as_str())).unwrap_or_default()
+}
+
+/// `ensure` on cluster network `n`: the address is the managers' (the
+/// request must carry it); with a leg on the gateway bridge unless `n` is
+/// internal.
+fn ensure_cluster(
+    state: &mut State,
+    r: &pb::AttachRequest,
+    n: OverlayNetwork,
+    want: Option<Ipv4Addr>,
+    ports: Vec<PortMap>,
+) -> Result<(EndpointSpec, Joined, bool), Status> {
+    if !ports.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "cluster network {} publishes no ports: publish them on a local network",
+            n.name
+        )));
+    }
+    let ip = want.ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "an address on cluster network {} is the managers' to give: attach with the task's address (ip)",
+            n.name
+        ))
+    })?;
+    let subnet = Subnet::new(n.subnet, n.prefix).map_err(Status::invalid_argument)?;
+    if !subnet.contains(ip) || ip == subnet.network() || ip == subnet.broadcast() || ip == n.gateway {
+        return Err(Status::invalid_argument(format!(
+            "address {ip} is not a host address of cluster network {} ({subnet}, gateway {})",
+            n.name, n.gateway
+        )));
+    }
+    if let Some(other) = state.endpoints.iter().find(|e| e.network == n.id && e.ip == ip && e.container != r.container)
+    {
+        return Err(Status::already_exists(format!(
+            "address {ip} on {} is taken by container {}",
+            n.name,
+            short(&other.container)
+        )));
+    }
+    let created = match state.endpoints.iter_mut().find(|e| e.container == r.container && e.network == n.id) {
+        Some(e) if e.ip != ip => {
+            return Err(Status::failed_precondition(format!(
+                "container {} is on {} with address {}: detach it first",
+                short(&r.container),
+                n.name,
+                e.ip
+            )));
+        }
+        Some(e) => {
+            e.netns = PathBuf::from(&r.netns);
+            e.name = r.name.clone();
+            e.aliases = r.aliases.clone();
+            false
+        }
+        None => {
+            let ifname = free_ifname(state, &r.container);
+            state.endpoints.push(EndpointSpec {
+                container: r.container.clone(),
+                name: r.name.clone(),
+                aliases: r.aliases.clone(),
+                network: n.id.clone(),
+                ip,
+                netns: PathBuf::from(&r.netns),
+                ifname,
+                ports: vec![],
+            });
+            true
+        }
+    };
+    let e = state.endpoints.iter().find(|e| e.container == r.container && e.network == n.id).cloned();
+    let e = e.ok_or_else(|| Status::internal("the endpoint just made is gone"))?;
+    let leg = match n.internal {
+        true => None,
+        false => match gw_leg(state, r) {
+            Ok(leg) => Some(leg),
+            Err(why) => {
+                if created {
+                    state.release(&e);
+                }
+                return Err(why);
+            }
+        },
+    };
+    Ok((e, Joined::Cluster(n, leg), created))
+}
+
+/// The container's leg on the gateway bridge (`GWBRIDGE`, made from the
+/// local address pools on first need; a local network of that name made by
+/// the user is taken as it is, as Docker does).
+fn gw_leg(state: &mut State, r: &pb::AttachRequest) -> Result<EndpointSpec, Status> {
+    if state.network(GWBRIDGE).is_none() {
+        let alloc = state
+            .ipam
+            .add_network(GWBRIDGE, None, None, None)
+            .map_err(|e| Status::resource_exhausted(format!("no subnet for {GWBRIDGE}: {e}")))?
+            .clone();
+        state.networks.push(NetworkSpec {
+            id: random_id(),
+            name: GWBRIDGE.into(),
+            subnet: alloc.subnet,
+            gateway: alloc.gateway,
+            internal: false,
+            icc: false,
+            mtu: 1500,
+        });
+    }
+    let leg = pb::AttachRequest {
+        container: r.container.clone(),
+        network: GWBRIDGE.into(),
+        netns: r.netns.clone(),
+        ..Default::default()
+    };
+    ensure(state, &leg).map(|(e, _, _)| e)
 }
 
 impl Netd {
@@ -528,6 +823,7 @@ impl Netd {
             for e in &gone {
                 state.release(e);
             }
+            state.tidy();
         }
         self.save()?;
         self.sync().await;
@@ -578,4 +874,111 @@ pub async fn serve(socket: &Path, data_root: &Path, cancel: tokio_util::sync::Ca
         .await?;
     let _ = std::fs::remove_file(socket);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NET: &str = "aaaaaaaaaaaa0000";
+
+    fn state() -> State {
+        let mut s = State { ipam: Ipam::new(default_pools()), ..Default::default() };
+        s.set_view(NetView {
+            node: "n1".into(),
+            data_addr: "10.98.0.11".parse().unwrap(),
+            networks: vec![OverlayNetwork {
+                id: NET.into(),
+                name: "app".into(),
+                vni: 4097,
+                subnet: "10.10.0.0".parse().unwrap(),
+                prefix: 24,
+                gateway: "10.10.0.1".parse().unwrap(),
+                mtu: 1450,
+                internal: false,
+            }],
+            peers: vec![],
+            endpoints: vec![],
+            services: vec![],
+        });
+        s
+    }
+
+    fn attach(container: &str, network: &str, ip: &str) -> pb::AttachRequest {
+        pb::AttachRequest {
+            container: container.into(),
+            network: network.into(),
+            netns: format!("/run/shoal/netns/{container}"),
+            ip: ip.into(),
+            name: "web.1.x".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_cluster_endpoint_takes_the_managers_address_and_a_gateway_bridge_leg() {
+        let mut s = state();
+        let (e, joined, created) = ensure(&mut s, &attach("c1", "app", "10.10.0.2")).unwrap();
+        assert!(created);
+        assert_eq!((e.network.as_str(), e.ip, e.ifname.as_str()), (NET, "10.10.0.2".parse().unwrap(), "eth0"));
+        let Joined::Cluster(n, Some(leg)) = &joined else { panic!("a leg on a non-internal network") };
+        assert_eq!(n.id, NET);
+        let gw = s.network(GWBRIDGE).cloned().unwrap();
+        assert_eq!(
+            (leg.network.as_str(), leg.ifname.as_str(), gw.icc, gw.internal),
+            (gw.id.as_str(), "eth1", false, false)
+        );
+        let r = joined.response(&e);
+        assert_eq!((r.prefix, r.gateway.as_str(), r.network_id.as_str()), (24, "", NET));
+        // Again (the daemon's sync): the same endpoint and leg, nothing new.
+        let (again, _, created) = ensure(&mut s, &attach("c1", NET, "10.10.0.2")).unwrap();
+        assert!(!created);
+        assert_eq!(again, e);
+        assert_eq!(s.endpoints.len(), 2);
+
+        // Refused: no address, one outside the subnet, the gateway's, a taken one, another for the same container, ports.
+        for (req, code) in [
+            (attach("c2", NET, ""), tonic::Code::InvalidArgument),
+            (attach("c2", NET, "10.20.0.2"), tonic::Code::InvalidArgument),
+            (attach("c2", NET, "10.10.0.1"), tonic::Code::InvalidArgument),
+            (attach("c2", NET, "10.10.0.2"), tonic::Code::AlreadyExists),
+            (attach("c1", NET, "10.10.0.9"), tonic::Code::FailedPrecondition),
+            (
+                pb::AttachRequest {
+                    ports: vec![
+                        PortMap { host_ip: None, host_port: 8080, container_port: 80, proto: crate::model::Proto::Tcp }
+                            .to_pb(),
+                    ],
+                    ..attach("c2", NET, "10.10.0.3")
+                },
+                tonic::Code::InvalidArgument,
+            ),
+            (attach("c2", "nope", "10.10.0.3"), tonic::Code::NotFound),
+        ] {
+            let got = ensure(&mut s, &req).map(|_| ()).unwrap_err();
+            assert_eq!(got.code(), code, "{req:?}: {got}");
+        }
+        assert_eq!(s.endpoints.len(), 2, "nothing was added by a refusal");
+
+        // The network leaves the view: kept while c1 is on it; c1 goes: so do its leg and the network.
+        let empty = NetView { networks: vec![], ..s.view.clone().unwrap() };
+        s.set_view(empty);
+        assert_eq!(s.kept.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec![NET]);
+        assert_eq!(s.overlay_view().map(|v| v.networks.len()), Some(1));
+        s.release(&e);
+        s.tidy();
+        assert_eq!((s.endpoints.len(), s.kept.len()), (0, 0));
+    }
+
+    #[test]
+    fn an_internal_cluster_network_gets_no_gateway_bridge_leg() {
+        let mut s = state();
+        if let Some(v) = s.view.as_mut() {
+            v.networks[0].internal = true;
+        }
+        let (_, joined, _) = ensure(&mut s, &attach("c1", NET, "10.10.0.2")).unwrap();
+        assert!(matches!(joined, Joined::Cluster(_, None)));
+        assert!(s.network(GWBRIDGE).is_none(), "not made before it is needed");
+        assert_eq!(s.endpoints.len(), 1);
+    }
 }

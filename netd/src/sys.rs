@@ -6,7 +6,7 @@
 //! entered that namespace; the socket stays there, the thread does not.
 //! `Sandboxes` does the same for the overlay planner's actions: it makes
 //! and pins netd's sandbox namespaces and programs VXLAN devices, FDB and
-//! neighbour entries in them.
+//! neighbour entries and local endpoints' veths in them.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -481,6 +481,12 @@ impl Sandboxes {
                 m.header.ifindex = i;
                 m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
                 absent_ok(h.neighbours().del(m).execute().await).map_err(nl(format!("deleting neighbour {ip} in {ns}")))
+            }
+            O::CreateEndpoint { ns, host, endpoint, prefix, mtu } => {
+                // The same veth as on a local bridge, made inside the sandbox;
+                // the overlay leg carries no default route.
+                let h = self.handle(ns).await?;
+                create_endpoint(&h, host, overlay::BRIDGE, endpoint, *prefix, None, *mtu).await
             }
         }
     }

@@ -22,7 +22,6 @@ use futures::TryStreamExt;
 use rtnetlink::{LinkUnspec, LinkVeth};
 use shoal_netd::model::{EndpointSpec, LinkKind, is_ours, sandbox_name};
 use shoal_netd::overlay::{self, OverlayAction};
-use shoal_netd::plan::Action;
 use shoal_netd::sys::{self, Sandboxes};
 use shoal_proto::net::{NetView, OverlayEndpoint, OverlayNetwork, Peer, mac_for};
 
@@ -82,11 +81,20 @@ impl Pins {
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        for host in std::fs::read_dir(self.0.path()).into_iter().flatten().flatten() {
-            for pin in std::fs::read_dir(host.path()).into_iter().flatten().flatten() {
-                let _ = sys::unpin_netns(&pin.path());
+        // Sandboxes are pinned in a host's directory, or in `netd/sandboxes` under a netd's root.
+        fn unpin_under(dir: &Path, depth: usize) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    if depth > 0 {
+                        unpin_under(&path, depth - 1);
+                    }
+                } else if entry.file_name().to_str().is_some_and(shoal_netd::model::is_sandbox) {
+                    let _ = sys::unpin_netns(&path);
+                }
             }
         }
+        unpin_under(self.0.path(), 3);
     }
 }
 
@@ -117,18 +125,18 @@ fn view(node: &str, data_addr: &str, peer: (&str, &str)) -> NetView {
     }
 }
 
-async fn converge(s: &mut Sandboxes, v: &NetView) -> Vec<OverlayAction> {
+async fn converge(s: &mut Sandboxes, v: &NetView, local: &[EndpointSpec]) -> Vec<OverlayAction> {
     let (host, sandboxes) = s.observe().await.expect("observe");
-    let actions = overlay::plan(v, &host, &sandboxes);
+    let actions = overlay::plan(v, local, &host, &sandboxes);
     for a in &actions {
         s.apply(a).await.unwrap_or_else(|e| panic!("{a:?}: {e}"));
     }
     actions
 }
 
-async fn pending(s: &mut Sandboxes, v: &NetView) -> Vec<OverlayAction> {
+async fn pending(s: &mut Sandboxes, v: &NetView, local: &[EndpointSpec]) -> Vec<OverlayAction> {
     let (host, sandboxes) = s.observe().await.expect("observe");
-    overlay::plan(v, &host, &sandboxes)
+    overlay::plan(v, local, &host, &sandboxes)
 }
 
 fn ping(from: &Path, to: &str) -> bool {
@@ -216,9 +224,9 @@ async fn scenario(h1: &Parked, h2: &Parked, c1: &Parked, c2: &Parked, dir1: &Pat
 
     // Converge from nothing; a second pass has nothing to do.
     for (s, v) in [(&mut s1, &v1), (&mut s2, &v2)] {
-        let made = converge(s, v).await;
+        let made = converge(s, v, &[]).await;
         assert!(made.contains(&OverlayAction::CreateSandbox { ns: ns.clone() }), "{made:?}");
-        assert_eq!(pending(s, v).await, vec![], "converged");
+        assert_eq!(pending(s, v, &[]).await, vec![], "converged");
     }
     let (_, observed) = s1.observe().await?;
     let sandbox = observed.iter().find(|s| s.name == ns).expect("h1's sandbox");
@@ -234,24 +242,22 @@ async fn scenario(h1: &Parked, h2: &Parked, c1: &Parked, c2: &Parked, dir1: &Pat
     assert!(vxlan_socket_in(&h1.path), "h1 has the VXLAN socket");
     assert!(!vxlan_socket_in(&s1.path(&ns)), "the sandbox has none");
 
-    // A container on each host: a veth into the sandbox's bridge.
-    for (s, c, container, ip) in
-        [(&mut s1, c1, "c1c1c1c1c1c1", "10.10.0.2"), (&mut s2, c2, "c2c2c2c2c2c2", "10.10.0.3")]
-    {
-        let endpoint = EndpointSpec {
-            container: container.into(),
-            name: String::new(),
-            aliases: vec![],
-            network: NET.into(),
-            ip: ip4(ip),
-            netns: c.path.clone(),
-            ifname: "eth0".into(),
-            ports: vec![],
-        };
-        let host = shoal_netd::model::veth_name(container, NET);
-        let attach =
-            Action::CreateEndpoint { host, bridge: "br0".into(), endpoint, prefix: 24, gateway: None, mtu: 1450 };
-        sys::apply(&s.handle(&ns).await?, &attach).await?;
+    // A container on each host: the planner's local endpoint, a veth into the sandbox's bridge.
+    let endpoint = |c: &Parked, container: &str, ip: &str| EndpointSpec {
+        container: container.into(),
+        name: String::new(),
+        aliases: vec![],
+        network: NET.into(),
+        ip: ip4(ip),
+        netns: c.path.clone(),
+        ifname: "eth0".into(),
+        ports: vec![],
+    };
+    let (l1, l2) = (vec![endpoint(c1, "c1c1c1c1c1c1", "10.10.0.2")], vec![endpoint(c2, "c2c2c2c2c2c2", "10.10.0.3")]);
+    for (s, v, l) in [(&mut s1, &v1, &l1), (&mut s2, &v2, &l2)] {
+        let made = converge(s, v, l).await;
+        assert!(matches!(&made[..], [OverlayAction::CreateEndpoint { .. }]), "{made:?}");
+        assert_eq!(pending(s, v, l).await, vec![], "converged");
     }
     assert!(reaches(&c1.path, "10.10.0.3"), "c1 reaches c2 across the overlay");
     assert!(reaches(&c2.path, "10.10.0.2"), "c2 reaches c1 across the overlay");
@@ -261,14 +267,14 @@ async fn scenario(h1: &Parked, h2: &Parked, c1: &Parked, c2: &Parked, dir1: &Pat
     let gone = OverlayAction::AddFdb { ns: ns.clone(), mac: m3, dst: ip4("10.99.0.2") };
     s1.apply(&OverlayAction::DelFdb { ns: ns.clone(), mac: m3, dst: ip4("10.99.0.2") }).await?;
     assert!(!ping(&c1.path, "10.10.0.3"), "no path without the FDB entry");
-    assert_eq!(converge(&mut s1, &v1).await, vec![gone]);
+    assert_eq!(converge(&mut s1, &v1, &l1).await, vec![gone]);
     assert!(reaches(&c1.path, "10.10.0.3"), "repaired");
 
     // Drift 2: someone downs vx0 on h2: set up again, whatever it lost re-added.
     let sb2 = s2.handle(&ns).await?;
     let vx0 = index(&sb2, "vx0").await?;
     sb2.link().set(LinkUnspec::new_with_index(vx0).down().build()).execute().await?;
-    let repair = converge(&mut s2, &v2).await;
+    let repair = converge(&mut s2, &v2, &l2).await;
     assert!(repair.contains(&OverlayAction::SetUp { ns: ns.clone(), name: "vx0".into() }), "{repair:?}");
     assert!(
         repair.iter().all(|a| matches!(
@@ -277,15 +283,15 @@ async fn scenario(h1: &Parked, h2: &Parked, c1: &Parked, c2: &Parked, dir1: &Pat
         )),
         "only vx0 and its entries are touched: {repair:?}"
     );
-    assert_eq!(pending(&mut s2, &v2).await, vec![]);
+    assert_eq!(pending(&mut s2, &v2, &l2).await, vec![]);
     assert!(reaches(&c2.path, "10.10.0.2"), "repaired");
 
     // The network leaves both views: everything netd made is gone, the
     // containers' veths with it.
-    for (s, v, h, dir) in [(&mut s1, &v1, h1, dir1), (&mut s2, &v2, h2, dir2)] {
+    for (s, v, l, h, dir) in [(&mut s1, &v1, &l1, h1, dir1), (&mut s2, &v2, &l2, h2, dir2)] {
         let empty = NetView { networks: vec![], endpoints: vec![], ..v.clone() };
-        assert_eq!(converge(s, &empty).await, vec![OverlayAction::DeleteSandbox { ns: ns.clone() }]);
-        assert_eq!(pending(s, &empty).await, vec![]);
+        assert_eq!(converge(s, &empty, l).await, vec![OverlayAction::DeleteSandbox { ns: ns.clone() }]);
+        assert_eq!(pending(s, &empty, l).await, vec![]);
         assert_eq!(std::fs::read_dir(dir)?.count(), 0, "no pin left in {}", dir.display());
         let links = sys::observe(&sys::connect_in(&h.path).await?).await?;
         assert!(!links.iter().any(|l| is_ours(&l.name)), "{links:?}");
@@ -350,4 +356,193 @@ fn a_view_pushed_over_netds_api_is_programmed_and_kept() {
     if let Err(e) = r {
         std::panic::resume_unwind(e);
     }
+}
+
+/// A host running the real netd (`service::serve`) on a thread in a network
+/// namespace of its own, until dropped.
+struct NetdHost {
+    ns: PathBuf,
+    socket: PathBuf,
+    cancel: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NetdHost {
+    fn start(root: PathBuf) -> NetdHost {
+        let socket = root.join("netd.sock");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (ns_tx, ns_rx) = std::sync::mpsc::channel();
+        let (sock, stop) = (socket.clone(), cancel.clone());
+        let thread = std::thread::spawn(move || {
+            own_netns();
+            let tid = rustix::thread::gettid().as_raw_nonzero();
+            let _ = ns_tx.send(PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id())));
+            // One thread: netd's sysctls, nft and bridges are this namespace's.
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            if let Err(e) = rt.block_on(shoal_netd::service::serve(&sock, &root, stop)) {
+                eprintln!("netd: {e:#}");
+            }
+        });
+        NetdHost { ns: ns_rx.recv().expect("the host's namespace"), socket, cancel, thread: Some(thread) }
+    }
+
+    /// netd's API, once its socket answers (within 10 s).
+    async fn client(&self) -> anyhow::Result<NetdClient<tonic::transport::Channel>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match shoal_proto::unix_channel(&self.socket).await {
+                Ok(c) => return Ok(NetdClient::new(c)),
+                Err(e) if Instant::now() > deadline => anyhow::bail!("netd at {}: {e}", self.socket.display()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+impl Drop for NetdHost {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+use shoal_proto::pb;
+use shoal_proto::pb::netd_client::NetdClient;
+
+/// Whether the container's default route goes via `gw`.
+fn default_route_via(c: &Path, gw: &str) -> bool {
+    let out = sys::in_netns(c, || Command::new("ip").args(["-4", "route", "show", "default"]).output()).expect("ip");
+    String::from_utf8_lossy(&out.stdout).contains(&format!("via {gw} "))
+}
+
+/// The node's path end to end through netd's API: on two hosts, each with
+/// the real netd, `SyncCluster` hands the view and `Attach` puts a
+/// container on the cluster network (by id on one host, by name on the
+/// other) with the managers' address: the containers ping each other
+/// across the overlay, and each reaches its host's gateway bridge, which
+/// carries its default route. Detach takes both legs away; a network that
+/// leaves the view is kept while a container uses it, and goes with it.
+#[test]
+fn containers_attached_through_netds_api_talk_across_the_overlay_and_reach_the_gateway_bridge() {
+    if !can_run() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (c1, c2) = (Parked::new(), Parked::new());
+    let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-overlay").tempdir().unwrap());
+    let (h1, h2) = (NetdHost::start(pins.dir("h1")), NetdHost::start(pins.dir("h2")));
+    let test = std::thread::spawn(move || {
+        own_netns();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let r = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(90), attach_scenario(&h1, &h2, &c1, &c2))
+                .await
+                .expect("the scenario finishes within 90 s")
+        });
+        // The clients' connections close with their runtime; only then can the netds stop.
+        drop(rt);
+        drop((h1, h2));
+        r.expect("the scenario");
+    });
+    let r = test.join();
+    drop(pins);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
+
+async fn attach_scenario(h1: &NetdHost, h2: &NetdHost, c1: &Parked, c2: &Parked) -> anyhow::Result<()> {
+    // The underlay, as in the first test.
+    let (n1, n2) = (sys::connect_in(&h1.ns).await?, sys::connect_in(&h2.ns).await?);
+    n1.link().add(LinkVeth::new("u1", "u2").build()).execute().await?;
+    let index = |h: &rtnetlink::Handle, name: &'static str| {
+        let h = h.clone();
+        async move {
+            let link = h.link().get().match_name(name).execute().try_next().await.ok().flatten();
+            anyhow::Ok(link.context(name)?.header.index)
+        }
+    };
+    let h2_file = std::fs::File::open(&h2.ns)?;
+    let u2 = index(&n1, "u2").await?;
+    use std::os::fd::AsRawFd;
+    n1.link().set(LinkUnspec::new_with_index(u2).setns_by_fd(h2_file.as_raw_fd()).build()).execute().await?;
+    for (h, name, addr) in [(&n1, "u1", "10.99.0.1"), (&n2, "u2", "10.99.0.2")] {
+        let i = index(h, name).await?;
+        h.address().add(i, ip4(addr).into(), 24).execute().await?;
+        h.link().set(LinkUnspec::new_with_index(i).up().build()).execute().await?;
+    }
+
+    let (mut a1, mut a2) = (h1.client().await?, h2.client().await?);
+    let v1 = view("h1", "10.99.0.1", ("h2", "10.99.0.2"));
+    let v2 = view("h2", "10.99.0.2", ("h1", "10.99.0.1"));
+    for (a, v) in [(&mut a1, &v1), (&mut a2, &v2)] {
+        let r = a.sync_cluster(v.to_pb()).await?.into_inner();
+        assert_eq!(r.errors, Vec::<String>::new());
+    }
+    let attach = |c: &Parked, container: &str, network: &str, ip: &str| pb::AttachRequest {
+        container: container.into(),
+        network: network.into(),
+        netns: c.path.display().to_string(),
+        ip: ip.into(),
+        ports: vec![],
+        name: format!("web.{container}"),
+        aliases: vec![],
+    };
+    let (id1, id2) = ("c1c1c1c1c1c1c1c1", "c2c2c2c2c2c2c2c2");
+
+    // The address is the managers' to give: an attach without one is refused.
+    let refused = a1.attach(attach(c1, id1, NET, "")).await.expect_err("no address: refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    let refused = a1.attach(attach(c1, id1, NET, "10.20.0.2")).await.expect_err("outside the subnet: refused");
+    assert!(refused.message().contains("not a host address"), "{refused}");
+
+    let e1 = a1.attach(attach(c1, id1, NET, "10.10.0.2")).await?.into_inner();
+    let e2 = a2.attach(attach(c2, id2, "ovtest", "10.10.0.3")).await?.into_inner();
+    for (e, ip) in [(&e1, "10.10.0.2"), (&e2, "10.10.0.3")] {
+        assert_eq!((e.network_id.as_str(), e.ifname.as_str(), e.ip.as_str(), e.prefix), (NET, "eth0", ip, 24));
+        assert_eq!((e.gateway.as_str(), e.error.as_str()), ("", ""), "the overlay leg has no gateway");
+        assert_eq!(e.mac, shoal_netd::net::mac_string(mac_for(ip4(ip))));
+    }
+    assert!(reaches(&c1.path, "10.10.0.3"), "c1 reaches c2 across the overlay");
+    assert!(reaches(&c2.path, "10.10.0.2"), "c2 reaches c1 across the overlay");
+
+    // Each container's other leg: the host's docker_gwbridge, with the default route.
+    for (a, c) in [(&mut a1, c1), (&mut a2, c2)] {
+        let nets = a.network_list(pb::Empty {}).await?.into_inner().networks;
+        let gw = nets.iter().find(|n| n.name == "docker_gwbridge").context("docker_gwbridge is made")?;
+        assert_eq!((gw.endpoints, gw.icc), (1, false), "{gw:?}");
+        assert!(reaches(&c.path, &gw.gateway), "the container reaches its gateway bridge");
+        assert!(default_route_via(&c.path, &gw.gateway), "the default route is the gateway bridge's");
+        let links = sys::observe(&sys::connect_in(&c.path).await?).await?;
+        let eth0 = links.iter().find(|l| l.name == "eth0").context("eth0")?;
+        assert_eq!(eth0.mtu, 1450, "the overlay leg has the network's MTU");
+        assert!(links.iter().any(|l| l.name == "eth1"), "{links:?}");
+    }
+
+    // netd keeps the endpoint for a restart.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(h1.socket.with_file_name("netd").join("state.json"))?)?;
+    let kept = state["endpoints"].as_array().context("endpoints")?;
+    assert!(kept.iter().any(|e| e["network"] == NET && e["ip"] == "10.10.0.2"), "{kept:?}");
+
+    // Detach from the cluster network: both legs go.
+    a1.detach(pb::DetachRequest { container: id1.into(), network: NET.into() }).await?;
+    let links = sys::observe(&sys::connect_in(&c1.path).await?).await?;
+    assert!(!links.iter().any(|l| l.name.starts_with("eth")), "{links:?}");
+    let nets = a1.network_list(pb::Empty {}).await?.into_inner().networks;
+    assert_eq!(nets.iter().find(|n| n.name == "docker_gwbridge").map(|n| n.endpoints), Some(0));
+
+    // The network leaves h2's view while c2 is on it: kept until c2 is detached.
+    let sandbox = h2.socket.with_file_name("netd").join("sandboxes").join(sandbox_name(NET));
+    let empty = NetView { networks: vec![], endpoints: vec![], ..v2 };
+    let r = a2.sync_cluster(empty.to_pb()).await?.into_inner();
+    assert_eq!(r.errors, Vec::<String>::new());
+    assert!(sandbox.exists(), "kept while c2 uses it");
+    let links = sys::observe(&sys::connect_in(&c2.path).await?).await?;
+    assert!(links.iter().any(|l| l.name == "eth0"), "c2 keeps its endpoint: {links:?}");
+    a2.detach(pb::DetachRequest { container: id2.into(), network: String::new() }).await?;
+    assert!(!sandbox.exists(), "gone with the last endpoint");
+    Ok(())
 }

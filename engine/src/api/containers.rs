@@ -172,6 +172,7 @@ fn run_request(r: pb::ContainerRunRequest) -> Result<RunRequest, ContainerError>
         publish,
         ip: r.ip,
         network_aliases: r.network_aliases,
+        cluster_networks: vec![],
         task_id: String::new(),
         labels: r.labels.into_iter().collect(),
         create_only: r.create_only,

@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shoal_proto::net::NetView;
+
 use crate::images::ImageStore;
+use crate::network::NetworkError;
 use crate::registry::{Credentials, Registries, RegistryError};
 use crate::runtime::health::HealthStatus;
 use crate::runtime::{Container, ContainerError, Containers, RunRequest, Status};
@@ -63,6 +66,10 @@ pub trait Runtime: Send + Sync {
     fn log_path(&self, id: &str) -> PathBuf;
     /// A container's status now (a followed log ends when it stops running).
     fn status_of(&self, id: &str) -> Status;
+    /// Hands the node's network view to netd (which makes the cluster
+    /// networks' sandboxes a task's container attaches into); returns the
+    /// steps netd could not carry out.
+    fn sync_cluster(&self, view: &NetView) -> Result<Vec<String>, NetworkError>;
 }
 
 /// The engine as the worker's runtime.
@@ -122,5 +129,13 @@ impl Runtime for EngineRuntime {
 
     fn status_of(&self, id: &str) -> Status {
         self.containers.status_of(id)
+    }
+
+    fn sync_cluster(&self, view: &NetView) -> Result<Vec<String>, NetworkError> {
+        let nets = self
+            .containers
+            .networks()
+            .ok_or_else(|| NetworkError::Refused("this daemon does not use netd: no cluster networks".into()))?;
+        nets.sync_cluster(view)
     }
 }

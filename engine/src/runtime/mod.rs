@@ -283,14 +283,25 @@ impl Containers {
         }
         let mut networks = Vec::new();
         let mut endpoints = Vec::new();
-        if let (Some(a), Some(nets)) = (&cfg.attachment, self.networks.get()) {
+        if let (Some(first), Some(nets)) = (cfg.attachments.first(), self.networks.get()) {
             let netns = nets.ensure_netns(&id).map_err(|e| ContainerError::Invalid {
                 what: "network",
-                value: a.network.clone(),
+                value: first.network.clone(),
                 why: e.to_string(),
             })?;
-            endpoints.push(self.attach_one(nets, &id, &name, a).inspect_err(|_| remove_netns(&netns))?);
-            networks.push(a.clone());
+            for a in &cfg.attachments {
+                match self.attach_one(nets, &id, &name, a) {
+                    Ok(e) => endpoints.push(e),
+                    Err(e) => {
+                        if !networks.is_empty() {
+                            self.release_network(nets, &id);
+                        }
+                        remove_netns(&netns);
+                        return Err(e);
+                    }
+                }
+                networks.push(a.clone());
+            }
             run.netns = Some(netns);
         }
         let settings = Settings { image_id: image.id.to_string(), mounts, copy_up, networks, endpoints };

@@ -63,6 +63,10 @@ pub struct RunRequest {
     pub ip: String,
     /// `--network-alias`.
     pub network_aliases: Vec<String>,
+    /// A task's cluster networks, each by id with the address the managers
+    /// gave the task on it and its aliases: when there are any, the
+    /// container joins them (through netd) instead of `network`.
+    pub cluster_networks: Vec<Attachment>,
     /// The cluster task this container runs, if it is one (the worker's).
     pub task_id: String,
     /// `-l`/`--label`; a task's container also gets its service's and task's.
@@ -124,8 +128,9 @@ pub struct ContainerConfig {
     pub log: LogConfig,
     /// The network mode as recorded (`host`, `none`, or a network).
     pub network: String,
-    /// The netd network it joins, if any.
-    pub attachment: Option<Attachment>,
+    /// The netd networks it joins, in order (the first is the one it was
+    /// run with).
+    pub attachments: Vec<Attachment>,
     pub health: Option<HealthCheck>,
 }
 
@@ -184,6 +189,7 @@ pub fn resolve(
     let stop_timeout = req.stop_timeout.or(image.stop_timeout.and_then(|t| u64::try_from(t).ok())).unwrap_or(10);
     // Like Docker, the default bridge unless asked otherwise (none without netd).
     let network_name = match req.network.as_str() {
+        _ if !req.cluster_networks.is_empty() => cluster_networks(req, host)?,
         "" if host.netd => "bridge",
         "" => "none",
         n => n,
@@ -268,12 +274,18 @@ pub fn resolve(
         terminal: req.tty,
         netns: None,
     };
-    let attachment = netd_network(network_name).then(|| Attachment {
-        network: network_name.into(),
-        aliases: req.network_aliases.clone(),
-        ip: req.ip.clone(),
-        ports: req.publish.clone(),
-    });
+    let attachments = if !req.cluster_networks.is_empty() {
+        req.cluster_networks.clone()
+    } else if netd_network(network_name) {
+        vec![Attachment {
+            network: network_name.into(),
+            aliases: req.network_aliases.clone(),
+            ip: req.ip.clone(),
+            ports: req.publish.clone(),
+        }]
+    } else {
+        vec![]
+    };
     Ok(ContainerConfig {
         name,
         run,
@@ -283,9 +295,33 @@ pub fn resolve(
         stop_timeout,
         log: req.log,
         network: network_name.into(),
-        attachment,
+        attachments,
         health,
     })
+}
+
+/// A task's cluster networks checked: netd is there, each has the address
+/// the managers gave (a task without one must not start), no ports are
+/// asked of them. Returns the first, the network the container is recorded with.
+fn cluster_networks<'a>(req: &'a RunRequest, host: &Host) -> Result<&'a str, ContainerError> {
+    let first = &req.cluster_networks[0].network;
+    if !host.netd {
+        return Err(invalid("network", first.clone())(
+            "cluster networks need netd, which this daemon does not use".into(),
+        ));
+    }
+    if let Some(a) = req.cluster_networks.iter().find(|a| a.ip.is_empty()) {
+        return Err(invalid("network", a.network.clone())(
+            "the task has no address on this cluster network yet: the managers give one before placing it".into(),
+        ));
+    }
+    if !req.publish.is_empty() || req.cluster_networks.iter().any(|a| !a.ports.is_empty()) {
+        return Err(invalid("port mapping", req.publish.iter().map(publish_spec).collect::<Vec<_>>().join(" "))(
+            "published ports on cluster networks are not supported yet: publish them from a task without --network"
+                .into(),
+        ));
+    }
+    Ok(first)
 }
 
 /// Whether containers on `network` get a namespace of their own from netd.
@@ -499,6 +535,28 @@ mod tests {
     }
 
     #[test]
+    fn a_tasks_cluster_networks_replace_the_bridge_and_need_their_addresses() {
+        let net = |id: &str, ip: &str| Attachment {
+            network: id.into(),
+            aliases: strings(&["api"]),
+            ip: ip.into(),
+            ports: vec![],
+        };
+        let r =
+            RunRequest { cluster_networks: vec![net("aaaa0000", "10.10.0.2"), net("bbbb0000", "10.20.0.7")], ..req() };
+        let c = ok(&r, &image(), &HOST);
+        assert_eq!((c.network.as_str(), c.run.network), ("aaaa0000", NetworkMode::None));
+        assert_eq!(c.attachments, r.cluster_networks, "by id, with the managers' addresses and the aliases");
+        let missing = RunRequest { cluster_networks: vec![net("aaaa0000", "10.10.0.2"), net("bbbb0000", "")], ..req() };
+        assert!(refused(&missing, &image(), &HOST).contains("\"bbbb0000\": the task has no address"));
+        let no_netd = Host { netd: false, ..HOST };
+        assert!(refused(&r, &image(), &no_netd).contains("cluster networks need netd"));
+        let port = shoal_proto::net::parse_publish("8080:80").expect("port");
+        let ported = RunRequest { publish: vec![port], ..r.clone() };
+        assert!(refused(&ported, &image(), &HOST).contains("published ports on cluster networks"));
+    }
+
+    #[test]
     fn networks_ports_and_aliases_follow_docker() {
         let no_netd = Host { netd: false, ..HOST };
         let port = shoal_proto::net::parse_publish("8080:80").expect("port");
@@ -532,8 +590,8 @@ mod tests {
             match want {
                 Ok((name, mode, attached)) => {
                     let c = ok(&r, &image(), host);
-                    assert_eq!((c.network.as_str(), c.run.network, c.attachment.is_some()), (name, mode, attached));
-                    if let Some(a) = c.attachment {
+                    assert_eq!((c.network.as_str(), c.run.network, !c.attachments.is_empty()), (name, mode, attached));
+                    if let Some(a) = c.attachments.into_iter().next() {
                         assert_eq!(
                             (a.network, a.aliases, a.ip, a.ports),
                             (name.into(), r.network_aliases, r.ip, r.publish)
