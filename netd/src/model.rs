@@ -79,25 +79,25 @@ pub enum LinkKind {
     Other,
 }
 
-/// The bridge of network `id`: `shbr` + 11 hex digits (15 bytes, the kernel's limit).
+/// The bridge of network `id`: `shbr` + 11 id characters (15 bytes, the kernel's limit).
 pub fn bridge_name(network_id: &str) -> String {
     format!("shbr{}", prefix(network_id, 11))
 }
 
-/// The host end of a container's veth on a network: `shv` + 6 + 5 hex digits.
+/// The host end of a container's veth on a network: `shv` + 6 + 5 id characters.
 pub fn veth_name(container: &str, network_id: &str) -> String {
     format!("shv{}{}", prefix(container, 6), prefix(network_id, 5))
 }
 
 /// The namespace of overlay network `id` (a file in netd's sandbox
-/// directory): `shov` + 12 hex digits.
+/// directory): `shov` + 12 id characters.
 pub fn sandbox_name(network_id: &str) -> String {
     format!("shov{}", prefix(network_id, 12))
 }
 
 /// Whether netd made the sandbox namespace of this name (and so may empty and remove it).
 pub fn is_sandbox(name: &str) -> bool {
-    name.strip_prefix("shov").is_some_and(|r| r.len() == 12 && r.bytes().all(|b| b.is_ascii_hexdigit()))
+    name.strip_prefix("shov").is_some_and(|r| r.len() == 12 && r.bytes().all(is_id_char))
 }
 
 /// An overlay's VXLAN device in the host's namespace, where it is created
@@ -107,16 +107,22 @@ pub fn vxlan_host_name(vni: u32) -> String {
     format!("shx{:06x}", vni & 0xff_ffff)
 }
 
+/// A character of an id names are made from: netd's own ids are hex, the
+/// managers' (cluster networks) lowercase letters and digits.
+pub fn is_id_char(b: u8) -> bool {
+    b.is_ascii_digit() || b.is_ascii_lowercase()
+}
+
 fn prefix(s: &str, n: usize) -> &str {
     &s[..s.len().min(n)]
 }
 
 /// Whether netd created the link of this name (and so may change or delete it).
 pub fn is_ours(name: &str) -> bool {
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    name.strip_prefix("shbr").is_some_and(|r| hex(r, 11))
-        || name.strip_prefix("shv").is_some_and(|r| hex(r, 11))
-        || name.strip_prefix("shx").is_some_and(|r| hex(r, 6))
+    let id = |s: &str, n: usize| s.len() == n && s.bytes().all(is_id_char);
+    name.strip_prefix("shbr").is_some_and(|r| id(r, 11))
+        || name.strip_prefix("shv").is_some_and(|r| id(r, 11))
+        || name.strip_prefix("shx").is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -138,8 +144,14 @@ mod tests {
         }
         assert_eq!(sandbox_name(net), "shov0123456789ab");
         assert!(is_sandbox(&sandbox_name(net)));
-        for theirs in ["shov", "shov0123", "ov-0123456789ab", "shov0123456789ag", "cni-1234"] {
+        for theirs in ["shov", "shov0123", "ov-0123456789ab", "shov0123456789aG", "shov0123456789a-", "cni-1234"] {
             assert!(!is_sandbox(theirs), "{theirs}");
         }
+        // The managers' ids (a cluster network's) are lowercase letters and digits.
+        let cluster = "e2dcrtdbxnio43ca6zpvye122";
+        assert_eq!(sandbox_name(cluster), "shove2dcrtdbxnio");
+        assert!(
+            is_sandbox(&sandbox_name(cluster)) && is_ours(&veth_name(ctr, cluster)) && is_ours(&bridge_name(cluster))
+        );
     }
 }

@@ -249,8 +249,8 @@ impl NetView {
         let mut networks = Vec::new();
         for n in &v.networks {
             let what = format!("network {:?}", n.id);
-            if n.id.len() < 12 || !n.id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!("{what}: the id must be at least 12 hex digits"));
+            if n.id.len() < 12 || !n.id.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()) {
+                return Err(format!("{what}: the id must be at least 12 lowercase letters or digits"));
             }
             if n.vni == 0 || n.vni > 0xff_ffff {
                 return Err(format!("{what}: VNI {} is not in 1..=16777215", n.vni));
@@ -517,7 +517,8 @@ mod tests {
             NetView::from_pb(&p).unwrap_err()
         };
         assert!(refused(|p| p.data_addr = "x".into()).contains("not an IPv4 address"));
-        assert!(refused(|p| p.networks[0].id = "app".into()).contains("12 hex digits"));
+        assert!(refused(|p| p.networks[0].id = "app".into()).contains("12 lowercase letters or digits"));
+        assert!(refused(|p| p.networks[0].id = "ABCDEF0123456".into()).contains("lowercase"));
         assert!(refused(|p| p.networks[0].vni = 1 << 24).contains("VNI"));
         assert!(refused(|p| p.networks[0].mtu = 0).contains("MTU"));
         assert!(refused(|p| p.networks[0].subnet = "10.10.0.0".into()).contains("ADDRESS/PREFIX"));
