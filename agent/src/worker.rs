@@ -167,12 +167,13 @@ pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<Worke
     out
 }
 
-/// The node's network view and when netd last took it (None: it has not
-/// taken this one).
+/// The node's network view (numbered as it comes) and which of them netd
+/// last took, when.
 #[derive(Default)]
 struct NetSync {
     view: Option<NetView>,
-    taken_at: Option<std::time::Instant>,
+    version: u64,
+    taken: Option<(u64, std::time::Instant)>,
 }
 
 pub struct Worker {
@@ -195,8 +196,12 @@ pub struct Worker {
     starting: Mutex<HashSet<String>>,
     /// The registry logins of services whose tasks were assigned here, by service id.
     auths: Mutex<HashMap<String, Credentials>>,
-    /// The node's network view, and whether (and when) netd took it.
+    /// The node's network view, and whether (and when) netd took it. Held
+    /// only to read or write it, never across a call to netd: the session
+    /// sets it from async code.
     net: Mutex<NetSync>,
+    /// One hand-over to netd at a time (taken by the worker's passes only).
+    net_calls: Mutex<()>,
     pub outbox_ready: Notify,
     wake: Notify,
 }
@@ -228,6 +233,7 @@ impl Worker {
             starting: Mutex::new(Default::default()),
             auths: Mutex::new(HashMap::new()),
             net: Mutex::new(NetSync::default()),
+            net_calls: Mutex::new(()),
             outbox_ready: Notify::new(),
             wake: Notify::new(),
         })
@@ -288,38 +294,43 @@ impl Worker {
     pub fn set_net_view(&self, view: NetView) {
         let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
         net.view = Some(view);
-        net.taken_at = None;
+        net.version += 1;
         drop(net);
         self.wake.notify_one();
     }
 
     /// Hands the view to netd if it does not have it (or for a resync);
-    /// says whether netd has the latest view. Blocking.
+    /// says whether netd has the latest view. Blocking (a pass's thread).
     fn sync_net_view(&self) -> bool {
-        let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(view) = net.view.clone() else { return false };
-        if net.taken_at.is_some_and(|at| at.elapsed() < NET_VIEW_RESYNC) {
-            return true;
-        }
-        // Held across the call: a newer view waits for this one to be handed.
+        let _one = self.net_calls.lock().unwrap_or_else(|p| p.into_inner());
+        let (view, version, first) = {
+            let net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(view) = net.view.clone() else { return false };
+            if net.taken.is_some_and(|(v, at)| v == net.version && at.elapsed() < NET_VIEW_RESYNC) {
+                return true;
+            }
+            (view, net.version, net.taken.is_none_or(|(v, _)| v != net.version))
+        };
         match self.runtime.sync_cluster(&view) {
             Ok(errors) => {
                 for e in &errors {
                     tracing::warn!(error = %e, "netd could not carry out a step of the network view");
                 }
-                if net.taken_at.is_none() {
+                if first {
                     tracing::info!(
                         networks = view.networks.len(),
                         peers = view.peers.len(),
                         "netd has the node's network view"
                     );
                 }
-                net.taken_at = Some(std::time::Instant::now());
-                true
+                let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+                net.taken = Some((version, std::time::Instant::now()));
+                // A newer view came during the call: netd has it only after the next hand-over.
+                net.version == version
             }
             Err(e) => {
                 tracing::warn!(error = %e, "netd did not take the node's network view; retrying");
-                net.taken_at = None;
+                self.net.lock().unwrap_or_else(|p| p.into_inner()).taken = None;
                 false
             }
         }
