@@ -13,7 +13,7 @@
 //! (masqueraded, `icc` off, as Docker's), which carries its default route;
 //! the leg goes with its last non-internal cluster endpoint.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,7 @@ use crate::overlay;
 use crate::overlay::OverlayAction;
 use crate::plan::{Action, plan};
 use crate::sys;
+use crate::{lb, lb_sys};
 
 /// How often netd re-checks the kernel even when nothing was asked.
 pub const RESYNC: Duration = Duration::from_secs(5);
@@ -161,6 +162,9 @@ pub struct Netd {
     /// The overlay steps that failed in the last pass, with why (no step:
     /// the sandboxes could not be observed).
     overlay_failures: Mutex<Vec<(Option<OverlayAction>, String)>>,
+    /// The VIP load balancers in the containers' namespaces (blocking: nft
+    /// runs in each namespace, so a pass drives them on a blocking thread).
+    balancers: Arc<Mutex<lb_sys::Balancers>>,
 }
 
 impl Netd {
@@ -196,6 +200,7 @@ impl Netd {
             state: Mutex::new(state),
             sandboxes: tokio::sync::Mutex::new(sys::Sandboxes::new(host.clone(), root.join("sandboxes"))),
             overlay_failures: Mutex::new(Vec::new()),
+            balancers: Arc::default(),
             host,
             rules: Mutex::new(None),
             pass: tokio::sync::Mutex::new(()),
@@ -247,18 +252,28 @@ impl Netd {
             }
         }
         let view = self.state.lock().unwrap_or_else(|p| p.into_inner()).overlay_view();
-        if let Some(view) = view {
-            let failed = self.sync_overlays(&view, &desired.endpoints).await;
+        if let Some(view) = &view {
+            let failed = self.sync_overlays(view, &desired.endpoints).await;
             *self.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()) = failed;
         }
-        // DNS follows the endpoints (after them: its sockets need the namespaces' loopback up).
+        // DNS follows the endpoints (after them: its sockets need the namespaces' loopback up),
+        // with the services of the cluster networks from the view.
         let networks = self.state.lock().unwrap_or_else(|p| p.into_inner()).networks.clone();
-        // No service records yet: they come with the managers' network view (issue 13).
-        self.dns.set_table(Table::build(&networks, &desired.endpoints, &[]));
+        self.dns.set_table(Table::from_state(&networks, &desired.endpoints, view.as_ref()));
         let want: HashMap<String, PathBuf> =
             desired.endpoints.iter().map(|e| (e.container.clone(), e.netns.clone())).collect();
         for (container, why) in self.dns.reconcile(&want) {
             tracing::debug!(container, error = %why, "cannot serve DNS in the container yet");
+        }
+        // The VIP load balancers of the containers on cluster networks (none without a view).
+        let balanced = view.as_ref().map(|v| lb::by_namespace(v, &desired.endpoints)).unwrap_or_default();
+        let balancers = self.balancers.clone();
+        let errors =
+            tokio::task::spawn_blocking(move || balancers.lock().unwrap_or_else(|p| p.into_inner()).sync(balanced))
+                .await
+                .unwrap_or_default();
+        for e in errors {
+            tracing::warn!(error = %e, "load balancer step failed");
         }
         failed
     }
@@ -477,9 +492,28 @@ impl pb::netd_server::Netd for NetdService {
 
     async fn sync_cluster(&self, req: Request<pb::NetView>) -> Result<Response<pb::SyncClusterResponse>, Status> {
         let view = NetView::from_pb(&req.into_inner()).map_err(Status::invalid_argument)?;
-        self.0.state.lock().unwrap_or_else(|p| p.into_inner()).set_view(view);
+        // The addresses whose tasks left the view: flows to them are flushed after the
+        // pass (a backend merely out of `backends` drains; a gone task's flows move on).
+        let gone: Vec<Ipv4Addr> = {
+            let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+            let now: HashSet<Ipv4Addr> = view.endpoints.iter().map(|e| e.addr).collect();
+            let gone =
+                state.view.iter().flat_map(|v| &v.endpoints).map(|e| e.addr).filter(|a| !now.contains(a)).collect();
+            state.set_view(view);
+            gone
+        };
         self.0.save()?;
         self.0.sync().await;
+        if !gone.is_empty() {
+            let balancers = self.0.balancers.clone();
+            let errors =
+                tokio::task::spawn_blocking(move || balancers.lock().unwrap_or_else(|p| p.into_inner()).flush(&gone))
+                    .await
+                    .unwrap_or_default();
+            for e in errors {
+                tracing::warn!(error = %e, "flushing a gone backend's flows");
+            }
+        }
         let errors = self
             .0
             .overlay_failures
