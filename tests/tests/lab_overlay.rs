@@ -1,0 +1,209 @@
+//! Service networks across hosts on a 5-host lab (3 managers) with the real
+//! binary: a service on an overlay gets a VIP and one address per task from
+//! the managers; its tasks on five different hosts reach each other
+//! (all pairs), resolve the service's name to its VIP and `tasks.NAME` to
+//! the tasks' addresses, spread requests to the VIP over the tasks, reach a
+//! host outside the cluster through the node's gateway bridge, and follow
+//! scaling; a network in use cannot be removed, and one no longer used can.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
+
+/// A tiny web server answering with its container's hostname.
+const WEB_SH: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+
+/// One running task of a service as `service ps` shows it.
+#[derive(Debug)]
+struct Placed {
+    host: usize,
+    container: String,
+    addr: Ipv4Addr,
+}
+
+/// The running tasks of `service` on network `net` (an id), with their hosts and addresses,
+/// once exactly `n` run and each has its address.
+fn placed(lab: &Lab, service: &str, net: &str, n: usize) -> Result<Vec<Placed>> {
+    wait_for(&format!("{n} running tasks of {service} with addresses"), Duration::from_secs(60), || {
+        let all = lab.shoal_json(1, &["service", "ps", service])?;
+        let mut out = Vec::new();
+        for t in all.as_array().context("service ps")? {
+            let task = &t["task"];
+            if task["desired"] != "running" || task["status"]["state"] != "running" {
+                continue;
+            }
+            let host: usize = t["node"]
+                .as_str()
+                .and_then(|h| h.strip_prefix("shl-h"))
+                .and_then(|i| i.parse().ok())
+                .with_context(|| format!("a lab host: {t}"))?;
+            let addr = task["networks"]
+                .as_array()
+                .and_then(|ns| ns.iter().find(|a| a["network"] == net))
+                .and_then(|a| a["addr"].as_str())
+                .with_context(|| format!("an address on {net}: {task}"))?
+                .parse()?;
+            let container = format!(
+                "{}.{}.{}",
+                task["service_name"].as_str().unwrap_or_default(),
+                task["slot"],
+                task["id"].as_str().unwrap_or_default()
+            );
+            out.push(Placed { host, container, addr });
+        }
+        Ok((out.len() == n).then_some(out))
+    })
+}
+
+/// Runs `cmd` inside `p`'s container; its stdout, or an error with why.
+fn inside(lab: &Lab, p: &Placed, cmd: &[&str]) -> Result<String> {
+    let mut args = vec!["exec", p.container.as_str()];
+    args.extend_from_slice(cmd);
+    lab.shoal(p.host, &args)
+}
+
+/// An IPv4 subnet, `ADDRESS/PREFIX`.
+#[derive(Clone, Copy, Debug)]
+struct Subnet(u32, u32);
+
+impl Subnet {
+    fn parse(s: &str) -> Result<Subnet> {
+        let (a, p) = s.split_once('/').with_context(|| format!("{s:?} is not ADDRESS/PREFIX"))?;
+        let (a, p): (Ipv4Addr, u32) = (a.parse()?, p.parse()?);
+        let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+        Ok(Subnet(u32::from(a) & mask, mask))
+    }
+
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.1 == self.0
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.0), self.1.count_ones())
+    }
+}
+
+/// The IPv4 addresses `busybox nslookup NAME` printed for the name (after its server's lines).
+fn looked_up(out: &str) -> BTreeSet<Ipv4Addr> {
+    out.split("Name:")
+        .skip(1)
+        .flat_map(|answer| answer.lines().filter_map(|l| l.trim().strip_prefix("Address:")))
+        .filter_map(|a| a.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
+    if !lab_or_skip() {
+        return Ok(());
+    }
+    let lab = Lab::up(5, 3)?;
+    let tmp = tempfile::Builder::new().prefix("shl-ovl-").tempdir()?;
+    let image = busybox_rootfs_tar(tmp.path())?;
+    for i in 1..=5 {
+        lab.shoal(i, &["image", "import", &image.display().to_string(), "busybox:local"])?;
+    }
+
+    lab.shoal(1, &["network", "create", "-d", "overlay", "app"])?;
+    let net = wait_for("app's allocation", Duration::from_secs(30), || {
+        let doc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "app"])?)?;
+        Ok(doc[0]["IPAM"]["Config"][0]["Subnet"].as_str().is_some().then(|| doc[0].clone()))
+    })?;
+    let net_id = net["Id"].as_str().context("the network's id")?.to_string();
+    let subnet = Subnet::parse(net["IPAM"]["Config"][0]["Subnet"].as_str().unwrap_or_default())?;
+
+    // Five replicas, one per host, on the overlay.
+    lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "app",
+            "--replicas",
+            "5",
+            "--replicas-max-per-node",
+            "1",
+            "--stop-grace-period",
+            "1s",
+            "busybox:local",
+            "sh",
+            "-c",
+            WEB_SH,
+        ],
+    )?;
+    let tasks = placed(&lab, "web", &net_id, 5)?;
+    let hosts: BTreeSet<usize> = tasks.iter().map(|t| t.host).collect();
+    let addrs: BTreeSet<Ipv4Addr> = tasks.iter().map(|t| t.addr).collect();
+    ensure!(hosts.len() == 5 && addrs.len() == 5, "one task per host, distinct addresses: {tasks:?}");
+    ensure!(addrs.iter().all(|a| subnet.contains(*a)), "addresses inside {subnet}: {tasks:?}");
+
+    // The service's VIP on app, from the managers.
+    let svc: Value = serde_json::from_str(&lab.shoal(2, &["service", "inspect", "web"])?)?;
+    let vip = svc[0]["Endpoint"]["VirtualIPs"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["NetworkID"] == net_id.as_str()))
+        .and_then(|v| v["Addr"].as_str())
+        .context(format!("a VIP on app: {svc}"))?;
+    let vip: Ipv4Addr = vip.split('/').next().unwrap_or_default().parse()?;
+    ensure!(subnet.contains(vip) && !addrs.contains(&vip), "VIP {vip} in {subnet}, not a task's");
+
+    // All pairs across hosts.
+    for from in &tasks {
+        for to in tasks.iter().filter(|t| t.addr != from.addr) {
+            let a = to.addr.to_string();
+            inside(&lab, from, &["ping", "-c", "1", "-W", "3", &a])
+                .with_context(|| format!("host {} → host {} ({a})", from.host, to.host))?;
+        }
+    }
+
+    // Names: the service to its VIP, tasks.web to the tasks.
+    let client = &tasks[0];
+    let out = inside(&lab, client, &["busybox", "nslookup", "web"])?;
+    ensure!(looked_up(&out) == BTreeSet::from([vip]), "web → {vip}: {out}");
+    let out = inside(&lab, client, &["busybox", "nslookup", "tasks.web"])?;
+    ensure!(looked_up(&out) == addrs, "tasks.web → {addrs:?}: {out}");
+
+    // The VIP spreads requests over the tasks (by name and by address), and answers ping.
+    let mut seen = BTreeSet::new();
+    for i in 0..30 {
+        let url = if i % 2 == 0 { "http://web/".to_string() } else { format!("http://{vip}/") };
+        let page = inside(&lab, client, &["wget", "-qO-", &url])?;
+        seen.insert(page.trim().to_string());
+    }
+    ensure!(seen.len() >= 3, "30 requests to the VIP reached at least 3 of 5 tasks: {seen:?}");
+    inside(&lab, client, &["ping", "-c", "1", "-W", "3", &vip.to_string()]).context("ping the VIP")?;
+
+    // The way out: the lab's switch, outside the cluster, through the node's gateway bridge.
+    inside(&lab, client, &["ping", "-c", "1", "-W", "3", "10.98.0.254"]).context("a task reaches the switch")?;
+
+    // A network in use stays.
+    let err = lab.shoal(1, &["network", "rm", "app"]).err().context("removed a network in use")?;
+    ensure!(err.to_string().contains("in use by service web"), "{err}");
+
+    // Scaling down: the names follow.
+    lab.shoal(1, &["service", "scale", "web=2"])?;
+    let left = placed(&lab, "web", &net_id, 2)?;
+    let left_addrs: BTreeSet<Ipv4Addr> = left.iter().map(|t| t.addr).collect();
+    wait_for("tasks.web to follow the scale-down", Duration::from_secs(30), || {
+        let out = inside(&lab, &left[0], &["busybox", "nslookup", "tasks.web"])?;
+        Ok((looked_up(&out) == left_addrs).then_some(()))
+    })?;
+
+    lab.shoal(1, &["service", "rm", "web"])?;
+    wait_for("app to be free", Duration::from_secs(30), || match lab.shoal(1, &["network", "rm", "app"]) {
+        Ok(_) => Ok(Some(())),
+        Err(e) if e.to_string().contains("in use") => Ok(None),
+        Err(e) => bail!(e),
+    })?;
+    Ok(())
+}
