@@ -21,7 +21,7 @@
 //! `NET_VIEW_RESYNC` (level-triggered: a netd that lost its state gets it
 //! back); a new session always brings it again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,9 +78,9 @@ pub struct Observed {
     pub stopping: HashSet<String>,
     pub reported: HashMap<String, TaskState>,
     pub now_ms: u64,
-    /// Whether netd has the node's latest network view (tasks on cluster
-    /// networks wait for it).
-    pub net_ready: bool,
+    /// The cluster networks of the last view netd took (a task on cluster
+    /// networks waits until netd has all of them: their sandboxes).
+    pub net_ready: BTreeSet<String>,
 }
 
 /// One pass's decisions (pure). Containers of tasks no longer assigned go
@@ -119,7 +119,7 @@ pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<Worke
                 None if t.status.state.is_terminal() => {}
                 None if observed.now_ms < t.not_before_ms => {} // a restart's back-off
                 // Its networks' sandboxes come with the view netd does not have yet.
-                None if !t.networks.is_empty() && !observed.net_ready => {}
+                None if t.networks.iter().any(|n| !observed.net_ready.contains(&n.network)) => {}
                 None if t.spec.ports.iter().any(|p| held.contains(&(p.published, p.protocol.as_str()))) => {}
                 // Started before the listing: its container may have appeared after it.
                 None if observed.starting.contains(&t.id) => {}
@@ -174,6 +174,8 @@ struct NetSync {
     view: Option<NetView>,
     version: u64,
     taken: Option<(u64, std::time::Instant)>,
+    /// The networks of the last view netd took.
+    taken_networks: BTreeSet<String>,
 }
 
 pub struct Worker {
@@ -300,14 +302,17 @@ impl Worker {
     }
 
     /// Hands the view to netd if it does not have it (or for a resync);
-    /// says whether netd has the latest view. Blocking (a pass's thread).
-    fn sync_net_view(&self) -> bool {
+    /// returns the cluster networks of the last view netd took. Blocking (a
+    /// pass's thread). A task waits only for its own networks, never for the
+    /// latest view: views change with every backend that comes or goes, and
+    /// starts must not queue behind them.
+    fn sync_net_view(&self) -> BTreeSet<String> {
         let _one = self.net_calls.lock().unwrap_or_else(|p| p.into_inner());
         let (view, version, first) = {
             let net = self.net.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(view) = net.view.clone() else { return false };
+            let Some(view) = net.view.clone() else { return BTreeSet::new() };
             if net.taken.is_some_and(|(v, at)| v == net.version && at.elapsed() < NET_VIEW_RESYNC) {
-                return true;
+                return net.taken_networks.clone();
             }
             (view, net.version, net.taken.is_none_or(|(v, _)| v != net.version))
         };
@@ -317,7 +322,7 @@ impl Worker {
                     tracing::warn!(error = %e, "netd could not carry out a step of the network view");
                 }
                 if first {
-                    tracing::info!(
+                    tracing::debug!(
                         networks = view.networks.len(),
                         peers = view.peers.len(),
                         "netd has the node's network view"
@@ -325,13 +330,14 @@ impl Worker {
                 }
                 let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
                 net.taken = Some((version, std::time::Instant::now()));
-                // A newer view came during the call: netd has it only after the next hand-over.
-                net.version == version
+                net.taken_networks = view.networks.iter().map(|n| n.id.clone()).collect();
+                net.taken_networks.clone()
             }
             Err(e) => {
                 tracing::warn!(error = %e, "netd did not take the node's network view; retrying");
-                self.net.lock().unwrap_or_else(|p| p.into_inner()).taken = None;
-                false
+                let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+                net.taken = None;
+                net.taken_networks.clone()
             }
         }
     }
@@ -449,7 +455,7 @@ impl Worker {
         let stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let containers = self.runtime.task_containers().into_iter().map(|c| (c.task_id.clone(), c)).collect();
         let reported = self.reported.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Observed { containers, starting, stopping, reported, now_ms: now_ms(), net_ready: false }
+        Observed { containers, starting, stopping, reported, now_ms: now_ms(), net_ready: BTreeSet::new() }
     }
 
     /// One pass (blocking); none before the first whole set.
@@ -895,7 +901,9 @@ mod tests {
         });
         let assigned = tasks(&[on_net, task("b", Running, Assigned)]);
         assert_eq!(plan(&assigned, &seen(&[])), vec![start("b")], "no view taken: only b");
-        let ready = Observed { net_ready: true, ..seen(&[]) };
+        let other = Observed { net_ready: BTreeSet::from(["net2".to_string()]), ..seen(&[]) };
+        assert_eq!(plan(&assigned, &other), vec![start("b")], "netd has another network only");
+        let ready = Observed { net_ready: BTreeSet::from(["net1".to_string()]), ..seen(&[]) };
         assert_eq!(plan(&assigned, &ready), vec![start("a"), start("b")]);
     }
 
