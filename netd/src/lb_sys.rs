@@ -188,36 +188,58 @@ pub fn flush_conntrack(netns: &Path, backends: &[Ipv4Addr]) -> Result<(), LbErro
 #[derive(Debug, Default)]
 pub struct Balancers {
     programmed: BTreeMap<PathBuf, Vec<LbService>>,
+    /// When every namespace was last observed (drift repaired).
+    last_full: Option<std::time::Instant>,
 }
+
+/// How often a pass observes every balanced namespace, not only those whose
+/// services changed: drift behind netd's back is repaired within this.
+pub const FULL_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Balancers {
     /// One pass over `want` (from `lb::by_namespace`): observe, plan and
-    /// apply in each namespace (drift is repaired, an unchanged table costs
-    /// one `nft -j list`); then the tables of the namespaces that left are
+    /// apply in each namespace whose services changed since it was last
+    /// programmed (and, every [`FULL_EVERY`], in every namespace, which
+    /// repairs drift; an unchanged table then costs one `nft -j list`), so
+    /// that a pass made for one new container costs that container's table,
+    /// not every container's. The tables of namespaces that left are
     /// removed (nothing to do when the namespace itself is gone). Returns
     /// what failed; a failed namespace is tried again next pass.
     pub fn sync(&mut self, want: BTreeMap<PathBuf, Vec<LbService>>) -> Vec<LbError> {
+        let full = self.last_full.is_none_or(|at| at.elapsed() >= FULL_EVERY);
         let mut failed = Vec::new();
         let mut kept = BTreeMap::new();
-        for (netns, services) in std::mem::take(&mut self.programmed) {
-            if want.contains_key(&netns) || !netns.exists() {
+        let before = std::mem::take(&mut self.programmed);
+        for (netns, services) in &before {
+            if want.contains_key(netns) || !netns.exists() {
                 continue;
             }
-            if let Err(e) = remove(&netns) {
+            if let Err(e) = remove(netns) {
                 failed.push(e);
-                kept.insert(netns, services);
+                kept.insert(netns.clone(), services.clone());
             }
         }
-        for (netns, services) in &want {
-            match sync(netns, services) {
-                Ok(p) if !p.script.is_empty() => {
-                    tracing::debug!(netns = %netns.display(), whole = p.whole, removed = ?p.removed, "load balancer updated");
+        let mut programmed = BTreeMap::new();
+        for (netns, services) in want {
+            if !full && before.get(&netns) == Some(&services) {
+                programmed.insert(netns, services);
+                continue;
+            }
+            match sync(&netns, &services) {
+                Ok(p) => {
+                    if !p.script.is_empty() {
+                        tracing::debug!(netns = %netns.display(), whole = p.whole, removed = ?p.removed, "load balancer updated");
+                    }
+                    programmed.insert(netns, services);
                 }
-                Ok(_) => {}
+                // Not recorded as programmed: the next pass tries it again.
                 Err(e) => failed.push(e),
             }
         }
-        self.programmed = want;
+        if full {
+            self.last_full = Some(std::time::Instant::now());
+        }
+        self.programmed = programmed;
         self.programmed.extend(kept);
         failed
     }
