@@ -12,6 +12,14 @@
 //! freed is not given again at once. A task that cannot get one (the
 //! network is full, or has no subnet yet) waits: the scheduler places it
 //! only once all its attachments have an address, and says why not.
+//!
+//! The routing mesh: every node gets a leg on the ingress network (before
+//! any task there, so legs come first), and every service publishing
+//! ingress ports gets them in one change: the ports its spec names, and
+//! for each left at 0 the lowest port of `ClusterNet.ingress_ports` that
+//! no service publishes in either mode. Its tasks' ingress addresses are
+//! task addresses like any other (the orchestrator gives them the
+//! attachment).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -20,7 +28,7 @@ use shoal_proto::net::Subnet;
 use shoal_proto::network::{
     ClusterNet, DEFAULT_OVERLAY_MTU, EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc,
 };
-use shoal_proto::service::TaskState;
+use shoal_proto::service::{PublishedPort, TaskState};
 
 use crate::networks::{AllocChange, claimed_subnet, next_free};
 use crate::state::State;
@@ -30,7 +38,59 @@ use crate::state::State;
 pub fn plan(state: &State) -> Vec<AllocChange> {
     let mut changes = plan_networks(state);
     plan_addrs(state, &mut changes);
+    plan_ports(state, &mut changes);
     changes
+}
+
+/// The ingress ports services lack, by service id (see the module doc).
+/// Services that cannot have them (no ingress network, `dnsrr`) wait; the
+/// API refuses such specs, so only an ingress network removed since leaves one waiting.
+fn plan_ports(state: &State, out: &mut Vec<AllocChange>) {
+    let Some(cluster) = &state.cluster else { return };
+    if state.ingress_network().is_none() {
+        return;
+    }
+    let (lo, hi) = cluster.net.ingress_ports;
+    let mut busy: HashSet<(String, u16)> = HashSet::new();
+    for s in state.services.values() {
+        let named = s.spec.task.ports.iter().filter(|p| p.published != 0);
+        busy.extend(named.chain(&s.ports).map(|p| (p.protocol.clone(), p.published)));
+    }
+    let waiting = state.services.values().filter(|s| {
+        s.spec.endpoint_mode == EndpointMode::Vip
+            && s.spec.task.ports.iter().any(|p| p.is_ingress())
+            && !s.ports_allocated()
+    });
+    for s in waiting {
+        // What it holds still matches its spec (apply prunes the rest): keep it, add the missing.
+        let mut ports: Vec<PublishedPort> = s.ports.clone();
+        let mut used = vec![false; ports.len()];
+        let mut wanted: Vec<&PublishedPort> = s.spec.task.ports.iter().filter(|p| p.is_ingress()).collect();
+        wanted.sort_by_key(|p| p.published == 0);
+        let mut complete = true;
+        for w in wanted {
+            if let Some(i) = (0..ports.len()).find(|i| !used[*i] && w.allocated_as(&ports[*i])) {
+                used[i] = true;
+                continue;
+            }
+            let published = if w.published != 0 {
+                Some(w.published)
+            } else {
+                (lo..=hi).find(|p| !busy.contains(&(w.protocol.clone(), *p)))
+            };
+            let Some(published) = published else {
+                complete = false;
+                break;
+            };
+            busy.insert((w.protocol.clone(), published));
+            ports.push(PublishedPort { published, ..w.clone() });
+            used.push(true);
+        }
+        if complete {
+            let ports = ports.into_iter().zip(used).filter(|(_, u)| *u).map(|(p, _)| p).collect();
+            out.push(AllocChange::Ports { service: s.id.clone(), ports });
+        }
+    }
 }
 
 /// The addresses the state lacks (networks allocated in this same pass wait
@@ -40,6 +100,13 @@ fn plan_addrs(state: &State, out: &mut Vec<AllocChange>) {
         return;
     }
     let mut pool = Pool { state, cursor: HashMap::new(), taken: HashSet::new(), full: HashSet::new() };
+    if let Some(ingress) = state.ingress_network() {
+        for n in state.nodes.values().filter(|n| n.ingress.as_ref().is_none_or(|l| l.network != ingress.id)) {
+            if let Some(addr) = pool.take(&ingress.id) {
+                out.push(AllocChange::NodeLeg { node: n.id.clone(), network: ingress.id.clone(), addr });
+            }
+        }
+    }
     for s in state.services.values().filter(|s| s.spec.endpoint_mode == EndpointMode::Vip) {
         for a in &s.spec.task.networks {
             if s.vips.iter().any(|v| v.network == a.target) {
@@ -175,6 +242,7 @@ mod tests {
             meta: Meta::default(),
         };
         let mut node = Node {
+            ingress: None,
             id: "n1".into(),
             raft_id: 1,
             spec: NodeSpec { role: Role::Manager, availability: Default::default(), labels: Default::default() },
@@ -230,6 +298,11 @@ mod tests {
                 ("ingress".into(), 4096, "10.255.0.0/16".into(), "10.255.0.1".into(), 1450),
             ]
         );
+        // Then the node's leg on the ingress network.
+        let legs = plan(&s);
+        let leg = AllocChange::NodeLeg { node: "n1".into(), network: "ingress".into(), addr: "10.255.0.2".parse().unwrap() };
+        assert_eq!(legs, vec![leg]);
+        apply(&mut s, 7, Command::Allocate { changes: legs });
         assert!(plan(&s).is_empty(), "nothing left to do");
     }
 

@@ -244,6 +244,7 @@ mod tests {
 
     fn node(id: &str) -> Node {
         Node {
+            ingress: None,
             id: id.into(),
             raft_id: 0,
             spec: NodeSpec { role: Role::Worker, availability: Availability::Active, labels: Default::default() },

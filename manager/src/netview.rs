@@ -14,6 +14,15 @@
 //!   as soon as the orchestrator wants its task stopped or its node is
 //!   down, before its container is stopped.
 //!
+//! * `ingress`: the routing mesh, in the view of every node that has its
+//!   leg on the allocated ingress network, always (whether or not a
+//!   service publishes an ingress port yet, so a published port answers
+//!   on every node as soon as it is allocated): the node's leg, every
+//!   node's leg, and each service with allocated ingress ports, its ports
+//!   and its backends there (the rule above). Such a node also has the
+//!   ingress network in `networks`, every live task's ingress address in
+//!   `endpoints`, and every other node with a leg in `peers`.
+//!
 //! A live task is one that has not ended (orphaned tasks have: their node
 //! is down). A task without a node yet is nowhere, so in no view.
 
@@ -21,7 +30,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use shoal_proto::model::NodeState;
-use shoal_proto::net::{NetView, OverlayEndpoint, OverlayNetwork, Peer, ViewService};
+use shoal_proto::net::{
+    IngressLeg, IngressPort, IngressService, IngressView, NetView, OverlayEndpoint, OverlayNetwork, Peer, Proto,
+    ViewService,
+};
 use shoal_proto::network::{EndpointMode, Network};
 use shoal_proto::service::{Service, TaskState};
 
@@ -41,6 +53,7 @@ pub fn empty(state: &State, node: &str) -> NetView {
         peers: Vec::new(),
         endpoints: Vec::new(),
         services: Vec::new(),
+        ingress: None,
     }
 }
 
@@ -79,6 +92,26 @@ pub fn all(state: &State) -> HashMap<String, NetView> {
             if serving {
                 backends.entry((&t.service_id, net)).or_default().push(addr);
             }
+        }
+    }
+    // The routing mesh: every node with a leg on the allocated ingress
+    // network takes part in it, task or not.
+    let ingress = state.ingress_network().filter(|n| n.alloc.is_some());
+    let legs: Vec<IngressLeg> = match ingress {
+        None => Vec::new(),
+        Some(i) => state
+            .nodes
+            .values()
+            .filter_map(|n| {
+                Some(IngressLeg { node: n.id.clone(), addr: n.ingress.as_ref().filter(|l| l.network == i.id)?.addr })
+            })
+            .collect(),
+    };
+    if let Some(i) = ingress {
+        for l in &legs {
+            let node = state.nodes.get_key_value(&l.node).map(|(k, _)| k.as_str()).unwrap_or_default();
+            nets_of.entry(node).or_default().insert(i.id.as_str());
+            nodes_of.entry(i.id.as_str()).or_default().insert(node);
         }
     }
     let mut services_on: HashMap<&str, Vec<&Service>> = HashMap::new();
@@ -123,9 +156,48 @@ pub fn all(state: &State) -> HashMap<String, NetView> {
             .filter_map(|p| Some(Peer { node: p.to_string(), data_addr: data_addr(state, p)? }))
             .collect();
         view.endpoints.sort_by(|a, b| (&a.network, a.addr, &a.id).cmp(&(&b.network, b.addr, &b.id)));
+        if let Some(i) = ingress
+            && let Some(mine) = legs.iter().find(|l| l.node == node)
+        {
+            view.ingress = Some(IngressView {
+                network: i.id.clone(),
+                leg: mine.addr,
+                legs: legs.clone(),
+                services: ingress_services(state, &i.id, &backends),
+            });
+        }
         views.insert(node.to_string(), view);
     }
     views
+}
+
+/// The services with allocated ingress ports, with their backends on the
+/// ingress network `net`.
+fn ingress_services(state: &State, net: &str, backends: &HashMap<(&str, &str), Vec<Ipv4Addr>>) -> Vec<IngressService> {
+    state
+        .services
+        .values()
+        .filter(|s| !s.ports.is_empty())
+        .map(|s| {
+            let mut b = backends.get(&(s.id.as_str(), net)).cloned().unwrap_or_default();
+            b.sort();
+            IngressService {
+                id: s.id.clone(),
+                name: s.spec.name.clone(),
+                ports: s
+                    .ports
+                    .iter()
+                    .map(|p| IngressPort {
+                        published: p.published,
+                        target: p.target,
+                        proto: if p.protocol == "udp" { Proto::Udp } else { Proto::Tcp },
+                        client_ip: p.client_ip,
+                    })
+                    .collect(),
+                backends: b,
+            }
+        })
+        .collect()
 }
 
 /// A service or a node on a network: its id, its name, its address.
@@ -192,6 +264,7 @@ pub(crate) mod tests {
 
     fn node(s: &mut State, id: &str, state: NodeState, data: Option<&str>) {
         let mut n = Node {
+            ingress: None,
             id: id.into(),
             raft_id: 0,
             spec: NodeSpec { role: Role::Worker, availability: Default::default(), labels: Default::default() },

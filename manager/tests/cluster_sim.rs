@@ -403,6 +403,7 @@ enum Outcome {
 
 fn worker(id: &str) -> Node {
     Node {
+        ingress: None,
         id: id.to_string(),
         raft_id: 0,
         spec: NodeSpec { role: Role::Worker, availability: Availability::Active, labels: Default::default() },

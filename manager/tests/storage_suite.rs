@@ -48,6 +48,7 @@ async fn an_installed_snapshot_survives_a_restart_whole() -> anyhow::Result<()> 
         meta: Meta::default(),
     };
     let node = Node {
+        ingress: None,
         id: "n1".into(),
         raft_id: 1,
         spec: NodeSpec { role: Role::Manager, availability: Default::default(), labels: Default::default() },

@@ -96,6 +96,7 @@ mod tests {
 
     fn node(id: &str, role: Role) -> Node {
         Node {
+            ingress: None,
             id: id.into(),
             raft_id: 0,
             spec: NodeSpec { role, availability: Availability::Active, labels: Default::default() },
@@ -344,7 +345,8 @@ mod tests {
         let mut w = World::new(&[("a", Role::Worker), ("b", Role::Worker)]);
         let p = w.service("ports", |s| {
             s.replicas = 3;
-            s.task.ports = vec![PublishedPort { published: 8080, target: 80, protocol: "tcp".into() }];
+            s.task.ports =
+                vec![PublishedPort { published: 8080, target: 80, protocol: "tcp".into(), ..Default::default() }];
         });
         w.settle();
         assert_eq!(w.running(&p).len(), 2);
