@@ -300,7 +300,8 @@ mod tests {
         );
         // Then the node's leg on the ingress network.
         let legs = plan(&s);
-        let leg = AllocChange::NodeLeg { node: "n1".into(), network: "ingress".into(), addr: "10.255.0.2".parse().unwrap() };
+        let leg =
+            AllocChange::NodeLeg { node: "n1".into(), network: "ingress".into(), addr: "10.255.0.2".parse().unwrap() };
         assert_eq!(legs, vec![leg]);
         apply(&mut s, 7, Command::Allocate { changes: legs });
         assert!(plan(&s).is_empty(), "nothing left to do");
@@ -521,6 +522,145 @@ mod tests {
         let mut fresh = s.clone();
         fresh.reindex();
         assert_eq!(fresh.held(), s.held());
+    }
+
+    fn ing(published: u16, target: u16, proto: &str) -> PublishedPort {
+        PublishedPort {
+            published,
+            target,
+            protocol: proto.into(),
+            mode: shoal_proto::service::PublishMode::Ingress,
+            client_ip: true,
+        }
+    }
+
+    fn host(published: u16, target: u16) -> PublishedPort {
+        PublishedPort { published, target, ..Default::default() }
+    }
+
+    /// A service publishing `ports`, with tasks made as the orchestrator makes them.
+    fn publishing(s: &mut State, index: &mut u64, id: &str, ports: Vec<PublishedPort>, tasks: &[&str]) {
+        let spec = ServiceSpec {
+            name: id.into(),
+            task: TaskSpec { image: "busybox".into(), ports, ..Default::default() },
+            ..Default::default()
+        };
+        assert_eq!(s.ports_problem(id, &spec), None);
+        let nets = s.task_attachments(&spec);
+        *index += 1;
+        assert_eq!(apply(s, *index, Command::CreateService { id: id.into(), spec, auth: None }), Response::Ok);
+        let changes = tasks
+            .iter()
+            .map(|t| {
+                TaskChange::Create(Box::new(Task {
+                    id: t.to_string(),
+                    service_id: id.into(),
+                    desired: TaskState::Running,
+                    networks: nets
+                        .iter()
+                        .map(|n| TaskNetwork { network: n.target.clone(), ..Default::default() })
+                        .collect(),
+                    ..Default::default()
+                }))
+            })
+            .collect();
+        *index += 1;
+        apply(s, *index, Command::Tasks { changes });
+    }
+
+    fn published(s: &State, svc: &str) -> Vec<String> {
+        s.services[svc].ports.iter().map(|p| format!("{}/{}", p.published, p.protocol)).collect()
+    }
+
+    #[test]
+    fn ingress_ports_and_legs_are_handed_out_once_and_released() {
+        let mut s = world(ClusterNet::default());
+        let mut i = 1;
+        let spec = ServiceSpec {
+            name: "early".into(),
+            task: TaskSpec { image: "busybox".into(), ports: vec![ing(0, 80, "tcp")], ..Default::default() },
+            ..Default::default()
+        };
+        assert!(s.ports_problem("", &spec).is_some_and(|w| w.contains("need the ingress network")));
+        create(&mut s, 2, "ingress", |sp| sp.ingress = true);
+        i += 1;
+        allocate(&mut s, &mut i);
+        // The node's leg first, then a service's ports and its tasks' ingress addresses.
+        assert_eq!(allocate(&mut s, &mut i).len(), 1);
+        let leg = s.nodes["n1"].ingress.clone().expect("a leg");
+        assert_eq!((leg.network.as_str(), leg.addr.to_string()), ("ingress", "10.255.0.2".into()));
+        publishing(&mut s, &mut i, "web", vec![ing(0, 80, "tcp"), ing(8080, 80, "tcp")], &["t1"]);
+        publishing(&mut s, &mut i, "dns", vec![ing(0, 53, "udp"), ing(0, 53, "tcp")], &[]);
+        publishing(&mut s, &mut i, "h", vec![host(30002, 80)], &["t2"]);
+        assert!(s.tasks["t2"].networks.is_empty(), "host-mode ports need no ingress address");
+        publishing(&mut s, &mut i, "more", vec![ing(0, 80, "tcp")], &[]);
+        allocate(&mut s, &mut i);
+        // By service id: dns, more, web; each protocol has its own ports.
+        assert_eq!(published(&s, "dns"), ["30000/udp", "30000/tcp"]);
+        assert_eq!(published(&s, "more"), ["30001/tcp"]);
+        assert_eq!(published(&s, "web"), ["8080/tcp", "30003/tcp"], "30002 is h's host-mode port");
+        assert!(s.services["h"].ports.is_empty());
+        assert_eq!(addr(&s, "t1", "ingress"), Some("10.255.0.3".into()));
+        assert!(plan(&s).is_empty(), "nothing left to do");
+        assert_eq!(s.held().port("tcp", 30003), Some("web"));
+        // What another service may not publish, and what it may.
+        let clash = |ports: Vec<PublishedPort>| {
+            let spec = ServiceSpec { task: TaskSpec { ports, ..Default::default() }, ..Default::default() };
+            s.ports_problem("x", &spec)
+        };
+        let table: [(Vec<PublishedPort>, Option<&str>); 6] = [
+            (vec![ing(8080, 81, "tcp")], Some("port 8080/tcp is already in use by service web as an ingress port")),
+            (vec![ing(30000, 81, "tcp")], Some("port 30000/tcp is already in use by service dns")),
+            (vec![host(30001, 81)], Some("in use by service more as an ingress port, which takes it on every node")),
+            (vec![ing(30002, 81, "tcp")], Some("already published by service h in host mode")),
+            (vec![host(30002, 81)], None),
+            (vec![ing(8080, 81, "udp"), ing(0, 81, "tcp")], None),
+        ];
+        for (ports, want) in table {
+            let got = clash(ports.clone());
+            match want {
+                None => assert_eq!(got, None, "{ports:?}"),
+                Some(w) => assert!(got.as_deref().is_some_and(|g| g.contains(w)), "{ports:?}: {got:?}"),
+            }
+        }
+        // A stale plan's port, held by another by now, is refused on its own.
+        let mut spec = s.services["more"].spec.clone();
+        spec.task.ports.push(ing(0, 81, "tcp"));
+        i += 1;
+        let update =
+            Command::UpdateService { id: "more".into(), spec, rollback: false, replace_auth: false, auth: None };
+        assert_eq!(apply(&mut s, i, update), Response::Ok);
+        assert_eq!(published(&s, "more"), ["30001/tcp"], "an update keeps the ports it did not touch");
+        let stale = vec![AllocChange::Ports {
+            service: "more".into(),
+            ports: vec![ing(30001, 80, "tcp"), ing(30003, 81, "tcp")],
+        }];
+        i += 1;
+        let (_, keys) = s.apply(i, &Request { at_ms: i, cmd: Command::Allocate { changes: stale } });
+        assert!(keys.is_empty(), "30003/tcp is web's");
+        allocate(&mut s, &mut i);
+        assert_eq!(published(&s, "more"), ["30001/tcp", "30004/tcp"]);
+        // Dropping a port from the spec releases it at once; removing the service releases all.
+        let mut spec = s.services["web"].spec.clone();
+        spec.task.ports.retain(|p| p.published == 0);
+        i += 1;
+        let update =
+            Command::UpdateService { id: "web".into(), spec, rollback: false, replace_auth: false, auth: None };
+        assert_eq!(apply(&mut s, i, update), Response::Ok);
+        assert_eq!(published(&s, "web"), ["30003/tcp"]);
+        assert_eq!(s.held().port("tcp", 8080), None);
+        i += 1;
+        assert_eq!(apply(&mut s, i, Command::RemoveService { id: "dns".into() }), Response::Ok);
+        assert_eq!(s.held().port("udp", 30000), None);
+        // The ingress network is in use while a service publishes ingress ports.
+        assert!(s.network_user("ingress").is_some_and(|w| w.contains("which publishes ingress ports")));
+        let mut fresh = s.clone();
+        fresh.reindex();
+        assert_eq!(fresh.held(), s.held());
+        // A removed node's leg is free again.
+        i += 1;
+        assert_eq!(apply(&mut s, i, Command::RemoveNode { id: "n1".into() }), Response::Ok);
+        assert_eq!(s.held().addr("ingress", leg.addr), None);
     }
 
     #[test]

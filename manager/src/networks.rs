@@ -608,12 +608,26 @@ pub const DNSRR_INGRESS: &str = "port published with ingress mode can't be used 
 /// asks for: what `apply` keeps, so an update keeps the ports it did not
 /// touch, and a port dropped from the spec is released at once. The
 /// allocator hands out the rest.
+/// A port the spec leaves at 0 keeps one that was chosen for it, rather
+/// than one the previous spec named.
 pub(crate) fn prune_ports(s: &mut Service) {
+    let named: Vec<(&str, u16)> = s
+        .previous_spec
+        .iter()
+        .flat_map(|p| &p.task.ports)
+        .filter(|p| p.is_ingress() && p.published != 0)
+        .map(|p| (p.protocol.as_str(), p.published))
+        .collect();
     let mut wanted: Vec<&PublishedPort> = s.spec.task.ports.iter().filter(|p| p.is_ingress()).collect();
     wanted.sort_by_key(|p| p.published == 0);
     let mut left = std::mem::take(&mut s.ports);
     for w in wanted {
-        if let Some(i) = left.iter().position(|a| w.allocated_as(a)) {
+        let chosen = |a: &PublishedPort| !named.contains(&(a.protocol.as_str(), a.published));
+        let hit = left
+            .iter()
+            .position(|a| w.allocated_as(a) && chosen(a))
+            .or_else(|| left.iter().position(|a| w.allocated_as(a)));
+        if let Some(i) = hit {
             s.ports.push(left.remove(i));
         }
     }
