@@ -254,7 +254,7 @@ fn overlay(n: &Network) -> Option<OverlayNetwork> {
 pub(crate) mod tests {
     use shoal_proto::model::{Meta, Node, NodeDescription, NodeSpec, NodeStatus, Role};
     use shoal_proto::network::{NetworkAlloc, NetworkAttachmentSpec, NetworkSpec, TaskNetwork, Vip};
-    use shoal_proto::service::{ServiceSpec, Task, TaskSpec, TaskStatus};
+    use shoal_proto::service::{PublishMode, PublishedPort, ServiceSpec, Task, TaskSpec, TaskStatus};
 
     use super::*;
 
@@ -375,6 +375,87 @@ pub(crate) mod tests {
         assert!(v.networks.is_empty() && v.peers.is_empty() && v.endpoints.is_empty() && v.services.is_empty());
         assert_eq!(v.data_addr, ip("10.98.0.5"));
         assert_eq!(for_node(&s, "n3").data_addr, Ipv4Addr::UNSPECIFIED);
+    }
+
+    pub(crate) const ING: &str = "1000000000000001";
+
+    /// The world with the ingress network, legs on n1, n2 and n5 (not on
+    /// n3, n4), and service pub publishing 8080->80/tcp and 30000->53/udp
+    /// (SNAT) through it, with tasks on n2 (running), n4 (down) and n2
+    /// (starting).
+    fn meshed() -> State {
+        use TaskState::{Running, Starting};
+        let mut s = world();
+        let sub: shoal_proto::net::Subnet = "10.255.0.0/16".parse().expect("subnet");
+        let alloc = NetworkAlloc { vni: 4096, subnet: sub, gateway: ip("10.255.0.1"), range: sub, mtu: 1450 };
+        let spec = NetworkSpec { name: "ingress".into(), ingress: true, ..Default::default() };
+        s.networks.insert(ING.into(), Network { id: ING.into(), meta: Meta::default(), spec, alloc: Some(alloc) });
+        for (n, a) in [("n1", "10.255.0.2"), ("n2", "10.255.0.3"), ("n5", "10.255.0.4")] {
+            let leg = shoal_proto::network::NodeAttachment { network: ING.into(), addr: ip(a) };
+            s.nodes.get_mut(n).expect("node").ingress = Some(leg);
+        }
+        let ing = |published, target, proto: &str, client_ip| PublishedPort {
+            published,
+            target,
+            protocol: proto.into(),
+            mode: PublishMode::Ingress,
+            client_ip,
+        };
+        let mut spec = ServiceSpec { name: "pub".into(), ..Default::default() };
+        spec.task.ports = vec![ing(8080, 80, "tcp", true), ing(0, 53, "udp", false)];
+        let ports = vec![ing(8080, 80, "tcp", true), ing(30000, 53, "udp", false)];
+        s.services.insert("pub".into(), Service { id: "pub".into(), spec, ports, ..Default::default() });
+        task(&mut s, "p1", ("pub", "n2"), (ING, "10.255.0.10"), Running, Running);
+        task(&mut s, "p2", ("pub", "n4"), (ING, "10.255.0.11"), Running, Running); // its node is down
+        task(&mut s, "p3", ("pub", "n2"), (ING, "10.255.0.12"), Starting, Running); // not running yet
+        s.reindex();
+        s
+    }
+
+    #[test]
+    fn every_node_with_a_leg_sees_the_routing_mesh() {
+        let s = meshed();
+        let legs = vec![
+            IngressLeg { node: "n1".into(), addr: ip("10.255.0.2") },
+            IngressLeg { node: "n2".into(), addr: ip("10.255.0.3") },
+            IngressLeg { node: "n5".into(), addr: ip("10.255.0.4") },
+        ];
+        let pub_ = IngressService {
+            id: "pub".into(),
+            name: "pub".into(),
+            ports: vec![
+                IngressPort { published: 8080, target: 80, proto: Proto::Tcp, client_ip: true },
+                IngressPort { published: 30000, target: 53, proto: Proto::Udp, client_ip: false },
+            ],
+            backends: vec![ip("10.255.0.10")],
+        };
+        // n5 has no task at all: it still takes part, with every ingress endpoint and every leg's node as a peer.
+        let v = for_node(&s, "n5");
+        let i = v.ingress.as_ref().expect("n5 has a leg");
+        assert_eq!((i.network.as_str(), i.leg), (ING, ip("10.255.0.4")));
+        assert_eq!((i.legs.clone(), i.services.clone()), (legs.clone(), vec![pub_.clone()]));
+        assert_eq!(v.networks.iter().map(|n| (n.id.as_str(), n.vni)).collect::<Vec<_>>(), vec![(ING, 4096)]);
+        let peers: Vec<&str> = v.peers.iter().map(|p| p.node.as_str()).collect();
+        assert_eq!(peers, vec!["n1", "n2", "n4"], "legs' nodes, and n4 with a task on ingress");
+        let eps: Vec<&str> = v.endpoints.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(eps, vec!["p1", "p2", "p3"]);
+        assert!(v.services.is_empty(), "no service lists ingress: no DNS there");
+        // n1 sees app as before, and ingress beside it.
+        let v = for_node(&s, "n1");
+        assert_eq!(v.networks.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec![ING, APP]);
+        assert_eq!(v.ingress.as_ref().map(|i| i.leg), Some(ip("10.255.0.2")));
+        assert_eq!(v.services.len(), 1, "web on app");
+        // n4 has a task on ingress but no leg: the mesh is not its yet.
+        assert_eq!(for_node(&s, "n4").ingress, None);
+        // A task that runs becomes a backend; one wanted stopped leaves at once.
+        let mut s = s;
+        s.tasks.get_mut("p3").expect("p3").status.state = TaskState::Running;
+        s.tasks.get_mut("p1").expect("p1").desired = TaskState::Shutdown;
+        let b = for_node(&s, "n1").ingress.expect("ingress").services[0].backends.clone();
+        assert_eq!(b, vec![ip("10.255.0.12")]);
+        // Before the ingress network is allocated there is no mesh anywhere.
+        s.networks.get_mut(ING).expect("ingress").alloc = None;
+        assert!(all(&s).values().all(|v| v.ingress.is_none()));
     }
 
     #[test]
