@@ -14,14 +14,16 @@
 //!   as soon as the orchestrator wants its task stopped or its node is
 //!   down, before its container is stopped.
 //!
-//! * `ingress`: the routing mesh, in the view of every node that has its
-//!   leg on the allocated ingress network, always (whether or not a
-//!   service publishes an ingress port yet, so a published port answers
-//!   on every node as soon as it is allocated): the node's leg, every
-//!   node's leg, and each service with allocated ingress ports, its ports
-//!   and its backends there (the rule above). Such a node also has the
-//!   ingress network in `networks`, every live task's ingress address in
-//!   `endpoints`, and every other node with a leg in `peers`.
+//! * `ingress`: the routing mesh, once any service has its ingress ports
+//!   allocated, in the view of every node that has its leg on the
+//!   allocated ingress network, task or not (a cluster that publishes
+//!   nothing through the mesh builds nothing for it; legs are allocated
+//!   all the same, so the first published port needs no new address):
+//!   the node's leg, every node's leg, and each service with allocated
+//!   ingress ports, its ports and its backends there (the rule above).
+//!   Such a node also has the ingress network in `networks`, every live
+//!   task's ingress address in `endpoints`, and every other node with a
+//!   leg in `peers`.
 //!
 //! A live task is one that has not ended (orphaned tasks have: their node
 //! is down). A task without a node yet is nowhere, so in no view.
@@ -96,7 +98,8 @@ pub fn all(state: &State) -> HashMap<String, NetView> {
     }
     // The routing mesh: every node with a leg on the allocated ingress
     // network takes part in it, task or not.
-    let ingress = state.ingress_network().filter(|n| n.alloc.is_some());
+    let meshed = state.services.values().any(|s| !s.ports.is_empty());
+    let ingress = state.ingress_network().filter(|n| n.alloc.is_some() && meshed);
     let legs: Vec<IngressLeg> = match ingress {
         None => Vec::new(),
         Some(i) => state
@@ -453,7 +456,11 @@ pub(crate) mod tests {
         s.tasks.get_mut("p1").expect("p1").desired = TaskState::Shutdown;
         let b = for_node(&s, "n1").ingress.expect("ingress").services[0].backends.clone();
         assert_eq!(b, vec![ip("10.255.0.12")]);
-        // Before the ingress network is allocated there is no mesh anywhere.
+        // No mesh anywhere while no service has ingress ports, or before the ingress network is allocated.
+        let mut idle = s.clone();
+        idle.services.get_mut("pub").expect("pub").ports.clear();
+        assert!(all(&idle).values().all(|v| v.ingress.is_none()));
+        assert_eq!(for_node(&idle, "n5").networks, vec![]);
         s.networks.get_mut(ING).expect("ingress").alloc = None;
         assert!(all(&s).values().all(|v| v.ingress.is_none()));
     }

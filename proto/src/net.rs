@@ -128,9 +128,9 @@ pub struct NetView {
     /// the node's DNS answers and its load balancers spread over.
     #[serde(default)]
     pub services: Vec<ViewService>,
-    /// The routing mesh, in every view once the ingress network is
-    /// allocated and this node has its leg there (whether or not any
-    /// service publishes an ingress port yet); `None` before.
+    /// The routing mesh: present once a service has ingress ports
+    /// allocated, the ingress network is allocated and this node has its
+    /// leg there (task or not); `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressView>,
 }
