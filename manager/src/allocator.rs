@@ -242,13 +242,13 @@ mod tests {
             meta: Meta::default(),
         };
         let mut node = Node {
-            ingress: None,
             id: "n1".into(),
             raft_id: 1,
             spec: NodeSpec { role: Role::Manager, availability: Default::default(), labels: Default::default() },
             description: NodeDescription { hostname: "lab1".into(), ..Default::default() },
             status: NodeStatus::default(),
             meta: Meta::default(),
+            ingress: None,
         };
         node.description.net.subnets = vec![sub("10.98.0.0/24"), sub("10.0.1.0/24")];
         let (r, _) = s.apply(1, &Request { at_ms: 1, cmd: Command::Bootstrap { cluster, node } });

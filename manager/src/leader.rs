@@ -244,13 +244,13 @@ mod tests {
 
     fn node(id: &str) -> Node {
         Node {
-            ingress: None,
             id: id.into(),
             raft_id: 0,
             spec: NodeSpec { role: Role::Worker, availability: Availability::Active, labels: Default::default() },
             description: NodeDescription { hostname: id.into(), ..Default::default() },
             status: NodeStatus { state: NodeState::Ready, message: String::new() },
             meta: Meta::default(),
+            ingress: None,
         }
     }
 

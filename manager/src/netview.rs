@@ -267,13 +267,13 @@ pub(crate) mod tests {
 
     fn node(s: &mut State, id: &str, state: NodeState, data: Option<&str>) {
         let mut n = Node {
-            ingress: None,
             id: id.into(),
             raft_id: 0,
             spec: NodeSpec { role: Role::Worker, availability: Default::default(), labels: Default::default() },
             description: NodeDescription { hostname: id.into(), ..Default::default() },
             status: NodeStatus { state, message: String::new() },
             meta: Meta::default(),
+            ingress: None,
         };
         n.description.net.data_addr = data.map(ip);
         s.nodes.insert(id.into(), n);

@@ -682,7 +682,6 @@ mod tests {
             meta: Meta::default(),
         };
         let mut node = Node {
-            ingress: None,
             id: "n1".into(),
             raft_id: 1,
             spec: NodeSpec {
@@ -693,6 +692,7 @@ mod tests {
             description: NodeDescription { hostname: "lab1".into(), ..Default::default() },
             status: NodeStatus::default(),
             meta: Meta::default(),
+            ingress: None,
         };
         node.description.net.subnets = vec![sub("10.98.0.0/24"), sub("172.17.0.0/16")];
         let (r, _) = s.apply(1, &Request { at_ms: 1, cmd: Command::Bootstrap { cluster, node } });

@@ -713,13 +713,13 @@ mod tests {
 
     fn node(id: &str, role: Role) -> Node {
         Node {
-            ingress: None,
             id: id.into(),
             raft_id: 0,
             spec: NodeSpec { role, availability: Availability::Active, labels: Default::default() },
             description: NodeDescription { hostname: format!("host-{id}"), ..Default::default() },
             status: NodeStatus::default(),
             meta: Meta::default(),
+            ingress: None,
         }
     }
 

@@ -403,13 +403,13 @@ enum Outcome {
 
 fn worker(id: &str) -> Node {
     Node {
-        ingress: None,
         id: id.to_string(),
         raft_id: 0,
         spec: NodeSpec { role: Role::Worker, availability: Availability::Active, labels: Default::default() },
         description: NodeDescription { hostname: format!("host-{id}"), ..Default::default() },
         status: NodeStatus::default(),
         meta: Meta::default(),
+        ingress: None,
     }
 }
 

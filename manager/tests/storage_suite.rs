@@ -48,13 +48,13 @@ async fn an_installed_snapshot_survives_a_restart_whole() -> anyhow::Result<()> 
         meta: Meta::default(),
     };
     let node = Node {
-        ingress: None,
         id: "n1".into(),
         raft_id: 1,
         spec: NodeSpec { role: Role::Manager, availability: Default::default(), labels: Default::default() },
         description: NodeDescription { hostname: "h".into(), ..Default::default() },
         status: NodeStatus::default(),
         meta: Meta::default(),
+        ingress: None,
     };
     let spec = ServiceSpec { name: "web".into(), ..Default::default() };
     let task = Task { id: "t1".into(), service_id: "s1".into(), ..Default::default() };

@@ -424,4 +424,28 @@ mod tests {
         assert_eq!(spec.task.networks, vec![a("id2", &[]), a("db", &["x"])]);
         assert_eq!(spec.endpoint_mode, EndpointMode::Dnsrr);
     }
+
+    #[test]
+    fn publish_add_replaces_the_same_port_and_publish_rm_takes_published_or_target() {
+        let p = |s: &str| crate::parse::publish(s).expect("port");
+        let mut spec = ServiceSpec::default();
+        spec.task.ports =
+            vec![p("8080:80"), p("53:53/udp"), p("53:53"), p("90"), p("published=9000,target=91,mode=host")];
+        let shown = |spec: &ServiceSpec| {
+            spec.task.ports.iter().map(|q| format!("{}:{}/{}", q.published, q.target, q.protocol)).collect::<Vec<_>>()
+        };
+        // The same published port again replaces it; a port to be chosen replaces one with its target.
+        let flags = ServiceFlags { publish: vec!["8080:81".into(), "90".into()], ..Default::default() };
+        apply_flags(&mut spec, &flags, &ServiceRemovals::default()).expect("applies");
+        assert_eq!(shown(&spec), ["53:53/udp", "53:53/tcp", "9000:91/tcp", "8080:81/tcp", "0:90/tcp"]);
+        // By protocol, by target, by published port.
+        let rm = |list: &[&str]| ServiceRemovals {
+            publish_rm: list.iter().map(|x| crate::parse::publish_rm(x).expect("rm")).collect(),
+            ..Default::default()
+        };
+        apply_flags(&mut spec, &ServiceFlags::default(), &rm(&["53/udp", "91"])).expect("applies");
+        assert_eq!(shown(&spec), ["53:53/tcp", "8080:81/tcp", "0:90/tcp"]);
+        apply_flags(&mut spec, &ServiceFlags::default(), &rm(&["8080", "53", "90/udp"])).expect("applies");
+        assert_eq!(shown(&spec), ["0:90/tcp"]);
+    }
 }

@@ -96,7 +96,6 @@ mod tests {
 
     fn node(id: &str, role: Role) -> Node {
         Node {
-            ingress: None,
             id: id.into(),
             raft_id: 0,
             spec: NodeSpec { role, availability: Availability::Active, labels: Default::default() },
@@ -108,6 +107,7 @@ mod tests {
             },
             status: NodeStatus { state: NodeState::Ready, message: String::new() },
             meta: Meta::default(),
+            ingress: None,
         }
     }
 
