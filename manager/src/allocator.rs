@@ -748,6 +748,95 @@ mod tests {
     /// and deleted, networks added and removed, with leader changes: a
     /// stale plan may be applied to a newer state. Never one address held
     /// twice on a network, never a live task's address outside its range.
+    /// Random services publishing from a small range, updated, removed,
+    /// with stale leaders: an ingress port is never held twice, never
+    /// another service's named port, and the index is always the one a
+    /// fresh load derives.
+    #[test]
+    fn never_an_ingress_port_twice_over_random_runs() {
+        let net = ClusterNet { ingress_ports: (30000, 30005), ..ClusterNet::default() };
+        let (mut refused, mut chosen) = (0, 0);
+        for seed in 0..20u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut s = world(net.clone());
+            let mut i = 1;
+            create(&mut s, 2, "ingress", |sp| sp.ingress = true);
+            i += 1;
+            allocate(&mut s, &mut i);
+            let mut view = s.clone();
+            let port = |rng: &mut StdRng| {
+                let published = [0, 0, 8080, 30001, 30003][rng.random_range(0..5)];
+                let proto = if rng.random_bool(0.8) { "tcp" } else { "udp" };
+                if rng.random_bool(0.8) { ing(published, 80, proto) } else { host(published.max(9000), 80) }
+            };
+            for n in 0..300 {
+                let ids: Vec<String> = s.services.keys().cloned().collect();
+                let pick = |rng: &mut StdRng| ids.get(rng.random_range(0..ids.len().max(1))).cloned();
+                match rng.random_range(0..10) {
+                    0..=2 => {
+                        let ports: Vec<PublishedPort> = (0..rng.random_range(1..3)).map(|_| port(&mut rng)).collect();
+                        let spec = ServiceSpec {
+                            name: format!("s{n}"),
+                            task: TaskSpec { image: "busybox".into(), ports, ..Default::default() },
+                            ..Default::default()
+                        };
+                        i += 1;
+                        apply(&mut s, i, Command::CreateService { id: format!("s{n}"), spec, auth: None });
+                    }
+                    3..=4 => {
+                        if let Some(id) = pick(&mut rng) {
+                            let mut spec = s.services[&id].spec.clone();
+                            spec.task.ports.push(port(&mut rng));
+                            spec.task.ports.remove(0);
+                            i += 1;
+                            let cmd =
+                                Command::UpdateService { id, spec, rollback: false, replace_auth: false, auth: None };
+                            apply(&mut s, i, cmd);
+                        }
+                    }
+                    5 => {
+                        if let Some(id) = pick(&mut rng) {
+                            i += 1;
+                            apply(&mut s, i, Command::RemoveService { id });
+                        }
+                    }
+                    6 => view = s.clone(),
+                    _ => {
+                        let changes = plan(&view);
+                        let planned = changes.len();
+                        i += 1;
+                        let (_, keys) = s.apply(i, &Request { at_ms: i, cmd: Command::Allocate { changes } });
+                        refused += planned - keys.len();
+                        if rng.random_bool(0.5) {
+                            view = s.clone();
+                        }
+                    }
+                }
+                let mut held: BTreeSet<(String, u16)> = BTreeSet::new();
+                for svc in s.services.values() {
+                    for p in &svc.ports {
+                        assert!(held.insert((p.protocol.clone(), p.published)), "seed {seed}: {p:?} twice");
+                        let named_by_other = s.services.values().any(|o| {
+                            o.id != svc.id
+                                && o.spec
+                                    .task
+                                    .ports
+                                    .iter()
+                                    .any(|q| q.published == p.published && q.protocol == p.protocol)
+                        });
+                        assert!(!named_by_other, "seed {seed}: {p:?} of {} is another's", svc.id);
+                    }
+                }
+                let mut fresh = s.clone();
+                fresh.reindex();
+                assert_eq!(fresh.held(), s.held(), "seed {seed}");
+                chosen += held.iter().filter(|(_, p)| (30000..=30005).contains(p)).count();
+            }
+        }
+        assert!(refused > 0, "stale plans were tried, and apply refused them");
+        assert!(chosen > 0, "ports were chosen from the range");
+    }
+
     #[test]
     fn never_a_duplicate_address_over_random_runs() {
         let mut refused = 0;
