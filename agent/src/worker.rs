@@ -759,7 +759,8 @@ mod tests {
     }
 
     fn publishing(mut t: Task, port: u16) -> Task {
-        t.spec.ports = vec![PublishedPort { published: port, target: 80, protocol: "tcp".into() }];
+        t.spec.ports =
+            vec![PublishedPort { published: port, target: 80, protocol: "tcp".into(), ..Default::default() }];
         t
     }
 

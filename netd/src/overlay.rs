@@ -438,6 +438,7 @@ mod tests {
                 endpoint("t3", "10.10.0.4", "n3"),
             ],
             services: vec![],
+            ingress: None,
         }
     }
 
