@@ -934,6 +934,7 @@ mod tests {
             peers: vec![],
             endpoints: vec![],
             services: vec![],
+            ingress: None,
         });
         s
     }
