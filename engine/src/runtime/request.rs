@@ -317,7 +317,8 @@ fn cluster_networks<'a>(req: &'a RunRequest, host: &Host) -> Result<&'a str, Con
     }
     if !req.publish.is_empty() || req.cluster_networks.iter().any(|a| !a.ports.is_empty()) {
         return Err(invalid("port mapping", req.publish.iter().map(publish_spec).collect::<Vec<_>>().join(" "))(
-            "published ports on cluster networks are not supported yet: publish them from a task without --network"
+            "host-mode published ports on a task with cluster networks are not supported yet: publish them in \
+             ingress mode (the default: -p 8080:80), or mode=host from a service without --network"
                 .into(),
         ));
     }
