@@ -33,7 +33,7 @@ use crate::overlay;
 use crate::overlay::OverlayAction;
 use crate::plan::{Action, plan};
 use crate::sys;
-use crate::{lb, lb_sys};
+use crate::{ingress, ingress_sys, lb, lb_sys};
 
 /// How often netd re-checks the kernel even when nothing was asked.
 pub const RESYNC: Duration = Duration::from_secs(5);
@@ -165,6 +165,9 @@ pub struct Netd {
     /// The VIP load balancers in the containers' namespaces (blocking: nft
     /// runs in each namespace, so a pass drives them on a blocking thread).
     balancers: Arc<Mutex<lb_sys::Balancers>>,
+    /// The routing mesh: the host table and the reply steering in the
+    /// namespaces of local tasks on ingress (blocking too).
+    mesh: Arc<Mutex<ingress_sys::Mesh>>,
 }
 
 impl Netd {
@@ -201,6 +204,7 @@ impl Netd {
             sandboxes: tokio::sync::Mutex::new(sys::Sandboxes::new(host.clone(), root.join("sandboxes"))),
             overlay_failures: Mutex::new(Vec::new()),
             balancers: Arc::default(),
+            mesh: Arc::default(),
             host,
             rules: Mutex::new(None),
             pass: tokio::sync::Mutex::new(()),
@@ -274,6 +278,22 @@ impl Netd {
                 .unwrap_or_default();
         for e in errors {
             tracing::warn!(error = %e, "load balancer step failed");
+        }
+        // The routing mesh: the host table (in this namespace, the host's: a blocking
+        // thread of this runtime is in it) and the steering of the local tasks on ingress.
+        let host_table = view.as_ref().and_then(|v| v.ingress.as_ref()).map(ingress::host_table);
+        let steering = view.as_ref().map(|v| ingress::steering(v, &desired.endpoints)).unwrap_or_default();
+        let mesh = self.mesh.clone();
+        let errors = tokio::task::spawn_blocking(move || {
+            let mut mesh = mesh.lock().unwrap_or_else(|p| p.into_inner());
+            let mut errors: Vec<ingress_sys::MeshError> = mesh.sync_host(host_table.as_ref()).err().into_iter().collect();
+            errors.extend(mesh.sync_steering(steering));
+            errors
+        })
+        .await
+        .unwrap_or_default();
+        for e in errors {
+            tracing::warn!(error = %e, "routing mesh step failed");
         }
         failed
     }
