@@ -12,7 +12,7 @@
 //! table ip shoal_ing {
 //!   map pub  { type inet_proto . inet_service : verdict }      # (proto, port) -> goto ilbN (N backends)
 //!   map ibe  { typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport }
-//!   set snat { type inet_proto . inet_service }                 # client-ip=false ports
+//!   set masq { type inet_proto . inet_service }                 # client-ip=false ports
 //!   chain ilbN { dnat ip to meta l4proto . th dport . numgen random mod N map @ibe }
 //!   chain prerouting  { nat, dstnat: mark the snat ports, then vmap @pub for local addresses }
 //!   chain output      { nat, -100: vmap @pub for local addresses (the host's own clients) }
@@ -132,14 +132,14 @@ pub fn host_script(want: &HostTable, have: Option<&HostTable>) -> (String, HostT
             out,
             "  map ibe {{ typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport; }}"
         );
-        let _ = writeln!(out, "  set snat {{ type inet_proto . inet_service; }}");
+        let _ = writeln!(out, "  set masq {{ type inet_proto . inet_service; }}");
         for n in &chains {
             let _ = writeln!(out, "  chain ilb{n} {{ {}; }}", ilb(*n));
         }
         let _ = writeln!(
             out,
             "  chain prerouting {{ type nat hook prerouting priority dstnat; policy accept;\n    \
-             fib daddr type local meta l4proto . th dport @snat meta mark set meta mark or {SNAT_MARK:#x}\n    \
+             fib daddr type local meta l4proto . th dport @masq meta mark set meta mark or {SNAT_MARK:#x}\n    \
              fib daddr type local meta l4proto . th dport vmap @pub; }}"
         );
         let _ = writeln!(
@@ -191,7 +191,7 @@ fn elements(want: &HostTable, have: &HostTable) -> (String, String) {
         }
     }
     for &(p, port) in want.snat.difference(&have.snat) {
-        add("snat", key(p, port));
+        add("masq", key(p, port));
     }
     let mut del = |set: &str, e: String| {
         let _ = writeln!(deletes, "delete element ip {TABLE} {set} {{ {e} }}");
@@ -207,7 +207,7 @@ fn elements(want: &HostTable, have: &HostTable) -> (String, String) {
         }
     }
     for &(p, port) in have.snat.difference(&want.snat) {
-        del("snat", key(p, port));
+        del("masq", key(p, port));
     }
     (adds, deletes)
 }
@@ -259,14 +259,17 @@ pub fn steering(view: &NetView, endpoints: &[EndpointSpec]) -> BTreeMap<PathBuf,
 pub fn steer_script(s: &Steering) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "table ip {STEER_TABLE}\ndelete table ip {STEER_TABLE}\ntable ip {STEER_TABLE} {{");
-    let legs: Vec<String> = s.legs.iter().map(|l| format!("{} : {:#010x}", mac_string(mac_for(l.addr)), l.mark)).collect();
+    let legs: Vec<String> =
+        s.legs.iter().map(|l| format!("{} : {:#010x}", mac_string(mac_for(l.addr)), l.mark)).collect();
     if legs.is_empty() {
         let _ = writeln!(out, "  map legs {{ type ether_addr : mark; }}");
     } else {
         let _ = writeln!(out, "  map legs {{ type ether_addr : mark; elements = {{ {} }} }}", legs.join(", "));
     }
-    let _ =
-        writeln!(out, "  set uflows {{ type ipv4_addr . inet_service . inet_service; flags dynamic, timeout; timeout 180s; }}");
+    let _ = writeln!(
+        out,
+        "  set uflows {{ type ipv4_addr . inet_service . inet_service; flags dynamic, timeout; timeout 180s; }}"
+    );
     let (i, a) = (&s.ifname, s.addr);
     let _ = writeln!(
         out,
@@ -372,7 +375,7 @@ mod tests {
             "meta mark and 0x4000 != 0 masquerade",
             "add element ip shoal_ing pub { tcp . 8080 : goto ilb2 }",
             "add element ip shoal_ing ibe { udp . 8080 . 1 : 10.255.0.9 . 53 }",
-            "add element ip shoal_ing snat { udp . 8080 }",
+            "add element ip shoal_ing masq { udp . 8080 }",
         ] {
             assert!(whole.contains(s), "{s:?} in\n{whole}");
         }
@@ -470,7 +473,9 @@ mod tests {
             assert!(script.contains(s), "{s:?} in\n{script}");
         }
         let (dels, adds) = route_batch(&want, &[0x5a00_0009]);
-        assert!(dels.starts_with("rule del pref 100 fwmark 0x5a000009 lookup 1509949449\nroute flush table 1509949449\n"));
+        assert!(
+            dels.starts_with("rule del pref 100 fwmark 0x5a000009 lookup 1509949449\nroute flush table 1509949449\n")
+        );
         assert!(dels.contains("rule del pref 100 fwmark 0x5a000002 lookup 1509949442\n"), "{dels}");
         assert!(adds.contains("rule add pref 100 fwmark 0x5a000002 lookup 1509949442\n"), "{adds}");
         assert!(adds.contains("route replace default via 10.255.0.3 dev eth1 table 1509949443\n"), "{adds}");

@@ -95,7 +95,8 @@ impl Mesh {
                     self.steered.insert(netns, had);
                 } else {
                     // Programmed again below, taking away the legs that left.
-                    let gone: Vec<u32> = had.legs.iter().map(|l| l.mark).filter(|m| !w.legs.iter().any(|l| l.mark == *m)).collect();
+                    let gone: Vec<u32> =
+                        had.legs.iter().map(|l| l.mark).filter(|m| !w.legs.iter().any(|l| l.mark == *m)).collect();
                     if let Err(e) = steer(&netns, w, &gone) {
                         failed.push(e);
                     } else {
@@ -133,8 +134,11 @@ pub fn steer(netns: &Path, s: &Steering, gone: &[u32]) -> Result<(), MeshError> 
     let w = what.clone();
     sys::in_netns(netns, move || {
         Ok((|| {
-            sysctl(&ifname, "rp_filter", "2")
-                .map_err(|source| MeshError::Run { what: format!("{w}: {ifname}'s rp_filter"), tool: "sysctl", source })?;
+            sysctl(&ifname, "rp_filter", "2").map_err(|source| MeshError::Run {
+                what: format!("{w}: {ifname}'s rp_filter"),
+                tool: "sysctl",
+                source,
+            })?;
             run("nft", &["-f", "-"], &table, &w)?;
             let _ = run("ip", &["-force", "-batch", "-"], &routes.0, &w); // misses expected
             run("ip", &["-batch", "-"], &routes.1, &w)

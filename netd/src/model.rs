@@ -142,7 +142,9 @@ mod tests {
             assert!(n.len() <= 15 && is_ours(&n), "{n}");
         }
         assert!(is_ours("shing0") && is_ours("shing1"), "the ingress leg");
-        for theirs in ["docker0", "eth0", "shbr", "shbrxyz", "shv123", "veth1234", "shoal0", "shx1004", "vxlan0", "shing"] {
+        for theirs in
+            ["docker0", "eth0", "shbr", "shbrxyz", "shv123", "veth1234", "shoal0", "shx1004", "vxlan0", "shing"]
+        {
             assert!(!is_ours(theirs), "{theirs}");
         }
         assert_eq!(sandbox_name(net), "shov0123456789ab");

@@ -370,14 +370,20 @@ fn wanted_leg(view: &NetView) -> Option<(&OverlayNetwork, Ipv4Addr)> {
 /// Whether the leg is there as it should be: the host end with its
 /// address, MAC-less check aside, MTU and up; the peer in the ingress
 /// sandbox on `br0`.
-fn leg_is_right(n: &OverlayNetwork, addr: Ipv4Addr, host_links: &[ObservedLink], sandboxes: &[ObservedSandbox]) -> bool {
+fn leg_is_right(
+    n: &OverlayNetwork,
+    addr: Ipv4Addr,
+    host_links: &[ObservedLink],
+    sandboxes: &[ObservedSandbox],
+) -> bool {
     let host = host_links.iter().find(|l| l.name == ingress::LEG);
     let peer = sandboxes
         .iter()
         .find(|s| s.name == sandbox_name(&n.id))
         .and_then(|s| s.links.iter().find(|l| l.name == ingress::LEG_PEER));
     host.is_some_and(|l| l.kind == LinkKind::Veth && l.up && l.mtu == n.mtu && l.addrs == [(addr, n.prefix)])
-        && peer.is_some_and(|l| l.kind == LinkKind::Veth && l.up && l.mtu == n.mtu && l.master.as_deref() == Some(BRIDGE))
+        && peer
+            .is_some_and(|l| l.kind == LinkKind::Veth && l.up && l.mtu == n.mtu && l.master.as_deref() == Some(BRIDGE))
 }
 
 /// The endpoints of network `n` on other nodes whose node is known:

@@ -286,7 +286,8 @@ impl Netd {
         let mesh = self.mesh.clone();
         let errors = tokio::task::spawn_blocking(move || {
             let mut mesh = mesh.lock().unwrap_or_else(|p| p.into_inner());
-            let mut errors: Vec<ingress_sys::MeshError> = mesh.sync_host(host_table.as_ref()).err().into_iter().collect();
+            let mut errors: Vec<ingress_sys::MeshError> =
+                mesh.sync_host(host_table.as_ref()).err().into_iter().collect();
             errors.extend(mesh.sync_steering(steering));
             errors
         })

@@ -518,7 +518,7 @@ impl Sandboxes {
             let (pi, bi) = (index_of(&inner, LEG_PEER).await?, index_of(&inner, overlay::BRIDGE).await?);
             inner
                 .link()
-                .set(LinkUnspec::new_with_index(pi).controller(bi).up().build())
+                .set(LinkUnspec::new_with_index(pi).controller(bi).mtu(mtu).up().build())
                 .execute()
                 .await
                 .map_err(nl(format!("enslaving {LEG_PEER} in {ns}")))?;
@@ -533,7 +533,11 @@ impl Sandboxes {
                 .execute()
                 .await
                 .map_err(nl(format!("adding {addr} to {LEG}")))?;
-            h.link().set(LinkUnspec::new_with_index(hi).up().build()).execute().await.map_err(nl(format!("setting {LEG} up")))
+            h.link()
+                .set(LinkUnspec::new_with_index(hi).up().build())
+                .execute()
+                .await
+                .map_err(nl(format!("setting {LEG} up")))
         }
         .await;
         if result.is_err()
