@@ -936,7 +936,7 @@ mod tests {
         let new = ingress(publishing(task("b", Running, Assigned), 8080));
         let assigned = tasks(&[old, new]);
         let out = plan(&assigned, &seen(&[container("a", exited(0), None)]));
-        assert_eq!(out, vec![start("b")]);
+        assert!(out.contains(&start("b")), "{out:?}");
         assert_eq!(host_ports(&assigned["b"]).count(), 0, "nothing for this node to bind");
     }
 

@@ -554,7 +554,10 @@ mod tests {
         assert!(refused(&r, &image(), &no_netd).contains("cluster networks need netd"));
         let port = shoal_proto::net::parse_publish("8080:80").expect("port");
         let ported = RunRequest { publish: vec![port], ..r.clone() };
-        assert!(refused(&ported, &image(), &HOST).contains("published ports on cluster networks"));
+        assert!(
+            refused(&ported, &image(), &HOST)
+                .contains("host-mode published ports on a task with cluster networks are not supported yet")
+        );
     }
 
     #[test]
