@@ -47,6 +47,8 @@ fn sysctl(ifname: &str, key: &str, value: &str) -> std::io::Result<()> {
 #[derive(Debug, Default)]
 pub struct Mesh {
     host: Option<HostTable>,
+    /// Whether a table of an earlier netd was looked for.
+    cleared: bool,
     steered: BTreeMap<PathBuf, Steering>,
 }
 
@@ -57,7 +59,8 @@ impl Mesh {
     /// `rp_filter`.
     pub fn sync_host(&mut self, want: Option<&HostTable>) -> Result<(), MeshError> {
         let Some(want) = want else {
-            if self.host.take().is_some() {
+            // One a netd before this one left (netd's first pass) goes too.
+            if self.host.take().is_some() || !std::mem::replace(&mut self.cleared, true) {
                 let script = format!("table ip {t}\ndelete table ip {t}\n", t = ingress::TABLE);
                 run("nft", &["-f", "-"], &script, "removing the ingress table")?;
             }
