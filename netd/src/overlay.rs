@@ -13,6 +13,11 @@
 //! itself: no flood entries, no learning, broadcast stays on its host (the
 //! note's choice, as Swarm).
 //!
+//! With a routing mesh (`view.ingress`), the ingress network also gets
+//! this node's leg (`CreateLeg`: a veth from the host's namespace into its
+//! sandbox's `br0`, see `ingress`) and the other nodes' legs as remote
+//! endpoints.
+//!
 //! Local endpoints (this host's containers on a network) are veths made in
 //! the sandbox: the host end (`model::veth_name`) enslaved to `br0`, the
 //! other end moved into the container's namespace with its address and the
@@ -367,9 +372,9 @@ fn wanted_leg(view: &NetView) -> Option<(&OverlayNetwork, Ipv4Addr)> {
     Some((view.networks.iter().find(|n| n.id == ing.network)?, ing.leg))
 }
 
-/// Whether the leg is there as it should be: the host end with its
-/// address, MAC-less check aside, MTU and up; the peer in the ingress
-/// sandbox on `br0`.
+/// Whether the leg is there as it should be: the host end a veth, up, with
+/// its address alone and the network's MTU; the peer in the ingress
+/// sandbox, up, on `br0`, with the same MTU.
 fn leg_is_right(
     n: &OverlayNetwork,
     addr: Ipv4Addr,
