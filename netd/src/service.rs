@@ -760,9 +760,9 @@ fn ensure_cluster(
     want: Option<Ipv4Addr>,
     ports: Vec<PortMap>,
 ) -> Result<(EndpointSpec, Joined, bool), Status> {
-    if !ports.is_empty() {
+    if !ports.is_empty() && n.internal {
         return Err(Status::invalid_argument(format!(
-            "cluster network {} publishes no ports: publish them on a local network",
+            "internal network {} has no way in for published ports: publish them on another network",
             n.name
         )));
     }
@@ -821,7 +821,7 @@ fn ensure_cluster(
     let e = e.ok_or_else(|| Status::internal("the endpoint just made is gone"))?;
     let leg = match n.internal {
         true => None,
-        false => match gw_leg(state, r) {
+        false => match gw_leg(state, r, &ports) {
             Ok(leg) => Some(leg),
             Err(why) => {
                 if created {
@@ -836,8 +836,11 @@ fn ensure_cluster(
 
 /// The container's leg on the gateway bridge (`GWBRIDGE`, made from the
 /// local address pools on first need; a local network of that name made by
-/// the user is taken as it is, as Docker does).
-fn gw_leg(state: &mut State, r: &pb::AttachRequest) -> Result<EndpointSpec, Status> {
+/// the user is taken as it is, as Docker does). A task's host-mode ports
+/// are published on it (the note's §7.4: DNAT to the task's gateway bridge
+/// address), with the first cluster network that asks; a leg made already
+/// keeps the ports it has.
+fn gw_leg(state: &mut State, r: &pb::AttachRequest, ports: &[PortMap]) -> Result<EndpointSpec, Status> {
     if state.network(GWBRIDGE).is_none() {
         let alloc = state
             .ipam
@@ -858,6 +861,7 @@ fn gw_leg(state: &mut State, r: &pb::AttachRequest) -> Result<EndpointSpec, Stat
         container: r.container.clone(),
         network: GWBRIDGE.into(),
         netns: r.netns.clone(),
+        ports: ports.iter().map(PortMap::to_pb).collect(),
         ..Default::default()
     };
     ensure(state, &leg).map(|(e, _, _)| e)
@@ -992,23 +996,13 @@ mod tests {
         assert_eq!(again, e);
         assert_eq!(s.endpoints.len(), 2);
 
-        // Refused: no address, one outside the subnet, the gateway's, a taken one, another for the same container, ports.
+        // Refused: no address, one outside the subnet, the gateway's, a taken one, another for the same container.
         for (req, code) in [
             (attach("c2", NET, ""), tonic::Code::InvalidArgument),
             (attach("c2", NET, "10.20.0.2"), tonic::Code::InvalidArgument),
             (attach("c2", NET, "10.10.0.1"), tonic::Code::InvalidArgument),
             (attach("c2", NET, "10.10.0.2"), tonic::Code::AlreadyExists),
             (attach("c1", NET, "10.10.0.9"), tonic::Code::FailedPrecondition),
-            (
-                pb::AttachRequest {
-                    ports: vec![
-                        PortMap { host_ip: None, host_port: 8080, container_port: 80, proto: crate::model::Proto::Tcp }
-                            .to_pb(),
-                    ],
-                    ..attach("c2", NET, "10.10.0.3")
-                },
-                tonic::Code::InvalidArgument,
-            ),
             (attach("c2", "nope", "10.10.0.3"), tonic::Code::NotFound),
         ] {
             let got = ensure(&mut s, &req).map(|_| ()).unwrap_err();
@@ -1024,6 +1018,33 @@ mod tests {
         s.release(&e);
         s.tidy();
         assert_eq!((s.endpoints.len(), s.kept.len()), (0, 0));
+    }
+
+    /// A host-mode port of a task on cluster networks: on its gateway bridge leg,
+    /// so the host DNATs it to the task's address there; an internal network refuses it.
+    #[test]
+    fn host_mode_ports_of_a_cluster_task_are_published_on_its_gateway_bridge_leg() {
+        let port =
+            |host_port| PortMap { host_ip: None, host_port, container_port: 80, proto: crate::model::Proto::Tcp };
+        let mut s = state();
+        let req = pb::AttachRequest { ports: vec![port(8080).to_pb()], ..attach("c1", NET, "10.10.0.2") };
+        let (e, joined, _) = ensure(&mut s, &req).unwrap();
+        let Joined::Cluster(_, Some(leg)) = &joined else { panic!("a leg on a non-internal network") };
+        assert_eq!((e.ports.clone(), leg.ports.clone()), (vec![], vec![port(8080)]));
+        let rules = crate::rules::ruleset(&Desired { networks: s.networks.clone(), endpoints: s.endpoints.clone() });
+        assert!(rules.contains(&format!("tcp dport 8080 dnat to {}:80", leg.ip)), "{rules}");
+        // The port is the host's: another container cannot take it.
+        let again = pb::AttachRequest { ports: vec![port(8080).to_pb()], ..attach("c2", NET, "10.10.0.3") };
+        assert_eq!(ensure(&mut s, &again).map(|_| ()).unwrap_err().code(), tonic::Code::AlreadyExists);
+        assert_eq!(s.endpoints.len(), 2, "nothing was added by a refusal");
+
+        let mut s = state();
+        if let Some(v) = s.view.as_mut() {
+            v.networks[0].internal = true;
+        }
+        let got = ensure(&mut s, &req).map(|_| ()).unwrap_err();
+        assert_eq!(got.code(), tonic::Code::InvalidArgument, "{got}");
+        assert!(got.message().contains("internal network"), "{got}");
     }
 
     #[test]

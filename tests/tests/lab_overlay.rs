@@ -7,7 +7,7 @@
 //! scaling; a network in use cannot be removed, and one no longer used can.
 //! The routing mesh: a port published in ingress mode by a service with two
 //! tasks answers on all five hosts, and the server sees the client's own
-//! address.
+//! address; its host-mode port answers only where its tasks run.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -228,6 +228,8 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
             "2",
             "-p",
             "8080:80",
+            "-p",
+            "published=8081,target=80,mode=host",
             "--stop-grace-period",
             "1s",
             "busybox:local",
@@ -254,6 +256,18 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
         // httpd listens on IPv6 too, so it names an IPv4 client in its mapped form.
         let client = seen.trim_start_matches('[').trim_end_matches(']').trim_start_matches("::ffff:");
         ensure!(client == "10.98.0.254", "through host {i}, the server saw {seen:?}, not the switch 10.98.0.254");
+    }
+    // Its host-mode port, beside the ingress network: only on the hosts its tasks run on.
+    for i in 1..=5 {
+        let url = format!("http://10.98.0.{i}:8081/cgi-bin/ip");
+        let out = lab.sw(&["timeout", "5", "busybox", "wget", "-qO-", &url])?;
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let client = body.trim_start_matches('[').trim_end_matches(']').trim_start_matches("::ffff:");
+        if front_hosts.contains(&i) {
+            ensure!(client == "10.98.0.254", "host {i}'s task on its host-mode port saw {body:?}");
+        } else {
+            ensure!(!out.status.success(), "host {i} has no task, yet answered on its host-mode port: {body:?}");
+        }
     }
     lab.shoal(1, &["service", "rm", "front"])?;
     Ok(())
