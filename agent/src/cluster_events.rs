@@ -145,6 +145,7 @@ mod tests {
             description: NodeDescription { hostname: format!("host-{id}"), ..Default::default() },
             status: NodeStatus { state: NodeState::Ready, message: String::new() },
             meta: Meta::default(),
+            ingress: None,
         }
     }
 

@@ -252,6 +252,7 @@ impl Daemon {
             },
             status: NodeStatus::default(),
             meta: Meta::default(),
+            ingress: None, // the allocator gives the leg
         };
         let result = async {
             self.paths.wipe().map_err(internal)?;

@@ -102,7 +102,7 @@ pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<Worke
     let held: Vec<(u16, &str)> = assigned
         .values()
         .filter(|t| t.desired != TaskState::Running && mine.contains_key(&t.id))
-        .flat_map(|t| t.spec.ports.iter().map(|p| (p.published, p.protocol.as_str())))
+        .flat_map(|t| host_ports(t).map(|p| (p.published, p.protocol.as_str())))
         .collect();
     let mut free_starts = PARALLEL_STARTS.saturating_sub(observed.starting.len());
     let report = |out: &mut Vec<WorkerAction>, t: &Task, status: TaskStatus| {
@@ -120,7 +120,7 @@ pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<Worke
                 None if observed.now_ms < t.not_before_ms => {} // a restart's back-off
                 // Its networks' sandboxes come with the view netd does not have yet.
                 None if t.networks.iter().any(|n| !observed.net_ready.contains(&n.network)) => {}
-                None if t.spec.ports.iter().any(|p| held.contains(&(p.published, p.protocol.as_str()))) => {}
+                None if host_ports(t).any(|p| held.contains(&(p.published, p.protocol.as_str()))) => {}
                 // Started before the listing: its container may have appeared after it.
                 None if observed.starting.contains(&t.id) => {}
                 None if free_starts == 0 => {} // the next pass picks up what is left
@@ -624,9 +624,9 @@ impl Worker {
                 why,
             })?),
         };
-        let publish = s
-            .ports
-            .iter()
+        // Ingress ports are the routing mesh's (netd serves them on every node): only
+        // host-mode ones are bound here, to this task.
+        let publish = host_ports(t)
             .map(|p| {
                 let proto = match p.protocol.as_str() {
                     "" | "tcp" => Proto::Tcp,
@@ -679,6 +679,11 @@ impl Worker {
             ..Default::default()
         })
     }
+}
+
+/// The task's host-mode published ports: the only ones its node binds to it.
+fn host_ports(t: &Task) -> impl Iterator<Item = &shoal_proto::service::PublishedPort> {
+    t.spec.ports.iter().filter(|p| p.mode == shoal_proto::service::PublishMode::Host)
 }
 
 /// The span a task's start or stop runs in, with the field names the managers use.
@@ -765,7 +770,8 @@ mod tests {
     }
 
     fn publishing(mut t: Task, port: u16) -> Task {
-        t.spec.ports = vec![PublishedPort { published: port, target: 80, protocol: "tcp".into() }];
+        t.spec.ports =
+            vec![PublishedPort { published: port, target: 80, protocol: "tcp".into(), ..Default::default() }];
         t
     }
 
@@ -924,6 +930,22 @@ mod tests {
         let out = plan(&assigned, &seen(&[container("a", exited(0), None)]));
         assert_eq!(out[0], WorkerAction::Remove { task: "a".into(), container: "c-a".into(), name: "web.1.a".into() });
         assert_eq!(plan(&assigned, &seen(&[])), vec![start("b")]);
+    }
+
+    #[test]
+    fn ingress_ports_are_never_held_by_a_leaving_task() {
+        // The routing mesh serves an ingress port on every node: a leaving task's
+        // container holds nothing, so the new task starts at once.
+        let ingress = |mut t: Task| {
+            t.spec.ports[0].mode = shoal_proto::service::PublishMode::Ingress;
+            t
+        };
+        let old = ingress(publishing(task("a", Shutdown, Running), 8080));
+        let new = ingress(publishing(task("b", Running, Assigned), 8080));
+        let assigned = tasks(&[old, new]);
+        let out = plan(&assigned, &seen(&[container("a", exited(0), None)]));
+        assert!(out.contains(&start("b")), "{out:?}");
+        assert_eq!(host_ports(&assigned["b"]).count(), 0, "nothing for this node to bind");
     }
 
     #[test]

@@ -285,6 +285,7 @@ fn worker_node(id: &str) -> Node {
         description: NodeDescription { hostname: id.into(), ..Default::default() },
         status: NodeStatus::default(),
         meta: Meta::default(),
+        ingress: None,
     }
 }
 

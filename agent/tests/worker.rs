@@ -164,6 +164,7 @@ fn net_view(networks: &[&str]) -> shoal_proto::net::NetView {
         peers: vec![],
         endpoints: vec![],
         services: vec![],
+        ingress: None,
     }
 }
 

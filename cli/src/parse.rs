@@ -4,7 +4,7 @@
 //! this module adds the flag's name and the CLI's units.
 
 use anyhow::{Context, bail};
-use shoal_proto::service::PublishedPort;
+use shoal_proto::service::{PublishMode, PublishedPort};
 
 /// `90d`, `2160h`, `30m`, `45s` or plain seconds → seconds (`swarm init --cert-expiry`).
 pub fn duration_secs(s: &str) -> Result<u64, String> {
@@ -39,9 +39,11 @@ pub fn bytes(s: &str) -> anyhow::Result<u64> {
     shoal_proto::parse::size(s).map(|b| b as u64).map_err(|e| anyhow::anyhow!("invalid size {s:?}: {e}"))
 }
 
-/// A service's `--publish`: `published=8080,target=80,protocol=tcp,mode=host` or `8080:80[/udp]`.
+/// A service's `--publish`: `published=8080,target=80[,protocol=tcp|udp][,mode=ingress|host][,client-ip=false]`
+/// or `[PUBLISHED:]TARGET[/udp]`. Ingress (the routing mesh) unless `mode=host`, as Docker's;
+/// a published port left out or 0 is chosen by the managers (30000-32767).
 pub fn publish(s: &str) -> anyhow::Result<PublishedPort> {
-    let mut p = PublishedPort { published: 0, target: 0, protocol: "tcp".into() };
+    let mut p = PublishedPort { mode: PublishMode::Ingress, ..Default::default() };
     if s.contains('=') {
         for kv in s.split(',') {
             let (k, v) = kv.split_once('=').with_context(|| format!("invalid --publish {s:?}: KEY=VALUE pairs"))?;
@@ -49,22 +51,46 @@ pub fn publish(s: &str) -> anyhow::Result<PublishedPort> {
                 "published" => p.published = v.parse().with_context(|| format!("invalid published port {v:?}"))?,
                 "target" => p.target = v.parse().with_context(|| format!("invalid target port {v:?}"))?,
                 "protocol" => p.protocol = v.to_string(),
-                "mode" if v == "host" => {}
-                "mode" => bail!(
-                    "--publish mode={v}: only mode=host is supported so far (the ingress routing mesh comes with overlay networks)"
-                ),
-                _ => bail!("invalid --publish key {k:?}: published, target, protocol, mode"),
+                "mode" => p.mode = PublishMode::parse(v).map_err(|e| anyhow::anyhow!("--publish {s:?}: {e}"))?,
+                "client-ip" | "client_ip" => {
+                    p.client_ip = match v {
+                        "true" => true,
+                        "false" => false,
+                        _ => bail!("invalid --publish client-ip={v}: true or false"),
+                    }
+                }
+                _ => bail!("invalid --publish key {k:?}: published, target, protocol, mode, client-ip"),
             }
+        }
+        if p.target == 0 {
+            bail!("invalid --publish {s:?}: target= is required");
         }
     } else {
         let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
-        let (pubp, target) =
-            ports.split_once(':').with_context(|| format!("invalid --publish {s:?}: PUBLISHED:TARGET"))?;
+        let (pubp, target) = ports.split_once(':').unwrap_or(("0", ports));
         p.published = pubp.parse().with_context(|| format!("invalid published port {pubp:?}"))?;
         p.target = target.parse().with_context(|| format!("invalid target port {target:?}"))?;
         p.protocol = proto.to_string();
     }
+    if !matches!(p.protocol.as_str(), "tcp" | "udp") {
+        bail!("invalid --publish {s:?}: the protocol is tcp or udp");
+    }
+    if p.mode == PublishMode::Host && !p.client_ip {
+        bail!("invalid --publish {s:?}: client-ip=false applies to ingress mode only (host mode always keeps it)");
+    }
     Ok(p)
+}
+
+/// `--publish-rm`: `PORT[/PROTO]` removes the ports whose published or
+/// target port is PORT (and protocol PROTO, when given), as Docker's.
+pub fn publish_rm(s: &str) -> anyhow::Result<(u16, Option<String>)> {
+    let (port, proto) = match s.split_once('/') {
+        Some((p, proto @ ("tcp" | "udp"))) => (p, Some(proto.to_string())),
+        Some(_) => bail!("invalid --publish-rm {s:?}: PORT[/tcp|udp]"),
+        None => (s, None),
+    };
+    let port = port.parse().with_context(|| format!("invalid --publish-rm {s:?}: PORT[/tcp|udp]"))?;
+    Ok((port, proto))
 }
 
 /// `--since`/`--until`: an RFC 3339 time, unix seconds, or a duration back
@@ -121,9 +147,34 @@ mod tests {
     #[test]
     fn ports_parse_like_docker() {
         let p = publish("published=8080,target=80,mode=host").unwrap();
-        assert_eq!((p.published, p.target, p.protocol.as_str()), (8080, 80, "tcp"));
+        assert_eq!((p.published, p.target, p.protocol.as_str(), p.mode), (8080, 80, "tcp", PublishMode::Host));
         assert_eq!(publish("53:5353/udp").unwrap().protocol, "udp");
-        assert!(publish("published=80,target=80,mode=ingress").unwrap_err().to_string().contains("mode=host"));
+        let table = [
+            ("8080:80", (8080, 80, "tcp", PublishMode::Ingress, true)),
+            ("80", (0, 80, "tcp", PublishMode::Ingress, true)),
+            ("53/udp", (0, 53, "udp", PublishMode::Ingress, true)),
+            ("published=80,target=81,mode=ingress", (80, 81, "tcp", PublishMode::Ingress, true)),
+            ("target=81", (0, 81, "tcp", PublishMode::Ingress, true)),
+            ("published=0,target=81,protocol=udp,client-ip=false", (0, 81, "udp", PublishMode::Ingress, false)),
+        ];
+        for (arg, want) in table {
+            let p = publish(arg).unwrap();
+            assert_eq!((p.published, p.target, p.protocol.as_str(), p.mode, p.client_ip), want, "{arg}");
+        }
+        for (arg, why) in [
+            ("published=80,target=80,mode=dsr", "ingress or host"),
+            ("published=80", "target= is required"),
+            ("8080:80/sctp", "tcp or udp"),
+            ("target=80,mode=host,client-ip=false", "ingress mode only"),
+            ("target=80,client-ip=no", "true or false"),
+            ("target=80,colour=red", "published, target, protocol, mode, client-ip"),
+        ] {
+            let err = publish(arg).unwrap_err().to_string();
+            assert!(err.contains(why), "{arg}: {err}");
+        }
+        assert_eq!(publish_rm("8080").unwrap(), (8080, None));
+        assert_eq!(publish_rm("53/udp").unwrap(), (53, Some("udp".into())));
+        assert!(publish_rm("53/sctp").is_err() && publish_rm("x").is_err());
     }
 
     #[test]

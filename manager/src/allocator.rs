@@ -12,6 +12,14 @@
 //! freed is not given again at once. A task that cannot get one (the
 //! network is full, or has no subnet yet) waits: the scheduler places it
 //! only once all its attachments have an address, and says why not.
+//!
+//! The routing mesh: every node gets a leg on the ingress network (before
+//! any task there, so legs come first), and every service publishing
+//! ingress ports gets them in one change: the ports its spec names, and
+//! for each left at 0 the lowest port of `ClusterNet.ingress_ports` that
+//! no service publishes in either mode. Its tasks' ingress addresses are
+//! task addresses like any other (the orchestrator gives them the
+//! attachment).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -20,7 +28,7 @@ use shoal_proto::net::Subnet;
 use shoal_proto::network::{
     ClusterNet, DEFAULT_OVERLAY_MTU, EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc,
 };
-use shoal_proto::service::TaskState;
+use shoal_proto::service::{PublishedPort, TaskState};
 
 use crate::networks::{AllocChange, claimed_subnet, next_free};
 use crate::state::State;
@@ -30,7 +38,59 @@ use crate::state::State;
 pub fn plan(state: &State) -> Vec<AllocChange> {
     let mut changes = plan_networks(state);
     plan_addrs(state, &mut changes);
+    plan_ports(state, &mut changes);
     changes
+}
+
+/// The ingress ports services lack, by service id (see the module doc).
+/// Services that cannot have them (no ingress network, `dnsrr`) wait; the
+/// API refuses such specs, so only an ingress network removed since leaves one waiting.
+fn plan_ports(state: &State, out: &mut Vec<AllocChange>) {
+    let Some(cluster) = &state.cluster else { return };
+    if state.ingress_network().is_none() {
+        return;
+    }
+    let (lo, hi) = cluster.net.ingress_ports;
+    let mut busy: HashSet<(String, u16)> = HashSet::new();
+    for s in state.services.values() {
+        let named = s.spec.task.ports.iter().filter(|p| p.published != 0);
+        busy.extend(named.chain(&s.ports).map(|p| (p.protocol.clone(), p.published)));
+    }
+    let waiting = state.services.values().filter(|s| {
+        s.spec.endpoint_mode == EndpointMode::Vip
+            && s.spec.task.ports.iter().any(|p| p.is_ingress())
+            && !s.ports_allocated()
+    });
+    for s in waiting {
+        // What it holds still matches its spec (apply prunes the rest): keep it, add the missing.
+        let mut ports: Vec<PublishedPort> = s.ports.clone();
+        let mut used = vec![false; ports.len()];
+        let mut wanted: Vec<&PublishedPort> = s.spec.task.ports.iter().filter(|p| p.is_ingress()).collect();
+        wanted.sort_by_key(|p| p.published == 0);
+        let mut complete = true;
+        for w in wanted {
+            if let Some(i) = (0..ports.len()).find(|i| !used[*i] && w.allocated_as(&ports[*i])) {
+                used[i] = true;
+                continue;
+            }
+            let published = if w.published != 0 {
+                Some(w.published)
+            } else {
+                (lo..=hi).find(|p| !busy.contains(&(w.protocol.clone(), *p)))
+            };
+            let Some(published) = published else {
+                complete = false;
+                break;
+            };
+            busy.insert((w.protocol.clone(), published));
+            ports.push(PublishedPort { published, ..w.clone() });
+            used.push(true);
+        }
+        if complete {
+            let ports = ports.into_iter().zip(used).filter(|(_, u)| *u).map(|(p, _)| p).collect();
+            out.push(AllocChange::Ports { service: s.id.clone(), ports });
+        }
+    }
 }
 
 /// The addresses the state lacks (networks allocated in this same pass wait
@@ -40,6 +100,13 @@ fn plan_addrs(state: &State, out: &mut Vec<AllocChange>) {
         return;
     }
     let mut pool = Pool { state, cursor: HashMap::new(), taken: HashSet::new(), full: HashSet::new() };
+    if let Some(ingress) = state.ingress_network() {
+        for n in state.nodes.values().filter(|n| n.ingress.as_ref().is_none_or(|l| l.network != ingress.id)) {
+            if let Some(addr) = pool.take(&ingress.id) {
+                out.push(AllocChange::NodeLeg { node: n.id.clone(), network: ingress.id.clone(), addr });
+            }
+        }
+    }
     for s in state.services.values().filter(|s| s.spec.endpoint_mode == EndpointMode::Vip) {
         for a in &s.spec.task.networks {
             if s.vips.iter().any(|v| v.network == a.target) {
@@ -181,6 +248,7 @@ mod tests {
             description: NodeDescription { hostname: "lab1".into(), ..Default::default() },
             status: NodeStatus::default(),
             meta: Meta::default(),
+            ingress: None,
         };
         node.description.net.subnets = vec![sub("10.98.0.0/24"), sub("10.0.1.0/24")];
         let (r, _) = s.apply(1, &Request { at_ms: 1, cmd: Command::Bootstrap { cluster, node } });
@@ -230,6 +298,12 @@ mod tests {
                 ("ingress".into(), 4096, "10.255.0.0/16".into(), "10.255.0.1".into(), 1450),
             ]
         );
+        // Then the node's leg on the ingress network.
+        let legs = plan(&s);
+        let leg =
+            AllocChange::NodeLeg { node: "n1".into(), network: "ingress".into(), addr: "10.255.0.2".parse().unwrap() };
+        assert_eq!(legs, vec![leg]);
+        apply(&mut s, 7, Command::Allocate { changes: legs });
         assert!(plan(&s).is_empty(), "nothing left to do");
     }
 
@@ -450,6 +524,145 @@ mod tests {
         assert_eq!(fresh.held(), s.held());
     }
 
+    fn ing(published: u16, target: u16, proto: &str) -> PublishedPort {
+        PublishedPort {
+            published,
+            target,
+            protocol: proto.into(),
+            mode: shoal_proto::service::PublishMode::Ingress,
+            client_ip: true,
+        }
+    }
+
+    fn host(published: u16, target: u16) -> PublishedPort {
+        PublishedPort { published, target, ..Default::default() }
+    }
+
+    /// A service publishing `ports`, with tasks made as the orchestrator makes them.
+    fn publishing(s: &mut State, index: &mut u64, id: &str, ports: Vec<PublishedPort>, tasks: &[&str]) {
+        let spec = ServiceSpec {
+            name: id.into(),
+            task: TaskSpec { image: "busybox".into(), ports, ..Default::default() },
+            ..Default::default()
+        };
+        assert_eq!(s.ports_problem(id, &spec), None);
+        let nets = s.task_attachments(&spec);
+        *index += 1;
+        assert_eq!(apply(s, *index, Command::CreateService { id: id.into(), spec, auth: None }), Response::Ok);
+        let changes = tasks
+            .iter()
+            .map(|t| {
+                TaskChange::Create(Box::new(Task {
+                    id: t.to_string(),
+                    service_id: id.into(),
+                    desired: TaskState::Running,
+                    networks: nets
+                        .iter()
+                        .map(|n| TaskNetwork { network: n.target.clone(), ..Default::default() })
+                        .collect(),
+                    ..Default::default()
+                }))
+            })
+            .collect();
+        *index += 1;
+        apply(s, *index, Command::Tasks { changes });
+    }
+
+    fn published(s: &State, svc: &str) -> Vec<String> {
+        s.services[svc].ports.iter().map(|p| format!("{}/{}", p.published, p.protocol)).collect()
+    }
+
+    #[test]
+    fn ingress_ports_and_legs_are_handed_out_once_and_released() {
+        let mut s = world(ClusterNet::default());
+        let mut i = 1;
+        let spec = ServiceSpec {
+            name: "early".into(),
+            task: TaskSpec { image: "busybox".into(), ports: vec![ing(0, 80, "tcp")], ..Default::default() },
+            ..Default::default()
+        };
+        assert!(s.ports_problem("", &spec).is_some_and(|w| w.contains("need the ingress network")));
+        create(&mut s, 2, "ingress", |sp| sp.ingress = true);
+        i += 1;
+        allocate(&mut s, &mut i);
+        // The node's leg first, then a service's ports and its tasks' ingress addresses.
+        assert_eq!(allocate(&mut s, &mut i).len(), 1);
+        let leg = s.nodes["n1"].ingress.clone().expect("a leg");
+        assert_eq!((leg.network.as_str(), leg.addr.to_string()), ("ingress", "10.255.0.2".into()));
+        publishing(&mut s, &mut i, "web", vec![ing(0, 80, "tcp"), ing(8080, 80, "tcp")], &["t1"]);
+        publishing(&mut s, &mut i, "dns", vec![ing(0, 53, "udp"), ing(0, 53, "tcp")], &[]);
+        publishing(&mut s, &mut i, "h", vec![host(30002, 80)], &["t2"]);
+        assert!(s.tasks["t2"].networks.is_empty(), "host-mode ports need no ingress address");
+        publishing(&mut s, &mut i, "more", vec![ing(0, 80, "tcp")], &[]);
+        allocate(&mut s, &mut i);
+        // By service id: dns, more, web; each protocol has its own ports.
+        assert_eq!(published(&s, "dns"), ["30000/udp", "30000/tcp"]);
+        assert_eq!(published(&s, "more"), ["30001/tcp"]);
+        assert_eq!(published(&s, "web"), ["8080/tcp", "30003/tcp"], "30002 is h's host-mode port");
+        assert!(s.services["h"].ports.is_empty());
+        assert_eq!(addr(&s, "t1", "ingress"), Some("10.255.0.3".into()));
+        assert!(plan(&s).is_empty(), "nothing left to do");
+        assert_eq!(s.held().port("tcp", 30003), Some("web"));
+        // What another service may not publish, and what it may.
+        let clash = |ports: Vec<PublishedPort>| {
+            let spec = ServiceSpec { task: TaskSpec { ports, ..Default::default() }, ..Default::default() };
+            s.ports_problem("x", &spec)
+        };
+        let table: [(Vec<PublishedPort>, Option<&str>); 6] = [
+            (vec![ing(8080, 81, "tcp")], Some("port 8080/tcp is already in use by service web as an ingress port")),
+            (vec![ing(30000, 81, "tcp")], Some("port 30000/tcp is already in use by service dns")),
+            (vec![host(30001, 81)], Some("in use by service more as an ingress port, which takes it on every node")),
+            (vec![ing(30002, 81, "tcp")], Some("already published by service h in host mode")),
+            (vec![host(30002, 81)], None),
+            (vec![ing(8080, 81, "udp"), ing(0, 81, "tcp")], None),
+        ];
+        for (ports, want) in table {
+            let got = clash(ports.clone());
+            match want {
+                None => assert_eq!(got, None, "{ports:?}"),
+                Some(w) => assert!(got.as_deref().is_some_and(|g| g.contains(w)), "{ports:?}: {got:?}"),
+            }
+        }
+        // A stale plan's port, held by another by now, is refused on its own.
+        let mut spec = s.services["more"].spec.clone();
+        spec.task.ports.push(ing(0, 81, "tcp"));
+        i += 1;
+        let update =
+            Command::UpdateService { id: "more".into(), spec, rollback: false, replace_auth: false, auth: None };
+        assert_eq!(apply(&mut s, i, update), Response::Ok);
+        assert_eq!(published(&s, "more"), ["30001/tcp"], "an update keeps the ports it did not touch");
+        let stale = vec![AllocChange::Ports {
+            service: "more".into(),
+            ports: vec![ing(30001, 80, "tcp"), ing(30003, 81, "tcp")],
+        }];
+        i += 1;
+        let (_, keys) = s.apply(i, &Request { at_ms: i, cmd: Command::Allocate { changes: stale } });
+        assert!(keys.is_empty(), "30003/tcp is web's");
+        allocate(&mut s, &mut i);
+        assert_eq!(published(&s, "more"), ["30001/tcp", "30004/tcp"]);
+        // Dropping a port from the spec releases it at once; removing the service releases all.
+        let mut spec = s.services["web"].spec.clone();
+        spec.task.ports.retain(|p| p.published == 0);
+        i += 1;
+        let update =
+            Command::UpdateService { id: "web".into(), spec, rollback: false, replace_auth: false, auth: None };
+        assert_eq!(apply(&mut s, i, update), Response::Ok);
+        assert_eq!(published(&s, "web"), ["30003/tcp"]);
+        assert_eq!(s.held().port("tcp", 8080), None);
+        i += 1;
+        assert_eq!(apply(&mut s, i, Command::RemoveService { id: "dns".into() }), Response::Ok);
+        assert_eq!(s.held().port("udp", 30000), None);
+        // The ingress network is in use while a service publishes ingress ports.
+        assert!(s.network_user("ingress").is_some_and(|w| w.contains("which publishes ingress ports")));
+        let mut fresh = s.clone();
+        fresh.reindex();
+        assert_eq!(fresh.held(), s.held());
+        // A removed node's leg is free again.
+        i += 1;
+        assert_eq!(apply(&mut s, i, Command::RemoveNode { id: "n1".into() }), Response::Ok);
+        assert_eq!(s.held().addr("ingress", leg.addr), None);
+    }
+
     #[test]
     fn apply_refuses_addresses_held_or_outside_the_range_one_by_one() {
         let mut s = world(ClusterNet::default());
@@ -535,6 +748,95 @@ mod tests {
     /// and deleted, networks added and removed, with leader changes: a
     /// stale plan may be applied to a newer state. Never one address held
     /// twice on a network, never a live task's address outside its range.
+    /// Random services publishing from a small range, updated, removed,
+    /// with stale leaders: an ingress port is never held twice, never
+    /// another service's named port, and the index is always the one a
+    /// fresh load derives.
+    #[test]
+    fn never_an_ingress_port_twice_over_random_runs() {
+        let net = ClusterNet { ingress_ports: (30000, 30005), ..ClusterNet::default() };
+        let (mut refused, mut chosen) = (0, 0);
+        for seed in 0..20u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut s = world(net.clone());
+            let mut i = 1;
+            create(&mut s, 2, "ingress", |sp| sp.ingress = true);
+            i += 1;
+            allocate(&mut s, &mut i);
+            let mut view = s.clone();
+            let port = |rng: &mut StdRng| {
+                let published = [0, 0, 8080, 30001, 30003][rng.random_range(0..5)];
+                let proto = if rng.random_bool(0.8) { "tcp" } else { "udp" };
+                if rng.random_bool(0.8) { ing(published, 80, proto) } else { host(published.max(9000), 80) }
+            };
+            for n in 0..300 {
+                let ids: Vec<String> = s.services.keys().cloned().collect();
+                let pick = |rng: &mut StdRng| ids.get(rng.random_range(0..ids.len().max(1))).cloned();
+                match rng.random_range(0..10) {
+                    0..=2 => {
+                        let ports: Vec<PublishedPort> = (0..rng.random_range(1..3)).map(|_| port(&mut rng)).collect();
+                        let spec = ServiceSpec {
+                            name: format!("s{n}"),
+                            task: TaskSpec { image: "busybox".into(), ports, ..Default::default() },
+                            ..Default::default()
+                        };
+                        i += 1;
+                        apply(&mut s, i, Command::CreateService { id: format!("s{n}"), spec, auth: None });
+                    }
+                    3..=4 => {
+                        if let Some(id) = pick(&mut rng) {
+                            let mut spec = s.services[&id].spec.clone();
+                            spec.task.ports.push(port(&mut rng));
+                            spec.task.ports.remove(0);
+                            i += 1;
+                            let cmd =
+                                Command::UpdateService { id, spec, rollback: false, replace_auth: false, auth: None };
+                            apply(&mut s, i, cmd);
+                        }
+                    }
+                    5 => {
+                        if let Some(id) = pick(&mut rng) {
+                            i += 1;
+                            apply(&mut s, i, Command::RemoveService { id });
+                        }
+                    }
+                    6 => view = s.clone(),
+                    _ => {
+                        let changes = plan(&view);
+                        let planned = changes.len();
+                        i += 1;
+                        let (_, keys) = s.apply(i, &Request { at_ms: i, cmd: Command::Allocate { changes } });
+                        refused += planned - keys.len();
+                        if rng.random_bool(0.5) {
+                            view = s.clone();
+                        }
+                    }
+                }
+                let mut held: BTreeSet<(String, u16)> = BTreeSet::new();
+                for svc in s.services.values() {
+                    for p in &svc.ports {
+                        assert!(held.insert((p.protocol.clone(), p.published)), "seed {seed}: {p:?} twice");
+                        let named_by_other = s.services.values().any(|o| {
+                            o.id != svc.id
+                                && o.spec
+                                    .task
+                                    .ports
+                                    .iter()
+                                    .any(|q| q.published == p.published && q.protocol == p.protocol)
+                        });
+                        assert!(!named_by_other, "seed {seed}: {p:?} of {} is another's", svc.id);
+                    }
+                }
+                let mut fresh = s.clone();
+                fresh.reindex();
+                assert_eq!(fresh.held(), s.held(), "seed {seed}");
+                chosen += held.iter().filter(|(_, p)| (30000..=30005).contains(p)).count();
+            }
+        }
+        assert!(refused > 0, "stale plans were tried, and apply refused them");
+        assert!(chosen > 0, "ports were chosen from the range");
+    }
+
     #[test]
     fn never_a_duplicate_address_over_random_runs() {
         let mut refused = 0;

@@ -42,15 +42,26 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     }
     let mut seen = std::collections::BTreeSet::new();
     for p in &spec.task.ports {
-        if p.published == 0 || p.target == 0 || !matches!(p.protocol.as_str(), "tcp" | "udp") {
-            return bad(format!(
-                "invalid published port {}:{}/{}: host mode needs both ports",
-                p.published, p.target, p.protocol
-            ));
+        let shown = format!("{}:{}/{}", p.published, p.target, p.protocol);
+        if !matches!(p.protocol.as_str(), "tcp" | "udp") {
+            return bad(format!("invalid published port {shown}: the protocol is tcp or udp"));
         }
-        if !seen.insert((p.published, p.protocol.clone())) {
+        if p.target == 0 {
+            return bad(format!("invalid published port {shown}: it needs a target port"));
+        }
+        if !p.is_ingress() && p.published == 0 {
+            return bad(format!("invalid published port {shown}: host mode needs both ports"));
+        }
+        if !p.is_ingress() && !p.client_ip {
+            return bad(format!("invalid published port {shown}: client-ip=false applies to ingress mode only"));
+        }
+        if p.published != 0 && !seen.insert((p.published, p.protocol.clone())) {
             return bad(format!("port {}/{} is published twice", p.published, p.protocol));
         }
+    }
+    if spec.endpoint_mode == shoal_proto::network::EndpointMode::Dnsrr && spec.task.ports.iter().any(|p| p.is_ingress())
+    {
+        return bad(crate::networks::DNSRR_INGRESS.into());
     }
     // What every node would refuse when it starts a task, refused here with
     // the engine's own rules (`shoal_proto::parse`, `shoal_proto::mount`).
@@ -266,6 +277,9 @@ impl pb::control_server::Control for ControlService {
         if self.mgr.store.read().services.values().any(|s| s.spec.name == spec.name) {
             return Err(Status::already_exists(format!("service {} already exists", spec.name)));
         }
+        if let Some(why) = self.mgr.store.read().ports_problem("", &spec) {
+            return Err(Status::invalid_argument(why));
+        }
         let id = new_node_id();
         record("service.id", &id);
         self.mgr.write(Command::CreateService { id: id.clone(), spec, auth }).await?;
@@ -287,6 +301,9 @@ impl pb::control_server::Control for ControlService {
         validate_spec(&spec)?;
         if !r.rollback {
             resolve_networks(&self.mgr.store.read(), &mut spec)?;
+        }
+        if let Some(why) = self.mgr.store.read().ports_problem(&svc.id, &spec) {
+            return Err(Status::invalid_argument(why));
         }
         let auth = r.auth.and_then(|a| RegistryAuth::non_empty(&a.username, &a.password));
         let update = Command::UpdateService {
@@ -658,6 +675,7 @@ impl pb::ca_server::Ca for CaService {
                     },
                     status: NodeStatus { state: NodeState::Unknown, message: "joining".into() },
                     meta: Default::default(),
+                    ingress: None,
                 };
                 record("node.id", &node.id);
                 // Sign first: a bad CSR must not leave a half-registered node.
@@ -698,7 +716,7 @@ impl pb::ca_server::Ca for CaService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_proto::service::{PublishedPort, TaskSpec};
+    use shoal_proto::service::{PublishMode, PublishedPort, TaskSpec};
 
     fn spec(task: TaskSpec) -> ServiceSpec {
         ServiceSpec {
@@ -754,10 +772,18 @@ mod tests {
     fn specs_no_node_could_run_are_refused_with_the_reason() {
         let mount = |m: &str| TaskSpec { mounts: vec![m.to_string()], ..Default::default() };
         let port = |published, target, protocol: &str| TaskSpec {
-            ports: vec![PublishedPort { published, target, protocol: protocol.into() }],
+            ports: vec![PublishedPort { published, target, protocol: protocol.into(), ..Default::default() }],
             ..Default::default()
         };
-        let table: [(&str, ServiceSpec, Option<&str>); 19] = [
+        let ing =
+            |published, target| PublishedPort { published, target, mode: PublishMode::Ingress, ..Default::default() };
+        let ports = |ports: Vec<PublishedPort>| TaskSpec { ports, ..Default::default() };
+        let dnsrr = ServiceSpec {
+            endpoint_mode: shoal_proto::network::EndpointMode::Dnsrr,
+            ..spec(ports(vec![ing(8080, 80)]))
+        };
+        let snat_host = PublishedPort { client_ip: false, ..port(8080, 80, "tcp").ports[0].clone() };
+        let table: [(&str, ServiceSpec, Option<&str>); 27] = [
             ("plain", spec(TaskSpec::default()), None),
             ("6 MB", spec(TaskSpec { limit_memory: 6 << 20, ..Default::default() }), None),
             (
@@ -796,6 +822,22 @@ mod tests {
             ("a port", spec(port(8080, 80, "tcp")), None),
             ("no published port", spec(port(0, 80, "tcp")), Some("host mode needs both ports")),
             ("a bad protocol", spec(port(8080, 80, "sctp")), Some("invalid published port 8080:80/sctp")),
+            ("an ingress port", spec(ports(vec![ing(8080, 80)])), None),
+            ("an ingress port to allocate", spec(ports(vec![ing(0, 80), ing(0, 80)])), None),
+            ("no target", spec(ports(vec![ing(8080, 0)])), Some("it needs a target port")),
+            ("twice", spec(ports(vec![ing(8080, 80), ing(8080, 81)])), Some("port 8080/tcp is published twice")),
+            (
+                "ingress and host",
+                spec(ports(vec![ing(8080, 80), port(8080, 81, "tcp").ports[0].clone()])),
+                Some("port 8080/tcp is published twice"),
+            ),
+            (
+                "tcp and udp",
+                spec(ports(vec![ing(53, 53), PublishedPort { protocol: "udp".into(), ..ing(53, 53) }])),
+                None,
+            ),
+            ("dnsrr", dnsrr, Some("port published with ingress mode can't be used with dnsrr mode")),
+            ("snat in host mode", spec(ports(vec![snat_host])), Some("client-ip=false applies to ingress mode only")),
             ("no image", ServiceSpec { name: "web".into(), ..Default::default() }, Some("a service needs an image")),
         ];
         for (case, spec, want) in table {

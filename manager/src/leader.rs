@@ -250,6 +250,7 @@ mod tests {
             description: NodeDescription { hostname: id.into(), ..Default::default() },
             status: NodeStatus { state: NodeState::Ready, message: String::new() },
             meta: Meta::default(),
+            ingress: None,
         }
     }
 

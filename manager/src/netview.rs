@@ -14,6 +14,17 @@
 //!   as soon as the orchestrator wants its task stopped or its node is
 //!   down, before its container is stopped.
 //!
+//! * `ingress`: the routing mesh, once any service has its ingress ports
+//!   allocated, in the view of every node that has its leg on the
+//!   allocated ingress network, task or not (a cluster that publishes
+//!   nothing through the mesh builds nothing for it; legs are allocated
+//!   all the same, so the first published port needs no new address):
+//!   the node's leg, every node's leg, and each service with allocated
+//!   ingress ports, its ports and its backends there (the rule above).
+//!   Such a node also has the ingress network in `networks`, every live
+//!   task's ingress address in `endpoints`, and every other node with a
+//!   leg in `peers`.
+//!
 //! A live task is one that has not ended (orphaned tasks have: their node
 //! is down). A task without a node yet is nowhere, so in no view.
 
@@ -21,7 +32,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use shoal_proto::model::NodeState;
-use shoal_proto::net::{NetView, OverlayEndpoint, OverlayNetwork, Peer, ViewService};
+use shoal_proto::net::{
+    IngressLeg, IngressPort, IngressService, IngressView, NetView, OverlayEndpoint, OverlayNetwork, Peer, Proto,
+    ViewService,
+};
 use shoal_proto::network::{EndpointMode, Network};
 use shoal_proto::service::{Service, TaskState};
 
@@ -41,6 +55,7 @@ pub fn empty(state: &State, node: &str) -> NetView {
         peers: Vec::new(),
         endpoints: Vec::new(),
         services: Vec::new(),
+        ingress: None,
     }
 }
 
@@ -79,6 +94,27 @@ pub fn all(state: &State) -> HashMap<String, NetView> {
             if serving {
                 backends.entry((&t.service_id, net)).or_default().push(addr);
             }
+        }
+    }
+    // The routing mesh: every node with a leg on the allocated ingress
+    // network takes part in it, task or not.
+    let meshed = state.services.values().any(|s| !s.ports.is_empty());
+    let ingress = state.ingress_network().filter(|n| n.alloc.is_some() && meshed);
+    let legs: Vec<IngressLeg> = match ingress {
+        None => Vec::new(),
+        Some(i) => state
+            .nodes
+            .values()
+            .filter_map(|n| {
+                Some(IngressLeg { node: n.id.clone(), addr: n.ingress.as_ref().filter(|l| l.network == i.id)?.addr })
+            })
+            .collect(),
+    };
+    if let Some(i) = ingress {
+        for l in &legs {
+            let node = state.nodes.get_key_value(&l.node).map(|(k, _)| k.as_str()).unwrap_or_default();
+            nets_of.entry(node).or_default().insert(i.id.as_str());
+            nodes_of.entry(i.id.as_str()).or_default().insert(node);
         }
     }
     let mut services_on: HashMap<&str, Vec<&Service>> = HashMap::new();
@@ -123,9 +159,48 @@ pub fn all(state: &State) -> HashMap<String, NetView> {
             .filter_map(|p| Some(Peer { node: p.to_string(), data_addr: data_addr(state, p)? }))
             .collect();
         view.endpoints.sort_by(|a, b| (&a.network, a.addr, &a.id).cmp(&(&b.network, b.addr, &b.id)));
+        if let Some(i) = ingress
+            && let Some(mine) = legs.iter().find(|l| l.node == node)
+        {
+            view.ingress = Some(IngressView {
+                network: i.id.clone(),
+                leg: mine.addr,
+                legs: legs.clone(),
+                services: ingress_services(state, &i.id, &backends),
+            });
+        }
         views.insert(node.to_string(), view);
     }
     views
+}
+
+/// The services with allocated ingress ports, with their backends on the
+/// ingress network `net`.
+fn ingress_services(state: &State, net: &str, backends: &HashMap<(&str, &str), Vec<Ipv4Addr>>) -> Vec<IngressService> {
+    state
+        .services
+        .values()
+        .filter(|s| !s.ports.is_empty())
+        .map(|s| {
+            let mut b = backends.get(&(s.id.as_str(), net)).cloned().unwrap_or_default();
+            b.sort();
+            IngressService {
+                id: s.id.clone(),
+                name: s.spec.name.clone(),
+                ports: s
+                    .ports
+                    .iter()
+                    .map(|p| IngressPort {
+                        published: p.published,
+                        target: p.target,
+                        proto: if p.protocol == "udp" { Proto::Udp } else { Proto::Tcp },
+                        client_ip: p.client_ip,
+                    })
+                    .collect(),
+                backends: b,
+            }
+        })
+        .collect()
 }
 
 /// A service or a node on a network: its id, its name, its address.
@@ -182,7 +257,7 @@ fn overlay(n: &Network) -> Option<OverlayNetwork> {
 pub(crate) mod tests {
     use shoal_proto::model::{Meta, Node, NodeDescription, NodeSpec, NodeStatus, Role};
     use shoal_proto::network::{NetworkAlloc, NetworkAttachmentSpec, NetworkSpec, TaskNetwork, Vip};
-    use shoal_proto::service::{ServiceSpec, Task, TaskSpec, TaskStatus};
+    use shoal_proto::service::{PublishMode, PublishedPort, ServiceSpec, Task, TaskSpec, TaskStatus};
 
     use super::*;
 
@@ -198,6 +273,7 @@ pub(crate) mod tests {
             description: NodeDescription { hostname: id.into(), ..Default::default() },
             status: NodeStatus { state, message: String::new() },
             meta: Meta::default(),
+            ingress: None,
         };
         n.description.net.data_addr = data.map(ip);
         s.nodes.insert(id.into(), n);
@@ -302,6 +378,91 @@ pub(crate) mod tests {
         assert!(v.networks.is_empty() && v.peers.is_empty() && v.endpoints.is_empty() && v.services.is_empty());
         assert_eq!(v.data_addr, ip("10.98.0.5"));
         assert_eq!(for_node(&s, "n3").data_addr, Ipv4Addr::UNSPECIFIED);
+    }
+
+    pub(crate) const ING: &str = "1000000000000001";
+
+    /// The world with the ingress network, legs on n1, n2 and n5 (not on
+    /// n3, n4), and service pub publishing 8080->80/tcp and 30000->53/udp
+    /// (SNAT) through it, with tasks on n2 (running), n4 (down) and n2
+    /// (starting).
+    fn meshed() -> State {
+        use TaskState::{Running, Starting};
+        let mut s = world();
+        let sub: shoal_proto::net::Subnet = "10.255.0.0/16".parse().expect("subnet");
+        let alloc = NetworkAlloc { vni: 4096, subnet: sub, gateway: ip("10.255.0.1"), range: sub, mtu: 1450 };
+        let spec = NetworkSpec { name: "ingress".into(), ingress: true, ..Default::default() };
+        s.networks.insert(ING.into(), Network { id: ING.into(), meta: Meta::default(), spec, alloc: Some(alloc) });
+        for (n, a) in [("n1", "10.255.0.2"), ("n2", "10.255.0.3"), ("n5", "10.255.0.4")] {
+            let leg = shoal_proto::network::NodeAttachment { network: ING.into(), addr: ip(a) };
+            s.nodes.get_mut(n).expect("node").ingress = Some(leg);
+        }
+        let ing = |published, target, proto: &str, client_ip| PublishedPort {
+            published,
+            target,
+            protocol: proto.into(),
+            mode: PublishMode::Ingress,
+            client_ip,
+        };
+        let mut spec = ServiceSpec { name: "pub".into(), ..Default::default() };
+        spec.task.ports = vec![ing(8080, 80, "tcp", true), ing(0, 53, "udp", false)];
+        let ports = vec![ing(8080, 80, "tcp", true), ing(30000, 53, "udp", false)];
+        s.services.insert("pub".into(), Service { id: "pub".into(), spec, ports, ..Default::default() });
+        task(&mut s, "p1", ("pub", "n2"), (ING, "10.255.0.10"), Running, Running);
+        task(&mut s, "p2", ("pub", "n4"), (ING, "10.255.0.11"), Running, Running); // its node is down
+        task(&mut s, "p3", ("pub", "n2"), (ING, "10.255.0.12"), Starting, Running); // not running yet
+        s.reindex();
+        s
+    }
+
+    #[test]
+    fn every_node_with_a_leg_sees_the_routing_mesh() {
+        let s = meshed();
+        let legs = vec![
+            IngressLeg { node: "n1".into(), addr: ip("10.255.0.2") },
+            IngressLeg { node: "n2".into(), addr: ip("10.255.0.3") },
+            IngressLeg { node: "n5".into(), addr: ip("10.255.0.4") },
+        ];
+        let pub_ = IngressService {
+            id: "pub".into(),
+            name: "pub".into(),
+            ports: vec![
+                IngressPort { published: 8080, target: 80, proto: Proto::Tcp, client_ip: true },
+                IngressPort { published: 30000, target: 53, proto: Proto::Udp, client_ip: false },
+            ],
+            backends: vec![ip("10.255.0.10")],
+        };
+        // n5 has no task at all: it still takes part, with every ingress endpoint and every leg's node as a peer.
+        let v = for_node(&s, "n5");
+        let i = v.ingress.as_ref().expect("n5 has a leg");
+        assert_eq!((i.network.as_str(), i.leg), (ING, ip("10.255.0.4")));
+        assert_eq!((i.legs.clone(), i.services.clone()), (legs.clone(), vec![pub_.clone()]));
+        assert_eq!(v.networks.iter().map(|n| (n.id.as_str(), n.vni)).collect::<Vec<_>>(), vec![(ING, 4096)]);
+        let peers: Vec<&str> = v.peers.iter().map(|p| p.node.as_str()).collect();
+        assert_eq!(peers, vec!["n1", "n2", "n4"], "legs' nodes, and n4 with a task on ingress");
+        let eps: Vec<&str> = v.endpoints.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(eps, vec!["p1", "p2", "p3"]);
+        assert!(v.services.is_empty(), "no service lists ingress: no DNS there");
+        // n1 sees app as before, and ingress beside it.
+        let v = for_node(&s, "n1");
+        assert_eq!(v.networks.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec![ING, APP]);
+        assert_eq!(v.ingress.as_ref().map(|i| i.leg), Some(ip("10.255.0.2")));
+        assert_eq!(v.services.len(), 1, "web on app");
+        // n4 has a task on ingress but no leg: the mesh is not its yet.
+        assert_eq!(for_node(&s, "n4").ingress, None);
+        // A task that runs becomes a backend; one wanted stopped leaves at once.
+        let mut s = s;
+        s.tasks.get_mut("p3").expect("p3").status.state = TaskState::Running;
+        s.tasks.get_mut("p1").expect("p1").desired = TaskState::Shutdown;
+        let b = for_node(&s, "n1").ingress.expect("ingress").services[0].backends.clone();
+        assert_eq!(b, vec![ip("10.255.0.12")]);
+        // No mesh anywhere while no service has ingress ports, or before the ingress network is allocated.
+        let mut idle = s.clone();
+        idle.services.get_mut("pub").expect("pub").ports.clear();
+        assert!(all(&idle).values().all(|v| v.ingress.is_none()));
+        assert_eq!(for_node(&idle, "n5").networks, vec![]);
+        s.networks.get_mut(ING).expect("ingress").alloc = None;
+        assert!(all(&s).values().all(|v| v.ingress.is_none()));
     }
 
     #[test]

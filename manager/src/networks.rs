@@ -3,7 +3,8 @@
 //!
 //! Architecture Invariant: `apply` never lets two owners hold the same VNI,
 //! overlapping subnets, or the same address on a network (a network's
-//! gateway, a task's address, a service's VIP). The check runs against [`Held`], an index derived
+//! gateway, a task's address, a service's VIP, a node's ingress leg), nor
+//! two services the same ingress published port. The check runs against [`Held`], an index derived
 //! from the objects that hold them, rebuilt on load and snapshot install and
 //! never serialized; so a new leader whose allocator planned from a stale view
 //! cannot hand anything out twice: its change is refused, the rest of its
@@ -13,9 +14,13 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
+use shoal_proto::model::Node;
 use shoal_proto::net::Subnet;
-use shoal_proto::network::{EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc, NetworkSpec, Vip};
-use shoal_proto::service::{Service, Task, TaskState};
+use shoal_proto::network::{
+    EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc, NetworkAttachmentSpec, NetworkSpec,
+    NodeAttachment, Vip,
+};
+use shoal_proto::service::{PublishMode, PublishedPort, Service, ServiceSpec, Task, TaskState};
 
 use crate::state::{ObjKey, State};
 
@@ -28,6 +33,12 @@ pub enum AllocChange {
     TaskAddr { id: String, network: String, addr: Ipv4Addr },
     /// A `vip`-mode service's virtual address on one of its networks.
     Vip { service: String, network: String, addr: Ipv4Addr },
+    /// A service's ingress ports, all at once: each of its spec's ingress
+    /// ports with its published port (the one the spec names, or one
+    /// chosen from `ClusterNet.ingress_ports`).
+    Ports { service: String, ports: Vec<PublishedPort> },
+    /// A node's leg on the ingress network.
+    NodeLeg { node: String, network: String, addr: Ipv4Addr },
 }
 
 /// Who holds a VNI, a subnet or an address.
@@ -39,6 +50,8 @@ pub enum Owner {
     Task(String),
     /// A service holds its VIPs on the networks its spec lists.
     Service(String),
+    /// A node holds its ingress leg.
+    Node(String),
 }
 
 /// What is held, derived from the objects (see the module's invariant).
@@ -50,8 +63,11 @@ pub struct Held {
     /// Allocated subnets and the ones a spec asks for, claimed at create.
     subnets: BTreeMap<Subnet, Owner>,
     addrs: BTreeMap<(String, Ipv4Addr), Owner>,
-    /// What each task and service holds in `addrs`, to release it.
+    /// What each task, service and node holds in `addrs`, to release it.
     owned: BTreeMap<Owner, Vec<(String, Ipv4Addr)>>,
+    /// Ingress published ports by (protocol, port): the service holding it
+    /// (from `Service.ports`).
+    ports: BTreeMap<(String, u16), String>,
 }
 
 /// Whether a task holds its addresses: while it lives, and while its node
@@ -76,9 +92,10 @@ pub(crate) fn forget_released(t: &mut Task, to: TaskState) {
 }
 
 impl Held {
-    /// The index of `networks`, `services` and `tasks`.
+    /// The index of `networks`, `nodes`, `services` and `tasks`.
     pub fn of(
         networks: &BTreeMap<String, Network>,
+        nodes: &BTreeMap<String, Node>,
         services: &BTreeMap<String, Service>,
         tasks: &BTreeMap<String, Task>,
     ) -> Held {
@@ -86,8 +103,12 @@ impl Held {
         for n in networks.values() {
             h.add_network(n);
         }
+        for n in nodes.values() {
+            h.set(Owner::Node(n.id.clone()), node_addrs(networks, n));
+        }
         for s in services.values() {
             h.set(Owner::Service(s.id.clone()), service_addrs(networks, s));
+            h.set_ports(&s.id, &s.ports);
         }
         for t in tasks.values() {
             h.set(Owner::Task(t.id.clone()), task_addrs(networks, t));
@@ -111,6 +132,19 @@ impl Held {
             self.addrs.entry(k.clone()).or_insert_with(|| owner.clone());
         }
         self.owned.insert(owner, addrs);
+    }
+
+    /// Makes service `id` hold exactly the ingress ports `ports`.
+    fn set_ports(&mut self, id: &str, ports: &[PublishedPort]) {
+        self.ports.retain(|_, o| o != id);
+        for p in ports.iter().filter(|p| p.is_ingress()) {
+            self.ports.entry((p.protocol.clone(), p.published)).or_insert_with(|| id.to_string());
+        }
+    }
+
+    /// The service holding ingress port `published`/`protocol`, if any.
+    pub fn port(&self, protocol: &str, published: u16) -> Option<&str> {
+        self.ports.get(&(protocol.to_string(), published)).map(String::as_str)
     }
 
     /// Who holds `addr` on network `net`, if anyone.
@@ -180,6 +214,11 @@ fn task_addrs(networks: &BTreeMap<String, Network>, t: &Task) -> Vec<(String, Ip
         .collect()
 }
 
+/// The leg a node holds: on the network it names, while that exists.
+fn node_addrs(networks: &BTreeMap<String, Network>, n: &Node) -> Vec<(String, Ipv4Addr)> {
+    n.ingress.iter().filter(|l| networks.contains_key(&l.network)).map(|l| (l.network.clone(), l.addr)).collect()
+}
+
 /// The VIPs a service holds: on the networks its spec lists, in `vip` mode.
 fn service_addrs(networks: &BTreeMap<String, Network>, s: &Service) -> Vec<(String, Ipv4Addr)> {
     if s.spec.endpoint_mode != EndpointMode::Vip {
@@ -221,7 +260,7 @@ pub fn claimed_subnet(n: &Network) -> Option<Subnet> {
 impl State {
     /// Rebuilds the derived index from the objects (after load or snapshot install).
     pub fn reindex(&mut self) {
-        self.held = Held::of(&self.networks, &self.services, &self.tasks);
+        self.held = Held::of(&self.networks, &self.nodes, &self.services, &self.tasks);
     }
 
     /// Brings the index up to date for one changed object (after each
@@ -236,8 +275,14 @@ impl State {
             ObjKey::Service(id) => {
                 let addrs = self.services.get(id).map(|s| service_addrs(&self.networks, s)).unwrap_or_default();
                 self.held.set(Owner::Service(id.clone()), addrs);
+                let ports = self.services.get(id).map(|s| s.ports.as_slice()).unwrap_or_default();
+                self.held.set_ports(id, ports);
             }
-            ObjKey::Cluster | ObjKey::Node(_) | ObjKey::Network(_) => {}
+            ObjKey::Node(id) => {
+                let addrs = self.nodes.get(id).map(|n| node_addrs(&self.networks, n)).unwrap_or_default();
+                self.held.set(Owner::Node(id.clone()), addrs);
+            }
+            ObjKey::Cluster | ObjKey::Network(_) => {}
         }
     }
 
@@ -259,6 +304,10 @@ impl State {
         if let Some(s) = self.services.values().find(|s| s.spec.task.networks.iter().any(|a| a.target == id)) {
             return Some(format!("network {name} is in use by service {}", s.spec.name));
         }
+        let ingress = self.networks.get(id).is_some_and(|n| n.spec.ingress);
+        if ingress && let Some(s) = self.services.values().find(|s| s.spec.task.ports.iter().any(|p| p.is_ingress())) {
+            return Some(format!("network {name} is in use by service {}, which publishes ingress ports", s.spec.name));
+        }
         let live = |t: &&Task| !t.status.state.is_terminal() && t.networks.iter().any(|n| n.network == id);
         if let Some(t) = self.tasks.values().find(live) {
             let by = self.services.get(&t.service_id).map_or(t.service_id.as_str(), |s| s.spec.name.as_str());
@@ -275,6 +324,82 @@ impl State {
                 None => return Some(format!("network {} not found", a.target)),
                 Some(n) if n.spec.ingress => return Some(INGRESS_REFUSED.into()),
                 Some(_) => {}
+            }
+        }
+        None
+    }
+
+    /// The ingress network, once there is one.
+    pub fn ingress_network(&self) -> Option<&Network> {
+        self.networks.values().find(|n| n.spec.ingress)
+    }
+
+    /// The attachments a task of `spec` gets: the spec's networks, then the
+    /// ingress network when it publishes ingress ports (the system adds it;
+    /// a user cannot name it).
+    pub fn task_attachments(&self, spec: &ServiceSpec) -> Vec<NetworkAttachmentSpec> {
+        let mut out = spec.task.networks.clone();
+        if spec.task.ports.iter().any(|p| p.is_ingress())
+            && let Some(i) = self.ingress_network()
+        {
+            out.push(NetworkAttachmentSpec { target: i.id.clone(), aliases: Vec::new() });
+        }
+        out
+    }
+
+    /// Another service (not `except`) that publishes `published`/`protocol`,
+    /// and in which mode: as allocated, or as its spec names it.
+    pub fn port_user(&self, except: &str, protocol: &str, published: u16) -> Option<(&Service, PublishMode)> {
+        if let Some(id) = self.held.port(protocol, published)
+            && id != except
+            && let Some(s) = self.services.get(id)
+        {
+            return Some((s, PublishMode::Ingress));
+        }
+        self.services.values().filter(|s| s.id != except).find_map(|s| {
+            let p = s.spec.task.ports.iter().find(|p| p.published == published && p.protocol == protocol)?;
+            Some((s, p.mode))
+        })
+    }
+
+    /// Why the published ports of `spec` (for service `id`) cannot be used,
+    /// or `None`: an ingress port with no ingress network, in `dnsrr`
+    /// mode, or on a port another service publishes; a host-mode port
+    /// another service publishes in ingress mode. Two services may share a
+    /// host-mode port: the scheduler keeps them on different nodes.
+    pub fn ports_problem(&self, id: &str, spec: &ServiceSpec) -> Option<String> {
+        let ports = &spec.task.ports;
+        if !ports.iter().any(|p| p.is_ingress()) {
+            // Host-mode ports only clash with another's ingress port.
+        } else if spec.endpoint_mode == EndpointMode::Dnsrr {
+            return Some(DNSRR_INGRESS.into());
+        } else if self.ingress_network().is_none() {
+            return Some(
+                "ports published in ingress mode need the ingress network, and there is none: \
+                 create it (shoal network create -d overlay --ingress ingress) or publish with mode=host"
+                    .into(),
+            );
+        }
+        for p in ports.iter().filter(|p| p.published != 0) {
+            let Some((other, mode)) = self.port_user(id, &p.protocol, p.published) else { continue };
+            let (port, name) = (format!("{}/{}", p.published, p.protocol), &other.spec.name);
+            match (p.mode, mode) {
+                (PublishMode::Host, PublishMode::Host) => {}
+                (PublishMode::Ingress, PublishMode::Ingress) => {
+                    return Some(format!("port {port} is already in use by service {name} as an ingress port"));
+                }
+                (PublishMode::Ingress, PublishMode::Host) => {
+                    return Some(format!(
+                        "port {port} is already published by service {name} in host mode: \
+                         an ingress port is taken on every node; choose another port"
+                    ));
+                }
+                (PublishMode::Host, PublishMode::Ingress) => {
+                    return Some(format!(
+                        "port {port} is already in use by service {name} as an ingress port, \
+                         which takes it on every node: choose another port for mode=host"
+                    ));
+                }
             }
         }
         None
@@ -424,6 +549,44 @@ impl State {
                 self.rehold(&key);
                 Some(key)
             }
+            AllocChange::Ports { service, ports } => {
+                let s = self.services.get(service)?;
+                if s.ports_allocated() || !shoal_proto::service::ports_match(&s.spec.task.ports, ports) {
+                    return None;
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for p in ports {
+                    if !seen.insert((&p.protocol, p.published))
+                        || self.port_user(service, &p.protocol, p.published).is_some()
+                    {
+                        return None;
+                    }
+                }
+                let s = self.services.get_mut(service)?;
+                s.ports = ports.clone();
+                s.meta.version = index;
+                s.meta.updated_ms = at;
+                let key = ObjKey::Service(service.clone());
+                self.rehold(&key);
+                Some(key)
+            }
+            AllocChange::NodeLeg { node, network, addr } => {
+                let n = self.networks.get(network)?;
+                let a = n.alloc.as_ref()?;
+                if !n.spec.ingress || !assignable(a, *addr) || self.held.addr(network, *addr).is_some() {
+                    return None;
+                }
+                let nd = self.nodes.get_mut(node)?;
+                if nd.ingress.as_ref().is_some_and(|l| l.network == *network) {
+                    return None;
+                }
+                nd.ingress = Some(NodeAttachment { network: network.clone(), addr: *addr });
+                nd.meta.version = index;
+                nd.meta.updated_ms = at;
+                let key = ObjKey::Node(node.clone());
+                self.rehold(&key);
+                Some(key)
+            }
         }
     }
 
@@ -437,6 +600,38 @@ impl State {
 
 /// Docker's words for a service that asks for the ingress network.
 pub const INGRESS_REFUSED: &str = "The network ingress cannot be used with services. Only networks scoped to the swarm can be used, such as those created with the overlay driver.";
+
+/// Docker's words for ingress ports on a service with no virtual address.
+pub const DNSRR_INGRESS: &str = "port published with ingress mode can't be used with dnsrr mode";
+
+/// A service's ingress ports as allocated that its (changed) spec still
+/// asks for: what `apply` keeps, so an update keeps the ports it did not
+/// touch, and a port dropped from the spec is released at once. The
+/// allocator hands out the rest.
+/// A port the spec leaves at 0 keeps one that was chosen for it, rather
+/// than one the previous spec named.
+pub(crate) fn prune_ports(s: &mut Service) {
+    let named: Vec<(&str, u16)> = s
+        .previous_spec
+        .iter()
+        .flat_map(|p| &p.task.ports)
+        .filter(|p| p.is_ingress() && p.published != 0)
+        .map(|p| (p.protocol.as_str(), p.published))
+        .collect();
+    let mut wanted: Vec<&PublishedPort> = s.spec.task.ports.iter().filter(|p| p.is_ingress()).collect();
+    wanted.sort_by_key(|p| p.published == 0);
+    let mut left = std::mem::take(&mut s.ports);
+    for w in wanted {
+        let chosen = |a: &PublishedPort| !named.contains(&(a.protocol.as_str(), a.published));
+        let hit = left
+            .iter()
+            .position(|a| w.allocated_as(a) && chosen(a))
+            .or_else(|| left.iter().position(|a| w.allocated_as(a)));
+        if let Some(i) = hit {
+            s.ports.push(left.remove(i));
+        }
+    }
+}
 
 /// A service's VIPs on the networks its spec still lists (`vip` mode only):
 /// what `apply` keeps when a spec changes, so a VIP dropped with its network
@@ -497,6 +692,7 @@ mod tests {
             description: NodeDescription { hostname: "lab1".into(), ..Default::default() },
             status: NodeStatus::default(),
             meta: Meta::default(),
+            ingress: None,
         };
         node.description.net.subnets = vec![sub("10.98.0.0/24"), sub("172.17.0.0/16")];
         let (r, _) = s.apply(1, &Request { at_ms: 1, cmd: Command::Bootstrap { cluster, node } });

@@ -413,6 +413,9 @@ impl State {
                 if let Some(why) = self.spec_networks_problem(spec) {
                     return reject(&why);
                 }
+                if let Some(why) = self.ports_problem(id, spec) {
+                    return reject(&why);
+                }
                 let mut svc = Service {
                     id: id.clone(),
                     spec: spec.clone(),
@@ -442,6 +445,9 @@ impl State {
                 if let Some(why) = self.spec_networks_problem(&spec) {
                     return reject(&why);
                 }
+                if let Some(why) = self.ports_problem(id, &spec) {
+                    return reject(&why);
+                }
                 let Some(svc) = self.services.get_mut(id) else { return reject(&format!("service {id} not found")) };
                 if *replace_auth {
                     svc.registry_auth = auth.clone();
@@ -449,6 +455,7 @@ impl State {
                 let tasks_change = spec.task != svc.spec.task;
                 svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
                 crate::networks::prune_vips(svc);
+                crate::networks::prune_ports(svc);
                 if tasks_change {
                     // Tasks made from an older spec are out of date from here on.
                     svc.spec_version = index;
@@ -590,6 +597,7 @@ impl State {
                 }
                 s.previous_spec = Some(std::mem::replace(&mut s.spec, previous));
                 crate::networks::prune_vips(s);
+                crate::networks::prune_ports(s);
                 s.spec_version = index;
                 s.update_state = UpdateState::RollbackStarted;
                 s.update_message = message.clone();
@@ -711,6 +719,7 @@ mod tests {
             description: NodeDescription { hostname: format!("host-{id}"), ..Default::default() },
             status: NodeStatus::default(),
             meta: Meta::default(),
+            ingress: None,
         }
     }
 

@@ -409,6 +409,7 @@ fn worker(id: &str) -> Node {
         description: NodeDescription { hostname: format!("host-{id}"), ..Default::default() },
         status: NodeStatus::default(),
         meta: Meta::default(),
+        ingress: None,
     }
 }
 

@@ -54,6 +54,7 @@ impl Sim {
                     },
                     status: NodeStatus { state: NodeState::Ready, message: String::new() },
                     meta: Meta::default(),
+                    ingress: None,
                 },
             );
         }

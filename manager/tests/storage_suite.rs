@@ -54,6 +54,7 @@ async fn an_installed_snapshot_survives_a_restart_whole() -> anyhow::Result<()> 
         description: NodeDescription { hostname: "h".into(), ..Default::default() },
         status: NodeStatus::default(),
         meta: Meta::default(),
+        ingress: None,
     };
     let spec = ServiceSpec { name: "web".into(), ..Default::default() };
     let task = Task { id: "t1".into(), service_id: "s1".into(), ..Default::default() };

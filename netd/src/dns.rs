@@ -600,6 +600,7 @@ mod tests {
                 vs("unallocated", "x0", EndpointMode::Vip, None, &[], &["10.10.0.7"]),
                 vs("db", "y0", EndpointMode::Vip, Some("10.20.0.100"), &[], &["10.20.0.3"]),
             ],
+            ingress: None,
         };
         // The pure records for a container on x0 only.
         let recs = view_records(&view, &["x0"]);

@@ -379,6 +379,7 @@ mod tests {
                 s("new", "x", EndpointMode::Vip, None, &["10.10.0.5"]),
                 s("db", "y", EndpointMode::Vip, Some("10.20.0.100"), &[]),
             ],
+            ingress: None,
         };
         assert_eq!(
             services_for(&view, &["x"]),

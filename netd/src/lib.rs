@@ -9,10 +9,14 @@
 //! `dns` (names, wire format; pure) and `dnsd` (its sockets); `service` is
 //! the netd process: state, API, and the loop that drives it all. The
 //! client-side VIP load balancer of cluster services (an nft table in each
-//! container's namespace) is `lb` (its planner; pure) and `lb_sys`.
+//! container's namespace) is `lb` (its planner; pure) and `lb_sys`; the
+//! routing mesh's host table and reply steering are `ingress` (pure) and
+//! `ingress_sys`.
 
 pub mod dns;
 pub mod dnsd;
+pub mod ingress;
+pub mod ingress_sys;
 pub mod ipam;
 pub mod lb;
 pub mod lb_sys;

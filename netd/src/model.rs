@@ -123,6 +123,8 @@ pub fn is_ours(name: &str) -> bool {
     name.strip_prefix("shbr").is_some_and(|r| id(r, 11))
         || name.strip_prefix("shv").is_some_and(|r| id(r, 11))
         || name.strip_prefix("shx").is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_hexdigit()))
+        || name == crate::ingress::LEG
+        || name == crate::ingress::LEG_PEER
 }
 
 #[cfg(test)]
@@ -139,7 +141,10 @@ mod tests {
         for n in [bridge_name(net), veth_name(ctr, net), vxlan_host_name(4100), vxlan_host_name(0xff_ffff)] {
             assert!(n.len() <= 15 && is_ours(&n), "{n}");
         }
-        for theirs in ["docker0", "eth0", "shbr", "shbrxyz", "shv123", "veth1234", "shoal0", "shx1004", "vxlan0"] {
+        assert!(is_ours("shing0") && is_ours("shing1"), "the ingress leg");
+        for theirs in
+            ["docker0", "eth0", "shbr", "shbrxyz", "shv123", "veth1234", "shoal0", "shx1004", "vxlan0", "shing"]
+        {
             assert!(!is_ours(theirs), "{theirs}");
         }
         assert_eq!(sandbox_name(net), "shov0123456789ab");

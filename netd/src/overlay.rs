@@ -13,6 +13,11 @@
 //! itself: no flood entries, no learning, broadcast stays on its host (the
 //! note's choice, as Swarm).
 //!
+//! With a routing mesh (`view.ingress`), the ingress network also gets
+//! this node's leg (`CreateLeg`: a veth from the host's namespace into its
+//! sandbox's `br0`, see `ingress`) and the other nodes' legs as remote
+//! endpoints.
+//!
 //! Local endpoints (this host's containers on a network) are veths made in
 //! the sandbox: the host end (`model::veth_name`) enslaved to `br0`, the
 //! other end moved into the container's namespace with its address and the
@@ -30,6 +35,7 @@ use std::net::Ipv4Addr;
 
 use shoal_proto::net::{NetView, OverlayNetwork, mac_for};
 
+use crate::ingress;
 use crate::model::{EndpointSpec, LinkKind, ObservedLink, is_ours, sandbox_name, veth_name};
 
 /// The VXLAN UDP port (IANA's, Docker's default data-path port).
@@ -153,6 +159,16 @@ pub enum OverlayAction {
         ns: String,
         ip: Ipv4Addr,
     },
+    /// This node's leg on the ingress network (the routing mesh): a veth
+    /// `ingress::LEG` in the host's namespace with `addr`/`prefix`,
+    /// `mac_for(addr)` and `mtu`, its peer `ingress::LEG_PEER` moved into
+    /// the sandbox and enslaved to `br0` (any old pair goes first).
+    CreateLeg {
+        ns: String,
+        addr: Ipv4Addr,
+        prefix: u8,
+        mtu: u32,
+    },
     /// A local endpoint: a veth made in the sandbox, `host` enslaved to
     /// `br0`, its peer moved into the endpoint's namespace as its ifname
     /// with its address/`prefix`, the MAC derived from it and `mtu`; no
@@ -177,9 +193,14 @@ pub fn plan(
 ) -> Vec<OverlayAction> {
     let mut actions = Vec::new();
 
-    // 1. VXLAN devices stranded in the host's namespace.
-    for l in host_links.iter().filter(|l| is_ours(&l.name) && l.name.starts_with("shx")) {
-        actions.push(OverlayAction::DeleteHostLink { name: l.name.clone() });
+    // 1. VXLAN devices stranded in the host's namespace, and the leg when
+    // there is no routing mesh (or it is not right: made again below).
+    let leg = wanted_leg(view);
+    let leg_right = leg.is_some_and(|(n, addr)| leg_is_right(n, addr, host_links, sandboxes));
+    for l in host_links.iter().filter(|l| is_ours(&l.name)) {
+        if l.name.starts_with("shx") || (l.name == ingress::LEG && !leg_right) {
+            actions.push(OverlayAction::DeleteHostLink { name: l.name.clone() });
+        }
     }
 
     // 2. Each network's sandbox, made right.
@@ -196,6 +217,9 @@ pub fn plan(
         plan_bridge(&mut actions, &ns, n, s);
         let vxlan_kept = plan_vxlan(&mut actions, &ns, n, view.data_addr, s);
         plan_local(&mut actions, &ns, n, local, s);
+        if let Some((_, addr)) = leg.filter(|(l, _)| l.id == n.id && !leg_right) {
+            actions.push(OverlayAction::CreateLeg { ns: ns.clone(), addr, prefix: n.prefix, mtu: n.mtu });
+        }
         // A VXLAN device made anew has no entries yet.
         let (fdb, neigh) = if vxlan_kept { (&s.fdb[..], &s.neigh[..]) } else { (&[][..], &[][..]) };
         plan_entries(&mut actions, &ns, remote_endpoints(view, n), fdb, neigh);
@@ -341,12 +365,43 @@ pub fn kept_networks(known: &[OverlayNetwork], view: &NetView, local: &[Endpoint
     kept
 }
 
-/// The endpoints of network `n` on other nodes whose node is known: (address, that node's data address).
+/// The ingress network and this node's leg on it, when the view has a
+/// routing mesh.
+fn wanted_leg(view: &NetView) -> Option<(&OverlayNetwork, Ipv4Addr)> {
+    let ing = view.ingress.as_ref()?;
+    Some((view.networks.iter().find(|n| n.id == ing.network)?, ing.leg))
+}
+
+/// Whether the leg is there as it should be: the host end a veth, up, with
+/// its address alone and the network's MTU; the peer in the ingress
+/// sandbox, up, on `br0`, with the same MTU.
+fn leg_is_right(
+    n: &OverlayNetwork,
+    addr: Ipv4Addr,
+    host_links: &[ObservedLink],
+    sandboxes: &[ObservedSandbox],
+) -> bool {
+    let host = host_links.iter().find(|l| l.name == ingress::LEG);
+    let peer = sandboxes
+        .iter()
+        .find(|s| s.name == sandbox_name(&n.id))
+        .and_then(|s| s.links.iter().find(|l| l.name == ingress::LEG_PEER));
+    host.is_some_and(|l| l.kind == LinkKind::Veth && l.up && l.mtu == n.mtu && l.addrs == [(addr, n.prefix)])
+        && peer
+            .is_some_and(|l| l.kind == LinkKind::Veth && l.up && l.mtu == n.mtu && l.master.as_deref() == Some(BRIDGE))
+}
+
+/// The endpoints of network `n` on other nodes whose node is known:
+/// (address, that node's data address). On the ingress network, the other
+/// nodes' legs too: their tasks answer through them.
 fn remote_endpoints<'a>(view: &'a NetView, n: &'a OverlayNetwork) -> impl Iterator<Item = (Ipv4Addr, Ipv4Addr)> + 'a {
+    let legs = view.ingress.iter().filter(move |i| i.network == n.id).flat_map(|i| &i.legs);
     view.endpoints
         .iter()
         .filter(move |e| e.network == n.id && e.node != view.node)
-        .filter_map(|e| Some((e.addr, view.peer(&e.node)?.data_addr)))
+        .map(|e| (e.addr, &e.node))
+        .chain(legs.filter(move |l| l.node != view.node).map(|l| (l.addr, &l.node)))
+        .filter_map(|(addr, node)| Some((addr, view.peer(node)?.data_addr)))
 }
 
 fn plan_entries(
@@ -438,6 +493,7 @@ mod tests {
                 endpoint("t3", "10.10.0.4", "n3"),
             ],
             services: vec![],
+            ingress: None,
         }
     }
 
@@ -498,6 +554,53 @@ mod tests {
     /// This node's endpoint t1 (its veth in `converged()` is `shv111111aaaaa`).
     fn local() -> Vec<EndpointSpec> {
         vec![local_endpoint("111111111111", "10.10.0.2")]
+    }
+
+    /// `view()` with the routing mesh on NET: legs on n1 (this node, 10.10.0.201) and n2.
+    fn meshed() -> NetView {
+        use shoal_proto::net::{IngressLeg, IngressView};
+        let legs = vec![
+            IngressLeg { node: "n1".into(), addr: ip("10.10.0.201") },
+            IngressLeg { node: "n2".into(), addr: ip("10.10.0.202") },
+        ];
+        NetView {
+            ingress: Some(IngressView { network: NET.into(), leg: ip("10.10.0.201"), legs, services: vec![] }),
+            ..view()
+        }
+    }
+
+    #[test]
+    fn the_leg_is_made_in_the_ingress_sandbox_and_other_legs_are_remote_endpoints() {
+        let leg = A::CreateLeg { ns: ns(), addr: ip("10.10.0.201"), prefix: 24, mtu: 1450 };
+        let a = plan(&meshed(), &local(), &[], &[converged()]);
+        let m = mac_for(ip("10.10.0.202"));
+        assert_eq!(
+            a,
+            vec![
+                leg.clone(),
+                A::AddFdb { ns: ns(), mac: m, dst: ip("10.98.0.12") },
+                A::AddNeigh { ns: ns(), ip: ip("10.10.0.202"), mac: m },
+            ],
+            "n2's leg answers n2's replies: an entry like an endpoint's; this node's own leg is local"
+        );
+        // Converged: nothing. Stray in the host: wrong address, or its peer off br0: made again.
+        let host_leg = |addr: &str| {
+            vec![link("eth0", LinkKind::Other, None, &[]), link(ingress::LEG, LinkKind::Veth, None, &[(ip(addr), 24)])]
+        };
+        let mut sb = converged();
+        sb.links.push(link(ingress::LEG_PEER, LinkKind::Veth, Some(BRIDGE), &[]));
+        sb.fdb.push((m, ip("10.98.0.12")));
+        sb.neigh.push(neigh("10.10.0.202"));
+        assert_eq!(plan(&meshed(), &local(), &host_leg("10.10.0.201"), &[sb.clone()]), vec![]);
+        let del = A::DeleteHostLink { name: ingress::LEG.into() };
+        assert_eq!(plan(&meshed(), &local(), &host_leg("10.10.0.9"), &[sb.clone()]), vec![del.clone(), leg.clone()]);
+        let mut off = sb.clone();
+        off.links.last_mut().unwrap().master = None;
+        assert_eq!(plan(&meshed(), &local(), &host_leg("10.10.0.201"), &[off]), vec![del.clone(), leg]);
+        // No mesh any more: the leg goes (the sandbox stays while the network does).
+        let a = plan(&view(), &local(), &host_leg("10.10.0.201"), &[sb]);
+        assert_eq!(a[0], del, "{a:?}");
+        assert!(!a.iter().any(|x| matches!(x, A::CreateLeg { .. })), "{a:?}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::overlay;
 use crate::overlay::OverlayAction;
 use crate::plan::{Action, plan};
 use crate::sys;
-use crate::{lb, lb_sys};
+use crate::{ingress, ingress_sys, lb, lb_sys};
 
 /// How often netd re-checks the kernel even when nothing was asked.
 pub const RESYNC: Duration = Duration::from_secs(5);
@@ -165,6 +165,9 @@ pub struct Netd {
     /// The VIP load balancers in the containers' namespaces (blocking: nft
     /// runs in each namespace, so a pass drives them on a blocking thread).
     balancers: Arc<Mutex<lb_sys::Balancers>>,
+    /// The routing mesh: the host table and the reply steering in the
+    /// namespaces of local tasks on ingress (blocking too).
+    mesh: Arc<Mutex<ingress_sys::Mesh>>,
 }
 
 impl Netd {
@@ -201,6 +204,7 @@ impl Netd {
             sandboxes: tokio::sync::Mutex::new(sys::Sandboxes::new(host.clone(), root.join("sandboxes"))),
             overlay_failures: Mutex::new(Vec::new()),
             balancers: Arc::default(),
+            mesh: Arc::default(),
             host,
             rules: Mutex::new(None),
             pass: tokio::sync::Mutex::new(()),
@@ -274,6 +278,23 @@ impl Netd {
                 .unwrap_or_default();
         for e in errors {
             tracing::warn!(error = %e, "load balancer step failed");
+        }
+        // The routing mesh: the host table (in this namespace, the host's: a blocking
+        // thread of this runtime is in it) and the steering of the local tasks on ingress.
+        let host_table = view.as_ref().and_then(|v| v.ingress.as_ref()).map(ingress::host_table);
+        let steering = view.as_ref().map(|v| ingress::steering(v, &desired.endpoints)).unwrap_or_default();
+        let mesh = self.mesh.clone();
+        let errors = tokio::task::spawn_blocking(move || {
+            let mut mesh = mesh.lock().unwrap_or_else(|p| p.into_inner());
+            let mut errors: Vec<ingress_sys::MeshError> =
+                mesh.sync_host(host_table.as_ref()).err().into_iter().collect();
+            errors.extend(mesh.sync_steering(steering));
+            errors
+        })
+        .await
+        .unwrap_or_default();
+        for e in errors {
+            tracing::warn!(error = %e, "routing mesh step failed");
         }
         failed
     }
@@ -739,9 +760,9 @@ fn ensure_cluster(
     want: Option<Ipv4Addr>,
     ports: Vec<PortMap>,
 ) -> Result<(EndpointSpec, Joined, bool), Status> {
-    if !ports.is_empty() {
+    if !ports.is_empty() && n.internal {
         return Err(Status::invalid_argument(format!(
-            "cluster network {} publishes no ports: publish them on a local network",
+            "internal network {} has no way in for published ports: publish them on another network",
             n.name
         )));
     }
@@ -800,7 +821,7 @@ fn ensure_cluster(
     let e = e.ok_or_else(|| Status::internal("the endpoint just made is gone"))?;
     let leg = match n.internal {
         true => None,
-        false => match gw_leg(state, r) {
+        false => match gw_leg(state, r, &ports) {
             Ok(leg) => Some(leg),
             Err(why) => {
                 if created {
@@ -815,8 +836,11 @@ fn ensure_cluster(
 
 /// The container's leg on the gateway bridge (`GWBRIDGE`, made from the
 /// local address pools on first need; a local network of that name made by
-/// the user is taken as it is, as Docker does).
-fn gw_leg(state: &mut State, r: &pb::AttachRequest) -> Result<EndpointSpec, Status> {
+/// the user is taken as it is, as Docker does). A task's host-mode ports
+/// are published on it (the note's §7.4: DNAT to the task's gateway bridge
+/// address), with the first cluster network that asks; a leg made already
+/// keeps the ports it has.
+fn gw_leg(state: &mut State, r: &pb::AttachRequest, ports: &[PortMap]) -> Result<EndpointSpec, Status> {
     if state.network(GWBRIDGE).is_none() {
         let alloc = state
             .ipam
@@ -837,6 +861,7 @@ fn gw_leg(state: &mut State, r: &pb::AttachRequest) -> Result<EndpointSpec, Stat
         container: r.container.clone(),
         network: GWBRIDGE.into(),
         netns: r.netns.clone(),
+        ports: ports.iter().map(PortMap::to_pb).collect(),
         ..Default::default()
     };
     ensure(state, &leg).map(|(e, _, _)| e)
@@ -934,6 +959,7 @@ mod tests {
             peers: vec![],
             endpoints: vec![],
             services: vec![],
+            ingress: None,
         });
         s
     }
@@ -970,23 +996,13 @@ mod tests {
         assert_eq!(again, e);
         assert_eq!(s.endpoints.len(), 2);
 
-        // Refused: no address, one outside the subnet, the gateway's, a taken one, another for the same container, ports.
+        // Refused: no address, one outside the subnet, the gateway's, a taken one, another for the same container.
         for (req, code) in [
             (attach("c2", NET, ""), tonic::Code::InvalidArgument),
             (attach("c2", NET, "10.20.0.2"), tonic::Code::InvalidArgument),
             (attach("c2", NET, "10.10.0.1"), tonic::Code::InvalidArgument),
             (attach("c2", NET, "10.10.0.2"), tonic::Code::AlreadyExists),
             (attach("c1", NET, "10.10.0.9"), tonic::Code::FailedPrecondition),
-            (
-                pb::AttachRequest {
-                    ports: vec![
-                        PortMap { host_ip: None, host_port: 8080, container_port: 80, proto: crate::model::Proto::Tcp }
-                            .to_pb(),
-                    ],
-                    ..attach("c2", NET, "10.10.0.3")
-                },
-                tonic::Code::InvalidArgument,
-            ),
             (attach("c2", "nope", "10.10.0.3"), tonic::Code::NotFound),
         ] {
             let got = ensure(&mut s, &req).map(|_| ()).unwrap_err();
@@ -1002,6 +1018,33 @@ mod tests {
         s.release(&e);
         s.tidy();
         assert_eq!((s.endpoints.len(), s.kept.len()), (0, 0));
+    }
+
+    /// A host-mode port of a task on cluster networks: on its gateway bridge leg,
+    /// so the host DNATs it to the task's address there; an internal network refuses it.
+    #[test]
+    fn host_mode_ports_of_a_cluster_task_are_published_on_its_gateway_bridge_leg() {
+        let port =
+            |host_port| PortMap { host_ip: None, host_port, container_port: 80, proto: crate::model::Proto::Tcp };
+        let mut s = state();
+        let req = pb::AttachRequest { ports: vec![port(8080).to_pb()], ..attach("c1", NET, "10.10.0.2") };
+        let (e, joined, _) = ensure(&mut s, &req).unwrap();
+        let Joined::Cluster(_, Some(leg)) = &joined else { panic!("a leg on a non-internal network") };
+        assert_eq!((e.ports.clone(), leg.ports.clone()), (vec![], vec![port(8080)]));
+        let rules = crate::rules::ruleset(&Desired { networks: s.networks.clone(), endpoints: s.endpoints.clone() });
+        assert!(rules.contains(&format!("tcp dport 8080 dnat to {}:80", leg.ip)), "{rules}");
+        // The port is the host's: another container cannot take it.
+        let again = pb::AttachRequest { ports: vec![port(8080).to_pb()], ..attach("c2", NET, "10.10.0.3") };
+        assert_eq!(ensure(&mut s, &again).map(|_| ()).unwrap_err().code(), tonic::Code::AlreadyExists);
+        assert_eq!(s.endpoints.len(), 2, "nothing was added by a refusal");
+
+        let mut s = state();
+        if let Some(v) = s.view.as_mut() {
+            v.networks[0].internal = true;
+        }
+        let got = ensure(&mut s, &req).map(|_| ()).unwrap_err();
+        assert_eq!(got.code(), tonic::Code::InvalidArgument, "{got}");
+        assert!(got.message().contains("internal network"), "{got}");
     }
 
     #[test]

@@ -488,7 +488,64 @@ impl Sandboxes {
                 let h = self.handle(ns).await?;
                 create_endpoint(&h, host, overlay::BRIDGE, endpoint, *prefix, None, *mtu).await
             }
+            O::CreateLeg { ns, addr, prefix, mtu } => self.create_leg(ns, *addr, *prefix, *mtu).await,
         }
+    }
+
+    /// The routing mesh's leg: a veth made in the host's namespace, its
+    /// peer moved into sandbox `ns` onto `br0`, the host end with the
+    /// leg's address, MAC and MTU.
+    async fn create_leg(&mut self, ns: &str, addr: Ipv4Addr, prefix: u8, mtu: u32) -> Result<(), SysError> {
+        use crate::ingress::{LEG, LEG_PEER};
+        let h = self.host.clone();
+        if let Ok(i) = index_of(&h, LEG).await {
+            h.link().del(i).execute().await.map_err(nl(format!("deleting the old {LEG}")))?;
+        }
+        h.link()
+            .add(LinkVeth::new(LEG, LEG_PEER).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(nl(format!("creating veth {LEG}")))?;
+        let result = async {
+            let pi = index_of(&h, LEG_PEER).await?;
+            let pin = File::open(self.path(ns)).map_err(io(format!("opening sandbox {ns}")))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(pi).setns_by_fd(pin.as_raw_fd()).build())
+                .execute()
+                .await
+                .map_err(nl(format!("moving {LEG_PEER} into {ns}")))?;
+            let inner = self.handle(ns).await?;
+            let (pi, bi) = (index_of(&inner, LEG_PEER).await?, index_of(&inner, overlay::BRIDGE).await?);
+            inner
+                .link()
+                .set(LinkUnspec::new_with_index(pi).controller(bi).mtu(mtu).up().build())
+                .execute()
+                .await
+                .map_err(nl(format!("enslaving {LEG_PEER} in {ns}")))?;
+            let hi = index_of(&h, LEG).await?;
+            h.link()
+                .set(LinkUnspec::new_with_index(hi).address(mac_for(addr).to_vec()).build())
+                .execute()
+                .await
+                .map_err(nl(format!("setting {LEG}'s address")))?;
+            h.address()
+                .add(hi, IpAddr::V4(addr), prefix)
+                .execute()
+                .await
+                .map_err(nl(format!("adding {addr} to {LEG}")))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(hi).up().build())
+                .execute()
+                .await
+                .map_err(nl(format!("setting {LEG} up")))
+        }
+        .await;
+        if result.is_err()
+            && let Ok(i) = index_of(&h, LEG).await
+        {
+            let _ = h.link().del(i).execute().await;
+        }
+        result
     }
 
     /// A new network namespace, pinned by a bind mount of its nsfs file on `dir/ns`.

@@ -122,6 +122,7 @@ fn view(node: &str, data_addr: &str, peer: (&str, &str)) -> NetView {
             OverlayEndpoint { id: "c2".into(), network: NET.into(), addr: ip4("10.10.0.3"), node: "h2".into() },
         ],
         services: vec![],
+        ingress: None,
     }
 }
 

@@ -162,6 +162,10 @@ pub struct Node {
     pub description: NodeDescription,
     pub status: NodeStatus,
     pub meta: Meta,
+    /// Its leg on the ingress network (the routing mesh), written by the
+    /// allocator only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<crate::network::NodeAttachment>,
 }
 
 /// The root of trust, replicated only among managers (Raft never reaches workers).

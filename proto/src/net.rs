@@ -128,6 +128,64 @@ pub struct NetView {
     /// the node's DNS answers and its load balancers spread over.
     #[serde(default)]
     pub services: Vec<ViewService>,
+    /// The routing mesh: present once a service has ingress ports
+    /// allocated, the ingress network is allocated and this node has its
+    /// leg there (task or not); `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressView>,
+}
+
+/// The routing mesh as one node programs it (`NetView.ingress`). The
+/// ingress network itself is in the view's `networks`, the ingress
+/// addresses of every live task in its `endpoints`, and every node with a
+/// leg in its `peers`, like any overlay's. What a node builds from it:
+/// its leg (a veth from the host into the ingress sandbox, at `leg`), the
+/// host table that DNATs each published port to `backends` at the
+/// port's `target`, FDB and neighbour entries for every other leg, and in
+/// each local task on ingress the reply steering keyed by the legs' MACs
+/// (`mac_for(addr)`), unless the port asks for SNAT (`client_ip` false).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressView {
+    /// The ingress network's id.
+    pub network: String,
+    /// This node's leg address on it.
+    pub leg: Ipv4Addr,
+    /// Every node's leg, this node's too, by node id.
+    pub legs: Vec<IngressLeg>,
+    /// The services with allocated ingress ports, by id.
+    pub services: Vec<IngressService>,
+}
+
+/// A node's leg on the ingress network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressLeg {
+    pub node: String,
+    pub addr: Ipv4Addr,
+}
+
+/// A service that publishes ports through the routing mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressService {
+    pub id: String,
+    pub name: String,
+    pub ports: Vec<IngressPort>,
+    /// The ingress addresses of its tasks that run, are wanted running, on
+    /// a ready node (the same rule as `ViewService.backends`), sorted.
+    /// Empty: a published port with no backend refuses connections.
+    pub backends: Vec<Ipv4Addr>,
+}
+
+/// One published port of an ingress service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IngressPort {
+    /// The port on every node.
+    pub published: u16,
+    /// The port in the task.
+    pub target: u16,
+    pub proto: Proto,
+    /// True: the task sees the client's address (reply steering, no SNAT);
+    /// false: Swarm's SNAT to the ingress node's leg.
+    pub client_ip: bool,
 }
 
 /// A cluster network as one node sees it.
@@ -236,6 +294,34 @@ impl NetView {
                     backends: s.backends.iter().map(|b| b.to_string()).collect(),
                 })
                 .collect(),
+            ingress: self.ingress.as_ref().map(|i| crate::pb::IngressView {
+                network: i.network.clone(),
+                leg: i.leg.to_string(),
+                legs: i
+                    .legs
+                    .iter()
+                    .map(|l| crate::pb::IngressLeg { node: l.node.clone(), addr: l.addr.to_string() })
+                    .collect(),
+                services: i
+                    .services
+                    .iter()
+                    .map(|s| crate::pb::IngressService {
+                        id: s.id.clone(),
+                        name: s.name.clone(),
+                        ports: s
+                            .ports
+                            .iter()
+                            .map(|p| crate::pb::IngressPort {
+                                published: p.published.into(),
+                                target: p.target.into(),
+                                protocol: p.proto.as_str().to_string(),
+                                client_ip: p.client_ip,
+                            })
+                            .collect(),
+                        backends: s.backends.iter().map(|b| b.to_string()).collect(),
+                    })
+                    .collect(),
+            }),
         }
     }
 
@@ -320,8 +406,54 @@ impl NetView {
                     })
                 })
                 .collect::<Result<_, String>>()?,
+            ingress: v.ingress.as_ref().map(ingress_from_pb).transpose()?,
         })
     }
+}
+
+/// The routing mesh off the wire, refusing ports 0 or beyond 65535, a
+/// protocol other than tcp or udp, and bad addresses.
+fn ingress_from_pb(i: &crate::pb::IngressView) -> Result<IngressView, String> {
+    let addr = |what: &str, s: &str| -> Result<Ipv4Addr, String> {
+        s.parse().map_err(|_| format!("ingress {what}: {s:?} is not an IPv4 address"))
+    };
+    let port = |what: &str, p: u32| -> Result<u16, String> {
+        u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| format!("ingress {what}: port {p} is not in 1..=65535"))
+    };
+    let mut services = Vec::new();
+    for s in &i.services {
+        let what = format!("service {:?}", s.name);
+        let mut ports = Vec::new();
+        for p in &s.ports {
+            let proto = match p.protocol.as_str() {
+                "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                other => return Err(format!("ingress {what}: protocol {other:?} is not tcp or udp")),
+            };
+            ports.push(IngressPort {
+                published: port(&what, p.published)?,
+                target: port(&what, p.target)?,
+                proto,
+                client_ip: p.client_ip,
+            });
+        }
+        services.push(IngressService {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            ports,
+            backends: s.backends.iter().map(|b| addr(&what, b)).collect::<Result<_, String>>()?,
+        });
+    }
+    Ok(IngressView {
+        network: i.network.clone(),
+        leg: addr("leg", &i.leg)?,
+        legs: i
+            .legs
+            .iter()
+            .map(|l| Ok(IngressLeg { node: l.node.clone(), addr: addr(&format!("leg of {:?}", l.node), &l.addr)? }))
+            .collect::<Result<_, String>>()?,
+        services,
+    })
 }
 
 /// A container's MAC: locally administered `02:42` followed by its IPv4
@@ -507,6 +639,23 @@ mod tests {
                 aliases: vec!["www".into()],
                 backends: vec!["10.10.0.2".parse().unwrap()],
             }],
+            ingress: Some(IngressView {
+                network: "0123456789ab".into(),
+                leg: "10.255.0.2".parse().unwrap(),
+                legs: vec![
+                    IngressLeg { node: "n1".into(), addr: "10.255.0.2".parse().unwrap() },
+                    IngressLeg { node: "n2".into(), addr: "10.255.0.3".parse().unwrap() },
+                ],
+                services: vec![IngressService {
+                    id: "s1".into(),
+                    name: "web".into(),
+                    ports: vec![
+                        IngressPort { published: 8080, target: 80, proto: Proto::Tcp, client_ip: true },
+                        IngressPort { published: 30000, target: 53, proto: Proto::Udp, client_ip: false },
+                    ],
+                    backends: vec!["10.255.0.4".parse().unwrap()],
+                }],
+            }),
         };
         let back: NetView = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
         assert_eq!(back, v);
@@ -527,6 +676,21 @@ mod tests {
         assert!(refused(|p| p.endpoints[0].addr = String::new()).contains("endpoint \"t1\""));
         assert!(refused(|p| p.services[0].vip = "10.10".into()).contains("service \"web\""));
         assert!(refused(|p| p.services[0].mode = "rr".into()).contains("invalid endpoint mode"));
+        assert!(refused(|p| p.ingress.as_mut().unwrap().leg = "x".into()).contains("ingress leg"));
+        assert!(refused(|p| p.ingress.as_mut().unwrap().legs[1].addr = "x".into()).contains("leg of \"n2\""));
+        fn svc(p: &mut crate::pb::NetView) -> &mut crate::pb::IngressService {
+            &mut p.ingress.as_mut().unwrap().services[0]
+        }
+        assert!(refused(|p| svc(p).ports[0].published = 0).contains("port 0 is not in"));
+        assert!(refused(|p| svc(p).ports[0].target = 70000).contains("port 70000"));
+        assert!(refused(|p| svc(p).ports[1].protocol = "sctp".into()).contains("\"sctp\" is not tcp or udp"));
+        assert!(refused(|p| svc(p).backends[0] = "10.255".into()).contains("ingress service \"web\""));
+        // A view from before the routing mesh (or with none yet) has no ingress.
+        let mut p = v.to_pb();
+        p.ingress = None;
+        assert_eq!(NetView::from_pb(&p).map(|v| v.ingress), Ok(None));
+        let json = serde_json::to_value(NetView { ingress: None, ..v.clone() }).unwrap();
+        assert!(json.get("ingress").is_none());
         let mut p = v.to_pb();
         p.services[0].vip = String::new();
         assert_eq!(NetView::from_pb(&p).map(|v| v.services[0].vip), Ok(None));

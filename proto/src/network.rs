@@ -347,6 +347,16 @@ pub struct TaskNetwork {
     pub addr: Option<Ipv4Addr>,
 }
 
+/// A node's own address on a cluster network (`Node.ingress`: its leg on
+/// the ingress network, the routing mesh's way in), written by the
+/// allocator only; held like a task's address, freed with the node.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeAttachment {
+    /// The network's id.
+    pub network: String,
+    pub addr: Ipv4Addr,
+}
+
 /// What a node says of its own networking (`NodeDescription.net`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeNet {

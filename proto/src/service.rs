@@ -170,13 +170,92 @@ impl Default for RestartPolicy {
     }
 }
 
-/// Published ports in host mode: bound on the task's node only.
+/// How a published port reaches a service's tasks (`-p ...,mode=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// The routing mesh: the port answers on every node and reaches a
+    /// running task anywhere. The CLI's and API's default for new specs.
+    Ingress,
+    /// Bound on the task's own node only, to that task. The default of a
+    /// port stored without a mode: specs from before the routing mesh keep
+    /// the mode they were created with.
+    #[default]
+    Host,
+}
+
+impl PublishMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishMode::Ingress => "ingress",
+            PublishMode::Host => "host",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<PublishMode, String> {
+        match s {
+            "ingress" => Ok(PublishMode::Ingress),
+            "host" => Ok(PublishMode::Host),
+            _ => Err(format!("invalid publish mode {s:?}: ingress or host")),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// A published port (`-p published=P,target=T,protocol=tcp,mode=ingress`).
+/// In a spec, an ingress port with `published` 0 asks the allocator for
+/// one (the service's `ports` hold what it chose); a host-mode port names
+/// both ports.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PublishedPort {
     pub published: u16,
     pub target: u16,
     /// tcp or udp.
     pub protocol: String,
+    #[serde(default)]
+    pub mode: PublishMode,
+    /// Ingress: the task sees the client's own address (no SNAT); false
+    /// asks for Swarm's SNAT (`client-ip=false`). Host mode always keeps it.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub client_ip: bool,
+}
+
+impl Default for PublishedPort {
+    /// A host-mode tcp port with both ports still to set.
+    fn default() -> Self {
+        PublishedPort { published: 0, target: 0, protocol: "tcp".into(), mode: PublishMode::Host, client_ip: true }
+    }
+}
+
+impl PublishedPort {
+    pub fn is_ingress(&self) -> bool {
+        self.mode == PublishMode::Ingress
+    }
+
+    /// Whether `allocated` (from a service's `ports`) is what the allocator
+    /// gave this spec port: the same target, protocol and client-ip choice,
+    /// and the published port it asked for, if it asked for one.
+    pub fn allocated_as(&self, allocated: &PublishedPort) -> bool {
+        self.is_ingress()
+            && allocated.is_ingress()
+            && self.target == allocated.target
+            && self.protocol == allocated.protocol
+            && self.client_ip == allocated.client_ip
+            && allocated.published != 0
+            && (self.published == 0 || self.published == allocated.published)
+    }
+
+    /// `*:8080->80/tcp` as `docker service ls` prints it.
+    pub fn display(&self) -> String {
+        format!("*:{}->{}/{}", self.published, self.target, self.protocol)
+    }
 }
 
 /// What every task of a service runs.
@@ -318,13 +397,51 @@ pub struct Service {
     /// the allocator only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vips: Vec<Vip>,
+    /// Its ingress ports as allocated (each spec port in ingress mode, with
+    /// `published` chosen when the spec left it 0), written by the
+    /// allocator only; unique cluster-wide. Complete when
+    /// [`Service::ports_allocated`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PublishedPort>,
 }
 
 impl Service {
+    /// Whether `ports` gives every ingress port of the spec its published
+    /// port, one to one.
+    pub fn ports_allocated(&self) -> bool {
+        ports_match(&self.spec.task.ports, &self.ports)
+    }
+
+    /// The service's published ports as they are now: ingress ports as
+    /// allocated (or as asked, while waiting), then host-mode ports.
+    pub fn endpoint_ports(&self) -> Vec<PublishedPort> {
+        let ingress = self.spec.task.ports.iter().filter(|p| p.is_ingress());
+        let mut out: Vec<PublishedPort> =
+            if self.ports_allocated() { self.ports.clone() } else { ingress.cloned().collect() };
+        out.extend(self.spec.task.ports.iter().filter(|p| !p.is_ingress()).cloned());
+        out
+    }
+
     /// The service as clients may see it: without its registry credentials.
     pub fn redacted(&self) -> Service {
         Service { registry_auth: None, ..self.clone() }
     }
+}
+
+/// Whether `allocated` gives each ingress port of `spec` its published
+/// port, one to one and nothing else.
+pub fn ports_match(spec: &[PublishedPort], allocated: &[PublishedPort]) -> bool {
+    // Those that name their port first, so a `published` 0 cannot take theirs.
+    let mut wanted: Vec<&PublishedPort> = spec.iter().filter(|p| p.is_ingress()).collect();
+    wanted.sort_by_key(|p| p.published == 0);
+    if wanted.len() != allocated.len() {
+        return false;
+    }
+    let mut used = vec![false; allocated.len()];
+    wanted.iter().all(|w| {
+        let hit = allocated.iter().enumerate().find(|(i, a)| !used[*i] && w.allocated_as(a));
+        hit.map(|(i, _)| used[i] = true).is_some()
+    })
 }
 
 /// A registry login. Its `Debug` never shows the password, so it cannot reach a log.
@@ -493,6 +610,49 @@ mod tests {
         );
         assert_eq!((&v["node"], &v["node_addr"]), (&"h1".into(), &"10.0.0.1:4620".into()));
         assert_eq!(serde_json::from_value::<TaskListEntry>(v).unwrap(), e);
+    }
+
+    #[test]
+    fn a_port_stored_before_the_mesh_stays_host_mode() {
+        let old: PublishedPort = serde_json::from_str(r#"{"published":8080,"target":80,"protocol":"tcp"}"#).unwrap();
+        assert_eq!((old.mode, old.client_ip), (PublishMode::Host, true));
+        let p = PublishedPort { mode: PublishMode::Ingress, client_ip: false, ..old };
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!((&v["mode"], &v["client_ip"]), (&"ingress".into(), &false.into()));
+        assert_eq!(serde_json::from_value::<PublishedPort>(v).unwrap(), p);
+    }
+
+    #[test]
+    fn allocated_ports_match_the_spec_one_to_one() {
+        let ing = |published, target, proto: &str| PublishedPort {
+            published,
+            target,
+            protocol: proto.into(),
+            mode: PublishMode::Ingress,
+            client_ip: true,
+        };
+        let host = PublishedPort { published: 9000, target: 90, ..Default::default() };
+        let spec = vec![ing(0, 80, "tcp"), ing(8080, 80, "tcp"), host.clone()];
+        let table: &[(&[PublishedPort], bool)] = &[
+            (&[ing(8080, 80, "tcp"), ing(30000, 80, "tcp")], true),
+            (&[ing(30000, 80, "tcp"), ing(8080, 80, "tcp")], true),
+            (&[ing(30000, 80, "tcp")], false),
+            (&[ing(30000, 80, "tcp"), ing(30001, 80, "tcp")], false),
+            (&[ing(8080, 80, "tcp"), ing(30000, 80, "udp")], false),
+            (&[ing(8080, 80, "tcp"), ing(0, 80, "tcp")], false),
+            (&[ing(8080, 80, "tcp"), ing(30000, 80, "tcp"), ing(30001, 80, "tcp")], false),
+        ];
+        for (allocated, want) in table {
+            assert_eq!(ports_match(&spec, allocated), *want, "{allocated:?}");
+        }
+        let mut svc = Service::default();
+        svc.spec.task.ports = spec;
+        assert!(!svc.ports_allocated());
+        assert_eq!(svc.endpoint_ports().iter().map(|p| p.published).collect::<Vec<_>>(), vec![0, 8080, 9000]);
+        svc.ports = vec![ing(8080, 80, "tcp"), ing(30000, 80, "tcp")];
+        assert!(svc.ports_allocated());
+        assert_eq!(svc.endpoint_ports().iter().map(|p| p.published).collect::<Vec<_>>(), vec![8080, 30000, 9000]);
+        assert_eq!(svc.ports[1].display(), "*:30000->80/tcp");
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! the tasks' addresses, spread requests to the VIP over the tasks, reach a
 //! host outside the cluster through the node's gateway bridge, and follow
 //! scaling; a network in use cannot be removed, and one no longer used can.
+//! The routing mesh: a port published in ingress mode by a service with two
+//! tasks answers on all five hosts, and the server sees the client's own
+//! address; its host-mode port answers only where its tasks run.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -16,6 +19,11 @@ use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
 
 /// A tiny web server answering with its container's hostname.
 const WEB_SH: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+
+/// A web server whose `/cgi-bin/ip` answers with the client's address as it sees it.
+const WHOAMI_SH: &str = "mkdir -p /www/cgi-bin && \
+    printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip && \
+    chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www";
 
 /// One running task of a service as `service ps` shows it.
 #[derive(Debug)]
@@ -205,5 +213,62 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
         Err(e) if e.to_string().contains("in use") => Ok(None),
         Err(e) => bail!(e),
     })?;
+
+    // The routing mesh: a port published in ingress mode (the default) answers on every
+    // host, tasks or not, and the server sees the client's own address.
+    lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "front",
+            "--replicas",
+            "2",
+            "-p",
+            "8080:80",
+            "-p",
+            "published=8081,target=80,mode=host",
+            "--stop-grace-period",
+            "1s",
+            "busybox:local",
+            "sh",
+            "-c",
+            WHOAMI_SH,
+        ],
+    )?;
+    let svc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "ingress"])?)?;
+    let ingress_id = svc[0]["Id"].as_str().context("the ingress network's id")?.to_string();
+    let front = placed(&lab, "front", &ingress_id, 2)?;
+    let front_hosts: BTreeSet<usize> = front.iter().map(|t| t.host).collect();
+    for i in 1..=5 {
+        let url = format!("http://10.98.0.{i}:8080/cgi-bin/ip");
+        let seen = wait_for(
+            &format!("host {i} to answer on 8080 (tasks on {front_hosts:?})"),
+            Duration::from_secs(60),
+            || {
+                let out = lab.sw(&["timeout", "5", "busybox", "wget", "-qO-", &url])?;
+                let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                Ok((out.status.success() && !body.is_empty()).then_some(body))
+            },
+        )?;
+        // httpd listens on IPv6 too, so it names an IPv4 client in its mapped form.
+        let client = seen.trim_start_matches('[').trim_end_matches(']').trim_start_matches("::ffff:");
+        ensure!(client == "10.98.0.254", "through host {i}, the server saw {seen:?}, not the switch 10.98.0.254");
+    }
+    // Its host-mode port, beside the ingress network: only on the hosts its tasks run on.
+    for i in 1..=5 {
+        let url = format!("http://10.98.0.{i}:8081/cgi-bin/ip");
+        let out = lab.sw(&["timeout", "5", "busybox", "wget", "-qO-", &url])?;
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let client = body.trim_start_matches('[').trim_end_matches(']').trim_start_matches("::ffff:");
+        if front_hosts.contains(&i) {
+            ensure!(client == "10.98.0.254", "host {i}'s task on its host-mode port saw {body:?}");
+        } else {
+            ensure!(!out.status.success(), "host {i} has no task, yet answered on its host-mode port: {body:?}");
+        }
+    }
+    lab.shoal(1, &["service", "rm", "front"])?;
     Ok(())
 }

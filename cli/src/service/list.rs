@@ -67,8 +67,7 @@ pub(super) async fn ls(control: &mut Control, quiet: bool, format: Format) -> an
             if spec.task.max_replicas_per_node > 0 {
                 replicas.push_str(&format!(" (max {} per node)", spec.task.max_replicas_per_node));
             }
-            let ports: Vec<String> =
-                spec.task.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol)).collect();
+            let ports: Vec<String> = e.service.endpoint_ports().iter().map(|p| p.display()).collect();
             vec![
                 short(&e.service.id).to_string(),
                 spec.name.clone(),
@@ -152,8 +151,8 @@ fn print_tasks(mut ts: Vec<(Task, String)>, quiet: bool, no_trunc: bool, format:
         if !no_trunc && err.len() > 60 {
             err = format!("{}…", &err[..err.char_indices().nth(59).map_or(err.len(), |(i, _)| i)]);
         }
-        let ports: Vec<String> =
-            t.spec.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol)).collect();
+        // A task's own ports: host mode (ingress ports are the service's, on every node).
+        let ports: Vec<String> = t.spec.ports.iter().filter(|p| !p.is_ingress()).map(|p| p.display()).collect();
         rows.push(vec![
             id,
             name,
@@ -225,10 +224,17 @@ pub(super) fn print_pretty(s: &Service, nets: &[shoal_proto::network::Network]) 
         println!("Networks:\t{}", names.join(" "));
     }
     println!("Endpoint Mode:\t{}", spec.endpoint_mode.as_str());
-    for p in &spec.task.ports {
+    let ports = s.endpoint_ports();
+    if !ports.is_empty() {
+        println!("Ports:");
+    }
+    for p in &ports {
         println!(
-            "Ports:\n PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = host",
-            p.published, p.protocol, p.target
+            " PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = {}",
+            p.published,
+            p.protocol,
+            p.target,
+            p.mode.as_str()
         );
     }
 }

@@ -353,8 +353,9 @@ async fn update(cli: &Cli, control: &mut Control, a: &ServiceUpdateArgs) -> anyh
 }
 
 /// A service as `inspect` shows it: the stored object, plus its networks in
-/// Docker's shapes (`Spec.TaskTemplate.Networks`, `Spec.EndpointSpec.Mode`,
-/// `Endpoint.VirtualIPs` with each address's prefix length), so scripts
+/// Docker's shapes (`Spec.TaskTemplate.Networks`, `Spec.EndpointSpec.Mode`
+/// and `.Ports`, `Endpoint.Ports` as allocated, `Endpoint.VirtualIPs` with
+/// each address's prefix length), so scripts
 /// written for Docker find them where they look.
 fn inspect_doc(s: &shoal_proto::service::Service, nets: &[shoal_proto::network::Network]) -> serde_json::Value {
     let mut doc = serde_json::to_value(s).unwrap_or(serde_json::Value::Null);
@@ -371,12 +372,25 @@ fn inspect_doc(s: &shoal_proto::service::Service, nets: &[shoal_proto::network::
             serde_json::json!({"NetworkID": v.network, "Addr": addr})
         })
         .collect();
+    let port = |p: &shoal_proto::service::PublishedPort| {
+        serde_json::json!({
+            "Protocol": p.protocol,
+            "TargetPort": p.target,
+            "PublishedPort": p.published,
+            "PublishMode": p.mode.as_str(),
+        })
+    };
+    let asked: Vec<serde_json::Value> = s.spec.task.ports.iter().map(port).collect();
+    let ports: Vec<serde_json::Value> = s.endpoint_ports().iter().map(port).collect();
     if let Some(obj) = doc.as_object_mut() {
         obj.insert(
             "Spec".into(),
-            serde_json::json!({"TaskTemplate": {"Networks": networks}, "EndpointSpec": {"Mode": mode}}),
+            serde_json::json!({"TaskTemplate": {"Networks": networks}, "EndpointSpec": {"Mode": mode, "Ports": asked}}),
         );
-        obj.insert("Endpoint".into(), serde_json::json!({"Spec": {"Mode": mode}, "VirtualIPs": vips}));
+        obj.insert(
+            "Endpoint".into(),
+            serde_json::json!({"Spec": {"Mode": mode, "Ports": asked}, "Ports": ports, "VirtualIPs": vips}),
+        );
     }
     doc
 }
@@ -419,6 +433,27 @@ mod tests {
         assert_eq!(d["Spec"]["EndpointSpec"]["Mode"], "vip");
         assert_eq!(d["Endpoint"]["VirtualIPs"], serde_json::json!([{"NetworkID": "abc", "Addr": "10.0.1.2/24"}]));
         assert_eq!(d["spec"]["task"]["image"], "", "the stored object is all there too");
+        assert_eq!(d["Endpoint"]["Ports"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn inspect_shows_published_ports_as_allocated_in_dockers_shape() {
+        use shoal_proto::service::{PublishMode, PublishedPort};
+        let ing = |published| PublishedPort { published, target: 80, mode: PublishMode::Ingress, ..Default::default() };
+        let mut svc = shoal_proto::service::Service::default();
+        svc.spec.task.ports = vec![ing(0), PublishedPort { published: 9000, target: 90, ..Default::default() }];
+        let d = inspect_doc(&svc, &[]);
+        let want = |published| {
+            serde_json::json!([
+                {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": published, "PublishMode": "ingress"},
+                {"Protocol": "tcp", "TargetPort": 90, "PublishedPort": 9000, "PublishMode": "host"},
+            ])
+        };
+        assert_eq!(d["Endpoint"]["Ports"], want(0), "not allocated yet");
+        svc.ports = vec![ing(30000)];
+        let d = inspect_doc(&svc, &[]);
+        assert_eq!(d["Endpoint"]["Ports"], want(30000));
+        assert_eq!(d["Spec"]["EndpointSpec"]["Ports"], want(0), "the spec as asked");
     }
 
     #[test]

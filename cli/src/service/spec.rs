@@ -83,7 +83,8 @@ pub struct ServiceFlags {
     pub label: Vec<String>,
     #[arg(long, visible_alias = "container-label-add")]
     pub container_label: Vec<String>,
-    /// published=P,target=T[,protocol=tcp|udp],mode=host (or P:T[/udp]).
+    /// published=P,target=T[,protocol=tcp|udp][,mode=ingress|host][,client-ip=false], or [P:]T[/udp]:
+    /// ingress (every node) unless mode=host; P left out or 0: chosen from 30000-32767.
     #[arg(short, long, visible_alias = "publish-add")]
     pub publish: Vec<String>,
     /// Attach to a cluster network: NAME, or name=NAME[,alias=ALIAS...] (target= too).
@@ -208,9 +209,9 @@ pub struct ServiceRemovals {
     /// Remove a container label (its key).
     #[arg(long)]
     pub container_label_rm: Vec<String>,
-    /// Remove a published port (its published port number).
-    #[arg(long)]
-    pub publish_rm: Vec<u16>,
+    /// Remove published ports by published or target port: PORT[/tcp|udp].
+    #[arg(long, value_parser = |s: &str| crate::parse::publish_rm(s).map_err(|e| e.to_string()))]
+    pub publish_rm: Vec<(u16, Option<String>)>,
     /// Remove a mount (its target path).
     #[arg(long)]
     pub mount_rm: Vec<String>,
@@ -247,7 +248,11 @@ pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
     t.env.retain(|e| !rm.env_rm.contains(&key(e)));
     t.constraints.retain(|c| !rm.constraint_rm.contains(c));
     t.container_labels.retain(|k, _| !rm.container_label_rm.contains(k));
-    t.ports.retain(|p| !rm.publish_rm.contains(&p.published));
+    t.ports.retain(|p| {
+        !rm.publish_rm
+            .iter()
+            .any(|(n, proto)| (p.published == *n || p.target == *n) && proto.as_ref().is_none_or(|x| *x == p.protocol))
+    });
     t.mounts.retain(|m| !rm.mount_rm.iter().any(|target| mount_target(m) == Some(target.as_str())));
     spec.labels.retain(|k, _| !rm.label_rm.contains(k));
     // `service update` resolves --network-rm names to ids first (see `update`).
@@ -318,7 +323,12 @@ pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
     t.container_labels.extend(crate::container::labels(&f.container_label));
     for p in &f.publish {
         let p = crate::parse::publish(p)?;
-        t.ports.retain(|q| !(q.published == p.published && q.protocol == p.protocol));
+        // The same port again replaces it (by target, for one to be chosen).
+        let same = |q: &shoal_proto::service::PublishedPort| {
+            q.protocol == p.protocol
+                && if p.published == 0 { q.published == 0 && q.target == p.target } else { q.published == p.published }
+        };
+        t.ports.retain(|q| !same(q));
         t.ports.push(p);
     }
     crate::health::apply(&mut t.health, &f.container.health)?;
@@ -413,5 +423,29 @@ mod tests {
         apply_flags(&mut spec, &flags, &rm).expect("applies");
         assert_eq!(spec.task.networks, vec![a("id2", &[]), a("db", &["x"])]);
         assert_eq!(spec.endpoint_mode, EndpointMode::Dnsrr);
+    }
+
+    #[test]
+    fn publish_add_replaces_the_same_port_and_publish_rm_takes_published_or_target() {
+        let p = |s: &str| crate::parse::publish(s).expect("port");
+        let mut spec = ServiceSpec::default();
+        spec.task.ports =
+            vec![p("8080:80"), p("53:53/udp"), p("53:53"), p("90"), p("published=9000,target=91,mode=host")];
+        let shown = |spec: &ServiceSpec| {
+            spec.task.ports.iter().map(|q| format!("{}:{}/{}", q.published, q.target, q.protocol)).collect::<Vec<_>>()
+        };
+        // The same published port again replaces it; a port to be chosen replaces one with its target.
+        let flags = ServiceFlags { publish: vec!["8080:81".into(), "90".into()], ..Default::default() };
+        apply_flags(&mut spec, &flags, &ServiceRemovals::default()).expect("applies");
+        assert_eq!(shown(&spec), ["53:53/udp", "53:53/tcp", "9000:91/tcp", "8080:81/tcp", "0:90/tcp"]);
+        // By protocol, by target, by published port.
+        let rm = |list: &[&str]| ServiceRemovals {
+            publish_rm: list.iter().map(|x| crate::parse::publish_rm(x).expect("rm")).collect(),
+            ..Default::default()
+        };
+        apply_flags(&mut spec, &ServiceFlags::default(), &rm(&["53/udp", "91"])).expect("applies");
+        assert_eq!(shown(&spec), ["53:53/tcp", "8080:81/tcp", "0:90/tcp"]);
+        apply_flags(&mut spec, &ServiceFlags::default(), &rm(&["8080", "53", "90/udp"])).expect("applies");
+        assert_eq!(shown(&spec), ["0:90/tcp"]);
     }
 }

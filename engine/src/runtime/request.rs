@@ -275,7 +275,11 @@ pub fn resolve(
         netns: None,
     };
     let attachments = if !req.cluster_networks.is_empty() {
-        req.cluster_networks.clone()
+        // A task's host-mode ports go with its first network: netd publishes them on the
+        // task's gateway bridge leg (DNAT to its address there), refusing an internal one.
+        let mut a = req.cluster_networks.clone();
+        a[0].ports = req.publish.clone();
+        a
     } else if netd_network(network_name) {
         vec![Attachment {
             network: network_name.into(),
@@ -315,10 +319,9 @@ fn cluster_networks<'a>(req: &'a RunRequest, host: &Host) -> Result<&'a str, Con
             "the task has no address on this cluster network yet: the managers give one before placing it".into(),
         ));
     }
-    if !req.publish.is_empty() || req.cluster_networks.iter().any(|a| !a.ports.is_empty()) {
-        return Err(invalid("port mapping", req.publish.iter().map(publish_spec).collect::<Vec<_>>().join(" "))(
-            "published ports on cluster networks are not supported yet: publish them from a task without --network"
-                .into(),
+    if let Some(a) = req.cluster_networks.iter().find(|a| !a.ports.is_empty()) {
+        return Err(invalid("network", a.network.clone())(
+            "ports are asked of the task, not of one of its networks (publish)".into(),
         ));
     }
     Ok(first)
@@ -552,8 +555,10 @@ mod tests {
         let no_netd = Host { netd: false, ..HOST };
         assert!(refused(&r, &image(), &no_netd).contains("cluster networks need netd"));
         let port = shoal_proto::net::parse_publish("8080:80").expect("port");
-        let ported = RunRequest { publish: vec![port], ..r.clone() };
-        assert!(refused(&ported, &image(), &HOST).contains("published ports on cluster networks"));
+        let ported = RunRequest { publish: vec![port.clone()], ..r.clone() };
+        let c = ok(&ported, &image(), &HOST);
+        assert_eq!(c.attachments[0].ports, vec![port], "with the first network, for its gateway bridge leg");
+        assert!(c.attachments[1].ports.is_empty());
     }
 
     #[test]

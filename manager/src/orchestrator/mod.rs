@@ -107,6 +107,7 @@ mod tests {
             },
             status: NodeStatus { state: NodeState::Ready, message: String::new() },
             meta: Meta::default(),
+            ingress: None,
         }
     }
 
@@ -153,6 +154,24 @@ mod tests {
                 replace_auth: false,
                 auth: None,
             });
+        }
+
+        /// An allocated ingress network, as `swarm init` and the allocator leave it.
+        fn ingress(&mut self) {
+            let sub: shoal_proto::net::Subnet = "10.255.0.0/16".parse().expect("subnet");
+            let gateway = sub.nth(1).expect("gateway");
+            let alloc = shoal_proto::network::NetworkAlloc { vni: 4096, subnet: sub, gateway, range: sub, mtu: 1450 };
+            let spec =
+                shoal_proto::network::NetworkSpec { name: "ingress".into(), ingress: true, ..Default::default() };
+            self.apply(Command::CreateNetwork { id: "ingress".into(), spec });
+            let changes = vec![crate::networks::AllocChange::Network { id: "ingress".into(), alloc }];
+            self.apply(Command::Allocate { changes });
+        }
+
+        /// One allocator pass, applied.
+        fn allocate(&mut self) {
+            let changes = crate::allocator::plan(&self.state);
+            self.apply(Command::Allocate { changes });
         }
 
         /// One orchestrator pass, applied; returns its changes.
@@ -344,7 +363,8 @@ mod tests {
         let mut w = World::new(&[("a", Role::Worker), ("b", Role::Worker)]);
         let p = w.service("ports", |s| {
             s.replicas = 3;
-            s.task.ports = vec![PublishedPort { published: 8080, target: 80, protocol: "tcp".into() }];
+            s.task.ports =
+                vec![PublishedPort { published: 8080, target: 80, protocol: "tcp".into(), ..Default::default() }];
         });
         w.settle();
         assert_eq!(w.running(&p).len(), 2);
@@ -354,6 +374,24 @@ mod tests {
                 .values()
                 .any(|t| t.status.err == "no suitable node (host-mode port already in use on 2 nodes)")
         );
+        // Ingress ports answer on every node through the mesh: they never limit placement.
+        let mut w = World::new(&[("a", Role::Worker), ("b", Role::Worker)]);
+        w.ingress();
+        let p = w.service("mesh", |s| {
+            s.replicas = 3;
+            s.task.ports = vec![PublishedPort {
+                published: 8080,
+                target: 80,
+                mode: shoal_proto::service::PublishMode::Ingress,
+                ..Default::default()
+            }];
+        });
+        w.settle();
+        assert!(w.running(&p).is_empty(), "waiting for their ingress addresses");
+        w.allocate();
+        w.settle();
+        assert_eq!(w.running(&p).len(), 3);
+        assert!(w.state.tasks.values().all(|t| t.networks.len() == 1 && t.networks[0].addr.is_some()));
     }
 
     #[test]

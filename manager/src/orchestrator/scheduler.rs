@@ -25,8 +25,15 @@ impl Load {
         *self.per_service.entry(t.service_id.clone()).or_default() += 1;
         self.cpus += t.spec.reserve_nano_cpus;
         self.memory += t.spec.reserve_memory;
-        self.ports.extend(t.spec.ports.iter().map(|p| (p.published, p.protocol.clone())));
+        self.ports.extend(host_ports(&t.spec).map(|p| (p.published, p.protocol.clone())));
     }
+}
+
+/// The ports a task binds on its own node: its host-mode ones. Ingress
+/// ports answer on every node through the routing mesh and never limit
+/// placement (the API keeps them apart from host-mode ports).
+fn host_ports(spec: &TaskSpec) -> impl Iterator<Item = &shoal_proto::service::PublishedPort> {
+    spec.ports.iter().filter(|p| !p.is_ingress())
 }
 
 /// A node where tasks of one version of a service failed this many times
@@ -78,7 +85,7 @@ pub(super) fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
             }
             l.cpus = l.cpus.saturating_sub(t.spec.reserve_nano_cpus);
             l.memory = l.memory.saturating_sub(t.spec.reserve_memory);
-            l.ports.retain(|p| !t.spec.ports.iter().any(|q| q.published == p.0 && q.protocol == p.1));
+            l.ports.retain(|p| !host_ports(&t.spec).any(|q| q.published == p.0 && q.protocol == p.1));
         }
     }
     let existing: Vec<&Task> = state
@@ -198,9 +205,7 @@ fn place(
                 Some("insufficient memory")
             } else if spec.reserve_nano_cpus > 0 && load.cpus + spec.reserve_nano_cpus > node.description.nano_cpus {
                 Some("insufficient CPU")
-            } else if spec
-                .ports
-                .iter()
+            } else if host_ports(spec)
                 .any(|p| load.ports.iter().any(|(n, proto)| *n == p.published && *proto == p.protocol))
             {
                 Some("host-mode port already in use")

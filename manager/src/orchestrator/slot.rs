@@ -241,11 +241,10 @@ impl Orchestrator<'_> {
             created_index: 0,
             started_ms: 0,
             meta: Default::default(),
+            // The spec's networks, and ingress when it publishes ingress ports.
             networks: self
-                .svc
-                .spec
-                .task
-                .networks
+                .state
+                .task_attachments(&self.svc.spec)
                 .iter()
                 .map(|a| TaskNetwork { network: a.target.clone(), aliases: a.aliases.clone(), addr: None })
                 .collect(),
