@@ -181,21 +181,38 @@ impl ClusterNetworks for ClusterAttach {
             timeout: self.timeout,
         };
         let lease = lease.to_string();
-        // Not waited for: the container is gone either way; a lost removal is logged.
+        // Not waited for: the container is gone either way. A session that is
+        // down (the managers unreachable, a leader change) is retried for a
+        // while, so the address is not kept for nothing; a refusal is logged.
         std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + this.timeout;
-            match this.ask(req, deadline) {
-                Ok(r) if r.error.is_empty() => tracing::debug!(attachment = %lease, "attachment removed"),
-                Ok(r) => {
-                    tracing::warn!(attachment = %lease, error = %r.error, "the managers refused to remove an attachment")
-                }
-                Err(e) => {
-                    tracing::warn!(attachment = %lease, error = %e, "an attachment was not removed; the managers keep its address")
+            let give_up = std::time::Instant::now() + DETACH_RETRY_FOR;
+            loop {
+                let deadline = std::time::Instant::now() + this.timeout;
+                match this.ask(req.clone(), deadline) {
+                    Ok(r) if r.error.is_empty() => {
+                        tracing::debug!(attachment = %lease, "attachment removed");
+                        return;
+                    }
+                    Ok(r) => {
+                        tracing::warn!(attachment = %lease, error = %r.error, "the managers refused to remove an attachment");
+                        return;
+                    }
+                    Err(e) if std::time::Instant::now() >= give_up || !this.calls.active.load(Ordering::SeqCst) => {
+                        tracing::warn!(attachment = %lease, error = %e, "an attachment was not removed; the managers keep its address until its node is removed");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(attachment = %lease, error = %e, "removing an attachment; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
                 }
             }
         });
     }
 }
+
+/// How long a removal that found no session is retried.
+const DETACH_RETRY_FOR: Duration = Duration::from_secs(300);
 
 #[cfg(test)]
 mod tests {
