@@ -691,6 +691,7 @@ mod tests {
     #[test]
     fn never_a_duplicate_address_over_random_runs() {
         let mut refused = 0;
+        let mut attached = 0;
         for seed in 0..20u64 {
             let mut rng = StdRng::seed_from_u64(seed);
             let mut s = world(ClusterNet::default());
@@ -792,9 +793,11 @@ mod tests {
                     }
                 }
                 check_addrs(&s, seed);
+                attached += s.attachments.values().filter(|a| a.addr.is_some()).count();
             }
         }
         assert!(refused > 0, "stale plans were tried, and apply refused them");
+        assert!(attached > 0, "container attachments were addressed");
     }
 
     fn check_addrs(s: &State, seed: u64) {

@@ -38,7 +38,7 @@ impl Containers {
         let (Some(cluster), Some(nets)) = (self.cluster.get(), self.networks.get()) else { return Ok(()) };
         let mut leased: Vec<String> = Vec::new();
         for a in attachments.iter_mut().filter(|a| a.lease.is_empty()) {
-            if nets.is_local(&a.network) {
+            if a.network == "bridge" || nets.is_local(&a.network) {
                 continue;
             }
             let fail = |e: ContainerError, leased: &[String]| {
