@@ -76,6 +76,8 @@ pub struct Daemon {
     joined: Mutex<Option<Joined>>,
     /// Runs the tasks the cluster assigns here (set before `resume`).
     worker: std::sync::OnceLock<Arc<crate::worker::Worker>>,
+    /// Containers' requests to join cluster networks, for the current session.
+    attach: Arc<crate::attach::Calls>,
 }
 
 /// MemTotal from /proc/meminfo, in bytes.
@@ -104,7 +106,13 @@ impl Daemon {
             transition: tokio::sync::Mutex::new(()),
             joined: Mutex::new(None),
             worker: std::sync::OnceLock::new(),
+            attach: Arc::new(crate::attach::Calls::default()),
         })
+    }
+
+    /// The queue containers' cluster network requests go through (to whichever session runs).
+    pub fn attach_calls(&self) -> Arc<crate::attach::Calls> {
+        self.attach.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Joined>> {
@@ -468,6 +476,7 @@ impl Daemon {
                 connect: Arc::new(session::TlsConnect(client_tls.subscribe())),
                 worker: self.worker.get().cloned(),
                 restarting: restarting.clone(),
+                attach: Some(self.attach.clone()),
             },
             states_tx,
             session.clone(),

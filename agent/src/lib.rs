@@ -11,6 +11,7 @@
 //! never writes cluster state except through a manager's API, and never
 //! changes the host's network.
 
+pub mod attach;
 pub mod cluster_events;
 pub mod daemon;
 pub mod fake_runtime;

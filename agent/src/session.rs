@@ -35,6 +35,9 @@ pub struct SessionConfig {
     /// Set before cancelling when the daemon stops to come back (a restart),
     /// not to leave: the session then says goodbye.
     pub restarting: Arc<std::sync::atomic::AtomicBool>,
+    /// Containers' requests to join or leave cluster networks, sent on the
+    /// session and answered from it (`attach`).
+    pub attach: Option<Arc<crate::attach::Calls>>,
 }
 
 /// What a manager sends on a session.
@@ -71,6 +74,16 @@ enum Ended {
 
 /// Runs until cancelled. Every SessionState received goes to `states`.
 pub async fn run(cfg: SessionConfig, states: mpsc::Sender<pb::SessionState>, cancel: CancellationToken) {
+    if let Some(a) = &cfg.attach {
+        a.set_active(true);
+    }
+    run_sessions(&cfg, states, cancel).await;
+    if let Some(a) = &cfg.attach {
+        a.set_active(false);
+    }
+}
+
+async fn run_sessions(cfg: &SessionConfig, states: mpsc::Sender<pb::SessionState>, cancel: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     let mut next: Option<String> = None;
     let mut turn = 0usize;
@@ -91,7 +104,7 @@ pub async fn run(cfg: SessionConfig, states: mpsc::Sender<pb::SessionState>, can
         let ended = if target.is_empty() {
             Ended::Failed("no manager".into())
         } else {
-            one_session(&cfg, &target, &states, &cancel).await
+            one_session(cfg, &target, &states, &cancel).await
         };
         match ended {
             Ended::Cancelled => return,
@@ -136,6 +149,8 @@ async fn one_session(
     let mut period = Duration::from_millis(1000);
     let mut beat = tokio::time::interval(period);
     let mut last_heard = tokio::time::Instant::now();
+    // Requests in flight on this session; dropped with it, so their callers hear it ended.
+    let mut attaching = crate::attach::InFlight::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -150,6 +165,13 @@ async fn one_session(
                 }
                 let hb = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat {})) };
                 if out_tx.send(hb).await.is_err() {
+                    return Ended::Failed("outbound closed".into());
+                }
+            }
+            call = next_call(cfg.attach.as_deref()) => {
+                if let Some(req) = attaching.start(call)
+                    && out_tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Attach(req)) }).await.is_err()
+                {
                     return Ended::Failed("outbound closed".into());
                 }
             }
@@ -207,6 +229,7 @@ async fn one_session(
                                 w.logs(req);
                             }
                         }
+                        pb::manager_message::Msg::Attach(reply) => attaching.answer(reply),
                     }
                 }
                 Ok(Some(_)) => {}
@@ -228,6 +251,14 @@ async fn goodbye(out_tx: mpsc::Sender<pb::AgentMessage>, mut inbound: Inbound) {
     // The manager ends its side once ours ends: by then the goodbye was read.
     let _ = tokio::time::timeout(Duration::from_millis(500), async { while let Some(Ok(_)) = inbound.next().await {} })
         .await;
+}
+
+/// The next attachment request to send (never without a queue).
+async fn next_call(calls: Option<&crate::attach::Calls>) -> crate::attach::Call {
+    match calls {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when the worker has reports to send (never without a worker).

@@ -342,6 +342,15 @@ impl Worker {
         }
     }
 
+    /// The address of this node's endpoint `id` (a container attachment)
+    /// in the network view, once netd has taken that view (`attach`).
+    pub fn local_endpoint_in_netd(&self, id: &str) -> Option<std::net::Ipv4Addr> {
+        let net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+        let view = net.view.as_ref()?;
+        let addr = view.endpoints.iter().find(|e| e.id == id && e.node == view.node).map(|e| e.addr)?;
+        net.taken.is_some_and(|(v, _)| v == net.version).then_some(addr)
+    }
+
     /// Takes the reports to send.
     pub fn take_reports(&self) -> Vec<pb::TaskStatusReport> {
         std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()))
@@ -671,6 +680,7 @@ impl Worker {
                     aliases: n.aliases.clone(),
                     ip: n.addr.map(|a| a.to_string()).unwrap_or_default(),
                     ports: vec![],
+                    lease: String::new(),
                 })
                 .collect(),
             task_id: t.id.clone(),

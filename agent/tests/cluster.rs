@@ -227,6 +227,7 @@ fn start_node(node_id: &str, runtime: Arc<FakeRuntime>, net: Arc<Net>, managers:
         connect: Arc::new(MemConnect { id: identity(node_id), net }),
         worker: Some(worker.clone()),
         restarting: Arc::new(AtomicBool::new(false)),
+        attach: None,
     };
     let tasks = vec![
         tokio::spawn(worker.run_until(cancel.clone())),

@@ -131,3 +131,85 @@ async fn a_daemon_starts_stops_and_resumes_in_process() -> anyhow::Result<()> {
     tokio::time::timeout(within, worker_task).await.context("the worker ignored its cancellation")??;
     Ok(())
 }
+
+/// `run --network` on an attachable network, through the real session of a
+/// daemon inited on loopback: the node's `ClusterAttach` asks the managers,
+/// waits until the attachment's address is in the view its worker handed to
+/// (fake) netd, and gives it back on detach; a network only services may use
+/// is refused, and an unknown one is not found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_joins_an_attachable_network_through_the_session() -> anyhow::Result<()> {
+    use shoal_agent::attach::ClusterAttach;
+    use shoal_engine::network::ClusterNetworks as _;
+    use shoal_proto::network::NetworkSpec;
+
+    let dir = tempfile::tempdir()?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let cfg = DaemonConfig {
+        data_root: dir.path().join("data"),
+        socket: dir.path().join("shoal.sock"),
+        listen_addr: addr.clone(),
+        advertise_addr: Some(addr.clone()),
+        hostname: "node1".into(),
+    };
+    let within = Duration::from_secs(20);
+    let fake = FakeRuntime::new();
+    let cancel = CancellationToken::new();
+    let worker = Worker::with_runtime(fake.clone(), "node1");
+    let worker_task = tokio::spawn(worker.clone().run_until(cancel.clone()));
+    let d = Daemon::new(cfg);
+    d.set_worker(worker.clone());
+    let attach = std::sync::Arc::new(ClusterAttach {
+        calls: d.attach_calls(),
+        view: worker.clone(),
+        rt: tokio::runtime::Handle::current(),
+        timeout: within,
+    });
+    // Not in a swarm yet: no cluster network by that name.
+    let a = attach.clone();
+    let outside = tokio::task::spawn_blocking(move || a.attach("app", "c1", "probe", &[], "")).await?;
+    ensure!(outside == Ok(None), "{outside:?}");
+
+    let info = d.init(pb::SwarmInitRequest::default()).await.map_err(|s| anyhow::anyhow!("init: {}", s.message()))?;
+    wait_ready(&d, within).await.context("after init")?;
+    let mgr = d.manager().context("no manager after init")?;
+    for (id, name, attachable) in [("app000000000001", "app", true), ("cls000000000002", "closed", false)] {
+        let spec = NetworkSpec { name: name.into(), attachable, ..Default::default() };
+        mgr.write(Command::CreateNetwork { id: id.into(), spec })
+            .await
+            .map_err(|s| anyhow::anyhow!("network create: {}", s.message()))?;
+    }
+    let a = attach.clone();
+    let (joined, closed, missing) = tokio::task::spawn_blocking(move || {
+        (
+            a.attach("app", "c1", "probe", &["p".to_string()], ""),
+            a.attach("closed", "c1", "probe", &[], ""),
+            a.attach("nosuch", "c1", "probe", &[], ""),
+        )
+    })
+    .await?;
+    let lease = joined.map_err(anyhow::Error::msg)?.context("app not found")?;
+    ensure!(lease.network_id == "app000000000001", "{lease:?}");
+    {
+        let state = mgr.store.read();
+        let a = state.attachments.get(&lease.lease).context("the attachment in the state")?;
+        ensure!(a.node_id == info.node_id && a.container_id == "c1" && a.name == "probe", "{a:?}");
+        ensure!(a.addr.map(|x| x.to_string()) == Some(lease.ip.clone()), "{a:?} vs {lease:?}");
+        ensure!(a.aliases == ["p"], "{a:?}");
+    }
+    ensure!(closed.as_ref().is_err_and(|e| e.contains("not manually attachable")), "{closed:?}");
+    ensure!(missing == Ok(None), "{missing:?}");
+
+    attach.detach(&lease.lease);
+    let deadline = Instant::now() + within;
+    while !mgr.store.read().attachments.is_empty() {
+        ensure!(Instant::now() < deadline, "the attachment was not removed");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition with a deadline
+    }
+    drop(mgr);
+    d.shutdown().await;
+    cancel.cancel();
+    tokio::time::timeout(within, worker_task).await.context("the worker ignored its cancellation")??;
+    wait_port_free(&addr, within).await?;
+    Ok(())
+}

@@ -32,6 +32,42 @@ pub struct Attachment {
     /// Published ports (on the container's first network only).
     #[serde(default)]
     pub ports: Vec<PortMap>,
+    /// Set when the node joined the container to a cluster network for it
+    /// (`ClusterNetworks::attach`): the lease to give back when the container
+    /// leaves the network or is removed. `network` is then the network's id
+    /// and `ip` the address the cluster gave.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lease: String,
+}
+
+/// What the node adds to `run --network` and `network connect` for a network
+/// netd does not have locally: a cluster's attachable networks. The engine
+/// knows nothing of swarms; the node implements this. Both calls block (the
+/// engine calls them from blocking threads, never under its lock).
+pub trait ClusterNetworks: Send + Sync {
+    /// Joins container `id` (named `name`) to the cluster network `network`
+    /// (a name, id or id prefix) and waits until netd can attach it there.
+    /// `Ok(None)`: there is no such cluster network (or no cluster); `Err`:
+    /// the cluster refused or did not answer in time, saying why.
+    fn attach(
+        &self,
+        network: &str,
+        id: &str,
+        name: &str,
+        aliases: &[String],
+        ip: &str,
+    ) -> Result<Option<ClusterLease>, String>;
+    /// Gives a lease back (the container left the network or is gone). It
+    /// may return before the cluster heard; failures are the node's to log.
+    fn detach(&self, lease: &str);
+}
+
+/// A container's place on a cluster network, as the cluster gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterLease {
+    pub lease: String,
+    pub network_id: String,
+    pub ip: String,
 }
 
 /// What netd made of an attachment (the container's `network.json`): for
@@ -118,6 +154,16 @@ impl Networks {
                 }
             })
         })
+    }
+
+    /// Whether netd has a local network of this name, id or id prefix.
+    /// When netd cannot say (it is down), it is taken as local: the
+    /// attachment then waits for netd like any other.
+    pub fn is_local(&self, network: &str) -> bool {
+        match self.call(async |c| c.network_list(pb::Empty {}).await.map(|r| r.into_inner())) {
+            Ok(l) => l.networks.iter().any(|n| n.name == network || (!network.is_empty() && n.id.starts_with(network))),
+            Err(_) => true,
+        }
     }
 
     /// Whether the container's namespace is there (gone after a reboot).

@@ -7,7 +7,9 @@
 //!
 //! Then addresses, held per `(network, address)` in the same index: a VIP
 //! per (`vip`-mode service, network its spec lists), then an address per
-//! attachment of every task that lives and lacks one. Each network's
+//! attachment of every task that lives and lacks one, then one per
+//! container attachment (`run --network`) that lacks one: the address it
+//! asked for, or the next. Each network's
 //! addresses are handed out in turn after the highest one held, so one just
 //! freed is not given again at once. A task that cannot get one (the
 //! network is full, or has no subnet yet) waits: the scheduler places it
@@ -34,7 +36,8 @@ use crate::networks::{AllocChange, claimed_subnet, next_free};
 use crate::state::State;
 
 /// The allocations the state lacks: networks in id order, then VIPs by
-/// service id, then task addresses by task id.
+/// service id, then task addresses by task id, then container attachments'
+/// by attachment id.
 pub fn plan(state: &State) -> Vec<AllocChange> {
     let mut changes = plan_networks(state);
     plan_addrs(state, &mut changes);
@@ -125,6 +128,15 @@ fn plan_addrs(state: &State, out: &mut Vec<AllocChange>) {
             }
         }
     }
+    for a in state.attachments.values().filter(|a| a.addr.is_none()) {
+        let addr = match a.want {
+            Some(want) => pool.take_exact(&a.network, want),
+            None => pool.take(&a.network),
+        };
+        if let Some(addr) = addr {
+            out.push(AllocChange::AttachmentAddr { id: a.id.clone(), addr });
+        }
+    }
 }
 
 /// The addresses of one pass: what is held, what this pass took, and where
@@ -138,6 +150,15 @@ struct Pool<'a> {
 }
 
 impl<'a> Pool<'a> {
+    /// `want` on an allocated network, if it is free (`apply` checks the range).
+    fn take_exact(&mut self, net: &'a str, want: Ipv4Addr) -> Option<Ipv4Addr> {
+        let alloc = self.state.networks.get(net)?.alloc.as_ref()?;
+        let free = crate::networks::assignable(alloc, want)
+            && self.state.held().addr(net, want).is_none()
+            && self.taken.insert((net, want));
+        free.then_some(want)
+    }
+
     /// The next free address of an allocated network, if it has one.
     fn take(&mut self, net: &'a str) -> Option<Ipv4Addr> {
         if self.full.contains(net) {
@@ -744,6 +765,138 @@ mod tests {
         }
     }
 
+    fn attach(net: &str, node: &str, container: &str, want: Option<&str>) -> Command {
+        Command::CreateAttachment {
+            id: format!("att-{container}"),
+            node_id: node.into(),
+            container_id: container.into(),
+            name: container.into(),
+            network: net.into(),
+            aliases: vec![],
+            want: want.map(|w| w.parse().expect("ip")),
+        }
+    }
+
+    fn att_addr(s: &State, container: &str) -> Option<String> {
+        s.attachments.get(&format!("att-{container}"))?.addr.map(|a| a.to_string())
+    }
+
+    /// `run --network` on an attachable network: only such a network takes a
+    /// container; its address comes from the allocator (the one asked for, or
+    /// the next), held like a task's, and freed when the attachment or its
+    /// node is removed; the network cannot be removed while it is there.
+    #[test]
+    fn container_attachments_on_attachable_networks_only() {
+        let mut s = world(ClusterNet::default());
+        let mut i = 1;
+        create(&mut s, 2, "app", |sp| {
+            sp.attachable = true;
+            sp.ipam.subnet = Some(sub("10.5.0.0/24"));
+        });
+        create(&mut s, 3, "plain", |_| {});
+        create(&mut s, 4, "ingress", |sp| sp.ingress = true);
+        i += 3;
+        allocate(&mut s, &mut i);
+        let refused: &[(Command, &str)] = &[
+            (attach("plain", "n1", "c1", None), "network plain is not manually attachable"),
+            (attach("plain", "n1", "c1", None), "--attachable"),
+            (attach("ingress", "n1", "c1", None), "routing mesh"),
+            (attach("nope", "n1", "c1", None), "network nope not found"),
+            (attach("app", "ghost", "c1", None), "node ghost is not in the swarm"),
+            (attach("app", "n1", "c1", Some("10.6.0.5")), "address 10.6.0.5 cannot be had on network app"),
+            (attach("app", "n1", "c1", Some("10.5.0.1")), "other than its gateway 10.5.0.1"),
+        ];
+        for (cmd, why) in refused {
+            let before = s.clone();
+            i += 1;
+            let r = apply(&mut s, i, cmd.clone());
+            assert!(matches!(&r, Response::Rejected(w) if w.contains(why)), "{cmd:?}: {r:?}");
+            assert_eq!(s, before, "a refusal changes nothing");
+        }
+        // By name; a task on the same network shares its addresses.
+        i += 1;
+        assert_eq!(apply(&mut s, i, attach("app", "n1", "c1", None)), Response::Ok);
+        assert_eq!(s.attachments["att-c1"].network, "app");
+        i += 1;
+        assert_eq!(apply(&mut s, i, attach("app", "n1", "c2", Some("10.5.0.200"))), Response::Ok);
+        i += 1;
+        let mut twice = attach("app", "n1", "c1", None);
+        if let Command::CreateAttachment { id, .. } = &mut twice {
+            *id = "other".into();
+        }
+        let r = apply(&mut s, i, twice);
+        assert!(matches!(&r, Response::Rejected(w) if w.contains("container c1 is already attached")), "{r:?}");
+        service(&mut s, &mut i, "web", &["app"], EndpointMode::Vip, &["t1"]);
+        let changes = allocate(&mut s, &mut i);
+        assert!(
+            changes.contains(&AllocChange::AttachmentAddr {
+                id: "att-c2".into(),
+                addr: "10.5.0.200".parse().expect("ip")
+            })
+        );
+        assert_eq!(vips(&s, "web"), vec![("app".to_string(), "10.5.0.2".to_string())]);
+        assert_eq!(addr(&s, "t1", "app").as_deref(), Some("10.5.0.3"));
+        assert_eq!(att_addr(&s, "c1").as_deref(), Some("10.5.0.4"));
+        assert_eq!(att_addr(&s, "c2").as_deref(), Some("10.5.0.200"));
+        assert_eq!(s.held().addr("app", "10.5.0.4".parse().expect("ip")), Some(&Owner::Attachment("att-c1".into())));
+        // Asked-for addresses are refused once held, and an attachment is addressed once.
+        i += 1;
+        let r = apply(&mut s, i, attach("app", "n1", "c3", Some("10.5.0.4")));
+        assert!(matches!(&r, Response::Rejected(w) if w.contains("10.5.0.4 is already in use")), "{r:?}");
+        let again = vec![AllocChange::AttachmentAddr { id: "att-c1".into(), addr: "10.5.0.9".parse().expect("ip") }];
+        i += 1;
+        let (_, keys) = s.apply(i, &Request { at_ms: i, cmd: Command::Allocate { changes: again } });
+        assert!(keys.is_empty(), "an attachment keeps its first address");
+        // The network stays while a container is on it.
+        apply(&mut s, i + 1, Command::RemoveService { id: "web".into() });
+        apply(&mut s, i + 2, Command::Tasks { changes: vec![TaskChange::Delete { id: "t1".into() }] });
+        i += 3;
+        let r = apply(&mut s, i, Command::RemoveNetwork { id: "app".into() });
+        assert!(matches!(&r, Response::Rejected(w) if w.contains("in use by container c1 on node lab1")), "{r:?}");
+        // Only its node removes it; removing one that is gone is fine.
+        i += 1;
+        let r = apply(&mut s, i, Command::RemoveAttachment { id: "att-c1".into(), node_id: "n2".into() });
+        assert!(matches!(&r, Response::Rejected(w) if w.contains("another node")), "{r:?}");
+        for _ in 0..2 {
+            i += 1;
+            assert_eq!(
+                apply(&mut s, i, Command::RemoveAttachment { id: "att-c1".into(), node_id: "n1".into() }),
+                Response::Ok
+            );
+        }
+        assert_eq!(s.held().addr("app", "10.5.0.4".parse().expect("ip")), None, "its address is free again");
+        // The node's removal takes its attachments (and their addresses) with it.
+        i += 1;
+        assert_eq!(apply(&mut s, i, Command::RemoveNode { id: "n1".into() }), Response::Ok);
+        assert!(s.attachments.is_empty());
+        assert_eq!(s.held().addr("app", "10.5.0.200".parse().expect("ip")), None);
+        i += 1;
+        assert_eq!(apply(&mut s, i, Command::RemoveNetwork { id: "app".into() }), Response::Ok);
+        let mut fresh = s.clone();
+        fresh.reindex();
+        assert_eq!(fresh.held(), s.held());
+    }
+
+    /// A stored attachment is reloaded with the address it holds.
+    #[test]
+    fn attachments_survive_a_reload_with_their_addresses_held() {
+        let mut s = world(ClusterNet::default());
+        let mut i = 2;
+        create(&mut s, i, "app", |sp| sp.attachable = true);
+        allocate(&mut s, &mut i);
+        i += 1;
+        apply(&mut s, i, attach("app", "n1", "c1", None));
+        allocate(&mut s, &mut i);
+        let a = att_addr(&s, "c1").expect("addressed");
+        let loaded: State = serde_json::from_slice(&serde_json::to_vec(&s).expect("json")).expect("load");
+        assert_eq!(loaded, s);
+        assert_eq!(loaded.held(), s.held());
+        let key = ObjKey::Attachment("att-c1".into());
+        let value = s.encode(&key).expect("stored");
+        let decoded = State::decode([(key.db_key().as_str(), value.as_slice())]).expect("decode");
+        assert_eq!(decoded.attachments["att-c1"].addr.map(|x| x.to_string()), Some(a));
+    }
+
     /// Random services and tasks on small networks, tasks ending, orphaned
     /// and deleted, networks added and removed, with leader changes: a
     /// stale plan may be applied to a newer state. Never one address held
@@ -840,12 +993,16 @@ mod tests {
     #[test]
     fn never_a_duplicate_address_over_random_runs() {
         let mut refused = 0;
+        let mut attached = 0;
         for seed in 0..20u64 {
             let mut rng = StdRng::seed_from_u64(seed);
             let mut s = world(ClusterNet::default());
             let mut i = 1;
             for (k, net) in ["a", "b"].iter().enumerate() {
-                create(&mut s, 2 + k as u64, net, |sp| sp.ipam.subnet = Some(sub(&format!("10.1.{k}.0/28"))));
+                create(&mut s, 2 + k as u64, net, |sp| {
+                    sp.ipam.subnet = Some(sub(&format!("10.1.{k}.0/28")));
+                    sp.attachable = true;
+                });
             }
             i += 2;
             allocate(&mut s, &mut i);
@@ -854,7 +1011,7 @@ mod tests {
             for _ in 0..300 {
                 let live: Vec<String> = s.tasks.keys().cloned().collect();
                 let pick = |rng: &mut StdRng| live.get(rng.random_range(0..live.len().max(1))).cloned();
-                match rng.random_range(0..12) {
+                match rng.random_range(0..14) {
                     0..=2 => {
                         n += 1;
                         let nets: &[&str] = match rng.random_range(0..3) {
@@ -911,6 +1068,21 @@ mod tests {
                         }
                     }
                     8 => view = s.clone(),
+                    9 => {
+                        n += 1;
+                        let net = ["a", "b"][rng.random_range(0..2)];
+                        let want = rng.random_bool(0.3).then(|| format!("10.1.0.{}", rng.random_range(2..15)));
+                        i += 1;
+                        apply(&mut s, i, attach(net, "n1", &format!("c{n}"), want.as_deref()));
+                    }
+                    10 => {
+                        if let Some(id) =
+                            s.attachments.keys().nth(rng.random_range(0..s.attachments.len().max(1))).cloned()
+                        {
+                            i += 1;
+                            apply(&mut s, i, Command::RemoveAttachment { id, node_id: "n1".into() });
+                        }
+                    }
                     _ => {
                         let changes = plan(&view);
                         let planned = changes.len();
@@ -923,9 +1095,11 @@ mod tests {
                     }
                 }
                 check_addrs(&s, seed);
+                attached += s.attachments.values().filter(|a| a.addr.is_some()).count();
             }
         }
         assert!(refused > 0, "stale plans were tried, and apply refused them");
+        assert!(attached > 0, "container attachments were addressed");
     }
 
     fn check_addrs(s: &State, seed: u64) {
@@ -943,6 +1117,11 @@ mod tests {
                 if let Some(a) = n.addr {
                     hold(&n.network, a, &t.id);
                 }
+            }
+        }
+        for a in s.attachments.values() {
+            if let Some(addr) = a.addr {
+                hold(&a.network, addr, &a.id);
             }
         }
         for svc in s.services.values() {

@@ -3,11 +3,11 @@
 //! `Dispatcher::net_views`):
 //!
 //! * `networks`: the allocated networks where the node has a live task
-//!   with an address;
-//! * `peers`: the other nodes with live tasks on those networks, at their
-//!   data-path address (a node that gave none is left out);
-//! * `endpoints`: every live task with an address on those networks, this
-//!   node's too;
+//!   or a container attachment (`run --network`) with an address;
+//! * `peers`: the other nodes with live tasks or attachments on those
+//!   networks, at their data-path address (a node that gave none is left out);
+//! * `endpoints`: every live task and attachment with an address on those
+//!   networks, this node's too (an attachment's endpoint id is its id);
 //! * `services`: the services whose spec lists one of those networks, with
 //!   their VIP there and their backends: the addresses of their tasks that
 //!   run, are wanted running, on a node that is ready. So a backend leaves
@@ -117,6 +117,20 @@ pub fn all(state: &State) -> HashMap<String, NetView> {
             nodes_of.entry(i.id.as_str()).or_default().insert(node);
         }
     }
+    for a in state.attachments.values().filter(|a| !a.node_id.is_empty()) {
+        let Some(addr) = a.addr else { continue };
+        let Some((net, _)) = state.networks.get_key_value(&a.network).filter(|(_, x)| x.alloc.is_some()) else {
+            continue;
+        };
+        endpoints.entry(net).or_default().push(OverlayEndpoint {
+            id: a.id.clone(),
+            network: net.clone(),
+            addr,
+            node: a.node_id.clone(),
+        });
+        nodes_of.entry(net).or_default().insert(&a.node_id);
+        nets_of.entry(&a.node_id).or_default().insert(net);
+    }
     let mut services_on: HashMap<&str, Vec<&Service>> = HashMap::new();
     for s in state.services.values() {
         for a in &s.spec.task.networks {
@@ -208,7 +222,7 @@ pub type Who = (String, String, Option<Ipv4Addr>);
 
 /// Who is on network `id`, for `network inspect`: the services whose spec
 /// lists it, with their VIP there (`(id, name, vip)`), and the nodes with
-/// live tasks on it (`(id, hostname, data address)`).
+/// live tasks or container attachments on it (`(id, hostname, data address)`).
 #[allow(clippy::type_complexity)]
 pub fn usage(
     state: &State,
@@ -220,13 +234,15 @@ pub fn usage(
         .filter(|s| s.spec.task.networks.iter().any(|a| a.target == id))
         .map(|s| (s.id.clone(), s.spec.name.clone(), s.vips.iter().find(|v| v.network == id).map(|v| v.addr)))
         .collect();
-    let nodes: BTreeSet<&str> = state
+    let mut nodes: BTreeSet<&str> = state
         .tasks
         .values()
         .filter(|t| !t.node_id.is_empty() && !t.status.state.is_terminal())
         .filter(|t| t.networks.iter().any(|n| n.network == id && n.addr.is_some()))
         .map(|t| t.node_id.as_str())
         .collect();
+    nodes
+        .extend(state.attachments.values().filter(|a| a.network == id && a.addr.is_some()).map(|a| a.node_id.as_str()));
     let peers = nodes
         .into_iter()
         .map(|n| {
@@ -463,6 +479,46 @@ pub(crate) mod tests {
         assert_eq!(for_node(&idle, "n5").networks, vec![]);
         s.networks.get_mut(ING).expect("ingress").alloc = None;
         assert!(all(&s).values().all(|v| v.ingress.is_none()));
+    }
+
+    /// A container attached on n5 (`run --network app`): n5 gets app, its
+    /// peers and the service web; the others see its endpoint; an attachment
+    /// without an address yet is nowhere.
+    #[test]
+    fn a_container_attachment_brings_its_node_onto_the_network() {
+        let mut s = world();
+        let att = |id: &str, addr: Option<&str>| shoal_proto::network::Attachment {
+            id: id.into(),
+            node_id: "n5".into(),
+            container_id: format!("{id}-container"),
+            name: "probe".into(),
+            network: APP.into(),
+            addr: addr.map(ip),
+            ..Default::default()
+        };
+        s.attachments.insert("a1".into(), att("a1", Some("10.0.1.20")));
+        s.attachments.insert("a2".into(), att("a2", None));
+        let v = for_node(&s, "n5");
+        assert_eq!(v.networks.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec![APP]);
+        assert_eq!(
+            v.peers.iter().map(|p| p.node.as_str()).collect::<Vec<_>>(),
+            vec!["n1", "n2", "n4"],
+            "n3 gave no data address"
+        );
+        let mine: Vec<(&str, Ipv4Addr)> =
+            v.endpoints.iter().filter(|e| e.node == "n5").map(|e| (e.id.as_str(), e.addr)).collect();
+        assert_eq!(mine, vec![("a1", ip("10.0.1.20"))]);
+        let web = v.services.iter().find(|x| x.name == "web").expect("web");
+        assert_eq!(web.vip, Some(ip("10.0.1.2")));
+        assert!(web.backends.contains(&ip("10.0.1.3")), "the tasks answer it");
+        assert!(!web.backends.contains(&ip("10.0.1.20")), "a container is no backend");
+        // The others reach it: n1 knows n5 as a peer and its endpoint.
+        let v1 = for_node(&s, "n1");
+        assert!(v1.peers.iter().any(|p| p.node == "n5"));
+        assert!(v1.endpoints.iter().any(|e| e.id == "a1" && e.node == "n5"));
+        let (_, peers) = usage(&s, APP);
+        assert!(peers.iter().any(|p| p.0 == "n5"));
+        assert_eq!(all(&s)["n5"], v);
     }
 
     #[test]

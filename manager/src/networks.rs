@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::model::Node;
 use shoal_proto::net::Subnet;
 use shoal_proto::network::{
-    EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc, NetworkAttachmentSpec, NetworkSpec,
-    NodeAttachment, Vip,
+    Attachment, EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc, NetworkAttachmentSpec,
+    NetworkSpec, NodeAttachment, Vip,
 };
 use shoal_proto::service::{PublishMode, PublishedPort, Service, ServiceSpec, Task, TaskState};
 
@@ -39,6 +39,8 @@ pub enum AllocChange {
     Ports { service: String, ports: Vec<PublishedPort> },
     /// A node's leg on the ingress network.
     NodeLeg { node: String, network: String, addr: Ipv4Addr },
+    /// A container's address on the attachable network it joined (once).
+    AttachmentAddr { id: String, addr: Ipv4Addr },
 }
 
 /// Who holds a VNI, a subnet or an address.
@@ -52,6 +54,8 @@ pub enum Owner {
     Service(String),
     /// A node holds its ingress leg.
     Node(String),
+    /// A container's attachment holds its address while it exists.
+    Attachment(String),
 }
 
 /// What is held, derived from the objects (see the module's invariant).
@@ -92,12 +96,13 @@ pub(crate) fn forget_released(t: &mut Task, to: TaskState) {
 }
 
 impl Held {
-    /// The index of `networks`, `nodes`, `services` and `tasks`.
+    /// The index of `networks`, `nodes`, `services`, `tasks` and `attachments`.
     pub fn of(
         networks: &BTreeMap<String, Network>,
         nodes: &BTreeMap<String, Node>,
         services: &BTreeMap<String, Service>,
         tasks: &BTreeMap<String, Task>,
+        attachments: &BTreeMap<String, Attachment>,
     ) -> Held {
         let mut h = Held::default();
         for n in networks.values() {
@@ -112,6 +117,9 @@ impl Held {
         }
         for t in tasks.values() {
             h.set(Owner::Task(t.id.clone()), task_addrs(networks, t));
+        }
+        for a in attachments.values() {
+            h.set(Owner::Attachment(a.id.clone()), attachment_addrs(networks, a));
         }
         h
     }
@@ -219,6 +227,26 @@ fn node_addrs(networks: &BTreeMap<String, Network>, n: &Node) -> Vec<(String, Ip
     n.ingress.iter().filter(|l| networks.contains_key(&l.network)).map(|l| (l.network.clone(), l.addr)).collect()
 }
 
+/// The address an attachment holds: on its network, while both exist.
+fn attachment_addrs(networks: &BTreeMap<String, Network>, a: &Attachment) -> Vec<(String, Ipv4Addr)> {
+    match a.addr {
+        Some(addr) if networks.contains_key(&a.network) => vec![(a.network.clone(), addr)],
+        _ => Vec::new(),
+    }
+}
+
+/// What a node asks for when one of its containers joins a cluster network
+/// (`Command::CreateAttachment`, borrowed).
+pub struct AttachmentAsk<'a> {
+    pub node_id: &'a str,
+    pub container_id: &'a str,
+    pub name: &'a str,
+    /// By id, name or id prefix.
+    pub network: &'a str,
+    pub aliases: &'a [String],
+    pub want: Option<Ipv4Addr>,
+}
+
 /// The VIPs a service holds: on the networks its spec lists, in `vip` mode.
 fn service_addrs(networks: &BTreeMap<String, Network>, s: &Service) -> Vec<(String, Ipv4Addr)> {
     if s.spec.endpoint_mode != EndpointMode::Vip {
@@ -260,7 +288,7 @@ pub fn claimed_subnet(n: &Network) -> Option<Subnet> {
 impl State {
     /// Rebuilds the derived index from the objects (after load or snapshot install).
     pub fn reindex(&mut self) {
-        self.held = Held::of(&self.networks, &self.nodes, &self.services, &self.tasks);
+        self.held = Held::of(&self.networks, &self.nodes, &self.services, &self.tasks, &self.attachments);
     }
 
     /// Brings the index up to date for one changed object (after each
@@ -281,6 +309,10 @@ impl State {
             ObjKey::Node(id) => {
                 let addrs = self.nodes.get(id).map(|n| node_addrs(&self.networks, n)).unwrap_or_default();
                 self.held.set(Owner::Node(id.clone()), addrs);
+            }
+            ObjKey::Attachment(id) => {
+                let addrs = self.attachments.get(id).map(|a| attachment_addrs(&self.networks, a)).unwrap_or_default();
+                self.held.set(Owner::Attachment(id.clone()), addrs);
             }
             ObjKey::Cluster | ObjKey::Network(_) => {}
         }
@@ -313,7 +345,78 @@ impl State {
             let by = self.services.get(&t.service_id).map_or(t.service_id.as_str(), |s| s.spec.name.as_str());
             return Some(format!("network {name} is in use by task {} of service {by}", t.id));
         }
+        if let Some(a) = self.attachments.values().find(|a| a.network == id) {
+            let host = self.nodes.get(&a.node_id).map_or(a.node_id.as_str(), |n| n.description.hostname.as_str());
+            return Some(format!(
+                "network {name} is in use by container {} on node {host}: disconnect it (`shoal network disconnect {name} {}`) or remove it first",
+                a.name, a.name
+            ));
+        }
         None
+    }
+
+    /// A container's attachment to an attachable network, checked (see
+    /// `Command::CreateAttachment`); the caller stamps and inserts it.
+    pub(crate) fn create_attachment(&mut self, id: &str, ask: AttachmentAsk<'_>) -> Result<Attachment, String> {
+        if self.attachments.contains_key(id) {
+            return Err(format!("attachment {id} already exists"));
+        }
+        if !self.nodes.contains_key(ask.node_id) {
+            return Err(format!("node {} is not in the swarm", ask.node_id));
+        }
+        let n = self.find_network(ask.network)?;
+        let name = &n.spec.name;
+        if n.spec.ingress {
+            return Err(format!(
+                "network {name} is the routing mesh's network: containers cannot join it; use an overlay network created with --attachable"
+            ));
+        }
+        if !n.spec.attachable {
+            return Err(format!(
+                "network {name} is not manually attachable: only services may use it; create an attachable one with `shoal network create -d overlay --attachable NAME`"
+            ));
+        }
+        let network = n.id.clone();
+        if let Some(a) = self
+            .attachments
+            .values()
+            .find(|a| a.node_id == ask.node_id && a.container_id == ask.container_id && a.network == network)
+        {
+            return Err(format!("container {} is already attached to network {name} ({})", ask.name, a.id));
+        }
+        if let Some(want) = ask.want {
+            if let Some(alloc) = &n.alloc
+                && !assignable(alloc, want)
+            {
+                return Err(format!(
+                    "address {want} cannot be had on network {name}: use a host address of {} other than its gateway {}",
+                    alloc.range, alloc.gateway
+                ));
+            }
+            if self.held.addr(&network, want).is_some() {
+                return Err(format!("address {want} is already in use on network {name}"));
+            }
+        }
+        Ok(Attachment {
+            id: id.to_string(),
+            meta: Default::default(),
+            node_id: ask.node_id.to_string(),
+            container_id: ask.container_id.to_string(),
+            name: ask.name.to_string(),
+            network,
+            aliases: ask.aliases.to_vec(),
+            want: ask.want,
+            addr: None,
+        })
+    }
+
+    /// Removes the attachments of a node (it left the swarm); their keys.
+    pub(crate) fn remove_attachments_of(&mut self, node: &str) -> Vec<ObjKey> {
+        let gone: Vec<String> = self.attachments.values().filter(|a| a.node_id == node).map(|a| a.id.clone()).collect();
+        for id in &gone {
+            self.attachments.remove(id);
+        }
+        gone.into_iter().map(ObjKey::Attachment).collect()
     }
 
     /// Why a service spec's networks cannot be used, or `None`: each must
@@ -584,6 +687,25 @@ impl State {
                 nd.meta.version = index;
                 nd.meta.updated_ms = at;
                 let key = ObjKey::Node(node.clone());
+                self.rehold(&key);
+                Some(key)
+            }
+            AllocChange::AttachmentAddr { id, addr } => {
+                let at_net = self.attachments.get(id)?;
+                let network = at_net.network.clone();
+                let a = self.networks.get(&network)?.alloc.as_ref()?;
+                if at_net.addr.is_some()
+                    || at_net.want.is_some_and(|w| w != *addr)
+                    || !assignable(a, *addr)
+                    || self.held.addr(&network, *addr).is_some()
+                {
+                    return None;
+                }
+                let att = self.attachments.get_mut(id)?;
+                att.addr = Some(*addr);
+                att.meta.version = index;
+                att.meta.updated_ms = at;
+                let key = ObjKey::Attachment(id.clone());
                 self.rehold(&key);
                 Some(key)
             }

@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 use crate::auth;
 use crate::dispatcher::msg;
 use crate::manager::{Manager, Route, manager_addrs};
-use crate::state::{NodeStatusUpdate, ObjKey};
+use crate::state::{Command, NodeStatusUpdate, ObjKey};
 use crate::store::Event;
 
 pub struct DispatcherService {
@@ -137,6 +137,15 @@ impl DispatcherService {
                             d.probe_result(&r.node_id, r.probe_id, Outcome::parse(&r.outcome));
                             false
                         }
+                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Attach(r)) })) => {
+                            // A write takes a while: answered from a task of its own, in order of commit.
+                            let (mgr, tx, node) = (mgr.clone(), tx.clone(), node_id.clone());
+                            tokio::spawn(async move {
+                                let reply = attachment(&mgr, &node, r).await;
+                                let _ = tx.send(msg(pb::manager_message::Msg::Attach(reply))).await;
+                            }.in_current_span());
+                            false
+                        }
                         Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Goodbye(_)) })) => {
                             tracing::info!("node said goodbye: it is restarting");
                             guard.goodbye = true;
@@ -180,6 +189,62 @@ impl DispatcherService {
         let stream: SessionStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
         Ok(stream)
     }
+}
+
+/// Carries out a node's attachment request for `node` (the session's, from
+/// its certificate): removes one, or creates one (a container already
+/// attached there gets its attachment's id again, so a retried request is
+/// harmless). Refusals travel in the reply's `error`.
+async fn attachment(mgr: &Manager, node: &str, r: pb::ClusterAttachRequest) -> pb::ClusterAttachReply {
+    let mut reply = pb::ClusterAttachReply { request_id: r.request_id, ..Default::default() };
+    let cmd = if !r.remove_id.is_empty() {
+        reply.id = r.remove_id.clone();
+        Command::RemoveAttachment { id: r.remove_id, node_id: node.to_string() }
+    } else {
+        let want = match r.want_ip.as_str() {
+            "" => None,
+            ip => match ip.parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    reply.error = format!("invalid address {ip:?}: give an IPv4 address");
+                    return reply;
+                }
+            },
+        };
+        {
+            let state = mgr.store.read();
+            if let Ok(n) = state.find_network(&r.network)
+                && let Some(a) = state
+                    .attachments
+                    .values()
+                    .find(|a| a.node_id == node && a.container_id == r.container_id && a.network == n.id)
+            {
+                reply.id = a.id.clone();
+                reply.network_id = a.network.clone();
+                return reply;
+            }
+        }
+        reply.id = shoal_proto::model::random_base36(25);
+        Command::CreateAttachment {
+            id: reply.id.clone(),
+            node_id: node.to_string(),
+            container_id: r.container_id,
+            name: r.name,
+            network: r.network,
+            aliases: r.aliases,
+            want,
+        }
+    };
+    match mgr.write(cmd).await {
+        Ok(_) => {
+            if let Some(a) = mgr.store.read().attachments.get(&reply.id) {
+                reply.network_id = a.network.clone();
+                tracing::info!(attachment = %a.id, net.id = %a.network, container = %a.name, "container attached");
+            }
+        }
+        Err(status) => reply.error = status.message().to_string(),
+    }
+    reply
 }
 
 fn hex(b: &[u8]) -> String {

@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::model::{Availability, Cluster, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
-use shoal_proto::network::{Network, NetworkSpec};
+use shoal_proto::network::{Attachment, Network, NetworkSpec};
 
 use crate::networks::{AllocChange, Held};
 use shoal_proto::service::{RegistryAuth, Service, ServiceSpec, Task, TaskState, TaskStatus, UpdateState};
@@ -26,6 +26,10 @@ pub struct State {
     /// Cluster networks (absent from state stored before them).
     #[serde(default)]
     pub networks: BTreeMap<String, Network>,
+    /// Containers on attachable cluster networks outside services (absent
+    /// from state stored before them).
+    #[serde(default)]
+    pub attachments: BTreeMap<String, Attachment>,
     /// What is held (VNIs, subnets, addresses): derived, never serialized.
     #[serde(skip)]
     pub(crate) held: Held,
@@ -40,6 +44,8 @@ struct Stored {
     tasks: BTreeMap<String, Task>,
     #[serde(default)]
     networks: BTreeMap<String, Network>,
+    #[serde(default)]
+    attachments: BTreeMap<String, Attachment>,
 }
 
 impl From<Stored> for State {
@@ -50,6 +56,7 @@ impl From<Stored> for State {
             services: s.services,
             tasks: s.tasks,
             networks: s.networks,
+            attachments: s.attachments,
             held: Held::default(),
         };
         state.reindex();
@@ -156,6 +163,27 @@ pub enum Command {
     Allocate {
         changes: Vec<AllocChange>,
     },
+    /// From the dispatcher, for the node whose session asked (`node_id`
+    /// from its certificate): a container joins an attachable cluster
+    /// network (`network` by id, name or id prefix). Refused for a network
+    /// that is not attachable, the ingress network, a container already on
+    /// it, or an address (`want`) that cannot be had.
+    CreateAttachment {
+        id: String,
+        node_id: String,
+        container_id: String,
+        name: String,
+        network: String,
+        aliases: Vec<String>,
+        want: Option<std::net::Ipv4Addr>,
+    },
+    /// From the dispatcher: the container left the network (or was
+    /// removed). Only its own node may remove it; one that is gone is
+    /// already removed.
+    RemoveAttachment {
+        id: String,
+        node_id: String,
+    },
 }
 
 /// One change of the orchestrator's or scheduler's pass.
@@ -216,6 +244,8 @@ impl Command {
             Command::CreateNetwork { .. } => "create-network",
             Command::RemoveNetwork { .. } => "remove-network",
             Command::Allocate { .. } => "allocate",
+            Command::CreateAttachment { .. } => "create-attachment",
+            Command::RemoveAttachment { .. } => "remove-attachment",
         }
     }
 }
@@ -276,6 +306,7 @@ pub enum ObjKey {
     Service(String),
     Task(String),
     Network(String),
+    Attachment(String),
 }
 
 impl ObjKey {
@@ -286,6 +317,7 @@ impl ObjKey {
             ObjKey::Service(id) => format!("service/{id}"),
             ObjKey::Task(id) => format!("task/{id}"),
             ObjKey::Network(id) => format!("network/{id}"),
+            ObjKey::Attachment(id) => format!("attachment/{id}"),
         }
     }
 }
@@ -364,7 +396,10 @@ impl State {
                 if self.nodes.remove(id).is_none() {
                     return reject(&format!("node {id} not found"));
                 }
-                (Response::Ok, vec![ObjKey::Node(id.clone())])
+                // Its containers' attachments go with it (their addresses are free again).
+                let mut keys = vec![ObjKey::Node(id.clone())];
+                keys.extend(self.remove_attachments_of(id));
+                (Response::Ok, keys)
             }
             Command::RotateToken { role, secret } => {
                 let Some(cluster) = self.cluster.as_mut() else { return reject("the cluster is not initialized") };
@@ -520,6 +555,26 @@ impl State {
                 keys.dedup();
                 (Response::Ok, keys)
             }
+            Command::CreateAttachment { id, node_id, container_id, name, network, aliases, want } => {
+                let asked =
+                    crate::networks::AttachmentAsk { node_id, container_id, name, network, aliases, want: *want };
+                match self.create_attachment(id, asked) {
+                    Ok(mut a) => {
+                        stamp(&mut a.meta, index, at, true);
+                        self.attachments.insert(id.clone(), a);
+                        (Response::Ok, vec![ObjKey::Attachment(id.clone())])
+                    }
+                    Err(why) => reject(&why),
+                }
+            }
+            Command::RemoveAttachment { id, node_id } => match self.attachments.get(id) {
+                None => (Response::Ok, vec![]),
+                Some(a) if a.node_id != *node_id => reject(&format!("attachment {id} belongs to another node")),
+                Some(_) => {
+                    self.attachments.remove(id);
+                    (Response::Ok, vec![ObjKey::Attachment(id.clone())])
+                }
+            },
         }
     }
 
@@ -642,6 +697,7 @@ impl State {
             ObjKey::Service(id) => self.services.get(id).and_then(|n| serde_json::to_vec(n).ok()),
             ObjKey::Task(id) => self.tasks.get(id).and_then(|n| serde_json::to_vec(n).ok()),
             ObjKey::Network(id) => self.networks.get(id).and_then(|n| serde_json::to_vec(n).ok()),
+            ObjKey::Attachment(id) => self.attachments.get(id).and_then(|n| serde_json::to_vec(n).ok()),
         }
     }
 
@@ -662,6 +718,10 @@ impl State {
             } else if let Some(id) = key.strip_prefix("network/") {
                 state
                     .networks
+                    .insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
+            } else if let Some(id) = key.strip_prefix("attachment/") {
+                state
+                    .attachments
                     .insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
             }
         }

@@ -357,6 +357,32 @@ pub struct NodeAttachment {
     pub addr: Ipv4Addr,
 }
 
+/// A container that joined an attachable cluster network outside a service
+/// (`run --network`, `network connect`): `ObjKey::Attachment(id)`. The
+/// dispatcher writes it for the node whose session asked (its node id comes
+/// from the session's certificate, never from the request); the allocator
+/// writes `addr`. It holds its address like a task until it is removed or
+/// its node is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub id: String,
+    pub meta: Meta,
+    pub node_id: String,
+    pub container_id: String,
+    /// The container's name (its DNS name on the network).
+    pub name: String,
+    /// The network's id.
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// The address the user asked for (`--ip`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub want: Option<Ipv4Addr>,
+    /// Written by the allocator only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<Ipv4Addr>,
+}
+
 /// What a node says of its own networking (`NodeDescription.net`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeNet {

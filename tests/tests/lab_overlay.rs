@@ -8,6 +8,10 @@
 //! The routing mesh: a port published in ingress mode by a service with two
 //! tasks answers on all five hosts, and the server sees the client's own
 //! address; its host-mode port answers only where its tasks run.
+//! Containers outside the service join the attachable overlay on worker
+//! hosts (`run --network`, `network connect`/`disconnect`): they resolve the
+//! service to its VIP, are answered through it and are reached by its
+//! tasks; a non-attachable overlay refuses them, saying why.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -106,6 +110,56 @@ fn looked_up(out: &str) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
+/// Containers outside the service on `app`, from worker hosts 4 and 5.
+fn attachable(lab: &Lab, tasks: &[Placed], vip: Ipv4Addr, subnet: Subnet) -> Result<()> {
+    let ip_of = |host: usize, name: &str| -> Result<Ipv4Addr> {
+        let doc: Value = serde_json::from_str(&lab.shoal(host, &["inspect", name])?)?;
+        let eps = doc[0]["endpoints"].as_array().cloned().unwrap_or_default();
+        eps.iter()
+            .filter_map(|e| e["ip"].as_str()?.parse().ok())
+            .find(|ip| subnet.contains(*ip))
+            .with_context(|| format!("{name} has no address in {subnet}: {doc}"))
+    };
+    let reaches_web = |host: usize, name: &str| -> Result<()> {
+        let out = lab.shoal(host, &["exec", name, "busybox", "nslookup", "web"])?;
+        ensure!(looked_up(&out) == BTreeSet::from([vip]), "{name}: web → {vip}: {out}");
+        let page = lab.shoal(host, &["exec", name, "wget", "-qO-", "http://web/"])?;
+        ensure!(!page.trim().is_empty(), "{name}: web answered an empty page");
+        Ok(())
+    };
+    // run --network on a worker.
+    lab.shoal(4, &["run", "-d", "--name", "probe", "--network", "app", "busybox:local", "sleep", "300"])?;
+    reaches_web(4, "probe")?;
+    let probe = ip_of(4, "probe")?;
+    let task = &tasks[0];
+    inside(lab, task, &["ping", "-c", "1", "-W", "3", &probe.to_string()])
+        .with_context(|| format!("a task on host {} reaches probe ({probe}) on host 4", task.host))?;
+
+    // network connect / disconnect a running container.
+    lab.shoal(5, &["run", "-d", "--name", "plain", "busybox:local", "sleep", "300"])?;
+    lab.shoal(5, &["network", "connect", "app", "plain"])?;
+    reaches_web(5, "plain")?;
+    let plain = ip_of(5, "plain")?;
+    ensure!(plain != probe, "two containers, two addresses: {plain}");
+    lab.shoal(5, &["network", "disconnect", "app", "plain"])?;
+    ensure!(
+        !lab.exec(5, &["exec", "plain", "wget", "-T", "3", "-qO-", &format!("http://{vip}/")])?.status.success(),
+        "plain left app but still reaches the VIP"
+    );
+
+    // A network only services may use refuses a container, saying why.
+    lab.shoal(1, &["network", "create", "-d", "overlay", "closed"])?;
+    let why = lab.failing(4, &["run", "-d", "--name", "nope", "--network", "closed", "busybox:local", "true"])?;
+    ensure!(why.contains("not manually attachable"), "{why}");
+    ensure!(lab.failing(4, &["run", "-d", "--network", "nosuch", "busybox:local", "true"])?.contains("not found"));
+
+    for (host, name) in [(4, "probe"), (5, "plain")] {
+        lab.shoal(host, &["rm", "-f", name])?;
+    }
+    lab.shoal(1, &["network", "rm", "closed"])?;
+    Ok(())
+}
+
 #[test]
 fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
     if !lab_or_skip() {
@@ -118,7 +172,7 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
         lab.shoal(i, &["image", "import", &image.display().to_string(), "busybox:local"])?;
     }
 
-    lab.shoal(1, &["network", "create", "-d", "overlay", "app"])?;
+    lab.shoal(1, &["network", "create", "-d", "overlay", "--attachable", "app"])?;
     let net = wait_for("app's allocation", Duration::from_secs(30), || {
         let doc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "app"])?)?;
         Ok(doc[0]["IPAM"]["Config"][0]["Subnet"].as_str().is_some().then(|| doc[0].clone()))
@@ -206,6 +260,8 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
         let out = inside(&lab, &left[0], &["busybox", "nslookup", "tasks.web"])?;
         Ok((looked_up(&out) == left_addrs).then_some(()))
     })?;
+
+    attachable(&lab, &left, vip, subnet)?;
 
     lab.shoal(1, &["service", "rm", "web"])?;
     wait_for("app to be free", Duration::from_secs(30), || match lab.shoal(1, &["network", "rm", "app"]) {

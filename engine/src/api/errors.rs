@@ -40,6 +40,8 @@ pub(super) fn cstatus(e: ContainerError) -> Status {
         ContainerError::NameInUse { .. } => Status::already_exists(msg),
         ContainerError::Running(_) | ContainerError::NotRunning(_) => Status::failed_precondition(msg),
         ContainerError::Invalid { .. } | ContainerError::Spec(_) => Status::invalid_argument(msg),
+        ContainerError::NetworkNotFound(_) => Status::not_found(msg),
+        ContainerError::Cluster(_) => Status::failed_precondition(msg),
         ContainerError::StartFailed { .. } | ContainerError::Io { .. } => Status::internal(msg),
     }
 }

@@ -78,6 +78,11 @@ pub enum ContainerError {
     Volume(#[from] crate::volumes::VolumeError),
     #[error("invalid {what} {value:?}: {why}")]
     Invalid { what: &'static str, value: String, why: String },
+    #[error("network {0} not found")]
+    NetworkNotFound(String),
+    /// The cluster refused to join a container to one of its networks, or did not answer.
+    #[error("{0}")]
+    Cluster(String),
     #[error("container {id} failed to start: {message}")]
     StartFailed { id: String, message: String },
     #[error("{what} {path}: {source}")]
@@ -120,6 +125,8 @@ pub struct Containers {
     net_pending: std::sync::atomic::AtomicBool,
     /// netd, for containers on bridge networks (set by the daemon).
     networks: std::sync::OnceLock<Arc<crate::network::Networks>>,
+    /// The node's cluster networks, for networks netd does not have (set by the node).
+    cluster: std::sync::OnceLock<Arc<dyn crate::network::ClusterNetworks>>,
     /// How recently auto-removed containers ended, for `wait` (newest last).
     reaped: Mutex<std::collections::VecDeque<(String, Status)>>,
     /// `--rm` containers a foreground client is following: not removed
@@ -158,6 +165,7 @@ impl Containers {
             lock: Mutex::new(()),
             net_pending: std::sync::atomic::AtomicBool::new(true),
             networks: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
             holds: Mutex::new(Default::default()),
             reaped: Mutex::new(Default::default()),
             monitors: Mutex::new(Default::default()),
@@ -218,14 +226,37 @@ impl Containers {
 
     /// Creates and starts a container; returns once it runs (or failed to).
     pub fn run(&self, req: &RunRequest) -> Result<Container, ContainerError> {
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let image = self.images.inspect(&req.image)?;
         let id = random_hex(64);
         let host = request::Host {
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             netd: self.networks.get().is_some(),
         };
-        let cfg = request::resolve(&id, req, &image.config, &host)?;
+        let mut cfg = request::resolve(&id, req, &image.config, &host)?;
+        let in_use = |name: &str| self.list().into_iter().find(|c| c.record.name == name);
+        if let Some(other) = in_use(&cfg.name) {
+            return Err(ContainerError::NameInUse { name: cfg.name, id: other.record.id });
+        }
+        // A cluster network joins through the node before the lock: the cluster takes a while to answer.
+        if req.cluster_networks.is_empty() {
+            self.lease_cluster_networks(&id, &cfg.name.clone(), &mut cfg.attachments)?;
+        }
+        let leases: Vec<String> = cfg.attachments.iter().map(|a| a.lease.clone()).filter(|l| !l.is_empty()).collect();
+        let r = self.run_resolved(req, image, id, cfg);
+        if r.is_err() {
+            self.give_back(&leases);
+        }
+        r
+    }
+
+    fn run_resolved(
+        &self,
+        req: &RunRequest,
+        image: crate::images::ImageDetails,
+        id: String,
+        cfg: request::ContainerConfig,
+    ) -> Result<Container, ContainerError> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let name = cfg.name.clone();
         if let Some(other) = self.list().into_iter().find(|c| c.record.name == name) {
             return Err(ContainerError::NameInUse { name, id: other.record.id });
@@ -658,6 +689,8 @@ impl Containers {
             && !record.networks.is_empty()
         {
             self.release_network(nets, &record.id);
+            let leases: Vec<String> = record.networks.iter().map(|a| a.lease.clone()).collect();
+            self.give_back(&leases);
         }
         let rootfs = dir.join("rootfs");
         let _ = crate::sys::unmount_detach(&rootfs);

@@ -18,6 +18,63 @@ impl Containers {
         let _ = self.networks.set(networks);
     }
 
+    /// Joins cluster networks through the node (`run --network`, `network
+    /// connect` on a network netd does not have): the node answers the
+    /// network's id and the address the cluster gave.
+    pub fn set_cluster_networks(&self, cluster: Arc<dyn crate::network::ClusterNetworks>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// For each attachment to a network netd does not have, asks the node
+    /// for a place on the cluster network of that name and rewrites it to
+    /// the network's id and the cluster's address. Not under the lock
+    /// (the cluster may take seconds); on failure what was leased is given back.
+    pub(super) fn lease_cluster_networks(
+        &self,
+        id: &str,
+        name: &str,
+        attachments: &mut [Attachment],
+    ) -> Result<(), ContainerError> {
+        let (Some(cluster), Some(nets)) = (self.cluster.get(), self.networks.get()) else { return Ok(()) };
+        let mut leased: Vec<String> = Vec::new();
+        for a in attachments.iter_mut().filter(|a| a.lease.is_empty()) {
+            if a.network == "bridge" || nets.is_local(&a.network) {
+                continue;
+            }
+            let fail = |e: ContainerError, leased: &[String]| {
+                self.give_back(leased);
+                Err(e)
+            };
+            if !a.ports.is_empty() {
+                let why =
+                    "published ports on cluster networks are not supported yet: publish them from a bridge network";
+                return fail(
+                    ContainerError::Invalid { what: "port mapping", value: a.network.clone(), why: why.into() },
+                    &leased,
+                );
+            }
+            match cluster.attach(&a.network, id, name, &a.aliases, &a.ip) {
+                Ok(Some(l)) => {
+                    a.network = l.network_id;
+                    a.ip = l.ip;
+                    a.lease = l.lease.clone();
+                    leased.push(l.lease);
+                }
+                Ok(None) => return fail(ContainerError::NetworkNotFound(a.network.clone()), &leased),
+                Err(why) => return fail(ContainerError::Cluster(why), &leased),
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives leases on cluster networks back (empty ones are skipped).
+    pub(super) fn give_back(&self, leases: &[String]) {
+        let Some(cluster) = self.cluster.get() else { return };
+        for l in leases.iter().filter(|l| !l.is_empty()) {
+            cluster.detach(l);
+        }
+    }
+
     /// Attaches a container to one network; if netd is down, the attachment
     /// waits for the next network sync.
     pub(super) fn attach_one(
@@ -110,6 +167,24 @@ impl Containers {
         aliases: Vec<String>,
         ip: &str,
     ) -> Result<Container, ContainerError> {
+        let mut a = Attachment { network: network.into(), aliases, ip: ip.into(), ports: vec![], lease: String::new() };
+        // A cluster network: the node leases the place first, outside the lock.
+        let found = self.find(reference)?;
+        if !found.record.networks.is_empty()
+            && !found.record.networks.iter().any(|x| x.network == network)
+            && !found.endpoints.iter().any(|e| e.network == network)
+        {
+            self.lease_cluster_networks(&found.record.id, &found.record.name, std::slice::from_mut(&mut a))?;
+        }
+        let r = self.connect_one(reference, network, a.clone());
+        if r.is_err() {
+            self.give_back(std::slice::from_ref(&a.lease));
+        }
+        r
+    }
+
+    fn connect_one(&self, reference: &str, network: &str, a: Attachment) -> Result<Container, ContainerError> {
+        let aliases = a.aliases.clone();
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let c = self.find(reference)?;
         let nets = self.networks.get().ok_or_else(|| ContainerError::Invalid {
@@ -145,7 +220,6 @@ impl Containers {
                 why: "network-scoped aliases are only supported for user-defined networks".into(),
             });
         }
-        let a = Attachment { network: network.into(), aliases, ip: ip.into(), ports: vec![] };
         nets.ensure_netns(&c.record.id).map_err(|e| ContainerError::Invalid {
             what: "network",
             value: network.into(),
@@ -211,8 +285,9 @@ impl Containers {
             }
         }
         let mut record = c.record.clone();
-        record.networks.remove(at);
+        let left = record.networks.remove(at);
         self.write_record(&record)?;
+        self.give_back(std::slice::from_ref(&left.lease));
         let mut endpoints = c.endpoints.clone();
         let net_id =
             endpoints.get(at).map(|e| e.network_id.clone()).filter(|i| !i.is_empty()).unwrap_or_else(|| name.clone());

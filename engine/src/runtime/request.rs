@@ -286,6 +286,7 @@ pub fn resolve(
             aliases: req.network_aliases.clone(),
             ip: req.ip.clone(),
             ports: req.publish.clone(),
+            lease: String::new(),
         }]
     } else {
         vec![]
@@ -544,6 +545,7 @@ mod tests {
             aliases: strings(&["api"]),
             ip: ip.into(),
             ports: vec![],
+            lease: String::new(),
         };
         let r =
             RunRequest { cluster_networks: vec![net("aaaa0000", "10.10.0.2"), net("bbbb0000", "10.20.0.7")], ..req() };

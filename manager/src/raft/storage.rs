@@ -389,6 +389,7 @@ fn all_keys(state: &State) -> Vec<ObjKey> {
     keys.extend(state.services.keys().map(|id| ObjKey::Service(id.clone())));
     keys.extend(state.tasks.keys().map(|id| ObjKey::Task(id.clone())));
     keys.extend(state.networks.keys().map(|id| ObjKey::Network(id.clone())));
+    keys.extend(state.attachments.keys().map(|id| ObjKey::Attachment(id.clone())));
     if state.cluster.is_some() {
         keys.push(ObjKey::Cluster);
     }
