@@ -311,6 +311,7 @@ fn sched(nodes: usize, tasks: u64, rounds: usize) -> anyhow::Result<()> {
                 },
                 status: NodeStatus { state: NodeState::Ready, message: String::new() },
                 meta: Default::default(),
+                ingress: None,
             },
         );
     }
