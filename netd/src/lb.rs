@@ -96,16 +96,32 @@ pub struct Elements {
 /// What to do to one namespace's table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
-    /// The `nft -f` script; empty when the table is already right.
+    /// The whole change as an `nft -f` script; empty when the table is
+    /// already right. Run as such only when the change has structure
+    /// ([`Plan::needs_nft`]); otherwise it is the readable form of the
+    /// element batch (`delete`, `add`) that `lb_sys` sends over netlink.
     pub script: String,
     /// Whether the script writes the whole table (absent or misshapen)
     /// rather than changing elements.
     pub whole: bool,
+    /// The `lbN` chains the change adds to an existing table.
+    pub new_chains: BTreeSet<u32>,
+    /// Elements to delete (by key) from an existing table, then those to add.
+    pub delete: Elements,
+    pub add: Elements,
     /// The table once the script ran.
     pub want: Elements,
     /// Backends no VIP maps to any more: their flows from this namespace
     /// may be flushed from conntrack once their tasks are gone.
     pub removed: Vec<Ipv4Addr>,
+}
+
+impl Plan {
+    /// Whether the change needs `nft -f` (the table written whole, or a
+    /// chain added): structure. Else it is element changes only.
+    pub fn needs_nft(&self) -> bool {
+        self.whole || !self.new_chains.is_empty()
+    }
 }
 
 /// The script that makes the table in one namespace hold `services`, given
@@ -120,12 +136,29 @@ pub fn plan(services: &[LbService], current: Option<&Elements>) -> Plan {
         }
         None => vec![],
     };
-    let (script, whole) = match current {
-        None if services.is_empty() => (String::new(), false),
-        None => (whole_table(&want), true),
-        Some(cur) => (batch(cur, &want), false),
-    };
-    Plan { script, whole, want, removed }
+    match current {
+        None if services.is_empty() => Plan::nothing(want, removed),
+        None => Plan { script: whole_table(&want), whole: true, ..Plan::nothing(want, removed) },
+        Some(cur) => {
+            let (new_chains, delete, add) = changes(cur, &want);
+            let script = batch(&new_chains, &delete, &add);
+            Plan { script, whole: false, new_chains, delete, add, want, removed }
+        }
+    }
+}
+
+impl Plan {
+    fn nothing(want: Elements, removed: Vec<Ipv4Addr>) -> Plan {
+        Plan {
+            script: String::new(),
+            whole: false,
+            new_chains: BTreeSet::new(),
+            delete: Elements::default(),
+            add: Elements::default(),
+            want,
+            removed,
+        }
+    }
 }
 
 /// The table `services` need, slots kept where `current` has them.
@@ -216,28 +249,35 @@ fn keys(t: &mut String, e: &Elements) {
     }
 }
 
-/// The element batch from `cur` to `want`: missing chains, then deletes of
-/// what goes or changes value (the kernel refuses to add a key with another
-/// value), then adds. One script, so one transaction.
-fn batch(cur: &Elements, want: &Elements) -> String {
-    let mut t = String::new();
-    for n in want.chains.difference(&cur.chains) {
-        let _ = writeln!(t, "add chain ip {TABLE} lb{n}\nadd rule ip {TABLE} lb{n} {}", chain_rule(*n));
-    }
+/// From `cur` to `want`: the missing chains, the elements to delete (what
+/// goes or changes value: the kernel refuses to add a key with another
+/// value), the elements to add.
+fn changes(cur: &Elements, want: &Elements) -> (BTreeSet<u32>, Elements, Elements) {
+    let new_chains = want.chains.difference(&cur.chains).copied().collect();
     let del = Elements {
         svc: cur.svc.iter().filter(|(k, v)| want.svc.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect(),
         be: cur.be.iter().filter(|(k, v)| want.be.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect(),
         empty: cur.empty.difference(&want.empty).copied().collect(),
         chains: BTreeSet::new(),
     };
-    keys(&mut t, &del);
     let add = Elements {
         svc: want.svc.iter().filter(|(k, v)| cur.svc.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect(),
         be: want.be.iter().filter(|(k, v)| cur.be.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect(),
         empty: want.empty.difference(&cur.empty).copied().collect(),
         chains: BTreeSet::new(),
     };
-    elements(&mut t, "add", &add);
+    (new_chains, del, add)
+}
+
+/// The change as one script (so one transaction): missing chains, then
+/// deletes, then adds.
+fn batch(new_chains: &BTreeSet<u32>, del: &Elements, add: &Elements) -> String {
+    let mut t = String::new();
+    for n in new_chains {
+        let _ = writeln!(t, "add chain ip {TABLE} lb{n}\nadd rule ip {TABLE} lb{n} {}", chain_rule(*n));
+    }
+    keys(&mut t, del);
+    elements(&mut t, "add", add);
     t
 }
 
