@@ -81,11 +81,18 @@ pub fn observe(netns: &Path) -> Result<Option<lb::Elements>, LbError> {
 /// `nft -f` when it has structure, else an element batch over netlink (no
 /// process). A refused change leaves the table as it was.
 pub fn apply(netns: &Path, plan: &Plan) -> Result<(), LbError> {
+    apply_on(netns, plan, &mut None)
+}
+
+/// [`apply`], sending element batches on `socket` (opened there if it is
+/// `None` or not in the namespace at `netns` any more), which stays open
+/// for the next one.
+fn apply_on(netns: &Path, plan: &Plan, socket: &mut Option<ElementSocket>) -> Result<(), LbError> {
     if plan.script.is_empty() {
         return Ok(());
     }
     if !plan.needs_nft() {
-        return send_elements(netns, &plan.delete, &plan.add);
+        return ElementSocket::reuse(socket, netns)?.send(&plan.delete, &plan.add);
     }
     let (ok, _, err) = nft(netns, &["-f", "-"], plan.script.clone())?;
     if ok {
@@ -95,48 +102,110 @@ pub fn apply(netns: &Path, plan: &Plan) -> Result<(), LbError> {
     }
 }
 
+/// Deletes `del`'s keys and adds `add`'s elements in the namespace's table,
+/// in one nf_tables batch (on a socket of its own: see [`ElementSocket`]).
+pub fn send_elements(netns: &Path, del: &lb::Elements, add: &lb::Elements) -> Result<(), LbError> {
+    ElementSocket::open(netns)?.send(del, add)
+}
+
 /// How long to wait for the kernel's acks of an element batch (it answers
 /// in microseconds; this only bounds a lost answer).
 const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Deletes `del`'s keys and adds `add`'s elements in the namespace's table,
-/// in one nf_tables batch on a netlink socket opened there. Every message
-/// is acked; the first refusal is returned (the kernel then applied none).
-pub fn send_elements(netns: &Path, del: &lb::Elements, add: &lb::Elements) -> Result<(), LbError> {
-    use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
-    use rustix::net::sockopt::{Timeout, set_socket_timeout};
-    let Some(batch) = nft_elems::batch(1, del, add) else {
-        return Ok(());
-    };
-    let refused = sys::in_netns(netns, move || {
-        let socket = Socket::new(NETLINK_NETFILTER)?;
-        set_socket_timeout(&socket, Timeout::Recv, Some(ACK_WAIT))?;
-        socket.send_to(&batch.bytes, &SocketAddr::new(0, 0), 0)?;
+/// A `NETLINK_NETFILTER` socket opened in one container namespace (by a
+/// thread that entered it; the socket stays in that namespace, so batches
+/// are sent on it from any thread, with no `setns`).
+///
+/// It is kept open across batches, and closed on a thread of its own:
+/// closing a socket that committed an nf_tables transaction waits for the
+/// kernel to free what the transaction replaced, an RCU grace period
+/// (15-30 ms measured on Linux 6.18, against ~10 µs for the batch).
+#[derive(Debug)]
+pub struct ElementSocket {
+    socket: Option<rtnetlink::sys::Socket>,
+    netns: PathBuf,
+    /// The namespace's identity (nsfs device and inode) when opened.
+    id: (u64, u64),
+    seq: u32,
+}
+
+fn netns_id(netns: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(netns)?;
+    Ok((m.dev(), m.ino()))
+}
+
+impl ElementSocket {
+    pub fn open(netns: &Path) -> Result<ElementSocket, LbError> {
+        use rtnetlink::sys::{Socket, protocols::NETLINK_NETFILTER};
+        use rustix::net::sockopt::{Timeout, set_socket_timeout};
+        let err = |source| LbError::Netlink { netns: netns.to_path_buf(), source };
+        let id = netns_id(netns).map_err(err)?;
+        let socket = sys::in_netns(netns, || {
+            let socket = Socket::new(NETLINK_NETFILTER)?;
+            set_socket_timeout(&socket, Timeout::Recv, Some(ACK_WAIT))?;
+            Ok(socket)
+        })
+        .map_err(err)?;
+        Ok(ElementSocket { socket: Some(socket), netns: netns.to_path_buf(), id, seq: 0 })
+    }
+
+    /// The socket in `slot` if it is still in the namespace at `netns`,
+    /// else a new one put there.
+    fn reuse<'a>(slot: &'a mut Option<ElementSocket>, netns: &Path) -> Result<&'a mut ElementSocket, LbError> {
+        let current = slot.as_ref().is_some_and(|s| s.netns == netns && netns_id(netns).is_ok_and(|id| id == s.id));
+        if !current {
+            *slot = Some(ElementSocket::open(netns)?);
+        }
+        Ok(slot.as_mut().expect("just set"))
+    }
+
+    /// Sends one batch that deletes `del`'s keys, then adds `add`'s
+    /// elements, and waits for every message's ack. The first refusal is
+    /// returned (the kernel then applied none of the batch).
+    pub fn send(&mut self, del: &lb::Elements, add: &lb::Elements) -> Result<(), LbError> {
+        let Some(socket) = self.socket.as_ref() else {
+            return Ok(());
+        };
+        let Some(batch) = nft_elems::batch(self.seq.wrapping_add(1), del, add) else {
+            return Ok(());
+        };
+        self.seq = batch.markers[1];
+        let netns = &self.netns;
+        let io = |source| LbError::Netlink { netns: netns.clone(), source };
+        socket.send_to(&batch.bytes, &rtnetlink::sys::SocketAddr::new(0, 0), 0).map_err(io)?;
         let mut waiting: BTreeMap<u32, String> = batch.messages.into_iter().map(|m| (m.seq, m.what)).collect();
         while !waiting.is_empty() {
             let (reply, _) = socket.recv_from_full().map_err(|e| {
-                if e.kind() == std::io::ErrorKind::WouldBlock {
+                io(if e.kind() == std::io::ErrorKind::WouldBlock {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no ack within {ACK_WAIT:?}"))
                 } else {
                     e
-                }
+                })
             })?;
             for (seq, errno) in nft_elems::acks(&reply) {
-                let what = waiting.remove(&seq);
+                // Acks of an earlier batch (one that timed out) are not this one's.
+                let what = match waiting.remove(&seq) {
+                    Some(what) => what,
+                    None if batch.markers.contains(&seq) => "the batch".to_string(),
+                    None => continue,
+                };
                 if errno != 0 {
-                    let what = what.unwrap_or_else(|| {
-                        if batch.markers.contains(&seq) { "the batch".into() } else { format!("message {seq}") }
-                    });
-                    return Ok(Some((what, std::io::Error::from_raw_os_error(errno))));
+                    let source = std::io::Error::from_raw_os_error(errno);
+                    return Err(LbError::Batch { netns: netns.clone(), what, source });
                 }
             }
         }
-        Ok(None)
-    })
-    .map_err(|source| LbError::Netlink { netns: netns.to_path_buf(), source })?;
-    match refused {
-        None => Ok(()),
-        Some((what, source)) => Err(LbError::Batch { netns: netns.to_path_buf(), what, source }),
+        Ok(())
+    }
+}
+
+impl Drop for ElementSocket {
+    fn drop(&mut self) {
+        if let Some(socket) = self.socket.take() {
+            // If no thread can be made, the socket closes here (the closure is dropped).
+            let _ = std::thread::Builder::new().name("shoal-lb-close".into()).spawn(move || drop(socket));
+        }
     }
 }
 
@@ -250,6 +319,8 @@ pub fn flush_conntrack(netns: &Path, backends: &[Ipv4Addr]) -> Result<(), LbErro
 #[derive(Debug, Default)]
 pub struct Balancers {
     programmed: BTreeMap<PathBuf, Programmed>,
+    /// Each balanced namespace's element socket, kept open across passes.
+    sockets: BTreeMap<PathBuf, Option<ElementSocket>>,
     /// When every namespace was last observed (drift repaired).
     last_full: Option<std::time::Instant>,
 }
@@ -307,7 +378,8 @@ impl Balancers {
             };
             let done = current.and_then(|current| {
                 let plan = lb::plan(&services, current.as_ref());
-                apply(&netns, &plan)?;
+                let socket = self.sockets.entry(netns.clone()).or_default();
+                apply_on(&netns, &plan, socket).inspect_err(|_| *socket = None)?;
                 // No table and nothing to balance: still no table.
                 let table = (current.is_some() || plan.whole).then(|| plan.want.clone());
                 Ok((plan, table))
@@ -328,6 +400,8 @@ impl Balancers {
         }
         self.programmed = programmed;
         self.programmed.extend(kept);
+        // The sockets of namespaces no longer balanced close (on their own threads).
+        self.sockets.retain(|netns, _| self.programmed.contains_key(netns));
         failed
     }
 
