@@ -342,15 +342,15 @@ pub const FULL_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 impl Balancers {
     /// One pass over `want` (from `lb::by_namespace`). A namespace whose
     /// services changed since it was last programmed is planned against
-    /// the table netd left there and changed by an element batch (no
-    /// process); one netd does not know (new, or after a failure) is
-    /// observed first (`nft -j list`), and gets its table whole. Every
-    /// [`FULL_EVERY`], every namespace is observed, which repairs drift
-    /// (an unchanged table then costs one `nft -j list`). So a pass made
-    /// for one new backend costs one batch per namespace. The tables of
-    /// namespaces that left are removed (nothing to do when the namespace
-    /// itself is gone). Returns what failed; a failed namespace is observed
-    /// and tried again next pass.
+    /// the table netd left there, and changed by an element batch on the
+    /// namespace's socket (no process; `nft -f` only when chains must be
+    /// added). One netd does not know (new, or after a failure) gets its
+    /// table written whole (one `nft -f`, which replaces any table there).
+    /// Every [`FULL_EVERY`], and on the first pass, every namespace is
+    /// observed (`nft -j list`) and planned against what it holds, which
+    /// repairs drift. The tables of namespaces that left are removed
+    /// (nothing to do when the namespace itself is gone). Returns what
+    /// failed; a failed namespace is written whole on the next pass.
     pub fn sync(&mut self, want: BTreeMap<PathBuf, Vec<LbService>>) -> Vec<LbError> {
         let full = self.last_full.is_none_or(|at| at.elapsed() >= FULL_EVERY);
         let mut failed = Vec::new();
@@ -372,9 +372,12 @@ impl Balancers {
                 programmed.insert(netns, last.cloned().expect("checked"));
                 continue;
             }
+            // A table netd does not know is written whole, which replaces
+            // whatever is there: no need to read it first.
             let current = match last {
-                Some(p) if !full => Ok(p.table.clone()),
-                _ => observe(&netns),
+                _ if full => observe(&netns),
+                Some(p) => Ok(p.table.clone()),
+                None => Ok(None),
             };
             let done = current.and_then(|current| {
                 let plan = lb::plan(&services, current.as_ref());

@@ -413,7 +413,7 @@ fn churn(ns: &Path) -> Result<(), String> {
 
     // Balancers: the first pass reads the table; a change right after goes by
     // what they left there, without reading it back, so a table removed behind
-    // their back makes the batch fail; the next pass reads it and repairs it.
+    // their back makes the batch fail; the next pass writes it whole.
     let mut balancers = lb_sys::Balancers::default();
     let want = |a: &[Ipv4Addr]| std::collections::BTreeMap::from([(ns.to_path_buf(), services(a.to_vec(), vec![]))]);
     assert!(balancers.sync(want(&pool[..3])).is_empty());
@@ -423,7 +423,7 @@ fn churn(ns: &Path) -> Result<(), String> {
         matches!(failed.as_slice(), [lb_sys::LbError::Batch { source, .. }] if source.raw_os_error() == Some(libc::ENOENT)),
         "the change was an element batch against the known table: {failed:?}"
     );
-    assert!(balancers.sync(want(&pool[..2])).is_empty(), "the next pass observes and writes it whole");
+    assert!(balancers.sync(want(&pool[..2])).is_empty(), "the next pass writes it whole");
     let seen = lb_sys::observe(ns).map_err(|e| e.to_string())?.ok_or("a table again")?;
     assert_eq!(seen.svc.get(&VIP), Some(&2));
     assert_eq!(
