@@ -167,7 +167,11 @@ impl ElementSocket {
         let Some(socket) = self.socket.as_ref() else {
             return Ok(());
         };
-        let Some(batch) = nft_elems::batch(self.seq.wrapping_add(1), del, add) else {
+        if self.seq > u32::MAX / 2 {
+            // Numbers restart long before they could wrap inside a batch.
+            self.seq = 0;
+        }
+        let Some(batch) = nft_elems::batch(self.seq + 1, del, add) else {
             return Ok(());
         };
         self.seq = batch.markers[1];
