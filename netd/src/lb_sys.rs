@@ -7,8 +7,9 @@
 //! `NETLINK_NETFILTER` socket opened in the namespace: microseconds, where
 //! an `nft` run costs ~18 ms, and every change is made in every container
 //! namespace on the network. The table is read back with `nft -j list`
-//! only when netd does not know it: a namespace seen for the first time,
-//! after a failure, and on the passes that repair drift (`FULL_EVERY`).
+//! only by the one-off `sync` and on the passes that repair drift
+//! (`Balancers`, every `FULL_EVERY`); a table netd does not know is
+//! written whole.
 //!
 //! A backend that leaves the table keeps its established flows (their NAT
 //! binding is in conntrack): that drains a task the managers are stopping.
