@@ -43,10 +43,18 @@ use crate::model::EndpointSpec;
 
 /// The table netd owns in each container's namespace.
 pub const TABLE: &str = "shoal_lb";
-/// A new table has the chains `lb1`..`lb16` (and more if a service has
-/// more backends already), so backends coming and going below that count
-/// are element changes only; a larger count adds its chain once.
+/// A new table has the chains `lb1`..`lb16` (up to the power of two at or
+/// above the largest count in use, if that is larger), so backends coming
+/// and going below that count are element changes only. A larger count
+/// adds the chains up to its power of two at once: a service scaled from 1
+/// to 100 costs three `nft` runs per namespace (at 17, 33 and 65), not 84.
 pub const PRESET_CHAINS: u32 = 16;
+
+/// The chains `lb1`..`lbC` a table needs for the count `n`: C is `n`'s
+/// power of two, at least [`PRESET_CHAINS`].
+fn chains_for(n: u32) -> std::ops::RangeInclusive<u32> {
+    1..=n.next_power_of_two().max(PRESET_CHAINS)
+}
 
 /// A VIP and the addresses it spreads over.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,16 +104,32 @@ pub struct Elements {
 /// What to do to one namespace's table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
-    /// The `nft -f` script; empty when the table is already right.
+    /// The whole change as an `nft -f` script; empty when the table is
+    /// already right. Run as such only when the change has structure
+    /// ([`Plan::needs_nft`]); otherwise it is the readable form of the
+    /// element batch (`delete`, `add`) that `lb_sys` sends over netlink.
     pub script: String,
     /// Whether the script writes the whole table (absent or misshapen)
     /// rather than changing elements.
     pub whole: bool,
+    /// The `lbN` chains the change adds to an existing table.
+    pub new_chains: BTreeSet<u32>,
+    /// Elements to delete (by key) from an existing table, then those to add.
+    pub delete: Elements,
+    pub add: Elements,
     /// The table once the script ran.
     pub want: Elements,
     /// Backends no VIP maps to any more: their flows from this namespace
     /// may be flushed from conntrack once their tasks are gone.
     pub removed: Vec<Ipv4Addr>,
+}
+
+impl Plan {
+    /// Whether the change needs `nft -f` (the table written whole, or a
+    /// chain added): structure. Else it is element changes only.
+    pub fn needs_nft(&self) -> bool {
+        self.whole || !self.new_chains.is_empty()
+    }
 }
 
 /// The script that makes the table in one namespace hold `services`, given
@@ -120,12 +144,29 @@ pub fn plan(services: &[LbService], current: Option<&Elements>) -> Plan {
         }
         None => vec![],
     };
-    let (script, whole) = match current {
-        None if services.is_empty() => (String::new(), false),
-        None => (whole_table(&want), true),
-        Some(cur) => (batch(cur, &want), false),
-    };
-    Plan { script, whole, want, removed }
+    match current {
+        None if services.is_empty() => Plan::nothing(want, removed),
+        None => Plan { script: whole_table(&want), whole: true, ..Plan::nothing(want, removed) },
+        Some(cur) => {
+            let (new_chains, delete, add) = changes(cur, &want);
+            let script = batch(&new_chains, &delete, &add);
+            Plan { script, whole: false, new_chains, delete, add, want, removed }
+        }
+    }
+}
+
+impl Plan {
+    fn nothing(want: Elements, removed: Vec<Ipv4Addr>) -> Plan {
+        Plan {
+            script: String::new(),
+            whole: false,
+            new_chains: BTreeSet::new(),
+            delete: Elements::default(),
+            add: Elements::default(),
+            want,
+            removed,
+        }
+    }
 }
 
 /// The table `services` need, slots kept where `current` has them.
@@ -139,7 +180,9 @@ fn desired(services: &[LbService], current: Option<&Elements>) -> Elements {
             continue;
         }
         want.svc.insert(s.vip, n);
-        want.chains.insert(n);
+        if !want.chains.contains(&n) {
+            want.chains.extend(chains_for(n));
+        }
         // Slots below the new count keep their backend if it stays.
         let mut slots: BTreeMap<u32, Ipv4Addr> = BTreeMap::new();
         if let Some(cur) = current {
@@ -161,8 +204,8 @@ fn desired(services: &[LbService], current: Option<&Elements>) -> Elements {
         want.be.extend(slots.into_iter().map(|(slot, b)| ((s.vip, slot), b)));
     }
     if current.is_none() {
-        // A fresh table: the preset chains and those in use.
-        want.chains = (1..=PRESET_CHAINS).chain(want.svc.values().copied()).collect();
+        // A fresh table: the preset chains and those for the counts in use.
+        want.chains = chains_for(want.svc.values().copied().max().unwrap_or(1)).collect();
     }
     want
 }
@@ -216,28 +259,35 @@ fn keys(t: &mut String, e: &Elements) {
     }
 }
 
-/// The element batch from `cur` to `want`: missing chains, then deletes of
-/// what goes or changes value (the kernel refuses to add a key with another
-/// value), then adds. One script, so one transaction.
-fn batch(cur: &Elements, want: &Elements) -> String {
-    let mut t = String::new();
-    for n in want.chains.difference(&cur.chains) {
-        let _ = writeln!(t, "add chain ip {TABLE} lb{n}\nadd rule ip {TABLE} lb{n} {}", chain_rule(*n));
-    }
+/// From `cur` to `want`: the missing chains, the elements to delete (what
+/// goes or changes value: the kernel refuses to add a key with another
+/// value), the elements to add.
+fn changes(cur: &Elements, want: &Elements) -> (BTreeSet<u32>, Elements, Elements) {
+    let new_chains = want.chains.difference(&cur.chains).copied().collect();
     let del = Elements {
         svc: cur.svc.iter().filter(|(k, v)| want.svc.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect(),
         be: cur.be.iter().filter(|(k, v)| want.be.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect(),
         empty: cur.empty.difference(&want.empty).copied().collect(),
         chains: BTreeSet::new(),
     };
-    keys(&mut t, &del);
     let add = Elements {
         svc: want.svc.iter().filter(|(k, v)| cur.svc.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect(),
         be: want.be.iter().filter(|(k, v)| cur.be.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect(),
         empty: want.empty.difference(&cur.empty).copied().collect(),
         chains: BTreeSet::new(),
     };
-    elements(&mut t, "add", &add);
+    (new_chains, del, add)
+}
+
+/// The change as one script (so one transaction): missing chains, then
+/// deletes, then adds.
+fn batch(new_chains: &BTreeSet<u32>, del: &Elements, add: &Elements) -> String {
+    let mut t = String::new();
+    for n in new_chains {
+        let _ = writeln!(t, "add chain ip {TABLE} lb{n}\nadd rule ip {TABLE} lb{n} {}", chain_rule(*n));
+    }
+    keys(&mut t, del);
+    elements(&mut t, "add", add);
     t
 }
 
@@ -353,7 +403,7 @@ mod tests {
         let wide: Vec<String> = (0..20).map(|i| format!("10.10.1.{i}")).collect();
         let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
         let p = plan(&[svc("10.10.0.100", &wide)], None);
-        assert_eq!(p.want.chains, (1..=16).chain([20]).collect::<BTreeSet<u32>>(), "presets and the count in use");
+        assert_eq!(p.want.chains, (1..=32).collect::<BTreeSet<u32>>(), "up to the count's power of two");
     }
 
     #[test]
@@ -514,7 +564,7 @@ mod tests {
         let mut cur = first.want;
         for s in steps {
             let p = plan(&[svc("10.10.0.100", s.backends), other.clone()], Some(&cur));
-            assert!(!p.whole, "{}", s.what);
+            assert!(!p.whole && !p.needs_nft(), "{}: elements only", s.what);
             assert_eq!(p.script.lines().collect::<Vec<_>>(), s.script, "{}", s.what);
             assert_eq!(slots(&p.want, "10.10.0.100"), s.slots.iter().map(|b| ip(b)).collect::<Vec<_>>(), "{}", s.what);
             assert_eq!(p.removed, s.removed.iter().map(|b| ip(b)).collect::<Vec<_>>(), "{}", s.what);
@@ -526,7 +576,8 @@ mod tests {
             );
             cur = p.want;
         }
-        // Beyond the preset chains, a count's chain is added once, in the batch.
+        // Beyond the preset chains, a count adds the chains up to its power of
+        // two, once, in the batch (nft's part: structure).
         let wide: Vec<String> = (0..17).map(|i| format!("10.10.2.{i}")).collect();
         let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
         let p = plan(&[svc("10.10.0.100", &["10.10.0.16"]), other.clone(), svc("10.10.0.201", &wide)], Some(&cur));
@@ -537,7 +588,12 @@ mod tests {
             "{}",
             p.script
         );
-        assert_eq!(p.script.matches("chain").count(), 1, "{}", p.script);
+        assert_eq!(p.script.matches("add chain").count(), 16, "lb17..lb32: {}", p.script);
+        assert_eq!(p.new_chains, (17..=32).collect::<BTreeSet<u32>>());
+        assert!(p.needs_nft());
+        let (cur32, more) = (p.want, wide.iter().copied().chain(["10.10.2.100"]).collect::<Vec<_>>());
+        let p = plan(&[svc("10.10.0.100", &["10.10.0.16"]), other.clone(), svc("10.10.0.201", &more)], Some(&cur32));
+        assert!(!p.needs_nft() && p.new_chains.is_empty(), "18 has its chain already: {}", p.script);
         // A service gone from the view leaves no element behind.
         let p = plan(&[other], Some(&cur));
         assert_eq!(

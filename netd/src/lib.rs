@@ -22,6 +22,7 @@ pub mod lb;
 pub mod lb_sys;
 pub mod model;
 pub mod net;
+pub mod nft_elems;
 pub mod overlay;
 pub mod plan;
 pub mod rules;

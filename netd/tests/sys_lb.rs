@@ -319,3 +319,116 @@ fn scenario(switch: &Parked, client: &Parked, backends: &[Parked]) -> Result<(),
     assert_eq!(lb_sys::observe(&client.path).map_err(|e| e.to_string())?, None, "left: no table");
     Ok(())
 }
+
+/// A small deterministic generator (xorshift) for the churn below.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Many element batches in a row (backends of two VIPs coming and going,
+/// counts from 0 to 12) leave exactly the planned table; a refused batch
+/// changes nothing and says what was refused; `Balancers` change a table
+/// they know without reading it back, and repair one removed behind their
+/// back on the next pass. Prints the time per batch.
+#[test]
+fn element_batches_in_a_row_leave_the_planned_table() {
+    if !can_run() {
+        eprintln!("skipped: needs root, nft and ip");
+        return;
+    }
+    let client = Parked::new("churn");
+    let result = churn(&client.path);
+    drop(client);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn churn(ns: &Path) -> Result<(), String> {
+    let pool: Vec<Ipv4Addr> = (1..=12).map(|i| Ipv4Addr::new(10, 77, 1, i)).collect();
+    let mut rng = Xorshift(0x5eed_1234_abcd);
+    let pick = |rng: &mut Xorshift| -> Vec<Ipv4Addr> {
+        let n = rng.below(pool.len() as u64 + 1) as usize;
+        let mut b = pool.clone();
+        for i in 0..pool.len() {
+            b.swap(i, i + rng.below((pool.len() - i) as u64) as usize);
+        }
+        b.truncate(n);
+        b
+    };
+    let services = |a: Vec<Ipv4Addr>, b: Vec<Ipv4Addr>| {
+        vec![LbService { vip: VIP, backends: a }, LbService { vip: IDLE_VIP, backends: b }]
+    };
+    let first = lb_sys::sync(ns, &services(pick(&mut rng), pick(&mut rng))).map_err(|e| e.to_string())?;
+    assert!(first.whole);
+    let mut cur = first.want;
+    // One socket for the run, as `Balancers` keep one per namespace.
+    let mut socket = lb_sys::ElementSocket::open(ns).map_err(|e| e.to_string())?;
+    let (mut batches, mut spent) = (0u32, Duration::ZERO);
+    for step in 0..200 {
+        let p = lb::plan(&services(pick(&mut rng), pick(&mut rng)), Some(&cur));
+        assert!(!p.needs_nft(), "step {step}: counts up to 12 have preset chains: {}", p.script);
+        let t0 = std::time::Instant::now();
+        socket.send(&p.delete, &p.add).map_err(|e| format!("step {step}: {e}"))?;
+        if !p.script.is_empty() {
+            spent += t0.elapsed();
+            batches += 1;
+        }
+        cur = p.want;
+        if step % 50 == 49 {
+            let seen = lb_sys::observe(ns).map_err(|e| e.to_string())?;
+            assert_eq!(seen.as_ref(), Some(&cur), "step {step}: the table is the plan");
+        }
+    }
+    eprintln!(
+        "{batches} element batches: {:?} per batch (netlink, one socket in the namespace)",
+        spent / batches.max(1)
+    );
+    assert!(batches >= 150, "the churn changed the table most steps: {batches}");
+
+    // Through `apply` (a socket of its own), like any element-only plan.
+    let p = lb::plan(&services(pool[..4].to_vec(), vec![]), Some(&cur));
+    lb_sys::apply(ns, &p).map_err(|e| e.to_string())?;
+    cur = p.want;
+    assert_eq!(lb_sys::observe(ns).map_err(|e| e.to_string())?.as_ref(), Some(&cur));
+
+    // A refused batch: deleting a slot that is not there, with an add beside it.
+    let missing = lb::Elements { be: [((VIP, 99), pool[0])].into(), ..Default::default() };
+    let add = lb::Elements { be: [((VIP, 50), pool[1])].into(), ..Default::default() };
+    let err = lb_sys::send_elements(ns, &missing, &add).expect_err("no such element");
+    assert!(
+        matches!(&err, lb_sys::LbError::Batch { source, .. } if source.raw_os_error() == Some(libc::ENOENT)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("delete 1 element(s) of be"), "{err}");
+    let seen = lb_sys::observe(ns).map_err(|e| e.to_string())?;
+    assert_eq!(seen.as_ref(), Some(&cur), "the refused batch changed nothing, its add included");
+
+    // Balancers: the first pass reads the table; a change right after goes by
+    // what they left there, without reading it back, so a table removed behind
+    // their back makes the batch fail; the next pass writes it whole.
+    let mut balancers = lb_sys::Balancers::default();
+    let want = |a: &[Ipv4Addr]| std::collections::BTreeMap::from([(ns.to_path_buf(), services(a.to_vec(), vec![]))]);
+    assert!(balancers.sync(want(&pool[..3])).is_empty());
+    sh(ns, &format!("nft delete table ip {}", lb::TABLE))?;
+    let failed = balancers.sync(want(&pool[..2]));
+    assert!(
+        matches!(failed.as_slice(), [lb_sys::LbError::Batch { source, .. }] if source.raw_os_error() == Some(libc::ENOENT)),
+        "the change was an element batch against the known table: {failed:?}"
+    );
+    assert!(balancers.sync(want(&pool[..2])).is_empty(), "the next pass writes it whole");
+    let seen = lb_sys::observe(ns).map_err(|e| e.to_string())?.ok_or("a table again")?;
+    assert_eq!(seen.svc.get(&VIP), Some(&2));
+    assert_eq!(
+        seen.be.values().copied().collect::<std::collections::BTreeSet<_>>(),
+        pool[..2].iter().copied().collect()
+    );
+    Ok(())
+}
