@@ -13,14 +13,11 @@
 //! fake.
 //!
 //! The node's network view (from the session's assignments) goes to netd
-//! through the same trait (`sync_cluster`) from a loop of its own beside
-//! the passes (`run_until`), as soon as it comes: a task's container
-//! attaches into its networks' sandboxes, which the view makes, so a task
-//! on cluster networks starts only once a view with all its networks
-//! reached netd (the pass that sees it is woken then). Passes never wait on
-//! netd for a view: views change with every backend that comes or goes,
-//! and starts must not queue behind them. The view is handed again when it
-//! was not taken (netd down, retried every second) and every
+//! through the same trait (`sync_cluster`) at the start of a pass, before
+//! the pass acts on the tasks that came with it: a task's container
+//! attaches into its networks' sandboxes, which the view makes. A task on
+//! cluster networks starts only once the latest view reached netd. The
+//! view is handed again when it was not taken (netd down) and every
 //! `NET_VIEW_RESYNC` (level-triggered: a netd that lost its state gets it
 //! back); a new session always brings it again.
 
@@ -209,8 +206,6 @@ pub struct Worker {
     net_calls: Mutex<()>,
     pub outbox_ready: Notify,
     wake: Notify,
-    /// Rings when a new view comes (the hand-over loop's doorbell).
-    net_wake: Notify,
 }
 
 impl Worker {
@@ -243,7 +238,6 @@ impl Worker {
             net_calls: Mutex::new(()),
             outbox_ready: Notify::new(),
             wake: Notify::new(),
-            net_wake: Notify::new(),
         })
     }
 
@@ -304,7 +298,7 @@ impl Worker {
         net.view = Some(view);
         net.version += 1;
         drop(net);
-        self.net_wake.notify_one();
+        self.wake.notify_one();
     }
 
     /// Hands the view to netd if it does not have it (or for a resync);
@@ -431,7 +425,6 @@ impl Worker {
     /// Reconciles on every new set and every `RESCAN`, until `cancel`. Starts
     /// and stops already under way finish on their threads.
     pub async fn run_until(self: Arc<Self>, cancel: CancellationToken) {
-        tokio::spawn(self.clone().hand_views_until(cancel.clone()));
         loop {
             let this = self.clone();
             if let Err(e) = tokio::task::spawn_blocking(move || this.reconcile()).await {
@@ -441,35 +434,6 @@ impl Worker {
                 _ = cancel.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(RESCAN) => {}
-            }
-        }
-    }
-
-    /// Hands each new view to netd as it comes (and again to retry or
-    /// resync), until `cancel`; wakes the passes when netd took networks
-    /// it did not have (tasks on them may start).
-    async fn hand_views_until(self: Arc<Self>, cancel: CancellationToken) {
-        loop {
-            let this = self.clone();
-            let before = self.net.lock().unwrap_or_else(|p| p.into_inner()).taken_networks.clone();
-            match tokio::task::spawn_blocking(move || this.sync_net_view()).await {
-                Ok(now) if now != before => self.wake.notify_one(),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "handing the network view to netd failed"),
-            }
-            let (pending, taken) = {
-                let net = self.net.lock().unwrap_or_else(|p| p.into_inner());
-                (net.view.is_some() && net.taken.is_none_or(|(v, _)| v != net.version), net.taken.is_some())
-            };
-            // A view netd did not take is tried again soon; one it took, at the resync.
-            let wait = if pending && !taken { Duration::from_secs(1) } else { NET_VIEW_RESYNC };
-            if pending && taken {
-                continue; // a newer view came during the hand-over
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = self.net_wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -509,7 +473,7 @@ impl Worker {
         // The tasks, then the view: a view is set before the tasks of its
         // message, so the view handed here is never older than these tasks.
         let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let net_ready = self.net.lock().unwrap_or_else(|p| p.into_inner()).taken_networks.clone();
+        let net_ready = self.sync_net_view();
         if !self.synced.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }

@@ -147,15 +147,6 @@ fn random_id() -> String {
     (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
 }
 
-/// The passes asked for (numbered in order) and the last one done: the
-/// highest number it covered and what failed in it.
-#[derive(Default)]
-struct Passes {
-    asked: u64,
-    done: u64,
-    failed: Vec<(Action, String)>,
-}
-
 pub struct Netd {
     root: PathBuf,
     state: Mutex<State>,
@@ -164,9 +155,6 @@ pub struct Netd {
     rules: Mutex<Option<String>>,
     /// One reconcile pass at a time.
     pass: tokio::sync::Mutex<()>,
-    /// Passes asked for and done, so that the requests that queue while a
-    /// pass runs share the next one (see `sync`).
-    passes: Mutex<Passes>,
     /// The embedded DNS server, following the endpoints.
     dns: Arc<Dns>,
     /// The overlays' sandboxes (pinned under `<root>/sandboxes`).
@@ -220,7 +208,6 @@ impl Netd {
             host,
             rules: Mutex::new(None),
             pass: tokio::sync::Mutex::new(()),
-            passes: Mutex::new(Passes::default()),
             dns: Dns::new(Path::new("/etc/resolv.conf")),
         });
         netd.save().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -241,34 +228,9 @@ impl Netd {
         write().map_err(|e| Status::internal(format!("saving netd's state: {e}")))
     }
 
-    /// A reconcile pass that starts after this call (the state changes the
-    /// caller made before it are in it); returns the actions that failed,
-    /// with why. Calls that queue while a pass runs share the next one: a
-    /// burst of attaches (a node starting many tasks) costs a few passes,
-    /// not one each.
+    /// One reconcile pass; returns the actions that failed, with why.
     pub async fn sync(&self) -> Vec<(Action, String)> {
-        let mine = {
-            let mut p = self.passes.lock().unwrap_or_else(|p| p.into_inner());
-            p.asked += 1;
-            p.asked
-        };
         let _pass = self.pass.lock().await;
-        let covers = {
-            let p = self.passes.lock().unwrap_or_else(|p| p.into_inner());
-            if p.done >= mine {
-                return p.failed.clone();
-            }
-            p.asked
-        };
-        let failed = self.pass_once().await;
-        let mut p = self.passes.lock().unwrap_or_else(|p| p.into_inner());
-        p.done = covers;
-        p.failed = failed.clone();
-        failed
-    }
-
-    /// One reconcile pass (the caller holds `pass`).
-    async fn pass_once(&self) -> Vec<(Action, String)> {
         let desired = self.state.lock().unwrap_or_else(|p| p.into_inner()).desired();
         let observed = match sys::observe(&self.host).await {
             Ok(o) => o,
