@@ -233,13 +233,11 @@ pub fn remove(netns: &Path) -> Result<(), LbError> {
     if ok { Ok(()) } else { Err(LbError::Nft { netns: netns.to_path_buf(), what: "removing the table", stderr: err }) }
 }
 
-// ctnetlink, as much as the flush needs (linux/netfilter/nfnetlink*.h).
+// ctnetlink, as much as the flush needs (linux/netfilter/nfnetlink*.h); the
+// netlink framing is nft_elems' (one encoder for both netfilter requests).
+use crate::nft_elems::{NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, nla, nlmsg};
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLMSG_ERROR: u16 = 2;
-const NLA_F_NESTED: u16 = 1 << 15;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_FILTER: u16 = 25;
 const CTA_TUPLE_IP: u16 = 1;
@@ -248,17 +246,6 @@ const CTA_FILTER_ORIG_FLAGS: u16 = 1;
 const CTA_FILTER_REPLY_FLAGS: u16 = 2;
 /// `CTA_FILTER_FLAG(CTA_IP_SRC)`: match the tuple's source address only.
 const CTA_FILTER_F_IP_SRC: u32 = 1;
-
-/// A netlink attribute: header, payload, padding to 4 bytes.
-fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
-    let len = 4 + payload.len();
-    let mut a = Vec::with_capacity(len.next_multiple_of(4));
-    a.extend_from_slice(&(len as u16).to_ne_bytes());
-    a.extend_from_slice(&kind.to_ne_bytes());
-    a.extend_from_slice(payload);
-    a.resize(len.next_multiple_of(4), 0);
-    a
-}
 
 /// The ctnetlink request that deletes every IPv4 entry whose reply comes
 /// from `backend` (a flush with a filter on the reply tuple's source).
@@ -272,15 +259,14 @@ pub fn ct_flush_request(seq: u32, backend: Ipv4Addr) -> Vec<u8> {
     .concat();
     let filter = nla(CTA_FILTER | NLA_F_NESTED, &flags);
     // nfgenmsg: family AF_INET, version 0, res_id 0.
-    let body = [&[libc::AF_INET as u8, 0, 0, 0][..], &tuple, &filter].concat();
-    let mut m = Vec::with_capacity(16 + body.len());
-    m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-    m.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE).to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&body);
-    m
+    nlmsg(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        libc::AF_INET as u8,
+        0,
+        &[tuple, filter].concat(),
+    )
 }
 
 /// The errno of a netlink ack (0: done), or None if `msg` is not one.

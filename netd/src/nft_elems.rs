@@ -24,11 +24,11 @@ use std::net::Ipv4Addr;
 use crate::lb::{Elements, TABLE};
 
 // linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h.
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
+pub(crate) const NLM_F_REQUEST: u16 = 1;
+pub(crate) const NLM_F_ACK: u16 = 4;
 const NLM_F_CREATE: u16 = 0x400;
-const NLMSG_ERROR: u16 = 2;
-const NLA_F_NESTED: u16 = 1 << 15;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLA_F_NESTED: u16 = 1 << 15;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -65,7 +65,7 @@ pub struct Batch {
 }
 
 /// A netlink attribute: header, payload, padding to 4 bytes.
-fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
     let len = 4 + payload.len();
     let mut a = Vec::with_capacity(len.next_multiple_of(4));
     a.extend_from_slice(&(len as u16).to_ne_bytes());
@@ -87,7 +87,7 @@ fn cstr(s: &str) -> Vec<u8> {
 
 /// A netlink message with an nfgenmsg header (family, version 0, res_id in
 /// network order) before `body`.
-fn nlmsg(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, body: &[u8]) -> Vec<u8> {
+pub(crate) fn nlmsg(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, body: &[u8]) -> Vec<u8> {
     let len = 16 + 4 + body.len();
     let mut m = Vec::with_capacity(len);
     m.extend_from_slice(&(len as u32).to_ne_bytes());
