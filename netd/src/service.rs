@@ -147,14 +147,41 @@ fn random_id() -> String {
     (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
 }
 
+/// `state.json`, replaced atomically. Writes are serialised: they share one
+/// temp file, and each reads the state under the lock so the last write on
+/// disk is the newest state (two calls saving at once once made the loser's
+/// rename fail with "No such file or directory").
+struct StateFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl StateFile {
+    fn new(root: &Path) -> StateFile {
+        StateFile { path: root.join("state.json"), tmp: root.join("state.json.tmp"), lock: Mutex::new(()) }
+    }
+
+    fn write(&self, bytes: impl FnOnce() -> serde_json::Result<Vec<u8>>) -> std::io::Result<()> {
+        use std::io::Write;
+        let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = bytes()?;
+        let mut f = std::fs::File::create(&self.tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)
+    }
+}
+
 pub struct Netd {
-    root: PathBuf,
     state: Mutex<State>,
     host: rtnetlink::Handle,
     /// The ruleset last applied, so an unchanged one is not applied again.
     rules: Mutex<Option<String>>,
     /// One reconcile pass at a time.
     pass: tokio::sync::Mutex<()>,
+    /// Where the state is kept between runs.
+    file: StateFile,
     /// The embedded DNS server, following the endpoints.
     dns: Arc<Dns>,
     /// The overlays' sandboxes (pinned under `<root>/sandboxes`).
@@ -199,7 +226,6 @@ impl Netd {
             });
         }
         let netd = Arc::new(Netd {
-            root: root.to_path_buf(),
             state: Mutex::new(state),
             sandboxes: tokio::sync::Mutex::new(sys::Sandboxes::new(host.clone(), root.join("sandboxes"))),
             overlay_failures: Mutex::new(Vec::new()),
@@ -208,6 +234,7 @@ impl Netd {
             host,
             rules: Mutex::new(None),
             pass: tokio::sync::Mutex::new(()),
+            file: StateFile::new(root),
             dns: Dns::new(Path::new("/etc/resolv.conf")),
         });
         netd.save().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -215,17 +242,9 @@ impl Netd {
     }
 
     fn save(&self) -> Result<(), Status> {
-        let bytes = serde_json::to_vec_pretty(&*self.state.lock().unwrap_or_else(|p| p.into_inner()))
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let (path, tmp) = (self.root.join("state.json"), self.root.join("state.json.tmp"));
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| Status::internal(format!("saving netd's state: {e}")))
+        self.file
+            .write(|| serde_json::to_vec_pretty(&*self.state.lock().unwrap_or_else(|p| p.into_inner())))
+            .map_err(|e| Status::internal(format!("saving netd's state: {e}")))
     }
 
     /// One reconcile pass; returns the actions that failed, with why.
@@ -938,6 +957,33 @@ pub async fn serve(socket: &Path, data_root: &Path, cancel: tokio_util::sync::Ca
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saves_from_many_threads_at_once_all_succeed_and_the_last_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(StateFile::new(dir.path()));
+        let counter = Arc::new(Mutex::new(0u32));
+        let writers: Vec<_> = (0..8)
+            .map(|_| {
+                let (file, counter) = (file.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..25 {
+                        file.write(|| {
+                            let mut n = counter.lock().unwrap();
+                            *n += 1;
+                            serde_json::to_vec(&*n)
+                        })
+                        .expect("every save succeeds");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let on_disk: u32 = serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+        assert_eq!(on_disk, 200);
+    }
 
     const NET: &str = "aaaaaaaaaaaa0000";
 
