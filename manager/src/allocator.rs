@@ -22,10 +22,18 @@
 //! no service publishes in either mode. Its tasks' ingress addresses are
 //! task addresses like any other (the orchestrator gives them the
 //! attachment).
+//!
+//! Quarantine: an orphaned task (its node went down while it ran) keeps
+//! its addresses, since its container may still hold them there, until
+//! `reclaim` frees them: when its node is ready again (the node's worker
+//! removes containers its assignment set lacks), is removed, or has been
+//! down for `ClusterNet.addr_reclaim_secs` (ten minutes by default). The
+//! reaper keeps such a task until then.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
+use shoal_proto::model::NodeState;
 use shoal_proto::net::Subnet;
 use shoal_proto::network::{
     ClusterNet, DEFAULT_OVERLAY_MTU, EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc,
@@ -43,6 +51,25 @@ pub fn plan(state: &State) -> Vec<AllocChange> {
     plan_addrs(state, &mut changes);
     plan_ports(state, &mut changes);
     changes
+}
+
+/// The orphaned tasks whose addresses can be freed at `now_ms` (see the
+/// module doc), by task id. An orphan's `status.at_ms` is when the
+/// orchestrator found its node down.
+pub fn reclaim(state: &State, now_ms: u64) -> Vec<AllocChange> {
+    let period_ms = state.cluster.as_ref().map_or(600, |c| c.net.addr_reclaim_secs).saturating_mul(1000);
+    let mut ids: Vec<&String> = state
+        .tasks
+        .values()
+        .filter(|t| t.status.state == TaskState::Orphaned && crate::networks::holds_addrs(t))
+        .filter(|t| match state.nodes.get(&t.node_id) {
+            None => true,
+            Some(n) => n.status.state == NodeState::Ready || now_ms.saturating_sub(t.status.at_ms) >= period_ms,
+        })
+        .map(|t| &t.id)
+        .collect();
+    ids.sort();
+    ids.into_iter().map(|id| AllocChange::Release { id: id.clone() }).collect()
 }
 
 /// The ingress ports services lack, by service id (see the module doc).
@@ -540,6 +567,69 @@ mod tests {
         assert_eq!(apply(&mut s, i, update), Response::Ok);
         assert_eq!(vips(&s, "web"), vec![("db".into(), "10.0.0.2".into())]);
         assert_eq!(s.held().addr("app", "10.0.3.2".parse().unwrap()), None);
+        let mut fresh = s.clone();
+        fresh.reindex();
+        assert_eq!(fresh.held(), s.held());
+    }
+
+    #[test]
+    fn an_orphans_addresses_stay_quarantined_until_its_node_returns_is_removed_or_the_period_ends() {
+        let mut s = world(ClusterNet { addr_reclaim_secs: 600, ..ClusterNet::default() });
+        let mut i = 1;
+        create(&mut s, 2, "app", |sp| sp.ipam.subnet = Some(sub("10.0.3.0/29")));
+        i += 1;
+        service(&mut s, &mut i, "web", &["app"], EndpointMode::Dnsrr, &["t1", "t2"]);
+        allocate(&mut s, &mut i);
+        allocate(&mut s, &mut i);
+        for t in ["t1", "t2"] {
+            assign(&mut s, &mut i, t);
+        }
+        let node = |s: &mut State, i: &mut u64, state: NodeState| {
+            *i += 1;
+            let status = NodeStatus { state, ..Default::default() };
+            let updates = vec![crate::state::NodeStatusUpdate { id: "n1".into(), status, description: None }];
+            apply(s, *i, Command::NodeStatus { updates });
+        };
+        let orphan = |s: &mut State, i: &mut u64, t: &str, at_ms: u64| {
+            *i += 1;
+            let status = TaskStatus { state: TaskState::Orphaned, ..Default::default() };
+            let changes = vec![TaskChange::Status { id: t.into(), status }];
+            s.apply(*i, &Request { at_ms, cmd: Command::Tasks { changes } });
+        };
+        node(&mut s, &mut i, NodeState::Down);
+        orphan(&mut s, &mut i, "t1", 1_000_000);
+        let held = |s: &State| s.held().addr("app", "10.0.3.2".parse().unwrap()).cloned();
+        assert_eq!(held(&s), Some(Owner::Task("t1".into())));
+        // Down for less than the period: kept, and the reaper keeps the task.
+        assert!(reclaim(&s, 1_000_000 + 599_999).is_empty());
+        // The period ends: freed, once.
+        let changes = reclaim(&s, 1_000_000 + 600_000);
+        assert_eq!(changes, vec![AllocChange::Release { id: "t1".into() }]);
+        i += 1;
+        apply(&mut s, i, Command::Allocate { changes: changes.clone() });
+        assert_eq!(held(&s), None, "released");
+        assert_eq!(addr(&s, "t1", "app"), None);
+        assert!(reclaim(&s, u64::MAX).is_empty());
+        i += 1;
+        apply(&mut s, i, Command::Allocate { changes });
+        assert_eq!(held(&s), None, "a second release changes nothing");
+        // The node comes back: its orphans are freed at once.
+        orphan(&mut s, &mut i, "t2", 2_000_000);
+        assert!(reclaim(&s, 2_000_001).is_empty());
+        node(&mut s, &mut i, NodeState::Ready);
+        assert_eq!(reclaim(&s, 2_000_001), vec![AllocChange::Release { id: "t2".into() }]);
+        // A removed node's orphans too.
+        node(&mut s, &mut i, NodeState::Down);
+        i += 1;
+        apply(&mut s, i, Command::RemoveNode { id: "n1".into() });
+        assert_eq!(reclaim(&s, 2_000_001), vec![AllocChange::Release { id: "t2".into() }]);
+        // A task that is not orphaned is never released.
+        let mut live = s.clone();
+        live.tasks.get_mut("t2").expect("t2").status.state = TaskState::Running;
+        assert!(reclaim(&live, u64::MAX).is_empty());
+        i += 1;
+        apply(&mut live, i, Command::Allocate { changes: vec![AllocChange::Release { id: "t2".into() }] });
+        assert!(addr(&live, "t2", "app").is_some(), "apply refuses to release a live task's address");
         let mut fresh = s.clone();
         fresh.reindex();
         assert_eq!(fresh.held(), s.held());

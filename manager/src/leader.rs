@@ -61,7 +61,12 @@ pub async fn orchestrate<P: Proposer>(p: Arc<P>, token: CancellationToken) {
 pub async fn allocate<P: Proposer>(p: Arc<P>, token: CancellationToken) {
     let term = p.term();
     let span = move || tracing::info_span!("allocator", raft.term = term);
-    lead(p, token, span, allocator::plan, |changes| Command::Allocate { changes }, "allocator").await
+    let plan = |state: &State| {
+        let mut changes = allocator::plan(state);
+        changes.extend(allocator::reclaim(state, now_ms()));
+        changes
+    };
+    lead(p, token, span, plan, |changes| Command::Allocate { changes }, "allocator").await
 }
 
 /// The loop both share: a pass after every change of the state (and every

@@ -88,6 +88,7 @@ pub fn all(state: &State) -> HashMap<String, NetView> {
                 network: net.clone(),
                 addr,
                 node: t.node_id.clone(),
+                names: vec![t.container_name()],
             });
             nodes_of.entry(net).or_default().insert(&t.node_id);
             nets_of.entry(&t.node_id).or_default().insert(net);
@@ -122,11 +123,13 @@ pub fn all(state: &State) -> HashMap<String, NetView> {
         let Some((net, _)) = state.networks.get_key_value(&a.network).filter(|(_, x)| x.alloc.is_some()) else {
             continue;
         };
+        let names = std::iter::once(&a.name).chain(&a.aliases).filter(|n| !n.is_empty()).cloned().collect();
         endpoints.entry(net).or_default().push(OverlayEndpoint {
             id: a.id.clone(),
             network: net.clone(),
             addr,
             node: a.node_id.clone(),
+            names,
         });
         nodes_of.entry(net).or_default().insert(&a.node_id);
         nets_of.entry(&a.node_id).or_default().insert(net);
@@ -515,7 +518,9 @@ pub(crate) mod tests {
         // The others reach it: n1 knows n5 as a peer and its endpoint.
         let v1 = for_node(&s, "n1");
         assert!(v1.peers.iter().any(|p| p.node == "n5"));
-        assert!(v1.endpoints.iter().any(|e| e.id == "a1" && e.node == "n5"));
+        assert!(v1.endpoints.iter().any(|e| e.id == "a1" && e.node == "n5" && e.names == ["probe"]));
+        let t1 = v1.endpoints.iter().find(|e| e.id == "t1").expect("t1's endpoint");
+        assert_eq!(t1.names, vec![s.tasks["t1"].container_name()], "a task is named as its container");
         let (_, peers) = usage(&s, APP);
         assert!(peers.iter().any(|p| p.0 == "n5"));
         assert_eq!(all(&s)["n5"], v);

@@ -41,6 +41,8 @@ pub enum AllocChange {
     NodeLeg { node: String, network: String, addr: Ipv4Addr },
     /// A container's address on the attachable network it joined (once).
     AttachmentAddr { id: String, addr: Ipv4Addr },
+    /// An orphaned task's addresses, freed (see `allocator::reclaim`).
+    Release { id: String },
 }
 
 /// Who holds a VNI, a subnet or an address.
@@ -76,12 +78,18 @@ pub struct Held {
 
 /// Whether a task holds its addresses: while it lives, and while its node
 /// is down (orphaned: its container may still run there, so its address is
-/// quarantined until the task is deleted). A task that ended as its node
+/// quarantined until the allocator releases it, `AllocChange::Release`, or
+/// the task is deleted). A task that ended as its node
 /// reported (complete, shutdown, failed, rejected) or that is deleted
 /// holds nothing. Terminal states never change, so a task that released
 /// its addresses never takes them back.
 pub fn task_holds(t: &Task) -> bool {
     !t.status.state.is_terminal() || t.status.state == TaskState::Orphaned
+}
+
+/// Whether any of the task's attachments has its address.
+pub fn holds_addrs(t: &Task) -> bool {
+    t.networks.iter().any(|n| n.addr.is_some())
 }
 
 /// A task that ended and released its addresses, then is marked orphaned
@@ -706,6 +714,20 @@ impl State {
                 att.meta.version = index;
                 att.meta.updated_ms = at;
                 let key = ObjKey::Attachment(id.clone());
+                self.rehold(&key);
+                Some(key)
+            }
+            AllocChange::Release { id } => {
+                let t = self.tasks.get_mut(id)?;
+                if t.status.state != TaskState::Orphaned || !holds_addrs(t) {
+                    return None;
+                }
+                for n in &mut t.networks {
+                    n.addr = None;
+                }
+                t.meta.version = index;
+                t.meta.updated_ms = at;
+                let key = ObjKey::Task(id.clone());
                 self.rehold(&key);
                 Some(key)
             }

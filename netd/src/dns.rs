@@ -149,7 +149,30 @@ impl Table {
             let ids: Vec<&str> = view.networks.iter().map(|n| n.id.as_str()).collect();
             services = view_records(view, &ids);
         }
-        Table::build_named(&named, endpoints, &services)
+        let mut t = Table::build_named(&named, endpoints, &services);
+        if let Some(view) = view {
+            t.add_view_endpoints(view);
+        }
+        t
+    }
+
+    /// The names of the view's endpoints on the cluster networks, this
+    /// node's and the others' (`run --name c1 --network app` on one host
+    /// is `c1` on every host; a task is its container's name). The
+    /// ingress network has no names, as Docker's.
+    fn add_view_endpoints(&mut self, view: &NetView) {
+        let ingress = view.ingress.as_ref().map(|i| i.network.as_str());
+        for e in view.endpoints.iter().filter(|e| Some(e.network.as_str()) != ingress) {
+            let Some(net) = view.networks.iter().find(|n| n.id == e.network) else { continue };
+            let names = self.names.entry(e.network.clone()).or_default();
+            for name in &e.names {
+                names.entry(name.to_ascii_lowercase()).or_default().add(e.addr);
+            }
+            if let Some(first) = e.names.first() {
+                let reverse = self.reverse.entry(e.network.clone()).or_default();
+                reverse.entry(e.addr).or_insert_with(|| format!("{first}.{}", net.name));
+            }
+        }
     }
 
     /// `build` over (network id, name) pairs.
@@ -567,7 +590,7 @@ mod tests {
     /// The cluster view's services, for containers on cluster networks.
     #[test]
     fn the_view_feeds_the_cluster_networks_names() {
-        use shoal_proto::net::{OverlayNetwork, ViewService};
+        use shoal_proto::net::{OverlayEndpoint, OverlayNetwork, ViewService};
         let onet = |id: &str, name: &str| OverlayNetwork {
             id: id.into(),
             name: name.into(),
@@ -592,7 +615,23 @@ mod tests {
             data_addr: ip("10.98.0.1"),
             networks: vec![onet("x0", "appnet"), onet("y0", "dbnet")],
             peers: vec![],
-            endpoints: vec![],
+            endpoints: vec![
+                // On other hosts: a task, and a container attached with an alias.
+                OverlayEndpoint {
+                    id: "t3".into(),
+                    network: "x0".into(),
+                    addr: ip("10.10.0.3"),
+                    node: "n2".into(),
+                    names: vec!["web.1.t3".into()],
+                },
+                OverlayEndpoint {
+                    id: "a1".into(),
+                    network: "y0".into(),
+                    addr: ip("10.20.0.30"),
+                    node: "n3".into(),
+                    names: vec!["Probe".into(), "checker".into()],
+                },
+            ],
             services: vec![
                 vs("web", "x0", EndpointMode::Vip, Some("10.10.0.100"), &["www"], &["10.10.0.3", "10.10.0.4"]),
                 vs("cache", "x0", EndpointMode::Dnsrr, None, &[], &["10.10.0.5", "10.10.0.6"]),
@@ -649,12 +688,17 @@ mod tests {
             Case { container: "E", name: "web", want: Some(&["10.10.0.100"]) },
             Case { container: "E", name: "db", want: Some(&["10.20.0.100"]) },
             Case { container: "F", name: "web", want: None },
+            Case { container: "C", name: "web.1.t3", want: Some(&["10.10.0.3"]) },
+            Case { container: "D", name: "probe", want: Some(&["10.20.0.30"]) },
+            Case { container: "E", name: "checker", want: Some(&["10.20.0.30"]) },
+            Case { container: "C", name: "probe", want: None },
         ];
         for c in cases {
             let want = c.want.map(|w| w.iter().map(|a| ip(a)).collect::<Vec<_>>());
             assert_eq!(t.lookup(c.container, c.name), want, "{} asks {}", c.container, c.name);
         }
         assert_eq!(t.reverse("C", ip("10.10.0.10")), Some("e.appnet"));
+        assert_eq!(t.reverse("D", ip("10.20.0.30")), Some("Probe.dbnet"));
         // dnsrr answers turn per query id.
         let first = |id| {
             let q = parse_query(&wire(id, "cache", RecordType::A, None)).unwrap();

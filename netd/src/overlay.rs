@@ -474,7 +474,7 @@ mod tests {
     }
 
     fn endpoint(id: &str, addr: &str, node: &str) -> OverlayEndpoint {
-        OverlayEndpoint { id: id.into(), network: NET.into(), addr: ip(addr), node: node.into() }
+        OverlayEndpoint { id: id.into(), network: NET.into(), addr: ip(addr), node: node.into(), names: vec![] }
     }
 
     /// Node n1 (10.98.0.11) with peers n2 and n3, one endpoint on each node.

@@ -119,6 +119,7 @@ fn view(node: &str, data_addr: &str, peer: (&str, &str)) -> NetView {
             network: ING.into(),
             addr: ip4("10.255.0.5"),
             node: "h2".into(),
+            names: vec![],
         }],
         services: vec![],
         ingress: Some(IngressView {

@@ -118,8 +118,20 @@ fn view(node: &str, data_addr: &str, peer: (&str, &str)) -> NetView {
         }],
         peers: vec![Peer { node: peer.0.into(), data_addr: ip4(peer.1) }],
         endpoints: vec![
-            OverlayEndpoint { id: "c1".into(), network: NET.into(), addr: ip4("10.10.0.2"), node: "h1".into() },
-            OverlayEndpoint { id: "c2".into(), network: NET.into(), addr: ip4("10.10.0.3"), node: "h2".into() },
+            OverlayEndpoint {
+                id: "c1".into(),
+                network: NET.into(),
+                addr: ip4("10.10.0.2"),
+                node: "h1".into(),
+                names: vec![],
+            },
+            OverlayEndpoint {
+                id: "c2".into(),
+                network: NET.into(),
+                addr: ip4("10.10.0.3"),
+                node: "h2".into(),
+                names: vec![],
+            },
         ],
         services: vec![],
         ingress: None,

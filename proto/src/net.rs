@@ -222,6 +222,10 @@ pub struct OverlayEndpoint {
     pub addr: Ipv4Addr,
     /// The node it runs on.
     pub node: String,
+    /// Its DNS names on the network: a task's container name
+    /// (`web.1.<task id>`), an attached container's name and aliases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 /// A service on one of the node's networks. A backend leaves `backends`
@@ -279,6 +283,7 @@ impl NetView {
                     network: e.network.clone(),
                     addr: e.addr.to_string(),
                     node: e.node.clone(),
+                    names: e.names.clone(),
                 })
                 .collect(),
             services: self
@@ -384,6 +389,7 @@ impl NetView {
                         network: e.network.clone(),
                         addr: addr(&format!("endpoint {:?}", e.id), &e.addr)?,
                         node: e.node.clone(),
+                        names: e.names.clone(),
                     })
                 })
                 .collect::<Result<_, String>>()?,
@@ -629,6 +635,7 @@ mod tests {
                 network: "abcdef012345".into(),
                 addr: "10.10.0.2".parse().unwrap(),
                 node: "n2".into(),
+                names: vec!["web.1.t1".into()],
             }],
             services: vec![ViewService {
                 id: "s1".into(),

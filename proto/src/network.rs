@@ -198,6 +198,10 @@ pub struct ClusterNet {
     /// Where ingress published ports are chosen from, inclusive.
     #[serde(default = "default_ingress_ports")]
     pub ingress_ports: (u16, u16),
+    /// How long the addresses of a down node's tasks stay quarantined
+    /// (its containers may still hold them) before the allocator frees them.
+    #[serde(default = "default_addr_reclaim_secs")]
+    pub addr_reclaim_secs: u64,
 }
 
 impl Default for ClusterNet {
@@ -207,6 +211,7 @@ impl Default for ClusterNet {
             ingress_subnet: default_ingress_subnet(),
             data_port: default_data_port(),
             ingress_ports: default_ingress_ports(),
+            addr_reclaim_secs: default_addr_reclaim_secs(),
         }
     }
 }
@@ -229,6 +234,11 @@ fn default_data_port() -> u16 {
 
 fn default_ingress_ports() -> (u16, u16) {
     (30_000, 32_767)
+}
+
+/// Ten minutes, as the design asks.
+fn default_addr_reclaim_secs() -> u64 {
+    600
 }
 
 /// The longest `--default-addr-pool-mask-length` Docker accepts.

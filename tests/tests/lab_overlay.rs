@@ -141,6 +141,11 @@ fn attachable(lab: &Lab, tasks: &[Placed], vip: Ipv4Addr, subnet: Subnet) -> Res
     reaches_web(5, "plain")?;
     let plain = ip_of(5, "plain")?;
     ensure!(plain != probe, "two containers, two addresses: {plain}");
+    // Names cross hosts: plain on host 5 finds probe on host 4 by its name.
+    wait_for("plain to resolve probe", Duration::from_secs(30), || {
+        let out = lab.shoal(5, &["exec", "plain", "busybox", "nslookup", "probe"])?;
+        Ok((looked_up(&out) == BTreeSet::from([probe])).then_some(()))
+    })?;
     lab.shoal(5, &["network", "disconnect", "app", "plain"])?;
     ensure!(
         !lab.exec(5, &["exec", "plain", "wget", "-T", "3", "-qO-", &format!("http://{vip}/")])?.status.success(),

@@ -1,4 +1,5 @@
-//! The reaper: ended tasks beyond each slot's history go.
+//! The reaper: ended tasks beyond each slot's history go, except an
+//! orphan still holding its addresses (quarantined: `allocator::reclaim`).
 
 use std::collections::HashMap;
 
@@ -14,6 +15,7 @@ pub(super) fn reap(state: &State, out: &mut Vec<TaskChange>) {
         .tasks
         .values()
         .filter(|t| t.desired >= TaskState::Shutdown && (t.status.state.is_terminal() || !node_up(state, &t.node_id)))
+        .filter(|t| !(t.status.state == TaskState::Orphaned && crate::networks::holds_addrs(t)))
     {
         let node = if t.slot == 0 { t.node_id.clone() } else { String::new() };
         by_slot.entry((t.service_id.clone(), t.slot, node)).or_default().push(t);
@@ -27,5 +29,43 @@ pub(super) fn reap(state: &State, out: &mut Vec<TaskChange>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_proto::network::TaskNetwork;
+    use shoal_proto::service::TaskStatus;
+
+    use super::*;
+
+    #[test]
+    fn an_orphan_holding_addresses_outlives_its_slots_history() {
+        let mut state = State::default();
+        let extra = 3;
+        for i in 0..(HISTORY + extra) as u64 {
+            let addr = (i == 0).then(|| "10.0.3.2".parse().expect("ip"));
+            let t = Task {
+                id: format!("t{i}"),
+                service_id: "s".into(),
+                slot: 1,
+                node_id: "gone".into(),
+                desired: TaskState::Shutdown,
+                status: TaskStatus { state: TaskState::Orphaned, ..Default::default() },
+                created_index: i + 1,
+                networks: vec![TaskNetwork { network: "app".into(), aliases: vec![], addr }],
+                ..Default::default()
+            };
+            state.tasks.insert(t.id.clone(), t);
+        }
+        let mut out = Vec::new();
+        reap(&state, &mut out);
+        let mut gone: Vec<String> = out
+            .iter()
+            .filter_map(|c| if let TaskChange::Delete { id } = c { Some(id.clone()) } else { None })
+            .collect();
+        gone.sort();
+        // t0 is the oldest but holds its address: the next oldest go instead.
+        assert_eq!(gone, vec!["t1".to_string(), "t2".to_string()]);
     }
 }
