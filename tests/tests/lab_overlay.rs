@@ -331,5 +331,105 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
         }
     }
     lab.shoal(1, &["service", "rm", "front"])?;
+
+    refusals_and_internal(&lab)?;
+    replaced_ingress(&lab)?;
+    Ok(())
+}
+
+/// Subnets that overlap a node's own or another network's are refused; an
+/// internal overlay joins its tasks across hosts and has no way out.
+fn refusals_and_internal(lab: &Lab) -> Result<()> {
+    let why = lab.failing(1, &["network", "create", "-d", "overlay", "--subnet", "10.98.0.0/24", "clash"])?;
+    ensure!(why.contains("overlaps"), "the lab's own subnet: {why}");
+    lab.shoal(1, &["network", "create", "-d", "overlay", "--subnet", "10.77.0.0/24", "wide"])?;
+    let why = lab.failing(1, &["network", "create", "-d", "overlay", "--subnet", "10.77.0.128/25", "narrow"])?;
+    ensure!(why.contains("overlaps"), "another network's subnet: {why}");
+    lab.shoal(1, &["network", "rm", "wide"])?;
+
+    lab.shoal(1, &["network", "create", "-d", "overlay", "--internal", "sealed"])?;
+    let doc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "sealed"])?)?;
+    let sealed = doc[0]["Id"].as_str().context("sealed's id")?.to_string();
+    lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "inner",
+            "--network",
+            "sealed",
+            "--replicas",
+            "2",
+            "--replicas-max-per-node",
+            "1",
+            "--stop-grace-period",
+            "1s",
+            "busybox:local",
+            "sh",
+            "-c",
+            WEB_SH,
+        ],
+    )?;
+    let inner = placed(lab, "inner", &sealed, 2)?;
+    ensure!(inner[0].host != inner[1].host, "two hosts: {inner:?}");
+    let page = inside(lab, &inner[0], &["wget", "-qO-", &format!("http://{}/", inner[1].addr)])?;
+    ensure!(!page.trim().is_empty(), "an internal network joins its tasks across hosts");
+    let out = lab.exec(inner[0].host, &["exec", &inner[0].container, "ping", "-c", "1", "-W", "2", "10.98.0.254"])?;
+    ensure!(!out.status.success(), "a task on an internal network reached the switch");
+    lab.shoal(1, &["service", "rm", "inner"])?;
+    wait_for("sealed to be free", Duration::from_secs(30), || match lab.shoal(1, &["network", "rm", "sealed"]) {
+        Ok(_) => Ok(Some(())),
+        Err(e) if e.to_string().contains("in use") => Ok(None),
+        Err(e) => bail!(e),
+    })
+}
+
+/// `network create --ingress` replaces the routing mesh's network once the
+/// old one is removed, and published ports use the new one.
+fn replaced_ingress(lab: &Lab) -> Result<()> {
+    let why = lab.failing(1, &["network", "create", "-d", "overlay", "--ingress", "mesh2"])?;
+    ensure!(why.contains("already present"), "a second ingress network: {why}");
+    wait_for("ingress to be free", Duration::from_secs(30), || match lab.shoal(1, &["network", "rm", "ingress"]) {
+        Ok(_) => Ok(Some(())),
+        Err(e) if e.to_string().contains("in use") => Ok(None),
+        Err(e) => bail!(e),
+    })?;
+    let args = ["network", "create", "-d", "overlay", "--ingress", "--subnet", "10.254.0.0/24", "mesh2"];
+    lab.shoal(1, &args)?;
+    let doc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "mesh2"])?)?;
+    let mesh = doc[0]["Id"].as_str().context("mesh2's id")?.to_string();
+    ensure!(doc[0]["Ingress"] == true, "mesh2 is the ingress network: {doc}");
+    lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "again",
+            "-p",
+            "8090:80",
+            "--stop-grace-period",
+            "1s",
+            "busybox:local",
+            "sh",
+            "-c",
+            WHOAMI_SH,
+        ],
+    )?;
+    let task = placed(lab, "again", &mesh, 1)?;
+    let subnet = Subnet::parse("10.254.0.0/24")?;
+    ensure!(subnet.contains(task[0].addr), "the task's ingress address {} is in mesh2's subnet", task[0].addr);
+    let other = if task[0].host == 3 { 2 } else { 3 };
+    let url = format!("http://10.98.0.{other}:8090/cgi-bin/ip");
+    let seen = wait_for(&format!("host {other} to answer on 8090"), Duration::from_secs(60), || {
+        let out = lab.sw(&["timeout", "5", "busybox", "wget", "-qO-", &url])?;
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok((out.status.success() && !body.is_empty()).then_some(body))
+    })?;
+    ensure!(seen.ends_with("10.98.0.254") || seen.contains("10.98.0.254"), "the server saw {seen:?}");
+    lab.shoal(1, &["service", "rm", "again"])?;
     Ok(())
 }
