@@ -6,8 +6,9 @@
 set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/../lib.sh"
 
+trap 'lab_down; lab_unlock' EXIT
+lab_lock
 [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
-trap lab_down EXIT
 lab up 1 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
 sleep 5   # idle period after ready (deliberate)
 pid=$(daemon_pid 1) || die "no daemon pid"
