@@ -125,6 +125,14 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     ensure!(String::from_utf8_lossy(&out.stdout).trim_end().ends_with('1'), "{out:?}");
     ensure!(lab.shoal(1, &["exec", "-u", "nobody", "ticker", "id", "-u"])? == "65534\n");
     ensure!(lab.exec(1, &["exec", "ticker", "nosuchcmd"])?.status.code() == Some(127));
+    // exec runs under the container's seccomp filter: without CAP_SYS_ADMIN no new user
+    // namespace, as for the container's own process.
+    let own = lab.exec(1, &["run", "--rm", "busybox:local", "unshare", "-U", "true"])?;
+    ensure!(!own.status.success(), "a container's process made a user namespace: {own:?}");
+    let exec = lab.exec(1, &["exec", "ticker", "unshare", "-U", "true"])?;
+    ensure!(!exec.status.success(), "an exec'd process made a user namespace (no seccomp filter): {exec:?}");
+    let admin = lab.exec(1, &["run", "--rm", "--cap-add", "SYS_ADMIN", "busybox:local", "unshare", "-U", "true"])?;
+    ensure!(admin.status.success(), "with CAP_SYS_ADMIN the filter allows it: {admin:?}");
     let t = Instant::now();
     lab.shoal(1, &["stop", "-t", "2", "ticker"])?;
     let took = t.elapsed();
