@@ -178,6 +178,9 @@ async fn one_session(
             _ = outbox_ready(cfg.worker.as_deref()) => {
                 let reports = cfg.worker.as_ref().map(|w| w.take_reports()).unwrap_or_default();
                 let mut out = Vec::new();
+                if let Some(version) = cfg.worker.as_ref().and_then(|w| w.take_view_applied()) {
+                    out.push(pb::AgentMessage { msg: Some(pb::agent_message::Msg::ViewApplied(pb::ViewApplied { version })) });
+                }
                 if !reports.is_empty() {
                     out.push(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Statuses(pb::TaskStatuses { reports })) });
                 }
@@ -209,7 +212,7 @@ async fn one_session(
                             if let Some(w) = &cfg.worker {
                                 // The view first: the worker hands it to netd before it acts on these tasks.
                                 match a.net_view.as_ref().map(shoal_proto::net::NetView::from_pb) {
-                                    Some(Ok(view)) => w.set_net_view(view),
+                                    Some(Ok(view)) => w.set_net_view(view, a.net_view_version),
                                     Some(Err(e)) => tracing::warn!(error = %e, "the managers sent a network view that does not parse; keeping the last one"),
                                     None => {}
                                 }

@@ -192,7 +192,7 @@ async fn the_network_view_reaches_netd_before_a_task_on_it_starts() -> anyhow::R
     let within = Duration::from_secs(10);
 
     fake.netd_down(Some("netd is restarting"));
-    w.set_net_view(net_view(&["net1"]));
+    w.set_net_view(net_view(&["net1"]), 0);
     let a = on_network(task("a", 1, TaskState::Assigned), "net1", "10.10.0.2");
     w.assign(true, &json(&[a, task("b", 2, TaskState::Assigned)]), &[], HashMap::new());
     wait_for(&w, &mut reports, within, "b runs", |r| r.last("b") == Some(TaskState::Running)).await?;
@@ -212,7 +212,7 @@ async fn the_network_view_reaches_netd_before_a_task_on_it_starts() -> anyhow::R
     assert!(fake.requests().iter().find(|r| r.task_id == "b").is_some_and(|r| r.cluster_networks.is_empty()));
 
     // A message with a new network and a task on it: the view goes first.
-    w.set_net_view(net_view(&["net1", "net2"]));
+    w.set_net_view(net_view(&["net1", "net2"]), 0);
     let c = on_network(task("c", 3, TaskState::Assigned), "net2", "10.20.0.2");
     w.assign(false, &json(&[c]), &[], HashMap::new());
     wait_for(&w, &mut reports, within, "c runs", |r| r.last("c") == Some(TaskState::Running)).await?;
