@@ -1,7 +1,8 @@
 //! The node's session with the leader's dispatcher: say hello, send
 //! heartbeats at the period the managers choose, pass every `SessionState`
 //! to the daemon and every assignment change (with the node's network
-//! view, which goes first) to the worker, probe other
+//! view, which goes first) to the worker, tell the managers which numbered
+//! view netd applied (`ViewApplied`: stops wait for it), probe other
 //! nodes when the dispatcher asks, and say goodbye when the daemon stops to
 //! restart. It finds the leader by itself: a follower answers with the
 //! leader's address, and any failure moves on to the next known manager with

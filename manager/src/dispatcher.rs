@@ -248,6 +248,9 @@ impl Dispatcher {
                 }
                 Action::Down { node, message } => {
                     tracing::warn!(node.id = %node, hostname = %hostname(&node), reason = %message, "marking node down");
+                    // What it applied holds no stops any more.
+                    self.drain().forget(&node);
+                    self.inner.drained.send_modify(|n| *n = n.wrapping_add(1));
                     self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).push(NodeStatusUpdate {
                         id: node,
                         status: NodeStatus { state: NodeState::Down, message },

@@ -79,6 +79,12 @@ impl Drain {
         true
     }
 
+    /// `node` is down (or gone): what it applied no longer holds stops. It
+    /// gets its whole view again when it comes back.
+    pub fn forget(&mut self, node: &str) {
+        self.nodes.remove(node);
+    }
+
     /// Whether the stop of `task` (its addresses `addrs`) is held at `now`:
     /// the time it is held until at most, or None when it may go. A task is
     /// held from the first call that finds a node that may list it.
@@ -148,8 +154,12 @@ mod tests {
         d.sent("n2", 4, set(&[]));
         assert_eq!(d.hold("t", &[ip(T)], t0 + CAP - Duration::from_millis(1)), Some(t0 + CAP));
         assert_eq!(d.hold("t", &[ip(T)], t0 + CAP), None, "the cap released it");
+        // Once n2 is known to be down, it holds nothing.
+        d.forget("n2");
+        assert_eq!(d.hold("u", &[ip(T)], t0 + CAP), None);
         // Held again later (a new stop of the same task id never happens, but
         // the count starts afresh if it did).
+        d.sent("n1", 5, set(&[T]));
         assert_eq!(d.hold("t", &[ip(T)], t0 + CAP * 2), Some(t0 + CAP * 3));
     }
 

@@ -35,8 +35,11 @@ const WHOAMI_SH: &str = "mkdir -p /www/cgi-bin && \
     chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www";
 
 /// A client that requests `http://web/` in a loop until `/tmp/stop` exists,
-/// counting in `/tmp/count` ("OK FAILED") and keeping why each failure failed.
-const LOOP_SH: &str = "ok=0; fail=0; \
+/// counting in `/tmp/count` ("OK FAILED") and keeping why each failure
+/// failed. It counts from its first answer on: what it measures is the
+/// service changing, not its own start.
+const LOOP_SH: &str = "until [ -n \"$(timeout 5 wget -qO- http://web/ 2>/dev/null)\" ]; do sleep 0.1; done; \
+    ok=1; fail=0; \
     while [ ! -f /tmp/stop ]; do \
       page=$(timeout 5 wget -qO- http://web/ 2>>/tmp/errors); \
       if [ -n \"$page\" ]; then ok=$((ok+1)); else fail=$((fail+1)); date >> /tmp/errors; fi; \
@@ -170,7 +173,8 @@ fn no_failed_requests_while_web_changes(lab: &Lab, net_id: &str) -> Result<()> {
     placed(lab, "web", net_id, 3)?;
     lab.shoal(4, &["run", "-d", "--name", "looper", "--network", "app", "busybox:local", "sh", "-c", LOOP_SH])?;
     let ok = progressed(lab, "at first", 0)?;
-    let roll = ["service", "update", "--env-add", "ROLL=1", "--replicas-max-per-node", "2", "--update-parallelism", "1"];
+    let roll =
+        ["service", "update", "--env-add", "ROLL=1", "--replicas-max-per-node", "2", "--update-parallelism", "1"];
     lab.shoal(1, &[&roll[..], &["web"]].concat())?;
     placed(lab, "web", net_id, 3)?;
     settled(lab, "web")?;

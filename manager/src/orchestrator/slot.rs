@@ -44,7 +44,8 @@ impl Orchestrator<'_> {
             if global { (0, t.node_id.as_str()) } else { (t.slot, "") }
         }
         let current = |t: &&&Task| t.spec_version == self.svc.spec_version && t.desired == TaskState::Running;
-        let renewed: std::collections::HashSet<(u64, &str)> = self.tasks.iter().filter(current).map(|t| key(global, t)).collect();
+        let renewed: std::collections::HashSet<(u64, &str)> =
+            self.tasks.iter().filter(current).map(|t| key(global, t)).collect();
         let in_flight = self
             .tasks
             .iter()
