@@ -2,12 +2,13 @@
 //! containers start at once and whose state the test drives (a process
 //! exits, a health check passes or fails). It records every `run` so a test
 //! can assert that no task was ever started twice, and stands in for netd
-//! too: it records every network view handed to it, in order with the runs.
+//! too: it records every network view handed to it, in order with the runs
+//! and when (and every stop, when), and can be made slow to take a view.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal_engine::network::NetworkError;
 use shoal_engine::registry::{Credentials, RegistryError};
@@ -30,12 +31,17 @@ struct State {
     refuse: Option<String>,
     /// Every `run` (`run TASK`) and `sync_cluster` (`view N`, N networks), in order.
     calls: Vec<String>,
-    /// The views handed to "netd", in order.
+    /// The views handed to "netd", in order, and when.
     views: Vec<NetView>,
+    views_at: Vec<Instant>,
+    /// Every `stop` of a running task's container: when, and its task.
+    stops: Vec<(Instant, String)>,
     /// Every `run`'s request, in order.
     requests: Vec<RunRequest>,
     /// `sync_cluster` fails with this while set ("netd is down").
     netd_down: Option<String>,
+    /// How long `sync_cluster` takes ("a slow netd").
+    netd_delay: Duration,
 }
 
 #[derive(Default)]
@@ -93,6 +99,22 @@ impl FakeRuntime {
     /// Every `run`'s request so far.
     pub fn requests(&self) -> Vec<RunRequest> {
         self.lock().requests.clone()
+    }
+
+    /// The views handed to "netd" so far, with when.
+    pub fn views_at(&self) -> Vec<(Instant, NetView)> {
+        let g = self.lock();
+        g.views_at.iter().copied().zip(g.views.iter().cloned()).collect()
+    }
+
+    /// Makes every `sync_cluster` take `delay` (a slow netd).
+    pub fn set_netd_delay(&self, delay: Duration) {
+        self.lock().netd_delay = delay;
+    }
+
+    /// Every stop of a running task's container so far: when, and its task.
+    pub fn stops(&self) -> Vec<(Instant, String)> {
+        self.lock().stops.clone()
     }
 
     /// The views handed to "netd" so far.
@@ -155,6 +177,8 @@ impl Runtime for FakeRuntime {
         if let Status::Running { started_ms, .. } = c.status {
             // SIGTERM, as `stop` sends.
             c.status = Status::Exited { code: 143, oom_killed: false, started_ms, finished_ms: now_ms() };
+            let task = c.task_id.clone();
+            g.stops.push((Instant::now(), task));
         }
         Ok(())
     }
@@ -176,12 +200,17 @@ impl Runtime for FakeRuntime {
     }
 
     fn sync_cluster(&self, view: &NetView) -> Result<Vec<String>, NetworkError> {
+        let delay = self.lock().netd_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay); // a slow netd (a worker pass's thread)
+        }
         let mut g = self.lock();
         if let Some(why) = &g.netd_down {
             return Err(NetworkError::Unreachable { socket: "/fake/netd.sock".into(), why: why.clone() });
         }
         g.calls.push(format!("view {}", view.networks.len()));
         g.views.push(view.clone());
+        g.views_at.push(Instant::now());
         Ok(vec![])
     }
 }

@@ -1,7 +1,8 @@
 //! The node's session with the leader's dispatcher: say hello, send
 //! heartbeats at the period the managers choose, pass every `SessionState`
 //! to the daemon and every assignment change (with the node's network
-//! view, which goes first) to the worker, probe other
+//! view, which goes first) to the worker, tell the managers which numbered
+//! view netd applied (`ViewApplied`: stops wait for it), probe other
 //! nodes when the dispatcher asks, and say goodbye when the daemon stops to
 //! restart. It finds the leader by itself: a follower answers with the
 //! leader's address, and any failure moves on to the next known manager with
@@ -178,6 +179,9 @@ async fn one_session(
             _ = outbox_ready(cfg.worker.as_deref()) => {
                 let reports = cfg.worker.as_ref().map(|w| w.take_reports()).unwrap_or_default();
                 let mut out = Vec::new();
+                if let Some(version) = cfg.worker.as_ref().and_then(|w| w.take_view_applied()) {
+                    out.push(pb::AgentMessage { msg: Some(pb::agent_message::Msg::ViewApplied(pb::ViewApplied { version })) });
+                }
                 if !reports.is_empty() {
                     out.push(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Statuses(pb::TaskStatuses { reports })) });
                 }
@@ -209,7 +213,7 @@ async fn one_session(
                             if let Some(w) = &cfg.worker {
                                 // The view first: the worker hands it to netd before it acts on these tasks.
                                 match a.net_view.as_ref().map(shoal_proto::net::NetView::from_pb) {
-                                    Some(Ok(view)) => w.set_net_view(view),
+                                    Some(Ok(view)) => w.set_net_view(view, a.net_view_version),
                                     Some(Err(e)) => tracing::warn!(error = %e, "the managers sent a network view that does not parse; keeping the last one"),
                                     None => {}
                                 }

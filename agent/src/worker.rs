@@ -173,6 +173,12 @@ pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<Worke
 struct NetSync {
     view: Option<NetView>,
     version: u64,
+    /// The managers' number of `view` (0: not numbered).
+    numbered: u64,
+    /// The managers' number of the last view netd took, and of the last
+    /// one the session told the managers of (`take_view_applied`).
+    applied: u64,
+    told: u64,
     taken: Option<(u64, std::time::Instant)>,
     /// The networks of the last view netd took.
     taken_networks: BTreeSet<String>,
@@ -291,12 +297,14 @@ impl Worker {
         self.wake.notify_one();
     }
 
-    /// The node's network view from the managers (it comes before the tasks
-    /// of the same message: the session calls this before `assign`).
-    pub fn set_net_view(&self, view: NetView) {
+    /// The node's network view from the managers, with their number for it
+    /// (0: none); it comes before the tasks of the same message: the session
+    /// calls this before `assign`.
+    pub fn set_net_view(&self, view: NetView, numbered: u64) {
         let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
         net.view = Some(view);
         net.version += 1;
+        net.numbered = numbered;
         drop(net);
         self.wake.notify_one();
     }
@@ -308,13 +316,13 @@ impl Worker {
     /// starts must not queue behind them.
     fn sync_net_view(&self) -> BTreeSet<String> {
         let _one = self.net_calls.lock().unwrap_or_else(|p| p.into_inner());
-        let (view, version, first) = {
+        let (view, version, numbered, first) = {
             let net = self.net.lock().unwrap_or_else(|p| p.into_inner());
             let Some(view) = net.view.clone() else { return BTreeSet::new() };
             if net.taken.is_some_and(|(v, at)| v == net.version && at.elapsed() < NET_VIEW_RESYNC) {
                 return net.taken_networks.clone();
             }
-            (view, net.version, net.taken.is_none_or(|(v, _)| v != net.version))
+            (view, net.version, net.numbered, net.taken.is_none_or(|(v, _)| v != net.version))
         };
         match self.runtime.sync_cluster(&view) {
             Ok(errors) => {
@@ -331,7 +339,15 @@ impl Worker {
                 let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
                 net.taken = Some((version, std::time::Instant::now()));
                 net.taken_networks = view.networks.iter().map(|n| n.id.clone()).collect();
-                net.taken_networks.clone()
+                let tell = numbered != 0 && numbered != net.applied;
+                net.applied = numbered;
+                let networks = net.taken_networks.clone();
+                drop(net);
+                if tell {
+                    // The managers hold the stops of backends until the views drop them.
+                    self.outbox_ready.notify_one();
+                }
+                networks
             }
             Err(e) => {
                 tracing::warn!(error = %e, "netd did not take the node's network view; retrying");
@@ -349,6 +365,17 @@ impl Worker {
         let view = net.view.as_ref()?;
         let addr = view.endpoints.iter().find(|e| e.id == id && e.node == view.node).map(|e| e.addr)?;
         net.taken.is_some_and(|(v, _)| v == net.version).then_some(addr)
+    }
+
+    /// The managers' number of the view netd applied, once per view (the
+    /// session tells the managers: `ViewApplied`).
+    pub fn take_view_applied(&self) -> Option<u64> {
+        let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+        if net.applied == 0 || net.applied == net.told {
+            return None;
+        }
+        net.told = net.applied;
+        Some(net.applied)
     }
 
     /// Takes the reports to send.

@@ -36,6 +36,7 @@ use shoal_manager::raft::mem::{MemNetworkFactory, Router, run_seeded, seeds};
 use shoal_manager::state::{Command, Response};
 use shoal_manager::{Manager, ManagerConfig};
 use shoal_proto::model::{Availability, Cluster, Meta, Node, NodeDescription, NodeSpec, NodeStatus, Role};
+use shoal_proto::network::{NetworkAttachmentSpec, NetworkSpec};
 use shoal_proto::pb;
 use shoal_proto::service::{ServiceSpec, TaskState};
 use shoal_proto::tls::{Disconnected, Identity};
@@ -617,5 +618,77 @@ async fn scenario(seed: u64) -> anyhow::Result<()> {
         end,
         sim.router.stats()
     );
+    sim.shutdown().await
+}
+
+/// A backend leaves every view before its container stops: scaled from 6
+/// to 2, each stopped task's address was gone from the views every node's
+/// netd had taken by the time its container got SIGTERM, though one node's
+/// netd takes 300 ms to apply a view (well within the drain's cap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backend_leaves_every_view_before_its_container_stops() {
+    for seed in seeds(&[3]) {
+        run_seeded("drain", seed, Duration::from_secs(40), drain_scenario).await;
+    }
+}
+
+async fn drain_scenario(seed: u64) -> anyhow::Result<()> {
+    const NET: &str = "appnet000001";
+    let mut sim = Sim::start(seed, 3).await?;
+    let net = NetworkSpec { name: "app".into(), ..Default::default() };
+    sim.write(Command::CreateNetwork { id: NET.into(), spec: net }).await?;
+    let mut spec = ServiceSpec { name: "web".into(), replicas: REPLICAS, ..Default::default() };
+    spec.task.image = "img".into();
+    spec.task.networks = vec![NetworkAttachmentSpec { target: NET.into(), aliases: vec![] }];
+    sim.write(Command::CreateService { id: "web".into(), spec: spec.clone(), auth: None }).await?;
+    sim.converge(Duration::from_secs(10)).await.context("six tasks")?;
+    let backends = |rt: &FakeRuntime| -> BTreeSet<std::net::Ipv4Addr> {
+        rt.views().last().map(|v| v.services.iter().flat_map(|s| s.backends.clone()).collect()).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sim.runtimes.values().all(|rt| backends(rt).len() == REPLICAS as usize) {
+        ensure!(Instant::now() < deadline, "not every node's netd has the six backends");
+        tokio::time::sleep(Duration::from_millis(25)).await; // sampling period
+    }
+
+    sim.runtimes["w1"].set_netd_delay(Duration::from_millis(300));
+    let scaled = Instant::now();
+    spec.replicas = 2;
+    sim.write(Command::UpdateService { id: "web".into(), spec, rollback: false, replace_auth: false, auth: None })
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.runtimes.values().map(|rt| rt.stops().len()).sum::<usize>() < 4 {
+        ensure!(Instant::now() < deadline, "four containers were not stopped");
+        tokio::time::sleep(Duration::from_millis(25)).await; // sampling period
+    }
+    // Released by the nodes' acknowledgements, not by the cap.
+    let last = sim.runtimes.values().flat_map(|rt| rt.stops()).map(|(at, _)| at).max().context("stops")?;
+    ensure!(last - scaled < shoal_manager::drain::CAP, "the stops waited {:?}", last - scaled);
+    let leader = sim.leader().context("a leader")?;
+    let addrs: HashMap<String, Vec<std::net::Ipv4Addr>> = leader
+        .store
+        .read()
+        .tasks
+        .values()
+        .map(|t| (t.id.clone(), t.networks.iter().filter_map(|n| n.addr).collect()))
+        .collect();
+    for (node, rt) in &sim.runtimes {
+        for (at, task) in rt.stops() {
+            let gone = addrs.get(&task).with_context(|| format!("task {task}"))?;
+            for (other, ort) in &sim.runtimes {
+                let taken = ort.views_at().into_iter().rev().find(|(t, _)| *t <= at).map(|(_, v)| v);
+                let listed: Vec<_> = taken
+                    .iter()
+                    .flat_map(|v| &v.services)
+                    .flat_map(|s| &s.backends)
+                    .filter(|a| gone.contains(a))
+                    .collect();
+                ensure!(
+                    listed.is_empty(),
+                    "task {task} stopped on {node} while {other}'s netd still balanced to {listed:?}"
+                );
+            }
+        }
+    }
     sim.shutdown().await
 }

@@ -181,7 +181,8 @@ fn on_network(mut t: Task, network: &str, addr: &str) -> Task {
 /// message: the view reaches netd before a task on a cluster network
 /// starts, and such a task waits while netd does not take it (a task
 /// without networks does not wait). The task's container is asked with its
-/// network by id, its address and its aliases.
+/// network by id, its address and its aliases. The managers hear of each
+/// numbered view netd applied, once (`take_view_applied`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_network_view_reaches_netd_before_a_task_on_it_starts() -> anyhow::Result<()> {
     let fake = FakeRuntime::new();
@@ -192,12 +193,13 @@ async fn the_network_view_reaches_netd_before_a_task_on_it_starts() -> anyhow::R
     let within = Duration::from_secs(10);
 
     fake.netd_down(Some("netd is restarting"));
-    w.set_net_view(net_view(&["net1"]));
+    w.set_net_view(net_view(&["net1"]), 7);
     let a = on_network(task("a", 1, TaskState::Assigned), "net1", "10.10.0.2");
     w.assign(true, &json(&[a, task("b", 2, TaskState::Assigned)]), &[], HashMap::new());
     wait_for(&w, &mut reports, within, "b runs", |r| r.last("b") == Some(TaskState::Running)).await?;
     assert!(!fake.runs().contains(&"a".to_string()), "a waits for netd to take the view");
     assert!(fake.views().is_empty());
+    assert_eq!(w.take_view_applied(), None, "netd did not apply it");
 
     // netd is back: the next pass hands it the view, then a starts.
     fake.netd_down(None);
@@ -205,6 +207,8 @@ async fn the_network_view_reaches_netd_before_a_task_on_it_starts() -> anyhow::R
     let calls = fake.calls();
     let (view, run_a) = (calls.iter().position(|c| c == "view 1"), calls.iter().position(|c| c == "run a"));
     assert!(view.is_some() && view < run_a, "{calls:?}");
+    assert_eq!(w.take_view_applied(), Some(7));
+    assert_eq!(w.take_view_applied(), None, "told once");
     let req = fake.requests().into_iter().find(|r| r.task_id == "a").context("a's request")?;
     let attached: Vec<(String, String, Vec<String>)> =
         req.cluster_networks.iter().map(|n| (n.network.clone(), n.ip.clone(), n.aliases.clone())).collect();
@@ -212,7 +216,7 @@ async fn the_network_view_reaches_netd_before_a_task_on_it_starts() -> anyhow::R
     assert!(fake.requests().iter().find(|r| r.task_id == "b").is_some_and(|r| r.cluster_networks.is_empty()));
 
     // A message with a new network and a task on it: the view goes first.
-    w.set_net_view(net_view(&["net1", "net2"]));
+    w.set_net_view(net_view(&["net1", "net2"]), 8);
     let c = on_network(task("c", 3, TaskState::Assigned), "net2", "10.20.0.2");
     w.assign(false, &json(&[c]), &[], HashMap::new());
     wait_for(&w, &mut reports, within, "c runs", |r| r.last("c") == Some(TaskState::Running)).await?;
@@ -222,6 +226,7 @@ async fn the_network_view_reaches_netd_before_a_task_on_it_starts() -> anyhow::R
     assert_eq!(fake.views().last().map(|v| v.networks.len()), Some(2));
     // Taken once: not handed again on every pass.
     assert_eq!(calls.iter().filter(|c| *c == "view 2").count(), 1, "{calls:?}");
+    assert_eq!(w.take_view_applied(), Some(8));
 
     cancel.cancel();
     run.await?;

@@ -5,10 +5,18 @@
 //! id, managers to reach) and its assignment set: whole on connect, then the
 //! tasks that changed. Status changes are batched into one Raft write per flush.
 //!
+//! A task's stop waits for the views: every view sent is numbered, nodes say
+//! which one their netd applied (`view_applied`), and the stop of a task some
+//! node may still balance to is held from its node (`Sent::held`) until no
+//! node may, or `drain::CAP` passed (`drain`). A backend leaves every view
+//! before its container is stopped.
+//!
 //! Architecture Invariant: sessions are only served by a confirmed leader and
 //! end when its leadership ends, so two managers never judge liveness at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,19 +25,33 @@ use shoal_proto::net::NetView;
 use shoal_proto::pb;
 use shoal_proto::probe::Outcome;
 use shoal_proto::service::{Task, TaskState, TaskStatus};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tonic::Status;
 
+use crate::drain::Drain;
 use crate::liveness::{Action, Liveness, Timing};
 use crate::state::{NodeStatusUpdate, ObjKey};
 use crate::store::Store;
 
 /// What a session sent its node: its assignment set (JSON by task id) and
-/// its network view.
+/// its network view; and the stops it holds back.
 #[derive(Default)]
 pub(crate) struct Sent {
     pub tasks: HashMap<String, String>,
     pub view: Option<NetView>,
+    /// The tasks the node was last told to run.
+    runs: HashSet<String>,
+    /// Tasks whose stop is held back (`drain`), until when at most.
+    held: HashMap<String, Instant>,
+    /// The newest event index seen (its views are cached under it).
+    index: u64,
+}
+
+impl Sent {
+    /// When the earliest held stop must go at the latest; None when none is held.
+    pub(crate) fn next_release(&self) -> Option<Instant> {
+        self.held.values().min().copied()
+    }
 }
 
 #[derive(Clone)]
@@ -52,6 +74,14 @@ struct Inner {
     /// Every node's network view as of an event's index (computed once per
     /// published batch for all sessions, in one pass over the tasks).
     views: Mutex<(u64, Arc<HashMap<String, NetView>>)>,
+    /// Which views the nodes applied; which stops wait for them.
+    drain: Mutex<Drain>,
+    /// The next view's number: from the clock at start, so that a node's
+    /// acknowledgement of another leader's view is almost surely unknown here
+    /// (and an unknown one is ignored).
+    next_view: AtomicU64,
+    /// Bumped when a node applied a view: sessions holding stops look again.
+    drained: watch::Sender<u64>,
 }
 
 impl Dispatcher {
@@ -67,12 +97,60 @@ impl Dispatcher {
                 next_request: std::sync::atomic::AtomicU64::new(1),
                 wake: Notify::new(),
                 views: Mutex::new((0, Arc::new(HashMap::new()))),
+                drain: Mutex::new(Drain::new(crate::drain::CAP)),
+                next_view: AtomicU64::new(shoal_proto::model::now_ms().saturating_mul(1000).max(1)),
+                drained: watch::Sender::new(0),
             }),
         }
     }
 
     fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
         self.inner.liveness.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn drain(&self) -> std::sync::MutexGuard<'_, Drain> {
+        self.inner.drain.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Numbers a view about to go to `node`, noting the backends it lists.
+    fn number_view(&self, node_id: &str, view: &NetView) -> u64 {
+        let version = self.inner.next_view.fetch_add(1, Ordering::Relaxed);
+        self.drain().sent(node_id, version, backends(view));
+        version
+    }
+
+    /// `node`'s netd applied the view numbered `version`: the sessions
+    /// holding stops look again.
+    pub(crate) fn view_applied(&self, node_id: &str, version: u64) {
+        if self.drain().applied(node_id, version) {
+            self.inner.drained.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Changes when a node applied a view (see `view_applied`).
+    pub(crate) fn drained(&self) -> watch::Receiver<u64> {
+        self.inner.drained.subscribe()
+    }
+
+    /// Whether the stop of `task` (not running any more, or gone: its last
+    /// JSON sent) must wait for the views; until when at most.
+    fn hold(&self, id: &str, task: Option<&Task>, sent_json: Option<&String>) -> Option<Instant> {
+        let parsed;
+        let task = match task {
+            Some(t) => t,
+            None => {
+                parsed = serde_json::from_str::<Task>(sent_json?).ok()?;
+                &parsed
+            }
+        };
+        if task.status.state.is_terminal() {
+            return None; // its container is gone already
+        }
+        let addrs: Vec<Ipv4Addr> = task.networks.iter().filter_map(|n| n.addr).collect();
+        let now = tokio::time::Instant::now().into_std();
+        let until = self.drain().hold(id, &addrs, now)?;
+        tracing::debug!(task.id = %id, "task's stop held until no node balances to it");
+        Some(until)
     }
 
     pub(crate) fn seen(&self, node_id: &str) {
@@ -170,6 +248,9 @@ impl Dispatcher {
                 }
                 Action::Down { node, message } => {
                     tracing::warn!(node.id = %node, hostname = %hostname(&node), reason = %message, "marking node down");
+                    // What it applied holds no stops any more.
+                    self.drain().forget(&node);
+                    self.inner.drained.send_modify(|n| *n = n.wrapping_add(1));
                     self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).push(NodeStatusUpdate {
                         id: node,
                         status: NodeStatus { state: NodeState::Down, message },
@@ -246,6 +327,13 @@ impl Dispatcher {
     ) -> bool {
         let (set, registry_auth) = self.assignments(node_id);
         sent.tasks = set;
+        // The whole set, stops included: a new session holds nothing back.
+        sent.held.clear();
+        sent.runs = {
+            let state = self.inner.store.read();
+            let runs = |id: &&String| state.tasks.get(*id).is_some_and(|t| t.desired == TaskState::Running);
+            sent.tasks.keys().filter(runs).cloned().collect()
+        };
         let view = self.net_view(node_id, 0);
         let a = pb::Assignments {
             tasks_json: sent.tasks.values().cloned().collect(),
@@ -253,14 +341,28 @@ impl Dispatcher {
             removed: Vec::new(),
             registry_auth,
             net_view: Some(view.to_pb()),
+            net_view_version: self.number_view(node_id, &view),
         };
         sent.view = Some(view);
         tx.send(msg(pb::manager_message::Msg::Assignments(a))).await.is_ok()
     }
 
+    /// Sends the stops held back that may go now (see `send_changes`).
+    pub(crate) async fn send_released(
+        &self,
+        node_id: &str,
+        sent: &mut Sent,
+        tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>,
+    ) -> bool {
+        let keys: Vec<ObjKey> = sent.held.keys().map(|id| ObjKey::Task(id.clone())).collect();
+        self.send_changes(node_id, sent.index, &keys, sent, tx).await
+    }
+
     /// Sends what changed in the node's set among the changed `keys` since
     /// `sent` (which it updates), if anything did; false when the session is gone.
-    /// Its network view goes with them whenever it changed.
+    /// Its network view goes with them whenever it changed, first. The stop
+    /// of a task the node was told to run is held back while a node may
+    /// still balance to it (`drain`; `send_released` sends it later).
     pub(crate) async fn send_changes(
         &self,
         node_id: &str,
@@ -270,18 +372,32 @@ impl Dispatcher {
         tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>,
     ) -> bool {
         let mut delta = pb::Assignments::default();
+        sent.index = sent.index.max(index);
         let view = self.net_view(node_id, index);
         if sent.view.as_ref() != Some(&view) {
             delta.net_view = Some(view.to_pb());
+            delta.net_view_version = self.number_view(node_id, &view);
             sent.view = Some(view);
         }
-        let sent = &mut sent.tasks;
         {
             let state = self.inner.store.read();
             for k in keys {
                 let ObjKey::Task(id) = k else { continue };
                 let task = state.tasks.get(id);
-                match task.and_then(|t| Self::assignment(t, node_id)) {
+                if sent.runs.contains(id) && task.is_none_or(|t| t.desired >= TaskState::Shutdown) {
+                    if let Some(until) = self.hold(id, task, sent.tasks.get(id)) {
+                        sent.held.insert(id.clone(), until);
+                        continue;
+                    }
+                    sent.held.remove(id);
+                    sent.runs.remove(id);
+                }
+                let json = task.and_then(|t| Self::assignment(t, node_id));
+                if json.is_some() && task.is_some_and(|t| t.desired == TaskState::Running) {
+                    sent.runs.insert(id.clone());
+                }
+                let sent = &mut sent.tasks;
+                match json {
                     Some(json) if sent.get(id) != Some(&json) => {
                         sent.insert(id.clone(), json.clone());
                         delta.tasks_json.push(json);
@@ -493,6 +609,12 @@ struct LogRequest {
     nodes: Vec<String>,
 }
 
+/// The backend addresses a view lists: its services' and its routing mesh's.
+fn backends(view: &NetView) -> HashSet<Ipv4Addr> {
+    let mesh = view.ingress.iter().flat_map(|i| &i.services).flat_map(|s| &s.backends);
+    view.services.iter().flat_map(|s| &s.backends).chain(mesh).copied().collect()
+}
+
 pub(crate) fn msg(m: pb::manager_message::Msg) -> Result<pb::ManagerMessage, Status> {
     Ok(pb::ManagerMessage { msg: Some(m) })
 }
@@ -544,6 +666,105 @@ mod tests {
         // Nothing changed for n1: nothing is sent.
         assert!(d.send_changes("n1", 5, &keys, &mut sent, &tx).await);
         assert!(rx.try_recv().is_err(), "no message when neither the set nor the view changed");
+    }
+
+    /// A session for `node` that got its whole set and view, and applied it.
+    async fn connected(
+        d: &Dispatcher,
+        node: &str,
+    ) -> (Sent, mpsc::Sender<Result<pb::ManagerMessage, Status>>, mpsc::Receiver<Result<pb::ManagerMessage, Status>>)
+    {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut sent = Sent::default();
+        assert!(d.send_all(node, &mut sent, &tx).await);
+        let a = view_of(rx.recv().await).expect("assignments");
+        assert_ne!(a.net_view_version, 0, "views are numbered");
+        d.view_applied(node, a.net_view_version);
+        (sent, tx, rx)
+    }
+
+    fn stop(store: &Store, id: &str) -> [ObjKey; 1] {
+        store
+            .apply_batch(|state, _, _| {
+                state.tasks.get_mut(id).expect("task").desired = TaskState::Shutdown;
+                vec![ObjKey::Task(id.into())]
+            })
+            .publish();
+        [ObjKey::Task(id.into())]
+    }
+
+    fn desired(a: &pb::Assignments, id: &str) -> Option<TaskState> {
+        a.tasks_json.iter().filter_map(|j| serde_json::from_str::<Task>(j).ok()).find(|t| t.id == id).map(|t| t.desired)
+    }
+
+    #[tokio::test]
+    async fn a_stop_waits_until_every_node_applied_a_view_without_the_backend() {
+        let store = Store::new();
+        store
+            .apply_batch(|state, _, _| {
+                *state = crate::netview::tests::world();
+                Vec::new()
+            })
+            .publish();
+        let d = Dispatcher::new(store.clone());
+        let mut drained = d.drained();
+        let (mut s1, tx1, mut rx1) = connected(&d, "n1").await;
+        let (mut s2, tx2, mut rx2) = connected(&d, "n2").await;
+        // t2 (on n2) is wanted stopped: n2 gets the view without it, not its stop.
+        let keys = stop(&store, "t2");
+        assert!(d.send_changes("n2", 10, &keys, &mut s2, &tx2).await);
+        let a = view_of(rx2.recv().await).expect("the view");
+        let v2 = NetView::from_pb(a.net_view.as_ref().expect("view")).expect("view");
+        assert_eq!(v2.services[0].backends.len(), 2, "t2 left n2's view");
+        assert_eq!(desired(&a, "t2"), None, "its stop is held: n1 still balances to it");
+        assert!(s2.next_release().is_some());
+        d.view_applied("n2", a.net_view_version);
+        assert!(d.send_released("n2", &mut s2, &tx2).await);
+        assert!(rx2.try_recv().is_err(), "n1 has not applied a view without t2 yet");
+        // n1 gets and applies its view without t2: the stop goes.
+        assert!(d.send_changes("n1", 10, &keys, &mut s1, &tx1).await);
+        let a = view_of(rx1.recv().await).expect("n1's view");
+        assert_eq!(desired(&a, "t2"), None, "not n1's task");
+        drained.borrow_and_update();
+        d.view_applied("n1", a.net_view_version);
+        assert!(drained.has_changed().expect("open"), "sessions holding stops are woken");
+        assert!(d.send_released("n2", &mut s2, &tx2).await);
+        let a = view_of(rx2.recv().await).expect("the stop");
+        assert_eq!(desired(&a, "t2"), Some(TaskState::Shutdown));
+        assert!(a.net_view.is_none(), "the view did not change");
+        assert_eq!(s2.next_release(), None);
+        // A task no view lists (t8 is starting) stops at once.
+        let keys = stop(&store, "t8");
+        assert!(d.send_changes("n2", 20, &keys, &mut s2, &tx2).await);
+        assert_eq!(desired(&view_of(rx2.recv().await).expect("a delta"), "t8"), Some(TaskState::Shutdown));
+    }
+
+    #[tokio::test]
+    async fn a_node_that_never_applies_costs_at_most_the_cap() {
+        let store = Store::new();
+        store
+            .apply_batch(|state, _, _| {
+                *state = crate::netview::tests::world();
+                Vec::new()
+            })
+            .publish();
+        let d = Dispatcher::new(store.clone());
+        let (mut s1, tx1, mut rx1) = connected(&d, "n1").await;
+        let (_s2, _tx2, _rx2) = connected(&d, "n2").await; // n2 applied a view listing t1, then went silent
+        let keys = stop(&store, "t1");
+        assert!(d.send_changes("n1", 10, &keys, &mut s1, &tx1).await);
+        let a = view_of(rx1.recv().await).expect("the view");
+        d.view_applied("n1", a.net_view_version);
+        assert_eq!(desired(&a, "t1"), None, "held");
+        let release = s1.next_release().expect("held");
+        let started = Instant::now();
+        assert!(release <= started + crate::drain::CAP);
+        assert!(d.send_released("n1", &mut s1, &tx1).await);
+        assert!(rx1.try_recv().is_err(), "still within the cap");
+        // The session wakes at the cap (`stops_may_go`); so does this test.
+        tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
+        assert!(d.send_released("n1", &mut s1, &tx1).await);
+        assert_eq!(desired(&view_of(rx1.recv().await).expect("the stop"), "t1"), Some(TaskState::Shutdown));
     }
 
     #[test]

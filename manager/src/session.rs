@@ -111,7 +111,9 @@ impl DispatcherService {
                 return;
             }
             let mut membership = mgr.raft.metrics();
+            let mut drained = d.drained();
             loop {
+                let release = sent.next_release();
                 let refresh = tokio::select! {
                     _ = token.cancelled() => {
                         let _ = tx.send(Err(Status::unavailable("leadership changed; reconnect"))).await;
@@ -146,6 +148,10 @@ impl DispatcherService {
                             }.in_current_span());
                             false
                         }
+                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::ViewApplied(v)) })) => {
+                            d.view_applied(&node_id, v.version);
+                            false
+                        }
                         Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Goodbye(_)) })) => {
                             tracing::info!("node said goodbye: it is restarting");
                             guard.goodbye = true;
@@ -173,6 +179,13 @@ impl DispatcherService {
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                     r = membership.changed() => { if r.is_err() { return; } true }
+                    // A node applied a view, or a held stop's cap passed: send what may go.
+                    _ = stops_may_go(release, &mut drained) => {
+                        if !d.send_released(&node_id, &mut sent, &tx).await {
+                            return;
+                        }
+                        false
+                    }
                 };
                 if refresh {
                     let now = d.session_state(manager_addrs(&mgr), &node_id);
@@ -245,6 +258,21 @@ async fn attachment(mgr: &Manager, node: &str, r: pb::ClusterAttachRequest) -> p
         Err(status) => reply.error = status.message().to_string(),
     }
     reply
+}
+
+/// Resolves when held stops (the earliest due at `release`) should be
+/// looked at again: a node applied a view, or `release` came. Never when
+/// none is held.
+async fn stops_may_go(release: Option<std::time::Instant>, drained: &mut tokio::sync::watch::Receiver<u64>) {
+    let Some(release) = release else { return std::future::pending().await };
+    tokio::select! {
+        r = drained.changed() => {
+            if r.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(release)) => {}
+    }
 }
 
 fn hex(b: &[u8]) -> String {

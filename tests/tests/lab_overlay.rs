@@ -12,6 +12,11 @@
 //! hosts (`run --network`, `network connect`/`disconnect`): they resolve the
 //! service to its VIP, are answered through it and are reached by its
 //! tasks; a non-attachable overlay refuses them, saying why.
+//! While a client loops requests to the service by name, scaling 3 → 6 → 2
+//! and a rolling update fail none of them (a backend leaves every view
+//! before its container stops). A `dnsrr` service's name answers its tasks'
+//! addresses and it has no VIP. A task whose health check starts failing
+//! leaves `tasks.NAME` and gets no more requests.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -28,6 +33,18 @@ const WEB_SH: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd 
 const WHOAMI_SH: &str = "mkdir -p /www/cgi-bin && \
     printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip && \
     chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www";
+
+/// A client that requests `http://web/` in a loop until `/tmp/stop` exists,
+/// counting in `/tmp/count` ("OK FAILED") and keeping why each failure
+/// failed. It counts from its first answer on: what it measures is the
+/// service changing, not its own start.
+const LOOP_SH: &str = "until [ -n \"$(timeout 5 wget -qO- http://web/ 2>/dev/null)\" ]; do sleep 0.1; done; \
+    ok=1; fail=0; \
+    while [ ! -f /tmp/stop ]; do \
+      page=$(timeout 5 wget -qO- http://web/ 2>>/tmp/errors); \
+      if [ -n \"$page\" ]; then ok=$((ok+1)); else fail=$((fail+1)); date >> /tmp/errors; fi; \
+      echo \"$ok $fail\" > /tmp/count; \
+    done";
 
 /// One running task of a service as `service ps` shows it.
 #[derive(Debug)]
@@ -108,6 +125,164 @@ fn looked_up(out: &str) -> BTreeSet<Ipv4Addr> {
         .flat_map(|answer| answer.lines().filter_map(|l| l.trim().strip_prefix("Address:")))
         .filter_map(|a| a.split_whitespace().next()?.parse().ok())
         .collect()
+}
+
+/// Once every task of `service` wanted stopped has stopped.
+fn settled(lab: &Lab, service: &str) -> Result<()> {
+    wait_for(&format!("the tasks of {service} wanted stopped to stop"), Duration::from_secs(60), || {
+        let all = lab.shoal_json(1, &["service", "ps", service])?;
+        let ended = ["complete", "shutdown", "failed", "rejected", "orphaned"];
+        let busy = all
+            .as_array()
+            .context("service ps")?
+            .iter()
+            .filter(|t| t["task"]["desired"] != "running")
+            .any(|t| !ended.iter().any(|s| t["task"]["status"]["state"] == *s));
+        Ok((!busy).then_some(()))
+    })
+}
+
+/// The client's counts: (requests answered, requests failed).
+fn counts(lab: &Lab) -> Result<(u64, u64)> {
+    let out = lab.shoal(4, &["exec", "looper", "cat", "/tmp/count"])?;
+    let mut n = out.split_whitespace().map(str::parse::<u64>);
+    match (n.next(), n.next()) {
+        (Some(Ok(ok)), Some(Ok(failed))) => Ok((ok, failed)),
+        _ => bail!("the client's counts do not parse: {out:?}"),
+    }
+}
+
+/// Waits until the client had 20 more requests answered than `after`; the count then.
+fn progressed(lab: &Lab, what: &str, after: u64) -> Result<u64> {
+    // When, to match against the client's failures (it logs them with `date`).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (h, m, s) = (now / 3600 % 24, now / 60 % 60, now % 60);
+    eprintln!("{h:02}:{m:02}:{s:02} client counts: waiting for 20 more answered {what}");
+    wait_for(&format!("20 more requests answered {what}"), Duration::from_secs(30), || {
+        // The file is rewritten after every request: a read may catch it empty.
+        Ok(counts(lab).ok().map(|c| c.0).filter(|ok| *ok >= after + 20))
+    })
+}
+
+/// A client on host 4 loops requests to `web` by name (its VIP) while web
+/// scales to 3, rolls its tasks one at a time (letting two share a host),
+/// scales to 6, then to 2: none fails. Leaves the client (`looper`) running
+/// for the scenarios after.
+fn no_failed_requests_while_web_changes(lab: &Lab, net_id: &str) -> Result<()> {
+    lab.shoal(1, &["service", "scale", "web=3"])?;
+    placed(lab, "web", net_id, 3)?;
+    lab.shoal(4, &["run", "-d", "--name", "looper", "--network", "app", "busybox:local", "sh", "-c", LOOP_SH])?;
+    let ok = progressed(lab, "at first", 0)?;
+    let roll =
+        ["service", "update", "--env-add", "ROLL=1", "--replicas-max-per-node", "2", "--update-parallelism", "1"];
+    lab.shoal(1, &[&roll[..], &["web"]].concat())?;
+    placed(lab, "web", net_id, 3)?;
+    settled(lab, "web")?;
+    let ok = progressed(lab, "after the rolling update", ok)?;
+    lab.shoal(1, &["service", "scale", "web=6"])?;
+    placed(lab, "web", net_id, 6)?;
+    let ok = progressed(lab, "with 6 tasks", ok)?;
+    lab.shoal(1, &["service", "scale", "web=2"])?;
+    placed(lab, "web", net_id, 2)?;
+    settled(lab, "web")?;
+    progressed(lab, "after the scale-down", ok)?;
+    let (ok, failed) = counts(lab)?;
+    eprintln!("client counts: {ok} requests answered, {failed} failed");
+    if failed > 0 {
+        let why = lab.shoal(4, &["exec", "looper", "cat", "/tmp/errors"]).unwrap_or_default();
+        bail!("{failed} of {} requests to web failed while it scaled and rolled: {why}", ok + failed);
+    }
+    Ok(())
+}
+
+/// A `dnsrr` service on app: its name answers its tasks' addresses, and it has no VIP.
+fn dnsrr(lab: &Lab, net_id: &str) -> Result<()> {
+    lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "rr",
+            "--network",
+            "app",
+            "--endpoint-mode",
+            "dnsrr",
+            "--replicas",
+            "2",
+            "--stop-grace-period",
+            "1s",
+            "busybox:local",
+            "sh",
+            "-c",
+            WEB_SH,
+        ],
+    )?;
+    let want: BTreeSet<Ipv4Addr> = placed(lab, "rr", net_id, 2)?.iter().map(|t| t.addr).collect();
+    wait_for("rr to answer its tasks' addresses", Duration::from_secs(30), || {
+        let out = lab.shoal(4, &["exec", "looper", "busybox", "nslookup", "rr"])?;
+        Ok((looked_up(&out) == want).then_some(()))
+    })?;
+    let svc: Value = serde_json::from_str(&lab.shoal(1, &["service", "inspect", "rr"])?)?;
+    let vips = &svc[0]["Endpoint"]["VirtualIPs"];
+    ensure!(vips.as_array().is_none_or(|v| v.is_empty()), "a dnsrr service has no VIP: {vips}");
+    let page = lab.shoal(4, &["exec", "looper", "wget", "-qO-", "http://rr/"])?;
+    ensure!(!page.trim().is_empty(), "rr answered an empty page");
+    lab.shoal(1, &["service", "rm", "rr"])?;
+    Ok(())
+}
+
+/// A task whose health check starts failing leaves `tasks.hc`, and
+/// requests to hc stop reaching it.
+fn unhealthy_backend_leaves(lab: &Lab, net_id: &str) -> Result<()> {
+    lab.shoal(
+        1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "hc",
+            "--network",
+            "app",
+            "--replicas",
+            "2",
+            "--health-cmd",
+            "test ! -f /tmp/sick",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            "--stop-grace-period",
+            "1s",
+            "busybox:local",
+            "sh",
+            "-c",
+            WEB_SH,
+        ],
+    )?;
+    let hc = placed(lab, "hc", net_id, 2)?;
+    let sick = &hc[0];
+    let sick_name = inside(lab, sick, &["hostname"])?.trim().to_string();
+    let names = || -> Result<BTreeSet<Ipv4Addr>> {
+        Ok(looked_up(&lab.shoal(4, &["exec", "looper", "busybox", "nslookup", "tasks.hc"])?))
+    };
+    wait_for("tasks.hc to answer both tasks", Duration::from_secs(30), || {
+        Ok((names()? == hc.iter().map(|t| t.addr).collect()).then_some(()))
+    })?;
+    inside(lab, sick, &["touch", "/tmp/sick"])?;
+    wait_for("tasks.hc to drop the unhealthy task", Duration::from_secs(30), || {
+        let now = names()?;
+        Ok((!now.is_empty() && !now.contains(&sick.addr)).then_some(()))
+    })?;
+    for _ in 0..20 {
+        let page = lab.shoal(4, &["exec", "looper", "wget", "-qO-", "http://hc/"])?;
+        ensure!(page.trim() != sick_name, "a request reached the unhealthy task {sick_name}");
+        ensure!(!page.trim().is_empty(), "hc answered an empty page");
+    }
+    lab.shoal(1, &["service", "rm", "hc"])?;
+    Ok(())
 }
 
 /// Containers outside the service on `app`, from worker hosts 4 and 5.
@@ -267,6 +442,10 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
     })?;
 
     attachable(&lab, &left, vip, subnet)?;
+    no_failed_requests_while_web_changes(&lab, &net_id)?;
+    dnsrr(&lab, &net_id)?;
+    unhealthy_backend_leaves(&lab, &net_id)?;
+    lab.shoal(4, &["rm", "-f", "looper"])?;
 
     lab.shoal(1, &["service", "rm", "web"])?;
     wait_for("app to be free", Duration::from_secs(30), || match lab.shoal(1, &["network", "rm", "app"]) {

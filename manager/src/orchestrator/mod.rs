@@ -529,6 +529,8 @@ mod tests {
         let changes = w.pass();
         assert_eq!(changes.iter().filter(|c| matches!(c, TaskChange::Desired { .. })).count(), 2);
         assert!(!changes.iter().any(|c| matches!(c, TaskChange::Create(_))));
+        // While those two take their time to stop, they are the batch in flight.
+        assert!(w.pass().is_empty(), "no other task stops while the batch's are stopping");
         w.settle();
         assert_eq!(w.running(&web).len(), 4);
     }

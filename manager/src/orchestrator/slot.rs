@@ -35,14 +35,28 @@ impl Orchestrator<'_> {
         }
         let spec = &self.svc.spec;
         // Out-of-date tasks are replaced `parallelism` at a time: the up-to-date
-        // ones not running yet are the batch in flight.
+        // ones not running yet are the batch in flight, and so are the
+        // out-of-date ones still stopping in a slot that has no up-to-date
+        // task yet (a stop-first replacement before it is made; without
+        // them, every pass while a stop took its time began another batch).
+        let global = spec.mode.is_global();
+        fn key(global: bool, t: &Task) -> (u64, &str) {
+            if global { (0, t.node_id.as_str()) } else { (t.slot, "") }
+        }
+        let current = |t: &&&Task| t.spec_version == self.svc.spec_version && t.desired == TaskState::Running;
+        let renewed: std::collections::HashSet<(u64, &str)> =
+            self.tasks.iter().filter(current).map(|t| key(global, t)).collect();
         let in_flight = self
             .tasks
             .iter()
             .filter(|t| {
-                t.spec_version == self.svc.spec_version
-                    && t.desired == TaskState::Running
-                    && t.status.state < TaskState::Running
+                (current(t) && t.status.state < TaskState::Running)
+                    || (t.spec != spec.task
+                        && t.desired >= TaskState::Shutdown
+                        && !t.status.state.is_terminal()
+                        && node_up(self.state, &t.node_id)
+                        && (global || t.slot <= spec.replicas)
+                        && !renewed.contains(&key(global, t)))
             })
             .count() as u64;
         // --update-delay: the next batch waits this long after the last one came up.
