@@ -3,16 +3,18 @@
 # counted from the moment the managers declare the host down (issue 13: "from down to no more
 # traffic to the dead backend", goal <= 0.5 s).
 #
-# Lab: 4 hosts, 1 manager (host 1, the leader). Service `be` (busybox httpd, 3 tasks, one per
-# worker host 2, 3, 4) and a client task `cli` on host 1, all on one overlay. In the client
+# Lab: 4 hosts, 1 manager (host 1, the leader). Service `be` (3 tasks, one per worker host 2, 3,
+# 4; in each task's network namespace a python3 server, started on its host, accepts and closes
+# connections with a backlog of 4096, so a live backend never drops one; busybox httpd did, under
+# this load) and a client task `cli` on host 1, all on one overlay. In the client
 # task's network namespace, BENCH_FAILOVER_THREADS (8) threads (python3) open and close TCP
 # connections to be's VIP in a loop, each attempt with a 0.5 s connect timeout, and record its
 # start time and whether it connected. Each rep: `deploy/lab kill 4` (SIGKILL to everything on
 # the host) at t_kill; the leader declares it down at t_down (the time stamp of its log line
 # "marking node down" for shl-h4); the client runs on until 3 s after t_down. The live
-# backends accept every connection, so an attempt that failed (refused by the dead task's
-# namespace or timed out) is one the VIP sent to the dead backend; t_last is the start of the
-# last such attempt.
+# backends accept every connection (a rep with a failed attempt before the kill stops the figure),
+# so an attempt that failed (refused or timed out) is one the VIP sent to the dead backend; t_last
+# is the start of the last such attempt.
 #   failover = t_last - t_down (0 when no attempt after t_down went to the dead backend)
 # is the line's sample (ms); down= is the median of t_down - t_kill (liveness, for context),
 # and after= the total number of attempts sent to the dead backend after t_down over all reps.
@@ -23,26 +25,31 @@ set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/../lib.sh"
 REPS=${BENCH_FAILOVER_REPS:-3}
 THREADS=${BENCH_FAILOVER_THREADS:-8}
-PORT=80
+PORT=8000
 VICTIM=4
 bb=$(command -v busybox) || die "busybox-static is needed"
+lab_lock
+[ -e /run/netns/shl-sw ] && { lab_unlock; die "our lab is already up (deploy/lab down first)"; }
 WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
 client_pid=
-cleanup() { [ -n "$client_pid" ] && kill "$client_pid" 2>/dev/null; lab_down; rm -rf "$WORK"; lab_unlock; }
+pids=()   # servers we started
+cleanup() {
+  [ -n "$client_pid" ] && kill "$client_pid" 2>/dev/null
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  lab_down; rm -rf "$WORK"; lab_unlock
+}
 trap cleanup EXIT
-lab_lock
-[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 lab up 4 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
 mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc"
 cp "$bb" "$WORK/rootfs/bin/busybox"
-for a in sh sleep mkdir httpd; do ln -s busybox "$WORK/rootfs/bin/$a"; done
+for a in sh sleep; do ln -s busybox "$WORK/rootfs/bin/$a"; done
 echo 'root:x:0:0:root:/:/bin/sh' > "$WORK/rootfs/etc/passwd"
 tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" .
 for i in 1 2 3 4; do sI "$i" image import "$WORK/rootfs.tar" bench:fo >/dev/null || die "image import on host $i failed"; done
 
 sI 1 network create -d overlay benchfo >/dev/null || die "network create failed"
 sI 1 service create -d --name be --network benchfo --replicas 3 --replicas-max-per-node 1 \
-  --constraint node.role==worker --stop-grace-period 1s bench:fo sh -c 'mkdir -p /www && exec httpd -f -p 80 -h /www' \
+  --constraint node.role==worker --stop-grace-period 1s bench:fo sleep 1000000 \
   >/dev/null || die "service create be failed"
 sI 1 service create -d --name cli --network benchfo --constraint node.role==manager \
   --stop-grace-period 1s bench:fo sleep 1000000 >/dev/null || die "service create cli failed"
@@ -85,16 +92,33 @@ open(stop + ".started", "w").close()
 for t in ts: t.join()
 for t0, ok in recs: print("%d %d" % (t0 * 1000, ok))
 EOF
-cat > "$WORK/direct.py" <<'EOF'
-# direct.py ADDR...: every address accepts a connection on port 80
+cat > "$WORK/server.py" <<'EOF'
 import socket, sys
-for a in sys.argv[1:]:
-    socket.create_connection((a, 80), timeout=1).close()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(4096)
+while True:
+    s.accept()[0].close()
 EOF
+cat > "$WORK/direct.py" <<'EOF'
+# direct.py PORT ADDR...: every address accepts a connection on PORT
+import socket, sys
+for a in sys.argv[2:]:
+    socket.create_connection((a, int(sys.argv[1])), timeout=1).close()
+EOF
+declare -A served   # container id -> 1: its server was started
+serve_all() { # a server in each running be task that has none
+  local h c a
+  while read -r h c a; do
+    [ -z "$c" ] || [ -n "${served[$c]:-}" ] && continue
+    timeout 3600 "$LAB" exec "$h" -- nsenter --net="/run/shoal/netns/$c" python3 "$WORK/server.py" "$PORT" \
+      >> "$WORK/server.log" 2>&1 &
+    pids+=("$!"); served[$c]=1
+  done <<< "$(tasks_of be)"
+}
 backends_answer() {
   local addrs; addrs=$(tasks_of be | awk '{print $3}')
   [ "$(wc -w <<< "$addrs")" = 3 ] && tasks_of be | grep -q "^$VICTIM " \
-    && in_client python3 "$WORK/direct.py" $addrs 2>/dev/null \
+    && in_client python3 "$WORK/direct.py" "$PORT" $addrs 2>/dev/null \
     && in_client python3 -c "import socket; [socket.create_connection(('$vip', $PORT), timeout=1).close() for _ in range(30)]" 2>/dev/null
 }
 # down_ms SINCE_BYTE: epoch ms of the leader's "marking node down" line for the victim
@@ -109,6 +133,7 @@ past() { [ "$(now_ms)" -ge "$1" ]; }
 samples=() downs=() after_total=0
 for rep in $(seq 1 "$REPS"); do
   svc_wait be 3 120 || die "rep $rep: be's 3 tasks not running"
+  serve_all
   wait_until 60 backends_answer || die "rep $rep: be's tasks do not all answer the client (one on host $VICTIM)"
   stop=$WORK/stop.$rep
   in_client python3 "$WORK/client.py" "$vip" "$PORT" "$THREADS" "$stop" > "$WORK/attempts.$rep" 2>"$WORK/client.$rep.err" &
@@ -123,14 +148,19 @@ for rep in $(seq 1 "$REPS"); do
   wait_until 10 past $(( t_down + 3000 ))
   touch "$stop"
   wait "$client_pid"; client_pid=
-  read -r n_bad_kill t_last n_after n_all <<< "$(awk -v k="$t_kill" -v d="$t_down" '
+  [ -n "${BENCH_FAILOVER_KEEP:-}" ] && mkdir -p "$BENCH_FAILOVER_KEEP" \
+    && printf 'kill %s down %s\n' "$t_kill" "$t_down" | cat - "$WORK/attempts.$rep" > "$BENCH_FAILOVER_KEEP/attempts.$rep"
+  read -r n_bad_kill t_last n_after n_all n_bad_before <<< "$(awk -v k="$t_kill" -v d="$t_down" '
     $2 == 0 && $1 >= k { bad++; if ($1 > last) last = $1; if ($1 >= d) after++ }
-    { all++ } END { print bad + 0, last + 0, after + 0, all + 0 }' "$WORK/attempts.$rep")"
+    $2 == 0 && $1 < k { before++ }
+    { all++ } END { printf "%.0f %.0f %.0f %.0f %.0f\n", bad, last, after, all, before }' "$WORK/attempts.$rep")"
+  [ "$n_bad_before" = 0 ] || die "rep $rep: $n_bad_before attempts failed before the kill: a failure does not tell the dead backend"
   [ "$n_bad_kill" -gt 0 ] || die "rep $rep: no attempt after the kill went to the dead backend ($n_all attempts): nothing measured"
   f=$(( t_last - t_down )); [ "$f" -lt 0 ] && f=0
   samples+=("$f"); downs+=("$(( t_down - t_kill ))"); after_total=$(( after_total + n_after ))
   log "rep $rep: down $(( t_down - t_kill )) ms after the kill; last attempt to the dead backend $(( t_last - t_down )) ms after down; $n_bad_kill of $n_all attempts failed after the kill, $n_after after down"
   lab start "$VICTIM" >&2 || die "rep $rep: deploy/lab start $VICTIM failed"
 done
+[ ${#samples[@]} = "$REPS" ] || die "$REPS reps, ${#samples[@]} measured"
 line=$(printf '%s\n' "${samples[@]}" | stats net_failover ms)
 echo "$line down=$(printf '%s\n' "${downs[@]}" | median) after=$after_total"
