@@ -11,7 +11,9 @@
 # connections to be's VIP in a loop, each attempt with a 0.5 s connect timeout, and record its
 # start time and whether it connected. Each rep: `deploy/lab kill 4` (SIGKILL to everything on
 # the host) at t_kill; the leader declares it down at t_down (the time stamp of its log line
-# "marking node down" for shl-h4); the client runs on until 3 s after t_down. The live
+# "marking node down" for shl-h4, so the figure includes writing that status through Raft, the
+# views going out, the node handing its view to netd and netd's element batch in the client's
+# namespace); the client runs on until 3 s after t_down. The live
 # backends accept every connection (a rep with a failed attempt before the kill stops the figure),
 # so an attempt that failed (refused or timed out) is one the VIP sent to the dead backend; t_last
 # is the start of the last such attempt.
@@ -20,7 +22,8 @@
 # and after= the total number of attempts sent to the dead backend after t_down over all reps.
 # A rep in which no attempt at all failed after t_kill did not test anything and fails the
 # figure. Then host 4 is started again and the next rep waits for its task and three
-# answering backends. Knobs: BENCH_FAILOVER_REPS (3), BENCH_FAILOVER_THREADS (8).
+# answering backends. Knobs: BENCH_FAILOVER_REPS (3), BENCH_FAILOVER_THREADS (8),
+# BENCH_FAILOVER_KEEP=DIR keeps each rep's attempts ("START_MS OK" lines after "kill T down T").
 set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/../lib.sh"
 REPS=${BENCH_FAILOVER_REPS:-3}
