@@ -56,7 +56,15 @@ shoal_on() {
   shift
   timeout "$t" "$LAB" exec "$i" -- shoal "$@"
 }
-lab_down() { "$LAB" down >/dev/null 2>&1 || "$LAB" down >&2 || true; }
+# lab_down: takes our lab down, unless another live process holds the lab lock: then the lab is
+# that process's (a figure that waited for the lock and is stopped must not tear it down).
+lab_down() {
+  local holder; holder=$(tr -d '[:space:]' < "$LAB_LOCK" 2>/dev/null)
+  if [ -n "$holder" ] && [ "$holder" != "$$" ] && [ -e "/proc/$holder" ]; then
+    log "leaving the lab up: pid $holder holds the lab lock $LAB_LOCK"; return 0
+  fi
+  "$LAB" down >/dev/null 2>&1 || "$LAB" down >&2 || true
+}
 
 # lab_lock [WAIT_S]: takes the lab lock, the one lab tests take (tests/src/lab.rs), so a figure and
 # a lab test never share the lab: /tmp/shoal-lab.lock, created exclusively (noclobber is O_EXCL),
