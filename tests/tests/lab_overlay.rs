@@ -323,7 +323,9 @@ fn attachable(lab: &Lab, tasks: &[Placed], vip: Ipv4Addr, subnet: Subnet) -> Res
     })?;
     lab.shoal(5, &["network", "disconnect", "app", "plain"])?;
     ensure!(
-        !lab.exec(5, &["exec", "plain", "wget", "-T", "3", "-qO-", &format!("http://{vip}/")])?.status.success(),
+        !lab.exec(5, &["exec", "plain", "busybox", "timeout", "3", "wget", "-qO-", &format!("http://{vip}/")])?
+            .status
+            .success(),
         "plain left app but still reaches the VIP"
     );
 
