@@ -147,6 +147,43 @@ fn random_id() -> String {
     (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
 }
 
+/// The passes asked for (numbered in order) and the highest number the
+/// last finished pass covered, with what failed in it.
+#[derive(Default)]
+struct Passes {
+    asked: u64,
+    done: u64,
+    failed: Vec<(Action, String)>,
+}
+
+/// How long a pass waited for the one before it, then each of its phases
+/// took (a debug line per pass: where an attach's time goes).
+struct Phases {
+    last: std::time::Instant,
+    out: String,
+}
+
+impl Phases {
+    fn new(asked: std::time::Instant) -> Phases {
+        let mut p = Phases { last: asked, out: String::new() };
+        p.mark("queued");
+        p
+    }
+
+    fn mark(&mut self, phase: &str) {
+        let now = std::time::Instant::now();
+        let ms = now.duration_since(self.last).as_secs_f64() * 1e3;
+        self.out.push_str(&format!("{}{phase}={ms:.1}ms", if self.out.is_empty() { "" } else { " " }));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.out)
+    }
+}
+
 /// `state.json`, replaced atomically. Writes are serialised: they share one
 /// temp file, and each reads the state under the lock so the last write on
 /// disk is the newest state (two calls saving at once once made the loser's
@@ -180,6 +217,9 @@ pub struct Netd {
     rules: Mutex<Option<String>>,
     /// One reconcile pass at a time.
     pass: tokio::sync::Mutex<()>,
+    /// Passes asked for and done, so that view changes that queue while a
+    /// pass runs share the next one (see `sync_shared`).
+    passes: Mutex<Passes>,
     /// Where the state is kept between runs.
     file: StateFile,
     /// The embedded DNS server, following the endpoints.
@@ -234,6 +274,7 @@ impl Netd {
             host,
             rules: Mutex::new(None),
             pass: tokio::sync::Mutex::new(()),
+            passes: Mutex::new(Passes::default()),
             file: StateFile::new(root),
             dns: Dns::new(Path::new("/etc/resolv.conf")),
         });
@@ -247,9 +288,47 @@ impl Netd {
             .map_err(|e| Status::internal(format!("saving netd's state: {e}")))
     }
 
-    /// One reconcile pass; returns the actions that failed, with why.
+    /// A reconcile pass of its own, started after this call (the state
+    /// changes the caller made before it are in it); returns the actions
+    /// that failed, with why. Attaches and detaches take this one, so an
+    /// endpoint's outcome is always that of a pass made for it.
     pub async fn sync(&self) -> Vec<(Action, String)> {
+        self.pass_after(false).await
+    }
+
+    /// A pass that started after this call, shared: new network views that
+    /// queue while a pass runs are all served by the next one (a node whose
+    /// view changes with every task the cluster starts would otherwise run
+    /// one whole pass per view, and its attaches would wait behind them).
+    pub async fn sync_shared(&self) -> Vec<(Action, String)> {
+        self.pass_after(true).await
+    }
+
+    async fn pass_after(&self, shared: bool) -> Vec<(Action, String)> {
+        let asked = std::time::Instant::now();
+        let mine = {
+            let mut p = self.passes.lock().unwrap_or_else(|p| p.into_inner());
+            p.asked += 1;
+            p.asked
+        };
         let _pass = self.pass.lock().await;
+        let covers = {
+            let p = self.passes.lock().unwrap_or_else(|p| p.into_inner());
+            if shared && p.done >= mine {
+                return p.failed.clone();
+            }
+            p.asked
+        };
+        let failed = self.pass_once(asked).await;
+        let mut p = self.passes.lock().unwrap_or_else(|p| p.into_inner());
+        p.done = p.done.max(covers);
+        p.failed = failed.clone();
+        failed
+    }
+
+    /// One reconcile pass (the caller holds `pass`).
+    async fn pass_once(&self, asked: std::time::Instant) -> Vec<(Action, String)> {
+        let mut phases = Phases::new(asked);
         let desired = self.state.lock().unwrap_or_else(|p| p.into_inner()).desired();
         let observed = match sys::observe(&self.host).await {
             Ok(o) => o,
@@ -274,6 +353,7 @@ impl Netd {
                 }
             }
         }
+        phases.mark("host");
         let view = self.state.lock().unwrap_or_else(|p| p.into_inner()).overlay_view();
         if let Some(view) = &view {
             let failed = self.sync_overlays(view, &desired.endpoints).await;
@@ -285,9 +365,11 @@ impl Netd {
         self.dns.set_table(Table::from_state(&networks, &desired.endpoints, view.as_ref()));
         let want: HashMap<String, PathBuf> =
             desired.endpoints.iter().map(|e| (e.container.clone(), e.netns.clone())).collect();
+        phases.mark("overlays");
         for (container, why) in self.dns.reconcile(&want) {
             tracing::debug!(container, error = %why, "cannot serve DNS in the container yet");
         }
+        phases.mark("dns");
         // The VIP load balancers of the containers on cluster networks (none without a view).
         let balanced = view.as_ref().map(|v| lb::by_namespace(v, &desired.endpoints)).unwrap_or_default();
         let balancers = self.balancers.clone();
@@ -298,6 +380,7 @@ impl Netd {
         for e in errors {
             tracing::warn!(error = %e, "load balancer step failed");
         }
+        phases.mark("lb");
         // The routing mesh: the host table (in this namespace, the host's: a blocking
         // thread of this runtime is in it) and the steering of the local tasks on ingress.
         let host_table = view.as_ref().and_then(|v| v.ingress.as_ref()).map(ingress::host_table);
@@ -315,6 +398,8 @@ impl Netd {
         for e in errors {
             tracing::warn!(error = %e, "routing mesh step failed");
         }
+        phases.mark("mesh");
+        tracing::debug!(endpoints = desired.endpoints.len(), phases = %phases, "pass");
         failed
     }
 
@@ -481,8 +566,16 @@ impl pb::netd_server::Netd for NetdService {
             let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
             ensure(&mut state, &r)?
         };
+        let started = std::time::Instant::now();
         self.0.save()?;
+        let saved = started.elapsed();
         let failed = self.0.sync().await;
+        tracing::debug!(
+            container = short(&r.container),
+            save_ms = saved.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "attach"
+        );
         let why = match &n {
             Joined::Local(_) => create_failure(&failed, &endpoint),
             Joined::Cluster(_, gw) => {
@@ -543,7 +636,7 @@ impl pb::netd_server::Netd for NetdService {
             gone
         };
         self.0.save()?;
-        self.0.sync().await;
+        self.0.sync_shared().await;
         if !gone.is_empty() {
             let balancers = self.0.balancers.clone();
             let errors =
