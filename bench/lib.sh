@@ -47,6 +47,36 @@ wait_until() {
   done
 }
 
+# ---------------------------------------------------------------- the lab lock
+# lab_lock: takes /tmp/shoal-lab.lock as the lab tests do (tests/src/lab.rs): created
+# exclusively with this shell's pid; while a live process holds it, wait (up to
+# BENCH_LOCK_WAIT_S, default 1800 s); a dead holder's (or an empty one older than 5 s) is
+# removed. Released at exit (lab_unlock, chained before the figure's own EXIT trap runs:
+# call lab_lock after setting that trap).
+LAB_LOCK_FILE=/tmp/shoal-lab.lock
+lab_lock() {
+  local end holder told=0
+  end=$(( $(now_ms) + ${BENCH_LOCK_WAIT_S:-1800} * 1000 ))
+  while ! ( set -o noclobber; echo $$ > "$LAB_LOCK_FILE" ) 2>/dev/null; do
+    holder=$(cat "$LAB_LOCK_FILE" 2>/dev/null | tr -d '[:space:]')
+    if [ -z "$holder" ]; then
+      # its owner is between create and write, or died there: give it 5 s
+      [ $(( $(date +%s) - $(stat -c %Y "$LAB_LOCK_FILE" 2>/dev/null || date +%s) )) -gt 5 ] \
+        && rm -f "$LAB_LOCK_FILE"
+    elif [ ! -d "/proc/$holder" ]; then
+      rm -f "$LAB_LOCK_FILE"; continue
+    fi
+    [ "$(now_ms)" -ge "$end" ] \
+      && die "pid ${holder:-?} has held the lab lock $LAB_LOCK_FILE for over ${BENCH_LOCK_WAIT_S:-1800} s"
+    [ $told = 1 ] || { log "waiting for the lab lock (held by pid ${holder:-?})"; told=1; }
+    sleep 0.2
+  done
+  local prev; prev=$(trap -p EXIT | sed -e "s/^trap -- '//" -e "s/' EXIT\$//")
+  trap "${prev:+$prev; }lab_unlock" EXIT
+}
+# lab_unlock: removes the lab lock if this shell holds it
+lab_unlock() { [ "$(cat "$LAB_LOCK_FILE" 2>/dev/null)" = "$$" ] && rm -f "$LAB_LOCK_FILE"; return 0; }
+
 # ---------------------------------------------------------------- our lab
 lab() { "$LAB" "$@"; }
 # shoal_on I [TIMEOUT_S] -- ARGS...: the CLI on host I, bounded in time
