@@ -60,7 +60,8 @@ def worker():
             e += 1
             continue
         l.append(time.monotonic() - t)
-        body = buf.split(b"\r\n\r\n", 1)[-1].strip().decode(errors="replace")
+        # the CGI's last line (busybox httpd passes its headers through as they are)
+        body = (buf.decode(errors="replace").strip().splitlines() or [""])[-1].strip()
         addr = body.strip("[]").removeprefix("::ffff:")
         s[addr] = s.get(addr, 0) + 1
     with lock:
