@@ -39,6 +39,15 @@ cat > "$WORK/client.py" <<'PY'
 import json, socket, sys, threading, time
 host, port, secs, conc = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 req = b"GET /cgi-bin/ip HTTP/1.0\r\nHost: x\r\n\r\n"
+def counters():
+    # TCP retransmissions and tail loss probes of this namespace
+    c = {}
+    for path in ("/proc/net/snmp", "/proc/net/netstat"):
+        rows = [l.split() for l in open(path)]
+        for h, v in zip(rows[::2], rows[1::2]):
+            c.update({h[0] + k: int(x) for k, x in zip(h[1:], v[1:]) if x.lstrip("-").isdigit()})
+    return c.get("Tcp:RetransSegs", 0), c.get("TcpExt:TCPLossProbes", 0)
+before = counters()
 lat, seen, errors = [], {}, [0]
 lock = threading.Lock()
 end = time.monotonic() + secs
@@ -73,8 +82,26 @@ for t in ts: t.start()
 for t in ts: t.join()
 lat.sort()
 pct = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))] * 1000 if lat else 0
-print(json.dumps({"rps": len(lat) / secs, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "seen": seen, "errors": errors[0]}))
+after = counters()
+print(json.dumps({"rps": len(lat) / secs, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "seen": seen, "errors": errors[0],
+                  "requests": len(lat), "retrans": after[0] - before[0], "probes": after[1] - before[1]}))
 PY
+# srv_tcp: "RETRANS PROBES" of the backend task's namespace (the server's side)
+read -r bh bc _ <<< "$(sI 1 service ps --format json who | python3 -c '
+import json, sys
+for t in json.load(sys.stdin):
+    k = t["task"]
+    if k["desired"] == "running" and k["status"]["state"] == "running":
+        print(t["node"].removeprefix("shl-h"), k["status"]["container_id"])')"
+srv_tcp() {
+  timeout 10 "$LAB" exec "$bh" -- nsenter --net="/run/shoal/netns/$bc" sh -c 'cat /proc/net/snmp /proc/net/netstat' | python3 -c '
+import sys
+rows = [l.split() for l in sys.stdin]
+c = {}
+for h, v in zip(rows[::2], rows[1::2]):
+    c.update({h[0] + k: x for k, x in zip(h[1:], v[1:])})
+print(c.get("Tcp:RetransSegs", 0), c.get("TcpExt:TCPLossProbes", 0))'
+}
 # run ADDR PORT [SECS]: one client run from the switch (JSON)
 run() { timeout $((SECS + 60)) "$LAB" sw -- python3 "$WORK/client.py" "$1" "$2" "${3:-$SECS}" "$CONC"; }
 answers() { run "$1" "$2" 0.3 | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["rps"] == 0)'; }
@@ -87,9 +114,11 @@ log "backend on host 1; mesh via host 1 (local) and host 2 (remote), host-mode p
 orders=("local remote host" "remote host local" "host local remote")
 for r in $(seq 1 "$ROUNDS"); do
   for p in ${orders[$(( (r - 1) % 3 ))]}; do
+    read -r s0 q0 <<< "$(srv_tcp)"
     out=$(run "${addr[$p]}" "${port[$p]}") || die "round $r: the $p run failed"
+    read -r s1 q1 <<< "$(srv_tcp)"
     echo "$p $out" >> "$WORK/results"
-    log "round $r: $p $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("%.0f req/s p50 %.2f ms p99 %.2f ms seen %s errors %d" % (d["rps"], d["p50_ms"], d["p99_ms"], d["seen"], d["errors"]))' "$out")"
+    log "round $r: $p $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("%.0f req/s p50 %.2f ms p99 %.2f ms seen %s errors %d; retransmitted segments: client %d (%d loss probes), server %d (%d loss probes) for %d requests" % (d["rps"], d["p50_ms"], d["p99_ms"], d["seen"], d["errors"], d["retrans"], d["probes"], int(sys.argv[2]), int(sys.argv[3]), d["requests"]))' "$out" $((s1 - s0)) $((q1 - q0)))"
   done
 done
 python3 - "$WORK/results" <<'PY'

@@ -152,8 +152,10 @@ def pct(v, p):
     i = -(-len(v) * p // 100)
     return v[max(0, int(i) - 1)]
 s = res["scale"]
-print("net_lb_converge median=%.0f p90=%.0f n=%d unit=ms p99=%.0f kill_p50=%.0f kill_p99=%.0f kill_out_p99=%.0f "
+for k, v in res.items():
+    print("%s: %s" % (k, " ".join("%.0f" % x for x in sorted(v))), file=sys.stderr)
+print("net_lb_converge median=%.0f p90=%.0f n=%d unit=ms p99=%.0f kill_p50=%.0f kill_p99=%.0f kill_out_p50=%.0f kill_out_p99=%.0f "
       "dns_p99=%.0f dns_kill_p99=%.0f clients_per_host=%s hosts=%d missed=%d" % (
-      pct(s, 50), pct(s, 90), len(s), pct(s, 99), pct(res["kill"], 50), pct(res["kill"], 99), pct(res["kill_out"], 99),
+      pct(s, 50), pct(s, 90), len(s), pct(s, 99), pct(res["kill"], 50), pct(res["kill"], 99), pct(res["kill_out"], 50), pct(res["kill_out"], 99),
       pct(res["dns_scale"], 99), pct(res["dns_kill"], 99), n, hosts, missed))
 PY
