@@ -38,6 +38,8 @@ svc_wait who 1 60 || die "the backend did not start"
 cat > "$WORK/client.py" <<'PY'
 import json, socket, sys, threading, time
 host, port, secs, conc = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+# source ports of this run's own (LO:HI), so paths never reuse each other's 4-tuples at the backend
+lo, hi = (int(x) for x in sys.argv[5].split(":"))
 req = b"GET /cgi-bin/ip HTTP/1.0\r\nHost: x\r\n\r\n"
 def counters():
     # TCP retransmissions and tail loss probes of this namespace
@@ -51,12 +53,22 @@ before = counters()
 lat, seen, errors = [], {}, [0]
 lock = threading.Lock()
 end = time.monotonic() + secs
-def worker():
+def worker(k):
     l, s, e = [], {}, 0
+    sport = lo + k
     while time.monotonic() < end:
+        sport = sport + conc if sport + conc <= hi else lo + k
         t = time.monotonic()
         try:
-            c = socket.create_connection((host, port), timeout=5)
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            c.settimeout(5)
+            try:
+                c.bind(("0.0.0.0", sport))
+            except OSError:
+                c.close()
+                continue
+            c.connect((host, port))
             c.sendall(req)
             buf = b""
             while True:
@@ -77,7 +89,7 @@ def worker():
         lat.extend(l); errors[0] += e
         for k, v in s.items():
             seen[k] = seen.get(k, 0) + v
-ts = [threading.Thread(target=worker) for _ in range(conc)]
+ts = [threading.Thread(target=worker, args=(k,)) for k in range(conc)]
 for t in ts: t.start()
 for t in ts: t.join()
 lat.sort()
@@ -103,11 +115,17 @@ for h, v in zip(rows[::2], rows[1::2]):
 print(c.get("Tcp:RetransSegs", 0), c.get("TcpExt:TCPLossProbes", 0))'
 }
 # run ADDR PORT [SECS]: one client run from the switch (JSON)
-run() { timeout $((SECS + 60)) "$LAB" sw -- python3 "$WORK/client.py" "$1" "$2" "${3:-$SECS}" "$CONC"; }
-answers() { run "$1" "$2" 0.3 | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["rps"] == 0)'; }
+# Each path has source ports of its own: the backend sees the switch's address through every
+# path, and a SYN that reuses a 4-tuple still in TIME_WAIT from another path (whose TCP
+# timestamps have another offset: the client's offset goes with the address it dialled) is
+# refused by PAWS and retried (TcpExtPAWSTimewait in the task): a cost of keeping the client's
+# address when one client reaches a backend through several hosts, not of a path itself.
+declare -A ports=([local]=20000:29999 [remote]=30000:39999 [host]=40000:49999)
+run() { timeout $((SECS + 60)) "$LAB" sw -- python3 "$WORK/client.py" "$1" "$2" "${3:-$SECS}" "$CONC" "${ports[$4]}"; }
+answers() { run "$1" "$2" 0.3 "$3" | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["rps"] == 0)'; }
 declare -A addr=([local]=10.98.0.1 [remote]=10.98.0.2 [host]=10.98.0.1) port=([local]=8080 [remote]=8080 [host]=8081)
 for p in local remote host; do
-  wait_until 60 answers "${addr[$p]}" "${port[$p]}" || die "$p path (${addr[$p]}:${port[$p]}) does not answer"
+  wait_until 60 answers "${addr[$p]}" "${port[$p]}" "$p" || die "$p path (${addr[$p]}:${port[$p]}) does not answer"
 done
 log "backend on host 1; mesh via host 1 (local) and host 2 (remote), host-mode port 8081 on host 1"
 : > "$WORK/results"
@@ -115,7 +133,7 @@ orders=("local remote host" "remote host local" "host local remote")
 for r in $(seq 1 "$ROUNDS"); do
   for p in ${orders[$(( (r - 1) % 3 ))]}; do
     read -r s0 q0 <<< "$(srv_tcp)"
-    out=$(run "${addr[$p]}" "${port[$p]}") || die "round $r: the $p run failed"
+    out=$(run "${addr[$p]}" "${port[$p]}" "$SECS" "$p") || die "round $r: the $p run failed"
     read -r s1 q1 <<< "$(srv_tcp)"
     echo "$p $out" >> "$WORK/results"
     log "round $r: $p $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("%.0f req/s p50 %.2f ms p99 %.2f ms seen %s errors %d; retransmitted segments: client %d (%d loss probes), server %d (%d loss probes) for %d requests" % (d["rps"], d["p50_ms"], d["p99_ms"], d["seen"], d["errors"], d["retrans"], d["probes"], int(sys.argv[2]), int(sys.argv[3]), d["requests"]))' "$out" $((s1 - s0)) $((q1 - q0)))"
