@@ -96,36 +96,6 @@ lab_lock() {
 # lab_unlock: releases the lab lock if this shell holds it
 lab_unlock() { [ "$(tr -d '[:space:]' < "$LAB_LOCK" 2>/dev/null)" = "$$" ] && rm -f "$LAB_LOCK"; return 0; }
 
-# lab_lock [WAIT_S]: takes the lab lock, the one lab tests take (tests/src/lab.rs), so a figure and
-# a lab test never share the lab: /tmp/shoal-lab.lock, created exclusively (noclobber is O_EXCL),
-# holding this shell's pid. While a live process holds it, waits (WAIT_S, default 1800 s, then
-# dies saying who holds it); a lock whose holder is gone (no /proc/PID, or still empty after 5 s)
-# is removed and taken. Taking it again in the same shell is a no-op. Call it before `lab up` and
-# release it with lab_unlock in the figure's EXIT trap (after lab_down); a lock left by a figure
-# that died anyway is stale, and the next taker removes it.
-LAB_LOCK=/tmp/shoal-lab.lock
-lab_lock() {
-  local wait_s=${1:-1800} start holder age
-  start=$(now_ms)
-  while :; do
-    if (set -o noclobber; echo "$$" > "$LAB_LOCK") 2>/dev/null; then return 0; fi
-    holder=$(tr -d '[:space:]' < "$LAB_LOCK" 2>/dev/null)
-    [ "$holder" = "$$" ] && return 0
-    if [ -z "$holder" ]; then
-      age=$(( $(date +%s) - $(stat -c %Y "$LAB_LOCK" 2>/dev/null || date +%s) ))
-      [ "$age" -gt 5 ] && { rm -f "$LAB_LOCK"; continue; }
-    elif [ ! -e "/proc/$holder" ]; then
-      log "removing the stale lab lock of pid $holder"; rm -f "$LAB_LOCK"; continue
-    fi
-    [ $(( $(now_ms) - start )) -ge $(( wait_s * 1000 )) ] \
-      && die "pid $holder has held the lab lock $LAB_LOCK for over $wait_s s; remove it if that process is not a lab test or a figure"
-    [ -n "${_lab_lock_said:-}" ] || { log "waiting for the lab lock (held by pid $holder)"; _lab_lock_said=1; }
-    sleep 0.2
-  done
-}
-# lab_unlock: releases the lab lock if this shell holds it
-lab_unlock() { [ "$(tr -d '[:space:]' < "$LAB_LOCK" 2>/dev/null)" = "$$" ] && rm -f "$LAB_LOCK"; return 0; }
-
 # nodes_on I: `node ls --format json` on host I as lines "INDEX ID STATUS MANAGER_STATUS"
 # (INDEX from hostname shl-hI, else from addr 10.98.0.I)
 nodes_on() {

@@ -100,6 +100,7 @@ pub async fn run(cfg: NodeConfig, cancel: CancellationToken) -> anyhow::Result<(
     )));
     let worker = Worker::new(containers.clone(), images.clone(), registries.clone(), &cfg.hostname);
     tokio::spawn(worker.clone().run_until(cancel.child_token()));
+    tokio::spawn(crate::worker::wake_on_exits(worker.clone(), &containers.events(), cancel.child_token()));
     // `run --network` and `network connect` on a cluster's attachable networks go through the node.
     containers.set_cluster_networks(Arc::new(crate::attach::ClusterAttach {
         calls: daemon.attach_calls(),

@@ -297,6 +297,11 @@ impl Worker {
         self.wake.notify_one();
     }
 
+    /// Looks at the containers now rather than at the next [`RESCAN`].
+    pub fn nudge(&self) {
+        self.wake.notify_one();
+    }
+
     /// The node's network view from the managers, with their number for it
     /// (0: none); it comes before the tasks of the same message: the session
     /// calls this before `assign`.
@@ -787,10 +792,50 @@ fn pull_error(image: &str, e: &RegistryError) -> String {
     }
 }
 
+/// Wakes `worker` whenever one of the engine's containers dies (its
+/// `events`), so a task whose container exited is reported at once, not at
+/// the next [`RESCAN`]: a killed task leaves the other nodes' load
+/// balancers and DNS that much sooner (`net_lb_converge`). Subscribes
+/// before it returns; the future runs until `cancel`.
+pub fn wake_on_exits(
+    worker: Arc<Worker>,
+    events: &shoal_engine::events::EventLog,
+    cancel: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::sync::broadcast::error::RecvError;
+    let (_, mut rx) = events.subscribe();
+    async move {
+        loop {
+            let got = tokio::select! {
+                _ = cancel.cancelled() => return,
+                got = rx.recv() => got,
+            };
+            match got {
+                Ok(e) if e.kind == "container" && matches!(e.action.as_str(), "die" | "oom") => worker.nudge(),
+                Ok(_) => {}
+                // Events were missed: one of them may have been a death.
+                Err(RecvError::Lagged(_)) => worker.nudge(),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use TaskState::*;
+
+    #[tokio::test]
+    async fn a_container_that_dies_wakes_the_worker_at_once() {
+        let w = Worker::with_runtime(crate::fake_runtime::FakeRuntime::new(), "h1");
+        let log = shoal_engine::events::EventLog::new(16);
+        let cancel = CancellationToken::new();
+        tokio::spawn(wake_on_exits(w.clone(), &log, cancel.clone()));
+        log.emit("container", "die", "c1", BTreeMap::new());
+        tokio::time::timeout(Duration::from_secs(5), w.wake.notified()).await.expect("woken by the container's death");
+        cancel.cancel();
+    }
     use shoal_proto::service::PublishedPort;
 
     fn task(id: &str, desired: TaskState, state: TaskState) -> Task {

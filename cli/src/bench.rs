@@ -29,6 +29,19 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
+    /// netd's overlay pass programming ENDPOINTS remote endpoints (spread over
+    /// PEERS peers, one overlay network) from nothing, then again with one
+    /// endpoint moved, ROUNDS times, in network namespaces of the benchmark's
+    /// own; each pass is timed until a dump shows the kernel holding every
+    /// FDB and neighbour entry. Prints JSON.
+    NetProgram {
+        #[arg(long, default_value_t = 1000)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 10)]
+        peers: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// The scheduler alone: a service of TASKS replicas planned onto NODES
     /// simulated nodes and applied to the state machine, in process. Prints JSON.
     Sched {
@@ -71,6 +84,12 @@ pub async fn run(cli: &Cli, cmd: &BenchCmd) -> anyhow::Result<()> {
             dns(*server, name, *seconds, *concurrency, *rate).await
         }
         BenchCmd::Sched { nodes, tasks, rounds } => sched(*nodes, *tasks, *rounds),
+        BenchCmd::NetProgram { endpoints, peers, rounds } => {
+            let (endpoints, peers, rounds) = (*endpoints, *peers, *rounds);
+            std::thread::spawn(move || net_program(endpoints, peers, rounds))
+                .join()
+                .map_err(|_| anyhow::anyhow!("the net-program thread panicked"))?
+        }
     }
 }
 
@@ -136,6 +155,150 @@ fn netsync(ports: usize, rounds: usize) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({"ports": ports, "rounds": apply_ms.len(), "sync_ms": apply_ms, "median_ms": median(&mut apply_ms.clone()), "generate_median_ms": median(&mut gen_ms)})
     );
+    Ok(())
+}
+
+/// The pins of the benchmark's sandboxes: whatever is pinned there is
+/// unpinned, and the directory removed, when this is dropped (a failed run
+/// too).
+struct Pins(std::path::PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            let _ = shoal_netd::sys::unpin_netns(&e.path());
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// netd's overlay pass (`Sandboxes::sync`, as in netd) for `endpoints`
+/// remote endpoints on `peers` peers: `rounds` times from nothing (a new
+/// sandbox, bridge, VXLAN device and every entry) and then with one endpoint
+/// moved to a new address (the incremental pass). Each time runs from the
+/// view handed to the pass until a dump of the sandbox shows exactly the
+/// wanted FDB and neighbour entries. This thread moves into a network
+/// namespace of its own first (the "host": VXLAN devices are made there);
+/// the sandboxes are pinned in a directory of the run's own and removed at
+/// the end, so nothing outside the benchmark is touched.
+fn net_program(endpoints: usize, peers: usize, rounds: usize) -> anyhow::Result<()> {
+    use shoal_netd::model::sandbox_name;
+    use shoal_netd::plan::Action;
+    use shoal_netd::sys::{self, Sandboxes};
+    use shoal_proto::net::{NetView, OverlayEndpoint, OverlayNetwork, Peer, mac_for};
+    use std::collections::BTreeSet;
+    use std::net::Ipv4Addr;
+    anyhow::ensure!((1..=60_000).contains(&endpoints), "--endpoints must be 1..=60000");
+    anyhow::ensure!((1..=200).contains(&peers), "--peers must be 1..=200");
+    if let Err(e) = crate::terminal::unshare_netns() {
+        anyhow::bail!("unshare(CLONE_NEWNET): {e} (run as root)");
+    }
+    let pins = Pins(std::env::temp_dir().join(format!("shoal-bench-netprogram.{}", std::process::id())));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let host = sys::connect()?;
+        // The host's data address on an interface of its own, as on a node.
+        let data = Ipv4Addr::new(10, 99, 0, 1);
+        for a in [
+            Action::CreateBridge { name: "underlay".into(), mtu: 1500 },
+            Action::AddAddress { name: "underlay".into(), addr: data, prefix: 24 },
+            Action::SetUp { name: "underlay".into() },
+            Action::SetUp { name: "lo".into() },
+        ] {
+            sys::apply(&host, &a).await?;
+        }
+        let mut sandboxes = Sandboxes::new(host, &pins.0);
+        let net = OverlayNetwork {
+            id: "be9c4a11ab5e".repeat(2),
+            name: "bench".into(),
+            vni: 4242,
+            subnet: Ipv4Addr::new(10, 10, 0, 0),
+            prefix: 16,
+            gateway: Ipv4Addr::new(10, 10, 0, 1),
+            mtu: 1450,
+            internal: false,
+        };
+        let ns = sandbox_name(&net.id);
+        let peer_list: Vec<Peer> = (0..peers)
+            .map(|p| Peer { node: format!("peer{p}"), data_addr: Ipv4Addr::new(10, 99, 0, 10 + p as u8) })
+            .collect();
+        let endpoint = |i: usize| OverlayEndpoint {
+            id: format!("task{i:05}"),
+            network: net.id.clone(),
+            addr: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 10, 0, 2)) + i as u32),
+            node: format!("peer{}", i % peers),
+        };
+        let view = |eps: Vec<OverlayEndpoint>| NetView {
+            node: "self".into(),
+            data_addr: data,
+            networks: vec![net.clone()],
+            peers: peer_list.clone(),
+            endpoints: eps,
+            services: vec![],
+            ingress: None,
+        };
+        let empty = NetView { networks: vec![], ..view(vec![]) };
+        // Whether the sandbox holds exactly `v`'s entries.
+        let check = async |s: &mut Sandboxes, v: &NetView| -> anyhow::Result<()> {
+            let (_, observed) = s.observe().await?;
+            let sb = observed.iter().find(|o| o.name == ns).ok_or_else(|| anyhow::anyhow!("no sandbox {ns}"))?;
+            let data_of = |node: &str| v.peer(node).map(|p| p.data_addr);
+            let want_fdb: BTreeSet<([u8; 6], Ipv4Addr)> =
+                v.endpoints.iter().filter_map(|e| Some((mac_for(e.addr), data_of(&e.node)?))).collect();
+            let want_neigh: BTreeSet<(Ipv4Addr, Option<[u8; 6]>, bool)> =
+                v.endpoints.iter().map(|e| (e.addr, Some(mac_for(e.addr)), true)).collect();
+            let fdb: BTreeSet<_> = sb.fdb.iter().copied().collect();
+            let neigh: BTreeSet<_> = sb.neigh.iter().map(|n| (n.ip, n.mac, n.permanent)).collect();
+            anyhow::ensure!(
+                fdb == want_fdb && neigh == want_neigh,
+                "the kernel holds {} of {} fdb and {} of {} neighbour entries",
+                fdb.intersection(&want_fdb).count(),
+                want_fdb.len(),
+                neigh.intersection(&want_neigh).count(),
+                want_neigh.len()
+            );
+            Ok(())
+        };
+        // One timed pass and its check: (until the pass returned, until the check passed), in ms.
+        let timed = async |s: &mut Sandboxes, v: &NetView| -> anyhow::Result<(f64, f64)> {
+            let t = Instant::now();
+            let failed = s.sync(v, &[]).await;
+            let passed = t.elapsed();
+            if let Some((action, why)) = failed.first() {
+                anyhow::bail!("{} steps failed; the first: {action:?}: {why}", failed.len());
+            }
+            check(s, v).await?;
+            Ok((passed.as_secs_f64() * 1000.0, t.elapsed().as_secs_f64() * 1000.0))
+        };
+        let (mut cold, mut cold_pass, mut incr, mut incr_pass) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds.max(1) {
+            let mut eps: Vec<OverlayEndpoint> = (0..endpoints).map(endpoint).collect();
+            let (p, c) = timed(&mut sandboxes, &view(eps.clone())).await?;
+            cold_pass.push(p);
+            cold.push(c);
+            // One task replaced by another (a new address) on another peer.
+            eps[0] = OverlayEndpoint { node: format!("peer{}", (round + 1) % peers), ..endpoint(endpoints + round) };
+            let (p, c) = timed(&mut sandboxes, &view(eps)).await?;
+            incr_pass.push(p);
+            incr.push(c);
+            // Untimed: the network goes (the sandbox with it), for the next round.
+            let failed = sandboxes.sync(&empty, &[]).await;
+            anyhow::ensure!(failed.is_empty(), "removing the sandbox: {failed:?}");
+        }
+        let med = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "{}",
+            serde_json::json!({"endpoints": endpoints, "peers": peers, "rounds": cold.len(),
+                "cold_ms": cold, "incr_ms": incr, "cold_median_ms": med(&cold), "cold_pass_median_ms": med(&cold_pass),
+                "incr_median_ms": med(&incr), "incr_pass_median_ms": med(&incr_pass)})
+        );
+        anyhow::Ok(())
+    })?;
+    drop(pins);
     Ok(())
 }
 

@@ -29,7 +29,6 @@ use crate::dnsd::Dns;
 use crate::ipam::{Ipam, default_pools};
 use crate::model::{Desired, EndpointSpec, NetworkSpec, PortMap, veth_name};
 use crate::net::{Subnet, mac_for, mac_string};
-use crate::overlay;
 use crate::overlay::OverlayAction;
 use crate::plan::{Action, plan};
 use crate::sys;
@@ -407,25 +406,7 @@ impl Netd {
     /// with the local endpoints among `endpoints`. Returns the steps that
     /// failed, with why.
     async fn sync_overlays(&self, view: &NetView, endpoints: &[EndpointSpec]) -> Vec<(Option<OverlayAction>, String)> {
-        let mut sandboxes = self.sandboxes.lock().await;
-        let (host, observed) = match sandboxes.observe().await {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot observe the overlays");
-                return vec![(None, format!("observing the overlays: {e}"))];
-            }
-        };
-        let mut failed = Vec::new();
-        for action in overlay::plan(view, endpoints, &host, &observed) {
-            match sandboxes.apply(&action).await {
-                Ok(()) => tracing::debug!(?action, "applied"),
-                Err(e) => {
-                    tracing::warn!(?action, error = %e, "overlay reconcile step failed");
-                    failed.push((Some(action), e.to_string()));
-                }
-            }
-        }
-        failed
+        self.sandboxes.lock().await.sync(view, endpoints).await
     }
 
     /// Reconciles every `RESYNC`, repairing what changed behind netd's back.

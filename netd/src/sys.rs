@@ -23,11 +23,12 @@ use rtnetlink::packet_route::neighbour::{
 };
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
-use crate::model::{LinkKind, ObservedLink, is_sandbox, vxlan_host_name};
+use crate::model::{EndpointSpec, LinkKind, ObservedLink, is_sandbox, vxlan_host_name};
 use crate::net::{mac_for, mac_string};
 use crate::overlay::{self, ObservedNeigh, ObservedSandbox, ObservedVxlan, OverlayAction};
 use crate::plan::Action;
 use crate::rules;
+use shoal_proto::net::NetView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SysError {
@@ -37,6 +38,9 @@ pub enum SysError {
     Io { what: String, source: std::io::Error },
     #[error("no link named {0}")]
     NoLink(String),
+    /// Why a batch of entry actions failed together (see `entry_batch`).
+    #[error("{0}")]
+    Batch(String),
     #[error("nft refused the ruleset: {0}")]
     Nft(String),
 }
@@ -402,6 +406,62 @@ impl Sandboxes {
         Ok((host, sandboxes))
     }
 
+    /// One overlay pass: observes the host and the sandboxes, plans against
+    /// `view` with the local endpoints among `local`, and applies the plan.
+    /// Returns the steps that failed, with why (no step: the sandboxes could
+    /// not be observed). netd's pass and `shoal bench net-program` both run
+    /// this.
+    pub async fn sync(&mut self, view: &NetView, local: &[EndpointSpec]) -> Vec<(Option<OverlayAction>, String)> {
+        let (host, observed) = match self.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot observe the overlays");
+                return vec![(None, format!("observing the overlays: {e}"))];
+            }
+        };
+        let actions = overlay::plan(view, local, &host, &observed);
+        let mut failed = Vec::new();
+        let mut rest = &actions[..];
+        while !rest.is_empty() {
+            let n = entry_batch(rest).max(1);
+            let (now, later) = rest.split_at(n);
+            rest = later;
+            let results = if n == 1 {
+                vec![self.apply(&now[0]).await]
+            } else {
+                match self.apply_entries(now).await {
+                    Ok(r) => r,
+                    // The sandbox or its `vx0` is not there: every entry fails with that.
+                    Err(e) => now.iter().map(|_| Err(SysError::Batch(e.to_string()))).collect(),
+                }
+            };
+            for (action, r) in now.iter().zip(results) {
+                match r {
+                    Ok(()) => tracing::debug!(?action, "applied"),
+                    Err(e) => {
+                        tracing::warn!(?action, error = %e, "overlay reconcile step failed");
+                        failed.push((Some(action.clone()), e.to_string()));
+                    }
+                }
+            }
+        }
+        failed
+    }
+
+    /// A batch of entry actions of one sandbox (see [`entry_batch`]):
+    /// `vx0`'s index is looked up once and the requests go out
+    /// [`ENTRY_WINDOW`] at a time on the sandbox's socket, each with its
+    /// own answer. One error per action, in order.
+    async fn apply_entries(&mut self, batch: &[OverlayAction]) -> Result<Vec<Result<(), SysError>>, SysError> {
+        use futures::StreamExt;
+        let Some((ns, _)) = batch.first().and_then(entry_key) else { return Ok(vec![]) };
+        let h = self.handle(ns).await?;
+        let index = index_of(&h, overlay::VXLAN).await?;
+        // Owned futures (a stream over borrowing ones is not `Send` for every lifetime).
+        let requests: Vec<_> = batch.iter().map(|a| apply_entry(h.clone(), index, a.clone())).collect();
+        Ok(futures::stream::iter(requests).buffered(ENTRY_WINDOW).collect().await)
+    }
+
     /// Applies one overlay action.
     pub async fn apply(&mut self, action: &OverlayAction) -> Result<(), SysError> {
         use OverlayAction as O;
@@ -437,50 +497,10 @@ impl Sandboxes {
                 let a = Action::SetMaster { name: name.clone(), master: master.clone() };
                 apply(&self.handle(ns).await?, &a).await
             }
-            O::AddFdb { ns, mac, dst } => {
+            O::AddFdb { ns, .. } | O::DelFdb { ns, .. } | O::AddNeigh { ns, .. } | O::DelNeigh { ns, .. } => {
                 let h = self.handle(ns).await?;
                 let i = index_of(&h, overlay::VXLAN).await?;
-                h.neighbours()
-                    .add_bridge(i, mac)
-                    .flags(NeighbourFlags::Own)
-                    .destination(IpAddr::V4(*dst))
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(nl(format!("adding fdb {} dst {dst} in {ns}", mac_string(*mac))))
-            }
-            O::DelFdb { ns, mac, dst } => {
-                let h = self.handle(ns).await?;
-                let i = index_of(&h, overlay::VXLAN).await?;
-                let mut m = NeighbourMessage::default();
-                m.header.family = AddressFamily::Bridge;
-                m.header.ifindex = i;
-                m.header.flags = NeighbourFlags::Own;
-                m.header.state = NeighbourState::Permanent;
-                m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-                m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*dst)));
-                absent_ok(h.neighbours().del(m).execute().await)
-                    .map_err(nl(format!("deleting fdb {} dst {dst} in {ns}", mac_string(*mac))))
-            }
-            O::AddNeigh { ns, ip, mac } => {
-                let h = self.handle(ns).await?;
-                let i = index_of(&h, overlay::VXLAN).await?;
-                h.neighbours()
-                    .add(i, IpAddr::V4(*ip))
-                    .link_layer_address(mac)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(nl(format!("adding neighbour {ip} in {ns}")))
-            }
-            O::DelNeigh { ns, ip } => {
-                let h = self.handle(ns).await?;
-                let i = index_of(&h, overlay::VXLAN).await?;
-                let mut m = NeighbourMessage::default();
-                m.header.family = AddressFamily::Inet;
-                m.header.ifindex = i;
-                m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
-                absent_ok(h.neighbours().del(m).execute().await).map_err(nl(format!("deleting neighbour {ip} in {ns}")))
+                apply_entry(h, i, action.clone()).await
             }
             O::CreateEndpoint { ns, host, endpoint, prefix, mtu } => {
                 // The same veth as on a local bridge, made inside the sandbox;
@@ -645,6 +665,76 @@ impl Sandboxes {
     }
 }
 
+/// How many requests of an entry batch are in flight at once on a
+/// sandbox's socket: enough to keep the kernel busy, few enough that their
+/// answers fit the socket's receive buffer before they are read.
+const ENTRY_WINDOW: usize = 64;
+
+/// The sandbox and direction (add or delete) of an FDB or neighbour entry
+/// action; None for any other action.
+fn entry_key(a: &OverlayAction) -> Option<(&str, bool)> {
+    use OverlayAction as O;
+    match a {
+        O::AddFdb { ns, .. } | O::AddNeigh { ns, .. } => Some((ns, true)),
+        O::DelFdb { ns, .. } | O::DelNeigh { ns, .. } => Some((ns, false)),
+        _ => None,
+    }
+}
+
+/// How many actions at the start of `actions` can go out together: a run of
+/// entry actions of one sandbox that are all adds or all deletes. Such
+/// entries have distinct keys, so their order among themselves does not
+/// matter; the plan's order between runs (adds before deletes) is kept.
+/// 0 when the first action is not an entry action.
+pub fn entry_batch(actions: &[OverlayAction]) -> usize {
+    let Some(first) = actions.first().and_then(entry_key) else { return 0 };
+    actions.iter().take_while(|a| entry_key(a) == Some(first)).count()
+}
+
+/// Applies an FDB or neighbour entry action on `vx0` (index `i`) through `h`,
+/// the sandbox's handle.
+async fn apply_entry(h: Handle, i: u32, action: OverlayAction) -> Result<(), SysError> {
+    use OverlayAction as O;
+    match &action {
+        O::AddFdb { ns, mac, dst } => h
+            .neighbours()
+            .add_bridge(i, mac)
+            .flags(NeighbourFlags::Own)
+            .destination(IpAddr::V4(*dst))
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("adding fdb {} dst {dst} in {ns}", mac_string(*mac)))),
+        O::DelFdb { ns, mac, dst } => {
+            let mut m = NeighbourMessage::default();
+            m.header.family = AddressFamily::Bridge;
+            m.header.ifindex = i;
+            m.header.flags = NeighbourFlags::Own;
+            m.header.state = NeighbourState::Permanent;
+            m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+            m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*dst)));
+            absent_ok(h.neighbours().del(m).execute().await)
+                .map_err(nl(format!("deleting fdb {} dst {dst} in {ns}", mac_string(*mac))))
+        }
+        O::AddNeigh { ns, ip, mac } => h
+            .neighbours()
+            .add(i, IpAddr::V4(*ip))
+            .link_layer_address(mac)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("adding neighbour {ip} in {ns}"))),
+        O::DelNeigh { ns, ip } => {
+            let mut m = NeighbourMessage::default();
+            m.header.family = AddressFamily::Inet;
+            m.header.ifindex = i;
+            m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
+            absent_ok(h.neighbours().del(m).execute().await).map_err(nl(format!("deleting neighbour {ip} in {ns}")))
+        }
+        other => Err(SysError::Batch(format!("not an entry action: {other:?}"))),
+    }
+}
+
 /// A delete of something already gone succeeded.
 fn absent_ok(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
     match r {
@@ -757,4 +847,41 @@ fn vxlan_settings(m: &LinkMessage) -> Option<ObservedVxlan> {
         }
     }
     Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fdb(ns: &str, last: u8) -> OverlayAction {
+        OverlayAction::AddFdb { ns: ns.into(), mac: [2, 0, 0, 0, 0, last], dst: Ipv4Addr::new(10, 0, 0, 1) }
+    }
+
+    fn neigh(ns: &str, last: u8) -> OverlayAction {
+        OverlayAction::AddNeigh { ns: ns.into(), ip: Ipv4Addr::new(10, 1, 0, last), mac: [2, 0, 0, 0, 0, last] }
+    }
+
+    fn del(ns: &str, last: u8) -> OverlayAction {
+        OverlayAction::DelNeigh { ns: ns.into(), ip: Ipv4Addr::new(10, 1, 0, last) }
+    }
+
+    #[test]
+    fn entry_batches_are_runs_of_one_sandbox_and_one_direction() {
+        let up = OverlayAction::SetUp { ns: "a".into(), name: "br0".into() };
+        let cases: Vec<(Vec<OverlayAction>, usize)> = vec![
+            (vec![], 0),
+            (vec![up.clone(), fdb("a", 1)], 0),
+            (vec![fdb("a", 1)], 1),
+            // FDB and neighbour adds of one sandbox go together ...
+            (vec![fdb("a", 1), fdb("a", 2), neigh("a", 1), neigh("a", 2), up.clone()], 4),
+            // ... deletes wait for the adds before them ...
+            (vec![fdb("a", 1), neigh("a", 1), del("a", 3), del("a", 4)], 2),
+            (vec![del("a", 3), del("a", 4), fdb("a", 1)], 2),
+            // ... and another sandbox's entries are another batch.
+            (vec![fdb("a", 1), fdb("b", 1)], 1),
+        ];
+        for (actions, want) in cases {
+            assert_eq!(entry_batch(&actions), want, "{actions:?}");
+        }
+    }
 }

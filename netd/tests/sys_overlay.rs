@@ -559,3 +559,90 @@ async fn attach_scenario(h1: &NetdHost, h2: &NetdHost, c1: &Parked, c2: &Parked)
     assert!(!sandbox.exists(), "gone with the last endpoint");
     Ok(())
 }
+
+/// `Sandboxes::sync` (netd's pass) sends a network's FDB and neighbour entries in batches:
+/// 600 remote endpoints on 3 peers land exactly; then 50 move to another peer, 50 go and 50
+/// come (adds and deletes in one pass) and the kernel again holds exactly the view's entries,
+/// with nothing left for a further pass. A view without the network removes the sandbox.
+#[test]
+fn many_entries_are_programmed_in_batches_and_changed_in_place() {
+    if !can_run() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-overlay").tempdir().unwrap());
+    let dir = pins.dir("h1");
+    let test = std::thread::spawn(move || {
+        // The "host": this thread's own namespace (VXLAN devices are made there).
+        own_netns();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            tokio::time::timeout(Duration::from_secs(60), batches(&dir))
+                .await
+                .expect("the scenario finishes within 60 s")
+                .expect("the scenario");
+        });
+    });
+    let r = test.join();
+    drop(pins);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
+
+async fn batches(dir: &Path) -> anyhow::Result<()> {
+    let mut s = Sandboxes::new(sys::connect()?, dir);
+    let peers: Vec<Peer> =
+        (0..4).map(|p| Peer { node: format!("p{p}"), data_addr: Ipv4Addr::new(10, 99, 0, 10 + p) }).collect();
+    let ep = |i: u32, peer: u32| OverlayEndpoint {
+        id: format!("t{i}"),
+        network: NET.into(),
+        addr: Ipv4Addr::from(u32::from(ip4("10.10.1.0")) + i),
+        node: format!("p{peer}"),
+    };
+    let base = view("h1", "10.99.0.1", ("unused", "10.99.0.250"));
+    let mut v = NetView { peers, endpoints: (0..600).map(|i| ep(i, i % 3)).collect(), ..base.clone() };
+    v.networks[0].prefix = 16;
+    v.networks[0].subnet = ip4("10.10.0.0");
+    let exactly = async |s: &mut Sandboxes, v: &NetView| -> anyhow::Result<()> {
+        let (_, observed) = s.observe().await?;
+        let sb = observed.iter().find(|o| o.name == sandbox_name(NET)).context("the sandbox")?;
+        let mut fdb = sb.fdb.clone();
+        fdb.sort();
+        let mut want: Vec<_> =
+            v.endpoints.iter().map(|e| (mac_for(e.addr), v.peer(&e.node).expect("a peer").data_addr)).collect();
+        want.sort();
+        assert_eq!(fdb, want, "the FDB entries are the view's");
+        let mut neigh: Vec<_> = sb.neigh.iter().map(|n| (n.ip, n.mac, n.permanent)).collect();
+        neigh.sort();
+        let mut want: Vec<_> = v.endpoints.iter().map(|e| (e.addr, Some(mac_for(e.addr)), true)).collect();
+        want.sort();
+        assert_eq!(neigh, want, "the neighbour entries are the view's");
+        Ok(())
+    };
+
+    assert_eq!(s.sync(&v, &[]).await, vec![], "no step fails");
+    exactly(&mut s, &v).await?;
+    assert_eq!(pending(&mut s, &v, &[]).await, vec![], "converged");
+
+    // 50 move to p3, 50 go, 50 new ones come.
+    for e in v.endpoints.iter_mut().take(50) {
+        e.node = "p3".into();
+    }
+    v.endpoints.drain(50..100);
+    v.endpoints.extend((1000..1050).map(|i| ep(i, 1)));
+    let planned = pending(&mut s, &v, &[]).await;
+    let count = |f: fn(&OverlayAction) -> bool| planned.iter().filter(|a| f(a)).count();
+    assert_eq!(count(|a| matches!(a, OverlayAction::AddFdb { .. })), 100, "50 moved, 50 new");
+    assert_eq!(count(|a| matches!(a, OverlayAction::DelFdb { .. })), 100, "50 moved, 50 gone");
+    assert_eq!(count(|a| matches!(a, OverlayAction::AddNeigh { .. })), 50);
+    assert_eq!(count(|a| matches!(a, OverlayAction::DelNeigh { .. })), 50);
+    assert_eq!(s.sync(&v, &[]).await, vec![], "no step fails");
+    exactly(&mut s, &v).await?;
+    assert_eq!(pending(&mut s, &v, &[]).await, vec![], "converged");
+
+    let empty = NetView { networks: vec![], endpoints: vec![], ..v };
+    assert_eq!(s.sync(&empty, &[]).await, vec![]);
+    assert!(!s.path(&sandbox_name(NET)).exists(), "the sandbox is gone");
+    Ok(())
+}
