@@ -227,6 +227,7 @@ fn net_program(endpoints: usize, peers: usize, rounds: usize) -> anyhow::Result<
             network: net.id.clone(),
             addr: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 10, 0, 2)) + i as u32),
             node: format!("peer{}", i % peers),
+            names: vec![],
         };
         let view = |eps: Vec<OverlayEndpoint>| NetView {
             node: "self".into(),

@@ -599,6 +599,7 @@ async fn batches(dir: &Path) -> anyhow::Result<()> {
         network: NET.into(),
         addr: Ipv4Addr::from(u32::from(ip4("10.10.1.0")) + i),
         node: format!("p{peer}"),
+        names: vec![],
     };
     let base = view("h1", "10.99.0.1", ("unused", "10.99.0.250"));
     let mut v = NetView { peers, endpoints: (0..600).map(|i| ep(i, i % 3)).collect(), ..base.clone() };
