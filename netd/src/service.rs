@@ -295,10 +295,13 @@ impl Netd {
         self.pass_after(false).await
     }
 
-    /// A pass that started after this call, shared: new network views that
-    /// queue while a pass runs are all served by the next one (a node whose
-    /// view changes with every task the cluster starts would otherwise run
-    /// one whole pass per view, and its attaches would wait behind them).
+    /// A pass for a new network view, started after this call and shared:
+    /// views that queue while a pass runs are all served by the next one (a
+    /// node's view changes with every task the cluster starts). It programs
+    /// what follows the view (overlays, DNS, load balancers, the mesh) and
+    /// leaves the host's links and rules alone: those follow the local state
+    /// only, which a view does not change (attaches, detaches and every
+    /// `RESYNC` reconcile them).
     pub async fn sync_shared(&self) -> Vec<(Action, String)> {
         self.pass_after(true).await
     }
@@ -318,17 +321,27 @@ impl Netd {
             }
             p.asked
         };
-        let failed = self.pass_once(asked).await;
+        let failed = self.pass_once(asked, !shared).await;
         let mut p = self.passes.lock().unwrap_or_else(|p| p.into_inner());
         p.done = p.done.max(covers);
         p.failed = failed.clone();
         failed
     }
 
-    /// One reconcile pass (the caller holds `pass`).
-    async fn pass_once(&self, asked: std::time::Instant) -> Vec<(Action, String)> {
+    /// One reconcile pass (the caller holds `pass`); the host's part only
+    /// when `host`.
+    async fn pass_once(&self, asked: std::time::Instant, host: bool) -> Vec<(Action, String)> {
         let mut phases = Phases::new(asked);
         let desired = self.state.lock().unwrap_or_else(|p| p.into_inner()).desired();
+        let failed = if host { self.host_pass(&desired).await } else { Vec::new() };
+        phases.mark("host");
+        self.view_pass(&desired, &mut phases).await;
+        tracing::debug!(endpoints = desired.endpoints.len(), phases = %phases, "pass");
+        failed
+    }
+
+    /// The host's links, addresses and rules made to match the local state.
+    async fn host_pass(&self, desired: &Desired) -> Vec<(Action, String)> {
         let observed = match sys::observe(&self.host).await {
             Ok(o) => o,
             Err(e) => {
@@ -338,7 +351,7 @@ impl Netd {
         };
         let applied = self.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut failed = Vec::new();
-        for action in plan(&desired, &observed, applied.as_deref()) {
+        for action in plan(desired, &observed, applied.as_deref()) {
             match sys::apply(&self.host, &action).await {
                 Ok(()) => {
                     tracing::debug!(?action, "applied");
@@ -352,7 +365,12 @@ impl Netd {
                 }
             }
         }
-        phases.mark("host");
+        failed
+    }
+
+    /// What follows the network view: the overlays' sandboxes, DNS, the
+    /// VIP load balancers and the routing mesh.
+    async fn view_pass(&self, desired: &Desired, phases: &mut Phases) {
         let view = self.state.lock().unwrap_or_else(|p| p.into_inner()).overlay_view();
         if let Some(view) = &view {
             let failed = self.sync_overlays(view, &desired.endpoints).await;
@@ -398,8 +416,6 @@ impl Netd {
             tracing::warn!(error = %e, "routing mesh step failed");
         }
         phases.mark("mesh");
-        tracing::debug!(endpoints = desired.endpoints.len(), phases = %phases, "pass");
-        failed
     }
 
     /// The overlays' part of a pass: their sandboxes made to match `view`,
@@ -409,7 +425,6 @@ impl Netd {
         self.sandboxes.lock().await.sync(view, endpoints).await
     }
 
-    /// Reconciles every `RESYNC`, repairing what changed behind netd's back.
     /// Reconciles the kernel against the state every [`RESYNC`] until `cancel` fires.
     pub async fn run(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
         loop {
