@@ -155,6 +155,25 @@ struct Passes {
     failed: Vec<(Action, String)>,
 }
 
+/// What the overlays' sandboxes follow: the view without its services and
+/// the mesh's services (their VIPs and backends are the balancers' and
+/// DNS's), and the local endpoints.
+#[derive(PartialEq)]
+struct OverlayInputs {
+    view: NetView,
+    endpoints: Vec<EndpointSpec>,
+}
+
+impl OverlayInputs {
+    fn of(view: &NetView, endpoints: &[EndpointSpec]) -> OverlayInputs {
+        let mut view = NetView { services: Vec::new(), ..view.clone() };
+        if let Some(i) = &mut view.ingress {
+            i.services.clear();
+        }
+        OverlayInputs { view, endpoints: endpoints.to_vec() }
+    }
+}
+
 /// How long a pass waited for the one before it, then each of its phases
 /// took (a debug line per pass: where an attach's time goes).
 struct Phases {
@@ -219,6 +238,9 @@ pub struct Netd {
     /// Passes asked for and done, so that view changes that queue while a
     /// pass runs share the next one (see `sync_shared`).
     passes: Mutex<Passes>,
+    /// What the overlays followed in the last overlay sync that left
+    /// nothing failed (see `view_pass`).
+    overlays_synced: Mutex<Option<OverlayInputs>>,
     /// Where the state is kept between runs.
     file: StateFile,
     /// The embedded DNS server, following the endpoints.
@@ -274,6 +296,7 @@ impl Netd {
             rules: Mutex::new(None),
             pass: tokio::sync::Mutex::new(()),
             passes: Mutex::new(Passes::default()),
+            overlays_synced: Mutex::new(None),
             file: StateFile::new(root),
             dns: Dns::new(Path::new("/etc/resolv.conf")),
         });
@@ -335,7 +358,7 @@ impl Netd {
         let desired = self.state.lock().unwrap_or_else(|p| p.into_inner()).desired();
         let failed = if host { self.host_pass(&desired).await } else { Vec::new() };
         phases.mark("host");
-        self.view_pass(&desired, &mut phases).await;
+        self.view_pass(&desired, host, &mut phases).await;
         tracing::debug!(endpoints = desired.endpoints.len(), phases = %phases, "pass");
         failed
     }
@@ -370,11 +393,19 @@ impl Netd {
 
     /// What follows the network view: the overlays' sandboxes, DNS, the
     /// VIP load balancers and the routing mesh.
-    async fn view_pass(&self, desired: &Desired, phases: &mut Phases) {
+    /// The overlays are left alone in a view pass (not `whole`) when what
+    /// they follow is as the last clean overlay sync left it: most new views
+    /// only change services' backends (a task started somewhere).
+    async fn view_pass(&self, desired: &Desired, whole: bool, phases: &mut Phases) {
         let view = self.state.lock().unwrap_or_else(|p| p.into_inner()).overlay_view();
         if let Some(view) = &view {
-            let failed = self.sync_overlays(view, &desired.endpoints).await;
-            *self.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()) = failed;
+            let inputs = OverlayInputs::of(view, &desired.endpoints);
+            let unchanged = self.overlays_synced.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&inputs);
+            if whole || !unchanged {
+                let failed = self.sync_overlays(view, &desired.endpoints).await;
+                *self.overlays_synced.lock().unwrap_or_else(|p| p.into_inner()) = failed.is_empty().then_some(inputs);
+                *self.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()) = failed;
+            }
         }
         // DNS follows the endpoints (after them: its sockets need the namespaces' loopback up),
         // with the services of the cluster networks from the view.
@@ -1097,6 +1128,35 @@ mod tests {
             ingress: None,
         });
         s
+    }
+
+    #[test]
+    fn overlays_follow_the_views_networks_peers_and_endpoints_not_its_services() {
+        let view = state().view.expect("a view");
+        let before = OverlayInputs::of(&view, &[]);
+        let mut backends = view.clone();
+        backends.services.push(shoal_proto::net::ViewService {
+            id: "s1".into(),
+            name: "web".into(),
+            network: NET.into(),
+            mode: shoal_proto::network::EndpointMode::Vip,
+            vip: Some("10.10.0.2".parse().unwrap()),
+            aliases: vec![],
+            backends: vec!["10.10.0.3".parse().unwrap()],
+        });
+        assert!(OverlayInputs::of(&backends, &[]) == before, "a service's backends are not the overlays'");
+        let mut peers = view.clone();
+        peers.peers.push(shoal_proto::net::Peer { node: "n2".into(), data_addr: "10.98.0.12".parse().unwrap() });
+        assert!(OverlayInputs::of(&peers, &[]) != before, "a new peer is");
+        let mut endpoints = view.clone();
+        endpoints.endpoints.push(shoal_proto::net::OverlayEndpoint {
+            id: "t1".into(),
+            network: NET.into(),
+            addr: "10.10.0.3".parse().unwrap(),
+            node: "n2".into(),
+            names: vec![],
+        });
+        assert!(OverlayInputs::of(&endpoints, &[]) != before, "a new endpoint is");
     }
 
     fn attach(container: &str, network: &str, ip: &str) -> pb::AttachRequest {
