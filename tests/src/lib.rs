@@ -3,3 +3,4 @@
 //! (`manager/tests/cluster_sim.rs`).
 
 pub mod lab;
+pub mod overlay;

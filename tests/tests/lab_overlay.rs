@@ -1,13 +1,16 @@
 //! Service networks across hosts on a 5-host lab (3 managers) with the real
 //! binary: a service on an overlay gets a VIP and one address per task from
-//! the managers; its tasks on five different hosts reach each other
+//! the managers; its ten tasks, two on each of five hosts, reach each other
 //! (all pairs), resolve the service's name to its VIP and `tasks.NAME` to
 //! the tasks' addresses, spread requests to the VIP over the tasks, reach a
 //! host outside the cluster through the node's gateway bridge, and follow
 //! scaling; a network in use cannot be removed, and one no longer used can.
 //! The routing mesh: a port published in ingress mode by a service with two
 //! tasks answers on all five hosts, and the server sees the client's own
-//! address; its host-mode port answers only where its tasks run.
+//! address; its host-mode port answers only where its tasks run; a UDP port
+//! likewise (TCP and UDP). An attached container's name resolves on other
+//! hosts; overlapping subnets are refused; an internal overlay has no way
+//! out; `network create --ingress` replaces the ingress network.
 //! Containers outside the service join the attachable overlay on worker
 //! hosts (`run --network`, `network connect`/`disconnect`): they resolve the
 //! service to its VIP, are answered through it and are reached by its
@@ -25,14 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
-
-/// A tiny web server answering with its container's hostname.
-const WEB_SH: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
-
-/// A web server whose `/cgi-bin/ip` answers with the client's address as it sees it.
-const WHOAMI_SH: &str = "mkdir -p /www/cgi-bin && \
-    printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip && \
-    chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www";
+use shoal_tests::overlay::{Placed, WEB_SH, WHOAMI_SH, inside, looked_up, placed};
 
 /// A client that requests `http://web/` in a loop until `/tmp/stop` exists,
 /// counting in `/tmp/count` ("OK FAILED") and keeping why each failure
@@ -45,55 +41,6 @@ const LOOP_SH: &str = "until [ -n \"$(timeout 5 wget -qO- http://web/ 2>/dev/nul
       if [ -n \"$page\" ]; then ok=$((ok+1)); else fail=$((fail+1)); date >> /tmp/errors; fi; \
       echo \"$ok $fail\" > /tmp/count; \
     done";
-
-/// One running task of a service as `service ps` shows it.
-#[derive(Debug)]
-struct Placed {
-    host: usize,
-    container: String,
-    addr: Ipv4Addr,
-}
-
-/// The running tasks of `service` on network `net` (an id), with their hosts and addresses,
-/// once exactly `n` run and each has its address.
-fn placed(lab: &Lab, service: &str, net: &str, n: usize) -> Result<Vec<Placed>> {
-    wait_for(&format!("{n} running tasks of {service} with addresses"), Duration::from_secs(60), || {
-        let all = lab.shoal_json(1, &["service", "ps", service])?;
-        let mut out = Vec::new();
-        for t in all.as_array().context("service ps")? {
-            let task = &t["task"];
-            if task["desired"] != "running" || task["status"]["state"] != "running" {
-                continue;
-            }
-            let host: usize = t["node"]
-                .as_str()
-                .and_then(|h| h.strip_prefix("shl-h"))
-                .and_then(|i| i.parse().ok())
-                .with_context(|| format!("a lab host: {t}"))?;
-            let addr = task["networks"]
-                .as_array()
-                .and_then(|ns| ns.iter().find(|a| a["network"] == net))
-                .and_then(|a| a["addr"].as_str())
-                .with_context(|| format!("an address on {net}: {task}"))?
-                .parse()?;
-            let container = format!(
-                "{}.{}.{}",
-                task["service_name"].as_str().unwrap_or_default(),
-                task["slot"],
-                task["id"].as_str().unwrap_or_default()
-            );
-            out.push(Placed { host, container, addr });
-        }
-        Ok((out.len() == n).then_some(out))
-    })
-}
-
-/// Runs `cmd` inside `p`'s container; its stdout, or an error with why.
-fn inside(lab: &Lab, p: &Placed, cmd: &[&str]) -> Result<String> {
-    let mut args = vec!["exec", p.container.as_str()];
-    args.extend_from_slice(cmd);
-    lab.shoal(p.host, &args)
-}
 
 /// An IPv4 subnet, `ADDRESS/PREFIX`.
 #[derive(Clone, Copy, Debug)]
@@ -116,15 +63,6 @@ impl std::fmt::Display for Subnet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", Ipv4Addr::from(self.0), self.1.count_ones())
     }
-}
-
-/// The IPv4 addresses `busybox nslookup NAME` printed for the name (after its server's lines).
-fn looked_up(out: &str) -> BTreeSet<Ipv4Addr> {
-    out.split("Name:")
-        .skip(1)
-        .flat_map(|answer| answer.lines().filter_map(|l| l.trim().strip_prefix("Address:")))
-        .filter_map(|a| a.split_whitespace().next()?.parse().ok())
-        .collect()
 }
 
 /// Once every task of `service` wanted stopped has stopped.
@@ -362,7 +300,7 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
     let net_id = net["Id"].as_str().context("the network's id")?.to_string();
     let subnet = Subnet::parse(net["IPAM"]["Config"][0]["Subnet"].as_str().unwrap_or_default())?;
 
-    // Five replicas, one per host, on the overlay.
+    // Ten replicas, two per host, on the overlay.
     lab.shoal(
         1,
         &[
@@ -374,9 +312,9 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
             "--network",
             "app",
             "--replicas",
-            "5",
+            "10",
             "--replicas-max-per-node",
-            "1",
+            "2",
             "--stop-grace-period",
             "1s",
             "busybox:local",
@@ -385,10 +323,10 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
             WEB_SH,
         ],
     )?;
-    let tasks = placed(&lab, "web", &net_id, 5)?;
+    let tasks = placed(&lab, "web", &net_id, 10)?;
     let hosts: BTreeSet<usize> = tasks.iter().map(|t| t.host).collect();
     let addrs: BTreeSet<Ipv4Addr> = tasks.iter().map(|t| t.addr).collect();
-    ensure!(hosts.len() == 5 && addrs.len() == 5, "one task per host, distinct addresses: {tasks:?}");
+    ensure!(hosts.len() == 5 && addrs.len() == 10, "two tasks per host, distinct addresses: {tasks:?}");
     ensure!(addrs.iter().all(|a| subnet.contains(*a)), "addresses inside {subnet}: {tasks:?}");
 
     // The service's VIP on app, from the managers.
@@ -401,13 +339,12 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
     let vip: Ipv4Addr = vip.split('/').next().unwrap_or_default().parse()?;
     ensure!(subnet.contains(vip) && !addrs.contains(&vip), "VIP {vip} in {subnet}, not a task's");
 
-    // All pairs across hosts.
+    // All pairs, one exec per task pinging the nine others.
     for from in &tasks {
-        for to in tasks.iter().filter(|t| t.addr != from.addr) {
-            let a = to.addr.to_string();
-            inside(&lab, from, &["ping", "-c", "1", "-W", "3", &a])
-                .with_context(|| format!("host {} → host {} ({a})", from.host, to.host))?;
-        }
+        let others: Vec<String> = tasks.iter().filter(|t| t.addr != from.addr).map(|t| t.addr.to_string()).collect();
+        let script = format!("for a in {}; do ping -c 1 -W 3 $a > /dev/null || echo $a; done", others.join(" "));
+        let unreached = inside(&lab, from, &["sh", "-c", &script])?;
+        ensure!(unreached.trim().is_empty(), "a task on host {} could not reach: {unreached}", from.host);
     }
 
     // Names: the service to its VIP, tasks.web to the tasks.
@@ -424,7 +361,7 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
         let page = inside(&lab, client, &["wget", "-qO-", &url])?;
         seen.insert(page.trim().to_string());
     }
-    ensure!(seen.len() >= 3, "30 requests to the VIP reached at least 3 of 5 tasks: {seen:?}");
+    ensure!(seen.len() >= 3, "30 requests to the VIP reached at least 3 of 10 tasks: {seen:?}");
     inside(&lab, client, &["ping", "-c", "1", "-W", "3", &vip.to_string()]).context("ping the VIP")?;
 
     // The way out: the lab's switch, outside the cluster, through the node's gateway bridge.
@@ -513,8 +450,62 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
     }
     lab.shoal(1, &["service", "rm", "front"])?;
 
+    udp_through_the_mesh(&lab, &ingress_id, tmp.path())?;
     refusals_and_internal(&lab)?;
     replaced_ingress(&lab)?;
+    Ok(())
+}
+
+/// A UDP server in a task's namespace that answers each datagram with its sender's address
+/// (the lab image has no UDP server; python3 on the host, entered into the task's network
+/// namespace, is one). It stops by itself after 120 s.
+const UDP_WHOAMI_PY: &str = "import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 9053))
+s.settimeout(0.5)
+end = time.time() + 120
+while time.time() < end:
+    try:
+        data, peer = s.recvfrom(512)
+    except socket.timeout:
+        continue
+    s.sendto(peer[0].encode(), peer)
+";
+
+/// One datagram to `sys.argv[1]`:9053, the answer printed (nothing after 2 s).
+const UDP_ASK_PY: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.sendto(b'who', (sys.argv[1], 9053))
+try:
+    print(s.recvfrom(512)[0].decode())
+except socket.timeout:
+    pass
+";
+
+/// A UDP port published through the routing mesh answers on every host, and the server sees
+/// the switch's own address.
+fn udp_through_the_mesh(lab: &Lab, ingress: &str, tmp: &std::path::Path) -> Result<()> {
+    let args = ["service", "create", "-d", "--name", "dgram", "-p", "published=9053,target=9053,protocol=udp"];
+    lab.shoal(1, &[&args[..], &["--stop-grace-period", "1s", "busybox:local", "sleep", "100000"]].concat())?;
+    let task = placed(lab, "dgram", ingress, 1)?;
+    let netns = format!("--net=/run/shoal/netns/{}", task[0].id);
+    let mut server =
+        lab.spawn(task[0].host, &["nsenter", &netns, "python3", "-c", UDP_WHOAMI_PY], &tmp.join("udp.log"))?;
+    let answered = (1..=5).try_for_each(|i| {
+        let host = format!("10.98.0.{i}");
+        let seen = wait_for(&format!("host {i} to answer on 9053/udp"), Duration::from_secs(60), || {
+            let out = lab.sw(&["python3", "-c", UDP_ASK_PY, &host])?;
+            let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Ok((!body.is_empty()).then_some(body))
+        })?;
+        ensure!(seen == "10.98.0.254", "through host {i}, the UDP server saw {seen:?}, not the switch");
+        Ok(())
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    answered?;
+    lab.shoal(1, &["service", "rm", "dgram"])?;
     Ok(())
 }
 

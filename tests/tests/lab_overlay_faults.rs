@@ -26,88 +26,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
-
-/// A tiny web server answering with its container's hostname.
-const WEB_SH: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+use shoal_tests::overlay::{Placed, WEB_SH, inside, looked_up, placed, placed_when};
 
 /// The hosts of scenario 1: the echo server's and the client's.
 const SERVER_HOST: usize = 2;
 const CLIENT_HOST: usize = 3;
 /// Port of the echo server.
 const ECHO_PORT: &str = "7000";
-
-/// One running task of a service as `service ps` shows it.
-#[derive(Debug)]
-struct Placed {
-    host: usize,
-    /// The container's name (for `shoal exec`).
-    container: String,
-    /// The container's id (its network namespace is `/run/shoal/netns/<id>`).
-    id: String,
-    addr: Ipv4Addr,
-}
-
-/// The running tasks of `service` on network `net` (an id) once exactly `n` run, each with its
-/// address, and `ok` holds for them.
-fn placed_when(
-    lab: &Lab,
-    service: &str,
-    net: &str,
-    n: usize,
-    deadline: Duration,
-    ok: impl Fn(&[Placed]) -> bool,
-) -> Result<Vec<Placed>> {
-    wait_for(&format!("{n} running tasks of {service} with addresses"), deadline, || {
-        let all = lab.shoal_json(1, &["service", "ps", service])?;
-        let mut out = Vec::new();
-        for t in all.as_array().context("service ps")? {
-            let task = &t["task"];
-            if task["desired"] != "running" || task["status"]["state"] != "running" {
-                continue;
-            }
-            let host: usize = t["node"]
-                .as_str()
-                .and_then(|h| h.strip_prefix("shl-h"))
-                .and_then(|i| i.parse().ok())
-                .with_context(|| format!("a lab host: {t}"))?;
-            let addr = task["networks"]
-                .as_array()
-                .and_then(|ns| ns.iter().find(|a| a["network"] == net))
-                .and_then(|a| a["addr"].as_str())
-                .with_context(|| format!("an address on {net}: {task}"))?
-                .parse()?;
-            let container = format!(
-                "{}.{}.{}",
-                task["service_name"].as_str().unwrap_or_default(),
-                task["slot"],
-                task["id"].as_str().unwrap_or_default()
-            );
-            let id = task["status"]["container_id"].as_str().unwrap_or_default().to_string();
-            out.push(Placed { host, container, id, addr });
-        }
-        Ok((out.len() == n && ok(&out)).then_some(out))
-    })
-}
-
-fn placed(lab: &Lab, service: &str, net: &str, n: usize) -> Result<Vec<Placed>> {
-    placed_when(lab, service, net, n, Duration::from_secs(60), |_| true)
-}
-
-/// Runs `cmd` inside `p`'s container; its stdout, or an error with why.
-fn inside(lab: &Lab, p: &Placed, cmd: &[&str]) -> Result<String> {
-    let mut args = vec!["exec", p.container.as_str()];
-    args.extend_from_slice(cmd);
-    lab.shoal(p.host, &args)
-}
-
-/// The IPv4 addresses `busybox nslookup NAME` printed for the name (after its server's lines).
-fn looked_up(out: &str) -> BTreeSet<Ipv4Addr> {
-    out.split("Name:")
-        .skip(1)
-        .flat_map(|answer| answer.lines().filter_map(|l| l.trim().strip_prefix("Address:")))
-        .filter_map(|a| a.split_whitespace().next()?.parse().ok())
-        .collect()
-}
 
 /// `service create -d --name NAME --network app --stop-grace-period 1s ARGS… busybox:local CMD…`
 fn create(lab: &Lab, name: &str, args: &[&str], cmd: &[&str]) -> Result<()> {
