@@ -11,12 +11,13 @@ set -uo pipefail
 REPS=${BENCH_DEMO_UP_REPS:-3}
 LIMIT=${BENCH_DEMO_UP_TIMEOUT:-300}
 
-[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 bin=${SHOAL_BIN:-$REPO/target/debug/shoal}
 [ -x "$bin" ] || die "no shoal binary at $bin: cargo build -p shoal first, or set SHOAL_BIN"
 export SHOAL_BIN=$bin
 OUT=$(mktemp /tmp/shl-bench-demo.XXXXXX)
-trap 'lab_down; rm -f "$OUT"' EXIT
+trap 'lab_down; rm -f "$OUT"; lab_unlock' EXIT
+lab_lock
+[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 
 samples=()
 for rep in $(seq 1 "$REPS"); do

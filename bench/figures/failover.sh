@@ -12,8 +12,9 @@ set -uo pipefail
 REPS=${BENCH_FAILOVER_REPS:-10}
 CALL_T=${BENCH_CALL_TIMEOUT:-3}
 
+trap 'lab_down; lab_unlock' EXIT
+lab_lock
 [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
-trap lab_down EXIT
 lab up 3 --managers 3 --no-demo >&2 || die "deploy/lab up failed"
 declare -A ID
 for i in 1 2 3; do

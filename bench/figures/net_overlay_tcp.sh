@@ -15,11 +15,12 @@ SECS=${BENCH_OVL_SECS:-3}
 PORT=5201
 command -v iperf3 >/dev/null || die "iperf3 is needed (deploy/prereqs installs it)"
 bb=$(command -v busybox) || die "busybox-static is needed"
-[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
 srv_pid=""   # the iperf3 server we started and have not reaped yet
 cleanup() { [ -n "$srv_pid" ] && kill "$srv_pid" 2>/dev/null; lab_down; rm -rf "$WORK"; }
-trap cleanup EXIT
+trap 'cleanup; lab_unlock' EXIT
+lab_lock
+[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 lab up 2 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
 mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc"
 cp "$bb" "$WORK/rootfs/bin/busybox"

@@ -14,11 +14,12 @@ ROUNDS=${BENCH_VIP_ROUNDS:-5}
 SECS=${BENCH_VIP_SECS:-3}
 PORT=8000
 bb=$(command -v busybox) || die "busybox-static is needed"
-[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
 pids=()   # counting servers we started
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; lab_down; rm -rf "$WORK"; }
-trap cleanup EXIT
+trap 'cleanup; lab_unlock' EXIT
+lab_lock
+[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 lab up 3 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
 mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc"
 cp "$bb" "$WORK/rootfs/bin/busybox"

@@ -9,8 +9,9 @@ need_bench_cmds
 SECS=${BENCH_WRITE_SECS:-10}
 C=${BENCH_WRITE_CLIENTS:-32}
 
+trap 'lab_down; lab_unlock' EXIT
+lab_lock
 [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
-trap 'lab_down' EXIT
 lab up 3 --managers 3 --no-demo >&2 || die "deploy/lab up failed"
 wait_until 60 all_ready 3 || die "3 ready nodes with a leader not reached"
 L=$(leader_index) || die "no leader"

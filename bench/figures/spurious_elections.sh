@@ -19,14 +19,15 @@ terms() { # one line "t1 t2 t3"
   echo "${out[*]}"
 }
 
-[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 loads=()
 cleanup() {
   local p
   for p in "${loads[@]}"; do kill "$p" 2>/dev/null; done
   lab_down
 }
-trap cleanup EXIT
+trap 'cleanup; lab_unlock' EXIT
+lab_lock
+[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 lab up 3 --managers 3 --no-demo >&2 || die "deploy/lab up failed"
 wait_until 60 all_ready 3 || die "3 ready nodes with a leader not reached"
 before=$(terms); L0=$(leader_index) || die "no leader"
