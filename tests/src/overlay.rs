@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
 
-use crate::lab::{Lab, wait_for};
+use crate::lab::{Lab, busybox_rootfs_tar, wait_for};
 
 /// A tiny web server answering with its container's hostname.
 pub const WEB_SH: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
@@ -17,6 +18,54 @@ pub const WEB_SH: &str = "mkdir -p /www && hostname > /www/index.html && exec ht
 pub const WHOAMI_SH: &str = "mkdir -p /www/cgi-bin && \
     printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip && \
     chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www";
+
+/// A 5-host lab with 3 managers, `busybox:local` on every host and the
+/// attachable overlay `app` allocated: the lab, its scratch dir (prefix
+/// `prefix`) and app's `network inspect` document.
+pub fn swarm_with_app(prefix: &str) -> Result<(Lab, tempfile::TempDir, Value)> {
+    let lab = Lab::up(5, 3)?;
+    let tmp = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    let image = busybox_rootfs_tar(tmp.path())?;
+    for i in 1..=5 {
+        lab.shoal(i, &["image", "import", &image.display().to_string(), "busybox:local"])?;
+    }
+    lab.shoal(1, &["network", "create", "-d", "overlay", "--attachable", "app"])?;
+    let net = wait_for("app's allocation", Duration::from_secs(30), || {
+        let doc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "app"])?)?;
+        Ok(doc[0]["IPAM"]["Config"][0]["Subnet"].as_str().is_some().then(|| doc[0].clone()))
+    })?;
+    Ok((lab, tmp, net))
+}
+
+/// `service create -d --name NAME --stop-grace-period 1s ARGS… busybox:local CMD…` on host 1.
+pub fn create_service(lab: &Lab, name: &str, args: &[&str], cmd: &[&str]) -> Result<()> {
+    let mut all = vec!["service", "create", "-d", "--name", name, "--stop-grace-period", "1s"];
+    all.extend_from_slice(args);
+    all.push("busybox:local");
+    all.extend_from_slice(cmd);
+    lab.shoal(1, &all).map(drop)
+}
+
+/// The VIP of `service` on network `net` (an id), as host `via`'s managers give it.
+pub fn vip_of(lab: &Lab, via: usize, service: &str, net: &str) -> Result<Ipv4Addr> {
+    let svc: Value = serde_json::from_str(&lab.shoal(via, &["service", "inspect", service])?)?;
+    let vip = svc[0]["Endpoint"]["VirtualIPs"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["NetworkID"] == net))
+        .and_then(|v| v["Addr"].as_str())
+        .with_context(|| format!("a VIP of {service} on {net}: {svc}"))?;
+    Ok(vip.split('/').next().unwrap_or_default().parse()?)
+}
+
+/// Removes network `name` once nothing uses it any more (its services'
+/// tasks take a moment to go).
+pub fn remove_when_free(lab: &Lab, name: &str) -> Result<()> {
+    wait_for(&format!("{name} to be free"), Duration::from_secs(30), || match lab.shoal(1, &["network", "rm", name]) {
+        Ok(_) => Ok(Some(())),
+        Err(e) if e.to_string().contains("in use") => Ok(None),
+        Err(e) => bail!(e),
+    })
+}
 
 /// One running task of a service as `service ps` shows it.
 #[derive(Debug)]

@@ -27,8 +27,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
-use shoal_tests::overlay::{Placed, WEB_SH, WHOAMI_SH, inside, looked_up, placed};
+use shoal_tests::lab::{Lab, lab_or_skip, wait_for};
+use shoal_tests::overlay::{
+    Placed, WEB_SH, WHOAMI_SH, create_service, inside, looked_up, placed, remove_when_free, swarm_with_app, vip_of,
+};
 
 /// A client that requests `http://web/` in a loop until `/tmp/stop` exists,
 /// counting in `/tmp/count` ("OK FAILED") and keeping why each failure
@@ -135,27 +137,11 @@ fn no_failed_requests_while_web_changes(lab: &Lab, net_id: &str) -> Result<()> {
 
 /// A `dnsrr` service on app: its name answers its tasks' addresses, and it has no VIP.
 fn dnsrr(lab: &Lab, net_id: &str) -> Result<()> {
-    lab.shoal(
-        1,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "rr",
-            "--network",
-            "app",
-            "--endpoint-mode",
-            "dnsrr",
-            "--replicas",
-            "2",
-            "--stop-grace-period",
-            "1s",
-            "busybox:local",
-            "sh",
-            "-c",
-            WEB_SH,
-        ],
+    create_service(
+        lab,
+        "rr",
+        &["--network", "app", "--endpoint-mode", "dnsrr", "--replicas", "2"],
+        &["sh", "-c", WEB_SH],
     )?;
     let want: BTreeSet<Ipv4Addr> = placed(lab, "rr", net_id, 2)?.iter().map(|t| t.addr).collect();
     wait_for("rr to answer its tasks' addresses", Duration::from_secs(30), || {
@@ -174,14 +160,10 @@ fn dnsrr(lab: &Lab, net_id: &str) -> Result<()> {
 /// A task whose health check starts failing leaves `tasks.hc`, and
 /// requests to hc stop reaching it.
 fn unhealthy_backend_leaves(lab: &Lab, net_id: &str) -> Result<()> {
-    lab.shoal(
-        1,
+    create_service(
+        lab,
+        "hc",
         &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "hc",
             "--network",
             "app",
             "--replicas",
@@ -192,13 +174,8 @@ fn unhealthy_backend_leaves(lab: &Lab, net_id: &str) -> Result<()> {
             "1s",
             "--health-retries",
             "1",
-            "--stop-grace-period",
-            "1s",
-            "busybox:local",
-            "sh",
-            "-c",
-            WEB_SH,
         ],
+        &["sh", "-c", WEB_SH],
     )?;
     let hc = placed(lab, "hc", net_id, 2)?;
     let sick = &hc[0];
@@ -285,43 +262,16 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
     if !lab_or_skip() {
         return Ok(());
     }
-    let lab = Lab::up(5, 3)?;
-    let tmp = tempfile::Builder::new().prefix("shl-ovl-").tempdir()?;
-    let image = busybox_rootfs_tar(tmp.path())?;
-    for i in 1..=5 {
-        lab.shoal(i, &["image", "import", &image.display().to_string(), "busybox:local"])?;
-    }
-
-    lab.shoal(1, &["network", "create", "-d", "overlay", "--attachable", "app"])?;
-    let net = wait_for("app's allocation", Duration::from_secs(30), || {
-        let doc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "app"])?)?;
-        Ok(doc[0]["IPAM"]["Config"][0]["Subnet"].as_str().is_some().then(|| doc[0].clone()))
-    })?;
+    let (lab, tmp, net) = swarm_with_app("shl-ovl-")?;
     let net_id = net["Id"].as_str().context("the network's id")?.to_string();
     let subnet = Subnet::parse(net["IPAM"]["Config"][0]["Subnet"].as_str().unwrap_or_default())?;
 
     // Ten replicas, two per host, on the overlay.
-    lab.shoal(
-        1,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "web",
-            "--network",
-            "app",
-            "--replicas",
-            "10",
-            "--replicas-max-per-node",
-            "2",
-            "--stop-grace-period",
-            "1s",
-            "busybox:local",
-            "sh",
-            "-c",
-            WEB_SH,
-        ],
+    create_service(
+        &lab,
+        "web",
+        &["--network", "app", "--replicas", "10", "--replicas-max-per-node", "2"],
+        &["sh", "-c", WEB_SH],
     )?;
     let tasks = placed(&lab, "web", &net_id, 10)?;
     let hosts: BTreeSet<usize> = tasks.iter().map(|t| t.host).collect();
@@ -330,13 +280,7 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
     ensure!(addrs.iter().all(|a| subnet.contains(*a)), "addresses inside {subnet}: {tasks:?}");
 
     // The service's VIP on app, from the managers.
-    let svc: Value = serde_json::from_str(&lab.shoal(2, &["service", "inspect", "web"])?)?;
-    let vip = svc[0]["Endpoint"]["VirtualIPs"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["NetworkID"] == net_id.as_str()))
-        .and_then(|v| v["Addr"].as_str())
-        .context(format!("a VIP on app: {svc}"))?;
-    let vip: Ipv4Addr = vip.split('/').next().unwrap_or_default().parse()?;
+    let vip = vip_of(&lab, 2, "web", &net_id)?;
     ensure!(subnet.contains(vip) && !addrs.contains(&vip), "VIP {vip} in {subnet}, not a task's");
 
     // All pairs, one exec per task pinging the nine others.
@@ -387,35 +331,15 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
     lab.shoal(4, &["rm", "-f", "looper"])?;
 
     lab.shoal(1, &["service", "rm", "web"])?;
-    wait_for("app to be free", Duration::from_secs(30), || match lab.shoal(1, &["network", "rm", "app"]) {
-        Ok(_) => Ok(Some(())),
-        Err(e) if e.to_string().contains("in use") => Ok(None),
-        Err(e) => bail!(e),
-    })?;
+    remove_when_free(&lab, "app")?;
 
     // The routing mesh: a port published in ingress mode (the default) answers on every
     // host, tasks or not, and the server sees the client's own address.
-    lab.shoal(
-        1,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "front",
-            "--replicas",
-            "2",
-            "-p",
-            "8080:80",
-            "-p",
-            "published=8081,target=80,mode=host",
-            "--stop-grace-period",
-            "1s",
-            "busybox:local",
-            "sh",
-            "-c",
-            WHOAMI_SH,
-        ],
+    create_service(
+        &lab,
+        "front",
+        &["--replicas", "2", "-p", "8080:80", "-p", "published=8081,target=80,mode=host"],
+        &["sh", "-c", WHOAMI_SH],
     )?;
     let svc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "ingress"])?)?;
     let ingress_id = svc[0]["Id"].as_str().context("the ingress network's id")?.to_string();
@@ -486,8 +410,7 @@ except socket.timeout:
 /// A UDP port published through the routing mesh answers on every host, and the server sees
 /// the switch's own address.
 fn udp_through_the_mesh(lab: &Lab, ingress: &str, tmp: &std::path::Path) -> Result<()> {
-    let args = ["service", "create", "-d", "--name", "dgram", "-p", "published=9053,target=9053,protocol=udp"];
-    lab.shoal(1, &[&args[..], &["--stop-grace-period", "1s", "busybox:local", "sleep", "100000"]].concat())?;
+    create_service(lab, "dgram", &["-p", "published=9053,target=9053,protocol=udp"], &["sleep", "100000"])?;
     let task = placed(lab, "dgram", ingress, 1)?;
     let netns = format!("--net=/run/shoal/netns/{}", task[0].id);
     let mut server =
@@ -522,27 +445,11 @@ fn refusals_and_internal(lab: &Lab) -> Result<()> {
     lab.shoal(1, &["network", "create", "-d", "overlay", "--internal", "sealed"])?;
     let doc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "sealed"])?)?;
     let sealed = doc[0]["Id"].as_str().context("sealed's id")?.to_string();
-    lab.shoal(
-        1,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "inner",
-            "--network",
-            "sealed",
-            "--replicas",
-            "2",
-            "--replicas-max-per-node",
-            "1",
-            "--stop-grace-period",
-            "1s",
-            "busybox:local",
-            "sh",
-            "-c",
-            WEB_SH,
-        ],
+    create_service(
+        lab,
+        "inner",
+        &["--network", "sealed", "--replicas", "2", "--replicas-max-per-node", "1"],
+        &["sh", "-c", WEB_SH],
     )?;
     let inner = placed(lab, "inner", &sealed, 2)?;
     ensure!(inner[0].host != inner[1].host, "two hosts: {inner:?}");
@@ -551,11 +458,7 @@ fn refusals_and_internal(lab: &Lab) -> Result<()> {
     let out = lab.exec(inner[0].host, &["exec", &inner[0].container, "ping", "-c", "1", "-W", "2", "10.98.0.254"])?;
     ensure!(!out.status.success(), "a task on an internal network reached the switch");
     lab.shoal(1, &["service", "rm", "inner"])?;
-    wait_for("sealed to be free", Duration::from_secs(30), || match lab.shoal(1, &["network", "rm", "sealed"]) {
-        Ok(_) => Ok(Some(())),
-        Err(e) if e.to_string().contains("in use") => Ok(None),
-        Err(e) => bail!(e),
-    })
+    remove_when_free(lab, "sealed")
 }
 
 /// `network create --ingress` replaces the routing mesh's network once the
@@ -563,34 +466,13 @@ fn refusals_and_internal(lab: &Lab) -> Result<()> {
 fn replaced_ingress(lab: &Lab) -> Result<()> {
     let why = lab.failing(1, &["network", "create", "-d", "overlay", "--ingress", "mesh2"])?;
     ensure!(why.contains("already present"), "a second ingress network: {why}");
-    wait_for("ingress to be free", Duration::from_secs(30), || match lab.shoal(1, &["network", "rm", "ingress"]) {
-        Ok(_) => Ok(Some(())),
-        Err(e) if e.to_string().contains("in use") => Ok(None),
-        Err(e) => bail!(e),
-    })?;
+    remove_when_free(lab, "ingress")?;
     let args = ["network", "create", "-d", "overlay", "--ingress", "--subnet", "10.254.0.0/24", "mesh2"];
     lab.shoal(1, &args)?;
     let doc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "mesh2"])?)?;
     let mesh = doc[0]["Id"].as_str().context("mesh2's id")?.to_string();
     ensure!(doc[0]["Ingress"] == true, "mesh2 is the ingress network: {doc}");
-    lab.shoal(
-        1,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "again",
-            "-p",
-            "8090:80",
-            "--stop-grace-period",
-            "1s",
-            "busybox:local",
-            "sh",
-            "-c",
-            WHOAMI_SH,
-        ],
-    )?;
+    create_service(lab, "again", &["-p", "8090:80"], &["sh", "-c", WHOAMI_SH])?;
     let task = placed(lab, "again", &mesh, 1)?;
     let subnet = Subnet::parse("10.254.0.0/24")?;
     ensure!(subnet.contains(task[0].addr), "the task's ingress address {} is in mesh2's subnet", task[0].addr);

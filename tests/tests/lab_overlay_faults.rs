@@ -24,35 +24,16 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use serde_json::Value;
-use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
-use shoal_tests::overlay::{Placed, WEB_SH, inside, looked_up, placed, placed_when};
+use shoal_tests::lab::{Lab, lab_or_skip, wait_for};
+use shoal_tests::overlay::{
+    Placed, WEB_SH, create_service, inside, looked_up, placed, placed_when, swarm_with_app, vip_of,
+};
 
 /// The hosts of scenario 1: the echo server's and the client's.
 const SERVER_HOST: usize = 2;
 const CLIENT_HOST: usize = 3;
 /// Port of the echo server.
 const ECHO_PORT: &str = "7000";
-
-/// `service create -d --name NAME --network app --stop-grace-period 1s ARGS… busybox:local CMD…`
-fn create(lab: &Lab, name: &str, args: &[&str], cmd: &[&str]) -> Result<()> {
-    let mut all = vec!["service", "create", "-d", "--name", name, "--network", "app", "--stop-grace-period", "1s"];
-    all.extend_from_slice(args);
-    all.push("busybox:local");
-    all.extend_from_slice(cmd);
-    lab.shoal(1, &all).map(drop)
-}
-
-/// The VIP of `service` on network `net` (an id).
-fn vip_of(lab: &Lab, service: &str, net: &str) -> Result<Ipv4Addr> {
-    let svc: Value = serde_json::from_str(&lab.shoal(1, &["service", "inspect", service])?)?;
-    let vip = svc[0]["Endpoint"]["VirtualIPs"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["NetworkID"] == net))
-        .and_then(|v| v["Addr"].as_str())
-        .with_context(|| format!("a VIP of {service} on {net}: {svc}"))?;
-    Ok(vip.split('/').next().unwrap_or_default().parse()?)
-}
 
 /// Host `i`'s node status as the managers see it (`ready`, `down`, …).
 fn node_status(lab: &Lab, i: usize) -> Result<String> {
@@ -171,12 +152,17 @@ fn diff(a: &str, b: &str) -> String {
 /// Scenario 1: netd kill -9 with flows running.
 fn netd_kill_keeps_flows(lab: &Lab, net: &str, tmp: &Path) -> Result<()> {
     let on = |h: usize| format!("node.hostname==shl-h{h}");
-    create(lab, "echo", &["--constraint", &on(SERVER_HOST)], &["busybox", "nc", "-ll", "-p", ECHO_PORT, "-e", "cat"])?;
-    create(lab, "cli", &["--constraint", &on(CLIENT_HOST)], &["sleep", "1000000"])?;
+    create_service(
+        lab,
+        "echo",
+        &["--network", "app", "--constraint", &on(SERVER_HOST)],
+        &["busybox", "nc", "-ll", "-p", ECHO_PORT, "-e", "cat"],
+    )?;
+    create_service(lab, "cli", &["--network", "app", "--constraint", &on(CLIENT_HOST)], &["sleep", "1000000"])?;
     let server = placed(lab, "echo", net, 1)?.remove(0);
     let client = placed(lab, "cli", net, 1)?.remove(0);
     ensure!(server.host == SERVER_HOST && client.host == CLIENT_HOST, "placed by constraint: {server:?} {client:?}");
-    let vip = vip_of(lab, "echo", net)?;
+    let vip = vip_of(lab, 1, "echo", net)?;
     wait_for("the echo server to answer", Duration::from_secs(30), || {
         Ok(new_connection(lab, &client, server.addr).is_ok().then_some(()))
     })?;
@@ -231,17 +217,28 @@ fn requests(lab: &Lab, client: &Placed, addr: Ipv4Addr, count: usize) -> Result<
 
 /// Scenario 2: kill -9 of a task's host; the VIP leaves it once it is down.
 fn host_kill_leaves_the_vip(lab: &Lab, net: &str) -> Result<Vec<Placed>> {
-    create(
+    create_service(
         lab,
         "web",
-        &["--replicas", "2", "--replicas-max-per-node", "1", "--constraint", "node.role==worker", "-p", "8080:80"],
+        &[
+            "--network",
+            "app",
+            "--replicas",
+            "2",
+            "--replicas-max-per-node",
+            "1",
+            "--constraint",
+            "node.role==worker",
+            "-p",
+            "8080:80",
+        ],
         &["sh", "-c", WEB_SH],
     )?;
     let web = placed(lab, "web", net, 2)?;
     let hosts: BTreeSet<usize> = web.iter().map(|t| t.host).collect();
     ensure!(hosts == BTreeSet::from([4, 5]), "one web task on each worker: {web:?}");
     let client = placed(lab, "cli", net, 1)?.remove(0);
-    let vip = vip_of(lab, "web", net)?;
+    let vip = vip_of(lab, 1, "web", net)?;
     let page = |h: usize| -> Result<String> {
         let t = web.iter().find(|t| t.host == h).context("a task there")?;
         Ok(inside(lab, t, &["hostname"])?.trim().to_string())
@@ -282,7 +279,7 @@ fn host_kill_leaves_the_vip(lab: &Lab, net: &str) -> Result<Vec<Placed>> {
 /// Scenario 3: a reboot of a task's host; its task is back on the overlay and the mesh.
 fn reboot_comes_back(lab: &Lab, net: &str, before: &[Placed]) -> Result<()> {
     let client = placed(lab, "cli", net, 1)?.remove(0);
-    let vip = vip_of(lab, "web", net)?;
+    let vip = vip_of(lab, 1, "web", net)?;
     let old = before.iter().find(|t| t.host == 4).context("a web task on host 4")?;
     lab.reboot(4)?;
     wait_for("host 4 to be ready", Duration::from_secs(60), || Ok((node_status(lab, 4)? == "ready").then_some(())))?;
@@ -326,17 +323,7 @@ fn overlay_survives_netd_kills_host_kills_and_reboots() -> Result<()> {
     if !lab_or_skip() {
         return Ok(());
     }
-    let lab = Lab::up(5, 3)?;
-    let tmp = tempfile::Builder::new().prefix("shl-ovf-").tempdir()?;
-    let image = busybox_rootfs_tar(tmp.path())?;
-    for i in 1..=5 {
-        lab.shoal(i, &["image", "import", &image.display().to_string(), "busybox:local"])?;
-    }
-    lab.shoal(1, &["network", "create", "-d", "overlay", "--attachable", "app"])?;
-    let net = wait_for("app's allocation", Duration::from_secs(30), || {
-        let doc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "app"])?)?;
-        Ok(doc[0]["IPAM"]["Config"][0]["Subnet"].as_str().is_some().then(|| doc[0].clone()))
-    })?;
+    let (lab, tmp, net) = swarm_with_app("shl-ovf-")?;
     let net_id = net["Id"].as_str().context("the network's id")?.to_string();
 
     netd_kill_keeps_flows(&lab, &net_id, tmp.path()).context("netd kill -9 with flows running")?;
