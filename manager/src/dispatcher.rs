@@ -634,13 +634,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_gets_its_whole_view_on_connect_then_each_change() {
-        let store = Store::new();
-        store
-            .apply_batch(|state, _, _| {
-                *state = crate::netview::tests::world();
-                Vec::new()
-            })
-            .publish();
+        let store = world_store();
         let d = Dispatcher::new(store.clone());
         let (tx, mut rx) = mpsc::channel(16);
         let mut sent = Sent::default();
@@ -666,6 +660,18 @@ mod tests {
         // Nothing changed for n1: nothing is sent.
         assert!(d.send_changes("n1", 5, &keys, &mut sent, &tx).await);
         assert!(rx.try_recv().is_err(), "no message when neither the set nor the view changed");
+    }
+
+    /// A store holding `netview`'s test world.
+    fn world_store() -> Store {
+        let store = Store::new();
+        store
+            .apply_batch(|state, _, _| {
+                *state = crate::netview::tests::world();
+                Vec::new()
+            })
+            .publish();
+        store
     }
 
     /// A session for `node` that got its whole set and view, and applied it.
@@ -699,13 +705,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stop_waits_until_every_node_applied_a_view_without_the_backend() {
-        let store = Store::new();
-        store
-            .apply_batch(|state, _, _| {
-                *state = crate::netview::tests::world();
-                Vec::new()
-            })
-            .publish();
+        let store = world_store();
         let d = Dispatcher::new(store.clone());
         let mut drained = d.drained();
         let (mut s1, tx1, mut rx1) = connected(&d, "n1").await;
@@ -741,13 +741,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_that_never_applies_costs_at_most_the_cap() {
-        let store = Store::new();
-        store
-            .apply_batch(|state, _, _| {
-                *state = crate::netview::tests::world();
-                Vec::new()
-            })
-            .publish();
+        let store = world_store();
         let d = Dispatcher::new(store.clone());
         let (mut s1, tx1, mut rx1) = connected(&d, "n1").await;
         let (_s2, _tx2, _rx2) = connected(&d, "n2").await; // n2 applied a view listing t1, then went silent
