@@ -175,30 +175,34 @@ impl OverlayInputs {
 }
 
 /// How long a pass waited for the one before it, then each of its phases
-/// took (a debug line per pass: where an attach's time goes).
+/// took (a debug line per pass: where an attach's time goes). Written out
+/// only when the line is.
 struct Phases {
     last: std::time::Instant,
-    out: String,
+    took: Vec<(&'static str, std::time::Duration)>,
 }
 
 impl Phases {
     fn new(asked: std::time::Instant) -> Phases {
-        let mut p = Phases { last: asked, out: String::new() };
+        let mut p = Phases { last: asked, took: Vec::with_capacity(6) };
         p.mark("queued");
         p
     }
 
-    fn mark(&mut self, phase: &str) {
+    fn mark(&mut self, phase: &'static str) {
         let now = std::time::Instant::now();
-        let ms = now.duration_since(self.last).as_secs_f64() * 1e3;
-        self.out.push_str(&format!("{}{phase}={ms:.1}ms", if self.out.is_empty() { "" } else { " " }));
+        self.took.push((phase, now.duration_since(self.last)));
         self.last = now;
     }
 }
 
 impl std::fmt::Display for Phases {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.out)
+        for (i, (phase, took)) in self.took.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{phase}={:.1}ms", took.as_secs_f64() * 1e3)?;
+        }
+        Ok(())
     }
 }
 
@@ -800,16 +804,12 @@ impl Joined {
             Joined::Local(n) => attach_response(e, n),
             // The overlay leg has no gateway: the default route is the gateway bridge leg's.
             Joined::Cluster(n, _) => pb::AttachResponse {
-                container: e.container.clone(),
                 network: n.name.clone(),
                 network_id: n.id.clone(),
-                ifname: e.ifname.clone(),
-                error: String::new(),
-                ip: e.ip.to_string(),
-                mac: mac_string(mac_for(e.ip)),
                 prefix: n.prefix.into(),
                 gateway: String::new(),
                 ports: vec![],
+                ..endpoint_response(e)
             },
         }
     }
@@ -1031,16 +1031,23 @@ impl Netd {
 
 fn attach_response(e: &EndpointSpec, n: &NetworkSpec) -> pb::AttachResponse {
     pb::AttachResponse {
-        container: e.container.clone(),
         network: n.name.clone(),
         network_id: n.id.clone(),
-        ifname: e.ifname.clone(),
-        error: String::new(),
-        ip: e.ip.to_string(),
-        mac: mac_string(mac_for(e.ip)),
         prefix: n.subnet.prefix().into(),
         gateway: if n.internal { String::new() } else { n.gateway.to_string() },
+        ..endpoint_response(e)
+    }
+}
+
+/// The endpoint's own part of an attach answer (its network's is the caller's).
+fn endpoint_response(e: &EndpointSpec) -> pb::AttachResponse {
+    pb::AttachResponse {
+        container: e.container.clone(),
+        ifname: e.ifname.clone(),
+        ip: e.ip.to_string(),
+        mac: mac_string(mac_for(e.ip)),
         ports: e.ports.iter().map(PortMap::to_pb).collect(),
+        ..Default::default()
     }
 }
 
