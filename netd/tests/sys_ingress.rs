@@ -17,7 +17,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -34,62 +34,10 @@ use shoal_proto::net::{
     IngressLeg, IngressPort, IngressService, IngressView, NetView, OverlayEndpoint, OverlayNetwork, Peer, Proto,
 };
 
+mod common;
+use common::{Parked, Pins, can_run, own_netns};
+
 const ING: &str = "1e5541e5541e0000";
-
-fn can_run() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Moves the calling thread into a new network namespace of its own.
-fn own_netns() {
-    // SAFETY: unshare on this thread only; it is the test's own thread.
-    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", std::io::Error::last_os_error());
-}
-
-/// A thread parked in a network namespace of its own until dropped.
-struct Parked {
-    path: PathBuf,
-    done: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Parked {
-    fn new() -> Parked {
-        let (ns_tx, ns_rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            own_netns();
-            let tid = rustix::thread::gettid().as_raw_nonzero();
-            let _ = ns_tx.send(PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id())));
-            let _ = done_rx.recv();
-        });
-        Parked { path: ns_rx.recv().expect("the thread's namespace"), done: Some(done_tx), thread: Some(thread) }
-    }
-}
-
-impl Drop for Parked {
-    fn drop(&mut self) {
-        drop(self.done.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The hosts' sandbox directories, unpinned when dropped, pass or fail.
-struct Pins(tempfile::TempDir);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        for host in std::fs::read_dir(self.0.path()).into_iter().flatten().flatten() {
-            for pin in std::fs::read_dir(host.path()).into_iter().flatten().flatten() {
-                if pin.file_name().to_str().is_some_and(shoal_netd::model::is_sandbox) {
-                    let _ = sys::unpin_netns(&pin.path());
-                }
-            }
-        }
-    }
-}
 
 fn ip4(s: &str) -> Ipv4Addr {
     s.parse().expect("an IPv4 address")
