@@ -141,19 +141,14 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
 # applets) imported on it. Sets WORK (a temp dir; it and the lab go at exit). `s ARGS`
 # then runs the CLI from the root namespace on that host's socket.
 lab_with_image() {
-  local name=$1 a; shift
-  local bb; bb=$(command -v busybox) || die "busybox-static is needed"
+  local name=$1; shift
+  command -v busybox >/dev/null || die "busybox-static is needed"
   lab_lock
   [ -e /run/netns/shl-sw ] && { lab_unlock; die "our lab is already up (deploy/lab down first)"; }
   WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
   trap 'lab_down; rm -rf "$WORK"; lab_unlock' EXIT
   lab up 1 --no-swarm >&2 || die "deploy/lab up failed"
-  mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc"
-  cp "$bb" "$WORK/rootfs/bin/busybox"
-  for a in "$@"; do ln -s busybox "$WORK/rootfs/bin/$a"; done
-  echo 'root:x:0:0:root:/:/bin/sh' > "$WORK/rootfs/etc/passwd"
-  tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" .
-  s image import "$WORK/rootfs.tar" "$name" >/dev/null || die "image import failed"
+  bench_image "$name" 1 "$@"
 }
 # Every CLI call is bounded (BENCH_CLI_S, default 60 s): a daemon that stops answering ends the
 # figure with a message instead of hanging it.
@@ -165,18 +160,26 @@ sI() { local i=$1; shift; timeout "${BENCH_CLI_S:-60}" "${SHOAL_BIN:-$REPO/targe
 
 # svc_lab: a 5-host swarm (3 managers) with the busybox image bench:svc on every host
 svc_lab() {
-  local bb i; bb=$(command -v busybox) || die "busybox-static is needed"
+  command -v busybox >/dev/null || die "busybox-static is needed"
   lab_lock
   [ -e /run/netns/shl-sw ] && { lab_unlock; die "our lab is already up (deploy/lab down first)"; }
   WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
   trap 'lab_down; rm -rf "$WORK"; lab_unlock' EXIT
   lab up 5 --managers 3 --no-demo >&2 || die "deploy/lab up failed"
+  bench_image bench:svc 5 sh sleep
+}
+
+# bench_image TAG N APPLET...: a busybox-static image (busybox, links for APPLETs, /etc/passwd)
+# built under $WORK and imported as TAG on lab hosts 1..N
+bench_image() {
+  local tag=$1 n=$2 bb a i; shift 2
+  bb=$(command -v busybox) || die "busybox-static is needed"
   mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc"
   cp "$bb" "$WORK/rootfs/bin/busybox"
-  ln -s busybox "$WORK/rootfs/bin/sh"; ln -s busybox "$WORK/rootfs/bin/sleep"
+  for a in "$@"; do ln -sf busybox "$WORK/rootfs/bin/$a"; done
   echo 'root:x:0:0:root:/:/bin/sh' > "$WORK/rootfs/etc/passwd"
   tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" .
-  for i in 1 2 3 4 5; do sI "$i" image import "$WORK/rootfs.tar" bench:svc >/dev/null || die "image import on host $i failed"; done
+  for i in $(seq 1 "$n"); do sI "$i" image import "$WORK/rootfs.tar" "$tag" >/dev/null || die "image import on host $i failed"; done
 }
 
 # svc_running SVC [MGR]: running tasks of SVC that are of its current spec (-1 if unknown)

@@ -30,7 +30,7 @@ REPS=${BENCH_FAILOVER_REPS:-3}
 THREADS=${BENCH_FAILOVER_THREADS:-8}
 PORT=8000
 VICTIM=4
-bb=$(command -v busybox) || die "busybox-static is needed"
+command -v busybox >/dev/null || die "busybox-static is needed"
 lab_lock
 [ -e /run/netns/shl-sw ] && { lab_unlock; die "our lab is already up (deploy/lab down first)"; }
 WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
@@ -43,12 +43,7 @@ cleanup() {
 }
 trap cleanup EXIT
 lab up 4 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
-mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc"
-cp "$bb" "$WORK/rootfs/bin/busybox"
-for a in sh sleep; do ln -s busybox "$WORK/rootfs/bin/$a"; done
-echo 'root:x:0:0:root:/:/bin/sh' > "$WORK/rootfs/etc/passwd"
-tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" .
-for i in 1 2 3 4; do sI "$i" image import "$WORK/rootfs.tar" bench:fo >/dev/null || die "image import on host $i failed"; done
+bench_image bench:fo 4 sh sleep
 
 sI 1 network create -d overlay benchfo >/dev/null || die "network create failed"
 sI 1 service create -d --name be --network benchfo --replicas 3 --replicas-max-per-node 1 \

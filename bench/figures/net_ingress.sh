@@ -16,19 +16,14 @@ set -uo pipefail
 ROUNDS=${BENCH_INGRESS_ROUNDS:-5}
 SECS=${BENCH_INGRESS_SECS:-3}
 CONC=${BENCH_INGRESS_CONC:-4}
-bb=$(command -v busybox) || die "busybox-static is needed"
+command -v busybox >/dev/null || die "busybox-static is needed"
 WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
 cleanup() { lab_down; rm -rf "$WORK"; lab_unlock; }
 trap cleanup EXIT
 lab_lock
 [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 lab up 2 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
-mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc"
-cp "$bb" "$WORK/rootfs/bin/busybox"
-for a in sh httpd mkdir chmod sleep; do ln -s busybox "$WORK/rootfs/bin/$a"; done
-echo 'root:x:0:0:root:/:/bin/sh' > "$WORK/rootfs/etc/passwd"
-tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" .
-for i in 1 2; do sI "$i" image import "$WORK/rootfs.tar" bench:ing >/dev/null || die "image import on host $i failed"; done
+bench_image bench:ing 2 sh httpd mkdir chmod sleep
 WHOAMI='mkdir -p /www/cgi-bin && printf "#!/bin/sh\necho Content-Type: text/plain\necho\necho \$REMOTE_ADDR\n" > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www'
 sI 1 service create -d --name who --replicas 1 --constraint node.hostname==shl-h1 \
   -p 8080:80 -p published=8081,target=80,mode=host --stop-grace-period 1s \

@@ -20,7 +20,7 @@ set -uo pipefail
 N=${BENCH_LBC_CLIENTS:-10}
 ROUNDS=${BENCH_LBC_ROUNDS:-2}
 H=3
-bb=$(command -v busybox) || die "busybox-static is needed"
+command -v busybox >/dev/null || die "busybox-static is needed"
 WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
 chmod 755 "$WORK"
 watchers=()
@@ -29,12 +29,7 @@ trap cleanup EXIT
 lab_lock
 [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 lab up $H --managers 1 --no-demo >&2 || die "deploy/lab up failed"
-mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc"
-cp "$bb" "$WORK/rootfs/bin/busybox"
-ln -s busybox "$WORK/rootfs/bin/sh"; ln -s busybox "$WORK/rootfs/bin/sleep"
-echo 'root:x:0:0:root:/:/bin/sh' > "$WORK/rootfs/etc/passwd"
-tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" .
-for i in $(seq 1 $H); do sI "$i" image import "$WORK/rootfs.tar" bench:lbc >/dev/null || die "image import on host $i failed"; done
+bench_image bench:lbc $H sh sleep
 sI 1 network create -d overlay benchlb >/dev/null || die "network create failed"
 sI 1 service create -d --name be --network benchlb --replicas 2 --stop-grace-period 1s --restart-delay 0s \
   bench:lbc sleep 1000000 >/dev/null || die "service create be failed"

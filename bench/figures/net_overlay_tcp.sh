@@ -14,7 +14,7 @@ ROUNDS=${BENCH_OVL_ROUNDS:-5}
 SECS=${BENCH_OVL_SECS:-3}
 PORT=5201
 command -v iperf3 >/dev/null || die "iperf3 is needed (deploy/prereqs installs it)"
-bb=$(command -v busybox) || die "busybox-static is needed"
+command -v busybox >/dev/null || die "busybox-static is needed"
 WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
 srv_pid=""   # the iperf3 server we started and have not reaped yet
 cleanup() { [ -n "$srv_pid" ] && kill "$srv_pid" 2>/dev/null; lab_down; rm -rf "$WORK"; }
@@ -22,12 +22,7 @@ trap 'cleanup; lab_unlock' EXIT
 lab_lock
 [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 lab up 2 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
-mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc"
-cp "$bb" "$WORK/rootfs/bin/busybox"
-ln -s busybox "$WORK/rootfs/bin/sh"; ln -s busybox "$WORK/rootfs/bin/sleep"
-echo 'root:x:0:0:root:/:/bin/sh' > "$WORK/rootfs/etc/passwd"
-tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" .
-for i in 1 2; do sI "$i" image import "$WORK/rootfs.tar" bench:ovl >/dev/null || die "image import on host $i failed"; done
+bench_image bench:ovl 2 sh sleep
 
 sI 1 network create -d overlay benchov >/dev/null || die "network create failed"
 sI 1 service create -d --name ipf --network benchov --replicas 2 --replicas-max-per-node 1 \

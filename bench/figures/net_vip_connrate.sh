@@ -13,7 +13,7 @@ set -uo pipefail
 ROUNDS=${BENCH_VIP_ROUNDS:-5}
 SECS=${BENCH_VIP_SECS:-3}
 PORT=8000
-bb=$(command -v busybox) || die "busybox-static is needed"
+command -v busybox >/dev/null || die "busybox-static is needed"
 WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
 pids=()   # counting servers we started
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; lab_down; rm -rf "$WORK"; }
@@ -21,12 +21,7 @@ trap 'cleanup; lab_unlock' EXIT
 lab_lock
 [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 lab up 3 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
-mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc"
-cp "$bb" "$WORK/rootfs/bin/busybox"
-ln -s busybox "$WORK/rootfs/bin/sh"; ln -s busybox "$WORK/rootfs/bin/sleep"
-echo 'root:x:0:0:root:/:/bin/sh' > "$WORK/rootfs/etc/passwd"
-tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" .
-for i in 1 2 3; do sI "$i" image import "$WORK/rootfs.tar" bench:vip >/dev/null || die "image import on host $i failed"; done
+bench_image bench:vip 3 sh sleep
 
 sI 1 network create -d overlay benchvip >/dev/null || die "network create failed"
 for s in "be 3" "cli 1"; do
