@@ -114,6 +114,10 @@ impl Control for LocalControl {
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         self.service()?.service_logs(req).await
     }
+    type WatchServiceStream = <ControlService as Control>::WatchServiceStream;
+    async fn watch_service(&self, req: Request<pb::ServiceRef>) -> Result<Response<Self::WatchServiceStream>, Status> {
+        self.service()?.watch_service(req).await
+    }
 }
 
 /// Serves the local socket until `cancel`. A stale socket file (from a crash)

@@ -19,7 +19,7 @@ use crate::auth::{self, Caller};
 use crate::ca;
 use crate::manager::{Manager, Route, manager_addrs};
 use crate::state::{Command, NodeChange, Response as Applied};
-use shoal_proto::service::{Mode, RegistryAuth, ServiceListEntry, ServiceSpec, TaskListEntry, TaskState};
+use shoal_proto::service::{RegistryAuth, ServiceSpec, TaskListEntry};
 
 /// What the API refuses in a service spec, with what to do instead.
 fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
@@ -265,6 +265,69 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok))))
     }
 
+    type WatchServiceStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::JsonDoc, Status>> + Send>>;
+
+    /// The service and its tasks, then what changes of them, until it is
+    /// removed or the caller goes. Served where the writes are (the leader),
+    /// so a caller sees its own writes at once.
+    #[tracing::instrument(skip_all, fields(service.id = tracing::field::Empty))]
+    async fn watch_service(&self, req: Request<pb::ServiceRef>) -> Result<Response<Self::WatchServiceStream>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = match self.mgr.route(&req).await? {
+            Route::Local => req.into_inner(),
+            Route::Leader { channel, .. } => {
+                let resp = ControlClient::new(channel)
+                    .max_decoding_message_size(crate::server::MAX_MESSAGE)
+                    .watch_service(auth::forwarded(req.into_inner(), &caller))
+                    .await?;
+                return Ok(Response::new(Box::pin(resp.into_inner())));
+            }
+        };
+        // Subscribed before the first read: no change falls between the two.
+        let mut events = self.mgr.store.subscribe();
+        let id = self.mgr.store.read().find_service(&r.id).map_err(Status::not_found)?.id.clone();
+        record("service.id", &id);
+        let store = self.mgr.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::JsonDoc, Status>>(4);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            let mut watcher = crate::listing::Watcher::new(&id);
+            let mut next = Some(watcher.whole(&store.read()));
+            loop {
+                if let Some(msg) = next.take() {
+                    let gone = msg.service.is_none();
+                    let json = serde_json::to_string(&msg).unwrap_or_default();
+                    if tx.send(Ok(pb::JsonDoc { json })).await.is_err() || gone {
+                        return; // the caller went, or the service did
+                    }
+                }
+                // What is queued now goes in one message: a watcher that reads slowly gets fewer, larger ones.
+                let mut keys = Vec::new();
+                let mut resync = false;
+                let first = tokio::select! {
+                    ev = events.recv() => ev,
+                    _ = tx.closed() => return,
+                };
+                let mut ev = Some(first);
+                while let Some(e) = ev.take() {
+                    match e {
+                        Ok(crate::store::Event::Changed { keys: k, .. }) => keys.extend(k.iter().cloned()),
+                        Ok(crate::store::Event::Reset) | Err(RecvError::Lagged(_)) => resync = true,
+                        Err(RecvError::Closed) => return,
+                    }
+                    ev = match events.try_recv() {
+                        Ok(e) => Some(Ok(e)),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                        Err(_) => None,
+                    };
+                }
+                let state = store.read();
+                next = if resync { Some(watcher.whole(&state)) } else { watcher.changed(&state, &keys) };
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     #[tracing::instrument(skip_all, fields(service.id = tracing::field::Empty))]
     async fn create_service(&self, req: Request<pb::ServiceCreateRequest>) -> Result<Response<pb::ServiceRef>, Status> {
         let caller = self.authorize(&req)?;
@@ -332,34 +395,7 @@ impl pb::control_server::Control for ControlService {
         let caller = self.authorize(&req)?;
         let _ = route!(self, req, caller, ControlClient, list_services);
         self.mgr.linearizable().await?;
-        let state = self.mgr.store.read();
-        // (running, completed, live) per service, in one pass over the tasks.
-        let mut counts: std::collections::HashMap<&str, (usize, usize, usize)> = std::collections::HashMap::new();
-        for t in state.tasks.values() {
-            let c = counts.entry(t.service_id.as_str()).or_default();
-            let live = t.desired == TaskState::Running;
-            c.0 += usize::from(live && t.status.state == TaskState::Running);
-            c.1 += usize::from(t.status.state == TaskState::Complete);
-            c.2 += usize::from(live);
-        }
-        let list: Vec<ServiceListEntry> = state
-            .services
-            .values()
-            .map(|s| {
-                let (running, completed, live) = counts.get(s.id.as_str()).copied().unwrap_or_default();
-                let desired = match s.spec.mode {
-                    Mode::Replicated | Mode::ReplicatedJob => s.spec.replicas,
-                    Mode::Global | Mode::GlobalJob => live as u64,
-                };
-                // Registry credentials never leave the managers but for the nodes that pull.
-                ServiceListEntry {
-                    service: s.redacted(),
-                    running: running as u64,
-                    desired,
-                    completed: completed as u64,
-                }
-            })
-            .collect();
+        let list = crate::listing::service_entries(&self.mgr.store.read(), None);
         let json =
             serde_json::to_string(&list).map_err(|e| Status::internal(format!("encoding the service list: {e}")))?;
         Ok(Response::new(pb::JsonDoc { json }))
@@ -392,14 +428,7 @@ impl pb::control_server::Control for ControlService {
             .values()
             .filter(|t| service.as_ref().is_none_or(|s| t.service_id == *s))
             .filter(|t| node.as_ref().is_none_or(|n| t.node_id == *n))
-            .map(|t| {
-                let node = state.nodes.get(&t.node_id);
-                TaskListEntry {
-                    task: t.clone(),
-                    node: node.map(|n| n.description.hostname.clone()).unwrap_or_default(),
-                    node_addr: node.map(|n| n.description.addr.clone()).unwrap_or_default(),
-                }
-            })
+            .map(|t| crate::listing::task_entry(&state, t))
             .collect();
         let json =
             serde_json::to_string(&list).map_err(|e| Status::internal(format!("encoding the task list: {e}")))?;

@@ -13,6 +13,7 @@ pub mod constraint;
 pub mod dispatcher;
 pub mod drain;
 pub mod leader;
+pub mod listing;
 pub mod liveness;
 pub mod manager;
 pub mod netview;

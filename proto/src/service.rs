@@ -537,6 +537,24 @@ pub struct ServiceListEntry {
     pub completed: u64,
 }
 
+/// One message of the managers' `WatchService` stream (JSON in a `JsonDoc`).
+/// A watcher keeps the service's tasks by id: a `whole` message replaces
+/// them, a later one adds or replaces `tasks` and drops `removed`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceWatch {
+    /// The service as it is now, with its counts; `None`: it was removed (the last message).
+    pub service: Option<ServiceListEntry>,
+    /// Tasks that are new or changed (every task of the service in a `whole` message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskListEntry>,
+    /// Ids of tasks that are gone from the store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// This message replaces what the watcher held (the first one, and after a resync).
+    #[serde(default)]
+    pub whole: bool,
+}
+
 /// One entry of the managers' `ListTasks` answer (JSON in a `JsonDoc`): a
 /// task and the node it is on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
-use shoal_proto::service::{Service, ServiceSpec, Task, TaskState, UpdateState};
+use anyhow::{Context as _, bail};
+use shoal_proto::pb;
+use shoal_proto::service::{Service, ServiceListEntry, ServiceSpec, ServiceWatch, Task, TaskState, UpdateState};
 
 use super::Control;
-use super::list::{find, tasks};
 
 /// How long a rollout is followed before the command gives up watching.
 const FOLLOW_FOR: Duration = Duration::from_secs(300);
@@ -25,11 +25,11 @@ pub(super) async fn follow(control: &mut Control, id: &str, before: Option<&Serv
     // On a terminal the block of bars is redrawn in place: how many lines it took.
     let tty = std::io::stdout().is_terminal();
     let mut drawn = 0usize;
+    let mut watched = Watched::open(control, id).await?;
     loop {
-        let entry = find(control, id).await?;
+        let (entry, ts) = watched.next(control, deadline).await?;
         let svc = &entry.service;
         let spec = &svc.spec;
-        let ts = tasks(control, id).await?;
         let live: Vec<&Task> = ts.iter().map(|(t, _)| t).filter(|t| t.desired == TaskState::Running).collect();
         let current =
             live.iter().filter(|t| t.spec == spec.task && t.status.state == TaskState::Running).count() as u64;
@@ -101,7 +101,67 @@ pub(super) async fn follow(control: &mut Control, id: &str, before: Option<&Serv
                 spec.name
             );
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The service and its tasks as the managers' watch stream says they are
+/// (`WatchService`): each message is applied to what came before.
+struct Watched {
+    id: String,
+    stream: tonic::Streaming<pb::JsonDoc>,
+    entry: Option<ServiceListEntry>,
+    tasks: BTreeMap<String, (Task, String)>,
+}
+
+impl Watched {
+    async fn open(control: &mut Control, id: &str) -> anyhow::Result<Watched> {
+        let stream = Self::subscribe(control, id).await?;
+        Ok(Watched { id: id.to_string(), stream, entry: None, tasks: BTreeMap::new() })
+    }
+
+    async fn subscribe(control: &mut Control, id: &str) -> anyhow::Result<tonic::Streaming<pb::JsonDoc>> {
+        let resp = control.watch_service(pb::ServiceRef { id: id.to_string() }).await;
+        Ok(resp.with_context(|| format!("watching service {id}"))?.into_inner())
+    }
+
+    /// Waits for the next change (the whole service first), until `deadline`.
+    /// A stream that breaks (a new leader) is opened again: it starts whole.
+    async fn next(
+        &mut self,
+        control: &mut Control,
+        deadline: Instant,
+    ) -> anyhow::Result<(ServiceListEntry, Vec<(Task, String)>)> {
+        let msg = loop {
+            let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            match tokio::time::timeout(wait, self.stream.message()).await {
+                Err(_) => break None, // the deadline: the caller says what did not converge
+                Ok(Ok(Some(doc))) => break Some(doc),
+                Ok(Ok(None)) => bail!("service {} was removed", self.id),
+                Ok(Err(_)) if Instant::now() >= deadline => break None,
+                // A new leader: open it again (it starts whole); a manager that refuses is the error.
+                Ok(Err(status)) => {
+                    self.stream = Self::subscribe(control, &self.id).await.context(status.message().to_string())?
+                }
+            }
+        };
+        if let Some(doc) = msg {
+            let w: ServiceWatch = serde_json::from_str(&doc.json).context("the managers' watch answer")?;
+            if w.whole {
+                self.tasks.clear();
+            }
+            for id in &w.removed {
+                self.tasks.remove(id);
+            }
+            for e in w.tasks {
+                self.tasks.insert(e.task.id.clone(), (e.task, e.node));
+            }
+            match w.service {
+                Some(entry) => self.entry = Some(entry),
+                None => bail!("service {} was removed", self.id),
+            }
+        }
+        let entry = self.entry.clone().with_context(|| format!("service {} not found", self.id))?;
+        Ok((entry, self.tasks.values().cloned().collect()))
     }
 }
 
