@@ -177,8 +177,13 @@ pub async fn dispatch<P: Proposer>(d: Dispatcher, p: Arc<P>, token: Cancellation
 async fn dispatcher_pass<P: Proposer>(d: &Dispatcher, p: &P, token: &CancellationToken) -> Pass {
     d.expire();
     let reports: HashMap<String, Vec<(String, TaskStatus)>> = d.take_task_reports();
-    for (node_id, updates) in reports {
-        if let Err(e) = p.propose(Command::TaskStatus { node_id: node_id.clone(), updates: updates.clone() }).await {
+    // Every node's reports at once: Raft takes proposals made together in one append.
+    let writes = reports.into_iter().map(|(node_id, updates)| async move {
+        let written = p.propose(Command::TaskStatus { node_id: node_id.clone(), updates: updates.clone() }).await;
+        (node_id, updates, written)
+    });
+    for (node_id, updates, written) in futures::future::join_all(writes).await {
+        if let Err(e) = written {
             // Nodes send only what changed, so what was not written is queued
             // again, before anything newer from that node.
             tracing::warn!(error = %e, node.id = %node_id, "task status write failed; will retry");
