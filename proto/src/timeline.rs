@@ -29,7 +29,9 @@ pub const ACCEPTED: &str = "accepted";
 pub const STARTING: &str = "starting";
 /// Node: its image is here (the pull check, or the pull).
 pub const PULLED: &str = "pulled";
-/// Engine: the runtime's lock is held, the netns made and netd attached its endpoints.
+/// Engine: the runtime's lock is held (its config resolved, its name checked against every container).
+pub const LOCKED: &str = "locked";
+/// Engine: its netns is made and netd attached its endpoints.
 pub const ATTACHED: &str = "attached";
 /// Engine: its root is mounted, its spec and record written (the runtime's lock is let go).
 pub const PREPARED: &str = "prepared";
@@ -46,13 +48,13 @@ pub const WRITTEN: &str = "written";
 pub const SEEN: &str = "seen";
 
 /// Every step, in the order a task passes them.
-pub const STEPS: [&str; 15] = [
-    CREATED, ALLOCATED, SCHEDULED, COMMITTED, DISPATCHED, ACCEPTED, STARTING, PULLED, ATTACHED, PREPARED, SHIM,
+pub const STEPS: [&str; 16] = [
+    CREATED, ALLOCATED, SCHEDULED, COMMITTED, DISPATCHED, ACCEPTED, STARTING, PULLED, LOCKED, ATTACHED, PREPARED, SHIM,
     RUNNING, REPORTED, WRITTEN, SEEN,
 ];
 
 /// The steps the engine emits (a test of the node with a fake runtime sees none of them).
-pub const ENGINE_STEPS: [&str; 4] = [ATTACHED, PREPARED, SHIM, RUNNING];
+pub const ENGINE_STEPS: [&str; 5] = [LOCKED, ATTACHED, PREPARED, SHIM, RUNNING];
 
 /// Whether the timeline's events are wanted: guards loops that only emit them.
 pub fn enabled() -> bool {

@@ -257,6 +257,7 @@ impl Containers {
         cfg: request::ContainerConfig,
     ) -> Result<Container, ContainerError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        shoal_proto::timeline!(shoal_proto::timeline::LOCKED, task = %req.task_id);
         let name = cfg.name.clone();
         if let Some(other) = self.list().into_iter().find(|c| c.record.name == name) {
             return Err(ContainerError::NameInUse { name, id: other.record.id });
