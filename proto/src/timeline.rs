@@ -62,7 +62,8 @@ pub fn enabled() -> bool {
 }
 
 /// Emits a timeline event: `timeline!(STEP, task = %id)` (more fields may follow;
-/// `bench/timeline.py` reads `step`, `task` and `container`).
+/// `bench/timeline.py` reads `step`, `task` and `container`). The calling crate
+/// depends on `tracing` itself.
 #[macro_export]
 macro_rules! timeline {
     ($step:expr, $($field:tt)+) => {
