@@ -183,6 +183,7 @@ async fn one_session(
                     out.push(pb::AgentMessage { msg: Some(pb::agent_message::Msg::ViewApplied(pb::ViewApplied { version })) });
                 }
                 if !reports.is_empty() {
+                    running_reported(&reports);
                     out.push(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Statuses(pb::TaskStatuses { reports })) });
                 }
                 for chunk in cfg.worker.as_ref().map(|w| w.take_logs()).unwrap_or_default() {
@@ -246,6 +247,20 @@ async fn one_session(
 
 /// Tells the dispatcher this daemon stops on purpose (so it gets the restart
 /// grace, not a node-down), and waits a moment for that to leave.
+/// The timeline's `reported` step for the running reports among `reports`
+/// (about to go on the session's stream).
+fn running_reported(reports: &[pb::TaskStatusReport]) {
+    if !shoal_proto::timeline::enabled() {
+        return;
+    }
+    for r in reports {
+        let status = serde_json::from_str::<shoal_proto::service::TaskStatus>(&r.status_json);
+        if status.is_ok_and(|s| s.state == shoal_proto::service::TaskState::Running) {
+            shoal_proto::timeline!(shoal_proto::timeline::REPORTED, task = %r.task_id);
+        }
+    }
+}
+
 async fn goodbye(out_tx: mpsc::Sender<pb::AgentMessage>, mut inbound: Inbound) {
     let bye = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Goodbye(pb::Goodbye {})) };
     if out_tx.send(bye).await.is_err() {

@@ -28,6 +28,7 @@ use std::time::Duration;
 use shoal_proto::model::now_ms;
 use shoal_proto::pb;
 use shoal_proto::service::{Task, TaskState, TaskStatus, expand_template};
+use shoal_proto::timeline::{ACCEPTED, PULLED, STARTING};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -286,8 +287,12 @@ impl Worker {
                 assigned.remove(id);
                 reported.remove(id);
             }
+            let timeline = shoal_proto::timeline::enabled();
             for t in tasks {
                 reported.insert(t.id.clone(), t.status.state);
+                if timeline && t.desired == TaskState::Running && !assigned.contains_key(&t.id) {
+                    shoal_proto::timeline!(ACCEPTED, task = %t.id);
+                }
                 assigned.insert(t.id.clone(), t);
             }
         }
@@ -620,6 +625,7 @@ impl Worker {
     }
 
     fn start(&self, t: &Task) {
+        shoal_proto::timeline!(STARTING, task = %t.id);
         self.report(t, TaskStatus { state: TaskState::Preparing, message: "preparing".into(), ..Default::default() });
         if !self.runtime.has_image(&t.spec.image) {
             let creds = self.auths.lock().unwrap_or_else(|p| p.into_inner()).get(&t.service_id).cloned();
@@ -632,6 +638,7 @@ impl Worker {
                 return;
             }
         }
+        shoal_proto::timeline!(PULLED, task = %t.id);
         self.report(t, TaskStatus { state: TaskState::Starting, message: "starting".into(), ..Default::default() });
         match self.run_request(t).and_then(|r| self.runtime.run(&r)) {
             Ok(c) => {

@@ -18,6 +18,9 @@
 //!   worker adopts what runs (checked once without faults, then under them);
 //! - once the faults stop, the replicas converge: one running task per slot
 //!   in the store, and exactly one running container per slot on the nodes.
+//!
+//! And the timeline (`shoal_proto::timeline`): every step of a task's start
+//! that the managers and the node emit is seen for each task, in order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
@@ -689,6 +692,104 @@ async fn drain_scenario(seed: u64) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    sim.shutdown().await
+}
+
+// === the timeline ===
+
+/// Every timeline event of this process, as (task or container, step), in the order emitted.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A subscriber layer that keeps the timeline's events and turns off everything else.
+struct Timeline(Seen);
+
+#[derive(Default)]
+struct Fields {
+    step: String,
+    task: String,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "step" => self.step = format!("{value:?}"),
+            "task" => self.task = format!("{value:?}"),
+            _ => {}
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Timeline {
+    fn enabled(&self, m: &tracing::Metadata<'_>, _: tracing_subscriber::layer::Context<'_, S>) -> bool {
+        m.target() == shoal_proto::timeline::TARGET
+    }
+
+    fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut f = Fields::default();
+        e.record(&mut f);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push((f.task, f.step));
+    }
+}
+
+/// The timeline's events of the whole process from now on (one subscriber for all its threads).
+fn timeline_events() -> Seen {
+    static SEEN: std::sync::OnceLock<Seen> = std::sync::OnceLock::new();
+    SEEN.get_or_init(|| {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry().with(Timeline(seen.clone()));
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber in this test binary");
+        seen
+    })
+    .clone()
+}
+
+/// The timeline's steps are where a task really passes them: for six tasks
+/// on a cluster network, run by real managers and nodes on fake runtimes,
+/// every step the managers and the node emit (all but the engine's and the
+/// CLI's) is seen for each task, each step's first event in the order of
+/// `STEPS`. The engine's are read by the `create_timeline` figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_step_of_a_tasks_start_is_traced_in_order() {
+    for seed in seeds(&[5]) {
+        run_seeded("timeline", seed, Duration::from_secs(40), timeline_scenario).await;
+    }
+}
+
+async fn timeline_scenario(seed: u64) -> anyhow::Result<()> {
+    use shoal_proto::timeline::{ENGINE_STEPS, SEEN, STEPS};
+    const NET: &str = "tlnet0000001";
+    let events = timeline_events();
+    let mut sim = Sim::start(seed, 2).await?;
+    let net = NetworkSpec { name: "tl".into(), ..Default::default() };
+    sim.write(Command::CreateNetwork { id: NET.into(), spec: net }).await?;
+    let mut spec = ServiceSpec { name: "web".into(), replicas: REPLICAS, ..Default::default() };
+    spec.task.image = "img".into();
+    spec.task.networks = vec![NetworkAttachmentSpec { target: NET.into(), aliases: vec![] }];
+    sim.write(Command::CreateService { id: "web".into(), spec, auth: None }).await?;
+    let tasks: Vec<String> = sim.converge(Duration::from_secs(10)).await?.into_values().collect();
+    let want: Vec<&str> = STEPS.iter().copied().filter(|s| !ENGINE_STEPS.contains(s) && *s != SEEN).collect();
+    // Each task's steps, first event of each, in the order they came.
+    let steps_of = |task: &str| -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (t, step) in events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if t == task && !out.contains(step) {
+                out.push(step.clone());
+            }
+        }
+        out
+    };
+    // The last step (the running report written) is emitted once its write returns: soon after convergence.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let wrong: Vec<(String, Vec<String>)> =
+            tasks.iter().map(|t| (t.clone(), steps_of(t))).filter(|(_, s)| *s != want).collect();
+        if wrong.is_empty() {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "tasks whose timeline is not {want:?}: {wrong:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await; // sampling period
     }
     sim.shutdown().await
 }

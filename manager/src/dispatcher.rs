@@ -25,6 +25,7 @@ use shoal_proto::net::NetView;
 use shoal_proto::pb;
 use shoal_proto::probe::Outcome;
 use shoal_proto::service::{Task, TaskState, TaskStatus};
+use shoal_proto::timeline::{self, DISPATCHED};
 use tokio::sync::{Notify, mpsc, watch};
 use tonic::Status;
 
@@ -332,6 +333,14 @@ impl Dispatcher {
         sent.runs = {
             let state = self.inner.store.read();
             let runs = |id: &&String| state.tasks.get(*id).is_some_and(|t| t.desired == TaskState::Running);
+            if timeline::enabled() {
+                let fresh = |id: &&String| state.tasks.get(*id).is_some_and(|t| t.status.state <= TaskState::Assigned);
+                sent.tasks
+                    .keys()
+                    .filter(runs)
+                    .filter(fresh)
+                    .for_each(|id| shoal_proto::timeline!(DISPATCHED, task = %id));
+            }
             sent.tasks.keys().filter(runs).cloned().collect()
         };
         let view = self.net_view(node_id, 0);
@@ -372,6 +381,9 @@ impl Dispatcher {
         tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>,
     ) -> bool {
         let mut delta = pb::Assignments::default();
+        // Tasks to run that this node hears of for the first time (for the timeline).
+        let mut dispatched: Vec<&str> = Vec::new();
+        let timeline = timeline::enabled();
         sent.index = sent.index.max(index);
         let view = self.net_view(node_id, index);
         if sent.view.as_ref() != Some(&view) {
@@ -399,7 +411,10 @@ impl Dispatcher {
                 let sent = &mut sent.tasks;
                 match json {
                     Some(json) if sent.get(id) != Some(&json) => {
-                        sent.insert(id.clone(), json.clone());
+                        let new = sent.insert(id.clone(), json.clone()).is_none();
+                        if timeline && new && task.is_some_and(|t| t.desired == TaskState::Running) {
+                            dispatched.push(id);
+                        }
                         delta.tasks_json.push(json);
                         if let Some(t) = task {
                             Self::add_auth(&state, &t.service_id, &mut delta.registry_auth);
@@ -416,6 +431,9 @@ impl Dispatcher {
         }
         if delta.tasks_json.is_empty() && delta.removed.is_empty() && delta.net_view.is_none() {
             return true;
+        }
+        for id in dispatched {
+            shoal_proto::timeline!(DISPATCHED, task = %id);
         }
         tx.send(msg(pb::manager_message::Msg::Assignments(delta))).await.is_ok()
     }

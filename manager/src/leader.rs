@@ -15,14 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_proto::model::{new_node_id, now_ms};
-use shoal_proto::service::TaskStatus;
+use shoal_proto::service::{TaskState, TaskStatus};
+use shoal_proto::timeline::{self, ALLOCATED, CREATED, SCHEDULED, WRITTEN};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::allocator;
 use crate::dispatcher::Dispatcher;
+use crate::networks::AllocChange;
 use crate::orchestrator::plan;
-use crate::state::{Command, NodeStatusUpdate, Response, State};
+use crate::state::{Command, NodeStatusUpdate, Response, State, TaskChange};
 use crate::store::Store;
 
 /// What the leader loops need from a manager.
@@ -80,7 +82,7 @@ async fn lead<P, C>(
     what: &'static str,
 ) where
     P: Proposer,
-    C: Clone + PartialEq,
+    C: Clone + PartialEq + Steps,
 {
     let mut events = p.store().subscribe();
     let mut tick = tokio::time::interval(RESYNC);
@@ -115,7 +117,7 @@ enum Pass {
 }
 
 /// One pass of the orchestrator or allocator: write what its plan changes.
-async fn write_pass<P: Proposer, C: Clone + PartialEq>(
+async fn write_pass<P: Proposer, C: Clone + PartialEq + Steps>(
     p: &P,
     changes: Vec<C>,
     last: &mut Vec<C>,
@@ -130,6 +132,9 @@ async fn write_pass<P: Proposer, C: Clone + PartialEq>(
     *last = changes.clone();
     // Big passes go in several entries, each well under the transport's message limit.
     for chunk in changes.chunks(MAX_CHANGES_PER_ENTRY) {
+        if timeline::enabled() {
+            chunk.iter().for_each(Steps::emit);
+        }
         if let Err(e) = p.propose(wrap(chunk.to_vec())).await {
             tracing::warn!(error = %e, changes = chunk.len(), "{what} write failed; retrying");
             // Not written: the same plan next time is a retry, not a repeat.
@@ -142,6 +147,36 @@ async fn write_pass<P: Proposer, C: Clone + PartialEq>(
         }
     }
     Pass::Wrote
+}
+
+/// A change of a leader loop's pass that is a step of its task's timeline
+/// (`shoal_proto::timeline`): emitted just before the pass is proposed.
+pub(crate) trait Steps {
+    fn emit(&self);
+}
+
+impl Steps for TaskChange {
+    fn emit(&self) {
+        match self {
+            TaskChange::Create(t) => {
+                shoal_proto::timeline!(CREATED, task = %t.id);
+                // A global service's task is placed as it is made.
+                if !t.node_id.is_empty() {
+                    shoal_proto::timeline!(SCHEDULED, task = %t.id);
+                }
+            }
+            TaskChange::Assign { id, .. } => shoal_proto::timeline!(SCHEDULED, task = %id),
+            _ => {}
+        }
+    }
+}
+
+impl Steps for AllocChange {
+    fn emit(&self) {
+        if let AllocChange::TaskAddr { id, .. } = self {
+            shoal_proto::timeline!(ALLOCATED, task = %id);
+        }
+    }
 }
 
 /// A task (or allocation) change is under 1 KiB of JSON: 2,000 keep an entry near 1.5 MiB.
@@ -188,6 +223,10 @@ async fn dispatcher_pass<P: Proposer>(d: &Dispatcher, p: &P, token: &Cancellatio
             // again, before anything newer from that node.
             tracing::warn!(error = %e, node.id = %node_id, "task status write failed; will retry");
             d.requeue_task_reports(node_id, updates);
+        } else if timeline::enabled() {
+            for (id, _) in updates.iter().filter(|(_, s)| s.state == TaskState::Running) {
+                shoal_proto::timeline!(WRITTEN, task = %id);
+            }
         }
     }
     let batch: Vec<NodeStatusUpdate> = d.take_node_statuses();

@@ -226,6 +226,19 @@ pub enum TaskChange {
 }
 
 impl Command {
+    /// The tasks this command places on a node (the scheduler's assignments).
+    pub fn placed_tasks(&self) -> impl Iterator<Item = &str> {
+        let changes = match self {
+            Command::Tasks { changes } => changes.as_slice(),
+            _ => &[],
+        };
+        changes.iter().filter_map(|c| match c {
+            TaskChange::Assign { id, .. } => Some(id.as_str()),
+            TaskChange::Create(t) if !t.node_id.is_empty() => Some(t.id.as_str()),
+            _ => None,
+        })
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Command::Bootstrap { .. } => "bootstrap",

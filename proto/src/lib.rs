@@ -1,7 +1,8 @@
 //! The API boundary: wire types generated from `proto/shoal.proto` (`pb`), the
 //! domain model the managers store (`model`, `service`, `health`, `network`), netd's API types
 //! (`net`), Docker's spellings of sizes, CPUs, durations and signals (`parse`) and
-//! of mounts (`mount`), join tokens and transport security (`token`, `tls`). It owns no state
+//! of mounts (`mount`), join tokens and transport security (`token`, `tls`), the
+//! steps of a task's start as tracing events (`timeline`). It owns no state
 //! and does no I/O beyond the sockets it is handed, except `probe`: the liveness
 //! probe binds its own UDP sockets and runs the node's responder on a thread.
 
@@ -13,6 +14,7 @@ pub mod network;
 pub mod parse;
 pub mod probe;
 pub mod service;
+pub mod timeline;
 pub mod tls;
 pub mod token;
 

@@ -257,6 +257,7 @@ impl Containers {
         cfg: request::ContainerConfig,
     ) -> Result<Container, ContainerError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        shoal_proto::timeline!(shoal_proto::timeline::LOCKED, task = %req.task_id);
         let name = cfg.name.clone();
         if let Some(other) = self.list().into_iter().find(|c| c.record.name == name) {
             return Err(ContainerError::NameInUse { name, id: other.record.id });
@@ -335,6 +336,7 @@ impl Containers {
             }
             run.netns = Some(netns);
         }
+        shoal_proto::timeline!(shoal_proto::timeline::ATTACHED, task = %req.task_id);
         let settings = Settings { image_id: image.id.to_string(), mounts, copy_up, networks, endpoints };
         if req.attach && req.auto_remove {
             self.holds.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), std::time::Instant::now());
@@ -350,6 +352,7 @@ impl Containers {
         // The container exists (its record is written): others may be created
         // while its shim starts it.
         drop(_g);
+        shoal_proto::timeline!(shoal_proto::timeline::PREPARED, task = %req.task_id, container = %id);
         if let Some(c) = self.load(&id) {
             self.announce_created(&c);
         }
@@ -365,6 +368,7 @@ impl Containers {
             }
             return Err(e);
         }
+        shoal_proto::timeline!(shoal_proto::timeline::RUNNING, task = %req.task_id);
         self.observe_id(&id);
         let c = self.find(&id)?;
         self.keep_health(&c);
@@ -472,6 +476,7 @@ impl Containers {
             .env_remove("RUST_LOG");
         crate::sys::new_session_on_spawn(&mut cmd);
         let mut child = cmd.spawn().map_err(io("starting the shim", &self.exe))?;
+        shoal_proto::timeline!(shoal_proto::timeline::SHIM, container = %id);
         // Reap the shim when it ends so it leaves no zombie.
         std::thread::spawn(move || {
             let _ = child.wait();

@@ -286,6 +286,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let mut responses = Vec::with_capacity(batch.len());
         let mut rows: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        // Tasks placed by entries proposed here (on the leader: only there is a responder).
+        let mut placed: Vec<String> = Vec::new();
+        let timeline = shoal_proto::timeline::enabled();
         let commit = self.store.apply_batch(|state, applied, membership| {
             let mut changed: Vec<ObjKey> = Vec::new();
             for (entry, responder) in batch {
@@ -293,6 +296,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let resp = match entry.payload {
                     EntryPayload::Blank => Response::Ok,
                     EntryPayload::Normal(req) => {
+                        if timeline && responder.is_some() {
+                            placed.extend(req.cmd.placed_tasks().map(str::to_string));
+                        }
                         let (resp, keys) = state.apply(entry.log_id.index, &req);
                         changed.extend(keys);
                         resp
@@ -331,6 +337,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await?;
         // Disk first, then watchers, then the clients.
+        for id in &placed {
+            shoal_proto::timeline!(shoal_proto::timeline::COMMITTED, task = %id);
+        }
         commit.publish();
         for (responder, resp) in responses {
             if let Some(r) = responder {
