@@ -138,6 +138,8 @@ pub struct Containers {
     events: Arc<crate::events::EventLog>,
     /// The starts and ends of each container already announced.
     announced: Mutex<std::collections::HashMap<String, announce::Announced>>,
+    /// Each seccomp profile's filter, compiled once (see `seccomp`).
+    seccomp: seccomp::Programs,
 }
 
 fn random_hex(n: usize) -> String {
@@ -171,6 +173,7 @@ impl Containers {
             monitors: Mutex::new(Default::default()),
             events: Default::default(),
             announced: Mutex::new(Default::default()),
+            seccomp: seccomp::Programs::new(&state_root.join("seccomp")),
         };
         // What happened before this daemon started is no news.
         let found: std::collections::HashMap<_, _> =
@@ -406,7 +409,8 @@ impl Containers {
         }
         let cgroups_path = format!("{}/{id}", self.cgroup_parent);
         let etc = |f: &str| std::fs::read_to_string(rootfs.join("etc").join(f)).unwrap_or_default();
-        let spec = spec::oci_spec(run, &rootfs, &cgroups_path, etc)?;
+        let mut spec = spec::oci_spec(run, &rootfs, &cgroups_path, etc)?;
+        self.seccomp.prepare(&mut spec)?;
         let bundle = dir.join("bundle");
         let cfg_path = bundle.join("config.json");
         spec.save(&cfg_path).map_err(|e| ContainerError::StartFailed { id: id.into(), message: e.to_string() })?;
