@@ -450,14 +450,17 @@ impl Containers {
             stdin: req.interactive,
             wait_attach: req.attach && (req.tty || req.interactive),
         };
-        let write = |name: &str, v: &dyn erased::Json| -> Result<(), ContainerError> {
-            let path = dir.join(name);
-            let bytes = v.to_json().map_err(|e| io("encoding", &path)(e.into()))?;
-            crate::files::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
+        let json = |name: &str, v: &dyn erased::Json| -> Result<Vec<u8>, ContainerError> {
+            v.to_json().map_err(|e| io("encoding", &dir.join(name))(e.into()))
         };
-        write("container.json", &record)?;
-        write("shim.json", &shim)?;
-        write("network.json", &settings.endpoints)?;
+        let (record_json, shim_json, network_json) =
+            (json("container.json", &record)?, json("shim.json", &shim)?, json("network.json", &settings.endpoints)?);
+        crate::files::write_atomic_in(
+            dir,
+            &[("container.json", &record_json), ("shim.json", &shim_json), ("network.json", &network_json)],
+            0o644,
+        )
+        .map_err(io("writing the records in", dir))?;
         self.write_etc(dir, &record, &run.hostname, &settings.endpoints)?;
         // The log exists before the container does, so a reader never misses its start.
         let log = dir.join("log");
