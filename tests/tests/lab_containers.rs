@@ -28,7 +28,8 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     let out = lab.exec(1, &["run", "--rm", "busybox:local", "nosuchcmd"])?;
     ensure!(!out.status.success(), "a missing command fails");
     // One call streams both outputs, in order, and the exit code; --rm removes it first.
-    let out = lab.exec(1, &["run", "--rm", "busybox:local", "sh", "-c", "echo one; echo two >&2; echo three; exit 7"])?;
+    let out =
+        lab.exec(1, &["run", "--rm", "busybox:local", "sh", "-c", "echo one; echo two >&2; echo three; exit 7"])?;
     ensure!(out.status.code() == Some(7), "exit code: {out:?}");
     ensure!(String::from_utf8_lossy(&out.stdout) == "one\nthree\n", "{out:?}");
     ensure!(String::from_utf8_lossy(&out.stderr) == "two\n", "{out:?}");
