@@ -15,14 +15,20 @@ s run --rm --network none bench:true true || die "a first run without a network 
 
 ms() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null 2>&1 || return 1; t1=$(date +%s%N); awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f\n", (b - a) / 1e6}'; }
 ours=() none=() runtime=() floor=()
-# The runtime's bundle: the container's own config, run with `true` on a copy of its root.
-s run -d --name bench-ref bench:true sh -c 'sleep 1000' >/dev/null || die "reference container failed"
+# The runtime's bundle: the container's own config (without a network: a bridge container's
+# config names its netns under the lab host's /run, which the runtime here cannot see; its bind
+# mounts' sources rewritten the same way), run with `true` on a copy of its root.
+s run -d --network none --name bench-ref bench:true sh -c 'sleep 1000' >/dev/null || die "reference container failed"
 id=$(s inspect bench-ref | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["record"]["id"])')
 cdir=/tmp/shoal-lab/h1/lib/containers/$id
 mkdir -p "$work/bundle"
 python3 - "$cdir/bundle/config.json" "$work/bundle/config.json" "$work/rootfs" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))
+# Its bind mounts' sources as this namespace sees them (the lab host's /var/lib/shoal).
+for m in c.get("mounts", []):
+    if m.get("source", "").startswith("/var/lib/shoal/"):
+        m["source"] = "/tmp/shoal-lab/h1/lib/" + m["source"][len("/var/lib/shoal/"):]
 c["process"]["args"] = ["/bin/true"]
 c["root"] = {"path": sys.argv[3], "readonly": True}
 c["linux"]["cgroupsPath"] = "/shl-bench-runtime"
