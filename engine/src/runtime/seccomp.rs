@@ -524,7 +524,10 @@ impl Programs {
         let json = serde_json::to_vec(profile).map_err(build_err)?;
         let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&json));
         let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(path) = compiled.get(&key) {
+        // Compiled already, and still there (a removed file is compiled again).
+        if let Some(path) = compiled.get(&key)
+            && path.exists()
+        {
             return Ok(path.clone());
         }
         let path = self.dir.join(format!("{}.bpf", &key[..32]));
@@ -659,6 +662,10 @@ mod tests {
         assert_eq!(std::fs::read(&other).expect("read"), fresh_compile(&admin));
         // Nothing half-written is left beside them.
         assert_eq!(std::fs::read_dir(dir.path().join("seccomp")).expect("dir").count(), 2);
+        // A program removed behind the daemon's back is compiled again.
+        std::fs::remove_file(&first).expect("remove");
+        assert_eq!(programs.program(&plain).expect("program"), first);
+        assert_eq!(std::fs::read(&first).expect("read"), bytes);
     }
 
     #[test]
