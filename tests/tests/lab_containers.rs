@@ -27,6 +27,13 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     ensure!(String::from_utf8_lossy(&out.stdout).starts_with("uid=65534(nobody) gid=65534(nogroup)"), "{:?}", out);
     let out = lab.exec(1, &["run", "--rm", "busybox:local", "nosuchcmd"])?;
     ensure!(!out.status.success(), "a missing command fails");
+    // One call streams both outputs, in order, and the exit code; --rm removes it first.
+    let out =
+        lab.exec(1, &["run", "--rm", "busybox:local", "sh", "-c", "echo one; echo two >&2; echo three; exit 7"])?;
+    ensure!(out.status.code() == Some(7), "exit code: {out:?}");
+    ensure!(String::from_utf8_lossy(&out.stdout) == "one\nthree\n", "{out:?}");
+    ensure!(String::from_utf8_lossy(&out.stderr) == "two\n", "{out:?}");
+    ensure!(lab.containers(1)?.is_empty(), "--rm removed it before the client heard its exit");
 
     // Memory: an allocation past the limit is OOM-killed: 137, OOMKilled.
     let out = lab.exec(
@@ -85,6 +92,11 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
             .status
             .success()
     );
+    // The daemon compiled each profile once (the default capabilities, and those with
+    // SYS_ADMIN), and the containers' inits loaded those programs.
+    let programs = lab.run(1, &["ls", "/run/shoal/runtime/seccomp"])?;
+    let listed = String::from_utf8_lossy(&programs.stdout);
+    ensure!(listed.lines().filter(|l| l.ends_with(".bpf")).count() == 2, "compiled programs: {programs:?}");
     // read-only root filesystem.
     let out = lab.exec(1, &["run", "--rm", "--read-only", "busybox:local", "touch", "/x"])?;
     ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Read-only"), "{out:?}");

@@ -6,7 +6,7 @@ use clap::Args;
 use shoal_engine::volumes::BindFlag;
 use shoal_proto::pb;
 
-use super::{ContainerFlags, Engine, attach, attach_terminal, labels};
+use super::{ContainerFlags, Engine, attach, attach_terminal, labels, print_line};
 use crate::args::Cli;
 use crate::client;
 use crate::health::HealthArgs;
@@ -134,7 +134,22 @@ pub async fn run_or_create(cli: &Cli, engine: &mut Engine, a: &RunArgs, create_o
         health: Some(run_health(&a.container.health)?),
     };
     let req = pb::ContainerRunRequest { attach: !a.detach && !create_only, ..req };
-    let c = run_pulling(cli, engine, req, a.pull).await?;
+    // In the foreground without -i/-t: one call makes and starts the
+    // container, streams its output and ends with its exit code.
+    let how = if a.detach || create_only || a.tty || a.interactive { Call::Make } else { Call::Follow };
+    let c = match run_pulling(cli, engine, req.clone(), a.pull, how).await {
+        Ok(Made::Stream(out)) => return follow_run(out).await,
+        Ok(Made::Info(c)) => c,
+        // A daemon from before ContainerRunFollow: make, then follow.
+        Err(e) if how == Call::Follow && e.downcast_ref::<tonic::Status>().is_some_and(unimplemented) => {
+            let pull = if a.pull == PullPolicy::Always { PullPolicy::Missing } else { a.pull };
+            match run_pulling(cli, engine, req, pull, Call::Make).await? {
+                Made::Info(c) => c,
+                Made::Stream(out) => return follow_run(out).await,
+            }
+        }
+        Err(e) => return Err(e),
+    };
     if a.detach || create_only {
         println!("{}", c.id);
         return Ok(0);
@@ -147,6 +162,41 @@ pub async fn run_or_create(cli: &Cli, engine: &mut Engine, a: &RunArgs, create_o
     attach(engine, &c.id, -1).await
 }
 
+/// How `run`/`create` ask the daemon: make the container (and start it,
+/// for `run`), or make it, start it and follow it to its end in one call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Make,
+    Follow,
+}
+
+enum Made {
+    Info(pb::ContainerInfo),
+    Stream(tonic::Streaming<pb::RunOutput>),
+}
+
+async fn call(engine: &mut Engine, req: pb::ContainerRunRequest, how: Call) -> Result<Made, tonic::Status> {
+    Ok(match how {
+        Call::Make => Made::Info(engine.container_run(req).await?.into_inner()),
+        Call::Follow => Made::Stream(engine.container_run_follow(req).await?.into_inner()),
+    })
+}
+
+/// Prints a followed run's output; its exit code once it ended.
+async fn follow_run(mut out: tonic::Streaming<pb::RunOutput>) -> anyhow::Result<i32> {
+    use pb::run_output::What;
+    let mut id = String::new();
+    while let Some(m) = out.message().await? {
+        match m.what {
+            Some(What::Started(c)) => id = c.id,
+            Some(What::Line(l)) => print_line(&l, false),
+            Some(What::Exit(e)) => return Ok(e.exit_code),
+            None => {}
+        }
+    }
+    bail!("the daemon stopped following container {id} before it ended; `shoal wait {id}` gives its exit code")
+}
+
 /// `run`/`create`: makes the container, pulling its image first as `--pull`
 /// says: `always`; `missing` (the default) when the daemon lacks it, as
 /// Docker's CLI does (`Unable to find image 'X' locally`, then the pull's
@@ -156,18 +206,23 @@ async fn run_pulling(
     engine: &mut Engine,
     req: pb::ContainerRunRequest,
     pull: PullPolicy,
-) -> anyhow::Result<pb::ContainerInfo> {
+    how: Call,
+) -> anyhow::Result<Made> {
     if pull == PullPolicy::Always {
         crate::registry::pull_for_run(cli, engine, &req.image).await?;
     }
-    match engine.container_run(req.clone()).await {
+    match call(engine, req.clone(), how).await {
         Err(e) if pull == PullPolicy::Missing && missing_image(&e) => {
             eprintln!("Unable to find image '{}' locally", crate::registry::familiar(&req.image));
             crate::registry::pull_for_run(cli, engine, &req.image).await?;
-            Ok(engine.container_run(req).await?.into_inner())
+            Ok(call(engine, req, how).await?)
         }
-        r => Ok(r?.into_inner()),
+        r => Ok(r?),
     }
+}
+
+fn unimplemented(e: &tonic::Status) -> bool {
+    e.code() == tonic::Code::Unimplemented
 }
 
 /// Whether the daemon refused a run for lack of its image.

@@ -48,6 +48,7 @@ pub struct EngineService {
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::Progress, Status>> + Send>>;
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
+type RunStream = Pin<Box<dyn Stream<Item = Result<pb::RunOutput, Status>> + Send>>;
 type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecOutput, Status>> + Send>>;
 type StatsStream = Pin<Box<dyn Stream<Item = Result<pb::ContainerStatsBatch, Status>> + Send>>;
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::Chunk, Status>> + Send>>;
@@ -331,6 +332,13 @@ impl pb::engine_server::Engine for EngineService {
     #[tracing::instrument(skip_all)]
     async fn container_attach(&self, req: Request<Streaming<pb::AttachInput>>) -> Result<Response<ExecStream>, Status> {
         streams::container_attach(self, req).await
+    }
+
+    type ContainerRunFollowStream = RunStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn container_run_follow(&self, req: Request<pb::ContainerRunRequest>) -> Result<Response<RunStream>, Status> {
+        streams::container_run_follow(self, req).await
     }
 
     type ContainerLogsStream = LogStream;

@@ -194,6 +194,19 @@ pub fn follow_log(
     tx: &mpsc::Sender<Result<pb::LogLine, Status>>,
     running: impl Fn() -> bool,
 ) {
+    follow_lines(path, req, |l| tx.blocking_send(Ok(l)).is_ok(), || tx.is_closed(), running)
+}
+
+/// [`follow_log`] with each line handed to `send` (false: the reader went
+/// away) and `gone` asked whether the reader went away while nothing was
+/// logged.
+fn follow_lines(
+    path: &std::path::Path,
+    req: &pb::ContainerLogsRequest,
+    mut send: impl FnMut(pb::LogLine) -> bool,
+    gone: impl Fn() -> bool,
+    running: impl Fn() -> bool,
+) {
     use std::io::{BufRead, Seek};
     use std::os::unix::fs::MetadataExt;
     let parse = |l: &str| -> Option<pb::LogLine> {
@@ -232,7 +245,7 @@ pub fn follow_log(
     }
     let skip = if req.tail < 0 { 0 } else { lines.len().saturating_sub(req.tail as usize) };
     for l in lines.drain(skip..) {
-        if tx.blocking_send(Ok(l)).is_err() {
+        if !send(l) {
             return;
         }
     }
@@ -248,7 +261,7 @@ pub fn follow_log(
             pos += line.len() as u64;
             progressed = true;
             if let Some(m) = parse(&line)
-                && tx.blocking_send(Ok(m)).is_err()
+                && !send(m)
             {
                 return;
             }
@@ -268,7 +281,7 @@ pub fn follow_log(
                 return;
             }
         }
-        if tx.is_closed() {
+        if gone() {
             return;
         }
         crate::runtime::watch::wait_change(watch.as_ref(), std::time::Duration::from_millis(500));
@@ -508,6 +521,62 @@ pub(super) async fn container_logs(
         follow_log(&path, &r, &tx, || {
             matches!(containers.status_of(&c.record.id), CStatus::Running { .. } | CStatus::Created)
         })
+    });
+    Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+}
+
+/// `run` in the foreground without -i/-t in one call: the container made and
+/// started as `ContainerRun` does (a refusal is this call's error, so a
+/// missing image reads as it does there), then `started`, its output lines
+/// as `ContainerLogs` follows them, and its exit as `ContainerWait` reports
+/// it (a `--rm` container is removed before that).
+pub(super) async fn container_run_follow(
+    svc: &EngineService,
+    req: Request<pb::ContainerRunRequest>,
+) -> Result<Response<RunStream>, Status> {
+    use pb::run_output::What;
+    let r = req.into_inner();
+    if r.tty || r.interactive || r.create_only {
+        return Err(Status::invalid_argument(
+            "ContainerRunFollow runs without -i, -t or create; use ContainerRun then ContainerAttach",
+        ));
+    }
+    let info = super::containers::container_run(svc, Request::new(pb::ContainerRunRequest { attach: true, ..r }))
+        .await?
+        .into_inner();
+    let id = info.id.clone();
+    let path = svc.containers.log_path(&id);
+    let containers = svc.containers.clone();
+    let (tx, rx) = mpsc::channel(64);
+    tokio::task::spawn_blocking(move || {
+        let send = |what: What| tx.blocking_send(Ok(pb::RunOutput { what: Some(what) })).is_ok();
+        if !send(What::Started(info)) {
+            return;
+        }
+        let all = pb::ContainerLogsRequest { id: id.clone(), follow: true, tail: -1, ..Default::default() };
+        let mut reader_left = false;
+        follow_lines(
+            &path,
+            &all,
+            |l| {
+                reader_left = !send(What::Line(l));
+                !reader_left
+            },
+            || tx.is_closed(),
+            || matches!(containers.status_of(&id), CStatus::Running { .. } | CStatus::Created),
+        );
+        if reader_left || tx.is_closed() {
+            return;
+        }
+        let exit = match containers.wait(&id) {
+            Ok(CStatus::Exited { code, oom_killed, .. }) => pb::ContainerExit { exit_code: code, oom_killed },
+            Ok(_) => pb::ContainerExit { exit_code: 255, oom_killed: false },
+            Err(e) => {
+                let _ = tx.blocking_send(Err(cstatus(e)));
+                return;
+            }
+        };
+        send(What::Exit(exit));
     });
     Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
 }

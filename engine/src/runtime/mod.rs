@@ -138,6 +138,8 @@ pub struct Containers {
     events: Arc<crate::events::EventLog>,
     /// The starts and ends of each container already announced.
     announced: Mutex<std::collections::HashMap<String, announce::Announced>>,
+    /// Each seccomp profile's filter, compiled once (see `seccomp`).
+    seccomp: seccomp::Programs,
 }
 
 fn random_hex(n: usize) -> String {
@@ -171,6 +173,7 @@ impl Containers {
             monitors: Mutex::new(Default::default()),
             events: Default::default(),
             announced: Mutex::new(Default::default()),
+            seccomp: seccomp::Programs::new(&state_root.join("seccomp")),
         };
         // What happened before this daemon started is no news.
         let found: std::collections::HashMap<_, _> =
@@ -410,7 +413,8 @@ impl Containers {
         }
         let cgroups_path = format!("{}/{id}", self.cgroup_parent);
         let etc = |f: &str| std::fs::read_to_string(rootfs.join("etc").join(f)).unwrap_or_default();
-        let spec = spec::oci_spec(run, &rootfs, &cgroups_path, etc)?;
+        let mut spec = spec::oci_spec(run, &rootfs, &cgroups_path, etc)?;
+        self.seccomp.prepare(&mut spec)?;
         let bundle = dir.join("bundle");
         let cfg_path = bundle.join("config.json");
         spec.save(&cfg_path).map_err(|e| ContainerError::StartFailed { id: id.into(), message: e.to_string() })?;
@@ -450,14 +454,17 @@ impl Containers {
             stdin: req.interactive,
             wait_attach: req.attach && (req.tty || req.interactive),
         };
-        let write = |name: &str, v: &dyn erased::Json| -> Result<(), ContainerError> {
-            let path = dir.join(name);
-            let bytes = v.to_json().map_err(|e| io("encoding", &path)(e.into()))?;
-            crate::files::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
+        let json = |name: &str, v: &dyn erased::Json| -> Result<Vec<u8>, ContainerError> {
+            v.to_json().map_err(|e| io("encoding", &dir.join(name))(e.into()))
         };
-        write("container.json", &record)?;
-        write("shim.json", &shim)?;
-        write("network.json", &settings.endpoints)?;
+        let (record_json, shim_json, network_json) =
+            (json("container.json", &record)?, json("shim.json", &shim)?, json("network.json", &settings.endpoints)?);
+        crate::files::write_atomic_in(
+            dir,
+            &[("container.json", &record_json), ("shim.json", &shim_json), ("network.json", &network_json)],
+            0o644,
+        )
+        .map_err(io("writing the records in", dir))?;
         self.write_etc(dir, &record, &run.hostname, &settings.endpoints)?;
         // The log exists before the container does, so a reader never misses its start.
         let log = dir.join("log");

@@ -6,8 +6,17 @@
 //! answering ENOSYS (its flags sit behind a pointer a filter cannot read,
 //! so the C library falls back to `clone`). Names the running kernel's
 //! libseccomp does not know are skipped by libcontainer.
+//!
+//! A profile is compiled to BPF once per daemon ([`Programs`]), not in every
+//! container's init: the program goes to a file named by the profile's
+//! hash under the runtime directory, and the spec's
+//! `run.shoal.seccomp.bpf` annotation hands its path to libcontainer (our
+//! fork), which reads it before forking and loads it as it is. The profile
+//! stays in the spec, so an init not handed a program compiles it as before.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator,
@@ -495,6 +504,67 @@ fn native_arches() -> Vec<Arch> {
     }
 }
 
+/// The BPF programs of the profiles this daemon has handed out, one file
+/// each under `dir` (on tmpfs, so none outlives a boot), compiled on first
+/// use. A file from an earlier daemon is compiled afresh, not trusted: the
+/// program depends on the libseccomp that made it.
+pub struct Programs {
+    dir: PathBuf,
+    compiled: Mutex<HashMap<String, PathBuf>>,
+}
+
+impl Programs {
+    pub fn new(dir: &Path) -> Programs {
+        Programs { dir: dir.to_path_buf(), compiled: Mutex::new(HashMap::new()) }
+    }
+
+    /// The file holding `profile`'s BPF program, compiled the first time
+    /// this profile is asked for.
+    pub fn program(&self, profile: &LinuxSeccomp) -> Result<PathBuf, SpecError> {
+        let json = serde_json::to_vec(profile).map_err(build_err)?;
+        let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&json));
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        // Compiled already, and still there (a removed file is compiled again).
+        if let Some(path) = compiled.get(&key)
+            && path.exists()
+        {
+            return Ok(path.clone());
+        }
+        let path = self.dir.join(format!("{}.bpf", &key[..32]));
+        std::fs::create_dir_all(&self.dir).map_err(|e| SpecError::Build(format!("{}: {e}", self.dir.display())))?;
+        // Written whole under another name, then renamed: a reader sees the
+        // old program or the new one, never half of one.
+        let tmp = self.dir.join(format!(".{}.{}", &key[..32], std::process::id()));
+        let file = std::fs::File::create(&tmp).map_err(|e| SpecError::Build(format!("{}: {e}", tmp.display())))?;
+        if let Err(e) = compile(profile, &file) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| SpecError::Build(format!("{}: {e}", path.display())))?;
+        compiled.insert(key, path.clone());
+        Ok(path)
+    }
+
+    /// Hands libcontainer the compiled program of `spec`'s filter, if it
+    /// has one. Whatever else set the annotation is overwritten.
+    pub fn prepare(&self, spec: &mut oci_spec::runtime::Spec) -> Result<(), SpecError> {
+        let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().clone()) else {
+            return Ok(());
+        };
+        let path = self.program(&profile)?;
+        let mut annotations = spec.annotations().clone().unwrap_or_default();
+        annotations.insert(libcontainer::seccomp::PREPARED_BPF_ANNOTATION.to_string(), path.display().to_string());
+        spec.set_annotations(Some(annotations));
+        Ok(())
+    }
+}
+
+/// Writes the BPF program libseccomp makes of `profile` (what the init
+/// would load had it compiled the profile itself) to `out`.
+pub fn compile(profile: &LinuxSeccomp, out: impl std::os::fd::AsFd) -> Result<(), SpecError> {
+    libcontainer::seccomp::export_bpf(profile, out).map_err(|e| SpecError::Build(format!("compiling seccomp: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -556,6 +626,113 @@ mod tests {
             (LinuxSeccompAction::ScmpActErrno, Some(libc::ENOSYS as u32))
         );
         assert_eq!(rules.iter().filter(|r| r.names() == &vec!["personality".to_string()]).count(), PERSONAS.len());
+    }
+
+    fn caps(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn fresh_compile(profile: &LinuxSeccomp) -> Vec<u8> {
+        let mut out = tempfile::tempfile().expect("tempfile");
+        compile(profile, &out).expect("compile");
+        use std::io::{Read, Seek};
+        out.rewind().expect("rewind");
+        let mut program = Vec::new();
+        out.read_to_end(&mut program).expect("read");
+        program
+    }
+
+    #[test]
+    fn a_profile_is_compiled_once_and_the_file_is_what_a_fresh_compile_makes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let programs = Programs::new(&dir.path().join("seccomp"));
+        let plain = filter(&caps(&["CHOWN"])).expect("filter");
+        let first = programs.program(&plain).expect("program");
+        let bytes = std::fs::read(&first).expect("read");
+        assert_eq!(bytes, fresh_compile(&plain));
+        assert_eq!(bytes.len() % std::mem::size_of::<libc::sock_filter>(), 0);
+        // Asked again, the same file, not compiled again (its time stays).
+        let mtime = std::fs::metadata(&first).and_then(|m| m.modified()).expect("mtime");
+        assert_eq!(programs.program(&plain).expect("program"), first);
+        assert_eq!(std::fs::metadata(&first).and_then(|m| m.modified()).expect("mtime"), mtime);
+        // Another capability set is another profile, and another program.
+        let admin = filter(&caps(&["SYS_ADMIN"])).expect("filter");
+        let other = programs.program(&admin).expect("program");
+        assert_ne!(other, first);
+        assert_eq!(std::fs::read(&other).expect("read"), fresh_compile(&admin));
+        // Nothing half-written is left beside them.
+        assert_eq!(std::fs::read_dir(dir.path().join("seccomp")).expect("dir").count(), 2);
+        // A program removed behind the daemon's back is compiled again.
+        std::fs::remove_file(&first).expect("remove");
+        assert_eq!(programs.program(&plain).expect("program"), first);
+        assert_eq!(std::fs::read(&first).expect("read"), bytes);
+    }
+
+    #[test]
+    fn prepare_names_the_program_in_the_spec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let programs = Programs::new(dir.path());
+        let mut linux = oci_spec::runtime::Linux::default();
+        linux.set_seccomp(Some(filter(&caps(&[])).expect("filter")));
+        let mut spec = oci_spec::runtime::Spec::default();
+        spec.set_linux(Some(linux));
+        let mut forged = HashMap::new();
+        forged.insert(libcontainer::seccomp::PREPARED_BPF_ANNOTATION.to_string(), "/tmp/allow-all".to_string());
+        spec.set_annotations(Some(forged));
+        programs.prepare(&mut spec).expect("prepare");
+        let named = spec.annotations().as_ref().and_then(|a| a.get(libcontainer::seccomp::PREPARED_BPF_ANNOTATION));
+        let profile = spec.linux().as_ref().and_then(|l| l.seccomp().clone()).expect("profile");
+        assert_eq!(named.map(PathBuf::from), Some(programs.program(&profile).expect("program")));
+        // No filter, no program.
+        let mut bare = oci_spec::runtime::Spec::default();
+        bare.set_linux(None);
+        programs.prepare(&mut bare).expect("prepare");
+        assert!(bare.annotations().as_ref().is_none_or(|a| a.is_empty()));
+    }
+
+    /// A process that loads the compiled program is refused what the
+    /// profile refuses, with the profile's errors, and can still work.
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_process_under_the_program_is_refused_what_the_profile_refuses() {
+        use std::os::unix::process::CommandExt;
+        let program = fresh_compile(&filter(&caps(&["CHOWN", "SETUID", "SETGID"])).expect("filter"));
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args(["-c", "exit 0"]);
+        // SAFETY: between fork and exec the closure only makes system calls
+        // and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    libc::_exit(10);
+                }
+                if libcontainer::seccomp::load_bpf(&program).is_err() {
+                    libc::_exit(11);
+                }
+                if libc::unshare(libc::CLONE_NEWUSER) == 0 || errno() != libc::EPERM {
+                    libc::_exit(12);
+                }
+                if libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) != -1 || errno() != libc::ENOSYS {
+                    libc::_exit(13);
+                }
+                if libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) != -1 || errno() != libc::EPERM {
+                    libc::_exit(14);
+                }
+                if libc::getpid() <= 0 {
+                    libc::_exit(15);
+                }
+                Ok(())
+            });
+        }
+        let status = cmd.status().expect("spawn /bin/sh");
+        assert_eq!(status.code(), Some(0), "10: no_new_privs, 11: load, 12: unshare, 13: clone3, 14: keyctl");
+    }
+
+    #[test]
+    fn a_program_that_is_not_whole_records_is_refused() {
+        assert!(libcontainer::seccomp::load_bpf(&[0u8; 7]).is_err());
+        assert!(libcontainer::seccomp::load_bpf(&[]).is_err());
     }
 
     #[test]

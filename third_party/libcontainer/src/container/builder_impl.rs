@@ -190,6 +190,7 @@ impl ContainerBuilderImpl {
             stderr: self.stderr.as_ref().map(|x| x.as_raw_fd()),
             as_sibling: self.as_sibling,
             pid_file: self.pid_file.to_owned(),
+            seccomp_bpf: prepared_seccomp(&self.spec),
         };
 
         let init_pid = process::container_main_process::container_main_process(&container_args)
@@ -268,4 +269,28 @@ impl ContainerBuilderImpl {
 
         Ok(())
     }
+}
+
+/// The seccomp program compiled beforehand that the spec's annotation names
+/// (Shoal's fork), read here in the runtime's own mount namespace. Without
+/// it, or when it cannot be read, the init compiles the filter as before.
+#[cfg(feature = "libseccomp")]
+fn prepared_seccomp(spec: &oci_spec::runtime::Spec) -> Option<Vec<u8>> {
+    spec.linux().as_ref()?.seccomp().as_ref()?;
+    let path = spec
+        .annotations()
+        .as_ref()?
+        .get(crate::seccomp::PREPARED_BPF_ANNOTATION)?;
+    match fs::read(path) {
+        Ok(program) => Some(program),
+        Err(err) => {
+            tracing::warn!(?err, path, "cannot read the prepared seccomp program; compiling the filter");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "libseccomp"))]
+fn prepared_seccomp(_spec: &oci_spec::runtime::Spec) -> Option<Vec<u8>> {
+    None
 }

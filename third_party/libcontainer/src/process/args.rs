@@ -55,4 +55,8 @@ pub struct ContainerArgs {
     /// File path used to communicate the PID of the
     /// container process to the higher-level runtime.
     pub pid_file: Option<PathBuf>,
+    /// Shoal's fork: the seccomp filter compiled beforehand, read before
+    /// forking from the file the spec's `run.shoal.seccomp.bpf` annotation
+    /// names (the init may no longer see that path).
+    pub seccomp_bpf: Option<Vec<u8>>,
 }

@@ -44,6 +44,14 @@ pub enum SeccompError {
         source: libseccomp::error::SeccompError,
         flag: LinuxSeccompFilterFlag,
     },
+    #[error("failed to export the seccomp filter as BPF")]
+    Export {
+        source: libseccomp::error::SeccompError,
+    },
+    #[error("a prepared seccomp program must be whole sock_filter records, not {bytes} bytes")]
+    BadProgram { bytes: usize },
+    #[error("failed to load the prepared seccomp program")]
+    LoadPrepared { source: std::io::Error },
     #[error("failed to set SCMP_FLTATR_CTL_NNP")]
     SetCtlNnp {
         source: libseccomp::error::SeccompError,
@@ -148,6 +156,103 @@ fn check_seccomp(seccomp: &LinuxSeccomp) -> Result<()> {
 
 #[tracing::instrument(level = "trace", skip(seccomp))]
 pub fn initialize_seccomp(seccomp: &LinuxSeccomp) -> Result<Option<io::RawFd>> {
+    let ctx = build_context(seccomp)?;
+
+    // In order to use the SECCOMP_SET_MODE_FILTER operation, either the calling
+    // thread must have the CAP_SYS_ADMIN capability in its user namespace, or
+    // the thread must already have the no_new_privs bit set.
+    // Ref: https://man7.org/linux/man-pages/man2/seccomp.2.html
+    ctx.load()
+        .map_err(|err| SeccompError::LoadContext { source: err })?;
+
+    let fd = if is_notify(seccomp) {
+        Some(
+            ctx.get_notify_fd()
+                .map_err(|err| SeccompError::GetNotifyId { source: err })?,
+        )
+    } else {
+        None
+    };
+
+    Ok(fd)
+}
+
+/// The OCI annotation through which a runtime hands the init a filter it
+/// compiled beforehand (Shoal's fork): the path of a file holding the
+/// kernel-ready BPF program (`struct sock_filter` records, as
+/// [`export_bpf`] writes them) of the spec's `linux.seccomp`. The builder
+/// reads it before forking; the init then loads it as it is, rather than
+/// compiling the profile with libseccomp in every container.
+pub const PREPARED_BPF_ANNOTATION: &str = "run.shoal.seccomp.bpf";
+
+/// Writes the BPF program libseccomp makes of `seccomp` to `out`, the same
+/// program [`initialize_seccomp`] would load (Shoal's fork).
+pub fn export_bpf<T: io::AsFd>(seccomp: &LinuxSeccomp, out: T) -> Result<()> {
+    build_context(seccomp)?
+        .export_bpf(out)
+        .map_err(|err| SeccompError::Export { source: err })
+}
+
+/// Whether a filter compiled beforehand can stand in for `seccomp`: it
+/// must need nothing the bare `seccomp(2)` call with no flags does not
+/// give (no notify descriptor, no filter flags).
+pub fn can_use_prepared(seccomp: &LinuxSeccomp) -> bool {
+    !is_notify(seccomp) && seccomp.flags().as_ref().is_none_or(|f| f.is_empty())
+}
+
+/// Loads `seccomp`'s filter: the program compiled beforehand when there is
+/// one (see [`PREPARED_BPF_ANNOTATION`]) and it can stand in, else compiled
+/// here as [`initialize_seccomp`] does.
+pub fn initialize_seccomp_with(
+    seccomp: &LinuxSeccomp,
+    prepared: Option<&[u8]>,
+) -> Result<Option<io::RawFd>> {
+    match prepared {
+        Some(program) if can_use_prepared(seccomp) => {
+            check_seccomp(seccomp)?;
+            load_bpf(program)?;
+            Ok(None)
+        }
+        _ => initialize_seccomp(seccomp),
+    }
+}
+
+/// Installs a BPF program (`struct sock_filter` records) as the calling
+/// thread's seccomp filter with `seccomp(SECCOMP_SET_MODE_FILTER, 0, ...)`,
+/// as libseccomp's load does for a filter without flags.
+pub fn load_bpf(program: &[u8]) -> Result<()> {
+    const RECORD: usize = std::mem::size_of::<libc::sock_filter>();
+    let len = program.len() / RECORD;
+    if program.is_empty() || program.len() % RECORD != 0 || len > u16::MAX as usize {
+        return Err(SeccompError::BadProgram { bytes: program.len() });
+    }
+    let prog = libc::sock_fprog {
+        len: len as u16,
+        // Never read through here: the kernel copies the bytes, which need
+        // no alignment (and nothing is allocated, so this is safe between
+        // fork and exec).
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prog points at `len` valid records that outlive the call; the
+    // kernel copies the program.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if ret != 0 {
+        return Err(SeccompError::LoadPrepared {
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// The libseccomp filter context for `seccomp`, ready to load or export.
+fn build_context(seccomp: &LinuxSeccomp) -> Result<ScmpFilterContext> {
     check_seccomp(seccomp)?;
 
     tracing::trace!(default_action = ?seccomp.default_action(), errno = ?seccomp.default_errno_ret(), "initializing seccomp");
@@ -297,23 +402,7 @@ pub fn initialize_seccomp(seccomp: &LinuxSeccomp) -> Result<Option<io::RawFd>> {
         }
     }
 
-    // In order to use the SECCOMP_SET_MODE_FILTER operation, either the calling
-    // thread must have the CAP_SYS_ADMIN capability in its user namespace, or
-    // the thread must already have the no_new_privs bit set.
-    // Ref: https://man7.org/linux/man-pages/man2/seccomp.2.html
-    ctx.load()
-        .map_err(|err| SeccompError::LoadContext { source: err })?;
-
-    let fd = if is_notify(seccomp) {
-        Some(
-            ctx.get_notify_fd()
-                .map_err(|err| SeccompError::GetNotifyId { source: err })?,
-        )
-    } else {
-        None
-    };
-
-    Ok(fd)
+    Ok(ctx)
 }
 
 pub fn is_notify(seccomp: &LinuxSeccomp) -> bool {
@@ -336,6 +425,45 @@ mod tests {
 
     use super::*;
     use crate::test_utils::{self, TestCallbackError};
+
+    /// Shoal's fork: a program exported beforehand, handed to
+    /// `initialize_seccomp_with`, confines as the compiled profile does.
+    #[test]
+    #[serial]
+    fn a_prepared_program_confines_like_the_profile() -> Result<()> {
+        let expect_error = libc::EAGAIN;
+        let syscall = LinuxSyscallBuilder::default()
+            .names(vec![String::from("getcwd")])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(expect_error as u32)
+            .build()?;
+        let seccomp_profile = LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .architectures(vec![Arch::ScmpArchNative])
+            .syscalls(vec![syscall])
+            .build()?;
+        let file = tempfile::tempfile()?;
+        export_bpf(&seccomp_profile, &file)?;
+        let program = std::fs::read(format!("/proc/self/fd/{}", io::AsRawFd::as_raw_fd(&file)))?;
+        assert!(can_use_prepared(&seccomp_profile));
+        assert!(matches!(load_bpf(&program[..5]), Err(SeccompError::BadProgram { bytes: 5 })));
+
+        test_utils::test_in_child_process(|| {
+            let _ = prctl::set_no_new_privileges(true);
+            let fd = initialize_seccomp_with(&seccomp_profile, Some(&program))
+                .expect("failed to load the prepared program");
+            if fd.is_some() {
+                Err(TestCallbackError::Custom("no notify fd expected".to_string()))?;
+            }
+            match nix::unistd::getcwd() {
+                Err(errno) if errno == nix::errno::Errno::from_raw(expect_error) => Ok(()),
+                other => Err(TestCallbackError::Custom(format!(
+                    "getcwd under the prepared program: {other:?}"
+                ))),
+            }
+        })?;
+        Ok(())
+    }
 
     #[test]
     #[serial]
