@@ -176,12 +176,7 @@ mod tests {
         ]);
         assert_eq!(
             got,
-            vec![
-                ("v1", "ran", vec![]),
-                ("a1", "ran", vec!["x"]),
-                ("v2", "served", vec![]),
-                ("v3", "ran", vec![]),
-            ]
+            vec![("v1", "ran", vec![]), ("a1", "ran", vec!["x"]), ("v2", "served", vec![]), ("v3", "ran", vec![]),]
         );
     }
 
