@@ -14,7 +14,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rtnetlink::{LinkUnspec, LinkVeth};
 use shoal_netd::sys;
+use shoal_proto::net::{NetView, OverlayNetwork};
 use shoal_proto::pb;
 
 mod common;
@@ -54,12 +56,16 @@ fn a_dozen_attaches_at_once_each_get_their_own_endpoint_and_a_bad_one_fails_alon
 }
 
 fn request(container: String, netns: &Path) -> pb::AttachRequest {
+    on("bridge", container, netns, "")
+}
+
+fn on(network: &str, container: String, netns: &Path, ip: &str) -> pb::AttachRequest {
     pb::AttachRequest {
         name: format!("web.{container}"),
         container,
-        network: "bridge".into(),
+        network: network.into(),
         netns: netns.display().to_string(),
-        ip: String::new(),
+        ip: ip.into(),
         ports: vec![],
         aliases: vec![],
     }
@@ -103,6 +109,91 @@ async fn scenario(host: &NetdHost, containers: &[Parked], not_a_netns: &Path) ->
     let nets = client.clone().network_list(pb::Empty {}).await?.into_inner().networks;
     let bridge = nets.iter().find(|n| n.name == "bridge").ok_or_else(|| anyhow::anyhow!("no bridge: {nets:?}"))?;
     assert_eq!(bridge.endpoints as usize, MANY, "{bridge:?}");
+    Ok(())
+}
+
+/// The same on a cluster network: the attaches' overlay legs are made in
+/// its sandbox side by side, and every container reaches every other
+/// across the sandbox's bridge.
+#[test]
+fn attaches_at_once_on_a_cluster_network_each_get_their_leg_in_its_sandbox() {
+    if !can_run() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let containers: Vec<Parked> = (0..6).map(|_| Parked::new()).collect();
+    let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-attach").tempdir().unwrap());
+    let host = NetdHost::start(pins.dir("h1"));
+    let test = std::thread::spawn(move || {
+        own_netns();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let r = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(90), cluster_scenario(&host, &containers))
+                .await
+                .expect("the scenario finishes within 90 s")
+        });
+        drop(rt);
+        drop(host);
+        r.expect("the scenario");
+    });
+    let r = test.join();
+    drop(pins);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
+
+async fn cluster_scenario(host: &NetdHost, containers: &[Parked]) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    // The host's data address, on a link of its own.
+    let h = sys::connect_in(&host.ns).await?;
+    h.link().add(LinkVeth::new("u1", "u2").build()).execute().await?;
+    let u1 = h.link().get().match_name("u1").execute().try_next().await?.map(|l| l.header.index);
+    let u1 = u1.ok_or_else(|| anyhow::anyhow!("no u1"))?;
+    h.address().add(u1, "10.99.0.1".parse::<std::net::Ipv4Addr>()?.into(), 24).execute().await?;
+    h.link().set(LinkUnspec::new_with_index(u1).up().build()).execute().await?;
+
+    let net = "5e1f0e7a11ab0001";
+    let view = NetView {
+        node: "h1".into(),
+        data_addr: "10.99.0.1".parse()?,
+        networks: vec![OverlayNetwork {
+            id: net.into(),
+            name: "ovmany".into(),
+            vni: 4243,
+            subnet: "10.11.0.0".parse()?,
+            prefix: 24,
+            gateway: "10.11.0.1".parse()?,
+            mtu: 1450,
+            internal: true,
+        }],
+        peers: vec![],
+        endpoints: vec![],
+        services: vec![],
+        ingress: None,
+    };
+    let client = host.client().await?;
+    let r = client.clone().sync_cluster(view.to_pb()).await?.into_inner();
+    assert_eq!(r.errors, Vec::<String>::new());
+    let ip = |i: usize| format!("10.11.0.{}", i + 2);
+    let asks: Vec<_> = containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| on(net, format!("d{i:02}d{i:02}d{i:02}d{i:02}"), &c.path, &ip(i)))
+        .collect();
+    let answers = futures::future::join_all(asks.iter().map(|r| {
+        let (mut client, r) = (client.clone(), r.clone());
+        async move { client.attach(r).await.map(|a| a.into_inner()) }
+    }))
+    .await;
+    for (i, (ask, answer)) in asks.iter().zip(&answers).enumerate() {
+        let a = answer.as_ref().map_err(|e| anyhow::anyhow!("{}: {e}", ask.container))?;
+        assert_eq!((a.ip.clone(), a.error.as_str(), a.ifname.as_str()), (ip(i), "", "eth0"));
+    }
+    for (i, c) in containers.iter().enumerate().skip(1) {
+        assert!(reaches(&containers[0].path, &ip(i)), "{} reaches {}", ip(0), ip(i));
+        assert!(reaches(&c.path, &ip(0)), "{} reaches {}", ip(i), ip(0));
+    }
     Ok(())
 }
 
