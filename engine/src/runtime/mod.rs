@@ -126,6 +126,13 @@ pub struct Containers {
     /// The names of the containers being created (name → id), from the
     /// check that the name is free until their records are written.
     creating: Mutex<std::collections::HashMap<String, String>>,
+    /// How many creates are making their namespace, endpoints and root now,
+    /// and how many may at once: one per core. Those steps are mostly the
+    /// kernel's, under its global locks (rtnl, the namespace and mount
+    /// locks); more at once only contend there (`create100` on the 2-core
+    /// lab was 7 % slower without the bound).
+    making: (Mutex<usize>, std::sync::Condvar),
+    make_slots: usize,
     /// netd missed a change (it was down): the next network sync hands it everything.
     net_pending: std::sync::atomic::AtomicBool,
     /// netd, for containers on bridge networks (set by the daemon).
@@ -169,6 +176,8 @@ impl Containers {
             cgroups: Cgroups::host(),
             lock: Default::default(),
             creating: Default::default(),
+            making: Default::default(),
+            make_slots: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             net_pending: std::sync::atomic::AtomicBool::new(true),
             networks: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
@@ -235,6 +244,18 @@ impl Containers {
             Some(other) => Err(ContainerError::NameInUse { name: name.into(), id: other }),
             None => Ok(reserved),
         }
+    }
+
+    /// Waits for one of the `make_slots`; it is free again when the
+    /// returned guard is dropped.
+    fn make_slot(&self) -> MakeSlot<'_> {
+        let (count, freed) = &self.making;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= self.make_slots {
+            n = freed.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+        MakeSlot(&self.making)
     }
 
     fn load(&self, id: &str) -> Option<Container> {
@@ -304,6 +325,7 @@ impl Containers {
         id: String,
         cfg: request::ContainerConfig,
     ) -> Result<Container, ContainerError> {
+        let making = self.make_slot();
         let _g = self.lock.read().unwrap_or_else(|p| p.into_inner());
         let name = cfg.name.clone();
         let reserved = self.reserve_name(&name, &id)?;
@@ -397,6 +419,7 @@ impl Containers {
         // others may start, stop or remove it while its shim starts it.
         drop(reserved);
         drop(_g);
+        drop(making);
         if let Some(c) = self.load(&id) {
             self.announce_created(&c);
         }
@@ -757,6 +780,17 @@ impl Drop for NameReservation<'_> {
     }
 }
 
+/// A create's turn at making its namespace, endpoints and root (see `Containers::make_slot`).
+struct MakeSlot<'a>(&'a (Mutex<usize>, std::sync::Condvar));
+
+impl Drop for MakeSlot<'_> {
+    fn drop(&mut self) {
+        let (count, freed) = self.0;
+        *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        freed.notify_one();
+    }
+}
+
 /// Whether `reference` is a whole container id (64 hex digits), which names
 /// its directory.
 fn is_full_id(reference: &str) -> bool {
@@ -877,6 +911,26 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    }
+
+    #[test]
+    fn no_more_creates_make_their_namespaces_at_once_than_there_are_slots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = Containers { make_slots: 2, ..containers(tmp.path()) };
+        let (now, most) = (std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| {
+                    let _slot = c.make_slot();
+                    let n = now.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    most.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::yield_now();
+                    now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+        });
+        assert!(most.into_inner() <= 2);
+        assert_eq!(*c.making.0.lock().unwrap(), 0, "every slot was given back");
     }
 
     #[test]
