@@ -43,8 +43,8 @@ use shoal_proto::net::{NetView, PortMap, Proto};
 /// How many containers a node with `cores` CPUs starts at once. A start
 /// waits about as long as it computes (on netd's attach, the shim's spawn,
 /// the kernel's rtnl and mount locks), so two per core keep the CPUs busy
-/// (four a core made `create100` 13 % slower on the 2-core lab, whose five
-/// nodes share the cores); past the cap the steps the kernel serializes
+/// (on the 2-core lab, whose five nodes share one kernel and the cores,
+/// more bought nothing); past the cap the steps the kernel serializes
 /// (creating a namespace, moving a veth into it, mounting the root) are the
 /// queue, and more threads would only wait there.
 pub fn start_slots(cores: usize) -> usize {
