@@ -41,8 +41,16 @@ use shoal_engine::runtime::request::RequestedMount;
 use shoal_engine::runtime::{ContainerError, Containers, RunRequest, Status};
 use shoal_proto::net::{NetView, PortMap, Proto};
 
-/// Containers a node starts at once.
-const PARALLEL_STARTS: usize = 4;
+/// How many containers a node with `cores` CPUs starts at once. A start
+/// waits about as long as it computes (on netd's attach, the shim's spawn,
+/// the kernel's rtnl and mount locks), so two per core keep the CPUs busy
+/// (on the 2-core lab, whose five nodes share one kernel and the cores,
+/// more bought nothing); past the cap the steps the kernel serializes
+/// (creating a namespace, moving a veth into it, mounting the root) are the
+/// queue, and more threads would only wait there.
+pub fn start_slots(cores: usize) -> usize {
+    (cores * 2).clamp(4, 32)
+}
 
 /// How often the worker looks at its containers even when nothing was said.
 const RESCAN: Duration = Duration::from_secs(1);
@@ -82,6 +90,8 @@ pub struct Observed {
     /// The cluster networks of the last view netd took (a task on cluster
     /// networks waits until netd has all of them: their sandboxes).
     pub net_ready: BTreeSet<String>,
+    /// How many starts may be in flight at once (`start_slots`).
+    pub start_slots: usize,
 }
 
 /// One pass's decisions (pure). Containers of tasks no longer assigned go
@@ -105,7 +115,7 @@ pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<Worke
         .filter(|t| t.desired != TaskState::Running && mine.contains_key(&t.id))
         .flat_map(|t| host_ports(t).map(|p| (p.published, p.protocol.as_str())))
         .collect();
-    let mut free_starts = PARALLEL_STARTS.saturating_sub(observed.starting.len());
+    let mut free_starts = observed.start_slots.saturating_sub(observed.starting.len());
     let report = |out: &mut Vec<WorkerAction>, t: &Task, status: TaskStatus| {
         let last = observed.reported.get(&t.id).copied().unwrap_or(t.status.state);
         if last.can_move_to(status.state) {
@@ -203,6 +213,8 @@ pub struct Worker {
     /// Tasks whose containers are being stopped, or started.
     stopping: Mutex<HashSet<String>>,
     starting: Mutex<HashSet<String>>,
+    /// How many starts may be in flight at once (by the node's cores).
+    start_slots: usize,
     /// The registry logins of services whose tasks were assigned here, by service id.
     auths: Mutex<HashMap<String, Credentials>>,
     /// The node's network view, and whether (and when) netd took it. Held
@@ -240,6 +252,7 @@ impl Worker {
             log_cancelled: Mutex::new(Default::default()),
             stopping: Mutex::new(Default::default()),
             starting: Mutex::new(Default::default()),
+            start_slots: start_slots(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
             auths: Mutex::new(HashMap::new()),
             net: Mutex::new(NetSync::default()),
             net_calls: Mutex::new(()),
@@ -501,7 +514,15 @@ impl Worker {
         let stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let containers = self.runtime.task_containers().into_iter().map(|c| (c.task_id.clone(), c)).collect();
         let reported = self.reported.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Observed { containers, starting, stopping, reported, now_ms: now_ms(), net_ready: BTreeSet::new() }
+        Observed {
+            containers,
+            starting,
+            stopping,
+            reported,
+            now_ms: now_ms(),
+            net_ready: BTreeSet::new(),
+            start_slots: self.start_slots,
+        }
     }
 
     /// One pass (blocking); none before the first whole set.
@@ -606,11 +627,11 @@ impl Worker {
     }
 
     /// Starts a task's container on a thread of its own (several at once,
-    /// up to `PARALLEL_STARTS`); the next pass picks up what is left.
+    /// up to `start_slots`); the next pass picks up what is left.
     fn start_soon(self: &Arc<Self>, t: &Task) {
         {
             let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
-            if starting.contains(&t.id) || starting.len() >= PARALLEL_STARTS {
+            if starting.contains(&t.id) || starting.len() >= self.start_slots {
                 return;
             }
             starting.insert(t.id.clone());
@@ -884,6 +905,7 @@ mod tests {
         Observed {
             containers: cs.iter().map(|c| (c.task_id.clone(), c.clone())).collect(),
             now_ms: 1_000,
+            start_slots: 4,
             ..Default::default()
         }
     }
@@ -978,12 +1000,24 @@ mod tests {
         observed.starting = set(&["a"]);
         assert_eq!(plan(&assigned, &observed), vec![start("b")]);
 
-        let many: Vec<Task> = (0..6).map(|i| task(&format!("t{i}"), Running, Assigned)).collect();
-        let starts = plan(&tasks(&many), &seen(&[]));
-        assert_eq!(starts, (0..PARALLEL_STARTS).map(|i| start(&format!("t{i}"))).collect::<Vec<_>>());
-        let mut observed = seen(&[]);
-        observed.starting = set(&["x", "y", "z"]);
-        assert_eq!(plan(&tasks(&many), &observed), vec![start("t0")], "one slot left");
+        let many: Vec<Task> = (0..40).map(|i| task(&format!("t{i:02}"), Running, Assigned)).collect();
+        // (slots, starts in flight, starts planned)
+        let cases = [(4, 0, 4), (4, 3, 1), (4, 4, 0), (4, 6, 0), (8, 0, 8), (32, 0, 32), (32, 30, 2)];
+        for (slots, in_flight, want) in cases {
+            let mut observed = Observed { start_slots: slots, ..seen(&[]) };
+            observed.starting = (0..in_flight).map(|i| format!("x{i}")).collect();
+            let starts = plan(&tasks(&many), &observed);
+            let first: Vec<_> = (0..want).map(|i| start(&format!("t{i:02}"))).collect();
+            assert_eq!(starts, first, "{slots} slots, {in_flight} in flight");
+        }
+    }
+
+    #[test]
+    fn a_node_starts_two_containers_per_core_within_bounds() {
+        // (cores, starts at once)
+        for (cores, want) in [(0, 4), (1, 4), (2, 4), (4, 8), (8, 16), (16, 32), (128, 32)] {
+            assert_eq!(start_slots(cores), want, "{cores} cores");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! client-side VIP load balancer of cluster services (an nft table in each
 //! container's namespace) is `lb` (its planner; pure) and `lb_sys`; the
 //! routing mesh's host table and reply steering are `ingress` (pure) and
-//! `ingress_sys`.
+//! `ingress_sys`. Which callers share a pass is `passes` (pure).
 
 pub mod dns;
 pub mod dnsd;
@@ -24,6 +24,7 @@ pub mod model;
 pub mod net;
 pub mod nft_elems;
 pub mod overlay;
+pub mod passes;
 pub mod plan;
 pub mod rules;
 pub mod service;

@@ -30,6 +30,7 @@ use crate::ipam::{Ipam, default_pools};
 use crate::model::{Desired, EndpointSpec, NetworkSpec, PortMap, veth_name};
 use crate::net::{Subnet, mac_for, mac_string};
 use crate::overlay::OverlayAction;
+use crate::passes::{Begin, Kind, Passes};
 use crate::plan::{Action, plan};
 use crate::sys;
 use crate::{ingress, ingress_sys, lb, lb_sys};
@@ -146,15 +147,6 @@ fn random_id() -> String {
     (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
 }
 
-/// The passes asked for (numbered in order) and the highest number the
-/// last finished pass covered, with what failed in it.
-#[derive(Default)]
-struct Passes {
-    asked: u64,
-    done: u64,
-    failed: Vec<(Action, String)>,
-}
-
 /// What the overlays' sandboxes follow: the view without its services and
 /// the mesh's services (their VIPs and backends are the balancers' and
 /// DNS's), and the local endpoints.
@@ -239,9 +231,9 @@ pub struct Netd {
     rules: Mutex<Option<String>>,
     /// One reconcile pass at a time.
     pass: tokio::sync::Mutex<()>,
-    /// Passes asked for and done, so that view changes that queue while a
-    /// pass runs share the next one (see `sync_shared`).
-    passes: Mutex<Passes>,
+    /// Passes asked for and done, so that the callers that queue while a
+    /// pass runs share the next one (see `passes`).
+    passes: Mutex<Passes<(Action, String)>>,
     /// What the overlays followed in the last overlay sync that left
     /// nothing failed (see `view_pass`).
     overlays_synced: Mutex<Option<OverlayInputs>>,
@@ -314,12 +306,14 @@ impl Netd {
             .map_err(|e| Status::internal(format!("saving netd's state: {e}")))
     }
 
-    /// A reconcile pass of its own, started after this call (the state
-    /// changes the caller made before it are in it); returns the actions
-    /// that failed, with why. Attaches and detaches take this one, so an
-    /// endpoint's outcome is always that of a pass made for it.
+    /// A whole reconcile pass started after this call (the state changes
+    /// the caller made before it are in it), shared by the callers queued
+    /// behind the pass running now: attaches that arrive together have
+    /// their veths made in one host pass, with one rule update. Returns the
+    /// actions that failed in it, with why (each caller looks for its own
+    /// endpoint's). Attaches, detaches and the periodic resync take this one.
     pub async fn sync(&self) -> Vec<(Action, String)> {
-        self.pass_after(false).await
+        self.pass_after(Kind::Whole).await
     }
 
     /// A pass for a new network view, started after this call and shared:
@@ -330,28 +324,20 @@ impl Netd {
     /// only, which a view does not change (attaches, detaches and every
     /// `RESYNC` reconcile them).
     pub async fn sync_shared(&self) -> Vec<(Action, String)> {
-        self.pass_after(true).await
+        self.pass_after(Kind::View).await
     }
 
-    async fn pass_after(&self, shared: bool) -> Vec<(Action, String)> {
+    async fn pass_after(&self, kind: Kind) -> Vec<(Action, String)> {
         let asked = std::time::Instant::now();
-        let mine = {
-            let mut p = self.passes.lock().unwrap_or_else(|p| p.into_inner());
-            p.asked += 1;
-            p.asked
-        };
+        let mine = self.passes.lock().unwrap_or_else(|p| p.into_inner()).ask();
         let _pass = self.pass.lock().await;
-        let covers = {
-            let p = self.passes.lock().unwrap_or_else(|p| p.into_inner());
-            if shared && p.done >= mine {
-                return p.failed.clone();
-            }
-            p.asked
+        let begin = self.passes.lock().unwrap_or_else(|p| p.into_inner()).begin(kind, mine);
+        let covers = match begin {
+            Begin::Served(failed) => return failed,
+            Begin::Run { covers } => covers,
         };
-        let failed = self.pass_once(asked, !shared).await;
-        let mut p = self.passes.lock().unwrap_or_else(|p| p.into_inner());
-        p.done = p.done.max(covers);
-        p.failed = failed.clone();
+        let failed = self.pass_once(asked, kind == Kind::Whole).await;
+        self.passes.lock().unwrap_or_else(|p| p.into_inner()).finish(kind, covers, failed.clone());
         failed
     }
 
@@ -378,17 +364,22 @@ impl Netd {
         };
         let applied = self.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut failed = Vec::new();
-        for action in plan(desired, &observed, applied.as_deref()) {
-            match sys::apply(&self.host, &action).await {
-                Ok(()) => {
-                    tracing::debug!(?action, "applied");
-                    if let Action::ApplyRules { ruleset } = &action {
-                        *self.rules.lock().unwrap_or_else(|p| p.into_inner()) = Some(ruleset.clone());
+        for batch in batches(plan(desired, &observed, applied.as_deref())) {
+            // The new endpoints of a pass (each its own veth and namespace) are made at once:
+            // their netlink requests go out together, not one endpoint's round trips after another's.
+            let results = futures::future::join_all(batch.iter().map(|a| sys::apply(&self.host, a))).await;
+            for (action, result) in batch.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        tracing::debug!(?action, "applied");
+                        if let Action::ApplyRules { ruleset } = &action {
+                            *self.rules.lock().unwrap_or_else(|p| p.into_inner()) = Some(ruleset.clone());
+                        }
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(?action, error = %e, "reconcile step failed");
-                    failed.push((action, e.to_string()));
+                    Err(e) => {
+                        tracing::warn!(?action, error = %e, "reconcile step failed");
+                        failed.push((action, e.to_string()));
+                    }
                 }
             }
         }
@@ -747,6 +738,21 @@ impl pb::netd_server::Netd for NetdService {
             .collect();
         Ok(Response::new(pb::SyncResponse { endpoints }))
     }
+}
+
+/// A host pass's actions in the order planned, the endpoints to create
+/// that follow one another taken together (they touch only their own
+/// links and namespaces); every other action alone.
+fn batches(actions: Vec<Action>) -> Vec<Vec<Action>> {
+    let mut out: Vec<Vec<Action>> = Vec::new();
+    for a in actions {
+        let endpoint = matches!(a, Action::CreateEndpoint { .. });
+        match out.last_mut() {
+            Some(last) if endpoint && matches!(last.first(), Some(Action::CreateEndpoint { .. })) => last.push(a),
+            _ => out.push(vec![a]),
+        }
+    }
+    out
 }
 
 fn short(id: &str) -> &str {
@@ -1110,6 +1116,62 @@ mod tests {
         }
         let on_disk: u32 = serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
         assert_eq!(on_disk, 200);
+    }
+
+    fn endpoint(container: &str) -> EndpointSpec {
+        EndpointSpec {
+            container: container.into(),
+            name: container.into(),
+            aliases: vec![],
+            network: "net0".into(),
+            ip: "172.18.0.2".parse().unwrap(),
+            netns: format!("/run/netns/{container}").into(),
+            ifname: "eth0".into(),
+            ports: vec![],
+        }
+    }
+
+    fn create(container: &str) -> Action {
+        let e = endpoint(container);
+        Action::CreateEndpoint {
+            host: veth_name(&e.container, &e.network),
+            bridge: "shb-net0".into(),
+            endpoint: e,
+            prefix: 16,
+            gateway: None,
+            mtu: 1500,
+        }
+    }
+
+    #[test]
+    fn a_pass_makes_the_new_endpoints_that_follow_one_another_together() {
+        let up = |n: &str| Action::SetUp { name: n.into() };
+        let rules = Action::ApplyRules { ruleset: "table".into() };
+        let kinds = |actions: Vec<Action>| -> Vec<usize> { batches(actions).iter().map(Vec::len).collect() };
+        // (planned, the sizes of the batches applied in order)
+        let cases: Vec<(Vec<Action>, Vec<usize>)> = vec![
+            (vec![], vec![]),
+            (vec![create("a")], vec![1]),
+            (vec![up("br"), create("a"), create("b"), create("c"), rules.clone()], vec![1, 3, 1]),
+            (vec![create("a"), up("x"), create("b"), create("c")], vec![1, 1, 2]),
+            (vec![up("x"), up("y"), rules.clone()], vec![1, 1, 1]),
+        ];
+        for (planned, want) in cases {
+            assert_eq!(kinds(planned.clone()), want, "{planned:?}");
+        }
+        let order: Vec<Action> = batches(vec![up("br"), create("a"), create("b"), rules.clone()]).concat();
+        assert_eq!(order, vec![up("br"), create("a"), create("b"), rules], "the plan's order is kept");
+    }
+
+    #[test]
+    fn in_a_shared_pass_one_endpoint_that_failed_fails_only_its_own_attach() {
+        let failed = vec![(create("b"), "moving shv…p into /run/netns/b: no such file".to_string())];
+        assert_eq!(create_failure(&failed, &endpoint("a")), None);
+        assert_eq!(create_failure(&failed, &endpoint("b")).as_deref(), Some(failed[0].1.as_str()));
+        assert_eq!(create_failure(&failed, &endpoint("c")), None);
+        // A step that is no endpoint's (the rules) fails no attach.
+        let rules = vec![(Action::ApplyRules { ruleset: "t".into() }, "nft: syntax".to_string())];
+        assert_eq!(create_failure(&rules, &endpoint("a")), None);
     }
 
     const NET: &str = "aaaaaaaaaaaa0000";

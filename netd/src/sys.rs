@@ -423,17 +423,21 @@ impl Sandboxes {
         let mut failed = Vec::new();
         let mut rest = &actions[..];
         while !rest.is_empty() {
-            let n = entry_batch(rest).max(1);
+            let (entries, endpoints) = (entry_batch(rest), endpoint_batch(rest));
+            let n = entries.max(endpoints).max(1);
             let (now, later) = rest.split_at(n);
             rest = later;
-            let results = if n == 1 {
-                vec![self.apply(&now[0]).await]
+            let batch = if n == 1 {
+                Ok(vec![self.apply(&now[0]).await])
+            } else if endpoints > 1 {
+                self.create_endpoints(now).await
             } else {
-                match self.apply_entries(now).await {
-                    Ok(r) => r,
-                    // The sandbox or its `vx0` is not there: every entry fails with that.
-                    Err(e) => now.iter().map(|_| Err(SysError::Batch(e.to_string()))).collect(),
-                }
+                self.apply_entries(now).await
+            };
+            let results = match batch {
+                Ok(r) => r,
+                // The sandbox (or its `vx0`) is not there: every action fails with that.
+                Err(e) => now.iter().map(|_| Err(SysError::Batch(e.to_string()))).collect(),
             };
             for (action, r) in now.iter().zip(results) {
                 match r {
@@ -446,6 +450,27 @@ impl Sandboxes {
             }
         }
         failed
+    }
+
+    /// A batch of endpoints of one sandbox (see [`endpoint_batch`]), made
+    /// side by side on its handle: their veths' netlink requests go out
+    /// together. One result per action, in order.
+    async fn create_endpoints(&mut self, batch: &[OverlayAction]) -> Result<Vec<Result<(), SysError>>, SysError> {
+        let Some(ns) = batch.first().and_then(endpoint_key) else { return Ok(vec![]) };
+        let h = self.handle(ns).await?;
+        // Owned futures, as in `apply_entries`.
+        let made = batch.iter().map(|a| {
+            let (h, a) = (h.clone(), a.clone());
+            async move {
+                match &a {
+                    OverlayAction::CreateEndpoint { host, endpoint, prefix, mtu, .. } => {
+                        create_endpoint(&h, host, overlay::BRIDGE, endpoint, *prefix, None, *mtu).await
+                    }
+                    other => Err(SysError::Batch(format!("not an endpoint: {other:?}"))),
+                }
+            }
+        });
+        Ok(futures::future::join_all(made).await)
     }
 
     /// A batch of entry actions of one sandbox (see [`entry_batch`]):
@@ -691,6 +716,22 @@ pub fn entry_batch(actions: &[OverlayAction]) -> usize {
     actions.iter().take_while(|a| entry_key(a) == Some(first)).count()
 }
 
+/// The sandbox of an endpoint to create there; None for any other action.
+fn endpoint_key(a: &OverlayAction) -> Option<&str> {
+    match a {
+        OverlayAction::CreateEndpoint { ns, .. } => Some(ns),
+        _ => None,
+    }
+}
+
+/// How many actions at the start of `actions` are endpoints to create in
+/// one sandbox (each its own veth and container namespace, so they are made
+/// side by side). 0 when the first action is not one.
+pub fn endpoint_batch(actions: &[OverlayAction]) -> usize {
+    let Some(first) = actions.first().and_then(endpoint_key) else { return 0 };
+    actions.iter().take_while(|a| endpoint_key(a) == Some(first)).count()
+}
+
 /// Applies an FDB or neighbour entry action on `vx0` (index `i`) through `h`,
 /// the sandbox's handle.
 async fn apply_entry(h: Handle, i: u32, action: OverlayAction) -> Result<(), SysError> {
@@ -882,6 +923,39 @@ mod tests {
         ];
         for (actions, want) in cases {
             assert_eq!(entry_batch(&actions), want, "{actions:?}");
+        }
+    }
+
+    #[test]
+    fn endpoints_of_one_sandbox_that_follow_one_another_are_made_together() {
+        let made = |ns: &str, c: &str| OverlayAction::CreateEndpoint {
+            ns: ns.into(),
+            host: format!("shv{c}"),
+            endpoint: EndpointSpec {
+                container: c.into(),
+                name: c.into(),
+                aliases: vec![],
+                network: "n".into(),
+                ip: Ipv4Addr::new(10, 1, 0, 2),
+                netns: format!("/run/netns/{c}").into(),
+                ifname: "eth0".into(),
+                ports: vec![],
+            },
+            prefix: 24,
+            mtu: 1450,
+        };
+        let up = OverlayAction::SetUp { ns: "a".into(), name: "br0".into() };
+        let cases: Vec<(Vec<OverlayAction>, usize)> = vec![
+            (vec![], 0),
+            (vec![up.clone(), made("a", "1")], 0),
+            (vec![made("a", "1")], 1),
+            (vec![made("a", "1"), made("a", "2"), made("a", "3"), up.clone()], 3),
+            (vec![made("a", "1"), fdb("a", 1), made("a", "2")], 1),
+            // Another sandbox's endpoints are another batch.
+            (vec![made("a", "1"), made("b", "2")], 1),
+        ];
+        for (actions, want) in cases {
+            assert_eq!(endpoint_batch(&actions), want, "{actions:?}");
         }
     }
 }

@@ -13,7 +13,7 @@
 #![allow(unsafe_code)]
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use shoal_netd::sys::{self, Sandboxes};
 use shoal_proto::net::{NetView, OverlayEndpoint, OverlayNetwork, Peer, mac_for};
 
 mod common;
-use common::{Parked, Pins, can_run, own_netns};
+use common::{NetdHost, Parked, Pins, can_run, own_netns};
 
 const NET: &str = "5e1f0e7a11ab0000";
 const VNI: u32 = 4242;
@@ -304,58 +304,7 @@ fn a_view_pushed_over_netds_api_is_programmed_and_kept() {
     }
 }
 
-/// A host running the real netd (`service::serve`) on a thread in a network
-/// namespace of its own, until dropped.
-struct NetdHost {
-    ns: PathBuf,
-    socket: PathBuf,
-    cancel: tokio_util::sync::CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl NetdHost {
-    fn start(root: PathBuf) -> NetdHost {
-        let socket = root.join("netd.sock");
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let (ns_tx, ns_rx) = std::sync::mpsc::channel();
-        let (sock, stop) = (socket.clone(), cancel.clone());
-        let thread = std::thread::spawn(move || {
-            own_netns();
-            let tid = rustix::thread::gettid().as_raw_nonzero();
-            let _ = ns_tx.send(PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id())));
-            // One thread: netd's sysctls, nft and bridges are this namespace's.
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-            if let Err(e) = rt.block_on(shoal_netd::service::serve(&sock, &root, stop)) {
-                eprintln!("netd: {e:#}");
-            }
-        });
-        NetdHost { ns: ns_rx.recv().expect("the host's namespace"), socket, cancel, thread: Some(thread) }
-    }
-
-    /// netd's API, once its socket answers (within 10 s).
-    async fn client(&self) -> anyhow::Result<NetdClient<tonic::transport::Channel>> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match shoal_proto::unix_channel(&self.socket).await {
-                Ok(c) => return Ok(NetdClient::new(c)),
-                Err(e) if Instant::now() > deadline => anyhow::bail!("netd at {}: {e}", self.socket.display()),
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    }
-}
-
-impl Drop for NetdHost {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 use shoal_proto::pb;
-use shoal_proto::pb::netd_client::NetdClient;
 
 /// Whether the container's default route goes via `gw`.
 fn default_route_via(c: &Path, gw: &str) -> bool {

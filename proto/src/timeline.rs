@@ -29,11 +29,11 @@ pub const ACCEPTED: &str = "accepted";
 pub const STARTING: &str = "starting";
 /// Node: its image is here (the pull check, or the pull).
 pub const PULLED: &str = "pulled";
-/// Engine: the runtime's lock is held (its config resolved, its name checked against every container).
+/// Engine: a create slot is held (at most one per core makes its namespace, endpoints and root at once).
 pub const LOCKED: &str = "locked";
 /// Engine: its netns is made and netd attached its endpoints.
 pub const ATTACHED: &str = "attached";
-/// Engine: its root is mounted, its spec and record written (the runtime's lock is let go).
+/// Engine: its root is mounted, its spec and record written (its create slot is let go).
 pub const PREPARED: &str = "prepared";
 /// Engine: its shim process is spawned (keyed by container: `bench/timeline.py`
 /// maps it to the task through `prepared`'s `container` field).

@@ -185,7 +185,7 @@ impl Containers {
 
     fn connect_one(&self, reference: &str, network: &str, a: Attachment) -> Result<Container, ContainerError> {
         let aliases = a.aliases.clone();
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock.write().unwrap_or_else(|p| p.into_inner());
         let c = self.find(reference)?;
         let nets = self.networks.get().ok_or_else(|| ContainerError::Invalid {
             what: "network",
@@ -243,7 +243,7 @@ impl Containers {
 
     /// `network disconnect`.
     pub fn disconnect(&self, reference: &str, network: &str) -> Result<Container, ContainerError> {
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock.write().unwrap_or_else(|p| p.into_inner());
         let c = self.find(reference)?;
         let nets = self.networks.get().ok_or_else(|| ContainerError::Invalid {
             what: "network",
@@ -309,7 +309,7 @@ impl Containers {
     /// them: after the daemon starts, and whenever netd missed a change.
     pub fn sync_networks(&self) -> Result<(), NetworkError> {
         let Some(nets) = self.networks.get() else { return Ok(()) };
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock.write().unwrap_or_else(|p| p.into_inner());
         let all: Vec<Container> = self.list();
         let asked: Vec<(String, String, Vec<Attachment>)> = all
             .iter()

@@ -16,7 +16,7 @@ pub(super) const SUPERVISE_RESCAN: Duration = Duration::from_secs(2);
 
 impl Containers {
     pub(super) fn mark_stopped(&self, c: &Container) -> Result<(), ContainerError> {
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock.write().unwrap_or_else(|p| p.into_inner());
         let current: RestartState = read_json(&self.dir(&c.record.id).join("restart.json")).unwrap_or_default();
         let state = RestartState { manually_stopped: true, due_ms: 0, ..current };
         self.write_restart(&c.record.id, &state)
@@ -138,7 +138,7 @@ impl Containers {
                 continue;
             }
             // Decide under the lock, on a fresh read: a user's stop or start wins.
-            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _g = self.lock.write().unwrap_or_else(|p| p.into_inner());
             let Some((c, ended)) = self.load(&id).and_then(|c| ended(&c.status).map(|e| (c, e))) else {
                 continue;
             };

@@ -1,9 +1,12 @@
-//! What netd's two-host kernel tests share: a root check, threads parked
-//! in network namespaces of their own ("hosts" and "containers"), and the
-//! sandbox pins removed whatever the outcome.
+//! What netd's kernel tests share: a root check, threads parked in network
+//! namespaces of their own ("hosts" and "containers"), the real netd on
+//! such a host, and the sandbox pins removed whatever the outcome.
 #![allow(dead_code)] // each test file uses its own part
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use shoal_proto::pb::netd_client::NetdClient;
 
 use shoal_netd::sys;
 
@@ -74,5 +77,55 @@ impl Drop for Pins {
             }
         }
         unpin_under(self.0.path(), 3);
+    }
+}
+
+/// A host running the real netd (`service::serve`) on a thread in a network
+/// namespace of its own, until dropped.
+pub struct NetdHost {
+    pub ns: PathBuf,
+    pub socket: PathBuf,
+    cancel: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NetdHost {
+    pub fn start(root: PathBuf) -> NetdHost {
+        let socket = root.join("netd.sock");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (ns_tx, ns_rx) = std::sync::mpsc::channel();
+        let (sock, stop) = (socket.clone(), cancel.clone());
+        let thread = std::thread::spawn(move || {
+            own_netns();
+            let tid = rustix::thread::gettid().as_raw_nonzero();
+            let _ = ns_tx.send(PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id())));
+            // One thread: netd's sysctls, nft and bridges are this namespace's.
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            if let Err(e) = rt.block_on(shoal_netd::service::serve(&sock, &root, stop)) {
+                eprintln!("netd: {e:#}");
+            }
+        });
+        NetdHost { ns: ns_rx.recv().expect("the host's namespace"), socket, cancel, thread: Some(thread) }
+    }
+
+    /// netd's API, once its socket answers (within 10 s).
+    pub async fn client(&self) -> anyhow::Result<NetdClient<tonic::transport::Channel>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match shoal_proto::unix_channel(&self.socket).await {
+                Ok(c) => return Ok(NetdClient::new(c)),
+                Err(e) if Instant::now() > deadline => anyhow::bail!("netd at {}: {e}", self.socket.display()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+impl Drop for NetdHost {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

@@ -1,0 +1,201 @@
+//! Which callers share a reconcile pass (pure; the pass itself is
+//! `service::Netd::pass_after`).
+//!
+//! Every caller is numbered when it asks; a pass covers every ask numbered
+//! up to the last one made before it started, since it reads the state
+//! after them. A caller that finds, once it may run a pass, that a finished
+//! pass of the kind it needs already covers it takes that pass's outcome
+//! instead of running one: the callers that queue while a pass runs are all
+//! served by the next one.
+//!
+//! Two kinds: a *whole* pass (the host's links, addresses and rules, then
+//! everything that follows the view) serves attaches, detaches, the
+//! engine's syncs and the periodic resync; a *view* pass (what follows the
+//! network view only) serves new views. A whole pass serves views too, but
+//! a view pass never serves a whole caller: an attach's veth is made in the
+//! host part. Attaches share passes with one another, so twenty endpoints
+//! asked for at once cost one or two host passes (one netlink burst and one
+//! rule update), not twenty.
+
+/// What a pass is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Whole,
+    View,
+}
+
+/// What a caller does once it holds the pass lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Begin<F> {
+    /// A pass that started after its ask has finished: its outcome (the
+    /// host steps that failed in it; none for a view) is the caller's.
+    Served(Vec<F>),
+    /// Run a pass; it covers the asks numbered up to `covers`.
+    Run { covers: u64 },
+}
+
+/// The asks (numbered in order) and what the finished passes covered.
+#[derive(Debug)]
+pub struct Passes<F> {
+    asked: u64,
+    /// The highest ask a finished pass of either kind covered.
+    done: u64,
+    /// The highest ask a finished whole pass covered, and what failed in the
+    /// last whole pass.
+    done_whole: u64,
+    failed: Vec<F>,
+}
+
+impl<F> Default for Passes<F> {
+    fn default() -> Self {
+        Passes { asked: 0, done: 0, done_whole: 0, failed: Vec::new() }
+    }
+}
+
+impl<F: Clone> Passes<F> {
+    /// A caller asks for a pass (after changing the state it needs): its number.
+    pub fn ask(&mut self) -> u64 {
+        self.asked += 1;
+        self.asked
+    }
+
+    /// Ask `mine` of `kind` holds the pass lock: served already, or run one.
+    pub fn begin(&self, kind: Kind, mine: u64) -> Begin<F> {
+        match kind {
+            Kind::Whole if self.done_whole >= mine => Begin::Served(self.failed.clone()),
+            Kind::View if self.done >= mine => Begin::Served(Vec::new()),
+            _ => Begin::Run { covers: self.asked },
+        }
+    }
+
+    /// A pass of `kind` that covered the asks up to `covers` finished.
+    pub fn finish(&mut self, kind: Kind, covers: u64, failed: Vec<F>) {
+        self.done = self.done.max(covers);
+        if kind == Kind::Whole {
+            self.done_whole = self.done_whole.max(covers);
+            self.failed = failed;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One step of a script: a caller asks, a caller takes the pass lock, or the pass running finishes (with the failures it saw).
+    enum Step {
+        Ask(&'static str, Kind),
+        Lock(&'static str),
+        Finish(&'static [&'static str]),
+    }
+    use Step::*;
+
+    /// Runs a script; returns, per caller, whether it ran a pass or was
+    /// served, and the failures it got back.
+    fn run(script: &[Step]) -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
+        let mut p: Passes<&'static str> = Passes::default();
+        let mut asks = std::collections::HashMap::new();
+        let mut running: Option<(&'static str, Kind, u64)> = None;
+        let mut out = Vec::new();
+        for step in script {
+            match step {
+                Ask(who, kind) => {
+                    asks.insert(*who, (p.ask(), *kind));
+                }
+                Lock(who) => {
+                    assert!(running.is_none(), "one pass at a time");
+                    let (mine, kind) = asks[who];
+                    match p.begin(kind, mine) {
+                        Begin::Served(f) => out.push((*who, "served", f)),
+                        Begin::Run { covers } => running = Some((*who, kind, covers)),
+                    }
+                }
+                Finish(failed) => {
+                    let (who, kind, covers) = running.take().expect("a pass runs");
+                    p.finish(kind, covers, failed.to_vec());
+                    let got = if kind == Kind::Whole { failed.to_vec() } else { Vec::new() };
+                    out.push((who, "ran", got));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attaches_queued_behind_a_pass_share_the_next_one() {
+        use Kind::*;
+        let got = run(&[
+            Ask("a1", Whole),
+            Lock("a1"),
+            // Three attaches arrive while a1's pass runs.
+            Ask("a2", Whole),
+            Ask("a3", Whole),
+            Ask("a4", Whole),
+            Finish(&[]),
+            Lock("a2"),
+            Finish(&["veth of a3"]),
+            Lock("a3"),
+            Lock("a4"),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                ("a1", "ran", vec![]),
+                ("a2", "ran", vec!["veth of a3"]),
+                // a3 and a4 take a2's pass and its failures: each caller picks out its own endpoint's.
+                ("a3", "served", vec!["veth of a3"]),
+                ("a4", "served", vec!["veth of a3"]),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_attach_asked_after_a_pass_began_gets_a_pass_of_its_own() {
+        use Kind::*;
+        let got = run(&[Ask("a1", Whole), Lock("a1"), Ask("a2", Whole), Finish(&[]), Lock("a2"), Finish(&[])]);
+        assert_eq!(got, vec![("a1", "ran", vec![]), ("a2", "ran", vec![])]);
+    }
+
+    #[test]
+    fn views_share_any_later_pass_but_attaches_only_whole_ones() {
+        use Kind::*;
+        let got = run(&[
+            Ask("v1", View),
+            Lock("v1"),
+            Ask("a1", Whole),
+            Ask("v2", View),
+            Finish(&[]),
+            // a1 cannot take a view pass: its veth is made in the host part.
+            Lock("a1"),
+            Ask("v3", View),
+            Finish(&["x"]),
+            Lock("v2"),
+            // v3 asked after a1's pass began: a pass of its own.
+            Lock("v3"),
+            Finish(&[]),
+        ]);
+        assert_eq!(
+            got,
+            vec![("v1", "ran", vec![]), ("a1", "ran", vec!["x"]), ("v2", "served", vec![]), ("v3", "ran", vec![]),]
+        );
+    }
+
+    #[test]
+    fn a_view_pass_in_between_does_not_lose_the_whole_pass_failures() {
+        use Kind::*;
+        let got = run(&[
+            Ask("a1", Whole),
+            Lock("a1"),
+            Ask("a2", Whole),
+            Ask("a3", Whole),
+            Finish(&[]),
+            Lock("a2"),
+            Ask("v1", View),
+            Finish(&["veth of a3"]),
+            Lock("v1"),
+            Finish(&[]),
+            Lock("a3"),
+        ]);
+        assert_eq!(got[3], ("a3", "served", vec!["veth of a3"]));
+    }
+}

@@ -1,0 +1,213 @@
+//! Many attaches at once through netd's API, on the real kernel: a node
+//! starting a dozen containers asks for all their endpoints together, and
+//! netd makes them in shared passes. Each caller gets its own answer: the
+//! good ones their own addresses and working veths, the one whose
+//! namespace is not a namespace an error that names it, and nobody else's.
+//! Everything happens in throwaway network namespaces of this test's own
+//! threads; skipped without root.
+
+// own_netns calls unshare, which has no safe wrapper.
+#![allow(unsafe_code)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rtnetlink::{LinkUnspec, LinkVeth};
+use shoal_netd::sys;
+use shoal_proto::net::{NetView, OverlayNetwork};
+use shoal_proto::pb;
+
+mod common;
+use common::{NetdHost, Parked, Pins, can_run, own_netns};
+
+const MANY: usize = 12;
+
+#[test]
+fn a_dozen_attaches_at_once_each_get_their_own_endpoint_and_a_bad_one_fails_alone() {
+    if !can_run() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let containers: Vec<Parked> = (0..MANY).map(|_| Parked::new()).collect();
+    let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-attach").tempdir().unwrap());
+    let host = NetdHost::start(pins.dir("h1"));
+    // A "namespace" that is a plain file: its veth cannot be moved there.
+    let not_a_netns = pins.0.path().join("not-a-netns");
+    std::fs::write(&not_a_netns, b"").unwrap();
+    let test = std::thread::spawn(move || {
+        own_netns();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let r = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(90), scenario(&host, &containers, &not_a_netns))
+                .await
+                .expect("the scenario finishes within 90 s")
+        });
+        drop(rt);
+        drop(host);
+        r.expect("the scenario");
+    });
+    let r = test.join();
+    drop(pins);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn request(container: String, netns: &Path) -> pb::AttachRequest {
+    on("bridge", container, netns, "")
+}
+
+fn on(network: &str, container: String, netns: &Path, ip: &str) -> pb::AttachRequest {
+    pb::AttachRequest {
+        name: format!("web.{container}"),
+        container,
+        network: network.into(),
+        netns: netns.display().to_string(),
+        ip: ip.into(),
+        ports: vec![],
+        aliases: vec![],
+    }
+}
+
+async fn scenario(host: &NetdHost, containers: &[Parked], not_a_netns: &Path) -> anyhow::Result<()> {
+    let client = host.client().await?;
+    let bad = "badbadbadbad0000".to_string();
+    let mut asks: Vec<_> =
+        containers.iter().enumerate().map(|(i, c)| request(format!("c{i:02}c{i:02}c{i:02}c{i:02}"), &c.path)).collect();
+    asks.insert(MANY / 2, request(bad.clone(), not_a_netns));
+    let answers = futures::future::join_all(asks.iter().map(|r| {
+        let mut client = client.clone();
+        let r = r.clone();
+        async move { client.attach(r).await.map(|a| a.into_inner()) }
+    }))
+    .await;
+
+    let mut ips = BTreeSet::new();
+    for (ask, answer) in asks.iter().zip(&answers) {
+        if ask.container == bad {
+            let e = answer.as_ref().expect_err("the endpoint in a plain file fails");
+            assert!(e.message().contains(&bad[..12]), "the error names its container: {e}");
+            continue;
+        }
+        let a = answer.as_ref().map_err(|e| anyhow::anyhow!("{}: {e}", ask.container))?;
+        assert_eq!((a.container.as_str(), a.error.as_str(), a.ifname.as_str()), (ask.container.as_str(), "", "eth0"));
+        assert!(ips.insert(a.ip.clone()), "addresses are not shared: {} twice", a.ip);
+    }
+    assert_eq!(ips.len(), MANY);
+
+    // Every good endpoint works: its address is on its eth0 and it reaches the bridge's gateway.
+    let gateway = answers.iter().flatten().next().map(|a| a.gateway.clone()).unwrap_or_default();
+    for (c, a) in containers.iter().zip(answers.iter().filter_map(|a| a.as_ref().ok())) {
+        let path = c.path.clone();
+        let addrs = sys::in_netns(&path, || Command::new("ip").args(["-4", "-o", "addr", "show", "eth0"]).output())?;
+        assert!(String::from_utf8_lossy(&addrs.stdout).contains(&format!("{}/", a.ip)), "{} on eth0", a.ip);
+        assert!(reaches(&path, &gateway), "{} reaches the gateway {gateway}", a.ip);
+    }
+    // The failed one left nothing behind: netd lists the dozen only.
+    let nets = client.clone().network_list(pb::Empty {}).await?.into_inner().networks;
+    let bridge = nets.iter().find(|n| n.name == "bridge").ok_or_else(|| anyhow::anyhow!("no bridge: {nets:?}"))?;
+    assert_eq!(bridge.endpoints as usize, MANY, "{bridge:?}");
+    Ok(())
+}
+
+/// The same on a cluster network: the attaches' overlay legs are made in
+/// its sandbox side by side, and every container reaches every other
+/// across the sandbox's bridge.
+#[test]
+fn attaches_at_once_on_a_cluster_network_each_get_their_leg_in_its_sandbox() {
+    if !can_run() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let containers: Vec<Parked> = (0..6).map(|_| Parked::new()).collect();
+    let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-attach").tempdir().unwrap());
+    let host = NetdHost::start(pins.dir("h1"));
+    let test = std::thread::spawn(move || {
+        own_netns();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let r = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(90), cluster_scenario(&host, &containers))
+                .await
+                .expect("the scenario finishes within 90 s")
+        });
+        drop(rt);
+        drop(host);
+        r.expect("the scenario");
+    });
+    let r = test.join();
+    drop(pins);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
+
+async fn cluster_scenario(host: &NetdHost, containers: &[Parked]) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    // The host's data address, on a link of its own.
+    let h = sys::connect_in(&host.ns).await?;
+    h.link().add(LinkVeth::new("u1", "u2").build()).execute().await?;
+    let u1 = h.link().get().match_name("u1").execute().try_next().await?.map(|l| l.header.index);
+    let u1 = u1.ok_or_else(|| anyhow::anyhow!("no u1"))?;
+    h.address().add(u1, "10.99.0.1".parse::<std::net::Ipv4Addr>()?.into(), 24).execute().await?;
+    h.link().set(LinkUnspec::new_with_index(u1).up().build()).execute().await?;
+
+    let net = "5e1f0e7a11ab0001";
+    let view = NetView {
+        node: "h1".into(),
+        data_addr: "10.99.0.1".parse()?,
+        networks: vec![OverlayNetwork {
+            id: net.into(),
+            name: "ovmany".into(),
+            vni: 4243,
+            subnet: "10.11.0.0".parse()?,
+            prefix: 24,
+            gateway: "10.11.0.1".parse()?,
+            mtu: 1450,
+            internal: true,
+        }],
+        peers: vec![],
+        endpoints: vec![],
+        services: vec![],
+        ingress: None,
+    };
+    let client = host.client().await?;
+    let r = client.clone().sync_cluster(view.to_pb()).await?.into_inner();
+    assert_eq!(r.errors, Vec::<String>::new());
+    let ip = |i: usize| format!("10.11.0.{}", i + 2);
+    let asks: Vec<_> = containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| on(net, format!("d{i:02}d{i:02}d{i:02}d{i:02}"), &c.path, &ip(i)))
+        .collect();
+    let answers = futures::future::join_all(asks.iter().map(|r| {
+        let (mut client, r) = (client.clone(), r.clone());
+        async move { client.attach(r).await.map(|a| a.into_inner()) }
+    }))
+    .await;
+    for (i, (ask, answer)) in asks.iter().zip(&answers).enumerate() {
+        let a = answer.as_ref().map_err(|e| anyhow::anyhow!("{}: {e}", ask.container))?;
+        assert_eq!((a.ip.clone(), a.error.as_str(), a.ifname.as_str()), (ip(i), "", "eth0"));
+    }
+    for (i, c) in containers.iter().enumerate().skip(1) {
+        assert!(reaches(&containers[0].path, &ip(i)), "{} reaches {}", ip(0), ip(i));
+        assert!(reaches(&c.path, &ip(0)), "{} reaches {}", ip(i), ip(0));
+    }
+    Ok(())
+}
+
+/// Pings until an answer comes, for at most 10 s.
+fn reaches(from: &Path, to: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let to = to.to_string();
+        let ok = sys::in_netns(from, move || Command::new("ping").args(["-c", "1", "-W", "1", &to]).output())
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
