@@ -166,10 +166,9 @@ pub fn inotify_init() -> io::Result<OwnedFd> {
     Ok(inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?)
 }
 
-/// Adds a watch on `path` for the `IN_*` events in `mask`.
-pub fn inotify_watch(fd: BorrowedFd<'_>, path: &Path, mask: u32) -> io::Result<()> {
-    inotify::add_watch(fd, path, inotify::WatchFlags::from_bits_retain(mask))?;
-    Ok(())
+/// Adds a watch on `path` for the `IN_*` events in `mask`; returns its watch descriptor.
+pub fn inotify_watch(fd: BorrowedFd<'_>, path: &Path, mask: u32) -> io::Result<i32> {
+    Ok(inotify::add_watch(fd, path, inotify::WatchFlags::from_bits_retain(mask))?)
 }
 
 #[cfg(test)]

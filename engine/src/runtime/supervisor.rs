@@ -81,41 +81,92 @@ impl Containers {
     /// Starts the supervisor thread: restarts containers by their policy and
     /// removes `--rm` containers that ended. Its first pass is the daemon's
     /// start-up one (where `always` brings back stopped containers too).
+    /// A pass woken by a shim's record looks only at the containers whose
+    /// directories changed; one that comes due (a restart, the rescan, lost
+    /// events) looks at all: a node starting a hundred containers would
+    /// otherwise read every one of them after each start.
     pub fn supervise(self: &Arc<Self>, cancel: CancellationToken) {
         let this = self.clone();
         std::thread::Builder::new()
             .name("supervisor".into())
             .spawn(move || {
                 let watch = watch::DirWatch::renames(&this.root);
+                let mut watched = Watched::default();
                 let mut starting = true;
+                let mut only: Option<std::collections::BTreeSet<String>> = None;
+                let mut last_full = std::time::Instant::now();
+                let mut next_due: Option<u64> = None;
                 while !cancel.is_cancelled() {
-                    let due = this.supervise_once(starting, watch.as_ref());
-                    starting = false;
-                    let until_due = due.map(|d| Duration::from_millis(d.saturating_sub(now_ms())));
-                    let wait = until_due.unwrap_or(SUPERVISE_RESCAN).clamp(Duration::from_millis(1), SUPERVISE_RESCAN);
-                    match &watch {
-                        Some(w) => w.wait(wait),
-                        None => std::thread::sleep(wait.min(Duration::from_millis(100))),
+                    let due = this.supervise_once(starting, watch.as_ref(), only.as_ref(), &mut watched);
+                    // A pass over some containers keeps the restarts the last full one found due.
+                    next_due = match (&only, due, next_due.filter(|d| *d > now_ms())) {
+                        (None, due, _) => due,
+                        (Some(_), Some(a), Some(b)) => Some(a.min(b)),
+                        (Some(_), a, b) => a.or(b),
+                    };
+                    if only.is_none() {
+                        last_full = std::time::Instant::now();
                     }
+                    starting = false;
+                    let until_due = next_due.map(|d| Duration::from_millis(d.saturating_sub(now_ms())));
+                    let wait = until_due.unwrap_or(SUPERVISE_RESCAN).clamp(Duration::from_millis(1), SUPERVISE_RESCAN);
+                    only = match &watch {
+                        Some(w) => match w.wait_events(wait) {
+                            Some(events) if !events.is_empty() && last_full.elapsed() < SUPERVISE_RESCAN => {
+                                Some(watched.containers_of(events))
+                            }
+                            // Come due, or events lost: everything.
+                            _ => None,
+                        },
+                        None => {
+                            std::thread::sleep(wait.min(Duration::from_millis(100)));
+                            None
+                        }
+                    };
                 }
             })
             .expect("spawning the supervisor thread");
     }
 
-    /// One pass of the supervisor; returns when the soonest pending restart
-    /// is due. Each container's directory joins `watch` (renames only: a
-    /// shim's started and exit records, not its log writes).
-    pub fn supervise_once(&self, daemon_starting: bool, watch: Option<&watch::DirWatch>) -> Option<u64> {
+    /// One pass of the supervisor over every container (`only`: over those);
+    /// returns when the soonest pending restart is due. Each container's
+    /// directory joins `watch` (renames only: a shim's started and exit
+    /// records, not its log writes) before it is read.
+    pub fn supervise_once(
+        &self,
+        daemon_starting: bool,
+        watch: Option<&watch::DirWatch>,
+        only: Option<&std::collections::BTreeSet<String>>,
+        watched: &mut Watched,
+    ) -> Option<u64> {
         let now = now_ms();
         let mut soonest: Option<u64> = None;
         let mut due_at = |ms: u64| soonest = Some(soonest.map_or(ms, |s| s.min(ms)));
-        let all = self.list();
-        let ids: std::collections::HashSet<&str> = all.iter().map(|c| c.record.id.as_str()).collect();
-        self.monitors.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| ids.contains(id.as_str()));
-        for c in all {
-            if let Some(w) = watch {
-                w.add_renames(&self.dir(&c.record.id));
+        let all = match only {
+            None => {
+                let all = self.list();
+                let ids: std::collections::HashSet<&str> = all.iter().map(|c| c.record.id.as_str()).collect();
+                self.monitors.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| ids.contains(id.as_str()));
+                watched.ids.retain(|_, id| ids.contains(id.as_str()));
+                if let Some(w) = watch {
+                    for c in &all {
+                        watched.add(w, &self.dir(&c.record.id), &c.record.id);
+                    }
+                }
+                all
             }
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| {
+                    // Watched first, then read: a record written in between is seen by one or the other.
+                    if let Some(w) = watch {
+                        watched.add(w, &self.dir(id), id);
+                    }
+                    self.load(id)
+                })
+                .collect(),
+        };
+        for c in all {
             self.keep_health(&c);
             self.observe(&c);
             if ended(&c.status).is_none() {
@@ -220,6 +271,31 @@ impl Containers {
     pub(super) fn reaped(&self, reference: &str) -> Option<Status> {
         let reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
         reaped.iter().rev().find(|(id, _)| !reference.is_empty() && id.starts_with(reference)).map(|(_, s)| s.clone())
+    }
+}
+
+/// The containers' directories the supervisor watches, by watch descriptor.
+#[derive(Debug, Default)]
+pub struct Watched {
+    ids: std::collections::HashMap<i32, String>,
+}
+
+impl Watched {
+    fn add(&mut self, w: &watch::DirWatch, dir: &Path, id: &str) {
+        if let Some(wd) = w.add_renames(dir) {
+            self.ids.insert(wd, id.to_string());
+        }
+    }
+
+    /// The containers that events are about: those whose directory changed,
+    /// and new entries of the containers' root (a container just made; a
+    /// name that is not one is skipped when it is read).
+    fn containers_of(&self, events: Vec<(i32, String)>) -> std::collections::BTreeSet<String> {
+        events
+            .into_iter()
+            .map(|(wd, name)| self.ids.get(&wd).cloned().unwrap_or(name))
+            .filter(|id| !id.is_empty())
+            .collect()
     }
 }
 
