@@ -238,15 +238,19 @@ svc_wait() {
 svc_gone() { local i; for i in 1 2 3 4 5; do [ -z "$(sI "$i" ps -aq 2>/dev/null)" ] || return 1; done; }
 # svc_create NAME N: creates a replicated sleeper service (detached)
 svc_create() { sI 1 service create -d --name "$1" --replicas "$2" --stop-grace-period 1s --restart-delay 0s bench:svc sleep 1000000 >/dev/null; }
+# svc_create_follow NAME N: the same, returning once the CLI saw it converge (its watch stream), as
+# `docker service create` without -d does on the peer
+svc_create_follow() { BENCH_CLI_S=600 sI 1 service create --name "$1" --replicas "$2" --stop-grace-period 1s --restart-delay 0s bench:svc sleep 1000000 >/dev/null; }
 
-# fig_create N REPS: `service create --replicas N` → N running, REPS times (create100, create500)
+# fig_create N REPS: `service create --replicas N` → N running, REPS times (create100, create500): the
+# CLI follows convergence as a user's does (and as the peer's docker CLI does), then one poll confirms
 fig_create() {
   local n=$1 reps=$2 rep samples=()
   svc_lab
   for rep in $(seq 1 "$reps"); do
     T0=$(now_ms)
-    svc_create "c$n-$rep" "$n" || die "service create failed"
-    svc_wait "c$n-$rep" "$n" 600 || die "rep $rep: $n tasks not running"
+    svc_create_follow "c$n-$rep" "$n" || die "service create failed"
+    svc_wait "c$n-$rep" "$n" 600 || die "rep $rep: $n tasks not running"   # confirms what the CLI saw
     samples+=("$(( $(now_ms) - T0 ))")
     log "rep $rep: ${samples[-1]} ms"
     sI 1 service rm "c$n-$rep" >/dev/null
