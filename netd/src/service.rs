@@ -206,21 +206,43 @@ struct StateFile {
     path: PathBuf,
     tmp: PathBuf,
     lock: Mutex<()>,
+    /// Saves asked for, and the newest of them whose state is on disk:
+    /// callers that queue behind a write are served by the next one.
+    asked: std::sync::atomic::AtomicU64,
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl StateFile {
     fn new(root: &Path) -> StateFile {
-        StateFile { path: root.join("state.json"), tmp: root.join("state.json.tmp"), lock: Mutex::new(()) }
+        StateFile {
+            path: root.join("state.json"),
+            tmp: root.join("state.json.tmp"),
+            lock: Mutex::new(()),
+            asked: Default::default(),
+            written: Default::default(),
+        }
     }
 
+    /// Puts the state that `bytes` encodes on disk, whole, once it returns.
+    /// A caller changes the state, then asks: one write after it took the
+    /// lock covers every ask made before it read the state, so callers that
+    /// queued behind a write (the attaches of one start burst) share one.
     fn write(&self, bytes: impl FnOnce() -> serde_json::Result<Vec<u8>>) -> std::io::Result<()> {
         use std::io::Write;
+        use std::sync::atomic::Ordering::SeqCst;
+        let mine = self.asked.fetch_add(1, SeqCst) + 1;
         let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.written.load(SeqCst) >= mine {
+            return Ok(()); // a write that read the state after this ask is on disk
+        }
+        let covers = self.asked.load(SeqCst);
         let bytes = bytes()?;
         let mut f = std::fs::File::create(&self.tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
-        std::fs::rename(&self.tmp, &self.path)
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.written.store(covers, SeqCst);
+        Ok(())
     }
 }
 
@@ -1101,12 +1123,9 @@ mod tests {
                 let (file, counter) = (file.clone(), counter.clone());
                 std::thread::spawn(move || {
                     for _ in 0..25 {
-                        file.write(|| {
-                            let mut n = counter.lock().unwrap();
-                            *n += 1;
-                            serde_json::to_vec(&*n)
-                        })
-                        .expect("every save succeeds");
+                        // As netd does: change the state, then save it.
+                        *counter.lock().unwrap() += 1;
+                        file.write(|| serde_json::to_vec(&*counter.lock().unwrap())).expect("every save succeeds");
                     }
                 })
             })
@@ -1116,6 +1135,43 @@ mod tests {
         }
         let on_disk: u32 = serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
         assert_eq!(on_disk, 200);
+    }
+
+    #[test]
+    fn saves_queued_behind_a_write_share_the_next_one() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(StateFile::new(dir.path()));
+        let state = Arc::new(Mutex::new(0u32));
+        let encodes = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let save =
+            |file: Arc<StateFile>, state: Arc<Mutex<u32>>, encodes: Arc<std::sync::atomic::AtomicU32>, wait: bool| {
+                std::thread::spawn(move || {
+                    *state.lock().unwrap() += 1;
+                    file.write(|| {
+                        encodes.fetch_add(1, SeqCst);
+                        // The first write holds on until three more saves are asked for behind it.
+                        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                        while wait && file.asked.load(SeqCst) < 4 && std::time::Instant::now() < deadline {
+                            std::thread::yield_now();
+                        }
+                        serde_json::to_vec(&*state.lock().unwrap())
+                    })
+                    .expect("the save")
+                })
+            };
+        let first = save(file.clone(), state.clone(), encodes.clone(), true);
+        while file.asked.load(SeqCst) < 1 {
+            std::thread::yield_now();
+        }
+        let rest: Vec<_> = (0..3).map(|_| save(file.clone(), state.clone(), encodes.clone(), false)).collect();
+        first.join().unwrap();
+        for r in rest {
+            r.join().unwrap();
+        }
+        assert_eq!(encodes.load(SeqCst), 2, "the three queued saves share one write");
+        let on_disk: u32 = serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+        assert_eq!(on_disk, 4);
     }
 
     fn endpoint(container: &str) -> EndpointSpec {
