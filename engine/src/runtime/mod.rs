@@ -152,6 +152,9 @@ pub struct Containers {
     announced: Mutex<std::collections::HashMap<String, announce::Announced>>,
     /// Each seccomp profile's filter, compiled once (see `seccomp`).
     seccomp: seccomp::Programs,
+    /// The containers' records and endpoints, parsed once per change.
+    records: record::JsonCache<Record>,
+    endpoints: record::JsonCache<Vec<Endpoint>>,
 }
 
 fn random_hex(n: usize) -> String {
@@ -189,6 +192,8 @@ impl Containers {
             events: Default::default(),
             announced: Mutex::new(Default::default()),
             seccomp: seccomp::Programs::new(&state_root.join("seccomp")),
+            records: record::JsonCache::new("container.json"),
+            endpoints: record::JsonCache::new("network.json"),
         };
         // What happened before this daemon started is no news.
         let found: std::collections::HashMap<_, _> =
@@ -208,26 +213,24 @@ impl Containers {
             .flatten()
             .filter_map(|e| self.load(&e.file_name().to_string_lossy()))
             .collect();
+        let ids: std::collections::HashSet<&str> = out.iter().map(|c| c.record.id.as_str()).collect();
+        self.records.keep(&ids);
+        self.endpoints.keep(&ids);
         out.sort_by_key(|c| std::cmp::Reverse(c.record.created_ms));
         out
     }
 
     /// The id of the container named `name`, from the records alone (a start
     /// checks its name so: at 100 containers a node, reading each one's
-    /// status too made every start read some 800 files).
+    /// status too made every start read some 800 files), each parsed once.
     fn name_owner(&self, name: &str) -> Option<String> {
-        #[derive(serde::Deserialize)]
-        struct Named {
-            id: String,
-            name: String,
-        }
         std::fs::read_dir(&self.root)
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| read_json::<Named>(&e.path().join("container.json")))
-            .find(|n| n.name == name)
-            .map(|n| n.id)
+            .filter_map(|e| self.records.read(&e.file_name().to_string_lossy(), &e.path()))
+            .find(|r| r.name == name)
+            .map(|r| r.id)
     }
 
     /// Takes `name` for the container `id` being created, until the returned
@@ -263,9 +266,9 @@ impl Containers {
 
     fn load(&self, id: &str) -> Option<Container> {
         let dir = self.dir(id);
-        let record: Record = read_json(&dir.join("container.json"))?;
+        let record: Record = self.records.read(id, &dir)?;
         let restart = read_json(&dir.join("restart.json")).unwrap_or_default();
-        let endpoints = read_json(&dir.join("network.json")).unwrap_or_default();
+        let endpoints = self.endpoints.read(id, &dir).unwrap_or_default();
         let status = status_at(&dir);
         let health =
             record.health.as_ref().and_then(|_| health::observed(read_json(&dir.join(health::STATE_FILE)), &status));
@@ -874,8 +877,14 @@ mod tests {
     fn recorded(c: &Containers, id: &str, name: &str) {
         let dir = c.dir(id);
         std::fs::create_dir_all(&dir).unwrap();
-        let record = serde_json::json!({"id": id, "name": name});
-        std::fs::write(dir.join("container.json"), record.to_string()).unwrap();
+        std::fs::write(dir.join("container.json"), record_json(id, name).to_string()).unwrap();
+    }
+
+    fn record_json(id: &str, name: &str) -> serde_json::Value {
+        serde_json::json!({
+            "id": id, "name": name, "image": "busybox", "image_id": "sha256:1", "args": [], "created_ms": 1,
+            "auto_remove": false, "cgroups_path": "/shoal-test/x", "run": RunSpecRecord::default(),
+        })
     }
 
     fn in_use(r: Result<NameReservation<'_>, ContainerError>) -> Option<String> {
@@ -950,12 +959,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let c = containers(tmp.path());
         let id = "ab".repeat(32);
-        let record = serde_json::json!({
-            "id": id, "name": "web", "image": "busybox", "image_id": "sha256:1", "args": [], "created_ms": 1,
-            "auto_remove": false, "cgroups_path": "/shoal-test/x", "run": RunSpecRecord::default(),
-        });
-        std::fs::create_dir_all(c.dir(&id)).unwrap();
-        std::fs::write(c.dir(&id).join("container.json"), record.to_string()).unwrap();
+        recorded(&c, &id, "web");
         for reference in [id.as_str(), "web", "abab"] {
             assert_eq!(c.find(reference).map(|c| c.record.id).ok(), Some(id.clone()), "{reference}");
         }

@@ -98,6 +98,56 @@ pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> 
     std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
+/// A JSON file of each container, parsed once and read again only when the
+/// file changed: records are replaced by a rename (a new inode), so the
+/// inode, size and modification time tell a new content. A node's worker
+/// and supervisor list every container often; this keeps a listing to a
+/// `stat` of the records that did not change.
+pub(super) struct JsonCache<T> {
+    name: &'static str,
+    files: Mutex<std::collections::HashMap<String, (FileStamp, T)>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    len: u64,
+    mtime: i64,
+    mtime_ns: i64,
+}
+
+impl<T: Clone + for<'de> Deserialize<'de>> JsonCache<T> {
+    pub(super) fn new(name: &'static str) -> JsonCache<T> {
+        JsonCache { name, files: Mutex::new(Default::default()) }
+    }
+
+    /// The file `name` of the container in `dir` (whose id is `id`), parsed; None if it is absent or bad.
+    pub(super) fn read(&self, id: &str, dir: &Path) -> Option<T> {
+        use std::os::unix::fs::MetadataExt;
+        let path = dir.join(self.name);
+        let files = || self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(meta) = std::fs::metadata(&path) else {
+            files().remove(id);
+            return None;
+        };
+        let stamp = FileStamp { ino: meta.ino(), len: meta.len(), mtime: meta.mtime(), mtime_ns: meta.mtime_nsec() };
+        if let Some((s, v)) = files().get(id)
+            && *s == stamp
+        {
+            return Some(v.clone());
+        }
+        // Replaced between the stat and the read: the next stat differs, and reads it again.
+        let v: T = read_json(&path)?;
+        files().insert(id.to_string(), (stamp, v.clone()));
+        Some(v)
+    }
+
+    /// Forgets every container but `ids` (the ones that still exist).
+    pub(super) fn keep(&self, ids: &std::collections::HashSet<&str>) {
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| ids.contains(id.as_str()));
+    }
+}
+
 /// Whether the container's shim still runs: its pid exists, is not a
 /// zombie, and (when recorded) started when the shim did, not a reused pid.
 pub(super) fn shim_alive(s: &Started) -> bool {
@@ -133,5 +183,31 @@ impl Containers {
         let path = self.dir(&record.id).join("container.json");
         let bytes = json_of(record, &path)?;
         crate::files::write_atomic(&path, &bytes, 0o644).map_err(io("writing", &path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_file_is_read_again_once_replaced_and_forgotten_once_gone() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("c1");
+        std::fs::create_dir(&dir).unwrap();
+        let cache: JsonCache<Vec<u32>> = JsonCache::new("network.json");
+        assert_eq!(cache.read("c1", &dir), None);
+        crate::files::write_replace(&dir.join("network.json"), b"[1]").unwrap();
+        assert_eq!(cache.read("c1", &dir), Some(vec![1]));
+        assert_eq!(cache.read("c1", &dir), Some(vec![1]));
+        // Replaced by a rename, as records are: the new content, even of the same size.
+        crate::files::write_replace(&dir.join("network.json"), b"[2]").unwrap();
+        assert_eq!(cache.read("c1", &dir), Some(vec![2]));
+        std::fs::remove_file(dir.join("network.json")).unwrap();
+        assert_eq!(cache.read("c1", &dir), None);
+        crate::files::write_replace(&dir.join("network.json"), b"[3]").unwrap();
+        assert_eq!(cache.read("c1", &dir), Some(vec![3]));
+        cache.keep(&Default::default());
+        assert!(cache.files.lock().unwrap().is_empty());
     }
 }
