@@ -161,6 +161,8 @@ pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<Worke
                         out.push(WorkerAction::Stop { task, container: c.id.clone() });
                     }
                 }
+                // Ended by the stop in flight: the stop reports it shut down, not failed.
+                Some(_) if observed.stopping.contains(&t.id) => {}
                 // It ended by itself before it was told to stop: say how.
                 Some((c, _)) if t.status.state == TaskState::Running => {
                     if let Some(s) = status_of(c) {
@@ -1138,5 +1140,19 @@ mod tests {
         let mut observed = seen(&[container("a", running(), None)]);
         observed.stopping = set(&["a"]);
         assert_eq!(plan(&assigned, &observed), vec![]);
+    }
+
+    #[test]
+    fn a_container_killed_by_its_stop_is_not_a_failure() {
+        // The stop's grace ran out: SIGKILL, exit 137, while the stop is still in flight.
+        let assigned = tasks(&[task("a", Shutdown, Running)]);
+        let mut observed = seen(&[container("a", exited(137), None)]);
+        observed.stopping = set(&["a"]);
+        assert_eq!(plan(&assigned, &observed), vec![], "the stop reports it shut down");
+        observed.stopping = set(&[]);
+        assert!(
+            matches!(&plan(&assigned, &observed)[..], [WorkerAction::Report { status, .. }] if status.state == Failed && status.exit_code == Some(137)),
+            "without a stop, an exit says how it ended"
+        );
     }
 }

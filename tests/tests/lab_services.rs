@@ -417,6 +417,14 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     );
     let ps = lab.shoal(1, &["service", "ps", "web"])?;
     ensure!(ps.contains("\\_ web.1") && ps.contains("Shutdown"), "the old task is history: {ps}");
+    // Stopped by the update, the old tasks shut down: their containers' exits (from the stop) are not theirs to report.
+    let all: Value = serde_json::from_str(&lab.shoal(1, &["service", "ps", "--format", "json", "web"])?)?;
+    let stopped: Vec<&Value> =
+        all.as_array().into_iter().flatten().filter(|t| t["task"]["desired"] == "shutdown").collect();
+    ensure!(
+        !stopped.is_empty() && stopped.iter().all(|t| t["task"]["status"]["state"] == "shutdown"),
+        "every task the update stopped is shut down: {ps}"
+    );
     // The update is a service event on any manager (each applies the store's changes), in order.
     let until = unix_now()?;
     let json = lab
