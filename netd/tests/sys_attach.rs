@@ -20,7 +20,7 @@ use shoal_proto::net::{NetView, OverlayNetwork};
 use shoal_proto::pb;
 
 mod common;
-use common::{NetdHost, Parked, Pins, can_run, own_netns};
+use common::{NetdHost, Parked, Pins, block_on_within, can_run, outside_root};
 
 const MANY: usize = 12;
 
@@ -36,23 +36,11 @@ fn a_dozen_attaches_at_once_each_get_their_own_endpoint_and_a_bad_one_fails_alon
     // A "namespace" that is a plain file: its veth cannot be moved there.
     let not_a_netns = pins.0.path().join("not-a-netns");
     std::fs::write(&not_a_netns, b"").unwrap();
-    let test = std::thread::spawn(move || {
-        own_netns();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let r = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(90), scenario(&host, &containers, &not_a_netns))
-                .await
-                .expect("the scenario finishes within 90 s")
-        });
-        drop(rt);
+    outside_root(pins, move || {
+        let r = block_on_within(Duration::from_secs(90), scenario(&host, &containers, &not_a_netns));
         drop(host);
         r.expect("the scenario");
     });
-    let r = test.join();
-    drop(pins);
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
-    }
 }
 
 fn request(container: String, netns: &Path) -> pb::AttachRequest {
@@ -124,23 +112,11 @@ fn attaches_at_once_on_a_cluster_network_each_get_their_leg_in_its_sandbox() {
     let containers: Vec<Parked> = (0..6).map(|_| Parked::new()).collect();
     let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-attach").tempdir().unwrap());
     let host = NetdHost::start(pins.dir("h1"));
-    let test = std::thread::spawn(move || {
-        own_netns();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let r = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(90), cluster_scenario(&host, &containers))
-                .await
-                .expect("the scenario finishes within 90 s")
-        });
-        drop(rt);
+    outside_root(pins, move || {
+        let r = block_on_within(Duration::from_secs(90), cluster_scenario(&host, &containers));
         drop(host);
         r.expect("the scenario");
     });
-    let r = test.join();
-    drop(pins);
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
-    }
 }
 
 async fn cluster_scenario(host: &NetdHost, containers: &[Parked]) -> anyhow::Result<()> {

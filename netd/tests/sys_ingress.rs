@@ -35,7 +35,7 @@ use shoal_proto::net::{
 };
 
 mod common;
-use common::{Parked, Pins, can_run, own_netns};
+use common::{Parked, Pins, block_on_within, can_run, outside_root};
 
 const ING: &str = "1e5541e5541e0000";
 
@@ -188,22 +188,10 @@ fn a_published_port_answers_on_every_host_and_the_backend_sees_the_client() {
     let (sw, h1, h2, cl, t2) = (Parked::new(), Parked::new(), Parked::new(), Parked::new(), Parked::new());
     let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-ingress").tempdir().unwrap());
     let dirs = (pins.0.path().join("h1"), pins.0.path().join("h2"));
-    let test = std::thread::spawn(move || {
-        // This thread, too, stays out of the root namespace.
-        own_netns();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            tokio::time::timeout(Duration::from_secs(90), scenario(&sw, &h1, &h2, &cl, &t2, &dirs.0, &dirs.1))
-                .await
-                .expect("the scenario finishes within 90 s")
-                .expect("the scenario");
-        });
+    outside_root(pins, move || {
+        block_on_within(Duration::from_secs(90), scenario(&sw, &h1, &h2, &cl, &t2, &dirs.0, &dirs.1))
+            .expect("the scenario");
     });
-    let r = test.join();
-    drop(pins);
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
-    }
 }
 
 async fn scenario(

@@ -15,7 +15,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +23,9 @@ use std::time::Duration;
 
 use shoal_netd::lb::{self, LbService};
 use shoal_netd::{lb_sys, sys};
+
+mod common;
+use common::Parked;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 /// A VIP whose service has no backend.
@@ -35,40 +38,6 @@ fn can_run() -> bool {
     rustix::process::geteuid().is_root()
         && Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success())
         && Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success())
-}
-
-/// A thread parked in a network namespace of its own until dropped.
-struct Parked {
-    path: PathBuf,
-    done: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Parked {
-    fn new(role: &str) -> Parked {
-        let (ns_tx, ns_rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("shlbt-{role}"))
-            .spawn(move || {
-                // SAFETY: unshare on this thread only; it is the test's own thread.
-                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-                let tid = rustix::thread::gettid().as_raw_nonzero();
-                let _ = ns_tx.send(PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id())));
-                let _ = done_rx.recv();
-            })
-            .expect("a namespace thread");
-        Parked { path: ns_rx.recv().expect("the thread's namespace"), done: Some(done_tx), thread: Some(thread) }
-    }
-}
-
-impl Drop for Parked {
-    fn drop(&mut self) {
-        drop(self.done.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Runs a shell script in a namespace; its stdout, or why it failed.
@@ -167,9 +136,9 @@ fn vip_load_balancing_in_a_client_namespace() {
         eprintln!("skipped: needs root, nft and ip");
         return;
     }
-    let switch = Parked::new("switch");
-    let client = Parked::new("client");
-    let backends: Vec<Parked> = (0..3).map(|i| Parked::new(&format!("backend{i}"))).collect();
+    let switch = Parked::new();
+    let client = Parked::new();
+    let backends: Vec<Parked> = (0..3).map(|_| Parked::new()).collect();
     let result = scenario(&switch, &client, &backends);
     drop(backends);
     drop(client);
@@ -343,7 +312,7 @@ fn element_batches_in_a_row_leave_the_planned_table() {
         eprintln!("skipped: needs root, nft and ip");
         return;
     }
-    let client = Parked::new("churn");
+    let client = Parked::new();
     let result = churn(&client.path);
     drop(client);
     if let Err(e) = result {

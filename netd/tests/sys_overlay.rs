@@ -26,7 +26,7 @@ use shoal_netd::sys::{self, Sandboxes};
 use shoal_proto::net::{NetView, OverlayEndpoint, OverlayNetwork, Peer, mac_for};
 
 mod common;
-use common::{NetdHost, Parked, Pins, can_run, own_netns};
+use common::{NetdHost, Parked, Pins, block_on_within, can_run, outside_root};
 
 const NET: &str = "5e1f0e7a11ab0000";
 const VNI: u32 = 4242;
@@ -121,22 +121,9 @@ fn an_overlay_is_built_on_two_hosts_carries_traffic_repairs_and_goes() {
     let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-overlay").tempdir().unwrap());
     let (dir1, dir2) = (pins.dir("h1"), pins.dir("h2"));
 
-    let test = std::thread::spawn(move || {
-        // This thread, too, stays out of the root namespace.
-        own_netns();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            tokio::time::timeout(Duration::from_secs(90), scenario(&h1, &h2, &c1, &c2, &dir1, &dir2))
-                .await
-                .expect("the scenario finishes within 90 s")
-                .expect("the scenario");
-        });
+    outside_root(pins, move || {
+        block_on_within(Duration::from_secs(90), scenario(&h1, &h2, &c1, &c2, &dir1, &dir2)).expect("the scenario");
     });
-    let r = test.join();
-    drop(pins);
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
-    }
 }
 
 async fn scenario(h1: &Parked, h2: &Parked, c1: &Parked, c2: &Parked, dir1: &Path, dir2: &Path) -> anyhow::Result<()> {
@@ -268,10 +255,8 @@ fn a_view_pushed_over_netds_api_is_programmed_and_kept() {
 
     let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-overlay").tempdir().unwrap());
     let root = pins.dir("netd");
-    let test = std::thread::spawn(move || {
-        own_netns();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
+    outside_root(pins, move || {
+        block_on_within(Duration::from_secs(90), async move {
             let netd = Netd::open(&root, sys::connect().unwrap()).unwrap();
             let api = NetdService(netd);
             let v = view("h1", "10.99.0.1", ("h2", "10.99.0.2"));
@@ -297,11 +282,6 @@ fn a_view_pushed_over_netds_api_is_programmed_and_kept() {
             assert!(!pin.exists(), "the sandbox is gone");
         });
     });
-    let r = test.join();
-    drop(pins);
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
-    }
 }
 
 use shoal_proto::pb;
@@ -328,24 +308,12 @@ fn containers_attached_through_netds_api_talk_across_the_overlay_and_reach_the_g
     let (c1, c2) = (Parked::new(), Parked::new());
     let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-overlay").tempdir().unwrap());
     let (h1, h2) = (NetdHost::start(pins.dir("h1")), NetdHost::start(pins.dir("h2")));
-    let test = std::thread::spawn(move || {
-        own_netns();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let r = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(90), attach_scenario(&h1, &h2, &c1, &c2))
-                .await
-                .expect("the scenario finishes within 90 s")
-        });
-        // The clients' connections close with their runtime; only then can the netds stop.
-        drop(rt);
+    outside_root(pins, move || {
+        let r = block_on_within(Duration::from_secs(90), attach_scenario(&h1, &h2, &c1, &c2));
+        // The clients' connections closed with their runtime; only then can the netds stop.
         drop((h1, h2));
         r.expect("the scenario");
     });
-    let r = test.join();
-    drop(pins);
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
-    }
 }
 
 async fn attach_scenario(h1: &NetdHost, h2: &NetdHost, c1: &Parked, c2: &Parked) -> anyhow::Result<()> {
@@ -454,22 +422,10 @@ fn many_entries_are_programmed_in_batches_and_changed_in_place() {
     }
     let pins = Pins(tempfile::Builder::new().prefix("shoal-sys-overlay").tempdir().unwrap());
     let dir = pins.dir("h1");
-    let test = std::thread::spawn(move || {
-        // The "host": this thread's own namespace (VXLAN devices are made there).
-        own_netns();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            tokio::time::timeout(Duration::from_secs(60), batches(&dir))
-                .await
-                .expect("the scenario finishes within 60 s")
-                .expect("the scenario");
-        });
+    // The "host": the test thread's own namespace (VXLAN devices are made there).
+    outside_root(pins, move || {
+        block_on_within(Duration::from_secs(60), batches(&dir)).expect("the scenario");
     });
-    let r = test.join();
-    drop(pins);
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
-    }
 }
 
 async fn batches(dir: &Path) -> anyhow::Result<()> {

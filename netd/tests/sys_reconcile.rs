@@ -5,25 +5,23 @@
 //! throwaway network namespaces of this test's own threads; skipped
 //! without root or nft.
 
-// own_netns calls unshare, which has no safe wrapper.
+// common::own_netns calls unshare, which has no safe wrapper.
 #![allow(unsafe_code)]
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use shoal_netd::model::{Desired, EndpointSpec, LinkKind, NetworkSpec, PortMap, Proto};
 use shoal_netd::plan::{Action, plan};
 use shoal_netd::{rules, sys};
 
+mod common;
+use common::{Parked, block_on_within, outside_root};
+
 fn can_run() -> bool {
     let root = rustix::process::geteuid().is_root();
     root && Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success())
-}
-
-/// Moves the calling thread into a new network namespace of its own.
-fn own_netns() {
-    // SAFETY: unshare on this thread only; it is the test's own thread.
-    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", std::io::Error::last_os_error());
 }
 
 async fn converge(h: &rtnetlink::Handle, d: &Desired) -> Vec<Action> {
@@ -42,20 +40,11 @@ fn a_bridge_network_is_built_converges_repairs_and_goes() {
         return;
     }
     // The container: a thread parked in a namespace of its own.
-    let (ns_tx, ns_rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let container = std::thread::spawn(move || {
-        own_netns();
-        let path = format!("/proc/{}/task/{}/ns/net", std::process::id(), rustix::thread::gettid().as_raw_nonzero());
-        ns_tx.send(path).unwrap();
-        let _ = done_rx.recv();
-    });
-    let netns = ns_rx.recv().unwrap();
+    let container = Parked::new();
+    let netns = container.path.clone();
 
-    let host = std::thread::spawn(move || {
-        own_netns();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
+    outside_root(container, move || {
+        block_on_within(Duration::from_secs(90), async move {
             let h = sys::connect().unwrap();
             let subnet: shoal_netd::net::Subnet = "10.5.0.0/24".parse().unwrap();
             let d = Desired {
@@ -74,7 +63,7 @@ fn a_bridge_network_is_built_converges_repairs_and_goes() {
                     container: "c1c1c1c1c1c1".into(),
                     network: "aaaaaaaaaaaa".into(),
                     ip: "10.5.0.2".parse().unwrap(),
-                    netns: netns.clone().into(),
+                    netns: netns.clone(),
                     ifname: "eth0".into(),
                     ports: vec![PortMap { host_ip: None, host_port: 8080, container_port: 80, proto: Proto::Tcp }],
                 }],
@@ -113,10 +102,4 @@ fn a_bridge_network_is_built_converges_repairs_and_goes() {
             assert!(!String::from_utf8_lossy(&table.stdout).contains("dnat"));
         });
     });
-    let r = host.join();
-    let _ = done_tx.send(());
-    container.join().unwrap();
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
-    }
 }

@@ -20,6 +20,33 @@ pub fn own_netns() {
     assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", std::io::Error::last_os_error());
 }
 
+/// Runs `test` on a thread moved into a network namespace of its own (a
+/// kernel test never touches the root one), then drops `cleanup` (pins to
+/// unpin, parked threads) whatever happened, and re-raises the test's panic.
+pub fn outside_root<C>(cleanup: C, test: impl FnOnce() + Send + 'static) {
+    let r = std::thread::spawn(move || {
+        own_netns();
+        test()
+    })
+    .join();
+    drop(cleanup);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// `scenario` run to its end on a current-thread runtime, which is gone
+/// when this returns (with the connections its clients held); panics if it
+/// takes longer than `limit`.
+pub fn block_on_within<T>(limit: Duration, scenario: impl std::future::Future<Output = T>) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let r = rt.block_on(async {
+        tokio::time::timeout(limit, scenario).await.unwrap_or_else(|_| panic!("the scenario finishes within {limit:?}"))
+    });
+    drop(rt);
+    r
+}
+
 /// A thread parked in a network namespace of its own until dropped: a
 /// "host" or a "container".
 pub struct Parked {
