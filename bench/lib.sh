@@ -201,6 +201,17 @@ for t in json.load(sys.stdin):
     if t["task"]["desired"] == "running" and t["task"]["status"]["state"] == "running":
         print(t["node"])'
 }
+# svc_tasks SVC: "HOST CONTAINER_ID ADDRESS TASK_ID" of each running task of SVC (HOST: the lab
+# host's number; ADDRESS: on its first cluster network, - without one)
+svc_tasks() {
+  sI 1 service ps --format json "$1" | python3 -c '
+import json, sys
+for t in json.load(sys.stdin):
+    k = t["task"]
+    if k["desired"] == "running" and k["status"]["state"] == "running":
+        addr = k["networks"][0].get("addr") if k.get("networks") else None
+        print(t["node"].removeprefix("shl-h"), k["status"]["container_id"], addr or "-", k["id"])'
+}
 svc_is() { [ "$(svc_running "$1")" = "$2" ]; }
 # svc_failures SVC: "COUNT ERROR": how many of SVC's tasks failed or were rejected, and the
 # newest one's error

@@ -53,16 +53,7 @@ sI 1 service create -d --name cli --network benchfo --constraint node.role==mana
   --stop-grace-period 1s bench:fo sleep 1000000 >/dev/null || die "service create cli failed"
 svc_wait cli 1 60 || die "the client did not start"
 
-# "HOST CONTAINER_ID ADDRESS" of each running task of SERVICE
-tasks_of() {
-  sI 1 service ps --format json "$1" | python3 -c '
-import json, sys
-for t in json.load(sys.stdin):
-    k = t["task"]
-    if k["desired"] == "running" and k["status"]["state"] == "running":
-        print(t["node"].removeprefix("shl-h"), k["status"]["container_id"], k["networks"][0]["addr"])'
-}
-read -r h_c c_c _ <<< "$(tasks_of cli)"
+read -r h_c c_c _ <<< "$(svc_tasks cli)"
 vip=$(sI 1 service inspect be | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0])') \
   || die "no VIP for be"
 in_client() { "$LAB" exec "$h_c" -- nsenter --net="/run/shoal/netns/$c_c" "$@"; }
@@ -106,16 +97,16 @@ EOF
 declare -A served   # container id -> 1: its server was started
 serve_all() { # a server in each running be task that has none
   local h c a
-  while read -r h c a; do
+  while read -r h c a _; do
     [ -z "$c" ] || [ -n "${served[$c]:-}" ] && continue
     timeout 3600 "$LAB" exec "$h" -- nsenter --net="/run/shoal/netns/$c" python3 "$WORK/server.py" "$PORT" \
       >> "$WORK/server.log" 2>&1 &
     pids+=("$!"); served[$c]=1
-  done <<< "$(tasks_of be)"
+  done <<< "$(svc_tasks be)"
 }
 backends_answer() {
-  local addrs; addrs=$(tasks_of be | awk '{print $3}')
-  [ "$(wc -w <<< "$addrs")" = 3 ] && tasks_of be | grep -q "^$VICTIM " \
+  local addrs; addrs=$(svc_tasks be | awk '{print $3}')
+  [ "$(wc -w <<< "$addrs")" = 3 ] && svc_tasks be | grep -q "^$VICTIM " \
     && in_client python3 "$WORK/direct.py" "$PORT" $addrs 2>/dev/null \
     && in_client python3 -c "import socket; [socket.create_connection(('$vip', $PORT), timeout=1).close() for _ in range(30)]" 2>/dev/null
 }

@@ -94,12 +94,7 @@ print(json.dumps({"rps": len(lat) / secs, "p50_ms": pct(0.5), "p99_ms": pct(0.99
                   "requests": len(lat), "retrans": after[0] - before[0], "probes": after[1] - before[1]}))
 PY
 # srv_tcp: "RETRANS PROBES" of the backend task's namespace (the server's side)
-read -r bh bc _ <<< "$(sI 1 service ps --format json who | python3 -c '
-import json, sys
-for t in json.load(sys.stdin):
-    k = t["task"]
-    if k["desired"] == "running" and k["status"]["state"] == "running":
-        print(t["node"].removeprefix("shl-h"), k["status"]["container_id"])')"
+read -r bh bc _ <<< "$(svc_tasks who)"
 srv_tcp() {
   timeout 10 "$LAB" exec "$bh" -- nsenter --net="/run/shoal/netns/$bc" sh -c 'cat /proc/net/snmp /proc/net/netstat' | python3 -c '
 import sys

@@ -37,18 +37,9 @@ sI 1 service create -d --name cli --network benchlb --replicas $((N * H)) --repl
   --stop-grace-period 1s bench:lbc sleep 1000000 >/dev/null || die "service create cli failed"
 svc_wait be 2 60 || die "the backends did not start"
 svc_wait cli $((N * H)) $((60 + N * H)) || die "the clients did not start"
-# "HOST CONTAINER_ID ADDRESS TASK_ID" of each running task of SERVICE
-tasks_of() {
-  sI 1 service ps --format json "$1" | python3 -c '
-import json, sys
-for t in json.load(sys.stdin):
-    k = t["task"]
-    if k["desired"] == "running" and k["status"]["state"] == "running" and k["networks"]:
-        print(t["node"].removeprefix("shl-h"), k["status"]["container_id"], k["networks"][0]["addr"].split("/")[0], k["id"])'
-}
 vip=$(sI 1 service inspect be | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0])') \
   || die "no VIP for be"
-clients=$(tasks_of cli)
+clients=$(svc_tasks cli)
 for h in $(seq 1 $H); do
   nss=$(awk -v h="$h" '$1 == h {print "/run/shoal/netns/" $2}' <<< "$clients" | tr '\n' ' ')
   [ -n "$nss" ] || die "no client task on host $h"
@@ -86,14 +77,14 @@ all_have() { # all_have SET: every namespace balances exactly SET, and every hos
 }
 : > "$WORK/phases"
 cur=2
-be=$(tasks_of be)
+be=$(svc_tasks be)
 for r in $(seq 1 "$ROUNDS"); do
   # scale: one backend more
   cur=$((cur + 1))
   t0=$(now_ms)
   sI 1 service scale -d be=$cur >/dev/null || die "round $r: service scale failed"
   svc_wait be "$cur" 60 || die "round $r: be did not reach $cur tasks"
-  be=$(tasks_of be); want=$(be_set "$be")
+  be=$(svc_tasks be); want=$(be_set "$be")
   wait_until 60 all_have "$want" || die "round $r: after scale, not every namespace has $want: $(lb_sets | awk -v w="$want" '$3 != w' | head -3)"
   echo "scale $t0 $(now_ms)" >> "$WORK/phases"
   log "round $r: scaled to $cur ($want)"
@@ -101,9 +92,9 @@ for r in $(seq 1 "$ROUNDS"); do
   read -r kh kc ka kt <<< "$(head -n 1 <<< "$be")"
   t0=$(now_ms)
   sI "$kh" kill "$kc" >/dev/null || die "round $r: kill failed"
-  replaced() { local now; now=$(tasks_of be); [ "$(wc -l <<< "$now")" = "$cur" ] && ! grep -q " $kt\$" <<< "$now"; }
+  replaced() { local now; now=$(svc_tasks be); [ "$(wc -l <<< "$now")" = "$cur" ] && ! grep -q " $kt\$" <<< "$now"; }
   wait_until 60 replaced || die "round $r: task $kt was not replaced"
-  be=$(tasks_of be); want=$(be_set "$be")
+  be=$(svc_tasks be); want=$(be_set "$be")
   wait_until 60 all_have "$want" || die "round $r: after the kill, not every namespace has $want"
   echo "kill $t0 $(now_ms)" >> "$WORK/phases"
   log "round $r: killed $ka on host $kh; now $want"

@@ -28,16 +28,10 @@ sI 1 network create -d overlay benchov >/dev/null || die "network create failed"
 sI 1 service create -d --name ipf --network benchov --replicas 2 --replicas-max-per-node 1 \
   --stop-grace-period 1s bench:ovl sleep 1000000 >/dev/null || die "service create failed"
 svc_wait ipf 2 60 || die "the two tasks did not start"
-# "HOST CONTAINER_ID ADDRESS" of each task
-tasks=$(sI 1 service ps --format json ipf | python3 -c '
-import json, sys
-for t in json.load(sys.stdin):
-    k = t["task"]
-    if k["desired"] == "running" and k["status"]["state"] == "running":
-        print(t["node"].removeprefix("shl-h"), k["status"]["container_id"], k["networks"][0]["addr"])' | sort)
+tasks=$(svc_tasks ipf | sort)
 [ "$(wc -l <<< "$tasks")" = 2 ] || die "expected a task on each host: $tasks"
-read -r h_a c_a ip_a <<< "$(sed -n 1p <<< "$tasks")"
-read -r h_b c_b ip_b <<< "$(sed -n 2p <<< "$tasks")"
+read -r h_a c_a ip_a _ <<< "$(sed -n 1p <<< "$tasks")"
+read -r h_b c_b ip_b _ <<< "$(sed -n 2p <<< "$tasks")"
 [ "$h_a" != "$h_b" ] || die "both tasks on host $h_a"
 ns_a=/run/shoal/netns/$c_a ns_b=/run/shoal/netns/$c_b
 mtu=$(timeout 10 "$LAB" exec "$h_a" -- nsenter --net="$ns_a" ip -o link show eth0 | sed -n 's/.* mtu \([0-9]*\) .*/\1/p')

@@ -31,17 +31,8 @@ for s in "be 3" "cli 1"; do
 done
 svc_wait be 3 60 || die "the backends did not start"
 svc_wait cli 1 60 || die "the client did not start"
-# "HOST CONTAINER_ID ADDRESS" of each running task of SERVICE
-tasks_of() {
-  sI 1 service ps --format json "$1" | python3 -c '
-import json, sys
-for t in json.load(sys.stdin):
-    k = t["task"]
-    if k["desired"] == "running" and k["status"]["state"] == "running":
-        print(t["node"].removeprefix("shl-h"), k["status"]["container_id"], k["networks"][0]["addr"])'
-}
-backends=$(tasks_of be)
-read -r h_c c_c _ <<< "$(tasks_of cli)"
+backends=$(svc_tasks be)
+read -r h_c c_c _ <<< "$(svc_tasks cli)"
 vip=$(sI 1 service inspect be | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0])') \
   || die "no VIP for be"
 log "client on host $h_c; VIP $vip; backends: $(awk '{print $3 "@h" $1}' <<< "$backends" | tr '\n' ' ')"
@@ -69,7 +60,7 @@ while time.monotonic() < end:
 print("%.1f" % (n / secs))
 EOF
 k=0
-while read -r h c a; do
+while read -r h c a _; do
   k=$((k + 1))
   timeout $((ROUNDS * SECS * 4 + 120)) "$LAB" exec "$h" -- nsenter --net="/run/shoal/netns/$c" \
     python3 "$WORK/server.py" "$PORT" "$WORK/count.$k" >> "$WORK/server.log" 2>&1 &
