@@ -385,6 +385,18 @@ impl Sim {
     }
 
     /// Proposes on whichever manager leads, until one takes it.
+    /// Creates the cluster network `net` and the service `web` on it
+    /// (`REPLICAS` tasks); returns the service's spec.
+    async fn web_on_network(&self, net: &str) -> anyhow::Result<ServiceSpec> {
+        let spec = NetworkSpec { name: format!("net-{net}"), ..Default::default() };
+        self.write(Command::CreateNetwork { id: net.into(), spec }).await?;
+        let mut spec = ServiceSpec { name: "web".into(), replicas: REPLICAS, ..Default::default() };
+        spec.task.image = "img".into();
+        spec.task.networks = vec![NetworkAttachmentSpec { target: net.into(), aliases: vec![] }];
+        self.write(Command::CreateService { id: "web".into(), spec: spec.clone(), auth: None }).await?;
+        Ok(spec)
+    }
+
     async fn write(&self, cmd: Command) -> anyhow::Result<Response> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -638,12 +650,7 @@ async fn a_backend_leaves_every_view_before_its_container_stops() {
 async fn drain_scenario(seed: u64) -> anyhow::Result<()> {
     const NET: &str = "appnet000001";
     let mut sim = Sim::start(seed, 3).await?;
-    let net = NetworkSpec { name: "app".into(), ..Default::default() };
-    sim.write(Command::CreateNetwork { id: NET.into(), spec: net }).await?;
-    let mut spec = ServiceSpec { name: "web".into(), replicas: REPLICAS, ..Default::default() };
-    spec.task.image = "img".into();
-    spec.task.networks = vec![NetworkAttachmentSpec { target: NET.into(), aliases: vec![] }];
-    sim.write(Command::CreateService { id: "web".into(), spec: spec.clone(), auth: None }).await?;
+    let mut spec = sim.web_on_network(NET).await?;
     sim.converge(Duration::from_secs(10)).await.context("six tasks")?;
     let backends = |rt: &FakeRuntime| -> BTreeSet<std::net::Ipv4Addr> {
         rt.views().last().map(|v| v.services.iter().flat_map(|s| s.backends.clone()).collect()).unwrap_or_default()
@@ -762,12 +769,7 @@ async fn timeline_scenario(seed: u64) -> anyhow::Result<()> {
     const NET: &str = "tlnet0000001";
     let events = timeline_events();
     let mut sim = Sim::start(seed, 2).await?;
-    let net = NetworkSpec { name: "tl".into(), ..Default::default() };
-    sim.write(Command::CreateNetwork { id: NET.into(), spec: net }).await?;
-    let mut spec = ServiceSpec { name: "web".into(), replicas: REPLICAS, ..Default::default() };
-    spec.task.image = "img".into();
-    spec.task.networks = vec![NetworkAttachmentSpec { target: NET.into(), aliases: vec![] }];
-    sim.write(Command::CreateService { id: "web".into(), spec, auth: None }).await?;
+    sim.web_on_network(NET).await?;
     let tasks: Vec<String> = sim.converge(Duration::from_secs(10)).await?.into_values().collect();
     let want: Vec<&str> = STEPS.iter().copied().filter(|s| !ENGINE_STEPS.contains(s) && *s != SEEN).collect();
     // Each task's steps, first event of each, in the order they came.
