@@ -291,14 +291,16 @@ pub(super) async fn container_wait(
 ) -> Result<Response<pb::ContainerExit>, Status> {
     let id = req.into_inner().id;
     let containers = svc.containers.clone();
-    let exit = cblocking(move || {
-        Ok(match containers.wait(&id)? {
-            CStatus::Exited { code, oom_killed, .. } => pb::ContainerExit { exit_code: code, oom_killed },
-            _ => pb::ContainerExit { exit_code: 255, oom_killed: false },
-        })
-    })
-    .await?;
+    let exit = cblocking(move || Ok(exit_of(&containers.wait(&id)?))).await?;
     Ok(Response::new(exit))
+}
+
+/// How a container that stopped running ended, as `wait` says it (255 when it died unrecorded).
+pub(super) fn exit_of(status: &CStatus) -> pb::ContainerExit {
+    match *status {
+        CStatus::Exited { code, oom_killed, .. } => pb::ContainerExit { exit_code: code, oom_killed },
+        _ => pb::ContainerExit { exit_code: 255, oom_killed: false },
+    }
 }
 
 #[cfg(test)]

@@ -569,8 +569,7 @@ pub(super) async fn container_run_follow(
             return;
         }
         let exit = match containers.wait(&id) {
-            Ok(CStatus::Exited { code, oom_killed, .. }) => pb::ContainerExit { exit_code: code, oom_killed },
-            Ok(_) => pb::ContainerExit { exit_code: 255, oom_killed: false },
+            Ok(status) => super::containers::exit_of(&status),
             Err(e) => {
                 let _ = tx.blocking_send(Err(cstatus(e)));
                 return;
