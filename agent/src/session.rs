@@ -180,7 +180,7 @@ async fn one_session(
                 let reports = cfg.worker.as_ref().map(|w| w.take_reports()).unwrap_or_default();
                 let mut out = Vec::new();
                 if let Some(version) = cfg.worker.as_ref().and_then(|w| w.take_view_applied()) {
-                    out.push(pb::AgentMessage { msg: Some(pb::agent_message::Msg::ViewApplied(pb::ViewApplied { version })) });
+                    out.push(pb::AgentMessage { msg: Some(pb::agent_message::Msg::ViewApplied(pb::ViewApplied { version, keys: None })) });
                 }
                 if !reports.is_empty() {
                     running_reported(&reports);

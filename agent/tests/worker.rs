@@ -153,6 +153,8 @@ fn net(id: &str) -> shoal_proto::net::OverlayNetwork {
         gateway: "10.10.0.1".parse().expect("an address"),
         mtu: 1450,
         internal: false,
+        encrypted: false,
+        macvlan: None,
     }
 }
 
@@ -165,6 +167,8 @@ fn net_view(networks: &[&str]) -> shoal_proto::net::NetView {
         endpoints: vec![],
         services: vec![],
         ingress: None,
+        wg_port: 0,
+        key_epoch: 0,
     }
 }
 

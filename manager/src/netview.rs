@@ -56,6 +56,8 @@ pub fn empty(state: &State, node: &str) -> NetView {
         endpoints: Vec::new(),
         services: Vec::new(),
         ingress: None,
+        wg_port: state.cluster.as_ref().map_or(0, |c| c.net.wg_port),
+        key_epoch: state.cluster.as_ref().map_or(0, |c| c.net.key_epoch),
     }
 }
 
@@ -173,7 +175,15 @@ pub fn all(state: &State) -> HashMap<String, NetView> {
         }
         view.peers = peers
             .into_iter()
-            .filter_map(|p| Some(Peer { node: p.to_string(), data_addr: data_addr(state, p)? }))
+            .filter_map(|p| {
+                let net = &state.nodes.get(p)?.description.net;
+                Some(Peer {
+                    node: p.to_string(),
+                    data_addr: net.data_addr?,
+                    wg_key: net.wg_key,
+                    wg_key_prev: net.wg_key_prev,
+                })
+            })
             .collect();
         view.endpoints.sort_by(|a, b| (&a.network, a.addr, &a.id).cmp(&(&b.network, b.addr, &b.id)));
         if let Some(i) = ingress
@@ -269,6 +279,8 @@ fn overlay(n: &Network) -> Option<OverlayNetwork> {
         gateway: a.gateway,
         mtu: a.mtu,
         internal: n.spec.internal,
+        encrypted: n.spec.encrypted,
+        macvlan: None,
     })
 }
 

@@ -296,7 +296,7 @@ fn node_net(advertise: &str, data_addr: &str, subnets: &[String]) -> shoal_proto
             }
         })
         .collect();
-    shoal_proto::network::NodeNet { data_addr, subnets }
+    shoal_proto::network::NodeNet { data_addr, subnets, ..Default::default() }
 }
 
 #[cfg(test)]

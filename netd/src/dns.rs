@@ -600,6 +600,8 @@ mod tests {
             gateway: ip("10.10.0.1"),
             mtu: 1450,
             internal: false,
+            encrypted: false,
+            macvlan: None,
         };
         let vs = |name: &str, net: &str, mode, vip: Option<&str>, aliases: &[&str], backends: &[&str]| ViewService {
             id: format!("id-{name}"),
@@ -640,6 +642,8 @@ mod tests {
                 vs("db", "y0", EndpointMode::Vip, Some("10.20.0.100"), &[], &["10.20.0.3"]),
             ],
             ingress: None,
+            wg_port: 0,
+            key_epoch: 0,
         };
         // The pure records for a container on x0 only.
         let recs = view_records(&view, &["x0"]);

@@ -430,11 +430,15 @@ mod tests {
                 gateway: ip("10.255.0.1"),
                 mtu: 1450,
                 internal: false,
+                encrypted: false,
+                macvlan: None,
             }],
             peers: vec![],
             endpoints: vec![],
             services: vec![],
             ingress: Some(ingress(vec![web(&["10.255.0.7"])])),
+            wg_port: 0,
+            key_epoch: 0,
         }
     }
 

@@ -430,6 +430,8 @@ mod tests {
                 s("db", "y", EndpointMode::Vip, Some("10.20.0.100"), &[]),
             ],
             ingress: None,
+            wg_port: 0,
+            key_epoch: 0,
         };
         assert_eq!(
             services_for(&view, &["x"]),
@@ -451,6 +453,8 @@ mod tests {
                 gateway: ip("10.10.0.1"),
                 mtu: 1450,
                 internal: false,
+                encrypted: false,
+                macvlan: None,
             })
             .collect();
         let ep = |netns: &str, network: &str| EndpointSpec {

@@ -470,6 +470,8 @@ mod tests {
             gateway: ip("10.10.0.1"),
             mtu: 1450,
             internal: false,
+            encrypted: false,
+            macvlan: None,
         }
     }
 
@@ -484,8 +486,8 @@ mod tests {
             data_addr: ip("10.98.0.11"),
             networks: vec![network(NET, 4100)],
             peers: vec![
-                Peer { node: "n2".into(), data_addr: ip("10.98.0.12") },
-                Peer { node: "n3".into(), data_addr: ip("10.98.0.13") },
+                Peer { node: "n2".into(), data_addr: ip("10.98.0.12"), wg_key: None, wg_key_prev: None },
+                Peer { node: "n3".into(), data_addr: ip("10.98.0.13"), wg_key: None, wg_key_prev: None },
             ],
             endpoints: vec![
                 endpoint("t1", "10.10.0.2", "n1"),
@@ -494,6 +496,8 @@ mod tests {
             ],
             services: vec![],
             ingress: None,
+            wg_port: 0,
+            key_epoch: 0,
         }
     }
 

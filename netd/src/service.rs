@@ -702,7 +702,7 @@ impl pb::netd_server::Netd for NetdService {
                 None => why.clone(),
             })
             .collect();
-        Ok(Response::new(pb::SyncClusterResponse { errors }))
+        Ok(Response::new(pb::SyncClusterResponse { errors, keys: None }))
     }
 
     async fn sync(&self, req: Request<pb::SyncRequest>) -> Result<Response<pb::SyncResponse>, Status> {
@@ -1246,11 +1246,15 @@ mod tests {
                 gateway: "10.10.0.1".parse().unwrap(),
                 mtu: 1450,
                 internal: false,
+                encrypted: false,
+                macvlan: None,
             }],
             peers: vec![],
             endpoints: vec![],
             services: vec![],
             ingress: None,
+            wg_port: 0,
+            key_epoch: 0,
         });
         s
     }
@@ -1271,7 +1275,12 @@ mod tests {
         });
         assert!(OverlayInputs::of(&backends, &[]) == before, "a service's backends are not the overlays'");
         let mut peers = view.clone();
-        peers.peers.push(shoal_proto::net::Peer { node: "n2".into(), data_addr: "10.98.0.12".parse().unwrap() });
+        peers.peers.push(shoal_proto::net::Peer {
+            node: "n2".into(),
+            data_addr: "10.98.0.12".parse().unwrap(),
+            wg_key: None,
+            wg_key_prev: None,
+        });
         assert!(OverlayInputs::of(&peers, &[]) != before, "a new peer is");
         let mut endpoints = view.clone();
         endpoints.endpoints.push(shoal_proto::net::OverlayEndpoint {

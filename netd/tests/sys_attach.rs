@@ -142,11 +142,15 @@ async fn cluster_scenario(host: &NetdHost, containers: &[Parked]) -> anyhow::Res
             gateway: "10.11.0.1".parse()?,
             mtu: 1450,
             internal: true,
+            encrypted: false,
+            macvlan: None,
         }],
         peers: vec![],
         endpoints: vec![],
         services: vec![],
         ingress: None,
+        wg_port: 0,
+        key_epoch: 0,
     };
     let client = host.client().await?;
     let r = client.clone().sync_cluster(view.to_pb()).await?.into_inner();

@@ -60,8 +60,10 @@ fn view(node: &str, data_addr: &str, peer: (&str, &str)) -> NetView {
             gateway: ip4("10.255.0.1"),
             mtu: 1450,
             internal: false,
+            encrypted: false,
+            macvlan: None,
         }],
-        peers: vec![Peer { node: peer.0.into(), data_addr: ip4(peer.1) }],
+        peers: vec![Peer { node: peer.0.into(), data_addr: ip4(peer.1), wg_key: None, wg_key_prev: None }],
         endpoints: vec![OverlayEndpoint {
             id: "t2".into(),
             network: ING.into(),
@@ -88,6 +90,8 @@ fn view(node: &str, data_addr: &str, peer: (&str, &str)) -> NetView {
                 backends: vec![ip4("10.255.0.5")],
             }],
         }),
+        wg_port: 0,
+        key_epoch: 0,
     }
 }
 

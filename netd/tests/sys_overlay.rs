@@ -48,8 +48,10 @@ fn view(node: &str, data_addr: &str, peer: (&str, &str)) -> NetView {
             gateway: ip4("10.10.0.1"),
             mtu: 1450,
             internal: false,
+            encrypted: false,
+            macvlan: None,
         }],
-        peers: vec![Peer { node: peer.0.into(), data_addr: ip4(peer.1) }],
+        peers: vec![Peer { node: peer.0.into(), data_addr: ip4(peer.1), wg_key: None, wg_key_prev: None }],
         endpoints: vec![
             OverlayEndpoint {
                 id: "c1".into(),
@@ -68,6 +70,8 @@ fn view(node: &str, data_addr: &str, peer: (&str, &str)) -> NetView {
         ],
         services: vec![],
         ingress: None,
+        wg_port: 0,
+        key_epoch: 0,
     }
 }
 
@@ -430,8 +434,14 @@ fn many_entries_are_programmed_in_batches_and_changed_in_place() {
 
 async fn batches(dir: &Path) -> anyhow::Result<()> {
     let mut s = Sandboxes::new(sys::connect()?, dir);
-    let peers: Vec<Peer> =
-        (0..4).map(|p| Peer { node: format!("p{p}"), data_addr: Ipv4Addr::new(10, 99, 0, 10 + p) }).collect();
+    let peers: Vec<Peer> = (0..4)
+        .map(|p| Peer {
+            node: format!("p{p}"),
+            data_addr: Ipv4Addr::new(10, 99, 0, 10 + p),
+            wg_key: None,
+            wg_key_prev: None,
+        })
+        .collect();
     let ep = |i: u32, peer: u32| OverlayEndpoint {
         id: format!("t{i}"),
         network: NET.into(),

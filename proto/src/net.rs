@@ -133,6 +133,15 @@ pub struct NetView {
     /// leg there (task or not); `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressView>,
+    /// The UDP port every node's WireGuard socket listens on (encrypted
+    /// networks); 0 in a view from managers that predate them.
+    #[serde(default)]
+    pub wg_port: u16,
+    /// The cluster's key epoch: when it is past the one this node's
+    /// WireGuard keys were made for, netd rotates them
+    /// (`network rotate-keys`, or the periodic rotation).
+    #[serde(default)]
+    pub key_epoch: u64,
 }
 
 /// The routing mesh as one node programs it (`NetView.ingress`). The
@@ -204,6 +213,25 @@ pub struct OverlayNetwork {
     pub mtu: u32,
     /// No traffic in or out of the network but between its endpoints.
     pub internal: bool,
+    /// Traffic between hosts goes over WireGuard (netd's `wg`), never as
+    /// VXLAN: the sandbox routes remote endpoints into a TUN.
+    #[serde(default)]
+    pub encrypted: bool,
+    /// A macvlan network: endpoints are macvlan links on this node's
+    /// parent interface, not veths into a sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macvlan: Option<MacvlanView>,
+}
+
+/// A macvlan network as one node programs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacvlanView {
+    /// The parent interface on this node (the node label
+    /// `shoal.net.<network>.parent`, else the network's `-o parent`).
+    pub parent: String,
+    /// `-o host-access=true`: the host reaches its own macvlan endpoints
+    /// through a shim macvlan of its own.
+    pub host_access: bool,
 }
 
 /// Another node on at least one of this node's overlay networks.
@@ -211,6 +239,68 @@ pub struct OverlayNetwork {
 pub struct Peer {
     pub node: String,
     pub data_addr: Ipv4Addr,
+    /// Its WireGuard public key (encrypted networks); `None` from a node
+    /// that has not said one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wg_key: Option<WgKey>,
+    /// Its previous key while it rotates: its sessions under that key stay
+    /// until the new one has handshaken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wg_key_prev: Option<WgKey>,
+}
+
+/// A WireGuard public key (X25519, 32 bytes), base64 as `wg` prints it.
+/// Only public keys travel; a node's private key never leaves its netd.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WgKey(pub [u8; 32]);
+
+impl WgKey {
+    /// A key off the wire: exactly 32 bytes, or none when empty.
+    pub fn from_bytes(b: &[u8]) -> Result<Option<WgKey>, String> {
+        match b.len() {
+            0 => Ok(None),
+            32 => Ok(Some(WgKey(b.try_into().expect("32 bytes")))),
+            n => Err(format!("a WireGuard key is 32 bytes, not {n}")),
+        }
+    }
+}
+
+impl fmt::Display for WgKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use base64::Engine;
+        f.write_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
+    }
+}
+
+impl fmt::Debug for WgKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WgKey({self})")
+    }
+}
+
+impl FromStr for WgKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<WgKey, String> {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|_| format!("invalid WireGuard key {s:?}: not base64"))?;
+        WgKey::from_bytes(&b)?.ok_or_else(|| format!("invalid WireGuard key {s:?}: empty"))
+    }
+}
+
+impl TryFrom<String> for WgKey {
+    type Error = String;
+    fn try_from(s: String) -> Result<WgKey, String> {
+        s.parse()
+    }
+}
+
+impl From<WgKey> for String {
+    fn from(k: WgKey) -> String {
+        k.to_string()
+    }
 }
 
 /// A task's or container's address on an overlay network, and where it lives.
@@ -268,12 +358,22 @@ impl NetView {
                     gateway: n.gateway.to_string(),
                     mtu: n.mtu,
                     internal: n.internal,
+                    encrypted: n.encrypted,
+                    macvlan: n
+                        .macvlan
+                        .as_ref()
+                        .map(|m| crate::pb::MacvlanView { parent: m.parent.clone(), host_access: m.host_access }),
                 })
                 .collect(),
             peers: self
                 .peers
                 .iter()
-                .map(|p| crate::pb::OverlayPeer { node: p.node.clone(), data_addr: p.data_addr.to_string() })
+                .map(|p| crate::pb::OverlayPeer {
+                    node: p.node.clone(),
+                    data_addr: p.data_addr.to_string(),
+                    wg_key: p.wg_key.map(|k| k.0.to_vec()).unwrap_or_default(),
+                    wg_key_prev: p.wg_key_prev.map(|k| k.0.to_vec()).unwrap_or_default(),
+                })
                 .collect(),
             endpoints: self
                 .endpoints
@@ -327,6 +427,8 @@ impl NetView {
                     })
                     .collect(),
             }),
+            wg_port: self.wg_port.into(),
+            key_epoch: self.key_epoch,
         }
     }
 
@@ -367,6 +469,12 @@ impl NetView {
                 gateway: addr(&what, &n.gateway)?,
                 mtu: n.mtu,
                 internal: n.internal,
+                encrypted: n.encrypted,
+                macvlan: match &n.macvlan {
+                    None => None,
+                    Some(m) if m.parent.is_empty() => return Err(format!("{what}: a macvlan network needs a parent")),
+                    Some(m) => Some(MacvlanView { parent: m.parent.clone(), host_access: m.host_access }),
+                },
             });
         }
         Ok(NetView {
@@ -377,7 +485,13 @@ impl NetView {
                 .peers
                 .iter()
                 .map(|p| {
-                    Ok(Peer { node: p.node.clone(), data_addr: addr(&format!("peer {:?}", p.node), &p.data_addr)? })
+                    let what = format!("peer {:?}", p.node);
+                    Ok(Peer {
+                        node: p.node.clone(),
+                        data_addr: addr(&what, &p.data_addr)?,
+                        wg_key: WgKey::from_bytes(&p.wg_key).map_err(|e| format!("{what}: {e}"))?,
+                        wg_key_prev: WgKey::from_bytes(&p.wg_key_prev).map_err(|e| format!("{what}: {e}"))?,
+                    })
                 })
                 .collect::<Result<_, String>>()?,
             endpoints: v
@@ -413,6 +527,8 @@ impl NetView {
                 })
                 .collect::<Result<_, String>>()?,
             ingress: v.ingress.as_ref().map(ingress_from_pb).transpose()?,
+            wg_port: u16::try_from(v.wg_port).map_err(|_| format!("WireGuard port {} is out of range", v.wg_port))?,
+            key_epoch: v.key_epoch,
         })
     }
 }
@@ -609,6 +725,18 @@ mod tests {
     }
 
     #[test]
+    fn wireguard_keys_print_as_wg_does_and_refuse_what_is_not_one() {
+        let k = WgKey([0xab; 32]);
+        let text = k.to_string();
+        assert_eq!(text.len(), 44, "base64 of 32 bytes");
+        assert_eq!(text.parse::<WgKey>(), Ok(k));
+        assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{text}\""));
+        assert!("not base64!".parse::<WgKey>().unwrap_err().contains("not base64"));
+        assert!("AAAA".parse::<WgKey>().unwrap_err().contains("32 bytes, not 3"));
+        assert_eq!(WgKey::from_bytes(&[]), Ok(None));
+    }
+
+    #[test]
     fn macs_follow_the_address() {
         assert_eq!(mac_for("172.18.0.2".parse().unwrap()), [0x02, 0x42, 172, 18, 0, 2]);
         assert_eq!(mac_for("10.0.9.255".parse().unwrap()), [0x02, 0x42, 10, 0, 9, 255]);
@@ -628,8 +756,15 @@ mod tests {
                 gateway: "10.10.0.1".parse().unwrap(),
                 mtu: 1450,
                 internal: false,
+                encrypted: true,
+                macvlan: None,
             }],
-            peers: vec![Peer { node: "n2".into(), data_addr: "10.98.0.12".parse().unwrap() }],
+            peers: vec![Peer {
+                node: "n2".into(),
+                data_addr: "10.98.0.12".parse().unwrap(),
+                wg_key: Some(WgKey([7; 32])),
+                wg_key_prev: Some(WgKey([9; 32])),
+            }],
             endpoints: vec![OverlayEndpoint {
                 id: "t1".into(),
                 network: "abcdef012345".into(),
@@ -663,6 +798,8 @@ mod tests {
                     backends: vec!["10.255.0.4".parse().unwrap()],
                 }],
             }),
+            wg_port: 51820,
+            key_epoch: 3,
         };
         let back: NetView = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
         assert_eq!(back, v);
@@ -680,6 +817,11 @@ mod tests {
         assert!(refused(|p| p.networks[0].subnet = "10.10.0.0".into()).contains("ADDRESS/PREFIX"));
         assert!(refused(|p| p.networks[0].subnet = "10.10.0.0/40".into()).contains("prefix"));
         assert!(refused(|p| p.peers[0].data_addr = "10.98.0".into()).contains("peer \"n2\""));
+        assert!(refused(|p| p.peers[0].wg_key = vec![1; 31]).contains("32 bytes, not 31"));
+        assert!(refused(|p| p.wg_port = 70000).contains("WireGuard port"));
+        assert!(
+            refused(|p| p.networks[0].macvlan = Some(crate::pb::MacvlanView::default())).contains("needs a parent")
+        );
         assert!(refused(|p| p.endpoints[0].addr = String::new()).contains("endpoint \"t1\""));
         assert!(refused(|p| p.services[0].vip = "10.10".into()).contains("service \"web\""));
         assert!(refused(|p| p.services[0].mode = "rr".into()).contains("invalid endpoint mode"));
