@@ -107,6 +107,12 @@ impl Control for LocalControl {
     async fn remove_network(&self, req: Request<pb::ClusterNetworkRef>) -> Result<Response<pb::Empty>, Status> {
         self.service()?.remove_network(req).await
     }
+    async fn rotate_network_keys(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::RotateNetworkKeysResponse>, Status> {
+        self.service()?.rotate_network_keys(req).await
+    }
     type ServiceLogsStream = <ControlService as Control>::ServiceLogsStream;
     async fn service_logs(
         &self,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
-use shoal_proto::network::{MTU_OPTION, Network, NetworkSpec, VXLANID_OPTION};
+use shoal_proto::network::{ENCRYPTED_OPTION, MTU_OPTION, Network, NetworkSpec, VXLANID_OPTION};
 use shoal_proto::pb;
 use tonic::Code;
 
@@ -83,6 +83,9 @@ pub enum NetworkCmd {
         network: String,
         container: String,
     },
+    /// Give every node a new WireGuard key for the encrypted overlays, with
+    /// no interruption (also done every 30 days); on a manager.
+    RotateKeys,
     /// Remove user networks no container uses.
     Prune {
         /// Do not prompt for confirmation.
@@ -138,10 +141,11 @@ fn overlay_spec(
                 // --mtu wins, as for bridge networks.
                 spec.mtu = Some(mtu.unwrap_or(m));
             }
-            _ if o == "encrypted" || o.starts_with("encrypted=") => {
-                bail!("encrypted overlay networks are not supported yet")
-            }
-            _ => bail!("unknown overlay network option {o:?}: use mtu=N (or {MTU_OPTION}=N)"),
+            None if o == ENCRYPTED_OPTION => spec.encrypted = true,
+            Some((ENCRYPTED_OPTION, "" | "true")) => spec.encrypted = true,
+            Some((ENCRYPTED_OPTION, "false")) => spec.encrypted = false,
+            Some((ENCRYPTED_OPTION, v)) => bail!("invalid encrypted={v:?}: use --opt encrypted"),
+            _ => bail!("unknown overlay network option {o:?}: use mtu=N (or {MTU_OPTION}=N) or encrypted"),
         }
     }
     spec.validate().map_err(anyhow::Error::msg)?;
@@ -169,6 +173,9 @@ fn cluster_doc(n: &Network) -> serde_json::Value {
     }
     if let Some(m) = n.spec.mtu {
         options.insert(MTU_OPTION.to_string(), m.to_string());
+    }
+    if n.spec.encrypted {
+        options.insert(ENCRYPTED_OPTION.to_string(), String::new());
     }
     let configs: Vec<serde_json::Value> = if config.is_empty() { Vec::new() } else { vec![config.into()] };
     serde_json::json!({"Name": n.spec.name, "Id": n.id, "Created": shoal_proto::model::rfc3339(n.meta.created_ms),
@@ -397,6 +404,10 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
         NetworkCmd::Prune { force } => {
             crate::system::prune(engine, crate::system::Kind::Network, false, *force).await?
         }
+        NetworkCmd::RotateKeys => {
+            let r = client::control(cli).await?.rotate_network_keys(pb::Empty {}).await?.into_inner();
+            println!("WireGuard keys rotating (key epoch {}): each node switches with no interruption", r.key_epoch);
+        }
     }
     Ok(())
 }
@@ -420,10 +431,13 @@ mod tests {
         assert_eq!(s.labels.get("flag").map(String::as_str), Some(""));
         assert_eq!(spec(&["mtu=1300"], None).expect("spec").mtu, Some(1300));
         assert_eq!(spec(&["mtu=1300"], Some(1200)).expect("spec").mtu, Some(1200), "--mtu wins");
+        for (opts, encrypted) in [(&["encrypted"][..], true), (&["encrypted="], true), (&["encrypted=false"], false)] {
+            assert_eq!(spec(opts, None).expect("spec").encrypted, encrypted, "{opts:?}");
+        }
         for (opts, why) in [
             (&["icc=false"][..], "unknown overlay network option"),
             (&["mtu=big"][..], "invalid mtu"),
-            (&["encrypted"][..], "not supported yet"),
+            (&["encrypted=yes"][..], "use --opt encrypted"),
             (&["mtu=10"][..], "out of range"),
         ] {
             let e = spec(opts, None).expect_err("refused").to_string();

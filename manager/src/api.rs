@@ -511,6 +511,21 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::Empty {}))
     }
 
+    /// Moves the key epoch: each node's netd makes a new WireGuard key when
+    /// its next view says so, and keeps the old one until its peers have
+    /// handshaken with the new (no interruption).
+    #[tracing::instrument(skip_all)]
+    async fn rotate_network_keys(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::RotateNetworkKeysResponse>, Status> {
+        let caller = self.authorize(&req)?;
+        let _ = route!(self, req, caller, ControlClient, rotate_network_keys);
+        self.mgr.write(Command::RotateNetworkKeys).await?;
+        let key_epoch = self.mgr.store.read().cluster.as_ref().map_or(0, |c| c.net.key_epoch);
+        Ok(Response::new(pb::RotateNetworkKeysResponse { key_epoch }))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         let caller = self.authorize(&req)?;

@@ -46,7 +46,38 @@ pub trait Proposer: Send + Sync + 'static {
 pub fn start<P: Proposer>(p: Arc<P>, dispatcher: Dispatcher, token: CancellationToken) {
     tokio::spawn(dispatch(dispatcher, p.clone(), token.clone()));
     tokio::spawn(orchestrate(p.clone(), token.clone()));
-    tokio::spawn(allocate(p, token));
+    tokio::spawn(allocate(p.clone(), token.clone()));
+    tokio::spawn(rotate_keys(p, token));
+}
+
+/// Leader-only: moves the key epoch once `key_rotation_secs` have passed
+/// since it last moved (or since the cluster was made), so every node's
+/// netd makes a new WireGuard key (`network rotate-keys` does it at once).
+pub async fn rotate_keys<P: Proposer>(p: Arc<P>, token: CancellationToken) {
+    let mut tick = tokio::time::interval(KEY_CHECK);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !keys_due(&p.store().read(), now_ms()) {
+            continue;
+        }
+        tracing::info!("the WireGuard key rotation period has passed: rotating every node's key");
+        if let Err(e) = p.propose(Command::RotateNetworkKeys).await {
+            tracing::warn!(error = %e, "rotating the WireGuard keys; trying again later");
+        }
+    }
+}
+
+/// How often the leader looks whether the keys are due.
+const KEY_CHECK: Duration = Duration::from_secs(60);
+
+/// Whether the period of the automatic key rotation has passed at `now_ms`.
+pub fn keys_due(state: &State, now_ms: u64) -> bool {
+    let Some(c) = &state.cluster else { return false };
+    let since = if c.net.key_rotated_ms == 0 { c.meta.created_ms } else { c.net.key_rotated_ms };
+    c.net.key_rotation_secs > 0 && now_ms.saturating_sub(since) >= c.net.key_rotation_secs.saturating_mul(1000)
 }
 
 /// Leader-only: runs `plan` after every change of the state (and every
@@ -313,6 +344,23 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         false
+    }
+
+    #[test]
+    fn keys_are_due_once_a_period_has_passed_since_the_last_rotation() {
+        let mut s = State::default();
+        assert!(!keys_due(&s, u64::MAX), "no cluster, no keys");
+        let mut c = crate::state::tests::cluster();
+        c.meta.created_ms = 1_000;
+        c.net.key_rotation_secs = 10;
+        s.cluster = Some(c);
+        assert!(!keys_due(&s, 10_999));
+        assert!(keys_due(&s, 11_000));
+        s.cluster.as_mut().expect("cluster").net.key_rotated_ms = 20_000;
+        assert!(!keys_due(&s, 29_999));
+        assert!(keys_due(&s, 30_000));
+        s.cluster.as_mut().expect("cluster").net.key_rotation_secs = 0;
+        assert!(!keys_due(&s, u64::MAX), "0 turns it off");
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt as _};
 use openraft::async_runtime::WatchReceiver as _;
 use shoal_proto::model::{NodeDescription, NodeState, NodeStatus, Role};
+use shoal_proto::network::NodeKeys;
 use shoal_proto::pb;
 use shoal_proto::probe::Outcome;
 use shoal_proto::tls::Identity;
@@ -150,6 +151,9 @@ impl DispatcherService {
                         }
                         Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::ViewApplied(v)) })) => {
                             d.view_applied(&node_id, v.version);
+                            if let Some(k) = &v.keys {
+                                save_keys(&mgr, &node_id, k);
+                            }
                             false
                         }
                         Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Goodbye(_)) })) => {
@@ -283,6 +287,30 @@ fn hex(b: &[u8]) -> String {
 /// advertise address's host unless it gives one) and its own subnets. What
 /// does not parse is left out, with a warning: the node's description is
 /// still worth keeping.
+/// Writes the WireGuard keys a node's netd says it has, when they are not
+/// what the state holds (its peers learn them from their next views).
+fn save_keys(mgr: &Arc<Manager>, node_id: &str, k: &pb::NodeKeys) {
+    let keys = match NodeKeys::from_pb(k) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "a node said WireGuard keys that do not parse; ignored");
+            return;
+        }
+    };
+    if mgr.store.read().nodes.get(node_id).is_none_or(|n| n.description.net.keys() == keys) {
+        return;
+    }
+    let (mgr, id) = (mgr.clone(), node_id.to_string());
+    tokio::spawn(
+        async move {
+            if let Err(e) = mgr.write(Command::NodeKeys { id, keys }).await {
+                tracing::warn!(error = %e, "saving a node's WireGuard keys");
+            }
+        }
+        .in_current_span(),
+    );
+}
+
 fn node_net(advertise: &str, data_addr: &str, subnets: &[String]) -> shoal_proto::network::NodeNet {
     let host = |a: &str| a.rsplit_once(':').map_or(a, |(h, _)| h).parse::<std::net::Ipv4Addr>().ok();
     let data_addr = if data_addr.is_empty() { host(advertise) } else { data_addr.parse().ok() };

@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::model::{Availability, Cluster, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
-use shoal_proto::network::{Attachment, Network, NetworkSpec};
+use shoal_proto::network::{Attachment, Network, NetworkSpec, NodeKeys};
 
 use crate::networks::{AllocChange, Held};
 use shoal_proto::service::{RegistryAuth, Service, ServiceSpec, Task, TaskState, TaskStatus, UpdateState};
@@ -105,6 +105,17 @@ pub enum Command {
         role: Role,
         secret: String,
     },
+    /// From the dispatcher, for the node whose session said them: its
+    /// netd's WireGuard public keys after a view (a removed node's late
+    /// word is dropped).
+    NodeKeys {
+        id: String,
+        keys: NodeKeys,
+    },
+    /// `network rotate-keys`, or the leader once the rotation period has
+    /// passed: the key epoch moves, and every node's netd makes a new key
+    /// when its view says so.
+    RotateNetworkKeys,
     /// Give a node a Raft id before it joins Raft: the id is this entry's log
     /// index, so ids are unique forever. A node that already has one keeps it.
     AssignRaftId {
@@ -247,6 +258,8 @@ impl Command {
             Command::NodeStatus { .. } => "node-status",
             Command::RemoveNode { .. } => "remove-node",
             Command::RotateToken { .. } => "rotate-token",
+            Command::NodeKeys { .. } => "node-keys",
+            Command::RotateNetworkKeys => "rotate-network-keys",
             Command::AssignRaftId { .. } => "assign-raft-id",
             Command::ForceNewCluster { .. } => "force-new-cluster",
             Command::CreateService { .. } => "create-service",
@@ -398,7 +411,11 @@ impl State {
                     let Some(node) = self.nodes.get_mut(&u.id) else { continue };
                     node.status = u.status.clone();
                     if let Some(d) = &u.description {
+                        // The keys are said after each view, not in the
+                        // description a session starts with: they stay.
+                        let keys = node.description.net.keys();
                         node.description = d.clone();
+                        node.description.net.set_keys(keys);
                     }
                     stamp(&mut node.meta, index, at, false);
                     keys.push(ObjKey::Node(u.id.clone()));
@@ -420,6 +437,22 @@ impl State {
                     Role::Worker => cluster.worker_secret = secret.clone(),
                     Role::Manager => cluster.manager_secret = secret.clone(),
                 }
+                stamp(&mut cluster.meta, index, at, false);
+                (Response::Ok, vec![ObjKey::Cluster])
+            }
+            Command::NodeKeys { id, keys } => {
+                let Some(node) = self.nodes.get_mut(id) else { return (Response::Ok, vec![]) };
+                if node.description.net.keys() == *keys {
+                    return (Response::Ok, vec![]);
+                }
+                node.description.net.set_keys(keys.clone());
+                stamp(&mut node.meta, index, at, false);
+                (Response::Ok, vec![ObjKey::Node(id.clone())])
+            }
+            Command::RotateNetworkKeys => {
+                let Some(cluster) = self.cluster.as_mut() else { return reject("the cluster is not initialized") };
+                cluster.net.key_epoch += 1;
+                cluster.net.key_rotated_ms = at;
                 stamp(&mut cluster.meta, index, at, false);
                 (Response::Ok, vec![ObjKey::Cluster])
             }
@@ -780,7 +813,7 @@ fn stamp(meta: &mut shoal_proto::model::Meta, index: u64, at: u64, created: bool
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use shoal_proto::model::{Availability, Meta, RootCa};
 
@@ -796,9 +829,9 @@ mod tests {
         }
     }
 
-    fn booted() -> State {
-        let mut s = State::default();
-        let cluster = Cluster {
+    /// A cluster as `swarm init` makes it, with made-up secrets.
+    pub(crate) fn cluster() -> Cluster {
+        Cluster {
             id: "c1".into(),
             root_ca: RootCa { cert_pem: "cert".into(), key_pem: "key".into() },
             worker_secret: "w".into(),
@@ -806,7 +839,12 @@ mod tests {
             node_cert_ttl_secs: 0,
             net: Default::default(),
             meta: Meta::default(),
-        };
+        }
+    }
+
+    fn booted() -> State {
+        let mut s = State::default();
+        let cluster = cluster();
         let mut first = node("n1", Role::Manager);
         first.raft_id = 1;
         let (r, keys) = s.apply(1, &Request { at_ms: 10, cmd: Command::Bootstrap { cluster, node: first } });
@@ -817,6 +855,36 @@ mod tests {
 
     fn req(cmd: Command) -> Request {
         Request { at_ms: 20, cmd }
+    }
+
+    #[test]
+    fn node_keys_are_kept_across_new_descriptions_and_the_epoch_moves_on_rotation() {
+        use shoal_proto::net::WgKey;
+        let mut s = booted();
+        let keys = NodeKeys { wg_key: Some(WgKey([1; 32])), wg_key_prev: None, key_epoch: 0 };
+        let set = |keys: &NodeKeys| req(Command::NodeKeys { id: "n1".into(), keys: keys.clone() });
+        assert_eq!(s.apply(2, &set(&keys)), (Response::Ok, vec![ObjKey::Node("n1".into())]));
+        assert_eq!(s.apply(3, &set(&keys)), (Response::Ok, vec![]), "the same keys change nothing");
+        // A session starts again: the new description has no keys, the old ones stay.
+        let update = NodeStatusUpdate {
+            id: "n1".into(),
+            status: NodeStatus::default(),
+            description: Some(NodeDescription { hostname: "renamed".into(), ..Default::default() }),
+        };
+        s.apply(4, &req(Command::NodeStatus { updates: vec![update] }));
+        assert_eq!(
+            (s.nodes["n1"].description.hostname.as_str(), s.nodes["n1"].description.net.keys()),
+            ("renamed", keys)
+        );
+        // A removed node's late keys do not bring it back.
+        let late = req(Command::NodeKeys { id: "gone".into(), keys: NodeKeys::default() });
+        assert_eq!(s.apply(5, &late), (Response::Ok, vec![]));
+        assert!(!s.nodes.contains_key("gone"));
+        assert_eq!(s.apply(6, &req(Command::RotateNetworkKeys)), (Response::Ok, vec![ObjKey::Cluster]));
+        let net = &s.cluster.as_ref().expect("cluster").net;
+        assert_eq!((net.key_epoch, net.key_rotated_ms), (1, 20));
+        let (r, _) = State::default().apply(1, &req(Command::RotateNetworkKeys));
+        assert!(matches!(r, Response::Rejected(why) if why.contains("not initialized")));
     }
 
     #[test]

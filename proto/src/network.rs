@@ -27,6 +27,8 @@ pub const DEFAULT_OVERLAY_MTU: u32 = 1450;
 pub const INGRESS_NAME: &str = "ingress";
 /// Docker's driver option for the MTU (`-o com.docker.network.driver.mtu=N`).
 pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+/// Docker's option of an encrypted overlay (`--opt encrypted`).
+pub const ENCRYPTED_OPTION: &str = "encrypted";
 /// Docker's driver option that `network inspect` shows the VNI under.
 pub const VXLANID_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
 
@@ -470,6 +472,43 @@ pub struct NodeNet {
     /// their subnets.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub interfaces: BTreeMap<String, Vec<Subnet>>,
+}
+
+/// A node's WireGuard public keys and the key epoch they were made for, as
+/// its netd says them after a view (`NodeNet`'s key fields).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeKeys {
+    pub wg_key: Option<crate::net::WgKey>,
+    pub wg_key_prev: Option<crate::net::WgKey>,
+    pub key_epoch: u64,
+}
+
+impl NodeKeys {
+    pub fn from_pb(k: &crate::pb::NodeKeys) -> Result<NodeKeys, String> {
+        Ok(NodeKeys {
+            wg_key: crate::net::WgKey::from_bytes(&k.wg_key)?,
+            wg_key_prev: crate::net::WgKey::from_bytes(&k.wg_key_prev)?,
+            key_epoch: k.key_epoch,
+        })
+    }
+
+    pub fn to_pb(&self) -> crate::pb::NodeKeys {
+        crate::pb::NodeKeys {
+            wg_key: self.wg_key.map(|k| k.0.to_vec()).unwrap_or_default(),
+            wg_key_prev: self.wg_key_prev.map(|k| k.0.to_vec()).unwrap_or_default(),
+            key_epoch: self.key_epoch,
+        }
+    }
+}
+
+impl NodeNet {
+    pub fn keys(&self) -> NodeKeys {
+        NodeKeys { wg_key: self.wg_key, wg_key_prev: self.wg_key_prev, key_epoch: self.key_epoch }
+    }
+
+    pub fn set_keys(&mut self, k: NodeKeys) {
+        (self.wg_key, self.wg_key_prev, self.key_epoch) = (k.wg_key, k.wg_key_prev, k.key_epoch);
+    }
 }
 
 #[cfg(test)]
