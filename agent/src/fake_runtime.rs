@@ -10,13 +10,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shoal_engine::network::NetworkError;
+use shoal_engine::network::{ClusterSynced, NetworkError};
 use shoal_engine::registry::{Credentials, RegistryError};
 use shoal_engine::runtime::contract::{Runtime, TaskContainer};
 use shoal_engine::runtime::health::HealthStatus;
 use shoal_engine::runtime::{ContainerError, RunRequest, Status};
 use shoal_proto::model::now_ms;
-use shoal_proto::net::NetView;
+use shoal_proto::net::{NetView, WgKey};
+use shoal_proto::network::NodeKeys;
 
 #[derive(Default)]
 struct State {
@@ -199,7 +200,7 @@ impl Runtime for FakeRuntime {
             .unwrap_or(Status::Dead { message: "no such container".into() })
     }
 
-    fn sync_cluster(&self, view: &NetView) -> Result<Vec<String>, NetworkError> {
+    fn sync_cluster(&self, view: &NetView) -> Result<ClusterSynced, NetworkError> {
         let delay = self.lock().netd_delay;
         if !delay.is_zero() {
             std::thread::sleep(delay); // a slow netd (a worker pass's thread)
@@ -211,6 +212,12 @@ impl Runtime for FakeRuntime {
         g.calls.push(format!("view {}", view.networks.len()));
         g.views.push(view.clone());
         g.views_at.push(Instant::now());
-        Ok(vec![])
+        // A netd whose key follows the view's epoch, as a real one's does.
+        let keys = NodeKeys {
+            wg_key: Some(WgKey([view.key_epoch as u8 + 1; 32])),
+            wg_key_prev: None,
+            key_epoch: view.key_epoch,
+        };
+        Ok(ClusterSynced { errors: vec![], keys: Some(keys) })
     }
 }

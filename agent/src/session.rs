@@ -179,8 +179,8 @@ async fn one_session(
             _ = outbox_ready(cfg.worker.as_deref()) => {
                 let reports = cfg.worker.as_ref().map(|w| w.take_reports()).unwrap_or_default();
                 let mut out = Vec::new();
-                if let Some(version) = cfg.worker.as_ref().and_then(|w| w.take_view_applied()) {
-                    out.push(pb::AgentMessage { msg: Some(pb::agent_message::Msg::ViewApplied(pb::ViewApplied { version, keys: None })) });
+                if let Some(applied) = cfg.worker.as_ref().and_then(|w| w.take_view_applied()) {
+                    out.push(pb::AgentMessage { msg: Some(pb::agent_message::Msg::ViewApplied(applied)) });
                 }
                 if !reports.is_empty() {
                     running_reported(&reports);

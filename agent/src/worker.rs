@@ -33,13 +33,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use shoal_engine::images::ImageStore;
-use shoal_engine::network::Attachment;
+use shoal_engine::network::{Attachment, ClusterSynced};
 use shoal_engine::registry::{Credentials, Registries, RegistryError};
 use shoal_engine::runtime::contract::{EngineRuntime, Runtime, TaskContainer};
 use shoal_engine::runtime::health::HealthStatus;
 use shoal_engine::runtime::request::RequestedMount;
 use shoal_engine::runtime::{ContainerError, Containers, RunRequest, Status};
 use shoal_proto::net::{NetView, PortMap, Proto};
+use shoal_proto::network::NodeKeys;
 
 /// How many containers a node with `cores` CPUs starts at once. A start
 /// waits about as long as it computes (on netd's attach, the shim's spawn,
@@ -192,6 +193,10 @@ struct NetSync {
     /// one the session told the managers of (`take_view_applied`).
     applied: u64,
     told: u64,
+    /// netd's WireGuard keys after the last view it took, and the ones the
+    /// session told the managers of.
+    keys: Option<NodeKeys>,
+    keys_told: Option<NodeKeys>,
     taken: Option<(u64, std::time::Instant)>,
     /// The networks of the last view netd took.
     taken_networks: BTreeSet<String>,
@@ -350,7 +355,7 @@ impl Worker {
             (view, net.version, net.numbered, net.taken.is_none_or(|(v, _)| v != net.version))
         };
         match self.runtime.sync_cluster(&view) {
-            Ok(errors) => {
+            Ok(ClusterSynced { errors, keys }) => {
                 for e in &errors {
                     tracing::warn!(error = %e, "netd could not carry out a step of the network view");
                 }
@@ -364,8 +369,11 @@ impl Worker {
                 let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
                 net.taken = Some((version, std::time::Instant::now()));
                 net.taken_networks = view.networks.iter().map(|n| n.id.clone()).collect();
-                let tell = numbered != 0 && numbered != net.applied;
+                let tell = (numbered != 0 && numbered != net.applied) || (keys.is_some() && keys != net.keys_told);
                 net.applied = numbered;
+                if keys.is_some() {
+                    net.keys = keys;
+                }
                 let networks = net.taken_networks.clone();
                 drop(net);
                 if tell {
@@ -394,13 +402,17 @@ impl Worker {
 
     /// The managers' number of the view netd applied, once per view (the
     /// session tells the managers: `ViewApplied`).
-    pub fn take_view_applied(&self) -> Option<u64> {
+    pub fn take_view_applied(&self) -> Option<pb::ViewApplied> {
         let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
-        if net.applied == 0 || net.applied == net.told {
+        let new_keys = net.keys.is_some() && net.keys != net.keys_told;
+        if (net.applied == 0 || net.applied == net.told) && !new_keys {
             return None;
         }
-        net.told = net.applied;
-        Some(net.applied)
+        (net.told, net.keys_told) = (net.applied, net.keys.clone());
+        Some(pb::ViewApplied {
+            version: net.applied,
+            keys: net.keys.as_ref().filter(|_| new_keys).map(NodeKeys::to_pb),
+        })
     }
 
     /// Takes the reports to send.

@@ -211,7 +211,10 @@ async fn the_network_view_reaches_netd_before_a_task_on_it_starts() -> anyhow::R
     let calls = fake.calls();
     let (view, run_a) = (calls.iter().position(|c| c == "view 1"), calls.iter().position(|c| c == "run a"));
     assert!(view.is_some() && view < run_a, "{calls:?}");
-    assert_eq!(w.take_view_applied(), Some(7));
+    let applied = w.take_view_applied().context("view 7 applied")?;
+    assert_eq!(applied.version, 7);
+    let keys = applied.keys.context("netd's keys go with the first view")?;
+    assert_eq!((keys.wg_key, keys.key_epoch), (vec![1; 32], 0));
     assert_eq!(w.take_view_applied(), None, "told once");
     let req = fake.requests().into_iter().find(|r| r.task_id == "a").context("a's request")?;
     let attached: Vec<(String, String, Vec<String>)> =
@@ -230,7 +233,24 @@ async fn the_network_view_reaches_netd_before_a_task_on_it_starts() -> anyhow::R
     assert_eq!(fake.views().last().map(|v| v.networks.len()), Some(2));
     // Taken once: not handed again on every pass.
     assert_eq!(calls.iter().filter(|c| *c == "view 2").count(), 1, "{calls:?}");
-    assert_eq!(w.take_view_applied(), Some(8));
+    assert_eq!(w.take_view_applied().map(|a| (a.version, a.keys)), Some((8, None)), "the same keys are not said again");
+
+    // A view past the keys' epoch: netd rotates, and the new keys are said.
+    let mut rotated = net_view(&["net1", "net2"]);
+    rotated.key_epoch = 1;
+    w.set_net_view(rotated, 9);
+    wait_for(&w, &mut reports, within, "view 9 taken", |_| fake.views().last().is_some_and(|v| v.key_epoch == 1))
+        .await?;
+    let applied = tokio::time::timeout(within, async {
+        loop {
+            if let Some(a) = w.take_view_applied() {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    assert_eq!((applied.version, applied.keys.map(|k| (k.wg_key, k.key_epoch))), (9, Some((vec![2; 32], 1))));
 
     cancel.cancel();
     run.await?;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::net::{PortMap, port_string};
+use shoal_proto::network::NodeKeys;
 use shoal_proto::pb;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,16 @@ pub trait ClusterNetworks: Send + Sync {
     /// Gives a lease back (the container left the network or is gone). It
     /// may return before the cluster heard; failures are the node's to log.
     fn detach(&self, lease: &str);
+}
+
+/// What netd said of a network view it took.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterSynced {
+    /// The steps of the view netd could not carry out, with why.
+    pub errors: Vec<String>,
+    /// netd's WireGuard public keys after the view (`None` from a netd
+    /// without encrypted networks' support).
+    pub keys: Option<NodeKeys>,
 }
 
 /// A container's place on a cluster network, as the cluster gave it.
@@ -216,9 +227,14 @@ impl Networks {
 
     /// Hands netd the node's view of its cluster networks (`SyncCluster`,
     /// blocking); returns the overlay steps netd could not carry out.
-    pub fn sync_cluster(&self, view: &shoal_proto::net::NetView) -> Result<Vec<String>, NetworkError> {
+    pub fn sync_cluster(&self, view: &shoal_proto::net::NetView) -> Result<ClusterSynced, NetworkError> {
         let req = view.to_pb();
-        self.call(async move |c| c.sync_cluster(req).await.map(|r| r.into_inner().errors))
+        let r = self.call(async move |c| c.sync_cluster(req).await.map(|r| r.into_inner()))?;
+        let keys = match r.keys.as_ref().map(NodeKeys::from_pb).transpose() {
+            Ok(k) => k,
+            Err(e) => return Err(NetworkError::Refused(format!("netd said WireGuard keys that do not parse: {e}"))),
+        };
+        Ok(ClusterSynced { errors: r.errors, keys })
     }
 
     /// Hands netd every container's attachments (`(id, name, attachments)`);

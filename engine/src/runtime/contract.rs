@@ -13,7 +13,7 @@ use std::time::Duration;
 use shoal_proto::net::NetView;
 
 use crate::images::ImageStore;
-use crate::network::NetworkError;
+use crate::network::{ClusterSynced, NetworkError};
 use crate::registry::{Credentials, Registries, RegistryError};
 use crate::runtime::health::HealthStatus;
 use crate::runtime::{Container, ContainerError, Containers, RunRequest, Status};
@@ -68,8 +68,8 @@ pub trait Runtime: Send + Sync {
     fn status_of(&self, id: &str) -> Status;
     /// Hands the node's network view to netd (which makes the cluster
     /// networks' sandboxes a task's container attaches into); returns the
-    /// steps netd could not carry out.
-    fn sync_cluster(&self, view: &NetView) -> Result<Vec<String>, NetworkError>;
+    /// steps netd could not carry out and its WireGuard keys.
+    fn sync_cluster(&self, view: &NetView) -> Result<ClusterSynced, NetworkError>;
 }
 
 /// The engine as the worker's runtime.
@@ -131,7 +131,7 @@ impl Runtime for EngineRuntime {
         self.containers.status_of(id)
     }
 
-    fn sync_cluster(&self, view: &NetView) -> Result<Vec<String>, NetworkError> {
+    fn sync_cluster(&self, view: &NetView) -> Result<ClusterSynced, NetworkError> {
         let nets = self
             .containers
             .networks()
