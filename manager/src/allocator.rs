@@ -36,7 +36,8 @@ use std::net::Ipv4Addr;
 use shoal_proto::model::NodeState;
 use shoal_proto::net::Subnet;
 use shoal_proto::network::{
-    ClusterNet, DEFAULT_OVERLAY_MTU, EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc,
+    ClusterNet, DEFAULT_ENCRYPTED_MTU, DEFAULT_OVERLAY_MTU, EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network,
+    NetworkAlloc,
 };
 use shoal_proto::service::{PublishedPort, TaskState};
 
@@ -228,7 +229,7 @@ fn plan_networks(state: &State) -> Vec<AllocChange> {
             subnet,
             gateway,
             range: spec.ipam.ip_range.unwrap_or(subnet),
-            mtu: spec.mtu.unwrap_or(DEFAULT_OVERLAY_MTU),
+            mtu: spec.mtu.unwrap_or(if spec.encrypted { DEFAULT_ENCRYPTED_MTU } else { DEFAULT_OVERLAY_MTU }),
         };
         vnis.insert(vni);
         taken.push(subnet);
@@ -328,7 +329,7 @@ mod tests {
     fn networks_get_vnis_and_subnets_around_everything_held() {
         let mut s = world(ClusterNet::default());
         create(&mut s, 2, "a", |_| {});
-        create(&mut s, 3, "b", |_| {});
+        create(&mut s, 3, "b", |sp| sp.encrypted = true);
         create(&mut s, 4, "c", |sp| {
             sp.ipam.subnet = Some(sub("10.0.0.0/24"));
             sp.mtu = Some(1400);
@@ -341,7 +342,7 @@ mod tests {
             allocs(&s),
             vec![
                 ("a".into(), 4097, "10.0.2.0/24".into(), "10.0.2.1".into(), 1450), // 10.0.0/24 is c's, 10.0.1/24 the node's
-                ("b".into(), 4098, "10.0.3.0/24".into(), "10.0.3.1".into(), 1450),
+                ("b".into(), 4098, "10.0.3.0/24".into(), "10.0.3.1".into(), 1420), // WireGuard's 80 bytes
                 ("c".into(), 4099, "10.0.0.0/24".into(), "10.0.0.1".into(), 1400),
                 ("ingress".into(), 4096, "10.255.0.0/16".into(), "10.255.0.1".into(), 1450),
             ]

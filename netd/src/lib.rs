@@ -15,6 +15,7 @@
 
 pub mod dns;
 pub mod dnsd;
+pub mod encrypted;
 pub mod ingress;
 pub mod ingress_sys;
 pub mod ipam;

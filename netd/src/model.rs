@@ -76,6 +76,7 @@ pub enum LinkKind {
     Bridge,
     Veth,
     Vxlan,
+    Tun,
     Other,
 }
 

@@ -42,8 +42,11 @@ use crate::model::{EndpointSpec, LinkKind, ObservedLink, is_ours, sandbox_name, 
 pub const VXLAN_PORT: u16 = 4789;
 /// The bridge in every sandbox.
 pub const BRIDGE: &str = "br0";
-/// The VXLAN device in every sandbox.
+/// The VXLAN device in every plain sandbox.
 pub const VXLAN: &str = "vx0";
+/// The TUN device in every encrypted sandbox, which netd's WireGuard
+/// datapath (`wg`) reads and writes.
+pub const TUN: &str = "wg0";
 
 pub type Mac = [u8; 6];
 
@@ -76,6 +79,8 @@ pub struct ObservedSandbox {
     pub fdb: Vec<(Mac, Ipv4Addr)>,
     /// `vx0`'s neighbour entries.
     pub neigh: Vec<ObservedNeigh>,
+    /// The /32 routes into `wg0` (encrypted networks).
+    pub tun_routes: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,6 +164,22 @@ pub enum OverlayAction {
         ns: String,
         ip: Ipv4Addr,
     },
+    /// An encrypted network's router: the sandbox forwards (and proxies
+    /// ARP on `br0` for the remote endpoints routed into `wg0`), and the
+    /// persistent TUN `wg0` with this MTU is made and set up.
+    CreateTun {
+        ns: String,
+        mtu: u32,
+    },
+    /// A /32 route to a remote endpoint into `wg0` (encrypted networks).
+    AddRoute {
+        ns: String,
+        addr: Ipv4Addr,
+    },
+    DelRoute {
+        ns: String,
+        addr: Ipv4Addr,
+    },
     /// This node's leg on the ingress network (the routing mesh): a veth
     /// `ingress::LEG` in the host's namespace with `addr`/`prefix`,
     /// `mac_for(addr)` and `mtu`, its peer `ingress::LEG_PEER` moved into
@@ -215,6 +236,15 @@ pub fn plan(
         let empty = ObservedSandbox::default();
         let s = observed.unwrap_or(&empty);
         plan_bridge(&mut actions, &ns, n, s);
+        if n.encrypted {
+            // No VXLAN device, so no plaintext path: remote endpoints are
+            // routed into the TUN, whose packets only netd's WireGuard carries.
+            let tun_kept = plan_tun(&mut actions, &ns, n, s);
+            plan_local(&mut actions, &ns, n, local, s);
+            let routes = if tun_kept { &s.tun_routes[..] } else { &[][..] };
+            plan_routes(&mut actions, &ns, encrypted_remotes(view, n), routes);
+            continue;
+        }
         let vxlan_kept = plan_vxlan(&mut actions, &ns, n, view.data_addr, s);
         plan_local(&mut actions, &ns, n, local, s);
         if let Some((_, addr)) = leg.filter(|(l, _)| l.id == n.id && !leg_right) {
@@ -303,6 +333,58 @@ fn plan_vxlan(
             actions.push(OverlayAction::CreateVxlan { ns, vni: n.vni, local, mtu: n.mtu });
             false
         }
+    }
+}
+
+/// Whether `wg0` is kept (else it is made anew, without routes). A
+/// `vx0` in an encrypted sandbox goes.
+fn plan_tun(actions: &mut Vec<OverlayAction>, ns: &str, n: &OverlayNetwork, s: &ObservedSandbox) -> bool {
+    if s.links.iter().any(|l| l.name == VXLAN) {
+        actions.push(OverlayAction::DeleteLink { ns: ns.to_string(), name: VXLAN.into() });
+    }
+    match s.links.iter().find(|l| l.name == TUN) {
+        Some(l) if l.kind == LinkKind::Tun => {
+            if l.mtu != n.mtu {
+                actions.push(OverlayAction::SetMtu { ns: ns.to_string(), name: TUN.into(), mtu: n.mtu });
+            }
+            if !l.up {
+                actions.push(OverlayAction::SetUp { ns: ns.to_string(), name: TUN.into() });
+            }
+            true
+        }
+        other => {
+            if other.is_some() {
+                actions.push(OverlayAction::DeleteLink { ns: ns.to_string(), name: TUN.into() });
+            }
+            actions.push(OverlayAction::CreateTun { ns: ns.to_string(), mtu: n.mtu });
+            false
+        }
+    }
+}
+
+/// The endpoints of encrypted network `n` on other nodes that have a
+/// WireGuard key (without one there is no way to reach them, so no route).
+fn encrypted_remotes<'a>(view: &'a NetView, n: &'a OverlayNetwork) -> impl Iterator<Item = Ipv4Addr> + 'a {
+    view.endpoints
+        .iter()
+        .filter(move |e| e.network == n.id && e.node != view.node)
+        .filter(move |e| view.peer(&e.node).is_some_and(|p| p.wg_key.is_some()))
+        .map(|e| e.addr)
+}
+
+/// Routes in first, then stale ones out.
+fn plan_routes(
+    actions: &mut Vec<OverlayAction>,
+    ns: &str,
+    remote: impl Iterator<Item = Ipv4Addr>,
+    routes: &[Ipv4Addr],
+) {
+    let want: BTreeSet<Ipv4Addr> = remote.collect();
+    for &addr in want.iter().filter(|a| !routes.contains(a)) {
+        actions.push(OverlayAction::AddRoute { ns: ns.to_string(), addr });
+    }
+    for &addr in routes.iter().filter(|a| !want.contains(a)) {
+        actions.push(OverlayAction::DelRoute { ns: ns.to_string(), addr });
     }
 }
 
@@ -535,6 +617,7 @@ mod tests {
             }),
             fdb: vec![(mac_for(ip("10.10.0.3")), ip("10.98.0.12")), (mac_for(ip("10.10.0.4")), ip("10.98.0.13"))],
             neigh: vec![neigh("10.10.0.3"), neigh("10.10.0.4")],
+            tun_routes: vec![],
         }
     }
 
@@ -605,6 +688,88 @@ mod tests {
         let a = plan(&view(), &local(), &host_leg("10.10.0.201"), &[sb]);
         assert_eq!(a[0], del, "{a:?}");
         assert!(!a.iter().any(|x| matches!(x, A::CreateLeg { .. })), "{a:?}");
+    }
+
+    /// `view()` with NET encrypted; n2 has a WireGuard key, n3 none yet.
+    fn encrypted() -> NetView {
+        let mut v = view();
+        v.networks[0].encrypted = true;
+        v.networks[0].mtu = 1420;
+        v.peers[0].wg_key = Some(shoal_proto::net::WgKey([2; 32]));
+        v
+    }
+
+    /// What a host converged on `encrypted()` shows.
+    fn converged_encrypted() -> ObservedSandbox {
+        let l = |name: &str, kind, master, addrs: &[(Ipv4Addr, u8)]| {
+            let mut x = link(name, kind, master, addrs);
+            x.mtu = 1420;
+            x
+        };
+        ObservedSandbox {
+            name: NS.into(),
+            links: vec![
+                l("lo", LinkKind::Other, None, &[(ip("127.0.0.1"), 8)]),
+                l(BRIDGE, LinkKind::Bridge, None, &[(ip("10.10.0.1"), 24)]),
+                l(TUN, LinkKind::Tun, None, &[]),
+                l("shv111111aaaaa", LinkKind::Veth, Some(BRIDGE), &[]),
+            ],
+            tun_routes: vec![ip("10.10.0.3")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_encrypted_network_routes_remote_endpoints_into_its_tun_and_has_no_vxlan_device() {
+        let a = plan(&encrypted(), &local(), &[], &[]);
+        assert_eq!(
+            a,
+            vec![
+                A::CreateSandbox { ns: ns() },
+                A::CreateBridge { ns: ns(), mtu: 1420 },
+                A::AddAddress { ns: ns(), name: BRIDGE.into(), addr: ip("10.10.0.1"), prefix: 24 },
+                A::SetUp { ns: ns(), name: BRIDGE.into() },
+                A::CreateTun { ns: ns(), mtu: 1420 },
+                A::CreateEndpoint {
+                    ns: ns(),
+                    host: "shv111111aaaaa".into(),
+                    endpoint: local()[0].clone(),
+                    prefix: 24,
+                    mtu: 1420
+                },
+                A::AddRoute { ns: ns(), addr: ip("10.10.0.3") },
+            ],
+            "n3 has no key: no route to its endpoint, so nothing to it leaves in clear or at all"
+        );
+        assert_eq!(plan(&encrypted(), &local(), &[], &[converged_encrypted()]), vec![], "converged");
+        // n3 says its key: a route in; t2 leaves: its route out (after the adds).
+        let mut v = encrypted();
+        v.peers[1].wg_key = Some(shoal_proto::net::WgKey([3; 32]));
+        v.endpoints.retain(|e| e.id != "t2");
+        assert_eq!(
+            plan(&v, &local(), &[], &[converged_encrypted()]),
+            vec![A::AddRoute { ns: ns(), addr: ip("10.10.0.4") }, A::DelRoute { ns: ns(), addr: ip("10.10.0.3") }]
+        );
+        // A VXLAN device found in an encrypted sandbox goes; a TUN left down comes up; a
+        // link in wg0's place that is not a TUN is made again, routes and all.
+        let mut sb = converged_encrypted();
+        sb.links.push(link(VXLAN, LinkKind::Vxlan, Some(BRIDGE), &[]));
+        sb.links[2].up = false;
+        assert_eq!(
+            plan(&encrypted(), &local(), &[], &[sb]),
+            vec![A::DeleteLink { ns: ns(), name: VXLAN.into() }, A::SetUp { ns: ns(), name: TUN.into() }]
+        );
+        let mut sb = converged_encrypted();
+        sb.links[2].kind = LinkKind::Veth;
+        let a = plan(&encrypted(), &local(), &[], &[sb]);
+        assert_eq!(
+            a,
+            vec![
+                A::DeleteLink { ns: ns(), name: TUN.into() },
+                A::CreateTun { ns: ns(), mtu: 1420 },
+                A::AddRoute { ns: ns(), addr: ip("10.10.0.3") },
+            ]
+        );
     }
 
     #[test]

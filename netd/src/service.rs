@@ -21,11 +21,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::net::{NetView, OverlayNetwork};
+use shoal_proto::network::NodeKeys;
 use shoal_proto::pb;
 use tonic::{Request, Response, Status};
 
 use crate::dns::Table;
 use crate::dnsd::Dns;
+use crate::encrypted::Encryption;
 use crate::ipam::{Ipam, default_pools};
 use crate::model::{Desired, EndpointSpec, NetworkSpec, PortMap, veth_name};
 use crate::net::{Subnet, mac_for, mac_string};
@@ -57,6 +59,10 @@ pub struct State {
     /// (`overlay::kept_networks`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kept: Vec<OverlayNetwork>,
+    /// The cluster key epoch this host's WireGuard keys were made for
+    /// (`None` until the first view; see `encrypted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wg_key_epoch: Option<u64>,
 }
 
 impl State {
@@ -274,6 +280,12 @@ pub struct Netd {
     /// The routing mesh: the host table and the reply steering in the
     /// namespaces of local tasks on ingress (blocking too).
     mesh: Arc<Mutex<ingress_sys::Mesh>>,
+    /// The encrypted overlays: this host's WireGuard keys and datapath
+    /// (blocking: it opens TUN queues in the sandboxes); the error when the
+    /// keys could not be loaded.
+    encryption: Arc<Mutex<Result<Encryption, String>>>,
+    /// Where the sandboxes are pinned.
+    sandbox_dir: PathBuf,
 }
 
 impl Netd {
@@ -304,9 +316,15 @@ impl Netd {
                 mtu: 1500,
             });
         }
+        let encryption = Encryption::open(root, state.wg_key_epoch).map_err(|e| {
+            tracing::error!(error = %e, "no WireGuard keys: encrypted networks cannot work on this host");
+            format!("this host has no WireGuard keys: {e}")
+        });
         let netd = Arc::new(Netd {
             state: Mutex::new(state),
             sandboxes: tokio::sync::Mutex::new(sys::Sandboxes::new(host.clone(), root.join("sandboxes"))),
+            sandbox_dir: root.join("sandboxes"),
+            encryption: Arc::new(Mutex::new(encryption)),
             overlay_failures: Mutex::new(Vec::new()),
             balancers: Arc::default(),
             mesh: Arc::default(),
@@ -423,6 +441,13 @@ impl Netd {
                 *self.overlays_synced.lock().unwrap_or_else(|p| p.into_inner()) = failed.is_empty().then_some(inputs);
                 *self.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()) = failed;
             }
+            // After the sandboxes: the datapath opens the TUNs they hold.
+            let errors = self.follow_encryption(view, &desired.endpoints).await;
+            if !errors.is_empty() {
+                *self.overlays_synced.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                let mut failures = self.overlay_failures.lock().unwrap_or_else(|p| p.into_inner());
+                failures.extend(errors.into_iter().map(|e| (None, e)));
+            }
         }
         // DNS follows the endpoints (after them: its sockets need the namespaces' loopback up),
         // with the services of the cluster networks from the view.
@@ -464,6 +489,41 @@ impl Netd {
             tracing::warn!(error = %e, "routing mesh step failed");
         }
         phases.mark("mesh");
+    }
+
+    /// The WireGuard keys and datapath made to follow `view` (a rotation
+    /// when its epoch passed the keys'); the epoch is saved with the state.
+    async fn follow_encryption(&self, view: &NetView, endpoints: &[EndpointSpec]) -> Vec<String> {
+        let (enc, view, endpoints, dir) =
+            (self.encryption.clone(), view.clone(), endpoints.to_vec(), self.sandbox_dir.clone());
+        let followed = tokio::task::spawn_blocking(move || {
+            let mut enc = enc.lock().unwrap_or_else(|p| p.into_inner());
+            match enc.as_mut() {
+                Ok(e) => Ok((e.follow(&view, &endpoints, &dir), e.epoch())),
+                Err(why) => Err(why.clone()),
+            }
+        })
+        .await;
+        let (errors, epoch) = match followed {
+            Ok(Ok(f)) => f,
+            Ok(Err(why)) => return if view_has_encrypted(&self.state) { vec![why] } else { vec![] },
+            Err(e) => return vec![format!("the WireGuard step panicked: {e}")],
+        };
+        let moved = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let moved = state.wg_key_epoch != epoch;
+            state.wg_key_epoch = epoch;
+            moved
+        };
+        if moved && let Err(e) = self.save() {
+            tracing::warn!(error = %e, "saving the WireGuard key epoch");
+        }
+        errors
+    }
+
+    /// This host's WireGuard public keys (none when they could not be loaded).
+    pub fn node_keys(&self) -> Option<NodeKeys> {
+        self.encryption.lock().unwrap_or_else(|p| p.into_inner()).as_ref().ok().map(Encryption::node_keys)
     }
 
     /// The overlays' part of a pass: their sandboxes made to match `view`,
@@ -702,7 +762,8 @@ impl pb::netd_server::Netd for NetdService {
                 None => why.clone(),
             })
             .collect();
-        Ok(Response::new(pb::SyncClusterResponse { errors, keys: None }))
+        let keys = self.0.node_keys().map(|k| k.to_pb());
+        Ok(Response::new(pb::SyncClusterResponse { errors, keys }))
     }
 
     async fn sync(&self, req: Request<pb::SyncRequest>) -> Result<Response<pb::SyncResponse>, Status> {
@@ -765,6 +826,16 @@ impl pb::netd_server::Netd for NetdService {
 /// A host pass's actions in the order planned, the endpoints to create
 /// that follow one another taken together (they touch only their own
 /// links and namespaces); every other action alone.
+/// Whether the view netd holds has an encrypted network.
+fn view_has_encrypted(state: &Mutex<State>) -> bool {
+    state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .view
+        .as_ref()
+        .is_some_and(|v| v.networks.iter().any(|n| n.encrypted))
+}
+
 fn batches(actions: Vec<Action>) -> Vec<Vec<Action>> {
     let mut out: Vec<Vec<Action>> = Vec::new();
     for a in actions {

@@ -139,6 +139,7 @@ pub async fn observe(h: &Handle) -> Result<Vec<ObservedLink>, SysError> {
                                 LinkInfo::Kind(InfoKind::Bridge) => kind = LinkKind::Bridge,
                                 LinkInfo::Kind(InfoKind::Veth) => kind = LinkKind::Veth,
                                 LinkInfo::Kind(InfoKind::Vxlan) => kind = LinkKind::Vxlan,
+                                LinkInfo::Kind(InfoKind::Tun) => kind = LinkKind::Tun,
                                 _ => {}
                             }
                         }
@@ -534,7 +535,54 @@ impl Sandboxes {
                 create_endpoint(&h, host, overlay::BRIDGE, endpoint, *prefix, None, *mtu).await
             }
             O::CreateLeg { ns, addr, prefix, mtu } => self.create_leg(ns, *addr, *prefix, *mtu).await,
+            O::CreateTun { ns, mtu } => self.create_tun(ns, *mtu).await,
+            O::AddRoute { ns, addr } => {
+                let h = self.handle(ns).await?;
+                let i = index_of(&h, overlay::TUN).await?;
+                let route =
+                    RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(*addr, 32).output_interface(i).build();
+                match h.route().add(route).replace().execute().await {
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+                    r => r.map_err(nl(format!("routing {addr} into {} in {ns}", overlay::TUN))),
+                }
+            }
+            O::DelRoute { ns, addr } => {
+                let h = self.handle(ns).await?;
+                let i = index_of(&h, overlay::TUN).await?;
+                let route =
+                    RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(*addr, 32).output_interface(i).build();
+                match h.route().del(route).execute().await {
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+                    r => r.map_err(nl(format!("removing the route to {addr} in {ns}"))),
+                }
+            }
         }
+    }
+
+    /// An encrypted network's router in sandbox `ns`: forwarding on, ARP
+    /// for routed addresses answered by `br0`, redirects off (every remote
+    /// is on the same subnet as the sender), strict reverse-path checks,
+    /// then the persistent TUN made in the sandbox and set up. The TUN
+    /// outlives netd (its routes with it); netd's datapath opens its queues.
+    async fn create_tun(&mut self, ns: &str, mtu: u32) -> Result<(), SysError> {
+        let br = overlay::BRIDGE;
+        in_netns(&self.path(ns), move || {
+            for (key, value) in [
+                ("ipv4/ip_forward".to_string(), "1"),
+                (format!("ipv4/conf/{br}/proxy_arp"), "1"),
+                ("ipv4/conf/all/send_redirects".to_string(), "0"),
+                (format!("ipv4/conf/{br}/send_redirects"), "0"),
+                ("ipv4/conf/all/rp_filter".to_string(), "1"),
+            ] {
+                std::fs::write(format!("/proc/sys/net/{key}"), value)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("setting {key}: {e}")))?;
+            }
+            crate::wg::tun::create_persistent(overlay::TUN, mtu)
+        })
+        .map_err(io(format!("making {} in {ns}", overlay::TUN)))?;
+        let h = self.handle(ns).await?;
+        apply(&h, &Action::SetMtu { name: overlay::TUN.into(), mtu }).await?;
+        apply(&h, &Action::SetUp { name: overlay::TUN.into() }).await
     }
 
     /// The routing mesh's leg: a veth made in the host's namespace, its
@@ -813,6 +861,10 @@ pub fn unpin_netns(path: &Path) -> Result<(), SysError> {
 async fn observe_sandbox(h: &Handle, name: String) -> Result<ObservedSandbox, SysError> {
     let links = observe(h).await?;
     let mut s = ObservedSandbox { name, links, ..Default::default() };
+    if s.links.iter().any(|l| l.name == overlay::TUN) {
+        s.tun_routes = host_routes_via(h, index_of(h, overlay::TUN).await?).await?;
+        return Ok(s);
+    }
     let mut found = h.link().get().match_name(overlay::VXLAN.to_string()).execute();
     let vx = match found.try_next().await {
         Ok(Some(m)) => m,
@@ -857,6 +909,24 @@ async fn observe_sandbox(h: &Handle, name: String) -> Result<ObservedSandbox, Sy
         }
     }
     Ok(s)
+}
+
+/// The /32 routes of the main table out of link `index`.
+async fn host_routes_via(h: &Handle, index: u32) -> Result<Vec<Ipv4Addr>, SysError> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    let routes: Vec<_> = h.route().get(filter).execute().try_collect().await.map_err(nl("listing routes"))?;
+    Ok(routes
+        .iter()
+        .filter(|r| r.header.destination_prefix_length == 32)
+        .filter(|r| r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index)))
+        .filter_map(|r| {
+            r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            })
+        })
+        .collect())
 }
 
 fn neigh_mac(m: &NeighbourMessage) -> Option<[u8; 6]> {

@@ -23,6 +23,9 @@ pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// The MTU of an overlay when the spec sets none: a 1500-byte underlay less
 /// VXLAN's 50 bytes of headers.
 pub const DEFAULT_OVERLAY_MTU: u32 = 1450;
+/// The MTU of an encrypted overlay when the spec sets none: a 1500-byte
+/// underlay less WireGuard's 80 bytes (outer IPv4 and UDP, its header and tag).
+pub const DEFAULT_ENCRYPTED_MTU: u32 = 1420;
 /// The name `swarm init` gives the ingress network.
 pub const INGRESS_NAME: &str = "ingress";
 /// Docker's driver option for the MTU (`-o com.docker.network.driver.mtu=N`).
