@@ -30,3 +30,4 @@ pub mod plan;
 pub mod rules;
 pub mod service;
 pub mod sys;
+pub mod wg;

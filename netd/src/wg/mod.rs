@@ -1,0 +1,691 @@
+//! The encrypted overlay's datapath (design note §5): WireGuard in
+//! userspace through boringtun's `noise` module, a TUN per encrypted
+//! network (`wg0` in its sandbox, routed: the planner adds a `/32` per
+//! remote endpoint), one UDP port per host, one session set per peer
+//! *node* shared by all encrypted networks.
+//!
+//! Rules (each has a test):
+//! * A decrypted packet reaches a TUN only if its source is one of the
+//!   sending peer's endpoints on the network of its destination, which must
+//!   be one of this host's (`routes`); anything else is dropped and counted.
+//! * There is no plaintext path: the only writes to a TUN are packets that
+//!   authenticated against a configured peer's static key. No VXLAN device,
+//!   no plaintext socket. netd down ⇒ the TUN is unread ⇒ traffic stops.
+//! * A responder finds the initiator's key with `parse_handshake_anon`
+//!   (this host's current key, then the previous one during a rotation) and
+//!   refuses keys no configured peer has: removing a peer revokes it at once.
+//!
+//! Threads, not tasks: `workers` threads, each polling its own queue of
+//! every network's TUN and its own UDP socket (`SO_REUSEPORT` on one port:
+//! the kernel hashes a peer host's datagrams to one socket, so a flow stays
+//! in order on one worker and no two workers wake for one datagram); a
+//! timer thread drives each session's `update_timers` every 100 ms and
+//! starts handshakes with peers that have no session. A `Tunn` is behind a
+//! mutex of its own. The table (networks, peers, address maps) is rebuilt
+//! whole by `configure`/`set_keys` and swapped; workers take the newest at
+//! each wake.
+//!
+//! Rotation: a peer has one `Tunn` per (local key, remote key) pair of the
+//! keys in play (current, and previous during a grace period), kept across
+//! rebuilds. Data goes over the most preferred pair with a session (current
+//! keys first); the timer thread keeps handshaking the preferred one, so
+//! the switch to new keys needs no gap.
+
+pub mod gso;
+pub mod keys;
+pub mod routes;
+mod sys;
+pub mod tun;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+
+pub use keys::StaticKeys;
+use routes::{Refusal, Routes};
+
+/// How often the timer thread runs the sessions' timers.
+const TICK: Duration = Duration::from_millis(100);
+/// How often a peer without a session is sent a new handshake initiation.
+const KICK_EVERY: Duration = Duration::from_secs(2);
+/// The UDP socket's buffers (each way), forced past `rmem_max` where allowed.
+const SOCKET_BUF: usize = 8 << 20;
+/// Datagrams taken per `recvmmsg`.
+const RX_BATCH: usize = 32;
+/// Largest packet read from a TUN (a 64 KiB super-packet and its header).
+const TUN_BUF: usize = 65536 + gso::VNET_HDR_LEN;
+
+pub struct DatapathConfig {
+    /// The host's WireGuard address and port (port 0: any; see `Datapath::port`).
+    pub listen: SocketAddrV4,
+    /// Worker threads; 0 for `default_workers()`.
+    pub workers: usize,
+    /// Ask the TUNs for checksum and segmentation offloads (vnet headers).
+    pub offload: bool,
+}
+
+/// min(cores, 4).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)
+}
+
+/// An encrypted network on this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WgNetwork {
+    pub id: String,
+    /// The sandbox's namespace file (where the TUN is).
+    pub ns: PathBuf,
+    /// The TUN's name in it (made by `tun::create_persistent`).
+    pub tun: String,
+    /// This host's endpoints on the network.
+    pub local: Vec<Ipv4Addr>,
+}
+
+/// Another host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WgPeer {
+    pub node: String,
+    pub public: [u8; 32],
+    /// Its previous key while its rotation's grace period runs.
+    pub prev_public: Option<[u8; 32]>,
+    /// Its data address and WireGuard port.
+    pub endpoint: SocketAddrV4,
+    /// Its endpoints: (network id, address).
+    pub addrs: Vec<(String, Ipv4Addr)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStats {
+    pub node: String,
+    pub endpoint: SocketAddrV4,
+    /// When the newest session with it was made.
+    pub last_handshake: Option<SystemTime>,
+    /// Plaintext bytes sent to it and accepted from it.
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Decrypted packets from it dropped by the anti-spoof check.
+    pub spoofed: u64,
+}
+
+/// Drops not charged to one peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Handshake initiations from keys no configured peer has (or under a
+    /// key of this host it no longer holds).
+    pub refused: u64,
+    /// Datagrams that are not WireGuard messages of a live session.
+    pub unknown: u64,
+    /// Packets read from a TUN that no peer owns, or malformed.
+    pub unroutable: u64,
+}
+
+/// The running datapath; `stop` (or drop) joins its threads and closes
+/// its queues and sockets. The TUN devices persist.
+pub struct Datapath {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    table: RwLock<Arc<Table>>,
+    /// The last desired state (networks, peers, keys); held while a table is built.
+    desired: Mutex<(Vec<WgNetwork>, Vec<WgPeer>, Arc<LocalKeys>)>,
+    sockets: Vec<OwnedFd>,
+    port: u16,
+    workers: usize,
+    offload: bool,
+    stop: AtomicBool,
+    next_index: AtomicU32,
+    refused: AtomicU64,
+    unknown: AtomicU64,
+    unroutable: AtomicU64,
+}
+
+/// This host's keys, current first.
+struct LocalKeys(Vec<(StaticSecret, PublicKey)>);
+
+impl LocalKeys {
+    fn of(k: &StaticKeys) -> LocalKeys {
+        let mut v = vec![(k.current.clone(), PublicKey::from(&k.current))];
+        if let Some(p) = &k.prev {
+            v.push((p.clone(), PublicKey::from(p)));
+        }
+        LocalKeys(v)
+    }
+}
+
+/// One session set: a `Tunn` between one local and one remote static key.
+struct Slot {
+    local: [u8; 32],
+    remote: [u8; 32],
+    index: u32,
+    tunn: Mutex<Tunn>,
+}
+
+/// Counters that outlive table rebuilds, per peer node.
+#[derive(Default)]
+struct Counters {
+    tx: AtomicU64,
+    rx: AtomicU64,
+    spoofed: AtomicU64,
+    last_handshake: Mutex<Option<SystemTime>>,
+    last_kick: Mutex<Option<Instant>>,
+}
+
+struct Peer {
+    node: String,
+    endpoint: SocketAddrV4,
+    /// In order of preference: current keys first.
+    slots: Vec<Arc<Slot>>,
+    /// The slot data goes over (set by the timer thread).
+    tx_slot: AtomicUsize,
+    counters: Arc<Counters>,
+}
+
+struct Net {
+    id: String,
+    ns: PathBuf,
+    tun: String,
+    /// One per worker.
+    queues: Vec<OwnedFd>,
+}
+
+struct Table {
+    keys: Arc<LocalKeys>,
+    nets: Vec<Arc<Net>>,
+    peers: Vec<Peer>,
+    routes: Routes,
+    /// Slot index (a session's receiver index >> 8) → (peer, slot).
+    by_index: HashMap<u32, (usize, usize)>,
+    /// A peer's public key (current or previous) → peer.
+    by_key: HashMap<[u8; 32], usize>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Datapath {
+    /// Binds the UDP port in the calling thread's namespace (the host's) and
+    /// starts the workers and the timer thread, with no network and no peer.
+    pub fn start(cfg: DatapathConfig, keys: StaticKeys) -> io::Result<Datapath> {
+        let workers = if cfg.workers == 0 { default_workers() } else { cfg.workers };
+        let ctx = |e: io::Error| io::Error::new(e.kind(), format!("wireguard socket on {}: {e}", cfg.listen));
+        let first = sys::udp_socket(cfg.listen, SOCKET_BUF).map_err(ctx)?;
+        let port = sys::local_port(first.as_fd()).map_err(ctx)?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(sys::udp_socket(SocketAddrV4::new(*cfg.listen.ip(), port), SOCKET_BUF).map_err(ctx)?);
+        }
+        let keys = Arc::new(LocalKeys::of(&keys));
+        let empty = Table {
+            keys: keys.clone(),
+            nets: Vec::new(),
+            peers: Vec::new(),
+            routes: Routes::default(),
+            by_index: HashMap::new(),
+            by_key: HashMap::new(),
+        };
+        let shared = Arc::new(Shared {
+            table: RwLock::new(Arc::new(empty)),
+            desired: Mutex::new((Vec::new(), Vec::new(), keys)),
+            sockets,
+            port,
+            workers,
+            offload: cfg.offload,
+            stop: AtomicBool::new(false),
+            // A random start: a restarted datapath's indexes do not meet the old one's.
+            next_index: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
+            refused: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+            unroutable: AtomicU64::new(0),
+        });
+        let mut threads = Vec::new();
+        for w in 0..workers {
+            let s = shared.clone();
+            threads.push(std::thread::Builder::new().name(format!("wg-worker-{w}")).spawn(move || worker(&s, w))?);
+        }
+        let s = shared.clone();
+        threads.push(std::thread::Builder::new().name("wg-timers".into()).spawn(move || timers(&s))?);
+        Ok(Datapath { shared, threads })
+    }
+
+    /// The UDP port the datapath listens on.
+    pub fn port(&self) -> u16 {
+        self.shared.port
+    }
+
+    /// Makes `networks` and `peers` the datapath's whole configuration:
+    /// queues of new networks opened, removed ones closed; new peers get
+    /// sessions, removed peers lose theirs at once (revocation), changed
+    /// ones keep the sessions whose keys did not change. A network whose
+    /// queues cannot be opened is left out and named in the error; the rest
+    /// is applied.
+    pub fn configure(&self, networks: Vec<WgNetwork>, peers: Vec<WgPeer>) -> io::Result<()> {
+        let mut desired = lock(&self.shared.desired);
+        desired.0 = networks;
+        desired.1 = peers;
+        self.shared.rebuild(&desired)
+    }
+
+    /// New static keys (a rotation or the end of one): sessions under keys
+    /// that stay are kept, new ones are handshaken beside them.
+    pub fn set_keys(&self, keys: StaticKeys) {
+        let mut desired = lock(&self.shared.desired);
+        desired.2 = Arc::new(LocalKeys::of(&keys));
+        // Queues of known networks are reused, so this opens nothing new.
+        if let Err(e) = self.shared.rebuild(&desired) {
+            tracing::warn!(error = %e, "wireguard: a network's queues");
+        }
+    }
+
+    pub fn stats(&self) -> Vec<PeerStats> {
+        let t = self.shared.table();
+        t.peers
+            .iter()
+            .map(|p| PeerStats {
+                node: p.node.clone(),
+                endpoint: p.endpoint,
+                last_handshake: *lock(&p.counters.last_handshake),
+                tx_bytes: p.counters.tx.load(Ordering::Relaxed),
+                rx_bytes: p.counters.rx.load(Ordering::Relaxed),
+                spoofed: p.counters.spoofed.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    pub fn dropped(&self) -> Dropped {
+        let s = &self.shared;
+        Dropped {
+            refused: s.refused.load(Ordering::Relaxed),
+            unknown: s.unknown.load(Ordering::Relaxed),
+            unroutable: s.unroutable.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Joins the threads and closes every queue and socket.
+    pub fn stop(self) {}
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Shared {
+    fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn rebuild(&self, desired: &(Vec<WgNetwork>, Vec<WgPeer>, Arc<LocalKeys>)) -> io::Result<()> {
+        let (networks, peers, keys) = desired;
+        let old = self.table();
+        let mut errors = Vec::new();
+        let mut nets = Vec::new();
+        let mut local = Vec::new();
+        for n in networks {
+            let reused = old.nets.iter().find(|o| o.id == n.id && o.ns == n.ns && o.tun == n.tun).cloned();
+            let net = match reused {
+                Some(net) => net,
+                None => match tun::open_queues(&n.ns, &n.tun, self.workers, self.offload) {
+                    Ok((queues, _)) => Arc::new(Net { id: n.id.clone(), ns: n.ns.clone(), tun: n.tun.clone(), queues }),
+                    Err(e) => {
+                        errors.push(format!("network {}: {e}", n.id));
+                        continue;
+                    }
+                },
+            };
+            nets.push(net);
+            local.push(n.local.clone());
+        }
+        let net_index: HashMap<&str, usize> = nets.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+        let mut table_peers = Vec::new();
+        let mut remote = Vec::new();
+        let mut by_index = HashMap::new();
+        let mut by_key = HashMap::new();
+        for p in peers {
+            let before = old.peers.iter().find(|o| o.node == p.node);
+            let mut slots = Vec::new();
+            for (secret, public) in &keys.0 {
+                for r in std::iter::once(p.public).chain(p.prev_public) {
+                    let l = public.to_bytes();
+                    let kept = before.and_then(|b| b.slots.iter().find(|s| s.local == l && s.remote == r)).cloned();
+                    let slot = kept.unwrap_or_else(|| {
+                        let index = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+                        let tunn = Tunn::new(secret.clone(), PublicKey::from(r), None, None, index, None);
+                        Arc::new(Slot { local: l, remote: r, index, tunn: Mutex::new(tunn) })
+                    });
+                    slots.push(slot);
+                }
+            }
+            let i = table_peers.len();
+            for (s, slot) in slots.iter().enumerate() {
+                by_index.insert(slot.index, (i, s));
+            }
+            by_key.entry(p.public).or_insert(i);
+            if let Some(k) = p.prev_public {
+                by_key.entry(k).or_insert(i);
+            }
+            remote.push(p.addrs.iter().filter_map(|(n, a)| net_index.get(n.as_str()).map(|&n| (n, *a))).collect());
+            let tx = best_slot(&slots);
+            table_peers.push(Peer {
+                node: p.node.clone(),
+                endpoint: p.endpoint,
+                slots,
+                tx_slot: AtomicUsize::new(tx),
+                counters: before.map(|b| b.counters.clone()).unwrap_or_default(),
+            });
+        }
+        let table = Table {
+            keys: keys.clone(),
+            nets,
+            peers: table_peers,
+            routes: Routes::new(&local, &remote),
+            by_index,
+            by_key,
+        };
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        if errors.is_empty() { Ok(()) } else { Err(io::Error::other(errors.join("; "))) }
+    }
+}
+
+/// The first slot with a session, else the first.
+fn best_slot(slots: &[Arc<Slot>]) -> usize {
+    slots.iter().position(|s| lock(&s.tunn).time_since_last_handshake().is_some()).unwrap_or(0)
+}
+
+/// Sends `buf`, the WireGuard messages whose lengths are `lens` laid end to
+/// end, to `dst`: runs of equal lengths (and a shorter last one) as one
+/// `UDP_SEGMENT` send each.
+fn send_all(sock: BorrowedFd<'_>, buf: &[u8], lens: &[usize], dst: SocketAddrV4) {
+    const MAX_SEGS: usize = 64;
+    const MAX_BYTES: usize = 65000;
+    let (mut i, mut off) = (0, 0);
+    while i < lens.len() {
+        let seg = lens[i];
+        let (mut j, mut total) = (i + 1, seg);
+        while j < lens.len() && lens[j] == seg && j - i < MAX_SEGS && total + seg <= MAX_BYTES {
+            total += seg;
+            j += 1;
+        }
+        if j < lens.len() && lens[j] < seg && j - i < MAX_SEGS && total + lens[j] <= MAX_BYTES {
+            total += lens[j];
+            j += 1;
+        }
+        let chunk = &buf[off..off + total];
+        let gso = (j - i > 1).then_some(seg as u16);
+        if let Err(e) = sys::send(sock, chunk, dst, gso) {
+            if gso.is_some() {
+                // No UDP GSO here: one datagram at a time.
+                let mut o = 0;
+                for l in &lens[i..j] {
+                    let _ = sys::send(sock, &chunk[o..o + l], dst, None);
+                    o += l;
+                }
+            } else {
+                tracing::debug!(error = %e, %dst, "wireguard: send");
+            }
+        }
+        off += total;
+        i = j;
+    }
+}
+
+/// One worker: its socket and its queue of every network.
+fn worker(s: &Shared, w: usize) {
+    let mut st = WorkerBufs::new();
+    let mut ready = Vec::new();
+    while !s.stop.load(Ordering::Relaxed) {
+        let t = s.table();
+        let sock = s.sockets[w].as_fd();
+        let mut fds = vec![sock];
+        fds.extend(t.nets.iter().filter_map(|n| n.queues.get(w).map(|q| q.as_fd())));
+        if let Err(e) = sys::poll_readable(&fds, &mut ready, TICK.as_millis() as i32) {
+            tracing::warn!(error = %e, "wireguard: poll");
+            std::thread::sleep(TICK);
+            continue;
+        }
+        if ready[0] {
+            for _ in 0..8 {
+                match sys::recv_batch(sock, &mut st.rx, &mut st.rx_lens, &mut st.rx_from) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        for i in 0..n {
+                            let data = std::mem::take(&mut st.rx[i]);
+                            let (from, len) = (st.rx_from[i], st.rx_lens[i]);
+                            rx_datagram(s, &t, w, &mut st, from, &data[..len]);
+                            st.rx[i] = data;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "wireguard: recv");
+                        break;
+                    }
+                }
+            }
+        }
+        for (n, _) in ready.iter().enumerate().skip(1).filter(|(_, r)| **r) {
+            let net = n - 1;
+            let Some(q) = t.nets[net].queues.get(w) else { continue };
+            for _ in 0..64 {
+                match sys::read(q.as_fd(), &mut st.tun) {
+                    Ok(Some(len)) => {
+                        let pkt = std::mem::take(&mut st.tun);
+                        tx_packet(s, &t, w, &mut st, net, &pkt[..len]);
+                        st.tun = pkt;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, net = %t.nets[net].id, "wireguard: tun read");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct WorkerBufs {
+    tun: Vec<u8>,
+    segs: Vec<u8>,
+    seg_lens: Vec<usize>,
+    enc: Vec<u8>,
+    enc_lens: Vec<usize>,
+    dec: Vec<u8>,
+    rx: Vec<Vec<u8>>,
+    rx_lens: Vec<usize>,
+    rx_from: Vec<SocketAddrV4>,
+}
+
+impl WorkerBufs {
+    fn new() -> WorkerBufs {
+        WorkerBufs {
+            tun: vec![0; TUN_BUF],
+            segs: Vec::with_capacity(2 * TUN_BUF),
+            seg_lens: Vec::new(),
+            enc: vec![0; 2 * TUN_BUF],
+            enc_lens: Vec::new(),
+            dec: vec![0; TUN_BUF],
+            rx: (0..RX_BATCH).map(|_| vec![0; 65536]).collect(),
+            rx_lens: Vec::new(),
+            rx_from: Vec::new(),
+        }
+    }
+}
+
+/// A packet (or super-packet) read from network `net`'s TUN: segmented,
+/// encrypted for the peer that owns its destination, sent.
+fn tx_packet(s: &Shared, t: &Table, w: usize, st: &mut WorkerBufs, net: usize, buf: &[u8]) {
+    st.segs.clear();
+    st.seg_lens.clear();
+    if s.offload {
+        let Some(hdr) = gso::VnetHdr::parse(buf) else {
+            s.unroutable.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if gso::segment(&hdr, &buf[gso::VNET_HDR_LEN..], &mut st.segs, &mut st.seg_lens).is_err() {
+            s.unroutable.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    } else {
+        st.segs.extend_from_slice(buf);
+        st.seg_lens.push(buf.len());
+    }
+    // Every segment of a super-packet has the same destination.
+    let Ok(p) = t.routes.peer_for(net, &st.segs) else {
+        s.unroutable.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let peer = &t.peers[p];
+    let slot = peer.slots.get(peer.tx_slot.load(Ordering::Relaxed)).unwrap_or(&peer.slots[0]);
+    let need = st.segs.len() + st.seg_lens.len() * 64 + 256;
+    if st.enc.len() < need {
+        st.enc.resize(need, 0);
+    }
+    st.enc_lens.clear();
+    let (mut off, mut at) = (0, 0);
+    {
+        let mut tunn = lock(&slot.tunn);
+        for &len in &st.seg_lens {
+            if let TunnResult::WriteToNetwork(out) = tunn.encapsulate(&st.segs[at..at + len], &mut st.enc[off..]) {
+                let n = out.len();
+                st.enc_lens.push(n);
+                off += n;
+            }
+            at += len;
+        }
+    }
+    peer.counters.tx.fetch_add(at as u64, Ordering::Relaxed);
+    send_all(s.sockets[w].as_fd(), &st.enc[..off], &st.enc_lens, peer.endpoint);
+}
+
+/// Which (peer, slot) a datagram belongs to: an initiation by the key it
+/// opens under, the other messages by their receiver index.
+fn demux(s: &Shared, t: &Table, data: &[u8]) -> Option<(usize, usize)> {
+    let idx = |at: usize| data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> 8);
+    match Tunn::parse_incoming_packet(data) {
+        Ok(Packet::HandshakeInit(init)) => {
+            let found = t.keys.0.iter().find_map(|(secret, public)| {
+                let half = parse_handshake_anon(secret, public, &init).ok()?;
+                let &p = t.by_key.get(&half.peer_static_public)?;
+                let l = public.to_bytes();
+                let slot = t.peers[p].slots.iter().position(|x| x.local == l && x.remote == half.peer_static_public)?;
+                Some((p, slot))
+            });
+            if found.is_none() {
+                s.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            found
+        }
+        Ok(Packet::HandshakeResponse(_)) => t.by_index.get(&idx(8)?).copied(),
+        Ok(Packet::PacketCookieReply(_) | Packet::PacketData(_)) => t.by_index.get(&idx(4)?).copied(),
+        Err(_) => None,
+    }
+}
+
+/// A datagram from the network: authenticated and decrypted by the
+/// sender's session, checked, written to its network's TUN.
+fn rx_datagram(s: &Shared, t: &Table, w: usize, st: &mut WorkerBufs, from: SocketAddrV4, data: &[u8]) {
+    let Some((p, slot)) = demux(s, t, data) else {
+        s.unknown.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let peer = &t.peers[p];
+    let sock = s.sockets[w].as_fd();
+    let h = gso::VNET_HDR_LEN;
+    let mut tunn = lock(&peer.slots[slot].tunn);
+    match tunn.decapsulate(Some((*from.ip()).into()), data, &mut st.dec[h..]) {
+        TunnResult::WriteToNetwork(reply) => {
+            sys::send(sock, reply, peer.endpoint, None).ok();
+            // Packets queued while the handshake ran.
+            while let TunnResult::WriteToNetwork(out) = tunn.decapsulate(None, &[], &mut st.dec[h..]) {
+                sys::send(sock, out, peer.endpoint, None).ok();
+            }
+        }
+        TunnResult::WriteToTunnelV4(pkt, _) => {
+            let n = pkt.len();
+            drop(tunn);
+            match t.routes.accept(p, &st.dec[h..h + n]) {
+                Ok(net) => {
+                    peer.counters.rx.fetch_add(n as u64, Ordering::Relaxed);
+                    let Some(q) = t.nets[net].queues.get(w) else { return };
+                    let out = if s.offload {
+                        // gso_type NONE, no checksum to finish: the sender completed it.
+                        st.dec[..h].fill(0);
+                        &st.dec[..h + n]
+                    } else {
+                        &st.dec[h..h + n]
+                    };
+                    if let Err(e) = sys::write(q.as_fd(), out) {
+                        tracing::debug!(error = %e, "wireguard: tun write");
+                    }
+                }
+                Err(Refusal::Spoofed | Refusal::NotLocal | Refusal::NotIpv4 | Refusal::NoPeer) => {
+                    peer.counters.spoofed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        TunnResult::WriteToTunnelV6(..) => {
+            peer.counters.spoofed.fetch_add(1, Ordering::Relaxed);
+        }
+        TunnResult::Done | TunnResult::Err(_) => {}
+    }
+}
+
+/// The timer thread: every session's timers; a handshake for any peer
+/// whose preferred session is missing; which session data goes over.
+fn timers(s: &Shared) {
+    let mut buf = vec![0u8; 2048];
+    let sock = s.sockets[0].as_fd();
+    let mut next = Instant::now();
+    while !s.stop.load(Ordering::Relaxed) {
+        next += TICK;
+        let t = s.table();
+        for peer in &t.peers {
+            let mut newest: Option<Duration> = None;
+            let mut best = None;
+            for (i, slot) in peer.slots.iter().enumerate() {
+                let mut tunn = lock(&slot.tunn);
+                if let TunnResult::WriteToNetwork(out) = tunn.update_timers(&mut buf) {
+                    sys::send(sock, out, peer.endpoint, None).ok();
+                }
+                if let Some(d) = tunn.time_since_last_handshake() {
+                    newest = Some(newest.map_or(d, |n| n.min(d)));
+                    best.get_or_insert(i);
+                }
+            }
+            peer.tx_slot.store(best.unwrap_or(0), Ordering::Relaxed);
+            *lock(&peer.counters.last_handshake) = newest.and_then(|d| SystemTime::now().checked_sub(d));
+            if best != Some(0) {
+                let mut kicked = lock(&peer.counters.last_kick);
+                if kicked.is_none_or(|k| k.elapsed() >= KICK_EVERY) {
+                    *kicked = Some(Instant::now());
+                    let mut tunn = lock(&peer.slots[0].tunn);
+                    if let TunnResult::WriteToNetwork(out) = tunn.format_handshake_initiation(&mut buf, false) {
+                        sys::send(sock, out, peer.endpoint, None).ok();
+                    }
+                }
+            }
+        }
+        drop(t);
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The WireGuard datapath's kernel calls (the only unsafe code under
+//! `wg/`): the TUN ioctls, the interface ioctls for MTU and up, the UDP
+//! socket's options, `sendmsg` with `UDP_SEGMENT`, `recvmmsg`, `poll`.
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+pub const IFF_TUN: i16 = 0x0001;
+pub const IFF_NO_PI: i16 = 0x1000;
+pub const IFF_MULTI_QUEUE: i16 = 0x0100;
+pub const IFF_VNET_HDR: i16 = 0x4000;
+pub const TUN_F_CSUM: u32 = 0x01;
+pub const TUN_F_TSO4: u32 = 0x02;
+pub const TUN_F_USO4: u32 = 0x20;
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    data: [u8; 24],
+}
+
+fn ifreq(name: &str) -> io::Result<IfReq> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.len() >= libc::IFNAMSIZ || b.contains(&0) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?}")));
+    }
+    let mut r = IfReq { name: [0; libc::IFNAMSIZ], data: [0; 24] };
+    r.name[..b.len()].copy_from_slice(b);
+    Ok(r)
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}
+
+/// Opens `/dev/net/tun` (non-blocking) and attaches it to the TUN `name`
+/// with `flags` (made if missing): a queue of that device.
+pub fn tun_attach(name: &str, flags: i16) -> io::Result<OwnedFd> {
+    let mut req = ifreq(name)?;
+    req.data[..2].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: a NUL-terminated path literal; the returned fd is owned below.
+    let fd = cvt(unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: TUNSETIFF reads (and writes back) one `struct ifreq`, which `req` is laid out as.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) })?;
+    Ok(fd)
+}
+
+pub fn tun_set_persist(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes an integer argument, no pointer.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, on as libc::c_ulong) }).map(drop)
+}
+
+pub fn tun_set_offload(fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes an integer argument, no pointer.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) }).map(drop)
+}
+
+fn inet_dgram() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: just made, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the calling thread's namespace has an interface `name`.
+pub fn link_exists(name: &str) -> io::Result<bool> {
+    let s = inet_dgram()?;
+    let mut req = ifreq(name)?;
+    // SAFETY: SIOCGIFINDEX fills the int after the name in `req`.
+    match cvt(unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFINDEX, &mut req as *mut IfReq) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets `name`'s MTU and brings it up, in the calling thread's namespace.
+pub fn set_mtu_up(name: &str, mtu: u32) -> io::Result<()> {
+    let s = inet_dgram()?;
+    let mut req = ifreq(name)?;
+    req.data[..4].copy_from_slice(&(mtu as libc::c_int).to_ne_bytes());
+    // SAFETY: SIOCSIFMTU reads the int after the name in `req`.
+    cvt(unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFMTU, &mut req as *mut IfReq) })?;
+    let mut req = ifreq(name)?;
+    // SAFETY: SIOCGIFFLAGS writes the short after the name in `req`.
+    cvt(unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req as *mut IfReq) })?;
+    let flags = i16::from_ne_bytes([req.data[0], req.data[1]]) | libc::IFF_UP as i16;
+    req.data[..2].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: SIOCSIFFLAGS reads the short after the name in `req`.
+    cvt(unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req as *mut IfReq) }).map(drop)
+}
+
+fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: the option value is one int, passed with its size.
+    cvt(unsafe {
+        libc::setsockopt(fd, level, name, &v as *const libc::c_int as *const c_void, size_of::<libc::c_int>() as u32)
+    })
+    .map(drop)
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain data; all-zero is valid.
+    let mut sa: libc::sockaddr_in = unsafe { zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_port = a.port().to_be();
+    sa.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+    sa
+}
+
+/// A non-blocking UDP socket bound to `addr` with `SO_REUSEPORT` (one per
+/// worker on the same address) and buffers of `buf` bytes (forced past
+/// `rmem_max` where netd may; the plain setting otherwise).
+pub fn udp_socket(addr: SocketAddrV4, buf: usize) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })?;
+    // SAFETY: just made, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = fd.as_raw_fd();
+    setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    let b = buf.min(i32::MAX as usize) as libc::c_int;
+    if setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, b).is_err() {
+        setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, b)?;
+    }
+    if setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, b).is_err() {
+        setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, b)?;
+    }
+    let sa = sockaddr(addr);
+    // SAFETY: `sa` is a sockaddr_in of the size passed.
+    cvt(unsafe {
+        libc::bind(raw, &sa as *const libc::sockaddr_in as *const libc::sockaddr, size_of::<libc::sockaddr_in>() as u32)
+    })?;
+    Ok(fd)
+}
+
+/// The port a socket is bound to.
+pub fn local_port(fd: BorrowedFd<'_>) -> io::Result<u16> {
+    // SAFETY: plain data, filled by getsockname.
+    let mut sa: libc::sockaddr_in = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `sa` has room for `len` bytes.
+    cvt(unsafe {
+        libc::getsockname(fd.as_raw_fd(), &mut sa as *mut libc::sockaddr_in as *mut libc::sockaddr, &mut len)
+    })?;
+    Ok(u16::from_be(sa.sin_port))
+}
+
+/// Sends `buf` to `dst`; with `seg` set, as `UDP_SEGMENT` datagrams of
+/// `seg` bytes each (the last may be shorter).
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8], dst: SocketAddrV4, seg: Option<u16>) -> io::Result<usize> {
+    let mut sa = sockaddr(dst);
+    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut c_void, iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = &mut sa as *mut libc::sockaddr_in as *mut c_void;
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // Room for one cmsg carrying a u16, 8-aligned.
+    let mut control = [0u64; 4];
+    if let Some(seg) = seg {
+        // SAFETY: CMSG_SPACE is a size computation.
+        let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+        msg.msg_control = control.as_mut_ptr() as *mut c_void;
+        msg.msg_controllen = space;
+        // SAFETY: msg_control points at `control` (32 bytes ≥ `space`), so the first header
+        // and its data lie inside it.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+        }
+    }
+    // SAFETY: every pointer in `msg` refers to locals that outlive the call.
+    cvt_size(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) })
+}
+
+/// Receives up to `bufs.len()` datagrams without blocking: their lengths
+/// and senders go to `lens` and `from`. 0 when none is waiting.
+pub fn recv_batch(
+    fd: BorrowedFd<'_>,
+    bufs: &mut [Vec<u8>],
+    lens: &mut Vec<usize>,
+    from: &mut Vec<SocketAddrV4>,
+) -> io::Result<usize> {
+    let n = bufs.len();
+    // SAFETY: plain data; all-zero is valid.
+    let mut names: Vec<libc::sockaddr_in> = vec![unsafe { zeroed() }; n];
+    let mut iovs: Vec<libc::iovec> =
+        bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr() as *mut c_void, iov_len: b.len() }).collect();
+    // SAFETY: plain data; all-zero is valid.
+    let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; n];
+    for i in 0..n {
+        msgs[i].msg_hdr.msg_name = &mut names[i] as *mut libc::sockaddr_in as *mut c_void;
+        msgs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        msgs[i].msg_hdr.msg_iov = &mut iovs[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: each header points at its own name and iovec, each iovec at a live buffer.
+    let r = unsafe {
+        libc::recvmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
+    }
+    lens.clear();
+    from.clear();
+    for i in 0..r as usize {
+        lens.push(msgs[i].msg_len as usize);
+        let sa = &names[i];
+        from.push(SocketAddrV4::new(Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes()), u16::from_be(sa.sin_port)));
+    }
+    Ok(r as usize)
+}
+
+/// Waits until one of `fds` is readable or `timeout_ms` passes; which ones
+/// are readable is set in `ready`.
+pub fn poll_readable(fds: &[BorrowedFd<'_>], ready: &mut Vec<bool>, timeout_ms: i32) -> io::Result<()> {
+    let mut p: Vec<libc::pollfd> =
+        fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: `p` holds `p.len()` pollfds.
+    match cvt(unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) }) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        Err(e) => return Err(e),
+    }
+    ready.clear();
+    ready.extend(p.iter().map(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0));
+    Ok(())
+}
+
+/// One non-blocking read; `None` when nothing is waiting.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    match rustix::io::read(fd, buf) {
+        Ok(n) => Ok(Some(n)),
+        Err(rustix::io::Errno::AGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One write of a whole packet.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    Ok(rustix::io::write(fd, buf)?)
+}
