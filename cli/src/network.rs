@@ -204,6 +204,31 @@ fn add_usage(doc: &mut serde_json::Value, from: &serde_json::Value) {
     obj.insert("Peers".into(), peers.into());
 }
 
+/// An encrypted network's peers with this node's WireGuard session to
+/// each (`LastHandshake`, `TxBytes`, `RxBytes`; bytes of plaintext), as
+/// `from` (the managers' usage: peers by node id) and netd name them.
+fn add_sessions(doc: &mut serde_json::Value, from: &serde_json::Value, sessions: &[pb::WgPeer]) {
+    let ids: Vec<String> = from
+        .get("peers")
+        .and_then(|p| p.as_array())
+        .map(|a| a.iter().map(|p| p["node"].as_str().unwrap_or_default().to_string()).collect())
+        .unwrap_or_default();
+    let Some(peers) = doc.get_mut("Peers").and_then(|p| p.as_array_mut()) else { return };
+    for (peer, id) in peers.iter_mut().zip(ids) {
+        let Some(s) = sessions.iter().find(|s| s.node == id) else { continue };
+        let when = if s.last_handshake_ms == 0 {
+            serde_json::Value::Null
+        } else {
+            shoal_proto::model::rfc3339(s.last_handshake_ms).into()
+        };
+        if let Some(obj) = peer.as_object_mut() {
+            obj.insert("LastHandshake".into(), when);
+            obj.insert("TxBytes".into(), s.tx_bytes.into());
+            obj.insert("RxBytes".into(), s.rx_bytes.into());
+        }
+    }
+}
+
 /// The cluster's networks when this node is a manager; none on a node that
 /// is not (and a warning when the managers cannot answer).
 async fn cluster_networks(control: &mut Control) -> anyhow::Result<Vec<Network>> {
@@ -348,8 +373,16 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
                 match c.inspect_network(pb::ClusterNetworkRef { id: want.clone() }).await {
                     Ok(d) => {
                         let v: serde_json::Value = serde_json::from_str(&d.into_inner().json)?;
-                        let mut doc = cluster_doc(&serde_json::from_value(v.clone())?);
+                        let n: Network = serde_json::from_value(v.clone())?;
+                        let mut doc = cluster_doc(&n);
                         add_usage(&mut doc, &v);
+                        if n.spec.encrypted {
+                            // This node's sessions with each peer, from its netd.
+                            match engine.network_wg_peers(pb::Empty {}).await {
+                                Ok(p) => add_sessions(&mut doc, &v, &p.into_inner().peers),
+                                Err(e) => eprintln!("warning: this node's WireGuard sessions: {}", e.message()),
+                            }
+                        }
                         docs.push(doc);
                     }
                     Err(s) if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => {
@@ -420,6 +453,28 @@ mod tests {
         let opts: Vec<String> = opts.iter().map(|o| o.to_string()).collect();
         let labels = vec!["team=web".to_string(), "flag".to_string()];
         overlay_spec("app", &Some("10.9.0.0/24".into()), &None, &None, true, true, false, &labels, &opts, mtu)
+    }
+
+    #[test]
+    fn an_encrypted_networks_peers_show_this_nodes_sessions() {
+        let from = serde_json::json!({"peers": [
+            {"node": "n1", "hostname": "h1", "data_addr": "10.98.0.1"},
+            {"node": "n2", "hostname": "h2", "data_addr": "10.98.0.2"},
+        ]});
+        let mut doc = serde_json::json!({});
+        add_usage(&mut doc, &from);
+        let sessions = [pb::WgPeer {
+            node: "n2".into(),
+            endpoint: "10.98.0.2:51820".into(),
+            last_handshake_ms: 1_764_900_000_000,
+            tx_bytes: 10,
+            rx_bytes: 20,
+            spoofed: 0,
+        }];
+        add_sessions(&mut doc, &from, &sessions);
+        assert_eq!(doc["Peers"][0], serde_json::json!({"Name": "h1", "IP": "10.98.0.1"}), "this node: no session");
+        assert_eq!((doc["Peers"][1]["TxBytes"].as_u64(), doc["Peers"][1]["RxBytes"].as_u64()), (Some(10), Some(20)));
+        assert!(doc["Peers"][1]["LastHandshake"].as_str().is_some_and(|t| t.starts_with("2025-12-05T")), "{doc}");
     }
 
     #[test]

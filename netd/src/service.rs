@@ -766,6 +766,28 @@ impl pb::netd_server::Netd for NetdService {
         Ok(Response::new(pb::SyncClusterResponse { errors, keys }))
     }
 
+    async fn wg_peers(&self, _req: Request<pb::Empty>) -> Result<Response<pb::WgPeerList>, Status> {
+        let enc = self.0.encryption.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            enc.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|e| e.stats()).unwrap_or_default()
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let ms = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let peers = stats
+            .into_iter()
+            .map(|p| pb::WgPeer {
+                node: p.node,
+                endpoint: p.endpoint.to_string(),
+                last_handshake_ms: p.last_handshake.map_or(0, ms),
+                tx_bytes: p.tx_bytes,
+                rx_bytes: p.rx_bytes,
+                spoofed: p.spoofed,
+            })
+            .collect();
+        Ok(Response::new(pb::WgPeerList { peers }))
+    }
+
     async fn sync(&self, req: Request<pb::SyncRequest>) -> Result<Response<pb::SyncResponse>, Status> {
         let reqs = req.into_inner().endpoints;
         let results: Vec<Result<(EndpointSpec, Joined), String>> = {

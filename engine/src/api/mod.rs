@@ -307,6 +307,14 @@ impl pb::engine_server::Engine for EngineService {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn network_wg_peers(&self, _req: Request<pb::Empty>) -> Result<Response<pb::WgPeerList>, Status> {
+        self.netd()?
+            .call_async(async |c| c.wg_peers(pb::Empty {}).await.map(|r| r.into_inner()))
+            .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn network_remove(&self, req: Request<pb::NetworkRef>) -> Result<Response<pb::Empty>, Status> {
         networks::network_remove(self, req).await
     }
