@@ -8,11 +8,18 @@
 # (/run/shoal/netns/<container id>). The line's median is the overlay's with one stream;
 # veth= is the underlay's, ratio= overlay/underlay; p4=, veth4=, ratio4= the same with four
 # streams. The kernel's VXLAN bound here is about 0.76 (notes/multihost-networking.md).
+# Also on the line: retr= (the overlay's one-stream TCP retransmits, median per run), netd_cpu=
+# (both hosts' netd CPU seconds per overlay run, median) and rcvbuf_drops= (UDP receive-buffer
+# errors on both hosts over all overlay runs: the datagrams a tunnel lost).
+# bench/figures/net_encrypted_tcp.sh runs this with BENCH_OVL_FIG=net_encrypted_tcp and
+# BENCH_OVL_NET_OPTS="--opt encrypted" (WireGuard in netd instead of the kernel's VXLAN).
 set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/../lib.sh"
 ROUNDS=${BENCH_OVL_ROUNDS:-5}
 SECS=${BENCH_OVL_SECS:-3}
 PORT=5201
+FIG=${BENCH_OVL_FIG:-net_overlay_tcp}
+read -r -a NET_OPTS <<< "${BENCH_OVL_NET_OPTS:-}"
 command -v iperf3 >/dev/null || die "iperf3 is needed (deploy/prereqs installs it)"
 command -v busybox >/dev/null || die "busybox-static is needed"
 WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
@@ -24,7 +31,7 @@ lab_lock
 lab up 2 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
 bench_image bench:ovl 2 sh sleep
 
-sI 1 network create -d overlay benchov >/dev/null || die "network create failed"
+sI 1 network create -d overlay "${NET_OPTS[@]}" benchov >/dev/null || die "network create failed"
 sI 1 service create -d --name ipf --network benchov --replicas 2 --replicas-max-per-node 1 \
   --stop-grace-period 1s bench:ovl sleep 1000000 >/dev/null || die "service create failed"
 svc_wait ipf 2 60 || die "the two tasks did not start"
@@ -35,7 +42,25 @@ read -r h_b c_b ip_b _ <<< "$(sed -n 2p <<< "$tasks")"
 [ "$h_a" != "$h_b" ] || die "both tasks on host $h_a"
 ns_a=/run/shoal/netns/$c_a ns_b=/run/shoal/netns/$c_b
 mtu=$(timeout 10 "$LAB" exec "$h_a" -- nsenter --net="$ns_a" ip -o link show eth0 | sed -n 's/.* mtu \([0-9]*\) .*/\1/p')
-log "tasks $ip_a (host $h_a) -> $ip_b (host $h_b) on benchov (eth0 mtu ${mtu:-?})"
+log "tasks $ip_a (host $h_a) -> $ip_b (host $h_b) on benchov ${NET_OPTS[*]} (eth0 mtu ${mtu:-?})"
+# netd's CPU seconds (user + system) on both hosts, and their UDP receive-buffer errors
+netd_cpu() {
+  local i pid t=0
+  for i in 1 2; do
+    pid=$(cat "/tmp/shoal-lab/h$i/netd.pid")
+    t=$(awk -v t="$t" -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", t + ($14 + $15) / hz }' "/proc/$pid/stat")
+  done
+  echo "$t"
+}
+rcvbuf_errors() {
+  local i n=0 e
+  for i in 1 2; do
+    e=$(timeout 10 "$LAB" exec "$i" -- awk '/^Udp:/ { if (h) { print $6; exit } h = 1 }' /proc/net/snmp)
+    n=$((n + ${e:-0}))
+  done
+  echo "$n"
+}
+drops0=$(rcvbuf_errors)
 
 # on HOST [NETNS] -- CMD: CMD on lab host HOST, in NETNS if given (else the host's own)
 on() {
@@ -54,16 +79,18 @@ gbps() {
   out=$(on "$ch" "$cn" -- iperf3 -c "$addr" -p "$PORT" -t "$SECS" -P "$p" -J); rc=$?
   wait "$srv_pid"; srv_pid=""
   [ $rc = 0 ] || { log "iperf3 client failed (exit $rc): $(tail -c 300 <<< "$out")"; return 1; }
-  G=$(python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))' <<< "$out") \
+  read -r G R < <(python3 -c 'import json,sys; e = json.load(sys.stdin)["end"]; print("%.3f %d" % (e["sum_received"]["bits_per_second"] / 1e9, e["sum_sent"].get("retransmits", 0)))' <<< "$out") \
     && [ -n "$G" ]
 }
 
-ov1=() ov4=() ve1=() ve4=()
+ov1=() ov4=() ve1=() ve4=() retr=() cpu=()
 for r in $(seq 1 "$ROUNDS"); do
   order="ov1 ve1 ov4 ve4"; [ $((r % 2)) = 0 ] && order="ve4 ov4 ve1 ov1"
   for w in $order; do
     case $w in
-      ov1) gbps "$h_b" "$ns_b" "$h_a" "$ns_a" "$ip_b" 1 || die "overlay run $r failed"; ov1+=("$G") ;;
+      ov1) c0=$(netd_cpu)
+           gbps "$h_b" "$ns_b" "$h_a" "$ns_a" "$ip_b" 1 || die "overlay run $r failed"; ov1+=("$G") retr+=("$R")
+           cpu+=("$(awk -v a="$c0" -v b="$(netd_cpu)" 'BEGIN { printf "%.2f", b - a }')") ;;
       ov4) gbps "$h_b" "$ns_b" "$h_a" "$ns_a" "$ip_b" 4 || die "overlay run $r failed"; ov4+=("$G") ;;
       ve1) gbps "$h_b" "" "$h_a" "" "$NET.$h_b" 1 || die "underlay run $r failed"; ve1+=("$G") ;;
       ve4) gbps "$h_b" "" "$h_a" "" "$NET.$h_b" 4 || die "underlay run $r failed"; ve4+=("$G") ;;
@@ -74,6 +101,8 @@ done
 sI 1 service rm ipf >/dev/null
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "NA" }'; }
 m_ve1=$(printf '%s\n' "${ve1[@]}" | median) m_ov4=$(printf '%s\n' "${ov4[@]}" | median) m_ve4=$(printf '%s\n' "${ve4[@]}" | median)
-line=$(printf '%s\n' "${ov1[@]}" | stats net_overlay_tcp Gbit/s)
+line=$(printf '%s\n' "${ov1[@]}" | stats "$FIG" Gbit/s)
 m_ov1=$(sed -n 's/.* median=\([^ ]*\).*/\1/p' <<< "$line")
-echo "$line veth=$m_ve1 ratio=$(ratio "$m_ov1" "$m_ve1") p4=$m_ov4 veth4=$m_ve4 ratio4=$(ratio "$m_ov4" "$m_ve4")"
+m_retr=$(printf '%s\n' "${retr[@]}" | median) m_cpu=$(printf '%s\n' "${cpu[@]}" | median)
+echo "$line veth=$m_ve1 ratio=$(ratio "$m_ov1" "$m_ve1") p4=$m_ov4 veth4=$m_ve4 ratio4=$(ratio "$m_ov4" "$m_ve4")" \
+  "retr=$m_retr netd_cpu=$m_cpu rcvbuf_drops=$(( $(rcvbuf_errors) - drops0 ))"

@@ -194,6 +194,9 @@ pub async fn run(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
                     println!("Platform:\n Operating System:\t{}\n Architecture:\t\t{}", n.os, n.arch);
                     println!("Engine Version:\t\t{}", n.engine_version);
                     println!("Certificate Expiry:\t{}", n.cert_expiry);
+                    if !n.wg_public_key.is_empty() {
+                        println!("WireGuard Public Key:\t{} (key epoch {})", n.wg_public_key, n.key_epoch);
+                    }
                 }
             } else {
                 let v: Vec<_> = out.iter().map(node_json).collect();

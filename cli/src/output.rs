@@ -63,6 +63,9 @@ pub fn node_json(n: &pb::Node) -> Value {
         "engine_version": n.engine_version,
         "os": n.os,
         "arch": n.arch,
+        "wg_public_key": n.wg_public_key,
+        "wg_public_key_prev": n.wg_public_key_prev,
+        "key_epoch": n.key_epoch,
     })
 }
 

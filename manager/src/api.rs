@@ -194,6 +194,9 @@ impl ControlService {
             engine_version: n.description.engine_version.clone(),
             os: n.description.os.clone(),
             arch: n.description.arch.clone(),
+            wg_public_key: n.description.net.wg_key.map(|k| k.to_string()).unwrap_or_default(),
+            wg_public_key_prev: n.description.net.wg_key_prev.map(|k| k.to_string()).unwrap_or_default(),
+            key_epoch: n.description.net.key_epoch,
         }
     }
 
