@@ -213,6 +213,28 @@ for t in json.load(sys.stdin):
         print(t["node"].removeprefix("shl-h"), k["status"]["container_id"], addr or "-", k["id"])'
 }
 svc_is() { [ "$(svc_running "$1")" = "$2" ]; }
+
+# task_pair SVC [NETWORK OPTIONS...]: a 2-host lab (1 manager; the caller holds the lab lock and
+# has WORK), image bench:pair, the overlay `benchnet` made with the options (e.g. --opt
+# encrypted) and SVC's two tasks on it, one per host; sets h_a c_a ip_a ns_a (the first task's
+# host, container, address, network namespace) and h_b c_b ip_b ns_b.
+task_pair() {
+  local svc=$1 tasks; shift
+  [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
+  lab up 2 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
+  bench_image bench:pair 2 sh sleep
+  sI 1 network create -d overlay "$@" benchnet >/dev/null || die "network create failed"
+  sI 1 service create -d --name "$svc" --network benchnet --replicas 2 --replicas-max-per-node 1 \
+    --stop-grace-period 1s bench:pair sleep 1000000 >/dev/null || die "service create failed"
+  svc_wait "$svc" 2 60 || die "the two tasks did not start"
+  tasks=$(svc_tasks "$svc" | sort)
+  [ "$(wc -l <<< "$tasks")" = 2 ] || die "expected a task on each host: $tasks"
+  read -r h_a c_a ip_a _ <<< "$(sed -n 1p <<< "$tasks")"
+  read -r h_b c_b ip_b _ <<< "$(sed -n 2p <<< "$tasks")"
+  [ "$h_a" != "$h_b" ] || die "both tasks on host $h_a"
+  ns_a=/run/shoal/netns/$c_a ns_b=/run/shoal/netns/$c_b
+  log "tasks $ip_a (host $h_a) -> $ip_b (host $h_b) on benchnet $*"
+}
 # svc_failures SVC: "COUNT ERROR": how many of SVC's tasks failed or were rejected, and the
 # newest one's error
 svc_failures() {

@@ -18,19 +18,7 @@ srv_pid=""
 cleanup() { [ -n "$srv_pid" ] && kill "$srv_pid" 2>/dev/null; lab_down; rm -rf "$WORK"; }
 trap 'cleanup; lab_unlock' EXIT
 lab_lock
-[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
-lab up 2 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
-bench_image bench:lat 2 sh sleep
-sI 1 network create -d overlay --opt encrypted benchenc >/dev/null || die "network create failed"
-sI 1 service create -d --name lat --network benchenc --replicas 2 --replicas-max-per-node 1 \
-  --stop-grace-period 1s bench:lat sleep 1000000 >/dev/null || die "service create failed"
-svc_wait lat 2 60 || die "the two tasks did not start"
-tasks=$(svc_tasks lat | sort)
-read -r h_a c_a ip_a _ <<< "$(sed -n 1p <<< "$tasks")"
-read -r h_b c_b ip_b _ <<< "$(sed -n 2p <<< "$tasks")"
-[ "$h_a" != "$h_b" ] || die "both tasks on host $h_a"
-ns_a=/run/shoal/netns/$c_a ns_b=/run/shoal/netns/$c_b
-log "tasks $ip_a (host $h_a) -> $ip_b (host $h_b) on encrypted benchenc"
+task_pair lat --opt encrypted
 
 on() { # on HOST NETNS|"" -- CMD
   local host=$1 ns=$2; shift 3

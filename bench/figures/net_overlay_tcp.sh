@@ -27,22 +27,9 @@ srv_pid=""   # the iperf3 server we started and have not reaped yet
 cleanup() { [ -n "$srv_pid" ] && kill "$srv_pid" 2>/dev/null; lab_down; rm -rf "$WORK"; }
 trap 'cleanup; lab_unlock' EXIT
 lab_lock
-[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
-lab up 2 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
-bench_image bench:ovl 2 sh sleep
-
-sI 1 network create -d overlay "${NET_OPTS[@]}" benchov >/dev/null || die "network create failed"
-sI 1 service create -d --name ipf --network benchov --replicas 2 --replicas-max-per-node 1 \
-  --stop-grace-period 1s bench:ovl sleep 1000000 >/dev/null || die "service create failed"
-svc_wait ipf 2 60 || die "the two tasks did not start"
-tasks=$(svc_tasks ipf | sort)
-[ "$(wc -l <<< "$tasks")" = 2 ] || die "expected a task on each host: $tasks"
-read -r h_a c_a ip_a _ <<< "$(sed -n 1p <<< "$tasks")"
-read -r h_b c_b ip_b _ <<< "$(sed -n 2p <<< "$tasks")"
-[ "$h_a" != "$h_b" ] || die "both tasks on host $h_a"
-ns_a=/run/shoal/netns/$c_a ns_b=/run/shoal/netns/$c_b
+task_pair ipf "${NET_OPTS[@]}"
 mtu=$(timeout 10 "$LAB" exec "$h_a" -- nsenter --net="$ns_a" ip -o link show eth0 | sed -n 's/.* mtu \([0-9]*\) .*/\1/p')
-log "tasks $ip_a (host $h_a) -> $ip_b (host $h_b) on benchov ${NET_OPTS[*]} (eth0 mtu ${mtu:-?})"
+log "eth0 mtu ${mtu:-?}"
 # netd's CPU seconds (user + system) on both hosts, and their UDP receive-buffer errors
 netd_cpu() {
   local i pid t=0

@@ -16,21 +16,13 @@ srv_pid=""
 cleanup() { [ -n "$srv_pid" ] && kill "$srv_pid" 2>/dev/null; lab_down; rm -rf "$WORK"; }
 trap 'cleanup; lab_unlock' EXIT
 lab_lock
-[ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
-lab up 2 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
-bench_image bench:rekey 2 sh sleep
-sI 1 network create -d overlay --opt encrypted benchenc >/dev/null || die "network create failed"
-sI 1 service create -d --name gap --network benchenc --replicas 2 --replicas-max-per-node 1 \
-  --stop-grace-period 1s bench:rekey sleep 1000000 >/dev/null || die "service create failed"
-svc_wait gap 2 60 || die "the two tasks did not start"
-tasks=$(svc_tasks gap | sort)
-read -r h_a c_a ip_a _ <<< "$(sed -n 1p <<< "$tasks")"
-read -r h_b c_b ip_b _ <<< "$(sed -n 2p <<< "$tasks")"
-[ "$h_a" != "$h_b" ] || die "both tasks on host $h_a"
-ns_a=/run/shoal/netns/$c_a ns_b=/run/shoal/netns/$c_b
+task_pair gap --opt encrypted
 on() { local host=$1 ns=$2; shift 3; timeout $((SECS + 60)) "$LAB" exec "$host" -- nsenter --net="$ns" "$@"; }
-epochs() { sI 1 node ls -q | while read -r id; do sI 1 node inspect "$id" --format json; done \
-  | python3 -c 'import json,sys; d=sys.stdin.read().replace("][", ","); print(" ".join(str(n["key_epoch"]) for n in json.loads(d)))'; }
+epochs() { # every node's key epoch, in node order
+  # shellcheck disable=SC2046 # one id per word
+  sI 1 node inspect $(sI 1 node ls -q) --format json \
+    | python3 -c 'import json,sys; print(" ".join(str(n["key_epoch"]) for n in json.load(sys.stdin)))'
+}
 all_at() { [ "$(epochs)" = "$1 $1" ]; }
 # run ROTATE(0|1) EPOCH: sets GAP (ms)
 run() {

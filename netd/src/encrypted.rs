@@ -164,6 +164,10 @@ impl Encryption {
             }
             return errors;
         }
+        if view.wg_port == 0 {
+            errors.push("the managers gave no WireGuard port (managers older than encrypted networks?)".into());
+            return errors;
+        }
         let listen = SocketAddrV4::new(view.data_addr, view.wg_port);
         if self.datapath.as_ref().is_some_and(|(at, _)| *at != listen) {
             self.datapath = None; // the data address or port moved

@@ -249,6 +249,25 @@ pub struct Peer {
     pub wg_key_prev: Option<WgKey>,
 }
 
+/// Serde through the type's text (`Display` and `FromStr`), for
+/// `#[serde(try_from = "String", into = "String")]`.
+macro_rules! text_serde {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(s: String) -> Result<$t, String> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.to_string()
+            }
+        }
+    };
+}
+
 /// A WireGuard public key (X25519, 32 bytes), base64 as `wg` prints it.
 /// Only public keys travel; a node's private key never leaves its netd.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -290,18 +309,7 @@ impl FromStr for WgKey {
     }
 }
 
-impl TryFrom<String> for WgKey {
-    type Error = String;
-    fn try_from(s: String) -> Result<WgKey, String> {
-        s.parse()
-    }
-}
-
-impl From<WgKey> for String {
-    fn from(k: WgKey) -> String {
-        k.to_string()
-    }
-}
+text_serde!(WgKey);
 
 /// A task's or container's address on an overlay network, and where it lives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -664,18 +672,7 @@ impl FromStr for Subnet {
     }
 }
 
-impl TryFrom<String> for Subnet {
-    type Error = String;
-    fn try_from(s: String) -> Result<Subnet, String> {
-        s.parse()
-    }
-}
-
-impl From<Subnet> for String {
-    fn from(s: Subnet) -> String {
-        s.to_string()
-    }
-}
+text_serde!(Subnet);
 
 impl fmt::Display for Subnet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
