@@ -674,7 +674,9 @@ fn timers(s: &Shared) {
                 if kicked.is_none_or(|k| k.elapsed() >= KICK_EVERY) {
                     *kicked = Some(Instant::now());
                     let mut tunn = lock(&peer.slots[0].tunn);
-                    if let TunnResult::WriteToNetwork(out) = tunn.format_handshake_initiation(&mut buf, false) {
+                    // A fresh initiation each time: one refused (the peer had not learnt
+                    // our new key yet) is not left to boringtun's 5 s retry.
+                    if let TunnResult::WriteToNetwork(out) = tunn.format_handshake_initiation(&mut buf, true) {
                         sys::send(sock, out, peer.endpoint, None).ok();
                     }
                 }
