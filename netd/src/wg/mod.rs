@@ -31,6 +31,7 @@
 //! keys first); the timer thread keeps handshaking the preferred one, so
 //! the switch to new keys needs no gap.
 
+pub mod gro;
 pub mod gso;
 pub mod keys;
 pub mod routes;
@@ -197,6 +198,9 @@ struct Net {
     tun: String,
     /// One per worker.
     queues: Vec<OwnedFd>,
+    /// Whether decrypted TCP segments are coalesced before their write
+    /// (vnet headers on, and the kernel took TSO4).
+    gro: bool,
 }
 
 struct Table {
@@ -341,7 +345,13 @@ impl Shared {
             let net = match reused {
                 Some(net) => net,
                 None => match tun::open_queues(&n.ns, &n.tun, self.workers, self.offload) {
-                    Ok((queues, _)) => Arc::new(Net { id: n.id.clone(), ns: n.ns.clone(), tun: n.tun.clone(), queues }),
+                    Ok((queues, offloads)) => Arc::new(Net {
+                        id: n.id.clone(),
+                        ns: n.ns.clone(),
+                        tun: n.tun.clone(),
+                        queues,
+                        gro: self.offload && offloads & tun::TSO4 != 0,
+                    }),
                     Err(e) => {
                         errors.push(format!("network {}: {e}", n.id));
                         continue;
@@ -469,6 +479,7 @@ fn worker(s: &Shared, w: usize) {
                             rx_datagram(s, &t, w, &mut st, from, &data[..len]);
                             st.rx[i] = data;
                         }
+                        flush_gro(&t, w, &mut st.gro);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "wireguard: recv");
@@ -508,6 +519,7 @@ struct WorkerBufs {
     rx: Vec<Vec<u8>>,
     rx_lens: Vec<usize>,
     rx_from: Vec<SocketAddrV4>,
+    gro: gro::Gro,
 }
 
 impl WorkerBufs {
@@ -522,6 +534,7 @@ impl WorkerBufs {
             rx: (0..RX_BATCH).map(|_| vec![0; 65536]).collect(),
             rx_lens: Vec::new(),
             rx_from: Vec::new(),
+            gro: gro::Gro::new(),
         }
     }
 }
@@ -621,6 +634,14 @@ fn rx_datagram(s: &Shared, t: &Table, w: usize, st: &mut WorkerBufs, from: Socke
             match t.routes.accept(p, &st.dec[h..h + n]) {
                 Ok(net) => {
                     peer.counters.rx.fetch_add(n as u64, Ordering::Relaxed);
+                    if t.nets[net].gro {
+                        let pkt = &st.dec[h..h + n];
+                        if !st.gro.append(net, pkt) {
+                            flush_gro(t, w, &mut st.gro);
+                            st.gro.start(net, pkt);
+                        }
+                        return;
+                    }
                     let Some(q) = t.nets[net].queues.get(w) else { return };
                     let out = if s.offload {
                         // gso_type NONE, no checksum to finish: the sender completed it.
@@ -642,6 +663,17 @@ fn rx_datagram(s: &Shared, t: &Table, w: usize, st: &mut WorkerBufs, from: Socke
             peer.counters.spoofed.fetch_add(1, Ordering::Relaxed);
         }
         TunnResult::Done | TunnResult::Err(_) => {}
+    }
+}
+
+/// Writes the coalesced packet, if any, to its network's TUN.
+fn flush_gro(t: &Table, w: usize, g: &mut gro::Gro) {
+    let net = g.net;
+    if let Some(out) = g.finish()
+        && let Some(q) = t.nets.get(net).and_then(|n| n.queues.get(w))
+        && let Err(e) = sys::write(q.as_fd(), out)
+    {
+        tracing::debug!(error = %e, "wireguard: tun write");
     }
 }
 

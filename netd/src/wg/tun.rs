@@ -9,6 +9,11 @@ use std::path::Path;
 
 use super::sys;
 
+/// The offload bits `open_queues` reports.
+pub const CSUM: u32 = sys::TUN_F_CSUM;
+pub const TSO4: u32 = sys::TUN_F_TSO4;
+pub const USO4: u32 = sys::TUN_F_USO4;
+
 const BASE_FLAGS: i16 = sys::IFF_TUN | sys::IFF_NO_PI | sys::IFF_MULTI_QUEUE;
 
 /// The offloads asked of the kernel, most first: checksum, TCP and UDP
