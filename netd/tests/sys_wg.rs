@@ -537,6 +537,47 @@ fn revocation_rotation_and_restart() {
     });
 }
 
+/// Sends `payload` from `ns` as one `UDP_SEGMENT` write of `seg`-byte datagrams.
+fn send_udp_gso(ns: &Path, from: Ipv4Addr, to: SocketAddrV4, payload: Vec<u8>, seg: u16) {
+    sys::in_netns(ns, move || {
+        let s = UdpSocket::bind((from, 0))?;
+        s.connect(to)?;
+        let v = seg as libc::c_int;
+        // SAFETY: the option value is one int, passed with its size (UDP_SEGMENT = 103).
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_UDP,
+                103,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        s.send(&payload)
+    })
+    .expect("a segmented send");
+}
+
+#[test]
+fn a_udp_super_packet_arrives_as_its_datagrams() {
+    run(|| {
+        let lab = Lab::new();
+        let (da, db) = pair(&lab, true);
+        let (ca, cb) = (&lab.a.container.path, &lab.b.container.path);
+        assert!(reaches_within(ca, B_C, Duration::from_secs(10)).is_some(), "the tunnel works");
+        let sink = udp_listen(cb, B_C, 9998);
+        let payload: Vec<u8> = (0..3500u32).map(|i| (i % 251) as u8).collect();
+        send_udp_gso(ca, A_C, SocketAddrV4::new(B_C, 9998), payload.clone(), 1000);
+        let got = received_within(&sink, Duration::from_secs(1));
+        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [1000, 1000, 1000, 500]);
+        assert_eq!(got.concat(), payload);
+        drop((da, db));
+    });
+}
+
 #[test]
 fn without_offloads_one_packet_at_a_time_carries_the_same_traffic() {
     run(|| {

@@ -363,13 +363,16 @@ impl Shared {
             let net = match reused {
                 Some(net) => net,
                 None => match tun::open_queues(&n.ns, &n.tun, self.workers, self.offload) {
-                    Ok((queues, offloads)) => Arc::new(Net {
-                        id: n.id.clone(),
-                        ns: n.ns.clone(),
-                        tun: n.tun.clone(),
-                        queues,
-                        gro: self.offload && offloads & tun::TSO4 != 0,
-                    }),
+                    Ok((queues, offloads)) => {
+                        tracing::info!(net.id = %n.id, tun = %n.tun, queues = queues.len(), offloads, "wireguard: network opened");
+                        Arc::new(Net {
+                            id: n.id.clone(),
+                            ns: n.ns.clone(),
+                            tun: n.tun.clone(),
+                            queues,
+                            gro: self.offload && offloads & tun::TSO4 != 0,
+                        })
+                    }
                     Err(e) => {
                         errors.push(format!("network {}: {e}", n.id));
                         continue;
@@ -930,6 +933,12 @@ mod tests {
             .filter(|_| matches!(demux(&t, from, &initiation(&p, x.public())), Demux::Cookie(_)))
             .count();
         assert!(cookies > 0, "under load the sender must prove its address");
+    }
+
+    #[test]
+    fn the_datapath_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Datapath>();
     }
 
     #[test]
