@@ -196,7 +196,6 @@ struct Counters {
     tx: AtomicU64,
     rx: AtomicU64,
     spoofed: AtomicU64,
-    last_handshake: Mutex<Option<SystemTime>>,
     last_kick: Mutex<Option<Instant>>,
 }
 
@@ -317,7 +316,12 @@ impl Datapath {
             .map(|p| PeerStats {
                 node: p.node.clone(),
                 endpoint: p.endpoint,
-                last_handshake: *lock(&p.counters.last_handshake),
+                last_handshake: p
+                    .slots
+                    .iter()
+                    .filter_map(|s| lock(&s.tunn).time_since_last_handshake())
+                    .min()
+                    .and_then(|d| SystemTime::now().checked_sub(d)),
                 tx_bytes: p.counters.tx.load(Ordering::Relaxed),
                 rx_bytes: p.counters.rx.load(Ordering::Relaxed),
                 spoofed: p.counters.spoofed.load(Ordering::Relaxed),
@@ -754,20 +758,17 @@ fn timers(s: &Shared) {
             key.limiter.reset_count(); // once a second at most, by itself
         }
         for peer in &t.peers {
-            let mut newest: Option<Duration> = None;
             let mut best = None;
             for (i, slot) in peer.slots.iter().enumerate() {
                 let mut tunn = lock(&slot.tunn);
                 if let TunnResult::WriteToNetwork(out) = tunn.update_timers(&mut buf) {
                     sys::send(sock, out, peer.endpoint, None).ok();
                 }
-                if let Some(d) = tunn.time_since_last_handshake() {
-                    newest = Some(newest.map_or(d, |n| n.min(d)));
+                if tunn.time_since_last_handshake().is_some() {
                     best.get_or_insert(i);
                 }
             }
             peer.tx_slot.store(best.unwrap_or(0), Ordering::Relaxed);
-            *lock(&peer.counters.last_handshake) = newest.and_then(|d| SystemTime::now().checked_sub(d));
             if best != Some(0) {
                 let mut kicked = lock(&peer.counters.last_kick);
                 if kicked.is_none_or(|k| k.elapsed() >= KICK_EVERY) {
