@@ -12,7 +12,8 @@
 //!   authenticated against a configured peer's static key. No VXLAN device,
 //!   no plaintext socket. netd down ⇒ the TUN is unread ⇒ traffic stops.
 //! * A responder finds the initiator's key with `parse_handshake_anon`
-//!   (this host's current key, then the previous one during a rotation) and
+//!   under the local key whose `mac1` the initiation carries (current, or the
+//!   previous one during a rotation; a cookie first when under load) and
 //!   refuses keys no configured peer has: removing a peer revokes it at once.
 //!
 //! Threads, not tasks: `workers` threads, each polling its own queue of
@@ -31,6 +32,7 @@
 //! keys first); the timer thread keeps handshaking the preferred one, so
 //! the switch to new keys needs no gap.
 
+pub mod gro;
 pub mod gso;
 pub mod keys;
 pub mod routes;
@@ -47,6 +49,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 
@@ -150,16 +153,32 @@ struct Shared {
     unroutable: AtomicU64,
 }
 
+/// Handshake messages per second under one local key before initiators
+/// must prove their address with a cookie (boringtun's device uses 100;
+/// each message is counted twice here: at demux and in its `Tunn`).
+const HANDSHAKE_LIMIT: u64 = 200;
+
+/// One of this host's keys with the limiter that checks `mac1` (keyed by
+/// its public half) before any Diffie-Hellman and asks for cookies under load.
+struct LocalKey {
+    secret: StaticSecret,
+    public: PublicKey,
+    limiter: Arc<RateLimiter>,
+}
+
 /// This host's keys, current first.
-struct LocalKeys(Vec<(StaticSecret, PublicKey)>);
+struct LocalKeys(Vec<LocalKey>);
 
 impl LocalKeys {
-    fn of(k: &StaticKeys) -> LocalKeys {
-        let mut v = vec![(k.current.clone(), PublicKey::from(&k.current))];
-        if let Some(p) = &k.prev {
-            v.push((p.clone(), PublicKey::from(p)));
-        }
-        LocalKeys(v)
+    /// `k`'s keys; a key `old` had keeps its limiter.
+    fn of(k: &StaticKeys, old: Option<&LocalKeys>) -> LocalKeys {
+        let key = |secret: &StaticSecret| {
+            let public = PublicKey::from(secret);
+            let kept = old.and_then(|o| o.0.iter().find(|l| l.public == public)).map(|l| l.limiter.clone());
+            let limiter = kept.unwrap_or_else(|| Arc::new(RateLimiter::new(&public, HANDSHAKE_LIMIT)));
+            LocalKey { secret: secret.clone(), public, limiter }
+        };
+        LocalKeys(std::iter::once(&k.current).chain(k.prev.as_ref()).map(key).collect())
     }
 }
 
@@ -177,7 +196,6 @@ struct Counters {
     tx: AtomicU64,
     rx: AtomicU64,
     spoofed: AtomicU64,
-    last_handshake: Mutex<Option<SystemTime>>,
     last_kick: Mutex<Option<Instant>>,
 }
 
@@ -197,6 +215,9 @@ struct Net {
     tun: String,
     /// One per worker.
     queues: Vec<OwnedFd>,
+    /// Whether decrypted TCP segments are coalesced before their write
+    /// (vnet headers on, and the kernel took TSO4).
+    gro: bool,
 }
 
 struct Table {
@@ -226,7 +247,7 @@ impl Datapath {
         for _ in 1..workers {
             sockets.push(sys::udp_socket(SocketAddrV4::new(*cfg.listen.ip(), port), SOCKET_BUF).map_err(ctx)?);
         }
-        let keys = Arc::new(LocalKeys::of(&keys));
+        let keys = Arc::new(LocalKeys::of(&keys, None));
         let empty = Table {
             keys: keys.clone(),
             nets: Vec::new(),
@@ -281,7 +302,7 @@ impl Datapath {
     /// that stay are kept, new ones are handshaken beside them.
     pub fn set_keys(&self, keys: StaticKeys) {
         let mut desired = lock(&self.shared.desired);
-        desired.2 = Arc::new(LocalKeys::of(&keys));
+        desired.2 = Arc::new(LocalKeys::of(&keys, Some(&desired.2)));
         // Queues of known networks are reused, so this opens nothing new.
         if let Err(e) = self.shared.rebuild(&desired) {
             tracing::warn!(error = %e, "wireguard: a network's queues");
@@ -295,7 +316,12 @@ impl Datapath {
             .map(|p| PeerStats {
                 node: p.node.clone(),
                 endpoint: p.endpoint,
-                last_handshake: *lock(&p.counters.last_handshake),
+                last_handshake: p
+                    .slots
+                    .iter()
+                    .filter_map(|s| lock(&s.tunn).time_since_last_handshake())
+                    .min()
+                    .and_then(|d| SystemTime::now().checked_sub(d)),
                 tx_bytes: p.counters.tx.load(Ordering::Relaxed),
                 rx_bytes: p.counters.rx.load(Ordering::Relaxed),
                 spoofed: p.counters.spoofed.load(Ordering::Relaxed),
@@ -341,7 +367,16 @@ impl Shared {
             let net = match reused {
                 Some(net) => net,
                 None => match tun::open_queues(&n.ns, &n.tun, self.workers, self.offload) {
-                    Ok((queues, _)) => Arc::new(Net { id: n.id.clone(), ns: n.ns.clone(), tun: n.tun.clone(), queues }),
+                    Ok((queues, offloads)) => {
+                        tracing::info!(net.id = %n.id, tun = %n.tun, queues = queues.len(), offloads, "wireguard: network opened");
+                        Arc::new(Net {
+                            id: n.id.clone(),
+                            ns: n.ns.clone(),
+                            tun: n.tun.clone(),
+                            queues,
+                            gro: self.offload && offloads & tun::TSO4 != 0,
+                        })
+                    }
                     Err(e) => {
                         errors.push(format!("network {}: {e}", n.id));
                         continue;
@@ -359,13 +394,14 @@ impl Shared {
         for p in peers {
             let before = old.peers.iter().find(|o| o.node == p.node);
             let mut slots = Vec::new();
-            for (secret, public) in &keys.0 {
+            for key in &keys.0 {
                 for r in std::iter::once(p.public).chain(p.prev_public) {
-                    let l = public.to_bytes();
+                    let l = key.public.to_bytes();
                     let kept = before.and_then(|b| b.slots.iter().find(|s| s.local == l && s.remote == r)).cloned();
                     let slot = kept.unwrap_or_else(|| {
                         let index = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
-                        let tunn = Tunn::new(secret.clone(), PublicKey::from(r), None, None, index, None);
+                        let limiter = Some(key.limiter.clone());
+                        let tunn = Tunn::new(key.secret.clone(), PublicKey::from(r), None, None, index, limiter);
                         Arc::new(Slot { local: l, remote: r, index, tunn: Mutex::new(tunn) })
                     });
                     slots.push(slot);
@@ -407,13 +443,13 @@ fn best_slot(slots: &[Arc<Slot>]) -> usize {
     slots.iter().position(|s| lock(&s.tunn).time_since_last_handshake().is_some()).unwrap_or(0)
 }
 
-/// Sends `buf`, the WireGuard messages whose lengths are `lens` laid end to
-/// end, to `dst`: runs of equal lengths (and a shorter last one) as one
-/// `UDP_SEGMENT` send each.
-fn send_all(sock: BorrowedFd<'_>, buf: &[u8], lens: &[usize], dst: SocketAddrV4) {
+/// Splits `lens` (message lengths, in order) into runs one `UDP_SEGMENT`
+/// send can carry: equal lengths and at most one shorter last, at most 64
+/// datagrams and 65,000 bytes; `f(first length, count)` for each.
+fn group_runs(lens: &[usize], mut f: impl FnMut(usize, usize)) {
     const MAX_SEGS: usize = 64;
     const MAX_BYTES: usize = 65000;
-    let (mut i, mut off) = (0, 0);
+    let mut i = 0;
     while i < lens.len() {
         let seg = lens[i];
         let (mut j, mut total) = (i + 1, seg);
@@ -422,16 +458,26 @@ fn send_all(sock: BorrowedFd<'_>, buf: &[u8], lens: &[usize], dst: SocketAddrV4)
             j += 1;
         }
         if j < lens.len() && lens[j] < seg && j - i < MAX_SEGS && total + lens[j] <= MAX_BYTES {
-            total += lens[j];
             j += 1;
         }
+        f(seg, j - i);
+        i = j;
+    }
+}
+
+/// Sends `buf`, the WireGuard messages whose lengths are `lens` laid end to
+/// end, to `dst`: each run of `group_runs` as one `UDP_SEGMENT` send (one
+/// datagram at a time where the kernel refuses it).
+fn send_all(sock: BorrowedFd<'_>, buf: &[u8], lens: &[usize], dst: SocketAddrV4) {
+    let (mut i, mut off) = (0, 0);
+    group_runs(lens, |seg, n| {
+        let total: usize = lens[i..i + n].iter().sum();
         let chunk = &buf[off..off + total];
-        let gso = (j - i > 1).then_some(seg as u16);
+        let gso = (n > 1).then_some(seg as u16);
         if let Err(e) = sys::send(sock, chunk, dst, gso) {
             if gso.is_some() {
-                // No UDP GSO here: one datagram at a time.
                 let mut o = 0;
-                for l in &lens[i..j] {
+                for l in &lens[i..i + n] {
                     let _ = sys::send(sock, &chunk[o..o + l], dst, None);
                     o += l;
                 }
@@ -440,8 +486,8 @@ fn send_all(sock: BorrowedFd<'_>, buf: &[u8], lens: &[usize], dst: SocketAddrV4)
             }
         }
         off += total;
-        i = j;
-    }
+        i += n;
+    });
 }
 
 /// One worker: its socket and its queue of every network.
@@ -469,6 +515,7 @@ fn worker(s: &Shared, w: usize) {
                             rx_datagram(s, &t, w, &mut st, from, &data[..len]);
                             st.rx[i] = data;
                         }
+                        flush_gro(&t, w, &mut st.gro);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "wireguard: recv");
@@ -508,6 +555,7 @@ struct WorkerBufs {
     rx: Vec<Vec<u8>>,
     rx_lens: Vec<usize>,
     rx_from: Vec<SocketAddrV4>,
+    gro: gro::Gro,
 }
 
 impl WorkerBufs {
@@ -522,6 +570,7 @@ impl WorkerBufs {
             rx: (0..RX_BATCH).map(|_| vec![0; 65536]).collect(),
             rx_lens: Vec::new(),
             rx_from: Vec::new(),
+            gro: gro::Gro::new(),
         }
     }
 }
@@ -572,39 +621,71 @@ fn tx_packet(s: &Shared, t: &Table, w: usize, st: &mut WorkerBufs, net: usize, b
     send_all(s.sockets[w].as_fd(), &st.enc[..off], &st.enc_lens, peer.endpoint);
 }
 
+/// Where a datagram goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Demux {
+    /// To this (peer, slot)'s session set.
+    Slot(usize, usize),
+    /// An initiation under no key of ours, or from a key no peer has.
+    Refused,
+    /// Under load: this cookie reply goes back to the sender's address.
+    Cookie(Vec<u8>),
+    /// Not a WireGuard message, or not one of a live session.
+    Unknown,
+}
+
 /// Which (peer, slot) a datagram belongs to: an initiation by the key it
-/// opens under, the other messages by their receiver index.
-fn demux(s: &Shared, t: &Table, data: &[u8]) -> Option<(usize, usize)> {
+/// opens under (its `mac1` checked first), the other messages by their
+/// receiver index.
+fn demux(t: &Table, from: Ipv4Addr, data: &[u8]) -> Demux {
     let idx = |at: usize| data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> 8);
+    let by_index =
+        |i: Option<u32>| i.and_then(|i| t.by_index.get(&i)).map_or(Demux::Unknown, |&(p, s)| Demux::Slot(p, s));
     match Tunn::parse_incoming_packet(data) {
-        Ok(Packet::HandshakeInit(init)) => {
-            let found = t.keys.0.iter().find_map(|(secret, public)| {
-                let half = parse_handshake_anon(secret, public, &init).ok()?;
-                let &p = t.by_key.get(&half.peer_static_public)?;
-                let l = public.to_bytes();
-                let slot = t.peers[p].slots.iter().position(|x| x.local == l && x.remote == half.peer_static_public)?;
-                Some((p, slot))
-            });
-            if found.is_none() {
-                s.refused.fetch_add(1, Ordering::Relaxed);
+        Ok(Packet::HandshakeInit(_)) => {
+            let mut cookie = [0u8; 64];
+            for key in &t.keys.0 {
+                let init = match key.limiter.verify_packet(Some(from.into()), data, &mut cookie) {
+                    Ok(Packet::HandshakeInit(init)) => init,
+                    Err(TunnResult::WriteToNetwork(c)) => return Demux::Cookie(c.to_vec()),
+                    _ => continue, // mac1 is for another key
+                };
+                let Ok(half) = parse_handshake_anon(&key.secret, &key.public, &init) else { break };
+                let remote = half.peer_static_public;
+                let l = key.public.to_bytes();
+                let found = t.by_key.get(&remote).and_then(|&p| {
+                    t.peers[p].slots.iter().position(|x| x.local == l && x.remote == remote).map(|s| (p, s))
+                });
+                return found.map_or(Demux::Refused, |(p, s)| Demux::Slot(p, s));
             }
-            found
+            Demux::Refused
         }
-        Ok(Packet::HandshakeResponse(_)) => t.by_index.get(&idx(8)?).copied(),
-        Ok(Packet::PacketCookieReply(_) | Packet::PacketData(_)) => t.by_index.get(&idx(4)?).copied(),
-        Err(_) => None,
+        Ok(Packet::HandshakeResponse(_)) => by_index(idx(8)),
+        Ok(Packet::PacketCookieReply(_) | Packet::PacketData(_)) => by_index(idx(4)),
+        Err(_) => Demux::Unknown,
     }
 }
 
 /// A datagram from the network: authenticated and decrypted by the
 /// sender's session, checked, written to its network's TUN.
 fn rx_datagram(s: &Shared, t: &Table, w: usize, st: &mut WorkerBufs, from: SocketAddrV4, data: &[u8]) {
-    let Some((p, slot)) = demux(s, t, data) else {
-        s.unknown.fetch_add(1, Ordering::Relaxed);
-        return;
+    let sock = s.sockets[w].as_fd();
+    let (p, slot) = match demux(t, *from.ip(), data) {
+        Demux::Slot(p, slot) => (p, slot),
+        Demux::Refused => {
+            s.refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Demux::Cookie(c) => {
+            sys::send(sock, &c, from, None).ok();
+            return;
+        }
+        Demux::Unknown => {
+            s.unknown.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
     };
     let peer = &t.peers[p];
-    let sock = s.sockets[w].as_fd();
     let h = gso::VNET_HDR_LEN;
     let mut tunn = lock(&peer.slots[slot].tunn);
     match tunn.decapsulate(Some((*from.ip()).into()), data, &mut st.dec[h..]) {
@@ -621,6 +702,14 @@ fn rx_datagram(s: &Shared, t: &Table, w: usize, st: &mut WorkerBufs, from: Socke
             match t.routes.accept(p, &st.dec[h..h + n]) {
                 Ok(net) => {
                     peer.counters.rx.fetch_add(n as u64, Ordering::Relaxed);
+                    if t.nets[net].gro {
+                        let pkt = &st.dec[h..h + n];
+                        if !st.gro.append(net, pkt) {
+                            flush_gro(t, w, &mut st.gro);
+                            st.gro.start(net, pkt);
+                        }
+                        return;
+                    }
                     let Some(q) = t.nets[net].queues.get(w) else { return };
                     let out = if s.offload {
                         // gso_type NONE, no checksum to finish: the sender completed it.
@@ -645,6 +734,17 @@ fn rx_datagram(s: &Shared, t: &Table, w: usize, st: &mut WorkerBufs, from: Socke
     }
 }
 
+/// Writes the coalesced packet, if any, to its network's TUN.
+fn flush_gro(t: &Table, w: usize, g: &mut gro::Gro) {
+    let net = g.net;
+    if let Some(out) = g.finish()
+        && let Some(q) = t.nets.get(net).and_then(|n| n.queues.get(w))
+        && let Err(e) = sys::write(q.as_fd(), out)
+    {
+        tracing::debug!(error = %e, "wireguard: tun write");
+    }
+}
+
 /// The timer thread: every session's timers; a handshake for any peer
 /// whose preferred session is missing; which session data goes over.
 fn timers(s: &Shared) {
@@ -654,27 +754,29 @@ fn timers(s: &Shared) {
     while !s.stop.load(Ordering::Relaxed) {
         next += TICK;
         let t = s.table();
+        for key in &t.keys.0 {
+            key.limiter.reset_count(); // once a second at most, by itself
+        }
         for peer in &t.peers {
-            let mut newest: Option<Duration> = None;
             let mut best = None;
             for (i, slot) in peer.slots.iter().enumerate() {
                 let mut tunn = lock(&slot.tunn);
                 if let TunnResult::WriteToNetwork(out) = tunn.update_timers(&mut buf) {
                     sys::send(sock, out, peer.endpoint, None).ok();
                 }
-                if let Some(d) = tunn.time_since_last_handshake() {
-                    newest = Some(newest.map_or(d, |n| n.min(d)));
+                if tunn.time_since_last_handshake().is_some() {
                     best.get_or_insert(i);
                 }
             }
             peer.tx_slot.store(best.unwrap_or(0), Ordering::Relaxed);
-            *lock(&peer.counters.last_handshake) = newest.and_then(|d| SystemTime::now().checked_sub(d));
             if best != Some(0) {
                 let mut kicked = lock(&peer.counters.last_kick);
                 if kicked.is_none_or(|k| k.elapsed() >= KICK_EVERY) {
                     *kicked = Some(Instant::now());
                     let mut tunn = lock(&peer.slots[0].tunn);
-                    if let TunnResult::WriteToNetwork(out) = tunn.format_handshake_initiation(&mut buf, false) {
+                    // A fresh initiation each time: one refused (the peer had not learnt
+                    // our new key yet) is not left to boringtun's 5 s retry.
+                    if let TunnResult::WriteToNetwork(out) = tunn.format_handshake_initiation(&mut buf, true) {
                         sys::send(sock, out, peer.endpoint, None).ok();
                     }
                 }
@@ -687,5 +789,170 @@ fn timers(s: &Shared) {
         } else {
             next = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A datapath's shared state with no socket, network or thread: enough
+    /// to build tables and demultiplex messages.
+    fn shared(keys: &StaticKeys) -> Shared {
+        let keys = Arc::new(LocalKeys::of(keys, None));
+        Shared {
+            table: RwLock::new(Arc::new(Table {
+                keys: keys.clone(),
+                nets: Vec::new(),
+                peers: Vec::new(),
+                routes: Routes::default(),
+                by_index: HashMap::new(),
+                by_key: HashMap::new(),
+            })),
+            desired: Mutex::new((Vec::new(), Vec::new(), keys)),
+            sockets: Vec::new(),
+            port: 0,
+            workers: 1,
+            offload: false,
+            stop: AtomicBool::new(false),
+            next_index: AtomicU32::new(1),
+            refused: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+            unroutable: AtomicU64::new(0),
+        }
+    }
+
+    fn set(s: &Shared, keys: Option<&StaticKeys>, peers: Vec<WgPeer>) {
+        let mut d = lock(&s.desired);
+        d.1 = peers;
+        if let Some(k) = keys {
+            d.2 = Arc::new(LocalKeys::of(k, Some(&d.2)));
+        }
+        s.rebuild(&d).expect("rebuilt");
+    }
+
+    fn wg_peer(node: &str, k: &StaticKeys) -> WgPeer {
+        WgPeer {
+            node: node.into(),
+            public: k.public(),
+            prev_public: k.prev_public(),
+            endpoint: SocketAddrV4::new(Ipv4Addr::new(10, 199, 0, 2), 51820),
+            addrs: Vec::new(),
+        }
+    }
+
+    /// A handshake initiation from `from`'s current key to the public key `to`.
+    fn initiation(from: &StaticKeys, to: [u8; 32]) -> Vec<u8> {
+        let mut t = Tunn::new(from.current.clone(), PublicKey::from(to), None, None, 77, None);
+        let mut buf = vec![0u8; 256];
+        match t.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            other => panic!("no initiation: {other:?}"),
+        }
+    }
+
+    /// The (local, remote) keys of the slot a message lands on.
+    fn lands(s: &Shared, msg: &[u8]) -> Option<([u8; 32], [u8; 32])> {
+        let t = s.table();
+        match demux(&t, Ipv4Addr::new(10, 199, 0, 2), msg) {
+            Demux::Slot(p, slot) => Some((t.peers[p].slots[slot].local, t.peers[p].slots[slot].remote)),
+            Demux::Refused => {
+                s.refused.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_rotating_responder_accepts_either_key_until_the_grace_period_ends() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut x = StaticKeys::load_or_create(dir.path()).expect("x's keys");
+        let p = StaticKeys::generate().expect("p's key");
+        let s = shared(&x);
+        set(&s, None, vec![wg_peer("p", &p)]);
+        let old = x.public();
+        assert_eq!(lands(&s, &initiation(&p, old)), Some((old, p.public())));
+
+        x.rotate(dir.path()).expect("rotated");
+        set(&s, Some(&x), vec![wg_peer("p", &p)]);
+        let new = x.public();
+        // A peer that knows only the old key, and one that learnt the new one.
+        assert_eq!(lands(&s, &initiation(&p, old)), Some((old, p.public())));
+        assert_eq!(lands(&s, &initiation(&p, new)), Some((new, p.public())));
+        // The old pair's session set is the same object: its sessions live on.
+        let t = s.table();
+        assert_eq!(t.peers[0].slots.len(), 2);
+        assert_eq!(t.peers[0].slots[0].local, new, "the new key is preferred");
+
+        x.drop_prev(dir.path()).expect("dropped");
+        set(&s, Some(&x), vec![wg_peer("p", &p)]);
+        assert_eq!(lands(&s, &initiation(&p, old)), None, "the old key is gone");
+        assert_eq!(lands(&s, &initiation(&p, new)), Some((new, p.public())));
+        assert_eq!(s.refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_removed_or_unknown_node_is_refused_and_a_rotating_peer_is_known_by_both_keys() {
+        let x = StaticKeys::generate().expect("x's key");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut p = StaticKeys::load_or_create(dir.path()).expect("p's keys");
+        let q = StaticKeys::generate().expect("q's key");
+        let s = shared(&x);
+        set(&s, None, vec![wg_peer("p", &p), wg_peer("q", &q)]);
+        assert!(lands(&s, &initiation(&q, x.public())).is_some());
+        let before = p.clone();
+        p.rotate(dir.path()).expect("rotated");
+        set(&s, None, vec![wg_peer("p", &p)]);
+        // q removed: refused at once.
+        assert_eq!(lands(&s, &initiation(&q, x.public())), None);
+        // p under either of its keys while its grace period runs.
+        assert_eq!(lands(&s, &initiation(&p, x.public())), Some((x.public(), p.public())));
+        assert_eq!(lands(&s, &initiation(&before, x.public())), Some((x.public(), before.public())));
+        // A stranger.
+        let z = StaticKeys::generate().expect("z's key");
+        assert_eq!(lands(&s, &initiation(&z, x.public())), None);
+        assert_eq!(s.refused.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_forged_initiation_costs_no_diffie_hellman_and_a_flood_gets_cookies() {
+        let x = StaticKeys::generate().expect("x's key");
+        let p = StaticKeys::generate().expect("p's key");
+        let s = shared(&x);
+        set(&s, None, vec![wg_peer("p", &p)]);
+        let t = s.table();
+        let from = Ipv4Addr::new(10, 199, 0, 2);
+        let mut bad = initiation(&p, x.public());
+        bad[60] ^= 1; // mac1 no longer matches: refused before the DH
+        assert_eq!(demux(&t, from, &bad), Demux::Refused);
+        assert_eq!(demux(&t, from, b"\x45 not wireguard"), Demux::Unknown);
+        let mut data = vec![4, 0, 0, 0, 9, 9, 9, 9];
+        data.resize(64, 0);
+        assert_eq!(demux(&t, from, &data), Demux::Unknown, "no such session");
+        let cookies = (0..2 * HANDSHAKE_LIMIT)
+            .filter(|_| matches!(demux(&t, from, &initiation(&p, x.public())), Demux::Cookie(_)))
+            .count();
+        assert!(cookies > 0, "under load the sender must prove its address");
+    }
+
+    #[test]
+    fn the_datapath_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Datapath>();
+    }
+
+    #[test]
+    fn runs_of_equal_messages_are_grouped_for_udp_segmentation() {
+        // Only the grouping (which the send follows) is checked here; the kernel test sends.
+        fn runs(lens: &[usize]) -> Vec<(usize, usize)> {
+            let mut out = Vec::new();
+            group_runs(lens, |seg, n| out.push((seg, n)));
+            out
+        }
+        assert_eq!(runs(&[1452, 1452, 1452, 700]), [(1452, 4)]);
+        assert_eq!(runs(&[148, 1452, 1452]), [(148, 1), (1452, 2)]);
+        assert_eq!(runs(&[500, 1000]), [(500, 1), (1000, 1)]);
+        assert_eq!(runs(&[1452; 50]), [(1452, 44), (1452, 6)]);
     }
 }

@@ -102,7 +102,8 @@ mod tests {
     #[test]
     fn anti_spoof_table() {
         let r = routes();
-        let cases: &[(usize, [u8; 4], [u8; 4], Result<usize, Refusal>)] = &[
+        type Case = (usize, [u8; 4], [u8; 4], Result<usize, Refusal>);
+        let cases: &[Case] = &[
             (0, [10, 0, 9, 3], [10, 0, 9, 2], Ok(0)),
             (0, [10, 0, 10, 3], [10, 0, 10, 2], Ok(1)),
             (1, [10, 0, 9, 4], [10, 0, 9, 2], Ok(0)),

@@ -9,12 +9,18 @@ use std::path::Path;
 
 use super::sys;
 
+/// The offload bits `open_queues` reports.
+pub const CSUM: u32 = sys::TUN_F_CSUM;
+pub const TSO4: u32 = sys::TUN_F_TSO4;
+pub const USO: u32 = sys::TUN_F_USO4 | sys::TUN_F_USO6;
+
 const BASE_FLAGS: i16 = sys::IFF_TUN | sys::IFF_NO_PI | sys::IFF_MULTI_QUEUE;
 
-/// The offloads asked of the kernel, most first: checksum, TCP and UDP
+/// The offloads asked of the kernel, most needed first: checksum, TCP
 /// segmentation for IPv4 (the encrypted overlay carries IPv4 only, so the
-/// kernel segments anything else itself).
-const OFFLOADS: [u32; 3] = [sys::TUN_F_CSUM, sys::TUN_F_TSO4, sys::TUN_F_USO4];
+/// kernel segments IPv6 TCP itself), UDP segmentation (which the kernel
+/// takes for both families at once or not at all; IPv6 is dropped later).
+const OFFLOADS: [u32; 3] = [sys::TUN_F_CSUM, sys::TUN_F_TSO4, sys::TUN_F_USO4 | sys::TUN_F_USO6];
 
 /// Makes the persistent TUN `name` in the calling thread's namespace with
 /// `mtu`, and brings it up. An existing device is kept (its MTU set).
