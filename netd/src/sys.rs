@@ -43,14 +43,20 @@ pub enum SysError {
     Batch(String),
     #[error("nft refused the ruleset: {0}")]
     Nft(String),
+    /// A macvlan parent this node lacks.
+    #[error(
+        "no parent interface {parent} on this node for {what}: give the node the label \
+         shoal.net.<network>.parent=IFACE naming the interface on the LAN (shoal node update --label-add)"
+    )]
+    NoParent { parent: String, what: String },
 }
 
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> SysError {
+pub(crate) fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> SysError {
     let what = what.into();
     move |source| SysError::Netlink { what, source }
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SysError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SysError {
     let what = what.into();
     move |source| SysError::Io { what, source }
 }
@@ -139,6 +145,7 @@ pub async fn observe(h: &Handle) -> Result<Vec<ObservedLink>, SysError> {
                                 LinkInfo::Kind(InfoKind::Bridge) => kind = LinkKind::Bridge,
                                 LinkInfo::Kind(InfoKind::Veth) => kind = LinkKind::Veth,
                                 LinkInfo::Kind(InfoKind::Vxlan) => kind = LinkKind::Vxlan,
+                                LinkInfo::Kind(InfoKind::MacVlan) => kind = LinkKind::Macvlan,
                                 _ => {}
                             }
                         }
@@ -158,7 +165,7 @@ pub async fn observe(h: &Handle) -> Result<Vec<ObservedLink>, SysError> {
         .collect())
 }
 
-async fn index_of(h: &Handle, name: &str) -> Result<u32, SysError> {
+pub(crate) async fn index_of(h: &Handle, name: &str) -> Result<u32, SysError> {
     let mut s = h.link().get().match_name(name.to_string()).execute();
     match s.try_next().await {
         Ok(Some(m)) => Ok(m.header.index),
@@ -419,7 +426,15 @@ impl Sandboxes {
                 return vec![(None, format!("observing the overlays: {e}"))];
             }
         };
-        let actions = overlay::plan(view, local, &host, &observed);
+        let mut actions = overlay::plan(view, local, &host, &observed);
+        // Macvlan networks: endpoints in their containers, and the host's shims.
+        let shims = match crate::macvlan_sys::observe_shims(&self.host).await {
+            Ok(s) => s,
+            Err(e) => return vec![(None, format!("observing the macvlan shims: {e}"))],
+        };
+        let children = crate::macvlan_sys::observe_children(view, local).await;
+        let macvlan = crate::macvlan::plan(view, local, &host, &shims, &children);
+        actions.extend(macvlan.into_iter().map(OverlayAction::Macvlan));
         let mut failed = Vec::new();
         let mut rest = &actions[..];
         while !rest.is_empty() {
@@ -534,6 +549,7 @@ impl Sandboxes {
                 create_endpoint(&h, host, overlay::BRIDGE, endpoint, *prefix, None, *mtu).await
             }
             O::CreateLeg { ns, addr, prefix, mtu } => self.create_leg(ns, *addr, *prefix, *mtu).await,
+            O::Macvlan(m) => crate::macvlan_sys::apply(&self.host, m).await,
         }
     }
 
