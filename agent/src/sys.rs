@@ -42,12 +42,11 @@ fn local_ipv4_nets() -> Vec<(std::net::Ipv4Addr, u8)> {
 
 /// The host's interfaces that can be a macvlan network's parent, each with
 /// the subnets of its IPv4 addresses: all but loopback and netd's own
-/// links (`sh…`: bridges, veths, VXLAN devices, the ingress leg, the
-/// macvlan shims). An interface with no address is a parent all the same.
+/// links (see [`netds`]). An interface with no address is a parent all the same.
 pub fn macvlan_parents() -> Vec<shoal_proto::pb::NodeInterface> {
     let mut out: Vec<shoal_proto::pb::NodeInterface> = Vec::new();
     for i in ifaddrs() {
-        if i.loopback || i.name.starts_with("sh") {
+        if i.loopback || netds(&i.name) {
             continue;
         }
         let pos = match out.iter().position(|o| o.name == i.name) {
@@ -65,6 +64,15 @@ pub fn macvlan_parents() -> Vec<shoal_proto::pb::NodeInterface> {
         }
     }
     out
+}
+
+/// Whether netd made the link of this name (netd's `model::is_ours`, which
+/// this crate does not link: its bridges `shbr…`, veths `shv…`, VXLAN
+/// devices `shx…`, macvlan shims `shm…` and the ingress leg `shing…`).
+/// Another name that starts with `sh` (the lab's `shl-eth0`) is the host's.
+fn netds(name: &str) -> bool {
+    let rest = |p: &str| name.strip_prefix(p).filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()));
+    ["shbr", "shv", "shx", "shm", "shing"].iter().any(|p| rest(p).is_some())
 }
 
 /// One entry of getifaddrs: an interface, and one IPv4 address of it.
@@ -121,15 +129,25 @@ mod tests {
     #[test]
     fn parents_are_the_hosts_interfaces_but_loopback() {
         let parents = macvlan_parents();
-        assert!(!parents.iter().any(|p| p.name == "lo" || p.name.starts_with("sh")), "{parents:?}");
+        assert!(!parents.iter().any(|p| p.name == "lo" || netds(&p.name)), "{parents:?}");
         // Every interface the kernel lists but loopback (with or without an address).
         let names: Vec<String> = std::fs::read_dir("/sys/class/net")
             .expect("sysfs")
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n != "lo" && !n.starts_with("sh"))
+            .filter(|n| n != "lo" && !netds(n))
             .collect();
         for n in &names {
             assert!(parents.iter().any(|p| &p.name == n), "{n} missing from {parents:?}");
+        }
+    }
+
+    #[test]
+    fn netds_links_are_not_parents_but_the_hosts_sh_names_are() {
+        for ours in ["shbr0123456789a", "shvfedcba01234", "shx001004", "shm0123456789ab", "shing0", "shing1"] {
+            assert!(netds(ours), "{ours}");
+        }
+        for theirs in ["shl-eth0", "eth0", "shared0", "sh", "ens5", "shm"] {
+            assert!(!netds(theirs), "{theirs}");
         }
     }
 

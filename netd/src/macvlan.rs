@@ -324,7 +324,8 @@ mod tests {
     #[test]
     fn a_child_not_as_it_should_be_is_made_again() {
         let a = ep("c1", "10.98.0.193");
-        let drifts: Vec<(&str, fn(&mut ObservedChild))> = vec![
+        type Drift = fn(&mut ObservedChild);
+        let drifts: Vec<(&str, Drift)> = vec![
             ("down", |c| c.link.as_mut().unwrap().up = false),
             ("another address", |c| c.link.as_mut().unwrap().addrs = vec![(ip("10.98.0.9"), 24)]),
             ("no address", |c| c.link.as_mut().unwrap().addrs.clear()),

@@ -716,7 +716,7 @@ impl pb::netd_server::Netd for NetdService {
 
     async fn sync(&self, req: Request<pb::SyncRequest>) -> Result<Response<pb::SyncResponse>, Status> {
         let reqs = req.into_inner().endpoints;
-        let results: (Vec<Result<(EndpointSpec, Joined), String>>, Vec<EndpointSpec>) = {
+        let results: (Vec<Ensured>, Vec<EndpointSpec>) = {
             let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
             let results: Vec<_> = reqs
                 .iter()
@@ -773,6 +773,9 @@ impl pb::netd_server::Netd for NetdService {
     }
 }
 
+/// One endpoint of a `Sync` request: attached to its network, or why not.
+type Ensured = Result<(EndpointSpec, Joined), String>;
+
 /// A host pass's actions in the order planned, the endpoints to create
 /// that follow one another taken together (they touch only their own
 /// links and namespaces); every other action alone.
@@ -821,6 +824,8 @@ fn create_failure(failed: &[(Action, String)], e: &EndpointSpec) -> Option<Strin
 }
 
 /// The network an endpoint joined.
+// One per attach answer, never stored: the size of the cluster variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Joined {
     Local(NetworkSpec),
     /// A cluster network, with the container's gateway bridge leg (none on
