@@ -144,7 +144,7 @@ fn docker_recipes(
 
 /// The flags of `network create -d macvlan` as the spec the managers store:
 /// an overlay's flags (`overlay_spec`) plus `-o parent=IFACE`,
-/// `-o host-access=true` and Docker's `-o macvlan_mode=bridge`.
+/// `-o host-access=true`, `-o arp-probe=true` and Docker's `-o macvlan_mode=bridge`.
 #[allow(clippy::too_many_arguments)]
 fn macvlan_spec(
     name: &str,
@@ -158,7 +158,7 @@ fn macvlan_spec(
     opts: &[String],
     mtu: Option<u32>,
 ) -> anyhow::Result<NetworkSpec> {
-    let (mut parent, mut host_access, mut rest) = (None, false, Vec::new());
+    let (mut parent, mut host_access, mut arp_probe, mut rest) = (None, false, false, Vec::new());
     for o in opts {
         match o.split_once('=') {
             Some(("parent", p)) => parent = Some(p.to_string()),
@@ -169,20 +169,23 @@ fn macvlan_spec(
             Some(("macvlan_mode", m)) => {
                 bail!("macvlan mode {m:?} is not supported: Shoal's macvlan links are bridge mode")
             }
-            Some(("arp-probe", _)) => {
-                bail!("-o arp-probe is not supported yet: keep the --ip-range out of the LAN's DHCP range")
+            Some(("arp-probe" | "arp_probe", v)) => {
+                arp_probe = v.parse().map_err(|_| anyhow::anyhow!("invalid arp-probe {v:?}: true or false"))?;
             }
             _ if o == "encrypted" || o.starts_with("encrypted=") => {
                 bail!("--opt encrypted is an overlay option: a macvlan network's traffic is the LAN's own")
             }
             Some(("mtu" | MTU_OPTION, _)) => rest.push(o.clone()),
-            _ => bail!("unknown macvlan network option {o:?}: use parent=IFACE, host-access=true or mtu=N"),
+            _ => bail!(
+                "unknown macvlan network option {o:?}: use parent=IFACE, host-access=true, arp-probe=true or mtu=N"
+            ),
         }
     }
     let mut spec = overlay_spec(name, subnet, gateway, ip_range, internal, attachable, ingress, labels, &rest, mtu)?;
     spec.driver = shoal_proto::network::Driver::Macvlan;
     spec.parent = parent;
     spec.host_access = host_access;
+    spec.arp_probe = arp_probe;
     spec.validate().map_err(anyhow::Error::msg)?;
     Ok(spec)
 }
@@ -266,6 +269,9 @@ fn cluster_doc(n: &Network) -> serde_json::Value {
         }
         if n.spec.host_access {
             options.insert("host-access".into(), "true".into());
+        }
+        if n.spec.arp_probe {
+            options.insert("arp-probe".into(), "true".into());
         }
     }
     let configs: Vec<serde_json::Value> = if config.is_empty() { Vec::new() } else { vec![config.into()] };
@@ -583,6 +589,8 @@ mod tests {
         let s = lan(&["parent=eth0", "host-access=true", "macvlan_mode=bridge", "mtu=1400"], false).expect("spec");
         assert_eq!(s.driver, shoal_proto::network::Driver::Macvlan);
         assert_eq!((s.parent.as_deref(), s.host_access, s.mtu, s.attachable), (Some("eth0"), true, Some(1400), true));
+        assert!(!s.arp_probe);
+        assert!(lan(&["parent=eth0", "arp-probe=true"], false).expect("spec").arp_probe);
         assert_eq!(s.ipam.ip_range.map(|r| r.to_string()).as_deref(), Some("10.98.0.192/28"));
         for (opts, internal, why) in [
             (&[][..], false, "needs -o parent=IFACE"),
@@ -591,7 +599,7 @@ mod tests {
             (&["parent=eth0", "macvlan_mode=vepa"][..], false, "bridge mode"),
             (&["parent=eth0", "host-access=maybe"][..], false, "true or false"),
             (&["parent=eth0", "icc=false"][..], false, "unknown macvlan network option"),
-            (&["parent=eth0", "arp-probe=true"][..], false, "not supported yet"),
+            (&["parent=eth0", "arp-probe=yes"][..], false, "true or false"),
         ] {
             let e = lan(opts, internal).expect_err("refused").to_string();
             assert!(e.contains(why), "{opts:?}: {e}");

@@ -276,10 +276,11 @@ fn overlay(n: &Network, node: Option<&Node>) -> Option<OverlayNetwork> {
     let a = n.alloc.as_ref()?;
     let no_labels = BTreeMap::new();
     let labels = node.map_or(&no_labels, |x| &x.spec.labels);
-    let macvlan = n
-        .spec
-        .parent_on(labels)
-        .map(|parent| MacvlanView { parent: parent.to_string(), host_access: n.spec.host_access });
+    let macvlan = n.spec.parent_on(labels).map(|parent| MacvlanView {
+        parent: parent.to_string(),
+        host_access: n.spec.host_access,
+        arp_probe: n.spec.arp_probe,
+    });
     Some(OverlayNetwork {
         id: n.id.clone(),
         name: n.spec.name.clone(),
@@ -398,6 +399,7 @@ pub(crate) mod tests {
         db.spec.driver = Driver::Macvlan;
         db.spec.parent = Some("eth0".into());
         db.spec.host_access = true;
+        db.spec.arp_probe = true;
         db.alloc.as_mut().expect("alloc").vni = 0;
         task(&mut s, "t10", ("rr", "n5"), (DB, "10.0.2.5"), TaskState::Running, TaskState::Running);
         s.nodes.get_mut("n2").expect("n2").spec.labels.insert(parent_label("db"), "ens5".into());
@@ -405,7 +407,11 @@ pub(crate) mod tests {
         s.reindex();
         let mv = |v: &NetView| v.networks.iter().find(|n| n.id == DB).and_then(|n| n.macvlan.clone());
         let v5 = for_node(&s, "n5");
-        assert_eq!(mv(&v5), Some(MacvlanView { parent: "eth0".into(), host_access: true }), "the spec's parent");
+        assert_eq!(
+            mv(&v5),
+            Some(MacvlanView { parent: "eth0".into(), host_access: true, arp_probe: true }),
+            "the spec's parent"
+        );
         let v2 = for_node(&s, "n2");
         assert_eq!(mv(&v2).map(|m| m.parent), Some("ens5".into()), "the node's label beats the spec");
         assert_eq!(v2.networks.iter().find(|n| n.id == APP).and_then(|n| n.macvlan.clone()), None, "an overlay");

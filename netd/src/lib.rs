@@ -14,6 +14,7 @@
 //! `ingress_sys`. Macvlan networks' endpoints and host shims are `macvlan`
 //! (pure) and `macvlan_sys`. Which callers share a pass is `passes` (pure).
 
+pub mod arp;
 pub mod dns;
 pub mod dnsd;
 pub mod ingress;

@@ -63,7 +63,9 @@ pub enum MacvlanAction {
     /// A bridge-mode macvlan link on `parent`, made in the endpoint's
     /// namespace as its ifname with `mac_for(ip)`, `mtu`, the address and
     /// `prefix`, up, and a default route via `gateway` unless the container
-    /// has one. `network` is the network's name, for errors.
+    /// has one. `network` is the network's name, for errors. With
+    /// `arp_probe`, the address is probed for on the LAN first (`arp`): the
+    /// child fails if anyone holds it.
     CreateChild {
         network: String,
         parent: String,
@@ -71,6 +73,7 @@ pub enum MacvlanAction {
         prefix: u8,
         mtu: u32,
         gateway: Ipv4Addr,
+        arp_probe: bool,
     },
     /// The host's shim `name`: a bridge-mode macvlan on `parent`, up, no address.
     CreateShim {
@@ -133,6 +136,7 @@ pub fn plan(
                 prefix: n.prefix,
                 mtu,
                 gateway: n.gateway,
+                arp_probe: m.arp_probe,
             });
         }
         if m.host_access && !mine.is_empty() {
@@ -223,7 +227,7 @@ mod tests {
             mtu: 1500,
             internal: false,
             encrypted: false,
-            macvlan: Some(MacvlanView { parent: "eth0".into(), host_access }),
+            macvlan: Some(MacvlanView { parent: "eth0".into(), host_access, arp_probe: false }),
         }
     }
 
@@ -290,6 +294,7 @@ mod tests {
             prefix: 24,
             mtu,
             gateway: ip("10.98.0.254"),
+            arp_probe: false,
         }
     }
 
@@ -315,6 +320,11 @@ mod tests {
         assert_eq!(plan(&view(false), &local, &[eth0(1500)], &[], &children), vec![]);
         // A parent with a smaller MTU gives its children its own.
         assert_eq!(plan(&view(false), &local[..1], &[eth0(1400)], &[], &[])[0], create(&b, 1400));
+        // With -o arp-probe=true the child is probed for first.
+        let mut probed = view(false);
+        probed.networks[0].macvlan.as_mut().unwrap().arp_probe = true;
+        let got = plan(&probed, &local[..1], &[eth0(1500)], &[], &[]);
+        assert!(matches!(&got[..], [A::CreateChild { arp_probe: true, .. }]), "{got:?}");
         // An endpoint on another network (an overlay's) is not the macvlan planner's.
         let mut other = ep("c3", "10.10.0.2");
         other.network = "ffffffffffffffff".into();

@@ -144,8 +144,9 @@ pub async fn apply(host: &Handle, action: &MacvlanAction) -> Result<(), SysError
                 Err(e) => Err(e),
             }
         }
-        MacvlanAction::CreateChild { network, parent, endpoint, prefix, mtu, gateway } => {
-            create_child(host, network, parent, endpoint, *prefix, *mtu, *gateway).await
+        MacvlanAction::CreateChild { network, parent, endpoint, prefix, mtu, gateway, arp_probe } => {
+            let want = Child { network, parent, prefix: *prefix, mtu: *mtu, gateway: *gateway, arp_probe: *arp_probe };
+            create_child(host, &want, endpoint).await
         }
         MacvlanAction::CreateShim { name, parent, mtu } => {
             let pi = parent_index(host, parent, "the host's shim").await?;
@@ -203,18 +204,28 @@ async fn parent_index(host: &Handle, parent: &str, what: &str) -> Result<u32, Sy
     })
 }
 
-/// A bridge-mode macvlan on `parent` born in the endpoint's namespace as
-/// its ifname (MAC, MTU), then its address, up, loopback up, and the
-/// default route via `gateway` unless the container has one.
-async fn create_child(
-    host: &Handle,
-    network: &str,
-    parent: &str,
-    e: &EndpointSpec,
+/// How an endpoint's child is made (`MacvlanAction::CreateChild`, borrowed).
+struct Child<'a> {
+    network: &'a str,
+    parent: &'a str,
     prefix: u8,
     mtu: u32,
     gateway: Ipv4Addr,
-) -> Result<(), SysError> {
+    arp_probe: bool,
+}
+
+/// Probes sent before an address goes up, and how long each waits for an
+/// answer (RFC 5227's are 3 over 1–2 s each, too slow for a container's
+/// start; a LAN host answers an ARP request in well under a millisecond).
+const PROBES: u32 = 2;
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(150);
+
+/// A bridge-mode macvlan on `parent` born in the endpoint's namespace as
+/// its ifname (MAC, MTU), then (probed for first with `arp_probe`) its
+/// address, up, loopback up, and the default route via `gateway` unless
+/// the container has one.
+async fn create_child(host: &Handle, want: &Child<'_>, e: &EndpointSpec) -> Result<(), SysError> {
+    let Child { network, parent, prefix, mtu, gateway, arp_probe } = *want;
     let pi = parent_index(host, parent, &format!("macvlan network {network}")).await?;
     let ns = std::fs::File::open(&e.netns).map_err(io(format!("opening {}", e.netns.display())))?;
     let link = LinkMacVlan::new(&e.ifname, pi, MacVlanMode::Bridge)
@@ -230,6 +241,9 @@ async fn create_child(
     let inner = connect_in(&e.netns).await?;
     let result = async {
         let ci = index_of(&inner, &e.ifname).await?;
+        if arp_probe {
+            probe(&inner, ci, e).await?;
+        }
         inner
             .address()
             .add(ci, IpAddr::V4(e.ip), prefix)
@@ -259,4 +273,26 @@ async fn create_child(
         let _ = inner.link().del(i).execute().await;
     }
     result
+}
+
+/// Sets the child up without an address and asks the LAN whether anyone
+/// holds the endpoint's address; an error naming who does if anyone answers.
+async fn probe(inner: &Handle, index: u32, e: &EndpointSpec) -> Result<(), SysError> {
+    inner
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(nl(format!("setting {} up", e.ifname)))?;
+    let (netns, ip, mac) = (e.netns.clone(), e.ip, mac_for(e.ip));
+    let answered = tokio::task::spawn_blocking(move || {
+        crate::sys::in_netns(&netns, move || crate::arp::probe(index, mac, ip, PROBES, PROBE_WAIT))
+    })
+    .await
+    .map_err(|_| SysError::NoLink("the ARP probe's thread".into()))?
+    .map_err(io(format!("probing for {ip} on the LAN")))?;
+    match answered {
+        None => Ok(()),
+        Some(theirs) => Err(SysError::AddressInUse { addr: ip, mac: crate::net::mac_string(theirs) }),
+    }
 }

@@ -1431,7 +1431,8 @@ mod tests {
         let mut s = state();
         if let Some(v) = s.view.as_mut() {
             v.networks[0].vni = 0;
-            v.networks[0].macvlan = Some(shoal_proto::net::MacvlanView { parent: "eth0".into(), host_access: false });
+            v.networks[0].macvlan =
+                Some(shoal_proto::net::MacvlanView { parent: "eth0".into(), host_access: false, arp_probe: false });
         }
         let (e, joined, created) = ensure(&mut s, &attach("c1", NET, "10.10.0.2")).unwrap();
         assert!(created && matches!(joined, Joined::Cluster(_, None)));

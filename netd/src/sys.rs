@@ -49,6 +49,12 @@ pub enum SysError {
          shoal.net.<network>.parent=IFACE naming the interface on the LAN (shoal node update --label-add)"
     )]
     NoParent { parent: String, what: String },
+    /// A macvlan address a host outside the cluster holds (`-o arp-probe=true`).
+    #[error(
+        "address {addr} is in use on the LAN by {mac} (ARP probe): keep the network's --ip-range out of \
+         the addresses the LAN's hosts and DHCP use"
+    )]
+    AddressInUse { addr: Ipv4Addr, mac: String },
 }
 
 pub(crate) fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> SysError {

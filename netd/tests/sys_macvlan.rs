@@ -6,8 +6,8 @@
 //! its `eth0` with the managers' address and `mac_for` it; the containers
 //! and the switch reach each other, the host reaches its own container
 //! through the shim (`-o host-access=true`), a deleted link is made again,
-//! a missing parent says so, and a view without the network leaves no
-//! shim. Every namespace is a parked thread's own; the root namespace's
+//! a missing parent says so, an ARP probe finds an address a LAN host
+//! holds, and a view without the network leaves no shim. Every namespace is a parked thread's own; the root namespace's
 //! network is never touched. Skipped without root.
 
 // own_netns calls unshare, which has no safe wrapper.
@@ -59,7 +59,7 @@ fn view(node: &str, parent: &str, host_access: bool) -> NetView {
             mtu: 1500,
             internal: false,
             encrypted: false,
-            macvlan: Some(MacvlanView { parent: parent.into(), host_access }),
+            macvlan: Some(MacvlanView { parent: parent.into(), host_access, arp_probe: false }),
         }],
         peers: vec![],
         endpoints: vec![ep("c1", "10.97.0.193", "h1"), ep("c2", "10.97.0.194", "h2")],
@@ -227,12 +227,33 @@ async fn scenario(sw: &Parked, hosts: [&Parked; 2], cs: [&Parked; 3], dir1: &Pat
     assert!(failed[0].1.contains("no parent interface eth9 on this node for macvlan network lan"), "{failed:?}");
     assert!(!sys::observe(&sys::connect_in(&c3.path).await?).await?.iter().any(|l| l.name == "eth0"));
 
+    // -o arp-probe=true: an address a LAN host holds (the switch takes 10.97.0.196) fails the
+    // endpoint, saying who holds it; a free one is probed for and goes up.
+    s.address().add(br, ip4("10.97.0.196").into(), 24).execute().await?;
+    let mut v4 = view("h1", "eth0", false);
+    if let Some(m) = v4.networks[0].macvlan.as_mut() {
+        m.arp_probe = true;
+    }
+    let taken = vec![endpoint(c3, "c3c3c3c3c3c3", "10.97.0.196")];
+    let failed = s1.sync(&v4, &taken).await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].1.contains("address 10.97.0.196 is in use on the LAN by"), "{failed:?}");
+    assert!(!sys::observe(&sys::connect_in(&c3.path).await?).await?.iter().any(|l| l.name == "eth0"), "undone");
+    let free = vec![endpoint(c3, "c3c3c3c3c3c3", "10.97.0.197")];
+    let started = Instant::now();
+    let failed = s1.sync(&v4, &free).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    eprintln!("a probed endpoint took {:?}", started.elapsed());
+    assert!(reaches(&sw.path, "10.97.0.197"), "the probed address is up");
+    in_c3_cleanup(c3).await?;
+
     // Without host access the shim goes; without the network nothing of netd's is left on the hosts.
     let shim = shim_name(LAN);
     assert!(s1.sync(&v1, &l1).await.is_empty());
     assert!(sys::observe(&n1).await?.iter().any(|l| l.name == shim));
     assert!(s1.sync(&view("h1", "eth0", false), &l1).await.is_empty());
     assert!(!sys::observe(&n1).await?.iter().any(|l| l.name == shim), "the shim goes with the option");
+    assert!(!ping(&h1.path, "10.97.0.193"), "without it the host cannot reach its own container");
     assert!(s1.sync(&v1, &l1).await.is_empty());
     assert!(reaches(&h1.path, "10.97.0.193"), "and comes back with it");
     for (sb, h, v) in [(&mut s1, &n1, &v1), (&mut s2, &n2, &v2)] {
@@ -242,5 +263,13 @@ async fn scenario(sw: &Parked, hosts: [&Parked; 2], cs: [&Parked; 3], dir1: &Pat
         assert!(!links.iter().any(|l| is_ours(&l.name)), "{links:?}");
         assert!(links.iter().any(|l| l.name == "eth0"), "the parent is the host's, never touched");
     }
+    Ok(())
+}
+
+/// Takes c3's link out (the planner leaves links of endpoints that went: netd unplugs them on detach).
+async fn in_c3_cleanup(c3: &Parked) -> anyhow::Result<()> {
+    let h = sys::connect_in(&c3.path).await?;
+    let i = index(&h, "eth0").await?;
+    h.link().del(i).execute().await?;
     Ok(())
 }

@@ -232,6 +232,11 @@ pub struct MacvlanView {
     /// `-o host-access=true`: the host reaches its own macvlan endpoints
     /// through a shim macvlan of its own.
     pub host_access: bool,
+    /// `-o arp-probe=true`: netd asks the LAN whether an endpoint's address
+    /// is in use (an RFC 5227 probe) before it brings it up, and fails the
+    /// endpoint if anyone answers.
+    #[serde(default)]
+    pub arp_probe: bool,
 }
 
 /// Another node on at least one of this node's overlay networks.
@@ -359,10 +364,11 @@ impl NetView {
                     mtu: n.mtu,
                     internal: n.internal,
                     encrypted: n.encrypted,
-                    macvlan: n
-                        .macvlan
-                        .as_ref()
-                        .map(|m| crate::pb::MacvlanView { parent: m.parent.clone(), host_access: m.host_access }),
+                    macvlan: n.macvlan.as_ref().map(|m| crate::pb::MacvlanView {
+                        parent: m.parent.clone(),
+                        host_access: m.host_access,
+                        arp_probe: m.arp_probe,
+                    }),
                 })
                 .collect(),
             peers: self
@@ -478,7 +484,11 @@ impl NetView {
                 macvlan: match &n.macvlan {
                     None => None,
                     Some(m) if m.parent.is_empty() => return Err(format!("{what}: a macvlan network needs a parent")),
-                    Some(m) => Some(MacvlanView { parent: m.parent.clone(), host_access: m.host_access }),
+                    Some(m) => Some(MacvlanView {
+                        parent: m.parent.clone(),
+                        host_access: m.host_access,
+                        arp_probe: m.arp_probe,
+                    }),
                 },
             });
         }
@@ -831,11 +841,10 @@ mod tests {
             })
             .contains("needs a parent")
         );
-        let lan = || Some(crate::pb::MacvlanView { parent: "eth0".into(), host_access: false });
+        let lan = || Some(crate::pb::MacvlanView { parent: "eth0".into(), host_access: false, arp_probe: true });
         assert!(
-            refused(
-                |p| p.networks[0].macvlan = Some(crate::pb::MacvlanView { parent: "eth0".into(), host_access: false })
-            )
+            refused(|p| p.networks[0].macvlan =
+                Some(crate::pb::MacvlanView { parent: "eth0".into(), host_access: false, arp_probe: true }))
             .contains("has no VNI, not 4100")
         );
         assert!(refused(|p| p.networks[0].vni = 0).contains("VNI 0 is not in"), "an overlay needs one");
@@ -844,7 +853,7 @@ mod tests {
         ok.networks[0].macvlan = lan();
         assert_eq!(
             NetView::from_pb(&ok).map(|v| v.networks[0].macvlan.clone()),
-            Ok(Some(MacvlanView { parent: "eth0".into(), host_access: false }))
+            Ok(Some(MacvlanView { parent: "eth0".into(), host_access: false, arp_probe: true }))
         );
         assert!(refused(|p| p.endpoints[0].addr = String::new()).contains("endpoint \"t1\""));
         assert!(refused(|p| p.services[0].vip = "10.10".into()).contains("service \"web\""));

@@ -121,6 +121,10 @@ pub struct NetworkSpec {
     /// `-o host-access=true` (macvlan): the host reaches its own endpoints.
     #[serde(default)]
     pub host_access: bool,
+    /// `-o arp-probe=true` (macvlan): each address is probed for on the LAN
+    /// (RFC 5227) before it goes up; an endpoint whose address answers fails.
+    #[serde(default)]
+    pub arp_probe: bool,
 }
 
 impl NetworkSpec {
@@ -176,8 +180,8 @@ impl NetworkSpec {
     /// parent; no overlay-only flags. An overlay takes no macvlan option.
     fn validate_macvlan(&self) -> Result<(), String> {
         if self.driver != Driver::Macvlan {
-            if self.parent.is_some() || self.host_access {
-                return Err("-o parent and -o host-access are macvlan options: add -d macvlan".into());
+            if self.parent.is_some() || self.host_access || self.arp_probe {
+                return Err("-o parent, -o host-access and -o arp-probe are macvlan options: add -d macvlan".into());
             }
             return Ok(());
         }

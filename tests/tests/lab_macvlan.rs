@@ -6,7 +6,9 @@
 //! outside the cluster), each other, and the service's name through its
 //! VIP; containers connected at the same moment from three hosts get
 //! addresses no one else has; once the range is spent a fifth task says so
-//! in `service ps`. The network's `-o parent=eth0` is not the lab hosts'
+//! in `service ps`, and takes the address a container disconnected from the
+//! network gives back (its link leaves the container). Each host reaches
+//! its own tasks through its shim (`-o host-access=true`). The network's `-o parent=eth0` is not the lab hosts'
 //! interface (`shl-eth0`): the tasks wait, saying no node has it, until the
 //! nodes' label `shoal.net.lan.parent` names it. Docker's recipes are answered: `--config-only` is
 //! refused with what to do instead, `--scope swarm` is accepted, and a
@@ -86,6 +88,8 @@ fn macvlan_tasks_get_unique_lan_addresses_and_answer_the_lan() -> Result<()> {
             RANGE,
             "-o",
             "parent=eth0",
+            "-o",
+            "host-access=true",
             "lan",
         ],
     )?;
@@ -142,6 +146,11 @@ fn macvlan_tasks_get_unique_lan_addresses_and_answer_the_lan() -> Result<()> {
     ensure!(looked_up(&out) == BTreeSet::from([vip]), "web → {vip}: {out}");
     let page = inside(&lab, a, &["wget", "-qO-", "http://web/"])?;
     ensure!(!page.trim().is_empty(), "web answered through its VIP");
+    // host-access=true: a host reaches its own tasks (through its shim), not only others'.
+    for t in &tasks {
+        let out = lab.run(t.host, &["ping", "-c", "1", "-W", "3", &t.addr.to_string()])?;
+        ensure!(out.status.success(), "host {} reaches its own task at {}", t.host, t.addr);
+    }
 
     // Three containers, one per host, connected at the same moment: three more distinct addresses.
     for i in 1..=3 {
@@ -181,6 +190,15 @@ fn macvlan_tasks_get_unique_lan_addresses_and_answer_the_lan() -> Result<()> {
     })?;
     let running = placed(&lab, "web", &net_id, 4)?;
     ensure!(running.len() == 4, "the four keep running");
+
+    // A container disconnected while it runs leaves the LAN (its link goes), and its address is free:
+    // the fifth task takes it.
+    let c1 = ip_of(&lab, 1, "c1")?;
+    lab.shoal(1, &["network", "disconnect", "lan", "c1"])?;
+    let addrs = lab.shoal(1, &["exec", "c1", "busybox", "ip", "-4", "-o", "addr"])?;
+    ensure!(!addrs.contains(&format!("{c1}/")), "c1 still has {c1} after its disconnect: {addrs}");
+    let fifth = placed(&lab, "web", &net_id, 5)?;
+    ensure!(fifth.iter().any(|t| t.addr == c1), "the fifth task got {c1}, which c1 gave back: {fifth:?}");
 
     for i in 1..=3 {
         lab.shoal(i, &["rm", "-f", &format!("c{i}")])?;
