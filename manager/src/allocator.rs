@@ -1,7 +1,9 @@
 //! The allocator's pure plan: what each cluster network without an
 //! allocation gets (a VNI, a subnet, its gateway, range and MTU), chosen so
 //! that nothing overlaps what is held, the ingress subnet, or any node's own
-//! subnets. The leader writes each pass in `Command::Allocate` entries
+//! subnets. A macvlan network takes no VNI (`MACVLAN_VNI`) and the subnet
+//! its spec names (the nodes' LAN); its addresses are handed out below like
+//! an overlay's, from its one range, so no two nodes ever use the same. The leader writes each pass in `Command::Allocate` entries
 //! (`leader::allocate`); `apply` refuses anything held by another owner, so a
 //! plan from a stale view fails safe.
 //!

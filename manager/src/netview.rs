@@ -5,7 +5,10 @@
 //! * `networks`: the allocated networks where the node has a live task
 //!   or a container attachment (`run --network`) with an address;
 //! * `peers`: the other nodes with live tasks or attachments on those
-//!   networks, at their data-path address (a node that gave none is left out);
+//!   overlays, at their data-path address (a node that gave none is left
+//!   out; a macvlan network brings none: its endpoints meet on the LAN);
+//!   each macvlan network carries its parent on this node (its label
+//!   `shoal.net.<network>.parent`, else `-o parent`);
 //! * `endpoints`: every live task and attachment with an address on those
 //!   networks, this node's too (an attachment's endpoint id is its id);
 //! * `services`: the services whose spec lists one of those networks, with
