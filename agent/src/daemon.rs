@@ -467,7 +467,7 @@ impl Daemon {
             arch: std::env::consts::ARCH.into(),
             data_addr: file.data_path_addr.clone(),
             subnets: crate::sys::local_ipv4_subnets().iter().map(|s| s.to_string()).collect(),
-            interfaces: Vec::new(),
+            interfaces: crate::sys::macvlan_parents(),
         };
         let restarting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let session_task = tokio::spawn(session::run(

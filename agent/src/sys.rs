@@ -1,5 +1,6 @@
 //! The node's kernel calls: the host's name and its IPv4 addresses (for
-//! `swarm init`/`join` without `--advertise-addr`). The engine's live in
+//! `swarm init`/`join` without `--advertise-addr`), and its interfaces
+//! (the macvlan parents its hello reports). The engine's live in
 //! `shoal-engine`'s own sys module.
 
 #![allow(unsafe_code)]
@@ -36,6 +37,52 @@ pub fn local_ipv4_subnets() -> Vec<shoal_proto::net::Subnet> {
 
 /// Each non-loopback IPv4 address with its prefix length.
 fn local_ipv4_nets() -> Vec<(std::net::Ipv4Addr, u8)> {
+    ifaddrs().into_iter().filter_map(|i| i.v4).filter(|(ip, _)| !ip.is_loopback()).collect()
+}
+
+/// The host's interfaces that can be a macvlan network's parent, each with
+/// the subnets of its IPv4 addresses: all but loopback and netd's own
+/// links (see [`netds`]). An interface with no address is a parent all the same.
+pub fn macvlan_parents() -> Vec<shoal_proto::pb::NodeInterface> {
+    let mut out: Vec<shoal_proto::pb::NodeInterface> = Vec::new();
+    for i in ifaddrs() {
+        if i.loopback || netds(&i.name) {
+            continue;
+        }
+        let pos = match out.iter().position(|o| o.name == i.name) {
+            Some(p) => p,
+            None => {
+                out.push(shoal_proto::pb::NodeInterface { name: i.name.clone(), subnets: vec![] });
+                out.len() - 1
+            }
+        };
+        if let Some((ip, prefix)) = i.v4
+            && let Ok(s) = shoal_proto::net::Subnet::new(ip, prefix)
+            && !out[pos].subnets.contains(&s.to_string())
+        {
+            out[pos].subnets.push(s.to_string());
+        }
+    }
+    out
+}
+
+/// Whether netd made the link of this name (netd's `model::is_ours`, which
+/// this crate does not link: its bridges `shbr…`, veths `shv…`, VXLAN
+/// devices `shx…`, macvlan shims `shm…` and the ingress leg `shing…`).
+/// Another name that starts with `sh` (the lab's `shl-eth0`) is the host's.
+fn netds(name: &str) -> bool {
+    let rest = |p: &str| name.strip_prefix(p).filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()));
+    ["shbr", "shv", "shx", "shm", "shing"].iter().any(|p| rest(p).is_some())
+}
+
+/// One entry of getifaddrs: an interface, and one IPv4 address of it.
+struct IfAddr {
+    name: String,
+    loopback: bool,
+    v4: Option<(std::net::Ipv4Addr, u8)>,
+}
+
+fn ifaddrs() -> Vec<IfAddr> {
     let mut out = Vec::new();
     let mut ifaddrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a linked list we free with freeifaddrs below;
@@ -46,7 +93,14 @@ fn local_ipv4_nets() -> Vec<(std::net::Ipv4Addr, u8)> {
         }
         let mut cur = ifaddrs;
         while !cur.is_null() {
+            let name = if (*cur).ifa_name.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr((*cur).ifa_name).to_string_lossy().into_owned()
+            };
+            let loopback = (*cur).ifa_flags & (libc::IFF_LOOPBACK as u32) != 0;
             let a = (*cur).ifa_addr;
+            let mut v4 = None;
             if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
                 let sin = &*(a as *const libc::sockaddr_in);
                 let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
@@ -56,9 +110,10 @@ fn local_ipv4_nets() -> Vec<(std::net::Ipv4Addr, u8)> {
                 } else {
                     u32::from_be((*(m as *const libc::sockaddr_in)).sin_addr.s_addr).count_ones() as u8
                 };
-                if !ip.is_loopback() {
-                    out.push((ip, prefix));
-                }
+                v4 = Some((ip, prefix));
+            }
+            if !name.is_empty() {
+                out.push(IfAddr { name, loopback, v4 });
             }
             cur = (*cur).ifa_next;
         }
@@ -70,6 +125,31 @@ fn local_ipv4_nets() -> Vec<(std::net::Ipv4Addr, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parents_are_the_hosts_interfaces_but_loopback() {
+        let parents = macvlan_parents();
+        assert!(!parents.iter().any(|p| p.name == "lo" || netds(&p.name)), "{parents:?}");
+        // Every interface the kernel lists but loopback (with or without an address).
+        let names: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .expect("sysfs")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n != "lo" && !netds(n))
+            .collect();
+        for n in &names {
+            assert!(parents.iter().any(|p| &p.name == n), "{n} missing from {parents:?}");
+        }
+    }
+
+    #[test]
+    fn netds_links_are_not_parents_but_the_hosts_sh_names_are() {
+        for ours in ["shbr0123456789a", "shvfedcba01234", "shx001004", "shm0123456789ab", "shing0", "shing1"] {
+            assert!(netds(ours), "{ours}");
+        }
+        for theirs in ["shl-eth0", "eth0", "shared0", "sh", "ens5", "shm"] {
+            assert!(!netds(theirs), "{theirs}");
+        }
+    }
 
     #[test]
     fn the_hostname_is_the_kernels() {

@@ -1,5 +1,5 @@
 //! `shoal network …`: this node's networks, which netd keeps, and on a
-//! manager the cluster's overlay networks (`-d overlay`), which the managers keep.
+//! manager the cluster's networks (`-d overlay`, `-d macvlan`), which the managers keep.
 
 use std::collections::BTreeMap;
 
@@ -47,6 +47,16 @@ pub enum NetworkCmd {
         /// Overlay: a label, KEY=VALUE (repeatable).
         #[arg(long)]
         label: Vec<String>,
+        /// Docker's per-node macvlan config network: refused (Shoal hands out
+        /// macvlan addresses cluster-wide; see `-d macvlan`).
+        #[arg(long)]
+        config_only: bool,
+        /// Docker's macvlan network made from a config network: refused (see --config-only).
+        #[arg(long)]
+        config_from: Option<String>,
+        /// swarm (overlay, macvlan: the only scope they have) or local (bridge).
+        #[arg(long)]
+        scope: Option<String>,
         name: String,
     },
     #[command(alias = "list")]
@@ -94,11 +104,93 @@ pub enum NetworkCmd {
     },
 }
 
-/// `network create --driver`: bridge networks live on one host, overlays span the cluster.
+/// `network create --driver`: bridge networks live on one host, overlays
+/// and macvlan networks span the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Driver {
     Bridge,
     Overlay,
+    Macvlan,
+}
+
+/// Docker's answer to macvlan in a swarm (a `--config-only` network per
+/// node with its own slice of the range, then a `--config-from` network)
+/// is not needed here, and `--scope` has one answer per driver.
+fn docker_recipes(
+    driver: Driver,
+    config_only: bool,
+    config_from: &Option<String>,
+    scope: &Option<String>,
+) -> anyhow::Result<()> {
+    if config_only || config_from.is_some() {
+        bail!(
+            "--config-only and --config-from are not needed: Shoal hands out macvlan addresses from one \
+             cluster-wide range, so no node needs its own config network. Create the network once on a \
+             manager with -d macvlan --subnet S --gateway G [--ip-range R] -o parent=IFACE, and give a node \
+             whose interface is named otherwise the label: shoal node update --label-add shoal.net.NAME.parent=IFACE NODE"
+        );
+    }
+    match (scope.as_deref(), driver) {
+        (None, _) | (Some("local"), Driver::Bridge) | (Some("swarm"), Driver::Overlay | Driver::Macvlan) => Ok(()),
+        (Some("swarm" | "global"), Driver::Bridge) => {
+            bail!(
+                "a bridge network is this node's own (scope local): for a cluster network use -d overlay or -d macvlan"
+            )
+        }
+        (Some("local"), _) => bail!(
+            "{} networks are cluster networks (scope swarm): leave out --scope local",
+            if driver == Driver::Macvlan { "macvlan" } else { "overlay" }
+        ),
+        (Some(other), _) => bail!("invalid --scope {other:?}: use swarm (overlay, macvlan) or local (bridge)"),
+    }
+}
+
+/// The flags of `network create -d macvlan` as the spec the managers store:
+/// an overlay's flags (`overlay_spec`) plus `-o parent=IFACE`,
+/// `-o host-access=true`, `-o arp-probe=true` and Docker's `-o macvlan_mode=bridge`.
+#[allow(clippy::too_many_arguments)]
+fn macvlan_spec(
+    name: &str,
+    subnet: &Option<String>,
+    gateway: &Option<String>,
+    ip_range: &Option<String>,
+    internal: bool,
+    attachable: bool,
+    ingress: bool,
+    labels: &[String],
+    opts: &[String],
+    mtu: Option<u32>,
+) -> anyhow::Result<NetworkSpec> {
+    let (mut parent, mut host_access, mut arp_probe, mut rest) = (None, false, false, Vec::new());
+    for o in opts {
+        match o.split_once('=') {
+            Some(("parent", p)) => parent = Some(p.to_string()),
+            Some(("host-access" | "host_access", v)) => {
+                host_access = v.parse().map_err(|_| anyhow::anyhow!("invalid host-access {v:?}: true or false"))?;
+            }
+            Some(("macvlan_mode", "bridge")) => {}
+            Some(("macvlan_mode", m)) => {
+                bail!("macvlan mode {m:?} is not supported: Shoal's macvlan links are bridge mode")
+            }
+            Some(("arp-probe" | "arp_probe", v)) => {
+                arp_probe = v.parse().map_err(|_| anyhow::anyhow!("invalid arp-probe {v:?}: true or false"))?;
+            }
+            _ if o == "encrypted" || o.starts_with("encrypted=") => {
+                bail!("--opt encrypted is an overlay option: a macvlan network's traffic is the LAN's own")
+            }
+            Some(("mtu" | MTU_OPTION, _)) => rest.push(o.clone()),
+            _ => bail!(
+                "unknown macvlan network option {o:?}: use parent=IFACE, host-access=true, arp-probe=true or mtu=N"
+            ),
+        }
+    }
+    let mut spec = overlay_spec(name, subnet, gateway, ip_range, internal, attachable, ingress, labels, &rest, mtu)?;
+    spec.driver = shoal_proto::network::Driver::Macvlan;
+    spec.parent = parent;
+    spec.host_access = host_access;
+    spec.arp_probe = arp_probe;
+    spec.validate().map_err(anyhow::Error::msg)?;
+    Ok(spec)
 }
 
 pub async fn run(cli: &Cli, cmd: &NetworkCmd) -> anyhow::Result<()> {
@@ -176,6 +268,18 @@ fn cluster_doc(n: &Network) -> serde_json::Value {
     }
     if n.spec.encrypted {
         options.insert(ENCRYPTED_OPTION.to_string(), String::new());
+    }
+    if n.spec.driver == shoal_proto::network::Driver::Macvlan {
+        options.remove(VXLANID_OPTION);
+        if let Some(p) = &n.spec.parent {
+            options.insert("parent".into(), p.clone());
+        }
+        if n.spec.host_access {
+            options.insert("host-access".into(), "true".into());
+        }
+        if n.spec.arp_probe {
+            options.insert("arp-probe".into(), "true".into());
+        }
     }
     let configs: Vec<serde_json::Value> = if config.is_empty() { Vec::new() } else { vec![config.into()] };
     serde_json::json!({"Name": n.spec.name, "Id": n.id, "Created": shoal_proto::model::rfc3339(n.meta.created_ms),
@@ -258,7 +362,34 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             "Options": {"com.docker.network.bridge.enable_icc": n.icc.to_string(), "com.docker.network.driver.mtu": n.mtu.to_string()},
             "Containers": n.endpoints})
     };
+    if let NetworkCmd::Create { driver, config_only, config_from, scope, .. } = cmd {
+        docker_recipes(*driver, *config_only, config_from, scope)?;
+    }
     match cmd {
+        NetworkCmd::Create {
+            driver: Driver::Macvlan,
+            subnet,
+            gateway,
+            ip_range,
+            internal,
+            opt,
+            mtu,
+            attachable,
+            ingress,
+            label,
+            name,
+            ..
+        } => {
+            let spec =
+                macvlan_spec(name, subnet, gateway, ip_range, *internal, *attachable, *ingress, label, opt, *mtu)?;
+            let spec_json = serde_json::to_string(&spec)?;
+            let r = client::control(cli)
+                .await?
+                .create_network(pb::ClusterNetworkCreateRequest { spec_json })
+                .await?
+                .into_inner();
+            println!("{}", r.id);
+        }
         NetworkCmd::Create {
             driver: Driver::Overlay,
             subnet,
@@ -271,6 +402,7 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             ingress,
             label,
             name,
+            ..
         } => {
             let spec =
                 overlay_spec(name, subnet, gateway, ip_range, *internal, *attachable, *ingress, label, opt, *mtu)?;
@@ -294,6 +426,7 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             ingress,
             label,
             name,
+            ..
         } => {
             if *attachable || *ingress {
                 bail!("--attachable and --ingress apply to overlay networks: add -d overlay");
@@ -511,6 +644,56 @@ mod tests {
             None,
         );
         assert!(bad_gw.expect_err("refused").to_string().contains("not a host address"));
+    }
+
+    fn lan(opts: &[&str], internal: bool) -> anyhow::Result<NetworkSpec> {
+        let opts: Vec<String> = opts.iter().map(|o| o.to_string()).collect();
+        let (subnet, gw, range) =
+            (Some("10.98.0.0/24".into()), Some("10.98.0.1".into()), Some("10.98.0.192/28".into()));
+        macvlan_spec("lan", &subnet, &gw, &range, internal, true, false, &[], &opts, None)
+    }
+
+    #[test]
+    fn macvlan_flags_make_the_spec_the_managers_store() {
+        let s = lan(&["parent=eth0", "host-access=true", "macvlan_mode=bridge", "mtu=1400"], false).expect("spec");
+        assert_eq!(s.driver, shoal_proto::network::Driver::Macvlan);
+        assert_eq!((s.parent.as_deref(), s.host_access, s.mtu, s.attachable), (Some("eth0"), true, Some(1400), true));
+        assert!(!s.arp_probe);
+        assert!(lan(&["parent=eth0", "arp-probe=true"], false).expect("spec").arp_probe);
+        assert_eq!(s.ipam.ip_range.map(|r| r.to_string()).as_deref(), Some("10.98.0.192/28"));
+        for (opts, internal, why) in [
+            (&[][..], false, "needs -o parent=IFACE"),
+            (&["parent=eth0"][..], true, "--internal does not apply"),
+            (&["parent=eth0", "encrypted"][..], false, "overlay option"),
+            (&["parent=eth0", "macvlan_mode=vepa"][..], false, "bridge mode"),
+            (&["parent=eth0", "host-access=maybe"][..], false, "true or false"),
+            (&["parent=eth0", "icc=false"][..], false, "unknown macvlan network option"),
+            (&["parent=eth0", "arp-probe=yes"][..], false, "true or false"),
+        ] {
+            let e = lan(opts, internal).expect_err("refused").to_string();
+            assert!(e.contains(why), "{opts:?}: {e}");
+        }
+        let none = macvlan_spec("lan", &None, &None, &None, false, false, false, &[], &["parent=eth0".into()], None);
+        assert!(none.expect_err("refused").to_string().contains("needs --subnet"));
+    }
+
+    #[test]
+    fn dockers_macvlan_recipes_are_answered() {
+        let (none, swarm, local) = (None, Some("swarm".to_string()), Some("local".to_string()));
+        assert!(docker_recipes(Driver::Macvlan, false, &None, &swarm).is_ok(), "--scope swarm: a no-op");
+        assert!(docker_recipes(Driver::Overlay, false, &None, &none).is_ok());
+        assert!(docker_recipes(Driver::Bridge, false, &None, &local).is_ok());
+        let refused = [
+            (docker_recipes(Driver::Macvlan, true, &None, &none), "shoal.net.NAME.parent=IFACE"),
+            (docker_recipes(Driver::Macvlan, false, &Some("cfg".into()), &swarm), "cluster-wide range"),
+            (docker_recipes(Driver::Macvlan, false, &None, &local), "leave out --scope local"),
+            (docker_recipes(Driver::Bridge, false, &None, &swarm), "use -d overlay or -d macvlan"),
+            (docker_recipes(Driver::Overlay, false, &None, &Some("galaxy".into())), "invalid --scope"),
+        ];
+        for (r, why) in refused {
+            let e = r.expect_err("refused").to_string();
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The allocator's pure plan: what each cluster network without an
 //! allocation gets (a VNI, a subnet, its gateway, range and MTU), chosen so
 //! that nothing overlaps what is held, the ingress subnet, or any node's own
-//! subnets. The leader writes each pass in `Command::Allocate` entries
+//! subnets. A macvlan network takes no VNI (`MACVLAN_VNI`) and the subnet
+//! its spec names (the nodes' LAN); its addresses are handed out below like
+//! an overlay's, from its one range, so no two nodes ever use the same. The leader writes each pass in `Command::Allocate` entries
 //! (`leader::allocate`); `apply` refuses anything held by another owner, so a
 //! plan from a stale view fails safe.
 //!
@@ -36,8 +38,8 @@ use std::net::Ipv4Addr;
 use shoal_proto::model::NodeState;
 use shoal_proto::net::Subnet;
 use shoal_proto::network::{
-    ClusterNet, DEFAULT_ENCRYPTED_MTU, DEFAULT_OVERLAY_MTU, EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network,
-    NetworkAlloc,
+    ClusterNet, DEFAULT_ENCRYPTED_MTU, DEFAULT_MACVLAN_MTU, DEFAULT_OVERLAY_MTU, Driver, EndpointMode, FIRST_VNI,
+    INGRESS_VNI, MACVLAN_VNI, MAX_VNI, Network, NetworkAlloc,
 };
 use shoal_proto::service::{PublishedPort, TaskState};
 
@@ -224,22 +226,33 @@ fn plan_networks(state: &State) -> Vec<AllocChange> {
         let Some(subnet) = choose_subnet(n, &cluster.net, &taken) else { continue };
         let spec = &n.spec;
         let Some(gateway) = spec.ipam.gateway.or_else(|| subnet.nth(1)) else { continue };
+        let default_mtu = match spec.driver {
+            Driver::Macvlan => DEFAULT_MACVLAN_MTU,
+            Driver::Overlay if spec.encrypted => DEFAULT_ENCRYPTED_MTU,
+            Driver::Overlay => DEFAULT_OVERLAY_MTU,
+        };
         let alloc = NetworkAlloc {
             vni,
             subnet,
             gateway,
             range: spec.ipam.ip_range.unwrap_or(subnet),
-            mtu: spec.mtu.unwrap_or(if spec.encrypted { DEFAULT_ENCRYPTED_MTU } else { DEFAULT_OVERLAY_MTU }),
+            mtu: spec.mtu.unwrap_or(default_mtu),
         };
-        vnis.insert(vni);
+        if vni != MACVLAN_VNI {
+            vnis.insert(vni);
+        }
         taken.push(subnet);
         changes.push(AllocChange::Network { id: n.id.clone(), alloc });
     }
     changes
 }
 
-/// Ingress takes 4096; every other network the lowest free VNI from 4097.
+/// Ingress takes 4096; every other overlay the lowest free VNI from 4097;
+/// a macvlan network none (`MACVLAN_VNI`, held by no one).
 fn next_vni(n: &Network, held: &BTreeSet<u32>) -> Option<u32> {
+    if n.spec.driver == Driver::Macvlan {
+        return Some(MACVLAN_VNI);
+    }
     if n.spec.ingress {
         return (!held.contains(&INGRESS_VNI)).then_some(INGRESS_VNI);
     }
@@ -354,6 +367,29 @@ mod tests {
         assert_eq!(legs, vec![leg]);
         apply(&mut s, 7, Command::Allocate { changes: legs });
         assert!(plan(&s).is_empty(), "nothing left to do");
+    }
+
+    #[test]
+    fn a_macvlan_network_takes_its_lan_no_vni_and_the_lans_mtu() {
+        let mut s = world(ClusterNet::default());
+        create(&mut s, 2, "lan", |sp| {
+            sp.driver = Driver::Macvlan;
+            sp.parent = Some("eth0".into());
+            sp.ipam.subnet = Some(sub("10.98.0.0/24"));
+            sp.ipam.gateway = Some("10.98.0.254".parse().expect("ip"));
+            sp.ipam.ip_range = Some(sub("10.98.0.192/28"));
+        });
+        create(&mut s, 3, "app", |_| {});
+        let changes = plan(&s);
+        assert_eq!(apply(&mut s, 4, Command::Allocate { changes }), Response::Ok);
+        assert_eq!(
+            allocs(&s),
+            vec![
+                ("app".into(), FIRST_VNI, "10.0.0.0/24".into(), "10.0.0.1".into(), DEFAULT_OVERLAY_MTU),
+                ("lan".into(), MACVLAN_VNI, "10.98.0.0/24".into(), "10.98.0.254".into(), DEFAULT_MACVLAN_MTU),
+            ]
+        );
+        assert_eq!(s.networks["lan"].alloc.as_ref().map(|a| a.range), Some(sub("10.98.0.192/28")));
     }
 
     #[test]
@@ -1089,10 +1125,20 @@ mod tests {
             let mut rng = StdRng::seed_from_u64(seed);
             let mut s = world(ClusterNet::default());
             let mut i = 1;
+            // On odd seeds "b" is a macvlan network on the node's own LAN, its
+            // range a /28 with the gateway inside it.
+            let lan = seed % 2 == 1;
             for (k, net) in ["a", "b"].iter().enumerate() {
                 create(&mut s, 2 + k as u64, net, |sp| {
                     sp.ipam.subnet = Some(sub(&format!("10.1.{k}.0/28")));
                     sp.attachable = true;
+                    if lan && *net == "b" {
+                        sp.driver = Driver::Macvlan;
+                        sp.parent = Some("eth0".into());
+                        sp.ipam.subnet = Some(sub("10.98.0.0/24"));
+                        sp.ipam.gateway = Some("10.98.0.17".parse().expect("ip"));
+                        sp.ipam.ip_range = Some(sub("10.98.0.16/28"));
+                    }
                 });
             }
             i += 2;
@@ -1162,7 +1208,8 @@ mod tests {
                     9 => {
                         n += 1;
                         let net = ["a", "b"][rng.random_range(0..2)];
-                        let want = rng.random_bool(0.3).then(|| format!("10.1.0.{}", rng.random_range(2..15)));
+                        let base = if lan && net == "b" { "10.98.0" } else { "10.1.0" };
+                        let want = rng.random_bool(0.3).then(|| format!("{base}.{}", rng.random_range(2..31)));
                         i += 1;
                         apply(&mut s, i, attach(net, "n1", &format!("c{n}"), want.as_deref()));
                     }

@@ -455,7 +455,7 @@ impl pb::control_server::Control for ControlService {
                 return Err(Status::already_exists(format!("network with name {} already exists", spec.name)));
             }
             if let Some(subnet) = spec.ipam.subnet
-                && let Some(why) = state.subnet_conflict(&subnet, spec.ingress, None)
+                && let Some(why) = state.subnet_conflict(&subnet, &spec, None)
             {
                 return Err(Status::invalid_argument(format!("{why}: choose another --subnet")));
             }

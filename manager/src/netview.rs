@@ -5,7 +5,10 @@
 //! * `networks`: the allocated networks where the node has a live task
 //!   or a container attachment (`run --network`) with an address;
 //! * `peers`: the other nodes with live tasks or attachments on those
-//!   networks, at their data-path address (a node that gave none is left out);
+//!   overlays, at their data-path address (a node that gave none is left
+//!   out; a macvlan network brings none: its endpoints meet on the LAN);
+//!   each macvlan network carries its parent on this node (its label
+//!   `shoal.net.<network>.parent`, else `-o parent`);
 //! * `endpoints`: every live task and attachment with an address on those
 //!   networks, this node's too (an attachment's endpoint id is its id);
 //! * `services`: the services whose spec lists one of those networks, with
@@ -31,12 +34,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
-use shoal_proto::model::NodeState;
+use shoal_proto::model::{Node, NodeState};
 use shoal_proto::net::{
-    IngressLeg, IngressPort, IngressService, IngressView, NetView, OverlayEndpoint, OverlayNetwork, Peer, Proto,
-    ViewService,
+    IngressLeg, IngressPort, IngressService, IngressView, MacvlanView, NetView, OverlayEndpoint, OverlayNetwork, Peer,
+    Proto, ViewService,
 };
-use shoal_proto::network::{EndpointMode, Network};
+use shoal_proto::network::{Driver, EndpointMode, Network};
 use shoal_proto::service::{Service, TaskState};
 
 use crate::state::State;
@@ -148,8 +151,11 @@ pub fn all(state: &State) -> HashMap<String, NetView> {
         let mut peers: BTreeSet<&str> = BTreeSet::new();
         for net in &nets {
             let network = &state.networks[*net];
-            view.networks.extend(overlay(network));
-            peers.extend(nodes_of.get(net).into_iter().flatten().filter(|n| **n != node));
+            view.networks.extend(overlay(network, state.nodes.get(node)));
+            // A macvlan network's endpoints meet on the LAN: no peer to tunnel to.
+            if network.spec.driver == Driver::Overlay {
+                peers.extend(nodes_of.get(net).into_iter().flatten().filter(|n| **n != node));
+            }
             view.endpoints.extend(endpoints.get(net).into_iter().flatten().cloned());
             for s in services_on.get(net).into_iter().flatten() {
                 let mut b = backends.get(&(s.id.as_str(), *net)).cloned().unwrap_or_default();
@@ -267,9 +273,17 @@ pub fn usage(
     (services, peers)
 }
 
-/// A network as nodes program it (none until it is allocated).
-fn overlay(n: &Network) -> Option<OverlayNetwork> {
+/// A network as `node` programs it (none until it is allocated; a macvlan
+/// network with its parent there: the node's label, else the spec's).
+fn overlay(n: &Network, node: Option<&Node>) -> Option<OverlayNetwork> {
     let a = n.alloc.as_ref()?;
+    let no_labels = BTreeMap::new();
+    let labels = node.map_or(&no_labels, |x| &x.spec.labels);
+    let macvlan = n.spec.parent_on(labels).map(|parent| MacvlanView {
+        parent: parent.to_string(),
+        host_access: n.spec.host_access,
+        arp_probe: n.spec.arp_probe,
+    });
     Some(OverlayNetwork {
         id: n.id.clone(),
         name: n.spec.name.clone(),
@@ -280,7 +294,7 @@ fn overlay(n: &Network) -> Option<OverlayNetwork> {
         mtu: a.mtu,
         internal: n.spec.internal,
         encrypted: n.spec.encrypted,
-        macvlan: None,
+        macvlan,
     })
 }
 
@@ -377,6 +391,38 @@ pub(crate) mod tests {
         task(&mut s, "t9", ("rr", "n5"), (DB, "10.0.2.4"), Orphaned, Shutdown); // ended (orphaned)
         s.reindex();
         s
+    }
+
+    #[test]
+    fn a_macvlan_network_has_each_nodes_parent_and_no_peers() {
+        use shoal_proto::network::parent_label;
+        let mut s = world();
+        // db becomes a macvlan network on the nodes' LAN; n2's parent is named otherwise.
+        let db = s.networks.get_mut(DB).expect("db");
+        db.spec.driver = Driver::Macvlan;
+        db.spec.parent = Some("eth0".into());
+        db.spec.host_access = true;
+        db.spec.arp_probe = true;
+        db.alloc.as_mut().expect("alloc").vni = 0;
+        task(&mut s, "t10", ("rr", "n5"), (DB, "10.0.2.5"), TaskState::Running, TaskState::Running);
+        s.nodes.get_mut("n2").expect("n2").spec.labels.insert(parent_label("db"), "ens5".into());
+        s.nodes.get_mut("n5").expect("n5").spec.labels.insert(parent_label("app"), "ignored".into());
+        s.reindex();
+        let mv = |v: &NetView| v.networks.iter().find(|n| n.id == DB).and_then(|n| n.macvlan.clone());
+        let v5 = for_node(&s, "n5");
+        assert_eq!(
+            mv(&v5),
+            Some(MacvlanView { parent: "eth0".into(), host_access: true, arp_probe: true }),
+            "the spec's parent"
+        );
+        let v2 = for_node(&s, "n2");
+        assert_eq!(mv(&v2).map(|m| m.parent), Some("ens5".into()), "the node's label beats the spec");
+        assert_eq!(v2.networks.iter().find(|n| n.id == APP).and_then(|n| n.macvlan.clone()), None, "an overlay");
+        // n5 shares only db with n2: no peer (n2's come from app).
+        assert!(v5.peers.is_empty(), "{:?}", v5.peers);
+        assert_eq!(v2.peers.iter().map(|p| p.node.as_str()).collect::<Vec<_>>(), vec!["n1", "n4"]);
+        // Endpoints on db are in both views, for DNS and the balancers.
+        assert!(v5.endpoints.iter().any(|e| e.id == "t8") && v2.endpoints.iter().any(|e| e.id == "t10"));
     }
 
     #[test]

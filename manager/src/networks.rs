@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::model::Node;
 use shoal_proto::net::Subnet;
 use shoal_proto::network::{
-    Attachment, EndpointMode, FIRST_VNI, INGRESS_VNI, MAX_VNI, Network, NetworkAlloc, NetworkAttachmentSpec,
-    NetworkSpec, NodeAttachment, Vip,
+    Attachment, Driver, EndpointMode, FIRST_VNI, INGRESS_VNI, MACVLAN_VNI, MAX_VNI, Network, NetworkAlloc,
+    NetworkAttachmentSpec, NetworkSpec, NodeAttachment, Vip,
 };
 use shoal_proto::service::{PublishMode, PublishedPort, Service, ServiceSpec, Task, TaskState};
 
@@ -181,7 +181,10 @@ impl Held {
             self.subnets.insert(subnet, owner.clone());
         }
         if let Some(a) = &n.alloc {
-            self.vnis.insert(a.vni, owner.clone());
+            // A macvlan network has no VNI to hold.
+            if n.spec.driver == Driver::Overlay {
+                self.vnis.insert(a.vni, owner.clone());
+            }
             self.addrs.insert((n.id.clone(), a.gateway), owner);
         }
     }
@@ -538,10 +541,13 @@ impl State {
         }
     }
 
-    /// Why a subnet cannot be used by a cluster network (`except`: the network
-    /// itself), or `None` when it can: it overlaps another network, the
-    /// ingress subnet (for any but the ingress network), or a node's own subnets.
-    pub fn subnet_conflict(&self, subnet: &Subnet, ingress: bool, except: Option<&Owner>) -> Option<String> {
+    /// Why a subnet cannot be used by cluster network `spec` (`except`: the
+    /// network itself), or `None` when it can: it overlaps another network,
+    /// the ingress subnet (for any but the ingress network), or a node's own
+    /// subnets (for an overlay: a macvlan network's subnet is the LAN its
+    /// nodes are on).
+    pub fn subnet_conflict(&self, subnet: &Subnet, spec: &NetworkSpec, except: Option<&Owner>) -> Option<String> {
+        let ingress = spec.ingress;
         if let Some((other, Owner::Network(id))) = self.held.overlapping(subnet, except) {
             let name = self.networks.get(id).map_or(id.as_str(), |n| n.spec.name.as_str());
             return Some(format!("subnet {subnet} overlaps {other} of network {name}"));
@@ -552,7 +558,7 @@ impl State {
         {
             return Some(format!("subnet {subnet} overlaps the ingress subnet {}", net.ingress_subnet));
         }
-        for node in self.nodes.values() {
+        for node in self.nodes.values().filter(|_| spec.driver == Driver::Overlay) {
             if let Some(own) = node.description.net.subnets.iter().find(|s| s.overlaps(subnet)) {
                 let host = &node.description.hostname;
                 return Some(format!("subnet {subnet} overlaps {own}, a subnet of node {host}"));
@@ -578,7 +584,7 @@ impl State {
             ));
         }
         if let Some(subnet) = spec.ipam.subnet
-            && let Some(why) = self.subnet_conflict(&subnet, spec.ingress, None)
+            && let Some(why) = self.subnet_conflict(&subnet, spec, None)
         {
             return Err(why);
         }
@@ -792,7 +798,11 @@ pub(crate) fn prune_vips(s: &mut Service) {
 
 /// Whether an allocation is well formed and honours its spec.
 fn alloc_fits(spec: &NetworkSpec, a: &NetworkAlloc) -> bool {
-    let vni_ok = if spec.ingress { a.vni == INGRESS_VNI } else { (FIRST_VNI..=MAX_VNI).contains(&a.vni) };
+    let vni_ok = match spec.driver {
+        Driver::Macvlan => a.vni == MACVLAN_VNI,
+        Driver::Overlay if spec.ingress => a.vni == INGRESS_VNI,
+        Driver::Overlay => (FIRST_VNI..=MAX_VNI).contains(&a.vni),
+    };
     vni_ok
         && spec.ipam.subnet.is_none_or(|s| s == a.subnet)
         && spec.ipam.gateway.is_none_or(|g| g == a.gateway)
@@ -902,6 +912,39 @@ mod tests {
         assert_eq!(run(&mut s, 30, Command::RemoveNetwork { id: "a".into() }), Response::Ok);
         assert!(rejected(run(&mut s, 31, Command::RemoveNetwork { id: "a".into() })).contains("not found"));
         assert_eq!(create(&mut s, 32, "b", spec("app", Some("10.1.0.0/23"))), Response::Ok);
+    }
+
+    fn macvlan(name: &str, subnet: &str) -> NetworkSpec {
+        NetworkSpec { driver: Driver::Macvlan, parent: Some("eth0".into()), ..spec(name, Some(subnet)) }
+    }
+
+    #[test]
+    fn a_macvlan_subnet_is_the_nodes_lan_but_no_other_networks() {
+        let mut s = booted();
+        // The node's own LAN is what a macvlan network is for.
+        assert_eq!(create(&mut s, 2, "m", macvlan("lan", "10.98.0.0/24")), Response::Ok);
+        assert_eq!(create(&mut s, 3, "a", spec("app", Some("10.1.0.0/24"))), Response::Ok);
+        let table: &[(NetworkSpec, &str)] = &[
+            (macvlan("lan2", "10.98.0.128/25"), "overlaps 10.98.0.0/24 of network lan"),
+            (macvlan("lan3", "10.1.0.0/16"), "overlaps 10.1.0.0/24 of network app"),
+            (macvlan("lan4", "10.255.0.0/24"), "overlaps the ingress subnet"),
+            (spec("ov", Some("10.98.0.0/25")), "overlaps 10.98.0.0/24 of network lan"),
+            (NetworkSpec { parent: None, ..macvlan("lan5", "10.99.0.0/24") }, "needs -o parent"),
+        ];
+        for (i, (sp, why)) in table.iter().enumerate() {
+            let err = rejected(create(&mut s, 10 + i as u64, "b", sp.clone()));
+            assert!(err.contains(why), "{sp:?}: {err}");
+        }
+        // No VNI: it takes 0 and holds none, so an overlay may have any.
+        let ch = |id: &str, a| AllocChange::Network { id: id.into(), alloc: a };
+        let bad_vni = ch("m", alloc(4097, "10.98.0.0/24"));
+        let (_, keys) = s.apply(20, &Request { at_ms: 20, cmd: Command::Allocate { changes: vec![bad_vni] } });
+        assert!(keys.is_empty(), "a macvlan network takes no VNI");
+        let batch = vec![ch("m", alloc(MACVLAN_VNI, "10.98.0.0/24")), ch("a", alloc(4097, "10.1.0.0/24"))];
+        let (_, keys) = s.apply(21, &Request { at_ms: 21, cmd: Command::Allocate { changes: batch } });
+        assert_eq!(keys.len(), 2);
+        assert_eq!(s.held.vnis().collect::<Vec<_>>(), vec![4097]);
+        assert_eq!(s.held.addr("m", "10.98.0.1".parse().expect("ip")), Some(&Owner::Network("m".into())), "gateway");
     }
 
     #[test]

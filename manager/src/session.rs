@@ -75,7 +75,7 @@ impl DispatcherService {
         };
         let node_id = id.node_id.clone();
         tracing::info!(hostname = %hello.hostname, "session started");
-        let net = node_net(&hello.addr, &hello.data_addr, &hello.subnets);
+        let net = node_net(&hello.addr, &hello.data_addr, &hello.subnets, &hello.interfaces);
         let d = mgr.dispatcher.clone();
         d.seen(&node_id);
         d.report(NodeStatusUpdate {
@@ -283,10 +283,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// What a hello says of the node's networking: its data address (the
-/// advertise address's host unless it gives one) and its own subnets. What
-/// does not parse is left out, with a warning: the node's description is
-/// still worth keeping.
 /// Writes the WireGuard keys a node's netd says it has, when they are not
 /// what the state holds (its peers learn them from their next views).
 fn save_keys(mgr: &Arc<Manager>, node_id: &str, k: &pb::NodeKeys) {
@@ -311,7 +307,16 @@ fn save_keys(mgr: &Arc<Manager>, node_id: &str, k: &pb::NodeKeys) {
     );
 }
 
-fn node_net(advertise: &str, data_addr: &str, subnets: &[String]) -> shoal_proto::network::NodeNet {
+/// What a hello says of the node's networking: its data address (the
+/// advertise address's host unless it gives one), its own subnets, and its
+/// interfaces that can be a macvlan parent. What does not parse is left
+/// out, with a warning: the node's description is still worth keeping.
+fn node_net(
+    advertise: &str,
+    data_addr: &str,
+    subnets: &[String],
+    interfaces: &[pb::NodeInterface],
+) -> shoal_proto::network::NodeNet {
     let host = |a: &str| a.rsplit_once(':').map_or(a, |(h, _)| h).parse::<std::net::Ipv4Addr>().ok();
     let data_addr = if data_addr.is_empty() { host(advertise) } else { data_addr.parse().ok() };
     let subnets = subnets
@@ -324,7 +329,19 @@ fn node_net(advertise: &str, data_addr: &str, subnets: &[String]) -> shoal_proto
             }
         })
         .collect();
-    shoal_proto::network::NodeNet { data_addr, subnets, ..Default::default() }
+    let parse = |s: &String| match s.parse() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "a node reported an interface subnet that does not parse; ignored");
+            None
+        }
+    };
+    let interfaces = interfaces
+        .iter()
+        .filter(|i| shoal_proto::network::validate_iface(&i.name).is_ok())
+        .map(|i| (i.name.clone(), i.subnets.iter().filter_map(parse).collect()))
+        .collect();
+    shoal_proto::network::NodeNet { data_addr, subnets, interfaces, ..Default::default() }
 }
 
 #[cfg(test)]
@@ -333,11 +350,19 @@ mod tests {
 
     #[test]
     fn the_hello_gives_the_data_address_and_the_subnets() {
-        let n = node_net("10.98.0.3:4620", "", &["10.98.0.0/24".into(), "bogus".into(), "172.17.0.1/16".into()]);
+        let ifaces = [
+            pb::NodeInterface { name: "eth0".into(), subnets: vec!["10.98.0.3/24".into(), "junk".into()] },
+            pb::NodeInterface { name: "eth1".into(), subnets: vec![] },
+            pb::NodeInterface { name: "bad/name".into(), subnets: vec![] },
+        ];
+        let n =
+            node_net("10.98.0.3:4620", "", &["10.98.0.0/24".into(), "bogus".into(), "172.17.0.1/16".into()], &ifaces);
         assert_eq!(n.data_addr, Some("10.98.0.3".parse().expect("ip")));
         assert_eq!(n.subnets.iter().map(|s| s.to_string()).collect::<Vec<_>>(), vec!["10.98.0.0/24", "172.17.0.0/16"]);
-        let n = node_net("10.98.0.3:4620", "192.168.9.9", &[]);
+        let names: Vec<(&str, usize)> = n.interfaces.iter().map(|(k, v)| (k.as_str(), v.len())).collect();
+        assert_eq!(names, vec![("eth0", 1), ("eth1", 0)], "a parent with no address is a parent still");
+        let n = node_net("10.98.0.3:4620", "192.168.9.9", &[], &[]);
         assert_eq!(n.data_addr, Some("192.168.9.9".parse().expect("ip")));
-        assert_eq!(node_net("host.example:4620", "", &[]).data_addr, None);
+        assert_eq!(node_net("host.example:4620", "", &[], &[]).data_addr, None);
     }
 }

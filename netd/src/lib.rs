@@ -11,8 +11,10 @@
 //! client-side VIP load balancer of cluster services (an nft table in each
 //! container's namespace) is `lb` (its planner; pure) and `lb_sys`; the
 //! routing mesh's host table and reply steering are `ingress` (pure) and
-//! `ingress_sys`. Which callers share a pass is `passes` (pure).
+//! `ingress_sys`. Macvlan networks' endpoints and host shims are `macvlan`
+//! (pure) and `macvlan_sys`. Which callers share a pass is `passes` (pure).
 
+pub mod arp;
 pub mod dns;
 pub mod dnsd;
 pub mod encrypted;
@@ -21,6 +23,8 @@ pub mod ingress_sys;
 pub mod ipam;
 pub mod lb;
 pub mod lb_sys;
+pub mod macvlan;
+pub mod macvlan_sys;
 pub mod model;
 pub mod net;
 pub mod nft_elems;

@@ -77,6 +77,7 @@ pub enum LinkKind {
     Veth,
     Vxlan,
     Tun,
+    Macvlan,
     Other,
 }
 
@@ -108,6 +109,17 @@ pub fn vxlan_host_name(vni: u32) -> String {
     format!("shx{:06x}", vni & 0xff_ffff)
 }
 
+/// The host's shim on a macvlan network with `-o host-access=true` (a
+/// macvlan of the host's own on the parent): `shm` + 12 id characters.
+pub fn shim_name(network_id: &str) -> String {
+    format!("shm{}", prefix(network_id, 12))
+}
+
+/// Whether netd made the macvlan shim of this name.
+pub fn is_shim(name: &str) -> bool {
+    name.strip_prefix("shm").is_some_and(|r| r.len() == 12 && r.bytes().all(is_id_char))
+}
+
 /// A character of an id names are made from: netd's own ids are hex, the
 /// managers' (cluster networks) lowercase letters and digits.
 pub fn is_id_char(b: u8) -> bool {
@@ -126,6 +138,7 @@ pub fn is_ours(name: &str) -> bool {
         || name.strip_prefix("shx").is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_hexdigit()))
         || name == crate::ingress::LEG
         || name == crate::ingress::LEG_PEER
+        || is_shim(name)
 }
 
 #[cfg(test)]
@@ -139,13 +152,27 @@ mod tests {
         assert_eq!(bridge_name(net), "shbr0123456789a");
         assert_eq!(veth_name(ctr, net), "shvfedcba01234");
         assert_eq!(vxlan_host_name(4100), "shx001004");
-        for n in [bridge_name(net), veth_name(ctr, net), vxlan_host_name(4100), vxlan_host_name(0xff_ffff)] {
+        assert_eq!(shim_name(net), "shm0123456789ab");
+        for n in
+            [bridge_name(net), veth_name(ctr, net), vxlan_host_name(4100), vxlan_host_name(0xff_ffff), shim_name(net)]
+        {
             assert!(n.len() <= 15 && is_ours(&n), "{n}");
         }
         assert!(is_ours("shing0") && is_ours("shing1"), "the ingress leg");
-        for theirs in
-            ["docker0", "eth0", "shbr", "shbrxyz", "shv123", "veth1234", "shoal0", "shx1004", "vxlan0", "shing"]
-        {
+        for theirs in [
+            "docker0",
+            "eth0",
+            "shbr",
+            "shbrxyz",
+            "shv123",
+            "veth1234",
+            "shoal0",
+            "shx1004",
+            "vxlan0",
+            "shing",
+            "shm1",
+            "shmX23456789abc",
+        ] {
             assert!(!is_ours(theirs), "{theirs}");
         }
         assert_eq!(sandbox_name(net), "shov0123456789ab");

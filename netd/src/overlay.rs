@@ -201,6 +201,8 @@ pub enum OverlayAction {
         prefix: u8,
         mtu: u32,
     },
+    /// A macvlan network's step (`macvlan`'s planner: no sandbox).
+    Macvlan(crate::macvlan::MacvlanAction),
 }
 
 /// The actions that bring the host (`host_links`, its namespace's links)
@@ -226,7 +228,8 @@ pub fn plan(
 
     // 2. Each network's sandbox, made right.
     let mut wanted = BTreeSet::new();
-    for n in &view.networks {
+    // Macvlan networks have no sandbox: theirs is the `macvlan` planner.
+    for n in view.networks.iter().filter(|n| n.macvlan.is_none()) {
         let ns = sandbox_name(&n.id);
         wanted.insert(ns.clone());
         let observed = sandboxes.iter().find(|s| s.name == ns);

@@ -7,8 +7,10 @@
 //! A container attaches to a cluster network (one of the view's, by id or
 //! name) with the address the managers gave it: its endpoint is kept with
 //! the others (`State::endpoints`, its `network` the cluster network's id),
-//! and the overlay planner makes its veth in the network's sandbox. Unless
-//! the network is internal, the container also gets a leg on
+//! and the overlay planner makes its veth in the network's sandbox (on a
+//! macvlan network, the macvlan planner its link on the parent, with the
+//! LAN's gateway as its default route). Unless the network is internal or
+//! macvlan, the container also gets a leg on
 //! `docker_gwbridge`, a local bridge network netd makes on first need
 //! (masqueraded, `icc` off, as Docker's), which carries its default route;
 //! the leg goes with its last non-internal cluster endpoint.
@@ -105,12 +107,19 @@ impl State {
     }
 
     /// Whether a container's endpoints need a gateway bridge leg: it has one
-    /// on a cluster network that is not internal.
+    /// on an overlay that is not internal (a macvlan network's gateway is
+    /// the LAN's own).
     fn needs_gw_leg(&self, container: &str) -> bool {
         self.endpoints
             .iter()
             .filter(|e| e.container == container)
-            .any(|e| self.cluster_networks().any(|n| n.id == e.network && !n.internal))
+            .any(|e| self.cluster_networks().any(|n| n.id == e.network && !n.internal && n.macvlan.is_none()))
+    }
+
+    /// Those of `endpoints` on macvlan networks.
+    fn on_macvlan(&self, endpoints: Vec<EndpointSpec>) -> Vec<EndpointSpec> {
+        let macvlan = |e: &EndpointSpec| self.cluster_networks().any(|n| n.id == e.network && n.macvlan.is_some());
+        endpoints.into_iter().filter(macvlan).collect()
     }
 
     /// Removes an endpoint and frees its address (a cluster network's
@@ -790,7 +799,7 @@ impl pb::netd_server::Netd for NetdService {
 
     async fn sync(&self, req: Request<pb::SyncRequest>) -> Result<Response<pb::SyncResponse>, Status> {
         let reqs = req.into_inner().endpoints;
-        let results: Vec<Result<(EndpointSpec, Joined), String>> = {
+        let results: (Vec<Ensured>, Vec<EndpointSpec>) = {
             let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
             let results: Vec<_> = reqs
                 .iter()
@@ -811,10 +820,12 @@ impl pb::netd_server::Netd for NetdService {
                 state.release(e);
             }
             state.tidy();
-            results
+            (results, state.on_macvlan(gone))
         };
+        let (results, unplugged) = results;
         self.0.save()?;
         let failed = self.0.sync().await;
+        self.0.unplug(unplugged).await;
         let endpoints = reqs
             .iter()
             .zip(results)
@@ -845,6 +856,9 @@ impl pb::netd_server::Netd for NetdService {
     }
 }
 
+/// One endpoint of a `Sync` request: attached to its network, or why not.
+type Ensured = Result<(EndpointSpec, Joined), String>;
+
 /// A host pass's actions in the order planned, the endpoints to create
 /// that follow one another taken together (they touch only their own
 /// links and namespaces); every other action alone.
@@ -874,14 +888,19 @@ fn short(id: &str) -> &str {
     &id[..12.min(id.len())]
 }
 
-/// Why a cluster endpoint's veth could not be made in its sandbox in the
-/// last pass, if it could not (or the sandboxes could not be seen).
+/// Why a cluster endpoint's veth could not be made in its sandbox (or its
+/// macvlan link in its container) in the last pass, if it could not (or
+/// the sandboxes could not be seen).
 fn overlay_create_failure(failed: &[(Option<OverlayAction>, String)], e: &EndpointSpec) -> Option<String> {
+    use crate::macvlan::MacvlanAction;
     let host = veth_name(&e.container, &e.network);
     failed
         .iter()
         .find(|(a, _)| match a {
             Some(OverlayAction::CreateEndpoint { host: h, .. }) => *h == host,
+            Some(OverlayAction::Macvlan(MacvlanAction::CreateChild { endpoint, .. })) => {
+                endpoint.container == e.container && endpoint.network == e.network
+            }
             Some(_) => false,
             None => true,
         })
@@ -898,6 +917,8 @@ fn create_failure(failed: &[(Action, String)], e: &EndpointSpec) -> Option<Strin
 }
 
 /// The network an endpoint joined.
+// One per attach answer, never stored: the size of the cluster variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Joined {
     Local(NetworkSpec),
     /// A cluster network, with the container's gateway bridge leg (none on
@@ -923,12 +944,13 @@ impl Joined {
     fn response(&self, e: &EndpointSpec) -> pb::AttachResponse {
         match self {
             Joined::Local(n) => attach_response(e, n),
-            // The overlay leg has no gateway: the default route is the gateway bridge leg's.
+            // The overlay leg has no gateway: the default route is the gateway bridge leg's
+            // (a macvlan endpoint's is the LAN's gateway).
             Joined::Cluster(n, _) => pb::AttachResponse {
                 network: n.name.clone(),
                 network_id: n.id.clone(),
                 prefix: n.prefix.into(),
-                gateway: String::new(),
+                gateway: if n.macvlan.is_some() { n.gateway.to_string() } else { String::new() },
                 ports: vec![],
                 ..endpoint_response(e)
             },
@@ -1079,7 +1101,8 @@ fn ensure_cluster(
     };
     let e = state.endpoints.iter().find(|e| e.container == r.container && e.network == n.id).cloned();
     let e = e.ok_or_else(|| Status::internal("the endpoint just made is gone"))?;
-    let leg = match n.internal {
+    // A macvlan endpoint's default route is the LAN's gateway, on the endpoint itself.
+    let leg = match n.internal || n.macvlan.is_some() {
         true => None,
         false => match gw_leg(state, r, &ports) {
             Ok(leg) => Some(leg),
@@ -1131,7 +1154,7 @@ impl Netd {
     /// Drops a container's endpoints (on one network, or all) and their
     /// addresses, then reconciles.
     async fn forget(&self, container: &str, network: Option<&str>) -> Result<(), Status> {
-        {
+        let unplugged = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let gone: Vec<EndpointSpec> = state
                 .endpoints
@@ -1143,10 +1166,25 @@ impl Netd {
                 state.release(e);
             }
             state.tidy();
-        }
+            state.on_macvlan(gone)
+        };
         self.save()?;
         self.sync().await;
+        self.unplug(unplugged).await;
         Ok(())
+    }
+
+    /// Macvlan endpoints that went while their containers live: their
+    /// links there go too (a macvlan link has no end in the host's or a
+    /// sandbox's namespace for a pass to find, and left alone it would
+    /// still answer for its address on the LAN).
+    async fn unplug(&self, gone: Vec<EndpointSpec>) {
+        for e in gone.into_iter().filter(|e| e.netns.exists()) {
+            let a = crate::macvlan::MacvlanAction::DeleteChild { netns: e.netns.clone(), ifname: e.ifname.clone() };
+            if let Err(err) = crate::macvlan_sys::apply(&self.host, &a).await {
+                tracing::warn!(container = short(&e.container), error = %err, "removing a macvlan link");
+            }
+        }
     }
 }
 
@@ -1479,5 +1517,25 @@ mod tests {
         assert!(matches!(joined, Joined::Cluster(_, None)));
         assert!(s.network(GWBRIDGE).is_none(), "not made before it is needed");
         assert_eq!(s.endpoints.len(), 1);
+    }
+
+    #[test]
+    fn a_macvlan_endpoint_has_the_lans_gateway_and_no_gateway_bridge_leg() {
+        let mut s = state();
+        if let Some(v) = s.view.as_mut() {
+            v.networks[0].vni = 0;
+            v.networks[0].macvlan =
+                Some(shoal_proto::net::MacvlanView { parent: "eth0".into(), host_access: false, arp_probe: false });
+        }
+        let (e, joined, created) = ensure(&mut s, &attach("c1", NET, "10.10.0.2")).unwrap();
+        assert!(created && matches!(joined, Joined::Cluster(_, None)));
+        assert_eq!(joined.response(&e).gateway, "10.10.0.1", "its default route is the LAN's");
+        assert!(s.network(GWBRIDGE).is_none() && !s.needs_gw_leg("c1"));
+        // Gone while the container lives: its link is the one to take out.
+        assert_eq!(s.on_macvlan(s.endpoints.clone()), vec![e]);
+        let mut other = state();
+        ensure(&mut other, &attach("c1", NET, "10.10.0.2")).unwrap();
+        let overlay: Vec<EndpointSpec> = other.endpoints.iter().filter(|x| x.network == NET).cloned().collect();
+        assert!(other.on_macvlan(overlay).is_empty(), "an overlay's veth goes with its sandbox end");
     }
 }

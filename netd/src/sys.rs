@@ -43,14 +43,26 @@ pub enum SysError {
     Batch(String),
     #[error("nft refused the ruleset: {0}")]
     Nft(String),
+    /// A macvlan parent this node lacks.
+    #[error(
+        "no parent interface {parent} on this node for {what}: give the node the label \
+         shoal.net.<network>.parent=IFACE naming the interface on the LAN (shoal node update --label-add)"
+    )]
+    NoParent { parent: String, what: String },
+    /// A macvlan address a host outside the cluster holds (`-o arp-probe=true`).
+    #[error(
+        "address {addr} is in use on the LAN by {mac} (ARP probe): keep the network's --ip-range out of \
+         the addresses the LAN's hosts and DHCP use"
+    )]
+    AddressInUse { addr: Ipv4Addr, mac: String },
 }
 
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> SysError {
+pub(crate) fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> SysError {
     let what = what.into();
     move |source| SysError::Netlink { what, source }
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SysError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SysError {
     let what = what.into();
     move |source| SysError::Io { what, source }
 }
@@ -140,6 +152,7 @@ pub async fn observe(h: &Handle) -> Result<Vec<ObservedLink>, SysError> {
                                 LinkInfo::Kind(InfoKind::Veth) => kind = LinkKind::Veth,
                                 LinkInfo::Kind(InfoKind::Vxlan) => kind = LinkKind::Vxlan,
                                 LinkInfo::Kind(InfoKind::Tun) => kind = LinkKind::Tun,
+                                LinkInfo::Kind(InfoKind::MacVlan) => kind = LinkKind::Macvlan,
                                 _ => {}
                             }
                         }
@@ -159,7 +172,7 @@ pub async fn observe(h: &Handle) -> Result<Vec<ObservedLink>, SysError> {
         .collect())
 }
 
-async fn index_of(h: &Handle, name: &str) -> Result<u32, SysError> {
+pub(crate) async fn index_of(h: &Handle, name: &str) -> Result<u32, SysError> {
     let mut s = h.link().get().match_name(name.to_string()).execute();
     match s.try_next().await {
         Ok(Some(m)) => Ok(m.header.index),
@@ -420,7 +433,15 @@ impl Sandboxes {
                 return vec![(None, format!("observing the overlays: {e}"))];
             }
         };
-        let actions = overlay::plan(view, local, &host, &observed);
+        let mut actions = overlay::plan(view, local, &host, &observed);
+        // Macvlan networks: endpoints in their containers, and the host's shims.
+        let shims = match crate::macvlan_sys::observe_shims(&self.host).await {
+            Ok(s) => s,
+            Err(e) => return vec![(None, format!("observing the macvlan shims: {e}"))],
+        };
+        let children = crate::macvlan_sys::observe_children(view, local).await;
+        let macvlan = crate::macvlan::plan(view, local, &host, &shims, &children);
+        actions.extend(macvlan.into_iter().map(OverlayAction::Macvlan));
         let mut failed = Vec::new();
         let mut rest = &actions[..];
         while !rest.is_empty() {
@@ -556,6 +577,7 @@ impl Sandboxes {
                     r => r.map_err(nl(format!("removing the route to {addr} in {ns}"))),
                 }
             }
+            O::Macvlan(m) => crate::macvlan_sys::apply(&self.host, m).await,
         }
     }
 

@@ -232,6 +232,11 @@ pub struct MacvlanView {
     /// `-o host-access=true`: the host reaches its own macvlan endpoints
     /// through a shim macvlan of its own.
     pub host_access: bool,
+    /// `-o arp-probe=true`: netd asks the LAN whether an endpoint's address
+    /// is in use (an RFC 5227 probe) before it brings it up, and fails the
+    /// endpoint if anyone answers.
+    #[serde(default)]
+    pub arp_probe: bool,
 }
 
 /// Another node on at least one of this node's overlay networks.
@@ -367,10 +372,11 @@ impl NetView {
                     mtu: n.mtu,
                     internal: n.internal,
                     encrypted: n.encrypted,
-                    macvlan: n
-                        .macvlan
-                        .as_ref()
-                        .map(|m| crate::pb::MacvlanView { parent: m.parent.clone(), host_access: m.host_access }),
+                    macvlan: n.macvlan.as_ref().map(|m| crate::pb::MacvlanView {
+                        parent: m.parent.clone(),
+                        host_access: m.host_access,
+                        arp_probe: m.arp_probe,
+                    }),
                 })
                 .collect(),
             peers: self
@@ -453,8 +459,13 @@ impl NetView {
             if n.id.len() < 12 || !n.id.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()) {
                 return Err(format!("{what}: the id must be at least 12 lowercase letters or digits"));
             }
-            if n.vni == 0 || n.vni > 0xff_ffff {
-                return Err(format!("{what}: VNI {} is not in 1..=16777215", n.vni));
+            // A macvlan network has no VXLAN, so no VNI (0); an overlay must have one.
+            match (&n.macvlan, n.vni) {
+                (None, 0) | (_, 0x100_0000..) => {
+                    return Err(format!("{what}: VNI {} is not in 1..=16777215", n.vni));
+                }
+                (Some(_), v) if v != 0 => return Err(format!("{what}: a macvlan network has no VNI, not {v}")),
+                _ => {}
             }
             if n.mtu < 68 {
                 return Err(format!("{what}: MTU {} is below 68", n.mtu));
@@ -481,7 +492,11 @@ impl NetView {
                 macvlan: match &n.macvlan {
                     None => None,
                     Some(m) if m.parent.is_empty() => return Err(format!("{what}: a macvlan network needs a parent")),
-                    Some(m) => Some(MacvlanView { parent: m.parent.clone(), host_access: m.host_access }),
+                    Some(m) => Some(MacvlanView {
+                        parent: m.parent.clone(),
+                        host_access: m.host_access,
+                        arp_probe: m.arp_probe,
+                    }),
                 },
             });
         }
@@ -817,7 +832,25 @@ mod tests {
         assert!(refused(|p| p.peers[0].wg_key = vec![1; 31]).contains("32 bytes, not 31"));
         assert!(refused(|p| p.wg_port = 70000).contains("WireGuard port"));
         assert!(
-            refused(|p| p.networks[0].macvlan = Some(crate::pb::MacvlanView::default())).contains("needs a parent")
+            refused(|p| {
+                p.networks[0].vni = 0;
+                p.networks[0].macvlan = Some(crate::pb::MacvlanView::default());
+            })
+            .contains("needs a parent")
+        );
+        let lan = || Some(crate::pb::MacvlanView { parent: "eth0".into(), host_access: false, arp_probe: true });
+        assert!(
+            refused(|p| p.networks[0].macvlan =
+                Some(crate::pb::MacvlanView { parent: "eth0".into(), host_access: false, arp_probe: true }))
+            .contains("has no VNI, not 4100")
+        );
+        assert!(refused(|p| p.networks[0].vni = 0).contains("VNI 0 is not in"), "an overlay needs one");
+        let mut ok = v.to_pb();
+        ok.networks[0].vni = 0;
+        ok.networks[0].macvlan = lan();
+        assert_eq!(
+            NetView::from_pb(&ok).map(|v| v.networks[0].macvlan.clone()),
+            Ok(Some(MacvlanView { parent: "eth0".into(), host_access: false, arp_probe: true }))
         );
         assert!(refused(|p| p.endpoints[0].addr = String::new()).contains("endpoint \"t1\""));
         assert!(refused(|p| p.services[0].vip = "10.10".into()).contains("service \"web\""));

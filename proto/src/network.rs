@@ -26,6 +26,11 @@ pub const DEFAULT_OVERLAY_MTU: u32 = 1450;
 /// The MTU of an encrypted overlay when the spec sets none: a 1500-byte
 /// underlay less WireGuard's 80 bytes (outer IPv4 and UDP, its header and tag).
 pub const DEFAULT_ENCRYPTED_MTU: u32 = 1420;
+/// The MTU of a macvlan network when the spec sets none: an Ethernet LAN's
+/// (a node whose parent has less gives its endpoints the parent's).
+pub const DEFAULT_MACVLAN_MTU: u32 = 1500;
+/// A macvlan network's VNI: none (it has no VXLAN device and holds no VNI).
+pub const MACVLAN_VNI: u32 = 0;
 /// The name `swarm init` gives the ingress network.
 pub const INGRESS_NAME: &str = "ingress";
 /// Docker's driver option for the MTU (`-o com.docker.network.driver.mtu=N`).
@@ -121,6 +126,10 @@ pub struct NetworkSpec {
     /// `-o host-access=true` (macvlan): the host reaches its own endpoints.
     #[serde(default)]
     pub host_access: bool,
+    /// `-o arp-probe=true` (macvlan): each address is probed for on the LAN
+    /// (RFC 5227) before it goes up; an endpoint whose address answers fails.
+    #[serde(default)]
+    pub arp_probe: bool,
 }
 
 impl NetworkSpec {
@@ -169,8 +178,67 @@ impl NetworkSpec {
                         --opt encrypted, and put the services' own traffic on an encrypted overlay"
                 .into());
         }
+        self.validate_macvlan()
+    }
+
+    /// The macvlan rules: a subnet (the LAN the parents are on) and a
+    /// parent; no overlay-only flags. An overlay takes no macvlan option.
+    fn validate_macvlan(&self) -> Result<(), String> {
+        if self.driver != Driver::Macvlan {
+            if self.parent.is_some() || self.host_access || self.arp_probe {
+                return Err("-o parent, -o host-access and -o arp-probe are macvlan options: add -d macvlan".into());
+            }
+            return Ok(());
+        }
+        if self.ipam.subnet.is_none() {
+            return Err("a macvlan network needs --subnet: the LAN its nodes' parent interfaces are on (and \
+                        --gateway, that LAN's router)"
+                .into());
+        }
+        match &self.parent {
+            None => {
+                return Err(format!(
+                    "a macvlan network needs -o parent=IFACE, the interface on the LAN; a node whose \
+                     interface is named otherwise gets the label {}=IFACE (shoal node update --label-add)",
+                    parent_label(&self.name)
+                ));
+            }
+            Some(p) => validate_iface(p)?,
+        }
+        if self.internal {
+            return Err("--internal does not apply to a macvlan network: its containers are on the LAN itself; \
+                        use an --internal overlay"
+                .into());
+        }
+        if self.ingress {
+            return Err("the ingress network is an overlay: leave out -d macvlan".into());
+        }
         Ok(())
     }
+
+    /// The parent interface of a macvlan network on a node with these
+    /// labels: the label `shoal.net.<name>.parent`, else `-o parent`.
+    /// `None` for an overlay.
+    pub fn parent_on<'a>(&'a self, labels: &'a BTreeMap<String, String>) -> Option<&'a str> {
+        if self.driver != Driver::Macvlan {
+            return None;
+        }
+        labels.get(&parent_label(&self.name)).map(String::as_str).or(self.parent.as_deref())
+    }
+}
+
+/// The node label that names a macvlan network's parent on that node.
+pub fn parent_label(network: &str) -> String {
+    format!("shoal.net.{network}.parent")
+}
+
+/// An interface name the kernel takes: 1 to 15 bytes, no `/`, `:` or blank.
+pub fn validate_iface(name: &str) -> Result<(), String> {
+    let bad = |c: char| c == '/' || c == ':' || c.is_whitespace() || c.is_control();
+    if name.is_empty() || name.len() > 15 || name.chars().any(bad) || name == "." || name == ".." {
+        return Err(format!("invalid parent interface {name:?}: an interface name of 1 to 15 characters"));
+    }
+    Ok(())
 }
 
 /// The names every node's own networks have (as Docker's): never a cluster network's.
@@ -195,9 +263,10 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 /// What the allocator chose; every node programs exactly this.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkAlloc {
-    /// Unique among cluster networks.
+    /// Unique among overlays; [`MACVLAN_VNI`] (0, held by none) for macvlan.
     pub vni: u32,
-    /// Overlaps no other cluster network, the ingress subnet, or a node's own subnets.
+    /// Overlaps no other cluster network, the ingress subnet, or (but for
+    /// macvlan, whose subnet is the nodes' LAN) a node's own subnets.
     pub subnet: Subnet,
     pub gateway: Ipv4Addr,
     /// Where task addresses come from (inside `subnet`).
@@ -584,7 +653,52 @@ mod tests {
         let mv = NetworkSpec { driver: Driver::Macvlan, ..enc };
         assert!(mv.validate().unwrap_err().contains("overlay option"));
         assert!("ipvlan".parse::<Driver>().expect_err("unknown").contains("use overlay or macvlan"));
+        let lan = NetworkSpec {
+            name: "lan".into(),
+            driver: Driver::Macvlan,
+            ipam: IpamSpec {
+                subnet: Some(s("10.98.0.0/24")),
+                gateway: Some("10.98.0.1".parse().expect("ip")),
+                ..Default::default()
+            },
+            parent: Some("eth0".into()),
+            host_access: true,
+            ..Default::default()
+        };
+        assert_eq!(lan.validate(), Ok(()));
+        let refused = [
+            (NetworkSpec { ipam: IpamSpec::default(), ..lan.clone() }, "needs --subnet"),
+            (NetworkSpec { parent: None, ..lan.clone() }, "label shoal.net.lan.parent=IFACE"),
+            (NetworkSpec { parent: Some("eth0/x".into()), ..lan.clone() }, "invalid parent interface"),
+            (NetworkSpec { parent: Some("a-very-long-iface0".into()), ..lan.clone() }, "invalid parent interface"),
+            (NetworkSpec { internal: true, ..lan.clone() }, "--internal does not apply"),
+            (NetworkSpec { ingress: true, ..lan.clone() }, "ingress network is an overlay"),
+            (NetworkSpec { driver: Driver::Overlay, ..lan.clone() }, "macvlan options: add -d macvlan"),
+            (NetworkSpec { driver: Driver::Overlay, parent: None, ..lan.clone() }, "macvlan options"),
+        ];
+        for (b, why) in refused {
+            let err = b.validate().expect_err("refused");
+            assert!(err.contains(why), "{b:?}: {err}");
+        }
         assert!("bridge".parse::<Driver>().expect_err("local").contains("use overlay"));
+    }
+
+    #[test]
+    fn a_nodes_label_names_its_parent_before_the_networks_option() {
+        let lan = NetworkSpec {
+            name: "lan".into(),
+            driver: Driver::Macvlan,
+            parent: Some("eth0".into()),
+            ..Default::default()
+        };
+        let mut labels = BTreeMap::new();
+        assert_eq!(lan.parent_on(&labels), Some("eth0"));
+        labels.insert("shoal.net.other.parent".into(), "eth2".into());
+        assert_eq!(lan.parent_on(&labels), Some("eth0"), "another network's label");
+        labels.insert("shoal.net.lan.parent".into(), "eth1".into());
+        assert_eq!(lan.parent_on(&labels), Some("eth1"));
+        let ov = NetworkSpec { name: "lan".into(), ..Default::default() };
+        assert_eq!(ov.parent_on(&labels), None, "an overlay has no parent");
     }
 
     #[test]

@@ -455,6 +455,68 @@ mod tests {
     }
 
     #[test]
+    fn macvlan_tasks_go_only_to_nodes_with_the_parent_and_say_when_none_has_it() {
+        use shoal_proto::network::{Driver, IpamSpec, NetworkAttachmentSpec, NetworkSpec, parent_label};
+        let mut w = five();
+        let ipam = IpamSpec { subnet: Some("10.98.0.0/24".parse().unwrap()), ..Default::default() };
+        let spec = NetworkSpec {
+            name: "lan".into(),
+            driver: Driver::Macvlan,
+            ipam,
+            parent: Some("eth1".into()),
+            ..Default::default()
+        };
+        w.apply(Command::CreateNetwork { id: "lan".into(), spec });
+        let subnet: shoal_proto::net::Subnet = "10.98.0.0/24".parse().unwrap();
+        let gateway = subnet.nth(1).unwrap();
+        let alloc = shoal_proto::network::NetworkAlloc { vni: 0, subnet, gateway, range: subnet, mtu: 1500 };
+        w.apply(Command::Allocate { changes: vec![crate::networks::AllocChange::Network { id: "lan".into(), alloc }] });
+        let web = w.service("web", |s| {
+            s.replicas = 7;
+            s.task.max_replicas_per_node = 2;
+            s.task.networks = vec![NetworkAttachmentSpec { target: "lan".into(), aliases: vec![] }];
+        });
+        let settle = |w: &mut World| {
+            for _ in 0..10 {
+                w.pass();
+                w.allocate();
+                w.pass();
+                w.run_all();
+            }
+        };
+        settle(&mut w);
+        let tasks: Vec<&Task> = w.state.tasks.values().filter(|t| t.service_id == web).collect();
+        assert_eq!(tasks.len(), 7);
+        for t in tasks {
+            assert!(t.node_id.is_empty() && t.networks[0].addr.is_some(), "{t:?}");
+            assert_eq!(t.status.err, "no parent interface eth1 on any node for network lan");
+        }
+        // n2 and n4 have eth1; n5 names its parent with the label, and has
+        // it; n1's label names one it lacks; n3 has none.
+        let has = |w: &mut World, node: &str, iface: &str| {
+            let n = w.state.nodes.get_mut(node).unwrap();
+            n.description.net.interfaces.insert(iface.into(), vec![]);
+        };
+        has(&mut w, "n2", "eth1");
+        has(&mut w, "n4", "eth1");
+        has(&mut w, "n5", "ens5");
+        has(&mut w, "n1", "eth1");
+        w.state.nodes.get_mut("n5").unwrap().spec.labels.insert(parent_label("lan"), "ens5".into());
+        w.state.nodes.get_mut("n1").unwrap().spec.labels.insert(parent_label("lan"), "eth9".into());
+        settle(&mut w);
+        let on = w.per_node(&web);
+        assert_eq!(on, BTreeMap::from([("n2".into(), 2), ("n4".into(), 2), ("n5".into(), 2)]));
+        // The seventh says why each node refused it.
+        let waiting: Vec<&Task> =
+            w.state.tasks.values().filter(|t| t.service_id == web && t.node_id.is_empty()).collect();
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(
+            waiting[0].status.err,
+            "no suitable node (max replicas per node reached on 3 nodes; no parent interface eth1 for network lan on 1 node; no parent interface eth9 for network lan on 1 node)"
+        );
+    }
+
+    #[test]
     fn placement_preferences_spread_over_label_values() {
         let mut w =
             World::new(&[("a1", Role::Worker), ("a2", Role::Worker), ("a3", Role::Worker), ("b1", Role::Worker)]);

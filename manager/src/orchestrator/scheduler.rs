@@ -1,6 +1,7 @@
 //! The scheduler (the only writer of `node_id`): places every pending task
 //! on the node its filters allow and its spread prefers, or says why none.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use shoal_proto::model::{Node, NodeDescription};
@@ -163,6 +164,22 @@ fn unaddressed<'a>(state: &'a State, full: &mut HashMap<&'a str, bool>, t: &'a T
     Some(String::new())
 }
 
+/// The start of the reason a node cannot take a task on a macvlan network.
+const PARENT_MISSING: &str = "no parent interface ";
+
+/// The parent a node lacks for one of the task's macvlan networks, with
+/// that network's name: the node's label `shoal.net.<network>.parent` or
+/// the network's `-o parent`, not among the interfaces the node said it
+/// has (`NodeNet.interfaces`).
+fn missing_parent(state: &State, node: &Node, t: &Task) -> Option<(String, String)> {
+    t.networks.iter().find_map(|a| {
+        let net = state.networks.get(&a.network)?;
+        let parent = net.spec.parent_on(&node.spec.labels)?;
+        let has = node.description.net.interfaces.contains_key(parent);
+        (!has).then(|| (parent.to_string(), net.spec.name.clone()))
+    })
+}
+
 /// Whether the node has as many CPUs as the task's `--limit-cpu` (a node
 /// refuses a limit above its CPUs, so such a task stays pending instead of
 /// being rejected by every node in turn). A node that did not say how many
@@ -179,7 +196,7 @@ fn place(
     t: &Task,
 ) -> Result<String, String> {
     let spec = &t.spec;
-    let mut why: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut why: BTreeMap<Cow<'static, str>, usize> = BTreeMap::new();
     // `--placement-pref spread=node.labels.zone`: first the label value with the
     // fewest tasks of this service (nodes without the label form one group).
     let spread_key = spec.spread.first().map(|k| k.trim_start_matches("node.labels.").to_string());
@@ -215,6 +232,10 @@ fn place(
                 None
             }
         });
+        let refused = refused.map(Cow::Borrowed).or_else(|| {
+            missing_parent(state, node, t)
+                .map(|(parent, net)| Cow::Owned(format!("{PARENT_MISSING}{parent} for network {net}")))
+        });
         if let Some(r) = refused {
             *why.entry(r).or_default() += 1;
             continue;
@@ -229,6 +250,15 @@ fn place(
     match best {
         Some((_, id)) => Ok(id.to_string()),
         None if why.is_empty() => Err("no suitable node (no nodes)".into()),
+        // Every node lacks the parent of a macvlan network the task is on.
+        None if why.len() == 1
+            && why.values().all(|n| *n == state.nodes.len())
+            && why.keys().all(|r| r.starts_with(PARENT_MISSING)) =>
+        {
+            let r = why.keys().next().map(|r| r.to_string()).unwrap_or_default();
+            let (parent, net) = r[PARENT_MISSING.len()..].split_once(" for network ").unwrap_or((&r, ""));
+            Err(format!("{PARENT_MISSING}{parent} on any node for network {net}"))
+        }
         None => {
             let parts: Vec<String> =
                 why.iter().map(|(r, n)| format!("{r} on {n} node{}", if *n == 1 { "" } else { "s" })).collect();
