@@ -17,7 +17,7 @@ use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
 fn chain(next: &str) -> String {
     format!(
         "mkdir -p /www/cgi-bin\n\
-         printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nwget -qO- -T 3 http://{next}\\n' > /www/cgi-bin/chain\n\
+         printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nbusybox timeout 3 wget -qO- http://{next}\\n' > /www/cgi-bin/chain\n\
          chmod +x /www/cgi-bin/chain\n\
          exec httpd -f -p 80 -h /www\n"
     )
@@ -92,12 +92,52 @@ fn running(lab: &Lab, services: &[&str]) -> Result<BTreeMap<String, BTreeSet<Str
 fn mesh_answers(lab: &Lab, want: &str) -> Result<()> {
     for i in 1..=lab.n() {
         let url = format!("http://10.98.0.{i}:8080/cgi-bin/chain");
-        wait_for(&format!("host {i} to answer {want:?} on 8080"), Duration::from_secs(60), || {
+        let got = wait_for(&format!("host {i} to answer {want:?} on 8080"), Duration::from_secs(60), || {
             let out = lab.sw(&["timeout", "5", "busybox", "wget", "-qO-", &url])?;
             Ok((String::from_utf8_lossy(&out.stdout).trim() == want).then_some(()))
-        })?;
+        });
+        if let Err(e) = got {
+            return Err(e.context(diagnose(lab, &url)));
+        }
     }
     Ok(())
+}
+
+/// What each hop answers, for a failed chain.
+fn diagnose(lab: &Lab, url: &str) -> String {
+    let mut out = String::new();
+    if let Ok(o) = lab.sw(&["timeout", "5", "busybox", "wget", "-O-", url]) {
+        out += &format!("mesh: {:?} {:?}\n", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    }
+    let Ok(ps) = lab.shoal_json(1, &["stack", "ps", "shop"]) else { return out };
+    for t in ps.as_array().into_iter().flatten().filter(|t| t["task"]["desired"] == "running") {
+        let task = &t["task"];
+        let name = format!(
+            "{}.{}.{}",
+            task["service_name"].as_str().unwrap_or(""),
+            task["slot"],
+            task["id"].as_str().unwrap_or("")
+        );
+        let host: usize =
+            t["node"].as_str().and_then(|h| h.strip_prefix("shl-h")).and_then(|i| i.parse().ok()).unwrap_or(1);
+        for cmd in [
+            &["busybox", "nslookup", "api"][..],
+            &["busybox", "timeout", "3", "wget", "-qO-", "http://api/cgi-bin/chain"],
+            &["busybox", "timeout", "3", "wget", "-qO-", "http://db/"],
+        ] {
+            let mut args = vec!["exec", name.as_str()];
+            args.extend_from_slice(cmd);
+            if let Ok(o) = lab.exec(host, &args) {
+                out += &format!(
+                    "{name}@{host} {cmd:?}: {} {:?} {:?}\n",
+                    o.status,
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+    }
+    out
 }
 
 /// `shoal ARGS` on host 1: stdout and stderr, failing if it failed.
