@@ -165,3 +165,32 @@ async fn remove(control: &mut Control, stack: &str) -> anyhow::Result<bool> {
     }
     Ok(ok)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("shoal").chain(args.split_whitespace()))
+    }
+
+    #[test]
+    fn the_stack_verbs_take_dockers_flags_and_aliases() {
+        let Ok(crate::args::Cmd::Stack(StackCmd::Deploy(d))) = parse(
+            "stack up -c a.yml --compose-file b.yml --prune --resolve-image changed --with-registry-auth --dry-run shop",
+        )
+        .map(|c| c.cmd) else {
+            panic!("not stack deploy")
+        };
+        assert_eq!(d.compose_file, [std::path::PathBuf::from("a.yml"), "b.yml".into()]);
+        assert!(d.prune && d.with_registry_auth && d.dry_run);
+        assert_eq!((d.resolve_image, d.stack.as_str()), (deploy::ResolveImage::Changed, "shop"));
+        assert!(parse("stack deploy shop").is_err(), "-c is required");
+        assert!(parse("stack deploy -c a.yml --resolve-image sometimes shop").is_err());
+        for verb in ["rm shop", "down shop other", "remove shop", "ls", "services -q shop", "ps --no-trunc shop"] {
+            assert!(parse(&format!("stack {verb}")).is_ok(), "{verb}");
+        }
+    }
+}
