@@ -103,8 +103,9 @@ pub fn needs_resolve(mode: ResolveImage, plan: &ServicePlan, existing: Option<&S
     }
 }
 
-/// The image a service runs when it is not resolved: the stored one when the
-/// file's image is the same as last time (`changed`, `never`), else the file's.
+/// The image a service runs when it is not resolved (`changed`, `never`, or a
+/// registry that did not answer): the stored one when the file's image is the
+/// same as last time, else the file's.
 fn kept_image(plan: &ServicePlan, existing: Option<&Service>) -> String {
     match existing {
         Some(s) if s.spec.labels.get(IMAGE_LABEL) == Some(&plan.image) => s.spec.task.image.clone(),
@@ -172,7 +173,8 @@ pub async fn deploy(cli: &Cli, a: &DeployArgs) -> anyhow::Result<()> {
         let old = existing.iter().find(|s| s.spec.name == p.spec.name);
         let resolve = needs_resolve(a.resolve_image, p, old) && !a.dry_run;
         let image = match resolve {
-            true => crate::registry::resolve_for_service(cli, &p.image).await.unwrap_or_else(|| p.image.clone()),
+            // A registry that cannot answer keeps what runs (when the file's image is the same).
+            true => crate::registry::resolve_for_service(cli, &p.image).await.unwrap_or_else(|| kept_image(p, old)),
             false => kept_image(p, old),
         };
         desired.insert(p.spec.name.clone(), desired_spec(p, old, &nets, &image));
