@@ -291,3 +291,44 @@ fig_create() {
   done
   printf '%s\n' "${samples[@]}" | stats "create${n}_ms" ms
 }
+
+# ---------------------------------------------------------------- stacks
+# stack_file FILE IMAGE: the stack_deploy figure's Compose file, the same for us and the peer:
+# 10 services of 2 sleeper replicas each, on the stack's default overlay network
+stack_file() {
+  local i
+  {
+    echo 'version: "3.8"'
+    echo 'services:'
+    for i in $(seq 1 10); do
+      printf '  s%s:\n    image: %s\n    command: ["sleep", "1000000"]\n    stop_signal: KILL\n    stop_grace_period: 1s\n    deploy: {replicas: 2}\n' "$i" "$2"
+    done
+  } > "$1"
+}
+# stack_converged STACK: all 10 services of STACK run their 2 tasks (`stack services` counts them)
+stack_converged() {
+  sI 1 stack services --format json "$1" 2>/dev/null | python3 -c '
+import json, sys
+try:
+    a = json.load(sys.stdin)
+except Exception:
+    sys.exit(1)
+sys.exit(0 if len(a) == 10 and all(e["running"] == e["desired"] == 2 for e in a) else 1)'
+}
+# fig_stack_deploy REPS: `stack deploy` of the 10-service file → every task running, REPS times
+fig_stack_deploy() {
+  local reps=$1 rep samples=()
+  svc_lab
+  stack_file "$WORK/stack.yml" bench:svc
+  for rep in $(seq 1 "$reps"); do
+    T0=$(now_ms)
+    sI 1 stack deploy -c "$WORK/stack.yml" --resolve-image never "st$rep" >/dev/null || die "stack deploy failed"
+    T1=$(now_ms)
+    wait_until 600 stack_converged "st$rep" || die "rep $rep: the stack did not converge"
+    samples+=("$(( $(now_ms) - T0 ))")
+    log "rep $rep: ${samples[-1]} ms (the deploy command $(( T1 - T0 )) ms)"
+    BENCH_CLI_S=120 sI 1 stack rm "st$rep" >/dev/null || die "rep $rep: stack rm failed"
+    wait_until 600 svc_gone || die "rep $rep: containers left after stack rm"
+  done
+  printf '%s\n' "${samples[@]}" | stats stack_deploy_ms ms
+}

@@ -81,3 +81,27 @@ peer_fig_create() {
   done
   printf '%s\n' "${samples[@]}" | stats "create${n}_ms" ms
 }
+
+# peer_stack_converged STACK: all 10 services of STACK run 2/2 (`service ls` counts them)
+peer_stack_converged() {
+  [ "$(td 10 1 service ls --filter "label=com.docker.stack.namespace=$1" --format '{{.Replicas}}' 2>/dev/null |
+    grep -c '^2/2')" = 10 ]
+}
+# peer_fig_stack_deploy REPS: `docker stack deploy` of the 10-service file → every task running
+peer_fig_stack_deploy() {
+  local reps=$1 rep samples=()
+  peer_svc_lab
+  PEER_WORK=$(mktemp -d /tmp/pl-bench.XXXXXX)
+  trap 'peer_down; rm -rf "$PEER_WORK"' EXIT
+  stack_file "$PEER_WORK/stack.yml" busybox:local
+  for rep in $(seq 1 "$reps"); do
+    T0=$(now_ms)
+    d 1 stack deploy -c "$PEER_WORK/stack.yml" --resolve-image never "st$rep" >/dev/null || die "docker stack deploy failed"
+    wait_until 600 peer_stack_converged "st$rep" || die "rep $rep: the stack did not converge"
+    samples+=("$(( $(now_ms) - T0 ))")
+    log "peer rep $rep: ${samples[-1]} ms"
+    d 1 stack rm "st$rep" >/dev/null
+    wait_until 300 peer_gone || true
+  done
+  printf '%s\n' "${samples[@]}" | stats stack_deploy_ms ms
+}

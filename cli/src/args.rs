@@ -17,6 +17,7 @@ use crate::network::NetworkCmd;
 use crate::node::NodeCmd;
 use crate::registry::{LoginArgs, PullArgs, PushArgs};
 use crate::service::ServiceCmd;
+use crate::stack::StackCmd;
 use crate::swarm::SwarmCmd;
 use crate::volume::VolumeCmd;
 
@@ -57,6 +58,9 @@ pub enum Cmd {
     /// Manage services on the swarm.
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// Manage stacks: applications from Compose files.
+    #[command(subcommand)]
+    Stack(StackCmd),
     /// Manage images on this node.
     #[command(subcommand)]
     Image(ImageCmd),

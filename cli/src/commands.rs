@@ -16,6 +16,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Swarm(c) => crate::swarm::run(&cli, c).await?,
         Cmd::Node(c) => crate::node::run(&cli, c).await?,
         Cmd::Service(c) => return crate::service::run(&cli, c).await,
+        Cmd::Stack(c) => return crate::stack::run(&cli, c).await,
         #[cfg(feature = "bench")]
         Cmd::Bench(c) => crate::bench::run(&cli, c).await?,
         Cmd::System(c) => crate::system::run(&cli, c).await?,

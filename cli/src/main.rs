@@ -17,6 +17,7 @@ mod output;
 mod parse;
 mod registry;
 mod service;
+mod stack;
 mod swarm;
 mod system;
 mod terminal;

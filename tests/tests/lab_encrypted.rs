@@ -137,7 +137,7 @@ fn encrypted_overlays_carry_services_across_hosts_with_nothing_in_clear() -> Res
     all_pairs_names_and_vip(&lab, &sec, &tasks, &addrs)?;
     nothing_in_clear(&lab, tmp.path(), &sec, sec_vni, &app_id, &tasks)?;
     netd_down_stops_traffic(&lab, tmp.path(), sec_vni, &tasks)?;
-    sessions_in_inspect(&lab)?;
+    sessions_in_inspect(&lab, &tasks)?;
     rotation_keeps_requests_flowing(&lab, &tasks)?;
     removed_node_is_revoked(&lab, &sec)?;
     Ok(())
@@ -225,8 +225,13 @@ fn netd_down_stops_traffic(lab: &Lab, dir: &Path, sec_vni: u32, tasks: &[Placed]
     Ok(())
 }
 
-/// `network inspect sec` on a host with a task shows its session with the other hosts.
-fn sessions_in_inspect(lab: &Lab) -> Result<()> {
+/// `network inspect sec` on host 1 shows its session with each other host, once its task has
+/// just talked to all of them (its netd may have restarted above, which starts the counts anew).
+fn sessions_in_inspect(lab: &Lab, tasks: &[Placed]) -> Result<()> {
+    let mine = tasks.iter().find(|t| t.host == 1).context("a task on host 1")?;
+    for t in tasks.iter().filter(|t| t.host != 1) {
+        inside(lab, mine, &["ping", "-c", "1", "-W", "3", &t.addr.to_string()])?;
+    }
     let doc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "sec"])?)?;
     let peers = doc[0]["Peers"].as_array().context("peers")?;
     let with = peers.iter().filter(|p| p["LastHandshake"].is_string() && p["RxBytes"].as_u64() > Some(0)).count();

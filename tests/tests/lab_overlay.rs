@@ -126,7 +126,8 @@ fn no_failed_requests_while_web_changes(lab: &Lab, net_id: &str) -> Result<()> {
     placed(lab, "web", net_id, 2)?;
     settled(lab, "web")?;
     progressed(lab, "after the scale-down", ok)?;
-    let (ok, failed) = counts(lab)?;
+    // The file is rewritten after every request: a read may catch it empty.
+    let (ok, failed) = wait_for("the client's counts", Duration::from_secs(10), || Ok(counts(lab).ok()))?;
     eprintln!("client counts: {ok} requests answered, {failed} failed");
     if failed > 0 {
         let why = lab.shoal(4, &["exec", "looper", "cat", "/tmp/errors"]).unwrap_or_default();

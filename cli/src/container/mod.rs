@@ -4,7 +4,7 @@ mod flags;
 mod run;
 
 pub use flags::ContainerFlags;
-pub(crate) use flags::labels;
+pub(crate) use flags::{labels, read_env_file};
 pub use run::RunArgs;
 
 use anyhow::bail;

@@ -14,7 +14,7 @@ use crate::output::short;
 use crate::output::{capitalize, table};
 
 /// The managers' service listing.
-async fn services(control: &mut Control) -> anyhow::Result<Vec<ServiceListEntry>> {
+pub(crate) async fn services(control: &mut Control) -> anyhow::Result<Vec<ServiceListEntry>> {
     let json = control.list_services(pb::Empty {}).await?.into_inner().json;
     serde_json::from_str(&json).context("reading the managers' service list")
 }
@@ -38,14 +38,18 @@ pub(super) async fn find(control: &mut Control, reference: &str) -> anyhow::Resu
     Ok(list.swap_remove(i))
 }
 
-pub(super) async fn tasks(control: &mut Control, service: &str) -> anyhow::Result<Vec<(Task, String)>> {
+pub(crate) async fn tasks(control: &mut Control, service: &str) -> anyhow::Result<Vec<(Task, String)>> {
     task_list(control, pb::ListTasksRequest { service: service.into(), node: String::new() }).await
 }
 
 pub(super) async fn ls(control: &mut Control, quiet: bool, format: Format) -> anyhow::Result<()> {
-    let list = services(control).await?;
+    print_services(&services(control).await?, quiet, format)
+}
+
+/// Services as `docker service ls` lists them (`stack services` too).
+pub(crate) fn print_services(list: &[ServiceListEntry], quiet: bool, format: Format) -> anyhow::Result<()> {
     if quiet {
-        for e in &list {
+        for e in list {
             println!("{}", e.service.id);
         }
         return Ok(());
@@ -118,7 +122,12 @@ pub async fn node_ps(
 }
 
 /// Tasks as `docker service ps` and `docker node ps` list them.
-fn print_tasks(mut ts: Vec<(Task, String)>, quiet: bool, no_trunc: bool, format: Format) -> anyhow::Result<()> {
+pub(crate) fn print_tasks(
+    mut ts: Vec<(Task, String)>,
+    quiet: bool,
+    no_trunc: bool,
+    format: Format,
+) -> anyhow::Result<()> {
     // Service by service, slot by slot (node by node for global services), newest first.
     let slot_of = |t: &Task| {
         (

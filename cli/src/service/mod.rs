@@ -2,7 +2,7 @@
 //! a manager, and follows a rollout until it converges (or says why not).
 
 mod follow;
-mod list;
+pub(crate) mod list;
 pub(crate) mod spec;
 
 use anyhow::{Context, bail};
@@ -19,7 +19,7 @@ use crate::args::{Cli, Format};
 use crate::client;
 use crate::output::short;
 
-type Control = pb::control_client::ControlClient<tonic::transport::Channel>;
+pub(crate) type Control = pb::control_client::ControlClient<tonic::transport::Channel>;
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCmd {

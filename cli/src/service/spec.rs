@@ -242,7 +242,7 @@ pub fn parse_network(v: &str) -> Result<NetworkAttachmentSpec, String> {
     Ok(a)
 }
 
-pub(super) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &ServiceRemovals) -> anyhow::Result<()> {
+pub(crate) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &ServiceRemovals) -> anyhow::Result<()> {
     let t = &mut spec.task;
     let key = |e: &str| e.split('=').next().unwrap_or("").to_string();
     t.env.retain(|e| !rm.env_rm.contains(&key(e)));

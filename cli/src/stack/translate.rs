@@ -1,0 +1,1028 @@
+//! Compose → what a stack is made of: its networks, secrets, configs and
+//! service specs, named and labelled as Docker names them (`STACK_web`,
+//! `STACK_default`, `com.docker.stack.namespace=STACK`). Pure: the same
+//! file and stack name give the same plan, so redeploying an unchanged file
+//! finds every service unchanged. A service's values go through the same
+//! builder as `service create`'s flags ([`apply_flags`]), so a Compose key
+//! and its flag read alike.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::ValueEnum;
+use shoal_proto::health::{HealthSetting, HealthTest};
+use shoal_proto::network::{ENCRYPTED_OPTION, EndpointMode, MTU_OPTION, NetworkAttachmentSpec, NetworkSpec};
+use shoal_proto::service::{Mode, RestartCondition, ServiceSpec};
+
+use super::compose::{
+    Compose, External, Extra, Healthcheck, Mount, ObjectDef, ObjectRef, Port, Scalar, Service, StrOrList, UpdateConfig,
+    parse_bool,
+};
+use crate::service::spec::{
+    ModeArg, OrderArg, RestartConditionArg, RollbackFailureArg, ServiceFlags, ServiceRemovals, UpdateFailureArg,
+    apply_flags,
+};
+
+/// The label Docker puts on everything a stack owns.
+pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+/// The image a service's Compose entry names (before any digest is pinned).
+pub const IMAGE_LABEL: &str = "com.docker.stack.image";
+
+/// What a stack is made of.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// The networks its services use, by name.
+    pub networks: Vec<NetworkPlan>,
+    pub secrets: Vec<ObjectPlan>,
+    pub configs: Vec<ObjectPlan>,
+    /// By name. Network attachments name the networks (the managers store ids).
+    pub services: Vec<ServicePlan>,
+    /// Keys of the file this Shoal does not carry out, sorted: `build`, `deploy.resources.reservations.devices`.
+    pub unsupported: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkPlan {
+    /// As the cluster names it: `STACK_key`, its `name:`, or the external network's name.
+    pub name: String,
+    /// An existing network the stack uses but does not own.
+    pub external: bool,
+    pub spec: NetworkSpec,
+}
+
+/// A secret or config of the stack.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectPlan {
+    pub name: String,
+    pub external: bool,
+    /// Where its data is (absolute); none for an external one.
+    pub file: Option<PathBuf>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A service's use of a secret or config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectUse {
+    /// The object's cluster name.
+    pub name: String,
+    /// A secret: a file name under `/run/secrets/`; a config: a path.
+    pub target: String,
+    pub uid: String,
+    pub gid: String,
+    pub mode: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServicePlan {
+    pub spec: ServiceSpec,
+    /// The image as the file names it (also in the `com.docker.stack.image` label).
+    pub image: String,
+    pub secrets: Vec<ObjectUse>,
+    pub configs: Vec<ObjectUse>,
+}
+
+impl Plan {
+    /// Whether the stack declares or uses secrets or configs.
+    pub fn has_objects(&self) -> bool {
+        !self.secrets.is_empty()
+            || !self.configs.is_empty()
+            || self.services.iter().any(|s| !s.secrets.is_empty() || !s.configs.is_empty())
+    }
+}
+
+/// A stack name as Docker takes it: it prefixes every object's name.
+pub fn validate_stack_name(name: &str) -> anyhow::Result<()> {
+    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        bail!("invalid stack name {name:?}: use letters, digits, '_', '-' and '.', starting with a letter or digit");
+    }
+    Ok(())
+}
+
+/// The plan for `compose` deployed as `stack`; relative paths (bind mounts,
+/// secret files) are relative to `base_dir`.
+pub fn translate(compose: &Compose, stack: &str, base_dir: &Path) -> anyhow::Result<Plan> {
+    validate_stack_name(stack)?;
+    if compose.services.is_empty() {
+        bail!("the Compose file has no services: a stack needs at least one");
+    }
+    let mut plan = Plan::default();
+    let mut unsupported = std::collections::BTreeSet::new();
+    for k in compose.extra.keys().filter(|k| *k != "version" && !k.starts_with("x-")) {
+        unsupported.insert(k.clone());
+    }
+    let scoped = |key: &str| format!("{stack}_{key}");
+    let ns = || BTreeMap::from([(NAMESPACE_LABEL.to_string(), stack.to_string())]);
+
+    // Secrets and configs, declared at the top.
+    let objects =
+        |defs: &BTreeMap<String, ObjectDef>, what: &str, unsupported: &mut std::collections::BTreeSet<String>| {
+            let mut out = Vec::new();
+            for (key, d) in defs {
+                report(unsupported, &format!("{what}."), &d.extra);
+                let (name, external) = object_name(key, d.name.as_ref(), d.external.as_ref(), &scoped);
+                let file = match (&d.file, external) {
+                    (_, true) => None,
+                    (Some(f), false) => Some(base_dir.join(&f.0)),
+                    (None, false) => bail!("{what} {key}: give file: PATH, or external: true for one that exists"),
+                };
+                let mut labels = ns();
+                labels.extend(d.labels.0.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())));
+                out.push(ObjectPlan { name, external, file, labels });
+            }
+            anyhow::Ok(out)
+        };
+    plan.secrets = objects(&compose.secrets, "secrets", &mut unsupported)?;
+    plan.configs = objects(&compose.configs, "configs", &mut unsupported)?;
+
+    // Networks: those the services use (`default` when a service names none).
+    let mut used_networks = std::collections::BTreeSet::new();
+    for (key, svc) in &compose.services {
+        let sp = service(compose, stack, key, svc, base_dir, &mut unsupported, &mut used_networks)
+            .with_context(|| format!("service {key}"))?;
+        plan.services.push(sp);
+    }
+    for key in &used_networks {
+        let def = compose.networks.get(key.as_str());
+        if def.is_none() && key != "default" {
+            bail!("service network {key:?} is not declared under the top-level networks:");
+        }
+        let def = def.cloned().unwrap_or_default();
+        report(&mut unsupported, "networks.", &def.extra);
+        let (name, external) = object_name(key, def.name.as_ref(), def.external.as_ref(), &scoped);
+        let mut spec = NetworkSpec { name: name.clone(), ..Default::default() };
+        if !external {
+            network_spec(&mut spec, &def, &mut unsupported).with_context(|| format!("network {key}"))?;
+            spec.labels = ns();
+            spec.labels.extend(def.labels.0.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())));
+            spec.validate().map_err(anyhow::Error::msg).with_context(|| format!("network {key}"))?;
+        }
+        plan.networks.push(NetworkPlan { name, external, spec });
+    }
+    plan.networks.sort_by(|a, b| a.name.cmp(&b.name));
+    plan.unsupported = unsupported.into_iter().collect();
+    Ok(plan)
+}
+
+/// An object's cluster name, and whether it is external.
+fn object_name(
+    key: &str,
+    name: Option<&Scalar>,
+    external: Option<&External>,
+    scoped: &dyn Fn(&str) -> String,
+) -> (String, bool) {
+    match external {
+        Some(e) if e.external => (e.name.clone().or(name.map(|n| n.0.clone())).unwrap_or_else(|| key.into()), true),
+        _ => (name.map_or_else(|| scoped(key), |n| n.0.clone()), false),
+    }
+}
+
+fn report(unsupported: &mut std::collections::BTreeSet<String>, prefix: &str, extra: &Extra) {
+    for k in extra.keys().filter(|k| !k.starts_with("x-")) {
+        unsupported.insert(format!("{prefix}{k}"));
+    }
+}
+
+fn network_spec(
+    spec: &mut NetworkSpec,
+    def: &super::compose::NetworkDef,
+    unsupported: &mut std::collections::BTreeSet<String>,
+) -> anyhow::Result<()> {
+    if let Some(d) = &def.driver
+        && d.0 != "overlay"
+    {
+        bail!("driver {:?} cannot be used by a stack: its networks are overlay networks (leave driver: out)", d.0);
+    }
+    for (k, v) in &def.driver_opts {
+        let v = v.as_ref().map_or("", |v| v.0.as_str());
+        match k.as_str() {
+            ENCRYPTED_OPTION => spec.encrypted = v.is_empty() || parse_bool(v).map_err(anyhow::Error::msg)?,
+            MTU_OPTION | "mtu" => spec.mtu = Some(v.parse().with_context(|| format!("invalid mtu {v:?}: a number"))?),
+            other => {
+                unsupported.insert(format!("networks.driver_opts.{other}"));
+            }
+        }
+    }
+    let flag = |s: &Option<Scalar>, what: &str| -> anyhow::Result<bool> {
+        s.as_ref().map_or(Ok(false), |s| parse_bool(&s.0).map_err(|e| anyhow::anyhow!("{what}: {e}")))
+    };
+    spec.attachable = flag(&def.attachable, "attachable")?;
+    spec.internal = flag(&def.internal, "internal")?;
+    if let Some(ipam) = &def.ipam {
+        report(unsupported, "networks.ipam.", &ipam.extra);
+        if ipam.config.len() > 1 {
+            bail!("ipam: one config entry (one subnet) per network");
+        }
+        if let Some(c) = ipam.config.first() {
+            report(unsupported, "networks.ipam.config.", &c.extra);
+            spec.ipam.subnet = c.subnet.as_ref().map(|s| s.0.parse()).transpose().map_err(anyhow::Error::msg)?;
+            spec.ipam.gateway = c
+                .gateway
+                .as_ref()
+                .map(|g| g.0.parse().with_context(|| format!("invalid gateway {:?}: an IPv4 address", g.0)))
+                .transpose()?;
+            spec.ipam.ip_range = c.ip_range.as_ref().map(|r| r.0.parse()).transpose().map_err(anyhow::Error::msg)?;
+        }
+    }
+    Ok(())
+}
+
+fn text(s: &Option<Scalar>) -> Option<String> {
+    s.as_ref().map(|s| s.0.clone())
+}
+
+fn number<T: std::str::FromStr>(s: &Option<Scalar>, what: &str) -> anyhow::Result<Option<T>> {
+    s.as_ref()
+        .map(|s| s.0.trim().parse::<T>().map_err(|_| anyhow::anyhow!("invalid {what} {:?}: a number", s.0)))
+        .transpose()
+}
+
+fn choice<E: ValueEnum>(s: &Option<Scalar>, what: &str) -> anyhow::Result<Option<E>> {
+    s.as_ref()
+        .map(|s| {
+            E::from_str(&s.0, false).map_err(|_| {
+                let names: Vec<String> = E::value_variants()
+                    .iter()
+                    .filter_map(|v| v.to_possible_value())
+                    .map(|p| p.get_name().to_string())
+                    .collect();
+                anyhow::anyhow!("invalid {what} {:?}: {}", s.0, names.join(", "))
+            })
+        })
+        .transpose()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn service(
+    compose: &Compose,
+    stack: &str,
+    key: &str,
+    svc: &Service,
+    base_dir: &Path,
+    unsupported: &mut std::collections::BTreeSet<String>,
+    used_networks: &mut std::collections::BTreeSet<String>,
+) -> anyhow::Result<ServicePlan> {
+    report(unsupported, "", &svc.extra);
+    let image = text(&svc.image).filter(|i| !i.is_empty()).context("no image: a stack's services need image:")?;
+    let d = svc.deploy.clone().unwrap_or_default();
+    report(unsupported, "deploy.", &d.extra);
+    let mode: Mode = choice::<ModeArg>(&d.mode, "deploy.mode")?.unwrap_or_default().into();
+    let replicas = number::<u64>(&d.replicas, "deploy.replicas")?;
+    if mode.is_global() && replicas.is_some() {
+        bail!("deploy.replicas can only be used with replicated or replicated-job mode");
+    }
+    let mut spec = ServiceSpec {
+        name: format!("{stack}_{key}"),
+        mode,
+        replicas: if mode.is_global() { 0 } else { replicas.unwrap_or(1) },
+        ..Default::default()
+    };
+    spec.task.image = image.clone();
+    spec.task.stop_grace_ms = 10_000;
+    if mode.is_job() {
+        spec.task.restart.condition = RestartCondition::OnFailure;
+    }
+    spec.task.args = match &svc.command {
+        None => Vec::new(),
+        Some(StrOrList::List(l)) => l.clone(),
+        Some(StrOrList::Str(s)) => shell_words(s).context("command")?,
+    };
+
+    let mut f = ServiceFlags::default();
+    f.container.env = svc.environment.0.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}"))).collect();
+    f.container.hostname = text(&svc.hostname);
+    f.container.user = text(&svc.user);
+    f.container.workdir = text(&svc.working_dir);
+    f.container.stop_signal = text(&svc.stop_signal);
+    f.stop_grace_period = text(&svc.stop_grace_period);
+    f.container.mount = mounts(compose, stack, svc, base_dir, unsupported)?;
+    for p in &svc.ports {
+        f.publish.extend(ports(p, unsupported)?);
+    }
+    f.container_label = svc.labels.0.iter().map(|(k, v)| format!("{k}={}", v.clone().unwrap_or_default())).collect();
+    f.container_label.push(format!("{NAMESPACE_LABEL}={stack}"));
+    f.label = d.labels.0.iter().map(|(k, v)| format!("{k}={}", v.clone().unwrap_or_default())).collect();
+    f.label.push(format!("{NAMESPACE_LABEL}={stack}"));
+    f.label.push(format!("{IMAGE_LABEL}={image}"));
+    if let Some(r) = &d.resources {
+        report(unsupported, "deploy.resources.", &r.extra);
+        if let Some(l) = &r.limits {
+            report(unsupported, "deploy.resources.limits.", &l.extra);
+            f.limit_cpu = text(&l.cpus);
+            f.limit_memory = text(&l.memory);
+            f.limit_pids = number(&l.pids, "deploy.resources.limits.pids")?;
+        }
+        if let Some(l) = &d.resources.as_ref().and_then(|r| r.reservations.clone()) {
+            report(unsupported, "deploy.resources.reservations.", &l.extra);
+            f.reserve_cpu = text(&l.cpus);
+            f.reserve_memory = text(&l.memory);
+            if l.pids.is_some() {
+                unsupported.insert("deploy.resources.reservations.pids".into());
+            }
+        }
+    }
+    if let Some(r) = &d.restart_policy {
+        report(unsupported, "deploy.restart_policy.", &r.extra);
+        f.restart_condition = choice::<RestartConditionArg>(&r.condition, "deploy.restart_policy.condition")?;
+        f.restart_delay = text(&r.delay);
+        f.restart_max_attempts = number(&r.max_attempts, "deploy.restart_policy.max_attempts")?;
+        f.restart_window = text(&r.window);
+    }
+    if let Some(u) = &d.update_config {
+        report(unsupported, "deploy.update_config.", &u.extra);
+        rollout(u, "deploy.update_config", &mut f, false)?;
+    }
+    if let Some(u) = &d.rollback_config {
+        report(unsupported, "deploy.rollback_config.", &u.extra);
+        rollout(u, "deploy.rollback_config", &mut f, true)?;
+    }
+    if let Some(p) = &d.placement {
+        report(unsupported, "deploy.placement.", &p.extra);
+        f.constraint = p.constraints.clone();
+        for pref in &p.preferences {
+            for (k, v) in pref {
+                match k.as_str() {
+                    "spread" => f.placement_pref.push(format!("spread={}", v.0)),
+                    other => {
+                        unsupported.insert(format!("deploy.placement.preferences.{other}"));
+                    }
+                }
+            }
+        }
+        f.replicas_max_per_node = number(&p.max_replicas_per_node, "deploy.placement.max_replicas_per_node")?;
+    }
+    f.endpoint_mode =
+        d.endpoint_mode.as_ref().map(|m| m.0.parse::<EndpointMode>().map_err(anyhow::Error::msg)).transpose()?;
+    // Networks: those it names, or the stack's default one; the service's key is an alias on each.
+    let nets =
+        svc.networks.clone().map(|n| n.0).unwrap_or_else(|| BTreeMap::from([("default".into(), Default::default())]));
+    for (net, attach) in &nets {
+        report(unsupported, "networks.", &attach.extra);
+        used_networks.insert(net.clone());
+        let def = compose.networks.get(net.as_str());
+        let (name, _) =
+            object_name(net, def.and_then(|d| d.name.as_ref()), def.and_then(|d| d.external.as_ref()), &|k: &str| {
+                format!("{stack}_{k}")
+            });
+        let mut aliases = attach.aliases.clone();
+        if !aliases.iter().any(|a| a == key) {
+            aliases.push(key.to_string());
+        }
+        f.network.push(NetworkAttachmentSpec { target: name, aliases });
+    }
+    apply_flags(&mut spec, &f, &ServiceRemovals::default())?;
+    if let Some(h) = &svc.healthcheck {
+        report(unsupported, "healthcheck.", &h.extra);
+        spec.task.health = health(h)?;
+    }
+    let secrets = uses(&svc.secrets, &compose.secrets, stack, "secret", unsupported)?;
+    let configs = uses(&svc.configs, &compose.configs, stack, "config", unsupported)?;
+    Ok(ServicePlan { spec, image, secrets, configs })
+}
+
+fn rollout(u: &UpdateConfig, what: &str, f: &mut ServiceFlags, rollback: bool) -> anyhow::Result<()> {
+    let parallelism = number(&u.parallelism, &format!("{what}.parallelism"))?;
+    let ratio = number(&u.max_failure_ratio, &format!("{what}.max_failure_ratio"))?;
+    let order = choice::<OrderArg>(&u.order, &format!("{what}.order"))?;
+    if rollback {
+        f.rollback_parallelism = parallelism;
+        f.rollback_delay = text(&u.delay);
+        f.rollback_monitor = text(&u.monitor);
+        f.rollback_max_failure_ratio = ratio;
+        f.rollback_order = order;
+        f.rollback_failure_action = choice::<RollbackFailureArg>(&u.failure_action, &format!("{what}.failure_action"))?;
+    } else {
+        f.update_parallelism = parallelism;
+        f.update_delay = text(&u.delay);
+        f.update_monitor = text(&u.monitor);
+        f.update_max_failure_ratio = ratio;
+        f.update_order = order;
+        f.update_failure_action = choice::<UpdateFailureArg>(&u.failure_action, &format!("{what}.failure_action"))?;
+    }
+    Ok(())
+}
+
+fn health(h: &Healthcheck) -> anyhow::Result<HealthSetting> {
+    if h.disable.as_ref().map(|d| parse_bool(&d.0)).transpose().map_err(anyhow::Error::msg)? == Some(true) {
+        return Ok(HealthSetting { test: HealthTest::None, ..Default::default() });
+    }
+    let test = match &h.test {
+        None => HealthTest::Inherit,
+        Some(StrOrList::Str(s)) => HealthTest::Shell(s.clone()),
+        Some(StrOrList::List(l)) => HealthTest::from_docker(l).map_err(|e| anyhow::anyhow!("healthcheck.test: {e}"))?,
+    };
+    let ms = |s: &Option<Scalar>, what: &str| -> anyhow::Result<Option<u64>> {
+        let v = s
+            .as_ref()
+            .map(|s| crate::parse::duration_ms(&s.0))
+            .transpose()
+            .with_context(|| format!("healthcheck.{what}"))?;
+        Ok(v.filter(|v| *v > 0))
+    };
+    Ok(HealthSetting {
+        test,
+        interval_ms: ms(&h.interval, "interval")?,
+        timeout_ms: ms(&h.timeout, "timeout")?,
+        retries: number::<u32>(&h.retries, "healthcheck.retries")?.filter(|r| *r > 0),
+        start_period_ms: ms(&h.start_period, "start_period")?,
+    })
+}
+
+/// A service's `secrets:` or `configs:` against the top-level ones.
+fn uses(
+    refs: &[ObjectRef],
+    defs: &BTreeMap<String, ObjectDef>,
+    stack: &str,
+    what: &str,
+    unsupported: &mut std::collections::BTreeSet<String>,
+) -> anyhow::Result<Vec<ObjectUse>> {
+    let mut out = Vec::new();
+    for r in refs {
+        report(unsupported, &format!("{what}s."), &r.extra);
+        let def = defs
+            .get(&r.source)
+            .with_context(|| format!("{what} {:?} is not declared under the top-level {what}s:", r.source))?;
+        let (name, _) =
+            object_name(&r.source, def.name.as_ref(), def.external.as_ref(), &|k: &str| format!("{stack}_{k}"));
+        let default_target = if what == "secret" { r.source.clone() } else { format!("/{}", r.source) };
+        let mode = match &r.mode {
+            None => 0o444,
+            Some(m) => {
+                let m = m.trim();
+                // YAML reads 0440 as octal only in 1.1; Compose takes either spelling.
+                u32::from_str_radix(m.trim_start_matches("0o"), if m.starts_with('0') { 8 } else { 10 })
+                    .with_context(|| format!("{what} {}: invalid mode {m:?}", r.source))?
+            }
+        };
+        out.push(ObjectUse {
+            name,
+            target: r.target.clone().unwrap_or(default_target),
+            uid: r.uid.clone().unwrap_or_else(|| "0".into()),
+            gid: r.gid.clone().unwrap_or_else(|| "0".into()),
+            mode,
+        });
+    }
+    Ok(out)
+}
+
+/// A service's `volumes:` and `tmpfs:` as `--mount` values.
+fn mounts(
+    compose: &Compose,
+    stack: &str,
+    svc: &Service,
+    base_dir: &Path,
+    unsupported: &mut std::collections::BTreeSet<String>,
+) -> anyhow::Result<Vec<String>> {
+    let volume_name = |v: &str| -> anyhow::Result<String> {
+        let def = compose
+            .volumes
+            .get(v)
+            .with_context(|| format!("undefined volume {v:?}: declare it under the top-level volumes:"))?;
+        Ok(object_name(v, def.name.as_ref(), def.external.as_ref(), &|k: &str| format!("{stack}_{k}")).0)
+    };
+    let bind_path = |s: &str| -> String {
+        if s.starts_with('/') {
+            s.to_string()
+        } else {
+            let joined = base_dir.join(s.trim_start_matches("./"));
+            joined.display().to_string()
+        }
+    };
+    for def in compose.volumes.values() {
+        report(unsupported, "volumes.", &def.extra);
+    }
+    let mut out = Vec::new();
+    for m in &svc.volumes {
+        let (kind, source, target, ro) = match m {
+            Mount::Short(s) => {
+                let parts: Vec<&str> = s.split(':').collect();
+                let (src, target, opts) = match parts.as_slice() {
+                    [t] => (None, *t, None),
+                    [s, t] => (Some(*s), *t, None),
+                    [s, t, o] => (Some(*s), *t, Some(*o)),
+                    _ => bail!("invalid volume {s:?}: [SOURCE:]TARGET[:ro|rw]"),
+                };
+                let ro = opts.is_some_and(|o| o.split(',').any(|x| x == "ro"));
+                match src {
+                    None => ("volume", None, target.to_string(), ro),
+                    Some(p) if p.starts_with(['/', '.', '~']) => ("bind", Some(bind_path(p)), target.to_string(), ro),
+                    Some(v) => ("volume", Some(volume_name(v)?), target.to_string(), ro),
+                }
+            }
+            Mount::Long(l) => {
+                report(unsupported, "volumes.", &l.extra);
+                let kind = l.kind.as_ref().map_or("volume", |k| k.0.as_str());
+                let target = text(&l.target).context("a volume needs target:")?;
+                let ro = l.read_only.as_ref().map(|r| parse_bool(&r.0)).transpose().map_err(anyhow::Error::msg)?
+                    == Some(true);
+                let source = match (kind, &l.source) {
+                    (_, None) => None,
+                    ("bind", Some(s)) => Some(bind_path(&s.0)),
+                    ("volume", Some(s)) => Some(volume_name(&s.0)?),
+                    (_, Some(s)) => Some(s.0.clone()),
+                };
+                let kind = match kind {
+                    "volume" => "volume",
+                    "bind" => "bind",
+                    "tmpfs" => "tmpfs",
+                    other => bail!("volume type {other:?} is not supported: use volume, bind or tmpfs"),
+                };
+                (kind, source, target, ro)
+            }
+        };
+        let mut spec = format!("type={kind}");
+        if let Some(s) = source {
+            spec.push_str(&format!(",source={s}"));
+        }
+        spec.push_str(&format!(",target={target}"));
+        if ro {
+            spec.push_str(",readonly");
+        }
+        shoal_proto::mount::parse_mount_flag(&spec).map_err(anyhow::Error::msg)?;
+        out.push(spec);
+    }
+    for t in svc.tmpfs.as_ref().map(StrOrList::items).unwrap_or_default() {
+        let (path, opts) = t.split_once(':').unwrap_or((t.as_str(), ""));
+        if !opts.is_empty() {
+            unsupported.insert("tmpfs options".into());
+        }
+        out.push(format!("type=tmpfs,target={path}"));
+    }
+    Ok(out)
+}
+
+/// One `ports:` entry as `--publish` values (a range gives several).
+fn ports(p: &Port, unsupported: &mut std::collections::BTreeSet<String>) -> anyhow::Result<Vec<String>> {
+    match p {
+        Port::Long(l) => {
+            report(unsupported, "ports.", &l.extra);
+            let target = text(&l.target).context("a long-form port needs target:")?;
+            let mut s = format!("target={target}");
+            if let Some(p) = text(&l.published).filter(|p| !p.is_empty()) {
+                s.push_str(&format!(",published={p}"));
+            }
+            if let Some(p) = text(&l.protocol) {
+                s.push_str(&format!(",protocol={p}"));
+            }
+            if let Some(m) = text(&l.mode) {
+                s.push_str(&format!(",mode={m}"));
+            }
+            Ok(vec![s])
+        }
+        Port::Short(s) => {
+            let (ports, proto) = s.split_once('/').unwrap_or((s.as_str(), "tcp"));
+            let parts: Vec<&str> = ports.split(':').collect();
+            let (published, target) = match parts.as_slice() {
+                [t] => (None, *t),
+                [p, t] => (Some(*p), *t),
+                [_, _, _] => {
+                    bail!("port {s:?}: a host IP cannot be given for a service's port (it is published on every node)")
+                }
+                _ => bail!("invalid port {s:?}: [PUBLISHED:]TARGET[/PROTOCOL]"),
+            };
+            let range = |r: &str| -> anyhow::Result<(u16, u16)> {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                let a: u16 = a.parse().with_context(|| format!("invalid port {s:?}"))?;
+                let b: u16 = b.parse().with_context(|| format!("invalid port {s:?}"))?;
+                if b < a {
+                    bail!("invalid port range {r:?} in {s:?}");
+                }
+                Ok((a, b))
+            };
+            let (t0, t1) = range(target)?;
+            let published = published.map(range).transpose()?;
+            if let Some((p0, p1)) = published
+                && p1 - p0 != t1 - t0
+            {
+                bail!("port {s:?}: the published and target ranges differ in size");
+            }
+            Ok((0..=t1 - t0)
+                .map(|i| match published {
+                    Some((p0, _)) => format!("{}:{}/{proto}", p0 + i, t0 + i),
+                    None => format!("{}/{proto}", t0 + i),
+                })
+                .collect())
+        }
+    }
+}
+
+/// A command line split into words as a POSIX shell would (quotes and backslashes), without expansions.
+pub fn shell_words(s: &str) -> anyhow::Result<Vec<String>> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(x) => cur.push(x),
+                        None => bail!("unterminated single quote in {s:?}"),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(x @ ('"' | '\\' | '$' | '`')) => cur.push(x),
+                            Some(x) => {
+                                cur.push('\\');
+                                cur.push(x);
+                            }
+                            None => bail!("unterminated double quote in {s:?}"),
+                        },
+                        Some(x) => cur.push(x),
+                        None => bail!("unterminated double quote in {s:?}"),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                if let Some(x) = chars.next() {
+                    cur.push(x);
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_proto::service::{FailureAction, PublishMode, UpdateOrder};
+
+    use super::*;
+    use crate::stack::compose::{Vars, parse};
+
+    fn plan_of(yaml: &str) -> anyhow::Result<Plan> {
+        let loaded = parse(&[("compose.yml".into(), yaml.into())], &Vars::new())?;
+        translate(&loaded.compose, "app", Path::new("/srv/app"))
+    }
+
+    fn svc<'a>(p: &'a Plan, name: &str) -> &'a ServiceSpec {
+        &p.services.iter().find(|s| s.spec.name == name).unwrap_or_else(|| panic!("no {name}")).spec
+    }
+
+    const FULL: &str = r#"
+version: "3.9"
+services:
+  web:
+    image: nginx:1.27
+    command: nginx -g 'daemon off;'
+    environment:
+      - A=1
+      - B=two words
+    ports:
+      - "8080:80"
+      - 443
+      - "9000-9001:90-91/udp"
+      - target: 53
+        published: 5353
+        protocol: udp
+        mode: host
+    volumes:
+      - data:/var/lib/data
+      - ./conf:/etc/nginx/conf.d:ro
+      - /cache
+      - type: tmpfs
+        target: /scratch
+      - type: volume
+        source: shared
+        target: /shared
+        read_only: true
+    networks:
+      front:
+        aliases: [www]
+      back:
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O-", "http://localhost/"]
+      interval: 10s
+      timeout: 2s
+      retries: 4
+      start_period: 1m
+    hostname: "{{.Service.Name}}-{{.Task.Slot}}"
+    user: "101:101"
+    working_dir: /usr/share/nginx
+    labels: {tier: front}
+    stop_grace_period: 30s
+    stop_signal: SIGQUIT
+    tmpfs: /run
+    deploy:
+      mode: replicated
+      replicas: 3
+      resources:
+        limits: {cpus: '0.5', memory: 64M, pids: 100}
+        reservations: {cpus: '0.25', memory: 32M}
+      restart_policy: {condition: on-failure, delay: 2s, max_attempts: 5, window: 1m}
+      update_config: {parallelism: 2, delay: 5s, failure_action: rollback, monitor: 20s, max_failure_ratio: 0.3, order: start-first}
+      rollback_config: {parallelism: 0, failure_action: continue, order: stop-first}
+      placement:
+        constraints: [node.role==worker]
+        preferences: [{spread: node.labels.zone}]
+        max_replicas_per_node: 2
+      labels: [owner=ops]
+      endpoint_mode: vip
+  db:
+    image: postgres:16
+    command: ["postgres", "-c", "max_connections=50"]
+    environment: {POSTGRES_DB: app, PORT: 5432, DEBUG: false}
+    networks: [back]
+    healthcheck:
+      test: pg_isready
+      disable: false
+    deploy:
+      endpoint_mode: dnsrr
+      placement: {constraints: ["node.labels.disk==ssd"]}
+  agent:
+    image: busybox
+    deploy: {mode: global}
+    healthcheck: {disable: true}
+  once:
+    image: busybox
+    deploy: {mode: replicated-job, replicas: 2}
+networks:
+  front:
+    driver: overlay
+    attachable: true
+    driver_opts: {encrypted: "", com.docker.network.driver.mtu: "1400"}
+    ipam: {config: [{subnet: 10.30.0.0/24}]}
+    labels: {purpose: edge}
+  back:
+    name: shared-back
+  unused: {}
+volumes:
+  data:
+  shared:
+    external: true
+"#;
+
+    #[test]
+    fn every_service_key_lands_in_the_spec_as_its_flag_would() {
+        let p = plan_of(FULL).expect("translates");
+        assert_eq!(p.unsupported, Vec::<String>::new());
+        let web = svc(&p, "app_web");
+        let t = &web.task;
+        assert_eq!((web.mode, web.replicas), (Mode::Replicated, 3));
+        assert_eq!(t.image, "nginx:1.27");
+        assert_eq!(t.args, ["nginx", "-g", "daemon off;"]);
+        assert_eq!(t.env, ["A=1", "B=two words"]);
+        let ports: Vec<(u16, u16, &str, PublishMode)> =
+            t.ports.iter().map(|p| (p.published, p.target, p.protocol.as_str(), p.mode)).collect();
+        assert_eq!(
+            ports,
+            [
+                (8080, 80, "tcp", PublishMode::Ingress),
+                (0, 443, "tcp", PublishMode::Ingress),
+                (9000, 90, "udp", PublishMode::Ingress),
+                (9001, 91, "udp", PublishMode::Ingress),
+                (5353, 53, "udp", PublishMode::Host),
+            ]
+        );
+        assert_eq!(
+            t.mounts,
+            [
+                "type=volume,source=app_data,target=/var/lib/data",
+                "type=bind,source=/srv/app/conf,target=/etc/nginx/conf.d,readonly",
+                "type=volume,target=/cache",
+                "type=tmpfs,target=/scratch",
+                "type=volume,source=shared,target=/shared,readonly",
+                "type=tmpfs,target=/run",
+            ]
+        );
+        let nets: Vec<(&str, Vec<&str>)> =
+            t.networks.iter().map(|n| (n.target.as_str(), n.aliases.iter().map(String::as_str).collect())).collect();
+        assert_eq!(nets, [("shared-back", vec!["web"]), ("app_front", vec!["www", "web"])]);
+        assert_eq!(
+            t.health.test,
+            HealthTest::Cmd(vec!["wget".into(), "-q".into(), "-O-".into(), "http://localhost/".into()])
+        );
+        assert_eq!(
+            (t.health.interval_ms, t.health.timeout_ms, t.health.retries, t.health.start_period_ms),
+            (Some(10_000), Some(2_000), Some(4), Some(60_000))
+        );
+        assert_eq!(
+            (t.hostname.as_str(), t.user.as_str(), t.workdir.as_str()),
+            ("{{.Service.Name}}-{{.Task.Slot}}", "101:101", "/usr/share/nginx")
+        );
+        assert_eq!((t.stop_grace_ms, t.stop_signal.as_str()), (30_000, "SIGQUIT"));
+        assert_eq!(t.container_labels.get("tier").map(String::as_str), Some("front"));
+        assert_eq!(t.container_labels.get(NAMESPACE_LABEL).map(String::as_str), Some("app"));
+        assert_eq!((t.limit_nano_cpus, t.limit_memory, t.limit_pids), (500_000_000, 64 << 20, 100));
+        assert_eq!((t.reserve_nano_cpus, t.reserve_memory), (250_000_000, 32 << 20));
+        assert_eq!(t.restart.condition, RestartCondition::OnFailure);
+        assert_eq!((t.restart.delay_ms, t.restart.max_attempts, t.restart.window_ms), (2_000, 5, 60_000));
+        let u = &web.update;
+        assert_eq!(
+            (u.parallelism, u.delay_ms, u.failure_action, u.monitor_ms),
+            (2, 5_000, FailureAction::Rollback, 20_000)
+        );
+        assert_eq!((u.max_failure_ratio, u.order), (0.3, UpdateOrder::StartFirst));
+        let r = &web.rollback;
+        assert_eq!((r.parallelism, r.failure_action, r.order), (0, FailureAction::Continue, UpdateOrder::StopFirst));
+        assert_eq!(t.constraints, ["node.role==worker"]);
+        assert_eq!(t.spread, ["node.labels.zone"]);
+        assert_eq!(t.max_replicas_per_node, 2);
+        let labels: Vec<(&str, &str)> = web.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(labels, [(IMAGE_LABEL, "nginx:1.27"), (NAMESPACE_LABEL, "app"), ("owner", "ops")]);
+        assert_eq!(web.endpoint_mode, EndpointMode::Vip);
+
+        let db = svc(&p, "app_db");
+        assert_eq!(db.task.args, ["postgres", "-c", "max_connections=50"]);
+        assert_eq!(db.task.env, ["DEBUG=false", "PORT=5432", "POSTGRES_DB=app"]);
+        assert_eq!(db.task.health.test, HealthTest::Shell("pg_isready".into()));
+        assert_eq!(db.endpoint_mode, EndpointMode::Dnsrr);
+        assert_eq!(db.replicas, 1);
+        assert_eq!((db.task.stop_grace_ms, db.task.restart.condition), (10_000, RestartCondition::Any));
+        assert_eq!(db.task.networks[0].target, "shared-back");
+        let agent = svc(&p, "app_agent");
+        assert_eq!((agent.mode, agent.replicas), (Mode::Global, 0));
+        assert_eq!(agent.task.health.test, HealthTest::None);
+        assert_eq!(agent.task.networks[0].target, "app_default");
+        let once = svc(&p, "app_once");
+        assert_eq!(
+            (once.mode, once.replicas, once.task.restart.condition),
+            (Mode::ReplicatedJob, 2, RestartCondition::OnFailure)
+        );
+
+        // Networks: the used ones, the default one among them, not `unused`.
+        let names: Vec<&str> = p.networks.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["app_default", "app_front", "shared-back"]);
+        let front = &p.networks[1].spec;
+        assert!(front.attachable && front.encrypted && !front.internal);
+        assert_eq!((front.mtu, front.ipam.subnet.map(|s| s.to_string())), (Some(1400), Some("10.30.0.0/24".into())));
+        assert_eq!(front.labels.get(NAMESPACE_LABEL).map(String::as_str), Some("app"));
+        assert_eq!(front.labels.get("purpose").map(String::as_str), Some("edge"));
+        assert!(p.networks.iter().all(|n| !n.external));
+        assert!(!p.has_objects());
+    }
+
+    #[test]
+    fn the_same_file_gives_the_same_plan() {
+        assert_eq!(plan_of(FULL).expect("one"), plan_of(FULL).expect("two"));
+    }
+
+    #[test]
+    fn unsupported_keys_are_reported_not_dropped() {
+        let p = plan_of(
+            r#"
+x-common: &c {a: 1}
+services:
+  web:
+    image: nginx
+    build: .
+    entrypoint: /bin/sh
+    depends_on: [db]
+    cap_add: [NET_ADMIN]
+    cap_drop: [ALL]
+    sysctls: {net.core.somaxconn: 1024}
+    ulimits: {nofile: 1024}
+    extra_hosts: ["a:1.2.3.4"]
+    dns: 8.8.8.8
+    init: true
+    read_only: true
+    logging: {driver: json-file}
+    container_name: web1
+    x-note: fine
+    ports: [{target: 80, host_ip: 127.0.0.1}]
+    deploy:
+      resources: {reservations: {devices: [{capabilities: [gpu]}]}}
+      rollback_config: {colour: red}
+  db:
+    image: postgres
+networks:
+  default:
+    driver_opts: {com.docker.network.bridge.name: x}
+    enable_ipv6: true
+"#,
+        )
+        .expect("translates");
+        assert_eq!(
+            p.unsupported,
+            [
+                "build",
+                "cap_add",
+                "cap_drop",
+                "container_name",
+                "depends_on",
+                "deploy.resources.reservations.devices",
+                "deploy.rollback_config.colour",
+                "dns",
+                "entrypoint",
+                "extra_hosts",
+                "init",
+                "logging",
+                "networks.driver_opts.com.docker.network.bridge.name",
+                "networks.enable_ipv6",
+                "ports.host_ip",
+                "read_only",
+                "sysctls",
+                "ulimits",
+            ]
+        );
+    }
+
+    #[test]
+    fn externals_names_secrets_and_configs() {
+        let p = plan_of(
+            r#"
+services:
+  api:
+    image: api:1
+    networks: [outside]
+    secrets: [db_pass, {source: tls, target: server.pem, uid: "100", mode: 0400}]
+    configs: [{source: conf, target: /etc/api.toml}, plain]
+networks:
+  outside: {external: true, name: corp}
+secrets:
+  db_pass: {file: ./db_pass.txt}
+  tls: {external: true}
+configs:
+  conf: {file: /etc/api.toml, labels: {v: "1"}}
+  plain: {name: plain-v2, file: plain.txt}
+"#,
+        )
+        .expect("translates");
+        assert_eq!(p.networks.len(), 1);
+        assert!(p.networks[0].external);
+        assert_eq!(p.networks[0].name, "corp");
+        let names: Vec<(&str, bool, Option<&Path>)> =
+            p.secrets.iter().map(|s| (s.name.as_str(), s.external, s.file.as_deref())).collect();
+        assert_eq!(names, [("app_db_pass", false, Some(Path::new("/srv/app/db_pass.txt"))), ("tls", true, None)]);
+        assert_eq!(p.configs[0].labels.get(NAMESPACE_LABEL).map(String::as_str), Some("app"));
+        assert_eq!(p.configs[1].name, "plain-v2");
+        let api = &p.services[0];
+        let s: Vec<(&str, &str, &str, u32)> =
+            api.secrets.iter().map(|u| (u.name.as_str(), u.target.as_str(), u.uid.as_str(), u.mode)).collect();
+        assert_eq!(s, [("app_db_pass", "db_pass", "0", 0o444), ("tls", "server.pem", "100", 0o400)]);
+        let c: Vec<(&str, &str)> = api.configs.iter().map(|u| (u.name.as_str(), u.target.as_str())).collect();
+        assert_eq!(c, [("app_conf", "/etc/api.toml"), ("plain-v2", "/plain")]);
+        assert!(p.has_objects());
+    }
+
+    #[test]
+    fn bad_files_get_errors_that_say_what_to_change() {
+        let table = [
+            ("services: {}", "no services"),
+            ("services: {web: {command: x}}", "no image"),
+            ("services: {web: {image: x, networks: [nope]}}", "\"nope\" is not declared"),
+            ("services: {web: {image: x, volumes: [\"data:/d\"]}}", "undefined volume \"data\""),
+            ("services: {web: {image: x, secrets: [pw]}}", "secret \"pw\" is not declared"),
+            (
+                "services: {web: {image: x, deploy: {mode: daemonset}}}",
+                "invalid deploy.mode \"daemonset\": replicated, global",
+            ),
+            ("services: {web: {image: x, deploy: {mode: global, replicas: 2}}}", "replicas can only be used"),
+            ("services: {web: {image: x, deploy: {replicas: many}}}", "invalid deploy.replicas \"many\": a number"),
+            ("services: {web: {image: x, ports: [\"127.0.0.1:80:80\"]}}", "a host IP cannot be given"),
+            ("services: {web: {image: x, ports: [\"80-82:80-81\"]}}", "ranges differ"),
+            ("services: {web: {image: x, command: \"echo 'x\"}}", "unterminated single quote"),
+            ("services: {web: {image: x, deploy: {resources: {limits: {memory: lots}}}}}", "invalid size \"lots\""),
+            ("services: {web: {image: x, stop_grace_period: soon}}", "invalid duration \"soon\""),
+            ("services: {web: {image: x, deploy: {restart_policy: {condition: sometimes}}}}", "none, on-failure, any"),
+            ("services: {web: {image: x, healthcheck: {test: [\"RUN\", \"x\"]}}}", "unknown health check type"),
+            ("services: {web: {image: x}}\nnetworks: {default: {driver: bridge}}", "its networks are overlay networks"),
+            ("services: {web: {image: x}}\nsecrets: {s: {}}", "give file: PATH"),
+        ];
+        for (yaml, want) in table {
+            let e = plan_of(yaml).expect_err(yaml);
+            assert!(format!("{e:#}").contains(want), "{yaml}: {e:#}");
+        }
+        let loaded = parse(&[("c.yml".into(), "services: {web: {image: x}}".into())], &Vars::new()).expect("parses");
+        assert!(translate(&loaded.compose, "my stack", Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn command_strings_split_as_a_shell_splits_them() {
+        let table: [(&str, &[&str]); 5] = [
+            ("echo hi", &["echo", "hi"]),
+            ("sh -c 'echo $$HOME; exit 1'", &["sh", "-c", "echo $$HOME; exit 1"]),
+            (r#"a "b \"c\" d" e\ f"#, &["a", "b \"c\" d", "e f"]),
+            ("  spaced   out  ", &["spaced", "out"]),
+            ("''", &[""]),
+        ];
+        for (input, want) in table {
+            assert_eq!(shell_words(input).expect(input), want, "{input}");
+        }
+    }
+}

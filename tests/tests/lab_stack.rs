@@ -1,0 +1,260 @@
+//! Stacks from Compose files on a 3-host lab with the real binary: a
+//! three-service stack (web → api → db over an overlay network, web published
+//! through the routing mesh) deploys and answers on every host; a redeploy of
+//! the unchanged file replaces no task; an override file that changes one
+//! service updates only it; `--dry-run` changes nothing; `--prune` removes the
+//! service the file dropped; `stack ls|services|ps` list it; `stack rm`
+//! leaves nothing behind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
+
+/// A web server whose `/cgi-bin/chain` answers with what `http://NEXT/...` answers.
+fn chain(next: &str) -> String {
+    format!(
+        "mkdir -p /www/cgi-bin\n\
+         printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nbusybox timeout 3 wget -qO- http://{next}\\n' > /www/cgi-bin/chain\n\
+         chmod +x /www/cgi-bin/chain\n\
+         exec httpd -f -p 80 -h /www\n"
+    )
+}
+
+/// The stack's Compose file; without `api` when `with_api` is false.
+fn compose(with_api: bool) -> String {
+    let block = |script: &str| script.lines().map(|l| format!("        {l}\n")).collect::<String>();
+    let api = format!(
+        "  api:\n    image: busybox:local\n    command:\n      - sh\n      - -c\n      - |\n{}    networks: [back]\n    stop_grace_period: 1s\n",
+        block(&chain("db/"))
+    );
+    format!(
+        r#"version: "3.8"
+services:
+  web:
+    image: busybox:local
+    command:
+      - sh
+      - -c
+      - |
+{web}    ports: ["8080:80"]
+    networks: [back]
+    stop_grace_period: 1s
+    deploy:
+      replicas: 2
+{api}  db:
+    image: busybox:local
+    build: .
+    command: ["sh", "-c", "mkdir -p /www && echo db-$${{GREETING:-ok}} > /www/index.html && exec httpd -f -p 80 -h /www"]
+    networks: [back]
+    stop_grace_period: ${{GRACE:-1s}}
+networks:
+  back:
+    driver: overlay
+"#,
+        web = block(&chain("api/cgi-bin/chain")),
+        api = if with_api { api } else { String::new() },
+    )
+}
+
+/// The live (desired running) task ids of the stack, by service name.
+fn task_ids(lab: &Lab) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let ps = lab.shoal_json(1, &["stack", "ps", "shop"])?;
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for t in ps.as_array().context("stack ps")? {
+        let task = &t["task"];
+        if task["desired"] == "running" {
+            let name = task["service_name"].as_str().unwrap_or_default().to_string();
+            out.entry(name).or_default().insert(task["id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until every task of the stack runs (web 2, the others 1); their ids.
+fn running(lab: &Lab, services: &[&str]) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    wait_for("the stack's tasks to run", Duration::from_secs(60), || {
+        let ps = lab.shoal_json(1, &["stack", "ps", "shop"])?;
+        let live: Vec<&serde_json::Value> =
+            ps.as_array().context("stack ps")?.iter().filter(|t| t["task"]["desired"] == "running").collect();
+        let all_running = live.iter().all(|t| t["task"]["status"]["state"] == "running");
+        let ids = task_ids(lab)?;
+        let want = |s: &str| if s == "shop_web" { 2 } else { 1 };
+        let complete =
+            ids.len() == services.len() && services.iter().all(|s| ids.get(*s).map(BTreeSet::len) == Some(want(s)));
+        Ok((all_running && complete).then_some(ids))
+    })
+}
+
+/// Waits until every host answers `want` on 8080 through the routing mesh.
+fn mesh_answers(lab: &Lab, want: &str) -> Result<()> {
+    for i in 1..=lab.n() {
+        let url = format!("http://10.98.0.{i}:8080/cgi-bin/chain");
+        let got = wait_for(&format!("host {i} to answer {want:?} on 8080"), Duration::from_secs(60), || {
+            let out = lab.sw(&["timeout", "5", "busybox", "wget", "-qO-", &url])?;
+            Ok((String::from_utf8_lossy(&out.stdout).trim() == want).then_some(()))
+        });
+        if let Err(e) = got {
+            return Err(e.context(diagnose(lab, &url)));
+        }
+    }
+    Ok(())
+}
+
+/// What each hop answers, for a failed chain.
+fn diagnose(lab: &Lab, url: &str) -> String {
+    let mut out = String::new();
+    if let Ok(o) = lab.sw(&["timeout", "5", "busybox", "wget", "-O-", url]) {
+        out += &format!("mesh: {:?} {:?}\n", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    }
+    let Ok(ps) = lab.shoal_json(1, &["stack", "ps", "shop"]) else { return out };
+    for t in ps.as_array().into_iter().flatten().filter(|t| t["task"]["desired"] == "running") {
+        let task = &t["task"];
+        let name = format!(
+            "{}.{}.{}",
+            task["service_name"].as_str().unwrap_or(""),
+            task["slot"],
+            task["id"].as_str().unwrap_or("")
+        );
+        let host: usize =
+            t["node"].as_str().and_then(|h| h.strip_prefix("shl-h")).and_then(|i| i.parse().ok()).unwrap_or(1);
+        for cmd in [
+            &["busybox", "nslookup", "api"][..],
+            &["busybox", "timeout", "3", "wget", "-qO-", "http://api/cgi-bin/chain"],
+            &["busybox", "timeout", "3", "wget", "-qO-", "http://db/"],
+        ] {
+            let mut args = vec!["exec", name.as_str()];
+            args.extend_from_slice(cmd);
+            if let Ok(o) = lab.exec(host, &args) {
+                out += &format!(
+                    "{name}@{host} {cmd:?}: {} {:?} {:?}\n",
+                    o.status,
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+    }
+    out
+}
+
+/// `shoal ARGS` on host 1: stdout and stderr, failing if it failed.
+fn both(lab: &Lab, args: &[&str]) -> Result<(String, String)> {
+    let out = lab.exec(1, args)?;
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    ensure!(out.status.success(), "`shoal {}` failed: {stderr}\n{stdout}", args.join(" "));
+    Ok((stdout, stderr))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<String> {
+    let p = dir.join(name);
+    std::fs::write(&p, text)?;
+    Ok(p.display().to_string())
+}
+
+#[test]
+fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
+    if !lab_or_skip() {
+        return Ok(());
+    }
+    let lab = Lab::up(3, 1)?;
+    let tmp = tempfile::Builder::new().prefix("shl-stack-").tempdir()?;
+    let image = busybox_rootfs_tar(tmp.path())?;
+    for i in 1..=3 {
+        lab.shoal(i, &["image", "import", &image.display().to_string(), "busybox:local"])?;
+    }
+    let file = write(tmp.path(), "compose.yml", &compose(true))?;
+    let v2 = write(tmp.path(), "v2.yml", "services:\n  db:\n    environment: [GREETING=v2]\n")?;
+    let without_api = write(tmp.path(), "without-api.yml", &compose(false))?;
+    let all = ["shop_api", "shop_db", "shop_web"];
+
+    // Deploy: the network, then the services; `build` is reported, not dropped.
+    let (out, err) = both(&lab, &["stack", "deploy", "-c", &file, "--resolve-image", "never", "shop"])?;
+    for line in [
+        "Creating network shop_back",
+        "Creating service shop_api",
+        "Creating service shop_db",
+        "Creating service shop_web",
+    ] {
+        ensure!(out.contains(line), "{line:?} in {out}");
+    }
+    ensure!(err.contains("Ignoring unsupported options: build"), "{err}");
+    let first = running(&lab, &all)?;
+    mesh_answers(&lab, "db-ok")?;
+    let ls = lab.shoal(1, &["stack", "ls"])?;
+    ensure!(ls.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["shop", "3"]), "{ls}");
+    let svcs = lab.shoal(1, &["stack", "services", "shop"])?;
+    ensure!(all.iter().all(|s| svcs.contains(s)) && svcs.contains("2/2") && svcs.contains("*:8080->80/tcp"), "{svcs}");
+    let nets = lab.shoal(1, &["network", "ls"])?;
+    ensure!(nets.lines().any(|l| l.contains("shop_back") && l.contains("overlay") && l.contains("swarm")), "{nets}");
+    let spec: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["service", "inspect", "shop_web"])?)?;
+    ensure!(
+        spec[0]["spec"]["labels"]["com.docker.stack.namespace"] == "shop"
+            && spec[0]["spec"]["labels"]["com.docker.stack.image"] == "busybox:local",
+        "{spec}"
+    );
+    let version = |name: &str| -> Result<u64> {
+        let s: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["service", "inspect", name])?)?;
+        s[0]["spec_version"].as_u64().with_context(|| format!("spec_version of {name}: {s}"))
+    };
+    let versions: Vec<u64> = all.iter().map(|s| version(s)).collect::<Result<_>>()?;
+
+    // The same file again: nothing changes, the same tasks keep running (with the default
+    // --resolve-image always, whose registry lookup of busybox:local finds nothing to pin).
+    let (out, _) = both(&lab, &["stack", "deploy", "-c", &file, "shop"])?;
+    ensure!(out.matches("is unchanged").count() == 3 && !out.contains("Updating"), "{out}");
+    ensure!(task_ids(&lab)? == first, "a redeploy of the same file replaced tasks");
+    ensure!(all.iter().map(|s| version(s)).collect::<Result<Vec<_>>>()? == versions, "spec versions moved");
+
+    // An override file changes db only: db gets new tasks, web and api keep theirs.
+    let (out, _) = both(&lab, &["stack", "deploy", "-c", &file, "-c", &v2, "--resolve-image", "never", "shop"])?;
+    ensure!(out.contains("Updating service shop_db") && out.matches("is unchanged").count() == 2, "{out}");
+    mesh_answers(&lab, "db-v2")?;
+    let second = running(&lab, &all)?;
+    ensure!(
+        second["shop_web"] == first["shop_web"] && second["shop_api"] == first["shop_api"],
+        "{first:?} → {second:?}"
+    );
+    ensure!(second["shop_db"].is_disjoint(&first["shop_db"]), "db kept its task: {second:?}");
+
+    // --dry-run says what --prune would do, and does nothing.
+    let (out, _) = both(
+        &lab,
+        &["stack", "deploy", "-c", &without_api, "-c", &v2, "--prune", "--dry-run", "--resolve-image", "never", "shop"],
+    )?;
+    ensure!(out.contains("Would remove service shop_api"), "{out}");
+    ensure!(task_ids(&lab)? == second, "a dry run changed tasks");
+    ensure!(lab.shoal(1, &["stack", "services", "-q", "shop"])?.lines().count() == 3, "a dry run removed a service");
+
+    // --prune removes the service the file no longer has.
+    let (out, _) =
+        both(&lab, &["stack", "deploy", "-c", &without_api, "-c", &v2, "--prune", "--resolve-image", "never", "shop"])?;
+    ensure!(out.contains("Removing service shop_api") && out.matches("is unchanged").count() == 2, "{out}");
+    wait_for("shop_api to go", Duration::from_secs(30), || {
+        let ids = task_ids(&lab)?;
+        Ok((!ids.contains_key("shop_api")).then_some(()))
+    })?;
+    let svcs = lab.shoal(1, &["stack", "services", "shop"])?;
+    ensure!(!svcs.contains("shop_api") && svcs.contains("shop_db"), "{svcs}");
+
+    // stack rm: the services, then the network; nothing is left on any host.
+    let out = lab.shoal(1, &["stack", "rm", "shop"])?;
+    for line in ["Removing service shop_db", "Removing service shop_web", "Removing network shop_back"] {
+        ensure!(out.contains(line), "{line:?} in {out}");
+    }
+    ensure!(!lab.shoal(1, &["stack", "ls"])?.contains("shop"), "the stack is still listed");
+    ensure!(lab.shoal(1, &["service", "ls", "-q"])?.trim().is_empty(), "services left");
+    ensure!(!lab.shoal(1, &["network", "ls"])?.contains("shop_back"), "the network is left");
+    for i in 1..=3 {
+        wait_for(&format!("host {i} to have no stack containers"), Duration::from_secs(30), || {
+            let left = lab.containers(i)?;
+            Ok((!left.iter().any(|c| c["name"].as_str().is_some_and(|n| n.starts_with("shop_")))).then_some(()))
+        })?;
+    }
+    let err = lab.failing(1, &["stack", "ps", "shop"])?;
+    ensure!(err.contains("nothing found in stack: shop"), "{err}");
+    Ok(())
+}
