@@ -229,9 +229,16 @@ fn netd_down_stops_traffic(lab: &Lab, dir: &Path, sec_vni: u32, tasks: &[Placed]
 /// just talked to all of them (its netd may have restarted above, which starts the counts anew).
 fn sessions_in_inspect(lab: &Lab, tasks: &[Placed]) -> Result<()> {
     let mine = tasks.iter().find(|t| t.host == 1).context("a task on host 1")?;
+    let started = Instant::now();
     for t in tasks.iter().filter(|t| t.host != 1) {
-        inside(lab, mine, &["ping", "-c", "1", "-W", "3", &t.addr.to_string()])?;
+        let ping = ["ping", "-c", "1", "-W", "1", &t.addr.to_string()].map(String::from);
+        wait_for(&format!("host 1 to reach {}", t.addr), Duration::from_secs(30), || {
+            let out =
+                lab.exec(1, &[&["exec", mine.container.as_str()][..], &ping.each_ref().map(String::as_str)].concat())?;
+            Ok(out.status.success().then_some(()))
+        })?;
     }
+    eprintln!("host 1 reached every other task {:?} after the restarts", started.elapsed());
     let doc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "sec"])?)?;
     let peers = doc[0]["Peers"].as_array().context("peers")?;
     let with = peers.iter().filter(|p| p["LastHandshake"].is_string() && p["RxBytes"].as_u64() > Some(0)).count();
