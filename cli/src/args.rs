@@ -16,6 +16,7 @@ use crate::image::ImageCmd;
 use crate::network::NetworkCmd;
 use crate::node::NodeCmd;
 use crate::registry::{LoginArgs, PullArgs, PushArgs};
+use crate::secret::ObjectCmd;
 use crate::service::ServiceCmd;
 use crate::swarm::SwarmCmd;
 use crate::volume::VolumeCmd;
@@ -110,6 +111,12 @@ pub enum Cmd {
     /// Manage networks on this node (netd).
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Manage the cluster's secrets (files under /run/secrets in a service's containers).
+    #[command(subcommand)]
+    Secret(ObjectCmd),
+    /// Manage the cluster's configs (files in a service's containers).
+    #[command(subcommand)]
+    Config(ObjectCmd),
     /// Display detailed information on containers (JSON).
     Inspect(InspectArgs),
     /// Run a command in a running container.

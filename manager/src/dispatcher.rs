@@ -24,6 +24,7 @@ use shoal_proto::model::{NodeState, NodeStatus};
 use shoal_proto::net::NetView;
 use shoal_proto::pb;
 use shoal_proto::probe::Outcome;
+use shoal_proto::secret::Kind;
 use shoal_proto::service::{Task, TaskState, TaskStatus};
 use shoal_proto::timeline::{self, DISPATCHED};
 use tokio::sync::{Notify, mpsc, watch};
@@ -33,6 +34,35 @@ use crate::drain::Drain;
 use crate::liveness::{Action, Liveness, Timing};
 use crate::state::{NodeStatusUpdate, ObjKey};
 use crate::store::Store;
+
+/// The secrets and configs (by id) that go with the tasks of one message:
+/// exactly those its tasks to run reference, so a node holds a payload only
+/// while it has a task that uses it.
+#[derive(Default)]
+pub(crate) struct Payloads {
+    pub secrets: HashMap<String, pb::ObjectData>,
+    pub configs: HashMap<String, pb::ObjectData>,
+}
+
+impl Payloads {
+    /// Adds what `t` uses, if it is to run.
+    pub(crate) fn add(&mut self, state: &crate::state::State, t: &Task) {
+        if t.desired != TaskState::Running || t.status.state.is_terminal() {
+            return;
+        }
+        for (kind, out) in [(Kind::Secret, &mut self.secrets), (Kind::Config, &mut self.configs)] {
+            for r in crate::state::refs_of_task(&t.spec, kind) {
+                if let Some(o) = state.objects(kind).get(&r.id) {
+                    out.entry(o.id.clone()).or_insert_with(|| pb::ObjectData {
+                        data: o.data.0.clone(),
+                        name: o.spec.name.clone(),
+                        template: !o.spec.template_driver.is_empty(),
+                    });
+                }
+            }
+        }
+    }
+}
 
 /// What a session sent its node: its assignment set (JSON by task id) and
 /// its network view; and the stops it holds back.
@@ -272,21 +302,23 @@ impl Dispatcher {
         serde_json::to_string(t).ok()
     }
 
-    /// The node's whole assignment set, by task id, and the registry logins of
-    /// the services of those tasks.
-    fn assignments(&self, node_id: &str) -> (HashMap<String, String>, HashMap<String, pb::RegistryAuth>) {
+    /// The node's whole assignment set, by task id, with the registry logins
+    /// of the services of those tasks and the payloads they use.
+    fn assignments(&self, node_id: &str) -> (HashMap<String, String>, HashMap<String, pb::RegistryAuth>, Payloads) {
         let state = self.inner.store.read();
         let mut auths = HashMap::new();
+        let mut payloads = Payloads::default();
         let set = state
             .tasks
             .values()
             .filter_map(|t| {
                 let json = Self::assignment(t, node_id)?;
                 Self::add_auth(&state, &t.service_id, &mut auths);
+                payloads.add(&state, t);
                 Some((t.id.clone(), json))
             })
             .collect();
-        (set, auths)
+        (set, auths, payloads)
     }
 
     /// A node gets a service's registry login only beside that service's tasks.
@@ -326,7 +358,7 @@ impl Dispatcher {
         sent: &mut Sent,
         tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>,
     ) -> bool {
-        let (set, registry_auth) = self.assignments(node_id);
+        let (set, registry_auth, payloads) = self.assignments(node_id);
         sent.tasks = set;
         // The whole set, stops included: a new session holds nothing back.
         sent.held.clear();
@@ -351,6 +383,8 @@ impl Dispatcher {
             registry_auth,
             net_view: Some(view.to_pb()),
             net_view_version: self.number_view(node_id, &view),
+            secrets: payloads.secrets,
+            configs: payloads.configs,
         };
         sent.view = Some(view);
         tx.send(msg(pb::manager_message::Msg::Assignments(a))).await.is_ok()
@@ -381,6 +415,7 @@ impl Dispatcher {
         tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>,
     ) -> bool {
         let mut delta = pb::Assignments::default();
+        let mut payloads = Payloads::default();
         // Tasks to run that this node hears of for the first time (for the timeline).
         let mut dispatched: Vec<&str> = Vec::new();
         let timeline = timeline::enabled();
@@ -418,6 +453,7 @@ impl Dispatcher {
                         delta.tasks_json.push(json);
                         if let Some(t) = task {
                             Self::add_auth(&state, &t.service_id, &mut delta.registry_auth);
+                            payloads.add(&state, t);
                         }
                     }
                     Some(_) => {}
@@ -432,6 +468,7 @@ impl Dispatcher {
         if delta.tasks_json.is_empty() && delta.removed.is_empty() && delta.net_view.is_none() {
             return true;
         }
+        (delta.secrets, delta.configs) = (payloads.secrets, payloads.configs);
         for id in dispatched {
             shoal_proto::timeline!(DISPATCHED, task = %id);
         }

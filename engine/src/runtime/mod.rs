@@ -28,6 +28,7 @@ pub mod restart;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod taskfiles;
 pub mod watch;
 
 mod exec;
@@ -375,6 +376,10 @@ impl Containers {
             };
             spec_mounts.push(spec::SpecMount { source, target: m.target.clone(), read_only: m.read_only });
             mounts.push(m);
+        }
+        // A task's secrets and configs: on a tmpfs of its own, bound in read-only.
+        if !req.files.is_empty() {
+            spec_mounts.extend(taskfiles::prepare(&taskfiles::dir(&self.state_root, &id), &req.files)?);
         }
         let mut run = RunSpec { mounts: spec_mounts, ..cfg.run.clone() };
         let dir = self.dir(&id);
@@ -779,6 +784,9 @@ impl Containers {
         }
         let rootfs = dir.join("rootfs");
         let _ = crate::sys::unmount_detach(&rootfs);
+        if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
+            taskfiles::remove(&taskfiles::dir(&self.state_root, id));
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }
