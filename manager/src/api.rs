@@ -885,6 +885,65 @@ mod tests {
     }
 
     #[test]
+    fn secret_and_config_references_resolve_to_ids_or_are_refused() {
+        use crate::state::{Command, State};
+        use shoal_proto::secret::{FileRef, Kind, ObjectSpec, Payload};
+        let mut state = State::default();
+        let objects = [
+            (Kind::Secret, "sid-db", "db", "", "pw"),
+            (Kind::Secret, "sid-api", "api", "", "key"),
+            (Kind::Config, "cid-app", "app", "", "conf"),
+            (Kind::Config, "cid-tpl", "tpl", "golang", "{{ .Task.Name }}:{{ secret \"db\" }}"),
+        ];
+        for (i, (kind, id, name, driver, data)) in objects.iter().enumerate() {
+            let spec =
+                ObjectSpec { name: name.to_string(), labels: Default::default(), template_driver: driver.to_string() };
+            let cmd = Command::CreateObject {
+                kind: *kind,
+                id: id.to_string(),
+                spec,
+                data: Payload(data.as_bytes().to_vec()),
+            };
+            state.apply(i as u64 + 1, &crate::state::Request { at_ms: 0, cmd });
+        }
+        let r = |kind, flag: &str| FileRef::parse(kind, flag).expect("flag");
+        let with =
+            |secrets: Vec<FileRef>, configs: Vec<FileRef>| spec(TaskSpec { secrets, configs, ..Default::default() });
+        // By name or id prefix, to the object's id and name.
+        let mut s = with(
+            vec![r(Kind::Secret, "db"), r(Kind::Secret, "source=sid-a,target=/etc/key")],
+            vec![r(Kind::Config, "tpl")],
+        );
+        assert_eq!(resolve_objects(&state, &mut s).map_err(|e| e.message().to_string()), Ok(()));
+        let got: Vec<(&str, &str)> = s.task.secrets.iter().map(|r| (r.id.as_str(), r.source.as_str())).collect();
+        assert_eq!(got, vec![("sid-db", "db"), ("sid-api", "api")]);
+        assert_eq!(s.task.configs[0].id, "cid-tpl");
+        let table: Vec<(ServiceSpec, tonic::Code, &str)> = vec![
+            (with(vec![r(Kind::Secret, "nope")], vec![]), tonic::Code::NotFound, "secret not found: nope"),
+            (with(vec![], vec![r(Kind::Config, "db")]), tonic::Code::NotFound, "config not found: db"),
+            (
+                with(vec![r(Kind::Secret, "db"), r(Kind::Secret, "source=api,target=db")], vec![]),
+                tonic::Code::InvalidArgument,
+                "secret references 'db' and 'api' have a conflicting target: 'db'",
+            ),
+            (
+                with(vec![r(Kind::Secret, "source=db,target=../x")], vec![]),
+                tonic::Code::InvalidArgument,
+                "invalid secret target \"../x\" for db: no . or .. in it",
+            ),
+            (
+                with(vec![], vec![r(Kind::Config, "tpl")]),
+                tonic::Code::InvalidArgument,
+                "config tpl embeds secret db, which the service does not use: add --secret db",
+            ),
+        ];
+        for (mut s, code, want) in table {
+            let e = resolve_objects(&state, &mut s).expect_err(want);
+            assert_eq!((e.code(), e.message()), (code, want));
+        }
+    }
+
+    #[test]
     fn network_attachments_resolve_to_ids_or_are_refused() {
         use crate::state::{Command, Request, State};
         use shoal_proto::network::NetworkAttachmentSpec;

@@ -717,6 +717,70 @@ mod tests {
         assert!(rx.try_recv().is_err(), "no message when neither the set nor the view changed");
     }
 
+    #[tokio::test]
+    async fn a_node_gets_exactly_the_payloads_its_tasks_to_run_use() {
+        use shoal_proto::secret::{FileRef, Object, ObjectSpec, Payload};
+        let store = world_store();
+        let uses = |id: &str, name: &str| FileRef {
+            id: id.into(),
+            source: name.into(),
+            target: name.into(),
+            ..Default::default()
+        };
+        let object = |id: &str, name: &str, data: &[u8]| Object {
+            id: id.into(),
+            spec: ObjectSpec { name: name.into(), ..Default::default() },
+            data: Payload(data.to_vec()),
+            ..Default::default()
+        };
+        store
+            .apply_batch(|state, _, _| {
+                state.secrets.insert("x1".into(), object("x1", "db", b"pw-db"));
+                state.secrets.insert("x2".into(), object("x2", "api", b"pw-api"));
+                state.configs.insert("c1".into(), object("c1", "app", b"conf"));
+                let t1 = state.tasks.get_mut("t1").expect("t1");
+                (t1.spec.secrets, t1.spec.configs) = (vec![uses("x1", "db")], vec![uses("c1", "app")]);
+                state.tasks.get_mut("t2").expect("t2").spec.secrets = vec![uses("x2", "api")];
+                // Leaving (desired shutdown): its node needs no payload for it.
+                state.tasks.get_mut("t3").expect("t3").spec.secrets = vec![uses("x1", "db")];
+                // Ended: nothing either.
+                state.tasks.get_mut("t9").expect("t9").spec.secrets = vec![uses("x2", "api")];
+                Vec::new()
+            })
+            .publish();
+        let d = Dispatcher::new(store.clone());
+        fn ids(m: &HashMap<String, pb::ObjectData>) -> Vec<&str> {
+            let mut v: Vec<&str> = m.keys().map(String::as_str).collect();
+            v.sort();
+            v
+        }
+        for (node, secrets, configs) in
+            [("n1", vec!["x1"], vec!["c1"]), ("n2", vec!["x2"], vec![]), ("n5", vec![], vec![]), ("n3", vec![], vec![])]
+        {
+            let (tx, mut rx) = mpsc::channel(16);
+            assert!(d.send_all(node, &mut Sent::default(), &tx).await);
+            let a = view_of(rx.recv().await).expect("assignments");
+            assert_eq!((ids(&a.secrets), ids(&a.configs)), (secrets, configs), "{node}");
+            if let Some(x1) = a.secrets.get("x1") {
+                assert_eq!((x1.data.as_slice(), x1.name.as_str(), x1.template), (b"pw-db".as_slice(), "db", false));
+                assert!(!format!("{a:?}").contains("pw-db"), "Debug never shows a payload");
+            }
+        }
+        // A task that uses x1 comes to n5: the payload comes with it, and only to n5.
+        let (mut sent5, tx5, mut rx5) = connected(&d, "n5").await;
+        let commit = store.apply_batch(|state, _, _| {
+            let mut t = state.tasks["t1"].clone();
+            (t.id, t.node_id, t.spec.configs) = ("t10".into(), "n5".into(), vec![]);
+            state.tasks.insert("t10".into(), t);
+            vec![ObjKey::Task("t10".into())]
+        });
+        commit.publish();
+        let keys = [ObjKey::Task("t10".into())];
+        assert!(d.send_changes("n5", 50, &keys, &mut sent5, &tx5).await);
+        let a = view_of(rx5.recv().await).expect("a delta");
+        assert_eq!((ids(&a.secrets), ids(&a.configs)), (vec!["x1"], vec![]));
+    }
+
     /// A store holding `netview`'s test world.
     fn world_store() -> Store {
         let store = Store::new();

@@ -1286,6 +1286,71 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn secrets_are_immutable_but_for_labels_and_stay_while_a_service_uses_them() {
+        use shoal_proto::secret::FileRef;
+        use shoal_proto::service::ServiceSpec;
+        let mut s = booted();
+        let spec = |name: &str| ObjectSpec { name: name.into(), ..Default::default() };
+        let create = |id: &str, name: &str| Command::CreateObject {
+            kind: Kind::Secret,
+            id: id.into(),
+            spec: spec(name),
+            data: Payload(b"hunter2".to_vec()),
+        };
+        assert_eq!(s.apply(2, &req(create("x1", "db"))), (Response::Ok, vec![ObjKey::Secret("x1".into())]));
+        let (r, _) = s.apply(3, &req(create("x2", "db")));
+        assert!(matches!(r, Response::Rejected(why) if why.contains("secret db already exists")));
+        // A config may have a secret's name: they are apart.
+        let config = Command::CreateObject {
+            kind: Kind::Config,
+            id: "c1".into(),
+            spec: spec("db"),
+            data: Payload(b"x".to_vec()),
+        };
+        assert_eq!(s.apply(4, &req(config)).0, Response::Ok);
+        // Labels change; nothing else can (no command carries the data or the name).
+        let labels: BTreeMap<String, String> = [("k".to_string(), "v".to_string())].into();
+        let update =
+            |version| Command::UpdateObject { kind: Kind::Secret, id: "x1".into(), version, labels: labels.clone() };
+        let (r, _) = s.apply(5, &req(update(3)));
+        assert!(matches!(r, Response::Rejected(why) if why.contains("changed since version 3")));
+        assert_eq!(s.apply(6, &req(update(2))), (Response::Ok, vec![ObjKey::Secret("x1".into())]));
+        assert_eq!((s.secrets["x1"].spec.labels.clone(), s.secrets["x1"].meta.version), (labels.clone(), 6));
+        assert_eq!(s.secrets["x1"].data, Payload(b"hunter2".to_vec()));
+        // A service may only use what exists; then it cannot be removed.
+        let with = |id: &str| {
+            let mut spec = ServiceSpec { name: "web".into(), ..Default::default() };
+            spec.task.secrets =
+                vec![FileRef { id: id.into(), source: "db".into(), target: "db".into(), ..Default::default() }];
+            spec
+        };
+        let (r, _) = s.apply(7, &req(Command::CreateService { id: "s1".into(), spec: with("gone"), auth: None }));
+        assert!(matches!(r, Response::Rejected(why) if why == "secret not found: db"));
+        s.apply(8, &req(Command::CreateService { id: "s1".into(), spec: with("x1"), auth: None }));
+        let rm = |id: &str| Command::RemoveObject { kind: Kind::Secret, id: id.into() };
+        let (r, keys) = s.apply(9, &req(rm("x1")));
+        assert_eq!(r, Response::Rejected("secret 'db' is in use by the following service: web".into()));
+        assert!(keys.is_empty() && s.secrets.contains_key("x1"));
+        // Once no service uses it, it goes; the config of the same name stays.
+        s.apply(10, &req(Command::RemoveService { id: "s1".into() }));
+        assert_eq!(s.apply(11, &req(rm("x1"))), (Response::Ok, vec![ObjKey::Secret("x1".into())]));
+        assert!(s.secrets.is_empty() && s.configs.contains_key("c1"));
+        // Stored objects and snapshots keep them; Debug never shows a payload.
+        s.apply(12, &req(create("x3", "api")));
+        let pairs: Vec<(String, Vec<u8>)> =
+            [ObjKey::Cluster, ObjKey::Node("n1".into()), ObjKey::Secret("x3".into()), ObjKey::Config("c1".into())]
+                .iter()
+                .map(|k| (k.db_key(), s.encode(k).expect("present")))
+                .collect();
+        let back = State::decode(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).expect("decode");
+        assert_eq!((back.secrets.clone(), back.configs.clone()), (s.secrets.clone(), s.configs.clone()));
+        let json = serde_json::to_vec(&s).expect("json");
+        assert_eq!(serde_json::from_slice::<State>(&json).expect("snapshot").secrets, s.secrets);
+        let debug = format!("{s:?} {:?}", create("x", "y"));
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
     fn force_new_cluster_demotes_the_other_managers() {
         let mut s = booted();
         let mut m2 = node("n2", Role::Manager);
