@@ -392,10 +392,11 @@ impl Worker {
             mode: r.mode,
         };
         let mut files = Vec::new();
-        let mut by_name = std::collections::BTreeMap::new();
+        let mut by_target = std::collections::BTreeMap::new();
         for r in &t.spec.secrets {
             let b = held.secrets.get(&r.id).ok_or_else(|| missing(Kind::Secret, r))?;
-            by_name.insert(r.source.as_str(), b.data.0.as_slice());
+            // A template's `{{ secret "x" }}` names a target, as Docker's does.
+            by_target.insert(r.target.as_str(), b.data.0.as_slice());
             files.push(file(Kind::Secret, r, b.data.0.clone()));
         }
         for r in &t.spec.configs {
@@ -414,7 +415,7 @@ impl Worker {
                     node_hostname: &self.hostname,
                     node_id: &t.node_id,
                     env,
-                    secrets: by_name.clone(),
+                    secrets: by_target.clone(),
                 };
                 Template::parse(text).and_then(|tpl| tpl.render(&cx)).map_err(invalid)?
             } else {

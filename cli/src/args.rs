@@ -33,7 +33,8 @@ pub struct Cli {
     #[arg(long = "tls-dir", global = true, env = "SHOAL_CERT_PATH")]
     pub tls_dir: Option<PathBuf>,
     /// Directory of the client's config.json (registry logins); default ~/.shoal.
-    #[arg(long = "config", global = true, env = "SHOAL_CONFIG")]
+    /// Given before the command, as Docker's (`service create --config` is a config).
+    #[arg(long = "config", env = "SHOAL_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,

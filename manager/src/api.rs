@@ -148,14 +148,16 @@ fn resolve_objects(state: &crate::state::State, spec: &mut ServiceSpec) -> Resul
         }
         validate_refs(kind, refs).map_err(Status::invalid_argument)?;
     }
-    let secrets: std::collections::BTreeSet<&str> = spec.task.secrets.iter().map(|r| r.source.as_str()).collect();
+    // As Docker's, `{{ secret "x" }}` names the target of one of the service's secrets.
+    let secrets: std::collections::BTreeSet<&str> = spec.task.secrets.iter().map(|r| r.target.as_str()).collect();
     for r in &spec.task.configs {
         let Some(c) = state.configs.get(&r.id).filter(|c| !c.spec.template_driver.is_empty()) else { continue };
         let text = String::from_utf8_lossy(&c.data.0);
         let t = shoal_proto::template::Template::parse(&text).map_err(Status::invalid_argument)?;
         if let Some(missing) = t.secrets().find(|s| !secrets.contains(s)) {
             return Err(Status::invalid_argument(format!(
-                "config {} embeds secret {missing}, which the service does not use: add --secret {missing}",
+                "config {} embeds secret {missing}, which no secret of the service has as its target: \
+                 add --secret source=NAME,target={missing}",
                 c.spec.name
             )));
         }
@@ -934,7 +936,8 @@ mod tests {
             (
                 with(vec![], vec![r(Kind::Config, "tpl")]),
                 tonic::Code::InvalidArgument,
-                "config tpl embeds secret db, which the service does not use: add --secret db",
+                "config tpl embeds secret db, which no secret of the service has as its target: \
+                 add --secret source=NAME,target=db",
             ),
         ];
         for (mut s, code, want) in table {

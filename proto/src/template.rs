@@ -3,7 +3,8 @@
 //! `{{ .Service.Name }}`, `{{ .Service.ID }}`, `{{ .Task.Slot }}`,
 //! `{{ .Task.Name }}`, `{{ .Task.ID }}`, `{{ .Node.Hostname }}`,
 //! `{{ .Node.ID }}`, `{{ env "K" }}` (the task's environment) and
-//! `{{ secret "name" }}` (a secret the service references), with Go's `{{-`
+//! `{{ secret "x" }}` (the service's secret whose target is `x`, as in
+//! Docker; the target is the secret's name unless given), with Go's `{{-`
 //! and `-}}` trimming. Anything else is refused when the config is created.
 //! Parsed by the managers (validation) and rendered on the node, per task.
 
@@ -56,7 +57,7 @@ pub struct Context<'a> {
     pub node_id: &'a str,
     /// The task's environment, `KEY=VALUE`.
     pub env: &'a [String],
-    /// The task's secrets by name.
+    /// The task's secrets by target (as given in the reference).
     pub secrets: BTreeMap<&'a str, &'a [u8]>,
 }
 
@@ -95,7 +96,7 @@ impl Template {
         Ok(Template { parts })
     }
 
-    /// The names of the secrets it embeds.
+    /// The targets of the secrets it embeds.
     pub fn secrets(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
             Part::Secret(name) => Some(name.as_str()),
@@ -127,7 +128,7 @@ impl Template {
                 }
                 Part::Secret(name) => {
                     let data = cx.secrets.get(name.as_str()).ok_or_else(|| {
-                        format!("the template embeds secret {name:?}, which the service does not reference")
+                        format!("the template embeds secret {name:?}, which no secret of the service has as its target")
                     })?;
                     out.extend_from_slice(data);
                 }
