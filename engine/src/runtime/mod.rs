@@ -377,10 +377,6 @@ impl Containers {
             spec_mounts.push(spec::SpecMount { source, target: m.target.clone(), read_only: m.read_only });
             mounts.push(m);
         }
-        // A task's secrets and configs: on a tmpfs of its own, bound in read-only.
-        if !req.files.is_empty() {
-            spec_mounts.extend(taskfiles::prepare(&taskfiles::dir(&self.state_root, &id), &req.files)?);
-        }
         let mut run = RunSpec { mounts: spec_mounts, ..cfg.run.clone() };
         let dir = self.dir(&id);
         for (file, target) in ETC_FILES {
@@ -420,7 +416,16 @@ impl Containers {
         if req.attach && req.auto_remove {
             self.holds.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), std::time::Instant::now());
         }
-        let result = self.prepare(&id, req, &cfg, &run, &settings, &dir);
+        // A task's secrets and configs: on a tmpfs of its own, bound in read-only
+        // (the teardown below unmounts it if anything fails).
+        let files = match req.files.is_empty() {
+            true => Ok(Vec::new()),
+            false => taskfiles::prepare(&taskfiles::dir(&self.state_root, &id), &req.files),
+        };
+        let result = files.and_then(|files| {
+            run.mounts.extend(files);
+            self.prepare(&id, req, &cfg, &run, &settings, &dir)
+        });
         if let Err(e) = result {
             self.teardown(&dir);
             if let (Some(nets), false) = (self.networks.get(), settings.networks.is_empty()) {
