@@ -193,6 +193,26 @@ mod tests {
     }
 
     #[test]
+    fn the_clients_config_dir_goes_before_the_command_and_service_config_is_a_config() {
+        let cli =
+            parse("--config /d service create --config app --secret source=pw,mode=0400 --secret-add db img").unwrap();
+        assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/d")));
+        let Cmd::Service(crate::service::ServiceCmd::Create(c)) = cli.cmd else { panic!("not service create") };
+        let names = |r: &[shoal_proto::secret::FileRef]| r.iter().map(|x| x.source.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            (names(&c.flags.secret), names(&c.flags.config)),
+            (vec!["pw".into(), "db".into()], vec!["app".into()])
+        );
+        assert!(parse("service create --secret source=pw,mode=9 img").is_err());
+        let Cmd::Secret(crate::secret::ObjectCmd::Create { labels, name, file, .. }) =
+            parse("secret create -l a=b pw -").unwrap().cmd
+        else {
+            panic!("not secret create")
+        };
+        assert_eq!((labels, name.as_str(), file.as_str()), (vec!["a=b".to_string()], "pw", "-"));
+    }
+
+    #[test]
     fn swarm_init_takes_dockers_network_flags() {
         let Cmd::Swarm(crate::swarm::SwarmCmd::Init {
             default_addr_pool,

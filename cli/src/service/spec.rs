@@ -445,6 +445,31 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_rotates_in_one_update_by_removing_the_old_and_adding_the_new_at_its_target() {
+        let r = |k, f: &str| FileRef::parse(k, f).expect("flag");
+        let mut spec = ServiceSpec::default();
+        spec.task.secrets = vec![FileRef { id: "id1".into(), ..r(Kind::Secret, "source=pw,target=pw,mode=0400") }];
+        spec.task.configs = vec![r(Kind::Config, "app")];
+        let flags = ServiceFlags {
+            secret: vec![r(Kind::Secret, "source=pw2,target=pw,mode=0400")],
+            config: vec![r(Kind::Config, "source=app2,target=/app")],
+            ..Default::default()
+        };
+        let rm = ServiceRemovals { secret_rm: vec!["pw".into()], config_rm: vec!["app".into()], ..Default::default() };
+        apply_flags(&mut spec, &flags, &rm).expect("applies");
+        let shown = |refs: &[FileRef]| refs.iter().map(|x| format!("{}>{}", x.source, x.target)).collect::<Vec<_>>();
+        assert_eq!(
+            (shown(&spec.task.secrets), shown(&spec.task.configs)),
+            (vec!["pw2>pw".into()], vec!["app2>/app".into()])
+        );
+        assert_eq!(
+            (spec.task.secrets[0].id.as_str(), spec.task.secrets[0].mode),
+            ("", 0o400),
+            "the API resolves the new one"
+        );
+    }
+
+    #[test]
     fn publish_add_replaces_the_same_port_and_publish_rm_takes_published_or_target() {
         let p = |s: &str| crate::parse::publish(s).expect("port");
         let mut spec = ServiceSpec::default();
