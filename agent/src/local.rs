@@ -113,6 +113,21 @@ impl Control for LocalControl {
     ) -> Result<Response<pb::RotateNetworkKeysResponse>, Status> {
         self.service()?.rotate_network_keys(req).await
     }
+    async fn create_object(&self, req: Request<pb::ObjectCreateRequest>) -> Result<Response<pb::ObjectRef>, Status> {
+        self.service()?.create_object(req).await
+    }
+    async fn list_objects(&self, req: Request<pb::ObjectKind>) -> Result<Response<pb::JsonDoc>, Status> {
+        self.service()?.list_objects(req).await
+    }
+    async fn inspect_object(&self, req: Request<pb::ObjectRef>) -> Result<Response<pb::JsonDoc>, Status> {
+        self.service()?.inspect_object(req).await
+    }
+    async fn update_object(&self, req: Request<pb::ObjectUpdateRequest>) -> Result<Response<pb::ObjectRef>, Status> {
+        self.service()?.update_object(req).await
+    }
+    async fn remove_object(&self, req: Request<pb::ObjectRef>) -> Result<Response<pb::Empty>, Status> {
+        self.service()?.remove_object(req).await
+    }
     type ServiceLogsStream = <ControlService as Control>::ServiceLogsStream;
     async fn service_logs(
         &self,

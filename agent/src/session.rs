@@ -218,6 +218,7 @@ async fn one_session(
                                     Some(Err(e)) => tracing::warn!(error = %e, "the managers sent a network view that does not parse; keeping the last one"),
                                     None => {}
                                 }
+                                w.add_payloads(a.secrets, a.configs);
                                 w.assign(a.full, &a.tasks_json, &a.removed, a.registry_auth);
                             }
                         }

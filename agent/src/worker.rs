@@ -38,9 +38,12 @@ use shoal_engine::registry::{Credentials, Registries, RegistryError};
 use shoal_engine::runtime::contract::{EngineRuntime, Runtime, TaskContainer};
 use shoal_engine::runtime::health::HealthStatus;
 use shoal_engine::runtime::request::RequestedMount;
+use shoal_engine::runtime::taskfiles::TaskFile;
 use shoal_engine::runtime::{ContainerError, Containers, RunRequest, Status};
 use shoal_proto::net::{NetView, PortMap, Proto};
 use shoal_proto::network::NodeKeys;
+use shoal_proto::secret::{FileRef, Kind, Payload};
+use shoal_proto::template::{Context, Template};
 
 /// How many containers a node with `cores` CPUs starts at once. A start
 /// waits about as long as it computes (on netd's attach, the shim's spawn,
@@ -51,6 +54,19 @@ use shoal_proto::network::NodeKeys;
 /// queue, and more threads would only wait there.
 pub fn start_slots(cores: usize) -> usize {
     (cores * 2).clamp(4, 32)
+}
+
+/// A secret or config as this node holds it.
+struct Blob {
+    data: Payload,
+    template: bool,
+}
+
+/// The payloads held, by id (see `Worker::payloads`).
+#[derive(Default)]
+struct Held {
+    secrets: HashMap<String, Blob>,
+    configs: HashMap<String, Blob>,
 }
 
 /// How often the worker looks at its containers even when nothing was said.
@@ -224,6 +240,9 @@ pub struct Worker {
     start_slots: usize,
     /// The registry logins of services whose tasks were assigned here, by service id.
     auths: Mutex<HashMap<String, Credentials>>,
+    /// The secrets and configs the tasks to run here use, by id; each is
+    /// forgotten when the last such task leaves the set or stops.
+    payloads: Mutex<Held>,
     /// The node's network view, and whether (and when) netd took it. Held
     /// only to read or write it, never across a call to netd: the session
     /// sets it from async code.
@@ -261,6 +280,7 @@ impl Worker {
             starting: Mutex::new(Default::default()),
             start_slots: start_slots(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
             auths: Mutex::new(HashMap::new()),
+            payloads: Mutex::new(Held::default()),
             net: Mutex::new(NetSync::default()),
             net_calls: Mutex::new(()),
             outbox_ready: Notify::new(),
@@ -319,7 +339,91 @@ impl Worker {
         if full {
             self.synced.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        self.forget_unused_payloads();
         self.wake.notify_one();
+    }
+
+    /// The secrets and configs (by id) that came with the tasks of an
+    /// assignments message, handed over before the message's tasks
+    /// (`assign` then forgets those no task to run here uses).
+    pub fn add_payloads(&self, secrets: HashMap<String, pb::ObjectData>, configs: HashMap<String, pb::ObjectData>) {
+        let mut held = self.payloads.lock().unwrap_or_else(|p| p.into_inner());
+        let blob = |d: pb::ObjectData| Blob { data: Payload(d.data), template: d.template };
+        held.secrets.extend(secrets.into_iter().map(|(id, d)| (id, blob(d))));
+        held.configs.extend(configs.into_iter().map(|(id, d)| (id, blob(d))));
+    }
+
+    /// The ids of the secrets and configs this node holds now.
+    pub fn held_payloads(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let held = self.payloads.lock().unwrap_or_else(|p| p.into_inner());
+        (held.secrets.keys().cloned().collect(), held.configs.keys().cloned().collect())
+    }
+
+    fn forget_unused_payloads(&self) {
+        let (mut secrets, mut configs) = (HashSet::new(), HashSet::new());
+        for t in self.assigned.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            if t.desired == TaskState::Running && !t.status.state.is_terminal() {
+                secrets.extend(t.spec.secrets.iter().map(|r| r.id.clone()));
+                configs.extend(t.spec.configs.iter().map(|r| r.id.clone()));
+            }
+        }
+        let mut held = self.payloads.lock().unwrap_or_else(|p| p.into_inner());
+        held.secrets.retain(|id, _| secrets.contains(id));
+        held.configs.retain(|id, _| configs.contains(id));
+    }
+
+    /// The task's secrets and configs as files: the data as received, a
+    /// templated config rendered for this task.
+    fn task_files(&self, t: &Task, env: &[String]) -> Result<Vec<TaskFile>, ContainerError> {
+        if t.spec.secrets.is_empty() && t.spec.configs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let held = self.payloads.lock().unwrap_or_else(|p| p.into_inner());
+        let missing = |kind: Kind, r: &FileRef| ContainerError::Invalid {
+            what: kind.as_str(),
+            value: r.source.clone(),
+            why: "not received from the managers".into(),
+        };
+        let file = |kind: Kind, r: &FileRef, data: Vec<u8>| TaskFile {
+            target: r.path(kind),
+            data: Payload(data),
+            uid: r.uid,
+            gid: r.gid,
+            mode: r.mode,
+        };
+        let mut files = Vec::new();
+        let mut by_target = std::collections::BTreeMap::new();
+        for r in &t.spec.secrets {
+            let b = held.secrets.get(&r.id).ok_or_else(|| missing(Kind::Secret, r))?;
+            // A template's `{{ secret "x" }}` names a target, as Docker's does.
+            by_target.insert(r.target.as_str(), b.data.0.as_slice());
+            files.push(file(Kind::Secret, r, b.data.0.clone()));
+        }
+        for r in &t.spec.configs {
+            let b = held.configs.get(&r.id).ok_or_else(|| missing(Kind::Config, r))?;
+            let data = if b.template {
+                let invalid =
+                    |why: String| ContainerError::Invalid { what: "config template", value: r.source.clone(), why };
+                let text = std::str::from_utf8(&b.data.0).map_err(|e| invalid(e.to_string()))?;
+                let name = t.name();
+                let cx = Context {
+                    service_name: &t.service_name,
+                    service_id: &t.service_id,
+                    task_slot: t.slot,
+                    task_name: &name,
+                    task_id: &t.id,
+                    node_hostname: &self.hostname,
+                    node_id: &t.node_id,
+                    env,
+                    secrets: by_target.clone(),
+                };
+                Template::parse(text).and_then(|tpl| tpl.render(&cx)).map_err(invalid)?
+            } else {
+                b.data.0.clone()
+            };
+            files.push(file(Kind::Config, r, data));
+        }
+        Ok(files)
     }
 
     /// Looks at the containers now rather than at the next [`RESCAN`].
@@ -725,12 +829,15 @@ impl Worker {
                 Ok(PortMap { host_ip: None, host_port: p.published, container_port: p.target, proto })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Docker expands the same templates in --env as in --hostname.
+        let env: Vec<String> = s.env.iter().map(|e| expand_template(e, &t.service_name, t, &self.hostname)).collect();
+        let files = self.task_files(t, &env)?;
         Ok(RunRequest {
             image: s.image.clone(),
             name: t.container_name(),
             command: s.args.clone(),
-            // Docker expands the same templates in --env as in --hostname.
-            env: s.env.iter().map(|e| expand_template(e, &t.service_name, t, &self.hostname)).collect(),
+            env,
+            files,
             workdir: s.workdir.clone(),
             user: s.user.clone(),
             hostname: if s.hostname.is_empty() {

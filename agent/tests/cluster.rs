@@ -198,6 +198,7 @@ impl Connect for MemConnect {
 struct NodeRun {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    worker: Arc<Worker>,
 }
 
 fn identity(node_id: &str) -> Identity {
@@ -234,11 +235,11 @@ fn start_node(node_id: &str, runtime: Arc<FakeRuntime>, net: Arc<Net>, managers:
         attach: None,
     };
     let tasks = vec![
-        tokio::spawn(worker.run_until(cancel.clone())),
+        tokio::spawn(worker.clone().run_until(cancel.clone())),
         tokio::spawn(session::run(cfg, states_tx, cancel.clone())),
         tokio::spawn(async move { while states_rx.recv().await.is_some() {} }),
     ];
-    NodeRun { cancel, tasks }
+    NodeRun { cancel, tasks, worker }
 }
 
 impl NodeRun {
@@ -699,6 +700,90 @@ async fn drain_scenario(seed: u64) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    sim.shutdown().await
+}
+
+// === secrets and configs ===
+
+/// A secret reaches only the node whose task uses it, inside the task's
+/// run request (with a templated config rendered for that task), and that
+/// node forgets it once no task to run there uses it; the other nodes
+/// never hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_secret_reaches_only_the_node_whose_task_uses_it_and_is_forgotten_after() {
+    for seed in seeds(&[5]) {
+        run_seeded("secrets", seed, Duration::from_secs(40), secrets_scenario).await;
+    }
+}
+
+async fn secrets_scenario(seed: u64) -> anyhow::Result<()> {
+    use shoal_proto::secret::{FileRef, Kind, ObjectSpec, Payload};
+    let sim = Sim::start(seed, 3).await?;
+    let object = |kind, id: &str, name: &str, driver: &str, data: &str| Command::CreateObject {
+        kind,
+        id: id.into(),
+        spec: ObjectSpec { name: name.into(), labels: Default::default(), template_driver: driver.into() },
+        data: Payload(data.as_bytes().to_vec()),
+    };
+    sim.write(object(Kind::Secret, "x1", "db", "", "pw-db")).await?;
+    let template = "{{ .Task.Name }}@{{ .Node.Hostname }}:{{ secret \"db\" }}";
+    sim.write(object(Kind::Config, "c1", "tpl", "golang", template)).await?;
+    let mut spec = ServiceSpec { name: "web".into(), replicas: 1, ..Default::default() };
+    spec.task.image = "img".into();
+    spec.task.constraints = vec!["node.hostname==w1".into()];
+    let uses = |id: &str, name: &str, target: &str| FileRef {
+        id: id.into(),
+        source: name.into(),
+        target: target.into(),
+        mode: 0o400,
+        ..Default::default()
+    };
+    spec.task.secrets = vec![uses("x1", "db", "db")];
+    spec.task.configs = vec![uses("c1", "tpl", "/etc/tpl.conf")];
+    sim.write(Command::CreateService { id: "web".into(), spec: spec.clone(), auth: None }).await?;
+
+    let others_hold_nothing = |sim: &Sim| -> anyhow::Result<()> {
+        for n in ["w2", "w3"] {
+            let (secrets, configs) = sim.nodes[n].worker.held_payloads();
+            ensure!(secrets.is_empty() && configs.is_empty(), "{n} holds {secrets:?} {configs:?}");
+            ensure!(sim.runtimes[n].requests().iter().all(|r| r.files.is_empty()), "{n} ran a task with files");
+        }
+        Ok(())
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let files = loop {
+        others_hold_nothing(&sim)?;
+        if let Some(r) = sim.runtimes["w1"].requests().into_iter().find(|r| !r.files.is_empty()) {
+            break r.files;
+        }
+        ensure!(Instant::now() < deadline, "w1 never ran the task with its files");
+        tokio::time::sleep(Duration::from_millis(25)).await; // sampling period
+    };
+    let got: Vec<(String, String, u32)> =
+        files.iter().map(|f| (f.target.clone(), String::from_utf8_lossy(&f.data.0).into_owned(), f.mode)).collect();
+    ensure!(
+        got == vec![
+            ("/run/secrets/db".to_string(), "pw-db".to_string(), 0o400),
+            ("/etc/tpl.conf".to_string(), "web.1@w1:pw-db".to_string(), 0o400)
+        ],
+        "files: {got:?}"
+    );
+    ensure!(sim.nodes["w1"].worker.held_payloads() == (["x1".to_string()].into(), ["c1".to_string()].into()));
+
+    // The service stops using them: its new task runs without, and w1 forgets both.
+    (spec.task.secrets, spec.task.configs) = (vec![], vec![]);
+    sim.write(Command::UpdateService { id: "web".into(), spec, rollback: false, replace_auth: false, auth: None })
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        others_hold_nothing(&sim)?;
+        let (secrets, configs) = sim.nodes["w1"].worker.held_payloads();
+        if secrets.is_empty() && configs.is_empty() {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "w1 still holds {secrets:?} {configs:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await; // sampling period
     }
     sim.shutdown().await
 }

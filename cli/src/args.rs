@@ -16,6 +16,7 @@ use crate::image::ImageCmd;
 use crate::network::NetworkCmd;
 use crate::node::NodeCmd;
 use crate::registry::{LoginArgs, PullArgs, PushArgs};
+use crate::secret::ObjectCmd;
 use crate::service::ServiceCmd;
 use crate::stack::StackCmd;
 use crate::swarm::SwarmCmd;
@@ -33,7 +34,8 @@ pub struct Cli {
     #[arg(long = "tls-dir", global = true, env = "SHOAL_CERT_PATH")]
     pub tls_dir: Option<PathBuf>,
     /// Directory of the client's config.json (registry logins); default ~/.shoal.
-    #[arg(long = "config", global = true, env = "SHOAL_CONFIG")]
+    /// Given before the command, as Docker's (`service create --config` is a config).
+    #[arg(long = "config", env = "SHOAL_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -114,6 +116,12 @@ pub enum Cmd {
     /// Manage networks on this node (netd).
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Manage the cluster's secrets (files under /run/secrets in a service's containers).
+    #[command(subcommand)]
+    Secret(ObjectCmd),
+    /// Manage the cluster's configs (files in a service's containers).
+    #[command(subcommand)]
+    Config(ObjectCmd),
     /// Display detailed information on containers (JSON).
     Inspect(InspectArgs),
     /// Run a command in a running container.
@@ -186,6 +194,26 @@ mod tests {
         // service update's aliases stay with the service commands.
         assert!(parse("run --env-add A=1 busybox").is_err());
         assert!(parse("run --mount-add type=tmpfs,target=/t busybox").is_err());
+    }
+
+    #[test]
+    fn the_clients_config_dir_goes_before_the_command_and_service_config_is_a_config() {
+        let cli =
+            parse("--config /d service create --config app --secret source=pw,mode=0400 --secret-add db img").unwrap();
+        assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/d")));
+        let Cmd::Service(crate::service::ServiceCmd::Create(c)) = cli.cmd else { panic!("not service create") };
+        let names = |r: &[shoal_proto::secret::FileRef]| r.iter().map(|x| x.source.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            (names(&c.flags.secret), names(&c.flags.config)),
+            (vec!["pw".into(), "db".into()], vec!["app".into()])
+        );
+        assert!(parse("service create --secret source=pw,mode=9 img").is_err());
+        let Cmd::Secret(crate::secret::ObjectCmd::Create { labels, name, file, .. }) =
+            parse("secret create -l a=b pw -").unwrap().cmd
+        else {
+            panic!("not secret create")
+        };
+        assert_eq!((labels, name.as_str(), file.as_str()), (vec!["a=b".to_string()], "pw", "-"));
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Logout { server } => crate::registry::logout(&cli, server.as_deref())?,
         Cmd::Volume(c) => crate::volume::run(&cli, c).await?,
         Cmd::Network(c) => crate::network::run(&cli, c).await?,
+        Cmd::Secret(c) => crate::secret::run(&cli, shoal_proto::secret::Kind::Secret, c).await?,
+        Cmd::Config(c) => crate::secret::run(&cli, shoal_proto::secret::Kind::Config, c).await?,
         Cmd::Image(c) => crate::image::run(&cli, c).await?,
         Cmd::Images { quiet, format } => {
             crate::image::run(&cli, &crate::image::ImageCmd::Ls { quiet: *quiet, format: *format }).await?

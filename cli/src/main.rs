@@ -16,6 +16,7 @@ mod node;
 mod output;
 mod parse;
 mod registry;
+mod secret;
 mod service;
 mod stack;
 mod swarm;

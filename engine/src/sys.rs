@@ -85,6 +85,14 @@ pub fn bind_mount(src: &Path, dst: &Path) -> io::Result<()> {
     Ok(rustix::mount::mount_bind(src, dst)?)
 }
 
+/// Mounts a fresh tmpfs at `target` with `opts` (mode=, size=); nosuid, nodev, noexec.
+pub fn mount_tmpfs(target: &Path, opts: &str) -> io::Result<()> {
+    use rustix::mount::MountFlags;
+    let data = std::ffi::CString::new(opts).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    Ok(rustix::mount::mount("tmpfs", target, "tmpfs", flags, data.as_c_str())?)
+}
+
 /// Detaches the mount at `path` (MNT_DETACH); an error if nothing is mounted there.
 pub fn unmount_detach(path: &Path) -> io::Result<()> {
     Ok(rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)?)

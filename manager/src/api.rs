@@ -19,6 +19,7 @@ use crate::auth::{self, Caller};
 use crate::ca;
 use crate::manager::{Manager, Route, manager_addrs};
 use crate::state::{Command, NodeChange, Response as Applied};
+use shoal_proto::secret::{Kind, ObjectSpec, Payload};
 use shoal_proto::service::{RegistryAuth, ServiceSpec, TaskListEntry};
 
 /// What the API refuses in a service spec, with what to do instead.
@@ -120,6 +121,46 @@ fn resolve_networks(state: &crate::state::State, spec: &mut ServiceSpec) -> Resu
             )));
         }
         a.target = n.id.clone();
+    }
+    Ok(())
+}
+
+/// Resolves a spec's secret and config references, given by name, id or
+/// id prefix (or already by id), to the objects' ids and names, and refuses
+/// what Docker refuses: an unknown one, two at the same file, a bad target
+/// or mode; and a templated config embedding a secret the service does not
+/// reference.
+fn resolve_objects(state: &crate::state::State, spec: &mut ServiceSpec) -> Result<(), Status> {
+    use shoal_proto::secret::{Kind, validate_refs};
+    for kind in [Kind::Secret, Kind::Config] {
+        let refs = match kind {
+            Kind::Secret => &mut spec.task.secrets,
+            Kind::Config => &mut spec.task.configs,
+        };
+        for r in refs.iter_mut() {
+            let by_id = (!r.id.is_empty()).then(|| state.objects(kind).get(&r.id)).flatten();
+            let o = match by_id {
+                Some(o) => o,
+                None => state.find_object(kind, &r.source).map_err(Status::not_found)?,
+            };
+            r.id = o.id.clone();
+            r.source = o.spec.name.clone();
+        }
+        validate_refs(kind, refs).map_err(Status::invalid_argument)?;
+    }
+    // As Docker's, `{{ secret "x" }}` names the target of one of the service's secrets.
+    let secrets: std::collections::BTreeSet<&str> = spec.task.secrets.iter().map(|r| r.target.as_str()).collect();
+    for r in &spec.task.configs {
+        let Some(c) = state.configs.get(&r.id).filter(|c| !c.spec.template_driver.is_empty()) else { continue };
+        let text = String::from_utf8_lossy(&c.data.0);
+        let t = shoal_proto::template::Template::parse(&text).map_err(Status::invalid_argument)?;
+        if let Some(missing) = t.secrets().find(|s| !secrets.contains(s)) {
+            return Err(Status::invalid_argument(format!(
+                "config {} embeds secret {missing}, which no secret of the service has as its target: \
+                 add --secret source=NAME,target={missing}",
+                c.spec.name
+            )));
+        }
     }
     Ok(())
 }
@@ -340,6 +381,7 @@ impl pb::control_server::Control for ControlService {
         let auth = r.auth.and_then(|a| RegistryAuth::non_empty(&a.username, &a.password));
         validate_spec(&spec)?;
         resolve_networks(&self.mgr.store.read(), &mut spec)?;
+        resolve_objects(&self.mgr.store.read(), &mut spec)?;
         if self.mgr.store.read().services.values().any(|s| s.spec.name == spec.name) {
             return Err(Status::already_exists(format!("service {} already exists", spec.name)));
         }
@@ -367,6 +409,7 @@ impl pb::control_server::Control for ControlService {
         validate_spec(&spec)?;
         if !r.rollback {
             resolve_networks(&self.mgr.store.read(), &mut spec)?;
+            resolve_objects(&self.mgr.store.read(), &mut spec)?;
         }
         if let Some(why) = self.mgr.store.read().ports_problem(&svc.id, &spec) {
             return Err(Status::invalid_argument(why));
@@ -527,6 +570,75 @@ impl pb::control_server::Control for ControlService {
         self.mgr.write(Command::RotateNetworkKeys).await?;
         let key_epoch = self.mgr.store.read().cluster.as_ref().map_or(0, |c| c.net.key_epoch);
         Ok(Response::new(pb::RotateNetworkKeysResponse { key_epoch }))
+    }
+
+    #[tracing::instrument(skip_all, fields(kind = tracing::field::Empty, object.id = tracing::field::Empty))]
+    async fn create_object(&self, req: Request<pb::ObjectCreateRequest>) -> Result<Response<pb::ObjectRef>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, create_object);
+        let kind = Kind::parse(&r.kind).map_err(Status::invalid_argument)?;
+        record("kind", kind.as_str());
+        let spec =
+            ObjectSpec { name: r.name, labels: r.labels.into_iter().collect(), template_driver: r.template_driver };
+        let data = r.data.map(|d| d.data).unwrap_or_default();
+        shoal_proto::secret::validate_create(kind, &spec, &data).map_err(Status::invalid_argument)?;
+        if self.mgr.store.read().objects(kind).values().any(|o| o.spec.name == spec.name) {
+            return Err(Status::already_exists(format!("{kind} {} already exists", spec.name)));
+        }
+        let id = random_base36(25);
+        record("object.id", &id);
+        self.mgr.write(Command::CreateObject { kind, id: id.clone(), spec, data: Payload(data) }).await?;
+        Ok(Response::new(pb::ObjectRef { kind: kind.as_str().into(), id }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_objects(&self, req: Request<pb::ObjectKind>) -> Result<Response<pb::JsonDoc>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, list_objects);
+        let kind = Kind::parse(&r.kind).map_err(Status::invalid_argument)?;
+        self.mgr.linearizable().await?;
+        let state = self.mgr.store.read();
+        let list: Vec<serde_json::Value> = state.objects(kind).values().map(|o| o.view(kind)).collect();
+        Ok(Response::new(pb::JsonDoc { json: serde_json::Value::from(list).to_string() }))
+    }
+
+    #[tracing::instrument(skip_all, fields(object.id = tracing::field::Empty))]
+    async fn inspect_object(&self, req: Request<pb::ObjectRef>) -> Result<Response<pb::JsonDoc>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, inspect_object);
+        let kind = Kind::parse(&r.kind).map_err(Status::invalid_argument)?;
+        self.mgr.linearizable().await?;
+        let state = self.mgr.store.read();
+        let o = state.find_object(kind, &r.id).map_err(Status::not_found)?;
+        record("object.id", &o.id);
+        Ok(Response::new(pb::JsonDoc { json: o.view(kind).to_string() }))
+    }
+
+    #[tracing::instrument(skip_all, fields(object.id = tracing::field::Empty))]
+    async fn update_object(&self, req: Request<pb::ObjectUpdateRequest>) -> Result<Response<pb::ObjectRef>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, update_object);
+        let kind = Kind::parse(&r.kind).map_err(Status::invalid_argument)?;
+        let o = self.mgr.store.read().find_object(kind, &r.id).cloned().map_err(Status::not_found)?;
+        record("object.id", &o.id);
+        let labels = r.labels.into_iter().collect();
+        self.mgr.write(Command::UpdateObject { kind, id: o.id.clone(), version: r.version, labels }).await?;
+        Ok(Response::new(pb::ObjectRef { kind: kind.as_str().into(), id: o.id }))
+    }
+
+    /// Refused, as Docker does, while a service uses it.
+    #[tracing::instrument(skip_all, fields(object.id = tracing::field::Empty))]
+    async fn remove_object(&self, req: Request<pb::ObjectRef>) -> Result<Response<pb::Empty>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, remove_object);
+        let kind = Kind::parse(&r.kind).map_err(Status::invalid_argument)?;
+        let o = self.mgr.store.read().find_object(kind, &r.id).cloned().map_err(Status::not_found)?;
+        record("object.id", &o.id);
+        if let Some(why) = self.mgr.store.read().object_in_use(kind, &o) {
+            return Err(Status::invalid_argument(why));
+        }
+        self.mgr.write(Command::RemoveObject { kind, id: o.id }).await?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     #[tracing::instrument(skip_all)]
@@ -771,6 +883,66 @@ mod tests {
             replicas: 1,
             task: TaskSpec { image: "busybox".into(), ..task },
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn secret_and_config_references_resolve_to_ids_or_are_refused() {
+        use crate::state::{Command, State};
+        use shoal_proto::secret::{FileRef, Kind, ObjectSpec, Payload};
+        let mut state = State::default();
+        let objects = [
+            (Kind::Secret, "sid-db", "db", "", "pw"),
+            (Kind::Secret, "sid-api", "api", "", "key"),
+            (Kind::Config, "cid-app", "app", "", "conf"),
+            (Kind::Config, "cid-tpl", "tpl", "golang", "{{ .Task.Name }}:{{ secret \"db\" }}"),
+        ];
+        for (i, (kind, id, name, driver, data)) in objects.iter().enumerate() {
+            let spec =
+                ObjectSpec { name: name.to_string(), labels: Default::default(), template_driver: driver.to_string() };
+            let cmd = Command::CreateObject {
+                kind: *kind,
+                id: id.to_string(),
+                spec,
+                data: Payload(data.as_bytes().to_vec()),
+            };
+            state.apply(i as u64 + 1, &crate::state::Request { at_ms: 0, cmd });
+        }
+        let r = |kind, flag: &str| FileRef::parse(kind, flag).expect("flag");
+        let with =
+            |secrets: Vec<FileRef>, configs: Vec<FileRef>| spec(TaskSpec { secrets, configs, ..Default::default() });
+        // By name or id prefix, to the object's id and name.
+        let mut s = with(
+            vec![r(Kind::Secret, "db"), r(Kind::Secret, "source=sid-a,target=/etc/key")],
+            vec![r(Kind::Config, "tpl")],
+        );
+        assert_eq!(resolve_objects(&state, &mut s).map_err(|e| e.message().to_string()), Ok(()));
+        let got: Vec<(&str, &str)> = s.task.secrets.iter().map(|r| (r.id.as_str(), r.source.as_str())).collect();
+        assert_eq!(got, vec![("sid-db", "db"), ("sid-api", "api")]);
+        assert_eq!(s.task.configs[0].id, "cid-tpl");
+        let table: Vec<(ServiceSpec, tonic::Code, &str)> = vec![
+            (with(vec![r(Kind::Secret, "nope")], vec![]), tonic::Code::NotFound, "secret not found: nope"),
+            (with(vec![], vec![r(Kind::Config, "db")]), tonic::Code::NotFound, "config not found: db"),
+            (
+                with(vec![r(Kind::Secret, "db"), r(Kind::Secret, "source=api,target=db")], vec![]),
+                tonic::Code::InvalidArgument,
+                "secret references 'db' and 'api' have a conflicting target: 'db'",
+            ),
+            (
+                with(vec![r(Kind::Secret, "source=db,target=../x")], vec![]),
+                tonic::Code::InvalidArgument,
+                "invalid secret target \"../x\" for db: no . or .. in it",
+            ),
+            (
+                with(vec![], vec![r(Kind::Config, "tpl")]),
+                tonic::Code::InvalidArgument,
+                "config tpl embeds secret db, which no secret of the service has as its target: \
+                 add --secret source=NAME,target=db",
+            ),
+        ];
+        for (mut s, code, want) in table {
+            let e = resolve_objects(&state, &mut s).expect_err(want);
+            assert_eq!((e.code(), e.message()), (code, want));
         }
     }
 

@@ -24,6 +24,7 @@ use shoal_proto::model::{NodeState, NodeStatus};
 use shoal_proto::net::NetView;
 use shoal_proto::pb;
 use shoal_proto::probe::Outcome;
+use shoal_proto::secret::Kind;
 use shoal_proto::service::{Task, TaskState, TaskStatus};
 use shoal_proto::timeline::{self, DISPATCHED};
 use tokio::sync::{Notify, mpsc, watch};
@@ -33,6 +34,35 @@ use crate::drain::Drain;
 use crate::liveness::{Action, Liveness, Timing};
 use crate::state::{NodeStatusUpdate, ObjKey};
 use crate::store::Store;
+
+/// The secrets and configs (by id) that go with the tasks of one message:
+/// exactly those its tasks to run reference, so a node holds a payload only
+/// while it has a task that uses it.
+#[derive(Default)]
+pub(crate) struct Payloads {
+    pub secrets: HashMap<String, pb::ObjectData>,
+    pub configs: HashMap<String, pb::ObjectData>,
+}
+
+impl Payloads {
+    /// Adds what `t` uses, if it is to run.
+    pub(crate) fn add(&mut self, state: &crate::state::State, t: &Task) {
+        if t.desired != TaskState::Running || t.status.state.is_terminal() {
+            return;
+        }
+        for (kind, out) in [(Kind::Secret, &mut self.secrets), (Kind::Config, &mut self.configs)] {
+            for r in crate::state::refs_of_task(&t.spec, kind) {
+                if let Some(o) = state.objects(kind).get(&r.id) {
+                    out.entry(o.id.clone()).or_insert_with(|| pb::ObjectData {
+                        data: o.data.0.clone(),
+                        name: o.spec.name.clone(),
+                        template: !o.spec.template_driver.is_empty(),
+                    });
+                }
+            }
+        }
+    }
+}
 
 /// What a session sent its node: its assignment set (JSON by task id) and
 /// its network view; and the stops it holds back.
@@ -272,21 +302,23 @@ impl Dispatcher {
         serde_json::to_string(t).ok()
     }
 
-    /// The node's whole assignment set, by task id, and the registry logins of
-    /// the services of those tasks.
-    fn assignments(&self, node_id: &str) -> (HashMap<String, String>, HashMap<String, pb::RegistryAuth>) {
+    /// The node's whole assignment set, by task id, with the registry logins
+    /// of the services of those tasks and the payloads they use.
+    fn assignments(&self, node_id: &str) -> (HashMap<String, String>, HashMap<String, pb::RegistryAuth>, Payloads) {
         let state = self.inner.store.read();
         let mut auths = HashMap::new();
+        let mut payloads = Payloads::default();
         let set = state
             .tasks
             .values()
             .filter_map(|t| {
                 let json = Self::assignment(t, node_id)?;
                 Self::add_auth(&state, &t.service_id, &mut auths);
+                payloads.add(&state, t);
                 Some((t.id.clone(), json))
             })
             .collect();
-        (set, auths)
+        (set, auths, payloads)
     }
 
     /// A node gets a service's registry login only beside that service's tasks.
@@ -326,7 +358,7 @@ impl Dispatcher {
         sent: &mut Sent,
         tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>,
     ) -> bool {
-        let (set, registry_auth) = self.assignments(node_id);
+        let (set, registry_auth, payloads) = self.assignments(node_id);
         sent.tasks = set;
         // The whole set, stops included: a new session holds nothing back.
         sent.held.clear();
@@ -351,6 +383,8 @@ impl Dispatcher {
             registry_auth,
             net_view: Some(view.to_pb()),
             net_view_version: self.number_view(node_id, &view),
+            secrets: payloads.secrets,
+            configs: payloads.configs,
         };
         sent.view = Some(view);
         tx.send(msg(pb::manager_message::Msg::Assignments(a))).await.is_ok()
@@ -381,6 +415,7 @@ impl Dispatcher {
         tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>,
     ) -> bool {
         let mut delta = pb::Assignments::default();
+        let mut payloads = Payloads::default();
         // Tasks to run that this node hears of for the first time (for the timeline).
         let mut dispatched: Vec<&str> = Vec::new();
         let timeline = timeline::enabled();
@@ -418,6 +453,7 @@ impl Dispatcher {
                         delta.tasks_json.push(json);
                         if let Some(t) = task {
                             Self::add_auth(&state, &t.service_id, &mut delta.registry_auth);
+                            payloads.add(&state, t);
                         }
                     }
                     Some(_) => {}
@@ -432,6 +468,7 @@ impl Dispatcher {
         if delta.tasks_json.is_empty() && delta.removed.is_empty() && delta.net_view.is_none() {
             return true;
         }
+        (delta.secrets, delta.configs) = (payloads.secrets, payloads.configs);
         for id in dispatched {
             shoal_proto::timeline!(DISPATCHED, task = %id);
         }
@@ -678,6 +715,70 @@ mod tests {
         // Nothing changed for n1: nothing is sent.
         assert!(d.send_changes("n1", 5, &keys, &mut sent, &tx).await);
         assert!(rx.try_recv().is_err(), "no message when neither the set nor the view changed");
+    }
+
+    #[tokio::test]
+    async fn a_node_gets_exactly_the_payloads_its_tasks_to_run_use() {
+        use shoal_proto::secret::{FileRef, Object, ObjectSpec, Payload};
+        let store = world_store();
+        let uses = |id: &str, name: &str| FileRef {
+            id: id.into(),
+            source: name.into(),
+            target: name.into(),
+            ..Default::default()
+        };
+        let object = |id: &str, name: &str, data: &[u8]| Object {
+            id: id.into(),
+            spec: ObjectSpec { name: name.into(), ..Default::default() },
+            data: Payload(data.to_vec()),
+            ..Default::default()
+        };
+        store
+            .apply_batch(|state, _, _| {
+                state.secrets.insert("x1".into(), object("x1", "db", b"pw-db"));
+                state.secrets.insert("x2".into(), object("x2", "api", b"pw-api"));
+                state.configs.insert("c1".into(), object("c1", "app", b"conf"));
+                let t1 = state.tasks.get_mut("t1").expect("t1");
+                (t1.spec.secrets, t1.spec.configs) = (vec![uses("x1", "db")], vec![uses("c1", "app")]);
+                state.tasks.get_mut("t2").expect("t2").spec.secrets = vec![uses("x2", "api")];
+                // Leaving (desired shutdown): its node needs no payload for it.
+                state.tasks.get_mut("t3").expect("t3").spec.secrets = vec![uses("x1", "db")];
+                // Ended: nothing either.
+                state.tasks.get_mut("t9").expect("t9").spec.secrets = vec![uses("x2", "api")];
+                Vec::new()
+            })
+            .publish();
+        let d = Dispatcher::new(store.clone());
+        fn ids(m: &HashMap<String, pb::ObjectData>) -> Vec<&str> {
+            let mut v: Vec<&str> = m.keys().map(String::as_str).collect();
+            v.sort();
+            v
+        }
+        for (node, secrets, configs) in
+            [("n1", vec!["x1"], vec!["c1"]), ("n2", vec!["x2"], vec![]), ("n5", vec![], vec![]), ("n3", vec![], vec![])]
+        {
+            let (tx, mut rx) = mpsc::channel(16);
+            assert!(d.send_all(node, &mut Sent::default(), &tx).await);
+            let a = view_of(rx.recv().await).expect("assignments");
+            assert_eq!((ids(&a.secrets), ids(&a.configs)), (secrets, configs), "{node}");
+            if let Some(x1) = a.secrets.get("x1") {
+                assert_eq!((x1.data.as_slice(), x1.name.as_str(), x1.template), (b"pw-db".as_slice(), "db", false));
+                assert!(!format!("{a:?}").contains("pw-db"), "Debug never shows a payload");
+            }
+        }
+        // A task that uses x1 comes to n5: the payload comes with it, and only to n5.
+        let (mut sent5, tx5, mut rx5) = connected(&d, "n5").await;
+        let commit = store.apply_batch(|state, _, _| {
+            let mut t = state.tasks["t1"].clone();
+            (t.id, t.node_id, t.spec.configs) = ("t10".into(), "n5".into(), vec![]);
+            state.tasks.insert("t10".into(), t);
+            vec![ObjKey::Task("t10".into())]
+        });
+        commit.publish();
+        let keys = [ObjKey::Task("t10".into())];
+        assert!(d.send_changes("n5", 50, &keys, &mut sent5, &tx5).await);
+        let a = view_of(rx5.recv().await).expect("a delta");
+        assert_eq!((ids(&a.secrets), ids(&a.configs)), (vec!["x1"], vec![]));
     }
 
     /// A store holding `netview`'s test world.

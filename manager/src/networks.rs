@@ -325,7 +325,7 @@ impl State {
                 let addrs = self.attachments.get(id).map(|a| attachment_addrs(&self.networks, a)).unwrap_or_default();
                 self.held.set(Owner::Attachment(id.clone()), addrs);
             }
-            ObjKey::Cluster | ObjKey::Network(_) => {}
+            ObjKey::Cluster | ObjKey::Network(_) | ObjKey::Secret(_) | ObjKey::Config(_) => {}
         }
     }
 

@@ -11,6 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use shoal_proto::model::{Availability, Cluster, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
 use shoal_proto::network::{Attachment, Network, NetworkSpec, NodeKeys};
+use shoal_proto::secret::{Kind, Object, ObjectSpec, Payload};
 
 use crate::networks::{AllocChange, Held};
 use shoal_proto::service::{RegistryAuth, Service, ServiceSpec, Task, TaskState, TaskStatus, UpdateState};
@@ -30,6 +31,13 @@ pub struct State {
     /// from state stored before them).
     #[serde(default)]
     pub attachments: BTreeMap<String, Attachment>,
+    /// Secrets and configs by id (absent from state stored before them).
+    /// Their payloads are in Raft as they are until the store is encrypted
+    /// at rest (`Object::data` is the one field that will be wrapped).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Object>,
+    #[serde(default)]
+    pub configs: BTreeMap<String, Object>,
     /// What is held (VNIs, subnets, addresses): derived, never serialized.
     #[serde(skip)]
     pub(crate) held: Held,
@@ -46,6 +54,10 @@ struct Stored {
     networks: BTreeMap<String, Network>,
     #[serde(default)]
     attachments: BTreeMap<String, Attachment>,
+    #[serde(default)]
+    secrets: BTreeMap<String, Object>,
+    #[serde(default)]
+    configs: BTreeMap<String, Object>,
 }
 
 impl From<Stored> for State {
@@ -57,6 +69,8 @@ impl From<Stored> for State {
             tasks: s.tasks,
             networks: s.networks,
             attachments: s.attachments,
+            secrets: s.secrets,
+            configs: s.configs,
             held: Held::default(),
         };
         state.reindex();
@@ -195,6 +209,27 @@ pub enum Command {
         id: String,
         node_id: String,
     },
+    /// From the API: a secret or config (its id chosen by the proposer);
+    /// its name must be free among those of its kind.
+    CreateObject {
+        kind: Kind,
+        id: String,
+        spec: ObjectSpec,
+        data: Payload,
+    },
+    /// From the API: its labels replaced, all that may change (`version`,
+    /// when not 0, must be its current one).
+    UpdateObject {
+        kind: Kind,
+        id: String,
+        version: u64,
+        labels: BTreeMap<String, String>,
+    },
+    /// From the API: refused while a service's spec uses it.
+    RemoveObject {
+        kind: Kind,
+        id: String,
+    },
 }
 
 /// One change of the orchestrator's or scheduler's pass.
@@ -272,6 +307,9 @@ impl Command {
             Command::Allocate { .. } => "allocate",
             Command::CreateAttachment { .. } => "create-attachment",
             Command::RemoveAttachment { .. } => "remove-attachment",
+            Command::CreateObject { .. } => "create-object",
+            Command::UpdateObject { .. } => "update-object",
+            Command::RemoveObject { .. } => "remove-object",
         }
     }
 }
@@ -333,6 +371,8 @@ pub enum ObjKey {
     Task(String),
     Network(String),
     Attachment(String),
+    Secret(String),
+    Config(String),
 }
 
 impl ObjKey {
@@ -344,6 +384,8 @@ impl ObjKey {
             ObjKey::Task(id) => format!("task/{id}"),
             ObjKey::Network(id) => format!("network/{id}"),
             ObjKey::Attachment(id) => format!("attachment/{id}"),
+            ObjKey::Secret(id) => format!("secret/{id}"),
+            ObjKey::Config(id) => format!("config/{id}"),
         }
     }
 }
@@ -494,6 +536,9 @@ impl State {
                 if let Some(why) = self.spec_networks_problem(spec) {
                     return reject(&why);
                 }
+                if let Some(why) = self.spec_objects_problem(spec) {
+                    return reject(&why);
+                }
                 if let Some(why) = self.ports_problem(id, spec) {
                     return reject(&why);
                 }
@@ -524,6 +569,9 @@ impl State {
                     return reject("a service cannot be renamed");
                 }
                 if let Some(why) = self.spec_networks_problem(&spec) {
+                    return reject(&why);
+                }
+                if let Some(why) = self.spec_objects_problem(&spec) {
                     return reject(&why);
                 }
                 if let Some(why) = self.ports_problem(id, &spec) {
@@ -621,7 +669,103 @@ impl State {
                     (Response::Ok, vec![ObjKey::Attachment(id.clone())])
                 }
             },
+            Command::CreateObject { kind, id, spec, data } => {
+                let objects = self.objects(*kind);
+                if objects.contains_key(id) {
+                    return reject(&format!("{kind} {id} already exists"));
+                }
+                if objects.values().any(|o| o.spec.name == spec.name) {
+                    return reject(&format!("{kind} {} already exists", spec.name));
+                }
+                let mut o = Object { id: id.clone(), spec: spec.clone(), meta: Default::default(), data: data.clone() };
+                stamp(&mut o.meta, index, at, true);
+                self.objects_mut(*kind).insert(id.clone(), o);
+                (Response::Ok, vec![obj_key(*kind, id)])
+            }
+            Command::UpdateObject { kind, id, version, labels } => {
+                let Some(o) = self.objects_mut(*kind).get_mut(id) else {
+                    return reject(&format!("{kind} {id} not found"));
+                };
+                if *version != 0 && *version != o.meta.version {
+                    return reject(&format!(
+                        "{kind} {} was changed since version {version} (now {}): read it again",
+                        o.spec.name, o.meta.version
+                    ));
+                }
+                if o.spec.labels == *labels {
+                    return (Response::Ok, vec![]);
+                }
+                o.spec.labels = labels.clone();
+                stamp(&mut o.meta, index, at, false);
+                (Response::Ok, vec![obj_key(*kind, id)])
+            }
+            Command::RemoveObject { kind, id } => {
+                let Some(o) = self.objects(*kind).get(id) else { return reject(&format!("{kind} {id} not found")) };
+                if let Some(why) = self.object_in_use(*kind, o) {
+                    return reject(&why);
+                }
+                self.objects_mut(*kind).remove(id);
+                (Response::Ok, vec![obj_key(*kind, id)])
+            }
         }
+    }
+
+    /// The secrets or the configs.
+    pub fn objects(&self, kind: Kind) -> &BTreeMap<String, Object> {
+        match kind {
+            Kind::Secret => &self.secrets,
+            Kind::Config => &self.configs,
+        }
+    }
+
+    fn objects_mut(&mut self, kind: Kind) -> &mut BTreeMap<String, Object> {
+        match kind {
+            Kind::Secret => &mut self.secrets,
+            Kind::Config => &mut self.configs,
+        }
+    }
+
+    /// Finds a secret or config by full id, name, or unique id prefix.
+    pub fn find_object(&self, kind: Kind, reference: &str) -> Result<&Object, String> {
+        let objects = self.objects(kind);
+        if let Some(o) = objects.get(reference) {
+            return Ok(o);
+        }
+        if let Some(o) = objects.values().find(|o| o.spec.name == reference) {
+            return Ok(o);
+        }
+        let by_prefix: Vec<&Object> =
+            objects.values().filter(|o| !reference.is_empty() && o.id.starts_with(reference)).collect();
+        match by_prefix.as_slice() {
+            [one] => Ok(one),
+            [] => Err(format!("{kind} not found: {reference}")),
+            _ => Err(format!("{kind} {reference} is ambiguous; use the full id")),
+        }
+    }
+
+    /// Why `o` cannot be removed: the services whose spec uses it, as Docker says it.
+    pub fn object_in_use(&self, kind: Kind, o: &Object) -> Option<String> {
+        let users: Vec<&str> = self
+            .services
+            .values()
+            .filter(|s| refs_of(&s.spec, kind).iter().any(|r| r.id == o.id))
+            .map(|s| s.spec.name.as_str())
+            .collect();
+        match users.as_slice() {
+            [] => None,
+            [one] => Some(format!("{kind} '{}' is in use by the following service: {one}", o.spec.name)),
+            many => Some(format!("{kind} '{}' is in use by the following services: {}", o.spec.name, many.join(", "))),
+        }
+    }
+
+    /// The first secret or config a spec references that is not there (by id).
+    pub fn spec_objects_problem(&self, spec: &ServiceSpec) -> Option<String> {
+        [Kind::Secret, Kind::Config].into_iter().find_map(|kind| {
+            refs_of(spec, kind)
+                .iter()
+                .find(|r| !self.objects(kind).contains_key(&r.id))
+                .map(|r| format!("{kind} not found: {}", r.source))
+        })
     }
 
     fn apply_task_change(&mut self, c: &TaskChange, index: u64, at: u64) -> Option<ObjKey> {
@@ -744,6 +888,8 @@ impl State {
             ObjKey::Task(id) => self.tasks.get(id).and_then(|n| serde_json::to_vec(n).ok()),
             ObjKey::Network(id) => self.networks.get(id).and_then(|n| serde_json::to_vec(n).ok()),
             ObjKey::Attachment(id) => self.attachments.get(id).and_then(|n| serde_json::to_vec(n).ok()),
+            ObjKey::Secret(id) => self.secrets.get(id).and_then(|n| serde_json::to_vec(n).ok()),
+            ObjKey::Config(id) => self.configs.get(id).and_then(|n| serde_json::to_vec(n).ok()),
         }
     }
 
@@ -769,6 +915,10 @@ impl State {
                 state
                     .attachments
                     .insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
+            } else if let Some(id) = key.strip_prefix("secret/") {
+                state.secrets.insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
+            } else if let Some(id) = key.strip_prefix("config/") {
+                state.configs.insert(id.to_string(), serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?);
             }
         }
         state.reindex();
@@ -797,6 +947,26 @@ impl State {
 
     pub fn managers(&self) -> impl Iterator<Item = &Node> {
         self.nodes.values().filter(|n| n.spec.role == Role::Manager)
+    }
+}
+
+fn obj_key(kind: Kind, id: &str) -> ObjKey {
+    match kind {
+        Kind::Secret => ObjKey::Secret(id.to_string()),
+        Kind::Config => ObjKey::Config(id.to_string()),
+    }
+}
+
+/// A spec's references of one kind.
+pub fn refs_of(spec: &ServiceSpec, kind: Kind) -> &[shoal_proto::secret::FileRef] {
+    refs_of_task(&spec.task, kind)
+}
+
+/// A task spec's references of one kind.
+pub fn refs_of_task(spec: &shoal_proto::service::TaskSpec, kind: Kind) -> &[shoal_proto::secret::FileRef] {
+    match kind {
+        Kind::Secret => &spec.secrets,
+        Kind::Config => &spec.configs,
     }
 }
 
@@ -1113,6 +1283,71 @@ pub(crate) mod tests {
         let mut spec = shoal_proto::network::NetworkSpec { name: name.into(), ..Default::default() };
         spec.ipam.subnet = subnet.map(|x| x.parse().expect("subnet"));
         Network { id: id.into(), meta: Meta::default(), spec, alloc: None }
+    }
+
+    #[test]
+    fn secrets_are_immutable_but_for_labels_and_stay_while_a_service_uses_them() {
+        use shoal_proto::secret::FileRef;
+        use shoal_proto::service::ServiceSpec;
+        let mut s = booted();
+        let spec = |name: &str| ObjectSpec { name: name.into(), ..Default::default() };
+        let create = |id: &str, name: &str| Command::CreateObject {
+            kind: Kind::Secret,
+            id: id.into(),
+            spec: spec(name),
+            data: Payload(b"hunter2".to_vec()),
+        };
+        assert_eq!(s.apply(2, &req(create("x1", "db"))), (Response::Ok, vec![ObjKey::Secret("x1".into())]));
+        let (r, _) = s.apply(3, &req(create("x2", "db")));
+        assert!(matches!(r, Response::Rejected(why) if why.contains("secret db already exists")));
+        // A config may have a secret's name: they are apart.
+        let config = Command::CreateObject {
+            kind: Kind::Config,
+            id: "c1".into(),
+            spec: spec("db"),
+            data: Payload(b"x".to_vec()),
+        };
+        assert_eq!(s.apply(4, &req(config)).0, Response::Ok);
+        // Labels change; nothing else can (no command carries the data or the name).
+        let labels: BTreeMap<String, String> = [("k".to_string(), "v".to_string())].into();
+        let update =
+            |version| Command::UpdateObject { kind: Kind::Secret, id: "x1".into(), version, labels: labels.clone() };
+        let (r, _) = s.apply(5, &req(update(3)));
+        assert!(matches!(r, Response::Rejected(why) if why.contains("changed since version 3")));
+        assert_eq!(s.apply(6, &req(update(2))), (Response::Ok, vec![ObjKey::Secret("x1".into())]));
+        assert_eq!((s.secrets["x1"].spec.labels.clone(), s.secrets["x1"].meta.version), (labels.clone(), 6));
+        assert_eq!(s.secrets["x1"].data, Payload(b"hunter2".to_vec()));
+        // A service may only use what exists; then it cannot be removed.
+        let with = |id: &str| {
+            let mut spec = ServiceSpec { name: "web".into(), ..Default::default() };
+            spec.task.secrets =
+                vec![FileRef { id: id.into(), source: "db".into(), target: "db".into(), ..Default::default() }];
+            spec
+        };
+        let (r, _) = s.apply(7, &req(Command::CreateService { id: "s1".into(), spec: with("gone"), auth: None }));
+        assert!(matches!(r, Response::Rejected(why) if why == "secret not found: db"));
+        s.apply(8, &req(Command::CreateService { id: "s1".into(), spec: with("x1"), auth: None }));
+        let rm = |id: &str| Command::RemoveObject { kind: Kind::Secret, id: id.into() };
+        let (r, keys) = s.apply(9, &req(rm("x1")));
+        assert_eq!(r, Response::Rejected("secret 'db' is in use by the following service: web".into()));
+        assert!(keys.is_empty() && s.secrets.contains_key("x1"));
+        // Once no service uses it, it goes; the config of the same name stays.
+        s.apply(10, &req(Command::RemoveService { id: "s1".into() }));
+        assert_eq!(s.apply(11, &req(rm("x1"))), (Response::Ok, vec![ObjKey::Secret("x1".into())]));
+        assert!(s.secrets.is_empty() && s.configs.contains_key("c1"));
+        // Stored objects and snapshots keep them; Debug never shows a payload.
+        s.apply(12, &req(create("x3", "api")));
+        let pairs: Vec<(String, Vec<u8>)> =
+            [ObjKey::Cluster, ObjKey::Node("n1".into()), ObjKey::Secret("x3".into()), ObjKey::Config("c1".into())]
+                .iter()
+                .map(|k| (k.db_key(), s.encode(k).expect("present")))
+                .collect();
+        let back = State::decode(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).expect("decode");
+        assert_eq!((back.secrets.clone(), back.configs.clone()), (s.secrets.clone(), s.configs.clone()));
+        let json = serde_json::to_vec(&s).expect("json");
+        assert_eq!(serde_json::from_slice::<State>(&json).expect("snapshot").secrets, s.secrets);
+        let debug = format!("{s:?} {:?}", create("x", "y"));
+        assert!(!debug.contains("hunter2"), "{debug}");
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub mod net;
 pub mod network;
 pub mod parse;
 pub mod probe;
+pub mod secret;
 pub mod service;
+pub mod template;
 pub mod timeline;
 pub mod tls;
 pub mod token;
@@ -27,6 +29,16 @@ pub mod pb {
     impl std::fmt::Debug for RegistryAuth {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.debug_struct("RegistryAuth").field("username", &self.username).field("password", &"<redacted>").finish()
+        }
+    }
+
+    impl std::fmt::Debug for ObjectData {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ObjectData")
+                .field("name", &self.name)
+                .field("data", &format_args!("<redacted {} bytes>", self.data.len()))
+                .field("template", &self.template)
+                .finish()
         }
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::health::HealthSetting;
 use crate::model::Meta;
 use crate::network::{EndpointMode, NetworkAttachmentSpec, TaskNetwork, Vip};
+use crate::secret::FileRef;
 
 /// A task's place in its life, in lifecycle order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -301,6 +302,13 @@ pub struct TaskSpec {
     /// The cluster networks its tasks join (none: the node's `bridge`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttachmentSpec>,
+    /// The secrets its containers get as files under /run/secrets (on a
+    /// tmpfs), by reference: never their data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileRef>,
+    /// The configs its containers get as files at their targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileRef>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use shoal_proto::network::{EndpointMode, NetworkAttachmentSpec};
+use shoal_proto::secret::{FileRef, Kind};
 use shoal_proto::service::{FailureAction, Mode, RestartCondition, ServiceSpec, UpdateOrder};
 
 use crate::container::ContainerFlags;
@@ -90,6 +91,13 @@ pub struct ServiceFlags {
     /// Attach to a cluster network: NAME, or name=NAME[,alias=ALIAS...] (target= too).
     #[arg(long, visible_alias = "network-add", value_parser = parse_network)]
     pub network: Vec<NetworkAttachmentSpec>,
+    /// A secret as a file under /run/secrets: NAME, or
+    /// source=NAME[,target=FILE|/PATH][,uid=0][,gid=0][,mode=0444].
+    #[arg(long, visible_alias = "secret-add", value_parser = |s: &str| FileRef::parse(Kind::Secret, s))]
+    pub secret: Vec<FileRef>,
+    /// A config as a file: NAME (at /NAME), or source=NAME[,target=/PATH][,uid=0][,gid=0][,mode=0444].
+    #[arg(long, visible_alias = "config-add", value_parser = |s: &str| FileRef::parse(Kind::Config, s))]
+    pub config: Vec<FileRef>,
     /// How the service's name resolves on its networks: vip (one virtual
     /// address that balances over its tasks) or dnsrr (the tasks' addresses).
     #[arg(long, value_parser = |s: &str| s.parse::<EndpointMode>())]
@@ -218,6 +226,12 @@ pub struct ServiceRemovals {
     /// Detach from a network (its name or id).
     #[arg(long)]
     pub network_rm: Vec<String>,
+    /// Remove a secret (its name).
+    #[arg(long)]
+    pub secret_rm: Vec<String>,
+    /// Remove a config (its name).
+    #[arg(long)]
+    pub config_rm: Vec<String>,
 }
 
 /// A `--network` value: `NAME`, or `name=NAME,alias=A,alias=B` (`target=` for `name=`), as Docker takes it.
@@ -258,6 +272,11 @@ pub(crate) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
     // `service update` resolves --network-rm names to ids first (see `update`).
     spec.task.networks.retain(|n| !rm.network_rm.contains(&n.target));
     spec.task.networks.extend(f.network.iter().cloned());
+    // Removals first, so a rotation (`--secret-rm old --secret-add source=new,target=same`) is one update.
+    spec.task.secrets.retain(|r| !rm.secret_rm.contains(&r.source));
+    spec.task.secrets.extend(f.secret.iter().cloned());
+    spec.task.configs.retain(|r| !rm.config_rm.contains(&r.source));
+    spec.task.configs.extend(f.config.iter().cloned());
     if let Some(m) = f.endpoint_mode {
         spec.endpoint_mode = m;
     }
@@ -423,6 +442,31 @@ mod tests {
         apply_flags(&mut spec, &flags, &rm).expect("applies");
         assert_eq!(spec.task.networks, vec![a("id2", &[]), a("db", &["x"])]);
         assert_eq!(spec.endpoint_mode, EndpointMode::Dnsrr);
+    }
+
+    #[test]
+    fn a_secret_rotates_in_one_update_by_removing_the_old_and_adding_the_new_at_its_target() {
+        let r = |k, f: &str| FileRef::parse(k, f).expect("flag");
+        let mut spec = ServiceSpec::default();
+        spec.task.secrets = vec![FileRef { id: "id1".into(), ..r(Kind::Secret, "source=pw,target=pw,mode=0400") }];
+        spec.task.configs = vec![r(Kind::Config, "app")];
+        let flags = ServiceFlags {
+            secret: vec![r(Kind::Secret, "source=pw2,target=pw,mode=0400")],
+            config: vec![r(Kind::Config, "source=app2,target=/app")],
+            ..Default::default()
+        };
+        let rm = ServiceRemovals { secret_rm: vec!["pw".into()], config_rm: vec!["app".into()], ..Default::default() };
+        apply_flags(&mut spec, &flags, &rm).expect("applies");
+        let shown = |refs: &[FileRef]| refs.iter().map(|x| format!("{}>{}", x.source, x.target)).collect::<Vec<_>>();
+        assert_eq!(
+            (shown(&spec.task.secrets), shown(&spec.task.configs)),
+            (vec!["pw2>pw".into()], vec!["app2>/app".into()])
+        );
+        assert_eq!(
+            (spec.task.secrets[0].id.as_str(), spec.task.secrets[0].mode),
+            ("", 0o400),
+            "the API resolves the new one"
+        );
     }
 
     #[test]

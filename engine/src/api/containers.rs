@@ -177,6 +177,7 @@ fn run_request(r: pb::ContainerRunRequest) -> Result<RunRequest, ContainerError>
         labels: r.labels.into_iter().collect(),
         create_only: r.create_only,
         health: r.health.as_ref().map(Into::into).unwrap_or_default(),
+        files: Vec::new(),
     })
 }
 

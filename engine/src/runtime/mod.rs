@@ -28,6 +28,7 @@ pub mod restart;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod taskfiles;
 pub mod watch;
 
 mod exec;
@@ -415,7 +416,16 @@ impl Containers {
         if req.attach && req.auto_remove {
             self.holds.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), std::time::Instant::now());
         }
-        let result = self.prepare(&id, req, &cfg, &run, &settings, &dir);
+        // A task's secrets and configs: on a tmpfs of its own, bound in read-only
+        // (the teardown below unmounts it if anything fails).
+        let files = match req.files.is_empty() {
+            true => Ok(Vec::new()),
+            false => taskfiles::prepare(&taskfiles::dir(&self.state_root, &id), &req.files),
+        };
+        let result = files.and_then(|files| {
+            run.mounts.extend(files);
+            self.prepare(&id, req, &cfg, &run, &settings, &dir)
+        });
         if let Err(e) = result {
             self.teardown(&dir);
             if let (Some(nets), false) = (self.networks.get(), settings.networks.is_empty()) {
@@ -779,6 +789,9 @@ impl Containers {
         }
         let rootfs = dir.join("rootfs");
         let _ = crate::sys::unmount_detach(&rootfs);
+        if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
+            taskfiles::remove(&taskfiles::dir(&self.state_root, id));
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -75,6 +75,8 @@ pub struct RunRequest {
     pub create_only: bool,
     /// `--health-*`, `--no-healthcheck`, a service's health; laid over the image's.
     pub health: HealthSetting,
+    /// A task's secrets and configs, as files (see `taskfiles`).
+    pub files: Vec<super::taskfiles::TaskFile>,
 }
 
 /// A mount as asked, and the flag that asked for it: `-v` makes a missing

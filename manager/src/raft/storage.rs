@@ -399,6 +399,8 @@ fn all_keys(state: &State) -> Vec<ObjKey> {
     keys.extend(state.tasks.keys().map(|id| ObjKey::Task(id.clone())));
     keys.extend(state.networks.keys().map(|id| ObjKey::Network(id.clone())));
     keys.extend(state.attachments.keys().map(|id| ObjKey::Attachment(id.clone())));
+    keys.extend(state.secrets.keys().map(|id| ObjKey::Secret(id.clone())));
+    keys.extend(state.configs.keys().map(|id| ObjKey::Config(id.clone())));
     if state.cluster.is_some() {
         keys.push(ObjKey::Cluster);
     }
