@@ -217,10 +217,17 @@ fn net_program(endpoints: usize, peers: usize, rounds: usize) -> anyhow::Result<
             gateway: Ipv4Addr::new(10, 10, 0, 1),
             mtu: 1450,
             internal: false,
+            encrypted: false,
+            macvlan: None,
         };
         let ns = sandbox_name(&net.id);
         let peer_list: Vec<Peer> = (0..peers)
-            .map(|p| Peer { node: format!("peer{p}"), data_addr: Ipv4Addr::new(10, 99, 0, 10 + p as u8) })
+            .map(|p| Peer {
+                node: format!("peer{p}"),
+                data_addr: Ipv4Addr::new(10, 99, 0, 10 + p as u8),
+                wg_key: None,
+                wg_key_prev: None,
+            })
             .collect();
         let endpoint = |i: usize| OverlayEndpoint {
             id: format!("task{i:05}"),
@@ -237,6 +244,8 @@ fn net_program(endpoints: usize, peers: usize, rounds: usize) -> anyhow::Result<
             endpoints: eps,
             services: vec![],
             ingress: None,
+            wg_port: 0,
+            key_epoch: 0,
         };
         let empty = NetView { networks: vec![], ..view(vec![]) };
         // Whether the sandbox holds exactly `v`'s entries.
