@@ -24,6 +24,7 @@ pub mod lb_sys;
 pub mod model;
 pub mod net;
 pub mod nft_elems;
+pub mod nft_table;
 pub mod overlay;
 pub mod passes;
 pub mod plan;
