@@ -6,11 +6,12 @@
 //! (`nft_table::whole`), `lbN` chains the first time a count needs them,
 //! and membership (a backend coming or going) as set-element changes
 //! (`nft_elems`). Microseconds, where an `nft` run costs ~18 ms, and every
-//! change is made in every container namespace on the network. Whether the
-//! table exists is asked over netlink (`GETTABLE`); an existing one is read
-//! back with `nft -j list`, only by the one-off `sync` and on the passes
-//! that repair drift (`Balancers`, every `FULL_EVERY`), so a new namespace
-//! runs no `nft` at all. A table netd does not know is written whole.
+//! change is made in every container namespace on the network. The table
+//! is read back the same way (`GETTABLE`, then dumps of its chains, sets
+//! and elements: `nft_table::Reader`), only by the one-off `sync` and on
+//! the passes that repair drift (`Balancers`, every `FULL_EVERY`). netd
+//! runs no `nft` process in a container's namespace. A table netd does not
+//! know is written whole.
 //!
 //! A backend that leaves the table keeps its established flows (their NAT
 //! binding is in conntrack): that drains a task the managers are stopping.
@@ -21,20 +22,16 @@
 //! new backend, or an answer for UDP) instead of hanging on a dead address.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use crate::lb::{self, LbService, Plan};
 use crate::{nft_elems, nft_table, sys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
-    #[error("{netns}: running nft (install nftables): {source}")]
+    #[error("{netns}: entering the namespace: {source}")]
     Run { netns: PathBuf, source: std::io::Error },
-    #[error("{netns}: nft refused {what}: {stderr}")]
-    Nft { netns: PathBuf, what: &'static str, stderr: String },
     #[error("{netns}: reading the load balancer's table: {why}")]
     Read { netns: PathBuf, why: String },
     #[error("{netns}: nf_tables refused the element batch ({what}): {source}")]
@@ -45,59 +42,20 @@ pub enum LbError {
     Conntrack { netns: PathBuf, backend: Ipv4Addr, source: std::io::Error },
 }
 
-thread_local! {
-    static NFT_RUNS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-/// How many `nft` processes the load balancer ran for this thread (only a
-/// table that exists is read with one: tests assert that a new namespace
-/// costs none).
-pub fn nft_runs() -> u64 {
-    NFT_RUNS.with(|n| n.get())
-}
-
-/// Runs `nft ARGS` with `stdin` in the namespace at `netns`: (success, stdout, stderr).
-fn nft(netns: &Path, args: &'static [&'static str], stdin: String) -> Result<(bool, String, String), LbError> {
-    NFT_RUNS.with(|n| n.set(n.get() + 1));
-    let run = move || -> std::io::Result<(bool, String, String)> {
-        let mut child = Command::new("nft")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(mut s) = child.stdin.take() {
-            s.write_all(stdin.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
-    };
-    sys::in_netns(netns, run).map_err(|source| LbError::Run { netns: netns.to_path_buf(), source })
-}
-
 /// The table in the namespace: None when it has none, or one not of netd's
-/// shape. A namespace without the table (asked over netlink) runs no `nft`.
+/// shape. Read over netlink (`GETTABLE`, then dumps of its chains, sets and
+/// elements): no `nft` process.
 pub fn observe(netns: &Path) -> Result<Option<lb::Elements>, LbError> {
     observe_on(netns, &mut None)
 }
 
-/// [`observe`], asking whether the table exists on `socket` (see [`apply_on`]).
+/// [`observe`] on `socket` (see [`apply_on`]).
 fn observe_on(netns: &Path, socket: &mut Option<ElementSocket>) -> Result<Option<lb::Elements>, LbError> {
-    if !ElementSocket::reuse(socket, netns)?.has_table()? {
+    let socket = ElementSocket::reuse(socket, netns)?;
+    if !socket.has_table()? {
         return Ok(None);
     }
-    let (ok, out, err) = nft(netns, &["-j", "list", "table", "ip", lb::TABLE], String::new())?;
-    if !ok {
-        if err.contains("No such file or directory") {
-            return Ok(None);
-        }
-        return Err(LbError::Nft { netns: netns.to_path_buf(), what: "listing the table", stderr: err });
-    }
-    lb::parse_json(&out).map_err(|why| LbError::Read { netns: netns.to_path_buf(), why })
+    socket.read_table()
 }
 
 /// Carries out a plan of `lb::plan` in the namespace, in one nf_tables
@@ -219,6 +177,62 @@ impl ElementSocket {
         }
     }
 
+    /// The table read back over netlink (see [`nft_table::Reader`]); a
+    /// read the kernel reports interrupted by a change is read again.
+    pub fn read_table(&mut self) -> Result<Option<lb::Elements>, LbError> {
+        for _ in 0..3 {
+            if let Some(table) = self.read_once()? {
+                return Ok(table);
+            }
+        }
+        Err(LbError::Read { netns: self.netns.clone(), why: "the table kept changing while it was read".into() })
+    }
+
+    /// One reading: None when a dump was interrupted.
+    fn read_once(&mut self) -> Result<Option<Option<lb::Elements>>, LbError> {
+        use nft_table::Dump;
+        let mut reader = nft_table::Reader::default();
+        for what in [Dump::Chains, Dump::Sets] {
+            if !self.dump(what, &mut reader)? {
+                return Ok(None);
+            }
+        }
+        for set in reader.sets_present() {
+            if !self.dump(Dump::Elements(set), &mut reader)? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(reader.finish()))
+    }
+
+    /// One dump into `reader`: false when it was interrupted (or its set
+    /// went meanwhile).
+    fn dump(&mut self, what: nft_table::Dump, reader: &mut nft_table::Reader) -> Result<bool, LbError> {
+        let seq = self.next_seq();
+        self.seq = seq;
+        let Some(socket) = self.socket.as_ref() else {
+            return Ok(false);
+        };
+        let netns = &self.netns;
+        let io = |source| LbError::Netlink { netns: netns.clone(), source };
+        let read = |why: String| LbError::Read { netns: netns.clone(), why: format!("{what:?}: {why}") };
+        socket.send_to(&nft_table::dump_request(seq, what), &rtnetlink::sys::SocketAddr::new(0, 0), 0).map_err(io)?;
+        let mut interrupted = false;
+        loop {
+            let (reply, _) = socket.recv_from_full().map_err(|e| io(timed_out(e)))?;
+            // Answers to earlier requests (one that timed out) are skipped.
+            for a in nft_table::answers(&reply).into_iter().filter(|a| a.seq == seq) {
+                interrupted |= a.interrupted();
+                match a.end() {
+                    Some(0) => return Ok(!interrupted),
+                    Some(libc::ENOENT) if matches!(what, nft_table::Dump::Elements(_)) => return Ok(false),
+                    Some(errno) => return Err(read(std::io::Error::from_raw_os_error(errno).to_string())),
+                    None => reader.read(a.kind, a.payload).map_err(read)?,
+                }
+            }
+        }
+    }
+
     /// Sends the batch `make` builds from the first sequence number it may
     /// use (nothing when it builds none), and waits for every message's
     /// ack. The first refusal is returned (the kernel then applied none of
@@ -274,8 +288,7 @@ impl Drop for ElementSocket {
 
 /// Makes the namespace's table balance `services` (from `lb::services_for`):
 /// observe, plan, apply. Returns what was done (an empty script: nothing).
-/// Blocking (a `GETTABLE`, an `nft -j list` if there is a table, then one
-/// batch): call it from blocking code.
+/// Blocking (netlink requests in the namespace): call it from blocking code.
 pub fn sync(netns: &Path, services: &[LbService]) -> Result<Plan, LbError> {
     let mut socket = None;
     let current = observe_on(netns, &mut socket)?;
@@ -390,12 +403,12 @@ pub const FULL_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 impl Balancers {
     /// One pass over `want` (from `lb::by_namespace`). A namespace whose
     /// services changed since it was last programmed is planned against
-    /// the table netd left there, and changed by an element batch on the
-    /// namespace's socket (no process; `nft -f` only when chains must be
-    /// added). One netd does not know (new, or after a failure) gets its
-    /// table written whole (one `nft -f`, which replaces any table there).
-    /// Every [`FULL_EVERY`], and on the first pass, every namespace is
-    /// observed (`nft -j list`) and planned against what it holds, which
+    /// the table netd left there, and changed by one batch on the
+    /// namespace's socket (elements, and chains when a count needs them).
+    /// One netd does not know (new, or after a failure) gets its table
+    /// written whole (one batch, which replaces any table there). Every
+    /// [`FULL_EVERY`], and on the first pass, every namespace is observed
+    /// (over netlink) and planned against what it holds, which
     /// repairs drift. The tables of namespaces that left are removed
     /// (nothing to do when the namespace itself is gone). Returns what
     /// failed; a failed namespace is written whole on the next pass.

@@ -382,6 +382,218 @@ pub fn get_table(seq: u32) -> Vec<u8> {
     )
 }
 
+// Reading the table back: dumps of its chains, sets and elements.
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_GETSET: u16 = 10;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NLM_F_DUMP: u16 = 0x300;
+/// On a dump's answer: the ruleset changed while it was dumped.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+const NLMSG_DONE: u16 = 3;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+
+/// What a dump asks for: the family's chains, the table's sets, or one
+/// set's elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dump {
+    Chains,
+    Sets,
+    Elements(&'static str),
+}
+
+/// The sets of netd's table, and whether each is a map.
+pub const SETS: [(&str, bool); 3] = [("svc", true), ("be", true), ("empty", false)];
+
+/// The request of one dump (the kernel answers messages, then `NLMSG_DONE`).
+pub fn dump_request(seq: u32, what: Dump) -> Vec<u8> {
+    let (kind, body) = match what {
+        Dump::Chains => (NFT_MSG_GETCHAIN, nla(NFTA_CHAIN_TABLE, &cstr(TABLE))),
+        Dump::Sets => (NFT_MSG_GETSET, nla(NFTA_SET_TABLE, &cstr(TABLE))),
+        Dump::Elements(set) => (
+            NFT_MSG_GETSETELEM,
+            [nla(NFTA_SET_ELEM_LIST_TABLE, &cstr(TABLE)), nla(NFTA_SET_ELEM_LIST_SET, &cstr(set))].concat(),
+        ),
+    };
+    nlmsg((NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | NLM_F_DUMP, seq, libc::AF_INET as u8, 0, &body)
+}
+
+/// One netlink message of a datagram from the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer<'a> {
+    pub kind: u16,
+    pub flags: u16,
+    pub seq: u32,
+    /// After the netlink header (for nf_tables messages: nfgenmsg, then attributes).
+    pub payload: &'a [u8],
+}
+
+impl Answer<'_> {
+    /// The end of a dump (`Some(0)`), or an error or ack (its errno), or
+    /// `None` for a message with content.
+    pub fn end(&self) -> Option<i32> {
+        match self.kind {
+            NLMSG_DONE => Some(0),
+            crate::nft_elems::NLMSG_ERROR => {
+                let e = self.payload.get(..4)?;
+                Some(-i32::from_ne_bytes(e.try_into().ok()?))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the ruleset changed while this dump ran (read it again).
+    pub fn interrupted(&self) -> bool {
+        self.flags & NLM_F_DUMP_INTR != 0
+    }
+}
+
+/// The messages in one datagram (a truncated one ends the reading).
+pub fn answers(datagram: &[u8]) -> Vec<Answer<'_>> {
+    let mut out = Vec::new();
+    let mut rest = datagram;
+    while rest.len() >= 16 {
+        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len < 16 || len > rest.len() {
+            break;
+        }
+        out.push(Answer {
+            kind: u16::from_ne_bytes([rest[4], rest[5]]),
+            flags: u16::from_ne_bytes([rest[6], rest[7]]),
+            seq: u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]),
+            payload: &rest[16..len],
+        });
+        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+    }
+    out
+}
+
+/// The attributes in `b`: (type without the flag bits, payload).
+fn attrs(b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut rest = b;
+    std::iter::from_fn(move || {
+        if rest.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
+        if len < 4 || len > rest.len() {
+            return None;
+        }
+        let payload = &rest[4..len];
+        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+        Some((kind, payload))
+    })
+}
+
+fn attr(b: &[u8], kind: u16) -> Option<&[u8]> {
+    attrs(b).find(|(k, _)| *k == kind).map(|(_, p)| p)
+}
+
+fn text(b: &[u8]) -> &str {
+    std::str::from_utf8(b.split(|c| *c == 0).next().unwrap_or_default()).unwrap_or_default()
+}
+
+fn ipv4(b: &[u8]) -> Option<std::net::Ipv4Addr> {
+    Some(<[u8; 4]>::try_from(b).ok()?.into())
+}
+
+/// The table as its dumps' messages read it: `lb::parse_json`'s result,
+/// from netlink (no `nft` process).
+#[derive(Debug, Default)]
+pub struct Reader {
+    chains: BTreeSet<String>,
+    /// The table's sets: name → whether it is a map.
+    sets: std::collections::BTreeMap<String, bool>,
+    elements: Elements,
+}
+
+impl Reader {
+    /// Takes in one message of a dump (`payload` as [`Answer`] has it);
+    /// what is not about netd's table is skipped. An element netd would
+    /// not write is an error.
+    pub fn read(&mut self, kind: u16, payload: &[u8]) -> Result<(), String> {
+        let Some(body) = payload.get(4..) else {
+            return Ok(());
+        };
+        let table = |k| attr(body, k).map(text) == Some(TABLE);
+        match kind & 0xff {
+            NFT_MSG_NEWCHAIN if table(NFTA_CHAIN_TABLE) => {
+                let name = attr(body, NFTA_CHAIN_NAME).map(text).unwrap_or_default();
+                match name.strip_prefix("lb").and_then(|n| n.parse::<u32>().ok()) {
+                    Some(n) => {
+                        self.elements.chains.insert(n);
+                    }
+                    None => {
+                        self.chains.insert(name.to_string());
+                    }
+                }
+            }
+            NFT_MSG_NEWSET if table(NFTA_SET_TABLE) => {
+                let name = attr(body, NFTA_SET_NAME).map(text).unwrap_or_default();
+                let flags =
+                    attr(body, NFTA_SET_FLAGS).and_then(|f| <[u8; 4]>::try_from(f).ok()).map(u32::from_be_bytes);
+                self.sets.insert(name.to_string(), flags.unwrap_or(0) & NFT_SET_MAP != 0);
+            }
+            NFT_MSG_NEWSETELEM if table(NFTA_SET_ELEM_LIST_TABLE) => {
+                let set = attr(body, NFTA_SET_ELEM_LIST_SET).map(text).unwrap_or_default().to_string();
+                for (_, elem) in attrs(attr(body, NFTA_SET_ELEM_LIST_ELEMENTS).unwrap_or_default()) {
+                    self.element(&set, elem)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn element(&mut self, set: &str, elem: &[u8]) -> Result<(), String> {
+        let bad = || format!("the table's netlink dump: unexpected {set} element");
+        let key = attr(elem, NFTA_SET_ELEM_KEY).and_then(|k| attr(k, NFTA_DATA_VALUE)).ok_or_else(bad)?;
+        let data = attr(elem, NFTA_SET_ELEM_DATA);
+        let e = &mut self.elements;
+        match set {
+            "svc" => {
+                let chain = data
+                    .and_then(|d| attr(d, NFTA_DATA_VERDICT))
+                    .and_then(|v| attr(v, NFTA_VERDICT_CHAIN))
+                    .map(text)
+                    .and_then(|c| c.strip_prefix("lb")?.parse().ok());
+                e.svc.insert(ipv4(key).ok_or_else(bad)?, chain.ok_or_else(bad)?);
+            }
+            "be" => {
+                let (vip, slot) = key.split_at_checked(4).ok_or_else(bad)?;
+                let slot = u32::from_ne_bytes(slot.try_into().map_err(|_| bad())?);
+                let backend = data.and_then(|d| attr(d, NFTA_DATA_VALUE)).and_then(ipv4).ok_or_else(bad)?;
+                e.be.insert((ipv4(vip).ok_or_else(bad)?, slot), backend);
+            }
+            "empty" => {
+                e.empty.insert(ipv4(key).ok_or_else(bad)?);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The sets whose elements to dump next: netd's that the table has.
+    pub fn sets_present(&self) -> Vec<&'static str> {
+        SETS.iter().filter(|(name, _)| self.sets.contains_key(*name)).map(|(name, _)| *name).collect()
+    }
+
+    /// The table read: None when it lacks a part of netd's shape (a set,
+    /// a map that is not one, a base chain).
+    pub fn finish(self) -> Option<Elements> {
+        let shaped = SETS.iter().all(|(name, map)| self.sets.get(*name) == Some(map))
+            && ["output", "output_filter"].iter().all(|c| self.chains.contains(*c));
+        shaped.then_some(self.elements)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,6 +674,55 @@ mod tests {
         assert_eq!(b.markers, [10, 29]);
         assert_eq!(b.messages[7].what, "add set svc");
         assert_eq!(b.messages[12].what, "add a rule to output");
+    }
+
+    /// The messages that write a table, read as the kernel's dumps answer
+    /// them (the same attributes), give that table back; a part missing
+    /// is not netd's shape; a malformed element is an error.
+    #[test]
+    fn the_reader_reads_what_the_batch_writes() {
+        let e = two_backends();
+        let b = whole(1, &e);
+        let read = |skip: Option<&str>| {
+            let mut r = Reader::default();
+            for a in answers(&b.bytes) {
+                let what = b.messages.iter().find(|m| m.seq == a.seq).map(|m| m.what.as_str());
+                if what.is_some() && what == skip {
+                    continue;
+                }
+                r.read(a.kind, a.payload).unwrap();
+            }
+            r
+        };
+        let r = read(None);
+        assert_eq!(r.sets_present(), ["svc", "be", "empty"]);
+        assert_eq!(r.finish(), Some(e.clone()));
+        assert_eq!(read(Some("add set empty")).finish(), None, "no set empty");
+        assert_eq!(read(Some("add chain output_filter")).finish(), None, "no filter chain");
+        // A be element whose key is not (address, slot).
+        let bad = crate::nft_elems::element_requests(
+            &Elements::default(),
+            &Elements { empty: BTreeSet::from([ip("10.0.0.1")]), ..Default::default() },
+        );
+        let mut body = bad[0].body.clone();
+        let set = body.windows(6).position(|w| w == b"empty\0").unwrap();
+        body[set..set + 2].copy_from_slice(b"be");
+        body[set + 2] = 0;
+        let mut payload = vec![2, 0, 0, 0];
+        payload.extend(body);
+        let err = Reader::default().read(0x0a0c, &payload).unwrap_err();
+        assert!(err.contains("unexpected be element"), "{err}");
+        // Dump requests and their ends.
+        let d = dump_request(4, Dump::Elements("be"));
+        let a = answers(&d);
+        assert_eq!((a[0].kind, a[0].flags, a[0].seq), (0x0a0d, 0x301, 4));
+        let mut done = d[..20].to_vec();
+        done[0..4].copy_from_slice(&20u32.to_ne_bytes());
+        done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
+        done[6..8].copy_from_slice(&NLM_F_DUMP_INTR.to_ne_bytes());
+        let a = answers(&done);
+        assert_eq!(a[0].end(), Some(0));
+        assert!(a[0].interrupted());
     }
 
     #[test]

@@ -172,10 +172,8 @@ fn scenario(switch: &Parked, client: &Parked, backends: &[Parked]) -> Result<(),
     // The table, written whole once (over netlink: no nft); read back, it
     // needs nothing more.
     let all = ["10.77.0.11", "10.77.0.12", "10.77.0.13"];
-    let runs = lb_sys::nft_runs();
     let p = lb_sys::sync(&client.path, &lb_services(&all)).map_err(|e| e.to_string())?;
     assert!(p.whole, "a fresh namespace gets the whole table: {}", p.script);
-    assert_eq!(lb_sys::nft_runs(), runs, "a new namespace runs no nft");
     let again = lb_sys::sync(&client.path, &lb_services(&all)).map_err(|e| e.to_string())?;
     assert_eq!(again.script, "", "the table read back is what was planned");
 
@@ -320,9 +318,9 @@ fn listed(ns: &Path) -> Result<serde_json::Value, String> {
 
 /// The table netd writes over netlink is the one `nft -f` makes from the
 /// plan's script: the same `nft -j list` (normalised) and the same `nft
-/// list` (terse: rules, `typeof`), written whole and with chains added;
-/// a new namespace runs no `nft` process on the way; an existing table
-/// of another shape is replaced the same way.
+/// list` (terse: rules, `typeof`), written whole and with chains added, and
+/// read back over netlink as `nft -j list` shows it; an existing table of
+/// another shape is replaced the same way.
 #[test]
 fn the_netlink_table_is_the_scripts_table() {
     if !can_run() {
@@ -347,12 +345,16 @@ fn same_tables(by_nft: &Path, by_netlink: &Path) -> Result<(), String> {
     };
     // A fresh namespace: sync asks the kernel (no table), writes it whole.
     let services = lb_services(&["10.77.0.11", "10.77.0.12", "10.77.0.13"]);
-    let runs = lb_sys::nft_runs();
     let p = lb_sys::sync(by_netlink, &services).map_err(|e| e.to_string())?;
-    assert_eq!(lb_sys::nft_runs(), runs, "a new namespace runs no nft");
     assert!(p.whole && p.has_structure());
     script(by_nft, &p.script)?;
     same("the table whole")?;
+    // Read back over netlink, either table is what nft's JSON says.
+    let json = |ns: &Path| sh(ns, &format!("nft -j list table ip {}", lb::TABLE));
+    let read = lb_sys::observe(by_nft).map_err(|e| e.to_string())?;
+    assert_eq!(read, lb::parse_json(&json(by_nft)?)?, "netlink reads what nft lists");
+    assert_eq!(read.as_ref(), Some(&p.want));
+    assert_eq!(lb_sys::observe(by_netlink).map_err(|e| e.to_string())?, read);
     let text = sh(by_netlink, &format!("nft list table ip {}", lb::TABLE))?;
     assert!(text.contains("typeof ip daddr . numgen random mod 1 : ip daddr"), "{text}");
     assert!(text.contains("dnat to ip daddr . numgen random mod 3 map @be"), "{text}");
