@@ -295,7 +295,9 @@ fn batch(new_chains: &BTreeSet<u32>, del: &Elements, add: &Elements) -> String {
 
 /// Reads `nft -j list table ip shoal_lb`: None when the table lacks a part
 /// of netd's shape (then `plan` writes it whole); an error for what is not
-/// nft's JSON at all.
+/// nft's JSON at all. netd itself reads the table over netlink
+/// (`nft_table::Reader`, which gives the same); this reads what users see,
+/// and tests hold the two to each other.
 pub fn parse_json(json: &str) -> Result<Option<Elements>, String> {
     use serde_json::Value;
     let v: Value = serde_json::from_str(json).map_err(|e| format!("nft's JSON: {e}"))?;

@@ -451,7 +451,7 @@ impl Balancers {
             match done {
                 Ok((p, table)) => {
                     if !p.script.is_empty() {
-                        tracing::debug!(netns = %netns.display(), whole = p.whole, nft = p.has_structure(), removed = ?p.removed, "load balancer updated");
+                        tracing::debug!(netns = %netns.display(), whole = p.whole, structure = p.has_structure(), removed = ?p.removed, "load balancer updated");
                     }
                     programmed.insert(netns, Programmed { services, known: true, table });
                 }
