@@ -18,8 +18,8 @@
 //!
 //! The rules never change with the backends: a backend coming or going is
 //! element changes only (`be` slots, `svc`'s `goto lbN`, `empty`), in one
-//! `nft -f` transaction; the table is made with `lb1`..`lb16`, and a chain
-//! for a larger count is added (never rewritten) the first time it is used. Slots stay dense (0..N) and move as little as they
+//! transaction; the table is made with `lb1`..`lb16`, and a chain for a
+//! larger count is added (never rewritten) the first time it is used. Slots stay dense (0..N) and move as little as they
 //! can: a backend keeps its slot while it is below the new count; the freed
 //! slots take the backends from above it, then the new ones. The whole table
 //! is written only when it is absent or not netd's shape. Established flows
@@ -29,7 +29,9 @@
 //! `random` rather than `inc`: the `lbN` chains are shared by every service
 //! with N backends, so one round-robin counter could lock two services that
 //! are called in turn onto fixed slots. `plan` is pure and table-tested;
-//! `lb_sys` observes the table and applies the script in a namespace.
+//! `lb_sys` observes the table and applies the plan in a namespace as one
+//! nf_tables netlink batch (`nft_table`, `nft_elems`: the requests `nft -f`
+//! would send for the plan's script, which stays its readable form).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -105,9 +107,9 @@ pub struct Elements {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// The whole change as an `nft -f` script; empty when the table is
-    /// already right. Run as such only when the change has structure
-    /// ([`Plan::needs_nft`]); otherwise it is the readable form of the
-    /// element batch (`delete`, `add`) that `lb_sys` sends over netlink.
+    /// already right. The readable form of the batch `lb_sys` sends over
+    /// netlink (`nft_table`: the same requests `nft -f` would send): the
+    /// table whole (`want`), or the `new_chains`, then `delete`, `add`.
     pub script: String,
     /// Whether the script writes the whole table (absent or misshapen)
     /// rather than changing elements.
@@ -125,9 +127,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Whether the change needs `nft -f` (the table written whole, or a
-    /// chain added): structure. Else it is element changes only.
-    pub fn needs_nft(&self) -> bool {
+    /// Whether the change has structure (the table written whole, or a
+    /// chain added). Else it is element changes only.
+    pub fn has_structure(&self) -> bool {
         self.whole || !self.new_chains.is_empty()
     }
 }
@@ -293,7 +295,9 @@ fn batch(new_chains: &BTreeSet<u32>, del: &Elements, add: &Elements) -> String {
 
 /// Reads `nft -j list table ip shoal_lb`: None when the table lacks a part
 /// of netd's shape (then `plan` writes it whole); an error for what is not
-/// nft's JSON at all.
+/// nft's JSON at all. netd itself reads the table over netlink
+/// (`nft_table::Reader`, which gives the same); this reads what users see,
+/// and tests hold the two to each other.
 pub fn parse_json(json: &str) -> Result<Option<Elements>, String> {
     use serde_json::Value;
     let v: Value = serde_json::from_str(json).map_err(|e| format!("nft's JSON: {e}"))?;
@@ -568,7 +572,7 @@ mod tests {
         let mut cur = first.want;
         for s in steps {
             let p = plan(&[svc("10.10.0.100", s.backends), other.clone()], Some(&cur));
-            assert!(!p.whole && !p.needs_nft(), "{}: elements only", s.what);
+            assert!(!p.whole && !p.has_structure(), "{}: elements only", s.what);
             assert_eq!(p.script.lines().collect::<Vec<_>>(), s.script, "{}", s.what);
             assert_eq!(slots(&p.want, "10.10.0.100"), s.slots.iter().map(|b| ip(b)).collect::<Vec<_>>(), "{}", s.what);
             assert_eq!(p.removed, s.removed.iter().map(|b| ip(b)).collect::<Vec<_>>(), "{}", s.what);
@@ -594,10 +598,10 @@ mod tests {
         );
         assert_eq!(p.script.matches("add chain").count(), 16, "lb17..lb32: {}", p.script);
         assert_eq!(p.new_chains, (17..=32).collect::<BTreeSet<u32>>());
-        assert!(p.needs_nft());
+        assert!(p.has_structure());
         let (cur32, more) = (p.want, wide.iter().copied().chain(["10.10.2.100"]).collect::<Vec<_>>());
         let p = plan(&[svc("10.10.0.100", &["10.10.0.16"]), other.clone(), svc("10.10.0.201", &more)], Some(&cur32));
-        assert!(!p.needs_nft() && p.new_chains.is_empty(), "18 has its chain already: {}", p.script);
+        assert!(!p.has_structure() && p.new_chains.is_empty(), "18 has its chain already: {}", p.script);
         // A service gone from the view leaves no element behind.
         let p = plan(&[other], Some(&cur));
         assert_eq!(

@@ -1,15 +1,17 @@
 //! The VIP load balancer's kernel half, all from a thread that entered the
 //! container's namespace (`sys::in_netns`), so the root namespace is never
-//! touched. Structure goes through `nft -f -` (one transaction): the table
-//! written whole at attach (or when it is not netd's shape), an `lbN` chain
-//! the first time a count needs it. Membership (a backend coming or going)
-//! is an nf_tables set-element batch (`nft_elems`) sent on a
-//! `NETLINK_NETFILTER` socket opened in the namespace: microseconds, where
-//! an `nft` run costs ~18 ms, and every change is made in every container
-//! namespace on the network. The table is read back with `nft -j list`
-//! only by the one-off `sync` and on the passes that repair drift
-//! (`Balancers`, every `FULL_EVERY`); a table netd does not know is
-//! written whole.
+//! touched. Every change is one nf_tables batch (one transaction) sent on a
+//! `NETLINK_NETFILTER` socket opened in the namespace, with no process:
+//! the table written whole at attach or when it is not netd's shape
+//! (`nft_table::whole`), `lbN` chains the first time a count needs them,
+//! and membership (a backend coming or going) as set-element changes
+//! (`nft_elems`). Microseconds, where an `nft` run costs ~18 ms, and every
+//! change is made in every container namespace on the network. The table
+//! is read back the same way (`GETTABLE`, then dumps of its chains, sets
+//! and elements: `nft_table::Reader`), only by the one-off `sync` and on
+//! the passes that repair drift (`Balancers`, every `FULL_EVERY`). netd
+//! runs no `nft` process in a container's namespace. A table netd does not
+//! know is written whole.
 //!
 //! A backend that leaves the table keeps its established flows (their NAT
 //! binding is in conntrack): that drains a task the managers are stopping.
@@ -20,20 +22,16 @@
 //! new backend, or an answer for UDP) instead of hanging on a dead address.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use crate::lb::{self, LbService, Plan};
-use crate::{nft_elems, sys};
+use crate::{nft_elems, nft_table, sys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
-    #[error("{netns}: running nft (install nftables): {source}")]
+    #[error("{netns}: entering the namespace: {source}")]
     Run { netns: PathBuf, source: std::io::Error },
-    #[error("{netns}: nft refused {what}: {stderr}")]
-    Nft { netns: PathBuf, what: &'static str, stderr: String },
     #[error("{netns}: reading the load balancer's table: {why}")]
     Read { netns: PathBuf, why: String },
     #[error("{netns}: nf_tables refused the element batch ({what}): {source}")]
@@ -44,62 +42,41 @@ pub enum LbError {
     Conntrack { netns: PathBuf, backend: Ipv4Addr, source: std::io::Error },
 }
 
-/// Runs `nft ARGS` with `stdin` in the namespace at `netns`: (success, stdout, stderr).
-fn nft(netns: &Path, args: &'static [&'static str], stdin: String) -> Result<(bool, String, String), LbError> {
-    let run = move || -> std::io::Result<(bool, String, String)> {
-        let mut child = Command::new("nft")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(mut s) = child.stdin.take() {
-            s.write_all(stdin.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
-    };
-    sys::in_netns(netns, run).map_err(|source| LbError::Run { netns: netns.to_path_buf(), source })
-}
-
-/// The table in the namespace: None when it has none, or one not of netd's shape.
+/// The table in the namespace: None when it has none, or one not of netd's
+/// shape. Read over netlink (`GETTABLE`, then dumps of its chains, sets and
+/// elements): no `nft` process.
 pub fn observe(netns: &Path) -> Result<Option<lb::Elements>, LbError> {
-    let (ok, out, err) = nft(netns, &["-j", "list", "table", "ip", lb::TABLE], String::new())?;
-    if !ok {
-        if err.contains("No such file or directory") {
-            return Ok(None);
-        }
-        return Err(LbError::Nft { netns: netns.to_path_buf(), what: "listing the table", stderr: err });
-    }
-    lb::parse_json(&out).map_err(|why| LbError::Read { netns: netns.to_path_buf(), why })
+    observe_on(netns, &mut None)
 }
 
-/// Carries out a plan of `lb::plan` in the namespace, in one transaction:
-/// `nft -f` when it has structure, else an element batch over netlink (no
-/// process). A refused change leaves the table as it was.
+/// [`observe`] on `socket` (see [`apply_on`]).
+fn observe_on(netns: &Path, socket: &mut Option<ElementSocket>) -> Result<Option<lb::Elements>, LbError> {
+    let socket = ElementSocket::reuse(socket, netns)?;
+    if !socket.has_table()? {
+        return Ok(None);
+    }
+    socket.read_table()
+}
+
+/// Carries out a plan of `lb::plan` in the namespace, in one nf_tables
+/// batch over netlink (no process): the table whole, or the chains it adds
+/// and its element changes. A refused change leaves the table as it was.
 pub fn apply(netns: &Path, plan: &Plan) -> Result<(), LbError> {
     apply_on(netns, plan, &mut None)
 }
 
-/// [`apply`], sending element batches on `socket` (opened there if it is
-/// `None` or not in the namespace at `netns` any more), which stays open
-/// for the next one.
+/// [`apply`], sending the batch on `socket` (opened there if it is `None`
+/// or not in the namespace at `netns` any more), which stays open for the
+/// next one.
 fn apply_on(netns: &Path, plan: &Plan, socket: &mut Option<ElementSocket>) -> Result<(), LbError> {
     if plan.script.is_empty() {
         return Ok(());
     }
-    if !plan.needs_nft() {
-        return ElementSocket::reuse(socket, netns)?.send(&plan.delete, &plan.add);
-    }
-    let (ok, _, err) = nft(netns, &["-f", "-"], plan.script.clone())?;
-    if ok {
-        Ok(())
+    let socket = ElementSocket::reuse(socket, netns)?;
+    if plan.whole {
+        socket.send_batch(|seq| Some(nft_table::whole(seq, &plan.want)))
     } else {
-        Err(LbError::Nft { netns: netns.to_path_buf(), what: "the load balancer's batch", stderr: err })
+        socket.send_batch(|seq| nft_table::change(seq, &plan.new_chains, &plan.delete, &plan.add))
     }
 }
 
@@ -165,14 +142,106 @@ impl ElementSocket {
     /// elements, and waits for every message's ack. The first refusal is
     /// returned (the kernel then applied none of the batch).
     pub fn send(&mut self, del: &lb::Elements, add: &lb::Elements) -> Result<(), LbError> {
-        let Some(socket) = self.socket.as_ref() else {
-            return Ok(());
-        };
+        self.send_batch(|seq| nft_elems::batch(seq, del, add))
+    }
+
+    /// The next sequence number (they restart long before they could wrap
+    /// inside a batch).
+    fn next_seq(&mut self) -> u32 {
         if self.seq > u32::MAX / 2 {
-            // Numbers restart long before they could wrap inside a batch.
             self.seq = 0;
         }
-        let Some(batch) = nft_elems::batch(self.seq + 1, del, add) else {
+        self.seq + 1
+    }
+
+    /// Whether the namespace has the table: a `GETTABLE` on this socket
+    /// (the kernel answers the table then an ack, or `ENOENT`).
+    pub fn has_table(&mut self) -> Result<bool, LbError> {
+        let seq = self.next_seq();
+        self.seq = seq;
+        let Some(socket) = self.socket.as_ref() else {
+            return Ok(false);
+        };
+        let netns = &self.netns;
+        let io = |source| LbError::Netlink { netns: netns.clone(), source };
+        socket.send_to(&nft_table::get_table(seq), &rtnetlink::sys::SocketAddr::new(0, 0), 0).map_err(io)?;
+        loop {
+            let (reply, _) = socket.recv_from_full().map_err(|e| io(timed_out(e)))?;
+            // Answers to earlier requests (a batch that timed out) are skipped.
+            match nft_elems::acks(&reply).into_iter().find(|(s, _)| *s == seq) {
+                Some((_, 0)) => return Ok(true),
+                Some((_, libc::ENOENT)) => return Ok(false),
+                Some((_, errno)) => return Err(io(std::io::Error::from_raw_os_error(errno))),
+                None => continue,
+            }
+        }
+    }
+
+    /// The table read back over netlink (see [`nft_table::Reader`]); a
+    /// read the kernel reports interrupted by a change is read again.
+    pub fn read_table(&mut self) -> Result<Option<lb::Elements>, LbError> {
+        for _ in 0..3 {
+            if let Some(table) = self.read_once()? {
+                return Ok(table);
+            }
+        }
+        Err(LbError::Read { netns: self.netns.clone(), why: "the table kept changing while it was read".into() })
+    }
+
+    /// One reading: None when a dump was interrupted.
+    fn read_once(&mut self) -> Result<Option<Option<lb::Elements>>, LbError> {
+        use nft_table::Dump;
+        let mut reader = nft_table::Reader::default();
+        for what in [Dump::Chains, Dump::Sets] {
+            if !self.dump(what, &mut reader)? {
+                return Ok(None);
+            }
+        }
+        for set in reader.sets_present() {
+            if !self.dump(Dump::Elements(set), &mut reader)? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(reader.finish()))
+    }
+
+    /// One dump into `reader`: false when it was interrupted (or its set
+    /// went meanwhile).
+    fn dump(&mut self, what: nft_table::Dump, reader: &mut nft_table::Reader) -> Result<bool, LbError> {
+        let seq = self.next_seq();
+        self.seq = seq;
+        let Some(socket) = self.socket.as_ref() else {
+            return Ok(false);
+        };
+        let netns = &self.netns;
+        let io = |source| LbError::Netlink { netns: netns.clone(), source };
+        let read = |why: String| LbError::Read { netns: netns.clone(), why: format!("{what:?}: {why}") };
+        socket.send_to(&nft_table::dump_request(seq, what), &rtnetlink::sys::SocketAddr::new(0, 0), 0).map_err(io)?;
+        let mut interrupted = false;
+        loop {
+            let (reply, _) = socket.recv_from_full().map_err(|e| io(timed_out(e)))?;
+            // Answers to earlier requests (one that timed out) are skipped.
+            for a in nft_table::answers(&reply).into_iter().filter(|a| a.seq == seq) {
+                interrupted |= a.interrupted();
+                match a.end() {
+                    Some(0) => return Ok(!interrupted),
+                    Some(libc::ENOENT) if matches!(what, nft_table::Dump::Elements(_)) => return Ok(false),
+                    Some(errno) => return Err(read(std::io::Error::from_raw_os_error(errno).to_string())),
+                    None => reader.read(a.kind, a.payload).map_err(read)?,
+                }
+            }
+        }
+    }
+
+    /// Sends the batch `make` builds from the first sequence number it may
+    /// use (nothing when it builds none), and waits for every message's
+    /// ack. The first refusal is returned (the kernel then applied none of
+    /// the batch).
+    pub fn send_batch(&mut self, make: impl FnOnce(u32) -> Option<nft_elems::Batch>) -> Result<(), LbError> {
+        let Some(batch) = make(self.next_seq()) else {
+            return Ok(());
+        };
+        let Some(socket) = self.socket.as_ref() else {
             return Ok(());
         };
         self.seq = batch.markers[1];
@@ -181,13 +250,7 @@ impl ElementSocket {
         socket.send_to(&batch.bytes, &rtnetlink::sys::SocketAddr::new(0, 0), 0).map_err(io)?;
         let mut waiting: BTreeMap<u32, String> = batch.messages.into_iter().map(|m| (m.seq, m.what)).collect();
         while !waiting.is_empty() {
-            let (reply, _) = socket.recv_from_full().map_err(|e| {
-                io(if e.kind() == std::io::ErrorKind::WouldBlock {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no ack within {ACK_WAIT:?}"))
-                } else {
-                    e
-                })
-            })?;
+            let (reply, _) = socket.recv_from_full().map_err(|e| io(timed_out(e)))?;
             for (seq, errno) in nft_elems::acks(&reply) {
                 // Acks of an earlier batch (one that timed out) are not this one's.
                 let what = match waiting.remove(&seq) {
@@ -205,6 +268,15 @@ impl ElementSocket {
     }
 }
 
+/// A receive that timed out, said so.
+fn timed_out(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {ACK_WAIT:?}"))
+    } else {
+        e
+    }
+}
+
 impl Drop for ElementSocket {
     fn drop(&mut self) {
         if let Some(socket) = self.socket.take() {
@@ -216,21 +288,19 @@ impl Drop for ElementSocket {
 
 /// Makes the namespace's table balance `services` (from `lb::services_for`):
 /// observe, plan, apply. Returns what was done (an empty script: nothing).
-/// Blocking (an `nft -j list`, then an element batch, or an `nft -f` when
-/// the table needs structure): call it from blocking code.
+/// Blocking (netlink requests in the namespace): call it from blocking code.
 pub fn sync(netns: &Path, services: &[LbService]) -> Result<Plan, LbError> {
-    let current = observe(netns)?;
+    let mut socket = None;
+    let current = observe_on(netns, &mut socket)?;
     let plan = lb::plan(services, current.as_ref());
-    apply(netns, &plan)?;
+    apply_on(netns, &plan, &mut socket)?;
     Ok(plan)
 }
 
 /// Removes the table from the namespace (the container left its last
 /// network with services); nothing when it has none.
 pub fn remove(netns: &Path) -> Result<(), LbError> {
-    let script = format!("table ip {t}\ndelete table ip {t}\n", t = lb::TABLE);
-    let (ok, _, err) = nft(netns, &["-f", "-"], script)?;
-    if ok { Ok(()) } else { Err(LbError::Nft { netns: netns.to_path_buf(), what: "removing the table", stderr: err }) }
+    ElementSocket::open(netns)?.send_batch(|seq| Some(nft_table::remove(seq)))
 }
 
 // ctnetlink, as much as the flush needs (linux/netfilter/nfnetlink*.h); the
@@ -333,12 +403,12 @@ pub const FULL_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 impl Balancers {
     /// One pass over `want` (from `lb::by_namespace`). A namespace whose
     /// services changed since it was last programmed is planned against
-    /// the table netd left there, and changed by an element batch on the
-    /// namespace's socket (no process; `nft -f` only when chains must be
-    /// added). One netd does not know (new, or after a failure) gets its
-    /// table written whole (one `nft -f`, which replaces any table there).
-    /// Every [`FULL_EVERY`], and on the first pass, every namespace is
-    /// observed (`nft -j list`) and planned against what it holds, which
+    /// the table netd left there, and changed by one batch on the
+    /// namespace's socket (elements, and chains when a count needs them).
+    /// One netd does not know (new, or after a failure) gets its table
+    /// written whole (one batch, which replaces any table there). Every
+    /// [`FULL_EVERY`], and on the first pass, every namespace is observed
+    /// (over netlink) and planned against what it holds, which
     /// repairs drift. The tables of namespaces that left are removed
     /// (nothing to do when the namespace itself is gone). Returns what
     /// failed; a failed namespace is written whole on the next pass.
@@ -365,14 +435,14 @@ impl Balancers {
             }
             // A table netd does not know is written whole, which replaces
             // whatever is there: no need to read it first.
+            let socket = self.sockets.entry(netns.clone()).or_default();
             let current = match last {
-                _ if full => observe(&netns),
+                _ if full => observe_on(&netns, socket),
                 Some(p) => Ok(p.table.clone()),
                 None => Ok(None),
             };
             let done = current.and_then(|current| {
                 let plan = lb::plan(&services, current.as_ref());
-                let socket = self.sockets.entry(netns.clone()).or_default();
                 apply_on(&netns, &plan, socket).inspect_err(|_| *socket = None)?;
                 // No table and nothing to balance: still no table.
                 let table = (current.is_some() || plan.whole).then(|| plan.want.clone());
@@ -381,7 +451,7 @@ impl Balancers {
             match done {
                 Ok((p, table)) => {
                     if !p.script.is_empty() {
-                        tracing::debug!(netns = %netns.display(), whole = p.whole, nft = p.needs_nft(), removed = ?p.removed, "load balancer updated");
+                        tracing::debug!(netns = %netns.display(), whole = p.whole, structure = p.has_structure(), removed = ?p.removed, "load balancer updated");
                     }
                     programmed.insert(netns, Programmed { services, known: true, table });
                 }

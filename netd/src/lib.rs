@@ -28,6 +28,7 @@ pub mod macvlan_sys;
 pub mod model;
 pub mod net;
 pub mod nft_elems;
+pub mod nft_table;
 pub mod overlay;
 pub mod passes;
 pub mod plan;

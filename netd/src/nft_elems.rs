@@ -9,7 +9,8 @@
 //! A batch is `NFNL_MSG_BATCH_BEGIN` (res_id `NFNL_SUBSYS_NFTABLES`), one
 //! `NFT_MSG_DELSETELEM` per set with keys to delete, one
 //! `NFT_MSG_NEWSETELEM` (`NLM_F_CREATE`) per set with elements to add, then
-//! `NFNL_MSG_BATCH_END`. The kernel applies it as one transaction: if any
+//! `NFNL_MSG_BATCH_END` ([`frame`], which `nft_table`'s batches share: the
+//! table's structure before element requests). The kernel applies it as one transaction: if any
 //! message fails, none takes effect. Every message asks for an ack, so each
 //! one's result comes back as an `NLMSG_ERROR` with its sequence number.
 //!
@@ -26,10 +27,10 @@ use crate::lb::{Elements, TABLE};
 // linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h.
 pub(crate) const NLM_F_REQUEST: u16 = 1;
 pub(crate) const NLM_F_ACK: u16 = 4;
-const NLM_F_CREATE: u16 = 0x400;
+pub(crate) const NLM_F_CREATE: u16 = 0x400;
 pub(crate) const NLMSG_ERROR: u16 = 2;
 pub(crate) const NLA_F_NESTED: u16 = 1 << 15;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
@@ -75,11 +76,11 @@ pub(crate) fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
     a
 }
 
-fn nest(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn nest(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
     nla(kind | NLA_F_NESTED, &parts.concat())
 }
 
-fn cstr(s: &str) -> Vec<u8> {
+pub(crate) fn cstr(s: &str) -> Vec<u8> {
     let mut b = s.as_bytes().to_vec();
     b.push(0);
     b
@@ -101,13 +102,21 @@ pub(crate) fn nlmsg(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, bo
     m
 }
 
-/// One element: its key and, for a map element being added, its value.
-fn elem(key: &[u8], data: Option<Vec<u8>>) -> Vec<u8> {
+/// One element's attributes: its key and, for a map element being added,
+/// its value.
+fn elem(key: &[u8], data: Option<Vec<u8>>) -> Vec<Vec<u8>> {
     let mut parts = vec![nest(NFTA_SET_ELEM_KEY, &[nla(NFTA_DATA_VALUE, key)])];
     if let Some(d) = data {
         parts.push(nest(NFTA_SET_ELEM_DATA, &[d]));
     }
-    nest(NFTA_LIST_ELEM, &parts)
+    parts
+}
+
+/// The elements of a list, each nested in an attribute numbered from
+/// `NFTA_LIST_ELEM` (1) up, as nft numbers them (the kernel reads the
+/// numbers as list elements whatever they are; kept below the flag bits).
+fn list(elems: impl Iterator<Item = Vec<Vec<u8>>>) -> Vec<Vec<u8>> {
+    elems.enumerate().map(|(i, parts)| nest(NFTA_LIST_ELEM + (i % 0x3fff) as u16, &parts)).collect()
 }
 
 fn be_key(vip: Ipv4Addr, slot: u32) -> Vec<u8> {
@@ -118,7 +127,7 @@ fn value(ip: Ipv4Addr) -> Vec<u8> {
     nla(NFTA_DATA_VALUE, &ip.octets())
 }
 
-fn goto(n: u32) -> Vec<u8> {
+pub(crate) fn goto(n: u32) -> Vec<u8> {
     nest(
         NFTA_DATA_VERDICT,
         &[nla(NFTA_VERDICT_CODE, &NFT_GOTO.to_be_bytes()), nla(NFTA_VERDICT_CHAIN, &cstr(&format!("lb{n}")))],
@@ -133,11 +142,9 @@ fn per_set(e: &Elements, values: bool, order: [&'static str; 3]) -> Vec<(&'stati
         .into_iter()
         .map(|set| {
             let elems: Vec<Vec<u8>> = match set {
-                "svc" => e.svc.iter().map(|(vip, n)| elem(&vip.octets(), values.then(|| goto(*n)))).collect(),
-                "be" => {
-                    e.be.iter().map(|((vip, slot), b)| elem(&be_key(*vip, *slot), values.then(|| value(*b)))).collect()
-                }
-                _ => e.empty.iter().map(|vip| elem(&vip.octets(), None)).collect(),
+                "svc" => list(e.svc.iter().map(|(vip, n)| elem(&vip.octets(), values.then(|| goto(*n))))),
+                "be" => list(e.be.iter().map(|((vip, slot), b)| elem(&be_key(*vip, *slot), values.then(|| value(*b))))),
+                _ => list(e.empty.iter().map(|vip| elem(&vip.octets(), None))),
             };
             (set, elems)
         })
@@ -145,13 +152,25 @@ fn per_set(e: &Elements, values: bool, order: [&'static str; 3]) -> Vec<(&'stati
         .collect()
 }
 
-/// The batch that deletes `del`'s keys and then adds `add`'s elements in
-/// the `shoal_lb` table, its messages numbered from `seq` on. Deletes come
-/// first (the kernel refuses to add a key that is present, even with
-/// another value), in the order `lb`'s script has them. `None` when there
-/// is nothing to change.
-pub fn batch(seq: u32, del: &Elements, add: &Elements) -> Option<Batch> {
-    let mut msgs = Vec::new();
+/// One request of a batch before it is framed: what it does (to name it
+/// when the kernel refuses it), its `NFT_MSG_*` type, its flags besides
+/// `NLM_F_REQUEST | NLM_F_ACK`, and its attributes. Every nf_tables batch
+/// netd sends (elements here, the table and its chains in `nft_table`) is
+/// framed by [`frame`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Request {
+    pub what: String,
+    pub kind: u16,
+    pub flags: u16,
+    pub body: Vec<u8>,
+}
+
+/// The requests that delete `del`'s keys and then add `add`'s elements in
+/// the `shoal_lb` table. Deletes come first (the kernel refuses to add a
+/// key that is present, even with another value), in the order `lb`'s
+/// script has them.
+pub(crate) fn element_requests(del: &Elements, add: &Elements) -> Vec<Request> {
+    let mut out = Vec::new();
     for (verb, flags, kind, e, values, order) in [
         ("delete", 0, NFT_MSG_DELSETELEM, del, false, ["svc", "be", "empty"]),
         ("add", NLM_F_CREATE, NFT_MSG_NEWSETELEM, add, true, ["be", "svc", "empty"]),
@@ -164,23 +183,37 @@ pub fn batch(seq: u32, del: &Elements, add: &Elements) -> Option<Batch> {
                 nest(NFTA_SET_ELEM_LIST_ELEMENTS, &elems),
             ]
             .concat();
-            msgs.push((format!("{verb} {n} element(s) of {set}"), kind, flags, body));
+            out.push(Request { what: format!("{verb} {n} element(s) of {set}"), kind, flags, body });
         }
     }
-    if msgs.is_empty() {
+    out
+}
+
+/// `requests` as one batch (one transaction), numbered from `seq` on: the
+/// begin marker, each request (family `AF_INET`, asking for an ack), the
+/// end marker. `None` when there is no request.
+pub(crate) fn frame(seq: u32, requests: Vec<Request>) -> Option<Batch> {
+    if requests.is_empty() {
         return None;
     }
-    let end = seq + 1 + msgs.len() as u32;
+    let end = seq + 1 + requests.len() as u32;
     let mut bytes = nlmsg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, &[]);
     let mut messages = Vec::new();
-    for (i, (what, kind, flags, body)) in msgs.into_iter().enumerate() {
+    for (i, r) in requests.into_iter().enumerate() {
         let s = seq + 1 + i as u32;
-        let kind = (NFNL_SUBSYS_NFTABLES << 8) | kind;
-        bytes.extend(nlmsg(kind, NLM_F_REQUEST | NLM_F_ACK | flags, s, libc::AF_INET as u8, 0, &body));
-        messages.push(Message { seq: s, what });
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | r.kind;
+        bytes.extend(nlmsg(kind, NLM_F_REQUEST | NLM_F_ACK | r.flags, s, libc::AF_INET as u8, 0, &r.body));
+        messages.push(Message { seq: s, what: r.what });
     }
     bytes.extend(nlmsg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end, 0, NFNL_SUBSYS_NFTABLES, &[]));
     Some(Batch { bytes, messages, markers: [seq, end] })
+}
+
+/// The batch that deletes `del`'s keys and then adds `add`'s elements in
+/// the `shoal_lb` table ([`element_requests`]), its messages numbered from
+/// `seq` on. `None` when there is nothing to change.
+pub fn batch(seq: u32, del: &Elements, add: &Elements) -> Option<Batch> {
+    frame(seq, element_requests(del, add))
 }
 
 /// The acks in one datagram from the kernel: (sequence number, errno; 0

@@ -169,7 +169,8 @@ fn scenario(switch: &Parked, client: &Parked, backends: &[Parked]) -> Result<(),
         .map(|(i, b)| Backend::start(&b.path, i as u8).map_err(|e| format!("backend {i}: {e}")))
         .collect::<Result<_, _>>()?;
 
-    // The table, written whole once; read back, it needs nothing more.
+    // The table, written whole once (over netlink: no nft); read back, it
+    // needs nothing more.
     let all = ["10.77.0.11", "10.77.0.12", "10.77.0.13"];
     let p = lb_sys::sync(&client.path, &lb_services(&all)).map_err(|e| e.to_string())?;
     assert!(p.whole, "a fresh namespace gets the whole table: {}", p.script);
@@ -289,6 +290,100 @@ fn scenario(switch: &Parked, client: &Parked, backends: &[Parked]) -> Result<(),
     Ok(())
 }
 
+/// `nft -j list` of the table, without what differs between two equal
+/// tables: handles, nft's metainfo, the order of set elements.
+fn listed(ns: &Path) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    fn normalise(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.remove("handle");
+                if let Some(Value::Array(elems)) = m.get_mut("elem") {
+                    elems.sort_by_key(|e| e.to_string());
+                }
+                m.values_mut().for_each(normalise);
+            }
+            Value::Array(items) => {
+                items.retain(|i| i.get("metainfo").is_none());
+                items.iter_mut().for_each(normalise);
+            }
+            _ => {}
+        }
+    }
+    let out = sh(ns, &format!("nft -j list table ip {}", lb::TABLE))?;
+    let mut v: Value = serde_json::from_str(&out).map_err(|e| format!("nft's JSON: {e}"))?;
+    normalise(&mut v);
+    Ok(v)
+}
+
+/// The table netd writes over netlink is the one `nft -f` makes from the
+/// plan's script: the same `nft -j list` (normalised) and the same `nft
+/// list` (terse: rules, `typeof`), written whole and with chains added, and
+/// read back over netlink as `nft -j list` shows it; an existing table of
+/// another shape is replaced the same way.
+#[test]
+fn the_netlink_table_is_the_scripts_table() {
+    if !can_run() {
+        eprintln!("skipped: needs root, nft and ip");
+        return;
+    }
+    let (by_nft, by_netlink) = (Parked::new(), Parked::new());
+    let result = same_tables(&by_nft.path, &by_netlink.path);
+    drop((by_nft, by_netlink));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn same_tables(by_nft: &Path, by_netlink: &Path) -> Result<(), String> {
+    let script = |ns: &Path, script: &str| sh(ns, &format!("nft -f - <<'EOF'\n{script}EOF\n"));
+    let terse = |ns: &Path| sh(ns, &format!("nft -t list table ip {}", lb::TABLE));
+    let same = |what: &str| -> Result<(), String> {
+        assert_eq!(listed(by_netlink)?, listed(by_nft)?, "{what}: nft -j list");
+        assert_eq!(terse(by_netlink)?, terse(by_nft)?, "{what}: nft -t list");
+        Ok(())
+    };
+    // A fresh namespace: sync asks the kernel (no table), writes it whole.
+    let services = lb_services(&["10.77.0.11", "10.77.0.12", "10.77.0.13"]);
+    let p = lb_sys::sync(by_netlink, &services).map_err(|e| e.to_string())?;
+    assert!(p.whole && p.has_structure());
+    script(by_nft, &p.script)?;
+    same("the table whole")?;
+    // Read back over netlink, either table is what nft's JSON says.
+    let json = |ns: &Path| sh(ns, &format!("nft -j list table ip {}", lb::TABLE));
+    let read = lb_sys::observe(by_nft).map_err(|e| e.to_string())?;
+    assert_eq!(read, lb::parse_json(&json(by_nft)?)?, "netlink reads what nft lists");
+    assert_eq!(read.as_ref(), Some(&p.want));
+    assert_eq!(lb_sys::observe(by_netlink).map_err(|e| e.to_string())?, read);
+    let text = sh(by_netlink, &format!("nft list table ip {}", lb::TABLE))?;
+    assert!(text.contains("typeof ip daddr . numgen random mod 1 : ip daddr"), "{text}");
+    assert!(text.contains("dnat to ip daddr . numgen random mod 3 map @be"), "{text}");
+    assert!(text.contains("ip daddr @empty reject with tcp reset"), "{text}");
+
+    // 20 backends: chains lb17..lb32 added, with the element changes, in one batch.
+    let wide: Vec<String> = (1..=20).map(|i| format!("10.77.2.{i}")).collect();
+    let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
+    let p = lb::plan(&lb_services(&wide), Some(&p.want));
+    assert!(!p.whole && p.new_chains.len() == 16, "{}", p.script);
+    lb_sys::apply(by_netlink, &p).map_err(|e| e.to_string())?;
+    script(by_nft, &p.script)?;
+    same("chains added")?;
+    assert_eq!(lb_sys::observe(by_netlink).map_err(|e| e.to_string())?.as_ref(), Some(&p.want));
+
+    // A table of another shape is replaced whole, in place.
+    let other = format!(
+        "table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n  chain output {{ type nat hook output priority -100; }}\n}}\n",
+        t = lb::TABLE
+    );
+    script(by_netlink, &other)?;
+    assert_eq!(lb_sys::observe(by_netlink).map_err(|e| e.to_string())?, None, "not netd's shape");
+    let p = lb_sys::sync(by_netlink, &services).map_err(|e| e.to_string())?;
+    assert!(p.whole);
+    script(by_nft, &p.script)?;
+    same("the table replaced")?;
+    Ok(())
+}
+
 /// A small deterministic generator (xorshift) for the churn below.
 struct Xorshift(u64);
 
@@ -343,7 +438,7 @@ fn churn(ns: &Path) -> Result<(), String> {
     let (mut batches, mut spent) = (0u32, Duration::ZERO);
     for step in 0..200 {
         let p = lb::plan(&services(pick(&mut rng), pick(&mut rng)), Some(&cur));
-        assert!(!p.needs_nft(), "step {step}: counts up to 12 have preset chains: {}", p.script);
+        assert!(!p.has_structure(), "step {step}: counts up to 12 have preset chains: {}", p.script);
         let t0 = std::time::Instant::now();
         socket.send(&p.delete, &p.add).map_err(|e| format!("step {step}: {e}"))?;
         if !p.script.is_empty() {
