@@ -29,7 +29,7 @@ pub struct DeployArgs {
     /// Compose files (`-` for stdin); later ones override earlier ones.
     #[arg(short = 'c', long = "compose-file", required = true)]
     pub compose_file: Vec<PathBuf>,
-    /// Remove the stack's services that the files no longer have.
+    /// Remove the stack's services, secrets and configs that the files no longer have (not one still in use).
     #[arg(long)]
     pub prune: bool,
     /// Pin images to their registry digest: always, only when the file's image changed, or never.
@@ -745,6 +745,38 @@ configs:
         assert_eq!(removed(false), []);
         assert_eq!(removed(true), [Change::RemoveObject(Kind::Secret, "x-old".into(), "app_old".into())]);
         assert_eq!(removed(true)[0].describe(true).as_deref(), Some("Would remove secret app_old (id: x-old)"));
+    }
+
+    #[test]
+    fn a_renamed_secret_is_a_rotation_and_prune_removes_the_old_one() {
+        let p = plan_of(WITH_OBJECTS);
+        let ns = [(NAMESPACE_LABEL, "app")];
+        let ca = object(Kind::Secret, "x-ca", "corp-ca", &[], None);
+        let pw = object(Kind::Secret, "x-pw", "app_pw", &[(NAMESPACE_LABEL, "app"), ("tier", "db")], None);
+        let conf = StoredObject {
+            template_driver: "golang".into(),
+            ..object(Kind::Config, "x-conf", "app_conf", &ns, Some("x"))
+        };
+        let objects = vec![ca, pw, conf];
+        let c = Cluster { services: stored(&p, &[], &objects), objects, ..Default::default() };
+        // The file gives the changed secret a new name, at the same target.
+        let p2 = plan_of(&WITH_OBJECTS.replace("pw: {file: pw.txt,", "pw: {file: pw.txt, name: app_pw_v2,"));
+        let mut d = desired(&p2, &c, ResolveImage::Never);
+        d.data.insert((Kind::Config, "app_conf".into()), b"x".to_vec());
+        let got = changes(&p2, &c, &d, true).expect("plans");
+        assert_eq!(
+            got,
+            [
+                Change::CreateObject(Kind::Secret, "app_pw_v2".into()),
+                Change::KeepObject(Kind::Config, "x-conf".into(), "app_conf".into()),
+                Change::CreateNetwork("app_default".into()),
+                Change::UpdateService("s0".into(), "app_db".into()),
+                Change::RemoveObject(Kind::Secret, "x-pw".into(), "app_pw".into()),
+            ]
+        );
+        let refs: Vec<(&str, &str)> =
+            d.specs["app_db"].task.secrets.iter().map(|r| (r.source.as_str(), r.target.as_str())).collect();
+        assert_eq!(refs, [("app_pw_v2", "pw"), ("corp-ca", "ca.pem")]);
     }
 
     #[test]
