@@ -4,10 +4,11 @@
 //! external secret and a templated config of the stack) deploys and answers on
 //! every host; a missing external secret is refused first; a redeploy of the
 //! unchanged file replaces no task and keeps the objects; other data for the
-//! stack's secret is refused; an override file that changes one service
-//! updates only it; `--dry-run` changes nothing; `--prune` removes the service
-//! the file dropped; `stack ls|services|ps` list it; `stack rm` leaves nothing
-//! behind but the external secret.
+//! stack's secret is refused; an override file that changes one service (and
+//! rotates its secret under a new name) updates only it; `--dry-run` changes
+//! nothing; `--prune` removes the service and the secret the files dropped;
+//! `stack ls|services|ps` list it; `stack rm` leaves nothing behind but the
+//! external secret.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -180,7 +181,13 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
     let pw = write(tmp.path(), "db_pw.txt", "s3cret")?;
     write(tmp.path(), "db.conf", "conf-{{ .Service.Name }}")?;
     let ca = write(tmp.path(), "ca.txt", "corpca")?;
-    let v2 = write(tmp.path(), "v2.yml", "services:\n  db:\n    environment: [GREETING=v2]\n")?;
+    // v2 also rotates the secret: a new name (and data) at the same target.
+    let v2 = write(
+        tmp.path(),
+        "v2.yml",
+        "services:\n  db:\n    environment: [GREETING=v2]\nsecrets:\n  db_pw: {name: shop_db_pw_v2, file: ./pw2.txt}\n",
+    )?;
+    write(tmp.path(), "pw2.txt", "n3w")?;
     let without_api = write(tmp.path(), "without-api.yml", &compose(false))?;
     let all = ["shop_api", "shop_db", "shop_web"];
 
@@ -245,10 +252,12 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
     std::fs::write(&pw, "s3cret")?;
     ensure!(task_ids(&lab)? == first, "a refused deploy replaced tasks");
 
-    // An override file changes db only: db gets new tasks, web and api keep theirs.
+    // An override file changes db only (and rotates its secret): db gets new tasks, web and api
+    // keep theirs.
     let (out, _) = both(&lab, &["stack", "deploy", "-c", &file, "-c", &v2, "--resolve-image", "never", "shop"])?;
     ensure!(out.contains("Updating service shop_db") && out.matches("is unchanged").count() == 2, "{out}");
-    mesh_answers(&lab, "db-v2-s3cret-corpca-conf-shop_db")?;
+    ensure!(out.contains("Creating secret shop_db_pw_v2"), "{out}");
+    mesh_answers(&lab, "db-v2-n3w-corpca-conf-shop_db")?;
     let second = running(&lab, &all)?;
     ensure!(
         second["shop_web"] == first["shop_web"] && second["shop_api"] == first["shop_api"],
@@ -261,7 +270,7 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
         &lab,
         &["stack", "deploy", "-c", &without_api, "-c", &v2, "--prune", "--dry-run", "--resolve-image", "never", "shop"],
     )?;
-    ensure!(out.contains("Would remove service shop_api"), "{out}");
+    ensure!(out.contains("Would remove service shop_api") && out.contains("Would remove secret shop_db_pw "), "{out}");
     ensure!(task_ids(&lab)? == second, "a dry run changed tasks");
     ensure!(lab.shoal(1, &["stack", "services", "-q", "shop"])?.lines().count() == 3, "a dry run removed a service");
 
@@ -269,6 +278,7 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
     let (out, _) =
         both(&lab, &["stack", "deploy", "-c", &without_api, "-c", &v2, "--prune", "--resolve-image", "never", "shop"])?;
     ensure!(out.contains("Removing service shop_api") && out.matches("is unchanged").count() == 2, "{out}");
+    ensure!(out.contains("Removing secret shop_db_pw "), "the rotated-out secret stays: {out}");
     wait_for("shop_api to go", Duration::from_secs(30), || {
         let ids = task_ids(&lab)?;
         Ok((!ids.contains_key("shop_api")).then_some(()))
@@ -282,14 +292,14 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
     for line in [
         "Removing service shop_db",
         "Removing service shop_web",
-        "Removing secret shop_db_pw",
+        "Removing secret shop_db_pw_v2",
         "Removing config shop_db_conf",
         "Removing network shop_back",
     ] {
         ensure!(out.contains(line), "{line:?} in {out}");
     }
     let secrets = lab.shoal(1, &["secret", "ls"])?;
-    ensure!(!secrets.contains("shop_db_pw") && secrets.contains("shl_stack_ca"), "{secrets}");
+    ensure!(!secrets.contains("shop_db") && secrets.contains("shl_stack_ca"), "{secrets}");
     ensure!(lab.shoal(1, &["config", "ls", "-q"])?.trim().is_empty(), "configs left");
     lab.shoal(1, &["secret", "rm", "shl_stack_ca"])?;
     ensure!(!lab.shoal(1, &["stack", "ls"])?.contains("shop"), "the stack is still listed");
