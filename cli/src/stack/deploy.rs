@@ -329,6 +329,14 @@ pub async fn deploy(cli: &Cli, a: &DeployArgs) -> anyhow::Result<()> {
     }
     let cluster = Cluster { networks: nets.clone(), objects, services, others };
     let todo = changes(&plan, &cluster, &wanted, a.prune)?;
+    // First the data of the stack's existing secrets, which only the managers can compare (an
+    // update with the stored labels writes nothing): a refused one leaves everything as it was.
+    for x in &cluster.objects {
+        let kept = |c: &Change| matches!(c, Change::UpdateObject(k, id, _) | Change::KeepObject(k, id, _) if *k == Kind::Secret && id == &x.id);
+        if todo.iter().any(kept) {
+            update_object(&mut control, x, &x.labels, wanted.data.get(&(x.kind, x.name.clone()))).await?;
+        }
+    }
     let mut created_networks = false;
     for c in &todo {
         if let Some(line) = c.describe(a.dry_run) {
@@ -352,39 +360,17 @@ pub async fn deploy(cli: &Cli, a: &DeployArgs) -> anyhow::Result<()> {
                     .await
                     .map_err(|s| anyhow::anyhow!("failed to create {kind} {name}: {}", s.message()))?;
             }
-            Change::UpdateObject(kind, id, name) | Change::KeepObject(kind, id, name) => {
-                let update = matches!(c, Change::UpdateObject(..));
-                // A config's data was compared here; a secret's only the managers can compare.
-                if !update && *kind == Kind::Config {
-                    continue;
-                }
+            Change::UpdateObject(kind, id, name) if !a.dry_run => {
                 let (Some(o), Some(x)) = (
                     plan.objects().find(|o| o.kind == *kind && &o.name == name),
                     cluster.objects.iter().find(|x| &x.id == id),
                 ) else {
                     continue;
                 };
-                // A dry run only has the data checked: the labels sent are the stored ones.
-                let labels = if a.dry_run { &x.labels } else { &o.labels };
-                let req = pb::ObjectUpdateRequest {
-                    kind: kind.as_str().into(),
-                    id: id.clone(),
-                    version: x.version,
-                    labels: labels.clone().into_iter().collect(),
-                    data: wanted
-                        .data
-                        .get(&(*kind, name.clone()))
-                        .map(|d| pb::ObjectData { data: d.clone(), ..Default::default() }),
-                };
-                control.update_object(req).await.map_err(|s| match s.code() {
-                    tonic::Code::InvalidArgument if s.message().starts_with("only updates to Labels") => {
-                        immutable(*kind, name, "its file holds other data than the stored one")
-                    }
-                    _ => anyhow::anyhow!("failed to update {kind} {name}: {}", s.message()),
-                })?;
+                update_object(&mut control, x, &o.labels, wanted.data.get(&(*kind, name.clone()))).await?;
             }
             _ if a.dry_run => {}
-            Change::CreateObject(..) => {}
+            Change::CreateObject(..) | Change::UpdateObject(..) | Change::KeepObject(..) => {}
             Change::CreateNetwork(name) => {
                 let Some(n) = plan.networks.iter().find(|n| &n.name == name) else { continue };
                 let spec_json = serde_json::to_string(&n.spec)?;
@@ -441,6 +427,30 @@ pub async fn deploy(cli: &Cli, a: &DeployArgs) -> anyhow::Result<()> {
             Change::Unchanged(..) => {}
         }
     }
+    Ok(())
+}
+
+/// Gives a stored secret or config `labels`, sending its data again for the
+/// managers to compare: other data is refused (immutable).
+async fn update_object(
+    control: &mut Control,
+    x: &StoredObject,
+    labels: &BTreeMap<String, String>,
+    data: Option<&Vec<u8>>,
+) -> anyhow::Result<()> {
+    let req = pb::ObjectUpdateRequest {
+        kind: x.kind.as_str().into(),
+        id: x.id.clone(),
+        version: x.version,
+        labels: labels.clone().into_iter().collect(),
+        data: data.map(|d| pb::ObjectData { data: d.clone(), ..Default::default() }),
+    };
+    control.update_object(req).await.map_err(|s| match s.code() {
+        tonic::Code::InvalidArgument if s.message().starts_with("only updates to Labels") => {
+            immutable(x.kind, &x.name, "its file holds other data than the stored one")
+        }
+        _ => anyhow::anyhow!("failed to update {} {}: {}", x.kind, x.name, s.message()),
+    })?;
     Ok(())
 }
 
