@@ -621,7 +621,14 @@ impl pb::control_server::Control for ControlService {
         let kind = Kind::parse(&r.kind).map_err(Status::invalid_argument)?;
         let o = self.mgr.store.read().find_object(kind, &r.id).cloned().map_err(Status::not_found)?;
         record("object.id", &o.id);
-        let labels = r.labels.into_iter().collect();
+        if let Some(d) = &r.data {
+            shoal_proto::secret::check_same_data(kind, &o, &d.data).map_err(Status::invalid_argument)?;
+        }
+        let labels: std::collections::BTreeMap<String, String> = r.labels.into_iter().collect();
+        if labels == o.spec.labels && (r.version == 0 || r.version == o.meta.version) {
+            // Nothing to change (a redeployed stack's unchanged object): no log entry.
+            return Ok(Response::new(pb::ObjectRef { kind: kind.as_str().into(), id: o.id }));
+        }
         self.mgr.write(Command::UpdateObject { kind, id: o.id.clone(), version: r.version, labels }).await?;
         Ok(Response::new(pb::ObjectRef { kind: kind.as_str().into(), id: o.id }))
     }

@@ -163,6 +163,23 @@ pub fn validate_create(kind: Kind, spec: &ObjectSpec, data: &[u8]) -> Result<(),
     }
 }
 
+/// What an update with the object's data again (Docker's stack deploy sends
+/// the file's each time) refuses: other bytes than the stored ones, since
+/// only the labels of a secret or config may change.
+pub fn check_same_data(kind: Kind, stored: &Object, data: &[u8]) -> Result<(), String> {
+    // Compared in time that does not depend on where they differ.
+    let same =
+        stored.data.0.len() == data.len() && stored.data.0.iter().zip(data).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0;
+    if same {
+        return Ok(());
+    }
+    Err(format!(
+        "only updates to Labels are allowed: {kind} {} holds other data, and {kind}s are immutable: \
+         create one under a new name and point the services at it",
+        stored.spec.name
+    ))
+}
+
 /// A task's use of a secret or config: which one, and the file it becomes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FileRef {
@@ -342,6 +359,21 @@ mod tests {
         let err = validate_refs(Kind::Secret, &[r("a", "pw"), r("b", "/run/secrets/pw")]).unwrap_err();
         assert_eq!(err, "secret references 'a' and 'b' have a conflicting target: '/run/secrets/pw'");
         assert_eq!(validate_refs(Kind::Config, &[r("a", "pw"), r("b", "/etc/pw")]), Ok(()));
+    }
+
+    #[test]
+    fn an_update_with_the_data_again_refuses_other_bytes() {
+        let o = Object {
+            spec: ObjectSpec { name: "pw".into(), ..Default::default() },
+            data: Payload(b"hunter2".to_vec()),
+            ..Default::default()
+        };
+        assert_eq!(check_same_data(Kind::Secret, &o, b"hunter2"), Ok(()));
+        for other in [&b"hunter3"[..], b"hunter", b"hunter22", b""] {
+            let e = check_same_data(Kind::Secret, &o, other).unwrap_err();
+            assert!(e.starts_with("only updates to Labels are allowed: secret pw holds other data"), "{e}");
+            assert!(!e.contains("hunter"), "{e}");
+        }
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Stacks from Compose files on a 3-host lab with the real binary: a
 //! three-service stack (web → api → db over an overlay network, web published
-//! through the routing mesh) deploys and answers on every host; a redeploy of
-//! the unchanged file replaces no task; an override file that changes one
-//! service updates only it; `--dry-run` changes nothing; `--prune` removes the
-//! service the file dropped; `stack ls|services|ps` list it; `stack rm`
-//! leaves nothing behind.
+//! through the routing mesh; db reads the stack's secret at /run/secrets/, an
+//! external secret and a templated config of the stack) deploys and answers on
+//! every host; a missing external secret is refused first; a redeploy of the
+//! unchanged file replaces no task and keeps the objects; other data for the
+//! stack's secret is refused; an override file that changes one service (and
+//! rotates its secret under a new name) updates only it; `--dry-run` changes
+//! nothing; `--prune` removes the service and the secret the files dropped;
+//! `stack ls|services|ps` list it; `stack rm` leaves nothing behind but the
+//! external secret.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -47,12 +51,19 @@ services:
 {api}  db:
     image: busybox:local
     build: .
-    command: ["sh", "-c", "mkdir -p /www && echo db-$${{GREETING:-ok}} > /www/index.html && exec httpd -f -p 80 -h /www"]
+    command: ["sh", "-c", "mkdir -p /www && echo db-$${{GREETING:-ok}}-$$(cat /run/secrets/db_pw)-$$(cat /run/secrets/ca.pem)-$$(cat /etc/db.conf) > /www/index.html && exec httpd -f -p 80 -h /www"]
     networks: [back]
     stop_grace_period: ${{GRACE:-1s}}
+    secrets: [{{source: db_pw, mode: 0400}}, {{source: ca, target: ca.pem}}]
+    configs: [{{source: db_conf, target: /etc/db.conf}}]
 networks:
   back:
     driver: overlay
+secrets:
+  db_pw: {{file: ./db_pw.txt, labels: [tier=db]}}
+  ca: {{external: true, name: shl_stack_ca}}
+configs:
+  db_conf: {{file: db.conf, template_driver: golang}}
 "#,
         web = block(&chain("api/cgi-bin/chain")),
         api = if with_api { api } else { String::new() },
@@ -167,13 +178,30 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
         lab.shoal(i, &["image", "import", &image.display().to_string(), "busybox:local"])?;
     }
     let file = write(tmp.path(), "compose.yml", &compose(true))?;
-    let v2 = write(tmp.path(), "v2.yml", "services:\n  db:\n    environment: [GREETING=v2]\n")?;
+    let pw = write(tmp.path(), "db_pw.txt", "s3cret")?;
+    write(tmp.path(), "db.conf", "conf-{{ .Service.Name }}")?;
+    let ca = write(tmp.path(), "ca.txt", "corpca")?;
+    // v2 also rotates the secret: a new name (and data) at the same target.
+    let v2 = write(
+        tmp.path(),
+        "v2.yml",
+        "services:\n  db:\n    environment: [GREETING=v2]\nsecrets:\n  db_pw: {name: shop_db_pw_v2, file: ./pw2.txt}\n",
+    )?;
+    write(tmp.path(), "pw2.txt", "n3w")?;
     let without_api = write(tmp.path(), "without-api.yml", &compose(false))?;
     let all = ["shop_api", "shop_db", "shop_web"];
 
-    // Deploy: the network, then the services; `build` is reported, not dropped.
+    // An external secret must be there first; nothing is created before that is known.
+    let e = lab.failing(1, &["stack", "deploy", "-c", &file, "--resolve-image", "never", "shop"])?;
+    ensure!(e.contains("secret not found: shl_stack_ca: it is declared as external"), "{e}");
+    ensure!(lab.shoal(1, &["secret", "ls", "-q"])?.trim().is_empty(), "a refused deploy created secrets");
+    lab.shoal(1, &["secret", "create", "shl_stack_ca", &ca])?;
+
+    // Deploy: the secret and the config, the network, then the services; `build` is reported, not dropped.
     let (out, err) = both(&lab, &["stack", "deploy", "-c", &file, "--resolve-image", "never", "shop"])?;
     for line in [
+        "Creating secret shop_db_pw",
+        "Creating config shop_db_conf",
         "Creating network shop_back",
         "Creating service shop_api",
         "Creating service shop_db",
@@ -183,7 +211,11 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
     }
     ensure!(err.contains("Ignoring unsupported options: build"), "{err}");
     let first = running(&lab, &all)?;
-    mesh_answers(&lab, "db-ok")?;
+    // db read its secrets at /run/secrets/ and its config rendered for its task.
+    mesh_answers(&lab, "db-ok-s3cret-corpca-conf-shop_db")?;
+    let secret: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["secret", "inspect", "shop_db_pw"])?)?;
+    let labels = &secret[0]["Spec"]["Labels"];
+    ensure!(labels["com.docker.stack.namespace"] == "shop" && labels["tier"] == "db", "{secret}");
     let ls = lab.shoal(1, &["stack", "ls"])?;
     ensure!(ls.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["shop", "3"]), "{ls}");
     let svcs = lab.shoal(1, &["stack", "services", "shop"])?;
@@ -205,14 +237,27 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
     // The same file again: nothing changes, the same tasks keep running (with the default
     // --resolve-image always, whose registry lookup of busybox:local finds nothing to pin).
     let (out, _) = both(&lab, &["stack", "deploy", "-c", &file, "shop"])?;
-    ensure!(out.matches("is unchanged").count() == 3 && !out.contains("Updating"), "{out}");
+    ensure!(
+        out.matches("is unchanged").count() == 3 && !out.contains("Updating") && !out.contains("Creating"),
+        "{out}"
+    );
     ensure!(task_ids(&lab)? == first, "a redeploy of the same file replaced tasks");
     ensure!(all.iter().map(|s| version(s)).collect::<Result<Vec<_>>>()? == versions, "spec versions moved");
 
-    // An override file changes db only: db gets new tasks, web and api keep theirs.
+    // Other data for the stack's secret is refused (immutable), and nothing changes.
+    std::fs::write(&pw, "changed")?;
+    let e = lab.failing(1, &["stack", "deploy", "-c", &file, "--resolve-image", "never", "shop"])?;
+    ensure!(e.contains("failed to update secret shop_db_pw: only updates to Labels are allowed"), "{e}");
+    ensure!(e.contains("give it a new name"), "{e}");
+    std::fs::write(&pw, "s3cret")?;
+    ensure!(task_ids(&lab)? == first, "a refused deploy replaced tasks");
+
+    // An override file changes db only (and rotates its secret): db gets new tasks, web and api
+    // keep theirs.
     let (out, _) = both(&lab, &["stack", "deploy", "-c", &file, "-c", &v2, "--resolve-image", "never", "shop"])?;
     ensure!(out.contains("Updating service shop_db") && out.matches("is unchanged").count() == 2, "{out}");
-    mesh_answers(&lab, "db-v2")?;
+    ensure!(out.contains("Creating secret shop_db_pw_v2"), "{out}");
+    mesh_answers(&lab, "db-v2-n3w-corpca-conf-shop_db")?;
     let second = running(&lab, &all)?;
     ensure!(
         second["shop_web"] == first["shop_web"] && second["shop_api"] == first["shop_api"],
@@ -225,7 +270,7 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
         &lab,
         &["stack", "deploy", "-c", &without_api, "-c", &v2, "--prune", "--dry-run", "--resolve-image", "never", "shop"],
     )?;
-    ensure!(out.contains("Would remove service shop_api"), "{out}");
+    ensure!(out.contains("Would remove service shop_api") && out.contains("Would remove secret shop_db_pw "), "{out}");
     ensure!(task_ids(&lab)? == second, "a dry run changed tasks");
     ensure!(lab.shoal(1, &["stack", "services", "-q", "shop"])?.lines().count() == 3, "a dry run removed a service");
 
@@ -233,6 +278,7 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
     let (out, _) =
         both(&lab, &["stack", "deploy", "-c", &without_api, "-c", &v2, "--prune", "--resolve-image", "never", "shop"])?;
     ensure!(out.contains("Removing service shop_api") && out.matches("is unchanged").count() == 2, "{out}");
+    ensure!(out.contains("Removing secret shop_db_pw "), "the rotated-out secret stays: {out}");
     wait_for("shop_api to go", Duration::from_secs(30), || {
         let ids = task_ids(&lab)?;
         Ok((!ids.contains_key("shop_api")).then_some(()))
@@ -240,11 +286,22 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
     let svcs = lab.shoal(1, &["stack", "services", "shop"])?;
     ensure!(!svcs.contains("shop_api") && svcs.contains("shop_db"), "{svcs}");
 
-    // stack rm: the services, then the network; nothing is left on any host.
+    // stack rm: the services, the secret and the config, then the network; nothing is left on
+    // any host but the external secret.
     let out = lab.shoal(1, &["stack", "rm", "shop"])?;
-    for line in ["Removing service shop_db", "Removing service shop_web", "Removing network shop_back"] {
+    for line in [
+        "Removing service shop_db",
+        "Removing service shop_web",
+        "Removing secret shop_db_pw_v2",
+        "Removing config shop_db_conf",
+        "Removing network shop_back",
+    ] {
         ensure!(out.contains(line), "{line:?} in {out}");
     }
+    let secrets = lab.shoal(1, &["secret", "ls"])?;
+    ensure!(!secrets.contains("shop_db") && secrets.contains("shl_stack_ca"), "{secrets}");
+    ensure!(lab.shoal(1, &["config", "ls", "-q"])?.trim().is_empty(), "configs left");
+    lab.shoal(1, &["secret", "rm", "shl_stack_ca"])?;
     ensure!(!lab.shoal(1, &["stack", "ls"])?.contains("shop"), "the stack is still listed");
     ensure!(lab.shoal(1, &["service", "ls", "-q"])?.trim().is_empty(), "services left");
     ensure!(!lab.shoal(1, &["network", "ls"])?.contains("shop_back"), "the network is left");

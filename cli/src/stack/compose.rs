@@ -453,6 +453,8 @@ pub struct ObjectDef {
     pub external: Option<External>,
     #[serde(default)]
     pub labels: ListOrMap,
+    /// Configs: `golang` renders the file per task.
+    pub template_driver: Option<Scalar>,
     #[serde(flatten)]
     pub extra: Extra,
 }

@@ -1,8 +1,9 @@
 //! `shoal stack …`: applications from Compose files, as `docker stack`
 //! deploys them. [`compose`] reads the files (interpolation, overrides),
-//! [`translate`] turns them into networks and service specs (pure),
-//! [`deploy`] lays them over the cluster through the Control API; the other
-//! verbs list and remove what carries the stack's namespace label.
+//! [`translate`] turns them into networks, secrets, configs and service specs (pure),
+//! [`deploy`] lays them over the cluster through the Control API (secrets and
+//! configs, networks, services); the other verbs list and remove what carries
+//! the stack's namespace label.
 
 mod compose;
 mod deploy;
@@ -14,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use shoal_proto::pb;
+use shoal_proto::secret::Kind;
 use shoal_proto::service::ServiceListEntry;
 
 pub use self::deploy::DeployArgs;
-use self::deploy::{in_stack, list_networks};
+use self::deploy::{in_stack, list_networks, list_objects};
 use self::translate::NAMESPACE_LABEL;
 use crate::args::{Cli, Format};
 use crate::client;
@@ -55,7 +57,7 @@ pub enum StackCmd {
         format: Format,
         stack: String,
     },
-    /// Remove stacks: their services, then their networks.
+    /// Remove stacks: their services, then their secrets, configs and networks.
     #[command(aliases = ["remove", "down"])]
     Rm {
         #[arg(required = true)]
@@ -128,12 +130,17 @@ pub(crate) async fn stack_services(control: &mut Control, stack: &str) -> anyhow
 /// How long `stack rm` waits for a network's last tasks to end before it gives up on it.
 const NETWORK_WAIT: Duration = Duration::from_secs(60);
 
-/// Removes a stack's services, then its networks (once their tasks are
-/// gone); whether everything went.
+/// Removes a stack's services, then its secrets and configs, then its
+/// networks (once their tasks are gone), as Docker does; whether everything
+/// went. What the stack did not create (no namespace label: an external
+/// secret, config or network) stays.
 async fn remove(control: &mut Control, stack: &str) -> anyhow::Result<bool> {
     let svcs = stack_services(control, stack).await?;
+    let mut objects = list_objects(control, Kind::Secret).await?;
+    objects.extend(list_objects(control, Kind::Config).await?);
+    objects.retain(|o| in_stack(&o.labels, stack));
     let nets: Vec<_> = list_networks(control).await?.into_iter().filter(|n| in_stack(&n.spec.labels, stack)).collect();
-    if svcs.is_empty() && nets.is_empty() {
+    if svcs.is_empty() && nets.is_empty() && objects.is_empty() {
         eprintln!("Nothing found in stack: {stack}");
         return Ok(true);
     }
@@ -142,6 +149,15 @@ async fn remove(control: &mut Control, stack: &str) -> anyhow::Result<bool> {
         println!("Removing service {}", e.service.spec.name);
         if let Err(s) = control.remove_service(pb::ServiceRef { id: e.service.id.clone() }).await {
             eprintln!("Failed to remove service {}: {}", e.service.spec.name, s.message());
+            ok = false;
+        }
+    }
+    // A secret or config is in use while a service refers to it: these are gone now,
+    // unless a service outside the stack uses one (then it stays, and rm says so).
+    for o in &objects {
+        println!("Removing {} {}", o.kind, o.name);
+        if let Err(s) = control.remove_object(pb::ObjectRef { kind: o.kind.as_str().into(), id: o.id.clone() }).await {
+            eprintln!("Failed to remove {} {}: {}", o.kind, o.name, s.message());
             ok = false;
         }
     }

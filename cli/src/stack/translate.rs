@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use clap::ValueEnum;
 use shoal_proto::health::{HealthSetting, HealthTest};
 use shoal_proto::network::{ENCRYPTED_OPTION, EndpointMode, MTU_OPTION, NetworkAttachmentSpec, NetworkSpec};
+use shoal_proto::secret::{FileRef, Kind, TEMPLATE_DRIVER, validate_name, validate_refs};
 use shoal_proto::service::{Mode, RestartCondition, ServiceSpec};
 
 use super::compose::{
@@ -32,6 +33,8 @@ pub const IMAGE_LABEL: &str = "com.docker.stack.image";
 /// What a stack is made of.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
+    /// The stack's name (its namespace label).
+    pub stack: String,
     /// The networks its services use, by name.
     pub networks: Vec<NetworkPlan>,
     pub secrets: Vec<ObjectPlan>,
@@ -54,40 +57,31 @@ pub struct NetworkPlan {
 /// A secret or config of the stack.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObjectPlan {
+    pub kind: Kind,
+    /// As the cluster names it: `STACK_key`, its `name:`, or the external one's name.
     pub name: String,
+    /// An existing object the stack uses but does not own.
     pub external: bool,
     /// Where its data is (absolute); none for an external one.
     pub file: Option<PathBuf>,
     pub labels: BTreeMap<String, String>,
+    /// `golang` for a templated config; empty otherwise.
+    pub template_driver: String,
 }
 
-/// A service's use of a secret or config.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObjectUse {
-    /// The object's cluster name.
-    pub name: String,
-    /// A secret: a file name under `/run/secrets/`; a config: a path.
-    pub target: String,
-    pub uid: String,
-    pub gid: String,
-    pub mode: u32,
-}
-
+/// A service of the stack. Its secrets and configs are in `spec.task`, by
+/// name, as `service create --secret/--config` puts them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServicePlan {
     pub spec: ServiceSpec,
     /// The image as the file names it (also in the `com.docker.stack.image` label).
     pub image: String,
-    pub secrets: Vec<ObjectUse>,
-    pub configs: Vec<ObjectUse>,
 }
 
 impl Plan {
-    /// Whether the stack declares or uses secrets or configs.
-    pub fn has_objects(&self) -> bool {
-        !self.secrets.is_empty()
-            || !self.configs.is_empty()
-            || self.services.iter().any(|s| !s.secrets.is_empty() || !s.configs.is_empty())
+    /// The stack's secrets, then its configs.
+    pub fn objects(&self) -> impl Iterator<Item = &ObjectPlan> {
+        self.secrets.iter().chain(&self.configs)
     }
 }
 
@@ -108,7 +102,7 @@ pub fn translate(compose: &Compose, stack: &str, base_dir: &Path) -> anyhow::Res
     if compose.services.is_empty() {
         bail!("the Compose file has no services: a stack needs at least one");
     }
-    let mut plan = Plan::default();
+    let mut plan = Plan { stack: stack.to_string(), ..Default::default() };
     let mut unsupported = std::collections::BTreeSet::new();
     for k in compose.extra.keys().filter(|k| *k != "version" && !k.starts_with("x-")) {
         unsupported.insert(k.clone());
@@ -117,25 +111,39 @@ pub fn translate(compose: &Compose, stack: &str, base_dir: &Path) -> anyhow::Res
     let ns = || BTreeMap::from([(NAMESPACE_LABEL.to_string(), stack.to_string())]);
 
     // Secrets and configs, declared at the top.
-    let objects =
-        |defs: &BTreeMap<String, ObjectDef>, what: &str, unsupported: &mut std::collections::BTreeSet<String>| {
-            let mut out = Vec::new();
-            for (key, d) in defs {
-                report(unsupported, &format!("{what}."), &d.extra);
-                let (name, external) = object_name(key, d.name.as_ref(), d.external.as_ref(), &scoped);
-                let file = match (&d.file, external) {
-                    (_, true) => None,
-                    (Some(f), false) => Some(base_dir.join(&f.0)),
-                    (None, false) => bail!("{what} {key}: give file: PATH, or external: true for one that exists"),
-                };
-                let mut labels = ns();
-                labels.extend(d.labels.0.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())));
-                out.push(ObjectPlan { name, external, file, labels });
+    let objects = |defs: &BTreeMap<String, ObjectDef>,
+                   kind: Kind,
+                   unsupported: &mut std::collections::BTreeSet<String>| {
+        let mut out = Vec::new();
+        for (key, d) in defs {
+            report(unsupported, &format!("{kind}s."), &d.extra);
+            let (name, external) = object_name(key, d.name.as_ref(), d.external.as_ref(), &scoped);
+            let file = match (&d.file, external) {
+                (_, true) => None,
+                (Some(f), false) => Some(base_dir.join(&f.0)),
+                (None, false) => bail!("{kind}s {key}: give file: PATH, or external: true for one that exists"),
+            };
+            let template_driver = text(&d.template_driver).unwrap_or_default();
+            match (kind, template_driver.as_str()) {
+                (_, "") => {}
+                (Kind::Config, TEMPLATE_DRIVER) if !external => {}
+                (Kind::Config, TEMPLATE_DRIVER) => bail!("configs {key}: an external config takes no template_driver"),
+                (Kind::Config, other) => {
+                    bail!("configs {key}: unknown template_driver {other:?}: the only one is {TEMPLATE_DRIVER}")
+                }
+                (Kind::Secret, _) => bail!("secrets {key}: secrets take no template_driver: template a config instead"),
             }
-            anyhow::Ok(out)
-        };
-    plan.secrets = objects(&compose.secrets, "secrets", &mut unsupported)?;
-    plan.configs = objects(&compose.configs, "configs", &mut unsupported)?;
+            let mut labels = ns();
+            labels.extend(d.labels.0.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())));
+            if !external {
+                validate_name(kind, &name).map_err(anyhow::Error::msg).with_context(|| format!("{kind}s {key}"))?;
+            }
+            out.push(ObjectPlan { kind, name, external, file, labels, template_driver });
+        }
+        anyhow::Ok(out)
+    };
+    plan.secrets = objects(&compose.secrets, Kind::Secret, &mut unsupported)?;
+    plan.configs = objects(&compose.configs, Kind::Config, &mut unsupported)?;
 
     // Networks: those the services use (`default` when a service names none).
     let mut used_networks = std::collections::BTreeSet::new();
@@ -372,14 +380,14 @@ fn service(
         }
         f.network.push(NetworkAttachmentSpec { target: name, aliases });
     }
+    f.secret = uses(&svc.secrets, &compose.secrets, stack, Kind::Secret, unsupported)?;
+    f.config = uses(&svc.configs, &compose.configs, stack, Kind::Config, unsupported)?;
     apply_flags(&mut spec, &f, &ServiceRemovals::default())?;
     if let Some(h) = &svc.healthcheck {
         report(unsupported, "healthcheck.", &h.extra);
         spec.task.health = health(h)?;
     }
-    let secrets = uses(&svc.secrets, &compose.secrets, stack, "secret", unsupported)?;
-    let configs = uses(&svc.configs, &compose.configs, stack, "config", unsupported)?;
-    Ok(ServicePlan { spec, image, secrets, configs })
+    Ok(ServicePlan { spec, image })
 }
 
 fn rollout(u: &UpdateConfig, what: &str, f: &mut ServiceFlags, rollback: bool) -> anyhow::Result<()> {
@@ -430,40 +438,54 @@ fn health(h: &Healthcheck) -> anyhow::Result<HealthSetting> {
     })
 }
 
-/// A service's `secrets:` or `configs:` against the top-level ones.
+/// A service's `secrets:` or `configs:` against the top-level ones, as
+/// `--secret`/`--config` give them (by the object's cluster name; Docker's
+/// defaults: the target is the key, a config's `/KEY`, owner 0:0, mode 0444).
 fn uses(
     refs: &[ObjectRef],
     defs: &BTreeMap<String, ObjectDef>,
     stack: &str,
-    what: &str,
+    kind: Kind,
     unsupported: &mut std::collections::BTreeSet<String>,
-) -> anyhow::Result<Vec<ObjectUse>> {
+) -> anyhow::Result<Vec<FileRef>> {
     let mut out = Vec::new();
     for r in refs {
-        report(unsupported, &format!("{what}s."), &r.extra);
+        report(unsupported, &format!("{kind}s."), &r.extra);
         let def = defs
             .get(&r.source)
-            .with_context(|| format!("{what} {:?} is not declared under the top-level {what}s:", r.source))?;
+            .with_context(|| format!("{kind} {:?} is not declared under the top-level {kind}s:", r.source))?;
         let (name, _) =
             object_name(&r.source, def.name.as_ref(), def.external.as_ref(), &|k: &str| format!("{stack}_{k}"));
-        let default_target = if what == "secret" { r.source.clone() } else { format!("/{}", r.source) };
+        let default_target = match kind {
+            Kind::Secret => r.source.clone(),
+            Kind::Config => format!("/{}", r.source),
+        };
         let mode = match &r.mode {
             None => 0o444,
             Some(m) => {
                 let m = m.trim();
                 // YAML reads 0440 as octal only in 1.1; Compose takes either spelling.
                 u32::from_str_radix(m.trim_start_matches("0o"), if m.starts_with('0') { 8 } else { 10 })
-                    .with_context(|| format!("{what} {}: invalid mode {m:?}", r.source))?
+                    .with_context(|| format!("{kind} {}: invalid mode {m:?}", r.source))?
             }
         };
-        out.push(ObjectUse {
-            name,
+        let id = |v: &Option<String>, what: &str| -> anyhow::Result<u32> {
+            v.as_deref().map_or(Ok(0), |v| {
+                v.trim().parse().with_context(|| format!("{kind} {}: {what} must be a number, not {v:?}", r.source))
+            })
+        };
+        let file = FileRef {
+            id: String::new(),
+            source: name,
             target: r.target.clone().unwrap_or(default_target),
-            uid: r.uid.clone().unwrap_or_else(|| "0".into()),
-            gid: r.gid.clone().unwrap_or_else(|| "0".into()),
+            uid: id(&r.uid, "uid")?,
+            gid: id(&r.gid, "gid")?,
             mode,
-        });
+        };
+        file.validate(kind).map_err(anyhow::Error::msg)?;
+        out.push(file);
     }
+    validate_refs(kind, &out).map_err(anyhow::Error::msg)?;
     Ok(out)
 }
 
@@ -874,7 +896,7 @@ volumes:
         assert_eq!(front.labels.get(NAMESPACE_LABEL).map(String::as_str), Some("app"));
         assert_eq!(front.labels.get("purpose").map(String::as_str), Some("edge"));
         assert!(p.networks.iter().all(|n| !n.external));
-        assert!(!p.has_objects());
+        assert_eq!(p.objects().count(), 0);
     }
 
     #[test]
@@ -950,15 +972,15 @@ services:
   api:
     image: api:1
     networks: [outside]
-    secrets: [db_pass, {source: tls, target: server.pem, uid: "100", mode: 0400}]
-    configs: [{source: conf, target: /etc/api.toml}, plain]
+    secrets: [db_pass, {source: tls, target: server.pem, uid: "100", gid: "101", mode: 0400}]
+    configs: [{source: conf, target: /etc/api.toml, mode: 288}, plain]
 networks:
   outside: {external: true, name: corp}
 secrets:
   db_pass: {file: ./db_pass.txt}
   tls: {external: true}
 configs:
-  conf: {file: /etc/api.toml, labels: {v: "1"}}
+  conf: {file: /etc/api.toml, labels: {v: "1"}, template_driver: golang}
   plain: {name: plain-v2, file: plain.txt}
 "#,
         )
@@ -970,14 +992,29 @@ configs:
             p.secrets.iter().map(|s| (s.name.as_str(), s.external, s.file.as_deref())).collect();
         assert_eq!(names, [("app_db_pass", false, Some(Path::new("/srv/app/db_pass.txt"))), ("tls", true, None)]);
         assert_eq!(p.configs[0].labels.get(NAMESPACE_LABEL).map(String::as_str), Some("app"));
-        assert_eq!(p.configs[1].name, "plain-v2");
-        let api = &p.services[0];
-        let s: Vec<(&str, &str, &str, u32)> =
-            api.secrets.iter().map(|u| (u.name.as_str(), u.target.as_str(), u.uid.as_str(), u.mode)).collect();
-        assert_eq!(s, [("app_db_pass", "db_pass", "0", 0o444), ("tls", "server.pem", "100", 0o400)]);
-        let c: Vec<(&str, &str)> = api.configs.iter().map(|u| (u.name.as_str(), u.target.as_str())).collect();
-        assert_eq!(c, [("app_conf", "/etc/api.toml"), ("plain-v2", "/plain")]);
-        assert!(p.has_objects());
+        assert_eq!(p.configs[0].labels.get("v").map(String::as_str), Some("1"));
+        assert_eq!((p.configs[0].kind, p.configs[0].template_driver.as_str()), (Kind::Config, "golang"));
+        assert_eq!((p.configs[1].name.as_str(), p.configs[1].template_driver.as_str()), ("plain-v2", ""));
+        // The uses are `--secret`/`--config` values in the spec, by cluster name.
+        let task = &p.services[0].spec.task;
+        let s: Vec<String> = task.secrets.iter().map(|r| format!("{r:?}")).collect();
+        let flag = |kind, v: &str| format!("{:?}", FileRef::parse(kind, v).expect("flag"));
+        assert_eq!(
+            s,
+            [
+                flag(Kind::Secret, "source=app_db_pass,target=db_pass"),
+                flag(Kind::Secret, "source=tls,target=server.pem,uid=100,gid=101,mode=0400"),
+            ]
+        );
+        let c: Vec<String> = task.configs.iter().map(|r| format!("{r:?}")).collect();
+        assert_eq!(
+            c,
+            [
+                flag(Kind::Config, "source=app_conf,target=/etc/api.toml,mode=0440"),
+                flag(Kind::Config, "source=plain-v2,target=/plain"),
+            ]
+        );
+        assert_eq!(p.objects().count(), 4);
     }
 
     #[test]
@@ -1003,6 +1040,21 @@ configs:
             ("services: {web: {image: x, healthcheck: {test: [\"RUN\", \"x\"]}}}", "unknown health check type"),
             ("services: {web: {image: x}}\nnetworks: {default: {driver: bridge}}", "its networks are overlay networks"),
             ("services: {web: {image: x}}\nsecrets: {s: {}}", "give file: PATH"),
+            ("services: {web: {image: x}}\nsecrets: {s: {file: f, template_driver: golang}}", "template a config"),
+            ("services: {web: {image: x}}\nconfigs: {c: {file: f, template_driver: jinja}}", "the only one is golang"),
+            ("services: {web: {image: x}}\nsecrets: {s: {file: f, name: \"a b\"}}", "invalid secret name \"a b\""),
+            (
+                "services: {web: {image: x, secrets: [{source: s, uid: root}]}}\nsecrets: {s: {file: f}}",
+                "secret s: uid must be a number, not \"root\"",
+            ),
+            (
+                "services: {web: {image: x, secrets: [{source: s, target: ../x}]}}\nsecrets: {s: {file: f}}",
+                "no . or .. in it",
+            ),
+            (
+                "services: {web: {image: x, secrets: [s, {source: t, target: s}]}}\nsecrets: {s: {file: f}, t: {file: g}}",
+                "conflicting target",
+            ),
         ];
         for (yaml, want) in table {
             let e = plan_of(yaml).expect_err(yaml);
