@@ -214,16 +214,16 @@ for t in json.load(sys.stdin):
 }
 svc_is() { [ "$(svc_running "$1")" = "$2" ]; }
 
-# task_pair SVC [NETWORK OPTIONS...]: a 2-host lab (1 manager; the caller holds the lab lock and
-# has WORK), image bench:pair, the overlay `benchnet` made with the options (e.g. --opt
-# encrypted) and SVC's two tasks on it, one per host; sets h_a c_a ip_a ns_a (the first task's
+# task_pair SVC NETWORK CREATE OPTIONS...: a 2-host lab (1 manager; the caller holds the lab lock
+# and has WORK), image bench:pair, the cluster network `benchnet` made with the options (e.g. -d
+# overlay --opt encrypted) and SVC's two tasks on it, one per host; sets h_a c_a ip_a ns_a (the first task's
 # host, container, address, network namespace) and h_b c_b ip_b ns_b.
 task_pair() {
   local svc=$1 tasks; shift
   [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
   lab up 2 --managers 1 --no-demo >&2 || die "deploy/lab up failed"
   bench_image bench:pair 2 sh sleep
-  sI 1 network create -d overlay "$@" benchnet >/dev/null || die "network create failed"
+  sI 1 network create "$@" benchnet >/dev/null || die "network create failed"
   sI 1 service create -d --name "$svc" --network benchnet --replicas 2 --replicas-max-per-node 1 \
     --stop-grace-period 1s bench:pair sleep 1000000 >/dev/null || die "service create failed"
   svc_wait "$svc" 2 60 || die "the two tasks did not start"

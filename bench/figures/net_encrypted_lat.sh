@@ -18,7 +18,7 @@ srv_pid=""
 cleanup() { [ -n "$srv_pid" ] && kill "$srv_pid" 2>/dev/null; lab_down; rm -rf "$WORK"; }
 trap 'cleanup; lab_unlock' EXIT
 lab_lock
-task_pair lat --opt encrypted
+task_pair lat -d overlay --opt encrypted
 
 on() { # on HOST NETNS|"" -- CMD
   local host=$1 ns=$2; shift 3

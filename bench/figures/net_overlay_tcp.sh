@@ -12,14 +12,15 @@
 # (both hosts' netd CPU seconds per overlay run, median) and rcvbuf_drops= (UDP receive-buffer
 # errors on both hosts over all overlay runs: the datagrams a tunnel lost).
 # bench/figures/net_encrypted_tcp.sh runs this with BENCH_OVL_FIG=net_encrypted_tcp and
-# BENCH_OVL_NET_OPTS="--opt encrypted" (WireGuard in netd instead of the kernel's VXLAN).
+# BENCH_OVL_NET_OPTS="-d overlay --opt encrypted" (WireGuard in netd instead of the kernel's
+# VXLAN), and net_macvlan_tcp.sh with a macvlan network on the lab's own LAN.
 set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/../lib.sh"
 ROUNDS=${BENCH_OVL_ROUNDS:-5}
 SECS=${BENCH_OVL_SECS:-3}
 PORT=5201
 FIG=${BENCH_OVL_FIG:-net_overlay_tcp}
-read -r -a NET_OPTS <<< "${BENCH_OVL_NET_OPTS:-}"
+read -r -a NET_OPTS <<< "${BENCH_OVL_NET_OPTS:--d overlay}"
 command -v iperf3 >/dev/null || die "iperf3 is needed (deploy/prereqs installs it)"
 command -v busybox >/dev/null || die "busybox-static is needed"
 WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
@@ -28,8 +29,8 @@ cleanup() { [ -n "$srv_pid" ] && kill "$srv_pid" 2>/dev/null; lab_down; rm -rf "
 trap 'cleanup; lab_unlock' EXIT
 lab_lock
 task_pair ipf "${NET_OPTS[@]}"
-mtu=$(timeout 10 "$LAB" exec "$h_a" -- nsenter --net="$ns_a" ip -o link show eth0 | sed -n 's/.* mtu \([0-9]*\) .*/\1/p')
-log "eth0 mtu ${mtu:-?}"
+link=$(timeout 10 "$LAB" exec "$h_a" -- nsenter --net="$ns_a" ip -o -d link show eth0)
+log "eth0: mtu $(sed -n 's/.* mtu \([0-9]*\) .*/\1/p' <<< "$link") $(grep -o 'macvlan mode [a-z]*' <<< "$link")"
 # netd's CPU seconds (user + system) on both hosts, and their UDP receive-buffer errors
 netd_cpu() {
   local i pid t=0

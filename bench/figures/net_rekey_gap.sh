@@ -16,7 +16,7 @@ srv_pid=""
 cleanup() { [ -n "$srv_pid" ] && kill "$srv_pid" 2>/dev/null; lab_down; rm -rf "$WORK"; }
 trap 'cleanup; lab_unlock' EXIT
 lab_lock
-task_pair gap --opt encrypted
+task_pair gap -d overlay --opt encrypted
 on() { local host=$1 ns=$2; shift 3; timeout $((SECS + 60)) "$LAB" exec "$host" -- nsenter --net="$ns" "$@"; }
 epochs() { # every node's key epoch, in node order
   # shellcheck disable=SC2046 # one id per word

@@ -367,7 +367,7 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
     }
     match cmd {
         NetworkCmd::Create {
-            driver: Driver::Macvlan,
+            driver: driver @ (Driver::Macvlan | Driver::Overlay),
             subnet,
             gateway,
             ip_range,
@@ -380,32 +380,8 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             name,
             ..
         } => {
-            let spec =
-                macvlan_spec(name, subnet, gateway, ip_range, *internal, *attachable, *ingress, label, opt, *mtu)?;
-            let spec_json = serde_json::to_string(&spec)?;
-            let r = client::control(cli)
-                .await?
-                .create_network(pb::ClusterNetworkCreateRequest { spec_json })
-                .await?
-                .into_inner();
-            println!("{}", r.id);
-        }
-        NetworkCmd::Create {
-            driver: Driver::Overlay,
-            subnet,
-            gateway,
-            ip_range,
-            internal,
-            opt,
-            mtu,
-            attachable,
-            ingress,
-            label,
-            name,
-            ..
-        } => {
-            let spec =
-                overlay_spec(name, subnet, gateway, ip_range, *internal, *attachable, *ingress, label, opt, *mtu)?;
+            let make = if *driver == Driver::Macvlan { macvlan_spec } else { overlay_spec };
+            let spec = make(name, subnet, gateway, ip_range, *internal, *attachable, *ingress, label, opt, *mtu)?;
             let spec_json = serde_json::to_string(&spec)?;
             let r = client::control(cli)
                 .await?
