@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rustls::{ClientConfig, ServerConfig};
 use shoal_manager::ca;
+use shoal_manager::raft::atrest::Kek;
 use shoal_manager::raft::service::ForwardRequest;
 use shoal_manager::state::Command;
 use shoal_manager::{Manager, ManagerConfig};
@@ -396,7 +397,7 @@ impl Daemon {
             let path = self.paths.raft().join("raft.redb");
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             let db = loop {
-                match shoal_manager::raft::storage::open(&path) {
+                match shoal_manager::raft::storage::open(&path, &Kek::File(self.paths.kek())) {
                     Ok(db) => break db,
                     Err(e) if tokio::time::Instant::now() < deadline && e.to_string().contains("already open") => {
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -724,6 +725,7 @@ async fn start_manager(
         node_id: file.node_id.clone(),
         cluster_id: file.cluster_id.clone(),
         advertise_addr: file.advertise_addr.clone(),
+        kek: Kek::File(paths.kek()),
     };
     let mgr = Manager::open(cfg, client_tls.subscribe())
         .await

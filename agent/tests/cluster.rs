@@ -315,6 +315,7 @@ impl Sim {
                 node_id: format!("mgr{id}"),
                 cluster_id: CLUSTER.into(),
                 advertise_addr: manager_addr(id),
+                kek: shoal_manager::raft::atrest::Kek::File(dir.path().join(format!("m{id}.kek"))),
             };
             let net_factory = MemNetworkFactory { id, router: router.clone() };
             let mgr = Manager::open_with(cfg, tls.clone(), fast_config()?, net_factory).await?;

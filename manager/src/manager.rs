@@ -24,6 +24,7 @@ use tonic::{Code, Status};
 
 use crate::dispatcher::Dispatcher;
 use crate::leader::Proposer;
+use crate::raft::atrest::Kek;
 use crate::raft::network::{CONNECT_TIMEOUT, GrpcNetworkFactory};
 use crate::raft::storage::{self, LogStore, StateMachine};
 use crate::raft::{self, Raft, TypeConfig};
@@ -44,6 +45,8 @@ pub struct ManagerConfig {
     pub cluster_id: String,
     /// `host:port` other managers and agents reach this one on.
     pub advertise_addr: String,
+    /// What opens the data key of the Raft store (`raft::atrest`).
+    pub kek: Kek,
 }
 
 /// Where a call must be served.
@@ -57,6 +60,8 @@ pub struct Manager {
     pub raft: Raft,
     pub store: Store,
     pub dispatcher: Dispatcher,
+    /// The Raft store's database and data key: `rewrap` when the KEK changes.
+    pub disk: storage::Db,
     client_tls: watch::Receiver<Arc<ClientConfig>>,
     channels: Mutex<HashMap<String, Channel>>,
     /// Cancelled when leadership is lost; replaced when it is (re)gained.
@@ -88,13 +93,14 @@ impl Manager {
         N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = Vec<u8>>,
     {
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let db = storage::open(&cfg.data_dir.join("raft.redb"))?;
+        let db = storage::open(&cfg.data_dir.join("raft.redb"), &cfg.kek)?;
         let store = Store::new();
         let sm = StateMachine::open(db.clone(), store.clone()).await?;
-        let raft = Raft::new(cfg.raft_id, raft_config, network, LogStore::new(db), sm).await?;
+        let raft = Raft::new(cfg.raft_id, raft_config, network, LogStore::new(db.clone()), sm).await?;
         Ok(Arc::new(Manager {
             dispatcher: Dispatcher::new(store.clone()),
             cfg,
+            disk: db,
             raft,
             store,
             client_tls,
