@@ -41,6 +41,7 @@ async fn an_installed_snapshot_survives_a_restart_whole() -> anyhow::Result<()> 
 
     let mut state = State::default();
     let cluster = Cluster {
+        unlock_key: String::new(),
         id: "c".into(),
         root_ca: RootCa { cert_pem: String::new(), key_pem: String::new() },
         worker_secret: String::new(),
