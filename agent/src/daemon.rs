@@ -447,6 +447,9 @@ impl Daemon {
             (j.file.clone(), j.certs.clone(), j.manager.take())
         };
         tracing::warn!("forcing a new cluster from this manager's state");
+        // An autolocked store opens again with the key this manager applied.
+        let unlock: Option<UnlockKey> =
+            running.as_ref().and_then(|r| r.mgr.store.read().cluster.as_ref().and_then(|c| c.unlock_key.parse().ok()));
         self.shutdown().await;
         if let Some(r) = running {
             stop_manager(r).await;
@@ -456,7 +459,14 @@ impl Daemon {
             let path = self.paths.raft().join("raft.redb");
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             let db = loop {
-                match shoal_manager::raft::storage::open(&path, &Kek::File(self.paths.kek())) {
+                let opened = storage::open(&path, &Kek::File(self.paths.kek())).or_else(|e| {
+                    let locked = e.get_ref().and_then(|i| i.downcast_ref::<AtRestError>());
+                    match (&unlock, locked) {
+                        (Some(k), Some(AtRestError::Locked)) => storage::open(&path, &Kek::Unlock(k.clone())),
+                        _ => Err(e),
+                    }
+                });
+                match opened {
                     Ok(db) => break db,
                     Err(e) if tokio::time::Instant::now() < deadline && e.to_string().contains("already open") => {
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -464,18 +474,21 @@ impl Daemon {
                     Err(e) => return Err(internal(e)),
                 }
             };
-            shoal_manager::raft::storage::force_single_voter(&db, file.raft_id, &file.advertise_addr)
-                .map_err(internal)?;
+            storage::force_single_voter(&db, file.raft_id, &file.advertise_addr).map_err(internal)?;
         }
         let keep = file.node_id.clone();
         let mut file = file;
         file.managers = vec![file.advertise_addr.clone()];
         self.paths.save_node(&file).map_err(internal)?;
-        self.activate_with(file, certs, move |mgr| async move {
-            mgr.wait_leader(Duration::from_secs(30)).await?;
-            mgr.write(Command::ForceNewCluster { keep_node: keep }).await.map(|_| ())
-        })
-        .await
+        *self.unlock_key.lock().unwrap_or_else(|p| p.into_inner()) = unlock;
+        let r = self
+            .activate_with(file, certs, move |mgr| async move {
+                mgr.wait_leader(Duration::from_secs(30)).await?;
+                mgr.write(Command::ForceNewCluster { keep_node: keep }).await.map(|_| ())
+            })
+            .await;
+        self.unlock_key.lock().unwrap_or_else(|p| p.into_inner()).take();
+        r
     }
 
     /// Runs cluster tasks with this worker (call before `resume`).
