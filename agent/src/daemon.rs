@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use rustls::{ClientConfig, ServerConfig};
 use shoal_manager::ca;
+use shoal_manager::raft::atrest::{AtRestError, Kek, UnlockKey};
 use shoal_manager::raft::service::ForwardRequest;
+use shoal_manager::raft::storage;
 use shoal_manager::state::Command;
 use shoal_manager::{Manager, ManagerConfig};
 use shoal_proto::model::{
@@ -78,6 +80,11 @@ pub struct Daemon {
     worker: std::sync::OnceLock<Arc<crate::worker::Worker>>,
     /// Containers' requests to join cluster networks, for the current session.
     attach: Arc<crate::attach::Calls>,
+    /// A manager of an autolocked swarm after a restart: in the swarm, but
+    /// nothing runs until `swarm unlock` gives the key.
+    locked: Mutex<Option<(NodeFile, NodeCerts)>>,
+    /// The key `swarm unlock` was given, for the manager it starts (taken there).
+    unlock_key: Mutex<Option<UnlockKey>>,
 }
 
 /// MemTotal from /proc/meminfo, in bytes.
@@ -107,6 +114,8 @@ impl Daemon {
             joined: Mutex::new(None),
             worker: std::sync::OnceLock::new(),
             attach: Arc::new(crate::attach::Calls::default()),
+            locked: Mutex::new(None),
+            unlock_key: Mutex::new(None),
         })
     }
 
@@ -125,13 +134,26 @@ impl Daemon {
     }
 
     pub fn in_swarm(&self) -> bool {
-        self.lock().is_some()
+        self.lock().is_some() || self.is_locked()
+    }
+
+    /// Whether this manager waits for `swarm unlock`.
+    pub fn is_locked(&self) -> bool {
+        self.locked.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     /// Resumes the swarm membership found on disk (after a restart or crash).
     pub async fn resume(self: &Arc<Self>) -> anyhow::Result<()> {
         let _t = self.transition.lock().await;
         if let Some((file, certs)) = self.paths.load()? {
+            if file.role == Role::Manager
+                && file.raft_id != 0
+                && storage::needs_unlock(&self.paths.raft().join("raft.redb"))?
+            {
+                tracing::warn!(node.id = %file.node_id, "the swarm is autolocked: waiting for `shoal swarm unlock`");
+                *self.locked.lock().unwrap_or_else(|p| p.into_inner()) = Some((file, certs));
+                return Ok(());
+            }
             tracing::info!(node.id = %file.node_id, role = %file.role, "resuming swarm membership");
             self.activate(file, certs).await.map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         }
@@ -165,6 +187,15 @@ impl Daemon {
             version: VERSION.into(),
             ..Default::default()
         };
+        if let Some((file, _)) = self.locked.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            info.node_id = file.node_id.clone();
+            info.role = file.role.as_str().into();
+            info.swarm_state = "locked".into();
+            info.cluster_id = file.cluster_id.clone();
+            info.addr = file.advertise_addr.clone();
+            info.raft_id = file.raft_id;
+            return info;
+        }
         if let Some(j) = g.as_ref() {
             info.node_id = j.file.node_id.clone();
             info.role = j.file.role.as_str().into();
@@ -243,6 +274,7 @@ impl Daemon {
             manager_secret: JoinToken::new_secret(),
             node_cert_ttl_secs: req.cert_expiry_secs,
             net,
+            unlock_key: if req.autolock { shoal_manager::api::new_unlock_key()? } else { String::new() },
             meta: Meta::default(),
         };
         let node = Node {
@@ -355,6 +387,8 @@ impl Daemon {
     pub async fn leave(self: &Arc<Self>, force: bool) -> Result<(), Status> {
         let _t = self.transition.lock().await;
         let (is_manager, managers) = match self.lock().as_ref() {
+            // A locked manager can leave (with --force): it forgets the swarm.
+            None if self.is_locked() => (true, 0),
             None => return Err(Status::failed_precondition("this node is not part of a swarm")),
             Some(j) => (j.file.role == Role::Manager, j.managers.borrow().len()),
         };
@@ -369,8 +403,34 @@ impl Daemon {
         Ok(())
     }
 
+    /// `swarm unlock`: checks the key against the sealed data key, then
+    /// starts what the node runs, as a restart without autolock would.
+    pub async fn unlock(self: &Arc<Self>, key: &str) -> Result<(), Status> {
+        let _t = self.transition.lock().await;
+        let Some((file, certs)) = self.locked.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Err(Status::failed_precondition("swarm is not locked"));
+        };
+        let key: UnlockKey = key.parse().map_err(|_| Status::invalid_argument("invalid key"))?;
+        let path = self.paths.raft().join("raft.redb");
+        if let Err(e) = storage::open(&path, &Kek::Unlock(key.clone())) {
+            let wrong = e.get_ref().and_then(|i| i.downcast_ref::<AtRestError>());
+            return Err(match wrong {
+                Some(AtRestError::InvalidKey) => Status::invalid_argument("invalid key"),
+                _ => internal(e),
+            });
+        }
+        *self.unlock_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
+        let r = self.activate(file, certs).await;
+        self.unlock_key.lock().unwrap_or_else(|p| p.into_inner()).take();
+        r?;
+        self.locked.lock().unwrap_or_else(|p| p.into_inner()).take();
+        tracing::info!("swarm unlocked");
+        Ok(())
+    }
+
     /// Stops everything and forgets the swarm.
     async fn undo(&self) {
+        self.locked.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.stop_swarm(false).await;
         if let Err(e) = self.paths.wipe() {
             tracing::error!(error = %e, "could not remove swarm state");
@@ -387,6 +447,9 @@ impl Daemon {
             (j.file.clone(), j.certs.clone(), j.manager.take())
         };
         tracing::warn!("forcing a new cluster from this manager's state");
+        // An autolocked store opens again with the key this manager applied.
+        let unlock: Option<UnlockKey> =
+            running.as_ref().and_then(|r| r.mgr.store.read().cluster.as_ref().and_then(|c| c.unlock_key.parse().ok()));
         self.shutdown().await;
         if let Some(r) = running {
             stop_manager(r).await;
@@ -396,7 +459,14 @@ impl Daemon {
             let path = self.paths.raft().join("raft.redb");
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             let db = loop {
-                match shoal_manager::raft::storage::open(&path) {
+                let opened = storage::open(&path, &Kek::File(self.paths.kek())).or_else(|e| {
+                    let locked = e.get_ref().and_then(|i| i.downcast_ref::<AtRestError>());
+                    match (&unlock, locked) {
+                        (Some(k), Some(AtRestError::Locked)) => storage::open(&path, &Kek::Unlock(k.clone())),
+                        _ => Err(e),
+                    }
+                });
+                match opened {
                     Ok(db) => break db,
                     Err(e) if tokio::time::Instant::now() < deadline && e.to_string().contains("already open") => {
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -404,18 +474,21 @@ impl Daemon {
                     Err(e) => return Err(internal(e)),
                 }
             };
-            shoal_manager::raft::storage::force_single_voter(&db, file.raft_id, &file.advertise_addr)
-                .map_err(internal)?;
+            storage::force_single_voter(&db, file.raft_id, &file.advertise_addr).map_err(internal)?;
         }
         let keep = file.node_id.clone();
         let mut file = file;
         file.managers = vec![file.advertise_addr.clone()];
         self.paths.save_node(&file).map_err(internal)?;
-        self.activate_with(file, certs, move |mgr| async move {
-            mgr.wait_leader(Duration::from_secs(30)).await?;
-            mgr.write(Command::ForceNewCluster { keep_node: keep }).await.map(|_| ())
-        })
-        .await
+        *self.unlock_key.lock().unwrap_or_else(|p| p.into_inner()) = unlock;
+        let r = self
+            .activate_with(file, certs, move |mgr| async move {
+                mgr.wait_leader(Duration::from_secs(30)).await?;
+                mgr.write(Command::ForceNewCluster { keep_node: keep }).await.map(|_| ())
+            })
+            .await;
+        self.unlock_key.lock().unwrap_or_else(|p| p.into_inner()).take();
+        r
     }
 
     /// Runs cluster tasks with this worker (call before `resume`).
@@ -440,7 +513,8 @@ impl Daemon {
         let client_tls = watch::channel(Arc::new(certs.client_config().map_err(internal)?)).0;
         let managers = watch::channel(file.managers.clone()).0;
         let manager = if file.role == Role::Manager && file.raft_id != 0 {
-            let r = start_manager(&self.paths, &file, &server_tls, &client_tls).await?;
+            let unlock = self.unlock_key.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let r = start_manager(&self.paths, &file, &server_tls, &client_tls, unlock).await?;
             if let Err(e) = then(r.mgr.clone()).await {
                 stop_manager(r).await;
                 return Err(e);
@@ -569,6 +643,7 @@ impl Daemon {
         // A demoted manager forgets its Raft state; a promoted one starts
         // empty and catches up from the leader (log or snapshot).
         let _ = std::fs::remove_dir_all(self.paths.raft());
+        let _ = std::fs::remove_file(self.paths.kek());
         self.paths.save_node(&file).map_err(internal)?;
         let (server_tls, client_tls, managers) = {
             let mut g = self.lock();
@@ -577,7 +652,7 @@ impl Daemon {
             (j.server_tls.clone(), j.client_tls.clone(), j.managers.borrow().clone())
         };
         if role == Role::Manager {
-            let r = start_manager(&self.paths, &file, &server_tls, &client_tls).await?;
+            let r = start_manager(&self.paths, &file, &server_tls, &client_tls, None).await?;
             let client = client_tls.borrow().clone();
             let req = ForwardRequest::AddVoter { raft_id, addr: file.advertise_addr.clone() };
             if let Err(e) = ask_leader(&managers, client, req).await {
@@ -714,7 +789,13 @@ async fn start_manager(
     file: &NodeFile,
     server_tls: &watch::Sender<Arc<ServerConfig>>,
     client_tls: &watch::Sender<Arc<ClientConfig>>,
+    unlock: Option<UnlockKey>,
 ) -> Result<Running, Status> {
+    // An autolocked store opens only with the unlock key (`swarm unlock` checked it).
+    let kek = match storage::needs_unlock(&paths.raft().join("raft.redb")).map_err(internal)? {
+        true => unlock.map_or(Kek::Locked, Kek::Unlock),
+        false => Kek::File(paths.kek()),
+    };
     let listener = tokio::net::TcpListener::bind(&file.listen_addr)
         .await
         .map_err(|e| Status::failed_precondition(format!("cannot listen on {}: {e}", file.listen_addr)))?;
@@ -724,6 +805,8 @@ async fn start_manager(
         node_id: file.node_id.clone(),
         cluster_id: file.cluster_id.clone(),
         advertise_addr: file.advertise_addr.clone(),
+        kek,
+        kek_file: paths.kek(),
     };
     let mgr = Manager::open(cfg, client_tls.subscribe())
         .await

@@ -1,6 +1,8 @@
 //! A node's identity and membership on disk under the data root:
 //! `node.json` (who it is, which cluster, which managers) and `certs/`
-//! (cluster CA, its certificate, its private key — mode 0600, never sent).
+//! (cluster CA, its certificate, its private key — mode 0600, never sent —
+//! and, on a manager without autolock, `raft.kek`, the key that seals its
+//! Raft store's data key, mode 0600).
 //! Files are replaced atomically (write to a temp file, fsync, rename).
 
 use std::path::{Path, PathBuf};
@@ -39,6 +41,11 @@ impl Paths {
     }
     pub fn certs(&self) -> PathBuf {
         self.root.join("certs")
+    }
+    /// The key that seals the Raft store's data key, beside the TLS key
+    /// (without autolock; `shoal_manager::raft::atrest`).
+    pub fn kek(&self) -> PathBuf {
+        self.certs().join("raft.kek")
     }
     pub fn raft(&self) -> PathBuf {
         self.root.join("raft")

@@ -34,6 +34,10 @@ impl pb::local_server::Local for LocalService {
     async fn swarm_leave(&self, req: Request<pb::SwarmLeaveRequest>) -> Result<Response<pb::Empty>, Status> {
         self.daemon.leave(req.into_inner().force).await.map(|_| Response::new(pb::Empty {}))
     }
+
+    async fn swarm_unlock(&self, req: Request<pb::SwarmUnlockRequest>) -> Result<Response<pb::Empty>, Status> {
+        self.daemon.unlock(&req.into_inner().key).await.map(|_| Response::new(pb::Empty {}))
+    }
 }
 
 /// `Control` on the local socket: the manager's own service, or a clear
@@ -46,6 +50,9 @@ impl LocalControl {
     fn service(&self) -> Result<ControlService, Status> {
         match self.daemon.manager() {
             Some(mgr) => Ok(ControlService { mgr }),
+            None if self.daemon.is_locked() => {
+                Err(Status::failed_precondition(shoal_manager::raft::atrest::AtRestError::Locked.to_string()))
+            }
             None if self.daemon.in_swarm() => Err(Status::failed_precondition(
                 "this node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. \
                  Run this command on a manager node or promote the current node to a manager",
@@ -76,6 +83,12 @@ impl Control for LocalControl {
     }
     async fn cluster_info(&self, req: Request<pb::Empty>) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         self.service()?.cluster_info(req).await
+    }
+    async fn update_swarm(&self, req: Request<pb::SwarmUpdateRequest>) -> Result<Response<pb::Empty>, Status> {
+        self.service()?.update_swarm(req).await
+    }
+    async fn unlock_key(&self, req: Request<pb::UnlockKeyRequest>) -> Result<Response<pb::UnlockKeyResponse>, Status> {
+        self.service()?.unlock_key(req).await
     }
     async fn create_service(&self, req: Request<pb::ServiceCreateRequest>) -> Result<Response<pb::ServiceRef>, Status> {
         self.service()?.create_service(req).await

@@ -315,6 +315,8 @@ impl Sim {
                 node_id: format!("mgr{id}"),
                 cluster_id: CLUSTER.into(),
                 advertise_addr: manager_addr(id),
+                kek: shoal_manager::raft::atrest::Kek::File(dir.path().join(format!("m{id}.kek"))),
+                kek_file: dir.path().join(format!("m{id}.kek")),
             };
             let net_factory = MemNetworkFactory { id, router: router.clone() };
             let mgr = Manager::open_with(cfg, tls.clone(), fast_config()?, net_factory).await?;
@@ -343,6 +345,7 @@ impl Sim {
         first.initialize().await.map_err(|e| anyhow!("initialize: {}", e.message()))?;
         let root = shoal_manager::ca::new_root(CLUSTER)?;
         let cluster = Cluster {
+            unlock_key: String::new(),
             id: CLUSTER.into(),
             root_ca: root,
             worker_secret: "w".into(),

@@ -213,3 +213,61 @@ async fn a_container_joins_an_attachable_network_through_the_session() -> anyhow
     wait_port_free(&addr, within).await?;
     Ok(())
 }
+
+/// Autolock in process: a manager of an autolocked swarm resumes locked
+/// (its Raft data key is sealed by the unlock key, no key file is kept),
+/// refuses a wrong key and starts with the right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autolocked_manager_resumes_locked_until_unlocked() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let cfg = DaemonConfig {
+        data_root: dir.path().join("data"),
+        socket: dir.path().join("shoal.sock"),
+        listen_addr: addr.clone(),
+        advertise_addr: Some(addr.clone()),
+        hostname: "node1".into(),
+    };
+    let within = Duration::from_secs(20);
+    let kek = cfg.data_root.join("certs").join("raft.kek");
+    let d = Daemon::new(cfg.clone());
+    d.set_worker(Worker::with_runtime(FakeRuntime::new(), "node1"));
+    let req = pb::SwarmInitRequest { autolock: true, ..Default::default() };
+    d.init(req).await.map_err(|s| anyhow::anyhow!("init: {}", s.message()))?;
+    let key = d.manager().context("manager")?.store.read().cluster.as_ref().context("cluster")?.unlock_key.clone();
+    ensure!(key.starts_with("SWMKEY-1-"), "{key}");
+    let deadline = Instant::now() + within;
+    while kek.exists() {
+        ensure!(Instant::now() < deadline, "the key file stayed under autolock");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition with a deadline
+    }
+    d.shutdown().await;
+    wait_port_free(&addr, within).await?;
+    // Raft's storage tasks release the database shortly after shutdown (a
+    // restarted process never sees that; this one resumes in the same process).
+    let db = cfg.data_root.join("raft").join("raft.redb");
+    let deadline = Instant::now() + within;
+    while let Err(e) = shoal_manager::raft::storage::needs_unlock(&db) {
+        ensure!(Instant::now() < deadline && e.to_string().contains("already open"), "{e}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition with a deadline
+    }
+
+    let d = Daemon::new(cfg);
+    d.set_worker(Worker::with_runtime(FakeRuntime::new(), "node1"));
+    d.resume().await?;
+    ensure!(d.is_locked() && d.in_swarm() && d.manager().is_none());
+    ensure!(d.info().swarm_state == "locked", "{:?}", d.info());
+    let wrong = format!("SWMKEY-1-{}", "A".repeat(43));
+    for bad in [wrong.as_str(), "nonsense"] {
+        let e = d.unlock(bad).await.err().context("a wrong key unlocked")?;
+        ensure!(e.message() == "invalid key", "{}", e.message());
+    }
+    ensure!(d.is_locked());
+    d.unlock(&key).await.map_err(|s| anyhow::anyhow!("unlock: {}", s.message()))?;
+    ensure!(!d.is_locked() && d.info().swarm_state == "active" && d.info().is_manager);
+    wait_ready(&d, within).await.context("after unlock")?;
+    let e = d.unlock(&key).await.err().context("unlocked twice")?;
+    ensure!(e.message().contains("not locked"), "{}", e.message());
+    d.shutdown().await;
+    Ok(())
+}

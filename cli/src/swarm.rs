@@ -1,4 +1,4 @@
-//! `shoal swarm init|join|join-token|leave`.
+//! `shoal swarm init|join|join-token|leave|update|unlock|unlock-key`.
 
 use clap::Subcommand;
 use shoal_proto::pb;
@@ -33,6 +33,29 @@ pub enum SwarmCmd {
         /// This node's address for the data path (default: its advertise address).
         #[arg(long, value_name = "IP")]
         data_path_addr: Option<String>,
+        /// Restarted managers stay locked until `shoal swarm unlock` gives the key printed here.
+        #[arg(long)]
+        autolock: bool,
+    },
+    /// Change the swarm's settings (those not given stay).
+    Update {
+        /// Autolock on (a key is printed) or off: `--autolock` or `--autolock=true|false`.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+        autolock: Option<bool>,
+        /// Lifetime of node certificates issued from now on (e.g. 90d, 2160h).
+        #[arg(long, value_parser = crate::parse::duration_secs)]
+        cert_expiry: Option<u64>,
+    },
+    /// Unlock a restarted manager of an autolocked swarm (the key is read from the terminal or stdin).
+    Unlock,
+    /// Show or rotate the unlock key of an autolocked swarm.
+    UnlockKey {
+        /// Only print the key.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Make a new key (every manager re-seals its data key with it).
+        #[arg(long)]
+        rotate: bool,
     },
     /// Join a swarm as a worker or manager (the token decides).
     Join {
@@ -71,6 +94,15 @@ fn join_command(token: &str, addr: &str) -> String {
     format!("    shoal swarm join --token {token} {addr}")
 }
 
+/// Docker's words around an unlock key.
+fn print_unlock_key(key: &str) {
+    println!("To unlock a swarm manager after it restarts, run the `shoal swarm unlock`");
+    println!("command and provide the following key:\n");
+    println!("    {key}\n");
+    println!("Please remember to store this key in a password manager, since without it you");
+    println!("will not be able to restart the manager.");
+}
+
 pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
     match cmd {
         SwarmCmd::Init {
@@ -82,6 +114,7 @@ pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
             default_addr_pool_mask_length,
             data_path_port,
             data_path_addr,
+            autolock,
         } => {
             // Checked here for a clear error before anything starts (the daemon checks again).
             shoal_proto::network::ClusterNet::from_init(
@@ -101,20 +134,62 @@ pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
                     default_addr_pool_mask_length: default_addr_pool_mask_length.map_or(0, u32::from),
                     data_path_port: data_path_port.map_or(0, u32::from),
                     data_path_addr: data_path_addr.clone().unwrap_or_default(),
+                    autolock: *autolock,
                 })
                 .await?
                 .into_inner();
-            let t = client::control(cli)
-                .await?
-                .join_token(pb::JoinTokenRequest { role: "worker".into(), rotate: false })
-                .await?
-                .into_inner();
+            let mut control = client::control(cli).await?;
+            let t =
+                control.join_token(pb::JoinTokenRequest { role: "worker".into(), rotate: false }).await?.into_inner();
             println!("Swarm initialized: current node ({}) is now a manager.\n", i.node_id);
             println!("To add a worker to this swarm, run the following command:\n");
             println!("{}\n", join_command(&t.token, &t.manager_addr));
             println!(
                 "To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions."
             );
+            if *autolock {
+                let key = control.unlock_key(pb::UnlockKeyRequest { rotate: false }).await?.into_inner().key;
+                println!();
+                print_unlock_key(&key);
+            }
+        }
+        SwarmCmd::Update { autolock, cert_expiry } => {
+            let mut control = client::control(cli).await?;
+            control
+                .update_swarm(pb::SwarmUpdateRequest { autolock: *autolock, cert_expiry_secs: *cert_expiry })
+                .await?;
+            println!("Swarm updated.");
+            if *autolock == Some(true) {
+                let key = control.unlock_key(pb::UnlockKeyRequest { rotate: false }).await?.into_inner().key;
+                print_unlock_key(&key);
+            }
+        }
+        SwarmCmd::Unlock => {
+            use std::io::IsTerminal;
+            let key = if std::io::stdin().is_terminal() {
+                crate::terminal::prompt("Enter unlock key: ", false)?
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line
+            };
+            client::local(cli).await?.swarm_unlock(pb::SwarmUnlockRequest { key: key.trim().to_string() }).await?;
+        }
+        SwarmCmd::UnlockKey { quiet, rotate } => {
+            let key = client::control(cli)
+                .await?
+                .unlock_key(pb::UnlockKeyRequest { rotate: *rotate })
+                .await?
+                .into_inner()
+                .key;
+            if *quiet {
+                println!("{key}");
+                return Ok(());
+            }
+            if *rotate {
+                println!("Successfully rotated manager unlock key.\n");
+            }
+            print_unlock_key(&key);
         }
         SwarmCmd::Join { token, advertise_addr, listen_addr, data_path_addr, remote_addr } => {
             let i = client::local(cli)

@@ -301,6 +301,7 @@ mod tests {
             manager_secret: String::new(),
             node_cert_ttl_secs: 0,
             net,
+            unlock_key: String::new(),
             meta: Meta::default(),
         };
         let mut node = Node {

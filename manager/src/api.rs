@@ -755,6 +755,52 @@ impl pb::control_server::Control for ControlService {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn update_swarm(&self, req: Request<pb::SwarmUpdateRequest>) -> Result<Response<pb::Empty>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, update_swarm);
+        if let Some(t) = r.cert_expiry_secs
+            && t < ca::MIN_NODE_VALIDITY.as_secs()
+        {
+            return Err(Status::invalid_argument(format!(
+                "--cert-expiry must be at least {}s",
+                ca::MIN_NODE_VALIDITY.as_secs()
+            )));
+        }
+        self.mgr.linearizable().await?;
+        let autolocked = self.mgr.store.read().cluster.as_ref().is_some_and(|c| !c.unlock_key.is_empty());
+        let unlock_key = match r.autolock {
+            Some(true) if !autolocked => Some(new_unlock_key()?),
+            Some(false) if autolocked => Some(String::new()),
+            _ => None, // unchanged: an autolocked swarm keeps its key
+        };
+        if unlock_key.is_some() || r.cert_expiry_secs.is_some() {
+            self.mgr.write(Command::UpdateSwarm { unlock_key, cert_ttl_secs: r.cert_expiry_secs }).await?;
+        }
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn unlock_key(&self, req: Request<pb::UnlockKeyRequest>) -> Result<Response<pb::UnlockKeyResponse>, Status> {
+        let caller = self.authorize(&req)?;
+        let r = route!(self, req, caller, ControlClient, unlock_key);
+        self.mgr.linearizable().await?;
+        let current = self.mgr.store.read().cluster.as_ref().map(|c| c.unlock_key.clone()).unwrap_or_default();
+        if current.is_empty() {
+            return Err(Status::failed_precondition(
+                "no unlock key is set: the swarm is not autolocked (`shoal swarm update --autolock=true` turns it on)",
+            ));
+        }
+        let key = if r.rotate {
+            let key = new_unlock_key()?;
+            self.mgr.write(Command::UpdateSwarm { unlock_key: Some(key.clone()), cert_ttl_secs: None }).await?;
+            key
+        } else {
+            current
+        };
+        Ok(Response::new(pb::UnlockKeyResponse { key }))
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn cluster_info(&self, req: Request<pb::Empty>) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         let caller = self.authorize(&req)?;
         let _ = route!(self, req, caller, ControlClient, cluster_info);
@@ -877,6 +923,11 @@ impl pb::ca_server::Ca for CaService {
             raft_id,
         }))
     }
+}
+
+/// A new autolock key, as the operator will type it.
+pub fn new_unlock_key() -> Result<String, Status> {
+    crate::raft::atrest::UnlockKey::generate().map(|k| k.to_string()).map_err(|e| Status::internal(e.to_string()))
 }
 
 #[cfg(test)]

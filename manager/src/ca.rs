@@ -147,6 +147,7 @@ mod tests {
             manager_secret: JoinToken::new_secret(),
             node_cert_ttl_secs: 0,
             net: Default::default(),
+            unlock_key: String::new(),
             meta: Meta::default(),
         }
     }

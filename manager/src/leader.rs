@@ -409,6 +409,7 @@ mod tests {
             manager_secret: String::new(),
             node_cert_ttl_secs: 0,
             net: Default::default(),
+            unlock_key: String::new(),
             meta: Meta::default(),
         };
         p.store

@@ -24,6 +24,7 @@ use tonic::{Code, Status};
 
 use crate::dispatcher::Dispatcher;
 use crate::leader::Proposer;
+use crate::raft::atrest::Kek;
 use crate::raft::network::{CONNECT_TIMEOUT, GrpcNetworkFactory};
 use crate::raft::storage::{self, LogStore, StateMachine};
 use crate::raft::{self, Raft, TypeConfig};
@@ -44,6 +45,12 @@ pub struct ManagerConfig {
     pub cluster_id: String,
     /// `host:port` other managers and agents reach this one on.
     pub advertise_addr: String,
+    /// What opens the data key of the Raft store (`raft::atrest`): the key
+    /// file, or the unlock key of an autolocked swarm.
+    pub kek: Kek,
+    /// The key file (beside the TLS key) that seals the data key without
+    /// autolock; made when autolock goes off, removed when it goes on.
+    pub kek_file: PathBuf,
 }
 
 /// Where a call must be served.
@@ -57,6 +64,8 @@ pub struct Manager {
     pub raft: Raft,
     pub store: Store,
     pub dispatcher: Dispatcher,
+    /// The Raft store's database and data key: `rewrap` when the KEK changes.
+    pub disk: storage::Db,
     client_tls: watch::Receiver<Arc<ClientConfig>>,
     channels: Mutex<HashMap<String, Channel>>,
     /// Cancelled when leadership is lost; replaced when it is (re)gained.
@@ -88,13 +97,14 @@ impl Manager {
         N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = Vec<u8>>,
     {
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let db = storage::open(&cfg.data_dir.join("raft.redb"))?;
+        let db = storage::open(&cfg.data_dir.join("raft.redb"), &cfg.kek)?;
         let store = Store::new();
         let sm = StateMachine::open(db.clone(), store.clone()).await?;
-        let raft = Raft::new(cfg.raft_id, raft_config, network, LogStore::new(db), sm).await?;
+        let raft = Raft::new(cfg.raft_id, raft_config, network, LogStore::new(db.clone()), sm).await?;
         Ok(Arc::new(Manager {
             dispatcher: Dispatcher::new(store.clone()),
             cfg,
+            disk: db,
             raft,
             store,
             client_tls,
@@ -108,6 +118,49 @@ impl Manager {
     pub fn run(self: &Arc<Self>, disconnects: mpsc::UnboundedReceiver<Disconnected>) {
         tokio::spawn(self.clone().follow_leadership());
         tokio::spawn(self.clone().watch_leader_liveness(disconnects));
+        tokio::spawn(self.clone().keep_data_key_sealed());
+    }
+
+    /// Keeps this manager's data key sealed as the cluster says: by the
+    /// unlock key while the swarm is autolocked (the key file removed), by
+    /// the key file otherwise. The unlock key reaches every manager through
+    /// Raft (encrypted at rest like everything there), so `swarm update
+    /// --autolock` and `unlock-key --rotate` re-seal on each manager that
+    /// applies them; one that is down then needs the key it had.
+    async fn keep_data_key_sealed(self: Arc<Self>) {
+        let mut applied = self.store.applied_index();
+        let mut sealed_for: Option<String> = None;
+        loop {
+            let want = self.store.read().cluster.as_ref().map(|c| c.unlock_key.clone());
+            // Before the cluster object is here (a joining manager), leave the seal as it is.
+            if let Some(want) = want
+                && sealed_for.as_ref() != Some(&want)
+            {
+                match self.reseal(&want) {
+                    Ok(()) => sealed_for = Some(want),
+                    Err(e) => tracing::error!(error = %e, "re-sealing the Raft data key"),
+                }
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = applied.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
+    fn reseal(&self, unlock_key: &str) -> std::io::Result<()> {
+        if unlock_key.is_empty() {
+            if self.disk.autolocked()? {
+                self.disk.rewrap(&Kek::File(self.cfg.kek_file.clone()))?;
+                tracing::info!("autolock off: the Raft data key is sealed by the key file");
+            }
+            return Ok(());
+        }
+        let key: crate::raft::atrest::UnlockKey = unlock_key.parse()?;
+        self.disk.rewrap(&Kek::Unlock(key))?;
+        crate::raft::atrest::remove_kek_file(&self.cfg.kek_file)?;
+        tracing::info!("autolock: the Raft data key is sealed by the unlock key");
+        Ok(())
     }
 
     pub async fn shutdown(&self) {

@@ -119,6 +119,13 @@ pub enum Command {
         role: Role,
         secret: String,
     },
+    /// `swarm update` and `swarm unlock-key --rotate`: what is given changes.
+    /// `unlock_key`: `Some("")` turns autolock off, `Some(key)` on (or
+    /// rotates); every manager re-seals its data key when it applies this.
+    UpdateSwarm {
+        unlock_key: Option<String>,
+        cert_ttl_secs: Option<u64>,
+    },
     /// From the dispatcher, for the node whose session said them: its
     /// netd's WireGuard public keys after a view (a removed node's late
     /// word is dropped).
@@ -293,6 +300,7 @@ impl Command {
             Command::NodeStatus { .. } => "node-status",
             Command::RemoveNode { .. } => "remove-node",
             Command::RotateToken { .. } => "rotate-token",
+            Command::UpdateSwarm { .. } => "update-swarm",
             Command::NodeKeys { .. } => "node-keys",
             Command::RotateNetworkKeys => "rotate-network-keys",
             Command::AssignRaftId { .. } => "assign-raft-id",
@@ -478,6 +486,17 @@ impl State {
                 match role {
                     Role::Worker => cluster.worker_secret = secret.clone(),
                     Role::Manager => cluster.manager_secret = secret.clone(),
+                }
+                stamp(&mut cluster.meta, index, at, false);
+                (Response::Ok, vec![ObjKey::Cluster])
+            }
+            Command::UpdateSwarm { unlock_key, cert_ttl_secs } => {
+                let Some(cluster) = self.cluster.as_mut() else { return reject("the cluster is not initialized") };
+                if let Some(k) = unlock_key {
+                    cluster.unlock_key = k.clone();
+                }
+                if let Some(t) = cert_ttl_secs {
+                    cluster.node_cert_ttl_secs = *t;
                 }
                 stamp(&mut cluster.meta, index, at, false);
                 (Response::Ok, vec![ObjKey::Cluster])
@@ -1008,6 +1027,7 @@ pub(crate) mod tests {
             manager_secret: "m".into(),
             node_cert_ttl_secs: 0,
             net: Default::default(),
+            unlock_key: String::new(),
             meta: Meta::default(),
         }
     }
@@ -1025,6 +1045,23 @@ pub(crate) mod tests {
 
     fn req(cmd: Command) -> Request {
         Request { at_ms: 20, cmd }
+    }
+
+    #[test]
+    fn update_swarm_changes_only_what_it_is_given() {
+        let mut s = booted();
+        let set = |unlock_key: Option<&str>, cert_ttl_secs| {
+            req(Command::UpdateSwarm { unlock_key: unlock_key.map(str::to_string), cert_ttl_secs })
+        };
+        assert_eq!(s.apply(2, &set(Some("SWMKEY-1-a"), None)), (Response::Ok, vec![ObjKey::Cluster]));
+        assert_eq!(s.apply(3, &set(None, Some(7200))), (Response::Ok, vec![ObjKey::Cluster]));
+        let c = s.cluster.as_ref().expect("cluster");
+        assert_eq!((c.unlock_key.as_str(), c.node_cert_ttl_secs), ("SWMKEY-1-a", 7200));
+        s.apply(4, &set(Some(""), None));
+        let c = s.cluster.as_ref().expect("cluster");
+        assert_eq!((c.unlock_key.as_str(), c.node_cert_ttl_secs), ("", 7200), "autolock off, the rest kept");
+        let mut empty = State::default();
+        assert!(matches!(empty.apply(1, &set(None, None)).0, Response::Rejected(_)));
     }
 
     #[test]

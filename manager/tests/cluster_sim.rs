@@ -25,6 +25,7 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use openraft::alias::LogIdOf;
 use openraft::async_runtime::WatchReceiver as _;
 use openraft::{BasicNode, ChangeMembers, RaftLogReader as _, RaftMetrics, ServerState};
+use shoal_manager::raft::atrest::Kek;
 use shoal_manager::raft::mem::{MemNetworkFactory, Router, run_seeded, seeds};
 use shoal_manager::raft::storage::{self, LogStore, StateMachine};
 use shoal_manager::raft::{Raft, TypeConfig};
@@ -92,7 +93,7 @@ struct Member {
     store: Store,
     log: LogStore,
     /// To know when every handle on the database is gone (redb opens a file once).
-    db: Weak<redb::Database>,
+    db: Weak<storage::Disk>,
 }
 
 struct Cluster {
@@ -114,7 +115,7 @@ impl Drop for Cluster {
 }
 
 async fn start_member(id: u64, dir: &Path, cfg: Arc<openraft::Config>, router: &Router) -> anyhow::Result<Member> {
-    let db = storage::open(&dir.join("raft.redb"))?;
+    let db = storage::open(&dir.join("raft.redb"), &Kek::File(dir.join("raft.kek")))?;
     let weak = Arc::downgrade(&db);
     let store = Store::new();
     let sm = StateMachine::open(db.clone(), store.clone()).await?;

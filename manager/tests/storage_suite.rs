@@ -3,6 +3,7 @@
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::{ErrorSubject, ErrorVerb, StorageError};
 use shoal_manager::raft::TypeConfig;
+use shoal_manager::raft::atrest::Kek;
 use shoal_manager::raft::storage::{self, LogStore, StateMachine};
 use shoal_manager::store::Store;
 
@@ -15,7 +16,8 @@ fn setup_err(e: std::io::Error) -> StorageError<TypeConfig> {
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RedbBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().map_err(setup_err)?;
-        let db = storage::open(&dir.path().join("raft.redb")).map_err(setup_err)?;
+        let db =
+            storage::open(&dir.path().join("raft.redb"), &Kek::File(dir.path().join("raft.kek"))).map_err(setup_err)?;
         let sm = StateMachine::open(db.clone(), Store::new()).await.map_err(setup_err)?;
         Ok((dir, LogStore::new(db), sm))
     }
@@ -39,6 +41,7 @@ async fn an_installed_snapshot_survives_a_restart_whole() -> anyhow::Result<()> 
 
     let mut state = State::default();
     let cluster = Cluster {
+        unlock_key: String::new(),
         id: "c".into(),
         root_ca: RootCa { cert_pem: String::new(), key_pem: String::new() },
         worker_secret: String::new(),
@@ -72,7 +75,7 @@ async fn an_installed_snapshot_survives_a_restart_whole() -> anyhow::Result<()> 
     anyhow::ensure!(state.services.len() == 1 && state.tasks.len() == 1 && state.networks.len() == 1);
 
     let dir = tempfile::tempdir()?;
-    let db = storage::open(&dir.path().join("raft.redb"))?;
+    let db = storage::open(&dir.path().join("raft.redb"), &Kek::File(dir.path().join("raft.kek")))?;
     let mut sm = StateMachine::open(db.clone(), Store::new()).await?;
     let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: None, last_membership: Default::default() };
     sm.install_snapshot(&meta, serde_json::to_vec(&state)?).await?;

@@ -188,6 +188,10 @@ pub struct Cluster {
     /// Address pools, the ingress subnet and ports (defaults for clusters made before them).
     #[serde(default)]
     pub net: crate::network::ClusterNet,
+    /// Autolock: the unlock key (`SWMKEY-1-...`) that seals every manager's
+    /// Raft data key; empty: no autolock. Only in Raft (encrypted at rest).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unlock_key: String,
     pub meta: Meta,
 }
 

@@ -3,6 +3,7 @@
 //! path that notices a dead leader (`liveness`). Nothing outside this module
 //! names an openraft type except through the aliases here.
 
+pub mod atrest;
 pub mod mem;
 pub mod network;
 pub mod service;
