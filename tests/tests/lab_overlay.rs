@@ -267,11 +267,14 @@ fn services_on_an_overlay_reach_each_other_across_hosts() -> Result<()> {
     let net_id = net["Id"].as_str().context("the network's id")?.to_string();
     let subnet = Subnet::parse(net["IPAM"]["Config"][0]["Subnet"].as_str().unwrap_or_default())?;
 
-    // Ten replicas, two per host, on the overlay.
+    // Ten replicas, two per host, on the overlay. With a health check, as a service that must
+    // not be sent requests before it answers needs: a task is a backend once it is healthy, not
+    // as soon as its process started (the scenarios below scale it up under a client's load).
+    let health = ["--health-cmd", "wget -q -O /dev/null http://localhost/", "--health-interval", "1s"];
     create_service(
         &lab,
         "web",
-        &["--network", "app", "--replicas", "10", "--replicas-max-per-node", "2"],
+        &[&["--network", "app", "--replicas", "10", "--replicas-max-per-node", "2"][..], &health].concat(),
         &["sh", "-c", WEB_SH],
     )?;
     let tasks = placed(&lab, "web", &net_id, 10)?;
