@@ -20,6 +20,20 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A daemon `node1` with its data and socket under `dir`, listening on a free
+/// loopback port; its config and that address.
+fn node1(dir: &std::path::Path) -> anyhow::Result<(DaemonConfig, String)> {
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let cfg = DaemonConfig {
+        data_root: dir.join("data"),
+        socket: dir.join("shoal.sock"),
+        listen_addr: addr.clone(),
+        advertise_addr: Some(addr.clone()),
+        hostname: "node1".into(),
+    };
+    Ok((cfg, addr))
+}
+
 /// Waits until this node's manager sees the node ready (its session is up).
 async fn wait_ready(d: &Daemon, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
@@ -55,14 +69,7 @@ async fn wait_port_free(addr: &str, within: Duration) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_starts_stops_and_resumes_in_process() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let addr = format!("127.0.0.1:{}", free_port()?);
-    let cfg = DaemonConfig {
-        data_root: dir.path().join("data"),
-        socket: dir.path().join("shoal.sock"),
-        listen_addr: addr.clone(),
-        advertise_addr: Some(addr.clone()),
-        hostname: "node1".into(),
-    };
+    let (cfg, addr) = node1(dir.path())?;
     let within = Duration::from_secs(20);
     let fake = FakeRuntime::new();
     let cancel = CancellationToken::new();
@@ -144,14 +151,7 @@ async fn a_container_joins_an_attachable_network_through_the_session() -> anyhow
     use shoal_proto::network::NetworkSpec;
 
     let dir = tempfile::tempdir()?;
-    let addr = format!("127.0.0.1:{}", free_port()?);
-    let cfg = DaemonConfig {
-        data_root: dir.path().join("data"),
-        socket: dir.path().join("shoal.sock"),
-        listen_addr: addr.clone(),
-        advertise_addr: Some(addr.clone()),
-        hostname: "node1".into(),
-    };
+    let (cfg, addr) = node1(dir.path())?;
     let within = Duration::from_secs(20);
     let fake = FakeRuntime::new();
     let cancel = CancellationToken::new();
@@ -220,14 +220,7 @@ async fn a_container_joins_an_attachable_network_through_the_session() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_autolocked_manager_resumes_locked_until_unlocked() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let addr = format!("127.0.0.1:{}", free_port()?);
-    let cfg = DaemonConfig {
-        data_root: dir.path().join("data"),
-        socket: dir.path().join("shoal.sock"),
-        listen_addr: addr.clone(),
-        advertise_addr: Some(addr.clone()),
-        hostname: "node1".into(),
-    };
+    let (cfg, addr) = node1(dir.path())?;
     let within = Duration::from_secs(20);
     let kek = cfg.data_root.join("certs").join("raft.kek");
     let d = Daemon::new(cfg.clone());

@@ -585,3 +585,29 @@ pub fn image_archive(dir: &Path, rootfs: &Path, tag: &str, config: serde_json::V
     }
     Ok(archive)
 }
+
+/// The files under `dir` whose bytes contain `needle`, leaving out what lies under `skip`
+/// (the disk greps of the secrets and autolock tests).
+pub fn files_containing(dir: &Path, needle: &str, skip: &[&Path]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(t) = e.file_type() else { continue };
+            if skip.iter().any(|s| p.starts_with(s)) {
+                continue;
+            }
+            if t.is_dir() {
+                stack.push(p);
+            } else if t.is_file()
+                && let Ok(bytes) = fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+            {
+                hits.push(p.display().to_string());
+            }
+        }
+    }
+    hits
+}

@@ -12,32 +12,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
-use shoal_tests::lab::{Lab, lab_or_skip, wait_for};
+use shoal_tests::lab::{Lab, files_containing, lab_or_skip, wait_for};
 
 const LOCKED: &str = "Swarm is encrypted and needs to be unlocked before it can be used";
 const SEALED: &str = "the Raft data key is sealed by the unlock key";
-
-/// Files under `dir` whose bytes contain `needle`.
-fn grep(dir: &Path, needle: &str) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            let Ok(t) = e.file_type() else { continue };
-            if t.is_dir() {
-                stack.push(p);
-            } else if t.is_file()
-                && let Ok(bytes) = std::fs::read(&p)
-                && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
-            {
-                hits.push(p.display().to_string());
-            }
-        }
-    }
-    hits
-}
 
 fn lib(i: usize) -> std::path::PathBuf {
     Path::new("/tmp/shoal-lab").join(format!("h{i}")).join("lib")
@@ -104,7 +82,7 @@ fn autolocked_managers_stay_locked_until_unlocked_with_their_key() -> Result<()>
     for i in 1..=3 {
         ensure!(lib(i).join("raft").join("raft.redb").exists(), "host {i} has a Raft store");
         for needle in [&plain, &b64] {
-            let hits = grep(&lib(i), needle);
+            let hits = files_containing(&lib(i), needle, &[]);
             ensure!(hits.is_empty(), "host {i}'s data dir holds the secret: {hits:?}");
         }
         ensure!(!lib(i).join("certs").join("raft.kek").exists(), "host {i} keeps a key file under autolock");

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use serde_json::Value;
-use shoal_tests::lab::{Lab, busybox_rootfs_tar, lab_or_skip, wait_for};
+use shoal_tests::lab::{Lab, busybox_rootfs_tar, files_containing, lab_or_skip, wait_for};
 
 const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
 
@@ -34,31 +34,6 @@ fn task_container(lab: &Lab, i: usize, service: &str, not: Option<&str>) -> Resu
 /// `cat PATH` in the container on host `i`.
 fn cat(lab: &Lab, i: usize, container: &str, path: &str) -> Result<String> {
     lab.shoal(i, &["exec", container, "cat", path])
-}
-
-/// The files under `dir` (not following other mounts) that contain `needle`.
-fn grep(dir: &Path, needle: &str, skip: &[&Path]) -> Result<Vec<String>> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            let Ok(t) = e.file_type() else { continue };
-            if skip.iter().any(|s| p.starts_with(s)) {
-                continue;
-            }
-            if t.is_dir() {
-                stack.push(p);
-            } else if t.is_file()
-                && let Ok(bytes) = std::fs::read(&p)
-                && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
-            {
-                hits.push(p.display().to_string());
-            }
-        }
-    }
-    Ok(hits)
 }
 
 #[test]
@@ -177,7 +152,7 @@ fn secrets_and_configs_reach_their_tasks_only_and_never_a_disk() -> Result<()> {
     let raft = root.join("h1").join("lib").join("raft");
     for i in 1..=4 {
         for needle in &needles {
-            let hits = grep(&root.join(format!("h{i}")), needle, &[])?;
+            let hits = files_containing(&root.join(format!("h{i}")), needle, &[]);
             ensure!(hits.is_empty(), "host {i}'s disk holds a secret: {hits:?}");
         }
     }
@@ -205,8 +180,8 @@ fn the_disk_grep_finds_what_it_looks_for_and_skips_what_it_is_told() -> Result<(
     std::fs::create_dir_all(tmp.path().join("a/b"))?;
     std::fs::write(tmp.path().join("a/b/f"), "xx-needle-yy")?;
     std::fs::write(tmp.path().join("a/g"), "nothing")?;
-    let hits = grep(tmp.path(), "needle", &[])?;
+    let hits = files_containing(tmp.path(), "needle", &[]);
     ensure!(hits.len() == 1 && hits[0].ends_with("a/b/f"), "{hits:?}");
-    ensure!(grep(tmp.path(), "needle", &[&tmp.path().join("a/b")])?.is_empty());
+    ensure!(files_containing(tmp.path(), "needle", &[&tmp.path().join("a/b")]).is_empty());
     Ok(())
 }
