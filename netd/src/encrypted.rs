@@ -109,12 +109,16 @@ pub struct Encryption {
     /// The epoch the keys were made for (`None` before the first view).
     epoch: Option<u64>,
     datapath: Option<(SocketAddrV4, Datapath)>,
+    /// What the running datapath was last configured with, without error:
+    /// most views change only services' backends, which it does not follow.
+    configured: Option<(Vec<WgNetwork>, Vec<WgPeer>)>,
 }
 
 impl Encryption {
     /// Loads this host's keys from `dir`, making them on first start.
     pub fn open(dir: &Path, epoch: Option<u64>) -> std::io::Result<Encryption> {
-        Ok(Encryption { dir: dir.to_path_buf(), keys: StaticKeys::load_or_create(dir)?, epoch, datapath: None })
+        let keys = StaticKeys::load_or_create(dir)?;
+        Ok(Encryption { dir: dir.to_path_buf(), keys, epoch, datapath: None, configured: None })
     }
 
     /// The public keys as the managers hear them.
@@ -159,6 +163,7 @@ impl Encryption {
         }
         let (networks, peers) = configuration(view, local, sandboxes);
         if networks.is_empty() {
+            self.configured = None;
             if let Some((at, _)) = self.datapath.take() {
                 tracing::info!(%at, "no encrypted network here any more: WireGuard stopped");
             }
@@ -173,6 +178,7 @@ impl Encryption {
             self.datapath = None; // the data address or port moved
         }
         if self.datapath.is_none() {
+            self.configured = None;
             let cfg = DatapathConfig { listen, workers: 0, offload: true };
             match Datapath::start(cfg, self.keys.clone()) {
                 Ok(d) => {
@@ -185,10 +191,17 @@ impl Encryption {
                 }
             }
         }
+        let wanted = (networks, peers);
         if let Some((_, d)) = &self.datapath
-            && let Err(e) = d.configure(networks, peers)
+            && self.configured.as_ref() != Some(&wanted)
         {
-            errors.push(format!("configuring WireGuard: {e}"));
+            match d.configure(wanted.0.clone(), wanted.1.clone()) {
+                Ok(()) => self.configured = Some(wanted),
+                Err(e) => {
+                    self.configured = None;
+                    errors.push(format!("configuring WireGuard: {e}"));
+                }
+            }
         }
         errors
     }
