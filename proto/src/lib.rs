@@ -6,6 +6,7 @@
 //! and does no I/O beyond the sockets it is handed, except `probe`: the liveness
 //! probe binds its own UDP sockets and runs the node's responder on a thread.
 
+pub mod container;
 pub mod health;
 pub mod model;
 pub mod mount;

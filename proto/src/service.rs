@@ -309,6 +309,14 @@ pub struct TaskSpec {
     /// The configs its containers get as files at their targets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<FileRef>,
+    /// `--entrypoint`: replaces the image's (the args follow it); empty:
+    /// the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    /// What its containers ask of their host (sysctls, ulimits, extra hosts,
+    /// DNS, init, read-only root, capabilities, log driver).
+    #[serde(default, skip_serializing_if = "crate::container::HostConfig::is_default")]
+    pub host_config: crate::container::HostConfig,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

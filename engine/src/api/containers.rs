@@ -178,6 +178,7 @@ fn run_request(r: pb::ContainerRunRequest) -> Result<RunRequest, ContainerError>
         create_only: r.create_only,
         health: r.health.as_ref().map(Into::into).unwrap_or_default(),
         files: Vec::new(),
+        host_config: Default::default(),
     })
 }
 

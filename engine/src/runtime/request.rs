@@ -77,6 +77,8 @@ pub struct RunRequest {
     pub health: HealthSetting,
     /// A task's secrets and configs, as files (see `taskfiles`).
     pub files: Vec<super::taskfiles::TaskFile>,
+    /// `--sysctl`, `--ulimit`, `--add-host`, `--dns*`, `--init`, `--log-driver`...
+    pub host_config: shoal_proto::container::HostConfig,
 }
 
 /// A mount as asked, and the flag that asked for it: `-v` makes a missing

@@ -1,0 +1,312 @@
+//! What a container asks of the host that runs it beyond its image, process
+//! and limits: kernel settings, resource limits of its processes, extra
+//! names and resolvers, an init, its root's write access, its capabilities
+//! and its log. Docker calls this the container's host config; `shoal run`
+//! fills it from its flags, a service from `service create` or a Compose
+//! file, and the engine applies it the same way for both.
+//!
+//! The parsers here are Docker's spellings (`--ulimit nofile=1024:2048`,
+//! `--add-host name:ip`, `--sysctl k=v`); `HostConfig::validate` is what the
+//! managers and the engine both check before anything is stored or started.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HostConfig {
+    /// `--sysctl`: namespaced kernel settings (see [`check_sysctl`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// `--ulimit`, at most one per name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+    /// `--add-host` / `--host`: extra `/etc/hosts` lines, as `name:ip`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+    /// `--dns`: the resolvers the container's names go to (after the
+    /// cluster's own names, on a network with the embedded DNS).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<IpAddr>,
+    /// `--dns-search`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
+    /// `--dns-option` (`ndots:2`, `timeout:1`...), as resolv.conf spells them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_options: Vec<String>,
+    /// `--init`: a minimal init runs as the container's PID 1, reaps zombies
+    /// and passes signals on to the process.
+    #[serde(skip_serializing_if = "is_false")]
+    pub init: bool,
+    /// `--read-only`: the root filesystem is mounted read-only.
+    #[serde(skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    /// `--cap-add`, `--cap-drop`: Docker's names, with or without `CAP_`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// `--log-driver`: `json-file` (empty means it), `local` (the same
+    /// files here) or `none`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub log_driver: String,
+    /// `--log-opt k=v` (`max-size`, `max-file`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub log_opts: BTreeMap<String, String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The log drivers a container may ask for.
+pub const LOG_DRIVERS: &[&str] = &["json-file", "local", "none"];
+
+impl HostConfig {
+    pub fn is_default(&self) -> bool {
+        *self == HostConfig::default()
+    }
+
+    /// Everything a host could refuse later, refused now with what to do.
+    /// Capability names are the engine's to check (it knows the kernel's).
+    pub fn validate(&self) -> Result<(), String> {
+        for (k, v) in &self.sysctls {
+            check_sysctl(k, v)?;
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for u in &self.ulimits {
+            u.check()?;
+            if !names.insert(u.name.as_str()) {
+                return Err(format!("ulimit {:?} is given twice: give each name once", u.name));
+            }
+        }
+        for h in &self.extra_hosts {
+            parse_extra_host(h)?;
+        }
+        for s in &self.dns_search {
+            if s.is_empty() || s.contains(char::is_whitespace) {
+                return Err(format!("invalid dns search domain {s:?}: a domain name without spaces"));
+            }
+        }
+        for o in &self.dns_options {
+            if o.is_empty() || o.contains(char::is_whitespace) {
+                return Err(format!("invalid dns option {o:?}: one resolv.conf option such as ndots:2"));
+            }
+        }
+        if !self.log_driver.is_empty() && !LOG_DRIVERS.contains(&self.log_driver.as_str()) {
+            return Err(format!(
+                "log driver {:?} is not supported: use one of {}",
+                self.log_driver,
+                LOG_DRIVERS.join(", ")
+            ));
+        }
+        if self.log_driver == "none" && !self.log_opts.is_empty() {
+            return Err("log driver \"none\" takes no --log-opt".into());
+        }
+        Ok(())
+    }
+}
+
+/// A resource limit of the container's processes (`setrlimit`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// Docker's name: `nofile`, `nproc`, `core`...
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
+}
+
+/// Docker's ulimit names (each an `RLIMIT_` resource).
+pub const ULIMITS: &[&str] = &[
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+impl Ulimit {
+    /// `nofile=1024:2048`, or `nofile=1024` (soft and hard alike); `-1` is
+    /// unlimited.
+    pub fn parse(s: &str) -> Result<Ulimit, String> {
+        let bad = || format!("invalid ulimit {s:?}: use NAME=SOFT[:HARD], for example nofile=1024:2048");
+        let (name, vals) = s.split_once('=').ok_or_else(bad)?;
+        let num = |v: &str| v.trim().parse::<i64>().map_err(|_| bad());
+        let (soft, hard) = match vals.split_once(':') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(vals)?, num(vals)?),
+        };
+        let u = Ulimit { name: name.trim().to_string(), soft, hard };
+        u.check()?;
+        Ok(u)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !ULIMITS.contains(&self.name.as_str()) {
+            return Err(format!("unknown ulimit {:?}: use one of {}", self.name, ULIMITS.join(", ")));
+        }
+        if self.soft < -1 || self.hard < -1 {
+            return Err(format!("ulimit {}: values are -1 (unlimited) or more", self.name));
+        }
+        let unl = |v: i64| if v == -1 { i64::MAX } else { v };
+        if unl(self.soft) > unl(self.hard) {
+            return Err(format!(
+                "ulimit {}: the soft limit {} is above the hard limit {}",
+                self.name, self.soft, self.hard
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Ulimit {
+    /// As Docker prints it: `nofile=1024:2048`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}:{}", self.name, self.soft, self.hard)
+    }
+}
+
+/// `name:ip` (Docker's `--add-host`; also `name=ip`, and an IPv6 address
+/// after the first colon). Returns the names and the address.
+pub fn parse_extra_host(s: &str) -> Result<(String, IpAddr), String> {
+    let bad = |why: &str| format!("invalid extra host {s:?}: {why}; use NAME:IP, for example db:10.0.0.5");
+    let (name, ip) = s.split_once('=').or_else(|| s.split_once(':')).ok_or_else(|| bad("no address"))?;
+    let name = name.trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(bad("the name is empty or has spaces"));
+    }
+    let ip = ip.trim().trim_start_matches('[').trim_end_matches(']');
+    let addr: IpAddr = ip.parse().map_err(|_| bad("not an IP address"))?;
+    Ok((name.to_string(), addr))
+}
+
+/// `--sysctl k=v` as Docker takes it: only settings that belong to the
+/// container's own namespaces (`net.*`, the IPC ones, `fs.mqueue.*`), so a
+/// container can never change its host.
+pub fn check_sysctl(key: &str, value: &str) -> Result<(), String> {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let namespaced = key.starts_with("net.") || key.starts_with("fs.mqueue.") || IPC.contains(&key);
+    if !namespaced || key.contains("..") || key.contains('/') {
+        return Err(format!(
+            "sysctl {key:?} is not allowed: only the container's own namespaces' settings (net.*, fs.mqueue.*, kernel.msg*, kernel.sem, kernel.shm*)"
+        ));
+    }
+    if value.is_empty() || value.contains('\n') {
+        return Err(format!("sysctl {key}: give a value, as {key}=VALUE"));
+    }
+    Ok(())
+}
+
+/// `k=v` into a map (for `--sysctl` and `--log-opt`); `what` names the flag.
+pub fn parse_kv(s: &str, what: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("invalid {what} {s:?}: use KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ulimits_parse_as_docker_spells_them() {
+        let ok = [
+            ("nofile=1024:2048", ("nofile", 1024, 2048)),
+            ("nproc=512", ("nproc", 512, 512)),
+            ("core=-1", ("core", -1, -1)),
+            ("memlock=64:-1", ("memlock", 64, -1)),
+        ];
+        for (s, (n, soft, hard)) in ok {
+            assert_eq!(Ulimit::parse(s), Ok(Ulimit { name: n.into(), soft, hard }), "{s}");
+        }
+        for (s, why) in [
+            ("nofile", "NAME=SOFT"),
+            ("files=1", "unknown ulimit"),
+            ("nofile=2048:1024", "above the hard"),
+            ("nofile=x", "NAME=SOFT"),
+            ("nofile=-2", "-1 (unlimited)"),
+        ] {
+            let e = Ulimit::parse(s).expect_err(s);
+            assert!(e.contains(why), "{s}: {e}");
+        }
+        assert_eq!(Ulimit::parse("nofile=1:2").expect("ok").to_string(), "nofile=1:2");
+    }
+
+    #[test]
+    fn extra_hosts_take_docker_forms() {
+        assert_eq!(parse_extra_host("db:10.0.0.5"), Ok(("db".into(), "10.0.0.5".parse().expect("ip"))));
+        assert_eq!(parse_extra_host("db=10.0.0.5"), Ok(("db".into(), "10.0.0.5".parse().expect("ip"))));
+        assert_eq!(parse_extra_host("v6:fd00::1"), Ok(("v6".into(), "fd00::1".parse().expect("ip"))));
+        assert_eq!(parse_extra_host("v6:[fd00::1]"), Ok(("v6".into(), "fd00::1".parse().expect("ip"))));
+        for s in ["db", ":1.2.3.4", "db:nowhere", "a b:1.2.3.4"] {
+            assert!(parse_extra_host(s).expect_err(s).contains("NAME:IP"), "{s}");
+        }
+    }
+
+    #[test]
+    fn only_namespaced_sysctls_pass() {
+        for k in ["net.core.somaxconn", "net.ipv4.ip_forward", "fs.mqueue.msg_max", "kernel.shmmax"] {
+            assert_eq!(check_sysctl(k, "1"), Ok(()), "{k}");
+        }
+        for k in ["kernel.hostname", "vm.swappiness", "fs.file-max", "net/../../x", "kernel.panic"] {
+            assert!(check_sysctl(k, "1").is_err(), "{k}");
+        }
+        assert!(check_sysctl("net.core.somaxconn", "").expect_err("empty").contains("give a value"));
+    }
+
+    #[test]
+    fn validate_refuses_what_a_host_would() {
+        let ok = HostConfig {
+            sysctls: [("net.core.somaxconn".into(), "1024".into())].into(),
+            ulimits: vec![Ulimit::parse("nofile=10:20").expect("u")],
+            extra_hosts: vec!["db:10.0.0.5".into()],
+            dns_search: vec!["example.org".into()],
+            dns_options: vec!["ndots:2".into()],
+            log_driver: "json-file".into(),
+            log_opts: [("max-size".into(), "1m".into())].into(),
+            ..HostConfig::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let cases: Vec<(HostConfig, &str)> = vec![
+            (HostConfig { sysctls: [("vm.x".into(), "1".into())].into(), ..ok.clone() }, "not allowed"),
+            (HostConfig { ulimits: vec![ok.ulimits[0].clone(), ok.ulimits[0].clone()], ..ok.clone() }, "given twice"),
+            (HostConfig { extra_hosts: vec!["nope".into()], ..ok.clone() }, "NAME:IP"),
+            (HostConfig { dns_options: vec!["a b".into()], ..ok.clone() }, "resolv.conf option"),
+            (HostConfig { log_driver: "syslog".into(), ..ok.clone() }, "json-file, local, none"),
+            (HostConfig { log_driver: "none".into(), ..ok.clone() }, "no --log-opt"),
+        ];
+        for (hc, why) in cases {
+            let e = hc.validate().expect_err(why);
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_default_config_stores_as_nothing() {
+        assert_eq!(serde_json::to_string(&HostConfig::default()).expect("json"), "{}");
+        let hc: HostConfig = serde_json::from_str("{}").expect("parse");
+        assert!(hc.is_default());
+    }
+}
