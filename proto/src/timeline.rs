@@ -29,10 +29,11 @@ pub const ACCEPTED: &str = "accepted";
 pub const STARTING: &str = "starting";
 /// Node: its image is here (the pull check, or the pull).
 pub const PULLED: &str = "pulled";
-/// Engine: a create slot is held (at most one per core makes its namespace, endpoints and root at once).
-pub const LOCKED: &str = "locked";
-/// Engine: its netns is made and netd attached its endpoints.
+/// Engine: its netns is made (in a create slot) and netd attached its endpoints.
 pub const ATTACHED: &str = "attached";
+/// Engine: a create slot is held for its root (at most one per core makes a
+/// network namespace or a root at once; netd's attaches run outside them).
+pub const LOCKED: &str = "locked";
 /// Engine: its root is mounted, its spec and record written (its create slot is let go).
 pub const PREPARED: &str = "prepared";
 /// Engine: its shim process is spawned (keyed by container: `bench/timeline.py`
@@ -49,12 +50,12 @@ pub const SEEN: &str = "seen";
 
 /// Every step, in the order a task passes them.
 pub const STEPS: [&str; 16] = [
-    CREATED, ALLOCATED, SCHEDULED, COMMITTED, DISPATCHED, ACCEPTED, STARTING, PULLED, LOCKED, ATTACHED, PREPARED, SHIM,
+    CREATED, ALLOCATED, SCHEDULED, COMMITTED, DISPATCHED, ACCEPTED, STARTING, PULLED, ATTACHED, LOCKED, PREPARED, SHIM,
     RUNNING, REPORTED, WRITTEN, SEEN,
 ];
 
 /// The steps the engine emits (a test of the node with a fake runtime sees none of them).
-pub const ENGINE_STEPS: [&str; 5] = [LOCKED, ATTACHED, PREPARED, SHIM, RUNNING];
+pub const ENGINE_STEPS: [&str; 5] = [ATTACHED, LOCKED, PREPARED, SHIM, RUNNING];
 
 /// Whether the timeline's events are wanted: guards loops that only emit them.
 pub fn enabled() -> bool {

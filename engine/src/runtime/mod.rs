@@ -127,11 +127,13 @@ pub struct Containers {
     /// The names of the containers being created (name → id), from the
     /// check that the name is free until their records are written.
     creating: Mutex<std::collections::HashMap<String, String>>,
-    /// How many creates are making their namespace, endpoints and root now,
-    /// and how many may at once: one per core. Those steps are mostly the
-    /// kernel's, under its global locks (rtnl, the namespace and mount
+    /// How many creates are making their network namespace or their root
+    /// now, and how many may at once: one per core. Those steps are mostly
+    /// the kernel's, under its global locks (rtnl, the namespace and mount
     /// locks); more at once only contend there (`create100` on the 2-core
-    /// lab was 7 % slower without the bound).
+    /// lab was 7 % slower without the bound). netd's attaches between them
+    /// are not bounded: they wait on netd, which makes a node's queued
+    /// endpoints together.
     making: (Mutex<usize>, std::sync::Condvar),
     make_slots: usize,
     /// netd missed a change (it was down): the next network sync hands it everything.
@@ -332,9 +334,10 @@ impl Containers {
         id: String,
         cfg: request::ContainerConfig,
     ) -> Result<Container, ContainerError> {
-        let making = self.make_slot();
+        // Shared with other creates, alone against a network sync (which must not meet an
+        // endpoint without its record) and the other writers. A create slot is taken only
+        // while holding it (never the other way round), and not while netd attaches.
         let _g = self.lock.read().unwrap_or_else(|p| p.into_inner());
-        shoal_proto::timeline!(shoal_proto::timeline::LOCKED, task = %req.task_id);
         let name = cfg.name.clone();
         let reserved = self.reserve_name(&name, &id)?;
         // Like Docker, `--mount type=bind` refuses a missing host path before anything is made.
@@ -391,11 +394,16 @@ impl Containers {
         let mut networks = Vec::new();
         let mut endpoints = Vec::new();
         if let (Some(first), Some(nets)) = (cfg.attachments.first(), self.networks.get()) {
-            let netns = nets.ensure_netns(&id).map_err(|e| ContainerError::Invalid {
-                what: "network",
-                value: first.network.clone(),
-                why: e.to_string(),
-            })?;
+            let netns = {
+                let _making = self.make_slot();
+                nets.ensure_netns(&id).map_err(|e| ContainerError::Invalid {
+                    what: "network",
+                    value: first.network.clone(),
+                    why: e.to_string(),
+                })?
+            };
+            // Without a slot: this waits on netd, and the attaches of creates that wait
+            // together share its passes (a node's tasks arrive together).
             for a in &cfg.attachments {
                 match self.attach_one(nets, &id, &name, a) {
                     Ok(e) => endpoints.push(e),
@@ -412,6 +420,8 @@ impl Containers {
             run.netns = Some(netns);
         }
         shoal_proto::timeline!(shoal_proto::timeline::ATTACHED, task = %req.task_id);
+        let making = self.make_slot();
+        shoal_proto::timeline!(shoal_proto::timeline::LOCKED, task = %req.task_id);
         let settings = Settings { image_id: image.id.to_string(), mounts, copy_up, networks, endpoints };
         if req.attach && req.auto_remove {
             self.holds.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), std::time::Instant::now());
