@@ -3,6 +3,7 @@
 //! outlives processes and daemon restarts), and netd, which plumbs it into
 //! a network and publishes its ports. The daemon asks; netd owns the kernel.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,16 @@ pub struct Attachment {
     /// and `ip` the address the cluster gave.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub lease: String,
+}
+
+/// A container as a network sync hands it to netd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: String,
+    pub name: String,
+    pub networks: Vec<Attachment>,
+    /// Its `--dns` servers (see `Networks::attach`).
+    pub dns: Vec<IpAddr>,
 }
 
 /// What the node adds to `run --network` and `network connect` for a network
@@ -194,8 +205,9 @@ impl Networks {
         Ok(path)
     }
 
-    fn request(&self, container: &str, name: &str, a: &Attachment) -> pb::AttachRequest {
+    fn request(&self, container: &str, name: &str, a: &Attachment, dns: &[IpAddr]) -> pb::AttachRequest {
         pb::AttachRequest {
+            dns: dns.iter().map(IpAddr::to_string).collect(),
             container: container.into(),
             network: a.network.clone(),
             netns: self.netns_path(container).display().to_string(),
@@ -207,8 +219,16 @@ impl Networks {
     }
 
     /// Attaches the container's namespace (which must exist) to one network (blocking).
-    pub fn attach(&self, container: &str, name: &str, a: &Attachment) -> Result<Endpoint, NetworkError> {
-        let req = self.request(container, name, a);
+    /// `dns`: the container's `--dns` servers, where netd's DNS forwards the
+    /// names it does not serve (none: the host's resolvers).
+    pub fn attach(
+        &self,
+        container: &str,
+        name: &str,
+        a: &Attachment,
+        dns: &[IpAddr],
+    ) -> Result<Endpoint, NetworkError> {
+        let req = self.request(container, name, a, dns);
         self.call(async move |c| c.attach(req).await.map(|r| r.into_inner())).map(|r| Endpoint::from_pb(&r, &a.aliases))
     }
 
@@ -240,20 +260,17 @@ impl Networks {
 
     /// Hands netd every container's attachments (`(id, name, attachments)`);
     /// netd drops any other endpoint. Returns each container's endpoints.
-    pub fn sync(
-        &self,
-        all: &[(String, String, Vec<Attachment>)],
-    ) -> Result<Vec<(String, Vec<Endpoint>)>, NetworkError> {
+    pub fn sync(&self, all: &[Member]) -> Result<Vec<(String, Vec<Endpoint>)>, NetworkError> {
         let endpoints: Vec<pb::AttachRequest> =
-            all.iter().flat_map(|(id, name, atts)| atts.iter().map(|a| self.request(id, name, a))).collect();
+            all.iter().flat_map(|m| m.networks.iter().map(|a| self.request(&m.id, &m.name, a, &m.dns))).collect();
         let resp = self.call(async move |c| c.sync(pb::SyncRequest { endpoints }).await.map(|r| r.into_inner()))?;
         let mut results = resp.endpoints.into_iter();
         Ok(all
             .iter()
-            .map(|(id, _, atts)| {
+            .map(|m| {
                 (
-                    id.clone(),
-                    atts.iter().zip(results.by_ref()).map(|(a, r)| Endpoint::from_pb(&r, &a.aliases)).collect(),
+                    m.id.clone(),
+                    m.networks.iter().zip(results.by_ref()).map(|(a, r)| Endpoint::from_pb(&r, &a.aliases)).collect(),
                 )
             })
             .collect())
@@ -303,10 +320,10 @@ pub fn hosts_file(hostname: &str, endpoints: &[Endpoint], host_mode: Option<&str
 }
 
 /// The container's /etc/resolv.conf. On netd's networks: netd's DNS at
-/// 127.0.0.11 first, then the `--dns` servers (netd forwards other names to
-/// the host's resolvers, not to these), the search domains (`--dns-search`,
-/// else the host's) and the options (`--dns-option`, with `ndots:0` unless
-/// one sets ndots). Elsewhere the host's file, with its nameservers, search
+/// 127.0.0.11 alone (it forwards the names it does not serve to the `--dns`
+/// servers, as Docker's embedded DNS does), the search domains
+/// (`--dns-search`, else the host's) and the options (`--dns-option`, with
+/// `ndots:0` unless one sets ndots). Elsewhere the host's file, with its nameservers, search
 /// domains and options each replaced by the flags that give them, as Docker does.
 pub fn resolv_conf(host: &str, embedded: bool, hc: &HostConfig) -> String {
     if !embedded && hc.dns.is_empty() && hc.dns_search.is_empty() && hc.dns_options.is_empty() {
@@ -318,8 +335,7 @@ pub fn resolv_conf(host: &str, embedded: bool, hc: &HostConfig) -> String {
     let mut lines: Vec<String> = Vec::new();
     if embedded {
         lines.push(format!("nameserver {}", shoal_proto::net::DNS_ADDR));
-    }
-    if embedded || !hc.dns.is_empty() {
+    } else if !hc.dns.is_empty() {
         lines.extend(hc.dns.iter().map(|d| format!("nameserver {d}")));
     } else {
         lines.extend(host_lines(&["nameserver "]));
@@ -432,11 +448,7 @@ mod tests {
             ..HostConfig::default()
         };
         let table: [(bool, HostConfig, &str); 7] = [
-            (
-                true,
-                hc(&["1.1.1.1"], &[], &[]),
-                "nameserver 127.0.0.11\nnameserver 1.1.1.1\nsearch lab\noptions ndots:0\n",
-            ),
+            (true, hc(&["1.1.1.1"], &[], &[]), "nameserver 127.0.0.11\nsearch lab\noptions ndots:0\n"),
             (
                 true,
                 hc(&[], &["a.example", "b.example"], &["timeout:1"]),

@@ -255,6 +255,7 @@ mod tests {
             netns: PathBuf::from(format!("/run/netns/{container}")),
             ifname: "eth0".into(),
             ports: vec![],
+            dns: vec![],
         }
     }
 

@@ -418,7 +418,7 @@ impl Containers {
                 why: e.to_string(),
             })?;
             for a in &cfg.attachments {
-                match self.attach_one(nets, &id, &name, a) {
+                match self.attach_one(nets, &id, &name, a, &cfg.host.dns) {
                     Ok(e) => endpoints.push(e),
                     Err(e) => {
                         if !networks.is_empty() {
