@@ -693,6 +693,19 @@ mod tests {
     }
 
     #[test]
+    fn the_none_driver_writes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("log");
+        let mut log = LogFile::open(path.clone(), LogConfig { max_size: 100, max_files: 2 }).unwrap();
+        log.discard = true;
+        for i in 0..5 {
+            log.write_line(&format!("{i:039}\n"));
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        assert!(!t.path().join("log.1").exists());
+    }
+
+    #[test]
     fn log_options_parse_like_docker() {
         let opts = |v: &[&str]| LogConfig::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(opts(&[]), Ok(LogConfig::default()));
