@@ -330,6 +330,8 @@ fn a_containers_host_config_is_applied_inside_it() -> Result<()> {
         Ok((zombies("bare")? == 1).then_some(()))
     })?;
     ensure!(zombies("inited")? == 0, "docker-init reaped the orphan");
+    let ps = lab.shoal(1, &["ps"])?;
+    ensure!(!ps.contains("docker-init"), "ps shows the command, not the init: {ps}");
     lab.shoal(1, &["rm", "-f", "bare", "inited"])?;
 
     // --read-only: the root cannot be written.

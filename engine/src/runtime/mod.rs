@@ -527,7 +527,8 @@ impl Containers {
             name: cfg.name.clone(),
             image: req.image.clone(),
             image_id: settings.image_id.clone(),
-            args: run.args.clone(),
+            // As Docker shows it: the command, without `--init`'s `/sbin/docker-init --`.
+            args: run.args.iter().skip(if run.init.is_some() { 2 } else { 0 }).cloned().collect(),
             created_ms: now_ms(),
             auto_remove: req.auto_remove,
             cgroups_path: cgroups_path.clone(),

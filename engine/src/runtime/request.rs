@@ -3,14 +3,14 @@
 //! entrypoint and command, environment, mounts, limits, user, working
 //! directory, hostname, stop signal and timeout, ports, restart policy,
 //! health and the host config (sysctls, ulimits, init, read-only root,
-//! capabilities, log driver) are applied to a request and an image's config. It is pure (the
-//! host comes in as `Host`); `Containers::run` does what it settles.
+//! capabilities, log driver) are applied to a request and an image's
+//! config. It is pure (the host comes in as `Host`); `Containers::run` does
+//! what it settles.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use shoal_proto::container::HostConfig;
-
 use shoal_proto::health::{HealthCheck, HealthSetting, ImageHealthcheck};
 use shoal_proto::mount::{BindFlag, MountReq, MountSource};
 use shoal_proto::net::PortMap;
