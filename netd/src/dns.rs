@@ -476,6 +476,7 @@ mod tests {
             netns: "/x".into(),
             ifname: "eth0".into(),
             ports: vec![],
+            dns: vec![],
         }
     }
 

@@ -3,10 +3,11 @@
 //! thread that entered it; the sockets stay there), all served by netd's
 //! runtime. Names in the `dns::Table` are answered at once (an answer too
 //! big for UDP comes with TC set, and the client retries over TCP);
-//! everything else is forwarded from the host's namespace to the resolvers
-//! in the host's /etc/resolv.conf, so a loopback resolver (systemd-resolved's
-//! 127.0.0.53) works too, over the transport the client used. Listeners
-//! follow the endpoints on every sync.
+//! everything else is forwarded from the host's namespace to the container's
+//! `--dns` servers, or without them to the resolvers in the host's
+//! /etc/resolv.conf, so a loopback resolver (systemd-resolved's 127.0.0.53)
+//! works too, over the transport the client used. Listeners follow the
+//! endpoints on every sync.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -30,7 +31,33 @@ struct Listener {
     /// The namespace's identity (device, inode): a new namespace at the same
     /// path (after a reboot) gets new sockets.
     ns: (u64, u64),
+    /// Where it forwards (the container's `--dns`; empty: the host's
+    /// resolvers), changed in place: the sockets stay.
+    upstreams: Upstreams,
     tasks: Vec<JoinHandle<()>>,
+}
+
+type Upstreams = Arc<RwLock<Vec<IpAddr>>>;
+
+/// What one container's listener serves: its namespace and its `--dns` servers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Want {
+    pub netns: PathBuf,
+    pub upstreams: Vec<IpAddr>,
+}
+
+/// A listener per container that has endpoints, with the `--dns` servers
+/// its endpoints carry (a task's gateway bridge leg carries them too).
+pub fn listeners(endpoints: &[crate::model::EndpointSpec]) -> HashMap<String, Want> {
+    let mut want: HashMap<String, Want> = HashMap::new();
+    for e in endpoints {
+        let w = want.entry(e.container.clone()).or_insert_with(|| Want { netns: e.netns.clone(), upstreams: vec![] });
+        w.netns = e.netns.clone();
+        if w.upstreams.is_empty() {
+            w.upstreams = e.dns.clone();
+        }
+    }
+    want
 }
 
 impl Drop for Listener {
@@ -67,19 +94,24 @@ impl Dns {
 
     /// Makes the listeners match `want` (container → its namespace); returns
     /// the containers whose listener could not be opened, with why.
-    pub fn reconcile(self: &Arc<Self>, want: &HashMap<String, PathBuf>) -> Vec<(String, String)> {
+    pub fn reconcile(self: &Arc<Self>, want: &HashMap<String, Want>) -> Vec<(String, String)> {
         let mut failed = Vec::new();
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        listeners.retain(|c, l| want.get(c).and_then(|p| ns_id(p)).is_some_and(|id| id == l.ns));
-        for (container, netns) in want {
-            if listeners.contains_key(container) {
+        listeners.retain(|c, l| want.get(c).and_then(|w| ns_id(&w.netns)).is_some_and(|id| id == l.ns));
+        for (container, w) in want {
+            if let Some(l) = listeners.get(container) {
+                let mut upstreams = l.upstreams.write().unwrap_or_else(|p| p.into_inner());
+                if *upstreams != w.upstreams {
+                    upstreams.clone_from(&w.upstreams);
+                }
                 continue;
             }
-            let Some(ns) = ns_id(netns) else { continue };
-            match open_in(netns) {
+            let Some(ns) = ns_id(&w.netns) else { continue };
+            match open_in(&w.netns) {
                 Ok((udp, tcp)) => {
-                    let tasks = self.serve(container, udp, tcp);
-                    listeners.insert(container.clone(), Listener { ns, tasks });
+                    let upstreams = Arc::new(RwLock::new(w.upstreams.clone()));
+                    let tasks = self.serve(container, udp, tcp, upstreams.clone());
+                    listeners.insert(container.clone(), Listener { ns, upstreams, tasks });
                 }
                 Err(e) => failed.push((container.clone(), e.to_string())),
             }
@@ -92,20 +124,23 @@ impl Dns {
         container: &str,
         udp: std::net::UdpSocket,
         tcp: std::net::TcpListener,
+        upstreams: Upstreams,
     ) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         match UdpSocket::from_std(udp) {
-            Ok(s) => tasks.push(tokio::spawn(self.clone().serve_udp(container.to_string(), Arc::new(s)))),
+            Ok(s) => {
+                tasks.push(tokio::spawn(self.clone().serve_udp(container.to_string(), Arc::new(s), upstreams.clone())))
+            }
             Err(e) => tracing::warn!(container, error = %e, "cannot serve DNS over UDP"),
         }
         match TcpListener::from_std(tcp) {
-            Ok(l) => tasks.push(tokio::spawn(self.clone().serve_tcp(container.to_string(), l))),
+            Ok(l) => tasks.push(tokio::spawn(self.clone().serve_tcp(container.to_string(), l, upstreams))),
             Err(e) => tracing::warn!(container, error = %e, "cannot serve DNS over TCP"),
         }
         tasks
     }
 
-    async fn serve_udp(self: Arc<Self>, container: String, sock: Arc<UdpSocket>) {
+    async fn serve_udp(self: Arc<Self>, container: String, sock: Arc<UdpSocket>, upstreams: Upstreams) {
         let mut buf = vec![0u8; usize::from(dns::UDP_MAX)];
         loop {
             let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
@@ -115,9 +150,9 @@ impl Dns {
                     let _ = sock.send_to(&r, from).await;
                 }
                 Reply::Forward(q) => {
-                    let (this, sock, msg) = (self.clone(), sock.clone(), msg.to_vec());
+                    let (this, sock, msg, upstreams) = (self.clone(), sock.clone(), msg.to_vec(), upstreams.clone());
                     tokio::spawn(async move {
-                        let r = this.forward(&msg, q.as_ref(), Transport::Udp).await;
+                        let r = this.forward(&msg, q.as_ref(), Transport::Udp, &upstreams).await;
                         if let Some(r) = r {
                             let _ = sock.send_to(&r, from).await;
                         }
@@ -127,10 +162,10 @@ impl Dns {
         }
     }
 
-    async fn serve_tcp(self: Arc<Self>, container: String, listener: TcpListener) {
+    async fn serve_tcp(self: Arc<Self>, container: String, listener: TcpListener, upstreams: Upstreams) {
         loop {
             let Ok((mut conn, _)) = listener.accept().await else { continue };
-            let (this, container) = (self.clone(), container.clone());
+            let (this, container, upstreams) = (self.clone(), container.clone(), upstreams.clone());
             tokio::spawn(async move {
                 loop {
                     let mut len = [0u8; 2];
@@ -143,7 +178,7 @@ impl Dns {
                     }
                     let r = match this.local(&container, &msg, Transport::Tcp) {
                         Reply::Now(r) => Some(r),
-                        Reply::Forward(q) => this.forward(&msg, q.as_ref(), Transport::Tcp).await,
+                        Reply::Forward(q) => this.forward(&msg, q.as_ref(), Transport::Tcp, &upstreams).await,
                     };
                     let Some(r) = r else { return };
                     let mut out = (r.len() as u16).to_be_bytes().to_vec();
@@ -167,12 +202,23 @@ impl Dns {
         }
     }
 
-    /// Asks the host's resolvers in turn, over the client's transport (so a
-    /// client that got TC over UDP gets the whole answer over TCP); SERVFAIL
-    /// (for a parsed question) when none answers.
-    async fn forward(&self, msg: &[u8], q: Option<&dns::Question>, transport: Transport) -> Option<Vec<u8>> {
-        let conf = tokio::fs::read_to_string(&self.resolv_conf).await.unwrap_or_default();
-        for server in dns::nameservers(&conf) {
+    /// Asks the container's `--dns` servers (none: the host's resolvers) in
+    /// turn, over the client's transport (so a client that got TC over UDP
+    /// gets the whole answer over TCP); SERVFAIL (for a parsed question) when
+    /// none answers.
+    async fn forward(
+        &self,
+        msg: &[u8],
+        q: Option<&dns::Question>,
+        transport: Transport,
+        upstreams: &Upstreams,
+    ) -> Option<Vec<u8>> {
+        let given = upstreams.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let servers = match given.is_empty() {
+            true => dns::nameservers(&tokio::fs::read_to_string(&self.resolv_conf).await.unwrap_or_default()),
+            false => given,
+        };
+        for server in servers {
             let r = match transport {
                 Transport::Udp => ask(server, msg).await,
                 Transport::Tcp => ask_tcp(server, msg).await,
@@ -239,4 +285,35 @@ fn open_in(netns: &Path) -> std::io::Result<(std::net::UdpSocket, std::net::TcpL
         tcp.set_nonblocking(true)?;
         Ok((udp, tcp))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EndpointSpec;
+
+    fn ep(container: &str, network: &str, dns: &[&str]) -> EndpointSpec {
+        EndpointSpec {
+            container: container.into(),
+            name: container.into(),
+            aliases: vec![],
+            network: network.into(),
+            ip: "10.0.0.2".parse().expect("test data"),
+            netns: format!("/run/netns/{container}").into(),
+            ifname: "eth0".into(),
+            ports: vec![],
+            dns: dns.iter().map(|d| d.parse().expect("test data")).collect(),
+        }
+    }
+
+    #[test]
+    fn a_container_gets_one_listener_with_its_dns_servers() {
+        // A task's overlay endpoint carries its --dns, its gateway bridge leg too (or not).
+        let eps = [ep("t1", "overlay", &["10.0.0.53"]), ep("t1", "gwbridge", &[]), ep("c2", "bridge", &[])];
+        let want = listeners(&eps);
+        assert_eq!(want.len(), 2);
+        assert_eq!(want["t1"].upstreams, vec!["10.0.0.53".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(want["t1"].netns, PathBuf::from("/run/netns/t1"));
+        assert!(want["c2"].upstreams.is_empty(), "none: the host's resolvers");
+    }
 }

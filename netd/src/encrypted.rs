@@ -283,6 +283,7 @@ mod tests {
             netns: "/run/netns/c1".into(),
             ifname: "eth1".into(),
             ports: vec![],
+            dns: vec![],
         };
         let (networks, peers) = configuration(&view, &[attached], Path::new("/run/shoal/netd/sandboxes"));
         assert_eq!(

@@ -452,6 +452,7 @@ mod tests {
             netns: format!("/run/shoal/netns/{container}").into(),
             ifname: ifname.into(),
             ports: vec![],
+            dns: vec![],
         }
     }
 

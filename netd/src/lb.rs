@@ -470,6 +470,7 @@ mod tests {
             netns: netns.into(),
             ifname: "eth0".into(),
             ports: vec![],
+            dns: vec![],
         };
         let eps = [ep("/ns/a", "x"), ep("/ns/b", "x"), ep("/ns/b", "y"), ep("/ns/c", "local"), ep("/ns/d", "y")];
         let by = by_namespace(&view, &eps);

@@ -45,6 +45,10 @@ pub struct EndpointSpec {
     /// The interface name inside the container (`eth0`, `eth1`, ...).
     pub ifname: String,
     pub ports: Vec<PortMap>,
+    /// The container's `--dns` servers: its embedded DNS forwards what it
+    /// does not answer to these (none: to the host's resolvers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<std::net::IpAddr>,
 }
 
 /// Everything netd should make true.

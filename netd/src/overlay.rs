@@ -638,6 +638,7 @@ mod tests {
             netns: format!("/run/shoal/netns/{container}").into(),
             ifname: "eth0".into(),
             ports: vec![],
+            dns: vec![],
         }
     }
 

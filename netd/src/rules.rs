@@ -124,6 +124,7 @@ mod tests {
                     proto: Proto::Udp,
                 },
             ],
+            dns: vec![],
         };
         let mut hidden = web.clone();
         hidden.network = "bbbbbbbbbbbb".into();

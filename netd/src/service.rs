@@ -15,7 +15,7 @@
 //! (masqueraded, `icc` off, as Docker's), which carries its default route;
 //! the leg goes with its last non-internal cluster endpoint.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -462,8 +462,7 @@ impl Netd {
         // with the services of the cluster networks from the view.
         let networks = self.state.lock().unwrap_or_else(|p| p.into_inner()).networks.clone();
         self.dns.set_table(Table::from_state(&networks, &desired.endpoints, view.as_ref()));
-        let want: HashMap<String, PathBuf> =
-            desired.endpoints.iter().map(|e| (e.container.clone(), e.netns.clone())).collect();
+        let want = crate::dnsd::listeners(&desired.endpoints);
         phases.mark("overlays");
         for (container, why) in self.dns.reconcile(&want) {
             tracing::debug!(container, error = %why, "cannot serve DNS in the container yet");
@@ -971,6 +970,7 @@ fn ensure(state: &mut State, r: &pb::AttachRequest) -> Result<(EndpointSpec, Joi
     };
     let mut ports: Vec<PortMap> =
         r.ports.iter().map(PortMap::from_pb).collect::<Result<_, _>>().map_err(Status::invalid_argument)?;
+    let dns = upstreams(r)?;
     let n = match state.network(&r.network).cloned() {
         Some(n) => n,
         None => {
@@ -978,13 +978,14 @@ fn ensure(state: &mut State, r: &pb::AttachRequest) -> Result<(EndpointSpec, Joi
                 .cluster_network(&r.network)
                 .cloned()
                 .ok_or_else(|| Status::not_found(format!("network {} not found", r.network)))?;
-            return ensure_cluster(state, r, n, want, ports);
+            return ensure_cluster(state, r, n, want, ports, dns);
         }
     };
     if let Some(e) = state.endpoints.iter_mut().find(|e| e.container == r.container && e.network == n.id) {
         e.netns = PathBuf::from(&r.netns);
         e.name = r.name.clone();
         e.aliases = r.aliases.clone();
+        e.dns = dns;
         return Ok((e.clone(), Joined::Local(n), false));
     }
     // Host ports: free of every other endpoint's, and chosen when 0.
@@ -1020,9 +1021,18 @@ fn ensure(state: &mut State, r: &pb::AttachRequest) -> Result<(EndpointSpec, Joi
         netns: PathBuf::from(&r.netns),
         ifname,
         ports,
+        dns,
     };
     state.endpoints.push(e.clone());
     Ok((e, Joined::Local(n), true))
+}
+
+/// The container's `--dns` servers from an attach request.
+fn upstreams(r: &pb::AttachRequest) -> Result<Vec<std::net::IpAddr>, Status> {
+    r.dns
+        .iter()
+        .map(|d| d.parse().map_err(|_| Status::invalid_argument(format!("invalid dns server {d:?}: an IP address"))))
+        .collect()
 }
 
 /// The lowest free `ethN` in the container.
@@ -1041,6 +1051,7 @@ fn ensure_cluster(
     n: OverlayNetwork,
     want: Option<Ipv4Addr>,
     ports: Vec<PortMap>,
+    dns: Vec<std::net::IpAddr>,
 ) -> Result<(EndpointSpec, Joined, bool), Status> {
     if !ports.is_empty() && n.internal {
         return Err(Status::invalid_argument(format!(
@@ -1082,6 +1093,7 @@ fn ensure_cluster(
             e.netns = PathBuf::from(&r.netns);
             e.name = r.name.clone();
             e.aliases = r.aliases.clone();
+            e.dns = dns;
             false
         }
         None => {
@@ -1095,6 +1107,7 @@ fn ensure_cluster(
                 netns: PathBuf::from(&r.netns),
                 ifname,
                 ports: vec![],
+                dns,
             });
             true
         }
@@ -1145,6 +1158,7 @@ fn gw_leg(state: &mut State, r: &pb::AttachRequest, ports: &[PortMap]) -> Result
         network: GWBRIDGE.into(),
         netns: r.netns.clone(),
         ports: ports.iter().map(PortMap::to_pb).collect(),
+        dns: r.dns.clone(),
         ..Default::default()
     };
     ensure(state, &leg).map(|(e, _, _)| e)
@@ -1315,6 +1329,7 @@ mod tests {
             netns: format!("/run/netns/{container}").into(),
             ifname: "eth0".into(),
             ports: vec![],
+            dns: vec![],
         }
     }
 

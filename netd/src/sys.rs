@@ -1032,6 +1032,7 @@ mod tests {
                 netns: format!("/run/netns/{c}").into(),
                 ifname: "eth0".into(),
                 ports: vec![],
+                dns: vec![],
             },
             prefix: 24,
             mtu: 1450,

@@ -2,7 +2,8 @@
 //! listener on 127.0.0.11:53 in a container's namespace. A service with 200
 //! tasks comes back cut with TC over UDP and whole over TCP, with the
 //! 2-byte length prefix; a forwarded name follows the client's transport to
-//! the upstream resolver. Everything happens in throwaway network namespaces
+//! the upstream resolver, the container's own `--dns` servers when it has
+//! them. Everything happens in throwaway network namespaces
 //! of this test's own threads; skipped without root.
 
 // own_netns calls unshare, which has no safe wrapper.
@@ -20,7 +21,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use shoal_netd::dns::{self, ServiceEndpoint, ServiceRecord, ServiceTask, Table};
-use shoal_netd::dnsd::Dns;
+use shoal_netd::dnsd::{Dns, Want};
 use shoal_netd::model::{EndpointSpec, NetworkSpec};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -54,6 +55,7 @@ fn table(netns: &Path) -> Table {
         netns: netns.to_path_buf(),
         ifname: "eth0".into(),
         ports: vec![],
+        dns: vec![],
     }];
     let services = vec![ServiceRecord {
         network: "n1".into(),
@@ -67,22 +69,22 @@ fn table(netns: &Path) -> Table {
     Table::build(&networks, &endpoints, &services)
 }
 
-/// A fake upstream resolver on 127.0.0.1:53: over UDP it answers TC and
-/// nothing, over TCP the whole answer (192.0.2.1).
-async fn upstream() {
-    let answer = |q: &[u8], tc: bool| {
+/// A fake upstream resolver on `addr`:53: over UDP it answers TC and
+/// nothing, over TCP the whole answer (`a`).
+async fn upstream(addr: Ipv4Addr, a: Ipv4Addr) {
+    let answer = move |q: &[u8], tc: bool| {
         let q = Message::from_vec(q).expect("the fake upstream resolver");
         let mut r = Message::new();
         r.set_id(q.id()).set_message_type(MessageType::Response).set_truncated(tc);
         r.add_queries(q.queries().iter().cloned());
         if !tc {
             let name = q.queries()[0].name().clone();
-            r.add_answer(Record::from_rdata(name, 60, RData::A(A(Ipv4Addr::new(192, 0, 2, 1)))));
+            r.add_answer(Record::from_rdata(name, 60, RData::A(A(a))));
         }
         r.to_vec().expect("the fake upstream resolver")
     };
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:53").await.expect("the fake upstream resolver");
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:53").await.expect("the fake upstream resolver");
+    let udp = tokio::net::UdpSocket::bind((addr, 53)).await.expect("the fake upstream resolver");
+    let tcp = tokio::net::TcpListener::bind((addr, 53)).await.expect("the fake upstream resolver");
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
@@ -179,10 +181,15 @@ fn big_answers_are_cut_over_udp_and_whole_over_tcp() {
         std::fs::write(resolv.path(), "nameserver 127.0.0.1\n").unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
-            upstream().await;
+            upstream(Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(192, 0, 2, 1)).await;
+            upstream(Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(192, 0, 2, 2)).await;
             let d = Dns::new(resolv.path());
             d.set_table(table(&netns));
-            let failed = d.reconcile(&HashMap::from([("c1".to_string(), netns.clone())]));
+            let want = |upstreams: &[&str]| {
+                let upstreams = upstreams.iter().map(|u| u.parse().expect("test data")).collect();
+                HashMap::from([("c1".to_string(), Want { netns: netns.clone(), upstreams })])
+            };
+            let failed = d.reconcile(&want(&[]));
             assert!(failed.is_empty(), "{failed:?}");
 
             let all: Vec<Ipv4Addr> = (0..200u32).map(|i| Ipv4Addr::from(0x0a07_0000 + i + 2)).collect();
@@ -205,6 +212,13 @@ fn big_answers_are_cut_over_udp_and_whole_over_tcp() {
             let tcp = ask_tcp(&netns, &query(4, "example.org")).await;
             assert_eq!(tcp.response_code(), ResponseCode::NoError);
             assert_eq!(ips(&tcp), vec![Ipv4Addr::new(192, 0, 2, 1)], "asked upstream over TCP");
+
+            // With --dns servers, forwarded names go to those, not to the host's.
+            assert!(d.reconcile(&want(&["127.0.0.2"])).is_empty());
+            let tcp = ask_tcp(&netns, &query(5, "example.org")).await;
+            assert_eq!(ips(&tcp), vec![Ipv4Addr::new(192, 0, 2, 2)], "asked the container's --dns server");
+            let mine = ask_tcp(&netns, &query(6, "many")).await;
+            assert_eq!(ips(&mine), vec![Ipv4Addr::new(10, 5, 0, 100)], "the cluster's names are still its own");
 
             // Gone with its endpoint.
             assert!(d.reconcile(&HashMap::new()).is_empty());
@@ -245,7 +259,8 @@ fn qps() {
         rt.block_on(async move {
             let d = Dns::new(resolv.path());
             d.set_table(table(&netns));
-            assert!(d.reconcile(&HashMap::from([("c1".to_string(), netns.clone())])).is_empty());
+            let want = Want { netns: netns.clone(), upstreams: vec![] };
+            assert!(d.reconcile(&HashMap::from([("c1".to_string(), want)])).is_empty());
             ask_udp(&netns, &query(0, "web")).await; // dnsd answers
             let secs = Duration::from_secs(2);
             let mut clients = Vec::new();

@@ -50,6 +50,7 @@ fn the_ruleset_loads_and_replaces_itself() {
                     proto: Proto::Udp,
                 },
             ],
+            dns: vec![],
         }],
     };
     let script = rules::replace_script(&rules::ruleset(&d));

@@ -56,6 +56,7 @@ fn on(network: &str, container: String, netns: &Path, ip: &str) -> pb::AttachReq
         ip: ip.into(),
         ports: vec![],
         aliases: vec![],
+        dns: vec![],
     }
 }
 

@@ -253,6 +253,7 @@ async fn scenario(
         netns: t2.path.clone(),
         ifname: "eth0".into(),
         ports: vec![],
+        dns: vec![],
     };
     // The task's other way out, as its docker_gwbridge leg would be (a veth to nowhere): the
     // default route, so an answer that is not steered leaves by it (and is lost), and a UDP server bound

@@ -80,6 +80,7 @@ fn endpoint(c: &Parked, container: &str, ip: &str) -> EndpointSpec {
         netns: c.path.clone(),
         ifname: "eth0".into(),
         ports: vec![],
+        dns: vec![],
     }
 }
 

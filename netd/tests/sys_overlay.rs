@@ -189,6 +189,7 @@ async fn scenario(h1: &Parked, h2: &Parked, c1: &Parked, c2: &Parked, dir1: &Pat
         netns: c.path.clone(),
         ifname: "eth0".into(),
         ports: vec![],
+        dns: vec![],
     };
     let (l1, l2) = (vec![endpoint(c1, "c1c1c1c1c1c1", "10.10.0.2")], vec![endpoint(c2, "c2c2c2c2c2c2", "10.10.0.3")]);
     for (s, v, l) in [(&mut s1, &v1, &l1), (&mut s2, &v2, &l2)] {
@@ -356,6 +357,7 @@ async fn attach_scenario(h1: &NetdHost, h2: &NetdHost, c1: &Parked, c2: &Parked)
         ports: vec![],
         name: format!("web.{container}"),
         aliases: vec![],
+        dns: vec![],
     };
     let (id1, id2) = ("c1c1c1c1c1c1c1c1", "c2c2c2c2c2c2c2c2");
 

@@ -66,6 +66,7 @@ fn a_bridge_network_is_built_converges_repairs_and_goes() {
                     netns: netns.clone(),
                     ifname: "eth0".into(),
                     ports: vec![PortMap { host_ip: None, host_port: 8080, container_port: 80, proto: Proto::Tcp }],
+                    dns: vec![],
                 }],
             };
             converge(&h, &d).await;

@@ -260,6 +260,17 @@ fn names_resolve_on_user_networks_and_netd_restarts_change_nothing() -> Result<(
     // Everything else goes to the host's resolvers.
     ensure!(ok("client", "nslookup -type=a upstream.lab")?.contains("10.98.0.77"));
     ensure!(ok("plain", "nslookup -type=a upstream.lab")?.contains("10.98.0.77"));
+    // ...unless the container has --dns servers: the embedded DNS forwards to those instead
+    // (nothing answers DNS at the host's own address), and still serves the network's names.
+    let own = lab.ip(1);
+    lab.shoal(
+        1,
+        &["run", "-d", "--name", "own-dns", "--network", "app", "--dns", &own, "busybox:local", "sleep", "1000"],
+    )?;
+    ensure!(ok("own-dns", "cat /etc/resolv.conf")?.starts_with("nameserver 127.0.0.11\n"));
+    ensure!(ok("own-dns", "nslookup web")?.contains(&web_ip), "the network's names are still served");
+    ensure!(fails("own-dns", "nslookup -type=a upstream.lab")?, "forwarded to its --dns, not to the host's resolver");
+    lab.shoal(1, &["rm", "-f", "own-dns"])?;
 
     // connect / disconnect a running container, with an alias.
     lab.shoal(1, &["network", "connect", "--alias", "side", "other", "client"])?;

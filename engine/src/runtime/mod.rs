@@ -79,6 +79,12 @@ pub enum ContainerError {
     Volume(#[from] crate::volumes::VolumeError),
     #[error("invalid {what} {value:?}: {why}")]
     Invalid { what: &'static str, value: String, why: String },
+    /// `HostConfig::validate` refused it (the message names the flag and what to do).
+    #[error("invalid host config: {0}")]
+    HostConfig(String),
+    /// `logs` of a container run with `--log-driver none` (Docker's words).
+    #[error("configured logging driver does not support reading")]
+    NoLogs,
     #[error("network {0} not found")]
     NetworkNotFound(String),
     /// The cluster refused to join a container to one of its networks, or did not answer.
@@ -155,6 +161,8 @@ pub struct Containers {
     announced: Mutex<std::collections::HashMap<String, announce::Announced>>,
     /// Each seccomp profile's filter, compiled once (see `seccomp`).
     seccomp: seccomp::Programs,
+    /// The daemon's `--init-path`, if given (else `docker-init` or `tini-static` on PATH).
+    init_path: std::sync::OnceLock<PathBuf>,
     /// The containers' records and endpoints, parsed once per change.
     records: record::JsonCache<Record>,
     endpoints: record::JsonCache<Vec<Endpoint>>,
@@ -195,6 +203,7 @@ impl Containers {
             events: Default::default(),
             announced: Mutex::new(Default::default()),
             seccomp: seccomp::Programs::new(&state_root.join("seccomp")),
+            init_path: std::sync::OnceLock::new(),
             records: record::JsonCache::new("container.json"),
             endpoints: record::JsonCache::new("network.json"),
         };
@@ -203,6 +212,11 @@ impl Containers {
             containers.list().iter().map(|c| (c.record.id.clone(), announce::Announced::of(&c.status))).collect();
         *containers.announced.lock().unwrap_or_else(|p| p.into_inner()) = found;
         Ok(containers)
+    }
+
+    /// `--init` binds this binary in (the daemon's `--init-path`).
+    pub fn set_init_path(&self, path: PathBuf) {
+        let _ = self.init_path.set(path);
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -310,6 +324,13 @@ impl Containers {
         let host = request::Host {
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             netd: self.networks.get().is_some(),
+            init: match req.host_config.init {
+                true => request::find_init(
+                    self.init_path.get().map(PathBuf::as_path),
+                    &std::env::var("PATH").unwrap_or_default(),
+                ),
+                false => None,
+            },
         };
         let mut cfg = request::resolve(&id, req, &image.config, &host)?;
         if let Some(other) = self.name_owner(&cfg.name) {
@@ -405,7 +426,7 @@ impl Containers {
             // Without a slot: this waits on netd, and the attaches of creates that wait
             // together share its passes (a node's tasks arrive together).
             for a in &cfg.attachments {
-                match self.attach_one(nets, &id, &name, a) {
+                match self.attach_one(nets, &id, &name, a, &cfg.host.dns) {
                     Ok(e) => endpoints.push(e),
                     Err(e) => {
                         if !networks.is_empty() {
@@ -516,7 +537,8 @@ impl Containers {
             name: cfg.name.clone(),
             image: req.image.clone(),
             image_id: settings.image_id.clone(),
-            args: run.args.clone(),
+            // As Docker shows it: the command, without `--init`'s `/sbin/docker-init --`.
+            args: run.args.iter().skip(if run.init.is_some() { 2 } else { 0 }).cloned().collect(),
             created_ms: now_ms(),
             auto_remove: req.auto_remove,
             cgroups_path: cgroups_path.clone(),
@@ -536,6 +558,7 @@ impl Containers {
             task_id: req.task_id.clone(),
             labels: req.labels.clone(),
             health: cfg.health.clone(),
+            host_config: cfg.host.clone(),
         };
         let shim = ShimConfig {
             id: id.into(),
@@ -543,6 +566,8 @@ impl Containers {
             state_root: self.state_root.clone(),
             cgroups_path,
             log: cfg.log,
+            log_driver: cfg.host.log_driver.clone(),
+            followed: req.attach && !req.tty && !req.interactive,
             tty: req.tty,
             stdin: req.interactive,
             wait_attach: req.attach && (req.tty || req.interactive),

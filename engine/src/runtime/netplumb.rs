@@ -83,8 +83,9 @@ impl Containers {
         id: &str,
         name: &str,
         a: &Attachment,
+        dns: &[std::net::IpAddr],
     ) -> Result<Endpoint, ContainerError> {
-        match nets.attach(id, name, a) {
+        match nets.attach(id, name, a, dns) {
             Ok(e) => Ok(e),
             Err(e @ NetworkError::Unreachable { .. }) => {
                 tracing::warn!(container = name, network = %a.network, error = %e, "netd is down: the container gets this network when it is back");
@@ -112,7 +113,7 @@ impl Containers {
         let mut endpoints = Vec::new();
         for a in &c.record.networks {
             endpoints.push(
-                self.attach_one(nets, &c.record.id, &c.record.name, a)
+                self.attach_one(nets, &c.record.id, &c.record.name, a, &c.record.host_config.dns)
                     .unwrap_or_else(|e| Endpoint::pending(a, &e.to_string())),
             );
         }
@@ -148,8 +149,16 @@ impl Containers {
         let host = |f: &str| std::fs::read_to_string(Path::new("/etc").join(f)).unwrap_or_default();
         let host_mode = record.run.network == "host";
         let files = [
-            ("hosts", hosts_file(hostname, endpoints, host_mode.then(|| host("hosts")).as_deref())),
-            ("resolv.conf", resolv_conf(&host("resolv.conf"), !record.networks.is_empty())),
+            (
+                "hosts",
+                hosts_file(
+                    hostname,
+                    endpoints,
+                    host_mode.then(|| host("hosts")).as_deref(),
+                    &record.host_config.extra_hosts,
+                ),
+            ),
+            ("resolv.conf", resolv_conf(&host("resolv.conf"), !record.networks.is_empty(), &record.host_config)),
             ("hostname", format!("{hostname}\n")),
         ];
         for (name, content) in files {
@@ -225,7 +234,7 @@ impl Containers {
             value: network.into(),
             why: e.to_string(),
         })?;
-        let endpoint = self.attach_one(nets, &c.record.id, &c.record.name, &a)?;
+        let endpoint = self.attach_one(nets, &c.record.id, &c.record.name, &a, &c.record.host_config.dns)?;
         let mut record = c.record.clone();
         record.networks.push(a);
         self.write_record(&record)?;
@@ -311,10 +320,15 @@ impl Containers {
         let Some(nets) = self.networks.get() else { return Ok(()) };
         let _g = self.lock.write().unwrap_or_else(|p| p.into_inner());
         let all: Vec<Container> = self.list();
-        let asked: Vec<(String, String, Vec<Attachment>)> = all
+        let asked: Vec<crate::network::Member> = all
             .iter()
-            .map(|c| (c.record.id.clone(), c.record.name.clone(), c.record.networks.clone()))
-            .filter(|(_, _, a)| !a.is_empty())
+            .filter(|c| !c.record.networks.is_empty())
+            .map(|c| crate::network::Member {
+                id: c.record.id.clone(),
+                name: c.record.name.clone(),
+                networks: c.record.networks.clone(),
+                dns: c.record.host_config.dns.clone(),
+            })
             .collect();
         let results = nets.sync(&asked)?;
         self.net_pending.store(false, std::sync::atomic::Ordering::SeqCst);
