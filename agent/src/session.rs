@@ -209,6 +209,15 @@ async fn one_session(
                                 return Ended::Cancelled;
                             }
                         }
+                        // The period may change (`swarm update --dispatcher-heartbeat`): each ack says it.
+                        pb::manager_message::Msg::Ack(a) if a.period_ms != 0 => {
+                            let p = Duration::from_millis(u64::from(a.period_ms.max(100)));
+                            if p != period {
+                                tracing::info!(from = ?period, to = ?p, "heartbeat period changed");
+                                period = p;
+                                beat = tokio::time::interval(period);
+                            }
+                        }
                         pb::manager_message::Msg::Ack(_) => {}
                         pb::manager_message::Msg::Assignments(a) => {
                             if let Some(w) = &cfg.worker {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use shoal_proto::model::{
-    Availability, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role, new_node_id, random_base36, rfc3339,
+    Availability, ClusterSettings, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role, new_node_id, random_base36, rfc3339,
 };
 use shoal_proto::network::{Network, NetworkSpec};
 use shoal_proto::pb;
@@ -773,8 +773,22 @@ impl pb::control_server::Control for ControlService {
             Some(false) if autolocked => Some(String::new()),
             _ => None, // unchanged: an autolocked swarm keeps its key
         };
-        if unlock_key.is_some() || r.cert_expiry_secs.is_some() {
-            self.mgr.write(Command::UpdateSwarm { unlock_key, cert_ttl_secs: r.cert_expiry_secs }).await?;
+        if let Some(why) = r.dispatcher_heartbeat_ms.and_then(ClusterSettings::heartbeat_problem) {
+            return Err(Status::invalid_argument(why));
+        }
+        if unlock_key.is_some()
+            || r.cert_expiry_secs.is_some()
+            || r.task_history_limit.is_some()
+            || r.dispatcher_heartbeat_ms.is_some()
+        {
+            self.mgr
+                .write(Command::UpdateSwarm {
+                    unlock_key,
+                    cert_ttl_secs: r.cert_expiry_secs,
+                    task_history_limit: r.task_history_limit,
+                    heartbeat_period_ms: r.dispatcher_heartbeat_ms,
+                })
+                .await?;
         }
         Ok(Response::new(pb::Empty {}))
     }
@@ -792,7 +806,13 @@ impl pb::control_server::Control for ControlService {
         }
         let key = if r.rotate {
             let key = new_unlock_key()?;
-            self.mgr.write(Command::UpdateSwarm { unlock_key: Some(key.clone()), cert_ttl_secs: None }).await?;
+            let rotate = Command::UpdateSwarm {
+                unlock_key: Some(key.clone()),
+                cert_ttl_secs: None,
+                task_history_limit: None,
+                heartbeat_period_ms: None,
+            };
+            self.mgr.write(rotate).await?;
             key
         } else {
             current
@@ -807,6 +827,7 @@ impl pb::control_server::Control for ControlService {
         self.mgr.linearizable().await?;
         let state = self.mgr.store.read();
         let m = self.mgr.metrics();
+        let settings = state.cluster.as_ref().map(|c| c.settings.clone()).unwrap_or_default();
         Ok(Response::new(pb::ClusterInfoResponse {
             cluster_id: state.cluster.as_ref().map(|c| c.id.clone()).unwrap_or_default(),
             created_at: state.cluster.as_ref().map(|c| rfc3339(c.meta.created_ms)).unwrap_or_default(),
@@ -816,6 +837,9 @@ impl pb::control_server::Control for ControlService {
             raft_id: self.mgr.cfg.raft_id,
             raft_state: format!("{:?}", m.state).to_lowercase(),
             managers: manager_addrs(&self.mgr),
+            task_history_limit: settings.task_history_limit,
+            dispatcher_heartbeat_ms: settings.heartbeat_period_ms,
+            cert_expiry_secs: state.cluster.as_ref().map_or(0, |c| c.node_cert_ttl_secs),
         }))
     }
 }
