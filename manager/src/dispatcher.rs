@@ -792,6 +792,16 @@ mod tests {
     }
 
     #[test]
+    fn a_task_held_pending_on_its_node_is_not_in_the_nodes_set() {
+        let mut t = Task { id: "t1".into(), node_id: "n1".into(), desired: TaskState::Running, ..Default::default() };
+        t.status.state = TaskState::Pending;
+        assert_eq!(Dispatcher::assignment(&t, "n1"), None);
+        t.status.state = TaskState::Assigned;
+        assert!(Dispatcher::assignment(&t, "n1").is_some());
+        assert_eq!(Dispatcher::assignment(&t, "n2"), None);
+    }
+
+    #[test]
     fn the_heartbeat_period_and_liveness_follow_the_cluster() {
         let store = Store::new();
         let d = Dispatcher::new(store.clone());

@@ -1171,6 +1171,77 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn dependencies_are_refused_when_unknown_cyclic_or_removed_under_a_dependent() {
+        use shoal_proto::health::{HealthSetting, HealthTest};
+        use shoal_proto::service::{Condition, Dependency};
+        let mut s = booted();
+        let mut i = 1;
+        let spec = |name: &str, deps: &[(&str, Condition)]| {
+            let mut spec = ServiceSpec { name: name.into(), replicas: 1, ..Default::default() };
+            spec.depends_on =
+                deps.iter().map(|(d, c)| Dependency { service: d.to_string(), condition: *c }).collect();
+            spec
+        };
+        let mut run = |s: &mut State, cmd: Command| {
+            i += 1;
+            s.apply(i, &req(cmd)).0
+        };
+        let create = |spec: ServiceSpec| Command::CreateService { id: format!("id-{}", spec.name), spec, auth: None };
+        let update = |spec: ServiceSpec| Command::UpdateService {
+            id: format!("id-{}", spec.name),
+            spec,
+            rollback: false,
+            replace_auth: false,
+            auth: None,
+        };
+        let refused = |r: Response, why: &str| assert!(matches!(&r, Response::Rejected(w) if w == why), "{r:?}");
+        use Condition::{Healthy, Started};
+        refused(
+            run(&mut s, create(spec("web", &[("db", Healthy)]))),
+            "service web depends on service db, which does not exist: create db first, or drop the dependency",
+        );
+        refused(
+            run(&mut s, create(spec("web", &[("web", Started)]))),
+            "service web cannot depend on itself: leave web out of its dependencies",
+        );
+        let mut db = spec("db", &[]);
+        db.task.health = HealthSetting { test: HealthTest::None, ..Default::default() };
+        assert_eq!(run(&mut s, create(db.clone())), Response::Ok);
+        refused(
+            run(&mut s, create(spec("web", &[("db", Healthy)]))),
+            "service web depends on service db being healthy, but db has no health check (--no-healthcheck): \
+             give it one, or depend on db being started",
+        );
+        db.task.health = HealthSetting::default();
+        assert_eq!(run(&mut s, update(db.clone())), Response::Ok);
+        assert_eq!(run(&mut s, create(spec("api", &[("db", Healthy)]))), Response::Ok);
+        assert_eq!(run(&mut s, create(spec("web", &[("api", Started), ("db", Started)]))), Response::Ok);
+        // db may not drop its check while api waits for its health.
+        let mut unchecked = db.clone();
+        unchecked.task.health = HealthSetting { test: HealthTest::None, ..Default::default() };
+        refused(
+            run(&mut s, update(unchecked)),
+            "service api depends on service db being healthy: db cannot drop its health check \
+             (--no-healthcheck) until they depend on it being started",
+        );
+        // A cycle through an update: db -> web -> api -> db.
+        refused(
+            run(&mut s, update(spec("db", &[("web", Started)]))),
+            "dependency cycle: db -> web -> api -> db: remove one of these dependencies",
+        );
+        assert!(s.services["id-db"].spec.depends_on.is_empty(), "the refused update changed nothing");
+        // Removal: refused while another depends on it, naming them.
+        refused(
+            run(&mut s, Command::RemoveService { id: "id-db".into() }),
+            "service db is a dependency of api, web: remove them first, or drop the dependency \
+             (shoal service update --depends-on-rm db SERVICE)",
+        );
+        assert_eq!(run(&mut s, Command::RemoveService { id: "id-web".into() }), Response::Ok);
+        assert_eq!(run(&mut s, Command::RemoveService { id: "id-api".into() }), Response::Ok);
+        assert_eq!(run(&mut s, Command::RemoveService { id: "id-db".into() }), Response::Ok);
+    }
+
+    #[test]
     fn update_swarm_changes_only_what_it_is_given() {
         let mut s = booted();
         let set = |unlock_key: Option<&str>, cert_ttl_secs| {
