@@ -111,7 +111,9 @@ pub struct SettingsFlags {
 fn history_limit(s: &str) -> Result<u64, String> {
     match s.parse::<i64>() {
         Ok(n) if n >= 0 => Ok(n as u64),
-        _ => Err(format!("invalid --task-history-limit {s:?}: give the number of ended tasks each slot keeps, 0 or more")),
+        _ => Err(format!(
+            "invalid --task-history-limit {s:?}: give the number of ended tasks each slot keeps, 0 or more"
+        )),
     }
 }
 

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use shoal_proto::model::{
-    Availability, ClusterSettings, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role, new_node_id, random_base36, rfc3339,
+    Availability, ClusterSettings, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role, new_node_id,
+    random_base36, rfc3339,
 };
 use shoal_proto::network::{Network, NetworkSpec};
 use shoal_proto::pb;

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use shoal_proto::model::{Availability, Cluster, ClusterSettings, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
+use shoal_proto::model::{
+    Availability, Cluster, ClusterSettings, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role,
+};
 use shoal_proto::network::{Attachment, Network, NetworkSpec, NodeKeys};
 use shoal_proto::secret::{Kind, Object, ObjectSpec, Payload};
 
@@ -851,9 +853,8 @@ impl State {
         }
         // A cycle through this spec: a path from one of its dependencies back to it.
         let mut path = vec![name.to_string()];
-        dependency_cycle(name, name, &spec_of, &mut path, &mut Default::default()).then(|| {
-            format!("dependency cycle: {}: remove one of these dependencies", path.join(" -> "))
-        })
+        dependency_cycle(name, name, &spec_of, &mut path, &mut Default::default())
+            .then(|| format!("dependency cycle: {}: remove one of these dependencies", path.join(" -> ")))
     }
 
     /// Why the service `name` cannot be removed: services that depend on it.
@@ -1178,8 +1179,7 @@ pub(crate) mod tests {
         let mut i = 1;
         let spec = |name: &str, deps: &[(&str, Condition)]| {
             let mut spec = ServiceSpec { name: name.into(), replicas: 1, ..Default::default() };
-            spec.depends_on =
-                deps.iter().map(|(d, c)| Dependency { service: d.to_string(), condition: *c }).collect();
+            spec.depends_on = deps.iter().map(|(d, c)| Dependency { service: d.to_string(), condition: *c }).collect();
             spec
         };
         let mut run = |s: &mut State, cmd: Command| {

@@ -428,7 +428,11 @@ impl Dependency {
         let condition = match cond {
             "started" | "service_started" => Condition::Started,
             "healthy" | "service_healthy" => Condition::Healthy,
-            other => return Err(format!("invalid dependency condition {other:?} in {s:?}: use SERVICE, SERVICE:started or SERVICE:healthy")),
+            other => {
+                return Err(format!(
+                    "invalid dependency condition {other:?} in {s:?}: use SERVICE, SERVICE:started or SERVICE:healthy"
+                ));
+            }
         };
         if service.is_empty() {
             return Err(format!("invalid dependency {s:?}: it needs a service name (SERVICE[:healthy])"));

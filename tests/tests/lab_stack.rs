@@ -359,9 +359,8 @@ fn depends_on(lab: &Lab, dir: &Path) -> Result<()> {
     wait_for("web's tasks to wait for db", Duration::from_secs(10), || {
         let web: Vec<serde_json::Value> =
             stack_tasks(lab, "deps")?.into_iter().filter(|t| t["service_name"] == "deps_web").collect();
-        Ok((web.len() == 2
-            && web.iter().all(|t| t["status"]["state"] == "pending" && t["status"]["err"] == waiting))
-        .then_some(()))
+        Ok((web.len() == 2 && web.iter().all(|t| t["status"]["state"] == "pending" && t["status"]["err"] == waiting))
+            .then_some(()))
     })?;
     let svcs = lab.shoal(1, &["stack", "services", "deps"])?;
     ensure!(svcs.contains(&format!("0/2 ({waiting})")), "{svcs}");
@@ -378,7 +377,8 @@ fn depends_on(lab: &Lab, dir: &Path) -> Result<()> {
     };
     let (db, web) = (started("deps_db"), started("deps_web"));
     ensure!(db.len() == 1 && web.len() == 2, "{tasks:?}");
-    let db_created = tasks.iter().find(|t| t["service_name"] == "deps_db").and_then(|t| t["meta"]["created_ms"].as_u64());
+    let db_created =
+        tasks.iter().find(|t| t["service_name"] == "deps_db").and_then(|t| t["meta"]["created_ms"].as_u64());
     ensure!(db_created.is_some_and(|c| db[0] >= c + 5_000), "db was healthy only after its sleep: {tasks:?}");
     ensure!(web.iter().all(|w| *w >= db[0]), "web started before db was healthy: db {db:?}, web {web:?}");
 

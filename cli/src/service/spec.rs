@@ -288,7 +288,8 @@ pub(crate) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
         spec.endpoint_mode = m;
     }
     // A dependency given again replaces the one on the same service.
-    spec.depends_on.retain(|d| !rm.depends_on_rm.contains(&d.service) && f.depends_on.iter().all(|n| n.service != d.service));
+    spec.depends_on
+        .retain(|d| !rm.depends_on_rm.contains(&d.service) && f.depends_on.iter().all(|n| n.service != d.service));
     spec.depends_on.extend(f.depends_on.iter().cloned());
     let t = &mut spec.task;
     // The same rules as `run`: env files first, then -e (KEY alone from this environment).

@@ -207,7 +207,9 @@ impl<'de> Deserialize<'de> for DependsOn {
                     serde_yaml_ng::from_value(v).map_err(de::Error::custom)?;
                 Ok(DependsOn(m.into_iter().map(|(k, l)| (k, l.unwrap_or_default())).collect()))
             }
-            other => Err(de::Error::custom(format!("expected a list or a mapping of services, found {}", kind(&other)))),
+            other => {
+                Err(de::Error::custom(format!("expected a list or a mapping of services, found {}", kind(&other))))
+            }
         }
     }
 }

@@ -153,8 +153,9 @@ pub fn translate(compose: &Compose, stack: &str, base_dir: &Path) -> anyhow::Res
         .iter()
         .map(|(k, s)| (k.as_str(), s.depends_on.0.keys().map(String::as_str).collect()))
         .collect();
-    let order = dependency_order(&deps)
-        .map_err(|cycle| anyhow::anyhow!("depends_on: a dependency cycle: {cycle}: remove one of these dependencies"))?;
+    let order = dependency_order(&deps).map_err(|cycle| {
+        anyhow::anyhow!("depends_on: a dependency cycle: {cycle}: remove one of these dependencies")
+    })?;
     for key in order {
         let svc = &compose.services[key];
         let sp = service(compose, stack, key, svc, base_dir, &mut unsupported, &mut used_networks)
@@ -208,7 +209,10 @@ fn depends_on(
             other => bail!("depends_on {dep}: invalid condition {other:?}: service_started or service_healthy"),
         };
         if condition == Condition::Healthy
-            && target.healthcheck.as_ref().is_some_and(|h| h.disable.as_ref().is_some_and(|d| parse_bool(&d.0) == Ok(true)))
+            && target
+                .healthcheck
+                .as_ref()
+                .is_some_and(|h| h.disable.as_ref().is_some_and(|d| parse_bool(&d.0) == Ok(true)))
         {
             bail!(
                 "depends_on {dep}: condition service_healthy, but {dep}'s healthcheck is disabled: \
@@ -1021,7 +1025,10 @@ services:
     #[test]
     fn depends_on_refuses_cycles_strangers_and_conditions_it_cannot_keep() {
         let table = [
-            ("web: {image: a, depends_on: [api]}\n  api: {image: b, depends_on: [web]}", "a dependency cycle: api -> web -> api"),
+            (
+                "web: {image: a, depends_on: [api]}\n  api: {image: b, depends_on: [web]}",
+                "a dependency cycle: api -> web -> api",
+            ),
             ("web: {image: a, depends_on: [web]}", "a dependency cycle: web -> web"),
             ("web: {image: a, depends_on: [db]}", "service \"db\" is not in the Compose file"),
             (

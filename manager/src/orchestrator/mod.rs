@@ -1020,8 +1020,7 @@ mod tests {
         let web1 = w.running(&web)[0].id.clone();
         w.report(&web1, TaskState::Failed);
         w.pass();
-        let fresh: Vec<Task> =
-            w.tasks_of(&web).into_iter().filter(|t| t.status.state == TaskState::Assigned).collect();
+        let fresh: Vec<Task> = w.tasks_of(&web).into_iter().filter(|t| t.status.state == TaskState::Assigned).collect();
         assert_eq!(fresh.len(), 1, "the replacement is placed: {:?}", waiting(&w, &web));
         // A whole-stack restart: nothing of web runs, db is not healthy yet: held again.
         for t in w.tasks_of(&web).iter().chain(w.tasks_of(&db).iter()) {
