@@ -98,6 +98,21 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
 /// to the networks' ids, and refuses what a service cannot join: a network
 /// that does not exist, the ingress network, a node's own networks, the
 /// same network twice.
+/// A spec's dependencies by name, as the state stores them: one given by
+/// id or unique id prefix becomes that service's name; an unknown one stays
+/// for `State::dependency_problem` to refuse, saying what to do. Then the
+/// state's refusals (a cycle, ...) as `invalid_argument`, before a write.
+fn resolve_dependencies(state: &crate::state::State, spec: &mut ServiceSpec) -> Result<(), Status> {
+    for d in &mut spec.depends_on {
+        if !state.services.values().any(|s| s.spec.name == d.service)
+            && let Ok(s) = state.find_service(&d.service)
+        {
+            d.service = s.spec.name.clone();
+        }
+    }
+    state.dependency_problem(spec).map_or(Ok(()), |why| Err(Status::invalid_argument(why)))
+}
+
 fn resolve_networks(state: &crate::state::State, spec: &mut ServiceSpec) -> Result<(), Status> {
     let mut seen = std::collections::BTreeSet::new();
     for a in &mut spec.task.networks {
@@ -383,6 +398,7 @@ impl pb::control_server::Control for ControlService {
         validate_spec(&spec)?;
         resolve_networks(&self.mgr.store.read(), &mut spec)?;
         resolve_objects(&self.mgr.store.read(), &mut spec)?;
+        resolve_dependencies(&self.mgr.store.read(), &mut spec)?;
         if self.mgr.store.read().services.values().any(|s| s.spec.name == spec.name) {
             return Err(Status::already_exists(format!("service {} already exists", spec.name)));
         }
@@ -411,6 +427,7 @@ impl pb::control_server::Control for ControlService {
         if !r.rollback {
             resolve_networks(&self.mgr.store.read(), &mut spec)?;
             resolve_objects(&self.mgr.store.read(), &mut spec)?;
+            resolve_dependencies(&self.mgr.store.read(), &mut spec)?;
         }
         if let Some(why) = self.mgr.store.read().ports_problem(&svc.id, &spec) {
             return Err(Status::invalid_argument(why));
@@ -967,6 +984,28 @@ mod tests {
             task: TaskSpec { image: "busybox".into(), ..task },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn dependencies_given_by_id_become_names_and_refusals_come_before_a_write() {
+        use crate::state::{Command, Request, State};
+        use shoal_proto::service::{Condition, Dependency};
+        let mut state = State::default();
+        let db = ServiceSpec { name: "db".into(), ..spec(TaskSpec::default()) };
+        let create = Command::CreateService { id: "k3xyz".into(), spec: db, auth: None };
+        state.apply(1, &Request { at_ms: 1, cmd: create });
+        let dep = |s: &str| Dependency { service: s.into(), condition: Condition::Healthy };
+        for given in ["db", "k3xyz", "k3"] {
+            let mut web = spec(TaskSpec::default());
+            web.depends_on = vec![dep(given)];
+            resolve_dependencies(&state, &mut web).expect("resolves");
+            assert_eq!(web.depends_on, vec![dep("db")], "{given}");
+        }
+        let mut web = spec(TaskSpec::default());
+        web.depends_on = vec![dep("cache")];
+        let e = resolve_dependencies(&state, &mut web).expect_err("unknown");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("create cache first"), "{e:?}");
     }
 
     #[test]
