@@ -253,6 +253,16 @@ impl Daemon {
                 ca::MIN_NODE_VALIDITY.as_secs()
             )));
         }
+        let mut settings = shoal_proto::model::ClusterSettings::default();
+        if let Some(ms) = req.dispatcher_heartbeat_ms {
+            if let Some(why) = shoal_proto::model::ClusterSettings::heartbeat_problem(ms) {
+                return Err(Status::invalid_argument(why));
+            }
+            settings.heartbeat_period_ms = ms;
+        }
+        if let Some(n) = req.task_history_limit {
+            settings.task_history_limit = n;
+        }
         let validity =
             if req.cert_expiry_secs == 0 { ca::NODE_VALIDITY } else { Duration::from_secs(req.cert_expiry_secs) };
         let cert_pem = ca::sign_node(&root, &csr, &node_id, Role::Manager, &cluster_id, validity).map_err(internal)?;
@@ -275,6 +285,7 @@ impl Daemon {
             node_cert_ttl_secs: req.cert_expiry_secs,
             net,
             unlock_key: if req.autolock { shoal_manager::api::new_unlock_key()? } else { String::new() },
+            settings,
             meta: Meta::default(),
         };
         let node = Node {

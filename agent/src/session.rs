@@ -200,8 +200,7 @@ async fn one_session(
                     last_heard = tokio::time::Instant::now();
                     match msg {
                         pb::manager_message::Msg::State(s) => {
-                            let p = Duration::from_millis(u64::from(s.heartbeat_period_ms.max(100)));
-                            if p != period {
+                            if let Some(p) = new_period(period, s.heartbeat_period_ms) {
                                 period = p;
                                 beat = tokio::time::interval(period);
                             }
@@ -209,7 +208,14 @@ async fn one_session(
                                 return Ended::Cancelled;
                             }
                         }
-                        pb::manager_message::Msg::Ack(_) => {}
+                        // The period may change (`swarm update --dispatcher-heartbeat`): each ack says it.
+                        pb::manager_message::Msg::Ack(a) => {
+                            if let Some(p) = new_period(period, a.period_ms) {
+                                tracing::info!(from = ?period, to = ?p, "heartbeat period changed");
+                                period = p;
+                                beat = tokio::time::interval(period);
+                            }
+                        }
                         pb::manager_message::Msg::Assignments(a) => {
                             if let Some(w) = &cfg.worker {
                                 // The view first: the worker hands it to netd before it acts on these tasks.
@@ -286,5 +292,27 @@ async fn outbox_ready(worker: Option<&crate::worker::Worker>) {
     match worker {
         Some(w) => w.outbox_ready.notified().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The heartbeat period the managers said (`SessionState`, `HeartbeatAck`),
+/// when it differs from `current`; 0 says nothing (an older manager's ack),
+/// and less than 100 ms is taken as 100 ms.
+fn new_period(current: Duration, said_ms: u32) -> Option<Duration> {
+    let p = Duration::from_millis(u64::from(said_ms.max(100)));
+    (said_ms != 0 && p != current).then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_period_follows_what_the_managers_say() {
+        let ms = Duration::from_millis;
+        let table = [(500, 500, None), (500, 1000, Some(ms(1000))), (500, 0, None), (500, 20, Some(ms(100)))];
+        for (current, said, want) in table {
+            assert_eq!(new_period(ms(current), said), want, "{current} {said}");
+        }
     }
 }

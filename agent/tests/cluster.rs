@@ -346,6 +346,7 @@ impl Sim {
         let root = shoal_manager::ca::new_root(CLUSTER)?;
         let cluster = Cluster {
             unlock_key: String::new(),
+            settings: Default::default(),
             id: CLUSTER.into(),
             root_ca: root,
             worker_secret: "w".into(),

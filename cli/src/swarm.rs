@@ -36,6 +36,8 @@ pub enum SwarmCmd {
         /// Restarted managers stay locked until `shoal swarm unlock` gives the key printed here.
         #[arg(long)]
         autolock: bool,
+        #[command(flatten)]
+        settings: SettingsFlags,
     },
     /// Change the swarm's settings (those not given stay).
     Update {
@@ -45,7 +47,11 @@ pub enum SwarmCmd {
         /// Lifetime of node certificates issued from now on (e.g. 90d, 2160h).
         #[arg(long, value_parser = crate::parse::duration_secs)]
         cert_expiry: Option<u64>,
+        #[command(flatten)]
+        settings: SettingsFlags,
     },
+    /// Show the swarm's settings (JSON, in Docker's shape).
+    Inspect,
     /// Unlock a restarted manager of an autolocked swarm (the key is read from the terminal or stdin).
     Unlock,
     /// Show or rotate the unlock key of an autolocked swarm.
@@ -90,6 +96,52 @@ pub enum SwarmCmd {
     },
 }
 
+/// The settings `swarm init` and `swarm update` share.
+#[derive(clap::Args, Debug, Default, Clone, Copy)]
+pub struct SettingsFlags {
+    /// Ended tasks each slot keeps (default 5; 0 keeps none).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = history_limit)]
+    task_history_limit: Option<u64>,
+    /// How often nodes send heartbeats (default 500ms; between 100ms and 10s).
+    #[arg(long, value_name = "DURATION", value_parser = heartbeat)]
+    dispatcher_heartbeat: Option<u64>,
+}
+
+/// `--task-history-limit`: a count, 0 or more.
+fn history_limit(s: &str) -> Result<u64, String> {
+    match s.parse::<i64>() {
+        Ok(n) if n >= 0 => Ok(n as u64),
+        _ => Err(format!(
+            "invalid --task-history-limit {s:?}: give the number of ended tasks each slot keeps, 0 or more"
+        )),
+    }
+}
+
+/// `--dispatcher-heartbeat`: a duration within the bounds the managers take, in ms.
+fn heartbeat(s: &str) -> Result<u64, String> {
+    let ms = shoal_proto::parse::duration_ms(s).map_err(|e| format!("invalid --dispatcher-heartbeat {s:?}: {e}"))?;
+    match shoal_proto::model::ClusterSettings::heartbeat_problem(ms) {
+        Some(why) => Err(why),
+        None => Ok(ms),
+    }
+}
+
+/// The swarm as `docker swarm inspect` showed it (the parts Shoal has).
+pub fn inspect_doc(c: &pb::ClusterInfoResponse) -> serde_json::Value {
+    let ns = |ms: u64| ms.saturating_mul(1_000_000);
+    let expiry_secs = if c.cert_expiry_secs == 0 { 90 * 86_400 } else { c.cert_expiry_secs };
+    serde_json::json!([{
+        "ID": c.cluster_id,
+        "CreatedAt": c.created_at,
+        "Spec": {
+            "Name": "default",
+            "Orchestration": {"TaskHistoryRetentionLimit": c.task_history_limit},
+            "Dispatcher": {"HeartbeatPeriod": ns(c.dispatcher_heartbeat_ms)},
+            "CAConfig": {"NodeCertExpiry": expiry_secs.saturating_mul(1_000_000_000)},
+        },
+    }])
+}
+
 fn join_command(token: &str, addr: &str) -> String {
     format!("    shoal swarm join --token {token} {addr}")
 }
@@ -115,6 +167,7 @@ pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
             data_path_port,
             data_path_addr,
             autolock,
+            settings,
         } => {
             // Checked here for a clear error before anything starts (the daemon checks again).
             shoal_proto::network::ClusterNet::from_init(
@@ -135,6 +188,8 @@ pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
                     data_path_port: data_path_port.map_or(0, u32::from),
                     data_path_addr: data_path_addr.clone().unwrap_or_default(),
                     autolock: *autolock,
+                    task_history_limit: settings.task_history_limit,
+                    dispatcher_heartbeat_ms: settings.dispatcher_heartbeat,
                 })
                 .await?
                 .into_inner();
@@ -153,16 +208,25 @@ pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
                 print_unlock_key(&key);
             }
         }
-        SwarmCmd::Update { autolock, cert_expiry } => {
+        SwarmCmd::Update { autolock, cert_expiry, settings } => {
             let mut control = client::control(cli).await?;
             control
-                .update_swarm(pb::SwarmUpdateRequest { autolock: *autolock, cert_expiry_secs: *cert_expiry })
+                .update_swarm(pb::SwarmUpdateRequest {
+                    autolock: *autolock,
+                    cert_expiry_secs: *cert_expiry,
+                    task_history_limit: settings.task_history_limit,
+                    dispatcher_heartbeat_ms: settings.dispatcher_heartbeat,
+                })
                 .await?;
             println!("Swarm updated.");
             if *autolock == Some(true) {
                 let key = control.unlock_key(pb::UnlockKeyRequest { rotate: false }).await?.into_inner().key;
                 print_unlock_key(&key);
             }
+        }
+        SwarmCmd::Inspect => {
+            let c = client::control(cli).await?.cluster_info(pb::Empty {}).await?.into_inner();
+            println!("{}", serde_json::to_string_pretty(&inspect_doc(&c))?);
         }
         SwarmCmd::Unlock => {
             use std::io::IsTerminal;
@@ -227,4 +291,31 @@ pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_flags_are_checked_and_shown_in_dockers_shape() {
+        assert_eq!(history_limit("0"), Ok(0));
+        assert_eq!(history_limit("1"), Ok(1));
+        assert!(history_limit("-1").is_err_and(|e| e.contains("0 or more")));
+        assert_eq!(heartbeat("5s"), Ok(5_000));
+        assert_eq!(heartbeat("500ms"), Ok(500));
+        for bad in ["50ms", "11s", "1m", "soon"] {
+            assert!(heartbeat(bad).is_err(), "{bad}");
+        }
+        let c = pb::ClusterInfoResponse {
+            cluster_id: "c1".into(),
+            task_history_limit: 1,
+            dispatcher_heartbeat_ms: 5_000,
+            ..Default::default()
+        };
+        let d = inspect_doc(&c);
+        assert_eq!(d[0]["Spec"]["Orchestration"]["TaskHistoryRetentionLimit"], 1);
+        assert_eq!(d[0]["Spec"]["Dispatcher"]["HeartbeatPeriod"], 5_000_000_000u64);
+        assert_eq!(d[0]["Spec"]["CAConfig"]["NodeCertExpiry"], 7_776_000_000_000_000u64);
+    }
 }

@@ -225,9 +225,24 @@ pub async fn info(cli: &Cli, format: Format) -> anyhow::Result<()> {
             println!("  Leader ID: {}", i.raft_leader);
         }
         println!(" Certificate Expiry: {}", i.cert_expiry);
+        if i.is_manager {
+            // The cluster's settings, as Docker's info shows them.
+            let c = client::control(cli).await?.cluster_info(pb::Empty {}).await?.into_inner();
+            println!(" Orchestration:\n  Task History Retention Limit: {}", c.task_history_limit);
+            println!(" Dispatcher:\n  Heartbeat Period: {}", shown_period(c.dispatcher_heartbeat_ms));
+        }
     }
     println!("Name: {}", i.hostname);
     Ok(())
+}
+
+/// `5 seconds`, `500 milliseconds`, as Docker's info shows a period.
+fn shown_period(ms: u64) -> String {
+    match (ms % 1000, ms / 1000) {
+        (0, 1) => "1 second".into(),
+        (0, s) => format!("{s} seconds"),
+        _ => format!("{ms} milliseconds"),
+    }
 }
 
 /// `reclaimable (N%)` as Docker shows it (no percentage for an empty total).

@@ -302,6 +302,7 @@ mod tests {
             node_cert_ttl_secs: 0,
             net,
             unlock_key: String::new(),
+            settings: Default::default(),
             meta: Meta::default(),
         };
         let mut node = Node {

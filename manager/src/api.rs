@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use shoal_proto::model::{
-    Availability, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role, new_node_id, random_base36, rfc3339,
+    Availability, ClusterSettings, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role, new_node_id,
+    random_base36, rfc3339,
 };
 use shoal_proto::network::{Network, NetworkSpec};
 use shoal_proto::pb;
@@ -97,6 +98,21 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
 /// to the networks' ids, and refuses what a service cannot join: a network
 /// that does not exist, the ingress network, a node's own networks, the
 /// same network twice.
+/// A spec's dependencies by name, as the state stores them: one given by
+/// id or unique id prefix becomes that service's name; an unknown one stays
+/// for `State::dependency_problem` to refuse, saying what to do. Then the
+/// state's refusals (a cycle, ...) as `invalid_argument`, before a write.
+fn resolve_dependencies(state: &crate::state::State, spec: &mut ServiceSpec) -> Result<(), Status> {
+    for d in &mut spec.depends_on {
+        if !state.services.values().any(|s| s.spec.name == d.service)
+            && let Ok(s) = state.find_service(&d.service)
+        {
+            d.service = s.spec.name.clone();
+        }
+    }
+    state.dependency_problem(spec).map_or(Ok(()), |why| Err(Status::invalid_argument(why)))
+}
+
 fn resolve_networks(state: &crate::state::State, spec: &mut ServiceSpec) -> Result<(), Status> {
     let mut seen = std::collections::BTreeSet::new();
     for a in &mut spec.task.networks {
@@ -382,6 +398,7 @@ impl pb::control_server::Control for ControlService {
         validate_spec(&spec)?;
         resolve_networks(&self.mgr.store.read(), &mut spec)?;
         resolve_objects(&self.mgr.store.read(), &mut spec)?;
+        resolve_dependencies(&self.mgr.store.read(), &mut spec)?;
         if self.mgr.store.read().services.values().any(|s| s.spec.name == spec.name) {
             return Err(Status::already_exists(format!("service {} already exists", spec.name)));
         }
@@ -410,6 +427,7 @@ impl pb::control_server::Control for ControlService {
         if !r.rollback {
             resolve_networks(&self.mgr.store.read(), &mut spec)?;
             resolve_objects(&self.mgr.store.read(), &mut spec)?;
+            resolve_dependencies(&self.mgr.store.read(), &mut spec)?;
         }
         if let Some(why) = self.mgr.store.read().ports_problem(&svc.id, &spec) {
             return Err(Status::invalid_argument(why));
@@ -773,8 +791,22 @@ impl pb::control_server::Control for ControlService {
             Some(false) if autolocked => Some(String::new()),
             _ => None, // unchanged: an autolocked swarm keeps its key
         };
-        if unlock_key.is_some() || r.cert_expiry_secs.is_some() {
-            self.mgr.write(Command::UpdateSwarm { unlock_key, cert_ttl_secs: r.cert_expiry_secs }).await?;
+        if let Some(why) = r.dispatcher_heartbeat_ms.and_then(ClusterSettings::heartbeat_problem) {
+            return Err(Status::invalid_argument(why));
+        }
+        if unlock_key.is_some()
+            || r.cert_expiry_secs.is_some()
+            || r.task_history_limit.is_some()
+            || r.dispatcher_heartbeat_ms.is_some()
+        {
+            self.mgr
+                .write(Command::UpdateSwarm {
+                    unlock_key,
+                    cert_ttl_secs: r.cert_expiry_secs,
+                    task_history_limit: r.task_history_limit,
+                    heartbeat_period_ms: r.dispatcher_heartbeat_ms,
+                })
+                .await?;
         }
         Ok(Response::new(pb::Empty {}))
     }
@@ -792,7 +824,13 @@ impl pb::control_server::Control for ControlService {
         }
         let key = if r.rotate {
             let key = new_unlock_key()?;
-            self.mgr.write(Command::UpdateSwarm { unlock_key: Some(key.clone()), cert_ttl_secs: None }).await?;
+            let rotate = Command::UpdateSwarm {
+                unlock_key: Some(key.clone()),
+                cert_ttl_secs: None,
+                task_history_limit: None,
+                heartbeat_period_ms: None,
+            };
+            self.mgr.write(rotate).await?;
             key
         } else {
             current
@@ -807,6 +845,7 @@ impl pb::control_server::Control for ControlService {
         self.mgr.linearizable().await?;
         let state = self.mgr.store.read();
         let m = self.mgr.metrics();
+        let settings = state.cluster.as_ref().map(|c| c.settings.clone()).unwrap_or_default();
         Ok(Response::new(pb::ClusterInfoResponse {
             cluster_id: state.cluster.as_ref().map(|c| c.id.clone()).unwrap_or_default(),
             created_at: state.cluster.as_ref().map(|c| rfc3339(c.meta.created_ms)).unwrap_or_default(),
@@ -816,6 +855,9 @@ impl pb::control_server::Control for ControlService {
             raft_id: self.mgr.cfg.raft_id,
             raft_state: format!("{:?}", m.state).to_lowercase(),
             managers: manager_addrs(&self.mgr),
+            task_history_limit: settings.task_history_limit,
+            dispatcher_heartbeat_ms: settings.heartbeat_period_ms,
+            cert_expiry_secs: state.cluster.as_ref().map_or(0, |c| c.node_cert_ttl_secs),
         }))
     }
 }
@@ -942,6 +984,28 @@ mod tests {
             task: TaskSpec { image: "busybox".into(), ..task },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn dependencies_given_by_id_become_names_and_refusals_come_before_a_write() {
+        use crate::state::{Command, Request, State};
+        use shoal_proto::service::{Condition, Dependency};
+        let mut state = State::default();
+        let db = ServiceSpec { name: "db".into(), ..spec(TaskSpec::default()) };
+        let create = Command::CreateService { id: "k3xyz".into(), spec: db, auth: None };
+        state.apply(1, &Request { at_ms: 1, cmd: create });
+        let dep = |s: &str| Dependency { service: s.into(), condition: Condition::Healthy };
+        for given in ["db", "k3xyz", "k3"] {
+            let mut web = spec(TaskSpec::default());
+            web.depends_on = vec![dep(given)];
+            resolve_dependencies(&state, &mut web).expect("resolves");
+            assert_eq!(web.depends_on, vec![dep("db")], "{given}");
+        }
+        let mut web = spec(TaskSpec::default());
+        web.depends_on = vec![dep("cache")];
+        let e = resolve_dependencies(&state, &mut web).expect_err("unknown");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("create cache first"), "{e:?}");
     }
 
     #[test]

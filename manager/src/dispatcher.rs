@@ -135,8 +135,14 @@ impl Dispatcher {
         }
     }
 
+    /// The liveness judge, at the cluster's heartbeat period as it is now.
     fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
-        self.inner.liveness.lock().unwrap_or_else(|p| p.into_inner())
+        let period = self.inner.store.read().cluster.as_ref().map(|c| c.settings.heartbeat_period_ms);
+        let mut l = self.inner.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ms) = period {
+            l.set_period(Duration::from_millis(ms));
+        }
+        l
     }
 
     fn drain(&self) -> std::sync::MutexGuard<'_, Drain> {
@@ -294,9 +300,13 @@ impl Dispatcher {
 
     /// The task's entry in its node's assignment set: every task placed on
     /// the node that it should run, or stop and report (JSON of
-    /// `model::service::Task`); None when it is not in the set.
+    /// `model::service::Task`); None when it is not in the set. A global
+    /// task still pending (held for its service's dependencies) is not.
     fn assignment(t: &Task, node_id: &str) -> Option<String> {
-        if t.node_id != node_id || (t.desired >= TaskState::Shutdown && t.status.state.is_terminal()) {
+        if t.node_id != node_id
+            || t.status.state < TaskState::Assigned
+            || (t.desired >= TaskState::Shutdown && t.status.state.is_terminal())
+        {
             return None;
         }
         serde_json::to_string(t).ok()
@@ -779,6 +789,36 @@ mod tests {
         assert!(d.send_changes("n5", 50, &keys, &mut sent5, &tx5).await);
         let a = view_of(rx5.recv().await).expect("a delta");
         assert_eq!((ids(&a.secrets), ids(&a.configs)), (vec!["x1"], vec![]));
+    }
+
+    #[test]
+    fn a_task_held_pending_on_its_node_is_not_in_the_nodes_set() {
+        let mut t = Task { id: "t1".into(), node_id: "n1".into(), desired: TaskState::Running, ..Default::default() };
+        t.status.state = TaskState::Pending;
+        assert_eq!(Dispatcher::assignment(&t, "n1"), None);
+        t.status.state = TaskState::Assigned;
+        assert!(Dispatcher::assignment(&t, "n1").is_some());
+        assert_eq!(Dispatcher::assignment(&t, "n2"), None);
+    }
+
+    #[test]
+    fn the_heartbeat_period_and_liveness_follow_the_cluster() {
+        let store = Store::new();
+        let d = Dispatcher::new(store.clone());
+        assert_eq!(d.heartbeat_period(), Duration::from_millis(500), "no cluster yet: the default");
+        for ms in [2_000, 100] {
+            store
+                .apply_batch(|state, _, _| {
+                    let mut c = crate::state::tests::cluster();
+                    c.settings.heartbeat_period_ms = ms;
+                    state.cluster = Some(c);
+                    vec![ObjKey::Cluster]
+                })
+                .publish();
+            assert_eq!(d.heartbeat_period(), Duration::from_millis(ms));
+            let t = d.liveness().timing().clone();
+            assert_eq!((t.grace, t.confirm), (Duration::from_millis(ms * 3), Duration::from_millis(ms)));
+        }
     }
 
     /// A store holding `netview`'s test world.

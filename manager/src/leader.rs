@@ -410,6 +410,7 @@ mod tests {
             node_cert_ttl_secs: 0,
             net: Default::default(),
             unlock_key: String::new(),
+            settings: Default::default(),
             meta: Meta::default(),
         };
         p.store

@@ -25,6 +25,7 @@ pub fn service_entries(state: &State, only: Option<&str>) -> Vec<ServiceListEntr
         Some(id) => Box::new(state.services.get(id).into_iter()),
         None => Box::new(state.services.values()),
     };
+    let held = crate::orchestrator::held(state);
     services
         .map(|s| {
             let (running, completed, live) = counts.get(s.id.as_str()).copied().unwrap_or_default();
@@ -33,7 +34,8 @@ pub fn service_entries(state: &State, only: Option<&str>) -> Vec<ServiceListEntr
                 Mode::Global | Mode::GlobalJob => live,
             };
             // Registry credentials never leave the managers but for the nodes that pull.
-            ServiceListEntry { service: s.redacted(), running, desired, completed }
+            let waiting = held.get(&s.id).cloned().unwrap_or_default();
+            ServiceListEntry { service: s.redacted(), running, desired, completed, waiting }
         })
         .collect()
 }

@@ -38,7 +38,14 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Timing {
-        let period = Duration::from_millis(500);
+        Timing::with_period(Duration::from_millis(shoal_proto::model::HEARTBEAT_PERIOD_MS))
+    }
+}
+
+impl Timing {
+    /// The timing for a heartbeat period (the cluster's `--dispatcher-heartbeat`):
+    /// suspect after three silent periods, down after one more of failed probes.
+    pub fn with_period(period: Duration) -> Timing {
         Timing {
             period,
             grace: period * 3,
@@ -106,6 +113,15 @@ impl Liveness {
 
     pub fn timing(&self) -> &Timing {
         &self.timing
+    }
+
+    /// Follows a new heartbeat period (`swarm update --dispatcher-heartbeat`):
+    /// the grace and confirmation times scale with it.
+    pub fn set_period(&mut self, period: Duration) {
+        if self.timing.period != period {
+            let t = Timing::with_period(period);
+            self.timing = Timing { period, grace: t.grace, confirm: t.confirm, ..self.timing.clone() };
+        }
     }
 
     /// A new leadership: forgets what the last one saw, so every node gets a

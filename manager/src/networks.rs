@@ -833,6 +833,7 @@ mod tests {
             manager_secret: String::new(),
             node_cert_ttl_secs: 0,
             net: Default::default(),
+            settings: Default::default(),
             unlock_key: String::new(),
             meta: Meta::default(),
         };

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use shoal_proto::model::{Availability, Cluster, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
+use shoal_proto::model::{
+    Availability, Cluster, ClusterSettings, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role,
+};
 use shoal_proto::network::{Attachment, Network, NetworkSpec, NodeKeys};
 use shoal_proto::secret::{Kind, Object, ObjectSpec, Payload};
 
@@ -125,6 +127,12 @@ pub enum Command {
     UpdateSwarm {
         unlock_key: Option<String>,
         cert_ttl_secs: Option<u64>,
+        /// `--task-history-limit`: ended tasks kept per slot.
+        #[serde(default)]
+        task_history_limit: Option<u64>,
+        /// `--dispatcher-heartbeat`, checked by the API (`ClusterSettings::heartbeat_problem`).
+        #[serde(default)]
+        heartbeat_period_ms: Option<u64>,
     },
     /// From the dispatcher, for the node whose session said them: its
     /// netd's WireGuard public keys after a view (a removed node's late
@@ -490,13 +498,22 @@ impl State {
                 stamp(&mut cluster.meta, index, at, false);
                 (Response::Ok, vec![ObjKey::Cluster])
             }
-            Command::UpdateSwarm { unlock_key, cert_ttl_secs } => {
+            Command::UpdateSwarm { unlock_key, cert_ttl_secs, task_history_limit, heartbeat_period_ms } => {
+                if let Some(why) = heartbeat_period_ms.and_then(ClusterSettings::heartbeat_problem) {
+                    return reject(&why);
+                }
                 let Some(cluster) = self.cluster.as_mut() else { return reject("the cluster is not initialized") };
                 if let Some(k) = unlock_key {
                     cluster.unlock_key = k.clone();
                 }
                 if let Some(t) = cert_ttl_secs {
                     cluster.node_cert_ttl_secs = *t;
+                }
+                if let Some(n) = task_history_limit {
+                    cluster.settings.task_history_limit = *n;
+                }
+                if let Some(ms) = heartbeat_period_ms {
+                    cluster.settings.heartbeat_period_ms = *ms;
                 }
                 stamp(&mut cluster.meta, index, at, false);
                 (Response::Ok, vec![ObjKey::Cluster])
@@ -561,6 +578,9 @@ impl State {
                 if let Some(why) = self.ports_problem(id, spec) {
                     return reject(&why);
                 }
+                if let Some(why) = self.dependency_problem(spec) {
+                    return reject(&why);
+                }
                 let mut svc = Service {
                     id: id.clone(),
                     spec: spec.clone(),
@@ -596,6 +616,9 @@ impl State {
                 if let Some(why) = self.ports_problem(id, &spec) {
                     return reject(&why);
                 }
+                if let Some(why) = self.dependency_problem(&spec) {
+                    return reject(&why);
+                }
                 let Some(svc) = self.services.get_mut(id) else { return reject(&format!("service {id} not found")) };
                 if *replace_auth {
                     svc.registry_auth = auth.clone();
@@ -615,9 +638,11 @@ impl State {
                 (Response::Ok, vec![ObjKey::Service(id.clone())])
             }
             Command::RemoveService { id } => {
-                if self.services.remove(id).is_none() {
-                    return reject(&format!("service {id} not found"));
+                let Some(svc) = self.services.get(id) else { return reject(&format!("service {id} not found")) };
+                if let Some(why) = self.dependents_problem(&svc.spec.name) {
+                    return reject(&why);
                 }
+                self.services.remove(id);
                 (Response::Ok, vec![ObjKey::Service(id.clone())])
             }
             Command::Tasks { changes } => {
@@ -775,6 +800,80 @@ impl State {
             [one] => Some(format!("{kind} '{}' is in use by the following service: {one}", o.spec.name)),
             many => Some(format!("{kind} '{}' is in use by the following services: {}", o.spec.name, many.join(", "))),
         }
+    }
+
+    /// Why a service cannot have `spec` (new, or the update of the service
+    /// of that name) for its dependencies: one on itself, on a service that
+    /// does not exist, `healthy` on one whose spec has no health check, a
+    /// dependent's `healthy` on it while it drops its check, or a cycle.
+    pub fn dependency_problem(&self, spec: &ServiceSpec) -> Option<String> {
+        use shoal_proto::health::HealthTest;
+        use shoal_proto::service::Condition;
+        let name = spec.name.as_str();
+        let spec_of = |n: &str| -> Option<&ServiceSpec> {
+            if n == name { Some(spec) } else { self.services.values().map(|s| &s.spec).find(|s| s.name == n) }
+        };
+        let no_check = |s: &ServiceSpec| s.task.health.test == HealthTest::None;
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &spec.depends_on {
+            if d.service == name {
+                return Some(format!("service {name} cannot depend on itself: leave {name} out of its dependencies"));
+            }
+            if !seen.insert(d.service.as_str()) {
+                return Some(format!("service {name} lists its dependency on {} twice: keep one", d.service));
+            }
+            let Some(dep) = spec_of(&d.service) else {
+                return Some(format!(
+                    "service {name} depends on service {}, which does not exist: create {} first, or drop the dependency",
+                    d.service, d.service
+                ));
+            };
+            if d.condition == Condition::Healthy && no_check(dep) {
+                return Some(format!(
+                    "service {name} depends on service {} being healthy, but {} has no health check (--no-healthcheck): \
+                     give it one, or depend on {} being started",
+                    d.service, d.service, d.service
+                ));
+            }
+        }
+        if no_check(spec) {
+            let waiting: Vec<&str> = self
+                .services
+                .values()
+                .filter(|s| s.spec.depends_on.iter().any(|d| d.service == name && d.condition == Condition::Healthy))
+                .map(|s| s.spec.name.as_str())
+                .collect();
+            if !waiting.is_empty() {
+                return Some(format!(
+                    "service {} depends on service {name} being healthy: {name} cannot drop its health check \
+                     (--no-healthcheck) until they depend on it being started",
+                    waiting.join(", ")
+                ));
+            }
+        }
+        // A cycle through this spec: a path from one of its dependencies back to it.
+        let mut path = vec![name.to_string()];
+        dependency_cycle(name, name, &spec_of, &mut path, &mut Default::default())
+            .then(|| format!("dependency cycle: {}: remove one of these dependencies", path.join(" -> ")))
+    }
+
+    /// Why the service `name` cannot be removed: services that depend on it.
+    pub fn dependents_problem(&self, name: &str) -> Option<String> {
+        let mut users: Vec<&str> = self
+            .services
+            .values()
+            .filter(|s| s.spec.depends_on.iter().any(|d| d.service == name))
+            .map(|s| s.spec.name.as_str())
+            .collect();
+        users.sort();
+        (!users.is_empty()).then(|| {
+            format!(
+                "service {name} is a dependency of {}: remove {} first, or drop the dependency \
+                 (shoal service update --depends-on-rm {name} SERVICE)",
+                users.join(", "),
+                if users.len() == 1 { "it" } else { "them" }
+            )
+        })
     }
 
     /// The first secret or config a spec references that is not there (by id).
@@ -993,6 +1092,30 @@ fn reject(msg: &str) -> (Response, Vec<ObjKey>) {
     (Response::Rejected(msg.to_string()), vec![])
 }
 
+/// Whether a path of dependencies leads from `from` to `target`; `path`
+/// ends with it when one does (`visited`: services already known to lead
+/// nowhere near it).
+fn dependency_cycle<'a>(
+    from: &str,
+    target: &str,
+    spec_of: &dyn Fn(&str) -> Option<&'a ServiceSpec>,
+    path: &mut Vec<String>,
+    visited: &mut std::collections::BTreeSet<String>,
+) -> bool {
+    let Some(spec) = spec_of(from) else { return false };
+    for d in &spec.depends_on {
+        path.push(d.service.clone());
+        if d.service == target {
+            return true;
+        }
+        if visited.insert(d.service.clone()) && dependency_cycle(&d.service, target, spec_of, path, visited) {
+            return true;
+        }
+        path.pop();
+    }
+    false
+}
+
 fn stamp(meta: &mut shoal_proto::model::Meta, index: u64, at: u64, created: bool) {
     meta.version = index;
     meta.updated_ms = at;
@@ -1028,6 +1151,7 @@ pub(crate) mod tests {
             node_cert_ttl_secs: 0,
             net: Default::default(),
             unlock_key: String::new(),
+            settings: Default::default(),
             meta: Meta::default(),
         }
     }
@@ -1048,10 +1172,85 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn dependencies_are_refused_when_unknown_cyclic_or_removed_under_a_dependent() {
+        use shoal_proto::health::{HealthSetting, HealthTest};
+        use shoal_proto::service::{Condition, Dependency};
+        let mut s = booted();
+        let mut i = 1;
+        let spec = |name: &str, deps: &[(&str, Condition)]| {
+            let mut spec = ServiceSpec { name: name.into(), replicas: 1, ..Default::default() };
+            spec.depends_on = deps.iter().map(|(d, c)| Dependency { service: d.to_string(), condition: *c }).collect();
+            spec
+        };
+        let mut run = |s: &mut State, cmd: Command| {
+            i += 1;
+            s.apply(i, &req(cmd)).0
+        };
+        let create = |spec: ServiceSpec| Command::CreateService { id: format!("id-{}", spec.name), spec, auth: None };
+        let update = |spec: ServiceSpec| Command::UpdateService {
+            id: format!("id-{}", spec.name),
+            spec,
+            rollback: false,
+            replace_auth: false,
+            auth: None,
+        };
+        let refused = |r: Response, why: &str| assert!(matches!(&r, Response::Rejected(w) if w == why), "{r:?}");
+        use Condition::{Healthy, Started};
+        refused(
+            run(&mut s, create(spec("web", &[("db", Healthy)]))),
+            "service web depends on service db, which does not exist: create db first, or drop the dependency",
+        );
+        refused(
+            run(&mut s, create(spec("web", &[("web", Started)]))),
+            "service web cannot depend on itself: leave web out of its dependencies",
+        );
+        let mut db = spec("db", &[]);
+        db.task.health = HealthSetting { test: HealthTest::None, ..Default::default() };
+        assert_eq!(run(&mut s, create(db.clone())), Response::Ok);
+        refused(
+            run(&mut s, create(spec("web", &[("db", Healthy)]))),
+            "service web depends on service db being healthy, but db has no health check (--no-healthcheck): \
+             give it one, or depend on db being started",
+        );
+        db.task.health = HealthSetting::default();
+        assert_eq!(run(&mut s, update(db.clone())), Response::Ok);
+        assert_eq!(run(&mut s, create(spec("api", &[("db", Healthy)]))), Response::Ok);
+        assert_eq!(run(&mut s, create(spec("web", &[("api", Started), ("db", Started)]))), Response::Ok);
+        // db may not drop its check while api waits for its health.
+        let mut unchecked = db.clone();
+        unchecked.task.health = HealthSetting { test: HealthTest::None, ..Default::default() };
+        refused(
+            run(&mut s, update(unchecked)),
+            "service api depends on service db being healthy: db cannot drop its health check \
+             (--no-healthcheck) until they depend on it being started",
+        );
+        // A cycle through an update: db -> web -> api -> db.
+        refused(
+            run(&mut s, update(spec("db", &[("web", Started)]))),
+            "dependency cycle: db -> web -> api -> db: remove one of these dependencies",
+        );
+        assert!(s.services["id-db"].spec.depends_on.is_empty(), "the refused update changed nothing");
+        // Removal: refused while another depends on it, naming them.
+        refused(
+            run(&mut s, Command::RemoveService { id: "id-db".into() }),
+            "service db is a dependency of api, web: remove them first, or drop the dependency \
+             (shoal service update --depends-on-rm db SERVICE)",
+        );
+        assert_eq!(run(&mut s, Command::RemoveService { id: "id-web".into() }), Response::Ok);
+        assert_eq!(run(&mut s, Command::RemoveService { id: "id-api".into() }), Response::Ok);
+        assert_eq!(run(&mut s, Command::RemoveService { id: "id-db".into() }), Response::Ok);
+    }
+
+    #[test]
     fn update_swarm_changes_only_what_it_is_given() {
         let mut s = booted();
         let set = |unlock_key: Option<&str>, cert_ttl_secs| {
-            req(Command::UpdateSwarm { unlock_key: unlock_key.map(str::to_string), cert_ttl_secs })
+            req(Command::UpdateSwarm {
+                unlock_key: unlock_key.map(str::to_string),
+                cert_ttl_secs,
+                task_history_limit: None,
+                heartbeat_period_ms: None,
+            })
         };
         assert_eq!(s.apply(2, &set(Some("SWMKEY-1-a"), None)), (Response::Ok, vec![ObjKey::Cluster]));
         assert_eq!(s.apply(3, &set(None, Some(7200))), (Response::Ok, vec![ObjKey::Cluster]));
@@ -1062,6 +1261,29 @@ pub(crate) mod tests {
         assert_eq!((c.unlock_key.as_str(), c.node_cert_ttl_secs), ("", 7200), "autolock off, the rest kept");
         let mut empty = State::default();
         assert!(matches!(empty.apply(1, &set(None, None)).0, Response::Rejected(_)));
+    }
+
+    #[test]
+    fn update_swarm_sets_the_history_limit_and_a_heartbeat_within_bounds() {
+        let mut s = booted();
+        assert_eq!(s.cluster.as_ref().expect("cluster").settings, ClusterSettings::default());
+        let set = |task_history_limit, heartbeat_period_ms| {
+            req(Command::UpdateSwarm { unlock_key: None, cert_ttl_secs: None, task_history_limit, heartbeat_period_ms })
+        };
+        assert_eq!(s.apply(2, &set(Some(1), None)), (Response::Ok, vec![ObjKey::Cluster]));
+        assert_eq!(s.apply(3, &set(None, Some(5_000))), (Response::Ok, vec![ObjKey::Cluster]));
+        let c = s.cluster.as_ref().expect("cluster");
+        assert_eq!((c.settings.task_history_limit, c.settings.heartbeat_period_ms), (1, 5_000));
+        for bad in [0, 99, 10_001] {
+            let (r, _) = s.apply(4, &set(None, Some(bad)));
+            assert!(matches!(&r, Response::Rejected(w) if w.contains("between 100ms and 10s")), "{bad}: {r:?}");
+        }
+        assert_eq!(s.cluster.as_ref().expect("cluster").settings.heartbeat_period_ms, 5_000);
+        // A cluster stored before these settings gets Docker's history and Shoal's heartbeat.
+        let mut v = serde_json::to_value(s.cluster.as_ref().expect("cluster")).expect("json");
+        v.as_object_mut().expect("object").remove("settings");
+        let old: Cluster = serde_json::from_value(v).expect("old cluster");
+        assert_eq!(old.settings, ClusterSettings { task_history_limit: 5, heartbeat_period_ms: 500 });
     }
 
     #[test]

@@ -48,6 +48,7 @@ async fn an_installed_snapshot_survives_a_restart_whole() -> anyhow::Result<()> 
         manager_secret: String::new(),
         node_cert_ttl_secs: 0,
         net: Default::default(),
+        settings: Default::default(),
         meta: Meta::default(),
     };
     let node = Node {

@@ -192,7 +192,60 @@ pub struct Cluster {
     /// Raft data key; empty: no autolock. Only in Raft (encrypted at rest).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub unlock_key: String,
+    /// The orchestrator's and the dispatcher's settings (`swarm init|update
+    /// --task-history-limit`, `--dispatcher-heartbeat`).
+    #[serde(default)]
+    pub settings: ClusterSettings,
     pub meta: Meta,
+}
+
+/// Ended tasks each slot keeps by default (Docker's `--task-history-limit`).
+pub const TASK_HISTORY: u64 = 5;
+/// How often nodes send heartbeats by default. Docker's is 5 s; Shoal's
+/// liveness is built on a shorter one (a node is suspect after 3 periods).
+pub const HEARTBEAT_PERIOD_MS: u64 = 500;
+/// The bounds of `--dispatcher-heartbeat`: below, heartbeats cost more than
+/// they tell; above, a dead node would go unnoticed for more than 30 s.
+pub const HEARTBEAT_MIN_MS: u64 = 100;
+pub const HEARTBEAT_MAX_MS: u64 = 10_000;
+
+/// Cluster-wide settings `swarm update` changes, live.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    /// Ended tasks the reaper keeps per slot (Docker's
+    /// `Orchestration.TaskHistoryRetentionLimit`); 0 keeps none.
+    #[serde(default = "task_history")]
+    pub task_history_limit: u64,
+    /// The nodes' heartbeat period (Docker's `Dispatcher.HeartbeatPeriod`);
+    /// the leader's liveness timing follows it.
+    #[serde(default = "heartbeat_period")]
+    pub heartbeat_period_ms: u64,
+}
+
+fn task_history() -> u64 {
+    TASK_HISTORY
+}
+
+fn heartbeat_period() -> u64 {
+    HEARTBEAT_PERIOD_MS
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings { task_history_limit: TASK_HISTORY, heartbeat_period_ms: HEARTBEAT_PERIOD_MS }
+    }
+}
+
+impl ClusterSettings {
+    /// Why a heartbeat period is refused, with the bounds.
+    pub fn heartbeat_problem(ms: u64) -> Option<String> {
+        (!(HEARTBEAT_MIN_MS..=HEARTBEAT_MAX_MS).contains(&ms)).then(|| {
+            format!(
+                "invalid --dispatcher-heartbeat {ms}ms: it must be between {HEARTBEAT_MIN_MS}ms and {}s",
+                HEARTBEAT_MAX_MS / 1000
+            )
+        })
+    }
 }
 
 /// Node ids as Swarm prints them: 25 lowercase base-36 characters.

@@ -379,6 +379,84 @@ pub struct ServiceSpec {
     /// How its name resolves on its networks.
     #[serde(default)]
     pub endpoint_mode: EndpointMode,
+    /// The services (by name) whose tasks must run before its own start:
+    /// the managers hold its tasks pending while it has no running task of
+    /// its own and one of these is not met (`service create --depends-on`,
+    /// Compose's `depends_on`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
+}
+
+/// What a dependency must have before a dependent's tasks start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// A task whose container was started (`starting` or `running`; Compose's
+    /// `service_started`): it need not have passed its health check yet.
+    #[default]
+    Started,
+    /// A running task (Compose's `service_healthy`). A task with a health
+    /// check is running only once the check passed, so this waits for
+    /// health; on a dependency whose image has no check it waits for a
+    /// running task. The API refuses it on a dependency whose spec has
+    /// `--no-healthcheck` (an image's check is known only on the nodes).
+    Healthy,
+}
+
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Started => "started",
+            Condition::Healthy => "healthy",
+        }
+    }
+}
+
+/// One entry of `ServiceSpec.depends_on`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    /// The service's name.
+    pub service: String,
+    #[serde(default)]
+    pub condition: Condition,
+}
+
+impl Dependency {
+    /// `db` or `db:healthy` (`--depends-on`); `db:started` is the default.
+    pub fn parse(s: &str) -> Result<Dependency, String> {
+        let (service, cond) = s.split_once(':').unwrap_or((s, "started"));
+        let condition = match cond {
+            "started" | "service_started" => Condition::Started,
+            "healthy" | "service_healthy" => Condition::Healthy,
+            other => {
+                return Err(format!(
+                    "invalid dependency condition {other:?} in {s:?}: use SERVICE, SERVICE:started or SERVICE:healthy"
+                ));
+            }
+        };
+        if service.is_empty() {
+            return Err(format!("invalid dependency {s:?}: it needs a service name (SERVICE[:healthy])"));
+        }
+        Ok(Dependency { service: service.to_string(), condition })
+    }
+
+    /// What a task held for it waits for, as `service ps` shows it.
+    pub fn waiting(&self) -> String {
+        match self.condition {
+            Condition::Started => format!("waiting for service {} to start", self.service),
+            Condition::Healthy => format!("waiting for service {} to be healthy", self.service),
+        }
+    }
+}
+
+impl fmt::Display for Dependency {
+    /// `db` or `db:healthy`, as `--depends-on` takes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.condition {
+            Condition::Started => f.write_str(&self.service),
+            Condition::Healthy => write!(f, "{}:healthy", self.service),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -551,6 +629,10 @@ pub struct ServiceListEntry {
     pub desired: u64,
     /// Its tasks that completed (jobs).
     pub completed: u64,
+    /// Why its tasks are held (`waiting for service db to be healthy`):
+    /// it has no running task and a dependency is not met; empty: not held.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub waiting: String,
 }
 
 /// One message of the managers' `WatchService` stream (JSON in a `JsonDoc`).
@@ -623,7 +705,7 @@ mod tests {
     fn list_entries_keep_the_json_field_names_scripts_read() {
         let mut svc = Service { id: "s1".into(), update_state: UpdateState::Updating, ..Default::default() };
         svc.spec.name = "web".into();
-        let e = ServiceListEntry { service: svc, running: 2, desired: 3, completed: 1 };
+        let e = ServiceListEntry { service: svc, running: 2, desired: 3, completed: 1, waiting: String::new() };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["service"]["id"], "s1");
         assert_eq!(v["service"]["spec"]["name"], "web");

@@ -8,7 +8,13 @@
 //! rotates its secret under a new name) updates only it; `--dry-run` changes
 //! nothing; `--prune` removes the service and the secret the files dropped;
 //! `stack ls|services|ps` list it; `stack rm` leaves nothing behind but the
-//! external secret.
+//! external secret. Then `depends_on`: a stack whose web depends on db being
+//! healthy (db's check passes only after a few seconds) holds web's tasks
+//! pending, saying why, until db's task is healthy; db cannot be removed under
+//! web, and `stack rm` removes web first; `swarm update --task-history-limit 1`
+//! leaves one ended task per slot after updates; `--dispatcher-heartbeat` is
+//! shown and bounded; a Compose file with a dependency cycle is refused before
+//! anything is created.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -313,5 +319,117 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
     }
     let err = lab.failing(1, &["stack", "ps", "shop"])?;
     ensure!(err.contains("nothing found in stack: shop"), "{err}");
+
+    depends_on(&lab, tmp.path())?;
+    Ok(())
+}
+
+/// The stack `deps`: web (2 replicas) depends on db being healthy; db's
+/// check passes once it has slept `DB_READY_SECS`.
+const DEPS: &str = r#"
+services:
+  web:
+    image: busybox:local
+    command: ["sleep", "3600"]
+    stop_grace_period: 1s
+    deploy: {replicas: 2}
+    depends_on:
+      db: {condition: service_healthy}
+  db:
+    image: busybox:local
+    command: ["sh", "-c", "sleep 6; touch /tmp/ready; exec sleep 3600"]
+    stop_grace_period: 1s
+    healthcheck: {test: ["CMD-SHELL", "test -f /tmp/ready"], interval: 1s, retries: 30, start_period: 60s}
+"#;
+
+/// The tasks of stack `stack` (`stack ps` JSON entries' `task`).
+fn stack_tasks(lab: &Lab, stack: &str) -> Result<Vec<serde_json::Value>> {
+    let ps = lab.shoal_json(1, &["stack", "ps", stack])?;
+    Ok(ps.as_array().context("stack ps")?.iter().map(|t| t["task"].clone()).collect())
+}
+
+fn depends_on(lab: &Lab, dir: &Path) -> Result<()> {
+    let file = write(dir, "deps.yml", DEPS)?;
+    let (out, _) = both(lab, &["stack", "deploy", "-c", &file, "--resolve-image", "never", "deps"])?;
+    let (db_at, web_at) = (out.find("Creating service deps_db"), out.find("Creating service deps_web"));
+    ensure!(db_at.is_some() && web_at.is_some() && db_at < web_at, "db is created before web: {out}");
+
+    // While db is not healthy, web's tasks wait pending and say why; `stack services` too.
+    let waiting = "waiting for service deps_db to be healthy";
+    wait_for("web's tasks to wait for db", Duration::from_secs(10), || {
+        let web: Vec<serde_json::Value> =
+            stack_tasks(lab, "deps")?.into_iter().filter(|t| t["service_name"] == "deps_web").collect();
+        Ok((web.len() == 2 && web.iter().all(|t| t["status"]["state"] == "pending" && t["status"]["err"] == waiting))
+            .then_some(()))
+    })?;
+    let svcs = lab.shoal(1, &["stack", "services", "deps"])?;
+    ensure!(svcs.contains(&format!("0/2 ({waiting})")), "{svcs}");
+
+    // Once db's task is healthy (running, with its check), web's start: after it.
+    let tasks = wait_for("the deps stack to run", Duration::from_secs(90), || {
+        let live: Vec<serde_json::Value> =
+            stack_tasks(lab, "deps")?.into_iter().filter(|t| t["desired"] == "running").collect();
+        let running = live.iter().filter(|t| t["status"]["state"] == "running").count();
+        Ok((live.len() == 3 && running == 3).then_some(live))
+    })?;
+    let started = |name: &str| -> Vec<u64> {
+        tasks.iter().filter(|t| t["service_name"] == name).filter_map(|t| t["started_ms"].as_u64()).collect()
+    };
+    let (db, web) = (started("deps_db"), started("deps_web"));
+    ensure!(db.len() == 1 && web.len() == 2, "{tasks:?}");
+    let db_created =
+        tasks.iter().find(|t| t["service_name"] == "deps_db").and_then(|t| t["meta"]["created_ms"].as_u64());
+    ensure!(db_created.is_some_and(|c| db[0] >= c + 5_000), "db was healthy only after its sleep: {tasks:?}");
+    ensure!(web.iter().all(|w| *w >= db[0]), "web started before db was healthy: db {db:?}, web {web:?}");
+
+    // db cannot go while web depends on it.
+    let e = lab.failing(1, &["service", "rm", "deps_db"])?;
+    ensure!(e.contains("service deps_db is a dependency of deps_web"), "{e}");
+
+    // Cluster settings: a history of 1 ended task per slot, after two updates of web.
+    lab.shoal(1, &["swarm", "update", "--task-history-limit", "1", "--dispatcher-heartbeat", "1s"])?;
+    let inspect: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["swarm", "inspect"])?)?;
+    let spec = &inspect[0]["Spec"];
+    ensure!(
+        spec["Orchestration"]["TaskHistoryRetentionLimit"] == 1
+            && spec["Dispatcher"]["HeartbeatPeriod"] == 1_000_000_000u64,
+        "{inspect}"
+    );
+    let info = lab.shoal(1, &["info"])?;
+    ensure!(info.contains("Task History Retention Limit: 1") && info.contains("Heartbeat Period: 1 second"), "{info}");
+    let e = lab.failing(1, &["swarm", "update", "--dispatcher-heartbeat", "20s"])?;
+    ensure!(e.contains("between 100ms and 10s"), "{e}");
+    for _ in 0..2 {
+        lab.shoal(1, &["service", "update", "--force", "deps_web"])?;
+    }
+    wait_for("one ended task per web slot", Duration::from_secs(60), || {
+        let mut per_slot: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+        for t in stack_tasks(lab, "deps")?.iter().filter(|t| t["service_name"] == "deps_web") {
+            let e = per_slot.entry(t["slot"].as_u64().unwrap_or(0)).or_default();
+            if t["desired"] == "running" && t["status"]["state"] == "running" {
+                e.0 += 1;
+            } else {
+                e.1 += 1;
+            }
+        }
+        Ok((per_slot.len() == 2 && per_slot.values().all(|c| *c == (1, 1))).then_some(()))
+    })?;
+    lab.shoal(1, &["swarm", "update", "--task-history-limit", "5", "--dispatcher-heartbeat", "500ms"])?;
+
+    // stack rm: web before db.
+    let out = lab.shoal(1, &["stack", "rm", "deps"])?;
+    let (web_at, db_at) = (out.find("Removing service deps_web"), out.find("Removing service deps_db"));
+    ensure!(web_at.is_some() && db_at.is_some() && web_at < db_at, "web is removed before db: {out}");
+
+    // A cycle is refused before anything is created.
+    let cycle = write(
+        dir,
+        "cycle.yml",
+        "services:\n  a: {image: busybox:local, depends_on: [b]}\n  b: {image: busybox:local, depends_on: [a]}\n",
+    )?;
+    let e = lab.failing(1, &["stack", "deploy", "-c", &cycle, "--resolve-image", "never", "cyc"])?;
+    ensure!(e.contains("depends_on: a dependency cycle: a -> b -> a"), "{e}");
+    ensure!(lab.shoal(1, &["service", "ls", "-q"])?.trim().is_empty(), "a refused deploy created services");
+    ensure!(!lab.shoal(1, &["network", "ls"])?.contains("cyc_"), "a refused deploy created a network");
     Ok(())
 }

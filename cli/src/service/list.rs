@@ -71,6 +71,9 @@ pub(crate) fn print_services(list: &[ServiceListEntry], quiet: bool, format: For
             if spec.task.max_replicas_per_node > 0 {
                 replicas.push_str(&format!(" (max {} per node)", spec.task.max_replicas_per_node));
             }
+            if !e.waiting.is_empty() {
+                replicas.push_str(&format!(" ({})", e.waiting)); // held by its dependencies
+            }
             let ports: Vec<String> = e.service.endpoint_ports().iter().map(|p| p.display()).collect();
             vec![
                 short(&e.service.id).to_string(),
@@ -190,13 +193,20 @@ fn print_rollout(title: &str, order: &str, u: &shoal_proto::service::UpdateConfi
     println!(" {order}:\t{}", name(serde_json::to_value(u.order)));
 }
 
-pub(super) fn print_pretty(s: &Service, nets: &[shoal_proto::network::Network]) {
+pub(super) fn print_pretty(s: &Service, waiting: &str, nets: &[shoal_proto::network::Network]) {
     let spec = &s.spec;
     println!("ID:\t\t{}", s.id);
     println!("Name:\t\t{}", spec.name);
     println!("Service Mode:\t{}", capitalize(spec.mode.as_str()));
     if !spec.mode.is_global() {
         println!(" Replicas:\t{}", spec.replicas);
+    }
+    if !spec.depends_on.is_empty() {
+        let deps: Vec<String> = spec.depends_on.iter().map(ToString::to_string).collect();
+        println!("Depends On:\t{}", deps.join(", "));
+    }
+    if !waiting.is_empty() {
+        println!("Held:\t\t{waiting}");
     }
     println!("UpdateStatus:\n State:\t\t{:?}\n Message:\t{}", s.update_state, s.update_message);
     println!("Placement:");

@@ -146,9 +146,11 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<i32> {
         }
         ServiceCmd::Inspect { pretty, services } => {
             let mut out = Vec::new();
+            let mut waiting = Vec::new();
             for s in services {
-                let svc = find(&mut control, s).await?.service;
-                out.push(svc);
+                let e = find(&mut control, s).await?;
+                out.push(e.service);
+                waiting.push(e.waiting);
             }
             // The subnets of the networks with VIPs, for their prefix length.
             let mut nets: Vec<shoal_proto::network::Network> = Vec::new();
@@ -157,11 +159,17 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<i32> {
                 nets = serde_json::from_str(&json).context("the network list")?;
             }
             if *pretty {
-                for s in &out {
-                    print_pretty(s, &nets);
+                for (s, w) in out.iter().zip(&waiting) {
+                    print_pretty(s, w, &nets);
                 }
             } else {
-                let docs: Vec<serde_json::Value> = out.iter().map(|s| inspect_doc(s, &nets)).collect();
+                let mut docs: Vec<serde_json::Value> = out.iter().map(|s| inspect_doc(s, &nets)).collect();
+                // Held by its dependencies: what it waits for (beyond Docker).
+                for (doc, w) in docs.iter_mut().zip(&waiting).filter(|(_, w)| !w.is_empty()) {
+                    if let Some(obj) = doc.as_object_mut() {
+                        obj.insert("Waiting".into(), w.as_str().into());
+                    }
+                }
                 println!("{}", serde_json::to_string_pretty(&docs)?);
             }
             Ok(())

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use shoal_proto::network::{EndpointMode, NetworkAttachmentSpec};
 use shoal_proto::secret::{FileRef, Kind};
-use shoal_proto::service::{FailureAction, Mode, RestartCondition, ServiceSpec, UpdateOrder};
+use shoal_proto::service::{Dependency, FailureAction, Mode, RestartCondition, ServiceSpec, UpdateOrder};
 
 use crate::container::ContainerFlags;
 
@@ -102,6 +102,10 @@ pub struct ServiceFlags {
     /// address that balances over its tasks) or dnsrr (the tasks' addresses).
     #[arg(long, value_parser = |s: &str| s.parse::<EndpointMode>())]
     pub endpoint_mode: Option<EndpointMode>,
+    /// Hold this service's tasks until a task of SERVICE started, or with
+    /// SERVICE:healthy passed its health check (beyond Docker; Compose's depends_on).
+    #[arg(long, visible_alias = "depends-on-add", value_name = "SERVICE[:healthy]", value_parser = Dependency::parse)]
+    pub depends_on: Vec<Dependency>,
     /// Return at once instead of following the rollout.
     #[arg(short, long)]
     pub detach: bool,
@@ -232,6 +236,9 @@ pub struct ServiceRemovals {
     /// Remove a config (its name).
     #[arg(long)]
     pub config_rm: Vec<String>,
+    /// Drop the dependency on a service (its name).
+    #[arg(long, value_name = "SERVICE")]
+    pub depends_on_rm: Vec<String>,
 }
 
 /// A `--network` value: `NAME`, or `name=NAME,alias=A,alias=B` (`target=` for `name=`), as Docker takes it.
@@ -280,6 +287,10 @@ pub(crate) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
     if let Some(m) = f.endpoint_mode {
         spec.endpoint_mode = m;
     }
+    // A dependency given again replaces the one on the same service.
+    spec.depends_on
+        .retain(|d| !rm.depends_on_rm.contains(&d.service) && f.depends_on.iter().all(|n| n.service != d.service));
+    spec.depends_on.extend(f.depends_on.iter().cloned());
     let t = &mut spec.task;
     // The same rules as `run`: env files first, then -e (KEY alone from this environment).
     for e in f.container.environment()? {
@@ -442,6 +453,22 @@ mod tests {
         apply_flags(&mut spec, &flags, &rm).expect("applies");
         assert_eq!(spec.task.networks, vec![a("id2", &[]), a("db", &["x"])]);
         assert_eq!(spec.endpoint_mode, EndpointMode::Dnsrr);
+    }
+
+    #[test]
+    fn depends_on_adds_replaces_and_removes_by_service() {
+        let d = |s: &str| Dependency::parse(s).expect("dependency");
+        assert_eq!(d("db:healthy").to_string(), "db:healthy");
+        assert_eq!(d("db").to_string(), "db");
+        assert_eq!(d("db:service_started"), d("db"));
+        for bad in ["", ":healthy", "db:ready"] {
+            assert!(Dependency::parse(bad).is_err(), "{bad:?}");
+        }
+        let mut spec = ServiceSpec { depends_on: vec![d("db"), d("cache")], ..Default::default() };
+        let flags = ServiceFlags { depends_on: vec![d("db:healthy"), d("auth")], ..Default::default() };
+        let rm = ServiceRemovals { depends_on_rm: vec!["cache".into()], ..Default::default() };
+        apply_flags(&mut spec, &flags, &rm).expect("applies");
+        assert_eq!(spec.depends_on, vec![d("db:healthy"), d("auth")]);
     }
 
     #[test]

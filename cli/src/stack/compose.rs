@@ -165,6 +165,8 @@ pub struct Service {
     pub secrets: Vec<ObjectRef>,
     #[serde(default)]
     pub configs: Vec<ObjectRef>,
+    #[serde(default)]
+    pub depends_on: DependsOn,
     pub healthcheck: Option<Healthcheck>,
     pub hostname: Option<Scalar>,
     pub user: Option<Scalar>,
@@ -177,6 +179,39 @@ pub struct Service {
     pub deploy: Option<Deploy>,
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// `depends_on:` a list of services (`[db]`), or a mapping with each one's
+/// condition (`{db: {condition: service_healthy}}`), by service key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DependsOn(pub BTreeMap<String, DependsOnLong>);
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct DependsOnLong {
+    pub condition: Option<Scalar>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl<'de> Deserialize<'de> for DependsOn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Null => Ok(DependsOn::default()),
+            Value::Sequence(items) => items
+                .into_iter()
+                .map(|v| Scalar::deserialize(v).map(|s| (s.0, DependsOnLong::default())).map_err(de::Error::custom))
+                .collect::<Result<_, _>>()
+                .map(DependsOn),
+            v @ Value::Mapping(_) => {
+                let m: BTreeMap<String, Option<DependsOnLong>> =
+                    serde_yaml_ng::from_value(v).map_err(de::Error::custom)?;
+                Ok(DependsOn(m.into_iter().map(|(k, l)| (k, l.unwrap_or_default())).collect()))
+            }
+            other => {
+                Err(de::Error::custom(format!("expected a list or a mapping of services, found {}", kind(&other))))
+            }
+        }
+    }
 }
 
 /// `ports:` entries: `"8080:80"`, `80`, `"8000-8001:80-81/udp"`, or the long form.

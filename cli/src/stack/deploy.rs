@@ -281,8 +281,15 @@ pub fn changes(plan: &Plan, cluster: &Cluster, wanted: &Wanted, prune: bool) -> 
         }
     }
     if prune {
-        for s in &cluster.services {
-            if !plan.services.iter().any(|p| p.spec.name == s.spec.name) {
+        // Dependents first: the managers refuse to remove a service another depends on.
+        let dropped: Vec<&ServiceSpec> = cluster
+            .services
+            .iter()
+            .filter(|s| !plan.services.iter().any(|p| p.spec.name == s.spec.name))
+            .map(|s| &s.spec)
+            .collect();
+        for spec in super::translate::removal_order(&dropped) {
+            if let Some(s) = cluster.services.iter().find(|s| s.spec.name == spec.name) {
                 out.push(Change::RemoveService(s.id.clone(), s.spec.name.clone()));
             }
         }

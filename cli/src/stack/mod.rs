@@ -145,7 +145,11 @@ async fn remove(control: &mut Control, stack: &str) -> anyhow::Result<bool> {
         return Ok(true);
     }
     let mut ok = true;
-    for e in &svcs {
+    // Dependents first: the managers refuse to remove a service another depends on.
+    let specs: Vec<&shoal_proto::service::ServiceSpec> = svcs.iter().map(|e| &e.service.spec).collect();
+    let order = translate::removal_order(&specs);
+    let svcs = order.iter().filter_map(|spec| svcs.iter().find(|e| e.service.spec.name == spec.name));
+    for e in svcs {
         println!("Removing service {}", e.service.spec.name);
         if let Err(s) = control.remove_service(pb::ServiceRef { id: e.service.id.clone() }).await {
             eprintln!("Failed to remove service {}: {}", e.service.spec.name, s.message());

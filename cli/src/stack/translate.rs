@@ -14,7 +14,7 @@ use clap::ValueEnum;
 use shoal_proto::health::{HealthSetting, HealthTest};
 use shoal_proto::network::{ENCRYPTED_OPTION, EndpointMode, MTU_OPTION, NetworkAttachmentSpec, NetworkSpec};
 use shoal_proto::secret::{FileRef, Kind, TEMPLATE_DRIVER, validate_name, validate_refs};
-use shoal_proto::service::{Mode, RestartCondition, ServiceSpec};
+use shoal_proto::service::{Condition, Dependency, Mode, RestartCondition, ServiceSpec};
 
 use super::compose::{
     Compose, External, Extra, Healthcheck, Mount, ObjectDef, ObjectRef, Port, Scalar, Service, StrOrList, UpdateConfig,
@@ -147,7 +147,17 @@ pub fn translate(compose: &Compose, stack: &str, base_dir: &Path) -> anyhow::Res
 
     // Networks: those the services use (`default` when a service names none).
     let mut used_networks = std::collections::BTreeSet::new();
-    for (key, svc) in &compose.services {
+    // In dependency order: a service is created after those it depends on.
+    let deps: BTreeMap<&str, Vec<&str>> = compose
+        .services
+        .iter()
+        .map(|(k, s)| (k.as_str(), s.depends_on.0.keys().map(String::as_str).collect()))
+        .collect();
+    let order = dependency_order(&deps).map_err(|cycle| {
+        anyhow::anyhow!("depends_on: a dependency cycle: {cycle}: remove one of these dependencies")
+    })?;
+    for key in order {
+        let svc = &compose.services[key];
         let sp = service(compose, stack, key, svc, base_dir, &mut unsupported, &mut used_networks)
             .with_context(|| format!("service {key}"))?;
         plan.services.push(sp);
@@ -172,6 +182,88 @@ pub fn translate(compose: &Compose, stack: &str, base_dir: &Path) -> anyhow::Res
     plan.networks.sort_by(|a, b| a.name.cmp(&b.name));
     plan.unsupported = unsupported.into_iter().collect();
     Ok(plan)
+}
+
+/// A service's `depends_on`, as dependencies on the stack's services
+/// (`STACK_db`). `service_completed_successfully` is refused: a stack's
+/// services are meant to run, and the managers gate on started or healthy.
+fn depends_on(
+    compose: &Compose,
+    stack: &str,
+    svc: &Service,
+    unsupported: &mut std::collections::BTreeSet<String>,
+) -> anyhow::Result<Vec<Dependency>> {
+    let mut out = Vec::new();
+    for (dep, long) in &svc.depends_on.0 {
+        report(unsupported, "depends_on.", &long.extra);
+        let Some(target) = compose.services.get(dep) else {
+            bail!("depends_on: service {dep:?} is not in the Compose file: a service depends only on its stack's own");
+        };
+        let condition = match long.condition.as_ref().map_or("service_started", |c| c.0.as_str()) {
+            "service_started" => Condition::Started,
+            "service_healthy" => Condition::Healthy,
+            "service_completed_successfully" => bail!(
+                "depends_on {dep}: condition service_completed_successfully is not supported: a stack's services \
+                 keep running; use service_started or service_healthy"
+            ),
+            other => bail!("depends_on {dep}: invalid condition {other:?}: service_started or service_healthy"),
+        };
+        if condition == Condition::Healthy
+            && target
+                .healthcheck
+                .as_ref()
+                .is_some_and(|h| h.disable.as_ref().is_some_and(|d| parse_bool(&d.0) == Ok(true)))
+        {
+            bail!(
+                "depends_on {dep}: condition service_healthy, but {dep}'s healthcheck is disabled: \
+                 give {dep} a healthcheck, or use service_started"
+            );
+        }
+        out.push(Dependency { service: format!("{stack}_{dep}"), condition });
+    }
+    Ok(out)
+}
+
+/// Names in an order where each comes after those it depends on (ties by
+/// name; a dependency not among them is left aside), or the cycle that
+/// forbids one (`web -> api -> web`). `stack deploy` creates services in
+/// this order, `stack rm` removes them in the reverse.
+pub fn dependency_order<'a>(deps: &BTreeMap<&'a str, Vec<&'a str>>) -> Result<Vec<&'a str>, String> {
+    let mut placed: Vec<&str> = Vec::new();
+    let mut left: Vec<&str> = deps.keys().copied().collect();
+    let ready = |n: &str, placed: &[&str]| deps[n].iter().all(|d| placed.contains(d) || !deps.contains_key(d));
+    while !left.is_empty() {
+        match left.iter().position(|n| ready(n, &placed)) {
+            Some(i) => placed.push(left.remove(i)),
+            None => {
+                // Every one left waits for another one left: follow them until one repeats.
+                let mut path = vec![left[0]];
+                loop {
+                    let last = path[path.len() - 1];
+                    let Some(next) = deps[last].iter().copied().find(|d| left.contains(d)) else { break };
+                    if let Some(start) = path.iter().position(|p| *p == next) {
+                        path.drain(..start);
+                        path.push(next);
+                        break;
+                    }
+                    path.push(next);
+                }
+                return Err(path.join(" -> "));
+            }
+        }
+    }
+    Ok(placed)
+}
+
+/// Services in the order to remove them: those that depend on others first
+/// (the managers refuse to remove a service another one depends on).
+pub fn removal_order<'a>(specs: &[&'a ServiceSpec]) -> Vec<&'a ServiceSpec> {
+    let deps: BTreeMap<&str, Vec<&str>> =
+        specs.iter().map(|s| (s.name.as_str(), s.depends_on.iter().map(|d| d.service.as_str()).collect())).collect();
+    // The managers keep the stored dependencies acyclic; by name if they were not.
+    let mut order = dependency_order(&deps).unwrap_or_else(|_| deps.keys().copied().collect());
+    order.reverse();
+    order.iter().filter_map(|n| specs.iter().copied().find(|s| s.name == *n)).collect()
 }
 
 /// An object's cluster name, and whether it is external.
@@ -382,6 +474,7 @@ fn service(
     }
     f.secret = uses(&svc.secrets, &compose.secrets, stack, Kind::Secret, unsupported)?;
     f.config = uses(&svc.configs, &compose.configs, stack, Kind::Config, unsupported)?;
+    f.depends_on = depends_on(compose, stack, svc, unsupported)?;
     apply_flags(&mut spec, &f, &ServiceRemovals::default())?;
     if let Some(h) = &svc.healthcheck {
         report(unsupported, "healthcheck.", &h.extra);
@@ -900,6 +993,90 @@ volumes:
     }
 
     #[test]
+    fn depends_on_short_and_long_become_dependencies_in_creation_order() {
+        let p = plan_of(
+            r#"
+services:
+  web:
+    image: nginx
+    depends_on:
+      api: {condition: service_healthy}
+      cache:
+  api:
+    image: api
+    depends_on: [db]
+  db: {image: postgres, healthcheck: {test: pg_isready}}
+  cache: {image: redis}
+"#,
+        )
+        .expect("translates");
+        let names: Vec<&str> = p.services.iter().map(|s| s.spec.name.as_str()).collect();
+        assert_eq!(names, ["app_cache", "app_db", "app_api", "app_web"], "each after what it depends on");
+        let deps = |name: &str| -> Vec<String> {
+            let s = p.services.iter().find(|s| s.spec.name == name).expect("service");
+            s.spec.depends_on.iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(deps("app_web"), ["app_api:healthy", "app_cache"]);
+        assert_eq!(deps("app_api"), ["app_db"]);
+        assert!(deps("app_db").is_empty());
+        assert!(p.unsupported.is_empty(), "{:?}", p.unsupported);
+    }
+
+    #[test]
+    fn depends_on_refuses_cycles_strangers_and_conditions_it_cannot_keep() {
+        let table = [
+            (
+                "web: {image: a, depends_on: [api]}\n  api: {image: b, depends_on: [web]}",
+                "a dependency cycle: api -> web -> api",
+            ),
+            ("web: {image: a, depends_on: [web]}", "a dependency cycle: web -> web"),
+            ("web: {image: a, depends_on: [db]}", "service \"db\" is not in the Compose file"),
+            (
+                "web: {image: a, depends_on: {db: {condition: service_completed_successfully}}}\n  db: {image: b}",
+                "service_completed_successfully is not supported",
+            ),
+            ("web: {image: a, depends_on: {db: {condition: ready}}}\n  db: {image: b}", "invalid condition \"ready\""),
+            (
+                "web: {image: a, depends_on: {db: {condition: service_healthy}}}\n  db: {image: b, healthcheck: {disable: true}}",
+                "db's healthcheck is disabled",
+            ),
+        ];
+        for (services, why) in table {
+            let e = plan_of(&format!("services:\n  {services}\n")).expect_err(services);
+            assert!(format!("{e:#}").contains(why), "{services}: {e:#}");
+        }
+        // Keys of the long form Shoal does not carry out are reported.
+        let p = plan_of("services:\n  web: {image: a, depends_on: {db: {restart: true}}}\n  db: {image: b}\n")
+            .expect("translates");
+        assert_eq!(p.unsupported, ["depends_on.restart"]);
+    }
+
+    #[test]
+    fn services_are_removed_dependents_first() {
+        let spec = |name: &str, deps: &[&str]| ServiceSpec {
+            name: name.into(),
+            depends_on: deps.iter().map(|d| Dependency { service: d.to_string(), ..Default::default() }).collect(),
+            ..Default::default()
+        };
+        let specs = [spec("s_db", &[]), spec("s_web", &["s_api"]), spec("s_api", &["s_db"]), spec("s_x", &[])];
+        let order: Vec<&str> =
+            removal_order(&specs.iter().collect::<Vec<_>>()).iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(order, ["s_x", "s_web", "s_api", "s_db"]);
+    }
+
+    #[test]
+    fn dependency_order_puts_each_after_its_dependencies_and_names_a_cycle() {
+        let order = |pairs: &[(&'static str, &[&'static str])]| {
+            let m: BTreeMap<&str, Vec<&str>> = pairs.iter().map(|(k, v)| (*k, v.to_vec())).collect();
+            dependency_order(&m)
+        };
+        assert_eq!(order(&[("b", &[]), ("a", &[])]), Ok(vec!["a", "b"]));
+        assert_eq!(order(&[("a", &["c"]), ("b", &["a"]), ("c", &[])]), Ok(vec!["c", "a", "b"]));
+        assert_eq!(order(&[("a", &["elsewhere"])]), Ok(vec!["a"]), "a dependency outside is left aside");
+        assert_eq!(order(&[("a", &["b"]), ("b", &["c"]), ("c", &["b"])]), Err("b -> c -> b".into()));
+    }
+
+    #[test]
     fn the_same_file_gives_the_same_plan() {
         assert_eq!(plan_of(FULL).expect("one"), plan_of(FULL).expect("two"));
     }
@@ -914,7 +1091,6 @@ services:
     image: nginx
     build: .
     entrypoint: /bin/sh
-    depends_on: [db]
     cap_add: [NET_ADMIN]
     cap_drop: [ALL]
     sysctls: {net.core.somaxconn: 1024}
@@ -946,7 +1122,6 @@ networks:
                 "cap_add",
                 "cap_drop",
                 "container_name",
-                "depends_on",
                 "deploy.resources.reservations.devices",
                 "deploy.rollback_config.colour",
                 "dns",

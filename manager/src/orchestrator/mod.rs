@@ -15,7 +15,11 @@
 //!   constraints, CPU limit, reservations, host ports, max per node), each able to say
 //!   why a node was refused; then spread (fewest tasks of this service, then
 //!   fewest tasks overall), after spreading over a label's values when asked.
-//! - History: a slot keeps its `HISTORY` newest ended tasks.
+//! - History: a slot keeps its `task_history_limit` newest ended tasks (the
+//!   cluster's setting, 5 unless `swarm update --task-history-limit` said).
+//! - Dependencies (`ServiceSpec.depends_on`): a service with no running
+//!   task of its own whose dependency is not met is held (`held`): its
+//!   pending tasks are not placed, and say what they wait for.
 
 mod reaper;
 mod scheduler;
@@ -25,16 +29,13 @@ mod update;
 use std::collections::HashMap;
 
 use shoal_proto::model::{Availability, Node, NodeState};
-use shoal_proto::service::{Task, TaskSpec, TaskState};
+use shoal_proto::service::{Condition, Task, TaskSpec, TaskState};
 
 use crate::constraint::constraint_holds;
 use crate::state::{State, TaskChange};
 use reaper::reap;
 use scheduler::schedule;
 use slot::Orchestrator;
-
-/// Ended tasks kept per slot.
-pub const HISTORY: usize = 5;
 
 /// The changes one pass makes at `now_ms` (the leader's clock); `new_id` names new tasks.
 pub fn plan(state: &State, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> Vec<TaskChange> {
@@ -44,9 +45,11 @@ pub fn plan(state: &State, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> V
     for t in state.tasks.values() {
         by_service.entry(t.service_id.as_str()).or_default().push(t);
     }
+    let held = held(state);
     for svc in state.services.values() {
         let tasks = by_service.get(svc.id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-        Orchestrator { state, svc, tasks, now_ms, out: &mut out, new_id }.run();
+        let held = held.get(&svc.id).map(String::as_str);
+        Orchestrator { state, svc, tasks, now_ms, held, out: &mut out, new_id }.run();
     }
     // Tasks of removed services go: at once when they never ran or their node is gone.
     for t in state.tasks.values().filter(|t| !state.services.contains_key(&t.service_id)) {
@@ -57,8 +60,48 @@ pub fn plan(state: &State, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> V
             out.push(TaskChange::Delete { id: t.id.clone() });
         }
     }
-    schedule(state, now_ms, &mut out);
+    schedule(state, now_ms, &held, &mut out);
     reap(state, &mut out);
+    out
+}
+
+/// The services whose tasks are held, by id, with what they wait for
+/// (`waiting for service db to be healthy`): those with dependencies and no
+/// running task of their own, one of whose dependencies is not met (in the
+/// spec's order, the first). A dependency is met by a task of it that was
+/// started (`starting` or `running`: its container is up, healthy or not)
+/// or, for `healthy`, by a running one (with a health check, running means
+/// it passed). Once a service runs a task it is not held again until it
+/// runs none (a whole-stack restart gates it anew).
+pub fn held(state: &State) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    if state.services.values().all(|s| s.spec.depends_on.is_empty()) {
+        return out;
+    }
+    // (started, running) per service id.
+    let mut up: HashMap<&str, (bool, bool)> = HashMap::new();
+    for t in state.tasks.values() {
+        let u = up.entry(t.service_id.as_str()).or_default();
+        u.0 |= matches!(t.status.state, TaskState::Starting | TaskState::Running);
+        u.1 |= t.status.state == TaskState::Running;
+    }
+    let by_name: HashMap<&str, &str> = state.services.values().map(|s| (s.spec.name.as_str(), s.id.as_str())).collect();
+    for svc in state.services.values().filter(|s| !s.spec.depends_on.is_empty()) {
+        if up.get(svc.id.as_str()).is_some_and(|u| u.1) {
+            continue;
+        }
+        let unmet = svc.spec.depends_on.iter().find(|d| {
+            let (started, running) =
+                by_name.get(d.service.as_str()).and_then(|id| up.get(id)).copied().unwrap_or_default();
+            match d.condition {
+                Condition::Started => !started,
+                Condition::Healthy => !running,
+            }
+        });
+        if let Some(d) = unmet {
+            out.insert(svc.id.clone(), d.waiting());
+        }
+    }
     out
 }
 pub(super) fn node_up(state: &State, id: &str) -> bool {
@@ -836,7 +879,7 @@ mod tests {
         }
         w.settle();
         let ended = w.state.tasks.values().filter(|t| t.service_id == svc && t.status.state.is_terminal()).count();
-        assert_eq!(ended, HISTORY);
+        assert_eq!(ended as u64, shoal_proto::model::TASK_HISTORY);
         assert_eq!(w.running(&svc).len(), 1);
     }
 
@@ -876,5 +919,152 @@ mod tests {
         w.apply(Command::RemoveService { id: web.clone() });
         w.settle();
         assert!(w.state.tasks.is_empty());
+    }
+
+    fn on(service: &str, condition: shoal_proto::service::Condition) -> shoal_proto::service::Dependency {
+        shoal_proto::service::Dependency { service: service.into(), condition }
+    }
+
+    impl World {
+        /// The node of `task` reports it in `state`.
+        fn report(&mut self, task: &str, state: TaskState) {
+            let node_id = self.state.tasks[task].node_id.clone();
+            let updates = vec![(task.to_string(), TaskStatus { state, ..Default::default() })];
+            self.apply(Command::TaskStatus { node_id, updates });
+        }
+
+        fn tasks_of(&self, svc: &str) -> Vec<Task> {
+            self.state.tasks.values().filter(|t| t.service_id == svc).cloned().collect()
+        }
+    }
+
+    #[test]
+    fn a_service_is_held_while_it_runs_nothing_and_a_dependency_is_not_met() {
+        use shoal_proto::service::Condition::{Healthy, Started};
+        // (condition, the dependency's task, the service's own task) → what it waits for.
+        let table: &[(_, Option<TaskState>, Option<TaskState>, Option<&str>)] = &[
+            (Healthy, None, None, Some("waiting for service db to be healthy")),
+            (Healthy, Some(TaskState::Assigned), None, Some("waiting for service db to be healthy")),
+            (Healthy, Some(TaskState::Starting), None, Some("waiting for service db to be healthy")),
+            (Healthy, Some(TaskState::Running), None, None),
+            (Healthy, Some(TaskState::Failed), None, Some("waiting for service db to be healthy")),
+            (Started, None, Some(TaskState::Pending), Some("waiting for service db to start")),
+            (Started, Some(TaskState::Preparing), None, Some("waiting for service db to start")),
+            (Started, Some(TaskState::Starting), None, None),
+            (Started, Some(TaskState::Running), None, None),
+            // Running already: not held again when the dependency goes.
+            (Healthy, None, Some(TaskState::Running), None),
+            (Healthy, Some(TaskState::Failed), Some(TaskState::Running), None),
+            // Its own tasks ended (a whole-stack restart): held again.
+            (Healthy, Some(TaskState::Starting), Some(TaskState::Failed), Some("waiting for service db to be healthy")),
+        ];
+        for (condition, dep, own, want) in table {
+            let mut state = State::default();
+            for (id, name) in [("s-db", "db"), ("s-web", "web")] {
+                let mut svc = shoal_proto::service::Service { id: id.into(), ..Default::default() };
+                svc.spec.name = name.into();
+                state.services.insert(id.into(), svc);
+            }
+            state.services.get_mut("s-web").expect("web").spec.depends_on = vec![on("db", *condition)];
+            for (svc, st) in [("s-db", dep), ("s-web", own)] {
+                if let Some(st) = st {
+                    let t = Task {
+                        id: format!("t-{svc}"),
+                        service_id: svc.to_string(),
+                        status: TaskStatus { state: *st, ..Default::default() },
+                        ..Default::default()
+                    };
+                    state.tasks.insert(t.id.clone(), t);
+                }
+            }
+            let held = held(&state);
+            assert_eq!(held.get("s-web").map(String::as_str), *want, "{condition:?} db {dep:?} web {own:?}");
+            assert!(!held.contains_key("s-db"));
+        }
+    }
+
+    #[test]
+    fn held_tasks_wait_pending_and_are_placed_once_the_dependency_is_healthy() {
+        use shoal_proto::service::Condition::{Healthy, Started};
+        let mut w = five();
+        let db = w.service("db", |_| {});
+        let web = w.service("web", |s| {
+            s.replicas = 2;
+            s.depends_on = vec![on("db", Healthy)];
+        });
+        let api = w.service("api", |s| s.depends_on = vec![on("db", Started)]);
+        w.pass();
+        let waiting = |w: &World, svc: &str| -> Vec<(TaskState, String, bool)> {
+            w.tasks_of(svc).iter().map(|t| (t.status.state, t.status.err.clone(), t.node_id.is_empty())).collect()
+        };
+        let held = |why: &str| (TaskState::Pending, why.to_string(), true);
+        assert_eq!(waiting(&w, &web), vec![held("waiting for service db to be healthy"); 2]);
+        assert_eq!(waiting(&w, &api), vec![held("waiting for service db to start")]);
+        let entries = crate::listing::service_entries(&w.state, Some(&web));
+        assert_eq!(entries[0].waiting, "waiting for service db to be healthy");
+        // Its container started: `started` is met, `healthy` not yet.
+        let db1 = w.tasks_of(&db)[0].id.clone();
+        assert!(!w.state.tasks[&db1].node_id.is_empty(), "the dependency itself is placed");
+        w.report(&db1, TaskState::Starting);
+        w.pass();
+        assert_eq!(waiting(&w, &web), vec![held("waiting for service db to be healthy"); 2]);
+        assert!(w.tasks_of(&api).iter().all(|t| t.status.state == TaskState::Assigned));
+        // Healthy (running, its check passed): web's tasks are placed.
+        w.report(&db1, TaskState::Running);
+        w.pass();
+        assert!(w.tasks_of(&web).iter().all(|t| t.status.state == TaskState::Assigned && t.status.err.is_empty()));
+        assert!(crate::listing::service_entries(&w.state, Some(&web))[0].waiting.is_empty());
+        w.settle();
+        // db fails; a web task fails too: its replacement starts at once (web runs).
+        w.report(&db1, TaskState::Failed);
+        let web1 = w.running(&web)[0].id.clone();
+        w.report(&web1, TaskState::Failed);
+        w.pass();
+        let fresh: Vec<Task> = w.tasks_of(&web).into_iter().filter(|t| t.status.state == TaskState::Assigned).collect();
+        assert_eq!(fresh.len(), 1, "the replacement is placed: {:?}", waiting(&w, &web));
+        // A whole-stack restart: nothing of web runs, db is not healthy yet: held again.
+        for t in w.tasks_of(&web).iter().chain(w.tasks_of(&db).iter()) {
+            if !t.status.state.is_terminal() && !t.node_id.is_empty() {
+                w.report(&t.id, TaskState::Failed);
+            }
+        }
+        w.skew += 60_000; // past the restart back-off
+        w.pass();
+        w.pass();
+        let live: Vec<(TaskState, String, bool)> = w
+            .tasks_of(&web)
+            .iter()
+            .filter(|t| !t.status.state.is_terminal())
+            .map(|t| (t.status.state, t.status.err.clone(), t.node_id.is_empty()))
+            .collect();
+        assert_eq!(live, vec![held("waiting for service db to be healthy"); 2]);
+    }
+
+    #[test]
+    fn a_held_global_service_has_pending_tasks_on_its_nodes_that_no_node_is_sent() {
+        use shoal_proto::service::Condition::Healthy;
+        let mut w = World::new(&[("n1", Role::Manager), ("n2", Role::Worker)]);
+        let db = w.service("db", |_| {});
+        let agent = w.service("agent", |s| {
+            s.mode = Mode::Global;
+            s.depends_on = vec![on("db", Healthy)];
+        });
+        w.pass();
+        let states = |w: &World| -> Vec<(String, TaskState, String)> {
+            let mut v: Vec<_> =
+                w.tasks_of(&agent).iter().map(|t| (t.node_id.clone(), t.status.state, t.status.err.clone())).collect();
+            v.sort();
+            v
+        };
+        let why = "waiting for service db to be healthy".to_string();
+        assert_eq!(
+            states(&w),
+            vec![("n1".into(), TaskState::Pending, why.clone()), ("n2".into(), TaskState::Pending, why.clone())]
+        );
+        let db1 = w.tasks_of(&db)[0].id.clone();
+        w.report(&db1, TaskState::Running);
+        w.pass();
+        assert!(states(&w).iter().all(|(_, s, _)| *s == TaskState::Assigned), "{:?}", states(&w));
+        assert_eq!(w.tasks_of(&agent).len(), 2, "the same tasks, released");
     }
 }

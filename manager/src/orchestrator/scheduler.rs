@@ -43,8 +43,9 @@ fn host_ports(spec: &TaskSpec) -> impl Iterator<Item = &shoal_proto::service::Pu
 pub(super) const RECENT_FAILURES: usize = 5;
 pub(super) const RECENT_FAILURE_MS: u64 = 5 * 60_000;
 
-/// Places every pending task (existing, or created in this pass).
-pub(super) fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
+/// Places every pending task (existing, or created in this pass), but
+/// those of a service its dependencies hold (`held`: what they wait for).
+pub(super) fn schedule(state: &State, now_ms: u64, held: &HashMap<String, String>, out: &mut Vec<TaskChange>) {
     // Keyed like `state.nodes`, so both iterate in the same order.
     let mut loads: BTreeMap<&str, Load> = state.nodes.keys().map(|id| (id.as_str(), Load::default())).collect();
     // (service, spec version, node) where that version failed lately, and how often.
@@ -107,9 +108,10 @@ pub(super) fn schedule(state: &State, now_ms: u64, out: &mut Vec<TaskChange>) {
     order.sort_by_key(|t| (t.service_id.clone(), t.slot));
     let mut full: HashMap<&str, bool> = HashMap::new();
     for t in &order {
-        let decision = match unaddressed(state, &mut full, t) {
-            Some(why) => Err(why),
-            None => place(state, &loads, &failed_on, t),
+        let decision = match (held.get(&t.service_id), unaddressed(state, &mut full, t)) {
+            (Some(waiting), _) => Err(waiting.clone()),
+            (None, Some(why)) => Err(why),
+            (None, None) => place(state, &loads, &failed_on, t),
         };
         if let Ok(node) = &decision
             && let Some(l) = loads.get_mut(node.as_str())

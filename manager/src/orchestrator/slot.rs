@@ -19,6 +19,8 @@ pub(super) struct Orchestrator<'a> {
     /// The service's tasks.
     pub(super) tasks: &'a [&'a Task],
     pub(super) now_ms: u64,
+    /// What its tasks wait for, while its dependencies hold them (`super::held`).
+    pub(super) held: Option<&'a str>,
     pub(super) out: &'a mut Vec<TaskChange>,
     pub(super) new_id: &'a mut dyn FnMut() -> String,
 }
@@ -150,6 +152,9 @@ impl Orchestrator<'_> {
             {
                 self.shutdown(t); // drained, or the constraints changed
             } else {
+                if !node.is_empty() && t.status.state == TaskState::Pending {
+                    self.gate(t); // a global task held for its dependencies
+                }
                 live.push(t);
             }
         }
@@ -220,6 +225,26 @@ impl Orchestrator<'_> {
         false
     }
 
+    /// A global task made while its service was held (pending, on its node
+    /// but not sent there: the dispatcher sends only assigned tasks): goes to
+    /// its node once released, else says what it waits for.
+    fn gate(&mut self, t: &Task) {
+        match self.held {
+            None => self.out.push(TaskChange::Status {
+                id: t.id.clone(),
+                status: TaskStatus {
+                    state: TaskState::Assigned,
+                    message: "assigned to its node".into(),
+                    ..Default::default()
+                },
+            }),
+            Some(why) if t.status.err != why => {
+                self.out.push(TaskChange::Unplaced { id: t.id.clone(), message: why.to_string() })
+            }
+            Some(_) => {}
+        }
+    }
+
     fn changes_for<'b>(&'b self, id: &'b str) -> impl Iterator<Item = &'b TaskChange> + 'b {
         self.out.iter().filter(
             move |c| matches!(c, TaskChange::Status { id: i, .. } | TaskChange::Desired { id: i, .. } if i == id),
@@ -235,7 +260,7 @@ impl Orchestrator<'_> {
     }
 
     fn create(&mut self, slot: u64, node: &str, attempt: u64, not_before_ms: u64) {
-        let assigned = !node.is_empty();
+        let assigned = !node.is_empty() && self.held.is_none();
         self.out.push(TaskChange::Create(Box::new(Task {
             id: (self.new_id)(),
             service_id: self.svc.id.clone(),
@@ -246,6 +271,7 @@ impl Orchestrator<'_> {
             status: TaskStatus {
                 state: if assigned { TaskState::Assigned } else { TaskState::Pending },
                 message: if assigned { "assigned to its node".into() } else { "waiting for a node".into() },
+                err: self.held.unwrap_or_default().to_string(),
                 ..Default::default()
             },
             spec: self.svc.spec.task.clone(),
