@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub netd_socket: PathBuf,
     /// Where containers' network namespaces are pinned.
     pub netns_dir: PathBuf,
+    /// `--init-path`: the static init `run --init` binds in (None: found on PATH).
+    pub init_path: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -56,6 +58,7 @@ impl NodeConfig {
             runtime_dir: PathBuf::from("/run/shoal/runtime"),
             netd_socket: PathBuf::from("/run/shoal/netd.sock"),
             netns_dir: PathBuf::from("/run/shoal/netns"),
+            init_path: None,
         }
     }
 }
@@ -90,6 +93,9 @@ pub async fn run(cfg: NodeConfig, cancel: CancellationToken) -> anyhow::Result<(
         images.clone(),
         volumes.clone(),
     )?);
+    if let Some(p) = &cfg.init_path {
+        containers.set_init_path(p.clone());
+    }
     let registries = Arc::new(
         Registries::new(cfg.data_root.join("certs.d"), cfg.insecure_registries.clone()).map_err(anyhow::Error::msg)?,
     );

@@ -24,6 +24,10 @@ pub struct DaemonArgs {
     /// an unverified certificate; repeatable. 127.0.0.0/8 and localhost always may.
     #[arg(long = "insecure-registry")]
     pub insecure_registry: Vec<String>,
+    /// The static init `run --init` runs as PID 1 (default: docker-init or
+    /// tini-static on PATH; Debian's tini package has /usr/bin/tini-static).
+    #[arg(long)]
+    pub init_path: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -66,6 +70,7 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
     cfg.advertise_addr = args.advertise_addr.filter(|a| !a.is_empty());
     cfg.cgroup_parent = args.cgroup_parent;
     cfg.insecure_registries = args.insecure_registry;
+    cfg.init_path = args.init_path.filter(|p| !p.as_os_str().is_empty());
     shoal_agent::node::run(cfg, cancelled_on_signal()).await
 }
 

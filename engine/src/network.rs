@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use shoal_proto::container::HostConfig;
 use shoal_proto::net::{PortMap, port_string};
 use shoal_proto::network::NodeKeys;
 use shoal_proto::pb;
@@ -276,33 +277,70 @@ fn is_netns(path: &Path) -> bool {
 
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
-/// The container's /etc/hosts: loopback, then its own addresses under its hostname.
-pub fn hosts_file(hostname: &str, endpoints: &[Endpoint], host_mode: Option<&str>) -> String {
-    if let Some(host) = host_mode {
-        return host.to_string();
+/// The container's /etc/hosts: loopback, the `--add-host` entries, then its
+/// own addresses under its hostname (Docker's order); with `--network host`,
+/// the host's file and the `--add-host` entries after it.
+pub fn hosts_file(hostname: &str, endpoints: &[Endpoint], host_mode: Option<&str>, extra_hosts: &[String]) -> String {
+    let mut s = match host_mode {
+        Some(host) => host.to_string(),
+        None => String::from(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+        ),
+    };
+    if !s.is_empty() && !s.ends_with('\n') {
+        s.push('\n');
     }
-    let mut s = String::from(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
-    );
-    for e in endpoints.iter().filter(|e| !e.ip.is_empty()) {
-        s.push_str(&format!("{}\t{hostname}\n", e.ip));
+    // Checked by HostConfig::validate before the container was made.
+    for (name, ip) in extra_hosts.iter().filter_map(|h| shoal_proto::container::parse_extra_host(h).ok()) {
+        s.push_str(&format!("{ip}\t{name}\n"));
+    }
+    if host_mode.is_none() {
+        for e in endpoints.iter().filter(|e| !e.ip.is_empty()) {
+            s.push_str(&format!("{}\t{hostname}\n", e.ip));
+        }
     }
     s
 }
 
-/// The container's /etc/resolv.conf: netd's DNS at 127.0.0.11 on netd's
-/// networks (with the host's search domains), else the host's own file.
-pub fn resolv_conf(host: &str, embedded: bool) -> String {
-    if !embedded {
+/// The container's /etc/resolv.conf. On netd's networks: netd's DNS at
+/// 127.0.0.11 first, then the `--dns` servers (netd forwards other names to
+/// the host's resolvers, not to these), the search domains (`--dns-search`,
+/// else the host's) and the options (`--dns-option`, with `ndots:0` unless
+/// one sets ndots). Elsewhere the host's file, with its nameservers, search
+/// domains and options each replaced by the flags that give them, as Docker does.
+pub fn resolv_conf(host: &str, embedded: bool, hc: &HostConfig) -> String {
+    if !embedded && hc.dns.is_empty() && hc.dns_search.is_empty() && hc.dns_options.is_empty() {
         return host.to_string();
     }
-    let mut s = format!("nameserver {}\n", shoal_proto::net::DNS_ADDR);
-    for l in host.lines().filter(|l| l.starts_with("search ") || l.starts_with("domain ")) {
-        s.push_str(l);
-        s.push('\n');
+    let host_lines = |prefixes: &[&str]| -> Vec<String> {
+        host.lines().filter(|l| prefixes.iter().any(|p| l.starts_with(p))).map(String::from).collect()
+    };
+    let mut lines: Vec<String> = Vec::new();
+    if embedded {
+        lines.push(format!("nameserver {}", shoal_proto::net::DNS_ADDR));
     }
-    s.push_str("options ndots:0\n");
-    s
+    if embedded || !hc.dns.is_empty() {
+        lines.extend(hc.dns.iter().map(|d| format!("nameserver {d}")));
+    } else {
+        lines.extend(host_lines(&["nameserver "]));
+    }
+    match hc.dns_search.as_slice() {
+        [] => lines.extend(host_lines(&["search ", "domain "])),
+        [dot] if dot == "." => {} // Docker: no search domains
+        search => lines.push(format!("search {}", search.join(" "))),
+    }
+    let mut options = hc.dns_options.clone();
+    if embedded {
+        if !options.iter().any(|o| o.starts_with("ndots:")) {
+            options.push("ndots:0".into());
+        }
+    } else if options.is_empty() {
+        lines.extend(host_lines(&["options "]));
+    }
+    if !options.is_empty() {
+        lines.push(format!("options {}", options.join(" ")));
+    }
+    lines.into_iter().map(|l| l + "\n").collect()
 }
 
 /// A new network namespace pinned at `path` by a bind mount.
@@ -365,12 +403,57 @@ mod tests {
     fn etc_files_follow_the_network() {
         let e = Endpoint { ip: "172.18.0.2".into(), ..Default::default() };
         let pending = Endpoint { error: "netd is down".into(), ..Default::default() };
-        let hosts = hosts_file("web", &[e, pending], None);
+        let hosts = hosts_file("web", &[e.clone(), pending], None, &[]);
         assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
         assert!(hosts.ends_with("ff02::2\tip6-allrouters\n172.18.0.2\tweb\n"), "{hosts}");
-        assert_eq!(hosts_file("web", &[], Some("10.0.0.1 h\n")), "10.0.0.1 h\n");
+        assert_eq!(hosts_file("web", &[], Some("10.0.0.1 h\n"), &[]), "10.0.0.1 h\n");
         let host = "# generated\nsearch lab example\nnameserver 10.98.0.2\noptions edns0\n";
-        assert_eq!(resolv_conf(host, true), "nameserver 127.0.0.11\nsearch lab example\noptions ndots:0\n");
-        assert_eq!(resolv_conf(host, false), host);
+        let none = HostConfig::default();
+        assert_eq!(resolv_conf(host, true, &none), "nameserver 127.0.0.11\nsearch lab example\noptions ndots:0\n");
+        assert_eq!(resolv_conf(host, false, &none), host);
+    }
+
+    #[test]
+    fn add_host_entries_come_before_the_containers_own() {
+        let e = Endpoint { ip: "172.18.0.2".into(), ..Default::default() };
+        let extra = ["db:10.0.0.5".to_string(), "v6=fd00::1".into()];
+        let hosts = hosts_file("web", &[e], None, &extra);
+        assert!(hosts.ends_with("ff02::2\tip6-allrouters\n10.0.0.5\tdb\nfd00::1\tv6\n172.18.0.2\tweb\n"), "{hosts}");
+        assert_eq!(hosts_file("web", &[], Some("10.0.0.1 h"), &extra), "10.0.0.1 h\n10.0.0.5\tdb\nfd00::1\tv6\n");
+    }
+
+    #[test]
+    fn dns_flags_replace_the_hosts_settings_or_follow_the_embedded_server() {
+        let host = "search lab\nnameserver 10.98.0.2\noptions edns0\n";
+        let hc = |dns: &[&str], search: &[&str], options: &[&str]| HostConfig {
+            dns: dns.iter().map(|d| d.parse().expect("ip")).collect(),
+            dns_search: search.iter().map(|s| s.to_string()).collect(),
+            dns_options: options.iter().map(|s| s.to_string()).collect(),
+            ..HostConfig::default()
+        };
+        let table: [(bool, HostConfig, &str); 7] = [
+            (
+                true,
+                hc(&["1.1.1.1"], &[], &[]),
+                "nameserver 127.0.0.11\nnameserver 1.1.1.1\nsearch lab\noptions ndots:0\n",
+            ),
+            (
+                true,
+                hc(&[], &["a.example", "b.example"], &["timeout:1"]),
+                "nameserver 127.0.0.11\nsearch a.example b.example\noptions timeout:1 ndots:0\n",
+            ),
+            (true, hc(&[], &["."], &["ndots:2"]), "nameserver 127.0.0.11\noptions ndots:2\n"),
+            (
+                false,
+                hc(&["1.1.1.1", "fd00::53"], &[], &[]),
+                "nameserver 1.1.1.1\nnameserver fd00::53\nsearch lab\noptions edns0\n",
+            ),
+            (false, hc(&[], &["x.example"], &[]), "nameserver 10.98.0.2\nsearch x.example\noptions edns0\n"),
+            (false, hc(&[], &[], &["ndots:3", "rotate"]), "nameserver 10.98.0.2\nsearch lab\noptions ndots:3 rotate\n"),
+            (false, hc(&[], &[], &[]), host),
+        ];
+        for (embedded, hc, want) in table {
+            assert_eq!(resolv_conf(host, embedded, &hc), want, "{embedded} {hc:?}");
+        }
     }
 }

@@ -109,6 +109,76 @@ impl HostConfig {
     }
 }
 
+impl HostConfig {
+    /// As the engine API carries it.
+    pub fn to_pb(&self) -> crate::pb::HostConfig {
+        crate::pb::HostConfig {
+            sysctls: self.sysctls.clone().into_iter().collect(),
+            ulimits: self
+                .ulimits
+                .iter()
+                .map(|u| crate::pb::Ulimit { name: u.name.clone(), soft: u.soft, hard: u.hard })
+                .collect(),
+            extra_hosts: self.extra_hosts.clone(),
+            dns: self.dns.iter().map(|d| d.to_string()).collect(),
+            dns_search: self.dns_search.clone(),
+            dns_options: self.dns_options.clone(),
+            init: self.init,
+            read_only: self.read_only,
+            cap_add: self.cap_add.clone(),
+            cap_drop: self.cap_drop.clone(),
+            log_driver: self.log_driver.clone(),
+            log_opts: self.log_opts.clone().into_iter().collect(),
+        }
+    }
+
+    /// From the engine API; the rest is checked by [`HostConfig::validate`].
+    pub fn from_pb(p: &crate::pb::HostConfig) -> Result<HostConfig, String> {
+        let dns = p
+            .dns
+            .iter()
+            .map(|d| d.trim().parse().map_err(|_| format!("invalid dns server {d:?}: give an IP address")))
+            .collect::<Result<Vec<IpAddr>, String>>()?;
+        Ok(HostConfig {
+            sysctls: p.sysctls.clone().into_iter().collect(),
+            ulimits: p.ulimits.iter().map(|u| Ulimit { name: u.name.clone(), soft: u.soft, hard: u.hard }).collect(),
+            extra_hosts: p.extra_hosts.clone(),
+            dns,
+            dns_search: p.dns_search.clone(),
+            dns_options: p.dns_options.clone(),
+            init: p.init,
+            read_only: p.read_only,
+            cap_add: p.cap_add.clone(),
+            cap_drop: p.cap_drop.clone(),
+            log_driver: p.log_driver.clone(),
+            log_opts: p.log_opts.clone().into_iter().collect(),
+        })
+    }
+
+    /// `--log-opt`s as `k=v` strings, in key order.
+    pub fn log_opt_strings(&self) -> Vec<String> {
+        self.log_opts.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+
+    /// Docker's `HostConfig` in `inspect` for these fields.
+    pub fn docker_json(&self) -> serde_json::Value {
+        let driver = if self.log_driver.is_empty() { "json-file" } else { self.log_driver.as_str() };
+        serde_json::json!({
+            "Sysctls": self.sysctls,
+            "Ulimits": self.ulimits.iter().map(|u| serde_json::json!({"Name": u.name, "Soft": u.soft, "Hard": u.hard})).collect::<Vec<_>>(),
+            "ExtraHosts": self.extra_hosts,
+            "Dns": self.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            "DnsSearch": self.dns_search,
+            "DnsOptions": self.dns_options,
+            "Init": self.init,
+            "ReadonlyRootfs": self.read_only,
+            "CapAdd": self.cap_add,
+            "CapDrop": self.cap_drop,
+            "LogConfig": {"Type": driver, "Config": self.log_opts},
+        })
+    }
+}
+
 /// A resource limit of the container's processes (`setrlimit`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ulimit {
@@ -301,6 +371,31 @@ mod tests {
             let e = hc.validate().expect_err(why);
             assert!(e.contains(why), "{why}: {e}");
         }
+    }
+
+    #[test]
+    fn the_wire_form_round_trips_and_dns_must_be_addresses() {
+        let hc = HostConfig {
+            sysctls: [("net.core.somaxconn".into(), "1024".into())].into(),
+            ulimits: vec![Ulimit::parse("nofile=10:20").expect("u")],
+            extra_hosts: vec!["db:10.0.0.5".into()],
+            dns: vec!["10.0.0.53".parse().expect("ip"), "fd00::53".parse().expect("ip")],
+            dns_search: vec!["example.org".into()],
+            dns_options: vec!["ndots:2".into()],
+            init: true,
+            read_only: true,
+            cap_add: vec!["NET_ADMIN".into()],
+            cap_drop: vec!["ALL".into()],
+            log_driver: "local".into(),
+            log_opts: [("max-size".into(), "1m".into())].into(),
+        };
+        assert_eq!(HostConfig::from_pb(&hc.to_pb()), Ok(hc.clone()));
+        let bad = crate::pb::HostConfig { dns: vec!["resolver".into()], ..hc.to_pb() };
+        assert!(HostConfig::from_pb(&bad).expect_err("dns").contains("invalid dns server \"resolver\""));
+        let j = hc.docker_json();
+        assert_eq!(j["Ulimits"], serde_json::json!([{"Name": "nofile", "Soft": 10, "Hard": 20}]));
+        assert_eq!(j["LogConfig"], serde_json::json!({"Type": "local", "Config": {"max-size": "1m"}}));
+        assert_eq!(HostConfig::default().docker_json()["LogConfig"]["Type"], "json-file");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Containers on one lab host with the real binary: exit codes, limits
 //! (memory OOM, pids, read-only), detach/logs/stop with the grace period,
 //! containers surviving a kill -9 of the daemon, and health checks (an image's
-//! HEALTHCHECK, `run --health-*`, `--no-healthcheck`).
+//! HEALTHCHECK, `run --health-*`, `--no-healthcheck`), and a container's host config
+//! (ulimits, sysctls, /etc/hosts and resolv.conf entries, init, read-only root, log driver).
 
 use std::time::{Duration, Instant};
 
@@ -253,6 +254,102 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     ensure!(err(&["rm", "busy"])?.contains("stop it first or use --force"));
     ensure!(err(&["image", "rm", "busybox:local"])?.contains("in use"), "an image in use is kept");
     lab.shoal(1, &["rm", "-f", "busy", "ticker", "oom"])?;
+    ensure!(lab.containers(1)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_containers_host_config_is_applied_inside_it() -> Result<()> {
+    if !lab_or_skip() {
+        return Ok(());
+    }
+    let (lab, _tmp) = Lab::with_busybox(1, "shl-hostcfg-")?;
+    let out = |args: &[&str]| -> Result<String> {
+        let mut full = vec!["run", "--rm"];
+        full.extend_from_slice(args);
+        lab.shoal(1, &full)
+    };
+
+    // --ulimit: the processes' rlimits; --sysctl: the container's own network namespace.
+    let got = out(&["--ulimit", "nofile=512:1024", "busybox:local", "sh", "-c", "ulimit -n; ulimit -Hn"])?;
+    ensure!(got == "512\n1024\n", "{got:?}");
+    let got = out(&["--sysctl", "net.core.somaxconn=1234", "busybox:local", "cat", "/proc/sys/net/core/somaxconn"])?;
+    ensure!(got == "1234\n", "{got:?}");
+    let err = lab.failing(
+        1,
+        &["run", "--rm", "--network", "host", "--sysctl", "net.core.somaxconn=1", "busybox:local", "true"],
+    )?;
+    ensure!(err.contains("not allowed with --network host"), "{err}");
+    let err = lab.failing(1, &["run", "--rm", "--sysctl", "kernel.hostname=x", "busybox:local", "true"])?;
+    ensure!(err.contains("is not allowed"), "{err}");
+
+    // --add-host, --dns-search, --dns-option: /etc/hosts and resolv.conf, on the bridge
+    // (after the embedded resolver) and on none (the host's file with them replaced).
+    let got = out(&[
+        "--add-host",
+        "db.lab:10.0.0.5",
+        "--dns",
+        "10.0.0.53",
+        "--dns-search",
+        "corp.example",
+        "--dns-option",
+        "ndots:2",
+        "busybox:local",
+        "sh",
+        "-c",
+        "cat /etc/hosts /etc/resolv.conf",
+    ])?;
+    ensure!(got.contains("10.0.0.5\tdb.lab\n"), "{got}");
+    ensure!(
+        got.contains("nameserver 127.0.0.11\nnameserver 10.0.0.53\nsearch corp.example\noptions ndots:2\n"),
+        "{got}"
+    );
+    let got = out(&[
+        "--network",
+        "none",
+        "--dns",
+        "10.0.0.53",
+        "--dns-option",
+        "timeout:1",
+        "busybox:local",
+        "cat",
+        "/etc/resolv.conf",
+    ])?;
+    ensure!(got.contains("nameserver 10.0.0.53\n") && got.contains("options timeout:1\n"), "{got}");
+    ensure!(!got.contains("127.0.0.11"), "{got}");
+
+    // --init: docker-init is PID 1 and reaps an orphan that PID 1 alone would leave a zombie.
+    let got = out(&["--init", "busybox:local", "sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"])?;
+    ensure!(got.starts_with("/sbin/docker-init -- sh -c"), "{got:?}");
+    let zombies = |name: &str| -> Result<usize> {
+        let s = lab.shoal(1, &["exec", name, "sh", "-c", "cat /proc/[0-9]*/stat"])?;
+        Ok(s.lines().filter(|l| l.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))).count())
+    };
+    let orphan = "sh -c 'sleep 0.2 &'; exec sleep 60";
+    lab.shoal(1, &["run", "-d", "--name", "bare", "busybox:local", "sh", "-c", orphan])?;
+    lab.shoal(1, &["run", "-d", "--init", "--name", "inited", "busybox:local", "sh", "-c", orphan])?;
+    wait_for("the orphan exited as a zombie under a bare PID 1", Duration::from_secs(10), || {
+        Ok((zombies("bare")? == 1).then_some(()))
+    })?;
+    ensure!(zombies("inited")? == 0, "docker-init reaped the orphan");
+    lab.shoal(1, &["rm", "-f", "bare", "inited"])?;
+
+    // --read-only: the root cannot be written.
+    let o = lab.exec(1, &["run", "--rm", "--read-only", "busybox:local", "touch", "/x"])?;
+    ensure!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("Read-only"), "{o:?}");
+
+    // --log-driver none: the foreground still shows the output, `logs` has nothing to read.
+    let got = out(&["--log-driver", "none", "busybox:local", "echo", "shown"])?;
+    ensure!(got == "shown\n", "{got:?}");
+    lab.shoal(
+        1,
+        &["run", "-d", "--name", "quiet", "--log-driver", "none", "busybox:local", "sh", "-c", "echo x; sleep 60"],
+    )?;
+    let err = lab.failing(1, &["logs", "quiet"])?;
+    ensure!(err.contains("configured logging driver does not support reading"), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["inspect", "quiet"])?)?;
+    ensure!(doc[0]["HostConfig"]["LogConfig"]["Type"] == "none", "{doc}");
+    lab.shoal(1, &["rm", "-f", "quiet"])?;
     ensure!(lab.containers(1)?.is_empty());
     Ok(())
 }

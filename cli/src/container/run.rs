@@ -4,6 +4,7 @@
 use anyhow::{Context, bail};
 use clap::Args;
 use shoal_engine::volumes::BindFlag;
+use shoal_proto::container::HostConfig;
 use shoal_proto::pb;
 
 use super::{ContainerFlags, Engine, attach, attach_terminal, labels, print_line};
@@ -42,6 +43,7 @@ pub struct RunArgs {
     pub cpus: Option<String>,
     #[arg(long)]
     pub pids_limit: Option<i64>,
+    /// Mount the container's root filesystem read-only.
     #[arg(long)]
     pub read_only: bool,
     /// bridge (the default), a network's name, host or none.
@@ -71,6 +73,30 @@ pub struct RunArgs {
     /// max-size=SIZE, max-file=N (default 10m and 3).
     #[arg(long)]
     pub log_opt: Vec<String>,
+    /// json-file (the default), local, or none (no log: `shoal logs` has nothing to read).
+    #[arg(long)]
+    pub log_driver: Option<String>,
+    /// A namespaced kernel setting: net.*, fs.mqueue.*, kernel.msg*/sem/shm* (KEY=VALUE).
+    #[arg(long)]
+    pub sysctl: Vec<String>,
+    /// A resource limit of the processes: NAME=SOFT[:HARD], e.g. nofile=1024:2048 (-1: unlimited).
+    #[arg(long)]
+    pub ulimit: Vec<String>,
+    /// An /etc/hosts entry: NAME:IP.
+    #[arg(long = "add-host")]
+    pub add_host: Vec<String>,
+    /// A DNS server (after the embedded one on a user-defined network).
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// A DNS search domain ("." for none).
+    #[arg(long = "dns-search")]
+    pub dns_search: Vec<String>,
+    /// A resolv.conf option, e.g. ndots:2.
+    #[arg(long = "dns-option", alias = "dns-opt")]
+    pub dns_option: Vec<String>,
+    /// Run an init (tini) as PID 1 that reaps zombies and forwards signals.
+    #[arg(long)]
+    pub init: bool,
     /// Publish a port: [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp] (needs a bridge network).
     #[arg(short, long)]
     pub publish: Vec<String>,
@@ -80,6 +106,35 @@ pub struct RunArgs {
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+/// The flags that make the container's host config, parsed as Docker spells
+/// them (the daemon checks the rest).
+fn host_config(a: &RunArgs) -> anyhow::Result<HostConfig> {
+    use shoal_proto::container::{Ulimit, parse_kv};
+    let map = |kvs: &[String], what: &str| -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        kvs.iter().map(|kv| parse_kv(kv, what).map_err(anyhow::Error::msg)).collect()
+    };
+    let hc = HostConfig {
+        sysctls: map(&a.sysctl, "--sysctl")?,
+        ulimits: a.ulimit.iter().map(|u| Ulimit::parse(u)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?,
+        extra_hosts: a.add_host.clone(),
+        dns: a
+            .dns
+            .iter()
+            .map(|d| d.parse().with_context(|| format!("invalid --dns {d:?}: give a server's IP address")))
+            .collect::<anyhow::Result<_>>()?,
+        dns_search: a.dns_search.clone(),
+        dns_options: a.dns_option.clone(),
+        init: a.init,
+        read_only: a.read_only,
+        cap_add: a.cap_add.clone(),
+        cap_drop: a.cap_drop.clone(),
+        log_driver: a.log_driver.clone().unwrap_or_default(),
+        log_opts: map(&a.log_opt, "--log-opt")?,
+    };
+    hc.validate().map_err(anyhow::Error::msg)?;
+    Ok(hc)
 }
 
 /// `run --pull` / `create --pull`, as Docker's.
@@ -111,10 +166,7 @@ pub async fn run_or_create(cli: &Cli, engine: &mut Engine, a: &RunArgs, create_o
         memory: a.memory.clone().unwrap_or_default(),
         cpus: a.cpus.clone().unwrap_or_default(),
         pids_limit: a.pids_limit.unwrap_or(0),
-        read_only: a.read_only,
         network: a.network.clone(),
-        cap_add: a.cap_add.clone(),
-        cap_drop: a.cap_drop.clone(),
         auto_remove: a.rm,
         volumes,
         tmpfs: a.tmpfs.clone(),
@@ -122,7 +174,7 @@ pub async fn run_or_create(cli: &Cli, engine: &mut Engine, a: &RunArgs, create_o
         restart: a.restart.clone(),
         stop_signal: a.container.stop_signal.clone().unwrap_or_default(),
         stop_timeout: a.stop_timeout.map_or(-1, |t| t as i64),
-        log_opts: a.log_opt.clone(),
+        host_config: Some(host_config(a)?.to_pb()),
         tty: a.tty,
         interactive: a.interactive,
         attach: false,

@@ -4,7 +4,6 @@
 
 use super::*;
 use crate::runtime::request::RequestedMount;
-use crate::runtime::shim::LogConfig;
 
 fn ago_ms(ms: u64) -> String {
     ago_at(ms, shoal_proto::model::now_ms())
@@ -134,7 +133,11 @@ fn run_request(r: pb::ContainerRunRequest) -> Result<RunRequest, ContainerError>
         "" => None,
         s => Some(crate::runtime::signal_number(s).map_err(invalid("stop signal", s))?),
     };
-    let log = LogConfig::parse(&r.log_opts).map_err(invalid("log option", &r.log_opts.join(",")))?;
+    // Checked with the rest of the host config where the request is resolved.
+    let host_config = match &r.host_config {
+        None => Default::default(),
+        Some(h) => shoal_proto::container::HostConfig::from_pb(h).map_err(ContainerError::HostConfig)?,
+    };
     let publish = r
         .publish
         .iter()
@@ -157,16 +160,12 @@ fn run_request(r: pb::ContainerRunRequest) -> Result<RunRequest, ContainerError>
         memory,
         cpus,
         pids_limit: r.pids_limit,
-        read_only: r.read_only,
         network: r.network,
-        cap_add: r.cap_add,
-        cap_drop: r.cap_drop,
         auto_remove: r.auto_remove,
         mounts,
         restart,
         stop_signal,
         stop_timeout: u64::try_from(r.stop_timeout).ok(),
-        log,
         tty: r.tty,
         interactive: r.interactive,
         attach: r.attach,
@@ -179,7 +178,7 @@ fn run_request(r: pb::ContainerRunRequest) -> Result<RunRequest, ContainerError>
         create_only: r.create_only,
         health: r.health.as_ref().map(Into::into).unwrap_or_default(),
         files: Vec::new(),
-        host_config: Default::default(),
+        host_config,
     })
 }
 
@@ -215,6 +214,7 @@ pub(super) async fn container_inspect(
     let c = cblocking(move || containers.find(&id)).await?;
     let mut doc = serde_json::to_value(&c).map_err(|e| Status::internal(e.to_string()))?;
     doc["State"] = docker_state(&c);
+    doc["HostConfig"] = c.record.host_config.docker_json();
     let json = serde_json::to_string_pretty(&doc).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(pb::JsonDoc { json }))
 }
@@ -319,7 +319,13 @@ mod tests {
             cpus: "0.5".into(),
             restart: "on-failure:3".into(),
             stop_signal: "SIGQUIT".into(),
-            log_opts: vec!["max-size=1m".into(), "max-file=2".into()],
+            host_config: Some(pb::HostConfig {
+                ulimits: vec![pb::Ulimit { name: "nofile".into(), soft: 10, hard: 20 }],
+                dns: vec!["10.0.0.53".into()],
+                init: true,
+                log_opts: [("max-size".to_string(), "1m".to_string())].into(),
+                ..Default::default()
+            }),
             publish: vec!["8080:80".into(), "53/udp".into()],
             volumes: vec!["data:/data".into()],
             tmpfs: vec!["/run".into()],
@@ -332,7 +338,11 @@ mod tests {
             (r.memory, r.cpus, r.restart, r.stop_signal, r.stop_timeout),
             (Some(64 << 20), Some(0.5), crate::runtime::restart::RestartPolicy::OnFailure { max: 3 }, Some(3), None)
         );
-        assert_eq!((r.log.max_size, r.log.max_files), (1 << 20, 2));
+        let hc = &r.host_config;
+        assert_eq!(
+            (hc.ulimits[0].to_string(), hc.dns[0].to_string(), hc.init, hc.log_opt_strings()),
+            ("nofile=10:20".into(), "10.0.0.53".into(), true, vec!["max-size=1m".to_string()])
+        );
         assert_eq!(
             r.publish.iter().map(|p| (p.host_port, p.container_port)).collect::<Vec<_>>(),
             [(8080, 80), (0, 53)]
@@ -354,7 +364,13 @@ mod tests {
             (pb::ContainerRunRequest { cpus: "x".into(), ..base() }, "invalid cpus \"x\""),
             (pb::ContainerRunRequest { restart: "sometimes".into(), ..base() }, "invalid restart policy \"sometimes\""),
             (pb::ContainerRunRequest { stop_signal: "SIGNOPE".into(), ..base() }, "invalid stop signal \"SIGNOPE\""),
-            (pb::ContainerRunRequest { log_opts: vec!["max-size=1".into()], ..base() }, "invalid log option"),
+            (
+                pb::ContainerRunRequest {
+                    host_config: Some(pb::HostConfig { dns: vec!["x".into()], ..Default::default() }),
+                    ..base()
+                },
+                "invalid host config: invalid dns server \"x\"",
+            ),
             (pb::ContainerRunRequest { publish: vec!["x:80".into()], ..base() }, "invalid port mapping \"x:80\""),
             (
                 pb::ContainerRunRequest { volumes: vec!["bad name:/x".into()], ..base() },

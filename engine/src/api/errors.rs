@@ -39,7 +39,10 @@ pub(super) fn cstatus(e: ContainerError) -> Status {
         ContainerError::Volume(v) => vstatus(v),
         ContainerError::NameInUse { .. } => Status::already_exists(msg),
         ContainerError::Running(_) | ContainerError::NotRunning(_) => Status::failed_precondition(msg),
-        ContainerError::Invalid { .. } | ContainerError::Spec(_) => Status::invalid_argument(msg),
+        ContainerError::Invalid { .. } | ContainerError::Spec(_) | ContainerError::HostConfig(_) => {
+            Status::invalid_argument(msg)
+        }
+        ContainerError::NoLogs => Status::failed_precondition(msg),
         ContainerError::NetworkNotFound(_) => Status::not_found(msg),
         ContainerError::Cluster(_) => Status::failed_precondition(msg),
         ContainerError::StartFailed { .. } | ContainerError::Io { .. } => Status::internal(msg),

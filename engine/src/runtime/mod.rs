@@ -79,6 +79,12 @@ pub enum ContainerError {
     Volume(#[from] crate::volumes::VolumeError),
     #[error("invalid {what} {value:?}: {why}")]
     Invalid { what: &'static str, value: String, why: String },
+    /// `HostConfig::validate` refused it (the message names the flag and what to do).
+    #[error("invalid host config: {0}")]
+    HostConfig(String),
+    /// `logs` of a container run with `--log-driver none` (Docker's words).
+    #[error("configured logging driver does not support reading")]
+    NoLogs,
     #[error("network {0} not found")]
     NetworkNotFound(String),
     /// The cluster refused to join a container to one of its networks, or did not answer.
@@ -153,6 +159,8 @@ pub struct Containers {
     announced: Mutex<std::collections::HashMap<String, announce::Announced>>,
     /// Each seccomp profile's filter, compiled once (see `seccomp`).
     seccomp: seccomp::Programs,
+    /// The daemon's `--init-path`, if given (else `docker-init` or `tini-static` on PATH).
+    init_path: std::sync::OnceLock<PathBuf>,
     /// The containers' records and endpoints, parsed once per change.
     records: record::JsonCache<Record>,
     endpoints: record::JsonCache<Vec<Endpoint>>,
@@ -193,6 +201,7 @@ impl Containers {
             events: Default::default(),
             announced: Mutex::new(Default::default()),
             seccomp: seccomp::Programs::new(&state_root.join("seccomp")),
+            init_path: std::sync::OnceLock::new(),
             records: record::JsonCache::new("container.json"),
             endpoints: record::JsonCache::new("network.json"),
         };
@@ -201,6 +210,11 @@ impl Containers {
             containers.list().iter().map(|c| (c.record.id.clone(), announce::Announced::of(&c.status))).collect();
         *containers.announced.lock().unwrap_or_else(|p| p.into_inner()) = found;
         Ok(containers)
+    }
+
+    /// `--init` binds this binary in (the daemon's `--init-path`).
+    pub fn set_init_path(&self, path: PathBuf) {
+        let _ = self.init_path.set(path);
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -308,6 +322,13 @@ impl Containers {
         let host = request::Host {
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             netd: self.networks.get().is_some(),
+            init: match req.host_config.init {
+                true => request::find_init(
+                    self.init_path.get().map(PathBuf::as_path),
+                    &std::env::var("PATH").unwrap_or_default(),
+                ),
+                false => None,
+            },
         };
         let mut cfg = request::resolve(&id, req, &image.config, &host)?;
         if let Some(other) = self.name_owner(&cfg.name) {
@@ -526,6 +547,7 @@ impl Containers {
             task_id: req.task_id.clone(),
             labels: req.labels.clone(),
             health: cfg.health.clone(),
+            host_config: cfg.host.clone(),
         };
         let shim = ShimConfig {
             id: id.into(),
@@ -533,6 +555,8 @@ impl Containers {
             state_root: self.state_root.clone(),
             cgroups_path,
             log: cfg.log,
+            log_driver: cfg.host.log_driver.clone(),
+            followed: req.attach && !req.tty && !req.interactive,
             tty: req.tty,
             stdin: req.interactive,
             wait_attach: req.attach && (req.tty || req.interactive),

@@ -148,8 +148,16 @@ impl Containers {
         let host = |f: &str| std::fs::read_to_string(Path::new("/etc").join(f)).unwrap_or_default();
         let host_mode = record.run.network == "host";
         let files = [
-            ("hosts", hosts_file(hostname, endpoints, host_mode.then(|| host("hosts")).as_deref())),
-            ("resolv.conf", resolv_conf(&host("resolv.conf"), !record.networks.is_empty())),
+            (
+                "hosts",
+                hosts_file(
+                    hostname,
+                    endpoints,
+                    host_mode.then(|| host("hosts")).as_deref(),
+                    &record.host_config.extra_hosts,
+                ),
+            ),
+            ("resolv.conf", resolv_conf(&host("resolv.conf"), !record.networks.is_empty(), &record.host_config)),
             ("hostname", format!("{hostname}\n")),
         ];
         for (name, content) in files {

@@ -46,6 +46,9 @@ pub struct Record {
     /// Its health check, the user's setting laid over the image's; None: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// What it asked of the host (sysctls, ulimits, /etc entries, init, log driver...).
+    #[serde(default, skip_serializing_if = "shoal_proto::container::HostConfig::is_default")]
+    pub host_config: shoal_proto::container::HostConfig,
 }
 
 pub(super) fn default_stop_signal() -> i32 {

@@ -1,11 +1,15 @@
 //! What is asked of a container (`shoal run`, a task) as typed values, and
 //! its resolution: `resolve` is the one place Docker's rules for
 //! entrypoint and command, environment, mounts, limits, user, working
-//! directory, hostname, stop signal and timeout, ports, restart policy and
-//! health are applied to a request and an image's config. It is pure (the
+//! directory, hostname, stop signal and timeout, ports, restart policy,
+//! health and the host config (sysctls, ulimits, init, read-only root,
+//! capabilities, log driver) are applied to a request and an image's config. It is pure (the
 //! host comes in as `Host`); `Containers::run` does what it settles.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use shoal_proto::container::HostConfig;
 
 use shoal_proto::health::{HealthCheck, HealthSetting, ImageHealthcheck};
 use shoal_proto::mount::{BindFlag, MountReq, MountSource};
@@ -38,10 +42,7 @@ pub struct RunRequest {
     /// `--cpus`.
     pub cpus: Option<f64>,
     pub pids_limit: i64,
-    pub read_only: bool,
     pub network: String,
-    pub cap_add: Vec<String>,
-    pub cap_drop: Vec<String>,
     pub auto_remove: bool,
     /// `-v`, `--tmpfs` and `--mount`, in that order.
     pub mounts: Vec<RequestedMount>,
@@ -51,8 +52,6 @@ pub struct RunRequest {
     pub stop_signal: Option<i32>,
     /// `--stop-timeout` in seconds; None: the image's, else 10.
     pub stop_timeout: Option<u64>,
-    /// `--log-opt max-size=10m`, `--log-opt max-file=3`.
-    pub log: LogConfig,
     /// `-t`: a pseudo-terminal.
     pub tty: bool,
     /// `-i`: stdin stays open for an attached client.
@@ -79,7 +78,8 @@ pub struct RunRequest {
     pub health: HealthSetting,
     /// A task's secrets and configs, as files (see `taskfiles`).
     pub files: Vec<super::taskfiles::TaskFile>,
-    /// `--sysctl`, `--ulimit`, `--add-host`, `--dns*`, `--init`, `--log-driver`...
+    /// `--sysctl`, `--ulimit`, `--add-host`, `--dns*`, `--init`, `--read-only`,
+    /// `--cap-add`/`--cap-drop`, `--log-driver`, `--log-opt`: checked by `resolve`.
     pub host_config: shoal_proto::container::HostConfig,
 }
 
@@ -109,12 +109,30 @@ impl RequestedMount {
 }
 
 /// What `resolve` needs to know of this machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Host {
     /// CPUs the host has (a CPU limit cannot exceed them).
     pub cpus: usize,
     /// Whether this daemon uses netd (bridge networks, published ports).
     pub netd: bool,
+    /// The static init `--init` binds in (see `find_init`); None: there is none.
+    pub init: Option<PathBuf>,
+}
+
+/// Where `--init`'s binary is bound in the container, as Docker has it.
+pub const INIT_TARGET: &str = "/sbin/docker-init";
+
+/// The static init for `--init`: the daemon's `--init-path` if given, else
+/// `docker-init` or `tini-static` on `path` (a `PATH` value). Debian's
+/// `tini` package has `/usr/bin/tini-static`.
+pub fn find_init(configured: Option<&Path>, path: &str) -> Option<PathBuf> {
+    if let Some(p) = configured {
+        return Some(p.to_path_buf());
+    }
+    ["docker-init", "tini-static"]
+        .iter()
+        .flat_map(|name| std::env::split_paths(path).map(move |dir| dir.join(name)))
+        .find(|p| p.is_file())
 }
 
 /// A container as `resolve` settled it: everything `run` needs beyond
@@ -131,7 +149,10 @@ pub struct ContainerConfig {
     pub stop_signal: i32,
     /// Seconds `stop` waits before SIGKILL.
     pub stop_timeout: u64,
+    /// The log's size bounds (from `--log-opt`), for `json-file` and `local`.
     pub log: LogConfig,
+    /// The request's host config, checked (recorded for inspect, the /etc files and the log driver).
+    pub host: HostConfig,
     /// The network mode as recorded (`host`, `none`, or a network).
     pub network: String,
     /// The netd networks it joins, in order (the first is the one it was
@@ -178,6 +199,9 @@ pub fn resolve(
         }
         Some(c) => Some(shoal_proto::parse::cpus_within(c, host.cpus).map_err(invalid("cpus", c.to_string()))?),
     };
+    let hc = &req.host_config;
+    hc.validate().map_err(ContainerError::HostConfig)?;
+    let log = LogConfig::parse(&hc.log_opt_strings()).map_err(invalid("log option", hc.log_opt_strings().join(",")))?;
     let restart = req.restart;
     if req.auto_remove && restart != RestartPolicy::No {
         return Err(ContainerError::Invalid {
@@ -201,6 +225,12 @@ pub fn resolve(
         n => n,
     };
     let network = if network_name == "host" { NetworkMode::Host } else { NetworkMode::None };
+    // Docker: the host's network namespace is not the container's to tune.
+    if let Some(k) = hc.sysctls.keys().find(|k| k.starts_with("net.")).filter(|_| network == NetworkMode::Host) {
+        return Err(invalid("sysctl", k.clone())(
+            "net.* sysctls are not allowed with --network host: the network namespace is the host's".into(),
+        ));
+    }
     if !req.network_aliases.is_empty() && matches!(network_name, "bridge" | "host" | "none") {
         return Err(ContainerError::Invalid {
             what: "network alias",
@@ -235,7 +265,20 @@ pub fn resolve(
     } else {
         cfg.cmd.clone().unwrap_or_default()
     };
-    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    let mut args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    // `--init`: Docker's tini runs as PID 1 and runs the command (none: the spec refuses it).
+    let init = match (&host.init, hc.init) {
+        (_, false) => None,
+        (None, true) => {
+            return Err(invalid("option", "--init")(
+                "no init binary on this host: install it (apt-get install tini) or give the daemon --init-path".into(),
+            ));
+        }
+        (Some(p), true) => Some(p.clone()),
+    };
+    if init.is_some() && !args.is_empty() {
+        args.splice(0..0, [INIT_TARGET.to_string(), "--".to_string()]);
+    }
     let health = health_check(&req.health, cfg.healthcheck.as_ref())?;
     let mut env = cfg.env.clone().unwrap_or_default();
     for e in &req.env {
@@ -272,12 +315,15 @@ pub fn resolve(
         memory_bytes,
         cpus,
         pids_limit: (req.pids_limit > 0).then_some(req.pids_limit),
-        read_only: req.read_only,
+        read_only: hc.read_only,
         network,
-        cap_add: req.cap_add.clone(),
-        cap_drop: req.cap_drop.clone(),
+        cap_add: hc.cap_add.clone(),
+        cap_drop: hc.cap_drop.clone(),
         terminal: req.tty,
         netns: None,
+        sysctls: hc.sysctls.clone(),
+        ulimits: hc.ulimits.clone(),
+        init,
     };
     let attachments = if !req.cluster_networks.is_empty() {
         // A task's host-mode ports go with its first network: netd publishes them on the
@@ -303,7 +349,8 @@ pub fn resolve(
         restart,
         stop_signal,
         stop_timeout,
-        log: req.log,
+        log,
+        host: hc.clone(),
         network: network_name.into(),
         attachments,
         health,
@@ -390,7 +437,7 @@ mod tests {
     }
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-    const HOST: Host = Host { cpus: 2, netd: true };
+    const HOST: Host = Host { cpus: 2, netd: true, init: None };
 
     fn image() -> ImageConfig {
         ImageConfig {
@@ -652,19 +699,20 @@ mod tests {
 
     #[test]
     fn the_rest_of_the_request_is_carried_over() {
-        let r = RunRequest {
+        let hc = HostConfig {
             read_only: true,
             cap_add: strings(&["NET_ADMIN"]),
             cap_drop: strings(&["ALL"]),
-            tty: true,
-            log: LogConfig { max_size: 4096, max_files: 1 },
-            ..req()
+            log_opts: [("max-size".into(), "4k".into()), ("max-file".into(), "1".into())].into(),
+            ..HostConfig::default()
         };
+        let r = RunRequest { tty: true, host_config: hc.clone(), ..req() };
         let c = ok(&r, &image(), &HOST);
         assert_eq!(
             (c.run.read_only, c.run.cap_add, c.run.cap_drop, c.run.terminal, c.log, c.run.netns),
-            (true, r.cap_add, r.cap_drop, true, r.log, None)
+            (true, hc.cap_add.clone(), hc.cap_drop.clone(), true, LogConfig { max_size: 4096, max_files: 1 }, None)
         );
+        assert_eq!(c.host, hc, "recorded as asked");
         let img = ImageConfig {
             healthcheck: Some(serde_json::json!({"Test": ["CMD", "true"], "Interval": 1_000_000_000})),
             ..image()
@@ -675,5 +723,73 @@ mod tests {
             ..req()
         };
         assert_eq!(ok(&none, &img, &HOST).health, None);
+    }
+
+    #[test]
+    fn the_host_config_is_checked_and_carried_into_the_spec() {
+        let hc = HostConfig {
+            sysctls: [("net.core.somaxconn".into(), "1024".into())].into(),
+            ulimits: vec![shoal_proto::container::Ulimit::parse("nofile=100:200").expect("ulimit")],
+            ..HostConfig::default()
+        };
+        let c = ok(&RunRequest { host_config: hc.clone(), ..req() }, &image(), &HOST);
+        assert_eq!((c.run.sysctls, c.run.ulimits), (hc.sysctls.clone(), hc.ulimits.clone()));
+        let with = |hc: HostConfig, network: &str| RunRequest { host_config: hc, network: network.into(), ..req() };
+        let table: [(RunRequest, &str); 5] = [
+            (
+                with(
+                    HostConfig { sysctls: [("kernel.hostname".into(), "x".into())].into(), ..HostConfig::default() },
+                    "",
+                ),
+                "invalid host config: sysctl \"kernel.hostname\" is not allowed",
+            ),
+            (
+                with(hc.clone(), "host"),
+                "invalid sysctl \"net.core.somaxconn\": net.* sysctls are not allowed with --network host",
+            ),
+            (
+                with(HostConfig { log_opts: [("max-size".into(), "1".into())].into(), ..HostConfig::default() }, ""),
+                "invalid log option \"max-size=1\"",
+            ),
+            (
+                with(HostConfig { log_driver: "syslog".into(), ..HostConfig::default() }, ""),
+                "invalid host config: log driver \"syslog\" is not supported",
+            ),
+            (with(HostConfig { init: true, ..HostConfig::default() }, ""), "apt-get install tini"),
+        ];
+        for (r, want) in table {
+            let got = refused(&r, &image(), &HOST);
+            assert!(got.contains(want), "{got}: want {want}");
+        }
+        // IPC sysctls are the container's own even with the host's network.
+        let ipc = HostConfig { sysctls: [("kernel.shmmax".into(), "1".into())].into(), ..HostConfig::default() };
+        assert_eq!(ok(&with(ipc, "host"), &image(), &HOST).run.network, NetworkMode::Host);
+    }
+
+    #[test]
+    fn init_runs_the_command_under_docker_init() {
+        let host = Host { init: Some(PathBuf::from("/usr/bin/tini-static")), ..HOST };
+        let r = RunRequest { host_config: HostConfig { init: true, ..HostConfig::default() }, ..req() };
+        let c = ok(&r, &image(), &host);
+        assert_eq!(c.run.args, strings(&["/sbin/docker-init", "--", "/entry", "serve"]));
+        assert_eq!(c.run.init, Some(PathBuf::from("/usr/bin/tini-static")));
+        let bare = ImageConfig { entrypoint: None, cmd: None, ..image() };
+        assert_eq!(ok(&r, &bare, &host).run.args, Vec::<String>::new(), "no command: still refused by the spec");
+        assert_eq!(ok(&req(), &image(), &host).run.init, None, "only with --init");
+    }
+
+    #[test]
+    fn the_init_is_the_daemons_flag_or_found_on_path() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir_all(&a).expect("a");
+        std::fs::create_dir_all(&b).expect("b");
+        let path = std::env::join_paths([&a, &b]).expect("path").into_string().expect("utf-8");
+        assert_eq!(find_init(None, &path), None);
+        std::fs::write(b.join("tini-static"), "").expect("tini");
+        assert_eq!(find_init(None, &path), Some(b.join("tini-static")));
+        std::fs::write(b.join("docker-init"), "").expect("docker-init");
+        assert_eq!(find_init(None, &path), Some(b.join("docker-init")), "docker-init first");
+        assert_eq!(find_init(Some(Path::new("/opt/init")), &path), Some(PathBuf::from("/opt/init")));
     }
 }

@@ -32,6 +32,13 @@ pub struct ShimConfig {
     pub cgroups_path: String,
     #[serde(default)]
     pub log: LogConfig,
+    /// `--log-driver`: `none` writes no log (unless `followed`); else the files above.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log_driver: String,
+    /// A foreground `run` without -i/-t follows the log: it is written even
+    /// with the `none` driver, since that client reads its output there.
+    #[serde(default)]
+    pub followed: bool,
     /// `-t`: the container gets a pseudo-terminal.
     #[serde(default)]
     pub tty: bool,
@@ -98,16 +105,21 @@ struct LogFile {
     file: File,
     size: u64,
     cfg: LogConfig,
+    /// `--log-driver none`: nothing is written.
+    discard: bool,
 }
 
 impl LogFile {
     fn open(path: PathBuf, cfg: LogConfig) -> std::io::Result<LogFile> {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
-        Ok(LogFile { path, file, size, cfg })
+        Ok(LogFile { path, file, size, cfg, discard: false })
     }
 
     fn write_line(&mut self, line: &str) {
+        if self.discard {
+            return;
+        }
         if self.size > 0 && self.size + line.len() as u64 > self.cfg.max_size {
             self.rotate();
         }
@@ -370,6 +382,7 @@ fn supervise(
 ) -> Result<(), String> {
     use super::frames;
     let mut log = LogFile::open(dir.join("log"), cfg.log).map_err(|e| format!("opening the log: {e}"))?;
+    log.discard = cfg.log_driver == "none" && !cfg.followed;
     let mut streams = [
         (out_r, LineLog { stream: "stdout", pending: vec![] }, true),
         (err_r, LineLog { stream: "stderr", pending: vec![] }, true),

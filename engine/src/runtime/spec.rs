@@ -4,14 +4,15 @@
 //! Defaults follow Docker's: its capability set, masked and read-only /proc
 //! paths, minimal /dev, no-new-privileges, pid/mnt/uts/ipc/net namespaces.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
-    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, Spec,
-    UserBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Spec, UserBuilder,
 };
+use shoal_proto::container::Ulimit;
 
 /// What to run and with which limits, after the image's defaults were applied.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -35,6 +36,13 @@ pub struct RunSpec {
     pub terminal: bool,
     /// Join this network namespace (made and plumbed by netd) instead of a new one.
     pub netns: Option<std::path::PathBuf>,
+    /// `--sysctl`: written by the container's init in its own namespaces.
+    pub sysctls: BTreeMap<String, String>,
+    /// `--ulimit`: the process's rlimits (each replaces the default of its kind).
+    pub ulimits: Vec<Ulimit>,
+    /// `--init`: the host's static init, bound read-only at `/sbin/docker-init`
+    /// (the args already start with it).
+    pub init: Option<std::path::PathBuf>,
 }
 
 /// A resolved mount: a host directory bound in, or a fresh tmpfs.
@@ -173,6 +181,44 @@ fn all_caps() -> Vec<Capability> {
     ]
 }
 
+/// The `RLIMIT_` resource of a Docker ulimit name (`HostConfig::validate` checked it).
+fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
+    use PosixRlimitType::*;
+    Some(match name {
+        "core" => RlimitCore,
+        "cpu" => RlimitCpu,
+        "data" => RlimitData,
+        "fsize" => RlimitFsize,
+        "locks" => RlimitLocks,
+        "memlock" => RlimitMemlock,
+        "msgqueue" => RlimitMsgqueue,
+        "nice" => RlimitNice,
+        "nofile" => RlimitNofile,
+        "nproc" => RlimitNproc,
+        "rss" => RlimitRss,
+        "rtprio" => RlimitRtprio,
+        "rttime" => RlimitRttime,
+        "sigpending" => RlimitSigpending,
+        "stack" => RlimitStack,
+        _ => return None,
+    })
+}
+
+/// The process's rlimits: the defaults, each kind the user gave replaced
+/// (-1 is unlimited: `RLIM_INFINITY`).
+fn rlimits(defaults: Vec<PosixRlimit>, ulimits: &[Ulimit]) -> Result<Vec<PosixRlimit>, SpecError> {
+    let limit = |v: i64| u64::try_from(v).unwrap_or(u64::MAX);
+    let mut out: Vec<PosixRlimit> = Vec::new();
+    for u in ulimits {
+        let typ = rlimit_type(&u.name).ok_or_else(|| SpecError::Build(format!("unknown ulimit {:?}", u.name)))?;
+        let r = PosixRlimitBuilder::default().typ(typ).soft(limit(u.soft)).hard(limit(u.hard)).build();
+        out.push(r.map_err(build_err)?);
+    }
+    let given: Vec<PosixRlimitType> = out.iter().map(|r| r.typ()).collect();
+    let kept = defaults.into_iter().filter(|d| !given.contains(&d.typ()));
+    Ok(kept.chain(out).collect())
+}
+
 fn to_caps(names: &BTreeSet<String>) -> Result<oci_spec::runtime::Capabilities, SpecError> {
     names.iter().map(|n| n.parse::<Capability>().map_err(|_| SpecError::BadCapability(n.clone()))).collect()
 }
@@ -270,6 +316,8 @@ pub fn oci_spec(
     process.set_capabilities(Some(caps));
     process.set_no_new_privileges(Some(true));
     process.set_terminal(Some(run.terminal));
+    let defaults = process.rlimits().clone().unwrap_or_default();
+    process.set_rlimits(Some(rlimits(defaults, &run.ulimits)?));
     spec.set_process(Some(process));
 
     // Docker mounts /sys read-only and gives each container its own /dev/shm.
@@ -299,6 +347,15 @@ pub fn oci_spec(
                 .options(["rw", "noexec", "nosuid", "nodev", "size=65536k"].map(String::from).to_vec())
                 .build(),
         };
+        mounts.push(mount.map_err(build_err)?);
+    }
+    if let Some(init) = &run.init {
+        let mount = oci_spec::runtime::MountBuilder::default()
+            .destination(super::request::INIT_TARGET)
+            .typ("bind")
+            .source(init)
+            .options(["bind", "ro"].map(String::from).to_vec())
+            .build();
         mounts.push(mount.map_err(build_err)?);
     }
     spec.set_mounts(Some(mounts));
@@ -333,6 +390,9 @@ pub fn oci_spec(
     let mut linux = spec.linux().clone().unwrap_or_default();
     linux.set_resources(Some(resources.build().map_err(build_err)?));
     linux.set_cgroups_path(Some(cgroups_path.into()));
+    if !run.sysctls.is_empty() {
+        linux.set_sysctl(Some(run.sysctls.clone().into_iter().collect()));
+    }
     let namespaces: Vec<LinuxNamespace> = linux
         .namespaces()
         .clone()
@@ -451,5 +511,54 @@ mod tests {
     fn a_container_needs_a_command() {
         let r = RunSpec::default();
         assert_eq!(oci_spec(&r, Path::new("/r"), "/x", |_| String::new()).unwrap_err(), SpecError::NoCommand);
+    }
+
+    #[test]
+    fn ulimits_sysctls_and_init_reach_the_oci_config() {
+        let mut r = run();
+        r.ulimits = ["nofile=100:200", "core=-1"].iter().map(|u| Ulimit::parse(u).expect("ulimit")).collect();
+        r.sysctls = [("net.core.somaxconn".to_string(), "1024".to_string())].into();
+        r.init = Some("/usr/bin/tini-static".into());
+        let s = build(&r);
+        let limits: Vec<(PosixRlimitType, u64, u64)> = s
+            .process()
+            .as_ref()
+            .and_then(|p| p.rlimits().clone())
+            .unwrap_or_default()
+            .iter()
+            .map(|l| (l.typ(), l.soft(), l.hard()))
+            .collect();
+        assert_eq!(
+            limits,
+            [(PosixRlimitType::RlimitNofile, 100, 200), (PosixRlimitType::RlimitCore, u64::MAX, u64::MAX)],
+            "the user's nofile replaces the default one"
+        );
+        let sysctl = s.linux().as_ref().and_then(|l| l.sysctl().clone()).expect("sysctls");
+        assert_eq!(sysctl.get("net.core.somaxconn").map(String::as_str), Some("1024"));
+        let init = s
+            .mounts()
+            .as_ref()
+            .and_then(|m| m.iter().find(|m| m.destination() == Path::new("/sbin/docker-init")).cloned());
+        let init = init.expect("the init is bound in");
+        assert_eq!(init.source().as_deref(), Some(Path::new("/usr/bin/tini-static")));
+        assert!(init.options().as_ref().is_some_and(|o| o.iter().any(|x| x == "ro")));
+        // Without them: the default nofile, no sysctls, no init.
+        let s = build(&run());
+        let limits = s.process().as_ref().and_then(|p| p.rlimits().clone()).unwrap_or_default();
+        assert_eq!(
+            limits.iter().map(|l| (l.typ(), l.soft())).collect::<Vec<_>>(),
+            [(PosixRlimitType::RlimitNofile, 1024)]
+        );
+        assert!(s.linux().as_ref().and_then(|l| l.sysctl().clone()).is_none_or(|m| m.is_empty()));
+        assert!(
+            !s.mounts().as_ref().is_some_and(|m| m.iter().any(|m| m.destination() == Path::new("/sbin/docker-init")))
+        );
+    }
+
+    #[test]
+    fn every_docker_ulimit_name_has_its_rlimit() {
+        for name in shoal_proto::container::ULIMITS {
+            assert!(rlimit_type(name).is_some(), "{name}");
+        }
     }
 }
