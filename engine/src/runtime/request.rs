@@ -484,7 +484,7 @@ mod tests {
             (None, &["top"], &bare, &["top"]),
         ];
         for (entrypoint, command, img, want) in table {
-            let r = RunRequest { entrypoint: entrypoint.map(|e| strings(e)), command: strings(command), ..req() };
+            let r = RunRequest { entrypoint: entrypoint.map(strings), command: strings(command), ..req() };
             assert_eq!(ok(&r, img, &HOST).run.args, strings(want), "{entrypoint:?} {command:?}");
         }
     }
