@@ -378,7 +378,9 @@ fn host_settings_reach_the_container(lab: &Lab, dir: &Path) -> Result<()> {
             Ok(Some((String::from_utf8_lossy(&out.stdout).into_owned(), id)))
         })
     };
-    let probe = "cat /tmp/ep; grep -E 'db.example|cache.example' /etc/hosts; ulimit -n; ulimit -Hn; \
+    // The container's own process's limits (an exec'd process does not get them: the engine's exec
+    // builds its process without the container's rlimits).
+    let probe = "cat /tmp/ep; grep -E 'db.example|cache.example' /etc/hosts; grep 'open files' /proc/1/limits; \
                  cat /proc/sys/net/core/somaxconn; touch /rootfs-probe 2>&1; cat /proc/1/comm; \
                  grep -E '^(search|options)' /etc/resolv.conf; grep CapEff /proc/self/status";
     let (out, first) = inside(probe, "")?;
@@ -390,7 +392,11 @@ fn host_settings_reach_the_container(lab: &Lab, dir: &Path) -> Result<()> {
         hosts.contains(&vec!["10.1.2.3", "db.example"]) && hosts.contains(&vec!["10.1.2.4", "cache.example"]),
         "/etc/hosts: {out}"
     );
-    ensure!(lines.contains(&"1111") && lines.contains(&"2222"), "ulimit -n: {out}");
+    let open_files = |out: &str| -> Vec<String> {
+        let line = out.lines().find(|l| l.starts_with("Max open files")).unwrap_or_default();
+        line.split_whitespace().skip(3).take(2).map(String::from).collect()
+    };
+    ensure!(open_files(&out) == ["1111", "2222"], "nofile: {out}");
     ensure!(lines.contains(&"1234"), "net.core.somaxconn: {out}");
     ensure!(out.contains("Read-only file system"), "the root is writable: {out}");
     ensure!(!lines.contains(&"sleep"), "the process is PID 1, not under an init: {out}");
@@ -422,8 +428,9 @@ fn host_settings_reach_the_container(lab: &Lab, dir: &Path) -> Result<()> {
             "hosty_box",
         ],
     )?;
-    let (out, _) = inside("ulimit -n; grep -E 'example' /etc/hosts; touch /rootfs-probe && echo writable", &first)?;
-    ensure!(out.lines().next().map(str::trim) == Some("333"), "ulimit after update: {out}");
+    let probe = "grep 'open files' /proc/1/limits; grep -E 'example' /etc/hosts; touch /rootfs-probe && echo writable";
+    let (out, _) = inside(probe, &first)?;
+    ensure!(open_files(&out) == ["333", "444"], "nofile after the update: {out}");
     ensure!(out.contains("mq.example") && out.contains("db.example") && !out.contains("cache.example"), "{out}");
     ensure!(out.contains("writable"), "--read-only=false: {out}");
 

@@ -117,7 +117,7 @@ pub struct ServiceFlags {
     #[arg(long, visible_alias = "ulimit-add", value_parser = Ulimit::parse)]
     pub ulimit: Vec<Ulimit>,
     /// An /etc/hosts line: NAME:IP.
-    #[arg(long = "host", id = "extra_host", visible_alias = "host-add", value_parser = parse_host)]
+    #[arg(long = "host", id = "extra_host", value_name = "NAME:IP", visible_alias = "host-add", value_parser = parse_host)]
     pub host: Vec<String>,
     /// A DNS server for the container's names beyond the cluster's.
     #[arg(long, visible_alias = "dns-add", value_parser = parse_dns)]
