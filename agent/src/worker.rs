@@ -836,6 +836,9 @@ impl Worker {
             image: s.image.clone(),
             name: t.container_name(),
             command: s.args.clone(),
+            // Docker's ContainerSpec.Command: empty is the image's entrypoint.
+            entrypoint: (!s.entrypoint.is_empty()).then(|| s.entrypoint.clone()),
+            host_config: s.host_config.clone(),
             env,
             files,
             workdir: s.workdir.clone(),
@@ -986,6 +989,28 @@ mod tests {
         cancel.cancel();
     }
     use shoal_proto::service::PublishedPort;
+
+    #[test]
+    fn a_tasks_entrypoint_and_host_config_reach_its_container() {
+        let w = Worker::with_runtime(crate::fake_runtime::FakeRuntime::new(), "h1");
+        let mut t = task("t1", Running, Assigned);
+        let r = w.run_request(&t).expect("a request");
+        assert_eq!((r.entrypoint, r.host_config.is_default()), (None, true), "the image's entrypoint");
+        t.spec.entrypoint = vec!["/bin/sh".into(), "-c".into()];
+        t.spec.args = vec!["echo hi".into()];
+        t.spec.host_config = shoal_proto::container::HostConfig {
+            sysctls: [("net.core.somaxconn".into(), "512".into())].into(),
+            ulimits: vec![shoal_proto::container::Ulimit::parse("nofile=100:200").expect("ulimit")],
+            extra_hosts: vec!["db:10.0.0.5".into()],
+            read_only: true,
+            init: true,
+            ..Default::default()
+        };
+        let r = w.run_request(&t).expect("a request");
+        assert_eq!(r.entrypoint, Some(vec!["/bin/sh".to_string(), "-c".to_string()]));
+        assert_eq!(r.command, ["echo hi"]);
+        assert_eq!(r.host_config, t.spec.host_config);
+    }
 
     fn task(id: &str, desired: TaskState, state: TaskState) -> Task {
         Task {

@@ -28,8 +28,12 @@ pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
 #[command(name = "shoal", version, about = "Shoal: a clustered container platform", propagate_version = true)]
 pub struct Cli {
     /// Daemon or manager to talk to: unix:///path or tcp://host:port.
-    #[arg(short = 'H', long = "host", global = true, env = "SHOAL_HOST")]
+    #[arg(short = 'H', global = true)]
     pub host: Option<String>,
+    /// The same as -H. Given before the command, as Docker's (`service create
+    /// --host` is an /etc/hosts line).
+    #[arg(long = "host", value_name = "HOST", env = "SHOAL_HOST")]
+    pub host_long: Option<String>,
     /// Directory with ca.pem, cert.pem and key.pem for tcp:// hosts.
     #[arg(long = "tls-dir", global = true, env = "SHOAL_CERT_PATH")]
     pub tls_dir: Option<PathBuf>,
@@ -214,6 +218,55 @@ mod tests {
             panic!("not secret create")
         };
         assert_eq!((labels, name.as_str(), file.as_str()), (vec!["a=b".to_string()], "pw", "-"));
+    }
+
+    #[test]
+    fn the_daemon_is_h_anywhere_or_host_before_the_command_and_service_host_is_a_hosts_line() {
+        let cli =
+            parse("--host tcp://m:4620 service create -H tcp://n:4620 --host db:10.0.0.5 --host-add x:fd00::1 img")
+                .unwrap();
+        assert_eq!((cli.host.as_deref(), cli.host_long.as_deref()), (Some("tcp://n:4620"), Some("tcp://m:4620")));
+        let Cmd::Service(crate::service::ServiceCmd::Create(c)) = cli.cmd else { panic!("not service create") };
+        assert_eq!(c.flags.host, ["db:10.0.0.5", "x:fd00::1"]);
+        let err = parse("service create --host tcp://m:4620 img").unwrap_err().to_string();
+        assert!(err.contains("use NAME:IP"), "{err}");
+        // Docker's spellings, with update's -add/-rm and --flag=false.
+        let Cmd::Service(crate::service::ServiceCmd::Update(u)) = parse(
+            "service update --cap-add net_admin --cap-drop ALL --sysctl-add net.core.somaxconn=1024 \
+             --ulimit-add nofile=100:200 --dns-add 10.0.0.2 --dns-search-add example.org --dns-option-add ndots:2 \
+             --init --read-only=false --log-driver local --log-opt max-size=1m --sysctl-rm net.ipv4.x \
+             --ulimit-rm nproc --host-rm db --dns-rm 10.0.0.3 --dns-search-rm a.org --dns-option-rm timeout:1 web",
+        )
+        .unwrap()
+        .cmd
+        else {
+            panic!("not service update")
+        };
+        let f = &u.flags;
+        assert_eq!(
+            (f.cap_add.as_slice(), f.cap_drop.as_slice()),
+            (&["net_admin".to_string()][..], &["ALL".to_string()][..])
+        );
+        assert_eq!(f.sysctl, [("net.core.somaxconn".to_string(), "1024".to_string())]);
+        assert_eq!(f.ulimit[0].to_string(), "nofile=100:200");
+        assert_eq!(
+            (f.dns[0].to_string(), f.dns_search[0].as_str(), f.dns_option[0].as_str()),
+            ("10.0.0.2".to_string(), "example.org", "ndots:2")
+        );
+        assert_eq!((f.init, f.read_only, f.log_driver.as_deref()), (Some(true), Some(false), Some("local")));
+        assert_eq!(f.log_opt, [("max-size".to_string(), "1m".to_string())]);
+        let r = &u.rm;
+        assert_eq!((r.sysctl_rm.len(), r.ulimit_rm.len(), r.host_rm.len(), r.dns_rm.len()), (1, 1, 1, 1));
+        assert_eq!((r.dns_search_rm.len(), r.dns_option_rm.len()), (1, 1));
+        for (bad, why) in [
+            ("service create --ulimit nofile=2:1 img", "above the hard limit"),
+            ("service create --sysctl somaxconn img", "use KEY=VALUE"),
+            ("service create --dns example.org img", "an IP address"),
+            ("service create --log-opt max-size img", "use KEY=VALUE"),
+        ] {
+            let err = parse(bad).expect_err(bad).to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub enum Target {
 }
 
 pub fn target(cli: &Cli) -> anyhow::Result<Target> {
-    let host = cli.host.clone().unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"));
+    let host = cli.host.clone().or_else(|| cli.host_long.clone()).unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"));
     if let Some(path) = host.strip_prefix("unix://") {
         return Ok(Target::Unix(PathBuf::from(path)));
     }

@@ -82,6 +82,12 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
             return bad(format!("invalid mount {m:?}: {} is mounted twice", mount.target));
         }
     }
+    // Sysctls, ulimits, extra hosts, DNS and the log driver, by the rules the
+    // engine applies again when it starts a task.
+    spec.task.host_config.validate().map_err(Status::invalid_argument)?;
+    if spec.task.entrypoint.first().is_some_and(|w| w.trim().is_empty()) {
+        return bad("invalid --entrypoint: its first word is the program to run; leave it out for the image's".into());
+    }
     if !(0.0..=1.0).contains(&spec.update.max_failure_ratio) {
         return bad("--update-max-failure-ratio is between 0 and 1".into());
     }
@@ -1119,12 +1125,21 @@ mod tests {
         let ing =
             |published, target| PublishedPort { published, target, mode: PublishMode::Ingress, ..Default::default() };
         let ports = |ports: Vec<PublishedPort>| TaskSpec { ports, ..Default::default() };
+        use shoal_proto::container::{HostConfig, Ulimit};
+        let host = |host_config: HostConfig| TaskSpec { host_config, ..Default::default() };
+        let ok_host = HostConfig {
+            sysctls: [("net.core.somaxconn".into(), "1024".into())].into(),
+            ulimits: vec![Ulimit::parse("nofile=1024:2048").expect("ulimit")],
+            extra_hosts: vec!["db:10.0.0.5".into()],
+            dns: vec!["10.0.0.2".parse().expect("ip")],
+            ..Default::default()
+        };
         let dnsrr = ServiceSpec {
             endpoint_mode: shoal_proto::network::EndpointMode::Dnsrr,
             ..spec(ports(vec![ing(8080, 80)]))
         };
         let snat_host = PublishedPort { client_ip: false, ..port(8080, 80, "tcp").ports[0].clone() };
-        let table: [(&str, ServiceSpec, Option<&str>); 27] = [
+        let table: [(&str, ServiceSpec, Option<&str>); 34] = [
             ("plain", spec(TaskSpec::default()), None),
             ("6 MB", spec(TaskSpec { limit_memory: 6 << 20, ..Default::default() }), None),
             (
@@ -1180,6 +1195,40 @@ mod tests {
             ("dnsrr", dnsrr, Some("port published with ingress mode can't be used with dnsrr mode")),
             ("snat in host mode", spec(ports(vec![snat_host])), Some("client-ip=false applies to ingress mode only")),
             ("no image", ServiceSpec { name: "web".into(), ..Default::default() }, Some("a service needs an image")),
+            ("host settings", spec(host(HostConfig { init: true, read_only: true, ..ok_host.clone() })), None),
+            (
+                "a host's sysctl",
+                spec(host(HostConfig { sysctls: [("vm.swappiness".into(), "1".into())].into(), ..ok_host.clone() })),
+                Some("sysctl \"vm.swappiness\" is not allowed: only the container's own namespaces' settings"),
+            ),
+            (
+                "a bad extra host",
+                spec(host(HostConfig { extra_hosts: vec!["db".into()], ..ok_host.clone() })),
+                Some("invalid extra host \"db\""),
+            ),
+            (
+                "an unknown log driver",
+                spec(host(HostConfig { log_driver: "syslog".into(), ..ok_host.clone() })),
+                Some("use one of json-file, local, none"),
+            ),
+            (
+                "a ulimit twice",
+                spec(host(HostConfig {
+                    ulimits: [ok_host.ulimits.clone(), ok_host.ulimits.clone()].concat(),
+                    ..ok_host
+                })),
+                Some("ulimit \"nofile\" is given twice"),
+            ),
+            (
+                "an entrypoint",
+                spec(TaskSpec { entrypoint: vec!["/bin/sh".into(), "-c".into()], ..Default::default() }),
+                None,
+            ),
+            (
+                "an empty entrypoint",
+                spec(TaskSpec { entrypoint: vec!["".into(), "-c".into()], ..Default::default() }),
+                Some("invalid --entrypoint"),
+            ),
         ];
         for (case, spec, want) in table {
             match (validate_spec(&spec), want) {

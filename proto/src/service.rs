@@ -702,6 +702,39 @@ mod tests {
     }
 
     #[test]
+    fn entrypoint_and_host_config_round_trip_on_the_wire_and_old_specs_read_without_them() {
+        // Specs travel as `spec_json` (ServiceCreateRequest/UpdateRequest) and tasks as `tasks_json`.
+        let mut spec = ServiceSpec { name: "web".into(), ..Default::default() };
+        let plain = serde_json::to_value(&spec).expect("json");
+        assert!(plain["task"].get("entrypoint").is_none() && plain["task"].get("host_config").is_none());
+        spec.task.entrypoint = vec!["/bin/sh".into(), "-c".into()];
+        spec.task.host_config = crate::container::HostConfig {
+            sysctls: [("net.core.somaxconn".into(), "1024".into())].into(),
+            ulimits: vec![crate::container::Ulimit::parse("nofile=100:200").expect("ulimit")],
+            extra_hosts: vec!["db:10.0.0.5".into()],
+            dns: vec!["10.0.0.2".parse().expect("ip")],
+            dns_search: vec!["example.org".into()],
+            dns_options: vec!["ndots:2".into()],
+            init: true,
+            read_only: true,
+            cap_add: vec!["CAP_NET_ADMIN".into()],
+            cap_drop: vec!["CAP_MKNOD".into()],
+            log_driver: "local".into(),
+            log_opts: [("max-size".into(), "1m".into())].into(),
+        };
+        let req =
+            crate::pb::ServiceCreateRequest { spec_json: serde_json::to_string(&spec).expect("json"), auth: None };
+        let back: ServiceSpec = serde_json::from_str(&req.spec_json).expect("parse");
+        assert_eq!(back, spec);
+        let task = Task { spec: spec.task.clone(), ..Default::default() };
+        let back: Task = serde_json::from_str(&serde_json::to_string(&task).expect("json")).expect("parse");
+        assert_eq!(back.spec.host_config, spec.task.host_config);
+        // A spec stored before these fields reads as the image's entrypoint and no host settings.
+        let old: ServiceSpec = serde_json::from_value(plain).expect("old spec");
+        assert!(old.task.entrypoint.is_empty() && old.task.host_config.is_default());
+    }
+
+    #[test]
     fn list_entries_keep_the_json_field_names_scripts_read() {
         let mut svc = Service { id: "s1".into(), update_state: UpdateState::Updating, ..Default::default() };
         svc.spec.name = "web".into();

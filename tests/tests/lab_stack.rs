@@ -14,7 +14,10 @@
 //! web, and `stack rm` removes web first; `swarm update --task-history-limit 1`
 //! leaves one ended task per slot after updates; `--dispatcher-heartbeat` is
 //! shown and bounded; a Compose file with a dependency cycle is refused before
-//! anything is created.
+//! anything is created. Then a service's entrypoint and host settings (sysctls,
+//! ulimits, extra hosts, DNS, init, read-only root, capabilities, log driver)
+//! from its Compose keys show inside its container, and `service update`'s
+//! -add/-rm flags in the task that replaces it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -321,7 +324,7 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
     ensure!(err.contains("nothing found in stack: shop"), "{err}");
 
     depends_on(&lab, tmp.path())?;
-    Ok(())
+    host_settings_reach_the_container(&lab, tmp.path())
 }
 
 /// The stack `deps`: web (2 replicas) depends on db being healthy; db's
@@ -431,5 +434,123 @@ fn depends_on(lab: &Lab, dir: &Path) -> Result<()> {
     ensure!(e.contains("depends_on: a dependency cycle: a -> b -> a"), "{e}");
     ensure!(lab.shoal(1, &["service", "ls", "-q"])?.trim().is_empty(), "a refused deploy created services");
     ensure!(!lab.shoal(1, &["network", "ls"])?.contains("cyc_"), "a refused deploy created a network");
+    Ok(())
+}
+
+/// A service's entrypoint and host settings from its Compose keys, as its
+/// container sees them; then `service update`'s -add/-rm flags, as the
+/// replacing task sees them.
+fn host_settings_reach_the_container(lab: &Lab, dir: &Path) -> Result<()> {
+    let file = write(
+        dir,
+        "hosty.yml",
+        r#"services:
+  box:
+    image: busybox:local
+    entrypoint: sh -c 'echo from-the-entrypoint > /tmp/ep && exec sleep 100000'
+    stop_grace_period: 1s
+    tmpfs: /tmp
+    read_only: true
+    init: true
+    cap_add: [NET_ADMIN]
+    cap_drop: [NET_RAW]
+    sysctls: {net.core.somaxconn: 1234}
+    ulimits: {nofile: {soft: 1111, hard: 2222}}
+    extra_hosts: ["db.example:10.1.2.3", "cache.example=10.1.2.4"]
+    dns_search: [corp.example]
+    dns_opt: [ndots:3]
+    logging: {driver: local, options: {max-size: 1m}}
+"#,
+    )?;
+    let (_, err) = both(lab, &["stack", "deploy", "-c", &file, "--resolve-image", "never", "hosty"])?;
+    ensure!(!err.contains("Ignoring unsupported options"), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["service", "inspect", "hosty_box"])?)?;
+    let spec = &doc[0]["Spec"]["TaskTemplate"];
+    let c = &spec["ContainerSpec"];
+    ensure!(c["Hosts"] == serde_json::json!(["10.1.2.3 db.example", "10.1.2.4 cache.example"]), "{spec}");
+    ensure!(
+        c["Init"] == true && c["ReadOnly"] == true && c["CapabilityDrop"] == serde_json::json!(["CAP_NET_RAW"]),
+        "{spec}"
+    );
+    ensure!(spec["LogDriver"]["Name"] == "local", "{spec}");
+
+    // Runs `cmd` in the service's one live task's container, once it runs; its output.
+    let inside = |cmd: &str, not_task: &str| -> Result<(String, String)> {
+        wait_for("hosty_box's task to run", Duration::from_secs(60), || {
+            let ps = lab.shoal_json(1, &["stack", "ps", "hosty"])?;
+            let Some(t) = ps.as_array().context("stack ps")?.iter().find(|t| {
+                t["task"]["desired"] == "running"
+                    && t["task"]["status"]["state"] == "running"
+                    && t["task"]["id"] != not_task
+            }) else {
+                return Ok(None);
+            };
+            let task = &t["task"];
+            let id = task["id"].as_str().unwrap_or_default().to_string();
+            let name = format!("{}.{}.{id}", task["service_name"].as_str().unwrap_or(""), task["slot"]);
+            let host: usize =
+                t["node"].as_str().and_then(|h| h.strip_prefix("shl-h")).and_then(|i| i.parse().ok()).unwrap_or(1);
+            let out = lab.exec(host, &["exec", &name, "sh", "-c", cmd])?;
+            ensure!(out.status.success(), "exec {cmd:?} in {name}: {}", String::from_utf8_lossy(&out.stderr));
+            Ok(Some((String::from_utf8_lossy(&out.stdout).into_owned(), id)))
+        })
+    };
+    // The container's own process's limits (an exec'd process does not get them: the engine's exec
+    // builds its process without the container's rlimits).
+    let probe = "cat /tmp/ep; grep -E 'db.example|cache.example' /etc/hosts; grep 'open files' /proc/1/limits; \
+                 cat /proc/sys/net/core/somaxconn; touch /rootfs-probe 2>&1; cat /proc/1/comm; \
+                 grep -E '^(search|options)' /etc/resolv.conf; grep CapEff /proc/self/status";
+    let (out, first) = inside(probe, "")?;
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    ensure!(lines.first() == Some(&"from-the-entrypoint"), "the entrypoint did not run: {out}");
+    let hosts: Vec<Vec<&str>> =
+        lines.iter().filter(|l| l.contains(".example")).map(|l| l.split_whitespace().collect()).collect();
+    ensure!(
+        hosts.contains(&vec!["10.1.2.3", "db.example"]) && hosts.contains(&vec!["10.1.2.4", "cache.example"]),
+        "/etc/hosts: {out}"
+    );
+    let open_files = |out: &str| -> Vec<String> {
+        let line = out.lines().find(|l| l.starts_with("Max open files")).unwrap_or_default();
+        line.split_whitespace().skip(3).take(2).map(String::from).collect()
+    };
+    ensure!(open_files(&out) == ["1111", "2222"], "nofile: {out}");
+    ensure!(lines.contains(&"1234"), "net.core.somaxconn: {out}");
+    ensure!(out.contains("Read-only file system"), "the root is writable: {out}");
+    ensure!(!lines.contains(&"sleep"), "the process is PID 1, not under an init: {out}");
+    ensure!(lines.iter().any(|l| l.starts_with("search") && l.contains("corp.example")), "resolv.conf: {out}");
+    ensure!(lines.iter().any(|l| l.starts_with("options") && l.contains("ndots:3")), "resolv.conf: {out}");
+    let caps = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .with_context(|| format!("CapEff: {out}"))?;
+    // CAP_NET_ADMIN is bit 12, CAP_NET_RAW bit 13.
+    ensure!(caps & (1 << 12) != 0 && caps & (1 << 13) == 0, "capabilities {caps:x}: {out}");
+
+    // update: a new ulimit and extra host replace the task; the removed ones are gone.
+    lab.shoal(
+        1,
+        &[
+            "service",
+            "update",
+            "--ulimit-add",
+            "nofile=333:444",
+            "--host-rm",
+            "cache.example",
+            "--host-add",
+            "mq.example:10.1.2.5",
+            "--sysctl-rm",
+            "net.core.somaxconn",
+            "--read-only=false",
+            "hosty_box",
+        ],
+    )?;
+    let probe = "grep 'open files' /proc/1/limits; grep -E 'example' /etc/hosts; touch /rootfs-probe && echo writable";
+    let (out, _) = inside(probe, &first)?;
+    ensure!(open_files(&out) == ["333", "444"], "nofile after the update: {out}");
+    ensure!(out.contains("mq.example") && out.contains("db.example") && !out.contains("cache.example"), "{out}");
+    ensure!(out.contains("writable"), "--read-only=false: {out}");
+
+    lab.shoal(1, &["stack", "rm", "hosty"])?;
     Ok(())
 }

@@ -193,6 +193,52 @@ fn print_rollout(title: &str, order: &str, u: &shoal_proto::service::UpdateConfi
     println!(" {order}:\t{}", name(serde_json::to_value(u.order)));
 }
 
+/// What Docker's `inspect --pretty` prints of a container's host settings:
+/// Init, Capabilities, SysCtls, Ulimits and the Log Driver.
+fn print_host_config(h: &shoal_proto::container::HostConfig) {
+    print!("{}", host_config_lines(h));
+}
+
+fn host_config_lines(h: &shoal_proto::container::HostConfig) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if h.init {
+        let _ = writeln!(out, " Init:\t\ttrue");
+    }
+    if !h.cap_add.is_empty() || !h.cap_drop.is_empty() {
+        let _ = writeln!(out, "Capabilities:");
+        if !h.cap_add.is_empty() {
+            let _ = writeln!(out, " Add: {}", h.cap_add.join(", "));
+        }
+        if !h.cap_drop.is_empty() {
+            let _ = writeln!(out, " Drop: {}", h.cap_drop.join(", "));
+        }
+    }
+    if !h.sysctls.is_empty() {
+        let _ = writeln!(out, "SysCtls:");
+        for (k, v) in &h.sysctls {
+            let _ = writeln!(out, " {k}: {v}");
+        }
+    }
+    if !h.ulimits.is_empty() {
+        let _ = writeln!(out, "Ulimits:");
+        for u in &h.ulimits {
+            let _ = writeln!(out, " {}: {}:{}", u.name, u.soft, u.hard);
+        }
+    }
+    if !h.log_driver.is_empty() || !h.log_opts.is_empty() {
+        let name = if h.log_driver.is_empty() { "json-file" } else { h.log_driver.as_str() };
+        let _ = writeln!(out, "Log Driver:\n Name:\t\t{name}");
+        if !h.log_opts.is_empty() {
+            let _ = writeln!(out, " LogOpts:");
+            for (k, v) in &h.log_opts {
+                let _ = writeln!(out, "  {k}:\t{v}");
+            }
+        }
+    }
+    out
+}
+
 pub(super) fn print_pretty(s: &Service, waiting: &str, nets: &[shoal_proto::network::Network]) {
     let spec = &s.spec;
     println!("ID:\t\t{}", s.id);
@@ -222,6 +268,7 @@ pub(super) fn print_pretty(s: &Service, waiting: &str, nets: &[shoal_proto::netw
     if !spec.task.env.is_empty() {
         println!(" Env:\t\t{}", spec.task.env.join(" "));
     }
+    print_host_config(&spec.task.host_config);
     println!("Resources:");
     if spec.task.limit_memory > 0 || spec.task.limit_nano_cpus > 0 {
         println!(
@@ -254,6 +301,31 @@ pub(super) fn print_pretty(s: &Service, waiting: &str, nets: &[shoal_proto::netw
             p.protocol,
             p.target,
             p.mode.as_str()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretty_prints_the_host_settings_docker_prints() {
+        use shoal_proto::container::{HostConfig, Ulimit};
+        assert_eq!(host_config_lines(&HostConfig::default()), "");
+        let h = HostConfig {
+            init: true,
+            read_only: true,
+            cap_add: vec!["CAP_NET_ADMIN".into(), "CAP_SYS_TIME".into()],
+            sysctls: [("net.core.somaxconn".into(), "1024".into())].into(),
+            ulimits: vec![Ulimit::parse("nofile=100:200").expect("ulimit")],
+            log_opts: [("max-size".into(), "1m".into())].into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            host_config_lines(&h),
+            " Init:\t\ttrue\nCapabilities:\n Add: CAP_NET_ADMIN, CAP_SYS_TIME\nSysCtls:\n net.core.somaxconn: 1024\n\
+             Ulimits:\n nofile: 100:200\nLog Driver:\n Name:\t\tjson-file\n LogOpts:\n  max-size:\t1m\n"
         );
     }
 }

@@ -390,10 +390,12 @@ fn inspect_doc(s: &shoal_proto::service::Service, nets: &[shoal_proto::network::
     };
     let asked: Vec<serde_json::Value> = s.spec.task.ports.iter().map(port).collect();
     let ports: Vec<serde_json::Value> = s.endpoint_ports().iter().map(port).collect();
+    let mut template = container_spec(&s.spec.task);
+    template["Networks"] = serde_json::json!(networks);
     if let Some(obj) = doc.as_object_mut() {
         obj.insert(
             "Spec".into(),
-            serde_json::json!({"TaskTemplate": {"Networks": networks}, "EndpointSpec": {"Mode": mode, "Ports": asked}}),
+            serde_json::json!({"TaskTemplate": template, "EndpointSpec": {"Mode": mode, "Ports": asked}}),
         );
         obj.insert(
             "Endpoint".into(),
@@ -401,6 +403,46 @@ fn inspect_doc(s: &shoal_proto::service::Service, nets: &[shoal_proto::network::
         );
     }
     doc
+}
+
+/// `TaskTemplate.ContainerSpec` and `.LogDriver` as Docker shows them (what
+/// is unset left out, as Docker's `omitempty` does): `Command` is the
+/// entrypoint, `Hosts` are `IP NAME` lines.
+fn container_spec(t: &shoal_proto::service::TaskSpec) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let h = &t.host_config;
+    let mut c = serde_json::Map::new();
+    let mut put = |k: &str, v: Value, set: bool| {
+        if set {
+            c.insert(k.into(), v);
+        }
+    };
+    put("Image", json!(t.image), true);
+    put("Command", json!(t.entrypoint), !t.entrypoint.is_empty());
+    put("Args", json!(t.args), !t.args.is_empty());
+    put("Sysctls", json!(h.sysctls), !h.sysctls.is_empty());
+    let ulimits: Vec<Value> =
+        h.ulimits.iter().map(|u| json!({"Name": u.name, "Soft": u.soft, "Hard": u.hard})).collect();
+    put("Ulimits", json!(ulimits), !ulimits.is_empty());
+    let hosts: Vec<String> = h
+        .extra_hosts
+        .iter()
+        .filter_map(|l| shoal_proto::container::parse_extra_host(l).ok())
+        .map(|(name, ip)| format!("{ip} {name}"))
+        .collect();
+    put("Hosts", json!(hosts), !hosts.is_empty());
+    let dns = !(h.dns.is_empty() && h.dns_search.is_empty() && h.dns_options.is_empty());
+    put("DNSConfig", json!({"Nameservers": h.dns, "Search": h.dns_search, "Options": h.dns_options}), dns);
+    put("Init", json!(h.init), h.init);
+    put("ReadOnly", json!(h.read_only), h.read_only);
+    put("CapabilityAdd", json!(h.cap_add), !h.cap_add.is_empty());
+    put("CapabilityDrop", json!(h.cap_drop), !h.cap_drop.is_empty());
+    let mut template = json!({"ContainerSpec": c});
+    if !h.log_driver.is_empty() || !h.log_opts.is_empty() {
+        let name = if h.log_driver.is_empty() { "json-file" } else { h.log_driver.as_str() };
+        template["LogDriver"] = json!({"Name": name, "Options": h.log_opts});
+    }
+    template
 }
 
 /// `name:tag@sha256:…` without its digest (what the tag names may have
@@ -462,6 +504,55 @@ mod tests {
         let d = inspect_doc(&svc, &[]);
         assert_eq!(d["Endpoint"]["Ports"], want(30000));
         assert_eq!(d["Spec"]["EndpointSpec"]["Ports"], want(0), "the spec as asked");
+    }
+
+    #[test]
+    fn inspect_shows_the_container_spec_in_dockers_shape() {
+        use shoal_proto::container::{HostConfig, Ulimit};
+        let mut svc = shoal_proto::service::Service::default();
+        let d = inspect_doc(&svc, &[]);
+        assert_eq!(d["Spec"]["TaskTemplate"]["ContainerSpec"], serde_json::json!({"Image": ""}), "unset is left out");
+        assert!(d["Spec"]["TaskTemplate"].get("LogDriver").is_none());
+        let t = &mut svc.spec.task;
+        t.image = "busybox".into();
+        t.entrypoint = vec!["/bin/sh".into(), "-c".into()];
+        t.args = vec!["echo hi".into()];
+        t.host_config = HostConfig {
+            sysctls: [("net.core.somaxconn".into(), "1024".into())].into(),
+            ulimits: vec![Ulimit::parse("nofile=100:200").expect("ulimit")],
+            extra_hosts: vec!["db:10.0.0.5".into()],
+            dns: vec!["10.0.0.2".parse().expect("ip")],
+            dns_search: vec!["example.org".into()],
+            dns_options: vec!["ndots:2".into()],
+            init: true,
+            read_only: true,
+            cap_add: vec!["CAP_NET_ADMIN".into()],
+            cap_drop: vec!["CAP_MKNOD".into()],
+            log_driver: "local".into(),
+            log_opts: [("max-size".into(), "1m".into())].into(),
+        };
+        let d = inspect_doc(&svc, &[]);
+        assert_eq!(
+            d["Spec"]["TaskTemplate"]["ContainerSpec"],
+            serde_json::json!({
+                "Image": "busybox",
+                "Command": ["/bin/sh", "-c"],
+                "Args": ["echo hi"],
+                "Sysctls": {"net.core.somaxconn": "1024"},
+                "Ulimits": [{"Name": "nofile", "Soft": 100, "Hard": 200}],
+                "Hosts": ["10.0.0.5 db"],
+                "DNSConfig": {"Nameservers": ["10.0.0.2"], "Search": ["example.org"], "Options": ["ndots:2"]},
+                "Init": true,
+                "ReadOnly": true,
+                "CapabilityAdd": ["CAP_NET_ADMIN"],
+                "CapabilityDrop": ["CAP_MKNOD"],
+            })
+        );
+        assert_eq!(
+            d["Spec"]["TaskTemplate"]["LogDriver"],
+            serde_json::json!({"Name": "local", "Options": {"max-size": "1m"}})
+        );
+        assert_eq!(d["Spec"]["TaskTemplate"]["Networks"], serde_json::json!([]));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use shoal_proto::container::{Ulimit, parse_extra_host};
 use shoal_proto::network::{EndpointMode, NetworkAttachmentSpec};
 use shoal_proto::secret::{FileRef, Kind};
 use shoal_proto::service::{Dependency, FailureAction, Mode, RestartCondition, ServiceSpec, UpdateOrder};
@@ -98,6 +99,47 @@ pub struct ServiceFlags {
     /// A config as a file: NAME (at /NAME), or source=NAME[,target=/PATH][,uid=0][,gid=0][,mode=0444].
     #[arg(long, visible_alias = "config-add", value_parser = |s: &str| FileRef::parse(Kind::Config, s))]
     pub config: Vec<FileRef>,
+    /// Replaces the image's ENTRYPOINT: a command line, split into words as a
+    /// shell splits it ("" goes back to the image's).
+    #[arg(long, allow_hyphen_values = true)]
+    pub entrypoint: Option<String>,
+    /// Add a Linux capability (NET_ADMIN, CAP_SYS_TIME, ALL); on update it
+    /// also takes it out of the dropped ones.
+    #[arg(long)]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability; on update it also takes it out of the added ones.
+    #[arg(long)]
+    pub cap_drop: Vec<String>,
+    /// A kernel setting of the container's own namespaces: net.core.somaxconn=1024.
+    #[arg(long, visible_alias = "sysctl-add", value_parser = |s: &str| parse_kv(s, "--sysctl"))]
+    pub sysctl: Vec<(String, String)>,
+    /// A resource limit of its processes: nofile=1024:2048 (NAME=SOFT[:HARD]).
+    #[arg(long, visible_alias = "ulimit-add", value_parser = Ulimit::parse)]
+    pub ulimit: Vec<Ulimit>,
+    /// An /etc/hosts line: NAME:IP.
+    #[arg(long = "host", id = "extra_host", value_name = "NAME:IP", visible_alias = "host-add", value_parser = parse_host)]
+    pub host: Vec<String>,
+    /// A DNS server for the container's names beyond the cluster's.
+    #[arg(long, visible_alias = "dns-add", value_parser = parse_dns)]
+    pub dns: Vec<std::net::IpAddr>,
+    /// A DNS search domain.
+    #[arg(long, visible_alias = "dns-search-add")]
+    pub dns_search: Vec<String>,
+    /// A resolv.conf option: ndots:2, timeout:1.
+    #[arg(long, visible_alias = "dns-option-add")]
+    pub dns_option: Vec<String>,
+    /// Run an init as PID 1 that reaps zombies and passes signals on (--init=false: none).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub init: Option<bool>,
+    /// Mount the container's root filesystem read-only (--read-only=false: writable).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub read_only: Option<bool>,
+    /// json-file (the default), local or none.
+    #[arg(long)]
+    pub log_driver: Option<String>,
+    /// A log driver option: max-size=10m, max-file=3.
+    #[arg(long, value_parser = |s: &str| parse_kv(s, "--log-opt"))]
+    pub log_opt: Vec<(String, String)>,
     /// How the service's name resolves on its networks: vip (one virtual
     /// address that balances over its tasks) or dnsrr (the tasks' addresses).
     #[arg(long, value_parser = |s: &str| s.parse::<EndpointMode>())]
@@ -239,6 +281,125 @@ pub struct ServiceRemovals {
     /// Drop the dependency on a service (its name).
     #[arg(long, value_name = "SERVICE")]
     pub depends_on_rm: Vec<String>,
+    /// Remove a sysctl (its key).
+    #[arg(long)]
+    pub sysctl_rm: Vec<String>,
+    /// Remove a ulimit (its name).
+    #[arg(long)]
+    pub ulimit_rm: Vec<String>,
+    /// Remove /etc/hosts lines: NAME (all of its), or NAME:IP.
+    #[arg(long)]
+    pub host_rm: Vec<String>,
+    /// Remove a DNS server (its address).
+    #[arg(long)]
+    pub dns_rm: Vec<String>,
+    /// Remove a DNS search domain.
+    #[arg(long)]
+    pub dns_search_rm: Vec<String>,
+    /// Remove a DNS option.
+    #[arg(long)]
+    pub dns_option_rm: Vec<String>,
+}
+
+/// `--sysctl` and `--log-opt`: KEY=VALUE.
+fn parse_kv(s: &str, what: &str) -> Result<(String, String), String> {
+    shoal_proto::container::parse_kv(s, what)
+}
+
+/// `--host NAME:IP`, kept as given.
+fn parse_host(s: &str) -> Result<String, String> {
+    parse_extra_host(s).map(|_| s.to_string())
+}
+
+/// `--dns IP`.
+fn parse_dns(s: &str) -> Result<std::net::IpAddr, String> {
+    s.trim().parse().map_err(|_| format!("invalid --dns {s:?}: an IP address, for example 10.0.0.2"))
+}
+
+/// A capability as Docker's service spec keeps it: upper case, with `CAP_`
+/// (`ALL` as it is).
+pub(crate) fn capability(c: &str) -> String {
+    let c = c.trim().to_ascii_uppercase();
+    if c == "ALL" || c.starts_with("CAP_") { c } else { format!("CAP_{c}") }
+}
+
+/// Docker's `--cap-add`/`--cap-drop` on a service: an added one leaves the
+/// dropped ones and a dropped one the added ones; given both at once, adding
+/// wins; `ALL` stands alone.
+fn update_capabilities(add: &mut Vec<String>, drop: &mut Vec<String>, to_add: &[String], to_drop: &[String]) {
+    let to_add: Vec<String> = to_add.iter().map(|c| capability(c)).collect();
+    let to_drop: Vec<String> = to_drop.iter().map(|c| capability(c)).filter(|c| !to_add.contains(c)).collect();
+    add.retain(|c| !to_drop.contains(c));
+    drop.retain(|c| !to_add.contains(c));
+    for (list, new) in [(&mut *add, &to_add), (&mut *drop, &to_drop)] {
+        for c in new {
+            if !list.contains(c) {
+                list.push(c.clone());
+            }
+        }
+        if list.iter().any(|c| c == "ALL") {
+            *list = vec!["ALL".to_string()];
+        }
+    }
+}
+
+/// The flags' host settings laid over the spec's: removals, then additions
+/// (an added sysctl or ulimit replaces the one of its name).
+fn apply_host_config(
+    t: &mut shoal_proto::service::TaskSpec,
+    f: &ServiceFlags,
+    rm: &ServiceRemovals,
+) -> anyhow::Result<()> {
+    if let Some(e) = &f.entrypoint {
+        t.entrypoint = crate::stack::shell_words(e).context("--entrypoint")?;
+    }
+    let h = &mut t.host_config;
+    update_capabilities(&mut h.cap_add, &mut h.cap_drop, &f.cap_add, &f.cap_drop);
+    h.sysctls.retain(|k, _| !rm.sysctl_rm.contains(k));
+    h.sysctls.extend(f.sysctl.iter().cloned());
+    h.ulimits.retain(|u| !rm.ulimit_rm.contains(&u.name) && !f.ulimit.iter().any(|n| n.name == u.name));
+    h.ulimits.extend(f.ulimit.iter().cloned());
+    h.extra_hosts.retain(|line| {
+        let Ok(host) = parse_extra_host(line) else { return true };
+        !rm.host_rm.iter().any(|r| parse_extra_host(r).map_or(*r == host.0, |x| x == host))
+    });
+    for line in &f.host {
+        if !h.extra_hosts.contains(line) {
+            h.extra_hosts.push(line.clone());
+        }
+    }
+    h.dns.retain(|ip| !rm.dns_rm.iter().any(|r| r.trim().parse::<std::net::IpAddr>().ok() == Some(*ip)));
+    h.dns_search.retain(|d| !rm.dns_search_rm.contains(d));
+    h.dns_options.retain(|o| !rm.dns_option_rm.contains(o));
+    let add = |list: &mut Vec<String>, new: &[String]| {
+        for x in new {
+            if !list.contains(x) {
+                list.push(x.clone());
+            }
+        }
+    };
+    for ip in &f.dns {
+        if !h.dns.contains(ip) {
+            h.dns.push(*ip);
+        }
+    }
+    add(&mut h.dns_search, &f.dns_search);
+    add(&mut h.dns_options, &f.dns_option);
+    if let Some(v) = f.init {
+        h.init = v;
+    }
+    if let Some(v) = f.read_only {
+        h.read_only = v;
+    }
+    // A new driver starts with the options given with it, as Docker's
+    // update does; options alone are laid over the driver's.
+    if let Some(d) = &f.log_driver {
+        h.log_driver = d.clone();
+        h.log_opts.clear();
+    }
+    h.log_opts.extend(f.log_opt.iter().cloned());
+    // What the managers would refuse, refused before the round trip.
+    h.validate().map_err(anyhow::Error::msg)
 }
 
 /// A `--network` value: `NAME`, or `name=NAME,alias=A,alias=B` (`target=` for `name=`), as Docker takes it.
@@ -291,6 +452,7 @@ pub(crate) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
     spec.depends_on
         .retain(|d| !rm.depends_on_rm.contains(&d.service) && f.depends_on.iter().all(|n| n.service != d.service));
     spec.depends_on.extend(f.depends_on.iter().cloned());
+    apply_host_config(&mut spec.task, f, rm)?;
     let t = &mut spec.task;
     // The same rules as `run`: env files first, then -e (KEY alone from this environment).
     for e in f.container.environment()? {
@@ -494,6 +656,109 @@ mod tests {
             ("", 0o400),
             "the API resolves the new one"
         );
+    }
+
+    #[test]
+    fn host_settings_are_set_then_updated_with_dockers_add_and_rm_flags() {
+        let strs = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let ulimit = |s: &str| Ulimit::parse(s).expect("ulimit");
+        let mut spec = ServiceSpec::default();
+        let create = ServiceFlags {
+            entrypoint: Some("/bin/sh -c 'echo hi'".into()),
+            cap_add: strs(&["net_admin", "CAP_SYS_TIME"]),
+            cap_drop: strs(&["mknod"]),
+            sysctl: vec![kv("net.core.somaxconn", "1024"), kv("net.ipv4.tcp_syncookies", "0")],
+            ulimit: vec![ulimit("nofile=100:200"), ulimit("nproc=50")],
+            host: strs(&["db:10.0.0.5", "cache:10.0.0.6"]),
+            dns: vec!["10.0.0.2".parse().expect("ip"), "10.0.0.3".parse().expect("ip")],
+            dns_search: strs(&["a.org", "b.org"]),
+            dns_option: strs(&["ndots:2", "timeout:1"]),
+            init: Some(true),
+            read_only: Some(true),
+            log_driver: Some("local".into()),
+            log_opt: vec![kv("max-size", "1m")],
+            ..Default::default()
+        };
+        apply_flags(&mut spec, &create, &ServiceRemovals::default()).expect("applies");
+        let t = &spec.task;
+        assert_eq!(t.entrypoint, ["/bin/sh", "-c", "echo hi"]);
+        let h = &t.host_config;
+        assert_eq!(
+            (h.cap_add.as_slice(), h.cap_drop.as_slice()),
+            (&strs(&["CAP_NET_ADMIN", "CAP_SYS_TIME"])[..], &strs(&["CAP_MKNOD"])[..])
+        );
+        assert_eq!((h.init, h.read_only, h.log_driver.as_str(), h.log_opts.len()), (true, true, "local", 1));
+
+        // Update: removals first, then additions; an added sysctl or ulimit replaces its name's.
+        let update = ServiceFlags {
+            entrypoint: Some(String::new()),
+            cap_add: strs(&["MKNOD"]),
+            cap_drop: strs(&["sys_time"]),
+            sysctl: vec![kv("net.core.somaxconn", "2048")],
+            ulimit: vec![ulimit("nofile=1:2")],
+            host: strs(&["db:10.0.0.9"]),
+            dns: vec!["10.0.0.4".parse().expect("ip")],
+            dns_search: strs(&["c.org"]),
+            init: Some(false),
+            log_opt: vec![kv("max-file", "2")],
+            ..Default::default()
+        };
+        let rm = ServiceRemovals {
+            sysctl_rm: strs(&["net.ipv4.tcp_syncookies"]),
+            ulimit_rm: strs(&["nproc"]),
+            host_rm: strs(&["cache", "db:10.0.0.5"]),
+            dns_rm: strs(&["10.0.0.2"]),
+            dns_search_rm: strs(&["a.org"]),
+            dns_option_rm: strs(&["timeout:1"]),
+            ..Default::default()
+        };
+        apply_flags(&mut spec, &update, &rm).expect("applies");
+        let t = &spec.task;
+        assert!(t.entrypoint.is_empty(), "--entrypoint \"\" goes back to the image's");
+        let h = &t.host_config;
+        assert_eq!(
+            (h.cap_add.as_slice(), h.cap_drop.as_slice()),
+            (&strs(&["CAP_NET_ADMIN", "CAP_MKNOD"])[..], &strs(&["CAP_SYS_TIME"])[..])
+        );
+        assert_eq!(h.sysctls, [kv("net.core.somaxconn", "2048")].into());
+        assert_eq!(h.ulimits, [ulimit("nofile=1:2")]);
+        assert_eq!(h.extra_hosts, ["db:10.0.0.9"]);
+        assert_eq!(h.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(), ["10.0.0.3", "10.0.0.4"]);
+        assert_eq!(
+            (h.dns_search.as_slice(), h.dns_options.as_slice()),
+            (&strs(&["b.org", "c.org"])[..], &strs(&["ndots:2"])[..])
+        );
+        assert_eq!((h.init, h.read_only), (false, true), "only what is given changes");
+        assert_eq!(h.log_opts, [kv("max-size", "1m"), kv("max-file", "2")].into(), "options alone join the driver's");
+
+        // A new driver starts with its own options; ALL stands alone; adding wins over dropping.
+        let f = ServiceFlags {
+            log_driver: Some("json-file".into()),
+            cap_add: strs(&["all", "chown"]),
+            cap_drop: strs(&["chown"]),
+            ..Default::default()
+        };
+        apply_flags(&mut spec, &f, &ServiceRemovals::default()).expect("applies");
+        let h = &spec.task.host_config;
+        assert_eq!((h.log_driver.as_str(), h.log_opts.len()), ("json-file", 0));
+        assert_eq!((h.cap_add.as_slice(), h.cap_drop.as_slice()), (&strs(&["ALL"])[..], &strs(&["CAP_SYS_TIME"])[..]));
+
+        // What the managers would refuse is refused here first, with what to do.
+        for (f, why) in [
+            (
+                ServiceFlags { sysctl: vec![kv("vm.swappiness", "1")], ..Default::default() },
+                "only the container's own namespaces",
+            ),
+            (
+                ServiceFlags { log_driver: Some("syslog".into()), ..Default::default() },
+                "use one of json-file, local, none",
+            ),
+            (ServiceFlags { entrypoint: Some("'sh".into()), ..Default::default() }, "--entrypoint"),
+        ] {
+            let e = apply_flags(&mut spec.clone(), &f, &ServiceRemovals::default()).expect_err(why);
+            assert!(format!("{e:#}").contains(why), "{why}: {e:#}");
+        }
     }
 
     #[test]

@@ -177,6 +177,10 @@ pub struct Service {
     pub stop_signal: Option<Scalar>,
     pub tmpfs: Option<StrOrList>,
     pub deploy: Option<Deploy>,
+    /// What the container asks of its host, kept as read: their several
+    /// forms are read where they are translated, with the key in the error.
+    #[serde(flatten)]
+    pub host: HostKeys,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -212,6 +216,24 @@ impl<'de> Deserialize<'de> for DependsOn {
             }
         }
     }
+}
+
+/// A service's `entrypoint`, `cap_add`, `sysctls`, `extra_hosts`... (see
+/// `translate::host_settings`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct HostKeys {
+    pub entrypoint: Option<Value>,
+    pub cap_add: Option<Value>,
+    pub cap_drop: Option<Value>,
+    pub sysctls: Option<Value>,
+    pub ulimits: Option<Value>,
+    pub extra_hosts: Option<Value>,
+    pub dns: Option<Value>,
+    pub dns_search: Option<Value>,
+    pub dns_opt: Option<Value>,
+    pub init: Option<Value>,
+    pub read_only: Option<Value>,
+    pub logging: Option<Value>,
 }
 
 /// `ports:` entries: `"8080:80"`, `80`, `"8000-8001:80-81/udp"`, or the long form.

@@ -10,6 +10,8 @@ mod deploy;
 mod interpolate;
 mod translate;
 
+pub(crate) use self::translate::shell_words;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

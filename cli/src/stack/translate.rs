@@ -16,9 +16,13 @@ use shoal_proto::network::{ENCRYPTED_OPTION, EndpointMode, MTU_OPTION, NetworkAt
 use shoal_proto::secret::{FileRef, Kind, TEMPLATE_DRIVER, validate_name, validate_refs};
 use shoal_proto::service::{Condition, Dependency, Mode, RestartCondition, ServiceSpec};
 
+use serde::Deserialize;
+use serde_yaml_ng::{Mapping, Value};
+use shoal_proto::container::Ulimit;
+
 use super::compose::{
-    Compose, External, Extra, Healthcheck, Mount, ObjectDef, ObjectRef, Port, Scalar, Service, StrOrList, UpdateConfig,
-    parse_bool,
+    Compose, External, Extra, Healthcheck, HostKeys, Mount, ObjectDef, ObjectRef, Port, Scalar, Service, StrOrList,
+    UpdateConfig, parse_bool,
 };
 use crate::service::spec::{
     ModeArg, OrderArg, RestartConditionArg, RollbackFailureArg, ServiceFlags, ServiceRemovals, UpdateFailureArg,
@@ -475,12 +479,157 @@ fn service(
     f.secret = uses(&svc.secrets, &compose.secrets, stack, Kind::Secret, unsupported)?;
     f.config = uses(&svc.configs, &compose.configs, stack, Kind::Config, unsupported)?;
     f.depends_on = depends_on(compose, stack, svc, unsupported)?;
+    let entrypoint = host_settings(&svc.host, &mut f, unsupported)?;
     apply_flags(&mut spec, &f, &ServiceRemovals::default())?;
+    spec.task.entrypoint = entrypoint;
     if let Some(h) = &svc.healthcheck {
         report(unsupported, "healthcheck.", &h.extra);
         spec.task.health = health(h)?;
     }
     Ok(ServicePlan { spec, image })
+}
+
+/// A service's `entrypoint` (returned: a string split as a shell splits
+/// it, or a list), and what its containers ask of their host as the flags
+/// `service create` takes for them. Each key in its Compose forms; a bad
+/// value names its key.
+fn host_settings(
+    h: &HostKeys,
+    f: &mut ServiceFlags,
+    unsupported: &mut std::collections::BTreeSet<String>,
+) -> anyhow::Result<Vec<String>> {
+    let entrypoint = match &h.entrypoint {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Sequence(_)) => words(&h.entrypoint, "entrypoint")?,
+        Some(v) => shell_words(&scalar(v, "entrypoint")?).context("entrypoint")?,
+    };
+    f.cap_add = words(&h.cap_add, "cap_add")?;
+    f.cap_drop = words(&h.cap_drop, "cap_drop")?;
+    for (k, v) in pairs(&h.sysctls, "sysctls", '=')? {
+        let v = v.with_context(|| format!("sysctls: {k} needs a value ({k}=VALUE)"))?;
+        shoal_proto::container::check_sysctl(&k, &v).map_err(anyhow::Error::msg).context("sysctls")?;
+        f.sysctl.push((k, v));
+    }
+    let limits = match &h.ulimits {
+        None | Some(Value::Null) => Mapping::new(),
+        Some(Value::Mapping(m)) => m.clone(),
+        Some(_) => bail!("ulimits: a mapping, as nofile: 1024 or nofile: {{soft: 1024, hard: 2048}}"),
+    };
+    for (name, v) in limits {
+        let name = scalar(&name, "ulimits")?;
+        let what = format!("ulimits.{name}");
+        let (soft, hard) = match v {
+            Value::Mapping(m) => {
+                let get = |k: &str| -> anyhow::Result<String> {
+                    let v = m.get(k).with_context(|| format!("{what}: give soft: and hard:"))?;
+                    scalar(v, &format!("{what}.{k}"))
+                };
+                for k in m.keys().filter_map(Value::as_str).filter(|k| !matches!(*k, "soft" | "hard")) {
+                    unsupported.insert(format!("ulimits.{k}"));
+                }
+                (get("soft")?, get("hard")?)
+            }
+            v => {
+                let n = scalar(&v, &what)?;
+                (n.clone(), n)
+            }
+        };
+        f.ulimit.push(Ulimit::parse(&format!("{name}={soft}:{hard}")).map_err(anyhow::Error::msg).context(what)?);
+    }
+    // By name: reordering the file changes nothing.
+    f.ulimit.sort_by(|a, b| a.name.cmp(&b.name));
+    for (name, ip) in pairs(&h.extra_hosts, "extra_hosts", ':')? {
+        let line = format!("{name}:{}", ip.unwrap_or_default());
+        shoal_proto::container::parse_extra_host(&line).map_err(anyhow::Error::msg).context("extra_hosts")?;
+        f.host.push(line);
+    }
+    for d in words(&h.dns, "dns")? {
+        f.dns.push(
+            d.trim().parse().with_context(|| format!("dns: {d:?} is not an IP address: give the server's address"))?,
+        );
+    }
+    f.dns_search = words(&h.dns_search, "dns_search")?;
+    f.dns_option = words(&h.dns_opt, "dns_opt")?;
+    let flag = |v: &Option<Value>, what: &str| -> anyhow::Result<Option<bool>> {
+        v.as_ref()
+            .filter(|v| !v.is_null())
+            .map(|v| parse_bool(&scalar(v, what)?).map_err(|e| anyhow::anyhow!("{what}: {e}")))
+            .transpose()
+    };
+    f.init = flag(&h.init, "init")?;
+    f.read_only = flag(&h.read_only, "read_only")?;
+    match &h.logging {
+        None | Some(Value::Null) => {}
+        Some(Value::Mapping(m)) => {
+            for (k, v) in m {
+                match k.as_str().unwrap_or_default() {
+                    "driver" => f.log_driver = Some(scalar(v, "logging.driver")?),
+                    "options" => {
+                        for (k, v) in pairs(&Some(v.clone()), "logging.options", '=')? {
+                            f.log_opt.push((k, v.unwrap_or_default()));
+                        }
+                    }
+                    other => {
+                        unsupported.insert(format!("logging.{other}"));
+                    }
+                }
+            }
+        }
+        Some(_) => bail!("logging: a mapping, as {{driver: json-file, options: {{max-size: 10m}}}}"),
+    }
+    // What the flags' checks would refuse naming the flags, refused here naming the keys.
+    use shoal_proto::container::HostConfig;
+    let check = |key: &str, hc: HostConfig| hc.validate().map_err(anyhow::Error::msg).context(key.to_string());
+    let log_opts = f.log_opt.iter().cloned().collect();
+    check(
+        "logging",
+        HostConfig { log_driver: f.log_driver.clone().unwrap_or_default(), log_opts, ..Default::default() },
+    )?;
+    check("dns_search", HostConfig { dns_search: f.dns_search.clone(), ..Default::default() })?;
+    check("dns_opt", HostConfig { dns_options: f.dns_option.clone(), ..Default::default() })?;
+    check("ulimits", HostConfig { ulimits: f.ulimit.clone(), ..Default::default() })?;
+    Ok(entrypoint)
+}
+
+/// A scalar as text, or an error naming the key.
+fn scalar(v: &Value, what: &str) -> anyhow::Result<String> {
+    Scalar::deserialize(v.clone()).map(|s| s.0).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+/// A string or a list of strings, as words.
+fn words(v: &Option<Value>, what: &str) -> anyhow::Result<Vec<String>> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Sequence(items)) => items.iter().map(|i| scalar(i, what)).collect(),
+        Some(v) => Ok(vec![scalar(v, what)?]),
+    }
+}
+
+/// A mapping, or a list of `KEY<sep>VALUE` strings (`KEY` alone: no value).
+fn pairs(v: &Option<Value>, what: &str, sep: char) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Mapping(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                let k = scalar(k, what)?;
+                let v = if v.is_null() { None } else { Some(scalar(v, &format!("{what}.{k}"))?) };
+                Ok((k, v))
+            })
+            .collect(),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .map(|i| {
+                let s = scalar(i, what)?;
+                // `name=ip` in extra_hosts too, as Compose takes it.
+                Ok(match s.split_once('=').or_else(|| s.split_once(sep)) {
+                    Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
+                    None => (s, None),
+                })
+            })
+            .collect(),
+        Some(_) => bail!("{what}: a mapping or a list"),
+    }
 }
 
 fn rollout(u: &UpdateConfig, what: &str, f: &mut ServiceFlags, rollback: bool) -> anyhow::Result<()> {
@@ -1099,7 +1248,7 @@ services:
     dns: 8.8.8.8
     init: true
     read_only: true
-    logging: {driver: json-file}
+    logging: {driver: json-file, tag: x}
     container_name: web1
     x-note: fine
     ports: [{target: 80, host_ip: 127.0.0.1}]
@@ -1119,24 +1268,100 @@ networks:
             p.unsupported,
             [
                 "build",
-                "cap_add",
-                "cap_drop",
                 "container_name",
                 "deploy.resources.reservations.devices",
                 "deploy.rollback_config.colour",
-                "dns",
-                "entrypoint",
-                "extra_hosts",
-                "init",
-                "logging",
+                "logging.tag",
                 "networks.driver_opts.com.docker.network.bridge.name",
                 "networks.enable_ipv6",
                 "ports.host_ip",
-                "read_only",
-                "sysctls",
-                "ulimits",
             ]
         );
+    }
+
+    #[test]
+    fn host_settings_take_each_compose_form() {
+        use shoal_proto::container::HostConfig;
+        let hc = |yaml: &str| -> (Vec<String>, HostConfig) {
+            let p = plan_of(&format!("services:\n  web:\n    image: x\n{yaml}"))
+                .unwrap_or_else(|e| panic!("{yaml}: {e:#}"));
+            assert_eq!(p.unsupported, Vec::<String>::new(), "{yaml}");
+            let t = &svc(&p, "app_web").task;
+            (t.entrypoint.clone(), t.host_config.clone())
+        };
+        let strs = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let kv = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let ul = |v: &[&str]| {
+            v.iter().map(|u| shoal_proto::container::Ulimit::parse(u).expect("ulimit")).collect::<Vec<_>>()
+        };
+        // entrypoint: a string split as a shell splits it, or a list.
+        assert_eq!(hc("    entrypoint: /bin/sh -c 'echo hi'\n").0, ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(hc("    entrypoint: [\"/bin/sh\", \"-c\"]\n").0, ["/bin/sh", "-c"]);
+        assert_eq!(hc("    entrypoint: tini\n").0, ["tini"]);
+        // capabilities, in Docker's stored spelling.
+        let h = hc("    cap_add: [net_admin, CAP_SYS_TIME]\n    cap_drop: [MKNOD]\n").1;
+        assert_eq!((h.cap_add, h.cap_drop), (strs(&["CAP_NET_ADMIN", "CAP_SYS_TIME"]), strs(&["CAP_MKNOD"])));
+        // sysctls: a mapping or a list.
+        let want = kv(&[("net.core.somaxconn", "1024"), ("net.ipv4.tcp_syncookies", "0")]);
+        assert_eq!(hc("    sysctls: {net.core.somaxconn: 1024, net.ipv4.tcp_syncookies: 0}\n").1.sysctls, want);
+        assert_eq!(hc("    sysctls: [net.core.somaxconn=1024, net.ipv4.tcp_syncookies=0]\n").1.sysctls, want);
+        // ulimits: one number, or soft and hard.
+        assert_eq!(
+            hc("    ulimits:\n      nproc: 65535\n      nofile: {soft: 20000, hard: 40000}\n").1.ulimits,
+            ul(&["nofile=20000:40000", "nproc=65535:65535"])
+        );
+        // extra_hosts: NAME:IP (or NAME=IP) in a list, or a mapping.
+        let want = strs(&["db:10.0.0.5", "v6:fd00::1"]);
+        assert_eq!(hc("    extra_hosts: [\"db:10.0.0.5\", \"v6:fd00::1\"]\n").1.extra_hosts, want);
+        assert_eq!(hc("    extra_hosts: [\"db=10.0.0.5\", \"v6=fd00::1\"]\n").1.extra_hosts, want);
+        assert_eq!(hc("    extra_hosts: {db: 10.0.0.5, v6: \"fd00::1\"}\n").1.extra_hosts, want);
+        // dns and dns_search: a string or a list; dns_opt a list.
+        let h = hc("    dns: 10.0.0.2\n    dns_search: example.org\n    dns_opt: [ndots:2, timeout:1]\n").1;
+        assert_eq!(
+            (h.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(), h.dns_search, h.dns_options),
+            (strs(&["10.0.0.2"]), strs(&["example.org"]), strs(&["ndots:2", "timeout:1"]))
+        );
+        let h = hc("    dns: [10.0.0.2, \"fd00::53\"]\n    dns_search: [a.org, b.org]\n").1;
+        assert_eq!((h.dns.len(), h.dns_search.len()), (2, 2));
+        // init, read_only; logging.
+        let h = hc("    init: true\n    read_only: \"yes\"\n    logging: {driver: local, options: {max-size: 1m, max-file: 2}}\n").1;
+        assert_eq!((h.init, h.read_only, h.log_driver.as_str()), (true, true, "local"));
+        assert_eq!(h.log_opts, kv(&[("max-file", "2"), ("max-size", "1m")]));
+        assert_eq!(hc("    init: false\n    logging: {options: {max-size: 1m}}\n").1.log_driver, "");
+        assert!(hc("    init: false\n").1.is_default(), "nothing asked, nothing stored");
+    }
+
+    #[test]
+    fn bad_host_settings_name_the_service_and_key() {
+        let table = [
+            ("entrypoint: \"sh -c 'x\"", "entrypoint: unterminated single quote"),
+            ("entrypoint: {a: b}", "entrypoint: expected a single value"),
+            ("cap_add: {a: b}", "cap_add: expected a single value"),
+            ("sysctls: {vm.swappiness: 1}", "sysctls: sysctl \"vm.swappiness\" is not allowed"),
+            ("sysctls: [net.core.somaxconn]", "sysctls: net.core.somaxconn needs a value"),
+            ("sysctls: 5", "sysctls: a mapping or a list"),
+            ("ulimits: {nofile: {soft: 2, hard: 1}}", "ulimits.nofile: ulimit nofile: the soft limit 2 is above"),
+            ("ulimits: {nofile: {soft: 2}}", "ulimits.nofile: give soft: and hard:"),
+            ("ulimits: {files: 10}", "ulimits.files: unknown ulimit \"files\""),
+            ("ulimits: {nofile: lots}", "ulimits.nofile: invalid ulimit"),
+            ("ulimits: [nofile=1]", "ulimits: a mapping"),
+            ("extra_hosts: [db]", "extra_hosts: invalid extra host \"db:\""),
+            ("extra_hosts: {db: nowhere}", "extra_hosts: invalid extra host \"db:nowhere\""),
+            ("dns: resolver.lan", "dns: \"resolver.lan\" is not an IP address"),
+            ("dns_search: [\"a b\"]", "dns_search: invalid dns search domain"),
+            ("dns_opt: [\"ndots 2\"]", "dns_opt: invalid dns option"),
+            ("init: maybe", "init: \"maybe\" is not true or false"),
+            ("read_only: [x]", "read_only: expected a single value"),
+            ("logging: {driver: syslog}", "logging: log driver \"syslog\" is not supported: use one of"),
+            ("logging: {driver: none, options: {max-size: 1m}}", "logging: log driver \"none\" takes no --log-opt"),
+            ("logging: json-file", "logging: a mapping"),
+        ];
+        for (yaml, want) in table {
+            let e = plan_of(&format!("services:\n  web:\n    image: x\n    {yaml}\n")).expect_err(yaml);
+            let e = format!("{e:#}");
+            assert!(e.starts_with("service web: "), "{yaml}: {e}");
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
     }
 
     #[test]

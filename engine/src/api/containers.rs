@@ -151,7 +151,8 @@ fn run_request(r: pb::ContainerRunRequest) -> Result<RunRequest, ContainerError>
         image: r.image,
         name: r.name,
         command: r.command,
-        entrypoint: r.has_entrypoint.then_some(r.entrypoint),
+        // `run --entrypoint X` is one word, as Docker's CLI makes it; `""` clears the image's.
+        entrypoint: r.has_entrypoint.then(|| if r.entrypoint.is_empty() { vec![] } else { vec![r.entrypoint] }),
         env: r.env,
         workdir: r.workdir,
         user: r.user,
@@ -351,7 +352,12 @@ mod tests {
         use crate::volumes::BindFlag::{Mount, Volume};
         assert_eq!(targets, [("/data", Volume), ("/run", Volume), ("/srv", Mount)]);
         let empty = run_request(base()).expect("no flags");
-        assert_eq!((empty.memory, empty.cpus, empty.stop_signal), (None, None, None));
+        assert_eq!((empty.memory, empty.cpus, empty.stop_signal, empty.entrypoint), (None, None, None, None));
+        // `--entrypoint X` is a one-word entrypoint, `--entrypoint ""` none at all.
+        let ep =
+            |e: &str| run_request(pb::ContainerRunRequest { has_entrypoint: true, entrypoint: e.into(), ..base() });
+        assert_eq!(ep("/bin/sh -c").expect("valid").entrypoint, Some(vec!["/bin/sh -c".to_string()]));
+        assert_eq!(ep("").expect("valid").entrypoint, Some(vec![]));
         let table: [(pb::ContainerRunRequest, &str); 10] = [
             (pb::ContainerRunRequest { memory: "lots".into(), ..base() }, "invalid memory \"lots\""),
             (pb::ContainerRunRequest { memory: "1m".into(), ..base() }, "minimum memory limit allowed is 6MB"),

@@ -30,7 +30,9 @@ pub struct RunRequest {
     pub image: String,
     pub name: String,
     pub command: Vec<String>,
-    pub entrypoint: Option<String>,
+    /// `--entrypoint`, or a service's (Docker's `ContainerSpec.Command`):
+    /// replaces the image's; `Some(vec![])` clears it; None: the image's.
+    pub entrypoint: Option<Vec<String>>,
     pub env: Vec<String>,
     pub workdir: String,
     pub user: String,
@@ -253,8 +255,7 @@ pub fn resolve(
     // Command: Docker's rules for Entrypoint and Cmd.
     let cfg = image;
     let entrypoint: Vec<String> = match &req.entrypoint {
-        Some(e) if e.is_empty() => vec![],
-        Some(e) => vec![e.clone()],
+        Some(e) => e.clone(),
         None => cfg.entrypoint.clone().unwrap_or_default(),
     };
     let cmd: Vec<String> = if !req.command.is_empty() {
@@ -469,18 +470,21 @@ mod tests {
     #[test]
     fn entrypoint_and_command_follow_docker() {
         let bare = ImageConfig { entrypoint: None, ..image() };
-        let table: [(Option<&str>, &[&str], &ImageConfig, &[&str]); 8] = [
+        let table: [(Option<&[&str]>, &[&str], &ImageConfig, &[&str]); 10] = [
             (None, &[], &image(), &["/entry", "serve"]),
             (None, &["x", "y"], &image(), &["/entry", "x", "y"]),
-            (Some(""), &[], &image(), &[]),
-            (Some(""), &["sh"], &image(), &["sh"]),
-            (Some("/bin/sh"), &[], &image(), &["/bin/sh"]),
-            (Some("/bin/sh"), &["-c", "x"], &image(), &["/bin/sh", "-c", "x"]),
+            (Some(&[]), &[], &image(), &[]),
+            (Some(&[]), &["sh"], &image(), &["sh"]),
+            (Some(&["/bin/sh"]), &[], &image(), &["/bin/sh"]),
+            (Some(&["/bin/sh"]), &["-c", "x"], &image(), &["/bin/sh", "-c", "x"]),
+            // A service's entrypoint is a list (Docker's ContainerSpec.Command).
+            (Some(&["/bin/sh", "-c"]), &["echo hi"], &image(), &["/bin/sh", "-c", "echo hi"]),
+            (Some(&["/bin/sh", "-c", "x"]), &[], &bare, &["/bin/sh", "-c", "x"]),
             (None, &[], &bare, &["serve"]),
             (None, &["top"], &bare, &["top"]),
         ];
         for (entrypoint, command, img, want) in table {
-            let r = RunRequest { entrypoint: entrypoint.map(String::from), command: strings(command), ..req() };
+            let r = RunRequest { entrypoint: entrypoint.map(strings), command: strings(command), ..req() };
             assert_eq!(ok(&r, img, &HOST).run.args, strings(want), "{entrypoint:?} {command:?}");
         }
     }
