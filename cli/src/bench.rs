@@ -128,6 +128,7 @@ fn netsync(ports: usize, rounds: usize) -> anyhow::Result<()> {
             container_port: 80,
             proto: Proto::Tcp,
         }],
+        dns: vec![],
     };
     let mut gen_ms = Vec::new();
     let mut apply_ms = Vec::new();
