@@ -100,11 +100,20 @@ impl Disk {
 }
 
 fn create_db(path: &Path) -> io::Result<Database> {
-    // A small page cache: the state machine lives in memory anyway.
-    let db = Database::builder()
-        .set_cache_size(8 << 20)
-        .create(path)
-        .map_err(|e| io::Error::other(format!("open {}: {e}", path.display())))?;
+    // A manager this process stopped a moment ago (a daemon resuming or
+    // changing role in one life) may still hold the file: its tasks let go
+    // of it as they see its cancellation. So a held file is tried again for
+    // a while (another process holding it gets the error after that wait).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        // A small page cache: the state machine lives in memory anyway.
+        match Database::builder().set_cache_size(8 << 20).create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => break r.map_err(|e| io::Error::other(format!("open {}: {e}", path.display())))?,
+        }
+    };
     let txn = db.begin_write().map_err(io_err)?;
     for t in [META, SM, OBJECTS, KEYS] {
         txn.open_table(t).map_err(io_err)?;
