@@ -226,10 +226,15 @@ pub async fn info(cli: &Cli, format: Format) -> anyhow::Result<()> {
         }
         println!(" Certificate Expiry: {}", i.cert_expiry);
         if i.is_manager {
-            // The cluster's settings, as Docker's info shows them.
-            let c = client::control(cli).await?.cluster_info(pb::Empty {}).await?.into_inner();
-            println!(" Orchestration:\n  Task History Retention Limit: {}", c.task_history_limit);
-            println!(" Dispatcher:\n  Heartbeat Period: {}", shown_period(c.dispatcher_heartbeat_ms));
+            // The cluster's settings, as Docker's info shows them, when the managers answer:
+            // `info` is what a user runs to see why they do not (no quorum), so it never waits on them.
+            let ask =
+                async { client::control(cli).await?.cluster_info(pb::Empty {}).await.map_err(anyhow::Error::from) };
+            if let Ok(Ok(c)) = tokio::time::timeout(std::time::Duration::from_secs(2), ask).await {
+                let c = c.into_inner();
+                println!(" Orchestration:\n  Task History Retention Limit: {}", c.task_history_limit);
+                println!(" Dispatcher:\n  Heartbeat Period: {}", shown_period(c.dispatcher_heartbeat_ms));
+            }
         }
     }
     println!("Name: {}", i.hostname);
