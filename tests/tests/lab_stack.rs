@@ -552,5 +552,20 @@ fn host_settings_reach_the_container(lab: &Lab, dir: &Path) -> Result<()> {
     ensure!(out.contains("writable"), "--read-only=false: {out}");
 
     lab.shoal(1, &["stack", "rm", "hosty"])?;
+
+    // --log-driver none: `service logs` says there is nothing to read, as `logs` does.
+    let script = "echo unseen; exec sleep 100000";
+    lab.shoal(
+        1,
+        &["service", "create", "--name", "quiet", "--log-driver", "none", "busybox:local", "sh", "-c", script],
+    )?;
+    let (out, err) = both(lab, &["service", "logs", "quiet"])?;
+    ensure!(
+        out.is_empty()
+            && err.contains("quiet.1.")
+            && err.contains("configured logging driver does not support reading"),
+        "service logs of a task without a log: {out}{err}"
+    );
+    lab.shoal(1, &["service", "rm", "quiet"])?;
     Ok(())
 }
