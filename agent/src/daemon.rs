@@ -563,6 +563,10 @@ impl Daemon {
                 worker: self.worker.get().cloned(),
                 restarting: restarting.clone(),
                 attach: Some(self.attach.clone()),
+                host_net: Some(Arc::new(|| {
+                    let subnets = crate::sys::local_ipv4_subnets().iter().map(|s| s.to_string()).collect();
+                    (subnets, crate::sys::macvlan_parents())
+                })),
             },
             states_tx,
             session.clone(),

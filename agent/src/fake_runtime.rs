@@ -188,8 +188,15 @@ impl Runtime for FakeRuntime {
         self.lock().containers.remove(id).map(|_| ()).ok_or_else(|| ContainerError::NotFound(id.to_string()))
     }
 
-    fn log_path(&self, id: &str) -> PathBuf {
-        PathBuf::from(format!("/nonexistent/fake-runtime/{id}/log"))
+    /// None for a container whose request asked for the `none` log driver, as the engine's.
+    fn log_path(&self, id: &str) -> Result<PathBuf, ContainerError> {
+        let g = self.lock();
+        let c = g.containers.get(id).ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        let req = g.requests.iter().rev().find(|r| r.task_id == c.task_id);
+        if req.is_some_and(|r| r.host_config.log_driver == "none") {
+            return Err(ContainerError::NoLogs);
+        }
+        Ok(PathBuf::from(format!("/nonexistent/fake-runtime/{id}/log")))
     }
 
     fn status_of(&self, id: &str) -> Status {

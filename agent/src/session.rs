@@ -3,8 +3,9 @@
 //! to the daemon and every assignment change (with the node's network
 //! view, which goes first) to the worker, tell the managers which numbered
 //! view netd applied (`ViewApplied`: stops wait for it), probe other
-//! nodes when the dispatcher asks, and say goodbye when the daemon stops to
-//! restart. It finds the leader by itself: a follower answers with the
+//! nodes when the dispatcher asks, say hello again when the host's
+//! interfaces or subnets change (a macvlan parent that appears later), and
+//! say goodbye when the daemon stops to restart. It finds the leader by itself: a follower answers with the
 //! leader's address, and any failure moves on to the next known manager with
 //! a capped backoff. How it reaches a manager is a `Connect`: gRPC over
 //! mutual TLS on a host (`TlsConnect`), in-memory streams in a test.
@@ -39,7 +40,14 @@ pub struct SessionConfig {
     /// Containers' requests to join or leave cluster networks, sent on the
     /// session and answered from it (`attach`).
     pub attach: Option<Arc<crate::attach::Calls>>,
+    /// The host's networking as a hello says it, read afresh: a session
+    /// starts with it, and says hello again when it changed (a macvlan
+    /// parent that appeared), at most once a heartbeat. None: the hello's, fixed.
+    pub host_net: Option<HostNet>,
 }
+
+/// Reads the host's subnets and macvlan parents (`Hello.subnets`, `.interfaces`).
+pub type HostNet = Arc<dyn Fn() -> (Vec<String>, Vec<pb::NodeInterface>) + Send + Sync>;
 
 /// What a manager sends on a session.
 pub type Inbound = Pin<Box<dyn Stream<Item = Result<pb::ManagerMessage, tonic::Status>> + Send>>;
@@ -132,7 +140,11 @@ async fn one_session(
     cancel: &CancellationToken,
 ) -> Ended {
     let (out_tx, out_rx) = mpsc::channel::<pb::AgentMessage>(8);
-    let hello = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(cfg.hello.clone())) };
+    let mut said = cfg.hello.clone();
+    if let Some(read) = &cfg.host_net {
+        (said.subnets, said.interfaces) = read();
+    }
+    let hello = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(said.clone())) };
     if out_tx.send(hello).await.is_err() {
         return Ended::Failed("outbound closed".into());
     }
@@ -167,6 +179,19 @@ async fn one_session(
                 let hb = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat {})) };
                 if out_tx.send(hb).await.is_err() {
                     return Ended::Failed("outbound closed".into());
+                }
+                // The host's networking changed since the last hello: say hello again
+                // (the managers update the node's description; an older one ignores it).
+                if let Some(now) = cfg.host_net.as_ref().map(|read| read())
+                    && now != (said.subnets.clone(), said.interfaces.clone())
+                {
+                    (said.subnets, said.interfaces) = now;
+                    let names: Vec<&str> = said.interfaces.iter().map(|i| i.name.as_str()).collect();
+                    tracing::info!(interfaces = ?names, "this host's networking changed: telling the managers");
+                    let again = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(said.clone())) };
+                    if out_tx.send(again).await.is_err() {
+                        return Ended::Failed("outbound closed".into());
+                    }
                 }
             }
             call = next_call(cfg.attach.as_deref()) => {

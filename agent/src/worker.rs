@@ -555,7 +555,20 @@ impl Worker {
                 continue;
             };
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<pb::LogLine, tonic::Status>>(256);
-            let path = self.runtime.log_path(&c.id);
+            let path = match self.runtime.log_path(&c.id) {
+                Ok(p) => p,
+                // Its log driver keeps none: Docker's answer, as `shoal logs` gives it.
+                Err(e) => {
+                    self.push_log(pb::LogsChunk {
+                        request_id: req.request_id,
+                        task_id: task_id.clone(),
+                        error: e.to_string(),
+                        done: true,
+                        ..Default::default()
+                    });
+                    continue;
+                }
+            };
             let q = pb::ContainerLogsRequest {
                 id: c.id.clone(),
                 follow: req.follow,
@@ -989,6 +1002,39 @@ mod tests {
         cancel.cancel();
     }
     use shoal_proto::service::PublishedPort;
+
+    #[tokio::test]
+    async fn service_logs_of_a_task_without_a_readable_log_say_why() {
+        use std::time::Instant;
+        let rt = crate::fake_runtime::FakeRuntime::new();
+        let w = Worker::with_runtime(rt.clone(), "h1");
+        let run = |task: &str, log_driver: &str| {
+            let host_config =
+                shoal_proto::container::HostConfig { log_driver: log_driver.into(), ..Default::default() };
+            let req =
+                RunRequest { name: format!("web.1.{task}"), task_id: task.into(), host_config, ..Default::default() };
+            rt.run(&req).expect("run");
+        };
+        run("quiet", "none");
+        run("chatty", "");
+        w.logs(pb::LogsRequest {
+            request_id: 7,
+            task_ids: vec!["quiet".into(), "chatty".into()],
+            ..Default::default()
+        });
+        let mut chunks = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while chunks.iter().filter(|c: &&pb::LogsChunk| c.done).count() < 2 {
+            assert!(Instant::now() < deadline, "both logs end: {chunks:?}");
+            chunks.extend(w.take_logs());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let quiet: Vec<&pb::LogsChunk> = chunks.iter().filter(|c| c.task_id == "quiet").collect();
+        assert_eq!(quiet.len(), 1, "{quiet:?}");
+        assert_eq!(quiet[0].error, "configured logging driver does not support reading");
+        assert!(quiet[0].done && quiet[0].request_id == 7);
+        assert!(chunks.iter().filter(|c| c.task_id == "chatty").all(|c| c.error.is_empty()), "{chunks:?}");
+    }
 
     #[test]
     fn a_tasks_entrypoint_and_host_config_reach_its_container() {

@@ -194,11 +194,15 @@ impl Connect for MemConnect {
 
 // === nodes ===
 
+/// A node's interfaces as its session reads them (`SessionConfig::host_net`), set by a test.
+type Interfaces = Arc<Mutex<Vec<pb::NodeInterface>>>;
+
 /// One node's session and worker, on its runtime (which outlives restarts).
 struct NodeRun {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     worker: Arc<Worker>,
+    interfaces: Interfaces,
 }
 
 fn identity(node_id: &str) -> Identity {
@@ -226,6 +230,8 @@ fn start_node(node_id: &str, runtime: Arc<FakeRuntime>, net: Arc<Net>, managers:
         ..Default::default()
     };
     let (states_tx, mut states_rx) = mpsc::channel(16);
+    let interfaces: Interfaces = Arc::default();
+    let read = interfaces.clone();
     let cfg = SessionConfig {
         hello,
         managers: watch::channel(managers).1,
@@ -233,13 +239,14 @@ fn start_node(node_id: &str, runtime: Arc<FakeRuntime>, net: Arc<Net>, managers:
         worker: Some(worker.clone()),
         restarting: Arc::new(AtomicBool::new(false)),
         attach: None,
+        host_net: Some(Arc::new(move || (vec![], read.lock().unwrap_or_else(|p| p.into_inner()).clone()))),
     };
     let tasks = vec![
         tokio::spawn(worker.clone().run_until(cancel.clone())),
         tokio::spawn(session::run(cfg, states_tx, cancel.clone())),
         tokio::spawn(async move { while states_rx.recv().await.is_some() {} }),
     ];
-    NodeRun { cancel, tasks, worker }
+    NodeRun { cancel, tasks, worker, interfaces }
 }
 
 impl NodeRun {
@@ -789,6 +796,76 @@ async fn secrets_scenario(seed: u64) -> anyhow::Result<()> {
         ensure!(Instant::now() < deadline, "w1 still holds {secrets:?} {configs:?}");
         tokio::time::sleep(Duration::from_millis(25)).await; // sampling period
     }
+    sim.shutdown().await
+}
+
+// === a node's interfaces ===
+
+/// A macvlan parent that appears on a node after its session started is
+/// told to the managers on that session (a second hello), without a
+/// reconnect: a task on a macvlan network over it, pending for want of the
+/// parent on any node, then goes there and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parent_interface_that_appears_later_reaches_the_managers() {
+    for seed in seeds(&[3]) {
+        run_seeded("interfaces", seed, Duration::from_secs(40), interfaces_scenario).await;
+    }
+}
+
+async fn interfaces_scenario(seed: u64) -> anyhow::Result<()> {
+    use shoal_proto::network::{Driver, IpamSpec};
+    const NET: &str = "lannet000001";
+    let sim = Sim::start(seed, 2).await?;
+    let subnet = "10.98.0.0/24".parse().map_err(|e: String| anyhow!(e))?;
+    let ipam = IpamSpec { subnet: Some(subnet), ..Default::default() };
+    let spec = NetworkSpec {
+        name: "lan".into(),
+        driver: Driver::Macvlan,
+        ipam,
+        parent: Some("eth9".into()),
+        ..Default::default()
+    };
+    sim.write(Command::CreateNetwork { id: NET.into(), spec }).await?;
+    let mut spec = ServiceSpec { name: "web".into(), replicas: 1, ..Default::default() };
+    spec.task.image = "img".into();
+    spec.task.networks = vec![NetworkAttachmentSpec { target: NET.into(), aliases: vec![] }];
+    sim.write(Command::CreateService { id: "web".into(), spec, auth: None }).await?;
+    let task = |sim: &Sim| {
+        let m = sim.leader()?;
+        let s = m.store.read();
+        s.tasks
+            .values()
+            .find(|t| t.service_id == "web")
+            .map(|t| (t.node_id.clone(), t.status.err.clone(), format!("{:?} {}", t.status.state, t.status.message)))
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some((node, err, _)) = task(&sim) {
+            ensure!(node.is_empty(), "scheduled to {node} though no node has eth9");
+            if err.contains("no parent interface eth9") {
+                break;
+            }
+        }
+        ensure!(Instant::now() < deadline, "the task never said it waits for eth9: {:?}", task(&sim));
+        tokio::time::sleep(Duration::from_millis(25)).await; // sampling period
+    }
+
+    // eth9 appears on w2: its running session says so, and the task goes there.
+    *sim.nodes["w2"].interfaces.lock().unwrap_or_else(|p| p.into_inner()) =
+        vec![pb::NodeInterface { name: "eth9".into(), subnets: vec!["10.98.0.0/24".into()] }];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let on_w2 = sim.runtimes["w2"].containers().iter().any(|c| matches!(c.status, Status::Running { .. }));
+        if on_w2 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the task never ran on w2: {:?}", task(&sim));
+        tokio::time::sleep(Duration::from_millis(25)).await; // sampling period
+    }
+    let m = sim.leader().context("a leader")?;
+    let described = m.store.read().nodes["w2"].description.net.interfaces.keys().cloned().collect::<Vec<_>>();
+    ensure!(described == ["eth9"], "w2's description: {described:?}");
+    ensure!(sim.runtimes["w1"].runs().is_empty(), "w1 has no eth9 and ran nothing");
     sim.shutdown().await
 }
 

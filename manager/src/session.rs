@@ -75,25 +75,10 @@ impl DispatcherService {
         };
         let node_id = id.node_id.clone();
         tracing::info!(hostname = %hello.hostname, "session started");
-        let net = node_net(&hello.addr, &hello.data_addr, &hello.subnets, &hello.interfaces);
         let d = mgr.dispatcher.clone();
         d.seen(&node_id);
-        d.report(NodeStatusUpdate {
-            id: node_id.clone(),
-            status: NodeStatus { state: NodeState::Ready, message: String::new() },
-            description: Some(NodeDescription {
-                hostname: hello.hostname,
-                addr: hello.addr,
-                engine_version: hello.engine_version,
-                cert_expiry_ms: id.not_after_ms,
-                nano_cpus: hello.nano_cpus,
-                memory_bytes: hello.memory_bytes,
-                probe_key: hex(&hello.probe_key),
-                os: hello.os,
-                arch: hello.arch,
-                net,
-            }),
-        });
+        let cert_expiry_ms = id.not_after_ms;
+        d.report(ready(&node_id, hello, cert_expiry_ms));
         let (tx, rx) = mpsc::channel(16);
         let guard = d.register_session(&node_id, tx.clone());
         let mut events = mgr.store.subscribe();
@@ -154,6 +139,13 @@ impl DispatcherService {
                             if let Some(k) = &v.keys {
                                 save_keys(&mgr, &node_id, k);
                             }
+                            false
+                        }
+                        // Said again mid-session: the node's interfaces or subnets changed.
+                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(h)) })) => {
+                            tracing::info!("the node described itself again");
+                            d.seen(&node_id);
+                            d.report(ready(&node_id, h, cert_expiry_ms));
                             false
                         }
                         Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Goodbye(_)) })) => {
@@ -305,6 +297,28 @@ fn save_keys(mgr: &Arc<Manager>, node_id: &str, k: &pb::NodeKeys) {
         }
         .in_current_span(),
     );
+}
+
+/// A node ready as its hello describes it (at the session's start, or
+/// again when its networking changed).
+fn ready(node_id: &str, hello: pb::Hello, cert_expiry_ms: u64) -> NodeStatusUpdate {
+    let net = node_net(&hello.addr, &hello.data_addr, &hello.subnets, &hello.interfaces);
+    NodeStatusUpdate {
+        id: node_id.to_string(),
+        status: NodeStatus { state: NodeState::Ready, message: String::new() },
+        description: Some(NodeDescription {
+            hostname: hello.hostname,
+            addr: hello.addr,
+            engine_version: hello.engine_version,
+            cert_expiry_ms,
+            nano_cpus: hello.nano_cpus,
+            memory_bytes: hello.memory_bytes,
+            probe_key: hex(&hello.probe_key),
+            os: hello.os,
+            arch: hello.arch,
+            net,
+        }),
+    }
 }
 
 /// What a hello says of the node's networking: its data address (the

@@ -9,7 +9,8 @@
 //! The overlay planner makes each encrypted network's sandbox (`br0`,
 //! the persistent TUN `wg0`, a /32 route per remote endpoint) before this
 //! opens the TUN's queues, so the order within a pass is: sandboxes, then
-//! `Encryption::follow`.
+//! `Encryption::follow`, which reconfigures the datapath when the view
+//! changed what it carries or when a TUN it holds was made again.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -192,8 +193,10 @@ impl Encryption {
             }
         }
         let wanted = (networks, peers);
+        // A TUN made again (a network removed and created, a sandbox remade by a resync)
+        // under the same configuration: its queues are reopened.
         if let Some((_, d)) = &self.datapath
-            && self.configured.as_ref() != Some(&wanted)
+            && (self.configured.as_ref() != Some(&wanted) || !d.stale_networks().is_empty())
         {
             match d.configure(wanted.0.clone(), wanted.1.clone()) {
                 Ok(()) => self.configured = Some(wanted),

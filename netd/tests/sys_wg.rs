@@ -85,29 +85,44 @@ impl Lab {
             ip(&h.ns.path, "link set lo up");
         }
         for (h, mine, theirs) in [(a, A_C, B_C), (b, B_C, A_C)] {
-            let (s, c) = (&h.sandbox.path, &h.container.path);
-            for ns in [s, c] {
-                sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1");
-                ip(ns, "link set lo up");
-            }
-            ip(s, "link add br0 type bridge");
-            ip(s, "addr add 10.77.0.1/24 dev br0");
-            ip(s, "link set br0 up");
-            sysctl(s, "net.ipv4.ip_forward", "1");
-            sysctl(s, "net.ipv4.conf.br0.proxy_arp", "1");
-            sysctl(s, "net.ipv4.conf.all.send_redirects", "0");
-            sys::in_netns(s, || tun::create_persistent("wg0", MTU)).expect("the TUN");
-            // Idempotent: a second call keeps the device.
-            sys::in_netns(s, || tun::create_persistent("wg0", MTU)).expect("the TUN again");
-            ip(s, &format!("route add {theirs}/32 dev wg0"));
-            ip(s, &format!("route add {C_C}/32 dev wg0"));
-            ip(c, &format!("link add eth0 mtu {MTU} type veth peer name wgc0 netns {}", s.display()));
-            ip(s, "link set wgc0 master br0 up");
-            ip(c, &format!("addr add {mine}/24 dev eth0"));
-            ip(c, "link set eth0 up");
-            ip(c, "route add default via 10.77.0.1");
+            let c = &h.container.path;
+            sysctl(c, "net.ipv6.conf.all.disable_ipv6", "1");
+            ip(c, "link set lo up");
+            h.plumb(mine, theirs);
         }
         lab
+    }
+}
+
+impl Host {
+    /// Makes the sandbox (br0, the TUN, a route to `theirs` and to C_C into
+    /// it) and plugs the container into it at `mine`.
+    fn plumb(&self, mine: Ipv4Addr, theirs: Ipv4Addr) {
+        let (s, c) = (&self.sandbox.path, &self.container.path);
+        sysctl(s, "net.ipv6.conf.all.disable_ipv6", "1");
+        ip(s, "link set lo up");
+        ip(s, "link add br0 type bridge");
+        ip(s, "addr add 10.77.0.1/24 dev br0");
+        ip(s, "link set br0 up");
+        sysctl(s, "net.ipv4.ip_forward", "1");
+        sysctl(s, "net.ipv4.conf.br0.proxy_arp", "1");
+        sysctl(s, "net.ipv4.conf.all.send_redirects", "0");
+        self.make_tun(theirs);
+        // Idempotent: a second call keeps the device.
+        sys::in_netns(s, || tun::create_persistent("wg0", MTU)).expect("the TUN again");
+        ip(c, &format!("link add eth0 mtu {MTU} type veth peer name wgc0 netns {}", s.display()));
+        ip(s, "link set wgc0 master br0 up");
+        ip(c, &format!("addr add {mine}/24 dev eth0"));
+        ip(c, "link set eth0 up");
+        ip(c, "route add default via 10.77.0.1");
+    }
+
+    /// The sandbox's TUN and its routes (to `theirs` and C_C).
+    fn make_tun(&self, theirs: Ipv4Addr) {
+        let s = &self.sandbox.path;
+        sys::in_netns(s, || tun::create_persistent("wg0", MTU)).expect("the TUN");
+        ip(s, &format!("route add {theirs}/32 dev wg0"));
+        ip(s, &format!("route add {C_C}/32 dev wg0"));
     }
 }
 
@@ -534,6 +549,49 @@ fn revocation_rotation_and_restart() {
         assert_eq!(da.stats()[0].last_handshake, None, "no session with a revoked peer");
         configure_b(&lab, &db, &lab.a.keys, da.port());
         assert!(reaches_within(&ca, B_C, Duration::from_secs(10)).is_some(), "re-admitted");
+        drop((da, db));
+    });
+}
+
+#[test]
+fn a_tun_made_again_within_one_datapaths_life_gets_fresh_queues() {
+    run(|| {
+        let mut lab = Lab::new();
+        // The sandbox as netd names it: one path, whichever namespace is pinned there now.
+        let link = lab.a.dir.path().join("sandbox");
+        std::os::unix::fs::symlink(&lab.a.sandbox.path, &link).expect("the sandbox's path");
+        let (da, db) = (lab.a.start(true, 0), lab.b.start(true, 0));
+        let net_a = WgNetwork { id: NET.into(), ns: link.clone(), tun: "wg0".into(), local: vec![A_C] };
+        let configure = |da: &Datapath| {
+            let peers = vec![peer("b", &lab.b.keys, B_HOST, db.port(), B_C)];
+            da.configure(vec![net_a.clone()], peers).expect("a configured");
+        };
+        configure(&da);
+        configure_b(&lab, &db, &lab.a.keys, da.port());
+        let ca = lab.a.container.path.clone();
+        assert!(reaches_within(&ca, B_C, Duration::from_secs(10)).is_some(), "the tunnel works");
+
+        // The TUN deleted and made again in the same sandbox (a network removed and created
+        // again): the datapath's queues are the old device's, and the same configuration
+        // must open the new one's.
+        ip(&lab.a.sandbox.path, "link del wg0");
+        lab.a.make_tun(B_C);
+        assert_eq!(da.stale_networks(), vec![NET.to_string()], "the datapath sees its TUN is gone");
+        configure(&da);
+        assert!(da.stale_networks().is_empty(), "the new TUN's queues are open");
+        assert!(reaches_within(&ca, B_C, Duration::from_secs(10)).is_some(), "traffic flows into the new TUN");
+
+        // The sandbox replaced by a new namespace at the same path (a resync made it again).
+        // The datapath's queues keep the old namespace and its TUN alive: the device is
+        // not gone, it is just not the sandbox's any more.
+        lab.a.sandbox = Parked::new();
+        ip(&ca, "link del eth0");
+        lab.a.plumb(A_C, B_C);
+        std::fs::remove_file(&link).expect("unlinked");
+        std::os::unix::fs::symlink(&lab.a.sandbox.path, &link).expect("the new sandbox's path");
+        assert_eq!(da.stale_networks(), vec![NET.to_string()], "the datapath sees its TUN is not the sandbox's");
+        configure(&da);
+        assert!(reaches_within(&ca, B_C, Duration::from_secs(10)).is_some(), "traffic flows into the new sandbox");
         drop((da, db));
     });
 }

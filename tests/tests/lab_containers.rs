@@ -273,6 +273,29 @@ fn a_containers_host_config_is_applied_inside_it() -> Result<()> {
     // --ulimit: the processes' rlimits; --sysctl: the container's own network namespace.
     let got = out(&["--ulimit", "nofile=512:1024", "busybox:local", "sh", "-c", "ulimit -n; ulimit -Hn"])?;
     ensure!(got == "512\n1024\n", "{got:?}");
+    // An exec'd process (and so a health check) shares them, and the container's user and
+    // working directory, as with Docker.
+    lab.shoal(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "limited",
+            "--ulimit",
+            "nofile=512:1024",
+            "--user",
+            "nobody",
+            "-w",
+            "/tmp",
+            "busybox:local",
+            "sleep",
+            "60",
+        ],
+    )?;
+    let got = lab.shoal(1, &["exec", "limited", "sh", "-c", "ulimit -n; ulimit -Hn; id -u; pwd"])?;
+    ensure!(got == "512\n1024\n65534\n/tmp\n", "exec's rlimits, user, cwd: {got:?}");
+    lab.shoal(1, &["rm", "-f", "limited"])?;
     let got = out(&["--sysctl", "net.core.somaxconn=1234", "busybox:local", "cat", "/proc/sys/net/core/somaxconn"])?;
     ensure!(got == "1234\n", "{got:?}");
     let err = lab.failing(

@@ -101,6 +101,21 @@ fn macvlan_tasks_get_unique_lan_addresses_and_answer_the_lan() -> Result<()> {
         let why = all.as_array().into_iter().flatten().filter_map(|t| t["task"]["status"]["err"].as_str());
         Ok(why.filter(|e| *e == "no parent interface eth0 on any node for network lan").count().eq(&1).then_some(()))
     })?;
+    // An eth0 that appears on host 3 (a veth pair of its own; it goes with the host's
+    // namespace) is told to the managers on the node's running session, and the waiting
+    // task goes there.
+    let made = lab.run(3, &["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"])?;
+    ensure!(made.status.success(), "an eth0 on host 3: {made:?}");
+    ensure!(lab.run(3, &["ip", "link", "set", "eth0", "up"])?.status.success(), "eth0 up on host 3");
+    wait_for("the waiting task to run on shl-h3", Duration::from_secs(30), || {
+        let all = lab.shoal_json(1, &["service", "ps", "early"])?;
+        let on_h3 = all
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["node"] == "shl-h3" && t["task"]["status"]["state"] == "running");
+        Ok(on_h3.then_some(()))
+    })?;
     lab.shoal(1, &["service", "rm", "early"])?;
     for i in 1..=3 {
         lab.shoal(1, &["node", "update", "--label-add", "shoal.net.lan.parent=shl-eth0", &format!("shl-h{i}")])?;

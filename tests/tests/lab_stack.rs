@@ -495,8 +495,8 @@ fn host_settings_reach_the_container(lab: &Lab, dir: &Path) -> Result<()> {
             Ok(Some((String::from_utf8_lossy(&out.stdout).into_owned(), id)))
         })
     };
-    // The container's own process's limits (an exec'd process does not get them: the engine's exec
-    // builds its process without the container's rlimits).
+    // The container's own process's limits (an exec'd process shares them:
+    // lab_containers' host config test checks that).
     let probe = "cat /tmp/ep; grep -E 'db.example|cache.example' /etc/hosts; grep 'open files' /proc/1/limits; \
                  cat /proc/sys/net/core/somaxconn; touch /rootfs-probe 2>&1; cat /proc/1/comm; \
                  grep -E '^(search|options)' /etc/resolv.conf; grep CapEff /proc/self/status";
@@ -552,5 +552,20 @@ fn host_settings_reach_the_container(lab: &Lab, dir: &Path) -> Result<()> {
     ensure!(out.contains("writable"), "--read-only=false: {out}");
 
     lab.shoal(1, &["stack", "rm", "hosty"])?;
+
+    // --log-driver none: `service logs` says there is nothing to read, as `logs` does.
+    let script = "echo unseen; exec sleep 100000";
+    lab.shoal(
+        1,
+        &["service", "create", "--name", "quiet", "--log-driver", "none", "busybox:local", "sh", "-c", script],
+    )?;
+    let (out, err) = both(lab, &["service", "logs", "quiet"])?;
+    ensure!(
+        out.is_empty()
+            && err.contains("quiet.1.")
+            && err.contains("configured logging driver does not support reading"),
+        "service logs of a task without a log: {out}{err}"
+    );
+    lab.shoal(1, &["service", "rm", "quiet"])?;
     Ok(())
 }

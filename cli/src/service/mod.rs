@@ -223,15 +223,17 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<i32> {
             let mut lines = control.service_logs(req).await?.into_inner();
             use std::io::Write;
             while let Some(l) = lines.message().await? {
-                if !l.warning.is_empty() {
-                    eprintln!("warning: {}", l.warning);
-                    continue;
-                }
                 let who = if *no_task_ids {
                     format!("{}@{}", l.task, l.node)
                 } else {
                     format!("{}.{}@{}", l.task, short(&l.task_id), l.node)
                 };
+                if !l.warning.is_empty() {
+                    // A node's warning, or one task's (its log driver keeps no log to read).
+                    let whose = if l.task_id.is_empty() { String::new() } else { format!("{who}: ") };
+                    eprintln!("warning: {whose}{}", l.warning);
+                    continue;
+                }
                 let time = if *timestamps { format!("{} ", l.time) } else { String::new() };
                 let text = l.log.strip_suffix('\n').unwrap_or(&l.log);
                 let mut out = std::io::stdout().lock();

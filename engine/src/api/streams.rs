@@ -514,10 +514,7 @@ pub(super) async fn container_logs(
     let containers = svc.containers.clone();
     let id = r.id.clone();
     let c = cblocking(move || containers.find(&id)).await?;
-    if c.record.host_config.log_driver == "none" {
-        return Err(cstatus(ContainerError::NoLogs));
-    }
-    let path = svc.containers.log_path(&c.record.id);
+    let path = svc.containers.readable_log_path(&c).map_err(cstatus)?;
     let containers = svc.containers.clone();
     let (tx, rx) = mpsc::channel(64);
     tokio::task::spawn_blocking(move || {

@@ -62,8 +62,9 @@ pub trait Runtime: Send + Sync {
     fn stop(&self, id: &str, grace: Duration) -> Result<(), ContainerError>;
     /// Removes a container, running or not, with its anonymous volumes.
     fn remove(&self, id: &str) -> Result<(), ContainerError>;
-    /// Where a container's log is (for `service logs`).
-    fn log_path(&self, id: &str) -> PathBuf;
+    /// Where a container's log is (for `service logs`); `NoLogs` when its
+    /// log driver keeps none.
+    fn log_path(&self, id: &str) -> Result<PathBuf, ContainerError>;
     /// A container's status now (a followed log ends when it stops running).
     fn status_of(&self, id: &str) -> Status;
     /// Hands the node's network view to netd (which makes the cluster
@@ -123,8 +124,8 @@ impl Runtime for EngineRuntime {
         self.containers.remove(id, true, true).map(|_| ())
     }
 
-    fn log_path(&self, id: &str) -> PathBuf {
-        self.containers.log_path(id)
+    fn log_path(&self, id: &str) -> Result<PathBuf, ContainerError> {
+        self.containers.readable_log_path(&self.containers.find(id)?)
     }
 
     fn status_of(&self, id: &str) -> Status {

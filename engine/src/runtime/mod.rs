@@ -814,6 +814,15 @@ impl Containers {
         self.dir(id).join("log")
     }
 
+    /// The log `logs` and `service logs` read: a container whose log driver
+    /// keeps none has nothing to read, and says so as Docker does.
+    pub fn readable_log_path(&self, c: &Container) -> Result<PathBuf, ContainerError> {
+        if c.record.host_config.log_driver == "none" {
+            return Err(ContainerError::NoLogs);
+        }
+        Ok(self.log_path(&c.record.id))
+    }
+
     fn teardown(&self, dir: &Path) {
         if let (Some(record), Some(nets)) = (read_json::<Record>(&dir.join("container.json")), self.networks.get())
             && !record.networks.is_empty()

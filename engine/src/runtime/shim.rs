@@ -495,7 +495,9 @@ pub struct ExecConfig {
     /// `-i`: our stdin (framed) feeds the process's stdin.
     #[serde(default)]
     pub interactive: bool,
-    /// The whole process, when the builder's settings cannot say it (a terminal).
+    /// The whole process (the container's, with the exec's overrides): the
+    /// tenant builder's own settings cannot say a terminal, rlimits or the
+    /// container's user. The fields above are what it overrides, for reading.
     #[serde(default)]
     pub process: Option<oci_spec::runtime::Process>,
 }

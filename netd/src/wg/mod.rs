@@ -15,6 +15,10 @@
 //!   under the local key whose `mac1` the initiation carries (current, or the
 //!   previous one during a rotation; a cookie first when under load) and
 //!   refuses keys no configured peer has: removing a peer revokes it at once.
+//! * The queues a network is read from are its sandbox's TUN now: a TUN
+//!   deleted or a sandbox made again since they were opened is seen
+//!   (`EBADFD`, or the sandbox path naming another namespace) and reopened by
+//!   the next `configure`, even of the same configuration.
 //!
 //! Threads, not tasks: `workers` threads, each polling its own queue of
 //! every network's TUN and its own UDP socket (`SO_REUSEPORT` on one port:
@@ -218,6 +222,22 @@ struct Net {
     /// Whether decrypted TCP segments are coalesced before their write
     /// (vnet headers on, and the kernel took TSO4).
     gro: bool,
+    /// The namespace `ns` named when the queues were opened.
+    ns_id: Option<(u64, u64)>,
+    /// A worker read `EBADFD` from a queue: the TUN is gone.
+    detached: AtomicBool,
+}
+
+impl Net {
+    /// Whether the queues are no longer the sandbox's TUN: the device was
+    /// deleted (a network removed and made again: its queues read `EBADFD`),
+    /// or `ns` now names another namespace (the sandbox made again; these
+    /// queues keep the old one, and its TUN, alive). `configure` reopens it.
+    fn stale(&self) -> bool {
+        self.detached.load(Ordering::Relaxed)
+            || tun::namespace_id(&self.ns) != self.ns_id
+            || self.queues.first().is_some_and(|q| !tun::attached(q.as_fd()))
+    }
 }
 
 struct Table {
@@ -338,6 +358,13 @@ impl Datapath {
         }
     }
 
+    /// The networks whose queues are not their sandbox's TUN any more (it
+    /// was made again since they were opened): the next `configure`
+    /// reopens them, even with the same configuration.
+    pub fn stale_networks(&self) -> Vec<String> {
+        self.shared.table().nets.iter().filter(|n| n.stale()).map(|n| n.id.clone()).collect()
+    }
+
     /// Joins the threads and closes every queue and socket.
     pub fn stop(self) {}
 }
@@ -363,7 +390,13 @@ impl Shared {
         let mut nets = Vec::new();
         let mut local = Vec::new();
         for n in networks {
-            let reused = old.nets.iter().find(|o| o.id == n.id && o.ns == n.ns && o.tun == n.tun).cloned();
+            let known = old.nets.iter().find(|o| o.id == n.id && o.ns == n.ns && o.tun == n.tun);
+            let reused = known.filter(|o| !o.stale()).cloned();
+            if known.is_some() && reused.is_none() {
+                tracing::info!(net.id = %n.id, tun = %n.tun, "wireguard: the network's TUN was made again: reopening");
+            }
+            // Taken before the open: a sandbox replaced in between reads as stale next time.
+            let ns_id = tun::namespace_id(&n.ns);
             let net = match reused {
                 Some(net) => net,
                 None => match tun::open_queues(&n.ns, &n.tun, self.workers, self.offload) {
@@ -375,6 +408,8 @@ impl Shared {
                             tun: n.tun.clone(),
                             queues,
                             gro: self.offload && offloads & tun::TSO4 != 0,
+                            ns_id,
+                            detached: AtomicBool::new(false),
                         })
                     }
                     Err(e) => {
@@ -498,7 +533,11 @@ fn worker(s: &Shared, w: usize) {
         let t = s.table();
         let sock = s.sockets[w].as_fd();
         let mut fds = vec![sock];
-        fds.extend(t.nets.iter().filter_map(|n| n.queues.get(w).map(|q| q.as_fd())));
+        // A gone TUN's queue polls as an error at once: it waits for `configure` unpolled.
+        let polled: Vec<usize> = (0..t.nets.len())
+            .filter(|&i| !t.nets[i].detached.load(Ordering::Relaxed) && t.nets[i].queues.len() > w)
+            .collect();
+        fds.extend(polled.iter().map(|&i| t.nets[i].queues[w].as_fd()));
         if let Err(e) = sys::poll_readable(&fds, &mut ready, TICK.as_millis() as i32) {
             tracing::warn!(error = %e, "wireguard: poll");
             std::thread::sleep(TICK);
@@ -525,7 +564,7 @@ fn worker(s: &Shared, w: usize) {
             }
         }
         for (n, _) in ready.iter().enumerate().skip(1).filter(|(_, r)| **r) {
-            let net = n - 1;
+            let net = polled[n - 1];
             let Some(q) = t.nets[net].queues.get(w) else { continue };
             for _ in 0..64 {
                 match sys::read(q.as_fd(), &mut st.tun) {
@@ -535,6 +574,12 @@ fn worker(s: &Shared, w: usize) {
                         st.tun = pkt;
                     }
                     Ok(None) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {
+                        if !t.nets[net].detached.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(net.id = %t.nets[net].id, "wireguard: the network's TUN is gone");
+                        }
+                        break;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, net = %t.nets[net].id, "wireguard: tun read");
                         break;

@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 pub const IFF_TUN: i16 = 0x0001;
 pub const IFF_NO_PI: i16 = 0x1000;
 pub const IFF_MULTI_QUEUE: i16 = 0x0100;
@@ -69,6 +70,14 @@ pub fn tun_set_persist(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
 pub fn tun_set_offload(fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes an integer argument, no pointer.
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) }).map(drop)
+}
+
+/// Whether the queue `fd` is still attached to its device: once the TUN is
+/// deleted (alone or with its namespace) its queues answer `EBADFD`.
+pub fn tun_attached(fd: BorrowedFd<'_>) -> bool {
+    let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: [0; 24] };
+    // SAFETY: TUNGETIFF writes one `struct ifreq`, which `req` is laid out as.
+    unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF, &mut req as *mut IfReq) >= 0 }
 }
 
 fn inet_dgram() -> io::Result<OwnedFd> {

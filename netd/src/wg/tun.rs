@@ -4,7 +4,7 @@
 //! (fail closed).
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use super::sys;
@@ -34,6 +34,17 @@ pub fn create_persistent(name: &str, mtu: u32) -> io::Result<()> {
         sys::tun_set_persist(fd.as_fd(), true).map_err(ctx("persisting"))?;
     }
     sys::set_mtu_up(name, mtu).map_err(ctx("setting the mtu of"))
+}
+
+/// Whether `queue` is still a queue of a device (false once its TUN was deleted).
+pub fn attached(queue: BorrowedFd<'_>) -> bool {
+    sys::tun_attached(queue)
+}
+
+/// Which namespace the file at `ns` is now (its nsfs device and inode), if any.
+pub fn namespace_id(ns: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(ns).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Opens `n` queues of the existing TUN `name` in the namespace at `ns`.
