@@ -466,25 +466,17 @@ impl Daemon {
             stop_manager(r).await;
         }
         {
-            // Raft's storage tasks release the database shortly after shutdown.
+            // `storage::open` waits a while for the stopped manager's tasks to let go of the file.
             let path = self.paths.raft().join("raft.redb");
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            let db = loop {
-                let opened = storage::open(&path, &Kek::File(self.paths.kek())).or_else(|e| {
+            let db = storage::open(&path, &Kek::File(self.paths.kek()))
+                .or_else(|e| {
                     let locked = e.get_ref().and_then(|i| i.downcast_ref::<AtRestError>());
                     match (&unlock, locked) {
                         (Some(k), Some(AtRestError::Locked)) => storage::open(&path, &Kek::Unlock(k.clone())),
                         _ => Err(e),
                     }
-                });
-                match opened {
-                    Ok(db) => break db,
-                    Err(e) if tokio::time::Instant::now() < deadline && e.to_string().contains("already open") => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(e) => return Err(internal(e)),
-                }
-            };
+                })
+                .map_err(internal)?;
             storage::force_single_voter(&db, file.raft_id, &file.advertise_addr).map_err(internal)?;
         }
         let keep = file.node_id.clone();

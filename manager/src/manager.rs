@@ -65,7 +65,9 @@ pub struct Manager {
     pub store: Store,
     pub dispatcher: Dispatcher,
     /// The Raft store's database and data key: `rewrap` when the KEK changes.
-    pub disk: storage::Db,
+    /// Let go at `shutdown`, so the file is free for the next manager of this
+    /// process even while a server connection still holds this one.
+    disk: Mutex<Option<storage::Db>>,
     client_tls: watch::Receiver<Arc<ClientConfig>>,
     channels: Mutex<HashMap<String, Channel>>,
     /// Cancelled when leadership is lost; replaced when it is (re)gained.
@@ -104,7 +106,7 @@ impl Manager {
         Ok(Arc::new(Manager {
             dispatcher: Dispatcher::new(store.clone()),
             cfg,
-            disk: db,
+            disk: Mutex::new(Some(db)),
             raft,
             store,
             client_tls,
@@ -149,15 +151,17 @@ impl Manager {
     }
 
     fn reseal(&self, unlock_key: &str) -> std::io::Result<()> {
+        let disk = self.disk.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let disk = disk.ok_or_else(|| std::io::Error::other("this manager is stopping"))?;
         if unlock_key.is_empty() {
-            if self.disk.autolocked()? {
-                self.disk.rewrap(&Kek::File(self.cfg.kek_file.clone()))?;
+            if disk.autolocked()? {
+                disk.rewrap(&Kek::File(self.cfg.kek_file.clone()))?;
                 tracing::info!("autolock off: the Raft data key is sealed by the key file");
             }
             return Ok(());
         }
         let key: crate::raft::atrest::UnlockKey = unlock_key.parse()?;
-        self.disk.rewrap(&Kek::Unlock(key))?;
+        disk.rewrap(&Kek::Unlock(key))?;
         crate::raft::atrest::remove_kek_file(&self.cfg.kek_file)?;
         tracing::info!("autolock: the Raft data key is sealed by the unlock key");
         Ok(())
@@ -168,6 +172,7 @@ impl Manager {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        self.disk.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// First manager of a new cluster: a one-voter membership with itself.
