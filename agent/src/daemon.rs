@@ -466,17 +466,16 @@ impl Daemon {
             stop_manager(r).await;
         }
         {
-            // `storage::open` waits a while for the stopped manager's tasks to let go of the file.
+            // The stopped manager's tasks let go of the file as they see their cancellation.
             let path = self.paths.raft().join("raft.redb");
-            let db = storage::open(&path, &Kek::File(self.paths.kek()))
-                .or_else(|e| {
-                    let locked = e.get_ref().and_then(|i| i.downcast_ref::<AtRestError>());
-                    match (&unlock, locked) {
-                        (Some(k), Some(AtRestError::Locked)) => storage::open(&path, &Kek::Unlock(k.clone())),
-                        _ => Err(e),
-                    }
-                })
-                .map_err(internal)?;
+            let db = match storage::open_when_free(&path, &Kek::File(self.paths.kek())).await {
+                Err(e) => match (&unlock, e.get_ref().and_then(|i| i.downcast_ref::<AtRestError>())) {
+                    (Some(k), Some(AtRestError::Locked)) => storage::open(&path, &Kek::Unlock(k.clone())),
+                    _ => Err(e),
+                },
+                opened => opened,
+            }
+            .map_err(internal)?;
             storage::force_single_voter(&db, file.raft_id, &file.advertise_addr).map_err(internal)?;
         }
         let keep = file.node_id.clone();

@@ -99,7 +99,7 @@ impl Manager {
         N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = Vec<u8>>,
     {
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let db = storage::open(&cfg.data_dir.join("raft.redb"), &cfg.kek)?;
+        let db = storage::open_when_free(&cfg.data_dir.join("raft.redb"), &cfg.kek).await?;
         let store = Store::new();
         let sm = StateMachine::open(db.clone(), store.clone()).await?;
         let raft = Raft::new(cfg.raft_id, raft_config, network, LogStore::new(db.clone()), sm).await?;

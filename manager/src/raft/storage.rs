@@ -100,20 +100,14 @@ impl Disk {
 }
 
 fn create_db(path: &Path) -> io::Result<Database> {
-    // A manager this process stopped a moment ago (a daemon resuming or
-    // changing role in one life) may still hold the file: its tasks let go
-    // of it as they see its cancellation. So a held file is tried again for
-    // a while (another process holding it gets the error after that wait).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let db = loop {
-        // A small page cache: the state machine lives in memory anyway.
-        match Database::builder().set_cache_size(8 << 20).create(path) {
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            r => break r.map_err(|e| io::Error::other(format!("open {}: {e}", path.display())))?,
-        }
-    };
+    // A small page cache: the state machine lives in memory anyway.
+    let db = Database::builder().set_cache_size(8 << 20).create(path).map_err(|e| {
+        let kind = match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => io::ErrorKind::ResourceBusy,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, format!("open {}: {e}", path.display()))
+    })?;
     let txn = db.begin_write().map_err(io_err)?;
     for t in [META, SM, OBJECTS, KEYS] {
         txn.open_table(t).map_err(io_err)?;
@@ -137,6 +131,22 @@ pub fn needs_unlock(path: &Path) -> io::Result<bool> {
     }
     let db = create_db(path)?;
     Ok(wrapped_dek(&db)?.is_some_and(|w| atrest::needs_unlock(&w)))
+}
+
+/// [`open`], waiting a while for a manager this process stopped a moment
+/// ago (a daemon resuming or forcing a new cluster in one life) to let go
+/// of the file as its tasks see their cancellation; a file another process
+/// holds gets the error after that wait.
+pub async fn open_when_free(path: &Path, kek: &Kek) -> io::Result<Db> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open(path, kek) {
+            Err(e) if e.kind() == io::ErrorKind::ResourceBusy && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Opens (or creates) the manager's database, opening its DEK with `kek`.
