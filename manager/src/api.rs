@@ -100,10 +100,6 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     Ok(())
 }
 
-/// Resolves a spec's network attachments, given by name, id or id prefix,
-/// to the networks' ids, and refuses what a service cannot join: a network
-/// that does not exist, the ingress network, a node's own networks, the
-/// same network twice.
 /// A spec's dependencies by name, as the state stores them: one given by
 /// id or unique id prefix becomes that service's name; an unknown one stays
 /// for `State::dependency_problem` to refuse, saying what to do. Then the
@@ -119,6 +115,10 @@ fn resolve_dependencies(state: &crate::state::State, spec: &mut ServiceSpec) -> 
     state.dependency_problem(spec).map_or(Ok(()), |why| Err(Status::invalid_argument(why)))
 }
 
+/// Resolves a spec's network attachments, given by name, id or id prefix,
+/// to the networks' ids, and refuses what a service cannot join: a network
+/// that does not exist, the ingress network, a node's own networks, the
+/// same network twice.
 fn resolve_networks(state: &crate::state::State, spec: &mut ServiceSpec) -> Result<(), Status> {
     let mut seen = std::collections::BTreeSet::new();
     for a in &mut spec.task.networks {

@@ -804,8 +804,10 @@ impl State {
 
     /// Why a service cannot have `spec` (new, or the update of the service
     /// of that name) for its dependencies: one on itself, on a service that
-    /// does not exist, `healthy` on one whose spec has no health check, a
-    /// dependent's `healthy` on it while it drops its check, or a cycle.
+    /// does not exist, on a job (its tasks end: a dependent would be held
+    /// again whenever it runs nothing), `healthy` on one whose spec has no
+    /// health check; or, for a service others depend on, becoming a job or
+    /// dropping its check under a `healthy`; or a cycle.
     pub fn dependency_problem(&self, spec: &ServiceSpec) -> Option<String> {
         use shoal_proto::health::HealthTest;
         use shoal_proto::service::Condition;
@@ -828,11 +830,34 @@ impl State {
                     d.service, d.service
                 ));
             };
+            if dep.mode.is_job() {
+                return Some(format!(
+                    "service {name} cannot depend on service {}: it is a job, whose tasks end, and {name}'s tasks \
+                     would wait for it again whenever none of them runs: depend on a service that keeps running",
+                    d.service
+                ));
+            }
             if d.condition == Condition::Healthy && no_check(dep) {
                 return Some(format!(
                     "service {name} depends on service {} being healthy, but {} has no health check (--no-healthcheck): \
                      give it one, or depend on {} being started",
                     d.service, d.service, d.service
+                ));
+            }
+        }
+        if spec.mode.is_job() {
+            let mut users: Vec<&str> = self
+                .services
+                .values()
+                .filter(|s| s.spec.name != name && s.spec.depends_on.iter().any(|d| d.service == name))
+                .map(|s| s.spec.name.as_str())
+                .collect();
+            users.sort();
+            if !users.is_empty() {
+                return Some(format!(
+                    "service {} depends on service {name}: {name} cannot be a job, whose tasks end, \
+                     until they drop the dependency (--depends-on-rm {name})",
+                    users.join(", ")
                 ));
             }
         }
@@ -1223,6 +1248,22 @@ pub(crate) mod tests {
             run(&mut s, update(unchecked)),
             "service api depends on service db being healthy: db cannot drop its health check \
              (--no-healthcheck) until they depend on it being started",
+        );
+        // A job's tasks end: nothing may wait on one, and one waited on cannot become one.
+        let mut job = spec("migrate", &[]);
+        job.mode = shoal_proto::service::Mode::ReplicatedJob;
+        assert_eq!(run(&mut s, create(job)), Response::Ok);
+        refused(
+            run(&mut s, create(spec("worker", &[("migrate", Started)]))),
+            "service worker cannot depend on service migrate: it is a job, whose tasks end, and worker's tasks \
+             would wait for it again whenever none of them runs: depend on a service that keeps running",
+        );
+        let mut db_job = db.clone();
+        db_job.mode = shoal_proto::service::Mode::ReplicatedJob;
+        refused(
+            run(&mut s, update(db_job)),
+            "service api, web depends on service db: db cannot be a job, whose tasks end, \
+             until they drop the dependency (--depends-on-rm db)",
         );
         // A cycle through an update: db -> web -> api -> db.
         refused(

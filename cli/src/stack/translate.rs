@@ -212,6 +212,13 @@ fn depends_on(
             ),
             other => bail!("depends_on {dep}: invalid condition {other:?}: service_started or service_healthy"),
         };
+        let target_mode = target.deploy.as_ref().and_then(|d| d.mode.as_ref()).map(|m| m.0.as_str());
+        if matches!(target_mode, Some("replicated-job" | "global-job")) {
+            bail!(
+                "depends_on {dep}: {dep} is a job, whose tasks end: nothing can wait on it \
+                 (its dependents would wait again whenever they run nothing); depend on a service that keeps running"
+            );
+        }
         if condition == Condition::Healthy
             && target
                 .healthcheck
@@ -1188,6 +1195,10 @@ services:
             (
                 "web: {image: a, depends_on: {db: {condition: service_healthy}}}\n  db: {image: b, healthcheck: {disable: true}}",
                 "db's healthcheck is disabled",
+            ),
+            (
+                "web: {image: a, depends_on: [migrate]}\n  migrate: {image: b, deploy: {mode: replicated-job}}",
+                "depends_on migrate: migrate is a job, whose tasks end",
             ),
         ];
         for (services, why) in table {

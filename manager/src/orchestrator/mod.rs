@@ -51,12 +51,12 @@ pub fn plan(state: &State, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> V
         let held = held.get(&svc.id).map(String::as_str);
         Orchestrator { state, svc, tasks, now_ms, held, out: &mut out, new_id }.run();
     }
-    // Tasks of removed services go: at once when they never ran or their node is gone.
+    // Tasks of removed services go: at once when they never reached a node or their node is gone.
     for t in state.tasks.values().filter(|t| !state.services.contains_key(&t.service_id)) {
         if t.desired < TaskState::Remove {
             out.push(TaskChange::Desired { id: t.id.clone(), desired: TaskState::Remove });
         }
-        if t.status.state.is_terminal() || t.node_id.is_empty() || !node_up(state, &t.node_id) {
+        if t.status.state.is_terminal() || !with_its_node(state, t) {
             out.push(TaskChange::Delete { id: t.id.clone() });
         }
     }
@@ -104,8 +104,17 @@ pub fn held(state: &State) -> HashMap<String, String> {
     }
     out
 }
+
 pub(super) fn node_up(state: &State, id: &str) -> bool {
     state.nodes.get(id).is_some_and(|n| n.status.state == NodeState::Ready)
+}
+
+/// Whether a node has the task to run or stop: it was placed and sent
+/// (assigned or later; a global task held pending for its dependencies is
+/// on its node but never sent) and that node is up. A task no node has
+/// ends with no report to wait for.
+pub(super) fn with_its_node(state: &State, t: &Task) -> bool {
+    t.status.state >= TaskState::Assigned && node_up(state, &t.node_id)
 }
 
 /// Why `node` cannot take a task of `spec` by itself (resources aside).
@@ -247,7 +256,8 @@ mod tests {
                     .push((t.id.clone(), TaskStatus { state: TaskState::Running, ..Default::default() }));
             }
             for t in self.state.tasks.values().filter(|t| {
-                t.desired >= TaskState::Shutdown && !t.status.state.is_terminal() && node_up(&self.state, &t.node_id)
+                // As the dispatcher: a node is sent only the tasks it has (`with_its_node`).
+                t.desired >= TaskState::Shutdown && !t.status.state.is_terminal() && with_its_node(&self.state, t)
             }) {
                 by_node
                     .entry(t.node_id.clone())
@@ -1066,5 +1076,49 @@ mod tests {
         w.pass();
         assert!(states(&w).iter().all(|(_, s, _)| *s == TaskState::Assigned), "{:?}", states(&w));
         assert_eq!(w.tasks_of(&agent).len(), 2, "the same tasks, released");
+    }
+
+    /// A held global task is on its node but was never sent there: no node
+    /// reports it stopped, so when it must go it goes without a report.
+    #[test]
+    fn a_held_global_task_that_must_go_does_not_wait_for_its_node() {
+        use shoal_proto::service::Condition::Healthy;
+        let mut w = World::new(&[("n1", Role::Manager), ("n2", Role::Worker)]);
+        w.service("db", |_| {});
+        let agent = w.service("agent", |s| {
+            s.mode = Mode::Global;
+            s.depends_on = vec![on("db", Healthy)];
+        });
+        // db's task is placed and never runs: agent stays held (no node reports anything).
+        w.pass();
+        w.pass();
+        let held: Vec<Task> = w.tasks_of(&agent);
+        assert!(held.len() == 2 && held.iter().all(|t| t.status.state == TaskState::Pending), "{held:?}");
+        // Updated while held, again and again: the replaced tasks are history, reaped as any ended task.
+        let history = shoal_proto::model::TASK_HISTORY;
+        for i in 0..(history + 3) {
+            w.update(&agent, |s| s.task.env = vec![format!("N={i}")]);
+            w.pass();
+            w.pass();
+        }
+        let tasks = w.tasks_of(&agent);
+        for node in ["n1", "n2"] {
+            let on: Vec<&Task> = tasks.iter().filter(|t| t.node_id == node).collect();
+            assert_eq!(on.iter().filter(|t| t.desired == TaskState::Running).count(), 1, "{on:?}");
+            assert!(on.len() as u64 <= 1 + history, "{node}'s history is bounded: {}", on.len());
+        }
+        assert!(tasks.len() as u64 >= 2 + history, "the updates replaced tasks: {}", tasks.len());
+        // An unplaced task (no node fits) replaced by an update the same way.
+        let web = w.service("web", |s| s.task.constraints = vec!["node.labels.zone==nowhere".into()]);
+        w.pass();
+        w.update(&web, |s| s.task.env = vec!["N=1".into()]);
+        w.pass();
+        w.pass();
+        let live: Vec<Task> = w.tasks_of(&web).into_iter().filter(|t| t.desired == TaskState::Running).collect();
+        assert!(live.len() == 1 && live[0].spec.env == ["N=1"], "{live:?}");
+        // Removed while held: its tasks go, though their nodes are up.
+        w.apply(Command::RemoveService { id: agent.clone() });
+        w.pass();
+        assert!(w.tasks_of(&agent).is_empty(), "{:?}", w.tasks_of(&agent));
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use shoal_proto::model::TASK_HISTORY;
 use shoal_proto::service::{Task, TaskState};
 
-use super::node_up;
+use super::with_its_node;
 use crate::state::{State, TaskChange};
 
 /// Each slot keeps its `task_history_limit` newest ended tasks.
@@ -18,7 +18,7 @@ pub(super) fn reap(state: &State, out: &mut Vec<TaskChange>) {
     for t in state
         .tasks
         .values()
-        .filter(|t| t.desired >= TaskState::Shutdown && (t.status.state.is_terminal() || !node_up(state, &t.node_id)))
+        .filter(|t| t.desired >= TaskState::Shutdown && (t.status.state.is_terminal() || !with_its_node(state, t)))
         .filter(|t| !(t.status.state == TaskState::Orphaned && crate::networks::holds_addrs(t)))
     {
         let node = if t.slot == 0 { t.node_id.clone() } else { String::new() };

@@ -56,7 +56,7 @@ impl Orchestrator<'_> {
                     || (t.spec != spec.task
                         && t.desired >= TaskState::Shutdown
                         && !t.status.state.is_terminal()
-                        && node_up(self.state, &t.node_id)
+                        && super::with_its_node(self.state, t)
                         && (global || t.slot <= spec.replicas)
                         && !renewed.contains(&key(global, t)))
             })
@@ -181,8 +181,8 @@ impl Orchestrator<'_> {
             self.create(slot, node, 0, 0);
             return true;
         };
-        let lost =
-            last.status.state == TaskState::Orphaned || !last.node_id.is_empty() && !node_up(self.state, &last.node_id);
+        // Lost, or never on a node (unplaced, or held for its dependencies): no node will say it stopped.
+        let lost = last.status.state == TaskState::Orphaned || !super::with_its_node(self.state, last);
         if !last.status.state.is_terminal()
             && !lost
             && self.changes_for(&last.id).all(|c| !matches!(c, TaskChange::Status { .. }))
