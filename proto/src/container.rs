@@ -70,8 +70,10 @@ impl HostConfig {
     }
 
     /// Everything a host could refuse later, refused now with what to do.
-    /// Capability names are the engine's to check (it knows the kernel's).
     pub fn validate(&self) -> Result<(), String> {
+        for c in self.cap_add.iter().chain(&self.cap_drop) {
+            check_capability(c)?;
+        }
         for (k, v) in &self.sysctls {
             check_sysctl(k, v)?;
         }
@@ -262,6 +264,63 @@ pub fn parse_extra_host(s: &str) -> Result<(String, IpAddr), String> {
     Ok((name.to_string(), addr))
 }
 
+/// Linux's capabilities, by Docker's names (without `CAP_`).
+pub const CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// `--cap-add`/`--cap-drop`: a capability as Docker names it (any case,
+/// with or without `CAP_`), or `ALL`.
+pub fn check_capability(c: &str) -> Result<(), String> {
+    let up = c.trim().to_ascii_uppercase();
+    let name = up.strip_prefix("CAP_").unwrap_or(&up);
+    if name == "ALL" || CAPABILITIES.contains(&name) {
+        Ok(())
+    } else {
+        Err(format!("unknown capability {c:?}: use a Linux capability such as NET_ADMIN or SYS_PTRACE, or ALL"))
+    }
+}
+
 /// `--sysctl k=v` as Docker takes it: only settings that belong to the
 /// container's own namespaces (`net.*`, the IPC ones, `fs.mqueue.*`), so a
 /// container can never change its host.
@@ -277,7 +336,8 @@ pub fn check_sysctl(key: &str, value: &str) -> Result<(), String> {
         "kernel.shm_rmid_forced",
     ];
     let namespaced = key.starts_with("net.") || key.starts_with("fs.mqueue.") || IPC.contains(&key);
-    if !namespaced || key.contains("..") || key.contains('/') {
+    let named = !key.ends_with('.') && !key.contains("..") && !key.contains('/');
+    if !namespaced || !named {
         return Err(format!(
             "sysctl {key:?} is not allowed: only the container's own namespaces' settings (net.*, fs.mqueue.*, kernel.msg*, kernel.sem, kernel.shm*)"
         ));
@@ -340,7 +400,9 @@ mod tests {
         for k in ["net.core.somaxconn", "net.ipv4.ip_forward", "fs.mqueue.msg_max", "kernel.shmmax"] {
             assert_eq!(check_sysctl(k, "1"), Ok(()), "{k}");
         }
-        for k in ["kernel.hostname", "vm.swappiness", "fs.file-max", "net/../../x", "kernel.panic"] {
+        for k in
+            ["kernel.hostname", "vm.swappiness", "fs.file-max", "net/../../x", "kernel.panic", "net.", "fs.mqueue."]
+        {
             assert!(check_sysctl(k, "1").is_err(), "{k}");
         }
         assert!(check_sysctl("net.core.somaxconn", "").expect_err("empty").contains("give a value"));
@@ -359,12 +421,20 @@ mod tests {
             ..HostConfig::default()
         };
         assert_eq!(ok.validate(), Ok(()));
+        let caps = HostConfig {
+            cap_add: vec!["cap_net_admin".into(), "ALL".into()],
+            cap_drop: vec!["CAP_CHOWN".into()],
+            ..ok.clone()
+        };
+        assert_eq!(caps.validate(), Ok(()));
         let cases: Vec<(HostConfig, &str)> = vec![
             (HostConfig { sysctls: [("vm.x".into(), "1".into())].into(), ..ok.clone() }, "not allowed"),
             (HostConfig { ulimits: vec![ok.ulimits[0].clone(), ok.ulimits[0].clone()], ..ok.clone() }, "given twice"),
             (HostConfig { extra_hosts: vec!["nope".into()], ..ok.clone() }, "NAME:IP"),
             (HostConfig { dns_options: vec!["a b".into()], ..ok.clone() }, "resolv.conf option"),
             (HostConfig { log_driver: "syslog".into(), ..ok.clone() }, "json-file, local, none"),
+            (HostConfig { cap_add: vec!["NET_ADMN".into()], ..ok.clone() }, "unknown capability"),
+            (HostConfig { cap_drop: vec!["cap_chwon".into()], ..ok.clone() }, "unknown capability"),
             (HostConfig { log_driver: "none".into(), ..ok.clone() }, "no --log-opt"),
         ];
         for (hc, why) in cases {

@@ -447,6 +447,13 @@ mod tests {
     }
 
     #[test]
+    fn the_managers_know_the_same_capabilities_as_the_runtime() {
+        let ours: BTreeSet<String> = all_caps().iter().map(|c| cap_name(&c.to_string())).collect();
+        let theirs: BTreeSet<String> = shoal_proto::container::CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
     fn capabilities_follow_docker() {
         let caps = capabilities(&[], &[]).expect("caps");
         assert_eq!(caps.len(), DEFAULT_CAPS.len());
