@@ -14,7 +14,8 @@
 //! web, and `stack rm` removes web first; `swarm update --task-history-limit 1`
 //! leaves one ended task per slot after updates; `--dispatcher-heartbeat` is
 //! shown and bounded; a Compose file with a dependency cycle is refused before
-//! anything is created. Then a service's entrypoint and host settings (sysctls,
+//! anything is created; `service rm` of a dependency and its dependent, in
+//! that order, removes both. Then a service's entrypoint and host settings (sysctls,
 //! ulimits, extra hosts, DNS, init, read-only root, capabilities, log driver)
 //! from its Compose keys show inside its container, and `service update`'s
 //! -add/-rm flags in the task that replaces it.
@@ -434,6 +435,16 @@ fn depends_on(lab: &Lab, dir: &Path) -> Result<()> {
     ensure!(e.contains("depends_on: a dependency cycle: a -> b -> a"), "{e}");
     ensure!(lab.shoal(1, &["service", "ls", "-q"])?.trim().is_empty(), "a refused deploy created services");
     ensure!(!lab.shoal(1, &["network", "ls"])?.contains("cyc_"), "a refused deploy created a network");
+
+    // `service rm` takes services in any order: a dependency named before its dependent goes after it.
+    lab.shoal(1, &["service", "create", "-d", "--name", "rma", "busybox:local", "sleep", "600"])?;
+    lab.shoal(
+        1,
+        &["service", "create", "-d", "--name", "rmb", "--depends-on", "rma", "busybox:local", "sleep", "600"],
+    )?;
+    let out = lab.shoal(1, &["service", "rm", "rma", "rmb"])?;
+    ensure!(out.lines().collect::<Vec<_>>() == ["rmb", "rma"], "dependent first: {out}");
+    ensure!(lab.shoal(1, &["service", "ls", "-q"])?.trim().is_empty(), "both are removed");
     Ok(())
 }
 

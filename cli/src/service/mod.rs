@@ -246,17 +246,27 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<i32> {
             Ok(())
         }
         ServiceCmd::Rm { services } => {
-            let mut failed = false;
-            for s in services {
-                match control.remove_service(pb::ServiceRef { id: s.clone() }).await {
-                    Ok(_) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("Error: {}", e.message());
-                        failed = true;
+            // In any order given: a service another one of them depends on is refused
+            // while that one exists, so what was refused is tried again while others go.
+            let mut left: Vec<(String, String)> = services.iter().map(|s| (s.clone(), String::new())).collect();
+            loop {
+                let before = left.len();
+                let mut refused = Vec::new();
+                for (s, _) in left {
+                    match control.remove_service(pb::ServiceRef { id: s.clone() }).await {
+                        Ok(_) => println!("{s}"),
+                        Err(e) => refused.push((s, e.message().to_string())),
                     }
                 }
+                left = refused;
+                if left.is_empty() || left.len() == before {
+                    break;
+                }
             }
-            return Ok(i32::from(failed));
+            for (_, why) in &left {
+                eprintln!("Error: {why}");
+            }
+            return Ok(i32::from(!left.is_empty()));
         }
     }?;
     Ok(0)
