@@ -1028,6 +1028,47 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoints_pair_is_one_request_with_its_peer_born_in_the_container_not_yet_up() {
+        let e = EndpointSpec {
+            container: "c".into(),
+            name: "c".into(),
+            aliases: vec![],
+            network: "n".into(),
+            ip: Ipv4Addr::new(10, 1, 0, 2),
+            netns: "/run/netns/c".into(),
+            ifname: "eth1".into(),
+            ports: vec![],
+            dns: vec![],
+        };
+        let m = veth_into("shvhost", 7, &e, 42, 1450);
+        let attrs = &m.attributes;
+        assert!(attrs.contains(&LinkAttribute::IfName("shvhost".into())), "{attrs:?}");
+        assert!(attrs.contains(&LinkAttribute::Mtu(1450)), "{attrs:?}");
+        assert!(attrs.contains(&LinkAttribute::Controller(7)), "on its bridge: {attrs:?}");
+        assert!(m.header.flags.contains(LinkFlags::Up) && m.header.change_mask.contains(LinkFlags::Up));
+        let peer = attrs
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                    LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) => Some(p.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .expect("a peer");
+        for want in [
+            LinkAttribute::IfName("eth1".into()),
+            LinkAttribute::Address(mac_for(e.ip).to_vec()),
+            LinkAttribute::Mtu(1450),
+            LinkAttribute::NetNsFd(42),
+        ] {
+            assert!(peer.attributes.contains(&want), "{want:?} in {:?}", peer.attributes);
+        }
+        // The kernel refuses a veth end up before its pair is whole (ENOTCONN): the peer is set up after.
+        assert!(!peer.header.change_mask.contains(LinkFlags::Up), "{:?}", peer.header);
+    }
+
+    #[test]
     fn entry_batches_are_runs_of_one_sandbox_and_one_direction() {
         let up = OverlayAction::SetUp { ns: "a".into(), name: "br0".into() };
         let cases: Vec<(Vec<OverlayAction>, usize)> = vec![
