@@ -269,7 +269,7 @@ pub async fn apply(h: &Handle, action: &Action) -> Result<(), SysError> {
 /// kernel's RCU grace period with the netlink lock held, which stalls every
 /// other link change on the machine). The peer up, its address, `lo` and
 /// the default route then go in through a socket opened in the container's
-/// namespace.
+/// namespace while the pair was made.
 async fn create_endpoint(
     h: &Handle,
     host: &str,
@@ -279,20 +279,24 @@ async fn create_endpoint(
     gateway: Option<Ipv4Addr>,
     mtu: u32,
 ) -> Result<(), SysError> {
-    // A half-made pair from an interrupted sync goes first.
-    let (stale, bi) = futures::join!(index_of(h, host), index_of(h, bridge));
-    if let Ok(i) = stale {
-        let _ = h.link().del(i).execute().await;
-    }
-    let ns = std::fs::File::open(&e.netns).map_err(io(format!("opening {}", e.netns.display())))?;
-    h.link().add(veth_into(host, bi?, e, ns.as_raw_fd(), mtu)).execute().await.map_err(nl(format!(
-        "creating veth {host} with {} in {}",
-        e.ifname,
-        e.netns.display()
-    )))?;
-    drop(ns);
+    let made = async {
+        // A half-made pair from an interrupted sync goes first.
+        let (stale, bi) = futures::join!(index_of(h, host), index_of(h, bridge));
+        if let Ok(i) = stale {
+            let _ = h.link().del(i).execute().await;
+        }
+        let ns = std::fs::File::open(&e.netns).map_err(io(format!("opening {}", e.netns.display())))?;
+        h.link().add(veth_into(host, bi?, e, ns.as_raw_fd(), mtu)).execute().await.map_err(nl(format!(
+            "creating veth {host} with {} in {}",
+            e.ifname,
+            e.netns.display()
+        )))
+    };
+    // The socket in the container's namespace is opened meanwhile (a thread enters it).
+    let (inner, made) = futures::join!(connect_in(&e.netns), made);
+    made?;
     let result = async {
-        let inner = connect_in(&e.netns).await?;
+        let inner = inner?;
         let pi = index_of(&inner, &e.ifname).await?;
         // The link up, its address, `lo` up and the default route go out
         // together: the kernel takes one socket's requests in the order sent,
