@@ -106,9 +106,10 @@ pub fn is_sandbox(name: &str) -> bool {
     name.strip_prefix("shov").is_some_and(|r| r.len() == 12 && r.bytes().all(is_id_char))
 }
 
-/// An overlay's VXLAN device in the host's namespace, where it is created
-/// (so its UDP socket stays there) before it moves into its sandbox as
-/// `vx0`: `shx` + the VNI in 6 hex digits.
+/// An overlay's VXLAN device in the host's namespace, where netd made it
+/// before moving it into its sandbox as `vx0` until 2026-12 (now it is born
+/// in the sandbox): `shx` + the VNI in 6 hex digits. One found there was
+/// stranded by an interrupted move and is removed.
 pub fn vxlan_host_name(vni: u32) -> String {
     format!("shx{:06x}", vni & 0xff_ffff)
 }

@@ -5,9 +5,9 @@
 //!
 //! Docker's layout: per network a namespace of netd's own (the sandbox,
 //! `model::sandbox_name`) holding `br0` (the gateway address, the network's
-//! MTU) and `vx0`, a VXLAN device made in the host's namespace (its UDP
-//! socket stays there, bound to port 4789 and this node's data address)
-//! with learning off and ARP proxying on. Every remote endpoint gets a
+//! MTU) and `vx0`, a VXLAN device whose UDP socket is in the host's
+//! namespace (bound to port 4789 and this node's data address), with
+//! learning off and ARP proxying on. Every remote endpoint gets a
 //! static FDB entry (its MAC → its node's data address) and a static
 //! neighbour entry (its address → its MAC) on `vx0`, so `vx0` answers ARP
 //! itself: no flood entries, no learning, broadcast stays on its host (the
@@ -20,7 +20,7 @@
 //!
 //! Local endpoints (this host's containers on a network) are veths made in
 //! the sandbox: the host end (`model::veth_name`) enslaved to `br0`, the
-//! other end moved into the container's namespace with its address and the
+//! other end made in the container's namespace with its address and the
 //! subnet's prefix, `mac_for(addr)` and the network's MTU, and no default
 //! route (that is the gateway bridge leg's, `service`'s business).
 //!
@@ -86,7 +86,7 @@ pub struct ObservedSandbox {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OverlayAction {
     /// Removes a link of netd's left in the host's namespace (a VXLAN
-    /// device whose move into its sandbox was interrupted).
+    /// device whose move into its sandbox an older netd did not finish).
     DeleteHostLink {
         name: String,
     },
@@ -107,9 +107,9 @@ pub enum OverlayAction {
         ns: String,
         mtu: u32,
     },
-    /// `vx0`: made in the host's namespace with the VNI, `local`, port
-    /// 4789, learning off, ARP proxy on and the MTU; then moved into the
-    /// sandbox, renamed, enslaved to `br0` and set up.
+    /// `vx0`: made from the host's namespace (its UDP socket is there)
+    /// with the VNI, `local`, port 4789, learning off, ARP proxy on and the
+    /// MTU, straight into the sandbox, enslaved to `br0` and up.
     CreateVxlan {
         ns: String,
         vni: u32,
@@ -191,7 +191,7 @@ pub enum OverlayAction {
         mtu: u32,
     },
     /// A local endpoint: a veth made in the sandbox, `host` enslaved to
-    /// `br0`, its peer moved into the endpoint's namespace as its ifname
+    /// `br0`, its peer made in the endpoint's namespace as its ifname
     /// with its address/`prefix`, the MAC derived from it and `mtu`; no
     /// default route.
     CreateEndpoint {

@@ -41,7 +41,7 @@ pub enum Action {
     SetUp {
         name: String,
     },
-    /// A veth pair: `host` enslaved to `bridge`, its peer moved into the
+    /// A veth pair: `host` enslaved to `bridge`, its peer made in the
     /// endpoint's namespace as its ifname with the address, the MAC derived
     /// from it, the MTU and a default route via the gateway (none on an
     /// internal network).

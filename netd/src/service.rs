@@ -182,8 +182,9 @@ impl OverlayInputs {
 }
 
 /// How long a pass waited for the one before it, then each of its phases
-/// took (a debug line per pass: where an attach's time goes). Written out
-/// only when the line is.
+/// took (a debug line per pass: where an attach's time goes; `host` and
+/// `overlays` run side by side, each with its own time). Written out only
+/// when the line is.
 struct Phases {
     last: std::time::Instant,
     took: Vec<(&'static str, std::time::Duration)>,
@@ -194,6 +195,12 @@ impl Phases {
         let mut p = Phases { last: asked, took: Vec::with_capacity(6) };
         p.mark("queued");
         p
+    }
+
+    /// Phases that ran at once, from the last mark to now: each with its own time.
+    fn side_by_side<const N: usize>(&mut self, took: [(&'static str, std::time::Duration); N]) {
+        self.took.extend(took);
+        self.last = std::time::Instant::now();
     }
 
     fn mark(&mut self, phase: &'static str) {
@@ -272,7 +279,7 @@ pub struct Netd {
     /// pass runs share the next one (see `passes`).
     passes: Mutex<Passes<(Action, String)>>,
     /// What the overlays followed in the last overlay sync that left
-    /// nothing failed (see `view_pass`).
+    /// nothing failed (see `follow_overlays`).
     overlays_synced: Mutex<Option<OverlayInputs>>,
     /// Where the state is kept between runs.
     file: StateFile,
@@ -331,7 +338,9 @@ impl Netd {
         });
         let netd = Arc::new(Netd {
             state: Mutex::new(state),
-            sandboxes: tokio::sync::Mutex::new(sys::Sandboxes::new(host.clone(), root.join("sandboxes"))),
+            // A socket of their own: the overlays' dumps of the host's links run
+            // beside the host pass's (a socket takes one dump at a time).
+            sandboxes: tokio::sync::Mutex::new(sys::Sandboxes::new(sys::connect()?, root.join("sandboxes"))),
             sandbox_dir: root.join("sandboxes"),
             encryption: Arc::new(Mutex::new(encryption)),
             overlay_failures: Mutex::new(Vec::new()),
@@ -391,13 +400,27 @@ impl Netd {
     }
 
     /// One reconcile pass (the caller holds `pass`); the host's part only
-    /// when `host`.
+    /// when `host`. The host's links and the overlays' sandboxes go side by side: they
+    /// touch different namespaces (a container's two legs, its
+    /// `docker_gwbridge` one from the host and its overlay one from the
+    /// sandbox, are made at once), and what follows (DNS, balancers, mesh)
+    /// waits for both.
     async fn pass_once(&self, asked: std::time::Instant, host: bool) -> Vec<(Action, String)> {
         let mut phases = Phases::new(asked);
         let desired = self.state.lock().unwrap_or_else(|p| p.into_inner()).desired();
-        let failed = if host { self.host_pass(&desired).await } else { Vec::new() };
-        phases.mark("host");
-        self.view_pass(&desired, host, &mut phases).await;
+        let host_part = async {
+            let start = std::time::Instant::now();
+            let failed = if host { self.host_pass(&desired).await } else { Vec::new() };
+            (failed, start.elapsed())
+        };
+        let overlays_part = async {
+            let start = std::time::Instant::now();
+            let view = self.follow_overlays(&desired, host).await;
+            (view, start.elapsed())
+        };
+        let ((failed, host_took), (view, overlays_took)) = tokio::join!(host_part, overlays_part);
+        phases.side_by_side([("host", host_took), ("overlays", overlays_took)]);
+        self.follow_view(&desired, view, &mut phases).await;
         tracing::debug!(endpoints = desired.endpoints.len(), phases = %phases, "pass");
         failed
     }
@@ -416,11 +439,13 @@ impl Netd {
         for batch in batches(plan(desired, &observed, applied.as_deref())) {
             // The new endpoints of a pass (each its own veth and namespace) are made at once:
             // their netlink requests go out together, not one endpoint's round trips after another's.
+            let (began, n) = (std::time::Instant::now(), batch.len());
             let results = futures::future::join_all(batch.iter().map(|a| sys::apply(&self.host, a))).await;
+            let ms = began.elapsed().as_secs_f64() * 1e3;
             for (action, result) in batch.into_iter().zip(results) {
                 match result {
                     Ok(()) => {
-                        tracing::debug!(?action, "applied");
+                        tracing::debug!(?action, batch = n, ms, "applied");
                         if let Action::ApplyRules { ruleset } = &action {
                             *self.rules.lock().unwrap_or_else(|p| p.into_inner()) = Some(ruleset.clone());
                         }
@@ -435,12 +460,12 @@ impl Netd {
         failed
     }
 
-    /// What follows the network view: the overlays' sandboxes, DNS, the
-    /// VIP load balancers and the routing mesh.
+    /// The overlays' sandboxes (and the encrypted networks' datapath) made to
+    /// follow the network view; returns the view (None before one came).
     /// The overlays are left alone in a view pass (not `whole`) when what
     /// they follow is as the last clean overlay sync left it: most new views
     /// only change services' backends (a task started somewhere).
-    async fn view_pass(&self, desired: &Desired, whole: bool, phases: &mut Phases) {
+    async fn follow_overlays(&self, desired: &Desired, whole: bool) -> Option<NetView> {
         let view = self.state.lock().unwrap_or_else(|p| p.into_inner()).overlay_view();
         if let Some(view) = &view {
             let inputs = OverlayInputs::of(view, &desired.endpoints);
@@ -458,12 +483,17 @@ impl Netd {
                 failures.extend(errors.into_iter().map(|e| (None, e)));
             }
         }
+        view
+    }
+
+    /// What follows the network view after the sandboxes: DNS, the VIP load
+    /// balancers and the routing mesh.
+    async fn follow_view(&self, desired: &Desired, view: Option<NetView>, phases: &mut Phases) {
         // DNS follows the endpoints (after them: its sockets need the namespaces' loopback up),
         // with the services of the cluster networks from the view.
         let networks = self.state.lock().unwrap_or_else(|p| p.into_inner()).networks.clone();
         self.dns.set_table(Table::from_state(&networks, &desired.endpoints, view.as_ref()));
         let want = crate::dnsd::listeners(&desired.endpoints);
-        phases.mark("overlays");
         for (container, why) in self.dns.reconcile(&want) {
             tracing::debug!(container, error = %why, "cannot serve DNS in the container yet");
         }

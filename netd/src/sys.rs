@@ -17,13 +17,15 @@ use std::path::{Path, PathBuf};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
-use crate::model::{EndpointSpec, LinkKind, ObservedLink, is_sandbox, vxlan_host_name};
+use crate::model::{EndpointSpec, LinkKind, ObservedLink, is_sandbox};
 use crate::net::{mac_for, mac_string};
 use crate::overlay::{self, ObservedNeigh, ObservedSandbox, ObservedVxlan, OverlayAction};
 use crate::plan::Action;
@@ -260,6 +262,14 @@ pub async fn apply(h: &Handle, action: &Action) -> Result<(), SysError> {
 
 /// A veth pair: the host end on the bridge, the other in the container's
 /// namespace as its interface, with its address, MAC, MTU and default route.
+/// The pair is made by one request: the peer is born in the container's
+/// namespace (`IFLA_NET_NS_FD`) already named, with its MAC and MTU, and
+/// the host end on the bridge and up; no half-made peer is left in `h`'s
+/// namespace, and nothing is moved between namespaces (a move waits for the
+/// kernel's RCU grace period with the netlink lock held, which stalls every
+/// other link change on the machine). The peer up, its address, `lo` and
+/// the default route then go in through a socket opened in the container's
+/// namespace while the pair was made.
 async fn create_endpoint(
     h: &Handle,
     host: &str,
@@ -269,58 +279,58 @@ async fn create_endpoint(
     gateway: Option<Ipv4Addr>,
     mtu: u32,
 ) -> Result<(), SysError> {
-    let peer = format!("{host}p");
-    // A half-made pair from an interrupted sync goes first.
-    if let Ok(i) = index_of(h, host).await {
-        let _ = h.link().del(i).execute().await;
-    }
-    h.link()
-        .add(LinkVeth::new(host, &peer).mtu(mtu).build())
-        .execute()
-        .await
-        .map_err(nl(format!("creating veth {host}")))?;
-    let result = async {
-        let (hi, bi, pi) = (index_of(h, host).await?, index_of(h, bridge).await?, index_of(h, &peer).await?);
-        h.link()
-            .set(LinkUnspec::new_with_index(hi).controller(bi).up().build())
-            .execute()
-            .await
-            .map_err(nl(format!("enslaving {host}")))?;
-        let ns = std::fs::File::open(&e.netns).map_err(io(format!("opening {}", e.netns.display())))?;
-        h.link()
-            .set(LinkUnspec::new_with_index(pi).setns_by_fd(ns.as_raw_fd()).build())
-            .execute()
-            .await
-            .map_err(nl(format!("moving {peer} into {}", e.netns.display())))?;
-        let inner = connect_in(&e.netns).await?;
-        let pi = index_of(&inner, &peer).await?;
-        let set =
-            LinkUnspec::new_with_index(pi).name(e.ifname.clone()).address(mac_for(e.ip).to_vec()).mtu(mtu).build();
-        inner.link().set(set).execute().await.map_err(nl(format!("naming {}", e.ifname)))?;
-        inner
-            .address()
-            .add(pi, IpAddr::V4(e.ip), prefix)
-            .execute()
-            .await
-            .map_err(nl(format!("adding {} to {}", e.ip, e.ifname)))?;
-        inner
-            .link()
-            .set(LinkUnspec::new_with_index(pi).up().build())
-            .execute()
-            .await
-            .map_err(nl(format!("setting {} up", e.ifname)))?;
-        if let Ok(lo) = index_of(&inner, "lo").await {
-            let _ = inner.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await;
+    let made = async {
+        // A half-made pair from an interrupted sync goes first.
+        let (stale, bi) = futures::join!(index_of(h, host), index_of(h, bridge));
+        if let Ok(i) = stale {
+            let _ = h.link().del(i).execute().await;
         }
-        if let Some(gw) = gateway {
+        let ns = std::fs::File::open(&e.netns).map_err(io(format!("opening {}", e.netns.display())))?;
+        h.link().add(veth_into(host, bi?, e, ns.as_raw_fd(), mtu)).execute().await.map_err(nl(format!(
+            "creating veth {host} with {} in {}",
+            e.ifname,
+            e.netns.display()
+        )))
+    };
+    // The socket in the container's namespace is opened meanwhile (a thread enters it).
+    let (inner, made) = futures::join!(connect_in(&e.netns), made);
+    made?;
+    let result = async {
+        let inner = inner?;
+        let pi = index_of(&inner, &e.ifname).await?;
+        // The link up, its address, `lo` up and the default route go out
+        // together: the kernel takes one socket's requests in the order sent,
+        // so the route's gateway is on an up link's subnet when it is added.
+        let up = async {
+            inner
+                .link()
+                .set(LinkUnspec::new_with_index(pi).up().build())
+                .execute()
+                .await
+                .map_err(nl(format!("setting {} up", e.ifname)))
+        };
+        let address = async {
+            inner
+                .address()
+                .add(pi, IpAddr::V4(e.ip), prefix)
+                .execute()
+                .await
+                .map_err(nl(format!("adding {} to {}", e.ip, e.ifname)))
+        };
+        let lo = async {
+            let _ = inner.link().set(LinkUnspec::new_with_index(LOOPBACK_INDEX).up().build()).execute().await;
+        };
+        let route = async {
+            let Some(gw) = gateway else { return Ok(()) };
             let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(pi).build();
             // The container's first network keeps the default route (as in Docker).
             match inner.route().add(route).execute().await {
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
-                r => r.map_err(nl(format!("adding the default route via {gw}")))?,
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+                r => r.map_err(nl(format!("adding the default route via {gw}"))),
             }
-        }
-        Ok(())
+        };
+        let (up, address, (), route) = futures::join!(up, address, lo, route);
+        up.and(address).and(route)
     }
     .await;
     if result.is_err()
@@ -329,6 +339,25 @@ async fn create_endpoint(
         let _ = h.link().del(i).execute().await;
     }
     result
+}
+
+/// `lo`'s index in every network namespace (the kernel registers it first, as 1).
+const LOOPBACK_INDEX: u32 = 1;
+
+/// The request that makes an endpoint's veth pair at once: `host` in the
+/// namespace the request is sent in, enslaved to bridge `bridge` (an index
+/// there), up; its peer in the namespace of `netns` (an open nsfs file) as
+/// the endpoint's ifname, with `mac_for` its address. Both with `mtu`. The
+/// peer is set up after (the kernel refuses a veth end up before its pair
+/// is whole: ENOTCONN).
+pub fn veth_into(host: &str, bridge: u32, e: &EndpointSpec, netns: std::os::fd::RawFd, mtu: u32) -> LinkMessage {
+    let peer = LinkUnspec::new_with_name(&e.ifname).address(mac_for(e.ip).to_vec()).mtu(mtu).setns_by_fd(netns).build();
+    LinkVeth::new(host, &e.ifname)
+        .mtu(mtu)
+        .controller(bridge)
+        .up()
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build()
 }
 
 /// Replaces netd's nft table in one transaction (in this thread's namespace).
@@ -383,7 +412,13 @@ impl Sandboxes {
 
     /// The host namespace's links and every sandbox of netd's in `dir`.
     pub async fn observe(&mut self) -> Result<(Vec<ObservedLink>, Vec<ObservedSandbox>), SysError> {
-        let host = observe(&self.host).await?;
+        let host = self.host.clone();
+        futures::try_join!(observe(&host), self.observe_sandboxes())
+    }
+
+    /// Every sandbox of netd's in `dir`, each through its own socket, all at
+    /// once.
+    async fn observe_sandboxes(&mut self) -> Result<Vec<ObservedSandbox>, SysError> {
         let mut names = Vec::new();
         match std::fs::read_dir(&self.dir) {
             Ok(entries) => {
@@ -399,7 +434,7 @@ impl Sandboxes {
         }
         names.sort();
         self.handles.retain(|n, _| names.contains(n));
-        let mut sandboxes = Vec::new();
+        let mut entered = Vec::new();
         for name in names {
             let h = match self.handle(&name).await {
                 Ok(h) => h,
@@ -415,9 +450,12 @@ impl Sandboxes {
                     continue;
                 }
             };
-            sandboxes.push(observe_sandbox(&h, name).await?);
+            entered.push((h, name));
         }
-        Ok((host, sandboxes))
+        futures::future::try_join_all(
+            entered.into_iter().map(|(h, name)| async move { observe_sandbox(&h, name).await }),
+        )
+        .await
     }
 
     /// One overlay pass: observes the host and the sandboxes, plans against
@@ -426,7 +464,18 @@ impl Sandboxes {
     /// not be observed). netd's pass and `shoal bench net-program` both run
     /// this.
     pub async fn sync(&mut self, view: &NetView, local: &[EndpointSpec]) -> Vec<(Option<OverlayAction>, String)> {
-        let (host, observed) = match self.observe().await {
+        let start = std::time::Instant::now();
+        // The host's links and the macvlan networks' shims (one dump after
+        // another on the host's socket), the sandboxes (each on its own) and
+        // the macvlan endpoints in their containers, all at once.
+        let host_handle = self.host.clone();
+        let host_side = async {
+            let links = observe(&host_handle).await;
+            (links, crate::macvlan_sys::observe_shims(&host_handle).await)
+        };
+        let ((host, shims), observed, children) =
+            futures::join!(host_side, self.observe_sandboxes(), crate::macvlan_sys::observe_children(view, local));
+        let (host, observed) = match host.and_then(|h| Ok((h, observed?))) {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot observe the overlays");
@@ -434,14 +483,13 @@ impl Sandboxes {
             }
         };
         let mut actions = overlay::plan(view, local, &host, &observed);
-        // Macvlan networks: endpoints in their containers, and the host's shims.
-        let shims = match crate::macvlan_sys::observe_shims(&self.host).await {
+        let shims = match shims {
             Ok(s) => s,
             Err(e) => return vec![(None, format!("observing the macvlan shims: {e}"))],
         };
-        let children = crate::macvlan_sys::observe_children(view, local).await;
         let macvlan = crate::macvlan::plan(view, local, &host, &shims, &children);
         actions.extend(macvlan.into_iter().map(OverlayAction::Macvlan));
+        let observed_in = start.elapsed();
         let mut failed = Vec::new();
         let mut rest = &actions[..];
         while !rest.is_empty() {
@@ -449,6 +497,7 @@ impl Sandboxes {
             let n = entries.max(endpoints).max(1);
             let (now, later) = rest.split_at(n);
             rest = later;
+            let began = std::time::Instant::now();
             let batch = if n == 1 {
                 Ok(vec![self.apply(&now[0]).await])
             } else if endpoints > 1 {
@@ -461,9 +510,10 @@ impl Sandboxes {
                 // The sandbox (or its `vx0`) is not there: every action fails with that.
                 Err(e) => now.iter().map(|_| Err(SysError::Batch(e.to_string()))).collect(),
             };
+            let ms = began.elapsed().as_secs_f64() * 1e3;
             for (action, r) in now.iter().zip(results) {
                 match r {
-                    Ok(()) => tracing::debug!(?action, "applied"),
+                    Ok(()) => tracing::debug!(?action, batch = n, ms, "applied"),
                     Err(e) => {
                         tracing::warn!(?action, error = %e, "overlay reconcile step failed");
                         failed.push((Some(action.clone()), e.to_string()));
@@ -471,6 +521,13 @@ impl Sandboxes {
                 }
             }
         }
+        tracing::debug!(
+            sandboxes = observed.len(),
+            actions = actions.len(),
+            observe_ms = observed_in.as_secs_f64() * 1e3,
+            apply_ms = (start.elapsed() - observed_in).as_secs_f64() * 1e3,
+            "overlay sync"
+        );
         failed
     }
 
@@ -707,56 +764,31 @@ impl Sandboxes {
         unpin_netns(&path)
     }
 
-    /// `vx0`: made in the host's namespace (its UDP socket stays there),
-    /// moved into the sandbox, renamed, enslaved to `br0` and set up.
+    /// `vx0`: made by a request sent in the host's namespace, so its UDP
+    /// socket is there, but born in the sandbox (`IFLA_NET_NS_FD`) as `vx0`,
+    /// enslaved to `br0` and up: nothing is moved between namespaces, and
+    /// none is ever left half-made in the host's.
     async fn create_vxlan(&mut self, ns: &str, vni: u32, local: Ipv4Addr, mtu: u32) -> Result<(), SysError> {
-        let name = vxlan_host_name(vni);
-        // One left by an interrupted pass goes first.
-        if let Ok(i) = index_of(&self.host, &name).await {
-            let _ = self.host.link().del(i).execute().await;
-        }
-        let link = LinkVxlan::new(&name, vni)
+        let path = self.path(ns);
+        let inner = self.handle(ns).await?;
+        let b = index_of(&inner, overlay::BRIDGE).await?;
+        let file = File::open(&path).map_err(io(format!("opening {}", path.display())))?;
+        let link = LinkVxlan::new(overlay::VXLAN, vni)
             .local(local)
             .port(overlay::VXLAN_PORT)
             .learning(false)
             .proxy(true)
             .mtu(mtu)
+            .setns_by_fd(file.as_raw_fd())
+            .controller(b)
+            .up()
             .build();
-        self.host.link().add(link).execute().await.map_err(nl(format!("creating vxlan {name} (vni {vni})")))?;
-        let path = self.path(ns);
-        let inner = self.handle(ns).await;
-        let result = async {
-            let inner = inner?;
-            let i = index_of(&self.host, &name).await?;
-            let file = File::open(&path).map_err(io(format!("opening {}", path.display())))?;
-            self.host
-                .link()
-                .set(LinkUnspec::new_with_index(i).setns_by_fd(file.as_raw_fd()).build())
-                .execute()
-                .await
-                .map_err(nl(format!("moving {name} into {ns}")))?;
-            let i = index_of(&inner, &name).await?;
-            inner
-                .link()
-                .set(LinkUnspec::new_with_index(i).name(overlay::VXLAN.to_string()).build())
-                .execute()
-                .await
-                .map_err(nl(format!("renaming {name} in {ns}")))?;
-            let b = index_of(&inner, overlay::BRIDGE).await?;
-            inner
-                .link()
-                .set(LinkUnspec::new_with_index(i).controller(b).up().build())
-                .execute()
-                .await
-                .map_err(nl(format!("enslaving {} in {ns}", overlay::VXLAN)))
-        }
-        .await;
-        if result.is_err()
-            && let Ok(i) = index_of(&self.host, &name).await
-        {
-            let _ = self.host.link().del(i).execute().await;
-        }
-        result
+        self.host
+            .link()
+            .add(link)
+            .execute()
+            .await
+            .map_err(nl(format!("creating {} (vni {vni}) in {ns}", overlay::VXLAN)))
     }
 }
 
@@ -881,6 +913,7 @@ pub fn unpin_netns(path: &Path) -> Result<(), SysError> {
 /// Sandbox `name` as its handle shows it: links, `vx0`'s settings, its FDB
 /// entries with a remote and its neighbour entries.
 async fn observe_sandbox(h: &Handle, name: String) -> Result<ObservedSandbox, SysError> {
+    // One dump at a time on a socket (a second one is refused: EBUSY).
     let links = observe(h).await?;
     let mut s = ObservedSandbox { name, links, ..Default::default() };
     if s.links.iter().any(|l| l.name == overlay::TUN) {
@@ -996,6 +1029,47 @@ mod tests {
 
     fn del(ns: &str, last: u8) -> OverlayAction {
         OverlayAction::DelNeigh { ns: ns.into(), ip: Ipv4Addr::new(10, 1, 0, last) }
+    }
+
+    #[test]
+    fn an_endpoints_pair_is_one_request_with_its_peer_born_in_the_container_not_yet_up() {
+        let e = EndpointSpec {
+            container: "c".into(),
+            name: "c".into(),
+            aliases: vec![],
+            network: "n".into(),
+            ip: Ipv4Addr::new(10, 1, 0, 2),
+            netns: "/run/netns/c".into(),
+            ifname: "eth1".into(),
+            ports: vec![],
+            dns: vec![],
+        };
+        let m = veth_into("shvhost", 7, &e, 42, 1450);
+        let attrs = &m.attributes;
+        assert!(attrs.contains(&LinkAttribute::IfName("shvhost".into())), "{attrs:?}");
+        assert!(attrs.contains(&LinkAttribute::Mtu(1450)), "{attrs:?}");
+        assert!(attrs.contains(&LinkAttribute::Controller(7)), "on its bridge: {attrs:?}");
+        assert!(m.header.flags.contains(LinkFlags::Up) && m.header.change_mask.contains(LinkFlags::Up));
+        let peer = attrs
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                    LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) => Some(p.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .expect("a peer");
+        for want in [
+            LinkAttribute::IfName("eth1".into()),
+            LinkAttribute::Address(mac_for(e.ip).to_vec()),
+            LinkAttribute::Mtu(1450),
+            LinkAttribute::NetNsFd(42),
+        ] {
+            assert!(peer.attributes.contains(&want), "{want:?} in {:?}", peer.attributes);
+        }
+        // The kernel refuses a veth end up before its pair is whole (ENOTCONN): the peer is set up after.
+        assert!(!peer.header.change_mask.contains(LinkFlags::Up), "{:?}", peer.header);
     }
 
     #[test]

@@ -81,6 +81,8 @@ fn a_bridge_network_is_built_converges_repairs_and_goes() {
                 eth0.up && eth0.kind == LinkKind::Veth && eth0.addrs == vec![("10.5.0.2".parse().unwrap(), 24)],
                 "{eth0:?}"
             );
+            // Its loopback is up too (DNS listens on 127.0.0.11 there), by the one index it has everywhere.
+            assert!(links.iter().any(|l| l.name == "lo" && l.up), "{links:?}");
             let ping = Command::new("ping").args(["-c", "1", "-W", "2", "10.5.0.2"]).output().unwrap();
             assert!(ping.status.success(), "the host reaches the container: {}", String::from_utf8_lossy(&ping.stdout));
             let table = Command::new("nft").args(["list", "table", "ip", "shoal"]).output().unwrap();
