@@ -317,11 +317,17 @@ pub async fn deploy(cli: &Cli, a: &DeployArgs) -> anyhow::Result<()> {
     }
     let data = read_objects(&plan)?;
     let mut control = client::control(cli).await?;
-    let mut nets = list_networks(&mut control).await?;
+    // What the cluster has, asked at once.
+    let (mut c1, mut c2, mut c3) = (control.clone(), control.clone(), control.clone());
+    let (mut nets, listed, mut objects, configs) = tokio::try_join!(
+        list_networks(&mut control),
+        services(&mut c1),
+        list_objects(&mut c2, Kind::Secret),
+        list_objects(&mut c3, Kind::Config),
+    )?;
     let (services, others): (Vec<Service>, Vec<Service>) =
-        services(&mut control).await?.into_iter().map(|e| e.service).partition(|s| in_stack(&s.spec.labels, &a.stack));
-    let mut objects = list_objects(&mut control, Kind::Secret).await?;
-    objects.extend(list_objects(&mut control, Kind::Config).await?);
+        listed.into_iter().map(|e| e.service).partition(|s| in_stack(&s.spec.labels, &a.stack));
+    objects.extend(configs);
 
     let mut wanted = Wanted { specs: BTreeMap::new(), data };
     for p in &plan.services {
@@ -345,7 +351,15 @@ pub async fn deploy(cli: &Cli, a: &DeployArgs) -> anyhow::Result<()> {
         }
     }
     let mut created_networks = false;
+    // Services are written a wave at a time, the writes of one wave at once (the managers
+    // commit writes that arrive together in one Raft append); a service that depends on one
+    // of the wave waits for the next, since a dependency must exist first.
+    let mut wave: Vec<(String, ServiceWrite)> = Vec::new();
     for c in &todo {
+        let names: Vec<&str> = wave.iter().map(|(n, _)| n.as_str()).collect();
+        if !joins_wave(c, &plan, &names) {
+            write_services(&control, std::mem::take(&mut wave)).await?;
+        }
         if let Some(line) = c.describe(a.dry_run) {
             println!("{line}");
         }
@@ -401,22 +415,17 @@ pub async fn deploy(cli: &Cli, a: &DeployArgs) -> anyhow::Result<()> {
                 let auth =
                     a.with_registry_auth.then(|| crate::registry::registry_auth_for(cli, &p.image)).transpose()?;
                 let spec_json = serde_json::to_string(&spec)?;
-                match c {
-                    Change::UpdateService(id, _) => {
-                        let req = pb::ServiceUpdateRequest {
-                            id: id.clone(),
-                            spec_json,
-                            rollback: false,
-                            replace_auth: auth.is_some(),
-                            auth,
-                        };
-                        control.update_service(req).await.with_context(|| format!("updating service {name}"))?;
-                    }
-                    _ => {
-                        let req = pb::ServiceCreateRequest { spec_json, auth };
-                        control.create_service(req).await.with_context(|| format!("creating service {name}"))?;
-                    }
-                }
+                let write = match c {
+                    Change::UpdateService(id, _) => ServiceWrite::Update(pb::ServiceUpdateRequest {
+                        id: id.clone(),
+                        spec_json,
+                        rollback: false,
+                        replace_auth: auth.is_some(),
+                        auth,
+                    }),
+                    _ => ServiceWrite::Create(pb::ServiceCreateRequest { spec_json, auth }),
+                };
+                wave.push((name.clone(), write));
             }
             Change::RemoveService(id, name) => {
                 control
@@ -434,7 +443,42 @@ pub async fn deploy(cli: &Cli, a: &DeployArgs) -> anyhow::Result<()> {
             Change::Unchanged(..) => {}
         }
     }
-    Ok(())
+    write_services(&control, wave).await
+}
+
+/// Whether change `c` may be sent with the service writes of `wave`: it
+/// is a service's, and depends on none of them (anything else goes after
+/// the wave is written).
+fn joins_wave(c: &Change, plan: &Plan, wave: &[&str]) -> bool {
+    let (Change::CreateService(name) | Change::UpdateService(_, name)) = c else { return false };
+    let spec = plan.services.iter().find(|p| &p.spec.name == name).map(|p| &p.spec);
+    spec.is_none_or(|s| !s.depends_on.iter().any(|d| wave.contains(&d.service.as_str())))
+}
+
+/// A service's create or update, as `stack deploy` sends it.
+enum ServiceWrite {
+    Create(pb::ServiceCreateRequest),
+    Update(pb::ServiceUpdateRequest),
+}
+
+/// Sends a wave of service writes at once; the first failure is the error
+/// (the others of the wave are sent all the same, as one by one they would
+/// have been before it).
+async fn write_services(control: &Control, wave: Vec<(String, ServiceWrite)>) -> anyhow::Result<()> {
+    let writes = wave.into_iter().map(|(name, w)| {
+        let mut control = control.clone();
+        async move {
+            match w {
+                ServiceWrite::Create(req) => {
+                    control.create_service(req).await.map(drop).with_context(|| format!("creating service {name}"))
+                }
+                ServiceWrite::Update(req) => {
+                    control.update_service(req).await.map(drop).with_context(|| format!("updating service {name}"))
+                }
+            }
+        }
+    });
+    futures::future::join_all(writes).await.into_iter().collect()
 }
 
 /// Gives a stored secret or config `labels`, sending its data again for the
@@ -494,6 +538,27 @@ mod tests {
 
     fn plan() -> Plan {
         plan_of("services:\n  web: {image: 'nginx:1', ports: ['8080:80']}\n  db: {image: postgres}\n")
+    }
+
+    #[test]
+    fn services_are_written_in_waves_a_dependency_before_its_dependents() {
+        let p = plan_of(
+            "services:\n  db: {image: postgres}\n  cache: {image: redis}\n  web: {image: nginx, depends_on: [db]}\n",
+        );
+        let create = |n: &str| Change::CreateService(format!("app_{n}"));
+        let update = |n: &str| Change::UpdateService("id".into(), format!("app_{n}"));
+        let cases: [(Change, &[&str], bool); 6] = [
+            (create("db"), &[], true),
+            (create("cache"), &["app_db"], true),
+            (update("cache"), &["app_db"], true),
+            // web waits until db is written: the managers refuse a dependency that does not exist yet.
+            (create("web"), &["app_db", "app_cache"], false),
+            (create("web"), &["app_cache"], true),
+            (Change::CreateNetwork("app_default".into()), &[], false),
+        ];
+        for (c, wave, joins) in cases {
+            assert_eq!(joins_wave(&c, &p, wave), joins, "{c:?} with {wave:?}");
+        }
     }
 
     fn net(id: &str, name: &str) -> Network {
