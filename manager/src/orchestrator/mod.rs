@@ -1051,6 +1051,31 @@ mod tests {
     }
 
     #[test]
+    fn a_held_service_is_updated_whole_since_nothing_of_it_runs() {
+        use shoal_proto::service::Condition::Healthy;
+        let mut w = five();
+        w.service("db", |_| {});
+        let web = w.service("web", |s| {
+            s.replicas = 3;
+            s.update.parallelism = 1;
+            s.depends_on = vec![on("db", Healthy)];
+        });
+        w.pass();
+        w.update(&web, |s| s.task.env = vec!["V=2".into()]);
+        let v = w.state.services[&web].spec_version;
+        w.pass();
+        w.pass();
+        let mut live: Vec<(u64, u64)> = w
+            .tasks_of(&web)
+            .iter()
+            .filter(|t| t.desired == TaskState::Running)
+            .map(|t| (t.slot, t.spec_version))
+            .collect();
+        live.sort();
+        assert_eq!(live, vec![(1, v), (2, v), (3, v)], "every slot has the new spec, none waits for another");
+    }
+
+    #[test]
     fn a_held_global_service_has_pending_tasks_on_its_nodes_that_no_node_is_sent() {
         use shoal_proto::service::Condition::Healthy;
         let mut w = World::new(&[("n1", Role::Manager), ("n2", Role::Worker)]);

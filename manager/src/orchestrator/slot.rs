@@ -71,9 +71,10 @@ impl Orchestrator<'_> {
         let delayed = spec_delay(self.svc) > 0 && last_up.is_some_and(|at| self.now_ms < at + spec_delay(self.svc));
         let paused = self.svc.update_state == UpdateState::Paused || delayed;
         let rollout = rollout(self.svc);
+        // A held service runs nothing a rollout could keep up: every slot is replaced at once.
         let mut budget = if paused {
             0
-        } else if rollout.parallelism == 0 {
+        } else if rollout.parallelism == 0 || self.held.is_some() {
             u64::MAX
         } else {
             rollout.parallelism.saturating_sub(in_flight)
