@@ -542,8 +542,8 @@ impl Daemon {
             os: std::env::consts::OS.into(),
             arch: std::env::consts::ARCH.into(),
             data_addr: file.data_path_addr.clone(),
-            subnets: crate::sys::local_ipv4_subnets().iter().map(|s| s.to_string()).collect(),
-            interfaces: crate::sys::macvlan_parents(),
+            subnets: vec![],
+            interfaces: vec![],
         };
         let restarting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let session_task = tokio::spawn(session::run(
@@ -554,10 +554,8 @@ impl Daemon {
                 worker: self.worker.get().cloned(),
                 restarting: restarting.clone(),
                 attach: Some(self.attach.clone()),
-                host_net: Some(Arc::new(|| {
-                    let subnets = crate::sys::local_ipv4_subnets().iter().map(|s| s.to_string()).collect();
-                    (subnets, crate::sys::macvlan_parents())
-                })),
+                // The hello's subnets and interfaces: read as each session says hello.
+                host_net: Some(Arc::new(crate::sys::host_net)),
             },
             states_tx,
             session.clone(),

@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often a session looks whether the host's subnets or interfaces changed.
+const NET_CHECK: Duration = Duration::from_secs(5);
 
 pub struct SessionConfig {
     pub hello: pb::Hello,
@@ -42,7 +44,7 @@ pub struct SessionConfig {
     pub attach: Option<Arc<crate::attach::Calls>>,
     /// The host's networking as a hello says it, read afresh: a session
     /// starts with it, and says hello again when it changed (a macvlan
-    /// parent that appeared), at most once a heartbeat. None: the hello's, fixed.
+    /// parent that appeared), looked at every `NET_CHECK`. None: the hello's, fixed.
     pub host_net: Option<HostNet>,
 }
 
@@ -162,6 +164,7 @@ async fn one_session(
     let mut period = Duration::from_millis(1000);
     let mut beat = tokio::time::interval(period);
     let mut last_heard = tokio::time::Instant::now();
+    let mut net_checked = tokio::time::Instant::now();
     // Requests in flight on this session; dropped with it, so their callers hear it ended.
     let mut attaching = crate::attach::InFlight::default();
     loop {
@@ -182,15 +185,19 @@ async fn one_session(
                 }
                 // The host's networking changed since the last hello: say hello again
                 // (the managers update the node's description; an older one ignores it).
-                if let Some(now) = cfg.host_net.as_ref().map(|read| read())
-                    && now != (said.subnets.clone(), said.interfaces.clone())
-                {
-                    (said.subnets, said.interfaces) = now;
-                    let names: Vec<&str> = said.interfaces.iter().map(|i| i.name.as_str()).collect();
-                    tracing::info!(interfaces = ?names, "this host's networking changed: telling the managers");
-                    let again = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(said.clone())) };
-                    if out_tx.send(again).await.is_err() {
-                        return Ended::Failed("outbound closed".into());
+                // Looked at every `NET_CHECK`, not every beat: it reads every address of the host.
+                if net_checked.elapsed() >= NET_CHECK {
+                    net_checked = tokio::time::Instant::now();
+                    if let Some((subnets, interfaces)) = cfg.host_net.as_ref().map(|read| read())
+                        && (subnets != said.subnets || interfaces != said.interfaces)
+                    {
+                        (said.subnets, said.interfaces) = (subnets, interfaces);
+                        let names: Vec<&str> = said.interfaces.iter().map(|i| i.name.as_str()).collect();
+                        tracing::info!(interfaces = ?names, "this host's networking changed: telling the managers");
+                        let again = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(said.clone())) };
+                        if out_tx.send(again).await.is_err() {
+                            return Ended::Failed("outbound closed".into());
+                        }
                     }
                 }
             }

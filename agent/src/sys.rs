@@ -13,7 +13,7 @@ pub fn hostname() -> String {
 /// The host's non-loopback IPv4 addresses.
 pub fn local_ipv4s() -> Vec<std::net::Ipv4Addr> {
     let mut out = Vec::new();
-    for (ip, _) in local_ipv4_nets() {
+    for (ip, _) in ipv4_nets(&ifaddrs()) {
         if !out.contains(&ip) {
             out.push(ip);
         }
@@ -21,11 +21,19 @@ pub fn local_ipv4s() -> Vec<std::net::Ipv4Addr> {
     out
 }
 
+/// What a node's hello says of its networking, from one read of the
+/// host's addresses: the subnets of its own interfaces (as text) and its
+/// macvlan parents.
+pub fn host_net() -> (Vec<String>, Vec<shoal_proto::pb::NodeInterface>) {
+    let addrs = ifaddrs();
+    (subnets_of(&addrs).iter().map(|s| s.to_string()).collect(), parents_of(&addrs))
+}
+
 /// The subnets of the host's non-loopback IPv4 addresses (its underlay and
 /// its local bridges), which cluster networks must not overlap.
-pub fn local_ipv4_subnets() -> Vec<shoal_proto::net::Subnet> {
+fn subnets_of(addrs: &[IfAddr]) -> Vec<shoal_proto::net::Subnet> {
     let mut out = Vec::new();
-    for (ip, prefix) in local_ipv4_nets() {
+    for (ip, prefix) in ipv4_nets(addrs) {
         if let Ok(s) = shoal_proto::net::Subnet::new(ip, prefix)
             && !out.contains(&s)
         {
@@ -36,16 +44,16 @@ pub fn local_ipv4_subnets() -> Vec<shoal_proto::net::Subnet> {
 }
 
 /// Each non-loopback IPv4 address with its prefix length.
-fn local_ipv4_nets() -> Vec<(std::net::Ipv4Addr, u8)> {
-    ifaddrs().into_iter().filter_map(|i| i.v4).filter(|(ip, _)| !ip.is_loopback()).collect()
+fn ipv4_nets(addrs: &[IfAddr]) -> Vec<(std::net::Ipv4Addr, u8)> {
+    addrs.iter().filter_map(|i| i.v4).filter(|(ip, _)| !ip.is_loopback()).collect()
 }
 
 /// The host's interfaces that can be a macvlan network's parent, each with
 /// the subnets of its IPv4 addresses: all but loopback and netd's own
 /// links (see [`netds`]). An interface with no address is a parent all the same.
-pub fn macvlan_parents() -> Vec<shoal_proto::pb::NodeInterface> {
+fn parents_of(addrs: &[IfAddr]) -> Vec<shoal_proto::pb::NodeInterface> {
     let mut out: Vec<shoal_proto::pb::NodeInterface> = Vec::new();
-    for i in ifaddrs() {
+    for i in addrs {
         if i.loopback || netds(&i.name) {
             continue;
         }
@@ -128,7 +136,7 @@ mod tests {
 
     #[test]
     fn parents_are_the_hosts_interfaces_but_loopback() {
-        let parents = macvlan_parents();
+        let parents = parents_of(&ifaddrs());
         assert!(!parents.iter().any(|p| p.name == "lo" || netds(&p.name)), "{parents:?}");
         // Every interface the kernel lists but loopback (with or without an address).
         let names: Vec<String> = std::fs::read_dir("/sys/class/net")
@@ -159,7 +167,7 @@ mod tests {
 
     #[test]
     fn every_address_lies_in_one_of_the_subnets() {
-        let subnets = local_ipv4_subnets();
+        let subnets = subnets_of(&ifaddrs());
         for ip in local_ipv4s() {
             assert!(subnets.iter().any(|s| s.contains(ip)), "{ip} in {subnets:?}");
         }
