@@ -145,6 +145,24 @@ impl ElementSocket {
         self.send_batch(|seq| nft_elems::batch(seq, del, add))
     }
 
+    /// Sends the one-message request `make` builds with the next sequence
+    /// number; returns that number, with the socket its answers come on and
+    /// the namespace (None without a socket).
+    fn request(
+        &mut self,
+        make: impl FnOnce(u32) -> Vec<u8>,
+    ) -> Result<Option<(u32, &rtnetlink::sys::Socket, &PathBuf)>, LbError> {
+        let seq = self.next_seq();
+        self.seq = seq;
+        let Some(socket) = self.socket.as_ref() else {
+            return Ok(None);
+        };
+        socket
+            .send_to(&make(seq), &rtnetlink::sys::SocketAddr::new(0, 0), 0)
+            .map_err(|source| LbError::Netlink { netns: self.netns.clone(), source })?;
+        Ok(Some((seq, socket, &self.netns)))
+    }
+
     /// The next sequence number (they restart long before they could wrap
     /// inside a batch).
     fn next_seq(&mut self) -> u32 {
@@ -157,14 +175,10 @@ impl ElementSocket {
     /// Whether the namespace has the table: a `GETTABLE` on this socket
     /// (the kernel answers the table then an ack, or `ENOENT`).
     pub fn has_table(&mut self) -> Result<bool, LbError> {
-        let seq = self.next_seq();
-        self.seq = seq;
-        let Some(socket) = self.socket.as_ref() else {
+        let Some((seq, socket, netns)) = self.request(nft_table::get_table)? else {
             return Ok(false);
         };
-        let netns = &self.netns;
         let io = |source| LbError::Netlink { netns: netns.clone(), source };
-        socket.send_to(&nft_table::get_table(seq), &rtnetlink::sys::SocketAddr::new(0, 0), 0).map_err(io)?;
         loop {
             let (reply, _) = socket.recv_from_full().map_err(|e| io(timed_out(e)))?;
             // Answers to earlier requests (a batch that timed out) are skipped.
@@ -208,15 +222,11 @@ impl ElementSocket {
     /// One dump into `reader`: false when it was interrupted (or its set
     /// went meanwhile).
     fn dump(&mut self, what: nft_table::Dump, reader: &mut nft_table::Reader) -> Result<bool, LbError> {
-        let seq = self.next_seq();
-        self.seq = seq;
-        let Some(socket) = self.socket.as_ref() else {
+        let Some((seq, socket, netns)) = self.request(|seq| nft_table::dump_request(seq, what))? else {
             return Ok(false);
         };
-        let netns = &self.netns;
         let io = |source| LbError::Netlink { netns: netns.clone(), source };
         let read = |why: String| LbError::Read { netns: netns.clone(), why: format!("{what:?}: {why}") };
-        socket.send_to(&nft_table::dump_request(seq, what), &rtnetlink::sys::SocketAddr::new(0, 0), 0).map_err(io)?;
         let mut interrupted = false;
         loop {
             let (reply, _) = socket.recv_from_full().map_err(|e| io(timed_out(e)))?;
