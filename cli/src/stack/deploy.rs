@@ -715,18 +715,25 @@ configs:
         }
     }
 
+    /// WITH_OBJECTS's secrets and config as the cluster lists them after a
+    /// first deploy (a secret's data is not shown), the config's data `conf`.
+    fn deployed(conf: &str) -> [StoredObject; 3] {
+        let ns = [(NAMESPACE_LABEL, "app")];
+        [
+            object(Kind::Secret, "x-ca", "corp-ca", &[], None),
+            object(Kind::Secret, "x-pw", "app_pw", &[(NAMESPACE_LABEL, "app"), ("tier", "db")], None),
+            StoredObject {
+                template_driver: "golang".into(),
+                ..object(Kind::Config, "x-conf", "app_conf", &ns, Some(conf))
+            },
+        ]
+    }
+
     #[test]
     fn a_stacks_secrets_and_configs_are_created_kept_or_refused_when_their_data_changed() {
         let p = plan_of(WITH_OBJECTS);
-        let ns = [(NAMESPACE_LABEL, "app")];
         let nets = [net("n1", "app_default")];
-        let ca = object(Kind::Secret, "x-ca", "corp-ca", &[], None);
-        // As the cluster lists them after a first deploy: a secret's data is not shown.
-        let pw = object(Kind::Secret, "x-pw", "app_pw", &[(NAMESPACE_LABEL, "app"), ("tier", "db")], None);
-        let conf = StoredObject {
-            template_driver: "golang".into(),
-            ..object(Kind::Config, "x-conf", "app_conf", &ns, Some("{{ .Task.Name }}"))
-        };
+        let [ca, pw, conf] = deployed("{{ .Task.Name }}");
         let data = BTreeMap::from([
             ((Kind::Secret, "app_pw".to_string()), b"hunter2".to_vec()),
             ((Kind::Config, "app_conf".to_string()), b"{{ .Task.Name }}".to_vec()),
@@ -799,12 +806,7 @@ configs:
     fn prune_removes_the_stacks_dropped_objects_unless_a_service_uses_them() {
         let p = plan_of(WITH_OBJECTS);
         let ns = [(NAMESPACE_LABEL, "app")];
-        let ca = object(Kind::Secret, "x-ca", "corp-ca", &[], None);
-        let pw = object(Kind::Secret, "x-pw", "app_pw", &[(NAMESPACE_LABEL, "app"), ("tier", "db")], None);
-        let conf = StoredObject {
-            template_driver: "golang".into(),
-            ..object(Kind::Config, "x-conf", "app_conf", &ns, Some("x"))
-        };
+        let [ca, pw, conf] = deployed("x");
         let old = object(Kind::Secret, "x-old", "app_old", &ns, None);
         let kept = object(Kind::Config, "x-kept", "app_kept", &ns, Some("k"));
         let other_stack = object(Kind::Config, "x-shop", "shop_conf", &[(NAMESPACE_LABEL, "shop")], Some("s"));
@@ -832,13 +834,7 @@ configs:
     #[test]
     fn a_renamed_secret_is_a_rotation_and_prune_removes_the_old_one() {
         let p = plan_of(WITH_OBJECTS);
-        let ns = [(NAMESPACE_LABEL, "app")];
-        let ca = object(Kind::Secret, "x-ca", "corp-ca", &[], None);
-        let pw = object(Kind::Secret, "x-pw", "app_pw", &[(NAMESPACE_LABEL, "app"), ("tier", "db")], None);
-        let conf = StoredObject {
-            template_driver: "golang".into(),
-            ..object(Kind::Config, "x-conf", "app_conf", &ns, Some("x"))
-        };
+        let [ca, pw, conf] = deployed("x");
         let objects = vec![ca, pw, conf];
         let c = Cluster { services: stored(&p, &[], &objects), objects, ..Default::default() };
         // The file gives the changed secret a new name, at the same target.
