@@ -357,7 +357,7 @@ pub fn parse_kv(s: &str, what: &str) -> Result<(String, String), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -443,9 +443,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_wire_form_round_trips_and_dns_must_be_addresses() {
-        let hc = HostConfig {
+    /// A host config with every field set (for this crate's round-trip tests).
+    pub(crate) fn every_field_set() -> HostConfig {
+        HostConfig {
             sysctls: [("net.core.somaxconn".into(), "1024".into())].into(),
             ulimits: vec![Ulimit::parse("nofile=10:20").expect("u")],
             extra_hosts: vec!["db:10.0.0.5".into()],
@@ -458,7 +458,12 @@ mod tests {
             cap_drop: vec!["ALL".into()],
             log_driver: "local".into(),
             log_opts: [("max-size".into(), "1m".into())].into(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_wire_form_round_trips_and_dns_must_be_addresses() {
+        let hc = every_field_set();
         assert_eq!(HostConfig::from_pb(&hc.to_pb()), Ok(hc.clone()));
         let bad = crate::pb::HostConfig { dns: vec!["resolver".into()], ..hc.to_pb() };
         assert!(HostConfig::from_pb(&bad).expect_err("dns").contains("invalid dns server \"resolver\""));

@@ -708,20 +708,7 @@ mod tests {
         let plain = serde_json::to_value(&spec).expect("json");
         assert!(plain["task"].get("entrypoint").is_none() && plain["task"].get("host_config").is_none());
         spec.task.entrypoint = vec!["/bin/sh".into(), "-c".into()];
-        spec.task.host_config = crate::container::HostConfig {
-            sysctls: [("net.core.somaxconn".into(), "1024".into())].into(),
-            ulimits: vec![crate::container::Ulimit::parse("nofile=100:200").expect("ulimit")],
-            extra_hosts: vec!["db:10.0.0.5".into()],
-            dns: vec!["10.0.0.2".parse().expect("ip")],
-            dns_search: vec!["example.org".into()],
-            dns_options: vec!["ndots:2".into()],
-            init: true,
-            read_only: true,
-            cap_add: vec!["CAP_NET_ADMIN".into()],
-            cap_drop: vec!["CAP_MKNOD".into()],
-            log_driver: "local".into(),
-            log_opts: [("max-size".into(), "1m".into())].into(),
-        };
+        spec.task.host_config = crate::container::tests::every_field_set();
         let req =
             crate::pb::ServiceCreateRequest { spec_json: serde_json::to_string(&spec).expect("json"), auth: None };
         let back: ServiceSpec = serde_json::from_str(&req.spec_json).expect("parse");
