@@ -294,7 +294,15 @@ pub(super) async fn container_wait(
 ) -> Result<Response<pb::ContainerExit>, Status> {
     let id = req.into_inner().id;
     let containers = svc.containers.clone();
-    let exit = cblocking(move || Ok(exit_of(&containers.wait(&id)?))).await?;
+    let (exit, retired) = cblocking({
+        let containers = containers.clone();
+        move || containers.wait_retiring(&id).map(|(s, r)| (exit_of(&s), r))
+    })
+    .await?;
+    // A `--rm` container is out of view: the rest of its removal need not hold up the answer.
+    if let Some(r) = retired {
+        tokio::task::spawn_blocking(move || containers.finish_removal(r));
+    }
     Ok(Response::new(exit))
 }
 

@@ -568,14 +568,20 @@ pub(super) async fn container_run_follow(
         if reader_left || tx.is_closed() {
             return;
         }
-        let exit = match containers.wait(&id) {
-            Ok(status) => super::containers::exit_of(&status),
+        let (exit, retired) = match containers.wait_retiring(&id) {
+            Ok((status, retired)) => (super::containers::exit_of(&status), retired),
             Err(e) => {
                 let _ = tx.blocking_send(Err(cstatus(e)));
                 return;
             }
         };
         send(What::Exit(exit));
+        // The stream ends here; a `--rm` container is out of view already,
+        // and the rest of its removal need not hold up the client.
+        drop(tx);
+        if let Some(r) = retired {
+            containers.finish_removal(r);
+        }
     });
     Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
 }

@@ -34,12 +34,14 @@ pub mod watch;
 mod exec;
 mod netplumb;
 mod record;
+mod removal;
 pub mod request;
 mod supervisor;
 
 pub use exec::ExecRequest;
 pub(crate) use record::status_at;
 pub use record::{Container, Record, RunSpecRecord, Status};
+pub use removal::Retired;
 pub use request::{RunRequest, netd_network};
 
 use std::collections::BTreeMap;
@@ -755,19 +757,28 @@ impl Containers {
         // Its monitor first: nothing may write into its directory once it is gone.
         self.monitors.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.record.id);
         let _g = self.lock.write().unwrap_or_else(|p| p.into_inner());
+        // Another removal (a `run --rm` client's, the supervisor's) may have taken it meanwhile.
+        if !self.dir(&c.record.id).exists() {
+            return Err(ContainerError::NotFound(reference.to_string()));
+        }
         self.teardown(&self.dir(&c.record.id));
         self.announce_destroyed(&c);
         if volumes {
-            for m in &c.record.mounts {
-                if let MountSource::Volume(name) = &m.source
-                    && self.volumes.inspect(name).is_ok_and(|v| v.anonymous)
-                    && self.volume_user(name).is_none()
-                {
-                    let _ = self.volumes.remove(name, None);
-                }
-            }
+            self.remove_anonymous_volumes(&c);
         }
         Ok(c.record.id)
+    }
+
+    /// The anonymous volumes of a removed container that no other container mounts.
+    fn remove_anonymous_volumes(&self, c: &Container) {
+        for m in &c.record.mounts {
+            if let MountSource::Volume(name) = &m.source
+                && self.volumes.inspect(name).is_ok_and(|v| v.anonymous)
+                && self.volume_user(name).is_none()
+            {
+                let _ = self.volumes.remove(name, None);
+            }
+        }
     }
 
     /// The name of a container that mounts volume `name`, if any.
@@ -824,6 +835,12 @@ impl Containers {
     }
 
     fn teardown(&self, dir: &Path) {
+        self.release_endpoints(dir);
+        self.teardown_files(dir);
+    }
+
+    /// netd's endpoints of the container whose directory this is, and its cluster leases.
+    fn release_endpoints(&self, dir: &Path) {
         if let (Some(record), Some(nets)) = (read_json::<Record>(&dir.join("container.json")), self.networks.get())
             && !record.networks.is_empty()
         {
@@ -831,6 +848,10 @@ impl Containers {
             let leases: Vec<String> = record.networks.iter().map(|a| a.lease.clone()).collect();
             self.give_back(&leases);
         }
+    }
+
+    /// Its root's mount, its task files and its directory.
+    fn teardown_files(&self, dir: &Path) {
         let rootfs = dir.join("rootfs");
         let _ = crate::sys::unmount_detach(&rootfs);
         if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
@@ -924,7 +945,7 @@ mod erased {
 mod tests {
     use super::*;
 
-    fn containers(tmp: &Path) -> Containers {
+    pub(super) fn containers(tmp: &Path) -> Containers {
         let images = Arc::new(ImageStore::open(&tmp.join("images")).unwrap());
         let volumes = Arc::new(VolumeStore::open(&tmp.join("volumes")).unwrap());
         Containers::open(&tmp.join("containers"), &tmp.join("state"), "/shoal-test", images, volumes).unwrap()
@@ -937,7 +958,7 @@ mod tests {
         std::fs::write(dir.join("container.json"), record_json(id, name).to_string()).unwrap();
     }
 
-    fn record_json(id: &str, name: &str) -> serde_json::Value {
+    pub(super) fn record_json(id: &str, name: &str) -> serde_json::Value {
         serde_json::json!({
             "id": id, "name": name, "image": "busybox", "image_id": "sha256:1", "args": [], "created_ms": 1,
             "auto_remove": false, "cgroups_path": "/shoal-test/x", "run": RunSpecRecord::default(),

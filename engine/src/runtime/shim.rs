@@ -9,7 +9,7 @@
 //! `exit.json`. Each is written atomically; the daemon only reads them.
 
 // The shim is its own single-threaded process: its kernel calls on raw
-// descriptors (pipe2, dup, poll, read, waitpid, execv) stay here, not in sys.rs.
+// descriptors (pipe2, dup, poll, read, waitpid, pidfd_open, execv) stay here, not in sys.rs.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -389,12 +389,19 @@ fn supervise(
     ];
     let mut buf = vec![0u8; 64 * 1024];
     let mut status: Option<i32> = None;
+    // Woken by the container's end itself, not only by its pipes: they close a
+    // moment before it can be reaped, and a poll left with no descriptor would
+    // sleep out its whole timeout before looking again.
+    let ended = pidfd_open(pid);
     loop {
         let mut fds: Vec<libc::pollfd> = streams
             .iter()
             .filter(|s| s.2)
             .map(|s| libc::pollfd { fd: s.0.as_raw_fd(), events: libc::POLLIN, revents: 0 })
             .collect();
+        if let (None, Some(fd)) = (status, &ended) {
+            fds.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
         if let Some((a, _)) = &attach {
             fds.push(libc::pollfd { fd: a.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             if let Some(c) = &a.client {
@@ -477,6 +484,15 @@ fn supervise(
             return Ok(());
         }
     }
+}
+
+/// A descriptor that polls readable once process `pid` has ended (None where
+/// the kernel has no pidfd_open, before 5.3: the poll's timeout then stands in).
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor (close-on-exec) or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: the descriptor was just made for us alone.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// What `shoal shim-exec` runs in a container (JSON in its argument).

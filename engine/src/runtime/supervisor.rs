@@ -142,6 +142,9 @@ impl Containers {
         let now = now_ms();
         let mut soonest: Option<u64> = None;
         let mut due_at = |ms: u64| soonest = Some(soonest.map_or(ms, |s| s.min(ms)));
+        if daemon_starting {
+            self.finish_leftovers();
+        }
         let all = match only {
             None => {
                 let all = self.list();
@@ -229,14 +232,25 @@ impl Containers {
     /// Waits for the container to stop running and returns how it ended;
     /// also answers for a `--rm` container removed meanwhile.
     pub fn wait(&self, reference: &str) -> Result<Status, ContainerError> {
+        let (status, retired) = self.wait_retiring(reference)?;
+        if let Some(r) = retired {
+            self.finish_removal(r);
+        }
+        Ok(status)
+    }
+
+    /// `wait`, but a held `--rm` container is only retired (out of every
+    /// listing, lookup and name check) before it returns: the caller tells
+    /// its client the exit, then calls `finish_removal` (see `removal.rs`).
+    pub fn wait_retiring(&self, reference: &str) -> Result<(Status, Option<Retired>), ContainerError> {
         let id = match self.find(reference) {
             Ok(c) => c.record.id,
-            Err(e) => return self.reaped(reference).ok_or(e),
+            Err(e) => return self.reaped(reference).map(|s| (s, None)).ok_or(e),
         };
         let watch = watch::DirWatch::new(&self.dir(&id));
         loop {
             if !self.dir(&id).exists() {
-                return self.reaped(&id).ok_or(ContainerError::NotFound(id));
+                return self.reaped(&id).map(|s| (s, None)).ok_or(ContainerError::NotFound(id));
             }
             match self.status_of(&id) {
                 Status::Running { .. } | Status::Created => {
@@ -245,16 +259,27 @@ impl Containers {
                 s => {
                     // Its end is news before the waiting client hears of it.
                     self.observe_id(&id);
-                    // The client saw the end: a held `--rm` container goes now,
-                    // before the client is told (as `docker run --rm` waits for it).
+                    // The client saw the end: a held `--rm` container is out of
+                    // view before the client is told (as `docker run --rm` waits
+                    // for its removal); what is left goes after.
                     let held = self.holds.lock().unwrap_or_else(|p| p.into_inner()).remove(&id).is_some();
-                    if held
-                        && self.load(&id).is_some_and(|c| c.record.auto_remove)
-                        && self.remove(&id, false, true).is_ok()
-                    {
-                        self.remember_reaped(&id, &s);
+                    let mut retired = None;
+                    if held && self.load(&id).is_some_and(|c| c.record.auto_remove) {
+                        match self.retire(&id) {
+                            Ok(r) => {
+                                self.remember_reaped(&id, &s);
+                                retired = Some(r);
+                            }
+                            Err(ContainerError::NotFound(_)) => {}
+                            Err(e) => {
+                                tracing::warn!(container = %id, error = %e, "cannot set a --rm container aside; removing it now");
+                                if self.remove(&id, false, true).is_ok() {
+                                    self.remember_reaped(&id, &s);
+                                }
+                            }
+                        }
                     }
-                    return Ok(s);
+                    return Ok((s, retired));
                 }
             }
         }

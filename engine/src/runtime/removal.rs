@@ -1,0 +1,186 @@
+//! A foreground `run --rm` hears its container's exit before the slow part
+//! of the removal. The container is first *retired*: its directory renamed
+//! out of the containers' root (one `rename`, under the runtime's lock), so
+//! no listing, lookup or name check sees it from then on; its destroy event
+//! is announced, its anonymous volumes removed, and its endpoints released
+//! if the next container could claim something of them (a published port, an
+//! `--ip`, a name in a network's DNS, a cluster lease). The client is told the
+//! exit, and only then is the rest undone (`finish_removal`): the root's
+//! overlay unmounted (the kernel waits out an RCU grace period there), the
+//! files removed, a default-bridge endpoint released. A daemon that stopped
+//! in between finishes it at its next start (`finish_leftovers`).
+
+use super::*;
+
+/// A `--rm` container taken out of the containers' root (see `Containers::retire`):
+/// gone for every listing, lookup and name check; `Containers::finish_removal`
+/// undoes the rest.
+#[must_use = "a retired container's root stays mounted until finish_removal"]
+#[derive(Debug)]
+pub struct Retired {
+    dir: PathBuf,
+    /// Its endpoints are still in netd (nothing of them can be claimed: see `release_later`).
+    endpoints_left: bool,
+}
+
+/// Whether a removed container's endpoints may go after its client heard the
+/// exit: only on the default bridge (whose endpoints have no names in a DNS),
+/// without published ports, `--ip` or a cluster lease, so nothing a next
+/// container asks for is still held.
+pub(super) fn release_later(networks: &[Attachment]) -> bool {
+    networks.iter().all(|a| a.network == "bridge" && a.ports.is_empty() && a.ip.is_empty() && a.lease.is_empty())
+}
+
+impl Containers {
+    /// Where retired containers' directories wait for `finish_removal`: a
+    /// sibling of the containers' root (on its filesystem, for `rename`).
+    fn retired_root(&self) -> PathBuf {
+        let mut s = self.root.clone().into_os_string();
+        s.push(".removing");
+        PathBuf::from(s)
+    }
+
+    /// Takes an ended container out of view (see the module's text) and
+    /// returns what is left to undo. NotFound if another removal took it first.
+    pub(super) fn retire(&self, id: &str) -> Result<Retired, ContainerError> {
+        let c = self.find(id)?;
+        if matches!(c.status, Status::Running { .. } | Status::Created) {
+            return Err(ContainerError::Running(c.record.name));
+        }
+        self.monitors.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        let _g = self.lock.write().unwrap_or_else(|p| p.into_inner());
+        let from = self.dir(id);
+        if !from.exists() {
+            return Err(ContainerError::NotFound(id.to_string()));
+        }
+        let gone = self.retired_root();
+        std::fs::create_dir_all(&gone).map_err(io("creating", &gone))?;
+        let dir = gone.join(id);
+        std::fs::rename(&from, &dir).map_err(io("moving out of the containers' root", &from))?;
+        let endpoints_left = !c.record.networks.is_empty() && release_later(&c.record.networks);
+        if !endpoints_left {
+            self.release_endpoints(&dir);
+        }
+        self.announce_destroyed(&c);
+        self.remove_anonymous_volumes(&c);
+        Ok(Retired { dir, endpoints_left })
+    }
+
+    /// Undoes what is left of a retired container: its endpoints if still
+    /// there, its root's mount, its task files and its directory.
+    pub fn finish_removal(&self, r: Retired) {
+        if r.endpoints_left {
+            self.release_endpoints(&r.dir);
+        }
+        self.teardown_files(&r.dir);
+    }
+
+    /// Finishes the removals a daemon stopped in the middle of (at its start).
+    pub(super) fn finish_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(self.retired_root()) else { return };
+        for e in entries.flatten() {
+            tracing::info!(container = %e.file_name().to_string_lossy(), "finishing the removal of a --rm container");
+            self.finish_removal(Retired { dir: e.path(), endpoints_left: true });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ended `--rm` container `web` whose foreground client holds it, as its shim leaves it.
+    fn ended_rm(c: &Containers, id: &str) {
+        let dir = c.dir(id);
+        std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+        let mut record = crate::runtime::tests::record_json(id, "web");
+        record["auto_remove"] = true.into();
+        std::fs::write(dir.join("container.json"), record.to_string()).unwrap();
+        let started = serde_json::json!({"shim_pid": 1, "pid": 2, "started_ms": 5});
+        std::fs::write(dir.join("started.json"), started.to_string()).unwrap();
+        let exited = serde_json::json!({"exit_code": 3, "oom_killed": false, "finished_ms": 9});
+        std::fs::write(dir.join("exit.json"), exited.to_string()).unwrap();
+        c.holds.lock().unwrap().insert(id.into(), std::time::Instant::now());
+    }
+
+    fn exit_code(s: &Status) -> Option<i32> {
+        match s {
+            Status::Exited { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_followed_rm_container_is_out_of_view_before_its_exit_is_told_and_gone_after() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = crate::runtime::tests::containers(tmp.path());
+        let (_, mut events) = c.events.subscribe();
+        ended_rm(&c, "a1");
+        let (status, retired) = c.wait_retiring("a1").unwrap();
+        assert_eq!(exit_code(&status), Some(3));
+        let retired = retired.expect("a held --rm container is retired");
+        // What a next command sees before the rest of the removal: nothing of it.
+        assert!(c.list().is_empty(), "listed: {:?}", c.list());
+        assert!(matches!(c.find("a1"), Err(ContainerError::NotFound(_))));
+        assert!(matches!(c.find("web"), Err(ContainerError::NotFound(_))));
+        assert!(c.reserve_name("web", "b2").is_ok(), "its name is free");
+        assert_eq!(c.wait("a1").ok().as_ref().and_then(exit_code), Some(3), "a later wait still hears its exit");
+        let destroyed = std::iter::from_fn(|| events.try_recv().ok()).any(|e| e.action == "destroy" && e.id == "a1");
+        assert!(destroyed, "its destroy is announced with it out of view");
+        let left = tmp.path().join("containers.removing").join("a1");
+        assert!(left.join("rootfs").is_dir(), "its root waits for finish_removal");
+        c.finish_removal(retired);
+        assert!(!left.exists(), "finish_removal takes the rest");
+        assert!(!c.dir("a1").exists());
+    }
+
+    #[test]
+    fn a_removal_a_daemon_stopped_in_is_finished_at_its_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = crate::runtime::tests::containers(tmp.path());
+        ended_rm(&c, "a1");
+        let (_, retired) = c.wait_retiring("a1").unwrap();
+        std::mem::forget(retired);
+        drop(c); // the daemon stops here
+        let c = crate::runtime::tests::containers(tmp.path());
+        c.supervise_once(true, None, None, &mut Default::default());
+        assert!(!tmp.path().join("containers.removing").join("a1").exists());
+        assert!(c.list().is_empty());
+    }
+
+    #[test]
+    fn an_unheld_or_running_container_is_not_retired_by_wait() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = crate::runtime::tests::containers(tmp.path());
+        ended_rm(&c, "a1");
+        c.holds.lock().unwrap().clear();
+        let (status, retired) = c.wait_retiring("a1").unwrap();
+        assert_eq!(exit_code(&status), Some(3));
+        assert!(retired.is_none(), "the supervisor removes an unheld one");
+        assert!(c.dir("a1").exists());
+        std::fs::remove_file(c.dir("a1").join("exit.json")).unwrap();
+        std::fs::remove_file(c.dir("a1").join("started.json")).unwrap();
+        assert!(matches!(c.retire("a1"), Err(ContainerError::Running(_))), "a created one is not retired");
+    }
+
+    fn on(network: &str) -> Attachment {
+        Attachment { network: network.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn only_endpoints_nothing_can_claim_are_released_after_the_exit() {
+        let port = shoal_proto::net::parse_publish("8080:80").expect("a port mapping");
+        let table: [(&str, Vec<Attachment>, bool); 7] = [
+            ("no network", vec![], true),
+            ("the default bridge", vec![on("bridge")], true),
+            ("a published port", vec![Attachment { ports: vec![port], ..on("bridge") }], false),
+            ("a fixed address", vec![Attachment { ip: "172.17.0.9".into(), ..on("bridge") }], false),
+            ("a user network (its DNS names it)", vec![on("web")], false),
+            ("a cluster lease", vec![Attachment { lease: "l1".into(), ..on("bridge") }], false),
+            ("the bridge and a user network", vec![on("bridge"), on("web")], false),
+        ];
+        for (what, networks, later) in table {
+            assert_eq!(release_later(&networks), later, "{what}");
+        }
+    }
+}
