@@ -709,9 +709,12 @@ impl pb::netd_server::Netd for NetdService {
             ensure(&mut state, &r)?
         };
         let started = std::time::Instant::now();
-        self.0.save()?;
-        let saved = started.elapsed();
+        // The save (an fsync) and the pass that makes the endpoint run side by
+        // side; both are done before the answer.
+        let netd = self.0.clone();
+        let save = tokio::task::spawn_blocking(move || netd.save().map(|()| started.elapsed()));
         let failed = self.0.sync().await;
+        let saved = save.await.map_err(|e| Status::internal(format!("saving netd's state: {e}")))??;
         tracing::debug!(
             container = short(&r.container),
             save_ms = saved.as_secs_f64() * 1e3,
