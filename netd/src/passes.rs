@@ -16,6 +16,12 @@
 //! host part. Attaches share passes with one another, so twenty endpoints
 //! asked for at once cost one or two host passes (one netlink burst and one
 //! rule update), not twenty.
+//!
+//! The VIP balancers follow the passes rather than run inside them
+//! ([`Latest`]): each pass publishes what every namespace's table must
+//! balance, and one sync at a time takes the newest want, so a burst of
+//! views costs one batch per namespace, and no attach waits behind the
+//! balancer updates of other containers' namespaces.
 
 /// What a pass is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,9 +84,105 @@ impl<F: Clone> Passes<F> {
     }
 }
 
+/// The balancers' queue (driven by `lb_sys::Follower`): wants published in
+/// order, numbered, and one sync at a time that takes the newest. The wants
+/// published while a sync runs are all served by the next one, and a sync
+/// never takes a want older than one an earlier sync took.
+#[derive(Debug)]
+pub struct Latest<W> {
+    published: u64,
+    /// The newest want no sync has taken yet.
+    want: Option<W>,
+    /// Whether a sync loop runs (it takes `want` before it stops).
+    running: bool,
+    /// The newest want a finished sync covered.
+    done: u64,
+}
+
+impl<W> Default for Latest<W> {
+    fn default() -> Self {
+        Latest { published: 0, want: None, running: false, done: 0 }
+    }
+}
+
+impl<W> Latest<W> {
+    /// Publishes `want`: its number, and whether the caller must start the
+    /// sync loop (none runs).
+    pub fn publish(&mut self, want: W) -> (u64, bool) {
+        self.published += 1;
+        self.want = Some(want);
+        let start = !self.running;
+        self.running = true;
+        (self.published, start)
+    }
+
+    /// The sync loop's next want (the newest, with its number); None when
+    /// there is none, and the loop stops (the next publish starts one).
+    pub fn next(&mut self) -> Option<(u64, W)> {
+        match self.want.take() {
+            Some(w) => Some((self.published, w)),
+            None => {
+                self.running = false;
+                None
+            }
+        }
+    }
+
+    /// A sync of want `n` finished.
+    pub fn finished(&mut self, n: u64) {
+        self.done = self.done.max(n);
+    }
+
+    /// The sync loop ended without taking `next`'s None (it panicked): the
+    /// next publish starts another.
+    pub fn abandoned(&mut self) {
+        self.running = false;
+    }
+
+    /// The newest want published, and the newest a finished sync covered.
+    pub fn published(&self) -> u64 {
+        self.published
+    }
+
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wants_published_while_a_sync_runs_are_served_by_one_sync_of_the_newest() {
+        let mut q: Latest<&str> = Latest::default();
+        // The first want starts the loop; it takes it at once.
+        assert_eq!(q.publish("v1"), (1, true));
+        assert_eq!(q.next(), Some((1, "v1")));
+        // Three views while v1 is synced: no second loop, and one sync of the newest.
+        assert_eq!(q.publish("v2"), (2, false));
+        assert_eq!(q.publish("v3"), (3, false));
+        assert_eq!(q.publish("v4"), (4, false));
+        q.finished(1);
+        assert_eq!((q.published(), q.done()), (4, 1));
+        assert_eq!(q.next(), Some((4, "v4")));
+        q.finished(4);
+        // Nothing newer: the loop stops, and the next want starts one.
+        assert_eq!(q.next(), None);
+        assert_eq!(q.done(), 4);
+        assert_eq!(q.publish("v5"), (5, true));
+        assert_eq!(q.next(), Some((5, "v5")));
+    }
+
+    #[test]
+    fn a_loop_that_died_is_started_again_by_the_next_want() {
+        let mut q: Latest<&str> = Latest::default();
+        assert_eq!(q.publish("v1"), (1, true));
+        assert_eq!(q.next(), Some((1, "v1")));
+        q.abandoned();
+        assert_eq!(q.publish("v2"), (2, true));
+        assert_eq!(q.done(), 0, "v1 was never covered");
+    }
 
     /// One step of a script: a caller asks, a caller takes the pass lock, or the pass running finishes (with the failures it saw).
     enum Step {

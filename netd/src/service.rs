@@ -41,6 +41,9 @@ use crate::{ingress, ingress_sys, lb, lb_sys};
 
 /// How often netd re-checks the kernel even when nothing was asked.
 pub const RESYNC: Duration = Duration::from_secs(5);
+/// How long a caller that needs the balancers' tables synced waits for them
+/// (a sync takes milliseconds; this only bounds one that hangs).
+const BALANCED_WAIT: Duration = Duration::from_secs(5);
 /// The local network whose legs carry the default route of containers on
 /// cluster networks (Docker's name).
 pub const GWBRIDGE: &str = "docker_gwbridge";
@@ -290,9 +293,10 @@ pub struct Netd {
     /// The overlay steps that failed in the last pass, with why (no step:
     /// the sandboxes could not be observed).
     overlay_failures: Mutex<Vec<(Option<OverlayAction>, String)>>,
-    /// The VIP load balancers in the containers' namespaces (blocking: nft
-    /// runs in each namespace, so a pass drives them on a blocking thread).
-    balancers: Arc<Mutex<lb_sys::Balancers>>,
+    /// The VIP load balancers in the containers' namespaces, following
+    /// the passes on a blocking thread of their own (netlink requests from
+    /// inside each namespace): a pass publishes what they must balance.
+    balancers: Arc<lb_sys::Follower>,
     /// The routing mesh: the host table and the reply steering in the
     /// namespaces of local tasks on ingress (blocking too).
     mesh: Arc<Mutex<ingress_sys::Mesh>>,
@@ -420,7 +424,7 @@ impl Netd {
         };
         let ((failed, host_took), (view, overlays_took)) = tokio::join!(host_part, overlays_part);
         phases.side_by_side([("host", host_took), ("overlays", overlays_took)]);
-        self.follow_view(&desired, view, &mut phases).await;
+        self.follow_view(&desired, view, host, &mut phases).await;
         tracing::debug!(endpoints = desired.endpoints.len(), phases = %phases, "pass");
         failed
     }
@@ -487,8 +491,11 @@ impl Netd {
     }
 
     /// What follows the network view after the sandboxes: DNS, the VIP load
-    /// balancers and the routing mesh.
-    async fn follow_view(&self, desired: &Desired, view: Option<NetView>, phases: &mut Phases) {
+    /// balancers and the routing mesh. The balancers follow on their own
+    /// (`lb_sys::Follower`): the pass publishes what they must balance, and
+    /// a whole pass (`starts`: it makes the containers' namespaces) waits
+    /// only for the tables of the namespaces that are new or on other VIPs.
+    async fn follow_view(&self, desired: &Desired, view: Option<NetView>, starts: bool, phases: &mut Phases) {
         // DNS follows the endpoints (after them: its sockets need the namespaces' loopback up),
         // with the services of the cluster networks from the view.
         let networks = self.state.lock().unwrap_or_else(|p| p.into_inner()).networks.clone();
@@ -499,14 +506,16 @@ impl Netd {
         }
         phases.mark("dns");
         // The VIP load balancers of the containers on cluster networks (none without a view).
+        // Published first: a sync that takes an older want after `sync_starts` could undo it.
         let balanced = view.as_ref().map(|v| lb::by_namespace(v, &desired.endpoints)).unwrap_or_default();
-        let balancers = self.balancers.clone();
-        let errors =
-            tokio::task::spawn_blocking(move || balancers.lock().unwrap_or_else(|p| p.into_inner()).sync(balanced))
-                .await
-                .unwrap_or_default();
-        for e in errors {
-            tracing::warn!(error = %e, "load balancer step failed");
+        let started = starts.then(|| balanced.clone());
+        self.balancers.follow(balanced);
+        if let Some(balanced) = started {
+            let balancers = self.balancers.clone();
+            let errors = tokio::task::spawn_blocking(move || balancers.sync_starts(&balanced)).await.unwrap_or_default();
+            for e in errors {
+                tracing::warn!(error = %e, "load balancer step failed");
+            }
         }
         phases.mark("lb");
         // The routing mesh: the host table (in this namespace, the host's: a blocking
@@ -569,6 +578,15 @@ impl Netd {
     /// failed, with why.
     async fn sync_overlays(&self, view: &NetView, endpoints: &[EndpointSpec]) -> Vec<(Option<OverlayAction>, String)> {
         self.sandboxes.lock().await.sync(view, endpoints).await
+    }
+
+    /// Waits (at most [`BALANCED_WAIT`]) until the balancers synced to what
+    /// the last pass published.
+    async fn balanced(&self) {
+        let n = self.balancers.published();
+        if !self.balancers.covered(n, BALANCED_WAIT).await {
+            tracing::warn!(want = n, "the load balancers did not catch up within {BALANCED_WAIT:?}");
+        }
     }
 
     /// Reconciles the kernel against the state every [`RESYNC`] until `cancel` fires.
@@ -780,11 +798,10 @@ impl pb::netd_server::Netd for NetdService {
         self.0.save()?;
         self.0.sync_shared().await;
         if !gone.is_empty() {
+            // After the tables dropped them: a flushed flow is balanced afresh, not onto them again.
+            self.0.balanced().await;
             let balancers = self.0.balancers.clone();
-            let errors =
-                tokio::task::spawn_blocking(move || balancers.lock().unwrap_or_else(|p| p.into_inner()).flush(&gone))
-                    .await
-                    .unwrap_or_default();
+            let errors = tokio::task::spawn_blocking(move || balancers.flush(&gone)).await.unwrap_or_default();
             for e in errors {
                 tracing::warn!(error = %e, "flushing a gone backend's flows");
             }
@@ -1214,6 +1231,10 @@ impl Netd {
         };
         self.save()?;
         self.sync().await;
+        // A container that stays (on other networks) loses the VIPs of the one it left before this returns.
+        if network.is_some() {
+            self.balanced().await;
+        }
         self.unplug(unplugged).await;
         Ok(())
     }
