@@ -342,8 +342,8 @@ impl Netd {
         });
         let netd = Arc::new(Netd {
             state: Mutex::new(state),
-            // A socket of their own: the overlays' dumps of the host's links run
-            // beside the host pass's (a socket takes one dump at a time).
+            // A socket of their own: the overlays' requests in the host's namespace (the
+            // shims' route dump, `vx0`) run beside the host pass's (a socket takes one dump at a time).
             sandboxes: tokio::sync::Mutex::new(sys::Sandboxes::new(sys::connect()?, root.join("sandboxes"))),
             sandbox_dir: root.join("sandboxes"),
             encryption: Arc::new(Mutex::new(encryption)),
@@ -410,16 +410,21 @@ impl Netd {
     /// sandbox, are made at once), and what follows (DNS, balancers, mesh)
     /// waits for both.
     async fn pass_once(&self, asked: std::time::Instant, host: bool) -> Vec<(Action, String)> {
+        use futures::FutureExt;
         let mut phases = Phases::new(asked);
         let desired = self.state.lock().unwrap_or_else(|p| p.into_inner()).desired();
+        // One reading of the host's links for both parts (and the macvlan shims).
+        let handle = self.host.clone();
+        let links =
+            async move { sys::HostLinks::read(&handle).await.map(Arc::new).map_err(|e| e.to_string()) }.shared();
         let host_part = async {
             let start = std::time::Instant::now();
-            let failed = if host { self.host_pass(&desired).await } else { Vec::new() };
+            let failed = if host { self.host_pass(&desired, links.clone().await).await } else { Vec::new() };
             (failed, start.elapsed())
         };
         let overlays_part = async {
             let start = std::time::Instant::now();
-            let view = self.follow_overlays(&desired, host).await;
+            let view = self.follow_overlays(&desired, host, links.clone()).await;
             (view, start.elapsed())
         };
         let ((failed, host_took), (view, overlays_took)) = tokio::join!(host_part, overlays_part);
@@ -430,8 +435,8 @@ impl Netd {
     }
 
     /// The host's links, addresses and rules made to match the local state.
-    async fn host_pass(&self, desired: &Desired) -> Vec<(Action, String)> {
-        let observed = match sys::observe(&self.host).await {
+    async fn host_pass(&self, desired: &Desired, observed: Result<Arc<sys::HostLinks>, String>) -> Vec<(Action, String)> {
+        let observed = match observed {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot observe the host's links");
@@ -440,7 +445,7 @@ impl Netd {
         };
         let applied = self.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut failed = Vec::new();
-        for batch in batches(plan(desired, &observed, applied.as_deref())) {
+        for batch in batches(plan(desired, &observed.links, applied.as_deref())) {
             // The new endpoints of a pass (each its own veth and namespace) are made at once:
             // their netlink requests go out together, not one endpoint's round trips after another's.
             let (began, n) = (std::time::Instant::now(), batch.len());
@@ -468,14 +473,20 @@ impl Netd {
     /// follow the network view; returns the view (None before one came).
     /// The overlays are left alone in a view pass (not `whole`) when what
     /// they follow is as the last clean overlay sync left it: most new views
-    /// only change services' backends (a task started somewhere).
-    async fn follow_overlays(&self, desired: &Desired, whole: bool) -> Option<NetView> {
+    /// only change services' backends (a task started somewhere). `host`
+    /// reads the host's links (shared with the host pass).
+    async fn follow_overlays(
+        &self,
+        desired: &Desired,
+        whole: bool,
+        host: impl std::future::Future<Output = Result<Arc<sys::HostLinks>, String>>,
+    ) -> Option<NetView> {
         let view = self.state.lock().unwrap_or_else(|p| p.into_inner()).overlay_view();
         if let Some(view) = &view {
             let inputs = OverlayInputs::of(view, &desired.endpoints);
             let unchanged = self.overlays_synced.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&inputs);
             if whole || !unchanged {
-                let failed = self.sync_overlays(view, &desired.endpoints).await;
+                let failed = self.sandboxes.lock().await.sync_with(view, &desired.endpoints, host).await;
                 *self.overlays_synced.lock().unwrap_or_else(|p| p.into_inner()) = failed.is_empty().then_some(inputs);
                 *self.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()) = failed;
             }
@@ -571,13 +582,6 @@ impl Netd {
     /// This host's WireGuard public keys (none when they could not be loaded).
     pub fn node_keys(&self) -> Option<NodeKeys> {
         self.encryption.lock().unwrap_or_else(|p| p.into_inner()).as_ref().ok().map(Encryption::node_keys)
-    }
-
-    /// The overlays' part of a pass: their sandboxes made to match `view`,
-    /// with the local endpoints among `endpoints`. Returns the steps that
-    /// failed, with why.
-    async fn sync_overlays(&self, view: &NetView, endpoints: &[EndpointSpec]) -> Vec<(Option<OverlayAction>, String)> {
-        self.sandboxes.lock().await.sync(view, endpoints).await
     }
 
     /// Waits (at most [`BALANCED_WAIT`]) until the balancers synced to what
