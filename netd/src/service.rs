@@ -486,7 +486,15 @@ impl Netd {
             let inputs = OverlayInputs::of(view, &desired.endpoints);
             let unchanged = self.overlays_synced.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&inputs);
             if whole || !unchanged {
-                let failed = self.sandboxes.lock().await.sync_with(view, &desired.endpoints, host).await;
+                let mut sandboxes = self.sandboxes.lock().await;
+                // A view pass plans against what the last sync saw and did, if the view moved
+                // only entries; a whole pass (every attach, every RESYNC) observes.
+                let known = if whole { None } else { sandboxes.sync_known(view, &desired.endpoints).await };
+                let failed = match known {
+                    Some(failed) => failed,
+                    None => sandboxes.sync_with(view, &desired.endpoints, host).await,
+                };
+                drop(sandboxes);
                 *self.overlays_synced.lock().unwrap_or_else(|p| p.into_inner()) = failed.is_empty().then_some(inputs);
                 *self.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()) = failed;
             }

@@ -412,11 +412,23 @@ pub struct Sandboxes {
     host: Handle,
     dir: PathBuf,
     handles: HashMap<String, Handle>,
+    /// What the last sync observed, with what it did since: what a view
+    /// pass plans against (`sync_known`). None after a sync that failed or
+    /// did what `overlay::after` does not follow.
+    known: Option<Known>,
+}
+
+/// An observation of the sandboxes and the host, as a sync left them.
+struct Known {
+    host: Arc<HostLinks>,
+    sandboxes: Vec<ObservedSandbox>,
+    shims: Vec<crate::macvlan::ObservedShim>,
+    children: Vec<crate::macvlan::ObservedChild>,
 }
 
 impl Sandboxes {
     pub fn new(host: Handle, dir: impl Into<PathBuf>) -> Sandboxes {
-        Sandboxes { host, dir: dir.into(), handles: HashMap::new() }
+        Sandboxes { host, dir: dir.into(), handles: HashMap::new(), known: None }
     }
 
     /// The file that pins sandbox `ns`.
@@ -532,6 +544,55 @@ impl Sandboxes {
         let macvlan = crate::macvlan::plan(view, local, &host.links, &shims, &children);
         actions.extend(macvlan.into_iter().map(OverlayAction::Macvlan));
         let observed_in = start.elapsed();
+        let failed = self.apply_all(&actions).await;
+        tracing::debug!(
+            sandboxes = observed.len(),
+            actions = actions.len(),
+            observe_ms = observed_in.as_secs_f64() * 1e3,
+            apply_ms = (start.elapsed() - observed_in).as_secs_f64() * 1e3,
+            "overlay sync"
+        );
+        self.known = failed
+            .is_empty()
+            .then(|| overlay::after(&observed, &actions))
+            .flatten()
+            .map(|sandboxes| Known { host, sandboxes, shims, children });
+        failed
+    }
+
+    /// A view pass's overlay sync without observing: planned against what
+    /// the last sync observed and did since, and carried out when all it
+    /// does is what `overlay::after` follows (entries, local endpoints'
+    /// veths: what a task started or stopped elsewhere moves). None when
+    /// there is no such observation or the plan does more: then observe
+    /// (`sync_with`). Whole passes (every attach, every `RESYNC`) always
+    /// observe, which repairs what changed behind netd's back.
+    pub async fn sync_known(
+        &mut self,
+        view: &NetView,
+        local: &[EndpointSpec],
+    ) -> Option<Vec<(Option<OverlayAction>, String)>> {
+        let known = self.known.take()?;
+        let start = std::time::Instant::now();
+        let mut actions = overlay::plan(view, local, &known.host.links, &known.sandboxes);
+        let macvlan = crate::macvlan::plan(view, local, &known.host.links, &known.shims, &known.children);
+        actions.extend(macvlan.into_iter().map(OverlayAction::Macvlan));
+        let sandboxes = overlay::after(&known.sandboxes, &actions)?;
+        let failed = self.apply_all(&actions).await;
+        tracing::debug!(
+            actions = actions.len(),
+            apply_ms = start.elapsed().as_secs_f64() * 1e3,
+            "overlay sync from the last observation"
+        );
+        if failed.is_empty() {
+            self.known = Some(Known { sandboxes, ..known });
+        }
+        Some(failed)
+    }
+
+    /// Carries out `actions` in order, runs of them as batches (see
+    /// `entry_batch`, `endpoint_batch`). Returns the steps that failed, with why.
+    async fn apply_all(&mut self, actions: &[OverlayAction]) -> Vec<(Option<OverlayAction>, String)> {
         let mut failed = Vec::new();
         let mut rest = &actions[..];
         while !rest.is_empty() {
@@ -563,13 +624,6 @@ impl Sandboxes {
                 }
             }
         }
-        tracing::debug!(
-            sandboxes = observed.len(),
-            actions = actions.len(),
-            observe_ms = observed_in.as_secs_f64() * 1e3,
-            apply_ms = (start.elapsed() - observed_in).as_secs_f64() * 1e3,
-            "overlay sync"
-        );
         failed
     }
 
