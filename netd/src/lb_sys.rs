@@ -580,7 +580,7 @@ impl Follower {
         let mut guard = Abandon(self, true);
         loop {
             let mut balancers = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
-            let Some((n, want)) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).next() else {
+            let Some((n, want)) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).take() else {
                 guard.1 = false;
                 return;
             };

@@ -118,7 +118,7 @@ impl<W> Latest<W> {
 
     /// The sync loop's next want (the newest, with its number); None when
     /// there is none, and the loop stops (the next publish starts one).
-    pub fn next(&mut self) -> Option<(u64, W)> {
+    pub fn take(&mut self) -> Option<(u64, W)> {
         match self.want.take() {
             Some(w) => Some((self.published, w)),
             None => {
@@ -133,7 +133,7 @@ impl<W> Latest<W> {
         self.done = self.done.max(n);
     }
 
-    /// The sync loop ended without taking `next`'s None (it panicked): the
+    /// The sync loop ended without taking `take`'s None (it panicked): the
     /// next publish starts another.
     pub fn abandoned(&mut self) {
         self.running = false;
@@ -158,27 +158,27 @@ mod tests {
         let mut q: Latest<&str> = Latest::default();
         // The first want starts the loop; it takes it at once.
         assert_eq!(q.publish("v1"), (1, true));
-        assert_eq!(q.next(), Some((1, "v1")));
+        assert_eq!(q.take(), Some((1, "v1")));
         // Three views while v1 is synced: no second loop, and one sync of the newest.
         assert_eq!(q.publish("v2"), (2, false));
         assert_eq!(q.publish("v3"), (3, false));
         assert_eq!(q.publish("v4"), (4, false));
         q.finished(1);
         assert_eq!((q.published(), q.done()), (4, 1));
-        assert_eq!(q.next(), Some((4, "v4")));
+        assert_eq!(q.take(), Some((4, "v4")));
         q.finished(4);
         // Nothing newer: the loop stops, and the next want starts one.
-        assert_eq!(q.next(), None);
+        assert_eq!(q.take(), None);
         assert_eq!(q.done(), 4);
         assert_eq!(q.publish("v5"), (5, true));
-        assert_eq!(q.next(), Some((5, "v5")));
+        assert_eq!(q.take(), Some((5, "v5")));
     }
 
     #[test]
     fn a_loop_that_died_is_started_again_by_the_next_want() {
         let mut q: Latest<&str> = Latest::default();
         assert_eq!(q.publish("v1"), (1, true));
-        assert_eq!(q.next(), Some((1, "v1")));
+        assert_eq!(q.take(), Some((1, "v1")));
         q.abandoned();
         assert_eq!(q.publish("v2"), (2, true));
         assert_eq!(q.done(), 0, "v1 was never covered");

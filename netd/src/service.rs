@@ -435,7 +435,11 @@ impl Netd {
     }
 
     /// The host's links, addresses and rules made to match the local state.
-    async fn host_pass(&self, desired: &Desired, observed: Result<Arc<sys::HostLinks>, String>) -> Vec<(Action, String)> {
+    async fn host_pass(
+        &self,
+        desired: &Desired,
+        observed: Result<Arc<sys::HostLinks>, String>,
+    ) -> Vec<(Action, String)> {
         let observed = match observed {
             Ok(o) => o,
             Err(e) => {
@@ -531,7 +535,8 @@ impl Netd {
         self.balancers.follow(balanced);
         if let Some(balanced) = started {
             let balancers = self.balancers.clone();
-            let errors = tokio::task::spawn_blocking(move || balancers.sync_starts(&balanced)).await.unwrap_or_default();
+            let errors =
+                tokio::task::spawn_blocking(move || balancers.sync_starts(&balanced)).await.unwrap_or_default();
             for e in errors {
                 tracing::warn!(error = %e, "load balancer step failed");
             }

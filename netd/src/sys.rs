@@ -552,11 +552,12 @@ impl Sandboxes {
             apply_ms = (start.elapsed() - observed_in).as_secs_f64() * 1e3,
             "overlay sync"
         );
-        self.known = failed
-            .is_empty()
-            .then(|| overlay::after(&observed, &actions))
-            .flatten()
-            .map(|sandboxes| Known { host, sandboxes, shims, children });
+        self.known = failed.is_empty().then(|| overlay::after(&observed, &actions)).flatten().map(|sandboxes| Known {
+            host,
+            sandboxes,
+            shims,
+            children,
+        });
         failed
     }
 
@@ -594,7 +595,7 @@ impl Sandboxes {
     /// `entry_batch`, `endpoint_batch`). Returns the steps that failed, with why.
     async fn apply_all(&mut self, actions: &[OverlayAction]) -> Vec<(Option<OverlayAction>, String)> {
         let mut failed = Vec::new();
-        let mut rest = &actions[..];
+        let mut rest = actions;
         while !rest.is_empty() {
             let (entries, endpoints) = (entry_batch(rest), endpoint_batch(rest));
             let n = entries.max(endpoints).max(1);
