@@ -13,7 +13,10 @@
 //! engine's syncs and the periodic resync; a *view* pass (what follows the
 //! network view only) serves new views. A whole pass serves views too, but
 //! a view pass never serves a whole caller: an attach's veth is made in the
-//! host part. Attaches share passes with one another, so twenty endpoints
+//! host part. The periodic resync is a whole pass that also observes the
+//! overlays' sandboxes afresh (other passes may plan against what the last
+//! sync saw and did): only a resync serves it. Attaches share passes with
+//! one another, so twenty endpoints
 //! asked for at once cost one or two host passes (one netlink burst and one
 //! rule update), not twenty.
 //!
@@ -26,6 +29,9 @@
 /// What a pass is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A whole pass that also observes the overlays' sandboxes afresh
+    /// (the periodic resync: it repairs drift); served only by another.
+    Resync,
     Whole,
     View,
 }
@@ -50,11 +56,13 @@ pub struct Passes<F> {
     /// last whole pass.
     done_whole: u64,
     failed: Vec<F>,
+    /// The highest ask a finished resync covered.
+    done_resync: u64,
 }
 
 impl<F> Default for Passes<F> {
     fn default() -> Self {
-        Passes { asked: 0, done: 0, done_whole: 0, failed: Vec::new() }
+        Passes { asked: 0, done: 0, done_whole: 0, failed: Vec::new(), done_resync: 0 }
     }
 }
 
@@ -68,6 +76,7 @@ impl<F: Clone> Passes<F> {
     /// Ask `mine` of `kind` holds the pass lock: served already, or run one.
     pub fn begin(&self, kind: Kind, mine: u64) -> Begin<F> {
         match kind {
+            Kind::Resync if self.done_resync >= mine => Begin::Served(self.failed.clone()),
             Kind::Whole if self.done_whole >= mine => Begin::Served(self.failed.clone()),
             Kind::View if self.done >= mine => Begin::Served(Vec::new()),
             _ => Begin::Run { covers: self.asked },
@@ -77,9 +86,12 @@ impl<F: Clone> Passes<F> {
     /// A pass of `kind` that covered the asks up to `covers` finished.
     pub fn finish(&mut self, kind: Kind, covers: u64, failed: Vec<F>) {
         self.done = self.done.max(covers);
-        if kind == Kind::Whole {
+        if kind != Kind::View {
             self.done_whole = self.done_whole.max(covers);
             self.failed = failed;
+        }
+        if kind == Kind::Resync {
+            self.done_resync = self.done_resync.max(covers);
         }
     }
 }
@@ -215,7 +227,7 @@ mod tests {
                 Finish(failed) => {
                     let (who, kind, covers) = running.take().expect("a pass runs");
                     p.finish(kind, covers, failed.to_vec());
-                    let got = if kind == Kind::Whole { failed.to_vec() } else { Vec::new() };
+                    let got = if kind != Kind::View { failed.to_vec() } else { Vec::new() };
                     out.push((who, "ran", got));
                 }
             }
@@ -279,6 +291,39 @@ mod tests {
         assert_eq!(
             got,
             vec![("v1", "ran", vec![]), ("a1", "ran", vec!["x"]), ("v2", "served", vec![]), ("v3", "ran", vec![]),]
+        );
+    }
+
+    #[test]
+    fn a_resync_is_served_only_by_a_resync_and_serves_everyone() {
+        use Kind::*;
+        let got = run(&[
+            Ask("a1", Whole),
+            Lock("a1"),
+            Ask("r1", Resync),
+            Ask("a2", Whole),
+            Finish(&[]),
+            // r1 and a2 queued behind a1: r1's pass observes afresh and serves a2 too.
+            Lock("r1"),
+            Ask("a3", Whole),
+            Ask("r2", Resync),
+            Finish(&[]),
+            Lock("a2"),
+            // a3's pass does not serve r2, which asked during r1's pass.
+            Lock("a3"),
+            Finish(&[]),
+            Lock("r2"),
+            Finish(&[]),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                ("a1", "ran", vec![]),
+                ("r1", "ran", vec![]),
+                ("a2", "served", vec![]),
+                ("a3", "ran", vec![]),
+                ("r2", "ran", vec![]),
+            ]
         );
     }
 

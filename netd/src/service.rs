@@ -378,6 +378,14 @@ impl Netd {
         self.pass_after(Kind::Whole).await
     }
 
+    /// The periodic resync: a whole pass that also observes the overlays'
+    /// sandboxes afresh, which repairs what changed behind netd's back
+    /// (other passes plan against what the last sync saw and did, when
+    /// that is all they change: `sys::Sandboxes::sync_known`).
+    pub async fn resync(&self) -> Vec<(Action, String)> {
+        self.pass_after(Kind::Resync).await
+    }
+
     /// A pass for a new network view, started after this call and shared:
     /// views that queue while a pass runs are all served by the next one (a
     /// node's view changes with every task the cluster starts). It programs
@@ -398,7 +406,7 @@ impl Netd {
             Begin::Served(failed) => return failed,
             Begin::Run { covers } => covers,
         };
-        let failed = self.pass_once(asked, kind == Kind::Whole).await;
+        let failed = self.pass_once(asked, kind).await;
         self.passes.lock().unwrap_or_else(|p| p.into_inner()).finish(kind, covers, failed.clone());
         failed
     }
@@ -409,7 +417,8 @@ impl Netd {
     /// `docker_gwbridge` one from the host and its overlay one from the
     /// sandbox, are made at once), and what follows (DNS, balancers, mesh)
     /// waits for both.
-    async fn pass_once(&self, asked: std::time::Instant, host: bool) -> Vec<(Action, String)> {
+    async fn pass_once(&self, asked: std::time::Instant, kind: Kind) -> Vec<(Action, String)> {
+        let host = kind != Kind::View;
         use futures::FutureExt;
         let mut phases = Phases::new(asked);
         let desired = self.state.lock().unwrap_or_else(|p| p.into_inner()).desired();
@@ -424,7 +433,7 @@ impl Netd {
         };
         let overlays_part = async {
             let start = std::time::Instant::now();
-            let view = self.follow_overlays(&desired, host, links.clone()).await;
+            let view = self.follow_overlays(&desired, host, kind == Kind::Resync, links.clone()).await;
             (view, start.elapsed())
         };
         let ((failed, host_took), (view, overlays_took)) = tokio::join!(host_part, overlays_part);
@@ -477,12 +486,16 @@ impl Netd {
     /// follow the network view; returns the view (None before one came).
     /// The overlays are left alone in a view pass (not `whole`) when what
     /// they follow is as the last clean overlay sync left it: most new views
-    /// only change services' backends (a task started somewhere). `host`
-    /// reads the host's links (shared with the host pass).
+    /// only change services' backends (a task started somewhere). The
+    /// sandboxes are observed afresh in a resync (`observe`), else only when
+    /// the plan against what the last sync saw and did changes more than
+    /// entries and new endpoints' veths. `host` reads the host's links
+    /// (shared with the host pass).
     async fn follow_overlays(
         &self,
         desired: &Desired,
         whole: bool,
+        observe: bool,
         host: impl std::future::Future<Output = Result<Arc<sys::HostLinks>, String>>,
     ) -> Option<NetView> {
         let view = self.state.lock().unwrap_or_else(|p| p.into_inner()).overlay_view();
@@ -491,9 +504,9 @@ impl Netd {
             let unchanged = self.overlays_synced.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&inputs);
             if whole || !unchanged {
                 let mut sandboxes = self.sandboxes.lock().await;
-                // A view pass plans against what the last sync saw and did, if the view moved
-                // only entries; a whole pass (every attach, every RESYNC) observes.
-                let known = if whole { None } else { sandboxes.sync_known(view, &desired.endpoints).await };
+                // Planned against what the last sync saw and did, if that is all the plan
+                // changes (entries, new endpoints' veths); every RESYNC observes.
+                let known = if observe { None } else { sandboxes.sync_known(view, &desired.endpoints).await };
                 let failed = match known {
                     Some(failed) => failed,
                     None => sandboxes.sync_with(view, &desired.endpoints, host).await,
@@ -609,7 +622,7 @@ impl Netd {
     /// Reconciles the kernel against the state every [`RESYNC`] until `cancel` fires.
     pub async fn run(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
         loop {
-            self.sync().await;
+            self.resync().await;
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(RESYNC) => {}

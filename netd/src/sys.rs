@@ -561,13 +561,13 @@ impl Sandboxes {
         failed
     }
 
-    /// A view pass's overlay sync without observing: planned against what
-    /// the last sync observed and did since, and carried out when all it
-    /// does is what `overlay::after` follows (entries, local endpoints'
-    /// veths: what a task started or stopped elsewhere moves). None when
-    /// there is no such observation or the plan does more: then observe
-    /// (`sync_with`). Whole passes (every attach, every `RESYNC`) always
-    /// observe, which repairs what changed behind netd's back.
+    /// An overlay sync without observing: planned against what the last
+    /// sync observed and did since, and carried out when all it does is
+    /// what `overlay::after` follows (entries, local endpoints' veths: what
+    /// a task started here or elsewhere moves). None when there is no such
+    /// observation or the plan does more: then observe (`sync_with`).
+    /// netd's periodic resync always observes, which repairs what changed
+    /// behind its back.
     pub async fn sync_known(
         &mut self,
         view: &NetView,
