@@ -185,8 +185,8 @@ impl OverlayInputs {
 }
 
 /// How long a pass waited for the one before it, then each of its phases
-/// took (a debug line per pass: where an attach's time goes; `host` and
-/// `overlays` run side by side, each with its own time). Written out only
+/// took (a debug line per pass: where an attach's time goes; `host`,
+/// `overlays` and `lb` run side by side, each with its own time). Written out only
 /// when the line is.
 struct Phases {
     last: std::time::Instant,
@@ -412,11 +412,14 @@ impl Netd {
     }
 
     /// One reconcile pass (the caller holds `pass`); the host's part only
-    /// when `host`. The host's links and the overlays' sandboxes go side by side: they
-    /// touch different namespaces (a container's two legs, its
-    /// `docker_gwbridge` one from the host and its overlay one from the
-    /// sandbox, are made at once), and what follows (DNS, balancers, mesh)
-    /// waits for both.
+    /// in a whole pass. The host's links, the overlays' sandboxes and the
+    /// balancers go side by side: they touch different namespaces or
+    /// different objects (a container's two legs, its `docker_gwbridge` one
+    /// from the host and its overlay one from the sandbox, are made at once,
+    /// and its balancer table, which needs no link, meanwhile), and what
+    /// follows (DNS, mesh) waits for them. The balancers' want is published
+    /// first (`lb_sys::Follower`); a whole pass writes the tables of the
+    /// namespaces that are new or on other VIPs itself.
     async fn pass_once(&self, asked: std::time::Instant, kind: Kind) -> Vec<(Action, String)> {
         let host = kind != Kind::View;
         use futures::FutureExt;
@@ -436,9 +439,27 @@ impl Netd {
             let view = self.follow_overlays(&desired, host, kind == Kind::Resync, links.clone()).await;
             (view, start.elapsed())
         };
-        let ((failed, host_took), (view, overlays_took)) = tokio::join!(host_part, overlays_part);
-        phases.side_by_side([("host", host_took), ("overlays", overlays_took)]);
-        self.follow_view(&desired, view, host, &mut phases).await;
+        // The VIP load balancers of the containers on cluster networks (none without a view).
+        // Published first: a sync that takes an older want after `sync_starts` could undo it.
+        let view_now = self.state.lock().unwrap_or_else(|p| p.into_inner()).overlay_view();
+        let balanced = view_now.as_ref().map(|v| lb::by_namespace(v, &desired.endpoints)).unwrap_or_default();
+        let started = host.then(|| balanced.clone());
+        self.balancers.follow(balanced);
+        let lb_part = async {
+            let start = std::time::Instant::now();
+            if let Some(balanced) = started {
+                let balancers = self.balancers.clone();
+                let errors =
+                    tokio::task::spawn_blocking(move || balancers.sync_starts(&balanced)).await.unwrap_or_default();
+                for e in errors {
+                    tracing::warn!(error = %e, "load balancer step failed");
+                }
+            }
+            start.elapsed()
+        };
+        let ((failed, host_took), (view, overlays_took), lb_took) = tokio::join!(host_part, overlays_part, lb_part);
+        phases.side_by_side([("host", host_took), ("overlays", overlays_took), ("lb", lb_took)]);
+        self.follow_view(&desired, view, &mut phases).await;
         tracing::debug!(endpoints = desired.endpoints.len(), phases = %phases, "pass");
         failed
     }
@@ -526,12 +547,9 @@ impl Netd {
         view
     }
 
-    /// What follows the network view after the sandboxes: DNS, the VIP load
-    /// balancers and the routing mesh. The balancers follow on their own
-    /// (`lb_sys::Follower`): the pass publishes what they must balance, and
-    /// a whole pass (`starts`: it makes the containers' namespaces) waits
-    /// only for the tables of the namespaces that are new or on other VIPs.
-    async fn follow_view(&self, desired: &Desired, view: Option<NetView>, starts: bool, phases: &mut Phases) {
+    /// What follows the network view after the sandboxes: DNS and the
+    /// routing mesh (the balancers went beside the sandboxes).
+    async fn follow_view(&self, desired: &Desired, view: Option<NetView>, phases: &mut Phases) {
         // DNS follows the endpoints (after them: its sockets need the namespaces' loopback up),
         // with the services of the cluster networks from the view.
         let networks = self.state.lock().unwrap_or_else(|p| p.into_inner()).networks.clone();
@@ -541,20 +559,6 @@ impl Netd {
             tracing::debug!(container, error = %why, "cannot serve DNS in the container yet");
         }
         phases.mark("dns");
-        // The VIP load balancers of the containers on cluster networks (none without a view).
-        // Published first: a sync that takes an older want after `sync_starts` could undo it.
-        let balanced = view.as_ref().map(|v| lb::by_namespace(v, &desired.endpoints)).unwrap_or_default();
-        let started = starts.then(|| balanced.clone());
-        self.balancers.follow(balanced);
-        if let Some(balanced) = started {
-            let balancers = self.balancers.clone();
-            let errors =
-                tokio::task::spawn_blocking(move || balancers.sync_starts(&balanced)).await.unwrap_or_default();
-            for e in errors {
-                tracing::warn!(error = %e, "load balancer step failed");
-            }
-        }
-        phases.mark("lb");
         // The routing mesh: the host table (in this namespace, the host's: a blocking
         // thread of this runtime is in it) and the steering of the local tasks on ingress.
         let host_table = view.as_ref().and_then(|v| v.ingress.as_ref()).map(ingress::host_table);
