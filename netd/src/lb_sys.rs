@@ -24,8 +24,12 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use crate::lb::{self, LbService, Plan};
+use crate::passes::Latest;
 use crate::{nft_elems, nft_table, sys};
 
 #[derive(Debug, thiserror::Error)]
@@ -443,27 +447,10 @@ impl Balancers {
                 programmed.insert(netns, last.cloned().expect("checked"));
                 continue;
             }
-            // A table netd does not know is written whole, which replaces
-            // whatever is there: no need to read it first.
             let socket = self.sockets.entry(netns.clone()).or_default();
-            let current = match last {
-                _ if full => observe_on(&netns, socket),
-                Some(p) => Ok(p.table.clone()),
-                None => Ok(None),
-            };
-            let done = current.and_then(|current| {
-                let plan = lb::plan(&services, current.as_ref());
-                apply_on(&netns, &plan, socket).inspect_err(|_| *socket = None)?;
-                // No table and nothing to balance: still no table.
-                let table = (current.is_some() || plan.whole).then(|| plan.want.clone());
-                Ok((plan, table))
-            });
-            match done {
-                Ok((p, table)) => {
-                    if !p.script.is_empty() {
-                        tracing::debug!(netns = %netns.display(), whole = p.whole, structure = p.has_structure(), removed = ?p.removed, "load balancer updated");
-                    }
-                    programmed.insert(netns, Programmed { services, known: true, table });
+            match program(&netns, services, last, full, socket) {
+                Ok(p) => {
+                    programmed.insert(netns, p);
                 }
                 // Not recorded: the next pass observes the table and tries again.
                 Err(e) => failed.push(e),
@@ -479,6 +466,36 @@ impl Balancers {
         failed
     }
 
+    /// Programs, of `want`, only the namespaces a container's start waits
+    /// for: those netd has not balanced yet (written whole, without being
+    /// read), and those whose VIPs changed (a container joined another
+    /// network). A namespace whose backends alone moved is left to the next
+    /// [`sync`](Self::sync), as are the tables of namespaces that left.
+    /// Returns what failed (a failed namespace is written whole later).
+    pub fn sync_starts(&mut self, want: &BTreeMap<PathBuf, Vec<LbService>>) -> Vec<LbError> {
+        let vips = |s: &[LbService]| s.iter().map(|s| s.vip).collect::<Vec<_>>();
+        let mut failed = Vec::new();
+        for (netns, services) in want {
+            let last = self.programmed.get(netns);
+            if last.is_some_and(|p| vips(&p.services) == vips(services)) {
+                continue;
+            }
+            let last = last.filter(|p| p.known).cloned();
+            let socket = self.sockets.entry(netns.clone()).or_default();
+            match program(netns, services.clone(), last.as_ref(), false, socket) {
+                Ok(p) => {
+                    self.programmed.insert(netns.clone(), p);
+                }
+                Err(e) => {
+                    // Written whole by the next sync.
+                    self.programmed.remove(netns);
+                    failed.push(e);
+                }
+            }
+        }
+        failed
+    }
+
     /// Flushes, in every namespace balanced now, the conntrack entries of
     /// flows to `backends` (addresses whose tasks are gone, not merely out
     /// of the table: those drain). Returns what failed.
@@ -487,6 +504,128 @@ impl Balancers {
             return vec![];
         }
         self.programmed.keys().filter_map(|netns| flush_conntrack(netns, backends).err()).collect()
+    }
+}
+
+/// One namespace's table made to balance `services`: planned against the
+/// table netd left there (`last`), or against what it holds when `full`,
+/// and changed by one batch on `socket`. A table netd does not know is
+/// written whole, which replaces whatever is there: no need to read it first.
+fn program(
+    netns: &Path,
+    services: Vec<LbService>,
+    last: Option<&Programmed>,
+    full: bool,
+    socket: &mut Option<ElementSocket>,
+) -> Result<Programmed, LbError> {
+    let current = match last {
+        _ if full => observe_on(netns, socket)?,
+        Some(p) => p.table.clone(),
+        None => None,
+    };
+    let plan = lb::plan(&services, current.as_ref());
+    apply_on(netns, &plan, socket).inspect_err(|_| *socket = None)?;
+    if !plan.script.is_empty() {
+        tracing::debug!(netns = %netns.display(), whole = plan.whole, structure = plan.has_structure(), removed = ?plan.removed, "load balancer updated");
+    }
+    // No table and nothing to balance: still no table.
+    let table = (current.is_some() || plan.whole).then(|| plan.want.clone());
+    Ok(Programmed { services, known: true, table })
+}
+
+/// What every balanced namespace's table must hold (`lb::by_namespace`).
+pub type Want = BTreeMap<PathBuf, Vec<LbService>>;
+
+/// The [`Balancers`] driven beside netd's passes rather than inside them.
+/// A pass publishes its want ([`follow`](Self::follow)); one sync at a time,
+/// on a blocking thread, takes the newest (`passes::Latest`), so the views
+/// that arrive during a sync share the next one: a burst of task starts
+/// costs one batch per namespace, not one per view, and no pass waits for
+/// other namespaces' updates. A pass that makes containers' namespaces
+/// programs theirs itself ([`sync_starts`](Self::sync_starts)) before it
+/// answers: a started container's first connection to a VIP works.
+#[derive(Debug, Default)]
+pub struct Follower {
+    balancers: Mutex<Balancers>,
+    queue: Mutex<Latest<Want>>,
+    /// The newest want a finished sync covered, for those who wait on it.
+    done: Notify,
+}
+
+impl Follower {
+    /// Publishes `want` (the balancers then sync to it, or to a newer one);
+    /// its number. Starts the sync loop on a blocking thread of the current
+    /// runtime if none runs.
+    pub fn follow(self: &Arc<Self>, want: Want) -> u64 {
+        let (n, start) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).publish(want);
+        if start {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.run());
+        }
+        n
+    }
+
+    /// The sync loop: the newest want, synced, until none is newer. The
+    /// want is taken while the balancers are held, so a sync never undoes
+    /// what a later-published `sync_starts` did.
+    fn run(&self) {
+        struct Abandon<'a>(&'a Follower, bool);
+        impl Drop for Abandon<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.queue.lock().unwrap_or_else(|p| p.into_inner()).abandoned();
+                }
+            }
+        }
+        let mut guard = Abandon(self, true);
+        loop {
+            let mut balancers = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
+            let Some((n, want)) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+                guard.1 = false;
+                return;
+            };
+            let (began, namespaces) = (std::time::Instant::now(), want.len());
+            let errors = balancers.sync(want);
+            drop(balancers);
+            tracing::debug!(want = n, namespaces, ms = began.elapsed().as_secs_f64() * 1e3, "load balancers synced");
+            for e in errors {
+                tracing::warn!(error = %e, "load balancer step failed");
+            }
+            self.queue.lock().unwrap_or_else(|p| p.into_inner()).finished(n);
+            self.done.notify_waiters();
+        }
+    }
+
+    /// [`Balancers::sync_starts`] for `want` (which the caller published
+    /// first). Blocking: it waits for a sync that runs.
+    pub fn sync_starts(&self, want: &Want) -> Vec<LbError> {
+        self.balancers.lock().unwrap_or_else(|p| p.into_inner()).sync_starts(want)
+    }
+
+    /// The newest want published.
+    pub fn published(&self) -> u64 {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).published()
+    }
+
+    /// Waits until a sync covered want `n`, at most `limit`: whether one did.
+    pub async fn covered(&self, n: u64, limit: std::time::Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.done.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.queue.lock().unwrap_or_else(|p| p.into_inner()).done() >= n {
+                    return true;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or(false)
+    }
+
+    /// [`Balancers::flush`] (blocking: it waits for a sync that runs).
+    pub fn flush(&self, backends: &[Ipv4Addr]) -> Vec<LbError> {
+        self.balancers.lock().unwrap_or_else(|p| p.into_inner()).flush(backends)
     }
 }
 

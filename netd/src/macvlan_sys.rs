@@ -88,13 +88,19 @@ fn mtu_of(m: &LinkMessage) -> u32 {
 /// `/32` routes through them in the main table.
 pub async fn observe_shims(h: &Handle) -> Result<Vec<ObservedShim>, SysError> {
     let msgs: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl("listing links"))?;
+    observe_shims_in(h, &msgs).await
+}
+
+/// [`observe_shims`] from a link dump of the host's already made (`msgs`):
+/// only the routes are read, and only when there is a shim.
+pub async fn observe_shims_in(h: &Handle, msgs: &[LinkMessage]) -> Result<Vec<ObservedShim>, SysError> {
     let name_of = |i: u32| {
         msgs.iter().find(|m| m.header.index == i).and_then(|m| {
             m.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
         })
     };
     let mut shims: Vec<(u32, ObservedShim)> = Vec::new();
-    for m in &msgs {
+    for m in msgs {
         let Some(name) = name_of(m.header.index).filter(|n| is_shim(n)) else { continue };
         let parent = m.attributes.iter().find_map(|a| if let LinkAttribute::Link(i) = a { name_of(*i) } else { None });
         shims.push((

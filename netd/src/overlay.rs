@@ -531,6 +531,57 @@ fn plan_entries(
     actions.extend(deletes);
 }
 
+/// The sandboxes `observed` once the actions `done` were carried out, as
+/// far as [`plan`] reads them: entries added or deleted (`vx0`'s FDB and
+/// neighbours, `wg0`'s routes) and local endpoints' veths made. None when
+/// one of `done` is of another kind (a device, a sandbox, an address, a
+/// macvlan step): then only a new observation says what is there. netd's
+/// view passes plan against this instead of observing again when a view
+/// moved only entries (see `sys::Sandboxes::sync_known`).
+pub fn after(observed: &[ObservedSandbox], done: &[OverlayAction]) -> Option<Vec<ObservedSandbox>> {
+    let mut out = observed.to_vec();
+    for a in done {
+        let ns = match a {
+            OverlayAction::AddFdb { ns, .. }
+            | OverlayAction::DelFdb { ns, .. }
+            | OverlayAction::AddNeigh { ns, .. }
+            | OverlayAction::DelNeigh { ns, .. }
+            | OverlayAction::AddRoute { ns, .. }
+            | OverlayAction::DelRoute { ns, .. }
+            | OverlayAction::CreateEndpoint { ns, .. } => ns,
+            _ => return None,
+        };
+        let s = out.iter_mut().find(|s| s.name == *ns)?;
+        match a {
+            OverlayAction::AddFdb { mac, dst, .. } => {
+                s.fdb.retain(|(m, _)| m != mac);
+                s.fdb.push((*mac, *dst));
+            }
+            OverlayAction::DelFdb { mac, dst, .. } => s.fdb.retain(|e| *e != (*mac, *dst)),
+            OverlayAction::AddNeigh { ip, mac, .. } => {
+                s.neigh.retain(|e| e.ip != *ip);
+                s.neigh.push(ObservedNeigh { ip: *ip, mac: Some(*mac), permanent: true });
+            }
+            OverlayAction::DelNeigh { ip, .. } => s.neigh.retain(|e| e.ip != *ip),
+            OverlayAction::AddRoute { addr, .. } => s.tun_routes.push(*addr),
+            OverlayAction::DelRoute { addr, .. } => s.tun_routes.retain(|r| r != addr),
+            OverlayAction::CreateEndpoint { host, mtu, .. } => {
+                s.links.retain(|l| l.name != *host);
+                s.links.push(ObservedLink {
+                    name: host.clone(),
+                    kind: LinkKind::Veth,
+                    master: Some(BRIDGE.into()),
+                    mtu: *mtu,
+                    up: true,
+                    addrs: Vec::new(),
+                });
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -801,6 +852,48 @@ mod tests {
                 A::AddNeigh { ns: ns(), ip: ip("10.10.0.4"), mac: m4 },
             ]
         );
+    }
+
+    /// A sandbox as `after` leaves it plans as the kernel would show it:
+    /// for new remote and local endpoints, and for endpoints that left.
+    #[test]
+    fn after_the_entries_and_endpoints_it_follows_a_plan_needs_nothing() {
+        let mut moved = view();
+        moved.endpoints.push(endpoint("t4", "10.10.0.5", "n2"));
+        moved.endpoints.push(endpoint("t5", "10.10.0.6", "n1"));
+        moved.endpoints.retain(|e| e.id != "t3");
+        let mut local = local();
+        local.push(local_endpoint("222222222222", "10.10.0.6"));
+        let a = plan(&moved, &local, &[], &[converged()]);
+        assert_eq!(a.len(), 5, "a veth, two entries in, two out: {a:?}");
+        let s = after(&[converged()], &a).expect("entries and endpoints are followed");
+        assert_eq!(plan(&moved, &local, &[], &s), vec![]);
+        // Back: the entries again, the veth made and now stale (its endpoint gone) is a link to delete.
+        let b = plan(&view(), &local[..1], &[], &s);
+        assert_eq!(b.iter().filter(|a| matches!(a, A::DeleteLink { .. })).count(), 1, "{b:?}");
+        assert_eq!(after(&s, &b), None, "a link deleted: observe again");
+        let entries: Vec<_> = b.into_iter().filter(|a| !matches!(a, A::DeleteLink { .. })).collect();
+        let s = after(&s, &entries).expect("entries");
+        assert_eq!(plan(&view(), &local, &[], &s).len(), 0);
+    }
+
+    #[test]
+    fn after_devices_sandboxes_or_an_unknown_sandbox_nothing_is_assumed() {
+        let s = [converged()];
+        for a in [
+            A::CreateSandbox { ns: ns() },
+            A::SetUp { ns: ns(), name: BRIDGE.into() },
+            A::CreateVxlan { ns: ns(), vni: 4100, local: ip("10.98.0.11"), mtu: 1450 },
+            A::AddFdb { ns: "shovother".into(), mac: [2, 0, 0, 0, 0, 1], dst: ip("10.98.0.12") },
+        ] {
+            assert_eq!(after(&s, std::slice::from_ref(&a)), None, "{a:?}");
+        }
+        let enc = [converged_encrypted()];
+        let mut v = encrypted();
+        v.endpoints.push(endpoint("t4", "10.10.0.5", "n2"));
+        let a = plan(&v, &local(), &[], &enc);
+        assert_eq!(a, vec![A::AddRoute { ns: ns(), addr: ip("10.10.0.5") }]);
+        assert_eq!(plan(&v, &local(), &[], &after(&enc, &a).expect("a route")), vec![]);
     }
 
     #[test]

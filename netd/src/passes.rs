@@ -13,13 +13,25 @@
 //! engine's syncs and the periodic resync; a *view* pass (what follows the
 //! network view only) serves new views. A whole pass serves views too, but
 //! a view pass never serves a whole caller: an attach's veth is made in the
-//! host part. Attaches share passes with one another, so twenty endpoints
+//! host part. The periodic resync is a whole pass that also observes the
+//! overlays' sandboxes afresh (other passes may plan against what the last
+//! sync saw and did): only a resync serves it. Attaches share passes with
+//! one another, so twenty endpoints
 //! asked for at once cost one or two host passes (one netlink burst and one
 //! rule update), not twenty.
+//!
+//! The VIP balancers follow the passes rather than run inside them
+//! ([`Latest`]): each pass publishes what every namespace's table must
+//! balance, and one sync at a time takes the newest want, so a burst of
+//! views costs one batch per namespace, and no attach waits behind the
+//! balancer updates of other containers' namespaces.
 
 /// What a pass is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A whole pass that also observes the overlays' sandboxes afresh
+    /// (the periodic resync: it repairs drift); served only by another.
+    Resync,
     Whole,
     View,
 }
@@ -44,11 +56,13 @@ pub struct Passes<F> {
     /// last whole pass.
     done_whole: u64,
     failed: Vec<F>,
+    /// The highest ask a finished resync covered.
+    done_resync: u64,
 }
 
 impl<F> Default for Passes<F> {
     fn default() -> Self {
-        Passes { asked: 0, done: 0, done_whole: 0, failed: Vec::new() }
+        Passes { asked: 0, done: 0, done_whole: 0, failed: Vec::new(), done_resync: 0 }
     }
 }
 
@@ -62,6 +76,7 @@ impl<F: Clone> Passes<F> {
     /// Ask `mine` of `kind` holds the pass lock: served already, or run one.
     pub fn begin(&self, kind: Kind, mine: u64) -> Begin<F> {
         match kind {
+            Kind::Resync if self.done_resync >= mine => Begin::Served(self.failed.clone()),
             Kind::Whole if self.done_whole >= mine => Begin::Served(self.failed.clone()),
             Kind::View if self.done >= mine => Begin::Served(Vec::new()),
             _ => Begin::Run { covers: self.asked },
@@ -71,16 +86,115 @@ impl<F: Clone> Passes<F> {
     /// A pass of `kind` that covered the asks up to `covers` finished.
     pub fn finish(&mut self, kind: Kind, covers: u64, failed: Vec<F>) {
         self.done = self.done.max(covers);
-        if kind == Kind::Whole {
+        if kind != Kind::View {
             self.done_whole = self.done_whole.max(covers);
             self.failed = failed;
         }
+        if kind == Kind::Resync {
+            self.done_resync = self.done_resync.max(covers);
+        }
+    }
+}
+
+/// The balancers' queue (driven by `lb_sys::Follower`): wants published in
+/// order, numbered, and one sync at a time that takes the newest. The wants
+/// published while a sync runs are all served by the next one, and a sync
+/// never takes a want older than one an earlier sync took.
+#[derive(Debug)]
+pub struct Latest<W> {
+    published: u64,
+    /// The newest want no sync has taken yet.
+    want: Option<W>,
+    /// Whether a sync loop runs (it takes `want` before it stops).
+    running: bool,
+    /// The newest want a finished sync covered.
+    done: u64,
+}
+
+impl<W> Default for Latest<W> {
+    fn default() -> Self {
+        Latest { published: 0, want: None, running: false, done: 0 }
+    }
+}
+
+impl<W> Latest<W> {
+    /// Publishes `want`: its number, and whether the caller must start the
+    /// sync loop (none runs).
+    pub fn publish(&mut self, want: W) -> (u64, bool) {
+        self.published += 1;
+        self.want = Some(want);
+        let start = !self.running;
+        self.running = true;
+        (self.published, start)
+    }
+
+    /// The sync loop's next want (the newest, with its number); None when
+    /// there is none, and the loop stops (the next publish starts one).
+    pub fn take(&mut self) -> Option<(u64, W)> {
+        match self.want.take() {
+            Some(w) => Some((self.published, w)),
+            None => {
+                self.running = false;
+                None
+            }
+        }
+    }
+
+    /// A sync of want `n` finished.
+    pub fn finished(&mut self, n: u64) {
+        self.done = self.done.max(n);
+    }
+
+    /// The sync loop ended without taking `take`'s None (it panicked): the
+    /// next publish starts another.
+    pub fn abandoned(&mut self) {
+        self.running = false;
+    }
+
+    /// The newest want published, and the newest a finished sync covered.
+    pub fn published(&self) -> u64 {
+        self.published
+    }
+
+    pub fn done(&self) -> u64 {
+        self.done
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wants_published_while_a_sync_runs_are_served_by_one_sync_of_the_newest() {
+        let mut q: Latest<&str> = Latest::default();
+        // The first want starts the loop; it takes it at once.
+        assert_eq!(q.publish("v1"), (1, true));
+        assert_eq!(q.take(), Some((1, "v1")));
+        // Three views while v1 is synced: no second loop, and one sync of the newest.
+        assert_eq!(q.publish("v2"), (2, false));
+        assert_eq!(q.publish("v3"), (3, false));
+        assert_eq!(q.publish("v4"), (4, false));
+        q.finished(1);
+        assert_eq!((q.published(), q.done()), (4, 1));
+        assert_eq!(q.take(), Some((4, "v4")));
+        q.finished(4);
+        // Nothing newer: the loop stops, and the next want starts one.
+        assert_eq!(q.take(), None);
+        assert_eq!(q.done(), 4);
+        assert_eq!(q.publish("v5"), (5, true));
+        assert_eq!(q.take(), Some((5, "v5")));
+    }
+
+    #[test]
+    fn a_loop_that_died_is_started_again_by_the_next_want() {
+        let mut q: Latest<&str> = Latest::default();
+        assert_eq!(q.publish("v1"), (1, true));
+        assert_eq!(q.take(), Some((1, "v1")));
+        q.abandoned();
+        assert_eq!(q.publish("v2"), (2, true));
+        assert_eq!(q.done(), 0, "v1 was never covered");
+    }
 
     /// One step of a script: a caller asks, a caller takes the pass lock, or the pass running finishes (with the failures it saw).
     enum Step {
@@ -113,7 +227,7 @@ mod tests {
                 Finish(failed) => {
                     let (who, kind, covers) = running.take().expect("a pass runs");
                     p.finish(kind, covers, failed.to_vec());
-                    let got = if kind == Kind::Whole { failed.to_vec() } else { Vec::new() };
+                    let got = if kind != Kind::View { failed.to_vec() } else { Vec::new() };
                     out.push((who, "ran", got));
                 }
             }
@@ -177,6 +291,39 @@ mod tests {
         assert_eq!(
             got,
             vec![("v1", "ran", vec![]), ("a1", "ran", vec!["x"]), ("v2", "served", vec![]), ("v3", "ran", vec![]),]
+        );
+    }
+
+    #[test]
+    fn a_resync_is_served_only_by_a_resync_and_serves_everyone() {
+        use Kind::*;
+        let got = run(&[
+            Ask("a1", Whole),
+            Lock("a1"),
+            Ask("r1", Resync),
+            Ask("a2", Whole),
+            Finish(&[]),
+            // r1 and a2 queued behind a1: r1's pass observes afresh and serves a2 too.
+            Lock("r1"),
+            Ask("a3", Whole),
+            Ask("r2", Resync),
+            Finish(&[]),
+            Lock("a2"),
+            // a3's pass does not serve r2, which asked during r1's pass.
+            Lock("a3"),
+            Finish(&[]),
+            Lock("r2"),
+            Finish(&[]),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                ("a1", "ran", vec![]),
+                ("r1", "ran", vec![]),
+                ("a2", "served", vec![]),
+                ("a3", "ran", vec![]),
+                ("r2", "ran", vec![]),
+            ]
         );
     }
 

@@ -41,6 +41,9 @@ use crate::{ingress, ingress_sys, lb, lb_sys};
 
 /// How often netd re-checks the kernel even when nothing was asked.
 pub const RESYNC: Duration = Duration::from_secs(5);
+/// How long a caller that needs the balancers' tables synced waits for them
+/// (a sync takes milliseconds; this only bounds one that hangs).
+const BALANCED_WAIT: Duration = Duration::from_secs(5);
 /// The local network whose legs carry the default route of containers on
 /// cluster networks (Docker's name).
 pub const GWBRIDGE: &str = "docker_gwbridge";
@@ -182,8 +185,8 @@ impl OverlayInputs {
 }
 
 /// How long a pass waited for the one before it, then each of its phases
-/// took (a debug line per pass: where an attach's time goes; `host` and
-/// `overlays` run side by side, each with its own time). Written out only
+/// took (a debug line per pass: where an attach's time goes; `host`,
+/// `overlays` and `lb` run side by side, each with its own time). Written out only
 /// when the line is.
 struct Phases {
     last: std::time::Instant,
@@ -290,9 +293,10 @@ pub struct Netd {
     /// The overlay steps that failed in the last pass, with why (no step:
     /// the sandboxes could not be observed).
     overlay_failures: Mutex<Vec<(Option<OverlayAction>, String)>>,
-    /// The VIP load balancers in the containers' namespaces (blocking: nft
-    /// runs in each namespace, so a pass drives them on a blocking thread).
-    balancers: Arc<Mutex<lb_sys::Balancers>>,
+    /// The VIP load balancers in the containers' namespaces, following
+    /// the passes on a blocking thread of their own (netlink requests from
+    /// inside each namespace): a pass publishes what they must balance.
+    balancers: Arc<lb_sys::Follower>,
     /// The routing mesh: the host table and the reply steering in the
     /// namespaces of local tasks on ingress (blocking too).
     mesh: Arc<Mutex<ingress_sys::Mesh>>,
@@ -338,8 +342,8 @@ impl Netd {
         });
         let netd = Arc::new(Netd {
             state: Mutex::new(state),
-            // A socket of their own: the overlays' dumps of the host's links run
-            // beside the host pass's (a socket takes one dump at a time).
+            // A socket of their own: the overlays' requests in the host's namespace (the
+            // shims' route dump, `vx0`) run beside the host pass's (a socket takes one dump at a time).
             sandboxes: tokio::sync::Mutex::new(sys::Sandboxes::new(sys::connect()?, root.join("sandboxes"))),
             sandbox_dir: root.join("sandboxes"),
             encryption: Arc::new(Mutex::new(encryption)),
@@ -374,6 +378,14 @@ impl Netd {
         self.pass_after(Kind::Whole).await
     }
 
+    /// The periodic resync: a whole pass that also observes the overlays'
+    /// sandboxes afresh, which repairs what changed behind netd's back
+    /// (other passes plan against what the last sync saw and did, when
+    /// that is all they change: `sys::Sandboxes::sync_known`).
+    pub async fn resync(&self) -> Vec<(Action, String)> {
+        self.pass_after(Kind::Resync).await
+    }
+
     /// A pass for a new network view, started after this call and shared:
     /// views that queue while a pass runs are all served by the next one (a
     /// node's view changes with every task the cluster starts). It programs
@@ -394,40 +406,71 @@ impl Netd {
             Begin::Served(failed) => return failed,
             Begin::Run { covers } => covers,
         };
-        let failed = self.pass_once(asked, kind == Kind::Whole).await;
+        let failed = self.pass_once(asked, kind).await;
         self.passes.lock().unwrap_or_else(|p| p.into_inner()).finish(kind, covers, failed.clone());
         failed
     }
 
     /// One reconcile pass (the caller holds `pass`); the host's part only
-    /// when `host`. The host's links and the overlays' sandboxes go side by side: they
-    /// touch different namespaces (a container's two legs, its
-    /// `docker_gwbridge` one from the host and its overlay one from the
-    /// sandbox, are made at once), and what follows (DNS, balancers, mesh)
-    /// waits for both.
-    async fn pass_once(&self, asked: std::time::Instant, host: bool) -> Vec<(Action, String)> {
+    /// in a whole pass. The host's links, the overlays' sandboxes and the
+    /// balancers go side by side: they touch different namespaces or
+    /// different objects (a container's two legs, its `docker_gwbridge` one
+    /// from the host and its overlay one from the sandbox, are made at once,
+    /// and its balancer table, which needs no link, meanwhile), and what
+    /// follows (DNS, mesh) waits for them. The balancers' want is published
+    /// first (`lb_sys::Follower`); a whole pass writes the tables of the
+    /// namespaces that are new or on other VIPs itself.
+    async fn pass_once(&self, asked: std::time::Instant, kind: Kind) -> Vec<(Action, String)> {
+        let host = kind != Kind::View;
+        use futures::FutureExt;
         let mut phases = Phases::new(asked);
         let desired = self.state.lock().unwrap_or_else(|p| p.into_inner()).desired();
+        // One reading of the host's links for both parts (and the macvlan shims).
+        let handle = self.host.clone();
+        let links =
+            async move { sys::HostLinks::read(&handle).await.map(Arc::new).map_err(|e| e.to_string()) }.shared();
         let host_part = async {
             let start = std::time::Instant::now();
-            let failed = if host { self.host_pass(&desired).await } else { Vec::new() };
+            let failed = if host { self.host_pass(&desired, links.clone().await).await } else { Vec::new() };
             (failed, start.elapsed())
         };
         let overlays_part = async {
             let start = std::time::Instant::now();
-            let view = self.follow_overlays(&desired, host).await;
+            let view = self.follow_overlays(&desired, host, kind == Kind::Resync, links.clone()).await;
             (view, start.elapsed())
         };
-        let ((failed, host_took), (view, overlays_took)) = tokio::join!(host_part, overlays_part);
-        phases.side_by_side([("host", host_took), ("overlays", overlays_took)]);
+        // The VIP load balancers of the containers on cluster networks (none without a view).
+        // Published first: a sync that takes an older want after `sync_starts` could undo it.
+        let view_now = self.state.lock().unwrap_or_else(|p| p.into_inner()).overlay_view();
+        let balanced = view_now.as_ref().map(|v| lb::by_namespace(v, &desired.endpoints)).unwrap_or_default();
+        let started = host.then(|| balanced.clone());
+        self.balancers.follow(balanced);
+        let lb_part = async {
+            let start = std::time::Instant::now();
+            if let Some(balanced) = started {
+                let balancers = self.balancers.clone();
+                let errors =
+                    tokio::task::spawn_blocking(move || balancers.sync_starts(&balanced)).await.unwrap_or_default();
+                for e in errors {
+                    tracing::warn!(error = %e, "load balancer step failed");
+                }
+            }
+            start.elapsed()
+        };
+        let ((failed, host_took), (view, overlays_took), lb_took) = tokio::join!(host_part, overlays_part, lb_part);
+        phases.side_by_side([("host", host_took), ("overlays", overlays_took), ("lb", lb_took)]);
         self.follow_view(&desired, view, &mut phases).await;
         tracing::debug!(endpoints = desired.endpoints.len(), phases = %phases, "pass");
         failed
     }
 
     /// The host's links, addresses and rules made to match the local state.
-    async fn host_pass(&self, desired: &Desired) -> Vec<(Action, String)> {
-        let observed = match sys::observe(&self.host).await {
+    async fn host_pass(
+        &self,
+        desired: &Desired,
+        observed: Result<Arc<sys::HostLinks>, String>,
+    ) -> Vec<(Action, String)> {
+        let observed = match observed {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot observe the host's links");
@@ -436,7 +479,7 @@ impl Netd {
         };
         let applied = self.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut failed = Vec::new();
-        for batch in batches(plan(desired, &observed, applied.as_deref())) {
+        for batch in batches(plan(desired, &observed.links, applied.as_deref())) {
             // The new endpoints of a pass (each its own veth and namespace) are made at once:
             // their netlink requests go out together, not one endpoint's round trips after another's.
             let (began, n) = (std::time::Instant::now(), batch.len());
@@ -464,14 +507,32 @@ impl Netd {
     /// follow the network view; returns the view (None before one came).
     /// The overlays are left alone in a view pass (not `whole`) when what
     /// they follow is as the last clean overlay sync left it: most new views
-    /// only change services' backends (a task started somewhere).
-    async fn follow_overlays(&self, desired: &Desired, whole: bool) -> Option<NetView> {
+    /// only change services' backends (a task started somewhere). The
+    /// sandboxes are observed afresh in a resync (`observe`), else only when
+    /// the plan against what the last sync saw and did changes more than
+    /// entries and new endpoints' veths. `host` reads the host's links
+    /// (shared with the host pass).
+    async fn follow_overlays(
+        &self,
+        desired: &Desired,
+        whole: bool,
+        observe: bool,
+        host: impl std::future::Future<Output = Result<Arc<sys::HostLinks>, String>>,
+    ) -> Option<NetView> {
         let view = self.state.lock().unwrap_or_else(|p| p.into_inner()).overlay_view();
         if let Some(view) = &view {
             let inputs = OverlayInputs::of(view, &desired.endpoints);
             let unchanged = self.overlays_synced.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&inputs);
             if whole || !unchanged {
-                let failed = self.sync_overlays(view, &desired.endpoints).await;
+                let mut sandboxes = self.sandboxes.lock().await;
+                // Planned against what the last sync saw and did, if that is all the plan
+                // changes (entries, new endpoints' veths); every RESYNC observes.
+                let known = if observe { None } else { sandboxes.sync_known(view, &desired.endpoints).await };
+                let failed = match known {
+                    Some(failed) => failed,
+                    None => sandboxes.sync_with(view, &desired.endpoints, host).await,
+                };
+                drop(sandboxes);
                 *self.overlays_synced.lock().unwrap_or_else(|p| p.into_inner()) = failed.is_empty().then_some(inputs);
                 *self.overlay_failures.lock().unwrap_or_else(|p| p.into_inner()) = failed;
             }
@@ -486,8 +547,8 @@ impl Netd {
         view
     }
 
-    /// What follows the network view after the sandboxes: DNS, the VIP load
-    /// balancers and the routing mesh.
+    /// What follows the network view after the sandboxes: DNS and the
+    /// routing mesh (the balancers went beside the sandboxes).
     async fn follow_view(&self, desired: &Desired, view: Option<NetView>, phases: &mut Phases) {
         // DNS follows the endpoints (after them: its sockets need the namespaces' loopback up),
         // with the services of the cluster networks from the view.
@@ -498,17 +559,6 @@ impl Netd {
             tracing::debug!(container, error = %why, "cannot serve DNS in the container yet");
         }
         phases.mark("dns");
-        // The VIP load balancers of the containers on cluster networks (none without a view).
-        let balanced = view.as_ref().map(|v| lb::by_namespace(v, &desired.endpoints)).unwrap_or_default();
-        let balancers = self.balancers.clone();
-        let errors =
-            tokio::task::spawn_blocking(move || balancers.lock().unwrap_or_else(|p| p.into_inner()).sync(balanced))
-                .await
-                .unwrap_or_default();
-        for e in errors {
-            tracing::warn!(error = %e, "load balancer step failed");
-        }
-        phases.mark("lb");
         // The routing mesh: the host table (in this namespace, the host's: a blocking
         // thread of this runtime is in it) and the steering of the local tasks on ingress.
         let host_table = view.as_ref().and_then(|v| v.ingress.as_ref()).map(ingress::host_table);
@@ -564,17 +614,19 @@ impl Netd {
         self.encryption.lock().unwrap_or_else(|p| p.into_inner()).as_ref().ok().map(Encryption::node_keys)
     }
 
-    /// The overlays' part of a pass: their sandboxes made to match `view`,
-    /// with the local endpoints among `endpoints`. Returns the steps that
-    /// failed, with why.
-    async fn sync_overlays(&self, view: &NetView, endpoints: &[EndpointSpec]) -> Vec<(Option<OverlayAction>, String)> {
-        self.sandboxes.lock().await.sync(view, endpoints).await
+    /// Waits (at most [`BALANCED_WAIT`]) until the balancers synced to what
+    /// the last pass published.
+    async fn balanced(&self) {
+        let n = self.balancers.published();
+        if !self.balancers.covered(n, BALANCED_WAIT).await {
+            tracing::warn!(want = n, "the load balancers did not catch up within {BALANCED_WAIT:?}");
+        }
     }
 
     /// Reconciles the kernel against the state every [`RESYNC`] until `cancel` fires.
     pub async fn run(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
         loop {
-            self.sync().await;
+            self.resync().await;
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(RESYNC) => {}
@@ -783,11 +835,10 @@ impl pb::netd_server::Netd for NetdService {
         self.0.save()?;
         self.0.sync_shared().await;
         if !gone.is_empty() {
+            // After the tables dropped them: a flushed flow is balanced afresh, not onto them again.
+            self.0.balanced().await;
             let balancers = self.0.balancers.clone();
-            let errors =
-                tokio::task::spawn_blocking(move || balancers.lock().unwrap_or_else(|p| p.into_inner()).flush(&gone))
-                    .await
-                    .unwrap_or_default();
+            let errors = tokio::task::spawn_blocking(move || balancers.flush(&gone)).await.unwrap_or_default();
             for e in errors {
                 tracing::warn!(error = %e, "flushing a gone backend's flows");
             }
@@ -1217,6 +1268,10 @@ impl Netd {
         };
         self.save()?;
         self.sync().await;
+        // A container that stays (on other networks) loses the VIPs of the one it left before this returns.
+        if network.is_some() {
+            self.balanced().await;
+        }
         self.unplug(unplugged).await;
         Ok(())
     }

@@ -13,6 +13,7 @@ use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
@@ -126,7 +127,30 @@ fn link_name(m: &LinkMessage) -> Option<String> {
 
 /// Every link with its kind, master, MTU, state and IPv4 addresses.
 pub async fn observe(h: &Handle) -> Result<Vec<ObservedLink>, SysError> {
-    let msgs: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl("listing links"))?;
+    Ok(HostLinks::read(h).await?.links)
+}
+
+/// One reading of a namespace's links (a link dump and an address dump),
+/// shared by the observers of a pass: the host pass's planner, the
+/// overlays' and the macvlan shims'.
+#[derive(Debug)]
+pub struct HostLinks {
+    /// The links as the planners take them.
+    pub links: Vec<ObservedLink>,
+    /// The link dump's messages (the shims' parents are read from them).
+    pub msgs: Vec<LinkMessage>,
+}
+
+impl HostLinks {
+    pub async fn read(h: &Handle) -> Result<HostLinks, SysError> {
+        let msgs: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl("listing links"))?;
+        let links = observe_links(h, &msgs).await?;
+        Ok(HostLinks { links, msgs })
+    }
+}
+
+/// The links of a dump (`msgs`), with the addresses of a dump made now.
+async fn observe_links(h: &Handle, msgs: &[LinkMessage]) -> Result<Vec<ObservedLink>, SysError> {
     let names: HashMap<u32, String> = msgs.iter().filter_map(|m| Some((m.header.index, link_name(m)?))).collect();
     let mut addrs: HashMap<u32, Vec<(Ipv4Addr, u8)>> = HashMap::new();
     let amsgs: Vec<_> = h.address().get().execute().try_collect().await.map_err(nl("listing addresses"))?;
@@ -388,11 +412,23 @@ pub struct Sandboxes {
     host: Handle,
     dir: PathBuf,
     handles: HashMap<String, Handle>,
+    /// What the last sync observed, with what it did since: what a view
+    /// pass plans against (`sync_known`). None after a sync that failed or
+    /// did what `overlay::after` does not follow.
+    known: Option<Known>,
+}
+
+/// An observation of the sandboxes and the host, as a sync left them.
+struct Known {
+    host: Arc<HostLinks>,
+    sandboxes: Vec<ObservedSandbox>,
+    shims: Vec<crate::macvlan::ObservedShim>,
+    children: Vec<crate::macvlan::ObservedChild>,
 }
 
 impl Sandboxes {
     pub fn new(host: Handle, dir: impl Into<PathBuf>) -> Sandboxes {
-        Sandboxes { host, dir: dir.into(), handles: HashMap::new() }
+        Sandboxes { host, dir: dir.into(), handles: HashMap::new(), known: None }
     }
 
     /// The file that pins sandbox `ns`.
@@ -464,17 +500,35 @@ impl Sandboxes {
     /// not be observed). netd's pass and `shoal bench net-program` both run
     /// this.
     pub async fn sync(&mut self, view: &NetView, local: &[EndpointSpec]) -> Vec<(Option<OverlayAction>, String)> {
+        let h = self.host.clone();
+        self.sync_with(view, local, async move { HostLinks::read(&h).await.map(Arc::new).map_err(|e| e.to_string()) })
+            .await
+    }
+
+    /// [`sync`](Self::sync) with the host's links read by `host` (netd's
+    /// pass shares one reading with its host pass).
+    pub async fn sync_with(
+        &mut self,
+        view: &NetView,
+        local: &[EndpointSpec],
+        host: impl std::future::Future<Output = Result<Arc<HostLinks>, String>>,
+    ) -> Vec<(Option<OverlayAction>, String)> {
         let start = std::time::Instant::now();
-        // The host's links and the macvlan networks' shims (one dump after
-        // another on the host's socket), the sandboxes (each on its own) and
-        // the macvlan endpoints in their containers, all at once.
+        // The host's links and the macvlan networks' shims (from one link
+        // dump), the sandboxes (each on its own socket) and the macvlan
+        // endpoints in their containers, all at once.
         let host_handle = self.host.clone();
         let host_side = async {
-            let links = observe(&host_handle).await;
-            (links, crate::macvlan_sys::observe_shims(&host_handle).await)
+            let links = host.await;
+            let shims = match &links {
+                Ok(l) => crate::macvlan_sys::observe_shims_in(&host_handle, &l.msgs).await,
+                Err(_) => Ok(Vec::new()),
+            };
+            (links, shims)
         };
         let ((host, shims), observed, children) =
             futures::join!(host_side, self.observe_sandboxes(), crate::macvlan_sys::observe_children(view, local));
+        let host = host.map_err(SysError::Batch);
         let (host, observed) = match host.and_then(|h| Ok((h, observed?))) {
             Ok(o) => o,
             Err(e) => {
@@ -482,16 +536,66 @@ impl Sandboxes {
                 return vec![(None, format!("observing the overlays: {e}"))];
             }
         };
-        let mut actions = overlay::plan(view, local, &host, &observed);
+        let mut actions = overlay::plan(view, local, &host.links, &observed);
         let shims = match shims {
             Ok(s) => s,
             Err(e) => return vec![(None, format!("observing the macvlan shims: {e}"))],
         };
-        let macvlan = crate::macvlan::plan(view, local, &host, &shims, &children);
+        let macvlan = crate::macvlan::plan(view, local, &host.links, &shims, &children);
         actions.extend(macvlan.into_iter().map(OverlayAction::Macvlan));
         let observed_in = start.elapsed();
+        let failed = self.apply_all(&actions).await;
+        tracing::debug!(
+            sandboxes = observed.len(),
+            actions = actions.len(),
+            observe_ms = observed_in.as_secs_f64() * 1e3,
+            apply_ms = (start.elapsed() - observed_in).as_secs_f64() * 1e3,
+            "overlay sync"
+        );
+        self.known = failed.is_empty().then(|| overlay::after(&observed, &actions)).flatten().map(|sandboxes| Known {
+            host,
+            sandboxes,
+            shims,
+            children,
+        });
+        failed
+    }
+
+    /// An overlay sync without observing: planned against what the last
+    /// sync observed and did since, and carried out when all it does is
+    /// what `overlay::after` follows (entries, local endpoints' veths: what
+    /// a task started here or elsewhere moves). None when there is no such
+    /// observation or the plan does more: then observe (`sync_with`).
+    /// netd's periodic resync always observes, which repairs what changed
+    /// behind its back.
+    pub async fn sync_known(
+        &mut self,
+        view: &NetView,
+        local: &[EndpointSpec],
+    ) -> Option<Vec<(Option<OverlayAction>, String)>> {
+        let known = self.known.take()?;
+        let start = std::time::Instant::now();
+        let mut actions = overlay::plan(view, local, &known.host.links, &known.sandboxes);
+        let macvlan = crate::macvlan::plan(view, local, &known.host.links, &known.shims, &known.children);
+        actions.extend(macvlan.into_iter().map(OverlayAction::Macvlan));
+        let sandboxes = overlay::after(&known.sandboxes, &actions)?;
+        let failed = self.apply_all(&actions).await;
+        tracing::debug!(
+            actions = actions.len(),
+            apply_ms = start.elapsed().as_secs_f64() * 1e3,
+            "overlay sync from the last observation"
+        );
+        if failed.is_empty() {
+            self.known = Some(Known { sandboxes, ..known });
+        }
+        Some(failed)
+    }
+
+    /// Carries out `actions` in order, runs of them as batches (see
+    /// `entry_batch`, `endpoint_batch`). Returns the steps that failed, with why.
+    async fn apply_all(&mut self, actions: &[OverlayAction]) -> Vec<(Option<OverlayAction>, String)> {
         let mut failed = Vec::new();
-        let mut rest = &actions[..];
+        let mut rest = actions;
         while !rest.is_empty() {
             let (entries, endpoints) = (entry_batch(rest), endpoint_batch(rest));
             let n = entries.max(endpoints).max(1);
@@ -521,13 +625,6 @@ impl Sandboxes {
                 }
             }
         }
-        tracing::debug!(
-            sandboxes = observed.len(),
-            actions = actions.len(),
-            observe_ms = observed_in.as_secs_f64() * 1e3,
-            apply_ms = (start.elapsed() - observed_in).as_secs_f64() * 1e3,
-            "overlay sync"
-        );
         failed
     }
 

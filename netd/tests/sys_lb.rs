@@ -496,3 +496,67 @@ fn churn(ns: &Path) -> Result<(), String> {
     );
     Ok(())
 }
+
+/// What a starting container waits for, and what follows after: in a whole
+/// pass `Balancers::sync_starts` writes the table of a namespace they have
+/// not balanced, and of one whose VIPs changed, and leaves a namespace
+/// whose backends alone moved to the next sync. The `Follower` takes the
+/// newest of the wants published while it syncs: after a burst, every
+/// table holds the last want's backends.
+#[test]
+fn a_starting_namespace_is_balanced_at_once_and_the_others_follow() {
+    if !can_run() {
+        eprintln!("skipped: needs root, nft and ip");
+        return;
+    }
+    let (a, b) = (Parked::new(), Parked::new());
+    let backends = |n: u8| (1..=n).map(|i| Ipv4Addr::new(10, 77, 0, 10 + i)).collect::<Vec<_>>();
+    let svc = |n: u8| vec![LbService { vip: VIP, backends: backends(n) }];
+    let want = |list: &[(&Parked, Vec<LbService>)]| {
+        list.iter().map(|(p, s)| (p.path.clone(), s.clone())).collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let count = |p: &Parked| -> Result<Option<u32>, String> {
+        Ok(lb_sys::observe(&p.path).map_err(|e| e.to_string())?.and_then(|t| t.svc.get(&VIP).copied()))
+    };
+
+    let mut balancers = lb_sys::Balancers::default();
+    assert!(balancers.sync(want(&[(&a, svc(1))])).is_empty());
+    assert_eq!(count(&a), Ok(Some(1)));
+    // b starts as a second backend comes: b's table now, a's backends later.
+    let w = want(&[(&a, svc(2)), (&b, svc(2))]);
+    assert!(balancers.sync_starts(&w).is_empty());
+    assert_eq!((count(&a), count(&b)), (Ok(Some(1)), Ok(Some(2))));
+    // a joins a network with another service: its VIPs changed, so now.
+    let other = LbService { vip: IDLE_VIP, backends: backends(1) };
+    let w = want(&[(&a, [svc(2), vec![other]].concat()), (&b, svc(2))]);
+    assert!(balancers.sync_starts(&w).is_empty());
+    let seen = lb_sys::observe(&a.path).expect("read a's table").expect("a's table");
+    assert_eq!((seen.svc.get(&VIP), seen.svc.get(&IDLE_VIP)), (Some(&2), Some(&1)));
+    assert!(balancers.sync(w).is_empty());
+    assert_eq!(count(&b), Ok(Some(2)));
+
+    // The follower: a burst of wants, one sync after another of the newest.
+    let result = common::block_on_within(Duration::from_secs(30), async {
+        let follower = Arc::new(lb_sys::Follower::default());
+        let mut last = 0;
+        for n in 1..=12 {
+            last = follower.follow(want(&[(&a, svc(n)), (&b, svc(n))]));
+        }
+        assert_eq!(last, 12);
+        assert!(follower.covered(last, Duration::from_secs(10)).await, "the follower caught up");
+        // A new namespace in a whole pass: published, then written at once.
+        let c = Parked::new();
+        let w = want(&[(&a, svc(12)), (&b, svc(12)), (&c, svc(12))]);
+        let n = follower.follow(w.clone());
+        let f = follower.clone();
+        let failed = tokio::task::spawn_blocking(move || f.sync_starts(&w)).await.expect("sync_starts");
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(count(&c), Ok(Some(12)));
+        assert!(follower.covered(n, Duration::from_secs(10)).await);
+        // c left: the follower removes its table.
+        let n = follower.follow(want(&[(&a, svc(12)), (&b, svc(12))]));
+        assert!(follower.covered(n, Duration::from_secs(10)).await);
+        Ok::<_, String>((count(&a)?, count(&b)?, count(&c)?))
+    });
+    assert_eq!(result, Ok((Some(12), Some(12), None)));
+}

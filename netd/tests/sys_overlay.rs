@@ -205,7 +205,7 @@ async fn scenario(h1: &Parked, h2: &Parked, c1: &Parked, c2: &Parked, dir1: &Pat
     let gone = OverlayAction::AddFdb { ns: ns.clone(), mac: m3, dst: ip4("10.99.0.2") };
     s1.apply(&OverlayAction::DelFdb { ns: ns.clone(), mac: m3, dst: ip4("10.99.0.2") }).await?;
     assert!(!ping(&c1.path, "10.10.0.3"), "no path without the FDB entry");
-    assert_eq!(converge(&mut s1, &v1, &l1).await, vec![gone]);
+    assert_eq!(converge(&mut s1, &v1, &l1).await, vec![gone.clone()]);
     assert!(reaches(&c1.path, "10.10.0.3"), "repaired");
 
     // Drift 2: someone downs vx0 on h2: set up again, whatever it lost re-added.
@@ -223,6 +223,32 @@ async fn scenario(h1: &Parked, h2: &Parked, c1: &Parked, c2: &Parked, dir1: &Pat
     );
     assert_eq!(pending(&mut s2, &v2, &l2).await, vec![]);
     assert!(reaches(&c2.path, "10.10.0.2"), "repaired");
+
+    // A view pass: a task started on h2 moves only entries, planned against
+    // what the last sync saw and did (no observation); the kernel then holds
+    // exactly that plan's outcome.
+    assert!(s1.sync(&v1, &l1).await.is_empty(), "a sync observes and remembers");
+    let mut moved = v1.clone();
+    moved.endpoints.push(OverlayEndpoint {
+        id: "c4".into(),
+        network: NET.into(),
+        addr: ip4("10.10.0.9"),
+        node: "h2".into(),
+        names: vec![],
+    });
+    assert_eq!(s1.sync_known(&moved, &l1).await, Some(vec![]), "entries only: no observation");
+    assert_eq!(pending(&mut s1, &moved, &l1).await, vec![], "the kernel has them");
+    // Drift behind netd's back is not seen without observing: a whole pass's sync repairs it.
+    s1.apply(&OverlayAction::DelFdb { ns: ns.clone(), mac: m3, dst: ip4("10.99.0.2") }).await?;
+    assert_eq!(s1.sync_known(&moved, &l1).await, Some(vec![]));
+    assert_eq!(pending(&mut s1, &moved, &l1).await, vec![gone.clone()]);
+    assert!(s1.sync(&moved, &l1).await.is_empty());
+    assert_eq!(pending(&mut s1, &moved, &l1).await, vec![]);
+    // A view that needs a device made (another VNI) is observed, not assumed.
+    let mut vni = moved.clone();
+    vni.networks[0].vni += 1;
+    assert_eq!(s1.sync_known(&vni, &l1).await, None);
+    assert_eq!(pending(&mut s1, &moved, &l1).await, vec![], "nothing was done");
 
     // The network leaves both views: everything netd made is gone, the
     // containers' veths with it.
