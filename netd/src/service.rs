@@ -824,19 +824,24 @@ impl pb::netd_server::Netd for NetdService {
         let view = NetView::from_pb(&req.into_inner()).map_err(Status::invalid_argument)?;
         // The addresses whose tasks left the view: flows to them are flushed after the
         // pass (a backend merely out of `backends` drains; a gone task's flows move on).
-        let gone: Vec<Ipv4Addr> = {
+        let (gone, drained): (Vec<Ipv4Addr>, bool) = {
             let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
             let now: HashSet<Ipv4Addr> = view.endpoints.iter().map(|e| e.addr).collect();
             let gone =
                 state.view.iter().flat_map(|v| &v.endpoints).map(|e| e.addr).filter(|a| !now.contains(a)).collect();
+            let drained = state.view.as_ref().is_some_and(|old| drains(old, &view));
             state.set_view(view);
-            gone
+            (gone, drained)
         };
         self.0.save()?;
         self.0.sync_shared().await;
+        // The managers stop a task once every node said it applied a view without it
+        // (`view_applied`): this answer waits until the tables no longer send to it.
+        if drained || !gone.is_empty() {
+            self.0.balanced().await;
+        }
         if !gone.is_empty() {
             // After the tables dropped them: a flushed flow is balanced afresh, not onto them again.
-            self.0.balanced().await;
             let balancers = self.0.balancers.clone();
             let errors = tokio::task::spawn_blocking(move || balancers.flush(&gone)).await.unwrap_or_default();
             for e in errors {
@@ -946,6 +951,17 @@ type Ensured = Result<(EndpointSpec, Joined), String>;
 /// that follow one another taken together (they touch only their own
 /// links and namespaces); every other action alone.
 /// Whether the view netd holds has an encrypted network.
+/// Whether `new` takes a backend out of a service's VIP balancing that `old`
+/// had (the same service on the same network, or a service gone).
+fn drains(old: &NetView, new: &NetView) -> bool {
+    old.services.iter().filter(|s| !s.backends.is_empty()).any(|o| {
+        match new.services.iter().find(|n| n.id == o.id && n.network == o.network) {
+            Some(n) => o.backends.iter().any(|b| !n.backends.contains(b)),
+            None => true,
+        }
+    })
+}
+
 fn view_has_encrypted(state: &Mutex<State>) -> bool {
     state
         .lock()
@@ -1491,6 +1507,35 @@ mod tests {
             key_epoch: 0,
         });
         s
+    }
+
+    /// A view that takes a backend out of a VIP's balancing is answered only
+    /// once the tables dropped it (the managers then stop its task); one
+    /// that adds backends is not held back.
+    #[test]
+    fn a_view_drains_when_a_backend_or_a_service_with_backends_leaves() {
+        let with = |backends: &[&str]| {
+            let mut v = state().view.expect("a view");
+            v.services.push(shoal_proto::net::ViewService {
+                id: "s1".into(),
+                name: "web".into(),
+                network: NET.into(),
+                mode: shoal_proto::network::EndpointMode::Vip,
+                vip: Some("10.10.0.2".parse().unwrap()),
+                aliases: vec![],
+                backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+            });
+            v
+        };
+        let none = state().view.expect("a view");
+        let (one, two) = (with(&["10.10.0.3"]), with(&["10.10.0.3", "10.10.0.4"]));
+        assert!(!drains(&one, &two), "a backend added");
+        assert!(!drains(&none, &one), "a service added");
+        assert!(!drains(&two, &two), "nothing moved");
+        assert!(drains(&two, &one), "a backend left");
+        assert!(drains(&one, &with(&["10.10.0.4"])), "one backend replaced by another");
+        assert!(drains(&one, &none), "the service left with its backend");
+        assert!(!drains(&with(&[]), &none), "a service without backends left");
     }
 
     #[test]
