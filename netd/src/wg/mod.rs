@@ -27,8 +27,16 @@
 //! timer thread drives each session's `update_timers` every 100 ms and
 //! starts handshakes with peers that have no session. A `Tunn` is behind a
 //! mutex of its own. The table (networks, peers, address maps) is rebuilt
-//! whole by `configure`/`set_keys` and swapped; workers take the newest at
-//! each wake.
+//! whole by `configure`/`set_keys` and swapped; a worker takes the newest
+//! (and remakes its epoll set) when the table's generation moved.
+//!
+//! A round trip wakes a worker on each host each way, and a socket's or
+//! TUN's reader is woken on the writer's CPU (a sync wake-up), so what a
+//! worker does between its send or write and its next sleep delays the
+//! thread it woke: it allocates nothing per wake-up, sleeps in `epoll_wait`
+//! (no wait queues set up per call), stops reading the socket once a
+//! `recvmmsg` comes back short, and returns to `epoll_wait` after a lone
+//! TUN packet instead of reading again for `EAGAIN`.
 //!
 //! Rotation: a peer has one `Tunn` per (local key, remote key) pair of the
 //! keys in play (current, and previous during a grace period), kept across
@@ -144,6 +152,9 @@ pub struct Datapath {
 
 struct Shared {
     table: RwLock<Arc<Table>>,
+    /// Bumped after each new table: a worker takes the table (and remakes
+    /// its epoll set) only when this moved, not at every wake-up.
+    generation: AtomicU64,
     /// The last desired state (networks, peers, keys); held while a table is built.
     desired: Mutex<(Vec<WgNetwork>, Vec<WgPeer>, Arc<LocalKeys>)>,
     sockets: Vec<OwnedFd>,
@@ -278,6 +289,7 @@ impl Datapath {
         };
         let shared = Arc::new(Shared {
             table: RwLock::new(Arc::new(empty)),
+            generation: AtomicU64::new(0),
             desired: Mutex::new((Vec::new(), Vec::new(), keys)),
             sockets,
             port,
@@ -469,6 +481,7 @@ impl Shared {
             by_key,
         };
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        self.generation.fetch_add(1, Ordering::Release);
         if errors.is_empty() { Ok(()) } else { Err(io::Error::other(errors.join("; "))) }
     }
 }
@@ -525,59 +538,102 @@ fn send_all(sock: BorrowedFd<'_>, buf: &[u8], lens: &[usize], dst: SocketAddrV4)
     });
 }
 
-/// One worker: its socket and its queue of every network.
+/// The epoll token of a worker's UDP socket; a network's queue is `1 + its index`.
+const SOCKET_TOKEN: u64 = 0;
+
+/// The epoll set of worker `w` for table `t`: its socket and its queue of
+/// every network but the detached ones (a gone TUN's queue polls as an
+/// error at once: it waits for `configure` unwatched).
+fn watch(s: &Shared, t: &Table, w: usize) -> io::Result<sys::Epoll> {
+    let ep = sys::Epoll::new(1 + t.nets.len())?;
+    ep.add(s.sockets[w].as_fd(), SOCKET_TOKEN)?;
+    for (i, n) in t.nets.iter().enumerate() {
+        if let Some(q) = n.queues.get(w)
+            && !n.detached.load(Ordering::Relaxed)
+        {
+            ep.add(q.as_fd(), 1 + i as u64)?;
+        }
+    }
+    Ok(ep)
+}
+
+/// One worker: its socket and its queue of every network, in one epoll set
+/// made again when the table changes (nothing is allocated per wake-up).
 fn worker(s: &Shared, w: usize) {
     let mut st = WorkerBufs::new();
     let mut ready = Vec::new();
+    let sock = s.sockets[w].as_fd();
+    let mut t = s.table();
+    let mut seen = None;
+    let mut ep = None;
     while !s.stop.load(Ordering::Relaxed) {
-        let t = s.table();
-        let sock = s.sockets[w].as_fd();
-        let mut fds = vec![sock];
-        // A gone TUN's queue polls as an error at once: it waits for `configure` unpolled.
-        let polled: Vec<usize> = (0..t.nets.len())
-            .filter(|&i| !t.nets[i].detached.load(Ordering::Relaxed) && t.nets[i].queues.len() > w)
-            .collect();
-        fds.extend(polled.iter().map(|&i| t.nets[i].queues[w].as_fd()));
-        if let Err(e) = sys::poll_readable(&fds, &mut ready, TICK.as_millis() as i32) {
-            tracing::warn!(error = %e, "wireguard: poll");
+        // Read before the table: a rebuild between the two is seen at the next wake.
+        let generation = s.generation.load(Ordering::Acquire);
+        if seen != Some(generation) {
+            t = s.table();
+            ep = match watch(s, &t, w) {
+                Ok(ep) => Some(ep),
+                Err(e) => {
+                    tracing::warn!(error = %e, "wireguard: epoll");
+                    std::thread::sleep(TICK);
+                    continue;
+                }
+            };
+            seen = Some(generation);
+        }
+        let Some(ep) = ep.as_mut() else { continue };
+        if let Err(e) = ep.wait(&mut ready, TICK.as_millis() as i32) {
+            tracing::warn!(error = %e, "wireguard: epoll");
             std::thread::sleep(TICK);
             continue;
         }
-        if ready[0] {
-            for _ in 0..8 {
-                match sys::recv_batch(sock, &mut st.rx, &mut st.rx_lens, &mut st.rx_from) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        for i in 0..n {
-                            let data = std::mem::take(&mut st.rx[i]);
-                            let (from, len) = (st.rx_from[i], st.rx_lens[i]);
-                            rx_datagram(s, &t, w, &mut st, from, &data[..len]);
-                            st.rx[i] = data;
+        for &token in &ready {
+            if token == SOCKET_TOKEN {
+                for _ in 0..8 {
+                    match st.batch.recv(sock, &mut st.rx, &mut st.rx_lens, &mut st.rx_from) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            for i in 0..n {
+                                let data = std::mem::take(&mut st.rx[i]);
+                                let (from, len) = (st.rx_from[i], st.rx_lens[i]);
+                                rx_datagram(s, &t, w, &mut st, from, &data[..len]);
+                                st.rx[i] = data;
+                            }
+                            flush_gro(&t, w, &mut st.gro);
+                            if n < RX_BATCH {
+                                break; // drained: no second call only to hear EAGAIN
+                            }
                         }
-                        flush_gro(&t, w, &mut st.gro);
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "wireguard: recv");
-                        break;
+                        Err(e) => {
+                            tracing::debug!(error = %e, "wireguard: recv");
+                            break;
+                        }
                     }
                 }
+                continue;
             }
-        }
-        for (n, _) in ready.iter().enumerate().skip(1).filter(|(_, r)| **r) {
-            let net = polled[n - 1];
-            let Some(q) = t.nets[net].queues.get(w) else { continue };
+            let net = (token - 1) as usize;
+            let Some(q) = t.nets.get(net).and_then(|n| n.queues.get(w)) else { continue };
+            // Bulk traffic comes as super-packets: drain them. After a lone packet go back
+            // to epoll (level-triggered: a queue with more waiting is ready again at once)
+            // rather than read again only to hear EAGAIN: the peer's worker, woken by the
+            // send on this CPU, runs as soon as this one sleeps.
             for _ in 0..64 {
                 match sys::read(q.as_fd(), &mut st.tun) {
                     Ok(Some(len)) => {
                         let pkt = std::mem::take(&mut st.tun);
                         tx_packet(s, &t, w, &mut st, net, &pkt[..len]);
                         st.tun = pkt;
+                        if st.seg_lens.len() <= 1 {
+                            break;
+                        }
                     }
                     Ok(None) => break,
                     Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {
                         if !t.nets[net].detached.swap(true, Ordering::Relaxed) {
                             tracing::warn!(net.id = %t.nets[net].id, "wireguard: the network's TUN is gone");
                         }
+                        ep.remove(q.as_fd()).ok();
                         break;
                     }
                     Err(e) => {
@@ -600,6 +656,7 @@ struct WorkerBufs {
     rx: Vec<Vec<u8>>,
     rx_lens: Vec<usize>,
     rx_from: Vec<SocketAddrV4>,
+    batch: sys::RecvBatch,
     gro: gro::Gro,
 }
 
@@ -615,6 +672,7 @@ impl WorkerBufs {
             rx: (0..RX_BATCH).map(|_| vec![0; 65536]).collect(),
             rx_lens: Vec::new(),
             rx_from: Vec::new(),
+            batch: sys::RecvBatch::new(RX_BATCH),
             gro: gro::Gro::new(),
         }
     }
@@ -854,6 +912,7 @@ mod tests {
                 by_index: HashMap::new(),
                 by_key: HashMap::new(),
             })),
+            generation: AtomicU64::new(0),
             desired: Mutex::new((Vec::new(), Vec::new(), keys)),
             sockets: Vec::new(),
             port: 0,
