@@ -891,7 +891,8 @@ fn absent_ok(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
 
 /// The bridge-netfilter knobs that a new namespace has on where
 /// `br_netfilter` is loaded (built in here).
-pub const BRIDGE_NETFILTER: [&str; 3] = ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"];
+pub const BRIDGE_NETFILTER: [&str; 3] =
+    ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"];
 
 /// Turns bridge netfilter off in the calling thread's namespace (a new
 /// sandbox's): nothing in a sandbox filters, so passing each frame that

@@ -28,15 +28,17 @@
 //! starts handshakes with peers that have no session. A `Tunn` is behind a
 //! mutex of its own. The table (networks, peers, address maps) is rebuilt
 //! whole by `configure`/`set_keys` and swapped; a worker takes the newest
-//! (and remakes its epoll set) when the table's generation moved.
+//! (and remakes its epoll set) when the table's generation moved, and
+//! allocates nothing per wake-up.
 //!
-//! A round trip wakes a worker on each host each way, and a socket's or
-//! TUN's reader is woken on the writer's CPU (a sync wake-up), so what a
-//! worker does between its send or write and its next sleep delays the
-//! thread it woke: it allocates nothing per wake-up, sleeps in `epoll_wait`
-//! (no wait queues set up per call), stops reading the socket once a
-//! `recvmmsg` comes back short, and returns to `epoll_wait` after a lone
-//! TUN packet instead of reading again for `EAGAIN`.
+//! Latency: a round trip wakes a worker on each host each way. On two
+//! loaded cores those wake-ups, not the worker's own work (~3 µs a packet),
+//! are the cost; how the scheduler places the threads swings the figure
+//! between ~60 and ~95 µs. None of these moved the median (2026-12-05,
+//! alternated in one run): `poll` or epoll, reading until `EAGAIN` or not,
+//! the workers pinned one to a CPU, a lower nice (netd is its own
+//! autogroup, so nice only weighs its own threads); `SCHED_FIFO` took the
+//! tail from ms to ~0.2 ms but doubled the median on a quiet machine.
 //!
 //! Rotation: a peer has one `Tunn` per (local key, remote key) pair of the
 //! keys in play (current, and previous during a grace period), kept across
@@ -614,19 +616,12 @@ fn worker(s: &Shared, w: usize) {
             }
             let net = (token - 1) as usize;
             let Some(q) = t.nets.get(net).and_then(|n| n.queues.get(w)) else { continue };
-            // Bulk traffic comes as super-packets: drain them. After a lone packet go back
-            // to epoll (level-triggered: a queue with more waiting is ready again at once)
-            // rather than read again only to hear EAGAIN: the peer's worker, woken by the
-            // send on this CPU, runs as soon as this one sleeps.
             for _ in 0..64 {
                 match sys::read(q.as_fd(), &mut st.tun) {
                     Ok(Some(len)) => {
                         let pkt = std::mem::take(&mut st.tun);
                         tx_packet(s, &t, w, &mut st, net, &pkt[..len]);
                         st.tun = pkt;
-                        if st.seg_lens.len() <= 1 {
-                            break;
-                        }
                     }
                     Ok(None) => break,
                     Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {
