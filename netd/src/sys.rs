@@ -896,8 +896,10 @@ pub const BRIDGE_NETFILTER: [&str; 3] =
 
 /// Turns bridge netfilter off in the calling thread's namespace (a new
 /// sandbox's): nothing in a sandbox filters, so passing each frame that
-/// crosses `br0` through the IP hooks only cost time (about 2 % of a plain
-/// overlay's throughput). Absent knobs (the module not loaded) are fine.
+/// crosses `br0` through the IP hooks only cost time (2–7 % of a plain
+/// overlay's throughput in alternated runs). Absent knobs (the module not
+/// loaded) are fine. Sandboxes made by an older netd keep theirs until made
+/// again.
 fn bridge_netfilter_off() -> std::io::Result<()> {
     for knob in BRIDGE_NETFILTER {
         match std::fs::write(format!("/proc/sys/net/bridge/{knob}"), "0") {
