@@ -826,6 +826,7 @@ impl Sandboxes {
         let target = path.clone();
         let made = std::thread::spawn(move || -> std::io::Result<()> {
             new_netns()?;
+            bridge_netfilter_off()?;
             // The bind mount keeps the namespace once this thread is gone.
             rustix::mount::mount_bind("/proc/thread-self/ns/net", &target)?;
             Ok(())
@@ -983,6 +984,29 @@ fn absent_ok(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
         }
         r => r,
     }
+}
+
+/// The bridge-netfilter knobs that a new namespace has on where
+/// `br_netfilter` is loaded (built in here).
+pub const BRIDGE_NETFILTER: [&str; 3] =
+    ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"];
+
+/// Turns bridge netfilter off in the calling thread's namespace (a new
+/// sandbox's): nothing in a sandbox filters, so passing each frame that
+/// crosses `br0` through the IP hooks only cost time (2–7 % of a plain
+/// overlay's throughput in alternated runs). Absent knobs (the module not
+/// loaded) are fine. Sandboxes made by an older netd keep theirs until made
+/// again.
+fn bridge_netfilter_off() -> std::io::Result<()> {
+    for knob in BRIDGE_NETFILTER {
+        match std::fs::write(format!("/proc/sys/net/bridge/{knob}"), "0") {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(std::io::Error::new(e.kind(), format!("setting {knob}: {e}")));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Moves the calling thread into a new network namespace of its own.

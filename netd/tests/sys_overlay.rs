@@ -178,6 +178,15 @@ async fn scenario(h1: &Parked, h2: &Parked, c1: &Parked, c2: &Parked, dir1: &Pat
     // The VXLAN socket stays in the host's namespace, none is in the sandbox.
     assert!(vxlan_socket_in(&h1.path), "h1 has the VXLAN socket");
     assert!(!vxlan_socket_in(&s1.path(&ns)), "the sandbox has none");
+    // Nothing filters in a sandbox: frames crossing br0 skip the IP hooks (where the
+    // kernel has bridge netfilter at all).
+    for knob in sys::BRIDGE_NETFILTER {
+        let path = format!("/proc/sys/net/bridge/{knob}");
+        match sys::in_netns(&s1.path(&ns), move || std::fs::read_to_string(path)) {
+            Ok(value) => assert_eq!(value.trim(), "0", "{knob} in the sandbox"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "reading {knob}: {e}"),
+        }
+    }
 
     // A container on each host: the planner's local endpoint, a veth into the sandbox's bridge.
     let endpoint = |c: &Parked, container: &str, ip: &str| EndpointSpec {

@@ -1,6 +1,6 @@
 //! The WireGuard datapath's kernel calls (the only unsafe code under
 //! `wg/`): the TUN ioctls, the interface ioctls for MTU and up, the UDP
-//! socket's options, `sendmsg` with `UDP_SEGMENT`, `recvmmsg`, `poll`.
+//! socket's options, `sendmsg` with `UDP_SEGMENT`, `recvmmsg`, epoll.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
@@ -202,59 +202,110 @@ pub fn send(fd: BorrowedFd<'_>, buf: &[u8], dst: SocketAddrV4, seg: Option<u16>)
     cvt_size(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) })
 }
 
-/// Receives up to `bufs.len()` datagrams without blocking: their lengths
-/// and senders go to `lens` and `from`. 0 when none is waiting.
-pub fn recv_batch(
-    fd: BorrowedFd<'_>,
-    bufs: &mut [Vec<u8>],
-    lens: &mut Vec<usize>,
-    from: &mut Vec<SocketAddrV4>,
-) -> io::Result<usize> {
-    let n = bufs.len();
-    // SAFETY: plain data; all-zero is valid.
-    let mut names: Vec<libc::sockaddr_in> = vec![unsafe { zeroed() }; n];
-    let mut iovs: Vec<libc::iovec> =
-        bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr() as *mut c_void, iov_len: b.len() }).collect();
-    // SAFETY: plain data; all-zero is valid.
-    let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; n];
-    for i in 0..n {
-        msgs[i].msg_hdr.msg_name = &mut names[i] as *mut libc::sockaddr_in as *mut c_void;
-        msgs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
-        msgs[i].msg_hdr.msg_iov = &mut iovs[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: each header points at its own name and iovec, each iovec at a live buffer.
-    let r = unsafe {
-        libc::recvmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
-    }
-    lens.clear();
-    from.clear();
-    for i in 0..r as usize {
-        lens.push(msgs[i].msg_len as usize);
-        let sa = &names[i];
-        from.push(SocketAddrV4::new(Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes()), u16::from_be(sa.sin_port)));
-    }
-    Ok(r as usize)
+/// `recvmmsg`'s headers for up to `n` datagrams, made once per worker and
+/// reused by every `recv` (no allocation per wake-up).
+pub struct RecvBatch {
+    names: Vec<libc::sockaddr_in>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
 }
 
-/// Waits until one of `fds` is readable or `timeout_ms` passes; which ones
-/// are readable is set in `ready`.
-pub fn poll_readable(fds: &[BorrowedFd<'_>], ready: &mut Vec<bool>, timeout_ms: i32) -> io::Result<()> {
-    let mut p: Vec<libc::pollfd> =
-        fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
-    // SAFETY: `p` holds `p.len()` pollfds.
-    match cvt(unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) }) {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-        Err(e) => return Err(e),
+impl RecvBatch {
+    pub fn new(n: usize) -> RecvBatch {
+        // SAFETY: plain data; all-zero is valid.
+        let (name, msg) = unsafe { (zeroed::<libc::sockaddr_in>(), zeroed::<libc::mmsghdr>()) };
+        RecvBatch {
+            names: vec![name; n],
+            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n],
+            msgs: vec![msg; n],
+        }
     }
-    ready.clear();
-    ready.extend(p.iter().map(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0));
-    Ok(())
+
+    /// Receives up to `min(n, bufs.len())` datagrams without blocking: their
+    /// lengths and senders go to `lens` and `from`. 0 when none is waiting.
+    pub fn recv(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        bufs: &mut [Vec<u8>],
+        lens: &mut Vec<usize>,
+        from: &mut Vec<SocketAddrV4>,
+    ) -> io::Result<usize> {
+        let n = bufs.len().min(self.msgs.len());
+        for (i, b) in bufs.iter_mut().take(n).enumerate() {
+            self.iovs[i] = libc::iovec { iov_base: b.as_mut_ptr() as *mut c_void, iov_len: b.len() };
+            let h = &mut self.msgs[i].msg_hdr;
+            h.msg_name = &mut self.names[i] as *mut libc::sockaddr_in as *mut c_void;
+            h.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        // SAFETY: each of the first `n` headers points at its own name and iovec, each iovec at a
+        // live buffer of the length given; all of them outlive the call.
+        let r = unsafe {
+            libc::recvmmsg(fd.as_raw_fd(), self.msgs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
+        }
+        lens.clear();
+        from.clear();
+        for i in 0..r as usize {
+            lens.push(self.msgs[i].msg_len as usize);
+            let sa = &self.names[i];
+            from.push(SocketAddrV4::new(Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes()), u16::from_be(sa.sin_port)));
+        }
+        Ok(r as usize)
+    }
+}
+
+/// An epoll set (level-triggered, readable) whose events carry the token
+/// each fd was added with.
+pub struct Epoll {
+    fd: OwnedFd,
+    events: Vec<libc::epoll_event>,
+}
+
+impl Epoll {
+    /// Room for `max` events per `wait`.
+    pub fn new(max: usize) -> io::Result<Epoll> {
+        // SAFETY: plain epoll_create1; the fd is owned below.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: just made, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Epoll { fd, events: vec![libc::epoll_event { events: 0, u64: 0 }; max.max(1)] })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        // SAFETY: `ev` is one epoll_event, read by the call only.
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd.as_raw_fd(), &mut ev) }).map(drop)
+    }
+
+    pub fn add(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token)
+    }
+
+    pub fn remove(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0)
+    }
+
+    /// Waits until an fd is readable (or has an error) or `timeout_ms`
+    /// passes; the ready fds' tokens go to `ready`.
+    pub fn wait(&mut self, ready: &mut Vec<u64>, timeout_ms: i32) -> io::Result<()> {
+        ready.clear();
+        let max = self.events.len() as libc::c_int;
+        // SAFETY: `events` has room for `max` events.
+        match cvt(unsafe { libc::epoll_wait(self.fd.as_raw_fd(), self.events.as_mut_ptr(), max, timeout_ms) }) {
+            Ok(n) => ready.extend(self.events[..n as usize].iter().map(|e| e.u64)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
 }
 
 /// One non-blocking read; `None` when nothing is waiting.
@@ -269,4 +320,54 @@ pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
 /// One write of a whole packet.
 pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     Ok(rustix::io::write(fd, buf)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// Loopback UDP only: nothing in the namespace is changed.
+    fn bound() -> (OwnedFd, SocketAddrV4) {
+        let s = udp_socket(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 16).expect("a loopback socket");
+        let port = local_port(s.as_fd()).expect("its port");
+        (s, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+    }
+
+    #[test]
+    fn epoll_names_the_ready_socket_by_its_token_and_a_reused_batch_reads_what_waits() {
+        let ((a, at_a), (b, at_b)) = (bound(), bound());
+        let mut ep = Epoll::new(4).expect("an epoll set");
+        ep.add(a.as_fd(), 7).expect("a added");
+        ep.add(b.as_fd(), 9).expect("b added");
+        let mut ready = Vec::new();
+        ep.wait(&mut ready, 0).expect("waited");
+        assert!(ready.is_empty(), "nothing sent yet: {ready:?}");
+
+        let (mut batch, mut bufs) = (RecvBatch::new(4), vec![vec![0u8; 2048]; 8]);
+        let (mut lens, mut from) = (Vec::new(), Vec::new());
+        for round in 0..2 {
+            // Three datagrams to b, then once more to see the headers reused.
+            for n in [10, 300, 1400] {
+                send(a.as_fd(), &vec![round as u8; n], at_b, None).expect("sent");
+            }
+            ep.wait(&mut ready, 5000).expect("waited");
+            assert_eq!(ready, [9], "only b is readable");
+            assert_eq!(batch.recv(b.as_fd(), &mut bufs, &mut lens, &mut from).expect("received"), 3);
+            assert_eq!(lens, [10, 300, 1400]);
+            assert_eq!(from, [at_a; 3]);
+            assert!(bufs[2][..1400].iter().all(|&x| x == round as u8));
+            assert_eq!(batch.recv(b.as_fd(), &mut bufs, &mut lens, &mut from).expect("received"), 0, "drained");
+        }
+
+        // Level-triggered: a datagram left unread keeps its socket ready; a removed one is not watched.
+        send(b.as_fd(), b"x", at_a, None).expect("sent");
+        for _ in 0..2 {
+            ep.wait(&mut ready, 5000).expect("waited");
+            assert_eq!(ready, [7]);
+        }
+        ep.remove(a.as_fd()).expect("a removed");
+        ep.wait(&mut ready, 0).expect("waited");
+        assert!(ready.is_empty(), "a is no longer watched: {ready:?}");
+    }
 }
