@@ -234,14 +234,21 @@ impl Networks {
 
     /// Detaches the container from one network, or all (blocking).
     pub fn detach(&self, container: &str, network: Option<&str>) -> Result<(), NetworkError> {
-        let req = pb::DetachRequest { container: container.into(), network: network.unwrap_or_default().into() };
+        self.detach_with(container, network, false)
+    }
+
+    fn detach_with(&self, container: &str, network: Option<&str>, netns_going: bool) -> Result<(), NetworkError> {
+        let req =
+            pb::DetachRequest { container: container.into(), network: network.unwrap_or_default().into(), netns_going };
         self.call(async move |c| c.detach(req).await.map(|_| ()))
     }
 
     /// Detaches the container everywhere and removes its namespace (blocking).
-    /// If netd is down, its next sync drops the endpoints.
+    /// netd leaves the endpoints' veths to go with the namespace (the kernel
+    /// deletes them in its batched namespace cleanup, not one RTNL-held
+    /// deletion each). If netd is down, its next sync drops the endpoints.
     pub fn release(&self, container: &str) -> Result<(), NetworkError> {
-        let r = self.detach(container, None);
+        let r = self.detach_with(container, None, true);
         remove_netns(&self.netns_path(container));
         r
     }

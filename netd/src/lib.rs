@@ -12,12 +12,14 @@
 //! container's namespace) is `lb` (its planner; pure) and `lb_sys`; the
 //! routing mesh's host table and reply steering are `ingress` (pure) and
 //! `ingress_sys`. Macvlan networks' endpoints and host shims are `macvlan`
-//! (pure) and `macvlan_sys`. Which callers share a pass is `passes` (pure).
+//! (pure) and `macvlan_sys`. Which callers share a pass is `passes` (pure); which host links
+//! are left for the kernel to delete with their namespace, `going` (pure).
 
 pub mod arp;
 pub mod dns;
 pub mod dnsd;
 pub mod encrypted;
+pub mod going;
 pub mod ingress;
 pub mod ingress_sys;
 pub mod ipam;

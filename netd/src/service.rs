@@ -306,6 +306,8 @@ pub struct Netd {
     encryption: Arc<Mutex<Result<Encryption, String>>>,
     /// Where the sandboxes are pinned.
     sandbox_dir: PathBuf,
+    /// Host veths left to go with their container's namespace (see `going`).
+    going: Mutex<crate::going::Going>,
 }
 
 impl Netd {
@@ -357,6 +359,7 @@ impl Netd {
             overlays_synced: Mutex::new(None),
             file: StateFile::new(root),
             dns: Dns::new(Path::new("/etc/resolv.conf")),
+            going: Mutex::default(),
         });
         netd.save().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(netd)
@@ -477,9 +480,16 @@ impl Netd {
                 return vec![];
             }
         };
+        // The veths the kernel is deleting with their namespaces stay out of the plan.
+        let wanted: HashSet<String> = desired.endpoints.iter().map(|e| veth_name(&e.container, &e.network)).collect();
+        let links = self.going.lock().unwrap_or_else(|p| p.into_inner()).spare(
+            observed.links.clone(),
+            |n| wanted.contains(n),
+            std::time::Instant::now(),
+        );
         let applied = self.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut failed = Vec::new();
-        for batch in batches(plan(desired, &observed.links, applied.as_deref())) {
+        for batch in batches(plan(desired, &links, applied.as_deref())) {
             // The new endpoints of a pass (each its own veth and namespace) are made at once:
             // their netlink requests go out together, not one endpoint's round trips after another's.
             let (began, n) = (std::time::Instant::now(), batch.len());
@@ -784,7 +794,7 @@ impl pb::netd_server::Netd for NetdService {
         };
         if let Some(why) = why {
             if created {
-                self.0.forget(&r.container, Some(n.id())).await?;
+                self.0.forget(&r.container, Some(n.id()), false).await?;
             }
             return Err(Status::internal(format!(
                 "attaching container {} to {}: {why}",
@@ -816,7 +826,7 @@ impl pb::netd_server::Netd for NetdService {
             }
             Some(id)
         };
-        self.0.forget(&r.container, network.as_deref()).await?;
+        self.0.forget(&r.container, network.as_deref(), r.netns_going).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -1267,7 +1277,10 @@ fn gw_leg(state: &mut State, r: &pb::AttachRequest, ports: &[PortMap]) -> Result
 impl Netd {
     /// Drops a container's endpoints (on one network, or all) and their
     /// addresses, then reconciles.
-    async fn forget(&self, container: &str, network: Option<&str>) -> Result<(), Status> {
+    /// Drops the container's endpoints (on `network`, or all). With
+    /// `netns_going` (its namespace is removed once this answers) their host
+    /// veths and macvlan links are left to go with the namespace (see `going`).
+    async fn forget(&self, container: &str, network: Option<&str>, netns_going: bool) -> Result<(), Status> {
         let unplugged = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let gone: Vec<EndpointSpec> = state
@@ -1276,6 +1289,11 @@ impl Netd {
                 .filter(|e| e.container == container && network.is_none_or(|n| e.network == n))
                 .cloned()
                 .collect();
+            if netns_going {
+                let local = gone.iter().filter(|e| state.networks.iter().any(|n| n.id == e.network));
+                let veths: Vec<String> = local.map(|e| veth_name(&e.container, &e.network)).collect();
+                self.going.lock().unwrap_or_else(|p| p.into_inner()).leave(veths, std::time::Instant::now());
+            }
             for e in &gone {
                 state.release(e);
             }
@@ -1288,7 +1306,9 @@ impl Netd {
         if network.is_some() {
             self.balanced().await;
         }
-        self.unplug(unplugged).await;
+        if !netns_going {
+            self.unplug(unplugged).await;
+        }
         Ok(())
     }
 

@@ -432,7 +432,7 @@ async fn attach_scenario(h1: &NetdHost, h2: &NetdHost, c1: &Parked, c2: &Parked)
     assert!(kept.iter().any(|e| e["network"] == NET && e["ip"] == "10.10.0.2"), "{kept:?}");
 
     // Detach from the cluster network: both legs go.
-    a1.detach(pb::DetachRequest { container: id1.into(), network: NET.into() }).await?;
+    a1.detach(pb::DetachRequest { container: id1.into(), network: NET.into(), netns_going: false }).await?;
     let links = sys::observe(&sys::connect_in(&c1.path).await?).await?;
     assert!(!links.iter().any(|l| l.name.starts_with("eth")), "{links:?}");
     let nets = a1.network_list(pb::Empty {}).await?.into_inner().networks;
@@ -446,7 +446,7 @@ async fn attach_scenario(h1: &NetdHost, h2: &NetdHost, c1: &Parked, c2: &Parked)
     assert!(sandbox.exists(), "kept while c2 uses it");
     let links = sys::observe(&sys::connect_in(&c2.path).await?).await?;
     assert!(links.iter().any(|l| l.name == "eth0"), "c2 keeps its endpoint: {links:?}");
-    a2.detach(pb::DetachRequest { container: id2.into(), network: String::new() }).await?;
+    a2.detach(pb::DetachRequest { container: id2.into(), network: String::new(), netns_going: false }).await?;
     assert!(!sandbox.exists(), "gone with the last endpoint");
     Ok(())
 }

@@ -346,6 +346,19 @@ impl Lab {
         Ok((lab, tmp))
     }
 
+    /// Waits until host `i` shows no container endpoint's veth (`shv…`) and
+    /// no container namespace under /run/shoal/netns: a removed container's
+    /// veths go with its namespace, in the kernel's cleanup after the
+    /// removal (or netd's pass once its grace is over), not before `rm`
+    /// answers. Returns the host's links as last seen.
+    pub fn endpoints_gone(&self, i: usize) -> Result<String> {
+        wait_for("the removed containers' veths and namespaces to go", Duration::from_secs(15), || {
+            let links = String::from_utf8_lossy(&self.run(i, &["ip", "-br", "link"])?.stdout).into_owned();
+            let netns = String::from_utf8_lossy(&self.run(i, &["ls", "/run/shoal/netns"])?.stdout).into_owned();
+            Ok((!links.contains("shv") && netns.trim().is_empty()).then_some(links))
+        })
+    }
+
     /// `shoal ps -a` on host `i`, parsed.
     pub fn containers(&self, i: usize) -> Result<Vec<serde_json::Value>> {
         Ok(self.shoal_json(i, &["ps", "-a"])?.as_array().cloned().unwrap_or_default())

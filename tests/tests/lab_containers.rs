@@ -35,6 +35,8 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     ensure!(String::from_utf8_lossy(&out.stdout) == "one\nthree\n", "{out:?}");
     ensure!(String::from_utf8_lossy(&out.stderr) == "two\n", "{out:?}");
     ensure!(lab.containers(1)?.is_empty(), "--rm removed it before the client heard its exit");
+    // The bridge endpoints' veths went with the containers' namespaces (left to the kernel).
+    lab.endpoints_gone(1)?;
 
     // Memory: an allocation past the limit is OOM-killed: 137, OOMKilled.
     let out = lab.exec(

@@ -85,10 +85,7 @@ fn published_ports_answer_from_other_hosts_and_leave_nothing_behind() -> Result<
 
     // Removal takes the veth, the namespace and the port with it.
     lab.shoal(1, &["rm", "-f", "web", "any"])?;
-    let links = String::from_utf8_lossy(&lab.run(1, &["ip", "-br", "link"])?.stdout).into_owned();
-    ensure!(!links.contains("shv"), "{links}");
-    let left = String::from_utf8_lossy(&lab.run(1, &["ls", "/run/shoal/netns"])?.stdout).into_owned();
-    ensure!(left.trim().is_empty(), "{left}");
+    lab.endpoints_gone(1)?;
     lab.shoal(
         1,
         &["run", "-d", "--name", "again", "--network", "bridge", "-p", "8080:80", "busybox:local", "sh", "-c", WEB],
@@ -129,8 +126,8 @@ fn published_ports_answer_from_other_hosts_and_leave_nothing_behind() -> Result<
     ensure!(lab.failing(1, &["network", "rm", "bridge"])?.contains("pre-defined"));
     lab.shoal(1, &["rm", "-f", "a", "b", "c", "q1", "q2"])?;
     lab.shoal(1, &["network", "rm", "front", "back", "quiet"])?;
-    let links = String::from_utf8_lossy(&lab.run(1, &["ip", "-br", "link"])?.stdout).into_owned();
-    ensure!(links.matches("shbr").count() == 1 && !links.contains("shv"), "only the default bridge is left: {links}");
+    let links = lab.endpoints_gone(1)?;
+    ensure!(links.matches("shbr").count() == 1, "only the default bridge is left: {links}");
     Ok(())
 }
 
@@ -327,7 +324,7 @@ fn names_resolve_on_user_networks_and_netd_restarts_change_nothing() -> Result<(
     // Nothing left behind.
     lab.shoal(1, &["rm", "-f", "web", "client", "stranger", "plain", "flow", "late"])?;
     lab.shoal(1, &["network", "rm", "app", "other"])?;
-    let links = String::from_utf8_lossy(&lab.run(1, &["ip", "-br", "link"])?.stdout).into_owned();
-    ensure!(links.matches("shbr").count() == 1 && !links.contains("shv"), "only the default bridge is left: {links}");
+    let links = lab.endpoints_gone(1)?;
+    ensure!(links.matches("shbr").count() == 1, "only the default bridge is left: {links}");
     Ok(())
 }

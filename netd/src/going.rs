@@ -1,0 +1,101 @@
+//! Host links left for the kernel to delete: the host ends of the veths of
+//! endpoints whose container's namespace is being removed (`DetachRequest`'s
+//! `netns_going`). Destroying a namespace deletes its veths, and with them
+//! their peers on the host, in the kernel's batched namespace cleanup; a
+//! `DeleteLink` of each from netd held the RTNL lock 15–33 ms on its own, which
+//! the next container's namespace creation waited on. Passes leave such a
+//! link alone for [`GRACE`]; one still there after that (the namespace was
+//! pinned by something else) is deleted by the pass that finds it, as any
+//! stale endpoint's. Pure, so its rules are table tests.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::model::ObservedLink;
+
+/// How long a pass leaves a going link alone: one periodic resync.
+pub const GRACE: Duration = crate::service::RESYNC;
+
+#[derive(Debug, Default)]
+pub struct Going {
+    /// Host link name → until when passes leave it alone.
+    links: HashMap<String, Instant>,
+}
+
+impl Going {
+    /// Marks `names` as going with their namespace, as of `now`.
+    pub fn leave(&mut self, names: impl IntoIterator<Item = String>, now: Instant) {
+        for n in names {
+            self.links.insert(n, now + GRACE);
+        }
+    }
+
+    /// `observed` without the links the kernel is still to delete (going,
+    /// in their grace, and not `wanted` again). Forgets the entries whose
+    /// links are gone or whose grace ran out (those links the caller's plan
+    /// then deletes).
+    pub fn spare(
+        &mut self,
+        observed: Vec<ObservedLink>,
+        wanted: impl Fn(&str) -> bool,
+        now: Instant,
+    ) -> Vec<ObservedLink> {
+        self.links.retain(|name, until| now < *until && !wanted(name) && observed.iter().any(|l| &l.name == name));
+        observed.into_iter().filter(|l| !self.links.contains_key(&l.name)).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LinkKind;
+
+    fn veth(name: &str) -> ObservedLink {
+        ObservedLink { name: name.into(), kind: LinkKind::Veth, master: None, mtu: 1500, up: true, addrs: vec![] }
+    }
+
+    fn names(links: &[ObservedLink]) -> Vec<&str> {
+        links.iter().map(|l| l.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_going_link_is_spared_in_its_grace_and_left_to_the_plan_after() {
+        let t0 = Instant::now();
+        let mut g = Going::default();
+        g.leave(["shvaaaaaabbbbb".to_string()], t0);
+        let observed = || vec![veth("shvaaaaaabbbbb"), veth("shvccccccbbbbb")];
+        // (when, wanted, what the plan sees)
+        let table: [(Duration, bool, &[&str]); 3] = [
+            (Duration::ZERO, false, &["shvccccccbbbbb"]),
+            (GRACE - Duration::from_millis(1), false, &["shvccccccbbbbb"]),
+            (GRACE, false, &["shvaaaaaabbbbb", "shvccccccbbbbb"]),
+        ];
+        for (after, wanted, seen) in table {
+            let mut g2 = Going::default();
+            g2.leave(["shvaaaaaabbbbb".to_string()], t0);
+            let left = g2.spare(observed(), |_| wanted, t0 + after);
+            assert_eq!(names(&left), seen, "after {after:?}");
+        }
+        // Out of grace, the entry is forgotten: later passes see the link.
+        assert_eq!(g.spare(observed(), |_| false, t0 + GRACE).len(), 2);
+        assert!(g.is_empty());
+    }
+
+    #[test]
+    fn a_link_wanted_again_or_gone_is_forgotten() {
+        let t0 = Instant::now();
+        let mut g = Going::default();
+        g.leave(["shvaaaaaabbbbb".to_string()], t0);
+        let left = g.spare(vec![veth("shvaaaaaabbbbb")], |n| n == "shvaaaaaabbbbb", t0);
+        assert_eq!(names(&left), ["shvaaaaaabbbbb"], "the plan keeps a wanted link");
+        assert!(g.is_empty());
+
+        g.leave(["shvaaaaaabbbbb".to_string()], t0);
+        assert!(g.spare(vec![], |_| false, t0).is_empty());
+        assert!(g.is_empty(), "the kernel deleted it: nothing to remember");
+    }
+}
