@@ -1529,6 +1529,19 @@ mod tests {
         s
     }
 
+    /// Service web on the test network, with its VIP and `backends`.
+    fn web(backends: &[&str]) -> shoal_proto::net::ViewService {
+        shoal_proto::net::ViewService {
+            id: "s1".into(),
+            name: "web".into(),
+            network: NET.into(),
+            mode: shoal_proto::network::EndpointMode::Vip,
+            vip: Some("10.10.0.2".parse().unwrap()),
+            aliases: vec![],
+            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+        }
+    }
+
     /// A view that takes a backend out of a VIP's balancing is answered only
     /// once the tables dropped it (the managers then stop its task); one
     /// that adds backends is not held back.
@@ -1536,15 +1549,7 @@ mod tests {
     fn a_view_drains_when_a_backend_or_a_service_with_backends_leaves() {
         let with = |backends: &[&str]| {
             let mut v = state().view.expect("a view");
-            v.services.push(shoal_proto::net::ViewService {
-                id: "s1".into(),
-                name: "web".into(),
-                network: NET.into(),
-                mode: shoal_proto::network::EndpointMode::Vip,
-                vip: Some("10.10.0.2".parse().unwrap()),
-                aliases: vec![],
-                backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
-            });
+            v.services.push(web(backends));
             v
         };
         let none = state().view.expect("a view");
@@ -1563,15 +1568,7 @@ mod tests {
         let view = state().view.expect("a view");
         let before = OverlayInputs::of(&view, &[]);
         let mut backends = view.clone();
-        backends.services.push(shoal_proto::net::ViewService {
-            id: "s1".into(),
-            name: "web".into(),
-            network: NET.into(),
-            mode: shoal_proto::network::EndpointMode::Vip,
-            vip: Some("10.10.0.2".parse().unwrap()),
-            aliases: vec![],
-            backends: vec!["10.10.0.3".parse().unwrap()],
-        });
+        backends.services.push(web(&["10.10.0.3"]));
         assert!(OverlayInputs::of(&backends, &[]) == before, "a service's backends are not the overlays'");
         let mut peers = view.clone();
         peers.peers.push(shoal_proto::net::Peer {
