@@ -1,8 +1,9 @@
 //! The WireGuard datapath's kernel calls (the only unsafe code under
 //! `wg/`): the TUN ioctls, the interface ioctls for MTU and up, the UDP
-//! socket's options, `sendmsg` with `UDP_SEGMENT`, `recvmmsg`, epoll.
+//! socket's options, `sendmsg` with `UDP_SEGMENT`, `recvmmsg` (epoll is rustix's).
 #![allow(unsafe_code)]
 
+use rustix::event::epoll;
 use std::ffi::c_void;
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -266,43 +267,37 @@ impl RecvBatch {
 /// each fd was added with.
 pub struct Epoll {
     fd: OwnedFd,
-    events: Vec<libc::epoll_event>,
+    events: Vec<epoll::Event>,
 }
 
 impl Epoll {
     /// Room for `max` events per `wait`.
     pub fn new(max: usize) -> io::Result<Epoll> {
-        // SAFETY: plain epoll_create1; the fd is owned below.
-        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: just made, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Epoll { fd, events: vec![libc::epoll_event { events: 0, u64: 0 }; max.max(1)] })
-    }
-
-    fn ctl(&self, op: libc::c_int, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
-        // SAFETY: `ev` is one epoll_event, read by the call only.
-        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd.as_raw_fd(), &mut ev) }).map(drop)
+        let fd = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let none = epoll::Event { flags: epoll::EventFlags::empty(), data: epoll::EventData::new_u64(0) };
+        Ok(Epoll { fd, events: vec![none; max.max(1)] })
     }
 
     pub fn add(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, token)
+        Ok(epoll::add(&self.fd, fd, epoll::EventData::new_u64(token), epoll::EventFlags::IN)?)
     }
 
     pub fn remove(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_DEL, fd, 0)
+        Ok(epoll::delete(&self.fd, fd)?)
     }
 
     /// Waits until an fd is readable (or has an error) or `timeout_ms`
     /// passes; the ready fds' tokens go to `ready`.
     pub fn wait(&mut self, ready: &mut Vec<u64>, timeout_ms: i32) -> io::Result<()> {
         ready.clear();
-        let max = self.events.len() as libc::c_int;
-        // SAFETY: `events` has room for `max` events.
-        match cvt(unsafe { libc::epoll_wait(self.fd.as_raw_fd(), self.events.as_mut_ptr(), max, timeout_ms) }) {
-            Ok(n) => ready.extend(self.events[..n as usize].iter().map(|e| e.u64)),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        let timeout = rustix::event::Timespec {
+            tv_sec: i64::from(timeout_ms / 1000),
+            tv_nsec: i64::from(timeout_ms % 1000) * 1_000_000,
+        };
+        match epoll::wait(&self.fd, &mut self.events[..], Some(&timeout)) {
+            Ok(n) => ready.extend(self.events[..n].iter().map(|e| e.data.u64())),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
         Ok(())
     }
