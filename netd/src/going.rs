@@ -44,6 +44,7 @@ impl Going {
         observed.into_iter().filter(|l| !self.links.contains_key(&l.name)).collect()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.links.is_empty()
     }
