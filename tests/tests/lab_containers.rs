@@ -123,6 +123,15 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
         Ok(lab.shoal(1, &["logs", "ticker"])?.lines().count().ge(&3).then_some(()))
     })?;
     let before = lab.container(1, "ticker")?["pid"].clone();
+    // Its process is in the container's own cgroup in every hierarchy the runtime manages (on
+    // cgroup v1 libcontainer's intermediate moves itself there through each hierarchy's `tasks`
+    // file; the init it forks inherits that).
+    let cgroups = std::fs::read_to_string(format!("/proc/{before}/cgroup"))?;
+    let managed: Vec<&str> = cgroups
+        .lines()
+        .filter(|l| !l.contains(":name=") && !(l.starts_with("0::") && cgroups.lines().count() > 1))
+        .collect();
+    ensure!(!managed.is_empty() && managed.iter().all(|l| l.contains(id.trim())), "ticker's cgroups: {cgroups}");
     lab.restart_daemon(1)?;
     let c = lab.container(1, "ticker")?;
     ensure!(c["state"] == "running" && c["pid"] == before, "the container outlived its daemon: {c}");
