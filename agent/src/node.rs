@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub netns_dir: PathBuf,
     /// `--init-path`: the static init `run --init` binds in (None: found on PATH).
     pub init_path: Option<PathBuf>,
+    /// What `--add-host NAME:host-gateway` names (else the default bridge's gateway).
+    pub host_gateway_ip: Option<std::net::IpAddr>,
 }
 
 impl NodeConfig {
@@ -59,6 +61,7 @@ impl NodeConfig {
             netd_socket: PathBuf::from("/run/shoal/netd.sock"),
             netns_dir: PathBuf::from("/run/shoal/netns"),
             init_path: None,
+            host_gateway_ip: None,
         }
     }
 }
@@ -93,6 +96,9 @@ pub async fn run(cfg: NodeConfig, cancel: CancellationToken) -> anyhow::Result<(
         images.clone(),
         volumes.clone(),
     )?);
+    if let Some(ip) = cfg.host_gateway_ip {
+        containers.set_host_gateway(ip);
+    }
     if let Some(p) = &cfg.init_path {
         containers.set_init_path(p.clone());
     }

@@ -28,6 +28,10 @@ pub struct DaemonArgs {
     /// tini-static on PATH; Debian's tini package has /usr/bin/tini-static).
     #[arg(long)]
     pub init_path: Option<PathBuf>,
+    /// The address `--add-host NAME:host-gateway` gives containers (default: the default
+    /// bridge's gateway, which reaches this host from any of its containers).
+    #[arg(long)]
+    pub host_gateway_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -71,6 +75,7 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
     cfg.cgroup_parent = args.cgroup_parent;
     cfg.insecure_registries = args.insecure_registry;
     cfg.init_path = args.init_path.filter(|p| !p.as_os_str().is_empty());
+    cfg.host_gateway_ip = args.host_gateway_ip;
     shoal_agent::node::run(cfg, cancelled_on_signal()).await
 }
 

@@ -189,6 +189,12 @@ impl Networks {
         }
     }
 
+    /// The gateway address of netd's default bridge (`bridge`), if netd has one (blocking).
+    pub fn bridge_gateway(&self) -> Result<Option<IpAddr>, NetworkError> {
+        let list = self.call(async |c| c.network_list(pb::Empty {}).await.map(|r| r.into_inner()))?;
+        Ok(list.networks.iter().find(|n| n.name == "bridge").and_then(|n| n.gateway.parse().ok()))
+    }
+
     /// Whether the container's namespace is there (gone after a reboot).
     pub fn has_netns(&self, container: &str) -> bool {
         is_netns(&self.netns_path(container))
@@ -304,7 +310,12 @@ const NSFS_MAGIC: i64 = 0x6e73_6673;
 /// The container's /etc/hosts: loopback, the `--add-host` entries, then its
 /// own addresses under its hostname (Docker's order); with `--network host`,
 /// the host's file and the `--add-host` entries after it.
-pub fn hosts_file(hostname: &str, endpoints: &[Endpoint], host_mode: Option<&str>, extra_hosts: &[String]) -> String {
+pub fn hosts_file(
+    hostname: &str,
+    endpoints: &[Endpoint],
+    host_mode: Option<&str>,
+    extra_hosts: &[(String, IpAddr)],
+) -> String {
     let mut s = match host_mode {
         Some(host) => host.to_string(),
         None => String::from(
@@ -314,8 +325,7 @@ pub fn hosts_file(hostname: &str, endpoints: &[Endpoint], host_mode: Option<&str
     if !s.is_empty() && !s.ends_with('\n') {
         s.push('\n');
     }
-    // Checked by HostConfig::validate before the container was made.
-    for (name, ip) in extra_hosts.iter().filter_map(|h| shoal_proto::container::parse_extra_host(h).ok()) {
+    for (name, ip) in extra_hosts {
         s.push_str(&format!("{ip}\t{name}\n"));
     }
     if host_mode.is_none() {
@@ -439,7 +449,7 @@ mod tests {
     #[test]
     fn add_host_entries_come_before_the_containers_own() {
         let e = Endpoint { ip: "172.18.0.2".into(), ..Default::default() };
-        let extra = ["db:10.0.0.5".to_string(), "v6=fd00::1".into()];
+        let extra = [("db".to_string(), "10.0.0.5".parse().unwrap()), ("v6".into(), "fd00::1".parse().unwrap())];
         let hosts = hosts_file("web", &[e], None, &extra);
         assert!(hosts.ends_with("ff02::2\tip6-allrouters\n10.0.0.5\tdb\nfd00::1\tv6\n172.18.0.2\tweb\n"), "{hosts}");
         assert_eq!(hosts_file("web", &[], Some("10.0.0.1 h"), &extra), "10.0.0.1 h\n10.0.0.5\tdb\nfd00::1\tv6\n");

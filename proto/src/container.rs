@@ -252,16 +252,42 @@ impl std::fmt::Display for Ulimit {
 
 /// `name:ip` (Docker's `--add-host`; also `name=ip`, and an IPv6 address
 /// after the first colon). Returns the names and the address.
-pub fn parse_extra_host(s: &str) -> Result<(String, IpAddr), String> {
-    let bad = |why: &str| format!("invalid extra host {s:?}: {why}; use NAME:IP, for example db:10.0.0.5");
+pub fn parse_extra_host(s: &str) -> Result<(String, HostAddr), String> {
+    let bad = |why: &str| {
+        format!("invalid extra host {s:?}: {why}; use NAME:IP (for example db:10.0.0.5) or NAME:{HOST_GATEWAY}")
+    };
     let (name, ip) = s.split_once('=').or_else(|| s.split_once(':')).ok_or_else(|| bad("no address"))?;
     let name = name.trim();
     if name.is_empty() || name.contains(char::is_whitespace) {
         return Err(bad("the name is empty or has spaces"));
     }
     let ip = ip.trim().trim_start_matches('[').trim_end_matches(']');
+    if ip == HOST_GATEWAY {
+        return Ok((name.to_string(), HostAddr::HostGateway));
+    }
     let addr: IpAddr = ip.parse().map_err(|_| bad("not an IP address"))?;
-    Ok((name.to_string(), addr))
+    Ok((name.to_string(), HostAddr::Ip(addr)))
+}
+
+/// Docker's special `--add-host` address: the host itself.
+pub const HOST_GATEWAY: &str = "host-gateway";
+
+/// Where an `--add-host` entry points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostAddr {
+    Ip(IpAddr),
+    /// `host-gateway`: the host, by the daemon's `--host-gateway-ip`, else
+    /// its default bridge's gateway address (as Docker's).
+    HostGateway,
+}
+
+impl std::fmt::Display for HostAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostAddr::Ip(ip) => ip.fmt(f),
+            HostAddr::HostGateway => f.write_str(HOST_GATEWAY),
+        }
+    }
 }
 
 /// Linux's capabilities, by Docker's names (without `CAP_`).
@@ -386,11 +412,16 @@ pub(crate) mod tests {
 
     #[test]
     fn extra_hosts_take_docker_forms() {
-        assert_eq!(parse_extra_host("db:10.0.0.5"), Ok(("db".into(), "10.0.0.5".parse().expect("ip"))));
-        assert_eq!(parse_extra_host("db=10.0.0.5"), Ok(("db".into(), "10.0.0.5".parse().expect("ip"))));
-        assert_eq!(parse_extra_host("v6:fd00::1"), Ok(("v6".into(), "fd00::1".parse().expect("ip"))));
-        assert_eq!(parse_extra_host("v6:[fd00::1]"), Ok(("v6".into(), "fd00::1".parse().expect("ip"))));
-        for s in ["db", ":1.2.3.4", "db:nowhere", "a b:1.2.3.4"] {
+        let ip = |s: &str| HostAddr::Ip(s.parse().expect("ip"));
+        assert_eq!(parse_extra_host("db:10.0.0.5"), Ok(("db".into(), ip("10.0.0.5"))));
+        assert_eq!(parse_extra_host("db=10.0.0.5"), Ok(("db".into(), ip("10.0.0.5"))));
+        assert_eq!(parse_extra_host("v6:fd00::1"), Ok(("v6".into(), ip("fd00::1"))));
+        assert_eq!(parse_extra_host("v6:[fd00::1]"), Ok(("v6".into(), ip("fd00::1"))));
+        assert_eq!(
+            parse_extra_host("host.docker.internal:host-gateway"),
+            Ok(("host.docker.internal".into(), HostAddr::HostGateway))
+        );
+        for s in ["db", ":1.2.3.4", "db:nowhere", "a b:1.2.3.4", "db:host-gw"] {
             assert!(parse_extra_host(s).expect_err(s).contains("NAME:IP"), "{s}");
         }
     }

@@ -336,6 +336,19 @@ fn a_containers_host_config_is_applied_inside_it() -> Result<()> {
     ensure!(got.contains("10.0.0.5\tdb.lab\n"), "{got}");
     // The --dns server is where the embedded DNS forwards, not a line of its own.
     ensure!(got.ends_with("nameserver 127.0.0.11\nsearch corp.example\noptions ndots:2\n"), "{got}");
+    // NAME:host-gateway names the host: the default bridge's gateway, which answers.
+    let script = "grep internal /etc/hosts; ip route | grep default; ping -c1 -W5 host.docker.internal >/dev/null && echo reached";
+    let got = out(&["--add-host", "host.docker.internal:host-gateway", "busybox:local", "sh", "-c", script])?;
+    let lines: Vec<&str> = got.lines().collect();
+    let gw = lines.first().and_then(|l| l.strip_suffix("\thost.docker.internal")).unwrap_or("?");
+    ensure!(
+        gw.parse::<std::net::Ipv4Addr>().is_ok()
+            && lines.get(1).is_some_and(|l| l.starts_with(&format!("default via {gw} ")))
+            && lines.get(2) == Some(&"reached"),
+        "{got}"
+    );
+    let err = lab.failing(1, &["run", "--rm", "--add-host", "db:host-gw", "busybox:local", "true"])?;
+    ensure!(err.contains("NAME:host-gateway"), "{err}");
     let got = out(&[
         "--network",
         "none",

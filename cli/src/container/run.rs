@@ -82,7 +82,7 @@ pub struct RunArgs {
     /// A resource limit of the processes: NAME=SOFT[:HARD], e.g. nofile=1024:2048 (-1: unlimited).
     #[arg(long)]
     pub ulimit: Vec<String>,
-    /// An /etc/hosts entry: NAME:IP.
+    /// An /etc/hosts entry: NAME:IP, or NAME:host-gateway for the host itself.
     #[arg(long = "add-host")]
     pub add_host: Vec<String>,
     /// A DNS server (after the embedded one on a user-defined network).

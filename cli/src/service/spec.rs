@@ -116,7 +116,7 @@ pub struct ServiceFlags {
     /// A resource limit of its processes: nofile=1024:2048 (NAME=SOFT[:HARD]).
     #[arg(long, visible_alias = "ulimit-add", value_parser = Ulimit::parse)]
     pub ulimit: Vec<Ulimit>,
-    /// An /etc/hosts line: NAME:IP.
+    /// An /etc/hosts line: NAME:IP, or NAME:host-gateway for the task's host.
     #[arg(long = "host", id = "extra_host", value_name = "NAME:IP", visible_alias = "host-add", value_parser = parse_host)]
     pub host: Vec<String>,
     /// A DNS server for the container's names beyond the cluster's.

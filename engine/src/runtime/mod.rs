@@ -45,6 +45,7 @@ pub use removal::Retired;
 pub use request::{RunRequest, netd_network};
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -165,6 +166,9 @@ pub struct Containers {
     seccomp: seccomp::Programs,
     /// The daemon's `--init-path`, if given (else `docker-init` or `tini-static` on PATH).
     init_path: std::sync::OnceLock<PathBuf>,
+    /// Where `--add-host NAME:host-gateway` points: the daemon's `--host-gateway-ip`, else the
+    /// default bridge's gateway as netd first answers it.
+    host_gateway: std::sync::OnceLock<IpAddr>,
     /// The containers' records and endpoints, parsed once per change.
     records: record::JsonCache<Record>,
     endpoints: record::JsonCache<Vec<Endpoint>>,
@@ -206,6 +210,7 @@ impl Containers {
             announced: Mutex::new(Default::default()),
             seccomp: seccomp::Programs::new(&state_root.join("seccomp")),
             init_path: std::sync::OnceLock::new(),
+            host_gateway: std::sync::OnceLock::new(),
             records: record::JsonCache::new("container.json"),
             endpoints: record::JsonCache::new("network.json"),
         };
@@ -219,6 +224,11 @@ impl Containers {
     /// `--init` binds this binary in (the daemon's `--init-path`).
     pub fn set_init_path(&self, path: PathBuf) {
         let _ = self.init_path.set(path);
+    }
+
+    /// `--add-host NAME:host-gateway` names this address (the daemon's `--host-gateway-ip`).
+    pub fn set_host_gateway(&self, ip: IpAddr) {
+        let _ = self.host_gateway.set(ip);
     }
 
     fn dir(&self, id: &str) -> PathBuf {

@@ -155,7 +155,7 @@ impl Containers {
                     hostname,
                     endpoints,
                     host_mode.then(|| host("hosts")).as_deref(),
-                    &record.host_config.extra_hosts,
+                    &self.extra_hosts(&record.host_config.extra_hosts)?,
                 ),
             ),
             ("resolv.conf", resolv_conf(&host("resolv.conf"), !record.networks.is_empty(), &record.host_config)),
@@ -166,6 +166,36 @@ impl Containers {
             std::fs::write(&path, content).map_err(io("writing", &path))?;
         }
         Ok(())
+    }
+
+    /// The `--add-host` entries with their addresses; `host-gateway` is the
+    /// host's address (see `host_gateway`). Checked by `HostConfig::validate`
+    /// before the container was made.
+    fn extra_hosts(&self, given: &[String]) -> Result<Vec<(String, IpAddr)>, ContainerError> {
+        use shoal_proto::container::{HOST_GATEWAY, HostAddr, parse_extra_host};
+        let mut out = Vec::with_capacity(given.len());
+        for (name, addr) in given.iter().filter_map(|h| parse_extra_host(h).ok()) {
+            let ip = match addr {
+                HostAddr::Ip(ip) => ip,
+                HostAddr::HostGateway => match self.host_gateway.get() {
+                    Some(ip) => *ip,
+                    None => {
+                        let found =
+                            self.networks.get().map(|n| n.bridge_gateway()).transpose().ok().flatten().flatten();
+                        let ip = found.ok_or_else(|| ContainerError::Invalid {
+                            what: "extra host",
+                            value: format!("{name}:{HOST_GATEWAY}"),
+                            why: "the host's address is not known here (netd has no default bridge or cannot \
+                                  be reached); start the daemon with --host-gateway-ip IP, or give the address"
+                                .into(),
+                        })?;
+                        *self.host_gateway.get_or_init(|| ip)
+                    }
+                },
+            };
+            out.push((name, ip));
+        }
+        Ok(out)
     }
 
     /// `network connect`: attaches a container (running or not) to one more network.
