@@ -127,10 +127,10 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     // cgroup v1 libcontainer's intermediate moves itself there through each hierarchy's `tasks`
     // file; the init it forks inherits that).
     let cgroups = std::fs::read_to_string(format!("/proc/{before}/cgroup"))?;
-    let managed: Vec<&str> = cgroups
-        .lines()
-        .filter(|l| !l.contains(":name=") && !(l.starts_with("0::") && cgroups.lines().count() > 1))
-        .collect();
+    // Named hierarchies (systemd's) and, on a hybrid host, the unified one are not the runtime's.
+    let v1 = cgroups.lines().count() > 1;
+    let managed: Vec<&str> =
+        cgroups.lines().filter(|l| !(l.contains(":name=") || (v1 && l.starts_with("0::")))).collect();
     ensure!(!managed.is_empty() && managed.iter().all(|l| l.contains(id.trim())), "ticker's cgroups: {cgroups}");
     lab.restart_daemon(1)?;
     let c = lab.container(1, "ticker")?;
