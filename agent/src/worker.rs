@@ -315,6 +315,10 @@ impl Worker {
                 };
             }
         }
+        // Whether a pass has anything new to plan from: not when every task that came is the
+        // managers' echo of this node's own reports (a node starting a hundred tasks gets one
+        // per report, and each pass reads every container here).
+        let mut news = full || !removed.is_empty();
         {
             let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
             // What the managers know now is the baseline: anything ahead of it is reported again.
@@ -329,6 +333,7 @@ impl Worker {
             }
             let timeline = shoal_proto::timeline::enabled();
             for t in tasks {
+                news |= !is_echo(assigned.get(&t.id), &t, reported.get(&t.id).copied());
                 reported.insert(t.id.clone(), t.status.state);
                 if timeline && t.desired == TaskState::Running && !assigned.contains_key(&t.id) {
                     shoal_proto::timeline!(ACCEPTED, task = %t.id);
@@ -340,7 +345,9 @@ impl Worker {
             self.synced.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         self.forget_unused_payloads();
-        self.wake.notify_one();
+        if news {
+            self.wake.notify_one();
+        }
     }
 
     /// The secrets and configs (by id) that came with the tasks of an
@@ -888,6 +895,17 @@ impl Worker {
     }
 }
 
+/// Whether `new` is the managers' echo of what this node last reported of the
+/// task it had as `old`: only its status (and what the managers keep beside
+/// it: when it first ran, the record's version) moved, to the state reported.
+/// A pass would plan from it what it planned before.
+fn is_echo(old: Option<&Task>, new: &Task, reported: Option<TaskState>) -> bool {
+    let Some(old) = old else { return false };
+    reported == Some(new.status.state)
+        && *old
+            == Task { status: old.status.clone(), started_ms: old.started_ms, meta: old.meta.clone(), ..new.clone() }
+}
+
 /// The task's host-mode published ports: the only ones its node binds to it.
 fn host_ports(t: &Task) -> impl Iterator<Item = &shoal_proto::service::PublishedPort> {
     t.spec.ports.iter().filter(|p| p.mode == shoal_proto::service::PublishMode::Host)
@@ -1286,6 +1304,54 @@ mod tests {
         let assigned = tasks(&[task("a", Running, Running), task("b", Running, Starting)]);
         let observed = seen(&[container("a", running(), None), container("b", running(), None)]);
         assert_eq!(plan(&assigned, &observed), vec![report("b", Running, "started", true)]);
+    }
+
+    #[test]
+    fn only_an_echo_of_the_nodes_own_report_needs_no_pass() {
+        let old = task("a", Running, Preparing);
+        let echoed = |state| {
+            let mut t = task("a", Running, state);
+            t.status.message = "starting".into();
+            t.started_ms = 5;
+            t.meta.version = 9;
+            t
+        };
+        let mut moved = echoed(Starting);
+        moved.desired = Shutdown;
+        let mut respec = echoed(Starting);
+        respec.spec.image = "other".into();
+        let mut later = echoed(Starting);
+        later.not_before_ms = 10;
+        let table = [
+            (Some(&old), echoed(Starting), Some(Starting), true),
+            // Not the state this node reported: a lagging echo, or the managers' own move.
+            (Some(&old), echoed(Starting), Some(Running), false),
+            (Some(&old), echoed(Failed), Some(Starting), false),
+            // New to this node, or more than its status moved.
+            (None, echoed(Starting), Some(Starting), false),
+            (Some(&old), moved, Some(Starting), false),
+            (Some(&old), respec, Some(Starting), false),
+            (Some(&old), later, Some(Starting), false),
+            (Some(&old), echoed(Starting), None, false),
+        ];
+        for (i, (old, new, reported, echo)) in table.into_iter().enumerate() {
+            assert_eq!(is_echo(old, &new, reported), echo, "row {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_echo_wakes_no_pass_and_anything_else_does() {
+        let w = Worker::with_runtime(crate::fake_runtime::FakeRuntime::new(), "h1");
+        let json = |t: &Task| serde_json::to_string(t).unwrap();
+        w.assign(true, &[json(&task("a", Running, Assigned))], &[], HashMap::new());
+        tokio::time::timeout(Duration::from_secs(5), w.wake.notified()).await.expect("a whole set wakes it");
+        w.report(&task("a", Running, Assigned), TaskStatus { state: Starting, ..Default::default() });
+        w.assign(false, &[json(&task("a", Running, Starting))], &[], HashMap::new());
+        // A wake stores a permit for the next wait: none is there.
+        let permit = tokio::time::timeout(Duration::from_millis(1), w.wake.notified()).await;
+        assert!(permit.is_err(), "the echo of its own report woke the worker");
+        w.assign(false, &[json(&task("a", Shutdown, Starting))], &[], HashMap::new());
+        tokio::time::timeout(Duration::from_secs(5), w.wake.notified()).await.expect("a new desired state wakes it");
     }
 
     #[test]

@@ -408,8 +408,11 @@ fn supervise(
                 fds.push(libc::pollfd { fd: c.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             }
         }
+        // With the pidfd every wake-up is an event: no timeout (a node's hundreds of idle
+        // shims woke ten times a second each for nothing). Without it the timeout looks.
+        let timeout = if ended.is_some() && status.is_none() { -1 } else { 100 };
         // SAFETY: fds points to a valid array of pollfd of the given length.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         let ready = |fd: i32| fds.iter().any(|p| p.fd == fd && p.revents != 0);
         for (s, kind) in streams.iter_mut().zip([frames::STDOUT, frames::STDERR]).filter(|(s, _)| s.2) {
             let fd = s.0.as_raw_fd();

@@ -85,40 +85,57 @@ pub enum V1ManagerError {
 impl Manager {
     /// Constructs a new cgroup manager with cgroups_path being relative to the root of the subsystem
     pub fn new(cgroup_path: &Path) -> Result<Self, V1ManagerError> {
+        // Shoal: /proc/self/cgroup once, and the mount points of the hierarchies it lists
+        // in one read of mountinfo (each subsystem read both of its own, and one that is
+        // not mounted read all of mountinfo). A subsystem missing from either is
+        // unsupported, as before.
+        let cgroups = ProcfsHandle::new()
+            .map_err(V1ManagerError::from)
+            .and_then(|procfs| {
+                Ok(procfs.open(
+                    ProcfsBase::ProcSelf,
+                    "cgroup",
+                    OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
+                )?)
+            })
+            .and_then(|file| Ok(ProcessCGroups::from_read(file)?.0))
+            .unwrap_or_default();
+        let listed = |s: &CtrlType| {
+            let name = s.to_string();
+            cgroups.iter().find(|c| c.controllers.contains(&name))
+        };
+        let present: Vec<CtrlType> = CONTROLLERS.iter().copied().filter(|s| listed(s).is_some()).collect();
+        let mounts = util::subsystem_mount_points(&present).unwrap_or_default();
         let mut subsystems = HashMap::new();
         for subsystem in CONTROLLERS {
-            if let Ok(subsystem_path) = Self::get_subsystem_path(cgroup_path, subsystem) {
-                subsystems.insert(*subsystem, subsystem_path);
-            } else {
-                tracing::warn!("cgroup {} not supported on this system", subsystem);
+            let path = match (mounts.get(subsystem), listed(subsystem)) {
+                (Some(mount_point), Some(cgroup)) => {
+                    Self::subsystem_path(mount_point, cgroup_path, &cgroup.pathname).ok()
+                }
+                _ => None,
+            };
+            match path {
+                Some(path) => {
+                    subsystems.insert(*subsystem, path);
+                }
+                None => tracing::warn!("cgroup {} not supported on this system", subsystem),
             }
         }
 
         Ok(Manager { subsystems })
     }
 
-    fn get_subsystem_path(
+    /// The subsystem's directory for `cgroup_path` (empty: this process's own cgroup).
+    fn subsystem_path(
+        mount_point: &PathBuf,
         cgroup_path: &Path,
-        subsystem: &CtrlType,
+        own: &str,
     ) -> Result<PathBuf, V1ManagerError> {
-        tracing::debug!("Get path for subsystem: {}", subsystem);
-        let mount_point = util::get_subsystem_mount_point(subsystem)?;
-
-        let cgroup = ProcessCGroups::from_read(ProcfsHandle::new()?.open(
-            ProcfsBase::ProcSelf,
-            "cgroup",
-            OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
-        )?)?
-        .into_iter()
-        .find(|c| c.controllers.contains(&subsystem.to_string()))
-        .ok_or(V1ManagerError::SubsystemDoesNotExist)?;
-
         let p = if cgroup_path.as_os_str().is_empty() {
-            mount_point.join_safely(Path::new(&cgroup.pathname))?
+            mount_point.join_safely(Path::new(own))?
         } else {
             mount_point.join_safely(cgroup_path)?
         };
-
         Ok(p)
     }
 

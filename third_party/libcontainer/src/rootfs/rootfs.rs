@@ -62,7 +62,13 @@ impl RootFS {
 
         let mounter = Mount::new();
 
-        mounter.make_parent_mount_private(rootfs)?;
+        // Shoal: after the recursive slave or private propagation above, no mount of this
+        // namespace is shared, so rootfs's parent mount is not either, and the read of the
+        // whole mount table that looks for it (most of a start's reading on a host with
+        // many containers' mounts) would find nothing to do.
+        if flags.contains(MsFlags::MS_SHARED) {
+            mounter.make_parent_mount_private(rootfs)?;
+        }
 
         tracing::debug!("mount root fs {:?}", rootfs);
         self.syscall
