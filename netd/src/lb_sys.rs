@@ -615,6 +615,9 @@ pub struct Follower {
     queue: Mutex<Latest<Want>>,
     /// The newest want a finished sync covered, for those who wait on it.
     done: Notify,
+    /// How many `sync_starts` wait for the balancers: repair gives way to
+    /// them (a mutex let go and taken again at once is seldom handed over).
+    starts_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Follower {
@@ -663,11 +666,13 @@ impl Follower {
     }
 
     /// Drift repair when due, [`REPAIR_STEP`] namespaces at a time, until
-    /// the round ends or a want waits: a change never waits for a round,
-    /// and a start's `sync_starts` waits for one step at most.
+    /// the round ends, a want waits or a start's `sync_starts` does: a
+    /// change never waits for a round, and a start for one step at most.
+    /// A round left unfinished goes on after the next sync.
     fn repair(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
         loop {
-            if self.queue.lock().unwrap_or_else(|p| p.into_inner()).waiting() {
+            if self.starts_waiting.load(SeqCst) > 0 || self.queue.lock().unwrap_or_else(|p| p.into_inner()).waiting() {
                 return;
             }
             let mut balancers = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
@@ -683,7 +688,11 @@ impl Follower {
     /// [`Balancers::sync_starts`] for `want` (which the caller published
     /// first). Blocking: it waits for a sync that runs.
     pub fn sync_starts(&self, want: &Want) -> Vec<LbError> {
-        self.balancers.lock().unwrap_or_else(|p| p.into_inner()).sync_starts(want)
+        use std::sync::atomic::Ordering::SeqCst;
+        self.starts_waiting.fetch_add(1, SeqCst);
+        let mut balancers = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
+        self.starts_waiting.fetch_sub(1, SeqCst);
+        balancers.sync_starts(want)
     }
 
     /// The newest want published.
