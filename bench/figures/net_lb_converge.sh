@@ -3,8 +3,8 @@
 # (its replacement starts), the time until every client namespace on every host has the new
 # backend set in its VIP load balancer, and until DNS (tasks.be at 127.0.0.11) answers it.
 # A 3-host swarm (1 manager), one overlay; service `be` (2 tasks to start with, VIP mode) and
-# BENCH_LBC_CLIENTS client tasks per host (default 10; the figure asks 100, which this
-# 2-core machine holds only slowly), BENCH_LBC_ROUNDS rounds (default 2) of scale then kill.
+# BENCH_LBC_CLIENTS client tasks per host (default 10; the figure asks 100: set-up takes
+# ~4 minutes on this 2-core machine), BENCH_LBC_ROUNDS rounds (default 2) of scale then kill.
 # Measured from outside netd: on each host a watcher (bench/lb_watch.py) runs `nft monitor
 # elements` in every client task's namespace and stamps each change of the table's elements for
 # be's VIP as the kernel announces it; per namespace the time is from the command (`service
@@ -24,13 +24,20 @@ command -v busybox >/dev/null || die "busybox-static is needed"
 WORK=$(mktemp -d /tmp/shl-bench.XXXXXX)
 chmod 755 "$WORK"
 watchers=()
-cleanup() { for p in "${watchers[@]}"; do kill "$p" 2>/dev/null; done; lab_down; rm -rf "$WORK"; lab_unlock; }
+# BENCH_LBC_KEEP=DIR keeps the hosts' daemon and netd logs and the watchers' events there.
+keep() {
+  [ -n "${BENCH_LBC_KEEP:-}" ] || return 0
+  mkdir -p "$BENCH_LBC_KEEP" && cp "$WORK"/* "$BENCH_LBC_KEEP"/ 2>/dev/null
+  local h; for h in $(seq 1 $H); do cp /tmp/shoal-lab/h$h/netd.log "$BENCH_LBC_KEEP/netd.$h.log"; cp /tmp/shoal-lab/h$h/daemon.log "$BENCH_LBC_KEEP/daemon.$h.log"; done 2>/dev/null
+}
+cleanup() { for p in "${watchers[@]}"; do kill "$p" 2>/dev/null; done; keep; lab_down; rm -rf "$WORK"; lab_unlock; }
 trap cleanup EXIT
 lab_lock
 [ -e /run/netns/shl-sw ] && die "our lab is already up (deploy/lab down first)"
 lab up $H --managers 1 --no-demo >&2 || die "deploy/lab up failed"
 bench_image bench:lbc $H sh sleep
-sI 1 network create -d overlay benchlb >/dev/null || die "network create failed"
+# A /22: the default /24 holds fewer addresses than 100 clients per host on 3 hosts need.
+sI 1 network create -d overlay --subnet 10.61.0.0/22 benchlb >/dev/null || die "network create failed"
 sI 1 service create -d --name be --network benchlb --replicas 2 --stop-grace-period 1s --restart-delay 0s \
   bench:lbc sleep 1000000 >/dev/null || die "service create be failed"
 sI 1 service create -d --name cli --network benchlb --replicas $((N * H)) --replicas-max-per-node "$N" \

@@ -187,16 +187,16 @@ fn desired(services: &[LbService], current: Option<&Elements>) -> Elements {
         }
         // Slots below the new count keep their backend if it stays.
         let mut slots: BTreeMap<u32, Ipv4Addr> = BTreeMap::new();
+        let mut placed: BTreeSet<Ipv4Addr> = BTreeSet::new();
         if let Some(cur) = current {
             for ((_, slot), b) in cur.be.range((s.vip, 0)..=(s.vip, u32::MAX)) {
-                if *slot < n && backends.contains(b) && !slots.values().any(|x| x == b) {
+                if *slot < n && backends.contains(b) && placed.insert(*b) {
                     slots.insert(*slot, *b);
                 }
             }
         }
         // The rest, in address order (the ones moved down from above the count
         // among them), fill the free slots from 0.
-        let placed: BTreeSet<Ipv4Addr> = slots.values().copied().collect();
         let mut rest = backends.iter().filter(|b| !placed.contains(b));
         for slot in 0..n {
             if let std::collections::btree_map::Entry::Vacant(e) = slots.entry(slot) {

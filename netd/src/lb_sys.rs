@@ -94,6 +94,11 @@ pub fn send_elements(netns: &Path, del: &lb::Elements, add: &lb::Elements) -> Re
 /// in microseconds; this only bounds a lost answer).
 const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The receive buffer of an element socket: room for the acks of a whole
+/// table's batch (~1 KiB of buffer each; the memory is taken only while
+/// they wait to be read).
+const ACK_BUFFER: usize = 8 << 20;
+
 /// A `NETLINK_NETFILTER` socket opened in one container namespace (by a
 /// thread that entered it; the socket stays in that namespace, so batches
 /// are sent on it from any thread, with no `setns`).
@@ -120,12 +125,16 @@ fn netns_id(netns: &Path) -> std::io::Result<(u64, u64)> {
 impl ElementSocket {
     pub fn open(netns: &Path) -> Result<ElementSocket, LbError> {
         use rtnetlink::sys::{Socket, protocols::NETLINK_NETFILTER};
-        use rustix::net::sockopt::{Timeout, set_socket_timeout};
+        use rustix::net::sockopt::{Timeout, set_socket_recv_buffer_size_force, set_socket_timeout};
         let err = |source| LbError::Netlink { netns: netns.to_path_buf(), source };
         let id = netns_id(netns).map_err(err)?;
         let socket = sys::in_netns(netns, || {
             let socket = Socket::new(NETLINK_NETFILTER)?;
             set_socket_timeout(&socket, Timeout::Recv, Some(ACK_WAIT))?;
+            // Every message of a batch is acked, each ack queued before any is read: a
+            // whole table for a service of 300 backends (chains `lb1`..`lb512`) is over a
+            // thousand, more than the default buffer holds (the batch then fails, ENOBUFS).
+            set_socket_recv_buffer_size_force(&socket, ACK_BUFFER)?;
             Ok(socket)
         })
         .map_err(err)?;
@@ -396,8 +405,11 @@ pub struct Balancers {
     programmed: BTreeMap<PathBuf, Programmed>,
     /// Each balanced namespace's element socket, kept open across passes.
     sockets: BTreeMap<PathBuf, Option<ElementSocket>>,
-    /// When every namespace was last observed (drift repaired).
+    /// When the last round of drift repair began (None: no sync yet).
     last_full: Option<std::time::Instant>,
+    /// The namespaces the round of drift repair under way has yet to
+    /// observe (see [`repair`](Self::repair)).
+    unrepaired: Vec<PathBuf>,
 }
 
 /// What netd last made a namespace's table balance, and the table as it
@@ -410,27 +422,28 @@ struct Programmed {
     table: Option<lb::Elements>,
 }
 
-/// How often a pass observes every balanced namespace, not only those whose
-/// services changed: drift behind netd's back is repaired within this.
+/// How often every balanced namespace is observed, not only those whose
+/// services changed: drift behind netd's back is repaired within this
+/// (and the time a round takes, which yields to changes).
 pub const FULL_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Balancers {
-    /// One pass over `want` (from `lb::by_namespace`). A namespace whose
+    /// One sync to `want` (from `lb::by_namespace`). A namespace whose
     /// services changed since it was last programmed is planned against
     /// the table netd left there, and changed by one batch on the
     /// namespace's socket (elements, and chains when a count needs them).
-    /// One netd does not know (new, or after a failure) gets its table
-    /// written whole (one batch, which replaces any table there). Every
-    /// [`FULL_EVERY`], and on the first pass, every namespace is observed
-    /// (over netlink) and planned against what it holds, which
-    /// repairs drift. The tables of namespaces that left are removed
-    /// (nothing to do when the namespace itself is gone). Returns what
-    /// failed; a failed namespace is written whole on the next pass.
+    /// One netd does not know (new, after a failure, or every namespace
+    /// after a restart) gets its table written whole (one batch, which
+    /// replaces any table there), without being read. Nothing is observed
+    /// here: drift is [`repair`](Self::repair)'s, so a change to every
+    /// namespace never waits for every table to be read back. The tables of
+    /// namespaces that left are removed (nothing to do when the namespace
+    /// itself is gone). Returns what failed; a failed namespace is written
+    /// whole on the next sync.
     pub fn sync(&mut self, want: BTreeMap<PathBuf, Vec<LbService>>) -> Vec<LbError> {
-        let full = self.last_full.is_none_or(|at| at.elapsed() >= FULL_EVERY);
         let mut failed = Vec::new();
         let mut kept = BTreeMap::new();
-        let before = std::mem::take(&mut self.programmed);
+        let mut before = std::mem::take(&mut self.programmed);
         for (netns, p) in &before {
             if want.contains_key(netns) || !netns.exists() {
                 continue;
@@ -442,27 +455,75 @@ impl Balancers {
         }
         let mut programmed = BTreeMap::new();
         for (netns, services) in want {
-            let last = before.get(&netns).filter(|p| p.known);
-            if !full && last.is_some_and(|p| p.services == services) {
-                programmed.insert(netns, last.cloned().expect("checked"));
-                continue;
-            }
+            let last = before.remove(&netns).filter(|p| p.known);
+            let last = match last {
+                Some(p) if p.services == services => {
+                    programmed.insert(netns, p);
+                    continue;
+                }
+                last => last,
+            };
             let socket = self.sockets.entry(netns.clone()).or_default();
-            match program(&netns, services, last, full, socket) {
+            match program(&netns, services, last, false, socket) {
                 Ok(p) => {
                     programmed.insert(netns, p);
                 }
-                // Not recorded: the next pass observes the table and tries again.
+                // Not recorded: the next sync writes it whole.
                 Err(e) => failed.push(e),
             }
         }
-        if full {
-            self.last_full = Some(std::time::Instant::now());
-        }
+        // Every table was just written whole or by what netd left there: the
+        // first round of repair is a period away.
+        self.last_full.get_or_insert_with(std::time::Instant::now);
         self.programmed = programmed;
         self.programmed.extend(kept);
         // The sockets of namespaces no longer balanced close (on their own threads).
         self.sockets.retain(|netns, _| self.programmed.contains_key(netns));
+        failed
+    }
+
+    /// Whether drift repair has work: a round under way, or [`FULL_EVERY`]
+    /// since the last one began.
+    pub fn repair_due(&self) -> bool {
+        !self.unrepaired.is_empty() || self.last_full.is_some_and(|at| at.elapsed() >= FULL_EVERY)
+    }
+
+    /// Begins a round of drift repair now (it is also begun when due).
+    pub fn begin_repair(&mut self) {
+        self.last_full = Some(std::time::Instant::now());
+        self.unrepaired = self.programmed.keys().rev().cloned().collect();
+    }
+
+    /// Drift repair, up to `at_most` namespaces: each is observed (over
+    /// netlink) and planned against what it holds, so a table changed or
+    /// removed behind netd's back is made right. A round covers every
+    /// balanced namespace, a few at a time between syncs (the follower
+    /// stops when a want waits). Returns what failed (such a namespace is
+    /// written whole by the next sync).
+    pub fn repair(&mut self, at_most: usize) -> Vec<LbError> {
+        if self.unrepaired.is_empty() {
+            if !self.repair_due() {
+                return vec![];
+            }
+            self.begin_repair();
+        }
+        let mut failed = Vec::new();
+        for _ in 0..at_most {
+            let Some(netns) = self.unrepaired.pop() else { break };
+            let Some(last) = self.programmed.get(&netns).filter(|p| p.known) else { continue };
+            let socket = self.sockets.entry(netns.clone()).or_default();
+            match program(&netns, last.services.clone(), None, true, socket) {
+                Ok(p) => {
+                    self.programmed.insert(netns, p);
+                }
+                Err(e) => {
+                    if let Some(p) = self.programmed.get_mut(&netns) {
+                        p.known = false;
+                    }
+                    failed.push(e);
+                }
+            }
+        }
         failed
     }
 
@@ -482,7 +543,7 @@ impl Balancers {
             }
             let last = last.filter(|p| p.known).cloned();
             let socket = self.sockets.entry(netns.clone()).or_default();
-            match program(netns, services.clone(), last.as_ref(), false, socket) {
+            match program(netns, services.clone(), last, false, socket) {
                 Ok(p) => {
                     self.programmed.insert(netns.clone(), p);
                 }
@@ -514,13 +575,13 @@ impl Balancers {
 fn program(
     netns: &Path,
     services: Vec<LbService>,
-    last: Option<&Programmed>,
+    last: Option<Programmed>,
     full: bool,
     socket: &mut Option<ElementSocket>,
 ) -> Result<Programmed, LbError> {
     let current = match last {
         _ if full => observe_on(netns, socket)?,
-        Some(p) => p.table.clone(),
+        Some(p) => p.table,
         None => None,
     };
     let plan = lb::plan(&services, current.as_ref());
@@ -529,9 +590,13 @@ fn program(
         tracing::debug!(netns = %netns.display(), whole = plan.whole, structure = plan.has_structure(), removed = ?plan.removed, "load balancer updated");
     }
     // No table and nothing to balance: still no table.
-    let table = (current.is_some() || plan.whole).then(|| plan.want.clone());
+    let table = (current.is_some() || plan.whole).then_some(plan.want);
     Ok(Programmed { services, known: true, table })
 }
+
+/// How many namespaces a step of drift repair observes (each read back
+/// whole, ~2 ms with a large service) before it looks for a newer want.
+const REPAIR_STEP: usize = 4;
 
 /// What every balanced namespace's table must hold (`lb::by_namespace`).
 pub type Want = BTreeMap<PathBuf, Vec<LbService>>;
@@ -550,6 +615,9 @@ pub struct Follower {
     queue: Mutex<Latest<Want>>,
     /// The newest want a finished sync covered, for those who wait on it.
     done: Notify,
+    /// How many `sync_starts` wait for the balancers: repair gives way to
+    /// them (a mutex let go and taken again at once is seldom handed over).
+    starts_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Follower {
@@ -593,13 +661,38 @@ impl Follower {
             }
             self.queue.lock().unwrap_or_else(|p| p.into_inner()).finished(n);
             self.done.notify_waiters();
+            self.repair();
+        }
+    }
+
+    /// Drift repair when due, [`REPAIR_STEP`] namespaces at a time, until
+    /// the round ends, a want waits or a start's `sync_starts` does: a
+    /// change never waits for a round, and a start for one step at most.
+    /// A round left unfinished goes on after the next sync.
+    fn repair(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            if self.starts_waiting.load(SeqCst) > 0 || self.queue.lock().unwrap_or_else(|p| p.into_inner()).waiting() {
+                return;
+            }
+            let mut balancers = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
+            if !balancers.repair_due() {
+                return;
+            }
+            for e in balancers.repair(REPAIR_STEP) {
+                tracing::warn!(error = %e, "load balancer repair failed");
+            }
         }
     }
 
     /// [`Balancers::sync_starts`] for `want` (which the caller published
     /// first). Blocking: it waits for a sync that runs.
     pub fn sync_starts(&self, want: &Want) -> Vec<LbError> {
-        self.balancers.lock().unwrap_or_else(|p| p.into_inner()).sync_starts(want)
+        use std::sync::atomic::Ordering::SeqCst;
+        self.starts_waiting.fetch_add(1, SeqCst);
+        let mut balancers = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
+        self.starts_waiting.fetch_sub(1, SeqCst);
+        balancers.sync_starts(want)
     }
 
     /// The newest want published.

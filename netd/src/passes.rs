@@ -151,6 +151,11 @@ impl<W> Latest<W> {
         self.running = false;
     }
 
+    /// Whether a want waits for the sync loop to take it.
+    pub fn waiting(&self) -> bool {
+        self.want.is_some()
+    }
+
     /// The newest want published, and the newest a finished sync covered.
     pub fn published(&self) -> u64 {
         self.published

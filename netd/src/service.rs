@@ -847,16 +847,24 @@ impl pb::netd_server::Netd for NetdService {
         self.0.sync_shared().await;
         // The managers stop a task once every node said it applied a view without it
         // (`view_applied`): this answer waits until the tables no longer send to it.
-        if drained || !gone.is_empty() {
+        // A task that ended holds nothing up: the node's worker, which waits for this
+        // answer, starts its replacement meanwhile.
+        if drained {
             self.0.balanced().await;
         }
         if !gone.is_empty() {
             // After the tables dropped them: a flushed flow is balanced afresh, not onto them again.
             let balancers = self.0.balancers.clone();
-            let errors = tokio::task::spawn_blocking(move || balancers.flush(&gone)).await.unwrap_or_default();
-            for e in errors {
-                tracing::warn!(error = %e, "flushing a gone backend's flows");
-            }
+            tokio::spawn(async move {
+                let n = balancers.published();
+                if !balancers.covered(n, BALANCED_WAIT).await {
+                    tracing::warn!(want = n, "the load balancers did not catch up within {BALANCED_WAIT:?}");
+                }
+                let errors = tokio::task::spawn_blocking(move || balancers.flush(&gone)).await.unwrap_or_default();
+                for e in errors {
+                    tracing::warn!(error = %e, "flushing a gone backend's flows");
+                }
+            });
         }
         let errors = self
             .0
@@ -962,13 +970,16 @@ type Ensured = Result<(EndpointSpec, Joined), String>;
 /// links and namespaces); every other action alone.
 /// Whether the view netd holds has an encrypted network.
 /// Whether `new` takes a backend out of a service's VIP balancing that `old`
-/// had (the same service on the same network, or a service gone).
+/// had (the same service on the same network, or a service gone) while its
+/// task is still there (its endpoint still in `new`): a task the managers
+/// are stopping, whose stop waits for the tables to drop it. A backend that
+/// left with its endpoint is a task that ended (it died, or was stopped
+/// after its drain): nothing waits on that, so neither does the answer.
 fn drains(old: &NetView, new: &NetView) -> bool {
-    old.services.iter().filter(|s| !s.backends.is_empty()).any(|o| {
-        match new.services.iter().find(|n| n.id == o.id && n.network == o.network) {
-            Some(n) => o.backends.iter().any(|b| !n.backends.contains(b)),
-            None => true,
-        }
+    let still: HashSet<Ipv4Addr> = new.endpoints.iter().map(|e| e.addr).collect();
+    old.services.iter().any(|o| {
+        let kept = new.services.iter().find(|n| n.id == o.id && n.network == o.network).map(|n| &n.backends);
+        o.backends.iter().any(|b| still.contains(b) && !kept.is_some_and(|k| k.contains(b)))
     })
 }
 
@@ -1542,17 +1553,32 @@ mod tests {
         }
     }
 
-    /// A view that takes a backend out of a VIP's balancing is answered only
-    /// once the tables dropped it (the managers then stop its task); one
-    /// that adds backends is not held back.
+    /// A view that takes a backend out of a VIP's balancing while its task
+    /// is still there is answered only once the tables dropped it (the
+    /// managers then stop its task); one that adds backends is not held
+    /// back, nor one whose backend left with its task (it ended).
     #[test]
     fn a_view_drains_when_a_backend_or_a_service_with_backends_leaves() {
+        let endpoint = |addr: &str| shoal_proto::net::OverlayEndpoint {
+            id: format!("t{addr}"),
+            network: NET.into(),
+            addr: addr.parse().unwrap(),
+            node: "n2".into(),
+            names: vec![],
+        };
+        let tasks = |mut v: NetView| {
+            v.endpoints = ["10.10.0.3", "10.10.0.4"].map(endpoint).to_vec();
+            v
+        };
         let with = |backends: &[&str]| {
-            let mut v = state().view.expect("a view");
+            let mut v = tasks(state().view.expect("a view"));
             v.services.push(web(backends));
             v
         };
-        let none = state().view.expect("a view");
+        let none = tasks(state().view.expect("a view"));
+        let mut ended = with(&["10.10.0.4"]);
+        ended.endpoints.retain(|e| e.addr != "10.10.0.3".parse::<Ipv4Addr>().unwrap());
+        assert!(!drains(&with(&["10.10.0.3", "10.10.0.4"]), &ended), "a backend left with its task");
         let (one, two) = (with(&["10.10.0.3"]), with(&["10.10.0.3", "10.10.0.4"]));
         assert!(!drains(&one, &two), "a backend added");
         assert!(!drains(&none, &one), "a service added");

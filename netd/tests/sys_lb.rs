@@ -475,7 +475,7 @@ fn churn(ns: &Path) -> Result<(), String> {
     let seen = lb_sys::observe(ns).map_err(|e| e.to_string())?;
     assert_eq!(seen.as_ref(), Some(&cur), "the refused batch changed nothing, its add included");
 
-    // Balancers: the first pass reads the table; a change right after goes by
+    // Balancers: the first pass writes the table whole; a change right after goes by
     // what they left there, without reading it back, so a table removed behind
     // their back makes the batch fail; the next pass writes it whole.
     let mut balancers = lb_sys::Balancers::default();
@@ -488,6 +488,14 @@ fn churn(ns: &Path) -> Result<(), String> {
         "the change was an element batch against the known table: {failed:?}"
     );
     assert!(balancers.sync(want(&pool[..2])).is_empty(), "the next pass writes it whole");
+    // Drift repair: an element deleted behind their back is put back by a
+    // round of repair (a sync leaves a table it knows alone).
+    sh(ns, &format!("nft delete element ip {} svc {{ {VIP} }}", lb::TABLE))?;
+    assert!(balancers.sync(want(&pool[..2])).is_empty());
+    assert_eq!(lb_sys::observe(ns).map_err(|e| e.to_string())?.and_then(|t| t.svc.get(&VIP).copied()), None);
+    balancers.begin_repair();
+    assert!(balancers.repair(usize::MAX).is_empty());
+    assert!(!balancers.repair_due(), "the round is over");
     let seen = lb_sys::observe(ns).map_err(|e| e.to_string())?.ok_or("a table again")?;
     assert_eq!(seen.svc.get(&VIP), Some(&2));
     assert_eq!(
@@ -559,4 +567,41 @@ fn a_starting_namespace_is_balanced_at_once_and_the_others_follow() {
         Ok::<_, String>((count(&a)?, count(&b)?, count(&c)?))
     });
     assert_eq!(result, Ok((Some(12), Some(12), None)));
+}
+
+/// Many namespaces, each balancing a service of 300 backends (its table
+/// has chains `lb1`..`lb512`) and a small one: each table is written whole
+/// in one batch (every message's ack fits the socket's buffer), and one
+/// backend more for the small service changes every table with one
+/// element batch each. The time of each sync is printed.
+#[test]
+fn a_backend_change_reaches_many_namespaces_with_large_tables() {
+    if !can_run() {
+        eprintln!("skipped: needs root, nft and ip");
+        return;
+    }
+    let namespaces: Vec<Parked> = (0..40).map(|_| Parked::new()).collect();
+    let big = LbService { vip: IDLE_VIP, backends: (0..300u32).map(|i| Ipv4Addr::from(0x0a4e_0000 + i)).collect() };
+    let small = |n: u8| LbService { vip: VIP, backends: (1..=n).map(|i| Ipv4Addr::new(10, 77, 0, 10 + i)).collect() };
+    let want = |n: u8| {
+        namespaces
+            .iter()
+            .map(|p| (p.path.clone(), vec![big.clone(), small(n)]))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let mut balancers = lb_sys::Balancers::default();
+    let began = std::time::Instant::now();
+    let failed = balancers.sync(want(3));
+    assert!(failed.is_empty(), "{failed:?}");
+    eprintln!("{} tables written whole in {:?}", namespaces.len(), began.elapsed());
+    for n in [4u8, 3, 4] {
+        let began = std::time::Instant::now();
+        let failed = balancers.sync(want(n));
+        assert!(failed.is_empty(), "{failed:?}");
+        eprintln!("{} backends: {} namespaces changed in {:?}", n, namespaces.len(), began.elapsed());
+    }
+    for p in &namespaces {
+        let seen = lb_sys::observe(&p.path).expect("read the table").expect("a table");
+        assert_eq!((seen.svc.get(&VIP), seen.svc.get(&IDLE_VIP)), (Some(&4), Some(&300)));
+    }
 }
