@@ -307,6 +307,12 @@ fn run(dir: &Path, cfg: &ShimConfig) -> Result<(), String> {
     if !cfg.wait_attach {
         write_json(dir, "started.json", &started());
     }
+    // A container that ends at once (`run --rm true`) is supervised from
+    // here: shedding costs a second start of this large binary (~2 ms of CPU
+    // and of the client's wait), worth it only for a container that lives on.
+    if attach.is_none() && ends_within(pid, LINGER_MS) {
+        return supervise(dir, cfg, pid, out_r, err_r, None);
+    }
     // Shed everything creating the container needed: become `shoal
     // shim-wait`, a small supervisor with the same pid (so the container
     // stays our child) that keeps only the two pipes.
@@ -487,6 +493,19 @@ fn supervise(
             return Ok(());
         }
     }
+}
+
+/// How long the shim waits for its container to end before it sheds what
+/// creating it needed (the container's output waits in its pipes meanwhile).
+const LINGER_MS: i32 = 20;
+
+/// Whether our child `pid` ends within `ms` milliseconds (false where the
+/// kernel has no pidfd to wait on).
+fn ends_within(pid: i32, ms: i32) -> bool {
+    let Some(fd) = pidfd_open(pid) else { return false };
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: polling one valid pollfd; an interrupted poll reads as "not yet".
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
 
 /// A descriptor that polls readable once process `pid` has ended (None where
@@ -724,6 +743,19 @@ mod tests {
         }
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
         assert!(!t.path().join("log.1").exists());
+    }
+
+    #[test]
+    fn a_child_that_ends_at_once_is_seen_to_end_and_a_long_one_is_not() {
+        let mut quick = std::process::Command::new("true").spawn().unwrap();
+        assert!(ends_within(quick.id() as i32, 10_000));
+        assert!(quick.wait().unwrap().success());
+        let mut slow = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let started = std::time::Instant::now();
+        assert!(!ends_within(slow.id() as i32, 20));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        slow.kill().unwrap();
+        slow.wait().unwrap();
     }
 
     #[test]
