@@ -60,7 +60,8 @@ pub trait Runtime: Send + Sync {
     fn run(&self, req: &RunRequest) -> Result<TaskContainer, ContainerError>;
     /// Stops a container: its stop signal, then SIGKILL after `grace`.
     fn stop(&self, id: &str, grace: Duration) -> Result<(), ContainerError>;
-    /// Removes a container, running or not, with its anonymous volumes.
+    /// Removes a container, running or not, with its anonymous volumes; once
+    /// it returns the container is out of view (the rest may follow).
     fn remove(&self, id: &str) -> Result<(), ContainerError>;
     /// Where a container's log is (for `service logs`); `NoLogs` when its
     /// log driver keeps none.
@@ -121,7 +122,7 @@ impl Runtime for EngineRuntime {
     }
 
     fn remove(&self, id: &str) -> Result<(), ContainerError> {
-        self.containers.remove(id, true, true).map(|_| ())
+        self.containers.remove_soon(id)
     }
 
     fn log_path(&self, id: &str) -> Result<PathBuf, ContainerError> {

@@ -764,18 +764,14 @@ impl Containers {
             self.wait_exit(&c.record.id, Duration::from_secs(10));
         }
         self.observe_id(&c.record.id);
-        // Its monitor first: nothing may write into its directory once it is gone.
-        self.monitors.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.record.id);
-        let _g = self.lock.write().unwrap_or_else(|p| p.into_inner());
-        // Another removal (a `run --rm` client's, the supervisor's) may have taken it meanwhile.
-        if !self.dir(&c.record.id).exists() {
-            return Err(ContainerError::NotFound(reference.to_string()));
-        }
-        self.teardown(&self.dir(&c.record.id));
-        self.announce_destroyed(&c);
-        if volumes {
-            self.remove_anonymous_volumes(&c);
-        }
+        // Out of view under the lock, the rest (the root's unmount, the files) after it, so
+        // the node's creates do not wait for that. Another removal (a `run --rm` client's,
+        // the supervisor's) may have taken it meanwhile: NotFound.
+        let retired = self.retire_as(&c.record.id, true, volumes).map_err(|e| match e {
+            ContainerError::NotFound(_) => ContainerError::NotFound(reference.to_string()),
+            e => e,
+        })?;
+        self.finish_removal(retired);
         Ok(c.record.id)
     }
 

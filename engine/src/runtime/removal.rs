@@ -9,6 +9,10 @@
 //! overlay unmounted (the kernel waits out an RCU grace period there), the
 //! files removed, a default-bridge endpoint released. A daemon that stopped
 //! in between finishes it at its next start (`finish_leftovers`).
+//!
+//! `Containers::remove` (`rm`) goes the same way, finishing before it
+//! returns but outside the runtime's lock, and the worker's `remove_soon`
+//! finishes on a thread of its own.
 
 use super::*;
 
@@ -40,11 +44,17 @@ impl Containers {
         PathBuf::from(s)
     }
 
-    /// Takes an ended container out of view (see the module's text) and
-    /// returns what is left to undo. NotFound if another removal took it first.
+    /// Takes an ended `--rm` container out of view (see the module's text)
+    /// and returns what is left to undo. NotFound if another removal took it first.
     pub(super) fn retire(&self, id: &str) -> Result<Retired, ContainerError> {
+        self.retire_as(id, false, true)
+    }
+
+    /// `retire` for any removal: a container never started (`created`) may
+    /// go too, and its anonymous volumes only with `volumes`.
+    pub(super) fn retire_as(&self, id: &str, created: bool, volumes: bool) -> Result<Retired, ContainerError> {
         let c = self.find(id)?;
-        if matches!(c.status, Status::Running { .. } | Status::Created) {
+        if matches!(c.status, Status::Running { .. }) || (!created && c.status == Status::Created) {
             return Err(ContainerError::Running(c.record.name));
         }
         self.monitors.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
@@ -62,7 +72,9 @@ impl Containers {
             self.release_endpoints(&dir);
         }
         self.announce_destroyed(&c);
-        self.remove_anonymous_volumes(&c);
+        if volumes {
+            self.remove_anonymous_volumes(&c);
+        }
         Ok(Retired { dir, endpoints_left })
     }
 
@@ -73,6 +85,24 @@ impl Containers {
             self.release_endpoints(&r.dir);
         }
         self.teardown_files(&r.dir);
+    }
+
+    /// `remove` (with `force` and anonymous volumes) for the node's worker: it
+    /// returns once the container is out of view and whatever a next container
+    /// could claim is released; an ended container's root and files are undone
+    /// on a thread of its own, so the worker's pass goes on to its starts (a
+    /// killed task's replacement no longer waits for its predecessor's unmount).
+    pub fn remove_soon(self: &Arc<Self>, id: &str) -> Result<(), ContainerError> {
+        if matches!(self.status_of(id), Status::Running { .. }) {
+            return self.remove(id, true, true).map(|_| ());
+        }
+        let retired = self.retire_as(id, true, true)?;
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name("removal".into())
+            .spawn(move || this.finish_removal(retired))
+            .map_err(io("starting a thread to finish removing", Path::new(id)))?;
+        Ok(())
     }
 
     /// Finishes the removals a daemon stopped in the middle of (at its start).
@@ -161,6 +191,30 @@ mod tests {
         std::fs::remove_file(c.dir("a1").join("exit.json")).unwrap();
         std::fs::remove_file(c.dir("a1").join("started.json")).unwrap();
         assert!(matches!(c.retire("a1"), Err(ContainerError::Running(_))), "a created one is not retired");
+    }
+
+    #[test]
+    fn a_removal_is_out_of_view_at_once_and_the_workers_finishes_on_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = Arc::new(crate::runtime::tests::containers(tmp.path()));
+        let left = |id: &str| tmp.path().join("containers.removing").join(id);
+        // `rm`: a created container, and an ended one, are gone with their files when it returns.
+        ended_rm(&c, "a1");
+        std::fs::remove_file(c.dir("a1").join("exit.json")).unwrap();
+        std::fs::remove_file(c.dir("a1").join("started.json")).unwrap();
+        assert_eq!(c.remove("web", false, true).unwrap(), "a1");
+        assert!(c.list().is_empty() && !c.dir("a1").exists() && !left("a1").exists());
+        assert!(matches!(c.remove("a1", false, true), Err(ContainerError::NotFound(_))));
+        // The worker's: out of view when it returns; its root and files follow.
+        ended_rm(&c, "b2");
+        c.remove_soon("b2").unwrap();
+        assert!(c.list().is_empty() && !c.dir("b2").exists(), "listed: {:?}", c.list());
+        assert!(c.reserve_name("web", "c3").is_ok(), "its name is free");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while left("b2").exists() {
+            assert!(std::time::Instant::now() < deadline, "the rest of its removal never finished");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn on(network: &str) -> Attachment {
