@@ -753,26 +753,13 @@ impl Containers {
         }
     }
 
-    /// Removes a container; with `volumes`, also its anonymous volumes.
+    /// Removes a container; with `volumes`, also its anonymous volumes. The
+    /// rest of the removal (the root's unmount, the files) is done after the
+    /// runtime's lock is let go, so the node's creates do not wait for it.
     pub fn remove(&self, reference: &str, force: bool, volumes: bool) -> Result<String, ContainerError> {
-        let c = self.find(reference)?;
-        if matches!(c.status, Status::Running { .. }) {
-            if !force {
-                return Err(ContainerError::Running(c.record.name));
-            }
-            let _ = self.kill(&c.record.id, libc::SIGKILL);
-            self.wait_exit(&c.record.id, Duration::from_secs(10));
-        }
-        self.observe_id(&c.record.id);
-        // Out of view under the lock, the rest (the root's unmount, the files) after it, so
-        // the node's creates do not wait for that. Another removal (a `run --rm` client's,
-        // the supervisor's) may have taken it meanwhile: NotFound.
-        let retired = self.retire_as(&c.record.id, true, volumes).map_err(|e| match e {
-            ContainerError::NotFound(_) => ContainerError::NotFound(reference.to_string()),
-            e => e,
-        })?;
+        let (id, retired) = self.take_out(reference, force, volumes)?;
         self.finish_removal(retired);
-        Ok(c.record.id)
+        Ok(id)
     }
 
     /// The anonymous volumes of a removed container that no other container mounts.

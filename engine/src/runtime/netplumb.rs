@@ -180,8 +180,7 @@ impl Containers {
                 HostAddr::HostGateway => match self.host_gateway.get() {
                     Some(ip) => *ip,
                     None => {
-                        let found =
-                            self.networks.get().map(|n| n.bridge_gateway()).transpose().ok().flatten().flatten();
+                        let found = self.networks.get().and_then(|n| n.bridge_gateway().ok().flatten());
                         let ip = found.ok_or_else(|| ContainerError::Invalid {
                             what: "extra host",
                             value: format!("{name}:{HOST_GATEWAY}"),

@@ -87,16 +87,39 @@ impl Containers {
         self.teardown_files(&r.dir);
     }
 
+    /// What every removal does first: a running container killed (with
+    /// `force`), its end observed, then retired (`retire_as`). Returns its id
+    /// and what is left to undo. Another removal (a `run --rm` client's, the
+    /// supervisor's) may have taken it meanwhile: NotFound.
+    pub(super) fn take_out(
+        &self,
+        reference: &str,
+        force: bool,
+        volumes: bool,
+    ) -> Result<(String, Retired), ContainerError> {
+        let c = self.find(reference)?;
+        if matches!(c.status, Status::Running { .. }) {
+            if !force {
+                return Err(ContainerError::Running(c.record.name));
+            }
+            let _ = self.kill(&c.record.id, libc::SIGKILL);
+            self.wait_exit(&c.record.id, Duration::from_secs(10));
+        }
+        self.observe_id(&c.record.id);
+        let retired = self.retire_as(&c.record.id, true, volumes).map_err(|e| match e {
+            ContainerError::NotFound(_) => ContainerError::NotFound(reference.to_string()),
+            e => e,
+        })?;
+        Ok((c.record.id, retired))
+    }
+
     /// `remove` (with `force` and anonymous volumes) for the node's worker: it
     /// returns once the container is out of view and whatever a next container
-    /// could claim is released; an ended container's root and files are undone
-    /// on a thread of its own, so the worker's pass goes on to its starts (a
-    /// killed task's replacement no longer waits for its predecessor's unmount).
+    /// could claim is released; its root and files are undone on a thread of
+    /// its own, so the worker's pass goes on to its starts (a killed task's
+    /// replacement no longer waits for its predecessor's unmount).
     pub fn remove_soon(self: &Arc<Self>, id: &str) -> Result<(), ContainerError> {
-        if matches!(self.status_of(id), Status::Running { .. }) {
-            return self.remove(id, true, true).map(|_| ());
-        }
-        let retired = self.retire_as(id, true, true)?;
+        let (_, retired) = self.take_out(id, true, true)?;
         let this = self.clone();
         std::thread::Builder::new()
             .name("removal".into())
