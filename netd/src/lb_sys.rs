@@ -440,46 +440,58 @@ impl Balancers {
     /// namespaces that left are removed (nothing to do when the namespace
     /// itself is gone). Returns what failed; a failed namespace is written
     /// whole on the next sync.
-    pub fn sync(&mut self, want: BTreeMap<PathBuf, Vec<LbService>>) -> Vec<LbError> {
+    pub fn sync(&mut self, want: Want) -> Vec<LbError> {
+        self.sync_until(&want, || false).0
+    }
+
+    /// [`sync`](Self::sync), giving way when `give_way` says so after a
+    /// namespace it changed: then it returns early (false) with the
+    /// namespaces done so far recorded, and a call with the same or a newer
+    /// want goes on from there (a namespace already right is passed over).
+    /// True when every namespace of `want` is done.
+    pub fn sync_until(&mut self, want: &Want, give_way: impl Fn() -> bool) -> (Vec<LbError>, bool) {
         let mut failed = Vec::new();
-        let mut kept = BTreeMap::new();
-        let mut before = std::mem::take(&mut self.programmed);
-        for (netns, p) in &before {
-            if want.contains_key(netns) || !netns.exists() {
+        let left: Vec<PathBuf> = self.programmed.keys().filter(|netns| !want.contains_key(*netns)).cloned().collect();
+        for netns in left {
+            if !netns.exists() {
+                self.programmed.remove(&netns);
                 continue;
             }
-            if let Err(e) = remove(netns) {
-                failed.push(e);
-                kept.insert(netns.clone(), Programmed { services: p.services.clone(), known: false, table: None });
+            match remove(&netns) {
+                Ok(()) => {
+                    self.programmed.remove(&netns);
+                }
+                Err(e) => {
+                    failed.push(e);
+                    if let Some(p) = self.programmed.get_mut(&netns) {
+                        (p.known, p.table) = (false, None);
+                    }
+                }
             }
         }
-        let mut programmed = BTreeMap::new();
         for (netns, services) in want {
-            let last = before.remove(&netns).filter(|p| p.known);
-            let last = match last {
-                Some(p) if p.services == services => {
-                    programmed.insert(netns, p);
-                    continue;
-                }
-                last => last,
-            };
+            if self.programmed.get(netns).is_some_and(|p| p.known && p.services == *services) {
+                continue;
+            }
+            // Not recorded if it fails: the next sync writes it whole.
+            let last = self.programmed.remove(netns).filter(|p| p.known);
             let socket = self.sockets.entry(netns.clone()).or_default();
-            match program(&netns, services, last, false, socket) {
+            match program(netns, services.clone(), last, false, socket) {
                 Ok(p) => {
-                    programmed.insert(netns, p);
+                    self.programmed.insert(netns.clone(), p);
                 }
-                // Not recorded: the next sync writes it whole.
                 Err(e) => failed.push(e),
+            }
+            if give_way() {
+                return (failed, false);
             }
         }
         // Every table was just written whole or by what netd left there: the
         // first round of repair is a period away.
         self.last_full.get_or_insert_with(std::time::Instant::now);
-        self.programmed = programmed;
-        self.programmed.extend(kept);
         // The sockets of namespaces no longer balanced close (on their own threads).
         self.sockets.retain(|netns, _| self.programmed.contains_key(netns));
-        failed
+        (failed, true)
     }
 
     /// Whether drift repair has work: a round under way, or [`FULL_EVERY`]
@@ -603,21 +615,28 @@ pub type Want = BTreeMap<PathBuf, Vec<LbService>>;
 
 /// The [`Balancers`] driven beside netd's passes rather than inside them.
 /// A pass publishes its want ([`follow`](Self::follow)); one sync at a time,
-/// on a blocking thread, takes the newest (`passes::Latest`), so the views
-/// that arrive during a sync share the next one: a burst of task starts
-/// costs one batch per namespace, not one per view, and no pass waits for
-/// other namespaces' updates. A pass that makes containers' namespaces
-/// programs theirs itself ([`sync_starts`](Self::sync_starts)) before it
-/// answers: a started container's first connection to a VIP works.
+/// on a blocking thread, takes the newest (`passes::Latest`), and a want
+/// published during a sync is taken up where the sync is (the namespaces
+/// still to do get it in their one batch, those done get it after): a burst
+/// of task starts costs about one batch per namespace, not one per view,
+/// and no pass waits for other namespaces' updates. A pass that makes
+/// containers' namespaces programs theirs itself
+/// ([`sync_starts`](Self::sync_starts)) before it answers, so a started
+/// container's first connection to a VIP works; a sync gives way to it
+/// between two namespaces (a start waits for one batch, not for a change
+/// to reach a hundred namespaces).
 #[derive(Debug, Default)]
 pub struct Follower {
     balancers: Mutex<Balancers>,
     queue: Mutex<Latest<Want>>,
     /// The newest want a finished sync covered, for those who wait on it.
     done: Notify,
-    /// How many `sync_starts` wait for the balancers: repair gives way to
-    /// them (a mutex let go and taken again at once is seldom handed over).
-    starts_waiting: std::sync::atomic::AtomicUsize,
+    /// How many `sync_starts` wait for the balancers: a sync and repair
+    /// give way to them, and wait on `started` until they have the
+    /// balancers (a mutex let go and taken again at once is seldom handed
+    /// over).
+    starts_waiting: Mutex<usize>,
+    started: std::sync::Condvar,
 }
 
 impl Follower {
@@ -647,13 +666,33 @@ impl Follower {
         }
         let mut guard = Abandon(self, true);
         loop {
+            self.let_starts_in();
             let mut balancers = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
-            let Some((n, want)) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            let Some((mut n, mut want)) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).take() else {
                 guard.1 = false;
                 return;
             };
             let (began, namespaces) = (std::time::Instant::now(), want.len());
-            let errors = balancers.sync(want);
+            let mut errors = Vec::new();
+            // A start waits for one namespace's batch at most, not the whole
+            // sync; a newer want is taken up where the sync is (the
+            // namespaces still to do get both changes in one batch).
+            loop {
+                let give_way = || self.starts_wait() || self.queue.lock().unwrap_or_else(|p| p.into_inner()).waiting();
+                let (failed, done) = balancers.sync_until(&want, give_way);
+                errors.extend(failed);
+                if done {
+                    break;
+                }
+                if self.starts_wait() {
+                    drop(balancers);
+                    self.let_starts_in();
+                    balancers = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
+                }
+                if let Some(newer) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).take_newer() {
+                    (n, want) = newer;
+                }
+            }
             drop(balancers);
             tracing::debug!(want = n, namespaces, ms = began.elapsed().as_secs_f64() * 1e3, "load balancers synced");
             for e in errors {
@@ -670,9 +709,8 @@ impl Follower {
     /// change never waits for a round, and a start for one step at most.
     /// A round left unfinished goes on after the next sync.
     fn repair(&self) {
-        use std::sync::atomic::Ordering::SeqCst;
         loop {
-            if self.starts_waiting.load(SeqCst) > 0 || self.queue.lock().unwrap_or_else(|p| p.into_inner()).waiting() {
+            if self.starts_wait() || self.queue.lock().unwrap_or_else(|p| p.into_inner()).waiting() {
                 return;
             }
             let mut balancers = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
@@ -688,11 +726,25 @@ impl Follower {
     /// [`Balancers::sync_starts`] for `want` (which the caller published
     /// first). Blocking: it waits for a sync that runs.
     pub fn sync_starts(&self, want: &Want) -> Vec<LbError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.starts_waiting.fetch_add(1, SeqCst);
+        *self.starts_waiting.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         let mut balancers = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
-        self.starts_waiting.fetch_sub(1, SeqCst);
+        *self.starts_waiting.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.started.notify_all();
         balancers.sync_starts(want)
+    }
+
+    /// Whether a `sync_starts` waits for the balancers.
+    fn starts_wait(&self) -> bool {
+        *self.starts_waiting.lock().unwrap_or_else(|p| p.into_inner()) > 0
+    }
+
+    /// Waits (the balancers let go) until every `sync_starts` that waited
+    /// has them: the sync then queues behind them.
+    fn let_starts_in(&self) {
+        let mut waiting = self.starts_waiting.lock().unwrap_or_else(|p| p.into_inner());
+        while *waiting > 0 {
+            waiting = self.started.wait(waiting).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// The newest want published.

@@ -140,6 +140,13 @@ impl<W> Latest<W> {
         }
     }
 
+    /// For a sync that gave way mid-course: the newest want if one was
+    /// published since (with its number), to go on with instead. Unlike
+    /// `take`, None leaves the loop running.
+    pub fn take_newer(&mut self) -> Option<(u64, W)> {
+        self.want.take().map(|w| (self.published, w))
+    }
+
     /// A sync of want `n` finished.
     pub fn finished(&mut self, n: u64) {
         self.done = self.done.max(n);
@@ -169,6 +176,22 @@ impl<W> Latest<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sync_that_gave_way_takes_a_newer_want_and_keeps_running() {
+        let mut q: Latest<&str> = Latest::default();
+        assert_eq!(q.publish("a"), (1, true));
+        assert_eq!(q.take(), Some((1, "a")));
+        assert_eq!(q.take_newer(), None, "nothing newer");
+        assert!(q.running, "a sync still runs");
+        assert_eq!(q.publish("b"), (2, false), "no second loop");
+        assert_eq!(q.publish("c"), (3, false));
+        assert_eq!(q.take_newer(), Some((3, "c")));
+        q.finished(3);
+        assert_eq!(q.take(), None);
+        assert!(!q.running);
+        assert_eq!(q.done(), 3);
+    }
 
     #[test]
     fn wants_published_while_a_sync_runs_are_served_by_one_sync_of_the_newest() {

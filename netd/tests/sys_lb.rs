@@ -569,6 +569,43 @@ fn a_starting_namespace_is_balanced_at_once_and_the_others_follow() {
     assert_eq!(result, Ok((Some(12), Some(12), None)));
 }
 
+/// A sync gives way between namespaces (to a starting container's
+/// `sync_starts`, or to a newer want): `sync_until` returns after a
+/// namespace it changed, with that one recorded, and the next call, with a
+/// newer want, goes on from there and brings every table to it. A sync
+/// with nothing to change has nothing to give way after.
+#[test]
+fn a_sync_gives_way_between_namespaces_and_goes_on_with_the_newer_want() {
+    if !can_run() {
+        eprintln!("skipped: needs root, nft and ip");
+        return;
+    }
+    let namespaces: Vec<Parked> = (0..3).map(|_| Parked::new()).collect();
+    let svc =
+        |n: u8| vec![LbService { vip: VIP, backends: (1..=n).map(|i| Ipv4Addr::new(10, 77, 0, 10 + i)).collect() }];
+    let want =
+        |n: u8| namespaces.iter().map(|p| (p.path.clone(), svc(n))).collect::<std::collections::BTreeMap<_, _>>();
+    let counts = || -> Vec<Option<u32>> {
+        namespaces
+            .iter()
+            .map(|p| lb_sys::observe(&p.path).expect("read the table").and_then(|t| t.svc.get(&VIP).copied()))
+            .collect()
+    };
+    let mut balancers = lb_sys::Balancers::default();
+    assert!(balancers.sync(want(1)).is_empty());
+    let (failed, done) = balancers.sync_until(&want(2), || true);
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(!done, "it gave way");
+    let mut now = counts();
+    now.sort();
+    assert_eq!(now, [Some(1), Some(1), Some(2)], "one namespace changed before it gave way");
+    let (failed, done) = balancers.sync_until(&want(3), || false);
+    assert!(failed.is_empty() && done, "{failed:?}");
+    assert_eq!(counts(), [Some(3); 3]);
+    let (failed, done) = balancers.sync_until(&want(3), || true);
+    assert!(failed.is_empty() && done, "nothing to change, nothing to give way after");
+}
+
 /// Many namespaces, each balancing a service of 300 backends (its table
 /// has chains `lb1`..`lb512`) and a small one: each table is written whole
 /// in one batch (every message's ack fits the socket's buffer), and one
