@@ -158,6 +158,10 @@ pub struct Containers {
     holds: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// The health monitor of each running container that has a check.
     monitors: Mutex<std::collections::HashMap<String, health::Monitor>>,
+    /// What removed containers still hold in netd until their removal
+    /// finishes (`remove_soon`): a create that asks for any of it waits
+    /// (`removal::Releasing`).
+    releasing: removal::Releasing,
     /// What happened, for `shoal events` (see `announce`).
     events: Arc<crate::events::EventLog>,
     /// The starts and ends of each container already announced.
@@ -206,6 +210,7 @@ impl Containers {
             holds: Mutex::new(Default::default()),
             reaped: Mutex::new(Default::default()),
             monitors: Mutex::new(Default::default()),
+            releasing: Default::default(),
             events: Default::default(),
             announced: Mutex::new(Default::default()),
             seccomp: seccomp::Programs::new(&state_root.join("seccomp")),
@@ -437,6 +442,7 @@ impl Containers {
             };
             // Without a slot: this waits on netd, and the attaches of creates that wait
             // together share its passes (a node's tasks arrive together).
+            self.releasing.wait_for(&name, &cfg.attachments, removal::RELEASE_WAIT);
             for a in &cfg.attachments {
                 match self.attach_one(nets, &id, &name, a, &cfg.host.dns) {
                     Ok(e) => endpoints.push(e),
@@ -757,7 +763,7 @@ impl Containers {
     /// rest of the removal (the root's unmount, the files) is done after the
     /// runtime's lock is let go, so the node's creates do not wait for it.
     pub fn remove(&self, reference: &str, force: bool, volumes: bool) -> Result<String, ContainerError> {
-        let (id, retired) = self.take_out(reference, force, volumes)?;
+        let (id, retired) = self.take_out(reference, force, volumes, false)?;
         self.finish_removal(retired);
         Ok(id)
     }

@@ -12,7 +12,12 @@
 //!
 //! `Containers::remove` (`rm`) goes the same way, finishing before it
 //! returns but outside the runtime's lock, and the worker's `remove_soon`
-//! finishes on a thread of its own.
+//! finishes on a thread of its own. `remove_soon` leaves even endpoints
+//! that hold something for that thread (netd's detach is a pass, ~50 ms
+//! when the node is busy): what they hold is recorded (`Releasing`) until
+//! they are released, and only a create that asks for some of it (an
+//! address or a name on the same network, a host port) waits for that; a
+//! killed task's replacement, with its own address, does not.
 
 use super::*;
 
@@ -23,8 +28,83 @@ use super::*;
 #[derive(Debug)]
 pub struct Retired {
     dir: PathBuf,
-    /// Its endpoints are still in netd (nothing of them can be claimed: see `release_later`).
+    /// Its endpoints are still in netd (nothing of them can be claimed, see
+    /// `release_later`, or what they hold is in `Containers::releasing`).
     endpoints_left: bool,
+}
+
+/// How long a create waits for a removal to release what it asks for, at
+/// most; then it asks anyway (netd refuses what is still held, saying why).
+pub(super) const RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// What removed containers' endpoints still hold in netd, by container id,
+/// until their removal finishes (see the module's text).
+#[derive(Debug, Default)]
+pub(super) struct Releasing {
+    held: Mutex<std::collections::HashMap<String, Held>>,
+    released: std::sync::Condvar,
+}
+
+/// A removed container's name and attachments.
+#[derive(Debug, Clone)]
+struct Held {
+    name: String,
+    networks: Vec<Attachment>,
+}
+
+impl Releasing {
+    fn hold(&self, id: &str, name: &str, networks: &[Attachment]) {
+        let held = Held { name: name.to_string(), networks: networks.to_vec() };
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), held);
+    }
+
+    fn release(&self, id: &str) {
+        if self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(id).is_some() {
+            self.released.notify_all();
+        }
+    }
+
+    /// Waits, `limit` at most, until no removal holds anything a container
+    /// `name` asking for `want` would claim.
+    pub(super) fn wait_for(&self, name: &str, want: &[Attachment], limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while held.values().any(|h| claims_overlap(name, want, h)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    container = name,
+                    "a removed container still holds what this one asks for: asking anyway"
+                );
+                return;
+            }
+            held = self.released.wait_timeout(held, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    #[cfg(test)]
+    fn holds(&self, id: &str) -> bool {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
+    }
+}
+
+/// Whether a container `name` asking for `want` claims something `held`
+/// still holds: a host port (any network), or on the same network the same
+/// address or a name (its container name or an alias).
+fn claims_overlap(name: &str, want: &[Attachment], held: &Held) -> bool {
+    let ports = |a: &Attachment| {
+        a.ports.iter().filter(|p| p.host_port != 0).map(|p| (p.host_port, p.proto)).collect::<Vec<_>>()
+    };
+    let held_ports: Vec<_> = held.networks.iter().flat_map(ports).collect();
+    want.iter().any(|w| {
+        ports(w).iter().any(|p| held_ports.contains(p))
+            || held.networks.iter().filter(|h| h.network == w.network).any(|h| {
+                let names = |n: &str, a: &Attachment| {
+                    std::iter::once(n.to_string()).chain(a.aliases.iter().cloned()).collect::<Vec<_>>()
+                };
+                (!w.ip.is_empty() && w.ip == h.ip) || names(name, w).iter().any(|n| names(&held.name, h).contains(n))
+            })
+    })
 }
 
 /// Whether a removed container's endpoints may go after its client heard the
@@ -47,12 +127,19 @@ impl Containers {
     /// Takes an ended `--rm` container out of view (see the module's text)
     /// and returns what is left to undo. NotFound if another removal took it first.
     pub(super) fn retire(&self, id: &str) -> Result<Retired, ContainerError> {
-        self.retire_as(id, false, true)
+        self.retire_as(id, false, true, false)
     }
 
     /// `retire` for any removal: a container never started (`created`) may
-    /// go too, and its anonymous volumes only with `volumes`.
-    pub(super) fn retire_as(&self, id: &str, created: bool, volumes: bool) -> Result<Retired, ContainerError> {
+    /// go too, and its anonymous volumes only with `volumes`; with `defer`
+    /// every endpoint is left to `finish_removal`, what they hold recorded.
+    pub(super) fn retire_as(
+        &self,
+        id: &str,
+        created: bool,
+        volumes: bool,
+        defer: bool,
+    ) -> Result<Retired, ContainerError> {
         let c = self.find(id)?;
         if matches!(c.status, Status::Running { .. }) || (!created && c.status == Status::Created) {
             return Err(ContainerError::Running(c.record.name));
@@ -67,9 +154,12 @@ impl Containers {
         std::fs::create_dir_all(&gone).map_err(io("creating", &gone))?;
         let dir = gone.join(id);
         std::fs::rename(&from, &dir).map_err(io("moving out of the containers' root", &from))?;
-        let endpoints_left = !c.record.networks.is_empty() && release_later(&c.record.networks);
+        let networks = &c.record.networks;
+        let endpoints_left = !networks.is_empty() && (defer || release_later(networks));
         if !endpoints_left {
             self.release_endpoints(&dir);
+        } else if !release_later(networks) {
+            self.releasing.hold(id, &c.record.name, networks);
         }
         self.announce_destroyed(&c);
         if volumes {
@@ -83,19 +173,23 @@ impl Containers {
     pub fn finish_removal(&self, r: Retired) {
         if r.endpoints_left {
             self.release_endpoints(&r.dir);
+            if let Some(id) = r.dir.file_name().and_then(|n| n.to_str()) {
+                self.releasing.release(id);
+            }
         }
         self.teardown_files(&r.dir);
     }
 
     /// What every removal does first: a running container killed (with
-    /// `force`), its end observed, then retired (`retire_as`). Returns its id
-    /// and what is left to undo. Another removal (a `run --rm` client's, the
-    /// supervisor's) may have taken it meanwhile: NotFound.
+    /// `force`), its end observed, then retired (`retire_as`, with `defer`).
+    /// Returns its id and what is left to undo. Another removal (a `run
+    /// --rm` client's, the supervisor's) may have taken it meanwhile: NotFound.
     pub(super) fn take_out(
         &self,
         reference: &str,
         force: bool,
         volumes: bool,
+        defer: bool,
     ) -> Result<(String, Retired), ContainerError> {
         let c = self.find(reference)?;
         if matches!(c.status, Status::Running { .. }) {
@@ -106,7 +200,7 @@ impl Containers {
             self.wait_exit(&c.record.id, Duration::from_secs(10));
         }
         self.observe_id(&c.record.id);
-        let retired = self.retire_as(&c.record.id, true, volumes).map_err(|e| match e {
+        let retired = self.retire_as(&c.record.id, true, volumes, defer).map_err(|e| match e {
             ContainerError::NotFound(_) => ContainerError::NotFound(reference.to_string()),
             e => e,
         })?;
@@ -114,12 +208,13 @@ impl Containers {
     }
 
     /// `remove` (with `force` and anonymous volumes) for the node's worker: it
-    /// returns once the container is out of view and whatever a next container
-    /// could claim is released; its root and files are undone on a thread of
-    /// its own, so the worker's pass goes on to its starts (a killed task's
-    /// replacement no longer waits for its predecessor's unmount).
+    /// returns once the container is out of view; its endpoints, root and
+    /// files are undone on a thread of its own, so the worker's pass goes on
+    /// to its starts (a killed task's replacement waits neither for its
+    /// predecessor's detach nor for its unmount; a create that asks for
+    /// what the endpoints hold waits for their release).
     pub fn remove_soon(self: &Arc<Self>, id: &str) -> Result<(), ContainerError> {
-        let (_, retired) = self.take_out(id, true, true)?;
+        let (_, retired) = self.take_out(id, true, true, true)?;
         let this = self.clone();
         std::thread::Builder::new()
             .name("removal".into())
@@ -238,6 +333,83 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the rest of its removal never finished");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// The worker's removal leaves its endpoints to the finishing thread and
+    /// records what they hold; `finish_removal` releases it.
+    #[test]
+    fn a_deferred_release_is_held_until_the_removal_finishes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = crate::runtime::tests::containers(tmp.path());
+        ended_rm(&c, "b2");
+        let path = c.dir("b2").join("container.json");
+        let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        record["networks"] = serde_json::json!([{"network": "app", "ip": "10.0.9.2"}]);
+        std::fs::write(&path, record.to_string()).unwrap();
+        let retired = c.retire_as("b2", true, true, true).unwrap();
+        assert!(c.releasing.holds("b2"), "its address is held");
+        c.finish_removal(retired);
+        assert!(!c.releasing.holds("b2"), "released with the rest");
+        // Without `defer` (rm, run --rm) nothing is held: released under the lock.
+        ended_rm(&c, "c3");
+        std::fs::write(c.dir("c3").join("container.json"), record.to_string().replace("b2", "c3")).unwrap();
+        let retired = c.retire_as("c3", true, true, false).unwrap();
+        assert!(!c.releasing.holds("c3"));
+        c.finish_removal(retired);
+    }
+
+    #[test]
+    fn a_create_waits_only_for_a_release_of_what_it_asks_for() {
+        let port = |s: &str| shoal_proto::net::parse_publish(s).expect("a port mapping");
+        let held = Held {
+            name: "be.1.old".into(),
+            networks: vec![
+                Attachment { ip: "10.0.9.2".into(), aliases: vec!["be".into()], ..on("app") },
+                Attachment { ports: vec![port("8080:80")], ..on("bridge") },
+            ],
+        };
+        let table: [(&str, &str, Vec<Attachment>, bool); 8] = [
+            (
+                "another address on the network",
+                "be.1.new",
+                vec![Attachment { ip: "10.0.9.3".into(), ..on("app") }],
+                false,
+            ),
+            ("its address", "be.1.new", vec![Attachment { ip: "10.0.9.2".into(), ..on("app") }], true),
+            (
+                "its address on another network",
+                "be.1.new",
+                vec![Attachment { ip: "10.0.9.2".into(), ..on("db") }],
+                false,
+            ),
+            ("its alias", "x", vec![Attachment { aliases: vec!["be".into()], ..on("app") }], true),
+            ("its name", "be.1.old", vec![on("app")], true),
+            (
+                "its host port, on another network",
+                "x",
+                vec![Attachment { ports: vec![port("8080:81")], ..on("db") }],
+                true,
+            ),
+            ("another host port", "x", vec![Attachment { ports: vec![port("8081:80")], ..on("bridge") }], false),
+            ("nothing", "x", vec![], false),
+        ];
+        for (what, name, want, waits) in table {
+            assert_eq!(claims_overlap(name, &want, &held), waits, "{what}");
+        }
+        // The wait ends with the release, or at the limit.
+        let r = Arc::new(Releasing::default());
+        r.hold("b2", &held.name, &held.networks);
+        let asks = vec![Attachment { ip: "10.0.9.2".into(), ..on("app") }];
+        let began = std::time::Instant::now();
+        r.wait_for("c", &asks, Duration::from_millis(50));
+        assert!(began.elapsed() >= Duration::from_millis(50), "it waited for the limit");
+        r.wait_for("c", &[on("app")], Duration::from_secs(30));
+        let r2 = r.clone();
+        let releaser = std::thread::spawn(move || r2.release("b2"));
+        let began = std::time::Instant::now();
+        r.wait_for("c", &asks, Duration::from_secs(30));
+        assert!(began.elapsed() < Duration::from_secs(30), "the release ended the wait");
+        releaser.join().unwrap();
     }
 
     fn on(network: &str) -> Attachment {
