@@ -451,24 +451,6 @@ impl Balancers {
     /// True when every namespace of `want` is done.
     pub fn sync_until(&mut self, want: &Want, give_way: impl Fn() -> bool) -> (Vec<LbError>, bool) {
         let mut failed = Vec::new();
-        let left: Vec<PathBuf> = self.programmed.keys().filter(|netns| !want.contains_key(*netns)).cloned().collect();
-        for netns in left {
-            if !netns.exists() {
-                self.programmed.remove(&netns);
-                continue;
-            }
-            match remove(&netns) {
-                Ok(()) => {
-                    self.programmed.remove(&netns);
-                }
-                Err(e) => {
-                    failed.push(e);
-                    if let Some(p) = self.programmed.get_mut(&netns) {
-                        (p.known, p.table) = (false, None);
-                    }
-                }
-            }
-        }
         for (netns, services) in want {
             if self.programmed.get(netns).is_some_and(|p| p.known && p.services == *services) {
                 continue;
@@ -481,6 +463,32 @@ impl Balancers {
                     self.programmed.insert(netns.clone(), p);
                 }
                 Err(e) => failed.push(e),
+            }
+            if give_way() {
+                return (failed, false);
+            }
+        }
+        // The tables of namespaces that left, last: most of them go with
+        // their namespace (a removed container's).
+        let left: Vec<PathBuf> = self.programmed.keys().filter(|netns| !want.contains_key(*netns)).cloned().collect();
+        for netns in left {
+            if !netns.exists() {
+                self.programmed.remove(&netns);
+                continue;
+            }
+            // On the namespace's socket, when it has one (no thread entering it for a new one).
+            let mut slot = self.sockets.remove(&netns).flatten();
+            match ElementSocket::reuse(&mut slot, &netns).and_then(|s| s.send_batch(|seq| Some(nft_table::remove(seq))))
+            {
+                Ok(()) => {
+                    self.programmed.remove(&netns);
+                }
+                Err(e) => {
+                    failed.push(e);
+                    if let Some(p) = self.programmed.get_mut(&netns) {
+                        (p.known, p.table) = (false, None);
+                    }
+                }
             }
             if give_way() {
                 return (failed, false);

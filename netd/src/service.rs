@@ -843,8 +843,11 @@ impl pb::netd_server::Netd for NetdService {
             state.set_view(view);
             (gone, drained)
         };
-        self.0.save()?;
+        // The save (an fsync of every endpoint in the view) beside the view's pass, as an attach's.
+        let netd = self.0.clone();
+        let save = tokio::task::spawn_blocking(move || netd.save());
         self.0.sync_shared().await;
+        save.await.map_err(|e| Status::internal(format!("saving netd's state: {e}")))??;
         // The managers stop a task once every node said it applied a view without it
         // (`view_applied`): this answer waits until the tables no longer send to it.
         // A task that ended holds nothing up: the node's worker, which waits for this
