@@ -89,8 +89,9 @@ impl Releasing {
 }
 
 /// Whether a container `name` asking for `want` claims something `held`
-/// still holds: a host port (any network), or on the same network the same
-/// address or a name (its container name or an alias).
+/// still holds: a host port (any network), or on a network they share its
+/// address or its container name (a DNS name no other container answers
+/// to; aliases are shared, as a service's tasks share theirs).
 fn claims_overlap(name: &str, want: &[Attachment], held: &Held) -> bool {
     let ports = |a: &Attachment| {
         a.ports.iter().filter(|p| p.host_port != 0).map(|p| (p.host_port, p.proto)).collect::<Vec<_>>()
@@ -98,12 +99,11 @@ fn claims_overlap(name: &str, want: &[Attachment], held: &Held) -> bool {
     let held_ports: Vec<_> = held.networks.iter().flat_map(ports).collect();
     want.iter().any(|w| {
         ports(w).iter().any(|p| held_ports.contains(p))
-            || held.networks.iter().filter(|h| h.network == w.network).any(|h| {
-                let names = |n: &str, a: &Attachment| {
-                    std::iter::once(n.to_string()).chain(a.aliases.iter().cloned()).collect::<Vec<_>>()
-                };
-                (!w.ip.is_empty() && w.ip == h.ip) || names(name, w).iter().any(|n| names(&held.name, h).contains(n))
-            })
+            || held
+                .networks
+                .iter()
+                .filter(|h| h.network == w.network)
+                .any(|h| (!w.ip.is_empty() && w.ip == h.ip) || name == held.name)
     })
 }
 
@@ -368,7 +368,7 @@ mod tests {
                 Attachment { ports: vec![port("8080:80")], ..on("bridge") },
             ],
         };
-        let table: [(&str, &str, Vec<Attachment>, bool); 8] = [
+        let table: [(&str, &str, Vec<Attachment>, bool); 9] = [
             (
                 "another address on the network",
                 "be.1.new",
@@ -382,8 +382,9 @@ mod tests {
                 vec![Attachment { ip: "10.0.9.2".into(), ..on("db") }],
                 false,
             ),
-            ("its alias", "x", vec![Attachment { aliases: vec!["be".into()], ..on("app") }], true),
+            ("its alias (shared)", "x", vec![Attachment { aliases: vec!["be".into()], ..on("app") }], false),
             ("its name", "be.1.old", vec![on("app")], true),
+            ("its name on another network", "be.1.old", vec![on("db")], false),
             (
                 "its host port, on another network",
                 "x",
