@@ -1,6 +1,6 @@
-//! Host links left for the kernel to delete: the host ends of the veths of
+//! Links left for the kernel to delete: the host ends of the veths of
 //! endpoints whose container's namespace is being removed (`DetachRequest`'s
-//! `netns_going`). Destroying a namespace deletes its veths, and with them
+//! `netns_going`), and the sandbox ends of their overlay legs. Destroying a namespace deletes its veths, and with them
 //! their peers on the host, in the kernel's batched namespace cleanup; a
 //! `DeleteLink` of each from netd held the RTNL lock 15–33 ms on its own, which
 //! the next container's namespace creation waited on. Passes leave such a
@@ -40,8 +40,22 @@ impl Going {
         wanted: impl Fn(&str) -> bool,
         now: Instant,
     ) -> Vec<ObservedLink> {
-        self.links.retain(|name, until| now < *until && !wanted(name) && observed.iter().any(|l| &l.name == name));
-        observed.into_iter().filter(|l| !self.links.contains_key(&l.name)).collect()
+        let mut groups = [observed];
+        self.spare_each(&mut groups, wanted, now);
+        let [left] = groups;
+        left
+    }
+
+    /// `spare` for links observed in several namespaces (the overlays'
+    /// sandboxes: a container's leg there goes with its namespace too):
+    /// each group without the going links; an entry is forgotten when no
+    /// group has its link.
+    pub fn spare_each(&mut self, groups: &mut [Vec<ObservedLink>], wanted: impl Fn(&str) -> bool, now: Instant) {
+        self.links
+            .retain(|name, until| now < *until && !wanted(name) && groups.iter().flatten().any(|l| &l.name == name));
+        for g in groups.iter_mut() {
+            g.retain(|l| !self.links.contains_key(&l.name));
+        }
     }
 
     #[cfg(test)]
@@ -84,6 +98,23 @@ mod tests {
         // Out of grace, the entry is forgotten: later passes see the link.
         assert_eq!(g.spare(observed(), |_| false, t0 + GRACE).len(), 2);
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn legs_in_several_sandboxes_are_spared_each_and_forgotten_when_none_has_them() {
+        let t0 = Instant::now();
+        let mut g = Going::default();
+        g.leave(["shvaaaaaa11111".to_string(), "shvaaaaaa22222".to_string()], t0);
+        let mut groups = [vec![veth("shvaaaaaa11111"), veth("shvbbbbbb11111")], vec![veth("shvaaaaaa22222")]];
+        g.spare_each(&mut groups, |_| false, t0);
+        assert_eq!((names(&groups[0]), names(&groups[1])), (vec!["shvbbbbbb11111"], vec![]));
+        // The kernel deleted the first; the second is still there.
+        let mut groups = [vec![veth("shvbbbbbb11111")], vec![veth("shvaaaaaa22222")]];
+        g.spare_each(&mut groups, |_| false, t0);
+        assert_eq!(names(&groups[1]), Vec::<&str>::new(), "still spared");
+        let mut none: [Vec<ObservedLink>; 2] = [vec![], vec![]];
+        g.spare_each(&mut none, |_| false, t0);
+        assert!(g.is_empty(), "no sandbox has them: forgotten");
     }
 
     #[test]

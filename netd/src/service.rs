@@ -308,6 +308,8 @@ pub struct Netd {
     sandbox_dir: PathBuf,
     /// Host veths left to go with their container's namespace (see `going`).
     going: Mutex<crate::going::Going>,
+    /// The same for the containers' legs in the overlays' sandboxes.
+    going_legs: Mutex<crate::going::Going>,
 }
 
 impl Netd {
@@ -360,6 +362,7 @@ impl Netd {
             file: StateFile::new(root),
             dns: Dns::new(Path::new("/etc/resolv.conf")),
             going: Mutex::default(),
+            going_legs: Mutex::default(),
         });
         netd.save().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(netd)
@@ -535,12 +538,26 @@ impl Netd {
             let unchanged = self.overlays_synced.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&inputs);
             if whole || !unchanged {
                 let mut sandboxes = self.sandboxes.lock().await;
+                // The legs the kernel deletes with their containers' namespaces stay out of the plan.
+                let wanted: HashSet<String> =
+                    desired.endpoints.iter().map(|e| veth_name(&e.container, &e.network)).collect();
+                let spare = |observed: &mut [crate::overlay::ObservedSandbox]| {
+                    let mut links: Vec<Vec<_>> = observed.iter_mut().map(|s| std::mem::take(&mut s.links)).collect();
+                    self.going_legs.lock().unwrap_or_else(|p| p.into_inner()).spare_each(
+                        &mut links,
+                        |n| wanted.contains(n),
+                        std::time::Instant::now(),
+                    );
+                    for (s, l) in observed.iter_mut().zip(links) {
+                        s.links = l;
+                    }
+                };
                 // Planned against what the last sync saw and did, if that is all the plan
                 // changes (entries, new endpoints' veths); every RESYNC observes.
-                let known = if observe { None } else { sandboxes.sync_known(view, &desired.endpoints).await };
+                let known = if observe { None } else { sandboxes.sync_known(view, &desired.endpoints, &spare).await };
                 let failed = match known {
                     Some(failed) => failed,
-                    None => sandboxes.sync_with(view, &desired.endpoints, host).await,
+                    None => sandboxes.sync_with(view, &desired.endpoints, host, &spare).await,
                 };
                 drop(sandboxes);
                 *self.overlays_synced.lock().unwrap_or_else(|p| p.into_inner()) = failed.is_empty().then_some(inputs);
@@ -1293,7 +1310,8 @@ impl Netd {
     /// addresses, then reconciles.
     /// Drops the container's endpoints (on `network`, or all). With
     /// `netns_going` (its namespace is removed once this answers) their host
-    /// veths and macvlan links are left to go with the namespace (see `going`).
+    /// veths, overlay legs and macvlan links are left to go with the
+    /// namespace (see `going`).
     async fn forget(&self, container: &str, network: Option<&str>, netns_going: bool) -> Result<(), Status> {
         let unplugged = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -1304,9 +1322,16 @@ impl Netd {
                 .cloned()
                 .collect();
             if netns_going {
-                let local = gone.iter().filter(|e| state.networks.iter().any(|n| n.id == e.network));
-                let veths: Vec<String> = local.map(|e| veth_name(&e.container, &e.network)).collect();
-                self.going.lock().unwrap_or_else(|p| p.into_inner()).leave(veths, std::time::Instant::now());
+                let (local, cluster): (Vec<&EndpointSpec>, Vec<&EndpointSpec>) =
+                    gone.iter().partition(|e| state.networks.iter().any(|n| n.id == e.network));
+                let names = |es: Vec<&EndpointSpec>| {
+                    es.into_iter().map(|e| veth_name(&e.container, &e.network)).collect::<Vec<_>>()
+                };
+                let now = std::time::Instant::now();
+                self.going.lock().unwrap_or_else(|p| p.into_inner()).leave(names(local), now);
+                // An overlay endpoint's leg in its network's sandbox is the other end of a veth
+                // in the container's namespace: it goes with it too.
+                self.going_legs.lock().unwrap_or_else(|p| p.into_inner()).leave(names(cluster), now);
             }
             for e in &gone {
                 state.release(e);

@@ -501,17 +501,20 @@ impl Sandboxes {
     /// this.
     pub async fn sync(&mut self, view: &NetView, local: &[EndpointSpec]) -> Vec<(Option<OverlayAction>, String)> {
         let h = self.host.clone();
-        self.sync_with(view, local, async move { HostLinks::read(&h).await.map(Arc::new).map_err(|e| e.to_string()) })
-            .await
+        let host = async move { HostLinks::read(&h).await.map(Arc::new).map_err(|e| e.to_string()) };
+        self.sync_with(view, local, host, &|_| {}).await
     }
 
     /// [`sync`](Self::sync) with the host's links read by `host` (netd's
-    /// pass shares one reading with its host pass).
+    /// pass shares one reading with its host pass), and the links `spare`
+    /// takes out of the observed sandboxes left alone (netd's: the legs of
+    /// containers whose namespaces are going, see `going`).
     pub async fn sync_with(
         &mut self,
         view: &NetView,
         local: &[EndpointSpec],
         host: impl std::future::Future<Output = Result<Arc<HostLinks>, String>>,
+        spare: &(dyn Fn(&mut [ObservedSandbox]) + Sync),
     ) -> Vec<(Option<OverlayAction>, String)> {
         let start = std::time::Instant::now();
         // The host's links and the macvlan networks' shims (from one link
@@ -529,13 +532,14 @@ impl Sandboxes {
         let ((host, shims), observed, children) =
             futures::join!(host_side, self.observe_sandboxes(), crate::macvlan_sys::observe_children(view, local));
         let host = host.map_err(SysError::Batch);
-        let (host, observed) = match host.and_then(|h| Ok((h, observed?))) {
+        let (host, mut observed) = match host.and_then(|h| Ok((h, observed?))) {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot observe the overlays");
                 return vec![(None, format!("observing the overlays: {e}"))];
             }
         };
+        spare(&mut observed);
         let mut actions = overlay::plan(view, local, &host.links, &observed);
         let shims = match shims {
             Ok(s) => s,
@@ -572,8 +576,10 @@ impl Sandboxes {
         &mut self,
         view: &NetView,
         local: &[EndpointSpec],
+        spare: &(dyn Fn(&mut [ObservedSandbox]) + Sync),
     ) -> Option<Vec<(Option<OverlayAction>, String)>> {
-        let known = self.known.take()?;
+        let mut known = self.known.take()?;
+        spare(&mut known.sandboxes);
         let start = std::time::Instant::now();
         let mut actions = overlay::plan(view, local, &known.host.links, &known.sandboxes);
         let macvlan = crate::macvlan::plan(view, local, &known.host.links, &known.shims, &known.children);

@@ -245,19 +245,39 @@ async fn scenario(h1: &Parked, h2: &Parked, c1: &Parked, c2: &Parked, dir1: &Pat
         node: "h2".into(),
         names: vec![],
     });
-    assert_eq!(s1.sync_known(&moved, &l1).await, Some(vec![]), "entries only: no observation");
+    assert_eq!(s1.sync_known(&moved, &l1, &|_| {}).await, Some(vec![]), "entries only: no observation");
     assert_eq!(pending(&mut s1, &moved, &l1).await, vec![], "the kernel has them");
     // Drift behind netd's back is not seen without observing: a whole pass's sync repairs it.
     s1.apply(&OverlayAction::DelFdb { ns: ns.clone(), mac: m3, dst: ip4("10.99.0.2") }).await?;
-    assert_eq!(s1.sync_known(&moved, &l1).await, Some(vec![]));
+    assert_eq!(s1.sync_known(&moved, &l1, &|_| {}).await, Some(vec![]));
     assert_eq!(pending(&mut s1, &moved, &l1).await, vec![gone.clone()]);
     assert!(s1.sync(&moved, &l1).await.is_empty());
     assert_eq!(pending(&mut s1, &moved, &l1).await, vec![]);
     // A view that needs a device made (another VNI) is observed, not assumed.
     let mut vni = moved.clone();
     vni.networks[0].vni += 1;
-    assert_eq!(s1.sync_known(&vni, &l1).await, None);
+    assert_eq!(s1.sync_known(&vni, &l1, &|_| {}).await, None);
     assert_eq!(pending(&mut s1, &moved, &l1).await, vec![], "nothing was done");
+
+    // c1 is removed, its namespace going: a pass that spares its leg (netd's
+    // `going`) leaves the link to the kernel, with nothing to observe again;
+    // without that, the plan deletes it.
+    let leg = shoal_netd::model::veth_name("c1c1c1c1c1c1", NET);
+    let spare_leg = |observed: &mut [overlay::ObservedSandbox]| {
+        for sb in observed.iter_mut() {
+            sb.links.retain(|l| l.name != leg);
+        }
+    };
+    assert!(s1.sync(&moved, &l1).await.is_empty());
+    assert_eq!(s1.sync_known(&moved, &[], &spare_leg).await, Some(vec![]), "spared: nothing to do");
+    let sb1 = s1.handle(&ns).await?;
+    assert!(index(&sb1, leg.clone().leak()).await.is_ok(), "the leg is left alone");
+    assert_eq!(
+        pending(&mut s1, &moved, &[]).await,
+        vec![OverlayAction::DeleteLink { ns: ns.clone(), name: leg.clone() }],
+        "unspared, the plan deletes it"
+    );
+    assert!(s1.sync(&moved, &l1).await.is_empty(), "c1 stays for what follows");
 
     // The network leaves both views: everything netd made is gone, the
     // containers' veths with it.
@@ -437,6 +457,19 @@ async fn attach_scenario(h1: &NetdHost, h2: &NetdHost, c1: &Parked, c2: &Parked)
     assert!(!links.iter().any(|l| l.name.starts_with("eth")), "{links:?}");
     let nets = a1.network_list(pb::Empty {}).await?.into_inner().networks;
     assert_eq!(nets.iter().find(|n| n.name == "docker_gwbridge").map(|n| n.endpoints), Some(0));
+
+    // A container removed (its namespace going): netd forgets its endpoints at once and leaves
+    // both legs' veths to the kernel, which deletes them with the namespace (no RTNL-held
+    // deletion of each, on the pass a next container's attach queues behind).
+    let id3 = "c3c3c3c3c3c3c3c3";
+    a1.attach(attach(c1, id3, NET, "10.10.0.4")).await?;
+    a1.detach(pb::DetachRequest { container: id3.into(), network: String::new(), netns_going: true }).await?;
+    let nets = a1.network_list(pb::Empty {}).await?.into_inner().networks;
+    assert_eq!(nets.iter().find(|n| n.name == "docker_gwbridge").map(|n| n.endpoints), Some(0));
+    let links = sys::observe(&sys::connect_in(&c1.path).await?).await?;
+    let mut legs: Vec<&str> = links.iter().map(|l| l.name.as_str()).filter(|n| n.starts_with("eth")).collect();
+    legs.sort();
+    assert_eq!(legs, ["eth0", "eth1"], "both legs left to go with the namespace");
 
     // The network leaves h2's view while c2 is on it: kept until c2 is detached.
     let sandbox = h2.socket.with_file_name("netd").join("sandboxes").join(sandbox_name(NET));
