@@ -32,6 +32,7 @@ pub mod taskfiles;
 pub mod watch;
 
 mod exec;
+mod listing;
 mod netplumb;
 mod record;
 mod removal;
@@ -172,6 +173,8 @@ pub struct Containers {
     /// The containers' records and endpoints, parsed once per change.
     records: record::JsonCache<Record>,
     endpoints: record::JsonCache<Vec<Endpoint>>,
+    /// The containers as the node's worker last listed them (`list_changed`).
+    listing: Mutex<listing::Listing>,
 }
 
 fn random_hex(n: usize) -> String {
@@ -213,6 +216,7 @@ impl Containers {
             host_gateway: std::sync::OnceLock::new(),
             records: record::JsonCache::new("container.json"),
             endpoints: record::JsonCache::new("network.json"),
+            listing: Default::default(),
         };
         // What happened before this daemon started is no news.
         let found: std::collections::HashMap<_, _> =
@@ -247,6 +251,14 @@ impl Containers {
         self.endpoints.keep(&ids);
         out.sort_by_key(|c| std::cmp::Reverse(c.record.created_ms));
         out
+    }
+
+    /// Every container, as `list` says, but read again only where its
+    /// directory changed since the last call (and all of them at least
+    /// every `listing::LIST_RESCAN`): a node's worker lists on every pass
+    /// (see `listing.rs`).
+    pub fn list_changed(&self) -> Vec<Container> {
+        self.listing.lock().unwrap_or_else(|p| p.into_inner()).list(self, listing::LIST_RESCAN)
     }
 
     /// The id of the container named `name`, from the records alone (a start
