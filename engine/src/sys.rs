@@ -51,20 +51,6 @@ pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Starts `cmd`'s process in a session of its own, so signals aimed at the
-/// daemon's group never reach it.
-pub fn new_session_on_spawn(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the hook runs in the forked child before exec; setsid is
-    // async-signal-safe and touches no memory of the parent's.
-    unsafe {
-        cmd.pre_exec(|| {
-            let _ = rustix::process::setsid();
-            Ok(())
-        });
-    }
-}
-
 /// The kernel's clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of /proc's CPU times.
 pub fn clock_ticks() -> u64 {
     rustix::param::clock_ticks_per_second()

@@ -623,7 +623,11 @@ impl Containers {
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .env_remove("RUST_LOG");
-        crate::sys::new_session_on_spawn(&mut cmd);
+        // No hook before its exec (the shim makes its own session first
+        // thing): std then spawns it with posix_spawn, a vfork that shares
+        // the daemon's memory until the exec, instead of a fork that copies
+        // the multi-threaded daemon's page tables and leaves its threads
+        // copy-on-write faults.
         let mut child = cmd.spawn().map_err(io("starting the shim", &self.exe))?;
         shoal_proto::timeline!(shoal_proto::timeline::SHIM, container = %id);
         // Reap the shim when it ends so it leaves no zombie.
