@@ -212,8 +212,11 @@ mod tests {
         assert!(l.list(&c, NEVER).is_empty());
         std::fs::create_dir_all(c.dir("a1")).unwrap();
         assert!(l.list(&c, NEVER).is_empty(), "no record yet");
-        crate::files::write_replace(&c.dir("a1").join("container.json"), record_json("a1", "web").to_string().as_bytes())
-            .unwrap();
+        crate::files::write_replace(
+            &c.dir("a1").join("container.json"),
+            record_json("a1", "web").to_string().as_bytes(),
+        )
+        .unwrap();
         assert_eq!(l.list(&c, NEVER).len(), 1, "the record's rename in the watched directory");
     }
 
@@ -230,10 +233,7 @@ mod tests {
         assert!(matches!(status(&l.list(&c, NEVER), "a1"), Some(Status::Running { .. })));
         shim.kill().unwrap();
         shim.wait().unwrap();
-        assert!(
-            matches!(status(&l.list(&c, NEVER), "a1"), Some(Status::Running { .. })),
-            "no event: the memory holds"
-        );
+        assert!(matches!(status(&l.list(&c, NEVER), "a1"), Some(Status::Running { .. })), "no event: the memory holds");
         assert!(matches!(status(&l.list(&c, Duration::ZERO), "a1"), Some(Status::Dead { .. })), "the safety net");
         // A removal behind a lost event, likewise.
         std::fs::remove_dir_all(c.dir("a1")).unwrap();
