@@ -221,7 +221,9 @@ struct NetSync {
 pub struct Worker {
     runtime: Arc<dyn Runtime>,
     hostname: String,
-    assigned: Mutex<BTreeMap<String, Task>>,
+    /// The assignment set; a pass takes the `Arc` (a change while a pass
+    /// holds it copies the set once, rather than every pass copying it).
+    assigned: Mutex<Arc<BTreeMap<String, Task>>>,
     /// Whether a whole set came: until then, no container here is known to be
     /// unassigned (a restarted daemon keeps what runs until the managers say).
     synced: std::sync::atomic::AtomicBool,
@@ -270,7 +272,7 @@ impl Worker {
         Arc::new(Worker {
             runtime,
             hostname: hostname.to_string(),
-            assigned: Mutex::new(BTreeMap::new()),
+            assigned: Mutex::new(Arc::new(BTreeMap::new())),
             synced: std::sync::atomic::AtomicBool::new(false),
             reported: Mutex::new(HashMap::new()),
             outbox: Mutex::new(Vec::new()),
@@ -320,7 +322,8 @@ impl Worker {
         // per report, and each pass reads every container here).
         let mut news = full || !removed.is_empty();
         {
-            let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+            let mut held = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+            let assigned = Arc::make_mut(&mut held);
             // What the managers know now is the baseline: anything ahead of it is reported again.
             let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
             if full {
@@ -668,7 +671,7 @@ impl Worker {
         let _pass = tracing::debug_span!("worker pass").entered();
         // The tasks, then the view: a view is set before the tasks of its
         // message, so the view handed here is never older than these tasks.
-        let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let assigned = Arc::clone(&self.assigned.lock().unwrap_or_else(|p| p.into_inner()));
         let net_ready = self.sync_net_view();
         if !self.synced.load(std::sync::atomic::Ordering::Relaxed) {
             return;

@@ -51,20 +51,6 @@ pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Starts `cmd`'s process in a session of its own, so signals aimed at the
-/// daemon's group never reach it.
-pub fn new_session_on_spawn(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the hook runs in the forked child before exec; setsid is
-    // async-signal-safe and touches no memory of the parent's.
-    unsafe {
-        cmd.pre_exec(|| {
-            let _ = rustix::process::setsid();
-            Ok(())
-        });
-    }
-}
-
 /// The kernel's clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of /proc's CPU times.
 pub fn clock_ticks() -> u64 {
     rustix::param::clock_ticks_per_second()
@@ -167,6 +153,21 @@ pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     Ok(rustix::io::read(fd, buf)?)
 }
 
+/// Marks `dir` as the top of its own directory hierarchies for ext4's Orlov
+/// allocator (`chattr +T`): each directory made in it is placed in a block
+/// group of its own choosing (the least crowded), not its parent's, and the
+/// files made in such a directory follow it there. Fails on filesystems
+/// without inode flags (tmpfs, overlay); harmless on those that ignore it.
+pub fn mark_top_dir(dir: &Path) -> io::Result<()> {
+    use rustix::fs::IFlags;
+    let fd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let flags = rustix::fs::ioctl_getflags(&fd)?;
+    if !flags.contains(IFlags::TOPDIR) {
+        rustix::fs::ioctl_setflags(&fd, flags | IFlags::TOPDIR)?;
+    }
+    Ok(())
+}
+
 // --- inotify ---
 
 /// A new non-blocking, close-on-exec inotify instance.
@@ -182,6 +183,24 @@ pub fn inotify_watch(fd: BorrowedFd<'_>, path: &Path, mask: u32) -> io::Result<i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_top_dir_keeps_its_mark_where_the_filesystem_has_inode_flags() {
+        let dir = tempfile::tempdir().expect("tmp");
+        match mark_top_dir(dir.path()) {
+            Ok(()) => {
+                let fd = rustix::fs::open(dir.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+                let flags = rustix::fs::ioctl_getflags(&fd).unwrap();
+                assert!(flags.contains(rustix::fs::IFlags::TOPDIR), "{flags:?}");
+                mark_top_dir(dir.path()).expect("marking it again changes nothing");
+            }
+            // tmpfs and the like have no inode flags: nothing to mark.
+            Err(e) => assert!(
+                matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)),
+                "{e}"
+            ),
+        }
+    }
 
     #[test]
     fn a_mount_point_is_on_another_device_than_its_parent() {

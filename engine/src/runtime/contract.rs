@@ -96,7 +96,7 @@ impl EngineRuntime {
 
 impl Runtime for EngineRuntime {
     fn task_containers(&self) -> Vec<TaskContainer> {
-        self.containers.list().iter().filter_map(TaskContainer::of).collect()
+        self.containers.list_changed().iter().filter_map(TaskContainer::of).collect()
     }
 
     fn has_image(&self, reference: &str) -> bool {

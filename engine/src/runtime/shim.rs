@@ -229,6 +229,11 @@ fn write_line(stream: &str, line: &[u8], out: &mut LogFile) {
 
 /// The shim's main; returns the process exit code.
 pub fn main(dir: &Path) -> i32 {
+    // Its own session, out of the daemon's (its signals, its terminal): made
+    // here, not by a hook in the daemon's spawn, which would make that spawn
+    // a fork of the whole daemon. Fails only for a session leader already
+    // (`shim-wait` is the same process).
+    let _ = rustix::process::setsid();
     let cfg: ShimConfig = match std::fs::read(dir.join("shim.json"))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))

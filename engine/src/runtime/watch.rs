@@ -32,8 +32,14 @@ impl DirWatch {
     }
 
     fn with_mask(dir: &Path, mask: u32) -> Option<DirWatch> {
+        DirWatch::with_mask_wd(dir, mask).map(|(w, _)| w)
+    }
+
+    /// Watches `dir` for the `IN_*` events in `mask`; the watch and its descriptor.
+    pub fn with_mask_wd(dir: &Path, mask: u32) -> Option<(DirWatch, i32)> {
         let w = DirWatch { fd: crate::sys::inotify_init().ok()? };
-        w.add(dir, mask).then_some(w)
+        let wd = w.add_mask(dir, mask)?;
+        Some((w, wd))
     }
 
     /// Also watches `dir` for entries created or renamed into it (adding a
@@ -42,8 +48,9 @@ impl DirWatch {
         crate::sys::inotify_watch(self.fd.as_fd(), dir, RENAMES).ok()
     }
 
-    fn add(&self, dir: &Path, mask: u32) -> bool {
-        crate::sys::inotify_watch(self.fd.as_fd(), dir, mask).is_ok()
+    /// Also watches `dir` for the `IN_*` events in `mask`; its watch descriptor.
+    pub fn add_mask(&self, dir: &Path, mask: u32) -> Option<i32> {
+        crate::sys::inotify_watch(self.fd.as_fd(), dir, mask).ok()
     }
 
     /// Blocks until something changed or `timeout` passed; drains the events.
@@ -59,6 +66,11 @@ impl DirWatch {
     /// overflowed (events were lost: look at everything).
     pub fn wait_events(&self, timeout: Duration) -> Option<Vec<(i32, String)>> {
         let _ = crate::sys::poll_readable(self.fd.as_fd(), timeout);
+        self.drain_events()
+    }
+
+    /// The events queued now, without waiting (see [`wait_events`](Self::wait_events)).
+    pub fn drain_events(&self) -> Option<Vec<(i32, String)>> {
         let mut buf = [0u8; 4096];
         let mut events = Vec::new();
         let mut lost = false;
