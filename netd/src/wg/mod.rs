@@ -50,6 +50,7 @@ pub mod gro;
 pub mod gso;
 pub mod keys;
 pub mod routes;
+pub mod spin;
 mod sys;
 pub mod tun;
 
@@ -568,11 +569,17 @@ fn worker(s: &Shared, w: usize) {
     let mut t = s.table();
     let mut seen = None;
     let mut ep = None;
+    // Per peer of the table: the poll after a hand-off to a TUN (`spin`).
+    let mut spins: Vec<spin::Spin> = Vec::new();
+    // The peer whose packet was handed on, when, and how long to poll.
+    let mut polling: Option<(usize, Instant, Duration)> = None;
     while !s.stop.load(Ordering::Relaxed) {
         // Read before the table: a rebuild between the two is seen at the next wake.
         let generation = s.generation.load(Ordering::Acquire);
         if seen != Some(generation) {
             t = s.table();
+            spins = vec![spin::Spin::default(); t.peers.len()];
+            polling = None;
             ep = match watch(s, &t, w) {
                 Ok(ep) => Some(ep),
                 Err(e) => {
@@ -584,7 +591,7 @@ fn worker(s: &Shared, w: usize) {
             seen = Some(generation);
         }
         let Some(ep) = ep.as_mut() else { continue };
-        if let Err(e) = ep.wait(&mut ready, TICK.as_millis() as i32) {
+        if let Err(e) = wait(ep, &mut ready, polling.take(), &mut spins) {
             tracing::warn!(error = %e, "wireguard: epoll");
             std::thread::sleep(TICK);
             continue;
@@ -638,7 +645,39 @@ fn worker(s: &Shared, w: usize) {
                 }
             }
         }
+        if let Some(p) = st.handed.take() {
+            let now = Instant::now();
+            polling = spins.get(p).and_then(|sp| sp.window(now)).map(|win| (p, now, win));
+        }
     }
+}
+
+/// Waits for work: after a hand-off (`polling`: its peer, when, for how
+/// long), first polls without sleeping, yielding the CPU between polls,
+/// and tells the peer's `Spin` whether work came within the window.
+fn wait(
+    ep: &mut sys::Epoll,
+    ready: &mut Vec<u64>,
+    polling: Option<(usize, Instant, Duration)>,
+    spins: &mut [spin::Spin],
+) -> io::Result<()> {
+    if let Some((p, since, window)) = polling {
+        loop {
+            ep.wait(ready, 0)?;
+            let waited = since.elapsed();
+            let Some(sp) = spins.get_mut(p) else { break };
+            if !ready.is_empty() {
+                sp.hit(waited);
+                return Ok(());
+            }
+            if waited >= window {
+                sp.miss(since);
+                break;
+            }
+            std::thread::yield_now();
+        }
+    }
+    ep.wait(ready, TICK.as_millis() as i32)
 }
 
 struct WorkerBufs {
@@ -653,6 +692,8 @@ struct WorkerBufs {
     rx_from: Vec<SocketAddrV4>,
     batch: sys::RecvBatch,
     gro: gro::Gro,
+    /// The peer whose decrypted packet this wake-up wrote to a TUN.
+    handed: Option<usize>,
 }
 
 impl WorkerBufs {
@@ -669,6 +710,7 @@ impl WorkerBufs {
             rx_from: Vec::new(),
             batch: sys::RecvBatch::new(RX_BATCH),
             gro: gro::Gro::new(),
+            handed: None,
         }
     }
 }
@@ -800,6 +842,7 @@ fn rx_datagram(s: &Shared, t: &Table, w: usize, st: &mut WorkerBufs, from: Socke
             match t.routes.accept(p, &st.dec[h..h + n]) {
                 Ok(net) => {
                     peer.counters.rx.fetch_add(n as u64, Ordering::Relaxed);
+                    st.handed = Some(p);
                     if t.nets[net].gro {
                         let pkt = &st.dec[h..h + n];
                         if !st.gro.append(net, pkt) {
