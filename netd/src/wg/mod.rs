@@ -31,14 +31,17 @@
 //! (and remakes its epoll set) when the table's generation moved, and
 //! allocates nothing per wake-up.
 //!
-//! Latency: a round trip wakes a worker on each host each way. On two
-//! loaded cores those wake-ups, not the worker's own work (~3 µs a packet),
-//! are the cost; how the scheduler places the threads swings the figure
-//! between ~60 and ~95 µs. None of these moved the median (2026-12-05,
-//! alternated in one run): `poll` or epoll, reading until `EAGAIN` or not,
-//! the workers pinned one to a CPU, a lower nice (netd is its own
-//! autogroup, so nice only weighs its own threads); `SCHED_FIFO` took the
-//! tail from ms to ~0.2 ms but doubled the median on a quiet machine.
+//! Latency: a round trip wakes a worker on each host each way, and on
+//! this VM waking a halted vCPU, not the worker's own work (~3 µs a
+//! packet), is the cost. So after handing a packet on (to a TUN or to a
+//! peer) a worker polls for the answer for a short window, yielding the CPU
+//! between polls, adapted per peer and paused for a peer that does not
+//! answer (`spin`): 92 → ~60 µs on a quiet machine (2026-12-05). None of
+//! these moved the median before it (alternated in one run): `poll` or
+//! epoll, reading until `EAGAIN` or not, the workers pinned one to a CPU,
+//! a lower nice (netd is its own autogroup, so nice only weighs its own
+//! threads); `SCHED_FIFO` took the tail from ms to ~0.2 ms but doubled the
+//! median on a quiet machine.
 //!
 //! Rotation: a peer has one `Tunn` per (local key, remote key) pair of the
 //! keys in play (current, and previous during a grace period), kept across
@@ -569,7 +572,8 @@ fn worker(s: &Shared, w: usize) {
     let mut t = s.table();
     let mut seen = None;
     let mut ep = None;
-    // Per peer of the table: the poll after a hand-off to a TUN (`spin`).
+    // Per peer of the table, two: the poll after a hand-off (`spin`) to a
+    // TUN (`from_container`) and to the peer (`from_peer`).
     let mut spins: Vec<spin::Spin> = Vec::new();
     // The peer whose packet was handed on, when, and how long to poll.
     let mut polling: Option<(usize, Instant, Duration)> = None;
@@ -578,7 +582,7 @@ fn worker(s: &Shared, w: usize) {
         let generation = s.generation.load(Ordering::Acquire);
         if seen != Some(generation) {
             t = s.table();
-            spins = vec![spin::Spin::default(); t.peers.len()];
+            spins = vec![spin::Spin::default(); 2 * t.peers.len()];
             polling = None;
             ep = match watch(s, &t, w) {
                 Ok(ep) => Some(ep),
@@ -652,6 +656,16 @@ fn worker(s: &Shared, w: usize) {
     }
 }
 
+/// The `Spin` of the answers to peer `p`'s packets handed to a TUN.
+fn from_container(p: usize) -> usize {
+    2 * p
+}
+
+/// The `Spin` of the answers to packets sent to peer `p`.
+fn from_peer(p: usize) -> usize {
+    2 * p + 1
+}
+
 /// Waits for work: after a hand-off (`polling`: its peer, when, for how
 /// long), first polls without sleeping, yielding the CPU between polls,
 /// and tells the peer's `Spin` whether work came within the window.
@@ -692,7 +706,7 @@ struct WorkerBufs {
     rx_from: Vec<SocketAddrV4>,
     batch: sys::RecvBatch,
     gro: gro::Gro,
-    /// The peer whose decrypted packet this wake-up wrote to a TUN.
+    /// The last hand-off of this wake-up: its answer's `Spin` (`from_container`, `from_peer`).
     handed: Option<usize>,
 }
 
@@ -759,6 +773,7 @@ fn tx_packet(s: &Shared, t: &Table, w: usize, st: &mut WorkerBufs, net: usize, b
     }
     peer.counters.tx.fetch_add(at as u64, Ordering::Relaxed);
     send_all(s.sockets[w].as_fd(), &st.enc[..off], &st.enc_lens, peer.endpoint);
+    st.handed = Some(from_peer(p));
 }
 
 /// Where a datagram goes.
@@ -842,7 +857,7 @@ fn rx_datagram(s: &Shared, t: &Table, w: usize, st: &mut WorkerBufs, from: Socke
             match t.routes.accept(p, &st.dec[h..h + n]) {
                 Ok(net) => {
                     peer.counters.rx.fetch_add(n as u64, Ordering::Relaxed);
-                    st.handed = Some(p);
+                    st.handed = Some(from_container(p));
                     if t.nets[net].gro {
                         let pkt = &st.dec[h..h + n];
                         if !st.gro.append(net, pkt) {

@@ -1,18 +1,20 @@
-//! The adaptive poll after a worker hands a decrypted packet to a TUN
-//! (pure, table-tested).
+//! The adaptive poll after a worker hands a packet on (pure, table-tested).
 //!
-//! A request that reaches a local container is usually answered within
-//! ~10–20 µs, and the answer is read from the same TUN queue by the same
-//! worker (the TUN steers a flow to the queue that last wrote it). Blocking
-//! in `epoll_wait` for it costs a wake-up, and on this VM's vCPUs (no guest
-//! halt-polling) waking a halted vCPU is most of a round trip's cost. So
-//! after a hand-off the worker polls its epoll set without sleeping,
-//! yielding the CPU between polls so that under load other work runs, for
-//! a window sized to the waits it saw from that peer. A peer whose traffic
-//! is not answered (a ping, a one-way stream's last segment) misses: after
-//! `MISSES` misses in a row the worker stops polling for that peer for a
-//! pause that doubles while the misses go on, so an idle or one-way peer
-//! costs a few windows a second at most.
+//! A round trip through the encrypted overlay is six wake-ups in a row
+//! (client, netd A, netd B, server, netd B, netd A), and on this VM's
+//! vCPUs (no guest halt-polling) waking a halted vCPU is most of their
+//! cost. The answer to a packet a worker handed on usually comes back to
+//! the same worker soon: to a packet written to a TUN, the local
+//! container's (the TUN steers a flow to the queue that last wrote it),
+//! within ~10–20 µs; to one sent to a peer, the peer's, within ~30–40 µs
+//! when that peer polls too. So after a hand-off the worker polls its epoll
+//! set without sleeping, yielding the CPU between polls so that under load
+//! other work runs, for a window sized to the waits it saw for that kind
+//! of answer from that peer; the vCPU stays awake and the answer costs no
+//! wake-up. A peer that does not answer (a ping's last reply, a one-way
+//! stream's end, a slow server) misses: after `MISSES` misses in a row the
+//! worker stops polling for it for a pause that doubles while the misses
+//! go on, so an idle or one-way peer costs a few windows a second at most.
 
 use std::time::{Duration, Instant};
 
