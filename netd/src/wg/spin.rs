@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 /// The longest a worker polls after a hand-off.
-pub const MAX_WINDOW: Duration = Duration::from_micros(50);
+pub const MAX_WINDOW: Duration = Duration::from_micros(100);
 /// The shortest window, however quick the answers were.
 pub const MIN_WINDOW: Duration = Duration::from_micros(10);
 /// Misses in a row before the peer's polling pauses.
@@ -95,7 +95,7 @@ mod tests {
             (
                 "quick answers shrink the window to twice their smoothed wait, never below the floor",
                 &[
-                    Hit { at: 0, waited: 15, window: 50 },
+                    Hit { at: 0, waited: 15, window: 100 },
                     Hit { at: 100, waited: 15, window: 30 },
                     Hit { at: 200, waited: 3, window: 30 },
                     Hit { at: 300, waited: 1, window: 24 },
@@ -107,39 +107,39 @@ mod tests {
             ),
             (
                 "slow answers are capped at the longest window",
-                &[Hit { at: 0, waited: 40, window: 50 }, Hit { at: 100, waited: 40, window: 50 }],
+                &[Hit { at: 0, waited: 70, window: 100 }, Hit { at: 100, waited: 70, window: 100 }],
             ),
             (
                 "a miss widens the window again; three in a row pause, and the pause doubles",
                 &[
-                    Hit { at: 0, waited: 5, window: 50 },
+                    Hit { at: 0, waited: 5, window: 100 },
                     Miss { at: 100, window: 10 },
-                    Miss { at: 200, window: 50 },
-                    Miss { at: 300, window: 50 },
+                    Miss { at: 200, window: 100 },
+                    Miss { at: 300, window: 100 },
                     // Paused 20 ms from 300 µs.
                     Miss { at: 10 * MS, window: 0 },
-                    Miss { at: 21 * MS, window: 50 },
-                    Miss { at: 22 * MS, window: 50 },
-                    Miss { at: 23 * MS, window: 50 },
+                    Miss { at: 21 * MS, window: 100 },
+                    Miss { at: 22 * MS, window: 100 },
+                    Miss { at: 23 * MS, window: 100 },
                     // Paused 40 ms from 23 ms.
                     Miss { at: 60 * MS, window: 0 },
-                    Hit { at: 64 * MS, waited: 10, window: 50 },
+                    Hit { at: 64 * MS, waited: 10, window: 100 },
                     // An answer ends the streak: the next pause is 20 ms again.
                     Miss { at: 65 * MS, window: 20 },
-                    Miss { at: 66 * MS, window: 50 },
-                    Miss { at: 67 * MS, window: 50 },
+                    Miss { at: 66 * MS, window: 100 },
+                    Miss { at: 67 * MS, window: 100 },
                     Miss { at: 86 * MS, window: 0 },
-                    Miss { at: 88 * MS, window: 50 },
+                    Miss { at: 88 * MS, window: 100 },
                 ],
             ),
             (
                 "misses apart from each other never pause",
                 &[
-                    Miss { at: 0, window: 50 },
-                    Hit { at: 100, waited: 20, window: 50 },
+                    Miss { at: 0, window: 100 },
+                    Hit { at: 100, waited: 20, window: 100 },
                     Miss { at: 200, window: 40 },
-                    Miss { at: 300, window: 50 },
-                    Hit { at: 400, waited: 20, window: 50 },
+                    Miss { at: 300, window: 100 },
+                    Hit { at: 400, waited: 20, window: 100 },
                     Miss { at: 500, window: 40 },
                 ],
             ),
