@@ -31,17 +31,21 @@
 //! (and remakes its epoll set) when the table's generation moved, and
 //! allocates nothing per wake-up.
 //!
-//! Latency: a round trip wakes a worker on each host each way, and on
-//! this VM waking a halted vCPU, not the worker's own work (~3 µs a
-//! packet), is the cost. So after handing a packet on (to a TUN or to a
-//! peer) a worker polls for the answer for a short window, yielding the CPU
-//! between polls, adapted per peer and paused for a peer that does not
-//! answer (`spin`): 92 → ~60 µs on a quiet machine (2026-12-05). None of
-//! these moved the median before it (alternated in one run): `poll` or
-//! epoll, reading until `EAGAIN` or not, the workers pinned one to a CPU,
-//! a lower nice (netd is its own autogroup, so nice only weighs its own
-//! threads); `SCHED_FIFO` took the tail from ms to ~0.2 ms but doubled the
-//! median on a quiet machine.
+//! Latency: a round trip wakes a worker on each host each way. On two
+//! loaded cores those wake-ups, not the worker's own work (~3 µs a packet),
+//! are the cost; how the scheduler places the threads swings the figure
+//! between ~60 and ~95 µs. None of these moved the median (2026-12-05,
+//! alternated in one run): `poll` or epoll, reading until `EAGAIN` or not,
+//! the workers pinned one to a CPU, a lower nice (netd is its own
+//! autogroup, so nice only weighs its own threads); `SCHED_FIFO` took the
+//! tail from ms to ~0.2 ms but doubled the median on a quiet machine; a
+//! short adaptive poll after each hand-off (to a TUN, then to a peer too;
+//! `epoll_wait(0)` and `sched_yield` for up to 50 or 100 µs, paused for
+//! peers that did not answer: commits ee26054..8e6f889 on branch s14-wg)
+//! took two of the six wake-ups off the round trip but not the median
+//! (new/old 0.96–1.01 in five alternated runs): what costs is the wake of
+//! the client and server on the other vCPU (`perf sched`: ~14 µs of
+//! scheduling delay each), and the polling worker keeps them off its own.
 //!
 //! Rotation: a peer has one `Tunn` per (local key, remote key) pair of the
 //! keys in play (current, and previous during a grace period), kept across
@@ -53,7 +57,6 @@ pub mod gro;
 pub mod gso;
 pub mod keys;
 pub mod routes;
-pub mod spin;
 mod sys;
 pub mod tun;
 
@@ -572,18 +575,11 @@ fn worker(s: &Shared, w: usize) {
     let mut t = s.table();
     let mut seen = None;
     let mut ep = None;
-    // Per peer of the table, two: the poll after a hand-off (`spin`) to a
-    // TUN (`from_container`) and to the peer (`from_peer`).
-    let mut spins: Vec<spin::Spin> = Vec::new();
-    // The peer whose packet was handed on, when, and how long to poll.
-    let mut polling: Option<(usize, Instant, Duration)> = None;
     while !s.stop.load(Ordering::Relaxed) {
         // Read before the table: a rebuild between the two is seen at the next wake.
         let generation = s.generation.load(Ordering::Acquire);
         if seen != Some(generation) {
             t = s.table();
-            spins = vec![spin::Spin::default(); 2 * t.peers.len()];
-            polling = None;
             ep = match watch(s, &t, w) {
                 Ok(ep) => Some(ep),
                 Err(e) => {
@@ -595,7 +591,7 @@ fn worker(s: &Shared, w: usize) {
             seen = Some(generation);
         }
         let Some(ep) = ep.as_mut() else { continue };
-        if let Err(e) = wait(ep, &mut ready, polling.take(), &mut spins) {
+        if let Err(e) = ep.wait(&mut ready, TICK.as_millis() as i32) {
             tracing::warn!(error = %e, "wireguard: epoll");
             std::thread::sleep(TICK);
             continue;
@@ -649,49 +645,7 @@ fn worker(s: &Shared, w: usize) {
                 }
             }
         }
-        if let Some(p) = st.handed.take() {
-            let now = Instant::now();
-            polling = spins.get(p).and_then(|sp| sp.window(now)).map(|win| (p, now, win));
-        }
     }
-}
-
-/// The `Spin` of the answers to peer `p`'s packets handed to a TUN.
-fn from_container(p: usize) -> usize {
-    2 * p
-}
-
-/// The `Spin` of the answers to packets sent to peer `p`.
-fn from_peer(p: usize) -> usize {
-    2 * p + 1
-}
-
-/// Waits for work: after a hand-off (`polling`: its peer, when, for how
-/// long), first polls without sleeping, yielding the CPU between polls,
-/// and tells the peer's `Spin` whether work came within the window.
-fn wait(
-    ep: &mut sys::Epoll,
-    ready: &mut Vec<u64>,
-    polling: Option<(usize, Instant, Duration)>,
-    spins: &mut [spin::Spin],
-) -> io::Result<()> {
-    if let Some((p, since, window)) = polling {
-        loop {
-            ep.wait(ready, 0)?;
-            let waited = since.elapsed();
-            let Some(sp) = spins.get_mut(p) else { break };
-            if !ready.is_empty() {
-                sp.hit(waited);
-                return Ok(());
-            }
-            if waited >= window {
-                sp.miss(since);
-                break;
-            }
-            std::thread::yield_now();
-        }
-    }
-    ep.wait(ready, TICK.as_millis() as i32)
 }
 
 struct WorkerBufs {
@@ -706,8 +660,6 @@ struct WorkerBufs {
     rx_from: Vec<SocketAddrV4>,
     batch: sys::RecvBatch,
     gro: gro::Gro,
-    /// The last hand-off of this wake-up: its answer's `Spin` (`from_container`, `from_peer`).
-    handed: Option<usize>,
 }
 
 impl WorkerBufs {
@@ -724,7 +676,6 @@ impl WorkerBufs {
             rx_from: Vec::new(),
             batch: sys::RecvBatch::new(RX_BATCH),
             gro: gro::Gro::new(),
-            handed: None,
         }
     }
 }
@@ -773,7 +724,6 @@ fn tx_packet(s: &Shared, t: &Table, w: usize, st: &mut WorkerBufs, net: usize, b
     }
     peer.counters.tx.fetch_add(at as u64, Ordering::Relaxed);
     send_all(s.sockets[w].as_fd(), &st.enc[..off], &st.enc_lens, peer.endpoint);
-    st.handed = Some(from_peer(p));
 }
 
 /// Where a datagram goes.
@@ -857,7 +807,6 @@ fn rx_datagram(s: &Shared, t: &Table, w: usize, st: &mut WorkerBufs, from: Socke
             match t.routes.accept(p, &st.dec[h..h + n]) {
                 Ok(net) => {
                     peer.counters.rx.fetch_add(n as u64, Ordering::Relaxed);
-                    st.handed = Some(from_container(p));
                     if t.nets[net].gro {
                         let pkt = &st.dec[h..h + n];
                         if !st.gro.append(net, pkt) {
