@@ -200,8 +200,13 @@ impl Containers {
         // skips every inode freed in the last minutes of a group when it
         // makes a file there, and a node that makes and removes hundreds of
         // containers paid ~0.5 ms per file its starts made (~20 a start).
-        if let Err(e) = crate::sys::mark_top_dir(root) {
-            tracing::debug!(dir = %root.display(), error = %e, "not marked as a top directory");
+        // Likewise the runtime directory (libcontainer's state, its socket,
+        // the task files' mount points), where it is not a tmpfs (a lab's).
+        let _ = std::fs::create_dir_all(state_root);
+        for dir in [root, state_root] {
+            if let Err(e) = crate::sys::mark_top_dir(dir) {
+                tracing::debug!(dir = %dir.display(), error = %e, "not marked as a top directory");
+            }
         }
         let exe = std::env::current_exe().map_err(io("finding", Path::new("/proc/self/exe")))?;
         let containers = Containers {
