@@ -384,6 +384,8 @@ impl Containers {
             self.lease_cluster_networks(&id, &cfg.name.clone(), &mut cfg.attachments)?;
         }
         let leases: Vec<String> = cfg.attachments.iter().map(|a| a.lease.clone()).filter(|l| !l.is_empty()).collect();
+        // Before the lock: what a removed container's endpoints still hold is released without it.
+        self.releasing.wait_for(&cfg.name, &cfg.attachments, removal::RELEASE_WAIT);
         let r = self.run_resolved(req, image, id, cfg);
         if r.is_err() {
             self.give_back(&leases);
@@ -468,7 +470,6 @@ impl Containers {
             };
             // Without a slot: this waits on netd, and the attaches of creates that wait
             // together share its passes (a node's tasks arrive together).
-            self.releasing.wait_for(&name, &cfg.attachments, removal::RELEASE_WAIT);
             for a in &cfg.attachments {
                 match self.attach_one(nets, &id, &name, a, &cfg.host.dns) {
                     Ok(e) => endpoints.push(e),
