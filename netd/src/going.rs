@@ -40,9 +40,8 @@ impl Going {
         wanted: impl Fn(&str) -> bool,
         now: Instant,
     ) -> Vec<ObservedLink> {
-        let mut groups = [observed];
-        self.spare_each(&mut groups, wanted, now);
-        let [left] = groups;
+        let mut left = observed;
+        self.spare_each(&mut [&mut left], wanted, now);
         left
     }
 
@@ -50,9 +49,10 @@ impl Going {
     /// sandboxes: a container's leg there goes with its namespace too):
     /// each group without the going links; an entry is forgotten when no
     /// group has its link.
-    pub fn spare_each(&mut self, groups: &mut [Vec<ObservedLink>], wanted: impl Fn(&str) -> bool, now: Instant) {
-        self.links
-            .retain(|name, until| now < *until && !wanted(name) && groups.iter().flatten().any(|l| &l.name == name));
+    pub fn spare_each(&mut self, groups: &mut [&mut Vec<ObservedLink>], wanted: impl Fn(&str) -> bool, now: Instant) {
+        self.links.retain(|name, until| {
+            now < *until && !wanted(name) && groups.iter().flat_map(|g| g.iter()).any(|l| &l.name == name)
+        });
         for g in groups.iter_mut() {
             g.retain(|l| !self.links.contains_key(&l.name));
         }
@@ -105,15 +105,14 @@ mod tests {
         let t0 = Instant::now();
         let mut g = Going::default();
         g.leave(["shvaaaaaa11111".to_string(), "shvaaaaaa22222".to_string()], t0);
-        let mut groups = [vec![veth("shvaaaaaa11111"), veth("shvbbbbbb11111")], vec![veth("shvaaaaaa22222")]];
-        g.spare_each(&mut groups, |_| false, t0);
-        assert_eq!((names(&groups[0]), names(&groups[1])), (vec!["shvbbbbbb11111"], vec![]));
+        let (mut a, mut b) = (vec![veth("shvaaaaaa11111"), veth("shvbbbbbb11111")], vec![veth("shvaaaaaa22222")]);
+        g.spare_each(&mut [&mut a, &mut b], |_| false, t0);
+        assert_eq!((names(&a), names(&b)), (vec!["shvbbbbbb11111"], vec![]));
         // The kernel deleted the first; the second is still there.
-        let mut groups = [vec![veth("shvbbbbbb11111")], vec![veth("shvaaaaaa22222")]];
-        g.spare_each(&mut groups, |_| false, t0);
-        assert_eq!(names(&groups[1]), Vec::<&str>::new(), "still spared");
-        let mut none: [Vec<ObservedLink>; 2] = [vec![], vec![]];
-        g.spare_each(&mut none, |_| false, t0);
+        let (mut a, mut b) = (vec![veth("shvbbbbbb11111")], vec![veth("shvaaaaaa22222")]);
+        g.spare_each(&mut [&mut a, &mut b], |_| false, t0);
+        assert_eq!(names(&b), Vec::<&str>::new(), "still spared");
+        g.spare_each(&mut [&mut vec![], &mut vec![]], |_| false, t0);
         assert!(g.is_empty(), "no sandbox has them: forgotten");
     }
 

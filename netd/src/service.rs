@@ -374,6 +374,21 @@ impl Netd {
             .map_err(|e| Status::internal(format!("saving netd's state: {e}")))
     }
 
+    /// Runs `pass` with the state's save (an fsync of every endpoint and
+    /// the view) beside it, on a blocking thread: both are done when this
+    /// returns, with the pass's outcome and how long the save took. An
+    /// attach and a view answer so.
+    async fn saved_beside<T>(
+        self: &Arc<Self>,
+        pass: impl std::future::Future<Output = T>,
+    ) -> Result<(T, std::time::Duration), Status> {
+        let (netd, started) = (self.clone(), std::time::Instant::now());
+        let save = tokio::task::spawn_blocking(move || netd.save().map(|()| started.elapsed()));
+        let out = pass.await;
+        let saved = save.await.map_err(|e| Status::internal(format!("saving netd's state: {e}")))??;
+        Ok((out, saved))
+    }
+
     /// A whole reconcile pass started after this call (the state changes
     /// the caller made before it are in it), shared by the callers queued
     /// behind the pass running now: attaches that arrive together have
@@ -542,15 +557,9 @@ impl Netd {
                 let wanted: HashSet<String> =
                     desired.endpoints.iter().map(|e| veth_name(&e.container, &e.network)).collect();
                 let spare = |observed: &mut [crate::overlay::ObservedSandbox]| {
-                    let mut links: Vec<Vec<_>> = observed.iter_mut().map(|s| std::mem::take(&mut s.links)).collect();
-                    self.going_legs.lock().unwrap_or_else(|p| p.into_inner()).spare_each(
-                        &mut links,
-                        |n| wanted.contains(n),
-                        std::time::Instant::now(),
-                    );
-                    for (s, l) in observed.iter_mut().zip(links) {
-                        s.links = l;
-                    }
+                    let mut links: Vec<&mut Vec<_>> = observed.iter_mut().map(|s| &mut s.links).collect();
+                    let mut going = self.going_legs.lock().unwrap_or_else(|p| p.into_inner());
+                    going.spare_each(&mut links, |n| wanted.contains(n), std::time::Instant::now());
                 };
                 // Planned against what the last sync saw and did, if that is all the plan
                 // changes (entries, new endpoints' veths); every RESYNC observes.
@@ -788,12 +797,7 @@ impl pb::netd_server::Netd for NetdService {
             ensure(&mut state, &r)?
         };
         let started = std::time::Instant::now();
-        // The save (an fsync) and the pass that makes the endpoint run side by
-        // side; both are done before the answer.
-        let netd = self.0.clone();
-        let save = tokio::task::spawn_blocking(move || netd.save().map(|()| started.elapsed()));
-        let failed = self.0.sync().await;
-        let saved = save.await.map_err(|e| Status::internal(format!("saving netd's state: {e}")))??;
+        let (failed, saved) = self.0.saved_beside(self.0.sync()).await?;
         tracing::debug!(
             container = short(&r.container),
             save_ms = saved.as_secs_f64() * 1e3,
@@ -860,11 +864,7 @@ impl pb::netd_server::Netd for NetdService {
             state.set_view(view);
             (gone, drained)
         };
-        // The save (an fsync of every endpoint in the view) beside the view's pass, as an attach's.
-        let netd = self.0.clone();
-        let save = tokio::task::spawn_blocking(move || netd.save());
-        self.0.sync_shared().await;
-        save.await.map_err(|e| Status::internal(format!("saving netd's state: {e}")))??;
+        self.0.saved_beside(self.0.sync_shared()).await?;
         // The managers stop a task once every node said it applied a view without it
         // (`view_applied`): this answer waits until the tables no longer send to it.
         // A task that ended holds nothing up: the node's worker, which waits for this

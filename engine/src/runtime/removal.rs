@@ -46,7 +46,7 @@ pub(super) struct Releasing {
 }
 
 /// A removed container's name and attachments.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Held {
     name: String,
     networks: Vec<Attachment>,
@@ -154,11 +154,11 @@ impl Containers {
         std::fs::create_dir_all(&gone).map_err(io("creating", &gone))?;
         let dir = gone.join(id);
         std::fs::rename(&from, &dir).map_err(io("moving out of the containers' root", &from))?;
-        let networks = &c.record.networks;
-        let endpoints_left = !networks.is_empty() && (defer || release_later(networks));
+        let (networks, later) = (&c.record.networks, release_later(&c.record.networks));
+        let endpoints_left = !networks.is_empty() && (defer || later);
         if !endpoints_left {
             self.release_endpoints(&dir);
-        } else if !release_later(networks) {
+        } else if !later {
             self.releasing.hold(id, &c.record.name, networks);
         }
         self.announce_destroyed(&c);
