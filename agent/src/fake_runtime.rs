@@ -165,11 +165,25 @@ impl Runtime for FakeRuntime {
             id: format!("fake{:04}", g.next_id),
             name: req.name.clone(),
             task_id: req.task_id.clone(),
-            status: Status::Running { pid: 1000 + g.next_id as i32, started_ms: now_ms() },
+            status: match req.create_only {
+                true => Status::Created,
+                false => Status::Running { pid: 1000 + g.next_id as i32, started_ms: now_ms() },
+            },
             health: None,
         };
         g.containers.insert(c.id.clone(), c.clone());
         Ok(c)
+    }
+
+    fn start(&self, id: &str) -> Result<TaskContainer, ContainerError> {
+        let mut g = self.lock();
+        g.calls.push(format!("start {id}"));
+        let pid = 1000 + g.next_id as i32;
+        let c = g.containers.get_mut(id).ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        if c.status == Status::Created {
+            c.status = Status::Running { pid, started_ms: now_ms() };
+        }
+        Ok(c.clone())
     }
 
     fn stop(&self, id: &str, _grace: Duration) -> Result<(), ContainerError> {

@@ -82,8 +82,11 @@ pub enum WorkerAction {
     /// hold a host port a new task needs).
     Remove { task: String, container: String, name: String },
     /// Start the task on a thread of its own: pull its image if it is
-    /// missing, then run its container.
+    /// missing, then run its container (only create it, for a task to be
+    /// made ready: a stop-first replacement prepared while its predecessor stops).
     Start { task: String },
+    /// Start the container a task was made ready with, on a thread of its own.
+    StartPrepared { task: String, container: String },
     /// Stop the task's container on a thread of its own (a grace period must
     /// not hold up the node's other tasks), then report it shut down.
     Stop { task: String, container: String },
@@ -129,7 +132,7 @@ pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<Worke
     // new task that publishes one starts after that (a stop-first update on this node).
     let held: Vec<(u16, &str)> = assigned
         .values()
-        .filter(|t| t.desired != TaskState::Running && mine.contains_key(&t.id))
+        .filter(|t| t.desired > TaskState::Running && mine.contains_key(&t.id))
         .flat_map(|t| host_ports(t).map(|p| (p.published, p.protocol.as_str())))
         .collect();
     let mut free_starts = observed.start_slots.saturating_sub(observed.starting.len());
@@ -142,7 +145,8 @@ pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<Worke
     for t in assigned.values() {
         let c = mine.get(&t.id);
         let task = t.id.clone();
-        if t.desired == TaskState::Running {
+        // To run, or to be made ready to (its container created, not started).
+        if t.desired <= TaskState::Running {
             match c {
                 None if t.status.state.is_terminal() => {}
                 None if observed.now_ms < t.not_before_ms => {} // a restart's back-off
@@ -155,6 +159,16 @@ pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<Worke
                 None => {
                     free_starts -= 1;
                     out.push(WorkerAction::Start { task });
+                }
+                Some(c) if c.status == Status::Created => {
+                    if t.desired == TaskState::Ready {
+                        let ready =
+                            TaskStatus { state: TaskState::Ready, message: "prepared".into(), ..Default::default() };
+                        report(&mut out, t, TaskStatus { container_id: c.id.clone(), ..ready });
+                    } else if !observed.starting.contains(&t.id) && free_starts > 0 {
+                        free_starts -= 1;
+                        out.push(WorkerAction::StartPrepared { task, container: c.id.clone() });
+                    }
                 }
                 // With a health check, running means healthy (the engine's verdict).
                 Some(c) => match (status_of(c), c.health) {
@@ -338,7 +352,7 @@ impl Worker {
             for t in tasks {
                 news |= !is_echo(assigned.get(&t.id), &t, reported.get(&t.id).copied());
                 reported.insert(t.id.clone(), t.status.state);
-                if timeline && t.desired == TaskState::Running && !assigned.contains_key(&t.id) {
+                if timeline && t.desired <= TaskState::Running && !assigned.contains_key(&t.id) {
                     shoal_proto::timeline!(ACCEPTED, task = %t.id);
                 }
                 assigned.insert(t.id.clone(), t);
@@ -372,7 +386,7 @@ impl Worker {
     fn forget_unused_payloads(&self) {
         let (mut secrets, mut configs) = (HashSet::new(), HashSet::new());
         for t in self.assigned.lock().unwrap_or_else(|p| p.into_inner()).values() {
-            if t.desired == TaskState::Running && !t.status.state.is_terminal() {
+            if t.desired <= TaskState::Running && !t.status.state.is_terminal() {
                 secrets.extend(t.spec.secrets.iter().map(|r| r.id.clone()));
                 configs.extend(t.spec.configs.iter().map(|r| r.id.clone()));
             }
@@ -697,7 +711,12 @@ impl Worker {
             }
             WorkerAction::Start { task } => {
                 if let Some(t) = assigned.get(&task) {
-                    self.start_soon(t);
+                    self.start_soon(t, None);
+                }
+            }
+            WorkerAction::StartPrepared { task, container } => {
+                if let Some(t) = assigned.get(&task) {
+                    self.start_soon(t, Some(container));
                 }
             }
             WorkerAction::Stop { task, container } => {
@@ -768,8 +787,9 @@ impl Worker {
     }
 
     /// Starts a task's container on a thread of its own (several at once,
-    /// up to `start_slots`); the next pass picks up what is left.
-    fn start_soon(self: &Arc<Self>, t: &Task) {
+    /// up to `start_slots`); the next pass picks up what is left. With
+    /// `prepared`, the container the task was made ready with.
+    fn start_soon(self: &Arc<Self>, t: &Task, prepared: Option<String>) {
         {
             let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
             if starting.contains(&t.id) || starting.len() >= self.start_slots {
@@ -780,7 +800,10 @@ impl Worker {
         let (this, t) = (self.clone(), t.clone());
         std::thread::spawn(move || {
             let _span = task_span(&t).entered();
-            this.start(&t);
+            match prepared {
+                Some(container) => this.start_prepared(&t, &container),
+                None => this.start(&t),
+            }
             this.starting.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
             this.wake.notify_one();
         });
@@ -801,8 +824,35 @@ impl Worker {
             }
         }
         shoal_proto::timeline!(PULLED, task = %t.id);
+        // A task to be made ready: its container is created, its start waits for the managers.
+        let ready = t.desired == TaskState::Ready;
+        if !ready {
+            self.report(t, TaskStatus { state: TaskState::Starting, message: "starting".into(), ..Default::default() });
+        }
+        let made = self.run_request(t).and_then(|r| self.runtime.run(&RunRequest { create_only: ready, ..r }));
+        match made {
+            Ok(c) if ready => self.report(
+                t,
+                TaskStatus {
+                    state: TaskState::Ready,
+                    message: "prepared".into(),
+                    container_id: c.id,
+                    ..Default::default()
+                },
+            ),
+            made => self.started(t, made, if ready { "preparing" } else { "starting" }),
+        }
+    }
+
+    /// Starts the container a task was made ready with.
+    fn start_prepared(&self, t: &Task, container: &str) {
         self.report(t, TaskStatus { state: TaskState::Starting, message: "starting".into(), ..Default::default() });
-        match self.run_request(t).and_then(|r| self.runtime.run(&r)) {
+        self.started(t, self.runtime.start(container), "starting");
+    }
+
+    /// Reports how a task's container start went (`step`: where a refusal happened).
+    fn started(&self, t: &Task, r: Result<TaskContainer, ContainerError>, step: &str) {
+        match r {
             Ok(c) => {
                 // With a health check, the next pass says running once it passes.
                 if let Some(s) = status_of(&c).filter(|s| c.health.is_none() || s.state != TaskState::Running) {
@@ -813,7 +863,7 @@ impl Worker {
                 t,
                 TaskStatus {
                     state: TaskState::Rejected,
-                    message: "starting".into(),
+                    message: step.into(),
                     err: e.to_string(),
                     ..Default::default()
                 },
@@ -1183,8 +1233,17 @@ mod tests {
              vec![backing_off], vec![], vec![]),
             ("a task that ended without a container stays ended",
              vec![task("a", Running, Failed)], vec![], vec![]),
-            ("a created container is not a status yet",
-             vec![task("a", Running, Starting)], vec![container("a", Status::Created, None)], vec![]),
+            ("a task to be made ready without a container is prepared",
+             vec![task("a", Ready, Assigned)], vec![], vec![start("a")]),
+            ("a prepared container of a task to be made ready says it is ready",
+             vec![task("a", Ready, Preparing)], vec![container("a", Status::Created, None)],
+             vec![report("a", Ready, "prepared", true)]),
+            ("a prepared container of a task to run is started",
+             vec![task("a", Running, Ready)], vec![container("a", Status::Created, None)],
+             vec![WorkerAction::StartPrepared { task: "a".into(), container: "c-a".into() }]),
+            ("a prepared container of a task told to stop is shut down",
+             vec![task("a", Shutdown, Ready)], vec![container("a", Status::Created, None)],
+             vec![report("a", Shutdown, "shutdown", false)]),
             ("a running container is reported running",
              vec![task("a", Running, Starting)], vec![container("a", running(), None)],
              vec![report("a", Running, "started", true)]),
@@ -1204,6 +1263,10 @@ mod tests {
         for (name, assigned, containers, want) in cases {
             assert_eq!(plan(&tasks(&assigned), &seen(&containers)), want, "{name}");
         }
+        // A created container whose start is in flight is not a status yet.
+        let mut starting = seen(&[container("a", Status::Created, None)]);
+        starting.starting.insert("a".into());
+        assert_eq!(plan(&tasks(&[task("a", Running, Starting)]), &starting), vec![]);
     }
 
     #[test]
@@ -1355,6 +1418,32 @@ mod tests {
         assert!(permit.is_err(), "the echo of its own report woke the worker");
         w.assign(false, &[json(&task("a", Shutdown, Starting))], &[], HashMap::new());
         tokio::time::timeout(Duration::from_secs(5), w.wake.notified()).await.expect("a new desired state wakes it");
+    }
+
+    #[tokio::test]
+    async fn a_task_made_ready_is_prepared_and_started_once_it_is_to_run() {
+        let rt = crate::fake_runtime::FakeRuntime::new();
+        let w = Worker::with_runtime(rt.clone(), "h1");
+        let json = |t: &Task| serde_json::to_string(t).unwrap();
+        let state = |w: &Worker| w.reported.lock().unwrap().get("a").copied();
+        w.assign(true, &[json(&task("a", Ready, Assigned))], &[], HashMap::new());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while state(&w) != Some(Ready) {
+            assert!(std::time::Instant::now() < deadline, "not reported ready: {:?}", state(&w));
+            w.reconcile();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let created: Vec<TaskContainer> = rt.task_containers();
+        assert!(created.len() == 1 && created[0].status == Status::Created, "created, not started: {created:?}");
+        w.assign(false, &[json(&task("a", Running, Ready))], &[], HashMap::new());
+        while state(&w) != Some(Running) {
+            assert!(std::time::Instant::now() < deadline, "not reported running: {:?}", state(&w));
+            w.reconcile();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let calls = rt.calls();
+        assert!(calls.contains(&format!("start {}", created[0].id)), "the prepared one started: {calls:?}");
+        assert_eq!(calls.iter().filter(|c| c.starts_with("run ")).count(), 1, "made once: {calls:?}");
     }
 
     #[test]

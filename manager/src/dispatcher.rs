@@ -45,9 +45,9 @@ pub(crate) struct Payloads {
 }
 
 impl Payloads {
-    /// Adds what `t` uses, if it is to run.
+    /// Adds what `t` uses, if it is to run (or be made ready to).
     pub(crate) fn add(&mut self, state: &crate::state::State, t: &Task) {
-        if t.desired != TaskState::Running || t.status.state.is_terminal() {
+        if t.desired > TaskState::Running || t.status.state.is_terminal() {
             return;
         }
         for (kind, out) in [(Kind::Secret, &mut self.secrets), (Kind::Config, &mut self.configs)] {
@@ -457,7 +457,7 @@ impl Dispatcher {
                 match json {
                     Some(json) if sent.get(id) != Some(&json) => {
                         let new = sent.insert(id.clone(), json.clone()).is_none();
-                        if timeline && new && task.is_some_and(|t| t.desired == TaskState::Running) {
+                        if timeline && new && task.is_some_and(|t| t.desired <= TaskState::Running) {
                             dispatched.push(id);
                         }
                         delta.tasks_json.push(json);

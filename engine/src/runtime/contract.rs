@@ -56,8 +56,11 @@ pub trait Runtime: Send + Sync {
     fn has_image(&self, reference: &str) -> bool;
     /// Pulls an image with the service's registry login, if it has one.
     fn pull(&self, reference: &str, creds: Option<Credentials>) -> Result<(), RegistryError>;
-    /// Creates and starts a task's container.
+    /// Creates and starts a task's container (with `req.create_only`, only
+    /// creates it: a task prepared ahead of its start).
     fn run(&self, req: &RunRequest) -> Result<TaskContainer, ContainerError>;
+    /// Starts a task's container that `run` created only.
+    fn start(&self, id: &str) -> Result<TaskContainer, ContainerError>;
     /// Stops a container: its stop signal, then SIGKILL after `grace`.
     fn stop(&self, id: &str, grace: Duration) -> Result<(), ContainerError>;
     /// Removes a container, running or not, with its anonymous volumes; once
@@ -115,6 +118,11 @@ impl Runtime for EngineRuntime {
             value: c.record.name.clone(),
             why: "the request named no task".into(),
         })
+    }
+
+    fn start(&self, id: &str) -> Result<TaskContainer, ContainerError> {
+        let c = self.containers.start_created(id)?;
+        TaskContainer::of(&c).ok_or_else(|| ContainerError::NotFound(id.to_string()))
     }
 
     fn stop(&self, id: &str, grace: Duration) -> Result<(), ContainerError> {

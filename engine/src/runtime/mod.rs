@@ -749,6 +749,33 @@ impl Containers {
         Ok(c)
     }
 
+    /// Starts a container made with `create_only` that never ran (a swarm
+    /// task prepared ahead of its start). Like `run`'s own start, its shim
+    /// starts it outside the runtime's lock, so that the node's other starts
+    /// and creates go on meanwhile; a container that ran before starts as
+    /// `start` starts it.
+    pub fn start_created(&self, id: &str) -> Result<Container, ContainerError> {
+        let c = {
+            let _g = self.lock.read().unwrap_or_else(|p| p.into_inner());
+            self.load(id).ok_or_else(|| ContainerError::NotFound(id.to_string()))?
+        };
+        match c.status {
+            Status::Created => {}
+            Status::Running { .. } => return Ok(c),
+            _ => return self.start(id),
+        }
+        let dir = self.dir(id);
+        if !is_mount_point(&dir.join("rootfs"), &dir) {
+            return self.start(id); // its root went with a reboot: `start` mounts it again
+        }
+        self.spawn_shim(id, &dir)?;
+        shoal_proto::timeline!(shoal_proto::timeline::RUNNING, task = %c.record.task_id);
+        self.observe_id(id);
+        let c = self.find(id)?;
+        self.keep_health(&c);
+        Ok(c)
+    }
+
     /// `stop`, then `start`.
     pub fn restart(&self, reference: &str, grace: Option<Duration>) -> Result<Container, ContainerError> {
         let c = self.stop(reference, grace)?;

@@ -241,15 +241,30 @@ mod tests {
             changes
         }
 
-        /// Every assigned task reports running (as its node would).
-        fn run_all(&mut self) {
+        /// Every task made ready reports it prepared (as its node would).
+        fn report_ready(&mut self) {
             let mut by_node: BTreeMap<String, Vec<(String, TaskStatus)>> = BTreeMap::new();
-            for t in self
-                .state
-                .tasks
-                .values()
-                .filter(|t| t.desired == TaskState::Running && t.status.state == TaskState::Assigned)
-            {
+            for t in self.state.tasks.values().filter(|t| {
+                t.desired == TaskState::Ready && t.status.state == TaskState::Assigned && with_its_node(&self.state, t)
+            }) {
+                by_node
+                    .entry(t.node_id.clone())
+                    .or_default()
+                    .push((t.id.clone(), TaskStatus { state: TaskState::Ready, ..Default::default() }));
+            }
+            for (node_id, updates) in by_node {
+                self.apply(Command::TaskStatus { node_id, updates });
+            }
+        }
+
+        /// Every assigned task reports running (as its node would), and
+        /// every task made ready, prepared.
+        fn run_all(&mut self) {
+            self.report_ready();
+            let mut by_node: BTreeMap<String, Vec<(String, TaskStatus)>> = BTreeMap::new();
+            for t in self.state.tasks.values().filter(|t| {
+                t.desired == TaskState::Running && matches!(t.status.state, TaskState::Assigned | TaskState::Ready)
+            }) {
                 by_node
                     .entry(t.node_id.clone())
                     .or_default()
@@ -636,18 +651,71 @@ mod tests {
         w.skew += 5_000;
         w.settle();
         assert_eq!(w.state.services[&web].update_state, UpdateState::Completed);
-        // stop-first: the old task goes before its replacement is made.
+        // stop-first: the old task goes before its replacement runs; the
+        // replacement is made at once, ready (its node prepares it meanwhile).
         let mut spec = w.state.services[&web].spec.clone();
         spec.update.order = UpdateOrder::StopFirst;
         spec.task.env = vec!["V=3".into()];
         w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false, replace_auth: false, auth: None });
         let changes = w.pass();
         assert_eq!(changes.iter().filter(|c| matches!(c, TaskChange::Desired { .. })).count(), 2);
-        assert!(!changes.iter().any(|c| matches!(c, TaskChange::Create(_))));
-        // While those two take their time to stop, they are the batch in flight.
-        assert!(w.pass().is_empty(), "no other task stops while the batch's are stopping");
+        let ready: Vec<Task> = w.tasks_of(&web).into_iter().filter(|t| t.desired == TaskState::Ready).collect();
+        assert_eq!(ready.len(), 2, "{ready:?}");
+        assert!(
+            ready.iter().all(|t| !t.node_id.is_empty() && t.status.state == TaskState::Assigned),
+            "placed: {ready:?}"
+        );
+        let ready: std::collections::BTreeSet<String> = ready.iter().map(|t| t.id.clone()).collect();
+        // Their nodes prepare them; while the old two take their time to stop,
+        // the four are the batch in flight, and the new two wait to run.
+        w.report_ready();
+        assert!(w.pass().is_empty(), "no other task stops, none runs while the batch's are stopping");
         w.settle();
         assert_eq!(w.running(&web).len(), 4);
+        let v3: std::collections::BTreeSet<String> =
+            w.running(&web).iter().filter(|t| t.spec.env.contains(&"V=3".to_string())).map(|t| t.id.clone()).collect();
+        assert!(v3.len() == 4 && ready.is_subset(&v3), "the ready ones run: {v3:?} {ready:?}");
+        let made = w.tasks_of(&web).into_iter().filter(|t| t.spec.env.contains(&"V=3".to_string())).count();
+        assert_eq!(made, 4, "one replacement per slot");
+    }
+
+    #[test]
+    fn a_stop_first_replacement_waits_ready_and_gives_way_to_a_newer_spec() {
+        let mut w = five();
+        let web = w.service("web", |s| s.replicas = 1);
+        w.settle();
+        let old = w.running(&web)[0].id.clone();
+        w.update(&web, |s| s.task.env = vec!["V=2".into()]);
+        w.pass();
+        let ready = |w: &World| -> Vec<Task> {
+            w.tasks_of(&web).into_iter().filter(|t| t.desired == TaskState::Ready).collect()
+        };
+        let [v2] = ready(&w).try_into().expect("one replacement made ready");
+        assert_eq!(w.state.tasks[&old].desired, TaskState::Shutdown);
+        w.report_ready();
+        assert!(w.pass().is_empty(), "it does not run while the old one stops");
+        // Another update before the old one has stopped: the ready one is
+        // not the slot's next task any more, and nothing new runs yet.
+        w.update(&web, |s| s.task.env = vec!["V=3".into()]);
+        let changes = w.pass();
+        assert!(
+            changes.contains(&TaskChange::Desired { id: v2.id.clone(), desired: TaskState::Shutdown }),
+            "{changes:?}"
+        );
+        assert!(!changes.iter().any(|c| matches!(c, TaskChange::Create(_))), "{changes:?}");
+        w.settle();
+        let running = w.running(&web);
+        assert!(running.len() == 1 && running[0].spec.env == ["V=3"], "{running:?}");
+        assert_eq!(w.state.tasks[&v2.id].status.state, TaskState::Shutdown);
+        // A ready replacement whose node went down is orphaned, and another takes its place.
+        w.update(&web, |s| s.task.env = vec!["V=4".into()]);
+        w.pass();
+        let [v4] = ready(&w).try_into().expect("one replacement made ready");
+        w.state.nodes.get_mut(&v4.node_id).expect("its node").status.state = NodeState::Down;
+        w.settle();
+        assert_eq!(w.state.tasks[&v4.id].status.state, TaskState::Orphaned);
+        let running = w.running(&web);
+        assert!(running.len() == 1 && running[0].spec.env == ["V=4"] && running[0].id != v4.id, "{running:?}");
     }
 
     #[test]

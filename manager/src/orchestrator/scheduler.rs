@@ -51,7 +51,8 @@ pub(super) fn schedule(state: &State, now_ms: u64, held: &HashMap<String, String
     // (service, spec version, node) where that version failed lately, and how often.
     let mut failures: HashMap<(&str, u64, &str), usize> = HashMap::new();
     for t in state.tasks.values().filter(|t| !t.node_id.is_empty()) {
-        if t.desired == TaskState::Running && !t.status.state.is_terminal() {
+        // To run, or ready to (a stop-first replacement): it holds its place.
+        if t.desired <= TaskState::Running && !t.status.state.is_terminal() {
             if let Some(l) = loads.get_mut(t.node_id.as_str()) {
                 l.add(t);
             }
@@ -95,7 +96,7 @@ pub(super) fn schedule(state: &State, now_ms: u64, held: &HashMap<String, String
         .values()
         .filter(|t| {
             t.node_id.is_empty()
-                && t.desired == TaskState::Running
+                && t.desired <= TaskState::Running
                 && t.status.state <= TaskState::Pending
                 && !leaving.contains(&t.id.as_str())
         })

@@ -45,7 +45,8 @@ impl Orchestrator<'_> {
         fn key(global: bool, t: &Task) -> (u64, &str) {
             if global { (0, t.node_id.as_str()) } else { (t.slot, "") }
         }
-        let current = |t: &&&Task| t.spec_version == self.svc.spec_version && t.desired == TaskState::Running;
+        // Current: of this version, to run (a stop-first replacement made ready counts).
+        let current = |t: &&&Task| t.spec_version == self.svc.spec_version && t.desired <= TaskState::Running;
         let renewed: std::collections::HashSet<(u64, &str)> =
             self.tasks.iter().filter(current).map(|t| key(global, t)).collect();
         let in_flight = self
@@ -138,15 +139,7 @@ impl Orchestrator<'_> {
                 self.shutdown(t); // it ended by itself: the restart policy decides below
             } else if !t.node_id.is_empty() && !node_up(self.state, &t.node_id) {
                 self.shutdown(t);
-                self.out.push(TaskChange::Status {
-                    id: t.id.clone(),
-                    status: TaskStatus {
-                        state: TaskState::Orphaned,
-                        message: "its node is down".into(),
-                        err: "node is down".into(),
-                        ..t.status.clone()
-                    },
-                });
+                self.orphan(t);
             } else if node.is_empty()
                 && !t.node_id.is_empty()
                 && self.state.nodes.get(&t.node_id).is_none_or(|n| refusal(n, &spec.task).is_some())
@@ -157,6 +150,31 @@ impl Orchestrator<'_> {
                     self.gate(t); // a global task held for its dependencies
                 }
                 live.push(t);
+            }
+        }
+        // A stop-first update's replacement, made ready while the task it
+        // replaces stops (its node prepares it meanwhile): it runs once every
+        // other task of the slot has ended.
+        if let Some(&next) = tasks.iter().rev().find(|t| t.desired == TaskState::Ready) {
+            let node_down = !next.node_id.is_empty() && !node_up(self.state, &next.node_id);
+            let refused = node.is_empty()
+                && !next.node_id.is_empty()
+                && self.state.nodes.get(&next.node_id).is_none_or(|n| refusal(n, &spec.task).is_some());
+            let ended = next.status.state.is_terminal() || next.status.state == TaskState::Orphaned;
+            if !live.is_empty() || next.spec != spec.task || node_down || refused || ended {
+                // Not (or no longer) the slot's next task: it ends like any other.
+                if node_down && !ended {
+                    self.orphan(next);
+                }
+                self.shutdown(next);
+                if !next.status.state.is_terminal() && !self.lost(next) {
+                    return false;
+                }
+            } else {
+                if tasks.iter().all(|t| t.id == next.id || !self.stopping(t)) {
+                    self.out.push(TaskChange::Desired { id: next.id.clone(), desired: TaskState::Running });
+                }
+                return false;
             }
         }
         if let Some(&current) = live.last() {
@@ -172,6 +190,11 @@ impl Orchestrator<'_> {
                     self.create(slot, node, 0, 0);
                 } else {
                     self.shutdown(current);
+                    // Its replacement is made now, ready but not to run: its
+                    // node prepares it while this one stops (as Swarm does).
+                    if self.held.is_none() && !spec.mode.is_job() {
+                        self.create_as(slot, node, 0, 0, TaskState::Ready);
+                    }
                 }
                 return false;
             }
@@ -182,12 +205,7 @@ impl Orchestrator<'_> {
             self.create(slot, node, 0, 0);
             return true;
         };
-        // Lost, or never on a node (unplaced, or held for its dependencies): no node will say it stopped.
-        let lost = last.status.state == TaskState::Orphaned || !super::with_its_node(self.state, last);
-        if !last.status.state.is_terminal()
-            && !lost
-            && self.changes_for(&last.id).all(|c| !matches!(c, TaskChange::Status { .. }))
-        {
+        if tasks.iter().any(|t| self.stopping(t)) {
             return false; // stop-first: the old one is still stopping
         }
         if !spec.mode.is_job() || last.status.state != TaskState::Complete {
@@ -246,6 +264,33 @@ impl Orchestrator<'_> {
         }
     }
 
+    /// Lost, or never on a node (unplaced, or held for its dependencies): no
+    /// node will say it stopped.
+    fn lost(&self, t: &Task) -> bool {
+        t.status.state == TaskState::Orphaned || !super::with_its_node(self.state, t)
+    }
+
+    /// Still on its way out on its node: not ended, not lost, and not said to
+    /// have ended in this pass.
+    fn stopping(&self, t: &Task) -> bool {
+        !t.status.state.is_terminal()
+            && !self.lost(t)
+            && self.changes_for(&t.id).all(|c| !matches!(c, TaskChange::Status { .. }))
+    }
+
+    /// Its node is down: the task is orphaned there.
+    fn orphan(&mut self, t: &Task) {
+        self.out.push(TaskChange::Status {
+            id: t.id.clone(),
+            status: TaskStatus {
+                state: TaskState::Orphaned,
+                message: "its node is down".into(),
+                err: "node is down".into(),
+                ..t.status.clone()
+            },
+        });
+    }
+
     fn changes_for<'b>(&'b self, id: &'b str) -> impl Iterator<Item = &'b TaskChange> + 'b {
         self.out.iter().filter(
             move |c| matches!(c, TaskChange::Status { id: i, .. } | TaskChange::Desired { id: i, .. } if i == id),
@@ -261,6 +306,12 @@ impl Orchestrator<'_> {
     }
 
     fn create(&mut self, slot: u64, node: &str, attempt: u64, not_before_ms: u64) {
+        self.create_as(slot, node, attempt, not_before_ms, TaskState::Running);
+    }
+
+    /// A new task of the slot, `desired` Running, or Ready: prepared by its
+    /// node but not started until the orchestrator says so.
+    fn create_as(&mut self, slot: u64, node: &str, attempt: u64, not_before_ms: u64, desired: TaskState) {
         let assigned = !node.is_empty() && self.held.is_none();
         self.out.push(TaskChange::Create(Box::new(Task {
             id: (self.new_id)(),
@@ -268,7 +319,7 @@ impl Orchestrator<'_> {
             service_name: self.svc.spec.name.clone(),
             slot,
             node_id: node.to_string(),
-            desired: TaskState::Running,
+            desired,
             status: TaskStatus {
                 state: if assigned { TaskState::Assigned } else { TaskState::Pending },
                 message: if assigned { "assigned to its node".into() } else { "waiting for a node".into() },
