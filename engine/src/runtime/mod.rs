@@ -678,11 +678,17 @@ impl Containers {
     /// its stop signal is stopping it: its restart policy leaves it stopped.
     pub fn kill(&self, reference: &str, signal: i32) -> Result<Container, ContainerError> {
         let c = self.find(reference)?;
+        if matches!(c.status, Status::Running { .. }) && (signal == libc::SIGKILL || signal == c.record.stop_signal) {
+            self.mark_stopped(&c)?;
+        }
+        self.signal(c, signal)
+    }
+
+    /// Sends `signal` to a running container's init, as it is (its restart
+    /// state is the caller's).
+    fn signal(&self, c: Container, signal: i32) -> Result<Container, ContainerError> {
         match c.status {
             Status::Running { pid, .. } => {
-                if signal == libc::SIGKILL || signal == c.record.stop_signal {
-                    self.mark_stopped(&c)?;
-                }
                 let _ = crate::sys::kill(pid, signal);
                 self.container_event(&c, "kill", crate::events::attrs([("signal", signal.to_string())]));
                 Ok(c)
@@ -722,10 +728,12 @@ impl Containers {
             return self.find(&c.record.id);
         }
         let grace = grace.unwrap_or(Duration::from_secs(c.record.stop_timeout));
-        let _ = self.kill(&c.record.id, c.record.stop_signal);
-        if self.wait_exit(&c.record.id, grace).is_none() {
-            let _ = self.kill(&c.record.id, libc::SIGKILL);
-            self.wait_exit(&c.record.id, Duration::from_secs(10));
+        // Marked stopped once, above: the signals need not mark it again.
+        let id = c.record.id.clone();
+        let _ = self.signal(c.clone(), c.record.stop_signal);
+        if self.wait_exit(&id, grace).is_none() {
+            let _ = self.find(&id).and_then(|c| self.signal(c, libc::SIGKILL));
+            self.wait_exit(&id, Duration::from_secs(10));
         }
         self.observe_id(&c.record.id);
         self.container_event(&c, "stop", Default::default());

@@ -16,6 +16,13 @@ pub(super) const SUPERVISE_RESCAN: Duration = Duration::from_secs(2);
 
 impl Containers {
     pub(super) fn mark_stopped(&self, c: &Container) -> Result<(), ContainerError> {
+        // Without a restart policy nothing reads the mark (a policy is set at
+        // create, for good): no need to wait for the runtime's lock, which
+        // the node's creates hold while netd attaches them (a stop-first
+        // update stops a node's tasks while their replacements are made).
+        if c.record.restart == RestartPolicy::No {
+            return Ok(());
+        }
         let _g = self.lock.write().unwrap_or_else(|p| p.into_inner());
         let current: RestartState = read_json(&self.dir(&c.record.id).join("restart.json")).unwrap_or_default();
         let state = RestartState { manually_stopped: true, due_ms: 0, ..current };
