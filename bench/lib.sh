@@ -238,8 +238,9 @@ task_pair() {
 # svc_failures SVC: "COUNT ERROR": how many of SVC's tasks failed or were rejected, and the
 # newest one's error
 svc_failures() { svc_state "$1" | cut -d' ' -f2-; }
-# svc_state SVC: "RUNNING COUNT ERROR" from one `service ps`: how many tasks of SVC's current spec
-# run (-1 when the answer is unreadable), and svc_failures' two fields
+# svc_state SVC [ENV]: "RUNNING COUNT ERROR" from one `service ps`: how many tasks of SVC's newest
+# spec run (with ENV, e.g. REP=2: of a spec whose env has it; -1 when the answer is unreadable), and
+# svc_failures' two fields
 svc_state() {
   sI 1 service ps --format json "$1" 2>/dev/null | python3 -c '
 import json, sys
@@ -247,21 +248,24 @@ try:
     a = json.load(sys.stdin)
 except Exception:
     print(-1, 0, "-"); sys.exit()
+env = sys.argv[1]
 v = max([t["task"]["spec_version"] for t in a] or [0])
-run = sum(1 for t in a if t["task"]["desired"] == "running" and t["task"]["status"]["state"] == "running" and t["task"]["spec_version"] == v)
+ok = lambda k: k["spec_version"] == v and (not env or env in (k["spec"].get("env") or []))
+run = sum(1 for t in a if t["task"]["desired"] == "running" and t["task"]["status"]["state"] == "running" and ok(t["task"]))
 bad = sorted((t["task"]["status"] for t in a if t["task"]["status"]["state"] in ("failed", "rejected")), key=lambda s: s.get("at_ms", 0))
-print(run, len(bad), " ".join(str(bad[-1].get("err") or bad[-1].get("message") or "-").split()) if bad else "-")'
+print(run, len(bad), " ".join(str(bad[-1].get("err") or bad[-1].get("message") or "-").split()) if bad else "-")' "${2:-}"
 }
-# svc_wait SVC N DEADLINE_S: until N tasks of SVC's current spec run. Fails with the reason on
+# svc_wait SVC N DEADLINE_S [ENV]: until N tasks of SVC's current spec run (with ENV: a spec whose
+# env has it; an update's first look may come before its new tasks exist). Fails with the reason on
 # stderr at the deadline, or as soon as N of its tasks have failed: then something on the nodes
 # is broken (a runtime or cgroup error) and waiting longer would only repeat it. One `service ps`
 # a look, every 50 ms: the figures that end here (update100, create100_overlay) see convergence
 # within a look's time (~60 ms) rather than the ~0.4 s two looks and a 0.2 s sleep took.
 svc_wait() {
-  local svc=$1 n=$2 secs=$3 end run bad err
+  local svc=$1 n=$2 secs=$3 env=${4:-} end run bad err
   end=$(( $(now_ms) + secs * 1000 ))
   while :; do
-    read -r run bad err <<< "$(svc_state "$svc")"
+    read -r run bad err <<< "$(svc_state "$svc" "$env")"
     [ "${run:-}" = "$n" ] && return 0
     if [ "${bad:-0}" -ge "$n" ]; then
       log "$svc: $bad tasks failed or were rejected; the newest: ${err:--}"
@@ -276,11 +280,14 @@ svc_wait() {
 }
 # svc_gone: no task container left on any host
 svc_gone() { local i; for i in 1 2 3 4 5; do [ -z "$(sI "$i" ps -aq 2>/dev/null)" ] || return 1; done; }
-# svc_create NAME N: creates a replicated sleeper service (detached)
-svc_create() { sI 1 service create -d --name "$1" --replicas "$2" --stop-grace-period 1s --restart-delay 0s bench:svc sleep 1000000 >/dev/null; }
+# svc_create NAME N: creates a replicated sleeper service (detached). Its stop signal is KILL, as the
+# peer's services have (PEER_SVC_OPTS): busybox `sleep` as PID 1 ignores SIGTERM, so a stop would
+# otherwise wait out the grace period, which the peer's stops never do.
+SVC_OPTS=(--stop-signal KILL --stop-grace-period 1s --restart-delay 0s)
+svc_create() { sI 1 service create -d --name "$1" --replicas "$2" "${SVC_OPTS[@]}" bench:svc sleep 1000000 >/dev/null; }
 # svc_create_follow NAME N: the same, returning once the CLI saw it converge (its watch stream), as
 # `docker service create` without -d does on the peer
-svc_create_follow() { BENCH_CLI_S=600 sI 1 service create --name "$1" --replicas "$2" --stop-grace-period 1s --restart-delay 0s bench:svc sleep 1000000 >/dev/null; }
+svc_create_follow() { BENCH_CLI_S=600 sI 1 service create --name "$1" --replicas "$2" "${SVC_OPTS[@]}" bench:svc sleep 1000000 >/dev/null; }
 
 # fig_create N REPS: `service create --replicas N` → N running, REPS times (create100, create500): the
 # CLI follows convergence as a user's does (and as the peer's docker CLI does), then one poll confirms
