@@ -18,7 +18,7 @@ pub const GRACE: Duration = crate::service::RESYNC;
 
 #[derive(Debug, Default)]
 pub struct Going {
-    /// Host link name → until when passes leave it alone.
+    /// Host link name → when it was left to go.
     links: HashMap<String, Instant>,
 }
 
@@ -26,22 +26,26 @@ impl Going {
     /// Marks `names` as going with their namespace, as of `now`.
     pub fn leave(&mut self, names: impl IntoIterator<Item = String>, now: Instant) {
         for n in names {
-            self.links.insert(n, now + GRACE);
+            self.links.insert(n, now);
         }
     }
 
     /// `observed` without the links the kernel is still to delete (going,
-    /// in their grace, and not `wanted` again). Forgets the entries whose
-    /// links are gone or whose grace ran out (those links the caller's plan
-    /// then deletes).
+    /// in their grace, and not `wanted`). Forgets the entries whose links
+    /// are gone, whose grace ran out (those links the caller's plan then
+    /// deletes), or that are wanted again by a desired state read (at
+    /// `read_at`) after they were left: a pass whose desired state was read
+    /// before a detach still wants the link, and must neither delete it nor
+    /// make the passes after it forget that it goes.
     pub fn spare(
         &mut self,
         observed: Vec<ObservedLink>,
         wanted: impl Fn(&str) -> bool,
+        read_at: Instant,
         now: Instant,
     ) -> Vec<ObservedLink> {
         let mut left = observed;
-        self.spare_each(&mut [&mut left], wanted, now);
+        self.spare_each(&mut [&mut left], wanted, read_at, now);
         left
     }
 
@@ -49,12 +53,20 @@ impl Going {
     /// sandboxes: a container's leg there goes with its namespace too):
     /// each group without the going links; an entry is forgotten when no
     /// group has its link.
-    pub fn spare_each(&mut self, groups: &mut [&mut Vec<ObservedLink>], wanted: impl Fn(&str) -> bool, now: Instant) {
-        self.links.retain(|name, until| {
-            now < *until && !wanted(name) && groups.iter().flat_map(|g| g.iter()).any(|l| &l.name == name)
+    pub fn spare_each(
+        &mut self,
+        groups: &mut [&mut Vec<ObservedLink>],
+        wanted: impl Fn(&str) -> bool,
+        read_at: Instant,
+        now: Instant,
+    ) {
+        self.links.retain(|name, left| {
+            now < *left + GRACE
+                && !(wanted(name) && read_at >= *left)
+                && groups.iter().flat_map(|g| g.iter()).any(|l| &l.name == name)
         });
         for g in groups.iter_mut() {
-            g.retain(|l| !self.links.contains_key(&l.name));
+            g.retain(|l| wanted(&l.name) || !self.links.contains_key(&l.name));
         }
     }
 
@@ -92,11 +104,11 @@ mod tests {
         for (after, wanted, seen) in table {
             let mut g2 = Going::default();
             g2.leave(["shvaaaaaabbbbb".to_string()], t0);
-            let left = g2.spare(observed(), |_| wanted, t0 + after);
+            let left = g2.spare(observed(), |_| wanted, t0 + after, t0 + after);
             assert_eq!(names(&left), seen, "after {after:?}");
         }
         // Out of grace, the entry is forgotten: later passes see the link.
-        assert_eq!(g.spare(observed(), |_| false, t0 + GRACE).len(), 2);
+        assert_eq!(g.spare(observed(), |_| false, t0 + GRACE, t0 + GRACE).len(), 2);
         assert!(g.is_empty());
     }
 
@@ -106,13 +118,13 @@ mod tests {
         let mut g = Going::default();
         g.leave(["shvaaaaaa11111".to_string(), "shvaaaaaa22222".to_string()], t0);
         let (mut a, mut b) = (vec![veth("shvaaaaaa11111"), veth("shvbbbbbb11111")], vec![veth("shvaaaaaa22222")]);
-        g.spare_each(&mut [&mut a, &mut b], |_| false, t0);
+        g.spare_each(&mut [&mut a, &mut b], |_| false, t0, t0);
         assert_eq!((names(&a), names(&b)), (vec!["shvbbbbbb11111"], vec![]));
         // The kernel deleted the first; the second is still there.
         let (mut a, mut b) = (vec![veth("shvbbbbbb11111")], vec![veth("shvaaaaaa22222")]);
-        g.spare_each(&mut [&mut a, &mut b], |_| false, t0);
+        g.spare_each(&mut [&mut a, &mut b], |_| false, t0, t0);
         assert_eq!(names(&b), Vec::<&str>::new(), "still spared");
-        g.spare_each(&mut [&mut vec![], &mut vec![]], |_| false, t0);
+        g.spare_each(&mut [&mut vec![], &mut vec![]], |_| false, t0, t0);
         assert!(g.is_empty(), "no sandbox has them: forgotten");
     }
 
@@ -121,12 +133,26 @@ mod tests {
         let t0 = Instant::now();
         let mut g = Going::default();
         g.leave(["shvaaaaaabbbbb".to_string()], t0);
-        let left = g.spare(vec![veth("shvaaaaaabbbbb")], |n| n == "shvaaaaaabbbbb", t0);
+        let left = g.spare(vec![veth("shvaaaaaabbbbb")], |n| n == "shvaaaaaabbbbb", t0, t0);
         assert_eq!(names(&left), ["shvaaaaaabbbbb"], "the plan keeps a wanted link");
         assert!(g.is_empty());
 
         g.leave(["shvaaaaaabbbbb".to_string()], t0);
-        assert!(g.spare(vec![], |_| false, t0).is_empty());
+        assert!(g.spare(vec![], |_| false, t0, t0).is_empty());
         assert!(g.is_empty(), "the kernel deleted it: nothing to remember");
+    }
+
+    #[test]
+    fn a_pass_that_read_its_state_before_the_detach_keeps_the_link_and_the_mark() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(10);
+        let mut g = Going::default();
+        g.leave(["shvaaaaaabbbbb".to_string()], later);
+        // A pass whose desired state predates the detach still wants the link: it keeps it…
+        let left = g.spare(vec![veth("shvaaaaaabbbbb")], |_| true, t0, later);
+        assert_eq!(names(&left), ["shvaaaaaabbbbb"]);
+        // …and the next pass, which no longer wants it, spares it rather than deleting it.
+        let left = g.spare(vec![veth("shvaaaaaabbbbb")], |_| false, later, later);
+        assert!(left.is_empty(), "still going: {left:?}");
     }
 }

@@ -445,19 +445,23 @@ impl Netd {
         let host = kind != Kind::View;
         use futures::FutureExt;
         let mut phases = Phases::new(asked);
-        let desired = self.state.lock().unwrap_or_else(|p| p.into_inner()).desired();
+        // When it was read, under the lock a detach marks its links going under (see `going`).
+        let (desired, read_at) = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            (state.desired(), std::time::Instant::now())
+        };
         // One reading of the host's links for both parts (and the macvlan shims).
         let handle = self.host.clone();
         let links =
             async move { sys::HostLinks::read(&handle).await.map(Arc::new).map_err(|e| e.to_string()) }.shared();
         let host_part = async {
             let start = std::time::Instant::now();
-            let failed = if host { self.host_pass(&desired, links.clone().await).await } else { Vec::new() };
+            let failed = if host { self.host_pass(&desired, read_at, links.clone().await).await } else { Vec::new() };
             (failed, start.elapsed())
         };
         let overlays_part = async {
             let start = std::time::Instant::now();
-            let view = self.follow_overlays(&desired, host, kind == Kind::Resync, links.clone()).await;
+            let view = self.follow_overlays(&desired, read_at, host, kind == Kind::Resync, links.clone()).await;
             (view, start.elapsed())
         };
         // The VIP load balancers of the containers on cluster networks (none without a view).
@@ -489,6 +493,7 @@ impl Netd {
     async fn host_pass(
         &self,
         desired: &Desired,
+        read_at: std::time::Instant,
         observed: Result<Arc<sys::HostLinks>, String>,
     ) -> Vec<(Action, String)> {
         let observed = match observed {
@@ -503,6 +508,7 @@ impl Netd {
         let links = self.going.lock().unwrap_or_else(|p| p.into_inner()).spare(
             observed.links.clone(),
             |n| wanted.contains(n),
+            read_at,
             std::time::Instant::now(),
         );
         let applied = self.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -543,6 +549,7 @@ impl Netd {
     async fn follow_overlays(
         &self,
         desired: &Desired,
+        read_at: std::time::Instant,
         whole: bool,
         observe: bool,
         host: impl std::future::Future<Output = Result<Arc<sys::HostLinks>, String>>,
@@ -559,7 +566,7 @@ impl Netd {
                 let spare = |observed: &mut [crate::overlay::ObservedSandbox]| {
                     let mut links: Vec<&mut Vec<_>> = observed.iter_mut().map(|s| &mut s.links).collect();
                     let mut going = self.going_legs.lock().unwrap_or_else(|p| p.into_inner());
-                    going.spare_each(&mut links, |n| wanted.contains(n), std::time::Instant::now());
+                    going.spare_each(&mut links, |n| wanted.contains(n), read_at, std::time::Instant::now());
                 };
                 // Planned against what the last sync saw and did, if that is all the plan
                 // changes (entries, new endpoints' veths); every RESYNC observes.
