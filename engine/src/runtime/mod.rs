@@ -386,6 +386,7 @@ impl Containers {
         let leases: Vec<String> = cfg.attachments.iter().map(|a| a.lease.clone()).filter(|l| !l.is_empty()).collect();
         // Before the lock: what a removed container's endpoints still hold is released without it.
         self.releasing.wait_for(&cfg.name, &cfg.attachments, removal::RELEASE_WAIT);
+        let _creating = self.releasing.creating();
         let r = self.run_resolved(req, image, id, cfg);
         if r.is_err() {
             self.give_back(&leases);
@@ -763,6 +764,7 @@ impl Containers {
     /// and creates go on meanwhile; a container that ran before starts as
     /// `start` starts it.
     pub fn start_created(&self, id: &str) -> Result<Container, ContainerError> {
+        let _creating = self.releasing.creating();
         let c = {
             let _g = self.lock.read().unwrap_or_else(|p| p.into_inner());
             self.load(id).ok_or_else(|| ContainerError::NotFound(id.to_string()))?

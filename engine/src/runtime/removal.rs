@@ -17,7 +17,11 @@
 //! when the node is busy): what they hold is recorded (`Releasing`) until
 //! they are released, and only a create that asks for some of it (an
 //! address or a name on the same network, a host port) waits for that; a
-//! killed task's replacement, with its own address, does not.
+//! killed task's replacement, with its own address, does not. That thread
+//! first lets the node's creates in flight finish (2 s at most, and not
+//! while one of them waits for a release): an update stops and removes a
+//! node's tasks while it makes their replacements, and the teardown of a
+//! namespace and its veths holds the kernel's locks their creates need.
 
 use super::*;
 
@@ -37,12 +41,35 @@ pub struct Retired {
 /// most; then it asks anyway (netd refuses what is still held, saying why).
 pub(super) const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a worker's removal lets the node's creates go first, at most
+/// (`Releasing::yield_to_creates`).
+pub(super) const CLEANUP_YIELD: Duration = Duration::from_secs(2);
+
 /// What removed containers' endpoints still hold in netd, by container id,
-/// until their removal finishes (see the module's text).
+/// until their removal finishes (see the module's text); and the node's
+/// creates in flight, which a worker's removal lets go first.
 #[derive(Debug, Default)]
 pub(super) struct Releasing {
     held: Mutex<std::collections::HashMap<String, Held>>,
     released: std::sync::Condvar,
+    creates: Mutex<Creates>,
+    creates_changed: std::sync::Condvar,
+}
+
+/// The creates in flight, and how many of them wait for a release.
+#[derive(Debug, Default)]
+struct Creates {
+    running: usize,
+    waiting: usize,
+}
+
+/// A create in flight (`Releasing::creating`), until dropped.
+pub(super) struct Creating<'a>(&'a Releasing);
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0.creates_changed(|c| c.running -= 1);
+    }
 }
 
 /// A removed container's name and attachments.
@@ -65,10 +92,16 @@ impl Releasing {
     }
 
     /// Waits, `limit` at most, until no removal holds anything a container
-    /// `name` asking for `want` would claim.
+    /// `name` asking for `want` would claim. While it waits, the removals
+    /// that yield to creates go on (`yield_to_creates`).
     pub(super) fn wait_for(&self, name: &str, want: &[Attachment], limit: Duration) {
         let deadline = std::time::Instant::now() + limit;
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if !held.values().any(|h| claims_overlap(name, want, h)) {
+            return;
+        }
+        self.creates_changed(|c| c.waiting += 1);
+        let _waited = Waited(self);
         while held.values().any(|h| claims_overlap(name, want, h)) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
@@ -82,9 +115,46 @@ impl Releasing {
         }
     }
 
+    /// Counts a create in flight until the guard is dropped.
+    pub(super) fn creating(&self) -> Creating<'_> {
+        self.creates_changed(|c| c.running += 1);
+        Creating(self)
+    }
+
+    /// Waits, `limit` at most, while creates are in flight and none of them
+    /// waits for a release: a worker's removal undoes its container (netd's
+    /// detach, the namespace's and the root's teardown, all of it under the
+    /// kernel's locks that a create's namespace and veths need) after the
+    /// node's starts rather than among them.
+    pub(super) fn yield_to_creates(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        let mut c = self.creates.lock().unwrap_or_else(|p| p.into_inner());
+        while c.running > 0 && c.waiting == 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            c = self.creates_changed.wait_timeout(c, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    fn creates_changed(&self, f: impl FnOnce(&mut Creates)) {
+        f(&mut self.creates.lock().unwrap_or_else(|p| p.into_inner()));
+        self.creates_changed.notify_all();
+    }
+
     #[cfg(test)]
     fn holds(&self, id: &str) -> bool {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
+    }
+}
+
+/// A create waiting for a release, until dropped.
+struct Waited<'a>(&'a Releasing);
+
+impl Drop for Waited<'_> {
+    fn drop(&mut self) {
+        self.0.creates_changed(|c| c.waiting -= 1);
     }
 }
 
@@ -218,7 +288,10 @@ impl Containers {
         let this = self.clone();
         std::thread::Builder::new()
             .name("removal".into())
-            .spawn(move || this.finish_removal(retired))
+            .spawn(move || {
+                this.releasing.yield_to_creates(CLEANUP_YIELD);
+                this.finish_removal(retired)
+            })
             .map_err(io("starting a thread to finish removing", Path::new(id)))?;
         Ok(())
     }
@@ -256,6 +329,46 @@ mod tests {
             Status::Exited { code, .. } => Some(*code),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_removal_yields_to_the_creates_in_flight_but_not_to_one_waiting_for_a_release() {
+        let r = std::sync::Arc::new(Releasing::default());
+        let t0 = std::time::Instant::now();
+        r.yield_to_creates(Duration::from_secs(30));
+        assert!(t0.elapsed() < Duration::from_secs(10), "no create in flight: no wait");
+        // A create in flight: the removal waits for it to end, or for its limit.
+        let creating = r.creating();
+        let t = std::time::Instant::now();
+        r.yield_to_creates(Duration::from_millis(100));
+        assert!(t.elapsed() >= Duration::from_millis(100), "it waited out its limit");
+        let r2 = r.clone();
+        let waiter = std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            r2.yield_to_creates(Duration::from_secs(30));
+            t.elapsed()
+        });
+        drop(creating);
+        let waited = waiter.join().expect("the removal went on once the create ended");
+        assert!(waited < Duration::from_secs(10), "woken by the create's end, not its limit: {waited:?}");
+        // One of them waits for what a removal holds: removals go on.
+        let _creating = r.creating();
+        r.hold("old", "web", &[on("bridge")]);
+        let (r3, t1) = (r.clone(), std::time::Instant::now());
+        let asking = std::thread::spawn(move || r3.wait_for("web", &[on("bridge")], Duration::from_secs(30)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while r.creates.lock().unwrap().waiting == 0 {
+            assert!(std::time::Instant::now() < deadline, "the create never waited");
+            std::thread::yield_now();
+        }
+        r.yield_to_creates(Duration::from_secs(30));
+        assert!(t1.elapsed() < Duration::from_secs(10), "a create waits on a release: the removal goes on");
+        r.release("old");
+        asking.join().expect("the create got what it asked for");
+        // Still a create in flight, none waiting: the limit ends the wait.
+        let t2 = std::time::Instant::now();
+        r.yield_to_creates(Duration::from_millis(50));
+        assert!(t2.elapsed() >= Duration::from_millis(50));
     }
 
     #[test]
