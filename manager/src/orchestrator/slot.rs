@@ -160,7 +160,7 @@ impl Orchestrator<'_> {
             let refused = node.is_empty()
                 && !next.node_id.is_empty()
                 && self.state.nodes.get(&next.node_id).is_none_or(|n| refusal(n, &spec.task).is_some());
-            let ended = next.status.state.is_terminal() || next.status.state == TaskState::Orphaned;
+            let ended = next.status.state.is_terminal();
             if !live.is_empty() || next.spec != spec.task || node_down || refused || ended {
                 // Not (or no longer) the slot's next task: it ends like any other.
                 if node_down && !ended {
