@@ -398,39 +398,6 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     ensure!(out.contains("4 out of 4 complete"), "{out}");
     ensure!(lab.shoal(1, &["service", "ls"])?.contains("(4/4 completed)"));
 
-    // A stop-first update (the default) makes each replacement ready while the task it
-    // replaces stops: its node prepares its container (created, not started), and it
-    // runs once the old one has ended. `sleep` as PID 1 ignores SIGTERM: the old task
-    // takes its whole grace period to stop.
-    lab.shoal(
-        1,
-        &["service", "create", "--name", "prep", "--stop-grace-period", "8s", "busybox:local", "sleep", "100000"],
-    )?;
-    let old = converged(&lab, 1, "prep", 1, 60)?[0]["task"]["id"].as_str().unwrap_or_default().to_string();
-    lab.shoal(1, &["service", "update", "-d", "--env-add", "V=2", "prep"])?;
-    let (ready, node) = wait_for("the replacement to be made ready", Duration::from_secs(30), || {
-        let all = lab.shoal_json(1, &["service", "ps", "prep"])?;
-        Ok(all.as_array().into_iter().flatten().find(|t| t["task"]["desired"] == "ready").and_then(|t| {
-            let id = t["task"]["id"].as_str()?.to_string();
-            (t["task"]["status"]["state"] == "ready").then(|| (id, t["node"].as_str().unwrap_or_default().to_string()))
-        }))
-    })?;
-    let all = lab.shoal_json(1, &["service", "ps", "prep"])?;
-    let old_now = all.as_array().into_iter().flatten().find(|t| t["task"]["id"] == old.as_str()).cloned();
-    ensure!(
-        old_now
-            .as_ref()
-            .is_some_and(|t| t["task"]["desired"] == "shutdown" && t["task"]["status"]["state"] == "running"),
-        "the replacement was prepared while the old task stopped: {old_now:?}"
-    );
-    let host: usize = node.trim_start_matches("shl-h").parse().with_context(|| format!("node {node}"))?;
-    let ps = lab.shoal(host, &["ps", "-a"])?;
-    let created = ps.lines().find(|l| l.contains(&format!("prep.1.{ready}")));
-    ensure!(created.is_some_and(|l| l.contains("Created")), "its container is created, not started, on {node}: {ps}");
-    let prep = converged(&lab, 1, "prep", 1, 60)?;
-    ensure!(prep[0]["task"]["id"] == ready.as_str(), "the prepared task is the one that runs: {prep:?}");
-    lab.shoal(1, &["service", "rm", "prep"])?;
-
     // A start-first rolling update, two at a time.
     let since = unix_now()?;
     let out = lab.shoal(
@@ -498,6 +465,39 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     };
     let web_all = lab.shoal_json(1, &["service", "ps", "web"])?.as_array().cloned().unwrap_or_default();
     ensure!(ids(&on3) == ids(&web_all), "node ps and service ps agree on shl-h3's web tasks");
+
+    // A stop-first update (the default) makes each replacement ready while the task it
+    // replaces stops: its node prepares its container (created, not started), and it
+    // runs once the old one has ended. `sleep` as PID 1 ignores SIGTERM: the old task
+    // takes its whole grace period to stop.
+    lab.shoal(
+        1,
+        &["service", "create", "--name", "prep", "--stop-grace-period", "8s", "busybox:local", "sleep", "100000"],
+    )?;
+    let old = converged(&lab, 1, "prep", 1, 60)?[0]["task"]["id"].as_str().unwrap_or_default().to_string();
+    lab.shoal(1, &["service", "update", "-d", "--env-add", "V=2", "prep"])?;
+    let (ready, node) = wait_for("the replacement to be made ready", Duration::from_secs(30), || {
+        let all = lab.shoal_json(1, &["service", "ps", "prep"])?;
+        Ok(all.as_array().into_iter().flatten().find(|t| t["task"]["desired"] == "ready").and_then(|t| {
+            let id = t["task"]["id"].as_str()?.to_string();
+            (t["task"]["status"]["state"] == "ready").then(|| (id, t["node"].as_str().unwrap_or_default().to_string()))
+        }))
+    })?;
+    let all = lab.shoal_json(1, &["service", "ps", "prep"])?;
+    let old_now = all.as_array().into_iter().flatten().find(|t| t["task"]["id"] == old.as_str()).cloned();
+    ensure!(
+        old_now
+            .as_ref()
+            .is_some_and(|t| t["task"]["desired"] == "shutdown" && t["task"]["status"]["state"] == "running"),
+        "the replacement was prepared while the old task stopped: {old_now:?}"
+    );
+    let host: usize = node.trim_start_matches("shl-h").parse().with_context(|| format!("node {node}"))?;
+    let ps = lab.shoal(host, &["ps", "-a"])?;
+    let created = ps.lines().find(|l| l.contains(&format!("prep.1.{ready}")));
+    ensure!(created.is_some_and(|l| l.contains("Created")), "its container is created, not started, on {node}: {ps}");
+    let prep = converged(&lab, 1, "prep", 1, 60)?;
+    ensure!(prep[0]["task"]["id"] == ready.as_str(), "the prepared task is the one that runs: {prep:?}");
+    lab.shoal(1, &["service", "rm", "prep"])?;
 
     // A bad image rolls back by itself (the registry on the lab switch refuses at once).
     let out = lab.exec(
