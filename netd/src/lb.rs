@@ -18,8 +18,9 @@
 //!
 //! The rules never change with the backends: a backend coming or going is
 //! element changes only (`be` slots, `svc`'s `goto lbN`, `empty`), in one
-//! transaction; the table is made with `lb1`..`lb16`, and a chain for a
-//! larger count is added (never rewritten) the first time it is used. Slots stay dense (0..N) and move as little as they
+//! transaction; the table is made with a chain for each count in use, and
+//! a chain for another count is added (never rewritten) in the batch that
+//! first uses it. Slots stay dense (0..N) and move as little as they
 //! can: a backend keeps its slot while it is below the new count; the freed
 //! slots take the backends from above it, then the new ones. The whole table
 //! is written only when it is absent or not netd's shape. Established flows
@@ -45,18 +46,14 @@ use crate::model::EndpointSpec;
 
 /// The table netd owns in each container's namespace.
 pub const TABLE: &str = "shoal_lb";
-/// A new table has the chains `lb1`..`lb16` (up to the power of two at or
-/// above the largest count in use, if that is larger), so backends coming
-/// and going below that count are element changes only. A larger count
-/// adds the chains up to its power of two at once: a service scaled from 1
-/// to 100 costs three `nft` runs per namespace (at 17, 33 and 65), not 84.
-pub const PRESET_CHAINS: u32 = 16;
-
-/// The chains `lb1`..`lbC` a table needs for the count `n`: C is `n`'s
-/// power of two, at least [`PRESET_CHAINS`].
-fn chains_for(n: u32) -> std::ops::RangeInclusive<u32> {
-    1..=n.next_power_of_two().max(PRESET_CHAINS)
-}
+// A table has the chains `lbN` of the counts it was made with and of those
+// its changes went through, and no others: a chain is a rule with a map
+// lookup the kernel makes, binds and validates, and with changes sent over
+// netlink a new count's chain costs nothing apart from that (it rides in
+// the count's element batch). When each change was an `nft` run, tables
+// were made with `lb1`..`lb16` and a larger count added the chains up to
+// its power of two; over a burst of starts on an overlay that was ~128
+// rules in every container namespace, most of them never used.
 
 /// A VIP and the addresses it spreads over.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,9 +179,7 @@ fn desired(services: &[LbService], current: Option<&Elements>) -> Elements {
             continue;
         }
         want.svc.insert(s.vip, n);
-        if !want.chains.contains(&n) {
-            want.chains.extend(chains_for(n));
-        }
+        want.chains.insert(n);
         // Slots below the new count keep their backend if it stays.
         let mut slots: BTreeMap<u32, Ipv4Addr> = BTreeMap::new();
         let mut placed: BTreeSet<Ipv4Addr> = BTreeSet::new();
@@ -204,10 +199,6 @@ fn desired(services: &[LbService], current: Option<&Elements>) -> Elements {
             }
         }
         want.be.extend(slots.into_iter().map(|(slot, b)| ((s.vip, slot), b)));
-    }
-    if current.is_none() {
-        // A fresh table: the preset chains and those for the counts in use.
-        want.chains = chains_for(want.svc.values().copied().max().unwrap_or(1)).collect();
     }
     want
 }
@@ -386,12 +377,7 @@ mod tests {
             "{}",
             p.script
         );
-        assert!(
-            p.script.contains("  chain lb16 { dnat ip to ip daddr . numgen random mod 16 map @be; }\n"),
-            "{}",
-            p.script
-        );
-        assert!(!p.script.contains("chain lb17 "), "{}", p.script);
+        assert_eq!(p.script.matches("  chain lb").count(), 1, "only the count in use: {}", p.script);
         assert!(
             p.script.contains(
                 "add element ip shoal_lb be { 10.10.0.100 . 0 : 10.10.0.12, 10.10.0.100 . 1 : 10.10.0.13 }\n"
@@ -406,8 +392,8 @@ mod tests {
         assert_eq!(plan(&[], None).script, "");
         let wide: Vec<String> = (0..20).map(|i| format!("10.10.1.{i}")).collect();
         let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
-        let p = plan(&[svc("10.10.0.100", &wide)], None);
-        assert_eq!(p.want.chains, (1..=32).collect::<BTreeSet<u32>>(), "up to the count's power of two");
+        let p = plan(&[svc("10.10.0.100", &wide), svc("10.10.0.101", &wide[..3])], None);
+        assert_eq!(p.want.chains, BTreeSet::from([3, 20]), "the counts in use");
     }
 
     #[test]
@@ -480,7 +466,8 @@ mod tests {
         assert_eq!(by[&PathBuf::from("/ns/d")], vec![svc("10.20.0.100", &[])], "an idle VIP still refuses");
     }
 
-    /// Backends come and go: only elements change, slots stay dense and move least.
+    /// Backends come and go: elements change (and a count's chain, the first
+    /// time it is used), slots stay dense and move least.
     #[test]
     fn churn_is_element_batches_with_dense_slots() {
         struct Step {
@@ -494,10 +481,12 @@ mod tests {
         }
         let steps = [
             Step {
-                what: "a third backend: one new slot, lb3 (preset)",
+                what: "a third backend: one new slot, lb3 made in the batch",
                 backends: &["10.10.0.12", "10.10.0.13", "10.10.0.14"],
                 slots: &["10.10.0.12", "10.10.0.13", "10.10.0.14"],
                 script: &[
+                    "add chain ip shoal_lb lb3",
+                    "add rule ip shoal_lb lb3 dnat ip to ip daddr . numgen random mod 3 map @be",
                     "delete element ip shoal_lb svc { 10.10.0.100 }",
                     "add element ip shoal_lb be { 10.10.0.100 . 2 : 10.10.0.14 }",
                     "add element ip shoal_lb svc { 10.10.0.100 : goto lb3 }",
@@ -534,7 +523,7 @@ mod tests {
                 removed: &[],
             },
             Step {
-                what: "three back",
+                what: "three back: lb3 is there",
                 backends: &["10.10.0.13", "10.10.0.15", "10.10.0.11"],
                 slots: &["10.10.0.15", "10.10.0.13", "10.10.0.11"],
                 script: &[
@@ -560,6 +549,8 @@ mod tests {
                 backends: &["10.10.0.16"],
                 slots: &["10.10.0.16"],
                 script: &[
+                    "add chain ip shoal_lb lb1",
+                    "add rule ip shoal_lb lb1 dnat ip to ip daddr . numgen random mod 1 map @be",
                     "delete element ip shoal_lb empty { 10.10.0.100 }",
                     "add element ip shoal_lb be { 10.10.0.100 . 0 : 10.10.0.16 }",
                     "add element ip shoal_lb svc { 10.10.0.100 : goto lb1 }",
@@ -569,11 +560,13 @@ mod tests {
         ];
         let other = svc("10.10.0.200", &["10.10.0.50", "10.10.0.51"]);
         let first = plan(&[svc("10.10.0.100", &["10.10.0.13", "10.10.0.12"]), other.clone()], None);
-        assert_eq!(first.want.chains, (1..=PRESET_CHAINS).collect::<BTreeSet<u32>>());
+        assert_eq!(first.want.chains, BTreeSet::from([2]));
         let mut cur = first.want;
         for s in steps {
             let p = plan(&[svc("10.10.0.100", s.backends), other.clone()], Some(&cur));
-            assert!(!p.whole && !p.has_structure(), "{}: elements only", s.what);
+            assert!(!p.whole, "{}: a change, not the table whole", s.what);
+            let chains = s.script.iter().filter(|l| l.starts_with("add chain")).count();
+            assert_eq!(p.new_chains.len(), chains, "{}", s.what);
             assert_eq!(p.script.lines().collect::<Vec<_>>(), s.script, "{}", s.what);
             assert_eq!(slots(&p.want, "10.10.0.100"), s.slots.iter().map(|b| ip(b)).collect::<Vec<_>>(), "{}", s.what);
             assert_eq!(p.removed, s.removed.iter().map(|b| ip(b)).collect::<Vec<_>>(), "{}", s.what);
@@ -585,8 +578,7 @@ mod tests {
             );
             cur = p.want;
         }
-        // Beyond the preset chains, a count adds the chains up to its power of
-        // two, once, in the batch (nft's part: structure).
+        // A new count adds its chain alone, once, in the batch (structure).
         let wide: Vec<String> = (0..17).map(|i| format!("10.10.2.{i}")).collect();
         let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
         let p = plan(&[svc("10.10.0.100", &["10.10.0.16"]), other.clone(), svc("10.10.0.201", &wide)], Some(&cur));
@@ -597,12 +589,14 @@ mod tests {
             "{}",
             p.script
         );
-        assert_eq!(p.script.matches("add chain").count(), 16, "lb17..lb32: {}", p.script);
-        assert_eq!(p.new_chains, (17..=32).collect::<BTreeSet<u32>>());
+        assert_eq!(p.script.matches("add chain").count(), 1, "lb17 alone: {}", p.script);
+        assert_eq!(p.new_chains, BTreeSet::from([17]));
         assert!(p.has_structure());
-        let (cur32, more) = (p.want, wide.iter().copied().chain(["10.10.2.100"]).collect::<Vec<_>>());
-        let p = plan(&[svc("10.10.0.100", &["10.10.0.16"]), other.clone(), svc("10.10.0.201", &more)], Some(&cur32));
-        assert!(!p.has_structure() && p.new_chains.is_empty(), "18 has its chain already: {}", p.script);
+        let (cur17, more) = (p.want, wide.iter().copied().chain(["10.10.2.100"]).collect::<Vec<_>>());
+        let p = plan(&[svc("10.10.0.100", &["10.10.0.16"]), other.clone(), svc("10.10.0.201", &more)], Some(&cur17));
+        assert_eq!(p.new_chains, BTreeSet::from([18]), "18 is new: {}", p.script);
+        let p = plan(&[svc("10.10.0.100", &["10.10.0.16"]), other.clone(), svc("10.10.0.201", &wide)], Some(&p.want));
+        assert!(!p.has_structure(), "back to 17, whose chain stays: {}", p.script);
         // A service gone from the view leaves no element behind.
         let p = plan(&[other], Some(&cur));
         assert_eq!(

@@ -105,6 +105,21 @@ fn enter_netns(ns: &File) -> std::io::Result<()> {
     Ok(move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network))?)
 }
 
+/// Swaps the files at `a` and `b` in one step (`renameat2` with
+/// `RENAME_EXCHANGE`): each name then holds the other's inode. Where the
+/// filesystem cannot exchange (`EINVAL`), or `b` does not exist yet, `a` is
+/// renamed onto `b` instead. Replacing a file so frees no inode and makes
+/// none: on ext4 without a journal a new inode costs a scan past every
+/// inode freed in the last minutes, and a rename over `b` frees one.
+pub fn exchange_or_rename(a: &Path, b: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) if a.exists() => std::fs::rename(a, b),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Runs `f` on a short-lived thread inside the network namespace at `netns`
 /// and waits for it: what `f` opens there (sockets) stays in that namespace,
 /// the thread does not.
