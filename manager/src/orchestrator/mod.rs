@@ -243,41 +243,35 @@ mod tests {
 
         /// Every task made ready reports it prepared (as its node would).
         fn report_ready(&mut self) {
-            let mut by_node: BTreeMap<String, Vec<(String, TaskStatus)>> = BTreeMap::new();
-            for t in self.state.tasks.values().filter(|t| {
-                t.desired == TaskState::Ready && t.status.state == TaskState::Assigned && with_its_node(&self.state, t)
-            }) {
-                by_node
-                    .entry(t.node_id.clone())
-                    .or_default()
-                    .push((t.id.clone(), TaskStatus { state: TaskState::Ready, ..Default::default() }));
-            }
-            for (node_id, updates) in by_node {
-                self.apply(Command::TaskStatus { node_id, updates });
-            }
+            self.report_each(|w, t| {
+                (t.desired == TaskState::Ready && t.status.state == TaskState::Assigned && with_its_node(&w.state, t))
+                    .then_some(TaskState::Ready)
+            });
         }
 
         /// Every assigned task reports running (as its node would), and
         /// every task made ready, prepared.
         fn run_all(&mut self) {
             self.report_ready();
+            self.report_each(|w, t| {
+                if t.desired == TaskState::Running && matches!(t.status.state, TaskState::Assigned | TaskState::Ready) {
+                    Some(TaskState::Running)
+                } else {
+                    // As the dispatcher: a node is sent only the tasks it has (`with_its_node`).
+                    (t.desired >= TaskState::Shutdown && !t.status.state.is_terminal() && with_its_node(&w.state, t))
+                        .then_some(TaskState::Shutdown)
+                }
+            });
+        }
+
+        /// Each node reports the state `to` gives its tasks, in one command.
+        fn report_each(&mut self, to: impl Fn(&World, &Task) -> Option<TaskState>) {
             let mut by_node: BTreeMap<String, Vec<(String, TaskStatus)>> = BTreeMap::new();
-            for t in self.state.tasks.values().filter(|t| {
-                t.desired == TaskState::Running && matches!(t.status.state, TaskState::Assigned | TaskState::Ready)
-            }) {
-                by_node
-                    .entry(t.node_id.clone())
-                    .or_default()
-                    .push((t.id.clone(), TaskStatus { state: TaskState::Running, ..Default::default() }));
-            }
-            for t in self.state.tasks.values().filter(|t| {
-                // As the dispatcher: a node is sent only the tasks it has (`with_its_node`).
-                t.desired >= TaskState::Shutdown && !t.status.state.is_terminal() && with_its_node(&self.state, t)
-            }) {
-                by_node
-                    .entry(t.node_id.clone())
-                    .or_default()
-                    .push((t.id.clone(), TaskStatus { state: TaskState::Shutdown, ..Default::default() }));
+            for t in self.state.tasks.values() {
+                if let Some(state) = to(self, t) {
+                    let status = TaskStatus { state, ..Default::default() };
+                    by_node.entry(t.node_id.clone()).or_default().push((t.id.clone(), status));
+                }
             }
             for (node_id, updates) in by_node {
                 self.apply(Command::TaskStatus { node_id, updates });
