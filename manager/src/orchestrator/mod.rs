@@ -713,6 +713,31 @@ mod tests {
     }
 
     #[test]
+    fn a_ready_replacement_in_a_slot_scaled_away_is_stopped() {
+        let mut w = five();
+        let web = w.service("web", |s| {
+            s.replicas = 2;
+            s.update.parallelism = 0;
+        });
+        w.settle();
+        w.update(&web, |s| s.task.env = vec!["V=2".into()]);
+        w.pass();
+        w.report_ready();
+        let ready: Vec<Task> = w.tasks_of(&web).into_iter().filter(|t| t.desired == TaskState::Ready).collect();
+        assert_eq!(ready.len(), 2, "{ready:?}");
+        w.update(&web, |s| s.replicas = 1);
+        let changes = w.pass();
+        let gone = ready.iter().find(|t| t.slot == 2).expect("slot 2's");
+        assert!(
+            changes.contains(&TaskChange::Desired { id: gone.id.clone(), desired: TaskState::Shutdown }),
+            "{changes:?}"
+        );
+        w.settle();
+        let running = w.running(&web);
+        assert!(running.len() == 1 && running[0].slot == 1, "{running:?}");
+    }
+
+    #[test]
     fn a_failing_update_rolls_back_by_itself() {
         let mut w = five();
         let web = w.service("web", |s| {

@@ -101,7 +101,7 @@ impl Orchestrator<'_> {
                 }
                 // Slots past the count: scaled down.
                 for (_, tasks) in by_slot.range(format!("{:020}", wanted + 1)..) {
-                    for t in tasks.iter().filter(|t| t.desired == TaskState::Running) {
+                    for t in tasks.iter().filter(|t| t.desired <= TaskState::Running) {
                         self.shutdown(t);
                     }
                 }
@@ -112,7 +112,7 @@ impl Orchestrator<'_> {
                     if refusal(node, &spec.task).is_none() {
                         self.slot(0, &node.id, tasks, &mut budget);
                     } else {
-                        for t in tasks.iter().filter(|t| t.desired == TaskState::Running) {
+                        for t in tasks.iter().filter(|t| t.desired <= TaskState::Running) {
                             self.shutdown(t);
                         }
                     }
@@ -120,7 +120,7 @@ impl Orchestrator<'_> {
                 // Tasks of nodes that left the cluster.
                 for (node, tasks) in &by_slot {
                     if !self.state.nodes.contains_key(node) {
-                        for t in tasks.iter().filter(|t| t.desired == TaskState::Running) {
+                        for t in tasks.iter().filter(|t| t.desired <= TaskState::Running) {
                             self.shutdown(t);
                         }
                     }
