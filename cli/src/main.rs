@@ -40,9 +40,6 @@ fn main() -> std::process::ExitCode {
     if argv.len() == 5 && argv[1] == "shim-cp" {
         return std::process::ExitCode::from(shoal_engine::runtime::copy::main(&argv[2..]) as u8);
     }
-    if (argv.len() == 6 || argv.len() == 8) && argv[1] == "shim-wait" {
-        return std::process::ExitCode::from(shoal_engine::runtime::shim::wait_main(&argv[2..]) as u8);
-    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = args::Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
