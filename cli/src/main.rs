@@ -34,6 +34,9 @@ fn main() -> std::process::ExitCode {
         let code = shoal_engine::runtime::shim::main(std::path::Path::new(&argv[2]));
         return std::process::ExitCode::from(code as u8);
     }
+    if argv.len() == 2 && argv[1] == "shim-zygote" {
+        return std::process::ExitCode::from(shoal_engine::runtime::zygote::main() as u8);
+    }
     if argv.len() == 3 && argv[1] == "shim-exec" {
         return std::process::ExitCode::from(shoal_engine::runtime::shim::exec_main(&argv[2].to_string_lossy()) as u8);
     }

@@ -30,6 +30,7 @@ pub mod shim;
 pub mod spec;
 pub mod taskfiles;
 pub mod watch;
+pub mod zygote;
 
 mod exec;
 mod listing;
@@ -127,6 +128,8 @@ pub struct Containers {
     state_root: PathBuf,
     cgroup_parent: String,
     exe: PathBuf,
+    /// Forks the shims (`zygote.rs`), so a start does not exec this binary.
+    zygote: zygote::Zygote,
     images: Arc<ImageStore>,
     volumes: Arc<VolumeStore>,
     cgroups: Cgroups,
@@ -213,6 +216,7 @@ impl Containers {
             root: root.to_path_buf(),
             state_root: state_root.to_path_buf(),
             cgroup_parent: cgroup_parent.trim_end_matches('/').to_string(),
+            zygote: zygote::Zygote::new(&exe),
             exe,
             images,
             volumes,
@@ -637,24 +641,27 @@ impl Containers {
 
     fn spawn_shim(&self, id: &str, dir: &Path) -> Result<(), ContainerError> {
         let log = std::fs::File::create(dir.join("shim.log")).map_err(io("creating", &dir.join("shim.log")))?;
-        let mut cmd = std::process::Command::new(&self.exe);
-        cmd.arg("shim")
-            .arg(dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .env_remove("RUST_LOG");
-        // No hook before its exec (the shim makes its own session first
-        // thing): std then spawns it with posix_spawn, a vfork that shares
-        // the daemon's memory until the exec, instead of a fork that copies
-        // the multi-threaded daemon's page tables and leaves its threads
-        // copy-on-write faults.
-        let mut child = cmd.spawn().map_err(io("starting the shim", &self.exe))?;
+        // Forked by the zygote (no exec of this binary); spawned here if it cannot.
+        if self.zygote.spawn(dir).is_none() {
+            let mut cmd = std::process::Command::new(&self.exe);
+            cmd.arg("shim")
+                .arg(dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .env_remove("RUST_LOG");
+            // No hook before its exec (the shim makes its own session first
+            // thing): std then spawns it with posix_spawn, a vfork that shares
+            // the daemon's memory until the exec, instead of a fork that copies
+            // the multi-threaded daemon's page tables and leaves its threads
+            // copy-on-write faults.
+            let mut child = cmd.spawn().map_err(io("starting the shim", &self.exe))?;
+            // Reap the shim when it ends so it leaves no zombie.
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+        }
         shoal_proto::timeline!(shoal_proto::timeline::SHIM, container = %id);
-        // Reap the shim when it ends so it leaves no zombie.
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let watch = watch::DirWatch::new(dir);
         loop {
