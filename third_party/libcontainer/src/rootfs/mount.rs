@@ -132,11 +132,17 @@ pub fn host_cgroup_v1_mounts() -> std::result::Result<String, String> {
 /// The mount points a spec's [`CGROUP_V1_MOUNTS_ANNOTATION`] lists, if it
 /// has one that parses.
 pub fn cgroup_v1_mounts_of(spec: &oci_spec::runtime::Spec) -> Option<Vec<PathBuf>> {
-    let listed = spec.annotations().as_ref()?.get(CGROUP_V1_MOUNTS_ANNOTATION)?;
+    let listed = spec
+        .annotations()
+        .as_ref()?
+        .get(CGROUP_V1_MOUNTS_ANNOTATION)?;
     match serde_json::from_str(listed) {
         Ok(mounts) => Some(mounts),
         Err(err) => {
-            tracing::warn!(?err, "cannot parse the listed cgroup mounts; reading the mount table");
+            tracing::warn!(
+                ?err,
+                "cannot parse the listed cgroup mounts; reading the mount table"
+            );
             None
         }
     }
@@ -1065,7 +1071,10 @@ mod tests {
 
     #[test]
     fn the_listed_cgroup_mounts_are_read_back_from_the_spec() -> Result<()> {
-        let listed = vec![PathBuf::from("/sys/fs/cgroup/cpu"), PathBuf::from("/sys/fs/cgroup/memory")];
+        let listed = vec![
+            PathBuf::from("/sys/fs/cgroup/cpu"),
+            PathBuf::from("/sys/fs/cgroup/memory"),
+        ];
         let mut spec = oci_spec::runtime::Spec::default();
         assert_eq!(cgroup_v1_mounts_of(&spec), None);
         let annotate = |spec: &mut oci_spec::runtime::Spec, v: &str| {
@@ -1085,7 +1094,8 @@ mod tests {
     #[test]
     fn the_host_listing_is_what_the_init_would_read() -> Result<()> {
         let read = libcgroups::v1::util::list_subsystem_mount_points()?;
-        let listed: Vec<PathBuf> = serde_json::from_str(&host_cgroup_v1_mounts().map_err(anyhow::Error::msg)?)?;
+        let listed: Vec<PathBuf> =
+            serde_json::from_str(&host_cgroup_v1_mounts().map_err(anyhow::Error::msg)?)?;
         assert_eq!(listed, read);
         Ok(())
     }
