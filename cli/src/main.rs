@@ -34,14 +34,14 @@ fn main() -> std::process::ExitCode {
         let code = shoal_engine::runtime::shim::main(std::path::Path::new(&argv[2]));
         return std::process::ExitCode::from(code as u8);
     }
+    if argv.len() == 2 && argv[1] == "shim-zygote" {
+        return std::process::ExitCode::from(shoal_engine::runtime::zygote::main() as u8);
+    }
     if argv.len() == 3 && argv[1] == "shim-exec" {
         return std::process::ExitCode::from(shoal_engine::runtime::shim::exec_main(&argv[2].to_string_lossy()) as u8);
     }
     if argv.len() == 5 && argv[1] == "shim-cp" {
         return std::process::ExitCode::from(shoal_engine::runtime::copy::main(&argv[2..]) as u8);
-    }
-    if (argv.len() == 6 || argv.len() == 8) && argv[1] == "shim-wait" {
-        return std::process::ExitCode::from(shoal_engine::runtime::shim::wait_main(&argv[2..]) as u8);
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = args::Cli::parse();

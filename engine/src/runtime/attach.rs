@@ -115,12 +115,6 @@ pub fn set_nonblocking(fd: RawFd) {
     unsafe { libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK) };
 }
 
-/// Clears FD_CLOEXEC so a descriptor survives the shim's exec into shim-wait.
-pub fn keep_across_exec(fd: RawFd) {
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-}
-
 /// What a client asked for.
 pub enum Request {
     Stdin(Vec<u8>),

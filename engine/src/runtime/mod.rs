@@ -30,6 +30,7 @@ pub mod shim;
 pub mod spec;
 pub mod taskfiles;
 pub mod watch;
+pub mod zygote;
 
 mod exec;
 mod listing;
@@ -127,6 +128,8 @@ pub struct Containers {
     state_root: PathBuf,
     cgroup_parent: String,
     exe: PathBuf,
+    /// Forks the shims (`zygote.rs`), so a start does not exec this binary.
+    zygote: zygote::Zygote,
     images: Arc<ImageStore>,
     volumes: Arc<VolumeStore>,
     cgroups: Cgroups,
@@ -171,6 +174,10 @@ pub struct Containers {
     seccomp: seccomp::Programs,
     /// The daemon's `--init-path`, if given (else `docker-init` or `tini-static` on PATH).
     init_path: std::sync::OnceLock<PathBuf>,
+    /// On cgroup v1, the host's cgroup mount points as libcontainer's annotation says
+    /// them, listed once: each container's init mounts them without reading the
+    /// whole mount table (which holds every container's mounts).
+    cgroup_v1_mounts: std::sync::OnceLock<Option<String>>,
     /// Where `--add-host NAME:host-gateway` points: the daemon's `--host-gateway-ip`, else the
     /// default bridge's gateway as netd first answers it.
     host_gateway: std::sync::OnceLock<IpAddr>,
@@ -213,6 +220,7 @@ impl Containers {
             root: root.to_path_buf(),
             state_root: state_root.to_path_buf(),
             cgroup_parent: cgroup_parent.trim_end_matches('/').to_string(),
+            zygote: zygote::Zygote::new(&exe),
             exe,
             images,
             volumes,
@@ -232,6 +240,7 @@ impl Containers {
             announced: Mutex::new(Default::default()),
             seccomp: seccomp::Programs::new(&state_root.join("seccomp")),
             init_path: std::sync::OnceLock::new(),
+            cgroup_v1_mounts: std::sync::OnceLock::new(),
             host_gateway: std::sync::OnceLock::new(),
             records: record::JsonCache::new("container.json"),
             endpoints: record::JsonCache::new("network.json"),
@@ -575,6 +584,11 @@ impl Containers {
         let etc = |f: &str| std::fs::read_to_string(rootfs.join("etc").join(f)).unwrap_or_default();
         let mut spec = spec::oci_spec(run, &rootfs, &cgroups_path, etc)?;
         self.seccomp.prepare(&mut spec)?;
+        if let Some(mounts) = self.cgroup_v1_mounts() {
+            let mut annotations = spec.annotations().clone().unwrap_or_default();
+            annotations.insert(libcontainer::rootfs::CGROUP_V1_MOUNTS_ANNOTATION.to_string(), mounts.to_string());
+            spec.set_annotations(Some(annotations));
+        }
         let bundle = dir.join("bundle");
         let cfg_path = bundle.join("config.json");
         spec.save(&cfg_path).map_err(|e| ContainerError::StartFailed { id: id.into(), message: e.to_string() })?;
@@ -636,26 +650,46 @@ impl Containers {
         Ok(())
     }
 
+    /// The annotation's value on a cgroup v1 host (None on v2, or if the table cannot be read:
+    /// each init then reads it, as libcontainer does by default).
+    fn cgroup_v1_mounts(&self) -> Option<&str> {
+        self.cgroup_v1_mounts
+            .get_or_init(|| {
+                if self.cgroups.is_v2() {
+                    return None;
+                }
+                libcontainer::rootfs::host_cgroup_v1_mounts()
+                    .inspect_err(
+                        |e| tracing::warn!(error = %e, "cannot list the cgroup mounts: each container's init will"),
+                    )
+                    .ok()
+            })
+            .as_deref()
+    }
+
     fn spawn_shim(&self, id: &str, dir: &Path) -> Result<(), ContainerError> {
         let log = std::fs::File::create(dir.join("shim.log")).map_err(io("creating", &dir.join("shim.log")))?;
-        let mut cmd = std::process::Command::new(&self.exe);
-        cmd.arg("shim")
-            .arg(dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .env_remove("RUST_LOG");
-        // No hook before its exec (the shim makes its own session first
-        // thing): std then spawns it with posix_spawn, a vfork that shares
-        // the daemon's memory until the exec, instead of a fork that copies
-        // the multi-threaded daemon's page tables and leaves its threads
-        // copy-on-write faults.
-        let mut child = cmd.spawn().map_err(io("starting the shim", &self.exe))?;
+        // Forked by the zygote (no exec of this binary); spawned here if it cannot.
+        if self.zygote.spawn(dir).is_none() {
+            let mut cmd = std::process::Command::new(&self.exe);
+            cmd.arg("shim")
+                .arg(dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .env_remove("RUST_LOG");
+            // No hook before its exec (the shim makes its own session first
+            // thing): std then spawns it with posix_spawn, a vfork that shares
+            // the daemon's memory until the exec, instead of a fork that copies
+            // the multi-threaded daemon's page tables and leaves its threads
+            // copy-on-write faults.
+            let mut child = cmd.spawn().map_err(io("starting the shim", &self.exe))?;
+            // Reap the shim when it ends so it leaves no zombie.
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+        }
         shoal_proto::timeline!(shoal_proto::timeline::SHIM, container = %id);
-        // Reap the shim when it ends so it leaves no zombie.
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let watch = watch::DirWatch::new(dir);
         loop {
@@ -1038,6 +1072,31 @@ mod tests {
             Err(e) => panic!("unexpected error: {e}"),
             Ok(_) => None,
         }
+    }
+
+    #[test]
+    fn on_cgroup_v1_the_inits_get_every_cgroup_mount_listed_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = containers(tmp.path());
+        // Every `cgroup` mount of the table, as the init would have read it.
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let read: Vec<PathBuf> = table
+            .lines()
+            .filter(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("cgroup ")))
+            .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+            .collect();
+        let listed = c.cgroup_v1_mounts().map(String::from);
+        if c.cgroups.is_v2() {
+            assert_eq!(listed, None);
+            return;
+        }
+        let mut spec = oci_spec::runtime::Spec::default();
+        let mut a = std::collections::HashMap::new();
+        a.insert(libcontainer::rootfs::CGROUP_V1_MOUNTS_ANNOTATION.to_string(), listed.expect("listed on v1"));
+        spec.set_annotations(Some(a));
+        assert_eq!(libcontainer::rootfs::cgroup_v1_mounts_of(&spec), Some(read));
+        // Listed once: the same string for every start.
+        assert!(std::ptr::eq(c.cgroup_v1_mounts().unwrap(), c.cgroup_v1_mounts().unwrap()));
     }
 
     #[test]

@@ -10,6 +10,9 @@ pub use device::Device;
 
 pub(super) mod mount;
 pub use mount::Mount;
+#[cfg(feature = "v1")]
+pub use mount::host_cgroup_v1_mounts;
+pub use mount::{CGROUP_V1_MOUNTS_ANNOTATION, cgroup_v1_mounts_of};
 
 pub(super) mod symlink;
 

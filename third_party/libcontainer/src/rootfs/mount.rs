@@ -108,6 +108,44 @@ pub struct MountOptions<'a> {
     pub label: Option<&'a str>,
     #[allow(dead_code)]
     pub cgroup_ns: bool,
+    /// The host's cgroup v1 mount points, listed by the runtime beforehand
+    /// ([`CGROUP_V1_MOUNTS_ANNOTATION`]); None: read from the mount table.
+    pub cgroup_v1_mounts: Option<&'a [PathBuf]>,
+}
+
+/// Shoal: the spec annotation that lists the host's cgroup v1 mount points (a
+/// JSON array of paths), so a container's init mounts them without reading
+/// the whole mount table (on a host with hundreds of containers, each one's
+/// mounts are in it: ~0.6 ms of a start's CPU on 2 cores with 100 of them).
+/// The runtime lists them once ([`host_cgroup_v1_mounts`]); the init's
+/// mount namespace is a copy of the runtime's.
+pub const CGROUP_V1_MOUNTS_ANNOTATION: &str = "run.shoal.cgroup.v1.mounts";
+
+/// The host's cgroup v1 mount points as [`CGROUP_V1_MOUNTS_ANNOTATION`]
+/// says them (what the init would read: every `cgroup` mount).
+#[cfg(feature = "v1")]
+pub fn host_cgroup_v1_mounts() -> std::result::Result<String, String> {
+    let mounts = libcgroups::v1::util::list_subsystem_mount_points().map_err(|e| e.to_string())?;
+    serde_json::to_string(&mounts).map_err(|e| e.to_string())
+}
+
+/// The mount points a spec's [`CGROUP_V1_MOUNTS_ANNOTATION`] lists, if it
+/// has one that parses.
+pub fn cgroup_v1_mounts_of(spec: &oci_spec::runtime::Spec) -> Option<Vec<PathBuf>> {
+    let listed = spec
+        .annotations()
+        .as_ref()?
+        .get(CGROUP_V1_MOUNTS_ANNOTATION)?;
+    match serde_json::from_str(listed) {
+        Ok(mounts) => Some(mounts),
+        Err(err) => {
+            tracing::warn!(
+                ?err,
+                "cannot parse the listed cgroup mounts; reading the mount table"
+            );
+            None
+        }
+    }
 }
 
 pub struct Mount {
@@ -266,12 +304,15 @@ impl Mount {
             err
         })?;
 
-        // get all cgroup mounts on the host system
-        let host_mounts: Vec<PathBuf> = libcgroups::v1::util::list_subsystem_mount_points()
-            .map_err(|err| {
+        // get all cgroup mounts on the host system (Shoal: as the runtime listed them, if it did)
+        let listed = match options.cgroup_v1_mounts {
+            Some(mounts) => mounts.to_vec(),
+            None => libcgroups::v1::util::list_subsystem_mount_points().map_err(|err| {
                 tracing::error!("failed to get subsystem mount points: {}", err);
                 MountError::Other(err.into())
-            })?
+            })?,
+        };
+        let host_mounts: Vec<PathBuf> = listed
             .into_iter()
             .filter(|p| p.as_path().starts_with(DEFAULT_CGROUP_ROOT))
             .collect();
@@ -1028,6 +1069,37 @@ mod tests {
     use super::*;
     use crate::syscall::test::{ArgName, FsconfigArgs, FsopenArgs, TestHelperSyscall};
 
+    #[test]
+    fn the_listed_cgroup_mounts_are_read_back_from_the_spec() -> Result<()> {
+        let listed = vec![
+            PathBuf::from("/sys/fs/cgroup/cpu"),
+            PathBuf::from("/sys/fs/cgroup/memory"),
+        ];
+        let mut spec = oci_spec::runtime::Spec::default();
+        assert_eq!(cgroup_v1_mounts_of(&spec), None);
+        let annotate = |spec: &mut oci_spec::runtime::Spec, v: &str| {
+            let mut a = spec.annotations().clone().unwrap_or_default();
+            a.insert(CGROUP_V1_MOUNTS_ANNOTATION.to_string(), v.to_string());
+            spec.set_annotations(Some(a));
+        };
+        annotate(&mut spec, &serde_json::to_string(&listed)?);
+        assert_eq!(cgroup_v1_mounts_of(&spec), Some(listed));
+        // One that does not parse: the init reads the mount table, as without it.
+        annotate(&mut spec, "/sys/fs/cgroup/cpu");
+        assert_eq!(cgroup_v1_mounts_of(&spec), None);
+        Ok(())
+    }
+
+    #[cfg(feature = "v1")]
+    #[test]
+    fn the_host_listing_is_what_the_init_would_read() -> Result<()> {
+        let read = libcgroups::v1::util::list_subsystem_mount_points()?;
+        let listed: Vec<PathBuf> =
+            serde_json::from_str(&host_cgroup_v1_mounts().map_err(anyhow::Error::msg)?)?;
+        assert_eq!(listed, read);
+        Ok(())
+    }
+
     fn helper_syscall(m: &Mount) -> &TestHelperSyscall {
         m.syscall
             .as_any()
@@ -1412,6 +1484,7 @@ mod tests {
             root: tmp.path(),
             label: None,
             cgroup_ns: true,
+            cgroup_v1_mounts: None,
         };
 
         let mounter = Mount::new();
@@ -1573,6 +1646,7 @@ mod tests {
             root: rootfs,
             label: None,
             cgroup_ns: true,
+            cgroup_v1_mounts: None,
         };
 
         let m = Mount::new();
@@ -1608,6 +1682,7 @@ mod tests {
             root: rootfs,
             label: None,
             cgroup_ns: true,
+            cgroup_v1_mounts: None,
         };
 
         let m = Mount::new();

@@ -84,10 +84,12 @@ impl RootFS {
                 err
             })?;
 
+        let cgroup_v1_mounts = super::mount::cgroup_v1_mounts_of(spec);
         let global_options = MountOptions {
             root: rootfs,
             label: linux.mount_label().as_deref(),
             cgroup_ns,
+            cgroup_v1_mounts: cgroup_v1_mounts.as_deref(),
         };
 
         if let Some(mounts) = spec.mounts() {

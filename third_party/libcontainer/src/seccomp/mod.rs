@@ -262,6 +262,12 @@ fn build_context(seccomp: &LinuxSeccomp) -> Result<ScmpFilterContext> {
             source: err,
             default: seccomp.default_action(),
         })?;
+    // Shoal: the rules as a binary tree over the syscall numbers rather than a
+    // list tried in order. The same rules; but the kernel, when it attaches a
+    // filter, runs it for every syscall number to cache those it always allows,
+    // and along a list of ~400 syscalls that was ~0.5 ms of each container's
+    // start. Older libseccomp (before 2.5) has no such attribute: the list stays.
+    let _ = ctx.set_ctl_optimize(2);
 
     if let Some(flags) = seccomp.flags() {
         for flag in flags {
