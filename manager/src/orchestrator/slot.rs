@@ -54,7 +54,7 @@ impl Orchestrator<'_> {
             .iter()
             .filter(|t| {
                 (current(t) && t.status.state < TaskState::Running)
-                    || (t.spec != spec.task
+                    || (self.outdated(t)
                         && t.desired >= TaskState::Shutdown
                         && !t.status.state.is_terminal()
                         && super::with_its_node(self.state, t)
@@ -161,7 +161,7 @@ impl Orchestrator<'_> {
                 && !next.node_id.is_empty()
                 && self.state.nodes.get(&next.node_id).is_none_or(|n| refusal(n, &spec.task).is_some());
             let ended = next.status.state.is_terminal();
-            if !live.is_empty() || next.spec != spec.task || node_down || refused || ended {
+            if !live.is_empty() || self.outdated(next) || node_down || refused || ended {
                 // Not (or no longer) the slot's next task: it ends like any other.
                 if node_down && !ended {
                     self.orphan(next);
@@ -180,11 +180,11 @@ impl Orchestrator<'_> {
         if let Some(&current) = live.last() {
             // start-first: the older ones go once the newest runs.
             for old in &live[..live.len() - 1] {
-                if current.status.state >= TaskState::Running || current.spec != self.svc.spec.task {
+                if current.status.state >= TaskState::Running || self.outdated(current) {
                     self.shutdown(old);
                 }
             }
-            if current.spec != self.svc.spec.task && *budget > 0 && live.len() == 1 {
+            if self.outdated(current) && *budget > 0 && live.len() == 1 {
                 *budget -= 1;
                 if rollout(self.svc).order == UpdateOrder::StartFirst {
                     self.create(slot, node, 0, 0);
@@ -211,8 +211,8 @@ impl Orchestrator<'_> {
         if !spec.mode.is_job() || last.status.state != TaskState::Complete {
             let ended_by_itself =
                 matches!(last.status.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected);
-            if !ended_by_itself || last.spec != self.svc.spec.task {
-                if last.spec != self.svc.spec.task {
+            if !ended_by_itself || self.outdated(last) {
+                if self.outdated(last) {
                     // A stop-first update's replacement: part of this batch.
                     *budget = budget.saturating_sub(1);
                 }
@@ -262,6 +262,14 @@ impl Orchestrator<'_> {
             }
             Some(_) => {}
         }
+    }
+
+    /// Made from an older spec of its service's tasks. A task of the
+    /// service's spec version has its spec (the version moves with every
+    /// change of it), so only older ones are compared, field by field: a
+    /// pass looks at every task of the service.
+    pub(super) fn outdated(&self, t: &Task) -> bool {
+        t.spec_version != self.svc.spec_version && t.spec != self.svc.spec.task
     }
 
     /// Lost, or never on a node (unplaced, or held for its dependencies): no

@@ -62,7 +62,7 @@ impl Orchestrator<'_> {
         let done = enough
             && stable
             && !self.out.iter().any(|c| matches!(c, TaskChange::Create(t) if t.service_id == svc.id))
-            && live.iter().all(|t| t.spec == svc.spec.task && t.status.state == TaskState::Running);
+            && live.iter().all(|t| !self.outdated(t) && t.status.state == TaskState::Running);
         if done {
             let (state, message) = if svc.update_state == UpdateState::Updating {
                 (UpdateState::Completed, "update completed")
