@@ -134,7 +134,38 @@ fn netd_made(lab: &Lab, i: usize, client: Option<&Placed>) -> Result<String> {
     }
     let out = lab.run(i, &["sh", "-c", &script])?;
     ensure!(out.status.success(), "listing what netd made on host {i}: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(tables_in_order(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `nft list ruleset` output with each table's chains, sets and maps in
+/// name order. nft lists them in the order they were made, which means
+/// nothing (a balancer table makes a backend count's chain when a VIP first
+/// has that many, so a netd that made the table anew after a restart lists
+/// the same chains in another order); the rules inside a chain keep theirs.
+fn tables_in_order(listing: &str) -> String {
+    let (mut out, mut blocks, mut block, mut depth) = (Vec::new(), Vec::<Vec<&str>>::new(), Vec::new(), 0usize);
+    for line in listing.lines() {
+        let opens = line.matches('{').count();
+        let closes = line.matches('}').count();
+        if depth >= 2 || (depth == 1 && opens > closes) {
+            block.push(line);
+        } else if depth == 1 && line.trim() == "}" {
+            blocks.sort();
+            out.extend(blocks.drain(..).flatten());
+            out.push(line);
+        } else if depth == 1 {
+            blocks.push(vec![line]);
+        } else {
+            out.push(line);
+        }
+        depth = (depth + opens).saturating_sub(closes);
+        if depth == 1 && !block.is_empty() {
+            blocks.push(std::mem::take(&mut block));
+        }
+    }
+    out.extend(blocks.into_iter().flatten());
+    out.extend(block);
+    out.join("\n")
 }
 
 /// The lines only in `a` and only in `b`, for a failure message.
@@ -330,4 +361,26 @@ fn overlay_survives_netd_kills_host_kills_and_reboots() -> Result<()> {
     let web = host_kill_leaves_the_vip(&lab, &net_id).context("kill -9 of a task's host")?;
     reboot_comes_back(&lab, &net_id, &web).context("a reboot of a task's host")?;
     Ok(())
+}
+
+#[test]
+fn listings_compare_chains_in_name_order_and_rules_in_theirs() {
+    let made = |chains: &[(&str, &[&str])]| {
+        let mut s = String::from("== host\nshv1\ntable ip shoal_lb {\n");
+        for (name, rules) in chains {
+            s.push_str(&format!("\tchain {name} {{\n"));
+            for r in *rules {
+                s.push_str(&format!("\t\t{r}\n"));
+            }
+            s.push_str("\t}\n");
+        }
+        s.push_str("\tset vips { type ipv4_addr; }\n}\n");
+        s
+    };
+    let first = made(&[("lb3", &["a", "b"]), ("lb1", &["c"])]);
+    let again = made(&[("lb1", &["c"]), ("lb3", &["a", "b"])]);
+    assert_eq!(tables_in_order(&first), tables_in_order(&again), "the chains' order means nothing");
+    let swapped = made(&[("lb1", &["c"]), ("lb3", &["b", "a"])]);
+    assert_ne!(tables_in_order(&first), tables_in_order(&swapped), "a chain's rules keep their order");
+    assert_eq!(tables_in_order(&first).lines().count(), first.lines().count());
 }
