@@ -183,16 +183,7 @@ bench_image() {
 }
 
 # svc_running SVC [MGR]: running tasks of SVC that are of its current spec (-1 if unknown)
-svc_running() {
-  sI "${2:-1}" service ps --format json "$1" 2>/dev/null | python3 -c '
-import json, sys
-try:
-    a = json.load(sys.stdin)
-except Exception:
-    print(-1); sys.exit()
-v = max([t["task"]["spec_version"] for t in a] or [0])
-print(sum(1 for t in a if t["task"]["desired"] == "running" and t["task"]["status"]["state"] == "running" and t["task"]["spec_version"] == v))'
-}
+svc_running() { svc_state "$1" "" "${2:-1}" | cut -d' ' -f1; }
 # svc_nodes SVC: hostnames of SVC'"'"'s running tasks, one per line
 svc_nodes() {
   sI 1 service ps --format json "$1" 2>/dev/null | python3 -c '
@@ -238,11 +229,11 @@ task_pair() {
 # svc_failures SVC: "COUNT ERROR": how many of SVC's tasks failed or were rejected, and the
 # newest one's error
 svc_failures() { svc_state "$1" | cut -d' ' -f2-; }
-# svc_state SVC [ENV]: "RUNNING COUNT ERROR" from one `service ps`: how many tasks of SVC's newest
-# spec run (with ENV, e.g. REP=2: of a spec whose env has it; -1 when the answer is unreadable), and
-# svc_failures' two fields
+# svc_state SVC [ENV] [MGR]: "RUNNING COUNT ERROR" from one `service ps` (on host MGR, default 1):
+# how many tasks of SVC's newest spec run (with ENV, e.g. REP=2: of a spec whose env has it; -1 when
+# the answer is unreadable), and svc_failures' two fields
 svc_state() {
-  sI 1 service ps --format json "$1" 2>/dev/null | python3 -c '
+  sI "${3:-1}" service ps --format json "$1" 2>/dev/null | python3 -c '
 import json, sys
 try:
     a = json.load(sys.stdin)

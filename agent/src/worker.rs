@@ -162,9 +162,7 @@ pub fn plan(assigned: &BTreeMap<String, Task>, observed: &Observed) -> Vec<Worke
                 }
                 Some(c) if c.status == Status::Created => {
                     if t.desired == TaskState::Ready {
-                        let ready =
-                            TaskStatus { state: TaskState::Ready, message: "prepared".into(), ..Default::default() };
-                        report(&mut out, t, TaskStatus { container_id: c.id.clone(), ..ready });
+                        report(&mut out, t, prepared(&c.id));
                     } else if !observed.starting.contains(&t.id) && free_starts > 0 {
                         free_starts -= 1;
                         out.push(WorkerAction::StartPrepared { task, container: c.id.clone() });
@@ -831,15 +829,7 @@ impl Worker {
         }
         let made = self.run_request(t).and_then(|r| self.runtime.run(&RunRequest { create_only: ready, ..r }));
         match made {
-            Ok(c) if ready => self.report(
-                t,
-                TaskStatus {
-                    state: TaskState::Ready,
-                    message: "prepared".into(),
-                    container_id: c.id,
-                    ..Default::default()
-                },
-            ),
+            Ok(c) if ready => self.report(t, prepared(&c.id)),
             made => self.started(t, made, if ready { "preparing" } else { "starting" }),
         }
     }
@@ -979,6 +969,16 @@ fn task_labels(t: &Task) -> BTreeMap<String, String> {
     l.insert("com.docker.swarm.task.name".into(), t.name());
     l.insert("com.docker.swarm.node.id".into(), t.node_id.clone());
     l
+}
+
+/// A task made ready: its container created, not started.
+fn prepared(container: &str) -> TaskStatus {
+    TaskStatus {
+        state: TaskState::Ready,
+        message: "prepared".into(),
+        container_id: container.to_string(),
+        ..Default::default()
+    }
 }
 
 /// A task's status as its container shows it.

@@ -541,10 +541,7 @@ impl Containers {
             return Err(e);
         }
         shoal_proto::timeline!(shoal_proto::timeline::RUNNING, task = %req.task_id);
-        self.observe_id(&id);
-        let c = self.find(&id)?;
-        self.keep_health(&c);
-        Ok(c)
+        self.started(&id)
     }
 
     /// Everything a container is before its shim starts it: its root, its
@@ -786,10 +783,7 @@ impl Containers {
         self.write_restart(&c.record.id, &RestartState::default())?;
         self.respawn(&c)?;
         drop(_g);
-        self.observe_id(&c.record.id);
-        let c = self.find(&c.record.id)?;
-        self.keep_health(&c);
-        Ok(c)
+        self.started(&c.record.id)
     }
 
     /// Starts a container made with `create_only` that never ran (a swarm
@@ -814,6 +808,12 @@ impl Containers {
         }
         self.spawn_shim(id, &dir)?;
         shoal_proto::timeline!(shoal_proto::timeline::RUNNING, task = %c.record.task_id);
+        self.started(id)
+    }
+
+    /// A container its shim just started, as it is now, its start announced
+    /// and its health check (if any) kept from here on.
+    fn started(&self, id: &str) -> Result<Container, ContainerError> {
         self.observe_id(id);
         let c = self.find(id)?;
         self.keep_health(&c);

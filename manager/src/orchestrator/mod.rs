@@ -653,7 +653,7 @@ mod tests {
         w.apply(Command::UpdateService { id: web.clone(), spec, rollback: false, replace_auth: false, auth: None });
         let changes = w.pass();
         assert_eq!(changes.iter().filter(|c| matches!(c, TaskChange::Desired { .. })).count(), 2);
-        let ready: Vec<Task> = w.tasks_of(&web).into_iter().filter(|t| t.desired == TaskState::Ready).collect();
+        let ready = w.ready(&web);
         assert_eq!(ready.len(), 2, "{ready:?}");
         assert!(
             ready.iter().all(|t| !t.node_id.is_empty() && t.status.state == TaskState::Assigned),
@@ -681,10 +681,7 @@ mod tests {
         let old = w.running(&web)[0].id.clone();
         w.update(&web, |s| s.task.env = vec!["V=2".into()]);
         w.pass();
-        let ready = |w: &World| -> Vec<Task> {
-            w.tasks_of(&web).into_iter().filter(|t| t.desired == TaskState::Ready).collect()
-        };
-        let [v2] = ready(&w).try_into().expect("one replacement made ready");
+        let [v2] = w.ready(&web).try_into().expect("one replacement made ready");
         assert_eq!(w.state.tasks[&old].desired, TaskState::Shutdown);
         w.report_ready();
         assert!(w.pass().is_empty(), "it does not run while the old one stops");
@@ -704,7 +701,7 @@ mod tests {
         // A ready replacement whose node went down is orphaned, and another takes its place.
         w.update(&web, |s| s.task.env = vec!["V=4".into()]);
         w.pass();
-        let [v4] = ready(&w).try_into().expect("one replacement made ready");
+        let [v4] = w.ready(&web).try_into().expect("one replacement made ready");
         w.state.nodes.get_mut(&v4.node_id).expect("its node").status.state = NodeState::Down;
         w.settle();
         assert_eq!(w.state.tasks[&v4.id].status.state, TaskState::Orphaned);
@@ -723,7 +720,7 @@ mod tests {
         w.update(&web, |s| s.task.env = vec!["V=2".into()]);
         w.pass();
         w.report_ready();
-        let ready: Vec<Task> = w.tasks_of(&web).into_iter().filter(|t| t.desired == TaskState::Ready).collect();
+        let ready = w.ready(&web);
         assert_eq!(ready.len(), 2, "{ready:?}");
         w.update(&web, |s| s.replicas = 1);
         let changes = w.pass();
@@ -1028,6 +1025,11 @@ mod tests {
             let node_id = self.state.tasks[task].node_id.clone();
             let updates = vec![(task.to_string(), TaskStatus { state, ..Default::default() })];
             self.apply(Command::TaskStatus { node_id, updates });
+        }
+
+        /// The tasks of `svc` made ready, not yet to run.
+        fn ready(&self, svc: &str) -> Vec<Task> {
+            self.tasks_of(svc).into_iter().filter(|t| t.desired == TaskState::Ready).collect()
         }
 
         fn tasks_of(&self, svc: &str) -> Vec<Task> {

@@ -137,13 +137,10 @@ impl Orchestrator<'_> {
         for t in tasks.iter().copied().filter(|t| t.desired == TaskState::Running) {
             if t.status.state.is_terminal() {
                 self.shutdown(t); // it ended by itself: the restart policy decides below
-            } else if !t.node_id.is_empty() && !node_up(self.state, &t.node_id) {
+            } else if self.node_down(t) {
                 self.shutdown(t);
                 self.orphan(t);
-            } else if node.is_empty()
-                && !t.node_id.is_empty()
-                && self.state.nodes.get(&t.node_id).is_none_or(|n| refusal(n, &spec.task).is_some())
-            {
+            } else if self.refused(node, t) {
                 self.shutdown(t); // drained, or the constraints changed
             } else {
                 if !node.is_empty() && t.status.state == TaskState::Pending {
@@ -156,12 +153,8 @@ impl Orchestrator<'_> {
         // replaces stops (its node prepares it meanwhile): it runs once every
         // other task of the slot has ended.
         if let Some(&next) = tasks.iter().rev().find(|t| t.desired == TaskState::Ready) {
-            let node_down = !next.node_id.is_empty() && !node_up(self.state, &next.node_id);
-            let refused = node.is_empty()
-                && !next.node_id.is_empty()
-                && self.state.nodes.get(&next.node_id).is_none_or(|n| refusal(n, &spec.task).is_some());
-            let ended = next.status.state.is_terminal();
-            if !live.is_empty() || self.outdated(next) || node_down || refused || ended {
+            let (node_down, ended) = (self.node_down(next), next.status.state.is_terminal());
+            if !live.is_empty() || self.outdated(next) || node_down || self.refused(node, next) || ended {
                 // Not (or no longer) the slot's next task: it ends like any other.
                 if node_down && !ended {
                     self.orphan(next);
@@ -270,6 +263,19 @@ impl Orchestrator<'_> {
     /// pass looks at every task of the service.
     pub(super) fn outdated(&self, t: &Task) -> bool {
         t.spec_version != self.svc.spec_version && t.spec != self.svc.spec.task
+    }
+
+    /// Placed on a node that is down.
+    fn node_down(&self, t: &Task) -> bool {
+        !t.node_id.is_empty() && !node_up(self.state, &t.node_id)
+    }
+
+    /// Placed (in a replicated slot, `node` empty) on a node that is gone,
+    /// drained, or no longer matches the constraints.
+    fn refused(&self, node: &str, t: &Task) -> bool {
+        node.is_empty()
+            && !t.node_id.is_empty()
+            && self.state.nodes.get(&t.node_id).is_none_or(|n| refusal(n, &self.svc.spec.task).is_some())
     }
 
     /// Lost, or never on a node (unplaced, or held for its dependencies): no
