@@ -416,10 +416,10 @@ mod tests {
         }))
         .expect("a record");
         let mut c = Container {
-            record,
+            record: std::sync::Arc::new(record),
             status: CStatus::Running { pid: 42, started_ms: 1_700_000_000_000 },
             restart: Default::default(),
-            endpoints: vec![],
+            endpoints: Default::default(),
             health: None,
         };
         let state = docker_state(&c);

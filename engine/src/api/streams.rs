@@ -296,9 +296,10 @@ pub(super) async fn container_stats(
     let containers = svc.containers.clone();
     // Resolve named containers now, so a bad name is an error, not an empty stream.
     let named = r.ids.clone();
-    let chosen =
-        cblocking(move || named.iter().map(|n| containers.find(n).map(|c| c.record.id)).collect::<Result<Vec<_>, _>>())
-            .await?;
+    let chosen = cblocking(move || {
+        named.iter().map(|n| containers.find(n).map(|c| c.record.id.clone())).collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
     let (tx, rx) = mpsc::channel(2);
     let containers = svc.containers.clone();
     tokio::task::spawn_blocking(move || stats_loop(&containers, &chosen, r.all, r.stream, &tx));

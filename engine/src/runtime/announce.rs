@@ -105,7 +105,7 @@ impl Containers {
     /// `create` and what comes with it before the start: its networks' connects, its volumes' mounts.
     pub(crate) fn announce_created(&self, c: &Container) {
         self.container_event(c, "create", BTreeMap::new());
-        for e in &c.endpoints {
+        for e in c.endpoints.iter() {
             let id = if e.network_id.is_empty() { &e.network } else { &e.network_id };
             let a = attrs([("container", c.record.id.clone()), ("name", e.network.clone()), ("type", "bridge".into())]);
             self.events.emit("network", "connect", id, a);
@@ -125,7 +125,7 @@ impl Containers {
 
     /// `destroy`, after the networks' disconnects.
     pub(crate) fn announce_destroyed(&self, c: &Container) {
-        for e in &c.endpoints {
+        for e in c.endpoints.iter() {
             let id = if e.network_id.is_empty() { &e.network } else { &e.network_id };
             let a = attrs([("container", c.record.id.clone()), ("name", e.network.clone()), ("type", "bridge".into())]);
             self.events.emit("network", "disconnect", id, a);

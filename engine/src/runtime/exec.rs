@@ -24,7 +24,7 @@ impl Containers {
         let ExecRequest { args, env, cwd, user, tty, interactive } = req;
         let (cwd, user) = (cwd.as_str(), user.as_str());
         let Status::Running { pid, .. } = c.status else {
-            return Err(ContainerError::NotRunning(c.record.name));
+            return Err(ContainerError::NotRunning(c.record.name.clone()));
         };
         if args.is_empty() {
             return Err(ContainerError::Invalid {
@@ -49,7 +49,7 @@ impl Containers {
         let all_env = process.env().clone().unwrap_or_default();
         Ok(shim::ExecConfig {
             process: Some(process),
-            container_id: c.record.id,
+            container_id: c.record.id.clone(),
             state_root: self.state_root.clone(),
             args,
             env: all_env,

@@ -299,7 +299,7 @@ impl Containers {
             .flatten()
             .filter_map(|e| self.records.read(&e.file_name().to_string_lossy(), &e.path()))
             .find(|r| r.name == name)
-            .map(|r| r.id)
+            .map(|r| r.id.clone())
     }
 
     /// Takes `name` for the container `id` being created, until the returned
@@ -335,7 +335,7 @@ impl Containers {
 
     fn load(&self, id: &str) -> Option<Container> {
         let dir = self.dir(id);
-        let record: Record = self.records.read(id, &dir)?;
+        let record = self.records.read(id, &dir)?;
         let restart = read_json(&dir.join("restart.json")).unwrap_or_default();
         let endpoints = self.endpoints.read(id, &dir).unwrap_or_default();
         let status = status_at(&dir);
@@ -725,7 +725,7 @@ impl Containers {
                 self.container_event(&c, "kill", crate::events::attrs([("signal", signal.to_string())]));
                 Ok(c)
             }
-            _ => Err(ContainerError::NotRunning(c.record.name)),
+            _ => Err(ContainerError::NotRunning(c.record.name.clone())),
         }
     }
 
@@ -837,7 +837,7 @@ impl Containers {
     pub fn processes(&self, reference: &str) -> Result<Vec<i32>, ContainerError> {
         let c = self.find(reference)?;
         if !matches!(c.status, Status::Running { .. }) {
-            return Err(ContainerError::NotRunning(c.record.name));
+            return Err(ContainerError::NotRunning(c.record.name.clone()));
         }
         let mut pids = self.cgroups.pids(&c.record.cgroups_path);
         pids.sort_unstable();
@@ -854,7 +854,7 @@ impl Containers {
                 let dir = self.dir(&c.record.id);
                 let rootfs = dir.join("rootfs");
                 if !is_mount_point(&rootfs, &dir) {
-                    return Err(ContainerError::NotRunning(c.record.name));
+                    return Err(ContainerError::NotRunning(c.record.name.clone()));
                 }
                 Ok(rootfs)
             }
@@ -887,7 +887,7 @@ impl Containers {
         self.list()
             .into_iter()
             .find(|c| c.record.mounts.iter().any(|m| m.source == MountSource::Volume(name.to_string())))
-            .map(|c| c.record.name)
+            .map(|c| c.record.name.clone())
     }
 
     /// The attach socket of a container started with `-i` or `-t`.
@@ -901,7 +901,7 @@ impl Containers {
             });
         }
         if !matches!(c.status, Status::Running { .. }) {
-            return Err(ContainerError::NotRunning(c.record.name));
+            return Err(ContainerError::NotRunning(c.record.name.clone()));
         }
         let path = shim::io_socket(&self.state_root, &c.record.id, "attach");
         Ok((c, path))
@@ -1165,7 +1165,7 @@ mod tests {
         let id = "ab".repeat(32);
         recorded(&c, &id, "web");
         for reference in [id.as_str(), "web", "abab"] {
-            assert_eq!(c.find(reference).map(|c| c.record.id).ok(), Some(id.clone()), "{reference}");
+            assert_eq!(c.find(reference).map(|c| c.record.id.clone()).ok(), Some(id.clone()), "{reference}");
         }
         assert!(matches!(c.find(&"cd".repeat(32)), Err(ContainerError::NotFound(_))));
         assert!(!is_full_id("../etc") && !is_full_id(&"g".repeat(64)) && is_full_id(&id));

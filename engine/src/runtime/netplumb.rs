@@ -264,10 +264,10 @@ impl Containers {
             why: e.to_string(),
         })?;
         let endpoint = self.attach_one(nets, &c.record.id, &c.record.name, &a, &c.record.host_config.dns)?;
-        let mut record = c.record.clone();
+        let mut record = Record::clone(&c.record);
         record.networks.push(a);
         self.write_record(&record)?;
-        let mut endpoints = c.endpoints.clone();
+        let mut endpoints = Vec::clone(&c.endpoints);
         let net_id = if endpoint.network_id.is_empty() { network.to_string() } else { endpoint.network_id.clone() };
         let net_name = if endpoint.network.is_empty() { network.to_string() } else { endpoint.network.clone() };
         endpoints.push(endpoint);
@@ -322,11 +322,11 @@ impl Containers {
                 return Err(ContainerError::Invalid { what: "network", value: network.into(), why: e.to_string() });
             }
         }
-        let mut record = c.record.clone();
+        let mut record = Record::clone(&c.record);
         let left = record.networks.remove(at);
         self.write_record(&record)?;
         self.give_back(std::slice::from_ref(&left.lease));
-        let mut endpoints = c.endpoints.clone();
+        let mut endpoints = Vec::clone(&c.endpoints);
         let net_id =
             endpoints.get(at).map(|e| e.network_id.clone()).filter(|i| !i.is_empty()).unwrap_or_else(|| name.clone());
         if at < endpoints.len() {
@@ -362,7 +362,7 @@ impl Containers {
         let results = nets.sync(&asked)?;
         self.net_pending.store(false, std::sync::atomic::Ordering::SeqCst);
         for (id, endpoints) in results {
-            if all.iter().any(|c| c.record.id == id && c.endpoints != endpoints)
+            if all.iter().any(|c| c.record.id == id && *c.endpoints != endpoints)
                 && let Err(e) = self.set_endpoints(&id, &endpoints)
             {
                 tracing::warn!(container = %id, error = %e, "cannot record the container's endpoints");

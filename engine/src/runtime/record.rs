@@ -80,11 +80,12 @@ pub enum Status {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Container {
-    pub record: Record,
+    /// Shared with the records' cache: a listing copies no record.
+    pub record: Arc<Record>,
     pub status: Status,
     pub restart: RestartState,
-    /// What netd made of its networks.
-    pub endpoints: Vec<Endpoint>,
+    /// What netd made of its networks (shared with the cache, as the record).
+    pub endpoints: Arc<Vec<Endpoint>>,
     /// Where its health stands, if it has a check (inspect shows it as `State.Health`).
     #[serde(skip)]
     pub health: Option<health::Health>,
@@ -108,7 +109,7 @@ pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> 
 /// `stat` of the records that did not change.
 pub(super) struct JsonCache<T> {
     name: &'static str,
-    files: Mutex<std::collections::HashMap<String, (FileStamp, T)>>,
+    files: Mutex<std::collections::HashMap<String, (FileStamp, Arc<T>)>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -119,13 +120,14 @@ struct FileStamp {
     mtime_ns: i64,
 }
 
-impl<T: Clone + for<'de> Deserialize<'de>> JsonCache<T> {
+impl<T: for<'de> Deserialize<'de>> JsonCache<T> {
     pub(super) fn new(name: &'static str) -> JsonCache<T> {
         JsonCache { name, files: Mutex::new(Default::default()) }
     }
 
-    /// The file `name` of the container in `dir` (whose id is `id`), parsed; None if it is absent or bad.
-    pub(super) fn read(&self, id: &str, dir: &Path) -> Option<T> {
+    /// The file `name` of the container in `dir` (whose id is `id`), parsed
+    /// (shared, not copied); None if it is absent or bad.
+    pub(super) fn read(&self, id: &str, dir: &Path) -> Option<Arc<T>> {
         use std::os::unix::fs::MetadataExt;
         let path = dir.join(self.name);
         let files = || self.files.lock().unwrap_or_else(|p| p.into_inner());
@@ -140,7 +142,7 @@ impl<T: Clone + for<'de> Deserialize<'de>> JsonCache<T> {
             return Some(v.clone());
         }
         // Replaced between the stat and the read: the next stat differs, and reads it again.
-        let v: T = read_json(&path)?;
+        let v: Arc<T> = Arc::new(read_json(&path)?);
         files().insert(id.to_string(), (stamp, v.clone()));
         Some(v)
     }
@@ -199,17 +201,17 @@ mod tests {
         let dir = t.path().join("c1");
         std::fs::create_dir(&dir).unwrap();
         let cache: JsonCache<Vec<u32>> = JsonCache::new("network.json");
-        assert_eq!(cache.read("c1", &dir), None);
+        assert_eq!(cache.read("c1", &dir), None::<Arc<Vec<u32>>>);
         crate::files::write_replace(&dir.join("network.json"), b"[1]").unwrap();
-        assert_eq!(cache.read("c1", &dir), Some(vec![1]));
-        assert_eq!(cache.read("c1", &dir), Some(vec![1]));
+        assert_eq!(cache.read("c1", &dir).as_deref(), Some(&vec![1]));
+        assert_eq!(cache.read("c1", &dir).as_deref(), Some(&vec![1]));
         // Replaced by a rename, as records are: the new content, even of the same size.
         crate::files::write_replace(&dir.join("network.json"), b"[2]").unwrap();
-        assert_eq!(cache.read("c1", &dir), Some(vec![2]));
+        assert_eq!(cache.read("c1", &dir).as_deref(), Some(&vec![2]));
         std::fs::remove_file(dir.join("network.json")).unwrap();
-        assert_eq!(cache.read("c1", &dir), None);
+        assert_eq!(cache.read("c1", &dir), None::<Arc<Vec<u32>>>);
         crate::files::write_replace(&dir.join("network.json"), b"[3]").unwrap();
-        assert_eq!(cache.read("c1", &dir), Some(vec![3]));
+        assert_eq!(cache.read("c1", &dir).as_deref(), Some(&vec![3]));
         cache.keep(&Default::default());
         assert!(cache.files.lock().unwrap().is_empty());
     }

@@ -212,7 +212,7 @@ impl Containers {
     ) -> Result<Retired, ContainerError> {
         let c = self.find(id)?;
         if matches!(c.status, Status::Running { .. }) || (!created && c.status == Status::Created) {
-            return Err(ContainerError::Running(c.record.name));
+            return Err(ContainerError::Running(c.record.name.clone()));
         }
         self.monitors.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         let _g = self.lock.write().unwrap_or_else(|p| p.into_inner());
@@ -264,7 +264,7 @@ impl Containers {
         let c = self.find(reference)?;
         if matches!(c.status, Status::Running { .. }) {
             if !force {
-                return Err(ContainerError::Running(c.record.name));
+                return Err(ContainerError::Running(c.record.name.clone()));
             }
             let _ = self.kill(&c.record.id, libc::SIGKILL);
             self.wait_exit(&c.record.id, Duration::from_secs(10));
@@ -274,7 +274,7 @@ impl Containers {
             ContainerError::NotFound(_) => ContainerError::NotFound(reference.to_string()),
             e => e,
         })?;
-        Ok((c.record.id, retired))
+        Ok((c.record.id.clone(), retired))
     }
 
     /// `remove` (with `force` and anonymous volumes) for the node's worker: it

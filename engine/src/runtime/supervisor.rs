@@ -251,7 +251,7 @@ impl Containers {
     /// its client the exit, then calls `finish_removal` (see `removal.rs`).
     pub fn wait_retiring(&self, reference: &str) -> Result<(Status, Option<Retired>), ContainerError> {
         let id = match self.find(reference) {
-            Ok(c) => c.record.id,
+            Ok(c) => c.record.id.clone(),
             Err(e) => return self.reaped(reference).map(|s| (s, None)).ok_or(e),
         };
         let watch = watch::DirWatch::new(&self.dir(&id));
