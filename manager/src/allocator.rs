@@ -150,7 +150,9 @@ fn plan_addrs(state: &State, out: &mut Vec<AllocChange>) {
             }
         }
     }
-    let wanted = |t: &&shoal_proto::service::Task| !t.status.state.is_terminal() && t.desired <= TaskState::Running;
+    let wanted = |t: &&std::sync::Arc<shoal_proto::service::Task>| {
+        !t.status.state.is_terminal() && t.desired <= TaskState::Running
+    };
     for t in state.tasks.values().filter(wanted) {
         for n in t.networks.iter().filter(|n| n.addr.is_none()) {
             if let Some(addr) = pool.take(&n.network) {
@@ -664,7 +666,7 @@ mod tests {
         assert_eq!(reclaim(&s, 2_000_001), vec![AllocChange::Release { id: "t2".into() }]);
         // A task that is not orphaned is never released.
         let mut live = s.clone();
-        live.tasks.get_mut("t2").expect("t2").status.state = TaskState::Running;
+        live.tasks.get_mut("t2").map(std::sync::Arc::make_mut).expect("t2").status.state = TaskState::Running;
         assert!(reclaim(&live, u64::MAX).is_empty());
         i += 1;
         apply(&mut live, i, Command::Allocate { changes: vec![AllocChange::Release { id: "t2".into() }] });

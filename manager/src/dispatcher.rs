@@ -440,7 +440,7 @@ impl Dispatcher {
             let state = self.inner.store.read();
             for k in keys {
                 let ObjKey::Task(id) = k else { continue };
-                let task = state.tasks.get(id);
+                let task = state.tasks.get(id).map(|t| &**t);
                 if sent.runs.contains(id) && task.is_none_or(|t| t.desired >= TaskState::Shutdown) {
                     if let Some(until) = self.hold(id, task, sent.tasks.get(id)) {
                         sent.held.insert(id.clone(), until);
@@ -711,7 +711,7 @@ mod tests {
         assert_eq!(view.services[0].backends.len(), 3);
         // t2 is wanted stopped: n1's view changes (a backend leaves), and goes at once.
         let commit = store.apply_batch(|state, _, _| {
-            state.tasks.get_mut("t2").expect("t2").desired = TaskState::Shutdown;
+            state.tasks.get_mut("t2").map(Arc::make_mut).expect("t2").desired = TaskState::Shutdown;
             vec![ObjKey::Task("t2".into())]
         });
         commit.publish();
@@ -748,13 +748,13 @@ mod tests {
                 state.secrets.insert("x1".into(), object("x1", "db", b"pw-db"));
                 state.secrets.insert("x2".into(), object("x2", "api", b"pw-api"));
                 state.configs.insert("c1".into(), object("c1", "app", b"conf"));
-                let t1 = state.tasks.get_mut("t1").expect("t1");
+                let t1 = state.tasks.get_mut("t1").map(Arc::make_mut).expect("t1");
                 (t1.spec.secrets, t1.spec.configs) = (vec![uses("x1", "db")], vec![uses("c1", "app")]);
-                state.tasks.get_mut("t2").expect("t2").spec.secrets = vec![uses("x2", "api")];
+                state.tasks.get_mut("t2").map(Arc::make_mut).expect("t2").spec.secrets = vec![uses("x2", "api")];
                 // Leaving (desired shutdown): its node needs no payload for it.
-                state.tasks.get_mut("t3").expect("t3").spec.secrets = vec![uses("x1", "db")];
+                state.tasks.get_mut("t3").map(Arc::make_mut).expect("t3").spec.secrets = vec![uses("x1", "db")];
                 // Ended: nothing either.
-                state.tasks.get_mut("t9").expect("t9").spec.secrets = vec![uses("x2", "api")];
+                state.tasks.get_mut("t9").map(Arc::make_mut).expect("t9").spec.secrets = vec![uses("x2", "api")];
                 Vec::new()
             })
             .publish();
@@ -779,9 +779,9 @@ mod tests {
         // A task that uses x1 comes to n5: the payload comes with it, and only to n5.
         let (mut sent5, tx5, mut rx5) = connected(&d, "n5").await;
         let commit = store.apply_batch(|state, _, _| {
-            let mut t = state.tasks["t1"].clone();
+            let mut t = Task::clone(&state.tasks["t1"]);
             (t.id, t.node_id, t.spec.configs) = ("t10".into(), "n5".into(), vec![]);
-            state.tasks.insert("t10".into(), t);
+            state.tasks.insert("t10".into(), t.into());
             vec![ObjKey::Task("t10".into())]
         });
         commit.publish();
@@ -851,7 +851,7 @@ mod tests {
     fn stop(store: &Store, id: &str) -> [ObjKey; 1] {
         store
             .apply_batch(|state, _, _| {
-                state.tasks.get_mut(id).expect("task").desired = TaskState::Shutdown;
+                state.tasks.get_mut(id).map(Arc::make_mut).expect("task").desired = TaskState::Shutdown;
                 vec![ObjKey::Task(id.into())]
             })
             .publish();
@@ -924,7 +924,7 @@ mod tests {
     fn views_of_five_nodes_with_500_tasks_take_little_time() {
         let mut state = crate::netview::tests::world();
         for i in 0..500u32 {
-            let mut t = state.tasks["t1"].clone();
+            let mut t = Task::clone(&state.tasks["t1"]);
             t.id = format!("x{i}");
             t.node_id = format!("n{}", 1 + i % 5);
             t.networks = vec![TaskNetwork {
@@ -932,7 +932,7 @@ mod tests {
                 aliases: vec![],
                 addr: Some(std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 0, 1, 10)) + i)),
             }];
-            state.tasks.insert(t.id.clone(), t);
+            state.tasks.insert(t.id.clone(), t.into());
         }
         let started = Instant::now();
         let views = crate::netview::all(&state);

@@ -453,7 +453,7 @@ mod tests {
                     status,
                     ..Default::default()
                 };
-                state.tasks.insert("t1".into(), task);
+                state.tasks.insert("t1".into(), task.into());
                 Vec::new()
             })
             .publish();

@@ -123,7 +123,7 @@ mod tests {
         for (id, svc, st) in
             [("w1", "web", TaskState::Running), ("w2", "web", TaskState::Pending), ("d1", "db", TaskState::Running)]
         {
-            s.tasks.insert(id.into(), task(id, svc, st));
+            s.tasks.insert(id.into(), task(id, svc, st).into());
         }
         s
     }
@@ -145,16 +145,16 @@ mod tests {
         let mut w = Watcher::new("web");
         w.whole(&s);
         // Another service's task: nothing to say.
-        s.tasks.get_mut("d1").unwrap().status.state = TaskState::Failed;
+        s.tasks.get_mut("d1").map(std::sync::Arc::make_mut).unwrap().status.state = TaskState::Failed;
         assert_eq!(w.changed(&s, &[ObjKey::Task("d1".into()), ObjKey::Service("db".into())]), None);
         // Its own task runs: that task, with the counts it changed.
-        s.tasks.get_mut("w2").unwrap().status.state = TaskState::Running;
+        s.tasks.get_mut("w2").map(std::sync::Arc::make_mut).unwrap().status.state = TaskState::Running;
         let m = w.changed(&s, &[ObjKey::Task("w2".into())]).expect("a message");
         assert!(!m.whole);
         assert_eq!(m.service.as_ref().map(|e| e.running), Some(2));
         assert_eq!(m.tasks.iter().map(|e| e.task.id.as_str()).collect::<Vec<_>>(), ["w2"]);
         // A new task of it, and one of its tasks removed.
-        s.tasks.insert("w3".into(), task("w3", "web", TaskState::New));
+        s.tasks.insert("w3".into(), task("w3", "web", TaskState::New).into());
         s.tasks.remove("w1");
         let m = w.changed(&s, &[ObjKey::Task("w3".into()), ObjKey::Task("w1".into())]).expect("a message");
         assert_eq!(m.tasks.iter().map(|e| e.task.id.as_str()).collect::<Vec<_>>(), ["w3"]);

@@ -109,7 +109,7 @@ impl Held {
         networks: &BTreeMap<String, Network>,
         nodes: &BTreeMap<String, Node>,
         services: &BTreeMap<String, Service>,
-        tasks: &BTreeMap<String, Task>,
+        tasks: &BTreeMap<String, std::sync::Arc<Task>>,
         attachments: &BTreeMap<String, Attachment>,
     ) -> Held {
         let mut h = Held::default();
@@ -351,7 +351,8 @@ impl State {
         if ingress && let Some(s) = self.services.values().find(|s| s.spec.task.ports.iter().any(|p| p.is_ingress())) {
             return Some(format!("network {name} is in use by service {}, which publishes ingress ports", s.spec.name));
         }
-        let live = |t: &&Task| !t.status.state.is_terminal() && t.networks.iter().any(|n| n.network == id);
+        let live =
+            |t: &&std::sync::Arc<Task>| !t.status.state.is_terminal() && t.networks.iter().any(|n| n.network == id);
         if let Some(t) = self.tasks.values().find(live) {
             let by = self.services.get(&t.service_id).map_or(t.service_id.as_str(), |s| s.spec.name.as_str());
             return Some(format!("network {name} is in use by task {} of service {by}", t.id));
@@ -634,7 +635,7 @@ impl State {
                 if !assignable(a, *addr) || self.held.addr(network, *addr).is_some() {
                     return None;
                 }
-                let t = self.tasks.get_mut(id)?;
+                let t = self.tasks.get_mut(id).map(std::sync::Arc::make_mut)?;
                 if t.status.state.is_terminal() {
                     return None;
                 }
@@ -724,7 +725,7 @@ impl State {
                 Some(key)
             }
             AllocChange::Release { id } => {
-                let t = self.tasks.get_mut(id)?;
+                let t = self.tasks.get_mut(id).map(std::sync::Arc::make_mut)?;
                 if t.status.state != TaskState::Orphaned || !holds_addrs(t) {
                     return None;
                 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::model::{
@@ -25,7 +26,9 @@ pub struct State {
     pub cluster: Option<Cluster>,
     pub nodes: BTreeMap<String, Node>,
     pub services: BTreeMap<String, Service>,
-    pub tasks: BTreeMap<String, Task>,
+    /// Each task shared by `Arc`: a writer copies the state when a reader
+    /// holds it (`Store::apply_batch`), and then copies pointers, not tasks.
+    pub tasks: BTreeMap<String, Arc<Task>>,
     /// Cluster networks (absent from state stored before them).
     #[serde(default)]
     pub networks: BTreeMap<String, Network>,
@@ -51,7 +54,7 @@ struct Stored {
     cluster: Option<Cluster>,
     nodes: BTreeMap<String, Node>,
     services: BTreeMap<String, Service>,
-    tasks: BTreeMap<String, Task>,
+    tasks: BTreeMap<String, Arc<Task>>,
     #[serde(default)]
     networks: BTreeMap<String, Network>,
     #[serde(default)]
@@ -660,7 +663,7 @@ impl State {
                 let mut keys = Vec::new();
                 for (id, status) in updates {
                     // Only the node the task is on reports it, and only forward.
-                    let Some(t) = self.tasks.get_mut(id) else { continue };
+                    let Some(t) = self.tasks.get_mut(id).map(Arc::make_mut) else { continue };
                     if t.node_id != *node_id || !t.status.state.can_move_to(status.state) {
                         continue;
                     }
@@ -926,11 +929,11 @@ impl State {
                 t.created_index = index;
                 t.status.at_ms = at;
                 let key = ObjKey::Task(t.id.clone());
-                self.tasks.insert(t.id.clone(), t);
+                self.tasks.insert(t.id.clone(), t.into());
                 Some(key)
             }
             TaskChange::Assign { id, node_id } => {
-                let t = self.tasks.get_mut(id)?;
+                let t = self.tasks.get_mut(id).map(Arc::make_mut)?;
                 if !t.node_id.is_empty()
                     || !t.status.state.can_move_to(TaskState::Assigned)
                     || !self.nodes.contains_key(node_id)
@@ -948,7 +951,7 @@ impl State {
                 Some(ObjKey::Task(id.clone()))
             }
             TaskChange::Unplaced { id, message } => {
-                let t = self.tasks.get_mut(id)?;
+                let t = self.tasks.get_mut(id).map(Arc::make_mut)?;
                 if t.status.state > TaskState::Pending || t.status.err == *message {
                     return None;
                 }
@@ -958,7 +961,7 @@ impl State {
                 Some(ObjKey::Task(id.clone()))
             }
             TaskChange::Desired { id, desired } => {
-                let t = self.tasks.get_mut(id)?;
+                let t = self.tasks.get_mut(id).map(Arc::make_mut)?;
                 if *desired <= t.desired {
                     return None;
                 }
@@ -967,7 +970,7 @@ impl State {
                 Some(ObjKey::Task(id.clone()))
             }
             TaskChange::Status { id, status } => {
-                let t = self.tasks.get_mut(id)?;
+                let t = self.tasks.get_mut(id).map(Arc::make_mut)?;
                 if !t.status.state.can_move_to(status.state) {
                     return None;
                 }

@@ -297,6 +297,7 @@ mod tests {
                 .filter(|t| {
                     t.service_id == svc && t.desired == TaskState::Running && t.status.state == TaskState::Running
                 })
+                .map(|t| &**t)
                 .collect()
         }
 
@@ -464,7 +465,7 @@ mod tests {
             s.task.limit_nano_cpus = 4_000_000_000;
         });
         w.settle();
-        let tasks: Vec<&Task> = w.state.tasks.values().filter(|t| t.service_id == big).collect();
+        let tasks: Vec<&Task> = w.state.tasks.values().filter(|t| t.service_id == big).map(|t| &**t).collect();
         assert_eq!(tasks.len(), 2, "one task per slot, not one per rejection");
         for t in &tasks {
             assert!(t.node_id.is_empty() && t.status.state == TaskState::Pending, "{t:?}");
@@ -509,7 +510,7 @@ mod tests {
         // A /29 has five addresses to hand out: the VIP and four tasks.
         assert_eq!(w.running(&web).len(), 4);
         let waiting: Vec<&Task> =
-            w.state.tasks.values().filter(|t| t.service_id == web && t.node_id.is_empty()).collect();
+            w.state.tasks.values().filter(|t| t.service_id == web && t.node_id.is_empty()).map(|t| &**t).collect();
         assert_eq!(waiting.len(), 2);
         for t in waiting {
             assert_eq!(t.status.err, "no free address on network app (10.0.3.0/29)");
@@ -547,7 +548,7 @@ mod tests {
             }
         };
         settle(&mut w);
-        let tasks: Vec<&Task> = w.state.tasks.values().filter(|t| t.service_id == web).collect();
+        let tasks: Vec<&Task> = w.state.tasks.values().filter(|t| t.service_id == web).map(|t| &**t).collect();
         assert_eq!(tasks.len(), 7);
         for t in tasks {
             assert!(t.node_id.is_empty() && t.networks[0].addr.is_some(), "{t:?}");
@@ -570,7 +571,7 @@ mod tests {
         assert_eq!(on, BTreeMap::from([("n2".into(), 2), ("n4".into(), 2), ("n5".into(), 2)]));
         // The seventh says why each node refused it.
         let waiting: Vec<&Task> =
-            w.state.tasks.values().filter(|t| t.service_id == web && t.node_id.is_empty()).collect();
+            w.state.tasks.values().filter(|t| t.service_id == web && t.node_id.is_empty()).map(|t| &**t).collect();
         assert_eq!(waiting.len(), 1);
         assert_eq!(
             waiting[0].status.err,
@@ -1033,7 +1034,7 @@ mod tests {
         }
 
         fn tasks_of(&self, svc: &str) -> Vec<Task> {
-            self.state.tasks.values().filter(|t| t.service_id == svc).cloned().collect()
+            self.state.tasks.values().filter(|t| t.service_id == svc).map(|t| Task::clone(t)).collect()
         }
     }
 
@@ -1073,7 +1074,7 @@ mod tests {
                         status: TaskStatus { state: *st, ..Default::default() },
                         ..Default::default()
                     };
-                    state.tasks.insert(t.id.clone(), t);
+                    state.tasks.insert(t.id.clone(), t.into());
                 }
             }
             let held = held(&state);

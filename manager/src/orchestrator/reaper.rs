@@ -60,7 +60,7 @@ mod tests {
                 networks: vec![TaskNetwork { network: "app".into(), aliases: vec![], addr }],
                 ..Default::default()
             };
-            state.tasks.insert(t.id.clone(), t);
+            state.tasks.insert(t.id.clone(), t.into());
         }
         let mut out = Vec::new();
         reap(&state, &mut out);
@@ -86,7 +86,7 @@ mod tests {
                 created_index: i + 1,
                 ..Default::default()
             };
-            state.tasks.insert(t.id.clone(), t);
+            state.tasks.insert(t.id.clone(), t.into());
         }
         state
     }

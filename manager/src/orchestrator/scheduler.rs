@@ -100,6 +100,7 @@ pub(super) fn schedule(state: &State, now_ms: u64, held: &HashMap<String, String
                 && t.status.state <= TaskState::Pending
                 && !leaving.contains(&t.id.as_str())
         })
+        .map(|t| &**t)
         .collect();
     let mut decisions: Vec<(String, Result<String, String>)> = Vec::new();
     let mut order: Vec<Task> = existing.into_iter().cloned().collect();
