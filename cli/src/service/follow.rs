@@ -27,12 +27,15 @@ pub(super) async fn follow(control: &mut Control, id: &str, before: Option<&Serv
     let mut drawn = 0usize;
     let mut watched = Watched::open(control, id).await?;
     loop {
-        let (entry, ts) = watched.next(control, deadline).await?;
+        let entry = watched.next(control, deadline).await?;
+        let ts: Vec<&(Task, String)> = watched.tasks.values().collect();
         let svc = &entry.service;
         let spec = &svc.spec;
+        // A task of the service's spec version has its spec (as the orchestrator takes it):
+        // hundreds of tasks per message are not compared field by field.
+        let up_to_date = |t: &Task| t.spec_version == svc.spec_version || t.spec == spec.task;
         let live: Vec<&Task> = ts.iter().map(|(t, _)| t).filter(|t| t.desired == TaskState::Running).collect();
-        let current =
-            live.iter().filter(|t| t.spec == spec.task && t.status.state == TaskState::Running).count() as u64;
+        let current = live.iter().filter(|t| up_to_date(t) && t.status.state == TaskState::Running).count() as u64;
         let completed = entry.completed;
         let wanted = if spec.mode.is_global() { live.len() as u64 } else { spec.replicas };
         let (done, line) = if spec.mode.is_job() {
@@ -42,7 +45,7 @@ pub(super) async fn follow(control: &mut Control, id: &str, before: Option<&Serv
             )
         } else {
             (
-                current == wanted && live.len() as u64 == wanted && live.iter().all(|t| t.spec == spec.task),
+                current == wanted && live.len() as u64 == wanted && live.iter().all(|t| up_to_date(t)),
                 format!("overall progress: {current} out of {wanted} tasks"),
             )
         };
@@ -124,13 +127,10 @@ impl Watched {
         Ok(resp.with_context(|| format!("watching service {id}"))?.into_inner())
     }
 
-    /// Waits for the next change (the whole service first), until `deadline`.
-    /// A stream that breaks (a new leader) is opened again: it starts whole.
-    async fn next(
-        &mut self,
-        control: &mut Control,
-        deadline: Instant,
-    ) -> anyhow::Result<(ServiceListEntry, Vec<(Task, String)>)> {
+    /// Waits for the next change (the whole service first), until `deadline`;
+    /// the tasks as changed are then in `tasks`. A stream that breaks (a new
+    /// leader) is opened again: it starts whole.
+    async fn next(&mut self, control: &mut Control, deadline: Instant) -> anyhow::Result<ServiceListEntry> {
         let msg = loop {
             let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
             match tokio::time::timeout(wait, self.stream.message()).await {
@@ -160,8 +160,7 @@ impl Watched {
                 None => bail!("service {} was removed", self.id),
             }
         }
-        let entry = self.entry.clone().with_context(|| format!("service {} not found", self.id))?;
-        Ok((entry, self.tasks.values().cloned().collect()))
+        self.entry.clone().with_context(|| format!("service {} not found", self.id))
     }
 }
 
@@ -170,7 +169,7 @@ const MAX_BARS: usize = 20;
 
 /// Docker's progress bars, one per slot (replicated) or node (global): the
 /// state of its newest live task, as far along `new → running` as it got.
-fn progress_bars(spec: &ServiceSpec, ts: &[(Task, String)]) -> Vec<String> {
+fn progress_bars(spec: &ServiceSpec, ts: &[&(Task, String)]) -> Vec<String> {
     let mut newest: BTreeMap<(u64, String), &Task> = BTreeMap::new();
     for (t, node) in ts.iter().filter(|(t, _)| t.desired == TaskState::Running) {
         let key = if spec.mode.is_global() { (0, node.clone()) } else { (t.slot, String::new()) };
@@ -232,13 +231,13 @@ mod tests {
             task(2, "new", TaskState::Preparing, 6),
             task(3, "old", TaskState::Running, 2),
         ];
-        let bars = progress_bars(&spec, &ts);
+        let bars = progress_bars(&spec, &ts.iter().collect::<Vec<_>>());
         assert_eq!(bars.len(), 3, "{bars:?}");
         assert_eq!(bars[0], format!("1/3: running   [{}>]", "=".repeat(49)));
         assert!(bars[1].starts_with("2/3: preparing [=") && bars[1].contains("> "), "{}", bars[1]);
         assert_eq!(bars[2], format!("3/3: running   [{}]", " ".repeat(50)), "an old task is no progress");
         spec.replicas = 30;
         let many: Vec<(Task, String)> = (1..=30).map(|s| task(s, "new", TaskState::New, s)).collect();
-        assert!(progress_bars(&spec, &many).is_empty(), "past 20, the overall line only");
+        assert!(progress_bars(&spec, &many.iter().collect::<Vec<_>>()).is_empty(), "past 20, the overall line only");
     }
 }
