@@ -225,7 +225,7 @@ mod tests {
             t.status.state = state;
             (t, "h1".to_string())
         };
-        let ts = vec![
+        let ts = [
             task(1, "new", TaskState::Running, 5),
             task(1, "old", TaskState::Running, 1),
             task(2, "new", TaskState::Preparing, 6),
