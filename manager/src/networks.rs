@@ -635,7 +635,7 @@ impl State {
                 if !assignable(a, *addr) || self.held.addr(network, *addr).is_some() {
                     return None;
                 }
-                let t = self.tasks.get_mut(id).map(std::sync::Arc::make_mut)?;
+                let t = self.task_mut(id)?;
                 if t.status.state.is_terminal() {
                     return None;
                 }
@@ -725,7 +725,7 @@ impl State {
                 Some(key)
             }
             AllocChange::Release { id } => {
-                let t = self.tasks.get_mut(id).map(std::sync::Arc::make_mut)?;
+                let t = self.task_mut(id)?;
                 if t.status.state != TaskState::Orphaned || !holds_addrs(t) {
                     return None;
                 }

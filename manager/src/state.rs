@@ -410,6 +410,11 @@ impl ObjKey {
 }
 
 impl State {
+    /// The task `id` to change, its own copy if a reader shares it (see `tasks`).
+    pub(crate) fn task_mut(&mut self, id: &str) -> Option<&mut Task> {
+        self.tasks.get_mut(id).map(Arc::make_mut)
+    }
+
     /// Applies one committed command at log `index`. Returns the response and
     /// the keys it changed (empty when rejected: all or nothing).
     pub fn apply(&mut self, index: u64, req: &Request) -> (Response, Vec<ObjKey>) {
@@ -663,7 +668,7 @@ impl State {
                 let mut keys = Vec::new();
                 for (id, status) in updates {
                     // Only the node the task is on reports it, and only forward.
-                    let Some(t) = self.tasks.get_mut(id).map(Arc::make_mut) else { continue };
+                    let Some(t) = self.task_mut(id) else { continue };
                     if t.node_id != *node_id || !t.status.state.can_move_to(status.state) {
                         continue;
                     }
@@ -933,11 +938,11 @@ impl State {
                 Some(key)
             }
             TaskChange::Assign { id, node_id } => {
-                let t = self.tasks.get_mut(id).map(Arc::make_mut)?;
-                if !t.node_id.is_empty()
-                    || !t.status.state.can_move_to(TaskState::Assigned)
-                    || !self.nodes.contains_key(node_id)
-                {
+                if !self.nodes.contains_key(node_id) {
+                    return None;
+                }
+                let t = self.task_mut(id)?;
+                if !t.node_id.is_empty() || !t.status.state.can_move_to(TaskState::Assigned) {
                     return None;
                 }
                 t.node_id = node_id.clone();
@@ -951,7 +956,7 @@ impl State {
                 Some(ObjKey::Task(id.clone()))
             }
             TaskChange::Unplaced { id, message } => {
-                let t = self.tasks.get_mut(id).map(Arc::make_mut)?;
+                let t = self.task_mut(id)?;
                 if t.status.state > TaskState::Pending || t.status.err == *message {
                     return None;
                 }
@@ -961,7 +966,7 @@ impl State {
                 Some(ObjKey::Task(id.clone()))
             }
             TaskChange::Desired { id, desired } => {
-                let t = self.tasks.get_mut(id).map(Arc::make_mut)?;
+                let t = self.task_mut(id)?;
                 if *desired <= t.desired {
                     return None;
                 }
@@ -970,7 +975,7 @@ impl State {
                 Some(ObjKey::Task(id.clone()))
             }
             TaskChange::Status { id, status } => {
-                let t = self.tasks.get_mut(id).map(Arc::make_mut)?;
+                let t = self.task_mut(id)?;
                 if !t.status.state.can_move_to(status.state) {
                     return None;
                 }
