@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use rtnetlink::{LinkUnspec, LinkVeth};
 use shoal_netd::sys;
 use shoal_proto::net::{NetView, OverlayNetwork};
@@ -94,6 +95,11 @@ async fn scenario(host: &NetdHost, containers: &[Parked], not_a_netns: &Path) ->
         assert!(String::from_utf8_lossy(&addrs.stdout).contains(&format!("{}/", a.ip)), "{} on eth0", a.ip);
         assert!(reaches(&path, &gateway), "{} reaches the gateway {gateway}", a.ip);
     }
+    // Their bridge legs make no IPv6 address, so nothing of theirs (DAD, MLD,
+    // router solicitations) floods the bridge.
+    let legs = ipv6_of_legs(&host.ns)?;
+    assert_eq!(legs.len(), MANY, "{legs:?}");
+    assert!(legs.iter().all(|(_, _, addrs)| addrs.is_empty()), "{legs:?}");
     // The failed one left nothing behind: netd lists the dozen only.
     let nets = client.clone().network_list(pb::Empty {}).await?.into_inner().networks;
     let bridge = nets.iter().find(|n| n.name == "bridge").ok_or_else(|| anyhow::anyhow!("no bridge: {nets:?}"))?;
@@ -175,7 +181,33 @@ async fn cluster_scenario(host: &NetdHost, containers: &[Parked]) -> anyhow::Res
         assert!(reaches(&containers[0].path, &ip(i)), "{} reaches {}", ip(0), ip(i));
         assert!(reaches(&c.path, &ip(0)), "{} reaches {}", ip(i), ip(0));
     }
+    // In the sandbox, every interface netd made has IPv6 off (its legs, br0, the VXLAN device).
+    let root = host.socket.parent().ok_or_else(|| anyhow::anyhow!("netd's root"))?;
+    let sandbox = root.join("netd/sandboxes").join(shoal_netd::model::sandbox_name(net));
+    let legs = ipv6_of_legs(&sandbox).with_context(|| format!("in {}", sandbox.display()))?;
+    assert_eq!(legs.len(), containers.len(), "{legs:?}");
+    assert!(legs.iter().all(|(_, knob, addrs)| knob == "1" && addrs.is_empty()), "{legs:?}");
     Ok(())
+}
+
+/// The endpoints' bridge legs (`shv…`) in namespace `ns`: each with its
+/// `disable_ipv6` knob and its IPv6 addresses.
+fn ipv6_of_legs(ns: &Path) -> anyhow::Result<Vec<(String, String, String)>> {
+    Ok(sys::in_netns(ns, || -> std::io::Result<Vec<(String, String, String)>> {
+        let mut legs = Vec::new();
+        // (/sys/class/net is the namespace's that mounted sysfs; this thread's links are here.)
+        let dev = std::fs::read_to_string("/proc/thread-self/net/dev")?;
+        for name in dev.lines().filter_map(|l| Some(l.split_once(':')?.0.trim().to_string())) {
+            if !name.starts_with("shv") {
+                continue;
+            }
+            let knob = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{name}: {e}")))?;
+            let addrs = Command::new("ip").args(["-6", "-o", "addr", "show", "dev", &name]).output()?;
+            legs.push((name, knob.trim().to_string(), String::from_utf8_lossy(&addrs.stdout).trim().to_string()));
+        }
+        Ok(legs)
+    })?)
 }
 
 /// Pings until an answer comes, for at most 10 s.
