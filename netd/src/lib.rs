@@ -25,6 +25,7 @@ pub mod ingress_sys;
 pub mod ipam;
 pub mod lb;
 pub mod lb_sys;
+pub mod linkdump;
 pub mod macvlan;
 pub mod macvlan_sys;
 pub mod model;

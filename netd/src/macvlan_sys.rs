@@ -87,18 +87,13 @@ fn mtu_of(m: &LinkMessage) -> u32 {
 /// netd's shims in the host's namespace (`h`), with their parents and the
 /// `/32` routes through them in the main table.
 pub async fn observe_shims(h: &Handle) -> Result<Vec<ObservedShim>, SysError> {
-    let msgs: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl("listing links"))?;
-    observe_shims_in(h, &msgs).await
+    observe_shims_in(h, &crate::sys::HostLinks::read(h).await?).await
 }
 
-/// [`observe_shims`] from a link dump of the host's already made (`msgs`):
+/// [`observe_shims`] from a reading of the host's links already made:
 /// only the routes are read, and only when there is a shim.
-pub async fn observe_shims_in(h: &Handle, msgs: &[LinkMessage]) -> Result<Vec<ObservedShim>, SysError> {
-    let name_of = |i: u32| {
-        msgs.iter().find(|m| m.header.index == i).and_then(|m| {
-            m.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
-        })
-    };
+pub async fn observe_shims_in(h: &Handle, links: &crate::sys::HostLinks) -> Result<Vec<ObservedShim>, SysError> {
+    let (msgs, name_of) = (&links.msgs, |i: u32| links.names.get(&i).cloned());
     let mut shims: Vec<(u32, ObservedShim)> = Vec::new();
     for m in msgs {
         let Some(name) = name_of(m.header.index).filter(|n| is_shim(n)) else { continue };

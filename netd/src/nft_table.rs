@@ -475,7 +475,7 @@ pub fn answers(datagram: &[u8]) -> Vec<Answer<'_>> {
 }
 
 /// The attributes in `b`: (type without the flag bits, payload).
-fn attrs(b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(crate) fn attrs(b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     let mut rest = b;
     std::iter::from_fn(move || {
         if rest.len() < 4 {

@@ -310,6 +310,8 @@ pub struct Netd {
     encryption: Arc<Mutex<Result<Encryption, String>>>,
     /// Where the sandboxes are pinned.
     sandbox_dir: PathBuf,
+    /// The host pass's link dumps, on a socket in the host's namespace (as `host`).
+    link_dumps: Arc<crate::linkdump::Dumper>,
     /// Host veths left to go with their container's namespace (see `going`).
     going: Mutex<crate::going::Going>,
     /// The same for the containers' legs in the overlays' sandboxes.
@@ -354,6 +356,7 @@ impl Netd {
             // shims' route dump, `vx0`) run beside the host pass's (a socket takes one dump at a time).
             sandboxes: tokio::sync::Mutex::new(sys::Sandboxes::new(sys::connect()?, root.join("sandboxes"))),
             sandbox_dir: root.join("sandboxes"),
+            link_dumps: Arc::new(crate::linkdump::Dumper::open()?),
             encryption: Arc::new(Mutex::new(encryption)),
             overlay_failures: Mutex::new(Vec::new()),
             balancers: Arc::default(),
@@ -455,9 +458,10 @@ impl Netd {
             (state.desired(), std::time::Instant::now())
         };
         // One reading of the host's links for both parts (and the macvlan shims).
-        let handle = self.host.clone();
+        let (handle, dumps) = (self.host.clone(), self.link_dumps.clone());
         let links =
-            async move { sys::HostLinks::read(&handle).await.map(Arc::new).map_err(|e| e.to_string()) }.shared();
+            async move { sys::HostLinks::read_with(&handle, &dumps).await.map(Arc::new).map_err(|e| e.to_string()) }
+                .shared();
         let host_part = async {
             let start = std::time::Instant::now();
             let failed = if host { self.host_pass(&desired, read_at, links.clone().await).await } else { Vec::new() };

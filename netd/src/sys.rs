@@ -152,65 +152,101 @@ pub async fn observe(h: &Handle) -> Result<Vec<ObservedLink>, SysError> {
 pub struct HostLinks {
     /// The links as the planners take them.
     pub links: Vec<ObservedLink>,
-    /// The link dump's messages (the shims' parents are read from them).
+    /// Whole messages of the links (by `read_with`, only of those that are
+    /// not veths: the bridges, VXLAN devices and macvlan shims).
     pub msgs: Vec<LinkMessage>,
+    /// Every link's name by index (the shims' parents are read from it).
+    pub names: HashMap<u32, String>,
 }
 
 impl HostLinks {
+    /// By rtnetlink's dump of `h`'s namespace, every message parsed whole.
     pub async fn read(h: &Handle) -> Result<HostLinks, SysError> {
         let msgs: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl("listing links"))?;
-        let links = observe_links(h, &msgs).await?;
-        Ok(HostLinks { links, msgs })
+        let links = msgs.iter().filter_map(link_of).collect();
+        HostLinks::with_addresses(h, links, msgs).await
+    }
+
+    /// By a raw dump on `dumper`'s socket, which must be in `h`'s namespace
+    /// (netd's own): the veths (most of a host's links, one per container)
+    /// are read only as far as a pass needs (`linkdump`), the others whole.
+    pub async fn read_with(h: &Handle, dumper: &crate::linkdump::Dumper) -> Result<HostLinks, SysError> {
+        use rtnetlink::packet_core::Parseable;
+        let (mut links, mut msgs) = (Vec::new(), Vec::new());
+        for payload in dumper.dump().map_err(io("dumping the links"))? {
+            let Some(link) = crate::linkdump::link(&payload) else { continue };
+            if link.kind != LinkKind::Veth {
+                let m = LinkMessage::parse(&payload[..])
+                    .map_err(|e| SysError::Batch(format!("reading link {}: {e}", link.name)))?;
+                msgs.push(m);
+            }
+            links.push(link);
+        }
+        HostLinks::with_addresses(h, links, msgs).await
+    }
+
+    /// `links` as the planners take them, with the addresses of a dump made now.
+    async fn with_addresses(
+        h: &Handle,
+        links: Vec<crate::linkdump::Link>,
+        msgs: Vec<LinkMessage>,
+    ) -> Result<HostLinks, SysError> {
+        let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+        let mut addrs: HashMap<u32, Vec<(Ipv4Addr, u8)>> = HashMap::new();
+        let amsgs: Vec<_> = h.address().get().execute().try_collect().await.map_err(nl("listing addresses"))?;
+        for a in amsgs {
+            for attr in &a.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                    addrs.entry(a.header.index).or_default().push((*ip, a.header.prefix_len));
+                }
+            }
+        }
+        let links = links
+            .into_iter()
+            .map(|l| ObservedLink {
+                master: l.master.and_then(|i| names.get(&i).cloned()),
+                addrs: addrs.remove(&l.index).unwrap_or_default(),
+                name: l.name,
+                kind: l.kind,
+                mtu: l.mtu,
+                up: l.up,
+            })
+            .collect();
+        Ok(HostLinks { links, msgs, names })
     }
 }
 
-/// The links of a dump (`msgs`), with the addresses of a dump made now.
-async fn observe_links(h: &Handle, msgs: &[LinkMessage]) -> Result<Vec<ObservedLink>, SysError> {
-    let names: HashMap<u32, String> = msgs.iter().filter_map(|m| Some((m.header.index, link_name(m)?))).collect();
-    let mut addrs: HashMap<u32, Vec<(Ipv4Addr, u8)>> = HashMap::new();
-    let amsgs: Vec<_> = h.address().get().execute().try_collect().await.map_err(nl("listing addresses"))?;
-    for a in amsgs {
-        for attr in &a.attributes {
-            if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
-                addrs.entry(a.header.index).or_default().push((*ip, a.header.prefix_len));
-            }
-        }
-    }
-    Ok(msgs
-        .iter()
-        .filter_map(|m| {
-            let name = link_name(m)?;
-            let mut kind = LinkKind::Other;
-            let (mut master, mut mtu) = (None, 0);
-            for a in &m.attributes {
-                match a {
-                    LinkAttribute::Mtu(v) => mtu = *v,
-                    LinkAttribute::Controller(i) => master = names.get(i).cloned(),
-                    LinkAttribute::LinkInfo(infos) => {
-                        for i in infos {
-                            match i {
-                                LinkInfo::Kind(InfoKind::Bridge) => kind = LinkKind::Bridge,
-                                LinkInfo::Kind(InfoKind::Veth) => kind = LinkKind::Veth,
-                                LinkInfo::Kind(InfoKind::Vxlan) => kind = LinkKind::Vxlan,
-                                LinkInfo::Kind(InfoKind::Tun) => kind = LinkKind::Tun,
-                                LinkInfo::Kind(InfoKind::MacVlan) => kind = LinkKind::Macvlan,
-                                _ => {}
-                            }
-                        }
+/// What a pass reads of a whole link message (as `linkdump::link` reads a raw one).
+fn link_of(m: &LinkMessage) -> Option<crate::linkdump::Link> {
+    let mut kind = LinkKind::Other;
+    let (mut master, mut mtu) = (None, 0);
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::Mtu(v) => mtu = *v,
+            LinkAttribute::Controller(i) => master = Some(*i).filter(|i| *i != 0),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(InfoKind::Bridge) => kind = LinkKind::Bridge,
+                        LinkInfo::Kind(InfoKind::Veth) => kind = LinkKind::Veth,
+                        LinkInfo::Kind(InfoKind::Vxlan) => kind = LinkKind::Vxlan,
+                        LinkInfo::Kind(InfoKind::Tun) => kind = LinkKind::Tun,
+                        LinkInfo::Kind(InfoKind::MacVlan) => kind = LinkKind::Macvlan,
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
-            Some(ObservedLink {
-                name,
-                kind,
-                master,
-                mtu,
-                up: m.header.flags.contains(LinkFlags::Up),
-                addrs: addrs.remove(&m.header.index).unwrap_or_default(),
-            })
-        })
-        .collect())
+            _ => {}
+        }
+    }
+    Some(crate::linkdump::Link {
+        index: m.header.index,
+        name: link_name(m)?,
+        kind,
+        master,
+        mtu,
+        up: m.header.flags.contains(LinkFlags::Up),
+    })
 }
 
 pub(crate) async fn index_of(h: &Handle, name: &str) -> Result<u32, SysError> {
@@ -590,7 +626,7 @@ impl Sandboxes {
         let host_side = async {
             let links = host.await;
             let shims = match &links {
-                Ok(l) => crate::macvlan_sys::observe_shims_in(&host_handle, &l.msgs).await,
+                Ok(l) => crate::macvlan_sys::observe_shims_in(&host_handle, l).await,
                 Err(_) => Ok(Vec::new()),
             };
             (links, shims)

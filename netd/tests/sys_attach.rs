@@ -100,6 +100,21 @@ async fn scenario(host: &NetdHost, containers: &[Parked], not_a_netns: &Path) ->
     let legs = ipv6_of_legs(&host.ns)?;
     assert_eq!(legs.len(), MANY, "{legs:?}");
     assert!(legs.iter().all(|(_, _, addrs)| addrs.is_empty()), "{legs:?}");
+    // netd's raw link dump reads the host as rtnetlink's whole parse does,
+    // and keeps whole messages of all but the veths.
+    let h = sys::connect_in(&host.ns).await?;
+    let dumps = sys::in_netns(&host.ns, shoal_netd::linkdump::Dumper::open)?;
+    let (whole, raw) = (sys::HostLinks::read(&h).await?, sys::HostLinks::read_with(&h, &dumps).await?);
+    let sorted = |l: &sys::HostLinks| {
+        let mut v: Vec<_> = l.links.iter().map(|o| format!("{o:?}")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&raw), sorted(&whole));
+    assert!(raw.links.iter().filter(|l| l.name.starts_with("shv")).count() == MANY, "{:?}", raw.links);
+    assert_eq!(raw.names, whole.names);
+    let veths = whole.links.iter().filter(|l| l.kind == shoal_netd::model::LinkKind::Veth).count();
+    assert_eq!(raw.msgs.len(), whole.msgs.len() - veths, "whole messages of the links that are not veths");
     // The failed one left nothing behind: netd lists the dozen only.
     let nets = client.clone().network_list(pb::Empty {}).await?.into_inner().networks;
     let bridge = nets.iter().find(|n| n.name == "bridge").ok_or_else(|| anyhow::anyhow!("no bridge: {nets:?}"))?;
