@@ -403,14 +403,10 @@ fn create_netns(path: &Path) -> Result<(), NetworkError> {
 
 /// In the calling thread's network namespace (a container's new one), the
 /// interfaces made or moved there from now on start with IPv6 off
-/// (`net.ipv6.conf.default.disable_ipv6`): Shoal's networks are IPv4, and a
-/// leg with IPv6 on sends duplicate address detection, MLD reports and
-/// router solicitations for a link-local address nobody uses. The bridge
-/// floods each of those to every container on it, so a host's starts cost
-/// O(containers²): ~7 % of a `create500`'s CPU went to IPv6. Docker turns
-/// IPv6 off on the interfaces of its IPv4 networks too. `lo` (already there)
-/// keeps `::1`, so servers that bind `[::]` still take IPv4 clients. A
-/// kernel without IPv6 has no knob, which is fine.
+/// (`net.ipv6.conf.default.disable_ipv6`), as in netd's sandboxes (netd's
+/// `sys::ipv6_off` says why: Shoal's networks are IPv4, and the bridges
+/// flooded each new leg's IPv6 chatter to every container). `lo`, already
+/// there, keeps `::1`. A kernel without IPv6 has no knob, which is fine.
 fn ipv6_off_by_default() -> std::io::Result<()> {
     match std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1") {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
