@@ -27,13 +27,15 @@ pub(super) struct Orchestrator<'a> {
 
 impl Orchestrator<'_> {
     pub(super) fn run(mut self) {
-        let mut by_slot: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
+        // By slot, or by node for a global service: (slot, "") or (0, node), borrowed
+        // from the tasks (this runs over every task of the service at each pass).
+        let mut by_slot: BTreeMap<(u64, &str), Vec<&Task>> = BTreeMap::new();
         for &t in self.tasks {
-            let key = if self.svc.spec.mode.is_global() { t.node_id.clone() } else { format!("{:020}", t.slot) };
+            let key = if self.svc.spec.mode.is_global() { (0, t.node_id.as_str()) } else { (t.slot, "") };
             by_slot.entry(key).or_default().push(t);
         }
         for tasks in by_slot.values_mut() {
-            tasks.sort_by_key(|t| (t.created_index, t.id.clone()));
+            tasks.sort_by(|a, b| (a.created_index, &a.id).cmp(&(b.created_index, &b.id)));
         }
         let spec = &self.svc.spec;
         // Out-of-date tasks are replaced `parallelism` at a time: the up-to-date
@@ -91,7 +93,7 @@ impl Orchestrator<'_> {
                     .filter(|t| t.desired == TaskState::Running && !t.status.state.is_terminal())
                     .count() as u64;
                 for slot in 1..=wanted {
-                    let tasks = by_slot.get(&format!("{slot:020}")).map(Vec::as_slice).unwrap_or(&[]);
+                    let tasks = by_slot.get(&(slot, "")).map(Vec::as_slice).unwrap_or(&[]);
                     if spec.mode == Mode::ReplicatedJob && tasks.is_empty() && live >= concurrent {
                         continue; // waits for a running one to finish
                     }
@@ -100,7 +102,7 @@ impl Orchestrator<'_> {
                     }
                 }
                 // Slots past the count: scaled down.
-                for (_, tasks) in by_slot.range(format!("{:020}", wanted + 1)..) {
+                for (_, tasks) in by_slot.range((wanted + 1, "")..) {
                     for t in tasks.iter().filter(|t| t.desired <= TaskState::Running) {
                         self.shutdown(t);
                     }
@@ -108,7 +110,7 @@ impl Orchestrator<'_> {
             }
             Mode::Global | Mode::GlobalJob => {
                 for node in self.state.nodes.values() {
-                    let tasks = by_slot.get(&node.id).map(Vec::as_slice).unwrap_or(&[]);
+                    let tasks = by_slot.get(&(0, node.id.as_str())).map(Vec::as_slice).unwrap_or(&[]);
                     if refusal(node, &spec.task).is_none() {
                         self.slot(0, &node.id, tasks, &mut budget);
                     } else {
@@ -118,8 +120,8 @@ impl Orchestrator<'_> {
                     }
                 }
                 // Tasks of nodes that left the cluster.
-                for (node, tasks) in &by_slot {
-                    if !self.state.nodes.contains_key(node) {
+                for ((_, node), tasks) in &by_slot {
+                    if !self.state.nodes.contains_key(*node) {
                         for t in tasks.iter().filter(|t| t.desired <= TaskState::Running) {
                             self.shutdown(t);
                         }
