@@ -666,7 +666,7 @@ mod tests {
         assert_eq!(reclaim(&s, 2_000_001), vec![AllocChange::Release { id: "t2".into() }]);
         // A task that is not orphaned is never released.
         let mut live = s.clone();
-        live.tasks.get_mut("t2").map(std::sync::Arc::make_mut).expect("t2").status.state = TaskState::Running;
+        live.task_mut("t2").expect("t2").status.state = TaskState::Running;
         assert!(reclaim(&live, u64::MAX).is_empty());
         i += 1;
         apply(&mut live, i, Command::Allocate { changes: vec![AllocChange::Release { id: "t2".into() }] });

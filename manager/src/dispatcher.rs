@@ -711,7 +711,7 @@ mod tests {
         assert_eq!(view.services[0].backends.len(), 3);
         // t2 is wanted stopped: n1's view changes (a backend leaves), and goes at once.
         let commit = store.apply_batch(|state, _, _| {
-            state.tasks.get_mut("t2").map(Arc::make_mut).expect("t2").desired = TaskState::Shutdown;
+            state.task_mut("t2").expect("t2").desired = TaskState::Shutdown;
             vec![ObjKey::Task("t2".into())]
         });
         commit.publish();
@@ -748,13 +748,13 @@ mod tests {
                 state.secrets.insert("x1".into(), object("x1", "db", b"pw-db"));
                 state.secrets.insert("x2".into(), object("x2", "api", b"pw-api"));
                 state.configs.insert("c1".into(), object("c1", "app", b"conf"));
-                let t1 = state.tasks.get_mut("t1").map(Arc::make_mut).expect("t1");
+                let t1 = state.task_mut("t1").expect("t1");
                 (t1.spec.secrets, t1.spec.configs) = (vec![uses("x1", "db")], vec![uses("c1", "app")]);
-                state.tasks.get_mut("t2").map(Arc::make_mut).expect("t2").spec.secrets = vec![uses("x2", "api")];
+                state.task_mut("t2").expect("t2").spec.secrets = vec![uses("x2", "api")];
                 // Leaving (desired shutdown): its node needs no payload for it.
-                state.tasks.get_mut("t3").map(Arc::make_mut).expect("t3").spec.secrets = vec![uses("x1", "db")];
+                state.task_mut("t3").expect("t3").spec.secrets = vec![uses("x1", "db")];
                 // Ended: nothing either.
-                state.tasks.get_mut("t9").map(Arc::make_mut).expect("t9").spec.secrets = vec![uses("x2", "api")];
+                state.task_mut("t9").expect("t9").spec.secrets = vec![uses("x2", "api")];
                 Vec::new()
             })
             .publish();
@@ -851,7 +851,7 @@ mod tests {
     fn stop(store: &Store, id: &str) -> [ObjKey; 1] {
         store
             .apply_batch(|state, _, _| {
-                state.tasks.get_mut(id).map(Arc::make_mut).expect("task").desired = TaskState::Shutdown;
+                state.task_mut(id).expect("task").desired = TaskState::Shutdown;
                 vec![ObjKey::Task(id.into())]
             })
             .publish();

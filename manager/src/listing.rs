@@ -145,10 +145,10 @@ mod tests {
         let mut w = Watcher::new("web");
         w.whole(&s);
         // Another service's task: nothing to say.
-        s.tasks.get_mut("d1").map(std::sync::Arc::make_mut).unwrap().status.state = TaskState::Failed;
+        s.task_mut("d1").unwrap().status.state = TaskState::Failed;
         assert_eq!(w.changed(&s, &[ObjKey::Task("d1".into()), ObjKey::Service("db".into())]), None);
         // Its own task runs: that task, with the counts it changed.
-        s.tasks.get_mut("w2").map(std::sync::Arc::make_mut).unwrap().status.state = TaskState::Running;
+        s.task_mut("w2").unwrap().status.state = TaskState::Running;
         let m = w.changed(&s, &[ObjKey::Task("w2".into())]).expect("a message");
         assert!(!m.whole);
         assert_eq!(m.service.as_ref().map(|e| e.running), Some(2));

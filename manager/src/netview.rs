@@ -529,8 +529,8 @@ pub(crate) mod tests {
         assert_eq!(for_node(&s, "n4").ingress, None);
         // A task that runs becomes a backend; one wanted stopped leaves at once.
         let mut s = s;
-        s.tasks.get_mut("p3").map(std::sync::Arc::make_mut).expect("p3").status.state = TaskState::Running;
-        s.tasks.get_mut("p1").map(std::sync::Arc::make_mut).expect("p1").desired = TaskState::Shutdown;
+        s.task_mut("p3").expect("p3").status.state = TaskState::Running;
+        s.task_mut("p1").expect("p1").desired = TaskState::Shutdown;
         let b = for_node(&s, "n1").ingress.expect("ingress").services[0].backends.clone();
         assert_eq!(b, vec![ip("10.255.0.12")]);
         // No mesh anywhere while no service has ingress ports, or before the ingress network is allocated.
@@ -599,7 +599,7 @@ pub(crate) mod tests {
         let mut s = world();
         let backends = |s: &State| for_node(s, "n1").services[0].backends.clone();
         assert!(backends(&s).contains(&ip("10.0.1.4")));
-        s.tasks.get_mut("t2").map(std::sync::Arc::make_mut).expect("t2").desired = TaskState::Shutdown;
+        s.task_mut("t2").expect("t2").desired = TaskState::Shutdown;
         assert!(!backends(&s).contains(&ip("10.0.1.4")), "gone before the container stops");
         assert!(for_node(&s, "n1").endpoints.iter().any(|e| e.id == "t2"), "still an endpoint");
         s.nodes.get_mut("n3").expect("n3").status.state = NodeState::Down;

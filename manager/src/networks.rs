@@ -635,11 +635,9 @@ impl State {
                 if !assignable(a, *addr) || self.held.addr(network, *addr).is_some() {
                     return None;
                 }
-                let t = self.task_mut(id)?;
-                if t.status.state.is_terminal() {
-                    return None;
-                }
-                let place = t.networks.iter_mut().find(|n| n.network == *network && n.addr.is_none())?;
+                let open = |n: &shoal_proto::network::TaskNetwork| n.network == *network && n.addr.is_none();
+                let t = self.task_mut_if(id, |t| !t.status.state.is_terminal() && t.networks.iter().any(open))?;
+                let place = t.networks.iter_mut().find(|n| open(n))?;
                 place.addr = Some(*addr);
                 t.meta.version = index;
                 t.meta.updated_ms = at;
@@ -725,10 +723,7 @@ impl State {
                 Some(key)
             }
             AllocChange::Release { id } => {
-                let t = self.task_mut(id)?;
-                if t.status.state != TaskState::Orphaned || !holds_addrs(t) {
-                    return None;
-                }
+                let t = self.task_mut_if(id, |t| t.status.state == TaskState::Orphaned && holds_addrs(t))?;
                 for n in &mut t.networks {
                     n.addr = None;
                 }

@@ -410,9 +410,18 @@ impl ObjKey {
 }
 
 impl State {
-    /// The task `id` to change, its own copy if a reader shares it (see `tasks`).
+    /// The task `id` to change, its own copy if a reader shares it (see
+    /// `tasks`); the tests' way to change a task as they please.
+    #[cfg(test)]
     pub(crate) fn task_mut(&mut self, id: &str) -> Option<&mut Task> {
         self.tasks.get_mut(id).map(Arc::make_mut)
+    }
+
+    /// The task `id` to change if `ok` holds of it as it is: then its own
+    /// copy if a reader shares it (see `tasks`). A change that is refused (a
+    /// repeated report, a stale one) copies nothing.
+    pub(crate) fn task_mut_if(&mut self, id: &str, ok: impl FnOnce(&Task) -> bool) -> Option<&mut Task> {
+        self.tasks.get_mut(id).filter(|t| ok(t)).map(Arc::make_mut)
     }
 
     /// Applies one committed command at log `index`. Returns the response and
@@ -668,10 +677,8 @@ impl State {
                 let mut keys = Vec::new();
                 for (id, status) in updates {
                     // Only the node the task is on reports it, and only forward.
-                    let Some(t) = self.task_mut(id) else { continue };
-                    if t.node_id != *node_id || !t.status.state.can_move_to(status.state) {
-                        continue;
-                    }
+                    let reported = |t: &Task| t.node_id == *node_id && t.status.state.can_move_to(status.state);
+                    let Some(t) = self.task_mut_if(id, reported) else { continue };
                     if status.state == TaskState::Running && t.started_ms == 0 {
                         t.started_ms = if status.at_ms > 0 { status.at_ms } else { at };
                     }
@@ -941,10 +948,8 @@ impl State {
                 if !self.nodes.contains_key(node_id) {
                     return None;
                 }
-                let t = self.task_mut(id)?;
-                if !t.node_id.is_empty() || !t.status.state.can_move_to(TaskState::Assigned) {
-                    return None;
-                }
+                let t =
+                    self.task_mut_if(id, |t| t.node_id.is_empty() && t.status.state.can_move_to(TaskState::Assigned))?;
                 t.node_id = node_id.clone();
                 t.status = TaskStatus {
                     state: TaskState::Assigned,
@@ -956,29 +961,20 @@ impl State {
                 Some(ObjKey::Task(id.clone()))
             }
             TaskChange::Unplaced { id, message } => {
-                let t = self.task_mut(id)?;
-                if t.status.state > TaskState::Pending || t.status.err == *message {
-                    return None;
-                }
+                let t = self.task_mut_if(id, |t| t.status.state <= TaskState::Pending && t.status.err != *message)?;
                 t.status.state = TaskState::Pending;
                 t.status.err = message.clone();
                 stamp(&mut t.meta, index, at, false);
                 Some(ObjKey::Task(id.clone()))
             }
             TaskChange::Desired { id, desired } => {
-                let t = self.task_mut(id)?;
-                if *desired <= t.desired {
-                    return None;
-                }
+                let t = self.task_mut_if(id, |t| *desired > t.desired)?;
                 t.desired = *desired;
                 stamp(&mut t.meta, index, at, false);
                 Some(ObjKey::Task(id.clone()))
             }
             TaskChange::Status { id, status } => {
-                let t = self.task_mut(id)?;
-                if !t.status.state.can_move_to(status.state) {
-                    return None;
-                }
+                let t = self.task_mut_if(id, |t| t.status.state.can_move_to(status.state))?;
                 crate::networks::forget_released(t, status.state);
                 t.status = TaskStatus { at_ms: at, ..status.clone() };
                 stamp(&mut t.meta, index, at, false);
