@@ -407,20 +407,20 @@ async fn create_endpoint(
             let _ = h.link().del(i).execute().await;
         }
         let ns = std::fs::File::open(&e.netns).map_err(io(format!("opening {}", e.netns.display())))?;
-        let create = h.link().add(veth_into(host, bi?, e, ns.as_raw_fd(), mtu)).execute();
-        // Sent right behind the create on the same socket, so the kernel takes it
-        // next, before the peer can be up, without waiting for the create's answer.
-        let quiet = async { if leg == Leg::Host { h.link().set(no_link_local(host)).execute().await } else { Ok(()) } };
-        let (created, quiet) = futures::join!(create, quiet);
-        created.map_err(nl(format!("creating veth {host} with {} in {}", e.ifname, e.netns.display())))?;
-        if let Err(err) = quiet {
-            tracing::warn!(%err, link = host, "cannot keep an endpoint's bridge leg from making an IPv6 address");
-        }
-        Ok(())
+        h.link().add(veth_into(host, bi?, e, ns.as_raw_fd(), mtu)).execute().await.map_err(nl(format!(
+            "creating veth {host} with {} in {}",
+            e.ifname,
+            e.netns.display()
+        )))
     };
     // The socket in the container's namespace is opened meanwhile (a thread enters it).
     let (inner, made) = futures::join!(connect_in(&e.netns), made);
     made?;
+    if leg == Leg::Host
+        && let Err(err) = h.link().set(no_link_local(host)).execute().await
+    {
+        tracing::warn!(%err, link = host, "cannot keep an endpoint's bridge leg from making an IPv6 address");
+    }
     let result = async {
         let inner = inner?;
         let pi = index_of(&inner, &e.ifname).await?;
