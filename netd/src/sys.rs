@@ -456,7 +456,20 @@ async fn create_endpoint(
             }
         };
         let (up, address, (), route) = futures::join!(up, address, lo, route);
-        up.and(address).and(route)
+        up.and(address).and(route)?;
+        if leg == Leg::InSandbox {
+            // The sandbox's bridge may have learned this address's MAC on `vx0`, from
+            // an earlier task with the address on another host: a frame from the new
+            // leg moves it here at once. (Nothing else would: its IPv6 is off, so it
+            // sends nothing until it answers, and the bridge keeps a learned entry
+            // for minutes.)
+            let (netns, mac, ip) = (e.netns.clone(), mac_for(e.ip), e.ip);
+            let sent = in_netns(&netns, move || crate::arp::probe(pi, mac, ip, 1, std::time::Duration::ZERO));
+            if let Err(err) = sent {
+                tracing::warn!(%err, ip = %e.ip, "cannot announce an overlay endpoint's MAC to its bridge");
+            }
+        }
+        Ok(())
     }
     .await;
     if result.is_err()
