@@ -119,6 +119,12 @@ async fn lead<P, C>(
     let mut tick = tokio::time::interval(RESYNC);
     let mut last: Vec<C> = Vec::new();
     loop {
+        // The state read next holds every change already announced: one pass
+        // covers them all (a pass per queued notice would plan the same state
+        // again, over every task, as often as entries were applied meanwhile).
+        if !drain(&mut events) {
+            return;
+        }
         let changes = plan(&p.store().read());
         match write_pass(&*p, changes, &mut last, &wrap, what, &token).instrument(span()).await {
             Pass::Stop => return,
@@ -133,6 +139,18 @@ async fn lead<P, C>(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Takes every notice already queued; false once the store is gone.
+fn drain<T: Clone>(events: &mut tokio::sync::broadcast::Receiver<T>) -> bool {
+    use tokio::sync::broadcast::error::TryRecvError;
+    loop {
+        match events.try_recv() {
+            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+            Err(TryRecvError::Empty) => return true,
+            Err(TryRecvError::Closed) => return false,
         }
     }
 }
@@ -361,6 +379,21 @@ mod tests {
         assert!(keys_due(&s, 30_000));
         s.cluster.as_mut().expect("cluster").net.key_rotation_secs = 0;
         assert!(!keys_due(&s, u64::MAX), "0 turns it off");
+    }
+
+    #[test]
+    fn a_pass_takes_every_notice_queued_before_it() {
+        let (tx, mut rx) = tokio::sync::broadcast::channel(2);
+        assert!(drain(&mut rx), "nothing queued");
+        for i in 0..5 {
+            tx.send(i).expect("a receiver");
+        }
+        // Five notices into a ring of two: lagged, and all taken.
+        assert!(drain(&mut rx));
+        assert!(matches!(rx.try_recv(), Err(tokio::sync::broadcast::error::TryRecvError::Empty)));
+        tx.send(9).expect("a receiver");
+        drop(tx);
+        assert!(!drain(&mut rx), "the store is gone");
     }
 
     #[tokio::test]
