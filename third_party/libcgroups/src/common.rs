@@ -353,6 +353,17 @@ pub fn create_cgroup_manager_with_root(
     root_path: Option<&Path>,
     config: CgroupConfig,
 ) -> Result<AnyCgroupManager, CreateCgroupSetupError> {
+    create_cgroup_manager_listed(root_path, config, None)
+}
+
+/// Shoal: [`create_cgroup_manager_with_root`] with the host's cgroup v1 mount
+/// points as the runtime listed them beforehand (see
+/// [`v1::manager::Manager::new_with_mounts`]); None, or a v2 host, as before.
+pub fn create_cgroup_manager_listed(
+    root_path: Option<&Path>,
+    config: CgroupConfig,
+    v1_mounts: Option<&[PathBuf]>,
+) -> Result<AnyCgroupManager, CreateCgroupSetupError> {
     let root = match root_path {
         Some(p) => p,
         None => Path::new(DEFAULT_CGROUP_ROOT),
@@ -367,7 +378,7 @@ pub fn create_cgroup_manager_with_root(
 
     match cgroup_setup {
         CgroupSetup::Legacy | CgroupSetup::Hybrid => {
-            Ok(create_v1_cgroup_manager(cgroup_path)?.any())
+            Ok(create_v1_cgroup_manager(cgroup_path, v1_mounts)?.any())
         }
         CgroupSetup::Unified => {
             // ref https://github.com/opencontainers/runtime-spec/blob/main/config-linux.md#cgroups-path
@@ -391,14 +402,16 @@ pub fn create_cgroup_manager(
 #[cfg(feature = "v1")]
 fn create_v1_cgroup_manager(
     cgroup_path: &Path,
+    v1_mounts: Option<&[PathBuf]>,
 ) -> Result<v1::manager::Manager, v1::manager::V1ManagerError> {
     tracing::info!("cgroup manager V1 will be used");
-    v1::manager::Manager::new(cgroup_path)
+    v1::manager::Manager::new_with_mounts(cgroup_path, v1_mounts)
 }
 
 #[cfg(not(feature = "v1"))]
 fn create_v1_cgroup_manager(
     _cgroup_path: &Path,
+    _v1_mounts: Option<&[PathBuf]>,
 ) -> Result<v1::manager::Manager, v1::manager::V1ManagerError> {
     Err(v1::manager::V1ManagerError::NotEnabled)
 }

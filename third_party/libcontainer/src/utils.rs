@@ -140,11 +140,23 @@ pub fn get_unix_user(uid: Uid) -> Option<User> {
 }
 
 /// Get home path of a User via UID.
+///
+/// Shoal: read from `/etc/passwd` itself, as runc does, not through the C
+/// library's name service: in a container's init that loaded the name
+/// service's modules and configuration from the container's own files, and
+/// tried a connection to nscd, in every start.
 pub fn get_user_home(uid: u32) -> Option<PathBuf> {
-    match get_unix_user(Uid::from_raw(uid)) {
-        Some(user) => Some(user.dir),
-        None => None,
-    }
+    home_in_passwd(&fs::read_to_string("/etc/passwd").ok()?, uid)
+}
+
+/// The home directory of `uid` in a passwd file's text: the first entry
+/// with that uid (`name:password:uid:gid:gecos:home:shell`).
+fn home_in_passwd(passwd: &str, uid: u32) -> Option<PathBuf> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 6 && fields[2].parse::<u32>().ok()? == uid)
+            .then(|| PathBuf::from(fields[5]))
+    })
 }
 
 /// If None, it will generate a default path for cgroups.
@@ -440,6 +452,16 @@ mod tests {
         // for a non-exist UID
         let user = get_unix_user(Uid::from_raw(1000000000));
         assert!(user.is_none());
+    }
+
+    #[test]
+    fn a_home_is_the_first_entry_of_its_uid() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n# comment\nshort:x:7\nwww:x:33:33::/var/www:/bin/false\ntwin:x:33:33::/elsewhere:/bin/sh\n";
+        assert_eq!(home_in_passwd(passwd, 0), Some(PathBuf::from("/root")));
+        assert_eq!(home_in_passwd(passwd, 33), Some(PathBuf::from("/var/www")));
+        assert_eq!(home_in_passwd(passwd, 7), None);
+        assert_eq!(home_in_passwd(passwd, 1000), None);
+        assert_eq!(home_in_passwd("", 0), None);
     }
 
     #[test]

@@ -35,13 +35,8 @@ impl Controller for CpuSet {
     type Resource = LinuxCpu;
 
     fn add_task(pid: Pid, cgroup_path: &Path) -> Result<(), Self::Error> {
-        fs::create_dir_all(cgroup_path).wrap_create_dir(cgroup_path)?;
-
-        Self::ensure_not_empty(cgroup_path, CGROUP_CPUSET_CPUS)?;
-        Self::ensure_not_empty(cgroup_path, CGROUP_CPUSET_MEMS)?;
-
-        super::controller::join(pid, cgroup_path)?;
-        Ok(())
+        let mount = util::get_subsystem_mount_point(&ControllerType::CpuSet)?;
+        Self::add_task_below(pid, cgroup_path, &mount)
     }
 
     fn apply(controller_opt: &ControllerOpt, cgroup_path: &Path) -> Result<(), Self::Error> {
@@ -66,6 +61,22 @@ impl Controller for CpuSet {
 }
 
 impl CpuSet {
+    /// Shoal: [`Controller::add_task`] with the hierarchy's mount point known
+    /// (the manager has it), instead of reading the mount table for it.
+    pub fn add_task_below(
+        pid: Pid,
+        cgroup_path: &Path,
+        mount: &Path,
+    ) -> Result<(), V1CpuSetControllerError> {
+        fs::create_dir_all(cgroup_path).wrap_create_dir(cgroup_path)?;
+
+        Self::ensure_not_empty(mount, cgroup_path, CGROUP_CPUSET_CPUS)?;
+        Self::ensure_not_empty(mount, cgroup_path, CGROUP_CPUSET_MEMS)?;
+
+        super::controller::join(pid, cgroup_path)?;
+        Ok(())
+    }
+
     fn apply(cgroup_path: &Path, cpuset: &LinuxCpu) -> Result<(), V1CpuSetControllerError> {
         if let Some(cpus) = &cpuset.cpus() {
             common::write_cgroup_file_str(cgroup_path.join(CGROUP_CPUSET_CPUS), cpus)?;
@@ -81,10 +92,11 @@ impl CpuSet {
     // if a task is moved into the cgroup and a value has not been set for cpus and mems
     // Errno 28 (no space left on device) will be returned. Therefore we set the value from the parent if required.
     fn ensure_not_empty(
+        mount: &Path,
         cgroup_path: &Path,
         interface_file: &str,
     ) -> Result<(), V1CpuSetControllerError> {
-        let mut current = util::get_subsystem_mount_point(&ControllerType::CpuSet)?;
+        let mut current = mount.to_path_buf();
         let relative_cgroup_path = cgroup_path.strip_prefix(&current).map_err(|err| {
             V1CpuSetControllerError::BadCgroupPath {
                 err,
@@ -138,6 +150,43 @@ mod tests {
         let content = fs::read_to_string(cpus)
             .unwrap_or_else(|_| panic!("read {CGROUP_CPUSET_CPUS} file content"));
         assert_eq!(content, "1-3");
+    }
+
+    #[test]
+    fn a_task_added_below_the_mount_fills_the_empty_cpusets_on_its_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mount = tmp.path();
+        fs::write(mount.join(CGROUP_CPUSET_CPUS), "0-1\n").unwrap();
+        fs::write(mount.join(CGROUP_CPUSET_MEMS), "0\n").unwrap();
+        let (parent, leaf) = (mount.join("shoal"), mount.join("shoal/c1"));
+        fs::create_dir_all(&leaf).unwrap();
+        for dir in [&parent, &leaf] {
+            fs::write(dir.join(CGROUP_CPUSET_CPUS), "").unwrap();
+            fs::write(dir.join(CGROUP_CPUSET_MEMS), "\n").unwrap();
+        }
+        fs::write(parent.join(CGROUP_CPUSET_CPUS), "1\n").unwrap();
+        fs::write(leaf.join("cgroup.procs"), "").unwrap();
+
+        CpuSet::add_task_below(Pid::from_raw(42), &leaf, mount).expect("add task");
+
+        // A parent's own value stands; an empty one takes its parent's.
+        assert_eq!(
+            fs::read_to_string(parent.join(CGROUP_CPUSET_CPUS)).unwrap(),
+            "1\n"
+        );
+        assert_eq!(
+            fs::read_to_string(leaf.join(CGROUP_CPUSET_CPUS)).unwrap(),
+            "1\n"
+        );
+        assert_eq!(
+            fs::read_to_string(leaf.join(CGROUP_CPUSET_MEMS)).unwrap(),
+            "0\n"
+        );
+        assert_eq!(fs::read_to_string(leaf.join("cgroup.procs")).unwrap(), "42");
+        // A cgroup outside the mount is refused.
+        assert!(
+            CpuSet::add_task_below(Pid::from_raw(42), Path::new("/elsewhere/c1"), mount).is_err()
+        );
     }
 
     #[test]

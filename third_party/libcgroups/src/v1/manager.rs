@@ -32,6 +32,10 @@ use crate::stats::{PidStatsError, Stats, StatsProvider};
 
 pub struct Manager {
     subsystems: HashMap<CtrlType, PathBuf>,
+    /// Shoal: the cpuset hierarchy's mount point, where `add_task` stops
+    /// filling empty `cpuset.cpus`/`cpuset.mems` (it read the mount table for
+    /// it, twice per container).
+    cpuset_mount: Option<PathBuf>,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -85,6 +89,18 @@ pub enum V1ManagerError {
 impl Manager {
     /// Constructs a new cgroup manager with cgroups_path being relative to the root of the subsystem
     pub fn new(cgroup_path: &Path) -> Result<Self, V1ManagerError> {
+        Self::new_with_mounts(cgroup_path, None)
+    }
+
+    /// Shoal: [`Manager::new`] with the host's cgroup mount points as the
+    /// runtime listed them beforehand (every `cgroup` mount of the mount
+    /// table, in its order; see libcontainer's `run.shoal.cgroup.v1.mounts`),
+    /// so the manager does not read the mount table, which holds every
+    /// container's mounts. None reads the table.
+    pub fn new_with_mounts(
+        cgroup_path: &Path,
+        listed_mounts: Option<&[PathBuf]>,
+    ) -> Result<Self, V1ManagerError> {
         // Shoal: /proc/self/cgroup once, and the mount points of the hierarchies it lists
         // in one read of mountinfo (each subsystem read both of its own, and one that is
         // not mounted read all of mountinfo). A subsystem missing from either is
@@ -105,7 +121,10 @@ impl Manager {
             cgroups.iter().find(|c| c.controllers.contains(&name))
         };
         let present: Vec<CtrlType> = CONTROLLERS.iter().copied().filter(|s| listed(s).is_some()).collect();
-        let mounts = util::subsystem_mount_points(&present).unwrap_or_default();
+        let mounts = match listed_mounts {
+            Some(listed) => util::mount_points_among(listed, &present),
+            None => util::subsystem_mount_points(&present).unwrap_or_default(),
+        };
         let mut subsystems = HashMap::new();
         for subsystem in CONTROLLERS {
             let path = match (mounts.get(subsystem), listed(subsystem)) {
@@ -122,7 +141,11 @@ impl Manager {
             }
         }
 
-        Ok(Manager { subsystems })
+        let cpuset_mount = mounts.get(&CtrlType::CpuSet).cloned();
+        Ok(Manager {
+            subsystems,
+            cpuset_mount,
+        })
     }
 
     /// The subsystem's directory for `cgroup_path` (empty: this process's own cgroup).
@@ -199,7 +222,10 @@ impl CgroupManager for Manager {
             match ctrl_type {
                 CtrlType::Cpu => Cpu::add_task(pid, cgroup_path)?,
                 CtrlType::CpuAcct => CpuAcct::add_task(pid, cgroup_path)?,
-                CtrlType::CpuSet => CpuSet::add_task(pid, cgroup_path)?,
+                CtrlType::CpuSet => match &self.cpuset_mount {
+                    Some(mount) => CpuSet::add_task_below(pid, cgroup_path, mount)?,
+                    None => CpuSet::add_task(pid, cgroup_path)?,
+                },
                 CtrlType::Devices => Devices::add_task(pid, cgroup_path)?,
                 CtrlType::HugeTlb => HugeTlb::add_task(pid, cgroup_path)?,
                 CtrlType::Memory => Memory::add_task(pid, cgroup_path)?,

@@ -121,6 +121,24 @@ fn mount_points_in(
     Ok(found)
 }
 
+/// Shoal: [`subsystem_mount_points`] over cgroup mount points listed
+/// beforehand (what [`list_subsystem_mount_points`] returned: every `cgroup`
+/// mount, in the table's order), without reading the mount table: for each
+/// subsystem, the first listed mount that is its.
+pub fn mount_points_among(
+    listed: &[PathBuf],
+    subsystems: &[ControllerType],
+) -> HashMap<ControllerType, PathBuf> {
+    subsystems
+        .iter()
+        .filter_map(|s| {
+            let name = s.to_string();
+            let found = listed.iter().find(|m| is_mount_of(m, &name))?;
+            Some((*s, found.clone()))
+        })
+        .collect()
+}
+
 /// Whether a cgroup mount at `mount_point` is the hierarchy of `subsystem`.
 fn is_mount_of(mount_point: &std::path::Path, subsystem: &str) -> bool {
     // Some systems mount net_prio and net_cls in the same directory
@@ -180,6 +198,34 @@ mod tests {
             assert_eq!(alone.get(&s).cloned(), want, "{s} alone");
         }
         assert!(mount_points_in(TABLE.as_bytes(), &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn listed_mount_points_give_what_the_table_gives() {
+        use ControllerType::*;
+        let all = [
+            Cpu,
+            CpuAcct,
+            CpuSet,
+            Memory,
+            NetworkClassifier,
+            NetworkPriority,
+            Pids,
+            HugeTlb,
+        ];
+        // What `list_subsystem_mount_points` lists of the table: its cgroup mounts, in order.
+        let listed: Vec<PathBuf> = TABLE
+            .lines()
+            .map(|l| MountInfo::from_line(l).unwrap())
+            .filter(|m| m.fs_type == "cgroup")
+            .map(|m| m.mount_point)
+            .collect();
+        assert_eq!(
+            mount_points_among(&listed, &all),
+            mount_points_in(TABLE.as_bytes(), &all).unwrap()
+        );
+        assert!(mount_points_among(&listed, &[]).is_empty());
+        assert!(mount_points_among(&[], &all).is_empty());
     }
 
     #[test]

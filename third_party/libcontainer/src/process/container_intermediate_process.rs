@@ -53,9 +53,18 @@ pub fn container_intermediate_process(
     let linux = spec.linux().as_ref().ok_or(MissingSpecError::Linux)?;
     let namespaces = Namespaces::try_from(linux.namespaces().as_ref())?;
     let rootless = rootless_required(command.as_ref()).unwrap_or(false);
-    let cgroup_manager = libcgroups::common::create_cgroup_manager(args.cgroup_config.to_owned())
-        .map_err(|e| IntermediateProcessError::Cgroup(e.to_string()))?
-        .with_rootless(rootless);
+    // Shoal: on cgroup v1 the hierarchies' mount points as the runtime listed them, if it did
+    // (the manager read the mount table for them, which holds every container's mounts).
+    let v1_mounts = crate::rootfs::cgroup_v1_mounts_of(spec);
+    let cgroup_manager = libcgroups::common::create_cgroup_manager_listed(
+        Some(std::path::Path::new(
+            libcgroups::common::DEFAULT_CGROUP_ROOT,
+        )),
+        args.cgroup_config.to_owned(),
+        v1_mounts.as_deref(),
+    )
+    .map_err(|e| IntermediateProcessError::Cgroup(e.to_string()))?
+    .with_rootless(rootless);
 
     let current_pid = Pid::this();
     // setting CPU affinity for tenant container before cgroup move
