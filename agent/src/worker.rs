@@ -330,8 +330,8 @@ impl Worker {
             }
         }
         // Whether a pass has anything new to plan from: not when every task that came is the
-        // managers' echo of this node's own reports (a node starting a hundred tasks gets one
-        // per report, and each pass reads every container here).
+        // managers' echo of this node's own reports (managers of an earlier version sent one per
+        // report, and each pass reads every container here).
         let mut news = full || !removed.is_empty();
         {
             let mut held = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
@@ -941,12 +941,10 @@ impl Worker {
 /// Whether `new` is the managers' echo of what this node last reported of the
 /// task it had as `old`: only its status (and what the managers keep beside
 /// it: when it first ran, the record's version) moved, to the state reported.
-/// A pass would plan from it what it planned before.
+/// A pass would plan from it what it planned before. (The managers keep
+/// such changes from the node; a manager of an earlier version sent them.)
 fn is_echo(old: Option<&Task>, new: &Task, reported: Option<TaskState>) -> bool {
-    let Some(old) = old else { return false };
-    reported == Some(new.status.state)
-        && *old
-            == Task { status: old.status.clone(), started_ms: old.started_ms, meta: old.meta.clone(), ..new.clone() }
+    old.is_some_and(|old| reported == Some(new.status.state) && old.same_but_status(new))
 }
 
 /// The task's host-mode published ports: the only ones its node binds to it.

@@ -68,7 +68,9 @@ impl Payloads {
 /// its network view; and the stops it holds back.
 #[derive(Default)]
 pub(crate) struct Sent {
-    pub tasks: HashMap<String, String>,
+    /// The node's set as it knows it: each task as last sent, or as its own
+    /// reports moved it since (those changes are not sent back).
+    pub tasks: HashMap<String, Arc<Task>>,
     pub view: Option<NetView>,
     /// The tasks the node was last told to run.
     runs: HashSet<String>,
@@ -171,15 +173,8 @@ impl Dispatcher {
 
     /// Whether the stop of `task` (not running any more, or gone: its last
     /// JSON sent) must wait for the views; until when at most.
-    fn hold(&self, id: &str, task: Option<&Task>, sent_json: Option<&String>) -> Option<Instant> {
-        let parsed;
-        let task = match task {
-            Some(t) => t,
-            None => {
-                parsed = serde_json::from_str::<Task>(sent_json?).ok()?;
-                &parsed
-            }
-        };
+    fn hold(&self, id: &str, task: Option<&Task>, sent: Option<&Arc<Task>>) -> Option<Instant> {
+        let task = task.or(sent.map(|t| &**t))?;
         if task.status.state.is_terminal() {
             return None; // its container is gone already
         }
@@ -298,34 +293,34 @@ impl Dispatcher {
         }
     }
 
-    /// The task's entry in its node's assignment set: every task placed on
-    /// the node that it should run, or stop and report (JSON of
-    /// `model::service::Task`); None when it is not in the set. A global
-    /// task still pending (held for its service's dependencies) is not.
-    fn assignment(t: &Task, node_id: &str) -> Option<String> {
-        if t.node_id != node_id
-            || t.status.state < TaskState::Assigned
-            || (t.desired >= TaskState::Shutdown && t.status.state.is_terminal())
-        {
-            return None;
-        }
-        serde_json::to_string(t).ok()
+    /// Whether the task is in its node's assignment set: every task placed
+    /// on the node that it should run, or stop and report. A global task
+    /// still pending (held for its service's dependencies) is not.
+    fn assigned(t: &Task, node_id: &str) -> bool {
+        t.node_id == node_id
+            && t.status.state >= TaskState::Assigned
+            && !(t.desired >= TaskState::Shutdown && t.status.state.is_terminal())
+    }
+
+    /// A task as its node gets it (JSON of `model::service::Task`).
+    fn task_json(t: &Task) -> String {
+        serde_json::to_string(t).unwrap_or_default()
     }
 
     /// The node's whole assignment set, by task id, with the registry logins
     /// of the services of those tasks and the payloads they use.
-    fn assignments(&self, node_id: &str) -> (HashMap<String, String>, HashMap<String, pb::RegistryAuth>, Payloads) {
+    fn assignments(&self, node_id: &str) -> (HashMap<String, Arc<Task>>, HashMap<String, pb::RegistryAuth>, Payloads) {
         let state = self.inner.store.read();
         let mut auths = HashMap::new();
         let mut payloads = Payloads::default();
         let set = state
             .tasks
             .values()
-            .filter_map(|t| {
-                let json = Self::assignment(t, node_id)?;
+            .filter(|t| Self::assigned(t, node_id))
+            .map(|t| {
                 Self::add_auth(&state, &t.service_id, &mut auths);
                 payloads.add(&state, t);
-                Some((t.id.clone(), json))
+                (t.id.clone(), t.clone())
             })
             .collect();
         (set, auths, payloads)
@@ -387,7 +382,7 @@ impl Dispatcher {
         };
         let view = self.net_view(node_id, 0);
         let a = pb::Assignments {
-            tasks_json: sent.tasks.values().cloned().collect(),
+            tasks_json: sent.tasks.values().map(|t| Self::task_json(t)).collect(),
             full: true,
             removed: Vec::new(),
             registry_auth,
@@ -449,24 +444,31 @@ impl Dispatcher {
                     sent.held.remove(id);
                     sent.runs.remove(id);
                 }
-                let json = task.and_then(|t| Self::assignment(t, node_id));
-                if json.is_some() && task.is_some_and(|t| t.desired == TaskState::Running) {
+                let entry = state.tasks.get(id).filter(|t| Self::assigned(t, node_id));
+                if entry.is_some_and(|t| t.desired == TaskState::Running) {
                     sent.runs.insert(id.clone());
                 }
                 let sent = &mut sent.tasks;
-                match json {
-                    Some(json) if sent.get(id) != Some(&json) => {
-                        let new = sent.insert(id.clone(), json.clone()).is_none();
-                        if timeline && new && task.is_some_and(|t| t.desired <= TaskState::Running) {
+                match entry {
+                    Some(t) => {
+                        let told = sent.get(id);
+                        // Unchanged, or only moved by this node's own reports (its status
+                        // past assigned): the node knows; it is not sent back to it.
+                        let news = told.is_none_or(|old| {
+                            !Arc::ptr_eq(old, t) && !(t.status.state > TaskState::Assigned && old.same_but_status(t))
+                        });
+                        let new = told.is_none();
+                        sent.insert(id.clone(), t.clone());
+                        if !news {
+                            continue;
+                        }
+                        if timeline && new && t.desired <= TaskState::Running {
                             dispatched.push(id);
                         }
-                        delta.tasks_json.push(json);
-                        if let Some(t) = task {
-                            Self::add_auth(&state, &t.service_id, &mut delta.registry_auth);
-                            payloads.add(&state, t);
-                        }
+                        delta.tasks_json.push(Self::task_json(t));
+                        Self::add_auth(&state, &t.service_id, &mut delta.registry_auth);
+                        payloads.add(&state, t);
                     }
-                    Some(_) => {}
                     None => {
                         if sent.remove(id).is_some() {
                             delta.removed.push(id.clone());
@@ -795,10 +797,10 @@ mod tests {
     fn a_task_held_pending_on_its_node_is_not_in_the_nodes_set() {
         let mut t = Task { id: "t1".into(), node_id: "n1".into(), desired: TaskState::Running, ..Default::default() };
         t.status.state = TaskState::Pending;
-        assert_eq!(Dispatcher::assignment(&t, "n1"), None);
+        assert!(!Dispatcher::assigned(&t, "n1"));
         t.status.state = TaskState::Assigned;
-        assert!(Dispatcher::assignment(&t, "n1").is_some());
-        assert_eq!(Dispatcher::assignment(&t, "n2"), None);
+        assert!(Dispatcher::assigned(&t, "n1"));
+        assert!(!Dispatcher::assigned(&t, "n2"));
     }
 
     #[test]
@@ -856,6 +858,48 @@ mod tests {
             })
             .publish();
         [ObjKey::Task(id.into())]
+    }
+
+    #[tokio::test]
+    async fn a_nodes_own_reports_are_not_sent_back_to_it() {
+        let store = world_store();
+        let d = Dispatcher::new(store.clone());
+        let (mut sent, tx, mut rx) = connected(&d, "n1").await;
+        let id = store
+            .read()
+            .tasks
+            .values()
+            .find(|t| t.node_id == "n1" && t.desired == TaskState::Running)
+            .expect("a task on n1")
+            .id
+            .clone();
+        let keys = [ObjKey::Task(id.clone())];
+        let change = |f: &dyn Fn(&mut Task)| {
+            store
+                .apply_batch(|state, _, _| {
+                    f(state.task_mut(&id).expect("task"));
+                    vec![ObjKey::Task(id.clone())]
+                })
+                .publish();
+        };
+        // What the node reported (a status, when it first ran, the record's version): nothing goes.
+        change(&|t| {
+            t.status = TaskStatus { state: TaskState::Running, message: "started".into(), ..Default::default() };
+            t.started_ms = 7;
+            t.meta.version += 1;
+        });
+        assert!(d.send_changes("n1", 10, &keys, &mut sent, &tx).await);
+        assert!(rx.try_recv().is_err(), "the node's own report is not echoed");
+        // The managers' own change of it goes, whole (with the status it has now).
+        change(&|t| t.not_before_ms = 99);
+        assert!(d.send_changes("n1", 11, &keys, &mut sent, &tx).await);
+        let a = view_of(rx.recv().await).expect("the change");
+        let t: Task = serde_json::from_str(&a.tasks_json[0]).expect("a task");
+        assert_eq!((t.not_before_ms, t.status.state, t.started_ms), (99, TaskState::Running, 7));
+        // A status the managers set back to assigned or below is theirs: it goes.
+        change(&|t| t.status = TaskStatus { state: TaskState::Assigned, ..Default::default() });
+        assert!(d.send_changes("n1", 12, &keys, &mut sent, &tx).await);
+        assert!(view_of(rx.recv().await).is_some_and(|a| a.tasks_json.len() == 1));
     }
 
     fn desired(a: &pb::Assignments, id: &str) -> Option<TaskState> {

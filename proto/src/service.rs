@@ -614,6 +614,42 @@ impl Task {
     pub fn container_name(&self) -> String {
         format!("{}.{}", self.name(), self.id)
     }
+
+    /// Whether `other` is this task with at most what its node's reports
+    /// move changed: its status, when it first ran, and the record's
+    /// version. Such a change tells the node nothing it did not say itself.
+    pub fn same_but_status(&self, other: &Task) -> bool {
+        // Every field named: a new one is compared unless it is added to the reported ones here.
+        let Task {
+            id,
+            service_id,
+            service_name,
+            slot,
+            node_id,
+            desired,
+            status: _,
+            spec,
+            spec_version,
+            not_before_ms,
+            attempt,
+            created_index,
+            started_ms: _,
+            meta: _,
+            networks,
+        } = self;
+        *id == other.id
+            && *service_id == other.service_id
+            && *service_name == other.service_name
+            && *slot == other.slot
+            && *node_id == other.node_id
+            && *desired == other.desired
+            && *spec_version == other.spec_version
+            && *not_before_ms == other.not_before_ms
+            && *attempt == other.attempt
+            && *created_index == other.created_index
+            && *networks == other.networks
+            && *spec == other.spec
+    }
 }
 
 /// One entry of the managers' `ListServices` answer (JSON in a `JsonDoc`):
