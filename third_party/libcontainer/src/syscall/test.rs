@@ -415,13 +415,17 @@ impl Syscall for TestHelperSyscall {
     }
 
     fn open_tree(&self, dirfd: RawFd, path: Option<&str>, flags: u32) -> Result<OwnedFd> {
+        // A source passed as an fd (an empty path) is recorded as the path it
+        // points at, resolved via /proc/self/fd while the fd is open.
+        let path = match path {
+            Some("") => read_link(format!("/proc/self/fd/{dirfd}"))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned()),
+            other => other.map(|s| s.to_owned()),
+        };
         self.mocks.act(
             ArgName::OpenTree,
-            Box::new(OpenTreeArgs {
-                dirfd,
-                path: path.map(|s| s.to_owned()),
-                flags,
-            }),
+            Box::new(OpenTreeArgs { dirfd, path, flags }),
         )?;
         Ok(dummy_owned_fd())
     }
