@@ -19,13 +19,30 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
     // Output and exit codes.
     let out = lab.exec(
         1,
-        &["run", "--rm", "--hostname", "box", "busybox:local", "sh", "-c", "echo hi from $(hostname); id -u; exit 3"],
+        &[
+            "run",
+            "--rm",
+            "--hostname",
+            "box",
+            "busybox:local",
+            "sh",
+            "-c",
+            "echo hi from $(hostname); id -u; echo $HOME; exit 3",
+        ],
     )?;
     ensure!(out.status.code() == Some(3), "exit code: {:?}", out.status);
-    ensure!(String::from_utf8_lossy(&out.stdout) == "hi from box\n0\n", "{:?}", String::from_utf8_lossy(&out.stdout));
+    // HOME is the user's home in the image's /etc/passwd (read by the runtime itself).
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == "hi from box\n0\n/root\n",
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     ensure!(lab.containers(1)?.is_empty(), "--rm removed it");
-    let out = lab.exec(1, &["run", "--rm", "-u", "nobody", "busybox:local", "id"])?;
+    let out = lab.exec(1, &["run", "--rm", "-u", "nobody", "busybox:local", "sh", "-c", "id; echo $HOME"])?;
     ensure!(String::from_utf8_lossy(&out.stdout).starts_with("uid=65534(nobody) gid=65534(nogroup)"), "{:?}", out);
+    ensure!(String::from_utf8_lossy(&out.stdout).ends_with("\n/\n"), "nobody's home: {out:?}");
+    let out = lab.exec(1, &["run", "--rm", "-e", "HOME=/srv", "busybox:local", "sh", "-c", "echo $HOME"])?;
+    ensure!(String::from_utf8_lossy(&out.stdout) == "/srv\n", "a HOME given stays: {out:?}");
     let out = lab.exec(1, &["run", "--rm", "busybox:local", "nosuchcmd"])?;
     ensure!(!out.status.success(), "a missing command fails");
     // One call streams both outputs, in order, and the exit code; --rm removes it first.
