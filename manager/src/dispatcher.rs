@@ -172,7 +172,7 @@ impl Dispatcher {
     }
 
     /// Whether the stop of `task` (not running any more, or gone: its last
-    /// JSON sent) must wait for the views; until when at most.
+    /// task as its node last knew it) must wait for the views; until when at most.
     fn hold(&self, id: &str, task: Option<&Task>, sent: Option<&Arc<Task>>) -> Option<Instant> {
         let task = task.or(sent.map(|t| &**t))?;
         if task.status.state.is_terminal() {
