@@ -171,8 +171,8 @@ impl Dispatcher {
         self.inner.drained.subscribe()
     }
 
-    /// Whether the stop of `task` (not running any more, or gone: its last
-    /// task as its node last knew it) must wait for the views; until when at most.
+    /// Whether the stop of `task` (not running any more, or gone: then as
+    /// its node last knew it) must wait for the views; until when at most.
     fn hold(&self, id: &str, task: Option<&Task>, sent: Option<&Arc<Task>>) -> Option<Instant> {
         let task = task.or(sent.map(|t| &**t))?;
         if task.status.state.is_terminal() {
@@ -454,12 +454,12 @@ impl Dispatcher {
                         let told = sent.get(id);
                         // Unchanged, or only moved by this node's own reports (its status
                         // past assigned): the node knows; it is not sent back to it.
-                        let news = told.is_none_or(|old| {
-                            !Arc::ptr_eq(old, t) && !(t.status.state > TaskState::Assigned && old.same_but_status(t))
+                        let known = told.is_some_and(|old| {
+                            Arc::ptr_eq(old, t) || (t.status.state > TaskState::Assigned && old.same_but_status(t))
                         });
                         let new = told.is_none();
                         sent.insert(id.clone(), t.clone());
-                        if !news {
+                        if known {
                             continue;
                         }
                         if timeline && new && t.desired <= TaskState::Running {
