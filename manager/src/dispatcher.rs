@@ -435,7 +435,8 @@ impl Dispatcher {
             let state = self.inner.store.read();
             for k in keys {
                 let ObjKey::Task(id) = k else { continue };
-                let task = state.tasks.get(id).map(|t| &**t);
+                let found = state.tasks.get(id);
+                let task = found.map(|t| &**t);
                 if sent.runs.contains(id) && task.is_none_or(|t| t.desired >= TaskState::Shutdown) {
                     if let Some(until) = self.hold(id, task, sent.tasks.get(id)) {
                         sent.held.insert(id.clone(), until);
@@ -444,7 +445,7 @@ impl Dispatcher {
                     sent.held.remove(id);
                     sent.runs.remove(id);
                 }
-                let entry = state.tasks.get(id).filter(|t| Self::assigned(t, node_id));
+                let entry = found.filter(|t| Self::assigned(t, node_id));
                 if entry.is_some_and(|t| t.desired == TaskState::Running) {
                     sent.runs.insert(id.clone());
                 }
