@@ -183,9 +183,10 @@ mod tests {
             "0\n"
         );
         assert_eq!(fs::read_to_string(leaf.join("cgroup.procs")).unwrap(), "42");
-        // A cgroup outside the mount is refused.
+        // A cgroup outside the mount is refused (in a temp dir of its own: its directory is made first).
+        let elsewhere = tempfile::tempdir().unwrap();
         assert!(
-            CpuSet::add_task_below(Pid::from_raw(42), Path::new("/elsewhere/c1"), mount).is_err()
+            CpuSet::add_task_below(Pid::from_raw(42), &elsewhere.path().join("c1"), mount).is_err()
         );
     }
 
