@@ -3,7 +3,8 @@
 //! The log, the vote, snapshots and purges commit with redb's default
 //! `Durability::Immediate` (fsync) before openraft is told they are done. What
 //! the log can give again commits with `Durability::None`: the state machine's
-//! applies and the committed index. redb makes such a commit durable with the
+//! applies. The committed index waits in memory for the next append, which
+//! writes it with its entries. redb makes a `None` commit durable with the
 //! next immediate one, and every entry an apply took was appended (durably)
 //! before it: a crash loses at most applies that the log replays from the
 //! last durable `applied` (objects and `applied` stay in step: one
@@ -275,11 +276,18 @@ fn put_meta<T: Serialize>(
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
+    /// The committed index openraft last saved, while it is not yet on disk:
+    /// the next append writes it with its entries (see `save_committed`).
+    committed: Arc<std::sync::Mutex<Option<Option<LogIdOf<TypeConfig>>>>>,
 }
 
 impl LogStore {
     pub fn new(db: Db) -> Self {
-        LogStore { db }
+        LogStore { db, committed: Arc::default() }
+    }
+
+    fn pending_committed(&self) -> std::sync::MutexGuard<'_, Option<Option<LogIdOf<TypeConfig>>>> {
+        self.committed.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -341,12 +349,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || put_meta(&db, META, "vote", &vote, redb::Durability::Immediate)).await
     }
 
+    /// Kept in memory and written by the next append's transaction: a commit
+    /// of its own per committed index cost each manager a redb transaction
+    /// per round of replication. It was never durable before the next
+    /// immediate commit anyway, and a committed index that is lost is one
+    /// openraft learns again (it only spares a restart some replay).
     async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
-        let db = self.db.clone();
-        blocking(move || put_meta(&db, META, "committed", &committed, redb::Durability::None)).await
+        *self.pending_committed() = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
+        if let Some(committed) = *self.pending_committed() {
+            return Ok(committed);
+        }
         let db = self.db.clone();
         blocking(move || Ok(get_meta::<Option<LogIdOf<TypeConfig>>>(&db, META, "committed")?.flatten())).await
     }
@@ -360,6 +376,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             rows.push((e.log_id.index, self.db.enc_entry(&e)?));
         }
+        let committed = *self.pending_committed();
+        let committed_row = committed.map(|c| self.db.enc("meta", "committed", &c)).transpose()?;
         let db = self.db.clone();
         let res = blocking(move || {
             let txn = db.db.begin_write().map_err(io_err)?;
@@ -368,10 +386,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 for (i, bytes) in &rows {
                     t.insert(*i, bytes.as_slice()).map_err(io_err)?;
                 }
+                if let Some(bytes) = &committed_row {
+                    txn.open_table(META).map_err(io_err)?.insert("committed", bytes.as_slice()).map_err(io_err)?;
+                }
             }
             txn.commit().map_err(io_err)
         })
         .await;
+        // What was written is no longer pending (unless a newer one came meanwhile).
+        if res.is_ok() {
+            let mut pending = self.pending_committed();
+            if *pending == committed {
+                *pending = None;
+            }
+        }
         // Durable (fsync'd by the commit) before openraft hears about it.
         match res {
             Ok(()) => {
@@ -725,6 +753,27 @@ mod tests {
         std::fs::remove_file(dir.path().join("raft.kek")).unwrap();
         let e = open(&path, &kek).err().unwrap();
         assert!(e.to_string().contains("raft.kek is missing"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_committed_index_is_read_back_at_once_and_written_by_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, kek) = (dir.path().join("raft.redb"), Kek::File(dir.path().join("raft.kek")));
+        let db = open(&path, &kek).unwrap();
+        let mut log = LogStore::new(db.clone());
+        log.append((1..=2).map(entry), IOFlushed::<TypeConfig>::noop()).await.unwrap();
+        let two = Some(openraft::testing::log_id::<TypeConfig>(1, 1, 2));
+        log.save_committed(two).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), two, "what was saved is what is read");
+        // Not on disk yet: a store opened afresh knows none.
+        assert_eq!(LogStore::new(db.clone()).read_committed().await.unwrap(), None);
+        // The next append carries it.
+        log.append((3..=3).map(entry), IOFlushed::<TypeConfig>::noop()).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), two);
+        drop((log, db));
+        let mut reopened = LogStore::new(open(&path, &kek).unwrap());
+        assert_eq!(reopened.read_committed().await.unwrap(), two);
+        assert_eq!(reopened.get_log_state().await.unwrap().last_log_id.map(|l| l.index), Some(3));
     }
 
     #[tokio::test]
