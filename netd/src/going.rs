@@ -70,7 +70,7 @@ impl Going {
         }
     }
 
-    #[cfg(test)]
+    /// No link is going.
     pub fn is_empty(&self) -> bool {
         self.links.is_empty()
     }

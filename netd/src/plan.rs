@@ -157,6 +157,31 @@ pub fn plan(desired: &Desired, observed: &[ObservedLink], current_rules: Option<
     actions
 }
 
+/// The host's links once `actions` (a plan against `observed`) are carried
+/// out, when all they change is what this follows: new endpoints' host
+/// veths (up, on their bridge, at the network's MTU, as `CreateEndpoint`
+/// leaves them) and the rules, which no link shows. None for any other
+/// step: then the next pass observes. A host pass plans against this
+/// rather than a dump of every link while the passes only add endpoints.
+pub fn after(observed: &[ObservedLink], actions: &[Action]) -> Option<Vec<ObservedLink>> {
+    let mut links = observed.to_vec();
+    for a in actions {
+        match a {
+            Action::CreateEndpoint { host, bridge, mtu, .. } => links.push(ObservedLink {
+                name: host.clone(),
+                kind: LinkKind::Veth,
+                master: Some(bridge.clone()),
+                mtu: *mtu,
+                up: true,
+                addrs: vec![],
+            }),
+            Action::ApplyRules { .. } => {}
+            _ => return None,
+        }
+    }
+    Some(links)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +309,45 @@ mod tests {
         let a = plan(&d, &[], None);
         let Some(Action::ApplyRules { ruleset }) = a.last() else { panic!("rules last") };
         assert!(ruleset.contains("tcp dport 8080 dnat to 10.7.0.2:80"), "{ruleset}");
+    }
+
+    #[test]
+    fn after_new_endpoints_the_plan_against_what_follows_is_empty() {
+        let n = net("aaaaaaaaaaaa", "10.5.0.0/24");
+        let bridge = link("shbraaaaaaaaaaa", LinkKind::Bridge, None, &[("10.5.0.1", 24)]);
+        let one =
+            Desired { networks: vec![n.clone()], endpoints: vec![ep("c1c1c1c1c1c1", "aaaaaaaaaaaa", "10.5.0.2")] };
+        let observed = vec![link("eth0", LinkKind::Other, None, &[("10.98.0.1", 24)]), bridge.clone()];
+        let first = plan(&one, &observed, None);
+        let known = after(&observed, &first).expect("an endpoint and the rules are followed");
+        let rules = rules::ruleset(&one);
+        assert_eq!(plan(&one, &known, Some(&rules)), vec![], "what the pass left needs nothing more");
+        // Two more endpoints on top of what is known: the same again.
+        let mut three = one.clone();
+        three.endpoints.push(ep("c2c2c2c2c2c2", "aaaaaaaaaaaa", "10.5.0.3"));
+        three.endpoints.push(ep("c3c3c3c3c3c3", "aaaaaaaaaaaa", "10.5.0.4"));
+        let next = plan(&three, &known, Some(&rules));
+        assert_eq!(next.iter().filter(|a| matches!(a, Action::CreateEndpoint { .. })).count(), 2);
+        let known = after(&known, &next).expect("followed");
+        assert_eq!(plan(&three, &known, Some(&rules::ruleset(&three))), vec![]);
+        assert_eq!(known.len(), observed.len() + 3);
+    }
+
+    #[test]
+    fn after_any_other_step_the_next_pass_observes() {
+        let l = |name: &str| link(name, LinkKind::Veth, None, &[]);
+        for a in [
+            Action::DeleteLink { name: "shv1".into() },
+            Action::CreateBridge { name: "shbr1".into(), mtu: 1500 },
+            Action::SetMtu { name: "shv1".into(), mtu: 1400 },
+            Action::AddAddress { name: "shbr1".into(), addr: "10.5.0.1".parse().unwrap(), prefix: 24 },
+            Action::DelAddress { name: "shbr1".into(), addr: "10.5.0.1".parse().unwrap(), prefix: 24 },
+            Action::SetUp { name: "shv1".into() },
+            Action::SetMaster { name: "shv1".into(), master: "shbr1".into() },
+        ] {
+            assert_eq!(after(&[l("shv1")], &[Action::ApplyRules { ruleset: String::new() }, a.clone()]), None, "{a:?}");
+        }
+        assert_eq!(after(&[l("shv1")], &[]), Some(vec![l("shv1")]), "nothing done: as observed");
     }
 
     #[test]

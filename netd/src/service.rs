@@ -31,7 +31,7 @@ use crate::dns::Table;
 use crate::dnsd::Dns;
 use crate::encrypted::Encryption;
 use crate::ipam::{Ipam, default_pools};
-use crate::model::{Desired, EndpointSpec, NetworkSpec, PortMap, veth_name};
+use crate::model::{Desired, EndpointSpec, NetworkSpec, ObservedLink, PortMap, veth_name};
 use crate::net::{Subnet, mac_for, mac_string};
 use crate::overlay::OverlayAction;
 use crate::passes::{Begin, Kind, Passes};
@@ -312,6 +312,9 @@ pub struct Netd {
     sandbox_dir: PathBuf,
     /// The host pass's link dumps, on a socket in the host's namespace (as `host`).
     link_dumps: Arc<crate::linkdump::Dumper>,
+    /// The host's links as the last host pass left them, when the next one
+    /// may plan against them rather than observe (see `host_pass`).
+    host_known: Mutex<Option<HostKnown>>,
     /// Host veths left to go with their container's namespace (see `going`).
     going: Mutex<crate::going::Going>,
     /// The same for the containers' legs in the overlays' sandboxes.
@@ -368,6 +371,7 @@ impl Netd {
             overlays_synced: Mutex::new(None),
             file: StateFile::new(root),
             dns: Dns::new(Path::new("/etc/resolv.conf")),
+            host_known: Mutex::new(None),
             going: Mutex::default(),
             going_legs: Mutex::default(),
         });
@@ -464,7 +468,11 @@ impl Netd {
                 .shared();
         let host_part = async {
             let start = std::time::Instant::now();
-            let failed = if host { self.host_pass(&desired, read_at, links.clone().await).await } else { Vec::new() };
+            let failed = if host {
+                self.host_pass(&desired, read_at, kind == Kind::Resync, links.clone()).await
+            } else {
+                Vec::new()
+            };
             (failed, start.elapsed())
         };
         let overlays_part = async {
@@ -498,30 +506,56 @@ impl Netd {
     }
 
     /// The host's links, addresses and rules made to match the local state.
+    /// Planned against what the last host pass observed and did, while the
+    /// passes since only added endpoints (`plan::after`: a node starting
+    /// containers) and no link is going; otherwise, and in every resync
+    /// (`observe`), against the links as `observed` reads them now. A dump
+    /// of every link per attach made a host's starts cost O(containers²).
     async fn host_pass(
         &self,
         desired: &Desired,
         read_at: std::time::Instant,
-        observed: Result<Arc<sys::HostLinks>, String>,
+        observe: bool,
+        observed: impl std::future::Future<Output = Result<Arc<sys::HostLinks>, String>>,
     ) -> Vec<(Action, String)> {
-        let observed = match observed {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot observe the host's links");
-                return vec![];
+        let wanted: HashSet<String> = desired.endpoints.iter().map(|e| veth_name(&e.container, &e.network)).collect();
+        let applied = self.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let known = self.host_known.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let from_known = known
+            .filter(|k| {
+                !observe
+                    && k.wanted.is_subset(&wanted)
+                    && self.going.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+            })
+            .map(|k| {
+                let actions = plan(desired, &k.links, applied.as_deref());
+                (k.links, actions)
+            })
+            .filter(|(links, actions)| crate::plan::after(links, actions).is_some());
+        let (links, actions) = match from_known {
+            Some(planned) => planned,
+            None => {
+                let observed = match observed.await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot observe the host's links");
+                        return vec![];
+                    }
+                };
+                // The veths the kernel is deleting with their namespaces stay out of the plan.
+                let links = self.going.lock().unwrap_or_else(|p| p.into_inner()).spare(
+                    observed.links.clone(),
+                    |n| wanted.contains(n),
+                    read_at,
+                    std::time::Instant::now(),
+                );
+                let actions = plan(desired, &links, applied.as_deref());
+                (links, actions)
             }
         };
-        // The veths the kernel is deleting with their namespaces stay out of the plan.
-        let wanted: HashSet<String> = desired.endpoints.iter().map(|e| veth_name(&e.container, &e.network)).collect();
-        let links = self.going.lock().unwrap_or_else(|p| p.into_inner()).spare(
-            observed.links.clone(),
-            |n| wanted.contains(n),
-            read_at,
-            std::time::Instant::now(),
-        );
-        let applied = self.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let left = crate::plan::after(&links, &actions);
         let mut failed = Vec::new();
-        for batch in batches(plan(desired, &links, applied.as_deref())) {
+        for batch in batches(actions) {
             // The new endpoints of a pass (each its own veth and namespace) are made at once:
             // their netlink requests go out together, not one endpoint's round trips after another's.
             let (began, n) = (std::time::Instant::now(), batch.len());
@@ -542,6 +576,8 @@ impl Netd {
                 }
             }
         }
+        *self.host_known.lock().unwrap_or_else(|p| p.into_inner()) =
+            left.filter(|_| failed.is_empty()).map(|links| HostKnown { links, wanted });
         failed
     }
 
@@ -705,6 +741,14 @@ fn clash(a: &PortMap, b: &PortMap) -> bool {
     a.proto == b.proto
         && a.host_port == b.host_port
         && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
+}
+
+/// The host's links as a host pass left them (`plan::after`), and the
+/// veths that were wanted then: a later pass that wants fewer observes.
+#[derive(Debug)]
+struct HostKnown {
+    links: Vec<ObservedLink>,
+    wanted: HashSet<String>,
 }
 
 /// The gRPC face of netd.

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use shoal_netd::model::{Desired, EndpointSpec, LinkKind, NetworkSpec, PortMap, Proto};
+use shoal_netd::model::{Desired, EndpointSpec, LinkKind, NetworkSpec, ObservedLink, PortMap, Proto, is_ours};
 use shoal_netd::plan::{Action, plan};
 use shoal_netd::{rules, sys};
 
@@ -87,6 +87,34 @@ fn a_bridge_network_is_built_converges_repairs_and_goes() {
             assert!(ping.status.success(), "the host reaches the container: {}", String::from_utf8_lossy(&ping.stdout));
             let table = Command::new("nft").args(["list", "table", "ip", "shoal"]).output().unwrap();
             assert!(String::from_utf8_lossy(&table.stdout).contains("dnat to 10.5.0.2:80"));
+
+            // A pass that only adds an endpoint, planned against what the last one left
+            // rather than a fresh observation (`plan::after`, as netd's host pass plans between
+            // resyncs): the kernel then shows netd's links just as `after` predicted them.
+            let mut d2 = d.clone();
+            d2.endpoints.push(EndpointSpec {
+                container: "c2c2c2c2c2c2".into(),
+                ip: "10.5.0.3".parse().unwrap(),
+                ifname: "eth1".into(),
+                ports: vec![],
+                ..d.endpoints[0].clone()
+            });
+            let actions = plan(&d2, &observed, Some(&rules::ruleset(&d)));
+            let predicted = shoal_netd::plan::after(&observed, &actions).expect("an endpoint and the rules only");
+            for a in &actions {
+                sys::apply(&h, a).await.unwrap_or_else(|e| panic!("{a:?}: {e}"));
+            }
+            let ours = |links: Vec<ObservedLink>| {
+                let mut v: Vec<ObservedLink> = links.into_iter().filter(|l| is_ours(&l.name)).collect();
+                v.sort_by(|a, b| a.name.cmp(&b.name));
+                v
+            };
+            assert_eq!(
+                ours(predicted.clone()),
+                ours(sys::observe(&h).await.unwrap()),
+                "predicted as the kernel has it"
+            );
+            assert_eq!(plan(&d2, &predicted, Some(&rules::ruleset(&d2))), vec![], "and nothing left to do");
 
             // Drift: someone deletes the bridge; the next pass rebuilds it and re-attaches.
             sys::apply(&h, &Action::DeleteLink { name: "shbraaaaaaaaaaa".into() }).await.unwrap();
