@@ -505,12 +505,19 @@ impl Netd {
         failed
     }
 
+    /// The next host pass observes the host's links (see `host_pass`).
+    fn forget_host_links(&self) {
+        *self.host_known.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// The host's links, addresses and rules made to match the local state.
-    /// Planned against what the last host pass observed and did, while the
-    /// passes since only added endpoints (`plan::after`: a node starting
-    /// containers) and no link is going; otherwise, and in every resync
-    /// (`observe`), against the links as `observed` reads them now. A dump
-    /// of every link per attach made a host's starts cost O(containers²).
+    /// Planned against what the last host pass observed and did, when the
+    /// veths it wanted are still wanted, no link is going, no endpoint was
+    /// attached again since (`forget_host_links`) and the plan only adds
+    /// veths and rules (`plan::after`: a node starting containers);
+    /// otherwise, and in every resync (`observe`), against the links as
+    /// `observed` reads them now. A dump of every link per attach made a
+    /// host's starts cost O(containers²).
     async fn host_pass(
         &self,
         desired: &Desired,
@@ -527,12 +534,12 @@ impl Netd {
                     && k.wanted.is_subset(&wanted)
                     && self.going.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
             })
-            .map(|k| {
+            .and_then(|k| {
                 let actions = plan(desired, &k.links, applied.as_deref());
-                (k.links, actions)
-            })
-            .filter(|(links, actions)| crate::plan::after(links, actions).is_some());
-        let (links, actions) = match from_known {
+                let left = crate::plan::after(&k.links, &actions)?;
+                Some((actions, Some(left)))
+            });
+        let (actions, left) = match from_known {
             Some(planned) => planned,
             None => {
                 let observed = match observed.await {
@@ -550,10 +557,10 @@ impl Netd {
                     std::time::Instant::now(),
                 );
                 let actions = plan(desired, &links, applied.as_deref());
-                (links, actions)
+                let left = crate::plan::after(&links, &actions);
+                (actions, left)
             }
         };
-        let left = crate::plan::after(&links, &actions);
         let mut failed = Vec::new();
         for batch in batches(actions) {
             // The new endpoints of a pass (each its own veth and namespace) are made at once:
@@ -855,6 +862,11 @@ impl pb::netd_server::Netd for NetdService {
             let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
             ensure(&mut state, &r)?
         };
+        if !created {
+            // An endpoint attached again (its namespace made anew, say): what the last
+            // pass knew of its veth may be gone, so the pass observes.
+            self.0.forget_host_links();
+        }
         let started = std::time::Instant::now();
         let (failed, saved) = self.0.saved_beside(self.0.sync()).await?;
         tracing::debug!(
@@ -984,6 +996,8 @@ impl pb::netd_server::Netd for NetdService {
 
     async fn sync(&self, req: Request<pb::SyncRequest>) -> Result<Response<pb::SyncResponse>, Status> {
         let reqs = req.into_inner().endpoints;
+        // The engine's whole list (after a restart of either): its pass observes.
+        self.0.forget_host_links();
         let results: (Vec<Ensured>, Vec<EndpointSpec>) = {
             let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
             let results: Vec<_> = reqs

@@ -304,12 +304,30 @@ impl Containers {
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         let index = names.get_or_insert_with(|| self.names_on_disk());
         let id = index.get(name)?.clone();
-        match self.records.read(&id, &self.dir(&id)) {
+        let dir = self.dir(&id);
+        match self.records.read(&id, &dir) {
             Some(r) if r.name == name => Some(id),
+            // Unreadable but there (out of files, say): still its owner's.
+            None if !matches!(std::fs::symlink_metadata(dir.join("container.json")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound) =>
+            {
+                Some(id)
+            }
             _ => {
                 index.remove(name);
                 None
             }
+        }
+    }
+
+    /// A removed container's name leaves the index (were it left, the next
+    /// `name_owner` of it would find the record gone and drop it; a node
+    /// that starts and removes tasks all day would keep every name till then).
+    fn forget_name(&self, name: &str, id: &str) {
+        if let Some(index) = self.names.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+            && index.get(name).is_some_and(|owner| owner == id)
+        {
+            index.remove(name);
         }
     }
 
@@ -335,8 +353,13 @@ impl Containers {
             }
             creating.insert(name.into(), id.into());
         }
-        let reserved =
-            NameReservation { creating: &self.creating, names: &self.names, name: name.into(), id: id.into() };
+        let reserved = NameReservation {
+            creating: &self.creating,
+            names: &self.names,
+            name: name.into(),
+            id: id.into(),
+            record: self.dir(id).join("container.json"),
+        };
         // After the reservation: a create that finished before it has its record on disk.
         match self.name_owner(name) {
             Some(other) => Err(ContainerError::NameInUse { name: name.into(), id: other }),
@@ -991,15 +1014,19 @@ struct NameReservation<'a> {
     names: &'a Mutex<Option<std::collections::HashMap<String, String>>>,
     name: String,
     id: String,
+    /// The record the create writes before it lets the name go.
+    record: PathBuf,
 }
 
 impl Drop for NameReservation<'_> {
-    /// The name goes into the index before it leaves `creating`, so a create
-    /// of the same name finds it in one or the other. A create that failed
-    /// leaves no record, and `name_owner` drops its entry; a reservation
-    /// refused because the name has an owner leaves that owner's entry be.
+    /// The name of a create that wrote its record goes into the index before
+    /// it leaves `creating`, so a create of the same name finds it in one or
+    /// the other; a failed create's does not. A reservation refused because
+    /// the name has an owner leaves that owner's entry be.
     fn drop(&mut self) {
-        if let Some(index) = self.names.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(index) = self.names.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+            && self.record.exists()
+        {
             index.entry(self.name.clone()).or_insert_with(|| self.id.clone());
         }
         self.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name);

@@ -224,6 +224,7 @@ impl Containers {
         std::fs::create_dir_all(&gone).map_err(io("creating", &gone))?;
         let dir = gone.join(id);
         std::fs::rename(&from, &dir).map_err(io("moving out of the containers' root", &from))?;
+        self.forget_name(&c.record.name, id);
         let (networks, later) = (&c.record.networks, release_later(&c.record.networks));
         let endpoints_left = !networks.is_empty() && (defer || later);
         if !endpoints_left {
@@ -438,8 +439,11 @@ mod tests {
         assert!(matches!(c.remove("a1", false, true), Err(ContainerError::NotFound(_))));
         // The worker's: out of view when it returns; its root and files follow.
         ended_rm(&c, "b2");
+        assert_eq!(c.name_owner("web").as_deref(), Some("b2"));
         c.remove_soon("b2").unwrap();
         assert!(c.list().is_empty() && !c.dir("b2").exists(), "listed: {:?}", c.list());
+        let indexed = |name: &str| c.names.lock().unwrap().as_ref().is_some_and(|n| n.contains_key(name));
+        assert!(!indexed("web"), "its name left the index with it");
         assert!(c.reserve_name("web", "c3").is_ok(), "its name is free");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while left("b2").exists() {

@@ -352,8 +352,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Kept in memory and written by the next append's transaction: a commit
     /// of its own per committed index cost each manager a redb transaction
     /// per round of replication. It was never durable before the next
-    /// immediate commit anyway, and a committed index that is lost is one
-    /// openraft learns again (it only spares a restart some replay).
+    /// immediate commit anyway, and a lost one leaves a restart's state
+    /// machine at its last durable apply until the leader commits again.
     async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
         *self.pending_committed() = Some(committed);
         Ok(())
