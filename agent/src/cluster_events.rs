@@ -89,6 +89,36 @@ fn all_keys(a: &State, b: &State) -> Vec<ObjKey> {
     keys
 }
 
+/// The part of a manager's state the events are made of (its services and
+/// nodes), copied out: holding the store's own `Arc` between changes made
+/// every apply copy the whole state (`Arc::make_mut`), 500 tasks and all.
+fn watched(s: &State) -> State {
+    let mut w = State::default();
+    (w.services, w.nodes) = (s.services.clone(), s.nodes.clone());
+    w
+}
+
+/// `seen` brought up to `next` for the changed `keys`.
+fn follow(seen: &mut State, next: &State, keys: &[ObjKey]) {
+    for key in keys {
+        match key {
+            ObjKey::Service(id) => {
+                match next.services.get(id) {
+                    Some(s) => seen.services.insert(id.clone(), s.clone()),
+                    None => seen.services.remove(id),
+                };
+            }
+            ObjKey::Node(id) => {
+                match next.nodes.get(id) {
+                    Some(n) => seen.nodes.insert(id.clone(), n.clone()),
+                    None => seen.nodes.remove(id),
+                };
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Feeds the cluster's service and node events into `log` while this node
 /// runs a manager (every manager's store applies every change, so any
 /// manager sees them all), until `cancel`. Looks for a (new) manager role every second.
@@ -102,13 +132,13 @@ pub async fn follow_cluster(daemon: Arc<crate::Daemon>, log: Arc<EventLog>, canc
             continue;
         };
         let mut rx = mgr.store.subscribe();
-        let mut state = mgr.store.read();
+        let mut seen = watched(&mgr.store.read());
         loop {
             let got = tokio::select! {
                 _ = cancel.cancelled() => return,
                 got = tokio::time::timeout(Duration::from_secs(1), rx.recv()) => got,
             };
-            let keys = match got {
+            let keys: Vec<ObjKey> = match got {
                 Err(_) => {
                     // Still the manager this node runs?
                     if daemon.manager().is_none_or(|m| !Arc::ptr_eq(&m, &mgr)) {
@@ -116,17 +146,22 @@ pub async fn follow_cluster(daemon: Arc<crate::Daemon>, log: Arc<EventLog>, canc
                     }
                     continue;
                 }
-                Ok(Ok(shoal_manager::store::Event::Changed { keys, .. })) => keys.as_ref().clone(),
+                Ok(Ok(shoal_manager::store::Event::Changed { keys, .. })) => {
+                    keys.iter().filter(|k| matches!(k, ObjKey::Service(_) | ObjKey::Node(_))).cloned().collect()
+                }
                 Ok(Ok(shoal_manager::store::Event::Reset)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
-                    all_keys(&state, &mgr.store.read())
+                    all_keys(&seen, &mgr.store.read())
                 }
                 Ok(Err(broadcast::error::RecvError::Closed)) => break,
             };
+            if keys.is_empty() {
+                continue; // tasks and the like: no event of Docker's
+            }
             let next = mgr.store.read();
-            for e in cluster_changes(&state, &next, &keys, now_ns()) {
+            for e in cluster_changes(&seen, &next, &keys, now_ns()) {
                 log.push(e);
             }
-            state = next;
+            follow(&mut seen, &next, &keys);
         }
     }
 }
@@ -147,6 +182,35 @@ mod tests {
             meta: Meta::default(),
             ingress: None,
         }
+    }
+
+    #[test]
+    fn what_is_kept_between_changes_follows_the_services_and_nodes_only() {
+        let mut a = State::default();
+        a.services.insert("s1".into(), Service { id: "s1".into(), ..Default::default() });
+        a.services.insert("s2".into(), Service { id: "s2".into(), ..Default::default() });
+        a.nodes.insert("n1".into(), node("n1"));
+        a.tasks.insert("t1".into(), Default::default());
+        let mut seen = watched(&a);
+        assert!(seen.tasks.is_empty(), "no task is kept");
+        assert_eq!((&seen.services, &seen.nodes), (&a.services, &a.nodes));
+        // s1 changed, s2 removed, n2 added, a task changed: each followed as the keys name it.
+        let mut b = a.clone();
+        b.services.get_mut("s1").expect("s1").spec.replicas = 4;
+        b.services.remove("s2");
+        b.nodes.insert("n2".into(), node("n2"));
+        b.tasks.insert("t2".into(), Default::default());
+        let keys = [
+            ObjKey::Service("s1".into()),
+            ObjKey::Service("s2".into()),
+            ObjKey::Node("n2".into()),
+            ObjKey::Task("t2".into()),
+        ];
+        let events = cluster_changes(&seen, &b, &keys, 1);
+        assert_eq!(events, cluster_changes(&a, &b, &keys, 1), "the same events as from the whole state");
+        follow(&mut seen, &b, &keys);
+        assert_eq!((&seen.services, &seen.nodes), (&b.services, &b.nodes));
+        assert!(seen.tasks.is_empty());
     }
 
     #[test]
