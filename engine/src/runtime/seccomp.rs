@@ -14,7 +14,7 @@
 //! fork), which reads it before forking and loads it as it is. The profile
 //! stays in the spec, so an init not handed a program compiles it as before.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -510,26 +510,29 @@ fn native_arches() -> Vec<Arch> {
 /// program depends on the libseccomp that made it.
 pub struct Programs {
     dir: PathBuf,
-    compiled: Mutex<HashMap<String, PathBuf>>,
+    /// Each profile compiled so far and its program's file: a node hands
+    /// out a few (one per set of capabilities), so they are compared as
+    /// they are rather than serialized and hashed again for every start.
+    compiled: Mutex<Vec<(LinuxSeccomp, PathBuf)>>,
 }
 
 impl Programs {
     pub fn new(dir: &Path) -> Programs {
-        Programs { dir: dir.to_path_buf(), compiled: Mutex::new(HashMap::new()) }
+        Programs { dir: dir.to_path_buf(), compiled: Mutex::new(Vec::new()) }
     }
 
     /// The file holding `profile`'s BPF program, compiled the first time
     /// this profile is asked for.
     pub fn program(&self, profile: &LinuxSeccomp) -> Result<PathBuf, SpecError> {
-        let json = serde_json::to_vec(profile).map_err(build_err)?;
-        let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&json));
         let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
         // Compiled already, and still there (a removed file is compiled again).
-        if let Some(path) = compiled.get(&key)
+        if let Some((_, path)) = compiled.iter().find(|(p, _)| p == profile)
             && path.exists()
         {
             return Ok(path.clone());
         }
+        let json = serde_json::to_vec(profile).map_err(build_err)?;
+        let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&json));
         let path = self.dir.join(format!("{}.bpf", &key[..32]));
         std::fs::create_dir_all(&self.dir).map_err(|e| SpecError::Build(format!("{}: {e}", self.dir.display())))?;
         // Written whole under another name, then renamed: a reader sees the
@@ -541,7 +544,8 @@ impl Programs {
             return Err(e);
         }
         std::fs::rename(&tmp, &path).map_err(|e| SpecError::Build(format!("{}: {e}", path.display())))?;
-        compiled.insert(key, path.clone());
+        compiled.retain(|(p, _)| p != profile);
+        compiled.push((profile.clone(), path.clone()));
         Ok(path)
     }
 
@@ -568,6 +572,7 @@ pub fn compile(profile: &LinuxSeccomp, out: impl std::os::fd::AsFd) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn allowed_names(caps: &[&str]) -> (LinuxSeccomp, Vec<String>) {
         let set: BTreeSet<String> = caps.iter().map(|s| s.to_string()).collect();
