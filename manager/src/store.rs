@@ -78,7 +78,8 @@ impl Store {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The current state.
+    /// The current state. Hold it for a pass, not between changes: an apply
+    /// while any reader holds it copies the whole state (`Arc::make_mut`).
     pub fn read(&self) -> Arc<State> {
         self.lock_read().state.clone()
     }
