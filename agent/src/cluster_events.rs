@@ -150,7 +150,7 @@ pub async fn follow_cluster(daemon: Arc<crate::Daemon>, log: Arc<EventLog>, canc
                     keys.iter().filter(|k| matches!(k, ObjKey::Service(_) | ObjKey::Node(_))).cloned().collect()
                 }
                 Ok(Ok(shoal_manager::store::Event::Reset)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
-                    all_keys(&seen, &mgr.store.read())
+                    all_keys(&seen, &mgr.store.read()) // what changed after this read has a notice of its own
                 }
                 Ok(Err(broadcast::error::RecvError::Closed)) => break,
             };

@@ -315,6 +315,10 @@ pub struct Netd {
     /// The host's links as the last host pass left them, when the next one
     /// may plan against them rather than observe (see `host_pass`).
     host_known: Mutex<Option<HostKnown>>,
+    /// The next host pass observes whatever it knows (`forget_host_links`):
+    /// a flag, not a cleared `host_known`, which a pass running meanwhile
+    /// would set again as it ends.
+    observe_next: std::sync::atomic::AtomicBool,
     /// Host veths left to go with their container's namespace (see `going`).
     going: Mutex<crate::going::Going>,
     /// The same for the containers' legs in the overlays' sandboxes.
@@ -372,6 +376,7 @@ impl Netd {
             file: StateFile::new(root),
             dns: Dns::new(Path::new("/etc/resolv.conf")),
             host_known: Mutex::new(None),
+            observe_next: Default::default(),
             going: Mutex::default(),
             going_legs: Mutex::default(),
         });
@@ -456,6 +461,9 @@ impl Netd {
         let host = kind != Kind::View;
         use futures::FutureExt;
         let mut phases = Phases::new(asked);
+        // Taken before the state is read: a forget made after this is in a later pass's.
+        let observe_host =
+            kind == Kind::Resync || (host && self.observe_next.swap(false, std::sync::atomic::Ordering::SeqCst));
         // When it was read, under the lock a detach marks its links going under (see `going`).
         let (desired, read_at) = {
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -468,11 +476,8 @@ impl Netd {
                 .shared();
         let host_part = async {
             let start = std::time::Instant::now();
-            let failed = if host {
-                self.host_pass(&desired, read_at, kind == Kind::Resync, links.clone()).await
-            } else {
-                Vec::new()
-            };
+            let failed =
+                if host { self.host_pass(&desired, read_at, observe_host, links.clone()).await } else { Vec::new() };
             (failed, start.elapsed())
         };
         let overlays_part = async {
@@ -507,7 +512,7 @@ impl Netd {
 
     /// The next host pass observes the host's links (see `host_pass`).
     fn forget_host_links(&self) {
-        *self.host_known.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.observe_next.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The host's links, addresses and rules made to match the local state.
