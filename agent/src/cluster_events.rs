@@ -211,6 +211,18 @@ mod tests {
         follow(&mut seen, &b, &keys);
         assert_eq!((&seen.services, &seen.nodes), (&b.services, &b.nodes));
         assert!(seen.tasks.is_empty());
+        // A service changed in the store, but the notice at hand names only a task (the
+        // service's own notice comes next): what is kept of it waits for that notice, whose
+        // event then says what changed.
+        let mut c = b.clone();
+        c.services.get_mut("s1").expect("s1").spec.replicas = 9;
+        follow(&mut seen, &c, &[ObjKey::Task("t2".into())]);
+        assert_eq!(seen.services, b.services, "a task's notice moves nothing kept");
+        let got = cluster_changes(&seen, &c, &[ObjKey::Service("s1".into())], 2);
+        assert_eq!(
+            got.iter().map(|e| e.attributes.get("replicas.new").cloned()).collect::<Vec<_>>(),
+            [Some("9".into())]
+        );
     }
 
     #[test]
