@@ -308,11 +308,7 @@ impl Containers {
         match self.records.read(&id, &dir) {
             Some(r) if r.name == name => Some(id),
             // Unreadable but there (out of files, say): still its owner's.
-            None if !matches!(std::fs::symlink_metadata(dir.join("container.json")),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound) =>
-            {
-                Some(id)
-            }
+            None if std::fs::exists(dir.join("container.json")).unwrap_or(true) => Some(id),
             _ => {
                 index.remove(name);
                 None
@@ -353,13 +349,7 @@ impl Containers {
             }
             creating.insert(name.into(), id.into());
         }
-        let reserved = NameReservation {
-            creating: &self.creating,
-            names: &self.names,
-            name: name.into(),
-            id: id.into(),
-            record: self.dir(id).join("container.json"),
-        };
+        let reserved = NameReservation { containers: self, name: name.into(), id: id.into() };
         // After the reservation: a create that finished before it has its record on disk.
         match self.name_owner(name) {
             Some(other) => Err(ContainerError::NameInUse { name: name.into(), id: other }),
@@ -1009,13 +999,11 @@ impl Containers {
 }
 
 /// A name taken by a create in flight (see `Containers::reserve_name`).
+/// The create writes its record (`container.json`) before it lets the name go.
 struct NameReservation<'a> {
-    creating: &'a Mutex<std::collections::HashMap<String, String>>,
-    names: &'a Mutex<Option<std::collections::HashMap<String, String>>>,
+    containers: &'a Containers,
     name: String,
     id: String,
-    /// The record the create writes before it lets the name go.
-    record: PathBuf,
 }
 
 impl Drop for NameReservation<'_> {
@@ -1024,12 +1012,13 @@ impl Drop for NameReservation<'_> {
     /// the other; a failed create's does not. A reservation refused because
     /// the name has an owner leaves that owner's entry be.
     fn drop(&mut self) {
-        if let Some(index) = self.names.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
-            && self.record.exists()
+        let c = self.containers;
+        if let Some(index) = c.names.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+            && c.dir(&self.id).join("container.json").exists()
         {
             index.entry(self.name.clone()).or_insert_with(|| self.id.clone());
         }
-        self.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name);
+        c.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name);
     }
 }
 
