@@ -136,6 +136,19 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
         ],
     )?;
     ensure!(id.trim().len() == 64, "{id}");
+    // The image has no /proc, /sys, /dev or /etc/hostname: the mount points come from the
+    // runtime's read-only layer, so the container's own layer holds none of them.
+    let out = lab.exec(1, &["exec", "ticker", "sh", "-c", "cat /etc/hostname; ls -d /proc/1 /sys/fs /dev/null"])?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with(&format!("{}\n", &id.trim()[..12])),
+        "{out:?}"
+    );
+    let upper = format!("/tmp/shoal-lab/h1/lib/containers/{}/upper", id.trim());
+    let made: Vec<String> = std::fs::read_dir(&upper)
+        .with_context(|| format!("reading {upper}"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    ensure!(made.iter().all(|e| !["proc", "sys", "dev", "etc"].contains(&e.as_str())), "{upper} holds {made:?}");
     wait_for("a few ticks", Duration::from_secs(10), || {
         Ok(lab.shoal(1, &["logs", "ticker"])?.lines().count().ge(&3).then_some(()))
     })?;

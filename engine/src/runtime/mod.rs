@@ -38,6 +38,7 @@ mod netplumb;
 mod record;
 mod removal;
 pub mod request;
+mod rootfs;
 mod supervisor;
 
 pub use exec::ExecRequest;
@@ -132,6 +133,9 @@ pub struct Containers {
     zygote: zygote::Zygote,
     images: Arc<ImageStore>,
     volumes: Arc<VolumeStore>,
+    /// The read-only layer of mount points under every container's own
+    /// (`rootfs.rs`); none if it could not be made.
+    mountpoints: Option<PathBuf>,
     cgroups: Cgroups,
     /// Creates hold it shared, so a node's starts run side by side (each
     /// owns its name through `creating`); start, remove, connect, disconnect,
@@ -219,7 +223,14 @@ impl Containers {
             }
         }
         let exe = std::env::current_exe().map_err(io("finding", Path::new("/proc/self/exe")))?;
+        // Beside the containers' root: on the same disk, never taken for a container.
+        let mountpoints = rootfs::mountpoints_layer(root.parent().unwrap_or(root))
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "no layer of mount points: each start makes its own in the container's layer")
+            })
+            .ok();
         let containers = Containers {
+            mountpoints,
             root: root.to_path_buf(),
             state_root: state_root.to_path_buf(),
             cgroup_parent: cgroup_parent.trim_end_matches('/').to_string(),
@@ -595,17 +606,7 @@ impl Containers {
         for d in [dir.join("upper"), dir.join("work"), rootfs.clone(), dir.join("bundle")] {
             std::fs::create_dir_all(&d).map_err(io("creating", &d))?;
         }
-        // overlayfs: lowerdir lists the top layer first.
-        let mut layers = self.images.layer_dirs(&req.image)?;
-        layers.reverse();
-        let lower: Vec<String> = layers.iter().map(|p| p.display().to_string()).collect();
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            dir.join("upper").display(),
-            dir.join("work").display()
-        );
-        mount_overlay(&rootfs, &opts)?;
+        self.mount_root(&req.image, dir)?;
         // Like Docker, an empty volume starts with what the image has at its mount point.
         for (target, volume) in &settings.copy_up {
             let from = rootfs.join(target.trim_start_matches('/'));
@@ -1069,13 +1070,19 @@ impl From<shoal_proto::mount::MountError> for ContainerError {
     }
 }
 
-/// Mounts the container's overlay root at `target`.
-fn mount_overlay(target: &Path, opts: &str) -> Result<(), ContainerError> {
-    crate::sys::mount_overlay(target, opts).map_err(|source| ContainerError::Io {
-        what: "mounting the overlay root at",
-        path: target.to_path_buf(),
-        source,
-    })
+impl Containers {
+    /// Mounts the root filesystem (`rootfs.rs`) of the container in `dir`,
+    /// made of `image`'s layers, at `dir/rootfs`.
+    fn mount_root(&self, image: &str, dir: &Path) -> Result<(), ContainerError> {
+        let layers = self.images.layer_dirs(image)?;
+        let target = dir.join("rootfs");
+        let opts = rootfs::overlay_options(self.mountpoints.as_deref(), &layers, dir);
+        crate::sys::mount_overlay(&target, &opts).map_err(|source| ContainerError::Io {
+            what: "mounting the overlay root at",
+            path: target.to_path_buf(),
+            source,
+        })
+    }
 }
 
 /// Serializes the records written next to a container.

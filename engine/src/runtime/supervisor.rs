@@ -71,16 +71,7 @@ impl Containers {
         let rootfs = dir.join("rootfs");
         if !is_mount_point(&rootfs, &dir) {
             // After a host reboot: mount the root again.
-            let mut layers = self.images.layer_dirs(&c.record.image_id)?;
-            layers.reverse();
-            let lower: Vec<String> = layers.iter().map(|p| p.display().to_string()).collect();
-            let opts = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lower.join(":"),
-                dir.join("upper").display(),
-                dir.join("work").display()
-            );
-            mount_overlay(&rootfs, &opts)?;
+            self.mount_root(&c.record.image_id, &dir)?;
         }
         self.spawn_shim(id, &dir)
     }
