@@ -70,8 +70,25 @@ impl CpuSet {
     ) -> Result<(), V1CpuSetControllerError> {
         fs::create_dir_all(cgroup_path).wrap_create_dir(cgroup_path)?;
 
-        Self::ensure_not_empty(mount, cgroup_path, CGROUP_CPUSET_CPUS)?;
-        Self::ensure_not_empty(mount, cgroup_path, CGROUP_CPUSET_MEMS)?;
+        // Shoal: a cgroup made below a parent whose `cgroup.clone_children`
+        // is set starts with the parent's cpus and mems (the kernel copies
+        // them as it makes the directory), so the new cgroup is read first
+        // and the walk from the hierarchy's root, with its reads and its
+        // writes (each of which rebuilds the scheduler's domains), is left
+        // to a cgroup that lacks them. After the walk the parent is asked to
+        // hand its values to the children that follow.
+        if !Self::has_value(cgroup_path, CGROUP_CPUSET_CPUS)?
+            || !Self::has_value(cgroup_path, CGROUP_CPUSET_MEMS)?
+        {
+            Self::ensure_not_empty(mount, cgroup_path, CGROUP_CPUSET_CPUS)?;
+            Self::ensure_not_empty(mount, cgroup_path, CGROUP_CPUSET_MEMS)?;
+            if let Some(parent) = cgroup_path
+                .parent()
+                .filter(|p| p.starts_with(mount) && *p != mount)
+            {
+                Self::clone_children(parent);
+            }
+        }
 
         super::controller::join(pid, cgroup_path)?;
         Ok(())
@@ -87,6 +104,27 @@ impl CpuSet {
         }
 
         Ok(())
+    }
+
+    /// Whether the cgroup's `interface_file` (`cpuset.cpus` or `cpuset.mems`) holds a value.
+    fn has_value(
+        cgroup_path: &Path,
+        interface_file: &str,
+    ) -> Result<bool, V1CpuSetControllerError> {
+        let path = cgroup_path.join(interface_file);
+        Ok(!fs::read_to_string(&path)
+            .wrap_read(&path)?
+            .trim()
+            .is_empty())
+    }
+
+    /// Sets `cgroup.clone_children` on `parent`, so the cgroups made below it
+    /// later start with its cpus and mems. Only a speed-up: a parent that
+    /// refuses it leaves its children to the walk.
+    fn clone_children(parent: &Path) {
+        if let Err(e) = common::write_cgroup_file_str(parent.join("cgroup.clone_children"), "1") {
+            tracing::debug!(parent = %parent.display(), error = %e, "cgroup.clone_children not set");
+        }
     }
 
     // if a task is moved into the cgroup and a value has not been set for cpus and mems
@@ -165,6 +203,7 @@ mod tests {
             fs::write(dir.join(CGROUP_CPUSET_MEMS), "\n").unwrap();
         }
         fs::write(parent.join(CGROUP_CPUSET_CPUS), "1\n").unwrap();
+        fs::write(parent.join("cgroup.clone_children"), "0\n").unwrap();
         fs::write(leaf.join("cgroup.procs"), "").unwrap();
 
         CpuSet::add_task_below(Pid::from_raw(42), &leaf, mount).expect("add task");
@@ -183,11 +222,50 @@ mod tests {
             "0\n"
         );
         assert_eq!(fs::read_to_string(leaf.join("cgroup.procs")).unwrap(), "42");
+        // The walk asked the parent to copy its values to the cgroups made below it later.
+        assert_eq!(
+            fs::read_to_string(parent.join("cgroup.clone_children"))
+                .unwrap()
+                .trim(),
+            "1"
+        );
         // A cgroup outside the mount is refused (in a temp dir of its own: its directory is made first).
         let elsewhere = tempfile::tempdir().unwrap();
         assert!(
             CpuSet::add_task_below(Pid::from_raw(42), &elsewhere.path().join("c1"), mount).is_err()
         );
+    }
+
+    #[test]
+    fn a_cgroup_made_with_its_parents_values_is_joined_without_the_walk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mount = tmp.path();
+        let (parent, leaf) = (mount.join("shoal"), mount.join("shoal/c2"));
+        fs::create_dir_all(&leaf).unwrap();
+        // The root and the parent are empty (a walk would fail on them): the
+        // leaf has its values, as the kernel gives them under clone_children.
+        for dir in [mount, &parent] {
+            fs::write(dir.join(CGROUP_CPUSET_CPUS), "\n").unwrap();
+            fs::write(dir.join(CGROUP_CPUSET_MEMS), "\n").unwrap();
+        }
+        fs::write(leaf.join(CGROUP_CPUSET_CPUS), "0-1\n").unwrap();
+        fs::write(leaf.join(CGROUP_CPUSET_MEMS), "0\n").unwrap();
+        fs::write(leaf.join("cgroup.procs"), "").unwrap();
+
+        CpuSet::add_task_below(Pid::from_raw(7), &leaf, mount).expect("add task");
+
+        assert_eq!(fs::read_to_string(leaf.join("cgroup.procs")).unwrap(), "7");
+        assert_eq!(
+            fs::read_to_string(leaf.join(CGROUP_CPUSET_CPUS)).unwrap(),
+            "0-1\n"
+        );
+        assert_eq!(
+            fs::read_to_string(parent.join(CGROUP_CPUSET_CPUS)).unwrap(),
+            "\n"
+        );
+        // A leaf with only one of the two still walks, and the empty root stops it.
+        fs::write(leaf.join(CGROUP_CPUSET_MEMS), "\n").unwrap();
+        assert!(CpuSet::add_task_below(Pid::from_raw(7), &leaf, mount).is_err());
     }
 
     #[test]
