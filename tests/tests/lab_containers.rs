@@ -149,6 +149,25 @@ fn containers_run_with_limits_and_survive_the_daemon() -> Result<()> {
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;
     ensure!(made.iter().all(|e| !["proc", "sys", "dev", "etc"].contains(&e.as_str())), "{upper} holds {made:?}");
+    // An image whose /etc is its user's (group-writable, uid 1000) keeps it as it is: the
+    // layer's own /etc would hide its owner and mode.
+    let own = tmp.path().join("own-etc");
+    std::fs::create_dir_all(&own)?;
+    let sh = |script: &str| -> Result<()> {
+        let st = std::process::Command::new("sh").arg("-c").arg(script).arg("sh").arg(&own).arg(tmp.path()).status()?;
+        ensure!(st.success(), "{script}: {st}");
+        Ok(())
+    };
+    sh(
+        r#"tar -C "$1" -xf "$2/rootfs.tar" && chown 1000:1000 "$1/etc" && chmod 0775 "$1/etc" && tar -C "$1" -cf "$2/own-etc.tar" ."#,
+    )?;
+    let archive =
+        image_archive(tmp.path(), &tmp.path().join("own-etc.tar"), "shl-own-etc:local", serde_json::json!({}))?;
+    lab.shoal(1, &["image", "load", "-i", &archive.display().to_string()])?;
+    let out = lab.exec(1, &["run", "--rm", "shl-own-etc:local", "sh", "-c", "ls -ldn /etc; cat /etc/hostname"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success() && text.starts_with("drwxrwxr-x") && text.contains(" 1000 "), "{out:?}");
+    ensure!(text.lines().nth(1).is_some_and(|h| h.len() == 12), "its /etc/hostname still bound: {out:?}");
     wait_for("a few ticks", Duration::from_secs(10), || {
         Ok(lab.shoal(1, &["logs", "ticker"])?.lines().count().ge(&3).then_some(()))
     })?;

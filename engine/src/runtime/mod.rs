@@ -133,9 +133,8 @@ pub struct Containers {
     zygote: zygote::Zygote,
     images: Arc<ImageStore>,
     volumes: Arc<VolumeStore>,
-    /// The read-only layer of mount points under every container's own
-    /// (`rootfs.rs`); none if it could not be made.
-    mountpoints: Option<PathBuf>,
+    /// The read-only layers of mount points under the containers' own (`rootfs.rs`).
+    mountpoints: rootfs::MountPoints,
     cgroups: Cgroups,
     /// Creates hold it shared, so a node's starts run side by side (each
     /// owns its name through `creating`); start, remove, connect, disconnect,
@@ -224,11 +223,7 @@ impl Containers {
         }
         let exe = std::env::current_exe().map_err(io("finding", Path::new("/proc/self/exe")))?;
         // Beside the containers' root: on the same disk, never taken for a container.
-        let mountpoints = rootfs::mountpoints_layer(root.parent().unwrap_or(root))
-            .inspect_err(|e| {
-                tracing::warn!(error = %e, "no layer of mount points: each start makes its own in the container's layer")
-            })
-            .ok();
+        let mountpoints = rootfs::MountPoints::new(root.parent().unwrap_or(root));
         let containers = Containers {
             mountpoints,
             root: root.to_path_buf(),
@@ -1076,7 +1071,7 @@ impl Containers {
     fn mount_root(&self, image: &str, dir: &Path) -> Result<(), ContainerError> {
         let layers = self.images.layer_dirs(image)?;
         let target = dir.join("rootfs");
-        let opts = rootfs::overlay_options(self.mountpoints.as_deref(), &layers, dir);
+        let opts = rootfs::overlay_options(self.mountpoints.layer_for(&layers).as_deref(), &layers, dir);
         crate::sys::mount_overlay(&target, &opts).map_err(|source| ContainerError::Io {
             what: "mounting the overlay root at",
             path: target.to_path_buf(),

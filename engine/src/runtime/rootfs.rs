@@ -4,59 +4,144 @@
 //! `/sys`, `/dev` and the files bound over `/etc` (`ETC_FILES`).
 //!
 //! libcontainer makes a mount point that the root lacks before it mounts
-//! there. For an image without them (busybox, anything `FROM scratch`), each
-//! start created three directories and three files in the writable layer,
-//! and copied `/etc` up to do so: ~2 % of the CPU of a 500-container `service
-//! create` here. Docker keeps an "init" layer of the same mount points for
-//! each container. The mount points are the same for every container, so
-//! Shoal makes the layer once and every container's root lists it. As with
-//! Docker's, what the layer holds hides the image's entry of the same path.
-//! That is an image's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`,
-//! which every container has bound over anyway, and the attributes of its
-//! top directories.
+//! there. For an image without them (busybox, anything `FROM scratch`, and
+//! most images for `/etc/hostname` and `/etc/resolv.conf`), each start made
+//! them in the container's writable layer, and copied `/etc` up to do so.
+//! Docker makes an "init" layer of the same mount points for each container.
+//! The mount points are the same for every container, so Shoal makes the
+//! layer once and every container's root lists it.
+//!
+//! A directory in an upper layer hides the attributes of the same directory
+//! below it (and all of a non-directory). `/proc`, `/sys` and `/dev` are
+//! mounted over, so that never shows there. `/etc` is not: an image whose
+//! `/etc` is anything but a directory that root owns with mode 0755 (a
+//! directory its user owns or may write, a symlink) gets the layer without
+//! `/etc` ([`Variant::Kernel`]), and its init makes the `/etc` files as
+//! before. An image's own `/etc/hosts`, `/etc/hostname` and
+//! `/etc/resolv.conf` are hidden by the layer's, which every container has
+//! bound over anyway.
 
 use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::ETC_FILES;
 
-/// The layer's directory name. A layer in use is never changed, so a layer
-/// with other entries gets another name.
-const LAYER: &str = "mountpoints-1";
-/// The mount points that are directories.
-const DIRS: [&str; 4] = ["dev", "etc", "proc", "sys"];
+/// The layers' version. A layer in use is never changed, so a layer with
+/// other entries gets another name.
+const VERSION: &str = "mountpoints-1";
 
-/// The layer of mount points in `parent`, made there the first time (whole,
-/// under another name, then renamed into place).
-pub(super) fn mountpoints_layer(parent: &Path) -> io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let layer = parent.join(LAYER);
-    if layer.is_dir() {
-        return Ok(layer);
+/// Which layer an image's containers get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Variant {
+    /// `/dev`, `/etc` with the `ETC_FILES`, `/proc`, `/sys`.
+    Full,
+    /// Only the kernel filesystems' mount points: `/dev`, `/proc`, `/sys`.
+    Kernel,
+}
+
+impl Variant {
+    fn name(self) -> String {
+        match self {
+            Variant::Full => VERSION.to_string(),
+            Variant::Kernel => format!("{VERSION}-kernel"),
+        }
     }
-    let tmp = parent.join(format!(".{LAYER}.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+
+    fn dirs(self) -> &'static [&'static str] {
+        match self {
+            Variant::Full => &["dev", "etc", "proc", "sys"],
+            Variant::Kernel => &["dev", "proc", "sys"],
+        }
+    }
+
+    fn files(self) -> Vec<&'static str> {
+        match self {
+            Variant::Full => ETC_FILES.iter().map(|(_, target)| target.trim_start_matches('/')).collect(),
+            Variant::Kernel => Vec::new(),
+        }
+    }
+
+    /// The variant for an image of `layers` (bottom first): the topmost
+    /// layer with an `/etc` entry says what the image's `/etc` is (a
+    /// whiteout there means it has none).
+    pub(super) fn of_image(layers: &[PathBuf]) -> Variant {
+        for layer in layers.iter().rev() {
+            let Ok(m) = std::fs::symlink_metadata(layer.join("etc")) else { continue };
+            let whiteout = m.file_type().is_char_device() && m.rdev() == 0;
+            let plain = m.is_dir() && m.permissions().mode() & 0o7777 == 0o755 && m.uid() == 0 && m.gid() == 0;
+            return if whiteout || plain { Variant::Full } else { Variant::Kernel };
+        }
+        Variant::Full
+    }
+}
+
+/// The layers of mount points, in one directory beside the containers'.
+pub(super) struct MountPoints {
+    parent: PathBuf,
+}
+
+impl MountPoints {
+    /// The layers in `parent`; what a daemon stopped while making one left
+    /// there is removed.
+    pub(super) fn new(parent: &Path) -> MountPoints {
+        for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&format!(".{VERSION}")) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        MountPoints { parent: parent.to_path_buf() }
+    }
+
+    /// The layer for an image of `layers` (bottom first), made the first
+    /// time it is asked for (and again if it went missing). None if it
+    /// cannot be made: the container's init then makes its mount points in
+    /// the container's own layer, as it would without one.
+    pub(super) fn layer_for(&self, layers: &[PathBuf]) -> Option<PathBuf> {
+        let variant = Variant::of_image(layers);
+        let layer = self.parent.join(variant.name());
+        if layer.is_dir() {
+            return Some(layer);
+        }
+        match make(&self.parent, &layer, variant) {
+            Ok(()) => Some(layer),
+            // Made meanwhile by another start.
+            Err(_) if layer.is_dir() => Some(layer),
+            Err(e) => {
+                tracing::warn!(dir = %layer.display(), error = %e, "cannot make the layer of mount points: each start makes them in the container's own layer");
+                None
+            }
+        }
+    }
+}
+
+/// Makes `layer` (whole, under another name, then renamed into place).
+fn make(parent: &Path, layer: &Path, variant: Variant) -> io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let tmp =
+        parent.join(format!(".{}.{}.{}", variant.name(), std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
     let made = (|| {
         std::fs::create_dir_all(&tmp)?;
-        for d in [tmp.clone()].into_iter().chain(DIRS.iter().map(|d| tmp.join(d))) {
+        for d in std::iter::once(tmp.clone()).chain(variant.dirs().iter().map(|d| tmp.join(d))) {
             std::fs::create_dir_all(&d)?;
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
         }
-        for (_, target) in ETC_FILES {
-            let f = tmp.join(target.trim_start_matches('/'));
+        for f in variant.files() {
+            let f = tmp.join(f);
             std::fs::File::create(&f)?;
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644))?;
         }
-        std::fs::File::open(tmp.join("etc"))?.sync_all()?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &layer)?;
+        for d in std::iter::once(tmp.clone()).chain(variant.dirs().iter().map(|d| tmp.join(d))) {
+            std::fs::File::open(&d)?.sync_all()?;
+        }
+        std::fs::rename(&tmp, layer)?;
         std::fs::File::open(parent)?.sync_all()
     })();
-    if let Err(e) = made {
+    if made.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
     }
-    Ok(layer)
+    made
 }
 
 /// The overlay's mount options for the container in `dir`: `image_layers`
@@ -80,42 +165,99 @@ pub(super) fn overlay_options(mountpoints: Option<&Path>, image_layers: &[PathBu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
-    #[test]
-    fn the_layer_is_made_once_with_every_mount_point() {
-        let tmp = tempfile::tempdir().unwrap();
-        let layer = mountpoints_layer(tmp.path()).unwrap();
-        assert_eq!(layer, tmp.path().join(LAYER));
-        for d in DIRS {
-            let m = std::fs::metadata(layer.join(d)).unwrap();
-            assert!(m.is_dir(), "{d}");
-            assert_eq!(m.permissions().mode() & 0o7777, 0o755, "{d}");
-        }
-        for (_, target) in ETC_FILES {
-            let m = std::fs::metadata(layer.join(target.trim_start_matches('/'))).unwrap();
-            assert!(m.is_file() && m.len() == 0, "{target}");
-            assert_eq!(m.permissions().mode() & 0o7777, 0o644, "{target}");
-        }
-        // Nothing else in it, and nothing left beside it.
-        let mut top: Vec<String> =
-            std::fs::read_dir(&layer).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        top.sort();
-        assert_eq!(top, DIRS);
-        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
-        // A layer that is there is used as it is, never made again.
-        std::fs::write(layer.join("etc/hosts"), "kept").unwrap();
-        assert_eq!(mountpoints_layer(tmp.path()).unwrap(), layer);
-        assert_eq!(std::fs::read_to_string(layer.join("etc/hosts")).unwrap(), "kept");
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
     }
 
     #[test]
-    fn a_parent_it_cannot_be_made_in_leaves_nothing() {
+    fn each_layer_is_made_once_with_its_mount_points() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (image, parent) = (tmp.path().join("image"), tmp.path().join("mp"));
+        std::fs::create_dir_all(&parent).unwrap();
+        // A stale half-made layer of a daemon that stopped is cleared.
+        std::fs::create_dir_all(parent.join(format!(".{VERSION}.1.0/etc"))).unwrap();
+        let mp = MountPoints::new(&parent);
+        assert!(names(&parent).is_empty());
+
+        std::fs::create_dir_all(image.join("bin")).unwrap();
+        let full = mp.layer_for(std::slice::from_ref(&image)).unwrap();
+        assert_eq!(full, parent.join(VERSION));
+        assert_eq!(names(&full), ["dev", "etc", "proc", "sys"]);
+        for d in ["dev", "etc", "proc", "sys"] {
+            let m = std::fs::metadata(full.join(d)).unwrap();
+            assert!(m.is_dir() && m.permissions().mode() & 0o7777 == 0o755, "{d}");
+        }
+        assert_eq!(names(&full.join("etc")), ["hostname", "hosts", "resolv.conf"]);
+        for (_, target) in ETC_FILES {
+            let m = std::fs::metadata(full.join(target.trim_start_matches('/'))).unwrap();
+            assert!(m.is_file() && m.len() == 0 && m.permissions().mode() & 0o7777 == 0o644, "{target}");
+        }
+        // A layer that is there is used as it is, never made again.
+        std::fs::write(full.join("etc/hosts"), "kept").unwrap();
+        assert_eq!(mp.layer_for(std::slice::from_ref(&image)), Some(full.clone()));
+        assert_eq!(std::fs::read_to_string(full.join("etc/hosts")).unwrap(), "kept");
+        // One that went missing is made again.
+        std::fs::remove_dir_all(&full).unwrap();
+        assert_eq!(mp.layer_for(std::slice::from_ref(&image)), Some(full.clone()));
+        assert!(full.join("etc/resolv.conf").is_file());
+        assert_eq!(names(&parent), [VERSION]);
+    }
+
+    #[test]
+    fn an_image_whose_etc_is_its_own_keeps_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (bottom, top) = (tmp.path().join("bottom"), tmp.path().join("top"));
+        std::fs::create_dir_all(bottom.join("etc")).unwrap();
+        std::fs::create_dir_all(&top).unwrap();
+        let layers = [bottom.clone(), top.clone()];
+        // Root's /etc is the plain one: as another user, the tests' directories are not root's.
+        if std::fs::metadata(&bottom).unwrap().uid() != 0 {
+            return;
+        }
+        let set_mode = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        // root's 0755 /etc (the tests run as root, as the daemon does): the full layer.
+        set_mode(&bottom.join("etc"), 0o755);
+        assert_eq!(Variant::of_image(&layers), Variant::Full);
+        // A writable /etc keeps its mode: the layer without /etc.
+        set_mode(&bottom.join("etc"), 0o775);
+        assert_eq!(Variant::of_image(&layers), Variant::Kernel);
+        // The topmost layer with an entry decides: a plain /etc above it...
+        std::fs::create_dir_all(top.join("etc")).unwrap();
+        set_mode(&top.join("etc"), 0o755);
+        assert_eq!(Variant::of_image(&layers), Variant::Full);
+        // ... a symlink...
+        std::fs::remove_dir(top.join("etc")).unwrap();
+        std::os::unix::fs::symlink("usr/etc", top.join("etc")).unwrap();
+        assert_eq!(Variant::of_image(&layers), Variant::Kernel);
+        // ... or a whiteout (the image has no /etc, as one without any layer's).
+        std::fs::remove_file(top.join("etc")).unwrap();
+        if crate::sys::mknod(&top.join("etc"), libc::S_IFCHR, 0o600, (0, 0)).is_ok() {
+            assert_eq!(Variant::of_image(&layers), Variant::Full);
+            std::fs::remove_file(top.join("etc")).unwrap();
+        }
+        std::fs::remove_dir_all(bottom.join("etc")).unwrap();
+        assert_eq!(Variant::of_image(&layers), Variant::Full);
+
+        let mp = MountPoints::new(&tmp.path().join("mp"));
+        std::fs::create_dir_all(tmp.path().join("mp")).unwrap();
+        std::fs::create_dir_all(bottom.join("etc")).unwrap();
+        set_mode(&bottom.join("etc"), 0o775);
+        let kernel = mp.layer_for(&layers).unwrap();
+        assert_eq!(kernel, tmp.path().join("mp").join(format!("{VERSION}-kernel")));
+        assert_eq!(names(&kernel), ["dev", "proc", "sys"]);
+    }
+
+    #[test]
+    fn a_parent_it_cannot_be_made_in_gives_none_and_leaves_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("not-a-dir");
         std::fs::write(&file, "").unwrap();
-        assert!(mountpoints_layer(&file).is_err());
-        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+        assert_eq!(MountPoints::new(&file).layer_for(&[]), None);
+        assert_eq!(names(tmp.path()), ["not-a-dir"]);
     }
 
     #[test]

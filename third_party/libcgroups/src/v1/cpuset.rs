@@ -68,6 +68,13 @@ impl CpuSet {
         cgroup_path: &Path,
         mount: &Path,
     ) -> Result<(), V1CpuSetControllerError> {
+        // A cgroup outside the hierarchy is refused before anything is made or read.
+        cgroup_path
+            .strip_prefix(mount)
+            .map_err(|err| V1CpuSetControllerError::BadCgroupPath {
+                err,
+                path: cgroup_path.to_path_buf(),
+            })?;
         fs::create_dir_all(cgroup_path).wrap_create_dir(cgroup_path)?;
 
         // Shoal: a cgroup made below a parent whose `cgroup.clone_children`
@@ -229,11 +236,26 @@ mod tests {
                 .trim(),
             "1"
         );
-        // A cgroup outside the mount is refused (in a temp dir of its own: its directory is made first).
+        // A cgroup outside the mount is refused, even one that has its values, and nothing is
+        // made for it.
         let elsewhere = tempfile::tempdir().unwrap();
-        assert!(
-            CpuSet::add_task_below(Pid::from_raw(42), &elsewhere.path().join("c1"), mount).is_err()
+        let outside = elsewhere.path().join("c1");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join(CGROUP_CPUSET_CPUS), "0\n").unwrap();
+        fs::write(outside.join(CGROUP_CPUSET_MEMS), "0\n").unwrap();
+        fs::write(outside.join("cgroup.procs"), "").unwrap();
+        assert!(matches!(
+            CpuSet::add_task_below(Pid::from_raw(42), &outside, mount),
+            Err(V1CpuSetControllerError::BadCgroupPath { .. })
+        ));
+        assert_eq!(
+            fs::read_to_string(outside.join("cgroup.procs")).unwrap(),
+            ""
         );
+        assert!(
+            CpuSet::add_task_below(Pid::from_raw(42), &elsewhere.path().join("c2"), mount).is_err()
+        );
+        assert!(!elsewhere.path().join("c2").exists());
     }
 
     #[test]
@@ -265,7 +287,10 @@ mod tests {
         );
         // A leaf with only one of the two still walks, and the empty root stops it.
         fs::write(leaf.join(CGROUP_CPUSET_MEMS), "\n").unwrap();
-        assert!(CpuSet::add_task_below(Pid::from_raw(7), &leaf, mount).is_err());
+        assert!(matches!(
+            CpuSet::add_task_below(Pid::from_raw(7), &leaf, mount),
+            Err(V1CpuSetControllerError::EmptyParent)
+        ));
     }
 
     #[test]
