@@ -18,8 +18,14 @@
 //! directory its user owns or may write, a symlink) gets the layer without
 //! `/etc` ([`Variant::Kernel`]), and its init makes the `/etc` files as
 //! before. An image's own `/etc/hosts`, `/etc/hostname` and
-//! `/etc/resolv.conf` are hidden by the layer's, which every container has
-//! bound over anyway.
+//! `/etc/resolv.conf` are hidden by the layer's, which every running
+//! container has bound over anyway (`cp` from a stopped container reads the
+//! layer's empty ones, as from Docker's).
+//!
+//! A root mounted again (after a reboot) may get another stack than it was
+//! made with: the layer went missing, or the container predates it. overlayfs
+//! allows that with its inode index off, so the mount asks for it off where
+//! the kernel has the option (as Docker's overlay2 does).
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -67,7 +73,12 @@ impl Variant {
     /// whiteout there means it has none).
     pub(super) fn of_image(layers: &[PathBuf]) -> Variant {
         for layer in layers.iter().rev() {
-            let Ok(m) = std::fs::symlink_metadata(layer.join("etc")) else { continue };
+            let m = match std::fs::symlink_metadata(layer.join("etc")) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                // Cannot tell: keep whatever the image has.
+                Err(_) => return Variant::Kernel,
+            };
             let whiteout = m.file_type().is_char_device() && m.rdev() == 0;
             let plain = m.is_dir() && m.permissions().mode() & 0o7777 == 0o755 && m.uid() == 0 && m.gid() == 0;
             return if whiteout || plain { Variant::Full } else { Variant::Kernel };
@@ -79,6 +90,8 @@ impl Variant {
 /// The layers of mount points, in one directory beside the containers'.
 pub(super) struct MountPoints {
     parent: PathBuf,
+    /// A layer could not be made: said once, then only at debug level.
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl MountPoints {
@@ -86,11 +99,11 @@ impl MountPoints {
     /// there is removed.
     pub(super) fn new(parent: &Path) -> MountPoints {
         for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().starts_with(&format!(".{VERSION}")) {
+            if e.file_name().to_string_lossy().starts_with(".mountpoints-") {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
-        MountPoints { parent: parent.to_path_buf() }
+        MountPoints { parent: parent.to_path_buf(), warned: Default::default() }
     }
 
     /// The layer for an image of `layers` (bottom first), made the first
@@ -108,7 +121,11 @@ impl MountPoints {
             // Made meanwhile by another start.
             Err(_) if layer.is_dir() => Some(layer),
             Err(e) => {
-                tracing::warn!(dir = %layer.display(), error = %e, "cannot make the layer of mount points: each start makes them in the container's own layer");
+                if self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::debug!(dir = %layer.display(), error = %e, "cannot make the layer of mount points");
+                } else {
+                    tracing::warn!(dir = %layer.display(), error = %e, "cannot make the layer of mount points: each start makes them in the container's own layer");
+                }
                 None
             }
         }
@@ -155,11 +172,18 @@ pub(super) fn overlay_options(mountpoints: Option<&Path>, image_layers: &[PathBu
         .map(|p| p.display().to_string())
         .collect();
     format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={}{}",
         lower.join(":"),
         dir.join("upper").display(),
-        dir.join("work").display()
+        dir.join("work").display(),
+        if index_option() { ",index=off" } else { "" }
     )
+}
+
+/// Whether this kernel's overlayfs has the `index` option (4.13 and later).
+fn index_option() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| Path::new("/sys/module/overlay/parameters/index").exists())
 }
 
 #[cfg(test)]
@@ -178,10 +202,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (image, parent) = (tmp.path().join("image"), tmp.path().join("mp"));
         std::fs::create_dir_all(&parent).unwrap();
-        // A stale half-made layer of a daemon that stopped is cleared.
+        // Stale half-made layers of a daemon that stopped are cleared; a made one stays.
         std::fs::create_dir_all(parent.join(format!(".{VERSION}.1.0/etc"))).unwrap();
+        std::fs::create_dir_all(parent.join(format!(".{VERSION}-kernel.1.1/dev"))).unwrap();
+        std::fs::create_dir_all(parent.join(format!("{VERSION}-kernel/dev"))).unwrap();
         let mp = MountPoints::new(&parent);
-        assert!(names(&parent).is_empty());
+        assert_eq!(names(&parent), [format!("{VERSION}-kernel")]);
+        std::fs::remove_dir_all(parent.join(format!("{VERSION}-kernel"))).unwrap();
 
         std::fs::create_dir_all(image.join("bin")).unwrap();
         let full = mp.layer_for(std::slice::from_ref(&image)).unwrap();
@@ -214,21 +241,23 @@ mod tests {
         std::fs::create_dir_all(bottom.join("etc")).unwrap();
         std::fs::create_dir_all(&top).unwrap();
         let layers = [bottom.clone(), top.clone()];
-        // Root's /etc is the plain one: as another user, the tests' directories are not root's.
-        if std::fs::metadata(&bottom).unwrap().uid() != 0 {
-            return;
+        // Only root's /etc is the plain one: as another user, the tests' directories are not root's.
+        let root = std::fs::metadata(&bottom).unwrap().uid() == 0;
+        if !root {
+            eprintln!("not root: the cases of a plain /etc are skipped");
         }
+        let plain = if root { Variant::Full } else { Variant::Kernel };
         let set_mode = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-        // root's 0755 /etc (the tests run as root, as the daemon does): the full layer.
+        // root's 0755 /etc: the full layer.
         set_mode(&bottom.join("etc"), 0o755);
-        assert_eq!(Variant::of_image(&layers), Variant::Full);
+        assert_eq!(Variant::of_image(&layers), plain);
         // A writable /etc keeps its mode: the layer without /etc.
         set_mode(&bottom.join("etc"), 0o775);
         assert_eq!(Variant::of_image(&layers), Variant::Kernel);
         // The topmost layer with an entry decides: a plain /etc above it...
         std::fs::create_dir_all(top.join("etc")).unwrap();
         set_mode(&top.join("etc"), 0o755);
-        assert_eq!(Variant::of_image(&layers), Variant::Full);
+        assert_eq!(Variant::of_image(&layers), plain);
         // ... a symlink...
         std::fs::remove_dir(top.join("etc")).unwrap();
         std::os::unix::fs::symlink("usr/etc", top.join("etc")).unwrap();
@@ -264,13 +293,14 @@ mod tests {
     fn the_mount_points_sit_between_the_image_and_the_container() {
         let layers = [PathBuf::from("/l/bottom"), PathBuf::from("/l/top")];
         let dir = Path::new("/c/abc");
+        let index = if index_option() { ",index=off" } else { "" };
         assert_eq!(
             overlay_options(Some(Path::new("/m")), &layers, dir),
-            "lowerdir=/m:/l/top:/l/bottom,upperdir=/c/abc/upper,workdir=/c/abc/work"
+            format!("lowerdir=/m:/l/top:/l/bottom,upperdir=/c/abc/upper,workdir=/c/abc/work{index}")
         );
         assert_eq!(
             overlay_options(None, &layers, dir),
-            "lowerdir=/l/top:/l/bottom,upperdir=/c/abc/upper,workdir=/c/abc/work"
+            format!("lowerdir=/l/top:/l/bottom,upperdir=/c/abc/upper,workdir=/c/abc/work{index}")
         );
     }
 }

@@ -81,7 +81,7 @@ impl CpuSet {
         // is set starts with the parent's cpus and mems (the kernel copies
         // them as it makes the directory), so the new cgroup is read first
         // and the walk from the hierarchy's root, with its reads and its
-        // writes (each of which rebuilds the scheduler's domains), is left
+        // writes (the `cpus` one rebuilds the scheduler's domains), is left
         // to a cgroup that lacks them. After the walk the parent is asked to
         // hand its values to the children that follow.
         if !Self::has_value(cgroup_path, CGROUP_CPUSET_CPUS)?
