@@ -1065,21 +1065,6 @@ impl From<shoal_proto::mount::MountError> for ContainerError {
     }
 }
 
-impl Containers {
-    /// Mounts the root filesystem (`rootfs.rs`) of the container in `dir`,
-    /// made of `image`'s layers, at `dir/rootfs`.
-    fn mount_root(&self, image: &str, dir: &Path) -> Result<(), ContainerError> {
-        let layers = self.images.layer_dirs(image)?;
-        let target = dir.join("rootfs");
-        let opts = rootfs::overlay_options(self.mountpoints.layer_for(&layers).as_deref(), &layers, dir);
-        crate::sys::mount_overlay(&target, &opts).map_err(|source| ContainerError::Io {
-            what: "mounting the overlay root at",
-            path: target.to_path_buf(),
-            source,
-        })
-    }
-}
-
 /// Serializes the records written next to a container.
 mod erased {
     pub trait Json {

@@ -31,11 +31,27 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::ETC_FILES;
+use super::{ContainerError, Containers, ETC_FILES};
 
-/// The layers' version. A layer in use is never changed, so a layer with
-/// other entries gets another name.
-const VERSION: &str = "mountpoints-1";
+impl Containers {
+    /// Mounts the root filesystem of the container in `dir`, made of
+    /// `image`'s layers and the mount points' layer for them, at `dir/rootfs`.
+    pub(super) fn mount_root(&self, image: &str, dir: &Path) -> Result<(), ContainerError> {
+        let layers = self.images.layer_dirs(image)?;
+        let target = dir.join("rootfs");
+        let opts = overlay_options(self.mountpoints.layer_for(&layers).as_deref(), &layers, dir);
+        crate::sys::mount_overlay(&target, &opts).map_err(|source| ContainerError::Io {
+            what: "mounting the overlay root at",
+            path: target.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// The layers' names, with their version: a layer in use is never changed,
+/// so a layer with other entries gets another name.
+const FULL: &str = "mountpoints-1";
+const KERNEL: &str = "mountpoints-1-kernel";
 
 /// Which layer an image's containers get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,10 +63,10 @@ pub(super) enum Variant {
 }
 
 impl Variant {
-    fn name(self) -> String {
+    fn name(self) -> &'static str {
         match self {
-            Variant::Full => VERSION.to_string(),
-            Variant::Kernel => format!("{VERSION}-kernel"),
+            Variant::Full => FULL,
+            Variant::Kernel => KERNEL,
         }
     }
 
@@ -203,16 +219,16 @@ mod tests {
         let (image, parent) = (tmp.path().join("image"), tmp.path().join("mp"));
         std::fs::create_dir_all(&parent).unwrap();
         // Stale half-made layers of a daemon that stopped are cleared; a made one stays.
-        std::fs::create_dir_all(parent.join(format!(".{VERSION}.1.0/etc"))).unwrap();
-        std::fs::create_dir_all(parent.join(format!(".{VERSION}-kernel.1.1/dev"))).unwrap();
-        std::fs::create_dir_all(parent.join(format!("{VERSION}-kernel/dev"))).unwrap();
+        std::fs::create_dir_all(parent.join(format!(".{FULL}.1.0/etc"))).unwrap();
+        std::fs::create_dir_all(parent.join(format!(".{KERNEL}.1.1/dev"))).unwrap();
+        std::fs::create_dir_all(parent.join(format!("{KERNEL}/dev"))).unwrap();
         let mp = MountPoints::new(&parent);
-        assert_eq!(names(&parent), [format!("{VERSION}-kernel")]);
-        std::fs::remove_dir_all(parent.join(format!("{VERSION}-kernel"))).unwrap();
+        assert_eq!(names(&parent), [KERNEL.to_string()]);
+        std::fs::remove_dir_all(parent.join(KERNEL)).unwrap();
 
         std::fs::create_dir_all(image.join("bin")).unwrap();
         let full = mp.layer_for(std::slice::from_ref(&image)).unwrap();
-        assert_eq!(full, parent.join(VERSION));
+        assert_eq!(full, parent.join(FULL));
         assert_eq!(names(&full), ["dev", "etc", "proc", "sys"]);
         for d in ["dev", "etc", "proc", "sys"] {
             let m = std::fs::metadata(full.join(d)).unwrap();
@@ -231,7 +247,7 @@ mod tests {
         std::fs::remove_dir_all(&full).unwrap();
         assert_eq!(mp.layer_for(std::slice::from_ref(&image)), Some(full.clone()));
         assert!(full.join("etc/resolv.conf").is_file());
-        assert_eq!(names(&parent), [VERSION]);
+        assert_eq!(names(&parent), [FULL]);
     }
 
     #[test]
@@ -276,7 +292,7 @@ mod tests {
         std::fs::create_dir_all(bottom.join("etc")).unwrap();
         set_mode(&bottom.join("etc"), 0o775);
         let kernel = mp.layer_for(&layers).unwrap();
-        assert_eq!(kernel, tmp.path().join("mp").join(format!("{VERSION}-kernel")));
+        assert_eq!(kernel, tmp.path().join("mp").join(KERNEL));
         assert_eq!(names(&kernel), ["dev", "proc", "sys"]);
     }
 

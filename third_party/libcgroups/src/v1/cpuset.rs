@@ -89,10 +89,8 @@ impl CpuSet {
         {
             Self::ensure_not_empty(mount, cgroup_path, CGROUP_CPUSET_CPUS)?;
             Self::ensure_not_empty(mount, cgroup_path, CGROUP_CPUSET_MEMS)?;
-            if let Some(parent) = cgroup_path
-                .parent()
-                .filter(|p| p.starts_with(mount) && *p != mount)
-            {
+            // Below the mount (checked above), but never the hierarchy's root.
+            if let Some(parent) = cgroup_path.parent().filter(|p| *p != mount) {
                 Self::clone_children(parent);
             }
         }
