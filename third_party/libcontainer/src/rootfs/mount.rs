@@ -70,6 +70,59 @@ pub enum MountError {
 
 type Result<T> = std::result::Result<T, MountError>;
 
+/// Shoal: the directory `path` inside `root`, made if it is missing, as an
+/// `O_PATH` handle to mount onto.
+///
+/// 0.7.0 called `Root::mkdir_all` and then `Root::resolve` for every mount.
+/// `mkdir_all` reopens what it resolved through a procfs handle, which it
+/// validates again at each use (~10 syscalls), and each lookup that fails on
+/// the way formats an error with a `readlink` of `/proc/self/fd`: in a
+/// 500-container `service create` on cgroup v1 that was ~5 % of the machine's
+/// CPU. Here the parent is resolved in the root (`openat2` with
+/// `RESOLVE_IN_ROOT`, as `mkdir_all` resolves), the last component is made
+/// there with `mkdirat` (`EEXIST` is fine, as in `mkdir_all`) and opened with
+/// `O_NOFOLLOW | O_DIRECTORY`, so it is the directory that was made or found,
+/// never a symlink swapped in. Anything else (a missing parent, a symlink or
+/// `..` as the last component, a kernel without `openat2`) goes the way
+/// 0.7.0 went, with its errors.
+fn dest_dir(root: &Root, path: &Path, perm: &Permissions) -> Result<OwnedFd> {
+    if let Some(fd) = dir_in_parent(root, path, perm) {
+        return Ok(fd);
+    }
+    root.mkdir_all(path, perm)?;
+    Ok(root.resolve(path)?.into())
+}
+
+/// `dest_dir`'s way for a directory whose parent is there; `None` leaves the
+/// path to `Root::mkdir_all`.
+fn dir_in_parent(root: &Root, path: &Path, perm: &Permissions) -> Option<OwnedFd> {
+    let (parent, name) = (path.parent()?, path.file_name()?);
+    if parent.as_os_str().is_empty() {
+        return None;
+    }
+    let parent = root
+        .open_subpath(parent, OpenFlags::O_PATH | OpenFlags::O_DIRECTORY)
+        .ok()?;
+    let mode = nix::sys::stat::Mode::from_bits_truncate(perm.mode());
+    match nix::sys::stat::mkdirat(Some(parent.as_raw_fd()), name, mode) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(_) => return None,
+    }
+    let flags = nix::fcntl::OFlag::O_PATH
+        | nix::fcntl::OFlag::O_DIRECTORY
+        | nix::fcntl::OFlag::O_NOFOLLOW
+        | nix::fcntl::OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::openat(
+        Some(parent.as_raw_fd()),
+        name,
+        flags,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
 pub trait MountInfoProvider {
     fn mountinfo(&self) -> Result<Vec<MountInfo>>;
 }
@@ -637,7 +690,7 @@ impl Mount {
         // nine such binds per container, each path ~7 components deep), no
         // second lookup of it, nothing swapped in between.
         let src = PathBuf::from(source);
-        let bind_source = if is_bind(m) {
+        let (bind_source, dest): (_, OwnedFd) = if is_bind(m) {
             let opened = fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
@@ -646,13 +699,17 @@ impl Mount {
                     tracing::error!("failed to open the bind source {:?}: {}", source, err);
                     err
                 })?;
-            if opened.metadata()?.is_dir() {
-                root.mkdir_all(container_dest, &dir_perm)?;
+            let dest = if opened.metadata()?.is_dir() {
+                dest_dir(&root, container_dest, &dir_perm)?
+            } else if let Ok(there) = root.resolve(container_dest) {
+                // Shoal: a destination that is there is used as it is, which is
+                // what 0.7.0 came to after its create below failed.
+                there.into()
             } else {
                 let parent = container_dest
                     .parent()
                     .ok_or(MountError::Custom("destination has no parent".to_string()))?;
-                root.mkdir_all(parent, &dir_perm)?;
+                dest_dir(&root, parent, &dir_perm)?;
 
                 match root.create_file(
                     container_dest,
@@ -669,15 +726,13 @@ impl Mount {
                         .map(|_| ())
                         .map_err(|_| create_err),
                 }?;
+                root.resolve(container_dest)?.into()
             };
 
-            Some(opened)
+            (Some(opened), dest)
         } else {
-            root.mkdir_all(container_dest, &dir_perm)?;
-            None
+            (None, dest_dir(&root, container_dest, &dir_perm)?)
         };
-
-        let dest: OwnedFd = root.resolve(container_dest)?.into();
         let dest_fd = dest.as_fd();
 
         // fd-based mount flow:
@@ -1106,6 +1161,63 @@ mod tests {
         let listed: Vec<PathBuf> =
             serde_json::from_str(&host_cgroup_v1_mounts().map_err(anyhow::Error::msg)?)?;
         assert_eq!(listed, read);
+        Ok(())
+    }
+
+    fn same_file(fd: &OwnedFd, path: &Path) -> Result<bool> {
+        let a = nix::sys::stat::fstat(fd.as_raw_fd())?;
+        let b = fs::symlink_metadata(path)?;
+        Ok(a.st_ino == b.ino() && a.st_dev == b.dev())
+    }
+
+    #[test]
+    fn a_mount_point_is_found_or_made_inside_the_root() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let rootfs = tmp.path().join("rootfs");
+        fs::create_dir_all(rootfs.join("dev"))?;
+        fs::create_dir_all(rootfs.join("etc"))?;
+        fs::write(rootfs.join("file"), "")?;
+        symlink("/etc", rootfs.join("etclink"))?;
+        symlink("../../..", rootfs.join("up"))?;
+        let root = Root::open(&rootfs)?;
+        let perm = Permissions::from_mode(0o755);
+
+        // (destination, where it must end up inside the root, whether the
+        // parent's way takes it rather than `Root::mkdir_all`)
+        let cases: &[(&str, &str, bool)] = &[
+            ("/dev", "dev", true),             // there: used as it is
+            ("/dev/pts", "dev/pts", true),     // last component missing: made
+            ("/dev/pts", "dev/pts", true),     // made before: used as it is
+            ("/a/b/c", "a/b/c", false),        // several missing: made one by one
+            ("/etclink", "etc", false),        // a symlink: followed inside the root
+            ("/etclink/ssl", "etc/ssl", true), // made below a followed symlink
+            ("/up/escape", "escape", true),    // `..` does not leave the root
+            ("/dev/./shm", "dev/shm", true),   // `.` is no component
+        ];
+        for (dest, inside, by_parent) in cases {
+            let path = Path::new(dest);
+            let fast = dir_in_parent(&root, path, &perm);
+            assert_eq!(fast.is_some(), *by_parent, "{dest}: by the parent's way");
+            let fd = dest_dir(&root, path, &perm).with_context(|| format!("dest_dir({dest})"))?;
+            let made = rootfs.join(inside);
+            assert!(made.is_dir(), "{dest}: {made:?} is a directory");
+            assert!(same_file(&fd, &made)?, "{dest}: the handle is {made:?}");
+            if let Some(fast) = fast {
+                assert!(
+                    same_file(&fast, &made)?,
+                    "{dest}: the parent's way found {made:?}"
+                );
+            }
+        }
+        assert!(
+            !tmp.path().join("escape").exists(),
+            "nothing made outside the root"
+        );
+
+        // A file where a directory must be is an error, and stays a file.
+        assert!(dest_dir(&root, Path::new("/file"), &perm).is_err());
+        assert!(dest_dir(&root, Path::new("/file/below"), &perm).is_err());
+        assert!(rootfs.join("file").is_file());
         Ok(())
     }
 
