@@ -784,8 +784,8 @@ impl Worker {
         });
     }
 
-    /// Starts a task's container on a thread of its own (several at once,
-    /// up to `start_slots`); the next pass picks up what is left. With
+    /// Starts a task's container on a blocking thread (several at once, up
+    /// to `start_slots`); the next pass picks up what is left. With
     /// `prepared`, the container the task was made ready with.
     fn start_soon(self: &Arc<Self>, t: &Task, prepared: Option<String>) {
         {
@@ -796,7 +796,7 @@ impl Worker {
             starting.insert(t.id.clone());
         }
         let (this, t) = (self.clone(), t.clone());
-        std::thread::spawn(move || {
+        let start = move || {
             let _span = task_span(&t).entered();
             match prepared {
                 Some(container) => this.start_prepared(&t, &container),
@@ -804,7 +804,15 @@ impl Worker {
             }
             this.starting.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
             this.wake.notify_one();
-        });
+        };
+        // On the runtime's blocking pool, whose threads are kept and reused,
+        // rather than a thread made and torn down for every container; the
+        // starts in flight are few (`start_slots`), so they never crowd the
+        // pool. Without a runtime (unit tests), a thread of its own.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(start)),
+            Err(_) => drop(std::thread::spawn(start)),
+        }
     }
 
     fn start(&self, t: &Task) {

@@ -144,12 +144,30 @@ pub struct Networks {
     socket: PathBuf,
     netns_dir: PathBuf,
     rt: tokio::runtime::Handle,
+    /// One connection to netd, made by the first call and kept for the
+    /// next ones: a connection per call cost netd an accept and an HTTP/2
+    /// handshake each, about three per container started. A call that
+    /// fails on the way (netd restarted or went away) drops it, so the
+    /// next call connects afresh, as every call used to.
+    channel: std::sync::Mutex<Option<tonic::transport::Channel>>,
 }
 
 impl Networks {
     /// Talks to netd at `socket`; runs its calls on `rt` (callers are blocking threads).
     pub fn new(socket: &Path, netns_dir: &Path, rt: tokio::runtime::Handle) -> Networks {
-        Networks { socket: socket.to_path_buf(), netns_dir: netns_dir.to_path_buf(), rt }
+        Networks { socket: socket.to_path_buf(), netns_dir: netns_dir.to_path_buf(), rt, channel: Default::default() }
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Option<tonic::transport::Channel>> {
+        self.channel.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the kept connection after a call that did not reach netd's
+    /// answer (the transport's codes; netd's own refusals keep it).
+    fn after(&self, status: &tonic::Status) {
+        if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) {
+            self.kept().take();
+        }
     }
 
     pub fn netns_path(&self, container: &str) -> PathBuf {
@@ -157,9 +175,16 @@ impl Networks {
     }
 
     async fn client(&self) -> Result<pb::netd_client::NetdClient<tonic::transport::Channel>, NetworkError> {
-        let channel = shoal_proto::unix_channel(&self.socket)
-            .await
-            .map_err(|e| NetworkError::Unreachable { socket: self.socket.clone(), why: e.to_string() })?;
+        let kept = self.kept().clone();
+        let channel = match kept {
+            Some(c) => c,
+            None => {
+                let c = shoal_proto::unix_channel(&self.socket)
+                    .await
+                    .map_err(|e| NetworkError::Unreachable { socket: self.socket.clone(), why: e.to_string() })?;
+                self.kept().get_or_insert(c).clone()
+            }
+        };
         Ok(pb::netd_client::NetdClient::new(channel))
     }
 
@@ -170,6 +195,7 @@ impl Networks {
         self.rt.block_on(async {
             let mut c = self.client().await?;
             f(&mut c).await.map_err(|s| {
+                self.after(&s);
                 if s.code() == tonic::Code::Unavailable {
                     NetworkError::Unreachable { socket: self.socket.clone(), why: s.message().to_string() }
                 } else {
@@ -295,7 +321,7 @@ impl Networks {
         f: impl AsyncFnOnce(&mut pb::netd_client::NetdClient<tonic::transport::Channel>) -> Result<T, tonic::Status>,
     ) -> Result<T, tonic::Status> {
         let mut c = self.client().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        f(&mut c).await
+        f(&mut c).await.inspect_err(|s| self.after(s))
     }
 }
 
@@ -424,6 +450,100 @@ pub fn remove_netns(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    /// A netd that lists one network and counts the connections it accepts.
+    struct FakeNetd;
+
+    type Answer<T> = Result<tonic::Response<T>, tonic::Status>;
+
+    #[tonic::async_trait]
+    impl pb::netd_server::Netd for FakeNetd {
+        async fn network_list(&self, _: tonic::Request<pb::Empty>) -> Answer<pb::NetworkInfos> {
+            let web = pb::NetworkInfo { id: "abc".into(), name: "web".into(), ..Default::default() };
+            Ok(tonic::Response::new(pb::NetworkInfos { networks: vec![web] }))
+        }
+        async fn network_create(&self, _: tonic::Request<pb::NetworkCreateRequest>) -> Answer<pb::NetworkInfo> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+        async fn network_remove(&self, _: tonic::Request<pb::NetworkRef>) -> Answer<pb::Empty> {
+            Err(tonic::Status::not_found("no such network"))
+        }
+        async fn attach(&self, _: tonic::Request<pb::AttachRequest>) -> Answer<pb::AttachResponse> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+        async fn detach(&self, _: tonic::Request<pb::DetachRequest>) -> Answer<pb::Empty> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+        async fn sync(&self, _: tonic::Request<pb::SyncRequest>) -> Answer<pb::SyncResponse> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+        async fn sync_cluster(&self, _: tonic::Request<pb::NetView>) -> Answer<pb::SyncClusterResponse> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+        async fn wg_peers(&self, _: tonic::Request<pb::Empty>) -> Answer<pb::WgPeerList> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+    }
+
+    /// Serves `FakeNetd` at `socket` until the returned sender is dropped;
+    /// `accepted` counts its connections.
+    fn serve_fake(
+        socket: &Path,
+        accepted: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        use futures::StreamExt;
+        let _ = std::fs::remove_file(socket);
+        let listener = tokio::net::UnixListener::bind(socket).expect("bind the fake netd");
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).inspect(move |_| {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(pb::netd_server::NetdServer::new(FakeNetd))
+                .serve_with_incoming_shutdown(incoming, async move { drop(stopped.await) })
+                .await;
+        });
+        (stop, server)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_share_one_connection_and_a_restarted_netd_gets_a_new_one() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("netd.sock");
+        let first = Arc::new(AtomicUsize::new(0));
+        let (stop, server) = serve_fake(&socket, first.clone());
+        let nets = Arc::new(Networks::new(&socket, dir.path(), tokio::runtime::Handle::current()));
+        let list = async |nets: &Networks| {
+            nets.call_async(async |c| c.network_list(pb::Empty {}).await.map(|r| r.into_inner())).await
+        };
+
+        // Blocking callers (as the engine's are) and async ones, one after another and at once.
+        let blocking = nets.clone();
+        let answers = tokio::task::spawn_blocking(move || (0..5).map(|_| blocking.is_local("web")).collect::<Vec<_>>())
+            .await
+            .expect("the blocking calls");
+        assert_eq!(answers, vec![true; 5]);
+        let at_once = futures::future::join_all((0..8).map(|_| list(&nets))).await;
+        assert!(at_once.iter().all(|r| r.as_ref().is_ok_and(|l| l.networks.len() == 1)), "{at_once:?}");
+        // netd's own refusal keeps the connection.
+        let refused = nets.call_async(async |c| c.network_remove(pb::NetworkRef::default()).await).await;
+        assert_eq!(refused.map(|_| ()).unwrap_err().code(), tonic::Code::NotFound);
+        assert!(list(&nets).await.is_ok());
+        assert_eq!(first.load(SeqCst), 1, "one connection for every call");
+
+        // netd restarts: a call may find the old connection gone, the next one connects afresh.
+        drop(stop);
+        server.await.expect("the first fake netd stops");
+        let second = Arc::new(AtomicUsize::new(0));
+        let (_stop, _server) = serve_fake(&socket, second.clone());
+        let after = [list(&nets).await.is_ok(), list(&nets).await.is_ok()];
+        assert!(after[1], "a call after netd restarted reaches it: {after:?}");
+        assert!(list(&nets).await.is_ok());
+        assert_eq!(second.load(SeqCst), 1, "the restarted netd gets one new connection");
+    }
 
     #[test]
     fn only_a_namespace_file_is_a_netns() {
