@@ -162,12 +162,16 @@ impl Networks {
         self.channel.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drops the kept connection after a call that did not reach netd's
-    /// answer (the transport's codes; netd's own refusals keep it).
-    fn after(&self, status: &tonic::Status) {
-        if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) {
+    /// Whether a failed call did not get netd's answer: the connection
+    /// failed or broke (tonic keeps the transport's error as the status's
+    /// source; a status netd answered has none). The kept connection is
+    /// dropped then, so the next call connects afresh.
+    fn unanswered(&self, status: &tonic::Status) -> bool {
+        let unanswered = status.code() == tonic::Code::Unavailable || std::error::Error::source(status).is_some();
+        if unanswered {
             self.kept().take();
         }
+        unanswered
     }
 
     pub fn netns_path(&self, container: &str) -> PathBuf {
@@ -195,8 +199,8 @@ impl Networks {
         self.rt.block_on(async {
             let mut c = self.client().await?;
             f(&mut c).await.map_err(|s| {
-                self.after(&s);
-                if s.code() == tonic::Code::Unavailable {
+                // As when netd is down: the caller marks what it attached pending.
+                if self.unanswered(&s) {
                     NetworkError::Unreachable { socket: self.socket.clone(), why: s.message().to_string() }
                 } else {
                     NetworkError::Refused(s.message().to_string())
@@ -321,7 +325,9 @@ impl Networks {
         f: impl AsyncFnOnce(&mut pb::netd_client::NetdClient<tonic::transport::Channel>) -> Result<T, tonic::Status>,
     ) -> Result<T, tonic::Status> {
         let mut c = self.client().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        f(&mut c).await.inspect_err(|s| self.after(s))
+        f(&mut c).await.inspect_err(|s| {
+            self.unanswered(s);
+        })
     }
 }
 
@@ -543,6 +549,37 @@ mod tests {
         assert!(after[1], "a call after netd restarted reaches it: {after:?}");
         assert!(list(&nets).await.is_ok());
         assert_eq!(second.load(SeqCst), 1, "the restarted netd gets one new connection");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_breaks_mid_call_is_netd_unreachable_and_the_next_call_connects_afresh() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("netd.sock");
+        // Takes the connection and answers the call's bytes with what is not
+        // HTTP/2: the connection fails with a protocol error, not netd's answer.
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        let breaker = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn.write_all(&[0xff; 64]).await;
+            let _ = conn.read(&mut buf).await;
+        });
+        let nets = Arc::new(Networks::new(&socket, dir.path(), tokio::runtime::Handle::current()));
+        let n = nets.clone();
+        let first = tokio::task::spawn_blocking(move || n.detach("c1", None)).await.expect("the call");
+        assert!(matches!(first, Err(NetworkError::Unreachable { .. })), "no answer is netd unreachable: {first:?}");
+        breaker.await.expect("the breaker");
+
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (_stop, _server) = serve_fake(&socket, accepted.clone());
+        let n = nets.clone();
+        let second = tokio::task::spawn_blocking(move || n.detach("c1", None)).await.expect("the call");
+        assert!(matches!(second, Err(NetworkError::Refused(_))), "netd's own answer: {second:?}");
+        assert_eq!(accepted.load(SeqCst), 1, "the next call connected afresh");
     }
 
     #[test]

@@ -77,14 +77,15 @@ type Result<T> = std::result::Result<T, MountError>;
 /// `mkdir_all` reopens what it resolved through a procfs handle, which it
 /// validates again at each use (~10 syscalls), and each lookup that fails on
 /// the way formats an error with a `readlink` of `/proc/self/fd`: in a
-/// 500-container `service create` on cgroup v1 that was ~5 % of the machine's
-/// CPU. Here the parent is resolved in the root (`openat2` with
-/// `RESOLVE_IN_ROOT`, as `mkdir_all` resolves), the last component is made
-/// there with `mkdirat` (`EEXIST` is fine, as in `mkdir_all`) and opened with
+/// 500-container `service create` on cgroup v1 that was ~6 % of the machine's
+/// CPU. Here the parent is resolved in the root as `mkdir_all` resolves
+/// (`Root::open_subpath`: `openat2` with `RESOLVE_IN_ROOT`, or pathrs's own
+/// resolver where the kernel lacks it), the last component is made there with
+/// `mkdirat` (`EEXIST` is fine, as in `mkdir_all`) and opened with
 /// `O_NOFOLLOW | O_DIRECTORY`, so it is the directory that was made or found,
-/// never a symlink swapped in. Anything else (a missing parent, a symlink or
-/// `..` as the last component, a kernel without `openat2`) goes the way
-/// 0.7.0 went, with its errors.
+/// never a symlink swapped in: the steps `mkdir_all` takes for its last
+/// component. Anything else (a missing parent, a symlink or `..` as the last
+/// component, any failure) goes the way 0.7.0 went, with its errors.
 fn dest_dir(root: &Root, path: &Path, perm: &Permissions) -> Result<OwnedFd> {
     if let Some(fd) = dir_in_parent(root, path, perm) {
         return Ok(fd);
@@ -1178,7 +1179,8 @@ mod tests {
         fs::create_dir_all(rootfs.join("etc"))?;
         fs::write(rootfs.join("file"), "")?;
         symlink("/etc", rootfs.join("etclink"))?;
-        symlink("../../..", rootfs.join("up"))?;
+        // Followed outside the root, `up` would be `tmp`: an escape would make `tmp/escape`.
+        symlink("..", rootfs.join("up"))?;
         let root = Root::open(&rootfs)?;
         let perm = Permissions::from_mode(0o755);
 
