@@ -415,18 +415,13 @@ fn create_netns(path: &Path) -> Result<(), NetworkError> {
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     }
     std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
-    let target = path.to_path_buf();
-    let made = std::thread::spawn(move || -> Result<(), String> {
-        // unshare on this short-lived thread only; its namespace is pinned below.
-        crate::sys::unshare_netns().map_err(|e| format!("unshare: {e}"))?;
+    let made = crate::sys::in_new_netns(|| -> Result<(), String> {
         ipv6_off_by_default().map_err(|e| format!("turning IPv6 off for its interfaces: {e}"))?;
-        let src = std::path::PathBuf::from(format!("/proc/self/task/{}/ns/net", crate::sys::gettid()));
-        // bind-mounting this thread's namespace file onto our own file.
-        crate::sys::bind_mount(&src, &target).map_err(|e| format!("bind mount: {e}"))?;
-        Ok(())
+        // The bind mount of this thread's namespace file keeps the namespace once the thread is back.
+        crate::sys::bind_mount(Path::new("/proc/thread-self/ns/net"), path).map_err(|e| format!("bind mount: {e}"))
     })
-    .join()
-    .map_err(|_| err("the namespace thread panicked".into()))?;
+    .map_err(|e| format!("unshare: {e}"))
+    .and_then(|made| made);
     made.map_err(|why| {
         let _ = std::fs::remove_file(path);
         err(why)
@@ -597,8 +592,12 @@ mod tests {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ns");
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("a namespace file"));
+        let ours = ino(Path::new("/proc/thread-self/ns/net"));
         create_netns(&path).expect("create");
         assert!(is_netns(&path), "pinned by a bind mount of an nsfs file");
+        assert_ne!(ino(&path), ours, "a namespace of its own");
+        assert_eq!(ino(Path::new("/proc/thread-self/ns/net")), ours, "the thread that made it came back");
         // Interfaces made there later start with IPv6 off; `lo` keeps it.
         let knob = |name: &str| {
             use std::os::fd::AsFd;

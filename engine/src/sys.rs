@@ -22,11 +22,6 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// The calling thread's id.
-pub fn gettid() -> i32 {
-    rustix::thread::gettid().as_raw_nonzero().get()
-}
-
 /// SIGKILLs `pid` (a pid that is not positive is refused, never sent to a group).
 pub fn kill_hard(pid: i32) -> io::Result<()> {
     let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -64,6 +59,25 @@ pub fn unshare_netns() -> io::Result<()> {
     // then see descriptors from a table it no longer shares); a new network
     // namespace changes no descriptor table.
     Ok(unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }?)
+}
+
+/// Runs `f` on this thread in a new network namespace, then moves the
+/// thread back to the one it was in: what `f` pins or opens there keeps the
+/// new namespace (a thread was made and torn down for this before, one per
+/// container started). A thread that cannot go back would run later work in
+/// the new namespace, so the process aborts instead (going back needs
+/// nothing it did not have to leave).
+pub fn in_new_netns<T>(f: impl FnOnce() -> T) -> io::Result<T> {
+    use std::os::fd::AsFd;
+    let home = std::fs::File::open("/proc/thread-self/ns/net")?;
+    unshare_netns()?;
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let network = Some(rustix::thread::LinkNameSpaceType::Network);
+    if let Err(e) = rustix::thread::move_into_link_name_space(home.as_fd(), network) {
+        tracing::error!(error = %e, "a thread cannot go back to its network namespace: aborting");
+        std::process::abort();
+    }
+    out.map_err(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Bind-mounts `src` onto `dst` (MS_BIND).

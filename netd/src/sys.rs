@@ -81,22 +81,31 @@ pub fn connect() -> Result<Handle, SysError> {
 /// (an nsfs file such as `/proc/PID/ns/net` or a bind mount of one).
 pub async fn connect_in(netns: &Path) -> Result<Handle, SysError> {
     let file = std::fs::File::open(netns).map_err(io(format!("opening {}", netns.display())))?;
-    let rt = tokio::runtime::Handle::current();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        // setns on this short-lived thread only; the socket it opens keeps the namespace.
-        let r = enter_netns(&file).and_then(|()| {
-            let _guard = rt.enter();
-            rtnetlink::new_connection().map(|(c, h, _)| (c, h))
-        });
-        let _ = tx.send(r);
-    });
-    let (conn, handle) = rx
-        .await
-        .map_err(|_| SysError::NoLink("netns thread".into()))?
+    // The socket keeps the namespace it was opened in; the thread goes back at once.
+    let (conn, handle, _) = inside(&file, rtnetlink::new_connection)
+        .and_then(|made| made)
         .map_err(io(format!("entering {}", netns.display())))?;
     tokio::spawn(conn);
     Ok(handle)
+}
+
+/// Runs `f` on this thread inside the network namespace of `ns` (an open
+/// nsfs file), then moves the thread back to the one it was in. What `f`
+/// opens there (sockets) stays in that namespace; `f` must not spawn
+/// threads, which would start there. A thread per call was made and torn
+/// down for this before: two for each container a node started. A thread
+/// that cannot go back would run later work in another namespace, so the
+/// process aborts instead (going back into the namespace it came from
+/// needs nothing it did not have to leave it).
+fn inside<T>(ns: &File, f: impl FnOnce() -> T) -> std::io::Result<T> {
+    let home = File::open("/proc/thread-self/ns/net")?;
+    enter_netns(ns)?;
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    if let Err(e) = enter_netns(&home) {
+        tracing::error!(error = %e, "a thread cannot go back to its network namespace: aborting");
+        std::process::abort();
+    }
+    out.map_err(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Moves the calling thread into the network namespace of `ns` (an open nsfs file).
@@ -120,20 +129,12 @@ pub fn exchange_or_rename(a: &Path, b: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Runs `f` on a short-lived thread inside the network namespace at `netns`
-/// and waits for it: what `f` opens there (sockets) stays in that namespace,
-/// the thread does not.
-pub fn in_netns<T: Send + 'static>(
-    netns: &Path,
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
+/// Runs `f` inside the network namespace at `netns`, on this thread (see
+/// `inside`): what `f` opens there (sockets) stays in that namespace, the
+/// thread does not.
+pub fn in_netns<T>(netns: &Path, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
     let file = File::open(netns)?;
-    std::thread::spawn(move || {
-        enter_netns(&file)?;
-        f()
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
+    inside(&file, f)?
 }
 
 fn link_name(m: &LinkMessage) -> Option<String> {
@@ -1261,6 +1262,48 @@ fn vxlan_settings(m: &LinkMessage) -> Option<ObservedVxlan> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn netns_ino(path: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).expect("a namespace file").ino()
+    }
+
+    #[test]
+    fn a_closure_runs_in_the_namespace_and_its_thread_comes_back() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ours = netns_ino("/proc/thread-self/ns/net");
+        // Another namespace, kept by an open file once the thread that made it is gone.
+        let other = std::thread::spawn(|| {
+            new_netns().expect("unshare");
+            File::open("/proc/thread-self/ns/net").expect("open")
+        })
+        .join()
+        .expect("the thread");
+        let path = PathBuf::from(format!("/proc/self/fd/{}", other.as_raw_fd()));
+        let theirs = netns_ino(path.to_str().unwrap());
+        assert_ne!(theirs, ours);
+
+        let seen = in_netns(&path, || Ok(netns_ino("/proc/thread-self/ns/net"))).expect("in_netns");
+        assert_eq!(seen, theirs, "the closure ran in the namespace");
+        assert_eq!(netns_ino("/proc/thread-self/ns/net"), ours, "and the thread came back");
+
+        let refused = in_netns(&path, || -> std::io::Result<()> { Err(std::io::ErrorKind::Other.into()) });
+        assert!(refused.is_err(), "the closure's error is the caller's");
+        let panicked = std::panic::catch_unwind(|| in_netns(&path, || -> std::io::Result<()> { panic!("inside") }));
+        assert!(panicked.is_err(), "the closure's panic is the caller's");
+        assert_eq!(netns_ino("/proc/thread-self/ns/net"), ours, "the thread came back after both");
+
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let h = connect_in(&path).await.expect("a netlink handle there");
+            let links: Vec<_> = h.link().get().execute().try_collect().await.expect("its links");
+            assert_eq!(links.len(), 1, "a new namespace has `lo` only: the socket is in it");
+        });
+        assert_eq!(netns_ino("/proc/thread-self/ns/net"), ours);
+    }
 
     fn fdb(ns: &str, last: u8) -> OverlayAction {
         OverlayAction::AddFdb { ns: ns.into(), mac: [2, 0, 0, 0, 0, last], dst: Ipv4Addr::new(10, 0, 0, 1) }
