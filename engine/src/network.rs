@@ -598,6 +598,9 @@ mod tests {
         assert!(is_netns(&path), "pinned by a bind mount of an nsfs file");
         assert_ne!(ino(&path), ours, "a namespace of its own");
         assert_eq!(ino(Path::new("/proc/thread-self/ns/net")), ours, "the thread that made it came back");
+        let failed = crate::sys::in_new_netns(|| -> Result<(), &str> { Err("no") }).expect("unshare");
+        assert_eq!(failed, Err("no"), "the work's own failure is the caller's");
+        assert_eq!(ino(Path::new("/proc/thread-self/ns/net")), ours, "and the thread came back after it");
         // Interfaces made there later start with IPv6 off; `lo` keeps it.
         let knob = |name: &str| {
             use std::os::fd::AsFd;

@@ -54,7 +54,7 @@ pub fn clock_ticks() -> u64 {
 // --- namespaces and mounts ---
 
 /// Moves the calling thread (only) into a new network namespace.
-pub fn unshare_netns() -> io::Result<()> {
+fn unshare_netns() -> io::Result<()> {
     // SAFETY: unshare_unsafe is unsafe only for CLONE_FILES (a thread could
     // then see descriptors from a table it no longer shares); a new network
     // namespace changes no descriptor table.
@@ -62,11 +62,13 @@ pub fn unshare_netns() -> io::Result<()> {
 }
 
 /// Runs `f` on this thread in a new network namespace, then moves the
-/// thread back to the one it was in: what `f` pins or opens there keeps the
-/// new namespace (a thread was made and torn down for this before, one per
-/// container started). A thread that cannot go back would run later work in
-/// the new namespace, so the process aborts instead (going back needs
-/// nothing it did not have to leave).
+/// thread back to the one it was in; `f`'s panic is the caller's, after the
+/// thread is back. What `f` pins or opens there keeps the new namespace (a
+/// thread was made and torn down for this before, one per container
+/// started); threads `f` spawns would start there. A thread that cannot go
+/// back (the daemon runs as root, so only a user namespace it does not own
+/// could refuse it) would run later work in the new namespace, so the
+/// process aborts instead.
 pub fn in_new_netns<T>(f: impl FnOnce() -> T) -> io::Result<T> {
     use std::os::fd::AsFd;
     let home = std::fs::File::open("/proc/thread-self/ns/net")?;

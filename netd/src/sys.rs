@@ -90,13 +90,14 @@ pub async fn connect_in(netns: &Path) -> Result<Handle, SysError> {
 }
 
 /// Runs `f` on this thread inside the network namespace of `ns` (an open
-/// nsfs file), then moves the thread back to the one it was in. What `f`
-/// opens there (sockets) stays in that namespace; `f` must not spawn
-/// threads, which would start there. A thread per call was made and torn
-/// down for this before: two for each container a node started. A thread
-/// that cannot go back would run later work in another namespace, so the
-/// process aborts instead (going back into the namespace it came from
-/// needs nothing it did not have to leave it).
+/// nsfs file), then moves the thread back to the one it was in; `f`'s panic
+/// is the caller's, after the thread is back. What `f` opens there (sockets)
+/// stays in that namespace, and so do threads `f` spawns: `f` must not
+/// start work of tokio's (a blocking-pool thread made meanwhile would run
+/// later, unrelated work there). A thread per call was made and torn down
+/// for this before: two for each container a node started. A thread that
+/// cannot go back would run later work in another namespace, so the
+/// process aborts instead.
 fn inside<T>(ns: &File, f: impl FnOnce() -> T) -> std::io::Result<T> {
     let home = File::open("/proc/thread-self/ns/net")?;
     enter_netns(ns)?;
@@ -414,7 +415,7 @@ async fn create_endpoint(
             e.netns.display()
         )))
     };
-    // The socket in the container's namespace is opened meanwhile (a thread enters it).
+    // The socket in the container's namespace (opened at once, on this thread), beside the pair's request.
     let (inner, made) = futures::join!(connect_in(&e.netns), made);
     made?;
     if leg == Leg::Host
@@ -1297,10 +1298,16 @@ mod tests {
         assert_eq!(netns_ino("/proc/thread-self/ns/net"), ours, "the thread came back after both");
 
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let lo_up = |h: Handle| async move {
+            let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await.expect("the links");
+            let lo = links.iter().find(|m| link_name(m).as_deref() == Some("lo")).expect("lo");
+            lo.header.flags.contains(LinkFlags::Up)
+        };
         rt.block_on(async {
-            let h = connect_in(&path).await.expect("a netlink handle there");
-            let links: Vec<_> = h.link().get().execute().try_collect().await.expect("its links");
-            assert_eq!(links.len(), 1, "a new namespace has `lo` only: the socket is in it");
+            // A new namespace's `lo` is down; this host's is up.
+            assert!(lo_up(connect().expect("a netlink handle here")).await, "this host's lo is up");
+            let there = connect_in(&path).await.expect("a netlink handle there");
+            assert!(!lo_up(there).await, "the socket is in the new namespace");
         });
         assert_eq!(netns_ino("/proc/thread-self/ns/net"), ours);
     }
