@@ -115,7 +115,9 @@ impl Drop for Cluster {
 }
 
 async fn start_member(id: u64, dir: &Path, cfg: Arc<openraft::Config>, router: &Router) -> anyhow::Result<Member> {
-    let db = storage::open(&dir.join("raft.redb"), &Kek::File(dir.join("raft.kek")))?;
+    // As a daemon reopening its store in one life: the file may be held a moment longer by the
+    // stopped member's last transactions after its handle is gone.
+    let db = storage::open_when_free(&dir.join("raft.redb"), &Kek::File(dir.join("raft.kek"))).await?;
     let weak = Arc::downgrade(&db);
     let store = Store::new();
     let sm = StateMachine::open(db.clone(), store.clone()).await?;
