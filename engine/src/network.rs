@@ -458,6 +458,11 @@ mod tests {
 
     type Answer<T> = Result<tonic::Response<T>, tonic::Status>;
 
+    /// What the fake answers to the calls the tests do not make.
+    fn unused<T>() -> Answer<T> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+
     #[tonic::async_trait]
     impl pb::netd_server::Netd for FakeNetd {
         async fn network_list(&self, _: tonic::Request<pb::Empty>) -> Answer<pb::NetworkInfos> {
@@ -465,25 +470,25 @@ mod tests {
             Ok(tonic::Response::new(pb::NetworkInfos { networks: vec![web] }))
         }
         async fn network_create(&self, _: tonic::Request<pb::NetworkCreateRequest>) -> Answer<pb::NetworkInfo> {
-            Err(tonic::Status::unimplemented("fake"))
+            unused()
         }
         async fn network_remove(&self, _: tonic::Request<pb::NetworkRef>) -> Answer<pb::Empty> {
             Err(tonic::Status::not_found("no such network"))
         }
         async fn attach(&self, _: tonic::Request<pb::AttachRequest>) -> Answer<pb::AttachResponse> {
-            Err(tonic::Status::unimplemented("fake"))
+            unused()
         }
         async fn detach(&self, _: tonic::Request<pb::DetachRequest>) -> Answer<pb::Empty> {
-            Err(tonic::Status::unimplemented("fake"))
+            unused()
         }
         async fn sync(&self, _: tonic::Request<pb::SyncRequest>) -> Answer<pb::SyncResponse> {
-            Err(tonic::Status::unimplemented("fake"))
+            unused()
         }
         async fn sync_cluster(&self, _: tonic::Request<pb::NetView>) -> Answer<pb::SyncClusterResponse> {
-            Err(tonic::Status::unimplemented("fake"))
+            unused()
         }
         async fn wg_peers(&self, _: tonic::Request<pb::Empty>) -> Answer<pb::WgPeerList> {
-            Err(tonic::Status::unimplemented("fake"))
+            unused()
         }
     }
 
