@@ -41,6 +41,18 @@ pub struct NetdArgs {
     /// netd keeps its state (networks, addresses) under DATA_ROOT/netd.
     #[arg(long, default_value = "/var/lib/shoal")]
     pub data_root: PathBuf,
+    /// How encrypted overlays share packets out among netd's WireGuard workers: `flow` (the
+    /// kernel's flow hashes; the best single-stream throughput) or `cpu` (a worker pinned to each
+    /// CPU takes the packets that CPU handles: the lowest latency, as a round trip's hand-offs
+    /// stay on one CPU, while a stream's sending and encryption share one).
+    #[arg(long, value_enum, default_value_t = WgSteering::Flow)]
+    pub wg_steering: WgSteering,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum WgSteering {
+    Flow,
+    Cpu,
 }
 
 pub fn init_tracing() {
@@ -81,5 +93,9 @@ pub async fn run_daemon(args: DaemonArgs, socket: &Path) -> anyhow::Result<()> {
 
 pub async fn run_netd(args: NetdArgs) -> anyhow::Result<()> {
     init_tracing();
-    shoal_netd::service::serve(&args.socket, &args.data_root, cancelled_on_signal()).await
+    let steer = match args.wg_steering {
+        WgSteering::Flow => shoal_netd::wg::Steer::Flow,
+        WgSteering::Cpu => shoal_netd::wg::Steer::Cpu,
+    };
+    shoal_netd::service::serve(&args.socket, &args.data_root, steer, cancelled_on_signal()).await
 }

@@ -22,7 +22,7 @@ use shoal_proto::network::NodeKeys;
 
 use crate::model::{EndpointSpec, sandbox_name};
 use crate::overlay;
-use crate::wg::{Datapath, DatapathConfig, PeerStats, StaticKeys, WgNetwork, WgPeer};
+use crate::wg::{Datapath, DatapathConfig, PeerStats, StaticKeys, Steer, WgNetwork, WgPeer};
 
 /// How long the previous key answers handshakes after a rotation: by then
 /// every peer has had many views with the new one.
@@ -113,13 +113,27 @@ pub struct Encryption {
     /// What the running datapath was last configured with, without error:
     /// most views change only services' backends, which it does not follow.
     configured: Option<(Vec<WgNetwork>, Vec<WgPeer>)>,
+    /// How the datapath shares packets out among its workers.
+    steer: Steer,
 }
 
 impl Encryption {
     /// Loads this host's keys from `dir`, making them on first start.
     pub fn open(dir: &Path, epoch: Option<u64>) -> std::io::Result<Encryption> {
         let keys = StaticKeys::load_or_create(dir)?;
-        Ok(Encryption { dir: dir.to_path_buf(), keys, epoch, datapath: None, configured: None })
+        Ok(Encryption {
+            dir: dir.to_path_buf(),
+            keys,
+            epoch,
+            datapath: None,
+            configured: None,
+            steer: Steer::default(),
+        })
+    }
+
+    /// How the next datapath started shares packets out among its workers.
+    pub fn set_steering(&mut self, steer: Steer) {
+        self.steer = steer;
     }
 
     /// The public keys as the managers hear them.
@@ -180,7 +194,7 @@ impl Encryption {
         }
         if self.datapath.is_none() {
             self.configured = None;
-            let cfg = DatapathConfig { listen, workers: 0, offload: true };
+            let cfg = DatapathConfig { listen, workers: 0, offload: true, steer: self.steer };
             match Datapath::start(cfg, self.keys.clone()) {
                 Ok(d) => {
                     tracing::info!(%listen, "WireGuard datapath started");

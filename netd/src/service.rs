@@ -1468,7 +1468,12 @@ fn endpoint_response(e: &EndpointSpec) -> pb::AttachResponse {
 /// `shoal netd`: owns the host's network. Serves its API on the unix socket
 /// `socket`, keeps its state under `data_root/netd`, and reconciles the kernel
 /// against that state until `cancel` fires.
-pub async fn serve(socket: &Path, data_root: &Path, cancel: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    socket: &Path,
+    data_root: &Path,
+    steer: crate::wg::Steer,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -1484,6 +1489,9 @@ pub async fn serve(socket: &Path, data_root: &Path, cancel: tokio_util::sync::Ca
     }
     let host = crate::sys::connect()?;
     let netd = Netd::open(&data_root.join("netd"), host)?;
+    if let Ok(e) = netd.encryption.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        e.set_steering(steer);
+    }
     tokio::spawn(netd.clone().run(cancel.child_token()));
     let listener = tokio::net::UnixListener::bind(socket)?;
     tracing::info!(socket = %socket.display(), "shoal netd ready");

@@ -16,7 +16,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use shoal_netd::sys;
-use shoal_netd::wg::{Datapath, DatapathConfig, StaticKeys, WgNetwork, WgPeer, tun};
+use shoal_netd::wg::{Datapath, DatapathConfig, StaticKeys, Steer, WgNetwork, WgPeer, tun};
 
 mod common;
 use common::{Parked, can_run, outside_root};
@@ -133,8 +133,13 @@ impl Host {
 
     /// A datapath on `port` (0: any).
     fn start(&self, offload: bool, port: u16) -> Datapath {
+        self.start_steered(offload, port, Steer::Flow)
+    }
+
+    fn start_steered(&self, offload: bool, port: u16, steer: Steer) -> Datapath {
         let keys = self.keys.clone();
-        let cfg = DatapathConfig { listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), workers: 2, offload };
+        let workers = if steer == Steer::Cpu { 0 } else { 2 };
+        let cfg = DatapathConfig { listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), workers, offload, steer };
         sys::in_netns(&self.ns.path, move || Datapath::start(cfg, keys)).expect("a datapath")
     }
 }
@@ -151,7 +156,11 @@ fn peer(node: &str, keys: &StaticKeys, host: Ipv4Addr, port: u16, addr: Ipv4Addr
 
 /// Both datapaths configured with each other.
 fn pair(lab: &Lab, offload: bool) -> (Datapath, Datapath) {
-    let (da, db) = (lab.a.start(offload, 0), lab.b.start(offload, 0));
+    pair_steered(lab, offload, Steer::Flow)
+}
+
+fn pair_steered(lab: &Lab, offload: bool, steer: Steer) -> (Datapath, Datapath) {
+    let (da, db) = (lab.a.start_steered(offload, 0, steer), lab.b.start_steered(offload, 0, steer));
     configure_a(lab, &da, &lab.b.keys, db.port());
     configure_b(lab, &db, &lab.a.keys, da.port());
     (da, db)
@@ -652,5 +661,110 @@ fn without_offloads_one_packet_at_a_time_carries_the_same_traffic() {
         );
         assert!(gbits > 0.0);
         drop((da, db));
+    });
+}
+
+/// The CPUs named in `/proc/self/task/*/status` of the threads called `name`.
+fn threads_cpus(name: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").expect("the tasks").flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or("?");
+            found.push(cpus.trim().to_string());
+        }
+    }
+    found
+}
+
+/// `Steer::Cpu`: the same traffic as with flow hashes, by workers pinned one to a CPU.
+#[test]
+fn steered_by_cpu_pinned_workers_carry_the_same_traffic() {
+    run(|| {
+        let cpus = shoal_netd::wg::allowed_cpus();
+        let lab = Lab::new();
+        let (da, db) = pair_steered(&lab, true, Steer::Cpu);
+        let (ca, cb) = (&lab.a.container.path, &lab.b.container.path);
+        assert!(reaches_within(ca, B_C, Duration::from_secs(10)).is_some(), "a's container reaches b's");
+        assert!(ping(cb, A_C), "b's container reaches a's");
+        tcp_echo(ca, cb, B_C, &vec![0x42; 1 << 20]);
+        tcp_echo(cb, ca, A_C, b"back");
+        if cpus.iter().enumerate().all(|(i, &c)| i == c) && cpus.len() <= 64 {
+            for (i, &c) in cpus.iter().enumerate() {
+                // Both datapaths run in this process: two workers of each name.
+                assert_eq!(threads_cpus(&format!("wg-worker-{i}")), vec![c.to_string(); 2], "worker {i}");
+            }
+        }
+        let (gbits, gap) = flow(ca, cb, B_C, 3.0, || {});
+        println!(
+            "wg throughput (steered by CPU, container→container, 1 TCP stream): {gbits:.2} Gbit/s, longest gap {gap:?}"
+        );
+        let s = da.stats().into_iter().next().expect("one peer");
+        assert!(s.tx_bytes > 1_000_000 && s.spoofed == 0, "{s:?}");
+        drop((da, db));
+    });
+}
+
+/// Which of `queues` holds a UDP datagram to port 9 carrying `tag` (read and dropped).
+fn queue_of(queues: &[OwnedFd], tag: u8) -> Vec<usize> {
+    let mut found = Vec::new();
+    let mut buf = [0u8; 2048];
+    for (i, q) in queues.iter().enumerate() {
+        // Until EAGAIN: the queue is empty.
+        while let Ok(n) = rustix::io::read(q, &mut buf) {
+            let p = &buf[..n];
+            if n >= 29 && p[0] >> 4 == 4 && p[9] == 17 && p[22..24] == 9u16.to_be_bytes() && p[28] == tag {
+                found.push(i);
+            }
+        }
+    }
+    found
+}
+
+/// The TUN steering program: a packet goes to the queue of the CPU that
+/// routed it, unless its flow sent one less than the gap before.
+#[test]
+fn a_tun_packet_goes_to_its_cpus_queue_unless_its_flow_is_in_motion() {
+    run(|| {
+        let cpus = shoal_netd::wg::allowed_cpus();
+        if cpus.len() < 2 || cpus[..2] != [0, 1] {
+            eprintln!("skipped: needs CPUs 0 and 1");
+            return;
+        }
+        let ns = Parked::new();
+        sysctl(&ns.path, "net.ipv6.conf.all.disable_ipv6", "1");
+        sys::in_netns(&ns.path, || tun::create_persistent("st0", MTU)).expect("the TUN");
+        ip(&ns.path, "addr add 10.66.0.1/24 dev st0");
+        let send = |cpu: usize, tag: u8| {
+            let ns = ns.path.clone();
+            std::thread::spawn(move || {
+                let mut set = rustix::thread::CpuSet::new();
+                set.set(cpu);
+                rustix::thread::sched_setaffinity(None, &set).expect("pinned");
+                let s = sys::in_netns(&ns, || UdpSocket::bind("10.66.0.1:0")).expect("a socket");
+                s.send_to(&[tag], "10.66.0.2:9").expect("sent");
+            })
+            .join()
+            .expect("the sender");
+        };
+        // No gap: each packet goes to the queue of the CPU that sent it.
+        let prog = tun::steering_program(0).expect("the program");
+        let (queues, _) = tun::open_queues(&ns.path, "st0", 2, false, Some(prog.as_fd())).expect("two queues");
+        for (tag, cpu) in [(1, 1), (2, 0), (3, 1), (4, 0)] {
+            send(cpu, tag);
+            assert_eq!(queue_of(&queues, tag), vec![cpu], "packet {tag} sent from CPU {cpu}");
+        }
+        drop(queues);
+        // A gap longer than the test: the flow stays on its first packet's queue.
+        let prog = tun::steering_program(2_000_000_000).expect("the program");
+        let (queues, _) = tun::open_queues(&ns.path, "st0", 2, false, Some(prog.as_fd())).expect("two queues");
+        send(1, 5);
+        assert_eq!(queue_of(&queues, 5), vec![1], "the flow's first packet, from CPU 1");
+        for (tag, cpu) in [(6, 0), (7, 1), (8, 0)] {
+            send(cpu, tag);
+            assert_eq!(queue_of(&queues, tag), vec![1], "packet {tag} of the flow in motion, sent from CPU {cpu}");
+        }
+        // The TUN is persistent: it goes with the namespace.
     });
 }

@@ -21,33 +21,41 @@
 //!   the next `configure`, even of the same configuration.
 //!
 //! Threads, not tasks: `workers` threads, each polling its own queue of
-//! every network's TUN and its own UDP socket (`SO_REUSEPORT` on one port:
-//! the kernel hashes a peer host's datagrams to one socket, so a flow stays
-//! in order on one worker and no two workers wake for one datagram); a
-//! timer thread drives each session's `update_timers` every 100 ms and
+//! every network's TUN and its own UDP socket (`SO_REUSEPORT` on one port);
+//! a timer thread drives each session's `update_timers` every 100 ms and
 //! starts handshakes with peers that have no session. A `Tunn` is behind a
 //! mutex of its own. The table (networks, peers, address maps) is rebuilt
 //! whole by `configure`/`set_keys` and swapped; a worker takes the newest
 //! (and remakes its epoll set) when the table's generation moved, and
 //! allocates nothing per wake-up.
 //!
-//! Latency: a round trip wakes a worker on each host each way. On two
-//! loaded cores those wake-ups, not the worker's own work (~3 µs a packet),
-//! are the cost; how the scheduler places the threads swings the figure
-//! between ~60 and ~95 µs. None of these moved the median (2026-12-05,
-//! alternated in one run): `poll` or epoll, reading until `EAGAIN` or not,
-//! the workers pinned one to a CPU, a lower nice (netd is its own
-//! autogroup, so nice only weighs its own threads); `SCHED_FIFO` took the
-//! tail from ms to ~0.2 ms but doubled the median on a quiet machine; a
-//! short adaptive poll after each hand-off (to a TUN, then to a peer too;
-//! `epoll_wait(0)` and `sched_yield` for up to 50 or 100 µs, paused for
-//! peers that did not answer: commits ee26054..8e6f889 on branch s14-wg)
-//! took two of the six wake-ups off the round trip but not the median
-//! (new/old 0.96–1.01 in five alternated runs). What costs (`perf sched`,
-//! old binary): the workers and the server share one vCPU and hand on in
-//! 4–9 µs, while the client sits on the other vCPU, which halts between
-//! round trips: its wake-up waits 26–29 µs and the worker's wake-up by its
-//! request 19–20 µs, half the round trip.
+//! Which worker takes a packet (`Steer`, netd's `--wg-steering`):
+//! * `Flow` (the default): the kernel's flow hashes pick a TUN's queue and
+//!   a datagram's socket (a peer host's datagrams hash to one socket, so a
+//!   flow stays in order on one worker), min(cores, 4) workers that the
+//!   scheduler places. A stream's sending and its encryption run on
+//!   different CPUs: the best single-stream throughput.
+//! * `Cpu`: a worker per CPU, pinned to it; a classic BPF program on the
+//!   socket group hands a datagram to the socket of the CPU whose softirq
+//!   received it, and an eBPF program on each TUN sends a packet to the
+//!   queue of the CPU that routed it there (unless its flow, by its two
+//!   addresses, had a packet less than `STEER_GAP_NS` before: a flow in
+//!   motion keeps its queue and its order). A round trip's hand-offs then
+//!   wake a thread on the CPU already running, instead of waking another
+//!   (on a VM, a halted vCPU: ~15–30 µs each, with cold caches).
+//!   Measured in the lab (2 vCPUs, 2026-12-06): ping through the encrypted
+//!   overlay 211–247 µs against 333–398 with `Flow` (3.1–3.3× the
+//!   underlay against 5.1–5.2×); one TCP stream 1.9 Gbit/s against 3.2,
+//!   as both hosts' workers for it share one CPU there (the two lab hosts
+//!   share the machine's two).
+//!
+//! Latency with `Flow`: a round trip wakes a worker on each host each way;
+//! those wake-ups, not the worker's own work (~3 µs a packet), are the
+//! cost. None of these moved the median (2026-12-05, alternated in one
+//! run): `poll` or epoll, reading until `EAGAIN` or not, one worker pinned,
+//! a lower nice, `SCHED_FIFO` (the tail from ms to ~0.2 ms but double the
+//! median when quiet), a short adaptive poll after each hand-off (commits
+//! ee26054..8e6f889 on branch s14-wg).
 //!
 //! Rotation: a peer has one `Tunn` per (local key, remote key) pair of the
 //! keys in play (current, and previous during a grace period), kept across
@@ -85,6 +93,10 @@ const TICK: Duration = Duration::from_millis(100);
 const KICK_EVERY: Duration = Duration::from_secs(2);
 /// The UDP socket's buffers (each way), forced past `rmem_max` where allowed.
 const SOCKET_BUF: usize = 8 << 20;
+/// Workers at most (one per CPU with `Steer::Cpu`).
+const MAX_WORKERS: usize = 64;
+/// How long a flow must pause before its packets may go to another queue.
+const STEER_GAP_NS: u32 = 500_000;
 /// Datagrams taken per `recvmmsg`.
 const RX_BATCH: usize = 32;
 /// Largest packet read from a TUN (a 64 KiB super-packet and its header).
@@ -97,6 +109,36 @@ pub struct DatapathConfig {
     pub workers: usize,
     /// Ask the TUNs for checksum and segmentation offloads (vnet headers).
     pub offload: bool,
+    /// How packets are shared out among the workers.
+    pub steer: Steer,
+}
+
+/// How a datapath shares packets out among its workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Steer {
+    /// The kernel's flow hashes pick a TUN's queue and a datagram's socket;
+    /// the scheduler places the workers (`default_workers()` of them).
+    #[default]
+    Flow,
+    /// A worker per CPU, pinned to it where the CPUs allowed are 0..n; a
+    /// packet goes to the worker of the CPU it arrives on (a flow that does
+    /// not pause stays on its queue), so a round trip's hand-offs stay on
+    /// one CPU instead of waking another. Lower latency; a single stream's
+    /// sending and encryption share a CPU.
+    Cpu,
+}
+
+/// The CPUs this thread may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    let set = rustix::thread::sched_getaffinity(None).unwrap_or_default();
+    (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    Ok(rustix::thread::sched_setaffinity(None, &set)?)
 }
 
 /// min(cores, 4).
@@ -171,6 +213,8 @@ struct Shared {
     sockets: Vec<OwnedFd>,
     port: u16,
     workers: usize,
+    /// The program that steers a TUN's packets to the queue of their CPU.
+    steering: Option<OwnedFd>,
     offload: bool,
     stop: AtomicBool,
     next_index: AtomicU32,
@@ -281,10 +325,25 @@ impl Datapath {
     /// Binds the UDP port in the calling thread's namespace (the host's) and
     /// starts the workers and the timer thread, with no network and no peer.
     pub fn start(cfg: DatapathConfig, keys: StaticKeys) -> io::Result<Datapath> {
-        let workers = if cfg.workers == 0 { default_workers() } else { cfg.workers };
+        let cpus = allowed_cpus();
+        let workers = match (cfg.workers, cfg.steer) {
+            (0, Steer::Flow) => default_workers(),
+            (0, Steer::Cpu) => cpus.len().clamp(1, MAX_WORKERS),
+            (n, _) => n,
+        };
         let ctx = |e: io::Error| io::Error::new(e.kind(), format!("wireguard socket on {}: {e}", cfg.listen));
         let first = sys::udp_socket(cfg.listen, SOCKET_BUF).map_err(ctx)?;
         let port = sys::local_port(first.as_fd()).map_err(ctx)?;
+        let steering = match cfg.steer {
+            Steer::Flow => None,
+            Steer::Cpu => {
+                let ctx = |e: io::Error| io::Error::new(e.kind(), format!("steering packets by CPU: {e}"));
+                sys::steer_reuseport_by_cpu(first.as_fd(), workers as u32).map_err(ctx)?;
+                Some(tun::steering_program(STEER_GAP_NS).map_err(ctx)?)
+            }
+        };
+        // Worker i serves CPU i's packets (the programs take the CPU modulo the workers).
+        let pin = cfg.steer == Steer::Cpu && cpus.len() == workers && cpus.iter().enumerate().all(|(i, &c)| i == c);
         let mut sockets = vec![first];
         for _ in 1..workers {
             sockets.push(sys::udp_socket(SocketAddrV4::new(*cfg.listen.ip(), port), SOCKET_BUF).map_err(ctx)?);
@@ -305,6 +364,7 @@ impl Datapath {
             sockets,
             port,
             workers,
+            steering,
             offload: cfg.offload,
             stop: AtomicBool::new(false),
             // A random start: a restarted datapath's indexes do not meet the old one's.
@@ -316,7 +376,12 @@ impl Datapath {
         let mut threads = Vec::new();
         for w in 0..workers {
             let s = shared.clone();
-            threads.push(std::thread::Builder::new().name(format!("wg-worker-{w}")).spawn(move || worker(&s, w))?);
+            threads.push(std::thread::Builder::new().name(format!("wg-worker-{w}")).spawn(move || {
+                if pin && let Err(e) = pin_to_cpu(w) {
+                    tracing::debug!(error = %e, "wireguard: pinning a worker");
+                }
+                worker(&s, w)
+            })?);
         }
         let s = shared.clone();
         threads.push(std::thread::Builder::new().name("wg-timers".into()).spawn(move || timers(&s))?);
@@ -422,7 +487,13 @@ impl Shared {
             let ns_id = tun::namespace_id(&n.ns);
             let net = match reused {
                 Some(net) => net,
-                None => match tun::open_queues(&n.ns, &n.tun, self.workers, self.offload) {
+                None => match tun::open_queues(
+                    &n.ns,
+                    &n.tun,
+                    self.workers,
+                    self.offload,
+                    self.steering.as_ref().map(|p| p.as_fd()),
+                ) {
                     Ok((queues, offloads)) => {
                         tracing::info!(net.id = %n.id, tun = %n.tun, queues = queues.len(), offloads, "wireguard: network opened");
                         Arc::new(Net {
@@ -921,6 +992,7 @@ mod tests {
             sockets: Vec::new(),
             port: 0,
             workers: 1,
+            steering: None,
             offload: false,
             stop: AtomicBool::new(false),
             next_index: AtomicU32::new(1),

@@ -47,12 +47,27 @@ pub fn namespace_id(ns: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(ns).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// The program that steers a TUN's packets to the queue of the CPU that
+/// routed them there, unless their flow (its two addresses) had a packet
+/// less than `gap_ns` before: then to that packet's queue (see `open_queues`).
+pub fn steering_program(gap_ns: u32) -> io::Result<OwnedFd> {
+    sys::flow_steering_program(gap_ns)
+}
+
 /// Opens `n` queues of the existing TUN `name` in the namespace at `ns`.
 /// With `offload`, each read and write carries a `virtio_net_hdr` and the
 /// kernel may hand over TCP/UDP super-packets: the offloads it accepts are
 /// kept, bit by bit (the result says which). Without, one plain packet per
-/// read or write and no offload at all.
-pub fn open_queues(ns: &Path, name: &str, n: usize, offload: bool) -> io::Result<(Vec<OwnedFd>, u32)> {
+/// read or write and no offload at all. With `steering` (a program from
+/// `steering_program`), the program picks each packet's queue; without,
+/// the kernel's flow table does.
+pub fn open_queues(
+    ns: &Path,
+    name: &str,
+    n: usize,
+    offload: bool,
+    steering: Option<BorrowedFd<'_>>,
+) -> io::Result<(Vec<OwnedFd>, u32)> {
     let name = name.to_string();
     let shown = format!("tun {name} in {}", ns.display());
     crate::sys::in_netns(ns, move || {
@@ -72,6 +87,9 @@ pub fn open_queues(ns: &Path, name: &str, n: usize, offload: bool) -> io::Result
             }
         }
         sys::tun_set_offload(queues[0].as_fd(), accepted)?;
+        if let Some(p) = steering {
+            sys::tun_steer(queues[0].as_fd(), p)?;
+        }
         Ok((queues, accepted))
     })
     .map_err(|e| io::Error::new(e.kind(), format!("opening {shown}: {e}")))
