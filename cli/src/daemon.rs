@@ -41,11 +41,12 @@ pub struct NetdArgs {
     /// netd keeps its state (networks, addresses) under DATA_ROOT/netd.
     #[arg(long, default_value = "/var/lib/shoal")]
     pub data_root: PathBuf,
-    /// How encrypted overlays share packets out among netd's WireGuard workers: `flow` (the
-    /// kernel's flow hashes; the best single-stream throughput) or `cpu` (a worker pinned to each
-    /// CPU takes the packets that CPU handles: the lowest latency, as a round trip's hand-offs
-    /// stay on one CPU, while a stream's sending and encryption share one).
-    #[arg(long, value_enum, default_value_t = WgSteering::Flow)]
+    /// How encrypted overlays share packets out among netd's WireGuard workers: `cpu` (a worker
+    /// pinned to each CPU takes the packets that CPU handles, so a request's hand-offs stay on one
+    /// CPU: the lowest latency; a busy worker lets go of its CPU) or `flow` (the kernel's flow
+    /// hashes choose and the scheduler places the workers: a stream without retransmits from
+    /// reordering, and the highest single-stream throughput on a machine of few CPUs).
+    #[arg(long, value_enum, default_value_t = WgSteering::Cpu)]
     pub wg_steering: WgSteering,
 }
 

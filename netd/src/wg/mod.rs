@@ -30,24 +30,29 @@
 //! allocates nothing per wake-up.
 //!
 //! Which worker takes a packet (`Steer`, netd's `--wg-steering`):
-//! * `Flow` (the default): the kernel's flow hashes pick a TUN's queue and
-//!   a datagram's socket (a peer host's datagrams hash to one socket, so a
-//!   flow stays in order on one worker), min(cores, 4) workers that the
-//!   scheduler places. A stream's sending and its encryption run on
-//!   different CPUs: the best single-stream throughput.
-//! * `Cpu`: a worker per CPU, pinned to it; a classic BPF program on the
-//!   socket group hands a datagram to the socket of the CPU whose softirq
-//!   received it, and an eBPF program on each TUN sends a packet to the
-//!   queue of the CPU that routed it there (unless its flow, by its two
-//!   addresses, had a packet less than `STEER_GAP_NS` before: a flow in
-//!   motion keeps its queue and its order). A round trip's hand-offs then
-//!   wake a thread on the CPU already running, instead of waking another
-//!   (on a VM, a halted vCPU: ~15–30 µs each, with cold caches).
-//!   Measured in the lab (2 vCPUs, 2026-12-06): ping through the encrypted
-//!   overlay 211–247 µs against 333–398 with `Flow` (3.1–3.3× the
-//!   underlay against 5.1–5.2×); one TCP stream 1.9 Gbit/s against 3.2,
-//!   as both hosts' workers for it share one CPU there (the two lab hosts
-//!   share the machine's two).
+//! * `Cpu` (the default): a worker per CPU, pinned to it; programs on the
+//!   socket group and on each TUN (`bpf`) hand a datagram or packet to the
+//!   worker of the CPU that handles it, unless its flow is in motion (a
+//!   packet less than `STEER_GAP_NS` before), which keeps its socket or
+//!   queue and so its order. A round trip's hand-offs then wake a thread
+//!   on the CPU already running instead of another (on a VM, a halted
+//!   vCPU: ~15–30 µs each, and cold caches). A worker busy more than half
+//!   of a 50 ms window lets go of its CPU (`Pin`), so a stream's sending
+//!   and its encryption can run on two; it takes it again when idle.
+//!   Where the kernel refuses the programs, `Flow`.
+//! * `Flow`: the kernel's flow hashes pick a TUN's queue and a datagram's
+//!   socket (a peer host's datagrams hash to one socket, so a flow stays
+//!   in order on one worker), min(cores, 4) workers that the scheduler
+//!   places.
+//!
+//! Measured in the lab (2 vCPUs, 2026-12-06, alternated): ping through the
+//! encrypted overlay 162–183 µs with `Cpu` against 400–447 with `Flow`
+//! (3.6–3.8× the underlay against 8.0–8.6×); request/response 47–50
+//! against 56–59 µs; one TCP stream 2.7–2.8 Gbit/s against 3.5–3.7, with
+//! ~4,000–5,600 retransmits a 3 s run against none (both hosts' workers
+//! for a stream start on the CPU that sent it, as the two lab hosts share
+//! the machine's two; a flow that pauses longer than the gap may move
+//! while packets of it still wait).
 //!
 //! Latency with `Flow`: a round trip wakes a worker on each host each way;
 //! those wake-ups, not the worker's own work (~3 µs a packet), are the
@@ -63,6 +68,7 @@
 //! keys first); the timer thread keeps handshaking the preferred one, so
 //! the switch to new keys needs no gap.
 
+mod bpf;
 pub mod gro;
 pub mod gso;
 pub mod keys;
@@ -118,13 +124,14 @@ pub struct DatapathConfig {
 pub enum Steer {
     /// The kernel's flow hashes pick a TUN's queue and a datagram's socket;
     /// the scheduler places the workers (`default_workers()` of them).
-    #[default]
     Flow,
     /// A worker per CPU, pinned to it where the CPUs allowed are 0..n; a
-    /// packet goes to the worker of the CPU it arrives on (a flow that does
-    /// not pause stays on its queue), so a round trip's hand-offs stay on
-    /// one CPU instead of waking another. Lower latency; a single stream's
-    /// sending and encryption share a CPU.
+    /// packet goes to the worker of the CPU it arrives on unless its flow is
+    /// in motion (`bpf`), so a round trip's hand-offs stay on one CPU
+    /// instead of waking another. A busy worker lets go of its CPU until it
+    /// is idle again (`Pin`). Falls back to `Flow` where the kernel refuses
+    /// the BPF programs.
+    #[default]
     Cpu,
 }
 
@@ -134,11 +141,59 @@ pub fn allowed_cpus() -> Vec<usize> {
     (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
 }
 
-/// Pins the calling thread to `cpu`.
-fn pin_to_cpu(cpu: usize) -> io::Result<()> {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(cpu);
-    Ok(rustix::thread::sched_setaffinity(None, &set)?)
+/// A worker's pin to its CPU (`Steer::Cpu`), let go while it is busy:
+/// pinned, its wake-ups stay on the CPU that woke it; busy (a stream), it
+/// may move where the scheduler finds room, its flows keeping their queues.
+struct Pin {
+    cpu: usize,
+    /// The CPUs the worker may run on when not pinned.
+    all: rustix::thread::CpuSet,
+    pinned: bool,
+    since: Instant,
+    busy: Duration,
+}
+
+/// How often a worker weighs its pin.
+const PIN_WINDOW: Duration = Duration::from_millis(50);
+
+impl Pin {
+    fn new(cpu: usize) -> Pin {
+        let all = rustix::thread::sched_getaffinity(None).unwrap_or_default();
+        Pin { cpu, all, pinned: false, since: Instant::now(), busy: Duration::ZERO }
+    }
+
+    /// Pins the calling thread (at its start).
+    fn start(&mut self) {
+        let mut one = rustix::thread::CpuSet::new();
+        one.set(self.cpu);
+        self.set(true, &one);
+    }
+
+    fn set(&mut self, pinned: bool, cpus: &rustix::thread::CpuSet) {
+        match rustix::thread::sched_setaffinity(None, cpus) {
+            Ok(()) => self.pinned = pinned,
+            Err(e) => tracing::debug!(error = %e, cpu = self.cpu, pinned, "wireguard: a worker's CPUs"),
+        }
+    }
+
+    /// Counts `busy` (one wake-up's work); each window, a worker busy more
+    /// than half of it lets go of its CPU, and one busy less than a
+    /// quarter takes it again.
+    fn account(&mut self, busy: Duration) {
+        self.busy += busy;
+        let window = self.since.elapsed();
+        if window < PIN_WINDOW {
+            return;
+        }
+        let load = self.busy.as_secs_f64() / window.as_secs_f64();
+        if self.pinned && load > 0.5 {
+            let all = self.all;
+            self.set(false, &all);
+        } else if !self.pinned && load < 0.25 {
+            self.start();
+        }
+        (self.since, self.busy) = (Instant::now(), Duration::ZERO);
+    }
 }
 
 /// min(cores, 4).
@@ -334,20 +389,26 @@ impl Datapath {
         let ctx = |e: io::Error| io::Error::new(e.kind(), format!("wireguard socket on {}: {e}", cfg.listen));
         let first = sys::udp_socket(cfg.listen, SOCKET_BUF).map_err(ctx)?;
         let port = sys::local_port(first.as_fd()).map_err(ctx)?;
-        let steering = match cfg.steer {
-            Steer::Flow => None,
-            Steer::Cpu => {
-                let ctx = |e: io::Error| io::Error::new(e.kind(), format!("steering packets by CPU: {e}"));
-                sys::steer_reuseport_by_cpu(first.as_fd(), workers as u32).map_err(ctx)?;
-                Some(tun::steering_program(STEER_GAP_NS).map_err(ctx)?)
-            }
-        };
-        // Worker i serves CPU i's packets (the programs take the CPU modulo the workers).
-        let pin = cfg.steer == Steer::Cpu && cpus.len() == workers && cpus.iter().enumerate().all(|(i, &c)| i == c);
         let mut sockets = vec![first];
         for _ in 1..workers {
             sockets.push(sys::udp_socket(SocketAddrV4::new(*cfg.listen.ip(), port), SOCKET_BUF).map_err(ctx)?);
         }
+        let steering = match cfg.steer {
+            Steer::Flow => None,
+            Steer::Cpu => {
+                let group: Vec<_> = sockets.iter().map(|s| s.as_fd()).collect();
+                match bpf::steer_sockets(&group, STEER_GAP_NS).and_then(|()| bpf::tun_program(STEER_GAP_NS)) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        // A kernel without these BPF programs (or a netd without CAP_BPF).
+                        tracing::warn!(error = %e, "wireguard: cannot steer packets by CPU; the kernel's flow hashes will");
+                        None
+                    }
+                }
+            }
+        };
+        // Worker i serves CPU i's packets (the programs take the CPU modulo the workers).
+        let pin = steering.is_some() && cpus.len() == workers && cpus.iter().enumerate().all(|(i, &c)| i == c);
         let keys = Arc::new(LocalKeys::of(&keys, None));
         let empty = Table {
             keys: keys.clone(),
@@ -376,12 +437,8 @@ impl Datapath {
         let mut threads = Vec::new();
         for w in 0..workers {
             let s = shared.clone();
-            threads.push(std::thread::Builder::new().name(format!("wg-worker-{w}")).spawn(move || {
-                if pin && let Err(e) = pin_to_cpu(w) {
-                    tracing::debug!(error = %e, "wireguard: pinning a worker");
-                }
-                worker(&s, w)
-            })?);
+            let pin = pin.then(|| Pin::new(w));
+            threads.push(std::thread::Builder::new().name(format!("wg-worker-{w}")).spawn(move || worker(&s, w, pin))?);
         }
         let s = shared.clone();
         threads.push(std::thread::Builder::new().name("wg-timers".into()).spawn(move || timers(&s))?);
@@ -641,7 +698,10 @@ fn watch(s: &Shared, t: &Table, w: usize) -> io::Result<sys::Epoll> {
 
 /// One worker: its socket and its queue of every network, in one epoll set
 /// made again when the table changes (nothing is allocated per wake-up).
-fn worker(s: &Shared, w: usize) {
+fn worker(s: &Shared, w: usize, mut pin: Option<Pin>) {
+    if let Some(p) = pin.as_mut() {
+        p.start();
+    }
     let mut st = WorkerBufs::new();
     let mut ready = Vec::new();
     let sock = s.sockets[w].as_fd();
@@ -669,6 +729,7 @@ fn worker(s: &Shared, w: usize) {
             std::thread::sleep(TICK);
             continue;
         }
+        let woke = pin.as_ref().map(|_| Instant::now());
         for &token in &ready {
             if token == SOCKET_TOKEN {
                 for _ in 0..8 {
@@ -717,6 +778,9 @@ fn worker(s: &Shared, w: usize) {
                     }
                 }
             }
+        }
+        if let (Some(p), Some(t)) = (pin.as_mut(), woke) {
+            p.account(t.elapsed());
         }
     }
 }

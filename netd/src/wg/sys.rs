@@ -1,5 +1,5 @@
-//! The WireGuard datapath's kernel calls (the only unsafe code under
-//! `wg/`): the TUN ioctls, the interface ioctls for MTU and up, the UDP
+//! The WireGuard datapath's kernel calls (with `bpf.rs`, the only unsafe
+//! code under `wg/`): the TUN ioctls, the interface ioctls for MTU and up, the UDP
 //! socket's options, `sendmsg` with `UDP_SEGMENT`, `recvmmsg` (epoll is rustix's).
 #![allow(unsafe_code)]
 
@@ -157,141 +157,6 @@ pub fn udp_socket(addr: SocketAddrV4, buf: usize) -> io::Result<OwnedFd> {
         libc::bind(raw, &sa as *const libc::sockaddr_in as *const libc::sockaddr, size_of::<libc::sockaddr_in>() as u32)
     })?;
     Ok(fd)
-}
-
-/// Makes the kernel hand a datagram for the `SO_REUSEPORT` group `fd`
-/// belongs to (or will, once bound) to the group's socket number `cpu mod
-/// n`: the socket of the CPU whose softirq received it (classic BPF's
-/// `cpu` extension, as the kernel's own reuseport self-tests do).
-pub fn steer_reuseport_by_cpu(fd: BorrowedFd<'_>, n: u32) -> io::Result<()> {
-    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
-    let ld_cpu = libc::sock_filter {
-        code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-        jt: 0,
-        jf: 0,
-        k: (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
-    };
-    let modulo =
-        libc::sock_filter { code: (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16, jt: 0, jf: 0, k: n.max(1) };
-    let ret_a = libc::sock_filter { code: (libc::BPF_RET | libc::BPF_A) as u16, jt: 0, jf: 0, k: 0 };
-    let mut prog = [ld_cpu, modulo, ret_a];
-    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
-    // SAFETY: the option value is one sock_fprog, pointing at `prog`, which outlives the call
-    // (the kernel copies the program).
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
-            &fprog as *const libc::sock_fprog as *const c_void,
-            size_of::<libc::sock_fprog>() as u32,
-        )
-    })
-    .map(drop)
-}
-
-/// The leading fields of `union bpf_attr` for `BPF_PROG_LOAD`.
-#[repr(C)]
-#[derive(Default)]
-struct BpfProgLoad {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-}
-
-/// `union bpf_attr` for `BPF_MAP_CREATE`, its leading fields.
-#[repr(C)]
-#[derive(Default)]
-struct BpfMapCreate {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is the leading part of a bpf_attr for `cmd`, passed with its size; the
-    // pointers it holds are the caller's and outlive the call. The fd returned is owned below.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>() as u32) };
-    let fd = cvt(fd as libc::c_int)?;
-    // SAFETY: just made, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Flows the steering program tells apart (a hash of the addresses).
-const STEER_SLOTS: i32 = 1024;
-
-/// Loads the program that picks a TUN's queue for each packet (`tun_steer`;
-/// the kernel takes the result modulo the queues): the queue of the CPU
-/// that routed the packet there, unless a packet of the same flow (its two
-/// addresses) went to a queue less than `gap_ns` before, which it then
-/// follows. A flow that pauses moves to its sender's CPU; one that does not
-/// stays in order on one queue. The slots (last time, queue) are an array
-/// map of `STEER_SLOTS`, indexed by the addresses' XOR.
-pub fn flow_steering_program(gap_ns: u32) -> io::Result<OwnedFd> {
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_MAP_TYPE_ARRAY: u32 = 2;
-    const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
-    let map = bpf(
-        BPF_MAP_CREATE,
-        &BpfMapCreate {
-            map_type: BPF_MAP_TYPE_ARRAY,
-            key_size: 4,
-            value_size: 16,
-            max_entries: STEER_SLOTS as u32,
-            map_flags: 0,
-        },
-    )?;
-    // struct bpf_insn: opcode, dst and src registers, a 16-bit offset, a 32-bit immediate.
-    let i = |code: u8, dst: u8, src: u8, off: i16, imm: i32| {
-        u64::from(code) | u64::from(dst | src << 4) << 8 | u64::from(off as u16) << 16 | u64::from(imm as u32) << 32
-    };
-    let (lookup, ktime, cpu) = (1, 5, 8); // helper numbers
-    let gap = gap_ns.min(i32::MAX as u32) as i32;
-    let prog = [
-        i(0xbf, 6, 1, 0, 0),               // r6 = ctx (the packet, for the loads below)
-        i(0x20, 0, 0, 0, 12),              // r0 = source address
-        i(0xbf, 7, 0, 0, 0),               // r7 = r0
-        i(0x20, 0, 0, 0, 16),              // r0 = destination address
-        i(0xaf, 7, 0, 0, 0),               // r7 ^= r0
-        i(0x57, 7, 0, 0, STEER_SLOTS - 1), // r7 &= slots - 1
-        i(0x63, 10, 7, -4, 0),             // key on the stack
-        i(0x18, 1, 1, 0, map.as_raw_fd()), // r1 = the map (64-bit load, two slots)
-        0,
-        i(0xbf, 2, 10, 0, 0), // r2 = &key
-        i(0x07, 2, 0, 0, -4),
-        i(0x85, 0, 0, 0, lookup), // r0 = &slot
-        i(0x15, 0, 0, 11, 0),     // none: this CPU (cannot happen in an array)
-        i(0xbf, 8, 0, 0, 0),      // r8 = &slot
-        i(0x85, 0, 0, 0, ktime),  // r0 = now
-        i(0x79, 1, 8, 0, 0),      // r1 = slot.last
-        i(0x7b, 8, 0, 0, 0),      // slot.last = now
-        i(0x1f, 0, 1, 0, 0),      // r0 = now - last
-        i(0x25, 0, 0, 2, gap),    // a pause: steer to this CPU
-        i(0x61, 0, 8, 8, 0),      // r0 = slot.queue
-        i(0x95, 0, 0, 0, 0),      // exit
-        i(0x85, 0, 0, 0, cpu),    // r0 = this CPU
-        i(0x63, 8, 0, 8, 0),      // slot.queue = r0
-        i(0x95, 0, 0, 0, 0),      // exit
-        i(0x85, 0, 0, 0, cpu),    // r0 = this CPU
-        i(0x95, 0, 0, 0, 0),      // exit
-    ];
-    let attr = BpfProgLoad {
-        prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
-        insn_cnt: prog.len() as u32,
-        insns: prog.as_ptr() as u64,
-        license: c"GPL".as_ptr() as u64,
-        ..Default::default()
-    };
-    bpf(BPF_PROG_LOAD, &attr)
 }
 
 /// Attaches `prog` to the TUN that `queue` belongs to: it picks the queue of each packet.
@@ -470,48 +335,6 @@ mod tests {
         let s = udp_socket(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 16).expect("a loopback socket");
         let port = local_port(s.as_fd()).expect("its port");
         (s, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
-    }
-
-    /// Loopback only: a datagram is received on the CPU that sent it.
-    #[test]
-    fn a_datagram_goes_to_the_socket_of_the_cpu_that_received_it() {
-        let cpus = crate::wg::allowed_cpus();
-        if cpus.len() < 2 || cpus[..2] != [0, 1] {
-            eprintln!("skipped: needs CPUs 0 and 1");
-            return;
-        }
-        let (first, to) = bound();
-        steer_reuseport_by_cpu(first.as_fd(), 2).expect("the reuseport program attaches");
-        let second = udp_socket(to, 1 << 16).expect("a second socket on the port");
-        let group = [first, second];
-        for round in 0..3 {
-            for cpu in [1usize, 0] {
-                std::thread::spawn(move || {
-                    let mut set = rustix::thread::CpuSet::new();
-                    set.set(cpu);
-                    rustix::thread::sched_setaffinity(None, &set).expect("pinned");
-                    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("a sender");
-                    s.send_to(&[cpu as u8, round], to).expect("sent");
-                })
-                .join()
-                .expect("the sender");
-                let mut buf = [0u8; 16];
-                let got: Vec<Option<usize>> =
-                    group.iter().map(|g| read(g.as_fd(), &mut buf).expect("a read")).collect();
-                let want: Vec<Option<usize>> = (0..2).map(|i| (i == cpu).then_some(2)).collect();
-                assert_eq!(got, want, "round {round}: a datagram sent from CPU {cpu}");
-                assert_eq!(buf[..2], [cpu as u8, round]);
-            }
-        }
-    }
-
-    #[test]
-    fn the_steering_program_passes_the_verifier() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: loading BPF programs needs root");
-            return;
-        }
-        flow_steering_program(500_000).expect("the TUN steering program loads");
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub fn namespace_id(ns: &Path) -> Option<(u64, u64)> {
 /// routed them there, unless their flow (its two addresses) had a packet
 /// less than `gap_ns` before: then to that packet's queue (see `open_queues`).
 pub fn steering_program(gap_ns: u32) -> io::Result<OwnedFd> {
-    sys::flow_steering_program(gap_ns)
+    super::bpf::tun_program(gap_ns)
 }
 
 /// Opens `n` queues of the existing TUN `name` in the namespace at `ns`.

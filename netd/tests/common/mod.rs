@@ -128,7 +128,9 @@ impl NetdHost {
             let _ = ns_tx.send(PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id())));
             // One thread: netd's sysctls, nft and bridges are this namespace's.
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-            if let Err(e) = rt.block_on(shoal_netd::service::serve(&sock, &root, shoal_netd::wg::Steer::Flow, stop)) {
+            if let Err(e) =
+                rt.block_on(shoal_netd::service::serve(&sock, &root, shoal_netd::wg::Steer::default(), stop))
+            {
                 eprintln!("netd: {e:#}");
             }
         });
