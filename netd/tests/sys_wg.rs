@@ -690,10 +690,17 @@ fn steered_by_cpu_pinned_workers_carry_the_same_traffic() {
         assert!(ping(cb, A_C), "b's container reaches a's");
         tcp_echo(ca, cb, B_C, &vec![0x42; 1 << 20]);
         tcp_echo(cb, ca, A_C, b"back");
+        assert!(da.steered() && db.steered(), "the kernel took the steering programs");
         if cpus.iter().enumerate().all(|(i, &c)| i == c) && cpus.len() <= 64 {
-            for (i, &c) in cpus.iter().enumerate() {
-                // Both datapaths run in this process: two workers of each name.
-                assert_eq!(threads_cpus(&format!("wg-worker-{i}")), vec![c.to_string(); 2], "worker {i}");
+            // Both datapaths run in this process: two workers of each name, each pinned to its
+            // CPU once idle (a worker busy with the echo lets go of it for a while).
+            let pinned = |i: usize| threads_cpus(&format!("wg-worker-{i}")) == vec![i.to_string(); 2];
+            for i in 0..cpus.len() {
+                assert!(
+                    wait_until(Duration::from_secs(5), || pinned(i)),
+                    "worker {i}: {:?}",
+                    threads_cpus(&format!("wg-worker-{i}"))
+                );
             }
         }
         let (gbits, gap) = flow(ca, cb, B_C, 3.0, || {});
@@ -706,9 +713,18 @@ fn steered_by_cpu_pinned_workers_carry_the_same_traffic() {
     });
 }
 
-/// Which of `queues` holds a UDP datagram to port 9 carrying `tag` (read and dropped).
+/// Which of `queues` holds a UDP datagram to port 9 carrying `tag` (read and
+/// dropped), once one does (within a second).
 fn queue_of(queues: &[OwnedFd], tag: u8) -> Vec<usize> {
     let mut found = Vec::new();
+    wait_until(Duration::from_secs(1), || {
+        read_tagged(queues, tag, &mut found);
+        !found.is_empty()
+    });
+    found
+}
+
+fn read_tagged(queues: &[OwnedFd], tag: u8, found: &mut Vec<usize>) {
     let mut buf = [0u8; 2048];
     for (i, q) in queues.iter().enumerate() {
         // Until EAGAIN: the queue is empty.
@@ -719,7 +735,6 @@ fn queue_of(queues: &[OwnedFd], tag: u8) -> Vec<usize> {
             }
         }
     }
-    found
 }
 
 /// The TUN steering program: a packet goes to the queue of the CPU that
@@ -742,14 +757,15 @@ fn a_tun_packet_goes_to_its_cpus_queue_unless_its_flow_is_in_motion() {
                 let mut set = rustix::thread::CpuSet::new();
                 set.set(cpu);
                 rustix::thread::sched_setaffinity(None, &set).expect("pinned");
-                let s = sys::in_netns(&ns, || UdpSocket::bind("10.66.0.1:0")).expect("a socket");
+                // One port for all: one flow, whichever CPU sends.
+                let s = sys::in_netns(&ns, || UdpSocket::bind("10.66.0.1:4000")).expect("a socket");
                 s.send_to(&[tag], "10.66.0.2:9").expect("sent");
             })
             .join()
             .expect("the sender");
         };
         // No gap: each packet goes to the queue of the CPU that sent it.
-        let prog = tun::steering_program(0).expect("the program");
+        let prog = shoal_netd::wg::bpf::tun_program(0).expect("the program");
         let (queues, _) = tun::open_queues(&ns.path, "st0", 2, false, Some(prog.as_fd())).expect("two queues");
         for (tag, cpu) in [(1, 1), (2, 0), (3, 1), (4, 0)] {
             send(cpu, tag);
@@ -757,13 +773,27 @@ fn a_tun_packet_goes_to_its_cpus_queue_unless_its_flow_is_in_motion() {
         }
         drop(queues);
         // A gap longer than the test: the flow stays on its first packet's queue.
-        let prog = tun::steering_program(2_000_000_000).expect("the program");
+        let prog = shoal_netd::wg::bpf::tun_program(2_000_000_000).expect("the program");
         let (queues, _) = tun::open_queues(&ns.path, "st0", 2, false, Some(prog.as_fd())).expect("two queues");
         send(1, 5);
         assert_eq!(queue_of(&queues, 5), vec![1], "the flow's first packet, from CPU 1");
         for (tag, cpu) in [(6, 0), (7, 1), (8, 0)] {
             send(cpu, tag);
             assert_eq!(queue_of(&queues, tag), vec![1], "packet {tag} of the flow in motion, sent from CPU {cpu}");
+        }
+        drop(queues);
+        // Opened without a program (a datapath of `Steer::Flow` after one of `Cpu`): the one
+        // attached (with no gap: it would follow the CPUs) is removed, and the kernel's flow
+        // table keeps the flow on one queue.
+        let prog = shoal_netd::wg::bpf::tun_program(0).expect("the program");
+        drop(tun::open_queues(&ns.path, "st0", 2, false, Some(prog.as_fd())).expect("two queues"));
+        let (queues, _) = tun::open_queues(&ns.path, "st0", 2, false, None).expect("two queues");
+        send(1, 9);
+        let first = queue_of(&queues, 9);
+        assert_eq!(first.len(), 1, "packet 9 on one queue: {first:?}");
+        for (tag, cpu) in [(10, 0), (11, 1), (12, 0)] {
+            send(cpu, tag);
+            assert_eq!(queue_of(&queues, tag), first, "packet {tag}, sent from CPU {cpu}, without a program");
         }
         // The TUN is persistent: it goes with the namespace.
     });

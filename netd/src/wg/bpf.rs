@@ -7,7 +7,10 @@
 //! follows. A flow that pauses moves to the CPU of its next packet, so a
 //! request's hand-offs stay on one CPU; a flow in motion keeps its queue or
 //! socket, so it stays in order and its worker may move. The choices are
-//! an array map of slots (last time, choice) by a hash of the flow.
+//! an array map of slots (last time, choice) by a hash of the flow (on a
+//! TUN, the XOR of its two addresses; for the sockets, the kernel's hash of
+//! the datagram's addresses and ports: all of a peer host's datagrams are
+//! one flow, as they share one pair of addresses and ports).
 //!
 //! The programs are a few instructions each, assembled here: no compiler,
 //! no loader library. The kernel's verifier checks them at load.
@@ -65,21 +68,31 @@ struct ProgLoad {
     license: u64,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is the leading part of a bpf_attr for `cmd`, passed with its size; the
-    // pointers it holds are the caller's and outlive the call.
+#[cfg(not(target_endian = "little"))]
+compile_error!("the instructions below are laid out for a little-endian machine");
+
+/// # Safety
+/// `attr` must be the leading part of a `bpf_attr` for `cmd`, and the
+/// pointers it holds must point at what `cmd` reads there.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: the caller's; `attr` is passed with its size and outlives the call.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>() as u32) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
 }
 
-fn bpf_fd<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
-    let fd = bpf(cmd, attr)? as libc::c_int;
+/// # Safety
+/// As `bpf`, for a `cmd` that returns a new fd.
+unsafe fn bpf_fd<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
+    // SAFETY: the caller's.
+    let fd = unsafe { bpf(cmd, attr) }? as libc::c_int;
     // SAFETY: the kernel just made this fd for us; nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn map(map_type: u32, value_size: u32, entries: u32) -> io::Result<OwnedFd> {
-    bpf_fd(BPF_MAP_CREATE, &MapCreate { map_type, key_size: 4, value_size, max_entries: entries })
+    let attr = MapCreate { map_type, key_size: 4, value_size, max_entries: entries };
+    // SAFETY: a MapCreate is the leading part of BPF_MAP_CREATE's attr; it holds no pointer.
+    unsafe { bpf_fd(BPF_MAP_CREATE, &attr) }
 }
 
 fn load(prog_type: u32, prog: &[u64]) -> io::Result<OwnedFd> {
@@ -89,7 +102,9 @@ fn load(prog_type: u32, prog: &[u64]) -> io::Result<OwnedFd> {
         insns: prog.as_ptr() as u64,
         license: c"GPL".as_ptr() as u64,
     };
-    bpf_fd(BPF_PROG_LOAD, &attr)
+    // SAFETY: a ProgLoad is the leading part of BPF_PROG_LOAD's attr; it points at `prog`
+    // (`insn_cnt` instructions) and a NUL-terminated string, both live across the call.
+    unsafe { bpf_fd(BPF_PROG_LOAD, &attr) }
 }
 
 /// One instruction (`struct bpf_insn`): opcode, registers, offset, immediate.
@@ -157,8 +172,8 @@ fn slots() -> io::Result<OwnedFd> {
     map(BPF_MAP_TYPE_ARRAY, 16, SLOTS as u32)
 }
 
-/// The TUN's program (attach with `sys::tun_steer`; the kernel takes its
-/// result modulo the queues). A flow is its two addresses.
+/// The TUN's program (`tun::open_queues` attaches it; the kernel takes its
+/// result modulo the queues).
 pub fn tun_program(gap_ns: u32) -> io::Result<OwnedFd> {
     let slots = slots()?;
     let mut p = vec![
@@ -190,7 +205,9 @@ pub fn steer_sockets(sockets: &[BorrowedFd<'_>], gap_ns: u32) -> io::Result<()> 
             value: &value as *const u64 as u64,
             flags: 0,
         };
-        bpf(BPF_MAP_UPDATE_ELEM, &attr)?;
+        // SAFETY: a MapUpdate is BPF_MAP_UPDATE_ELEM's attr; its key and value point at a u32
+        // and a u64 on this stack, live across the call.
+        unsafe { bpf(BPF_MAP_UPDATE_ELEM, &attr) }?;
     }
     let mut p = vec![
         op(0xbf, 6, 1, 0, 0),                 // r6 = ctx
@@ -210,18 +227,7 @@ pub fn steer_sockets(sockets: &[BorrowedFd<'_>], gap_ns: u32) -> io::Result<()> 
         EXIT,
     ]);
     let prog = load(BPF_PROG_TYPE_SK_REUSEPORT, &p)?;
-    let fd: libc::c_int = prog.as_raw_fd();
-    // SAFETY: the option value is one int (the program's fd), passed with its size.
-    let r = unsafe {
-        libc::setsockopt(
-            first.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_EBPF,
-            &fd as *const libc::c_int as *const libc::c_void,
-            size_of::<libc::c_int>() as u32,
-        )
-    };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    super::sys::setsockopt_int(first.as_raw_fd(), libc::SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, prog.as_raw_fd())
 }
 
 #[cfg(test)]
@@ -241,26 +247,30 @@ mod tests {
         true
     }
 
-    /// Sends one datagram `[tag]` to `to` from a thread pinned to `cpu`, from a new port.
-    fn send_from(cpu: usize, to: SocketAddrV4, tag: u8) {
+    /// Sends `[tag]` to `to` through `sender` from a thread pinned to `cpu`.
+    fn send_from(cpu: usize, sender: &UdpSocket, to: SocketAddrV4, tag: u8) {
+        let s = sender.try_clone().expect("the sender");
         std::thread::spawn(move || {
             let mut set = rustix::thread::CpuSet::new();
             set.set(cpu);
             rustix::thread::sched_setaffinity(None, &set).expect("pinned");
-            UdpSocket::bind("127.0.0.1:0").expect("a sender").send_to(&[tag], to).expect("sent");
+            s.send_to(&[tag], to).expect("sent");
         })
         .join()
         .expect("the sender");
     }
 
-    /// Which sockets of `group` hold the datagram `tag` (read and dropped).
+    /// Which sockets of `group` hold the datagram `tag` (read and dropped), once one does.
     fn holders(group: &[OwnedFd], tag: u8) -> Vec<usize> {
         let mut buf = [0u8; 16];
         let mut found = Vec::new();
-        for (i, s) in group.iter().enumerate() {
-            while let Ok(Some(n)) = sys::read(s.as_fd(), &mut buf) {
-                if n == 1 && buf[0] == tag {
-                    found.push(i);
+        let start = std::time::Instant::now();
+        while found.is_empty() && start.elapsed() < std::time::Duration::from_secs(1) {
+            for (i, s) in group.iter().enumerate() {
+                while let Ok(Some(n)) = sys::read(s.as_fd(), &mut buf) {
+                    if n == 1 && buf[0] == tag {
+                        found.push(i);
+                    }
                 }
             }
         }
@@ -291,23 +301,16 @@ mod tests {
         }
         // No gap: each datagram to its CPU's socket.
         let (sockets, to) = group(0);
+        let new_port = || UdpSocket::bind("127.0.0.1:0").expect("a sender");
         for (tag, cpu) in [(1, 1), (2, 0), (3, 1), (4, 0)] {
-            send_from(cpu, to, tag);
+            send_from(cpu, &new_port(), to, tag);
             assert_eq!(holders(&sockets, tag), vec![cpu], "datagram {tag} sent from CPU {cpu}");
         }
         // A gap longer than the test: a flow (one sender's port) keeps its first socket.
         let (sockets, to) = group(2_000_000_000);
         let sender = UdpSocket::bind("127.0.0.1:0").expect("a sender");
         for (tag, cpu) in [(5, 1), (6, 0), (7, 1), (8, 0)] {
-            let s = sender.try_clone().expect("the sender");
-            std::thread::spawn(move || {
-                let mut set = rustix::thread::CpuSet::new();
-                set.set(cpu);
-                rustix::thread::sched_setaffinity(None, &set).expect("pinned");
-                s.send_to(&[tag], to).expect("sent");
-            })
-            .join()
-            .expect("the sender");
+            send_from(cpu, &sender, to, tag);
             assert_eq!(holders(&sockets, tag), vec![1], "datagram {tag} of the flow in motion, from CPU {cpu}");
         }
     }

@@ -68,7 +68,7 @@
 //! keys first); the timer thread keeps handshaking the preferred one, so
 //! the switch to new keys needs no gap.
 
-mod bpf;
+pub mod bpf;
 pub mod gro;
 pub mod gso;
 pub mod keys;
@@ -111,7 +111,8 @@ const TUN_BUF: usize = 65536 + gso::VNET_HDR_LEN;
 pub struct DatapathConfig {
     /// The host's WireGuard address and port (port 0: any; see `Datapath::port`).
     pub listen: SocketAddrV4,
-    /// Worker threads; 0 for `default_workers()`.
+    /// Worker threads; 0 for `default_workers()` (`Flow`) or one per CPU this
+    /// thread may run on, at most `MAX_WORKERS` (`Cpu`).
     pub workers: usize,
     /// Ask the TUNs for checksum and segmentation offloads (vnet headers).
     pub offload: bool,
@@ -381,9 +382,16 @@ impl Datapath {
     /// starts the workers and the timer thread, with no network and no peer.
     pub fn start(cfg: DatapathConfig, keys: StaticKeys) -> io::Result<Datapath> {
         let cpus = allowed_cpus();
-        let workers = match (cfg.workers, cfg.steer) {
-            (0, Steer::Flow) => default_workers(),
-            (0, Steer::Cpu) => cpus.len().clamp(1, MAX_WORKERS),
+        // Loaded before the sockets are made: a kernel that refuses it gets `Flow` whole.
+        let tun_program = match cfg.steer {
+            Steer::Flow => None,
+            Steer::Cpu => bpf::tun_program(STEER_GAP_NS)
+                .inspect_err(|e| tracing::warn!(error = %e, "wireguard: cannot steer packets by CPU; the kernel's flow hashes will"))
+                .ok(),
+        };
+        let workers = match (cfg.workers, tun_program.is_some()) {
+            (0, false) => default_workers(),
+            (0, true) => cpus.len().clamp(1, MAX_WORKERS),
             (n, _) => n,
         };
         let ctx = |e: io::Error| io::Error::new(e.kind(), format!("wireguard socket on {}: {e}", cfg.listen));
@@ -393,20 +401,13 @@ impl Datapath {
         for _ in 1..workers {
             sockets.push(sys::udp_socket(SocketAddrV4::new(*cfg.listen.ip(), port), SOCKET_BUF).map_err(ctx)?);
         }
-        let steering = match cfg.steer {
-            Steer::Flow => None,
-            Steer::Cpu => {
-                let group: Vec<_> = sockets.iter().map(|s| s.as_fd()).collect();
-                match bpf::steer_sockets(&group, STEER_GAP_NS).and_then(|()| bpf::tun_program(STEER_GAP_NS)) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        // A kernel without these BPF programs (or a netd without CAP_BPF).
-                        tracing::warn!(error = %e, "wireguard: cannot steer packets by CPU; the kernel's flow hashes will");
-                        None
-                    }
-                }
-            }
-        };
+        // Nothing is attached unless all of it is: then the kernel's hashes pick among the sockets.
+        let steering = tun_program.filter(|_| {
+            let group: Vec<_> = sockets.iter().map(|s| s.as_fd()).collect();
+            bpf::steer_sockets(&group, STEER_GAP_NS)
+                .inspect_err(|e| tracing::warn!(error = %e, "wireguard: cannot steer datagrams by CPU; the kernel's hashes will"))
+                .is_ok()
+        });
         // Worker i serves CPU i's packets (the programs take the CPU modulo the workers).
         let pin = steering.is_some() && cpus.len() == workers && cpus.iter().enumerate().all(|(i, &c)| i == c);
         let keys = Arc::new(LocalKeys::of(&keys, None));
@@ -448,6 +449,11 @@ impl Datapath {
     /// The UDP port the datapath listens on.
     pub fn port(&self) -> u16 {
         self.shared.port
+    }
+
+    /// Whether packets are steered by CPU (`Steer::Cpu`, and the kernel took the programs).
+    pub fn steered(&self) -> bool {
+        self.shared.steering.is_some()
     }
 
     /// Makes `networks` and `peers` the datapath's whole configuration:

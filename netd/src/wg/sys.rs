@@ -116,7 +116,7 @@ pub fn set_mtu_up(name: &str, mtu: u32) -> io::Result<()> {
     cvt(unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req as *mut IfReq) }).map(drop)
 }
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+pub(super) fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
     // SAFETY: the option value is one int, passed with its size.
     cvt(unsafe {
         libc::setsockopt(fd, level, name, &v as *const libc::c_int as *const c_void, size_of::<libc::c_int>() as u32)
@@ -159,10 +159,11 @@ pub fn udp_socket(addr: SocketAddrV4, buf: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Attaches `prog` to the TUN that `queue` belongs to: it picks the queue of each packet.
-pub fn tun_steer(queue: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+/// Attaches `prog` to the TUN that `queue` belongs to: it picks the queue of
+/// each packet. `None` removes the one attached (the kernel's flow table picks).
+pub fn tun_steer(queue: BorrowedFd<'_>, prog: Option<BorrowedFd<'_>>) -> io::Result<()> {
     const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
-    let fd: libc::c_int = prog.as_raw_fd();
+    let fd: libc::c_int = prog.map_or(-1, |p| p.as_raw_fd());
     // SAFETY: TUNSETSTEERINGEBPF reads one int (a program's fd) from the pointer.
     cvt(unsafe { libc::ioctl(queue.as_raw_fd(), TUNSETSTEERINGEBPF, &fd as *const libc::c_int) }).map(drop)
 }

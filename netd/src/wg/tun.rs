@@ -47,20 +47,14 @@ pub fn namespace_id(ns: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(ns).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// The program that steers a TUN's packets to the queue of the CPU that
-/// routed them there, unless their flow (its two addresses) had a packet
-/// less than `gap_ns` before: then to that packet's queue (see `open_queues`).
-pub fn steering_program(gap_ns: u32) -> io::Result<OwnedFd> {
-    super::bpf::tun_program(gap_ns)
-}
-
 /// Opens `n` queues of the existing TUN `name` in the namespace at `ns`.
 /// With `offload`, each read and write carries a `virtio_net_hdr` and the
 /// kernel may hand over TCP/UDP super-packets: the offloads it accepts are
 /// kept, bit by bit (the result says which). Without, one plain packet per
 /// read or write and no offload at all. With `steering` (a program from
-/// `steering_program`), the program picks each packet's queue; without,
-/// the kernel's flow table does.
+/// `bpf::tun_program`), the program picks each packet's queue; without, the
+/// kernel's flow table does (a program a datapath before left is removed:
+/// the TUN outlives it).
 pub fn open_queues(
     ns: &Path,
     name: &str,
@@ -87,8 +81,8 @@ pub fn open_queues(
             }
         }
         sys::tun_set_offload(queues[0].as_fd(), accepted)?;
-        if let Some(p) = steering {
-            sys::tun_steer(queues[0].as_fd(), p)?;
+        if let Err(e) = sys::tun_steer(queues[0].as_fd(), steering) {
+            tracing::warn!(error = %e, tun = %name, "wireguard: the TUN's queues by CPU; the kernel's flow table picks");
         }
         Ok((queues, accepted))
     })
