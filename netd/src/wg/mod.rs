@@ -46,13 +46,12 @@
 //!   places.
 //!
 //! Measured in the lab (2 vCPUs, 2026-12-06, alternated): ping through the
-//! encrypted overlay 162–183 µs with `Cpu` against 400–447 with `Flow`
-//! (3.6–3.8× the underlay against 8.0–8.6×); request/response 47–50
-//! against 56–59 µs; one TCP stream 2.7–2.8 Gbit/s against 3.5–3.7, with
-//! ~4,000–5,600 retransmits a 3 s run against none (both hosts' workers
-//! for a stream start on the CPU that sent it, as the two lab hosts share
-//! the machine's two; a flow that pauses longer than the gap may move
-//! while packets of it still wait).
+//! encrypted overlay 162–213 µs with `Cpu` against 400–447 with `Flow`
+//! (3.5–3.8× the underlay against 8.0–8.6×); request/response alike
+//! (47–67 µs against 56–59); one TCP stream 3.2–3.5 Gbit/s, as with
+//! `Flow`, without retransmits. With a gap of 0.5 ms a stream paused longer
+//! than that now and then (waiting for its window) and moved while packets
+//! of it still waited: 2.2–2.8 Gbit/s and 4,000–6,000 retransmits a run.
 //!
 //! Latency with `Flow`: a round trip wakes a worker on each host each way;
 //! those wake-ups, not the worker's own work (~3 µs a packet), are the
@@ -102,7 +101,7 @@ const SOCKET_BUF: usize = 8 << 20;
 /// Workers at most (one per CPU with `Steer::Cpu`).
 const MAX_WORKERS: usize = 64;
 /// How long a flow must pause before its packets may go to another queue.
-const STEER_GAP_NS: u32 = 500_000;
+const STEER_GAP_NS: u32 = 5_000_000;
 /// Datagrams taken per `recvmmsg`.
 const RX_BATCH: usize = 32;
 /// Largest packet read from a TUN (a 64 KiB super-packet and its header).
