@@ -137,7 +137,10 @@ pub enum Steer {
 
 /// The CPUs this thread may run on.
 pub fn allowed_cpus() -> Vec<usize> {
-    let set = rustix::thread::sched_getaffinity(None).unwrap_or_default();
+    cpus_in(&rustix::thread::sched_getaffinity(None).unwrap_or_default())
+}
+
+fn cpus_in(set: &rustix::thread::CpuSet) -> Vec<usize> {
     (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
 }
 
@@ -157,8 +160,7 @@ struct Pin {
 const PIN_WINDOW: Duration = Duration::from_millis(50);
 
 impl Pin {
-    fn new(cpu: usize) -> Pin {
-        let all = rustix::thread::sched_getaffinity(None).unwrap_or_default();
+    fn new(cpu: usize, all: rustix::thread::CpuSet) -> Pin {
         Pin { cpu, all, pinned: false, since: Instant::now(), busy: Duration::ZERO }
     }
 
@@ -380,7 +382,8 @@ impl Datapath {
     /// Binds the UDP port in the calling thread's namespace (the host's) and
     /// starts the workers and the timer thread, with no network and no peer.
     pub fn start(cfg: DatapathConfig, keys: StaticKeys) -> io::Result<Datapath> {
-        let cpus = allowed_cpus();
+        let affinity = rustix::thread::sched_getaffinity(None).unwrap_or_default();
+        let cpus = cpus_in(&affinity);
         // Loaded before the sockets are made: a kernel that refuses it gets `Flow` whole.
         let tun_program = match cfg.steer {
             Steer::Flow => None,
@@ -437,7 +440,7 @@ impl Datapath {
         let mut threads = Vec::new();
         for w in 0..workers {
             let s = shared.clone();
-            let pin = pin.then(|| Pin::new(w));
+            let pin = pin.then(|| Pin::new(w, affinity));
             threads.push(std::thread::Builder::new().name(format!("wg-worker-{w}")).spawn(move || worker(&s, w, pin))?);
         }
         let s = shared.clone();
