@@ -444,6 +444,7 @@ fn encrypted_traffic_flows_both_ways_and_nothing_crosses_in_clear() {
         );
         let s = stats(&da);
         assert!(s.tx_bytes > 1_000_000 && s.spoofed == 0, "{s:?}");
+        assert!(db.coalesced() > 0, "b took a's segmented sends whole (UDP_GRO)");
         drop((da, db));
     });
 }
@@ -660,6 +661,7 @@ fn without_offloads_one_packet_at_a_time_carries_the_same_traffic() {
             "wg throughput (offload off, container→container, 1 TCP stream): {gbits:.2} Gbit/s, longest gap {gap:?}"
         );
         assert!(gbits > 0.0);
+        assert_eq!((da.coalesced(), db.coalesced()), (0, 0), "one datagram a message");
         drop((da, db));
     });
 }

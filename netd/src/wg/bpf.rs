@@ -279,9 +279,9 @@ mod tests {
 
     /// A group of two loopback sockets on one port, steered with `gap_ns`.
     fn group(gap_ns: u32) -> (Vec<OwnedFd>, SocketAddrV4) {
-        let first = sys::udp_socket(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 16).expect("a socket");
+        let first = sys::udp_socket(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 16, false).expect("a socket");
         let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, sys::local_port(first.as_fd()).expect("its port"));
-        let second = sys::udp_socket(to, 1 << 16).expect("a second socket on the port");
+        let second = sys::udp_socket(to, 1 << 16, false).expect("a second socket on the port");
         steer_sockets(&[first.as_fd(), second.as_fd()], gap_ns).expect("the program attaches");
         (vec![first, second], to)
     }

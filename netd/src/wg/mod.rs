@@ -21,7 +21,9 @@
 //!   the next `configure`, even of the same configuration.
 //!
 //! Threads, not tasks: `workers` threads, each polling its own queue of
-//! every network's TUN and its own UDP socket (`SO_REUSEPORT` on one port);
+//! every network's TUN and its own UDP socket (`SO_REUSEPORT` on one port,
+//! `UDP_GRO` with offloads: a peer's segmented send arrives as one message,
+//! split here by its segment size);
 //! a timer thread drives each session's `update_timers` every 100 ms and
 //! starts handshakes with peers that have no session. A `Tunn` is behind a
 //! mutex of its own. The table (networks, peers, address maps) is rebuilt
@@ -102,8 +104,10 @@ const SOCKET_BUF: usize = 8 << 20;
 const MAX_WORKERS: usize = 64;
 /// How long a flow must pause before its packets may go to another queue.
 const STEER_GAP_NS: u32 = 5_000_000;
-/// Datagrams taken per `recvmmsg`.
+/// Messages taken per `recvmmsg` (each one datagram, or several with `UDP_GRO`).
 const RX_BATCH: usize = 32;
+/// Datagrams a worker takes from its socket per wake-up before its TUN queues.
+const RX_WAKE: usize = 8 * RX_BATCH;
 /// Largest packet read from a TUN (a 64 KiB super-packet and its header).
 const TUN_BUF: usize = 65536 + gso::VNET_HDR_LEN;
 
@@ -113,7 +117,8 @@ pub struct DatapathConfig {
     /// Worker threads; 0 for `default_workers()` (`Flow`) or one per CPU this
     /// thread may run on, at most `MAX_WORKERS` (`Cpu`).
     pub workers: usize,
-    /// Ask the TUNs for checksum and segmentation offloads (vnet headers).
+    /// Ask the TUNs for checksum and segmentation offloads (vnet headers), and
+    /// the UDP sockets for `UDP_GRO`; without, one packet at a time.
     pub offload: bool,
     /// How packets are shared out among the workers.
     pub steer: Steer,
@@ -276,6 +281,7 @@ struct Shared {
     stop: AtomicBool,
     next_index: AtomicU32,
     refused: AtomicU64,
+    coalesced: AtomicU64,
     unknown: AtomicU64,
     unroutable: AtomicU64,
 }
@@ -397,11 +403,13 @@ impl Datapath {
             (n, _) => n,
         };
         let ctx = |e: io::Error| io::Error::new(e.kind(), format!("wireguard socket on {}: {e}", cfg.listen));
-        let first = sys::udp_socket(cfg.listen, SOCKET_BUF).map_err(ctx)?;
+        let first = sys::udp_socket(cfg.listen, SOCKET_BUF, cfg.offload).map_err(ctx)?;
         let port = sys::local_port(first.as_fd()).map_err(ctx)?;
         let mut sockets = vec![first];
         for _ in 1..workers {
-            sockets.push(sys::udp_socket(SocketAddrV4::new(*cfg.listen.ip(), port), SOCKET_BUF).map_err(ctx)?);
+            sockets.push(
+                sys::udp_socket(SocketAddrV4::new(*cfg.listen.ip(), port), SOCKET_BUF, cfg.offload).map_err(ctx)?,
+            );
         }
         // Nothing is attached unless all of it is: then the kernel's hashes pick among the sockets.
         let steering = tun_program.filter(|_| {
@@ -434,6 +442,7 @@ impl Datapath {
             // A random start: a restarted datapath's indexes do not meet the old one's.
             next_index: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
             refused: AtomicU64::new(0),
+            coalesced: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
             unroutable: AtomicU64::new(0),
         });
@@ -500,6 +509,11 @@ impl Datapath {
                 spoofed: p.counters.spoofed.load(Ordering::Relaxed),
             })
             .collect()
+    }
+
+    /// Datagrams that came several to a message (`UDP_GRO`).
+    pub fn coalesced(&self) -> u64 {
+        self.shared.coalesced.load(Ordering::Relaxed)
     }
 
     pub fn dropped(&self) -> Dropped {
@@ -740,14 +754,21 @@ fn worker(s: &Shared, w: usize, mut pin: Option<Pin>) {
         let woke = pin.as_ref().map(|_| Instant::now());
         for &token in &ready {
             if token == SOCKET_TOKEN {
-                for _ in 0..8 {
-                    match st.batch.recv(sock, &mut st.rx, &mut st.rx_lens, &mut st.rx_from) {
+                // At most RX_WAKE datagrams, then the TUNs' turn (a stream's ACKs wait there).
+                let mut taken = 0;
+                while taken < RX_WAKE {
+                    match st.batch.recv(sock, &mut st.rx, &mut st.got) {
                         Ok(0) => break,
                         Ok(n) => {
                             for i in 0..n {
-                                let data = std::mem::take(&mut st.rx[i]);
-                                let (from, len) = (st.rx_from[i], st.rx_lens[i]);
-                                rx_datagram(s, &t, w, &mut st, from, &data[..len]);
+                                let (data, got) = (std::mem::take(&mut st.rx[i]), st.got[i]);
+                                if got.seg < got.len {
+                                    s.coalesced.fetch_add(got.len.div_ceil(got.seg) as u64, Ordering::Relaxed);
+                                }
+                                for datagram in got.datagrams(&data) {
+                                    rx_datagram(s, &t, w, &mut st, got.from, datagram);
+                                    taken += 1;
+                                }
                                 st.rx[i] = data;
                             }
                             flush_gro(&t, w, &mut st.gro);
@@ -801,8 +822,7 @@ struct WorkerBufs {
     enc_lens: Vec<usize>,
     dec: Vec<u8>,
     rx: Vec<Vec<u8>>,
-    rx_lens: Vec<usize>,
-    rx_from: Vec<SocketAddrV4>,
+    got: Vec<sys::Received>,
     batch: sys::RecvBatch,
     gro: gro::Gro,
 }
@@ -817,8 +837,7 @@ impl WorkerBufs {
             enc_lens: Vec::new(),
             dec: vec![0; TUN_BUF],
             rx: (0..RX_BATCH).map(|_| vec![0; 65536]).collect(),
-            rx_lens: Vec::new(),
-            rx_from: Vec::new(),
+            got: Vec::new(),
             batch: sys::RecvBatch::new(RX_BATCH),
             gro: gro::Gro::new(),
         }
@@ -1069,6 +1088,7 @@ mod tests {
             stop: AtomicBool::new(false),
             next_index: AtomicU32::new(1),
             refused: AtomicU64::new(0),
+            coalesced: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
             unroutable: AtomicU64::new(0),
         }

@@ -24,6 +24,7 @@ pub const TUN_F_USO4: u32 = 0x20;
 pub const TUN_F_USO6: u32 = 0x40;
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
 
 #[repr(C)]
 struct IfReq {
@@ -135,8 +136,11 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 
 /// A non-blocking UDP socket bound to `addr` with `SO_REUSEPORT` (one per
 /// worker on the same address) and buffers of `buf` bytes (forced past
-/// `rmem_max` where netd may; the plain setting otherwise).
-pub fn udp_socket(addr: SocketAddrV4, buf: usize) -> io::Result<OwnedFd> {
+/// `rmem_max` where netd may; the plain setting otherwise). With `gro`, it
+/// asks for `UDP_GRO`: consecutive datagrams from one sender may then come
+/// as one message (`RecvBatch` reports their size); a kernel without it
+/// (before 5.0) hands each datagram alone.
+pub fn udp_socket(addr: SocketAddrV4, buf: usize, gro: bool) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned below.
     let fd =
         cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })?;
@@ -150,6 +154,9 @@ pub fn udp_socket(addr: SocketAddrV4, buf: usize) -> io::Result<OwnedFd> {
     }
     if setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, b).is_err() {
         setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, b)?;
+    }
+    if gro && let Err(e) = setsockopt_int(raw, SOL_UDP, UDP_GRO, 1) {
+        tracing::debug!(error = %e, "wireguard: no UDP_GRO; one datagram per message");
     }
     let sa = sockaddr(addr);
     // SAFETY: `sa` is a sockaddr_in of the size passed.
@@ -212,12 +219,31 @@ pub fn send(fd: BorrowedFd<'_>, buf: &[u8], dst: SocketAddrV4, seg: Option<u16>)
     cvt_size(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) })
 }
 
-/// `recvmmsg`'s headers for up to `n` datagrams, made once per worker and
+/// `recvmmsg`'s headers for up to `n` messages, made once per worker and
 /// reused by every `recv` (no allocation per wake-up).
 pub struct RecvBatch {
     names: Vec<libc::sockaddr_in>,
     iovs: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
+    /// Room for each message's `UDP_GRO` control message, 8-aligned.
+    controls: Vec<[u64; 4]>,
+}
+
+/// One message taken by `RecvBatch::recv`: `len` bytes from `from`, made
+/// of datagrams of `seg` bytes each (the last may be shorter); `seg` is
+/// `len` where the kernel did not coalesce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub len: usize,
+    pub seg: usize,
+    pub from: SocketAddrV4,
+}
+
+impl Received {
+    /// The datagrams in the message's buffer.
+    pub fn datagrams<'a>(&self, buf: &'a [u8]) -> std::slice::Chunks<'a, u8> {
+        buf[..self.len].chunks(self.seg.max(1))
+    }
 }
 
 impl RecvBatch {
@@ -228,18 +254,15 @@ impl RecvBatch {
             names: vec![name; n],
             iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n],
             msgs: vec![msg; n],
+            controls: vec![[0; 4]; n],
         }
     }
 
-    /// Receives up to `min(n, bufs.len())` datagrams without blocking: their
-    /// lengths and senders go to `lens` and `from`. 0 when none is waiting.
-    pub fn recv(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        bufs: &mut [Vec<u8>],
-        lens: &mut Vec<usize>,
-        from: &mut Vec<SocketAddrV4>,
-    ) -> io::Result<usize> {
+    /// Receives up to `min(n, bufs.len())` messages without blocking into
+    /// `bufs`, and says what each holds in `got` (`got[i]` for `bufs[i]`).
+    /// 0 when none is waiting. A message cut short by its buffer counts as
+    /// empty.
+    pub fn recv(&mut self, fd: BorrowedFd<'_>, bufs: &mut [Vec<u8>], got: &mut Vec<Received>) -> io::Result<usize> {
         let n = bufs.len().min(self.msgs.len());
         for (i, b) in bufs.iter_mut().take(n).enumerate() {
             self.iovs[i] = libc::iovec { iov_base: b.as_mut_ptr() as *mut c_void, iov_len: b.len() };
@@ -248,12 +271,12 @@ impl RecvBatch {
             h.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
+            h.msg_control = self.controls[i].as_mut_ptr() as *mut c_void;
+            h.msg_controllen = size_of::<[u64; 4]>();
             h.msg_flags = 0;
         }
-        // SAFETY: each of the first `n` headers points at its own name and iovec, each iovec at a
-        // live buffer of the length given; all of them outlive the call.
+        // SAFETY: each of the first `n` headers points at its own name, iovec and control
+        // buffer, each iovec at a live buffer of the length given; all of them outlive the call.
         let r = unsafe {
             libc::recvmmsg(fd.as_raw_fd(), self.msgs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
         };
@@ -261,15 +284,36 @@ impl RecvBatch {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
         }
-        lens.clear();
-        from.clear();
+        got.clear();
         for i in 0..r as usize {
-            lens.push(self.msgs[i].msg_len as usize);
+            let h = &self.msgs[i].msg_hdr;
+            let mut len = self.msgs[i].msg_len as usize;
+            if h.msg_flags & libc::MSG_TRUNC != 0 {
+                tracing::debug!(len, "wireguard: a message longer than its buffer, dropped");
+                len = 0;
+            }
             let sa = &self.names[i];
-            from.push(SocketAddrV4::new(Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes()), u16::from_be(sa.sin_port)));
+            let from = SocketAddrV4::new(Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes()), u16::from_be(sa.sin_port));
+            got.push(Received { len, seg: gro_size(h).filter(|&s| s > 0).unwrap_or(len), from });
         }
         Ok(r as usize)
     }
+}
+
+/// The segment size in a received message's `UDP_GRO` control message.
+fn gro_size(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: `h` was filled by recvmmsg: the CMSG macros walk its control buffer within
+    // `msg_controllen`, and the data of a UDP_GRO message is one int.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                return Some(std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int) as usize);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
 }
 
 /// An epoll set (level-triggered, readable) whose events carry the token
@@ -333,7 +377,7 @@ mod tests {
 
     /// Loopback UDP only: nothing in the namespace is changed.
     fn bound() -> (OwnedFd, SocketAddrV4) {
-        let s = udp_socket(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 16).expect("a loopback socket");
+        let s = udp_socket(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 16, false).expect("a loopback socket");
         let port = local_port(s.as_fd()).expect("its port");
         (s, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
     }
@@ -349,7 +393,7 @@ mod tests {
         assert!(ready.is_empty(), "nothing sent yet: {ready:?}");
 
         let (mut batch, mut bufs) = (RecvBatch::new(4), vec![vec![0u8; 2048]; 8]);
-        let (mut lens, mut from) = (Vec::new(), Vec::new());
+        let mut got = Vec::new();
         for round in 0..2 {
             // Three datagrams to b, then once more to see the headers reused.
             for n in [10, 300, 1400] {
@@ -357,11 +401,11 @@ mod tests {
             }
             ep.wait(&mut ready, 5000).expect("waited");
             assert_eq!(ready, [9], "only b is readable");
-            assert_eq!(batch.recv(b.as_fd(), &mut bufs, &mut lens, &mut from).expect("received"), 3);
-            assert_eq!(lens, [10, 300, 1400]);
-            assert_eq!(from, [at_a; 3]);
+            assert_eq!(batch.recv(b.as_fd(), &mut bufs, &mut got).expect("received"), 3);
+            let want = [10, 300, 1400].map(|len| Received { len, seg: len, from: at_a });
+            assert_eq!(got, want, "no UDP_GRO asked: one datagram a message");
             assert!(bufs[2][..1400].iter().all(|&x| x == round as u8));
-            assert_eq!(batch.recv(b.as_fd(), &mut bufs, &mut lens, &mut from).expect("received"), 0, "drained");
+            assert_eq!(batch.recv(b.as_fd(), &mut bufs, &mut got).expect("received"), 0, "drained");
         }
 
         // Level-triggered: a datagram left unread keeps its socket ready; a removed one is not watched.
@@ -373,5 +417,47 @@ mod tests {
         ep.remove(a.as_fd()).expect("a removed");
         ep.wait(&mut ready, 0).expect("waited");
         assert!(ready.is_empty(), "a is no longer watched: {ready:?}");
+    }
+
+    #[test]
+    fn with_udp_gro_a_segmented_send_comes_as_one_message_that_splits_into_its_datagrams() {
+        let (a, at_a) = bound();
+        let grouped = udp_socket(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, true).expect("a GRO socket");
+        let at = SocketAddrV4::new(Ipv4Addr::LOCALHOST, local_port(grouped.as_fd()).expect("its port"));
+        let (single, at_single) = bound();
+        let data: Vec<u8> = (0..4 * 1000 + 300).map(|i| (i / 1000) as u8).collect();
+        for to in [at, at_single] {
+            assert_eq!(send(a.as_fd(), &data, to, Some(1000)).expect("sent"), data.len());
+        }
+        let (mut batch, mut bufs, mut got) = (RecvBatch::new(8), vec![vec![0u8; 65536]; 8], Vec::new());
+        let mut ep = Epoll::new(1).expect("an epoll set");
+        ep.add(grouped.as_fd(), 1).expect("added");
+        ep.wait(&mut Vec::new(), 5000).expect("waited");
+        assert_eq!(batch.recv(grouped.as_fd(), &mut bufs, &mut got).expect("received"), 1);
+        assert_eq!(got, [Received { len: data.len(), seg: 1000, from: at_a }], "one message, its segment size given");
+        let parts: Vec<&[u8]> = got[0].datagrams(&bufs[0]).collect();
+        assert_eq!(parts.iter().map(|d| d.len()).collect::<Vec<_>>(), [1000, 1000, 1000, 1000, 300]);
+        assert!(parts.iter().enumerate().all(|(i, d)| d.iter().all(|&x| x == i as u8)), "each in its place");
+
+        // Without UDP_GRO the same send comes as five datagrams.
+        let mut n = 0;
+        while n < 5 {
+            let mut ep = Epoll::new(1).expect("an epoll set");
+            ep.add(single.as_fd(), 1).expect("added");
+            ep.wait(&mut Vec::new(), 5000).expect("waited");
+            n += batch.recv(single.as_fd(), &mut bufs, &mut got).expect("received");
+            assert!(got.iter().all(|g| g.seg == g.len), "{got:?}");
+        }
+        assert_eq!(n, 5);
+
+        // A message longer than its buffer counts as empty.
+        send(a.as_fd(), &data[..3000], at_single, None).expect("sent");
+        let mut small = vec![vec![0u8; 2048]; 1];
+        let mut ep = Epoll::new(1).expect("an epoll set");
+        ep.add(single.as_fd(), 1).expect("added");
+        ep.wait(&mut Vec::new(), 5000).expect("waited");
+        assert_eq!(batch.recv(single.as_fd(), &mut small, &mut got).expect("received"), 1);
+        assert_eq!(got[0].len, 0);
+        assert_eq!(got[0].datagrams(&small[0]).count(), 0);
     }
 }
