@@ -22,8 +22,9 @@
 //!
 //! Threads, not tasks: `workers` threads, each polling its own queue of
 //! every network's TUN and its own UDP socket (`SO_REUSEPORT` on one port,
-//! `UDP_GRO` with offloads: a peer's segmented send arrives as one message,
-//! split here by its segment size);
+//! `UDP_GRO` with offloads: a peer's segmented send, or datagrams the
+//! kernel's GRO merged, arrive as one message, split here by its segment
+//! size);
 //! a timer thread drives each session's `update_timers` every 100 ms and
 //! starts handshakes with peers that have no session. A `Tunn` is behind a
 //! mutex of its own. The table (networks, peers, address maps) is rebuilt
@@ -106,7 +107,8 @@ const MAX_WORKERS: usize = 64;
 const STEER_GAP_NS: u32 = 5_000_000;
 /// Messages taken per `recvmmsg` (each one datagram, or several with `UDP_GRO`).
 const RX_BATCH: usize = 32;
-/// Datagrams a worker takes from its socket per wake-up before its TUN queues.
+/// Datagrams after which a worker takes no further batch from its socket in
+/// a wake-up, but turns to its TUN queues.
 const RX_WAKE: usize = 8 * RX_BATCH;
 /// Largest packet read from a TUN (a 64 KiB super-packet and its header).
 const TUN_BUF: usize = 65536 + gso::VNET_HDR_LEN;
@@ -405,6 +407,9 @@ impl Datapath {
         let ctx = |e: io::Error| io::Error::new(e.kind(), format!("wireguard socket on {}: {e}", cfg.listen));
         let first = sys::udp_socket(cfg.listen, SOCKET_BUF, cfg.offload).map_err(ctx)?;
         let port = sys::local_port(first.as_fd()).map_err(ctx)?;
+        if cfg.offload && !sys::udp_gro(first.as_fd()) {
+            tracing::info!("wireguard: the kernel has no UDP_GRO; each datagram is received alone");
+        }
         let mut sockets = vec![first];
         for _ in 1..workers {
             sockets.push(
@@ -754,7 +759,8 @@ fn worker(s: &Shared, w: usize, mut pin: Option<Pin>) {
         let woke = pin.as_ref().map(|_| Instant::now());
         for &token in &ready {
             if token == SOCKET_TOKEN {
-                // At most RX_WAKE datagrams, then the TUNs' turn (a stream's ACKs wait there).
+                // Batches until RX_WAKE datagrams, then the TUNs' turn (a stream's ACKs wait
+                // there); one batch of coalesced messages may hold up to 32 × 64.
                 let mut taken = 0;
                 while taken < RX_WAKE {
                     match st.batch.recv(sock, &mut st.rx, &mut st.got) {
