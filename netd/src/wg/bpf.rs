@@ -6,8 +6,10 @@
 //! the packet's flow had one less than a gap before, whose choice it then
 //! follows. A flow that pauses moves to the CPU of its next packet, so a
 //! request's hand-offs stay on one CPU; a flow in motion keeps its queue or
-//! socket, so it stays in order and its worker may move. The choices are
-//! an array map of slots (last time, choice) by a hash of the flow (on a
+//! socket, so it stays in order and its worker may move. The gap is longer
+//! for a stream (a flow whose packets come densely: `Gaps`), which may pause
+//! for its window while packets of it still wait. The choices are an array
+//! map of slots (last time, choice, dense) by a hash of the flow (on a
 //! TUN, the XOR of its two addresses; for the sockets, the kernel's hash of
 //! the datagram's addresses and ports: all of a peer host's datagrams are
 //! one flow, as they share one pair of addresses and ports).
@@ -123,11 +125,34 @@ fn call(helper: i32) -> u64 {
 
 const EXIT: u64 = 0x95;
 
+/// How long a flow keeps its choice after its last packet: `sparse_ns`,
+/// or `stream_ns` once its packets come less than `dense_ns` apart (a
+/// stream, whose pauses while it waits for its window must not move it
+/// while packets of it still wait), until one comes `dense_ns` or more
+/// after the one before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gaps {
+    pub dense_ns: u32,
+    pub sparse_ns: u32,
+    pub stream_ns: u32,
+}
+
+impl Gaps {
+    /// Every packet chooses anew.
+    pub const NONE: Gaps = Gaps { dense_ns: 0, sparse_ns: 0, stream_ns: 0 };
+
+    /// Every flow keeps its first choice for `ns`.
+    pub const fn every(ns: u32) -> Gaps {
+        Gaps { dense_ns: 0, sparse_ns: ns, stream_ns: ns }
+    }
+}
+
 /// The choice, with the flow's slot number in r7: r9 = the slot's choice if
-/// its last packet was less than `gap_ns` ago, else this CPU (modulo `n`
-/// when given), saved in the slot. r6 is kept.
-fn choose(slots: &OwnedFd, gap_ns: u32, n: Option<u32>) -> Vec<u64> {
-    let gap = gap_ns.min(i32::MAX as u32) as i32;
+/// its last packet was less than the flow's gap ago (`Gaps`), else this CPU
+/// (modulo `n` when given), saved in the slot. A slot is (last time: u64,
+/// choice: u32, dense: u32). r6 is kept.
+fn choose(slots: &OwnedFd, gaps: Gaps, n: Option<u32>) -> Vec<u64> {
+    let imm = |ns: u32| ns.min(i32::MAX as u32) as i32;
     let this_cpu = |p: &mut Vec<u64>| {
         p.push(call(GET_SMP_PROCESSOR_ID));
         if let Some(n) = n {
@@ -142,12 +167,24 @@ fn choose(slots: &OwnedFd, gap_ns: u32, n: Option<u32>) -> Vec<u64> {
     p.extend([
         op(0xbf, 8, 0, 0, 0), // r8 = the slot
         call(KTIME_GET_NS),
-        op(0x79, 1, 8, 0, 0), // r1 = slot.last
-        op(0x7b, 8, 0, 0, 0), // slot.last = now
-        op(0x1f, 0, 1, 0, 0), // r0 = now - last
+        op(0x79, 1, 8, 0, 0),                  // r1 = slot.last
+        op(0x7b, 8, 0, 0, 0),                  // slot.last = now
+        op(0x1f, 0, 1, 0, 0),                  // r0 = now - last
+        op(0x61, 1, 8, 12, 0),                 // r1 = slot.dense (before this packet)
+        op(0xb7, 2, 0, 0, 0),                  // r2 = 0
+        op(0x35, 0, 0, 1, imm(gaps.dense_ns)), // if r0 >= dense: skip the next
+        op(0xb7, 2, 0, 0, 1),                  // r2 = 1
+        op(0x63, 8, 2, 12, 0),                 // slot.dense = r2
     ]);
+    let sparse = p.len();
+    p.push(0); // if r1 == 0: the sparse gap
+    let stream_paused = p.len();
+    p.push(0); // if r0 > stream: this CPU
+    let stream_follows = p.len();
+    p.push(0); // goto follow
     let paused = p.len();
-    p.push(0); // if r0 > gap: this CPU
+    p.push(0); // if r0 > sparse: this CPU
+    let follow = p.len();
     p.push(op(0x61, 9, 8, 8, 0)); // r9 = slot.choice
     let followed = p.len();
     p.push(0); // goto the end
@@ -162,7 +199,10 @@ fn choose(slots: &OwnedFd, gap_ns: u32, n: Option<u32>) -> Vec<u64> {
     let end = p.len();
     let jump = |from: usize, to: usize| (to - from - 1) as i16;
     p[no_slot] = op(0x15, 0, 0, jump(no_slot, unsaved), 0);
-    p[paused] = op(0x25, 0, 0, jump(paused, resteer), gap);
+    p[sparse] = op(0x15, 1, 0, jump(sparse, paused), 0);
+    p[stream_paused] = op(0x25, 0, 0, jump(stream_paused, resteer), imm(gaps.stream_ns));
+    p[stream_follows] = op(0x05, 0, 0, jump(stream_follows, follow), 0);
+    p[paused] = op(0x25, 0, 0, jump(paused, resteer), imm(gaps.sparse_ns));
     p[followed] = op(0x05, 0, 0, jump(followed, end), 0);
     p[resteered] = op(0x05, 0, 0, jump(resteered, end), 0);
     p
@@ -174,7 +214,7 @@ fn slots() -> io::Result<OwnedFd> {
 
 /// The TUN's program (`tun::open_queues` attaches it; the kernel takes its
 /// result modulo the queues).
-pub fn tun_program(gap_ns: u32) -> io::Result<OwnedFd> {
+pub fn tun_program(gaps: Gaps) -> io::Result<OwnedFd> {
     let slots = slots()?;
     let mut p = vec![
         op(0xbf, 6, 1, 0, 0),         // r6 = ctx (the packet loads use it)
@@ -184,7 +224,7 @@ pub fn tun_program(gap_ns: u32) -> io::Result<OwnedFd> {
         op(0xaf, 7, 0, 0, 0),         // r7 ^= r0
         op(0x57, 7, 0, 0, SLOTS - 1), // r7 &= slots - 1
     ];
-    p.extend(choose(&slots, gap_ns, None));
+    p.extend(choose(&slots, gaps, None));
     p.extend([op(0xbf, 0, 9, 0, 0), EXIT]); // return r9
     load(BPF_PROG_TYPE_SOCKET_FILTER, &p)
 }
@@ -192,7 +232,7 @@ pub fn tun_program(gap_ns: u32) -> io::Result<OwnedFd> {
 /// Steers the datagrams of the `SO_REUSEPORT` group `sockets` (bound, in
 /// this order) to socket `cpu mod sockets.len()`, a flow in motion (its
 /// addresses and ports) keeping its socket.
-pub fn steer_sockets(sockets: &[BorrowedFd<'_>], gap_ns: u32) -> io::Result<()> {
+pub fn steer_sockets(sockets: &[BorrowedFd<'_>], gaps: Gaps) -> io::Result<()> {
     let Some(first) = sockets.first() else { return Ok(()) };
     let slots = slots()?;
     let group = map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, sockets.len() as u32)?;
@@ -214,7 +254,7 @@ pub fn steer_sockets(sockets: &[BorrowedFd<'_>], gap_ns: u32) -> io::Result<()> 
         op(0x61, 7, 6, REUSEPORT_MD_HASH, 0), // r7 = the datagram's hash
         op(0x57, 7, 0, 0, SLOTS - 1),         // r7 &= slots - 1
     ];
-    p.extend(choose(&slots, gap_ns, Some(sockets.len() as u32)));
+    p.extend(choose(&slots, gaps, Some(sockets.len() as u32)));
     p.push(op(0x63, 10, 9, -8, 0)); // the socket's index on the stack
     p.push(op(0xbf, 1, 6, 0, 0)); // r1 = ctx
     p.extend(load_map(2, &group));
@@ -277,19 +317,20 @@ mod tests {
         found
     }
 
-    /// A group of two loopback sockets on one port, steered with `gap_ns`.
-    fn group(gap_ns: u32) -> (Vec<OwnedFd>, SocketAddrV4) {
+    /// A group of two loopback sockets on one port, steered with `gaps`.
+    fn group(gaps: Gaps) -> (Vec<OwnedFd>, SocketAddrV4) {
         let first = sys::udp_socket(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 16, false).expect("a socket");
         let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, sys::local_port(first.as_fd()).expect("its port"));
         let second = sys::udp_socket(to, 1 << 16, false).expect("a second socket on the port");
-        steer_sockets(&[first.as_fd(), second.as_fd()], gap_ns).expect("the program attaches");
+        steer_sockets(&[first.as_fd(), second.as_fd()], gaps).expect("the program attaches");
         (vec![first, second], to)
     }
 
     #[test]
     fn the_tun_program_passes_the_verifier() {
         if can_load() {
-            tun_program(500_000).expect("the TUN steering program loads");
+            tun_program(Gaps { dense_ns: 1_000_000, sparse_ns: 5_000_000, stream_ns: 20_000_000 })
+                .expect("the TUN steering program loads");
         }
     }
 
@@ -300,18 +341,42 @@ mod tests {
             return;
         }
         // No gap: each datagram to its CPU's socket.
-        let (sockets, to) = group(0);
+        let (sockets, to) = group(Gaps::NONE);
         let new_port = || UdpSocket::bind("127.0.0.1:0").expect("a sender");
         for (tag, cpu) in [(1, 1), (2, 0), (3, 1), (4, 0)] {
             send_from(cpu, &new_port(), to, tag);
             assert_eq!(holders(&sockets, tag), vec![cpu], "datagram {tag} sent from CPU {cpu}");
         }
         // A gap longer than the test: a flow (one sender's port) keeps its first socket.
-        let (sockets, to) = group(2_000_000_000);
+        let (sockets, to) = group(Gaps::every(2_000_000_000));
         let sender = UdpSocket::bind("127.0.0.1:0").expect("a sender");
         for (tag, cpu) in [(5, 1), (6, 0), (7, 1), (8, 0)] {
             send_from(cpu, &sender, to, tag);
             assert_eq!(holders(&sockets, tag), vec![1], "datagram {tag} of the flow in motion, from CPU {cpu}");
+        }
+    }
+
+    /// A flow whose packets come densely keeps its socket for the stream's
+    /// gap; one that does not, for the sparse gap only.
+    #[test]
+    fn a_dense_flow_keeps_its_socket_for_the_streams_gap() {
+        if !can_load() {
+            return;
+        }
+        // Every two datagrams of the test count as dense; no sparse gap, a stream's as long as
+        // the test: the first two choose their CPU's socket (the flow is not dense before the
+        // second), the rest follow the second.
+        let (sockets, to) = group(Gaps { dense_ns: 2_000_000_000, sparse_ns: 0, stream_ns: 2_000_000_000 });
+        let sender = UdpSocket::bind("127.0.0.1:0").expect("a sender");
+        for (tag, cpu, want) in [(1, 1, 1), (2, 0, 0), (3, 1, 0), (4, 1, 0), (5, 0, 0)] {
+            send_from(cpu, &sender, to, tag);
+            assert_eq!(holders(&sockets, tag), vec![want], "datagram {tag}, from CPU {cpu}");
+        }
+        // Never dense: the stream's gap does not apply.
+        let (sockets, to) = group(Gaps { dense_ns: 0, sparse_ns: 0, stream_ns: 2_000_000_000 });
+        for (tag, cpu) in [(6, 1), (7, 0), (8, 1), (9, 0)] {
+            send_from(cpu, &sender, to, tag);
+            assert_eq!(holders(&sockets, tag), vec![cpu], "datagram {tag}, from CPU {cpu}");
         }
     }
 }

@@ -36,7 +36,7 @@
 //! * `Cpu` (the default): a worker per CPU, pinned to it; programs on the
 //!   socket group and on each TUN (`bpf`) hand a datagram or packet to the
 //!   worker of the CPU that handles it, unless its flow is in motion (a
-//!   packet less than `STEER_GAP_NS` before), which keeps its socket or
+//!   packet less than `STEER_GAPS` before), which keeps its socket or
 //!   queue and so its order. A round trip's hand-offs then wake a thread
 //!   on the CPU already running instead of another (on a VM, a halted
 //!   vCPU: ~15–30 µs each, and cold caches). A worker busy more than half
@@ -54,7 +54,9 @@
 //! (47–67 µs against 56–59); one TCP stream 3.2–3.5 Gbit/s, as with
 //! `Flow`, without retransmits. With a gap of 0.5 ms a stream paused longer
 //! than that now and then (waiting for its window) and moved while packets
-//! of it still waited: 2.2–2.8 Gbit/s and 4,000–6,000 retransmits a run.
+//! of it still waited: 2.2–2.8 Gbit/s and 4,000–6,000 retransmits a run;
+//! with 5 ms, four streams still retransmitted (94–2,194) in about one 3 s
+//! transfer in three, and with 20 ms for streams alone in 1 of 6 (188).
 //!
 //! Latency with `Flow`: a round trip wakes a worker on each host each way;
 //! those wake-ups, not the worker's own work (~3 µs a packet), are the
@@ -103,8 +105,12 @@ const KICK_EVERY: Duration = Duration::from_secs(2);
 const SOCKET_BUF: usize = 8 << 20;
 /// Workers at most (one per CPU with `Steer::Cpu`).
 const MAX_WORKERS: usize = 64;
-/// How long a flow must pause before its packets may go to another queue.
-const STEER_GAP_NS: u32 = 5_000_000;
+/// How long a flow must pause before its packets may go to another queue or
+/// socket: 5 ms, or 20 ms for a stream (packets less than 1 ms apart). A
+/// sparse request (a ping every 10 ms) still goes to its CPU's worker each
+/// time; a stream waiting for its window does not move while packets of it
+/// still wait (with 5 ms for all, four streams retransmitted now and then).
+const STEER_GAPS: bpf::Gaps = bpf::Gaps { dense_ns: 1_000_000, sparse_ns: 5_000_000, stream_ns: 20_000_000 };
 /// Messages taken per `recvmmsg` (each one datagram, or several with `UDP_GRO`).
 const RX_BATCH: usize = 32;
 /// Datagrams after which a worker takes no further batch from its socket in
@@ -395,7 +401,7 @@ impl Datapath {
         // Loaded before the sockets are made: a kernel that refuses it gets `Flow` whole.
         let tun_program = match cfg.steer {
             Steer::Flow => None,
-            Steer::Cpu => bpf::tun_program(STEER_GAP_NS)
+            Steer::Cpu => bpf::tun_program(STEER_GAPS)
                 .inspect_err(|e| tracing::warn!(error = %e, "wireguard: cannot steer packets by CPU; the kernel's flow hashes will"))
                 .ok(),
         };
@@ -419,7 +425,7 @@ impl Datapath {
         // Nothing is attached unless all of it is: then the kernel's hashes pick among the sockets.
         let steering = tun_program.filter(|_| {
             let group: Vec<_> = sockets.iter().map(|s| s.as_fd()).collect();
-            bpf::steer_sockets(&group, STEER_GAP_NS)
+            bpf::steer_sockets(&group, STEER_GAPS)
                 .inspect_err(|e| tracing::warn!(error = %e, "wireguard: cannot steer datagrams by CPU; the kernel's hashes will"))
                 .is_ok()
         });
