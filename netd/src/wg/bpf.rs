@@ -368,7 +368,15 @@ mod tests {
         // second), the rest follow the second.
         let (sockets, to) = group(Gaps { dense_ns: 2_000_000_000, sparse_ns: 0, stream_ns: 2_000_000_000 });
         let sender = UdpSocket::bind("127.0.0.1:0").expect("a sender");
-        for (tag, cpu, want) in [(1, 1, 1), (2, 0, 0), (3, 1, 0), (4, 1, 0), (5, 0, 0)] {
+        for (tag, cpu, want) in [(1, 1, 1), (2, 0, 0), (3, 1, 0), (4, 1, 0), (5, 1, 0)] {
+            send_from(cpu, &sender, to, tag);
+            assert_eq!(holders(&sockets, tag), vec![want], "datagram {tag}, from CPU {cpu}");
+        }
+        // A dense flow past the stream's gap chooses anew, though the sparse gap would have
+        // kept it: the first datagram chooses, the second follows (and makes the flow dense),
+        // the third, dense and past a stream gap of 0, goes to its CPU's socket.
+        let (sockets, to) = group(Gaps { dense_ns: 2_000_000_000, sparse_ns: 2_000_000_000, stream_ns: 0 });
+        for (tag, cpu, want) in [(10, 1, 1), (11, 0, 1), (12, 0, 0)] {
             send_from(cpu, &sender, to, tag);
             assert_eq!(holders(&sockets, tag), vec![want], "datagram {tag}, from CPU {cpu}");
         }

@@ -36,7 +36,7 @@
 //! * `Cpu` (the default): a worker per CPU, pinned to it; programs on the
 //!   socket group and on each TUN (`bpf`) hand a datagram or packet to the
 //!   worker of the CPU that handles it, unless its flow is in motion (a
-//!   packet less than `STEER_GAPS` before), which keeps its socket or
+//!   packet within its gap before, `STEER_GAPS`), which keeps its socket or
 //!   queue and so its order. A round trip's hand-offs then wake a thread
 //!   on the CPU already running instead of another (on a VM, a halted
 //!   vCPU: ~15–30 µs each, and cold caches). A worker busy more than half
@@ -106,10 +106,14 @@ const SOCKET_BUF: usize = 8 << 20;
 /// Workers at most (one per CPU with `Steer::Cpu`).
 const MAX_WORKERS: usize = 64;
 /// How long a flow must pause before its packets may go to another queue or
-/// socket: 5 ms, or 20 ms for a stream (packets less than 1 ms apart). A
-/// sparse request (a ping every 10 ms) still goes to its CPU's worker each
-/// time; a stream waiting for its window does not move while packets of it
-/// still wait (with 5 ms for all, four streams retransmitted now and then).
+/// socket: 5 ms, or 20 ms for a stream (its last two packets less than 1 ms
+/// apart). A sparse exchange of one packet each way (a ping every 10 ms, on
+/// a peer with no other traffic) still goes to its CPU's worker each time;
+/// a stream waiting for its window does not move while packets of it still
+/// wait (with 5 ms for all, four streams retransmitted now and then). A
+/// request of several packets, or one beside a stream to the same peer
+/// (whose datagrams share one slot), keeps the earlier choice for up to
+/// 20 ms.
 const STEER_GAPS: bpf::Gaps = bpf::Gaps { dense_ns: 1_000_000, sparse_ns: 5_000_000, stream_ns: 20_000_000 };
 /// Messages taken per `recvmmsg` (each one datagram, or several with `UDP_GRO`).
 const RX_BATCH: usize = 32;
