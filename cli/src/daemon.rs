@@ -44,8 +44,8 @@ pub struct NetdArgs {
     /// How encrypted overlays share packets out among netd's WireGuard workers: `cpu` (a worker
     /// pinned to each CPU takes the packets that CPU handles, so a request's hand-offs stay on one
     /// CPU: the lowest latency; a busy worker lets go of its CPU) or `flow` (the kernel's flow
-    /// hashes choose and the scheduler places the workers: a stream without retransmits from
-    /// reordering, and the highest single-stream throughput on a machine of few CPUs).
+    /// hashes choose and the scheduler places the workers: no retransmits from reordering with
+    /// several streams, for about three times the latency of a sparse request).
     #[arg(long, value_enum, default_value_t = WgSteering::Cpu)]
     pub wg_steering: WgSteering,
 }

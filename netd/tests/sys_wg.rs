@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use shoal_netd::sys;
-use shoal_netd::wg::bpf::Gaps;
+use shoal_netd::wg::bpf::{self, Gaps};
 use shoal_netd::wg::{Datapath, DatapathConfig, StaticKeys, Steer, WgNetwork, WgPeer, tun};
 
 mod common;
@@ -768,7 +768,7 @@ fn a_tun_packet_goes_to_its_cpus_queue_unless_its_flow_is_in_motion() {
             .expect("the sender");
         };
         // No gap: each packet goes to the queue of the CPU that sent it.
-        let prog = shoal_netd::wg::bpf::tun_program(Gaps::NONE).expect("the program");
+        let prog = bpf::tun_program(Gaps::NONE).expect("the program");
         let (queues, _) = tun::open_queues(&ns.path, "st0", 2, false, Some(prog.as_fd())).expect("two queues");
         for (tag, cpu) in [(1, 1), (2, 0), (3, 1), (4, 0)] {
             send(cpu, tag);
@@ -776,7 +776,7 @@ fn a_tun_packet_goes_to_its_cpus_queue_unless_its_flow_is_in_motion() {
         }
         drop(queues);
         // A gap longer than the test: the flow stays on its first packet's queue.
-        let prog = shoal_netd::wg::bpf::tun_program(Gaps::every(2_000_000_000)).expect("the program");
+        let prog = bpf::tun_program(Gaps::every(2_000_000_000)).expect("the program");
         let (queues, _) = tun::open_queues(&ns.path, "st0", 2, false, Some(prog.as_fd())).expect("two queues");
         send(1, 5);
         assert_eq!(queue_of(&queues, 5), vec![1], "the flow's first packet, from CPU 1");
@@ -788,7 +788,7 @@ fn a_tun_packet_goes_to_its_cpus_queue_unless_its_flow_is_in_motion() {
         // Opened without a program (a datapath of `Steer::Flow` after one of `Cpu`): the one
         // attached (with no gap: it would follow the CPUs) is removed, and the kernel's flow
         // table keeps the flow on one queue.
-        let prog = shoal_netd::wg::bpf::tun_program(Gaps::NONE).expect("the program");
+        let prog = bpf::tun_program(Gaps::NONE).expect("the program");
         drop(tun::open_queues(&ns.path, "st0", 2, false, Some(prog.as_fd())).expect("two queues"));
         let (queues, _) = tun::open_queues(&ns.path, "st0", 2, false, None).expect("two queues");
         send(1, 9);
