@@ -2,8 +2,9 @@
 //! manager the cluster's networks (`-d overlay`, `-d macvlan`), which the managers keep.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use shoal_proto::network::{ENCRYPTED_OPTION, MTU_OPTION, Network, NetworkSpec, VXLANID_OPTION};
 use shoal_proto::pb;
@@ -20,7 +21,8 @@ type Control = shoal_proto::pb::control_client::ControlClient<tonic::transport::
 #[derive(Subcommand, Debug)]
 pub enum NetworkCmd {
     Create {
-        /// bridge: this node's own network; overlay: a cluster network (on a manager).
+        /// bridge: this node's own network; overlay: a cluster network (on a manager); macvlan:
+        /// a cluster network on the hosts' own LAN (on a manager).
         #[arg(short, long, value_enum, default_value_t = Driver::Bridge)]
         driver: Driver,
         #[arg(long)]
@@ -29,10 +31,15 @@ pub enum NetworkCmd {
         gateway: Option<String>,
         #[arg(long)]
         ip_range: Option<String>,
+        /// Overlay, macvlan: an address of the subnet never handed out, NAME=IP (repeatable;
+        /// a router or a host already on a macvlan network's LAN).
+        #[arg(long = "aux-address", value_name = "NAME=IP")]
+        aux_address: Vec<String>,
         /// No traffic in or out, only between its containers.
         #[arg(long)]
         internal: bool,
-        /// Driver options: icc=false (or com.docker.network.bridge.enable_icc=false), mtu=N.
+        /// Driver options: mtu=N; bridge: icc=false (or com.docker.network.bridge.enable_icc=false);
+        /// overlay: encrypted; macvlan: parent=IFACE, host-access=true, arp-probe=true.
         #[arg(short = 'o', long = "opt")]
         opt: Vec<String>,
         /// The MTU of the network's links (also -o mtu=N).
@@ -197,6 +204,20 @@ pub async fn run(cli: &Cli, cmd: &NetworkCmd) -> anyhow::Result<()> {
     network(cli, &mut client::engine(cli).await?, cmd).await
 }
 
+/// `--aux-address NAME=IP` flags (Docker's), by name.
+fn aux_addresses(flags: &[String]) -> anyhow::Result<BTreeMap<String, Ipv4Addr>> {
+    let mut aux = BTreeMap::new();
+    for f in flags {
+        let (name, ip) = f.split_once('=').with_context(|| format!("invalid --aux-address {f:?}: use NAME=IP"))?;
+        let ip =
+            ip.parse().map_err(|_| anyhow::anyhow!("invalid --aux-address {f:?}: {ip:?} is not an IPv4 address"))?;
+        if aux.insert(name.to_string(), ip).is_some() {
+            bail!("--aux-address {name} is given twice: one address per name");
+        }
+    }
+    Ok(aux)
+}
+
 /// The flags of `network create -d overlay` as the spec the managers store.
 #[allow(clippy::too_many_arguments)]
 fn overlay_spec(
@@ -258,6 +279,11 @@ fn cluster_doc(n: &Network) -> serde_json::Value {
     }
     if let Some(r) = n.spec.ipam.ip_range {
         config.insert("IPRange".into(), r.to_string().into());
+    }
+    if !n.spec.ipam.aux_addresses.is_empty() {
+        let aux: serde_json::Map<String, serde_json::Value> =
+            n.spec.ipam.aux_addresses.iter().map(|(k, ip)| (k.clone(), ip.to_string().into())).collect();
+        config.insert("AuxiliaryAddresses".into(), aux.into());
     }
     let mut options = BTreeMap::new();
     if let Some(a) = &n.alloc {
@@ -371,6 +397,7 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             subnet,
             gateway,
             ip_range,
+            aux_address,
             internal,
             opt,
             mtu,
@@ -381,7 +408,9 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             ..
         } => {
             let make = if *driver == Driver::Macvlan { macvlan_spec } else { overlay_spec };
-            let spec = make(name, subnet, gateway, ip_range, *internal, *attachable, *ingress, label, opt, *mtu)?;
+            let mut spec = make(name, subnet, gateway, ip_range, *internal, *attachable, *ingress, label, opt, *mtu)?;
+            spec.ipam.aux_addresses = aux_addresses(aux_address)?;
+            spec.validate().map_err(anyhow::Error::msg)?;
             let spec_json = serde_json::to_string(&spec)?;
             let r = client::control(cli)
                 .await?
@@ -395,6 +424,7 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             subnet,
             gateway,
             ip_range,
+            aux_address,
             internal,
             opt,
             mtu,
@@ -406,6 +436,12 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
         } => {
             if *attachable || *ingress {
                 bail!("--attachable and --ingress apply to overlay networks: add -d overlay");
+            }
+            if !aux_address.is_empty() {
+                bail!(
+                    "--aux-address applies to cluster networks (-d overlay, -d macvlan): a bridge network hands out \
+                     addresses from --ip-range only, so keep the addresses it must not give outside that range"
+                );
             }
             if !label.is_empty() {
                 bail!("--label is not supported for bridge networks yet");
@@ -654,6 +690,29 @@ mod tests {
     }
 
     #[test]
+    fn aux_addresses_are_named_addresses_shown_as_dockers_auxiliary_addresses() {
+        let flags = |f: &[&str]| aux_addresses(&f.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let aux = flags(&["my-router=10.98.0.193", "nas=10.98.0.200"]).expect("aux");
+        assert_eq!(aux.len(), 2);
+        assert_eq!(aux["my-router"], Ipv4Addr::new(10, 98, 0, 193));
+        for (f, why) in [
+            (&["router"][..], "use NAME=IP"),
+            (&["router=10.98.0"][..], "not an IPv4 address"),
+            (&["r=10.98.0.5", "r=10.98.0.6"][..], "given twice"),
+        ] {
+            let e = flags(f).expect_err("refused").to_string();
+            assert!(e.contains(why), "{f:?}: {e}");
+        }
+        let mut spec = lan(&["parent=eth0"], false).expect("spec");
+        spec.ipam.aux_addresses = aux;
+        let n = Network { id: "n".into(), meta: Default::default(), spec, alloc: None };
+        assert_eq!(
+            cluster_doc(&n)["IPAM"]["Config"][0]["AuxiliaryAddresses"],
+            serde_json::json!({"my-router": "10.98.0.193", "nas": "10.98.0.200"})
+        );
+    }
+
+    #[test]
     fn dockers_macvlan_recipes_are_answered() {
         let (none, swarm, local) = (None, Some("swarm".to_string()), Some("local".to_string()));
         assert!(docker_recipes(Driver::Macvlan, false, &None, &swarm).is_ok(), "--scope swarm: a no-op");
@@ -702,6 +761,7 @@ mod tests {
             gateway: "10.0.2.1".parse().expect("ip"),
             range: subnet,
             mtu: 1450,
+            reserved: vec![],
         });
         let d = cluster_doc(&n);
         assert_eq!(d["IPAM"]["Config"], serde_json::json!([{"Subnet": "10.0.2.0/24", "Gateway": "10.0.2.1"}]));

@@ -239,6 +239,7 @@ fn plan_networks(state: &State) -> Vec<AllocChange> {
             gateway,
             range: spec.ipam.ip_range.unwrap_or(subnet),
             mtu: spec.mtu.unwrap_or(default_mtu),
+            reserved: spec.ipam.reserved(),
         };
         if vni != MACVLAN_VNI {
             vnis.insert(vni);
@@ -608,6 +609,53 @@ mod tests {
         assert_eq!(apply(&mut s, i, update), Response::Ok);
         assert_eq!(vips(&s, "web"), vec![("db".into(), "10.0.0.2".into())]);
         assert_eq!(s.held().addr("app", "10.0.3.2".parse().unwrap()), None);
+        let mut fresh = s.clone();
+        fresh.reindex();
+        assert_eq!(fresh.held(), s.held());
+    }
+
+    /// `--aux-address`: reserved addresses are never handed out, to a VIP,
+    /// a task or a container (nor taken by an entry that names one, or by
+    /// `--ip`), and the network is full when only they are left.
+    #[test]
+    fn aux_addresses_are_never_handed_out() {
+        let mut s = world(ClusterNet::default());
+        let mut i = 1;
+        let ip = |x: &str| -> Ipv4Addr { x.parse().unwrap() };
+        create(&mut s, 2, "app", |sp| {
+            sp.attachable = true;
+            sp.ipam.subnet = Some(sub("10.0.3.0/24"));
+            sp.ipam.ip_range = Some(sub("10.0.3.128/29"));
+            sp.ipam.aux_addresses = [("router", "10.0.3.129"), ("nas", "10.0.3.131"), ("printer", "10.0.3.5")]
+                .map(|(k, v)| (k.into(), ip(v)))
+                .into();
+        });
+        i += 1;
+        allocate(&mut s, &mut i);
+        let reserved = s.networks["app"].alloc.as_ref().map(|a| a.reserved.clone());
+        assert_eq!(reserved, Some(vec![ip("10.0.3.5"), ip("10.0.3.129"), ip("10.0.3.131")]));
+        // A forged entry naming a reserved address is refused.
+        service(&mut s, &mut i, "web", &["app"], EndpointMode::Vip, &["t1", "t2", "t3", "t4", "t5"]);
+        let forged = vec![AllocChange::TaskAddr { id: "t1".into(), network: "app".into(), addr: ip("10.0.3.129") }];
+        i += 1;
+        let (_, keys) = s.apply(i, &Request { at_ms: i, cmd: Command::Allocate { changes: forged } });
+        assert!(keys.is_empty(), "10.0.3.129 is the router's");
+        // .128-.135 less the two reserved: six for the VIP and five tasks.
+        allocate(&mut s, &mut i);
+        let mut got: Vec<Ipv4Addr> =
+            ["t1", "t2", "t3", "t4", "t5"].iter().filter_map(|t| addr(&s, t, "app")).map(|a| ip(&a)).collect();
+        got.extend(s.services["web"].vips.iter().map(|v| v.addr));
+        got.sort();
+        let want: Vec<Ipv4Addr> = ["128", "130", "132", "133", "134", "135"].map(|x| ip(&format!("10.0.3.{x}"))).into();
+        assert_eq!(got, want);
+        assert!(s.network_full("app"), "only reserved addresses are left");
+        // `run --ip` of a reserved address says whose it is.
+        i += 1;
+        let r = apply(&mut s, i, attach("app", "n1", "c1", Some("10.0.3.131")));
+        assert!(
+            matches!(&r, Response::Rejected(w) if w.contains("address 10.0.3.131 is reserved on network app (--aux-address nas=10.0.3.131)")),
+            "{r:?}"
+        );
         let mut fresh = s.clone();
         fresh.reindex();
         assert_eq!(fresh.held(), s.held());

@@ -330,7 +330,14 @@ pub(crate) mod tests {
 
     fn network(s: &mut State, id: &str, subnet: &str, vni: u32) {
         let sub: shoal_proto::net::Subnet = subnet.parse().expect("subnet");
-        let alloc = NetworkAlloc { vni, subnet: sub, gateway: sub.nth(1).expect("gw"), range: sub, mtu: 1450 };
+        let alloc = NetworkAlloc {
+            vni,
+            subnet: sub,
+            gateway: sub.nth(1).expect("gw"),
+            range: sub,
+            mtu: 1450,
+            reserved: vec![],
+        };
         let name = if id == APP { "app" } else { "db" };
         let spec = NetworkSpec { name: name.into(), ..Default::default() };
         s.networks.insert(id.into(), Network { id: id.into(), meta: Meta::default(), spec, alloc: Some(alloc) });
@@ -467,7 +474,8 @@ pub(crate) mod tests {
         use TaskState::{Running, Starting};
         let mut s = world();
         let sub: shoal_proto::net::Subnet = "10.255.0.0/16".parse().expect("subnet");
-        let alloc = NetworkAlloc { vni: 4096, subnet: sub, gateway: ip("10.255.0.1"), range: sub, mtu: 1450 };
+        let alloc =
+            NetworkAlloc { vni: 4096, subnet: sub, gateway: ip("10.255.0.1"), range: sub, mtu: 1450, reserved: vec![] };
         let spec = NetworkSpec { name: "ingress".into(), ingress: true, ..Default::default() };
         s.networks.insert(ING.into(), Network { id: ING.into(), meta: Meta::default(), spec, alloc: Some(alloc) });
         for (n, a) in [("n1", "10.255.0.2"), ("n2", "10.255.0.3"), ("n5", "10.255.0.4")] {

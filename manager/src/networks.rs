@@ -10,7 +10,7 @@
 //! cannot hand anything out twice: its change is refused, the rest of its
 //! batch applies.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -271,13 +271,15 @@ fn service_addrs(networks: &BTreeMap<String, Network>, s: &Service) -> Vec<(Stri
 }
 
 /// Whether `addr` may be handed out on a network allocated `a`: inside its
-/// range, and neither the subnet's network nor its broadcast address.
+/// range, and neither the subnet's network, broadcast or gateway address
+/// nor one it reserves (`--aux-address`).
 pub fn assignable(a: &NetworkAlloc, addr: Ipv4Addr) -> bool {
     a.subnet.contains(addr)
         && a.range.contains(addr)
         && addr != a.subnet.network()
         && addr != a.subnet.broadcast()
         && addr != a.gateway
+        && a.reserved.binary_search(&addr).is_err()
 }
 
 /// The next free address of a network allocated `a` after `after`
@@ -332,8 +334,12 @@ impl State {
     /// Whether an allocated network has no address left to hand out.
     pub fn network_full(&self, id: &str) -> bool {
         let Some(a) = self.networks.get(id).and_then(|n| n.alloc.as_ref()) else { return false };
-        let reserved = [a.subnet.network(), a.subnet.broadcast(), a.gateway];
-        let in_range = a.range.size() - reserved.iter().filter(|r| a.range.contains(**r)).count() as u64;
+        let never: BTreeSet<Ipv4Addr> = [a.subnet.network(), a.subnet.broadcast(), a.gateway]
+            .into_iter()
+            .chain(a.reserved.iter().copied())
+            .filter(|r| a.range.contains(*r))
+            .collect();
+        let in_range = a.range.size() - never.len() as u64;
         let lo = (id.to_string(), a.range.network());
         let hi = (id.to_string(), a.range.broadcast());
         let held = self.held.addrs.range(lo..=hi).filter(|((_, ip), _)| assignable(a, *ip)).count() as u64;
@@ -397,6 +403,11 @@ impl State {
             return Err(format!("container {} is already attached to network {name} ({})", ask.name, a.id));
         }
         if let Some(want) = ask.want {
+            if let Some((aux, _)) = n.spec.ipam.aux_addresses.iter().find(|(_, ip)| **ip == want) {
+                return Err(format!(
+                    "address {want} is reserved on network {name} (--aux-address {aux}={want}): ask for another, or none"
+                ));
+            }
             if let Some(alloc) = &n.alloc
                 && !assignable(alloc, want)
             {
@@ -804,6 +815,7 @@ fn alloc_fits(spec: &NetworkSpec, a: &NetworkAlloc) -> bool {
         && spec.ipam.gateway.is_none_or(|g| g == a.gateway)
         && spec.ipam.ip_range.is_none_or(|r| r == a.range)
         && spec.mtu.is_none_or(|m| m == a.mtu)
+        && a.reserved == spec.ipam.reserved()
         && a.subnet.contains(a.gateway)
         && a.subnet.contains(a.range.network())
         && a.range.prefix() >= a.subnet.prefix()
@@ -862,7 +874,7 @@ mod tests {
 
     fn alloc(vni: u32, subnet: &str) -> NetworkAlloc {
         let s = sub(subnet);
-        NetworkAlloc { vni, subnet: s, gateway: s.nth(1).expect("host"), range: s, mtu: 1450 }
+        NetworkAlloc { vni, subnet: s, gateway: s.nth(1).expect("host"), range: s, mtu: 1450, reserved: vec![] }
     }
 
     fn run(s: &mut State, index: u64, cmd: Command) -> Response {

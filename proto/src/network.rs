@@ -92,6 +92,18 @@ pub struct IpamSpec {
     pub gateway: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_range: Option<Subnet>,
+    /// `--aux-address NAME=IP`: addresses of the subnet never handed out
+    /// (a router, a host or a printer already on a macvlan network's LAN).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, Ipv4Addr>,
+}
+
+impl IpamSpec {
+    /// The auxiliary addresses, sorted and each once: what an allocation reserves.
+    pub fn reserved(&self) -> Vec<Ipv4Addr> {
+        let set: std::collections::BTreeSet<Ipv4Addr> = self.aux_addresses.values().copied().collect();
+        set.into_iter().collect()
+    }
 }
 
 /// What the user asked for (`network create -d overlay ...`).
@@ -142,8 +154,8 @@ impl NetworkSpec {
         }
         let ipam = &self.ipam;
         match ipam.subnet {
-            None if ipam.gateway.is_some() || ipam.ip_range.is_some() => {
-                return Err("--gateway and --ip-range need --subnet".into());
+            None if ipam.gateway.is_some() || ipam.ip_range.is_some() || !ipam.aux_addresses.is_empty() => {
+                return Err("--gateway, --ip-range and --aux-address need --subnet".into());
             }
             None => {}
             Some(subnet) => {
@@ -159,6 +171,14 @@ impl NetworkSpec {
                     && (!subnet.contains(range.network()) || range.prefix() < subnet.prefix())
                 {
                     return Err(format!("ip range {range} does not lie inside subnet {subnet}"));
+                }
+                for (name, ip) in &ipam.aux_addresses {
+                    if name.is_empty() {
+                        return Err(format!("--aux-address ={ip} has no name: use NAME={ip}"));
+                    }
+                    if !subnet.contains(*ip) || *ip == subnet.network() || *ip == subnet.broadcast() {
+                        return Err(format!("aux address {name}={ip} is not a host address of subnet {subnet}"));
+                    }
                 }
             }
         }
@@ -232,6 +252,19 @@ pub fn parent_label(network: &str) -> String {
     format!("shoal.net.{network}.parent")
 }
 
+/// What to do about a macvlan parent no node has that names a VLAN
+/// sub-interface (`eth0.10`), which Docker makes and Shoal does not.
+pub fn vlan_hint(parent: &str) -> Option<String> {
+    let (base, id) = parent.rsplit_once('.')?;
+    let id: u16 = id.parse().ok().filter(|i| (1..=4094).contains(i))?;
+    (!base.is_empty()).then(|| {
+        format!(
+            "Shoal makes no VLAN sub-interface as Docker does: make {parent} on the nodes \
+             (ip link add link {base} name {parent} type vlan id {id})"
+        )
+    })
+}
+
 /// An interface name the kernel takes: 1 to 15 bytes, no `/`, `:` or blank.
 pub fn validate_iface(name: &str) -> Result<(), String> {
     let bad = |c: char| c == '/' || c == ':' || c.is_whitespace() || c.is_control();
@@ -272,6 +305,9 @@ pub struct NetworkAlloc {
     /// Where task addresses come from (inside `subnet`).
     pub range: Subnet,
     pub mtu: u32,
+    /// Addresses never handed out: the spec's auxiliary ones, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved: Vec<Ipv4Addr>,
 }
 
 /// A pool the allocator carves networks from: `--default-addr-pool` with
@@ -616,6 +652,7 @@ mod tests {
                 subnet: subnet.map(s),
                 gateway: gw.map(|g| g.parse().expect("ip")),
                 ip_range: range.map(s),
+                aux_addresses: BTreeMap::new(),
             },
             mtu,
             ..Default::default()
@@ -642,6 +679,26 @@ mod tests {
             (spec("a", None, None, None, Some(20)), "mtu 20 is out of range"),
         ];
         for (b, why) in bad {
+            let err = b.validate().expect_err("refused");
+            assert!(err.contains(why), "{b:?}: {err}");
+        }
+        let aux = |pairs: &[(&str, &str)], subnet: Option<&str>| {
+            let mut n = spec("a", subnet, None, None, None);
+            n.ipam.aux_addresses = pairs.iter().map(|(k, v)| (k.to_string(), v.parse().expect("ip"))).collect();
+            n
+        };
+        let both = aux(&[("router", "10.1.0.9"), ("nas", "10.1.0.5"), ("again", "10.1.0.9")], Some("10.1.0.0/24"));
+        assert_eq!(both.validate(), Ok(()));
+        assert_eq!(
+            both.ipam.reserved(),
+            ["10.1.0.5".parse::<Ipv4Addr>().expect("ip"), "10.1.0.9".parse().expect("ip")]
+        );
+        for (b, why) in [
+            (aux(&[("r", "10.1.0.9")], None), "need --subnet"),
+            (aux(&[("r", "10.1.1.9")], Some("10.1.0.0/24")), "aux address r=10.1.1.9 is not a host address"),
+            (aux(&[("r", "10.1.0.255")], Some("10.1.0.0/24")), "not a host address"),
+            (aux(&[("", "10.1.0.9")], Some("10.1.0.0/24")), "has no name"),
+        ] {
             let err = b.validate().expect_err("refused");
             assert!(err.contains(why), "{b:?}: {err}");
         }
@@ -681,6 +738,15 @@ mod tests {
             assert!(err.contains(why), "{b:?}: {err}");
         }
         assert!("bridge".parse::<Driver>().expect_err("local").contains("use overlay"));
+    }
+
+    #[test]
+    fn a_vlan_parent_is_told_how_to_make_it() {
+        let hint = vlan_hint("eth0.10").expect("a VLAN");
+        assert!(hint.contains("ip link add link eth0 name eth0.10 type vlan id 10"), "{hint}");
+        for not in ["eth0", "eth0.", ".10", "br.lan", "eth0.0", "eth0.4095"] {
+            assert_eq!(vlan_hint(not), None, "{not}");
+        }
     }
 
     #[test]

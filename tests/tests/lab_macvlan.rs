@@ -12,7 +12,8 @@
 //! interface (`shl-eth0`): the tasks wait, saying no node has it, until the
 //! nodes' label `shoal.net.lan.parent` names it. Docker's recipes are answered: `--config-only` is
 //! refused with what to do instead, `--scope swarm` is accepted, and a
-//! macvlan network without `-o parent` is refused.
+//! macvlan network without `-o parent` is refused; `--aux-address`es are
+//! never handed out.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -55,6 +56,67 @@ fn recipes(lab: &Lab) -> Result<()> {
         &["network", "create", "-d", "macvlan", "--internal", "--subnet", "10.98.0.0/24", "-o", "parent=eth0", "x"],
     )?;
     ensure!(why.contains("--internal does not apply"), "{why}");
+    aux_addresses(lab)
+}
+
+/// Docker's `--aux-address` (its macvlan recipe's way to keep the LAN's router out): a range of
+/// four with two of them reserved hands out the other two only; `run --ip` of a reserved one says
+/// whose it is; `network inspect` shows them as Docker's `AuxiliaryAddresses`.
+fn aux_addresses(lab: &Lab) -> Result<()> {
+    lab.shoal(
+        1,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--attachable",
+            "--subnet",
+            "10.98.0.0/24",
+            "--gateway",
+            "10.98.0.254",
+            "--ip-range",
+            "10.98.0.248/30",
+            "--aux-address",
+            "router=10.98.0.249",
+            "--aux-address",
+            "nas=10.98.0.250",
+            "-o",
+            "parent=shl-eth0",
+            "aux",
+        ],
+    )?;
+    let doc: Value = serde_json::from_str(&lab.shoal(1, &["network", "inspect", "aux"])?)?;
+    let shown = &doc[0]["IPAM"]["Config"][0]["AuxiliaryAddresses"];
+    ensure!(*shown == serde_json::json!({"nas": "10.98.0.250", "router": "10.98.0.249"}), "{doc}");
+    let why = lab.failing(
+        1,
+        &["run", "-d", "--name", "x0", "--network", "aux", "--ip", "10.98.0.249", "busybox:local", "sleep", "600"],
+    )?;
+    ensure!(why.contains("reserved on network aux (--aux-address router=10.98.0.249)"), "{why}");
+    ensure!(lab.failing(1, &["inspect", "x0"]).is_ok(), "the refused container is not left behind");
+    let why =
+        lab.failing(1, &["network", "create", "--subnet", "172.30.0.0/24", "--aux-address", "r=172.30.0.5", "b1"])?;
+    ensure!(why.contains("--aux-address applies to cluster networks"), "a bridge network refuses it: {why}");
+    let mut got = BTreeSet::new();
+    for (host, name) in [(1, "x1"), (2, "x2")] {
+        lab.shoal(host, &["run", "-d", "--name", name, "--network", "aux", "busybox:local", "sleep", "600"])?;
+        let doc: Value = serde_json::from_str(&lab.shoal(host, &["inspect", name])?)?;
+        let eps = doc[0]["endpoints"].as_array().cloned().unwrap_or_default();
+        let ip: Ipv4Addr = eps
+            .iter()
+            .filter_map(|e| e["ip"].as_str()?.parse().ok())
+            .find(|ip: &Ipv4Addr| ip.octets()[..3] == [10, 98, 0])
+            .with_context(|| format!("{name} has no address on aux: {doc}"))?;
+        got.insert(ip);
+    }
+    let free: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 98, 0, 248), Ipv4Addr::new(10, 98, 0, 251)].into();
+    ensure!(got == free, "the two unreserved addresses, not the router's or the nas's: {got:?}");
+    for (host, name) in [(1, "x1"), (2, "x2")] {
+        lab.shoal(host, &["rm", "-f", name])?;
+    }
+    // The LAN's subnet is free again for the next network once no container is left on aux.
+    wait_for("aux to be removed", Duration::from_secs(30), || Ok(lab.shoal(1, &["network", "rm", "aux"]).ok()))?;
     Ok(())
 }
 

@@ -485,7 +485,14 @@ mod tests {
             id: "abc".into(),
             meta: Default::default(),
             spec: NetworkSpec { name: "app".into(), ..Default::default() },
-            alloc: Some(NetworkAlloc { vni: 4097, subnet, gateway: subnet.nth(1).unwrap(), range: subnet, mtu: 1450 }),
+            alloc: Some(NetworkAlloc {
+                vni: 4097,
+                subnet,
+                gateway: subnet.nth(1).unwrap(),
+                range: subnet,
+                mtu: 1450,
+                reserved: vec![],
+            }),
         };
         let mut svc = shoal_proto::service::Service::default();
         svc.spec.task.networks = vec![NetworkAttachmentSpec { target: "abc".into(), aliases: vec!["www".into()] }];

@@ -467,6 +467,8 @@ pub struct IpamConfig {
     pub subnet: Option<Scalar>,
     pub gateway: Option<Scalar>,
     pub ip_range: Option<Scalar>,
+    #[serde(default)]
+    pub aux_addresses: BTreeMap<String, Scalar>,
     #[serde(flatten)]
     pub extra: Extra,
 }

@@ -335,6 +335,12 @@ fn network_spec(
                 .map(|g| g.0.parse().with_context(|| format!("invalid gateway {:?}: an IPv4 address", g.0)))
                 .transpose()?;
             spec.ipam.ip_range = c.ip_range.as_ref().map(|r| r.0.parse()).transpose().map_err(anyhow::Error::msg)?;
+            for (name, ip) in &c.aux_addresses {
+                let addr =
+                    ip.0.parse()
+                        .with_context(|| format!("invalid aux_addresses.{name} {:?}: an IPv4 address", ip.0))?;
+                spec.ipam.aux_addresses.insert(name.clone(), addr);
+            }
         }
     }
     Ok(())
@@ -1037,7 +1043,7 @@ networks:
     driver: overlay
     attachable: true
     driver_opts: {encrypted: "", com.docker.network.driver.mtu: "1400"}
-    ipam: {config: [{subnet: 10.30.0.0/24}]}
+    ipam: {config: [{subnet: 10.30.0.0/24, aux_addresses: {router: 10.30.0.2}}]}
     labels: {purpose: edge}
   back:
     name: shared-back
@@ -1142,6 +1148,7 @@ volumes:
         let front = &p.networks[1].spec;
         assert!(front.attachable && front.encrypted && !front.internal);
         assert_eq!((front.mtu, front.ipam.subnet.map(|s| s.to_string())), (Some(1400), Some("10.30.0.0/24".into())));
+        assert_eq!(front.ipam.reserved(), [std::net::Ipv4Addr::new(10, 30, 0, 2)]);
         assert_eq!(front.labels.get(NAMESPACE_LABEL).map(String::as_str), Some("app"));
         assert_eq!(front.labels.get("purpose").map(String::as_str), Some("edge"));
         assert!(p.networks.iter().all(|n| !n.external));

@@ -212,7 +212,14 @@ mod tests {
         fn ingress(&mut self) {
             let sub: shoal_proto::net::Subnet = "10.255.0.0/16".parse().expect("subnet");
             let gateway = sub.nth(1).expect("gateway");
-            let alloc = shoal_proto::network::NetworkAlloc { vni: 4096, subnet: sub, gateway, range: sub, mtu: 1450 };
+            let alloc = shoal_proto::network::NetworkAlloc {
+                vni: 4096,
+                subnet: sub,
+                gateway,
+                range: sub,
+                mtu: 1450,
+                reserved: vec![],
+            };
             let spec =
                 shoal_proto::network::NetworkSpec { name: "ingress".into(), ingress: true, ..Default::default() };
             self.apply(Command::CreateNetwork { id: "ingress".into(), spec });
@@ -488,7 +495,14 @@ mod tests {
             spec: NetworkSpec { name: "app".into(), ..Default::default() },
         });
         let subnet: shoal_proto::net::Subnet = "10.0.3.0/29".parse().unwrap();
-        let alloc = NetworkAlloc { vni: 4097, subnet, gateway: subnet.nth(1).unwrap(), range: subnet, mtu: 1450 };
+        let alloc = NetworkAlloc {
+            vni: 4097,
+            subnet,
+            gateway: subnet.nth(1).unwrap(),
+            range: subnet,
+            mtu: 1450,
+            reserved: vec![],
+        };
         w.apply(Command::Allocate { changes: vec![AllocChange::Network { id: "app".into(), alloc }] });
         let web = w.service("web", |s| {
             s.replicas = 6;
@@ -532,7 +546,8 @@ mod tests {
         w.apply(Command::CreateNetwork { id: "lan".into(), spec });
         let subnet: shoal_proto::net::Subnet = "10.98.0.0/24".parse().unwrap();
         let gateway = subnet.nth(1).unwrap();
-        let alloc = shoal_proto::network::NetworkAlloc { vni: 0, subnet, gateway, range: subnet, mtu: 1500 };
+        let alloc =
+            shoal_proto::network::NetworkAlloc { vni: 0, subnet, gateway, range: subnet, mtu: 1500, reserved: vec![] };
         w.apply(Command::Allocate { changes: vec![crate::networks::AllocChange::Network { id: "lan".into(), alloc }] });
         let web = w.service("web", |s| {
             s.replicas = 7;
@@ -554,6 +569,18 @@ mod tests {
             assert!(t.node_id.is_empty() && t.networks[0].addr.is_some(), "{t:?}");
             assert_eq!(t.status.err, "no parent interface eth1 on any node for network lan");
         }
+        // A VLAN sub-interface as the parent (Docker would make it): what to do.
+        let mut vlan = w.state.networks["lan"].clone();
+        vlan.spec.parent = Some("eth1.10".into());
+        w.state.networks.insert("lan".into(), vlan);
+        settle(&mut w);
+        let t = w.state.tasks.values().find(|t| t.service_id == web).expect("a task");
+        assert_eq!(
+            t.status.err,
+            "no parent interface eth1.10 on any node for network lan: Shoal makes no VLAN sub-interface as Docker \
+             does: make eth1.10 on the nodes (ip link add link eth1 name eth1.10 type vlan id 10)"
+        );
+        w.state.networks.get_mut("lan").unwrap().spec.parent = Some("eth1".into());
         // n2 and n4 have eth1; n5 names its parent with the label, and has
         // it; n1's label names one it lacks; n3 has none.
         let has = |w: &mut World, node: &str, iface: &str| {

@@ -261,7 +261,8 @@ fn place(
         {
             let r = why.keys().next().map(|r| r.to_string()).unwrap_or_default();
             let (parent, net) = r[PARENT_MISSING.len()..].split_once(" for network ").unwrap_or((&r, ""));
-            Err(format!("{PARENT_MISSING}{parent} on any node for network {net}"))
+            let hint = shoal_proto::network::vlan_hint(parent).map(|h| format!(": {h}")).unwrap_or_default();
+            Err(format!("{PARENT_MISSING}{parent} on any node for network {net}{hint}"))
         }
         None => {
             let parts: Vec<String> =
