@@ -64,6 +64,12 @@ pub enum NetworkCmd {
         /// swarm (overlay, macvlan: the only scope they have) or local (bridge).
         #[arg(long)]
         scope: Option<String>,
+        /// Docker's IPv6 network: refused (Shoal's networks are IPv4).
+        #[arg(long)]
+        ipv6: bool,
+        /// Docker's IPAM driver: only `default` (Shoal's own).
+        #[arg(long)]
+        ipam_driver: Option<String>,
         name: String,
     },
     #[command(alias = "list")]
@@ -128,7 +134,15 @@ fn docker_recipes(
     config_only: bool,
     config_from: &Option<String>,
     scope: &Option<String>,
+    ipv6: bool,
+    ipam_driver: &Option<String>,
 ) -> anyhow::Result<()> {
+    if ipv6 {
+        bail!("IPv6 networks are not supported: Shoal's networks are IPv4 (leave out --ipv6)");
+    }
+    if let Some(d) = ipam_driver.as_deref().filter(|d| *d != "default") {
+        bail!("IPAM driver {d:?} is not supported: Shoal hands out addresses itself (leave out --ipam-driver)");
+    }
     if config_only || config_from.is_some() {
         bail!(
             "--config-only and --config-from are not needed: Shoal hands out macvlan addresses from one \
@@ -388,8 +402,8 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             "Options": {"com.docker.network.bridge.enable_icc": n.icc.to_string(), "com.docker.network.driver.mtu": n.mtu.to_string()},
             "Containers": n.endpoints})
     };
-    if let NetworkCmd::Create { driver, config_only, config_from, scope, .. } = cmd {
-        docker_recipes(*driver, *config_only, config_from, scope)?;
+    if let NetworkCmd::Create { driver, config_only, config_from, scope, ipv6, ipam_driver, .. } = cmd {
+        docker_recipes(*driver, *config_only, config_from, scope, *ipv6, ipam_driver)?;
     }
     match cmd {
         NetworkCmd::Create {
@@ -715,16 +729,19 @@ mod tests {
     #[test]
     fn dockers_macvlan_recipes_are_answered() {
         let (none, swarm, local) = (None, Some("swarm".to_string()), Some("local".to_string()));
-        assert!(docker_recipes(Driver::Macvlan, false, &None, &swarm).is_ok(), "--scope swarm: a no-op");
-        assert!(docker_recipes(Driver::Overlay, false, &None, &none).is_ok());
-        assert!(docker_recipes(Driver::Bridge, false, &None, &local).is_ok());
+        assert!(docker_recipes(Driver::Macvlan, false, &None, &swarm, false, &None).is_ok(), "--scope swarm: a no-op");
+        assert!(docker_recipes(Driver::Overlay, false, &None, &none, false, &None).is_ok());
+        assert!(docker_recipes(Driver::Bridge, false, &None, &local, false, &None).is_ok());
         let refused = [
-            (docker_recipes(Driver::Macvlan, true, &None, &none), "shoal.net.NAME.parent=IFACE"),
-            (docker_recipes(Driver::Macvlan, false, &Some("cfg".into()), &swarm), "cluster-wide range"),
-            (docker_recipes(Driver::Macvlan, false, &None, &local), "leave out --scope local"),
-            (docker_recipes(Driver::Bridge, false, &None, &swarm), "use -d overlay or -d macvlan"),
-            (docker_recipes(Driver::Overlay, false, &None, &Some("galaxy".into())), "invalid --scope"),
+            (docker_recipes(Driver::Macvlan, true, &None, &none, false, &None), "shoal.net.NAME.parent=IFACE"),
+            (docker_recipes(Driver::Macvlan, false, &Some("cfg".into()), &swarm, false, &None), "cluster-wide range"),
+            (docker_recipes(Driver::Macvlan, false, &None, &local, false, &None), "leave out --scope local"),
+            (docker_recipes(Driver::Bridge, false, &None, &swarm, false, &None), "use -d overlay or -d macvlan"),
+            (docker_recipes(Driver::Overlay, false, &None, &Some("galaxy".into()), false, &None), "invalid --scope"),
+            (docker_recipes(Driver::Macvlan, false, &None, &none, true, &None), "networks are IPv4 (leave out --ipv6)"),
+            (docker_recipes(Driver::Overlay, false, &None, &none, false, &Some("infoblox".into())), "--ipam-driver"),
         ];
+        assert!(docker_recipes(Driver::Macvlan, false, &None, &none, false, &Some("default".into())).is_ok());
         for (r, why) in refused {
             let e = r.expect_err("refused").to_string();
             assert!(e.contains(why), "{e}");
