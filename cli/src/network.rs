@@ -20,58 +20,7 @@ type Control = shoal_proto::pb::control_client::ControlClient<tonic::transport::
 
 #[derive(Subcommand, Debug)]
 pub enum NetworkCmd {
-    Create {
-        /// bridge: this node's own network; overlay: a cluster network (on a manager); macvlan:
-        /// a cluster network on the hosts' own LAN (on a manager).
-        #[arg(short, long, value_enum, default_value_t = Driver::Bridge)]
-        driver: Driver,
-        #[arg(long)]
-        subnet: Option<String>,
-        #[arg(long)]
-        gateway: Option<String>,
-        #[arg(long)]
-        ip_range: Option<String>,
-        /// Overlay, macvlan: an address of the subnet never handed out, NAME=IP (repeatable;
-        /// a router or a host already on a macvlan network's LAN).
-        #[arg(long = "aux-address", value_name = "NAME=IP")]
-        aux_address: Vec<String>,
-        /// No traffic in or out, only between its containers.
-        #[arg(long)]
-        internal: bool,
-        /// Driver options: mtu=N; bridge: icc=false (or com.docker.network.bridge.enable_icc=false);
-        /// overlay: encrypted; macvlan: parent=IFACE, host-access=true, arp-probe=true.
-        #[arg(short = 'o', long = "opt")]
-        opt: Vec<String>,
-        /// The MTU of the network's links (also -o mtu=N).
-        #[arg(long)]
-        mtu: Option<u32>,
-        /// Overlay: containers started with `run --network` may join it.
-        #[arg(long)]
-        attachable: bool,
-        /// Overlay: the routing mesh's network, replacing a removed `ingress`.
-        #[arg(long)]
-        ingress: bool,
-        /// Overlay: a label, KEY=VALUE (repeatable).
-        #[arg(long)]
-        label: Vec<String>,
-        /// Docker's per-node macvlan config network: refused (Shoal hands out
-        /// macvlan addresses cluster-wide; see `-d macvlan`).
-        #[arg(long)]
-        config_only: bool,
-        /// Docker's macvlan network made from a config network: refused (see --config-only).
-        #[arg(long)]
-        config_from: Option<String>,
-        /// swarm (overlay, macvlan: the only scope they have) or local (bridge).
-        #[arg(long)]
-        scope: Option<String>,
-        /// Docker's IPv6 network: refused (Shoal's networks are IPv4).
-        #[arg(long)]
-        ipv6: bool,
-        /// Docker's IPAM driver: only `default` (Shoal's own).
-        #[arg(long)]
-        ipam_driver: Option<String>,
-        name: String,
-    },
+    Create(CreateArgs),
     #[command(alias = "list")]
     Ls {
         #[arg(short, long)]
@@ -117,10 +66,66 @@ pub enum NetworkCmd {
     },
 }
 
+/// `network create`'s flags (Docker's).
+#[derive(clap::Args, Debug, Default)]
+pub struct CreateArgs {
+    /// bridge: this node's own network; overlay: a cluster network (on a manager); macvlan:
+    /// a cluster network on the hosts' own LAN (on a manager).
+    #[arg(short, long, value_enum, default_value_t = Driver::Bridge)]
+    driver: Driver,
+    #[arg(long)]
+    subnet: Option<String>,
+    #[arg(long)]
+    gateway: Option<String>,
+    #[arg(long)]
+    ip_range: Option<String>,
+    /// Overlay, macvlan: an address of the subnet never handed out, NAME=IP (repeatable;
+    /// a router or a host already on a macvlan network's LAN).
+    #[arg(long = "aux-address", value_name = "NAME=IP")]
+    aux_address: Vec<String>,
+    /// No traffic in or out, only between its containers.
+    #[arg(long)]
+    internal: bool,
+    /// Driver options: mtu=N; bridge: icc=false (or com.docker.network.bridge.enable_icc=false);
+    /// overlay: encrypted; macvlan: parent=IFACE, host-access=true, arp-probe=true.
+    #[arg(short = 'o', long = "opt")]
+    opt: Vec<String>,
+    /// The MTU of the network's links (also -o mtu=N).
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// Overlay: containers started with `run --network` may join it.
+    #[arg(long)]
+    attachable: bool,
+    /// Overlay: the routing mesh's network, replacing a removed `ingress`.
+    #[arg(long)]
+    ingress: bool,
+    /// Overlay: a label, KEY=VALUE (repeatable).
+    #[arg(long)]
+    label: Vec<String>,
+    /// Docker's per-node macvlan config network: refused (Shoal hands out
+    /// macvlan addresses cluster-wide; see `-d macvlan`).
+    #[arg(long)]
+    config_only: bool,
+    /// Docker's macvlan network made from a config network: refused (see --config-only).
+    #[arg(long)]
+    config_from: Option<String>,
+    /// swarm (overlay, macvlan: the only scope they have) or local (bridge).
+    #[arg(long)]
+    scope: Option<String>,
+    /// Docker's IPv6 network: refused (Shoal's networks are IPv4); `--ipv6=false` is accepted.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    ipv6: Option<bool>,
+    /// Docker's IPAM driver: only `default` (Shoal's own).
+    #[arg(long)]
+    ipam_driver: Option<String>,
+    name: String,
+}
+
 /// `network create --driver`: bridge networks live on one host, overlays
 /// and macvlan networks span the cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Driver {
+    #[default]
     Bridge,
     Overlay,
     Macvlan,
@@ -129,21 +134,15 @@ pub enum Driver {
 /// Docker's answer to macvlan in a swarm (a `--config-only` network per
 /// node with its own slice of the range, then a `--config-from` network)
 /// is not needed here, and `--scope` has one answer per driver.
-fn docker_recipes(
-    driver: Driver,
-    config_only: bool,
-    config_from: &Option<String>,
-    scope: &Option<String>,
-    ipv6: bool,
-    ipam_driver: &Option<String>,
-) -> anyhow::Result<()> {
-    if ipv6 {
+fn docker_recipes(a: &CreateArgs) -> anyhow::Result<()> {
+    let driver = a.driver;
+    if a.ipv6 == Some(true) {
         bail!("IPv6 networks are not supported: Shoal's networks are IPv4 (leave out --ipv6)");
     }
-    if let Some(d) = ipam_driver.as_deref().filter(|d| *d != "default") {
+    if let Some(d) = a.ipam_driver.as_deref().filter(|d| *d != "default") {
         bail!("IPAM driver {d:?} is not supported: Shoal hands out addresses itself (leave out --ipam-driver)");
     }
-    if config_only || config_from.is_some() {
+    if a.config_only || a.config_from.is_some() {
         bail!(
             "--config-only and --config-from are not needed: Shoal hands out macvlan addresses from one \
              cluster-wide range, so no node needs its own config network. Create the network once on a \
@@ -151,7 +150,7 @@ fn docker_recipes(
              whose interface is named otherwise the label: shoal node update --label-add shoal.net.NAME.parent=IFACE NODE"
         );
     }
-    match (scope.as_deref(), driver) {
+    match (a.scope.as_deref(), driver) {
         (None, _) | (Some("local"), Driver::Bridge) | (Some("swarm"), Driver::Overlay | Driver::Macvlan) => Ok(()),
         (Some("swarm" | "global"), Driver::Bridge) => {
             bail!(
@@ -166,56 +165,79 @@ fn docker_recipes(
     }
 }
 
-/// The flags of `network create -d macvlan` as the spec the managers store:
-/// an overlay's flags (`overlay_spec`) plus `-o parent=IFACE`,
-/// `-o host-access=true`, `-o arp-probe=true` and Docker's `-o macvlan_mode=bridge`.
-#[allow(clippy::too_many_arguments)]
-fn macvlan_spec(
-    name: &str,
-    subnet: &Option<String>,
-    gateway: &Option<String>,
-    ip_range: &Option<String>,
-    internal: bool,
-    attachable: bool,
-    ingress: bool,
-    labels: &[String],
-    opts: &[String],
-    mtu: Option<u32>,
-) -> anyhow::Result<NetworkSpec> {
-    let (mut parent, mut host_access, mut arp_probe, mut rest) = (None, false, false, Vec::new());
-    for o in opts {
+/// The flags of `network create -d overlay|macvlan` as the spec the
+/// managers store, checked once. An overlay takes `-o mtu=N` and
+/// `-o encrypted`; a macvlan network `-o mtu=N`, `-o parent=IFACE`,
+/// `-o host-access=true`, `-o arp-probe=true` and Docker's
+/// `-o macvlan_mode=bridge`.
+fn cluster_spec(a: &CreateArgs) -> anyhow::Result<NetworkSpec> {
+    let mut spec = NetworkSpec {
+        name: a.name.clone(),
+        internal: a.internal,
+        attachable: a.attachable,
+        ingress: a.ingress,
+        mtu: a.mtu,
+        ..Default::default()
+    };
+    spec.ipam.subnet = a.subnet.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?;
+    spec.ipam.gateway = a
+        .gateway
+        .as_deref()
+        .map(|g| g.parse().map_err(|_| anyhow::anyhow!("invalid --gateway {g:?}: an IPv4 address")))
+        .transpose()?;
+    spec.ipam.ip_range =
+        a.ip_range.as_deref().map(|r| r.parse().map_err(|e| anyhow::anyhow!("invalid --ip-range: {e}"))).transpose()?;
+    spec.ipam.aux_addresses = aux_addresses(&a.aux_address)?;
+    for l in &a.label {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            bail!("invalid --label {l:?}: use KEY=VALUE");
+        }
+        spec.labels.insert(k.to_string(), v.to_string());
+    }
+    let macvlan = a.driver == Driver::Macvlan;
+    if macvlan {
+        spec.driver = shoal_proto::network::Driver::Macvlan;
+    }
+    for o in &a.opt {
         match o.split_once('=') {
-            Some(("parent", p)) => parent = Some(p.to_string()),
-            Some(("host-access" | "host_access", v)) => {
-                host_access = v.parse().map_err(|_| anyhow::anyhow!("invalid host-access {v:?}: true or false"))?;
+            Some(("mtu" | MTU_OPTION, v)) => {
+                let m = v.parse().map_err(|_| anyhow::anyhow!("invalid mtu {v:?}: a number"))?;
+                // --mtu wins, as for bridge networks.
+                spec.mtu = Some(a.mtu.unwrap_or(m));
             }
-            Some(("macvlan_mode", "bridge")) => {}
-            Some(("macvlan_mode", m)) => {
-                bail!("macvlan mode {m:?} is not supported: Shoal's macvlan links are bridge mode")
-            }
-            Some(("arp-probe" | "arp_probe", v)) => {
-                arp_probe = v.parse().map_err(|_| anyhow::anyhow!("invalid arp-probe {v:?}: true or false"))?;
-            }
-            _ if o == "encrypted" || o.starts_with("encrypted=") => {
-                bail!("--opt encrypted is an overlay option: a macvlan network's traffic is the LAN's own")
-            }
-            Some(("mtu" | MTU_OPTION, _)) => rest.push(o.clone()),
-            _ => bail!(
-                "unknown macvlan network option {o:?}: use parent=IFACE, host-access=true, arp-probe=true or mtu=N"
-            ),
+            _ if macvlan => macvlan_option(&mut spec, o)?,
+            None if o == ENCRYPTED_OPTION => spec.encrypted = true,
+            Some((ENCRYPTED_OPTION, "" | "true")) => spec.encrypted = true,
+            Some((ENCRYPTED_OPTION, "false")) => spec.encrypted = false,
+            Some((ENCRYPTED_OPTION, v)) => bail!("invalid encrypted={v:?}: use --opt encrypted"),
+            _ => bail!("unknown overlay network option {o:?}: use mtu=N (or {MTU_OPTION}=N) or encrypted"),
         }
     }
-    let mut spec = overlay_spec(name, subnet, gateway, ip_range, internal, attachable, ingress, labels, &rest, mtu)?;
-    spec.driver = shoal_proto::network::Driver::Macvlan;
-    spec.parent = parent;
-    spec.host_access = host_access;
-    spec.arp_probe = arp_probe;
     spec.validate().map_err(anyhow::Error::msg)?;
     Ok(spec)
 }
 
-pub async fn run(cli: &Cli, cmd: &NetworkCmd) -> anyhow::Result<()> {
-    network(cli, &mut client::engine(cli).await?, cmd).await
+/// One `-o` of a macvlan network (but `mtu`).
+fn macvlan_option(spec: &mut NetworkSpec, o: &str) -> anyhow::Result<()> {
+    match o.split_once('=') {
+        Some(("parent", p)) => spec.parent = Some(p.to_string()),
+        Some(("host-access" | "host_access", v)) => {
+            spec.host_access = v.parse().map_err(|_| anyhow::anyhow!("invalid host-access {v:?}: true or false"))?;
+        }
+        Some(("macvlan_mode", "bridge")) => {}
+        Some(("macvlan_mode", m)) => {
+            bail!("macvlan mode {m:?} is not supported: Shoal's macvlan links are bridge mode")
+        }
+        Some(("arp-probe" | "arp_probe", v)) => {
+            spec.arp_probe = v.parse().map_err(|_| anyhow::anyhow!("invalid arp-probe {v:?}: true or false"))?;
+        }
+        _ if o == ENCRYPTED_OPTION || o.starts_with("encrypted=") => {
+            bail!("--opt encrypted is an overlay option: a macvlan network's traffic is the LAN's own")
+        }
+        _ => bail!("unknown macvlan network option {o:?}: use parent=IFACE, host-access=true, arp-probe=true or mtu=N"),
+    }
+    Ok(())
 }
 
 /// `--aux-address NAME=IP` flags (Docker's), by name.
@@ -232,51 +254,8 @@ fn aux_addresses(flags: &[String]) -> anyhow::Result<BTreeMap<String, Ipv4Addr>>
     Ok(aux)
 }
 
-/// The flags of `network create -d overlay` as the spec the managers store.
-#[allow(clippy::too_many_arguments)]
-fn overlay_spec(
-    name: &str,
-    subnet: &Option<String>,
-    gateway: &Option<String>,
-    ip_range: &Option<String>,
-    internal: bool,
-    attachable: bool,
-    ingress: bool,
-    labels: &[String],
-    opts: &[String],
-    mtu: Option<u32>,
-) -> anyhow::Result<NetworkSpec> {
-    let mut spec = NetworkSpec { name: name.into(), internal, attachable, ingress, mtu, ..Default::default() };
-    spec.ipam.subnet = subnet.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?;
-    spec.ipam.gateway = gateway
-        .as_deref()
-        .map(|g| g.parse().map_err(|_| anyhow::anyhow!("invalid --gateway {g:?}: an IPv4 address")))
-        .transpose()?;
-    spec.ipam.ip_range =
-        ip_range.as_deref().map(|r| r.parse().map_err(|e| anyhow::anyhow!("invalid --ip-range: {e}"))).transpose()?;
-    for l in labels {
-        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
-        if k.is_empty() {
-            bail!("invalid --label {l:?}: use KEY=VALUE");
-        }
-        spec.labels.insert(k.to_string(), v.to_string());
-    }
-    for o in opts {
-        match o.split_once('=') {
-            Some(("mtu" | MTU_OPTION, v)) => {
-                let m = v.parse().map_err(|_| anyhow::anyhow!("invalid mtu {v:?}: a number"))?;
-                // --mtu wins, as for bridge networks.
-                spec.mtu = Some(mtu.unwrap_or(m));
-            }
-            None if o == ENCRYPTED_OPTION => spec.encrypted = true,
-            Some((ENCRYPTED_OPTION, "" | "true")) => spec.encrypted = true,
-            Some((ENCRYPTED_OPTION, "false")) => spec.encrypted = false,
-            Some((ENCRYPTED_OPTION, v)) => bail!("invalid encrypted={v:?}: use --opt encrypted"),
-            _ => bail!("unknown overlay network option {o:?}: use mtu=N (or {MTU_OPTION}=N) or encrypted"),
-        }
-    }
-    spec.validate().map_err(anyhow::Error::msg)?;
-    Ok(spec)
+pub async fn run(cli: &Cli, cmd: &NetworkCmd) -> anyhow::Result<()> {
+    network(cli, &mut client::engine(cli).await?, cmd).await
 }
 
 /// A cluster network as Docker's `network inspect` shows a swarm network
@@ -402,30 +381,12 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             "Options": {"com.docker.network.bridge.enable_icc": n.icc.to_string(), "com.docker.network.driver.mtu": n.mtu.to_string()},
             "Containers": n.endpoints})
     };
-    if let NetworkCmd::Create { driver, config_only, config_from, scope, ipv6, ipam_driver, .. } = cmd {
-        docker_recipes(*driver, *config_only, config_from, scope, *ipv6, ipam_driver)?;
+    if let NetworkCmd::Create(a) = cmd {
+        docker_recipes(a)?;
     }
     match cmd {
-        NetworkCmd::Create {
-            driver: driver @ (Driver::Macvlan | Driver::Overlay),
-            subnet,
-            gateway,
-            ip_range,
-            aux_address,
-            internal,
-            opt,
-            mtu,
-            attachable,
-            ingress,
-            label,
-            name,
-            ..
-        } => {
-            let make = if *driver == Driver::Macvlan { macvlan_spec } else { overlay_spec };
-            let mut spec = make(name, subnet, gateway, ip_range, *internal, *attachable, *ingress, label, opt, *mtu)?;
-            spec.ipam.aux_addresses = aux_addresses(aux_address)?;
-            spec.validate().map_err(anyhow::Error::msg)?;
-            let spec_json = serde_json::to_string(&spec)?;
+        NetworkCmd::Create(a) if a.driver != Driver::Bridge => {
+            let spec_json = serde_json::to_string(&cluster_spec(a)?)?;
             let r = client::control(cli)
                 .await?
                 .create_network(pb::ClusterNetworkCreateRequest { spec_json })
@@ -433,28 +394,29 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
                 .into_inner();
             println!("{}", r.id);
         }
-        NetworkCmd::Create {
-            driver: Driver::Bridge,
-            subnet,
-            gateway,
-            ip_range,
-            aux_address,
-            internal,
-            opt,
-            mtu,
-            attachable,
-            ingress,
-            label,
-            name,
-            ..
-        } => {
+        NetworkCmd::Create(a) => {
+            let CreateArgs {
+                subnet,
+                gateway,
+                ip_range,
+                aux_address,
+                internal,
+                opt,
+                mtu,
+                attachable,
+                ingress,
+                label,
+                name,
+                ..
+            } = a;
             if *attachable || *ingress {
                 bail!("--attachable and --ingress apply to overlay networks: add -d overlay");
             }
             if !aux_address.is_empty() {
                 bail!(
                     "--aux-address applies to cluster networks (-d overlay, -d macvlan): a bridge network hands out \
-                     addresses from --ip-range only, so keep the addresses it must not give outside that range"
+                     every address of its --ip-range (of its subnet without one), so give it an --ip-range that \
+                     leaves out the addresses it must not give"
                 );
             }
             if !label.is_empty() {
@@ -608,10 +570,22 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
 mod tests {
     use super::*;
 
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|o| o.to_string()).collect()
+    }
+
     fn spec(opts: &[&str], mtu: Option<u32>) -> anyhow::Result<NetworkSpec> {
-        let opts: Vec<String> = opts.iter().map(|o| o.to_string()).collect();
-        let labels = vec!["team=web".to_string(), "flag".to_string()];
-        overlay_spec("app", &Some("10.9.0.0/24".into()), &None, &None, true, true, false, &labels, &opts, mtu)
+        cluster_spec(&CreateArgs {
+            driver: Driver::Overlay,
+            name: "app".into(),
+            subnet: Some("10.9.0.0/24".into()),
+            internal: true,
+            attachable: true,
+            label: strings(&["team=web", "flag"]),
+            opt: strings(opts),
+            mtu,
+            ..Default::default()
+        })
     }
 
     #[test]
@@ -657,26 +631,32 @@ mod tests {
             let e = spec(opts, None).expect_err("refused").to_string();
             assert!(e.contains(why), "{opts:?}: {e}");
         }
-        let bad_gw = overlay_spec(
-            "a",
-            &Some("10.9.0.0/24".into()),
-            &Some("10.8.0.1".into()),
-            &None,
-            false,
-            false,
-            false,
-            &[],
-            &[],
-            None,
-        );
+        let bad_gw = cluster_spec(&CreateArgs {
+            driver: Driver::Overlay,
+            name: "a".into(),
+            subnet: Some("10.9.0.0/24".into()),
+            gateway: Some("10.8.0.1".into()),
+            ..Default::default()
+        });
         assert!(bad_gw.expect_err("refused").to_string().contains("not a host address"));
     }
 
+    fn lan_args(opts: &[&str], internal: bool) -> CreateArgs {
+        CreateArgs {
+            driver: Driver::Macvlan,
+            name: "lan".into(),
+            subnet: Some("10.98.0.0/24".into()),
+            gateway: Some("10.98.0.1".into()),
+            ip_range: Some("10.98.0.192/28".into()),
+            internal,
+            attachable: true,
+            opt: strings(opts),
+            ..Default::default()
+        }
+    }
+
     fn lan(opts: &[&str], internal: bool) -> anyhow::Result<NetworkSpec> {
-        let opts: Vec<String> = opts.iter().map(|o| o.to_string()).collect();
-        let (subnet, gw, range) =
-            (Some("10.98.0.0/24".into()), Some("10.98.0.1".into()), Some("10.98.0.192/28".into()));
-        macvlan_spec("lan", &subnet, &gw, &range, internal, true, false, &[], &opts, None)
+        cluster_spec(&lan_args(opts, internal))
     }
 
     #[test]
@@ -699,8 +679,8 @@ mod tests {
             let e = lan(opts, internal).expect_err("refused").to_string();
             assert!(e.contains(why), "{opts:?}: {e}");
         }
-        let none = macvlan_spec("lan", &None, &None, &None, false, false, false, &[], &["parent=eth0".into()], None);
-        assert!(none.expect_err("refused").to_string().contains("needs --subnet"));
+        let none = CreateArgs { subnet: None, gateway: None, ip_range: None, ..lan_args(&["parent=eth0"], false) };
+        assert!(cluster_spec(&none).expect_err("refused").to_string().contains("needs --subnet"));
     }
 
     #[test]
@@ -717,8 +697,15 @@ mod tests {
             let e = flags(f).expect_err("refused").to_string();
             assert!(e.contains(why), "{f:?}: {e}");
         }
-        let mut spec = lan(&["parent=eth0"], false).expect("spec");
-        spec.ipam.aux_addresses = aux;
+        let with_aux = CreateArgs {
+            aux_address: strings(&["my-router=10.98.0.193", "nas=10.98.0.200"]),
+            ..lan_args(&["parent=eth0"], false)
+        };
+        let spec = cluster_spec(&with_aux).expect("spec");
+        assert_eq!(spec.ipam.aux_addresses, aux);
+        let outside = CreateArgs { aux_address: strings(&["r=10.99.0.1"]), ..lan_args(&["parent=eth0"], false) };
+        let e = cluster_spec(&outside).expect_err("refused").to_string();
+        assert!(e.contains("aux address r=10.99.0.1 is not a host address of subnet 10.98.0.0/24"), "{e}");
         let n = Network { id: "n".into(), meta: Default::default(), spec, alloc: None };
         assert_eq!(
             cluster_doc(&n)["IPAM"]["Config"][0]["AuxiliaryAddresses"],
@@ -728,23 +715,33 @@ mod tests {
 
     #[test]
     fn dockers_macvlan_recipes_are_answered() {
-        let (none, swarm, local) = (None, Some("swarm".to_string()), Some("local".to_string()));
-        assert!(docker_recipes(Driver::Macvlan, false, &None, &swarm, false, &None).is_ok(), "--scope swarm: a no-op");
-        assert!(docker_recipes(Driver::Overlay, false, &None, &none, false, &None).is_ok());
-        assert!(docker_recipes(Driver::Bridge, false, &None, &local, false, &None).is_ok());
+        let args = |driver, scope: Option<&str>| CreateArgs {
+            driver,
+            scope: scope.map(str::to_string),
+            name: "n".into(),
+            ..Default::default()
+        };
+        assert!(docker_recipes(&args(Driver::Macvlan, Some("swarm"))).is_ok(), "--scope swarm: a no-op");
+        assert!(docker_recipes(&args(Driver::Overlay, None)).is_ok());
+        assert!(docker_recipes(&args(Driver::Bridge, Some("local"))).is_ok());
+        let default_ipam =
+            CreateArgs { ipam_driver: Some("default".into()), ipv6: Some(false), ..args(Driver::Macvlan, None) };
+        assert!(docker_recipes(&default_ipam).is_ok(), "--ipam-driver default, --ipv6=false");
         let refused = [
-            (docker_recipes(Driver::Macvlan, true, &None, &none, false, &None), "shoal.net.NAME.parent=IFACE"),
-            (docker_recipes(Driver::Macvlan, false, &Some("cfg".into()), &swarm, false, &None), "cluster-wide range"),
-            (docker_recipes(Driver::Macvlan, false, &None, &local, false, &None), "leave out --scope local"),
-            (docker_recipes(Driver::Bridge, false, &None, &swarm, false, &None), "use -d overlay or -d macvlan"),
-            (docker_recipes(Driver::Overlay, false, &None, &Some("galaxy".into()), false, &None), "invalid --scope"),
-            (docker_recipes(Driver::Macvlan, false, &None, &none, true, &None), "networks are IPv4 (leave out --ipv6)"),
-            (docker_recipes(Driver::Overlay, false, &None, &none, false, &Some("infoblox".into())), "--ipam-driver"),
+            (CreateArgs { config_only: true, ..args(Driver::Macvlan, None) }, "shoal.net.NAME.parent=IFACE"),
+            (
+                CreateArgs { config_from: Some("cfg".into()), ..args(Driver::Macvlan, Some("swarm")) },
+                "cluster-wide range",
+            ),
+            (args(Driver::Macvlan, Some("local")), "leave out --scope local"),
+            (args(Driver::Bridge, Some("swarm")), "use -d overlay or -d macvlan"),
+            (args(Driver::Overlay, Some("galaxy")), "invalid --scope"),
+            (CreateArgs { ipv6: Some(true), ..args(Driver::Macvlan, None) }, "networks are IPv4 (leave out --ipv6)"),
+            (CreateArgs { ipam_driver: Some("infoblox".into()), ..args(Driver::Overlay, None) }, "--ipam-driver"),
         ];
-        assert!(docker_recipes(Driver::Macvlan, false, &None, &none, false, &Some("default".into())).is_ok());
-        for (r, why) in refused {
-            let e = r.expect_err("refused").to_string();
-            assert!(e.contains(why), "{e}");
+        for (a, why) in refused {
+            let e = docker_recipes(&a).expect_err("refused").to_string();
+            assert!(e.contains(why), "{a:?}: {e}");
         }
     }
 

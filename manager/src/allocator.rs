@@ -620,9 +620,9 @@ mod tests {
     #[test]
     fn aux_addresses_are_never_handed_out() {
         let mut s = world(ClusterNet::default());
-        let mut i = 1;
+        let mut i = 2;
         let ip = |x: &str| -> Ipv4Addr { x.parse().unwrap() };
-        create(&mut s, 2, "app", |sp| {
+        create(&mut s, i, "app", |sp| {
             sp.attachable = true;
             sp.ipam.subnet = Some(sub("10.0.3.0/24"));
             sp.ipam.ip_range = Some(sub("10.0.3.128/29"));
@@ -630,17 +630,32 @@ mod tests {
                 .map(|(k, v)| (k.into(), ip(v)))
                 .into();
         });
+        // An allocation that leaves out the spec's reserved addresses is refused.
+        let alloc = |reserved: Vec<Ipv4Addr>| NetworkAlloc {
+            vni: FIRST_VNI,
+            subnet: sub("10.0.3.0/24"),
+            gateway: ip("10.0.3.1"),
+            range: sub("10.0.3.128/29"),
+            mtu: DEFAULT_OVERLAY_MTU,
+            reserved,
+        };
+        let forged = vec![AllocChange::Network { id: "app".into(), alloc: alloc(vec![ip("10.0.3.129")]) }];
         i += 1;
+        let (_, keys) = s.apply(i, &Request { at_ms: i, cmd: Command::Allocate { changes: forged } });
+        assert!(keys.is_empty(), "the nas's address is missing");
         allocate(&mut s, &mut i);
-        let reserved = s.networks["app"].alloc.as_ref().map(|a| a.reserved.clone());
-        assert_eq!(reserved, Some(vec![ip("10.0.3.5"), ip("10.0.3.129"), ip("10.0.3.131")]));
+        let reserved = vec![ip("10.0.3.5"), ip("10.0.3.129"), ip("10.0.3.131")];
+        assert_eq!(s.networks["app"].alloc, Some(alloc(reserved)));
         // A forged entry naming a reserved address is refused.
-        service(&mut s, &mut i, "web", &["app"], EndpointMode::Vip, &["t1", "t2", "t3", "t4", "t5"]);
+        service(&mut s, &mut i, "web", &["app"], EndpointMode::Vip, &["t1", "t2", "t3", "t4"]);
         let forged = vec![AllocChange::TaskAddr { id: "t1".into(), network: "app".into(), addr: ip("10.0.3.129") }];
         i += 1;
         let (_, keys) = s.apply(i, &Request { at_ms: i, cmd: Command::Allocate { changes: forged } });
         assert!(keys.is_empty(), "10.0.3.129 is the router's");
-        // .128-.135 less the two reserved: six for the VIP and five tasks.
+        // .128-.135 less the two reserved in it: six, for the VIP and four tasks, then one more.
+        allocate(&mut s, &mut i);
+        assert!(!s.network_full("app"), "one address is left (the printer's lies outside the range)");
+        service(&mut s, &mut i, "more", &["app"], EndpointMode::Dnsrr, &["t5"]);
         allocate(&mut s, &mut i);
         let mut got: Vec<Ipv4Addr> =
             ["t1", "t2", "t3", "t4", "t5"].iter().filter_map(|t| addr(&s, t, "app")).map(|a| ip(&a)).collect();
@@ -652,10 +667,8 @@ mod tests {
         // `run --ip` of a reserved address says whose it is.
         i += 1;
         let r = apply(&mut s, i, attach("app", "n1", "c1", Some("10.0.3.131")));
-        assert!(
-            matches!(&r, Response::Rejected(w) if w.contains("address 10.0.3.131 is reserved on network app (--aux-address nas=10.0.3.131)")),
-            "{r:?}"
-        );
+        let why = "address 10.0.3.131 is reserved on network app (--aux-address nas=10.0.3.131)";
+        assert!(matches!(&r, Response::Rejected(w) if w.contains(why)), "{r:?}");
         let mut fresh = s.clone();
         fresh.reindex();
         assert_eq!(fresh.held(), s.held());

@@ -172,12 +172,21 @@ impl NetworkSpec {
                 {
                     return Err(format!("ip range {range} does not lie inside subnet {subnet}"));
                 }
+                let mut named: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
                 for (name, ip) in &ipam.aux_addresses {
                     if name.is_empty() {
-                        return Err(format!("--aux-address ={ip} has no name: use NAME={ip}"));
+                        return Err(format!("aux address {ip} has no name: give it as NAME={ip}"));
                     }
                     if !subnet.contains(*ip) || *ip == subnet.network() || *ip == subnet.broadcast() {
                         return Err(format!("aux address {name}={ip} is not a host address of subnet {subnet}"));
+                    }
+                    if ipam.gateway == Some(*ip) {
+                        return Err(format!(
+                            "aux address {name}={ip} is the gateway, which is never handed out: leave it out"
+                        ));
+                    }
+                    if let Some(other) = named.insert(*ip, name) {
+                        return Err(format!("aux addresses {other} and {name} are both {ip}: one name per address"));
                     }
                 }
             }
@@ -259,8 +268,8 @@ pub fn vlan_hint(parent: &str) -> Option<String> {
     let id: u16 = id.parse().ok().filter(|i| (1..=4094).contains(i))?;
     (!base.is_empty()).then(|| {
         format!(
-            "Shoal makes no VLAN sub-interface as Docker does: make {parent} on the nodes \
-             (ip link add link {base} name {parent} type vlan id {id})"
+            "Docker makes VLAN sub-interfaces, Shoal does not: make {parent} on each node \
+             (ip link add link {base} name {parent} type vlan id {id}, and keep it across reboots)"
         )
     })
 }
@@ -370,6 +379,7 @@ impl Default for ClusterNet {
 
 /// WireGuard's usual port.
 pub const DEFAULT_WG_PORT: u16 = 51_820;
+
 
 fn default_wg_port() -> u16 {
     DEFAULT_WG_PORT
@@ -687,8 +697,11 @@ mod tests {
             n.ipam.aux_addresses = pairs.iter().map(|(k, v)| (k.to_string(), v.parse().expect("ip"))).collect();
             n
         };
-        let both = aux(&[("router", "10.1.0.9"), ("nas", "10.1.0.5"), ("again", "10.1.0.9")], Some("10.1.0.0/24"));
+        let both = aux(&[("router", "10.1.0.9"), ("nas", "10.1.0.5")], Some("10.1.0.0/24"));
         assert_eq!(both.validate(), Ok(()));
+        let mut gw = aux(&[("router", "10.1.0.254")], Some("10.1.0.0/24"));
+        gw.ipam.gateway = Some("10.1.0.254".parse().expect("ip"));
+        assert!(gw.validate().unwrap_err().contains("is the gateway, which is never handed out"));
         assert_eq!(
             both.ipam.reserved(),
             ["10.1.0.5".parse::<Ipv4Addr>().expect("ip"), "10.1.0.9".parse().expect("ip")]
@@ -698,6 +711,7 @@ mod tests {
             (aux(&[("r", "10.1.1.9")], Some("10.1.0.0/24")), "aux address r=10.1.1.9 is not a host address"),
             (aux(&[("r", "10.1.0.255")], Some("10.1.0.0/24")), "not a host address"),
             (aux(&[("", "10.1.0.9")], Some("10.1.0.0/24")), "has no name"),
+            (aux(&[("a", "10.1.0.9"), ("b", "10.1.0.9")], Some("10.1.0.0/24")), "a and b are both 10.1.0.9"),
         ] {
             let err = b.validate().expect_err("refused");
             assert!(err.contains(why), "{b:?}: {err}");

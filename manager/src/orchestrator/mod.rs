@@ -577,8 +577,9 @@ mod tests {
         let t = w.state.tasks.values().find(|t| t.service_id == web).expect("a task");
         assert_eq!(
             t.status.err,
-            "no parent interface eth1.10 on any node for network lan: Shoal makes no VLAN sub-interface as Docker \
-             does: make eth1.10 on the nodes (ip link add link eth1 name eth1.10 type vlan id 10)"
+            "no parent interface eth1.10 on any node for network lan: Docker makes VLAN sub-interfaces, Shoal \
+             does not: make eth1.10 on each node (ip link add link eth1 name eth1.10 type vlan id 10, and keep it \
+             across reboots)"
         );
         w.state.networks.get_mut("lan").unwrap().spec.parent = Some("eth1".into());
         // n2 and n4 have eth1; n5 names its parent with the label, and has
