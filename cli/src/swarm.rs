@@ -105,6 +105,10 @@ pub struct SettingsFlags {
     /// How often nodes send heartbeats (default 500ms; between 100ms and 10s).
     #[arg(long, value_name = "DURATION", value_parser = heartbeat)]
     dispatcher_heartbeat: Option<u64>,
+    /// How often the leader gives every node a new WireGuard key for encrypted overlays
+    /// (default 30d; at least 1h; 0: only `shoal network rotate-keys`).
+    #[arg(long, value_name = "DURATION", value_parser = key_rotation)]
+    network_key_rotation: Option<u64>,
 }
 
 /// `--task-history-limit`: a count, 0 or more.
@@ -126,6 +130,18 @@ fn heartbeat(s: &str) -> Result<u64, String> {
     }
 }
 
+/// `--network-key-rotation`: a duration the managers take, in seconds.
+fn key_rotation(s: &str) -> Result<u64, String> {
+    if s.trim().trim_end_matches(['d', 'h', 'm', 's']) == "0" {
+        return Ok(0);
+    }
+    let secs = crate::parse::duration_secs(s).map_err(|e| format!("invalid --network-key-rotation {s:?}: {e}"))?;
+    match shoal_proto::network::ClusterNet::key_rotation_problem(secs) {
+        Some(why) => Err(why),
+        None => Ok(secs),
+    }
+}
+
 /// The swarm as `docker swarm inspect` showed it (the parts Shoal has).
 pub fn inspect_doc(c: &pb::ClusterInfoResponse) -> serde_json::Value {
     let ns = |ms: u64| ms.saturating_mul(1_000_000);
@@ -138,6 +154,8 @@ pub fn inspect_doc(c: &pb::ClusterInfoResponse) -> serde_json::Value {
             "Orchestration": {"TaskHistoryRetentionLimit": c.task_history_limit},
             "Dispatcher": {"HeartbeatPeriod": ns(c.dispatcher_heartbeat_ms)},
             "CAConfig": {"NodeCertExpiry": expiry_secs.saturating_mul(1_000_000_000)},
+            // Not Docker's: its encrypted overlays' keys rotate every 12 hours, unsettable.
+            "Shoal": {"NetworkKeyRotation": c.network_key_rotation_secs.saturating_mul(1_000_000_000)},
         },
     }])
 }
@@ -190,6 +208,7 @@ pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
                     autolock: *autolock,
                     task_history_limit: settings.task_history_limit,
                     dispatcher_heartbeat_ms: settings.dispatcher_heartbeat,
+                    network_key_rotation_secs: settings.network_key_rotation,
                 })
                 .await?
                 .into_inner();
@@ -216,6 +235,7 @@ pub async fn run(cli: &Cli, cmd: &SwarmCmd) -> anyhow::Result<()> {
                     cert_expiry_secs: *cert_expiry,
                     task_history_limit: settings.task_history_limit,
                     dispatcher_heartbeat_ms: settings.dispatcher_heartbeat,
+                    network_key_rotation_secs: settings.network_key_rotation,
                 })
                 .await?;
             println!("Swarm updated.");
@@ -317,5 +337,12 @@ mod tests {
         assert_eq!(d[0]["Spec"]["Orchestration"]["TaskHistoryRetentionLimit"], 1);
         assert_eq!(d[0]["Spec"]["Dispatcher"]["HeartbeatPeriod"], 5_000_000_000u64);
         assert_eq!(d[0]["Spec"]["CAConfig"]["NodeCertExpiry"], 7_776_000_000_000_000u64);
+        assert_eq!(key_rotation("30d"), Ok(2_592_000));
+        assert_eq!(key_rotation("1h"), Ok(3_600));
+        assert_eq!(key_rotation("0"), Ok(0));
+        assert!(key_rotation("10m").is_err_and(|e| e.contains("at least 1h (or 0, off)")));
+        assert!(key_rotation("monthly").is_err_and(|e| e.contains("invalid --network-key-rotation")));
+        let c = pb::ClusterInfoResponse { network_key_rotation_secs: 7_200, ..Default::default() };
+        assert_eq!(inspect_doc(&c)[0]["Spec"]["Shoal"]["NetworkKeyRotation"], 7_200_000_000_000u64);
     }
 }

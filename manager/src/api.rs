@@ -9,7 +9,7 @@ use shoal_proto::model::{
     Availability, ClusterSettings, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role, new_node_id,
     random_base36, rfc3339,
 };
-use shoal_proto::network::{Network, NetworkSpec};
+use shoal_proto::network::{ClusterNet, Network, NetworkSpec};
 use shoal_proto::pb;
 use shoal_proto::pb::ca_client::CaClient;
 use shoal_proto::pb::control_client::ControlClient;
@@ -800,10 +800,14 @@ impl pb::control_server::Control for ControlService {
         if let Some(why) = r.dispatcher_heartbeat_ms.and_then(ClusterSettings::heartbeat_problem) {
             return Err(Status::invalid_argument(why));
         }
+        if let Some(why) = r.network_key_rotation_secs.and_then(ClusterNet::key_rotation_problem) {
+            return Err(Status::invalid_argument(why));
+        }
         if unlock_key.is_some()
             || r.cert_expiry_secs.is_some()
             || r.task_history_limit.is_some()
             || r.dispatcher_heartbeat_ms.is_some()
+            || r.network_key_rotation_secs.is_some()
         {
             self.mgr
                 .write(Command::UpdateSwarm {
@@ -811,6 +815,7 @@ impl pb::control_server::Control for ControlService {
                     cert_ttl_secs: r.cert_expiry_secs,
                     task_history_limit: r.task_history_limit,
                     heartbeat_period_ms: r.dispatcher_heartbeat_ms,
+                    key_rotation_secs: r.network_key_rotation_secs,
                 })
                 .await?;
         }
@@ -835,6 +840,7 @@ impl pb::control_server::Control for ControlService {
                 cert_ttl_secs: None,
                 task_history_limit: None,
                 heartbeat_period_ms: None,
+                key_rotation_secs: None,
             };
             self.mgr.write(rotate).await?;
             key
@@ -864,6 +870,7 @@ impl pb::control_server::Control for ControlService {
             task_history_limit: settings.task_history_limit,
             dispatcher_heartbeat_ms: settings.heartbeat_period_ms,
             cert_expiry_secs: state.cluster.as_ref().map_or(0, |c| c.node_cert_ttl_secs),
+            network_key_rotation_secs: state.cluster.as_ref().map_or(0, |c| c.net.key_rotation_secs),
         }))
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::model::{
     Availability, Cluster, ClusterSettings, Node, NodeDescription, NodeSpec, NodeState, NodeStatus, Role,
 };
-use shoal_proto::network::{Attachment, Network, NetworkSpec, NodeKeys};
+use shoal_proto::network::{Attachment, ClusterNet, Network, NetworkSpec, NodeKeys};
 use shoal_proto::secret::{Kind, Object, ObjectSpec, Payload};
 
 use crate::networks::{AllocChange, Held};
@@ -136,6 +136,10 @@ pub enum Command {
         /// `--dispatcher-heartbeat`, checked by the API (`ClusterSettings::heartbeat_problem`).
         #[serde(default)]
         heartbeat_period_ms: Option<u64>,
+        /// `--network-key-rotation`: the automatic WireGuard key rotation's
+        /// period (`ClusterNet::key_rotation_problem`).
+        #[serde(default)]
+        key_rotation_secs: Option<u64>,
     },
     /// From the dispatcher, for the node whose session said them: its
     /// netd's WireGuard public keys after a view (a removed node's late
@@ -515,8 +519,17 @@ impl State {
                 stamp(&mut cluster.meta, index, at, false);
                 (Response::Ok, vec![ObjKey::Cluster])
             }
-            Command::UpdateSwarm { unlock_key, cert_ttl_secs, task_history_limit, heartbeat_period_ms } => {
+            Command::UpdateSwarm {
+                unlock_key,
+                cert_ttl_secs,
+                task_history_limit,
+                heartbeat_period_ms,
+                key_rotation_secs,
+            } => {
                 if let Some(why) = heartbeat_period_ms.and_then(ClusterSettings::heartbeat_problem) {
+                    return reject(&why);
+                }
+                if let Some(why) = key_rotation_secs.and_then(ClusterNet::key_rotation_problem) {
                     return reject(&why);
                 }
                 let Some(cluster) = self.cluster.as_mut() else { return reject("the cluster is not initialized") };
@@ -531,6 +544,9 @@ impl State {
                 }
                 if let Some(ms) = heartbeat_period_ms {
                     cluster.settings.heartbeat_period_ms = *ms;
+                }
+                if let Some(secs) = key_rotation_secs {
+                    cluster.net.key_rotation_secs = *secs;
                 }
                 stamp(&mut cluster.meta, index, at, false);
                 (Response::Ok, vec![ObjKey::Cluster])
@@ -1295,6 +1311,7 @@ pub(crate) mod tests {
                 cert_ttl_secs,
                 task_history_limit: None,
                 heartbeat_period_ms: None,
+                key_rotation_secs: None,
             })
         };
         assert_eq!(s.apply(2, &set(Some("SWMKEY-1-a"), None)), (Response::Ok, vec![ObjKey::Cluster]));
@@ -1313,7 +1330,13 @@ pub(crate) mod tests {
         let mut s = booted();
         assert_eq!(s.cluster.as_ref().expect("cluster").settings, ClusterSettings::default());
         let set = |task_history_limit, heartbeat_period_ms| {
-            req(Command::UpdateSwarm { unlock_key: None, cert_ttl_secs: None, task_history_limit, heartbeat_period_ms })
+            req(Command::UpdateSwarm {
+                unlock_key: None,
+                cert_ttl_secs: None,
+                task_history_limit,
+                heartbeat_period_ms,
+                key_rotation_secs: None,
+            })
         };
         assert_eq!(s.apply(2, &set(Some(1), None)), (Response::Ok, vec![ObjKey::Cluster]));
         assert_eq!(s.apply(3, &set(None, Some(5_000))), (Response::Ok, vec![ObjKey::Cluster]));
@@ -1329,6 +1352,33 @@ pub(crate) mod tests {
         v.as_object_mut().expect("object").remove("settings");
         let old: Cluster = serde_json::from_value(v).expect("old cluster");
         assert_eq!(old.settings, ClusterSettings { task_history_limit: 5, heartbeat_period_ms: 500 });
+    }
+
+    #[test]
+    fn update_swarm_sets_the_key_rotation_period_off_or_an_hour_at_least() {
+        let mut s = booted();
+        let period = |s: &State| s.cluster.as_ref().expect("cluster").net.key_rotation_secs;
+        assert_eq!(period(&s), 30 * 86_400, "30 days unless told");
+        let set = |key_rotation_secs| {
+            req(Command::UpdateSwarm {
+                unlock_key: None,
+                cert_ttl_secs: None,
+                task_history_limit: None,
+                heartbeat_period_ms: None,
+                key_rotation_secs,
+            })
+        };
+        assert_eq!(s.apply(2, &set(Some(7 * 86_400))), (Response::Ok, vec![ObjKey::Cluster]));
+        assert_eq!(period(&s), 7 * 86_400);
+        for bad in [1, 600, 3_599] {
+            let (r, _) = s.apply(3, &set(Some(bad)));
+            assert!(matches!(&r, Response::Rejected(w) if w.contains("at least 1h (or 0, off)")), "{bad}: {r:?}");
+        }
+        assert_eq!(period(&s), 7 * 86_400, "a refusal changes nothing");
+        assert_eq!(s.apply(4, &set(Some(0))), (Response::Ok, vec![ObjKey::Cluster]));
+        assert_eq!(period(&s), 0, "off: only network rotate-keys rotates");
+        assert_eq!(s.apply(5, &set(None)), (Response::Ok, vec![ObjKey::Cluster]));
+        assert_eq!(period(&s), 0, "not given: kept");
     }
 
     #[test]

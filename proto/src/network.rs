@@ -380,6 +380,22 @@ impl Default for ClusterNet {
 /// WireGuard's usual port.
 pub const DEFAULT_WG_PORT: u16 = 51_820;
 
+/// The shortest period of the automatic key rotation: well past the 10
+/// minutes for which a node's previous key still answers handshakes.
+pub const MIN_KEY_ROTATION_SECS: u64 = 3600;
+
+impl ClusterNet {
+    /// Why `secs` cannot be the period of the automatic WireGuard key
+    /// rotation (`--network-key-rotation`; 0 turns it off), or `None`.
+    pub fn key_rotation_problem(secs: u64) -> Option<String> {
+        (secs != 0 && secs < MIN_KEY_ROTATION_SECS).then(|| {
+            format!(
+                "--network-key-rotation must be at least 1h (or 0, off): after each rotation a node's previous \
+                 key answers for 10 minutes; {secs}s was given"
+            )
+        })
+    }
+}
 
 fn default_wg_port() -> u16 {
     DEFAULT_WG_PORT

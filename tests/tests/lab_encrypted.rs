@@ -8,7 +8,8 @@
 //! leak). netd killed on the server's host: the traffic stops and nothing
 //! crosses in clear; restarted, the traffic comes back. `network
 //! rotate-keys` gives every node a new key while a client loops requests
-//! with none failing. `node rm` drops the node's sessions on the others at
+//! with none failing; the automatic rotation's period is `swarm update
+//! --network-key-rotation`'s to set. `node rm` drops the node's sessions on the others at
 //! once. `network inspect` shows each peer's session.
 
 use std::collections::BTreeSet;
@@ -283,6 +284,12 @@ fn rotation_keeps_requests_flowing(lab: &Lab, tasks: &[Placed]) -> Result<()> {
     let ok0 = wait_for("the client to be answered", Duration::from_secs(30), || {
         Ok(counts().ok().filter(|c| c.0 >= 10).map(|c| c.0))
     })?;
+    // The automatic rotation's period is the swarm's to set (an hour at least), and inspect shows it.
+    let why = lab.failing(1, &["swarm", "update", "--network-key-rotation", "10m"])?;
+    ensure!(why.contains("at least 1h (or 0, off)"), "{why}");
+    lab.shoal(1, &["swarm", "update", "--network-key-rotation", "2h"])?;
+    let doc: Value = serde_json::from_str(&lab.shoal(1, &["swarm", "inspect"])?)?;
+    ensure!(doc[0]["Spec"]["Shoal"]["NetworkKeyRotation"] == 7_200_000_000_000u64, "{doc}");
     let out = lab.shoal(1, &["network", "rotate-keys"])?;
     ensure!(out.contains("key epoch 1"), "{out}");
     let after = wait_for("every node to say a new key", Duration::from_secs(60), || {
