@@ -242,6 +242,12 @@ impl Daemon {
             .transpose()?;
         let port = (req.data_path_port != 0).then(|| to_u16(req.data_path_port, "--data-path-port")).transpose()?;
         let mut net = ClusterNet::from_init(&req.default_addr_pool, mask, port).map_err(Status::invalid_argument)?;
+        if let Some(secs) = req.network_key_rotation_secs {
+            if let Some(why) = ClusterNet::key_rotation_problem(secs) {
+                return Err(Status::invalid_argument(why));
+            }
+            net.key_rotation_secs = secs;
+        }
         let data_path_addr = data_path_addr(&req.data_path_addr)?;
         let cluster_id = random_base36(25);
         let node_id = new_node_id();
@@ -262,12 +268,6 @@ impl Daemon {
         }
         if let Some(n) = req.task_history_limit {
             settings.task_history_limit = n;
-        }
-        if let Some(secs) = req.network_key_rotation_secs {
-            if let Some(why) = ClusterNet::key_rotation_problem(secs) {
-                return Err(Status::invalid_argument(why));
-            }
-            net.key_rotation_secs = secs;
         }
         let validity =
             if req.cert_expiry_secs == 0 { ca::NODE_VALIDITY } else { Duration::from_secs(req.cert_expiry_secs) };

@@ -216,7 +216,8 @@ async fn a_container_joins_an_attachable_network_through_the_session() -> anyhow
 
 /// Autolock in process: a manager of an autolocked swarm resumes locked
 /// (its Raft data key is sealed by the unlock key, no key file is kept),
-/// refuses a wrong key and starts with the right one.
+/// refuses a wrong key and starts with the right one. (Its `swarm init`
+/// also sets the WireGuard key rotation period, after a refused one.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_autolocked_manager_resumes_locked_until_unlocked() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -225,10 +226,21 @@ async fn an_autolocked_manager_resumes_locked_until_unlocked() -> anyhow::Result
     let kek = cfg.data_root.join("certs").join("raft.kek");
     let d = Daemon::new(cfg.clone());
     d.set_worker(Worker::with_runtime(FakeRuntime::new(), "node1"));
-    let req = pb::SwarmInitRequest { autolock: true, ..Default::default() };
+    // A key rotation period under an hour is refused before anything is made; the init after it
+    // keeps the one it is given.
+    let short = pb::SwarmInitRequest { network_key_rotation_secs: Some(600), ..Default::default() };
+    let e = d.init(short).await.err().context("a 10 minute key rotation was taken")?;
+    ensure!(e.message().contains("at least 1h") && !d.in_swarm(), "{}", e.message());
+    let req = pb::SwarmInitRequest { autolock: true, network_key_rotation_secs: Some(7_200), ..Default::default() };
     d.init(req).await.map_err(|s| anyhow::anyhow!("init: {}", s.message()))?;
-    let key = d.manager().context("manager")?.store.read().cluster.as_ref().context("cluster")?.unlock_key.clone();
+    let (key, rotation) = {
+        let m = d.manager().context("manager")?;
+        let state = m.store.read();
+        let c = state.cluster.as_ref().context("cluster")?;
+        (c.unlock_key.clone(), c.net.key_rotation_secs)
+    };
     ensure!(key.starts_with("SWMKEY-1-"), "{key}");
+    ensure!(rotation == 7_200, "the key rotation period swarm init was given: {rotation}");
     let deadline = Instant::now() + within;
     while kek.exists() {
         ensure!(Instant::now() < deadline, "the key file stayed under autolock");

@@ -67,7 +67,8 @@ pub enum NetworkCmd {
 }
 
 /// `network create`'s flags (Docker's).
-#[derive(clap::Args, Debug, Default)]
+#[derive(clap::Args, Debug)]
+#[cfg_attr(test, derive(Default))]
 pub struct CreateArgs {
     /// bridge: this node's own network; overlay: a cluster network (on a manager); macvlan:
     /// a cluster network on the hosts' own LAN (on a manager).
@@ -711,6 +712,23 @@ mod tests {
             cluster_doc(&n)["IPAM"]["Config"][0]["AuxiliaryAddresses"],
             serde_json::json!({"my-router": "10.98.0.193", "nas": "10.98.0.200"})
         );
+    }
+
+    #[test]
+    fn network_create_takes_dockers_flag_forms() {
+        use crate::args::{Cli, Cmd};
+        use clap::Parser;
+        let parse = |args: &str| Cli::try_parse_from(std::iter::once("shoal").chain(args.split_whitespace()));
+        let create = |args: &str| match parse(args).map(|c| c.cmd) {
+            Ok(Cmd::Network(NetworkCmd::Create(a))) => Ok(a),
+            Ok(other) => panic!("not network create: {other:?}"),
+            Err(e) => Err(e),
+        };
+        let a = create("network create -d macvlan --ipv6 --aux-address r=10.98.0.5 --aux-address n=10.98.0.6 lan")
+            .expect("parsed");
+        assert_eq!((a.ipv6, a.aux_address.len(), a.name.as_str()), (Some(true), 2, "lan"), "--ipv6 takes no NAME");
+        assert_eq!(create("network create --ipv6=false app").expect("parsed").ipv6, Some(false));
+        assert_eq!(create("network create app").expect("parsed").ipv6, None);
     }
 
     #[test]

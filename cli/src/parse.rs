@@ -8,6 +8,16 @@ use shoal_proto::service::{PublishMode, PublishedPort};
 
 /// `90d`, `2160h`, `30m`, `45s` or plain seconds → seconds (`swarm init --cert-expiry`).
 pub fn duration_secs(s: &str) -> Result<u64, String> {
+    secs(s).filter(|n| *n > 0).ok_or_else(|| bad_secs(s))
+}
+
+/// As `duration_secs`, and `0` in any unit: a period that may be off
+/// (`swarm update --network-key-rotation 0`).
+pub fn duration_secs_or_zero(s: &str) -> Result<u64, String> {
+    secs(s).ok_or_else(|| bad_secs(s))
+}
+
+fn secs(s: &str) -> Option<u64> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'd')) => (&s[..i], 86_400),
@@ -16,11 +26,11 @@ pub fn duration_secs(s: &str) -> Result<u64, String> {
         Some((i, 's')) => (&s[..i], 1),
         _ => (s, 1),
     };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("invalid duration {s:?}: use e.g. 90d, 2160h, 30m or 45s"))
+    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult))
+}
+
+fn bad_secs(s: &str) -> String {
+    format!("invalid duration {:?}: use e.g. 90d, 2160h, 30m or 45s", s.trim())
 }
 
 /// Docker's durations (`300ms`, `5s`, `1m30s`, `2h`) in milliseconds.

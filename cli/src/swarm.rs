@@ -105,8 +105,8 @@ pub struct SettingsFlags {
     /// How often nodes send heartbeats (default 500ms; between 100ms and 10s).
     #[arg(long, value_name = "DURATION", value_parser = heartbeat)]
     dispatcher_heartbeat: Option<u64>,
-    /// How often the leader gives every node a new WireGuard key for encrypted overlays
-    /// (default 30d; at least 1h; 0: only `shoal network rotate-keys`).
+    /// How often the leader gives every node a new WireGuard key for encrypted overlays, counted
+    /// from the last rotation (default 30d; at least 1h; 0: only `shoal network rotate-keys`).
     #[arg(long, value_name = "DURATION", value_parser = key_rotation)]
     network_key_rotation: Option<u64>,
 }
@@ -132,10 +132,7 @@ fn heartbeat(s: &str) -> Result<u64, String> {
 
 /// `--network-key-rotation`: a duration the managers take, in seconds.
 fn key_rotation(s: &str) -> Result<u64, String> {
-    if s.trim().trim_end_matches(['d', 'h', 'm', 's']) == "0" {
-        return Ok(0);
-    }
-    let secs = crate::parse::duration_secs(s).map_err(|e| format!("invalid --network-key-rotation {s:?}: {e}"))?;
+    let secs = crate::parse::duration_secs_or_zero(s)?;
     match shoal_proto::network::ClusterNet::key_rotation_problem(secs) {
         Some(why) => Err(why),
         None => Ok(secs),
@@ -146,7 +143,7 @@ fn key_rotation(s: &str) -> Result<u64, String> {
 pub fn inspect_doc(c: &pb::ClusterInfoResponse) -> serde_json::Value {
     let ns = |ms: u64| ms.saturating_mul(1_000_000);
     let expiry_secs = if c.cert_expiry_secs == 0 { 90 * 86_400 } else { c.cert_expiry_secs };
-    serde_json::json!([{
+    let mut doc = serde_json::json!([{
         "ID": c.cluster_id,
         "CreatedAt": c.created_at,
         "Spec": {
@@ -154,10 +151,14 @@ pub fn inspect_doc(c: &pb::ClusterInfoResponse) -> serde_json::Value {
             "Orchestration": {"TaskHistoryRetentionLimit": c.task_history_limit},
             "Dispatcher": {"HeartbeatPeriod": ns(c.dispatcher_heartbeat_ms)},
             "CAConfig": {"NodeCertExpiry": expiry_secs.saturating_mul(1_000_000_000)},
-            // Not Docker's: its encrypted overlays' keys rotate every 12 hours, unsettable.
-            "Shoal": {"NetworkKeyRotation": c.network_key_rotation_secs.saturating_mul(1_000_000_000)},
         },
-    }])
+    }]);
+    // Not Docker's (its encrypted overlays' keys rotate every 12 hours, unsettable); absent
+    // where a manager too old to say it answered.
+    if let Some(secs) = c.network_key_rotation_secs {
+        doc[0]["Spec"]["Shoal"] = serde_json::json!({"NetworkKeyRotation": secs.saturating_mul(1_000_000_000)});
+    }
+    doc
 }
 
 fn join_command(token: &str, addr: &str) -> String {
@@ -339,10 +340,14 @@ mod tests {
         assert_eq!(d[0]["Spec"]["CAConfig"]["NodeCertExpiry"], 7_776_000_000_000_000u64);
         assert_eq!(key_rotation("30d"), Ok(2_592_000));
         assert_eq!(key_rotation("1h"), Ok(3_600));
-        assert_eq!(key_rotation("0"), Ok(0));
+        for off in ["0", "0s", "0d"] {
+            assert_eq!(key_rotation(off), Ok(0), "{off}");
+        }
         assert!(key_rotation("10m").is_err_and(|e| e.contains("at least 1h (or 0, off)")));
-        assert!(key_rotation("monthly").is_err_and(|e| e.contains("invalid --network-key-rotation")));
-        let c = pb::ClusterInfoResponse { network_key_rotation_secs: 7_200, ..Default::default() };
+        assert!(key_rotation("monthly").is_err_and(|e| e.contains("invalid duration \"monthly\"")));
+        assert!(key_rotation("0hd").is_err());
+        assert!(inspect_doc(&c)[0]["Spec"].get("Shoal").is_none(), "a manager that did not say it");
+        let c = pb::ClusterInfoResponse { network_key_rotation_secs: Some(7_200), ..Default::default() };
         assert_eq!(inspect_doc(&c)[0]["Spec"]["Shoal"]["NetworkKeyRotation"], 7_200_000_000_000u64);
     }
 }

@@ -870,7 +870,7 @@ impl pb::control_server::Control for ControlService {
             task_history_limit: settings.task_history_limit,
             dispatcher_heartbeat_ms: settings.heartbeat_period_ms,
             cert_expiry_secs: state.cluster.as_ref().map_or(0, |c| c.node_cert_ttl_secs),
-            network_key_rotation_secs: state.cluster.as_ref().map_or(0, |c| c.net.key_rotation_secs),
+            network_key_rotation_secs: state.cluster.as_ref().map(|c| c.net.key_rotation_secs),
         }))
     }
 }

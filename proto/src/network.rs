@@ -180,9 +180,10 @@ impl NetworkSpec {
                     if !subnet.contains(*ip) || *ip == subnet.network() || *ip == subnet.broadcast() {
                         return Err(format!("aux address {name}={ip} is not a host address of subnet {subnet}"));
                     }
-                    if ipam.gateway == Some(*ip) {
+                    if ipam.gateway.or_else(|| subnet.nth(1)) == Some(*ip) {
                         return Err(format!(
-                            "aux address {name}={ip} is the gateway, which is never handed out: leave it out"
+                            "aux address {name}={ip} is the gateway (the subnet's first host unless --gateway names \
+                             another), which is never handed out: leave it out"
                         ));
                     }
                     if let Some(other) = named.insert(*ip, name) {
@@ -717,7 +718,9 @@ mod tests {
         assert_eq!(both.validate(), Ok(()));
         let mut gw = aux(&[("router", "10.1.0.254")], Some("10.1.0.0/24"));
         gw.ipam.gateway = Some("10.1.0.254".parse().expect("ip"));
-        assert!(gw.validate().unwrap_err().contains("is the gateway, which is never handed out"));
+        assert!(gw.validate().unwrap_err().contains("router=10.1.0.254 is the gateway"));
+        let first = aux(&[("router", "10.1.0.1")], Some("10.1.0.0/24"));
+        assert!(first.validate().unwrap_err().contains("router=10.1.0.1 is the gateway (the subnet's first host"));
         assert_eq!(
             both.ipam.reserved(),
             ["10.1.0.5".parse::<Ipv4Addr>().expect("ip"), "10.1.0.9".parse().expect("ip")]
