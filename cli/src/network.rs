@@ -212,6 +212,9 @@ fn cluster_spec(a: &CreateArgs) -> anyhow::Result<NetworkSpec> {
             Some((ENCRYPTED_OPTION, "" | "true")) => spec.encrypted = true,
             Some((ENCRYPTED_OPTION, "false")) => spec.encrypted = false,
             Some((ENCRYPTED_OPTION, v)) => bail!("invalid encrypted={v:?}: use --opt encrypted"),
+            Some(("parent" | "host-access" | "host_access" | "arp-probe" | "arp_probe" | "macvlan_mode", _)) => {
+                bail!("-o {o} is a macvlan option: add -d macvlan")
+            }
             _ => bail!("unknown overlay network option {o:?}: use mtu=N (or {MTU_OPTION}=N) or encrypted"),
         }
     }
@@ -625,6 +628,7 @@ mod tests {
         }
         for (opts, why) in [
             (&["icc=false"][..], "unknown overlay network option"),
+            (&["parent=eth0"][..], "-o parent=eth0 is a macvlan option: add -d macvlan"),
             (&["mtu=big"][..], "invalid mtu"),
             (&["encrypted=yes"][..], "use --opt encrypted"),
             (&["mtu=10"][..], "out of range"),
