@@ -234,6 +234,12 @@ pub async fn info(cli: &Cli, format: Format) -> anyhow::Result<()> {
                 let c = c.into_inner();
                 println!(" Orchestration:\n  Task History Retention Limit: {}", c.task_history_limit);
                 println!(" Dispatcher:\n  Heartbeat Period: {}", shown_period(c.dispatcher_heartbeat_ms));
+                let expiry = if c.cert_expiry_secs == 0 { 90 * 86_400 } else { c.cert_expiry_secs };
+                println!(" CA Configuration:\n  Expiry Duration: {}", shown_secs(expiry));
+                if let Some(secs) = c.network_key_rotation_secs {
+                    let every = if secs == 0 { "off (network rotate-keys only)".into() } else { shown_secs(secs) };
+                    println!(" Encrypted Overlays:\n  Key Rotation: {every}");
+                }
             }
         }
     }
@@ -248,6 +254,15 @@ fn shown_period(ms: u64) -> String {
         (0, s) => format!("{s} seconds"),
         _ => format!("{ms} milliseconds"),
     }
+}
+
+/// `90 days`, `2 hours`, `90 minutes`: a period of whole seconds in its largest whole unit.
+fn shown_secs(secs: u64) -> String {
+    let (n, unit) = [(86_400, "day"), (3_600, "hour"), (60, "minute")]
+        .into_iter()
+        .find(|(u, _)| secs >= *u && secs.is_multiple_of(*u))
+        .map_or((secs, "second"), |(u, name)| (secs / u, name));
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 /// `reclaimable (N%)` as Docker shows it (no percentage for an empty total).
@@ -372,6 +387,13 @@ fn split_tag(t: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn info_shows_periods_in_their_largest_whole_unit() {
+        let shown = [90 * 86_400, 86_400, 7_200, 5_400, 61].map(shown_secs);
+        assert_eq!(shown, ["90 days", "1 day", "2 hours", "90 minutes", "61 seconds"]);
+        assert_eq!((shown_period(500), shown_period(5_000)), ("500 milliseconds".into(), "5 seconds".into()));
+    }
 
     #[test]
     fn prune_output_is_dockers() {

@@ -290,6 +290,8 @@ fn rotation_keeps_requests_flowing(lab: &Lab, tasks: &[Placed]) -> Result<()> {
     lab.shoal(1, &["swarm", "update", "--network-key-rotation", "2h"])?;
     let doc: Value = serde_json::from_str(&lab.shoal(1, &["swarm", "inspect"])?)?;
     ensure!(doc[0]["Spec"]["Shoal"]["NetworkKeyRotation"] == 7_200_000_000_000u64, "{doc}");
+    let info = lab.shoal(1, &["info"])?;
+    ensure!(info.contains("Encrypted Overlays:\n  Key Rotation: 2 hours"), "{info}");
     let out = lab.shoal(1, &["network", "rotate-keys"])?;
     ensure!(out.contains("key epoch 1"), "{out}");
     let after = wait_for("every node to say a new key", Duration::from_secs(60), || {
