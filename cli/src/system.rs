@@ -235,9 +235,10 @@ pub async fn info(cli: &Cli, format: Format) -> anyhow::Result<()> {
                 println!(" Orchestration:\n  Task History Retention Limit: {}", c.task_history_limit);
                 println!(" Dispatcher:\n  Heartbeat Period: {}", shown_period(c.dispatcher_heartbeat_ms));
                 let expiry = if c.cert_expiry_secs == 0 { 90 * 86_400 } else { c.cert_expiry_secs };
-                println!(" CA Configuration:\n  Expiry Duration: {}", shown_secs(expiry));
+                println!(" CA Configuration:\n  Expiry Duration: {}", shown_period(expiry * 1000));
                 if let Some(secs) = c.network_key_rotation_secs {
-                    let every = if secs == 0 { "off (network rotate-keys only)".into() } else { shown_secs(secs) };
+                    let every =
+                        if secs == 0 { "off (network rotate-keys only)".into() } else { shown_period(secs * 1000) };
                     println!(" Encrypted Overlays:\n  Key Rotation: {every}");
                 }
             }
@@ -247,21 +248,13 @@ pub async fn info(cli: &Cli, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `5 seconds`, `500 milliseconds`, as Docker's info shows a period.
+/// `90 days`, `2 hours`, `5 seconds`, `500 milliseconds`: a period of
+/// milliseconds in its largest whole unit, as Docker's info shows one.
 fn shown_period(ms: u64) -> String {
-    match (ms % 1000, ms / 1000) {
-        (0, 1) => "1 second".into(),
-        (0, s) => format!("{s} seconds"),
-        _ => format!("{ms} milliseconds"),
-    }
-}
-
-/// `90 days`, `2 hours`, `90 minutes`: a period of whole seconds in its largest whole unit.
-fn shown_secs(secs: u64) -> String {
-    let (n, unit) = [(86_400, "day"), (3_600, "hour"), (60, "minute")]
+    let (n, unit) = [(86_400_000, "day"), (3_600_000, "hour"), (60_000, "minute"), (1_000, "second")]
         .into_iter()
-        .find(|(u, _)| secs >= *u && secs.is_multiple_of(*u))
-        .map_or((secs, "second"), |(u, name)| (secs / u, name));
+        .find(|(u, _)| ms >= *u && ms.is_multiple_of(*u))
+        .map_or((ms, "millisecond"), |(u, name)| (ms / u, name));
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
@@ -390,7 +383,7 @@ mod tests {
 
     #[test]
     fn info_shows_periods_in_their_largest_whole_unit() {
-        let shown = [90 * 86_400, 86_400, 7_200, 5_400, 61].map(shown_secs);
+        let shown = [90 * 86_400, 86_400, 7_200, 5_400, 61].map(|secs| shown_period(secs * 1000));
         assert_eq!(shown, ["90 days", "1 day", "2 hours", "90 minutes", "61 seconds"]);
         assert_eq!((shown_period(500), shown_period(5_000)), ("500 milliseconds".into(), "5 seconds".into()));
     }

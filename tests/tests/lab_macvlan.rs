@@ -34,12 +34,17 @@ fn in_range(ip: Ipv4Addr) -> bool {
 
 /// Container `name`'s address on the LAN range, as `inspect` on host `host` shows it.
 fn ip_of(lab: &Lab, host: usize, name: &str) -> Result<Ipv4Addr> {
+    ip_where(lab, host, name, in_range).with_context(|| format!("{name} has no address in {RANGE}"))
+}
+
+/// Container `name`'s address that `wanted` takes, as `inspect` on host `host` shows it.
+fn ip_where(lab: &Lab, host: usize, name: &str, wanted: impl Fn(Ipv4Addr) -> bool) -> Result<Ipv4Addr> {
     let doc: Value = serde_json::from_str(&lab.shoal(host, &["inspect", name])?)?;
     let eps = doc[0]["endpoints"].as_array().cloned().unwrap_or_default();
     eps.iter()
         .filter_map(|e| e["ip"].as_str()?.parse().ok())
-        .find(|ip| in_range(*ip))
-        .with_context(|| format!("{name} has no address in {RANGE}: {doc}"))
+        .find(|ip| wanted(*ip))
+        .with_context(|| format!("no such address in {doc}"))
 }
 
 /// Docker's recipes, answered before anything is made.
@@ -101,14 +106,8 @@ fn aux_addresses(lab: &Lab) -> Result<()> {
     let mut got = BTreeSet::new();
     for (host, name) in [(1, "x1"), (2, "x2")] {
         lab.shoal(host, &["run", "-d", "--name", name, "--network", "aux", "busybox:local", "sleep", "600"])?;
-        let doc: Value = serde_json::from_str(&lab.shoal(host, &["inspect", name])?)?;
-        let eps = doc[0]["endpoints"].as_array().cloned().unwrap_or_default();
-        let ip: Ipv4Addr = eps
-            .iter()
-            .filter_map(|e| e["ip"].as_str()?.parse().ok())
-            .find(|ip: &Ipv4Addr| ip.octets()[..3] == [10, 98, 0])
-            .with_context(|| format!("{name} has no address on aux: {doc}"))?;
-        got.insert(ip);
+        let on_lan = |ip: Ipv4Addr| ip.octets()[..3] == [10, 98, 0];
+        got.insert(ip_where(lab, host, name, on_lan).with_context(|| format!("{name} has no address on aux"))?);
     }
     let free: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 98, 0, 248), Ipv4Addr::new(10, 98, 0, 251)].into();
     ensure!(got == free, "the two unreserved addresses, not the router's or the nas's: {got:?}");
