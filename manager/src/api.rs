@@ -36,6 +36,8 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     if spec.task.image.is_empty() {
         return bad("a service needs an image".into());
     }
+    // Every node would fail to pull it: refused before any task is made.
+    shoal_proto::image_ref::check(&spec.task.image).map_err(Status::invalid_argument)?;
     if spec.mode.is_global() && spec.replicas > 1 {
         return bad("--replicas applies to replicated services only".into());
     }
@@ -1146,7 +1148,7 @@ mod tests {
             ..spec(ports(vec![ing(8080, 80)]))
         };
         let snat_host = PublishedPort { client_ip: false, ..port(8080, 80, "tcp").ports[0].clone() };
-        let table: [(&str, ServiceSpec, Option<&str>); 34] = [
+        let table: [(&str, ServiceSpec, Option<&str>); 35] = [
             ("plain", spec(TaskSpec::default()), None),
             ("6 MB", spec(TaskSpec { limit_memory: 6 << 20, ..Default::default() }), None),
             (
@@ -1202,6 +1204,14 @@ mod tests {
             ("dnsrr", dnsrr, Some("port published with ingress mode can't be used with dnsrr mode")),
             ("snat in host mode", spec(ports(vec![snat_host])), Some("client-ip=false applies to ingress mode only")),
             ("no image", ServiceSpec { name: "web".into(), ..Default::default() }, Some("a service needs an image")),
+            (
+                "an image that is no reference",
+                ServiceSpec {
+                    task: TaskSpec { image: "error:".into(), ..Default::default() },
+                    ..spec(TaskSpec::default())
+                },
+                Some("invalid reference format: \"error:\""),
+            ),
             ("host settings", spec(host(HostConfig { init: true, read_only: true, ..ok_host.clone() })), None),
             (
                 "a host's sysctl",

@@ -7,7 +7,9 @@
 //! probe binds its own UDP sockets and runs the node's responder on a thread.
 
 pub mod container;
+pub mod digest;
 pub mod health;
+pub mod image_ref;
 pub mod model;
 pub mod mount;
 pub mod net;

@@ -284,6 +284,8 @@ async fn create(cli: &Cli, control: &mut Control, a: &ServiceCreateArgs) -> anyh
     if mode.is_global() && a.replicas.is_some() {
         bail!("--replicas can only be used with replicated or replicated-job mode");
     }
+    // Before the registry is asked for its digest (which would only warn).
+    shoal_proto::image_ref::check(&a.image).map_err(anyhow::Error::msg)?;
     spec.task.image = a.image.clone();
     spec.task.args = a.command.clone();
     if mode.is_job() {
@@ -318,6 +320,7 @@ async fn update(cli: &Cli, control: &mut Control, a: &ServiceUpdateArgs) -> anyh
     } else {
         let mut spec = svc.spec.clone();
         if let Some(i) = &a.image {
+            shoal_proto::image_ref::check(i).map_err(anyhow::Error::msg)?;
             spec.task.image = i.clone();
         }
         // A new image, or --force, pins the tag to the registry's digest anew

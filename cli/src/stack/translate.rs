@@ -383,6 +383,7 @@ fn service(
 ) -> anyhow::Result<ServicePlan> {
     report(unsupported, "", &svc.extra);
     let image = text(&svc.image).filter(|i| !i.is_empty()).context("no image: a stack's services need image:")?;
+    shoal_proto::image_ref::check(&image).map_err(|e| anyhow::anyhow!("image: {e}"))?;
     let d = svc.deploy.clone().unwrap_or_default();
     report(unsupported, "deploy.", &d.extra);
     let mode: Mode = choice::<ModeArg>(&d.mode, "deploy.mode")?.unwrap_or_default().into();
@@ -1440,6 +1441,7 @@ configs:
         let table = [
             ("services: {}", "no services"),
             ("services: {web: {command: x}}", "no image"),
+            ("services: {web: {image: \"error:\"}}", "image: invalid reference format: \"error:\""),
             ("services: {web: {image: x, networks: [nope]}}", "\"nope\" is not declared"),
             ("services: {web: {image: x, volumes: [\"data:/d\"]}}", "undefined volume \"data\""),
             ("services: {web: {image: x, secrets: [pw]}}", "secret \"pw\" is not declared"),

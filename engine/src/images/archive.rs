@@ -22,8 +22,8 @@ use super::digest::{Digest, copy_hashing};
 use super::entry::normalize;
 use super::error::{ImageError, io_err, read_err};
 use super::manifest::{CONFIG_TYPES, Descriptor, INDEX_TYPES, Index, MANIFEST_TYPES, Manifest, choose_platform};
-use super::reference::Reference;
 use super::unpack::decompress;
+use shoal_proto::image_ref::Reference;
 
 /// JSON documents (manifests, configs) larger than this are refused.
 const MAX_JSON: u64 = 32 << 20;

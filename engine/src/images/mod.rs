@@ -28,7 +28,7 @@ mod digest;
 mod entry;
 mod error;
 pub mod manifest;
-mod reference;
+
 mod remote;
 mod save;
 mod store;
@@ -56,8 +56,8 @@ pub use config::{ContainerConfig, go_arch};
 pub use digest::{Digest, Hasher};
 pub use entry::Refusal;
 pub use error::ImageError;
-pub use reference::Reference;
 pub use remote::{LayerStep, PullStaging, Pulled, PushLayer, PushSource, gzip_file};
+pub use shoal_proto::image_ref::Reference;
 
 use error::io_err;
 

@@ -18,9 +18,9 @@ use super::config::ConfigFile;
 use super::digest::{Digest, HashingReader};
 use super::error::{ImageError, io_err, read_err};
 use super::manifest::{self, MANIFEST_TYPES};
-use super::reference::Reference;
 use super::store::Staging;
 use super::{ImageStore, ImageSummary, no_such, staged_layer, unpack, unpack_staged};
+use shoal_proto::image_ref::Reference;
 
 /// Where a pull stages what it downloads; removed (with everything in it)
 /// when dropped, so an abandoned or refused pull leaves nothing.

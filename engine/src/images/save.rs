@@ -11,9 +11,9 @@ use serde_json::json;
 
 use super::digest::{Digest, HashingReader};
 use super::error::{ImageError, io_err};
-use super::reference::Reference;
 use super::store::{ImageRecord, Layout};
 use super::unpack::decompress;
+use shoal_proto::image_ref::Reference;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::digest::{Digest, is_full_hex, is_lower_hex};
 use super::error::{ImageError, io_err};
-use super::reference::Reference;
+use shoal_proto::image_ref::Reference;
 
 /// Shortest image id prefix accepted in place of a reference.
 pub const MIN_ID_PREFIX: usize = 4;

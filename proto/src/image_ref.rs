@@ -1,11 +1,12 @@
 //! Image references as Docker reads them: `[domain/]path[:tag][@sha256:…]`.
 //! `busybox` is `docker.io/library/busybox`; the store keeps and prints the
 //! short familiar form (`busybox:latest`, `foo/bar:1`, `quay.io/x/y:2`),
-//! exactly as Docker does. Pure parsing, tested by tables.
+//! exactly as Docker does. Pure parsing, tested by tables; the managers
+//! refuse a service whose image does not parse, as the nodes would.
 
 use std::fmt;
 
-use super::digest::{Digest, is_full_hex};
+use crate::digest::{Digest, is_full_hex};
 
 const DEFAULT_DOMAIN: &str = "docker.io";
 const LEGACY_DOMAIN: &str = "index.docker.io";
@@ -126,6 +127,13 @@ impl fmt::Display for Reference {
         }
         Ok(())
     }
+}
+
+/// `Ok` when `input` is an image reference a node can pull; otherwise
+/// Docker's message for it (`invalid reference format: "error:": …`), which
+/// the CLI and the managers give before a service is made with it.
+pub fn check(input: &str) -> Result<(), String> {
+    Reference::parse(input).map(drop).map_err(|reason| format!("invalid reference format: {input:?}: {reason}"))
 }
 
 /// Docker's `splitDockerDomain`: the first component is a domain only if it
@@ -287,6 +295,15 @@ mod tests {
             let err = Reference::parse(&input).expect_err(&input);
             assert!(err.contains(want), "{input}: {err}");
         }
+    }
+
+    #[test]
+    fn check_says_what_docker_says_of_a_reference_that_does_not_parse() {
+        assert_eq!(check("busybox"), Ok(()));
+        assert_eq!(check(&format!("registry:5000/app:1@sha256:{}", "b".repeat(64))), Ok(()));
+        let e = check("error:").expect_err("no tag after the colon");
+        assert!(e.starts_with("invalid reference format: \"error:\": "), "{e}");
+        assert!(check("Busybox").expect_err("upper case").contains("must be lowercase"));
     }
 
     #[test]
