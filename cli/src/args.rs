@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 #[cfg(feature = "bench")]
 use crate::bench::BenchCmd;
@@ -74,7 +74,7 @@ pub enum Cmd {
     Images {
         #[arg(short, long)]
         quiet: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
     /// Download an image from a registry (like `image pull`).
@@ -147,17 +147,33 @@ pub enum Cmd {
     Events(crate::events::EventsArgs),
 }
 
-#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+/// `--format`: Docker's `table` and `json`, or a Go template over each
+/// row of a listing (`{{.Names}}`, `table {{.ID}}\t{{.Image}}`, `{{json .}}`)
+/// or over each inspected object (`{{.State.Status}}`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {
     #[default]
     Table,
     Json,
+    /// Parsed once, for the whole run of this command.
+    Template(&'static crate::gotemplate::Template),
+}
+
+impl Format {
+    /// clap's parser for `--format`; a template that does not parse is refused with the reason.
+    pub fn parse(s: &str) -> Result<Format, String> {
+        match s.trim() {
+            "table" => Ok(Format::Table),
+            "json" => Ok(Format::Json),
+            _ => crate::gotemplate::Template::parse(s).map(|t| Format::Template(Box::leak(Box::new(t)))),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
 pub struct FormatArg {
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    /// Output format: table, json, or a Go template.
+    #[arg(long, value_parser = Format::parse, default_value = "table")]
     pub format: Format,
 }
 
@@ -287,6 +303,17 @@ mod tests {
             (Some(26), Some(7789), Some("10.98.0.5"))
         );
         assert!(parse("swarm init --data-path-port 70000").is_err());
+    }
+
+    #[test]
+    fn every_format_flag_takes_a_go_template_and_refuses_one_that_does_not_parse() {
+        for args in ["ps --format {{.Names}}", "service ls --format table{{.Name}}", "inspect -f {{.State.Status}} web"]
+        {
+            assert!(parse(args).is_ok(), "{args}");
+        }
+        let e = parse("node ls --format {{.ID").expect_err("unclosed");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(e.to_string().contains("unclosed action"), "{e}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub struct EventsArgs {
     #[arg(short, long = "filter")]
     pub filter: Vec<String>,
     /// json: one JSON object a line.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    #[arg(long, value_parser = Format::parse, default_value = "table")]
     pub format: Format,
 }
 
@@ -37,7 +37,11 @@ pub async fn run(cli: &Cli, a: &EventsArgs) -> anyhow::Result<()> {
             eprintln!("warning: {}", e.warning);
             continue;
         }
-        let line = if a.format == Format::Json { json_line(&e).to_string() } else { text_line(&e) };
+        let line = match a.format {
+            Format::Json => json_line(&e).to_string(),
+            Format::Template(t) => t.render(&json_line(&e), false).map_err(anyhow::Error::msg)?,
+            Format::Table => text_line(&e),
+        };
         let mut out = std::io::stdout().lock();
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             return Ok(()); // the reader went away (`| head`)

@@ -35,11 +35,14 @@ pub enum ImageCmd {
     Ls {
         #[arg(short, long)]
         quiet: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
     /// Display detailed information on images (JSON).
     Inspect {
+        /// JSON (the default), or a Go template over each (`{{.Name}}`).
+        #[arg(short, long, value_parser = Format::parse)]
+        format: Option<Format>,
         #[arg(required = true)]
         images: Vec<String>,
     },
@@ -199,7 +202,13 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
                 *format,
                 |i| short_id(&i.id).to_string(),
                 |i| serde_json::json!({"id": i.id, "repo_tags": i.repo_tags, "repo_digests": i.repo_digests, "created": i.created, "size": i.size}),
-                &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+                &[
+                    ("Repository", "REPOSITORY"),
+                    ("Tag", "TAG"),
+                    ("ID", "IMAGE ID"),
+                    ("CreatedSince", "CREATED"),
+                    ("Size", "SIZE"),
+                ],
                 |i| {
                     let tags =
                         if i.repo_tags.is_empty() { vec!["<none>:<none>".to_string()] } else { i.repo_tags.clone() };
@@ -213,12 +222,12 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
                 },
             )?;
         }
-        ImageCmd::Inspect { images } => {
+        ImageCmd::Inspect { format, images } => {
             let mut docs = Vec::new();
             for r in images {
                 docs.push(engine.image_inspect(pb::ImageRef { reference: r.clone() }).await?.into_inner());
             }
-            print_docs(docs)?;
+            print_docs(docs, *format)?;
         }
         ImageCmd::Tag { source, target } => {
             engine.image_tag(pb::ImageTagRequest { source: source.clone(), target: target.clone() }).await?;

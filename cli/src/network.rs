@@ -25,10 +25,13 @@ pub enum NetworkCmd {
     Ls {
         #[arg(short, long)]
         quiet: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
     Inspect {
+        /// JSON (the default), or a Go template over each (`{{.Name}}`).
+        #[arg(short, long, value_parser = Format::parse)]
+        format: Option<Format>,
         #[arg(required = true)]
         networks: Vec<String>,
     },
@@ -477,11 +480,11 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
                 *format,
                 |n| short(&n.id).to_string(),
                 |n| n.doc.clone(),
-                &["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
+                &[("ID", "NETWORK ID"), ("Name", "NAME"), ("Driver", "DRIVER"), ("Scope", "SCOPE")],
                 row,
             )?;
         }
-        NetworkCmd::Inspect { networks } => {
+        NetworkCmd::Inspect { format, networks } => {
             let list = engine.network_list(pb::Empty {}).await?.into_inner().networks;
             let mut control: Option<Control> = None;
             let mut docs = Vec::new();
@@ -516,7 +519,7 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
                     Err(s) => return Err(s.into()),
                 }
             }
-            println!("{}", serde_json::to_string_pretty(&docs)?);
+            crate::output::print_values(&docs, *format)?;
         }
         NetworkCmd::Rm { networks } => {
             let mut control = client::control(cli).await?;

@@ -8,7 +8,7 @@ use shoal_proto::pb;
 
 use crate::args::{Cli, Format};
 use crate::client;
-use crate::output::{capitalize, node_json, table};
+use crate::output::{capitalize, node_json};
 
 #[derive(Subcommand, Debug)]
 pub enum NodeCmd {
@@ -18,14 +18,14 @@ pub enum NodeCmd {
         /// Only print IDs.
         #[arg(short, long)]
         quiet: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
     /// Display detailed information on nodes.
     Inspect {
         #[arg(long)]
         pretty: bool,
-        #[arg(long, value_enum, default_value_t = Format::Json)]
+        #[arg(short, long, value_parser = Format::parse, default_value = "json")]
         format: Format,
         #[arg(required = true)]
         nodes: Vec<String>,
@@ -61,7 +61,7 @@ pub enum NodeCmd {
         /// Do not truncate ids and errors.
         #[arg(long)]
         no_trunc: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
         /// Node ids, id prefixes or hostnames; `self` is this node.
         #[arg(default_value = "self")]
@@ -125,6 +125,47 @@ async fn self_id(cli: &Cli) -> Option<String> {
     c.info(pb::Empty {}).await.ok().map(|r| r.into_inner().node_id)
 }
 
+/// A node as the user named it: `self` is the local daemon's, as in Docker.
+async fn named(cli: &Cli, node: &str) -> anyhow::Result<String> {
+    if node != "self" {
+        return Ok(node.to_string());
+    }
+    self_id(cli).await.filter(|id| !id.is_empty()).ok_or_else(|| {
+        anyhow::anyhow!("`self` names the node of the local daemon, which is not in a swarm; name a node")
+    })
+}
+
+/// What `node inspect` prints: the node as `node ls --format json` shows it,
+/// with Docker's names beside ours for what scripts read with a template
+/// (`{{.Status.Addr}}`, `{{.Spec.Role}}`, `{{.Description.Hostname}}`).
+fn inspect_doc(n: &pb::Node) -> serde_json::Value {
+    let mut doc = node_json(n);
+    // Docker's Status.Addr is the host's address; a manager's ManagerStatus.Addr has the port.
+    let ip = n.addr.rsplit_once(':').map_or(n.addr.as_str(), |(ip, _)| ip);
+    let manager = (!n.manager_status.is_empty()).then(|| {
+        let addr = format!("{ip}:{}", shoal_proto::MANAGER_PORT);
+        let reachability = if n.status == "down" { "unreachable" } else { "reachable" };
+        serde_json::json!({"Leader": n.manager_status == "leader", "Reachability": reachability, "Addr": addr})
+    });
+    let docker = serde_json::json!({
+        "ID": n.id,
+        "CreatedAt": n.created_at,
+        "UpdatedAt": n.updated_at,
+        "Spec": {"Role": n.role, "Availability": n.availability, "Labels": n.labels},
+        "Description": {
+            "Hostname": n.hostname,
+            "Platform": {"OS": n.os, "Architecture": n.arch},
+            "Engine": {"EngineVersion": n.engine_version},
+        },
+        "Status": {"State": n.status, "Message": n.status_message, "Addr": ip},
+        "ManagerStatus": manager,
+    });
+    if let (Some(d), serde_json::Value::Object(extra)) = (doc.as_object_mut(), docker) {
+        d.extend(extra);
+    }
+    doc
+}
+
 pub async fn run(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
     let mut control = client::control(cli).await?;
     match cmd {
@@ -153,16 +194,21 @@ pub async fn run(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
                         ]
                     })
                     .collect();
-                println!(
-                    "{}",
-                    table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"], &rows)
-                );
+                let columns = [
+                    ("ID", "ID"),
+                    ("Hostname", "HOSTNAME"),
+                    ("Status", "STATUS"),
+                    ("Availability", "AVAILABILITY"),
+                    ("ManagerStatus", "MANAGER STATUS"),
+                    ("EngineVersion", "ENGINE VERSION"),
+                ];
+                crate::output::print_rows(*format, &columns, &rows)?;
             }
         }
         NodeCmd::Inspect { pretty, format, nodes } => {
             let mut out = Vec::new();
             for id in nodes {
-                out.push(control.inspect_node(pb::NodeRef { id: id.clone() }).await?.into_inner());
+                out.push(control.inspect_node(pb::NodeRef { id: named(cli, id).await? }).await?.into_inner());
             }
             if *pretty || *format == Format::Table {
                 for n in &out {
@@ -199,8 +245,8 @@ pub async fn run(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
                     }
                 }
             } else {
-                let v: Vec<_> = out.iter().map(node_json).collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                let v: Vec<_> = out.iter().map(inspect_doc).collect();
+                crate::output::print_values(&v, Some(*format))?;
             }
         }
         NodeCmd::Update { availability, label_add, label_rm, role, node } => {
@@ -240,15 +286,7 @@ pub async fn run(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
         NodeCmd::Ps { quiet, no_trunc, format, nodes } => {
             let mut ids = Vec::new();
             for n in nodes {
-                if n == "self" {
-                    ids.push(self_id(cli).await.filter(|id| !id.is_empty()).ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "`self` names the node of the local daemon, which is not in a swarm; name a node"
-                        )
-                    })?);
-                } else {
-                    ids.push(n.clone());
-                }
+                ids.push(named(cli, n).await?);
             }
             crate::service::node_ps(&mut control, &ids, *quiet, *no_trunc, *format).await?;
         }

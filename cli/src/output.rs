@@ -3,6 +3,8 @@
 use serde_json::{Value, json};
 use shoal_proto::pb;
 
+use crate::args::Format;
+
 /// An id as Docker lists it: its first 12 characters.
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
@@ -11,29 +13,84 @@ pub fn short(id: &str) -> &str {
 /// Columns separated by three spaces, padded to the widest cell (as Docker's
 /// tabwriter does).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
+    let mut lines = vec![headers.iter().map(|h| h.to_string()).collect()];
+    lines.extend_from_slice(rows);
+    align(&lines)
+}
+
+/// Lines of cells, each column padded to its widest cell and three spaces
+/// (the last cell of a line is not padded).
+fn align(lines: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for l in lines {
+        for (i, c) in l.iter().enumerate().take(l.len().saturating_sub(1)) {
+            if widths.len() <= i {
+                widths.push(0);
+            }
             widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
+    let line = |cells: &Vec<String>| {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
-                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+                let pad = widths[i] - c.chars().count();
+                s.push_str(&format!("{c}{}   ", " ".repeat(pad)));
             }
         }
         s.trim_end().to_string()
     };
-    let mut out = line(headers.to_vec());
-    for r in rows {
-        out.push('\n');
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    lines.iter().map(line).collect::<Vec<_>>().join("\n")
+}
+
+/// A listing's rows as `--format` asks: the table Docker prints, or a Go
+/// template over each row whose fields are Docker's names for the columns
+/// (`columns`: field and header; one with no header is not in the table),
+/// a `table` template with the headers of the fields it shows (rendered over the headers, as the docker CLI does)
+/// and its tabs aligned. JSON is each listing's own (its callers print it).
+pub fn print_rows(format: Format, columns: &[(&str, &str)], rows: &[Vec<String>]) -> anyhow::Result<()> {
+    println!("{}", rows_text(format, columns, rows)?);
+    Ok(())
+}
+
+/// What `print_rows` prints.
+fn rows_text(format: Format, columns: &[(&str, &str)], rows: &[Vec<String>]) -> anyhow::Result<String> {
+    let object = |cells: &mut dyn Iterator<Item = String>| {
+        Value::Object(columns.iter().map(|(f, _)| f.to_string()).zip(cells.map(Value::String)).collect())
+    };
+    match format {
+        Format::Template(t) => {
+            let mut lines = Vec::new();
+            if t.table {
+                let header = t.render(&object(&mut columns.iter().map(|(_, h)| h.to_string())), true);
+                lines.push(header.map_err(anyhow::Error::msg)?);
+            }
+            for r in rows {
+                lines.push(t.render(&object(&mut r.iter().cloned()), true).map_err(anyhow::Error::msg)?);
+            }
+            if t.table {
+                let cells: Vec<Vec<String>> =
+                    lines.iter().map(|l| l.split('\t').map(str::to_string).collect()).collect();
+                Ok(align(&cells))
+            } else {
+                Ok(lines.join("\n"))
+            }
+        }
+        Format::Json => {
+            let all: Vec<Value> = rows.iter().map(|r| object(&mut r.iter().cloned())).collect();
+            Ok(serde_json::to_string_pretty(&all)?)
+        }
+        Format::Table => {
+            // A field without a header is for templates only.
+            let shown: Vec<usize> = (0..columns.len()).filter(|&i| !columns[i].1.is_empty()).collect();
+            let headers: Vec<&str> = shown.iter().map(|&i| columns[i].1).collect();
+            let rows: Vec<Vec<String>> =
+                rows.iter().map(|r| shown.iter().filter_map(|&i| r.get(i).cloned()).collect()).collect();
+            Ok(table(&headers, &rows))
+        }
     }
-    out
 }
 
 pub fn capitalize(s: &str) -> String {
@@ -88,10 +145,24 @@ pub fn info_json(i: &pb::LocalInfo) -> Value {
     })
 }
 
-/// Prints several objects' JSON documents as one array, as `docker inspect` does.
-pub fn print_docs(docs: Vec<pb::JsonDoc>) -> anyhow::Result<()> {
+/// Prints several objects' JSON documents as one array, as `docker inspect`
+/// does, or a template (`-f '{{.State.Status}}'`) over each, a line each.
+pub fn print_docs(docs: Vec<pb::JsonDoc>, format: Option<Format>) -> anyhow::Result<()> {
     let values = docs.iter().map(|d| serde_json::from_str(&d.json)).collect::<Result<Vec<Value>, _>>()?;
-    println!("{}", serde_json::to_string_pretty(&values)?);
+    print_values(&values, format)
+}
+
+/// Inspected objects as `-f/--format` asks: JSON (the default) or a template over each.
+pub fn print_values(values: &[Value], format: Option<Format>) -> anyhow::Result<()> {
+    match format {
+        None | Some(Format::Json) => println!("{}", serde_json::to_string_pretty(values)?),
+        Some(Format::Template(t)) => {
+            for v in values {
+                println!("{}", t.render(v, false).map_err(anyhow::Error::msg)?);
+            }
+        }
+        Some(Format::Table) => anyhow::bail!("inspect prints JSON: give --format json or a template ({{{{.Name}}}})"),
+    }
     Ok(())
 }
 
@@ -130,25 +201,26 @@ pub fn error_message(e: &anyhow::Error) -> String {
     format!("{e:#}")
 }
 
-/// Docker's three shapes of a listing: ids only (`-q`), a JSON array
-/// (`--format json`), or a table with `rows` lines for each item.
+/// Docker's shapes of a listing: ids only (`-q`), a JSON array
+/// (`--format json`), or `rows` lines for each item as a table or a
+/// template (`print_rows`; `columns`: each column's field and header).
 pub fn print_listing<T>(
     items: &[T],
     quiet: bool,
-    format: crate::args::Format,
+    format: Format,
     id: impl Fn(&T) -> String,
     json: impl Fn(&T) -> serde_json::Value,
-    headers: &[&str],
+    columns: &[(&str, &str)],
     rows: impl Fn(&T) -> Vec<Vec<String>>,
 ) -> anyhow::Result<()> {
     if quiet {
         for i in items {
             println!("{}", id(i));
         }
-    } else if format == crate::args::Format::Json {
+    } else if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&items.iter().map(json).collect::<Vec<_>>())?);
     } else {
-        println!("{}", table(headers, &items.iter().flat_map(rows).collect::<Vec<_>>()));
+        print_rows(format, columns, &items.iter().flat_map(rows).collect::<Vec<_>>())?;
     }
     Ok(())
 }
@@ -179,6 +251,41 @@ mod tests {
     fn tables_align_like_docker() {
         let t = table(&["ID", "HOSTNAME", "STATUS"], &[vec!["abc *".into(), "h1".into(), "Ready".into()]]);
         assert_eq!(t, "ID      HOSTNAME   STATUS\nabc *   h1         Ready");
+    }
+
+    #[test]
+    fn a_listing_takes_docker_s_templates_over_its_columns() {
+        let columns = [("ID", "CONTAINER ID"), ("Image", "IMAGE"), ("Names", "NAMES"), ("State", "")];
+        let rows = vec![
+            vec!["0123456789ab".to_string(), "busybox:local".into(), "web".into(), "running".into()],
+            vec!["ba9876543210".to_string(), "nginx".into(), "db".into(), "exited".into()],
+        ];
+        let text = |f: &str| rows_text(Format::parse(f).expect("format"), &columns, &rows).map_err(|e| e.to_string());
+        assert_eq!(text("{{.Names}}").as_deref(), Ok("web\ndb"));
+        assert_eq!(
+            text("table {{.Names}}\\t{{.Image}}").as_deref(),
+            Ok("NAMES   IMAGE\nweb     busybox:local\ndb      nginx")
+        );
+        assert_eq!(
+            text("{{json .}}").as_deref().map(|t| t.lines().next()),
+            Ok(Some(r#"{"ID":"0123456789ab","Image":"busybox:local","Names":"web","State":"running"}"#))
+        );
+        assert_eq!(text("{{.Name}}"), Err("no field .Name here: there are .ID .Image .Names .State".into()));
+        assert_eq!(text("{{.Names}} {{.State}}").as_deref(), Ok("web running\ndb exited"));
+        assert_eq!(
+            text("table").as_deref(),
+            Ok(
+                "CONTAINER ID   IMAGE           NAMES\n0123456789ab   busybox:local   web\nba9876543210   nginx           db"
+            )
+        );
+    }
+
+    #[test]
+    fn format_takes_table_json_or_a_template_and_says_why_one_does_not_parse() {
+        assert_eq!(Format::parse("table"), Ok(Format::Table));
+        assert_eq!(Format::parse("json"), Ok(Format::Json));
+        assert!(matches!(Format::parse("{{.ID}}"), Ok(Format::Template(t)) if !t.table));
+        assert!(Format::parse("{{.ID").expect_err("unclosed").contains("unclosed action"));
     }
 
     #[test]

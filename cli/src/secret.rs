@@ -34,7 +34,7 @@ pub enum ObjectCmd {
     Ls {
         #[arg(short, long)]
         quiet: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
     /// Display detailed information (JSON; never a secret's data).
@@ -42,6 +42,9 @@ pub enum ObjectCmd {
         /// Human-readable output (a config's data too).
         #[arg(long)]
         pretty: bool,
+        /// JSON (the default), or a Go template over each (`{{.Name}}`).
+        #[arg(short, long, value_parser = Format::parse)]
+        format: Option<Format>,
         #[arg(required = true)]
         names: Vec<String>,
     },
@@ -103,7 +106,7 @@ pub async fn run(cli: &Cli, kind: Kind, cmd: &ObjectCmd) -> anyhow::Result<()> {
                 *format,
                 |o| text(&o["ID"]),
                 |o| o.clone(),
-                &["ID", "NAME", "CREATED", "UPDATED"],
+                &[("ID", "ID"), ("Name", "NAME"), ("CreatedAt", "CREATED"), ("UpdatedAt", "UPDATED")],
                 |o| {
                     vec![vec![
                         text(&o["ID"]),
@@ -114,7 +117,7 @@ pub async fn run(cli: &Cli, kind: Kind, cmd: &ObjectCmd) -> anyhow::Result<()> {
                 },
             )?;
         }
-        ObjectCmd::Inspect { pretty, names } => {
+        ObjectCmd::Inspect { pretty, format, names } => {
             let mut docs = Vec::new();
             for n in names {
                 let r = pb::ObjectRef { kind: k.clone(), id: n.clone() };
@@ -126,7 +129,7 @@ pub async fn run(cli: &Cli, kind: Kind, cmd: &ObjectCmd) -> anyhow::Result<()> {
                     print!("{}", pretty_text(kind, d));
                 }
             } else {
-                println!("{}", serde_json::to_string_pretty(&docs)?);
+                crate::output::print_values(&docs, *format)?;
             }
         }
         ObjectCmd::Rm { names } => {

@@ -202,9 +202,16 @@ pub async fn run(cli: &Cli, cmd: &SystemCmd) -> anyhow::Result<()> {
 
 pub async fn info(cli: &Cli, format: Format) -> anyhow::Result<()> {
     let i = client::local(cli).await?.info(pb::Empty {}).await?.into_inner();
-    if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&info_json(&i))?);
-        return Ok(());
+    match format {
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&info_json(&i))?);
+            return Ok(());
+        }
+        Format::Template(t) => {
+            println!("{}", t.render(&info_json(&i), false).map_err(anyhow::Error::msg)?);
+            return Ok(());
+        }
+        Format::Table => {}
     }
     println!("Server Version: {}", i.version);
     println!("Swarm: {}", i.swarm_state);

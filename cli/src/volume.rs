@@ -16,11 +16,14 @@ pub enum VolumeCmd {
     Ls {
         #[arg(short, long)]
         quiet: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
     /// Display detailed information on volumes (JSON).
     Inspect {
+        /// JSON (the default), or a Go template over each (`{{.Name}}`).
+        #[arg(short, long, value_parser = Format::parse)]
+        format: Option<Format>,
         #[arg(required = true)]
         volumes: Vec<String>,
     },
@@ -65,16 +68,16 @@ async fn volume(
                 *format,
                 |v| v.name.clone(),
                 |v| serde_json::json!({"name": v.name, "mountpoint": v.mountpoint, "anonymous": v.anonymous}),
-                &["DRIVER", "VOLUME NAME"],
+                &[("Driver", "DRIVER"), ("Name", "VOLUME NAME")],
                 |v| vec![vec!["local".into(), v.name.clone()]],
             )?;
         }
-        VolumeCmd::Inspect { volumes } => {
+        VolumeCmd::Inspect { format, volumes } => {
             let mut docs = Vec::new();
             for v in volumes {
                 docs.push(engine.volume_inspect(pb::VolumeRef { name: v.clone() }).await?.into_inner());
             }
-            print_docs(docs)?;
+            print_docs(docs, *format)?;
         }
         VolumeCmd::Rm { force, volumes } => {
             for_each_item(volumes, "volumes", async |v| {

@@ -428,6 +428,18 @@ fn a_containers_host_config_is_applied_inside_it() -> Result<()> {
     ensure!(zombies("inited")? == 0, "docker-init reaped the orphan");
     let ps = lab.shoal(1, &["ps"])?;
     ensure!(!ps.contains("docker-init"), "ps shows the command, not the init: {ps}");
+    // --format as scripts write it for the docker CLI: a template per row, a table of chosen
+    // columns, and a template over each inspected container.
+    let mut names: Vec<String> = lab.shoal(1, &["ps", "--format", "{{.Names}}"])?.lines().map(String::from).collect();
+    names.sort();
+    ensure!(names == ["bare", "inited"], "{names:?}");
+    let t = lab.shoal(1, &["ps", "--format", "table {{.Names}}\\t{{.Image}}"])?;
+    ensure!(t.lines().next().is_some_and(|h| h.split_whitespace().eq(["NAMES", "IMAGE"])), "{t}");
+    ensure!(t.lines().skip(1).all(|l| l.ends_with("   busybox:local")), "{t}");
+    let st = lab.shoal(1, &["inspect", "-f", "{{.State.Status}} {{.HostConfig.Init}}", "bare", "inited"])?;
+    ensure!(st == "running false\nrunning true\n", "{st:?}");
+    let err = lab.failing(1, &["ps", "--format", "{{.Nmae}}"])?;
+    ensure!(err.contains("no field .Nmae here: there are ") && err.contains(" .Names "), "{err}");
     lab.shoal(1, &["rm", "-f", "bare", "inited"])?;
 
     // --read-only: the root cannot be written.

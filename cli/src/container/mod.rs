@@ -22,7 +22,7 @@ pub struct PsArgs {
     pub all: bool,
     #[arg(short, long)]
     pub quiet: bool,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    #[arg(long, value_parser = Format::parse, default_value = "table")]
     pub format: Format,
 }
 
@@ -67,7 +67,7 @@ pub struct StatsArgs {
     pub all: bool,
     #[arg(long)]
     pub no_stream: bool,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    #[arg(long, value_parser = Format::parse, default_value = "table")]
     pub format: Format,
     pub containers: Vec<String>,
 }
@@ -123,6 +123,9 @@ pub struct RmArgs {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
+    /// JSON (the default), or a Go template over each (`{{.State.Status}}`).
+    #[arg(short, long, value_parser = Format::parse)]
+    pub format: Option<Format>,
     #[arg(required = true)]
     pub containers: Vec<String>,
 }
@@ -259,7 +262,18 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                 *format,
                 |c| short(&c.id).to_string(),
                 |c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid, "restart_count": c.restart_count, "ports": c.ports, "labels": c.labels.iter().collect::<std::collections::BTreeMap<_, _>>()}),
-                &["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
+                &[
+                    ("ID", "CONTAINER ID"),
+                    ("Image", "IMAGE"),
+                    ("Command", "COMMAND"),
+                    ("RunningFor", "CREATED"),
+                    ("Status", "STATUS"),
+                    ("Ports", "PORTS"),
+                    ("Names", "NAMES"),
+                    ("State", ""),
+                    ("CreatedAt", ""),
+                    ("Labels", ""),
+                ],
                 |c| {
                     let cmd: String = c.command.chars().take(20).collect();
                     let created = ago(&shoal_proto::model::rfc3339(c.created_ms));
@@ -271,6 +285,15 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                         c.status.clone(),
                         c.ports.clone(),
                         c.name.clone(),
+                        c.state.clone(),
+                        shoal_proto::model::rfc3339(c.created_ms),
+                        c.labels
+                            .iter()
+                            .collect::<std::collections::BTreeMap<_, _>>()
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
                     ]]
                 },
             )?;
@@ -315,12 +338,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
             })
             .await?;
         }
-        Cmd::Inspect(InspectArgs { containers }) => {
+        Cmd::Inspect(InspectArgs { format, containers }) => {
             let mut docs = Vec::new();
             for c in containers {
                 docs.push(engine.container_inspect(pb::ContainerRef { id: c.clone() }).await?.into_inner());
             }
-            print_docs(docs)?;
+            print_docs(docs, *format)?;
         }
         Cmd::Wait(WaitArgs { containers }) => {
             for c in containers {
@@ -447,11 +470,17 @@ fn print_stats(b: &pb::ContainerStatsBatch, format: Format) -> anyhow::Result<()
             ]
         })
         .collect();
-    println!(
-        "{}",
-        table(&["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O", "PIDS"], &rows)
-    );
-    Ok(())
+    let columns = [
+        ("ID", "CONTAINER ID"),
+        ("Name", "NAME"),
+        ("CPUPerc", "CPU %"),
+        ("MemUsage", "MEM USAGE / LIMIT"),
+        ("MemPerc", "MEM %"),
+        ("NetIO", "NET I/O"),
+        ("BlockIO", "BLOCK I/O"),
+        ("PIDs", "PIDS"),
+    ];
+    crate::output::print_rows(format, &columns, &rows)
 }
 
 fn print_line(l: &pb::LogLine, timestamps: bool) {

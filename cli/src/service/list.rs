@@ -11,7 +11,7 @@ use super::follow::human_ms;
 use super::shown_image;
 use crate::args::Format;
 use crate::output::short;
-use crate::output::{capitalize, table};
+use crate::output::{capitalize, print_rows};
 
 /// The managers' service listing.
 pub(crate) async fn services(control: &mut Control) -> anyhow::Result<Vec<ServiceListEntry>> {
@@ -85,7 +85,15 @@ pub(crate) fn print_services(list: &[ServiceListEntry], quiet: bool, format: For
             ]
         })
         .collect();
-    println!("{}", table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows));
+    let columns = [
+        ("ID", "ID"),
+        ("Name", "NAME"),
+        ("Mode", "MODE"),
+        ("Replicas", "REPLICAS"),
+        ("Image", "IMAGE"),
+        ("Ports", "PORTS"),
+    ];
+    print_rows(format, &columns, &rows)?;
     Ok(())
 }
 
@@ -176,7 +184,17 @@ pub(crate) fn print_tasks(
             ports.join(","),
         ]);
     }
-    println!("{}", table(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"], &rows));
+    let columns = [
+        ("ID", "ID"),
+        ("Name", "NAME"),
+        ("Image", "IMAGE"),
+        ("Node", "NODE"),
+        ("DesiredState", "DESIRED STATE"),
+        ("CurrentState", "CURRENT STATE"),
+        ("Error", "ERROR"),
+        ("Ports", "PORTS"),
+    ];
+    print_rows(format, &columns, &rows)?;
     Ok(())
 }
 

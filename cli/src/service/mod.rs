@@ -30,7 +30,7 @@ pub enum ServiceCmd {
     Ls {
         #[arg(short, long)]
         quiet: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
     /// List the tasks of services, with their history.
@@ -40,7 +40,7 @@ pub enum ServiceCmd {
         /// Do not truncate ids.
         #[arg(long)]
         no_trunc: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
         #[arg(required = true)]
         services: Vec<String>,
@@ -49,6 +49,9 @@ pub enum ServiceCmd {
     Inspect {
         #[arg(long)]
         pretty: bool,
+        /// JSON (the default), or a Go template over each (`{{.Name}}`).
+        #[arg(short, long, value_parser = Format::parse)]
+        format: Option<Format>,
         #[arg(required = true)]
         services: Vec<String>,
     },
@@ -144,7 +147,7 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<i32> {
             }
             Ok(())
         }
-        ServiceCmd::Inspect { pretty, services } => {
+        ServiceCmd::Inspect { pretty, format, services } => {
             let mut out = Vec::new();
             let mut waiting = Vec::new();
             for s in services {
@@ -170,7 +173,7 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<i32> {
                         obj.insert("Waiting".into(), w.as_str().into());
                     }
                 }
-                println!("{}", serde_json::to_string_pretty(&docs)?);
+                crate::output::print_values(&docs, *format)?;
             }
             Ok(())
         }
@@ -407,10 +410,32 @@ fn inspect_doc(s: &shoal_proto::service::Service, nets: &[shoal_proto::network::
     let ports: Vec<serde_json::Value> = s.endpoint_ports().iter().map(port).collect();
     let mut template = container_spec(&s.spec.task);
     template["Networks"] = serde_json::json!(networks);
+    // Docker's shape of the mode: `{{.Spec.Mode.Replicated.Replicas}}`.
+    let (replicas, concurrent) = (s.spec.replicas, s.spec.max_concurrent);
+    let service_mode = match s.spec.mode {
+        shoal_proto::service::Mode::Replicated => serde_json::json!({"Replicated": {"Replicas": replicas}}),
+        shoal_proto::service::Mode::Global => serde_json::json!({"Global": {}}),
+        shoal_proto::service::Mode::ReplicatedJob => serde_json::json!({
+            "ReplicatedJob": {"MaxConcurrent": concurrent, "TotalCompletions": replicas}
+        }),
+        shoal_proto::service::Mode::GlobalJob => serde_json::json!({"GlobalJob": {}}),
+    };
+    let at = shoal_proto::model::rfc3339;
     if let Some(obj) = doc.as_object_mut() {
+        // Docker's names beside ours, for `-f '{{.ID}} {{.Spec.Name}}'`.
+        obj.insert("ID".into(), s.id.clone().into());
+        obj.insert("Version".into(), serde_json::json!({"Index": s.meta.version}));
+        obj.insert("CreatedAt".into(), at(s.meta.created_ms).into());
+        obj.insert("UpdatedAt".into(), at(s.meta.updated_ms).into());
         obj.insert(
             "Spec".into(),
-            serde_json::json!({"TaskTemplate": template, "EndpointSpec": {"Mode": mode, "Ports": asked}}),
+            serde_json::json!({
+                "Name": s.spec.name,
+                "Labels": s.spec.labels,
+                "Mode": service_mode,
+                "TaskTemplate": template,
+                "EndpointSpec": {"Mode": mode, "Ports": asked},
+            }),
         );
         obj.insert(
             "Endpoint".into(),
@@ -506,6 +531,20 @@ mod tests {
         assert_eq!(d["Endpoint"]["VirtualIPs"], serde_json::json!([{"NetworkID": "abc", "Addr": "10.0.1.2/24"}]));
         assert_eq!(d["spec"]["task"]["image"], "", "the stored object is all there too");
         assert_eq!(d["Endpoint"]["Ports"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn inspect_has_dockers_names_for_what_scripts_read_with_a_template() {
+        let mut svc = shoal_proto::service::Service { id: "x1".into(), ..Default::default() };
+        svc.spec.name = "web".into();
+        svc.spec.replicas = 3;
+        svc.spec.labels = [("tier".to_string(), "front".to_string())].into();
+        let t = crate::gotemplate::Template::parse(
+            "{{.ID}} {{.Spec.Name}} {{.Spec.Mode.Replicated.Replicas}} {{.Spec.Labels.tier}}",
+        );
+        assert_eq!(t.expect("parse").render(&inspect_doc(&svc, &[]), false).as_deref(), Ok("x1 web 3 front"));
+        svc.spec.mode = shoal_proto::service::Mode::Global;
+        assert_eq!(inspect_doc(&svc, &[])["Spec"]["Mode"], serde_json::json!({"Global": {}}));
     }
 
     #[test]

@@ -25,7 +25,6 @@ use self::deploy::{in_stack, list_networks, list_objects};
 use self::translate::NAMESPACE_LABEL;
 use crate::args::{Cli, Format};
 use crate::client;
-use crate::output::table;
 use crate::service::Control;
 use crate::service::list::{print_services, print_tasks, services, tasks};
 
@@ -37,14 +36,14 @@ pub enum StackCmd {
     /// List stacks.
     #[command(alias = "list")]
     Ls {
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
     /// List the services of a stack.
     Services {
         #[arg(short, long)]
         quiet: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
         stack: String,
     },
@@ -55,7 +54,7 @@ pub enum StackCmd {
         /// Do not truncate ids.
         #[arg(long)]
         no_trunc: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
         stack: String,
     },
@@ -89,7 +88,7 @@ pub async fn run(cli: &Cli, cmd: &StackCmd) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let rows: Vec<Vec<String>> = stacks.iter().map(|(n, c)| vec![n.clone(), c.to_string()]).collect();
-                println!("{}", table(&["NAME", "SERVICES"], &rows));
+                crate::output::print_rows(*format, &[("Name", "NAME"), ("Services", "SERVICES")], &rows)?;
             }
         }
         StackCmd::Services { quiet, format, stack } => {
