@@ -74,6 +74,9 @@ pub enum Cmd {
     Images {
         #[arg(short, long)]
         quiet: bool,
+        /// Only what matches KEY=VALUE (a key's values are alternatives): reference, dangling.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
@@ -163,7 +166,7 @@ impl Format {
     /// clap's parser for `--format`; a template that does not parse is refused with the reason.
     pub fn parse(s: &str) -> Result<Format, String> {
         match s.trim() {
-            "table" => Ok(Format::Table),
+            "" | "table" => Ok(Format::Table),
             "json" => Ok(Format::Json),
             _ => crate::gotemplate::Template::parse(s).map(|t| Format::Template(Box::leak(Box::new(t)))),
         }
@@ -172,8 +175,8 @@ impl Format {
 
 #[derive(Args, Debug)]
 pub struct FormatArg {
-    /// Output format: table, json, or a Go template.
-    #[arg(long, value_parser = Format::parse, default_value = "table")]
+    /// Output format: table, json, or a Go template (`{{.Swarm.LocalNodeState}}`).
+    #[arg(short, long, value_parser = Format::parse, default_value = "table")]
     pub format: Format,
 }
 

@@ -48,8 +48,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Secret(c) => crate::secret::run(&cli, shoal_proto::secret::Kind::Secret, c).await?,
         Cmd::Config(c) => crate::secret::run(&cli, shoal_proto::secret::Kind::Config, c).await?,
         Cmd::Image(c) => crate::image::run(&cli, c).await?,
-        Cmd::Images { quiet, format } => {
-            crate::image::run(&cli, &crate::image::ImageCmd::Ls { quiet: *quiet, format: *format }).await?
+        Cmd::Images { quiet, filter, format } => {
+            let ls = crate::image::ImageCmd::Ls { quiet: *quiet, filter: filter.clone(), format: *format };
+            crate::image::run(&cli, &ls).await?
         }
     }
     Ok(0)

@@ -39,7 +39,7 @@ pub async fn run(cli: &Cli, a: &EventsArgs) -> anyhow::Result<()> {
         }
         let line = match a.format {
             Format::Json => json_line(&e).to_string(),
-            Format::Template(t) => t.render(&json_line(&e), false).map_err(anyhow::Error::msg)?,
+            Format::Template(t) => t.render(&template_doc(&e), false).map_err(anyhow::Error::msg)?,
             Format::Table => text_line(&e),
         };
         let mut out = std::io::stdout().lock();
@@ -79,6 +79,17 @@ pub fn json_line(e: &pb::Event) -> Value {
         v["id"] = json!(e.actor_id);
         v["from"] = json!(e.attributes.get("image").cloned().unwrap_or_default());
     }
+    v
+}
+
+/// What an event template sees: Docker's Go field names (`{{.Status}}`,
+/// `{{.ID}}`, `{{.Time}}`), beside the JSON's.
+fn template_doc(e: &pb::Event) -> Value {
+    let mut v = json_line(e);
+    for (go, json) in [("Status", "status"), ("ID", "id"), ("From", "from"), ("Scope", "scope"), ("Time", "time")] {
+        v[go] = v.get(json).cloned().unwrap_or_default();
+    }
+    v["TimeNano"] = v["timeNano"].clone();
     v
 }
 
@@ -130,5 +141,16 @@ mod tests {
         assert_eq!(v["time"], 1_796_407_200i64);
         assert_eq!(v["timeNano"], 1_796_407_200_123_456_789i64);
         assert_eq!(v["scope"], "local");
+    }
+
+    #[test]
+    fn templates_see_dockers_field_names() {
+        let t = crate::gotemplate::Template::parse(
+            "{{.ID}} {{.Status}} {{.Type}} {{.Actor.Attributes.exitCode}} {{.Time}}",
+        );
+        assert_eq!(
+            t.expect("parse").render(&template_doc(&event()), false).as_deref(),
+            Ok("abc123 die container 3 1796407200")
+        );
     }
 }

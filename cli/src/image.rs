@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::args::{Cli, Format};
 use crate::client;
+use crate::output::col;
 use crate::output::{for_each_item, print_docs};
 
 #[derive(Subcommand, Debug)]
@@ -35,12 +36,15 @@ pub enum ImageCmd {
     Ls {
         #[arg(short, long)]
         quiet: bool,
+        /// Only what matches KEY=VALUE (a key's values are alternatives): reference, dangling.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
     /// Display detailed information on images (JSON).
     Inspect {
-        /// JSON (the default), or a Go template over each (`{{.Name}}`).
+        /// JSON (the default), or a Go template over each one's JSON (`{{json .}}`).
         #[arg(short, long, value_parser = Format::parse)]
         format: Option<Format>,
         #[arg(required = true)]
@@ -194,8 +198,19 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
                 .into_inner();
             println!("{}", img.id);
         }
-        ImageCmd::Ls { quiet, format } => {
-            let images = engine.image_list(pb::Empty {}).await?.into_inner().images;
+        ImageCmd::Ls { quiet, filter, format } => {
+            let keep = crate::filter::Filters::parse(filter, &["reference", "dangling"])?;
+            let mut images = Vec::new();
+            for i in engine.image_list(pb::Empty {}).await?.into_inner().images {
+                let referenced = !keep.has("reference")
+                    || i.repo_tags
+                        .iter()
+                        .map(|t| split_tag(t))
+                        .any(|(name, tag)| keep.any("reference", |p| crate::filter::reference_matches(p, &name, &tag)));
+                if referenced && keep.flag("dangling", i.repo_tags.is_empty())? {
+                    images.push(i);
+                }
+            }
             crate::output::print_listing(
                 &images,
                 *quiet,
@@ -203,11 +218,11 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
                 |i| short_id(&i.id).to_string(),
                 |i| serde_json::json!({"id": i.id, "repo_tags": i.repo_tags, "repo_digests": i.repo_digests, "created": i.created, "size": i.size}),
                 &[
-                    ("Repository", "REPOSITORY"),
-                    ("Tag", "TAG"),
-                    ("ID", "IMAGE ID"),
-                    ("CreatedSince", "CREATED"),
-                    ("Size", "SIZE"),
+                    col("Repository", "REPOSITORY"),
+                    col("Tag", "TAG"),
+                    col("ID", "IMAGE ID"),
+                    col("CreatedSince", "CREATED"),
+                    col("Size", "SIZE"),
                 ],
                 |i| {
                     let tags =

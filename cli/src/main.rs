@@ -9,6 +9,7 @@ mod container;
 mod copy;
 mod daemon;
 mod events;
+mod filter;
 mod gotemplate;
 mod health;
 mod image;

@@ -12,6 +12,7 @@ use tonic::Code;
 
 use crate::args::{Cli, Format};
 use crate::client;
+use crate::output::col;
 use crate::output::short;
 use crate::output::{for_each_item, print_listing};
 
@@ -25,11 +26,14 @@ pub enum NetworkCmd {
     Ls {
         #[arg(short, long)]
         quiet: bool,
+        /// Only what matches KEY=VALUE (a key's values are alternatives): driver, id, name, scope, type.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
     Inspect {
-        /// JSON (the default), or a Go template over each (`{{.Name}}`).
+        /// JSON (the default), or a Go template over each one's JSON (`{{json .}}`).
         #[arg(short, long, value_parser = Format::parse)]
         format: Option<Format>,
         #[arg(required = true)]
@@ -452,7 +456,13 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             let n = engine.network_create(req).await?.into_inner();
             println!("{}", n.id);
         }
-        NetworkCmd::Ls { quiet, format } => {
+        NetworkCmd::Ls { quiet, filter, format } => {
+            let keep = crate::filter::Filters::parse(filter, &["driver", "id", "name", "scope", "type"])?;
+            for t in keep.values("type") {
+                if !matches!(t, "custom" | "builtin") {
+                    bail!("invalid filter 'type={t}': use type=custom or type=builtin");
+                }
+            }
             let local = engine.network_list(pb::Empty {}).await?.into_inner().networks;
             let mut list: Vec<Listed> = local
                 .iter()
@@ -473,6 +483,15 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
                 scope: "swarm",
                 doc: cluster_doc(n),
             }));
+            // Docker's predefined networks are `builtin`, the ones users made `custom`.
+            let builtin = |n: &Listed| matches!(n.name.as_str(), "bridge" | "host" | "none" | "ingress");
+            list.retain(|n| {
+                keep.any("driver", |d| n.driver == d)
+                    && keep.any("id", |i| n.id.starts_with(i))
+                    && keep.any("name", |m| n.name.contains(m))
+                    && keep.any("scope", |s| n.scope == s)
+                    && keep.any("type", |t| (t == "builtin") == builtin(n))
+            });
             let row = |n: &Listed| vec![vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), n.scope.into()]];
             print_listing(
                 &list,
@@ -480,7 +499,7 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
                 *format,
                 |n| short(&n.id).to_string(),
                 |n| n.doc.clone(),
-                &[("ID", "NETWORK ID"), ("Name", "NAME"), ("Driver", "DRIVER"), ("Scope", "SCOPE")],
+                &[col("ID", "NETWORK ID"), col("Name", "NAME"), col("Driver", "DRIVER"), col("Scope", "SCOPE")],
                 row,
             )?;
         }

@@ -8,6 +8,7 @@ use shoal_proto::pb;
 
 use crate::args::{Cli, Format};
 use crate::client;
+use crate::output::col;
 use crate::output::{capitalize, node_json};
 
 #[derive(Subcommand, Debug)]
@@ -18,6 +19,9 @@ pub enum NodeCmd {
         /// Only print IDs.
         #[arg(short, long)]
         quiet: bool,
+        /// Only what matches KEY=VALUE (a key's values are alternatives): id, name, role, membership, node.label.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
@@ -61,6 +65,9 @@ pub enum NodeCmd {
         /// Do not truncate ids and errors.
         #[arg(long)]
         no_trunc: bool,
+        /// Only what matches KEY=VALUE (a key's values are alternatives): desired-state, id, name, node.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
         /// Node ids, id prefixes or hostnames; `self` is this node.
@@ -143,7 +150,7 @@ fn inspect_doc(n: &pb::Node) -> serde_json::Value {
     // Docker's Status.Addr is the host's address; a manager's ManagerStatus.Addr has the port.
     let ip = n.addr.rsplit_once(':').map_or(n.addr.as_str(), |(ip, _)| ip);
     let manager = (!n.manager_status.is_empty()).then(|| {
-        let addr = format!("{ip}:{}", shoal_proto::MANAGER_PORT);
+        let addr = if n.addr.contains(':') { n.addr.clone() } else { format!("{ip}:{}", shoal_proto::MANAGER_PORT) };
         let reachability = if n.status == "down" { "unreachable" } else { "reachable" };
         serde_json::json!({"Leader": n.manager_status == "leader", "Reachability": reachability, "Addr": addr})
     });
@@ -169,8 +176,17 @@ fn inspect_doc(n: &pb::Node) -> serde_json::Value {
 pub async fn run(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
     let mut control = client::control(cli).await?;
     match cmd {
-        NodeCmd::Ls { quiet, format } => {
+        NodeCmd::Ls { quiet, filter, format } => {
+            let keep = crate::filter::Filters::parse(filter, &["id", "name", "role", "membership", "node.label"])?;
             let mut nodes = control.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
+            // Every node in the list has been accepted: a node joins with a token or not at all.
+            nodes.retain(|n| {
+                keep.any("id", |i| n.id.starts_with(i))
+                    && keep.any("name", |h| n.hostname.starts_with(h))
+                    && keep.any("role", |r| n.role == r)
+                    && keep.any("membership", |m| m == "accepted")
+                    && keep.labels("node.label", &n.labels)
+            });
             nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
             if *quiet {
                 for n in &nodes {
@@ -195,12 +211,12 @@ pub async fn run(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
                     })
                     .collect();
                 let columns = [
-                    ("ID", "ID"),
-                    ("Hostname", "HOSTNAME"),
-                    ("Status", "STATUS"),
-                    ("Availability", "AVAILABILITY"),
-                    ("ManagerStatus", "MANAGER STATUS"),
-                    ("EngineVersion", "ENGINE VERSION"),
+                    col("ID", "ID"),
+                    col("Hostname", "HOSTNAME"),
+                    col("Status", "STATUS"),
+                    col("Availability", "AVAILABILITY"),
+                    col("ManagerStatus", "MANAGER STATUS"),
+                    col("EngineVersion", "ENGINE VERSION"),
                 ];
                 crate::output::print_rows(*format, &columns, &rows)?;
             }
@@ -283,12 +299,13 @@ pub async fn run(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
                 println!("Node {id} {verb} in the swarm.");
             }
         }
-        NodeCmd::Ps { quiet, no_trunc, format, nodes } => {
+        NodeCmd::Ps { quiet, no_trunc, filter, format, nodes } => {
+            let keep = crate::service::task_filters(filter)?;
             let mut ids = Vec::new();
             for n in nodes {
                 ids.push(named(cli, n).await?);
             }
-            crate::service::node_ps(&mut control, &ids, *quiet, *no_trunc, *format).await?;
+            crate::service::node_ps(&mut control, &ids, *quiet, *no_trunc, &keep, *format).await?;
         }
         NodeCmd::Rm { force, nodes } => {
             for id in nodes {

@@ -45,26 +45,47 @@ fn align(lines: &[Vec<String>]) -> String {
     lines.iter().map(line).collect::<Vec<_>>().join("\n")
 }
 
+/// A column of a listing: Docker's name for it in templates (`{{.Names}}`),
+/// its header, and whether the default table shows it.
+#[derive(Clone, Copy, Debug)]
+pub struct Column {
+    pub field: &'static str,
+    pub header: &'static str,
+    pub in_table: bool,
+}
+
+/// A column of the default table.
+pub const fn col(field: &'static str, header: &'static str) -> Column {
+    Column { field, header, in_table: true }
+}
+
+/// A column only templates show (`{{.State}}` in `ps`), as in Docker.
+pub const fn extra(field: &'static str, header: &'static str) -> Column {
+    Column { field, header, in_table: false }
+}
+
 /// A listing's rows as `--format` asks: the table Docker prints, or a Go
-/// template over each row whose fields are Docker's names for the columns
-/// (`columns`: field and header; one with no header is not in the table),
-/// a `table` template with the headers of the fields it shows (rendered over the headers, as the docker CLI does)
-/// and its tabs aligned. JSON is each listing's own (its callers print it).
-pub fn print_rows(format: Format, columns: &[(&str, &str)], rows: &[Vec<String>]) -> anyhow::Result<()> {
-    println!("{}", rows_text(format, columns, rows)?);
+/// template over each row whose fields are Docker's names for the columns,
+/// a `table` template with the headers of the fields it shows (rendered
+/// over the headers, as the docker CLI does) and its tabs aligned; JSON
+/// is the rows' fields (listings with a JSON document of their own print it
+/// instead). Nothing at all when a template has no row to show.
+pub fn print_rows(format: Format, columns: &[Column], rows: &[Vec<String>]) -> anyhow::Result<()> {
+    print!("{}", rows_text(format, columns, rows)?);
     Ok(())
 }
 
-/// What `print_rows` prints.
-fn rows_text(format: Format, columns: &[(&str, &str)], rows: &[Vec<String>]) -> anyhow::Result<String> {
+/// What `print_rows` prints, each line ended.
+fn rows_text(format: Format, columns: &[Column], rows: &[Vec<String>]) -> anyhow::Result<String> {
     let object = |cells: &mut dyn Iterator<Item = String>| {
-        Value::Object(columns.iter().map(|(f, _)| f.to_string()).zip(cells.map(Value::String)).collect())
+        Value::Object(columns.iter().map(|c| c.field.to_string()).zip(cells.map(Value::String)).collect())
     };
+    let ended = |text: String| if text.is_empty() { text } else { text + "\n" };
     match format {
         Format::Template(t) => {
             let mut lines = Vec::new();
             if t.table {
-                let header = t.render(&object(&mut columns.iter().map(|(_, h)| h.to_string())), true);
+                let header = t.render(&object(&mut columns.iter().map(|c| c.header.to_string())), true);
                 lines.push(header.map_err(anyhow::Error::msg)?);
             }
             for r in rows {
@@ -73,22 +94,21 @@ fn rows_text(format: Format, columns: &[(&str, &str)], rows: &[Vec<String>]) -> 
             if t.table {
                 let cells: Vec<Vec<String>> =
                     lines.iter().map(|l| l.split('\t').map(str::to_string).collect()).collect();
-                Ok(align(&cells))
+                Ok(ended(align(&cells)))
             } else {
-                Ok(lines.join("\n"))
+                Ok(lines.iter().map(|l| format!("{l}\n")).collect())
             }
         }
         Format::Json => {
             let all: Vec<Value> = rows.iter().map(|r| object(&mut r.iter().cloned())).collect();
-            Ok(serde_json::to_string_pretty(&all)?)
+            Ok(ended(serde_json::to_string_pretty(&all)?))
         }
         Format::Table => {
-            // A field without a header is for templates only.
-            let shown: Vec<usize> = (0..columns.len()).filter(|&i| !columns[i].1.is_empty()).collect();
-            let headers: Vec<&str> = shown.iter().map(|&i| columns[i].1).collect();
+            let shown: Vec<usize> = (0..columns.len()).filter(|&i| columns[i].in_table).collect();
+            let headers: Vec<&str> = shown.iter().map(|&i| columns[i].header).collect();
             let rows: Vec<Vec<String>> =
                 rows.iter().map(|r| shown.iter().filter_map(|&i| r.get(i).cloned()).collect()).collect();
-            Ok(table(&headers, &rows))
+            Ok(ended(table(&headers, &rows)))
         }
     }
 }
@@ -143,6 +163,26 @@ pub fn info_json(i: &pb::LocalInfo) -> Value {
         "cert_expiry": i.cert_expiry,
         "version": i.version,
     })
+}
+
+/// What an `info` template sees: `info_json` with Docker's names beside it
+/// (`{{.ServerVersion}}`, `{{.Swarm.LocalNodeState}}`, `{{.Swarm.NodeID}}`,
+/// `{{.Swarm.ControlAvailable}}`, `{{.Swarm.Cluster.ID}}`).
+pub fn info_template_doc(i: &pb::LocalInfo) -> Value {
+    let mut v = info_json(i);
+    let remote: Vec<Value> = i.managers.iter().map(|a| json!({"Addr": a})).collect();
+    v["ServerVersion"] = i.version.clone().into();
+    v["Name"] = i.hostname.clone().into();
+    v["Swarm"] = json!({
+        "NodeID": i.node_id,
+        "NodeAddr": i.addr.rsplit_once(':').map_or(i.addr.as_str(), |(ip, _)| ip),
+        "LocalNodeState": i.swarm_state,
+        "ControlAvailable": i.is_manager,
+        "Cluster": {"ID": i.cluster_id},
+        "Managers": i.managers.len(),
+        "RemoteManagers": remote,
+    });
+    v
 }
 
 /// Prints several objects' JSON documents as one array, as `docker inspect`
@@ -210,7 +250,7 @@ pub fn print_listing<T>(
     format: Format,
     id: impl Fn(&T) -> String,
     json: impl Fn(&T) -> serde_json::Value,
-    columns: &[(&str, &str)],
+    columns: &[Column],
     rows: impl Fn(&T) -> Vec<Vec<String>>,
 ) -> anyhow::Result<()> {
     if quiet {
@@ -255,27 +295,34 @@ mod tests {
 
     #[test]
     fn a_listing_takes_docker_s_templates_over_its_columns() {
-        let columns = [("ID", "CONTAINER ID"), ("Image", "IMAGE"), ("Names", "NAMES"), ("State", "")];
+        let columns =
+            [col("ID", "CONTAINER ID"), col("Image", "IMAGE"), col("Names", "NAMES"), extra("State", "STATE")];
         let rows = vec![
             vec!["0123456789ab".to_string(), "busybox:local".into(), "web".into(), "running".into()],
             vec!["ba9876543210".to_string(), "nginx".into(), "db".into(), "exited".into()],
         ];
         let text = |f: &str| rows_text(Format::parse(f).expect("format"), &columns, &rows).map_err(|e| e.to_string());
-        assert_eq!(text("{{.Names}}").as_deref(), Ok("web\ndb"));
+        assert_eq!(text("{{.Names}}").as_deref(), Ok("web\ndb\n"));
+        let none = rows_text(Format::parse("{{.Names}}").expect("format"), &columns, &[]).expect("no rows");
+        assert_eq!(none, "", "no row, no line (a shell loop over it runs no time)");
         assert_eq!(
             text("table {{.Names}}\\t{{.Image}}").as_deref(),
-            Ok("NAMES   IMAGE\nweb     busybox:local\ndb      nginx")
+            Ok("NAMES   IMAGE\nweb     busybox:local\ndb      nginx\n")
         );
         assert_eq!(
             text("{{json .}}").as_deref().map(|t| t.lines().next()),
             Ok(Some(r#"{"ID":"0123456789ab","Image":"busybox:local","Names":"web","State":"running"}"#))
         );
         assert_eq!(text("{{.Name}}"), Err("no field .Name here: there are .ID .Image .Names .State".into()));
-        assert_eq!(text("{{.Names}} {{.State}}").as_deref(), Ok("web running\ndb exited"));
+        assert_eq!(text("{{.Names}} {{.State}}").as_deref(), Ok("web running\ndb exited\n"));
+        assert_eq!(
+            text("table {{.Names}}\\t{{.State}}").as_deref(),
+            Ok("NAMES   STATE\nweb     running\ndb      exited\n")
+        );
         assert_eq!(
             text("table").as_deref(),
             Ok(
-                "CONTAINER ID   IMAGE           NAMES\n0123456789ab   busybox:local   web\nba9876543210   nginx           db"
+                "CONTAINER ID   IMAGE           NAMES\n0123456789ab   busybox:local   web\nba9876543210   nginx           db\n"
             )
         );
     }

@@ -13,6 +13,7 @@ use shoal_proto::secret::Kind;
 
 use crate::args::{Cli, Format};
 use crate::client;
+use crate::output::col;
 use crate::output::{for_each_item, print_listing};
 
 #[derive(Subcommand, Debug)]
@@ -42,7 +43,7 @@ pub enum ObjectCmd {
         /// Human-readable output (a config's data too).
         #[arg(long)]
         pretty: bool,
-        /// JSON (the default), or a Go template over each (`{{.Name}}`).
+        /// JSON (the default), or a Go template over each one's JSON (`{{json .}}`).
         #[arg(short, long, value_parser = Format::parse)]
         format: Option<Format>,
         #[arg(required = true)]
@@ -106,7 +107,7 @@ pub async fn run(cli: &Cli, kind: Kind, cmd: &ObjectCmd) -> anyhow::Result<()> {
                 *format,
                 |o| text(&o["ID"]),
                 |o| o.clone(),
-                &[("ID", "ID"), ("Name", "NAME"), ("CreatedAt", "CREATED"), ("UpdatedAt", "UPDATED")],
+                &[col("ID", "ID"), col("Name", "NAME"), col("CreatedAt", "CREATED"), col("UpdatedAt", "UPDATED")],
                 |o| {
                     vec![vec![
                         text(&o["ID"]),

@@ -208,7 +208,7 @@ pub async fn info(cli: &Cli, format: Format) -> anyhow::Result<()> {
             return Ok(());
         }
         Format::Template(t) => {
-            println!("{}", t.render(&info_json(&i), false).map_err(anyhow::Error::msg)?);
+            println!("{}", t.render(&crate::output::info_template_doc(&i), false).map_err(anyhow::Error::msg)?);
             return Ok(());
         }
         Format::Table => {}

@@ -5,6 +5,7 @@ use shoal_proto::pb;
 
 use crate::args::{Cli, Format};
 use crate::client;
+use crate::output::col;
 use crate::output::{for_each_item, print_docs, print_listing};
 
 #[derive(Subcommand, Debug)]
@@ -16,12 +17,15 @@ pub enum VolumeCmd {
     Ls {
         #[arg(short, long)]
         quiet: bool,
+        /// Only what matches KEY=VALUE (a key's values are alternatives): name, driver.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
     /// Display detailed information on volumes (JSON).
     Inspect {
-        /// JSON (the default), or a Go template over each (`{{.Name}}`).
+        /// JSON (the default), or a Go template over each one's JSON (`{{json .}}`).
         #[arg(short, long, value_parser = Format::parse)]
         format: Option<Format>,
         #[arg(required = true)]
@@ -60,15 +64,17 @@ async fn volume(
             let v = engine.volume_create(pb::VolumeRef { name: name.clone().unwrap_or_default() }).await?.into_inner();
             println!("{}", v.name);
         }
-        VolumeCmd::Ls { quiet, format } => {
-            let list = engine.volume_list(pb::Empty {}).await?.into_inner().volumes;
+        VolumeCmd::Ls { quiet, filter, format } => {
+            let keep = crate::filter::Filters::parse(filter, &["name", "driver"])?;
+            let mut list = engine.volume_list(pb::Empty {}).await?.into_inner().volumes;
+            list.retain(|v| keep.any("name", |n| v.name.contains(n)) && keep.any("driver", |d| d == "local"));
             print_listing(
                 &list,
                 *quiet,
                 *format,
                 |v| v.name.clone(),
                 |v| serde_json::json!({"name": v.name, "mountpoint": v.mountpoint, "anonymous": v.anonymous}),
-                &[("Driver", "DRIVER"), ("Name", "VOLUME NAME")],
+                &[col("Driver", "DRIVER"), col("Name", "VOLUME NAME")],
                 |v| vec![vec!["local".into(), v.name.clone()]],
             )?;
         }

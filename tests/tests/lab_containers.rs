@@ -436,8 +436,14 @@ fn a_containers_host_config_is_applied_inside_it() -> Result<()> {
     let t = lab.shoal(1, &["ps", "--format", "table {{.Names}}\\t{{.Image}}"])?;
     ensure!(t.lines().next().is_some_and(|h| h.split_whitespace().eq(["NAMES", "IMAGE"])), "{t}");
     ensure!(t.lines().skip(1).all(|l| l.ends_with("   busybox:local")), "{t}");
-    let st = lab.shoal(1, &["inspect", "-f", "{{.State.Status}} {{.HostConfig.Init}}", "bare", "inited"])?;
-    ensure!(st == "running false\nrunning true\n", "{st:?}");
+    let tmpl = "{{.Name}} {{.State.Status}} {{.HostConfig.Init}} {{.Config.Image}}";
+    let st = lab.shoal(1, &["inspect", "-f", tmpl, "bare", "inited"])?;
+    ensure!(st == "/bare running false busybox:local\n/inited running true busybox:local\n", "{st:?}");
+    let bare = lab.shoal(1, &["ps", "-f", "name=bar", "-f", "status=running", "--format", "{{.Names}}"])?;
+    ensure!(bare == "bare\n", "{bare:?}");
+    ensure!(lab.shoal(1, &["ps", "-q", "-f", "label=no.such.label"])?.is_empty());
+    let err = lab.failing(1, &["ps", "-f", "colour=red"])?;
+    ensure!(err.contains("invalid filter 'colour': this listing filters by id, name, label, status, exited"), "{err}");
     let err = lab.failing(1, &["ps", "--format", "{{.Nmae}}"])?;
     ensure!(err.contains("no field .Nmae here: there are ") && err.contains(" .Names "), "{err}");
     lab.shoal(1, &["rm", "-f", "bare", "inited"])?;

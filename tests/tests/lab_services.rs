@@ -128,6 +128,20 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     ensure!(per_node(&converged(&lab, 1, "web", 15, 30)?).values().all(|n| *n == 3));
     lab.shoal(1, &["service", "scale", "web=5"])?;
     converged(&lab, 1, "web", 5, 30)?;
+    // The docker CLI's filters and templates on the cluster's listings.
+    let args = ["service", "ps", "web", "-f", "desired-state=running", "--format", "{{.Name}} {{.DesiredState}}"];
+    let running = lab.shoal(1, &args)?;
+    ensure!(running.lines().count() == 5 && running.lines().all(|l| l.ends_with(" Running")), "{running}");
+    let ls = lab.shoal(
+        1,
+        &["service", "ls", "-f", "name=we", "-f", "mode=replicated", "--format", "{{.Name}} {{.Replicas}}"],
+    )?;
+    ensure!(ls == "web 5/5\n", "{ls:?}");
+    ensure!(lab.shoal(1, &["service", "ls", "-q", "-f", "name=nothing"])?.is_empty());
+    let h3 = lab.shoal(1, &["node", "ls", "-f", "name=shl-h3", "--format", "{{.Hostname}} {{.Status}}"])?;
+    ensure!(h3 == "shl-h3 Ready\n", "{h3:?}");
+    let err = lab.failing(1, &["service", "ps", "web", "-f", "desired-state=sleeping"])?;
+    ensure!(err.contains("invalid filter 'desired-state=sleeping': use running, shutdown or accepted"), "{err}");
 
     // A global service: one task on every node; a drained node loses it, and web's tasks move.
     lab.shoal(

@@ -13,8 +13,13 @@ use shoal_proto::pb;
 
 use crate::args::{Cli, Cmd, Format};
 use crate::client;
+use crate::filter::Filters;
 use crate::image::ago;
+use crate::output::{col, extra};
 use crate::output::{for_each_item, print_docs, print_listing, short, table};
+
+/// The states `ps --filter status=` takes (Docker's).
+const CONTAINER_STATES: [&str; 7] = ["created", "restarting", "running", "removing", "paused", "exited", "dead"];
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
@@ -22,6 +27,9 @@ pub struct PsArgs {
     pub all: bool,
     #[arg(short, long)]
     pub quiet: bool,
+    /// Only what matches KEY=VALUE (a key's values are alternatives): id, name, label, status, exited.
+    #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+    pub filter: Vec<String>,
     #[arg(long, value_parser = Format::parse, default_value = "table")]
     pub format: Format,
 }
@@ -123,7 +131,7 @@ pub struct RmArgs {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// JSON (the default), or a Go template over each (`{{.State.Status}}`).
+    /// JSON (the default), or a Go template over each one's JSON (`{{.State.Status}}`).
     #[arg(short, long, value_parser = Format::parse)]
     pub format: Option<Format>,
     #[arg(required = true)]
@@ -210,7 +218,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
         Cmd::Stats(StatsArgs { all, no_stream, format, containers }) => {
             let req = pb::ContainerStatsRequest { ids: containers.clone(), stream: !*no_stream, all: *all };
             let mut batches = engine.container_stats(req).await?.into_inner();
-            let clear = !*no_stream && *format == Format::Table && std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let clear = !*no_stream && *format != Format::Json && std::io::IsTerminal::is_terminal(&std::io::stdout());
             while let Some(b) = batches.message().await? {
                 if clear {
                     print!("\x1b[2J\x1b[H");
@@ -254,8 +262,23 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
             }
         }
         Cmd::Cp(CpArgs { source, dest }) => crate::copy::run(&mut engine, source, dest).await?,
-        Cmd::Ps(PsArgs { all, quiet, format }) => {
-            let list = engine.container_list(pb::ContainerListRequest { all: *all }).await?.into_inner().containers;
+        Cmd::Ps(PsArgs { all, quiet, filter, format }) => {
+            let keep = Filters::parse(filter, &["id", "name", "label", "status", "exited"])?;
+            for s in keep.values("status") {
+                if !CONTAINER_STATES.contains(&s) {
+                    bail!("invalid filter 'status={s}': use one of {}", CONTAINER_STATES.join(", "));
+                }
+            }
+            // A state other than running, or an exit code, asks for stopped containers too (as Docker's).
+            let all = *all || keep.has("exited") || keep.values("status").any(|s| s != "running");
+            let mut list = engine.container_list(pb::ContainerListRequest { all }).await?.into_inner().containers;
+            list.retain(|c| {
+                keep.any("id", |v| c.id.starts_with(v))
+                    && keep.any("name", |v| c.name.contains(v))
+                    && keep.labels("label", &c.labels)
+                    && keep.any("status", |v| c.state == v)
+                    && keep.any("exited", |v| c.state == "exited" && v.parse() == Ok(c.exit_code))
+            });
             print_listing(
                 &list,
                 *quiet,
@@ -263,16 +286,16 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                 |c| short(&c.id).to_string(),
                 |c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid, "restart_count": c.restart_count, "ports": c.ports, "labels": c.labels.iter().collect::<std::collections::BTreeMap<_, _>>()}),
                 &[
-                    ("ID", "CONTAINER ID"),
-                    ("Image", "IMAGE"),
-                    ("Command", "COMMAND"),
-                    ("RunningFor", "CREATED"),
-                    ("Status", "STATUS"),
-                    ("Ports", "PORTS"),
-                    ("Names", "NAMES"),
-                    ("State", ""),
-                    ("CreatedAt", ""),
-                    ("Labels", ""),
+                    col("ID", "CONTAINER ID"),
+                    col("Image", "IMAGE"),
+                    col("Command", "COMMAND"),
+                    col("RunningFor", "CREATED"),
+                    col("Status", "STATUS"),
+                    col("Ports", "PORTS"),
+                    col("Names", "NAMES"),
+                    extra("State", "STATE"),
+                    extra("CreatedAt", "CREATED AT"),
+                    extra("Labels", "LABELS"),
                 ],
                 |c| {
                     let cmd: String = c.command.chars().take(20).collect();
@@ -471,14 +494,14 @@ fn print_stats(b: &pb::ContainerStatsBatch, format: Format) -> anyhow::Result<()
         })
         .collect();
     let columns = [
-        ("ID", "CONTAINER ID"),
-        ("Name", "NAME"),
-        ("CPUPerc", "CPU %"),
-        ("MemUsage", "MEM USAGE / LIMIT"),
-        ("MemPerc", "MEM %"),
-        ("NetIO", "NET I/O"),
-        ("BlockIO", "BLOCK I/O"),
-        ("PIDs", "PIDS"),
+        col("ID", "CONTAINER ID"),
+        col("Name", "NAME"),
+        col("CPUPerc", "CPU %"),
+        col("MemUsage", "MEM USAGE / LIMIT"),
+        col("MemPerc", "MEM %"),
+        col("NetIO", "NET I/O"),
+        col("BlockIO", "BLOCK I/O"),
+        col("PIDs", "PIDS"),
     ];
     crate::output::print_rows(format, &columns, &rows)
 }

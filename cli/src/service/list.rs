@@ -10,6 +10,8 @@ use super::Control;
 use super::follow::human_ms;
 use super::shown_image;
 use crate::args::Format;
+use crate::filter::Filters;
+use crate::output::col;
 use crate::output::short;
 use crate::output::{capitalize, print_rows};
 
@@ -42,8 +44,28 @@ pub(crate) async fn tasks(control: &mut Control, service: &str) -> anyhow::Resul
     task_list(control, pb::ListTasksRequest { service: service.into(), node: String::new() }).await
 }
 
-pub(super) async fn ls(control: &mut Control, quiet: bool, format: Format) -> anyhow::Result<()> {
-    print_services(&services(control).await?, quiet, format)
+pub(super) async fn ls(control: &mut Control, quiet: bool, filter: &[String], format: Format) -> anyhow::Result<()> {
+    let keep = Filters::parse(filter, &["id", "name", "label", "mode"])?;
+    let mut list = services(control).await?;
+    list.retain(|e| {
+        let spec = &e.service.spec;
+        keep.any("id", |i| e.service.id.starts_with(i))
+            && keep.any("name", |n| spec.name.starts_with(n))
+            && keep.labels("label", &spec.labels)
+            && keep.any("mode", |m| spec.mode.as_str() == m)
+    });
+    print_services(&list, quiet, format)
+}
+
+/// The filters `service ps`, `node ps` and `stack ps` take, checked.
+pub fn task_filters(filter: &[String]) -> anyhow::Result<Filters> {
+    let keep = Filters::parse(filter, &["desired-state", "id", "name", "node"])?;
+    for s in keep.values("desired-state") {
+        if !matches!(s, "running" | "shutdown" | "accepted") {
+            anyhow::bail!("invalid filter 'desired-state={s}': use running, shutdown or accepted");
+        }
+    }
+    Ok(keep)
 }
 
 /// Services as `docker service ls` lists them (`stack services` too).
@@ -86,12 +108,12 @@ pub(crate) fn print_services(list: &[ServiceListEntry], quiet: bool, format: For
         })
         .collect();
     let columns = [
-        ("ID", "ID"),
-        ("Name", "NAME"),
-        ("Mode", "MODE"),
-        ("Replicas", "REPLICAS"),
-        ("Image", "IMAGE"),
-        ("Ports", "PORTS"),
+        col("ID", "ID"),
+        col("Name", "NAME"),
+        col("Mode", "MODE"),
+        col("Replicas", "REPLICAS"),
+        col("Image", "IMAGE"),
+        col("Ports", "PORTS"),
     ];
     print_rows(format, &columns, &rows)?;
     Ok(())
@@ -112,9 +134,10 @@ pub(super) async fn ps(
     service: &str,
     quiet: bool,
     no_trunc: bool,
+    keep: &Filters,
     format: Format,
 ) -> anyhow::Result<()> {
-    print_tasks(tasks(control, service).await?, quiet, no_trunc, format)
+    print_tasks(tasks(control, service).await?, quiet, no_trunc, keep, format)
 }
 
 /// `node ps [NODE...]`: the tasks of these nodes (ids, prefixes or hostnames), as `service ps` shows them.
@@ -123,13 +146,14 @@ pub async fn node_ps(
     nodes: &[String],
     quiet: bool,
     no_trunc: bool,
+    keep: &Filters,
     format: Format,
 ) -> anyhow::Result<()> {
     let mut all = Vec::new();
     for n in nodes {
         all.extend(task_list(control, pb::ListTasksRequest { service: String::new(), node: n.clone() }).await?);
     }
-    print_tasks(all, quiet, no_trunc, format)
+    print_tasks(all, quiet, no_trunc, keep, format)
 }
 
 /// Tasks as `docker service ps` and `docker node ps` list them.
@@ -137,8 +161,15 @@ pub(crate) fn print_tasks(
     mut ts: Vec<(Task, String)>,
     quiet: bool,
     no_trunc: bool,
+    keep: &Filters,
     format: Format,
 ) -> anyhow::Result<()> {
+    ts.retain(|(t, node)| {
+        keep.any("desired-state", |s| t.desired.as_str() == s)
+            && keep.any("id", |i| t.id.starts_with(i))
+            && keep.any("name", |n| t.name().starts_with(n))
+            && keep.any("node", |n| node == n || t.node_id.starts_with(n))
+    });
     // Service by service, slot by slot (node by node for global services), newest first.
     let slot_of = |t: &Task| {
         (
@@ -160,11 +191,16 @@ pub(crate) fn print_tasks(
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
+    let tabled = match format {
+        Format::Template(t) => t.table,
+        _ => true,
+    };
     let mut rows = Vec::new();
     let mut prev = None;
     for (t, node) in &ts {
         let key = slot_of(t);
-        let name = if prev.as_ref() == Some(&key) { format!(" \\_ {}", t.name()) } else { t.name() };
+        // History under its slot's current task, in tables only (as Docker's).
+        let name = if prev.as_ref() == Some(&key) && tabled { format!(" \\_ {}", t.name()) } else { t.name() };
         prev = Some(key);
         let id = if no_trunc { t.id.clone() } else { short(&t.id).to_string() };
         let mut err = t.status.err.clone();
@@ -185,14 +221,14 @@ pub(crate) fn print_tasks(
         ]);
     }
     let columns = [
-        ("ID", "ID"),
-        ("Name", "NAME"),
-        ("Image", "IMAGE"),
-        ("Node", "NODE"),
-        ("DesiredState", "DESIRED STATE"),
-        ("CurrentState", "CURRENT STATE"),
-        ("Error", "ERROR"),
-        ("Ports", "PORTS"),
+        col("ID", "ID"),
+        col("Name", "NAME"),
+        col("Image", "IMAGE"),
+        col("Node", "NODE"),
+        col("DesiredState", "DESIRED STATE"),
+        col("CurrentState", "CURRENT STATE"),
+        col("Error", "ERROR"),
+        col("Ports", "PORTS"),
     ];
     print_rows(format, &columns, &rows)?;
     Ok(())

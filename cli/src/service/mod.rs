@@ -11,8 +11,8 @@ use shoal_proto::pb;
 use shoal_proto::service::{Mode, RestartCondition, ServiceSpec};
 
 use self::follow::follow;
-pub use self::list::node_ps;
 use self::list::{find, ls, print_pretty, ps};
+pub use self::list::{node_ps, task_filters};
 use self::spec::apply_flags;
 pub use self::spec::{ModeArg, ServiceFlags, ServiceRemovals};
 use crate::args::{Cli, Format};
@@ -30,6 +30,9 @@ pub enum ServiceCmd {
     Ls {
         #[arg(short, long)]
         quiet: bool,
+        /// Only what matches KEY=VALUE (a key's values are alternatives): id, name, label, mode.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
@@ -40,6 +43,9 @@ pub enum ServiceCmd {
         /// Do not truncate ids.
         #[arg(long)]
         no_trunc: bool,
+        /// Only what matches KEY=VALUE (a key's values are alternatives): desired-state, id, name, node.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
         #[arg(required = true)]
@@ -49,7 +55,7 @@ pub enum ServiceCmd {
     Inspect {
         #[arg(long)]
         pretty: bool,
-        /// JSON (the default), or a Go template over each (`{{.Name}}`).
+        /// JSON (the default), or a Go template over each one's JSON (`{{json .}}`).
         #[arg(short, long, value_parser = Format::parse)]
         format: Option<Format>,
         #[arg(required = true)]
@@ -140,10 +146,11 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<i32> {
     match cmd {
         ServiceCmd::Create(a) => create(cli, &mut control, a).await,
         ServiceCmd::Update(a) => update(cli, &mut control, a).await,
-        ServiceCmd::Ls { quiet, format } => ls(&mut control, *quiet, *format).await,
-        ServiceCmd::Ps { quiet, no_trunc, format, services } => {
+        ServiceCmd::Ls { quiet, filter, format } => ls(&mut control, *quiet, filter, *format).await,
+        ServiceCmd::Ps { quiet, no_trunc, filter, format, services } => {
+            let keep = task_filters(filter)?;
             for s in services {
-                ps(&mut control, s, *quiet, *no_trunc, *format).await?;
+                ps(&mut control, s, *quiet, *no_trunc, &keep, *format).await?;
             }
             Ok(())
         }

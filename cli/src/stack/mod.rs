@@ -25,6 +25,7 @@ use self::deploy::{in_stack, list_networks, list_objects};
 use self::translate::NAMESPACE_LABEL;
 use crate::args::{Cli, Format};
 use crate::client;
+use crate::output::col;
 use crate::service::Control;
 use crate::service::list::{print_services, print_tasks, services, tasks};
 
@@ -54,6 +55,9 @@ pub enum StackCmd {
         /// Do not truncate ids.
         #[arg(long)]
         no_trunc: bool,
+        /// Only what matches KEY=VALUE (a key's values are alternatives): desired-state, id, name, node.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
         stack: String,
@@ -88,7 +92,7 @@ pub async fn run(cli: &Cli, cmd: &StackCmd) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let rows: Vec<Vec<String>> = stacks.iter().map(|(n, c)| vec![n.clone(), c.to_string()]).collect();
-                crate::output::print_rows(*format, &[("Name", "NAME"), ("Services", "SERVICES")], &rows)?;
+                crate::output::print_rows(*format, &[col("Name", "NAME"), col("Services", "SERVICES")], &rows)?;
             }
         }
         StackCmd::Services { quiet, format, stack } => {
@@ -98,7 +102,8 @@ pub async fn run(cli: &Cli, cmd: &StackCmd) -> anyhow::Result<i32> {
             }
             print_services(&list, *quiet, *format)?;
         }
-        StackCmd::Ps { quiet, no_trunc, format, stack } => {
+        StackCmd::Ps { quiet, no_trunc, filter, format, stack } => {
+            let keep = crate::service::task_filters(filter)?;
             let list = stack_services(&mut control, stack).await?;
             if list.is_empty() {
                 anyhow::bail!("nothing found in stack: {stack}");
@@ -107,7 +112,7 @@ pub async fn run(cli: &Cli, cmd: &StackCmd) -> anyhow::Result<i32> {
             for e in &list {
                 all.extend(tasks(&mut control, &e.service.id).await?);
             }
-            print_tasks(all, *quiet, *no_trunc, *format)?;
+            print_tasks(all, *quiet, *no_trunc, &keep, *format)?;
         }
         StackCmd::Rm { stacks } => {
             let mut failed = false;

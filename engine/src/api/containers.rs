@@ -74,6 +74,38 @@ fn up_status(started_ms: u64, now: u64, health: Option<HealthStatus>) -> String 
 }
 
 /// Docker's `State` for inspect (with `Health` when it has a check).
+/// Docker's names for what `inspect` shows, beside the record's own: what
+/// scripts read with `inspect -f` (`{{.Name}}`, `{{.Config.Image}}`,
+/// `{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}`, `{{.State.Status}}`).
+fn docker_names(c: &Container, doc: &mut serde_json::Value) {
+    let r = &c.record;
+    let networks: serde_json::Map<String, serde_json::Value> = c
+        .endpoints
+        .iter()
+        .map(|e| {
+            let net = serde_json::json!({
+                "NetworkID": e.network_id, "IPAddress": e.ip, "IPPrefixLen": e.prefix, "Gateway": e.gateway,
+                "MacAddress": e.mac, "Aliases": e.aliases,
+            });
+            (e.network.clone(), net)
+        })
+        .collect();
+    let first_ip = c.endpoints.first().map_or("", |e| e.ip.as_str());
+    doc["Id"] = r.id.clone().into();
+    doc["Name"] = format!("/{}", r.name).into();
+    doc["Created"] = shoal_proto::model::rfc3339(r.created_ms).into();
+    doc["Image"] = r.image_id.clone().into();
+    doc["Path"] = r.args.first().cloned().unwrap_or_default().into();
+    doc["Args"] = r.args.get(1..).unwrap_or_default().into();
+    doc["RestartCount"] = c.restart.count.into();
+    doc["Config"] = serde_json::json!({
+        "Image": r.image, "Labels": r.labels, "Tty": r.tty, "OpenStdin": r.interactive,
+    });
+    doc["NetworkSettings"] = serde_json::json!({"IPAddress": first_ip, "Networks": networks});
+    doc["State"] = docker_state(c);
+    doc["HostConfig"] = r.host_config.docker_json();
+}
+
 fn docker_state(c: &Container) -> serde_json::Value {
     let time = |ms: u64| if ms == 0 { "0001-01-01T00:00:00Z".to_string() } else { shoal_proto::model::rfc3339(ms) };
     let (status, pid, exit_code, error, started, finished, oom) = match &c.status {
@@ -213,8 +245,7 @@ pub(super) async fn container_inspect(
     let containers = svc.containers.clone();
     let c = cblocking(move || containers.find(&id)).await?;
     let mut doc = serde_json::to_value(&c).map_err(|e| Status::internal(e.to_string()))?;
-    doc["State"] = docker_state(&c);
-    doc["HostConfig"] = c.record.host_config.docker_json();
+    docker_names(&c, &mut doc);
     let json = serde_json::to_string_pretty(&doc).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(pb::JsonDoc { json }))
 }
@@ -427,6 +458,13 @@ mod tests {
             (state["Status"].as_str(), state["Running"].as_bool(), state["Pid"].as_i64()),
             (Some("running"), Some(true), Some(42))
         );
+        let mut doc = serde_json::json!({});
+        docker_names(&c, &mut doc);
+        assert_eq!(
+            (&doc["Id"], &doc["Name"], &doc["Config"]["Image"]),
+            (&"abc".into(), &"/web".into(), &"busybox".into())
+        );
+        assert_eq!((&doc["State"], &doc["NetworkSettings"]["Networks"]), (&state, &serde_json::json!({})));
         assert!(state.get("Health").is_none(), "no check, no Health: {state}");
         c.health = Some(Health { status: HealthStatus::Unhealthy, failing_streak: 3, log: vec![] });
         let state = docker_state(&c);

@@ -36,7 +36,19 @@ pub(super) async fn volume_inspect(
     req: Request<pb::VolumeRef>,
 ) -> Result<Response<pb::JsonDoc>, Status> {
     let v = svc.volumes.inspect(&req.into_inner().name).map_err(vstatus)?;
-    let json = serde_json::to_string_pretty(&v).map_err(|e| Status::internal(e.to_string()))?;
+    let mut doc = serde_json::to_value(&v).map_err(|e| Status::internal(e.to_string()))?;
+    // Docker's names beside ours (`inspect -f '{{.Mountpoint}}'`).
+    for (k, val) in [
+        ("Name", v.name.clone().into()),
+        ("Driver", "local".into()),
+        ("Mountpoint", v.mountpoint.display().to_string().into()),
+        ("CreatedAt", shoal_proto::model::rfc3339(v.created_ms).into()),
+        ("Scope", "local".into()),
+        ("Labels", serde_json::json!({})),
+    ] {
+        doc[k] = val;
+    }
+    let json = serde_json::to_string_pretty(&doc).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(pb::JsonDoc { json }))
 }
 

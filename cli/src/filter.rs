@@ -1,0 +1,126 @@
+//! `--filter KEY=VALUE` (`-f`) on listings, as the docker CLI takes it: the
+//! values given for one key are alternatives (one matching is enough), the
+//! keys must all match. A key the listing does not filter by, or a filter
+//! that is not `KEY=VALUE`, is refused naming what it takes, before anything
+//! is listed.
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+
+/// The filters of one listing.
+#[derive(Debug, Default)]
+pub struct Filters(BTreeMap<String, Vec<String>>);
+
+impl Filters {
+    /// `given` (`KEY=VALUE` each) for a listing that filters by `keys`.
+    pub fn parse(given: &[String], keys: &[&str]) -> anyhow::Result<Filters> {
+        let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for f in given {
+            let Some((k, v)) = f.split_once('=') else {
+                bail!("bad format of filter (expected name=value): {f}");
+            };
+            if !keys.contains(&k) {
+                bail!("invalid filter '{k}': this listing filters by {}", keys.join(", "));
+            }
+            by.entry(k.to_string()).or_default().push(v.to_string());
+        }
+        Ok(Filters(by))
+    }
+
+    /// Whether `key` was given.
+    pub fn has(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// The values given for `key`.
+    pub fn values(&self, key: &str) -> impl Iterator<Item = &str> {
+        self.0.get(key).into_iter().flatten().map(String::as_str)
+    }
+
+    /// True when `key` was not given, or `test` passes for one of its values.
+    pub fn any(&self, key: &str, test: impl Fn(&str) -> bool) -> bool {
+        self.0.get(key).is_none_or(|vs| vs.iter().any(|v| test(v)))
+    }
+
+    /// `key=true|false` against `is`; another value is refused.
+    pub fn flag(&self, key: &str, is: bool) -> anyhow::Result<bool> {
+        let Some(vs) = self.0.get(key) else { return Ok(true) };
+        let mut ok = false;
+        for v in vs {
+            match v.as_str() {
+                "true" | "1" => ok |= is,
+                "false" | "0" => ok |= !is,
+                _ => bail!("invalid filter '{key}={v}': use {key}=true or {key}=false"),
+            }
+        }
+        Ok(ok)
+    }
+
+    /// `label=KEY` (the label is set) or `label=KEY=VALUE` against `labels`,
+    /// under the filter key `key` (`label`, `node.label`).
+    pub fn labels<'a>(&self, key: &str, labels: impl IntoIterator<Item = (&'a String, &'a String)> + Clone) -> bool {
+        self.any(key, |want| {
+            let (k, v) = want.split_once('=').map_or((want, None), |(k, v)| (k, Some(v)));
+            labels.clone().into_iter().any(|(lk, lv)| lk == k && v.is_none_or(|v| lv == v))
+        })
+    }
+}
+
+/// Docker's `reference` filter: a glob (`*` any run of characters but `/`,
+/// `?` one) over `name:tag`, or over the name alone when it has no tag.
+pub fn reference_matches(pattern: &str, name: &str, tag: &str) -> bool {
+    let full = format!("{name}:{tag}");
+    glob(pattern.as_bytes(), full.as_bytes()) || (!pattern.contains(':') && glob(pattern.as_bytes(), name.as_bytes()))
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&p[1..], s) || (s.first().is_some_and(|&c| c != b'/') && glob(p, &s[1..])),
+        (Some(b'?'), Some(&c)) if c != b'/' => glob(&p[1..], &s[1..]),
+        (Some(a), Some(b)) if a == b => glob(&p[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(given: &[&str]) -> anyhow::Result<Filters> {
+        Filters::parse(&given.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &["name", "label", "dangling"])
+    }
+
+    #[test]
+    fn values_of_a_key_are_alternatives_and_keys_must_all_match() {
+        let fs = f(&["name=web", "name=db", "label=tier=front"]).expect("parse");
+        assert!(fs.any("name", |v| v == "db") && !fs.any("name", |v| v == "cache"));
+        assert!(fs.any("status", |_| false), "a key not given matches everything");
+        let labels: std::collections::HashMap<String, String> = [("tier".to_string(), "front".to_string())].into();
+        assert!(fs.labels("label", &labels) && !fs.labels("label", &BTreeMap::new()));
+        let only_key = f(&["label=tier"]).expect("parse");
+        assert!(only_key.labels("label", &labels));
+        assert!(f(&["dangling=true"]).expect("parse").flag("dangling", true).expect("flag"));
+        assert!(!f(&["dangling=false"]).expect("parse").flag("dangling", true).expect("flag"));
+    }
+
+    #[test]
+    fn a_filter_the_listing_does_not_take_is_refused_with_those_it_does() {
+        let e = f(&["nmae=web"]).expect_err("unknown key").to_string();
+        assert_eq!(e, "invalid filter 'nmae': this listing filters by name, label, dangling");
+        let e = f(&["web"]).expect_err("no =").to_string();
+        assert_eq!(e, "bad format of filter (expected name=value): web");
+        let e = f(&["dangling=yes"]).expect("parse").flag("dangling", true).expect_err("bad bool").to_string();
+        assert!(e.contains("use dangling=true or dangling=false"), "{e}");
+    }
+
+    #[test]
+    fn references_match_as_globs_over_name_and_tag() {
+        assert!(reference_matches("busybox", "busybox", "latest"));
+        assert!(reference_matches("busybox:lat*", "busybox", "latest"));
+        assert!(reference_matches("registry.lab:5000/*", "registry.lab:5000/demo", "v1"));
+        assert!(!reference_matches("busy", "busybox", "latest"));
+        assert!(!reference_matches("*", "library/busybox", "latest"), "* stops at /");
+    }
+}
