@@ -43,6 +43,34 @@ impl Filters {
         self.0.get(key).is_none_or(|vs| vs.iter().any(|v| test(v)))
     }
 
+    /// `key=PATTERN` as Docker reads names and ids: unanchored regular
+    /// expressions (`name=^web$`), one of which must match one of `texts`;
+    /// a pattern that does not compile is refused.
+    pub fn regex(&self, key: &str, texts: &[&str]) -> anyhow::Result<bool> {
+        let Some(vs) = self.0.get(key) else { return Ok(true) };
+        for v in vs {
+            let re = regex::Regex::new(v).map_err(|e| {
+                // The parser's message ends with its one-line reason (`error: unclosed group`).
+                let why = e.to_string().lines().last().unwrap_or_default().trim_start_matches("error: ").to_string();
+                anyhow::anyhow!("invalid filter '{key}={v}': {why}")
+            })?;
+            if texts.iter().any(|t| re.is_match(t)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Refuses a value of `key` that is not one of `allowed`.
+    pub fn one_of(&self, key: &str, allowed: &[&str]) -> anyhow::Result<()> {
+        for v in self.values(key) {
+            if !allowed.contains(&v) {
+                bail!("invalid filter '{key}={v}': use one of {}", allowed.join(", "));
+            }
+        }
+        Ok(())
+    }
+
     /// `key=true|false` against `is`; another value is refused.
     pub fn flag(&self, key: &str, is: bool) -> anyhow::Result<bool> {
         let Some(vs) = self.0.get(key) else { return Ok(true) };
@@ -68,20 +96,37 @@ impl Filters {
 }
 
 /// Docker's `reference` filter: a glob (`*` any run of characters but `/`,
-/// `?` one) over `name:tag`, or over the name alone when it has no tag.
+/// `?` one) over `name:tag`, else over the name alone.
 pub fn reference_matches(pattern: &str, name: &str, tag: &str) -> bool {
-    let full = format!("{name}:{tag}");
-    glob(pattern.as_bytes(), full.as_bytes()) || (!pattern.contains(':') && glob(pattern.as_bytes(), name.as_bytes()))
+    glob(pattern.as_bytes(), format!("{name}:{tag}").as_bytes()) || glob(pattern.as_bytes(), name.as_bytes())
 }
 
+/// `path.Match` without character classes, in one pass with backtracking
+/// to the last `*` (which cannot cross a `/`).
 fn glob(p: &[u8], s: &[u8]) -> bool {
-    match (p.first(), s.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => glob(&p[1..], s) || (s.first().is_some_and(|&c| c != b'/') && glob(p, &s[1..])),
-        (Some(b'?'), Some(&c)) if c != b'/' => glob(&p[1..], &s[1..]),
-        (Some(a), Some(b)) if a == b => glob(&p[1..], &s[1..]),
-        _ => false,
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some(&c) if (c == b'?' && s[si] != b'/') || c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) if s[ss] != b'/' => {
+                    star = Some((sp, ss + 1));
+                    pi = sp + 1;
+                    si = ss + 1;
+                }
+                _ => return false,
+            },
+        }
     }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
@@ -122,5 +167,19 @@ mod tests {
         assert!(reference_matches("registry.lab:5000/*", "registry.lab:5000/demo", "v1"));
         assert!(!reference_matches("busy", "busybox", "latest"));
         assert!(!reference_matches("*", "library/busybox", "latest"), "* stops at /");
+        assert!(reference_matches("registry.lab:5000/demo", "registry.lab:5000/demo", "v1"), "a name with a port");
+        assert!(reference_matches("b*x:*", "busybox", "1.36") && !reference_matches("b*x:2*", "busybox", "1.36"));
+        assert!(reference_matches(&"*".repeat(40), "busybox", "latest"), "stars cost no exponential time");
+    }
+
+    #[test]
+    fn names_match_as_docker_s_regular_expressions() {
+        let fs = f(&["name=^web$", "name=db"]).expect("parse");
+        assert!(fs.regex("name", &["web"]).expect("re") && fs.regex("name", &["mydb1"]).expect("re"));
+        assert!(!fs.regex("name", &["web2"]).expect("re"));
+        let e = f(&["name=("]).expect("parse").regex("name", &["x"]).expect_err("bad regex").to_string();
+        assert_eq!(e, "invalid filter 'name=(': unclosed group");
+        let e = f(&["name=x"]).expect("parse").one_of("name", &["a", "b"]).expect_err("not allowed").to_string();
+        assert_eq!(e, "invalid filter 'name=x': use one of a, b");
     }
 }

@@ -200,6 +200,7 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
         }
         ImageCmd::Ls { quiet, filter, format } => {
             let keep = crate::filter::Filters::parse(filter, &["reference", "dangling"])?;
+            keep.flag("dangling", true)?; // a bad value is refused even with no image
             let mut images = Vec::new();
             for i in engine.image_list(pb::Empty {}).await?.into_inner().images {
                 let referenced = !keep.has("reference")

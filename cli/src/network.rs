@@ -458,11 +458,8 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
         }
         NetworkCmd::Ls { quiet, filter, format } => {
             let keep = crate::filter::Filters::parse(filter, &["driver", "id", "name", "scope", "type"])?;
-            for t in keep.values("type") {
-                if !matches!(t, "custom" | "builtin") {
-                    bail!("invalid filter 'type={t}': use type=custom or type=builtin");
-                }
-            }
+            keep.one_of("type", &["custom", "builtin"])?;
+            keep.one_of("scope", &["local", "swarm", "global"])?;
             let local = engine.network_list(pb::Empty {}).await?.into_inner().networks;
             let mut list: Vec<Listed> = local
                 .iter()
@@ -485,13 +482,19 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             }));
             // Docker's predefined networks are `builtin`, the ones users made `custom`.
             let builtin = |n: &Listed| matches!(n.name.as_str(), "bridge" | "host" | "none" | "ingress");
-            list.retain(|n| {
-                keep.any("driver", |d| n.driver == d)
-                    && keep.any("id", |i| n.id.starts_with(i))
-                    && keep.any("name", |m| n.name.contains(m))
+            let mut kept = Vec::new();
+            for n in list {
+                // Names and ids match as Docker's regular expressions.
+                if keep.any("driver", |d| n.driver == d)
+                    && keep.regex("id", &[&n.id])?
+                    && keep.regex("name", &[&n.name])?
                     && keep.any("scope", |s| n.scope == s)
-                    && keep.any("type", |t| (t == "builtin") == builtin(n))
-            });
+                    && keep.any("type", |t| (t == "builtin") == builtin(&n))
+                {
+                    kept.push(n);
+                }
+            }
+            let list = kept;
             let row = |n: &Listed| vec![vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), n.scope.into()]];
             print_listing(
                 &list,

@@ -133,7 +133,7 @@ async fn self_id(cli: &Cli) -> Option<String> {
 }
 
 /// A node as the user named it: `self` is the local daemon's, as in Docker.
-async fn named(cli: &Cli, node: &str) -> anyhow::Result<String> {
+pub(crate) async fn named(cli: &Cli, node: &str) -> anyhow::Result<String> {
     if node != "self" {
         return Ok(node.to_string());
     }
@@ -178,6 +178,8 @@ pub async fn run(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
     match cmd {
         NodeCmd::Ls { quiet, filter, format } => {
             let keep = crate::filter::Filters::parse(filter, &["id", "name", "role", "membership", "node.label"])?;
+            keep.one_of("role", &["manager", "worker"])?;
+            keep.one_of("membership", &["accepted", "pending"])?;
             let mut nodes = control.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
             // Every node in the list has been accepted: a node joins with a token or not at all.
             nodes.retain(|n| {
@@ -300,7 +302,7 @@ pub async fn run(cli: &Cli, cmd: &NodeCmd) -> anyhow::Result<()> {
             }
         }
         NodeCmd::Ps { quiet, no_trunc, filter, format, nodes } => {
-            let keep = crate::service::task_filters(filter)?;
+            let keep = crate::service::task_filters(cli, filter).await?;
             let mut ids = Vec::new();
             for n in nodes {
                 ids.push(named(cli, n).await?);

@@ -66,8 +66,12 @@ async fn volume(
         }
         VolumeCmd::Ls { quiet, filter, format } => {
             let keep = crate::filter::Filters::parse(filter, &["name", "driver"])?;
-            let mut list = engine.volume_list(pb::Empty {}).await?.into_inner().volumes;
-            list.retain(|v| keep.any("name", |n| v.name.contains(n)) && keep.any("driver", |d| d == "local"));
+            let mut list = Vec::new();
+            for v in engine.volume_list(pb::Empty {}).await?.into_inner().volumes {
+                if keep.regex("name", &[&v.name])? && keep.any("driver", |d| d == "local") {
+                    list.push(v);
+                }
+            }
             print_listing(
                 &list,
                 *quiet,

@@ -439,7 +439,7 @@ fn a_containers_host_config_is_applied_inside_it() -> Result<()> {
     let tmpl = "{{.Name}} {{.State.Status}} {{.HostConfig.Init}} {{.Config.Image}}";
     let st = lab.shoal(1, &["inspect", "-f", tmpl, "bare", "inited"])?;
     ensure!(st == "/bare running false busybox:local\n/inited running true busybox:local\n", "{st:?}");
-    let bare = lab.shoal(1, &["ps", "-f", "name=bar", "-f", "status=running", "--format", "{{.Names}}"])?;
+    let bare = lab.shoal(1, &["ps", "-f", "name=^/?bar", "-f", "status=running", "--format", "{{.Names}}"])?;
     ensure!(bare == "bare\n", "{bare:?}");
     ensure!(lab.shoal(1, &["ps", "-q", "-f", "label=no.such.label"])?.is_empty());
     let err = lab.failing(1, &["ps", "-f", "colour=red"])?;

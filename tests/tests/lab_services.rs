@@ -141,7 +141,9 @@ fn services_converge_spread_heal_and_roll() -> Result<()> {
     let h3 = lab.shoal(1, &["node", "ls", "-f", "name=shl-h3", "--format", "{{.Hostname}} {{.Status}}"])?;
     ensure!(h3 == "shl-h3 Ready\n", "{h3:?}");
     let err = lab.failing(1, &["service", "ps", "web", "-f", "desired-state=sleeping"])?;
-    ensure!(err.contains("invalid filter 'desired-state=sleeping': use running, shutdown or accepted"), "{err}");
+    ensure!(err.contains("invalid filter 'desired-state=sleeping': use one of new, pending,"), "{err}");
+    let web1 = lab.shoal(1, &["service", "ps", "web", "-f", "name=web.1", "-f", "desired-state=running", "-q"])?;
+    ensure!(web1.lines().count() == 1, "{web1}");
 
     // A global service: one task on every node; a drained node loses it, and web's tasks move.
     lab.shoal(

@@ -264,21 +264,24 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
         Cmd::Cp(CpArgs { source, dest }) => crate::copy::run(&mut engine, source, dest).await?,
         Cmd::Ps(PsArgs { all, quiet, filter, format }) => {
             let keep = Filters::parse(filter, &["id", "name", "label", "status", "exited"])?;
-            for s in keep.values("status") {
-                if !CONTAINER_STATES.contains(&s) {
-                    bail!("invalid filter 'status={s}': use one of {}", CONTAINER_STATES.join(", "));
-                }
+            keep.one_of("status", &CONTAINER_STATES)?;
+            for code in keep.values("exited") {
+                code.parse::<i32>().map_err(|_| anyhow::anyhow!("invalid filter 'exited={code}': an exit code"))?;
             }
-            // A state other than running, or an exit code, asks for stopped containers too (as Docker's).
-            let all = *all || keep.has("exited") || keep.values("status").any(|s| s != "running");
-            let mut list = engine.container_list(pb::ContainerListRequest { all }).await?.into_inner().containers;
-            list.retain(|c| {
-                keep.any("id", |v| c.id.starts_with(v))
-                    && keep.any("name", |v| c.name.contains(v))
+            // A status filter asks for stopped containers too (as Docker's; `exited=` needs -a, as there).
+            let all = *all || keep.has("status");
+            let mut list = Vec::new();
+            for c in engine.container_list(pb::ContainerListRequest { all }).await?.into_inner().containers {
+                // Names and ids match as Docker's regular expressions, a name with or without its `/`.
+                if keep.regex("id", &[&c.id])?
+                    && keep.regex("name", &[&c.name, &format!("/{}", c.name)])?
                     && keep.labels("label", &c.labels)
                     && keep.any("status", |v| c.state == v)
                     && keep.any("exited", |v| c.state == "exited" && v.parse() == Ok(c.exit_code))
-            });
+                {
+                    list.push(c);
+                }
+            }
             print_listing(
                 &list,
                 *quiet,

@@ -46,6 +46,7 @@ pub(crate) async fn tasks(control: &mut Control, service: &str) -> anyhow::Resul
 
 pub(super) async fn ls(control: &mut Control, quiet: bool, filter: &[String], format: Format) -> anyhow::Result<()> {
     let keep = Filters::parse(filter, &["id", "name", "label", "mode"])?;
+    keep.one_of("mode", &["replicated", "global", "replicated-job", "global-job"])?;
     let mut list = services(control).await?;
     list.retain(|e| {
         let spec = &e.service.spec;
@@ -57,12 +58,18 @@ pub(super) async fn ls(control: &mut Control, quiet: bool, filter: &[String], fo
     print_services(&list, quiet, format)
 }
 
-/// The filters `service ps`, `node ps` and `stack ps` take, checked.
-pub fn task_filters(filter: &[String]) -> anyhow::Result<Filters> {
-    let keep = Filters::parse(filter, &["desired-state", "id", "name", "node"])?;
+/// The filters `service ps`, `node ps` and `stack ps` take, checked;
+/// `node=self` is the node of the local daemon, as in Docker.
+pub async fn task_filters(cli: &crate::args::Cli, filter: &[String]) -> anyhow::Result<Filters> {
+    let mut filter = filter.to_vec();
+    for f in filter.iter_mut().filter(|f| *f == "node=self") {
+        *f = format!("node={}", crate::node::named(cli, "self").await?);
+    }
+    let keep = Filters::parse(&filter, &["desired-state", "id", "name", "node"])?;
+    let states: Vec<&str> = shoal_proto::service::TaskState::ALL.iter().map(|s| s.as_str()).collect();
     for s in keep.values("desired-state") {
-        if !matches!(s, "running" | "shutdown" | "accepted") {
-            anyhow::bail!("invalid filter 'desired-state={s}': use running, shutdown or accepted");
+        if !states.contains(&s.to_lowercase().as_str()) {
+            anyhow::bail!("invalid filter 'desired-state={s}': use one of {}", states.join(", "));
         }
     }
     Ok(keep)
@@ -129,15 +136,20 @@ fn ago(ms: u64) -> String {
     }
 }
 
+/// `service ps SERVICE...`: their tasks in one listing, as Docker's.
 pub(super) async fn ps(
     control: &mut Control,
-    service: &str,
+    services: &[String],
     quiet: bool,
     no_trunc: bool,
     keep: &Filters,
     format: Format,
 ) -> anyhow::Result<()> {
-    print_tasks(tasks(control, service).await?, quiet, no_trunc, keep, format)
+    let mut all = Vec::new();
+    for s in services {
+        all.extend(tasks(control, s).await?);
+    }
+    print_tasks(all, quiet, no_trunc, keep, format)
 }
 
 /// `node ps [NODE...]`: the tasks of these nodes (ids, prefixes or hostnames), as `service ps` shows them.
@@ -165,7 +177,7 @@ pub(crate) fn print_tasks(
     format: Format,
 ) -> anyhow::Result<()> {
     ts.retain(|(t, node)| {
-        keep.any("desired-state", |s| t.desired.as_str() == s)
+        keep.any("desired-state", |s| t.desired.as_str().eq_ignore_ascii_case(s))
             && keep.any("id", |i| t.id.starts_with(i))
             && keep.any("name", |n| t.name().starts_with(n))
             && keep.any("node", |n| node == n || t.node_id.starts_with(n))

@@ -148,11 +148,8 @@ pub async fn run(cli: &Cli, cmd: &ServiceCmd) -> anyhow::Result<i32> {
         ServiceCmd::Update(a) => update(cli, &mut control, a).await,
         ServiceCmd::Ls { quiet, filter, format } => ls(&mut control, *quiet, filter, *format).await,
         ServiceCmd::Ps { quiet, no_trunc, filter, format, services } => {
-            let keep = task_filters(filter)?;
-            for s in services {
-                ps(&mut control, s, *quiet, *no_trunc, &keep, *format).await?;
-            }
-            Ok(())
+            let keep = task_filters(cli, filter).await?;
+            ps(&mut control, services, *quiet, *no_trunc, &keep, *format).await
         }
         ServiceCmd::Inspect { pretty, format, services } => {
             let mut out = Vec::new();

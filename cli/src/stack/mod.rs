@@ -103,7 +103,7 @@ pub async fn run(cli: &Cli, cmd: &StackCmd) -> anyhow::Result<i32> {
             print_services(&list, *quiet, *format)?;
         }
         StackCmd::Ps { quiet, no_trunc, filter, format, stack } => {
-            let keep = crate::service::task_filters(filter)?;
+            let keep = crate::service::task_filters(cli, filter).await?;
             let list = stack_services(&mut control, stack).await?;
             if list.is_empty() {
                 anyhow::bail!("nothing found in stack: {stack}");

@@ -73,7 +73,6 @@ fn up_status(started_ms: u64, now: u64, health: Option<HealthStatus>) -> String 
     }
 }
 
-/// Docker's `State` for inspect (with `Health` when it has a check).
 /// Docker's names for what `inspect` shows, beside the record's own: what
 /// scripts read with `inspect -f` (`{{.Name}}`, `{{.Config.Image}}`,
 /// `{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}`, `{{.State.Status}}`).
@@ -106,6 +105,7 @@ fn docker_names(c: &Container, doc: &mut serde_json::Value) {
     doc["HostConfig"] = r.host_config.docker_json();
 }
 
+/// Docker's `State` for inspect (with `Health` when it has a check).
 fn docker_state(c: &Container) -> serde_json::Value {
     let time = |ms: u64| if ms == 0 { "0001-01-01T00:00:00Z".to_string() } else { shoal_proto::model::rfc3339(ms) };
     let (status, pid, exit_code, error, started, finished, oom) = match &c.status {
