@@ -35,6 +35,9 @@ pub enum ObjectCmd {
     Ls {
         #[arg(short, long)]
         quiet: bool,
+        /// Only what matches KEY=VALUE (a key's values are alternatives): id, name, label.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
     },
@@ -96,9 +99,18 @@ pub async fn run(cli: &Cli, kind: Kind, cmd: &ObjectCmd) -> anyhow::Result<()> {
             };
             println!("{}", control.create_object(req).await?.into_inner().id);
         }
-        ObjectCmd::Ls { quiet, format } => {
+        ObjectCmd::Ls { quiet, filter, format } => {
+            let keep = crate::filter::Filters::parse(filter, &["id", "name", "label"])?;
             let json = control.list_objects(pb::ObjectKind { kind: k }).await?.into_inner().json;
             let mut list: Vec<Value> = serde_json::from_str(&json)?;
+            // As Docker's: id and name prefixes, labels as `label=KEY[=VALUE]`.
+            list.retain(|o| {
+                let labels: std::collections::BTreeMap<String, String> =
+                    serde_json::from_value(o["Spec"]["Labels"].clone()).unwrap_or_default();
+                keep.any("id", |i| o["ID"].as_str().is_some_and(|id| id.starts_with(i)))
+                    && keep.any("name", |n| o["Spec"]["Name"].as_str().is_some_and(|name| name.starts_with(n)))
+                    && keep.labels("label", &labels)
+            });
             list.sort_by(|a, b| a["Spec"]["Name"].as_str().cmp(&b["Spec"]["Name"].as_str()));
             let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
             print_listing(

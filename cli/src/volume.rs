@@ -17,7 +17,7 @@ pub enum VolumeCmd {
     Ls {
         #[arg(short, long)]
         quiet: bool,
-        /// Only what matches KEY=VALUE (a key's values are alternatives): name, driver.
+        /// Only what matches KEY=VALUE (a key's values are alternatives): name, driver, dangling.
         #[arg(short, long = "filter", value_name = "KEY=VALUE")]
         filter: Vec<String>,
         #[arg(long, value_parser = Format::parse, default_value = "table")]
@@ -65,10 +65,15 @@ async fn volume(
             println!("{}", v.name);
         }
         VolumeCmd::Ls { quiet, filter, format } => {
-            let keep = crate::filter::Filters::parse(filter, &["name", "driver"])?;
+            let keep = crate::filter::Filters::parse(filter, &["name", "driver", "dangling"])?;
+            keep.flag("dangling", true)?; // a bad value is refused even with no volume
             let mut list = Vec::new();
             for v in engine.volume_list(pb::Empty {}).await?.into_inner().volumes {
-                if keep.regex("name", &[&v.name])? && keep.any("driver", |d| d == "local") {
+                // Dangling: no container, running or not, mounts it (as Docker's).
+                if keep.regex("name", &[&v.name])?
+                    && keep.any("driver", |d| d == "local")
+                    && keep.flag("dangling", !v.in_use)?
+                {
                     list.push(v);
                 }
             }
@@ -77,7 +82,7 @@ async fn volume(
                 *quiet,
                 *format,
                 |v| v.name.clone(),
-                |v| serde_json::json!({"name": v.name, "mountpoint": v.mountpoint, "anonymous": v.anonymous}),
+                |v| serde_json::json!({"name": v.name, "mountpoint": v.mountpoint, "anonymous": v.anonymous, "in_use": v.in_use}),
                 &[col("Driver", "DRIVER"), col("Name", "VOLUME NAME")],
                 |v| vec![vec!["local".into(), v.name.clone()]],
             )?;

@@ -505,7 +505,14 @@ fn volumes_outlive_containers_and_are_kept_while_in_use() -> Result<()> {
     ])?;
     ensure!(String::from_utf8_lossy(&out.stdout) == "ok\n", "{out:?}");
     // A volume in use is refused; once its container is gone it can go.
+    lab.shoal(1, &["volume", "create", "spare"])?;
     lab.shoal(1, &["run", "-d", "--name", "holder", "-v", "data:/data", "busybox:local", "sleep", "100"])?;
+    // Docker's cleanup idiom: the volumes no container mounts.
+    let dangling = lab.shoal(1, &["volume", "ls", "-q", "-f", "dangling=true"])?;
+    ensure!(dangling.lines().any(|l| l == "spare") && !dangling.lines().any(|l| l == "data"), "{dangling}");
+    let used = lab.shoal(1, &["volume", "ls", "-q", "-f", "dangling=false", "-f", "name=^dat"])?;
+    ensure!(used == "data\n", "{used:?}");
+    lab.shoal(1, &["volume", "rm", "spare"])?;
     let out = lab.exec(1, &["volume", "rm", "data"])?;
     ensure!(
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("in use by container holder"),

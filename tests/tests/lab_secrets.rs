@@ -65,6 +65,8 @@ fn secrets_and_configs_reach_their_tasks_only_and_never_a_disk() -> Result<()> {
     let ls = lab.shoal(1, &["secret", "ls"])?;
     ensure!(ls.contains("ID") && ls.contains("NAME") && ls.contains("CREATED") && ls.contains(" pw "), "{ls}");
     ensure!(lab.shoal(1, &["secret", "ls", "-q"])?.trim() == id.trim());
+    ensure!(lab.shoal(1, &["secret", "ls", "-q", "-f", "label=team=a", "-f", "name=p"])?.trim() == id.trim());
+    ensure!(lab.shoal(1, &["secret", "ls", "-q", "-f", "label=team=b"])?.is_empty());
     let inspect = lab.shoal(1, &["secret", "inspect", "pw"])?;
     let v: Value = serde_json::from_str(&inspect)?;
     ensure!(v[0]["Spec"]["Name"] == "pw" && v[0]["Spec"]["Labels"]["team"] == "a" && v[0]["ID"] == id.trim(), "{v}");

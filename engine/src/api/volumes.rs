@@ -8,6 +8,7 @@ pub(crate) fn volume_pb(v: &crate::volumes::Volume) -> pb::VolumeInfo {
         mountpoint: v.mountpoint.display().to_string(),
         created_ms: v.created_ms,
         anonymous: v.anonymous,
+        in_use: false,
     }
 }
 
@@ -28,7 +29,11 @@ pub(super) async fn volume_list(
     svc: &EngineService,
     _req: Request<pb::Empty>,
 ) -> Result<Response<pb::VolumeInfos>, Status> {
-    Ok(Response::new(pb::VolumeInfos { volumes: svc.volumes.list().iter().map(volume_pb).collect() }))
+    let containers = svc.containers.clone();
+    let used = cblocking(move || Ok(containers.volumes_in_use())).await?;
+    let volumes =
+        svc.volumes.list().iter().map(|v| pb::VolumeInfo { in_use: used.contains(&v.name), ..volume_pb(v) }).collect();
+    Ok(Response::new(pb::VolumeInfos { volumes }))
 }
 
 pub(super) async fn volume_inspect(

@@ -915,6 +915,18 @@ impl Containers {
     }
 
     /// The name of a container that mounts volume `name`, if any.
+    /// The volumes some container (running or not) mounts.
+    pub fn volumes_in_use(&self) -> std::collections::BTreeSet<String> {
+        self.list()
+            .iter()
+            .flat_map(|c| c.record.mounts.iter())
+            .filter_map(|m| match &m.source {
+                MountSource::Volume(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn volume_user(&self, name: &str) -> Option<String> {
         self.list()
             .into_iter()
