@@ -6,7 +6,7 @@
 //! The subset scripts use: text; actions with Go's `{{-`/`-}}` trimming;
 //! operands `.`, `.Field.Path`, strings ("…" or `…`), integers, `true` and
 //! `false`; pipelines (`{{.Name | upper}}`: the value is the last argument);
-//! `if`/`else`/`end`, `range`/`else`/`end` (declaring `$v` or `$k, $v`),
+//! `if`/`else if`/`else`/`end`, `range`/`else`/`end` (declaring `$v` or `$k, $v`),
 //! `with`/`else`/`end`; `$` and range variables; comments;
 //! and the functions of Go (`index`, `len`, `print`, `printf`, `println`,
 //! `eq`, `ne`, `not`, `and`, `or`) and of the docker CLI (`json`, `join`,
@@ -106,6 +106,7 @@ enum Item {
     Range(Vec<String>, Pipe),
     With(Pipe),
     Else,
+    ElseIf(Pipe),
     End,
     Pipe(Pipe),
 }
@@ -126,6 +127,7 @@ impl Template {
         match stop {
             None => Ok(Template { nodes, table }),
             Some(Stop::Else) => Err("{{else}} outside an if, range or with".into()),
+            Some(Stop::ElseIf(_)) => Err("{{else if}} outside an if".into()),
             Some(Stop::End) => Err("{{end}} without an if, range or with".into()),
         }
     }
@@ -176,6 +178,7 @@ fn lex(src: &str) -> Result<Vec<Item>, String> {
             }
             ("with", p) => Item::With(pipe(p)?),
             ("else", "") => Item::Else,
+            ("else", more) if more.starts_with("if ") => Item::ElseIf(pipe(more[3..].trim())?),
             ("end", "") => Item::End,
             ("else" | "end", more) => return Err(format!("unexpected {more:?} in {{{{{body}}}}}")),
             ("define" | "template" | "block", _) => return Err(format!("{{{{{body}}}}}: templates are not supported")),
@@ -341,7 +344,29 @@ fn arg(w: &str, src: &str) -> Result<Arg, String> {
 
 enum Stop {
     Else,
+    ElseIf(Pipe),
     End,
+}
+
+/// An `if`'s branches after its pipeline: the nodes until `else`, `else if`
+/// (an `if` of its own in the else branch, sharing the one `end`) or `end`.
+fn branches(items: &[Item], at: &mut usize, what: &str, else_if: bool) -> Result<(Vec<Node>, Vec<Node>), String> {
+    let no_end = || format!("{{{{{what}}}}} has no {{{{end}}}}");
+    let (then, stop) = tree(items, at)?;
+    let other = match stop {
+        Some(Stop::Else) => match tree(items, at)? {
+            (other, Some(Stop::End)) => other,
+            _ => return Err(no_end()),
+        },
+        Some(Stop::ElseIf(p)) if else_if => {
+            let (a, b) = branches(items, at, what, true)?;
+            vec![Node::If(p, a, b)]
+        }
+        Some(Stop::ElseIf(_)) => return Err(format!("{{{{{what}}}}} takes {{{{else}}}}, not {{{{else if}}}}")),
+        Some(Stop::End) => Vec::new(),
+        None => return Err(no_end()),
+    };
+    Ok((then, other))
 }
 
 /// Nodes until an `else` or `end` (which is consumed and returned) or the end.
@@ -351,15 +376,7 @@ fn tree(items: &[Item], at: &mut usize) -> Result<(Vec<Node>, Option<Stop>), Str
         let item = &items[*at];
         *at += 1;
         let block = |p: &Pipe, at: &mut usize, what: &str| -> Result<(Pipe, Vec<Node>, Vec<Node>), String> {
-            let (then, stop) = tree(items, at)?;
-            let other = match stop {
-                Some(Stop::Else) => match tree(items, at)? {
-                    (other, Some(Stop::End)) => other,
-                    _ => return Err(format!("{{{{{what}}}}} has no {{{{end}}}}")),
-                },
-                Some(Stop::End) => Vec::new(),
-                None => return Err(format!("{{{{{what}}}}} has no {{{{end}}}}")),
-            };
+            let (then, other) = branches(items, at, what, what == "if")?;
             Ok((p.clone(), then, other))
         };
         match item {
@@ -379,6 +396,7 @@ fn tree(items: &[Item], at: &mut usize) -> Result<(Vec<Node>, Option<Stop>), Str
                 nodes.push(Node::With(p, a, b));
             }
             Item::Else => return Ok((nodes, Some(Stop::Else))),
+            Item::ElseIf(p) => return Ok((nodes, Some(Stop::ElseIf(p.clone())))),
             Item::End => return Ok((nodes, Some(Stop::End))),
         }
     }
@@ -695,6 +713,8 @@ mod tests {
             ("{{.Empty}}", "<nil>"),
             ("{{if .State.Running}}up{{else}}down{{end}}", "up"),
             ("{{if eq .State.Status \"exited\"}}x{{else}}y{{end}}", "y"),
+            ("{{if .Nope}}a{{else if eq .State.Pid 7}}b{{else if .State.Running}}c{{else}}d{{end}}", "c"),
+            ("{{if .Nope}}a{{else if .Empty}}b{{end}}", ""),
             ("{{with .Config.Labels}}{{.tier}}{{end}}", "front"),
             ("{{.Name | upper}}", "/WEB"),
             ("{{range $k, $v := .Config.Labels}}{{$k}}={{$v}};{{end}}", "com.x=y;tier=front;"),
@@ -733,6 +753,8 @@ mod tests {
             ("{{.Name", "unclosed action"),
             ("{{if .A}}x", "{{if}} has no {{end}}"),
             ("x{{end}}", "{{end}} without"),
+            ("{{range .A}}x{{else if .B}}y{{end}}", "{{range}} takes {{else}}, not {{else if}}"),
+            ("{{else if .A}}", "{{else if}} outside an if"),
             ("{{frobnicate .A}}", "unknown function \"frobnicate\""),
             ("{{.A | .B}}", "only a function can follow |"),
             ("{{$x := .A}}", "only range declares variables"),
