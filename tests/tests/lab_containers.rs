@@ -507,6 +507,8 @@ fn volumes_outlive_containers_and_are_kept_while_in_use() -> Result<()> {
     // A volume in use is refused; once its container is gone it can go.
     lab.shoal(1, &["volume", "create", "spare"])?;
     lab.shoal(1, &["run", "-d", "--name", "holder", "-v", "data:/data", "busybox:local", "sleep", "100"])?;
+    let mounts = lab.shoal(1, &["ps", "-f", "name=^holder$", "--format", "{{.Names}} {{.Mounts}} {{.Networks}}"])?;
+    ensure!(mounts.starts_with("holder data ") && mounts.trim_end().len() > "holder data ".len(), "{mounts:?}");
     // Docker's cleanup idiom: the volumes no container mounts.
     let dangling = lab.shoal(1, &["volume", "ls", "-q", "-f", "dangling=true"])?;
     ensure!(dangling.lines().any(|l| l == "spare") && !dangling.lines().any(|l| l == "data"), "{dangling}");

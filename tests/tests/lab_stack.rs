@@ -230,6 +230,9 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
     ensure!(ls.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["shop", "3"]), "{ls}");
     let svcs = lab.shoal(1, &["stack", "services", "shop"])?;
     ensure!(all.iter().all(|s| svcs.contains(s)) && svcs.contains("2/2") && svcs.contains("*:8080->80/tcp"), "{svcs}");
+    let web =
+        lab.shoal(1, &["stack", "services", "-f", "name=shop_web", "--format", "{{.Name}} {{.Replicas}}", "shop"])?;
+    ensure!(web == "shop_web 2/2\n", "{web:?}");
     let nets = lab.shoal(1, &["network", "ls"])?;
     ensure!(nets.lines().any(|l| l.contains("shop_back") && l.contains("overlay") && l.contains("swarm")), "{nets}");
     let spec: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["service", "inspect", "shop_web"])?)?;

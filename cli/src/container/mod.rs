@@ -287,7 +287,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                 *quiet,
                 *format,
                 |c| short(&c.id).to_string(),
-                |c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid, "restart_count": c.restart_count, "ports": c.ports, "labels": c.labels.iter().collect::<std::collections::BTreeMap<_, _>>()}),
+                |c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid, "restart_count": c.restart_count, "ports": c.ports, "labels": c.labels.iter().collect::<std::collections::BTreeMap<_, _>>(), "networks": c.networks, "mounts": c.mounts}),
                 &[
                     col("ID", "CONTAINER ID"),
                     col("Image", "IMAGE"),
@@ -299,6 +299,8 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                     extra("State", "STATE"),
                     extra("CreatedAt", "CREATED AT"),
                     extra("Labels", "LABELS"),
+                    extra("Networks", "NETWORKS"),
+                    extra("Mounts", "MOUNTS"),
                 ],
                 |c| {
                     let cmd: String = c.command.chars().take(20).collect();
@@ -320,6 +322,8 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                             .map(|(k, v)| format!("{k}={v}"))
                             .collect::<Vec<_>>()
                             .join(","),
+                        c.networks.join(","),
+                        c.mounts.join(","),
                     ]]
                 },
             )?;

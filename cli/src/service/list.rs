@@ -45,9 +45,16 @@ pub(crate) async fn tasks(control: &mut Control, service: &str) -> anyhow::Resul
 }
 
 pub(super) async fn ls(control: &mut Control, quiet: bool, filter: &[String], format: Format) -> anyhow::Result<()> {
+    let mut list = services(control).await?;
+    keep_services(&mut list, filter)?;
+    print_services(&list, quiet, format)
+}
+
+/// Keeps the services `filter` (`service ls`'s and `stack services`' `-f`) matches:
+/// id and name prefixes, labels, modes.
+pub fn keep_services(list: &mut Vec<ServiceListEntry>, filter: &[String]) -> anyhow::Result<()> {
     let keep = Filters::parse(filter, &["id", "name", "label", "mode"])?;
     keep.one_of("mode", &["replicated", "global", "replicated-job", "global-job"])?;
-    let mut list = services(control).await?;
     list.retain(|e| {
         let spec = &e.service.spec;
         keep.any("id", |i| e.service.id.starts_with(i))
@@ -55,7 +62,7 @@ pub(super) async fn ls(control: &mut Control, quiet: bool, filter: &[String], fo
             && keep.labels("label", &spec.labels)
             && keep.any("mode", |m| spec.mode.as_str() == m)
     });
-    print_services(&list, quiet, format)
+    Ok(())
 }
 
 /// The filters `service ps`, `node ps` and `stack ps` take, checked;

@@ -12,7 +12,7 @@ use shoal_proto::service::{Mode, RestartCondition, ServiceSpec};
 
 use self::follow::follow;
 use self::list::{find, ls, print_pretty, ps};
-pub use self::list::{node_ps, task_filters};
+pub use self::list::{keep_services, node_ps, task_filters};
 use self::spec::apply_flags;
 pub use self::spec::{ModeArg, ServiceFlags, ServiceRemovals};
 use crate::args::{Cli, Format};

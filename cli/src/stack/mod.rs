@@ -44,6 +44,9 @@ pub enum StackCmd {
     Services {
         #[arg(short, long)]
         quiet: bool,
+        /// Only what matches KEY=VALUE (a key's values are alternatives): id, name, label, mode.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         #[arg(long, value_parser = Format::parse, default_value = "table")]
         format: Format,
         stack: String,
@@ -95,11 +98,12 @@ pub async fn run(cli: &Cli, cmd: &StackCmd) -> anyhow::Result<i32> {
                 crate::output::print_rows(*format, &[col("Name", "NAME"), col("Services", "SERVICES")], &rows)?;
             }
         }
-        StackCmd::Services { quiet, format, stack } => {
-            let list = stack_services(&mut control, stack).await?;
+        StackCmd::Services { quiet, filter, format, stack } => {
+            let mut list = stack_services(&mut control, stack).await?;
             if list.is_empty() && !quiet {
                 eprintln!("Nothing found in stack: {stack}");
             }
+            crate::service::keep_services(&mut list, filter)?;
             print_services(&list, *quiet, *format)?;
         }
         StackCmd::Ps { quiet, no_trunc, filter, format, stack } => {

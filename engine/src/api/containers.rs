@@ -33,6 +33,24 @@ pub(crate) fn container_pb(c: &Container) -> pb::ContainerInfo {
         restart_count: c.restart.count,
         ports: c.endpoints.iter().flat_map(|e| e.ports.iter().cloned()).collect::<Vec<_>>().join(", "),
         labels: c.record.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        networks: if c.endpoints.is_empty() {
+            match c.record.networks.as_slice() {
+                [] => vec![c.record.run.network.clone()],
+                asked => asked.iter().map(|a| a.network.clone()).collect(),
+            }
+        } else {
+            c.endpoints.iter().map(|e| e.network.clone()).collect()
+        },
+        mounts: c
+            .record
+            .mounts
+            .iter()
+            .filter_map(|m| match &m.source {
+                crate::volumes::MountSource::Volume(name) => Some(name.clone()),
+                crate::volumes::MountSource::Bind(path) => Some(path.display().to_string()),
+                crate::volumes::MountSource::Tmpfs => None,
+            })
+            .collect(),
         ..Default::default()
     };
     match &c.status {
