@@ -44,21 +44,22 @@ impl Filters {
     }
 
     /// `key=PATTERN` as Docker reads names and ids: unanchored regular
-    /// expressions (`name=^web$`), one of which must match one of `texts`;
-    /// a pattern that does not compile is refused.
-    pub fn regex(&self, key: &str, texts: &[&str]) -> anyhow::Result<bool> {
-        let Some(vs) = self.0.get(key) else { return Ok(true) };
-        for v in vs {
-            let re = regex::Regex::new(v).map_err(|e| {
-                // The parser's message ends with its one-line reason (`error: unclosed group`).
-                let why = e.to_string().lines().last().unwrap_or_default().trim_start_matches("error: ").to_string();
-                anyhow::anyhow!("invalid filter '{key}={v}': {why}")
-            })?;
-            if texts.iter().any(|t| re.is_match(t)) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    /// expressions (`name=^web$`), compiled once for the whole listing; a
+    /// pattern that does not compile is refused.
+    pub fn regex(&self, key: &str) -> anyhow::Result<Patterns> {
+        let compiled = self.0.get(key).map(|vs| {
+            vs.iter()
+                .map(|v| {
+                    regex::Regex::new(v).map_err(|e| {
+                        // The parser's message ends with its one-line reason (`error: unclosed group`).
+                        let why =
+                            e.to_string().lines().last().unwrap_or_default().trim_start_matches("error: ").to_string();
+                        anyhow::anyhow!("invalid filter '{key}={v}': {why}")
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        });
+        Ok(Patterns(compiled.transpose()?))
     }
 
     /// Refuses a value of `key` that is not one of `allowed`.
@@ -71,18 +72,18 @@ impl Filters {
         Ok(())
     }
 
-    /// `key=true|false` against `is`; another value is refused.
-    pub fn flag(&self, key: &str, is: bool) -> anyhow::Result<bool> {
-        let Some(vs) = self.0.get(key) else { return Ok(true) };
-        let mut ok = false;
-        for v in vs {
-            match v.as_str() {
-                "true" | "1" => ok |= is,
-                "false" | "0" => ok |= !is,
+    /// `key=true|false`, read once: whether a row that `is` (dangling, say)
+    /// matches; another value is refused.
+    pub fn flag(&self, key: &str) -> anyhow::Result<impl Fn(bool) -> bool + use<>> {
+        let mut wanted = Vec::new();
+        for v in self.values(key) {
+            wanted.push(match v {
+                "true" | "1" => true,
+                "false" | "0" => false,
                 _ => bail!("invalid filter '{key}={v}': use {key}=true or {key}=false"),
-            }
+            });
         }
-        Ok(ok)
+        Ok(move |is| wanted.is_empty() || wanted.contains(&is))
     }
 
     /// `label=KEY` (the label is set) or `label=KEY=VALUE` against `labels`,
@@ -92,6 +93,16 @@ impl Filters {
             let (k, v) = want.split_once('=').map_or((want, None), |(k, v)| (k, Some(v)));
             labels.clone().into_iter().any(|(lk, lv)| lk == k && v.is_none_or(|v| lv == v))
         })
+    }
+}
+
+/// A key's regular expressions (`Filters::regex`); none given matches all.
+pub struct Patterns(Option<Vec<regex::Regex>>);
+
+impl Patterns {
+    /// Whether one of the patterns matches one of `texts` (a name with and without its `/`).
+    pub fn matches(&self, texts: &[&str]) -> bool {
+        self.0.as_ref().is_none_or(|res| res.iter().any(|re| texts.iter().any(|t| re.is_match(t))))
     }
 }
 
@@ -146,8 +157,8 @@ mod tests {
         assert!(fs.labels("label", &labels) && !fs.labels("label", &BTreeMap::new()));
         let only_key = f(&["label=tier"]).expect("parse");
         assert!(only_key.labels("label", &labels));
-        assert!(f(&["dangling=true"]).expect("parse").flag("dangling", true).expect("flag"));
-        assert!(!f(&["dangling=false"]).expect("parse").flag("dangling", true).expect("flag"));
+        assert!(f(&["dangling=true"]).expect("parse").flag("dangling").expect("flag")(true));
+        assert!(!f(&["dangling=false"]).expect("parse").flag("dangling").expect("flag")(true));
     }
 
     #[test]
@@ -156,7 +167,7 @@ mod tests {
         assert_eq!(e, "invalid filter 'nmae': this listing filters by name, label, dangling");
         let e = f(&["web"]).expect_err("no =").to_string();
         assert_eq!(e, "bad format of filter (expected name=value): web");
-        let e = f(&["dangling=yes"]).expect("parse").flag("dangling", true).expect_err("bad bool").to_string();
+        let e = f(&["dangling=yes"]).expect("parse").flag("dangling").err().expect("bad bool").to_string();
         assert!(e.contains("use dangling=true or dangling=false"), "{e}");
     }
 
@@ -175,9 +186,10 @@ mod tests {
     #[test]
     fn names_match_as_docker_s_regular_expressions() {
         let fs = f(&["name=^web$", "name=db"]).expect("parse");
-        assert!(fs.regex("name", &["web"]).expect("re") && fs.regex("name", &["mydb1"]).expect("re"));
-        assert!(!fs.regex("name", &["web2"]).expect("re"));
-        let e = f(&["name=("]).expect("parse").regex("name", &["x"]).expect_err("bad regex").to_string();
+        let names = fs.regex("name").expect("re");
+        assert!(names.matches(&["web"]) && names.matches(&["mydb1"]));
+        assert!(!names.matches(&["web2"]));
+        let e = f(&["name=("]).expect("parse").regex("name").err().expect("bad regex").to_string();
         assert_eq!(e, "invalid filter 'name=(': unclosed group");
         let e = f(&["name=x"]).expect("parse").one_of("name", &["a", "b"]).expect_err("not allowed").to_string();
         assert_eq!(e, "invalid filter 'name=x': use one of a, b");

@@ -200,18 +200,16 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
         }
         ImageCmd::Ls { quiet, filter, format } => {
             let keep = crate::filter::Filters::parse(filter, &["reference", "dangling"])?;
-            keep.flag("dangling", true)?; // a bad value is refused even with no image
-            let mut images = Vec::new();
-            for i in engine.image_list(pb::Empty {}).await?.into_inner().images {
+            let dangling = keep.flag("dangling")?;
+            let mut images = engine.image_list(pb::Empty {}).await?.into_inner().images;
+            images.retain(|i| {
                 let referenced = !keep.has("reference")
                     || i.repo_tags
                         .iter()
                         .map(|t| split_tag(t))
                         .any(|(name, tag)| keep.any("reference", |p| crate::filter::reference_matches(p, &name, &tag)));
-                if referenced && keep.flag("dangling", i.repo_tags.is_empty())? {
-                    images.push(i);
-                }
-            }
+                referenced && dangling(i.repo_tags.is_empty())
+            });
             crate::output::print_listing(
                 &images,
                 *quiet,

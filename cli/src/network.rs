@@ -482,19 +482,15 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             }));
             // Docker's predefined networks are `builtin`, the ones users made `custom`.
             let builtin = |n: &Listed| matches!(n.name.as_str(), "bridge" | "host" | "none" | "ingress");
-            let mut kept = Vec::new();
-            for n in list {
-                // Names and ids match as Docker's regular expressions.
-                if keep.any("driver", |d| n.driver == d)
-                    && keep.regex("id", &[&n.id])?
-                    && keep.regex("name", &[&n.name])?
+            // Names and ids match as Docker's regular expressions.
+            let (ids, names) = (keep.regex("id")?, keep.regex("name")?);
+            list.retain(|n| {
+                keep.any("driver", |d| n.driver == d)
+                    && ids.matches(&[&n.id])
+                    && names.matches(&[&n.name])
                     && keep.any("scope", |s| n.scope == s)
-                    && keep.any("type", |t| (t == "builtin") == builtin(&n))
-                {
-                    kept.push(n);
-                }
-            }
-            let list = kept;
+                    && keep.any("type", |t| (t == "builtin") == builtin(n))
+            });
             let row = |n: &Listed| vec![vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), n.scope.into()]];
             print_listing(
                 &list,

@@ -148,7 +148,7 @@ pub(crate) async fn named(cli: &Cli, node: &str) -> anyhow::Result<String> {
 fn inspect_doc(n: &pb::Node) -> serde_json::Value {
     let mut doc = node_json(n);
     // Docker's Status.Addr is the host's address; a manager's ManagerStatus.Addr has the port.
-    let ip = n.addr.rsplit_once(':').map_or(n.addr.as_str(), |(ip, _)| ip);
+    let ip = crate::output::addr_host(&n.addr);
     let manager = (!n.manager_status.is_empty()).then(|| {
         let addr = if n.addr.contains(':') { n.addr.clone() } else { format!("{ip}:{}", shoal_proto::MANAGER_PORT) };
         let reachability = if n.status == "down" { "unreachable" } else { "reachable" };

@@ -165,6 +165,11 @@ pub fn info_json(i: &pb::LocalInfo) -> Value {
     })
 }
 
+/// The host of `host:port` (Docker's `NodeAddr`, `Status.Addr`); an address without a port as it is.
+pub fn addr_host(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
+
 /// What an `info` template sees: `info_json` with Docker's names beside it
 /// (`{{.ServerVersion}}`, `{{.Swarm.LocalNodeState}}`, `{{.Swarm.NodeID}}`,
 /// `{{.Swarm.ControlAvailable}}`, `{{.Swarm.Cluster.ID}}`).
@@ -175,7 +180,7 @@ pub fn info_template_doc(i: &pb::LocalInfo) -> Value {
     v["Name"] = i.hostname.clone().into();
     v["Swarm"] = json!({
         "NodeID": i.node_id,
-        "NodeAddr": i.addr.rsplit_once(':').map_or(i.addr.as_str(), |(ip, _)| ip),
+        "NodeAddr": addr_host(&i.addr),
         "LocalNodeState": i.swarm_state,
         "ControlAvailable": i.is_manager,
         "Cluster": {"ID": i.cluster_id},

@@ -66,17 +66,10 @@ async fn volume(
         }
         VolumeCmd::Ls { quiet, filter, format } => {
             let keep = crate::filter::Filters::parse(filter, &["name", "driver", "dangling"])?;
-            keep.flag("dangling", true)?; // a bad value is refused even with no volume
-            let mut list = Vec::new();
-            for v in engine.volume_list(pb::Empty {}).await?.into_inner().volumes {
-                // Dangling: no container, running or not, mounts it (as Docker's).
-                if keep.regex("name", &[&v.name])?
-                    && keep.any("driver", |d| d == "local")
-                    && keep.flag("dangling", !v.in_use)?
-                {
-                    list.push(v);
-                }
-            }
+            let (names, dangling) = (keep.regex("name")?, keep.flag("dangling")?);
+            let mut list = engine.volume_list(pb::Empty {}).await?.into_inner().volumes;
+            // Dangling: no container, running or not, mounts it (as Docker's).
+            list.retain(|v| names.matches(&[&v.name]) && keep.any("driver", |d| d == "local") && dangling(!v.in_use));
             print_listing(
                 &list,
                 *quiet,

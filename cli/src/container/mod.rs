@@ -270,18 +270,16 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
             }
             // A status filter asks for stopped containers too (as Docker's; `exited=` needs -a, as there).
             let all = *all || keep.has("status");
-            let mut list = Vec::new();
-            for c in engine.container_list(pb::ContainerListRequest { all }).await?.into_inner().containers {
-                // Names and ids match as Docker's regular expressions, a name with or without its `/`.
-                if keep.regex("id", &[&c.id])?
-                    && keep.regex("name", &[&c.name, &format!("/{}", c.name)])?
+            // Names and ids match as Docker's regular expressions, a name with or without its `/`.
+            let (ids, names) = (keep.regex("id")?, keep.regex("name")?);
+            let mut list = engine.container_list(pb::ContainerListRequest { all }).await?.into_inner().containers;
+            list.retain(|c| {
+                ids.matches(&[&c.id])
+                    && names.matches(&[&c.name, &format!("/{}", c.name)])
                     && keep.labels("label", &c.labels)
                     && keep.any("status", |v| c.state == v)
                     && keep.any("exited", |v| c.state == "exited" && v.parse() == Ok(c.exit_code))
-                {
-                    list.push(c);
-                }
-            }
+            });
             print_listing(
                 &list,
                 *quiet,
