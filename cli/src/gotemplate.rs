@@ -5,7 +5,10 @@
 //!
 //! The subset scripts use: text; actions with Go's `{{-`/`-}}` trimming;
 //! operands `.`, `.Field.Path`, strings ("…" or `…`), integers, `true` and
-//! `false`; pipelines (`{{.Name | upper}}`: the value is the last argument);
+//! `false`; pipelines (`{{.Name | upper}}`: the value is the last argument),
+//! parenthesized ones as operands (`{{index (split .Image ":") 0}}`, with
+//! fields after them: `{{(index .Mounts 0).Source}}`); the listings' one
+//! method, `{{.Label "com.docker.compose.service"}}`;
 //! `if`/`else if`/`else`/`end`, `range`/`else`/`end` (declaring `$v` or `$k, $v`),
 //! `with`/`else`/`end`; `$` and range variables; comments;
 //! and the functions of Go (`index`, `len`, `print`, `printf`, `println`,
@@ -53,6 +56,8 @@ enum Arg {
     Field(Vec<String>),
     /// `$name` (`$` alone: the whole object) followed by these keys.
     Var(String, Vec<String>),
+    /// A parenthesized pipeline followed by these keys.
+    Sub(Pipe, Vec<String>),
     Lit(Value),
 }
 
@@ -76,6 +81,8 @@ enum Func {
     Not,
     And,
     Or,
+    /// The method `.Label "key"`: a label of the row's `.Labels`.
+    Label,
 }
 
 const FUNCS: [(&str, Func); 18] = [
@@ -228,22 +235,39 @@ fn find_close(s: &str) -> Option<usize> {
     None
 }
 
-fn pipe(src: &str) -> Result<Pipe, String> {
-    let mut cmds = Vec::new();
-    let mut cur: Vec<String> = Vec::new();
-    let mut words = Vec::new();
+/// A piece of an action's pipeline.
+#[derive(Debug)]
+enum Tok {
+    Word(String),
+    Str(String),
+    Bar,
+    Open,
+    /// `)`, with the fields chained to it (`(index .Tasks 0).Name`).
+    Close(Vec<String>),
+}
+
+fn tokens(src: &str) -> Result<Vec<Tok>, String> {
+    let mut toks = Vec::new();
     let mut chars = src.chars().peekable();
-    while let Some(&c) = chars.peek() {
+    let word_end = |c: char| c.is_whitespace() || matches!(c, '|' | '"' | '`' | '(' | ')');
+    while let Some(c) = chars.next() {
         match c {
-            c if c.is_whitespace() => {
-                chars.next();
-            }
-            '|' => {
-                chars.next();
-                words.push(None);
+            c if c.is_whitespace() => {}
+            '|' => toks.push(Tok::Bar),
+            '(' => toks.push(Tok::Open),
+            ')' => {
+                let mut chain = String::new();
+                while let Some(&c) = chars.peek().filter(|&&c| !word_end(c)) {
+                    chain.push(c);
+                    chars.next();
+                }
+                let keys: Vec<String> = chain.split('.').skip(1).map(str::to_string).collect();
+                if !chain.is_empty() && (!chain.starts_with('.') || keys.iter().any(String::is_empty)) {
+                    return Err(format!("bad field {chain:?} after ) in {{{{{src}}}}}"));
+                }
+                toks.push(Tok::Close(keys));
             }
             '"' => {
-                chars.next();
                 let mut s = String::new();
                 loop {
                     match chars.next() {
@@ -258,35 +282,72 @@ fn pipe(src: &str) -> Result<Pipe, String> {
                         Some(c) => s.push(c),
                     }
                 }
-                words.push(Some(format!("\"{s}")));
+                toks.push(Tok::Str(s));
             }
-            '`' => {
-                chars.next();
-                let s: String = chars.by_ref().take_while(|&c| c != '`').collect();
-                words.push(Some(format!("\"{s}")));
-            }
-            '(' | ')' => return Err(format!("{{{{{src}}}}}: parentheses are not supported")),
-            _ => {
-                let mut w = String::new();
-                while let Some(&c) = chars.peek() {
-                    if c.is_whitespace() || c == '|' || c == '"' {
-                        break;
-                    }
+            '`' => toks.push(Tok::Str(chars.by_ref().take_while(|&c| c != '`').collect())),
+            c => {
+                let mut w = c.to_string();
+                while let Some(&c) = chars.peek().filter(|&&c| !word_end(c)) {
                     w.push(c);
                     chars.next();
                 }
-                words.push(Some(w));
+                toks.push(Tok::Word(w));
             }
         }
     }
-    words.push(None);
-    for w in words {
-        match w {
-            Some(w) => cur.push(w),
-            None if cur.is_empty() => return Err(format!("empty command in {{{{{src}}}}}")),
-            None => cmds.push(cmd(&std::mem::take(&mut cur), src)?),
-        }
+    Ok(toks)
+}
+
+fn pipe(src: &str) -> Result<Pipe, String> {
+    let toks = tokens(src)?;
+    let mut at = 0;
+    let p = sub_pipe(&toks, &mut at, src, false)?;
+    match toks.get(at) {
+        None => Ok(p),
+        Some(_) => Err(format!("{{{{{src}}}}}: a ) with no ( before it")),
     }
+}
+
+/// Commands separated by `|`, up to the end or (`nested`) the `)` that
+/// closes the group, which is left for the caller.
+fn sub_pipe(toks: &[Tok], at: &mut usize, src: &str, nested: bool) -> Result<Pipe, String> {
+    let mut cmds = Vec::new();
+    let mut cur: Vec<Arg> = Vec::new();
+    let mut first_word: Option<String> = None;
+    let mut finish = |cur: &mut Vec<Arg>, first: &mut Option<String>| -> Result<(), String> {
+        if cur.is_empty() {
+            return Err(format!("empty command in {{{{{src}}}}}"));
+        }
+        cmds.push(cmd(std::mem::take(cur), first.take(), src)?);
+        Ok(())
+    };
+    loop {
+        match toks.get(*at) {
+            None if nested => return Err(format!("{{{{{src}}}}}: a ( with no ) after it")),
+            None | Some(Tok::Close(_)) => break,
+            Some(Tok::Bar) => finish(&mut cur, &mut first_word)?,
+            Some(Tok::Open) => {
+                *at += 1;
+                let p = sub_pipe(toks, at, src, true)?;
+                let Some(Tok::Close(keys)) = toks.get(*at) else { unreachable!("sub_pipe stops at a )") };
+                cur.push(Arg::Sub(p, keys.clone()));
+            }
+            Some(Tok::Str(s)) => cur.push(Arg::Lit(Value::String(s.clone()))),
+            Some(Tok::Word(w)) => {
+                if cur.is_empty() {
+                    first_word = Some(w.clone());
+                }
+                // A function's name is no operand; `cmd` sorts that out from the first word.
+                cur.push(if cur.is_empty() && FUNCS.iter().any(|(n, _)| n == w) {
+                    Arg::Lit(Value::Null)
+                } else {
+                    arg(w, src)?
+                });
+            }
+        }
+        *at += 1;
+    }
+    finish(&mut cur, &mut first_word)?;
     for c in &cmds[1..] {
         if c.func.is_none() {
             return Err(format!("{{{{{src}}}}}: only a function can follow |"));
@@ -295,23 +356,34 @@ fn pipe(src: &str) -> Result<Pipe, String> {
     Ok(Pipe(cmds))
 }
 
-fn cmd(words: &[String], src: &str) -> Result<Cmd, String> {
-    let first = &words[0];
-    if let Some(&(_, f)) = FUNCS.iter().find(|(n, _)| n == first) {
-        let args = words[1..].iter().map(|w| arg(w, src)).collect::<Result<_, _>>()?;
+/// A command from its operands: a function and its arguments, a method
+/// (`.Label "key"`, the one Docker's listings have) and its argument, or
+/// one operand.
+fn cmd(mut args: Vec<Arg>, first_word: Option<String>, src: &str) -> Result<Cmd, String> {
+    if let Some(&(_, f)) = first_word.as_ref().and_then(|w| FUNCS.iter().find(|(n, _)| n == w)) {
+        args.remove(0);
         return Ok(Cmd { func: Some(f), args });
     }
-    if words.len() > 1 || first.chars().next().is_some_and(char::is_alphabetic) && arg(first, src).is_err() {
-        let known: Vec<&str> = FUNCS.iter().map(|(n, _)| *n).collect();
-        return Err(format!("{{{{{src}}}}}: unknown function {first:?} (there are {})", known.join(", ")));
+    if args.len() == 1 {
+        return Ok(Cmd { func: None, args });
     }
-    Ok(Cmd { func: None, args: vec![arg(first, src)?] })
+    match &mut args[0] {
+        Arg::Field(keys) | Arg::Var(_, keys) | Arg::Sub(_, keys) if keys.last().is_some_and(|k| k == "Label") => {
+            keys.pop(); // the receiver: the object whose .Labels it reads
+            Ok(Cmd { func: Some(Func::Label), args })
+        }
+        Arg::Field(_) | Arg::Var(..) | Arg::Sub(..) => {
+            Err(format!("{{{{{src}}}}}: only .Label takes an argument ({{{{.Label \"com.example.key\"}}}})"))
+        }
+        Arg::Lit(_) => {
+            let known: Vec<&str> = FUNCS.iter().map(|(n, _)| *n).collect();
+            let what = first_word.map_or_else(|| "a string".to_string(), |w| format!("{w:?}"));
+            Err(format!("{{{{{src}}}}}: unknown function {what} (there are {})", known.join(", ")))
+        }
+    }
 }
 
 fn arg(w: &str, src: &str) -> Result<Arg, String> {
-    if let Some(s) = w.strip_prefix('"') {
-        return Ok(Arg::Lit(Value::String(s.to_string())));
-    }
     if w == "." {
         return Ok(Arg::Field(Vec::new()));
     }
@@ -335,6 +407,10 @@ fn arg(w: &str, src: &str) -> Result<Arg, String> {
         "true" => Ok(Arg::Lit(Value::Bool(true))),
         "false" => Ok(Arg::Lit(Value::Bool(false))),
         "nil" => Ok(Arg::Lit(Value::Null)),
+        _ if w.starts_with(char::is_alphabetic) => {
+            let known: Vec<&str> = FUNCS.iter().map(|(n, _)| *n).collect();
+            Err(format!("{{{{{src}}}}}: unknown function {w:?} (there are {})", known.join(", ")))
+        }
         _ => w
             .parse::<i64>()
             .map(|n| Arg::Lit(Value::from(n)))
@@ -475,13 +551,18 @@ fn operand(a: &Arg, dot: &Value, sc: &Scope) -> Result<Value, String> {
             Some((_, v)) => (v, keys),
             None => return Err(format!("undefined variable ${name}")),
         },
+        Arg::Sub(p, keys) => return walk(&eval(p, dot, sc)?, keys, sc.strict),
     };
-    let mut v = start;
+    walk(start, keys, sc.strict)
+}
+
+/// `v` followed down `keys`.
+fn walk(mut v: &Value, keys: &[String], strict: bool) -> Result<Value, String> {
     for k in keys {
         match v {
             Value::Object(m) => match m.get(k) {
                 Some(x) => v = x,
-                None if sc.strict => {
+                None if strict => {
                     let fields: Vec<String> = m.keys().map(|k| format!(".{k}")).collect();
                     return Err(format!("no field .{k} here: there are {}", fields.join(" ")));
                 }
@@ -589,7 +670,36 @@ fn call(f: Func, args: &[Value]) -> Result<Value, String> {
         Func::Not => Value::Bool(!truth(&want::<1>("not", args)?[0])),
         Func::And => args.iter().find(|v| !truth(v)).or(args.last()).cloned().unwrap_or(Value::Null),
         Func::Or => args.iter().find(|v| truth(v)).or(args.last()).cloned().unwrap_or(Value::Null),
+        Func::Label => {
+            let [row, key] = want("Label", args)?;
+            let Some(labels) = row.get("Labels") else {
+                return Err(format!(".Label reads .Labels, which {} does not have", kind(&row)));
+            };
+            let key = shown(&key);
+            Value::String(match labels {
+                Value::Object(m) => m.get(&key).map(shown).unwrap_or_default(),
+                Value::String(joined) => label_of(joined, &key).unwrap_or_default(),
+                _ => String::new(),
+            })
+        }
     })
+}
+
+/// `key`'s value in a listing's `k=v,k2=v2` cell: a piece with no `=` is
+/// part of the value before it (a value with a comma).
+fn label_of(joined: &str, key: &str) -> Option<String> {
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    for piece in joined.split(',').filter(|p| !p.is_empty()) {
+        match (piece.split_once('='), pairs.last_mut()) {
+            (Some((k, v)), _) => pairs.push((k, v.to_string())),
+            (None, Some((_, v))) => {
+                v.push(',');
+                v.push_str(piece);
+            }
+            (None, None) => pairs.push((piece, String::new())),
+        }
+    }
+    pairs.into_iter().find(|(k, _)| *k == key).map(|(_, v)| v)
 }
 
 /// Go's `print`: a space between operands when neither is a string.
@@ -726,6 +836,11 @@ mod tests {
             ("{{printf \"%-6s|%4d\" .State.Status .State.Pid}}", "running|  42"),
             ("{{- /* a comment */ -}} a  {{- .State.Pid -}}  b", "a42b"),
             ("{{title \"hello world\"}} {{lower \"AB\"}} {{truncate \"abcdef\" 3}}", "Hello World ab abc"),
+            ("{{index (split .Name \"w\") 1}}", "eb"),
+            ("{{if (eq .State.Status \"running\")}}up{{end}}", "up"),
+            ("{{len (index .Config.Env 0)}}|{{(index .NetworkSettings.Networks \"db\").IPAddress}}", "3|10.0.2.7"),
+            ("{{if and (ne .State.Pid 1) (not .Empty)}}ok{{end}}", "ok"),
+            ("{{printf \"%s-%d\" (upper .Name) (len .Config.Env) | lower}}", "/web-2"),
         ];
         for (t, want) in cases {
             assert_eq!(render(t, &ctr).as_deref(), Ok(*want), "{t}");
@@ -748,6 +863,20 @@ mod tests {
     }
 
     #[test]
+    fn label_reads_a_rows_labels_as_the_docker_cli_does() {
+        let row = json!({"Names": "web", "Labels": "com.docker.compose.service=web,note=a,b,tier=front"});
+        let t = Template::parse("{{.Label \"com.docker.compose.service\"}}|{{.Label \"note\"}}|{{.Label \"nope\"}}")
+            .expect("parse");
+        assert_eq!(t.render(&row, true), Ok("web|a,b|".into()));
+        let t = Template::parse("{{if eq (.Label \"tier\") \"front\"}}{{.Names | upper}}{{end}}").expect("parse");
+        assert_eq!(t.render(&row, true), Ok("WEB".into()));
+        let doc = json!({"Config": {"Labels": {"tier": "back"}}});
+        assert_eq!(render("{{.Config.Label \"tier\"}}", &doc), Ok("back".into()));
+        let e = Template::parse("{{.Label \"x\"}}").expect("parse").render(&json!({"ID": "1"}), true);
+        assert_eq!(e, Err(".Label reads .Labels, which an object does not have".into()));
+    }
+
+    #[test]
     fn bad_templates_are_refused_when_parsed_with_the_reason() {
         for (t, want) in [
             ("{{.Name", "unclosed action"),
@@ -759,7 +888,12 @@ mod tests {
             ("{{.A | .B}}", "only a function can follow |"),
             ("{{$x := .A}}", "only range declares variables"),
             ("{{range $a, $b, $c := .A}}{{end}}", "declare $value or $key, $value"),
-            ("{{index (split .A \":\") 1}}", "parentheses are not supported"),
+            ("{{index (split .A \":\") 1}}x{{(.A}}", "a ( with no ) after it"),
+            ("{{.A)}}", "a ) with no ( before it"),
+            ("{{index () 1}}", "empty command"),
+            ("{{(.A).}}", "bad field \".\" after )"),
+            ("{{.Name \"x\"}}", "only .Label takes an argument"),
+            ("{{\"a\" \"b\"}}", "unknown function a string"),
             ("{{\"abc}}", "unclosed action"),
             ("{{template \"x\"}}", "templates are not supported"),
         ] {
