@@ -12,8 +12,8 @@ use tonic::Code;
 
 use crate::args::{Cli, Format};
 use crate::client;
-use crate::output::col;
 use crate::output::short;
+use crate::output::{col, extra};
 use crate::output::{for_each_item, print_listing};
 
 type Engine = shoal_proto::pb::engine_client::EngineClient<tonic::transport::Channel>;
@@ -382,6 +382,8 @@ struct Listed {
     name: String,
     driver: String,
     scope: &'static str,
+    /// A cluster network's (a bridge network has none).
+    labels: std::collections::BTreeMap<String, String>,
     doc: serde_json::Value,
 }
 
@@ -457,7 +459,7 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             println!("{}", n.id);
         }
         NetworkCmd::Ls { quiet, filter, format } => {
-            let keep = crate::filter::Filters::parse(filter, &["driver", "id", "name", "scope", "type"])?;
+            let keep = crate::filter::Filters::parse(filter, &["driver", "id", "label", "name", "scope", "type"])?;
             keep.one_of("type", &["custom", "builtin"])?;
             keep.one_of("scope", &["local", "swarm", "global"])?;
             let local = engine.network_list(pb::Empty {}).await?.into_inner().networks;
@@ -468,6 +470,7 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
                     name: n.name.clone(),
                     driver: n.driver.clone(),
                     scope: "local",
+                    labels: Default::default(),
                     doc: doc(n),
                 })
                 .collect();
@@ -478,6 +481,7 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
                 name: n.spec.name.clone(),
                 driver: n.spec.driver.as_str().into(),
                 scope: "swarm",
+                labels: n.spec.labels.clone(),
                 doc: cluster_doc(n),
             }));
             // Docker's predefined networks are `builtin`, the ones users made `custom`.
@@ -488,17 +492,27 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
                 keep.any("driver", |d| n.driver == d)
                     && ids.matches(&[&n.id])
                     && names.matches(&[&n.name])
+                    && keep.labels("label", &n.labels)
                     && keep.any("scope", |s| n.scope == s)
                     && keep.any("type", |t| (t == "builtin") == builtin(n))
             });
-            let row = |n: &Listed| vec![vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), n.scope.into()]];
+            let row = |n: &Listed| {
+                let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                vec![vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), n.scope.into(), labels.join(",")]]
+            };
             print_listing(
                 &list,
                 *quiet,
                 *format,
                 |n| short(&n.id).to_string(),
                 |n| n.doc.clone(),
-                &[col("ID", "NETWORK ID"), col("Name", "NAME"), col("Driver", "DRIVER"), col("Scope", "SCOPE")],
+                &[
+                    col("ID", "NETWORK ID"),
+                    col("Name", "NAME"),
+                    col("Driver", "DRIVER"),
+                    col("Scope", "SCOPE"),
+                    extra("Labels", "LABELS"),
+                ],
                 row,
             )?;
         }

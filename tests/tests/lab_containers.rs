@@ -421,7 +421,10 @@ fn a_containers_host_config_is_applied_inside_it() -> Result<()> {
     };
     let orphan = "sh -c 'sleep 0.2 &'; exec sleep 60";
     lab.shoal(1, &["run", "-d", "--name", "bare", "busybox:local", "sh", "-c", orphan])?;
-    lab.shoal(1, &["run", "-d", "--init", "--name", "inited", "busybox:local", "sh", "-c", orphan])?;
+    lab.shoal(
+        1,
+        &["run", "-d", "--init", "--name", "inited", "--label", "tier=front", "busybox:local", "sh", "-c", orphan],
+    )?;
     wait_for("the orphan exited as a zombie under a bare PID 1", Duration::from_secs(10), || {
         Ok((zombies("bare")? == 1).then_some(()))
     })?;
@@ -442,8 +445,32 @@ fn a_containers_host_config_is_applied_inside_it() -> Result<()> {
     let bare = lab.shoal(1, &["ps", "-f", "name=^/?bar", "-f", "status=running", "--format", "{{.Names}}"])?;
     ensure!(bare == "bare\n", "{bare:?}");
     ensure!(lab.shoal(1, &["ps", "-q", "-f", "label=no.such.label"])?.is_empty());
+    // Docker's other ps filters: by creation against a named container, by image (no tag is
+    // latest), and whether a service's task; and the Label method and parentheses in templates.
+    let names_of = |args: &[&str]| -> Result<String> {
+        let mut all = vec!["ps", "--format", "{{.Names}}"];
+        all.extend_from_slice(args);
+        let mut v: Vec<String> = lab.shoal(1, &all)?.lines().map(String::from).collect();
+        v.sort();
+        Ok(v.join(" "))
+    };
+    ensure!(names_of(&["-f", "since=bare"])? == "inited");
+    ensure!(names_of(&["-f", "before=inited"])? == "bare");
+    ensure!(names_of(&["-f", "ancestor=busybox:local", "-f", "is-task=false"])? == "bare inited");
+    ensure!(names_of(&["-f", "ancestor=busybox"])?.is_empty(), "busybox is busybox:latest");
+    ensure!(names_of(&["-f", "is-task=true"])?.is_empty());
+    let err = lab.failing(1, &["ps", "-f", "since=no-such"])?;
+    ensure!(err.contains("No such container: no-such"), "{err}");
+    let labelled = lab.shoal(
+        1,
+        &["ps", "-f", "name=^inited$", "--format", r#"{{.Label "tier"}}|{{if (eq .State "running")}}up{{end}}"#],
+    )?;
+    ensure!(labelled == "front|up\n", "{labelled:?}");
     let err = lab.failing(1, &["ps", "-f", "colour=red"])?;
-    ensure!(err.contains("invalid filter 'colour': this listing filters by id, name, label, status, exited"), "{err}");
+    ensure!(
+        err.contains("invalid filter 'colour': this listing filters by id, name, label, status, exited, ancestor"),
+        "{err}"
+    );
     let err = lab.failing(1, &["ps", "--format", "{{.Nmae}}"])?;
     ensure!(err.contains("no field .Nmae here: there are ") && err.contains(" .Names "), "{err}");
     lab.shoal(1, &["rm", "-f", "bare", "inited"])?;
@@ -509,6 +536,7 @@ fn volumes_outlive_containers_and_are_kept_while_in_use() -> Result<()> {
     lab.shoal(1, &["run", "-d", "--name", "holder", "-v", "data:/data", "busybox:local", "sleep", "100"])?;
     let mounts = lab.shoal(1, &["ps", "-f", "name=^holder$", "--format", "{{.Names}} {{.Mounts}} {{.Networks}}"])?;
     ensure!(mounts.starts_with("holder data ") && mounts.trim_end().len() > "holder data ".len(), "{mounts:?}");
+    ensure!(lab.shoal(1, &["ps", "-f", "volume=data", "--format", "{{.Names}}"])? == "holder\n");
     // Docker's cleanup idiom: the volumes no container mounts.
     let dangling = lab.shoal(1, &["volume", "ls", "-q", "-f", "dangling=true"])?;
     ensure!(dangling.lines().any(|l| l == "spare") && !dangling.lines().any(|l| l == "data"), "{dangling}");

@@ -235,6 +235,19 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
     ensure!(web == "shop_web 2/2\n", "{web:?}");
     let nets = lab.shoal(1, &["network", "ls"])?;
     ensure!(nets.lines().any(|l| l.contains("shop_back") && l.contains("overlay") && l.contains("swarm")), "{nets}");
+    // The stack's label selects its networks, as Docker's cleanup scripts do.
+    let ours = lab.shoal(
+        1,
+        &[
+            "network",
+            "ls",
+            "-f",
+            "label=com.docker.stack.namespace=shop",
+            "--format",
+            r#"{{.Name}} {{.Label "com.docker.stack.namespace"}}"#,
+        ],
+    )?;
+    ensure!(ours.lines().any(|l| l == "shop_back shop") && ours.lines().all(|l| l.starts_with("shop_")), "{ours}");
     let spec: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["service", "inspect", "shop_web"])?)?;
     ensure!(
         spec[0]["spec"]["labels"]["com.docker.stack.namespace"] == "shop"

@@ -9,6 +9,7 @@ pub use run::RunArgs;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
+use shoal_proto::image_ref::Reference;
 use shoal_proto::pb;
 
 use crate::args::{Cli, Cmd, Format};
@@ -17,6 +18,29 @@ use crate::filter::Filters;
 use crate::image::ago;
 use crate::output::{col, extra};
 use crate::output::{for_each_item, print_docs, print_listing, short, table};
+
+/// When the container `v` (an id, a unique id prefix or a name) was
+/// created, among `list`.
+fn created_of(list: &[pb::ContainerInfo], v: &str) -> Option<u64> {
+    let name = v.strip_prefix('/').unwrap_or(v);
+    if let Some(c) = list.iter().find(|c| c.id == v || c.name == name) {
+        return Some(c.created_ms);
+    }
+    match list.iter().filter(|c| c.id.starts_with(v)).collect::<Vec<_>>().as_slice() {
+        [c] if !v.is_empty() => Some(c.created_ms),
+        _ => None,
+    }
+}
+
+/// Whether a container of `image` runs the image `ancestor` names, as
+/// Docker's `ancestor=`: the same repository, the tag `latest` where none
+/// is given, and the digest where one is.
+fn of_image(ancestor: &Reference, image: &str) -> bool {
+    let Ok(r) = Reference::parse(image) else { return false };
+    r.full_name() == ancestor.full_name()
+        && (ancestor.tag().is_none() && ancestor.digest().is_some() || r.tag_or_default() == ancestor.tag_or_default())
+        && ancestor.digest().is_none_or(|d| r.digest() == Some(d))
+}
 
 /// The states `ps --filter status=` takes (Docker's).
 const CONTAINER_STATES: [&str; 7] = ["created", "restarting", "running", "removing", "paused", "exited", "dead"];
@@ -27,7 +51,8 @@ pub struct PsArgs {
     pub all: bool,
     #[arg(short, long)]
     pub quiet: bool,
-    /// Only what matches KEY=VALUE (a key's values are alternatives): id, name, label, status, exited.
+    /// Only what matches KEY=VALUE (a key's values are alternatives): id, name, label, status,
+    /// exited, ancestor, before, since, network, volume, is-task.
     #[arg(short, long = "filter", value_name = "KEY=VALUE")]
     pub filter: Vec<String>,
     #[arg(long, value_parser = Format::parse, default_value = "table")]
@@ -263,22 +288,48 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
         }
         Cmd::Cp(CpArgs { source, dest }) => crate::copy::run(&mut engine, source, dest).await?,
         Cmd::Ps(PsArgs { all, quiet, filter, format }) => {
-            let keep = Filters::parse(filter, &["id", "name", "label", "status", "exited"])?;
+            let keep = Filters::parse(
+                filter,
+                &[
+                    "id", "name", "label", "status", "exited", "ancestor", "before", "since", "network", "volume",
+                    "is-task",
+                ],
+            )?;
             keep.one_of("status", &CONTAINER_STATES)?;
             for code in keep.values("exited") {
                 code.parse::<i32>().map_err(|_| anyhow::anyhow!("invalid filter 'exited={code}': an exit code"))?;
             }
+            let ancestors = keep
+                .values("ancestor")
+                .map(|v| Reference::parse(v).map_err(|why| anyhow::anyhow!("invalid filter 'ancestor={v}': {why}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let is_task = keep.flag("is-task")?;
             // A status filter asks for stopped containers too (as Docker's; `exited=` needs -a, as there).
             let all = *all || keep.has("status");
             // Names and ids match as Docker's regular expressions, a name with or without its `/`.
             let (ids, names) = (keep.regex("id")?, keep.regex("name")?);
             let mut list = engine.container_list(pb::ContainerListRequest { all }).await?.into_inner().containers;
+            // before= and since= name a container, stopped or not, by its creation.
+            let (mut before, mut since) = (None, None);
+            if keep.has("before") || keep.has("since") {
+                let every =
+                    engine.container_list(pb::ContainerListRequest { all: true }).await?.into_inner().containers;
+                let created = |v: &str| created_of(&every, v).ok_or_else(|| anyhow::anyhow!("No such container: {v}"));
+                before = keep.values("before").map(created).collect::<anyhow::Result<Vec<_>>>()?.into_iter().max();
+                since = keep.values("since").map(created).collect::<anyhow::Result<Vec<_>>>()?.into_iter().min();
+            }
             list.retain(|c| {
                 ids.matches(&[&c.id])
                     && names.matches(&[&c.name, &format!("/{}", c.name)])
                     && keep.labels("label", &c.labels)
                     && keep.any("status", |v| c.state == v)
                     && keep.any("exited", |v| c.state == "exited" && v.parse() == Ok(c.exit_code))
+                    && (ancestors.is_empty() || ancestors.iter().any(|a| of_image(a, &c.image)))
+                    && before.is_none_or(|t| c.created_ms < t)
+                    && since.is_none_or(|t| c.created_ms > t)
+                    && keep.any("network", |v| c.networks.iter().any(|n| n == v))
+                    && keep.any("volume", |v| c.mounts.iter().any(|m| m == v))
+                    && is_task(c.labels.contains_key("com.docker.swarm.task.id"))
             });
             print_listing(
                 &list,
@@ -534,5 +585,35 @@ mod tests {
         assert_eq!(binary_size(64 << 20), "64MiB");
         assert_eq!(binary_size(123_456_789), "117.7MiB");
         assert_eq!(decimal_size(4096), "4.096kB");
+    }
+
+    #[test]
+    fn ancestor_matches_as_dockers_with_latest_for_no_tag() {
+        let of = |a: &str, image: &str| of_image(&Reference::parse(a).expect(a), image);
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert!(
+            of("busybox", "busybox") && of("busybox", "busybox:latest") && of("busybox", "docker.io/library/busybox")
+        );
+        assert!(of("busybox:latest", "busybox") && of("registry.lab:5000/demo/web:1", "registry.lab:5000/demo/web:1"));
+        assert!(!of("busybox", "busybox:1.36") && !of("busybox:1.36", "busybox") && !of("busy", "busybox"));
+        assert!(of("web:1", &format!("web:1@{d}")) && of(&format!("web@{d}"), &format!("web:2@{d}")));
+        assert!(!of(&format!("web@{d}"), "web:2") && !of("web", "not a reference!"));
+    }
+
+    #[test]
+    fn before_and_since_find_their_container_by_id_prefix_or_name() {
+        let c = |id: &str, name: &str, created_ms| pb::ContainerInfo {
+            id: id.into(),
+            name: name.into(),
+            created_ms,
+            ..Default::default()
+        };
+        let list = [c("abc123", "web", 10), c("abd456", "db", 20)];
+        assert_eq!(created_of(&list, "web"), Some(10));
+        assert_eq!(created_of(&list, "/db"), Some(20));
+        assert_eq!(created_of(&list, "abd"), Some(20));
+        assert_eq!(created_of(&list, "ab"), None, "an ambiguous prefix");
+        assert_eq!(created_of(&list, ""), None);
+        assert_eq!(created_of(&list, "cache"), None);
     }
 }
