@@ -21,6 +21,8 @@
 
 use std::fmt::Write as _;
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 /// A parsed template; `table` when it began with `table` (a header line,
@@ -139,11 +141,32 @@ impl Template {
         }
     }
 
-    /// The template applied to `dot`. `strict`: an unknown field of an object
-    /// is an error (a listing's row) instead of `<no value>` (a JSON document).
+    /// The template applied to `dot`, an inspected object's JSON (a missing
+    /// field is `<no value>`), or with `strict` a listing's row without labels
+    /// (a missing field is an error).
     pub fn render(&self, dot: &Value, strict: bool) -> Result<String, String> {
+        self.run(
+            dot,
+            Scope { root: dot, vars: Vec::new(), strict, labels: if strict { Labels::Row(None) } else { Labels::Doc } },
+        )
+    }
+
+    /// The template applied to a listing's row, whose `{{.Label "key"}}`
+    /// reads `labels`; or (`header`) to its headers, where `.Label "key"` is
+    /// the key's last part in capitals, as the docker CLI heads it.
+    pub fn render_row(
+        &self,
+        row: &Value,
+        labels: Option<&BTreeMap<String, String>>,
+        header: bool,
+    ) -> Result<String, String> {
+        let labels = if header { Labels::Header } else { Labels::Row(labels) };
+        self.run(row, Scope { root: row, vars: Vec::new(), strict: true, labels })
+    }
+
+    fn run(&self, dot: &Value, mut sc: Scope) -> Result<String, String> {
         let mut out = String::new();
-        exec(&self.nodes, dot, &mut Scope { root: dot, vars: Vec::new(), strict }, &mut out)?;
+        exec(&self.nodes, dot, &mut sc, &mut out)?;
         Ok(out)
     }
 }
@@ -177,7 +200,9 @@ fn lex(src: &str) -> Result<Vec<Item>, String> {
             }
             continue;
         }
-        let item = match body.split_once(char::is_whitespace).map_or((body, ""), |(k, r)| (k, r.trim())) {
+        // A keyword ends at the first character no name has (`{{if(eq .A 1)}}`, as Go's).
+        let word = body.find(|c: char| !c.is_alphanumeric() && c != '_').unwrap_or(body.len());
+        let item = match (&body[..word], body[word..].trim()) {
             ("if", p) => Item::If(pipe(p)?),
             ("range", p) => {
                 let (vars, p) = declared(p)?;
@@ -185,7 +210,9 @@ fn lex(src: &str) -> Result<Vec<Item>, String> {
             }
             ("with", p) => Item::With(pipe(p)?),
             ("else", "") => Item::Else,
-            ("else", more) if more.starts_with("if ") => Item::ElseIf(pipe(more[3..].trim())?),
+            ("else", more) if more.strip_prefix("if").is_some_and(|r| r.starts_with([' ', '\t', '\n', '('])) => {
+                Item::ElseIf(pipe(more[2..].trim())?)
+            }
             ("end", "") => Item::End,
             ("else" | "end", more) => return Err(format!("unexpected {more:?} in {{{{{body}}}}}")),
             ("define" | "template" | "block", _) => return Err(format!("{{{{{body}}}}}: templates are not supported")),
@@ -300,12 +327,7 @@ fn tokens(src: &str) -> Result<Vec<Tok>, String> {
 
 fn pipe(src: &str) -> Result<Pipe, String> {
     let toks = tokens(src)?;
-    let mut at = 0;
-    let p = sub_pipe(&toks, &mut at, src, false)?;
-    match toks.get(at) {
-        None => Ok(p),
-        Some(_) => Err(format!("{{{{{src}}}}}: a ) with no ( before it")),
-    }
+    sub_pipe(&toks, &mut 0, src, false)
 }
 
 /// Commands separated by `|`, up to the end or (`nested`) the `)` that
@@ -324,6 +346,7 @@ fn sub_pipe(toks: &[Tok], at: &mut usize, src: &str, nested: bool) -> Result<Pip
     loop {
         match toks.get(*at) {
             None if nested => return Err(format!("{{{{{src}}}}}: a ( with no ) after it")),
+            Some(Tok::Close(_)) if !nested => return Err(format!("{{{{{src}}}}}: a ) with no ( before it")),
             None | Some(Tok::Close(_)) => break,
             Some(Tok::Bar) => finish(&mut cur, &mut first_word)?,
             Some(Tok::Open) => {
@@ -367,10 +390,17 @@ fn cmd(mut args: Vec<Arg>, first_word: Option<String>, src: &str) -> Result<Cmd,
     if args.len() == 1 {
         return Ok(Cmd { func: None, args });
     }
-    match &mut args[0] {
-        Arg::Field(keys) | Arg::Var(_, keys) | Arg::Sub(_, keys) if keys.last().is_some_and(|k| k == "Label") => {
-            keys.pop(); // the receiver: the object whose .Labels it reads
-            Ok(Cmd { func: Some(Func::Label), args })
+    let label = |keys: &[String]| keys.last().is_some_and(|k| k == "Label");
+    match &args[0] {
+        // The row's own (`.` or `$`), with its one key.
+        Arg::Field(keys) | Arg::Var(_, keys) if keys.len() == 1 && label(keys) && args.len() == 2 => {
+            if matches!(&args[0], Arg::Var(name, _) if !name.is_empty()) {
+                return Err(format!("{{{{{src}}}}}: .Label is a listing row's: {{{{.Label \"com.example.key\"}}}}"));
+            }
+            Ok(Cmd { func: Some(Func::Label), args: args.split_off(1) })
+        }
+        Arg::Field(keys) | Arg::Var(_, keys) if label(keys) => {
+            Err(format!("{{{{{src}}}}}: .Label is a listing row's, with one key: {{{{.Label \"com.example.key\"}}}}"))
         }
         Arg::Field(_) | Arg::Var(..) | Arg::Sub(..) => {
             Err(format!("{{{{{src}}}}}: only .Label takes an argument ({{{{.Label \"com.example.key\"}}}})"))
@@ -378,7 +408,7 @@ fn cmd(mut args: Vec<Arg>, first_word: Option<String>, src: &str) -> Result<Cmd,
         Arg::Lit(_) => {
             let known: Vec<&str> = FUNCS.iter().map(|(n, _)| *n).collect();
             let what = first_word.map_or_else(|| "a string".to_string(), |w| format!("{w:?}"));
-            Err(format!("{{{{{src}}}}}: unknown function {what} (there are {})", known.join(", ")))
+            Err(format!("{{{{{src}}}}}: {what} is not a function (there are {})", known.join(", ")))
         }
     }
 }
@@ -407,6 +437,9 @@ fn arg(w: &str, src: &str) -> Result<Arg, String> {
         "true" => Ok(Arg::Lit(Value::Bool(true))),
         "false" => Ok(Arg::Lit(Value::Bool(false))),
         "nil" => Ok(Arg::Lit(Value::Null)),
+        _ if FUNCS.iter().any(|(n, _)| *n == w) => {
+            Err(format!("{{{{{src}}}}}: {w} is a function: call it in parentheses, ({w} …)"))
+        }
         _ if w.starts_with(char::is_alphabetic) => {
             let known: Vec<&str> = FUNCS.iter().map(|(n, _)| *n).collect();
             Err(format!("{{{{{src}}}}}: unknown function {w:?} (there are {})", known.join(", ")))
@@ -485,6 +518,18 @@ struct Scope<'a> {
     root: &'a Value,
     vars: Vec<(String, Value)>,
     strict: bool,
+    labels: Labels<'a>,
+}
+
+/// What `.Label "key"` reads.
+#[derive(Clone, Copy)]
+enum Labels<'a> {
+    /// An inspected object: it has no such method.
+    Doc,
+    /// A listing's row: its labels, if the listing has any.
+    Row(Option<&'a BTreeMap<String, String>>),
+    /// A table template's header line.
+    Header,
 }
 
 fn exec(nodes: &[Node], dot: &Value, sc: &mut Scope, out: &mut String) -> Result<(), String> {
@@ -532,14 +577,52 @@ const NO_VALUE: &str = "<no value>";
 fn eval(p: &Pipe, dot: &Value, sc: &Scope) -> Result<Value, String> {
     let mut last: Option<Value> = None;
     for c in &p.0 {
+        if let Some(f @ (Func::And | Func::Or)) = c.func {
+            // Go's: the first argument that decides (an empty one for `and`, a
+            // non-empty one for `or`), else the last, evaluated in order and no
+            // further (`and .Mounts (index .Mounts 0).Source` with no mounts).
+            let piped = last.take();
+            if c.args.is_empty() && piped.is_none() {
+                return Err(format!("{} takes at least one argument", if f == Func::And { "and" } else { "or" }));
+            }
+            let (mut v, mut decided) = (Value::Null, false);
+            for a in &c.args {
+                v = operand(a, dot, sc)?;
+                decided = truth(&v) == (f == Func::Or);
+                if decided {
+                    break;
+                }
+            }
+            last = Some(match piped {
+                Some(p) if !decided => p,
+                _ => v,
+            });
+            continue;
+        }
         let mut args = c.args.iter().map(|a| operand(a, dot, sc)).collect::<Result<Vec<_>, _>>()?;
         args.extend(last.take());
         last = Some(match c.func {
             None => args.pop().unwrap_or(Value::Null),
+            Some(Func::Label) => label(sc.labels, &args)?,
             Some(f) => call(f, &args)?,
         });
     }
     Ok(last.unwrap_or(Value::Null))
+}
+
+/// `.Label "key"` of a listing's row (`""` when the row has no such label).
+fn label(labels: Labels, args: &[Value]) -> Result<Value, String> {
+    let [key] = want("Label", args)?;
+    let key = shown(&key);
+    match labels {
+        Labels::Row(Some(m)) => Ok(Value::String(m.get(&key).cloned().unwrap_or_default())),
+        Labels::Row(None) => Err("this listing has no labels for .Label to read".into()),
+        Labels::Header => {
+            let last = key.rsplit('.').next().unwrap_or_default();
+            Ok(Value::String(last.replace(['-', '_'], " ").to_uppercase()))
+        }
+        Labels::Doc => Err(".Label is a listing's: here index the labels ({{index .Config.Labels \"key\"}})".into()),
+    }
 }
 
 fn operand(a: &Arg, dot: &Value, sc: &Scope) -> Result<Value, String> {
@@ -668,38 +751,8 @@ fn call(f: Func, args: &[Value]) -> Result<Value, String> {
             Value::Bool(if f == Func::Eq { eq } else { !eq })
         }
         Func::Not => Value::Bool(!truth(&want::<1>("not", args)?[0])),
-        Func::And => args.iter().find(|v| !truth(v)).or(args.last()).cloned().unwrap_or(Value::Null),
-        Func::Or => args.iter().find(|v| truth(v)).or(args.last()).cloned().unwrap_or(Value::Null),
-        Func::Label => {
-            let [row, key] = want("Label", args)?;
-            let Some(labels) = row.get("Labels") else {
-                return Err(format!(".Label reads .Labels, which {} does not have", kind(&row)));
-            };
-            let key = shown(&key);
-            Value::String(match labels {
-                Value::Object(m) => m.get(&key).map(shown).unwrap_or_default(),
-                Value::String(joined) => label_of(joined, &key).unwrap_or_default(),
-                _ => String::new(),
-            })
-        }
+        Func::Label | Func::And | Func::Or => unreachable!("eval calls these itself"),
     })
-}
-
-/// `key`'s value in a listing's `k=v,k2=v2` cell: a piece with no `=` is
-/// part of the value before it (a value with a comma).
-fn label_of(joined: &str, key: &str) -> Option<String> {
-    let mut pairs: Vec<(&str, String)> = Vec::new();
-    for piece in joined.split(',').filter(|p| !p.is_empty()) {
-        match (piece.split_once('='), pairs.last_mut()) {
-            (Some((k, v)), _) => pairs.push((k, v.to_string())),
-            (None, Some((_, v))) => {
-                v.push(',');
-                v.push_str(piece);
-            }
-            (None, None) => pairs.push((piece, String::new())),
-        }
-    }
-    pairs.into_iter().find(|(k, _)| *k == key).map(|(_, v)| v)
 }
 
 /// Go's `print`: a space between operands when neither is a string.
@@ -841,6 +894,8 @@ mod tests {
             ("{{len (index .Config.Env 0)}}|{{(index .NetworkSettings.Networks \"db\").IPAddress}}", "3|10.0.2.7"),
             ("{{if and (ne .State.Pid 1) (not .Empty)}}ok{{end}}", "ok"),
             ("{{printf \"%s-%d\" (upper .Name) (len .Config.Env) | lower}}", "/web-2"),
+            ("{{(.Name | upper)}} {{(index .NetworkSettings.Networks \"app\").IPAddress | len}}", "/WEB 8"),
+            ("{{if(eq .State.Pid 42)}}a{{else if(.Nope)}}b{{end}}", "a"),
         ];
         for (t, want) in cases {
             assert_eq!(render(t, &ctr).as_deref(), Ok(*want), "{t}");
@@ -864,16 +919,43 @@ mod tests {
 
     #[test]
     fn label_reads_a_rows_labels_as_the_docker_cli_does() {
-        let row = json!({"Names": "web", "Labels": "com.docker.compose.service=web,note=a,b,tier=front"});
-        let t = Template::parse("{{.Label \"com.docker.compose.service\"}}|{{.Label \"note\"}}|{{.Label \"nope\"}}")
+        let row = json!({"Names": "web", "Labels": "com.docker.compose.service=web,note=a,b=c,tier=front"});
+        let labels: BTreeMap<String, String> =
+            [("com.docker.compose.service", "web"), ("note", "a,b=c"), ("tier", "front")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let t = Template::parse("{{.Label \"com.docker.compose.service\"}}|{{.Label \"note\"}}|{{$.Label \"nope\"}}")
             .expect("parse");
-        assert_eq!(t.render(&row, true), Ok("web|a,b|".into()));
+        assert_eq!(t.render_row(&row, Some(&labels), false), Ok("web|a,b=c|".into()));
+        assert_eq!(t.render_row(&row, Some(&labels), true), Ok("SERVICE|NOTE|NOPE".into()));
         let t = Template::parse("{{if eq (.Label \"tier\") \"front\"}}{{.Names | upper}}{{end}}").expect("parse");
-        assert_eq!(t.render(&row, true), Ok("WEB".into()));
-        let doc = json!({"Config": {"Labels": {"tier": "back"}}});
-        assert_eq!(render("{{.Config.Label \"tier\"}}", &doc), Ok("back".into()));
-        let e = Template::parse("{{.Label \"x\"}}").expect("parse").render(&json!({"ID": "1"}), true);
-        assert_eq!(e, Err(".Label reads .Labels, which an object does not have".into()));
+        assert_eq!(t.render_row(&row, Some(&labels), false), Ok("WEB".into()));
+        let t = Template::parse("{{.Label \"x\"}}").expect("parse");
+        assert_eq!(t.render(&json!({"ID": "1"}), true), Err("this listing has no labels for .Label to read".into()));
+        let e = t.render(&json!({"Config": {}}), false).expect_err("inspect has no .Label");
+        assert!(e.contains("index .Config.Labels"), "{e}");
+        for (bad, want) in [
+            ("{{.Label}}", "no field .Label here"),
+            ("{{.Label \"a\" \"b\"}}", ".Label is a listing row's, with one key"),
+            ("{{.Config.Label \"a\"}}", ".Label is a listing row's, with one key"),
+            ("{{$x.Label \"a\"}}", ".Label is a listing row's"),
+        ] {
+            let e = Template::parse(bad).and_then(|t| t.render_row(&row, Some(&labels), false)).expect_err(bad);
+            assert!(e.contains(want), "{bad}: {e:?} does not say {want:?}");
+        }
+    }
+
+    #[test]
+    fn and_or_stop_at_the_argument_that_decides() {
+        let v = json!({"Mounts": [], "Name": "web"});
+        assert_eq!(render("{{if and .Mounts (index .Mounts 0).Source}}x{{else}}none{{end}}", &v), Ok("none".into()));
+        assert_eq!(render("{{or .Name (index .Mounts 0)}}", &v), Ok("web".into()));
+        assert_eq!(
+            render("{{and .Name 3}}|{{or .Mounts 0}}|{{.Name | and 1}}|{{\"\" | or 0}}", &v),
+            Ok("3|0|web|".into())
+        );
+        assert!(render("{{and}}", &v).expect_err("no argument").contains("and takes at least one argument"));
     }
 
     #[test]
@@ -888,12 +970,15 @@ mod tests {
             ("{{.A | .B}}", "only a function can follow |"),
             ("{{$x := .A}}", "only range declares variables"),
             ("{{range $a, $b, $c := .A}}{{end}}", "declare $value or $key, $value"),
-            ("{{index (split .A \":\") 1}}x{{(.A}}", "a ( with no ) after it"),
+            ("{{(.A}}", "a ( with no ) after it"),
             ("{{.A)}}", "a ) with no ( before it"),
+            ("{{)}}", "a ) with no ( before it"),
+            ("{{if not eq .A 1}}{{end}}", "eq is a function: call it in parentheses, (eq …)"),
+            ("{{1 2}}", "\"1\" is not a function"),
             ("{{index () 1}}", "empty command"),
             ("{{(.A).}}", "bad field \".\" after )"),
             ("{{.Name \"x\"}}", "only .Label takes an argument"),
-            ("{{\"a\" \"b\"}}", "unknown function a string"),
+            ("{{\"a\" \"b\"}}", "a string is not a function"),
             ("{{\"abc}}", "unclosed action"),
             ("{{template \"x\"}}", "templates are not supported"),
         ] {

@@ -13,7 +13,7 @@ use tonic::Code;
 use crate::args::{Cli, Format};
 use crate::client;
 use crate::output::short;
-use crate::output::{col, extra};
+use crate::output::{col, extra, labels_cell};
 use crate::output::{for_each_item, print_listing};
 
 type Engine = shoal_proto::pb::engine_client::EngineClient<tonic::transport::Channel>;
@@ -497,8 +497,13 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
                     && keep.any("type", |t| (t == "builtin") == builtin(n))
             });
             let row = |n: &Listed| {
-                let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                vec![vec![short(&n.id).into(), n.name.clone(), n.driver.clone(), n.scope.into(), labels.join(",")]]
+                vec![vec![
+                    short(&n.id).into(),
+                    n.name.clone(),
+                    n.driver.clone(),
+                    n.scope.into(),
+                    labels_cell(&n.labels),
+                ]]
             };
             print_listing(
                 &list,

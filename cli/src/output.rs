@@ -1,5 +1,7 @@
 //! Docker-style tables and JSON for scripts.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 use shoal_proto::pb;
 
@@ -75,21 +77,45 @@ pub fn print_rows(format: Format, columns: &[Column], rows: &[Vec<String>]) -> a
     Ok(())
 }
 
+/// A listing's `Labels` cell (its column's field is `Labels`): the labels
+/// themselves, which `print_rows` shows as Docker's `k=v,k2=v2` and a
+/// template's `{{.Label "key"}}` reads (a value may hold `,` and `=`).
+pub fn labels_cell<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    serde_json::to_string(&labels.into_iter().collect::<BTreeMap<_, _>>()).unwrap_or_default()
+}
+
 /// What `print_rows` prints, each line ended.
 fn rows_text(format: Format, columns: &[Column], rows: &[Vec<String>]) -> anyhow::Result<String> {
     let object = |cells: &mut dyn Iterator<Item = String>| {
         Value::Object(columns.iter().map(|c| c.field.to_string()).zip(cells.map(Value::String)).collect())
     };
+    // Each row's labels out of its `labels_cell`, which then reads as Docker's.
+    let at = columns.iter().position(|c| c.field == "Labels");
+    let mut labels: Vec<Option<BTreeMap<String, String>>> = Vec::new();
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            let map = at.and_then(|i| r.get(i)).and_then(|c| serde_json::from_str::<BTreeMap<String, String>>(c).ok());
+            if let (Some(i), Some(m)) = (at, &map) {
+                r[i] = m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+            }
+            labels.push(map);
+            r
+        })
+        .collect();
     let ended = |text: String| if text.is_empty() { text } else { text + "\n" };
     match format {
         Format::Template(t) => {
             let mut lines = Vec::new();
             if t.table {
-                let header = t.render(&object(&mut columns.iter().map(|c| c.header.to_string())), true);
+                let header = t.render_row(&object(&mut columns.iter().map(|c| c.header.to_string())), None, true);
                 lines.push(header.map_err(anyhow::Error::msg)?);
             }
-            for r in rows {
-                lines.push(t.render(&object(&mut r.iter().cloned()), true).map_err(anyhow::Error::msg)?);
+            for (r, l) in rows.iter().zip(&labels) {
+                lines.push(
+                    t.render_row(&object(&mut r.iter().cloned()), l.as_ref(), false).map_err(anyhow::Error::msg)?,
+                );
             }
             if t.table {
                 let cells: Vec<Vec<String>> =
@@ -329,6 +355,27 @@ mod tests {
             Ok(
                 "CONTAINER ID   IMAGE           NAMES\n0123456789ab   busybox:local   web\nba9876543210   nginx           db\n"
             )
+        );
+    }
+
+    #[test]
+    fn a_labels_cell_prints_as_docker_s_and_label_reads_it_whole() {
+        let columns = [col("Names", "NAMES"), extra("Labels", "LABELS")];
+        let labels: BTreeMap<String, String> =
+            [("com.docker.compose.project.config_files", "a.yml,b.yml"), ("rule", "x=1,y=2")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let rows = vec![vec!["web".to_string(), labels_cell(&labels)], vec!["db".to_string(), labels_cell([])]];
+        let text = |f: &str| rows_text(Format::parse(f).expect("format"), &columns, &rows).map_err(|e| e.to_string());
+        assert_eq!(
+            text("{{.Labels}}").as_deref(),
+            Ok("com.docker.compose.project.config_files=a.yml,b.yml,rule=x=1,y=2\n\n")
+        );
+        assert_eq!(text("{{.Names}}:{{.Label \"rule\"}}").as_deref(), Ok("web:x=1,y=2\ndb:\n"));
+        assert_eq!(
+            text("table {{.Names}}\\t{{.Label \"com.docker.compose.project.config_files\"}}").as_deref(),
+            Ok("NAMES   CONFIG FILES\nweb     a.yml,b.yml\ndb\n")
         );
     }
 

@@ -248,6 +248,13 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
         ],
     )?;
     ensure!(ours.lines().any(|l| l == "shop_back shop") && ours.lines().all(|l| l.starts_with("shop_")), "{ours}");
+    // On the nodes, is-task=true picks the stack's task containers, by their stack label too.
+    let mut tasks = Vec::new();
+    for h in 1..=3 {
+        let f = ["ps", "-f", "is-task=true", "-f", "label=com.docker.stack.namespace=shop", "--format", "{{.Names}}"];
+        tasks.extend(lab.shoal(h, &f)?.lines().map(String::from));
+    }
+    ensure!(!tasks.is_empty() && tasks.iter().all(|t| t.starts_with("shop_")), "{tasks:?}");
     let spec: serde_json::Value = serde_json::from_str(&lab.shoal(1, &["service", "inspect", "shop_web"])?)?;
     ensure!(
         spec[0]["spec"]["labels"]["com.docker.stack.namespace"] == "shop"

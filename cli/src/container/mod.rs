@@ -16,30 +16,43 @@ use crate::args::{Cli, Cmd, Format};
 use crate::client;
 use crate::filter::Filters;
 use crate::image::ago;
-use crate::output::{col, extra};
+use crate::output::{col, extra, labels_cell};
 use crate::output::{for_each_item, print_docs, print_listing, short, table};
 
-/// When the container `v` (an id, a unique id prefix or a name) was
-/// created, among `list`.
-fn created_of(list: &[pb::ContainerInfo], v: &str) -> Option<u64> {
+/// Where the container `v` (an id, a unique id prefix or a name) stands in
+/// `list` by creation: Docker's `before=`/`since=` keep those made before or
+/// after it (the id breaks a tie within a millisecond, so neither keeps it).
+fn creation_of(list: &[pb::ContainerInfo], v: &str) -> anyhow::Result<(u64, String)> {
     let name = v.strip_prefix('/').unwrap_or(v);
+    let at = |c: &pb::ContainerInfo| (c.created_ms, c.id.clone());
     if let Some(c) = list.iter().find(|c| c.id == v || c.name == name) {
-        return Some(c.created_ms);
+        return Ok(at(c));
     }
-    match list.iter().filter(|c| c.id.starts_with(v)).collect::<Vec<_>>().as_slice() {
-        [c] if !v.is_empty() => Some(c.created_ms),
-        _ => None,
+    match list.iter().filter(|c| !v.is_empty() && c.id.starts_with(v)).collect::<Vec<_>>().as_slice() {
+        [c] => Ok(at(c)),
+        [] => bail!("No such container: {v}"),
+        _ => bail!("multiple IDs found with provided prefix: {v}"),
     }
 }
 
-/// Whether a container of `image` runs the image `ancestor` names, as
-/// Docker's `ancestor=`: the same repository, the tag `latest` where none
-/// is given, and the digest where one is.
-fn of_image(ancestor: &Reference, image: &str) -> bool {
-    let Ok(r) = Reference::parse(image) else { return false };
-    r.full_name() == ancestor.full_name()
-        && (ancestor.tag().is_none() && ancestor.digest().is_some() || r.tag_or_default() == ancestor.tag_or_default())
-        && ancestor.digest().is_none_or(|d| r.digest() == Some(d))
+/// The ids of the images `v` names, as Docker's `ancestor=` finds them: a
+/// reference (no tag is `latest`), with its digest if it has one, or an
+/// image id or a prefix of one. None is no error: nothing matches.
+fn ancestor_ids(images: &[pb::Image], v: &str) -> Vec<String> {
+    let hex = v.strip_prefix("sha256:").unwrap_or(v);
+    let hex = (!hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(hex);
+    let named = Reference::parse(v).ok();
+    images
+        .iter()
+        .filter(|i| {
+            hex.is_some_and(|h| i.id.strip_prefix("sha256:").unwrap_or(&i.id).starts_with(h))
+                || named.as_ref().is_some_and(|r| match r.digested() {
+                    Some(d) => i.repo_digests.contains(&d),
+                    None => i.repo_tags.contains(&r.tagged()),
+                })
+        })
+        .map(|i| i.id.clone())
+        .collect()
 }
 
 /// The states `ps --filter status=` takes (Docker's).
@@ -299,24 +312,27 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
             for code in keep.values("exited") {
                 code.parse::<i32>().map_err(|_| anyhow::anyhow!("invalid filter 'exited={code}': an exit code"))?;
             }
-            let ancestors = keep
-                .values("ancestor")
-                .map(|v| Reference::parse(v).map_err(|why| anyhow::anyhow!("invalid filter 'ancestor={v}': {why}")))
-                .collect::<anyhow::Result<Vec<_>>>()?;
             let is_task = keep.flag("is-task")?;
             // A status filter asks for stopped containers too (as Docker's; `exited=` needs -a, as there).
             let all = *all || keep.has("status");
             // Names and ids match as Docker's regular expressions, a name with or without its `/`.
             let (ids, names) = (keep.regex("id")?, keep.regex("name")?);
-            let mut list = engine.container_list(pb::ContainerListRequest { all }).await?.into_inner().containers;
-            // before= and since= name a container, stopped or not, by its creation.
-            let (mut before, mut since) = (None, None);
-            if keep.has("before") || keep.has("since") {
-                let every =
-                    engine.container_list(pb::ContainerListRequest { all: true }).await?.into_inner().containers;
-                let created = |v: &str| created_of(&every, v).ok_or_else(|| anyhow::anyhow!("No such container: {v}"));
-                before = keep.values("before").map(created).collect::<anyhow::Result<Vec<_>>>()?.into_iter().max();
-                since = keep.values("since").map(created).collect::<anyhow::Result<Vec<_>>>()?.into_iter().min();
+            // before= and since= name a container, stopped or not.
+            let by_creation = keep.has("before") || keep.has("since");
+            let mut list = engine
+                .container_list(pb::ContainerListRequest { all: all || by_creation })
+                .await?
+                .into_inner()
+                .containers;
+            let creation = |key| keep.values(key).map(|v| creation_of(&list, v)).collect::<anyhow::Result<Vec<_>>>();
+            let (before, since) = (creation("before")?.into_iter().max(), creation("since")?.into_iter().min());
+            if by_creation && !all {
+                list.retain(|c| c.state == "running");
+            }
+            let mut ancestors = Vec::new();
+            if keep.has("ancestor") {
+                let images = engine.image_list(pb::Empty {}).await?.into_inner().images;
+                ancestors.extend(keep.values("ancestor").flat_map(|v| ancestor_ids(&images, v)));
             }
             list.retain(|c| {
                 ids.matches(&[&c.id])
@@ -324,9 +340,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                     && keep.labels("label", &c.labels)
                     && keep.any("status", |v| c.state == v)
                     && keep.any("exited", |v| c.state == "exited" && v.parse() == Ok(c.exit_code))
-                    && (ancestors.is_empty() || ancestors.iter().any(|a| of_image(a, &c.image)))
-                    && before.is_none_or(|t| c.created_ms < t)
-                    && since.is_none_or(|t| c.created_ms > t)
+                    && (!keep.has("ancestor") || ancestors.contains(&c.image_id))
+                    && before.as_ref().is_none_or(|b| (c.created_ms, &c.id) < (b.0, &b.1))
+                    && since.as_ref().is_none_or(|s| (c.created_ms, &c.id) > (s.0, &s.1))
                     && keep.any("network", |v| c.networks.iter().any(|n| n == v))
                     && keep.any("volume", |v| c.mounts.iter().any(|m| m == v))
                     && is_task(c.labels.contains_key("com.docker.swarm.task.id"))
@@ -364,13 +380,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                         c.name.clone(),
                         c.state.clone(),
                         shoal_proto::model::rfc3339(c.created_ms),
-                        c.labels
-                            .iter()
-                            .collect::<std::collections::BTreeMap<_, _>>()
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect::<Vec<_>>()
-                            .join(","),
+                        labels_cell(&c.labels),
                         c.networks.join(","),
                         c.mounts.join(","),
                     ]]
@@ -588,16 +598,29 @@ mod tests {
     }
 
     #[test]
-    fn ancestor_matches_as_dockers_with_latest_for_no_tag() {
-        let of = |a: &str, image: &str| of_image(&Reference::parse(a).expect(a), image);
-        let d = format!("sha256:{}", "a".repeat(64));
-        assert!(
-            of("busybox", "busybox") && of("busybox", "busybox:latest") && of("busybox", "docker.io/library/busybox")
-        );
-        assert!(of("busybox:latest", "busybox") && of("registry.lab:5000/demo/web:1", "registry.lab:5000/demo/web:1"));
-        assert!(!of("busybox", "busybox:1.36") && !of("busybox:1.36", "busybox") && !of("busy", "busybox"));
-        assert!(of("web:1", &format!("web:1@{d}")) && of(&format!("web@{d}"), &format!("web:2@{d}")));
-        assert!(!of(&format!("web@{d}"), "web:2") && !of("web", "not a reference!"));
+    fn ancestor_finds_images_by_reference_with_latest_for_no_tag_or_by_id() {
+        let d = format!("sha256:{}", "d".repeat(64));
+        let image = |id: char, tags: &[&str], digests: &[String]| pb::Image {
+            id: format!("sha256:{}", id.to_string().repeat(64)),
+            repo_tags: tags.iter().map(|t| t.to_string()).collect(),
+            repo_digests: digests.to_vec(),
+            ..Default::default()
+        };
+        let images = [
+            image('a', &["busybox:latest", "busybox:1.36"], &[]),
+            image('b', &["registry.lab:5000/demo/web:1"], &[format!("registry.lab:5000/demo/web@{d}")]),
+        ];
+        let ids = |v: &str| -> Vec<char> {
+            ancestor_ids(&images, v).iter().map(|i| i.chars().last().unwrap_or('?')).collect()
+        };
+        assert_eq!(ids("busybox"), ['a']);
+        assert_eq!(ids("docker.io/library/busybox:1.36"), ['a']);
+        assert_eq!(ids("aaaa"), ['a'], "an id prefix");
+        assert_eq!(ids(&format!("sha256:{}", "b".repeat(64))), ['b']);
+        assert_eq!(ids(&format!("registry.lab:5000/demo/web@{d}")), ['b']);
+        assert_eq!(ids("registry.lab:5000/demo/web:1"), ['b']);
+        assert!(ids("registry.lab:5000/demo/web").is_empty(), "no tag is latest");
+        assert!(ids("busy").is_empty() && ids("no such image!").is_empty());
     }
 
     #[test]
@@ -609,11 +632,12 @@ mod tests {
             ..Default::default()
         };
         let list = [c("abc123", "web", 10), c("abd456", "db", 20)];
-        assert_eq!(created_of(&list, "web"), Some(10));
-        assert_eq!(created_of(&list, "/db"), Some(20));
-        assert_eq!(created_of(&list, "abd"), Some(20));
-        assert_eq!(created_of(&list, "ab"), None, "an ambiguous prefix");
-        assert_eq!(created_of(&list, ""), None);
-        assert_eq!(created_of(&list, "cache"), None);
+        let at = |v: &str| creation_of(&list, v).map_err(|e| e.to_string());
+        assert_eq!(at("web"), Ok((10, "abc123".into())));
+        assert_eq!(at("/db"), Ok((20, "abd456".into())));
+        assert_eq!(at("abd"), Ok((20, "abd456".into())));
+        assert_eq!(at("ab"), Err("multiple IDs found with provided prefix: ab".into()));
+        assert_eq!(at(""), Err("No such container: ".into()));
+        assert_eq!(at("cache"), Err("No such container: cache".into()));
     }
 }

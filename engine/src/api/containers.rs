@@ -28,6 +28,7 @@ pub(crate) fn container_pb(c: &Container) -> pb::ContainerInfo {
         id: c.record.id.clone(),
         name: c.record.name.clone(),
         image: c.record.image.clone(),
+        image_id: c.record.image_id.clone(),
         command: c.record.args.join(" "),
         created_ms: c.record.created_ms,
         restart_count: c.restart.count,
