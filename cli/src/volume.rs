@@ -5,19 +5,30 @@ use shoal_proto::pb;
 
 use crate::args::{Cli, Format};
 use crate::client;
-use crate::output::col;
+use crate::output::{col, extra, labels_cell};
 use crate::output::{for_each_item, print_docs, print_listing};
 
 #[derive(Subcommand, Debug)]
 pub enum VolumeCmd {
     /// Create a volume (a random name if none is given).
-    Create { name: Option<String> },
+    Create {
+        /// A label, KEY=VALUE (repeatable).
+        #[arg(long, value_name = "KEY=VALUE")]
+        label: Vec<String>,
+        /// The volume driver: local, the only one.
+        #[arg(short, long, default_value = "local")]
+        driver: String,
+        /// A driver option: the local driver takes none here.
+        #[arg(short, long = "opt", value_name = "KEY=VALUE")]
+        opt: Vec<String>,
+        name: Option<String>,
+    },
     /// List volumes.
     #[command(alias = "list")]
     Ls {
         #[arg(short, long)]
         quiet: bool,
-        /// Only what matches KEY=VALUE (a key's values are alternatives): name, driver, dangling.
+        /// Only what matches KEY=VALUE (a key's values are alternatives): name, driver, dangling, label.
         #[arg(short, long = "filter", value_name = "KEY=VALUE")]
         filter: Vec<String>,
         #[arg(long, value_parser = Format::parse, default_value = "table")]
@@ -60,24 +71,45 @@ async fn volume(
     cmd: &VolumeCmd,
 ) -> anyhow::Result<()> {
     match cmd {
-        VolumeCmd::Create { name } => {
-            let v = engine.volume_create(pb::VolumeRef { name: name.clone().unwrap_or_default() }).await?.into_inner();
+        VolumeCmd::Create { label, driver, opt, name } => {
+            if driver != "local" {
+                anyhow::bail!("volume driver {driver:?} is not supported: Shoal's volumes are local (leave out -d)");
+            }
+            if let Some(o) = opt.first() {
+                anyhow::bail!(
+                    "volume option {o:?} is not supported: a local volume is a directory on this node; \
+                     for a host path use a bind mount (-v /host/path:/path)"
+                );
+            }
+            let labels = crate::container::labels(label);
+            let req = pb::VolumeCreateRequest { name: name.clone().unwrap_or_default(), labels };
+            let v = engine.volume_create(req).await?.into_inner();
             println!("{}", v.name);
         }
         VolumeCmd::Ls { quiet, filter, format } => {
-            let keep = crate::filter::Filters::parse(filter, &["name", "driver", "dangling"])?;
+            let keep = crate::filter::Filters::parse(filter, &["name", "driver", "dangling", "label"])?;
             let (names, dangling) = (keep.regex("name")?, keep.flag("dangling")?);
             let mut list = engine.volume_list(pb::Empty {}).await?.into_inner().volumes;
             // Dangling: no container, running or not, mounts it (as Docker's).
-            list.retain(|v| names.matches(&[&v.name]) && keep.any("driver", |d| d == "local") && dangling(!v.in_use));
+            list.retain(|v| {
+                names.matches(&[&v.name])
+                    && keep.any("driver", |d| d == "local")
+                    && dangling(!v.in_use)
+                    && keep.labels("label", &v.labels)
+            });
             print_listing(
                 &list,
                 *quiet,
                 *format,
                 |v| v.name.clone(),
-                |v| serde_json::json!({"name": v.name, "mountpoint": v.mountpoint, "anonymous": v.anonymous, "in_use": v.in_use}),
-                &[col("Driver", "DRIVER"), col("Name", "VOLUME NAME")],
-                |v| vec![vec!["local".into(), v.name.clone()]],
+                |v| serde_json::json!({"name": v.name, "mountpoint": v.mountpoint, "anonymous": v.anonymous, "in_use": v.in_use, "labels": v.labels.iter().collect::<std::collections::BTreeMap<_, _>>()}),
+                &[
+                    col("Driver", "DRIVER"),
+                    col("Name", "VOLUME NAME"),
+                    extra("Mountpoint", "MOUNTPOINT"),
+                    extra("Labels", "LABELS"),
+                ],
+                |v| vec![vec!["local".into(), v.name.clone(), v.mountpoint.clone(), labels_cell(&v.labels)]],
             )?;
         }
         VolumeCmd::Inspect { format, volumes } => {

@@ -3,6 +3,7 @@
 //! (the flags themselves are parsed by `shoal_proto::mount`).
 //! A volume in use by a container is never removed.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,9 @@ pub struct Volume {
     pub created_ms: u64,
     /// Made for an image's VOLUME, with a random name.
     pub anonymous: bool,
+    /// Given when it was made (`volume create --label`, `--mount volume-label=`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What to do with a bind mount's host path before mounting it.
@@ -117,8 +121,9 @@ impl VolumeStore {
         self.root.join(name).join("meta.json")
     }
 
-    /// Creates a volume (or returns the existing one of that name).
-    pub fn create(&self, name: Option<&str>) -> Result<Volume, VolumeError> {
+    /// Creates a volume with `labels` (or returns the existing one of that
+    /// name, with its own).
+    pub fn create(&self, name: Option<&str>, labels: &BTreeMap<String, String>) -> Result<Volume, VolumeError> {
         let (name, anonymous) = match name {
             Some(n) if !n.is_empty() => (n.to_string(), false),
             _ => ((0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect(), true),
@@ -135,7 +140,13 @@ impl VolumeStore {
             path: data.clone(),
             err: e.to_string(),
         })?;
-        let v = Volume { name: name.clone(), mountpoint: data, created_ms: shoal_proto::model::now_ms(), anonymous };
+        let v = Volume {
+            name: name.clone(),
+            mountpoint: data,
+            created_ms: shoal_proto::model::now_ms(),
+            anonymous,
+            labels: labels.clone(),
+        };
         let bytes = serde_json::to_vec_pretty(&v).map_err(|e| VolumeError::Io {
             what: "encoding",
             path: self.meta(&name),
@@ -222,10 +233,12 @@ mod tests {
     fn volumes_are_created_listed_and_refused_when_in_use() {
         let dir = tempfile::tempdir().expect("tmp");
         let s = VolumeStore::open(dir.path()).expect("open");
-        let v = s.create(Some("data")).expect("create");
+        let labels = BTreeMap::from([("tier".to_string(), "db".to_string())]);
+        let v = s.create(Some("data"), &labels).expect("create");
         assert!(v.mountpoint.ends_with("data/_data") && v.mountpoint.is_dir());
-        assert_eq!(s.create(Some("data")).expect("again"), v, "create is idempotent");
-        let anon = s.create(None).expect("anonymous");
+        assert_eq!(s.inspect("data").expect("inspect").labels, labels, "the labels are kept");
+        assert_eq!(s.create(Some("data"), &BTreeMap::new()).expect("again"), v, "create is idempotent");
+        let anon = s.create(None, &BTreeMap::new()).expect("anonymous");
         assert!(anon.anonymous && anon.name.len() == 64);
         assert_eq!(s.list().len(), 2);
         assert_eq!(
@@ -234,6 +247,6 @@ mod tests {
         );
         s.remove("data", None).expect("remove");
         assert_eq!(s.inspect("data"), Err(VolumeError::NotFound("data".into())));
-        assert!(matches!(s.create(Some("../x")), Err(VolumeError::BadName(_))));
+        assert!(matches!(s.create(Some("../x"), &BTreeMap::new()), Err(VolumeError::BadName(_))));
     }
 }

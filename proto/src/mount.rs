@@ -3,6 +3,7 @@
 //! managers' validation of a service's spec. Whether a bind source exists is
 //! the engine's business (`shoal_engine::volumes::bind_source`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,9 @@ pub struct MountReq {
     pub source: MountSource,
     pub target: String,
     pub read_only: bool,
+    /// The labels a volume made for this mount gets (`volume-label=K=V`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volume_labels: BTreeMap<String, String>,
 }
 
 /// Where a bind mount's host path came from: `-v` creates a missing directory,
@@ -72,7 +76,7 @@ pub fn parse_volume_flag(spec: &str) -> Result<MountReq, MountError> {
         Some(s) if valid_volume_name(s) => MountSource::Volume(s.to_string()),
         Some(s) => return Err(bad(&format!("{s:?} is neither an absolute host path nor a volume name"))),
     };
-    Ok(MountReq { source, target: target.to_string(), read_only })
+    Ok(MountReq { source, target: target.to_string(), read_only, volume_labels: BTreeMap::new() })
 }
 
 /// `--tmpfs /path`.
@@ -81,16 +85,23 @@ pub fn parse_tmpfs_flag(spec: &str) -> Result<MountReq, MountError> {
     if !target.starts_with('/') || target == "/" {
         return Err(MountError { spec: spec.into(), why: "expected an absolute path other than /".into() });
     }
-    Ok(MountReq { source: MountSource::Tmpfs, target: target.to_string(), read_only: false })
+    Ok(MountReq {
+        source: MountSource::Tmpfs,
+        target: target.to_string(),
+        read_only: false,
+        volume_labels: BTreeMap::new(),
+    })
 }
 
-/// `--mount type=volume|bind|tmpfs,source=S,target=T[,readonly]`, with
-/// Docker's aliases (src, dst/destination, ro, readonly=true|false).
+/// `--mount type=volume|bind|tmpfs,source=S,target=T[,readonly][,volume-label=K=V…]`,
+/// with Docker's aliases (src, dst/destination, ro, readonly=true|false); a
+/// field may be quoted as in CSV (`"volume-label=note=a,b"`), as Docker's.
 pub fn parse_mount_flag(spec: &str) -> Result<MountReq, MountError> {
     let bad = |why: String| MountError { spec: spec.to_string(), why };
     let (mut kind, mut source, mut target, mut read_only) =
         ("volume".to_string(), None::<String>, None::<String>, false);
-    for field in spec.split(',').filter(|f| !f.is_empty()) {
+    let mut volume_labels = BTreeMap::new();
+    for field in csv_fields(spec).map_err(|why| bad(why.into()))?.iter().filter(|f| !f.is_empty()) {
         let (k, v) = match field.split_once('=') {
             Some((k, v)) => (k.trim(), Some(v.trim())),
             None => (field.trim(), None),
@@ -101,12 +112,22 @@ pub fn parse_mount_flag(spec: &str) -> Result<MountReq, MountError> {
             ("target" | "dst" | "destination", Some(v)) => target = Some(v.to_string()),
             ("readonly" | "ro", None | Some("true" | "1")) => read_only = true,
             ("readonly" | "ro", Some("false" | "0")) => read_only = false,
+            ("volume-label", Some(l)) => {
+                let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                if k.is_empty() {
+                    return Err(bad(format!("invalid {field:?}: use volume-label=KEY=VALUE")));
+                }
+                volume_labels.insert(k.to_string(), v.to_string());
+            }
             _ => {
                 return Err(bad(format!(
-                    "unknown or malformed field {field:?}: use type=, source=, target=, readonly"
+                    "unknown or malformed field {field:?}: use type=, source=, target=, readonly, volume-label="
                 )));
             }
         }
+    }
+    if !volume_labels.is_empty() && kind != "volume" {
+        return Err(bad(format!("volume-label is for type=volume, not type={kind}")));
     }
     let target = target.ok_or_else(|| bad("target= is required".into()))?;
     if !target.starts_with('/') || target == "/" {
@@ -122,7 +143,37 @@ pub fn parse_mount_flag(spec: &str) -> Result<MountReq, MountError> {
         ("tmpfs", Some(_)) => return Err(bad("a tmpfs mount takes no source".into())),
         (other, _) => return Err(bad(format!("unknown type {other:?}: use volume, bind or tmpfs"))),
     };
-    Ok(MountReq { source, target, read_only })
+    Ok(MountReq { source, target, read_only, volume_labels })
+}
+
+/// A `--mount` value's comma-separated fields, each of which may be quoted
+/// as in CSV (`"a,b"`, a `""` inside standing for `"`).
+fn csv_fields(spec: &str) -> Result<Vec<String>, &'static str> {
+    let mut fields = vec![String::new()];
+    let mut chars = spec.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        let cur = fields.last_mut().expect("one field at least");
+        match (quoted, c) {
+            (false, ',') => fields.push(String::new()),
+            (false, '"') if cur.is_empty() => quoted = true,
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            (true, '"') => {
+                quoted = false;
+                if chars.peek().is_some_and(|&c| c != ',') {
+                    return Err("a quoted field must end at a comma");
+                }
+            }
+            (_, c) => cur.push(c),
+        }
+    }
+    if quoted {
+        return Err("a quoted field has no closing quote");
+    }
+    Ok(fields)
 }
 
 #[cfg(test)]
@@ -149,10 +200,28 @@ mod tests {
 
     #[test]
     fn mount_flags_parse_like_docker() {
+        let none = BTreeMap::new;
         let m = parse_mount_flag("type=volume,source=data,target=/data,readonly").expect("volume");
-        assert_eq!(m, MountReq { source: MountSource::Volume("data".into()), target: "/data".into(), read_only: true });
+        let want = MountReq {
+            source: MountSource::Volume("data".into()),
+            target: "/data".into(),
+            read_only: true,
+            volume_labels: none(),
+        };
+        assert_eq!(m, want);
         let m = parse_mount_flag("type=bind,src=/srv,dst=/www,ro=false").expect("bind");
-        assert_eq!(m, MountReq { source: MountSource::Bind("/srv".into()), target: "/www".into(), read_only: false });
+        let want = MountReq {
+            source: MountSource::Bind("/srv".into()),
+            target: "/www".into(),
+            read_only: false,
+            volume_labels: none(),
+        };
+        assert_eq!(m, want);
+        let m =
+            parse_mount_flag(r#"src=data,dst=/d,volume-label=tier=db,"volume-label=note=a,""b""",volume-label=flag"#)
+                .expect("labels");
+        let labels: Vec<(&str, &str)> = m.volume_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(labels, [("flag", ""), ("note", "a,\"b\""), ("tier", "db")]);
         assert_eq!(parse_mount_flag("type=tmpfs,destination=/run").expect("tmpfs").source, MountSource::Tmpfs);
         assert_eq!(parse_mount_flag("target=/cache").expect("anonymous").source, MountSource::Volume(String::new()));
         for bad in [
@@ -164,6 +233,10 @@ mod tests {
             "type=tmpfs,src=a,target=/x",
             "type=volume,src=../x,target=/x",
             "target=rel",
+            "type=bind,src=/srv,target=/x,volume-label=a=b",
+            "target=/x,volume-label==b",
+            r#"target=/x,"volume-label=a"#,
+            r#"target=/x,"volume-label=a"b"#,
         ] {
             assert!(parse_mount_flag(bad).is_err(), "{bad}");
         }

@@ -458,6 +458,8 @@ fn a_containers_host_config_is_applied_inside_it() -> Result<()> {
     ensure!(names_of(&["-f", "before=inited"])? == "bare");
     ensure!(names_of(&["-f", "ancestor=busybox:local", "-f", "is-task=false"])? == "bare inited");
     ensure!(names_of(&["-f", "ancestor=busybox"])?.is_empty(), "busybox is busybox:latest");
+    let image_id = lab.shoal(1, &["images", "-q", "-f", "reference=busybox:local"])?;
+    ensure!(names_of(&["-f", &format!("ancestor={}", image_id.trim())])? == "bare inited", "{image_id:?}");
     ensure!(names_of(&["-f", "is-task=true"])?.is_empty());
     let err = lab.failing(1, &["ps", "-f", "since=no-such"])?;
     ensure!(err.contains("No such container: no-such"), "{err}");
@@ -532,7 +534,18 @@ fn volumes_outlive_containers_and_are_kept_while_in_use() -> Result<()> {
     ])?;
     ensure!(String::from_utf8_lossy(&out.stdout) == "ok\n", "{out:?}");
     // A volume in use is refused; once its container is gone it can go.
-    lab.shoal(1, &["volume", "create", "spare"])?;
+    lab.shoal(1, &["volume", "create", "--label", "tier=cache", "spare"])?;
+    // Labels: given at create, or by a mount that makes the volume; listed, filtered, inspected.
+    let mount = "type=volume,src=labelled,dst=/d,volume-label=tier=db,\"volume-label=note=a,b\"";
+    lab.shoal(1, &["run", "--rm", "--mount", mount, "busybox:local", "true"])?;
+    let ls = lab.shoal(1, &["volume", "ls", "-f", "label=tier", "--format", r#"{{.Name}} {{.Label "tier"}}"#])?;
+    ensure!(ls == "labelled db\nspare cache\n", "{ls:?}");
+    ensure!(lab.shoal(1, &["volume", "ls", "-q", "-f", "label=tier=db"])? == "labelled\n");
+    let note = lab.shoal(1, &["volume", "inspect", "-f", "{{.Labels.note}}", "labelled"])?;
+    ensure!(note == "a,b\n", "{note:?}");
+    let err = lab.failing(1, &["volume", "create", "-o", "type=nfs", "nfs"])?;
+    ensure!(err.contains("volume option \"type=nfs\" is not supported"), "{err}");
+    lab.shoal(1, &["volume", "rm", "labelled"])?;
     lab.shoal(1, &["run", "-d", "--name", "holder", "-v", "data:/data", "busybox:local", "sleep", "100"])?;
     let mounts = lab.shoal(1, &["ps", "-f", "name=^holder$", "--format", "{{.Names}} {{.Mounts}} {{.Networks}}"])?;
     ensure!(mounts.starts_with("holder data ") && mounts.trim_end().len() > "holder data ".len(), "{mounts:?}");

@@ -500,6 +500,8 @@ impl<'de> Deserialize<'de> for External {
 pub struct VolumeDef {
     pub name: Option<Scalar>,
     pub external: Option<External>,
+    #[serde(default)]
+    pub labels: ListOrMap,
     #[serde(flatten)]
     pub extra: Extra,
 }

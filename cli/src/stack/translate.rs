@@ -753,12 +753,21 @@ fn mounts(
     base_dir: &Path,
     unsupported: &mut std::collections::BTreeSet<String>,
 ) -> anyhow::Result<Vec<String>> {
-    let volume_name = |v: &str| -> anyhow::Result<String> {
+    // A named volume and the labels the node makes it with: the stack's, as
+    // Docker's (none for an external one, which exists already).
+    let volume = |v: &str| -> anyhow::Result<(String, BTreeMap<String, String>)> {
         let def = compose
             .volumes
             .get(v)
             .with_context(|| format!("undefined volume {v:?}: declare it under the top-level volumes:"))?;
-        Ok(object_name(v, def.name.as_ref(), def.external.as_ref(), &|k: &str| format!("{stack}_{k}")).0)
+        let (name, external) =
+            object_name(v, def.name.as_ref(), def.external.as_ref(), &|k: &str| format!("{stack}_{k}"));
+        let mut labels = BTreeMap::new();
+        if !external {
+            labels.insert(NAMESPACE_LABEL.to_string(), stack.to_string());
+            labels.extend(def.labels.0.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())));
+        }
+        Ok((name, labels))
     };
     let bind_path = |s: &str| -> String {
         if s.starts_with('/') {
@@ -773,7 +782,7 @@ fn mounts(
     }
     let mut out = Vec::new();
     for m in &svc.volumes {
-        let (kind, source, target, ro) = match m {
+        let (kind, source, target, ro, labels) = match m {
             Mount::Short(s) => {
                 let parts: Vec<&str> = s.split(':').collect();
                 let (src, target, opts) = match parts.as_slice() {
@@ -784,9 +793,14 @@ fn mounts(
                 };
                 let ro = opts.is_some_and(|o| o.split(',').any(|x| x == "ro"));
                 match src {
-                    None => ("volume", None, target.to_string(), ro),
-                    Some(p) if p.starts_with(['/', '.', '~']) => ("bind", Some(bind_path(p)), target.to_string(), ro),
-                    Some(v) => ("volume", Some(volume_name(v)?), target.to_string(), ro),
+                    None => ("volume", None, target.to_string(), ro, BTreeMap::new()),
+                    Some(p) if p.starts_with(['/', '.', '~']) => {
+                        ("bind", Some(bind_path(p)), target.to_string(), ro, BTreeMap::new())
+                    }
+                    Some(v) => {
+                        let (name, labels) = volume(v)?;
+                        ("volume", Some(name), target.to_string(), ro, labels)
+                    }
                 }
             }
             Mount::Long(l) => {
@@ -795,11 +809,14 @@ fn mounts(
                 let target = text(&l.target).context("a volume needs target:")?;
                 let ro = l.read_only.as_ref().map(|r| parse_bool(&r.0)).transpose().map_err(anyhow::Error::msg)?
                     == Some(true);
-                let source = match (kind, &l.source) {
-                    (_, None) => None,
-                    ("bind", Some(s)) => Some(bind_path(&s.0)),
-                    ("volume", Some(s)) => Some(volume_name(&s.0)?),
-                    (_, Some(s)) => Some(s.0.clone()),
+                let (source, labels) = match (kind, &l.source) {
+                    (_, None) => (None, BTreeMap::new()),
+                    ("bind", Some(s)) => (Some(bind_path(&s.0)), BTreeMap::new()),
+                    ("volume", Some(s)) => {
+                        let (name, labels) = volume(&s.0)?;
+                        (Some(name), labels)
+                    }
+                    (_, Some(s)) => (Some(s.0.clone()), BTreeMap::new()),
                 };
                 let kind = match kind {
                     "volume" => "volume",
@@ -807,7 +824,7 @@ fn mounts(
                     "tmpfs" => "tmpfs",
                     other => bail!("volume type {other:?} is not supported: use volume, bind or tmpfs"),
                 };
-                (kind, source, target, ro)
+                (kind, source, target, ro, labels)
             }
         };
         let mut spec = format!("type={kind}");
@@ -817,6 +834,15 @@ fn mounts(
         spec.push_str(&format!(",target={target}"));
         if ro {
             spec.push_str(",readonly");
+        }
+        for (k, v) in &labels {
+            // A field with a comma or quote is quoted, as in CSV (Docker's --mount).
+            let field = format!("volume-label={k}={v}");
+            if field.contains([',', '"']) {
+                spec.push_str(&format!(",\"{}\"", field.replace('"', "\"\"")));
+            } else {
+                spec.push_str(&format!(",{field}"));
+            }
         }
         shoal_proto::mount::parse_mount_flag(&spec).map_err(anyhow::Error::msg)?;
         out.push(spec);
@@ -1051,6 +1077,7 @@ networks:
   unused: {}
 volumes:
   data:
+    labels: {backup: "daily,weekly"}
   shared:
     external: true
 "#;
@@ -1080,7 +1107,7 @@ volumes:
         assert_eq!(
             t.mounts,
             [
-                "type=volume,source=app_data,target=/var/lib/data",
+                r#"type=volume,source=app_data,target=/var/lib/data,"volume-label=backup=daily,weekly",volume-label=com.docker.stack.namespace=app"#,
                 "type=bind,source=/srv/app/conf,target=/etc/nginx/conf.d,readonly",
                 "type=volume,target=/cache",
                 "type=tmpfs,target=/scratch",

@@ -250,7 +250,7 @@ impl pb::engine_server::Engine for EngineService {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn volume_create(&self, req: Request<pb::VolumeRef>) -> Result<Response<pb::VolumeInfo>, Status> {
+    async fn volume_create(&self, req: Request<pb::VolumeCreateRequest>) -> Result<Response<pb::VolumeInfo>, Status> {
         volumes::volume_create(self, req).await
     }
 

@@ -9,16 +9,21 @@ pub(crate) fn volume_pb(v: &crate::volumes::Volume) -> pb::VolumeInfo {
         created_ms: v.created_ms,
         anonymous: v.anonymous,
         in_use: false,
+        labels: v.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }
 
 pub(super) async fn volume_create(
     svc: &EngineService,
-    req: Request<pb::VolumeRef>,
+    req: Request<pb::VolumeCreateRequest>,
 ) -> Result<Response<pb::VolumeInfo>, Status> {
-    let name = req.into_inner().name;
+    let pb::VolumeCreateRequest { name, labels } = req.into_inner();
+    if labels.keys().any(String::is_empty) {
+        return Err(Status::invalid_argument("a volume label needs a key: --label KEY=VALUE"));
+    }
+    let labels = labels.into_iter().collect();
     let fresh = name.is_empty() || svc.volumes.inspect(&name).is_err();
-    let v = svc.volumes.create(if name.is_empty() { None } else { Some(&name) }).map_err(vstatus)?;
+    let v = svc.volumes.create(if name.is_empty() { None } else { Some(&name) }, &labels).map_err(vstatus)?;
     if fresh {
         svc.containers.events().emit("volume", "create", &v.name, attrs([("driver", "local".into())]));
     }
@@ -49,7 +54,7 @@ pub(super) async fn volume_inspect(
         ("Mountpoint", v.mountpoint.display().to_string().into()),
         ("CreatedAt", shoal_proto::model::rfc3339(v.created_ms).into()),
         ("Scope", "local".into()),
-        ("Labels", serde_json::json!({})),
+        ("Labels", serde_json::json!(v.labels)),
     ] {
         doc[k] = val;
     }

@@ -472,7 +472,7 @@ impl Containers {
             let source = match &m.source {
                 MountSource::Volume(name) => {
                     let fresh = name.is_empty() || self.volumes.inspect(name).is_err();
-                    let v = self.volumes.create(if name.is_empty() { None } else { Some(name) })?;
+                    let v = self.volumes.create(if name.is_empty() { None } else { Some(name) }, &m.volume_labels)?;
                     if fresh {
                         self.events.emit(
                             "volume",

@@ -301,7 +301,12 @@ pub fn resolve(
     }
     for target in cfg.volumes.clone().unwrap_or_default().into_keys() {
         if !mounts.iter().any(|m| m.mount.target == target) {
-            let mount = MountReq { source: MountSource::Volume(String::new()), target, read_only: false };
+            let mount = MountReq {
+                source: MountSource::Volume(String::new()),
+                target,
+                read_only: false,
+                volume_labels: Default::default(),
+            };
             mounts.push(RequestedMount { mount, flag: BindFlag::Volume });
         }
     }
