@@ -1,6 +1,6 @@
 //! `--filter KEY=VALUE` (`-f`) on listings, as the docker CLI takes it: the
-//! values given for one key are alternatives (one matching is enough), the
-//! keys must all match. A key the listing does not filter by, or a filter
+//! values given for one key are alternatives (one matching is enough), but
+//! labels' must all match, and the keys must all match. A key the listing does not filter by, or a filter
 //! that is not `KEY=VALUE`, is refused naming what it takes, before anything
 //! is listed.
 
@@ -87,9 +87,10 @@ impl Filters {
     }
 
     /// `label=KEY` (the label is set) or `label=KEY=VALUE` against `labels`,
-    /// under the filter key `key` (`label`, `node.label`).
+    /// under the filter key `key` (`label`, `node.label`): unlike other keys'
+    /// values, every one given must match, as Docker's.
     pub fn labels<'a>(&self, key: &str, labels: impl IntoIterator<Item = (&'a String, &'a String)> + Clone) -> bool {
-        self.any(key, |want| {
+        self.values(key).all(|want| {
             let (k, v) = want.split_once('=').map_or((want, None), |(k, v)| (k, Some(v)));
             labels.clone().into_iter().any(|(lk, lv)| lk == k && v.is_none_or(|v| lv == v))
         })
@@ -149,7 +150,7 @@ mod tests {
     }
 
     #[test]
-    fn values_of_a_key_are_alternatives_and_keys_must_all_match() {
+    fn values_of_a_key_are_alternatives_but_labels_and_keys_must_all_match() {
         let fs = f(&["name=web", "name=db", "label=tier=front"]).expect("parse");
         assert!(fs.any("name", |v| v == "db") && !fs.any("name", |v| v == "cache"));
         assert!(fs.any("status", |_| false), "a key not given matches everything");
@@ -157,6 +158,11 @@ mod tests {
         assert!(fs.labels("label", &labels) && !fs.labels("label", &BTreeMap::new()));
         let only_key = f(&["label=tier"]).expect("parse");
         assert!(only_key.labels("label", &labels));
+        let both = f(&["label=tier", "label=owner=ops"]).expect("parse");
+        assert!(!both.labels("label", &labels), "every label given must match, as Docker's");
+        let mut more = labels.clone();
+        more.insert("owner".into(), "ops".into());
+        assert!(both.labels("label", &more));
         assert!(f(&["dangling=true"]).expect("parse").flag("dangling").expect("flag")(true));
         assert!(!f(&["dangling=false"]).expect("parse").flag("dangling").expect("flag")(true));
     }
