@@ -88,17 +88,18 @@ pub fn absolutize_bind(flag: BindFlag, spec: &str, cwd: &Path) -> Option<String>
         }
         BindFlag::Mount => {
             let mut changed = false;
-            let fields: Vec<String> = spec
-                .split(',')
+            let fields: Vec<String> = shoal_proto::mount::csv_fields(spec)
+                .ok()?
+                .into_iter()
                 .map(|f| match f.split_once('=') {
                     Some((k, v)) if matches!(k.trim(), "source" | "src") && relative(v.trim()) => {
                         changed = true;
                         format!("{k}={}", join(v.trim()))
                     }
-                    _ => f.to_string(),
+                    _ => f.clone(),
                 })
                 .collect();
-            changed.then(|| fields.join(","))
+            changed.then(|| shoal_proto::mount::csv_join(&fields))
         }
     }
 }
@@ -248,5 +249,10 @@ mod tests {
         s.remove("data", None).expect("remove");
         assert_eq!(s.inspect("data"), Err(VolumeError::NotFound("data".into())));
         assert!(matches!(s.create(Some("../x"), &BTreeMap::new()), Err(VolumeError::BadName(_))));
+        // A volume made before labels were kept reads as one without any.
+        std::fs::create_dir_all(dir.path().join("old/_data")).expect("dir");
+        let meta = r#"{"name":"old","mountpoint":"/x/old/_data","created_ms":1,"anonymous":false}"#;
+        std::fs::write(dir.path().join("old/meta.json"), meta).expect("meta");
+        assert!(s.inspect("old").expect("old").labels.is_empty());
     }
 }

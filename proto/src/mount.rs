@@ -112,7 +112,9 @@ pub fn parse_mount_flag(spec: &str) -> Result<MountReq, MountError> {
             ("target" | "dst" | "destination", Some(v)) => target = Some(v.to_string()),
             ("readonly" | "ro", None | Some("true" | "1")) => read_only = true,
             ("readonly" | "ro", Some("false" | "0")) => read_only = false,
-            ("volume-label", Some(l)) => {
+            ("volume-label", Some(_)) => {
+                // The value as given, spaces and all (Docker's).
+                let l = field.trim_start().strip_prefix("volume-label=").unwrap_or_default();
                 let (k, v) = l.split_once('=').unwrap_or((l, ""));
                 if k.is_empty() {
                     return Err(bad(format!("invalid {field:?}: use volume-label=KEY=VALUE")));
@@ -148,7 +150,7 @@ pub fn parse_mount_flag(spec: &str) -> Result<MountReq, MountError> {
 
 /// A `--mount` value's comma-separated fields, each of which may be quoted
 /// as in CSV (`"a,b"`, a `""` inside standing for `"`).
-fn csv_fields(spec: &str) -> Result<Vec<String>, &'static str> {
+pub fn csv_fields(spec: &str) -> Result<Vec<String>, &'static str> {
     let mut fields = vec![String::new()];
     let mut chars = spec.chars().peekable();
     let mut quoted = false;
@@ -174,6 +176,15 @@ fn csv_fields(spec: &str) -> Result<Vec<String>, &'static str> {
         return Err("a quoted field has no closing quote");
     }
     Ok(fields)
+}
+
+/// `fields` as one `--mount` value, a field quoted where it holds a comma
+/// or a quote (what `csv_fields` reads back).
+pub fn csv_join<S: AsRef<str>>(fields: &[S]) -> String {
+    let quoted = |f: &str| {
+        if f.contains([',', '"']) { format!("\"{}\"", f.replace('"', "\"\"")) } else { f.to_string() }
+    };
+    fields.iter().map(|f| quoted(f.as_ref())).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
@@ -222,6 +233,10 @@ mod tests {
                 .expect("labels");
         let labels: Vec<(&str, &str)> = m.volume_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(labels, [("flag", ""), ("note", "a,\"b\""), ("tier", "db")]);
+        let fields = ["type=volume", "volume-label=note=a,\"b\"", "volume-label=pad= x "];
+        assert_eq!(csv_fields(&csv_join(&fields)).as_deref(), Ok(&fields.map(String::from)[..]));
+        let m = parse_mount_flag(&csv_join(&["target=/d", "volume-label=pad= x "])).expect("spaces");
+        assert_eq!(m.volume_labels.get("pad").map(String::as_str), Some(" x "));
         assert_eq!(parse_mount_flag("type=tmpfs,destination=/run").expect("tmpfs").source, MountSource::Tmpfs);
         assert_eq!(parse_mount_flag("target=/cache").expect("anonymous").source, MountSource::Volume(String::new()));
         for bad in [

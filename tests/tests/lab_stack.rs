@@ -66,9 +66,13 @@ services:
     stop_grace_period: ${{GRACE:-1s}}
     secrets: [{{source: db_pw, mode: 0400}}, {{source: ca, target: ca.pem}}]
     configs: [{{source: db_conf, target: /etc/db.conf}}]
+    volumes: [data:/data]
 networks:
   back:
     driver: overlay
+volumes:
+  data:
+    labels: {{backup: "daily,weekly"}}
 secrets:
   db_pw: {{file: ./db_pw.txt, labels: [tier=db]}}
   ca: {{external: true, name: shl_stack_ca}}
@@ -248,6 +252,15 @@ fn a_compose_stack_deploys_redeploys_prunes_and_goes() -> Result<()> {
         ],
     )?;
     ensure!(ours.lines().any(|l| l == "shop_back shop") && ours.lines().all(|l| l.starts_with("shop_")), "{ours}");
+    // The node that runs db made the stack's volume with the stack's label and the file's.
+    let mut labelled = Vec::new();
+    for h in 1..=3 {
+        let ls = lab.shoal(h, &["volume", "ls", "-q", "-f", "label=com.docker.stack.namespace=shop"])?;
+        if ls == "shop_data\n" {
+            labelled.push(lab.shoal(h, &["volume", "inspect", "-f", "{{.Labels.backup}}", "shop_data"])?);
+        }
+    }
+    ensure!(!labelled.is_empty() && labelled.iter().all(|l| l == "daily,weekly\n"), "{labelled:?}");
     // On the nodes, is-task=true picks the stack's task containers, by their stack label too.
     let mut tasks = Vec::new();
     for h in 1..=3 {

@@ -435,7 +435,7 @@ pub(crate) fn apply_flags(spec: &mut ServiceSpec, f: &ServiceFlags, rm: &Service
             .iter()
             .any(|(n, proto)| (p.published == *n || p.target == *n) && proto.as_ref().is_none_or(|x| *x == p.protocol))
     });
-    t.mounts.retain(|m| !rm.mount_rm.iter().any(|target| mount_target(m) == Some(target.as_str())));
+    t.mounts.retain(|m| !rm.mount_rm.iter().any(|target| mount_target(m).as_deref() == Some(target.as_str())));
     spec.labels.retain(|k, _| !rm.label_rm.contains(k));
     // `service update` resolves --network-rm names to ids first (see `update`).
     spec.task.networks.retain(|n| !rm.network_rm.contains(&n.target));
@@ -581,9 +581,9 @@ impl Rollout<'_> {
 }
 
 /// A `--mount` spec's target path (`target=`, `dst=` or `destination=`).
-fn mount_target(spec: &str) -> Option<&str> {
-    spec.split(',').find_map(|kv| {
-        kv.split_once('=').filter(|(k, _)| matches!(*k, "target" | "dst" | "destination")).map(|(_, v)| v)
+fn mount_target(spec: &str) -> Option<String> {
+    shoal_proto::mount::csv_fields(spec).ok()?.into_iter().find_map(|kv| {
+        kv.split_once('=').filter(|(k, _)| matches!(*k, "target" | "dst" | "destination")).map(|(_, v)| v.to_string())
     })
 }
 

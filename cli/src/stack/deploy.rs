@@ -234,6 +234,28 @@ fn uses(spec: &ServiceSpec, o: &StoredObject) -> bool {
 /// The changes that make the cluster hold `plan`. Refused: an external
 /// secret, config or network that is not there, and another data (or
 /// template driver) for an existing object of the stack.
+/// Whether `new` differs from the `stored` spec only by the `volume-label=`
+/// fields its mounts have and the stored ones lack: a service deployed before
+/// stacks labelled their volumes. Its volumes exist, and keep the labels they
+/// were made with, so an update would replace its tasks for nothing.
+fn labels_volumes_only(stored: &ServiceSpec, new: &ServiceSpec) -> bool {
+    use shoal_proto::mount::parse_mount_flag;
+    let (old, now) = (&stored.task.mounts, &new.task.mounts);
+    let unlabelled = |a: &String, b: &String| match (parse_mount_flag(a), parse_mount_flag(b)) {
+        (Ok(a), Ok(mut b)) if a.volume_labels.is_empty() => {
+            b.volume_labels.clear();
+            a == b
+        }
+        _ => false,
+    };
+    if old == now || old.len() != now.len() || !old.iter().zip(now).all(|(a, b)| unlabelled(a, b)) {
+        return false;
+    }
+    let mut relabelled = new.clone();
+    relabelled.task.mounts = old.clone();
+    *stored == relabelled
+}
+
 pub fn changes(plan: &Plan, cluster: &Cluster, wanted: &Wanted, prune: bool) -> anyhow::Result<Vec<Change>> {
     let mut out = Vec::new();
     for o in plan.objects() {
@@ -276,7 +298,9 @@ pub fn changes(plan: &Plan, cluster: &Cluster, wanted: &Wanted, prune: bool) -> 
         let spec = wanted.specs.get(name).unwrap_or(&p.spec);
         match cluster.services.iter().find(|s| &s.spec.name == name) {
             None => out.push(Change::CreateService(name.clone())),
-            Some(s) if &s.spec == spec => out.push(Change::Unchanged(s.id.clone(), name.clone())),
+            Some(s) if &s.spec == spec || labels_volumes_only(&s.spec, spec) => {
+                out.push(Change::Unchanged(s.id.clone(), name.clone()))
+            }
             Some(s) => out.push(Change::UpdateService(s.id.clone(), name.clone())),
         }
     }
@@ -648,6 +672,26 @@ mod tests {
             [Change::Unchanged("s0".into(), "app_db".into()), Change::UpdateService("s1".into(), "app_web".into())]
         );
         assert_eq!(got[1].describe(false).as_deref(), Some("Updating service app_web (id: s1)"));
+    }
+
+    #[test]
+    fn a_service_stored_before_stack_volumes_had_labels_is_left_alone() {
+        let nets = [net("n1", "app_default")];
+        let p = plan_of("services:\n  db: {image: postgres, volumes: ['data:/d', '/cache']}\nvolumes:\n  data: {}\n");
+        let mut c = cluster(&nets, stored(&p, &nets, &[]));
+        let labelled = c.services[0].spec.task.mounts.clone();
+        assert_eq!(labelled[0], "type=volume,source=app_data,target=/d,volume-label=com.docker.stack.namespace=app");
+        // As an older CLI stored it.
+        c.services[0].spec.task.mounts[0] = "type=volume,source=app_data,target=/d".into();
+        let got = changes(&p, &c, &desired(&p, &c, ResolveImage::Changed), false).expect("plans");
+        assert_eq!(got, [Change::Unchanged("s0".into(), "app_db".into())]);
+        // Another change is one still.
+        c.services[0].spec.task.mounts[0] = "type=volume,source=app_data,target=/other".into();
+        let got = changes(&p, &c, &desired(&p, &c, ResolveImage::Changed), false).expect("plans");
+        assert_eq!(got, [Change::UpdateService("s0".into(), "app_db".into())]);
+        c.services[0].spec.task.mounts[0] = "type=volume,source=app_data,target=/d,volume-label=x=y".into();
+        let got = changes(&p, &c, &desired(&p, &c, ResolveImage::Changed), false).expect("plans");
+        assert_eq!(got, [Change::UpdateService("s0".into(), "app_db".into())], "other labels stored");
     }
 
     #[test]

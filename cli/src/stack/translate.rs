@@ -21,8 +21,8 @@ use serde_yaml_ng::{Mapping, Value};
 use shoal_proto::container::Ulimit;
 
 use super::compose::{
-    Compose, External, Extra, Healthcheck, HostKeys, Mount, ObjectDef, ObjectRef, Port, Scalar, Service, StrOrList,
-    UpdateConfig, parse_bool,
+    Compose, External, Extra, Healthcheck, HostKeys, ListOrMap, Mount, ObjectDef, ObjectRef, Port, Scalar, Service,
+    StrOrList, UpdateConfig, parse_bool,
 };
 use crate::service::spec::{
     ModeArg, OrderArg, RestartConditionArg, RollbackFailureArg, ServiceFlags, ServiceRemovals, UpdateFailureArg,
@@ -31,6 +31,15 @@ use crate::service::spec::{
 
 /// The label Docker puts on everything a stack owns.
 pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+
+/// An object's labels in `stack`: the Compose file's, then the stack's own,
+/// which a file cannot override (Docker's `AddStackLabel`).
+fn stack_labels(stack: &str, given: &ListOrMap) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> =
+        given.0.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())).collect();
+    labels.insert(NAMESPACE_LABEL.to_string(), stack.to_string());
+    labels
+}
 /// The image a service's Compose entry names (before any digest is pinned).
 pub const IMAGE_LABEL: &str = "com.docker.stack.image";
 
@@ -112,7 +121,6 @@ pub fn translate(compose: &Compose, stack: &str, base_dir: &Path) -> anyhow::Res
         unsupported.insert(k.clone());
     }
     let scoped = |key: &str| format!("{stack}_{key}");
-    let ns = || BTreeMap::from([(NAMESPACE_LABEL.to_string(), stack.to_string())]);
 
     // Secrets and configs, declared at the top.
     let objects = |defs: &BTreeMap<String, ObjectDef>,
@@ -137,8 +145,7 @@ pub fn translate(compose: &Compose, stack: &str, base_dir: &Path) -> anyhow::Res
                 }
                 (Kind::Secret, _) => bail!("secrets {key}: secrets take no template_driver: template a config instead"),
             }
-            let mut labels = ns();
-            labels.extend(d.labels.0.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())));
+            let labels = stack_labels(stack, &d.labels);
             if !external {
                 validate_name(kind, &name).map_err(anyhow::Error::msg).with_context(|| format!("{kind}s {key}"))?;
             }
@@ -177,8 +184,7 @@ pub fn translate(compose: &Compose, stack: &str, base_dir: &Path) -> anyhow::Res
         let mut spec = NetworkSpec { name: name.clone(), ..Default::default() };
         if !external {
             network_spec(&mut spec, &def, &mut unsupported).with_context(|| format!("network {key}"))?;
-            spec.labels = ns();
-            spec.labels.extend(def.labels.0.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())));
+            spec.labels = stack_labels(stack, &def.labels);
             spec.validate().map_err(anyhow::Error::msg).with_context(|| format!("network {key}"))?;
         }
         plan.networks.push(NetworkPlan { name, external, spec });
@@ -762,10 +768,9 @@ fn mounts(
             .with_context(|| format!("undefined volume {v:?}: declare it under the top-level volumes:"))?;
         let (name, external) =
             object_name(v, def.name.as_ref(), def.external.as_ref(), &|k: &str| format!("{stack}_{k}"));
-        let mut labels = BTreeMap::new();
-        if !external {
-            labels.insert(NAMESPACE_LABEL.to_string(), stack.to_string());
-            labels.extend(def.labels.0.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())));
+        let labels = if external { BTreeMap::new() } else { stack_labels(stack, &def.labels) };
+        if let Some(k) = labels.keys().find(|k| k.contains('=')) {
+            bail!("volumes {v}: label {k:?} has a = in its key, which a volume label cannot");
         }
         Ok((name, labels))
     };
@@ -827,23 +832,15 @@ fn mounts(
                 (kind, source, target, ro, labels)
             }
         };
-        let mut spec = format!("type={kind}");
-        if let Some(s) = source {
-            spec.push_str(&format!(",source={s}"));
-        }
-        spec.push_str(&format!(",target={target}"));
+        let mut fields = vec![format!("type={kind}")];
+        fields.extend(source.map(|s| format!("source={s}")));
+        fields.push(format!("target={target}"));
         if ro {
-            spec.push_str(",readonly");
+            fields.push("readonly".into());
         }
-        for (k, v) in &labels {
-            // A field with a comma or quote is quoted, as in CSV (Docker's --mount).
-            let field = format!("volume-label={k}={v}");
-            if field.contains([',', '"']) {
-                spec.push_str(&format!(",\"{}\"", field.replace('"', "\"\"")));
-            } else {
-                spec.push_str(&format!(",{field}"));
-            }
-        }
+        fields.extend(labels.iter().map(|(k, v)| format!("volume-label={k}={v}")));
+        // A field with a comma or a quote is quoted, as Docker's --mount reads CSV.
+        let spec = shoal_proto::mount::csv_join(&fields);
         shoal_proto::mount::parse_mount_flag(&spec).map_err(anyhow::Error::msg)?;
         out.push(spec);
     }
@@ -1077,7 +1074,7 @@ networks:
   unused: {}
 volumes:
   data:
-    labels: {backup: "daily,weekly"}
+    labels: {backup: "daily,weekly", com.docker.stack.namespace: other}
   shared:
     external: true
 "#;
