@@ -31,6 +31,8 @@ use serde_json::Value;
 pub struct Template {
     nodes: Vec<Node>,
     pub table: bool,
+    /// As given: what a listing asks for only when shown looks here (`.Size`).
+    pub source: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,7 +136,7 @@ impl Template {
         let mut at = 0;
         let (nodes, stop) = tree(&items, &mut at)?;
         match stop {
-            None => Ok(Template { nodes, table }),
+            None => Ok(Template { nodes, table, source: format.to_string() }),
             Some(Stop::Else) => Err("{{else}} outside an if, range or with".into()),
             Some(Stop::ElseIf(_)) => Err("{{else if}} outside an if".into()),
             Some(Stop::End) => Err("{{end}} without an if, range or with".into()),

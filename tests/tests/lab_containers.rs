@@ -461,6 +461,12 @@ fn a_containers_host_config_is_applied_inside_it() -> Result<()> {
     let image_id = lab.shoal(1, &["images", "-q", "-f", "reference=busybox:local"])?;
     ensure!(names_of(&["-f", &format!("ancestor={}", image_id.trim())])? == "bare inited", "{image_id:?}");
     ensure!(names_of(&["-f", "is-task=true"])?.is_empty());
+    // Sizes: what a container wrote, and with its image's, asked by -s or by a template's .Size.
+    lab.shoal(1, &["exec", "bare", "sh", "-c", "head -c 100000 /dev/zero > /big"])?;
+    let sizes = lab.shoal(1, &["ps", "-f", "name=^bare$", "--format", "{{.Names}} {{.Size}}"])?;
+    ensure!(sizes.starts_with("bare 100kB (virtual ") && sizes.ends_with("B)\n"), "{sizes:?}");
+    let table = lab.shoal(1, &["ps", "-s", "-f", "name=^bare$"])?;
+    ensure!(table.lines().next().is_some_and(|h| h.ends_with("NAMES   SIZE")), "{table}");
     let err = lab.failing(1, &["ps", "-f", "since=no-such"])?;
     ensure!(err.contains("No such container: no-such"), "{err}");
     let labelled = lab.shoal(

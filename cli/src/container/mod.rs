@@ -64,6 +64,9 @@ pub struct PsArgs {
     pub all: bool,
     #[arg(short, long)]
     pub quiet: bool,
+    /// Show each container's size: what it wrote, and with its image's (virtual).
+    #[arg(short, long)]
+    pub size: bool,
     /// Only what matches KEY=VALUE (a key's values are alternatives): id, name, label, status,
     /// exited, ancestor, before, since, network, volume, is-task.
     #[arg(short, long = "filter", value_name = "KEY=VALUE")]
@@ -300,7 +303,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
             }
         }
         Cmd::Cp(CpArgs { source, dest }) => crate::copy::run(&mut engine, source, dest).await?,
-        Cmd::Ps(PsArgs { all, quiet, filter, format }) => {
+        Cmd::Ps(PsArgs { all, quiet, size, filter, format }) => {
             let keep = Filters::parse(
                 filter,
                 &[
@@ -320,7 +323,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
             // before= and since= name a container, stopped or not.
             let by_creation = keep.has("before") || keep.has("since");
             let mut list = engine
-                .container_list(pb::ContainerListRequest { all: all || by_creation })
+                .container_list(pb::ContainerListRequest { all: all || by_creation, size: sized })
+            // Sizes cost a walk of each container's files: only when shown (a template's .Size too, as Docker's).
+            let sized = *size || matches!(format, Format::Template(t) if t.source.contains(".Size"));
                 .await?
                 .into_inner()
                 .containers;
@@ -352,7 +357,14 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                 *quiet,
                 *format,
                 |c| short(&c.id).to_string(),
-                |c| serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid, "restart_count": c.restart_count, "ports": c.ports, "labels": c.labels.iter().collect::<std::collections::BTreeMap<_, _>>(), "networks": c.networks, "mounts": c.mounts}),
+                |c| {
+                    let mut doc = serde_json::json!({"id": c.id, "name": c.name, "image": c.image, "command": c.command, "state": c.state, "status": c.status, "exit_code": c.exit_code, "oom_killed": c.oom_killed, "pid": c.pid, "restart_count": c.restart_count, "ports": c.ports, "labels": c.labels.iter().collect::<std::collections::BTreeMap<_, _>>(), "networks": c.networks, "mounts": c.mounts});
+                    if sized {
+                        doc["size_rw"] = c.size_rw.into();
+                        doc["size_root_fs"] = c.size_root_fs.into();
+                    }
+                    doc
+                },
                 &[
                     col("ID", "CONTAINER ID"),
                     col("Image", "IMAGE"),
@@ -365,6 +377,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                     extra("CreatedAt", "CREATED AT"),
                     extra("Labels", "LABELS"),
                     extra("Networks", "NETWORKS"),
+                    if *size { col("Size", "SIZE") } else { extra("Size", "SIZE") },
                     extra("Mounts", "MOUNTS"),
                 ],
                 |c| {
@@ -382,6 +395,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                         shoal_proto::model::rfc3339(c.created_ms),
                         labels_cell(&c.labels),
                         c.networks.join(","),
+                        size_text(c.size_rw, c.size_root_fs),
                         c.mounts.join(","),
                     ]]
                 },
@@ -531,6 +545,12 @@ fn decimal_size(b: u64) -> String {
     crate::output::size(b, 1000.0, &crate::output::DECIMAL, 4)
 }
 
+/// `ps -s`'s SIZE as Docker prints it: `2B (virtual 4.26MB)`.
+fn size_text(rw: u64, root_fs: u64) -> String {
+    let rw_text = crate::image::human_size(rw);
+    if root_fs > 0 { format!("{rw_text} (virtual {})", crate::image::human_size(root_fs)) } else { rw_text }
+}
+
 fn print_stats(b: &pb::ContainerStatsBatch, format: Format) -> anyhow::Result<()> {
     if format == Format::Json {
         let v: Vec<_> = b
@@ -599,6 +619,8 @@ mod tests {
 
     #[test]
     fn ancestor_finds_images_by_reference_with_latest_for_no_tag_or_by_id() {
+        assert_eq!(size_text(0, 0), "0B");
+        assert_eq!(size_text(2, 4_260_002), "2B (virtual 4.26MB)");
         let d = format!("sha256:{}", "d".repeat(64));
         let image = |id: char, tags: &[&str], digests: &[String]| pb::Image {
             id: format!("sha256:{}", id.to_string().repeat(64)),

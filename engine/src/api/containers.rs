@@ -248,11 +248,26 @@ pub(super) async fn container_list(
     svc: &EngineService,
     req: Request<pb::ContainerListRequest>,
 ) -> Result<Response<pb::ContainerInfos>, Status> {
-    let all = req.into_inner().all;
-    let containers = svc.containers.clone();
-    let list = cblocking(move || Ok(containers.list())).await?;
-    let containers =
-        list.iter().filter(|c| all || matches!(c.status, CStatus::Running { .. })).map(container_pb).collect();
+    let pb::ContainerListRequest { all, size } = req.into_inner();
+    let (containers, images) = (svc.containers.clone(), svc.images.clone());
+    let containers = cblocking(move || {
+        let list = containers.list();
+        let listed = list.iter().filter(|c| all || matches!(c.status, CStatus::Running { .. }));
+        if !size {
+            return Ok(listed.map(container_pb).collect());
+        }
+        // `ps -s`: what each wrote (its upper layer), and that with its image's.
+        let image_sizes: std::collections::HashMap<String, u64> =
+            images.list().into_iter().map(|i| (i.id.to_string(), i.size)).collect();
+        Ok(listed
+            .map(|c| {
+                let rw = crate::prune::dir_size(&containers.upper_path(&c.record.id));
+                let image = image_sizes.get(&c.record.image_id).copied().unwrap_or(0);
+                pb::ContainerInfo { size_rw: rw, size_root_fs: rw + image, ..container_pb(c) }
+            })
+            .collect())
+    })
+    .await?;
     Ok(Response::new(pb::ContainerInfos { containers }))
 }
 
