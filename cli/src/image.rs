@@ -75,6 +75,10 @@ pub enum ImageCmd {
         /// Do not prompt for confirmation.
         #[arg(short, long)]
         force: bool,
+        /// Only what matches KEY=VALUE: until (made before: a duration, RFC 3339 time or unix
+        /// seconds), label=KEY[=VALUE] (has it), label!=KEY[=VALUE] (has not).
+        #[arg(long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
     },
 }
 
@@ -246,8 +250,8 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
         ImageCmd::Tag { source, target } => {
             engine.image_tag(pb::ImageTagRequest { source: source.clone(), target: target.clone() }).await?;
         }
-        ImageCmd::Prune { all, force } => {
-            return crate::system::prune(&mut engine, crate::system::Kind::Image, *all, *force).await;
+        ImageCmd::Prune { all, force, filter } => {
+            return crate::system::prune(&mut engine, crate::system::Kind::Image, *all, *force, filter).await;
         }
         ImageCmd::Rm { force, images } => {
             for_each_item(images, "images", async |r| {

@@ -34,6 +34,10 @@ pub enum SystemCmd {
         /// Do not prompt for confirmation.
         #[arg(short, long)]
         force: bool,
+        /// Only what matches KEY=VALUE: until (made before: a duration, RFC 3339 time or unix
+        /// seconds), label=KEY[=VALUE] (has it), label!=KEY[=VALUE] (has not).
+        #[arg(long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
     },
     /// Like `shoal events`.
     Events(crate::events::EventsArgs),
@@ -147,12 +151,58 @@ fn confirm(warning: &str) -> bool {
     matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
-/// `KIND prune [-a] [-f]`.
-pub async fn prune(engine: &mut Engine, kind: Kind, all: bool, force: bool) -> anyhow::Result<()> {
+/// A prune's `--filter`s (Docker's until=, label=, label!=) as its request;
+/// checked before anything is asked.
+pub fn prune_request(kind: Kind, all: bool, filter: &[String]) -> anyhow::Result<pb::PruneRequest> {
+    let f = crate::filter::Filters::parse(filter, &["until", "label", "label!"])?;
+    let mut until = f.values("until");
+    let until_ms = match (until.next(), until.next()) {
+        (None, _) => 0,
+        // Before the epoch is before everything: 1 ms, as 0 would mean no bound.
+        (Some(v), None) => u64::try_from(crate::parse::time_ns(v, "until")? / 1_000_000).unwrap_or(0).max(1),
+        (Some(_), Some(_)) => anyhow::bail!("more than one until filter: give one"),
+    };
+    if until_ms > 0 && matches!(kind, Kind::Volume | Kind::Network) {
+        anyhow::bail!(
+            "invalid filter 'until' for {}: {}",
+            kind.wire(),
+            if kind == Kind::Volume {
+                "volumes are filtered by label only (as Docker's)"
+            } else {
+                "this node does not keep when its networks were made"
+            }
+        );
+    }
+    Ok(pb::PruneRequest {
+        kind: kind.wire().into(),
+        all,
+        until_ms,
+        labels: f.values("label").map(String::from).collect(),
+        not_labels: f.values("label!").map(String::from).collect(),
+    })
+}
+
+/// Sends a prune: with filters as `PruneFiltered`, which a daemon too old to
+/// filter refuses (rather than pruning everything).
+async fn send_prune(engine: &mut Engine, req: pb::PruneRequest) -> anyhow::Result<pb::PruneResponse> {
+    let filtered = req.until_ms > 0 || !req.labels.is_empty() || !req.not_labels.is_empty();
+    let r = if filtered { engine.prune_filtered(req).await } else { engine.prune(req).await };
+    match r {
+        Ok(r) => Ok(r.into_inner()),
+        Err(s) if s.code() == tonic::Code::Unimplemented => anyhow::bail!(
+            "this daemon cannot filter what it prunes (it is older than this CLI): upgrade it, or prune without --filter"
+        ),
+        Err(s) => Err(s.into()),
+    }
+}
+
+/// `KIND prune [-a] [-f] [--filter KEY=VALUE]`.
+pub async fn prune(engine: &mut Engine, kind: Kind, all: bool, force: bool, filter: &[String]) -> anyhow::Result<()> {
+    let req = prune_request(kind, all, filter)?;
     if !force && !confirm(kind.warning(all)) {
         return Ok(());
     }
-    let r = engine.prune(pb::PruneRequest { kind: kind.wire().into(), all }).await?.into_inner();
+    let r = send_prune(engine, req).await?;
     let text = listing(kind, &r);
     if kind == Kind::Network {
         print!("{text}");
@@ -173,26 +223,41 @@ pub async fn run(cli: &Cli, cmd: &SystemCmd) -> anyhow::Result<()> {
     match cmd {
         SystemCmd::Events(_) => Ok(()),
         SystemCmd::Df { verbose } => df(&mut engine, *verbose).await,
-        SystemCmd::Prune { all, volumes, force } => {
-            if !force && !confirm(&system_warning(*all, *volumes)) {
-                return Ok(());
-            }
+        SystemCmd::Prune { all, volumes, force, filter } => {
             let mut kinds = vec![Kind::Container, Kind::Network];
             if *volumes {
                 kinds.push(Kind::Volume);
             }
             kinds.push(Kind::Image);
+            let until = filter.iter().any(|f| f.starts_with("until="));
+            if until && *volumes {
+                anyhow::bail!(
+                    "invalid filter 'until' with --volumes: volumes are filtered by label only (as Docker's); \
+                     prune them apart with volume prune"
+                );
+            }
+            // Networks have no recorded creation time: under until= none is taken.
+            kinds.retain(|k| !(until && *k == Kind::Network));
+            let requests = kinds
+                .iter()
+                .map(|&k| prune_request(k, *all && k == Kind::Image, filter))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if !force && !confirm(&system_warning(*all, *volumes)) {
+                return Ok(());
+            }
             let mut total = 0;
-            for k in kinds {
-                let r = engine
-                    .prune(pb::PruneRequest { kind: k.wire().into(), all: *all && k == Kind::Image })
-                    .await?
-                    .into_inner();
+            for (k, req) in kinds.into_iter().zip(requests) {
+                let r = send_prune(&mut engine, req).await?;
                 total += r.reclaimed_bytes;
                 let text = listing(k, &r);
                 if !text.is_empty() {
                     println!("{text}");
                 }
+            }
+            if until {
+                println!(
+                    "Networks were left: this node does not keep when they were made, so until= cannot choose among them."
+                );
             }
             println!("Total reclaimed space: {}", human(total));
             Ok(())
@@ -393,6 +458,30 @@ mod tests {
         let shown = [90 * 86_400, 86_400, 7_200, 5_400, 61].map(|secs| shown_period(secs * 1000));
         assert_eq!(shown, ["90 days", "1 day", "2 hours", "90 minutes", "61 seconds"]);
         assert_eq!((shown_period(500), shown_period(5_000)), ("500 milliseconds".into(), "5 seconds".into()));
+    }
+
+    #[test]
+    fn prune_filters_become_the_request_and_bad_ones_are_refused_first() {
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let r = prune_request(Kind::Container, false, &f(&["until=2026-01-01T00:00:00Z", "label=a=b", "label!=keep"]))
+            .expect("filters");
+        assert_eq!(r.until_ms, 1_767_225_600_000);
+        assert_eq!((r.labels, r.not_labels), (vec!["a=b".to_string()], vec!["keep".to_string()]));
+        let r = prune_request(Kind::Image, true, &f(&["until=1h"])).expect("a duration");
+        let hour_ago = shoal_proto::model::now_ms() - 3_600_000;
+        assert!(r.until_ms.abs_diff(hour_ago) < 60_000 && r.all, "{}", r.until_ms);
+        assert_eq!(prune_request(Kind::Volume, false, &[]).expect("none").until_ms, 0);
+        for (kind, bad, want) in [
+            (Kind::Container, "until=soon", "invalid until \"soon\""),
+            (Kind::Container, "dangling=true", "invalid filter 'dangling'"),
+            (Kind::Volume, "until=1h", "volumes are filtered by label only"),
+            (Kind::Network, "until=1h", "does not keep when its networks were made"),
+        ] {
+            let e = prune_request(kind, false, &f(&[bad])).expect_err(bad).to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        let e = prune_request(Kind::Image, false, &f(&["until=1h", "until=2h"])).expect_err("two").to_string();
+        assert!(e.contains("more than one until filter"), "{e}");
     }
 
     #[test]

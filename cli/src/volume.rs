@@ -59,6 +59,9 @@ pub enum VolumeCmd {
         /// Do not prompt for confirmation.
         #[arg(short, long)]
         force: bool,
+        /// Only what matches KEY=VALUE: label=KEY[=VALUE] (has it), label!=KEY[=VALUE] (has not).
+        #[arg(long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
     },
 }
 
@@ -126,8 +129,8 @@ async fn volume(
             })
             .await?;
         }
-        VolumeCmd::Prune { all, force } => {
-            crate::system::prune(engine, crate::system::Kind::Volume, *all, *force).await?
+        VolumeCmd::Prune { all, force, filter } => {
+            crate::system::prune(engine, crate::system::Kind::Volume, *all, *force, filter).await?
         }
     }
     Ok(())

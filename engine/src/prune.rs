@@ -8,6 +8,34 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
+/// Docker's prune `--filter`s: `until` (made before then), `label` (has
+/// every one) and `label!` (not all of them), a label being `KEY` or
+/// `KEY=VALUE`. They only narrow what prune would take; something whose
+/// creation time is not known is never taken under `until`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneFilter {
+    pub until_ms: Option<u64>,
+    pub labels: Vec<String>,
+    pub not_labels: Vec<String>,
+}
+
+impl PruneFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == PruneFilter::default()
+    }
+
+    /// Whether something made at `created_ms` with `labels` may be pruned.
+    pub fn admits(&self, created_ms: Option<u64>, labels: &BTreeMap<String, String>) -> bool {
+        let has = |want: &String| {
+            let (k, v) = want.split_once('=').map_or((want.as_str(), None), |(k, v)| (k, Some(v)));
+            labels.get(k).is_some_and(|l| v.is_none_or(|v| l == v))
+        };
+        self.until_ms.is_none_or(|u| created_ms.is_some_and(|c| c < u))
+            && self.labels.iter().all(has)
+            && (self.not_labels.is_empty() || !self.not_labels.iter().all(has))
+    }
+}
+
 /// What selection needs to know of a container.
 #[derive(Clone, Debug, Default)]
 pub struct ContainerFacts {
@@ -23,6 +51,7 @@ pub struct ContainerFacts {
     pub image_id: String,
     pub volumes: Vec<String>,
     pub networks: Vec<String>,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A container that was never started is left alone this long after it was
@@ -167,6 +196,7 @@ fn facts(c: &Container) -> ContainerFacts {
             .map(|a| a.network.clone())
             .chain(c.endpoints.iter().map(|e| e.network.clone()))
             .collect(),
+        labels: c.record.labels.clone(),
     }
 }
 
@@ -219,16 +249,39 @@ pub(crate) async fn disk_usage(e: &EngineService) -> Result<pb::DiskUsage, Statu
 
 /// `container|image|volume|network prune`. What is chosen is removed through
 /// the stores, which refuse anything that came into use meanwhile (skipped).
-pub(crate) async fn prune(e: &EngineService, r: pb::PruneRequest) -> Result<pb::PruneResponse, Status> {
+///
+/// `filtered` (`PruneFiltered`, a call of its own so that a daemon that
+/// cannot filter refuses instead of pruning everything) narrows it by the
+/// request's `until_ms` and labels.
+pub(crate) async fn prune(e: &EngineService, r: pb::PruneRequest, filtered: bool) -> Result<pb::PruneResponse, Status> {
     let (images, containers, volumes) = (e.images.clone(), e.containers.clone(), e.volumes.clone());
     let events = e.containers.events();
     let all = r.all;
+    let filter = if filtered {
+        PruneFilter { until_ms: (r.until_ms > 0).then_some(r.until_ms), labels: r.labels, not_labels: r.not_labels }
+    } else {
+        PruneFilter::default()
+    };
+    match (r.kind.as_str(), filter.until_ms) {
+        ("volume", Some(_)) => {
+            return Err(Status::invalid_argument("volume prune takes no until filter (Docker's neither): use label="));
+        }
+        ("network", Some(_)) => {
+            return Err(Status::invalid_argument(
+                "network prune takes no until filter: this node does not keep when its networks were made; use label=",
+            ));
+        }
+        _ => {}
+    }
     match r.kind.as_str() {
         "container" => {
             blocking(move || {
                 let facts: Vec<ContainerFacts> = containers.list().iter().map(facts).collect();
                 let mut out = pb::PruneResponse::default();
-                for id in containers_to_prune(&facts, shoal_proto::model::now_ms()) {
+                let chosen = containers_to_prune(&facts, shoal_proto::model::now_ms())
+                    .into_iter()
+                    .filter(|id| facts.iter().any(|f| &f.id == id && filter.admits(Some(f.created_ms), &f.labels)));
+                for id in chosen.collect::<Vec<_>>() {
                     let size = dir_size(&containers.upper_path(&id));
                     match containers.remove(&id, false, false) {
                         Ok(id) => {
@@ -254,6 +307,15 @@ pub(crate) async fn prune(e: &EngineService, r: pb::PruneRequest) -> Result<pb::
                 let mut out = pb::PruneResponse::default();
                 for id in images_to_prune(&listed, &images_in_use(&facts), all) {
                     let Some(digest) = digests.get(&id) else { continue };
+                    if !filter.is_empty() {
+                        // The image's build time and labels, as Docker's filters read them.
+                        let Ok(d) = images.inspect(&id) else { continue };
+                        let created = d.created.as_deref().and_then(shoal_proto::model::parse_rfc3339_ns);
+                        let created_ms = created.and_then(|ns| u64::try_from(ns / 1_000_000).ok());
+                        if !filter.admits(created_ms, &d.config.labels.unwrap_or_default()) {
+                            continue;
+                        }
+                    }
                     match images.remove_unused(digest, &|i| containers.image_in_use(i)) {
                         Ok((steps, freed)) => {
                             out.reclaimed_bytes += freed;
@@ -286,10 +348,13 @@ pub(crate) async fn prune(e: &EngineService, r: pb::PruneRequest) -> Result<pb::
         "volume" => {
             blocking(move || {
                 let facts: Vec<ContainerFacts> = containers.list().iter().map(facts).collect();
-                let listed: Vec<(String, bool)> =
-                    volumes.list().iter().map(|v| (v.name.clone(), v.anonymous)).collect();
+                let volume_list = volumes.list();
+                let listed: Vec<(String, bool)> = volume_list.iter().map(|v| (v.name.clone(), v.anonymous)).collect();
                 let mut out = pb::PruneResponse::default();
-                for name in volumes_to_prune(&listed, &facts, all) {
+                let chosen = volumes_to_prune(&listed, &facts, all).into_iter().filter(|n| {
+                    volume_list.iter().any(|v| &v.name == n && filter.admits(Some(v.created_ms), &v.labels))
+                });
+                for name in chosen.collect::<Vec<_>>() {
                     let size = volumes.inspect(&name).map(|v| dir_size(&v.mountpoint)).unwrap_or(0);
                     match volumes.remove(&name, containers.volume_user(&name)) {
                         Ok(()) => {
@@ -313,7 +378,10 @@ pub(crate) async fn prune(e: &EngineService, r: pb::PruneRequest) -> Result<pb::
             let triples: Vec<(String, String, u32)> =
                 listed.networks.iter().map(|n| (n.id.clone(), n.name.clone(), n.endpoints)).collect();
             let mut out = pb::PruneResponse::default();
-            for name in networks_to_prune(&triples, &facts) {
+            // This node's networks have no labels: label= takes none of them, label!= all.
+            let chosen =
+                networks_to_prune(&triples, &facts).into_iter().filter(|_| filter.admits(None, &BTreeMap::new()));
+            for name in chosen.collect::<Vec<_>>() {
                 let id = listed.networks.iter().find(|n| n.name == name).map(|n| n.id.clone()).unwrap_or_default();
                 let req = pb::NetworkRef { name: name.clone() };
                 match nets.call_async(async move |c| c.network_remove(req).await.map(|r| r.into_inner())).await {
@@ -352,6 +420,29 @@ mod tests {
             created_ms: 0,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn prune_filters_only_narrow_what_is_taken() {
+        let labels = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let web = labels(&[("tier", "web"), ("keep", "")]);
+        let f = |until: Option<u64>, l: &[&str], n: &[&str]| PruneFilter {
+            until_ms: until,
+            labels: l.iter().map(|s| s.to_string()).collect(),
+            not_labels: n.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(f(None, &[], &[]).is_empty() && f(None, &[], &[]).admits(None, &BTreeMap::new()));
+        assert!(f(Some(100), &[], &[]).admits(Some(99), &web));
+        assert!(!f(Some(100), &[], &[]).admits(Some(100), &web), "made at until: kept");
+        assert!(!f(Some(100), &[], &[]).admits(None, &web), "no known creation: kept");
+        assert!(f(None, &["tier=web", "keep"], &[]).admits(None, &web));
+        assert!(!f(None, &["tier=web", "owner"], &[]).admits(None, &web), "every label= must be there");
+        assert!(!f(None, &[], &["keep"]).admits(None, &web), "label!=keep keeps what has it");
+        assert!(f(None, &[], &["keep"]).admits(None, &BTreeMap::new()));
+        assert!(f(None, &[], &["keep", "owner"]).admits(None, &web), "label! keeps only what has them all");
+        assert!(!f(None, &[], &["tier=web"]).admits(None, &web) && f(None, &[], &["tier=db"]).admits(None, &web));
     }
 
     #[test]

@@ -771,6 +771,15 @@ fn events_and_prune_keep_what_is_in_use() -> Result<()> {
         "{out:?}"
     );
     ensure!(lab.containers(1)?.len() == 1, "not confirmed: kept");
+    // Filters narrow a prune: until= keeps what is newer, label!= what has the label.
+    lab.shoal(1, &["run", "--name", "shl-young", "--label", "keep=yes", "busybox:local", "true"])?;
+    let out = lab.shoal(1, &["container", "prune", "-f", "--filter", "until=1h"])?;
+    ensure!(!out.contains("Deleted Containers:") && lab.containers(1)?.len() == 2, "{out}");
+    let out = lab.shoal(1, &["container", "prune", "-f", "--filter", "label!=keep"])?;
+    let left: Vec<String> = lab.containers(1)?.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect();
+    ensure!(out.contains("Deleted Containers:") && left == ["shl-young"], "{out}\n{left:?}");
+    let err = lab.failing(1, &["volume", "prune", "-f", "--filter", "until=1h"])?;
+    ensure!(err.contains("volumes are filtered by label only"), "{err}");
     let out = lab.shoal(1, &["container", "prune", "-f"])?;
     ensure!(out.contains("Deleted Containers:") && lab.containers(1)?.is_empty(), "{out}");
     Ok(())

@@ -211,14 +211,18 @@ pub enum ContainerCmd {
         /// Do not prompt for confirmation.
         #[arg(short, long)]
         force: bool,
+        /// Only what matches KEY=VALUE: until (made before: a duration, RFC 3339 time or unix
+        /// seconds), label=KEY[=VALUE] (has it), label!=KEY[=VALUE] (has not).
+        #[arg(long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
     },
 }
 
 pub async fn prune(cli: &Cli, cmd: &ContainerCmd) -> anyhow::Result<()> {
     let mut engine = client::engine(cli).await?;
     match cmd {
-        ContainerCmd::Prune { force } => {
-            crate::system::prune(&mut engine, crate::system::Kind::Container, false, *force).await
+        ContainerCmd::Prune { force, filter } => {
+            crate::system::prune(&mut engine, crate::system::Kind::Container, false, *force, filter).await
         }
     }
 }
@@ -320,12 +324,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
             let all = *all || keep.has("status");
             // Names and ids match as Docker's regular expressions, a name with or without its `/`.
             let (ids, names) = (keep.regex("id")?, keep.regex("name")?);
+            // Sizes cost a walk of each container's files: only when shown (a template's .Size too, as Docker's).
+            let sized = *size || matches!(format, Format::Template(t) if t.source.contains(".Size"));
             // before= and since= name a container, stopped or not.
             let by_creation = keep.has("before") || keep.has("since");
             let mut list = engine
                 .container_list(pb::ContainerListRequest { all: all || by_creation, size: sized })
-            // Sizes cost a walk of each container's files: only when shown (a template's .Size too, as Docker's).
-            let sized = *size || matches!(format, Format::Template(t) if t.source.contains(".Size"));
                 .await?
                 .into_inner()
                 .containers;
@@ -373,11 +377,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                     col("Status", "STATUS"),
                     col("Ports", "PORTS"),
                     col("Names", "NAMES"),
+                    if *size { col("Size", "SIZE") } else { extra("Size", "SIZE") },
                     extra("State", "STATE"),
                     extra("CreatedAt", "CREATED AT"),
                     extra("Labels", "LABELS"),
                     extra("Networks", "NETWORKS"),
-                    if *size { col("Size", "SIZE") } else { extra("Size", "SIZE") },
                     extra("Mounts", "MOUNTS"),
                 ],
                 |c| {
@@ -391,11 +395,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                         c.status.clone(),
                         c.ports.clone(),
                         c.name.clone(),
+                        size_text(c.size_rw, c.size_root_fs),
                         c.state.clone(),
                         shoal_proto::model::rfc3339(c.created_ms),
                         labels_cell(&c.labels),
                         c.networks.join(","),
-                        size_text(c.size_rw, c.size_root_fs),
                         c.mounts.join(","),
                     ]]
                 },
@@ -541,14 +545,14 @@ fn binary_size(b: u64) -> String {
     crate::output::size(b, 1024.0, &crate::output::BINARY, 4)
 }
 
-fn decimal_size(b: u64) -> String {
-    crate::output::size(b, 1000.0, &crate::output::DECIMAL, 4)
-}
-
 /// `ps -s`'s SIZE as Docker prints it: `2B (virtual 4.26MB)`.
 fn size_text(rw: u64, root_fs: u64) -> String {
     let rw_text = crate::image::human_size(rw);
     if root_fs > 0 { format!("{rw_text} (virtual {})", crate::image::human_size(root_fs)) } else { rw_text }
+}
+
+fn decimal_size(b: u64) -> String {
+    crate::output::size(b, 1000.0, &crate::output::DECIMAL, 4)
 }
 
 fn print_stats(b: &pb::ContainerStatsBatch, format: Format) -> anyhow::Result<()> {
@@ -615,12 +619,12 @@ mod tests {
         assert_eq!(binary_size(64 << 20), "64MiB");
         assert_eq!(binary_size(123_456_789), "117.7MiB");
         assert_eq!(decimal_size(4096), "4.096kB");
+        assert_eq!(size_text(0, 0), "0B");
+        assert_eq!(size_text(2, 4_260_002), "2B (virtual 4.26MB)");
     }
 
     #[test]
     fn ancestor_finds_images_by_reference_with_latest_for_no_tag_or_by_id() {
-        assert_eq!(size_text(0, 0), "0B");
-        assert_eq!(size_text(2, 4_260_002), "2B (virtual 4.26MB)");
         let d = format!("sha256:{}", "d".repeat(64));
         let image = |id: char, tags: &[&str], digests: &[String]| pb::Image {
             id: format!("sha256:{}", id.to_string().repeat(64)),

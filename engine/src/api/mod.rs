@@ -276,7 +276,12 @@ impl pb::engine_server::Engine for EngineService {
 
     #[tracing::instrument(skip_all)]
     async fn prune(&self, req: Request<pb::PruneRequest>) -> Result<Response<pb::PruneResponse>, Status> {
-        crate::prune::prune(self, req.into_inner()).await.map(Response::new)
+        crate::prune::prune(self, req.into_inner(), false).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn prune_filtered(&self, req: Request<pb::PruneRequest>) -> Result<Response<pb::PruneResponse>, Status> {
+        crate::prune::prune(self, req.into_inner(), true).await.map(Response::new)
     }
 
     type EventsStream = crate::events::EventStream;
