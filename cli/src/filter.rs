@@ -15,13 +15,18 @@ pub struct Filters(BTreeMap<String, Vec<String>>);
 impl Filters {
     /// `given` (`KEY=VALUE` each) for a listing that filters by `keys`.
     pub fn parse(given: &[String], keys: &[&str]) -> anyhow::Result<Filters> {
+        Filters::parse_for(given, keys, "this listing")
+    }
+
+    /// As `parse`, for `what` (`prune`), which a refusal names.
+    pub fn parse_for(given: &[String], keys: &[&str], what: &str) -> anyhow::Result<Filters> {
         let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for f in given {
             let Some((k, v)) = f.split_once('=') else {
                 bail!("bad format of filter (expected name=value): {f}");
             };
             if !keys.contains(&k) {
-                bail!("invalid filter '{k}': this listing filters by {}", keys.join(", "));
+                bail!("invalid filter '{k}': {what} filters by {}", keys.join(", "));
             }
             by.entry(k.to_string()).or_default().push(v.to_string());
         }

@@ -75,10 +75,8 @@ pub enum ImageCmd {
         /// Do not prompt for confirmation.
         #[arg(short, long)]
         force: bool,
-        /// Only what matches KEY=VALUE: until (made before: a duration, RFC 3339 time or unix
-        /// seconds), label=KEY[=VALUE] (has it), label!=KEY[=VALUE] (has not).
-        #[arg(long = "filter", value_name = "KEY=VALUE")]
-        filter: Vec<String>,
+        #[command(flatten)]
+        filters: crate::system::PruneFilters,
     },
 }
 
@@ -250,8 +248,8 @@ pub async fn run(cli: &Cli, cmd: &ImageCmd) -> anyhow::Result<()> {
         ImageCmd::Tag { source, target } => {
             engine.image_tag(pb::ImageTagRequest { source: source.clone(), target: target.clone() }).await?;
         }
-        ImageCmd::Prune { all, force, filter } => {
-            return crate::system::prune(&mut engine, crate::system::Kind::Image, *all, *force, filter).await;
+        ImageCmd::Prune { all, force, filters } => {
+            return crate::system::prune(&mut engine, crate::system::Kind::Image, *all, *force, &filters.filter).await;
         }
         ImageCmd::Rm { force, images } => {
             for_each_item(images, "images", async |r| {

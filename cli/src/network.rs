@@ -70,10 +70,8 @@ pub enum NetworkCmd {
         /// Do not prompt for confirmation.
         #[arg(short, long)]
         force: bool,
-        /// Only what matches KEY=VALUE: label=KEY[=VALUE], label!=KEY[=VALUE] (this node's
-        /// networks have no labels and no recorded creation time, so no until).
-        #[arg(long = "filter", value_name = "KEY=VALUE")]
-        filter: Vec<String>,
+        #[command(flatten)]
+        filters: crate::system::PruneFilters,
     },
 }
 
@@ -603,8 +601,8 @@ async fn network(cli: &Cli, engine: &mut Engine, cmd: &NetworkCmd) -> anyhow::Re
             };
             engine.network_disconnect(req).await?;
         }
-        NetworkCmd::Prune { force, filter } => {
-            crate::system::prune(engine, crate::system::Kind::Network, false, *force, filter).await?
+        NetworkCmd::Prune { force, filters } => {
+            crate::system::prune(engine, crate::system::Kind::Network, false, *force, &filters.filter).await?
         }
         NetworkCmd::RotateKeys => {
             let r = client::control(cli).await?.rotate_network_keys(pb::Empty {}).await?.into_inner();

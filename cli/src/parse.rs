@@ -116,7 +116,9 @@ pub fn time_ns(s: &str, flag: &str) -> anyhow::Result<i64> {
         anyhow::anyhow!("invalid {flag} {s:?}: use a duration like 10m or 1h30m, an RFC 3339 time or unix seconds")
     })?;
     let now_ns = shoal_proto::model::now_ms() as i64 * 1_000_000;
-    Ok(now_ns - ago_ms as i64 * 1_000_000)
+    // Further back than the epoch (or than i64 holds) is before everything: 1 ns, as 0 means no bound.
+    let ago_ns = i64::try_from(ago_ms).ok().and_then(|ms| ms.checked_mul(1_000_000));
+    Ok(ago_ns.map_or(1, |ago| now_ns.saturating_sub(ago).max(1)))
 }
 
 /// `--tail`: a number of lines from the end, or `all` (-1).

@@ -34,10 +34,8 @@ pub enum SystemCmd {
         /// Do not prompt for confirmation.
         #[arg(short, long)]
         force: bool,
-        /// Only what matches KEY=VALUE: until (made before: a duration, RFC 3339 time or unix
-        /// seconds), label=KEY[=VALUE] (has it), label!=KEY[=VALUE] (has not).
-        #[arg(long = "filter", value_name = "KEY=VALUE")]
-        filter: Vec<String>,
+        #[command(flatten)]
+        filters: PruneFilters,
     },
     /// Like `shoal events`.
     Events(crate::events::EventsArgs),
@@ -126,18 +124,28 @@ pub fn listing(kind: Kind, r: &pb::PruneResponse) -> String {
     out
 }
 
-/// Docker's `system prune` warning.
-pub fn system_warning(all: bool, volumes: bool) -> String {
-    let mut kinds = vec![Kind::Container, Kind::Network];
-    if volumes {
-        kinds.push(Kind::Volume);
-    }
-    kinds.push(Kind::Image);
+/// Docker's `system prune` warning for `kinds`, with the filters that narrow it.
+pub fn system_warning(kinds: &[Kind], all: bool, filter: &[String]) -> String {
     let mut s = String::from("WARNING! This will remove:\n");
     for k in kinds {
         s.push_str(&format!("  - {}\n", k.system_line(all)));
     }
+    if !filter.is_empty() {
+        s.push_str("\n  Items to be pruned will be filtered with:\n");
+        for f in filter {
+            s.push_str(&format!("  - {f}\n"));
+        }
+    }
     s
+}
+
+/// Docker's `--filter` on the prunes.
+#[derive(clap::Args, Debug, Default)]
+pub struct PruneFilters {
+    /// Only what matches KEY=VALUE: until (made before: a duration, an RFC 3339 time or unix
+    /// seconds; not for volumes and networks), label=KEY[=VALUE] (has it), label!=KEY[=VALUE].
+    #[arg(long = "filter", value_name = "KEY=VALUE")]
+    pub filter: Vec<String>,
 }
 
 /// Asks `[y/N]` on the terminal (or reads standard input); only y or yes goes on.
@@ -154,7 +162,7 @@ fn confirm(warning: &str) -> bool {
 /// A prune's `--filter`s (Docker's until=, label=, label!=) as its request;
 /// checked before anything is asked.
 pub fn prune_request(kind: Kind, all: bool, filter: &[String]) -> anyhow::Result<pb::PruneRequest> {
-    let f = crate::filter::Filters::parse(filter, &["until", "label", "label!"])?;
+    let f = crate::filter::Filters::parse_for(filter, &["until", "label", "label!"], "prune")?;
     let mut until = f.values("until");
     let until_ms = match (until.next(), until.next()) {
         (None, _) => 0,
@@ -223,13 +231,13 @@ pub async fn run(cli: &Cli, cmd: &SystemCmd) -> anyhow::Result<()> {
     match cmd {
         SystemCmd::Events(_) => Ok(()),
         SystemCmd::Df { verbose } => df(&mut engine, *verbose).await,
-        SystemCmd::Prune { all, volumes, force, filter } => {
+        SystemCmd::Prune { all, volumes, force, filters: PruneFilters { filter } } => {
             let mut kinds = vec![Kind::Container, Kind::Network];
             if *volumes {
                 kinds.push(Kind::Volume);
             }
             kinds.push(Kind::Image);
-            let until = filter.iter().any(|f| f.starts_with("until="));
+            let until = prune_request(Kind::Container, false, filter)?.until_ms > 0;
             if until && *volumes {
                 anyhow::bail!(
                     "invalid filter 'until' with --volumes: volumes are filtered by label only (as Docker's); \
@@ -242,7 +250,7 @@ pub async fn run(cli: &Cli, cmd: &SystemCmd) -> anyhow::Result<()> {
                 .iter()
                 .map(|&k| prune_request(k, *all && k == Kind::Image, filter))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            if !force && !confirm(&system_warning(*all, *volumes)) {
+            if !force && !confirm(&system_warning(&kinds, *all, filter)) {
                 return Ok(());
             }
             let mut total = 0;
@@ -471,9 +479,13 @@ mod tests {
         let hour_ago = shoal_proto::model::now_ms() - 3_600_000;
         assert!(r.until_ms.abs_diff(hour_ago) < 60_000 && r.all, "{}", r.until_ms);
         assert_eq!(prune_request(Kind::Volume, false, &[]).expect("none").until_ms, 0);
+        let r = prune_request(Kind::Container, false, &f(&["until=99999999999999999999h"])).expect("far back");
+        assert_eq!(r.until_ms, 1, "further back than anything: nothing is older");
+        let r = prune_request(Kind::Container, false, &f(&["until=10000000h"])).expect("a thousand years");
+        assert_eq!(r.until_ms, 1);
         for (kind, bad, want) in [
             (Kind::Container, "until=soon", "invalid until \"soon\""),
-            (Kind::Container, "dangling=true", "invalid filter 'dangling'"),
+            (Kind::Container, "dangling=true", "invalid filter 'dangling': prune filters by until, label, label!"),
             (Kind::Volume, "until=1h", "volumes are filtered by label only"),
             (Kind::Network, "until=1h", "does not keep when its networks were made"),
         ] {
@@ -501,13 +513,20 @@ mod tests {
         assert_eq!(listing(Kind::Volume, &pb::PruneResponse::default()), "");
         assert_eq!(human(1_228_800), "1.229MB");
         assert_eq!(human(0), "0B");
+        let kinds = [Kind::Container, Kind::Network, Kind::Volume, Kind::Image];
         assert_eq!(
-            system_warning(false, true),
+            system_warning(&kinds, false, &[]),
             "WARNING! This will remove:\n  - all stopped containers\n  - all networks not used by at least one container\n  \
              - all anonymous volumes not used by at least one container\n  - all dangling images\n"
         );
         assert!(
-            system_warning(true, false).ends_with("  - all images without at least one container associated to them\n")
+            system_warning(&kinds, true, &[])
+                .ends_with("  - all images without at least one container associated to them\n")
+        );
+        assert_eq!(
+            system_warning(&[Kind::Container, Kind::Image], false, &["until=24h".into(), "label=a".into()]),
+            "WARNING! This will remove:\n  - all stopped containers\n  - all dangling images\n\n  \
+             Items to be pruned will be filtered with:\n  - until=24h\n  - label=a\n"
         );
         assert_eq!(
             Kind::Volume.warning(true),

@@ -59,9 +59,8 @@ pub enum VolumeCmd {
         /// Do not prompt for confirmation.
         #[arg(short, long)]
         force: bool,
-        /// Only what matches KEY=VALUE: label=KEY[=VALUE] (has it), label!=KEY[=VALUE] (has not).
-        #[arg(long = "filter", value_name = "KEY=VALUE")]
-        filter: Vec<String>,
+        #[command(flatten)]
+        filters: crate::system::PruneFilters,
     },
 }
 
@@ -129,8 +128,19 @@ async fn volume(
             })
             .await?;
         }
-        VolumeCmd::Prune { all, force, filter } => {
-            crate::system::prune(engine, crate::system::Kind::Volume, *all, *force, filter).await?
+        VolumeCmd::Prune { all, force, filters } => {
+            // Docker ≥ 23 spells -a as the filter all=true too.
+            let (all_filter, filter): (Vec<String>, Vec<String>) =
+                filters.filter.iter().cloned().partition(|f| f.starts_with("all="));
+            let mut all = *all;
+            for f in &all_filter {
+                match f.as_str() {
+                    "all=true" | "all=1" => all = true,
+                    "all=false" | "all=0" => {}
+                    _ => anyhow::bail!("invalid filter {f:?}: use all=true or all=false"),
+                }
+            }
+            crate::system::prune(engine, crate::system::Kind::Volume, all, *force, &filter).await?
         }
     }
     Ok(())

@@ -230,7 +230,7 @@ pub(crate) async fn disk_usage(e: &EngineService) -> Result<pb::DiskUsage, Statu
         for (c, f) in all.iter().zip(&facts) {
             out.containers.push(pb::ContainerUsage {
                 container: Some(crate::api::container_pb(c)),
-                size_rw: dir_size(&containers.upper_path(&c.record.id)),
+                size_rw: containers.rw_size(&c.record.id),
                 local_volumes: f.volumes.len() as u32,
             });
         }
@@ -282,7 +282,7 @@ pub(crate) async fn prune(e: &EngineService, r: pb::PruneRequest, filtered: bool
                     .into_iter()
                     .filter(|id| facts.iter().any(|f| &f.id == id && filter.admits(Some(f.created_ms), &f.labels)));
                 for id in chosen.collect::<Vec<_>>() {
-                    let size = dir_size(&containers.upper_path(&id));
+                    let size = containers.rw_size(&id);
                     match containers.remove(&id, false, false) {
                         Ok(id) => {
                             out.deleted.push(id);

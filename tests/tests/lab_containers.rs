@@ -464,7 +464,7 @@ fn a_containers_host_config_is_applied_inside_it() -> Result<()> {
     // Sizes: what a container wrote, and with its image's, asked by -s or by a template's .Size.
     lab.shoal(1, &["exec", "bare", "sh", "-c", "head -c 100000 /dev/zero > /big"])?;
     let sizes = lab.shoal(1, &["ps", "-f", "name=^bare$", "--format", "{{.Names}} {{.Size}}"])?;
-    ensure!(sizes.starts_with("bare 100kB (virtual ") && sizes.ends_with("B)\n"), "{sizes:?}");
+    ensure!(sizes.starts_with("bare 10") && sizes.contains("kB (virtual ") && sizes.ends_with("B)\n"), "{sizes:?}");
     let table = lab.shoal(1, &["ps", "-s", "-f", "name=^bare$"])?;
     ensure!(table.lines().next().is_some_and(|h| h.ends_with("NAMES   SIZE")), "{table}");
     let err = lab.failing(1, &["ps", "-f", "since=no-such"])?;
@@ -755,6 +755,11 @@ fn events_and_prune_keep_what_is_in_use() -> Result<()> {
     );
     ensure!(lab.shoal(1, &["network", "ls"])?.contains("bridge"), "predefined networks stay");
 
+    // Filters narrow an image prune too: nothing built before an hour ago, nothing with that label.
+    for f in ["until=1h", "label=no.such.label"] {
+        let out = lab.shoal(1, &["image", "prune", "-a", "-f", "--filter", f])?;
+        ensure!(!out.contains("shl-unused") && !out.contains("Deleted Images"), "{f}: {out}");
+    }
     // -a: every image no container uses goes, never the running container's; volume prune -a takes named ones.
     let out = lab.shoal(1, &["image", "prune", "-a", "-f"])?;
     ensure!(out.contains("untagged: shl-unused:1") && !out.contains("busybox"), "{out}");

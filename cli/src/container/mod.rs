@@ -211,18 +211,16 @@ pub enum ContainerCmd {
         /// Do not prompt for confirmation.
         #[arg(short, long)]
         force: bool,
-        /// Only what matches KEY=VALUE: until (made before: a duration, RFC 3339 time or unix
-        /// seconds), label=KEY[=VALUE] (has it), label!=KEY[=VALUE] (has not).
-        #[arg(long = "filter", value_name = "KEY=VALUE")]
-        filter: Vec<String>,
+        #[command(flatten)]
+        filters: crate::system::PruneFilters,
     },
 }
 
 pub async fn prune(cli: &Cli, cmd: &ContainerCmd) -> anyhow::Result<()> {
     let mut engine = client::engine(cli).await?;
     match cmd {
-        ContainerCmd::Prune { force, filter } => {
-            crate::system::prune(&mut engine, crate::system::Kind::Container, false, *force, filter).await
+        ContainerCmd::Prune { force, filters } => {
+            crate::system::prune(&mut engine, crate::system::Kind::Container, false, *force, &filters.filter).await
         }
     }
 }
@@ -324,12 +322,13 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
             let all = *all || keep.has("status");
             // Names and ids match as Docker's regular expressions, a name with or without its `/`.
             let (ids, names) = (keep.regex("id")?, keep.regex("name")?);
-            // Sizes cost a walk of each container's files: only when shown (a template's .Size too, as Docker's).
-            let sized = *size || matches!(format, Format::Template(t) if t.source.contains(".Size"));
+            // Sizes cost a walk of each container's files: only when shown (a template's .Size too,
+            // as Docker's), and only of those the filters kept.
+            let sized = !*quiet && (*size || matches!(format, Format::Template(t) if t.source.contains(".Size")));
             // before= and since= name a container, stopped or not.
             let by_creation = keep.has("before") || keep.has("since");
             let mut list = engine
-                .container_list(pb::ContainerListRequest { all: all || by_creation, size: sized })
+                .container_list(pb::ContainerListRequest { all: all || by_creation, ..Default::default() })
                 .await?
                 .into_inner()
                 .containers;
@@ -356,6 +355,21 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
                     && keep.any("volume", |v| c.mounts.iter().any(|m| m == v))
                     && is_task(c.labels.contains_key("com.docker.swarm.task.id"))
             });
+            if sized && !list.is_empty() {
+                let ids = list.iter().map(|c| c.id.clone()).collect();
+                let req = pb::ContainerListRequest { all: true, size: true, ids };
+                let sizes: std::collections::HashMap<String, (u64, u64)> = engine
+                    .container_list(req)
+                    .await?
+                    .into_inner()
+                    .containers
+                    .into_iter()
+                    .map(|c| (c.id, (c.size_rw, c.size_root_fs)))
+                    .collect();
+                for c in &mut list {
+                    (c.size_rw, c.size_root_fs) = sizes.get(&c.id).copied().unwrap_or_default();
+                }
+            }
             print_listing(
                 &list,
                 *quiet,

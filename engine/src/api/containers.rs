@@ -248,11 +248,14 @@ pub(super) async fn container_list(
     svc: &EngineService,
     req: Request<pb::ContainerListRequest>,
 ) -> Result<Response<pb::ContainerInfos>, Status> {
-    let pb::ContainerListRequest { all, size } = req.into_inner();
+    let pb::ContainerListRequest { all, size, ids } = req.into_inner();
     let (containers, images) = (svc.containers.clone(), svc.images.clone());
     let containers = cblocking(move || {
         let list = containers.list();
-        let listed = list.iter().filter(|c| all || matches!(c.status, CStatus::Running { .. }));
+        let listed = list
+            .iter()
+            .filter(|c| all || matches!(c.status, CStatus::Running { .. }))
+            .filter(|c| ids.is_empty() || ids.contains(&c.record.id));
         if !size {
             return Ok(listed.map(container_pb).collect());
         }
@@ -261,7 +264,7 @@ pub(super) async fn container_list(
             images.list().into_iter().map(|i| (i.id.to_string(), i.size)).collect();
         Ok(listed
             .map(|c| {
-                let rw = crate::prune::dir_size(&containers.upper_path(&c.record.id));
+                let rw = containers.rw_size(&c.record.id);
                 let image = image_sizes.get(&c.record.image_id).copied().unwrap_or(0);
                 pb::ContainerInfo { size_rw: rw, size_root_fs: rw + image, ..container_pb(c) }
             })

@@ -962,6 +962,11 @@ impl Containers {
     }
 
     /// The container's writable layer (what `system df` counts as its size).
+    /// The bytes container `id` wrote: its upper layer's files.
+    pub fn rw_size(&self, id: &str) -> u64 {
+        crate::prune::dir_size(&self.upper_path(id))
+    }
+
     pub fn upper_path(&self, id: &str) -> PathBuf {
         self.dir(id).join("upper")
     }
