@@ -276,12 +276,15 @@ pub(crate) async fn prune(e: &EngineService, r: pb::PruneRequest, filtered: bool
     match r.kind.as_str() {
         "container" => {
             blocking(move || {
-                let facts: Vec<ContainerFacts> = containers.list().iter().map(facts).collect();
+                // Each container is chosen on its own facts: the filters go first.
+                let facts: Vec<ContainerFacts> = containers
+                    .list()
+                    .iter()
+                    .map(facts)
+                    .filter(|f| filter.admits(Some(f.created_ms), &f.labels))
+                    .collect();
                 let mut out = pb::PruneResponse::default();
-                let chosen = containers_to_prune(&facts, shoal_proto::model::now_ms())
-                    .into_iter()
-                    .filter(|id| facts.iter().any(|f| &f.id == id && filter.admits(Some(f.created_ms), &f.labels)));
-                for id in chosen.collect::<Vec<_>>() {
+                for id in containers_to_prune(&facts, shoal_proto::model::now_ms()) {
                     let size = containers.rw_size(&id);
                     match containers.remove(&id, false, false) {
                         Ok(id) => {
@@ -348,13 +351,15 @@ pub(crate) async fn prune(e: &EngineService, r: pb::PruneRequest, filtered: bool
         "volume" => {
             blocking(move || {
                 let facts: Vec<ContainerFacts> = containers.list().iter().map(facts).collect();
-                let volume_list = volumes.list();
-                let listed: Vec<(String, bool)> = volume_list.iter().map(|v| (v.name.clone(), v.anonymous)).collect();
+                // The filters only leave volumes out; use is still every container's.
+                let listed: Vec<(String, bool)> = volumes
+                    .list()
+                    .iter()
+                    .filter(|v| filter.admits(Some(v.created_ms), &v.labels))
+                    .map(|v| (v.name.clone(), v.anonymous))
+                    .collect();
                 let mut out = pb::PruneResponse::default();
-                let chosen = volumes_to_prune(&listed, &facts, all).into_iter().filter(|n| {
-                    volume_list.iter().any(|v| &v.name == n && filter.admits(Some(v.created_ms), &v.labels))
-                });
-                for name in chosen.collect::<Vec<_>>() {
+                for name in volumes_to_prune(&listed, &facts, all) {
                     let size = volumes.inspect(&name).map(|v| dir_size(&v.mountpoint)).unwrap_or(0);
                     match volumes.remove(&name, containers.volume_user(&name)) {
                         Ok(()) => {
@@ -380,8 +385,8 @@ pub(crate) async fn prune(e: &EngineService, r: pb::PruneRequest, filtered: bool
             let mut out = pb::PruneResponse::default();
             // This node's networks have no labels: label= takes none of them, label!= all.
             let chosen =
-                networks_to_prune(&triples, &facts).into_iter().filter(|_| filter.admits(None, &BTreeMap::new()));
-            for name in chosen.collect::<Vec<_>>() {
+                if filter.admits(None, &BTreeMap::new()) { networks_to_prune(&triples, &facts) } else { Vec::new() };
+            for name in chosen {
                 let id = listed.networks.iter().find(|n| n.name == name).map(|n| n.id.clone()).unwrap_or_default();
                 let req = pb::NetworkRef { name: name.clone() };
                 match nets.call_async(async move |c| c.network_remove(req).await.map(|r| r.into_inner())).await {

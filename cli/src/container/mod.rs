@@ -9,7 +9,6 @@ pub use run::RunArgs;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use shoal_proto::image_ref::Reference;
 use shoal_proto::pb;
 
 use crate::args::{Cli, Cmd, Format};
@@ -33,26 +32,6 @@ fn creation_of(list: &[pb::ContainerInfo], v: &str) -> anyhow::Result<(u64, Stri
         [] => bail!("No such container: {v}"),
         _ => bail!("multiple IDs found with provided prefix: {v}"),
     }
-}
-
-/// The ids of the images `v` names, as Docker's `ancestor=` finds them: a
-/// reference (no tag is `latest`), with its digest if it has one, or an
-/// image id or a prefix of one. None is no error: nothing matches.
-fn ancestor_ids(images: &[pb::Image], v: &str) -> Vec<String> {
-    let hex = v.strip_prefix("sha256:").unwrap_or(v);
-    let hex = (!hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(hex);
-    let named = Reference::parse(v).ok();
-    images
-        .iter()
-        .filter(|i| {
-            hex.is_some_and(|h| i.id.strip_prefix("sha256:").unwrap_or(&i.id).starts_with(h))
-                || named.as_ref().is_some_and(|r| match r.digested() {
-                    Some(d) => i.repo_digests.contains(&d),
-                    None => i.repo_tags.contains(&r.tagged()),
-                })
-        })
-        .map(|i| i.id.clone())
-        .collect()
 }
 
 /// The states `ps --filter status=` takes (Docker's).
@@ -337,10 +316,18 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
             if by_creation && !all {
                 list.retain(|c| c.state == "running");
             }
+            // ancestor= names images as the daemon resolves them (a reference, no tag being
+            // latest, or an id or its prefix); one it does not know matches nothing, as Docker's.
             let mut ancestors = Vec::new();
-            if keep.has("ancestor") {
-                let images = engine.image_list(pb::Empty {}).await?.into_inner().images;
-                ancestors.extend(keep.values("ancestor").flat_map(|v| ancestor_ids(&images, v)));
+            for v in keep.values("ancestor") {
+                match engine.image_inspect(pb::ImageRef { reference: v.to_string() }).await {
+                    Ok(doc) => {
+                        let doc: serde_json::Value = serde_json::from_str(&doc.into_inner().json)?;
+                        ancestors.extend(doc["Id"].as_str().map(String::from));
+                    }
+                    Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument) => {}
+                    Err(s) => return Err(s.into()),
+                }
             }
             list.retain(|c| {
                 ids.matches(&[&c.id])
@@ -635,32 +622,6 @@ mod tests {
         assert_eq!(decimal_size(4096), "4.096kB");
         assert_eq!(size_text(0, 0), "0B");
         assert_eq!(size_text(2, 4_260_002), "2B (virtual 4.26MB)");
-    }
-
-    #[test]
-    fn ancestor_finds_images_by_reference_with_latest_for_no_tag_or_by_id() {
-        let d = format!("sha256:{}", "d".repeat(64));
-        let image = |id: char, tags: &[&str], digests: &[String]| pb::Image {
-            id: format!("sha256:{}", id.to_string().repeat(64)),
-            repo_tags: tags.iter().map(|t| t.to_string()).collect(),
-            repo_digests: digests.to_vec(),
-            ..Default::default()
-        };
-        let images = [
-            image('a', &["busybox:latest", "busybox:1.36"], &[]),
-            image('b', &["registry.lab:5000/demo/web:1"], &[format!("registry.lab:5000/demo/web@{d}")]),
-        ];
-        let ids = |v: &str| -> Vec<char> {
-            ancestor_ids(&images, v).iter().map(|i| i.chars().last().unwrap_or('?')).collect()
-        };
-        assert_eq!(ids("busybox"), ['a']);
-        assert_eq!(ids("docker.io/library/busybox:1.36"), ['a']);
-        assert_eq!(ids("aaaa"), ['a'], "an id prefix");
-        assert_eq!(ids(&format!("sha256:{}", "b".repeat(64))), ['b']);
-        assert_eq!(ids(&format!("registry.lab:5000/demo/web@{d}")), ['b']);
-        assert_eq!(ids("registry.lab:5000/demo/web:1"), ['b']);
-        assert!(ids("registry.lab:5000/demo/web").is_empty(), "no tag is latest");
-        assert!(ids("busy").is_empty() && ids("no such image!").is_empty());
     }
 
     #[test]
